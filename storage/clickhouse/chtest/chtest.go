@@ -1,0 +1,54 @@
+// Package chtest gives each test its own migrated database on the real
+// ClickHouse server scripts/deps.sh starts (MC_CLICKHOUSE_ADDR), dropped when
+// the test ends.
+package chtest
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+
+	"github.com/membercenter/membercenter/storage/clickhouse"
+)
+
+// Config returns the settings of a new, not yet created test database.
+func Config() clickhouse.Config {
+	cfg := clickhouse.Config{Addr: "127.0.0.1:59000", User: "default"}
+	if a := os.Getenv("MC_CLICKHOUSE_ADDR"); a != "" {
+		cfg.Addr = a
+	}
+	b := make([]byte, 6)
+	_, _ = rand.Read(b)
+	cfg.Database = "mc_test_" + hex.EncodeToString(b)
+	return cfg
+}
+
+// NewDB creates and migrates a database for t and returns a connection to it
+// and its config.
+func NewDB(t testing.TB) (driver.Conn, clickhouse.Config) {
+	t.Helper()
+	cfg := Config()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	conn, err := clickhouse.Open(ctx, cfg)
+	if err != nil {
+		t.Fatalf("chtest: open %s (is scripts/deps.sh running?): %v", cfg.Addr, err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := conn.Exec(ctx, "DROP DATABASE IF EXISTS "+cfg.Database); err != nil {
+			t.Errorf("chtest: drop %s: %v", cfg.Database, err)
+		}
+		conn.Close()
+	})
+	if _, err := clickhouse.Migrate(ctx, conn); err != nil {
+		t.Fatalf("chtest: migrate: %v", err)
+	}
+	return conn, cfg
+}

@@ -1,0 +1,78 @@
+// Package clickhouse owns Member Center's ClickHouse side: connection config,
+// DDL migrations and the batch writers of the facts marketing queries.
+package clickhouse
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"regexp"
+	"time"
+
+	ch "github.com/ClickHouse/clickhouse-go/v2"
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+)
+
+// Config says how to reach ClickHouse over the native protocol (the HTTP
+// protocol of clickhouse-go fails against 18.16). Defaults match deps.sh.
+type Config struct {
+	Addr     string `env:"MC_CLICKHOUSE_ADDR, default=127.0.0.1:59000"`
+	Database string `env:"MC_CLICKHOUSE_DB, default=membercenter"`
+	User     string `env:"MC_CLICKHOUSE_USER, default=default"`
+	Password string `env:"MC_CLICKHOUSE_PASSWORD"`
+}
+
+var identifier = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+
+// Validate reports every problem with the config at once.
+func (c Config) Validate() error {
+	var errs []error
+	if c.Addr == "" {
+		errs = append(errs, errors.New("MC_CLICKHOUSE_ADDR is empty"))
+	}
+	if !identifier.MatchString(c.Database) {
+		errs = append(errs, fmt.Errorf("MC_CLICKHOUSE_DB %q is not a plain identifier", c.Database))
+	}
+	return errors.Join(errs...)
+}
+
+// Open connects to the configured database, creating it when missing.
+func Open(ctx context.Context, cfg Config) (driver.Conn, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	boot, err := connect(cfg, "default")
+	if err != nil {
+		return nil, err
+	}
+	err = boot.Exec(ctx, "CREATE DATABASE IF NOT EXISTS "+cfg.Database)
+	boot.Close()
+	if err != nil {
+		return nil, fmt.Errorf("create clickhouse database %s: %w", cfg.Database, err)
+	}
+	conn, err := connect(cfg, cfg.Database)
+	if err != nil {
+		return nil, err
+	}
+	if err := conn.Ping(ctx); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("ping clickhouse at %s: %w", cfg.Addr, err)
+	}
+	return conn, nil
+}
+
+func connect(cfg Config, db string) (driver.Conn, error) {
+	conn, err := ch.Open(&ch.Options{
+		Protocol: ch.Native,
+		Addr:     []string{cfg.Addr},
+		Auth:     ch.Auth{Database: db, Username: cfg.User, Password: cfg.Password},
+		DialTimeout:     5 * time.Second,
+		MaxOpenConns:    8,
+		MaxIdleConns:    4,
+		ConnMaxLifetime: time.Hour,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open clickhouse %s: %w", cfg.Addr, err)
+	}
+	return conn, nil
+}

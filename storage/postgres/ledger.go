@@ -1,0 +1,181 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+)
+
+// LiabilityAccount is the programme's counter-account for points issued:
+// every point a member holds is a point the programme owes.
+const LiabilityAccount = "programme:liability"
+
+// MemberAccount names a member's points account in ledger entries.
+func MemberAccount(id uuid.UUID) string { return "member:" + id.String() }
+
+// LedgerTransaction is one balanced movement of points.
+type LedgerTransaction struct {
+	TransactionID uuid.UUID
+	MemberID      uuid.UUID
+	Kind          string
+	Reason        string
+	CauseID       string
+	CreatedAt     time.Time
+	Entries       []LedgerEntry
+}
+
+// LedgerEntry is one leg of a ledger transaction.
+type LedgerEntry struct {
+	EntryID   int64
+	Account   string
+	MemberID  *uuid.UUID
+	Delta     int64
+	CreatedAt time.Time
+}
+
+// ErrDuplicateCause is returned when a transaction of the same kind already
+// exists for a cause: the effect was applied before.
+var ErrDuplicateCause = errors.New("ledger transaction already recorded for this cause")
+
+// InsertLedgerTransaction writes a transaction and its entries. The entries
+// must sum to zero; the database checks it at commit.
+func InsertLedgerTransaction(ctx context.Context, q Querier, t LedgerTransaction) error {
+	_, err := q.Exec(ctx, `
+		INSERT INTO ledger_transactions (transaction_id, member_id, kind, reason, cause_id, created_at)
+		VALUES ($1, $2, $3, $4, $5, $6)`,
+		t.TransactionID, t.MemberID, t.Kind, t.Reason, t.CauseID, t.CreatedAt)
+	if IsUniqueViolation(err) {
+		return fmt.Errorf("%s %s: %w", t.Kind, t.CauseID, ErrDuplicateCause)
+	}
+	if err != nil {
+		return fmt.Errorf("insert ledger transaction: %w", err)
+	}
+	for _, e := range t.Entries {
+		if _, err := q.Exec(ctx, `
+			INSERT INTO ledger_entries (transaction_id, account, member_id, delta, created_at)
+			VALUES ($1, $2, $3, $4, $5)`,
+			t.TransactionID, e.Account, e.MemberID, e.Delta, t.CreatedAt); err != nil {
+			return fmt.Errorf("insert ledger entry: %w", err)
+		}
+	}
+	return nil
+}
+
+// Account is a member's points balance.
+type Account struct {
+	MemberID       uuid.UUID
+	Available      int64
+	Pending        int64
+	LifetimeEarned int64
+	UpdatedAt      time.Time
+}
+
+// AddToAccount changes a member's balance and returns the new state. The
+// account is created on first use; a change that would make it negative fails
+// with the database's check violation.
+func AddToAccount(ctx context.Context, q Querier, memberID uuid.UUID, available, pending, earned int64) (Account, error) {
+	a := Account{MemberID: memberID}
+	err := q.QueryRow(ctx, `
+		INSERT INTO points_accounts AS a (member_id, available, pending, lifetime_earned, updated_at)
+		VALUES ($1, $2, $3, $4, now())
+		ON CONFLICT (member_id) DO UPDATE
+		   SET available = a.available + EXCLUDED.available,
+		       pending = a.pending + EXCLUDED.pending,
+		       lifetime_earned = a.lifetime_earned + EXCLUDED.lifetime_earned,
+		       updated_at = now()
+		RETURNING available, pending, lifetime_earned, updated_at`,
+		memberID, available, pending, earned).Scan(&a.Available, &a.Pending, &a.LifetimeEarned, &a.UpdatedAt)
+	if err != nil {
+		return a, fmt.Errorf("update points account: %w", err)
+	}
+	return a, nil
+}
+
+// GetAccount returns a member's balance; a member who never earned has zeros.
+func GetAccount(ctx context.Context, q Querier, memberID uuid.UUID) (Account, error) {
+	a := Account{MemberID: memberID}
+	err := q.QueryRow(ctx, `
+		SELECT available, pending, lifetime_earned, updated_at FROM points_accounts WHERE member_id = $1`, memberID).
+		Scan(&a.Available, &a.Pending, &a.LifetimeEarned, &a.UpdatedAt)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return a, nil
+	}
+	if err != nil {
+		return a, fmt.Errorf("get points account: %w", err)
+	}
+	return a, nil
+}
+
+// Lot is a parcel of earned points with its own expiry.
+type Lot struct {
+	LotID         int64
+	MemberID      uuid.UUID
+	TransactionID uuid.UUID
+	Earned        int64
+	Remaining     int64
+	EarnedAt      time.Time
+	AvailableAt   time.Time
+	ExpiresAt     time.Time
+}
+
+// InsertLot records earned points as a lot.
+func InsertLot(ctx context.Context, q Querier, l Lot) error {
+	_, err := q.Exec(ctx, `
+		INSERT INTO point_lots (member_id, transaction_id, earned, remaining, earned_at, available_at, expires_at)
+		VALUES ($1, $2, $3, $4, $5, $6, $7)`,
+		l.MemberID, l.TransactionID, l.Earned, l.Remaining, l.EarnedAt, l.AvailableAt, l.ExpiresAt)
+	if err != nil {
+		return fmt.Errorf("insert point lot: %w", err)
+	}
+	return nil
+}
+
+// LedgerLine is one entry of a member's account with its transaction.
+type LedgerLine struct {
+	EntryID       int64
+	Delta         int64
+	TransactionID uuid.UUID
+	Kind          string
+	Reason        string
+	CauseID       string
+	CreatedAt     time.Time
+	// The other accounts the transaction moved points to or from.
+	CounterAccount string
+}
+
+// ListLedger returns up to limit entries of the member's account, newest
+// first. before is a cursor (an entry id from an earlier page; zero for the
+// first page). The second result is the cursor of the next page, zero when
+// there is none.
+func ListLedger(ctx context.Context, q Querier, memberID uuid.UUID, before int64, limit int) ([]LedgerLine, int64, error) {
+	rows, err := q.Query(ctx, `
+		SELECT e.entry_id, e.delta, t.transaction_id, t.kind, t.reason, t.cause_id, t.created_at,
+		       coalesce((SELECT string_agg(c.account, ',' ORDER BY c.entry_id)
+		                   FROM ledger_entries c
+		                  WHERE c.transaction_id = e.transaction_id AND c.entry_id <> e.entry_id), '')
+		  FROM ledger_entries e JOIN ledger_transactions t USING (transaction_id)
+		 WHERE e.member_id = $1 AND ($2::bigint = 0 OR e.entry_id < $2)
+		 ORDER BY e.entry_id DESC
+		 LIMIT $3`, memberID, before, limit+1)
+	if err != nil {
+		return nil, 0, fmt.Errorf("list ledger: %w", err)
+	}
+	lines, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (LedgerLine, error) {
+		var l LedgerLine
+		err := row.Scan(&l.EntryID, &l.Delta, &l.TransactionID, &l.Kind, &l.Reason, &l.CauseID, &l.CreatedAt, &l.CounterAccount)
+		return l, err
+	})
+	if err != nil {
+		return nil, 0, fmt.Errorf("list ledger: %w", err)
+	}
+	var next int64
+	if len(lines) > limit {
+		lines = lines[:limit]
+		next = lines[limit-1].EntryID
+	}
+	return lines, next, nil
+}

@@ -1,0 +1,163 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+)
+
+// IdentifierKey is how an identifier is looked up: its type, scope and the
+// keyed hash of its normalised value.
+type IdentifierKey struct {
+	Type  int16
+	Scope string
+	Hash  []byte
+}
+
+// IdentifierRow is a stored identifier of a member.
+type IdentifierRow struct {
+	IdentifierKey
+	MemberID uuid.UUID
+	Cipher   []byte // AES-GCM ciphertext for display; phone and e-mail only
+	KeyID    string
+	Masked   string
+	LinkedAt time.Time
+	CauseID  string
+}
+
+// MemberRow is a stored member.
+type MemberRow struct {
+	MemberID   uuid.UUID
+	CreatedAt  time.Time
+	Status     string
+	MergedInto *uuid.UUID
+	ChangeSeq  int64
+}
+
+// FindIdentifiers returns the stored identifiers matching any of keys.
+func FindIdentifiers(ctx context.Context, q Querier, keys []IdentifierKey) ([]IdentifierRow, error) {
+	if len(keys) == 0 {
+		return nil, nil
+	}
+	types := make([]int16, len(keys))
+	scopes := make([]string, len(keys))
+	hashes := make([][]byte, len(keys))
+	for i, k := range keys {
+		types[i], scopes[i], hashes[i] = k.Type, k.Scope, k.Hash
+	}
+	rows, err := q.Query(ctx, `
+		SELECT i.member_id, i.id_type, i.scope, i.value_hash, i.value_cipher, coalesce(i.key_id, ''), i.masked, i.linked_at, i.cause_id
+		  FROM member_identifiers i
+		  JOIN unnest($1::smallint[], $2::text[], $3::bytea[]) AS k(id_type, scope, value_hash)
+		    ON i.id_type = k.id_type AND i.scope = k.scope AND i.value_hash = k.value_hash`,
+		types, scopes, hashes)
+	if err != nil {
+		return nil, fmt.Errorf("find identifiers: %w", err)
+	}
+	return pgx.CollectRows(rows, scanIdentifier)
+}
+
+// ListIdentifiers returns a member's identifiers in the order they were linked.
+func ListIdentifiers(ctx context.Context, q Querier, memberID uuid.UUID) ([]IdentifierRow, error) {
+	rows, err := q.Query(ctx, `
+		SELECT member_id, id_type, scope, value_hash, value_cipher, coalesce(key_id, ''), masked, linked_at, cause_id
+		  FROM member_identifiers WHERE member_id = $1 ORDER BY identifier_id`, memberID)
+	if err != nil {
+		return nil, fmt.Errorf("list identifiers: %w", err)
+	}
+	return pgx.CollectRows(rows, scanIdentifier)
+}
+
+func scanIdentifier(row pgx.CollectableRow) (IdentifierRow, error) {
+	var r IdentifierRow
+	err := row.Scan(&r.MemberID, &r.Type, &r.Scope, &r.Hash, &r.Cipher, &r.KeyID, &r.Masked, &r.LinkedAt, &r.CauseID)
+	return r, err
+}
+
+// InsertMember creates a member.
+func InsertMember(ctx context.Context, q Querier, id uuid.UUID, at time.Time) error {
+	if _, err := q.Exec(ctx, `INSERT INTO members (member_id, created_at) VALUES ($1, $2)`, id, at); err != nil {
+		return fmt.Errorf("insert member: %w", err)
+	}
+	return nil
+}
+
+// InsertIdentifier links an identifier to a member. A unique violation
+// (see IsUniqueViolation) means another member already holds the value.
+func InsertIdentifier(ctx context.Context, q Querier, r IdentifierRow) error {
+	var keyID *string
+	if r.KeyID != "" {
+		keyID = &r.KeyID
+	}
+	_, err := q.Exec(ctx, `
+		INSERT INTO member_identifiers (member_id, id_type, scope, value_hash, value_cipher, key_id, masked, linked_at, cause_id)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`,
+		r.MemberID, r.Type, r.Scope, r.Hash, r.Cipher, keyID, r.Masked, r.LinkedAt, r.CauseID)
+	if err != nil {
+		return fmt.Errorf("insert identifier: %w", err)
+	}
+	return nil
+}
+
+// GetMember returns a member, or ErrNotFound.
+func GetMember(ctx context.Context, q Querier, id uuid.UUID) (MemberRow, error) {
+	var m MemberRow
+	err := q.QueryRow(ctx, `
+		SELECT member_id, created_at, status, merged_into, change_seq FROM members WHERE member_id = $1`, id).
+		Scan(&m.MemberID, &m.CreatedAt, &m.Status, &m.MergedInto, &m.ChangeSeq)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return m, fmt.Errorf("member %s: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return m, fmt.Errorf("get member: %w", err)
+	}
+	return m, nil
+}
+
+// IngestedEvent is ingest's record of a resolved channel event.
+type IngestedEvent struct {
+	EventID  string
+	MemberID uuid.UUID
+	Created  bool
+}
+
+// GetIngestedEvent returns the earlier resolution of an event, or ErrNotFound.
+func GetIngestedEvent(ctx context.Context, q Querier, eventID string) (IngestedEvent, error) {
+	e := IngestedEvent{EventID: eventID}
+	err := q.QueryRow(ctx, `SELECT member_id, created FROM ingested_events WHERE event_id = $1`, eventID).
+		Scan(&e.MemberID, &e.Created)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return e, ErrNotFound
+	}
+	if err != nil {
+		return e, fmt.Errorf("get ingested event: %w", err)
+	}
+	return e, nil
+}
+
+// InsertIngestedEvent records an event's resolution. A unique violation means
+// a concurrent ingest of the same event won.
+func InsertIngestedEvent(ctx context.Context, q Querier, e IngestedEvent) error {
+	_, err := q.Exec(ctx, `INSERT INTO ingested_events (event_id, member_id, created) VALUES ($1, $2, $3)`,
+		e.EventID, e.MemberID, e.Created)
+	if err != nil {
+		return fmt.Errorf("insert ingested event: %w", err)
+	}
+	return nil
+}
+
+// MarkProcessed records that consumer applied eventID. It reports false when
+// the event was already processed: the caller must then change nothing.
+func MarkProcessed(ctx context.Context, q Querier, consumer, eventID string) (bool, error) {
+	tag, err := q.Exec(ctx, `
+		INSERT INTO processed_events (consumer, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING`,
+		consumer, eventID)
+	if err != nil {
+		return false, fmt.Errorf("mark processed: %w", err)
+	}
+	return tag.RowsAffected() == 1, nil
+}

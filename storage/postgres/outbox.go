@@ -1,0 +1,113 @@
+package postgres
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// OutboxChannel is the LISTEN/NOTIFY channel an outbox insert signals.
+const OutboxChannel = "mc_outbox"
+
+// OutboxRow is one change waiting to be published to member.changes.v1.
+type OutboxRow struct {
+	OutboxID    int64
+	MemberID    uuid.UUID
+	Sequence    int64
+	ChangeID    uuid.UUID
+	Payload     []byte
+	Traceparent string
+	CreatedAt   time.Time
+}
+
+// NextSequence hands out the member's next change sequence number. It locks
+// the member row until the transaction ends, so the changes of one member are
+// numbered, and committed, in order.
+func NextSequence(ctx context.Context, q Querier, memberID uuid.UUID) (int64, error) {
+	var seq int64
+	err := q.QueryRow(ctx, `
+		UPDATE members SET change_seq = change_seq + 1 WHERE member_id = $1 RETURNING change_seq`, memberID).Scan(&seq)
+	if err != nil {
+		return 0, fmt.Errorf("next change sequence of %s: %w", memberID, err)
+	}
+	return seq, nil
+}
+
+// InsertOutbox appends a change to the outbox. Call it in the transaction
+// that makes the change.
+func InsertOutbox(ctx context.Context, q Querier, r OutboxRow) error {
+	_, err := q.Exec(ctx, `
+		INSERT INTO outbox (member_id, sequence, change_id, payload, traceparent) VALUES ($1, $2, $3, $4, $5)`,
+		r.MemberID, r.Sequence, r.ChangeID, r.Payload, r.Traceparent)
+	if err != nil {
+		return fmt.Errorf("insert outbox: %w", err)
+	}
+	return nil
+}
+
+// ClaimOutbox locks up to limit unpublished rows in outbox order. Rows locked
+// by another relay are skipped; the lock lasts until the transaction ends.
+func ClaimOutbox(ctx context.Context, tx pgx.Tx, limit int) ([]OutboxRow, error) {
+	rows, err := tx.Query(ctx, `
+		SELECT outbox_id, member_id, sequence, change_id, payload, traceparent, created_at
+		  FROM outbox WHERE published_at IS NULL
+		 ORDER BY outbox_id
+		 LIMIT $1
+		   FOR UPDATE SKIP LOCKED`, limit)
+	if err != nil {
+		return nil, fmt.Errorf("claim outbox: %w", err)
+	}
+	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (OutboxRow, error) {
+		var r OutboxRow
+		err := row.Scan(&r.OutboxID, &r.MemberID, &r.Sequence, &r.ChangeID, &r.Payload, &r.Traceparent, &r.CreatedAt)
+		return r, err
+	})
+}
+
+// MarkPublished records that the rows reached Kafka.
+func MarkPublished(ctx context.Context, tx pgx.Tx, ids []int64) error {
+	if _, err := tx.Exec(ctx, `UPDATE outbox SET published_at = now() WHERE outbox_id = ANY($1)`, ids); err != nil {
+		return fmt.Errorf("mark outbox published: %w", err)
+	}
+	return nil
+}
+
+// ListenOutbox holds a connection that is told of every outbox insert.
+type ListenOutbox struct {
+	conn *pgxpool.Conn
+}
+
+// Listen subscribes a dedicated pool connection to outbox notifications.
+func Listen(ctx context.Context, pool *pgxpool.Pool) (*ListenOutbox, error) {
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("acquire listen connection: %w", err)
+	}
+	if _, err := conn.Exec(ctx, "LISTEN "+OutboxChannel); err != nil {
+		conn.Release()
+		return nil, fmt.Errorf("listen %s: %w", OutboxChannel, err)
+	}
+	return &ListenOutbox{conn: conn}, nil
+}
+
+// Wait blocks until an outbox insert is notified, ctx ends or timeout passes;
+// timing out is not an error (it bounds how long a missed wake-up can delay).
+func (l *ListenOutbox) Wait(ctx context.Context, timeout time.Duration) error {
+	wctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	_, err := l.conn.Conn().WaitForNotification(wctx)
+	if err != nil && ctx.Err() == nil && wctx.Err() != nil {
+		return nil
+	}
+	return err
+}
+
+// Close releases the connection; its LISTEN ends with it.
+func (l *ListenOutbox) Close() {
+	// A connection that was listening must not go back to the pool.
+	_ = l.conn.Hijack().Close(context.Background())
+}

@@ -1,0 +1,95 @@
+// Package postgres owns Member Center's PostgreSQL side: connection config,
+// embedded migrations and the queries the services and workers run.
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+
+	"github.com/exaring/otelpgx"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"go.opentelemetry.io/otel/trace"
+)
+
+// Config says how to reach PostgreSQL. Defaults match scripts/deps.sh.
+type Config struct {
+	URL      string `env:"MC_PG_URL, default=postgres://membercenter:membercenter@127.0.0.1:55432/membercenter?sslmode=disable"`
+	MaxConns int32  `env:"MC_PG_MAX_CONNS, default=20"`
+}
+
+// Validate reports every problem with the config at once.
+func (c Config) Validate() error {
+	var errs []error
+	if _, err := pgx.ParseConfig(c.URL); err != nil {
+		errs = append(errs, fmt.Errorf("MC_PG_URL: %w", err))
+	}
+	if c.MaxConns < 1 {
+		errs = append(errs, fmt.Errorf("MC_PG_MAX_CONNS must be at least 1, got %d", c.MaxConns))
+	}
+	return errors.Join(errs...)
+}
+
+// Masked returns the URL with its password hidden, for logs.
+func (c Config) Masked() string {
+	u, err := url.Parse(c.URL)
+	if err != nil {
+		return "<unparseable>"
+	}
+	return u.Redacted()
+}
+
+// Open connects a pool whose queries are traced with tp.
+func Open(ctx context.Context, cfg Config, tp trace.TracerProvider) (*pgxpool.Pool, error) {
+	pc, err := pgxpool.ParseConfig(cfg.URL)
+	if err != nil {
+		return nil, fmt.Errorf("parse MC_PG_URL: %w", err)
+	}
+	pc.MaxConns = cfg.MaxConns
+	pc.ConnConfig.Tracer = otelpgx.NewTracer(
+		otelpgx.WithTracerProvider(tp),
+		otelpgx.WithTrimSQLInSpanName(),
+		otelpgx.WithDisableConnectionDetailsInAttributes(),
+	)
+	pool, err := pgxpool.NewWithConfig(ctx, pc)
+	if err != nil {
+		return nil, fmt.Errorf("connect postgres: %w", err)
+	}
+	if err := pool.Ping(ctx); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("ping postgres at %s: %w", cfg.Masked(), err)
+	}
+	return pool, nil
+}
+
+// Querier is what queries need: a pool, a connection or a transaction.
+type Querier interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+var (
+	_ Querier = (*pgxpool.Pool)(nil)
+	_ Querier = (pgx.Tx)(nil)
+)
+
+// ErrNotFound is returned when a looked-up row does not exist.
+var ErrNotFound = errors.New("not found")
+
+// IsUniqueViolation reports whether err is a unique-constraint violation,
+// the signal that a concurrent writer got there first.
+func IsUniqueViolation(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "23505"
+}
+
+// IsSerializationFailure reports whether err is a retryable conflict between
+// concurrent transactions.
+func IsSerializationFailure(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && (pgErr.Code == "40001" || pgErr.Code == "40P01")
+}

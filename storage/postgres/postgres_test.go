@@ -1,0 +1,212 @@
+package postgres_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/membercenter/membercenter/storage/postgres"
+	"github.com/membercenter/membercenter/storage/postgres/pgtest"
+)
+
+func TestMigrateIsIdempotent(t *testing.T) {
+	pool := pgtest.NewPool(t, nil)
+	applied, err := postgres.Migrate(context.Background(), pool)
+	if err != nil {
+		t.Fatalf("second migrate: %v", err)
+	}
+	if len(applied) != 0 {
+		t.Fatalf("second migrate applied %v, want nothing", applied)
+	}
+}
+
+func newMember(t *testing.T, q postgres.Querier) uuid.UUID {
+	t.Helper()
+	id := uuid.Must(uuid.NewV7())
+	if err := postgres.InsertMember(context.Background(), q, id, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+func TestLedgerRejectsUnbalancedTransaction(t *testing.T) {
+	ctx := context.Background()
+	pool := pgtest.NewPool(t, nil)
+	member := newMember(t, pool)
+
+	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		return postgres.InsertLedgerTransaction(ctx, tx, postgres.LedgerTransaction{
+			TransactionID: uuid.New(), MemberID: member, Kind: "earn", Reason: "test", CauseID: "evt-1",
+			CreatedAt: time.Now(),
+			Entries: []postgres.LedgerEntry{
+				{Account: postgres.MemberAccount(member), MemberID: &member, Delta: 10},
+				{Account: postgres.LiabilityAccount, Delta: -9},
+			},
+		})
+	})
+	if err == nil {
+		t.Fatal("unbalanced transaction committed")
+	}
+	lines, _, err := postgres.ListLedger(ctx, pool, member, 0, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(lines) != 0 {
+		t.Fatalf("ledger has %d lines after a rejected transaction", len(lines))
+	}
+}
+
+func TestLedgerDuplicateCauseAndPaging(t *testing.T) {
+	ctx := context.Background()
+	pool := pgtest.NewPool(t, nil)
+	member := newMember(t, pool)
+	earn := func(cause string, pts int64) error {
+		return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+			return postgres.InsertLedgerTransaction(ctx, tx, postgres.LedgerTransaction{
+				TransactionID: uuid.New(), MemberID: member, Kind: "earn", Reason: "purchase", CauseID: cause,
+				CreatedAt: time.Now(),
+				Entries: []postgres.LedgerEntry{
+					{Account: postgres.MemberAccount(member), MemberID: &member, Delta: pts},
+					{Account: postgres.LiabilityAccount, Delta: -pts},
+				},
+			})
+		})
+	}
+	for i, c := range []string{"a", "b", "c"} {
+		if err := earn(c, int64(i+1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := earn("b", 5); err == nil {
+		t.Fatal("second transaction for the same cause was accepted")
+	}
+	first, next, err := postgres.ListLedger(ctx, pool, member, 0, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(first) != 2 || first[0].CauseID != "c" || first[1].CauseID != "b" || next == 0 {
+		t.Fatalf("first page = %+v next=%d", first, next)
+	}
+	if first[0].CounterAccount != postgres.LiabilityAccount {
+		t.Fatalf("counter account = %q", first[0].CounterAccount)
+	}
+	second, next, err := postgres.ListLedger(ctx, pool, member, next, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(second) != 1 || second[0].CauseID != "a" || next != 0 {
+		t.Fatalf("second page = %+v next=%d", second, next)
+	}
+}
+
+func TestAccountNeverNegative(t *testing.T) {
+	ctx := context.Background()
+	pool := pgtest.NewPool(t, nil)
+	member := newMember(t, pool)
+	if _, err := postgres.AddToAccount(ctx, pool, member, 5, 0, 5); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := postgres.AddToAccount(ctx, pool, member, -6, 0, 0); err == nil {
+		t.Fatal("balance went negative")
+	}
+	a, err := postgres.GetAccount(ctx, pool, member)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.Available != 5 || a.LifetimeEarned != 5 {
+		t.Fatalf("account = %+v, want 5 available, 5 earned", a)
+	}
+}
+
+func TestOutboxSequenceClaimAndNotify(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	pool := pgtest.NewPool(t, nil)
+	member := newMember(t, pool)
+
+	l, err := postgres.Listen(ctx, pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+
+	for want := int64(1); want <= 2; want++ {
+		err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+			seq, err := postgres.NextSequence(ctx, tx, member)
+			if err != nil {
+				return err
+			}
+			if seq != want {
+				t.Errorf("sequence = %d, want %d", seq, want)
+			}
+			return postgres.InsertOutbox(ctx, tx, postgres.OutboxRow{MemberID: member, Sequence: seq, ChangeID: uuid.New(), Payload: []byte{1}})
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The notification is already queued on the listening connection.
+	if err := l.Wait(ctx, 10*time.Second); err != nil {
+		t.Fatalf("wait for notification: %v", err)
+	}
+
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows, err := postgres.ClaimOutbox(ctx, tx, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rows) != 2 || rows[0].Sequence != 1 || rows[1].Sequence != 2 {
+		t.Fatalf("claimed %+v", rows)
+	}
+	// A second relay sees nothing while the rows are claimed.
+	other, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := postgres.ClaimOutbox(ctx, other, 10); err != nil || len(got) != 0 {
+		t.Fatalf("second relay claimed %d rows (err %v)", len(got), err)
+	}
+	_ = other.Rollback(ctx)
+	if err := postgres.MarkPublished(ctx, tx, []int64{rows[0].OutboxID, rows[1].OutboxID}); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	tx2, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx2.Rollback(ctx) //nolint:errcheck
+	if got, err := postgres.ClaimOutbox(ctx, tx2, 10); err != nil || len(got) != 0 {
+		t.Fatalf("published rows claimed again: %d (err %v)", len(got), err)
+	}
+}
+
+func TestIdentifierUniqueness(t *testing.T) {
+	ctx := context.Background()
+	pool := pgtest.NewPool(t, nil)
+	a, b := newMember(t, pool), newMember(t, pool)
+	key := postgres.IdentifierKey{Type: 1, Hash: []byte("hash")}
+	row := postgres.IdentifierRow{IdentifierKey: key, MemberID: a, Masked: "138****0000", LinkedAt: time.Now(), CauseID: "t"}
+	if err := postgres.InsertIdentifier(ctx, pool, row); err != nil {
+		t.Fatal(err)
+	}
+	row.MemberID = b
+	if err := postgres.InsertIdentifier(ctx, pool, row); !postgres.IsUniqueViolation(err) {
+		t.Fatalf("second owner of one identifier: err = %v, want unique violation", err)
+	}
+	got, err := postgres.FindIdentifiers(ctx, pool, []postgres.IdentifierKey{key, {Type: 2, Hash: []byte("x")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || got[0].MemberID != a {
+		t.Fatalf("found %+v, want the identifier of %s", got, a)
+	}
+}
