@@ -1,0 +1,177 @@
+// Package kafka configures franz-go clients the way every stage needs them:
+// brokers and topic names from the environment, OpenTelemetry hooks that carry
+// trace context in record headers, slog logging, topic creation and lag.
+package kafka
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/plugin/kotel"
+	"github.com/twmb/franz-go/plugin/kslog"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+)
+
+// Config says how to reach Kafka and which topics to use. Defaults match
+// scripts/deps.sh.
+type Config struct {
+	Brokers []string `env:"MC_KAFKA_BROKERS, default=127.0.0.1:59092"`
+	Topics  Topics   `env:", prefix=MC_TOPIC_"`
+	// Distinguishes this process's transactional producers; defaults to
+	// hostname-pid.
+	InstanceID string `env:"MC_INSTANCE_ID"`
+	// Prefix of the consumer group names; lets several platforms (or tests)
+	// share a cluster.
+	GroupPrefix string `env:"MC_KAFKA_GROUP_PREFIX, default=mc"`
+}
+
+// Topics are the platform's topic names.
+type Topics struct {
+	ChannelEvents string `env:"CHANNEL_EVENTS, default=channel.events.v1"`
+	MemberEvents  string `env:"MEMBER_EVENTS, default=member.events.v1"`
+	MemberChanges string `env:"MEMBER_CHANGES, default=member.changes.v1"`
+	DLQ           string `env:"DLQ, default=dlq.v1"`
+}
+
+// DefaultTopics returns the production topic names.
+func DefaultTopics() Topics {
+	return Topics{
+		ChannelEvents: "channel.events.v1",
+		MemberEvents:  "member.events.v1",
+		MemberChanges: "member.changes.v1",
+		DLQ:           "dlq.v1",
+	}
+}
+
+// All lists the topics with the partition count each is created with.
+func (t Topics) All() map[string]int32 {
+	return map[string]int32{t.ChannelEvents: 6, t.MemberEvents: 6, t.MemberChanges: 6, t.DLQ: 3}
+}
+
+// Validate reports every problem with the config at once.
+func (c Config) Validate() error {
+	var errs []error
+	if len(c.Brokers) == 0 {
+		errs = append(errs, errors.New("MC_KAFKA_BROKERS is empty"))
+	}
+	for name, v := range map[string]string{
+		"MC_TOPIC_CHANNEL_EVENTS": c.Topics.ChannelEvents, "MC_TOPIC_MEMBER_EVENTS": c.Topics.MemberEvents,
+		"MC_TOPIC_MEMBER_CHANGES": c.Topics.MemberChanges, "MC_TOPIC_DLQ": c.Topics.DLQ,
+	} {
+		if v == "" {
+			errs = append(errs, fmt.Errorf("%s is empty", name))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Instance returns the configured instance id or hostname-pid.
+func (c Config) Instance() string {
+	if c.InstanceID != "" {
+		return c.InstanceID
+	}
+	h, _ := os.Hostname()
+	return fmt.Sprintf("%s-%d", h, os.Getpid())
+}
+
+// Group returns the full consumer group name of a stage.
+func (c Config) Group(stage string) string {
+	if c.GroupPrefix == "" {
+		return stage
+	}
+	return c.GroupPrefix + "-" + stage
+}
+
+// Telemetry is what clients report to.
+type Telemetry struct {
+	Tracers    trace.TracerProvider
+	Meters     metric.MeterProvider
+	Propagator propagation.TextMapPropagator
+	Logger     *slog.Logger
+}
+
+func (t Telemetry) tracer(group string) *kotel.Tracer {
+	opts := []kotel.TracerOpt{kotel.TracerProvider(t.Tracers), kotel.TracerPropagator(t.Propagator)}
+	if group != "" {
+		opts = append(opts, kotel.ConsumerGroup(group))
+	}
+	return kotel.NewTracer(opts...)
+}
+
+// Client is a franz-go client with the tracer its hooks use.
+type Client struct {
+	*kgo.Client
+	Tracer *kotel.Tracer
+}
+
+// Options returns the client options every platform client starts from:
+// seed brokers, slog logging and OpenTelemetry hooks. Producing injects the
+// trace context of the record's context into its headers; consuming starts a
+// span whose parent is that context. The tracer is the one the hooks use, for
+// the stage's per-record process spans.
+func Options(cfg Config, tel Telemetry, group string) ([]kgo.Opt, *kotel.Tracer) {
+	tr := tel.tracer(group)
+	k := kotel.NewKotel(kotel.WithTracer(tr), kotel.WithMeter(kotel.NewMeter(kotel.MeterProvider(tel.Meters))))
+	opts := []kgo.Opt{
+		kgo.SeedBrokers(cfg.Brokers...),
+		kgo.WithHooks(k.Hooks()...),
+		kgo.ClientID("membercenter"),
+	}
+	if tel.Logger != nil {
+		opts = append(opts, kgo.WithLogger(kslog.New(tel.Logger)))
+	}
+	return opts, tr
+}
+
+// NewClient returns an instrumented client (see Options) with extra options.
+func NewClient(cfg Config, tel Telemetry, group string, opts ...kgo.Opt) (*Client, error) {
+	base, tr := Options(cfg, tel, group)
+	cl, err := kgo.NewClient(append(base, opts...)...)
+	if err != nil {
+		return nil, fmt.Errorf("kafka client: %w", err)
+	}
+	return &Client{Client: cl, Tracer: tr}, nil
+}
+
+// EnsureTopics creates the platform's topics that do not exist yet.
+func EnsureTopics(ctx context.Context, cl *kgo.Client, topics Topics) error {
+	adm := kadm.NewClient(cl)
+	for name, parts := range topics.All() {
+		resp, err := adm.CreateTopic(ctx, parts, 1, nil, name)
+		if err != nil {
+			return fmt.Errorf("create topic %s: %w", name, err)
+		}
+		if resp.Err != nil && !errors.Is(resp.Err, kerr.TopicAlreadyExists) {
+			return fmt.Errorf("create topic %s: %w", name, resp.Err)
+		}
+	}
+	return nil
+}
+
+// Header returns the value of the record header named key, or "".
+func Header(r *kgo.Record, key string) string {
+	for _, h := range r.Headers {
+		if h.Key == key {
+			return string(h.Value)
+		}
+	}
+	return ""
+}
+
+// ContentTypeJSON marks a record whose value is protojson instead of binary
+// protobuf.
+const ContentTypeJSON = "application/json"
+
+// IsJSON reports whether the record declares a JSON value.
+func IsJSON(r *kgo.Record) bool {
+	return strings.HasPrefix(Header(r, "content-type"), ContentTypeJSON)
+}
