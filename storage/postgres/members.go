@@ -36,6 +36,7 @@ type MemberRow struct {
 	Status     string
 	MergedInto *uuid.UUID
 	ChangeSeq  int64
+	Attributes map[string]string
 }
 
 // FindIdentifiers returns the stored identifiers matching any of keys.
@@ -107,8 +108,8 @@ func InsertIdentifier(ctx context.Context, q Querier, r IdentifierRow) error {
 func GetMember(ctx context.Context, q Querier, id uuid.UUID) (MemberRow, error) {
 	var m MemberRow
 	err := q.QueryRow(ctx, `
-		SELECT member_id, created_at, status, merged_into, change_seq FROM members WHERE member_id = $1`, id).
-		Scan(&m.MemberID, &m.CreatedAt, &m.Status, &m.MergedInto, &m.ChangeSeq)
+		SELECT member_id, created_at, status, merged_into, change_seq, attributes FROM members WHERE member_id = $1`, id).
+		Scan(&m.MemberID, &m.CreatedAt, &m.Status, &m.MergedInto, &m.ChangeSeq, &m.Attributes)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return m, fmt.Errorf("member %s: %w", id, ErrNotFound)
 	}

@@ -106,7 +106,14 @@ func (l *ListenOutbox) Wait(ctx context.Context, timeout time.Duration) error {
 	return err
 }
 
-// Close releases the connection; its LISTEN ends with it.
+// Exec runs a statement on the listening connection (session-level advisory
+// locks taken here last as long as the listen does).
+func (l *ListenOutbox) Exec(ctx context.Context, sql string, args ...any) error {
+	_, err := l.conn.Exec(ctx, sql, args...)
+	return err
+}
+
+// Close closes the connection; its LISTEN and session locks end with it.
 func (l *ListenOutbox) Close() {
 	// A connection that was listening must not go back to the pool.
 	_ = l.conn.Hijack().Close(context.Background())

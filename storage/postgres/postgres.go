@@ -93,3 +93,18 @@ func IsSerializationFailure(err error) bool {
 	var pgErr *pgconn.PgError
 	return errors.As(err, &pgErr) && (pgErr.Code == "40001" || pgErr.Code == "40P01")
 }
+
+// RetryTx runs fn in a transaction and retries it, up to five attempts, when
+// it fails with a unique violation or a serialization failure: the signs that
+// a concurrent writer got there first, after which a fresh attempt sees its
+// rows and takes the other branch.
+func RetryTx(ctx context.Context, pool *pgxpool.Pool, fn func(pgx.Tx) error) error {
+	var err error
+	for attempt := 0; attempt < 5; attempt++ {
+		err = pgx.BeginFunc(ctx, pool, fn)
+		if err == nil || !(IsUniqueViolation(err) || IsSerializationFailure(err)) {
+			return err
+		}
+	}
+	return fmt.Errorf("gave up after 5 conflicting attempts: %w", err)
+}

@@ -1,0 +1,62 @@
+// Package changes writes every change of a member's state to the PostgreSQL
+// outbox, in the transaction that makes the change, numbered by a per-member
+// sequence; and serves the outbox to the relay that publishes it to
+// member.changes.v1.
+package changes
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"go.opentelemetry.io/otel/propagation"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
+	"github.com/membercenter/membercenter/storage/postgres"
+)
+
+// Writer appends changes; it carries the propagator that stamps each change
+// with the trace of the transaction that wrote it.
+type Writer struct {
+	Propagator propagation.TextMapPropagator
+	Now        func() time.Time
+}
+
+// Append gives ch the member's next sequence number, a change id and a time,
+// and writes it to the outbox in tx. It returns ch as written.
+func (w Writer) Append(ctx context.Context, tx pgx.Tx, memberID uuid.UUID, ch *mcv1.MemberChange) (*mcv1.MemberChange, error) {
+	seq, err := postgres.NextSequence(ctx, tx, memberID)
+	if err != nil {
+		return nil, err
+	}
+	ch.MemberId = memberID.String()
+	ch.Sequence = uint64(seq)
+	changeID := uuid.Must(uuid.NewV7())
+	ch.ChangeId = changeID.String()
+	if ch.OccurredAt == nil {
+		now := time.Now
+		if w.Now != nil {
+			now = w.Now
+		}
+		ch.OccurredAt = timestamppb.New(now())
+	}
+	payload, err := proto.Marshal(ch)
+	if err != nil {
+		return nil, fmt.Errorf("marshal change: %w", err)
+	}
+	carrier := propagation.MapCarrier{}
+	if w.Propagator != nil {
+		w.Propagator.Inject(ctx, carrier)
+	}
+	err = postgres.InsertOutbox(ctx, tx, postgres.OutboxRow{
+		MemberID: memberID, Sequence: seq, ChangeID: changeID, Payload: payload, Traceparent: carrier.Get("traceparent"),
+	})
+	if err != nil {
+		return nil, err
+	}
+	return ch, nil
+}

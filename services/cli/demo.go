@@ -1,0 +1,465 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"os"
+	"path/filepath"
+	"reflect"
+	"sort"
+	"strings"
+	"sync/atomic"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
+
+	"github.com/membercenter/membercenter/pipeline/dlq"
+	"github.com/membercenter/membercenter/pipeline/kafka"
+	"github.com/membercenter/membercenter/services/platform"
+)
+
+func demoCmd(stdout, stderr io.Writer) *cobra.Command {
+	var shoppers int
+	var seed uint64
+	var timeout time.Duration
+	cmd := &cobra.Command{
+		Use:   "demo",
+		Short: "Run the whole platform with a short simulated omnichannel workload and show what happened",
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			logPath := filepath.Join(os.TempDir(), "membercenter-demo.log")
+			logFile, err := os.Create(logPath)
+			if err != nil {
+				return err
+			}
+			defer logFile.Close()
+			e, done, err := setup(cmd.Context(), logFile)
+			if err != nil {
+				return err
+			}
+			defer done()
+			if seed == 0 {
+				seed = uint64(time.Now().UnixNano())
+			}
+			d := &demo{e: e, out: stdout, shoppers: shoppers, seed: seed, timeout: timeout}
+			err = d.run(cmd.Context())
+			fmt.Fprintf(stdout, "\nPlatform log (JSON, with trace ids): %s\n", logPath)
+			return err
+		},
+	}
+	cmd.Flags().IntVar(&shoppers, "shoppers", 12, "number of simulated shoppers")
+	cmd.Flags().Uint64Var(&seed, "seed", 0, "workload seed (0: time-based)")
+	cmd.Flags().DurationVar(&timeout, "timeout", 2*time.Minute, "how long to wait for the workload's effects")
+	return cmd
+}
+
+type demo struct {
+	e        *env
+	out      io.Writer
+	shoppers int
+	seed     uint64
+	timeout  time.Duration
+}
+
+// shopper is one simulated person with the identifiers each channel knows.
+type shopper struct {
+	name, phone, card, openid, device string
+}
+
+func (d *demo) section(title string) {
+	fmt.Fprintf(d.out, "\n== %s %s\n", title, strings.Repeat("=", max(0, 72-len(title))))
+}
+
+func (d *demo) run(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, d.timeout)
+	defer cancel()
+	d.section("Member Center demo")
+	fmt.Fprintf(d.out, "PostgreSQL %s\nKafka      %s\nClickHouse %s/%s\n",
+		d.e.cfg.Postgres.Masked(), strings.Join(d.e.cfg.Kafka.Brokers, ","), d.e.cfg.ClickHouse.Addr, d.e.cfg.ClickHouse.Database)
+	if err := d.e.p.Migrate(ctx); err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	fmt.Fprintln(d.out, "migrations applied, topics ready")
+
+	grpcLis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	adminLis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	ready := make(chan struct{})
+	pctx, stopPlatform := context.WithCancel(ctx)
+	defer stopPlatform()
+	g, gctx := errgroup.WithContext(pctx)
+	g.Go(func() error {
+		return d.e.p.Run(gctx, platform.Options{
+			Services: platform.AllServices, Stages: platform.AllStages,
+			GRPC: grpcLis, Admin: adminLis, Ready: func() { close(ready) },
+		})
+	})
+	select {
+	case <-ready:
+	case <-gctx.Done():
+		return fmt.Errorf("platform did not start: %w", g.Wait())
+	}
+	fmt.Fprintf(d.out, "platform running: gRPC %s, metrics http://%s/metrics\n", grpcLis.Addr(), adminLis.Addr())
+
+	err = d.workload(ctx, grpcLis.Addr().String())
+	stopPlatform()
+	if werr := g.Wait(); werr != nil && !errors.Is(werr, context.Canceled) && err == nil {
+		err = werr
+	}
+	return err
+}
+
+func (d *demo) workload(ctx context.Context, grpcAddr string) error {
+	conn, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	syncc := mcv1.NewSyncServiceClient(conn)
+	idc := mcv1.NewIdentityServiceClient(conn)
+	benc := mcv1.NewBenefitsServiceClient(conn)
+
+	// Follow the change stream before anything happens.
+	sctx, stopStream := context.WithCancel(ctx)
+	defer stopStream()
+	stream, err := syncc.Subscribe(sctx, &mcv1.SubscribeRequest{})
+	if err != nil {
+		return err
+	}
+	if first, err := stream.Recv(); err != nil || first.GetReady() == nil {
+		return fmt.Errorf("subscribe: no ready message: %v", err)
+	}
+
+	cl, err := kafka.NewClient(d.e.cfg.Kafka, kafka.Telemetry{
+		Tracers: d.e.tel.Tracers, Meters: d.e.tel.Meters, Propagator: d.e.tel.Propagator, Logger: d.e.tel.Logger,
+	}, "")
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	dlqStart, err := kadm.NewClient(cl.Client).ListEndOffsets(ctx, d.e.cfg.Kafka.Topics.DLQ)
+	if err != nil {
+		return fmt.Errorf("dlq offsets: %w", err)
+	}
+
+	run := fmt.Sprintf("demo-%x", d.seed)[:13]
+	events, shoppers, earning := d.events(run)
+	d.section(fmt.Sprintf("Publishing %d channel events for %d shoppers (run %s)", len(events)+2, len(shoppers), run))
+	var recs []*kgo.Record
+	for _, k := range events {
+		b, _ := proto.Marshal(k.ev)
+		recs = append(recs, &kgo.Record{Topic: d.e.cfg.Kafka.Topics.ChannelEvents, Key: []byte(k.key), Value: b})
+	}
+	// Two bad records: bytes that are not an event, and an event whose phone
+	// number is not a number. Both must end in the dead-letter topic.
+	bad := &mcv1.ChannelEvent{EventId: run + "-bad-phone", Channel: mcv1.Channel_CHANNEL_POS, StoreId: "SH-001",
+		OccurredAt:  timestamppb.Now(),
+		Identifiers: []*mcv1.Identifier{{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_PHONE, Value: "not-a-phone"}},
+		Payload:     &mcv1.ChannelEvent_CheckIn{CheckIn: &mcv1.CheckIn{}}}
+	badBytes, _ := proto.Marshal(bad)
+	recs = append(recs,
+		&kgo.Record{Topic: d.e.cfg.Kafka.Topics.ChannelEvents, Key: []byte("garbage"), Value: []byte("{this is not protobuf")},
+		&kgo.Record{Topic: d.e.cfg.Kafka.Topics.ChannelEvents, Key: []byte("bad-phone"), Value: badBytes})
+	byChannel := map[string]int{}
+	for _, k := range events {
+		byChannel[strings.ToLower(strings.TrimPrefix(k.ev.GetChannel().String(), "CHANNEL_"))]++
+	}
+	fmt.Fprintf(d.out, "by channel: %v; plus 2 malformed records\n", byChannel)
+	start := time.Now()
+	if err := cl.ProduceSync(ctx, recs...).FirstErr(); err != nil {
+		return fmt.Errorf("publish: %w", err)
+	}
+
+	d.section("Change stream (SyncService.Subscribe)")
+	var points atomic.Int64
+	seen := 0
+	for points.Load() < int64(earning) {
+		msg, err := stream.Recv()
+		if err != nil {
+			return fmt.Errorf("stream ended after %d changes (%d of %d point credits): %w", seen, points.Load(), earning, err)
+		}
+		c := msg.GetChange()
+		if c == nil {
+			continue
+		}
+		seen++
+		if c.GetPointsChanged() != nil {
+			points.Add(1)
+		}
+		if seen <= 25 {
+			fmt.Fprintf(d.out, "%6dms  %s  seq %-2d %s\n", time.Since(start).Milliseconds(), short(c.GetMemberId()), c.GetSequence(), describe(c))
+		} else if seen == 26 {
+			fmt.Fprintln(d.out, "          …")
+		}
+	}
+	fmt.Fprintf(d.out, "%d changes received; every purchase credited within %dms of publishing\n", seen, time.Since(start).Milliseconds())
+	stopStream()
+
+	d.section("Members and points (IdentityService, BenefitsService)")
+	tw := tabwriter.NewWriter(d.out, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "shopper\tmember\tidentifiers (masked)\tpoints\tledger")
+	for _, s := range shoppers {
+		m, err := idc.FindByIdentifier(ctx, &mcv1.FindByIdentifierRequest{Identifier: &mcv1.Identifier{
+			Type: mcv1.IdentifierType_IDENTIFIER_TYPE_PHONE, Value: s.phone}})
+		if err != nil {
+			fmt.Fprintf(tw, "%s\t-\t(not found: %v)\t\t\n", s.name, err)
+			continue
+		}
+		bal, err := benc.GetBalance(ctx, &mcv1.GetBalanceRequest{MemberId: m.GetMember().GetMemberId()})
+		if err != nil {
+			return err
+		}
+		led, err := benc.ListLedger(ctx, &mcv1.ListLedgerRequest{MemberId: m.GetMember().GetMemberId(), PageSize: 100})
+		if err != nil {
+			return err
+		}
+		var ids []string
+		for _, r := range m.GetMember().GetIdentifiers() {
+			ids = append(ids, strings.ToLower(strings.TrimPrefix(r.GetType().String(), "IDENTIFIER_TYPE_"))+":"+r.GetMasked())
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d entries\n", s.name, short(m.GetMember().GetMemberId()), strings.Join(ids, " "), bal.GetAvailable(), len(led.GetEntries()))
+	}
+	tw.Flush()
+
+	d.section("Dead letters (dlq.v1)")
+	if err := d.printDLQ(ctx, cl.Client, dlqStart, run); err != nil {
+		return err
+	}
+
+	d.section("ClickHouse: queries a marketing analyst runs")
+	return d.analyst(ctx, run, len(events))
+}
+
+// events builds a deterministic omnichannel workload: shoppers seen at POS by
+// phone and member card, in the app by phone and device, in the mini-program
+// by openid and phone, so identities are unified across channels.
+// keyedEvent is a channel event with its record key. Every event of one
+// shopper is keyed by the shopper's phone, so ingest resolves them in order
+// and the device-only check-in finds the member the app sign-up created.
+type keyedEvent struct {
+	key string
+	ev  *mcv1.ChannelEvent
+}
+
+func (d *demo) events(run string) ([]keyedEvent, []shopper, int) {
+	rng := rand.New(rand.NewPCG(d.seed, 42))
+	names := []string{"Li Wei", "Wang Fang", "Zhang Min", "Liu Yang", "Chen Jing", "Yang Lei", "Zhao Xin", "Huang Yan",
+		"Zhou Jie", "Wu Ting", "Xu Hao", "Sun Li", "Ma Chao", "Zhu Lin", "Hu Bo", "Guo Mei"}
+	stores := []string{"SH-001", "SH-002", "BJ-001", "GZ-003"}
+	cats := []struct{ sku, cat, brand string }{
+		{"LATTE-L", "coffee", "house"}, {"CROISSANT", "bakery", "house"}, {"BEANS-1KG", "coffee", "yunnan"},
+		{"MUG-01", "merch", "house"}, {"SALAD-01", "food", "fresh"},
+	}
+	var shoppers []shopper
+	for i := 0; i < d.shoppers; i++ {
+		shoppers = append(shoppers, shopper{
+			name:   names[i%len(names)],
+			phone:  fmt.Sprintf("13%d%08d", 5+rng.IntN(5), rng.IntN(100000000)),
+			card:   fmt.Sprintf("C%010d", rng.IntN(1e9)),
+			openid: fmt.Sprintf("o%x", rng.Uint64()),
+			device: fmt.Sprintf("dev-%x", rng.Uint32()),
+		})
+	}
+	now := time.Now().Add(-time.Hour)
+	var evs []keyedEvent
+	earning := 0
+	n := 0
+	add := func(s shopper, ch mcv1.Channel, store string, ids []*mcv1.Identifier, payload func(*mcv1.ChannelEvent)) {
+		n++
+		ev := &mcv1.ChannelEvent{
+			EventId: fmt.Sprintf("%s-%04d", run, n), Channel: ch, StoreId: store,
+			OccurredAt: timestamppb.New(now.Add(time.Duration(n) * time.Minute)), Identifiers: ids,
+		}
+		payload(ev)
+		evs = append(evs, keyedEvent{key: s.phone, ev: ev})
+	}
+	phone := func(s shopper) *mcv1.Identifier {
+		return &mcv1.Identifier{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_PHONE, Value: s.phone}
+	}
+	purchase := func(ev *mcv1.ChannelEvent) {
+		var items []*mcv1.LineItem
+		var total int64
+		for k := 0; k < 1+rng.IntN(3); k++ {
+			c := cats[rng.IntN(len(cats))]
+			amt := int64(800 + rng.IntN(12000))
+			total += amt
+			items = append(items, &mcv1.LineItem{Sku: c.sku, Category: c.cat, Brand: c.brand, Quantity: 1,
+				Amount: &mcv1.Money{Currency: "CNY", AmountMinor: amt}})
+		}
+		ev.Payload = &mcv1.ChannelEvent_Transaction{Transaction: &mcv1.Transaction{
+			OrderId: "O-" + ev.GetEventId(), Total: &mcv1.Money{Currency: "CNY", AmountMinor: total}, Items: items}}
+		if total >= 100 {
+			earning++
+		}
+	}
+	for _, s := range shoppers {
+		// Sign up in the app with phone and device.
+		add(s, mcv1.Channel_CHANNEL_APP, "", []*mcv1.Identifier{phone(s),
+			{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_DEVICE_ID, Value: s.device}},
+			func(ev *mcv1.ChannelEvent) { ev.Payload = &mcv1.ChannelEvent_SignUp{SignUp: &mcv1.SignUp{}} })
+		// Buy at the till, identified by phone and member card.
+		for k := 0; k < 1+rng.IntN(3); k++ {
+			add(s, mcv1.Channel_CHANNEL_POS, stores[rng.IntN(len(stores))], []*mcv1.Identifier{
+				{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_MEMBER_CARD, Value: s.card}, phone(s)}, purchase)
+		}
+		// Order in the mini-program, identified by openid (and phone).
+		add(s, mcv1.Channel_CHANNEL_MINIPROGRAM, "", []*mcv1.Identifier{
+			{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_MINIPROGRAM_OPENID, Value: s.openid, Scope: "wx-demo-app"}, phone(s)}, purchase)
+		// Check in from the app by device only: resolved through the device.
+		add(s, mcv1.Channel_CHANNEL_APP, "", []*mcv1.Identifier{{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_DEVICE_ID, Value: s.device}},
+			func(ev *mcv1.ChannelEvent) { ev.Payload = &mcv1.ChannelEvent_CheckIn{CheckIn: &mcv1.CheckIn{}} })
+	}
+	return evs, shoppers, earning
+}
+
+func (d *demo) printDLQ(ctx context.Context, cl *kgo.Client, start kadm.ListedOffsets, run string) error {
+	offsets := map[string]map[int32]kgo.Offset{}
+	start.Each(func(o kadm.ListedOffset) {
+		if offsets[o.Topic] == nil {
+			offsets[o.Topic] = map[int32]kgo.Offset{}
+		}
+		offsets[o.Topic][o.Partition] = kgo.NewOffset().At(o.Offset)
+	})
+	cl.AddConsumePartitions(offsets)
+	defer cl.PurgeTopicsFromConsuming(d.e.cfg.Kafka.Topics.DLQ)
+	found := 0
+	for found < 2 {
+		fetches := cl.PollFetches(ctx)
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("waiting for dead letters: %w", err)
+		}
+		fetches.EachRecord(func(r *kgo.Record) {
+			l := dlq.Parse(r)
+			found++
+			fmt.Fprintf(d.out, "%s/%d@%d  stage=%s\n  reason: %s\n", l.Topic, l.Partition, l.Offset, l.Stage, l.Reason)
+		})
+	}
+	return nil
+}
+
+func (d *demo) analyst(ctx context.Context, run string, events int) error {
+	conn, err := d.e.p.OpenClickHouse(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	like := run + "-%"
+	// The sink commits in batches; wait until the whole run has landed.
+	for {
+		var n uint64
+		if err := conn.QueryRow(ctx, "SELECT count() FROM member_events FINAL WHERE event_id LIKE ?", like).Scan(&n); err != nil {
+			return err
+		}
+		if int(n) == events {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("ClickHouse has %d of %d events: %w", n, events, ctx.Err())
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	queries := []struct{ title, sql string }{
+		{"Sales by channel", `SELECT channel, count() AS orders, sum(amount_minor) / 100 AS revenue, round(avg(amount_minor) / 100, 2) AS aov
+  FROM member_events FINAL
+ WHERE event_type = 'transaction' AND event_id LIKE ?
+ GROUP BY channel ORDER BY revenue DESC`},
+		{"Omnichannel members (bought in 2+ channels)", `SELECT uniqExact(member_id) AS members
+  FROM (SELECT member_id FROM member_events FINAL
+         WHERE event_type = 'transaction' AND event_id LIKE ?
+         GROUP BY member_id HAVING uniqExact(channel) >= 2)`},
+		{"Top categories", `SELECT items.category AS category, sum(items.amount_minor) / 100 AS revenue, count() AS lines
+  FROM member_events FINAL ARRAY JOIN items
+ WHERE event_id LIKE ?
+ GROUP BY category ORDER BY revenue DESC LIMIT 5`},
+		{"Top members by spend, with points", `SELECT e.member_id, e.spend, c.points
+  FROM (SELECT member_id, sum(amount_minor) / 100 AS spend FROM member_events FINAL
+         WHERE event_type = 'transaction' AND event_id LIKE ? GROUP BY member_id) AS e
+  ANY LEFT JOIN (SELECT member_id, argMax(points_balance, sequence) AS points FROM member_changes FINAL
+                  WHERE change_type = 'points_changed' GROUP BY member_id) AS c USING member_id
+ ORDER BY e.spend DESC LIMIT 5`},
+	}
+	for _, q := range queries {
+		fmt.Fprintf(d.out, "\n-- %s\n%s;\n", q.title, strings.ReplaceAll(q.sql, "?", "'"+like+"'"))
+		rows, err := conn.Query(ctx, q.sql, like)
+		if err != nil {
+			return fmt.Errorf("%s: %w", q.title, err)
+		}
+		cols := rows.Columns()
+		tw := tabwriter.NewWriter(d.out, 2, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, strings.Join(cols, "\t"))
+		types := rows.ColumnTypes()
+		for rows.Next() {
+			vals := make([]any, len(cols))
+			for i := range vals {
+				vals[i] = newScanTarget(types[i].ScanType())
+			}
+			if err := rows.Scan(vals...); err != nil {
+				rows.Close()
+				return err
+			}
+			var cells []string
+			for _, v := range vals {
+				cells = append(cells, fmt.Sprint(deref(v)))
+			}
+			fmt.Fprintln(tw, strings.Join(cells, "\t"))
+		}
+		rows.Close()
+		tw.Flush()
+	}
+	return nil
+}
+
+func short(id string) string {
+	if len(id) > 13 {
+		return id[:8] + "…" + id[len(id)-4:]
+	}
+	return id
+}
+
+// describe renders a change on one line, without any PII.
+func describe(c *mcv1.MemberChange) string {
+	switch x := c.GetChange().(type) {
+	case *mcv1.MemberChange_MemberCreated:
+		var types []string
+		for _, r := range x.MemberCreated.GetIdentifiers() {
+			types = append(types, strings.ToLower(strings.TrimPrefix(r.GetType().String(), "IDENTIFIER_TYPE_")))
+		}
+		sort.Strings(types)
+		return fmt.Sprintf("member created via %s (%s)", strings.ToLower(strings.TrimPrefix(c.GetChannel().String(), "CHANNEL_")), strings.Join(types, ", "))
+	case *mcv1.MemberChange_PointsChanged:
+		return fmt.Sprintf("points %+d → balance %d (%s)", x.PointsChanged.GetDelta(), x.PointsChanged.GetBalance(), x.PointsChanged.GetReason())
+	case *mcv1.MemberChange_IdentityChanged:
+		var types []string
+		for _, r := range x.IdentityChanged.GetIdentifiers() {
+			types = append(types, strings.ToLower(strings.TrimPrefix(r.GetType().String(), "IDENTIFIER_TYPE_"))+" "+r.GetMasked())
+		}
+		return fmt.Sprintf("identity %s: %s", strings.ToLower(strings.TrimPrefix(x.IdentityChanged.GetKind().String(), "IDENTITY_CHANGE_KIND_")), strings.Join(types, ", "))
+	default:
+		b, _ := protojson.Marshal(c)
+		return string(b)
+	}
+}
+
+func newScanTarget(t reflect.Type) any { return reflect.New(t).Interface() }
+
+func deref(v any) any { return reflect.ValueOf(v).Elem().Interface() }

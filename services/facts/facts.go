@@ -1,0 +1,141 @@
+// Package facts converts member events and changes into ClickHouse fact rows
+// for the sink stage.
+package facts
+
+import (
+	"context"
+	"strings"
+	"time"
+
+	"google.golang.org/protobuf/encoding/protojson"
+
+	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
+	"github.com/membercenter/membercenter/storage/clickhouse"
+
+	"github.com/membercenter/membercenter/pipeline/sink"
+)
+
+// Writer stores facts through a ClickHouse batch writer.
+type Writer struct {
+	W   *clickhouse.Writer
+	Now func() time.Time
+}
+
+var _ sink.Facts = Writer{}
+
+// WriteEvents implements sink.Facts.
+func (w Writer) WriteEvents(ctx context.Context, events []sink.Event) error {
+	rows := make([]clickhouse.EventRow, len(events))
+	for i, e := range events {
+		rows[i] = toEventRow(e)
+	}
+	return w.W.InsertEvents(ctx, rows)
+}
+
+// WriteChanges implements sink.Facts.
+func (w Writer) WriteChanges(ctx context.Context, changes []sink.Change) error {
+	now := time.Now()
+	if w.Now != nil {
+		now = w.Now()
+	}
+	rows := make([]clickhouse.ChangeRow, len(changes))
+	for i, c := range changes {
+		rows[i] = toChangeRow(c, now)
+	}
+	return w.W.InsertChanges(ctx, rows)
+}
+
+// EventType names a member event's payload: "transaction", "check_in", …
+func EventType(m *mcv1.MemberEvent) string {
+	switch m.GetPayload().(type) {
+	case *mcv1.MemberEvent_Transaction:
+		return "transaction"
+	case *mcv1.MemberEvent_Refund:
+		return "refund"
+	case *mcv1.MemberEvent_Visit:
+		return "visit"
+	case *mcv1.MemberEvent_Browse:
+		return "browse"
+	case *mcv1.MemberEvent_SignUp:
+		return "sign_up"
+	case *mcv1.MemberEvent_CheckIn:
+		return "check_in"
+	case *mcv1.MemberEvent_Share:
+		return "share"
+	case *mcv1.MemberEvent_Referral:
+		return "referral"
+	}
+	return "unknown"
+}
+
+// ChannelName is the short lower-case name of a channel: "pos", "app", …
+func ChannelName(c mcv1.Channel) string {
+	return strings.ToLower(strings.TrimPrefix(c.String(), "CHANNEL_"))
+}
+
+func toEventRow(e sink.Event) clickhouse.EventRow {
+	m := e.Msg
+	r := clickhouse.EventRow{
+		EventID: m.GetEventId(), MemberID: m.GetMemberId(), EventType: EventType(m),
+		Channel: ChannelName(m.GetChannel()), StoreID: m.GetStoreId(),
+		OccurredAt: m.GetOccurredAt().AsTime(), IngestedAt: m.GetIngestedAt().AsTime(), TraceID: e.TraceID,
+	}
+	var items []*mcv1.LineItem
+	switch {
+	case m.GetTransaction() != nil:
+		t := m.GetTransaction()
+		r.OrderID, r.Currency, r.AmountMinor = t.GetOrderId(), t.GetTotal().GetCurrency(), t.GetTotal().GetAmountMinor()
+		r.DiscountMinor, r.PointsRedeemed = t.GetDiscount().GetAmountMinor(), t.GetPointsRedeemed()
+		items = t.GetItems()
+	case m.GetRefund() != nil:
+		f := m.GetRefund()
+		r.OrderID, r.Currency, r.AmountMinor = f.GetOrderId(), f.GetAmount().GetCurrency(), -f.GetAmount().GetAmountMinor()
+		items = f.GetItems()
+	}
+	for _, it := range items {
+		r.Items = append(r.Items, clickhouse.ItemRow{
+			SKU: it.GetSku(), Category: it.GetCategory(), Brand: it.GetBrand(),
+			Quantity: it.GetQuantity(), AmountMinor: it.GetAmount().GetAmountMinor(),
+		})
+	}
+	return r
+}
+
+// ChangeType names a change's kind: "points_changed", "member_created", …
+func ChangeType(c *mcv1.MemberChange) string {
+	switch c.GetChange().(type) {
+	case *mcv1.MemberChange_MemberCreated:
+		return "member_created"
+	case *mcv1.MemberChange_PointsChanged:
+		return "points_changed"
+	case *mcv1.MemberChange_TierChanged:
+		return "tier_changed"
+	case *mcv1.MemberChange_IdentityChanged:
+		return "identity_changed"
+	case *mcv1.MemberChange_AttributesChanged:
+		return "attributes_changed"
+	case *mcv1.MemberChange_ConsentChanged:
+		return "consent_changed"
+	case *mcv1.MemberChange_LabelsChanged:
+		return "labels_changed"
+	case *mcv1.MemberChange_BenefitChanged:
+		return "benefit_changed"
+	case *mcv1.MemberChange_CouponChanged:
+		return "coupon_changed"
+	}
+	return "unknown"
+}
+
+func toChangeRow(c sink.Change, now time.Time) clickhouse.ChangeRow {
+	m := c.Msg
+	payload, _ := protojson.Marshal(m) // a decoded message always marshals
+	r := clickhouse.ChangeRow{
+		MemberID: m.GetMemberId(), Sequence: m.GetSequence(), ChangeID: m.GetChangeId(), ChangeType: ChangeType(m),
+		OccurredAt: m.GetOccurredAt().AsTime(), CauseID: m.GetCauseId(), Channel: ChannelName(m.GetChannel()),
+		StoreID: m.GetStoreId(), Payload: string(payload), TraceID: c.TraceID, InsertedAt: now,
+	}
+	if p := m.GetPointsChanged(); p != nil {
+		r.PointsDelta, r.PointsBalance = p.GetDelta(), p.GetBalance()
+	}
+	return r
+}

@@ -1,0 +1,147 @@
+package identity
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"unicode"
+
+	"github.com/nyaruka/phonenumbers"
+
+	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
+)
+
+// ErrInvalidIdentifier is wrapped by every normaliser rejection.
+var ErrInvalidIdentifier = errors.New("invalid identifier")
+
+// Normalized is an identifier in canonical form with its stored forms.
+type Normalized struct {
+	Type   mcv1.IdentifierType
+	Scope  string
+	Value  string // canonical raw value; never stored or published
+	Hash   []byte
+	Cipher []byte // phone and e-mail only
+	KeyID  string
+	Masked string
+}
+
+// Normalizer canonicalises raw identifiers.
+type Normalizer struct {
+	// Region assumed for phone numbers without a country code.
+	DefaultRegion string
+}
+
+// Normalize returns the canonical value of id, or an error wrapping
+// ErrInvalidIdentifier that says what is wrong.
+func (n Normalizer) Normalize(id *mcv1.Identifier) (value string, err error) {
+	raw := strings.TrimSpace(id.GetValue())
+	if raw == "" {
+		return "", fmt.Errorf("%w: empty value", ErrInvalidIdentifier)
+	}
+	switch id.GetType() {
+	case mcv1.IdentifierType_IDENTIFIER_TYPE_PHONE:
+		return n.phone(raw)
+	case mcv1.IdentifierType_IDENTIFIER_TYPE_EMAIL:
+		return email(raw)
+	case mcv1.IdentifierType_IDENTIFIER_TYPE_MINIPROGRAM_OPENID:
+		if strings.TrimSpace(id.GetScope()) == "" {
+			return "", fmt.Errorf("%w: a mini-program openid needs its app id as scope", ErrInvalidIdentifier)
+		}
+		return token(raw)
+	case mcv1.IdentifierType_IDENTIFIER_TYPE_WECHAT_UNIONID, mcv1.IdentifierType_IDENTIFIER_TYPE_DEVICE_ID,
+		mcv1.IdentifierType_IDENTIFIER_TYPE_CRM_ID:
+		return token(raw)
+	case mcv1.IdentifierType_IDENTIFIER_TYPE_MEMBER_CARD, mcv1.IdentifierType_IDENTIFIER_TYPE_MEMBER_CODE:
+		v, err := token(raw)
+		return strings.ToUpper(v), err
+	default:
+		return "", fmt.Errorf("%w: unknown type %v", ErrInvalidIdentifier, id.GetType())
+	}
+}
+
+func (n Normalizer) phone(raw string) (string, error) {
+	region := n.DefaultRegion
+	if region == "" {
+		region = "CN"
+	}
+	num, err := phonenumbers.Parse(raw, region)
+	if err != nil {
+		return "", fmt.Errorf("%w: phone %q: %v", ErrInvalidIdentifier, mask(raw), err)
+	}
+	if !phonenumbers.IsValidNumber(num) {
+		return "", fmt.Errorf("%w: phone %q is not a valid number", ErrInvalidIdentifier, mask(raw))
+	}
+	return phonenumbers.Format(num, phonenumbers.E164), nil
+}
+
+func email(raw string) (string, error) {
+	v := strings.ToLower(raw)
+	local, domain, ok := strings.Cut(v, "@")
+	if !ok || local == "" || domain == "" || strings.Contains(domain, "@") ||
+		!strings.Contains(domain, ".") || strings.HasPrefix(domain, ".") || strings.HasSuffix(domain, ".") {
+		return "", fmt.Errorf("%w: e-mail %q is not local@domain", ErrInvalidIdentifier, mask(raw))
+	}
+	if strings.IndexFunc(v, unicode.IsSpace) >= 0 {
+		return "", fmt.Errorf("%w: e-mail contains whitespace", ErrInvalidIdentifier)
+	}
+	return v, nil
+}
+
+// token accepts opaque ids: printable, no whitespace.
+func token(raw string) (string, error) {
+	for _, r := range raw {
+		if unicode.IsSpace(r) || !unicode.IsPrint(r) {
+			return "", fmt.Errorf("%w: contains whitespace or control characters", ErrInvalidIdentifier)
+		}
+	}
+	return raw, nil
+}
+
+// mask keeps the first three and last two characters of a value for display
+// and error messages: "13812345678" → "138******78".
+func mask(v string) string {
+	rs := []rune(v)
+	if len(rs) <= 5 {
+		return strings.Repeat("*", len(rs))
+	}
+	return string(rs[:3]) + strings.Repeat("*", len(rs)-5) + string(rs[len(rs)-2:])
+}
+
+// maskEmail keeps the first character of the local part and the domain.
+func maskEmail(v string) string {
+	local, domain, _ := strings.Cut(v, "@")
+	rs := []rune(local)
+	if len(rs) == 0 {
+		return "***@" + domain
+	}
+	return string(rs[:1]) + "***@" + domain
+}
+
+// isPII reports whether a type's raw value is personal data that must be
+// encrypted at rest (the others are opaque ids issued by platforms).
+func isPII(t mcv1.IdentifierType) bool {
+	return t == mcv1.IdentifierType_IDENTIFIER_TYPE_PHONE || t == mcv1.IdentifierType_IDENTIFIER_TYPE_EMAIL
+}
+
+// priority orders identifier types by how strongly they identify a person:
+// when identifiers point at different members, the lowest number wins.
+func priority(t mcv1.IdentifierType) int {
+	switch t {
+	case mcv1.IdentifierType_IDENTIFIER_TYPE_MEMBER_CODE:
+		return 1
+	case mcv1.IdentifierType_IDENTIFIER_TYPE_MEMBER_CARD:
+		return 2
+	case mcv1.IdentifierType_IDENTIFIER_TYPE_CRM_ID:
+		return 3
+	case mcv1.IdentifierType_IDENTIFIER_TYPE_WECHAT_UNIONID:
+		return 4
+	case mcv1.IdentifierType_IDENTIFIER_TYPE_PHONE:
+		return 5
+	case mcv1.IdentifierType_IDENTIFIER_TYPE_EMAIL:
+		return 6
+	case mcv1.IdentifierType_IDENTIFIER_TYPE_MINIPROGRAM_OPENID:
+		return 7
+	default:
+		return 8
+	}
+}

@@ -1,0 +1,129 @@
+package identity
+
+import (
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"strings"
+)
+
+// KeyConfig holds the PII keys. Values are base64; the encryption keys are
+// listed as id:key pairs so old ciphertexts stay readable after rotation.
+type KeyConfig struct {
+	// HMAC key for lookups (at least 32 bytes).
+	HMACKey string `env:"MC_PII_HMAC_KEY"`
+	// AES-256 keys for display ciphertexts: "k1:BASE64,k2:BASE64".
+	EncKeys string `env:"MC_PII_ENC_KEYS"`
+	// Id of the key new ciphertexts are written with.
+	EncKeyID string `env:"MC_PII_ENC_KEY_ID"`
+}
+
+// DevKeys is a fixed, public key set for development and tests only. Setup
+// logs a warning whenever it is in use.
+var DevKeys = KeyConfig{
+	HMACKey:  base64.StdEncoding.EncodeToString([]byte("membercenter-dev-hmac-key-not-secret!")),
+	EncKeys:  "dev1:" + base64.StdEncoding.EncodeToString([]byte("membercenter-dev-aes-256-key-32b")),
+	EncKeyID: "dev1",
+}
+
+// IsDev reports whether no keys were configured.
+func (c KeyConfig) IsDev() bool { return c.HMACKey == "" && c.EncKeys == "" }
+
+// Validate reports every problem with the keys at once.
+func (c KeyConfig) Validate() error {
+	if c.IsDev() {
+		return nil
+	}
+	_, err := NewPII(c)
+	return err
+}
+
+// PII turns raw identifier values into what may be stored: a keyed hash for
+// lookup and, for phone and e-mail, an AES-GCM ciphertext for display.
+type PII struct {
+	hmacKey []byte
+	aeads   map[string]cipher.AEAD
+	active  string
+}
+
+// NewPII loads keys; an empty config loads DevKeys.
+func NewPII(c KeyConfig) (*PII, error) {
+	if c.IsDev() {
+		c = DevKeys
+	}
+	var errs []error
+	p := &PII{aeads: map[string]cipher.AEAD{}, active: c.EncKeyID}
+	var err error
+	if p.hmacKey, err = base64.StdEncoding.DecodeString(c.HMACKey); err != nil {
+		errs = append(errs, fmt.Errorf("MC_PII_HMAC_KEY: not base64: %w", err))
+	} else if len(p.hmacKey) < 32 {
+		errs = append(errs, fmt.Errorf("MC_PII_HMAC_KEY: %d bytes, need at least 32", len(p.hmacKey)))
+	}
+	for _, pair := range strings.Split(c.EncKeys, ",") {
+		id, b64, ok := strings.Cut(strings.TrimSpace(pair), ":")
+		if !ok || id == "" {
+			errs = append(errs, fmt.Errorf("MC_PII_ENC_KEYS: entry %q is not id:base64key", pair))
+			continue
+		}
+		key, err := base64.StdEncoding.DecodeString(b64)
+		if err != nil || len(key) != 32 {
+			errs = append(errs, fmt.Errorf("MC_PII_ENC_KEYS: key %s must be 32 base64-encoded bytes", id))
+			continue
+		}
+		block, _ := aes.NewCipher(key)
+		aead, err := cipher.NewGCM(block)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("MC_PII_ENC_KEYS: key %s: %w", id, err))
+			continue
+		}
+		p.aeads[id] = aead
+	}
+	if _, ok := p.aeads[p.active]; !ok {
+		errs = append(errs, fmt.Errorf("MC_PII_ENC_KEY_ID %q names no key in MC_PII_ENC_KEYS", p.active))
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	return p, nil
+}
+
+// Hash is the lookup key of a normalised value: HMAC-SHA256 over type, scope
+// and value, so equal values of different types never collide.
+func (p *PII) Hash(typ int16, scope, value string) []byte {
+	m := hmac.New(sha256.New, p.hmacKey)
+	fmt.Fprintf(m, "%d\x00%s\x00%s", typ, scope, value)
+	return m.Sum(nil)
+}
+
+// Encrypt seals value with the active key. The identifier's hash is bound as
+// additional data, so a ciphertext cannot be moved to another row.
+func (p *PII) Encrypt(value string, hash []byte) (ciphertext []byte, keyID string, err error) {
+	aead := p.aeads[p.active]
+	nonce := make([]byte, aead.NonceSize())
+	if _, err := rand.Read(nonce); err != nil {
+		return nil, "", err
+	}
+	return aead.Seal(nonce, nonce, []byte(value), hash), p.active, nil
+}
+
+// Decrypt opens a ciphertext written by Encrypt under keyID.
+func (p *PII) Decrypt(ciphertext []byte, keyID string, hash []byte) (string, error) {
+	aead, ok := p.aeads[keyID]
+	if !ok {
+		return "", fmt.Errorf("decrypt: unknown key id %q", keyID)
+	}
+	if len(ciphertext) < aead.NonceSize() {
+		return "", errors.New("decrypt: ciphertext too short")
+	}
+	n := aead.NonceSize()
+	plain, err := aead.Open(nil, ciphertext[:n], ciphertext[n:], hash)
+	if err != nil {
+		return "", fmt.Errorf("decrypt: %w", err)
+	}
+	return string(plain), nil
+}

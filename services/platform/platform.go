@@ -1,0 +1,371 @@
+// Package platform wires Member Center together by hand, top to bottom: the
+// stores, the services behind the gRPC server, the pipeline stages, and the
+// admin endpoints, each built from the configuration it owns.
+package platform
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"slices"
+	"sort"
+	"strings"
+
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/sethvargo/go-envconfig"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
+	"github.com/membercenter/membercenter/storage/clickhouse"
+	"github.com/membercenter/membercenter/storage/postgres"
+
+	"github.com/membercenter/membercenter/pipeline/ingest"
+	"github.com/membercenter/membercenter/pipeline/kafka"
+	"github.com/membercenter/membercenter/pipeline/relay"
+	"github.com/membercenter/membercenter/pipeline/sink"
+	"github.com/membercenter/membercenter/pipeline/worker"
+	"github.com/membercenter/membercenter/services/benefits"
+	"github.com/membercenter/membercenter/services/changes"
+	"github.com/membercenter/membercenter/services/facts"
+	"github.com/membercenter/membercenter/services/identity"
+	"github.com/membercenter/membercenter/services/profile"
+	"github.com/membercenter/membercenter/services/server"
+	syncsvc "github.com/membercenter/membercenter/services/sync"
+	"github.com/membercenter/membercenter/services/telemetry"
+)
+
+// Config is the whole platform's configuration; each part belongs to the
+// package that uses it.
+type Config struct {
+	Postgres   postgres.Config
+	ClickHouse clickhouse.Config
+	Kafka      kafka.Config
+	Telemetry  telemetry.Config
+	Server     server.Config
+	Identity   identity.Config
+}
+
+// LoadConfig reads the configuration from the environment, with defaults
+// that match what scripts/deps.sh starts.
+func LoadConfig(ctx context.Context) (Config, error) {
+	var c Config
+	if err := envconfig.Process(ctx, &c); err != nil {
+		return c, fmt.Errorf("read configuration: %w", err)
+	}
+	return c, c.Validate()
+}
+
+// Validate reports every problem with the config at once.
+func (c Config) Validate() error {
+	return errors.Join(c.Postgres.Validate(), c.ClickHouse.Validate(), c.Kafka.Validate(),
+		c.Telemetry.Validate(), c.Server.Validate(), c.Identity.Validate())
+}
+
+// LogValue renders the effective configuration with secrets masked.
+func (c Config) LogValue() slog.Value {
+	return slog.GroupValue(
+		slog.String("postgres", c.Postgres.Masked()),
+		slog.Int("postgres_max_conns", int(c.Postgres.MaxConns)),
+		slog.String("clickhouse", c.ClickHouse.Addr+"/"+c.ClickHouse.Database),
+		slog.String("clickhouse_password", telemetry.Mask(c.ClickHouse.Password)),
+		slog.String("kafka", strings.Join(c.Kafka.Brokers, ",")),
+		slog.Any("topics", c.Kafka.Topics),
+		slog.String("group_prefix", c.Kafka.GroupPrefix),
+		slog.String("grpc", c.Server.GRPCAddr),
+		slog.String("admin", c.Server.AdminAddr),
+		slog.String("otlp", c.Telemetry.OTLPEndpoint),
+		slog.Bool("pii_dev_keys", c.Identity.Keys.IsDev()),
+		slog.String("pii_hmac_key", telemetry.Mask(c.Identity.Keys.HMACKey)),
+		slog.String("pii_enc_key_id", c.Identity.Keys.EncKeyID),
+	)
+}
+
+// Services and stages that can be selected.
+var (
+	AllServices = []string{"identity", "profile", "benefits", "sync"}
+	AllStages   = []string{ingest.Stage, benefits.Stage, relay.Stage, sink.Stage}
+)
+
+// ParseSelection expands a comma-separated selection ("all" or names) and
+// rejects unknown names, listing the valid ones.
+func ParseSelection(what, sel string, valid []string) ([]string, error) {
+	sel = strings.TrimSpace(sel)
+	if sel == "" || sel == "none" {
+		return nil, nil
+	}
+	if sel == "all" {
+		return slices.Clone(valid), nil
+	}
+	var out []string
+	for _, name := range strings.Split(sel, ",") {
+		name = strings.TrimSpace(name)
+		if name == "sink" {
+			name = sink.Stage
+		}
+		if !slices.Contains(valid, name) {
+			return nil, fmt.Errorf("unknown %s %q; choose from all, %s", what, name, strings.Join(valid, ", "))
+		}
+		if !slices.Contains(out, name) {
+			out = append(out, name)
+		}
+	}
+	return out, nil
+}
+
+// Options selects what a process runs.
+type Options struct {
+	Services []string
+	Stages   []string
+	// Listeners; when nil, the configured addresses are used.
+	GRPC, Admin net.Listener
+	// Ready is called once every selected service and stage has started.
+	Ready func()
+}
+
+// Platform holds the shared dependencies.
+type Platform struct {
+	cfg  Config
+	tel  *telemetry.Telemetry
+	pool *pgxpool.Pool
+}
+
+// Open connects to PostgreSQL; Kafka and ClickHouse clients belong to the
+// components that use them.
+func Open(ctx context.Context, cfg Config, tel *telemetry.Telemetry) (*Platform, error) {
+	pool, err := postgres.Open(ctx, cfg.Postgres, tel.Tracers)
+	if err != nil {
+		return nil, err
+	}
+	return &Platform{cfg: cfg, tel: tel, pool: pool}, nil
+}
+
+// Close releases the shared dependencies.
+func (p *Platform) Close() { p.pool.Close() }
+
+// Pool returns the PostgreSQL pool.
+func (p *Platform) Pool() *pgxpool.Pool { return p.pool }
+
+func (p *Platform) kafkaTelemetry() kafka.Telemetry {
+	return kafka.Telemetry{Tracers: p.tel.Tracers, Meters: p.tel.Meters, Propagator: p.tel.Propagator, Logger: p.tel.Logger}
+}
+
+// Migrate applies PostgreSQL and ClickHouse migrations and creates missing
+// Kafka topics. Every step is idempotent.
+func (p *Platform) Migrate(ctx context.Context) error {
+	log := p.tel.Logger
+	applied, err := postgres.Migrate(ctx, p.pool)
+	if err != nil {
+		return err
+	}
+	log.InfoContext(ctx, "postgres migrated", "applied", applied)
+	conn, err := clickhouse.Open(ctx, p.cfg.ClickHouse)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	applied, err = clickhouse.Migrate(ctx, conn)
+	if err != nil {
+		return err
+	}
+	log.InfoContext(ctx, "clickhouse migrated", "applied", applied)
+	cl, err := kafka.NewClient(p.cfg.Kafka, p.kafkaTelemetry(), "")
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	if err := kafka.EnsureTopics(ctx, cl.Client, p.cfg.Kafka.Topics); err != nil {
+		return err
+	}
+	log.InfoContext(ctx, "kafka topics ready", "topics", p.cfg.Kafka.Topics)
+	return nil
+}
+
+// errorCodes maps the services' sentinel errors to gRPC codes.
+var errorCodes = []server.ErrorCode{
+	{Err: postgres.ErrNotFound, Code: codes.NotFound},
+	{Err: identity.ErrInvalidIdentifier, Code: codes.InvalidArgument},
+	{Err: changes.ErrKeyReused, Code: codes.InvalidArgument},
+	{Err: benefits.ErrBadPageToken, Code: codes.InvalidArgument},
+	{Err: syncsvc.ErrNotSupported, Code: codes.Unimplemented},
+}
+
+// Run starts the selected services and stages and the admin endpoints, and
+// runs until ctx ends or one of them fails.
+func (p *Platform) Run(ctx context.Context, o Options) error {
+	log := p.tel.Logger
+	ktel := p.kafkaTelemetry()
+	cw := changes.Writer{Propagator: p.tel.Propagator}
+	idSvc, err := identity.New(p.cfg.Identity, p.pool, cw, log)
+	if err != nil {
+		return err
+	}
+	benefitSvc := benefits.New(p.pool, cw, log)
+	profileSvc := profile.New(p.pool)
+
+	g, ctx := errgroup.WithContext(ctx)
+	var closers []func()
+	defer func() {
+		for _, c := range closers {
+			c()
+		}
+	}()
+	checks := map[string]server.Check{"postgres": p.pool.Ping}
+
+	// Pipeline stages.
+	for _, stage := range o.Stages {
+		switch stage {
+		case ingest.Stage:
+			st, err := ingest.New(p.cfg.Kafka, ktel, idSvc)
+			if err != nil {
+				return err
+			}
+			closers = append(closers, st.Close)
+			g.Go(func() error { return st.Run(ctx) })
+		case benefits.Stage:
+			w, err := worker.New(p.cfg.Kafka, ktel, benefits.Stage, benefitSvc)
+			if err != nil {
+				return err
+			}
+			closers = append(closers, w.Close)
+			g.Go(func() error { return w.Run(ctx) })
+		case relay.Stage:
+			r, err := relay.New(p.cfg.Kafka, ktel, changes.Outbox{Pool: p.pool})
+			if err != nil {
+				return err
+			}
+			closers = append(closers, r.Close)
+			g.Go(func() error { return r.Run(ctx) })
+		case sink.Stage:
+			conn, err := clickhouse.Open(ctx, p.cfg.ClickHouse)
+			if err != nil {
+				return err
+			}
+			closers = append(closers, func() { conn.Close() })
+			checks["clickhouse"] = conn.Ping
+			s, err := sink.New(p.cfg.Kafka, ktel, facts.Writer{W: clickhouse.NewWriter(conn)})
+			if err != nil {
+				return err
+			}
+			closers = append(closers, s.Close)
+			g.Go(func() error { return s.Run(ctx) })
+		}
+	}
+	if len(o.Stages) > 0 {
+		lagClient, err := kafka.NewClient(p.cfg.Kafka, ktel, "")
+		if err != nil {
+			return err
+		}
+		closers = append(closers, lagClient.Close)
+		checks["kafka"] = lagClient.Ping
+		groups := make([]string, 0, len(o.Stages))
+		for _, s := range o.Stages {
+			if s != relay.Stage {
+				groups = append(groups, p.cfg.Kafka.Group(s))
+			}
+		}
+		reg, err := kafka.RegisterLag(p.tel.Meters, lagClient.Client, groups...)
+		if err != nil {
+			return err
+		}
+		closers = append(closers, func() { _ = reg.Unregister() })
+	}
+
+	// gRPC services.
+	var gs *grpcServer
+	if len(o.Services) > 0 {
+		if gs, err = p.grpcServer(ctx, g, o.Services, idSvc, benefitSvc, profileSvc); err != nil {
+			return err
+		}
+	}
+
+	grpcLis, adminLis := o.GRPC, o.Admin
+	if gs != nil && grpcLis == nil {
+		if grpcLis, err = net.Listen("tcp", p.cfg.Server.GRPCAddr); err != nil {
+			return fmt.Errorf("listen %s: %w", p.cfg.Server.GRPCAddr, err)
+		}
+	}
+	if adminLis == nil {
+		if adminLis, err = net.Listen("tcp", p.cfg.Server.AdminAddr); err != nil {
+			return fmt.Errorf("listen %s: %w", p.cfg.Server.AdminAddr, err)
+		}
+	}
+	admin := server.AdminHandler(p.tel.Metrics, checks)
+	g.Go(func() error {
+		if gs == nil {
+			return server.Run(ctx, p.cfg.Server, log, nil, nil, nil, admin, adminLis)
+		}
+		return server.Run(ctx, p.cfg.Server, log, gs.srv, gs.health, grpcLis, admin, adminLis)
+	})
+	g.Go(func() error {
+		if gs != nil && gs.hub != nil {
+			select {
+			case <-gs.hub.Ready():
+			case <-ctx.Done():
+				return nil
+			}
+		}
+		log.InfoContext(ctx, "platform started", "services", o.Services, "stages", o.Stages)
+		if o.Ready != nil {
+			o.Ready()
+		}
+		return nil
+	})
+	return g.Wait()
+}
+
+type grpcServer struct {
+	srv    *grpc.Server
+	health *health.Server
+	hub    *syncsvc.Hub
+}
+
+func (p *Platform) grpcServer(ctx context.Context, g *errgroup.Group, services []string,
+	idSvc *identity.Service, benefitSvc *benefits.Service, profileSvc *profile.Service) (*grpcServer, error) {
+	srv, hs, err := server.NewGRPC(server.Telemetry{
+		Tracers: p.tel.Tracers, Meters: p.tel.Meters, Propagator: p.tel.Propagator, Logger: p.tel.Logger,
+	}, errorCodes)
+	if err != nil {
+		return nil, err
+	}
+	out := &grpcServer{srv: srv, health: hs}
+	names := map[string]string{}
+	for _, s := range services {
+		switch s {
+		case "identity":
+			mcv1.RegisterIdentityServiceServer(srv, identity.NewServer(idSvc))
+			names[s] = mcv1.IdentityService_ServiceDesc.ServiceName
+		case "profile":
+			mcv1.RegisterProfileServiceServer(srv, profile.NewServer(profileSvc))
+			names[s] = mcv1.ProfileService_ServiceDesc.ServiceName
+		case "benefits":
+			mcv1.RegisterBenefitsServiceServer(srv, benefits.NewServer(benefitSvc))
+			names[s] = mcv1.BenefitsService_ServiceDesc.ServiceName
+		case "sync":
+			out.hub = syncsvc.NewHub(p.cfg.Kafka, p.kafkaTelemetry())
+			g.Go(func() error { return out.hub.Run(ctx) })
+			mcv1.RegisterSyncServiceServer(srv, syncsvc.NewServer(out.hub, profileSvc, p.tel.Tracers))
+			names[s] = mcv1.SyncService_ServiceDesc.ServiceName
+		}
+	}
+	keys := make([]string, 0, len(names))
+	for k := range names {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		hs.SetServingStatus(names[k], healthpb.HealthCheckResponse_SERVING)
+	}
+	return out, nil
+}
+
+// OpenClickHouse connects to the configured ClickHouse database.
+func (p *Platform) OpenClickHouse(ctx context.Context) (driver.Conn, error) {
+	return clickhouse.Open(ctx, p.cfg.ClickHouse)
+}

@@ -1,0 +1,200 @@
+// Package server runs the gRPC server (health, reflection, validation,
+// OpenTelemetry, error translation) and the admin HTTP server (Prometheus
+// metrics, liveness and readiness), with graceful shutdown.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"buf.build/go/protovalidate"
+	pvinterceptor "github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/protovalidate"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/status"
+)
+
+// Config says where to listen. Defaults are loopback, as deps.sh's servers.
+type Config struct {
+	GRPCAddr  string        `env:"MC_GRPC_ADDR, default=127.0.0.1:50051"`
+	AdminAddr string        `env:"MC_ADMIN_ADDR, default=127.0.0.1:9464"`
+	Grace     time.Duration `env:"MC_SHUTDOWN_GRACE, default=10s"`
+}
+
+// Validate reports every problem with the config at once.
+func (c Config) Validate() error {
+	var errs []error
+	if _, _, err := net.SplitHostPort(c.GRPCAddr); err != nil {
+		errs = append(errs, fmt.Errorf("MC_GRPC_ADDR: %w", err))
+	}
+	if _, _, err := net.SplitHostPort(c.AdminAddr); err != nil {
+		errs = append(errs, fmt.Errorf("MC_ADMIN_ADDR: %w", err))
+	}
+	if c.Grace <= 0 {
+		errs = append(errs, errors.New("MC_SHUTDOWN_GRACE must be positive"))
+	}
+	return errors.Join(errs...)
+}
+
+// ErrorCode maps a sentinel error (matched with errors.Is) to a gRPC code.
+type ErrorCode struct {
+	Err  error
+	Code codes.Code
+}
+
+// Telemetry is what the server reports to.
+type Telemetry struct {
+	Tracers    trace.TracerProvider
+	Meters     metric.MeterProvider
+	Propagator propagation.TextMapPropagator
+	Logger     *slog.Logger
+}
+
+// NewGRPC returns a server with health and reflection registered, requests
+// validated against their protovalidate annotations (InvalidArgument with
+// the field and reason), panics recovered, and errors translated to statuses
+// once, here, by the rules given.
+func NewGRPC(tel Telemetry, rules []ErrorCode) (*grpc.Server, *health.Server, error) {
+	v, err := protovalidate.New()
+	if err != nil {
+		return nil, nil, fmt.Errorf("validator: %w", err)
+	}
+	tr := translator{rules: rules, log: tel.Logger}
+	rec := recovery.WithRecoveryHandlerContext(func(ctx context.Context, p any) error {
+		tel.Logger.ErrorContext(ctx, "panic in handler", "panic", p)
+		return status.Error(codes.Internal, "internal error")
+	})
+	s := grpc.NewServer(
+		grpc.StatsHandler(otelgrpc.NewServerHandler(
+			otelgrpc.WithTracerProvider(tel.Tracers),
+			otelgrpc.WithMeterProvider(tel.Meters),
+			otelgrpc.WithPropagators(tel.Propagator),
+		)),
+		grpc.ChainUnaryInterceptor(recovery.UnaryServerInterceptor(rec), tr.unary, pvinterceptor.UnaryServerInterceptor(v)),
+		grpc.ChainStreamInterceptor(recovery.StreamServerInterceptor(rec), tr.stream, pvinterceptor.StreamServerInterceptor(v)),
+	)
+	hs := health.NewServer()
+	healthpb.RegisterHealthServer(s, hs)
+	reflection.Register(s)
+	return s, hs, nil
+}
+
+type translator struct {
+	rules []ErrorCode
+	log   *slog.Logger
+}
+
+func (t translator) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+	resp, err := h(ctx, req)
+	if err != nil {
+		return nil, t.status(ctx, info.FullMethod, err)
+	}
+	return resp, nil
+}
+
+func (t translator) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+	if err := h(srv, ss); err != nil {
+		return t.status(ss.Context(), info.FullMethod, err)
+	}
+	return nil
+}
+
+func (t translator) status(ctx context.Context, method string, err error) error {
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	switch {
+	case errors.Is(err, context.Canceled):
+		return status.Error(codes.Canceled, err.Error())
+	case errors.Is(err, context.DeadlineExceeded):
+		return status.Error(codes.DeadlineExceeded, err.Error())
+	}
+	for _, r := range t.rules {
+		if errors.Is(err, r.Err) {
+			return status.Error(r.Code, err.Error())
+		}
+	}
+	t.log.ErrorContext(ctx, "internal error", "method", method, "err", err)
+	return status.Error(codes.Internal, "internal error; see the server log for the trace id")
+}
+
+// Check is a readiness probe of one dependency.
+type Check func(ctx context.Context) error
+
+// AdminHandler serves /metrics, /healthz (the process is up) and /readyz
+// (every dependency answers).
+func AdminHandler(metrics http.Handler, checks map[string]Check) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", metrics)
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		defer cancel()
+		code := http.StatusOK
+		for name, c := range checks {
+			if err := c(ctx); err != nil {
+				code = http.StatusServiceUnavailable
+				fmt.Fprintf(w, "%s: %v\n", name, err)
+			}
+		}
+		w.WriteHeader(code)
+		if code == http.StatusOK {
+			fmt.Fprintln(w, "ready")
+		}
+	})
+	return mux
+}
+
+// Run serves gRPC on grpcLis (when gs is not nil) and the admin handler on
+// adminLis until ctx ends, then stops gracefully within the grace period:
+// health turns NOT_SERVING, in-flight calls finish, then the server stops
+// hard.
+func Run(ctx context.Context, cfg Config, log *slog.Logger, gs *grpc.Server, hs *health.Server, grpcLis net.Listener, admin http.Handler, adminLis net.Listener) error {
+	g, ctx := errgroup.WithContext(ctx)
+	if gs != nil {
+		log.InfoContext(ctx, "gRPC listening", "addr", grpcLis.Addr().String())
+		g.Go(func() error { return gs.Serve(grpcLis) })
+		g.Go(func() error {
+			<-ctx.Done()
+			hs.Shutdown()
+			stopped := make(chan struct{})
+			go func() { gs.GracefulStop(); close(stopped) }()
+			select {
+			case <-stopped:
+			case <-time.After(cfg.Grace):
+				log.Warn("grace period over; stopping gRPC server hard")
+				gs.Stop()
+			}
+			return nil
+		})
+	}
+	hsrv := &http.Server{Handler: admin, ReadHeaderTimeout: 5 * time.Second}
+	log.InfoContext(ctx, "admin HTTP listening", "addr", adminLis.Addr().String())
+	g.Go(func() error {
+		if err := hsrv.Serve(adminLis); !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), cfg.Grace)
+		defer cancel()
+		return hsrv.Shutdown(sctx)
+	})
+	return g.Wait()
+}

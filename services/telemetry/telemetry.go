@@ -1,0 +1,159 @@
+// Package telemetry sets up OpenTelemetry traces and metrics and the JSON
+// logger that stamps every record with the trace and span of its context.
+package telemetry
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.opentelemetry.io/otel/exporters/otlp/otlpmetric/otlpmetricgrpc"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
+	promexp "go.opentelemetry.io/otel/exporters/prometheus"
+	"go.opentelemetry.io/otel/propagation"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/resource"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	semconv "go.opentelemetry.io/otel/semconv/v1.37.0"
+	"go.opentelemetry.io/otel/trace"
+)
+
+// Config selects exporters. With no OTLP endpoint, spans are still created
+// (logs carry their ids) but not exported; metrics are always served for
+// Prometheus.
+type Config struct {
+	ServiceName  string `env:"OTEL_SERVICE_NAME, default=membercenter"`
+	OTLPEndpoint string `env:"OTEL_EXPORTER_OTLP_ENDPOINT"`
+	LogLevel     string `env:"MC_LOG_LEVEL, default=info"`
+}
+
+// Validate reports every problem with the config at once.
+func (c Config) Validate() error {
+	var errs []error
+	if c.ServiceName == "" {
+		errs = append(errs, errors.New("OTEL_SERVICE_NAME is empty"))
+	}
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(c.LogLevel)); err != nil {
+		errs = append(errs, fmt.Errorf("MC_LOG_LEVEL: %w", err))
+	}
+	return errors.Join(errs...)
+}
+
+// Telemetry is the process's tracer and meter providers, propagator, logger
+// and Prometheus handler.
+type Telemetry struct {
+	Tracers    *sdktrace.TracerProvider
+	Meters     *sdkmetric.MeterProvider
+	Propagator propagation.TextMapPropagator
+	Logger     *slog.Logger
+	Metrics    http.Handler
+}
+
+// Option adjusts Setup; tests use it to record spans in memory.
+type Option func(*options)
+
+type options struct {
+	spans []sdktrace.SpanProcessor
+}
+
+// WithSpanProcessor adds a span processor (for example one feeding an
+// in-memory exporter).
+func WithSpanProcessor(p sdktrace.SpanProcessor) Option {
+	return func(o *options) { o.spans = append(o.spans, p) }
+}
+
+// Setup builds the providers. Shut them down with Shutdown.
+func Setup(ctx context.Context, cfg Config, logOut io.Writer, opts ...Option) (*Telemetry, error) {
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
+		return nil, fmt.Errorf("MC_LOG_LEVEL: %w", err)
+	}
+	res := resource.NewSchemaless(semconv.ServiceName(cfg.ServiceName))
+
+	tpOpts := []sdktrace.TracerProviderOption{sdktrace.WithResource(res)}
+	for _, p := range o.spans {
+		tpOpts = append(tpOpts, sdktrace.WithSpanProcessor(p))
+	}
+	mpOpts := []sdkmetric.Option{sdkmetric.WithResource(res)}
+
+	reg := prometheus.NewRegistry()
+	prom, err := promexp.New(promexp.WithRegisterer(reg))
+	if err != nil {
+		return nil, fmt.Errorf("prometheus exporter: %w", err)
+	}
+	mpOpts = append(mpOpts, sdkmetric.WithReader(prom))
+
+	if cfg.OTLPEndpoint != "" {
+		// The exporters read OTEL_EXPORTER_OTLP_* themselves (endpoint,
+		// headers, TLS), as every OpenTelemetry SDK does.
+		te, err := otlptracegrpc.New(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("otlp trace exporter: %w", err)
+		}
+		tpOpts = append(tpOpts, sdktrace.WithBatcher(te))
+		me, err := otlpmetricgrpc.New(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("otlp metric exporter: %w", err)
+		}
+		mpOpts = append(mpOpts, sdkmetric.WithReader(sdkmetric.NewPeriodicReader(me)))
+	}
+
+	return &Telemetry{
+		Tracers:    sdktrace.NewTracerProvider(tpOpts...),
+		Meters:     sdkmetric.NewMeterProvider(mpOpts...),
+		Propagator: propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{}),
+		Logger:     slog.New(NewLogHandler(slog.NewJSONHandler(logOut, &slog.HandlerOptions{Level: level}))),
+		Metrics:    promhttp.HandlerFor(reg, promhttp.HandlerOpts{}),
+	}, nil
+}
+
+// Shutdown flushes and stops the providers.
+func (t *Telemetry) Shutdown(ctx context.Context) error {
+	return errors.Join(t.Tracers.Shutdown(ctx), t.Meters.Shutdown(ctx))
+}
+
+// LogHandler adds trace_id and span_id of the record's context to every log
+// record, so a log line leads to its trace.
+type LogHandler struct{ slog.Handler }
+
+// NewLogHandler wraps h.
+func NewLogHandler(h slog.Handler) *LogHandler { return &LogHandler{h} }
+
+// Handle implements slog.Handler.
+func (h *LogHandler) Handle(ctx context.Context, r slog.Record) error {
+	if sc := trace.SpanContextFromContext(ctx); sc.IsValid() {
+		r.AddAttrs(slog.String("trace_id", sc.TraceID().String()), slog.String("span_id", sc.SpanID().String()))
+	}
+	return h.Handler.Handle(ctx, r)
+}
+
+// WithAttrs implements slog.Handler.
+func (h *LogHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	return &LogHandler{h.Handler.WithAttrs(as)}
+}
+
+// WithGroup implements slog.Handler.
+func (h *LogHandler) WithGroup(name string) slog.Handler { return &LogHandler{h.Handler.WithGroup(name)} }
+
+// Mask hides all but the first and last two characters of a secret, for
+// logging effective configuration.
+func Mask(secret string) string {
+	if secret == "" {
+		return ""
+	}
+	if len(secret) <= 6 {
+		return strings.Repeat("*", len(secret))
+	}
+	return secret[:2] + strings.Repeat("*", len(secret)-4) + secret[len(secret)-2:]
+}
