@@ -92,7 +92,7 @@ func New(kcfg kafka.Config, tel kafka.Telemetry, cfg Config) (*Consumer, error) 
 func (c *Consumer) Client() *kafka.Client { return c.cl }
 
 // Close leaves the group and closes the client.
-func (c *Consumer) Close() { c.cl.Close() }
+func (c *Consumer) Close() { c.cl.CloseAllowingRebalance() }
 
 // RunRecords handles records one at a time per partition until ctx ends.
 func (c *Consumer) RunRecords(ctx context.Context, fn RecordFunc) error {

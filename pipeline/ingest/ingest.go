@@ -95,7 +95,7 @@ func New(kcfg kafka.Config, tel kafka.Telemetry, resolver Resolver) (*Ingest, er
 }
 
 // Close leaves the group.
-func (in *Ingest) Close() { in.sess.Close() }
+func (in *Ingest) Close() { in.sess.CloseAllowingRebalance() }
 
 // Run processes events until ctx ends. Each poll is one transaction: either
 // every output record and the consumed offsets commit, or none do and the

@@ -146,12 +146,9 @@ func NewClient(cfg Config, tel Telemetry, group string, opts ...kgo.Opt) (*Clien
 func EnsureTopics(ctx context.Context, cl *kgo.Client, topics Topics) error {
 	adm := kadm.NewClient(cl)
 	for name, parts := range topics.All() {
-		resp, err := adm.CreateTopic(ctx, parts, 1, nil, name)
-		if err != nil {
+		_, err := adm.CreateTopic(ctx, parts, 1, nil, name)
+		if err != nil && !errors.Is(err, kerr.TopicAlreadyExists) {
 			return fmt.Errorf("create topic %s: %w", name, err)
-		}
-		if resp.Err != nil && !errors.Is(resp.Err, kerr.TopicAlreadyExists) {
-			return fmt.Errorf("create topic %s: %w", name, resp.Err)
 		}
 	}
 	return nil
