@@ -1,0 +1,400 @@
+// Package e2e_test drives the whole platform, in process, against the real
+// PostgreSQL, Kafka and ClickHouse that scripts/deps.sh starts: a POS
+// transaction published to channel.events.v1 must reach every hop, once, in
+// one trace.
+package e2e_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
+	"github.com/membercenter/membercenter/storage/clickhouse/chtest"
+	"github.com/membercenter/membercenter/storage/postgres"
+	"github.com/membercenter/membercenter/storage/postgres/pgtest"
+
+	"github.com/membercenter/membercenter/pipeline/dlq"
+	"github.com/membercenter/membercenter/pipeline/kafka"
+	"github.com/membercenter/membercenter/pipeline/kafka/kafkatest"
+	"github.com/membercenter/membercenter/services/platform"
+	"github.com/membercenter/membercenter/services/server"
+	"github.com/membercenter/membercenter/services/telemetry"
+)
+
+// env is a running platform with its own databases and topics.
+type env struct {
+	cfg   platform.Config
+	tel   *telemetry.Telemetry
+	spans *tracetest.SpanRecorder
+	pool  *pgxpool.Pool
+	ch    driver.Conn
+	conn  *grpc.ClientConn
+	kafka *kafka.Client
+}
+
+func start(t *testing.T) *env {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	chConn, chCfg := chtest.NewDB(t)
+	cfg := platform.Config{
+		Postgres:   postgres.Config{URL: pgtest.NewDB(t), MaxConns: 20},
+		ClickHouse: chCfg,
+		Kafka:      kafkatest.Config(t),
+		Telemetry:  telemetry.Config{ServiceName: "membercenter-e2e", LogLevel: "info"},
+		Server:     server.Config{GRPCAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", Grace: 5 * time.Second},
+	}
+	spans := tracetest.NewSpanRecorder()
+	tel, err := telemetry.Setup(ctx, cfg.Telemetry, testWriter{t}, telemetry.WithSpanProcessor(spans))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := platform.Open(ctx, cfg, tel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	grpcLis, _ := net.Listen("tcp", "127.0.0.1:0")
+	adminLis, _ := net.Listen("tcp", "127.0.0.1:0")
+	ready := make(chan struct{})
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		return p.Run(gctx, platform.Options{
+			Services: platform.AllServices, Stages: platform.AllStages,
+			GRPC: grpcLis, Admin: adminLis, Ready: func() { close(ready) },
+		})
+	})
+	t.Cleanup(func() {
+		cancel()
+		if err := g.Wait(); err != nil && !errors.Is(err, context.Canceled) {
+			t.Errorf("platform: %v", err)
+		}
+		p.Close()
+		_ = tel.Shutdown(context.Background())
+	})
+	select {
+	case <-ready:
+	case <-gctx.Done():
+		t.Fatalf("platform did not start: %v", g.Wait())
+	}
+
+	conn, err := grpc.NewClient(grpcLis.Addr().String(),
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithStatsHandler(otelgrpc.NewClientHandler(otelgrpc.WithTracerProvider(tel.Tracers), otelgrpc.WithPropagators(tel.Propagator))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	kc, err := kafka.NewClient(cfg.Kafka, kafka.Telemetry{Tracers: tel.Tracers, Meters: tel.Meters, Propagator: tel.Propagator, Logger: tel.Logger}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(kc.Close)
+	return &env{cfg: cfg, tel: tel, spans: spans, pool: p.Pool(), ch: chConn, conn: conn, kafka: kc}
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(b []byte) (int, error) {
+	if bytes.Contains(b, []byte(`"level":"ERROR"`)) || bytes.Contains(b, []byte(`"level":"WARN"`)) {
+		w.t.Log(strings.TrimSpace(string(b)))
+	}
+	return len(b), nil
+}
+
+var _ io.Writer = testWriter{}
+
+// eventually polls cond until it holds or the deadline passes. It is for
+// state that settles asynchronously (rows written by another process);
+// it never stands in for a synchronisation the test could wait on.
+func eventually(t *testing.T, what string, cond func() (bool, error)) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ok, err := cond()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not reached within 30s (last error: %v)", what, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func posTransaction(id, phone, card string, amountMinor int64) *mcv1.ChannelEvent {
+	return &mcv1.ChannelEvent{
+		EventId: id, Channel: mcv1.Channel_CHANNEL_POS, StoreId: "SH-001", OccurredAt: timestamppb.Now(),
+		Identifiers: []*mcv1.Identifier{
+			{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_PHONE, Value: phone},
+			{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_MEMBER_CARD, Value: card},
+		},
+		Payload: &mcv1.ChannelEvent_Transaction{Transaction: &mcv1.Transaction{
+			OrderId: "O-" + id, Total: &mcv1.Money{Currency: "CNY", AmountMinor: amountMinor},
+			Items: []*mcv1.LineItem{{Sku: "LATTE-L", Category: "coffee", Quantity: 1, Amount: &mcv1.Money{Currency: "CNY", AmountMinor: amountMinor}}},
+		}},
+	}
+}
+
+func (e *env) publish(t *testing.T, ctx context.Context, key string, value []byte) {
+	t.Helper()
+	r := &kgo.Record{Topic: e.cfg.Kafka.Topics.ChannelEvents, Key: []byte(key), Value: value}
+	if err := e.kafka.ProduceSync(ctx, r).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// nextChange reads the stream until the next change.
+func nextChange(t *testing.T, s mcv1.SyncService_SubscribeClient) *mcv1.MemberChange {
+	t.Helper()
+	for {
+		msg, err := s.Recv()
+		if err != nil {
+			t.Fatalf("stream: %v", err)
+		}
+		if c := msg.GetChange(); c != nil {
+			return c
+		}
+		if r := msg.GetResyncRequired(); r != nil {
+			t.Fatalf("resync required: %s", r.GetReason())
+		}
+	}
+}
+
+func TestPOSTransactionEndToEnd(t *testing.T) {
+	e := start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+
+	stream, err := mcv1.NewSyncServiceClient(e.conn).Subscribe(ctx, &mcv1.SubscribeRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m, err := stream.Recv(); err != nil || m.GetReady() == nil {
+		t.Fatalf("first message = %v, %v; want ready", m, err)
+	}
+
+	// The POS checkout starts the trace every hop must join.
+	const phone, card = "13912345678", "c0012345"
+	tctx, root := e.tel.Tracers.Tracer("pos").Start(ctx, "pos checkout")
+	ev := posTransaction("pos-e2e-1", phone, card, 12_345) // ¥123.45 → 123 points
+	value, _ := proto.Marshal(ev)
+	e.publish(t, tctx, phone, value)
+	root.End()
+	traceID := root.SpanContext().TraceID()
+
+	// A malformed record on the same partition must not block what follows.
+	garbage := []byte("\x0a\xff\xff not an event")
+	e.publish(t, ctx, phone, garbage)
+
+	// Hop: the change stream gets the member's creation, then the points.
+	created := nextChange(t, stream)
+	if created.GetMemberCreated() == nil || created.GetSequence() != 1 {
+		t.Fatalf("first change = %v, want member_created with sequence 1", created)
+	}
+	memberID := created.GetMemberId()
+	earned := nextChange(t, stream)
+	if earned.GetMemberId() != memberID || earned.GetSequence() != 2 {
+		t.Fatalf("second change = %v, want sequence 2 of %s", earned, memberID)
+	}
+	if p := earned.GetPointsChanged(); p.GetDelta() != 123 || p.GetBalance() != 123 || p.GetKind() != mcv1.LedgerEntryKind_LEDGER_ENTRY_KIND_EARN {
+		t.Fatalf("points change = %v, want +123 → 123", p)
+	}
+	if earned.GetCauseId() != ev.GetEventId() {
+		t.Fatalf("points change cause = %q, want the event id", earned.GetCauseId())
+	}
+
+	// Hop: PostgreSQL holds the member, its identifiers (hashed, never raw),
+	// the balanced ledger transaction and the published outbox rows.
+	var members, idents, rawPhones int
+	q := func(sql string, dst *int, args ...any) {
+		t.Helper()
+		if err := e.pool.QueryRow(ctx, sql, args...).Scan(dst); err != nil {
+			t.Fatalf("%s: %v", sql, err)
+		}
+	}
+	q(`SELECT count(*) FROM members WHERE member_id = $1`, &members, memberID)
+	q(`SELECT count(*) FROM member_identifiers WHERE member_id = $1`, &idents, memberID)
+	q(`SELECT count(*) FROM member_identifiers
+	    WHERE masked LIKE '%12345678%' OR cause_id LIKE '%12345678%'
+	       OR position(convert_to('12345678', 'UTF8') IN value_hash) > 0
+	       OR position(convert_to('12345678', 'UTF8') IN coalesce(value_cipher, ''::bytea)) > 0`, &rawPhones)
+	if members != 1 || idents != 2 || rawPhones != 0 {
+		t.Fatalf("members=%d identifiers=%d raw phone rows=%d; want 1, 2, 0", members, idents, rawPhones)
+	}
+	var memberLeg, liabilityLeg int
+	q(`SELECT coalesce(sum(delta), 0) FROM ledger_entries WHERE member_id = $1`, &memberLeg, memberID)
+	q(`SELECT coalesce(sum(delta), 0) FROM ledger_entries WHERE account = 'programme:liability'`, &liabilityLeg)
+	if memberLeg != 123 || liabilityLeg != -123 {
+		t.Fatalf("ledger legs: member %d, liability %d; want 123 and -123", memberLeg, liabilityLeg)
+	}
+	// The relay marks rows published right after Kafka acknowledges them.
+	eventually(t, "both outbox rows marked published", func() (bool, error) {
+		var published int
+		q(`SELECT count(*) FROM outbox WHERE member_id = $1 AND published_at IS NOT NULL`, &published, memberID)
+		return published == 2, nil
+	})
+
+	// Hop: the dead-letter topic has the malformed record, bytes intact.
+	letter := e.readDLQ(t, ctx)
+	if !bytes.Equal(letter.Record.Value, garbage) || letter.Stage != "ingest" || !strings.Contains(letter.Reason, "not a ChannelEvent") {
+		t.Fatalf("dead letter = stage %q reason %q value %q", letter.Stage, letter.Reason, letter.Record.Value)
+	}
+
+	// Hop: ClickHouse has the fact row, stamped with the POS trace.
+	eventually(t, "ClickHouse member_events row", func() (bool, error) {
+		var n uint64
+		err := e.ch.QueryRow(ctx, `SELECT count() FROM member_events FINAL WHERE event_id = 'pos-e2e-1' AND member_id = ? AND amount_minor = 12345 AND trace_id = ?`,
+			memberID, traceID.String()).Scan(&n)
+		return n == 1, err
+	})
+	eventually(t, "ClickHouse member_changes rows", func() (bool, error) {
+		var n uint64
+		err := e.ch.QueryRow(ctx, `SELECT count() FROM member_changes FINAL WHERE member_id = ? AND sequence IN (1, 2)`, memberID).Scan(&n)
+		return n == 2, err
+	})
+
+	// One trace from the till to the subscriber and to ClickHouse.
+	wantSpans := []string{
+		e.cfg.Kafka.Topics.ChannelEvents + " publish",
+		e.cfg.Kafka.Topics.ChannelEvents + " process", // ingest
+		e.cfg.Kafka.Topics.MemberEvents + " publish",
+		e.cfg.Kafka.Topics.MemberEvents + " process", // benefits and sink
+		e.cfg.Kafka.Topics.MemberChanges + " publish", // relay
+		e.cfg.Kafka.Topics.MemberChanges + " process", // sync hub and sink
+		"sync deliver",
+	}
+	eventually(t, "every hop's span in the POS trace", func() (bool, error) {
+		names := spanNames(e.spans.Ended(), traceID)
+		for _, w := range wantSpans {
+			if names[w] == 0 {
+				return false, errors.New("missing span " + w)
+			}
+		}
+		return names[e.cfg.Kafka.Topics.MemberEvents+" process"] >= 2 && names[e.cfg.Kafka.Topics.MemberChanges+" process"] >= 2, nil
+	})
+	if !hasDBSpan(e.spans.Ended(), traceID) {
+		t.Fatal("no PostgreSQL span in the POS trace")
+	}
+}
+
+func spanNames(spans []sdktrace.ReadOnlySpan, id trace.TraceID) map[string]int {
+	out := map[string]int{}
+	for _, s := range spans {
+		if s.SpanContext().TraceID() == id {
+			out[s.Name()]++
+		}
+	}
+	return out
+}
+
+func hasDBSpan(spans []sdktrace.ReadOnlySpan, id trace.TraceID) bool {
+	for _, s := range spans {
+		if s.SpanContext().TraceID() != id {
+			continue
+		}
+		for _, a := range s.Attributes() {
+			if a.Key == "db.system" || a.Key == "db.system.name" {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func (e *env) readDLQ(t *testing.T, ctx context.Context) dlq.Letter {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(e.cfg.Kafka.Brokers...), kgo.ConsumeTopics(e.cfg.Kafka.Topics.DLQ),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	for {
+		fs := cl.PollFetches(ctx)
+		if ctx.Err() != nil {
+			t.Fatalf("no dead letter: %v", ctx.Err())
+		}
+		if rs := fs.Records(); len(rs) > 0 {
+			return dlq.Parse(rs[0])
+		}
+	}
+}
+
+func TestRedeliveredEventChangesNothing(t *testing.T) {
+	e := start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	stream, err := mcv1.NewSyncServiceClient(e.conn).Subscribe(ctx, &mcv1.SubscribeRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m, err := stream.Recv(); err != nil || m.GetReady() == nil {
+		t.Fatalf("first message = %v, %v; want ready", m, err)
+	}
+
+	const phone, card = "13700000001", "c-dup"
+	first, _ := proto.Marshal(posTransaction("dup-1", phone, card, 5_000))
+	second, _ := proto.Marshal(posTransaction("dup-2", phone, card, 700))
+	// The first event twice (as after a producer retry), then another one.
+	// Same key, same partition: the second is processed after the copy.
+	e.publish(t, ctx, phone, first)
+	e.publish(t, ctx, phone, first)
+	e.publish(t, ctx, phone, second)
+
+	var changes []*mcv1.MemberChange
+	for len(changes) < 3 {
+		changes = append(changes, nextChange(t, stream))
+	}
+	member := changes[0].GetMemberId()
+	for i, c := range changes {
+		if c.GetMemberId() != member || c.GetSequence() != uint64(i+1) {
+			t.Fatalf("change %d = %v; want consecutive sequences of one member", i, c)
+		}
+	}
+	if d := changes[1].GetPointsChanged().GetDelta(); d != 50 {
+		t.Fatalf("first credit = %d, want 50", d)
+	}
+	if p := changes[2].GetPointsChanged(); p.GetDelta() != 7 || p.GetBalance() != 57 {
+		t.Fatalf("second credit = %v, want +7 → 57 (the copy credited nothing)", p)
+	}
+	bal, err := mcv1.NewBenefitsServiceClient(e.conn).GetBalance(ctx, &mcv1.GetBalanceRequest{MemberId: member})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bal.GetAvailable() != 57 || bal.GetLifetimeEarned() != 57 {
+		t.Fatalf("balance = %v, want 57", bal)
+	}
+	led, err := mcv1.NewBenefitsServiceClient(e.conn).ListLedger(ctx, &mcv1.ListLedgerRequest{MemberId: member})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(led.GetEntries()); n != 2 {
+		t.Fatalf("ledger has %d entries, want 2", n)
+	}
+	eventually(t, "ClickHouse dedupes the redelivered event", func() (bool, error) {
+		var n uint64
+		err := e.ch.QueryRow(ctx, `SELECT count() FROM member_events FINAL WHERE member_id = ?`, member).Scan(&n)
+		return n == 2, err
+	})
+}
