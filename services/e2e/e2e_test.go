@@ -279,7 +279,7 @@ func TestPOSTransactionEndToEnd(t *testing.T) {
 		e.cfg.Kafka.Topics.ChannelEvents + " publish",
 		e.cfg.Kafka.Topics.ChannelEvents + " process", // ingest
 		e.cfg.Kafka.Topics.MemberEvents + " publish",
-		e.cfg.Kafka.Topics.MemberEvents + " process", // benefits and sink
+		e.cfg.Kafka.Topics.MemberEvents + " process",  // benefits and sink
 		e.cfg.Kafka.Topics.MemberChanges + " publish", // relay
 		e.cfg.Kafka.Topics.MemberChanges + " process", // sync hub and sink
 		"sync deliver",

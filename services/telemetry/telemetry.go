@@ -144,7 +144,9 @@ func (h *LogHandler) WithAttrs(as []slog.Attr) slog.Handler {
 }
 
 // WithGroup implements slog.Handler.
-func (h *LogHandler) WithGroup(name string) slog.Handler { return &LogHandler{h.Handler.WithGroup(name)} }
+func (h *LogHandler) WithGroup(name string) slog.Handler {
+	return &LogHandler{h.Handler.WithGroup(name)}
+}
 
 // Mask hides all but the first and last two characters of a secret, for
 // logging effective configuration.

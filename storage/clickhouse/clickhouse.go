@@ -63,9 +63,9 @@ func Open(ctx context.Context, cfg Config) (driver.Conn, error) {
 
 func connect(cfg Config, db string) (driver.Conn, error) {
 	conn, err := ch.Open(&ch.Options{
-		Protocol: ch.Native,
-		Addr:     []string{cfg.Addr},
-		Auth:     ch.Auth{Database: db, Username: cfg.User, Password: cfg.Password},
+		Protocol:        ch.Native,
+		Addr:            []string{cfg.Addr},
+		Auth:            ch.Auth{Database: db, Username: cfg.User, Password: cfg.Password},
 		DialTimeout:     5 * time.Second,
 		MaxOpenConns:    8,
 		MaxIdleConns:    4,

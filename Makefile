@@ -1,0 +1,48 @@
+# Member Center. The two commands a new machine needs:
+#   make demo   start the servers, migrate, run the platform with a simulated workload
+#   make test   start the servers, then run every check and test of every module
+SHELL := /bin/bash
+MODULES := ./proto/... ./storage/... ./pipeline/... ./services/...
+BIN := .bin/membercenter
+
+.PHONY: deps build test check unit smoke demo bench gen lint stop clean
+
+deps:
+	scripts/deps.sh >/dev/null
+
+build:
+	go build -o $(BIN) ./services/cmd/membercenter
+
+## test: every check and every test, against the real servers deps.sh starts.
+test: deps check unit smoke
+
+## check: generated code, formatting, vet, tidy modules.
+check:
+	scripts/gen.sh --check
+	scripts/lint.sh
+
+unit:
+	go test -count=1 -timeout 15m $(MODULES)
+
+## smoke: the built binary serves, answers health and reflection, and shuts down.
+smoke: build
+	scripts/smoke.sh $(BIN)
+
+demo: deps build
+	$(BIN) demo
+
+## bench: latency and throughput figures for BENCHMARKS.md.
+bench: deps build
+	scripts/bench.sh $(BIN)
+
+gen:
+	scripts/gen.sh
+
+lint:
+	scripts/lint.sh
+
+stop:
+	scripts/deps.sh stop
+
+clean:
+	rm -rf .bin
