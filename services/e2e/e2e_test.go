@@ -23,7 +23,9 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -397,4 +399,97 @@ func TestRedeliveredEventChangesNothing(t *testing.T) {
 		err := e.ch.QueryRow(ctx, `SELECT count() FROM member_events FINAL WHERE member_id = ?`, member).Scan(&n)
 		return n == 2, err
 	})
+}
+
+// A flow started by a gRPC call is one trace too: Resolve creates a member,
+// and the change reaches a subscriber through the outbox relay and the hub.
+func TestResolveRPCTraceReachesSubscriber(t *testing.T) {
+	e := start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	stream, err := mcv1.NewSyncServiceClient(e.conn).Subscribe(ctx, &mcv1.SubscribeRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m, err := stream.Recv(); err != nil || m.GetReady() == nil {
+		t.Fatalf("first message = %v, %v; want ready", m, err)
+	}
+	tctx, root := e.tel.Tracers.Tracer("app").Start(ctx, "app sign-up")
+	resp, err := mcv1.NewIdentityServiceClient(e.conn).Resolve(tctx, &mcv1.ResolveRequest{
+		Identifiers:     []*mcv1.Identifier{{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_EMAIL, Value: " Mei.Lin@Example.COM "}},
+		Channel:         mcv1.Channel_CHANNEL_APP,
+		CreateIfMissing: true,
+		IdempotencyKey:  "signup-1",
+	})
+	root.End()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !resp.GetCreated() || resp.GetMemberId() == "" {
+		t.Fatalf("Resolve = %v, want a created member", resp)
+	}
+	c := nextChange(t, stream)
+	if c.GetMemberId() != resp.GetMemberId() || c.GetMemberCreated() == nil {
+		t.Fatalf("change = %v, want member_created of %s", c, resp.GetMemberId())
+	}
+	if m := c.GetMemberCreated().GetIdentifiers()[0].GetMasked(); strings.Contains(m, "mei.lin") {
+		t.Fatalf("change carries the raw e-mail: %q", m)
+	}
+	traceID := root.SpanContext().TraceID()
+	eventually(t, "relay and sync spans in the Resolve trace", func() (bool, error) {
+		names := spanNames(e.spans.Ended(), traceID)
+		for _, w := range []string{
+			"membercenter.v1.IdentityService/Resolve",
+			e.cfg.Kafka.Topics.MemberChanges + " publish",
+			e.cfg.Kafka.Topics.MemberChanges + " process",
+			"sync deliver",
+		} {
+			if names[w] == 0 {
+				return false, errors.New("missing span " + w)
+			}
+		}
+		return true, nil
+	})
+}
+
+// A request that breaks its .proto rules is refused with InvalidArgument
+// naming the field, and changes nothing.
+func TestInvalidRequestsNameTheField(t *testing.T) {
+	e := start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	idc := mcv1.NewIdentityServiceClient(e.conn)
+	cases := []struct {
+		name  string
+		req   *mcv1.ResolveRequest
+		field string
+	}{
+		{"no identifiers", &mcv1.ResolveRequest{Channel: mcv1.Channel_CHANNEL_POS, IdempotencyKey: "k"}, "identifiers"},
+		{"no channel", &mcv1.ResolveRequest{IdempotencyKey: "k",
+			Identifiers: []*mcv1.Identifier{{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_PHONE, Value: "13812345678"}}}, "channel"},
+		{"no idempotency key", &mcv1.ResolveRequest{Channel: mcv1.Channel_CHANNEL_POS,
+			Identifiers: []*mcv1.Identifier{{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_PHONE, Value: "13812345678"}}}, "idempotency_key"},
+		{"unparseable phone", &mcv1.ResolveRequest{Channel: mcv1.Channel_CHANNEL_POS, IdempotencyKey: "k2", CreateIfMissing: true,
+			Identifiers: []*mcv1.Identifier{{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_PHONE, Value: "call me"}}}, "identifiers[0]"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := idc.Resolve(ctx, tc.req)
+			st, _ := status.FromError(err)
+			if st.Code() != codes.InvalidArgument || !strings.Contains(st.Message(), tc.field) {
+				t.Fatalf("Resolve = %v; want InvalidArgument naming %s", err, tc.field)
+			}
+		})
+	}
+	var members int
+	if err := e.pool.QueryRow(ctx, `SELECT count(*) FROM members`).Scan(&members); err != nil {
+		t.Fatal(err)
+	}
+	if members != 0 {
+		t.Fatalf("%d members created by invalid requests", members)
+	}
+	_, err := mcv1.NewBenefitsServiceClient(e.conn).GetBalance(ctx, &mcv1.GetBalanceRequest{MemberId: "01a2081c-7e05-7692-b601-0b712861c640"})
+	if status.Code(err) != codes.NotFound {
+		t.Fatalf("GetBalance of an unknown member = %v, want NotFound", err)
+	}
 }
