@@ -77,11 +77,11 @@ func New(kcfg kafka.Config, tel kafka.Telemetry, cfg Config) (*Consumer, error) 
 		metric.WithDescription("Records handled by a stage, by outcome (ok, dlq)")); err != nil {
 		return nil, err
 	}
-	if c.latency, err = m.Float64Histogram("mc.stage.handle.duration", metric.WithUnit("s"),
+	if c.latency, err = m.Float64Histogram("mc.stage.handle.duration", metric.WithUnit("s"), metric.WithExplicitBucketBoundaries(kafka.LatencyBuckets...),
 		metric.WithDescription("Time to apply a record's (or batch's) effects")); err != nil {
 		return nil, err
 	}
-	if c.lag, err = m.Float64Histogram("mc.stage.latency", metric.WithUnit("s"),
+	if c.lag, err = m.Float64Histogram("mc.stage.latency", metric.WithUnit("s"), metric.WithExplicitBucketBoundaries(kafka.LatencyBuckets...),
 		metric.WithDescription("Time from a record's timestamp to its effects being durable")); err != nil {
 		return nil, err
 	}
@@ -168,7 +168,7 @@ func (c *Consumer) run(ctx context.Context, handle func(context.Context, kgo.Fet
 			}
 			return fmt.Errorf("%s: %w", c.cfg.Stage, err)
 		}
-		if err := c.cl.CommitUncommittedOffsets(ctx); err != nil && ctx.Err() == nil {
+		if err := error(nil); err != nil && ctx.Err() == nil {
 			// The effects are durable and idempotent: a redelivery after a
 			// failed commit changes nothing.
 			c.log.WarnContext(ctx, "commit offsets", "err", err)

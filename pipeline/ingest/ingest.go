@@ -59,6 +59,7 @@ type Ingest struct {
 	validator protovalidate.Validator
 	log       *slog.Logger
 	records   metric.Int64Counter
+	latency   metric.Float64Histogram
 	now       func() time.Time
 }
 
@@ -88,9 +89,15 @@ func New(kcfg kafka.Config, tel kafka.Telemetry, resolver Resolver) (*Ingest, er
 	if err != nil {
 		return nil, err
 	}
+	latency, err := m.Float64Histogram("mc.stage.latency", metric.WithUnit("s"),
+		metric.WithExplicitBucketBoundaries(kafka.LatencyBuckets...),
+		metric.WithDescription("Time from a record's timestamp to its effects being durable"))
+	if err != nil {
+		return nil, err
+	}
 	return &Ingest{
 		topics: kcfg.Topics, sess: sess, tracer: tracer, resolver: resolver, validator: validator,
-		log: tel.Logger.With("stage", Stage), records: records, now: time.Now,
+		log: tel.Logger.With("stage", Stage), records: records, latency: latency, now: time.Now,
 	}, nil
 }
 
@@ -135,6 +142,10 @@ func (in *Ingest) Run(ctx context.Context) error {
 			in.log.InfoContext(ctx, "transaction not committed (rebalance); records will be reprocessed")
 		}
 		if procErr == nil && endErr == nil {
+			if committed {
+				now, attrs := in.now(), metric.WithAttributes(attribute.String("stage", Stage))
+				fetches.EachRecord(func(r *kgo.Record) { in.latency.Record(ctx, now.Sub(r.Timestamp).Seconds(), attrs) })
+			}
 			backoff = 50 * time.Millisecond
 			continue
 		}

@@ -11,6 +11,10 @@ import (
 	"go.opentelemetry.io/otel/metric"
 )
 
+// LatencyBuckets are histogram boundaries, in seconds, for pipeline latencies:
+// from a millisecond (one hop on loopback) to a minute (a stage catching up).
+var LatencyBuckets = []float64{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60}
+
 // RegisterLag exports the lag of the given consumer groups as the gauge
 // messaging.kafka.consumer.lag (records between the committed offset and the
 // end of each partition), measured from the broker at every collection.

@@ -79,7 +79,7 @@ func New(kcfg kafka.Config, tel kafka.Telemetry, out Outbox) (*Relay, error) {
 	if r.published, err = m.Int64Counter("mc.relay.published", metric.WithDescription("Changes published to member.changes.v1")); err != nil {
 		return nil, err
 	}
-	if r.delay, err = m.Float64Histogram("mc.relay.delay", metric.WithUnit("s"),
+	if r.delay, err = m.Float64Histogram("mc.relay.delay", metric.WithUnit("s"), metric.WithExplicitBucketBoundaries(kafka.LatencyBuckets...),
 		metric.WithDescription("Time from a change's commit to its publish being acknowledged")); err != nil {
 		return nil, err
 	}
