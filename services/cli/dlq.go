@@ -1,0 +1,86 @@
+package cli
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/membercenter/membercenter/pipeline/dlq"
+	"github.com/membercenter/membercenter/pipeline/kafka"
+)
+
+func dlqCmd(stdout, logOut io.Writer) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "dlq",
+		Short: "Inspect and replay dead letters (dlq.v1)",
+	}
+	var since time.Duration
+	var stage, topic string
+	keep := func(l dlq.Letter) bool {
+		return (stage == "" || l.Stage == stage) && (topic == "" || l.Topic == topic)
+	}
+	flags := func(c *cobra.Command) {
+		c.Flags().DurationVar(&since, "since", 24*time.Hour, "letters written within this long ago")
+		c.Flags().StringVar(&stage, "stage", "", "only letters of this stage (e.g. ingest)")
+		c.Flags().StringVar(&topic, "topic", "", "only letters that came from this topic")
+	}
+	client := func(e *env) (*kafka.Client, error) {
+		return kafka.NewClient(e.cfg.Kafka, kafka.Telemetry{Tracers: e.tel.Tracers, Meters: e.tel.Meters,
+			Propagator: e.tel.Propagator, Logger: e.tel.Logger}, "", kgo.FetchIsolationLevel(kgo.ReadCommitted()))
+	}
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "Print dead letters with their reasons",
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			e, done, err := setup(cmd.Context(), logOut)
+			if err != nil {
+				return err
+			}
+			defer done()
+			cl, err := client(e)
+			if err != nil {
+				return err
+			}
+			defer cl.Close()
+			n := 0
+			err = dlq.Scan(cmd.Context(), cl.Client, e.cfg.Kafka.Topics.DLQ, time.Now().Add(-since), func(l dlq.Letter) error {
+				if keep(l) {
+					n++
+					fmt.Fprintf(stdout, "%s  %s/%d@%d  stage=%s  key=%q  %d bytes\n  reason: %s\n",
+						l.At.Format(time.RFC3339), l.Topic, l.Partition, l.Offset, l.Stage, l.Record.Key, len(l.Record.Value),
+						strings.ReplaceAll(l.Reason, "\n", " "))
+				}
+				return nil
+			})
+			fmt.Fprintf(stdout, "%d dead letters\n", n)
+			return err
+		},
+	}
+	replay := &cobra.Command{
+		Use:   "replay",
+		Short: "Re-publish dead letters to the topics they came from (stages deduplicate by event id)",
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			e, done, err := setup(cmd.Context(), logOut)
+			if err != nil {
+				return err
+			}
+			defer done()
+			cl, err := client(e)
+			if err != nil {
+				return err
+			}
+			defer cl.Close()
+			n, err := dlq.Replay(cmd.Context(), cl.Client, e.cfg.Kafka.Topics.DLQ, time.Now().Add(-since), keep)
+			fmt.Fprintf(stdout, "replayed %d dead letters\n", n)
+			return err
+		},
+	}
+	flags(list)
+	flags(replay)
+	cmd.AddCommand(list, replay)
+	return cmd
+}
