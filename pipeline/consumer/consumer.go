@@ -168,7 +168,7 @@ func (c *Consumer) run(ctx context.Context, handle func(context.Context, kgo.Fet
 			}
 			return fmt.Errorf("%s: %w", c.cfg.Stage, err)
 		}
-		if err := error(nil); err != nil && ctx.Err() == nil {
+		if err := c.cl.CommitUncommittedOffsets(ctx); err != nil && ctx.Err() == nil {
 			// The effects are durable and idempotent: a redelivery after a
 			// failed commit changes nothing.
 			c.log.WarnContext(ctx, "commit offsets", "err", err)
