@@ -118,7 +118,7 @@ func (c *Consumer) RunBatches(ctx context.Context, fn BatchFunc) error {
 		rs := fetches.Records()
 		spans := make([]trace.Span, len(rs))
 		for i, r := range rs {
-			r.Context, spans[i] = c.cl.Tracer.WithProcessSpan(r)
+			r.Context, spans[i] = kafka.ProcessSpan(ctx, c.cl.Tracer, r)
 		}
 		// The batch span links to every record it carries.
 		links := make([]trace.Link, len(rs))
@@ -180,7 +180,7 @@ func (c *Consumer) run(ctx context.Context, handle func(context.Context, kgo.Fet
 // handleOne applies fn to r, retrying failures until they succeed, are
 // rejected (then r is dead-lettered) or ctx ends.
 func (c *Consumer) handleOne(ctx context.Context, r *kgo.Record, fn RecordFunc) error {
-	rctx, span := c.cl.Tracer.WithProcessSpan(r)
+	rctx, span := kafka.ProcessSpan(ctx, c.cl.Tracer, r)
 	defer span.End()
 	start := c.now()
 	var rejectedErr error

@@ -378,3 +378,81 @@ func values(rs []*kgo.Record) []string {
 	}
 	return out
 }
+
+// TestStopCancelsHandler checks that stopping a stage cancels the context its
+// handler works under: a handler waiting on a slow database must not keep the
+// stage from shutting down.
+func TestStopCancelsHandler(t *testing.T) {
+	tests := []struct {
+		name string
+		run  func(ctx context.Context, c *consumer.Consumer, block func(context.Context)) error
+	}{
+		{"RunRecords", func(ctx context.Context, c *consumer.Consumer, block func(context.Context)) error {
+			return c.RunRecords(ctx, func(ctx context.Context, _ *kgo.Record) error { block(ctx); return ctx.Err() })
+		}},
+		{"RunBatches", func(ctx context.Context, c *consumer.Consumer, block func(context.Context)) error {
+			return c.RunBatches(ctx, func(ctx context.Context, _ []*kgo.Record) (map[*kgo.Record]error, error) {
+				block(ctx)
+				return nil, ctx.Err()
+			})
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			kcfg := kafkatest.Config(t)
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			c, err := consumer.New(kcfg, telemetry(), consumer.Config{
+				Stage: stage, Group: kcfg.Group("t"), Topics: []string{kcfg.Topics.ChannelEvents}, DLQTopic: kcfg.Topics.DLQ,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			entered := make(chan struct{}, 1)
+			release := make(chan struct{}) // lets a handler that missed the cancellation finish
+			block := func(hctx context.Context) {
+				select {
+				case entered <- struct{}{}:
+				default:
+				}
+				select {
+				case <-hctx.Done():
+				case <-release:
+				}
+			}
+			runCtx, stop := context.WithCancel(ctx)
+			var runErr error
+			done := make(chan struct{})
+			go func() { runErr = tt.run(runCtx, c, block); close(done) }()
+			t.Cleanup(func() {
+				close(release)
+				stop()
+				<-done
+				c.Close()
+			})
+
+			producer, err := kgo.NewClient(kgo.SeedBrokers(kcfg.Brokers...), kgo.DefaultProduceTopic(kcfg.Topics.ChannelEvents))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer producer.Close()
+			if err := producer.ProduceSync(ctx, &kgo.Record{Key: []byte("k"), Value: []byte("slow")}).FirstErr(); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case <-entered:
+			case <-ctx.Done():
+				t.Fatal("handler never called")
+			}
+			stop()
+			select {
+			case <-done:
+				if runErr != nil {
+					t.Fatalf("run returned %v after stop, want nil", runErr)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("run still blocked 5s after its context ended: the handler's context was not cancelled")
+			}
+		})
+	}
+}

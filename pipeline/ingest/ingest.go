@@ -124,7 +124,13 @@ func (in *Ingest) Run(ctx context.Context) error {
 		if err := in.sess.Begin(); err != nil {
 			return fmt.Errorf("begin transaction: %w", err)
 		}
-		procErr := in.process(ctx, fetches)
+		// A produce that fails must abort the transaction: End alone would
+		// commit the offsets without the lost record.
+		produced := kgo.AbortingFirstErrPromise(in.sess.Client())
+		procErr := in.process(ctx, fetches, produced)
+		if procErr == nil {
+			procErr = produced.Err()
+		}
 		commit := kgo.TryCommit
 		if procErr != nil {
 			commit = kgo.TryAbort
@@ -159,12 +165,12 @@ func (in *Ingest) Run(ctx context.Context) error {
 }
 
 // process handles each partition's records in order, partitions in parallel.
-func (in *Ingest) process(ctx context.Context, fetches kgo.Fetches) error {
+func (in *Ingest) process(ctx context.Context, fetches kgo.Fetches, produced *kgo.FirstErrPromise) error {
 	g, gctx := errgroup.WithContext(ctx)
 	fetches.EachPartition(func(p kgo.FetchTopicPartition) {
 		g.Go(func() error {
 			for _, r := range p.Records {
-				if err := in.one(gctx, r); err != nil {
+				if err := in.one(gctx, r, produced); err != nil {
 					return err
 				}
 			}
@@ -174,8 +180,8 @@ func (in *Ingest) process(ctx context.Context, fetches kgo.Fetches) error {
 	return g.Wait()
 }
 
-func (in *Ingest) one(ctx context.Context, r *kgo.Record) error {
-	ctx, span := in.tracer.WithProcessSpan(r)
+func (in *Ingest) one(ctx context.Context, r *kgo.Record, produced *kgo.FirstErrPromise) error {
+	ctx, span := kafka.ProcessSpan(ctx, in.tracer, r)
 	defer span.End()
 	out, err := in.convert(ctx, r)
 	if err != nil && !dlq.Rejected(err) {
@@ -189,8 +195,12 @@ func (in *Ingest) one(ctx context.Context, r *kgo.Record) error {
 		in.log.WarnContext(ctx, "dead-lettering event", "partition", r.Partition, "offset", r.Offset, "reason", err)
 		out = dlq.Record(in.topics.DLQ, Stage, r, err, in.now())
 	}
-	out.Context = ctx
-	in.sess.Produce(ctx, out, nil) // a failed produce makes End abort
+	// The record outlives this goroutine's context (the errgroup's, cancelled
+	// when the batch is processed) until the transaction is flushed; it keeps
+	// the trace but not the cancellation.
+	pctx := context.WithoutCancel(ctx)
+	out.Context = pctx
+	in.sess.Produce(pctx, out, produced.Promise())
 	in.records.Add(ctx, 1, metric.WithAttributes(attribute.String("stage", Stage), attribute.String("outcome", outcome)))
 	return nil
 }

@@ -172,3 +172,15 @@ const ContentTypeJSON = "application/json"
 func IsJSON(r *kgo.Record) bool {
 	return strings.HasPrefix(Header(r, "content-type"), ContentTypeJSON)
 }
+
+// ProcessSpan starts the span of a stage processing r. Its parent is the
+// record's receive span (so the record's trace continues), and the returned
+// context derives from ctx, so stopping the stage cancels the work.
+func ProcessSpan(ctx context.Context, tr *kotel.Tracer, r *kgo.Record) (context.Context, trace.Span) {
+	parent := r.Context
+	if parent == nil {
+		parent = context.Background()
+	}
+	r.Context = trace.ContextWithSpan(ctx, trace.SpanFromContext(parent))
+	return tr.WithProcessSpan(r)
+}

@@ -16,6 +16,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"google.golang.org/protobuf/proto"
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 	"github.com/membercenter/membercenter/storage/postgres"
@@ -85,9 +86,13 @@ func (s *Service) Normalize(ids []*mcv1.Identifier) ([]Normalized, error) {
 			continue // the same identifier twice
 		}
 		seen[string(n.Hash)] = true
-		n.Masked = mask(v)
-		if n.Type == mcv1.IdentifierType_IDENTIFIER_TYPE_EMAIL {
+		switch n.Type {
+		case mcv1.IdentifierType_IDENTIFIER_TYPE_PHONE:
+			n.Masked = s.norm.maskPhone(v)
+		case mcv1.IdentifierType_IDENTIFIER_TYPE_EMAIL:
 			n.Masked = maskEmail(v)
+		default:
+			n.Masked = mask(v)
 		}
 		if isPII(n.Type) {
 			if n.Cipher, n.KeyID, err = s.pii.Encrypt(v, n.Hash); err != nil {
@@ -206,8 +211,11 @@ func (s *Service) ResolveEvent(ctx context.Context, ev *mcv1.ChannelEvent) (inge
 	err = postgres.RetryTx(ctx, s.pool, func(tx pgx.Tx) error {
 		prev, err := postgres.GetIngestedEvent(ctx, tx, ev.GetEventId())
 		if err == nil {
-			out = ingest.Resolution{MemberID: prev.MemberID.String(), Identifiers: Refs(ids),
-				Detail: &mcv1.Resolution{Created: prev.Created}}
+			detail := &mcv1.Resolution{}
+			if err := proto.Unmarshal(prev.Resolution, detail); err != nil {
+				return fmt.Errorf("stored resolution of %s: %w", ev.GetEventId(), err)
+			}
+			out = ingest.Resolution{MemberID: prev.MemberID.String(), Identifiers: Refs(ids), Detail: detail}
 			return nil
 		}
 		if !errors.Is(err, postgres.ErrNotFound) {
@@ -218,14 +226,17 @@ func (s *Service) ResolveEvent(ctx context.Context, ev *mcv1.ChannelEvent) (inge
 		if err != nil {
 			return err
 		}
+		detail := &mcv1.Resolution{Created: res.Created, Linked: Refs(res.Linked), Conflict: res.Conflict}
+		stored, err := proto.MarshalOptions{Deterministic: true}.Marshal(detail)
+		if err != nil {
+			return err
+		}
 		if err := postgres.InsertIngestedEvent(ctx, tx, postgres.IngestedEvent{
-			EventID: ev.GetEventId(), MemberID: res.MemberID, Created: res.Created,
+			EventID: ev.GetEventId(), MemberID: res.MemberID, Created: res.Created, Resolution: stored,
 		}); err != nil {
 			return err
 		}
-		out = ingest.Resolution{MemberID: res.MemberID.String(), Identifiers: Refs(ids), Detail: &mcv1.Resolution{
-			Created: res.Created, Linked: Refs(res.Linked), Conflict: res.Conflict,
-		}}
+		out = ingest.Resolution{MemberID: res.MemberID.String(), Identifiers: Refs(ids), Detail: detail}
 		return nil
 	})
 	return out, err

@@ -77,12 +77,16 @@ func (n Normalizer) phone(raw string) (string, error) {
 func email(raw string) (string, error) {
 	v := strings.ToLower(raw)
 	local, domain, ok := strings.Cut(v, "@")
-	if !ok || local == "" || domain == "" || strings.Contains(domain, "@") ||
-		!strings.Contains(domain, ".") || strings.HasPrefix(domain, ".") || strings.HasSuffix(domain, ".") {
+	if !ok || local == "" || domain == "" || strings.Contains(domain, "@") || !strings.Contains(domain, ".") {
 		return "", fmt.Errorf("%w: e-mail %q is not local@domain", ErrInvalidIdentifier, mask(raw))
 	}
-	if strings.IndexFunc(v, unicode.IsSpace) >= 0 {
-		return "", fmt.Errorf("%w: e-mail contains whitespace", ErrInvalidIdentifier)
+	for _, label := range strings.Split(domain, ".") {
+		if label == "" {
+			return "", fmt.Errorf("%w: e-mail domain %q has an empty label", ErrInvalidIdentifier, domain)
+		}
+	}
+	if strings.IndexFunc(v, func(r rune) bool { return unicode.IsSpace(r) || !unicode.IsPrint(r) }) >= 0 {
+		return "", fmt.Errorf("%w: e-mail contains whitespace or control characters", ErrInvalidIdentifier)
 	}
 	return v, nil
 }
@@ -105,6 +109,30 @@ func mask(v string) string {
 		return strings.Repeat("*", len(rs))
 	}
 	return string(rs[:3]) + strings.Repeat("*", len(rs)-5) + string(rs[len(rs)-2:])
+}
+
+// maskPhone shows an E.164 number the way a cashier reads it: the national
+// number with its middle hidden ("138****5678"), prefixed by the country
+// code when it is not the default region's.
+func (n Normalizer) maskPhone(e164 string) string {
+	num, err := phonenumbers.Parse(e164, "")
+	if err != nil {
+		return mask(e164)
+	}
+	national := phonenumbers.GetNationalSignificantNumber(num)
+	if len(national) > 7 {
+		national = national[:3] + strings.Repeat("*", len(national)-7) + national[len(national)-4:]
+	} else {
+		national = mask(national)
+	}
+	region := n.DefaultRegion
+	if region == "" {
+		region = "CN"
+	}
+	if int(num.GetCountryCode()) == phonenumbers.GetCountryCodeForRegion(region) {
+		return national
+	}
+	return fmt.Sprintf("+%d %s", num.GetCountryCode(), national)
 }
 
 // maskEmail keeps the first character of the local part and the domain.

@@ -64,10 +64,11 @@ func NewPII(c KeyConfig) (*PII, error) {
 	} else if len(p.hmacKey) < 32 {
 		errs = append(errs, fmt.Errorf("MC_PII_HMAC_KEY: %d bytes, need at least 32", len(p.hmacKey)))
 	}
-	for _, pair := range strings.Split(c.EncKeys, ",") {
+	for i, pair := range strings.Split(c.EncKeys, ",") {
 		id, b64, ok := strings.Cut(strings.TrimSpace(pair), ":")
 		if !ok || id == "" {
-			errs = append(errs, fmt.Errorf("MC_PII_ENC_KEYS: entry %q is not id:base64key", pair))
+			// Never echo the entry: it may be a key without its id.
+			errs = append(errs, fmt.Errorf("MC_PII_ENC_KEYS: entry %d is not id:base64key", i+1))
 			continue
 		}
 		key, err := base64.StdEncoding.DecodeString(b64)

@@ -133,7 +133,7 @@ func (h *Hub) Run(ctx context.Context) error {
 			h.log.WarnContext(ctx, "fetch error", "topic", t, "partition", p, "err", err)
 		})
 		fetches.EachRecord(func(r *kgo.Record) {
-			rctx, span := cl.Tracer.WithProcessSpan(r)
+			rctx, span := kafka.ProcessSpan(ctx, cl.Tracer, r)
 			defer span.End()
 			ch := &mcv1.MemberChange{}
 			if err := proto.Unmarshal(r.Value, ch); err != nil {

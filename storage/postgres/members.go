@@ -124,13 +124,15 @@ type IngestedEvent struct {
 	EventID  string
 	MemberID uuid.UUID
 	Created  bool
+	// Serialized answer given the first time, returned on redelivery.
+	Resolution []byte
 }
 
 // GetIngestedEvent returns the earlier resolution of an event, or ErrNotFound.
 func GetIngestedEvent(ctx context.Context, q Querier, eventID string) (IngestedEvent, error) {
 	e := IngestedEvent{EventID: eventID}
-	err := q.QueryRow(ctx, `SELECT member_id, created FROM ingested_events WHERE event_id = $1`, eventID).
-		Scan(&e.MemberID, &e.Created)
+	err := q.QueryRow(ctx, `SELECT member_id, created, resolution FROM ingested_events WHERE event_id = $1`, eventID).
+		Scan(&e.MemberID, &e.Created, &e.Resolution)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return e, ErrNotFound
 	}
@@ -143,8 +145,8 @@ func GetIngestedEvent(ctx context.Context, q Querier, eventID string) (IngestedE
 // InsertIngestedEvent records an event's resolution. A unique violation means
 // a concurrent ingest of the same event won.
 func InsertIngestedEvent(ctx context.Context, q Querier, e IngestedEvent) error {
-	_, err := q.Exec(ctx, `INSERT INTO ingested_events (event_id, member_id, created) VALUES ($1, $2, $3)`,
-		e.EventID, e.MemberID, e.Created)
+	_, err := q.Exec(ctx, `INSERT INTO ingested_events (event_id, member_id, created, resolution) VALUES ($1, $2, $3, $4)`,
+		e.EventID, e.MemberID, e.Created, e.Resolution)
 	if err != nil {
 		return fmt.Errorf("insert ingested event: %w", err)
 	}

@@ -1,0 +1,536 @@
+package identity_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
+	"github.com/membercenter/membercenter/storage/postgres/pgtest"
+
+	"github.com/membercenter/membercenter/pipeline/dlq"
+	"github.com/membercenter/membercenter/services/changes"
+	"github.com/membercenter/membercenter/services/identity"
+)
+
+const (
+	rawPhone   = "13812345678" // the national number that must never be stored
+	e164Phone  = "+8613812345678"
+	memberCard = "c0012345"
+)
+
+type fixture struct {
+	svc  *identity.Service
+	pool *pgxpool.Pool
+}
+
+func newService(t *testing.T) fixture {
+	t.Helper()
+	pool := pgtest.NewPool(t, nil)
+	svc, err := identity.New(identity.Config{}, pool, changes.Writer{}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fixture{svc: svc, pool: pool}
+}
+
+func ctxT(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func phone(v string) *mcv1.Identifier { return &mcv1.Identifier{Type: typePhone, Value: v} }
+func card(v string) *mcv1.Identifier  { return &mcv1.Identifier{Type: typeCard, Value: v} }
+
+func resolveReq(key string, create bool, ids ...*mcv1.Identifier) *mcv1.ResolveRequest {
+	return &mcv1.ResolveRequest{
+		Identifiers: ids, Channel: mcv1.Channel_CHANNEL_POS, StoreId: "SH-001",
+		CreateIfMissing: create, IdempotencyKey: key,
+	}
+}
+
+func channelEvent(id string, ids ...*mcv1.Identifier) *mcv1.ChannelEvent {
+	return &mcv1.ChannelEvent{
+		EventId: id, Channel: mcv1.Channel_CHANNEL_MINIPROGRAM, OccurredAt: timestamppb.Now(),
+		Identifiers: ids, Payload: &mcv1.ChannelEvent_CheckIn{CheckIn: &mcv1.CheckIn{}},
+	}
+}
+
+// counts is how many rows each table the identity service writes holds.
+type counts struct{ members, identifiers, outbox, ingested, idempotency int }
+
+func (f fixture) counts(t *testing.T) counts {
+	t.Helper()
+	var c counts
+	err := f.pool.QueryRow(context.Background(), `SELECT
+		(SELECT count(*) FROM members), (SELECT count(*) FROM member_identifiers), (SELECT count(*) FROM outbox),
+		(SELECT count(*) FROM ingested_events), (SELECT count(*) FROM idempotency_keys)`).
+		Scan(&c.members, &c.identifiers, &c.outbox, &c.ingested, &c.idempotency)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+type outboxRow struct {
+	sequence int64
+	change   *mcv1.MemberChange
+}
+
+// outbox returns a member's outbox rows in sequence order, decoded.
+func (f fixture) outbox(t *testing.T, memberID string) []outboxRow {
+	t.Helper()
+	rows, err := f.pool.Query(context.Background(),
+		`SELECT sequence, payload FROM outbox WHERE member_id = $1 ORDER BY sequence`, uuid.MustParse(memberID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	var out []outboxRow
+	for rows.Next() {
+		var r outboxRow
+		var payload []byte
+		if err := rows.Scan(&r.sequence, &payload); err != nil {
+			t.Fatal(err)
+		}
+		r.change = &mcv1.MemberChange{}
+		if err := proto.Unmarshal(payload, r.change); err != nil {
+			t.Fatalf("outbox payload is not a MemberChange: %v", err)
+		}
+		out = append(out, r)
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func TestResolveCreatesMember(t *testing.T) {
+	f := newService(t)
+	ctx := ctxT(t)
+
+	resp, err := f.svc.Resolve(ctx, resolveReq("k-create", true, phone(rawPhone)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !resp.GetCreated() {
+		t.Fatal("created = false for a phone never seen before")
+	}
+	if _, err := uuid.Parse(resp.GetMemberId()); err != nil {
+		t.Fatalf("member_id %q: %v", resp.GetMemberId(), err)
+	}
+	if len(resp.GetLinked()) != 1 || resp.GetLinked()[0].GetType() != typePhone {
+		t.Fatalf("linked = %v, want the phone", resp.GetLinked())
+	}
+	if c := f.counts(t); c.members != 1 || c.identifiers != 1 {
+		t.Fatalf("rows = %+v, want 1 member with 1 identifier", c)
+	}
+	ob := f.outbox(t, resp.GetMemberId())
+	if len(ob) != 1 || ob[0].sequence != 1 {
+		t.Fatalf("outbox = %v, want one change with sequence 1", ob)
+	}
+	ch := ob[0].change
+	if ch.GetMemberId() != resp.GetMemberId() || ch.GetSequence() != 1 || ch.GetMemberCreated() == nil {
+		t.Fatalf("outbox change = %v, want MemberCreated #1 of %s", ch, resp.GetMemberId())
+	}
+	if !proto.Equal(&mcv1.MemberCreated{Identifiers: resp.GetLinked()}, ch.GetMemberCreated()) {
+		t.Fatalf("MemberCreated identifiers = %v, want %v", ch.GetMemberCreated().GetIdentifiers(), resp.GetLinked())
+	}
+
+	// The member can be looked up by the phone in any notation.
+	m, err := f.svc.FindByIdentifier(ctx, phone("+86 138-1234-5678"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.GetMemberId() != resp.GetMemberId() {
+		t.Fatalf("FindByIdentifier = %s, want %s", m.GetMemberId(), resp.GetMemberId())
+	}
+}
+
+func TestResolveWithoutCreate(t *testing.T) {
+	f := newService(t)
+	resp, err := f.svc.Resolve(ctxT(t), resolveReq("k-nocreate", false, phone(rawPhone)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.GetMemberId() != "" || resp.GetCreated() || len(resp.GetLinked()) != 0 {
+		t.Fatalf("response = %v, want empty: nothing matched and create_if_missing was false", resp)
+	}
+	if c := f.counts(t); c.members != 0 || c.identifiers != 0 || c.outbox != 0 {
+		t.Fatalf("rows = %+v, want no member", c)
+	}
+}
+
+func TestResolveLinksNewIdentifier(t *testing.T) {
+	f := newService(t)
+	ctx := ctxT(t)
+	first, err := f.svc.Resolve(ctx, resolveReq("k-1", true, phone(rawPhone)))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// The same phone, written differently, seen with a new card.
+	second, err := f.svc.Resolve(ctx, resolveReq("k-2", true, phone("+86 138 1234 5678"), card(memberCard)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if second.GetMemberId() != first.GetMemberId() || second.GetCreated() {
+		t.Fatalf("second resolve = %v, want existing member %s", second, first.GetMemberId())
+	}
+	if len(second.GetLinked()) != 1 || second.GetLinked()[0].GetType() != typeCard {
+		t.Fatalf("linked = %v, want exactly the card", second.GetLinked())
+	}
+	if c := f.counts(t); c.members != 1 || c.identifiers != 2 {
+		t.Fatalf("rows = %+v, want 1 member with 2 identifiers", c)
+	}
+	ob := f.outbox(t, first.GetMemberId())
+	if len(ob) != 2 || ob[1].sequence != 2 {
+		t.Fatalf("outbox = %v, want sequences 1 and 2", ob)
+	}
+	ic := ob[1].change.GetIdentityChanged()
+	if ic.GetKind() != mcv1.IdentityChangeKind_IDENTITY_CHANGE_KIND_LINKED ||
+		len(ic.GetIdentifiers()) != 1 || !proto.Equal(ic.GetIdentifiers()[0], second.GetLinked()[0]) {
+		t.Fatalf("change #2 = %v, want the card linked", ob[1].change)
+	}
+
+	// The card now finds the member; linking it again changes nothing.
+	third, err := f.svc.Resolve(ctx, resolveReq("k-3", true, card("C0012345")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if third.GetMemberId() != first.GetMemberId() || third.GetCreated() || len(third.GetLinked()) != 0 {
+		t.Fatalf("resolve by card = %v, want member %s, nothing linked", third, first.GetMemberId())
+	}
+	if n := len(f.outbox(t, first.GetMemberId())); n != 2 {
+		t.Fatalf("outbox has %d rows after a no-op resolve, want 2", n)
+	}
+}
+
+func TestResolveIdempotency(t *testing.T) {
+	f := newService(t)
+	ctx := ctxT(t)
+	req := resolveReq("k-idem", true, phone(rawPhone), card(memberCard))
+	first, err := f.svc.Resolve(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := f.counts(t)
+
+	retry, err := f.svc.Resolve(ctx, proto.Clone(req).(*mcv1.ResolveRequest))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !proto.Equal(first, retry) {
+		t.Fatalf("retry answered %v, want the first answer %v", retry, first)
+	}
+	if !retry.GetCreated() {
+		t.Fatal("the replayed answer lost created=true")
+	}
+	if after := f.counts(t); after != before {
+		t.Fatalf("retry wrote rows: before %+v, after %+v", before, after)
+	}
+
+	tests := []struct {
+		name string
+		req  *mcv1.ResolveRequest
+	}{
+		{"other identifier", resolveReq("k-idem", true, phone("13912345678"))},
+		{"create flag flipped", resolveReq("k-idem", false, phone(rawPhone), card(memberCard))},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := f.svc.Resolve(ctx, tt.req)
+			if !errors.Is(err, changes.ErrKeyReused) {
+				t.Fatalf("reused key with another request: err = %v, want ErrKeyReused", err)
+			}
+			if after := f.counts(t); after != before {
+				t.Fatalf("rejected request wrote rows: before %+v, after %+v", before, after)
+			}
+		})
+	}
+}
+
+func TestResolveConcurrentNewPhone(t *testing.T) {
+	f := newService(t)
+	ctx := ctxT(t)
+	const n = 16
+	resps := make([]*mcv1.ResolveResponse, n)
+	errs := make([]error, n)
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			<-start
+			resps[i], errs[i] = f.svc.Resolve(ctx, resolveReq(fmt.Sprintf("k-conc-%d", i), true, phone(rawPhone)))
+		})
+	}
+	close(start)
+	wg.Wait()
+
+	created := 0
+	for i := range n {
+		if errs[i] != nil {
+			t.Fatalf("resolver %d: %v", i, errs[i])
+		}
+		if resps[i].GetMemberId() != resps[0].GetMemberId() {
+			t.Fatalf("resolver %d got member %s, resolver 0 got %s", i, resps[i].GetMemberId(), resps[0].GetMemberId())
+		}
+		if resps[i].GetCreated() {
+			created++
+		}
+	}
+	if created != 1 {
+		t.Errorf("%d responses say created, want 1", created)
+	}
+	if c := f.counts(t); c.members != 1 || c.identifiers != 1 || c.outbox != 1 || c.idempotency != n {
+		t.Fatalf("rows = %+v, want 1 member, 1 identifier, 1 change, %d idempotency keys", c, n)
+	}
+}
+
+func TestResolveEventConcurrentNewPhone(t *testing.T) {
+	f := newService(t)
+	ctx := ctxT(t)
+	const n = 16
+	members := make([]string, n)
+	errs := make([]error, n)
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			<-start
+			res, err := f.svc.ResolveEvent(ctx, channelEvent(fmt.Sprintf("ev-conc-%d", i), phone(rawPhone)))
+			members[i], errs[i] = res.MemberID, err
+		})
+	}
+	close(start)
+	wg.Wait()
+	for i := range n {
+		if errs[i] != nil {
+			t.Fatalf("event %d: %v", i, errs[i])
+		}
+		if members[i] != members[0] {
+			t.Fatalf("event %d went to member %s, event 0 to %s", i, members[i], members[0])
+		}
+	}
+	if c := f.counts(t); c.members != 1 || c.identifiers != 1 || c.outbox != 1 || c.ingested != n {
+		t.Fatalf("rows = %+v, want 1 member, 1 identifier, 1 change, %d ingested events", c, n)
+	}
+}
+
+func TestResolveEventOnce(t *testing.T) {
+	f := newService(t)
+	ctx := ctxT(t)
+	ev := channelEvent("ev-1", phone(rawPhone), card(memberCard))
+
+	first, err := f.svc.ResolveEvent(ctx, ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if first.MemberID == "" || !first.Detail.GetCreated() || len(first.Detail.GetLinked()) != 2 {
+		t.Fatalf("first resolution = %+v, want a created member with 2 linked identifiers", first)
+	}
+	if len(first.Identifiers) != 2 {
+		t.Fatalf("identifiers = %v, want refs of both identifiers", first.Identifiers)
+	}
+	before := f.counts(t)
+	if before.members != 1 || before.identifiers != 2 || before.outbox != 1 || before.ingested != 1 {
+		t.Fatalf("rows after first delivery = %+v", before)
+	}
+	if cause := f.outbox(t, first.MemberID)[0].change.GetCauseId(); cause != "ev-1" {
+		t.Fatalf("change cause = %q, want the event id", cause)
+	}
+
+	again, err := f.svc.ResolveEvent(ctx, proto.Clone(ev).(*mcv1.ChannelEvent))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again.MemberID != first.MemberID || again.Detail.GetCreated() != first.Detail.GetCreated() {
+		t.Fatalf("redelivery resolved to %+v, want %+v", again, first)
+	}
+	if len(again.Identifiers) != len(first.Identifiers) {
+		t.Fatalf("redelivery identifiers = %v, want %v", again.Identifiers, first.Identifiers)
+	}
+	for i := range first.Identifiers {
+		if !proto.Equal(again.Identifiers[i], first.Identifiers[i]) {
+			t.Fatalf("redelivery identifier %d = %v, want %v", i, again.Identifiers[i], first.Identifiers[i])
+		}
+	}
+	if after := f.counts(t); after != before {
+		t.Fatalf("redelivery wrote rows: before %+v, after %+v", before, after)
+	}
+}
+
+func TestResolveEventRejectsInvalidIdentifier(t *testing.T) {
+	tests := []struct {
+		name string
+		ids  []*mcv1.Identifier
+	}{
+		{"invalid phone", []*mcv1.Identifier{phone("123")}},
+		{"valid card with invalid phone", []*mcv1.Identifier{card(memberCard), phone("abc")}},
+		{"openid without scope", []*mcv1.Identifier{{Type: typeOpenID, Value: "oAbc"}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newService(t)
+			_, err := f.svc.ResolveEvent(ctxT(t), channelEvent("ev-bad", tt.ids...))
+			if !dlq.Rejected(err) {
+				t.Fatalf("err = %v, want a dlq rejection", err)
+			}
+			if !errors.Is(err, identity.ErrInvalidIdentifier) {
+				t.Fatalf("err = %v, want it to wrap ErrInvalidIdentifier", err)
+			}
+			if c := f.counts(t); c != (counts{}) {
+				t.Fatalf("rejected event wrote rows: %+v", c)
+			}
+		})
+	}
+}
+
+func TestNoRawPIIStored(t *testing.T) {
+	f := newService(t)
+	ctx := ctxT(t)
+	const email = "alice.smith@example.com"
+	emailID := &mcv1.Identifier{Type: typeEmail, Value: email}
+	if _, err := f.svc.Resolve(ctx, resolveReq("k-pii", true, phone(rawPhone))); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.svc.ResolveEvent(ctx, channelEvent("ev-pii", phone("+86 138 1234 5678"), card(memberCard), emailID)); err != nil {
+		t.Fatal(err)
+	}
+
+	forbidden := [][]byte{[]byte(rawPhone), []byte("alice.smith"), []byte("alice")}
+	check := func(where string, b []byte) {
+		t.Helper()
+		for _, s := range forbidden {
+			if bytes.Contains(b, s) {
+				t.Errorf("%s contains raw PII %q", where, s)
+			}
+		}
+	}
+
+	rows, err := f.pool.Query(ctx, `SELECT id_type, scope, value_hash, coalesce(value_cipher, ''), coalesce(key_id, ''), masked, cause_id FROM member_identifiers`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pii := newPII(t, identity.DevKeys)
+	n := 0
+	for rows.Next() {
+		n++
+		var typ int16
+		var scope, keyID, masked, cause string
+		var hash, cipher []byte
+		if err := rows.Scan(&typ, &scope, &hash, &cipher, &keyID, &masked, &cause); err != nil {
+			t.Fatal(err)
+		}
+		for col, v := range map[string][]byte{"scope": []byte(scope), "value_hash": hash, "value_cipher": cipher, "key_id": []byte(keyID), "masked": []byte(masked), "cause_id": []byte(cause)} {
+			check(fmt.Sprintf("member_identifiers.%s (type %d)", col, typ), v)
+		}
+		// The display ciphertext of PII decrypts to the normalised value.
+		want := map[int16]string{int16(typePhone): e164Phone, int16(typeEmail): email}[typ]
+		if want == "" {
+			continue
+		}
+		got, err := pii.Decrypt(cipher, keyID, hash)
+		if err != nil || got != want {
+			t.Errorf("type %d ciphertext decrypts to %q, %v; want %q", typ, got, err, want)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if n != 3 {
+		t.Fatalf("member_identifiers has %d rows, want 3", n)
+	}
+
+	rows, err = f.pool.Query(ctx, `SELECT payload, traceparent FROM outbox`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n = 0
+	for rows.Next() {
+		n++
+		var payload []byte
+		var tp string
+		if err := rows.Scan(&payload, &tp); err != nil {
+			t.Fatal(err)
+		}
+		check("outbox.payload", payload)
+		check("outbox.traceparent", []byte(tp))
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if n != 2 {
+		t.Fatalf("outbox has %d rows, want 2 (created, linked)", n)
+	}
+}
+
+// TestResolveEventRedeliveryReturnsFirstAnswer holds ResolveEvent to the
+// ingest.Resolver contract: a redelivered event gets the first answer, so the
+// member event published after an aborted ingest transaction equals the one
+// a crash-free run publishes.
+func TestResolveEventRedeliveryReturnsFirstAnswer(t *testing.T) {
+	f := newService(t)
+	ctx := ctxT(t)
+	if _, err := f.svc.Resolve(ctx, resolveReq("k-existing", true, phone(rawPhone))); err != nil {
+		t.Fatal(err)
+	}
+	// Known phone, new card: the card is linked by this event.
+	ev := channelEvent("ev-link", phone(rawPhone), card(memberCard))
+	first, err := f.svc.ResolveEvent(ctx, ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(first.Detail.GetLinked()) != 1 {
+		t.Fatalf("first resolution linked %v, want the card", first.Detail.GetLinked())
+	}
+	again, err := f.svc.ResolveEvent(ctx, ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again.MemberID != first.MemberID || !proto.Equal(again.Detail, first.Detail) {
+		t.Fatalf("redelivery resolution = %s %v, want the first answer %s %v", again.MemberID, again.Detail, first.MemberID, first.Detail)
+	}
+}
+
+func TestResolveStrongestIdentifierWins(t *testing.T) {
+	f := newService(t)
+	ctx := ctxT(t)
+	byPhone, err := f.svc.Resolve(ctx, resolveReq("k-a", true, phone(rawPhone)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	byCard, err := f.svc.Resolve(ctx, resolveReq("k-b", true, card(memberCard)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if byPhone.GetMemberId() == byCard.GetMemberId() {
+		t.Fatal("two unrelated identifiers resolved to one member")
+	}
+	before := f.counts(t)
+
+	// The phone and the card point at different members: the card (a
+	// stronger identifier) decides, and the conflict is reported.
+	both, err := f.svc.Resolve(ctx, resolveReq("k-c", true, phone(rawPhone), card(memberCard)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if both.GetMemberId() != byCard.GetMemberId() || !both.GetConflict() || both.GetCreated() || len(both.GetLinked()) != 0 {
+		t.Fatalf("resolve phone+card = %v, want card's member %s with conflict, nothing linked", both, byCard.GetMemberId())
+	}
+	after := f.counts(t)
+	if after.members != before.members || after.identifiers != before.identifiers || after.outbox != before.outbox {
+		t.Fatalf("a conflicting resolve changed members: before %+v, after %+v", before, after)
+	}
+}
