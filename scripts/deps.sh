@@ -155,7 +155,7 @@ kafka_pid() { [[ -f "$kafka_dir/kafka.pid" ]] && cat "$kafka_dir/kafka.pid"; }
 kafka_running() { local p; p="$(kafka_pid)" && kill -0 "$p" 2>/dev/null; }
 
 start_kafka() {
-  if kafka_running && port_open "$kafka_port"; then log "kafka: running on :$kafka_port"; return; fi
+  if port_open "$kafka_port"; then log "kafka: running on :$kafka_port"; return; fi
   fetch_kafka
   mkdir -p "$kafka_dir/data"
   cat >"$kafka_dir/server.properties" <<EOF
