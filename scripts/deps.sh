@@ -279,15 +279,16 @@ start_clickhouse() {
 </yandex>
 EOF
   log "clickhouse: starting on :$ch_port"
-  nohup /usr/sbin/clickhouse-server --config-file="$ch_dir/config.xml" \
-    --pid-file="$ch_dir/clickhouse.pid" >"$ch_dir/stdout.log" 2>&1 &
+  nohup /usr/sbin/clickhouse-server --config-file="$ch_dir/config.xml" >"$ch_dir/stdout.log" 2>&1 &
+  echo $! >"$ch_dir/clickhouse.pid"
   wait_for "clickhouse" 60 ch_ready
   clickhouse-client --host 127.0.0.1 --port "$ch_port" -q 'CREATE DATABASE IF NOT EXISTS membercenter'
 }
 
 stop_clickhouse() {
   local pidf="$ch_dir/clickhouse.pid" p
-  if [[ -f "$pidf" ]] && p="$(cat "$pidf")" && kill -0 "$p" 2>/dev/null; then
+  [[ -f "$pidf" ]] || pgrep -f "clickhouse-server --config-file=$ch_dir/config.xml" >"$pidf" 2>/dev/null || true
+  if p="$(head -1 "$pidf" 2>/dev/null)" && [[ -n "$p" ]] && kill -0 "$p" 2>/dev/null; then
     log "clickhouse: stopping"
     kill "$p" 2>/dev/null || true
     for _ in $(seq 1 150); do kill -0 "$p" 2>/dev/null || break; sleep 0.2; done
