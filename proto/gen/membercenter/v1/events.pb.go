@@ -1298,7 +1298,14 @@ type Resolution struct {
 	// Members merged into member_id because of this event.
 	MergedMemberIds []string `protobuf:"bytes,3,rep,name=merged_member_ids,json=mergedMemberIds,proto3" json:"merged_member_ids,omitempty"`
 	// Set when identifiers pointed at several members that could not be merged.
-	Conflict      bool `protobuf:"varint,4,opt,name=conflict,proto3" json:"conflict,omitempty"`
+	Conflict bool `protobuf:"varint,4,opt,name=conflict,proto3" json:"conflict,omitempty"`
+	// The member the event is attributed to: the member the matching
+	// identifier was first linked to. Differs from member_id after a merge;
+	// an unmerge gives the event's effects back to this member.
+	OriginMemberId string `protobuf:"bytes,5,opt,name=origin_member_id,json=originMemberId,proto3" json:"origin_member_id,omitempty"`
+	// Identifiers not used, with the rule that refused each (blocked value,
+	// per-member limit).
+	Ignored       []*IgnoredIdentifier `protobuf:"bytes,6,rep,name=ignored,proto3" json:"ignored,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1361,6 +1368,73 @@ func (x *Resolution) GetConflict() bool {
 	return false
 }
 
+func (x *Resolution) GetOriginMemberId() string {
+	if x != nil {
+		return x.OriginMemberId
+	}
+	return ""
+}
+
+func (x *Resolution) GetIgnored() []*IgnoredIdentifier {
+	if x != nil {
+		return x.Ignored
+	}
+	return nil
+}
+
+// IgnoredIdentifier is an identifier resolution did not use.
+type IgnoredIdentifier struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Identifier    *IdentifierRef         `protobuf:"bytes,1,opt,name=identifier,proto3" json:"identifier,omitempty"`
+	Rule          string                 `protobuf:"bytes,2,opt,name=rule,proto3" json:"rule,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *IgnoredIdentifier) Reset() {
+	*x = IgnoredIdentifier{}
+	mi := &file_membercenter_v1_events_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *IgnoredIdentifier) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*IgnoredIdentifier) ProtoMessage() {}
+
+func (x *IgnoredIdentifier) ProtoReflect() protoreflect.Message {
+	mi := &file_membercenter_v1_events_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use IgnoredIdentifier.ProtoReflect.Descriptor instead.
+func (*IgnoredIdentifier) Descriptor() ([]byte, []int) {
+	return file_membercenter_v1_events_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *IgnoredIdentifier) GetIdentifier() *IdentifierRef {
+	if x != nil {
+		return x.Identifier
+	}
+	return nil
+}
+
+func (x *IgnoredIdentifier) GetRule() string {
+	if x != nil {
+		return x.Rule
+	}
+	return ""
+}
+
 // MemberChange is one change of a member's state, published to
 // member.changes.v1 keyed by member_id. sequence increases by exactly one per
 // member, so a consumer can detect gaps and drop duplicates.
@@ -1393,7 +1467,7 @@ type MemberChange struct {
 
 func (x *MemberChange) Reset() {
 	*x = MemberChange{}
-	mi := &file_membercenter_v1_events_proto_msgTypes[12]
+	mi := &file_membercenter_v1_events_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1405,7 +1479,7 @@ func (x *MemberChange) String() string {
 func (*MemberChange) ProtoMessage() {}
 
 func (x *MemberChange) ProtoReflect() protoreflect.Message {
-	mi := &file_membercenter_v1_events_proto_msgTypes[12]
+	mi := &file_membercenter_v1_events_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1418,7 +1492,7 @@ func (x *MemberChange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemberChange.ProtoReflect.Descriptor instead.
 func (*MemberChange) Descriptor() ([]byte, []int) {
-	return file_membercenter_v1_events_proto_rawDescGZIP(), []int{12}
+	return file_membercenter_v1_events_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *MemberChange) GetMemberId() string {
@@ -1626,7 +1700,7 @@ type MemberCreated struct {
 
 func (x *MemberCreated) Reset() {
 	*x = MemberCreated{}
-	mi := &file_membercenter_v1_events_proto_msgTypes[13]
+	mi := &file_membercenter_v1_events_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1638,7 +1712,7 @@ func (x *MemberCreated) String() string {
 func (*MemberCreated) ProtoMessage() {}
 
 func (x *MemberCreated) ProtoReflect() protoreflect.Message {
-	mi := &file_membercenter_v1_events_proto_msgTypes[13]
+	mi := &file_membercenter_v1_events_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1651,7 +1725,7 @@ func (x *MemberCreated) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemberCreated.ProtoReflect.Descriptor instead.
 func (*MemberCreated) Descriptor() ([]byte, []int) {
-	return file_membercenter_v1_events_proto_rawDescGZIP(), []int{13}
+	return file_membercenter_v1_events_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *MemberCreated) GetIdentifiers() []*IdentifierRef {
@@ -1678,7 +1752,7 @@ type PointsChanged struct {
 
 func (x *PointsChanged) Reset() {
 	*x = PointsChanged{}
-	mi := &file_membercenter_v1_events_proto_msgTypes[14]
+	mi := &file_membercenter_v1_events_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1690,7 +1764,7 @@ func (x *PointsChanged) String() string {
 func (*PointsChanged) ProtoMessage() {}
 
 func (x *PointsChanged) ProtoReflect() protoreflect.Message {
-	mi := &file_membercenter_v1_events_proto_msgTypes[14]
+	mi := &file_membercenter_v1_events_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1703,7 +1777,7 @@ func (x *PointsChanged) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PointsChanged.ProtoReflect.Descriptor instead.
 func (*PointsChanged) Descriptor() ([]byte, []int) {
-	return file_membercenter_v1_events_proto_rawDescGZIP(), []int{14}
+	return file_membercenter_v1_events_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *PointsChanged) GetKind() LedgerEntryKind {
@@ -1760,7 +1834,7 @@ type TierChanged struct {
 
 func (x *TierChanged) Reset() {
 	*x = TierChanged{}
-	mi := &file_membercenter_v1_events_proto_msgTypes[15]
+	mi := &file_membercenter_v1_events_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1772,7 +1846,7 @@ func (x *TierChanged) String() string {
 func (*TierChanged) ProtoMessage() {}
 
 func (x *TierChanged) ProtoReflect() protoreflect.Message {
-	mi := &file_membercenter_v1_events_proto_msgTypes[15]
+	mi := &file_membercenter_v1_events_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1785,7 +1859,7 @@ func (x *TierChanged) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TierChanged.ProtoReflect.Descriptor instead.
 func (*TierChanged) Descriptor() ([]byte, []int) {
-	return file_membercenter_v1_events_proto_rawDescGZIP(), []int{15}
+	return file_membercenter_v1_events_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *TierChanged) GetFromTier() string {
@@ -1817,13 +1891,18 @@ type IdentityChanged struct {
 	// The other member of a merge or unmerge.
 	OtherMemberId string `protobuf:"bytes,3,opt,name=other_member_id,json=otherMemberId,proto3" json:"other_member_id,omitempty"`
 	Reason        string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	// The append-only audit record of this change.
+	AuditId string `protobuf:"bytes,5,opt,name=audit_id,json=auditId,proto3" json:"audit_id,omitempty"`
+	Actor   string `protobuf:"bytes,6,opt,name=actor,proto3" json:"actor,omitempty"`
+	// Merge id, for merges and unmerges.
+	MergeId       string `protobuf:"bytes,7,opt,name=merge_id,json=mergeId,proto3" json:"merge_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *IdentityChanged) Reset() {
 	*x = IdentityChanged{}
-	mi := &file_membercenter_v1_events_proto_msgTypes[16]
+	mi := &file_membercenter_v1_events_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1835,7 +1914,7 @@ func (x *IdentityChanged) String() string {
 func (*IdentityChanged) ProtoMessage() {}
 
 func (x *IdentityChanged) ProtoReflect() protoreflect.Message {
-	mi := &file_membercenter_v1_events_proto_msgTypes[16]
+	mi := &file_membercenter_v1_events_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1848,7 +1927,7 @@ func (x *IdentityChanged) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IdentityChanged.ProtoReflect.Descriptor instead.
 func (*IdentityChanged) Descriptor() ([]byte, []int) {
-	return file_membercenter_v1_events_proto_rawDescGZIP(), []int{16}
+	return file_membercenter_v1_events_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *IdentityChanged) GetKind() IdentityChangeKind {
@@ -1879,6 +1958,27 @@ func (x *IdentityChanged) GetReason() string {
 	return ""
 }
 
+func (x *IdentityChanged) GetAuditId() string {
+	if x != nil {
+		return x.AuditId
+	}
+	return ""
+}
+
+func (x *IdentityChanged) GetActor() string {
+	if x != nil {
+		return x.Actor
+	}
+	return ""
+}
+
+func (x *IdentityChanged) GetMergeId() string {
+	if x != nil {
+		return x.MergeId
+	}
+	return ""
+}
+
 // AttributesChanged lists the canonical attributes that changed.
 type AttributesChanged struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1889,7 +1989,7 @@ type AttributesChanged struct {
 
 func (x *AttributesChanged) Reset() {
 	*x = AttributesChanged{}
-	mi := &file_membercenter_v1_events_proto_msgTypes[17]
+	mi := &file_membercenter_v1_events_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1901,7 +2001,7 @@ func (x *AttributesChanged) String() string {
 func (*AttributesChanged) ProtoMessage() {}
 
 func (x *AttributesChanged) ProtoReflect() protoreflect.Message {
-	mi := &file_membercenter_v1_events_proto_msgTypes[17]
+	mi := &file_membercenter_v1_events_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1914,7 +2014,7 @@ func (x *AttributesChanged) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttributesChanged.ProtoReflect.Descriptor instead.
 func (*AttributesChanged) Descriptor() ([]byte, []int) {
-	return file_membercenter_v1_events_proto_rawDescGZIP(), []int{17}
+	return file_membercenter_v1_events_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *AttributesChanged) GetAttributes() map[string]string {
@@ -1935,7 +2035,7 @@ type ConsentChanged struct {
 
 func (x *ConsentChanged) Reset() {
 	*x = ConsentChanged{}
-	mi := &file_membercenter_v1_events_proto_msgTypes[18]
+	mi := &file_membercenter_v1_events_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1947,7 +2047,7 @@ func (x *ConsentChanged) String() string {
 func (*ConsentChanged) ProtoMessage() {}
 
 func (x *ConsentChanged) ProtoReflect() protoreflect.Message {
-	mi := &file_membercenter_v1_events_proto_msgTypes[18]
+	mi := &file_membercenter_v1_events_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1960,7 +2060,7 @@ func (x *ConsentChanged) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConsentChanged.ProtoReflect.Descriptor instead.
 func (*ConsentChanged) Descriptor() ([]byte, []int) {
-	return file_membercenter_v1_events_proto_rawDescGZIP(), []int{18}
+	return file_membercenter_v1_events_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ConsentChanged) GetPurpose() ConsentPurpose {
@@ -1987,7 +2087,7 @@ type LabelsChanged struct {
 
 func (x *LabelsChanged) Reset() {
 	*x = LabelsChanged{}
-	mi := &file_membercenter_v1_events_proto_msgTypes[19]
+	mi := &file_membercenter_v1_events_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1999,7 +2099,7 @@ func (x *LabelsChanged) String() string {
 func (*LabelsChanged) ProtoMessage() {}
 
 func (x *LabelsChanged) ProtoReflect() protoreflect.Message {
-	mi := &file_membercenter_v1_events_proto_msgTypes[19]
+	mi := &file_membercenter_v1_events_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2012,7 +2112,7 @@ func (x *LabelsChanged) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LabelsChanged.ProtoReflect.Descriptor instead.
 func (*LabelsChanged) Descriptor() ([]byte, []int) {
-	return file_membercenter_v1_events_proto_rawDescGZIP(), []int{19}
+	return file_membercenter_v1_events_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *LabelsChanged) GetLabels() []*LabelValue {
@@ -2041,7 +2141,7 @@ type LabelValue struct {
 
 func (x *LabelValue) Reset() {
 	*x = LabelValue{}
-	mi := &file_membercenter_v1_events_proto_msgTypes[20]
+	mi := &file_membercenter_v1_events_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2053,7 +2153,7 @@ func (x *LabelValue) String() string {
 func (*LabelValue) ProtoMessage() {}
 
 func (x *LabelValue) ProtoReflect() protoreflect.Message {
-	mi := &file_membercenter_v1_events_proto_msgTypes[20]
+	mi := &file_membercenter_v1_events_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2066,7 +2166,7 @@ func (x *LabelValue) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LabelValue.ProtoReflect.Descriptor instead.
 func (*LabelValue) Descriptor() ([]byte, []int) {
-	return file_membercenter_v1_events_proto_rawDescGZIP(), []int{20}
+	return file_membercenter_v1_events_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *LabelValue) GetLabelId() string {
@@ -2158,7 +2258,7 @@ type BenefitChanged struct {
 
 func (x *BenefitChanged) Reset() {
 	*x = BenefitChanged{}
-	mi := &file_membercenter_v1_events_proto_msgTypes[21]
+	mi := &file_membercenter_v1_events_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2170,7 +2270,7 @@ func (x *BenefitChanged) String() string {
 func (*BenefitChanged) ProtoMessage() {}
 
 func (x *BenefitChanged) ProtoReflect() protoreflect.Message {
-	mi := &file_membercenter_v1_events_proto_msgTypes[21]
+	mi := &file_membercenter_v1_events_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2183,7 +2283,7 @@ func (x *BenefitChanged) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BenefitChanged.ProtoReflect.Descriptor instead.
 func (*BenefitChanged) Descriptor() ([]byte, []int) {
-	return file_membercenter_v1_events_proto_rawDescGZIP(), []int{21}
+	return file_membercenter_v1_events_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *BenefitChanged) GetBenefitId() string {
@@ -2219,7 +2319,7 @@ type CouponChanged struct {
 
 func (x *CouponChanged) Reset() {
 	*x = CouponChanged{}
-	mi := &file_membercenter_v1_events_proto_msgTypes[22]
+	mi := &file_membercenter_v1_events_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2231,7 +2331,7 @@ func (x *CouponChanged) String() string {
 func (*CouponChanged) ProtoMessage() {}
 
 func (x *CouponChanged) ProtoReflect() protoreflect.Message {
-	mi := &file_membercenter_v1_events_proto_msgTypes[22]
+	mi := &file_membercenter_v1_events_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2244,7 +2344,7 @@ func (x *CouponChanged) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CouponChanged.ProtoReflect.Descriptor instead.
 func (*CouponChanged) Descriptor() ([]byte, []int) {
-	return file_membercenter_v1_events_proto_rawDescGZIP(), []int{22}
+	return file_membercenter_v1_events_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *CouponChanged) GetCouponId() string {
@@ -2358,13 +2458,20 @@ const file_membercenter_v1_events_proto_rawDesc = "" +
 	"\bcheck_in\x18\x0f \x01(\v2\x18.membercenter.v1.CheckInH\x00R\acheckIn\x12.\n" +
 	"\x05share\x18\x10 \x01(\v2\x16.membercenter.v1.ShareH\x00R\x05share\x127\n" +
 	"\breferral\x18\x11 \x01(\v2\x19.membercenter.v1.ReferralH\x00R\breferralB\t\n" +
-	"\apayload\"\xa6\x01\n" +
+	"\apayload\"\x8e\x02\n" +
 	"\n" +
 	"Resolution\x12\x18\n" +
 	"\acreated\x18\x01 \x01(\bR\acreated\x126\n" +
 	"\x06linked\x18\x02 \x03(\v2\x1e.membercenter.v1.IdentifierRefR\x06linked\x12*\n" +
 	"\x11merged_member_ids\x18\x03 \x03(\tR\x0fmergedMemberIds\x12\x1a\n" +
-	"\bconflict\x18\x04 \x01(\bR\bconflict\"\xb8\a\n" +
+	"\bconflict\x18\x04 \x01(\bR\bconflict\x12(\n" +
+	"\x10origin_member_id\x18\x05 \x01(\tR\x0eoriginMemberId\x12<\n" +
+	"\aignored\x18\x06 \x03(\v2\".membercenter.v1.IgnoredIdentifierR\aignored\"g\n" +
+	"\x11IgnoredIdentifier\x12>\n" +
+	"\n" +
+	"identifier\x18\x01 \x01(\v2\x1e.membercenter.v1.IdentifierRefR\n" +
+	"identifier\x12\x12\n" +
+	"\x04rule\x18\x02 \x01(\tR\x04rule\"\xb8\a\n" +
 	"\fMemberChange\x12\x1b\n" +
 	"\tmember_id\x18\x01 \x01(\tR\bmemberId\x12\x1a\n" +
 	"\bsequence\x18\x02 \x01(\x04R\bsequence\x12\x1b\n" +
@@ -2397,12 +2504,15 @@ const file_membercenter_v1_events_proto_rawDesc = "" +
 	"\vTierChanged\x12\x1b\n" +
 	"\tfrom_tier\x18\x01 \x01(\tR\bfromTier\x12\x17\n" +
 	"\ato_tier\x18\x02 \x01(\tR\x06toTier\x12\x16\n" +
-	"\x06reason\x18\x03 \x01(\tR\x06reason\"\xcc\x01\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"\x98\x02\n" +
 	"\x0fIdentityChanged\x127\n" +
 	"\x04kind\x18\x01 \x01(\x0e2#.membercenter.v1.IdentityChangeKindR\x04kind\x12@\n" +
 	"\videntifiers\x18\x02 \x03(\v2\x1e.membercenter.v1.IdentifierRefR\videntifiers\x12&\n" +
 	"\x0fother_member_id\x18\x03 \x01(\tR\rotherMemberId\x12\x16\n" +
-	"\x06reason\x18\x04 \x01(\tR\x06reason\"\xa6\x01\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\x12\x19\n" +
+	"\baudit_id\x18\x05 \x01(\tR\aauditId\x12\x14\n" +
+	"\x05actor\x18\x06 \x01(\tR\x05actor\x12\x19\n" +
+	"\bmerge_id\x18\a \x01(\tR\amergeId\"\xa6\x01\n" +
 	"\x11AttributesChanged\x12R\n" +
 	"\n" +
 	"attributes\x18\x01 \x03(\v22.membercenter.v1.AttributesChanged.AttributesEntryR\n" +
@@ -2478,7 +2588,7 @@ func file_membercenter_v1_events_proto_rawDescGZIP() []byte {
 }
 
 var file_membercenter_v1_events_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_membercenter_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_membercenter_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_membercenter_v1_events_proto_goTypes = []any{
 	(IdentityChangeKind)(0),       // 0: membercenter.v1.IdentityChangeKind
 	(ConsentPurpose)(0),           // 1: membercenter.v1.ConsentPurpose
@@ -2496,28 +2606,29 @@ var file_membercenter_v1_events_proto_goTypes = []any{
 	(*Referral)(nil),              // 13: membercenter.v1.Referral
 	(*MemberEvent)(nil),           // 14: membercenter.v1.MemberEvent
 	(*Resolution)(nil),            // 15: membercenter.v1.Resolution
-	(*MemberChange)(nil),          // 16: membercenter.v1.MemberChange
-	(*MemberCreated)(nil),         // 17: membercenter.v1.MemberCreated
-	(*PointsChanged)(nil),         // 18: membercenter.v1.PointsChanged
-	(*TierChanged)(nil),           // 19: membercenter.v1.TierChanged
-	(*IdentityChanged)(nil),       // 20: membercenter.v1.IdentityChanged
-	(*AttributesChanged)(nil),     // 21: membercenter.v1.AttributesChanged
-	(*ConsentChanged)(nil),        // 22: membercenter.v1.ConsentChanged
-	(*LabelsChanged)(nil),         // 23: membercenter.v1.LabelsChanged
-	(*LabelValue)(nil),            // 24: membercenter.v1.LabelValue
-	(*BenefitChanged)(nil),        // 25: membercenter.v1.BenefitChanged
-	(*CouponChanged)(nil),         // 26: membercenter.v1.CouponChanged
-	nil,                           // 27: membercenter.v1.AttributesChanged.AttributesEntry
-	(Channel)(0),                  // 28: membercenter.v1.Channel
-	(*timestamppb.Timestamp)(nil), // 29: google.protobuf.Timestamp
-	(*Identifier)(nil),            // 30: membercenter.v1.Identifier
-	(*Money)(nil),                 // 31: membercenter.v1.Money
-	(*IdentifierRef)(nil),         // 32: membercenter.v1.IdentifierRef
+	(*IgnoredIdentifier)(nil),     // 16: membercenter.v1.IgnoredIdentifier
+	(*MemberChange)(nil),          // 17: membercenter.v1.MemberChange
+	(*MemberCreated)(nil),         // 18: membercenter.v1.MemberCreated
+	(*PointsChanged)(nil),         // 19: membercenter.v1.PointsChanged
+	(*TierChanged)(nil),           // 20: membercenter.v1.TierChanged
+	(*IdentityChanged)(nil),       // 21: membercenter.v1.IdentityChanged
+	(*AttributesChanged)(nil),     // 22: membercenter.v1.AttributesChanged
+	(*ConsentChanged)(nil),        // 23: membercenter.v1.ConsentChanged
+	(*LabelsChanged)(nil),         // 24: membercenter.v1.LabelsChanged
+	(*LabelValue)(nil),            // 25: membercenter.v1.LabelValue
+	(*BenefitChanged)(nil),        // 26: membercenter.v1.BenefitChanged
+	(*CouponChanged)(nil),         // 27: membercenter.v1.CouponChanged
+	nil,                           // 28: membercenter.v1.AttributesChanged.AttributesEntry
+	(Channel)(0),                  // 29: membercenter.v1.Channel
+	(*timestamppb.Timestamp)(nil), // 30: google.protobuf.Timestamp
+	(*Identifier)(nil),            // 31: membercenter.v1.Identifier
+	(*Money)(nil),                 // 32: membercenter.v1.Money
+	(*IdentifierRef)(nil),         // 33: membercenter.v1.IdentifierRef
 }
 var file_membercenter_v1_events_proto_depIdxs = []int32{
-	28, // 0: membercenter.v1.ChannelEvent.channel:type_name -> membercenter.v1.Channel
-	29, // 1: membercenter.v1.ChannelEvent.occurred_at:type_name -> google.protobuf.Timestamp
-	30, // 2: membercenter.v1.ChannelEvent.identifiers:type_name -> membercenter.v1.Identifier
+	29, // 0: membercenter.v1.ChannelEvent.channel:type_name -> membercenter.v1.Channel
+	30, // 1: membercenter.v1.ChannelEvent.occurred_at:type_name -> google.protobuf.Timestamp
+	31, // 2: membercenter.v1.ChannelEvent.identifiers:type_name -> membercenter.v1.Identifier
 	5,  // 3: membercenter.v1.ChannelEvent.transaction:type_name -> membercenter.v1.Transaction
 	7,  // 4: membercenter.v1.ChannelEvent.refund:type_name -> membercenter.v1.Refund
 	8,  // 5: membercenter.v1.ChannelEvent.visit:type_name -> membercenter.v1.Visit
@@ -2526,19 +2637,19 @@ var file_membercenter_v1_events_proto_depIdxs = []int32{
 	11, // 8: membercenter.v1.ChannelEvent.check_in:type_name -> membercenter.v1.CheckIn
 	12, // 9: membercenter.v1.ChannelEvent.share:type_name -> membercenter.v1.Share
 	13, // 10: membercenter.v1.ChannelEvent.referral:type_name -> membercenter.v1.Referral
-	31, // 11: membercenter.v1.Transaction.total:type_name -> membercenter.v1.Money
+	32, // 11: membercenter.v1.Transaction.total:type_name -> membercenter.v1.Money
 	6,  // 12: membercenter.v1.Transaction.items:type_name -> membercenter.v1.LineItem
-	31, // 13: membercenter.v1.Transaction.discount:type_name -> membercenter.v1.Money
-	31, // 14: membercenter.v1.LineItem.unit_price:type_name -> membercenter.v1.Money
-	31, // 15: membercenter.v1.LineItem.amount:type_name -> membercenter.v1.Money
-	31, // 16: membercenter.v1.Refund.amount:type_name -> membercenter.v1.Money
+	32, // 13: membercenter.v1.Transaction.discount:type_name -> membercenter.v1.Money
+	32, // 14: membercenter.v1.LineItem.unit_price:type_name -> membercenter.v1.Money
+	32, // 15: membercenter.v1.LineItem.amount:type_name -> membercenter.v1.Money
+	32, // 16: membercenter.v1.Refund.amount:type_name -> membercenter.v1.Money
 	6,  // 17: membercenter.v1.Refund.items:type_name -> membercenter.v1.LineItem
-	29, // 18: membercenter.v1.SignUp.birth_date:type_name -> google.protobuf.Timestamp
-	30, // 19: membercenter.v1.Referral.referee:type_name -> membercenter.v1.Identifier
-	28, // 20: membercenter.v1.MemberEvent.channel:type_name -> membercenter.v1.Channel
-	29, // 21: membercenter.v1.MemberEvent.occurred_at:type_name -> google.protobuf.Timestamp
-	29, // 22: membercenter.v1.MemberEvent.ingested_at:type_name -> google.protobuf.Timestamp
-	32, // 23: membercenter.v1.MemberEvent.identifiers:type_name -> membercenter.v1.IdentifierRef
+	30, // 18: membercenter.v1.SignUp.birth_date:type_name -> google.protobuf.Timestamp
+	31, // 19: membercenter.v1.Referral.referee:type_name -> membercenter.v1.Identifier
+	29, // 20: membercenter.v1.MemberEvent.channel:type_name -> membercenter.v1.Channel
+	30, // 21: membercenter.v1.MemberEvent.occurred_at:type_name -> google.protobuf.Timestamp
+	30, // 22: membercenter.v1.MemberEvent.ingested_at:type_name -> google.protobuf.Timestamp
+	33, // 23: membercenter.v1.MemberEvent.identifiers:type_name -> membercenter.v1.IdentifierRef
 	15, // 24: membercenter.v1.MemberEvent.resolution:type_name -> membercenter.v1.Resolution
 	5,  // 25: membercenter.v1.MemberEvent.transaction:type_name -> membercenter.v1.Transaction
 	7,  // 26: membercenter.v1.MemberEvent.refund:type_name -> membercenter.v1.Refund
@@ -2548,32 +2659,34 @@ var file_membercenter_v1_events_proto_depIdxs = []int32{
 	11, // 30: membercenter.v1.MemberEvent.check_in:type_name -> membercenter.v1.CheckIn
 	12, // 31: membercenter.v1.MemberEvent.share:type_name -> membercenter.v1.Share
 	13, // 32: membercenter.v1.MemberEvent.referral:type_name -> membercenter.v1.Referral
-	32, // 33: membercenter.v1.Resolution.linked:type_name -> membercenter.v1.IdentifierRef
-	29, // 34: membercenter.v1.MemberChange.occurred_at:type_name -> google.protobuf.Timestamp
-	28, // 35: membercenter.v1.MemberChange.channel:type_name -> membercenter.v1.Channel
-	17, // 36: membercenter.v1.MemberChange.member_created:type_name -> membercenter.v1.MemberCreated
-	18, // 37: membercenter.v1.MemberChange.points_changed:type_name -> membercenter.v1.PointsChanged
-	19, // 38: membercenter.v1.MemberChange.tier_changed:type_name -> membercenter.v1.TierChanged
-	20, // 39: membercenter.v1.MemberChange.identity_changed:type_name -> membercenter.v1.IdentityChanged
-	21, // 40: membercenter.v1.MemberChange.attributes_changed:type_name -> membercenter.v1.AttributesChanged
-	22, // 41: membercenter.v1.MemberChange.consent_changed:type_name -> membercenter.v1.ConsentChanged
-	23, // 42: membercenter.v1.MemberChange.labels_changed:type_name -> membercenter.v1.LabelsChanged
-	25, // 43: membercenter.v1.MemberChange.benefit_changed:type_name -> membercenter.v1.BenefitChanged
-	26, // 44: membercenter.v1.MemberChange.coupon_changed:type_name -> membercenter.v1.CouponChanged
-	32, // 45: membercenter.v1.MemberCreated.identifiers:type_name -> membercenter.v1.IdentifierRef
-	3,  // 46: membercenter.v1.PointsChanged.kind:type_name -> membercenter.v1.LedgerEntryKind
-	0,  // 47: membercenter.v1.IdentityChanged.kind:type_name -> membercenter.v1.IdentityChangeKind
-	32, // 48: membercenter.v1.IdentityChanged.identifiers:type_name -> membercenter.v1.IdentifierRef
-	27, // 49: membercenter.v1.AttributesChanged.attributes:type_name -> membercenter.v1.AttributesChanged.AttributesEntry
-	1,  // 50: membercenter.v1.ConsentChanged.purpose:type_name -> membercenter.v1.ConsentPurpose
-	24, // 51: membercenter.v1.LabelsChanged.labels:type_name -> membercenter.v1.LabelValue
-	29, // 52: membercenter.v1.LabelValue.computed_at:type_name -> google.protobuf.Timestamp
-	2,  // 53: membercenter.v1.CouponChanged.state:type_name -> membercenter.v1.CouponState
-	54, // [54:54] is the sub-list for method output_type
-	54, // [54:54] is the sub-list for method input_type
-	54, // [54:54] is the sub-list for extension type_name
-	54, // [54:54] is the sub-list for extension extendee
-	0,  // [0:54] is the sub-list for field type_name
+	33, // 33: membercenter.v1.Resolution.linked:type_name -> membercenter.v1.IdentifierRef
+	16, // 34: membercenter.v1.Resolution.ignored:type_name -> membercenter.v1.IgnoredIdentifier
+	33, // 35: membercenter.v1.IgnoredIdentifier.identifier:type_name -> membercenter.v1.IdentifierRef
+	30, // 36: membercenter.v1.MemberChange.occurred_at:type_name -> google.protobuf.Timestamp
+	29, // 37: membercenter.v1.MemberChange.channel:type_name -> membercenter.v1.Channel
+	18, // 38: membercenter.v1.MemberChange.member_created:type_name -> membercenter.v1.MemberCreated
+	19, // 39: membercenter.v1.MemberChange.points_changed:type_name -> membercenter.v1.PointsChanged
+	20, // 40: membercenter.v1.MemberChange.tier_changed:type_name -> membercenter.v1.TierChanged
+	21, // 41: membercenter.v1.MemberChange.identity_changed:type_name -> membercenter.v1.IdentityChanged
+	22, // 42: membercenter.v1.MemberChange.attributes_changed:type_name -> membercenter.v1.AttributesChanged
+	23, // 43: membercenter.v1.MemberChange.consent_changed:type_name -> membercenter.v1.ConsentChanged
+	24, // 44: membercenter.v1.MemberChange.labels_changed:type_name -> membercenter.v1.LabelsChanged
+	26, // 45: membercenter.v1.MemberChange.benefit_changed:type_name -> membercenter.v1.BenefitChanged
+	27, // 46: membercenter.v1.MemberChange.coupon_changed:type_name -> membercenter.v1.CouponChanged
+	33, // 47: membercenter.v1.MemberCreated.identifiers:type_name -> membercenter.v1.IdentifierRef
+	3,  // 48: membercenter.v1.PointsChanged.kind:type_name -> membercenter.v1.LedgerEntryKind
+	0,  // 49: membercenter.v1.IdentityChanged.kind:type_name -> membercenter.v1.IdentityChangeKind
+	33, // 50: membercenter.v1.IdentityChanged.identifiers:type_name -> membercenter.v1.IdentifierRef
+	28, // 51: membercenter.v1.AttributesChanged.attributes:type_name -> membercenter.v1.AttributesChanged.AttributesEntry
+	1,  // 52: membercenter.v1.ConsentChanged.purpose:type_name -> membercenter.v1.ConsentPurpose
+	25, // 53: membercenter.v1.LabelsChanged.labels:type_name -> membercenter.v1.LabelValue
+	30, // 54: membercenter.v1.LabelValue.computed_at:type_name -> google.protobuf.Timestamp
+	2,  // 55: membercenter.v1.CouponChanged.state:type_name -> membercenter.v1.CouponState
+	56, // [56:56] is the sub-list for method output_type
+	56, // [56:56] is the sub-list for method input_type
+	56, // [56:56] is the sub-list for extension type_name
+	56, // [56:56] is the sub-list for extension extendee
+	0,  // [0:56] is the sub-list for field type_name
 }
 
 func init() { file_membercenter_v1_events_proto_init() }
@@ -2602,7 +2715,7 @@ func file_membercenter_v1_events_proto_init() {
 		(*MemberEvent_Share)(nil),
 		(*MemberEvent_Referral)(nil),
 	}
-	file_membercenter_v1_events_proto_msgTypes[12].OneofWrappers = []any{
+	file_membercenter_v1_events_proto_msgTypes[13].OneofWrappers = []any{
 		(*MemberChange_MemberCreated)(nil),
 		(*MemberChange_PointsChanged)(nil),
 		(*MemberChange_TierChanged)(nil),
@@ -2613,7 +2726,7 @@ func file_membercenter_v1_events_proto_init() {
 		(*MemberChange_BenefitChanged)(nil),
 		(*MemberChange_CouponChanged)(nil),
 	}
-	file_membercenter_v1_events_proto_msgTypes[20].OneofWrappers = []any{
+	file_membercenter_v1_events_proto_msgTypes[21].OneofWrappers = []any{
 		(*LabelValue_BoolValue)(nil),
 		(*LabelValue_EnumValue)(nil),
 		(*LabelValue_NumberValue)(nil),
@@ -2624,7 +2737,7 @@ func file_membercenter_v1_events_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_membercenter_v1_events_proto_rawDesc), len(file_membercenter_v1_events_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   24,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

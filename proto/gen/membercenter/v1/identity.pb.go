@@ -23,6 +23,56 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// BiometricModality is how a terminal matched the shopper.
+type BiometricModality int32
+
+const (
+	BiometricModality_BIOMETRIC_MODALITY_UNSPECIFIED BiometricModality = 0
+	BiometricModality_BIOMETRIC_MODALITY_FACE        BiometricModality = 1
+	BiometricModality_BIOMETRIC_MODALITY_FINGERPRINT BiometricModality = 2
+)
+
+// Enum value maps for BiometricModality.
+var (
+	BiometricModality_name = map[int32]string{
+		0: "BIOMETRIC_MODALITY_UNSPECIFIED",
+		1: "BIOMETRIC_MODALITY_FACE",
+		2: "BIOMETRIC_MODALITY_FINGERPRINT",
+	}
+	BiometricModality_value = map[string]int32{
+		"BIOMETRIC_MODALITY_UNSPECIFIED": 0,
+		"BIOMETRIC_MODALITY_FACE":        1,
+		"BIOMETRIC_MODALITY_FINGERPRINT": 2,
+	}
+)
+
+func (x BiometricModality) Enum() *BiometricModality {
+	p := new(BiometricModality)
+	*p = x
+	return p
+}
+
+func (x BiometricModality) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (BiometricModality) Descriptor() protoreflect.EnumDescriptor {
+	return file_membercenter_v1_identity_proto_enumTypes[0].Descriptor()
+}
+
+func (BiometricModality) Type() protoreflect.EnumType {
+	return &file_membercenter_v1_identity_proto_enumTypes[0]
+}
+
+func (x BiometricModality) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use BiometricModality.Descriptor instead.
+func (BiometricModality) EnumDescriptor() ([]byte, []int) {
+	return file_membercenter_v1_identity_proto_rawDescGZIP(), []int{0}
+}
+
 // Member is the canonical member record as the identity service sees it.
 type Member struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
@@ -178,8 +228,10 @@ type ResolveResponse struct {
 	Linked          []*IdentifierRef `protobuf:"bytes,3,rep,name=linked,proto3" json:"linked,omitempty"`
 	MergedMemberIds []string         `protobuf:"bytes,4,rep,name=merged_member_ids,json=mergedMemberIds,proto3" json:"merged_member_ids,omitempty"`
 	Conflict        bool             `protobuf:"varint,5,opt,name=conflict,proto3" json:"conflict,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Set with conflict: the conflict recorded for review.
+	ConflictId    string `protobuf:"bytes,6,opt,name=conflict_id,json=conflictId,proto3" json:"conflict_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ResolveResponse) Reset() {
@@ -245,6 +297,13 @@ func (x *ResolveResponse) GetConflict() bool {
 		return x.Conflict
 	}
 	return false
+}
+
+func (x *ResolveResponse) GetConflictId() string {
+	if x != nil {
+		return x.ConflictId
+	}
+	return ""
 }
 
 type FindByIdentifierRequest struct {
@@ -1328,9 +1387,13 @@ func (x *IssueMemberCodeRequest) GetMemberId() string {
 }
 
 type IssueMemberCodeResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Code          string                 `protobuf:"bytes,1,opt,name=code,proto3" json:"code,omitempty"`
-	ExpiresAt     *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Numeric form for manual entry and barcodes: the member number followed
+	// by the time-based code.
+	Code      string                 `protobuf:"bytes,1,opt,name=code,proto3" json:"code,omitempty"`
+	ExpiresAt *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	// Payload for a QR code: the same code with a scheme prefix.
+	QrPayload     string `protobuf:"bytes,3,opt,name=qr_payload,json=qrPayload,proto3" json:"qr_payload,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1379,6 +1442,517 @@ func (x *IssueMemberCodeResponse) GetExpiresAt() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *IssueMemberCodeResponse) GetQrPayload() string {
+	if x != nil {
+		return x.QrPayload
+	}
+	return ""
+}
+
+type VerifyMemberCodeRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The numeric code or the QR payload as scanned.
+	Code          string `protobuf:"bytes,1,opt,name=code,proto3" json:"code,omitempty"`
+	StoreId       string `protobuf:"bytes,2,opt,name=store_id,json=storeId,proto3" json:"store_id,omitempty"`
+	TerminalId    string `protobuf:"bytes,3,opt,name=terminal_id,json=terminalId,proto3" json:"terminal_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VerifyMemberCodeRequest) Reset() {
+	*x = VerifyMemberCodeRequest{}
+	mi := &file_membercenter_v1_identity_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VerifyMemberCodeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VerifyMemberCodeRequest) ProtoMessage() {}
+
+func (x *VerifyMemberCodeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_membercenter_v1_identity_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VerifyMemberCodeRequest.ProtoReflect.Descriptor instead.
+func (*VerifyMemberCodeRequest) Descriptor() ([]byte, []int) {
+	return file_membercenter_v1_identity_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *VerifyMemberCodeRequest) GetCode() string {
+	if x != nil {
+		return x.Code
+	}
+	return ""
+}
+
+func (x *VerifyMemberCodeRequest) GetStoreId() string {
+	if x != nil {
+		return x.StoreId
+	}
+	return ""
+}
+
+func (x *VerifyMemberCodeRequest) GetTerminalId() string {
+	if x != nil {
+		return x.TerminalId
+	}
+	return ""
+}
+
+type VerifyMemberCodeResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Member        *Member                `protobuf:"bytes,1,opt,name=member,proto3" json:"member,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VerifyMemberCodeResponse) Reset() {
+	*x = VerifyMemberCodeResponse{}
+	mi := &file_membercenter_v1_identity_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VerifyMemberCodeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VerifyMemberCodeResponse) ProtoMessage() {}
+
+func (x *VerifyMemberCodeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_membercenter_v1_identity_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VerifyMemberCodeResponse.ProtoReflect.Descriptor instead.
+func (*VerifyMemberCodeResponse) Descriptor() ([]byte, []int) {
+	return file_membercenter_v1_identity_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *VerifyMemberCodeResponse) GetMember() *Member {
+	if x != nil {
+		return x.Member
+	}
+	return nil
+}
+
+// Terminal is a registered store device.
+type Terminal struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	TerminalId string                 `protobuf:"bytes,1,opt,name=terminal_id,json=terminalId,proto3" json:"terminal_id,omitempty"`
+	StoreId    string                 `protobuf:"bytes,2,opt,name=store_id,json=storeId,proto3" json:"store_id,omitempty"`
+	// Raw 32-byte Ed25519 public key.
+	PublicKey     []byte                 `protobuf:"bytes,3,opt,name=public_key,json=publicKey,proto3" json:"public_key,omitempty"`
+	RegisteredAt  *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=registered_at,json=registeredAt,proto3" json:"registered_at,omitempty"`
+	RevokedAt     *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=revoked_at,json=revokedAt,proto3" json:"revoked_at,omitempty"`
+	Description   string                 `protobuf:"bytes,6,opt,name=description,proto3" json:"description,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Terminal) Reset() {
+	*x = Terminal{}
+	mi := &file_membercenter_v1_identity_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Terminal) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Terminal) ProtoMessage() {}
+
+func (x *Terminal) ProtoReflect() protoreflect.Message {
+	mi := &file_membercenter_v1_identity_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Terminal.ProtoReflect.Descriptor instead.
+func (*Terminal) Descriptor() ([]byte, []int) {
+	return file_membercenter_v1_identity_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *Terminal) GetTerminalId() string {
+	if x != nil {
+		return x.TerminalId
+	}
+	return ""
+}
+
+func (x *Terminal) GetStoreId() string {
+	if x != nil {
+		return x.StoreId
+	}
+	return ""
+}
+
+func (x *Terminal) GetPublicKey() []byte {
+	if x != nil {
+		return x.PublicKey
+	}
+	return nil
+}
+
+func (x *Terminal) GetRegisteredAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.RegisteredAt
+	}
+	return nil
+}
+
+func (x *Terminal) GetRevokedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.RevokedAt
+	}
+	return nil
+}
+
+func (x *Terminal) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+type RegisterTerminalRequest struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	TerminalId     string                 `protobuf:"bytes,1,opt,name=terminal_id,json=terminalId,proto3" json:"terminal_id,omitempty"`
+	StoreId        string                 `protobuf:"bytes,2,opt,name=store_id,json=storeId,proto3" json:"store_id,omitempty"`
+	PublicKey      []byte                 `protobuf:"bytes,3,opt,name=public_key,json=publicKey,proto3" json:"public_key,omitempty"`
+	Description    string                 `protobuf:"bytes,4,opt,name=description,proto3" json:"description,omitempty"`
+	IdempotencyKey string                 `protobuf:"bytes,5,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *RegisterTerminalRequest) Reset() {
+	*x = RegisterTerminalRequest{}
+	mi := &file_membercenter_v1_identity_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RegisterTerminalRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RegisterTerminalRequest) ProtoMessage() {}
+
+func (x *RegisterTerminalRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_membercenter_v1_identity_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RegisterTerminalRequest.ProtoReflect.Descriptor instead.
+func (*RegisterTerminalRequest) Descriptor() ([]byte, []int) {
+	return file_membercenter_v1_identity_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *RegisterTerminalRequest) GetTerminalId() string {
+	if x != nil {
+		return x.TerminalId
+	}
+	return ""
+}
+
+func (x *RegisterTerminalRequest) GetStoreId() string {
+	if x != nil {
+		return x.StoreId
+	}
+	return ""
+}
+
+func (x *RegisterTerminalRequest) GetPublicKey() []byte {
+	if x != nil {
+		return x.PublicKey
+	}
+	return nil
+}
+
+func (x *RegisterTerminalRequest) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+func (x *RegisterTerminalRequest) GetIdempotencyKey() string {
+	if x != nil {
+		return x.IdempotencyKey
+	}
+	return ""
+}
+
+type RegisterTerminalResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Terminal      *Terminal              `protobuf:"bytes,1,opt,name=terminal,proto3" json:"terminal,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RegisterTerminalResponse) Reset() {
+	*x = RegisterTerminalResponse{}
+	mi := &file_membercenter_v1_identity_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RegisterTerminalResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RegisterTerminalResponse) ProtoMessage() {}
+
+func (x *RegisterTerminalResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_membercenter_v1_identity_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RegisterTerminalResponse.ProtoReflect.Descriptor instead.
+func (*RegisterTerminalResponse) Descriptor() ([]byte, []int) {
+	return file_membercenter_v1_identity_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *RegisterTerminalResponse) GetTerminal() *Terminal {
+	if x != nil {
+		return x.Terminal
+	}
+	return nil
+}
+
+type RevokeTerminalRequest struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	TerminalId     string                 `protobuf:"bytes,1,opt,name=terminal_id,json=terminalId,proto3" json:"terminal_id,omitempty"`
+	Reason         string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	IdempotencyKey string                 `protobuf:"bytes,3,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *RevokeTerminalRequest) Reset() {
+	*x = RevokeTerminalRequest{}
+	mi := &file_membercenter_v1_identity_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeTerminalRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeTerminalRequest) ProtoMessage() {}
+
+func (x *RevokeTerminalRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_membercenter_v1_identity_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeTerminalRequest.ProtoReflect.Descriptor instead.
+func (*RevokeTerminalRequest) Descriptor() ([]byte, []int) {
+	return file_membercenter_v1_identity_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *RevokeTerminalRequest) GetTerminalId() string {
+	if x != nil {
+		return x.TerminalId
+	}
+	return ""
+}
+
+func (x *RevokeTerminalRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *RevokeTerminalRequest) GetIdempotencyKey() string {
+	if x != nil {
+		return x.IdempotencyKey
+	}
+	return ""
+}
+
+type RevokeTerminalResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Terminal      *Terminal              `protobuf:"bytes,1,opt,name=terminal,proto3" json:"terminal,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeTerminalResponse) Reset() {
+	*x = RevokeTerminalResponse{}
+	mi := &file_membercenter_v1_identity_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeTerminalResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeTerminalResponse) ProtoMessage() {}
+
+func (x *RevokeTerminalResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_membercenter_v1_identity_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeTerminalResponse.ProtoReflect.Descriptor instead.
+func (*RevokeTerminalResponse) Descriptor() ([]byte, []int) {
+	return file_membercenter_v1_identity_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *RevokeTerminalResponse) GetTerminal() *Terminal {
+	if x != nil {
+		return x.Terminal
+	}
+	return nil
+}
+
+// DeviceAssertion is what a terminal signs after matching a shopper's face
+// or fingerprint against the member's enrolled template: the serialized
+// message is VerifyDeviceAssertionRequest.assertion.
+type DeviceAssertion struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	TerminalId string                 `protobuf:"bytes,1,opt,name=terminal_id,json=terminalId,proto3" json:"terminal_id,omitempty"`
+	MemberId   string                 `protobuf:"bytes,2,opt,name=member_id,json=memberId,proto3" json:"member_id,omitempty"`
+	Modality   BiometricModality      `protobuf:"varint,3,opt,name=modality,proto3,enum=membercenter.v1.BiometricModality" json:"modality,omitempty"`
+	// Match score reported by the terminal, 0..1.
+	Score      float64                `protobuf:"fixed64,4,opt,name=score,proto3" json:"score,omitempty"`
+	AssertedAt *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=asserted_at,json=assertedAt,proto3" json:"asserted_at,omitempty"`
+	// Random, unique per assertion; a replayed assertion is refused.
+	Nonce         []byte `protobuf:"bytes,6,opt,name=nonce,proto3" json:"nonce,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeviceAssertion) Reset() {
+	*x = DeviceAssertion{}
+	mi := &file_membercenter_v1_identity_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeviceAssertion) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeviceAssertion) ProtoMessage() {}
+
+func (x *DeviceAssertion) ProtoReflect() protoreflect.Message {
+	mi := &file_membercenter_v1_identity_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeviceAssertion.ProtoReflect.Descriptor instead.
+func (*DeviceAssertion) Descriptor() ([]byte, []int) {
+	return file_membercenter_v1_identity_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *DeviceAssertion) GetTerminalId() string {
+	if x != nil {
+		return x.TerminalId
+	}
+	return ""
+}
+
+func (x *DeviceAssertion) GetMemberId() string {
+	if x != nil {
+		return x.MemberId
+	}
+	return ""
+}
+
+func (x *DeviceAssertion) GetModality() BiometricModality {
+	if x != nil {
+		return x.Modality
+	}
+	return BiometricModality_BIOMETRIC_MODALITY_UNSPECIFIED
+}
+
+func (x *DeviceAssertion) GetScore() float64 {
+	if x != nil {
+		return x.Score
+	}
+	return 0
+}
+
+func (x *DeviceAssertion) GetAssertedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.AssertedAt
+	}
+	return nil
+}
+
+func (x *DeviceAssertion) GetNonce() []byte {
+	if x != nil {
+		return x.Nonce
+	}
+	return nil
+}
+
 type VerifyDeviceAssertionRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Id of the terminal whose registered key signed the assertion.
@@ -1392,7 +1966,7 @@ type VerifyDeviceAssertionRequest struct {
 
 func (x *VerifyDeviceAssertionRequest) Reset() {
 	*x = VerifyDeviceAssertionRequest{}
-	mi := &file_membercenter_v1_identity_proto_msgTypes[23]
+	mi := &file_membercenter_v1_identity_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1404,7 +1978,7 @@ func (x *VerifyDeviceAssertionRequest) String() string {
 func (*VerifyDeviceAssertionRequest) ProtoMessage() {}
 
 func (x *VerifyDeviceAssertionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_membercenter_v1_identity_proto_msgTypes[23]
+	mi := &file_membercenter_v1_identity_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1417,7 +1991,7 @@ func (x *VerifyDeviceAssertionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyDeviceAssertionRequest.ProtoReflect.Descriptor instead.
 func (*VerifyDeviceAssertionRequest) Descriptor() ([]byte, []int) {
-	return file_membercenter_v1_identity_proto_rawDescGZIP(), []int{23}
+	return file_membercenter_v1_identity_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *VerifyDeviceAssertionRequest) GetDeviceId() string {
@@ -1445,13 +2019,14 @@ type VerifyDeviceAssertionResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	MemberId      string                 `protobuf:"bytes,1,opt,name=member_id,json=memberId,proto3" json:"member_id,omitempty"`
 	AssertedAt    *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=asserted_at,json=assertedAt,proto3" json:"asserted_at,omitempty"`
+	Modality      BiometricModality      `protobuf:"varint,3,opt,name=modality,proto3,enum=membercenter.v1.BiometricModality" json:"modality,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *VerifyDeviceAssertionResponse) Reset() {
 	*x = VerifyDeviceAssertionResponse{}
-	mi := &file_membercenter_v1_identity_proto_msgTypes[24]
+	mi := &file_membercenter_v1_identity_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1463,7 +2038,7 @@ func (x *VerifyDeviceAssertionResponse) String() string {
 func (*VerifyDeviceAssertionResponse) ProtoMessage() {}
 
 func (x *VerifyDeviceAssertionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_membercenter_v1_identity_proto_msgTypes[24]
+	mi := &file_membercenter_v1_identity_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1476,7 +2051,7 @@ func (x *VerifyDeviceAssertionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyDeviceAssertionResponse.ProtoReflect.Descriptor instead.
 func (*VerifyDeviceAssertionResponse) Descriptor() ([]byte, []int) {
-	return file_membercenter_v1_identity_proto_rawDescGZIP(), []int{24}
+	return file_membercenter_v1_identity_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *VerifyDeviceAssertionResponse) GetMemberId() string {
@@ -1491,6 +2066,13 @@ func (x *VerifyDeviceAssertionResponse) GetAssertedAt() *timestamppb.Timestamp {
 		return x.AssertedAt
 	}
 	return nil
+}
+
+func (x *VerifyDeviceAssertionResponse) GetModality() BiometricModality {
+	if x != nil {
+		return x.Modality
+	}
+	return BiometricModality_BIOMETRIC_MODALITY_UNSPECIFIED
 }
 
 var File_membercenter_v1_identity_proto protoreflect.FileDescriptor
@@ -1513,13 +2095,15 @@ const file_membercenter_v1_identity_proto_rawDesc = "" +
 	"\bstore_id\x18\x03 \x01(\tB\a\xbaH\x04r\x02\x18@R\astoreId\x12*\n" +
 	"\x11create_if_missing\x18\x04 \x01(\bR\x0fcreateIfMissing\x123\n" +
 	"\x0fidempotency_key\x18\x05 \x01(\tB\n" +
-	"\xbaH\ar\x05\x10\x01\x18\x80\x01R\x0eidempotencyKey\"\xc8\x01\n" +
+	"\xbaH\ar\x05\x10\x01\x18\x80\x01R\x0eidempotencyKey\"\xe9\x01\n" +
 	"\x0fResolveResponse\x12\x1b\n" +
 	"\tmember_id\x18\x01 \x01(\tR\bmemberId\x12\x18\n" +
 	"\acreated\x18\x02 \x01(\bR\acreated\x126\n" +
 	"\x06linked\x18\x03 \x03(\v2\x1e.membercenter.v1.IdentifierRefR\x06linked\x12*\n" +
 	"\x11merged_member_ids\x18\x04 \x03(\tR\x0fmergedMemberIds\x12\x1a\n" +
-	"\bconflict\x18\x05 \x01(\bR\bconflict\"^\n" +
+	"\bconflict\x18\x05 \x01(\bR\bconflict\x12\x1f\n" +
+	"\vconflict_id\x18\x06 \x01(\tR\n" +
+	"conflictId\"^\n" +
 	"\x17FindByIdentifierRequest\x12C\n" +
 	"\n" +
 	"identifier\x18\x01 \x01(\v2\x1b.membercenter.v1.IdentifierB\x06\xbaH\x03\xc8\x01\x01R\n" +
@@ -1608,22 +2192,79 @@ const file_membercenter_v1_identity_proto_rawDesc = "" +
 	"\x17ResolveConflictResponse\x12\x1b\n" +
 	"\tmember_id\x18\x01 \x01(\tR\bmemberId\"?\n" +
 	"\x16IssueMemberCodeRequest\x12%\n" +
-	"\tmember_id\x18\x01 \x01(\tB\b\xbaH\x05r\x03\xb0\x01\x01R\bmemberId\"h\n" +
+	"\tmember_id\x18\x01 \x01(\tB\b\xbaH\x05r\x03\xb0\x01\x01R\bmemberId\"\x87\x01\n" +
 	"\x17IssueMemberCodeResponse\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\tR\x04code\x129\n" +
 	"\n" +
-	"expires_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\"\x9b\x01\n" +
+	"expires_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x12\x1d\n" +
+	"\n" +
+	"qr_payload\x18\x03 \x01(\tR\tqrPayload\"\x88\x01\n" +
+	"\x17VerifyMemberCodeRequest\x12\x1e\n" +
+	"\x04code\x18\x01 \x01(\tB\n" +
+	"\xbaH\ar\x05\x10\b\x18\x80\x01R\x04code\x12\"\n" +
+	"\bstore_id\x18\x02 \x01(\tB\a\xbaH\x04r\x02\x18@R\astoreId\x12)\n" +
+	"\vterminal_id\x18\x03 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x01R\n" +
+	"terminalId\"K\n" +
+	"\x18VerifyMemberCodeResponse\x12/\n" +
+	"\x06member\x18\x01 \x01(\v2\x17.membercenter.v1.MemberR\x06member\"\x83\x02\n" +
+	"\bTerminal\x12\x1f\n" +
+	"\vterminal_id\x18\x01 \x01(\tR\n" +
+	"terminalId\x12\x19\n" +
+	"\bstore_id\x18\x02 \x01(\tR\astoreId\x12\x1d\n" +
+	"\n" +
+	"public_key\x18\x03 \x01(\fR\tpublicKey\x12?\n" +
+	"\rregistered_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\fregisteredAt\x129\n" +
+	"\n" +
+	"revoked_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\trevokedAt\x12 \n" +
+	"\vdescription\x18\x06 \x01(\tR\vdescription\"\xf5\x01\n" +
+	"\x17RegisterTerminalRequest\x12+\n" +
+	"\vterminal_id\x18\x01 \x01(\tB\n" +
+	"\xbaH\ar\x05\x10\x01\x18\x80\x01R\n" +
+	"terminalId\x12$\n" +
+	"\bstore_id\x18\x02 \x01(\tB\t\xbaH\x06r\x04\x10\x01\x18@R\astoreId\x12&\n" +
+	"\n" +
+	"public_key\x18\x03 \x01(\fB\a\xbaH\x04z\x02h R\tpublicKey\x12*\n" +
+	"\vdescription\x18\x04 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x02R\vdescription\x123\n" +
+	"\x0fidempotency_key\x18\x05 \x01(\tB\n" +
+	"\xbaH\ar\x05\x10\x01\x18\x80\x01R\x0eidempotencyKey\"Q\n" +
+	"\x18RegisterTerminalResponse\x125\n" +
+	"\bterminal\x18\x01 \x01(\v2\x19.membercenter.v1.TerminalR\bterminal\"\x9d\x01\n" +
+	"\x15RevokeTerminalRequest\x12+\n" +
+	"\vterminal_id\x18\x01 \x01(\tB\n" +
+	"\xbaH\ar\x05\x10\x01\x18\x80\x01R\n" +
+	"terminalId\x12\"\n" +
+	"\x06reason\x18\x02 \x01(\tB\n" +
+	"\xbaH\ar\x05\x10\x01\x18\x80\x02R\x06reason\x123\n" +
+	"\x0fidempotency_key\x18\x03 \x01(\tB\n" +
+	"\xbaH\ar\x05\x10\x01\x18\x80\x01R\x0eidempotencyKey\"O\n" +
+	"\x16RevokeTerminalResponse\x125\n" +
+	"\bterminal\x18\x01 \x01(\v2\x19.membercenter.v1.TerminalR\bterminal\"\xf8\x01\n" +
+	"\x0fDeviceAssertion\x12\x1f\n" +
+	"\vterminal_id\x18\x01 \x01(\tR\n" +
+	"terminalId\x12\x1b\n" +
+	"\tmember_id\x18\x02 \x01(\tR\bmemberId\x12>\n" +
+	"\bmodality\x18\x03 \x01(\x0e2\".membercenter.v1.BiometricModalityR\bmodality\x12\x14\n" +
+	"\x05score\x18\x04 \x01(\x01R\x05score\x12;\n" +
+	"\vasserted_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"assertedAt\x12\x14\n" +
+	"\x05nonce\x18\x06 \x01(\fR\x05nonce\"\x9b\x01\n" +
 	"\x1cVerifyDeviceAssertionRequest\x12'\n" +
 	"\tdevice_id\x18\x01 \x01(\tB\n" +
 	"\xbaH\ar\x05\x10\x01\x18\x80\x01R\bdeviceId\x12(\n" +
 	"\tassertion\x18\x02 \x01(\fB\n" +
 	"\xbaH\az\x05\x10\x01\x18\x80 R\tassertion\x12(\n" +
 	"\tsignature\x18\x03 \x01(\fB\n" +
-	"\xbaH\az\x05\x10\x01\x18\x80\bR\tsignature\"y\n" +
+	"\xbaH\az\x05\x10\x01\x18\x80\bR\tsignature\"\xb9\x01\n" +
 	"\x1dVerifyDeviceAssertionResponse\x12\x1b\n" +
 	"\tmember_id\x18\x01 \x01(\tR\bmemberId\x12;\n" +
 	"\vasserted_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"assertedAt2\xfb\a\n" +
+	"assertedAt\x12>\n" +
+	"\bmodality\x18\x03 \x01(\x0e2\".membercenter.v1.BiometricModalityR\bmodality*x\n" +
+	"\x11BiometricModality\x12\"\n" +
+	"\x1eBIOMETRIC_MODALITY_UNSPECIFIED\x10\x00\x12\x1b\n" +
+	"\x17BIOMETRIC_MODALITY_FACE\x10\x01\x12\"\n" +
+	"\x1eBIOMETRIC_MODALITY_FINGERPRINT\x10\x022\xb0\n" +
+	"\n" +
 	"\x0fIdentityService\x12L\n" +
 	"\aResolve\x12\x1f.membercenter.v1.ResolveRequest\x1a .membercenter.v1.ResolveResponse\x12g\n" +
 	"\x10FindByIdentifier\x12(.membercenter.v1.FindByIdentifierRequest\x1a).membercenter.v1.FindByIdentifierResponse\x12C\n" +
@@ -1634,7 +2275,10 @@ const file_membercenter_v1_identity_proto_rawDesc = "" +
 	"\x10GetIdentityGraph\x12(.membercenter.v1.GetIdentityGraphRequest\x1a).membercenter.v1.GetIdentityGraphResponse\x12^\n" +
 	"\rListConflicts\x12%.membercenter.v1.ListConflictsRequest\x1a&.membercenter.v1.ListConflictsResponse\x12d\n" +
 	"\x0fResolveConflict\x12'.membercenter.v1.ResolveConflictRequest\x1a(.membercenter.v1.ResolveConflictResponse\x12d\n" +
-	"\x0fIssueMemberCode\x12'.membercenter.v1.IssueMemberCodeRequest\x1a(.membercenter.v1.IssueMemberCodeResponse\x12v\n" +
+	"\x0fIssueMemberCode\x12'.membercenter.v1.IssueMemberCodeRequest\x1a(.membercenter.v1.IssueMemberCodeResponse\x12g\n" +
+	"\x10VerifyMemberCode\x12(.membercenter.v1.VerifyMemberCodeRequest\x1a).membercenter.v1.VerifyMemberCodeResponse\x12g\n" +
+	"\x10RegisterTerminal\x12(.membercenter.v1.RegisterTerminalRequest\x1a).membercenter.v1.RegisterTerminalResponse\x12a\n" +
+	"\x0eRevokeTerminal\x12&.membercenter.v1.RevokeTerminalRequest\x1a'.membercenter.v1.RevokeTerminalResponse\x12v\n" +
 	"\x15VerifyDeviceAssertion\x12-.membercenter.v1.VerifyDeviceAssertionRequest\x1a..membercenter.v1.VerifyDeviceAssertionResponseBOZMgithub.com/membercenter/membercenter/proto/gen/membercenter/v1;membercenterv1b\x06proto3"
 
 var (
@@ -1649,88 +2293,112 @@ func file_membercenter_v1_identity_proto_rawDescGZIP() []byte {
 	return file_membercenter_v1_identity_proto_rawDescData
 }
 
-var file_membercenter_v1_identity_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
+var file_membercenter_v1_identity_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_membercenter_v1_identity_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
 var file_membercenter_v1_identity_proto_goTypes = []any{
-	(*Member)(nil),                        // 0: membercenter.v1.Member
-	(*ResolveRequest)(nil),                // 1: membercenter.v1.ResolveRequest
-	(*ResolveResponse)(nil),               // 2: membercenter.v1.ResolveResponse
-	(*FindByIdentifierRequest)(nil),       // 3: membercenter.v1.FindByIdentifierRequest
-	(*FindByIdentifierResponse)(nil),      // 4: membercenter.v1.FindByIdentifierResponse
-	(*LinkRequest)(nil),                   // 5: membercenter.v1.LinkRequest
-	(*LinkResponse)(nil),                  // 6: membercenter.v1.LinkResponse
-	(*UnlinkRequest)(nil),                 // 7: membercenter.v1.UnlinkRequest
-	(*UnlinkResponse)(nil),                // 8: membercenter.v1.UnlinkResponse
-	(*MergeRequest)(nil),                  // 9: membercenter.v1.MergeRequest
-	(*MergeResponse)(nil),                 // 10: membercenter.v1.MergeResponse
-	(*UnmergeRequest)(nil),                // 11: membercenter.v1.UnmergeRequest
-	(*UnmergeResponse)(nil),               // 12: membercenter.v1.UnmergeResponse
-	(*GetIdentityGraphRequest)(nil),       // 13: membercenter.v1.GetIdentityGraphRequest
-	(*GetIdentityGraphResponse)(nil),      // 14: membercenter.v1.GetIdentityGraphResponse
-	(*MergeRecord)(nil),                   // 15: membercenter.v1.MergeRecord
-	(*ListConflictsRequest)(nil),          // 16: membercenter.v1.ListConflictsRequest
-	(*ListConflictsResponse)(nil),         // 17: membercenter.v1.ListConflictsResponse
-	(*IdentityConflict)(nil),              // 18: membercenter.v1.IdentityConflict
-	(*ResolveConflictRequest)(nil),        // 19: membercenter.v1.ResolveConflictRequest
-	(*ResolveConflictResponse)(nil),       // 20: membercenter.v1.ResolveConflictResponse
-	(*IssueMemberCodeRequest)(nil),        // 21: membercenter.v1.IssueMemberCodeRequest
-	(*IssueMemberCodeResponse)(nil),       // 22: membercenter.v1.IssueMemberCodeResponse
-	(*VerifyDeviceAssertionRequest)(nil),  // 23: membercenter.v1.VerifyDeviceAssertionRequest
-	(*VerifyDeviceAssertionResponse)(nil), // 24: membercenter.v1.VerifyDeviceAssertionResponse
-	(*timestamppb.Timestamp)(nil),         // 25: google.protobuf.Timestamp
-	(*IdentifierRef)(nil),                 // 26: membercenter.v1.IdentifierRef
-	(*Identifier)(nil),                    // 27: membercenter.v1.Identifier
-	(Channel)(0),                          // 28: membercenter.v1.Channel
+	(BiometricModality)(0),                // 0: membercenter.v1.BiometricModality
+	(*Member)(nil),                        // 1: membercenter.v1.Member
+	(*ResolveRequest)(nil),                // 2: membercenter.v1.ResolveRequest
+	(*ResolveResponse)(nil),               // 3: membercenter.v1.ResolveResponse
+	(*FindByIdentifierRequest)(nil),       // 4: membercenter.v1.FindByIdentifierRequest
+	(*FindByIdentifierResponse)(nil),      // 5: membercenter.v1.FindByIdentifierResponse
+	(*LinkRequest)(nil),                   // 6: membercenter.v1.LinkRequest
+	(*LinkResponse)(nil),                  // 7: membercenter.v1.LinkResponse
+	(*UnlinkRequest)(nil),                 // 8: membercenter.v1.UnlinkRequest
+	(*UnlinkResponse)(nil),                // 9: membercenter.v1.UnlinkResponse
+	(*MergeRequest)(nil),                  // 10: membercenter.v1.MergeRequest
+	(*MergeResponse)(nil),                 // 11: membercenter.v1.MergeResponse
+	(*UnmergeRequest)(nil),                // 12: membercenter.v1.UnmergeRequest
+	(*UnmergeResponse)(nil),               // 13: membercenter.v1.UnmergeResponse
+	(*GetIdentityGraphRequest)(nil),       // 14: membercenter.v1.GetIdentityGraphRequest
+	(*GetIdentityGraphResponse)(nil),      // 15: membercenter.v1.GetIdentityGraphResponse
+	(*MergeRecord)(nil),                   // 16: membercenter.v1.MergeRecord
+	(*ListConflictsRequest)(nil),          // 17: membercenter.v1.ListConflictsRequest
+	(*ListConflictsResponse)(nil),         // 18: membercenter.v1.ListConflictsResponse
+	(*IdentityConflict)(nil),              // 19: membercenter.v1.IdentityConflict
+	(*ResolveConflictRequest)(nil),        // 20: membercenter.v1.ResolveConflictRequest
+	(*ResolveConflictResponse)(nil),       // 21: membercenter.v1.ResolveConflictResponse
+	(*IssueMemberCodeRequest)(nil),        // 22: membercenter.v1.IssueMemberCodeRequest
+	(*IssueMemberCodeResponse)(nil),       // 23: membercenter.v1.IssueMemberCodeResponse
+	(*VerifyMemberCodeRequest)(nil),       // 24: membercenter.v1.VerifyMemberCodeRequest
+	(*VerifyMemberCodeResponse)(nil),      // 25: membercenter.v1.VerifyMemberCodeResponse
+	(*Terminal)(nil),                      // 26: membercenter.v1.Terminal
+	(*RegisterTerminalRequest)(nil),       // 27: membercenter.v1.RegisterTerminalRequest
+	(*RegisterTerminalResponse)(nil),      // 28: membercenter.v1.RegisterTerminalResponse
+	(*RevokeTerminalRequest)(nil),         // 29: membercenter.v1.RevokeTerminalRequest
+	(*RevokeTerminalResponse)(nil),        // 30: membercenter.v1.RevokeTerminalResponse
+	(*DeviceAssertion)(nil),               // 31: membercenter.v1.DeviceAssertion
+	(*VerifyDeviceAssertionRequest)(nil),  // 32: membercenter.v1.VerifyDeviceAssertionRequest
+	(*VerifyDeviceAssertionResponse)(nil), // 33: membercenter.v1.VerifyDeviceAssertionResponse
+	(*timestamppb.Timestamp)(nil),         // 34: google.protobuf.Timestamp
+	(*IdentifierRef)(nil),                 // 35: membercenter.v1.IdentifierRef
+	(*Identifier)(nil),                    // 36: membercenter.v1.Identifier
+	(Channel)(0),                          // 37: membercenter.v1.Channel
 }
 var file_membercenter_v1_identity_proto_depIdxs = []int32{
-	25, // 0: membercenter.v1.Member.created_at:type_name -> google.protobuf.Timestamp
-	26, // 1: membercenter.v1.Member.identifiers:type_name -> membercenter.v1.IdentifierRef
-	27, // 2: membercenter.v1.ResolveRequest.identifiers:type_name -> membercenter.v1.Identifier
-	28, // 3: membercenter.v1.ResolveRequest.channel:type_name -> membercenter.v1.Channel
-	26, // 4: membercenter.v1.ResolveResponse.linked:type_name -> membercenter.v1.IdentifierRef
-	27, // 5: membercenter.v1.FindByIdentifierRequest.identifier:type_name -> membercenter.v1.Identifier
-	0,  // 6: membercenter.v1.FindByIdentifierResponse.member:type_name -> membercenter.v1.Member
-	27, // 7: membercenter.v1.LinkRequest.identifier:type_name -> membercenter.v1.Identifier
-	0,  // 8: membercenter.v1.LinkResponse.member:type_name -> membercenter.v1.Member
-	27, // 9: membercenter.v1.UnlinkRequest.identifier:type_name -> membercenter.v1.Identifier
-	0,  // 10: membercenter.v1.UnlinkResponse.member:type_name -> membercenter.v1.Member
-	0,  // 11: membercenter.v1.MergeResponse.member:type_name -> membercenter.v1.Member
-	0,  // 12: membercenter.v1.UnmergeResponse.members:type_name -> membercenter.v1.Member
-	0,  // 13: membercenter.v1.GetIdentityGraphResponse.member:type_name -> membercenter.v1.Member
-	15, // 14: membercenter.v1.GetIdentityGraphResponse.merges:type_name -> membercenter.v1.MergeRecord
-	25, // 15: membercenter.v1.MergeRecord.merged_at:type_name -> google.protobuf.Timestamp
-	25, // 16: membercenter.v1.MergeRecord.unmerged_at:type_name -> google.protobuf.Timestamp
-	18, // 17: membercenter.v1.ListConflictsResponse.conflicts:type_name -> membercenter.v1.IdentityConflict
-	26, // 18: membercenter.v1.IdentityConflict.identifiers:type_name -> membercenter.v1.IdentifierRef
-	25, // 19: membercenter.v1.IdentityConflict.created_at:type_name -> google.protobuf.Timestamp
-	25, // 20: membercenter.v1.IssueMemberCodeResponse.expires_at:type_name -> google.protobuf.Timestamp
-	25, // 21: membercenter.v1.VerifyDeviceAssertionResponse.asserted_at:type_name -> google.protobuf.Timestamp
-	1,  // 22: membercenter.v1.IdentityService.Resolve:input_type -> membercenter.v1.ResolveRequest
-	3,  // 23: membercenter.v1.IdentityService.FindByIdentifier:input_type -> membercenter.v1.FindByIdentifierRequest
-	5,  // 24: membercenter.v1.IdentityService.Link:input_type -> membercenter.v1.LinkRequest
-	7,  // 25: membercenter.v1.IdentityService.Unlink:input_type -> membercenter.v1.UnlinkRequest
-	9,  // 26: membercenter.v1.IdentityService.Merge:input_type -> membercenter.v1.MergeRequest
-	11, // 27: membercenter.v1.IdentityService.Unmerge:input_type -> membercenter.v1.UnmergeRequest
-	13, // 28: membercenter.v1.IdentityService.GetIdentityGraph:input_type -> membercenter.v1.GetIdentityGraphRequest
-	16, // 29: membercenter.v1.IdentityService.ListConflicts:input_type -> membercenter.v1.ListConflictsRequest
-	19, // 30: membercenter.v1.IdentityService.ResolveConflict:input_type -> membercenter.v1.ResolveConflictRequest
-	21, // 31: membercenter.v1.IdentityService.IssueMemberCode:input_type -> membercenter.v1.IssueMemberCodeRequest
-	23, // 32: membercenter.v1.IdentityService.VerifyDeviceAssertion:input_type -> membercenter.v1.VerifyDeviceAssertionRequest
-	2,  // 33: membercenter.v1.IdentityService.Resolve:output_type -> membercenter.v1.ResolveResponse
-	4,  // 34: membercenter.v1.IdentityService.FindByIdentifier:output_type -> membercenter.v1.FindByIdentifierResponse
-	6,  // 35: membercenter.v1.IdentityService.Link:output_type -> membercenter.v1.LinkResponse
-	8,  // 36: membercenter.v1.IdentityService.Unlink:output_type -> membercenter.v1.UnlinkResponse
-	10, // 37: membercenter.v1.IdentityService.Merge:output_type -> membercenter.v1.MergeResponse
-	12, // 38: membercenter.v1.IdentityService.Unmerge:output_type -> membercenter.v1.UnmergeResponse
-	14, // 39: membercenter.v1.IdentityService.GetIdentityGraph:output_type -> membercenter.v1.GetIdentityGraphResponse
-	17, // 40: membercenter.v1.IdentityService.ListConflicts:output_type -> membercenter.v1.ListConflictsResponse
-	20, // 41: membercenter.v1.IdentityService.ResolveConflict:output_type -> membercenter.v1.ResolveConflictResponse
-	22, // 42: membercenter.v1.IdentityService.IssueMemberCode:output_type -> membercenter.v1.IssueMemberCodeResponse
-	24, // 43: membercenter.v1.IdentityService.VerifyDeviceAssertion:output_type -> membercenter.v1.VerifyDeviceAssertionResponse
-	33, // [33:44] is the sub-list for method output_type
-	22, // [22:33] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	34, // 0: membercenter.v1.Member.created_at:type_name -> google.protobuf.Timestamp
+	35, // 1: membercenter.v1.Member.identifiers:type_name -> membercenter.v1.IdentifierRef
+	36, // 2: membercenter.v1.ResolveRequest.identifiers:type_name -> membercenter.v1.Identifier
+	37, // 3: membercenter.v1.ResolveRequest.channel:type_name -> membercenter.v1.Channel
+	35, // 4: membercenter.v1.ResolveResponse.linked:type_name -> membercenter.v1.IdentifierRef
+	36, // 5: membercenter.v1.FindByIdentifierRequest.identifier:type_name -> membercenter.v1.Identifier
+	1,  // 6: membercenter.v1.FindByIdentifierResponse.member:type_name -> membercenter.v1.Member
+	36, // 7: membercenter.v1.LinkRequest.identifier:type_name -> membercenter.v1.Identifier
+	1,  // 8: membercenter.v1.LinkResponse.member:type_name -> membercenter.v1.Member
+	36, // 9: membercenter.v1.UnlinkRequest.identifier:type_name -> membercenter.v1.Identifier
+	1,  // 10: membercenter.v1.UnlinkResponse.member:type_name -> membercenter.v1.Member
+	1,  // 11: membercenter.v1.MergeResponse.member:type_name -> membercenter.v1.Member
+	1,  // 12: membercenter.v1.UnmergeResponse.members:type_name -> membercenter.v1.Member
+	1,  // 13: membercenter.v1.GetIdentityGraphResponse.member:type_name -> membercenter.v1.Member
+	16, // 14: membercenter.v1.GetIdentityGraphResponse.merges:type_name -> membercenter.v1.MergeRecord
+	34, // 15: membercenter.v1.MergeRecord.merged_at:type_name -> google.protobuf.Timestamp
+	34, // 16: membercenter.v1.MergeRecord.unmerged_at:type_name -> google.protobuf.Timestamp
+	19, // 17: membercenter.v1.ListConflictsResponse.conflicts:type_name -> membercenter.v1.IdentityConflict
+	35, // 18: membercenter.v1.IdentityConflict.identifiers:type_name -> membercenter.v1.IdentifierRef
+	34, // 19: membercenter.v1.IdentityConflict.created_at:type_name -> google.protobuf.Timestamp
+	34, // 20: membercenter.v1.IssueMemberCodeResponse.expires_at:type_name -> google.protobuf.Timestamp
+	1,  // 21: membercenter.v1.VerifyMemberCodeResponse.member:type_name -> membercenter.v1.Member
+	34, // 22: membercenter.v1.Terminal.registered_at:type_name -> google.protobuf.Timestamp
+	34, // 23: membercenter.v1.Terminal.revoked_at:type_name -> google.protobuf.Timestamp
+	26, // 24: membercenter.v1.RegisterTerminalResponse.terminal:type_name -> membercenter.v1.Terminal
+	26, // 25: membercenter.v1.RevokeTerminalResponse.terminal:type_name -> membercenter.v1.Terminal
+	0,  // 26: membercenter.v1.DeviceAssertion.modality:type_name -> membercenter.v1.BiometricModality
+	34, // 27: membercenter.v1.DeviceAssertion.asserted_at:type_name -> google.protobuf.Timestamp
+	34, // 28: membercenter.v1.VerifyDeviceAssertionResponse.asserted_at:type_name -> google.protobuf.Timestamp
+	0,  // 29: membercenter.v1.VerifyDeviceAssertionResponse.modality:type_name -> membercenter.v1.BiometricModality
+	2,  // 30: membercenter.v1.IdentityService.Resolve:input_type -> membercenter.v1.ResolveRequest
+	4,  // 31: membercenter.v1.IdentityService.FindByIdentifier:input_type -> membercenter.v1.FindByIdentifierRequest
+	6,  // 32: membercenter.v1.IdentityService.Link:input_type -> membercenter.v1.LinkRequest
+	8,  // 33: membercenter.v1.IdentityService.Unlink:input_type -> membercenter.v1.UnlinkRequest
+	10, // 34: membercenter.v1.IdentityService.Merge:input_type -> membercenter.v1.MergeRequest
+	12, // 35: membercenter.v1.IdentityService.Unmerge:input_type -> membercenter.v1.UnmergeRequest
+	14, // 36: membercenter.v1.IdentityService.GetIdentityGraph:input_type -> membercenter.v1.GetIdentityGraphRequest
+	17, // 37: membercenter.v1.IdentityService.ListConflicts:input_type -> membercenter.v1.ListConflictsRequest
+	20, // 38: membercenter.v1.IdentityService.ResolveConflict:input_type -> membercenter.v1.ResolveConflictRequest
+	22, // 39: membercenter.v1.IdentityService.IssueMemberCode:input_type -> membercenter.v1.IssueMemberCodeRequest
+	24, // 40: membercenter.v1.IdentityService.VerifyMemberCode:input_type -> membercenter.v1.VerifyMemberCodeRequest
+	27, // 41: membercenter.v1.IdentityService.RegisterTerminal:input_type -> membercenter.v1.RegisterTerminalRequest
+	29, // 42: membercenter.v1.IdentityService.RevokeTerminal:input_type -> membercenter.v1.RevokeTerminalRequest
+	32, // 43: membercenter.v1.IdentityService.VerifyDeviceAssertion:input_type -> membercenter.v1.VerifyDeviceAssertionRequest
+	3,  // 44: membercenter.v1.IdentityService.Resolve:output_type -> membercenter.v1.ResolveResponse
+	5,  // 45: membercenter.v1.IdentityService.FindByIdentifier:output_type -> membercenter.v1.FindByIdentifierResponse
+	7,  // 46: membercenter.v1.IdentityService.Link:output_type -> membercenter.v1.LinkResponse
+	9,  // 47: membercenter.v1.IdentityService.Unlink:output_type -> membercenter.v1.UnlinkResponse
+	11, // 48: membercenter.v1.IdentityService.Merge:output_type -> membercenter.v1.MergeResponse
+	13, // 49: membercenter.v1.IdentityService.Unmerge:output_type -> membercenter.v1.UnmergeResponse
+	15, // 50: membercenter.v1.IdentityService.GetIdentityGraph:output_type -> membercenter.v1.GetIdentityGraphResponse
+	18, // 51: membercenter.v1.IdentityService.ListConflicts:output_type -> membercenter.v1.ListConflictsResponse
+	21, // 52: membercenter.v1.IdentityService.ResolveConflict:output_type -> membercenter.v1.ResolveConflictResponse
+	23, // 53: membercenter.v1.IdentityService.IssueMemberCode:output_type -> membercenter.v1.IssueMemberCodeResponse
+	25, // 54: membercenter.v1.IdentityService.VerifyMemberCode:output_type -> membercenter.v1.VerifyMemberCodeResponse
+	28, // 55: membercenter.v1.IdentityService.RegisterTerminal:output_type -> membercenter.v1.RegisterTerminalResponse
+	30, // 56: membercenter.v1.IdentityService.RevokeTerminal:output_type -> membercenter.v1.RevokeTerminalResponse
+	33, // 57: membercenter.v1.IdentityService.VerifyDeviceAssertion:output_type -> membercenter.v1.VerifyDeviceAssertionResponse
+	44, // [44:58] is the sub-list for method output_type
+	30, // [30:44] is the sub-list for method input_type
+	30, // [30:30] is the sub-list for extension type_name
+	30, // [30:30] is the sub-list for extension extendee
+	0,  // [0:30] is the sub-list for field type_name
 }
 
 func init() { file_membercenter_v1_identity_proto_init() }
@@ -1744,13 +2412,14 @@ func file_membercenter_v1_identity_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_membercenter_v1_identity_proto_rawDesc), len(file_membercenter_v1_identity_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   25,
+			NumEnums:      1,
+			NumMessages:   33,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_membercenter_v1_identity_proto_goTypes,
 		DependencyIndexes: file_membercenter_v1_identity_proto_depIdxs,
+		EnumInfos:         file_membercenter_v1_identity_proto_enumTypes,
 		MessageInfos:      file_membercenter_v1_identity_proto_msgTypes,
 	}.Build()
 	File_membercenter_v1_identity_proto = out.File

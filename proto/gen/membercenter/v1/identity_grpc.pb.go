@@ -29,6 +29,9 @@ const (
 	IdentityService_ListConflicts_FullMethodName         = "/membercenter.v1.IdentityService/ListConflicts"
 	IdentityService_ResolveConflict_FullMethodName       = "/membercenter.v1.IdentityService/ResolveConflict"
 	IdentityService_IssueMemberCode_FullMethodName       = "/membercenter.v1.IdentityService/IssueMemberCode"
+	IdentityService_VerifyMemberCode_FullMethodName      = "/membercenter.v1.IdentityService/VerifyMemberCode"
+	IdentityService_RegisterTerminal_FullMethodName      = "/membercenter.v1.IdentityService/RegisterTerminal"
+	IdentityService_RevokeTerminal_FullMethodName        = "/membercenter.v1.IdentityService/RevokeTerminal"
 	IdentityService_VerifyDeviceAssertion_FullMethodName = "/membercenter.v1.IdentityService/VerifyDeviceAssertion"
 )
 
@@ -61,6 +64,13 @@ type IdentityServiceClient interface {
 	ResolveConflict(ctx context.Context, in *ResolveConflictRequest, opts ...grpc.CallOption) (*ResolveConflictResponse, error)
 	// IssueMemberCode returns the member's current dynamic code (rotates every 30 s).
 	IssueMemberCode(ctx context.Context, in *IssueMemberCodeRequest, opts ...grpc.CallOption) (*IssueMemberCodeResponse, error)
+	// VerifyMemberCode checks a dynamic member code scanned at a POS and
+	// returns its member. A code is accepted once.
+	VerifyMemberCode(ctx context.Context, in *VerifyMemberCodeRequest, opts ...grpc.CallOption) (*VerifyMemberCodeResponse, error)
+	// RegisterTerminal registers a store device's Ed25519 public key.
+	RegisterTerminal(ctx context.Context, in *RegisterTerminalRequest, opts ...grpc.CallOption) (*RegisterTerminalResponse, error)
+	// RevokeTerminal stops accepting a device's assertions.
+	RevokeTerminal(ctx context.Context, in *RevokeTerminalRequest, opts ...grpc.CallOption) (*RevokeTerminalResponse, error)
 	// VerifyDeviceAssertion checks a biometric match result signed by a terminal.
 	VerifyDeviceAssertion(ctx context.Context, in *VerifyDeviceAssertionRequest, opts ...grpc.CallOption) (*VerifyDeviceAssertionResponse, error)
 }
@@ -173,6 +183,36 @@ func (c *identityServiceClient) IssueMemberCode(ctx context.Context, in *IssueMe
 	return out, nil
 }
 
+func (c *identityServiceClient) VerifyMemberCode(ctx context.Context, in *VerifyMemberCodeRequest, opts ...grpc.CallOption) (*VerifyMemberCodeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(VerifyMemberCodeResponse)
+	err := c.cc.Invoke(ctx, IdentityService_VerifyMemberCode_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *identityServiceClient) RegisterTerminal(ctx context.Context, in *RegisterTerminalRequest, opts ...grpc.CallOption) (*RegisterTerminalResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RegisterTerminalResponse)
+	err := c.cc.Invoke(ctx, IdentityService_RegisterTerminal_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *identityServiceClient) RevokeTerminal(ctx context.Context, in *RevokeTerminalRequest, opts ...grpc.CallOption) (*RevokeTerminalResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RevokeTerminalResponse)
+	err := c.cc.Invoke(ctx, IdentityService_RevokeTerminal_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *identityServiceClient) VerifyDeviceAssertion(ctx context.Context, in *VerifyDeviceAssertionRequest, opts ...grpc.CallOption) (*VerifyDeviceAssertionResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(VerifyDeviceAssertionResponse)
@@ -212,6 +252,13 @@ type IdentityServiceServer interface {
 	ResolveConflict(context.Context, *ResolveConflictRequest) (*ResolveConflictResponse, error)
 	// IssueMemberCode returns the member's current dynamic code (rotates every 30 s).
 	IssueMemberCode(context.Context, *IssueMemberCodeRequest) (*IssueMemberCodeResponse, error)
+	// VerifyMemberCode checks a dynamic member code scanned at a POS and
+	// returns its member. A code is accepted once.
+	VerifyMemberCode(context.Context, *VerifyMemberCodeRequest) (*VerifyMemberCodeResponse, error)
+	// RegisterTerminal registers a store device's Ed25519 public key.
+	RegisterTerminal(context.Context, *RegisterTerminalRequest) (*RegisterTerminalResponse, error)
+	// RevokeTerminal stops accepting a device's assertions.
+	RevokeTerminal(context.Context, *RevokeTerminalRequest) (*RevokeTerminalResponse, error)
 	// VerifyDeviceAssertion checks a biometric match result signed by a terminal.
 	VerifyDeviceAssertion(context.Context, *VerifyDeviceAssertionRequest) (*VerifyDeviceAssertionResponse, error)
 	mustEmbedUnimplementedIdentityServiceServer()
@@ -253,6 +300,15 @@ func (UnimplementedIdentityServiceServer) ResolveConflict(context.Context, *Reso
 }
 func (UnimplementedIdentityServiceServer) IssueMemberCode(context.Context, *IssueMemberCodeRequest) (*IssueMemberCodeResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method IssueMemberCode not implemented")
+}
+func (UnimplementedIdentityServiceServer) VerifyMemberCode(context.Context, *VerifyMemberCodeRequest) (*VerifyMemberCodeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method VerifyMemberCode not implemented")
+}
+func (UnimplementedIdentityServiceServer) RegisterTerminal(context.Context, *RegisterTerminalRequest) (*RegisterTerminalResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RegisterTerminal not implemented")
+}
+func (UnimplementedIdentityServiceServer) RevokeTerminal(context.Context, *RevokeTerminalRequest) (*RevokeTerminalResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RevokeTerminal not implemented")
 }
 func (UnimplementedIdentityServiceServer) VerifyDeviceAssertion(context.Context, *VerifyDeviceAssertionRequest) (*VerifyDeviceAssertionResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method VerifyDeviceAssertion not implemented")
@@ -458,6 +514,60 @@ func _IdentityService_IssueMemberCode_Handler(srv interface{}, ctx context.Conte
 	return interceptor(ctx, in, info, handler)
 }
 
+func _IdentityService_VerifyMemberCode_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(VerifyMemberCodeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(IdentityServiceServer).VerifyMemberCode(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: IdentityService_VerifyMemberCode_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(IdentityServiceServer).VerifyMemberCode(ctx, req.(*VerifyMemberCodeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _IdentityService_RegisterTerminal_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RegisterTerminalRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(IdentityServiceServer).RegisterTerminal(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: IdentityService_RegisterTerminal_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(IdentityServiceServer).RegisterTerminal(ctx, req.(*RegisterTerminalRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _IdentityService_RevokeTerminal_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RevokeTerminalRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(IdentityServiceServer).RevokeTerminal(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: IdentityService_RevokeTerminal_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(IdentityServiceServer).RevokeTerminal(ctx, req.(*RevokeTerminalRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _IdentityService_VerifyDeviceAssertion_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(VerifyDeviceAssertionRequest)
 	if err := dec(in); err != nil {
@@ -522,6 +632,18 @@ var IdentityService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "IssueMemberCode",
 			Handler:    _IdentityService_IssueMemberCode_Handler,
+		},
+		{
+			MethodName: "VerifyMemberCode",
+			Handler:    _IdentityService_VerifyMemberCode_Handler,
+		},
+		{
+			MethodName: "RegisterTerminal",
+			Handler:    _IdentityService_RegisterTerminal_Handler,
+		},
+		{
+			MethodName: "RevokeTerminal",
+			Handler:    _IdentityService_RevokeTerminal_Handler,
 		},
 		{
 			MethodName: "VerifyDeviceAssertion",
