@@ -33,6 +33,9 @@ const (
 	IdentityChangeKind_IDENTITY_CHANGE_KIND_MERGED        IdentityChangeKind = 3
 	IdentityChangeKind_IDENTITY_CHANGE_KIND_UNMERGED      IdentityChangeKind = 4
 	IdentityChangeKind_IDENTITY_CHANGE_KIND_MERGE_REFUSED IdentityChangeKind = 5
+	// Identifiers pointed at members the rules would not merge; see
+	// IdentityService.ListConflicts.
+	IdentityChangeKind_IDENTITY_CHANGE_KIND_CONFLICT_RECORDED IdentityChangeKind = 6
 )
 
 // Enum value maps for IdentityChangeKind.
@@ -44,14 +47,16 @@ var (
 		3: "IDENTITY_CHANGE_KIND_MERGED",
 		4: "IDENTITY_CHANGE_KIND_UNMERGED",
 		5: "IDENTITY_CHANGE_KIND_MERGE_REFUSED",
+		6: "IDENTITY_CHANGE_KIND_CONFLICT_RECORDED",
 	}
 	IdentityChangeKind_value = map[string]int32{
-		"IDENTITY_CHANGE_KIND_UNSPECIFIED":   0,
-		"IDENTITY_CHANGE_KIND_LINKED":        1,
-		"IDENTITY_CHANGE_KIND_UNLINKED":      2,
-		"IDENTITY_CHANGE_KIND_MERGED":        3,
-		"IDENTITY_CHANGE_KIND_UNMERGED":      4,
-		"IDENTITY_CHANGE_KIND_MERGE_REFUSED": 5,
+		"IDENTITY_CHANGE_KIND_UNSPECIFIED":       0,
+		"IDENTITY_CHANGE_KIND_LINKED":            1,
+		"IDENTITY_CHANGE_KIND_UNLINKED":          2,
+		"IDENTITY_CHANGE_KIND_MERGED":            3,
+		"IDENTITY_CHANGE_KIND_UNMERGED":          4,
+		"IDENTITY_CHANGE_KIND_MERGE_REFUSED":     5,
+		"IDENTITY_CHANGE_KIND_CONFLICT_RECORDED": 6,
 	}
 )
 
@@ -1895,7 +1900,12 @@ type IdentityChanged struct {
 	AuditId string `protobuf:"bytes,5,opt,name=audit_id,json=auditId,proto3" json:"audit_id,omitempty"`
 	Actor   string `protobuf:"bytes,6,opt,name=actor,proto3" json:"actor,omitempty"`
 	// Merge id, for merges and unmerges.
-	MergeId       string `protobuf:"bytes,7,opt,name=merge_id,json=mergeId,proto3" json:"merge_id,omitempty"`
+	MergeId string `protobuf:"bytes,7,opt,name=merge_id,json=mergeId,proto3" json:"merge_id,omitempty"`
+	// JSON summaries of the member's identity before and after the change.
+	Before string `protobuf:"bytes,8,opt,name=before,proto3" json:"before,omitempty"`
+	After  string `protobuf:"bytes,9,opt,name=after,proto3" json:"after,omitempty"`
+	// Conflict id, when the change recorded a conflict for review.
+	ConflictId    string `protobuf:"bytes,10,opt,name=conflict_id,json=conflictId,proto3" json:"conflict_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1975,6 +1985,27 @@ func (x *IdentityChanged) GetActor() string {
 func (x *IdentityChanged) GetMergeId() string {
 	if x != nil {
 		return x.MergeId
+	}
+	return ""
+}
+
+func (x *IdentityChanged) GetBefore() string {
+	if x != nil {
+		return x.Before
+	}
+	return ""
+}
+
+func (x *IdentityChanged) GetAfter() string {
+	if x != nil {
+		return x.After
+	}
+	return ""
+}
+
+func (x *IdentityChanged) GetConflictId() string {
+	if x != nil {
+		return x.ConflictId
 	}
 	return ""
 }
@@ -2504,7 +2535,7 @@ const file_membercenter_v1_events_proto_rawDesc = "" +
 	"\vTierChanged\x12\x1b\n" +
 	"\tfrom_tier\x18\x01 \x01(\tR\bfromTier\x12\x17\n" +
 	"\ato_tier\x18\x02 \x01(\tR\x06toTier\x12\x16\n" +
-	"\x06reason\x18\x03 \x01(\tR\x06reason\"\x98\x02\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"\xe7\x02\n" +
 	"\x0fIdentityChanged\x127\n" +
 	"\x04kind\x18\x01 \x01(\x0e2#.membercenter.v1.IdentityChangeKindR\x04kind\x12@\n" +
 	"\videntifiers\x18\x02 \x03(\v2\x1e.membercenter.v1.IdentifierRefR\videntifiers\x12&\n" +
@@ -2512,7 +2543,12 @@ const file_membercenter_v1_events_proto_rawDesc = "" +
 	"\x06reason\x18\x04 \x01(\tR\x06reason\x12\x19\n" +
 	"\baudit_id\x18\x05 \x01(\tR\aauditId\x12\x14\n" +
 	"\x05actor\x18\x06 \x01(\tR\x05actor\x12\x19\n" +
-	"\bmerge_id\x18\a \x01(\tR\amergeId\"\xa6\x01\n" +
+	"\bmerge_id\x18\a \x01(\tR\amergeId\x12\x16\n" +
+	"\x06before\x18\b \x01(\tR\x06before\x12\x14\n" +
+	"\x05after\x18\t \x01(\tR\x05after\x12\x1f\n" +
+	"\vconflict_id\x18\n" +
+	" \x01(\tR\n" +
+	"conflictId\"\xa6\x01\n" +
 	"\x11AttributesChanged\x12R\n" +
 	"\n" +
 	"attributes\x18\x01 \x03(\v22.membercenter.v1.AttributesChanged.AttributesEntryR\n" +
@@ -2546,14 +2582,15 @@ const file_membercenter_v1_events_proto_rawDesc = "" +
 	"\tcoupon_id\x18\x01 \x01(\tR\bcouponId\x12\x1f\n" +
 	"\vtemplate_id\x18\x02 \x01(\tR\n" +
 	"templateId\x122\n" +
-	"\x05state\x18\x03 \x01(\x0e2\x1c.membercenter.v1.CouponStateR\x05state*\xea\x01\n" +
+	"\x05state\x18\x03 \x01(\x0e2\x1c.membercenter.v1.CouponStateR\x05state*\x96\x02\n" +
 	"\x12IdentityChangeKind\x12$\n" +
 	" IDENTITY_CHANGE_KIND_UNSPECIFIED\x10\x00\x12\x1f\n" +
 	"\x1bIDENTITY_CHANGE_KIND_LINKED\x10\x01\x12!\n" +
 	"\x1dIDENTITY_CHANGE_KIND_UNLINKED\x10\x02\x12\x1f\n" +
 	"\x1bIDENTITY_CHANGE_KIND_MERGED\x10\x03\x12!\n" +
 	"\x1dIDENTITY_CHANGE_KIND_UNMERGED\x10\x04\x12&\n" +
-	"\"IDENTITY_CHANGE_KIND_MERGE_REFUSED\x10\x05*\x98\x01\n" +
+	"\"IDENTITY_CHANGE_KIND_MERGE_REFUSED\x10\x05\x12*\n" +
+	"&IDENTITY_CHANGE_KIND_CONFLICT_RECORDED\x10\x06*\x98\x01\n" +
 	"\x0eConsentPurpose\x12\x1f\n" +
 	"\x1bCONSENT_PURPOSE_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19CONSENT_PURPOSE_MARKETING\x10\x01\x12\x1d\n" +
