@@ -58,14 +58,30 @@ func (s *Service) Apply(ctx context.Context, ev *mcv1.MemberEvent) error {
 	if tx == nil {
 		return nil // only purchases earn points so far
 	}
-	member, err := uuid.Parse(ev.GetMemberId())
+	resolved, err := uuid.Parse(ev.GetMemberId())
 	if err != nil {
 		return dlq.Reject(fmt.Errorf("member_id %q: %w", ev.GetMemberId(), err))
+	}
+	// Points belong to the member the event is attributed to, so an unmerge
+	// can give them back; they are held by whoever that member is now.
+	origin := resolved
+	if o := ev.GetResolution().GetOriginMemberId(); o != "" {
+		if origin, err = uuid.Parse(o); err != nil {
+			return dlq.Reject(fmt.Errorf("resolution.origin_member_id %q: %w", o, err))
+		}
 	}
 	points := PointsFor(tx.GetTotal())
 	return pgx.BeginFunc(ctx, s.pool, func(dbtx pgx.Tx) error {
 		fresh, err := postgres.MarkProcessed(ctx, dbtx, Stage, ev.GetEventId())
 		if err != nil || !fresh || points == 0 {
+			return err
+		}
+		member, err := postgres.CanonicalMember(ctx, dbtx, resolved)
+		if err != nil {
+			return err
+		}
+		// Serialise with merges and unmerges of this member.
+		if _, err := postgres.LockMembers(ctx, dbtx, member); err != nil {
 			return err
 		}
 		now := s.now()
@@ -76,7 +92,7 @@ func (s *Service) Apply(ctx context.Context, ev *mcv1.MemberEvent) error {
 		txnID := uuid.Must(uuid.NewV7())
 		reason := fmt.Sprintf("purchase %s: 1 point per currency unit", tx.GetOrderId())
 		if err := postgres.InsertLedgerTransaction(ctx, dbtx, postgres.LedgerTransaction{
-			TransactionID: txnID, MemberID: member, Kind: "earn", Reason: reason, CauseID: ev.GetEventId(), CreatedAt: now,
+			TransactionID: txnID, MemberID: member, OriginMemberID: origin, Kind: "earn", Reason: reason, CauseID: ev.GetEventId(), CreatedAt: now,
 			Entries: []postgres.LedgerEntry{
 				{Account: postgres.MemberAccount(member), MemberID: &member, Delta: points},
 				{Account: postgres.LiabilityAccount, Delta: -points},
@@ -85,7 +101,7 @@ func (s *Service) Apply(ctx context.Context, ev *mcv1.MemberEvent) error {
 			return err
 		}
 		if err := postgres.InsertLot(ctx, dbtx, postgres.Lot{
-			MemberID: member, TransactionID: txnID, Earned: points, Remaining: points,
+			MemberID: member, OriginMemberID: origin, TransactionID: txnID, Earned: points, Remaining: points,
 			EarnedAt: earnedAt, AvailableAt: earnedAt, ExpiresAt: earnedAt.Add(pointsLifetime),
 		}); err != nil {
 			return err

@@ -28,7 +28,9 @@ func (s *Server) GetBalance(ctx context.Context, req *mcv1.GetBalanceRequest) (*
 	if err != nil {
 		return nil, fmt.Errorf("member_id: %w", err)
 	}
-	if _, err := postgres.GetMember(ctx, s.svc.pool, id); err != nil {
+	// A channel may still hold the id of a member merged since: answer for
+	// the member that holds the points now.
+	if id, err = postgres.CanonicalMember(ctx, s.svc.pool, id); err != nil {
 		return nil, err
 	}
 	a, err := postgres.GetAccount(ctx, s.svc.pool, id)

@@ -4,6 +4,7 @@ package facts
 
 import (
 	"context"
+	"encoding/json"
 	"strings"
 	"time"
 
@@ -39,10 +40,53 @@ func (w Writer) WriteChanges(ctx context.Context, changes []sink.Change) error {
 		now = w.Now()
 	}
 	rows := make([]clickhouse.ChangeRow, len(changes))
+	var audit []clickhouse.AuditRow
 	for i, c := range changes {
 		rows[i] = toChangeRow(c, now)
+		if a, ok := toAuditRow(c, now); ok {
+			audit = append(audit, a)
+		}
 	}
-	return w.W.InsertChanges(ctx, rows)
+	if err := w.W.InsertChanges(ctx, rows); err != nil {
+		return err
+	}
+	return w.W.InsertAudit(ctx, audit)
+}
+
+// toAuditRow copies the audit record an identity change carries.
+func toAuditRow(c sink.Change, now time.Time) (clickhouse.AuditRow, bool) {
+	m := c.Msg
+	r := clickhouse.AuditRow{
+		At: m.GetOccurredAt().AsTime(), Channel: ChannelName(m.GetChannel()), CauseID: m.GetCauseId(),
+		MemberID: m.GetMemberId(), Sequence: m.GetSequence(), InsertedAt: now,
+	}
+	switch x := m.GetChange().(type) {
+	case *mcv1.MemberChange_MemberCreated:
+		r.AuditID, r.Action, r.Actor = x.MemberCreated.GetAuditId(), "created", ""
+		r.Identifiers = refsJSON(x.MemberCreated.GetIdentifiers())
+	case *mcv1.MemberChange_IdentityChanged:
+		ic := x.IdentityChanged
+		r.AuditID, r.Actor, r.Reason = ic.GetAuditId(), ic.GetActor(), ic.GetReason()
+		r.Action = strings.ToLower(strings.TrimPrefix(ic.GetKind().String(), "IDENTITY_CHANGE_KIND_"))
+		r.OtherMemberID, r.MergeID, r.ConflictID = ic.GetOtherMemberId(), ic.GetMergeId(), ic.GetConflictId()
+		r.Identifiers, r.Before, r.After = refsJSON(ic.GetIdentifiers()), ic.GetBefore(), ic.GetAfter()
+	default:
+		return r, false
+	}
+	if r.AuditID == "" {
+		r.AuditID = m.GetChangeId()
+	}
+	return r, true
+}
+
+func refsJSON(refs []*mcv1.IdentifierRef) string {
+	out := make([]map[string]string, len(refs))
+	for i, r := range refs {
+		out[i] = map[string]string{"type": strings.ToLower(strings.TrimPrefix(r.GetType().String(), "IDENTIFIER_TYPE_")),
+			"scope": r.GetScope(), "masked": r.GetMasked(), "hash": r.GetValueHash()}
+	}
+	b, _ := json.Marshal(out)
+	return string(b)
 }
 
 // EventType names a member event's payload: "transaction", "check_in", …

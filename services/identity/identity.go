@@ -1,7 +1,8 @@
 // Package identity unifies a shopper's identifiers into one member (OneID):
-// normalisation, keyed hashing and encryption of PII, resolution of
-// identifiers to a member (creating one when none matches), and the gRPC
-// IdentityService.
+// normalisation, keyed hashing and encryption of PII, rules per identifier
+// type, resolution of identifiers to a member (creating, merging or
+// recording a conflict), reversible merges with an append-only audit, and
+// the gRPC IdentityService.
 package identity
 
 import (
@@ -31,19 +32,28 @@ type Config struct {
 	Keys KeyConfig
 	// Region assumed for phone numbers without a country code.
 	DefaultRegion string `env:"MC_PHONE_DEFAULT_REGION, default=CN"`
+	// Path of an identity rules file (see rules.yaml); empty for the defaults.
+	RulesPath string `env:"MC_IDENTITY_RULES"`
+	// Which signed device assertions are accepted.
+	Assertions AssertionPolicy
 }
 
 // Validate reports every problem with the config at once.
-func (c Config) Validate() error { return c.Keys.Validate() }
+func (c Config) Validate() error {
+	_, err := LoadRules(c.RulesPath)
+	return errors.Join(c.Keys.Validate(), err, c.Assertions.Validate())
+}
 
 // Service resolves identifiers to members.
 type Service struct {
-	pool    *pgxpool.Pool
-	pii     *PII
-	norm    Normalizer
-	changes changes.Writer
-	log     *slog.Logger
-	now     func() time.Time
+	pool       *pgxpool.Pool
+	assertions AssertionPolicy
+	pii        *PII
+	norm       Normalizer
+	rules      *Rules
+	changes    changes.Writer
+	log        *slog.Logger
+	now        func() time.Time
 }
 
 // New returns the service.
@@ -52,10 +62,45 @@ func New(cfg Config, pool *pgxpool.Pool, ch changes.Writer, log *slog.Logger) (*
 	if err != nil {
 		return nil, err
 	}
+	rules, err := LoadRules(cfg.RulesPath)
+	if err != nil {
+		return nil, err
+	}
 	if cfg.Keys.IsDev() {
 		log.Warn("PII keys not configured: using the public development keys; set MC_PII_HMAC_KEY, MC_PII_ENC_KEYS and MC_PII_ENC_KEY_ID in production")
 	}
-	return &Service{pool: pool, pii: pii, norm: Normalizer{DefaultRegion: cfg.DefaultRegion}, changes: ch, log: log, now: time.Now}, nil
+	return &Service{pool: pool, pii: pii, norm: Normalizer{DefaultRegion: cfg.DefaultRegion}, rules: rules,
+		assertions: cfg.Assertions, changes: ch, log: log, now: time.Now}, nil
+}
+
+// Rules returns the identity rules in force.
+func (s *Service) Rules() *Rules { return s.rules }
+
+var (
+	// ErrRefused is wrapped by every refusal of an identity rule (a blocked
+	// value, a per-member limit, merge protection): FailedPrecondition.
+	ErrRefused = errors.New("refused by identity rules")
+	// ErrUnroutable is returned when no identifier may find or create a member.
+	ErrUnroutable = errors.New("no identifier can identify a member")
+	// ErrMemberInactive is returned for a member that was merged into another.
+	ErrMemberInactive = errors.New("member was merged into another member")
+)
+
+// RuleError is a refusal by a named rule.
+type RuleError struct {
+	Rule   string // e.g. "phone.blocked", "device_id.max_per_member", "limits.max_merges"
+	Detail string
+}
+
+func (e *RuleError) Error() string { return fmt.Sprintf("refused by rule %s: %s", e.Rule, e.Detail) }
+
+// Is makes every RuleError match ErrRefused.
+func (e *RuleError) Is(target error) bool { return target == ErrRefused }
+
+// Ignored is an identifier resolution did not use, and why.
+type Ignored struct {
+	Identifier Normalized
+	Rule       string
 }
 
 // Result is the outcome of a resolution.
@@ -64,10 +109,16 @@ type Result struct {
 	Created  bool
 	// Identifiers newly attached to the member.
 	Linked []Normalized
-	// Set when identifiers pointed at several members.
-	Conflict bool
+	// Members merged into MemberID.
+	Merged []uuid.UUID
+	// Set when identifiers pointed at members the rules would not merge.
+	Conflict   bool
+	ConflictID uuid.UUID
+	// The member the request is attributed to (see Resolution.origin_member_id).
+	Origin uuid.UUID
 	// All the request's identifiers, normalised.
 	Identifiers []Normalized
+	Ignored     []Ignored
 }
 
 // Normalize canonicalises and hashes identifiers; the error names the
@@ -104,75 +155,289 @@ func (s *Service) Normalize(ids []*mcv1.Identifier) ([]Normalized, error) {
 	return out, nil
 }
 
-// resolve finds or creates the member of ids inside tx. A unique violation
-// from a concurrent creator surfaces as an error for RetryTx to retry.
-func (s *Service) resolve(ctx context.Context, tx pgx.Tx, ids []Normalized, create bool, ch *mcv1.MemberChange) (Result, error) {
+// origin says who caused a change: the actor, the channel and the cause.
+type origin struct {
+	actor   string
+	channel mcv1.Channel
+	store   string
+	cause   string
+}
+
+type resolveOpts struct {
+	origin
+	create bool
+	// strict refuses the whole request (RPCs); otherwise a refused
+	// identifier is ignored and the rest are used (channel events).
+	strict bool
+}
+
+func keyOf(n Normalized) postgres.IdentifierKey {
+	return postgres.IdentifierKey{Type: int16(n.Type), Scope: n.Scope, Hash: n.Hash}
+}
+
+// match is an existing member found through one of the request's identifiers.
+type match struct {
+	member   uuid.UUID
+	origin   uuid.UUID
+	id       Normalized
+	unique   bool
+	linkedAt time.Time
+}
+
+// resolve finds or creates the member of ids inside tx, merging members the
+// identifiers prove to be one person and recording a conflict where the
+// rules forbid the merge.
+func (s *Service) resolve(ctx context.Context, tx pgx.Tx, ids []Normalized, o resolveOpts) (Result, error) {
 	res := Result{Identifiers: ids}
-	keys := make([]postgres.IdentifierKey, len(ids))
-	for i, n := range ids {
-		keys[i] = postgres.IdentifierKey{Type: int16(n.Type), Scope: n.Scope, Hash: n.Hash}
+	var usable []Normalized
+	for _, n := range ids {
+		if s.rules.Blocked(n.Type, n.Value) {
+			err := &RuleError{Rule: TypeName(n.Type) + ".blocked", Detail: fmt.Sprintf("%s %s is a placeholder value, not a shopper's", TypeName(n.Type), n.Masked)}
+			if o.strict {
+				return res, err
+			}
+			res.Ignored = append(res.Ignored, Ignored{Identifier: n, Rule: err.Rule})
+			continue
+		}
+		usable = append(usable, n)
+	}
+	if len(usable) == 0 {
+		return res, fmt.Errorf("%w: every identifier is on a blocked list", ErrUnroutable)
+	}
+
+	keys := make([]postgres.IdentifierKey, len(usable))
+	for i, n := range usable {
+		keys[i] = keyOf(n)
+	}
+	// Concurrent resolutions of the same identifiers queue here, so the
+	// second sees what the first created: one member, never two.
+	if err := postgres.LockIdentifiers(ctx, tx, keys); err != nil {
+		return res, err
 	}
 	found, err := postgres.FindIdentifiers(ctx, tx, keys)
 	if err != nil {
 		return res, err
 	}
-	owner := map[string]uuid.UUID{}
+	byHash := map[string][]postgres.IdentifierRow{}
 	for _, f := range found {
-		owner[string(f.Hash)] = f.MemberID
+		byHash[string(f.Hash)] = append(byHash[string(f.Hash)], f)
 	}
 
-	// The member of the strongest matching identifier wins.
-	matched := append([]Normalized(nil), ids...)
-	sort.SliceStable(matched, func(i, j int) bool { return priority(matched[i].Type) < priority(matched[j].Type) })
-	for _, n := range matched {
-		if m, ok := owner[string(n.Hash)]; ok {
-			if res.MemberID == uuid.Nil {
-				res.MemberID = m
-			} else if m != res.MemberID {
-				res.Conflict = true
+	// The best match per member: the strongest identifier, then the latest link.
+	best := map[uuid.UUID]match{}
+	for _, n := range usable {
+		for _, f := range byHash[string(n.Hash)] {
+			m := match{member: f.MemberID, origin: f.OriginMemberID, id: n, unique: f.Unique, linkedAt: f.LinkedAt}
+			if b, ok := best[f.MemberID]; !ok || s.better(m, b) {
+				best[f.MemberID] = m
 			}
 		}
 	}
+	matches := make([]match, 0, len(best))
+	for _, m := range best {
+		matches = append(matches, m)
+	}
+	sort.Slice(matches, func(i, j int) bool { return s.better(matches[i], matches[j]) })
 
+	// A shared identifier (a store tablet's device id) is no proof of who
+	// the shopper is: when the request also brings a unique identifier no
+	// one holds, it is a new shopper on a shared device, not the last one.
+	if len(matches) > 0 && !matches[0].unique && s.bringsNewUnique(usable, byHash) {
+		matches = nil
+	}
 	now := s.now()
-	if res.MemberID == uuid.Nil {
-		if !create {
+	if len(matches) == 0 {
+		if !o.create {
 			return res, nil
+		}
+		if !s.anyMayCreate(usable) {
+			err := fmt.Errorf("%w: no identifier of a type that may create a member (%s)", ErrUnroutable, typeList(usable))
+			if o.strict {
+				return res, &RuleError{Rule: "may_create", Detail: err.Error()}
+			}
+			return res, err
 		}
 		res.MemberID = uuid.Must(uuid.NewV7())
 		res.Created = true
+		res.Origin = res.MemberID
 		if err := postgres.InsertMember(ctx, tx, res.MemberID, now); err != nil {
 			return res, err
 		}
-	}
-	cause := ch.GetCauseId()
-	for _, n := range ids {
-		if _, ok := owner[string(n.Hash)]; ok {
-			continue
-		}
-		if err := postgres.InsertIdentifier(ctx, tx, toIdentifierRow(res.MemberID, n, now, cause)); err != nil {
+	} else {
+		target := matches[0]
+		res.MemberID, res.Origin = target.member, target.origin
+		if err := s.mergeOrConflict(ctx, tx, &res, target, matches[1:], o); err != nil {
 			return res, err
 		}
-		res.Linked = append(res.Linked, n)
 	}
 
-	switch {
-	case res.Created:
-		ch.Change = &mcv1.MemberChange_MemberCreated{MemberCreated: &mcv1.MemberCreated{Identifiers: Refs(res.Linked)}}
-	case len(res.Linked) > 0:
-		ch.Change = &mcv1.MemberChange_IdentityChanged{IdentityChanged: &mcv1.IdentityChanged{
-			Kind: mcv1.IdentityChangeKind_IDENTITY_CHANGE_KIND_LINKED, Identifiers: Refs(res.Linked), Reason: "seen together with a known identifier",
-		}}
-	default:
-		return res, nil
+	if err := s.linkMissing(ctx, tx, &res, usable, byHash, now, o); err != nil {
+		return res, err
 	}
-	_, err = s.changes.Append(ctx, tx, res.MemberID, ch)
-	return res, err
+	return res, s.recordResolution(ctx, tx, &res, o)
+}
+
+// better orders matches: a unique identifier over a shared one, then the
+// higher-priority type, then the most recent link.
+func (s *Service) better(a, b match) bool {
+	if a.unique != b.unique {
+		return a.unique
+	}
+	if pa, pb := s.rules.For(a.id.Type).Priority, s.rules.For(b.id.Type).Priority; pa != pb {
+		return pa < pb
+	}
+	if !a.linkedAt.Equal(b.linkedAt) {
+		return a.linkedAt.After(b.linkedAt)
+	}
+	return a.member.String() < b.member.String()
+}
+
+// bringsNewUnique reports whether ids include a unique identifier that no
+// member holds and that may create a member.
+func (s *Service) bringsNewUnique(ids []Normalized, byHash map[string][]postgres.IdentifierRow) bool {
+	for _, n := range ids {
+		r := s.rules.For(n.Type)
+		if r.Unique && r.MayCreate && len(byHash[string(n.Hash)]) == 0 {
+			return true
+		}
+	}
+	return false
+}
+
+func (s *Service) anyMayCreate(ids []Normalized) bool {
+	for _, n := range ids {
+		if s.rules.For(n.Type).MayCreate {
+			return true
+		}
+	}
+	return false
+}
+
+func typeList(ids []Normalized) string {
+	var names []string
+	for _, n := range ids {
+		names = append(names, TypeName(n.Type))
+	}
+	sort.Strings(names)
+	return fmt.Sprint(names)
+}
+
+// mergeOrConflict handles the other members the identifiers matched. A
+// member reached only through a shared identifier (a store tablet's device
+// id) is not the same person and is left alone. A member reached through a
+// unique identifier is merged into the target when the rules of both
+// identifiers allow it and merge protection agrees; otherwise the conflict is
+// recorded for review.
+func (s *Service) mergeOrConflict(ctx context.Context, tx pgx.Tx, res *Result, target match, others []match, o resolveOpts) error {
+	var conflicting []match
+	var reasons []string
+	for _, m := range others {
+		if !m.unique {
+			continue
+		}
+		if !target.unique || !s.rules.For(target.id.Type).MayMerge || !s.rules.For(m.id.Type).MayMerge {
+			conflicting = append(conflicting, m)
+			reasons = append(reasons, fmt.Sprintf("%s of %s and %s of %s may not merge members", TypeName(target.id.Type), target.member, TypeName(m.id.Type), m.member))
+			continue
+		}
+		reason := fmt.Sprintf("%s %s and %s %s seen together", TypeName(target.id.Type), target.id.Masked, TypeName(m.id.Type), m.id.Masked)
+		_, refused, err := s.merge(ctx, tx, m.member, target.member, reason, o.origin)
+		if err != nil {
+			return err
+		}
+		if refused != nil {
+			conflicting = append(conflicting, m)
+			reasons = append(reasons, refused.Error())
+			continue
+		}
+		res.Merged = append(res.Merged, m.member)
+	}
+	if len(conflicting) == 0 {
+		return nil
+	}
+	res.Conflict = true
+	members := []uuid.UUID{target.member}
+	ids := []Normalized{target.id}
+	for _, m := range conflicting {
+		members = append(members, m.member)
+		ids = append(ids, m.id)
+	}
+	id, err := s.recordConflict(ctx, tx, members, ids, joinReasons(reasons), o.origin)
+	res.ConflictID = id
+	return err
+}
+
+func joinReasons(rs []string) string {
+	out := ""
+	for i, r := range rs {
+		if i > 0 {
+			out += "; "
+		}
+		out += r
+	}
+	return out
+}
+
+// linkMissing attaches the identifiers the member does not hold yet, within
+// the per-member limits; a value another member holds uniquely is left to
+// the conflict just recorded.
+func (s *Service) linkMissing(ctx context.Context, tx pgx.Tx, res *Result, usable []Normalized, byHash map[string][]postgres.IdentifierRow, now time.Time, o resolveOpts) error {
+	counts, err := postgres.CountIdentifiers(ctx, tx, res.MemberID)
+	if err != nil {
+		return err
+	}
+	total := 0
+	for _, n := range counts {
+		total += n
+	}
+	merged := map[uuid.UUID]bool{res.MemberID: true}
+	for _, m := range res.Merged {
+		merged[m] = true
+	}
+	for _, n := range usable {
+		held, ownedElsewhere := false, false
+		for _, f := range byHash[string(n.Hash)] {
+			if merged[f.MemberID] {
+				held = true
+			} else if f.Unique {
+				ownedElsewhere = true
+			}
+		}
+		if held || ownedElsewhere {
+			continue
+		}
+		rule := s.rules.For(n.Type)
+		var refusal *RuleError
+		switch {
+		case counts[int16(n.Type)] >= rule.MaxPerMember:
+			refusal = &RuleError{Rule: TypeName(n.Type) + ".max_per_member",
+				Detail: fmt.Sprintf("member already holds %d %s identifiers (limit %d)", counts[int16(n.Type)], TypeName(n.Type), rule.MaxPerMember)}
+		case total >= s.rules.Limits.MaxIdentifiers:
+			refusal = &RuleError{Rule: "limits.max_identifiers",
+				Detail: fmt.Sprintf("member already holds %d identifiers (limit %d)", total, s.rules.Limits.MaxIdentifiers)}
+		}
+		if refusal != nil {
+			if o.strict {
+				return refusal
+			}
+			res.Ignored = append(res.Ignored, Ignored{Identifier: n, Rule: refusal.Rule})
+			continue
+		}
+		row := toIdentifierRow(res.MemberID, n, now, o.cause)
+		row.OriginMemberID, row.Unique = res.Origin, rule.Unique
+		if err := postgres.InsertIdentifier(ctx, tx, row); err != nil {
+			return err
+		}
+		counts[int16(n.Type)]++
+		total++
+		res.Linked = append(res.Linked, n)
+	}
+	return nil
 }
 
 func toIdentifierRow(member uuid.UUID, n Normalized, at time.Time, cause string) postgres.IdentifierRow {
 	return postgres.IdentifierRow{
-		IdentifierKey: postgres.IdentifierKey{Type: int16(n.Type), Scope: n.Scope, Hash: n.Hash},
+		IdentifierKey: keyOf(n),
 		MemberID:      member, Cipher: n.Cipher, KeyID: n.KeyID, Masked: n.Masked, LinkedAt: at, CauseID: cause,
 	}
 }
@@ -194,11 +459,33 @@ func toRowRefs(rows []postgres.IdentifierRow) []*mcv1.IdentifierRef {
 	return out
 }
 
+func ignoredRefs(ig []Ignored) []*mcv1.IgnoredIdentifier {
+	out := make([]*mcv1.IgnoredIdentifier, len(ig))
+	for i, g := range ig {
+		out[i] = &mcv1.IgnoredIdentifier{Identifier: Refs([]Normalized{g.Identifier})[0], Rule: g.Rule}
+	}
+	return out
+}
+
+// Detail is the Resolution a member event carries.
+func (r Result) Detail() *mcv1.Resolution {
+	d := &mcv1.Resolution{Created: r.Created, Linked: Refs(r.Linked), Conflict: r.Conflict, Ignored: ignoredRefs(r.Ignored)}
+	if r.Origin != uuid.Nil {
+		d.OriginMemberId = r.Origin.String()
+	}
+	for _, m := range r.Merged {
+		d.MergedMemberIds = append(d.MergedMemberIds, m.String())
+	}
+	return d
+}
+
 var _ ingest.Resolver = (*Service)(nil)
 
 // ResolveEvent resolves a channel event for the ingest stage, exactly once
-// per event id: a redelivered event gets the member it got the first time.
-// Identifiers that cannot be normalised dead-letter the event.
+// per event id: a redelivered event gets the answer it got the first time.
+// Identifiers that cannot be normalised, and events no identifier can route,
+// dead-letter; blocked or over-limit identifiers are ignored and reported in
+// the resolution.
 func (s *Service) ResolveEvent(ctx context.Context, ev *mcv1.ChannelEvent) (ingest.Resolution, error) {
 	ids, err := s.Normalize(ev.GetIdentifiers())
 	if err != nil {
@@ -221,12 +508,12 @@ func (s *Service) ResolveEvent(ctx context.Context, ev *mcv1.ChannelEvent) (inge
 		if !errors.Is(err, postgres.ErrNotFound) {
 			return err
 		}
-		ch := &mcv1.MemberChange{CauseId: ev.GetEventId(), Channel: ev.GetChannel(), StoreId: ev.GetStoreId()}
-		res, err := s.resolve(ctx, tx, ids, true, ch)
+		res, err := s.resolve(ctx, tx, ids, resolveOpts{create: true, origin: origin{
+			actor: "ingest", channel: ev.GetChannel(), store: ev.GetStoreId(), cause: ev.GetEventId()}})
 		if err != nil {
 			return err
 		}
-		detail := &mcv1.Resolution{Created: res.Created, Linked: Refs(res.Linked), Conflict: res.Conflict}
+		detail := res.Detail()
 		stored, err := proto.MarshalOptions{Deterministic: true}.Marshal(detail)
 		if err != nil {
 			return err
@@ -239,11 +526,14 @@ func (s *Service) ResolveEvent(ctx context.Context, ev *mcv1.ChannelEvent) (inge
 		out = ingest.Resolution{MemberID: res.MemberID.String(), Identifiers: Refs(ids), Detail: detail}
 		return nil
 	})
+	if errors.Is(err, ErrUnroutable) {
+		return out, dlq.Reject(err)
+	}
 	return out, err
 }
 
 // Resolve answers the Resolve RPC; a retry with the same idempotency key gets
-// the first answer.
+// the first answer. Blocked or over-limit identifiers refuse the request.
 func (s *Service) Resolve(ctx context.Context, req *mcv1.ResolveRequest) (*mcv1.ResolveResponse, error) {
 	ids, err := s.Normalize(req.GetIdentifiers())
 	if err != nil {
@@ -253,8 +543,8 @@ func (s *Service) Resolve(ctx context.Context, req *mcv1.ResolveRequest) (*mcv1.
 	err = postgres.RetryTx(ctx, s.pool, func(tx pgx.Tx) error {
 		resp.Reset()
 		_, err := changes.Idempotent(ctx, tx, "identity.Resolve", req.GetIdempotencyKey(), req, resp, func() error {
-			ch := &mcv1.MemberChange{CauseId: "rpc:Resolve:" + req.GetIdempotencyKey(), Channel: req.GetChannel(), StoreId: req.GetStoreId()}
-			res, err := s.resolve(ctx, tx, ids, req.GetCreateIfMissing(), ch)
+			res, err := s.resolve(ctx, tx, ids, resolveOpts{create: req.GetCreateIfMissing(), strict: true, origin: origin{
+				actor: actorFrom(ctx), channel: req.GetChannel(), store: req.GetStoreId(), cause: "rpc:Resolve:" + req.GetIdempotencyKey()}})
 			if err != nil {
 				return err
 			}
@@ -262,6 +552,12 @@ func (s *Service) Resolve(ctx context.Context, req *mcv1.ResolveRequest) (*mcv1.
 				resp.MemberId = res.MemberID.String()
 			}
 			resp.Created, resp.Linked, resp.Conflict = res.Created, Refs(res.Linked), res.Conflict
+			for _, m := range res.Merged {
+				resp.MergedMemberIds = append(resp.MergedMemberIds, m.String())
+			}
+			if res.ConflictID != uuid.Nil {
+				resp.ConflictId = res.ConflictID.String()
+			}
 			return nil
 		})
 		return err
@@ -272,20 +568,21 @@ func (s *Service) Resolve(ctx context.Context, req *mcv1.ResolveRequest) (*mcv1.
 	return resp, nil
 }
 
-// FindByIdentifier looks a member up without side effects.
+// FindByIdentifier looks a member up without side effects. A shared
+// identifier finds the member it was linked to last.
 func (s *Service) FindByIdentifier(ctx context.Context, id *mcv1.Identifier) (*mcv1.Member, error) {
 	ids, err := s.Normalize([]*mcv1.Identifier{id})
 	if err != nil {
 		return nil, err
 	}
-	n := ids[0]
-	found, err := postgres.FindIdentifiers(ctx, s.pool, []postgres.IdentifierKey{{Type: int16(n.Type), Scope: n.Scope, Hash: n.Hash}})
+	found, err := postgres.FindIdentifiers(ctx, s.pool, []postgres.IdentifierKey{keyOf(ids[0])})
 	if err != nil {
 		return nil, err
 	}
 	if len(found) == 0 {
 		return nil, fmt.Errorf("no member has this identifier: %w", postgres.ErrNotFound)
 	}
+	sort.Slice(found, func(i, j int) bool { return found[i].LinkedAt.After(found[j].LinkedAt) })
 	return s.Member(ctx, found[0].MemberID)
 }
 

@@ -150,26 +150,3 @@ func maskEmail(v string) string {
 func isPII(t mcv1.IdentifierType) bool {
 	return t == mcv1.IdentifierType_IDENTIFIER_TYPE_PHONE || t == mcv1.IdentifierType_IDENTIFIER_TYPE_EMAIL
 }
-
-// priority orders identifier types by how strongly they identify a person:
-// when identifiers point at different members, the lowest number wins.
-func priority(t mcv1.IdentifierType) int {
-	switch t {
-	case mcv1.IdentifierType_IDENTIFIER_TYPE_MEMBER_CODE:
-		return 1
-	case mcv1.IdentifierType_IDENTIFIER_TYPE_MEMBER_CARD:
-		return 2
-	case mcv1.IdentifierType_IDENTIFIER_TYPE_CRM_ID:
-		return 3
-	case mcv1.IdentifierType_IDENTIFIER_TYPE_WECHAT_UNIONID:
-		return 4
-	case mcv1.IdentifierType_IDENTIFIER_TYPE_PHONE:
-		return 5
-	case mcv1.IdentifierType_IDENTIFIER_TYPE_EMAIL:
-		return 6
-	case mcv1.IdentifierType_IDENTIFIER_TYPE_MINIPROGRAM_OPENID:
-		return 7
-	default:
-		return 8
-	}
-}

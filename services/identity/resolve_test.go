@@ -144,7 +144,7 @@ func TestResolveCreatesMember(t *testing.T) {
 	if ch.GetMemberId() != resp.GetMemberId() || ch.GetSequence() != 1 || ch.GetMemberCreated() == nil {
 		t.Fatalf("outbox change = %v, want MemberCreated #1 of %s", ch, resp.GetMemberId())
 	}
-	if !proto.Equal(&mcv1.MemberCreated{Identifiers: resp.GetLinked()}, ch.GetMemberCreated()) {
+	if !proto.Equal(&mcv1.MemberCreated{Identifiers: resp.GetLinked(), AuditId: ch.GetMemberCreated().GetAuditId()}, ch.GetMemberCreated()) || ch.GetMemberCreated().GetAuditId() == "" {
 		t.Fatalf("MemberCreated identifiers = %v, want %v", ch.GetMemberCreated().GetIdentifiers(), resp.GetLinked())
 	}
 
@@ -504,33 +504,4 @@ func TestResolveEventRedeliveryReturnsFirstAnswer(t *testing.T) {
 	}
 }
 
-func TestResolveStrongestIdentifierWins(t *testing.T) {
-	f := newService(t)
-	ctx := ctxT(t)
-	byPhone, err := f.svc.Resolve(ctx, resolveReq("k-a", true, phone(rawPhone)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	byCard, err := f.svc.Resolve(ctx, resolveReq("k-b", true, card(memberCard)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if byPhone.GetMemberId() == byCard.GetMemberId() {
-		t.Fatal("two unrelated identifiers resolved to one member")
-	}
-	before := f.counts(t)
-
-	// The phone and the card point at different members: the card (a
-	// stronger identifier) decides, and the conflict is reported.
-	both, err := f.svc.Resolve(ctx, resolveReq("k-c", true, phone(rawPhone), card(memberCard)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if both.GetMemberId() != byCard.GetMemberId() || !both.GetConflict() || both.GetCreated() || len(both.GetLinked()) != 0 {
-		t.Fatalf("resolve phone+card = %v, want card's member %s with conflict, nothing linked", both, byCard.GetMemberId())
-	}
-	after := f.counts(t)
-	if after.members != before.members || after.identifiers != before.identifiers || after.outbox != before.outbox {
-		t.Fatalf("a conflicting resolve changed members: before %+v, after %+v", before, after)
-	}
-}
+// Merging, conflicts and the rules behind them are tested in graph_test.go.

@@ -2,7 +2,9 @@ package identity
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"strings"
 
 	"github.com/google/uuid"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -11,8 +13,7 @@ import (
 	"github.com/membercenter/membercenter/storage/postgres"
 )
 
-// Server is the gRPC IdentityService. RPCs not built yet answer
-// Unimplemented.
+// Server is the gRPC IdentityService.
 type Server struct {
 	mcv1.UnimplementedIdentityServiceServer
 	svc *Service
@@ -35,18 +36,43 @@ func (s *Server) FindByIdentifier(ctx context.Context, req *mcv1.FindByIdentifie
 	return &mcv1.FindByIdentifierResponse{Member: m}, nil
 }
 
-// GetIdentityGraph implements IdentityService.GetIdentityGraph (identifiers
-// only until merges exist).
+// Link implements IdentityService.Link.
+func (s *Server) Link(ctx context.Context, req *mcv1.LinkRequest) (*mcv1.LinkResponse, error) {
+	return s.svc.Link(ctx, req)
+}
+
+// Unlink implements IdentityService.Unlink.
+func (s *Server) Unlink(ctx context.Context, req *mcv1.UnlinkRequest) (*mcv1.UnlinkResponse, error) {
+	return s.svc.Unlink(ctx, req)
+}
+
+// Merge implements IdentityService.Merge.
+func (s *Server) Merge(ctx context.Context, req *mcv1.MergeRequest) (*mcv1.MergeResponse, error) {
+	return s.svc.Merge(ctx, req)
+}
+
+// Unmerge implements IdentityService.Unmerge.
+func (s *Server) Unmerge(ctx context.Context, req *mcv1.UnmergeRequest) (*mcv1.UnmergeResponse, error) {
+	return s.svc.Unmerge(ctx, req)
+}
+
+// ListConflicts implements IdentityService.ListConflicts.
+func (s *Server) ListConflicts(ctx context.Context, req *mcv1.ListConflictsRequest) (*mcv1.ListConflictsResponse, error) {
+	return s.svc.ListConflicts(ctx, req)
+}
+
+// ResolveConflict implements IdentityService.ResolveConflict.
+func (s *Server) ResolveConflict(ctx context.Context, req *mcv1.ResolveConflictRequest) (*mcv1.ResolveConflictResponse, error) {
+	return s.svc.ResolveConflict(ctx, req)
+}
+
+// GetIdentityGraph implements IdentityService.GetIdentityGraph.
 func (s *Server) GetIdentityGraph(ctx context.Context, req *mcv1.GetIdentityGraphRequest) (*mcv1.GetIdentityGraphResponse, error) {
 	id, err := uuid.Parse(req.GetMemberId())
 	if err != nil {
-		return nil, fmt.Errorf("member_id: %w", err)
+		return nil, fmt.Errorf("member_id: %w", ErrBadID)
 	}
-	m, err := s.svc.Member(ctx, id)
-	if err != nil {
-		return nil, err
-	}
-	return &mcv1.GetIdentityGraphResponse{Member: m}, nil
+	return s.svc.Graph(ctx, id)
 }
 
 func toProtoMember(m postgres.MemberRow, ids []postgres.IdentifierRow) *mcv1.Member {
@@ -57,6 +83,35 @@ func toProtoMember(m postgres.MemberRow, ids []postgres.IdentifierRow) *mcv1.Mem
 	}
 	if m.MergedInto != nil {
 		out.MergedInto = m.MergedInto.String()
+	}
+	return out
+}
+
+func toProtoMerge(m postgres.MergeRow) *mcv1.MergeRecord {
+	out := &mcv1.MergeRecord{
+		MergeId: m.MergeID.String(), SourceMemberId: m.Source.String(), TargetMemberId: m.Target.String(),
+		Reason: m.Reason, CauseId: m.CauseID, Actor: m.Actor, MergedAt: timestamppb.New(m.MergedAt),
+	}
+	if m.UnmergedAt != nil {
+		out.UnmergedAt = timestamppb.New(*m.UnmergedAt)
+	}
+	return out
+}
+
+func toProtoConflict(c postgres.ConflictRow) *mcv1.IdentityConflict {
+	out := &mcv1.IdentityConflict{
+		ConflictId: c.ConflictID.String(), Reason: c.Reason, CauseId: c.CauseID, CreatedAt: timestamppb.New(c.CreatedAt),
+	}
+	for _, m := range c.MemberIDs {
+		out.MemberIds = append(out.MemberIds, m.String())
+	}
+	var refs []map[string]string
+	_ = json.Unmarshal(c.Identifiers, &refs) // written by refsJSON
+	for _, r := range refs {
+		out.Identifiers = append(out.Identifiers, &mcv1.IdentifierRef{
+			Type:      mcv1.IdentifierType(mcv1.IdentifierType_value["IDENTIFIER_TYPE_"+strings.ToUpper(r["type"])]),
+			ValueHash: r["hash"], Scope: r["scope"], Masked: r["masked"],
+		})
 	}
 	return out
 }

@@ -194,6 +194,21 @@ var errorCodes = []server.ErrorCode{
 	{Err: changes.ErrKeyReused, Code: codes.InvalidArgument},
 	{Err: benefits.ErrBadPageToken, Code: codes.InvalidArgument},
 	{Err: syncsvc.ErrNotSupported, Code: codes.Unimplemented},
+	{Err: identity.ErrBadID, Code: codes.InvalidArgument},
+	{Err: identity.ErrRefused, Code: codes.FailedPrecondition},
+	{Err: identity.ErrUnroutable, Code: codes.FailedPrecondition},
+	{Err: identity.ErrMemberInactive, Code: codes.FailedPrecondition},
+	{Err: identity.ErrMergeInvalid, Code: codes.FailedPrecondition},
+	{Err: identity.ErrAlreadyUnmerged, Code: codes.FailedPrecondition},
+	{Err: identity.ErrCodeInvalid, Code: codes.Unauthenticated},
+	{Err: identity.ErrCodeUsed, Code: codes.Unauthenticated},
+	{Err: identity.ErrAssertionInvalid, Code: codes.Unauthenticated},
+	{Err: identity.ErrAssertionStale, Code: codes.Unauthenticated},
+	{Err: identity.ErrAssertionReplayed, Code: codes.Unauthenticated},
+	{Err: identity.ErrTerminalUnknown, Code: codes.PermissionDenied},
+	{Err: identity.ErrTerminalRevoked, Code: codes.PermissionDenied},
+	{Err: identity.ErrTerminalExists, Code: codes.FailedPrecondition},
+	{Err: identity.ErrInvalidTerminal, Code: codes.InvalidArgument},
 }
 
 // Run starts the selected services and stages and the admin endpoints, and

@@ -24,7 +24,12 @@ func New(pool *pgxpool.Pool) *Service { return &Service{pool: pool} }
 
 // Get returns the member's current profile and the sequence of the last
 // change it reflects.
+// A merged member's id answers with the member it was merged into.
 func (s *Service) Get(ctx context.Context, id uuid.UUID) (*mcv1.Profile, error) {
+	id, err := postgres.CanonicalMember(ctx, s.pool, id)
+	if err != nil {
+		return nil, err
+	}
 	m, err := postgres.GetMember(ctx, s.pool, id)
 	if err != nil {
 		return nil, err

@@ -115,3 +115,47 @@ func (w *Writer) InsertChanges(ctx context.Context, rows []ChangeRow) error {
 	}
 	return nil
 }
+
+// AuditRow is one identity audit record.
+type AuditRow struct {
+	AuditID       string
+	At            time.Time
+	Action        string
+	Actor         string
+	Channel       string
+	CauseID       string
+	MemberID      string
+	OtherMemberID string
+	Identifiers   string
+	Before        string
+	After         string
+	Reason        string
+	MergeID       string
+	ConflictID    string
+	Sequence      uint64
+	InsertedAt    time.Time
+}
+
+// InsertAudit writes identity audit rows as one batch.
+func (w *Writer) InsertAudit(ctx context.Context, rows []AuditRow) error {
+	if len(rows) == 0 {
+		return nil
+	}
+	b, err := w.conn.PrepareBatch(ctx, `INSERT INTO identity_audit (
+		audit_id, at, action, actor, channel, cause_id, member_id, other_member_id, identifiers,
+		before, after, reason, merge_id, conflict_id, sequence, inserted_at)`)
+	if err != nil {
+		return fmt.Errorf("prepare identity_audit batch: %w", err)
+	}
+	for _, r := range rows {
+		if err := b.Append(r.AuditID, r.At.UTC(), r.Action, r.Actor, r.Channel, r.CauseID, r.MemberID, r.OtherMemberID,
+			r.Identifiers, r.Before, r.After, r.Reason, r.MergeID, r.ConflictID, r.Sequence, r.InsertedAt.UTC()); err != nil {
+			_ = b.Abort()
+			return fmt.Errorf("append identity_audit row %s: %w", r.AuditID, err)
+		}
+	}
+	if err := b.Send(); err != nil {
+		return fmt.Errorf("insert identity_audit: %w", err)
+	}
+	return nil
+}

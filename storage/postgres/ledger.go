@@ -21,6 +21,8 @@ func MemberAccount(id uuid.UUID) string { return "member:" + id.String() }
 type LedgerTransaction struct {
 	TransactionID uuid.UUID
 	MemberID      uuid.UUID
+	// The member the transaction is attributed to (MemberID when zero).
+	OriginMemberID uuid.UUID
 	Kind          string
 	Reason        string
 	CauseID       string
@@ -44,10 +46,14 @@ var ErrDuplicateCause = errors.New("ledger transaction already recorded for this
 // InsertLedgerTransaction writes a transaction and its entries. The entries
 // must sum to zero; the database checks it at commit.
 func InsertLedgerTransaction(ctx context.Context, q Querier, t LedgerTransaction) error {
+	origin := t.OriginMemberID
+	if origin == uuid.Nil {
+		origin = t.MemberID
+	}
 	_, err := q.Exec(ctx, `
-		INSERT INTO ledger_transactions (transaction_id, member_id, kind, reason, cause_id, created_at)
-		VALUES ($1, $2, $3, $4, $5, $6)`,
-		t.TransactionID, t.MemberID, t.Kind, t.Reason, t.CauseID, t.CreatedAt)
+		INSERT INTO ledger_transactions (transaction_id, member_id, origin_member_id, kind, reason, cause_id, created_at)
+		VALUES ($1, $2, $3, $4, $5, $6, $7)`,
+		t.TransactionID, t.MemberID, origin, t.Kind, t.Reason, t.CauseID, t.CreatedAt)
 	if IsUniqueViolation(err) {
 		return fmt.Errorf("%s %s: %w", t.Kind, t.CauseID, ErrDuplicateCause)
 	}
@@ -112,8 +118,9 @@ func GetAccount(ctx context.Context, q Querier, memberID uuid.UUID) (Account, er
 
 // Lot is a parcel of earned points with its own expiry.
 type Lot struct {
-	LotID         int64
-	MemberID      uuid.UUID
+	LotID          int64
+	MemberID       uuid.UUID
+	OriginMemberID uuid.UUID // MemberID when zero
 	TransactionID uuid.UUID
 	Earned        int64
 	Remaining     int64
@@ -124,10 +131,14 @@ type Lot struct {
 
 // InsertLot records earned points as a lot.
 func InsertLot(ctx context.Context, q Querier, l Lot) error {
+	origin := l.OriginMemberID
+	if origin == uuid.Nil {
+		origin = l.MemberID
+	}
 	_, err := q.Exec(ctx, `
-		INSERT INTO point_lots (member_id, transaction_id, earned, remaining, earned_at, available_at, expires_at)
-		VALUES ($1, $2, $3, $4, $5, $6, $7)`,
-		l.MemberID, l.TransactionID, l.Earned, l.Remaining, l.EarnedAt, l.AvailableAt, l.ExpiresAt)
+		INSERT INTO point_lots (member_id, origin_member_id, transaction_id, earned, remaining, earned_at, available_at, expires_at)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
+		l.MemberID, origin, l.TransactionID, l.Earned, l.Remaining, l.EarnedAt, l.AvailableAt, l.ExpiresAt)
 	if err != nil {
 		return fmt.Errorf("insert point lot: %w", err)
 	}
@@ -178,4 +189,20 @@ func ListLedger(ctx context.Context, q Querier, memberID uuid.UUID, before int64
 		next = lines[limit-1].EntryID
 	}
 	return lines, next, nil
+}
+
+// ListLots returns a member's lots in expiry order (the order redemption
+// consumes them).
+func ListLots(ctx context.Context, q Querier, memberID uuid.UUID) ([]Lot, error) {
+	rows, err := q.Query(ctx, `
+		SELECT lot_id, member_id, origin_member_id, transaction_id, earned, remaining, earned_at, available_at, expires_at
+		  FROM point_lots WHERE member_id = $1 ORDER BY expires_at, lot_id`, memberID)
+	if err != nil {
+		return nil, fmt.Errorf("list lots: %w", err)
+	}
+	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (Lot, error) {
+		var l Lot
+		err := row.Scan(&l.LotID, &l.MemberID, &l.OriginMemberID, &l.TransactionID, &l.Earned, &l.Remaining, &l.EarnedAt, &l.AvailableAt, &l.ExpiresAt)
+		return l, err
+	})
 }

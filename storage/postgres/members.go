@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -22,6 +23,9 @@ type IdentifierKey struct {
 type IdentifierRow struct {
 	IdentifierKey
 	MemberID uuid.UUID
+	// The member the identifier was first linked to (see migration 00004).
+	OriginMemberID uuid.UUID
+	Unique         bool
 	Cipher   []byte // AES-GCM ciphertext for display; phone and e-mail only
 	KeyID    string
 	Masked   string
@@ -37,6 +41,7 @@ type MemberRow struct {
 	MergedInto *uuid.UUID
 	ChangeSeq  int64
 	Attributes map[string]string
+	MergeCount int
 }
 
 // FindIdentifiers returns the stored identifiers matching any of keys.
@@ -51,7 +56,7 @@ func FindIdentifiers(ctx context.Context, q Querier, keys []IdentifierKey) ([]Id
 		types[i], scopes[i], hashes[i] = k.Type, k.Scope, k.Hash
 	}
 	rows, err := q.Query(ctx, `
-		SELECT i.member_id, i.id_type, i.scope, i.value_hash, i.value_cipher, coalesce(i.key_id, ''), i.masked, i.linked_at, i.cause_id
+		SELECT `+identifierColumns("i")+`
 		  FROM member_identifiers i
 		  JOIN unnest($1::smallint[], $2::text[], $3::bytea[]) AS k(id_type, scope, value_hash)
 		    ON i.id_type = k.id_type AND i.scope = k.scope AND i.value_hash = k.value_hash`,
@@ -65,17 +70,22 @@ func FindIdentifiers(ctx context.Context, q Querier, keys []IdentifierKey) ([]Id
 // ListIdentifiers returns a member's identifiers in the order they were linked.
 func ListIdentifiers(ctx context.Context, q Querier, memberID uuid.UUID) ([]IdentifierRow, error) {
 	rows, err := q.Query(ctx, `
-		SELECT member_id, id_type, scope, value_hash, value_cipher, coalesce(key_id, ''), masked, linked_at, cause_id
-		  FROM member_identifiers WHERE member_id = $1 ORDER BY identifier_id`, memberID)
+		SELECT `+identifierColumns("i")+`
+		  FROM member_identifiers i WHERE i.member_id = $1 ORDER BY i.identifier_id`, memberID)
 	if err != nil {
 		return nil, fmt.Errorf("list identifiers: %w", err)
 	}
 	return pgx.CollectRows(rows, scanIdentifier)
 }
 
+func identifierColumns(t string) string {
+	return strings.ReplaceAll(`t.member_id, t.origin_member_id, t.is_unique, t.id_type, t.scope, t.value_hash, t.value_cipher,
+		coalesce(t.key_id, ''), t.masked, t.linked_at, t.cause_id`, "t.", t+".")
+}
+
 func scanIdentifier(row pgx.CollectableRow) (IdentifierRow, error) {
 	var r IdentifierRow
-	err := row.Scan(&r.MemberID, &r.Type, &r.Scope, &r.Hash, &r.Cipher, &r.KeyID, &r.Masked, &r.LinkedAt, &r.CauseID)
+	err := row.Scan(&r.MemberID, &r.OriginMemberID, &r.Unique, &r.Type, &r.Scope, &r.Hash, &r.Cipher, &r.KeyID, &r.Masked, &r.LinkedAt, &r.CauseID)
 	return r, err
 }
 
@@ -94,10 +104,14 @@ func InsertIdentifier(ctx context.Context, q Querier, r IdentifierRow) error {
 	if r.KeyID != "" {
 		keyID = &r.KeyID
 	}
+	origin := r.OriginMemberID
+	if origin == uuid.Nil {
+		origin = r.MemberID
+	}
 	_, err := q.Exec(ctx, `
-		INSERT INTO member_identifiers (member_id, id_type, scope, value_hash, value_cipher, key_id, masked, linked_at, cause_id)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`,
-		r.MemberID, r.Type, r.Scope, r.Hash, r.Cipher, keyID, r.Masked, r.LinkedAt, r.CauseID)
+		INSERT INTO member_identifiers (member_id, origin_member_id, is_unique, id_type, scope, value_hash, value_cipher, key_id, masked, linked_at, cause_id)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)`,
+		r.MemberID, origin, r.Unique, r.Type, r.Scope, r.Hash, r.Cipher, keyID, r.Masked, r.LinkedAt, r.CauseID)
 	if err != nil {
 		return fmt.Errorf("insert identifier: %w", err)
 	}
@@ -108,8 +122,8 @@ func InsertIdentifier(ctx context.Context, q Querier, r IdentifierRow) error {
 func GetMember(ctx context.Context, q Querier, id uuid.UUID) (MemberRow, error) {
 	var m MemberRow
 	err := q.QueryRow(ctx, `
-		SELECT member_id, created_at, status, merged_into, change_seq, attributes FROM members WHERE member_id = $1`, id).
-		Scan(&m.MemberID, &m.CreatedAt, &m.Status, &m.MergedInto, &m.ChangeSeq, &m.Attributes)
+		SELECT member_id, created_at, status, merged_into, change_seq, attributes, merge_count FROM members WHERE member_id = $1`, id).
+		Scan(&m.MemberID, &m.CreatedAt, &m.Status, &m.MergedInto, &m.ChangeSeq, &m.Attributes, &m.MergeCount)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return m, fmt.Errorf("member %s: %w", id, ErrNotFound)
 	}

@@ -194,13 +194,24 @@ func TestIdentifierUniqueness(t *testing.T) {
 	pool := pgtest.NewPool(t, nil)
 	a, b := newMember(t, pool), newMember(t, pool)
 	key := postgres.IdentifierKey{Type: 1, Hash: []byte("hash")}
-	row := postgres.IdentifierRow{IdentifierKey: key, MemberID: a, Masked: "138****0000", LinkedAt: time.Now(), CauseID: "t"}
+	row := postgres.IdentifierRow{IdentifierKey: key, MemberID: a, Unique: true, Masked: "138****0000", LinkedAt: time.Now(), CauseID: "t"}
 	if err := postgres.InsertIdentifier(ctx, pool, row); err != nil {
 		t.Fatal(err)
 	}
 	row.MemberID = b
 	if err := postgres.InsertIdentifier(ctx, pool, row); !postgres.IsUniqueViolation(err) {
 		t.Fatalf("second owner of one identifier: err = %v, want unique violation", err)
+	}
+	// A shared identifier type (device ids) may belong to several members.
+	shared := postgres.IdentifierRow{IdentifierKey: postgres.IdentifierKey{Type: 5, Hash: []byte("tablet")}, Masked: "tab***et", LinkedAt: time.Now(), CauseID: "t"}
+	for _, m := range []uuid.UUID{a, b} {
+		shared.MemberID = m
+		if err := postgres.InsertIdentifier(ctx, pool, shared); err != nil {
+			t.Fatalf("shared identifier for %s: %v", m, err)
+		}
+	}
+	if got, err := postgres.FindIdentifiers(ctx, pool, []postgres.IdentifierKey{shared.IdentifierKey}); err != nil || len(got) != 2 {
+		t.Fatalf("shared identifier found %d times (err %v), want 2", len(got), err)
 	}
 	got, err := postgres.FindIdentifiers(ctx, pool, []postgres.IdentifierKey{key, {Type: 2, Hash: []byte("x")}})
 	if err != nil {

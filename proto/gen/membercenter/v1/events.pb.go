@@ -1697,8 +1697,10 @@ func (*MemberChange_CouponChanged) isMemberChange_Change() {}
 
 // MemberCreated announces a new member.
 type MemberCreated struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Identifiers   []*IdentifierRef       `protobuf:"bytes,1,rep,name=identifiers,proto3" json:"identifiers,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Identifiers []*IdentifierRef       `protobuf:"bytes,1,rep,name=identifiers,proto3" json:"identifiers,omitempty"`
+	// The audit record of the creation.
+	AuditId       string `protobuf:"bytes,2,opt,name=audit_id,json=auditId,proto3" json:"audit_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1738,6 +1740,13 @@ func (x *MemberCreated) GetIdentifiers() []*IdentifierRef {
 		return x.Identifiers
 	}
 	return nil
+}
+
+func (x *MemberCreated) GetAuditId() string {
+	if x != nil {
+		return x.AuditId
+	}
+	return ""
 }
 
 // PointsChanged is a ledger movement and the resulting balance.
@@ -2522,9 +2531,10 @@ const file_membercenter_v1_events_proto_rawDesc = "" +
 	"\x0elabels_changed\x18\x10 \x01(\v2\x1e.membercenter.v1.LabelsChangedH\x00R\rlabelsChanged\x12J\n" +
 	"\x0fbenefit_changed\x18\x11 \x01(\v2\x1f.membercenter.v1.BenefitChangedH\x00R\x0ebenefitChanged\x12G\n" +
 	"\x0ecoupon_changed\x18\x12 \x01(\v2\x1e.membercenter.v1.CouponChangedH\x00R\rcouponChangedB\b\n" +
-	"\x06change\"Q\n" +
+	"\x06change\"l\n" +
 	"\rMemberCreated\x12@\n" +
-	"\videntifiers\x18\x01 \x03(\v2\x1e.membercenter.v1.IdentifierRefR\videntifiers\"\xce\x01\n" +
+	"\videntifiers\x18\x01 \x03(\v2\x1e.membercenter.v1.IdentifierRefR\videntifiers\x12\x19\n" +
+	"\baudit_id\x18\x02 \x01(\tR\aauditId\"\xce\x01\n" +
 	"\rPointsChanged\x124\n" +
 	"\x04kind\x18\x01 \x01(\x0e2 .membercenter.v1.LedgerEntryKindR\x04kind\x12\x14\n" +
 	"\x05delta\x18\x02 \x01(\x03R\x05delta\x12\x18\n" +

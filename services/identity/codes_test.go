@@ -1,0 +1,448 @@
+package identity_test
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
+	"github.com/membercenter/membercenter/storage/postgres"
+	"github.com/membercenter/membercenter/storage/postgres/pgtest"
+
+	"github.com/membercenter/membercenter/services/changes"
+	"github.com/membercenter/membercenter/services/identity"
+)
+
+// authEpoch is 5 s into a 30 s step, so ±N s stays clear of step edges.
+var authEpoch = time.Unix(1_700_000_010+5, 0).UTC()
+
+// testClock is the injectable clock the auth tests move by hand.
+type testClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *testClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *testClock) Set(t time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = t
+}
+
+type authFixture struct {
+	svc   *identity.Service
+	srv   *identity.Server
+	pool  *pgxpool.Pool
+	clock *testClock
+}
+
+func newAuthFixture(t *testing.T) authFixture {
+	t.Helper()
+	pool := pgtest.NewPool(t, nil)
+	svc, err := identity.New(identity.Config{}, pool, changes.Writer{}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	clock := &testClock{t: authEpoch}
+	svc.SetClock(clock.Now)
+	return authFixture{svc: svc, srv: identity.NewServer(svc), pool: pool, clock: clock}
+}
+
+func authCtx(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// newMember creates a member the way a channel would: by resolving a phone
+// number with create_if_missing.
+func (f authFixture) newMember(t *testing.T, e164 string) uuid.UUID {
+	t.Helper()
+	resp, err := f.svc.Resolve(authCtx(t), &mcv1.ResolveRequest{
+		Identifiers:     []*mcv1.Identifier{{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_PHONE, Value: e164}},
+		Channel:         mcv1.Channel_CHANNEL_APP,
+		CreateIfMissing: true,
+		IdempotencyKey:  "create-" + e164,
+	})
+	if err != nil {
+		t.Fatalf("create member %s: %v", e164, err)
+	}
+	if !resp.GetCreated() {
+		t.Fatalf("member %s was not created: %v", e164, resp)
+	}
+	return uuid.MustParse(resp.GetMemberId())
+}
+
+func (f authFixture) count(t *testing.T, table string) int {
+	t.Helper()
+	var n int
+	if err := f.pool.QueryRow(context.Background(), "SELECT count(*) FROM "+table).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func (f authFixture) memberNo(t *testing.T, id uuid.UUID) int64 {
+	t.Helper()
+	var no int64
+	if err := f.pool.QueryRow(context.Background(), `SELECT member_no FROM members WHERE member_id = $1`, id).Scan(&no); err != nil {
+		t.Fatal(err)
+	}
+	return no
+}
+
+func (f authFixture) issue(t *testing.T, id uuid.UUID, at time.Time) identity.MemberCode {
+	t.Helper()
+	f.clock.Set(at)
+	c, err := f.svc.IssueMemberCode(authCtx(t), id)
+	if err != nil {
+		t.Fatalf("issue code: %v", err)
+	}
+	return c
+}
+
+func (f authFixture) verify(t *testing.T, code string, at time.Time) (uuid.UUID, error) {
+	t.Helper()
+	f.clock.Set(at)
+	return f.svc.VerifyMemberCode(authCtx(t), code, identity.CodeUse{StoreID: "SH-001", TerminalID: "POS-01"})
+}
+
+func TestMemberCodeRoundTrip(t *testing.T) {
+	f := newAuthFixture(t)
+	ctx := authCtx(t)
+	first := f.newMember(t, "+8613900000001")
+	member := f.newMember(t, "+8613900000002")
+	if a, b := f.memberNo(t, first), f.memberNo(t, member); a < 1 || b <= a {
+		t.Fatalf("member numbers %d, %d: want positive and increasing", a, b)
+	}
+
+	// Numeric form, through the gRPC adapter.
+	resp, err := f.srv.IssueMemberCode(ctx, &mcv1.IssueMemberCodeRequest{MemberId: member.String()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantPrefix := fmt.Sprintf("%010d", f.memberNo(t, member))
+	if len(resp.GetCode()) != 16 || !strings.HasPrefix(resp.GetCode(), wantPrefix) {
+		t.Fatalf("code %q: want 16 digits starting with the member number %s", resp.GetCode(), wantPrefix)
+	}
+	if resp.GetQrPayload() != "MC1:"+resp.GetCode() {
+		t.Fatalf("QR payload %q, want MC1: + %q", resp.GetQrPayload(), resp.GetCode())
+	}
+	stepEnd := time.Unix((authEpoch.Unix()/30+1)*30, 0)
+	if got := resp.GetExpiresAt().AsTime(); !got.Equal(stepEnd) {
+		t.Fatalf("expires_at %s, want the end of the step %s", got, stepEnd)
+	}
+	// Issuing again within the step gives the same code (one secret).
+	if again := f.issue(t, member, authEpoch.Add(20*time.Second)); again.Code != resp.GetCode() {
+		t.Fatalf("second issue in the same step gave %q, want %q", again.Code, resp.GetCode())
+	}
+	got, err := f.srv.VerifyMemberCode(ctx, &mcv1.VerifyMemberCodeRequest{Code: resp.GetCode(), StoreId: "SH-001", TerminalId: "POS-01"})
+	if err != nil {
+		t.Fatalf("verify numeric code: %v", err)
+	}
+	if got.GetMember().GetMemberId() != member.String() {
+		t.Fatalf("verified member %s, want %s", got.GetMember().GetMemberId(), member)
+	}
+
+	// QR form, a step later.
+	next := f.issue(t, member, authEpoch.Add(30*time.Second))
+	if next.Code == resp.GetCode() {
+		t.Fatal("the code did not change with the step")
+	}
+	id, err := f.verify(t, next.QRPayload, authEpoch.Add(31*time.Second))
+	if err != nil || id != member {
+		t.Fatalf("verify QR payload: %v, %v; want %s", id, err, member)
+	}
+
+	// The secret is stored encrypted (12-byte nonce + 32 + 16-byte tag) and
+	// each use is recorded with where it happened.
+	var cipher []byte
+	var keyID string
+	if err := f.pool.QueryRow(ctx, `SELECT secret_cipher, key_id FROM member_code_secrets WHERE member_id = $1`, member).Scan(&cipher, &keyID); err != nil {
+		t.Fatal(err)
+	}
+	if len(cipher) != 12+32+16 || keyID != "dev1" {
+		t.Fatalf("stored secret: %d bytes under key %q; want an AES-GCM ciphertext of 32 bytes under dev1", len(cipher), keyID)
+	}
+	if n := f.count(t, "member_code_secrets"); n != 1 {
+		t.Fatalf("%d code secrets, want 1 (only the member that was issued a code)", n)
+	}
+	var uses int
+	if err := f.pool.QueryRow(ctx, `SELECT count(*) FROM member_code_uses WHERE member_id = $1 AND store_id = 'SH-001' AND terminal_id = 'POS-01'`, member).Scan(&uses); err != nil {
+		t.Fatal(err)
+	}
+	if uses != 2 {
+		t.Fatalf("%d recorded uses, want 2", uses)
+	}
+}
+
+func TestMemberCodeAcceptedOnce(t *testing.T) {
+	f := newAuthFixture(t)
+	member := f.newMember(t, "+8613900000001")
+	c := f.issue(t, member, authEpoch)
+	if _, err := f.verify(t, c.Code, authEpoch.Add(time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	for _, form := range []string{c.Code, c.QRPayload} {
+		if _, err := f.verify(t, form, authEpoch.Add(2*time.Second)); !errors.Is(err, identity.ErrCodeUsed) {
+			t.Fatalf("second use of %q: %v, want ErrCodeUsed", form, err)
+		}
+	}
+	if n := f.count(t, "member_code_uses"); n != 1 {
+		t.Fatalf("%d code uses, want 1", n)
+	}
+}
+
+func TestMemberCodeLaterCodeSpendsEarlier(t *testing.T) {
+	f := newAuthFixture(t)
+	member := f.newMember(t, "+8613900000001")
+	older := f.issue(t, member, authEpoch)
+	newer := f.issue(t, member, authEpoch.Add(30*time.Second))
+	if _, err := f.verify(t, newer.Code, authEpoch.Add(31*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.verify(t, older.Code, authEpoch.Add(32*time.Second)); !errors.Is(err, identity.ErrCodeUsed) {
+		t.Fatalf("code older than an accepted one: %v, want ErrCodeUsed", err)
+	}
+	if n := f.count(t, "member_code_uses"); n != 1 {
+		t.Fatalf("%d code uses, want 1", n)
+	}
+}
+
+func TestMemberCodeClockSkew(t *testing.T) {
+	f := newAuthFixture(t)
+	late := f.newMember(t, "+8613900000001")
+	early := f.newMember(t, "+8613900000002")
+
+	// Scanned up to one step after its own (the last second of the next step).
+	c := f.issue(t, late, authEpoch)
+	if id, err := f.verify(t, c.Code, authEpoch.Add(54*time.Second)); err != nil || id != late {
+		t.Fatalf("code one step old: %v, %v", id, err)
+	}
+	// The phone's clock is a step ahead of the server's.
+	c = f.issue(t, early, authEpoch.Add(30*time.Second))
+	if id, err := f.verify(t, c.Code, authEpoch); err != nil || id != early {
+		t.Fatalf("code one step ahead: %v, %v", id, err)
+	}
+}
+
+func TestMemberCodeRefusals(t *testing.T) {
+	f := newAuthFixture(t)
+	ctx := authCtx(t)
+	member := f.newMember(t, "+8613900000001")
+	other := f.newMember(t, "+8613900000002")       // issued a code, valid, but not the one scanned
+	neverIssued := f.newMember(t, "+8613900000003") // has a number but no secret
+	merged := f.newMember(t, "+8613900000004")
+	c := f.issue(t, member, authEpoch)
+	f.issue(t, other, authEpoch)
+	mergedCode := f.issue(t, merged, authEpoch)
+	if _, err := f.pool.Exec(ctx, `UPDATE members SET status = 'merged', merged_into = $2 WHERE member_id = $1`, merged, member); err != nil {
+		t.Fatal(err)
+	}
+
+	num, otp := c.Code[:10], c.Code[10:]
+	tamper := func(s string, i int) string { return s[:i] + string('0'+(s[i]-'0'+1)%10) + s[i+1:] }
+	cases := []struct {
+		name string
+		code string
+		at   time.Time
+	}{
+		{"two steps old", c.Code, authEpoch.Add(60 * time.Second)},
+		{"two steps ahead", c.Code, authEpoch.Add(-60 * time.Second)},
+		{"tampered last digit", num + tamper(otp, 5), authEpoch},
+		{"tampered first code digit", num + tamper(otp, 0), authEpoch},
+		{"tampered QR", "MC1:" + num + tamper(otp, 3), authEpoch},
+		{"code of another member number", fmt.Sprintf("%010d", f.memberNo(t, other)) + otp, authEpoch},
+		{"unknown member number", "9999999999" + otp, authEpoch},
+		{"member number zero", "0000000000" + otp, authEpoch},
+		{"member never issued a code", fmt.Sprintf("%010d", f.memberNo(t, neverIssued)) + otp, authEpoch},
+		{"merged member", mergedCode.Code, authEpoch},
+		{"too short", c.Code[:15], authEpoch},
+		{"too long", c.Code + "0", authEpoch},
+		{"letters", num + "12a456", authEpoch},
+		{"wrong scheme", "MC2:" + c.Code, authEpoch},
+		{"scheme only", "MC1:", authEpoch},
+		{"empty", "", authEpoch},
+		{"sign", "+" + c.Code[1:], authEpoch},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := f.verify(t, tc.code, tc.at)
+			if !errors.Is(err, identity.ErrCodeInvalid) {
+				t.Fatalf("verify %q: %v, want ErrCodeInvalid", tc.code, err)
+			}
+			// The caller learns nothing beyond "invalid or expired".
+			if err.Error() != "verify member code: "+identity.ErrCodeInvalid.Error() && err != identity.ErrCodeInvalid {
+				t.Fatalf("error %q says more than ErrCodeInvalid", err)
+			}
+		})
+	}
+	if n := f.count(t, "member_code_uses"); n != 0 {
+		t.Fatalf("refused codes wrote %d code uses", n)
+	}
+	if n := f.count(t, "member_code_secrets"); n != 3 {
+		t.Fatalf("%d code secrets, want 3: verification never creates one", n)
+	}
+	// The refused code is still good once its member scans it in time.
+	if id, err := f.verify(t, c.Code, authEpoch); err != nil || id != member {
+		t.Fatalf("valid code after refusals: %v, %v", id, err)
+	}
+}
+
+func TestIssueMemberCodeRefusals(t *testing.T) {
+	f := newAuthFixture(t)
+	ctx := authCtx(t)
+	target := f.newMember(t, "+8613900000001")
+	merged := f.newMember(t, "+8613900000002")
+	if _, err := f.pool.Exec(ctx, `UPDATE members SET status = 'merged', merged_into = $2 WHERE member_id = $1`, merged, target); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.svc.IssueMemberCode(ctx, uuid.Must(uuid.NewV7())); !errors.Is(err, postgres.ErrNotFound) {
+		t.Fatalf("unknown member: %v, want ErrNotFound", err)
+	}
+	if _, err := f.svc.IssueMemberCode(ctx, merged); !errors.Is(err, identity.ErrMemberInactive) {
+		t.Fatalf("merged member: %v, want ErrMemberInactive", err)
+	}
+	if _, err := f.srv.IssueMemberCode(ctx, &mcv1.IssueMemberCodeRequest{MemberId: "not-a-uuid"}); !errors.Is(err, identity.ErrBadID) {
+		t.Fatalf("malformed member id: %v, want ErrBadID", err)
+	}
+	if n := f.count(t, "member_code_secrets"); n != 0 {
+		t.Fatalf("refused issues wrote %d code secrets", n)
+	}
+}
+
+// refTOTP is an independent RFC 6238 implementation (HMAC-SHA256, 30 s
+// step, 6 digits) to check identity.TOTP against.
+func refTOTP(secret []byte, unix int64) string {
+	counter := make([]byte, 8)
+	binary.BigEndian.PutUint64(counter, uint64(unix/30))
+	mac := hmac.New(sha256.New, secret)
+	mac.Write(counter)
+	h := mac.Sum(nil)
+	o := int(h[31] & 0xf)
+	v := (uint32(h[o])&0x7f)<<24 | uint32(h[o+1])<<16 | uint32(h[o+2])<<8 | uint32(h[o+3])
+	return fmt.Sprintf("%06d", v%1000000)
+}
+
+func TestTOTPKnownAnswers(t *testing.T) {
+	// RFC 6238 appendix B, SHA-256 column: the 8-digit values' last six digits.
+	seed := []byte("12345678901234567890123456789012")
+	for _, tc := range []struct {
+		unix int64
+		want string
+	}{
+		{59, "119246"},
+		{1111111109, "084774"},
+		{1111111111, "062674"},
+		{1234567890, "819424"},
+		{2000000000, "698825"},
+		{20000000000, "737706"},
+	} {
+		if ref := refTOTP(seed, tc.unix); ref != tc.want {
+			t.Fatalf("reference TOTP at %d = %s, RFC says %s", tc.unix, ref, tc.want)
+		}
+		if got := identity.TOTP(seed, time.Unix(tc.unix, 0)); got != tc.want {
+			t.Errorf("TOTP at %d = %s, want %s", tc.unix, got, tc.want)
+		}
+	}
+	// Random secrets and times against the reference.
+	for i := 0; i < 200; i++ {
+		secret := make([]byte, 32)
+		_, _ = rand.Read(secret)
+		var b [8]byte
+		_, _ = rand.Read(b[:])
+		unix := int64(binary.BigEndian.Uint64(b[:]) % 4_000_000_000)
+		if got, want := identity.TOTP(secret, time.Unix(unix, 0)), refTOTP(secret, unix); got != want {
+			t.Fatalf("TOTP(%x, %d) = %s, reference %s", secret, unix, got, want)
+		}
+	}
+}
+
+func TestMemberCodeConcurrentScansAcceptOnce(t *testing.T) {
+	f := newAuthFixture(t)
+	member := f.newMember(t, "+8613900000001")
+	c := f.issue(t, member, authEpoch)
+	const scans = 8
+	errs := make(chan error, scans)
+	var wg sync.WaitGroup
+	for i := 0; i < scans; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := f.svc.VerifyMemberCode(authCtx(t), c.Code, identity.CodeUse{TerminalID: fmt.Sprintf("POS-%d", i)})
+			errs <- err
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	accepted := 0
+	for err := range errs {
+		switch {
+		case err == nil:
+			accepted++
+		case !errors.Is(err, identity.ErrCodeUsed):
+			t.Errorf("concurrent scan: %v, want nil or ErrCodeUsed", err)
+		}
+	}
+	if accepted != 1 {
+		t.Fatalf("%d concurrent scans accepted, want 1", accepted)
+	}
+	if n := f.count(t, "member_code_uses"); n != 1 {
+		t.Fatalf("%d code uses, want 1", n)
+	}
+}
+
+// A scan that races an acceptance still in flight waits for it and is
+// refused: the use row's primary key decides, not the earlier read.
+func TestMemberCodeScanRacingUncommittedUse(t *testing.T) {
+	f := newAuthFixture(t)
+	ctx := authCtx(t)
+	member := f.newMember(t, "+8613900000001")
+	c := f.issue(t, member, authEpoch)
+	tx, err := f.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx) //nolint:errcheck
+	if _, err := tx.Exec(ctx, `INSERT INTO member_code_uses (member_id, step, used_at) VALUES ($1, $2, $3)`,
+		member, authEpoch.Unix()/30, authEpoch); err != nil {
+		t.Fatal(err)
+	}
+	const scans = 4
+	errs := make(chan error, scans)
+	for i := 0; i < scans; i++ {
+		go func() {
+			_, err := f.svc.VerifyMemberCode(ctx, c.Code, identity.CodeUse{})
+			errs <- err
+		}()
+	}
+	time.Sleep(300 * time.Millisecond) // let the scans reach their insert
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < scans; i++ {
+		if err := <-errs; !errors.Is(err, identity.ErrCodeUsed) {
+			t.Errorf("scan racing an accepted use: %v, want ErrCodeUsed", err)
+		}
+	}
+	if n := f.count(t, "member_code_uses"); n != 1 {
+		t.Fatalf("%d code uses, want 1", n)
+	}
+}

@@ -1,0 +1,524 @@
+package identity_test
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"reflect"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
+	"github.com/membercenter/membercenter/storage/postgres"
+	"github.com/membercenter/membercenter/storage/postgres/pgtest"
+
+	"github.com/membercenter/membercenter/pipeline/dlq"
+	"github.com/membercenter/membercenter/services/benefits"
+	"github.com/membercenter/membercenter/services/changes"
+	"github.com/membercenter/membercenter/services/identity"
+)
+
+func email(v string) *mcv1.Identifier {
+	return &mcv1.Identifier{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_EMAIL, Value: v}
+}
+func device(v string) *mcv1.Identifier {
+	return &mcv1.Identifier{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_DEVICE_ID, Value: v}
+}
+
+// newServiceWithRules builds the service with the default rules edited by
+// edit (a function over the YAML text).
+func newServiceWithRules(t *testing.T, edit func(string) string) fixture {
+	t.Helper()
+	def, err := os.ReadFile("rules.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "rules.yaml")
+	if err := os.WriteFile(path, []byte(edit(string(def))), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	pool := pgtest.NewPool(t, nil)
+	svc, err := identity.New(identity.Config{RulesPath: path}, pool, changes.Writer{}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fixture{svc: svc, pool: pool}
+}
+
+func (f fixture) resolve(t *testing.T, key string, ids ...*mcv1.Identifier) *mcv1.ResolveResponse {
+	t.Helper()
+	resp, err := f.svc.Resolve(ctxT(t), resolveReq(key, true, ids...))
+	if err != nil {
+		t.Fatalf("resolve %s: %v", key, err)
+	}
+	return resp
+}
+
+// earn credits a purchase to the member the event was resolved to, through
+// the benefit worker, as the pipeline does.
+func (f fixture) earn(t *testing.T, eventID string, ids []*mcv1.Identifier, amountMinor int64) {
+	t.Helper()
+	ctx := ctxT(t)
+	ev := &mcv1.ChannelEvent{EventId: eventID, Channel: mcv1.Channel_CHANNEL_POS, OccurredAt: timestamppb.Now(), Identifiers: ids,
+		Payload: &mcv1.ChannelEvent_Transaction{Transaction: &mcv1.Transaction{OrderId: "O-" + eventID,
+			Total: &mcv1.Money{Currency: "CNY", AmountMinor: amountMinor}}}}
+	res, err := f.svc.ResolveEvent(ctx, ev)
+	if err != nil {
+		t.Fatalf("resolve %s: %v", eventID, err)
+	}
+	me := &mcv1.MemberEvent{EventId: eventID, MemberId: res.MemberID, Channel: ev.GetChannel(), OccurredAt: ev.GetOccurredAt(),
+		Resolution: res.Detail, Payload: &mcv1.MemberEvent_Transaction{Transaction: ev.GetTransaction()}}
+	if err := benefits.New(f.pool, changes.Writer{}, slog.New(slog.DiscardHandler)).Apply(ctx, me); err != nil {
+		t.Fatalf("apply %s: %v", eventID, err)
+	}
+}
+
+// memberState is everything identity owns about a member, for field-by-field
+// comparison (the change sequence is excluded: it only grows).
+type memberState struct {
+	Status      string
+	MergedInto  *uuid.UUID
+	Attributes  map[string]string
+	MergeCount  int
+	Identifiers []string
+	Account     postgres.Account
+	Lots        []postgres.Lot
+}
+
+func state(t *testing.T, pool *pgxpool.Pool, id string) memberState {
+	t.Helper()
+	ctx := ctxT(t)
+	member := uuid.MustParse(id)
+	m, err := postgres.GetMember(ctx, pool, member)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows, err := postgres.ListIdentifiers(ctx, pool, member)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, r := range rows {
+		ids = append(ids, fmt.Sprintf("%d/%s/%x origin=%s unique=%v masked=%s linked=%s cause=%s cipher=%x key=%s",
+			r.Type, r.Scope, r.Hash, r.OriginMemberID, r.Unique, r.Masked, r.LinkedAt.UTC().Format(time.RFC3339Nano), r.CauseID, r.Cipher, r.KeyID))
+	}
+	sort.Strings(ids)
+	acct, err := postgres.GetAccount(ctx, pool, member)
+	if err != nil {
+		t.Fatal(err)
+	}
+	acct.UpdatedAt = time.Time{}
+	lots, err := postgres.ListLots(ctx, pool, member)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range lots {
+		lots[i].EarnedAt, lots[i].AvailableAt, lots[i].ExpiresAt = lots[i].EarnedAt.UTC(), lots[i].AvailableAt.UTC(), lots[i].ExpiresAt.UTC()
+	}
+	return memberState{Status: m.Status, MergedInto: m.MergedInto, Attributes: m.Attributes, MergeCount: m.MergeCount,
+		Identifiers: ids, Account: acct, Lots: lots}
+}
+
+func diffState(t *testing.T, what string, want, got memberState) {
+	t.Helper()
+	wv, gv := reflect.ValueOf(want), reflect.ValueOf(got)
+	for i := 0; i < wv.NumField(); i++ {
+		if !reflect.DeepEqual(wv.Field(i).Interface(), gv.Field(i).Interface()) {
+			t.Errorf("%s: %s differs\n want %+v\n  got %+v", what, wv.Type().Field(i).Name, wv.Field(i).Interface(), gv.Field(i).Interface())
+		}
+	}
+}
+
+func TestMergeUnmergeRoundTripRestoresBothMembers(t *testing.T) {
+	f := newService(t)
+	ctx := ctxT(t)
+	a := f.resolve(t, "a", phone("13911110001"), card("A-1")).GetMemberId()
+	b := f.resolve(t, "b", phone("13911110002"), email("bo@example.cn"), device("tab-1")).GetMemberId()
+	f.earn(t, "ea1", []*mcv1.Identifier{card("A-1")}, 12_300)
+	f.earn(t, "ea2", []*mcv1.Identifier{phone("13911110001")}, 4_500)
+	f.earn(t, "eb1", []*mcv1.Identifier{phone("13911110002")}, 70_000)
+	if err := postgres.SetAttributes(ctx, f.pool, uuid.MustParse(a), map[string]string{"city": "Shanghai", "gender": "f"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := postgres.SetAttributes(ctx, f.pool, uuid.MustParse(b), map[string]string{"city": "Beijing"}); err != nil {
+		t.Fatal(err)
+	}
+	beforeA, beforeB := state(t, f.pool, a), state(t, f.pool, b)
+
+	merged, err := f.svc.Merge(ctx, &mcv1.MergeRequest{SourceMemberId: a, TargetMemberId: b, Reason: "same shopper, confirmed at the service desk", IdempotencyKey: "m1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	midA, midB := state(t, f.pool, a), state(t, f.pool, b)
+	if midA.Status != "merged" || midA.MergedInto == nil || midA.MergedInto.String() != b || len(midA.Identifiers) != 0 || midA.Account.Available != 0 {
+		t.Fatalf("source after merge = %+v", midA)
+	}
+	if got, want := len(midB.Identifiers), len(beforeA.Identifiers)+len(beforeB.Identifiers); got != want {
+		t.Fatalf("target holds %d identifiers, want %d", got, want)
+	}
+	if midB.Account.Available != beforeA.Account.Available+beforeB.Account.Available || len(midB.Lots) != 3 {
+		t.Fatalf("target account %+v with %d lots, want %d points in 3 lots", midB.Account, len(midB.Lots), beforeA.Account.Available+beforeB.Account.Available)
+	}
+	if midB.Attributes["city"] != "Beijing" || midB.Attributes["gender"] != "f" || midB.MergeCount != 1 {
+		t.Fatalf("target attributes %v merge count %d; want its own city, the source's gender, 1 merge", midB.Attributes, midB.MergeCount)
+	}
+	// Reads of the old id answer for the survivor.
+	found, err := f.svc.FindByIdentifier(ctx, card("A-1"))
+	if err != nil || found.GetMemberId() != b {
+		t.Fatalf("card of the merged member finds %v (err %v), want %s", found.GetMemberId(), err, b)
+	}
+	graph, err := f.svc.Graph(ctx, uuid.MustParse(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(graph.GetMerges()) != 1 || graph.GetMerges()[0].GetMergeId() != merged.GetMergeId() ||
+		!strings.Contains(graph.GetMerges()[0].GetReason(), "service desk") || graph.GetMerges()[0].GetActor() == "" {
+		t.Fatalf("graph merges = %v", graph.GetMerges())
+	}
+
+	if _, err := f.svc.Unmerge(ctx, &mcv1.UnmergeRequest{MergeId: merged.GetMergeId(), Reason: "two people sharing a phone", IdempotencyKey: "u1"}); err != nil {
+		t.Fatal(err)
+	}
+	diffState(t, "source after unmerge", beforeA, state(t, f.pool, a))
+	diffState(t, "target after unmerge", beforeB, state(t, f.pool, b))
+
+	// The ledger stays balanced and tells the story: two transfers.
+	var sum, transfers int64
+	if err := f.pool.QueryRow(ctx, `SELECT coalesce(sum(delta), 0), (SELECT count(*) FROM ledger_transactions WHERE kind = 'transfer') FROM ledger_entries`).Scan(&sum, &transfers); err != nil {
+		t.Fatal(err)
+	}
+	if sum != 0 || transfers != 2 {
+		t.Fatalf("ledger sum %d with %d transfers; want 0 and 2", sum, transfers)
+	}
+	// The audit has the merge and the unmerge, with reasons, and cannot be edited.
+	var actions []string
+	rows, err := f.pool.Query(ctx, `SELECT action || ':' || reason FROM identity_audit WHERE action IN ('merge', 'unmerge') ORDER BY at`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var s string
+		_ = rows.Scan(&s)
+		actions = append(actions, s)
+	}
+	if len(actions) != 2 || !strings.HasPrefix(actions[0], "merge:same shopper") || !strings.HasPrefix(actions[1], "unmerge:two people") {
+		t.Fatalf("audit = %v", actions)
+	}
+	if _, err := f.pool.Exec(ctx, `DELETE FROM identity_audit`); err == nil {
+		t.Fatal("identity_audit accepted a DELETE")
+	}
+}
+
+// After a merge, what happens through the source's identifiers belongs to the
+// source: an unmerge gives it back.
+func TestUnmergeAttributesLaterActivity(t *testing.T) {
+	f := newService(t)
+	ctx := ctxT(t)
+	a := f.resolve(t, "a", phone("13922220001")).GetMemberId()
+	b := f.resolve(t, "b", phone("13922220002")).GetMemberId()
+	f.earn(t, "a-before", []*mcv1.Identifier{phone("13922220001")}, 1_000)
+	merged, err := f.svc.Merge(ctx, &mcv1.MergeRequest{SourceMemberId: a, TargetMemberId: b, Reason: "r", IdempotencyKey: "m"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Through a's phone: a new e-mail and a purchase. Through b's phone: a purchase.
+	if r := f.resolve(t, "a-email", phone("13922220001"), email("ann@example.cn")); r.GetMemberId() != b || len(r.GetLinked()) != 1 {
+		t.Fatalf("resolve after merge = %v", r)
+	}
+	f.earn(t, "a-after", []*mcv1.Identifier{phone("13922220001")}, 2_000)
+	f.earn(t, "b-after", []*mcv1.Identifier{phone("13922220002")}, 5_000)
+	if got := state(t, f.pool, b).Account.Available; got != 80 {
+		t.Fatalf("merged balance %d, want 80", got)
+	}
+	if _, err := f.svc.Unmerge(ctx, &mcv1.UnmergeRequest{MergeId: merged.GetMergeId(), Reason: "r", IdempotencyKey: "u"}); err != nil {
+		t.Fatal(err)
+	}
+	sa, sb := state(t, f.pool, a), state(t, f.pool, b)
+	if sa.Account.Available != 30 || sa.Account.LifetimeEarned != 30 || sb.Account.Available != 50 || sb.Account.LifetimeEarned != 50 {
+		t.Fatalf("after unmerge a=%+v b=%+v; want 30 and 50", sa.Account, sb.Account)
+	}
+	if len(sa.Identifiers) != 2 || !strings.Contains(strings.Join(sa.Identifiers, " "), "a***@example.cn") {
+		t.Fatalf("a's identifiers after unmerge = %v; want its phone and the e-mail linked through it", sa.Identifiers)
+	}
+	if len(sb.Identifiers) != 1 {
+		t.Fatalf("b's identifiers after unmerge = %v", sb.Identifiers)
+	}
+}
+
+func TestResolveMergesMembersTheIdentifiersProveOne(t *testing.T) {
+	f := newService(t)
+	ctx := ctxT(t)
+	byPhone := f.resolve(t, "p", phone("13933330001")).GetMemberId()
+	byCard := f.resolve(t, "c", card("C-77")).GetMemberId()
+	resp := f.resolve(t, "both", card("C-77"), phone("13933330001"))
+	// The card outranks the phone, so the card's member survives.
+	if resp.GetMemberId() != byCard || len(resp.GetMergedMemberIds()) != 1 || resp.GetMergedMemberIds()[0] != byPhone || resp.GetConflict() {
+		t.Fatalf("resolve = %v; want %s to absorb %s", resp, byCard, byPhone)
+	}
+	if st := state(t, f.pool, byPhone); st.Status != "merged" {
+		t.Fatalf("phone member status %s", st.Status)
+	}
+	var reason string
+	if err := f.pool.QueryRow(ctx, `SELECT reason FROM merges`).Scan(&reason); err != nil || !strings.Contains(reason, "seen together") {
+		t.Fatalf("merge reason %q (err %v)", reason, err)
+	}
+}
+
+func TestRulesForbidMergeRecordConflictForReview(t *testing.T) {
+	// E-mail may not merge members here: a conflict is recorded instead.
+	f := newServiceWithRules(t, func(y string) string {
+		return strings.Replace(y, "    may_merge: true\n    may_create: true\n    blocked: [\"test@example.com\"", "    may_merge: false\n    may_create: true\n    blocked: [\"test@example.com\"", 1)
+	})
+	ctx := ctxT(t)
+	byPhone := f.resolve(t, "p", phone("13944440001")).GetMemberId()
+	byEmail := f.resolve(t, "e", email("kai@example.cn")).GetMemberId()
+	resp := f.resolve(t, "both", phone("13944440001"), email("kai@example.cn"))
+	if resp.GetMemberId() != byPhone || !resp.GetConflict() || resp.GetConflictId() == "" || len(resp.GetMergedMemberIds()) != 0 {
+		t.Fatalf("resolve = %v; want the phone's member and a conflict", resp)
+	}
+	list, err := f.svc.ListConflicts(ctx, &mcv1.ListConflictsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list.GetConflicts()) != 1 || !reflect.DeepEqual(list.GetConflicts()[0].GetMemberIds(), []string{byPhone, byEmail}) ||
+		!strings.Contains(list.GetConflicts()[0].GetReason(), "may not merge") {
+		t.Fatalf("conflicts = %v", list.GetConflicts())
+	}
+	settled, err := f.svc.ResolveConflict(ctx, &mcv1.ResolveConflictRequest{ConflictId: resp.GetConflictId(), Merge: true, Reason: "checked ID", IdempotencyKey: "rc"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if settled.GetMemberId() != byPhone || state(t, f.pool, byEmail).Status != "merged" {
+		t.Fatalf("settled = %v; e-mail member %s", settled, state(t, f.pool, byEmail).Status)
+	}
+	if list, _ := f.svc.ListConflicts(ctx, &mcv1.ListConflictsRequest{}); len(list.GetConflicts()) != 0 {
+		t.Fatalf("settled conflict still listed: %v", list.GetConflicts())
+	}
+	_, err = f.svc.ResolveConflict(ctx, &mcv1.ResolveConflictRequest{ConflictId: resp.GetConflictId(), Reason: "again", IdempotencyKey: "rc2"})
+	if !errors.Is(err, identity.ErrRefused) {
+		t.Fatalf("settling twice: %v, want a refusal", err)
+	}
+}
+
+// A store tablet's device id is shared: it never merges members and
+// attaches a device-only event to the member last linked to it.
+func TestSharedDeviceNeverMerges(t *testing.T) {
+	f := newService(t)
+	ctx := ctxT(t)
+	first := f.resolve(t, "1", phone("13955550001"), device("store-tablet")).GetMemberId()
+	second := f.resolve(t, "2", phone("13955550002"), device("store-tablet"))
+	if second.GetMemberId() == first || len(second.GetMergedMemberIds()) != 0 || second.GetConflict() {
+		t.Fatalf("second shopper on the tablet = %v; want a separate member, no merge, no conflict", second)
+	}
+	res, err := f.svc.ResolveEvent(ctx, channelEvent("tablet-visit", device("store-tablet")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.MemberID != second.GetMemberId() {
+		t.Fatalf("device-only event went to %s, want the member last seen on the tablet %s", res.MemberID, second.GetMemberId())
+	}
+	// A device alone does not create members.
+	_, err = f.svc.ResolveEvent(ctx, channelEvent("unknown-device", device("never-seen")))
+	if !dlq.Rejected(err) || !errors.Is(err, identity.ErrUnroutable) {
+		t.Fatalf("unknown device alone: %v, want an unroutable dead letter", err)
+	}
+}
+
+func TestBlockedAndLimitedIdentifiers(t *testing.T) {
+	f := newService(t)
+	ctx := ctxT(t)
+	member := f.resolve(t, "m", phone("13966660001")).GetMemberId()
+	before := f.counts(t)
+
+	cases := []struct {
+		name string
+		req  *mcv1.ResolveRequest
+		rule string
+	}{
+		{"blocked phone", resolveReq("b1", true, phone("13800000000")), "phone.blocked"},
+		{"placeholder card", resolveReq("b2", true, card("guest")), "member_card.blocked"},
+		{"blocked e-mail with a good phone", resolveReq("b3", true, phone("13966660001"), email("TEST@example.com")), "email.blocked"},
+	}
+	for _, tc := range cases {
+		_, err := f.svc.Resolve(ctx, tc.req)
+		var re *identity.RuleError
+		if !errors.As(err, &re) || re.Rule != tc.rule || !errors.Is(err, identity.ErrRefused) {
+			t.Errorf("%s: err = %v, want refusal by %s", tc.name, err, tc.rule)
+		}
+	}
+	// Five devices is the limit: the sixth is refused over RPC ...
+	for i := 0; i < 5; i++ {
+		f.resolve(t, fmt.Sprintf("d%d", i), phone("13966660001"), device(fmt.Sprintf("dev-%d", i)))
+	}
+	before = f.counts(t)
+	_, err := f.svc.Resolve(ctx, resolveReq("d6", true, phone("13966660001"), device("dev-6")))
+	var re *identity.RuleError
+	if !errors.As(err, &re) || re.Rule != "device_id.max_per_member" {
+		t.Fatalf("sixth device: %v, want device_id.max_per_member", err)
+	}
+	if after := f.counts(t); after != before {
+		t.Fatalf("refused request changed the database: %+v → %+v", before, after)
+	}
+	// ... and ignored, with the rule reported, on a channel event.
+	res, err := f.svc.ResolveEvent(ctx, channelEvent("ev-d6", phone("13966660001"), device("dev-6"), email("test@example.com")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rules []string
+	for _, ig := range res.Detail.GetIgnored() {
+		rules = append(rules, ig.GetRule())
+	}
+	sort.Strings(rules)
+	if res.MemberID != member || !reflect.DeepEqual(rules, []string{"device_id.max_per_member", "email.blocked"}) {
+		t.Fatalf("event resolution member %s ignored %v", res.MemberID, rules)
+	}
+	// An event whose every identifier is blocked cannot be routed.
+	if _, err := f.svc.ResolveEvent(ctx, channelEvent("ev-blocked", phone("13800000000"))); !dlq.Rejected(err) {
+		t.Fatalf("all-blocked event: %v, want a dead letter", err)
+	}
+}
+
+func TestMergeProtection(t *testing.T) {
+	f := newServiceWithRules(t, func(y string) string {
+		return strings.Replace(y, "max_merges: 20", "max_merges: 1", 1)
+	})
+	ctx := ctxT(t)
+	a := f.resolve(t, "a", phone("13977770001")).GetMemberId()
+	b := f.resolve(t, "b", phone("13977770002")).GetMemberId()
+	c := f.resolve(t, "c", phone("13977770003")).GetMemberId()
+	if _, err := f.svc.Merge(ctx, &mcv1.MergeRequest{SourceMemberId: a, TargetMemberId: b, Reason: "one", IdempotencyKey: "m1"}); err != nil {
+		t.Fatal(err)
+	}
+	beforeB, beforeC := state(t, f.pool, b), state(t, f.pool, c)
+	_, err := f.svc.Merge(ctx, &mcv1.MergeRequest{SourceMemberId: c, TargetMemberId: b, Reason: "two", IdempotencyKey: "m2"})
+	var re *identity.RuleError
+	if !errors.As(err, &re) || re.Rule != "limits.max_merges" {
+		t.Fatalf("second merge: %v, want refusal by limits.max_merges", err)
+	}
+	diffState(t, "target after refusal", beforeB, state(t, f.pool, b))
+	diffState(t, "source after refusal", beforeC, state(t, f.pool, c))
+	var reason string
+	if err := f.pool.QueryRow(ctx, `SELECT reason FROM identity_audit WHERE action = 'merge_refused'`).Scan(&reason); err != nil || !strings.Contains(reason, "max_merges") {
+		t.Fatalf("refusal audit reason %q (err %v)", reason, err)
+	}
+	// A retry with the same key is judged again, not answered "merged".
+	if _, err := f.svc.Merge(ctx, &mcv1.MergeRequest{SourceMemberId: c, TargetMemberId: b, Reason: "two", IdempotencyKey: "m2"}); !errors.Is(err, identity.ErrRefused) {
+		t.Fatalf("retried refused merge: %v", err)
+	}
+}
+
+func TestUnmergeOrderAndRepeats(t *testing.T) {
+	f := newService(t)
+	ctx := ctxT(t)
+	a := f.resolve(t, "a", phone("13988880001")).GetMemberId()
+	b := f.resolve(t, "b", phone("13988880002")).GetMemberId()
+	c := f.resolve(t, "c", phone("13988880003")).GetMemberId()
+	ab, err := f.svc.Merge(ctx, &mcv1.MergeRequest{SourceMemberId: a, TargetMemberId: b, Reason: "r", IdempotencyKey: "ab"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bc, err := f.svc.Merge(ctx, &mcv1.MergeRequest{SourceMemberId: b, TargetMemberId: c, Reason: "r", IdempotencyKey: "bc"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := len(state(t, f.pool, c).Identifiers); got != 3 {
+		t.Fatalf("c holds %d identifiers after two merges, want 3", got)
+	}
+	_, err = f.svc.Unmerge(ctx, &mcv1.UnmergeRequest{MergeId: ab.GetMergeId(), Reason: "r", IdempotencyKey: "u-ab"})
+	var re *identity.RuleError
+	if !errors.As(err, &re) || re.Rule != "unmerge.order" {
+		t.Fatalf("unmerging the inner merge first: %v, want unmerge.order", err)
+	}
+	// Undoing b→c gives b back with a's identifiers, since a travels with b.
+	if _, err := f.svc.Unmerge(ctx, &mcv1.UnmergeRequest{MergeId: bc.GetMergeId(), Reason: "r", IdempotencyKey: "u-bc"}); err != nil {
+		t.Fatal(err)
+	}
+	if got := len(state(t, f.pool, b).Identifiers); got != 2 {
+		t.Fatalf("b holds %d identifiers after unmerge, want 2 (its own and a's)", got)
+	}
+	if _, err := f.svc.Unmerge(ctx, &mcv1.UnmergeRequest{MergeId: bc.GetMergeId(), Reason: "again", IdempotencyKey: "u-bc-2"}); !errors.Is(err, identity.ErrAlreadyUnmerged) {
+		t.Fatalf("second unmerge: %v", err)
+	}
+	if _, err := f.svc.Merge(ctx, &mcv1.MergeRequest{SourceMemberId: a, TargetMemberId: c, Reason: "r", IdempotencyKey: "ac"}); !errors.Is(err, identity.ErrMemberInactive) {
+		t.Fatalf("merging a member that is merged away: %v", err)
+	}
+}
+
+func TestLinkAndUnlink(t *testing.T) {
+	f := newService(t)
+	ctx := ctxT(t)
+	a := f.resolve(t, "a", phone("13999990001")).GetMemberId()
+	b := f.resolve(t, "b", phone("13999990002")).GetMemberId()
+	if _, err := f.svc.Link(ctx, &mcv1.LinkRequest{MemberId: a, Identifier: card("L-1"), Reason: "card issued", IdempotencyKey: "l1"}); err != nil {
+		t.Fatal(err)
+	}
+	before := f.counts(t)
+	cases := []struct {
+		name string
+		req  *mcv1.LinkRequest
+		want error
+	}{
+		{"another member's phone", &mcv1.LinkRequest{MemberId: a, Identifier: phone("13999990002"), IdempotencyKey: "l2"}, identity.ErrRefused},
+		{"blocked value", &mcv1.LinkRequest{MemberId: a, Identifier: email("test@example.com"), IdempotencyKey: "l3"}, identity.ErrRefused},
+		{"unknown member", &mcv1.LinkRequest{MemberId: uuid.NewString(), Identifier: card("L-2"), IdempotencyKey: "l4"}, postgres.ErrNotFound},
+		{"garbage", &mcv1.LinkRequest{MemberId: a, Identifier: phone("12"), IdempotencyKey: "l5"}, identity.ErrInvalidIdentifier},
+	}
+	for _, tc := range cases {
+		if _, err := f.svc.Link(ctx, tc.req); !errors.Is(err, tc.want) {
+			t.Errorf("%s: %v, want %v", tc.name, err, tc.want)
+		}
+	}
+	if after := f.counts(t); after != before {
+		t.Fatalf("refused links changed the database: %+v → %+v", before, after)
+	}
+	if _, err := f.svc.Unlink(ctx, &mcv1.UnlinkRequest{MemberId: b, Identifier: card("L-1"), IdempotencyKey: "u1"}); !errors.Is(err, postgres.ErrNotFound) {
+		t.Fatalf("unlinking another member's card: %v", err)
+	}
+	resp, err := f.svc.Unlink(ctx, &mcv1.UnlinkRequest{MemberId: a, Identifier: card("L-1"), Reason: "card lost", IdempotencyKey: "u2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(resp.GetMember().GetIdentifiers()); n != 1 {
+		t.Fatalf("after unlink the member holds %d identifiers, want 1", n)
+	}
+	var actions string
+	if err := f.pool.QueryRow(ctx, `SELECT string_agg(action, ',' ORDER BY at) FROM identity_audit WHERE member_id = $1`, uuid.MustParse(a)).Scan(&actions); err != nil {
+		t.Fatal(err)
+	}
+	if actions != "create,link,unlink" {
+		t.Fatalf("audit of a = %s", actions)
+	}
+}
+
+func TestRulesFileValidation(t *testing.T) {
+	for _, tc := range []struct{ name, yaml, want string }{
+		{"unknown type", "types: {fax: {priority: 1, unique: true, max_per_member: 1}}\nlimits: {max_identifiers: 1, max_merges: 1}", "types.fax"},
+		{"shared type may merge", strings.Replace(string(mustRead(t, "rules.yaml")), "may_merge: false", "may_merge: true", 1), "types.device_id: may_merge needs unique"},
+		{"missing type", "types: {}\nlimits: {max_identifiers: 1, max_merges: 1}", "types.phone: missing"},
+		{"typo in a field", strings.Replace(string(mustRead(t, "rules.yaml")), "max_merges", "max_mergez", 1), "max_mergez"},
+	} {
+		if _, err := identity.ParseRules([]byte(tc.yaml)); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want an error naming %q", tc.name, err, tc.want)
+		}
+	}
+	if identity.DefaultRules().Limits.MaxIdentifiers != 100 {
+		t.Fatal("default limits not loaded")
+	}
+}
+
+func mustRead(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}

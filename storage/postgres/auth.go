@@ -1,0 +1,220 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+)
+
+// MemberNoRow is what authentication needs of a member: its public number
+// and whether it is still active.
+type MemberNoRow struct {
+	MemberID   uuid.UUID
+	MemberNo   int64
+	Status     string
+	MergedInto *uuid.UUID
+}
+
+// GetMemberNo returns a member's number and status, or ErrNotFound.
+func GetMemberNo(ctx context.Context, q Querier, memberID uuid.UUID) (MemberNoRow, error) {
+	r, err := scanMemberNo(q.QueryRow(ctx, `
+		SELECT member_id, member_no, status, merged_into FROM members WHERE member_id = $1`, memberID))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return r, fmt.Errorf("member %s: %w", memberID, ErrNotFound)
+	}
+	if err != nil {
+		return r, fmt.Errorf("get member number: %w", err)
+	}
+	return r, nil
+}
+
+// GetMemberByNo returns the member with a public number, or ErrNotFound.
+func GetMemberByNo(ctx context.Context, q Querier, memberNo int64) (MemberNoRow, error) {
+	r, err := scanMemberNo(q.QueryRow(ctx, `
+		SELECT member_id, member_no, status, merged_into FROM members WHERE member_no = $1`, memberNo))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return r, fmt.Errorf("member number %d: %w", memberNo, ErrNotFound)
+	}
+	if err != nil {
+		return r, fmt.Errorf("get member by number: %w", err)
+	}
+	return r, nil
+}
+
+func scanMemberNo(row pgx.Row) (MemberNoRow, error) {
+	var r MemberNoRow
+	err := row.Scan(&r.MemberID, &r.MemberNo, &r.Status, &r.MergedInto)
+	return r, err
+}
+
+// CodeSecretRow is a member's encrypted dynamic-code secret.
+type CodeSecretRow struct {
+	MemberID  uuid.UUID
+	Cipher    []byte // AES-GCM ciphertext of the secret
+	KeyID     string // encryption key the ciphertext was written with
+	CreatedAt time.Time
+}
+
+// GetCodeSecret returns a member's code secret, or ErrNotFound when none
+// was created yet.
+func GetCodeSecret(ctx context.Context, q Querier, memberID uuid.UUID) (CodeSecretRow, error) {
+	r := CodeSecretRow{MemberID: memberID}
+	err := q.QueryRow(ctx, `
+		SELECT secret_cipher, key_id, created_at FROM member_code_secrets WHERE member_id = $1`, memberID).
+		Scan(&r.Cipher, &r.KeyID, &r.CreatedAt)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return r, fmt.Errorf("code secret of %s: %w", memberID, ErrNotFound)
+	}
+	if err != nil {
+		return r, fmt.Errorf("get code secret: %w", err)
+	}
+	return r, nil
+}
+
+// InsertCodeSecret stores a member's code secret unless one exists. It
+// reports false when a secret was already there (a concurrent first issue):
+// the caller must then read and use that one.
+func InsertCodeSecret(ctx context.Context, q Querier, r CodeSecretRow) (bool, error) {
+	tag, err := q.Exec(ctx, `
+		INSERT INTO member_code_secrets (member_id, secret_cipher, key_id, created_at) VALUES ($1, $2, $3, $4)
+		ON CONFLICT (member_id) DO NOTHING`,
+		r.MemberID, r.Cipher, r.KeyID, r.CreatedAt)
+	if err != nil {
+		return false, fmt.Errorf("insert code secret: %w", err)
+	}
+	return tag.RowsAffected() == 1, nil
+}
+
+// CodeUse is one accepted dynamic code: a member's time step and where it
+// was scanned.
+type CodeUse struct {
+	MemberID   uuid.UUID
+	Step       int64
+	UsedAt     time.Time
+	StoreID    string
+	TerminalID string
+}
+
+// InsertCodeUse records an accepted code. It reports false, writing nothing,
+// when the member's step was used before (a replay).
+func InsertCodeUse(ctx context.Context, q Querier, u CodeUse) (bool, error) {
+	tag, err := q.Exec(ctx, `
+		INSERT INTO member_code_uses (member_id, step, used_at, store_id, terminal_id) VALUES ($1, $2, $3, $4, $5)
+		ON CONFLICT (member_id, step) DO NOTHING`,
+		u.MemberID, u.Step, u.UsedAt, u.StoreID, u.TerminalID)
+	if err != nil {
+		return false, fmt.Errorf("insert code use: %w", err)
+	}
+	return tag.RowsAffected() == 1, nil
+}
+
+// LastCodeStep returns the latest step of a member's accepted codes; ok is
+// false when none was accepted yet.
+func LastCodeStep(ctx context.Context, q Querier, memberID uuid.UUID) (step int64, ok bool, err error) {
+	var last *int64
+	if err := q.QueryRow(ctx, `SELECT max(step) FROM member_code_uses WHERE member_id = $1`, memberID).Scan(&last); err != nil {
+		return 0, false, fmt.Errorf("last code step: %w", err)
+	}
+	if last == nil {
+		return 0, false, nil
+	}
+	return *last, true, nil
+}
+
+// TerminalRow is a registered store device.
+type TerminalRow struct {
+	TerminalID   string
+	StoreID      string
+	PublicKey    []byte // raw Ed25519 public key, 32 bytes
+	Description  string
+	RegisteredAt time.Time
+	RevokedAt    *time.Time // nil while the terminal is active
+	RevokeReason string
+}
+
+const terminalColumns = `terminal_id, store_id, public_key, description, registered_at, revoked_at, coalesce(revoke_reason, '')`
+
+func scanTerminal(row pgx.Row) (TerminalRow, error) {
+	var r TerminalRow
+	err := row.Scan(&r.TerminalID, &r.StoreID, &r.PublicKey, &r.Description, &r.RegisteredAt, &r.RevokedAt, &r.RevokeReason)
+	return r, err
+}
+
+// GetTerminal returns a terminal, revoked or not, or ErrNotFound.
+func GetTerminal(ctx context.Context, q Querier, terminalID string) (TerminalRow, error) {
+	r, err := scanTerminal(q.QueryRow(ctx, `SELECT `+terminalColumns+` FROM terminals WHERE terminal_id = $1`, terminalID))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return r, fmt.Errorf("terminal %q: %w", terminalID, ErrNotFound)
+	}
+	if err != nil {
+		return r, fmt.Errorf("get terminal: %w", err)
+	}
+	return r, nil
+}
+
+// FindTerminalByKey returns the terminal registered with a public key, or
+// ErrNotFound.
+func FindTerminalByKey(ctx context.Context, q Querier, publicKey []byte) (TerminalRow, error) {
+	r, err := scanTerminal(q.QueryRow(ctx, `SELECT `+terminalColumns+` FROM terminals WHERE public_key = $1`, publicKey))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return r, fmt.Errorf("terminal with this public key: %w", ErrNotFound)
+	}
+	if err != nil {
+		return r, fmt.Errorf("find terminal by key: %w", err)
+	}
+	return r, nil
+}
+
+// InsertTerminal registers a terminal. A unique violation (see
+// IsUniqueViolation) means its id or key was registered concurrently.
+func InsertTerminal(ctx context.Context, q Querier, r TerminalRow) error {
+	_, err := q.Exec(ctx, `
+		INSERT INTO terminals (terminal_id, store_id, public_key, description, registered_at) VALUES ($1, $2, $3, $4, $5)`,
+		r.TerminalID, r.StoreID, r.PublicKey, r.Description, r.RegisteredAt)
+	if err != nil {
+		return fmt.Errorf("insert terminal: %w", err)
+	}
+	return nil
+}
+
+// RevokeTerminal marks an active terminal revoked and returns it. It
+// returns ErrNotFound when no active terminal has the id: it is unknown or
+// already revoked.
+func RevokeTerminal(ctx context.Context, q Querier, terminalID string, at time.Time, reason string) (TerminalRow, error) {
+	r, err := scanTerminal(q.QueryRow(ctx, `
+		UPDATE terminals SET revoked_at = $2, revoke_reason = $3
+		 WHERE terminal_id = $1 AND revoked_at IS NULL
+		RETURNING `+terminalColumns, terminalID, at, reason))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return r, fmt.Errorf("active terminal %q: %w", terminalID, ErrNotFound)
+	}
+	if err != nil {
+		return r, fmt.Errorf("revoke terminal: %w", err)
+	}
+	return r, nil
+}
+
+// AssertionNonce is the nonce of an accepted device assertion.
+type AssertionNonce struct {
+	TerminalID string
+	Nonce      []byte
+	AssertedAt time.Time
+	SeenAt     time.Time
+}
+
+// InsertAssertionNonce records an accepted assertion's nonce. It reports
+// false, writing nothing, when the terminal used the nonce before (a replay).
+func InsertAssertionNonce(ctx context.Context, q Querier, n AssertionNonce) (bool, error) {
+	tag, err := q.Exec(ctx, `
+		INSERT INTO assertion_nonces (terminal_id, nonce, asserted_at, seen_at) VALUES ($1, $2, $3, $4)
+		ON CONFLICT (terminal_id, nonce) DO NOTHING`,
+		n.TerminalID, n.Nonce, n.AssertedAt, n.SeenAt)
+	if err != nil {
+		return false, fmt.Errorf("insert assertion nonce: %w", err)
+	}
+	return tag.RowsAffected() == 1, nil
+}

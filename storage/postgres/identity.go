@@ -1,0 +1,388 @@
+package postgres
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+)
+
+// LockIdentifiers takes transaction-scoped advisory locks on the keys, in a
+// fixed order, so concurrent resolutions of the same identifiers run one
+// after another: the second sees what the first created.
+func LockIdentifiers(ctx context.Context, q Querier, keys []IdentifierKey) error {
+	ids := make([]int64, 0, len(keys))
+	for _, k := range keys {
+		var b [8]byte
+		copy(b[:], k.Hash)
+		ids = append(ids, int64(binary.BigEndian.Uint64(b[:]))^int64(k.Type)<<56)
+	}
+	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
+	for _, id := range ids {
+		if _, err := q.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, id); err != nil {
+			return fmt.Errorf("lock identifier: %w", err)
+		}
+	}
+	return nil
+}
+
+// LockMembers locks member rows for update, in id order (no deadlocks), and
+// returns them.
+func LockMembers(ctx context.Context, q Querier, ids ...uuid.UUID) (map[uuid.UUID]MemberRow, error) {
+	sorted := append([]uuid.UUID(nil), ids...)
+	sort.Slice(sorted, func(i, j int) bool { return sorted[i].String() < sorted[j].String() })
+	out := map[uuid.UUID]MemberRow{}
+	for _, id := range sorted {
+		var m MemberRow
+		err := q.QueryRow(ctx, `
+			SELECT member_id, created_at, status, merged_into, change_seq, attributes, merge_count
+			  FROM members WHERE member_id = $1 FOR UPDATE`, id).
+			Scan(&m.MemberID, &m.CreatedAt, &m.Status, &m.MergedInto, &m.ChangeSeq, &m.Attributes, &m.MergeCount)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return nil, fmt.Errorf("member %s: %w", id, ErrNotFound)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("lock member: %w", err)
+		}
+		out[id] = m
+	}
+	return out, nil
+}
+
+// CanonicalMember follows merged_into from id to the member that holds the
+// data now.
+func CanonicalMember(ctx context.Context, q Querier, id uuid.UUID) (uuid.UUID, error) {
+	var out uuid.UUID
+	err := q.QueryRow(ctx, `
+		WITH RECURSIVE chain(member_id, merged_into, depth) AS (
+		    SELECT member_id, merged_into, 0 FROM members WHERE member_id = $1
+		  UNION ALL
+		    SELECT m.member_id, m.merged_into, c.depth + 1
+		      FROM members m JOIN chain c ON m.member_id = c.merged_into
+		     WHERE c.depth < 100)
+		SELECT member_id FROM chain WHERE merged_into IS NULL`, id).Scan(&out)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return uuid.Nil, fmt.Errorf("member %s: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return uuid.Nil, fmt.Errorf("canonical member: %w", err)
+	}
+	return out, nil
+}
+
+// CountIdentifiers returns how many identifiers a member holds, by type.
+func CountIdentifiers(ctx context.Context, q Querier, memberID uuid.UUID) (map[int16]int, error) {
+	rows, err := q.Query(ctx, `SELECT id_type, count(*) FROM member_identifiers WHERE member_id = $1 GROUP BY id_type`, memberID)
+	if err != nil {
+		return nil, fmt.Errorf("count identifiers: %w", err)
+	}
+	out := map[int16]int{}
+	var t int16
+	var n int
+	_, err = pgx.ForEachRow(rows, []any{&t, &n}, func() error { out[t] = n; return nil })
+	return out, err
+}
+
+// DeleteIdentifier unlinks one identifier from a member. It reports false
+// when the member did not hold it.
+func DeleteIdentifier(ctx context.Context, q Querier, memberID uuid.UUID, k IdentifierKey) (bool, error) {
+	tag, err := q.Exec(ctx, `
+		DELETE FROM member_identifiers WHERE member_id = $1 AND id_type = $2 AND scope = $3 AND value_hash = $4`,
+		memberID, k.Type, k.Scope, k.Hash)
+	if err != nil {
+		return false, fmt.Errorf("delete identifier: %w", err)
+	}
+	return tag.RowsAffected() > 0, nil
+}
+
+// MoveIdentifiers re-points identifiers of from to to. With origins set, only
+// identifiers whose origin is one of them move.
+func MoveIdentifiers(ctx context.Context, q Querier, from, to uuid.UUID, origins []uuid.UUID) (int64, error) {
+	tag, err := q.Exec(ctx, `
+		UPDATE member_identifiers SET member_id = $2
+		 WHERE member_id = $1 AND ($3::uuid[] IS NULL OR origin_member_id = ANY($3))`, from, to, origins)
+	if err != nil {
+		return 0, fmt.Errorf("move identifiers: %w", err)
+	}
+	return tag.RowsAffected(), nil
+}
+
+// MoveLots re-points open and spent lots of from to to, like MoveIdentifiers.
+func MoveLots(ctx context.Context, q Querier, from, to uuid.UUID, origins []uuid.UUID) error {
+	_, err := q.Exec(ctx, `
+		UPDATE point_lots SET member_id = $2
+		 WHERE member_id = $1 AND ($3::uuid[] IS NULL OR origin_member_id = ANY($3))`, from, to, origins)
+	if err != nil {
+		return fmt.Errorf("move lots: %w", err)
+	}
+	return nil
+}
+
+// LotTotals sums a member's lots of the given origins (all when nil):
+// remaining points already available, remaining points still pending at
+// now, and points earned after since.
+func LotTotals(ctx context.Context, q Querier, memberID uuid.UUID, origins []uuid.UUID, now, since time.Time) (available, pending, earnedSince int64, err error) {
+	err = q.QueryRow(ctx, `
+		SELECT coalesce(sum(remaining) FILTER (WHERE available_at <= $3), 0),
+		       coalesce(sum(remaining) FILTER (WHERE available_at > $3), 0),
+		       coalesce(sum(earned) FILTER (WHERE earned_at > $4), 0)
+		  FROM point_lots
+		 WHERE member_id = $1 AND ($2::uuid[] IS NULL OR origin_member_id = ANY($2))`,
+		memberID, origins, now, since).Scan(&available, &pending, &earnedSince)
+	if err != nil {
+		err = fmt.Errorf("lot totals: %w", err)
+	}
+	return available, pending, earnedSince, err
+}
+
+// SetMergedInto marks a member merged into another (or active again when
+// into is nil) and adjusts the merge count of the survivor.
+func SetMergedInto(ctx context.Context, q Querier, member uuid.UUID, into *uuid.UUID) error {
+	status := "active"
+	if into != nil {
+		status = "merged"
+	}
+	if _, err := q.Exec(ctx, `UPDATE members SET status = $2, merged_into = $3 WHERE member_id = $1`, member, status, into); err != nil {
+		return fmt.Errorf("set merged: %w", err)
+	}
+	return nil
+}
+
+// AddMergeCount adds delta to a member's merge count.
+func AddMergeCount(ctx context.Context, q Querier, member uuid.UUID, delta int) error {
+	if _, err := q.Exec(ctx, `UPDATE members SET merge_count = merge_count + $2 WHERE member_id = $1`, member, delta); err != nil {
+		return fmt.Errorf("merge count: %w", err)
+	}
+	return nil
+}
+
+// SetAttributes replaces a member's attributes.
+func SetAttributes(ctx context.Context, q Querier, member uuid.UUID, attrs map[string]string) error {
+	if attrs == nil {
+		attrs = map[string]string{}
+	}
+	if _, err := q.Exec(ctx, `UPDATE members SET attributes = $2 WHERE member_id = $1`, member, attrs); err != nil {
+		return fmt.Errorf("set attributes: %w", err)
+	}
+	return nil
+}
+
+// SetAccount overwrites a member's balance (merge and unmerge recompute it
+// from the lots they move; the ledger records the movement).
+func SetAccount(ctx context.Context, q Querier, a Account) error {
+	_, err := q.Exec(ctx, `
+		INSERT INTO points_accounts AS p (member_id, available, pending, lifetime_earned, updated_at)
+		VALUES ($1, $2, $3, $4, now())
+		ON CONFLICT (member_id) DO UPDATE
+		   SET available = EXCLUDED.available, pending = EXCLUDED.pending,
+		       lifetime_earned = EXCLUDED.lifetime_earned, updated_at = now()`,
+		a.MemberID, a.Available, a.Pending, a.LifetimeEarned)
+	if err != nil {
+		return fmt.Errorf("set account: %w", err)
+	}
+	return nil
+}
+
+// MergeRow is a recorded merge.
+type MergeRow struct {
+	MergeID       uuid.UUID
+	Source        uuid.UUID
+	Target        uuid.UUID
+	Reason        string
+	CauseID       string
+	Actor         string
+	Channel       string
+	MergedAt      time.Time
+	Snapshot      json.RawMessage
+	UnmergedAt    *time.Time
+	UnmergeReason *string
+}
+
+const mergeColumns = `merge_id, source_member_id, target_member_id, reason, cause_id, actor, channel, merged_at, snapshot, unmerged_at, unmerge_reason`
+
+func scanMerge(row pgx.CollectableRow) (MergeRow, error) {
+	var m MergeRow
+	err := row.Scan(&m.MergeID, &m.Source, &m.Target, &m.Reason, &m.CauseID, &m.Actor, &m.Channel, &m.MergedAt, &m.Snapshot, &m.UnmergedAt, &m.UnmergeReason)
+	return m, err
+}
+
+// InsertMerge records a merge.
+func InsertMerge(ctx context.Context, q Querier, m MergeRow) error {
+	_, err := q.Exec(ctx, `INSERT INTO merges (merge_id, source_member_id, target_member_id, reason, cause_id, actor, channel, merged_at, snapshot)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`, m.MergeID, m.Source, m.Target, m.Reason, m.CauseID, m.Actor, m.Channel, m.MergedAt, m.Snapshot)
+	if err != nil {
+		return fmt.Errorf("insert merge: %w", err)
+	}
+	return nil
+}
+
+// GetMergeForUpdate returns a merge, locked, or ErrNotFound.
+func GetMergeForUpdate(ctx context.Context, q Querier, id uuid.UUID) (MergeRow, error) {
+	rows, err := q.Query(ctx, `SELECT `+mergeColumns+` FROM merges WHERE merge_id = $1 FOR UPDATE`, id)
+	if err != nil {
+		return MergeRow{}, fmt.Errorf("get merge: %w", err)
+	}
+	m, err := pgx.CollectExactlyOneRow(rows, scanMerge)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return m, fmt.Errorf("merge %s: %w", id, ErrNotFound)
+	}
+	return m, err
+}
+
+// MarkUnmerged closes a merge.
+func MarkUnmerged(ctx context.Context, q Querier, id uuid.UUID, reason string, at time.Time) error {
+	if _, err := q.Exec(ctx, `UPDATE merges SET unmerged_at = $2, unmerge_reason = $3 WHERE merge_id = $1`, id, at, reason); err != nil {
+		return fmt.Errorf("mark unmerged: %w", err)
+	}
+	return nil
+}
+
+// ListMerges returns the merges a member took part in, oldest first.
+func ListMerges(ctx context.Context, q Querier, member uuid.UUID) ([]MergeRow, error) {
+	rows, err := q.Query(ctx, `SELECT `+mergeColumns+` FROM merges
+		WHERE source_member_id = $1 OR target_member_id = $1 ORDER BY merged_at, merge_id`, member)
+	if err != nil {
+		return nil, fmt.Errorf("list merges: %w", err)
+	}
+	return pgx.CollectRows(rows, scanMerge)
+}
+
+// FoldedInto returns member and every member whose open merges lead into it,
+// transitively: the members whose data travels with it.
+func FoldedInto(ctx context.Context, q Querier, member uuid.UUID) ([]uuid.UUID, error) {
+	rows, err := q.Query(ctx, `
+		WITH RECURSIVE folded(member_id, depth) AS (
+		    SELECT $1::uuid, 0
+		  UNION
+		    SELECT m.source_member_id, f.depth + 1
+		      FROM merges m JOIN folded f ON m.target_member_id = f.member_id
+		     WHERE m.unmerged_at IS NULL AND f.depth < 100)
+		SELECT member_id FROM folded`, member)
+	if err != nil {
+		return nil, fmt.Errorf("folded members: %w", err)
+	}
+	return pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
+}
+
+// ConflictRow is an identity conflict waiting for (or past) review.
+type ConflictRow struct {
+	ConflictID       uuid.UUID
+	MemberIDs        []uuid.UUID
+	Identifiers      json.RawMessage
+	Reason           string
+	CauseID          string
+	Channel          string
+	CreatedAt        time.Time
+	ResolvedAt       *time.Time
+	Resolution       *string
+	ResolvedMemberID *uuid.UUID
+}
+
+const conflictColumns = `conflict_id, member_ids, identifiers, reason, cause_id, channel, created_at, resolved_at, resolution, resolved_member_id`
+
+func scanConflict(row pgx.CollectableRow) (ConflictRow, error) {
+	var c ConflictRow
+	err := row.Scan(&c.ConflictID, &c.MemberIDs, &c.Identifiers, &c.Reason, &c.CauseID, &c.Channel, &c.CreatedAt, &c.ResolvedAt, &c.Resolution, &c.ResolvedMemberID)
+	return c, err
+}
+
+// InsertConflict records a conflict.
+func InsertConflict(ctx context.Context, q Querier, c ConflictRow) error {
+	_, err := q.Exec(ctx, `INSERT INTO identity_conflicts (conflict_id, member_ids, identifiers, reason, cause_id, channel, created_at)
+		VALUES ($1, $2, $3, $4, $5, $6, $7)`, c.ConflictID, c.MemberIDs, c.Identifiers, c.Reason, c.CauseID, c.Channel, c.CreatedAt)
+	if err != nil {
+		return fmt.Errorf("insert conflict: %w", err)
+	}
+	return nil
+}
+
+// ListOpenConflicts pages through unresolved conflicts, oldest first, after
+// the cursor (zero values for the first page).
+func ListOpenConflicts(ctx context.Context, q Querier, afterAt time.Time, afterID uuid.UUID, limit int) ([]ConflictRow, error) {
+	rows, err := q.Query(ctx, `SELECT `+conflictColumns+` FROM identity_conflicts
+		WHERE resolved_at IS NULL AND (created_at, conflict_id) > ($1, $2)
+		ORDER BY created_at, conflict_id LIMIT $3`, afterAt, afterID, limit)
+	if err != nil {
+		return nil, fmt.Errorf("list conflicts: %w", err)
+	}
+	return pgx.CollectRows(rows, scanConflict)
+}
+
+// GetConflictForUpdate returns a conflict, locked, or ErrNotFound.
+func GetConflictForUpdate(ctx context.Context, q Querier, id uuid.UUID) (ConflictRow, error) {
+	rows, err := q.Query(ctx, `SELECT `+conflictColumns+` FROM identity_conflicts WHERE conflict_id = $1 FOR UPDATE`, id)
+	if err != nil {
+		return ConflictRow{}, fmt.Errorf("get conflict: %w", err)
+	}
+	c, err := pgx.CollectExactlyOneRow(rows, scanConflict)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return c, fmt.Errorf("conflict %s: %w", id, ErrNotFound)
+	}
+	return c, err
+}
+
+// ResolveConflictRow records how a conflict was settled.
+func ResolveConflictRow(ctx context.Context, q Querier, id uuid.UUID, resolution string, member *uuid.UUID, at time.Time) error {
+	_, err := q.Exec(ctx, `UPDATE identity_conflicts SET resolved_at = $2, resolution = $3, resolved_member_id = $4 WHERE conflict_id = $1`,
+		id, at, resolution, member)
+	if err != nil {
+		return fmt.Errorf("resolve conflict: %w", err)
+	}
+	return nil
+}
+
+// AuditRow is one identity audit record.
+type AuditRow struct {
+	AuditID       uuid.UUID
+	At            time.Time
+	Action        string
+	Actor         string
+	Channel       string
+	CauseID       string
+	MemberID      uuid.UUID
+	OtherMemberID *uuid.UUID
+	Identifiers   json.RawMessage
+	Before        json.RawMessage
+	After         json.RawMessage
+	Reason        string
+}
+
+// InsertAudit appends an audit record.
+func InsertAudit(ctx context.Context, q Querier, a AuditRow) error {
+	if a.Identifiers == nil {
+		a.Identifiers = json.RawMessage("[]")
+	}
+	if a.Before == nil {
+		a.Before = json.RawMessage("{}")
+	}
+	if a.After == nil {
+		a.After = json.RawMessage("{}")
+	}
+	_, err := q.Exec(ctx, `INSERT INTO identity_audit (audit_id, at, action, actor, channel, cause_id, member_id, other_member_id, identifiers, before, after, reason)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)`,
+		a.AuditID, a.At, a.Action, a.Actor, a.Channel, a.CauseID, a.MemberID, a.OtherMemberID, a.Identifiers, a.Before, a.After, a.Reason)
+	if err != nil {
+		return fmt.Errorf("insert audit: %w", err)
+	}
+	return nil
+}
+
+// ListAudit returns a member's audit records, oldest first.
+func ListAudit(ctx context.Context, q Querier, member uuid.UUID) ([]AuditRow, error) {
+	rows, err := q.Query(ctx, `SELECT audit_id, at, action, actor, channel, cause_id, member_id, other_member_id, identifiers, before, after, reason
+		FROM identity_audit WHERE member_id = $1 ORDER BY at, audit_id`, member)
+	if err != nil {
+		return nil, fmt.Errorf("list audit: %w", err)
+	}
+	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (AuditRow, error) {
+		var a AuditRow
+		err := row.Scan(&a.AuditID, &a.At, &a.Action, &a.Actor, &a.Channel, &a.CauseID, &a.MemberID, &a.OtherMemberID, &a.Identifiers, &a.Before, &a.After, &a.Reason)
+		return a, err
+	})
+}
