@@ -37,7 +37,7 @@ func TestNoRawPIIAfterIngest(t *testing.T) {
 	events := []*mcv1.ChannelEvent{
 		{EventId: "pii-1", Channel: mcv1.Channel_CHANNEL_POS, StoreId: "S1", OccurredAt: timestamppb.Now(),
 			Identifiers: []*mcv1.Identifier{{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_PHONE, Value: national}},
-			Payload: &mcv1.ChannelEvent_Transaction{Transaction: &mcv1.Transaction{OrderId: "O-pii-1", Total: &mcv1.Money{Currency: "CNY", AmountMinor: 5000}}}},
+			Payload:     &mcv1.ChannelEvent_Transaction{Transaction: &mcv1.Transaction{OrderId: "O-pii-1", Total: &mcv1.Money{Currency: "CNY", AmountMinor: 5000}}}},
 		{EventId: "pii-2", Channel: mcv1.Channel_CHANNEL_APP, OccurredAt: timestamppb.Now(),
 			Identifiers: []*mcv1.Identifier{
 				{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_PHONE, Value: "+86 137-1234-9876"},

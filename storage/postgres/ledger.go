@@ -23,11 +23,11 @@ type LedgerTransaction struct {
 	MemberID      uuid.UUID
 	// The member the transaction is attributed to (MemberID when zero).
 	OriginMemberID uuid.UUID
-	Kind          string
-	Reason        string
-	CauseID       string
-	CreatedAt     time.Time
-	Entries       []LedgerEntry
+	Kind           string
+	Reason         string
+	CauseID        string
+	CreatedAt      time.Time
+	Entries        []LedgerEntry
 }
 
 // LedgerEntry is one leg of a ledger transaction.
@@ -121,12 +121,12 @@ type Lot struct {
 	LotID          int64
 	MemberID       uuid.UUID
 	OriginMemberID uuid.UUID // MemberID when zero
-	TransactionID uuid.UUID
-	Earned        int64
-	Remaining     int64
-	EarnedAt      time.Time
-	AvailableAt   time.Time
-	ExpiresAt     time.Time
+	TransactionID  uuid.UUID
+	Earned         int64
+	Remaining      int64
+	EarnedAt       time.Time
+	AvailableAt    time.Time
+	ExpiresAt      time.Time
 }
 
 // InsertLot records earned points as a lot.

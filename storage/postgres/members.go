@@ -26,11 +26,11 @@ type IdentifierRow struct {
 	// The member the identifier was first linked to (see migration 00004).
 	OriginMemberID uuid.UUID
 	Unique         bool
-	Cipher   []byte // AES-GCM ciphertext for display; phone and e-mail only
-	KeyID    string
-	Masked   string
-	LinkedAt time.Time
-	CauseID  string
+	Cipher         []byte // AES-GCM ciphertext for display; phone and e-mail only
+	KeyID          string
+	Masked         string
+	LinkedAt       time.Time
+	CauseID        string
 }
 
 // MemberRow is a stored member.
