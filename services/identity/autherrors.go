@@ -9,6 +9,7 @@ import "errors"
 var (
 	ErrCodeInvalid = errors.New("member code is invalid or expired: ask the member to show the current code and scan it again")
 	ErrCodeUsed    = errors.New("member code was already used: ask the member to show a new code (codes change every 30 seconds)")
+	ErrCodeLocked  = errors.New("too many wrong codes for this member number: codes are refused for a few minutes; identify the member another way")
 
 	ErrTerminalUnknown = errors.New("terminal is not registered: register it with RegisterTerminal before it signs assertions")
 	ErrTerminalRevoked = errors.New("terminal was revoked: its assertions are refused; register the device under a new terminal id with a new key pair")

@@ -131,8 +131,17 @@ func (s *Service) VerifyMemberCode(ctx context.Context, code string, at CodeUse)
 	}
 	now := s.now()
 	current := codeStepAt(now)
+	failures, err := postgres.CountCodeFailures(ctx, s.pool, memberNo, now.Add(-codeLockWindow))
+	if err != nil {
+		return uuid.Nil, fmt.Errorf("verify member code: %w", err)
+	}
+	if failures >= codeMaxFailures {
+		s.log.WarnContext(ctx, "member code locked", "member_no", memberNo, "failures", failures)
+		return uuid.Nil, ErrCodeLocked
+	}
 	var member uuid.UUID
-	err := postgres.RetryTx(ctx, s.pool, func(tx pgx.Tx) error {
+	wrong := false
+	err = postgres.RetryTx(ctx, s.pool, func(tx pgx.Tx) error {
 		m, err := postgres.GetMemberByNo(ctx, tx, memberNo)
 		if errors.Is(err, postgres.ErrNotFound) {
 			return s.refuseCode(ctx, memberNo, "unknown member number")
@@ -152,6 +161,7 @@ func (s *Service) VerifyMemberCode(ctx context.Context, code string, at CodeUse)
 		}
 		step, ok := matchStep(secret, otp, current)
 		if !ok {
+			wrong = true
 			return s.refuseCode(ctx, memberNo, "wrong or expired code")
 		}
 		// RFC 6238 §5.2: once a code is accepted, earlier ones are spent too.
@@ -174,11 +184,25 @@ func (s *Service) VerifyMemberCode(ctx context.Context, code string, at CodeUse)
 		member = m.MemberID
 		return nil
 	})
+	if wrong {
+		// Counted outside the refused transaction, which rolled back.
+		if ferr := postgres.InsertCodeFailure(ctx, s.pool, memberNo, now, at.StoreID, at.TerminalID); ferr != nil {
+			return uuid.Nil, fmt.Errorf("verify member code: %w", ferr)
+		}
+	}
 	if err != nil {
 		return uuid.Nil, fmt.Errorf("verify member code: %w", err)
 	}
 	return member, nil
 }
+
+// A member number is locked for codeLockWindow after codeMaxFailures wrong
+// codes within it: guessing six digits online takes ~10^5 tries, this allows
+// five every five minutes.
+const (
+	codeMaxFailures = 5
+	codeLockWindow  = 5 * time.Minute
+)
 
 func (s *Service) refuseCode(ctx context.Context, memberNo int64, reason string) error {
 	s.log.InfoContext(ctx, "member code refused", "member_no", memberNo, "reason", reason)

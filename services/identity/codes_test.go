@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -300,9 +301,17 @@ func TestMemberCodeRefusals(t *testing.T) {
 	if n := f.count(t, "member_code_secrets"); n != 3 {
 		t.Fatalf("%d code secrets, want 3: verification never creates one", n)
 	}
-	// The refused code is still good once its member scans it in time.
+	// Five of the refusals were wrong codes for the member's own number: it is
+	// locked now, even for its valid code (TestMemberCodeLockAfterWrongCodes).
+	if _, err := f.verify(t, c.Code, authEpoch); !errors.Is(err, identity.ErrCodeLocked) {
+		t.Fatalf("valid code after five wrong ones: %v, want ErrCodeLocked", err)
+	}
+	// Once the failures age out (here: are removed), the valid code is good.
+	if _, err := f.pool.Exec(ctx, `DELETE FROM member_code_failures WHERE member_no = $1`, f.memberNo(t, member)); err != nil {
+		t.Fatal(err)
+	}
 	if id, err := f.verify(t, c.Code, authEpoch); err != nil || id != member {
-		t.Fatalf("valid code after refusals: %v, %v", id, err)
+		t.Fatalf("valid code once the lock is cleared: %v, %v", id, err)
 	}
 }
 
@@ -445,4 +454,38 @@ func TestMemberCodeScanRacingUncommittedUse(t *testing.T) {
 	if n := f.count(t, "member_code_uses"); n != 1 {
 		t.Fatalf("%d code uses, want 1", n)
 	}
+}
+
+// Wrong codes lock the member number for a while, even for the right code,
+// so six digits cannot be guessed online; the lock lifts after the window.
+func TestMemberCodeLockAfterWrongCodes(t *testing.T) {
+	f := newAuthFixture(t)
+	member := f.newMember(t, "+8613900000077")
+	c := f.issue(t, member, authEpoch)
+	wrong := c.Code[:10] + fmt.Sprintf("%06d", (mustAtoi(t, c.Code[10:])+1)%1_000_000)
+	for i := 0; i < 5; i++ {
+		if _, err := f.verify(t, wrong, authEpoch.Add(time.Duration(i)*time.Second)); !errors.Is(err, identity.ErrCodeInvalid) {
+			t.Fatalf("wrong code %d: %v", i, err)
+		}
+	}
+	if _, err := f.verify(t, c.Code, authEpoch.Add(6*time.Second)); !errors.Is(err, identity.ErrCodeLocked) {
+		t.Fatalf("right code after five wrong ones: %v, want ErrCodeLocked", err)
+	}
+	if n := f.count(t, "member_code_uses"); n != 0 {
+		t.Fatalf("a locked number recorded %d code uses", n)
+	}
+	later := authEpoch.Add(6 * time.Minute)
+	fresh := f.issue(t, member, later)
+	if got, err := f.verify(t, fresh.Code, later.Add(time.Second)); err != nil || got != member {
+		t.Fatalf("after the lock window: %v, %v", got, err)
+	}
+}
+
+func mustAtoi(t *testing.T, s string) int {
+	t.Helper()
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }

@@ -202,6 +202,7 @@ var errorCodes = []server.ErrorCode{
 	{Err: identity.ErrAlreadyUnmerged, Code: codes.FailedPrecondition},
 	{Err: identity.ErrCodeInvalid, Code: codes.Unauthenticated},
 	{Err: identity.ErrCodeUsed, Code: codes.Unauthenticated},
+	{Err: identity.ErrCodeLocked, Code: codes.ResourceExhausted},
 	{Err: identity.ErrAssertionInvalid, Code: codes.Unauthenticated},
 	{Err: identity.ErrAssertionStale, Code: codes.Unauthenticated},
 	{Err: identity.ErrAssertionReplayed, Code: codes.Unauthenticated},

@@ -218,3 +218,22 @@ func InsertAssertionNonce(ctx context.Context, q Querier, n AssertionNonce) (boo
 	}
 	return tag.RowsAffected() == 1, nil
 }
+
+// InsertCodeFailure records a failed code attempt for a member number.
+func InsertCodeFailure(ctx context.Context, q Querier, memberNo int64, at time.Time, storeID, terminalID string) error {
+	_, err := q.Exec(ctx, `INSERT INTO member_code_failures (member_no, failed_at, store_id, terminal_id) VALUES ($1, $2, $3, $4)`,
+		memberNo, at, storeID, terminalID)
+	if err != nil {
+		return fmt.Errorf("insert code failure: %w", err)
+	}
+	return nil
+}
+
+// CountCodeFailures counts failed attempts for a member number since a time.
+func CountCodeFailures(ctx context.Context, q Querier, memberNo int64, since time.Time) (int, error) {
+	var n int
+	if err := q.QueryRow(ctx, `SELECT count(*) FROM member_code_failures WHERE member_no = $1 AND failed_at > $2`, memberNo, since).Scan(&n); err != nil {
+		return 0, fmt.Errorf("count code failures: %w", err)
+	}
+	return n, nil
+}
