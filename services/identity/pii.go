@@ -1,6 +1,7 @@
 package identity
 
 import (
+	"bytes"
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/hmac"
@@ -9,12 +10,21 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"os"
+	"sort"
 	"strings"
+
+	"go.yaml.in/yaml/v3"
 )
 
 // KeyConfig holds the PII keys. Values are base64; the encryption keys are
 // listed as id:key pairs so old ciphertexts stay readable after rotation.
 type KeyConfig struct {
+	// A YAML file holding the keys instead of the variables below:
+	//   hmac_key: BASE64
+	//   active_key_id: k2
+	//   encryption_keys: {k1: BASE64, k2: BASE64}
+	File string `env:"MC_PII_KEYS_FILE"`
 	// HMAC key for lookups (at least 32 bytes).
 	HMACKey string `env:"MC_PII_HMAC_KEY"`
 	// AES-256 keys for display ciphertexts: "k1:BASE64,k2:BASE64".
@@ -32,7 +42,44 @@ var DevKeys = KeyConfig{
 }
 
 // IsDev reports whether no keys were configured.
-func (c KeyConfig) IsDev() bool { return c.HMACKey == "" && c.EncKeys == "" }
+func (c KeyConfig) IsDev() bool { return c.File == "" && c.HMACKey == "" && c.EncKeys == "" }
+
+// keyFile is the YAML shape of MC_PII_KEYS_FILE.
+type keyFile struct {
+	HMACKey        string            `yaml:"hmac_key"`
+	ActiveKeyID    string            `yaml:"active_key_id"`
+	EncryptionKeys map[string]string `yaml:"encryption_keys"`
+}
+
+// resolve returns the key values, read from the file when one is named.
+func (c KeyConfig) resolve() (KeyConfig, error) {
+	if c.File == "" {
+		return c, nil
+	}
+	if c.HMACKey != "" || c.EncKeys != "" || c.EncKeyID != "" {
+		return c, errors.New("MC_PII_KEYS_FILE: set either the file or MC_PII_HMAC_KEY/MC_PII_ENC_KEYS/MC_PII_ENC_KEY_ID, not both")
+	}
+	b, err := os.ReadFile(c.File)
+	if err != nil {
+		return c, fmt.Errorf("MC_PII_KEYS_FILE: %w", err)
+	}
+	var f keyFile
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(&f); err != nil {
+		return c, fmt.Errorf("MC_PII_KEYS_FILE %s: %w", c.File, err)
+	}
+	ids := make([]string, 0, len(f.EncryptionKeys))
+	for id := range f.EncryptionKeys {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	var pairs []string
+	for _, id := range ids {
+		pairs = append(pairs, id+":"+f.EncryptionKeys[id])
+	}
+	return KeyConfig{HMACKey: f.HMACKey, EncKeys: strings.Join(pairs, ","), EncKeyID: f.ActiveKeyID}, nil
+}
 
 // Validate reports every problem with the keys at once.
 func (c KeyConfig) Validate() error {
@@ -56,9 +103,12 @@ func NewPII(c KeyConfig) (*PII, error) {
 	if c.IsDev() {
 		c = DevKeys
 	}
+	c, err := c.resolve()
+	if err != nil {
+		return nil, err
+	}
 	var errs []error
 	p := &PII{aeads: map[string]cipher.AEAD{}, active: c.EncKeyID}
-	var err error
 	if p.hmacKey, err = base64.StdEncoding.DecodeString(c.HMACKey); err != nil {
 		errs = append(errs, fmt.Errorf("MC_PII_HMAC_KEY: not base64: %w", err))
 	} else if len(p.hmacKey) < 32 {
@@ -128,3 +178,6 @@ func (p *PII) Decrypt(ciphertext []byte, keyID string, hash []byte) (string, err
 	}
 	return string(plain), nil
 }
+
+// ActiveKeyID is the id of the key new ciphertexts are written with.
+func (p *PII) ActiveKeyID() string { return p.active }

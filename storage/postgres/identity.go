@@ -386,3 +386,70 @@ func ListAudit(ctx context.Context, q Querier, member uuid.UUID) ([]AuditRow, er
 		return a, err
 	})
 }
+
+// SealedRow is a ciphertext to re-encrypt: an identifier's display value
+// (ID is identifier_id) or a member's code secret (ID is zero).
+type SealedRow struct {
+	ID       int64
+	MemberID uuid.UUID
+	Hash     []byte // additional data of identifier ciphertexts
+	Cipher   []byte
+	KeyID    string
+}
+
+// CountSealedNotUnder counts ciphertexts written under a key other than keyID.
+func CountSealedNotUnder(ctx context.Context, q Querier, keyID string) (int64, error) {
+	var n int64
+	err := q.QueryRow(ctx, `SELECT
+		(SELECT count(*) FROM member_identifiers WHERE value_cipher IS NOT NULL AND key_id <> $1) +
+		(SELECT count(*) FROM member_code_secrets WHERE key_id <> $1)`, keyID).Scan(&n)
+	if err != nil {
+		return 0, fmt.Errorf("count ciphertexts: %w", err)
+	}
+	return n, nil
+}
+
+// ClaimIdentifierCiphers locks up to limit identifier ciphertexts not under
+// keyID.
+func ClaimIdentifierCiphers(ctx context.Context, tx pgx.Tx, keyID string, limit int) ([]SealedRow, error) {
+	rows, err := tx.Query(ctx, `SELECT identifier_id, member_id, value_hash, value_cipher, key_id FROM member_identifiers
+		WHERE value_cipher IS NOT NULL AND key_id <> $1 ORDER BY identifier_id LIMIT $2 FOR UPDATE SKIP LOCKED`, keyID, limit)
+	if err != nil {
+		return nil, fmt.Errorf("claim identifier ciphertexts: %w", err)
+	}
+	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (SealedRow, error) {
+		var r SealedRow
+		err := row.Scan(&r.ID, &r.MemberID, &r.Hash, &r.Cipher, &r.KeyID)
+		return r, err
+	})
+}
+
+// UpdateIdentifierCipher stores a re-encrypted identifier ciphertext.
+func UpdateIdentifierCipher(ctx context.Context, tx pgx.Tx, id int64, cipher []byte, keyID string) error {
+	if _, err := tx.Exec(ctx, `UPDATE member_identifiers SET value_cipher = $2, key_id = $3 WHERE identifier_id = $1`, id, cipher, keyID); err != nil {
+		return fmt.Errorf("update identifier ciphertext: %w", err)
+	}
+	return nil
+}
+
+// ClaimCodeSecretCiphers locks up to limit member code secrets not under keyID.
+func ClaimCodeSecretCiphers(ctx context.Context, tx pgx.Tx, keyID string, limit int) ([]SealedRow, error) {
+	rows, err := tx.Query(ctx, `SELECT member_id, secret_cipher, key_id FROM member_code_secrets
+		WHERE key_id <> $1 ORDER BY member_id LIMIT $2 FOR UPDATE SKIP LOCKED`, keyID, limit)
+	if err != nil {
+		return nil, fmt.Errorf("claim code secrets: %w", err)
+	}
+	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (SealedRow, error) {
+		var r SealedRow
+		err := row.Scan(&r.MemberID, &r.Cipher, &r.KeyID)
+		return r, err
+	})
+}
+
+// UpdateCodeSecretCipher stores a re-encrypted code secret.
+func UpdateCodeSecretCipher(ctx context.Context, tx pgx.Tx, member uuid.UUID, cipher []byte, keyID string) error {
+	if _, err := tx.Exec(ctx, `UPDATE member_code_secrets SET secret_cipher = $2, key_id = $3 WHERE member_id = $1`, member, cipher, keyID); err != nil {
+		return fmt.Errorf("update code secret: %w", err)
+	}
+	return nil
+}

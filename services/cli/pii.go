@@ -1,0 +1,55 @@
+package cli
+
+import (
+	"fmt"
+	"io"
+
+	"github.com/schollz/progressbar/v3"
+	"github.com/spf13/cobra"
+
+	"github.com/membercenter/membercenter/services/changes"
+	"github.com/membercenter/membercenter/services/identity"
+)
+
+func piiCmd(stdout, logOut io.Writer) *cobra.Command {
+	cmd := &cobra.Command{Use: "pii", Short: "PII key operations"}
+	var batch int
+	reencrypt := &cobra.Command{
+		Use:   "reencrypt",
+		Short: "Re-encrypt every PII ciphertext under the active key (MC_PII_ENC_KEY_ID), so old keys can be retired",
+		Long: `Rotating the PII encryption key:
+  1. add the new key to MC_PII_ENC_KEYS (or the keys file) and make it active,
+     keeping the old key listed; restart the platform;
+  2. run 'membercenter pii reencrypt';
+  3. remove the old key.
+Safe to run while the platform serves, and to run again.`,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			e, done, err := setup(cmd.Context(), logOut)
+			if err != nil {
+				return err
+			}
+			defer done()
+			svc, err := identity.New(e.cfg.Identity, e.p.Pool(), changes.Writer{Propagator: e.tel.Propagator}, e.tel.Logger)
+			if err != nil {
+				return err
+			}
+			var bar *progressbar.ProgressBar
+			n, err := svc.Reencrypt(cmd.Context(), batch, func(done, total int64) {
+				if bar == nil {
+					bar = progressbar.NewOptions64(total, progressbar.OptionSetWriter(stdout),
+						progressbar.OptionSetDescription("re-encrypting"), progressbar.OptionShowCount(), progressbar.OptionSetWidth(30))
+				}
+				_ = bar.Set64(done)
+			})
+			if bar != nil {
+				_ = bar.Finish()
+				fmt.Fprintln(stdout)
+			}
+			fmt.Fprintf(stdout, "re-encrypted %d ciphertexts\n", n)
+			return err
+		},
+	}
+	reencrypt.Flags().IntVar(&batch, "batch", 500, "rows per transaction")
+	cmd.AddCommand(reencrypt)
+	return cmd
+}

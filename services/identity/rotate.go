@@ -1,0 +1,77 @@
+package identity
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/membercenter/membercenter/storage/postgres"
+)
+
+// Reencrypt rewrites every PII ciphertext (identifier display values and
+// member code secrets) that is not under the active encryption key, in
+// batches, so an old key can be retired: configure the new key as active
+// with the old one still listed, run this, then drop the old key. progress
+// is called after each batch with the count done and the count there was to
+// do. It is safe to run while the platform serves and to run twice.
+func (s *Service) Reencrypt(ctx context.Context, batch int, progress func(done, total int64)) (int64, error) {
+	active := s.pii.ActiveKeyID()
+	total, err := postgres.CountSealedNotUnder(ctx, s.pool, active)
+	if err != nil {
+		return 0, err
+	}
+	var done int64
+	for _, kind := range []struct {
+		claim  func(context.Context, pgx.Tx, string, int) ([]postgres.SealedRow, error)
+		update func(context.Context, pgx.Tx, postgres.SealedRow, []byte) error
+		ad     func(postgres.SealedRow) []byte
+	}{
+		{postgres.ClaimIdentifierCiphers,
+			func(ctx context.Context, tx pgx.Tx, r postgres.SealedRow, c []byte) error {
+				return postgres.UpdateIdentifierCipher(ctx, tx, r.ID, c, active)
+			},
+			func(r postgres.SealedRow) []byte { return r.Hash }},
+		{postgres.ClaimCodeSecretCiphers,
+			func(ctx context.Context, tx pgx.Tx, r postgres.SealedRow, c []byte) error {
+				return postgres.UpdateCodeSecretCipher(ctx, tx, r.MemberID, c, active)
+			},
+			func(r postgres.SealedRow) []byte { return codeSecretAD(r.MemberID) }},
+	} {
+		for {
+			n := 0
+			err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+				rows, err := kind.claim(ctx, tx, active, batch)
+				if err != nil {
+					return err
+				}
+				for _, r := range rows {
+					plain, err := s.pii.Decrypt(r.Cipher, r.KeyID, kind.ad(r))
+					if err != nil {
+						return fmt.Errorf("re-encrypt: %w (is key %q still listed in MC_PII_ENC_KEYS?)", err, r.KeyID)
+					}
+					sealed, _, err := s.pii.Encrypt(plain, kind.ad(r))
+					if err != nil {
+						return err
+					}
+					if err := kind.update(ctx, tx, r, sealed); err != nil {
+						return err
+					}
+				}
+				n = len(rows)
+				return nil
+			})
+			if err != nil {
+				return done, err
+			}
+			done += int64(n)
+			if progress != nil && n > 0 {
+				progress(done, total)
+			}
+			if n < batch {
+				break
+			}
+		}
+	}
+	return done, nil
+}
