@@ -18,7 +18,9 @@ import (
 	"github.com/membercenter/membercenter/services/identity"
 )
 
-func key(b byte) string { return base64.StdEncoding.EncodeToString([]byte(strings.Repeat(string(b), 32))) }
+func key(b byte) string {
+	return base64.StdEncoding.EncodeToString([]byte(strings.Repeat(string(b), 32)))
+}
 
 // Rotating the encryption key: write under k1, make k2 active with k1 still
 // listed, re-encrypt, then run with k2 alone. Lookups (keyed hashes) and
