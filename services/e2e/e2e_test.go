@@ -493,3 +493,81 @@ func TestInvalidRequestsNameTheField(t *testing.T) {
 		t.Fatalf("GetBalance of an unknown member = %v, want NotFound", err)
 	}
 }
+
+// Identity refusals reach a channel as the right status, naming the rule,
+// and change nothing.
+func TestIdentityRefusalsOverGRPC(t *testing.T) {
+	e := start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	idc := mcv1.NewIdentityServiceClient(e.conn)
+	ok, err := idc.Resolve(ctx, &mcv1.ResolveRequest{Channel: mcv1.Channel_CHANNEL_POS, CreateIfMissing: true, IdempotencyKey: "ok",
+		Identifiers: []*mcv1.Identifier{{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_PHONE, Value: "13512345678"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var before int
+	count := func() int {
+		var n int
+		if err := e.pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM members) + (SELECT count(*) FROM member_identifiers) + (SELECT count(*) FROM merges)`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	before = count()
+	cases := []struct {
+		name string
+		call func() error
+		code codes.Code
+		want string
+	}{
+		{"blocked phone", func() error {
+			_, err := idc.Resolve(ctx, &mcv1.ResolveRequest{Channel: mcv1.Channel_CHANNEL_POS, CreateIfMissing: true, IdempotencyKey: "b",
+				Identifiers: []*mcv1.Identifier{{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_PHONE, Value: "13800000000"}}})
+			return err
+		}, codes.FailedPrecondition, "phone.blocked"},
+		{"device alone cannot create", func() error {
+			_, err := idc.Resolve(ctx, &mcv1.ResolveRequest{Channel: mcv1.Channel_CHANNEL_APP, CreateIfMissing: true, IdempotencyKey: "d",
+				Identifiers: []*mcv1.Identifier{{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_DEVICE_ID, Value: "tablet-9"}}})
+			return err
+		}, codes.FailedPrecondition, "may_create"},
+		{"merge an unknown member", func() error {
+			_, err := idc.Merge(ctx, &mcv1.MergeRequest{SourceMemberId: "01a2081c-7e05-7692-b601-0b712861c640", TargetMemberId: ok.GetMemberId(), Reason: "x", IdempotencyKey: "m"})
+			return err
+		}, codes.NotFound, "01a2081c-7e05-7692-b601-0b712861c640"},
+		{"merge into itself", func() error {
+			_, err := idc.Merge(ctx, &mcv1.MergeRequest{SourceMemberId: ok.GetMemberId(), TargetMemberId: ok.GetMemberId(), Reason: "x", IdempotencyKey: "m2"})
+			return err
+		}, codes.FailedPrecondition, "itself"},
+		{"unmerge a malformed id", func() error {
+			_, err := idc.Unmerge(ctx, &mcv1.UnmergeRequest{MergeId: "nope", Reason: "x", IdempotencyKey: "u"})
+			return err
+		}, codes.InvalidArgument, "merge_id"},
+		{"merge without reason", func() error {
+			_, err := idc.Merge(ctx, &mcv1.MergeRequest{SourceMemberId: ok.GetMemberId(), TargetMemberId: ok.GetMemberId(), IdempotencyKey: "m3"})
+			return err
+		}, codes.InvalidArgument, "reason"},
+		{"graph of an unknown member", func() error {
+			_, err := idc.GetIdentityGraph(ctx, &mcv1.GetIdentityGraphRequest{MemberId: "01a2081c-7e05-7692-b601-0b712861c641"})
+			return err
+		}, codes.NotFound, "01a2081c-7e05-7692-b601-0b712861c641"},
+		{"wrong member code", func() error {
+			_, err := idc.VerifyMemberCode(ctx, &mcv1.VerifyMemberCodeRequest{Code: "0000000001123456"})
+			return err
+		}, codes.Unauthenticated, "invalid or expired"},
+		{"assertion from an unknown terminal", func() error {
+			_, err := idc.VerifyDeviceAssertion(ctx, &mcv1.VerifyDeviceAssertionRequest{DeviceId: "t-1", Assertion: []byte{1}, Signature: []byte{2}})
+			return err
+		}, codes.PermissionDenied, "not registered"},
+	}
+	for _, tc := range cases {
+		err := tc.call()
+		st, _ := status.FromError(err)
+		if st.Code() != tc.code || !strings.Contains(st.Message(), tc.want) {
+			t.Errorf("%s: %v; want %s naming %q", tc.name, err, tc.code, tc.want)
+		}
+	}
+	if after := count(); after != before {
+		t.Fatalf("refused requests changed the database: %d rows → %d", before, after)
+	}
+}
