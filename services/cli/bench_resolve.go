@@ -1,0 +1,722 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"runtime"
+	"runtime/pprof"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/spf13/cobra"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
+
+	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
+	"github.com/membercenter/membercenter/storage/postgres"
+
+	"github.com/membercenter/membercenter/services/changes"
+	"github.com/membercenter/membercenter/services/identity"
+	"github.com/membercenter/membercenter/services/platform"
+)
+
+// benchDatabase is the scratch database the resolve benchmark preloads; it
+// lives on the configured server beside the configured database.
+const benchDatabase = "membercenter_bench"
+
+// preloadCause marks the identifiers the benchmark preloaded.
+const preloadCause = "bench-preload"
+
+func benchResolveCmd(stdout io.Writer) *cobra.Command {
+	b := &resolveBench{out: stdout}
+	cmd := &cobra.Command{
+		Use:   "resolve",
+		Short: "IdentityService.Resolve and Merge over gRPC against a preloaded member base, beside a gRPC health check on the same server",
+		Long: `Preloads --members members, each with a mainland-China mobile number stored
+exactly as the identity service stores it (keyed hash, AES-GCM ciphertext,
+masked form), into the dedicated database ` + benchDatabase + ` on the configured
+PostgreSQL server (created when missing, migrated, preloaded once and reused
+by later runs). Then serves the IdentityService in process on loopback with
+the production gRPC stack and drives it open-loop at --rate for --duration,
+after an unmeasured warm-up: first grpc.health.v1.Health/Check through the
+same server (the floor), then Resolve of random existing phones. Latency
+counts from each request's intended send time. Last, --merges Merge calls
+of fresh pairs of preloaded members, closed loop. Prints Markdown; progress
+goes to stderr.`,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			logPath := filepath.Join(os.TempDir(), "membercenter-bench-resolve.log")
+			logFile, err := os.Create(logPath)
+			if err != nil {
+				return err
+			}
+			defer logFile.Close()
+			e, done, err := setup(cmd.Context(), logFile)
+			if err != nil {
+				return err
+			}
+			defer done()
+			b.e, b.progress = e, cmd.ErrOrStderr()
+			fmt.Fprintf(b.progress, "bench resolve: server log in %s\n", logPath)
+			return b.run(cmd.Context())
+		},
+	}
+	f := cmd.Flags()
+	f.IntVar(&b.members, "members", 1_000_000, "preloaded members, each with one phone number")
+	f.IntVar(&b.rate, "rate", 2000, "requests per second (open loop)")
+	f.DurationVar(&b.duration, "duration", 20*time.Second, "measured time per scenario at --rate (after a 3 s warm-up)")
+	f.IntVar(&b.merges, "merges", 2000, "Merge calls (closed loop)")
+	f.IntVar(&b.mergeWorkers, "merge-concurrency", 8, "concurrent Merge callers")
+	f.IntVar(&b.conns, "conns", 4, "gRPC client connections the requests are spread over")
+	f.DurationVar(&b.timeout, "timeout", 30*time.Second, "deadline of each request; one that passes counts as an error")
+	f.StringVar(&b.cpuProfile, "cpuprofile", "", "write a CPU profile of this process during the measured Resolve phase to this file")
+	return cmd
+}
+
+type resolveBench struct {
+	e             *env
+	out, progress io.Writer
+
+	members, rate, merges, mergeWorkers, conns int
+	duration, timeout                          time.Duration
+	cpuProfile                                 string
+
+	runID   string
+	svc     *identity.Service // the preload's normaliser: the same config as the server's
+	pool    *pgxpool.Pool
+	clients []*grpc.ClientConn
+}
+
+const resolveWarmup = 3 * time.Second
+
+func (b *resolveBench) logf(format string, args ...any) {
+	fmt.Fprintf(b.progress, "bench resolve: "+format+"\n", args...)
+}
+
+// phone is preloaded member i's mobile number: 130 0000 0000 + i, all valid
+// mainland-China numbers (verified by the identity normaliser on preload).
+func benchPhone(i int) string { return strconv.FormatInt(13_000_000_000+int64(i), 10) }
+
+func phoneID(i int) *mcv1.Identifier {
+	return &mcv1.Identifier{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_PHONE, Value: benchPhone(i)}
+}
+
+// mergeSpan is the tail of the preloaded id range reserved for merges; the
+// Resolve phase never touches it.
+func (b *resolveBench) mergeSpan() int { return (b.members / 5) &^ 1 }
+
+func (b *resolveBench) validate() error {
+	var errs []error
+	if b.members < 10 {
+		errs = append(errs, errors.New("--members must be at least 10"))
+	}
+	if b.members > 1_000_000_000 {
+		errs = append(errs, errors.New("--members must be at most 1,000,000,000 (phone numbers 130… to 139…)"))
+	}
+	if b.rate < 1 || b.duration < time.Second {
+		errs = append(errs, errors.New("--rate must be positive and --duration at least 1s"))
+	}
+	if b.merges < 0 || b.mergeWorkers < 1 || b.conns < 1 || b.timeout <= 0 {
+		errs = append(errs, errors.New("--merges must not be negative; --merge-concurrency, --conns and --timeout must be positive"))
+	}
+	return errors.Join(errs...)
+}
+
+func (b *resolveBench) run(ctx context.Context) error {
+	if err := b.validate(); err != nil {
+		return err
+	}
+	b.runID = fmt.Sprintf("bench%x", time.Now().UnixNano()&0xffffffffff)
+	cfg := b.e.cfg
+	benchURL, err := benchDatabaseURL(cfg.Postgres.URL)
+	if err != nil {
+		return err
+	}
+	if err := createDatabase(ctx, b.e.p.Pool(), benchDatabase); err != nil {
+		return err
+	}
+	pcfg := cfg
+	pcfg.Postgres.URL = benchURL
+	p, err := platform.Open(ctx, pcfg, b.e.tel)
+	if err != nil {
+		return err
+	}
+	defer p.Close()
+	b.pool = p.Pool()
+	if _, err := postgres.Migrate(ctx, b.pool); err != nil {
+		return err
+	}
+	// The same identity configuration the server below is built with, so the
+	// preloaded hashes are the ones Resolve looks up.
+	if b.svc, err = identity.New(cfg.Identity, b.pool, changes.Writer{}, b.e.tel.Logger); err != nil {
+		return err
+	}
+	preload, err := b.preload(ctx)
+	if err != nil {
+		return fmt.Errorf("preload: %w", err)
+	}
+
+	// The production server: platform.Run with only the identity service
+	// builds it with server.NewGRPC (otelgrpc, recovery, protovalidate, the
+	// platform's error translation, health and reflection) and registers
+	// identity.NewServer, exactly as `membercenter serve` does.
+	grpcLis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	adminLis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	ready := make(chan struct{})
+	pctx, stop := context.WithCancel(ctx)
+	defer stop()
+	g, gctx := errgroup.WithContext(pctx)
+	g.Go(func() error {
+		return p.Run(gctx, platform.Options{Services: []string{"identity"}, GRPC: grpcLis, Admin: adminLis,
+			Ready: func() { close(ready) }})
+	})
+	select {
+	case <-ready:
+	case <-gctx.Done():
+		return fmt.Errorf("server did not start: %w", g.Wait())
+	}
+	for range b.conns {
+		c, err := grpc.NewClient(grpcLis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		c.Connect()
+		b.clients = append(b.clients, c)
+	}
+
+	n := int(float64(b.rate) * b.duration.Seconds())
+	b.logf("floor: grpc.health.v1.Health/Check, %d requests at %d/s after a %s warm-up", n, b.rate, resolveWarmup)
+	floor, err := b.openPhase(ctx, n, b.healthCheck, false)
+	if err != nil {
+		return fmt.Errorf("floor: %w", err)
+	}
+	b.logf("floor: p50 %s ms, p99 %s ms, %d errors", ms(floor.Median), ms(floor.P99), floor.errors)
+
+	b.logf("resolve: IdentityService.Resolve, %d requests at %d/s after a %s warm-up", n, b.rate, resolveWarmup)
+	resolve, err := b.openPhase(ctx, n, b.resolve, true)
+	if err != nil {
+		return fmt.Errorf("resolve: %w", err)
+	}
+	b.logf("resolve: p50 %s ms, p99 %s ms, %d errors", ms(resolve.Median), ms(resolve.P99), resolve.errors)
+
+	merges, err := b.mergePhase(ctx)
+	if err != nil {
+		return fmt.Errorf("merges: %w", err)
+	}
+
+	stop()
+	if err := g.Wait(); err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	var total, merged int64
+	if err := b.pool.QueryRow(ctx, `SELECT count(*), count(*) FILTER (WHERE status = 'merged') FROM members`).Scan(&total, &merged); err != nil {
+		return fmt.Errorf("count members: %w", err)
+	}
+	b.report(floor, resolve, merges, preload, total, merged)
+	return nil
+}
+
+// benchDatabaseURL is the configured URL with its database replaced by the
+// benchmark's.
+func benchDatabaseURL(configured string) (string, error) {
+	if !strings.Contains(configured, "://") {
+		// keyword=value form: a later dbname overrides an earlier one.
+		return configured + " dbname=" + benchDatabase, nil
+	}
+	u, err := url.Parse(configured)
+	if err != nil {
+		return "", fmt.Errorf("MC_PG_URL: %w", err)
+	}
+	u.Path = "/" + benchDatabase
+	return u.String(), nil
+}
+
+// createDatabase creates db, owned by the configured user, unless it exists.
+func createDatabase(ctx context.Context, pool *pgxpool.Pool, db string) error {
+	var exists bool
+	if err := pool.QueryRow(ctx, `SELECT EXISTS (SELECT FROM pg_database WHERE datname = $1)`, db).Scan(&exists); err != nil {
+		return fmt.Errorf("look up database %s: %w", db, err)
+	}
+	if exists {
+		return nil
+	}
+	_, err := pool.Exec(ctx, `CREATE DATABASE `+pgx.Identifier{db}.Sanitize())
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "42P04" { // created concurrently
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("create database %s (the configured user needs CREATEDB): %w", db, err)
+	}
+	return nil
+}
+
+type preloadResult struct {
+	present, loaded int
+	took            time.Duration
+}
+
+// preload brings the bench database to b.members preloaded members. Batches
+// are loaded in order, each in its own transaction, so the database always
+// holds members 0…k-1 and a later run resumes at k.
+func (b *resolveBench) preload(ctx context.Context) (preloadResult, error) {
+	var have int
+	if err := b.pool.QueryRow(ctx, `SELECT count(*) FROM member_identifiers WHERE cause_id = $1`, preloadCause).Scan(&have); err != nil {
+		return preloadResult{}, err
+	}
+	res := preloadResult{present: have}
+	if have >= b.members {
+		b.logf("preload: %d bench members already present; skipping", have)
+	} else {
+		b.logf("preload: %d bench members present, loading %d more", have, b.members-have)
+		start := time.Now()
+		if err := b.load(ctx, have, b.members); err != nil {
+			return res, err
+		}
+		res.loaded = b.members - have
+		b.logf("preload: loaded %d members in %s; vacuum and analyze", res.loaded, time.Since(start).Round(time.Millisecond))
+		if _, err := b.pool.Exec(ctx, `VACUUM (ANALYZE) members, member_identifiers`); err != nil {
+			return res, err
+		}
+		res.took = time.Since(start)
+		b.logf("preload: done in %s", res.took.Round(time.Millisecond))
+	}
+	if _, err := b.pool.Exec(ctx, `ANALYZE members, member_identifiers`); err != nil {
+		return res, err
+	}
+	// A database preloaded under other PII keys would make every Resolve
+	// create a member: refuse it.
+	ns, err := b.svc.Normalize([]*mcv1.Identifier{phoneID(0), phoneID(b.members - 1)})
+	if err != nil {
+		return res, err
+	}
+	var found int
+	if err := b.pool.QueryRow(ctx, `
+		SELECT count(*) FROM member_identifiers WHERE id_type = $1 AND scope = '' AND value_hash = ANY($2)`,
+		int16(mcv1.IdentifierType_IDENTIFIER_TYPE_PHONE), [][]byte{ns[0].Hash, ns[1].Hash}).Scan(&found); err != nil {
+		return res, err
+	}
+	if found != 2 {
+		return res, fmt.Errorf("database %s holds phones hashed with other PII keys (or another layout); drop it and rerun", benchDatabase)
+	}
+	return res, nil
+}
+
+type preloadBatch struct {
+	members, identifiers [][]any
+}
+
+const preloadBatchSize = 10_000
+
+// load inserts members [from, to): one goroutine normalises the next batch
+// with the identity service while the current one is copied.
+func (b *resolveBench) load(ctx context.Context, from, to int) error {
+	g, gctx := errgroup.WithContext(ctx)
+	batches := make(chan preloadBatch, 1)
+	g.Go(func() error {
+		defer close(batches)
+		for lo := from; lo < to; lo += preloadBatchSize {
+			hi := min(lo+preloadBatchSize, to)
+			ids := make([]*mcv1.Identifier, 0, hi-lo)
+			for i := lo; i < hi; i++ {
+				ids = append(ids, phoneID(i))
+			}
+			ns, err := b.svc.Normalize(ids)
+			if err != nil {
+				return err
+			}
+			if len(ns) != len(ids) {
+				return fmt.Errorf("members %d…%d: %d of %d phones normalised to distinct values", lo, hi-1, len(ns), len(ids))
+			}
+			now := time.Now()
+			batch := preloadBatch{members: make([][]any, len(ns)), identifiers: make([][]any, len(ns))}
+			for k, n := range ns {
+				id := uuid.Must(uuid.NewV7())
+				batch.members[k] = []any{id, now}
+				batch.identifiers[k] = []any{id, id, true, int16(n.Type), n.Scope, n.Hash, n.Cipher, n.KeyID, n.Masked, now, preloadCause}
+			}
+			select {
+			case batches <- batch:
+			case <-gctx.Done():
+				return gctx.Err()
+			}
+		}
+		return nil
+	})
+	g.Go(func() error {
+		done, next := from, (from/100_000+1)*100_000
+		start := time.Now()
+		for batch := range batches {
+			err := pgx.BeginFunc(gctx, b.pool, func(tx pgx.Tx) error {
+				if _, err := tx.CopyFrom(gctx, pgx.Identifier{"members"}, []string{"member_id", "created_at"},
+					pgx.CopyFromRows(batch.members)); err != nil {
+					return fmt.Errorf("copy members: %w", err)
+				}
+				if _, err := tx.CopyFrom(gctx, pgx.Identifier{"member_identifiers"},
+					[]string{"member_id", "origin_member_id", "is_unique", "id_type", "scope", "value_hash", "value_cipher", "key_id", "masked", "linked_at", "cause_id"},
+					pgx.CopyFromRows(batch.identifiers)); err != nil {
+					return fmt.Errorf("copy member_identifiers: %w", err)
+				}
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+			done += len(batch.members)
+			if done >= next || done == to {
+				b.logf("preload: %d / %d members (%s)", done, to, time.Since(start).Round(time.Second))
+				next += 100_000
+			}
+		}
+		return nil
+	})
+	return g.Wait()
+}
+
+// phaseResult is one open-loop scenario: the distribution of successful
+// requests' latencies, the requests sent and the failures by status code.
+type phaseResult struct {
+	Summary
+	sent, errors int
+	byCode       map[string]int
+}
+
+type rpcCall func(ctx context.Context, conn *grpc.ClientConn, key string, i int) error
+
+func (b *resolveBench) healthCheck(ctx context.Context, conn *grpc.ClientConn, _ string, _ int) error {
+	_, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
+	return err
+}
+
+func (b *resolveBench) resolve(ctx context.Context, conn *grpc.ClientConn, key string, i int) error {
+	resp, err := mcv1.NewIdentityServiceClient(conn).Resolve(ctx, &mcv1.ResolveRequest{
+		Identifiers: []*mcv1.Identifier{phoneID(i)}, Channel: mcv1.Channel_CHANNEL_POS, StoreId: "BENCH-1",
+		CreateIfMissing: true, IdempotencyKey: key,
+	})
+	if err != nil {
+		return err
+	}
+	if resp.GetCreated() || resp.GetMemberId() == "" {
+		// The phone was preloaded: a new member means the benchmark did not
+		// measure what it says.
+		return fmt.Errorf("phone of member %d resolved to a new member", i)
+	}
+	return nil
+}
+
+// openPhase warms up for resolveWarmup at b.rate (unmeasured), then sends n
+// requests open-loop at b.rate, each in its own goroutine, and times each
+// from its intended send time. Targets are random preloaded members outside
+// the merge span.
+func (b *resolveBench) openPhase(ctx context.Context, n int, c rpcCall, profile bool) (phaseResult, error) {
+	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 3))
+	span := b.members - b.mergeSpan()
+	loop := &latencyBench{rate: b.rate}
+	send := func(prefix string, n int, done []time.Time, errs []error) ([]time.Time, error) {
+		targets := make([]int, n)
+		for i := range targets {
+			targets[i] = rng.IntN(span)
+		}
+		var wg sync.WaitGroup
+		intended, err := loop.openLoop(ctx, n, func(i int) {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				rctx, cancel := context.WithTimeout(ctx, b.timeout)
+				defer cancel()
+				err := c(rctx, b.clients[i%len(b.clients)], prefix+strconv.Itoa(i), targets[i])
+				if done != nil {
+					done[i], errs[i] = time.Now(), err
+				}
+			}()
+		})
+		wg.Wait()
+		return intended, err
+	}
+	if _, err := send(b.runID+"-warm-", int(float64(b.rate)*resolveWarmup.Seconds()), nil, nil); err != nil {
+		return phaseResult{}, err
+	}
+	if profile && b.cpuProfile != "" {
+		f, err := os.Create(b.cpuProfile)
+		if err != nil {
+			return phaseResult{}, err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return phaseResult{}, err
+		}
+		defer pprof.StopCPUProfile()
+	}
+	done, errs := make([]time.Time, n), make([]error, n)
+	intended, err := send(b.runID+"-", n, done, errs)
+	if err != nil {
+		return phaseResult{}, err
+	}
+	res := phaseResult{sent: n, byCode: map[string]int{}}
+	ds := make([]time.Duration, 0, n)
+	last := intended[0]
+	for i := range n {
+		if done[i].After(last) {
+			last = done[i]
+		}
+		if errs[i] != nil {
+			res.errors++
+			res.byCode[errorCode(errs[i])]++
+			continue
+		}
+		ds = append(ds, done[i].Sub(intended[i]))
+	}
+	if len(ds) > 0 {
+		res.Summary = summarize(ds, last.Sub(intended[0]))
+	}
+	return res, nil
+}
+
+func errorCode(err error) string {
+	if s, ok := status.FromError(err); ok {
+		return s.Code().String()
+	}
+	return "client check failed: " + err.Error()
+}
+
+type mergeResult struct {
+	Summary
+	wanted, attempted, errors int
+	byCode                    map[string]int
+	note                      string
+}
+
+// mergePhase merges member i+1 into member i for fresh pairs of the tail
+// span, closed loop with b.mergeWorkers callers.
+func (b *resolveBench) mergePhase(ctx context.Context) (mergeResult, error) {
+	res := mergeResult{wanted: b.merges, byCode: map[string]int{}}
+	if b.merges == 0 {
+		return res, nil
+	}
+	pairs, err := b.freshPairs(ctx, b.merges)
+	if err != nil {
+		return res, err
+	}
+	if len(pairs) < b.merges {
+		res.note = fmt.Sprintf("only %d unmerged pairs were left in the merge span (members %d…%d); drop database %s or raise --members for more",
+			len(pairs), b.members-b.mergeSpan(), b.members-1, benchDatabase)
+		b.logf("merges: %s", res.note)
+	}
+	res.attempted = len(pairs)
+	if len(pairs) == 0 {
+		return res, nil
+	}
+	b.logf("merges: %d IdentityService.Merge calls with %d workers (closed loop)", len(pairs), b.mergeWorkers)
+	lat := make([]time.Duration, len(pairs))
+	errs := make([]error, len(pairs))
+	next := make(chan int)
+	var wg sync.WaitGroup
+	start := time.Now()
+	for w := range b.mergeWorkers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			client := mcv1.NewIdentityServiceClient(b.clients[w%len(b.clients)])
+			for i := range next {
+				rctx, cancel := context.WithTimeout(ctx, b.timeout)
+				t := time.Now()
+				_, errs[i] = client.Merge(rctx, &mcv1.MergeRequest{
+					SourceMemberId: pairs[i][1].String(), TargetMemberId: pairs[i][0].String(),
+					Reason: "bench", IdempotencyKey: b.runID + "-merge-" + strconv.Itoa(i),
+				})
+				lat[i] = time.Since(t)
+				cancel()
+			}
+		}()
+	}
+	for i := range pairs {
+		select {
+		case next <- i:
+		case <-ctx.Done():
+			close(next)
+			wg.Wait()
+			return res, ctx.Err()
+		}
+	}
+	close(next)
+	wg.Wait()
+	elapsed := time.Since(start)
+	ds := make([]time.Duration, 0, len(pairs))
+	for i, err := range errs {
+		if err != nil {
+			res.errors++
+			res.byCode[errorCode(err)]++
+			continue
+		}
+		ds = append(ds, lat[i])
+	}
+	if len(ds) > 0 {
+		res.Summary = summarize(ds, elapsed)
+	}
+	b.logf("merges: %.0f/s, p50 %s ms, p99 %s ms, %d errors", res.Throughput, ms(res.Median), ms(res.P99), res.errors)
+	return res, nil
+}
+
+// freshPairs returns up to want pairs (member i, member i+1) of the merge
+// span in which neither member has merged or been merged: the merges of
+// earlier runs are in the database, so a rerun picks the next pairs.
+func (b *resolveBench) freshPairs(ctx context.Context, want int) ([][2]uuid.UUID, error) {
+	var out [][2]uuid.UUID
+	const chunk = 10_000
+	for lo := b.members - b.mergeSpan(); lo+1 < b.members && len(out) < want; lo += chunk {
+		hi := min(lo+chunk, b.members)
+		ids := make([]*mcv1.Identifier, 0, hi-lo)
+		for i := lo; i < hi; i++ {
+			ids = append(ids, phoneID(i))
+		}
+		ns, err := b.svc.Normalize(ids)
+		if err != nil {
+			return nil, err
+		}
+		hashes := make([][]byte, len(ns))
+		for k, n := range ns {
+			hashes[k] = n.Hash
+		}
+		// The member each phone was preloaded into (origin_member_id stays
+		// put when a merge moves the identifier), and whether it is untouched.
+		rows, err := b.pool.Query(ctx, `
+			SELECT k.ord, m.member_id, m.status = 'active' AND m.merge_count = 0
+			  FROM unnest($1::bytea[]) WITH ORDINALITY AS k(hash, ord)
+			  JOIN member_identifiers i ON i.id_type = $2 AND i.scope = '' AND i.value_hash = k.hash
+			  JOIN members m ON m.member_id = i.origin_member_id`,
+			hashes, int16(mcv1.IdentifierType_IDENTIFIER_TYPE_PHONE))
+		if err != nil {
+			return nil, err
+		}
+		member := make([]uuid.UUID, len(ns))
+		fresh := make([]bool, len(ns))
+		var ord int
+		var id uuid.UUID
+		var ok bool
+		_, err = pgx.ForEachRow(rows, []any{&ord, &id, &ok}, func() error {
+			member[ord-1], fresh[ord-1] = id, ok
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
+		for k := 0; k+1 < len(ns) && len(out) < want; k += 2 {
+			if fresh[k] && fresh[k+1] {
+				out = append(out, [2]uuid.UUID{member[k], member[k+1]})
+			}
+		}
+	}
+	return out, nil
+}
+
+// Public latency anchors named in issue 3.
+const (
+	segmentProfileAPI = 200 * time.Millisecond // Segment profile API
+	talonOne          = 50 * time.Millisecond  // Talon.One
+)
+
+func (b *resolveBench) report(floor, resolve phaseResult, merges mergeResult, pre preloadResult, total, merged int64) {
+	w := b.out
+	fmt.Fprintf(w, "| scenario | requests | target rate (req/s) | achieved (req/s) | p50 ms | p99 ms | max ms | errors | p50 ÷ floor | p99 ÷ floor |\n")
+	fmt.Fprintf(w, "|---|---|---|---|---|---|---|---|---|---|\n")
+	ratio := func(a, f time.Duration) string {
+		if f <= 0 || a <= 0 {
+			return "–"
+		}
+		return fmt.Sprintf("%.1f×", float64(a)/float64(f))
+	}
+	row := func(name string, r phaseResult) {
+		fmt.Fprintf(w, "| %s | %d | %d | %.0f | %s | %s | %s | %d | %s | %s |\n", name, r.sent, b.rate, r.Throughput,
+			ms(r.Median), ms(r.P99), ms(r.Max), r.errors, ratio(r.Median, floor.Median), ratio(r.P99, floor.P99))
+	}
+	row("floor: grpc.health.v1.Health/Check (same server, same run)", floor)
+	row("IdentityService.Resolve, existing phone (create_if_missing)", resolve)
+	fmt.Fprintln(w)
+	for _, r := range []struct {
+		name string
+		p    phaseResult
+	}{{"floor", floor}, {"Resolve", resolve}} {
+		if r.p.errors > 0 {
+			fmt.Fprintf(w, "%s errors by status: %s.\n", r.name, countsByCode(r.p.byCode))
+		}
+	}
+	if merges.wanted > 0 {
+		fmt.Fprintf(w, "Merges: IdentityService.Merge of member i+1 into member i, %d of %d pairs, %d callers closed loop: **%.0f merges/s**, p50 %s ms, p99 %s ms, max %s ms, %d errors",
+			merges.attempted, merges.wanted, b.mergeWorkers, merges.Throughput, ms(merges.Median), ms(merges.P99), ms(merges.Max), merges.errors)
+		if merges.errors > 0 {
+			fmt.Fprintf(w, " (%s)", countsByCode(merges.byCode))
+		}
+		fmt.Fprintln(w, ".")
+		if merges.note != "" {
+			fmt.Fprintf(w, "Note: %s.\n", merges.note)
+		}
+		fmt.Fprintln(w)
+	}
+	if resolve.P99 > 0 {
+		fmt.Fprintf(w, "Public anchors from issue 3: Segment's profile API promises < 200 ms and Talon.One < 50 ms; our Resolve p99 of %s ms is %.2f× the first and %.2f× the second (over loopback, so without their network).\n\n",
+			ms(resolve.P99), float64(resolve.P99)/float64(segmentProfileAPI), float64(resolve.P99)/float64(talonOne))
+	}
+	loaded := "already present, not reloaded"
+	if pre.loaded > 0 {
+		loaded = fmt.Sprintf("%s loaded in this run in %s (normalised by identity.Service, COPY in batches of %s, then VACUUM ANALYZE)",
+			thousands(int64(pre.loaded)), pre.took.Round(time.Second), thousands(preloadBatchSize))
+	}
+	fmt.Fprintf(w, "Preload: %s members with one phone each (%s); the database holds %s members, %s of them merged.\n",
+		thousands(int64(b.members)), loaded, thousands(total), thousands(merged))
+	fmt.Fprintf(w, "GOMAXPROCS %d; client, gRPC server and PostgreSQL share the machine; %d client connections; PostgreSQL pool of %d; latency of successful requests, from each request's intended send time.\n",
+		runtime.GOMAXPROCS(0), b.conns, b.e.cfg.Postgres.MaxConns)
+}
+
+func countsByCode(m map[string]int) string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = fmt.Sprintf("%s %d", k, m[k])
+	}
+	return strings.Join(parts, ", ")
+}
+
+// thousands formats n with comma separators: 1000000 → "1,000,000".
+func thousands(n int64) string {
+	s := strconv.FormatInt(n, 10)
+	neg := strings.HasPrefix(s, "-")
+	s = strings.TrimPrefix(s, "-")
+	var out []byte
+	for i := range len(s) {
+		if i > 0 && (len(s)-i)%3 == 0 {
+			out = append(out, ',')
+		}
+		out = append(out, s[i])
+	}
+	if neg {
+		return "-" + string(out)
+	}
+	return string(out)
+}
