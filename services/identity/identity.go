@@ -145,11 +145,6 @@ func (s *Service) Normalize(ids []*mcv1.Identifier) ([]Normalized, error) {
 		default:
 			n.Masked = mask(v)
 		}
-		if isPII(n.Type) {
-			if n.Cipher, n.KeyID, err = s.pii.Encrypt(v, n.Hash); err != nil {
-				return nil, fmt.Errorf("encrypt identifier: %w", err)
-			}
-		}
 		out = append(out, n)
 	}
 	return out, nil
@@ -423,6 +418,12 @@ func (s *Service) linkMissing(ctx context.Context, tx pgx.Tx, res *Result, usabl
 			res.Ignored = append(res.Ignored, Ignored{Identifier: n, Rule: refusal.Rule})
 			continue
 		}
+		// Encrypted only now: a lookup never pays for it.
+		if isPII(n.Type) {
+			if n.Cipher, n.KeyID, err = s.pii.Encrypt(n.Value, n.Hash); err != nil {
+				return fmt.Errorf("encrypt identifier: %w", err)
+			}
+		}
 		row := toIdentifierRow(res.MemberID, n, now, o.cause)
 		row.OriginMemberID, row.Unique = res.Origin, rule.Unique
 		if err := postgres.InsertIdentifier(ctx, tx, row); err != nil {
@@ -539,6 +540,9 @@ func (s *Service) Resolve(ctx context.Context, req *mcv1.ResolveRequest) (*mcv1.
 	if err != nil {
 		return nil, err
 	}
+	if resp, ok, err := s.resolveKnown(ctx, req, ids); err != nil || ok {
+		return resp, err
+	}
 	resp := &mcv1.ResolveResponse{}
 	err = postgres.RetryTx(ctx, s.pool, func(tx pgx.Tx) error {
 		resp.Reset()
@@ -566,6 +570,32 @@ func (s *Service) Resolve(ctx context.Context, req *mcv1.ResolveRequest) (*mcv1.
 		return nil, err
 	}
 	return resp, nil
+}
+
+// resolveKnown is the read-only fast path of Resolve, one round trip: when
+// every identifier already belongs to the same member through unique
+// identifiers (nothing to link, merge or refuse) and the idempotency key is
+// new, the answer changes nothing, so nothing is written. Anything else
+// takes the transactional path.
+func (s *Service) resolveKnown(ctx context.Context, req *mcv1.ResolveRequest, ids []Normalized) (*mcv1.ResolveResponse, bool, error) {
+	keys := make([]postgres.IdentifierKey, len(ids))
+	for i, n := range ids {
+		if s.rules.Blocked(n.Type, n.Value) {
+			return nil, false, nil
+		}
+		keys[i] = keyOf(n)
+	}
+	used, found, err := postgres.LookupIdempotent(ctx, s.pool, "identity.Resolve", req.GetIdempotencyKey(), keys)
+	if err != nil || used || len(found) != len(ids) {
+		return nil, false, err
+	}
+	member := found[0].MemberID
+	for _, f := range found {
+		if !f.Unique || f.MemberID != member {
+			return nil, false, nil
+		}
+	}
+	return &mcv1.ResolveResponse{MemberId: member.String()}, true, nil
 }
 
 // FindByIdentifier looks a member up without side effects. A shared

@@ -9,6 +9,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 // IdentifierKey is how an identifier is looked up: its type, scope and the
@@ -49,22 +50,44 @@ func FindIdentifiers(ctx context.Context, q Querier, keys []IdentifierKey) ([]Id
 	if len(keys) == 0 {
 		return nil, nil
 	}
+	rows, err := q.Query(ctx, findIdentifiersSQL, keyArrays(keys)...)
+	if err != nil {
+		return nil, fmt.Errorf("find identifiers: %w", err)
+	}
+	return pgx.CollectRows(rows, scanIdentifier)
+}
+
+var findIdentifiersSQL = `
+		SELECT ` + identifierColumns("i") + `
+		  FROM member_identifiers i
+		  JOIN unnest($1::smallint[], $2::text[], $3::bytea[]) AS k(id_type, scope, value_hash)
+		    ON i.id_type = k.id_type AND i.scope = k.scope AND i.value_hash = k.value_hash`
+
+func keyArrays(keys []IdentifierKey) []any {
 	types := make([]int16, len(keys))
 	scopes := make([]string, len(keys))
 	hashes := make([][]byte, len(keys))
 	for i, k := range keys {
 		types[i], scopes[i], hashes[i] = k.Type, k.Scope, k.Hash
 	}
-	rows, err := q.Query(ctx, `
-		SELECT `+identifierColumns("i")+`
-		  FROM member_identifiers i
-		  JOIN unnest($1::smallint[], $2::text[], $3::bytea[]) AS k(id_type, scope, value_hash)
-		    ON i.id_type = k.id_type AND i.scope = k.scope AND i.value_hash = k.value_hash`,
-		types, scopes, hashes)
-	if err != nil {
-		return nil, fmt.Errorf("find identifiers: %w", err)
+	return []any{types, scopes, hashes}
+}
+
+// LookupIdempotent asks, in one round trip, whether an idempotency key was
+// used in scope and which stored identifiers match keys: the read-only fast
+// path of a resolution.
+func LookupIdempotent(ctx context.Context, pool *pgxpool.Pool, scope, key string, keys []IdentifierKey) (keyUsed bool, found []IdentifierRow, err error) {
+	b := &pgx.Batch{}
+	b.Queue(`SELECT EXISTS (SELECT FROM idempotency_keys WHERE scope = $1 AND key = $2)`, scope, key).
+		QueryRow(func(row pgx.Row) error { return row.Scan(&keyUsed) })
+	b.Queue(findIdentifiersSQL, keyArrays(keys)...).Query(func(rows pgx.Rows) error {
+		found, err = pgx.CollectRows(rows, scanIdentifier)
+		return err
+	})
+	if err := pool.SendBatch(ctx, b).Close(); err != nil {
+		return false, nil, fmt.Errorf("resolve lookup: %w", err)
 	}
-	return pgx.CollectRows(rows, scanIdentifier)
+	return keyUsed, found, err
 }
 
 // ListIdentifiers returns a member's identifiers in the order they were linked.
