@@ -217,6 +217,7 @@ topic_cmd() { kafka_java org.apache.kafka.tools.TopicCommand --bootstrap-server 
 
 create_topics() {
   local existing
+  fetch_kafka # TopicCommand's jars, even when the broker was started elsewhere
   wait_for "kafka (topic list)" 60 topic_cmd --list
   existing="$(topic_cmd --list 2>/dev/null)"
   for spec in "${topics[@]}"; do
