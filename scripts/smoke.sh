@@ -32,7 +32,8 @@ for svc in membercenter.v1.IdentityService membercenter.v1.ProfileService member
 done
 echo "smoke: grpcurl list shows every service"
 
-"$grpcurl" -plaintext -d '{"service":"membercenter.v1.IdentityService"}' "$MC_GRPC_ADDR" grpc.health.v1.Health/Check | grep -q SERVING ||
+health="$("$grpcurl" -plaintext -d '{"service":"membercenter.v1.IdentityService"}' "$MC_GRPC_ADDR" grpc.health.v1.Health/Check)"
+grep -q SERVING <<<"$health" ||
   fail "health check"
 
 set +e
@@ -50,11 +51,14 @@ member="$(sed -n 's/.*"memberId": "\([^"]*\)".*/\1/p' <<<"$ok")"
 again="$("$grpcurl" -plaintext -d "{\"identifiers\":[{\"type\":\"IDENTIFIER_TYPE_PHONE\",\"value\":\"$phone\"}],\"channel\":\"CHANNEL_POS\",\"create_if_missing\":true,\"idempotency_key\":\"smoke-$phone\"}" \
   "$MC_GRPC_ADDR" membercenter.v1.IdentityService/Resolve)"
 [[ "$again" == "$ok" ]] || fail "retried Resolve answered differently: $again"
-"$grpcurl" -plaintext -d "{\"member_id\":\"$member\"}" "$MC_GRPC_ADDR" membercenter.v1.BenefitsService/GetBalance | grep -q "$member" ||
+balance="$("$grpcurl" -plaintext -d "{\"member_id\":\"$member\"}" "$MC_GRPC_ADDR" membercenter.v1.BenefitsService/GetBalance)"
+grep -q "$member" <<<"$balance" ||
   fail "GetBalance"
 echo "smoke: Resolve created member $member; the retry got the same answer"
 
-curl -fsS "http://$MC_ADMIN_ADDR/metrics" | grep -q '^rpc_server_call_duration_seconds\|^rpc_server_duration' ||
+# Read the whole page first: grep -q closing the pipe early would fail curl.
+metrics="$(curl -fsS "http://$MC_ADMIN_ADDR/metrics")"
+grep -q '^rpc_server_call_duration_seconds\|^rpc_server_duration' <<<"$metrics" ||
   fail "RPC latency metric missing from /metrics"
 
 export MC_ADMIN_ADDR=127.0.0.1:59465
