@@ -1,0 +1,478 @@
+package benefits
+
+import (
+	"bytes"
+	_ "embed"
+	"errors"
+	"fmt"
+	"math"
+	"strings"
+	"time"
+
+	"cel.dev/cel-go/cel"
+	"go.yaml.in/yaml/v3"
+)
+
+//go:embed program.yaml
+var defaultProgram []byte
+
+// DefaultProgramSource returns the embedded default programme.
+func DefaultProgramSource() []byte { return append([]byte(nil), defaultProgram...) }
+
+// Program is a loaded, validated loyalty programme (docs/benefits.md).
+type Program struct {
+	Version        string
+	Currency       string
+	Location       *time.Location
+	Rounding       string
+	ReturnWindow   time.Duration
+	PointsLifetime time.Duration
+	RateBP         int64 // base points per currency unit, in basis points
+	RedeemPerUnit  int64 // points per currency unit of redemption value
+	RedeemMaxBP    int64 // share of a basket points may pay, in basis points
+	Tiers          []Tier
+	GraceMonths    int
+	BestOf         bool
+	Campaigns      []*Campaign
+	Coupons        map[string]*CouponTemplate
+	CouponOrder    []string
+	Benefits       []*BenefitDef
+	Missions       Missions
+	Source         []byte
+}
+
+// Tier is a rung of the ladder.
+type Tier struct {
+	ID           string
+	Name         string
+	MultiplierBP int64
+	Criteria     []Criterion
+}
+
+// Criterion is one way to qualify for a tier; exactly one field is set.
+type Criterion struct {
+	Spend12m  int64
+	Points12m int64
+	Orders12m int64
+	EachMonth *EachMonth
+}
+
+// EachMonth is "each of the last Months complete months had spend ≥ Min".
+type EachMonth struct {
+	Months int
+	Min    int64
+}
+
+// Campaign is an earning rule.
+type Campaign struct {
+	ID           string
+	Name         string
+	Condition    string
+	program      cel.Program
+	From, Until  time.Time // zero: unbounded
+	Weekdays     map[int]bool
+	Hours        map[int]bool
+	MultiplierBP int64 // 0: none
+	Bonus        int64
+	CapDay       int64 // 0: none
+	CapMonth     int64
+	Budget       int64
+	Coupon       string
+}
+
+// CouponTemplate describes coupons.
+type CouponTemplate struct {
+	ID             string
+	Name           string
+	AmountOff      int64
+	PercentOffBP   int64
+	MinSpend       int64
+	ValidDays      int
+	PerMemberLimit int
+	Claimable      bool
+	TotalLimit     int // 0: none
+}
+
+// BenefitDef is a catalogue entry.
+type BenefitDef struct {
+	ID            string
+	Name          string
+	MinTier       string
+	Labels        []string
+	BirthdayMonth bool
+	Revoke        string // immediate | end_of_month | never
+	Coupon        string
+}
+
+// Missions are the programme's missions; zero values disable one.
+type Missions struct {
+	StreakDays, StreakBonus         int64
+	PurchasesCount, PurchasesBonus  int64
+	ReferralBonus, ReferralCapMonth int64
+}
+
+type yamlProgram struct {
+	Version        string `yaml:"version"`
+	Currency       string `yaml:"currency"`
+	Timezone       string `yaml:"timezone"`
+	Rounding       string `yaml:"rounding"`
+	ReturnWindow   string `yaml:"return_window"`
+	PointsLifetime string `yaml:"points_lifetime"`
+	Base           struct {
+		PointsPerUnit float64 `yaml:"points_per_unit"`
+	} `yaml:"base"`
+	Redemption struct {
+		PointsPerUnit int64   `yaml:"points_per_unit"`
+		MaxShare      float64 `yaml:"max_share"`
+	} `yaml:"redemption"`
+	Tiers struct {
+		GraceMonths int `yaml:"grace_months"`
+		Ladder      []struct {
+			ID         string  `yaml:"id"`
+			Name       string  `yaml:"name"`
+			Multiplier float64 `yaml:"multiplier"`
+			Criteria   []struct {
+				Spend12m       *int64 `yaml:"spend_12m"`
+				Points12m      *int64 `yaml:"points_12m"`
+				Orders12m      *int64 `yaml:"orders_12m"`
+				EachMonthSpend *struct {
+					Months int   `yaml:"months"`
+					Min    int64 `yaml:"min"`
+				} `yaml:"each_month_spend"`
+			} `yaml:"criteria"`
+		} `yaml:"ladder"`
+	} `yaml:"tiers"`
+	Stacking  string `yaml:"stacking"`
+	Campaigns []struct {
+		ID              string  `yaml:"id"`
+		Name            string  `yaml:"name"`
+		Condition       string  `yaml:"condition"`
+		From            string  `yaml:"from"`
+		Until           string  `yaml:"until"`
+		Weekdays        []int   `yaml:"weekdays"`
+		Hours           []int   `yaml:"hours"`
+		Multiplier      float64 `yaml:"multiplier"`
+		Bonus           int64   `yaml:"bonus"`
+		CapPerMemberDay int64   `yaml:"cap_per_member_day"`
+		CapPerMemberMon int64   `yaml:"cap_per_member_month"`
+		Budget          int64   `yaml:"budget"`
+		Coupon          string  `yaml:"coupon"`
+	} `yaml:"campaigns"`
+	Coupons []struct {
+		ID             string  `yaml:"id"`
+		Name           string  `yaml:"name"`
+		AmountOff      int64   `yaml:"amount_off"`
+		PercentOff     float64 `yaml:"percent_off"`
+		MinSpend       int64   `yaml:"min_spend"`
+		ValidDays      int     `yaml:"valid_days"`
+		PerMemberLimit int     `yaml:"per_member_limit"`
+		Claimable      bool    `yaml:"claimable"`
+		TotalLimit     int     `yaml:"total_limit"`
+	} `yaml:"coupons"`
+	Benefits []struct {
+		ID            string   `yaml:"id"`
+		Name          string   `yaml:"name"`
+		MinTier       string   `yaml:"min_tier"`
+		Labels        []string `yaml:"labels"`
+		BirthdayMonth bool     `yaml:"birthday_month"`
+		Revoke        string   `yaml:"revoke"`
+		Coupon        string   `yaml:"coupon"`
+	} `yaml:"benefits"`
+	Missions struct {
+		CheckInStreak *struct {
+			Days  int64 `yaml:"days"`
+			Bonus int64 `yaml:"bonus"`
+		} `yaml:"check_in_streak"`
+		PurchasesInMonth *struct {
+			Count int64 `yaml:"count"`
+			Bonus int64 `yaml:"bonus"`
+		} `yaml:"purchases_in_month"`
+		Referral *struct {
+			Bonus       int64 `yaml:"bonus"`
+			CapPerMonth int64 `yaml:"cap_per_month"`
+		} `yaml:"referral"`
+	} `yaml:"missions"`
+}
+
+// bp converts a decimal with at most four places to basis points.
+func bp(v float64, what string) (int64, error) {
+	b := v * 10000
+	r := math.Round(b)
+	if math.Abs(b-r) > 1e-6 || v < 0 {
+		return 0, fmt.Errorf("%s: %v must be a non-negative decimal with at most four places", what, v)
+	}
+	return int64(r), nil
+}
+
+// ParseProgram validates a programme document; every problem is reported,
+// naming its place.
+func ParseProgram(src []byte) (*Program, error) {
+	var y yamlProgram
+	dec := yaml.NewDecoder(bytes.NewReader(src))
+	dec.KnownFields(true)
+	if err := dec.Decode(&y); err != nil {
+		return nil, fmt.Errorf("parse programme: %w", err)
+	}
+	var errs []error
+	add := func(err error) {
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	p := &Program{Version: y.Version, Currency: y.Currency, Rounding: y.Rounding, GraceMonths: y.Tiers.GraceMonths,
+		Coupons: map[string]*CouponTemplate{}, Source: append([]byte(nil), src...)}
+	if p.Version == "" {
+		add(errors.New("version is required"))
+	}
+	if len(p.Currency) != 3 || strings.ToUpper(p.Currency) != p.Currency {
+		add(fmt.Errorf("currency %q must be an ISO 4217 code", p.Currency))
+	}
+	if y.Timezone == "" {
+		y.Timezone = "Asia/Shanghai"
+	}
+	loc, err := time.LoadLocation(y.Timezone)
+	if err != nil {
+		add(fmt.Errorf("timezone: %w", err))
+		loc = time.UTC
+	}
+	p.Location = loc
+	switch p.Rounding {
+	case "":
+		p.Rounding = "floor"
+	case "floor", "round", "ceil":
+	default:
+		add(fmt.Errorf("rounding %q: choose floor, round or ceil", p.Rounding))
+	}
+	dur := func(s, what string, def time.Duration) time.Duration {
+		if s == "" {
+			return def
+		}
+		d, err := time.ParseDuration(s)
+		if err != nil || d < 0 {
+			add(fmt.Errorf("%s %q: not a non-negative duration", what, s))
+		}
+		return d
+	}
+	p.ReturnWindow = dur(y.ReturnWindow, "return_window", 7*24*time.Hour)
+	p.PointsLifetime = dur(y.PointsLifetime, "points_lifetime", 365*24*time.Hour)
+	if p.PointsLifetime <= 0 {
+		add(errors.New("points_lifetime must be positive"))
+	}
+	var e error
+	p.RateBP, e = bp(y.Base.PointsPerUnit, "base.points_per_unit")
+	add(e)
+	p.RedeemPerUnit = y.Redemption.PointsPerUnit
+	if p.RedeemPerUnit <= 0 {
+		add(errors.New("redemption.points_per_unit must be positive"))
+	}
+	p.RedeemMaxBP, e = bp(y.Redemption.MaxShare, "redemption.max_share")
+	add(e)
+	if p.RedeemMaxBP > 10000 {
+		add(errors.New("redemption.max_share must be at most 1"))
+	}
+	switch y.Stacking {
+	case "", "additive":
+	case "best_of":
+		p.BestOf = true
+	default:
+		add(fmt.Errorf("stacking %q: choose additive or best_of", y.Stacking))
+	}
+	if p.GraceMonths < 0 {
+		add(errors.New("tiers.grace_months must not be negative"))
+	}
+	tierIDs := map[string]bool{}
+	for i, t := range y.Tiers.Ladder {
+		where := fmt.Sprintf("tiers.ladder[%d] (%s)", i, t.ID)
+		if t.ID == "" || tierIDs[t.ID] {
+			add(fmt.Errorf("%s: id missing or repeated", where))
+		}
+		tierIDs[t.ID] = true
+		m, err := bp(t.Multiplier, where+".multiplier")
+		add(err)
+		tier := Tier{ID: t.ID, Name: t.Name, MultiplierBP: m}
+		for j, c := range t.Criteria {
+			set := 0
+			var cr Criterion
+			if c.Spend12m != nil {
+				set++
+				cr.Spend12m = *c.Spend12m
+			}
+			if c.Points12m != nil {
+				set++
+				cr.Points12m = *c.Points12m
+			}
+			if c.Orders12m != nil {
+				set++
+				cr.Orders12m = *c.Orders12m
+			}
+			if c.EachMonthSpend != nil {
+				set++
+				cr.EachMonth = &EachMonth{Months: c.EachMonthSpend.Months, Min: c.EachMonthSpend.Min}
+				if cr.EachMonth.Months < 1 || cr.EachMonth.Months > 12 {
+					add(fmt.Errorf("%s.criteria[%d]: each_month_spend.months must be 1..12", where, j))
+				}
+			}
+			if set != 1 {
+				add(fmt.Errorf("%s.criteria[%d]: set exactly one of spend_12m, points_12m, orders_12m, each_month_spend", where, j))
+			}
+			tier.Criteria = append(tier.Criteria, cr)
+		}
+		if i == 0 && len(tier.Criteria) > 0 {
+			add(fmt.Errorf("%s: the base tier has no criteria", where))
+		}
+		p.Tiers = append(p.Tiers, tier)
+	}
+	if len(p.Tiers) == 0 {
+		add(errors.New("tiers.ladder needs at least the base tier"))
+	}
+	for i, c := range y.Coupons {
+		where := fmt.Sprintf("coupons[%d] (%s)", i, c.ID)
+		if c.ID == "" || p.Coupons[c.ID] != nil {
+			add(fmt.Errorf("%s: id missing or repeated", where))
+			continue
+		}
+		pct, err := bp(c.PercentOff/100, where+".percent_off")
+		add(err)
+		t := &CouponTemplate{ID: c.ID, Name: c.Name, AmountOff: c.AmountOff, PercentOffBP: pct, MinSpend: c.MinSpend,
+			ValidDays: c.ValidDays, PerMemberLimit: c.PerMemberLimit, Claimable: c.Claimable, TotalLimit: c.TotalLimit}
+		if (t.AmountOff > 0) == (t.PercentOffBP > 0) {
+			add(fmt.Errorf("%s: set exactly one of amount_off and percent_off", where))
+		}
+		if t.ValidDays < 1 || t.PerMemberLimit < 1 {
+			add(fmt.Errorf("%s: valid_days and per_member_limit must be at least 1", where))
+		}
+		p.Coupons[c.ID] = t
+		p.CouponOrder = append(p.CouponOrder, c.ID)
+	}
+	env, err := celEnv()
+	if err != nil {
+		return nil, err
+	}
+	campIDs := map[string]bool{}
+	for i, c := range y.Campaigns {
+		where := fmt.Sprintf("campaigns[%d] (%s)", i, c.ID)
+		if c.ID == "" || campIDs[c.ID] {
+			add(fmt.Errorf("%s: id missing or repeated", where))
+		}
+		campIDs[c.ID] = true
+		camp := &Campaign{ID: c.ID, Name: c.Name, Condition: c.Condition, Bonus: c.Bonus, CapDay: c.CapPerMemberDay,
+			CapMonth: c.CapPerMemberMon, Budget: c.Budget, Coupon: c.Coupon}
+		if c.Multiplier != 0 {
+			camp.MultiplierBP, err = bp(c.Multiplier, where+".multiplier")
+			add(err)
+			if camp.MultiplierBP < 10000 {
+				add(fmt.Errorf("%s.multiplier must be at least 1", where))
+			}
+		}
+		if camp.MultiplierBP == 0 && camp.Bonus <= 0 {
+			add(fmt.Errorf("%s: set a multiplier or a bonus", where))
+		}
+		for _, d := range []struct {
+			s   string
+			dst *time.Time
+			f   string
+		}{{c.From, &camp.From, "from"}, {c.Until, &camp.Until, "until"}} {
+			if d.s == "" {
+				continue
+			}
+			t, err := time.ParseInLocation("2006-01-02", d.s, loc)
+			if err != nil {
+				if t, err = time.Parse(time.RFC3339, d.s); err != nil {
+					add(fmt.Errorf("%s.%s %q: want YYYY-MM-DD or RFC 3339", where, d.f, d.s))
+				}
+			}
+			*d.dst = t
+		}
+		if len(c.Weekdays) > 0 {
+			camp.Weekdays = map[int]bool{}
+			for _, w := range c.Weekdays {
+				if w < 0 || w > 6 {
+					add(fmt.Errorf("%s.weekdays: %d is not 0..6", where, w))
+				}
+				camp.Weekdays[w] = true
+			}
+		}
+		if len(c.Hours) > 0 {
+			camp.Hours = map[int]bool{}
+			for _, h := range c.Hours {
+				if h < 0 || h > 23 {
+					add(fmt.Errorf("%s.hours: %d is not 0..23", where, h))
+				}
+				camp.Hours[h] = true
+			}
+		}
+		if c.Coupon != "" && p.Coupons[c.Coupon] == nil {
+			add(fmt.Errorf("%s.coupon: unknown template %q", where, c.Coupon))
+		}
+		if c.Condition != "" {
+			ast, iss := env.Compile(c.Condition)
+			if iss.Err() != nil {
+				add(fmt.Errorf("%s.condition: %w", where, iss.Err()))
+			} else if ot := ast.OutputType(); ot != cel.BoolType && ot != cel.DynType {
+				add(fmt.Errorf("%s.condition: must be a bool expression, is %s", where, ast.OutputType()))
+			} else if camp.program, err = env.Program(ast); err != nil {
+				add(fmt.Errorf("%s.condition: %w", where, err))
+			}
+		}
+		p.Campaigns = append(p.Campaigns, camp)
+	}
+	for i, b := range y.Benefits {
+		where := fmt.Sprintf("benefits[%d] (%s)", i, b.ID)
+		def := &BenefitDef{ID: b.ID, Name: b.Name, MinTier: b.MinTier, Labels: b.Labels, BirthdayMonth: b.BirthdayMonth, Revoke: b.Revoke, Coupon: b.Coupon}
+		if def.Revoke == "" {
+			def.Revoke = "immediate"
+		}
+		if def.Revoke != "immediate" && def.Revoke != "end_of_month" && def.Revoke != "never" {
+			add(fmt.Errorf("%s.revoke %q: choose immediate, end_of_month or never", where, def.Revoke))
+		}
+		if def.MinTier != "" && !tierIDs[def.MinTier] {
+			add(fmt.Errorf("%s.min_tier: unknown tier %q", where, def.MinTier))
+		}
+		if def.Coupon != "" && p.Coupons[def.Coupon] == nil {
+			add(fmt.Errorf("%s.coupon: unknown template %q", where, def.Coupon))
+		}
+		if def.MinTier == "" && len(def.Labels) == 0 && !def.BirthdayMonth {
+			add(fmt.Errorf("%s: needs a condition (min_tier, labels or birthday_month)", where))
+		}
+		p.Benefits = append(p.Benefits, def)
+	}
+	if m := y.Missions.CheckInStreak; m != nil {
+		p.Missions.StreakDays, p.Missions.StreakBonus = m.Days, m.Bonus
+	}
+	if m := y.Missions.PurchasesInMonth; m != nil {
+		p.Missions.PurchasesCount, p.Missions.PurchasesBonus = m.Count, m.Bonus
+	}
+	if m := y.Missions.Referral; m != nil {
+		p.Missions.ReferralBonus, p.Missions.ReferralCapMonth = m.Bonus, m.CapPerMonth
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	return p, nil
+}
+
+func celEnv() (*cel.Env, error) {
+	env, err := cel.NewEnv(
+		cel.Variable("basket", cel.MapType(cel.StringType, cel.DynType)),
+		cel.Variable("member", cel.MapType(cel.StringType, cel.DynType)),
+		cel.Variable("channel", cel.StringType),
+		cel.Variable("store", cel.StringType),
+		cel.Variable("hour", cel.IntType),
+		cel.Variable("weekday", cel.IntType),
+		cel.Variable("day_of_month", cel.IntType),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("campaign condition environment: %w", err)
+	}
+	return env, nil
+}
+
+// tierIndex returns the position of a tier on the ladder (0 when unknown).
+func (p *Program) tierIndex(id string) int {
+	for i, t := range p.Tiers {
+		if t.ID == id {
+			return i
+		}
+	}
+	return 0
+}
