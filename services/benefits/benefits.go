@@ -1,12 +1,18 @@
-// Package benefits is the real-time benefit calculator: the points ledger,
-// earning rules, and the gRPC BenefitsService. Effects of member events are
-// exactly-once: the event id is recorded in the transaction that applies them.
+// Package benefits is the real-time benefit calculator: the points ledger
+// with expiring lots, earning rules and campaigns, dynamic tiers, benefits,
+// coupons and missions (docs/benefits.md), the benefit worker of the
+// pipeline and the gRPC BenefitsService. Effects are exactly-once: the cause
+// (event id, order id, idempotency key) is recorded in the transaction that
+// applies them.
 package benefits
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -24,99 +30,264 @@ import (
 // Stage is the benefit worker's name in groups and processed_events.
 const Stage = "benefits"
 
-// Service applies earning rules and serves balances and ledgers.
+// Service applies the programme and serves balances, ledgers, tiers,
+// benefits and coupons.
 type Service struct {
 	pool    *pgxpool.Pool
 	changes changes.Writer
 	log     *slog.Logger
 	now     func() time.Time
+	prog    atomic.Pointer[Program]
 }
 
-// New returns the service.
+// New returns the service running the embedded default programme until a
+// loaded version is found (see Watch).
 func New(pool *pgxpool.Pool, ch changes.Writer, log *slog.Logger) *Service {
-	return &Service{pool: pool, changes: ch, log: log, now: time.Now}
+	s := &Service{pool: pool, changes: ch, log: log, now: time.Now}
+	p, err := ParseProgram(defaultProgram)
+	if err != nil {
+		panic(fmt.Sprintf("embedded program.yaml: %v", err)) // covered by tests
+	}
+	s.prog.Store(p)
+	return s
+}
+
+func (s *Service) program() *Program { return s.prog.Load() }
+
+// Program returns the programme in force.
+func (s *Service) Program() *Program { return s.program() }
+
+// SetClock replaces the service's clock, for tests and simulations.
+func (s *Service) SetClock(now func() time.Time) { s.now = now }
+
+// LoadProgram validates a programme and stores it as the newest version;
+// running services pick it up (Watch). A version id may be used once.
+func LoadProgram(ctx context.Context, pool *pgxpool.Pool, src []byte) (*Program, error) {
+	p, err := ParseProgram(src)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := pool.Exec(ctx, `INSERT INTO program_versions (version, source) VALUES ($1, $2)`, p.Version, string(src)); err != nil {
+		if postgres.IsUniqueViolation(err) {
+			return nil, fmt.Errorf("programme version %q was loaded before; give the new programme a new version", p.Version)
+		}
+		return nil, fmt.Errorf("store programme: %w", err)
+	}
+	return p, nil
+}
+
+// Reload switches to the newest stored programme version, if it is not the
+// one in force.
+func (s *Service) Reload(ctx context.Context) error {
+	var version, src string
+	err := s.pool.QueryRow(ctx, `SELECT version, source FROM program_versions ORDER BY seq DESC LIMIT 1`).Scan(&version, &src)
+	if errors.Is(err, pgx.ErrNoRows) || (err == nil && version == s.program().Version) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read programme: %w", err)
+	}
+	p, err := ParseProgram([]byte(src))
+	if err != nil {
+		return fmt.Errorf("stored programme %s: %w", version, err)
+	}
+	s.prog.Store(p)
+	s.log.InfoContext(ctx, "loyalty programme loaded", "version", p.Version)
+	return nil
+}
+
+// Watch reloads the programme every interval until ctx ends, so a loaded
+// version takes effect without a restart.
+func (s *Service) Watch(ctx context.Context, interval time.Duration) error {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		if err := s.Reload(ctx); err != nil && ctx.Err() == nil {
+			s.log.WarnContext(ctx, "programme reload", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
 }
 
 var _ worker.Applier = (*Service)(nil)
 
-// PointsFor is the placeholder earning rule: one point per whole currency
-// unit paid (amounts are in minor units of two-decimal currencies).
-func PointsFor(total *mcv1.Money) int64 {
-	if total.GetAmountMinor() <= 0 {
-		return 0
-	}
-	return total.GetAmountMinor() / 100
+// ChannelName is the short lower-case name of a channel: "pos", "app", …
+func ChannelName(c mcv1.Channel) string {
+	return strings.ToLower(strings.TrimPrefix(c.String(), "CHANNEL_"))
 }
 
-// pointsLifetime is how long earned points stay spendable.
-const pointsLifetime = 365 * 24 * time.Hour
-
-// Apply credits the points a transaction earns, once per event, writing the
-// ledger transaction, the lot, the balance and the outbox change together.
-func (s *Service) Apply(ctx context.Context, ev *mcv1.MemberEvent) error {
-	tx := ev.GetTransaction()
-	if tx == nil {
-		return nil // only purchases earn points so far
+// opFromEvent turns a member event into an engine operation; ok is false
+// for events the programme ignores (visits, browsing, shares).
+func (s *Service) opFromEvent(ev *mcv1.MemberEvent) (Op, bool, error) {
+	p := s.program()
+	op := Op{At: ev.GetOccurredAt().AsTime(), Cause: ev.GetEventId(), Origin: ev.GetResolution().GetOriginMemberId(),
+		Channel: ChannelName(ev.GetChannel()), Store: ev.GetStoreId()}
+	switch x := ev.GetPayload().(type) {
+	case *mcv1.MemberEvent_Transaction:
+		t := x.Transaction
+		if c := t.GetTotal().GetCurrency(); c != p.Currency {
+			return op, false, dlq.Reject(fmt.Errorf("transaction.total.currency %q: the programme runs in %s", c, p.Currency))
+		}
+		op.Kind, op.OrderID, op.Total = OpPurchase, t.GetOrderId(), t.GetTotal().GetAmountMinor()
+		op.CouponCodes, op.RedeemPoints = t.GetCouponCodes(), t.GetPointsRedeemed()
+		op.Items = toItems(t.GetItems())
+	case *mcv1.MemberEvent_Refund:
+		r := x.Refund
+		if c := r.GetAmount().GetCurrency(); c != p.Currency {
+			return op, false, dlq.Reject(fmt.Errorf("refund.amount.currency %q: the programme runs in %s", c, p.Currency))
+		}
+		op.Kind, op.OrderID, op.Amount = OpRefund, r.GetOrderId(), r.GetAmount().GetAmountMinor()
+	case *mcv1.MemberEvent_CheckIn:
+		op.Kind = OpCheckIn
+	case *mcv1.MemberEvent_Referral:
+		op.Kind = OpReferral
+	case *mcv1.MemberEvent_SignUp:
+		if x.SignUp.GetBirthDate() == nil {
+			return op, false, nil
+		}
+		op.Kind, op.BirthDate = OpSignUp, x.SignUp.GetBirthDate().AsTime().In(p.Location).Format("2006-01-02")
+	default:
+		return op, false, nil
 	}
+	return op, true, nil
+}
+
+func toItems(items []*mcv1.LineItem) []Item {
+	out := make([]Item, len(items))
+	for i, it := range items {
+		out[i] = Item{SKU: it.GetSku(), Category: it.GetCategory(), Brand: it.GetBrand(), Quantity: int64(it.GetQuantity()), Amount: it.GetAmount().GetAmountMinor()}
+	}
+	return out
+}
+
+// Apply applies one member event, once: the event id is recorded in the
+// transaction that applies it. A purchase the programme refuses (say, more
+// points redeemed than available) is recorded as processed and logged, so
+// it never blocks the member's later events.
+func (s *Service) Apply(ctx context.Context, ev *mcv1.MemberEvent) error {
 	resolved, err := uuid.Parse(ev.GetMemberId())
 	if err != nil {
 		return dlq.Reject(fmt.Errorf("member_id %q: %w", ev.GetMemberId(), err))
 	}
-	// Points belong to the member the event is attributed to, so an unmerge
-	// can give them back; they are held by whoever that member is now.
-	origin := resolved
-	if o := ev.GetResolution().GetOriginMemberId(); o != "" {
-		if origin, err = uuid.Parse(o); err != nil {
-			return dlq.Reject(fmt.Errorf("resolution.origin_member_id %q: %w", o, err))
+	op, ok, err := s.opFromEvent(ev)
+	if err != nil || !ok {
+		return err
+	}
+	if op.Origin == "" {
+		op.Origin = resolved.String()
+	} else if _, err := uuid.Parse(op.Origin); err != nil {
+		return dlq.Reject(fmt.Errorf("resolution.origin_member_id %q: %w", op.Origin, err))
+	}
+	return s.retryRaces(ctx, func() error {
+		return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+			fresh, err := postgres.MarkProcessed(ctx, tx, Stage, ev.GetEventId())
+			if err != nil || !fresh {
+				return err
+			}
+			member, err := postgres.CanonicalMember(ctx, tx, resolved)
+			if err != nil {
+				return err
+			}
+			st, err := s.load(ctx, tx, member, true, op.At, op.OrderID)
+			if err != nil {
+				return err
+			}
+			fx, err := Engine{P: s.program()}.Apply(st, op)
+			var refusal *Refusal
+			if errors.As(err, &refusal) {
+				s.log.WarnContext(ctx, "event refused by the programme", "event_id", ev.GetEventId(), "member_id", member, "reason", refusal.Reason)
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			return s.persist(ctx, tx, st, fx, op, ev.GetChannel(), ev.GetStoreId())
+		})
+	})
+}
+
+// retryRaces runs fn again when a concurrent operation used the last of a
+// budget or limit it counted on, or committed the same order first.
+func (s *Service) retryRaces(ctx context.Context, fn func() error) error {
+	var err error
+	for attempt := 0; attempt < 5; attempt++ {
+		err = fn()
+		if !errors.Is(err, errBudgetRace) && !postgres.IsUniqueViolation(err) && !postgres.IsSerializationFailure(err) {
+			return err
 		}
 	}
-	points := PointsFor(tx.GetTotal())
-	return pgx.BeginFunc(ctx, s.pool, func(dbtx pgx.Tx) error {
-		fresh, err := postgres.MarkProcessed(ctx, dbtx, Stage, ev.GetEventId())
-		if err != nil || !fresh || points == 0 {
-			return err
-		}
-		member, err := postgres.CanonicalMember(ctx, dbtx, resolved)
-		if err != nil {
-			return err
-		}
-		// Serialise with merges and unmerges of this member.
-		if _, err := postgres.LockMembers(ctx, dbtx, member); err != nil {
-			return err
-		}
-		now := s.now()
-		earnedAt := now
-		if ev.GetOccurredAt() != nil {
-			earnedAt = ev.GetOccurredAt().AsTime()
-		}
-		txnID := uuid.Must(uuid.NewV7())
-		reason := fmt.Sprintf("purchase %s: 1 point per currency unit", tx.GetOrderId())
-		if err := postgres.InsertLedgerTransaction(ctx, dbtx, postgres.LedgerTransaction{
-			TransactionID: txnID, MemberID: member, OriginMemberID: origin, Kind: "earn", Reason: reason, CauseID: ev.GetEventId(), CreatedAt: now,
-			Entries: []postgres.LedgerEntry{
-				{Account: postgres.MemberAccount(member), MemberID: &member, Delta: points},
-				{Account: postgres.LiabilityAccount, Delta: -points},
-			},
-		}); err != nil {
-			return err
-		}
-		if err := postgres.InsertLot(ctx, dbtx, postgres.Lot{
-			MemberID: member, OriginMemberID: origin, TransactionID: txnID, Earned: points, Remaining: points,
-			EarnedAt: earnedAt, AvailableAt: earnedAt, ExpiresAt: earnedAt.Add(pointsLifetime),
-		}); err != nil {
-			return err
-		}
-		acct, err := postgres.AddToAccount(ctx, dbtx, member, points, 0, points)
-		if err != nil {
-			return err
-		}
-		_, err = s.changes.Append(ctx, dbtx, member, &mcv1.MemberChange{
-			CauseId: ev.GetEventId(), Channel: ev.GetChannel(), StoreId: ev.GetStoreId(),
-			Change: &mcv1.MemberChange_PointsChanged{PointsChanged: &mcv1.PointsChanged{
-				Kind: mcv1.LedgerEntryKind_LEDGER_ENTRY_KIND_EARN, Delta: points, Balance: acct.Available,
-				Pending: acct.Pending, Reason: reason, TransactionId: txnID.String(),
-			}},
+	return err
+}
+
+// Advance processes month starts and expiry for every member with points
+// or a tier above the base, up to now: the scheduled job behind "a balance
+// never shows expired points" and monthly tier evaluation. It returns how
+// many members it changed.
+func (s *Service) Advance(ctx context.Context, batch int) (int, error) {
+	now := s.now()
+	p := s.program()
+	cur := monthOf(now, p.Location)
+	rows, err := s.pool.Query(ctx, `
+		SELECT m.member_id FROM members m
+		 WHERE m.status = 'active' AND (
+		       EXISTS (SELECT FROM point_lots l WHERE l.member_id = m.member_id AND l.remaining > 0 AND l.expires_at <= $1)
+		    OR EXISTS (SELECT FROM loyalty_state s WHERE s.member_id = m.member_id AND (s.state->>'evaluated')::int < $2))
+		 LIMIT $3`, now, int(cur), batch)
+	if err != nil {
+		return 0, fmt.Errorf("members to advance: %w", err)
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
+	if err != nil {
+		return 0, err
+	}
+	for _, id := range ids {
+		op := Op{Kind: OpAdvance, At: now, Cause: fmt.Sprintf("job:advance:%s:%s", now.UTC().Format("2006-01-02T15:04"), id), Origin: id.String()}
+		err := s.retryRaces(ctx, func() error {
+			return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+				st, err := s.load(ctx, tx, id, true, now)
+				if err != nil {
+					return err
+				}
+				fx, err := Engine{P: p}.Apply(st, op)
+				if err != nil {
+					return err
+				}
+				return s.persist(ctx, tx, st, fx, op, mcv1.Channel_CHANNEL_BACKOFFICE, "")
+			})
 		})
-		return err
-	})
+		if err != nil {
+			return 0, fmt.Errorf("advance %s: %w", id, err)
+		}
+	}
+	return len(ids), nil
+}
+
+// RunScheduler advances members every interval until ctx ends.
+func (s *Service) RunScheduler(ctx context.Context, interval time.Duration) error {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		for {
+			n, err := s.Advance(ctx, 500)
+			if err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				s.log.WarnContext(ctx, "scheduled expiry and tier evaluation", "err", err)
+				break
+			}
+			if n < 500 {
+				break
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
 }

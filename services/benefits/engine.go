@@ -212,7 +212,8 @@ const (
 	OpSignUp
 	OpAdjust
 	OpRedeem
-	OpAdvance // month starts and expiry only
+	OpAdvance     // month starts and expiry only
+	OpIssueCoupon // one coupon of Template (claims, operators)
 )
 
 // Item is a basket line.
@@ -241,6 +242,8 @@ type Op struct {
 	Points    int64  // adjust (±) and redeem
 	Reason    string // adjust and redeem
 	BirthDate string // sign-up, YYYY-MM-DD
+	Template  string // coupon issuance
+	Claim     bool   // a member's claim: the template must be claimable
 }
 
 // LedgerTxn is a balanced movement the engine made.
@@ -282,6 +285,11 @@ var ErrRefused = errors.New("refused by the loyalty programme")
 
 // Is makes a Refusal match ErrRefused.
 func (r *Refusal) Is(target error) bool { return target == ErrRefused }
+
+// LiabilityAccount is the counter-account of every movement of a member's
+// points (transfers between members aside): the programme owes exactly the
+// sum of all balances.
+const LiabilityAccount = "programme:liability"
 
 // Engine applies operations under one programme.
 type Engine struct{ P *Program }
@@ -376,6 +384,16 @@ func (e Engine) Apply(s *State, op Op) (*Effects, error) {
 	case OpRedeem:
 		err = e.spend(s, fx, t, op, op.Points, "redeem", op.Reason)
 	case OpAdvance:
+	case OpIssueCoupon:
+		tpl := p.Coupons[op.Template]
+		switch {
+		case tpl == nil:
+			err = &Refusal{Reason: fmt.Sprintf("unknown coupon template %q", op.Template)}
+		case op.Claim && !tpl.Claimable:
+			err = &Refusal{Reason: fmt.Sprintf("coupon %s cannot be claimed; it is issued by campaigns, benefits or operators", op.Template)}
+		default:
+			_, err = e.issueCoupon(s, fx, t, op, op.Template, op.Reason)
+		}
 	}
 	if err != nil {
 		return nil, err
@@ -463,7 +481,7 @@ func (e Engine) expire(s *State, fx *Effects, t time.Time, op Op) {
 		if l.Remaining > 0 && !t.Before(l.ExpiresAt) {
 			p := l.Remaining
 			l.Remaining, l.dirty = 0, true
-			e.ledger(s, fx, LedgerTxn{Kind: "expire", Delta: -p, Counter: "programme:liability",
+			e.ledger(s, fx, LedgerTxn{Kind: "expire", Delta: -p, Counter: LiabilityAccount,
 				Reason: fmt.Sprintf("points earned %s expired", l.EarnedAt.In(e.P.Location).Format("2006-01-02"))}, t)
 		}
 	}
@@ -484,14 +502,7 @@ func (e Engine) addLot(s *State, fx *Effects, t time.Time, op Op, points int64, 
 	l := &Lot{Earned: points, Remaining: points, EarnedAt: t, AvailableAt: avail, ExpiresAt: t.Add(e.P.PointsLifetime),
 		OrderID: orderID, Origin: op.Origin, TxnKind: kind, dirty: true}
 	s.Lots = append(s.Lots, l)
-	counter := "programme:liability"
-	switch kind {
-	case "restore":
-		counter = "programme:redemptions"
-	case "adjust":
-		counter = "programme:adjustments"
-	}
-	e.ledger(s, fx, LedgerTxn{Kind: kind, Delta: points, Counter: counter, Reason: reason}, t)
+	e.ledger(s, fx, LedgerTxn{Kind: kind, Delta: points, Counter: LiabilityAccount, Reason: reason}, t)
 	return l
 }
 
@@ -524,11 +535,7 @@ func (e Engine) spend(s *State, fx *Effects, t time.Time, op Op, p int64, kind, 
 		l.dirty = true
 		left -= take
 	}
-	counter := "programme:redemptions"
-	if kind == "adjust" {
-		counter = "programme:adjustments"
-	}
-	e.ledger(s, fx, LedgerTxn{Kind: kind, Delta: -p, Counter: counter, Reason: reason}, t)
+	e.ledger(s, fx, LedgerTxn{Kind: kind, Delta: -p, Counter: LiabilityAccount, Reason: reason}, t)
 	return nil
 }
 
@@ -843,7 +850,7 @@ func (e Engine) refund(s *State, fx *Effects, t time.Time, op Op) error {
 		taken := reverse - left
 		o.Unrecovered += left
 		if taken > 0 {
-			e.ledger(s, fx, LedgerTxn{Kind: "reverse", Delta: -taken, Counter: "programme:liability",
+			e.ledger(s, fx, LedgerTxn{Kind: "reverse", Delta: -taken, Counter: LiabilityAccount,
 				Reason: fmt.Sprintf("refund of %d on order %s", a, o.OrderID)}, t)
 		}
 	}

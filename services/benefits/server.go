@@ -2,18 +2,31 @@ package benefits
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"sort"
 	"strconv"
+	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 	"github.com/membercenter/membercenter/storage/postgres"
+
+	"github.com/membercenter/membercenter/services/changes"
 )
 
-// Server is the gRPC BenefitsService. RPCs not built yet answer
-// Unimplemented.
+// ErrInvalid is wrapped by requests the programme cannot take as given
+// (InvalidArgument): an unknown currency, a basket time in the future.
+var ErrInvalid = errors.New("invalid request")
+
+// maxSkew is how far in the future a basket's time may be.
+const maxSkew = 5 * time.Minute
+
+// Server is the gRPC BenefitsService.
 type Server struct {
 	mcv1.UnimplementedBenefitsServiceServer
 	svc *Service
@@ -22,31 +35,336 @@ type Server struct {
 // NewServer returns the gRPC adapter of svc.
 func NewServer(svc *Service) *Server { return &Server{svc: svc} }
 
+func parseMember(id string) (uuid.UUID, error) {
+	m, err := uuid.Parse(id)
+	if err != nil {
+		return uuid.Nil, fmt.Errorf("member_id %q: %w", id, ErrInvalid)
+	}
+	return m, nil
+}
+
+// read runs fn on a member's state, as of now, in a read-only transaction.
+func (s *Service) read(ctx context.Context, member uuid.UUID, at time.Time, fn func(st *State) error, orderIDs ...string) error {
+	return pgx.BeginTxFunc(ctx, s.pool, pgx.TxOptions{AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
+		m, err := postgres.CanonicalMember(ctx, tx, member)
+		if err != nil {
+			return err
+		}
+		st, err := s.load(ctx, tx, m, false, at, orderIDs...)
+		if err != nil {
+			return err
+		}
+		return fn(st)
+	})
+}
+
+// mutate applies op to the member (the one it was merged into, if so) in one
+// transaction, once per idempotency key, and lets build fill the response.
+func (s *Service) mutate(ctx context.Context, scope, key string, req, resp proto.Message, member uuid.UUID, op Op,
+	ch mcv1.Channel, store string, build func(st *State, fx *Effects) error) error {
+	if op.Origin == "" {
+		op.Origin = member.String()
+	}
+	if op.Cause == "" {
+		op.Cause = "rpc:" + scope + ":" + key
+	}
+	return s.retryRaces(ctx, func() error {
+		return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+			proto.Reset(resp)
+			_, err := changes.Idempotent(ctx, tx, scope, key, req, resp, func() error {
+				m, err := postgres.CanonicalMember(ctx, tx, member)
+				if err != nil {
+					return err
+				}
+				st, err := s.load(ctx, tx, m, true, op.At, op.OrderID)
+				if err != nil {
+					return err
+				}
+				fx, err := Engine{P: s.program()}.Apply(st, op)
+				if err != nil {
+					return err
+				}
+				if err := s.persist(ctx, tx, st, fx, op, ch, store); err != nil {
+					return err
+				}
+				return build(st, fx)
+			})
+			return err
+		})
+	})
+}
+
+func (s *Service) basketOp(b *mcv1.Basket) (Op, error) {
+	p := s.program()
+	now := s.now()
+	if c := b.GetTotal().GetCurrency(); c != p.Currency {
+		return Op{}, fmt.Errorf("basket.total.currency %q: the programme runs in %s: %w", c, p.Currency, ErrInvalid)
+	}
+	at := now
+	if b.GetAt() != nil {
+		at = b.GetAt().AsTime()
+		if at.After(now.Add(maxSkew)) {
+			return Op{}, fmt.Errorf("basket.at %s is more than %s in the future: %w", at.Format(time.RFC3339), maxSkew, ErrInvalid)
+		}
+	}
+	for i, it := range b.GetItems() {
+		if it.GetAmount() != nil && it.GetAmount().GetAmountMinor() < 0 {
+			return Op{}, fmt.Errorf("basket.items[%d].amount must not be negative: %w", i, ErrInvalid)
+		}
+		if c := it.GetAmount().GetCurrency(); it.GetAmount() != nil && c != p.Currency {
+			return Op{}, fmt.Errorf("basket.items[%d].amount.currency %q: the programme runs in %s: %w", i, c, p.Currency, ErrInvalid)
+		}
+	}
+	return Op{Kind: OpPurchase, At: at, OrderID: b.GetOrderId(), Total: b.GetTotal().GetAmountMinor(), Items: toItems(b.GetItems()),
+		CouponCodes: b.GetCouponCodes(), RedeemPoints: b.GetRedeemPoints(), Channel: ChannelName(b.GetChannel()), Store: b.GetStoreId()}, nil
+}
+
+func (s *Service) money(v int64) *mcv1.Money {
+	return &mcv1.Money{Currency: s.program().Currency, AmountMinor: v}
+}
+
+func (s *Service) quoteResponse(st *State, fx *Effects, tierBefore string) *mcv1.QuoteResponse {
+	if fx.Duplicate {
+		o := fx.Order
+		return &mcv1.QuoteResponse{PointsEarned: o.Earned, PointsRedeemed: o.Redeemed,
+			RedemptionValue: s.money(o.Redeemed * 100 / s.program().RedeemPerUnit), CouponsApplied: o.CouponIDs,
+			AmountDue: s.money(o.Paid), CouponDiscount: s.money(o.CouponDiscount), TierBefore: st.Tier, TierAfter: st.Tier,
+			Trace: []*mcv1.RuleTrace{{RuleId: "order", Explanation: "order " + o.OrderID + " was committed before; this is its result"}}}
+	}
+	resp := &mcv1.QuoteResponse{PointsEarned: fx.Earned, PointsRedeemed: fx.Redeemed, RedemptionValue: s.money(fx.RedemptionValue),
+		CouponsApplied: fx.CouponsUsed, AmountDue: s.money(fx.Paid), Trace: fx.Trace, CouponDiscount: s.money(fx.CouponDiscount),
+		TierBefore: tierBefore, TierAfter: st.Tier}
+	for _, c := range fx.Coupons {
+		if c.isNew {
+			resp.CouponsIssued = append(resp.CouponsIssued, c.Code)
+		}
+	}
+	_, resp.AvailableAfter, _ = st.Balance(fx.At)
+	status := s.tierStatus(st, fx.At)
+	resp.ToReachNext = status.GetToReachNext()
+	return resp
+}
+
+// Quote implements BenefitsService.Quote: the purchase evaluated on the
+// member's current state and thrown away.
+func (s *Server) Quote(ctx context.Context, req *mcv1.QuoteRequest) (*mcv1.QuoteResponse, error) {
+	member, err := parseMember(req.GetMemberId())
+	if err != nil {
+		return nil, err
+	}
+	op, err := s.svc.basketOp(req.GetBasket())
+	if err != nil {
+		return nil, err
+	}
+	op.Origin, op.Cause = member.String(), "quote"
+	var resp *mcv1.QuoteResponse
+	err = s.svc.read(ctx, member, op.At, func(st *State) error {
+		before := st.Tier
+		fx, err := Engine{P: s.svc.program()}.Apply(st, op)
+		if err != nil {
+			return err
+		}
+		resp = s.svc.quoteResponse(st, fx, before)
+		return nil
+	}, op.OrderID)
+	return resp, err
+}
+
+// Commit implements BenefitsService.Commit.
+func (s *Server) Commit(ctx context.Context, req *mcv1.CommitRequest) (*mcv1.CommitResponse, error) {
+	member, err := parseMember(req.GetMemberId())
+	if err != nil {
+		return nil, err
+	}
+	op, err := s.svc.basketOp(req.GetBasket())
+	if err != nil {
+		return nil, err
+	}
+	resp := &mcv1.CommitResponse{}
+	err = s.svc.mutate(ctx, "benefits.Commit", req.GetIdempotencyKey(), req, resp, member, op, req.GetBasket().GetChannel(),
+		req.GetBasket().GetStoreId(), func(st *State, fx *Effects) error {
+			before := st.Tier
+			for _, m := range fx.TierMoves {
+				before = m.From
+				break
+			}
+			resp.TransactionId = op.OrderID
+			resp.Result = s.svc.quoteResponse(st, fx, before)
+			resp.Balance, _, _ = st.Balance(fx.At)
+			return nil
+		})
+	return resp, err
+}
+
+// Refund implements BenefitsService.Refund.
+func (s *Server) Refund(ctx context.Context, req *mcv1.RefundRequest) (*mcv1.RefundResponse, error) {
+	member, err := parseMember(req.GetMemberId())
+	if err != nil {
+		return nil, err
+	}
+	if a := req.GetAmount(); a != nil {
+		if a.GetCurrency() != s.svc.program().Currency {
+			return nil, fmt.Errorf("amount.currency %q: the programme runs in %s: %w", a.GetCurrency(), s.svc.program().Currency, ErrInvalid)
+		}
+		if a.GetAmountMinor() <= 0 {
+			return nil, fmt.Errorf("amount.amount_minor must be positive: %w", ErrInvalid)
+		}
+	}
+	op := Op{Kind: OpRefund, At: s.svc.now(), OrderID: req.GetOrderId(), Amount: req.GetAmount().GetAmountMinor()}
+	resp := &mcv1.RefundResponse{}
+	err = s.svc.mutate(ctx, "benefits.Refund", req.GetIdempotencyKey(), req, resp, member, op, mcv1.Channel_CHANNEL_UNSPECIFIED, "",
+		func(st *State, fx *Effects) error {
+			if fx.NoOp {
+				return fmt.Errorf("order %s of member %s: %w", req.GetOrderId(), member, postgres.ErrNotFound)
+			}
+			for _, l := range fx.Ledger {
+				switch l.Kind {
+				case "reverse":
+					resp.PointsReversed += -l.Delta
+				case "restore":
+					resp.PointsRestored += l.Delta
+				}
+			}
+			for _, c := range fx.Coupons {
+				if c.State == "restored" {
+					resp.CouponsRestored = append(resp.CouponsRestored, c.Code)
+				}
+			}
+			resp.PointsUnrecovered = fx.Order.Unrecovered
+			resp.Balance, _, _ = st.Balance(fx.At)
+			return nil
+		})
+	return resp, err
+}
+
+// Redeem implements BenefitsService.Redeem.
+func (s *Server) Redeem(ctx context.Context, req *mcv1.RedeemRequest) (*mcv1.RedeemResponse, error) {
+	member, err := parseMember(req.GetMemberId())
+	if err != nil {
+		return nil, err
+	}
+	reason := "catalogue reward " + req.GetRewardId()
+	if req.GetRewardId() == "" {
+		reason = "points redeemed"
+	}
+	op := Op{Kind: OpRedeem, At: s.svc.now(), Points: req.GetPoints(), Reason: reason}
+	resp := &mcv1.RedeemResponse{}
+	err = s.svc.mutate(ctx, "benefits.Redeem", req.GetIdempotencyKey(), req, resp, member, op, mcv1.Channel_CHANNEL_UNSPECIFIED, "",
+		func(st *State, fx *Effects) error {
+			resp.TransactionId = "rpc:benefits.Redeem:" + req.GetIdempotencyKey()
+			resp.Balance, _, _ = st.Balance(fx.At)
+			return nil
+		})
+	return resp, err
+}
+
+// Adjust implements BenefitsService.Adjust.
+func (s *Server) Adjust(ctx context.Context, req *mcv1.AdjustRequest) (*mcv1.AdjustResponse, error) {
+	member, err := parseMember(req.GetMemberId())
+	if err != nil {
+		return nil, err
+	}
+	op := Op{Kind: OpAdjust, At: s.svc.now(), Points: req.GetPoints(), Reason: req.GetReason()}
+	resp := &mcv1.AdjustResponse{}
+	err = s.svc.mutate(ctx, "benefits.Adjust", req.GetIdempotencyKey(), req, resp, member, op, mcv1.Channel_CHANNEL_BACKOFFICE, "",
+		func(st *State, fx *Effects) error {
+			resp.Balance, _, _ = st.Balance(fx.At)
+			return nil
+		})
+	return resp, err
+}
+
+// ClaimCoupon implements BenefitsService.ClaimCoupon.
+func (s *Server) ClaimCoupon(ctx context.Context, req *mcv1.ClaimCouponRequest) (*mcv1.ClaimCouponResponse, error) {
+	member, err := parseMember(req.GetMemberId())
+	if err != nil {
+		return nil, err
+	}
+	op := Op{Kind: OpIssueCoupon, At: s.svc.now(), Template: req.GetTemplateId(), Claim: true, Reason: "claimed"}
+	resp := &mcv1.ClaimCouponResponse{}
+	err = s.svc.mutate(ctx, "benefits.ClaimCoupon", req.GetIdempotencyKey(), req, resp, member, op, mcv1.Channel_CHANNEL_UNSPECIFIED, "",
+		func(st *State, fx *Effects) error {
+			for _, c := range fx.Coupons {
+				if c.isNew && c.Template == req.GetTemplateId() {
+					resp.Coupon = toProtoCoupon(c, fx.At)
+				}
+			}
+			return nil
+		})
+	return resp, err
+}
+
+// IssueCoupons implements BenefitsService.IssueCoupons: one coupon of the
+// template per member, each member in its own transaction; a rerun with the
+// same key skips members already served.
+func (s *Server) IssueCoupons(ctx context.Context, req *mcv1.IssueCouponsRequest) (*mcv1.IssueCouponsResponse, error) {
+	if s.svc.program().Coupons[req.GetTemplateId()] == nil {
+		return nil, fmt.Errorf("template_id %q is not in the programme: %w", req.GetTemplateId(), ErrInvalid)
+	}
+	resp := &mcv1.IssueCouponsResponse{Skipped: map[string]string{}}
+	for _, id := range req.GetMemberIds() {
+		member := uuid.MustParse(id)
+		key := req.GetIdempotencyKey() + ":" + id
+		one := &mcv1.ClaimCouponResponse{}
+		op := Op{Kind: OpIssueCoupon, At: s.svc.now(), Template: req.GetTemplateId(), Reason: "issued: " + req.GetReason()}
+		err := s.svc.mutate(ctx, "benefits.IssueCoupons", key, &mcv1.ClaimCouponRequest{MemberId: id, TemplateId: req.GetTemplateId(), IdempotencyKey: key},
+			one, member, op, mcv1.Channel_CHANNEL_BACKOFFICE, "", func(st *State, fx *Effects) error { return nil })
+		var refusal *Refusal
+		switch {
+		case errors.As(err, &refusal):
+			resp.Skipped[id] = refusal.Reason
+		case errors.Is(err, postgres.ErrNotFound):
+			resp.Skipped[id] = "no such member"
+		case err != nil:
+			return nil, err
+		default:
+			resp.Issued++
+		}
+	}
+	return resp, nil
+}
+
 // GetBalance implements BenefitsService.GetBalance.
 func (s *Server) GetBalance(ctx context.Context, req *mcv1.GetBalanceRequest) (*mcv1.GetBalanceResponse, error) {
-	id, err := uuid.Parse(req.GetMemberId())
-	if err != nil {
-		return nil, fmt.Errorf("member_id: %w", err)
-	}
-	// A channel may still hold the id of a member merged since: answer for
-	// the member that holds the points now.
-	if id, err = postgres.CanonicalMember(ctx, s.svc.pool, id); err != nil {
-		return nil, err
-	}
-	a, err := postgres.GetAccount(ctx, s.svc.pool, id)
+	member, err := parseMember(req.GetMemberId())
 	if err != nil {
 		return nil, err
 	}
-	return &mcv1.GetBalanceResponse{
-		MemberId: id.String(), Available: a.Available, Pending: a.Pending, LifetimeEarned: a.LifetimeEarned,
-	}, nil
+	now := s.svc.now()
+	resp := &mcv1.GetBalanceResponse{}
+	err = s.svc.read(ctx, member, now, func(st *State) error {
+		_, resp.Available, resp.Pending = st.Balance(now)
+		resp.MemberId = st.MemberID
+		var next time.Time
+		for _, l := range st.Lots {
+			if l.Remaining == 0 || !now.Before(l.ExpiresAt) {
+				continue
+			}
+			if l.ExpiresAt.Before(now.Add(30 * 24 * time.Hour)) {
+				resp.ExpiringSoon += l.Remaining
+			}
+			if next.IsZero() || l.ExpiresAt.Before(next) {
+				next = l.ExpiresAt
+			}
+		}
+		if !next.IsZero() {
+			resp.NextExpiry = timestamppb.New(next)
+		}
+		a, err := postgres.GetAccount(ctx, s.svc.pool, uuid.MustParse(st.MemberID))
+		resp.LifetimeEarned = a.LifetimeEarned
+		return err
+	})
+	return resp, err
 }
 
 // ListLedger implements BenefitsService.ListLedger.
 func (s *Server) ListLedger(ctx context.Context, req *mcv1.ListLedgerRequest) (*mcv1.ListLedgerResponse, error) {
-	id, err := uuid.Parse(req.GetMemberId())
+	id, err := parseMember(req.GetMemberId())
 	if err != nil {
-		return nil, fmt.Errorf("member_id: %w", err)
+		return nil, err
+	}
+	if id, err = postgres.CanonicalMember(ctx, s.svc.pool, id); err != nil {
+		return nil, err
 	}
 	var before int64
 	if t := req.GetPageToken(); t != "" {
@@ -72,33 +390,156 @@ func (s *Server) ListLedger(ctx context.Context, req *mcv1.ListLedgerRequest) (*
 	return resp, nil
 }
 
+// GetTierStatus implements BenefitsService.GetTierStatus.
+func (s *Server) GetTierStatus(ctx context.Context, req *mcv1.GetTierStatusRequest) (*mcv1.GetTierStatusResponse, error) {
+	member, err := parseMember(req.GetMemberId())
+	if err != nil {
+		return nil, err
+	}
+	now := s.svc.now()
+	var resp *mcv1.GetTierStatusResponse
+	err = s.svc.read(ctx, member, now, func(st *State) error {
+		// Bring month starts up to date, as the next operation would.
+		if _, err := (Engine{P: s.svc.program()}).Apply(st, Op{Kind: OpAdvance, At: now, Cause: "read"}); err != nil {
+			return err
+		}
+		resp = s.svc.tierStatus(st, now)
+		return nil
+	})
+	return resp, err
+}
+
+// tierStatus says where the member stands: what the next tier needs now and
+// what keeping the current tier needs at the next month start.
+func (s *Service) tierStatus(st *State, now time.Time) *mcv1.GetTierStatusResponse {
+	p := s.program()
+	e := Engine{P: p}
+	cur := p.tierIndex(st.Tier)
+	m := monthOf(now, p.Location)
+	resp := &mcv1.GetTierStatusResponse{Tier: st.Tier, TierSince: timestamppb.New(st.TierSince)}
+	if cur+1 < len(p.Tiers) {
+		next := p.Tiers[cur+1]
+		resp.NextTier = next.ID
+		resp.ToReachNext = e.missing(st, next, m)
+	}
+	if cur > 0 {
+		resp.ToKeepCurrent = e.missing(st, p.Tiers[cur], m+1)
+	}
+	if st.GraceEnd != 0 {
+		resp.DowngradeAt = timestamppb.New(st.GraceEnd.start(p.Location))
+	}
+	return resp
+}
+
+// missing lists, per criterion of tier, what is still needed with
+// evaluation month m ("met" when it already holds).
+func (e Engine) missing(st *State, tier Tier, m Month) []string {
+	var out []string
+	w := e.window(st, m)
+	unit := func(v int64) string { return fmt.Sprintf("%d.%02d", v/100, v%100) }
+	for _, c := range tier.Criteria {
+		switch {
+		case c.EachMonth != nil:
+			var short []string
+			for k := m - Month(c.EachMonth.Months); k < m; k++ {
+				var spend int64
+				if a := st.Months[k]; a != nil {
+					spend = a.Spend
+				}
+				if spend < c.EachMonth.Min {
+					short = append(short, fmt.Sprintf("%s needs %s more", k, unit(c.EachMonth.Min-spend)))
+				}
+			}
+			if len(short) == 0 {
+				out = append(out, fmt.Sprintf("each of the %d months before %s with spend of %s or more: met", c.EachMonth.Months, m, unit(c.EachMonth.Min)))
+			} else {
+				out = append(out, fmt.Sprintf("each of the %d months before %s with spend of %s or more: %v", c.EachMonth.Months, m, unit(c.EachMonth.Min), short))
+			}
+		case c.Spend12m > 0:
+			out = append(out, need("spend over 12 months", w.Spend, c.Spend12m, unit))
+		case c.Points12m > 0:
+			out = append(out, need("points earned over 12 months", w.Points, c.Points12m, func(v int64) string { return strconv.FormatInt(v, 10) }))
+		case c.Orders12m > 0:
+			out = append(out, need("orders over 12 months", w.Orders, c.Orders12m, func(v int64) string { return strconv.FormatInt(v, 10) }))
+		}
+	}
+	return out
+}
+
+func need(what string, have, want int64, f func(int64) string) string {
+	if have >= want {
+		return fmt.Sprintf("%s %s of %s: met", what, f(have), f(want))
+	}
+	return fmt.Sprintf("%s %s of %s: %s more", what, f(have), f(want), f(want-have))
+}
+
+// ListBenefits implements BenefitsService.ListBenefits.
+func (s *Server) ListBenefits(ctx context.Context, req *mcv1.ListBenefitsRequest) (*mcv1.ListBenefitsResponse, error) {
+	member, err := parseMember(req.GetMemberId())
+	if err != nil {
+		return nil, err
+	}
+	resp := &mcv1.ListBenefitsResponse{}
+	err = s.svc.read(ctx, member, s.svc.now(), func(st *State) error {
+		for _, b := range s.svc.program().Benefits {
+			if g := st.Grants[b.ID]; g != nil {
+				resp.Benefits = append(resp.Benefits, &mcv1.Benefit{BenefitId: b.ID, Name: b.Name, Reason: grantReason(b, g),
+					GrantedAt: timestamppb.New(g.GrantedAt)})
+			}
+		}
+		return nil
+	})
+	return resp, err
+}
+
+func grantReason(b *BenefitDef, g *Grant) string {
+	r := "granted by " + g.Cause
+	if b.MinTier != "" {
+		r = "tier " + b.MinTier + " or above; " + r
+	}
+	if g.PendingRevoke {
+		r += "; ends at the next month start"
+	}
+	return r
+}
+
+// ListCoupons implements BenefitsService.ListCoupons.
+func (s *Server) ListCoupons(ctx context.Context, req *mcv1.ListCouponsRequest) (*mcv1.ListCouponsResponse, error) {
+	member, err := parseMember(req.GetMemberId())
+	if err != nil {
+		return nil, err
+	}
+	now := s.svc.now()
+	resp := &mcv1.ListCouponsResponse{}
+	err = s.svc.read(ctx, member, now, func(st *State) error {
+		cs := append([]*Coupon(nil), st.Coupons...)
+		sort.SliceStable(cs, func(i, j int) bool { return cs[i].IssuedAt.Before(cs[j].IssuedAt) })
+		for _, c := range cs {
+			resp.Coupons = append(resp.Coupons, toProtoCoupon(c, now))
+		}
+		return nil
+	})
+	return resp, err
+}
+
+func toProtoCoupon(c *Coupon, now time.Time) *mcv1.Coupon {
+	state := couponStateToProto(c)
+	if c.State != "used" && !now.Before(c.ValidUntil) {
+		state = mcv1.CouponState_COUPON_STATE_EXPIRED
+	}
+	return &mcv1.Coupon{CouponId: c.Code, TemplateId: c.Template, Code: c.Code, State: state,
+		ValidFrom: timestamppb.New(c.ValidFrom), ValidUntil: timestamppb.New(c.ValidUntil)}
+}
+
 func toProtoEntry(l postgres.LedgerLine) *mcv1.LedgerEntry {
 	return &mcv1.LedgerEntry{
 		EntryId:        strconv.FormatInt(l.EntryID, 10),
 		TransactionId:  l.TransactionID.String(),
-		Kind:           toProtoKind(l.Kind),
+		Kind:           kindToProto(l.Kind),
 		Delta:          l.Delta,
 		CounterAccount: l.CounterAccount,
 		Reason:         l.Reason,
 		CauseId:        l.CauseID,
 		CreatedAt:      timestamppb.New(l.CreatedAt),
 	}
-}
-
-func toProtoKind(k string) mcv1.LedgerEntryKind {
-	switch k {
-	case "earn":
-		return mcv1.LedgerEntryKind_LEDGER_ENTRY_KIND_EARN
-	case "redeem":
-		return mcv1.LedgerEntryKind_LEDGER_ENTRY_KIND_REDEEM
-	case "expire":
-		return mcv1.LedgerEntryKind_LEDGER_ENTRY_KIND_EXPIRE
-	case "adjust":
-		return mcv1.LedgerEntryKind_LEDGER_ENTRY_KIND_ADJUST
-	case "transfer":
-		return mcv1.LedgerEntryKind_LEDGER_ENTRY_KIND_TRANSFER
-	case "reverse":
-		return mcv1.LedgerEntryKind_LEDGER_ENTRY_KIND_REVERSE
-	}
-	return mcv1.LedgerEntryKind_LEDGER_ENTRY_KIND_UNSPECIFIED
 }

@@ -35,15 +35,15 @@ func TestNoRawPIIAfterIngest(t *testing.T) {
 	const national, e164, mail = "13712349876", "+8613712349876", "Wei.Zhang.PII@Example.com"
 	needles := []string{national, e164, "8613712349876", strings.ToLower(mail), "wei.zhang.pii", "Wei.Zhang.PII"}
 	events := []*mcv1.ChannelEvent{
-		{EventId: "pii-1", Channel: mcv1.Channel_CHANNEL_POS, StoreId: "S1", OccurredAt: timestamppb.Now(),
+		{EventId: "pii-1", Channel: mcv1.Channel_CHANNEL_POS, StoreId: "S1", OccurredAt: timestamppb.New(lastWednesdayNoon()),
 			Identifiers: []*mcv1.Identifier{{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_PHONE, Value: national}},
 			Payload:     &mcv1.ChannelEvent_Transaction{Transaction: &mcv1.Transaction{OrderId: "O-pii-1", Total: &mcv1.Money{Currency: "CNY", AmountMinor: 5000}}}},
-		{EventId: "pii-2", Channel: mcv1.Channel_CHANNEL_APP, OccurredAt: timestamppb.Now(),
+		{EventId: "pii-2", Channel: mcv1.Channel_CHANNEL_APP, OccurredAt: timestamppb.New(lastWednesdayNoon()),
 			Identifiers: []*mcv1.Identifier{
 				{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_PHONE, Value: "+86 137-1234-9876"},
 				{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_EMAIL, Value: " " + mail + " "}},
 			Payload: &mcv1.ChannelEvent_SignUp{SignUp: &mcv1.SignUp{}}},
-		{EventId: "pii-3", Channel: mcv1.Channel_CHANNEL_MINIPROGRAM, OccurredAt: timestamppb.Now(),
+		{EventId: "pii-3", Channel: mcv1.Channel_CHANNEL_MINIPROGRAM, OccurredAt: timestamppb.New(lastWednesdayNoon()),
 			Identifiers: []*mcv1.Identifier{{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_EMAIL, Value: mail}},
 			Payload:     &mcv1.ChannelEvent_Referral{Referral: &mcv1.Referral{ReferralCode: "R1", Referee: &mcv1.Identifier{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_PHONE, Value: "13712340000"}}}},
 	}
@@ -64,7 +64,11 @@ func TestNoRawPIIAfterIngest(t *testing.T) {
 		if err := e.ch.QueryRow(ctx, `SELECT count() FROM member_changes FINAL`).Scan(&chs); err != nil {
 			return false, err
 		}
-		return evs == 3 && chs == 3, nil
+		var outbox uint64
+		if err := e.pool.QueryRow(ctx, `SELECT count(*) FROM outbox`).Scan(&outbox); err != nil {
+			return false, err
+		}
+		return evs == 3 && chs == outbox, nil
 	})
 
 	// Kafka: every record the platform wrote after ingest.

@@ -67,7 +67,7 @@ func (s *Service) summary(ctx context.Context, q postgres.Querier, member uuid.U
 	if err != nil {
 		return identitySummary{}, err
 	}
-	sum := identitySummary{Status: m.Status, Identifiers: []string{}, Points: &acct.Available, refs: toRowRefs(rows)}
+	sum := identitySummary{Status: m.Status, Identifiers: []string{}, Points: &acct.Balance, refs: toRowRefs(rows)}
 	if m.MergedInto != nil {
 		sum.MergedInto = m.MergedInto.String()
 	}
@@ -208,8 +208,7 @@ type mergeSnapshot struct {
 }
 
 type accountJSON struct {
-	Available      int64 `json:"available"`
-	Pending        int64 `json:"pending"`
+	Balance        int64 `json:"balance"`
 	LifetimeEarned int64 `json:"lifetime_earned"`
 }
 
@@ -278,7 +277,7 @@ func (s *Service) merge(ctx context.Context, tx pgx.Tx, source, target uuid.UUID
 	if err != nil {
 		return uuid.Nil, nil, err
 	}
-	moved := srcAcct.Available + srcAcct.Pending
+	moved := srcAcct.Balance
 	if err := s.transfer(ctx, tx, source, target, source, moved, "merge:"+mergeID.String(),
 		fmt.Sprintf("merge %s: points of %s move to %s", mergeID, source, target), now); err != nil {
 		return uuid.Nil, nil, err
@@ -286,8 +285,8 @@ func (s *Service) merge(ctx context.Context, tx pgx.Tx, source, target uuid.UUID
 	if err := postgres.SetAccount(ctx, tx, postgres.Account{MemberID: source, LifetimeEarned: srcAcct.LifetimeEarned}); err != nil {
 		return uuid.Nil, nil, err
 	}
-	if err := postgres.SetAccount(ctx, tx, postgres.Account{MemberID: target, Available: dstAcct.Available + srcAcct.Available,
-		Pending: dstAcct.Pending + srcAcct.Pending, LifetimeEarned: dstAcct.LifetimeEarned + srcAcct.LifetimeEarned}); err != nil {
+	if err := postgres.SetAccount(ctx, tx, postgres.Account{MemberID: target, Balance: dstAcct.Balance + srcAcct.Balance,
+		LifetimeEarned: dstAcct.LifetimeEarned + srcAcct.LifetimeEarned}); err != nil {
 		return uuid.Nil, nil, err
 	}
 	filled := map[string]string{}
@@ -311,7 +310,7 @@ func (s *Service) merge(ctx context.Context, tx pgx.Tx, source, target uuid.UUID
 	if err := postgres.AddMergeCount(ctx, tx, target, src.MergeCount+1); err != nil {
 		return uuid.Nil, nil, err
 	}
-	snap := mergeSnapshot{Filled: filled, Source: accountJSON{srcAcct.Available, srcAcct.Pending, srcAcct.LifetimeEarned}, Folded: folded}
+	snap := mergeSnapshot{Filled: filled, Source: accountJSON{srcAcct.Balance, srcAcct.LifetimeEarned}, Folded: folded}
 	if err := postgres.InsertMerge(ctx, tx, postgres.MergeRow{MergeID: mergeID, Source: source, Target: target, Reason: reason,
 		CauseID: o.cause, Actor: o.actor, Channel: channelName(o.channel), MergedAt: now, Snapshot: mustJSON(snap)}); err != nil {
 		return uuid.Nil, nil, err
@@ -366,7 +365,7 @@ func (s *Service) pointsMoved(ctx context.Context, tx pgx.Tx, o origin, from, to
 		if _, err := s.changes.Append(ctx, tx, m.id, &mcv1.MemberChange{
 			CauseId: o.cause, Channel: o.channel, StoreId: o.store,
 			Change: &mcv1.MemberChange_PointsChanged{PointsChanged: &mcv1.PointsChanged{
-				Kind: mcv1.LedgerEntryKind_LEDGER_ENTRY_KIND_TRANSFER, Delta: m.delta, Balance: acct.Available, Pending: acct.Pending,
+				Kind: mcv1.LedgerEntryKind_LEDGER_ENTRY_KIND_TRANSFER, Delta: m.delta, Balance: acct.Balance,
 				Reason: "identity merge " + mergeID.String(),
 			}},
 		}); err != nil {
@@ -433,11 +432,11 @@ func (s *Service) unmerge(ctx context.Context, tx pgx.Tx, mergeID uuid.UUID, rea
 		return nil, err
 	}
 	lifetime := snap.Source.LifetimeEarned + earnedSince
-	if err := postgres.SetAccount(ctx, tx, postgres.Account{MemberID: m.Source, Available: avail, Pending: pending, LifetimeEarned: lifetime}); err != nil {
+	if err := postgres.SetAccount(ctx, tx, postgres.Account{MemberID: m.Source, Balance: back, LifetimeEarned: lifetime}); err != nil {
 		return nil, err
 	}
-	if err := postgres.SetAccount(ctx, tx, postgres.Account{MemberID: m.Target, Available: dstAcct.Available - avail,
-		Pending: dstAcct.Pending - pending, LifetimeEarned: dstAcct.LifetimeEarned - lifetime}); err != nil {
+	if err := postgres.SetAccount(ctx, tx, postgres.Account{MemberID: m.Target, Balance: dstAcct.Balance - back,
+		LifetimeEarned: dstAcct.LifetimeEarned - lifetime}); err != nil {
 		return nil, err
 	}
 	if len(snap.Filled) > 0 {

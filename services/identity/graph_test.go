@@ -158,14 +158,14 @@ func TestMergeUnmergeRoundTripRestoresBothMembers(t *testing.T) {
 		t.Fatal(err)
 	}
 	midA, midB := state(t, f.pool, a), state(t, f.pool, b)
-	if midA.Status != "merged" || midA.MergedInto == nil || midA.MergedInto.String() != b || len(midA.Identifiers) != 0 || midA.Account.Available != 0 {
+	if midA.Status != "merged" || midA.MergedInto == nil || midA.MergedInto.String() != b || len(midA.Identifiers) != 0 || midA.Account.Balance != 0 {
 		t.Fatalf("source after merge = %+v", midA)
 	}
 	if got, want := len(midB.Identifiers), len(beforeA.Identifiers)+len(beforeB.Identifiers); got != want {
 		t.Fatalf("target holds %d identifiers, want %d", got, want)
 	}
-	if midB.Account.Available != beforeA.Account.Available+beforeB.Account.Available || len(midB.Lots) != 3 {
-		t.Fatalf("target account %+v with %d lots, want %d points in 3 lots", midB.Account, len(midB.Lots), beforeA.Account.Available+beforeB.Account.Available)
+	if midB.Account.Balance != beforeA.Account.Balance+beforeB.Account.Balance || len(midB.Lots) != 3 {
+		t.Fatalf("target account %+v with %d lots, want %d points in 3 lots", midB.Account, len(midB.Lots), beforeA.Account.Balance+beforeB.Account.Balance)
 	}
 	if midB.Attributes["city"] != "Beijing" || midB.Attributes["gender"] != "f" || midB.MergeCount != 1 {
 		t.Fatalf("target attributes %v merge count %d; want its own city, the source's gender, 1 merge", midB.Attributes, midB.MergeCount)
@@ -235,14 +235,14 @@ func TestUnmergeAttributesLaterActivity(t *testing.T) {
 	}
 	f.earn(t, "a-after", []*mcv1.Identifier{phone("13922220001")}, 2_000)
 	f.earn(t, "b-after", []*mcv1.Identifier{phone("13922220002")}, 5_000)
-	if got := state(t, f.pool, b).Account.Available; got != 80 {
+	if got := state(t, f.pool, b).Account.Balance; got != 80 {
 		t.Fatalf("merged balance %d, want 80", got)
 	}
 	if _, err := f.svc.Unmerge(ctx, &mcv1.UnmergeRequest{MergeId: merged.GetMergeId(), Reason: "r", IdempotencyKey: "u"}); err != nil {
 		t.Fatal(err)
 	}
 	sa, sb := state(t, f.pool, a), state(t, f.pool, b)
-	if sa.Account.Available != 30 || sa.Account.LifetimeEarned != 30 || sb.Account.Available != 50 || sb.Account.LifetimeEarned != 50 {
+	if sa.Account.Balance != 30 || sa.Account.LifetimeEarned != 30 || sb.Account.Balance != 50 || sb.Account.LifetimeEarned != 50 {
 		t.Fatalf("after unmerge a=%+v b=%+v; want 30 and 50", sa.Account, sb.Account)
 	}
 	if len(sa.Identifiers) != 2 || !strings.Contains(strings.Join(sa.Identifiers, " "), "a***@example.cn") {

@@ -45,7 +45,7 @@ func toProtoProfile(m postgres.MemberRow, a postgres.Account) *mcv1.Profile {
 	return &mcv1.Profile{
 		MemberId:      m.MemberID.String(),
 		CreatedAt:     timestamppb.New(m.CreatedAt),
-		PointsBalance: a.Available,
+		PointsBalance: a.Balance,
 		Attributes:    m.Attributes,
 		Sequence:      uint64(m.ChangeSeq),
 	}

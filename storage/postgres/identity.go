@@ -177,12 +177,11 @@ func SetAttributes(ctx context.Context, q Querier, member uuid.UUID, attrs map[s
 // from the lots they move; the ledger records the movement).
 func SetAccount(ctx context.Context, q Querier, a Account) error {
 	_, err := q.Exec(ctx, `
-		INSERT INTO points_accounts AS p (member_id, available, pending, lifetime_earned, updated_at)
-		VALUES ($1, $2, $3, $4, now())
+		INSERT INTO points_accounts AS p (member_id, balance, lifetime_earned, updated_at)
+		VALUES ($1, $2, $3, now())
 		ON CONFLICT (member_id) DO UPDATE
-		   SET available = EXCLUDED.available, pending = EXCLUDED.pending,
-		       lifetime_earned = EXCLUDED.lifetime_earned, updated_at = now()`,
-		a.MemberID, a.Available, a.Pending, a.LifetimeEarned)
+		   SET balance = EXCLUDED.balance, lifetime_earned = EXCLUDED.lifetime_earned, updated_at = now()`,
+		a.MemberID, a.Balance, a.LifetimeEarned)
 	if err != nil {
 		return fmt.Errorf("set account: %w", err)
 	}

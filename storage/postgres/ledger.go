@@ -71,11 +71,11 @@ func InsertLedgerTransaction(ctx context.Context, q Querier, t LedgerTransaction
 	return nil
 }
 
-// Account is a member's points balance.
+// Account is a member's points account: its balance (the sum of its lots'
+// remaining points, pending ones included) and the points it ever earned.
 type Account struct {
 	MemberID       uuid.UUID
-	Available      int64
-	Pending        int64
+	Balance        int64
 	LifetimeEarned int64
 	UpdatedAt      time.Time
 }
@@ -83,30 +83,29 @@ type Account struct {
 // AddToAccount changes a member's balance and returns the new state. The
 // account is created on first use; a change that would make it negative fails
 // with the database's check violation.
-func AddToAccount(ctx context.Context, q Querier, memberID uuid.UUID, available, pending, earned int64) (Account, error) {
+func AddToAccount(ctx context.Context, q Querier, memberID uuid.UUID, delta, earned int64) (Account, error) {
 	a := Account{MemberID: memberID}
 	err := q.QueryRow(ctx, `
-		INSERT INTO points_accounts AS a (member_id, available, pending, lifetime_earned, updated_at)
-		VALUES ($1, $2, $3, $4, now())
+		INSERT INTO points_accounts AS a (member_id, balance, lifetime_earned, updated_at)
+		VALUES ($1, $2, $3, now())
 		ON CONFLICT (member_id) DO UPDATE
-		   SET available = a.available + EXCLUDED.available,
-		       pending = a.pending + EXCLUDED.pending,
+		   SET balance = a.balance + EXCLUDED.balance,
 		       lifetime_earned = a.lifetime_earned + EXCLUDED.lifetime_earned,
 		       updated_at = now()
-		RETURNING available, pending, lifetime_earned, updated_at`,
-		memberID, available, pending, earned).Scan(&a.Available, &a.Pending, &a.LifetimeEarned, &a.UpdatedAt)
+		RETURNING balance, lifetime_earned, updated_at`,
+		memberID, delta, earned).Scan(&a.Balance, &a.LifetimeEarned, &a.UpdatedAt)
 	if err != nil {
 		return a, fmt.Errorf("update points account: %w", err)
 	}
 	return a, nil
 }
 
-// GetAccount returns a member's balance; a member who never earned has zeros.
+// GetAccount returns a member's account; a member who never earned has zeros.
 func GetAccount(ctx context.Context, q Querier, memberID uuid.UUID) (Account, error) {
 	a := Account{MemberID: memberID}
 	err := q.QueryRow(ctx, `
-		SELECT available, pending, lifetime_earned, updated_at FROM points_accounts WHERE member_id = $1`, memberID).
-		Scan(&a.Available, &a.Pending, &a.LifetimeEarned, &a.UpdatedAt)
+		SELECT balance, lifetime_earned, updated_at FROM points_accounts WHERE member_id = $1`, memberID).
+		Scan(&a.Balance, &a.LifetimeEarned, &a.UpdatedAt)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return a, nil
 	}

@@ -72,8 +72,59 @@ func NewDB(t testing.TB) string {
 }
 
 // NewPool returns a pool on a fresh migrated database for t, closed when the
-// test ends. Queries are traced with tp (nil for none).
+// test ends. Queries are traced with tp (nil for none). When the test ends,
+// the ledger invariants are checked (see CheckLedger).
 func NewPool(t testing.TB, tp trace.TracerProvider) *pgxpool.Pool {
+	t.Helper()
+	pool := NewPoolUnchecked(t, tp)
+	t.Cleanup(func() {
+		if err := CheckLedger(context.Background(), pool); err != nil {
+			t.Errorf("pgtest: ledger invariant broken at the end of the test: %v", err)
+		}
+	})
+	return pool
+}
+
+// CheckLedger verifies the double-entry invariants: every transaction
+// balances; each member account's ledger sum equals its balance and the sum
+// of its lots' remaining points; the liability account's sum is minus the
+// sum of all balances.
+func CheckLedger(ctx context.Context, pool *pgxpool.Pool) error {
+	var unbalanced, accounts int
+	var liability, balances int64
+	err := pool.QueryRow(ctx, `SELECT
+		(SELECT count(*) FROM (SELECT transaction_id FROM ledger_entries GROUP BY transaction_id HAVING sum(delta) <> 0) x),
+		(SELECT count(*) FROM (
+		    SELECT m.member_id FROM (SELECT member_id FROM points_accounts UNION SELECT member_id FROM ledger_entries WHERE member_id IS NOT NULL
+		                             UNION SELECT member_id FROM point_lots) m
+		      LEFT JOIN points_accounts a USING (member_id)
+		      LEFT JOIN (SELECT member_id, sum(delta) AS s FROM ledger_entries WHERE member_id IS NOT NULL GROUP BY member_id) l USING (member_id)
+		      LEFT JOIN (SELECT member_id, sum(remaining) AS r FROM point_lots GROUP BY member_id) p USING (member_id)
+		     WHERE coalesce(l.s, 0) <> coalesce(a.balance, 0) OR coalesce(p.r, 0) <> coalesce(a.balance, 0)) y),
+		(SELECT coalesce(sum(delta), 0) FROM ledger_entries WHERE account = 'programme:liability'),
+		(SELECT coalesce(sum(balance), 0) FROM points_accounts)`).Scan(&unbalanced, &accounts, &liability, &balances)
+	if err != nil {
+		return fmt.Errorf("check ledger: %w", err)
+	}
+	var errs []string
+	if unbalanced > 0 {
+		errs = append(errs, fmt.Sprintf("%d unbalanced transactions", unbalanced))
+	}
+	if accounts > 0 {
+		errs = append(errs, fmt.Sprintf("%d members whose ledger, balance and lots disagree", accounts))
+	}
+	if liability != -balances {
+		errs = append(errs, fmt.Sprintf("liability %d is not minus the sum of balances %d", liability, balances))
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("%s", strings.Join(errs, "; "))
+	}
+	return nil
+}
+
+// NewPoolUnchecked is NewPool without the ledger check, for tests of the
+// storage layer that write partial rows on purpose.
+func NewPoolUnchecked(t testing.TB, tp trace.TracerProvider) *pgxpool.Pool {
 	t.Helper()
 	if tp == nil {
 		tp = noop.NewTracerProvider()

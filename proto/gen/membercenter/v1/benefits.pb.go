@@ -389,10 +389,11 @@ func (x *LedgerEntry) GetAvailableAt() *timestamppb.Timestamp {
 
 // Basket is what a POS or app is about to check out.
 type Basket struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	OrderId       string                 `protobuf:"bytes,1,opt,name=order_id,json=orderId,proto3" json:"order_id,omitempty"`
-	Channel       Channel                `protobuf:"varint,2,opt,name=channel,proto3,enum=membercenter.v1.Channel" json:"channel,omitempty"`
-	StoreId       string                 `protobuf:"bytes,3,opt,name=store_id,json=storeId,proto3" json:"store_id,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	OrderId string                 `protobuf:"bytes,1,opt,name=order_id,json=orderId,proto3" json:"order_id,omitempty"`
+	Channel Channel                `protobuf:"varint,2,opt,name=channel,proto3,enum=membercenter.v1.Channel" json:"channel,omitempty"`
+	StoreId string                 `protobuf:"bytes,3,opt,name=store_id,json=storeId,proto3" json:"store_id,omitempty"`
+	// Basket total after item discounts, before coupons and points.
 	Total         *Money                 `protobuf:"bytes,4,opt,name=total,proto3" json:"total,omitempty"`
 	Items         []*LineItem            `protobuf:"bytes,5,rep,name=items,proto3" json:"items,omitempty"`
 	RedeemPoints  int64                  `protobuf:"varint,6,opt,name=redeem_points,json=redeemPoints,proto3" json:"redeem_points,omitempty"`
@@ -625,8 +626,17 @@ type QuoteResponse struct {
 	CouponsApplied  []string               `protobuf:"bytes,4,rep,name=coupons_applied,json=couponsApplied,proto3" json:"coupons_applied,omitempty"`
 	AmountDue       *Money                 `protobuf:"bytes,5,opt,name=amount_due,json=amountDue,proto3" json:"amount_due,omitempty"`
 	Trace           []*RuleTrace           `protobuf:"bytes,6,rep,name=trace,proto3" json:"trace,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	CouponDiscount  *Money                 `protobuf:"bytes,7,opt,name=coupon_discount,json=couponDiscount,proto3" json:"coupon_discount,omitempty"`
+	// Tier before and after the basket, and what the next tier still needs.
+	TierBefore  string   `protobuf:"bytes,8,opt,name=tier_before,json=tierBefore,proto3" json:"tier_before,omitempty"`
+	TierAfter   string   `protobuf:"bytes,9,opt,name=tier_after,json=tierAfter,proto3" json:"tier_after,omitempty"`
+	ToReachNext []string `protobuf:"bytes,10,rep,name=to_reach_next,json=toReachNext,proto3" json:"to_reach_next,omitempty"`
+	// Coupons the basket would issue (campaign rewards).
+	CouponsIssued []string `protobuf:"bytes,11,rep,name=coupons_issued,json=couponsIssued,proto3" json:"coupons_issued,omitempty"`
+	// Available points after the basket (purchase points are pending first).
+	AvailableAfter int64 `protobuf:"varint,12,opt,name=available_after,json=availableAfter,proto3" json:"available_after,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *QuoteResponse) Reset() {
@@ -699,6 +709,48 @@ func (x *QuoteResponse) GetTrace() []*RuleTrace {
 		return x.Trace
 	}
 	return nil
+}
+
+func (x *QuoteResponse) GetCouponDiscount() *Money {
+	if x != nil {
+		return x.CouponDiscount
+	}
+	return nil
+}
+
+func (x *QuoteResponse) GetTierBefore() string {
+	if x != nil {
+		return x.TierBefore
+	}
+	return ""
+}
+
+func (x *QuoteResponse) GetTierAfter() string {
+	if x != nil {
+		return x.TierAfter
+	}
+	return ""
+}
+
+func (x *QuoteResponse) GetToReachNext() []string {
+	if x != nil {
+		return x.ToReachNext
+	}
+	return nil
+}
+
+func (x *QuoteResponse) GetCouponsIssued() []string {
+	if x != nil {
+		return x.CouponsIssued
+	}
+	return nil
+}
+
+func (x *QuoteResponse) GetAvailableAfter() int64 {
+	if x != nil {
+		return x.AvailableAfter
+	}
+	return 0
 }
 
 type CommitRequest struct {
@@ -896,8 +948,10 @@ type RefundResponse struct {
 	PointsRestored  int64                  `protobuf:"varint,2,opt,name=points_restored,json=pointsRestored,proto3" json:"points_restored,omitempty"`
 	CouponsRestored []string               `protobuf:"bytes,3,rep,name=coupons_restored,json=couponsRestored,proto3" json:"coupons_restored,omitempty"`
 	Balance         int64                  `protobuf:"varint,4,opt,name=balance,proto3" json:"balance,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Points that should have been reversed but had been spent already.
+	PointsUnrecovered int64 `protobuf:"varint,5,opt,name=points_unrecovered,json=pointsUnrecovered,proto3" json:"points_unrecovered,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *RefundResponse) Reset() {
@@ -954,6 +1008,13 @@ func (x *RefundResponse) GetCouponsRestored() []string {
 func (x *RefundResponse) GetBalance() int64 {
 	if x != nil {
 		return x.Balance
+	}
+	return 0
+}
+
+func (x *RefundResponse) GetPointsUnrecovered() int64 {
+	if x != nil {
+		return x.PointsUnrecovered
 	}
 	return 0
 }
@@ -1650,6 +1711,379 @@ func (x *ClaimCouponResponse) GetCoupon() *Coupon {
 	return nil
 }
 
+type IssueCouponsRequest struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	TemplateId     string                 `protobuf:"bytes,1,opt,name=template_id,json=templateId,proto3" json:"template_id,omitempty"`
+	MemberIds      []string               `protobuf:"bytes,2,rep,name=member_ids,json=memberIds,proto3" json:"member_ids,omitempty"`
+	Reason         string                 `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	IdempotencyKey string                 `protobuf:"bytes,4,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *IssueCouponsRequest) Reset() {
+	*x = IssueCouponsRequest{}
+	mi := &file_membercenter_v1_benefits_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *IssueCouponsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*IssueCouponsRequest) ProtoMessage() {}
+
+func (x *IssueCouponsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_membercenter_v1_benefits_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use IssueCouponsRequest.ProtoReflect.Descriptor instead.
+func (*IssueCouponsRequest) Descriptor() ([]byte, []int) {
+	return file_membercenter_v1_benefits_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *IssueCouponsRequest) GetTemplateId() string {
+	if x != nil {
+		return x.TemplateId
+	}
+	return ""
+}
+
+func (x *IssueCouponsRequest) GetMemberIds() []string {
+	if x != nil {
+		return x.MemberIds
+	}
+	return nil
+}
+
+func (x *IssueCouponsRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *IssueCouponsRequest) GetIdempotencyKey() string {
+	if x != nil {
+		return x.IdempotencyKey
+	}
+	return ""
+}
+
+type IssueCouponsResponse struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Issued int32                  `protobuf:"varint,1,opt,name=issued,proto3" json:"issued,omitempty"`
+	// Members who were not issued a coupon, with the limit that stopped it.
+	Skipped       map[string]string `protobuf:"bytes,2,rep,name=skipped,proto3" json:"skipped,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *IssueCouponsResponse) Reset() {
+	*x = IssueCouponsResponse{}
+	mi := &file_membercenter_v1_benefits_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *IssueCouponsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*IssueCouponsResponse) ProtoMessage() {}
+
+func (x *IssueCouponsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_membercenter_v1_benefits_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use IssueCouponsResponse.ProtoReflect.Descriptor instead.
+func (*IssueCouponsResponse) Descriptor() ([]byte, []int) {
+	return file_membercenter_v1_benefits_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *IssueCouponsResponse) GetIssued() int32 {
+	if x != nil {
+		return x.Issued
+	}
+	return 0
+}
+
+func (x *IssueCouponsResponse) GetSkipped() map[string]string {
+	if x != nil {
+		return x.Skipped
+	}
+	return nil
+}
+
+type AdjustRequest struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	MemberId string                 `protobuf:"bytes,1,opt,name=member_id,json=memberId,proto3" json:"member_id,omitempty"`
+	// Points to add (positive) or remove (negative).
+	Points         int64  `protobuf:"varint,2,opt,name=points,proto3" json:"points,omitempty"`
+	Reason         string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	IdempotencyKey string `protobuf:"bytes,4,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *AdjustRequest) Reset() {
+	*x = AdjustRequest{}
+	mi := &file_membercenter_v1_benefits_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AdjustRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AdjustRequest) ProtoMessage() {}
+
+func (x *AdjustRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_membercenter_v1_benefits_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AdjustRequest.ProtoReflect.Descriptor instead.
+func (*AdjustRequest) Descriptor() ([]byte, []int) {
+	return file_membercenter_v1_benefits_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *AdjustRequest) GetMemberId() string {
+	if x != nil {
+		return x.MemberId
+	}
+	return ""
+}
+
+func (x *AdjustRequest) GetPoints() int64 {
+	if x != nil {
+		return x.Points
+	}
+	return 0
+}
+
+func (x *AdjustRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *AdjustRequest) GetIdempotencyKey() string {
+	if x != nil {
+		return x.IdempotencyKey
+	}
+	return ""
+}
+
+type AdjustResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Balance       int64                  `protobuf:"varint,1,opt,name=balance,proto3" json:"balance,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AdjustResponse) Reset() {
+	*x = AdjustResponse{}
+	mi := &file_membercenter_v1_benefits_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AdjustResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AdjustResponse) ProtoMessage() {}
+
+func (x *AdjustResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_membercenter_v1_benefits_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AdjustResponse.ProtoReflect.Descriptor instead.
+func (*AdjustResponse) Descriptor() ([]byte, []int) {
+	return file_membercenter_v1_benefits_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *AdjustResponse) GetBalance() int64 {
+	if x != nil {
+		return x.Balance
+	}
+	return 0
+}
+
+type SimulateCampaignRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One campaign in the programme's YAML form (see docs/benefits.md).
+	CampaignYaml  string                 `protobuf:"bytes,1,opt,name=campaign_yaml,json=campaignYaml,proto3" json:"campaign_yaml,omitempty"`
+	From          *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=from,proto3" json:"from,omitempty"`
+	Until         *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=until,proto3" json:"until,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SimulateCampaignRequest) Reset() {
+	*x = SimulateCampaignRequest{}
+	mi := &file_membercenter_v1_benefits_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SimulateCampaignRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SimulateCampaignRequest) ProtoMessage() {}
+
+func (x *SimulateCampaignRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_membercenter_v1_benefits_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SimulateCampaignRequest.ProtoReflect.Descriptor instead.
+func (*SimulateCampaignRequest) Descriptor() ([]byte, []int) {
+	return file_membercenter_v1_benefits_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *SimulateCampaignRequest) GetCampaignYaml() string {
+	if x != nil {
+		return x.CampaignYaml
+	}
+	return ""
+}
+
+func (x *SimulateCampaignRequest) GetFrom() *timestamppb.Timestamp {
+	if x != nil {
+		return x.From
+	}
+	return nil
+}
+
+func (x *SimulateCampaignRequest) GetUntil() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Until
+	}
+	return nil
+}
+
+type SimulateCampaignResponse struct {
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	PurchasesScanned int64                  `protobuf:"varint,1,opt,name=purchases_scanned,json=purchasesScanned,proto3" json:"purchases_scanned,omitempty"`
+	PurchasesMatched int64                  `protobuf:"varint,2,opt,name=purchases_matched,json=purchasesMatched,proto3" json:"purchases_matched,omitempty"`
+	MembersAffected  int64                  `protobuf:"varint,3,opt,name=members_affected,json=membersAffected,proto3" json:"members_affected,omitempty"`
+	// Points the campaign would have given, after its caps and budget.
+	PointsCost int64 `protobuf:"varint,4,opt,name=points_cost,json=pointsCost,proto3" json:"points_cost,omitempty"`
+	// Points before caps and budget.
+	PointsUncapped int64 `protobuf:"varint,5,opt,name=points_uncapped,json=pointsUncapped,proto3" json:"points_uncapped,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *SimulateCampaignResponse) Reset() {
+	*x = SimulateCampaignResponse{}
+	mi := &file_membercenter_v1_benefits_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SimulateCampaignResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SimulateCampaignResponse) ProtoMessage() {}
+
+func (x *SimulateCampaignResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_membercenter_v1_benefits_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SimulateCampaignResponse.ProtoReflect.Descriptor instead.
+func (*SimulateCampaignResponse) Descriptor() ([]byte, []int) {
+	return file_membercenter_v1_benefits_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *SimulateCampaignResponse) GetPurchasesScanned() int64 {
+	if x != nil {
+		return x.PurchasesScanned
+	}
+	return 0
+}
+
+func (x *SimulateCampaignResponse) GetPurchasesMatched() int64 {
+	if x != nil {
+		return x.PurchasesMatched
+	}
+	return 0
+}
+
+func (x *SimulateCampaignResponse) GetMembersAffected() int64 {
+	if x != nil {
+		return x.MembersAffected
+	}
+	return 0
+}
+
+func (x *SimulateCampaignResponse) GetPointsCost() int64 {
+	if x != nil {
+		return x.PointsCost
+	}
+	return 0
+}
+
+func (x *SimulateCampaignResponse) GetPointsUncapped() int64 {
+	if x != nil {
+		return x.PointsUncapped
+	}
+	return 0
+}
+
 var File_membercenter_v1_benefits_proto protoreflect.FileDescriptor
 
 const file_membercenter_v1_benefits_proto_rawDesc = "" +
@@ -1687,18 +2121,19 @@ const file_membercenter_v1_benefits_proto_rawDesc = "" +
 	"\n" +
 	"expires_at\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x12=\n" +
 	"\favailable_at\x18\n" +
-	" \x01(\v2\x1a.google.protobuf.TimestampR\vavailableAt\"\x8c\x03\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\vavailableAt\"\xfb\x03\n" +
 	"\x06Basket\x12%\n" +
 	"\border_id\x18\x01 \x01(\tB\n" +
 	"\xbaH\ar\x05\x10\x01\x18\x80\x01R\aorderId\x12>\n" +
 	"\achannel\x18\x02 \x01(\x0e2\x18.membercenter.v1.ChannelB\n" +
 	"\xbaH\a\x82\x01\x04\x10\x01 \x00R\achannel\x12\"\n" +
 	"\bstore_id\x18\x03 \x01(\tB\a\xbaH\x04r\x02\x18@R\astoreId\x124\n" +
-	"\x05total\x18\x04 \x01(\v2\x16.membercenter.v1.MoneyB\x06\xbaH\x03\xc8\x01\x01R\x05total\x12:\n" +
-	"\x05items\x18\x05 \x03(\v2\x19.membercenter.v1.LineItemB\t\xbaH\x06\x92\x01\x03\x10\xf4\x03R\x05items\x12,\n" +
+	"\x05total\x18\x04 \x01(\v2\x16.membercenter.v1.MoneyB\x06\xbaH\x03\xc8\x01\x01R\x05total\x12<\n" +
+	"\x05items\x18\x05 \x03(\v2\x19.membercenter.v1.LineItemB\v\xbaH\b\x92\x01\x05\b\x01\x10\xf4\x03R\x05items\x12,\n" +
 	"\rredeem_points\x18\x06 \x01(\x03B\a\xbaH\x04\"\x02(\x00R\fredeemPoints\x12+\n" +
 	"\fcoupon_codes\x18\a \x03(\tB\b\xbaH\x05\x92\x01\x02\x10\x14R\vcouponCodes\x12*\n" +
-	"\x02at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\x02at\"\x9b\x01\n" +
+	"\x02at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\x02at:k\xbaHh\x1af\n" +
+	"\x19basket.total_non_negative\x12+total.amount_minor must be zero or positive\x1a\x1cthis.total.amount_minor >= 0\"\x9b\x01\n" +
 	"\tRuleTrace\x12\x17\n" +
 	"\arule_id\x18\x01 \x01(\tR\x06ruleId\x12!\n" +
 	"\frule_version\x18\x02 \x01(\tR\vruleVersion\x12\x18\n" +
@@ -1707,7 +2142,7 @@ const file_membercenter_v1_benefits_proto_rawDesc = "" +
 	"\vexplanation\x18\x05 \x01(\tR\vexplanation\"n\n" +
 	"\fQuoteRequest\x12%\n" +
 	"\tmember_id\x18\x01 \x01(\tB\b\xbaH\x05r\x03\xb0\x01\x01R\bmemberId\x127\n" +
-	"\x06basket\x18\x02 \x01(\v2\x17.membercenter.v1.BasketB\x06\xbaH\x03\xc8\x01\x01R\x06basket\"\xb2\x02\n" +
+	"\x06basket\x18\x02 \x01(\v2\x17.membercenter.v1.BasketB\x06\xbaH\x03\xc8\x01\x01R\x06basket\"\xa7\x04\n" +
 	"\rQuoteResponse\x12#\n" +
 	"\rpoints_earned\x18\x01 \x01(\x03R\fpointsEarned\x12'\n" +
 	"\x0fpoints_redeemed\x18\x02 \x01(\x03R\x0epointsRedeemed\x12A\n" +
@@ -1715,7 +2150,16 @@ const file_membercenter_v1_benefits_proto_rawDesc = "" +
 	"\x0fcoupons_applied\x18\x04 \x03(\tR\x0ecouponsApplied\x125\n" +
 	"\n" +
 	"amount_due\x18\x05 \x01(\v2\x16.membercenter.v1.MoneyR\tamountDue\x120\n" +
-	"\x05trace\x18\x06 \x03(\v2\x1a.membercenter.v1.RuleTraceR\x05trace\"\xa4\x01\n" +
+	"\x05trace\x18\x06 \x03(\v2\x1a.membercenter.v1.RuleTraceR\x05trace\x12?\n" +
+	"\x0fcoupon_discount\x18\a \x01(\v2\x16.membercenter.v1.MoneyR\x0ecouponDiscount\x12\x1f\n" +
+	"\vtier_before\x18\b \x01(\tR\n" +
+	"tierBefore\x12\x1d\n" +
+	"\n" +
+	"tier_after\x18\t \x01(\tR\ttierAfter\x12\"\n" +
+	"\rto_reach_next\x18\n" +
+	" \x03(\tR\vtoReachNext\x12%\n" +
+	"\x0ecoupons_issued\x18\v \x03(\tR\rcouponsIssued\x12'\n" +
+	"\x0favailable_after\x18\f \x01(\x03R\x0eavailableAfter\"\xa4\x01\n" +
 	"\rCommitRequest\x12%\n" +
 	"\tmember_id\x18\x01 \x01(\tB\b\xbaH\x05r\x03\xb0\x01\x01R\bmemberId\x127\n" +
 	"\x06basket\x18\x02 \x01(\v2\x17.membercenter.v1.BasketB\x06\xbaH\x03\xc8\x01\x01R\x06basket\x123\n" +
@@ -1731,12 +2175,13 @@ const file_membercenter_v1_benefits_proto_rawDesc = "" +
 	"\xbaH\ar\x05\x10\x01\x18\x80\x01R\aorderId\x12.\n" +
 	"\x06amount\x18\x03 \x01(\v2\x16.membercenter.v1.MoneyR\x06amount\x123\n" +
 	"\x0fidempotency_key\x18\x04 \x01(\tB\n" +
-	"\xbaH\ar\x05\x10\x01\x18\x80\x01R\x0eidempotencyKey\"\xa7\x01\n" +
+	"\xbaH\ar\x05\x10\x01\x18\x80\x01R\x0eidempotencyKey\"\xd6\x01\n" +
 	"\x0eRefundResponse\x12'\n" +
 	"\x0fpoints_reversed\x18\x01 \x01(\x03R\x0epointsReversed\x12'\n" +
 	"\x0fpoints_restored\x18\x02 \x01(\x03R\x0epointsRestored\x12)\n" +
 	"\x10coupons_restored\x18\x03 \x03(\tR\x0fcouponsRestored\x12\x18\n" +
-	"\abalance\x18\x04 \x01(\x03R\abalance\"\xb2\x01\n" +
+	"\abalance\x18\x04 \x01(\x03R\abalance\x12-\n" +
+	"\x12points_unrecovered\x18\x05 \x01(\x03R\x11pointsUnrecovered\"\xb2\x01\n" +
 	"\rRedeemRequest\x12%\n" +
 	"\tmember_id\x18\x01 \x01(\tB\b\xbaH\x05r\x03\xb0\x01\x01R\bmemberId\x12\x1f\n" +
 	"\x06points\x18\x02 \x01(\x03B\a\xbaH\x04\"\x02 \x00R\x06points\x12$\n" +
@@ -1790,7 +2235,43 @@ const file_membercenter_v1_benefits_proto_rawDesc = "" +
 	"\x0fidempotency_key\x18\x03 \x01(\tB\n" +
 	"\xbaH\ar\x05\x10\x01\x18\x80\x01R\x0eidempotencyKey\"F\n" +
 	"\x13ClaimCouponResponse\x12/\n" +
-	"\x06coupon\x18\x01 \x01(\v2\x17.membercenter.v1.CouponR\x06coupon2\xd9\x06\n" +
+	"\x06coupon\x18\x01 \x01(\v2\x17.membercenter.v1.CouponR\x06coupon\"\xcd\x01\n" +
+	"\x13IssueCouponsRequest\x12*\n" +
+	"\vtemplate_id\x18\x01 \x01(\tB\t\xbaH\x06r\x04\x10\x01\x18@R\n" +
+	"templateId\x121\n" +
+	"\n" +
+	"member_ids\x18\x02 \x03(\tB\x12\xbaH\x0f\x92\x01\f\b\x01\x10\x90N\"\x05r\x03\xb0\x01\x01R\tmemberIds\x12\"\n" +
+	"\x06reason\x18\x03 \x01(\tB\n" +
+	"\xbaH\ar\x05\x10\x01\x18\x80\x02R\x06reason\x123\n" +
+	"\x0fidempotency_key\x18\x04 \x01(\tB\n" +
+	"\xbaH\ar\x05\x10\x01\x18\x80\x01R\x0eidempotencyKey\"\xb8\x01\n" +
+	"\x14IssueCouponsResponse\x12\x16\n" +
+	"\x06issued\x18\x01 \x01(\x05R\x06issued\x12L\n" +
+	"\askipped\x18\x02 \x03(\v22.membercenter.v1.IssueCouponsResponse.SkippedEntryR\askipped\x1a:\n" +
+	"\fSkippedEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x88\x02\n" +
+	"\rAdjustRequest\x12%\n" +
+	"\tmember_id\x18\x01 \x01(\tB\b\xbaH\x05r\x03\xb0\x01\x01R\bmemberId\x12-\n" +
+	"\x06points\x18\x02 \x01(\x03B\x15\xbaH\x12\"\x10\x18\x80\xc2\xd7/(\x80\xbe\xa8\xd0\xff\xff\xff\xff\xff\x01R\x06points\x12\"\n" +
+	"\x06reason\x18\x03 \x01(\tB\n" +
+	"\xbaH\ar\x05\x10\x01\x18\x80\x02R\x06reason\x123\n" +
+	"\x0fidempotency_key\x18\x04 \x01(\tB\n" +
+	"\xbaH\ar\x05\x10\x01\x18\x80\x01R\x0eidempotencyKey:H\xbaHE\x1aC\n" +
+	"\x16adjust.points_non_zero\x12\x17points must not be zero\x1a\x10this.points != 0\"*\n" +
+	"\x0eAdjustResponse\x12\x18\n" +
+	"\abalance\x18\x01 \x01(\x03R\abalance\"\xbd\x01\n" +
+	"\x17SimulateCampaignRequest\x120\n" +
+	"\rcampaign_yaml\x18\x01 \x01(\tB\v\xbaH\br\x06\x10\x01\x18\x80\x80\x04R\fcampaignYaml\x126\n" +
+	"\x04from\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampB\x06\xbaH\x03\xc8\x01\x01R\x04from\x128\n" +
+	"\x05until\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampB\x06\xbaH\x03\xc8\x01\x01R\x05until\"\xe9\x01\n" +
+	"\x18SimulateCampaignResponse\x12+\n" +
+	"\x11purchases_scanned\x18\x01 \x01(\x03R\x10purchasesScanned\x12+\n" +
+	"\x11purchases_matched\x18\x02 \x01(\x03R\x10purchasesMatched\x12)\n" +
+	"\x10members_affected\x18\x03 \x01(\x03R\x0fmembersAffected\x12\x1f\n" +
+	"\vpoints_cost\x18\x04 \x01(\x03R\n" +
+	"pointsCost\x12'\n" +
+	"\x0fpoints_uncapped\x18\x05 \x01(\x03R\x0epointsUncapped2\xea\b\n" +
 	"\x0fBenefitsService\x12U\n" +
 	"\n" +
 	"GetBalance\x12\".membercenter.v1.GetBalanceRequest\x1a#.membercenter.v1.GetBalanceResponse\x12U\n" +
@@ -1803,7 +2284,10 @@ const file_membercenter_v1_benefits_proto_rawDesc = "" +
 	"\rGetTierStatus\x12%.membercenter.v1.GetTierStatusRequest\x1a&.membercenter.v1.GetTierStatusResponse\x12[\n" +
 	"\fListBenefits\x12$.membercenter.v1.ListBenefitsRequest\x1a%.membercenter.v1.ListBenefitsResponse\x12X\n" +
 	"\vListCoupons\x12#.membercenter.v1.ListCouponsRequest\x1a$.membercenter.v1.ListCouponsResponse\x12X\n" +
-	"\vClaimCoupon\x12#.membercenter.v1.ClaimCouponRequest\x1a$.membercenter.v1.ClaimCouponResponseBOZMgithub.com/membercenter/membercenter/proto/gen/membercenter/v1;membercenterv1b\x06proto3"
+	"\vClaimCoupon\x12#.membercenter.v1.ClaimCouponRequest\x1a$.membercenter.v1.ClaimCouponResponse\x12[\n" +
+	"\fIssueCoupons\x12$.membercenter.v1.IssueCouponsRequest\x1a%.membercenter.v1.IssueCouponsResponse\x12I\n" +
+	"\x06Adjust\x12\x1e.membercenter.v1.AdjustRequest\x1a\x1f.membercenter.v1.AdjustResponse\x12g\n" +
+	"\x10SimulateCampaign\x12(.membercenter.v1.SimulateCampaignRequest\x1a).membercenter.v1.SimulateCampaignResponseBOZMgithub.com/membercenter/membercenter/proto/gen/membercenter/v1;membercenterv1b\x06proto3"
 
 var (
 	file_membercenter_v1_benefits_proto_rawDescOnce sync.Once
@@ -1817,93 +2301,110 @@ func file_membercenter_v1_benefits_proto_rawDescGZIP() []byte {
 	return file_membercenter_v1_benefits_proto_rawDescData
 }
 
-var file_membercenter_v1_benefits_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
+var file_membercenter_v1_benefits_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
 var file_membercenter_v1_benefits_proto_goTypes = []any{
-	(*GetBalanceRequest)(nil),     // 0: membercenter.v1.GetBalanceRequest
-	(*GetBalanceResponse)(nil),    // 1: membercenter.v1.GetBalanceResponse
-	(*ListLedgerRequest)(nil),     // 2: membercenter.v1.ListLedgerRequest
-	(*ListLedgerResponse)(nil),    // 3: membercenter.v1.ListLedgerResponse
-	(*LedgerEntry)(nil),           // 4: membercenter.v1.LedgerEntry
-	(*Basket)(nil),                // 5: membercenter.v1.Basket
-	(*RuleTrace)(nil),             // 6: membercenter.v1.RuleTrace
-	(*QuoteRequest)(nil),          // 7: membercenter.v1.QuoteRequest
-	(*QuoteResponse)(nil),         // 8: membercenter.v1.QuoteResponse
-	(*CommitRequest)(nil),         // 9: membercenter.v1.CommitRequest
-	(*CommitResponse)(nil),        // 10: membercenter.v1.CommitResponse
-	(*RefundRequest)(nil),         // 11: membercenter.v1.RefundRequest
-	(*RefundResponse)(nil),        // 12: membercenter.v1.RefundResponse
-	(*RedeemRequest)(nil),         // 13: membercenter.v1.RedeemRequest
-	(*RedeemResponse)(nil),        // 14: membercenter.v1.RedeemResponse
-	(*GetTierStatusRequest)(nil),  // 15: membercenter.v1.GetTierStatusRequest
-	(*GetTierStatusResponse)(nil), // 16: membercenter.v1.GetTierStatusResponse
-	(*ListBenefitsRequest)(nil),   // 17: membercenter.v1.ListBenefitsRequest
-	(*ListBenefitsResponse)(nil),  // 18: membercenter.v1.ListBenefitsResponse
-	(*Benefit)(nil),               // 19: membercenter.v1.Benefit
-	(*ListCouponsRequest)(nil),    // 20: membercenter.v1.ListCouponsRequest
-	(*ListCouponsResponse)(nil),   // 21: membercenter.v1.ListCouponsResponse
-	(*Coupon)(nil),                // 22: membercenter.v1.Coupon
-	(*ClaimCouponRequest)(nil),    // 23: membercenter.v1.ClaimCouponRequest
-	(*ClaimCouponResponse)(nil),   // 24: membercenter.v1.ClaimCouponResponse
-	(*timestamppb.Timestamp)(nil), // 25: google.protobuf.Timestamp
-	(LedgerEntryKind)(0),          // 26: membercenter.v1.LedgerEntryKind
-	(Channel)(0),                  // 27: membercenter.v1.Channel
-	(*Money)(nil),                 // 28: membercenter.v1.Money
-	(*LineItem)(nil),              // 29: membercenter.v1.LineItem
-	(CouponState)(0),              // 30: membercenter.v1.CouponState
+	(*GetBalanceRequest)(nil),        // 0: membercenter.v1.GetBalanceRequest
+	(*GetBalanceResponse)(nil),       // 1: membercenter.v1.GetBalanceResponse
+	(*ListLedgerRequest)(nil),        // 2: membercenter.v1.ListLedgerRequest
+	(*ListLedgerResponse)(nil),       // 3: membercenter.v1.ListLedgerResponse
+	(*LedgerEntry)(nil),              // 4: membercenter.v1.LedgerEntry
+	(*Basket)(nil),                   // 5: membercenter.v1.Basket
+	(*RuleTrace)(nil),                // 6: membercenter.v1.RuleTrace
+	(*QuoteRequest)(nil),             // 7: membercenter.v1.QuoteRequest
+	(*QuoteResponse)(nil),            // 8: membercenter.v1.QuoteResponse
+	(*CommitRequest)(nil),            // 9: membercenter.v1.CommitRequest
+	(*CommitResponse)(nil),           // 10: membercenter.v1.CommitResponse
+	(*RefundRequest)(nil),            // 11: membercenter.v1.RefundRequest
+	(*RefundResponse)(nil),           // 12: membercenter.v1.RefundResponse
+	(*RedeemRequest)(nil),            // 13: membercenter.v1.RedeemRequest
+	(*RedeemResponse)(nil),           // 14: membercenter.v1.RedeemResponse
+	(*GetTierStatusRequest)(nil),     // 15: membercenter.v1.GetTierStatusRequest
+	(*GetTierStatusResponse)(nil),    // 16: membercenter.v1.GetTierStatusResponse
+	(*ListBenefitsRequest)(nil),      // 17: membercenter.v1.ListBenefitsRequest
+	(*ListBenefitsResponse)(nil),     // 18: membercenter.v1.ListBenefitsResponse
+	(*Benefit)(nil),                  // 19: membercenter.v1.Benefit
+	(*ListCouponsRequest)(nil),       // 20: membercenter.v1.ListCouponsRequest
+	(*ListCouponsResponse)(nil),      // 21: membercenter.v1.ListCouponsResponse
+	(*Coupon)(nil),                   // 22: membercenter.v1.Coupon
+	(*ClaimCouponRequest)(nil),       // 23: membercenter.v1.ClaimCouponRequest
+	(*ClaimCouponResponse)(nil),      // 24: membercenter.v1.ClaimCouponResponse
+	(*IssueCouponsRequest)(nil),      // 25: membercenter.v1.IssueCouponsRequest
+	(*IssueCouponsResponse)(nil),     // 26: membercenter.v1.IssueCouponsResponse
+	(*AdjustRequest)(nil),            // 27: membercenter.v1.AdjustRequest
+	(*AdjustResponse)(nil),           // 28: membercenter.v1.AdjustResponse
+	(*SimulateCampaignRequest)(nil),  // 29: membercenter.v1.SimulateCampaignRequest
+	(*SimulateCampaignResponse)(nil), // 30: membercenter.v1.SimulateCampaignResponse
+	nil,                              // 31: membercenter.v1.IssueCouponsResponse.SkippedEntry
+	(*timestamppb.Timestamp)(nil),    // 32: google.protobuf.Timestamp
+	(LedgerEntryKind)(0),             // 33: membercenter.v1.LedgerEntryKind
+	(Channel)(0),                     // 34: membercenter.v1.Channel
+	(*Money)(nil),                    // 35: membercenter.v1.Money
+	(*LineItem)(nil),                 // 36: membercenter.v1.LineItem
+	(CouponState)(0),                 // 37: membercenter.v1.CouponState
 }
 var file_membercenter_v1_benefits_proto_depIdxs = []int32{
-	25, // 0: membercenter.v1.GetBalanceResponse.next_expiry:type_name -> google.protobuf.Timestamp
+	32, // 0: membercenter.v1.GetBalanceResponse.next_expiry:type_name -> google.protobuf.Timestamp
 	4,  // 1: membercenter.v1.ListLedgerResponse.entries:type_name -> membercenter.v1.LedgerEntry
-	26, // 2: membercenter.v1.LedgerEntry.kind:type_name -> membercenter.v1.LedgerEntryKind
-	25, // 3: membercenter.v1.LedgerEntry.created_at:type_name -> google.protobuf.Timestamp
-	25, // 4: membercenter.v1.LedgerEntry.expires_at:type_name -> google.protobuf.Timestamp
-	25, // 5: membercenter.v1.LedgerEntry.available_at:type_name -> google.protobuf.Timestamp
-	27, // 6: membercenter.v1.Basket.channel:type_name -> membercenter.v1.Channel
-	28, // 7: membercenter.v1.Basket.total:type_name -> membercenter.v1.Money
-	29, // 8: membercenter.v1.Basket.items:type_name -> membercenter.v1.LineItem
-	25, // 9: membercenter.v1.Basket.at:type_name -> google.protobuf.Timestamp
+	33, // 2: membercenter.v1.LedgerEntry.kind:type_name -> membercenter.v1.LedgerEntryKind
+	32, // 3: membercenter.v1.LedgerEntry.created_at:type_name -> google.protobuf.Timestamp
+	32, // 4: membercenter.v1.LedgerEntry.expires_at:type_name -> google.protobuf.Timestamp
+	32, // 5: membercenter.v1.LedgerEntry.available_at:type_name -> google.protobuf.Timestamp
+	34, // 6: membercenter.v1.Basket.channel:type_name -> membercenter.v1.Channel
+	35, // 7: membercenter.v1.Basket.total:type_name -> membercenter.v1.Money
+	36, // 8: membercenter.v1.Basket.items:type_name -> membercenter.v1.LineItem
+	32, // 9: membercenter.v1.Basket.at:type_name -> google.protobuf.Timestamp
 	5,  // 10: membercenter.v1.QuoteRequest.basket:type_name -> membercenter.v1.Basket
-	28, // 11: membercenter.v1.QuoteResponse.redemption_value:type_name -> membercenter.v1.Money
-	28, // 12: membercenter.v1.QuoteResponse.amount_due:type_name -> membercenter.v1.Money
+	35, // 11: membercenter.v1.QuoteResponse.redemption_value:type_name -> membercenter.v1.Money
+	35, // 12: membercenter.v1.QuoteResponse.amount_due:type_name -> membercenter.v1.Money
 	6,  // 13: membercenter.v1.QuoteResponse.trace:type_name -> membercenter.v1.RuleTrace
-	5,  // 14: membercenter.v1.CommitRequest.basket:type_name -> membercenter.v1.Basket
-	8,  // 15: membercenter.v1.CommitResponse.result:type_name -> membercenter.v1.QuoteResponse
-	28, // 16: membercenter.v1.RefundRequest.amount:type_name -> membercenter.v1.Money
-	25, // 17: membercenter.v1.GetTierStatusResponse.tier_since:type_name -> google.protobuf.Timestamp
-	25, // 18: membercenter.v1.GetTierStatusResponse.downgrade_at:type_name -> google.protobuf.Timestamp
-	19, // 19: membercenter.v1.ListBenefitsResponse.benefits:type_name -> membercenter.v1.Benefit
-	25, // 20: membercenter.v1.Benefit.granted_at:type_name -> google.protobuf.Timestamp
-	25, // 21: membercenter.v1.Benefit.expires_at:type_name -> google.protobuf.Timestamp
-	22, // 22: membercenter.v1.ListCouponsResponse.coupons:type_name -> membercenter.v1.Coupon
-	30, // 23: membercenter.v1.Coupon.state:type_name -> membercenter.v1.CouponState
-	25, // 24: membercenter.v1.Coupon.valid_from:type_name -> google.protobuf.Timestamp
-	25, // 25: membercenter.v1.Coupon.valid_until:type_name -> google.protobuf.Timestamp
-	22, // 26: membercenter.v1.ClaimCouponResponse.coupon:type_name -> membercenter.v1.Coupon
-	0,  // 27: membercenter.v1.BenefitsService.GetBalance:input_type -> membercenter.v1.GetBalanceRequest
-	2,  // 28: membercenter.v1.BenefitsService.ListLedger:input_type -> membercenter.v1.ListLedgerRequest
-	7,  // 29: membercenter.v1.BenefitsService.Quote:input_type -> membercenter.v1.QuoteRequest
-	9,  // 30: membercenter.v1.BenefitsService.Commit:input_type -> membercenter.v1.CommitRequest
-	11, // 31: membercenter.v1.BenefitsService.Refund:input_type -> membercenter.v1.RefundRequest
-	13, // 32: membercenter.v1.BenefitsService.Redeem:input_type -> membercenter.v1.RedeemRequest
-	15, // 33: membercenter.v1.BenefitsService.GetTierStatus:input_type -> membercenter.v1.GetTierStatusRequest
-	17, // 34: membercenter.v1.BenefitsService.ListBenefits:input_type -> membercenter.v1.ListBenefitsRequest
-	20, // 35: membercenter.v1.BenefitsService.ListCoupons:input_type -> membercenter.v1.ListCouponsRequest
-	23, // 36: membercenter.v1.BenefitsService.ClaimCoupon:input_type -> membercenter.v1.ClaimCouponRequest
-	1,  // 37: membercenter.v1.BenefitsService.GetBalance:output_type -> membercenter.v1.GetBalanceResponse
-	3,  // 38: membercenter.v1.BenefitsService.ListLedger:output_type -> membercenter.v1.ListLedgerResponse
-	8,  // 39: membercenter.v1.BenefitsService.Quote:output_type -> membercenter.v1.QuoteResponse
-	10, // 40: membercenter.v1.BenefitsService.Commit:output_type -> membercenter.v1.CommitResponse
-	12, // 41: membercenter.v1.BenefitsService.Refund:output_type -> membercenter.v1.RefundResponse
-	14, // 42: membercenter.v1.BenefitsService.Redeem:output_type -> membercenter.v1.RedeemResponse
-	16, // 43: membercenter.v1.BenefitsService.GetTierStatus:output_type -> membercenter.v1.GetTierStatusResponse
-	18, // 44: membercenter.v1.BenefitsService.ListBenefits:output_type -> membercenter.v1.ListBenefitsResponse
-	21, // 45: membercenter.v1.BenefitsService.ListCoupons:output_type -> membercenter.v1.ListCouponsResponse
-	24, // 46: membercenter.v1.BenefitsService.ClaimCoupon:output_type -> membercenter.v1.ClaimCouponResponse
-	37, // [37:47] is the sub-list for method output_type
-	27, // [27:37] is the sub-list for method input_type
-	27, // [27:27] is the sub-list for extension type_name
-	27, // [27:27] is the sub-list for extension extendee
-	0,  // [0:27] is the sub-list for field type_name
+	35, // 14: membercenter.v1.QuoteResponse.coupon_discount:type_name -> membercenter.v1.Money
+	5,  // 15: membercenter.v1.CommitRequest.basket:type_name -> membercenter.v1.Basket
+	8,  // 16: membercenter.v1.CommitResponse.result:type_name -> membercenter.v1.QuoteResponse
+	35, // 17: membercenter.v1.RefundRequest.amount:type_name -> membercenter.v1.Money
+	32, // 18: membercenter.v1.GetTierStatusResponse.tier_since:type_name -> google.protobuf.Timestamp
+	32, // 19: membercenter.v1.GetTierStatusResponse.downgrade_at:type_name -> google.protobuf.Timestamp
+	19, // 20: membercenter.v1.ListBenefitsResponse.benefits:type_name -> membercenter.v1.Benefit
+	32, // 21: membercenter.v1.Benefit.granted_at:type_name -> google.protobuf.Timestamp
+	32, // 22: membercenter.v1.Benefit.expires_at:type_name -> google.protobuf.Timestamp
+	22, // 23: membercenter.v1.ListCouponsResponse.coupons:type_name -> membercenter.v1.Coupon
+	37, // 24: membercenter.v1.Coupon.state:type_name -> membercenter.v1.CouponState
+	32, // 25: membercenter.v1.Coupon.valid_from:type_name -> google.protobuf.Timestamp
+	32, // 26: membercenter.v1.Coupon.valid_until:type_name -> google.protobuf.Timestamp
+	22, // 27: membercenter.v1.ClaimCouponResponse.coupon:type_name -> membercenter.v1.Coupon
+	31, // 28: membercenter.v1.IssueCouponsResponse.skipped:type_name -> membercenter.v1.IssueCouponsResponse.SkippedEntry
+	32, // 29: membercenter.v1.SimulateCampaignRequest.from:type_name -> google.protobuf.Timestamp
+	32, // 30: membercenter.v1.SimulateCampaignRequest.until:type_name -> google.protobuf.Timestamp
+	0,  // 31: membercenter.v1.BenefitsService.GetBalance:input_type -> membercenter.v1.GetBalanceRequest
+	2,  // 32: membercenter.v1.BenefitsService.ListLedger:input_type -> membercenter.v1.ListLedgerRequest
+	7,  // 33: membercenter.v1.BenefitsService.Quote:input_type -> membercenter.v1.QuoteRequest
+	9,  // 34: membercenter.v1.BenefitsService.Commit:input_type -> membercenter.v1.CommitRequest
+	11, // 35: membercenter.v1.BenefitsService.Refund:input_type -> membercenter.v1.RefundRequest
+	13, // 36: membercenter.v1.BenefitsService.Redeem:input_type -> membercenter.v1.RedeemRequest
+	15, // 37: membercenter.v1.BenefitsService.GetTierStatus:input_type -> membercenter.v1.GetTierStatusRequest
+	17, // 38: membercenter.v1.BenefitsService.ListBenefits:input_type -> membercenter.v1.ListBenefitsRequest
+	20, // 39: membercenter.v1.BenefitsService.ListCoupons:input_type -> membercenter.v1.ListCouponsRequest
+	23, // 40: membercenter.v1.BenefitsService.ClaimCoupon:input_type -> membercenter.v1.ClaimCouponRequest
+	25, // 41: membercenter.v1.BenefitsService.IssueCoupons:input_type -> membercenter.v1.IssueCouponsRequest
+	27, // 42: membercenter.v1.BenefitsService.Adjust:input_type -> membercenter.v1.AdjustRequest
+	29, // 43: membercenter.v1.BenefitsService.SimulateCampaign:input_type -> membercenter.v1.SimulateCampaignRequest
+	1,  // 44: membercenter.v1.BenefitsService.GetBalance:output_type -> membercenter.v1.GetBalanceResponse
+	3,  // 45: membercenter.v1.BenefitsService.ListLedger:output_type -> membercenter.v1.ListLedgerResponse
+	8,  // 46: membercenter.v1.BenefitsService.Quote:output_type -> membercenter.v1.QuoteResponse
+	10, // 47: membercenter.v1.BenefitsService.Commit:output_type -> membercenter.v1.CommitResponse
+	12, // 48: membercenter.v1.BenefitsService.Refund:output_type -> membercenter.v1.RefundResponse
+	14, // 49: membercenter.v1.BenefitsService.Redeem:output_type -> membercenter.v1.RedeemResponse
+	16, // 50: membercenter.v1.BenefitsService.GetTierStatus:output_type -> membercenter.v1.GetTierStatusResponse
+	18, // 51: membercenter.v1.BenefitsService.ListBenefits:output_type -> membercenter.v1.ListBenefitsResponse
+	21, // 52: membercenter.v1.BenefitsService.ListCoupons:output_type -> membercenter.v1.ListCouponsResponse
+	24, // 53: membercenter.v1.BenefitsService.ClaimCoupon:output_type -> membercenter.v1.ClaimCouponResponse
+	26, // 54: membercenter.v1.BenefitsService.IssueCoupons:output_type -> membercenter.v1.IssueCouponsResponse
+	28, // 55: membercenter.v1.BenefitsService.Adjust:output_type -> membercenter.v1.AdjustResponse
+	30, // 56: membercenter.v1.BenefitsService.SimulateCampaign:output_type -> membercenter.v1.SimulateCampaignResponse
+	44, // [44:57] is the sub-list for method output_type
+	31, // [31:44] is the sub-list for method input_type
+	31, // [31:31] is the sub-list for extension type_name
+	31, // [31:31] is the sub-list for extension extendee
+	0,  // [0:31] is the sub-list for field type_name
 }
 
 func init() { file_membercenter_v1_benefits_proto_init() }
@@ -1919,7 +2420,7 @@ func file_membercenter_v1_benefits_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_membercenter_v1_benefits_proto_rawDesc), len(file_membercenter_v1_benefits_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   25,
+			NumMessages:   32,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,16 +19,19 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	BenefitsService_GetBalance_FullMethodName    = "/membercenter.v1.BenefitsService/GetBalance"
-	BenefitsService_ListLedger_FullMethodName    = "/membercenter.v1.BenefitsService/ListLedger"
-	BenefitsService_Quote_FullMethodName         = "/membercenter.v1.BenefitsService/Quote"
-	BenefitsService_Commit_FullMethodName        = "/membercenter.v1.BenefitsService/Commit"
-	BenefitsService_Refund_FullMethodName        = "/membercenter.v1.BenefitsService/Refund"
-	BenefitsService_Redeem_FullMethodName        = "/membercenter.v1.BenefitsService/Redeem"
-	BenefitsService_GetTierStatus_FullMethodName = "/membercenter.v1.BenefitsService/GetTierStatus"
-	BenefitsService_ListBenefits_FullMethodName  = "/membercenter.v1.BenefitsService/ListBenefits"
-	BenefitsService_ListCoupons_FullMethodName   = "/membercenter.v1.BenefitsService/ListCoupons"
-	BenefitsService_ClaimCoupon_FullMethodName   = "/membercenter.v1.BenefitsService/ClaimCoupon"
+	BenefitsService_GetBalance_FullMethodName       = "/membercenter.v1.BenefitsService/GetBalance"
+	BenefitsService_ListLedger_FullMethodName       = "/membercenter.v1.BenefitsService/ListLedger"
+	BenefitsService_Quote_FullMethodName            = "/membercenter.v1.BenefitsService/Quote"
+	BenefitsService_Commit_FullMethodName           = "/membercenter.v1.BenefitsService/Commit"
+	BenefitsService_Refund_FullMethodName           = "/membercenter.v1.BenefitsService/Refund"
+	BenefitsService_Redeem_FullMethodName           = "/membercenter.v1.BenefitsService/Redeem"
+	BenefitsService_GetTierStatus_FullMethodName    = "/membercenter.v1.BenefitsService/GetTierStatus"
+	BenefitsService_ListBenefits_FullMethodName     = "/membercenter.v1.BenefitsService/ListBenefits"
+	BenefitsService_ListCoupons_FullMethodName      = "/membercenter.v1.BenefitsService/ListCoupons"
+	BenefitsService_ClaimCoupon_FullMethodName      = "/membercenter.v1.BenefitsService/ClaimCoupon"
+	BenefitsService_IssueCoupons_FullMethodName     = "/membercenter.v1.BenefitsService/IssueCoupons"
+	BenefitsService_Adjust_FullMethodName           = "/membercenter.v1.BenefitsService/Adjust"
+	BenefitsService_SimulateCampaign_FullMethodName = "/membercenter.v1.BenefitsService/SimulateCampaign"
 )
 
 // BenefitsServiceClient is the client API for BenefitsService service.
@@ -60,6 +63,14 @@ type BenefitsServiceClient interface {
 	ListCoupons(ctx context.Context, in *ListCouponsRequest, opts ...grpc.CallOption) (*ListCouponsResponse, error)
 	// ClaimCoupon issues a coupon from a claimable template.
 	ClaimCoupon(ctx context.Context, in *ClaimCouponRequest, opts ...grpc.CallOption) (*ClaimCouponResponse, error)
+	// IssueCoupons issues a template's coupon to members (manual or bulk),
+	// within the template's limits.
+	IssueCoupons(ctx context.Context, in *IssueCouponsRequest, opts ...grpc.CallOption) (*IssueCouponsResponse, error)
+	// Adjust adds or removes points on an operator's decision (reason required).
+	Adjust(ctx context.Context, in *AdjustRequest, opts ...grpc.CallOption) (*AdjustResponse, error)
+	// SimulateCampaign runs a campaign definition over a past window of
+	// purchases in ClickHouse and reports its cost; it writes nothing.
+	SimulateCampaign(ctx context.Context, in *SimulateCampaignRequest, opts ...grpc.CallOption) (*SimulateCampaignResponse, error)
 }
 
 type benefitsServiceClient struct {
@@ -170,6 +181,36 @@ func (c *benefitsServiceClient) ClaimCoupon(ctx context.Context, in *ClaimCoupon
 	return out, nil
 }
 
+func (c *benefitsServiceClient) IssueCoupons(ctx context.Context, in *IssueCouponsRequest, opts ...grpc.CallOption) (*IssueCouponsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(IssueCouponsResponse)
+	err := c.cc.Invoke(ctx, BenefitsService_IssueCoupons_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *benefitsServiceClient) Adjust(ctx context.Context, in *AdjustRequest, opts ...grpc.CallOption) (*AdjustResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AdjustResponse)
+	err := c.cc.Invoke(ctx, BenefitsService_Adjust_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *benefitsServiceClient) SimulateCampaign(ctx context.Context, in *SimulateCampaignRequest, opts ...grpc.CallOption) (*SimulateCampaignResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SimulateCampaignResponse)
+	err := c.cc.Invoke(ctx, BenefitsService_SimulateCampaign_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // BenefitsServiceServer is the server API for BenefitsService service.
 // All implementations must embed UnimplementedBenefitsServiceServer
 // for forward compatibility.
@@ -199,6 +240,14 @@ type BenefitsServiceServer interface {
 	ListCoupons(context.Context, *ListCouponsRequest) (*ListCouponsResponse, error)
 	// ClaimCoupon issues a coupon from a claimable template.
 	ClaimCoupon(context.Context, *ClaimCouponRequest) (*ClaimCouponResponse, error)
+	// IssueCoupons issues a template's coupon to members (manual or bulk),
+	// within the template's limits.
+	IssueCoupons(context.Context, *IssueCouponsRequest) (*IssueCouponsResponse, error)
+	// Adjust adds or removes points on an operator's decision (reason required).
+	Adjust(context.Context, *AdjustRequest) (*AdjustResponse, error)
+	// SimulateCampaign runs a campaign definition over a past window of
+	// purchases in ClickHouse and reports its cost; it writes nothing.
+	SimulateCampaign(context.Context, *SimulateCampaignRequest) (*SimulateCampaignResponse, error)
 	mustEmbedUnimplementedBenefitsServiceServer()
 }
 
@@ -238,6 +287,15 @@ func (UnimplementedBenefitsServiceServer) ListCoupons(context.Context, *ListCoup
 }
 func (UnimplementedBenefitsServiceServer) ClaimCoupon(context.Context, *ClaimCouponRequest) (*ClaimCouponResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ClaimCoupon not implemented")
+}
+func (UnimplementedBenefitsServiceServer) IssueCoupons(context.Context, *IssueCouponsRequest) (*IssueCouponsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method IssueCoupons not implemented")
+}
+func (UnimplementedBenefitsServiceServer) Adjust(context.Context, *AdjustRequest) (*AdjustResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Adjust not implemented")
+}
+func (UnimplementedBenefitsServiceServer) SimulateCampaign(context.Context, *SimulateCampaignRequest) (*SimulateCampaignResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SimulateCampaign not implemented")
 }
 func (UnimplementedBenefitsServiceServer) mustEmbedUnimplementedBenefitsServiceServer() {}
 func (UnimplementedBenefitsServiceServer) testEmbeddedByValue()                         {}
@@ -440,6 +498,60 @@ func _BenefitsService_ClaimCoupon_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _BenefitsService_IssueCoupons_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(IssueCouponsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BenefitsServiceServer).IssueCoupons(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: BenefitsService_IssueCoupons_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BenefitsServiceServer).IssueCoupons(ctx, req.(*IssueCouponsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _BenefitsService_Adjust_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AdjustRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BenefitsServiceServer).Adjust(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: BenefitsService_Adjust_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BenefitsServiceServer).Adjust(ctx, req.(*AdjustRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _BenefitsService_SimulateCampaign_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SimulateCampaignRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BenefitsServiceServer).SimulateCampaign(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: BenefitsService_SimulateCampaign_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BenefitsServiceServer).SimulateCampaign(ctx, req.(*SimulateCampaignRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // BenefitsService_ServiceDesc is the grpc.ServiceDesc for BenefitsService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -486,6 +598,18 @@ var BenefitsService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ClaimCoupon",
 			Handler:    _BenefitsService_ClaimCoupon_Handler,
+		},
+		{
+			MethodName: "IssueCoupons",
+			Handler:    _BenefitsService_IssueCoupons_Handler,
+		},
+		{
+			MethodName: "Adjust",
+			Handler:    _BenefitsService_Adjust_Handler,
+		},
+		{
+			MethodName: "SimulateCampaign",
+			Handler:    _BenefitsService_SimulateCampaign_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
