@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/membercenter/membercenter/services/changes"
 	"github.com/membercenter/membercenter/services/platform"
 	"github.com/membercenter/membercenter/services/telemetry"
 )
@@ -30,7 +31,7 @@ MC_CLICKHOUSE_ADDR, ...); the defaults match what scripts/deps.sh starts.`,
 	root.SetArgs(args)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.AddCommand(serveCmd(stderr), pipelineCmd(stderr), migrateCmd(stderr), demoCmd(stdout, stderr), benchCmd(stdout), dlqCmd(stdout, stderr), piiCmd(stdout, stderr))
+	root.AddCommand(serveCmd(stderr), pipelineCmd(stderr), migrateCmd(stderr), demoCmd(stdout, stderr), benchCmd(stdout), dlqCmd(stdout, stderr), piiCmd(stdout, stderr), programCmd(stdout, stderr))
 	return root.ExecuteContext(ctx)
 }
 
@@ -124,3 +125,5 @@ func migrateCmd(logOut io.Writer) *cobra.Command {
 		},
 	}
 }
+
+func changesWriter(e *env) changes.Writer { return changes.Writer{Propagator: e.tel.Propagator} }

@@ -7,7 +7,6 @@ import (
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 
-	"github.com/membercenter/membercenter/services/changes"
 	"github.com/membercenter/membercenter/services/identity"
 )
 
@@ -29,7 +28,7 @@ Safe to run while the platform serves, and to run again.`,
 				return err
 			}
 			defer done()
-			svc, err := identity.New(e.cfg.Identity, e.p.Pool(), changes.Writer{Propagator: e.tel.Propagator}, e.tel.Logger)
+			svc, err := identity.New(e.cfg.Identity, e.p.Pool(), changesWriter(e), e.tel.Logger)
 			if err != nil {
 				return err
 			}

@@ -12,6 +12,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -193,6 +194,8 @@ var errorCodes = []server.ErrorCode{
 	{Err: identity.ErrInvalidIdentifier, Code: codes.InvalidArgument},
 	{Err: changes.ErrKeyReused, Code: codes.InvalidArgument},
 	{Err: benefits.ErrBadPageToken, Code: codes.InvalidArgument},
+	{Err: benefits.ErrInvalid, Code: codes.InvalidArgument},
+	{Err: benefits.ErrRefused, Code: codes.FailedPrecondition},
 	{Err: syncsvc.ErrNotSupported, Code: codes.Unimplemented},
 	{Err: identity.ErrBadID, Code: codes.InvalidArgument},
 	{Err: identity.ErrRefused, Code: codes.FailedPrecondition},
@@ -234,6 +237,11 @@ func (p *Platform) Run(ctx context.Context, o Options) error {
 	}()
 	checks := map[string]server.Check{"postgres": p.pool.Ping}
 
+	// The loyalty programme follows the newest loaded version.
+	if slices.Contains(o.Services, "benefits") || slices.Contains(o.Stages, benefits.Stage) {
+		g.Go(func() error { return benefitSvc.Watch(ctx, 5*time.Second) })
+	}
+
 	// Pipeline stages.
 	for _, stage := range o.Stages {
 		switch stage {
@@ -251,6 +259,8 @@ func (p *Platform) Run(ctx context.Context, o Options) error {
 			}
 			closers = append(closers, w.Close)
 			g.Go(func() error { return w.Run(ctx) })
+			// Expiry and month starts for members without new events.
+			g.Go(func() error { return benefitSvc.RunScheduler(ctx, time.Minute) })
 		case relay.Stage:
 			r, err := relay.New(p.cfg.Kafka, ktel, changes.Outbox{Pool: p.pool})
 			if err != nil {
