@@ -1026,3 +1026,58 @@ func couponStateToProto(c *Coupon) mcv1.CouponState {
 	}
 	return mcv1.CouponState_COUPON_STATE_UNSPECIFIED
 }
+
+// Recompute re-derives the member's tier from its tier inputs (after an
+// unmerge took some of them away, or a merge added some): the ladder is
+// replayed over the last 13 months from the base tier, with month-start
+// evaluation and grace as in §5 and each month's purchases counted at once.
+// A different result is recorded as a "recomputed" move at t; benefits are
+// evaluated at t.
+func (e Engine) Recompute(s *State, t time.Time, cause string) *Effects {
+	s.init()
+	p := e.P
+	if t.Before(s.Last) {
+		t = s.Last
+	}
+	fx := &Effects{At: t}
+	cur := monthOf(t, p.Location)
+	saved := s.Months
+	tier, grace := 0, Month(0)
+	for m := cur - 13; m <= cur; m++ {
+		// At the start of m, month m is still empty.
+		view := map[Month]*Activity{}
+		for k, v := range saved {
+			if k < m {
+				view[k] = v
+			}
+		}
+		s.Months = view
+		q := e.qualifying(s, m)
+		switch {
+		case q > tier:
+			tier, grace = q, 0
+		case q == tier:
+			grace = 0
+		default:
+			if grace == 0 {
+				grace = m + Month(p.GraceMonths)
+			}
+			if m >= grace {
+				tier, grace = q, 0
+			}
+		}
+		// Then the month's purchases.
+		view[m] = saved[m]
+		if q := e.qualifying(s, m); q > tier {
+			tier, grace = q, 0
+		}
+	}
+	s.Months = saved
+	if id := p.Tiers[tier].ID; id != s.Tier {
+		fx.TierMoves = append(fx.TierMoves, TierMove{From: s.Tier, To: id, At: t, Reason: "recomputed"})
+		s.Tier, s.TierSince = id, t
+	}
+	s.GraceEnd, s.Evaluated, s.Last, s.StateChanged = grace, cur, t, true
+	e.benefits(s, fx, t, false, Op{Cause: cause})
+	return fx
+}

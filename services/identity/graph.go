@@ -197,6 +197,17 @@ func (s *Service) recordConflict(ctx context.Context, tx pgx.Tx, members []uuid.
 	return id, err
 }
 
+// MemberData is what another service keeps per member (the loyalty
+// programme's tier inputs, coupons, orders): merges and unmerges carry it
+// along in the same transaction.
+type MemberData interface {
+	Merged(ctx context.Context, tx pgx.Tx, source, target uuid.UUID, at time.Time, cause string) error
+	Unmerged(ctx context.Context, tx pgx.Tx, source, target uuid.UUID, origins []uuid.UUID, at time.Time, cause string) error
+}
+
+// AddMemberData registers a service whose member data merges follow.
+func (s *Service) AddMemberData(d MemberData) { s.data = append(s.data, d) }
+
 // mergeSnapshot is what a merge changed beyond moving rows.
 type mergeSnapshot struct {
 	// Attributes the target took from the source (absent on the target).
@@ -306,6 +317,11 @@ func (s *Service) merge(ctx context.Context, tx pgx.Tx, source, target uuid.UUID
 	}
 	if err := postgres.SetMergedInto(ctx, tx, source, &target); err != nil {
 		return uuid.Nil, nil, err
+	}
+	for _, d := range s.data {
+		if err := d.Merged(ctx, tx, source, target, now, "merge:"+mergeID.String()); err != nil {
+			return uuid.Nil, nil, err
+		}
 	}
 	if err := postgres.AddMergeCount(ctx, tx, target, src.MergeCount+1); err != nil {
 		return uuid.Nil, nil, err
@@ -452,6 +468,11 @@ func (s *Service) unmerge(ctx context.Context, tx pgx.Tx, mergeID uuid.UUID, rea
 	}
 	if err := postgres.SetMergedInto(ctx, tx, m.Source, nil); err != nil {
 		return nil, err
+	}
+	for _, d := range s.data {
+		if err := d.Unmerged(ctx, tx, m.Source, m.Target, origins, now, "unmerge:"+mergeID.String()); err != nil {
+			return nil, err
+		}
 	}
 	if err := postgres.AddMergeCount(ctx, tx, m.Target, -(src.MergeCount + 1)); err != nil {
 		return nil, err

@@ -52,6 +52,7 @@ type Service struct {
 	norm       Normalizer
 	rules      *Rules
 	changes    changes.Writer
+	data       []MemberData
 	log        *slog.Logger
 	now        func() time.Time
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/membercenter/membercenter/storage/postgres/pgtest"
 
 	"github.com/membercenter/membercenter/pipeline/dlq"
+	"github.com/membercenter/membercenter/services/benefits"
 	"github.com/membercenter/membercenter/services/changes"
 	"github.com/membercenter/membercenter/services/identity"
 )
@@ -41,6 +42,8 @@ func newService(t *testing.T) fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// As in production: merges carry the loyalty programme's data along.
+	svc.AddMemberData(benefits.New(pool, changes.Writer{}, slog.New(slog.DiscardHandler)))
 	return fixture{svc: svc, pool: pool}
 }
 

@@ -226,6 +226,7 @@ func (p *Platform) Run(ctx context.Context, o Options) error {
 		return err
 	}
 	benefitSvc := benefits.New(p.pool, cw, log)
+	idSvc.AddMemberData(benefitSvc)
 	profileSvc := profile.New(p.pool)
 
 	g, ctx := errgroup.WithContext(ctx)
