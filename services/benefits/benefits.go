@@ -117,13 +117,17 @@ var _ worker.Applier = (*Service)(nil)
 
 // ChannelName is the short lower-case name of a channel: "pos", "app", …
 func ChannelName(c mcv1.Channel) string {
+	if c == mcv1.Channel_CHANNEL_UNSPECIFIED {
+		return ""
+	}
 	return strings.ToLower(strings.TrimPrefix(c.String(), "CHANNEL_"))
 }
 
-// opFromEvent turns a member event into an engine operation; ok is false
+func (s *Service) opFromEvent(ev *mcv1.MemberEvent) (Op, bool, error) { return OpFromEvent(s.program(), ev) }
+
+// OpFromEvent turns a member event into an engine operation; ok is false
 // for events the programme ignores (visits, browsing, shares).
-func (s *Service) opFromEvent(ev *mcv1.MemberEvent) (Op, bool, error) {
-	p := s.program()
+func OpFromEvent(p *Program, ev *mcv1.MemberEvent) (Op, bool, error) {
 	op := Op{At: ev.GetOccurredAt().AsTime(), Cause: ev.GetEventId(), Origin: ev.GetResolution().GetOriginMemberId(),
 		Channel: ChannelName(ev.GetChannel()), Store: ev.GetStoreId()}
 	switch x := ev.GetPayload().(type) {
@@ -146,10 +150,10 @@ func (s *Service) opFromEvent(ev *mcv1.MemberEvent) (Op, bool, error) {
 	case *mcv1.MemberEvent_Referral:
 		op.Kind = OpReferral
 	case *mcv1.MemberEvent_SignUp:
-		if x.SignUp.GetBirthDate() == nil {
-			return op, false, nil
+		op.Kind = OpSignUp
+		if x.SignUp.GetBirthDate() != nil {
+			op.BirthDate = x.SignUp.GetBirthDate().AsTime().In(p.Location).Format("2006-01-02")
 		}
-		op.Kind, op.BirthDate = OpSignUp, x.SignUp.GetBirthDate().AsTime().In(p.Location).Format("2006-01-02")
 	default:
 		return op, false, nil
 	}

@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"math/big"
 	"sort"
-	"strings"
+	"strconv"
 	"time"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -70,6 +70,7 @@ type Order struct {
 	Reversed       int64
 	Restored       int64
 	Unrecovered    int64
+	FullyRefunded  bool
 	CouponIDs      []string
 	Lot            *Lot
 	Extras         map[string]int64 // campaign → points
@@ -263,6 +264,7 @@ type Effects struct {
 	Granted   []string
 	Revoked   []string
 	Coupons   []*Coupon // issued or changed
+	Issued    []*Coupon // issued
 	Order     *Order
 	Duplicate bool // the order was applied before; nothing changed
 	NoOp      bool
@@ -548,14 +550,11 @@ func (s *State) couponByCode(code string) *Coupon {
 	return nil
 }
 
-// CouponCode is the code of a member's n-th coupon of a template: a pure
-// function, so a retried issuance produces the same code.
+// CouponCode is the code of a member's n-th coupon of a template (n counts
+// from 1 in issue order): a pure function, so a retried issuance produces the
+// same code. The whole member id keeps codes unique across members.
 func CouponCode(template, member string, n int) string {
-	m := strings.ReplaceAll(member, "-", "")
-	if len(m) > 8 {
-		m = m[:8]
-	}
-	return fmt.Sprintf("%s-%s-%d", template, m, n)
+	return template + "-" + member + "-" + strconv.Itoa(n)
 }
 
 // issueCoupon issues one coupon of a template when the limits allow.
@@ -577,6 +576,7 @@ func (e Engine) issueCoupon(s *State, fx *Effects, t time.Time, op Op, template,
 		ValidFrom: t, ValidUntil: t.AddDate(0, 0, tpl.ValidDays), Origin: op.Origin, IssuedAt: t, Cause: why, isNew: true, dirty: true}
 	s.Coupons = append(s.Coupons, c)
 	fx.Coupons = append(fx.Coupons, c)
+	fx.Issued = append(fx.Issued, c)
 	return c, nil
 }
 
@@ -808,15 +808,17 @@ func (e Engine) checkIn(s *State, fx *Effects, t time.Time, op Op) {
 
 func (e Engine) refund(s *State, fx *Effects, t time.Time, op Op) error {
 	o := s.Orders[op.OrderID]
+	if o.FullyRefunded {
+		return &Refusal{Reason: fmt.Sprintf("order %s is already fully refunded", o.OrderID)}
+	}
 	a := op.Amount
-	if a == 0 {
+	if a == 0 || o.Paid == 0 {
+		// Unset means the rest; an order paid entirely with points and
+		// coupons can only be refunded whole.
 		a = o.Paid - o.Refunded
 	}
 	if a < 0 || o.Refunded+a > o.Paid {
 		return &Refusal{Reason: fmt.Sprintf("order %s: %d refunded of %d paid; %d more cannot be refunded", o.OrderID, o.Refunded, o.Paid, a)}
-	}
-	if a == 0 && o.Paid > 0 {
-		return &Refusal{Reason: fmt.Sprintf("order %s is already fully refunded", o.OrderID)}
 	}
 	a0, a1 := o.Refunded, o.Refunded+a
 	var reverse, restore int64
@@ -857,7 +859,7 @@ func (e Engine) refund(s *State, fx *Effects, t time.Time, op Op) error {
 	if restore > 0 {
 		e.addLot(s, fx, t, op, restore, "restore", fmt.Sprintf("refund of %d on order %s returns redeemed points", a, o.OrderID), false, "")
 	}
-	o.Refunded, o.Reversed, o.Restored, o.dirty = a1, o.Reversed+reverse, o.Restored+restore, true
+	o.Refunded, o.Reversed, o.Restored, o.FullyRefunded, o.dirty = a1, o.Reversed+reverse, o.Restored+restore, full, true
 	if full {
 		for _, code := range o.CouponIDs {
 			if c := s.couponByCode(code); c != nil && c.State == "used" && t.Before(c.ValidUntil) {

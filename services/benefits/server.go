@@ -134,10 +134,8 @@ func (s *Service) quoteResponse(st *State, fx *Effects, tierBefore string) *mcv1
 	resp := &mcv1.QuoteResponse{PointsEarned: fx.Earned, PointsRedeemed: fx.Redeemed, RedemptionValue: s.money(fx.RedemptionValue),
 		CouponsApplied: fx.CouponsUsed, AmountDue: s.money(fx.Paid), Trace: fx.Trace, CouponDiscount: s.money(fx.CouponDiscount),
 		TierBefore: tierBefore, TierAfter: st.Tier}
-	for _, c := range fx.Coupons {
-		if c.isNew {
-			resp.CouponsIssued = append(resp.CouponsIssued, c.Code)
-		}
+	for _, c := range fx.Issued {
+		resp.CouponsIssued = append(resp.CouponsIssued, c.Code)
 	}
 	_, resp.AvailableAfter, _ = st.Balance(fx.At)
 	status := s.tierStatus(st, fx.At)
@@ -284,8 +282,8 @@ func (s *Server) ClaimCoupon(ctx context.Context, req *mcv1.ClaimCouponRequest) 
 	resp := &mcv1.ClaimCouponResponse{}
 	err = s.svc.mutate(ctx, "benefits.ClaimCoupon", req.GetIdempotencyKey(), req, resp, member, op, mcv1.Channel_CHANNEL_UNSPECIFIED, "",
 		func(st *State, fx *Effects) error {
-			for _, c := range fx.Coupons {
-				if c.isNew && c.Template == req.GetTemplateId() {
+			for _, c := range fx.Issued {
+				if c.Template == req.GetTemplateId() {
 					resp.Coupon = toProtoCoupon(c, fx.At)
 				}
 			}

@@ -167,7 +167,7 @@ func (s *Service) load(ctx context.Context, tx pgx.Tx, member uuid.UUID, lock bo
 		return row.Scan(&st.BirthDate, &st.Labels)
 	})
 	b.Queue(`SELECT order_id, member_id, origin_member_id, at, total, paid, coupon_discount, redeemed, earned, refunded, reversed,
-		restored, unrecovered, coupon_codes, coalesce(lot_id, 0), extras, cause FROM orders WHERE order_id = ANY($1)`, orderIDs).
+		restored, unrecovered, fully_refunded, coupon_codes, coalesce(lot_id, 0), extras, cause FROM orders WHERE order_id = ANY($1)`, orderIDs).
 		Query(func(rows pgx.Rows) error {
 			for rows.Next() {
 				o := &Order{}
@@ -175,7 +175,7 @@ func (s *Service) load(ctx context.Context, tx pgx.Tx, member uuid.UUID, lock bo
 				var lotID int64
 				var extras []byte
 				if err := rows.Scan(&o.OrderID, &m, &origin, &o.At, &o.Total, &o.Paid, &o.CouponDiscount, &o.Redeemed, &o.Earned,
-					&o.Refunded, &o.Reversed, &o.Restored, &o.Unrecovered, &o.CouponIDs, &lotID, &extras, &o.Cause); err != nil {
+					&o.Refunded, &o.Reversed, &o.Restored, &o.Unrecovered, &o.FullyRefunded, &o.CouponIDs, &lotID, &extras, &o.Cause); err != nil {
 					return err
 				}
 				o.MemberID, o.Origin = m.String(), origin.String()
@@ -399,8 +399,8 @@ func (s *Service) persist(ctx context.Context, tx pgx.Tx, st *State, fx *Effects
 				}
 				return fmt.Errorf("insert order: %w", err)
 			}
-		} else if _, err := tx.Exec(ctx, `UPDATE orders SET refunded = $2, reversed = $3, restored = $4, unrecovered = $5 WHERE order_id = $1`,
-			o.OrderID, o.Refunded, o.Reversed, o.Restored, o.Unrecovered); err != nil {
+		} else if _, err := tx.Exec(ctx, `UPDATE orders SET refunded = $2, reversed = $3, restored = $4, unrecovered = $5, fully_refunded = $6 WHERE order_id = $1`,
+			o.OrderID, o.Refunded, o.Reversed, o.Restored, o.Unrecovered, o.FullyRefunded); err != nil {
 			return fmt.Errorf("update order: %w", err)
 		}
 		o.dirty, o.isNew = false, false

@@ -85,15 +85,18 @@ type Account struct {
 // with the database's check violation.
 func AddToAccount(ctx context.Context, q Querier, memberID uuid.UUID, delta, earned int64) (Account, error) {
 	a := Account{MemberID: memberID}
+	// UPDATE first: an upsert would check its proposed row, a negative
+	// delta, against the non-negative balance constraint.
 	err := q.QueryRow(ctx, `
-		INSERT INTO points_accounts AS a (member_id, balance, lifetime_earned, updated_at)
-		VALUES ($1, $2, $3, now())
-		ON CONFLICT (member_id) DO UPDATE
-		   SET balance = a.balance + EXCLUDED.balance,
-		       lifetime_earned = a.lifetime_earned + EXCLUDED.lifetime_earned,
-		       updated_at = now()
-		RETURNING balance, lifetime_earned, updated_at`,
+		UPDATE points_accounts SET balance = balance + $2, lifetime_earned = lifetime_earned + $3, updated_at = now()
+		 WHERE member_id = $1 RETURNING balance, lifetime_earned, updated_at`,
 		memberID, delta, earned).Scan(&a.Balance, &a.LifetimeEarned, &a.UpdatedAt)
+	if errors.Is(err, pgx.ErrNoRows) {
+		err = q.QueryRow(ctx, `
+			INSERT INTO points_accounts (member_id, balance, lifetime_earned, updated_at) VALUES ($1, $2, $3, now())
+			RETURNING balance, lifetime_earned, updated_at`,
+			memberID, delta, earned).Scan(&a.Balance, &a.LifetimeEarned, &a.UpdatedAt)
+	}
 	if err != nil {
 		return a, fmt.Errorf("update points account: %w", err)
 	}

@@ -52,6 +52,7 @@ CREATE TABLE orders (
     reversed         bigint NOT NULL DEFAULT 0,
     restored         bigint NOT NULL DEFAULT 0,
     unrecovered      bigint NOT NULL DEFAULT 0,
+    fully_refunded   boolean NOT NULL DEFAULT false,
     coupon_codes     text[] NOT NULL DEFAULT '{}',
     lot_id           bigint REFERENCES point_lots (lot_id),
     extras           jsonb NOT NULL DEFAULT '{}'::jsonb,

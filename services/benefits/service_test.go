@@ -1,0 +1,352 @@
+package benefits_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
+	"github.com/membercenter/membercenter/storage/postgres"
+	"github.com/membercenter/membercenter/storage/postgres/pgtest"
+
+	"github.com/membercenter/membercenter/services/benefits"
+	"github.com/membercenter/membercenter/services/changes"
+)
+
+type fixture struct {
+	pool  *pgxpool.Pool
+	svc   *benefits.Service
+	srv   *benefits.Server
+	clock *time.Time
+}
+
+func newFixture(t *testing.T) *fixture {
+	t.Helper()
+	pool := pgtest.NewPool(t, nil)
+	svc := benefits.New(pool, changes.Writer{}, slog.New(slog.DiscardHandler))
+	now := wed
+	f := &fixture{pool: pool, svc: svc, srv: benefits.NewServer(svc), clock: &now}
+	svc.SetClock(func() time.Time { return *f.clock })
+	return f
+}
+
+func (f *fixture) member(t *testing.T) string {
+	t.Helper()
+	id := uuid.Must(uuid.NewV7())
+	if err := postgres.InsertMember(context.Background(), f.pool, id, *f.clock); err != nil {
+		t.Fatal(err)
+	}
+	return id.String()
+}
+
+func ctx(t *testing.T) context.Context {
+	c, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return c
+}
+
+func basket(order string, total int64) *mcv1.Basket {
+	return &mcv1.Basket{OrderId: order, Channel: mcv1.Channel_CHANNEL_POS, StoreId: "SH-1",
+		Total: &mcv1.Money{Currency: "CNY", AmountMinor: total},
+		Items: []*mcv1.LineItem{{Sku: "TEA", Category: "tea", Quantity: 1, Amount: &mcv1.Money{Currency: "CNY", AmountMinor: total}}}}
+}
+
+// rows counts what a refused request must leave alone.
+func (f *fixture) rows(t *testing.T) [7]int {
+	t.Helper()
+	var r [7]int
+	err := f.pool.QueryRow(context.Background(), `SELECT
+		(SELECT count(*) FROM ledger_transactions), (SELECT count(*) FROM point_lots), (SELECT coalesce(sum(remaining), 0) FROM point_lots),
+		(SELECT count(*) FROM orders), (SELECT count(*) FROM coupons WHERE state = 'issued'), (SELECT count(*) FROM outbox),
+		(SELECT count(*) FROM idempotency_keys)`).Scan(&r[0], &r[1], &r[2], &r[3], &r[4], &r[5], &r[6])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func TestCommitIsIdempotentAndQuoteChangesNothing(t *testing.T) {
+	f := newFixture(t)
+	c := ctx(t)
+	m := f.member(t)
+	before := f.rows(t)
+	q, err := f.srv.Quote(c, &mcv1.QuoteRequest{MemberId: m, Basket: basket("o1", 12_345)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if q.GetPointsEarned() != 123 || q.GetAmountDue().GetAmountMinor() != 12_345 || len(q.GetTrace()) == 0 {
+		t.Fatalf("quote = %v", q)
+	}
+	if after := f.rows(t); after != before {
+		t.Fatalf("Quote wrote: %v → %v", before, after)
+	}
+	first, err := f.srv.Commit(c, &mcv1.CommitRequest{MemberId: m, Basket: basket("o1", 12_345), IdempotencyKey: "k1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if first.GetResult().GetPointsEarned() != 123 || first.GetBalance() != 123 || first.GetTransactionId() != "o1" {
+		t.Fatalf("commit = %v", first)
+	}
+	afterFirst := f.rows(t)
+	again, err := f.srv.Commit(c, &mcv1.CommitRequest{MemberId: m, Basket: basket("o1", 12_345), IdempotencyKey: "k1"})
+	if err != nil || !proto.Equal(again, first) {
+		t.Fatalf("retry = %v, %v; want %v", again, err, first)
+	}
+	// The same order under another key is the same purchase: nothing more.
+	other, err := f.srv.Commit(c, &mcv1.CommitRequest{MemberId: m, Basket: basket("o1", 12_345), IdempotencyKey: "k2"})
+	if err != nil || other.GetResult().GetPointsEarned() != 123 {
+		t.Fatalf("same order, new key = %v, %v", other, err)
+	}
+	if r := f.rows(t); r[0] != afterFirst[0] || r[1] != afterFirst[1] || r[2] != afterFirst[2] || r[3] != afterFirst[3] {
+		t.Fatalf("a repeated order changed the ledger: %v → %v", afterFirst, r)
+	}
+	// The same key with another basket is refused.
+	if _, err := f.srv.Commit(c, &mcv1.CommitRequest{MemberId: m, Basket: basket("o9", 100), IdempotencyKey: "k1"}); !errors.Is(err, changes.ErrKeyReused) {
+		t.Fatalf("key reuse: %v", err)
+	}
+}
+
+func TestRefusedRequestsChangeNothing(t *testing.T) {
+	f := newFixture(t)
+	c := ctx(t)
+	m := f.member(t)
+	if _, err := f.srv.Commit(c, &mcv1.CommitRequest{MemberId: m, Basket: basket("o1", 100_000), IdempotencyKey: "k1"}); err != nil {
+		t.Fatal(err)
+	}
+	coupon, err := f.srv.ClaimCoupon(c, &mcv1.ClaimCouponRequest{MemberId: m, TemplateId: "C10", IdempotencyKey: "claim"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	code := coupon.GetCoupon().GetCode()
+	*f.clock = wed.Add(8 * 24 * time.Hour) // the first order's points are available now
+	before := f.rows(t)
+
+	redeem := func(points int64) *mcv1.Basket {
+		b := basket("o2", 100_000)
+		b.RedeemPoints = points
+		return b
+	}
+	withCoupon := func(total int64, code string) *mcv1.Basket {
+		b := basket("o3", total)
+		b.CouponCodes = []string{code}
+		return b
+	}
+	future := basket("o4", 100)
+	future.At = timestamppb.New(f.clock.Add(time.Hour))
+	usd := basket("o5", 100)
+	usd.Total.Currency = "USD"
+	cases := []struct {
+		name    string
+		call    func() error
+		refused bool // FailedPrecondition; otherwise InvalidArgument
+		want    string
+	}{
+		{"overspend", func() error {
+			_, err := f.srv.Commit(c, &mcv1.CommitRequest{MemberId: m, Basket: redeem(5_000), IdempotencyKey: "a"})
+			return err
+		}, true, "only 1010 points are available"},
+		{"points beyond half the basket", func() error {
+			b := basket("o2", 1_000)
+			b.RedeemPoints = 1_000
+			_, err := f.srv.Commit(c, &mcv1.CommitRequest{MemberId: m, Basket: b, IdempotencyKey: "b"})
+			return err
+		}, true, "at most 500"},
+		{"redeem not a multiple of 100", func() error {
+			_, err := f.srv.Commit(c, &mcv1.CommitRequest{MemberId: m, Basket: redeem(150), IdempotencyKey: "c"})
+			return err
+		}, true, "multiple of 100"},
+		{"coupon below its minimum spend", func() error {
+			_, err := f.srv.Commit(c, &mcv1.CommitRequest{MemberId: m, Basket: withCoupon(1_000, code), IdempotencyKey: "d"})
+			return err
+		}, true, "at least 5000"},
+		{"someone else's coupon", func() error {
+			_, err := f.srv.Commit(c, &mcv1.CommitRequest{MemberId: m, Basket: withCoupon(10_000, "C10-deadbeef-1"), IdempotencyKey: "e"})
+			return err
+		}, true, "does not belong"},
+		{"future basket", func() error {
+			_, err := f.srv.Commit(c, &mcv1.CommitRequest{MemberId: m, Basket: future, IdempotencyKey: "f"})
+			return err
+		}, false, "basket.at"},
+		{"unknown currency", func() error {
+			_, err := f.srv.Commit(c, &mcv1.CommitRequest{MemberId: m, Basket: usd, IdempotencyKey: "g"})
+			return err
+		}, false, "basket.total.currency"},
+		{"redeem too much", func() error {
+			_, err := f.srv.Redeem(c, &mcv1.RedeemRequest{MemberId: m, Points: 2_000, IdempotencyKey: "h"})
+			return err
+		}, true, "only 1010 points"},
+		{"refund beyond the order", func() error {
+			_, err := f.srv.Refund(c, &mcv1.RefundRequest{MemberId: m, OrderId: "o1", Amount: &mcv1.Money{Currency: "CNY", AmountMinor: 100_001}, IdempotencyKey: "i"})
+			return err
+		}, true, "cannot be refunded"},
+		{"claim a template that is not claimable", func() error {
+			_, err := f.srv.ClaimCoupon(c, &mcv1.ClaimCouponRequest{MemberId: m, TemplateId: "BDAY", IdempotencyKey: "j"})
+			return err
+		}, true, "cannot be claimed"},
+	}
+	for _, tc := range cases {
+		err := tc.call()
+		want := benefits.ErrInvalid
+		if tc.refused {
+			want = benefits.ErrRefused
+		}
+		if !errors.Is(err, want) || !contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v; want %v mentioning %q", tc.name, err, want, tc.want)
+		}
+	}
+	if after := f.rows(t); after != before {
+		t.Fatalf("refused requests changed the database: %v → %v", before, after)
+	}
+	// The coupon works once on a qualifying basket, then is used.
+	if _, err := f.srv.Commit(c, &mcv1.CommitRequest{MemberId: m, Basket: withCoupon(10_000, code), IdempotencyKey: "ok"}); err != nil {
+		t.Fatal(err)
+	}
+	b := withCoupon(10_000, code)
+	b.OrderId = "o6"
+	if _, err := f.srv.Commit(c, &mcv1.CommitRequest{MemberId: m, Basket: b, IdempotencyKey: "again"}); !errors.Is(err, benefits.ErrRefused) || !contains(err.Error(), "already used") {
+		t.Fatalf("used coupon: %v", err)
+	}
+}
+
+func contains(s, sub string) bool { return len(sub) == 0 || (len(s) >= len(sub) && indexOf(s, sub) >= 0) }
+
+func indexOf(s, sub string) int {
+	for i := 0; i+len(sub) <= len(s); i++ {
+		if s[i:i+len(sub)] == sub {
+			return i
+		}
+	}
+	return -1
+}
+
+func TestRefundReversesExactlyAndRestoresCoupons(t *testing.T) {
+	f := newFixture(t)
+	c := ctx(t)
+	m := f.member(t)
+	if _, err := f.srv.Commit(c, &mcv1.CommitRequest{MemberId: m, Basket: basket("o1", 200_000), IdempotencyKey: "k1"}); err != nil {
+		t.Fatal(err)
+	}
+	coupon, err := f.srv.ClaimCoupon(c, &mcv1.ClaimCouponRequest{MemberId: m, TemplateId: "C10", IdempotencyKey: "claim"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	*f.clock = wed.Add(8 * 24 * time.Hour)
+	b := basket("o2", 50_000)
+	b.CouponCodes = []string{coupon.GetCoupon().GetCode()}
+	b.RedeemPoints = 1_000 // ¥10
+	commit, err := f.srv.Commit(c, &mcv1.CommitRequest{MemberId: m, Basket: b, IdempotencyKey: "k2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Paid 50,000 - 1,000 coupon - 1,000 points = 48,000; the first order
+	// made the member silver (×1.2): 576 points, +10 for a ¥500 basket (the
+	// campaign looks at the basket total).
+	r := commit.GetResult()
+	if r.GetAmountDue().GetAmountMinor() != 48_000 || r.GetPointsEarned() != 586 || r.GetCouponDiscount().GetAmountMinor() != 1_000 {
+		t.Fatalf("commit = %v", r)
+	}
+	var reversed, restored int64
+	for i, amount := range []int64{12_345, 0} { // a part, then the rest
+		req := &mcv1.RefundRequest{MemberId: m, OrderId: "o2", IdempotencyKey: "r" + string(rune('0'+i))}
+		if amount > 0 {
+			req.Amount = &mcv1.Money{Currency: "CNY", AmountMinor: amount}
+		}
+		resp, err := f.srv.Refund(c, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		reversed += resp.GetPointsReversed()
+		restored += resp.GetPointsRestored()
+		if i == 1 && (len(resp.GetCouponsRestored()) != 1 || resp.GetCouponsRestored()[0] != coupon.GetCoupon().GetCode()) {
+			t.Fatalf("full refund restored coupons %v", resp.GetCouponsRestored())
+		}
+	}
+	if reversed != 586 || restored != 1_000 {
+		t.Fatalf("refunds reversed %d and restored %d; want 586 and 1000", reversed, restored)
+	}
+	bal, err := f.srv.GetBalance(c, &mcv1.GetBalanceRequest{MemberId: m})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The first order's 2,000 + 10 remain, all available now.
+	if bal.GetAvailable() != 2_010 || bal.GetPending() != 0 {
+		t.Fatalf("balance = %v", bal)
+	}
+	list, err := f.srv.ListCoupons(c, &mcv1.ListCouponsRequest{MemberId: m})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The big-basket campaign issued C10 #1 and #3; the claimed #2 is back.
+	var states []string
+	for _, cp := range list.GetCoupons() {
+		states = append(states, cp.GetCode()[len(cp.GetCode())-1:]+":"+cp.GetState().String())
+	}
+	if got := fmt.Sprint(states); got != "[1:COUPON_STATE_ISSUED 2:COUPON_STATE_RESTORED 3:COUPON_STATE_ISSUED]" {
+		t.Fatalf("coupons = %v", got)
+	}
+}
+
+func TestTierStatusAndBenefits(t *testing.T) {
+	f := newFixture(t)
+	c := ctx(t)
+	m := f.member(t)
+	// ¥2,500 in one basket: silver at once (spend over 12 months ≥ ¥2,000).
+	commit, err := f.srv.Commit(c, &mcv1.CommitRequest{MemberId: m, Basket: basket("o1", 250_000), IdempotencyKey: "k"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if commit.GetResult().GetTierBefore() != "normal" || commit.GetResult().GetTierAfter() != "silver" {
+		t.Fatalf("tier %s → %s", commit.GetResult().GetTierBefore(), commit.GetResult().GetTierAfter())
+	}
+	st, err := f.srv.GetTierStatus(c, &mcv1.GetTierStatusRequest{MemberId: m})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.GetTier() != "silver" || st.GetNextTier() != "gold" || len(st.GetToReachNext()) != 2 || !contains(st.GetToReachNext()[0], "7500.00 more") {
+		t.Fatalf("status = %v", st)
+	}
+	ben, err := f.srv.ListBenefits(c, &mcv1.ListBenefitsRequest{MemberId: m})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, b := range ben.GetBenefits() {
+		ids = append(ids, b.GetBenefitId())
+	}
+	if len(ids) != 2 || ids[0] != "priority_checkout" || ids[1] != "free_shipping" {
+		t.Fatalf("benefits = %v", ids)
+	}
+	// A refund takes the spend back; the tier stays until month starts say
+	// otherwise: grace at the first, downgrade at the second.
+	if _, err := f.srv.Refund(c, &mcv1.RefundRequest{MemberId: m, OrderId: "o1", IdempotencyKey: "r"}); err != nil {
+		t.Fatal(err)
+	}
+	*f.clock = time.Date(2026, 5, 2, 0, 0, 0, 0, sh)
+	st, err = f.srv.GetTierStatus(c, &mcv1.GetTierStatusRequest{MemberId: m})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.GetTier() != "normal" {
+		t.Fatalf("after two month starts without qualifying: %v", st)
+	}
+	n, err := f.svc.Advance(c, 100)
+	if err != nil || n != 1 {
+		t.Fatalf("advance: %d, %v", n, err)
+	}
+	ben, _ = f.srv.ListBenefits(c, &mcv1.ListBenefitsRequest{MemberId: m})
+	if len(ben.GetBenefits()) != 0 {
+		t.Fatalf("benefits after the downgrade: %v", ben.GetBenefits())
+	}
+	var moves int
+	if err := f.pool.QueryRow(c, `SELECT count(*) FROM tier_history WHERE reason = 'downgrade'`).Scan(&moves); err != nil || moves != 1 {
+		t.Fatalf("downgrades recorded: %d (%v)", moves, err)
+	}
+}
