@@ -123,7 +123,9 @@ func ChannelName(c mcv1.Channel) string {
 	return strings.ToLower(strings.TrimPrefix(c.String(), "CHANNEL_"))
 }
 
-func (s *Service) opFromEvent(ev *mcv1.MemberEvent) (Op, bool, error) { return OpFromEvent(s.program(), ev) }
+func (s *Service) opFromEvent(ev *mcv1.MemberEvent) (Op, bool, error) {
+	return OpFromEvent(s.program(), ev)
+}
 
 // OpFromEvent turns a member event into an engine operation; ok is false
 // for events the programme ignores (visits, browsing, shares).
