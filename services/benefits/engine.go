@@ -1083,3 +1083,57 @@ func (e Engine) Recompute(s *State, t time.Time, cause string) *Effects {
 	e.benefits(s, fx, t, false, Op{Cause: cause})
 	return fx
 }
+
+// Clone returns a deep copy of the state without its pending changes, for
+// in-memory runs (tests, simulations) that must throw away a refused
+// operation.
+func (s *State) Clone() *State {
+	c := &State{MemberID: s.MemberID, Last: s.Last, Evaluated: s.Evaluated, Tier: s.Tier, TierSince: s.TierSince, GraceEnd: s.GraceEnd,
+		StreakDay: s.StreakDay, StreakLen: s.StreakLen, BirthDate: s.BirthDate, Labels: append([]string(nil), s.Labels...)}
+	c.init()
+	lots := map[*Lot]*Lot{}
+	for _, l := range s.Lots {
+		cp := *l
+		lots[l] = &cp
+		c.Lots = append(c.Lots, &cp)
+	}
+	for k, v := range s.Months {
+		cp := *v
+		c.Months[k] = &cp
+	}
+	for k, v := range s.Usage {
+		c.Usage[k] = v
+	}
+	for k, v := range s.Budgets {
+		c.Budgets[k] = v
+	}
+	for _, cp := range s.Coupons {
+		x := *cp
+		c.Coupons = append(c.Coupons, &x)
+	}
+	for k, v := range s.Issued {
+		c.Issued[k] = v
+	}
+	for k, v := range s.TplIssued {
+		c.TplIssued[k] = v
+	}
+	for k, v := range s.BonusMonth {
+		c.BonusMonth[k] = v
+	}
+	for k, v := range s.Referrals {
+		c.Referrals[k] = v
+	}
+	for k, v := range s.Grants {
+		g := *v
+		c.Grants[k] = &g
+	}
+	for k, o := range s.Orders {
+		x := *o
+		x.CouponIDs = append([]string(nil), o.CouponIDs...)
+		if o.Lot != nil {
+			x.Lot = lots[o.Lot]
+		}
+		c.Orders[k] = &x
+	}
+	return c
+}

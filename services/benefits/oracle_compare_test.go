@@ -1,0 +1,195 @@
+package benefits_test
+
+import (
+	"errors"
+	"fmt"
+	"maps"
+	"os"
+	"reflect"
+	"slices"
+	"sort"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/membercenter/membercenter/services/benefits"
+	"github.com/membercenter/membercenter/services/benefits/oracle"
+)
+
+// memory runs the engine in memory over a stream, as the worker would one
+// event at a time, keeping campaign budgets and coupon totals global.
+type memory struct {
+	e        benefits.Engine
+	states   map[string]*benefits.State
+	history  map[string][]benefits.TierMove
+	budgets  map[string]int64
+	tpl      map[string]int
+	refusals int
+}
+
+func newMemory(p *benefits.Program) *memory {
+	return &memory{e: benefits.Engine{P: p}, states: map[string]*benefits.State{}, history: map[string][]benefits.TierMove{},
+		budgets: map[string]int64{}, tpl: map[string]int{}}
+}
+
+func (m *memory) apply(member string, op benefits.Op) error {
+	st := m.states[member]
+	if st == nil {
+		st = benefits.NewState(member)
+	}
+	c := st.Clone()
+	c.Budgets, c.TplIssued = maps.Clone(m.budgets), maps.Clone(m.tpl)
+	op.Origin = member
+	fx, err := m.e.Apply(c, op)
+	var refusal *benefits.Refusal
+	if errors.As(err, &refusal) {
+		m.refusals++
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if fx.Duplicate || fx.NoOp {
+		return nil
+	}
+	m.states[member], m.budgets, m.tpl = c, c.Budgets, c.TplIssued
+	m.history[member] = append(m.history[member], fx.TierMoves...)
+	return nil
+}
+
+func couponSummary(cs []*benefits.Coupon, at time.Time) map[string]map[string]int {
+	out := map[string]map[string]int{}
+	for _, c := range cs {
+		state := c.State
+		if state != "used" && !at.Before(c.ValidUntil) {
+			state = "expired"
+		}
+		if out[c.Template] == nil {
+			out[c.Template] = map[string]int{}
+		}
+		out[c.Template][state]++
+	}
+	return out
+}
+
+// The oracle, a plain re-implementation of docs/benefits.md written without
+// looking at the engine, replays a generated stream and must agree with the
+// engine on every member's balance, lots, tier history, grants and coupons.
+func TestEngineAgreesWithOracle(t *testing.T) {
+	members, events := 10_000, 100_000
+	if testing.Short() {
+		members, events = 1_000, 10_000
+	}
+	if v := os.Getenv("MC_ORACLE_EVENTS"); v != "" {
+		events, _ = strconv.Atoi(v)
+		members = max(1, events/10)
+	}
+	src := benefits.DefaultProgramSource()
+	o, err := oracle.New(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+	stream, err := oracle.GenerateWith(o, 20261123, members, events, start)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := benefits.ParseProgram(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mem := newMemory(p)
+	var end time.Time
+	for _, ev := range stream {
+		if at := ev.GetOccurredAt().AsTime(); at.After(end) {
+			end = at
+		}
+		op, ok, err := benefits.OpFromEvent(p, ev)
+		if err != nil {
+			mem.refusals++ // a dead letter: the oracle refuses it too
+			continue
+		}
+		if !ok {
+			continue
+		}
+		if err := mem.apply(ev.GetMemberId(), op); err != nil {
+			t.Fatalf("event %s: %v", ev.GetEventId(), err)
+		}
+	}
+	end = end.AddDate(0, 1, 0)
+
+	ids := o.Members()
+	sort.Strings(ids)
+	if len(ids) != len(mem.states) {
+		t.Errorf("oracle has %d members, engine %d", len(ids), len(mem.states))
+	}
+	var diffs []string
+	var moves, grants, lots int
+	for _, id := range ids {
+		o.AdvanceTo(id, end)
+		if err := mem.apply(id, benefits.Op{Kind: benefits.OpAdvance, At: end, Cause: "end"}); err != nil {
+			t.Fatal(err)
+		}
+		st := mem.states[id]
+		if st == nil {
+			diffs = append(diffs, id+": unknown to the engine")
+			continue
+		}
+		diff := func(what string, want, got any) {
+			if !reflect.DeepEqual(want, got) {
+				diffs = append(diffs, fmt.Sprintf("%s %s:\n oracle %v\n engine %v", id, what, want, got))
+			}
+		}
+		ob, oa, op := o.Balance(id, end)
+		eb, ea, ep := st.Balance(end)
+		diff("balance", [3]int64{ob, oa, op}, [3]int64{eb, ea, ep})
+		var want, got []string
+		for _, l := range o.Lots(id) {
+			want = append(want, fmt.Sprintf("%d/%d %s %s %s", l.Earned, l.Remaining, l.EarnedAt.UTC().Format(time.RFC3339), l.AvailableAt.UTC().Format(time.RFC3339), l.ExpiresAt.UTC().Format(time.RFC3339)))
+		}
+		for _, l := range st.Lots {
+			got = append(got, fmt.Sprintf("%d/%d %s %s %s", l.Earned, l.Remaining, l.EarnedAt.UTC().Format(time.RFC3339), l.AvailableAt.UTC().Format(time.RFC3339), l.ExpiresAt.UTC().Format(time.RFC3339)))
+		}
+		diff("lots", want, got)
+		lots += len(got)
+		want, got = nil, nil
+		for _, m := range o.TierHistory(id) {
+			want = append(want, fmt.Sprintf("%s→%s@%s %s", m.From, m.To, m.At.UTC().Format(time.RFC3339), m.Reason))
+		}
+		for _, m := range mem.history[id] {
+			got = append(got, fmt.Sprintf("%s→%s@%s %s", m.From, m.To, m.At.UTC().Format(time.RFC3339), m.Reason))
+		}
+		diff("tier history", want, got)
+		moves += len(got)
+		eg := slices.Sorted(maps.Keys(st.Grants))
+		og := o.Grants(id)
+		if len(og) == 0 {
+			og = nil
+		}
+		diff("grants", og, eg)
+		grants += len(eg)
+		oc := o.Coupons(id)
+		if len(oc) == 0 {
+			oc = map[string]map[string]int{}
+		}
+		diff("coupons", oc, couponSummary(st.Coupons, end))
+		if len(diffs) > 20 {
+			break
+		}
+	}
+	refused := 0
+	for _, n := range o.Refused() {
+		refused += n
+	}
+	if refused != mem.refusals {
+		t.Errorf("oracle refused %d operations, engine %d", refused, mem.refusals)
+	}
+	for _, d := range diffs {
+		t.Error(d)
+	}
+	t.Logf("%d events, %d members: %d lots, %d tier moves, %d grants held, %d refusals; %d differences",
+		len(stream), len(ids), lots, moves, grants, mem.refusals, len(diffs))
+	if moves == 0 || grants == 0 || mem.refusals == 0 {
+		t.Fatal("the stream exercised too little to compare")
+	}
+}
