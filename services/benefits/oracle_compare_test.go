@@ -12,6 +12,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
+
+	"github.com/membercenter/membercenter/storage/postgres"
+
+	"github.com/membercenter/membercenter/pipeline/dlq"
 	"github.com/membercenter/membercenter/services/benefits"
 	"github.com/membercenter/membercenter/services/benefits/oracle"
 )
@@ -193,3 +198,103 @@ func TestEngineAgreesWithOracle(t *testing.T) {
 		t.Fatal("the stream exercised too little to compare")
 	}
 }
+
+// The same agreement through the benefit worker's real path: every event
+// applied with Service.Apply against PostgreSQL, then compared from the rows.
+func TestWorkerAgreesWithOracle(t *testing.T) {
+	f := newFixture(t)
+	c := ctx(t)
+	src := benefits.DefaultProgramSource()
+	o, err := oracle.New(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stream, err := oracle.GenerateWith(o, 7, 150, 2_000, time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC))
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	var end time.Time
+	for _, ev := range stream {
+		if !seen[ev.GetMemberId()] {
+			seen[ev.GetMemberId()] = true
+			if err := postgres.InsertMember(c, f.pool, uuid.MustParse(ev.GetMemberId()), start2025); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if at := ev.GetOccurredAt().AsTime(); at.After(end) {
+			end = at
+		}
+		if err := f.svc.Apply(c, ev); err != nil && !dlq.Rejected(err) {
+			t.Fatalf("apply %s: %v", ev.GetEventId(), err)
+		}
+	}
+	end = end.AddDate(0, 1, 0)
+	*f.clock = end
+	for {
+		n, err := f.svc.Advance(c, 1000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n == 0 {
+			break
+		}
+	}
+	var diffs []string
+	for _, id := range o.Members() {
+		o.AdvanceTo(id, end)
+		member := uuid.MustParse(id)
+		lots, err := postgres.ListLots(c, f.pool, member)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sort.Slice(lots, func(i, j int) bool { return lots[i].LotID < lots[j].LotID })
+		var want, got []string
+		for _, l := range o.Lots(id) {
+			want = append(want, fmt.Sprintf("%d/%d %s %s", l.Earned, l.Remaining, l.EarnedAt.UTC().Format(time.RFC3339), l.ExpiresAt.UTC().Format(time.RFC3339)))
+		}
+		for _, l := range lots {
+			got = append(got, fmt.Sprintf("%d/%d %s %s", l.Earned, l.Remaining, l.EarnedAt.UTC().Format(time.RFC3339), l.ExpiresAt.UTC().Format(time.RFC3339)))
+		}
+		if !reflect.DeepEqual(want, got) {
+			diffs = append(diffs, fmt.Sprintf("%s lots:\n oracle %v\n worker %v", id, want, got))
+		}
+		want, got = nil, nil
+		for _, m := range o.TierHistory(id) {
+			want = append(want, fmt.Sprintf("%s→%s@%s", m.From, m.To, m.At.UTC().Format(time.RFC3339)))
+		}
+		rows, err := f.pool.Query(c, `SELECT from_tier, to_tier, at FROM tier_history WHERE member_id = $1 ORDER BY id`, member)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for rows.Next() {
+			var from, to string
+			var at time.Time
+			_ = rows.Scan(&from, &to, &at)
+			got = append(got, fmt.Sprintf("%s→%s@%s", from, to, at.UTC().Format(time.RFC3339)))
+		}
+		rows.Close()
+		if !reflect.DeepEqual(want, got) {
+			diffs = append(diffs, fmt.Sprintf("%s tiers:\n oracle %v\n worker %v", id, want, got))
+		}
+		var grants []string
+		rows, _ = f.pool.Query(c, `SELECT benefit_id FROM benefit_grants WHERE member_id = $1 ORDER BY benefit_id`, member)
+		for rows.Next() {
+			var g string
+			_ = rows.Scan(&g)
+			grants = append(grants, g)
+		}
+		rows.Close()
+		if og := o.Grants(id); !reflect.DeepEqual(og, grants) && (len(og) > 0 || len(grants) > 0) {
+			diffs = append(diffs, fmt.Sprintf("%s grants: oracle %v worker %v", id, og, grants))
+		}
+		if len(diffs) > 10 {
+			break
+		}
+	}
+	for _, d := range diffs {
+		t.Error(d)
+	}
+}
+
+var start2025 = time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)

@@ -71,6 +71,11 @@ func (s *Service) load(ctx context.Context, tx pgx.Tx, member uuid.UUID, lock bo
 		t = st.Last
 	}
 	cur := monthOf(t, p.Location)
+	// Month starts since the last evaluated month need their own 12 months.
+	from := cur - 13
+	if st.Evaluated > 0 && st.Evaluated-12 < from {
+		from = st.Evaluated - 12
+	}
 
 	b := &pgx.Batch{}
 	b.Queue(`SELECT lot_id, earned, remaining, earned_at, available_at, expires_at, coalesce(order_id, ''), origin_member_id, kind
@@ -88,7 +93,7 @@ func (s *Service) load(ctx context.Context, tx pgx.Tx, member uuid.UUID, lock bo
 			return rows.Err()
 		})
 	b.Queue(`SELECT month, sum(spend), sum(points), sum(orders) FROM member_activity
-		WHERE member_id = $1 AND month >= $2 GROUP BY month`, member, int(cur)-13).
+		WHERE member_id = $1 AND month >= $2 GROUP BY month`, member, int(from)).
 		Query(func(rows pgx.Rows) error {
 			for rows.Next() {
 				var m int
