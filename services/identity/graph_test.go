@@ -525,3 +525,56 @@ func mustRead(t *testing.T, path string) []byte {
 	}
 	return b
 }
+
+// loyaltyState is what the programme keeps per member, for comparison.
+func loyaltyState(t *testing.T, pool *pgxpool.Pool, id string) string {
+	t.Helper()
+	var out string
+	err := pool.QueryRow(ctxT(t), `SELECT
+		coalesce((SELECT state->>'tier' FROM loyalty_state WHERE member_id = $1), 'normal') || ' grants=' ||
+		coalesce((SELECT string_agg(benefit_id, ',' ORDER BY benefit_id) FROM benefit_grants WHERE member_id = $1), '') || ' coupons=' ||
+		coalesce((SELECT string_agg(code || ':' || state, ',' ORDER BY code) FROM coupons WHERE member_id = $1), '') || ' orders=' ||
+		coalesce((SELECT string_agg(order_id, ',' ORDER BY order_id) FROM orders WHERE member_id = $1), '') || ' activity=' ||
+		coalesce((SELECT string_agg(month || ':' || spend || '/' || points || '/' || orders, ',' ORDER BY month)
+		            FROM (SELECT month, sum(spend) spend, sum(points) points, sum(orders) orders FROM member_activity WHERE member_id = $1 GROUP BY month) a), '')`,
+		uuid.MustParse(id)).Scan(&out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// Merging combines tier inputs, coupons and orders (and may lift the tier);
+// unmerging gives each member back exactly its own, tier and benefits
+// included.
+func TestMergeUnmergeRestoresLoyaltyState(t *testing.T) {
+	f := newService(t)
+	ctx := ctxT(t)
+	a := f.resolve(t, "a", phone("13955551001")).GetMemberId()
+	b := f.resolve(t, "b", phone("13955551002")).GetMemberId()
+	f.earn(t, "a1", []*mcv1.Identifier{phone("13955551001")}, 150_000) // ¥1,500: normal, a ¥10 coupon for a ¥500+ basket
+	f.earn(t, "b1", []*mcv1.Identifier{phone("13955551002")}, 80_000)  // ¥800: normal, a coupon too
+	beforeA, beforeB := loyaltyState(t, f.pool, a), loyaltyState(t, f.pool, b)
+	beforeLotsA, beforeLotsB := state(t, f.pool, a), state(t, f.pool, b)
+
+	merged, err := f.svc.Merge(ctx, &mcv1.MergeRequest{SourceMemberId: a, TargetMemberId: b, Reason: "same shopper", IdempotencyKey: "m"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Together: ¥2,300 over 12 months → silver, with its benefits and both coupons.
+	mid := loyaltyState(t, f.pool, b)
+	if !strings.HasPrefix(mid, "silver grants=free_shipping,priority_checkout coupons=C10-"+a) || !strings.Contains(mid, "C10-"+b) {
+		t.Fatalf("merged member: %s", mid)
+	}
+	if _, err := f.svc.Unmerge(ctx, &mcv1.UnmergeRequest{MergeId: merged.GetMergeId(), Reason: "two people", IdempotencyKey: "u"}); err != nil {
+		t.Fatal(err)
+	}
+	if got := loyaltyState(t, f.pool, a); got != beforeA {
+		t.Errorf("a after unmerge:\n got %s\nwant %s", got, beforeA)
+	}
+	if got := loyaltyState(t, f.pool, b); got != beforeB {
+		t.Errorf("b after unmerge:\n got %s\nwant %s", got, beforeB)
+	}
+	diffState(t, "a", beforeLotsA, state(t, f.pool, a))
+	diffState(t, "b", beforeLotsB, state(t, f.pool, b))
+}
