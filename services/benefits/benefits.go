@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -38,6 +39,7 @@ type Service struct {
 	log     *slog.Logger
 	now     func() time.Time
 	prog    atomic.Pointer[Program]
+	facts   driver.Conn // ClickHouse, for campaign simulation; may be nil
 }
 
 // New returns the service running the embedded default programme until a

@@ -196,6 +196,7 @@ var errorCodes = []server.ErrorCode{
 	{Err: benefits.ErrBadPageToken, Code: codes.InvalidArgument},
 	{Err: benefits.ErrInvalid, Code: codes.InvalidArgument},
 	{Err: benefits.ErrRefused, Code: codes.FailedPrecondition},
+	{Err: benefits.ErrNoFacts, Code: codes.FailedPrecondition},
 	{Err: syncsvc.ErrNotSupported, Code: codes.Unimplemented},
 	{Err: identity.ErrBadID, Code: codes.InvalidArgument},
 	{Err: identity.ErrRefused, Code: codes.FailedPrecondition},
@@ -241,6 +242,16 @@ func (p *Platform) Run(ctx context.Context, o Options) error {
 	// The loyalty programme follows the newest loaded version.
 	if slices.Contains(o.Services, "benefits") || slices.Contains(o.Stages, benefits.Stage) {
 		g.Go(func() error { return benefitSvc.Watch(ctx, 5*time.Second) })
+	}
+	if slices.Contains(o.Services, "benefits") {
+		// Campaign simulation reads past purchases from ClickHouse; without
+		// it the RPC says so and everything else works.
+		if conn, err := clickhouse.Open(ctx, p.cfg.ClickHouse); err != nil {
+			log.WarnContext(ctx, "ClickHouse unavailable: SimulateCampaign disabled", "err", err)
+		} else {
+			closers = append(closers, func() { conn.Close() })
+			benefitSvc.SetFacts(conn)
+		}
 	}
 
 	// Pipeline stages.
