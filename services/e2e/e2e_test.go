@@ -584,3 +584,61 @@ func TestIdentityRefusalsOverGRPC(t *testing.T) {
 		t.Fatalf("refused requests changed the database: %d rows → %d", before, after)
 	}
 }
+
+// Baskets that break the rules are refused with the right status, naming
+// the field or the reason, and change nothing.
+func TestBenefitsRefusalsOverGRPC(t *testing.T) {
+	e := start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	res, err := mcv1.NewIdentityServiceClient(e.conn).Resolve(ctx, &mcv1.ResolveRequest{Channel: mcv1.Channel_CHANNEL_POS, CreateIfMissing: true,
+		IdempotencyKey: "m", Identifiers: []*mcv1.Identifier{{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_PHONE, Value: "13512340000"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := res.GetMemberId()
+	bc := mcv1.NewBenefitsServiceClient(e.conn)
+	basket := func(total int64, currency string, items int) *mcv1.Basket {
+		b := &mcv1.Basket{OrderId: "O-1", Channel: mcv1.Channel_CHANNEL_POS, Total: &mcv1.Money{Currency: currency, AmountMinor: total}}
+		for i := 0; i < items; i++ {
+			b.Items = append(b.Items, &mcv1.LineItem{Sku: "S", Quantity: 1, Amount: &mcv1.Money{Currency: "CNY", AmountMinor: total}})
+		}
+		return b
+	}
+	count := func() (n int) {
+		if err := e.pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM ledger_transactions) + (SELECT count(*) FROM orders)`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	before := count()
+	withRedeem := basket(10_000, "CNY", 1)
+	withRedeem.RedeemPoints = 1_000
+	future := basket(100, "CNY", 1)
+	future.At = timestamppb.New(time.Now().Add(time.Hour))
+	cases := []struct {
+		name string
+		b    *mcv1.Basket
+		code codes.Code
+		want string
+	}{
+		{"empty basket", basket(100, "CNY", 0), codes.InvalidArgument, "items"},
+		{"negative total", basket(-5, "CNY", 1), codes.InvalidArgument, "total"},
+		{"malformed currency", basket(100, "yuan", 1), codes.InvalidArgument, "currency"},
+		{"unknown currency", basket(100, "USD", 1), codes.InvalidArgument, "basket.total.currency"},
+		{"future time", future, codes.InvalidArgument, "basket.at"},
+		{"overspend", withRedeem, codes.FailedPrecondition, "only 0 points are available"},
+	}
+	for _, tc := range cases {
+		_, err := bc.Commit(ctx, &mcv1.CommitRequest{MemberId: m, Basket: tc.b, IdempotencyKey: tc.name})
+		if st, _ := status.FromError(err); st.Code() != tc.code || !strings.Contains(st.Message(), tc.want) {
+			t.Errorf("%s: %v; want %s naming %q", tc.name, err, tc.code, tc.want)
+		}
+	}
+	if _, err := bc.Adjust(ctx, &mcv1.AdjustRequest{MemberId: m, Points: 10, IdempotencyKey: "adj"}); status.Code(err) != codes.InvalidArgument {
+		t.Errorf("adjust without a reason: %v", err)
+	}
+	if after := count(); after != before {
+		t.Fatalf("refused requests changed the ledger or orders: %d → %d", before, after)
+	}
+}
