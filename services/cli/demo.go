@@ -202,7 +202,9 @@ func (d *demo) workload(ctx context.Context, grpcAddr string) error {
 			continue
 		}
 		seen++
-		if c.GetPointsChanged().GetKind() == mcv1.LedgerEntryKind_LEDGER_ENTRY_KIND_EARN {
+		// A purchase of this run credited (bonuses and earlier runs aside).
+		if pc := c.GetPointsChanged(); pc.GetKind() == mcv1.LedgerEntryKind_LEDGER_ENTRY_KIND_EARN &&
+			strings.HasPrefix(pc.GetReason(), "purchase ") && strings.HasPrefix(c.GetCauseId(), run+"-") {
 			points.Add(1)
 		}
 		if seen <= 25 {
@@ -216,7 +218,7 @@ func (d *demo) workload(ctx context.Context, grpcAddr string) error {
 
 	d.section("Members and points (IdentityService, BenefitsService)")
 	tw := tabwriter.NewWriter(d.out, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "shopper\tmember\tidentifiers (masked)\tpoints\tledger")
+	fmt.Fprintln(tw, "shopper\tmember\tidentifiers (masked)\tpoints (pending)\ttier\tcoupons\tledger")
 	for _, s := range shoppers {
 		m, err := idc.FindByIdentifier(ctx, &mcv1.FindByIdentifierRequest{Identifier: &mcv1.Identifier{
 			Type: mcv1.IdentifierType_IDENTIFIER_TYPE_PHONE, Value: s.phone}})
@@ -236,7 +238,20 @@ func (d *demo) workload(ctx context.Context, grpcAddr string) error {
 		for _, r := range m.GetMember().GetIdentifiers() {
 			ids = append(ids, strings.ToLower(strings.TrimPrefix(r.GetType().String(), "IDENTIFIER_TYPE_"))+":"+r.GetMasked())
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d entries\n", s.name, short(m.GetMember().GetMemberId()), strings.Join(ids, " "), bal.GetAvailable(), len(led.GetEntries()))
+		tier, err := benc.GetTierStatus(ctx, &mcv1.GetTierStatusRequest{MemberId: m.GetMember().GetMemberId()})
+		if err != nil {
+			return err
+		}
+		coupons, err := benc.ListCoupons(ctx, &mcv1.ListCouponsRequest{MemberId: m.GetMember().GetMemberId()})
+		if err != nil {
+			return err
+		}
+		var cs []string
+		for _, c := range coupons.GetCoupons() {
+			cs = append(cs, c.GetTemplateId())
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d (%d)\t%s\t%s\t%d entries\n", s.name, short(m.GetMember().GetMemberId()), strings.Join(ids, " "),
+			bal.GetAvailable(), bal.GetPending(), tier.GetTier(), strings.Join(cs, " "), len(led.GetEntries()))
 	}
 	tw.Flush()
 
@@ -327,6 +342,17 @@ func (d *demo) events(run string) ([]keyedEvent, []shopper, int) {
 		for k := 0; k < 1+rng.IntN(3); k++ {
 			add(s, mcv1.Channel_CHANNEL_POS, stores[rng.IntN(len(stores))], []*mcv1.Identifier{
 				{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_MEMBER_CARD, Value: s.card}, phone(s)}, purchase)
+		}
+		if i == 1 {
+			// One big spender: ¥2,600 at once makes her silver and earns a
+			// coupon for a basket over ¥500.
+			add(s, mcv1.Channel_CHANNEL_POS, stores[1], []*mcv1.Identifier{phone(s)}, func(ev *mcv1.ChannelEvent) {
+				ev.Payload = &mcv1.ChannelEvent_Transaction{Transaction: &mcv1.Transaction{OrderId: "O-" + ev.GetEventId(),
+					Total: &mcv1.Money{Currency: "CNY", AmountMinor: 260_000},
+					Items: []*mcv1.LineItem{{Sku: "ESPRESSO-MACHINE", Category: "appliances", Brand: "house", Quantity: 1,
+						Amount: &mcv1.Money{Currency: "CNY", AmountMinor: 260_000}}}}}
+				earning++
+			})
 		}
 		// Order in the mini-program, identified by openid (and phone).
 		add(s, mcv1.Channel_CHANNEL_MINIPROGRAM, "", []*mcv1.Identifier{
