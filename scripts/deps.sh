@@ -116,6 +116,9 @@ DO $$ BEGIN
     CREATE ROLE membercenter LOGIN CREATEDB PASSWORD 'membercenter';
   END IF;
 END $$;
+-- Tests drop their databases WITH (FORCE), which must be able to end an
+-- autovacuum worker that happens to be in them.
+GRANT pg_signal_backend TO membercenter;
 SELECT 'CREATE DATABASE membercenter OWNER membercenter'
  WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'membercenter')\gexec
 EOF

@@ -118,6 +118,7 @@ type TierMove struct {
 // present.
 type State struct {
 	MemberID   string
+	ChangeSeq  int64     // last outbox sequence of the member (store only)
 	Last       time.Time // effective time of the last operation
 	Evaluated  Month     // last month whose start was processed; 0 for a new member
 	Tier       string

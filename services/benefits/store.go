@@ -11,6 +11,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 	"github.com/membercenter/membercenter/storage/postgres"
@@ -39,47 +40,43 @@ var errBudgetRace = errors.New("campaign budget or coupon limit changed concurre
 // month's campaign usage, campaign budgets, its coupons, grants, birth date
 // and labels, and the named orders with their lots.
 func (s *Service) load(ctx context.Context, tx pgx.Tx, member uuid.UUID, lock bool, t time.Time, orderIDs ...string) (*State, error) {
-	if lock {
-		if _, err := postgres.LockMembers(ctx, tx, member); err != nil {
-			return nil, err
-		}
-	}
 	p := s.program()
 	st := NewState(member.String())
-	var raw []byte
-	err := tx.QueryRow(ctx, `SELECT state FROM loyalty_state WHERE member_id = $1`, member).Scan(&raw)
-	switch {
-	case errors.Is(err, pgx.ErrNoRows):
-	case err != nil:
-		return nil, fmt.Errorf("load loyalty state: %w", err)
-	default:
-		var ps persistedState
-		if err := json.Unmarshal(raw, &ps); err != nil {
-			return nil, fmt.Errorf("decode loyalty state: %w", err)
-		}
-		st.Last, st.Evaluated, st.Tier, st.TierSince, st.GraceEnd = ps.Last, ps.Evaluated, ps.Tier, ps.TierSince, ps.GraceEnd
-		st.StreakDay, st.StreakLen = ps.StreakDay, ps.StreakLen
-		for _, m := range ps.BonusMonth {
-			st.BonusMonth[m] = true
-		}
-		for k, v := range ps.Referrals {
-			n, _ := strconv.Atoi(k)
-			st.Referrals[Month(n)] = v
-		}
-	}
-	if t.Before(st.Last) {
-		t = st.Last
-	}
-	cur := monthOf(t, p.Location)
-	// Month starts since the last evaluated month need their own 12 months.
-	from := cur - 13
-	if st.Evaluated > 0 && st.Evaluated-12 < from {
-		from = st.Evaluated - 12
-	}
-
+	// One round trip: the member row (locked when writing, which also
+	// serialises the member's outbox sequence), its state, and everything
+	// below.
 	b := &pgx.Batch{}
+	memberSQL := `SELECT change_seq, coalesce(attributes->>'birth_date', ''),
+		coalesce((SELECT array_agg(label_id ORDER BY label_id) FROM member_labels WHERE member_id = $1 AND value = 'true'), '{}')
+		FROM members WHERE member_id = $1`
+	if lock {
+		memberSQL += ` FOR UPDATE`
+	}
+	found := false
+	b.Queue(memberSQL, member).Query(func(rows pgx.Rows) error {
+		for rows.Next() {
+			found = true
+			if err := rows.Scan(&st.ChangeSeq, &st.BirthDate, &st.Labels); err != nil {
+				return err
+			}
+		}
+		return rows.Err()
+	})
+	var raw []byte
+	b.Queue(`SELECT state FROM loyalty_state WHERE member_id = $1`, member).Query(func(rows pgx.Rows) error {
+		for rows.Next() {
+			if err := rows.Scan(&raw); err != nil {
+				return err
+			}
+		}
+		return rows.Err()
+	})
+	cur := monthOf(t, p.Location)
 	b.Queue(`SELECT lot_id, earned, remaining, earned_at, available_at, expires_at, coalesce(order_id, ''), origin_member_id, kind
-		FROM point_lots WHERE member_id = $1 AND (remaining > 0 OR order_id = ANY($2)) ORDER BY lot_id`, member, orderIDs).
+		FROM (SELECT * FROM point_lots WHERE member_id = $1 AND remaining > 0
+		      UNION
+		      SELECT l.* FROM orders o JOIN point_lots l ON l.lot_id = o.lot_id WHERE o.order_id = ANY($2) AND o.member_id = $1) x
+		ORDER BY lot_id`, member, orderIDs).
 		Query(func(rows pgx.Rows) error {
 			for rows.Next() {
 				l := &Lot{}
@@ -92,8 +89,11 @@ func (s *Service) load(ctx context.Context, tx pgx.Tx, member uuid.UUID, lock bo
 			}
 			return rows.Err()
 		})
+	// Month starts since the last evaluated month need their own 12 months.
 	b.Queue(`SELECT month, sum(spend), sum(points), sum(orders) FROM member_activity
-		WHERE member_id = $1 AND month >= $2 GROUP BY month`, member, int(from)).
+		WHERE member_id = $1
+		  AND month >= least($2::int, coalesce((SELECT (state->>'evaluated')::int FROM loyalty_state WHERE member_id = $1), $2::int) - 12)
+		GROUP BY month`, member, int(cur)-13).
 		Query(func(rows pgx.Rows) error {
 			for rows.Next() {
 				var m int
@@ -166,11 +166,6 @@ func (s *Service) load(ctx context.Context, tx pgx.Tx, member uuid.UUID, lock bo
 			}
 			return rows.Err()
 		})
-	b.Queue(`SELECT coalesce(attributes->>'birth_date', ''),
-		coalesce((SELECT array_agg(label_id ORDER BY label_id) FROM member_labels WHERE member_id = $1 AND value = 'true'), '{}')
-		FROM members WHERE member_id = $1`, member).QueryRow(func(row pgx.Row) error {
-		return row.Scan(&st.BirthDate, &st.Labels)
-	})
 	b.Queue(`SELECT order_id, member_id, origin_member_id, at, total, paid, coupon_discount, redeemed, earned, refunded, reversed,
 		restored, unrecovered, fully_refunded, coupon_codes, coalesce(lot_id, 0), extras, cause FROM orders WHERE order_id = ANY($1)`, orderIDs).
 		Query(func(rows pgx.Rows) error {
@@ -201,15 +196,56 @@ func (s *Service) load(ctx context.Context, tx pgx.Tx, member uuid.UUID, lock bo
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return nil, fmt.Errorf("load loyalty state: %w", err)
 	}
+	if !found {
+		return nil, fmt.Errorf("member %s: %w", member, postgres.ErrNotFound)
+	}
+	if raw != nil {
+		var ps persistedState
+		if err := json.Unmarshal(raw, &ps); err != nil {
+			return nil, fmt.Errorf("decode loyalty state: %w", err)
+		}
+		st.Last, st.Evaluated, st.Tier, st.TierSince, st.GraceEnd = ps.Last, ps.Evaluated, ps.Tier, ps.TierSince, ps.GraceEnd
+		st.StreakDay, st.StreakLen = ps.StreakDay, ps.StreakLen
+		for _, m := range ps.BonusMonth {
+			st.BonusMonth[m] = true
+		}
+		for k, v := range ps.Referrals {
+			n, _ := strconv.Atoi(k)
+			st.Referrals[Month(n)] = v
+		}
+	}
 	if st.Tier == "" {
 		st.Tier = p.Tiers[0].ID
+	}
+	// An event older than the member's last operation is processed at that
+	// time (§1): its campaign caps are that day's and month's.
+	if st.Last.After(t) {
+		if dayOf(st.Last, p.Location) != dayOf(t, p.Location) {
+			st.Usage = map[string]int64{}
+			rows, err := tx.Query(ctx, `SELECT campaign_id, period, points FROM campaign_usage WHERE member_id = $1 AND period = ANY($2)`, member,
+				[]string{fmt.Sprintf("d:%d", dayOf(st.Last, p.Location)), fmt.Sprintf("m:%d", int(monthOf(st.Last, p.Location)))})
+			if err != nil {
+				return nil, fmt.Errorf("campaign usage: %w", err)
+			}
+			for rows.Next() {
+				var c, period string
+				var pts int64
+				if err := rows.Scan(&c, &period, &pts); err != nil {
+					rows.Close()
+					return nil, err
+				}
+				st.Usage[c+"|"+period] = pts
+			}
+			rows.Close()
+		}
 	}
 	return st, nil
 }
 
-// persist writes what op changed: ledger, lots, account, activity, usage,
+// persist writes what op changed — ledger, lots, account, activity, usage,
 // budgets, coupons, grants, tier history, orders, the state row and one
-// outbox change per effect.
+// outbox change per effect — in one round trip. The member's row is locked
+// (load), so the outbox sequence read there is the member's.
 func (s *Service) persist(ctx context.Context, tx pgx.Tx, st *State, fx *Effects, op Op, ch mcv1.Channel, store string) error {
 	if fx.Duplicate || fx.NoOp {
 		return nil
@@ -217,34 +253,25 @@ func (s *Service) persist(ctx context.Context, tx pgx.Tx, st *State, fx *Effects
 	p := s.program()
 	member := uuid.MustParse(st.MemberID)
 	origin := uuid.MustParse(op.Origin)
+	b := &pgx.Batch{}
 
-	// Lots first: ledger rows reference them only by transaction, orders by id.
 	var txnIDs []uuid.UUID
-	var earned int64
-	var delta int64
+	var earned, delta int64
 	for i, l := range fx.Ledger {
 		id := uuid.Must(uuid.NewV7())
 		txnIDs = append(txnIDs, id)
-		counter := l.Counter
-		entries := []postgres.LedgerEntry{
-			{Account: postgres.MemberAccount(member), MemberID: &member, Delta: l.Delta},
-			{Account: counter, Delta: -l.Delta},
-		}
-		if err := postgres.InsertLedgerTransaction(ctx, tx, postgres.LedgerTransaction{
+		postgres.QueueLedgerTransaction(b, postgres.LedgerTransaction{
 			TransactionID: id, MemberID: member, OriginMemberID: origin, Kind: l.Kind, Reason: l.Reason,
-			CauseID: fmt.Sprintf("%s#%d", op.Cause, i), CreatedAt: fx.At, Entries: entries,
-		}); err != nil {
-			return err
-		}
+			CauseID: fmt.Sprintf("%s#%d", op.Cause, i), CreatedAt: fx.At,
+			Entries: []postgres.LedgerEntry{
+				{Account: postgres.MemberAccount(member), MemberID: &member, Delta: l.Delta},
+				{Account: l.Counter, Delta: -l.Delta},
+			},
+		}, p.Version)
 		if l.Kind == "earn" {
 			earned += l.Delta
 		}
 		delta += l.Delta
-	}
-	if len(fx.Ledger) > 0 {
-		if _, err := tx.Exec(ctx, `UPDATE ledger_transactions SET program_version = $2 WHERE transaction_id = ANY($1)`, txnIDs, p.Version); err != nil {
-			return fmt.Errorf("stamp programme version: %w", err)
-		}
 	}
 	txnOf := func(kind string) uuid.UUID {
 		for i, l := range fx.Ledger {
@@ -261,42 +288,37 @@ func (s *Service) persist(ctx context.Context, tx pgx.Tx, st *State, fx *Effects
 		if !l.dirty {
 			continue
 		}
-		if l.ID == 0 {
-			lo := uuid.MustParse(l.Origin)
-			err := tx.QueryRow(ctx, `INSERT INTO point_lots (member_id, origin_member_id, transaction_id, earned, remaining, earned_at,
-				available_at, expires_at, order_id, kind) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, nullif($9, ''), $10) RETURNING lot_id`,
-				member, lo, txnOf(l.TxnKind), l.Earned, l.Remaining, l.EarnedAt, l.AvailableAt, l.ExpiresAt, l.OrderID, l.TxnKind).Scan(&l.ID)
-			if err != nil {
-				return fmt.Errorf("insert lot: %w", err)
-			}
-		} else if _, err := tx.Exec(ctx, `UPDATE point_lots SET remaining = $2 WHERE lot_id = $1`, l.ID, l.Remaining); err != nil {
-			return fmt.Errorf("update lot: %w", err)
-		}
 		l.dirty = false
+		if l.ID == 0 {
+			lot := l
+			b.Queue(`INSERT INTO point_lots (member_id, origin_member_id, transaction_id, earned, remaining, earned_at,
+				available_at, expires_at, order_id, kind) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, nullif($9, ''), $10) RETURNING lot_id`,
+				member, uuid.MustParse(l.Origin), txnOf(l.TxnKind), l.Earned, l.Remaining, l.EarnedAt, l.AvailableAt, l.ExpiresAt, l.OrderID, l.TxnKind).
+				QueryRow(func(row pgx.Row) error { return row.Scan(&lot.ID) })
+			continue
+		}
+		b.Queue(`UPDATE point_lots SET remaining = $2 WHERE lot_id = $1`, l.ID, l.Remaining)
 	}
 	if delta != 0 || earned != 0 {
-		if _, err := postgres.AddToAccount(ctx, tx, member, delta, earned); err != nil {
-			return err
-		}
+		b.Queue(`UPDATE points_accounts SET balance = balance + $2, lifetime_earned = lifetime_earned + $3, updated_at = now() WHERE member_id = $1`,
+			member, delta, earned)
+		b.Queue(`INSERT INTO points_accounts (member_id, balance, lifetime_earned) SELECT $1, $2, $3
+			WHERE NOT EXISTS (SELECT FROM points_accounts WHERE member_id = $1)`, member, delta, earned)
 	}
-
 	for o, months := range st.MonthDelta {
 		for m, a := range months {
-			if _, err := tx.Exec(ctx, `INSERT INTO member_activity AS a (member_id, origin_member_id, month, spend, points, orders)
+			b.Queue(`INSERT INTO member_activity AS a (member_id, origin_member_id, month, spend, points, orders)
 				VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (member_id, origin_member_id, month) DO UPDATE
 				SET spend = a.spend + EXCLUDED.spend, points = a.points + EXCLUDED.points, orders = a.orders + EXCLUDED.orders`,
-				member, uuid.MustParse(o), int(m), a.Spend, a.Points, a.Orders); err != nil {
-				return fmt.Errorf("activity: %w", err)
-			}
+				member, uuid.MustParse(o), int(m), a.Spend, a.Points, a.Orders)
 		}
 	}
 	for k, v := range st.UsageDelta {
 		c, period, _ := strings.Cut(k, "|")
-		if _, err := tx.Exec(ctx, `INSERT INTO campaign_usage AS u (campaign_id, member_id, period, points) VALUES ($1, $2, $3, $4)
-			ON CONFLICT (member_id, campaign_id, period) DO UPDATE SET points = u.points + EXCLUDED.points`, c, member, period, v); err != nil {
-			return fmt.Errorf("campaign usage: %w", err)
-		}
+		b.Queue(`INSERT INTO campaign_usage AS u (campaign_id, member_id, period, points) VALUES ($1, $2, $3, $4)
+			ON CONFLICT (member_id, campaign_id, period) DO UPDATE SET points = u.points + EXCLUDED.points`, c, member, period, v)
 	}
+	raced := false
 	for c, v := range st.BudgetDelta {
 		var budget int64
 		for _, camp := range p.Campaigns {
@@ -304,109 +326,91 @@ func (s *Service) persist(ctx context.Context, tx pgx.Tx, st *State, fx *Effects
 				budget = camp.Budget
 			}
 		}
-		tag, err := tx.Exec(ctx, `INSERT INTO campaign_budgets AS b (campaign_id, spent) VALUES ($1, $2)
+		b.Queue(`INSERT INTO campaign_budgets AS b (campaign_id, spent) VALUES ($1, $2)
 			ON CONFLICT (campaign_id) DO UPDATE SET spent = b.spent + EXCLUDED.spent
-			WHERE $3 = 0 OR b.spent + EXCLUDED.spent <= $3`, c, v, budget)
-		if err != nil {
-			return fmt.Errorf("campaign budget: %w", err)
-		}
-		if tag.RowsAffected() == 0 {
-			return errBudgetRace
-		}
+			WHERE $3 = 0 OR b.spent + EXCLUDED.spent <= $3`, c, v, budget).
+			Exec(func(tag pgconn.CommandTag) error {
+				raced = raced || tag.RowsAffected() == 0
+				return nil
+			})
 	}
 	for tpl, n := range st.TplDelta {
 		limit := 0
 		if t := p.Coupons[tpl]; t != nil {
 			limit = t.TotalLimit
 		}
-		tag, err := tx.Exec(ctx, `INSERT INTO coupon_template_counts AS c (template_id, issued) VALUES ($1, $2)
+		b.Queue(`INSERT INTO coupon_template_counts AS c (template_id, issued) VALUES ($1, $2)
 			ON CONFLICT (template_id) DO UPDATE SET issued = c.issued + EXCLUDED.issued
-			WHERE $3 = 0 OR c.issued + EXCLUDED.issued <= $3`, tpl, n, limit)
-		if err != nil {
-			return fmt.Errorf("coupon count: %w", err)
-		}
-		if tag.RowsAffected() == 0 {
-			return errBudgetRace
-		}
+			WHERE $3 = 0 OR c.issued + EXCLUDED.issued <= $3`, tpl, n, limit).
+			Exec(func(tag pgconn.CommandTag) error {
+				raced = raced || tag.RowsAffected() == 0
+				return nil
+			})
 	}
 	for _, c := range st.Coupons {
 		if !c.dirty {
 			continue
 		}
 		if c.isNew {
-			if _, err := tx.Exec(ctx, `INSERT INTO coupons (code, member_id, origin_member_id, template_id, state, valid_from, valid_until,
+			b.Queue(`INSERT INTO coupons (code, member_id, origin_member_id, template_id, state, valid_from, valid_until,
 				issued_at, cause, order_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, nullif($10, ''))`,
-				c.Code, member, uuid.MustParse(c.Origin), c.Template, c.State, c.ValidFrom, c.ValidUntil, c.IssuedAt, c.Cause, c.OrderID); err != nil {
-				return fmt.Errorf("insert coupon: %w", err)
-			}
-		} else if _, err := tx.Exec(ctx, `UPDATE coupons SET state = $2, order_id = nullif($3, '') WHERE code = $1`, c.Code, c.State, c.OrderID); err != nil {
-			return fmt.Errorf("update coupon: %w", err)
+				c.Code, member, uuid.MustParse(c.Origin), c.Template, c.State, c.ValidFrom, c.ValidUntil, c.IssuedAt, c.Cause, c.OrderID)
+		} else {
+			b.Queue(`UPDATE coupons SET state = $2, order_id = nullif($3, '') WHERE code = $1`, c.Code, c.State, c.OrderID)
 		}
 		c.dirty, c.isNew = false, false
 	}
 	for _, id := range fx.Granted {
-		g := st.Grants[id]
-		if g == nil {
-			continue // granted and revoked within the operation
-		}
-		if _, err := tx.Exec(ctx, `INSERT INTO benefit_grants (member_id, benefit_id, granted_at, cause) VALUES ($1, $2, $3, $4)
-			ON CONFLICT (member_id, benefit_id) DO NOTHING`, member, id, g.GrantedAt, g.Cause); err != nil {
-			return fmt.Errorf("grant: %w", err)
+		if g := st.Grants[id]; g != nil { // nil: granted and revoked within the operation
+			b.Queue(`INSERT INTO benefit_grants (member_id, benefit_id, granted_at, cause) VALUES ($1, $2, $3, $4)
+				ON CONFLICT (member_id, benefit_id) DO NOTHING`, member, id, g.GrantedAt, g.Cause)
 		}
 	}
 	for _, id := range fx.Revoked {
-		if _, err := tx.Exec(ctx, `DELETE FROM benefit_grants WHERE member_id = $1 AND benefit_id = $2`, member, id); err != nil {
-			return fmt.Errorf("revoke: %w", err)
-		}
+		b.Queue(`DELETE FROM benefit_grants WHERE member_id = $1 AND benefit_id = $2`, member, id)
 	}
-	for id, g := range st.Grants {
-		if _, err := tx.Exec(ctx, `UPDATE benefit_grants SET pending_revoke = $3 WHERE member_id = $1 AND benefit_id = $2 AND pending_revoke <> $3`,
-			member, id, g.PendingRevoke); err != nil {
-			return fmt.Errorf("grant state: %w", err)
+	if len(st.Grants) > 0 {
+		var ids []string
+		var pending []bool
+		for id, g := range st.Grants {
+			ids, pending = append(ids, id), append(pending, g.PendingRevoke)
 		}
+		b.Queue(`UPDATE benefit_grants g SET pending_revoke = x.pending
+			FROM unnest($2::text[], $3::bool[]) AS x(benefit_id, pending)
+			WHERE g.member_id = $1 AND g.benefit_id = x.benefit_id AND g.pending_revoke <> x.pending`, member, ids, pending)
 	}
 	for _, pair := range []struct {
 		ids     []string
 		granted bool
 	}{{fx.Granted, true}, {fx.Revoked, false}} {
 		for _, id := range pair.ids {
-			if _, err := tx.Exec(ctx, `INSERT INTO benefit_history (member_id, benefit_id, granted, at, cause) VALUES ($1, $2, $3, $4, $5)`,
-				member, id, pair.granted, fx.At, op.Cause); err != nil {
-				return fmt.Errorf("benefit history: %w", err)
-			}
+			b.Queue(`INSERT INTO benefit_history (member_id, benefit_id, granted, at, cause) VALUES ($1, $2, $3, $4, $5)`,
+				member, id, pair.granted, fx.At, op.Cause)
 		}
 	}
 	for _, m := range fx.TierMoves {
-		if _, err := tx.Exec(ctx, `INSERT INTO tier_history (member_id, from_tier, to_tier, at, reason, cause) VALUES ($1, $2, $3, $4, $5, $6)`,
-			member, m.From, m.To, m.At, m.Reason, op.Cause); err != nil {
-			return fmt.Errorf("tier history: %w", err)
-		}
+		b.Queue(`INSERT INTO tier_history (member_id, from_tier, to_tier, at, reason, cause) VALUES ($1, $2, $3, $4, $5, $6)`,
+			member, m.From, m.To, m.At, m.Reason, op.Cause)
 	}
 	for _, o := range st.Orders {
 		if !o.dirty {
 			continue
-		}
-		var lotID *int64
-		if o.Lot != nil {
-			lotID = &o.Lot.ID
 		}
 		extras, _ := json.Marshal(o.Extras)
 		if o.CouponIDs == nil {
 			o.CouponIDs = []string{}
 		}
 		if o.isNew {
-			if _, err := tx.Exec(ctx, `INSERT INTO orders (order_id, member_id, origin_member_id, at, total, paid, coupon_discount, redeemed,
-				earned, coupon_codes, lot_id, extras, cause, program_version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)`,
+			// The order's lot was inserted earlier in this batch.
+			b.Queue(`INSERT INTO orders (order_id, member_id, origin_member_id, at, total, paid, coupon_discount, redeemed,
+				earned, coupon_codes, lot_id, extras, cause, program_version)
+				VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,
+				        (SELECT max(lot_id) FROM point_lots WHERE member_id = $2 AND order_id = $1 AND kind = 'earn'), $11, $12, $13)`,
 				o.OrderID, member, uuid.MustParse(o.Origin), o.At, o.Total, o.Paid, o.CouponDiscount, o.Redeemed, o.Earned,
-				o.CouponIDs, lotID, extras, o.Cause, p.Version); err != nil {
-				if postgres.IsUniqueViolation(err) {
-					return fmt.Errorf("order %s was committed concurrently: %w", o.OrderID, err)
-				}
-				return fmt.Errorf("insert order: %w", err)
-			}
-		} else if _, err := tx.Exec(ctx, `UPDATE orders SET refunded = $2, reversed = $3, restored = $4, unrecovered = $5, fully_refunded = $6 WHERE order_id = $1`,
-			o.OrderID, o.Refunded, o.Reversed, o.Restored, o.Unrecovered, o.FullyRefunded); err != nil {
-			return fmt.Errorf("update order: %w", err)
+				o.CouponIDs, extras, o.Cause, p.Version)
+		} else {
+			b.Queue(`UPDATE orders SET refunded = $2, reversed = $3, restored = $4, unrecovered = $5, fully_refunded = $6 WHERE order_id = $1`,
+				o.OrderID, o.Refunded, o.Reversed, o.Restored, o.Unrecovered, o.FullyRefunded)
 		}
 		o.dirty, o.isNew = false, false
 	}
@@ -419,21 +423,28 @@ func (s *Service) persist(ctx context.Context, tx pgx.Tx, st *State, fx *Effects
 		ps.Referrals[strconv.Itoa(int(m))] = n
 	}
 	raw, _ := json.Marshal(ps)
-	if _, err := tx.Exec(ctx, `INSERT INTO loyalty_state (member_id, state, updated_at) VALUES ($1, $2, now())
-		ON CONFLICT (member_id) DO UPDATE SET state = EXCLUDED.state, updated_at = now()`, member, raw); err != nil {
-		return fmt.Errorf("loyalty state: %w", err)
-	}
+	b.Queue(`INSERT INTO loyalty_state (member_id, state, updated_at) VALUES ($1, $2, now())
+		ON CONFLICT (member_id) DO UPDATE SET state = EXCLUDED.state, updated_at = now()`, member, raw)
 	if op.BirthDate != "" {
-		if _, err := tx.Exec(ctx, `UPDATE members SET attributes = attributes || jsonb_build_object('birth_date', $2::text) WHERE member_id = $1`,
-			member, op.BirthDate); err != nil {
-			return fmt.Errorf("birth date: %w", err)
-		}
+		b.Queue(`UPDATE members SET attributes = attributes || jsonb_build_object('birth_date', $2::text) WHERE member_id = $1`,
+			member, op.BirthDate)
 	}
+	var rows []postgres.OutboxRow
 	for _, c := range fx.Changes(p) {
 		c.CauseId, c.Channel, c.StoreId = op.Cause, ch, store
-		if _, err := s.changes.Append(ctx, tx, member, c); err != nil {
+		st.ChangeSeq++
+		row, err := s.changes.Row(ctx, member, st.ChangeSeq, c)
+		if err != nil {
 			return err
 		}
+		rows = append(rows, row)
+	}
+	postgres.QueueOutbox(b, rows)
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return fmt.Errorf("persist loyalty effects: %w", err)
+	}
+	if raced {
+		return errBudgetRace
 	}
 	return nil
 }

@@ -33,6 +33,20 @@ func (w Writer) Append(ctx context.Context, tx pgx.Tx, memberID uuid.UUID, ch *m
 	if err != nil {
 		return nil, err
 	}
+	row, err := w.Row(ctx, memberID, seq, ch)
+	if err != nil {
+		return nil, err
+	}
+	if err := postgres.InsertOutbox(ctx, tx, row); err != nil {
+		return nil, err
+	}
+	return ch, nil
+}
+
+// Row stamps ch as the member's change number seq (id, time, trace) and
+// returns its outbox row, for writers that batch their statements and hold
+// the member's row lock, so they know the sequence.
+func (w Writer) Row(ctx context.Context, memberID uuid.UUID, seq int64, ch *mcv1.MemberChange) (postgres.OutboxRow, error) {
 	ch.MemberId = memberID.String()
 	ch.Sequence = uint64(seq)
 	changeID := uuid.Must(uuid.NewV7())
@@ -46,17 +60,13 @@ func (w Writer) Append(ctx context.Context, tx pgx.Tx, memberID uuid.UUID, ch *m
 	}
 	payload, err := proto.Marshal(ch)
 	if err != nil {
-		return nil, fmt.Errorf("marshal change: %w", err)
+		return postgres.OutboxRow{}, fmt.Errorf("marshal change: %w", err)
 	}
 	carrier := propagation.MapCarrier{}
 	if w.Propagator != nil {
 		w.Propagator.Inject(ctx, carrier)
 	}
-	err = postgres.InsertOutbox(ctx, tx, postgres.OutboxRow{
+	return postgres.OutboxRow{
 		MemberID: memberID, Sequence: seq, ChangeID: changeID, Payload: payload, Traceparent: carrier.Get("traceparent"),
-	})
-	if err != nil {
-		return nil, err
-	}
-	return ch, nil
+	}, nil
 }

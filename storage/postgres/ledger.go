@@ -71,6 +71,27 @@ func InsertLedgerTransaction(ctx context.Context, q Querier, t LedgerTransaction
 	return nil
 }
 
+// QueueLedgerTransaction adds to b one statement writing t and its entries
+// (the balance check runs at commit).
+func QueueLedgerTransaction(b *pgx.Batch, t LedgerTransaction, programVersion string) {
+	origin := t.OriginMemberID
+	if origin == uuid.Nil {
+		origin = t.MemberID
+	}
+	accounts := make([]string, len(t.Entries))
+	members := make([]*uuid.UUID, len(t.Entries))
+	deltas := make([]int64, len(t.Entries))
+	for i, e := range t.Entries {
+		accounts[i], members[i], deltas[i] = e.Account, e.MemberID, e.Delta
+	}
+	b.Queue(`WITH t AS (
+		INSERT INTO ledger_transactions (transaction_id, member_id, origin_member_id, kind, reason, cause_id, created_at, program_version)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING transaction_id)
+		INSERT INTO ledger_entries (transaction_id, account, member_id, delta, created_at)
+		SELECT t.transaction_id, e.account, e.member_id, e.delta, $7 FROM t, unnest($9::text[], $10::uuid[], $11::bigint[]) AS e(account, member_id, delta)`,
+		t.TransactionID, t.MemberID, origin, t.Kind, t.Reason, t.CauseID, t.CreatedAt, programVersion, accounts, members, deltas)
+}
+
 // Account is a member's points account: its balance (the sum of its lots'
 // remaining points, pending ones included) and the points it ever earned.
 type Account struct {

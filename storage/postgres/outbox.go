@@ -49,6 +49,30 @@ func InsertOutbox(ctx context.Context, q Querier, r OutboxRow) error {
 	return nil
 }
 
+// QueueOutbox adds to b the insert of rows and the move of each member's
+// change sequence to its last row. The caller holds the members' row locks
+// and numbered the rows from the sequence it read under them.
+func QueueOutbox(b *pgx.Batch, rows []OutboxRow) {
+	if len(rows) == 0 {
+		return
+	}
+	members := make([]uuid.UUID, len(rows))
+	seqs := make([]int64, len(rows))
+	ids := make([]uuid.UUID, len(rows))
+	payloads := make([][]byte, len(rows))
+	tps := make([]string, len(rows))
+	last := map[uuid.UUID]int64{}
+	for i, r := range rows {
+		members[i], seqs[i], ids[i], payloads[i], tps[i] = r.MemberID, r.Sequence, r.ChangeID, r.Payload, r.Traceparent
+		last[r.MemberID] = max(last[r.MemberID], r.Sequence)
+	}
+	b.Queue(`INSERT INTO outbox (member_id, sequence, change_id, payload, traceparent)
+		SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::uuid[], $4::bytea[], $5::text[])`, members, seqs, ids, payloads, tps)
+	for m, seq := range last {
+		b.Queue(`UPDATE members SET change_seq = $2 WHERE member_id = $1 AND change_seq < $2`, m, seq)
+	}
+}
+
 // ClaimOutbox locks up to limit unpublished rows in outbox order. Rows locked
 // by another relay are skipped; the lock lasts until the transaction ends.
 func ClaimOutbox(ctx context.Context, tx pgx.Tx, limit int) ([]OutboxRow, error) {
