@@ -15,6 +15,15 @@ r_rate="${BENCH_RESOLVE_RATE:-2000}"
 r_duration="${BENCH_RESOLVE_DURATION:-20s}"
 r_merges="${BENCH_RESOLVE_MERGES:-2000}"
 r_merge_conc="${BENCH_RESOLVE_MERGE_CONCURRENCY:-8}"
+# Issue 4's benefits benchmark: warmed members in membercenter_bench, Quote and
+# Commit over gRPC, Commit at saturation, direct appliers and the Kafka worker.
+b_members="${BENCH_BENEFITS_MEMBERS:-20000}"
+b_warm="${BENCH_BENEFITS_WARM:-2000}"
+b_rate="${BENCH_BENEFITS_RATE:-2000}"
+b_commit_rate="${BENCH_BENEFITS_COMMIT_RATE:-500,2000}"
+b_duration="${BENCH_BENEFITS_DURATION:-20s}"
+b_events="${BENCH_BENEFITS_EVENTS:-4000}"
+b_kafka_events="${BENCH_BENEFITS_KAFKA_EVENTS:-20000}"
 
 commas() { sed -e ':a' -e 's/\B[0-9]\{3\}\>/,&/' -e 'ta' <<<"$1"; }
 
@@ -22,6 +31,9 @@ latency="$("$bin" bench latency --events "$events" --rate "$rate")"
 resolve_cmd=(bench resolve --members "$r_members" --rate "$r_rate" --duration "$r_duration"
   --merges "$r_merges" --merge-concurrency "$r_merge_conc")
 resolve="$("$bin" "${resolve_cmd[@]}")"
+benefits_cmd=(bench benefits --members "$b_members" --warm "$b_warm" --rate "$b_rate" --commit-rate "$b_commit_rate"
+  --duration "$b_duration" --events "$b_events" --kafka-events "$b_kafka_events")
+benefits="$("$bin" "${benefits_cmd[@]}")"
 
 cat >"$out" <<MD
 # Benchmarks
@@ -71,5 +83,35 @@ lookup, identifier count, idempotency record, commit). Merges fold member
 i+1 into member i for pairs no earlier run merged, closed loop.
 
 $resolve
+
+## Benefits: Quote, Commit and the benefit worker (issue 4)
+
+Command: \`membercenter ${benefits_cmd[*]}\`
+
+Each run takes $(commas "$b_warm") members of \`membercenter_bench\` that have no loyalty
+history (the earliest $(commas "$b_members") such members, reusing the resolve benchmark's,
+created by COPY when missing) and gives each a history through the service
+itself: three \`Commit\`s dated 70, 40 and 10 days ago, so the ledger, lots,
+tier inputs, missions and coupons are what the engine wrote and obey the ledger
+invariants (checked at the end of the run). The BenefitsService then runs in
+process behind the production gRPC stack, built as \`membercenter serve\`
+builds it. Open loop at a fixed rate over four client connections, each
+request in its own goroutine, timed from its intended send time after an
+unmeasured 3 s warm-up: the floor is \`grpc.health.v1.Health/Check\` on the same
+server; \`Quote\` evaluates a random 2–3 line basket (a coffee line in three of
+ten, ¥20–¥800, server time) for a random warmed member in a read-only
+transaction; \`Commit\` applies a fresh order with a fresh idempotency key in one
+read-write transaction. The higher Commit rate is above what the machine can
+commit, so its row shows what is achieved and how requests fail when offered
+more. Then Commit closed loop (16 callers, 10 s) gives the saturation
+throughput. The benefit worker's effect path, \`benefits.Service.Apply\` of
+Transaction member events partitioned by member over 1, 4 and 8 appliers, is
+compared with one autocommitted \`INSERT … ON CONFLICT\` per event at the same
+concurrency; the whole Kafka path (the benefit worker as \`platform.Run\` builds
+it, over a scratch topic of 6 partitions) with a plain franz-go consume of the
+same records. PostgreSQL round trips are counted from the pgx spans of each
+request or event; CPU comes from /proc.
+
+$benefits
 MD
 echo "bench: wrote $out"
