@@ -571,8 +571,10 @@ func (e Engine) issueCoupon(s *State, fx *Effects, t time.Time, op Op, template,
 		return nil, &Refusal{Reason: fmt.Sprintf("coupon %s: all %d have been issued", template, tpl.TotalLimit)}
 	}
 	s.Issued[template]++
-	s.TplIssued[template]++
-	s.TplDelta[template]++
+	if tpl.TotalLimit > 0 { // only limited templates keep a shared count
+		s.TplIssued[template]++
+		s.TplDelta[template]++
+	}
 	c := &Coupon{Code: CouponCode(template, s.MemberID, s.Issued[template]), Template: template, State: "issued",
 		ValidFrom: t, ValidUntil: t.AddDate(0, 0, tpl.ValidDays), Origin: op.Origin, IssuedAt: t, Cause: why, isNew: true, dirty: true}
 	s.Coupons = append(s.Coupons, c)
@@ -712,8 +714,10 @@ func (e Engine) purchase(s *State, fx *Effects, t time.Time, op Op) error {
 			s.Usage[k] += c.extra
 			s.UsageDelta[k] += c.extra
 		}
-		s.Budgets[c.c.ID] += c.extra
-		s.BudgetDelta[c.c.ID] += c.extra
+		if c.c.Budget > 0 { // only budgets are shared across members
+			s.Budgets[c.c.ID] += c.extra
+			s.BudgetDelta[c.c.ID] += c.extra
+		}
 		fx.Trace = append(fx.Trace, &mcv1.RuleTrace{RuleId: "campaign:" + c.c.ID, RuleVersion: p.Version, Applied: true, Points: c.extra,
 			Explanation: c.c.Name})
 		if c.c.Coupon != "" {

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -319,7 +321,10 @@ func (s *Service) persist(ctx context.Context, tx pgx.Tx, st *State, fx *Effects
 			ON CONFLICT (member_id, campaign_id, period) DO UPDATE SET points = u.points + EXCLUDED.points`, c, member, period, v)
 	}
 	raced := false
-	for c, v := range st.BudgetDelta {
+	// Shared rows are updated in a fixed order, so two operations never wait
+	// for each other's rows in opposite orders.
+	for _, c := range slices.Sorted(maps.Keys(st.BudgetDelta)) {
+		v := st.BudgetDelta[c]
 		var budget int64
 		for _, camp := range p.Campaigns {
 			if camp.ID == c {
@@ -334,7 +339,8 @@ func (s *Service) persist(ctx context.Context, tx pgx.Tx, st *State, fx *Effects
 				return nil
 			})
 	}
-	for tpl, n := range st.TplDelta {
+	for _, tpl := range slices.Sorted(maps.Keys(st.TplDelta)) {
+		n := st.TplDelta[tpl]
 		limit := 0
 		if t := p.Coupons[tpl]; t != nil {
 			limit = t.TotalLimit

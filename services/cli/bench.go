@@ -157,7 +157,7 @@ func (b *latencyBench) run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("floor: %w", err)
 	}
-	platformRes, ledgerRes, err := b.platform(ctx, grpcLis.Addr().String(), kcfg, producer, run)
+	platformRes, err := b.platform(ctx, grpcLis.Addr().String(), kcfg, producer, run)
 	if err != nil {
 		return err
 	}
@@ -174,7 +174,6 @@ func (b *latencyBench) run(ctx context.Context) error {
 	}
 	row("floor: Kafka produce → consume (same broker, same run)", floor)
 	row("POS event → change on Subscribe stream", platformRes)
-	row("… of which POS event → ledger transaction (ingest, benefit worker)", ledgerRes)
 	fmt.Fprintf(b.out, "\nGOMAXPROCS %d; %d members; platform run in one process with every stage and service.\n", runtime.GOMAXPROCS(0), b.members)
 	return nil
 }
@@ -243,20 +242,20 @@ func (b *latencyBench) floor(ctx context.Context, kcfg kafka.Config, ktel kafka.
 	return summarize(ds, received[len(received)-1].Sub(intended[0])), nil
 }
 
-func (b *latencyBench) platform(ctx context.Context, addr string, kcfg kafka.Config, producer *kafka.Client, run string) (Summary, Summary, error) {
+func (b *latencyBench) platform(ctx context.Context, addr string, kcfg kafka.Config, producer *kafka.Client, run string) (Summary, error) {
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
-		return Summary{}, Summary{}, err
+		return Summary{}, err
 	}
 	defer conn.Close()
 	sctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
 	stream, err := mcv1.NewSyncServiceClient(conn).Subscribe(sctx, &mcv1.SubscribeRequest{})
 	if err != nil {
-		return Summary{}, Summary{}, err
+		return Summary{}, err
 	}
 	if m, err := stream.Recv(); err != nil || m.GetReady() == nil {
-		return Summary{}, Summary{}, fmt.Errorf("subscribe: %v", err)
+		return Summary{}, fmt.Errorf("subscribe: %v", err)
 	}
 	phone := func(m int) string { return fmt.Sprintf("137%08d", m) }
 	event := func(id string, m int) []byte {
@@ -277,7 +276,7 @@ func (b *latencyBench) platform(ctx context.Context, addr string, kcfg kafka.Con
 	for credited := 0; credited < b.members; {
 		msg, err := stream.Recv()
 		if err != nil {
-			return Summary{}, Summary{}, fmt.Errorf("warm-up: %w", err)
+			return Summary{}, fmt.Errorf("warm-up: %w", err)
 		}
 		if msg.GetChange().GetPointsChanged() != nil {
 			credited++
@@ -285,7 +284,6 @@ func (b *latencyBench) platform(ctx context.Context, addr string, kcfg kafka.Con
 	}
 
 	received := make([]time.Time, b.events)
-	applied := make([]time.Time, b.events) // when the benefit worker wrote the change
 	var recvErr error
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -305,7 +303,6 @@ func (b *latencyBench) platform(ctx context.Context, addr string, kcfg kafka.Con
 			i, _ := strconv.Atoi(c.GetCauseId()[len(prefix):])
 			if received[i].IsZero() {
 				received[i] = time.Now()
-				applied[i] = c.GetOccurredAt().AsTime()
 				got++
 			}
 		}
@@ -316,21 +313,19 @@ func (b *latencyBench) platform(ctx context.Context, addr string, kcfg kafka.Con
 			Value: event(prefix+strconv.Itoa(i), m)}, nil)
 	})
 	if err != nil {
-		return Summary{}, Summary{}, err
+		return Summary{}, err
 	}
 	wg.Wait()
 	if recvErr != nil {
-		return Summary{}, Summary{}, fmt.Errorf("stream: %w", recvErr)
+		return Summary{}, fmt.Errorf("stream: %w", recvErr)
 	}
 	ds := make([]time.Duration, b.events)
-	toLedger := make([]time.Duration, b.events)
 	last := received[0]
 	for i := range ds {
 		ds[i] = received[i].Sub(intended[i])
-		toLedger[i] = applied[i].Sub(intended[i])
 		if received[i].After(last) {
 			last = received[i]
 		}
 	}
-	return summarize(ds, last.Sub(intended[0])), summarize(toLedger, last.Sub(intended[0])), nil
+	return summarize(ds, last.Sub(intended[0])), nil
 }
