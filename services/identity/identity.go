@@ -496,6 +496,9 @@ func (s *Service) ResolveEvent(ctx context.Context, ev *mcv1.ChannelEvent) (inge
 		}
 		return ingest.Resolution{}, err
 	}
+	if out, ok, err := s.resolveKnownEvent(ctx, ev, ids); err != nil || ok {
+		return out, err
+	}
 	var out ingest.Resolution
 	err = postgres.RetryTx(ctx, s.pool, func(tx pgx.Tx) error {
 		prev, err := postgres.GetIngestedEvent(ctx, tx, ev.GetEventId())
@@ -532,6 +535,58 @@ func (s *Service) ResolveEvent(ctx context.Context, ev *mcv1.ChannelEvent) (inge
 		return out, dlq.Reject(err)
 	}
 	return out, err
+}
+
+// resolveKnownEvent is ingest's fast path, two round trips and no
+// transaction: an event seen before gets its first answer; an event whose
+// identifiers all belong, uniquely, to one member (nothing to link, merge or
+// refuse) only records its resolution. Anything else takes the
+// transactional path.
+func (s *Service) resolveKnownEvent(ctx context.Context, ev *mcv1.ChannelEvent, ids []Normalized) (ingest.Resolution, bool, error) {
+	keys := make([]postgres.IdentifierKey, len(ids))
+	for i, n := range ids {
+		if s.rules.Blocked(n.Type, n.Value) {
+			return ingest.Resolution{}, false, nil
+		}
+		keys[i] = keyOf(n)
+	}
+	prev, found, err := postgres.LookupIngest(ctx, s.pool, ev.GetEventId(), keys)
+	if err != nil {
+		return ingest.Resolution{}, false, err
+	}
+	if prev != nil {
+		detail := &mcv1.Resolution{}
+		if err := proto.Unmarshal(prev.Resolution, detail); err != nil {
+			return ingest.Resolution{}, false, fmt.Errorf("stored resolution of %s: %w", ev.GetEventId(), err)
+		}
+		return ingest.Resolution{MemberID: prev.MemberID.String(), Identifiers: Refs(ids), Detail: detail}, true, nil
+	}
+	if len(found) != len(ids) {
+		return ingest.Resolution{}, false, nil
+	}
+	var best *postgres.IdentifierRow
+	for i := range found {
+		f := &found[i]
+		if !f.Unique || f.MemberID != found[0].MemberID {
+			return ingest.Resolution{}, false, nil
+		}
+		// The strongest identifier, then the latest link, as in resolve.
+		if best == nil || s.better(match{member: f.MemberID, id: Normalized{Type: mcv1.IdentifierType(f.Type)}, unique: true, linkedAt: f.LinkedAt},
+			match{member: best.MemberID, id: Normalized{Type: mcv1.IdentifierType(best.Type)}, unique: true, linkedAt: best.LinkedAt}) {
+			best = f
+		}
+	}
+	detail := &mcv1.Resolution{OriginMemberId: best.OriginMemberID.String()}
+	stored, err := proto.MarshalOptions{Deterministic: true}.Marshal(detail)
+	if err != nil {
+		return ingest.Resolution{}, false, err
+	}
+	inserted, err := postgres.InsertIngestedEventIfNew(ctx, s.pool, postgres.IngestedEvent{
+		EventID: ev.GetEventId(), MemberID: best.MemberID, Resolution: stored})
+	if err != nil || !inserted {
+		return ingest.Resolution{}, false, err // a concurrent ingest won: take the slow path
+	}
+	return ingest.Resolution{MemberID: best.MemberID.String(), Identifiers: Refs(ids), Detail: detail}, true, nil
 }
 
 // Resolve answers the Resolve RPC; a retry with the same idempotency key gets

@@ -73,6 +73,42 @@ func keyArrays(keys []IdentifierKey) []any {
 	return []any{types, scopes, hashes}
 }
 
+// LookupIngest asks, in one round trip, whether an event was resolved before
+// (prev is nil if not) and which stored identifiers match keys: the
+// read-only fast path of ingest's resolution.
+func LookupIngest(ctx context.Context, pool *pgxpool.Pool, eventID string, keys []IdentifierKey) (prev *IngestedEvent, found []IdentifierRow, err error) {
+	b := &pgx.Batch{}
+	b.Queue(`SELECT member_id, created, resolution FROM ingested_events WHERE event_id = $1`, eventID).Query(func(rows pgx.Rows) error {
+		for rows.Next() {
+			e := IngestedEvent{EventID: eventID}
+			if err := rows.Scan(&e.MemberID, &e.Created, &e.Resolution); err != nil {
+				return err
+			}
+			prev = &e
+		}
+		return rows.Err()
+	})
+	b.Queue(findIdentifiersSQL, keyArrays(keys)...).Query(func(rows pgx.Rows) error {
+		found, err = pgx.CollectRows(rows, scanIdentifier)
+		return err
+	})
+	if err := pool.SendBatch(ctx, b).Close(); err != nil {
+		return nil, nil, fmt.Errorf("ingest lookup: %w", err)
+	}
+	return prev, found, err
+}
+
+// InsertIngestedEventIfNew records an event's resolution unless a
+// concurrent ingest already did; it reports whether this one did.
+func InsertIngestedEventIfNew(ctx context.Context, q Querier, e IngestedEvent) (bool, error) {
+	tag, err := q.Exec(ctx, `INSERT INTO ingested_events (event_id, member_id, created, resolution) VALUES ($1, $2, $3, $4)
+		ON CONFLICT (event_id) DO NOTHING`, e.EventID, e.MemberID, e.Created, e.Resolution)
+	if err != nil {
+		return false, fmt.Errorf("insert ingested event: %w", err)
+	}
+	return tag.RowsAffected() == 1, nil
+}
+
 // LookupIdempotent asks, in one round trip, whether an idempotency key was
 // used in scope and which stored identifiers match keys: the read-only fast
 // path of a resolution.
