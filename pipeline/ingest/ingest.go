@@ -275,6 +275,8 @@ func MemberEvent(ev *mcv1.ChannelEvent, res Resolution, now time.Time) *mcv1.Mem
 		// The referee's raw identifier is PII; it is resolved by the
 		// referral flow, not carried on.
 		me.Payload = &mcv1.MemberEvent_Referral{Referral: &mcv1.Referral{ReferralCode: p.Referral.GetReferralCode()}}
+	case *mcv1.ChannelEvent_Review:
+		me.Payload = &mcv1.MemberEvent_Review{Review: p.Review}
 	}
 	return me
 }

@@ -313,6 +313,7 @@ func TestMemberEvent(t *testing.T) {
 	signUp := &mcv1.SignUp{ReferralCode: "FRIEND-42", Gender: "f", City: "Shanghai", BirthDate: timestamppb.New(time.Date(1990, 5, 1, 0, 0, 0, 0, time.UTC))}
 	checkIn := &mcv1.CheckIn{}
 	share := &mcv1.Share{ContentId: "article-7", Target: "wechat-moments"}
+	review := &mcv1.Review{Sku: "SKU-1", Rating: 4, TextLength: 120}
 	referral := &mcv1.Referral{ReferralCode: "FRIEND-42", Referee: &mcv1.Identifier{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_PHONE, Value: refereePhone}}
 
 	tests := []struct {
@@ -327,6 +328,7 @@ func TestMemberEvent(t *testing.T) {
 		{"sign-up", &mcv1.ChannelEvent{Payload: &mcv1.ChannelEvent_SignUp{SignUp: signUp}}, &mcv1.MemberEvent{Payload: &mcv1.MemberEvent_SignUp{SignUp: signUp}}},
 		{"check-in", &mcv1.ChannelEvent{Payload: &mcv1.ChannelEvent_CheckIn{CheckIn: checkIn}}, &mcv1.MemberEvent{Payload: &mcv1.MemberEvent_CheckIn{CheckIn: checkIn}}},
 		{"share", &mcv1.ChannelEvent{Payload: &mcv1.ChannelEvent_Share{Share: share}}, &mcv1.MemberEvent{Payload: &mcv1.MemberEvent_Share{Share: share}}},
+		{"review", &mcv1.ChannelEvent{Payload: &mcv1.ChannelEvent_Review{Review: review}}, &mcv1.MemberEvent{Payload: &mcv1.MemberEvent_Review{Review: review}}},
 		{
 			"referral without the referee's raw identifier",
 			&mcv1.ChannelEvent{Payload: &mcv1.ChannelEvent_Referral{Referral: referral}},

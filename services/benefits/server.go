@@ -45,17 +45,19 @@ func parseMember(id string) (uuid.UUID, error) {
 
 // read runs fn on a member's state, as of now, in a read-only transaction.
 func (s *Service) read(ctx context.Context, member uuid.UUID, at time.Time, fn func(st *State) error, orderIDs ...string) error {
-	return pgx.BeginTxFunc(ctx, s.pool, pgx.TxOptions{AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
-		m, err := postgres.CanonicalMember(ctx, tx, member)
-		if err != nil {
-			return err
+	// One round trip for a member that was not merged; the statements of
+	// the batch run in one implicit transaction.
+	st, err := s.load(ctx, s.pool, member, false, at, orderIDs...)
+	if errors.Is(err, errMerged) {
+		var m uuid.UUID
+		if m, err = postgres.CanonicalMember(ctx, s.pool, member); err == nil {
+			st, err = s.load(ctx, s.pool, m, false, at, orderIDs...)
 		}
-		st, err := s.load(ctx, tx, m, false, at, orderIDs...)
-		if err != nil {
-			return err
-		}
-		return fn(st)
-	})
+	}
+	if err != nil {
+		return err
+	}
+	return fn(st)
 }
 
 // mutate applies op to the member (the one it was merged into, if so) in one

@@ -41,7 +41,17 @@ var errBudgetRace = errors.New("campaign budget or coupon limit changed concurre
 // its state, open lots, the last 13 months of activity, this day's and
 // month's campaign usage, campaign budgets, its coupons, grants, birth date
 // and labels, and the named orders with their lots.
-func (s *Service) load(ctx context.Context, tx pgx.Tx, member uuid.UUID, lock bool, t time.Time, orderIDs ...string) (*State, error) {
+// errMerged means an unlocked load found the member merged into another.
+var errMerged = errors.New("member was merged")
+
+// batchQuerier runs a load: a transaction, or the pool for a read-only
+// load in one round trip.
+type batchQuerier interface {
+	SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+}
+
+func (s *Service) load(ctx context.Context, tx batchQuerier, member uuid.UUID, lock bool, t time.Time, orderIDs ...string) (*State, error) {
 	p := s.program()
 	st := NewState(member.String())
 	// One round trip: the member row (locked when writing, which also
@@ -49,16 +59,17 @@ func (s *Service) load(ctx context.Context, tx pgx.Tx, member uuid.UUID, lock bo
 	// below.
 	b := &pgx.Batch{}
 	memberSQL := `SELECT change_seq, coalesce(attributes->>'birth_date', ''),
-		coalesce((SELECT array_agg(label_id ORDER BY label_id) FROM member_labels WHERE member_id = $1 AND value = 'true'), '{}')
+		coalesce((SELECT array_agg(label_id ORDER BY label_id) FROM member_labels WHERE member_id = $1 AND value = 'true'), '{}'),
+		merged_into IS NOT NULL
 		FROM members WHERE member_id = $1`
 	if lock {
 		memberSQL += ` FOR UPDATE`
 	}
-	found := false
+	found, merged := false, false
 	b.Queue(memberSQL, member).Query(func(rows pgx.Rows) error {
 		for rows.Next() {
 			found = true
-			if err := rows.Scan(&st.ChangeSeq, &st.BirthDate, &st.Labels); err != nil {
+			if err := rows.Scan(&st.ChangeSeq, &st.BirthDate, &st.Labels, &merged); err != nil {
 				return err
 			}
 		}
@@ -200,6 +211,9 @@ func (s *Service) load(ctx context.Context, tx pgx.Tx, member uuid.UUID, lock bo
 	}
 	if !found {
 		return nil, fmt.Errorf("member %s: %w", member, postgres.ErrNotFound)
+	}
+	if merged && !lock {
+		return nil, errMerged
 	}
 	if raw != nil {
 		var ps persistedState

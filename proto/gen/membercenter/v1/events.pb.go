@@ -284,6 +284,7 @@ type ChannelEvent struct {
 	//	*ChannelEvent_CheckIn
 	//	*ChannelEvent_Share
 	//	*ChannelEvent_Referral
+	//	*ChannelEvent_Review
 	Payload       isChannelEvent_Payload `protobuf_oneof:"payload"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -433,6 +434,15 @@ func (x *ChannelEvent) GetReferral() *Referral {
 	return nil
 }
 
+func (x *ChannelEvent) GetReview() *Review {
+	if x != nil {
+		if x, ok := x.Payload.(*ChannelEvent_Review); ok {
+			return x.Review
+		}
+	}
+	return nil
+}
+
 type isChannelEvent_Payload interface {
 	isChannelEvent_Payload()
 }
@@ -469,6 +479,10 @@ type ChannelEvent_Referral struct {
 	Referral *Referral `protobuf:"bytes,17,opt,name=referral,proto3,oneof"`
 }
 
+type ChannelEvent_Review struct {
+	Review *Review `protobuf:"bytes,18,opt,name=review,proto3,oneof"`
+}
+
 func (*ChannelEvent_Transaction) isChannelEvent_Payload() {}
 
 func (*ChannelEvent_Refund) isChannelEvent_Payload() {}
@@ -484,6 +498,8 @@ func (*ChannelEvent_CheckIn) isChannelEvent_Payload() {}
 func (*ChannelEvent_Share) isChannelEvent_Payload() {}
 
 func (*ChannelEvent_Referral) isChannelEvent_Payload() {}
+
+func (*ChannelEvent_Review) isChannelEvent_Payload() {}
 
 // Transaction is a completed purchase.
 type Transaction struct {
@@ -1048,6 +1064,68 @@ func (x *Referral) GetReferee() *Identifier {
 	return nil
 }
 
+// Review is a product review written by the member. Only its shape is kept:
+// the text stays with the channel.
+type Review struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Sku           string                 `protobuf:"bytes,1,opt,name=sku,proto3" json:"sku,omitempty"`
+	Rating        int32                  `protobuf:"varint,2,opt,name=rating,proto3" json:"rating,omitempty"`
+	TextLength    int32                  `protobuf:"varint,3,opt,name=text_length,json=textLength,proto3" json:"text_length,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Review) Reset() {
+	*x = Review{}
+	mi := &file_membercenter_v1_events_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Review) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Review) ProtoMessage() {}
+
+func (x *Review) ProtoReflect() protoreflect.Message {
+	mi := &file_membercenter_v1_events_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Review.ProtoReflect.Descriptor instead.
+func (*Review) Descriptor() ([]byte, []int) {
+	return file_membercenter_v1_events_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *Review) GetSku() string {
+	if x != nil {
+		return x.Sku
+	}
+	return ""
+}
+
+func (x *Review) GetRating() int32 {
+	if x != nil {
+		return x.Rating
+	}
+	return 0
+}
+
+func (x *Review) GetTextLength() int32 {
+	if x != nil {
+		return x.TextLength
+	}
+	return 0
+}
+
 // MemberEvent is a channel event after ingest: validated, deduplicated and
 // resolved to one member. Published to member.events.v1 keyed by member_id, so
 // every event of a member is processed in order. Carries no raw PII.
@@ -1071,6 +1149,7 @@ type MemberEvent struct {
 	//	*MemberEvent_CheckIn
 	//	*MemberEvent_Share
 	//	*MemberEvent_Referral
+	//	*MemberEvent_Review
 	Payload       isMemberEvent_Payload `protobuf_oneof:"payload"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1078,7 +1157,7 @@ type MemberEvent struct {
 
 func (x *MemberEvent) Reset() {
 	*x = MemberEvent{}
-	mi := &file_membercenter_v1_events_proto_msgTypes[10]
+	mi := &file_membercenter_v1_events_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1090,7 +1169,7 @@ func (x *MemberEvent) String() string {
 func (*MemberEvent) ProtoMessage() {}
 
 func (x *MemberEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_membercenter_v1_events_proto_msgTypes[10]
+	mi := &file_membercenter_v1_events_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1103,7 +1182,7 @@ func (x *MemberEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemberEvent.ProtoReflect.Descriptor instead.
 func (*MemberEvent) Descriptor() ([]byte, []int) {
-	return file_membercenter_v1_events_proto_rawDescGZIP(), []int{10}
+	return file_membercenter_v1_events_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *MemberEvent) GetEventId() string {
@@ -1241,6 +1320,15 @@ func (x *MemberEvent) GetReferral() *Referral {
 	return nil
 }
 
+func (x *MemberEvent) GetReview() *Review {
+	if x != nil {
+		if x, ok := x.Payload.(*MemberEvent_Review); ok {
+			return x.Review
+		}
+	}
+	return nil
+}
+
 type isMemberEvent_Payload interface {
 	isMemberEvent_Payload()
 }
@@ -1277,6 +1365,10 @@ type MemberEvent_Referral struct {
 	Referral *Referral `protobuf:"bytes,17,opt,name=referral,proto3,oneof"`
 }
 
+type MemberEvent_Review struct {
+	Review *Review `protobuf:"bytes,18,opt,name=review,proto3,oneof"`
+}
+
 func (*MemberEvent_Transaction) isMemberEvent_Payload() {}
 
 func (*MemberEvent_Refund) isMemberEvent_Payload() {}
@@ -1292,6 +1384,8 @@ func (*MemberEvent_CheckIn) isMemberEvent_Payload() {}
 func (*MemberEvent_Share) isMemberEvent_Payload() {}
 
 func (*MemberEvent_Referral) isMemberEvent_Payload() {}
+
+func (*MemberEvent_Review) isMemberEvent_Payload() {}
 
 // Resolution says how ingest found the member.
 type Resolution struct {
@@ -1317,7 +1411,7 @@ type Resolution struct {
 
 func (x *Resolution) Reset() {
 	*x = Resolution{}
-	mi := &file_membercenter_v1_events_proto_msgTypes[11]
+	mi := &file_membercenter_v1_events_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1329,7 +1423,7 @@ func (x *Resolution) String() string {
 func (*Resolution) ProtoMessage() {}
 
 func (x *Resolution) ProtoReflect() protoreflect.Message {
-	mi := &file_membercenter_v1_events_proto_msgTypes[11]
+	mi := &file_membercenter_v1_events_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1342,7 +1436,7 @@ func (x *Resolution) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Resolution.ProtoReflect.Descriptor instead.
 func (*Resolution) Descriptor() ([]byte, []int) {
-	return file_membercenter_v1_events_proto_rawDescGZIP(), []int{11}
+	return file_membercenter_v1_events_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Resolution) GetCreated() bool {
@@ -1398,7 +1492,7 @@ type IgnoredIdentifier struct {
 
 func (x *IgnoredIdentifier) Reset() {
 	*x = IgnoredIdentifier{}
-	mi := &file_membercenter_v1_events_proto_msgTypes[12]
+	mi := &file_membercenter_v1_events_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1410,7 +1504,7 @@ func (x *IgnoredIdentifier) String() string {
 func (*IgnoredIdentifier) ProtoMessage() {}
 
 func (x *IgnoredIdentifier) ProtoReflect() protoreflect.Message {
-	mi := &file_membercenter_v1_events_proto_msgTypes[12]
+	mi := &file_membercenter_v1_events_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1423,7 +1517,7 @@ func (x *IgnoredIdentifier) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IgnoredIdentifier.ProtoReflect.Descriptor instead.
 func (*IgnoredIdentifier) Descriptor() ([]byte, []int) {
-	return file_membercenter_v1_events_proto_rawDescGZIP(), []int{12}
+	return file_membercenter_v1_events_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *IgnoredIdentifier) GetIdentifier() *IdentifierRef {
@@ -1472,7 +1566,7 @@ type MemberChange struct {
 
 func (x *MemberChange) Reset() {
 	*x = MemberChange{}
-	mi := &file_membercenter_v1_events_proto_msgTypes[13]
+	mi := &file_membercenter_v1_events_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1484,7 +1578,7 @@ func (x *MemberChange) String() string {
 func (*MemberChange) ProtoMessage() {}
 
 func (x *MemberChange) ProtoReflect() protoreflect.Message {
-	mi := &file_membercenter_v1_events_proto_msgTypes[13]
+	mi := &file_membercenter_v1_events_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1497,7 +1591,7 @@ func (x *MemberChange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemberChange.ProtoReflect.Descriptor instead.
 func (*MemberChange) Descriptor() ([]byte, []int) {
-	return file_membercenter_v1_events_proto_rawDescGZIP(), []int{13}
+	return file_membercenter_v1_events_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *MemberChange) GetMemberId() string {
@@ -1707,7 +1801,7 @@ type MemberCreated struct {
 
 func (x *MemberCreated) Reset() {
 	*x = MemberCreated{}
-	mi := &file_membercenter_v1_events_proto_msgTypes[14]
+	mi := &file_membercenter_v1_events_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1719,7 +1813,7 @@ func (x *MemberCreated) String() string {
 func (*MemberCreated) ProtoMessage() {}
 
 func (x *MemberCreated) ProtoReflect() protoreflect.Message {
-	mi := &file_membercenter_v1_events_proto_msgTypes[14]
+	mi := &file_membercenter_v1_events_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1732,7 +1826,7 @@ func (x *MemberCreated) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemberCreated.ProtoReflect.Descriptor instead.
 func (*MemberCreated) Descriptor() ([]byte, []int) {
-	return file_membercenter_v1_events_proto_rawDescGZIP(), []int{14}
+	return file_membercenter_v1_events_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *MemberCreated) GetIdentifiers() []*IdentifierRef {
@@ -1766,7 +1860,7 @@ type PointsChanged struct {
 
 func (x *PointsChanged) Reset() {
 	*x = PointsChanged{}
-	mi := &file_membercenter_v1_events_proto_msgTypes[15]
+	mi := &file_membercenter_v1_events_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1778,7 +1872,7 @@ func (x *PointsChanged) String() string {
 func (*PointsChanged) ProtoMessage() {}
 
 func (x *PointsChanged) ProtoReflect() protoreflect.Message {
-	mi := &file_membercenter_v1_events_proto_msgTypes[15]
+	mi := &file_membercenter_v1_events_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1791,7 +1885,7 @@ func (x *PointsChanged) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PointsChanged.ProtoReflect.Descriptor instead.
 func (*PointsChanged) Descriptor() ([]byte, []int) {
-	return file_membercenter_v1_events_proto_rawDescGZIP(), []int{15}
+	return file_membercenter_v1_events_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *PointsChanged) GetKind() LedgerEntryKind {
@@ -1848,7 +1942,7 @@ type TierChanged struct {
 
 func (x *TierChanged) Reset() {
 	*x = TierChanged{}
-	mi := &file_membercenter_v1_events_proto_msgTypes[16]
+	mi := &file_membercenter_v1_events_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1860,7 +1954,7 @@ func (x *TierChanged) String() string {
 func (*TierChanged) ProtoMessage() {}
 
 func (x *TierChanged) ProtoReflect() protoreflect.Message {
-	mi := &file_membercenter_v1_events_proto_msgTypes[16]
+	mi := &file_membercenter_v1_events_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1873,7 +1967,7 @@ func (x *TierChanged) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TierChanged.ProtoReflect.Descriptor instead.
 func (*TierChanged) Descriptor() ([]byte, []int) {
-	return file_membercenter_v1_events_proto_rawDescGZIP(), []int{16}
+	return file_membercenter_v1_events_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *TierChanged) GetFromTier() string {
@@ -1921,7 +2015,7 @@ type IdentityChanged struct {
 
 func (x *IdentityChanged) Reset() {
 	*x = IdentityChanged{}
-	mi := &file_membercenter_v1_events_proto_msgTypes[17]
+	mi := &file_membercenter_v1_events_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1933,7 +2027,7 @@ func (x *IdentityChanged) String() string {
 func (*IdentityChanged) ProtoMessage() {}
 
 func (x *IdentityChanged) ProtoReflect() protoreflect.Message {
-	mi := &file_membercenter_v1_events_proto_msgTypes[17]
+	mi := &file_membercenter_v1_events_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1946,7 +2040,7 @@ func (x *IdentityChanged) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IdentityChanged.ProtoReflect.Descriptor instead.
 func (*IdentityChanged) Descriptor() ([]byte, []int) {
-	return file_membercenter_v1_events_proto_rawDescGZIP(), []int{17}
+	return file_membercenter_v1_events_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *IdentityChanged) GetKind() IdentityChangeKind {
@@ -2029,7 +2123,7 @@ type AttributesChanged struct {
 
 func (x *AttributesChanged) Reset() {
 	*x = AttributesChanged{}
-	mi := &file_membercenter_v1_events_proto_msgTypes[18]
+	mi := &file_membercenter_v1_events_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2041,7 +2135,7 @@ func (x *AttributesChanged) String() string {
 func (*AttributesChanged) ProtoMessage() {}
 
 func (x *AttributesChanged) ProtoReflect() protoreflect.Message {
-	mi := &file_membercenter_v1_events_proto_msgTypes[18]
+	mi := &file_membercenter_v1_events_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2054,7 +2148,7 @@ func (x *AttributesChanged) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttributesChanged.ProtoReflect.Descriptor instead.
 func (*AttributesChanged) Descriptor() ([]byte, []int) {
-	return file_membercenter_v1_events_proto_rawDescGZIP(), []int{18}
+	return file_membercenter_v1_events_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *AttributesChanged) GetAttributes() map[string]string {
@@ -2075,7 +2169,7 @@ type ConsentChanged struct {
 
 func (x *ConsentChanged) Reset() {
 	*x = ConsentChanged{}
-	mi := &file_membercenter_v1_events_proto_msgTypes[19]
+	mi := &file_membercenter_v1_events_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2087,7 +2181,7 @@ func (x *ConsentChanged) String() string {
 func (*ConsentChanged) ProtoMessage() {}
 
 func (x *ConsentChanged) ProtoReflect() protoreflect.Message {
-	mi := &file_membercenter_v1_events_proto_msgTypes[19]
+	mi := &file_membercenter_v1_events_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2100,7 +2194,7 @@ func (x *ConsentChanged) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConsentChanged.ProtoReflect.Descriptor instead.
 func (*ConsentChanged) Descriptor() ([]byte, []int) {
-	return file_membercenter_v1_events_proto_rawDescGZIP(), []int{19}
+	return file_membercenter_v1_events_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ConsentChanged) GetPurpose() ConsentPurpose {
@@ -2127,7 +2221,7 @@ type LabelsChanged struct {
 
 func (x *LabelsChanged) Reset() {
 	*x = LabelsChanged{}
-	mi := &file_membercenter_v1_events_proto_msgTypes[20]
+	mi := &file_membercenter_v1_events_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2139,7 +2233,7 @@ func (x *LabelsChanged) String() string {
 func (*LabelsChanged) ProtoMessage() {}
 
 func (x *LabelsChanged) ProtoReflect() protoreflect.Message {
-	mi := &file_membercenter_v1_events_proto_msgTypes[20]
+	mi := &file_membercenter_v1_events_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2152,7 +2246,7 @@ func (x *LabelsChanged) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LabelsChanged.ProtoReflect.Descriptor instead.
 func (*LabelsChanged) Descriptor() ([]byte, []int) {
-	return file_membercenter_v1_events_proto_rawDescGZIP(), []int{20}
+	return file_membercenter_v1_events_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *LabelsChanged) GetLabels() []*LabelValue {
@@ -2181,7 +2275,7 @@ type LabelValue struct {
 
 func (x *LabelValue) Reset() {
 	*x = LabelValue{}
-	mi := &file_membercenter_v1_events_proto_msgTypes[21]
+	mi := &file_membercenter_v1_events_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2193,7 +2287,7 @@ func (x *LabelValue) String() string {
 func (*LabelValue) ProtoMessage() {}
 
 func (x *LabelValue) ProtoReflect() protoreflect.Message {
-	mi := &file_membercenter_v1_events_proto_msgTypes[21]
+	mi := &file_membercenter_v1_events_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2206,7 +2300,7 @@ func (x *LabelValue) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LabelValue.ProtoReflect.Descriptor instead.
 func (*LabelValue) Descriptor() ([]byte, []int) {
-	return file_membercenter_v1_events_proto_rawDescGZIP(), []int{21}
+	return file_membercenter_v1_events_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *LabelValue) GetLabelId() string {
@@ -2298,7 +2392,7 @@ type BenefitChanged struct {
 
 func (x *BenefitChanged) Reset() {
 	*x = BenefitChanged{}
-	mi := &file_membercenter_v1_events_proto_msgTypes[22]
+	mi := &file_membercenter_v1_events_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2310,7 +2404,7 @@ func (x *BenefitChanged) String() string {
 func (*BenefitChanged) ProtoMessage() {}
 
 func (x *BenefitChanged) ProtoReflect() protoreflect.Message {
-	mi := &file_membercenter_v1_events_proto_msgTypes[22]
+	mi := &file_membercenter_v1_events_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2323,7 +2417,7 @@ func (x *BenefitChanged) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BenefitChanged.ProtoReflect.Descriptor instead.
 func (*BenefitChanged) Descriptor() ([]byte, []int) {
-	return file_membercenter_v1_events_proto_rawDescGZIP(), []int{22}
+	return file_membercenter_v1_events_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *BenefitChanged) GetBenefitId() string {
@@ -2359,7 +2453,7 @@ type CouponChanged struct {
 
 func (x *CouponChanged) Reset() {
 	*x = CouponChanged{}
-	mi := &file_membercenter_v1_events_proto_msgTypes[23]
+	mi := &file_membercenter_v1_events_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2371,7 +2465,7 @@ func (x *CouponChanged) String() string {
 func (*CouponChanged) ProtoMessage() {}
 
 func (x *CouponChanged) ProtoReflect() protoreflect.Message {
-	mi := &file_membercenter_v1_events_proto_msgTypes[23]
+	mi := &file_membercenter_v1_events_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2384,7 +2478,7 @@ func (x *CouponChanged) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CouponChanged.ProtoReflect.Descriptor instead.
 func (*CouponChanged) Descriptor() ([]byte, []int) {
-	return file_membercenter_v1_events_proto_rawDescGZIP(), []int{23}
+	return file_membercenter_v1_events_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *CouponChanged) GetCouponId() string {
@@ -2412,7 +2506,7 @@ var File_membercenter_v1_events_proto protoreflect.FileDescriptor
 
 const file_membercenter_v1_events_proto_rawDesc = "" +
 	"\n" +
-	"\x1cmembercenter/v1/events.proto\x12\x0fmembercenter.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1cmembercenter/v1/common.proto\"\xe7\x05\n" +
+	"\x1cmembercenter/v1/events.proto\x12\x0fmembercenter.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1cmembercenter/v1/common.proto\"\x9a\x06\n" +
 	"\fChannelEvent\x12%\n" +
 	"\bevent_id\x18\x01 \x01(\tB\n" +
 	"\xbaH\ar\x05\x10\x01\x18\x80\x01R\aeventId\x12>\n" +
@@ -2431,7 +2525,8 @@ const file_membercenter_v1_events_proto_rawDesc = "" +
 	"\asign_up\x18\x0e \x01(\v2\x17.membercenter.v1.SignUpH\x00R\x06signUp\x125\n" +
 	"\bcheck_in\x18\x0f \x01(\v2\x18.membercenter.v1.CheckInH\x00R\acheckIn\x12.\n" +
 	"\x05share\x18\x10 \x01(\v2\x16.membercenter.v1.ShareH\x00R\x05share\x127\n" +
-	"\breferral\x18\x11 \x01(\v2\x19.membercenter.v1.ReferralH\x00R\breferralB\x10\n" +
+	"\breferral\x18\x11 \x01(\v2\x19.membercenter.v1.ReferralH\x00R\breferral\x121\n" +
+	"\x06review\x18\x12 \x01(\v2\x17.membercenter.v1.ReviewH\x00R\x06reviewB\x10\n" +
 	"\apayload\x12\x05\xbaH\x02\b\x01\"\xab\x03\n" +
 	"\vTransaction\x12%\n" +
 	"\border_id\x18\x01 \x01(\tB\n" +
@@ -2475,7 +2570,12 @@ const file_membercenter_v1_events_proto_rawDesc = "" +
 	"\x06target\x18\x02 \x01(\tB\a\xbaH\x04r\x02\x18@R\x06target\"o\n" +
 	"\bReferral\x12,\n" +
 	"\rreferral_code\x18\x01 \x01(\tB\a\xbaH\x04r\x02\x18@R\freferralCode\x125\n" +
-	"\areferee\x18\x02 \x01(\v2\x1b.membercenter.v1.IdentifierR\areferee\"\xc4\x06\n" +
+	"\areferee\x18\x02 \x01(\v2\x1b.membercenter.v1.IdentifierR\areferee\"p\n" +
+	"\x06Review\x12\x19\n" +
+	"\x03sku\x18\x01 \x01(\tB\a\xbaH\x04r\x02\x18@R\x03sku\x12!\n" +
+	"\x06rating\x18\x02 \x01(\x05B\t\xbaH\x06\x1a\x04\x18\x05(\x01R\x06rating\x12(\n" +
+	"\vtext_length\x18\x03 \x01(\x05B\a\xbaH\x04\x1a\x02(\x00R\n" +
+	"textLength\"\xf7\x06\n" +
 	"\vMemberEvent\x12\x19\n" +
 	"\bevent_id\x18\x01 \x01(\tR\aeventId\x12\x1b\n" +
 	"\tmember_id\x18\x02 \x01(\tR\bmemberId\x122\n" +
@@ -2497,7 +2597,8 @@ const file_membercenter_v1_events_proto_rawDesc = "" +
 	"\asign_up\x18\x0e \x01(\v2\x17.membercenter.v1.SignUpH\x00R\x06signUp\x125\n" +
 	"\bcheck_in\x18\x0f \x01(\v2\x18.membercenter.v1.CheckInH\x00R\acheckIn\x12.\n" +
 	"\x05share\x18\x10 \x01(\v2\x16.membercenter.v1.ShareH\x00R\x05share\x127\n" +
-	"\breferral\x18\x11 \x01(\v2\x19.membercenter.v1.ReferralH\x00R\breferralB\t\n" +
+	"\breferral\x18\x11 \x01(\v2\x19.membercenter.v1.ReferralH\x00R\breferral\x121\n" +
+	"\x06review\x18\x12 \x01(\v2\x17.membercenter.v1.ReviewH\x00R\x06reviewB\t\n" +
 	"\apayload\"\x8e\x02\n" +
 	"\n" +
 	"Resolution\x12\x18\n" +
@@ -2635,7 +2736,7 @@ func file_membercenter_v1_events_proto_rawDescGZIP() []byte {
 }
 
 var file_membercenter_v1_events_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_membercenter_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
+var file_membercenter_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_membercenter_v1_events_proto_goTypes = []any{
 	(IdentityChangeKind)(0),       // 0: membercenter.v1.IdentityChangeKind
 	(ConsentPurpose)(0),           // 1: membercenter.v1.ConsentPurpose
@@ -2651,31 +2752,32 @@ var file_membercenter_v1_events_proto_goTypes = []any{
 	(*CheckIn)(nil),               // 11: membercenter.v1.CheckIn
 	(*Share)(nil),                 // 12: membercenter.v1.Share
 	(*Referral)(nil),              // 13: membercenter.v1.Referral
-	(*MemberEvent)(nil),           // 14: membercenter.v1.MemberEvent
-	(*Resolution)(nil),            // 15: membercenter.v1.Resolution
-	(*IgnoredIdentifier)(nil),     // 16: membercenter.v1.IgnoredIdentifier
-	(*MemberChange)(nil),          // 17: membercenter.v1.MemberChange
-	(*MemberCreated)(nil),         // 18: membercenter.v1.MemberCreated
-	(*PointsChanged)(nil),         // 19: membercenter.v1.PointsChanged
-	(*TierChanged)(nil),           // 20: membercenter.v1.TierChanged
-	(*IdentityChanged)(nil),       // 21: membercenter.v1.IdentityChanged
-	(*AttributesChanged)(nil),     // 22: membercenter.v1.AttributesChanged
-	(*ConsentChanged)(nil),        // 23: membercenter.v1.ConsentChanged
-	(*LabelsChanged)(nil),         // 24: membercenter.v1.LabelsChanged
-	(*LabelValue)(nil),            // 25: membercenter.v1.LabelValue
-	(*BenefitChanged)(nil),        // 26: membercenter.v1.BenefitChanged
-	(*CouponChanged)(nil),         // 27: membercenter.v1.CouponChanged
-	nil,                           // 28: membercenter.v1.AttributesChanged.AttributesEntry
-	(Channel)(0),                  // 29: membercenter.v1.Channel
-	(*timestamppb.Timestamp)(nil), // 30: google.protobuf.Timestamp
-	(*Identifier)(nil),            // 31: membercenter.v1.Identifier
-	(*Money)(nil),                 // 32: membercenter.v1.Money
-	(*IdentifierRef)(nil),         // 33: membercenter.v1.IdentifierRef
+	(*Review)(nil),                // 14: membercenter.v1.Review
+	(*MemberEvent)(nil),           // 15: membercenter.v1.MemberEvent
+	(*Resolution)(nil),            // 16: membercenter.v1.Resolution
+	(*IgnoredIdentifier)(nil),     // 17: membercenter.v1.IgnoredIdentifier
+	(*MemberChange)(nil),          // 18: membercenter.v1.MemberChange
+	(*MemberCreated)(nil),         // 19: membercenter.v1.MemberCreated
+	(*PointsChanged)(nil),         // 20: membercenter.v1.PointsChanged
+	(*TierChanged)(nil),           // 21: membercenter.v1.TierChanged
+	(*IdentityChanged)(nil),       // 22: membercenter.v1.IdentityChanged
+	(*AttributesChanged)(nil),     // 23: membercenter.v1.AttributesChanged
+	(*ConsentChanged)(nil),        // 24: membercenter.v1.ConsentChanged
+	(*LabelsChanged)(nil),         // 25: membercenter.v1.LabelsChanged
+	(*LabelValue)(nil),            // 26: membercenter.v1.LabelValue
+	(*BenefitChanged)(nil),        // 27: membercenter.v1.BenefitChanged
+	(*CouponChanged)(nil),         // 28: membercenter.v1.CouponChanged
+	nil,                           // 29: membercenter.v1.AttributesChanged.AttributesEntry
+	(Channel)(0),                  // 30: membercenter.v1.Channel
+	(*timestamppb.Timestamp)(nil), // 31: google.protobuf.Timestamp
+	(*Identifier)(nil),            // 32: membercenter.v1.Identifier
+	(*Money)(nil),                 // 33: membercenter.v1.Money
+	(*IdentifierRef)(nil),         // 34: membercenter.v1.IdentifierRef
 }
 var file_membercenter_v1_events_proto_depIdxs = []int32{
-	29, // 0: membercenter.v1.ChannelEvent.channel:type_name -> membercenter.v1.Channel
-	30, // 1: membercenter.v1.ChannelEvent.occurred_at:type_name -> google.protobuf.Timestamp
-	31, // 2: membercenter.v1.ChannelEvent.identifiers:type_name -> membercenter.v1.Identifier
+	30, // 0: membercenter.v1.ChannelEvent.channel:type_name -> membercenter.v1.Channel
+	31, // 1: membercenter.v1.ChannelEvent.occurred_at:type_name -> google.protobuf.Timestamp
+	32, // 2: membercenter.v1.ChannelEvent.identifiers:type_name -> membercenter.v1.Identifier
 	5,  // 3: membercenter.v1.ChannelEvent.transaction:type_name -> membercenter.v1.Transaction
 	7,  // 4: membercenter.v1.ChannelEvent.refund:type_name -> membercenter.v1.Refund
 	8,  // 5: membercenter.v1.ChannelEvent.visit:type_name -> membercenter.v1.Visit
@@ -2684,56 +2786,58 @@ var file_membercenter_v1_events_proto_depIdxs = []int32{
 	11, // 8: membercenter.v1.ChannelEvent.check_in:type_name -> membercenter.v1.CheckIn
 	12, // 9: membercenter.v1.ChannelEvent.share:type_name -> membercenter.v1.Share
 	13, // 10: membercenter.v1.ChannelEvent.referral:type_name -> membercenter.v1.Referral
-	32, // 11: membercenter.v1.Transaction.total:type_name -> membercenter.v1.Money
-	6,  // 12: membercenter.v1.Transaction.items:type_name -> membercenter.v1.LineItem
-	32, // 13: membercenter.v1.Transaction.discount:type_name -> membercenter.v1.Money
-	32, // 14: membercenter.v1.LineItem.unit_price:type_name -> membercenter.v1.Money
-	32, // 15: membercenter.v1.LineItem.amount:type_name -> membercenter.v1.Money
-	32, // 16: membercenter.v1.Refund.amount:type_name -> membercenter.v1.Money
-	6,  // 17: membercenter.v1.Refund.items:type_name -> membercenter.v1.LineItem
-	30, // 18: membercenter.v1.SignUp.birth_date:type_name -> google.protobuf.Timestamp
-	31, // 19: membercenter.v1.Referral.referee:type_name -> membercenter.v1.Identifier
-	29, // 20: membercenter.v1.MemberEvent.channel:type_name -> membercenter.v1.Channel
-	30, // 21: membercenter.v1.MemberEvent.occurred_at:type_name -> google.protobuf.Timestamp
-	30, // 22: membercenter.v1.MemberEvent.ingested_at:type_name -> google.protobuf.Timestamp
-	33, // 23: membercenter.v1.MemberEvent.identifiers:type_name -> membercenter.v1.IdentifierRef
-	15, // 24: membercenter.v1.MemberEvent.resolution:type_name -> membercenter.v1.Resolution
-	5,  // 25: membercenter.v1.MemberEvent.transaction:type_name -> membercenter.v1.Transaction
-	7,  // 26: membercenter.v1.MemberEvent.refund:type_name -> membercenter.v1.Refund
-	8,  // 27: membercenter.v1.MemberEvent.visit:type_name -> membercenter.v1.Visit
-	9,  // 28: membercenter.v1.MemberEvent.browse:type_name -> membercenter.v1.Browse
-	10, // 29: membercenter.v1.MemberEvent.sign_up:type_name -> membercenter.v1.SignUp
-	11, // 30: membercenter.v1.MemberEvent.check_in:type_name -> membercenter.v1.CheckIn
-	12, // 31: membercenter.v1.MemberEvent.share:type_name -> membercenter.v1.Share
-	13, // 32: membercenter.v1.MemberEvent.referral:type_name -> membercenter.v1.Referral
-	33, // 33: membercenter.v1.Resolution.linked:type_name -> membercenter.v1.IdentifierRef
-	16, // 34: membercenter.v1.Resolution.ignored:type_name -> membercenter.v1.IgnoredIdentifier
-	33, // 35: membercenter.v1.IgnoredIdentifier.identifier:type_name -> membercenter.v1.IdentifierRef
-	30, // 36: membercenter.v1.MemberChange.occurred_at:type_name -> google.protobuf.Timestamp
-	29, // 37: membercenter.v1.MemberChange.channel:type_name -> membercenter.v1.Channel
-	18, // 38: membercenter.v1.MemberChange.member_created:type_name -> membercenter.v1.MemberCreated
-	19, // 39: membercenter.v1.MemberChange.points_changed:type_name -> membercenter.v1.PointsChanged
-	20, // 40: membercenter.v1.MemberChange.tier_changed:type_name -> membercenter.v1.TierChanged
-	21, // 41: membercenter.v1.MemberChange.identity_changed:type_name -> membercenter.v1.IdentityChanged
-	22, // 42: membercenter.v1.MemberChange.attributes_changed:type_name -> membercenter.v1.AttributesChanged
-	23, // 43: membercenter.v1.MemberChange.consent_changed:type_name -> membercenter.v1.ConsentChanged
-	24, // 44: membercenter.v1.MemberChange.labels_changed:type_name -> membercenter.v1.LabelsChanged
-	26, // 45: membercenter.v1.MemberChange.benefit_changed:type_name -> membercenter.v1.BenefitChanged
-	27, // 46: membercenter.v1.MemberChange.coupon_changed:type_name -> membercenter.v1.CouponChanged
-	33, // 47: membercenter.v1.MemberCreated.identifiers:type_name -> membercenter.v1.IdentifierRef
-	3,  // 48: membercenter.v1.PointsChanged.kind:type_name -> membercenter.v1.LedgerEntryKind
-	0,  // 49: membercenter.v1.IdentityChanged.kind:type_name -> membercenter.v1.IdentityChangeKind
-	33, // 50: membercenter.v1.IdentityChanged.identifiers:type_name -> membercenter.v1.IdentifierRef
-	28, // 51: membercenter.v1.AttributesChanged.attributes:type_name -> membercenter.v1.AttributesChanged.AttributesEntry
-	1,  // 52: membercenter.v1.ConsentChanged.purpose:type_name -> membercenter.v1.ConsentPurpose
-	25, // 53: membercenter.v1.LabelsChanged.labels:type_name -> membercenter.v1.LabelValue
-	30, // 54: membercenter.v1.LabelValue.computed_at:type_name -> google.protobuf.Timestamp
-	2,  // 55: membercenter.v1.CouponChanged.state:type_name -> membercenter.v1.CouponState
-	56, // [56:56] is the sub-list for method output_type
-	56, // [56:56] is the sub-list for method input_type
-	56, // [56:56] is the sub-list for extension type_name
-	56, // [56:56] is the sub-list for extension extendee
-	0,  // [0:56] is the sub-list for field type_name
+	14, // 11: membercenter.v1.ChannelEvent.review:type_name -> membercenter.v1.Review
+	33, // 12: membercenter.v1.Transaction.total:type_name -> membercenter.v1.Money
+	6,  // 13: membercenter.v1.Transaction.items:type_name -> membercenter.v1.LineItem
+	33, // 14: membercenter.v1.Transaction.discount:type_name -> membercenter.v1.Money
+	33, // 15: membercenter.v1.LineItem.unit_price:type_name -> membercenter.v1.Money
+	33, // 16: membercenter.v1.LineItem.amount:type_name -> membercenter.v1.Money
+	33, // 17: membercenter.v1.Refund.amount:type_name -> membercenter.v1.Money
+	6,  // 18: membercenter.v1.Refund.items:type_name -> membercenter.v1.LineItem
+	31, // 19: membercenter.v1.SignUp.birth_date:type_name -> google.protobuf.Timestamp
+	32, // 20: membercenter.v1.Referral.referee:type_name -> membercenter.v1.Identifier
+	30, // 21: membercenter.v1.MemberEvent.channel:type_name -> membercenter.v1.Channel
+	31, // 22: membercenter.v1.MemberEvent.occurred_at:type_name -> google.protobuf.Timestamp
+	31, // 23: membercenter.v1.MemberEvent.ingested_at:type_name -> google.protobuf.Timestamp
+	34, // 24: membercenter.v1.MemberEvent.identifiers:type_name -> membercenter.v1.IdentifierRef
+	16, // 25: membercenter.v1.MemberEvent.resolution:type_name -> membercenter.v1.Resolution
+	5,  // 26: membercenter.v1.MemberEvent.transaction:type_name -> membercenter.v1.Transaction
+	7,  // 27: membercenter.v1.MemberEvent.refund:type_name -> membercenter.v1.Refund
+	8,  // 28: membercenter.v1.MemberEvent.visit:type_name -> membercenter.v1.Visit
+	9,  // 29: membercenter.v1.MemberEvent.browse:type_name -> membercenter.v1.Browse
+	10, // 30: membercenter.v1.MemberEvent.sign_up:type_name -> membercenter.v1.SignUp
+	11, // 31: membercenter.v1.MemberEvent.check_in:type_name -> membercenter.v1.CheckIn
+	12, // 32: membercenter.v1.MemberEvent.share:type_name -> membercenter.v1.Share
+	13, // 33: membercenter.v1.MemberEvent.referral:type_name -> membercenter.v1.Referral
+	14, // 34: membercenter.v1.MemberEvent.review:type_name -> membercenter.v1.Review
+	34, // 35: membercenter.v1.Resolution.linked:type_name -> membercenter.v1.IdentifierRef
+	17, // 36: membercenter.v1.Resolution.ignored:type_name -> membercenter.v1.IgnoredIdentifier
+	34, // 37: membercenter.v1.IgnoredIdentifier.identifier:type_name -> membercenter.v1.IdentifierRef
+	31, // 38: membercenter.v1.MemberChange.occurred_at:type_name -> google.protobuf.Timestamp
+	30, // 39: membercenter.v1.MemberChange.channel:type_name -> membercenter.v1.Channel
+	19, // 40: membercenter.v1.MemberChange.member_created:type_name -> membercenter.v1.MemberCreated
+	20, // 41: membercenter.v1.MemberChange.points_changed:type_name -> membercenter.v1.PointsChanged
+	21, // 42: membercenter.v1.MemberChange.tier_changed:type_name -> membercenter.v1.TierChanged
+	22, // 43: membercenter.v1.MemberChange.identity_changed:type_name -> membercenter.v1.IdentityChanged
+	23, // 44: membercenter.v1.MemberChange.attributes_changed:type_name -> membercenter.v1.AttributesChanged
+	24, // 45: membercenter.v1.MemberChange.consent_changed:type_name -> membercenter.v1.ConsentChanged
+	25, // 46: membercenter.v1.MemberChange.labels_changed:type_name -> membercenter.v1.LabelsChanged
+	27, // 47: membercenter.v1.MemberChange.benefit_changed:type_name -> membercenter.v1.BenefitChanged
+	28, // 48: membercenter.v1.MemberChange.coupon_changed:type_name -> membercenter.v1.CouponChanged
+	34, // 49: membercenter.v1.MemberCreated.identifiers:type_name -> membercenter.v1.IdentifierRef
+	3,  // 50: membercenter.v1.PointsChanged.kind:type_name -> membercenter.v1.LedgerEntryKind
+	0,  // 51: membercenter.v1.IdentityChanged.kind:type_name -> membercenter.v1.IdentityChangeKind
+	34, // 52: membercenter.v1.IdentityChanged.identifiers:type_name -> membercenter.v1.IdentifierRef
+	29, // 53: membercenter.v1.AttributesChanged.attributes:type_name -> membercenter.v1.AttributesChanged.AttributesEntry
+	1,  // 54: membercenter.v1.ConsentChanged.purpose:type_name -> membercenter.v1.ConsentPurpose
+	26, // 55: membercenter.v1.LabelsChanged.labels:type_name -> membercenter.v1.LabelValue
+	31, // 56: membercenter.v1.LabelValue.computed_at:type_name -> google.protobuf.Timestamp
+	2,  // 57: membercenter.v1.CouponChanged.state:type_name -> membercenter.v1.CouponState
+	58, // [58:58] is the sub-list for method output_type
+	58, // [58:58] is the sub-list for method input_type
+	58, // [58:58] is the sub-list for extension type_name
+	58, // [58:58] is the sub-list for extension extendee
+	0,  // [0:58] is the sub-list for field type_name
 }
 
 func init() { file_membercenter_v1_events_proto_init() }
@@ -2751,8 +2855,9 @@ func file_membercenter_v1_events_proto_init() {
 		(*ChannelEvent_CheckIn)(nil),
 		(*ChannelEvent_Share)(nil),
 		(*ChannelEvent_Referral)(nil),
+		(*ChannelEvent_Review)(nil),
 	}
-	file_membercenter_v1_events_proto_msgTypes[10].OneofWrappers = []any{
+	file_membercenter_v1_events_proto_msgTypes[11].OneofWrappers = []any{
 		(*MemberEvent_Transaction)(nil),
 		(*MemberEvent_Refund)(nil),
 		(*MemberEvent_Visit)(nil),
@@ -2761,8 +2866,9 @@ func file_membercenter_v1_events_proto_init() {
 		(*MemberEvent_CheckIn)(nil),
 		(*MemberEvent_Share)(nil),
 		(*MemberEvent_Referral)(nil),
+		(*MemberEvent_Review)(nil),
 	}
-	file_membercenter_v1_events_proto_msgTypes[13].OneofWrappers = []any{
+	file_membercenter_v1_events_proto_msgTypes[14].OneofWrappers = []any{
 		(*MemberChange_MemberCreated)(nil),
 		(*MemberChange_PointsChanged)(nil),
 		(*MemberChange_TierChanged)(nil),
@@ -2773,7 +2879,7 @@ func file_membercenter_v1_events_proto_init() {
 		(*MemberChange_BenefitChanged)(nil),
 		(*MemberChange_CouponChanged)(nil),
 	}
-	file_membercenter_v1_events_proto_msgTypes[21].OneofWrappers = []any{
+	file_membercenter_v1_events_proto_msgTypes[22].OneofWrappers = []any{
 		(*LabelValue_BoolValue)(nil),
 		(*LabelValue_EnumValue)(nil),
 		(*LabelValue_NumberValue)(nil),
@@ -2784,7 +2890,7 @@ func file_membercenter_v1_events_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_membercenter_v1_events_proto_rawDesc), len(file_membercenter_v1_events_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   25,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

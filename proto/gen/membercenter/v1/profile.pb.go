@@ -372,15 +372,21 @@ func (x *ListLabelsResponse) GetLabels() []*LabelDefinition {
 
 // LabelDefinition documents one catalogue label.
 type LabelDefinition struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	LabelId       string                 `protobuf:"bytes,1,opt,name=label_id,json=labelId,proto3" json:"label_id,omitempty"`
-	NameEn        string                 `protobuf:"bytes,2,opt,name=name_en,json=nameEn,proto3" json:"name_en,omitempty"`
-	NameZh        string                 `protobuf:"bytes,3,opt,name=name_zh,json=nameZh,proto3" json:"name_zh,omitempty"`
-	Group         string                 `protobuf:"bytes,4,opt,name=group,proto3" json:"group,omitempty"`
-	Description   string                 `protobuf:"bytes,5,opt,name=description,proto3" json:"description,omitempty"`
-	ValueType     string                 `protobuf:"bytes,6,opt,name=value_type,json=valueType,proto3" json:"value_type,omitempty"`
-	Kind          string                 `protobuf:"bytes,7,opt,name=kind,proto3" json:"kind,omitempty"`
-	Definition    string                 `protobuf:"bytes,8,opt,name=definition,proto3" json:"definition,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	LabelId     string                 `protobuf:"bytes,1,opt,name=label_id,json=labelId,proto3" json:"label_id,omitempty"`
+	NameEn      string                 `protobuf:"bytes,2,opt,name=name_en,json=nameEn,proto3" json:"name_en,omitempty"`
+	NameZh      string                 `protobuf:"bytes,3,opt,name=name_zh,json=nameZh,proto3" json:"name_zh,omitempty"`
+	Group       string                 `protobuf:"bytes,4,opt,name=group,proto3" json:"group,omitempty"`
+	Description string                 `protobuf:"bytes,5,opt,name=description,proto3" json:"description,omitempty"`
+	ValueType   string                 `protobuf:"bytes,6,opt,name=value_type,json=valueType,proto3" json:"value_type,omitempty"`
+	Kind        string                 `protobuf:"bytes,7,opt,name=kind,proto3" json:"kind,omitempty"`
+	Definition  string                 `protobuf:"bytes,8,opt,name=definition,proto3" json:"definition,omitempty"`
+	// Values an enum label can take.
+	Values []string `protobuf:"bytes,9,rep,name=values,proto3" json:"values,omitempty"`
+	// Behavioural labels are withheld from members who withdrew profiling
+	// consent.
+	Behavioural   bool            `protobuf:"varint,10,opt,name=behavioural,proto3" json:"behavioural,omitempty"`
+	Examples      []*LabelExample `protobuf:"bytes,11,rep,name=examples,proto3" json:"examples,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -471,6 +477,278 @@ func (x *LabelDefinition) GetDefinition() string {
 	return ""
 }
 
+func (x *LabelDefinition) GetValues() []string {
+	if x != nil {
+		return x.Values
+	}
+	return nil
+}
+
+func (x *LabelDefinition) GetBehavioural() bool {
+	if x != nil {
+		return x.Behavioural
+	}
+	return false
+}
+
+func (x *LabelDefinition) GetExamples() []*LabelExample {
+	if x != nil {
+		return x.Examples
+	}
+	return nil
+}
+
+// LabelExample is a worked example from the catalogue: inputs (features or
+// other labels, JSON values) and the value the label takes for them.
+type LabelExample struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Given map[string]string      `protobuf:"bytes,1,rep,name=given,proto3" json:"given,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// JSON of the expected value; "null" when the label is absent.
+	Expect        string `protobuf:"bytes,2,opt,name=expect,proto3" json:"expect,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LabelExample) Reset() {
+	*x = LabelExample{}
+	mi := &file_membercenter_v1_profile_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LabelExample) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LabelExample) ProtoMessage() {}
+
+func (x *LabelExample) ProtoReflect() protoreflect.Message {
+	mi := &file_membercenter_v1_profile_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LabelExample.ProtoReflect.Descriptor instead.
+func (*LabelExample) Descriptor() ([]byte, []int) {
+	return file_membercenter_v1_profile_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *LabelExample) GetGiven() map[string]string {
+	if x != nil {
+		return x.Given
+	}
+	return nil
+}
+
+func (x *LabelExample) GetExpect() string {
+	if x != nil {
+		return x.Expect
+	}
+	return ""
+}
+
+type CountSegmentRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A boolean expression over label ids, e.g.
+	// `lifecycle_stage == "loyal" && spend_band_90d in ["high", "top"] && !churn_risk_high`.
+	Expression    string `protobuf:"bytes,1,opt,name=expression,proto3" json:"expression,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CountSegmentRequest) Reset() {
+	*x = CountSegmentRequest{}
+	mi := &file_membercenter_v1_profile_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CountSegmentRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CountSegmentRequest) ProtoMessage() {}
+
+func (x *CountSegmentRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_membercenter_v1_profile_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CountSegmentRequest.ProtoReflect.Descriptor instead.
+func (*CountSegmentRequest) Descriptor() ([]byte, []int) {
+	return file_membercenter_v1_profile_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *CountSegmentRequest) GetExpression() string {
+	if x != nil {
+		return x.Expression
+	}
+	return ""
+}
+
+type CountSegmentResponse struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Members uint64                 `protobuf:"varint,1,opt,name=members,proto3" json:"members,omitempty"`
+	// The ClickHouse condition the expression compiled to.
+	Sql           string `protobuf:"bytes,2,opt,name=sql,proto3" json:"sql,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CountSegmentResponse) Reset() {
+	*x = CountSegmentResponse{}
+	mi := &file_membercenter_v1_profile_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CountSegmentResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CountSegmentResponse) ProtoMessage() {}
+
+func (x *CountSegmentResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_membercenter_v1_profile_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CountSegmentResponse.ProtoReflect.Descriptor instead.
+func (*CountSegmentResponse) Descriptor() ([]byte, []int) {
+	return file_membercenter_v1_profile_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *CountSegmentResponse) GetMembers() uint64 {
+	if x != nil {
+		return x.Members
+	}
+	return 0
+}
+
+func (x *CountSegmentResponse) GetSql() string {
+	if x != nil {
+		return x.Sql
+	}
+	return ""
+}
+
+type ExportSegmentRequest struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Expression string                 `protobuf:"bytes,1,opt,name=expression,proto3" json:"expression,omitempty"`
+	// Members per response message (default 1000).
+	BatchSize     uint32 `protobuf:"varint,2,opt,name=batch_size,json=batchSize,proto3" json:"batch_size,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExportSegmentRequest) Reset() {
+	*x = ExportSegmentRequest{}
+	mi := &file_membercenter_v1_profile_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExportSegmentRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExportSegmentRequest) ProtoMessage() {}
+
+func (x *ExportSegmentRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_membercenter_v1_profile_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExportSegmentRequest.ProtoReflect.Descriptor instead.
+func (*ExportSegmentRequest) Descriptor() ([]byte, []int) {
+	return file_membercenter_v1_profile_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *ExportSegmentRequest) GetExpression() string {
+	if x != nil {
+		return x.Expression
+	}
+	return ""
+}
+
+func (x *ExportSegmentRequest) GetBatchSize() uint32 {
+	if x != nil {
+		return x.BatchSize
+	}
+	return 0
+}
+
+type ExportSegmentResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	MemberIds     []string               `protobuf:"bytes,1,rep,name=member_ids,json=memberIds,proto3" json:"member_ids,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExportSegmentResponse) Reset() {
+	*x = ExportSegmentResponse{}
+	mi := &file_membercenter_v1_profile_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExportSegmentResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExportSegmentResponse) ProtoMessage() {}
+
+func (x *ExportSegmentResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_membercenter_v1_profile_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExportSegmentResponse.ProtoReflect.Descriptor instead.
+func (*ExportSegmentResponse) Descriptor() ([]byte, []int) {
+	return file_membercenter_v1_profile_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *ExportSegmentResponse) GetMemberIds() []string {
+	if x != nil {
+		return x.MemberIds
+	}
+	return nil
+}
+
 type UpdateAttributesRequest struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
 	MemberId       string                 `protobuf:"bytes,1,opt,name=member_id,json=memberId,proto3" json:"member_id,omitempty"`
@@ -482,7 +760,7 @@ type UpdateAttributesRequest struct {
 
 func (x *UpdateAttributesRequest) Reset() {
 	*x = UpdateAttributesRequest{}
-	mi := &file_membercenter_v1_profile_proto_msgTypes[7]
+	mi := &file_membercenter_v1_profile_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -494,7 +772,7 @@ func (x *UpdateAttributesRequest) String() string {
 func (*UpdateAttributesRequest) ProtoMessage() {}
 
 func (x *UpdateAttributesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_membercenter_v1_profile_proto_msgTypes[7]
+	mi := &file_membercenter_v1_profile_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -507,7 +785,7 @@ func (x *UpdateAttributesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateAttributesRequest.ProtoReflect.Descriptor instead.
 func (*UpdateAttributesRequest) Descriptor() ([]byte, []int) {
-	return file_membercenter_v1_profile_proto_rawDescGZIP(), []int{7}
+	return file_membercenter_v1_profile_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *UpdateAttributesRequest) GetMemberId() string {
@@ -540,7 +818,7 @@ type UpdateAttributesResponse struct {
 
 func (x *UpdateAttributesResponse) Reset() {
 	*x = UpdateAttributesResponse{}
-	mi := &file_membercenter_v1_profile_proto_msgTypes[8]
+	mi := &file_membercenter_v1_profile_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -552,7 +830,7 @@ func (x *UpdateAttributesResponse) String() string {
 func (*UpdateAttributesResponse) ProtoMessage() {}
 
 func (x *UpdateAttributesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_membercenter_v1_profile_proto_msgTypes[8]
+	mi := &file_membercenter_v1_profile_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -565,7 +843,7 @@ func (x *UpdateAttributesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateAttributesResponse.ProtoReflect.Descriptor instead.
 func (*UpdateAttributesResponse) Descriptor() ([]byte, []int) {
-	return file_membercenter_v1_profile_proto_rawDescGZIP(), []int{8}
+	return file_membercenter_v1_profile_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *UpdateAttributesResponse) GetProfile() *Profile {
@@ -587,7 +865,7 @@ type SetConsentRequest struct {
 
 func (x *SetConsentRequest) Reset() {
 	*x = SetConsentRequest{}
-	mi := &file_membercenter_v1_profile_proto_msgTypes[9]
+	mi := &file_membercenter_v1_profile_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -599,7 +877,7 @@ func (x *SetConsentRequest) String() string {
 func (*SetConsentRequest) ProtoMessage() {}
 
 func (x *SetConsentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_membercenter_v1_profile_proto_msgTypes[9]
+	mi := &file_membercenter_v1_profile_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -612,7 +890,7 @@ func (x *SetConsentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetConsentRequest.ProtoReflect.Descriptor instead.
 func (*SetConsentRequest) Descriptor() ([]byte, []int) {
-	return file_membercenter_v1_profile_proto_rawDescGZIP(), []int{9}
+	return file_membercenter_v1_profile_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *SetConsentRequest) GetMemberId() string {
@@ -652,7 +930,7 @@ type SetConsentResponse struct {
 
 func (x *SetConsentResponse) Reset() {
 	*x = SetConsentResponse{}
-	mi := &file_membercenter_v1_profile_proto_msgTypes[10]
+	mi := &file_membercenter_v1_profile_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -664,7 +942,7 @@ func (x *SetConsentResponse) String() string {
 func (*SetConsentResponse) ProtoMessage() {}
 
 func (x *SetConsentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_membercenter_v1_profile_proto_msgTypes[10]
+	mi := &file_membercenter_v1_profile_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -677,7 +955,7 @@ func (x *SetConsentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetConsentResponse.ProtoReflect.Descriptor instead.
 func (*SetConsentResponse) Descriptor() ([]byte, []int) {
-	return file_membercenter_v1_profile_proto_rawDescGZIP(), []int{10}
+	return file_membercenter_v1_profile_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *SetConsentResponse) GetConsent() *Consent {
@@ -720,7 +998,7 @@ const file_membercenter_v1_profile_proto_rawDesc = "" +
 	"\x05group\x18\x01 \x01(\tB\a\xbaH\x04r\x02\x18@R\x05group\"w\n" +
 	"\x12ListLabelsResponse\x12'\n" +
 	"\x0fcatalog_version\x18\x01 \x01(\tR\x0ecatalogVersion\x128\n" +
-	"\x06labels\x18\x02 \x03(\v2 .membercenter.v1.LabelDefinitionR\x06labels\"\xe9\x01\n" +
+	"\x06labels\x18\x02 \x03(\v2 .membercenter.v1.LabelDefinitionR\x06labels\"\xde\x02\n" +
 	"\x0fLabelDefinition\x12\x19\n" +
 	"\blabel_id\x18\x01 \x01(\tR\alabelId\x12\x17\n" +
 	"\aname_en\x18\x02 \x01(\tR\x06nameEn\x12\x17\n" +
@@ -732,7 +1010,36 @@ const file_membercenter_v1_profile_proto_rawDesc = "" +
 	"\x04kind\x18\a \x01(\tR\x04kind\x12\x1e\n" +
 	"\n" +
 	"definition\x18\b \x01(\tR\n" +
-	"definition\"\xbe\x02\n" +
+	"definition\x12\x16\n" +
+	"\x06values\x18\t \x03(\tR\x06values\x12 \n" +
+	"\vbehavioural\x18\n" +
+	" \x01(\bR\vbehavioural\x129\n" +
+	"\bexamples\x18\v \x03(\v2\x1d.membercenter.v1.LabelExampleR\bexamples\"\xa0\x01\n" +
+	"\fLabelExample\x12>\n" +
+	"\x05given\x18\x01 \x03(\v2(.membercenter.v1.LabelExample.GivenEntryR\x05given\x12\x16\n" +
+	"\x06expect\x18\x02 \x01(\tR\x06expect\x1a8\n" +
+	"\n" +
+	"GivenEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"A\n" +
+	"\x13CountSegmentRequest\x12*\n" +
+	"\n" +
+	"expression\x18\x01 \x01(\tB\n" +
+	"\xbaH\ar\x05\x10\x01\x18\x80 R\n" +
+	"expression\"B\n" +
+	"\x14CountSegmentResponse\x12\x18\n" +
+	"\amembers\x18\x01 \x01(\x04R\amembers\x12\x10\n" +
+	"\x03sql\x18\x02 \x01(\tR\x03sql\"k\n" +
+	"\x14ExportSegmentRequest\x12*\n" +
+	"\n" +
+	"expression\x18\x01 \x01(\tB\n" +
+	"\xbaH\ar\x05\x10\x01\x18\x80 R\n" +
+	"expression\x12'\n" +
+	"\n" +
+	"batch_size\x18\x02 \x01(\rB\b\xbaH\x05*\x03\x18\x90NR\tbatchSize\"6\n" +
+	"\x15ExportSegmentResponse\x12\x1d\n" +
+	"\n" +
+	"member_ids\x18\x01 \x03(\tR\tmemberIds\"\xbe\x02\n" +
 	"\x17UpdateAttributesRequest\x12%\n" +
 	"\tmember_id\x18\x01 \x01(\tB\b\xbaH\x05r\x03\xb0\x01\x01R\bmemberId\x12\x87\x01\n" +
 	"\n" +
@@ -753,7 +1060,7 @@ const file_membercenter_v1_profile_proto_rawDesc = "" +
 	"\x0fidempotency_key\x18\x04 \x01(\tB\n" +
 	"\xbaH\ar\x05\x10\x01\x18\x80\x01R\x0eidempotencyKey\"H\n" +
 	"\x12SetConsentResponse\x122\n" +
-	"\aconsent\x18\x01 \x01(\v2\x18.membercenter.v1.ConsentR\aconsent2\xfe\x02\n" +
+	"\aconsent\x18\x01 \x01(\v2\x18.membercenter.v1.ConsentR\aconsent2\xbd\x04\n" +
 	"\x0eProfileService\x12U\n" +
 	"\n" +
 	"GetProfile\x12\".membercenter.v1.GetProfileRequest\x1a#.membercenter.v1.GetProfileResponse\x12U\n" +
@@ -761,7 +1068,9 @@ const file_membercenter_v1_profile_proto_rawDesc = "" +
 	"ListLabels\x12\".membercenter.v1.ListLabelsRequest\x1a#.membercenter.v1.ListLabelsResponse\x12g\n" +
 	"\x10UpdateAttributes\x12(.membercenter.v1.UpdateAttributesRequest\x1a).membercenter.v1.UpdateAttributesResponse\x12U\n" +
 	"\n" +
-	"SetConsent\x12\".membercenter.v1.SetConsentRequest\x1a#.membercenter.v1.SetConsentResponseBOZMgithub.com/membercenter/membercenter/proto/gen/membercenter/v1;membercenterv1b\x06proto3"
+	"SetConsent\x12\".membercenter.v1.SetConsentRequest\x1a#.membercenter.v1.SetConsentResponse\x12[\n" +
+	"\fCountSegment\x12$.membercenter.v1.CountSegmentRequest\x1a%.membercenter.v1.CountSegmentResponse\x12`\n" +
+	"\rExportSegment\x12%.membercenter.v1.ExportSegmentRequest\x1a&.membercenter.v1.ExportSegmentResponse0\x01BOZMgithub.com/membercenter/membercenter/proto/gen/membercenter/v1;membercenterv1b\x06proto3"
 
 var (
 	file_membercenter_v1_profile_proto_rawDescOnce sync.Once
@@ -775,7 +1084,7 @@ func file_membercenter_v1_profile_proto_rawDescGZIP() []byte {
 	return file_membercenter_v1_profile_proto_rawDescData
 }
 
-var file_membercenter_v1_profile_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_membercenter_v1_profile_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_membercenter_v1_profile_proto_goTypes = []any{
 	(*Profile)(nil),                  // 0: membercenter.v1.Profile
 	(*Consent)(nil),                  // 1: membercenter.v1.Consent
@@ -784,42 +1093,54 @@ var file_membercenter_v1_profile_proto_goTypes = []any{
 	(*ListLabelsRequest)(nil),        // 4: membercenter.v1.ListLabelsRequest
 	(*ListLabelsResponse)(nil),       // 5: membercenter.v1.ListLabelsResponse
 	(*LabelDefinition)(nil),          // 6: membercenter.v1.LabelDefinition
-	(*UpdateAttributesRequest)(nil),  // 7: membercenter.v1.UpdateAttributesRequest
-	(*UpdateAttributesResponse)(nil), // 8: membercenter.v1.UpdateAttributesResponse
-	(*SetConsentRequest)(nil),        // 9: membercenter.v1.SetConsentRequest
-	(*SetConsentResponse)(nil),       // 10: membercenter.v1.SetConsentResponse
-	nil,                              // 11: membercenter.v1.Profile.AttributesEntry
-	nil,                              // 12: membercenter.v1.UpdateAttributesRequest.AttributesEntry
-	(*timestamppb.Timestamp)(nil),    // 13: google.protobuf.Timestamp
-	(*LabelValue)(nil),               // 14: membercenter.v1.LabelValue
-	(ConsentPurpose)(0),              // 15: membercenter.v1.ConsentPurpose
+	(*LabelExample)(nil),             // 7: membercenter.v1.LabelExample
+	(*CountSegmentRequest)(nil),      // 8: membercenter.v1.CountSegmentRequest
+	(*CountSegmentResponse)(nil),     // 9: membercenter.v1.CountSegmentResponse
+	(*ExportSegmentRequest)(nil),     // 10: membercenter.v1.ExportSegmentRequest
+	(*ExportSegmentResponse)(nil),    // 11: membercenter.v1.ExportSegmentResponse
+	(*UpdateAttributesRequest)(nil),  // 12: membercenter.v1.UpdateAttributesRequest
+	(*UpdateAttributesResponse)(nil), // 13: membercenter.v1.UpdateAttributesResponse
+	(*SetConsentRequest)(nil),        // 14: membercenter.v1.SetConsentRequest
+	(*SetConsentResponse)(nil),       // 15: membercenter.v1.SetConsentResponse
+	nil,                              // 16: membercenter.v1.Profile.AttributesEntry
+	nil,                              // 17: membercenter.v1.LabelExample.GivenEntry
+	nil,                              // 18: membercenter.v1.UpdateAttributesRequest.AttributesEntry
+	(*timestamppb.Timestamp)(nil),    // 19: google.protobuf.Timestamp
+	(*LabelValue)(nil),               // 20: membercenter.v1.LabelValue
+	(ConsentPurpose)(0),              // 21: membercenter.v1.ConsentPurpose
 }
 var file_membercenter_v1_profile_proto_depIdxs = []int32{
-	13, // 0: membercenter.v1.Profile.created_at:type_name -> google.protobuf.Timestamp
-	11, // 1: membercenter.v1.Profile.attributes:type_name -> membercenter.v1.Profile.AttributesEntry
+	19, // 0: membercenter.v1.Profile.created_at:type_name -> google.protobuf.Timestamp
+	16, // 1: membercenter.v1.Profile.attributes:type_name -> membercenter.v1.Profile.AttributesEntry
 	1,  // 2: membercenter.v1.Profile.consents:type_name -> membercenter.v1.Consent
-	14, // 3: membercenter.v1.Profile.labels:type_name -> membercenter.v1.LabelValue
-	15, // 4: membercenter.v1.Consent.purpose:type_name -> membercenter.v1.ConsentPurpose
-	13, // 5: membercenter.v1.Consent.decided_at:type_name -> google.protobuf.Timestamp
+	20, // 3: membercenter.v1.Profile.labels:type_name -> membercenter.v1.LabelValue
+	21, // 4: membercenter.v1.Consent.purpose:type_name -> membercenter.v1.ConsentPurpose
+	19, // 5: membercenter.v1.Consent.decided_at:type_name -> google.protobuf.Timestamp
 	0,  // 6: membercenter.v1.GetProfileResponse.profile:type_name -> membercenter.v1.Profile
 	6,  // 7: membercenter.v1.ListLabelsResponse.labels:type_name -> membercenter.v1.LabelDefinition
-	12, // 8: membercenter.v1.UpdateAttributesRequest.attributes:type_name -> membercenter.v1.UpdateAttributesRequest.AttributesEntry
-	0,  // 9: membercenter.v1.UpdateAttributesResponse.profile:type_name -> membercenter.v1.Profile
-	15, // 10: membercenter.v1.SetConsentRequest.purpose:type_name -> membercenter.v1.ConsentPurpose
-	1,  // 11: membercenter.v1.SetConsentResponse.consent:type_name -> membercenter.v1.Consent
-	2,  // 12: membercenter.v1.ProfileService.GetProfile:input_type -> membercenter.v1.GetProfileRequest
-	4,  // 13: membercenter.v1.ProfileService.ListLabels:input_type -> membercenter.v1.ListLabelsRequest
-	7,  // 14: membercenter.v1.ProfileService.UpdateAttributes:input_type -> membercenter.v1.UpdateAttributesRequest
-	9,  // 15: membercenter.v1.ProfileService.SetConsent:input_type -> membercenter.v1.SetConsentRequest
-	3,  // 16: membercenter.v1.ProfileService.GetProfile:output_type -> membercenter.v1.GetProfileResponse
-	5,  // 17: membercenter.v1.ProfileService.ListLabels:output_type -> membercenter.v1.ListLabelsResponse
-	8,  // 18: membercenter.v1.ProfileService.UpdateAttributes:output_type -> membercenter.v1.UpdateAttributesResponse
-	10, // 19: membercenter.v1.ProfileService.SetConsent:output_type -> membercenter.v1.SetConsentResponse
-	16, // [16:20] is the sub-list for method output_type
-	12, // [12:16] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	7,  // 8: membercenter.v1.LabelDefinition.examples:type_name -> membercenter.v1.LabelExample
+	17, // 9: membercenter.v1.LabelExample.given:type_name -> membercenter.v1.LabelExample.GivenEntry
+	18, // 10: membercenter.v1.UpdateAttributesRequest.attributes:type_name -> membercenter.v1.UpdateAttributesRequest.AttributesEntry
+	0,  // 11: membercenter.v1.UpdateAttributesResponse.profile:type_name -> membercenter.v1.Profile
+	21, // 12: membercenter.v1.SetConsentRequest.purpose:type_name -> membercenter.v1.ConsentPurpose
+	1,  // 13: membercenter.v1.SetConsentResponse.consent:type_name -> membercenter.v1.Consent
+	2,  // 14: membercenter.v1.ProfileService.GetProfile:input_type -> membercenter.v1.GetProfileRequest
+	4,  // 15: membercenter.v1.ProfileService.ListLabels:input_type -> membercenter.v1.ListLabelsRequest
+	12, // 16: membercenter.v1.ProfileService.UpdateAttributes:input_type -> membercenter.v1.UpdateAttributesRequest
+	14, // 17: membercenter.v1.ProfileService.SetConsent:input_type -> membercenter.v1.SetConsentRequest
+	8,  // 18: membercenter.v1.ProfileService.CountSegment:input_type -> membercenter.v1.CountSegmentRequest
+	10, // 19: membercenter.v1.ProfileService.ExportSegment:input_type -> membercenter.v1.ExportSegmentRequest
+	3,  // 20: membercenter.v1.ProfileService.GetProfile:output_type -> membercenter.v1.GetProfileResponse
+	5,  // 21: membercenter.v1.ProfileService.ListLabels:output_type -> membercenter.v1.ListLabelsResponse
+	13, // 22: membercenter.v1.ProfileService.UpdateAttributes:output_type -> membercenter.v1.UpdateAttributesResponse
+	15, // 23: membercenter.v1.ProfileService.SetConsent:output_type -> membercenter.v1.SetConsentResponse
+	9,  // 24: membercenter.v1.ProfileService.CountSegment:output_type -> membercenter.v1.CountSegmentResponse
+	11, // 25: membercenter.v1.ProfileService.ExportSegment:output_type -> membercenter.v1.ExportSegmentResponse
+	20, // [20:26] is the sub-list for method output_type
+	14, // [14:20] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_membercenter_v1_profile_proto_init() }
@@ -834,7 +1155,7 @@ func file_membercenter_v1_profile_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_membercenter_v1_profile_proto_rawDesc), len(file_membercenter_v1_profile_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   13,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -23,6 +23,8 @@ const (
 	ProfileService_ListLabels_FullMethodName       = "/membercenter.v1.ProfileService/ListLabels"
 	ProfileService_UpdateAttributes_FullMethodName = "/membercenter.v1.ProfileService/UpdateAttributes"
 	ProfileService_SetConsent_FullMethodName       = "/membercenter.v1.ProfileService/SetConsent"
+	ProfileService_CountSegment_FullMethodName     = "/membercenter.v1.ProfileService/CountSegment"
+	ProfileService_ExportSegment_FullMethodName    = "/membercenter.v1.ProfileService/ExportSegment"
 )
 
 // ProfileServiceClient is the client API for ProfileService service.
@@ -37,8 +39,15 @@ type ProfileServiceClient interface {
 	ListLabels(ctx context.Context, in *ListLabelsRequest, opts ...grpc.CallOption) (*ListLabelsResponse, error)
 	// UpdateAttributes changes canonical attributes.
 	UpdateAttributes(ctx context.Context, in *UpdateAttributesRequest, opts ...grpc.CallOption) (*UpdateAttributesResponse, error)
-	// SetConsent records a consent decision.
+	// SetConsent records a consent decision. Withdrawing profiling consent
+	// clears the member's behavioural labels.
 	SetConsent(ctx context.Context, in *SetConsentRequest, opts ...grpc.CallOption) (*SetConsentResponse, error)
+	// CountSegment counts the members whose current labels match a segment
+	// expression (docs/analytics.md), over ClickHouse's current profiles.
+	CountSegment(ctx context.Context, in *CountSegmentRequest, opts ...grpc.CallOption) (*CountSegmentResponse, error)
+	// ExportSegment streams the ids of the members a segment expression
+	// matches, in batches.
+	ExportSegment(ctx context.Context, in *ExportSegmentRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ExportSegmentResponse], error)
 }
 
 type profileServiceClient struct {
@@ -89,6 +98,35 @@ func (c *profileServiceClient) SetConsent(ctx context.Context, in *SetConsentReq
 	return out, nil
 }
 
+func (c *profileServiceClient) CountSegment(ctx context.Context, in *CountSegmentRequest, opts ...grpc.CallOption) (*CountSegmentResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CountSegmentResponse)
+	err := c.cc.Invoke(ctx, ProfileService_CountSegment_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *profileServiceClient) ExportSegment(ctx context.Context, in *ExportSegmentRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ExportSegmentResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &ProfileService_ServiceDesc.Streams[0], ProfileService_ExportSegment_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ExportSegmentRequest, ExportSegmentResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type ProfileService_ExportSegmentClient = grpc.ServerStreamingClient[ExportSegmentResponse]
+
 // ProfileServiceServer is the server API for ProfileService service.
 // All implementations must embed UnimplementedProfileServiceServer
 // for forward compatibility.
@@ -101,8 +139,15 @@ type ProfileServiceServer interface {
 	ListLabels(context.Context, *ListLabelsRequest) (*ListLabelsResponse, error)
 	// UpdateAttributes changes canonical attributes.
 	UpdateAttributes(context.Context, *UpdateAttributesRequest) (*UpdateAttributesResponse, error)
-	// SetConsent records a consent decision.
+	// SetConsent records a consent decision. Withdrawing profiling consent
+	// clears the member's behavioural labels.
 	SetConsent(context.Context, *SetConsentRequest) (*SetConsentResponse, error)
+	// CountSegment counts the members whose current labels match a segment
+	// expression (docs/analytics.md), over ClickHouse's current profiles.
+	CountSegment(context.Context, *CountSegmentRequest) (*CountSegmentResponse, error)
+	// ExportSegment streams the ids of the members a segment expression
+	// matches, in batches.
+	ExportSegment(*ExportSegmentRequest, grpc.ServerStreamingServer[ExportSegmentResponse]) error
 	mustEmbedUnimplementedProfileServiceServer()
 }
 
@@ -124,6 +169,12 @@ func (UnimplementedProfileServiceServer) UpdateAttributes(context.Context, *Upda
 }
 func (UnimplementedProfileServiceServer) SetConsent(context.Context, *SetConsentRequest) (*SetConsentResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method SetConsent not implemented")
+}
+func (UnimplementedProfileServiceServer) CountSegment(context.Context, *CountSegmentRequest) (*CountSegmentResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CountSegment not implemented")
+}
+func (UnimplementedProfileServiceServer) ExportSegment(*ExportSegmentRequest, grpc.ServerStreamingServer[ExportSegmentResponse]) error {
+	return status.Error(codes.Unimplemented, "method ExportSegment not implemented")
 }
 func (UnimplementedProfileServiceServer) mustEmbedUnimplementedProfileServiceServer() {}
 func (UnimplementedProfileServiceServer) testEmbeddedByValue()                        {}
@@ -218,6 +269,35 @@ func _ProfileService_SetConsent_Handler(srv interface{}, ctx context.Context, de
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ProfileService_CountSegment_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CountSegmentRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ProfileServiceServer).CountSegment(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ProfileService_CountSegment_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ProfileServiceServer).CountSegment(ctx, req.(*CountSegmentRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ProfileService_ExportSegment_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(ExportSegmentRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(ProfileServiceServer).ExportSegment(m, &grpc.GenericServerStream[ExportSegmentRequest, ExportSegmentResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type ProfileService_ExportSegmentServer = grpc.ServerStreamingServer[ExportSegmentResponse]
+
 // ProfileService_ServiceDesc is the grpc.ServiceDesc for ProfileService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -241,7 +321,17 @@ var ProfileService_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "SetConsent",
 			Handler:    _ProfileService_SetConsent_Handler,
 		},
+		{
+			MethodName: "CountSegment",
+			Handler:    _ProfileService_CountSegment_Handler,
+		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "ExportSegment",
+			Handler:       _ProfileService_ExportSegment_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "membercenter/v1/profile.proto",
 }
