@@ -5,6 +5,8 @@ package facts
 import (
 	"context"
 	"encoding/json"
+	"math"
+	"strconv"
 	"strings"
 	"time"
 
@@ -16,9 +18,19 @@ import (
 	"github.com/membercenter/membercenter/pipeline/sink"
 )
 
+// Inserter is the ClickHouse batch writer the facts are stored with.
+type Inserter interface {
+	InsertEvents(ctx context.Context, rows []clickhouse.EventRow) error
+	InsertChanges(ctx context.Context, rows []clickhouse.ChangeRow) error
+	InsertAudit(ctx context.Context, rows []clickhouse.AuditRow) error
+	InsertLabelChanges(ctx context.Context, rows []clickhouse.LabelChangeRow) error
+}
+
+var _ Inserter = (*clickhouse.Writer)(nil)
+
 // Writer stores facts through a ClickHouse batch writer.
 type Writer struct {
-	W   *clickhouse.Writer
+	W   Inserter
 	Now func() time.Time
 }
 
@@ -41,16 +53,63 @@ func (w Writer) WriteChanges(ctx context.Context, changes []sink.Change) error {
 	}
 	rows := make([]clickhouse.ChangeRow, len(changes))
 	var audit []clickhouse.AuditRow
+	var labels []clickhouse.LabelChangeRow
 	for i, c := range changes {
 		rows[i] = toChangeRow(c, now)
 		if a, ok := toAuditRow(c, now); ok {
 			audit = append(audit, a)
 		}
+		labels = append(labels, toLabelChangeRows(c, now)...)
 	}
+	// Every insert is idempotent (ReplacingMergeTree keys), so a batch
+	// retried after a partial failure converges.
 	if err := w.W.InsertChanges(ctx, rows); err != nil {
 		return err
 	}
+	if err := w.W.InsertLabelChanges(ctx, labels); err != nil {
+		return err
+	}
 	return w.W.InsertAudit(ctx, audit)
+}
+
+// toLabelChangeRows gives one row per label a LabelsChanged change carries.
+func toLabelChangeRows(c sink.Change, now time.Time) []clickhouse.LabelChangeRow {
+	m := c.Msg
+	lc := m.GetLabelsChanged()
+	if lc == nil {
+		return nil
+	}
+	out := make([]clickhouse.LabelChangeRow, 0, len(lc.GetLabels()))
+	for _, l := range lc.GetLabels() {
+		at := m.GetOccurredAt().AsTime()
+		if l.GetComputedAt() != nil {
+			at = l.GetComputedAt().AsTime()
+		}
+		r := clickhouse.LabelChangeRow{
+			MemberID: m.GetMemberId(), LabelID: l.GetLabelId(), Cleared: l.GetCleared(),
+			Sequence: m.GetSequence(), ChangedAt: at, CauseID: m.GetCauseId(), InsertedAt: now,
+		}
+		if !r.Cleared {
+			r.Value = LabelValueText(l)
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+// LabelValueText is a label value as label_changes stores it: "true" /
+// "false", the enum value, or the number in Go's shortest 'g' form; "" when
+// no value is set.
+func LabelValueText(l *mcv1.LabelValue) string {
+	switch v := l.GetValue().(type) {
+	case *mcv1.LabelValue_BoolValue:
+		return strconv.FormatBool(v.BoolValue)
+	case *mcv1.LabelValue_EnumValue:
+		return v.EnumValue
+	case *mcv1.LabelValue_NumberValue:
+		return strconv.FormatFloat(v.NumberValue, 'g', -1, 64)
+	}
+	return ""
 }
 
 // toAuditRow copies the audit record an identity change carries.
@@ -108,6 +167,8 @@ func EventType(m *mcv1.MemberEvent) string {
 		return "share"
 	case *mcv1.MemberEvent_Referral:
 		return "referral"
+	case *mcv1.MemberEvent_Review:
+		return "review"
 	}
 	return "unknown"
 }
@@ -123,6 +184,10 @@ func toEventRow(e sink.Event) clickhouse.EventRow {
 		EventID: m.GetEventId(), MemberID: m.GetMemberId(), EventType: EventType(m),
 		Channel: ChannelName(m.GetChannel()), StoreID: m.GetStoreId(),
 		OccurredAt: m.GetOccurredAt().AsTime(), IngestedAt: m.GetIngestedAt().AsTime(), TraceID: e.TraceID,
+		OriginMemberID: m.GetResolution().GetOriginMemberId(),
+	}
+	if r.OriginMemberID == "" {
+		r.OriginMemberID = r.MemberID
 	}
 	var items []*mcv1.LineItem
 	switch {
@@ -130,11 +195,17 @@ func toEventRow(e sink.Event) clickhouse.EventRow {
 		t := m.GetTransaction()
 		r.OrderID, r.Currency, r.AmountMinor = t.GetOrderId(), t.GetTotal().GetCurrency(), t.GetTotal().GetAmountMinor()
 		r.DiscountMinor, r.PointsRedeemed = t.GetDiscount().GetAmountMinor(), t.GetPointsRedeemed()
+		r.CouponCount = uint16(min(len(t.GetCouponCodes()), math.MaxUint16))
 		items = t.GetItems()
 	case m.GetRefund() != nil:
 		f := m.GetRefund()
 		r.OrderID, r.Currency, r.AmountMinor = f.GetOrderId(), f.GetAmount().GetCurrency(), -f.GetAmount().GetAmountMinor()
 		items = f.GetItems()
+	case m.GetReview() != nil:
+		rating := m.GetReview().GetRating()
+		if rating >= 0 && rating <= math.MaxUint8 {
+			r.ReviewRating = uint8(rating)
+		}
 	}
 	for _, it := range items {
 		r.Items = append(r.Items, clickhouse.ItemRow{
@@ -180,6 +251,7 @@ func toChangeRow(c sink.Change, now time.Time) clickhouse.ChangeRow {
 	}
 	if p := m.GetPointsChanged(); p != nil {
 		r.PointsDelta, r.PointsBalance = p.GetDelta(), p.GetBalance()
+		r.PointsKind = strings.ToLower(strings.TrimPrefix(p.GetKind().String(), "LEDGER_ENTRY_KIND_"))
 	}
 	return r
 }

@@ -38,6 +38,7 @@ import (
 	"github.com/membercenter/membercenter/services/identity"
 	"github.com/membercenter/membercenter/services/profile"
 	"github.com/membercenter/membercenter/services/server"
+	"github.com/membercenter/membercenter/services/tags"
 	syncsvc "github.com/membercenter/membercenter/services/sync"
 	"github.com/membercenter/membercenter/services/telemetry"
 )
@@ -91,7 +92,7 @@ func (c Config) LogValue() slog.Value {
 // Services and stages that can be selected.
 var (
 	AllServices = []string{"identity", "profile", "benefits", "sync"}
-	AllStages   = []string{ingest.Stage, benefits.Stage, relay.Stage, sink.Stage}
+	AllStages   = []string{ingest.Stage, benefits.Stage, tags.Stage, relay.Stage, sink.Stage}
 )
 
 // ParseSelection expands a comma-separated selection ("all" or names) and
@@ -197,6 +198,8 @@ var errorCodes = []server.ErrorCode{
 	{Err: benefits.ErrInvalid, Code: codes.InvalidArgument},
 	{Err: benefits.ErrRefused, Code: codes.FailedPrecondition},
 	{Err: benefits.ErrNoFacts, Code: codes.FailedPrecondition},
+	{Err: profile.ErrInvalid, Code: codes.InvalidArgument},
+	{Err: profile.ErrNoFacts, Code: codes.FailedPrecondition},
 	{Err: syncsvc.ErrNotSupported, Code: codes.Unimplemented},
 	{Err: identity.ErrBadID, Code: codes.InvalidArgument},
 	{Err: identity.ErrRefused, Code: codes.FailedPrecondition},
@@ -228,7 +231,9 @@ func (p *Platform) Run(ctx context.Context, o Options) error {
 	}
 	benefitSvc := benefits.New(p.pool, cw, log)
 	idSvc.AddMemberData(benefitSvc)
-	profileSvc := profile.New(p.pool)
+	tagSvc := tags.New(p.pool, cw, log)
+	idSvc.AddMemberData(tagSvc)
+	profileSvc := profile.New(p.pool, tagSvc, cw)
 
 	g, ctx := errgroup.WithContext(ctx)
 	var closers []func()
@@ -242,6 +247,20 @@ func (p *Platform) Run(ctx context.Context, o Options) error {
 	// The loyalty programme follows the newest loaded version.
 	if slices.Contains(o.Services, "benefits") || slices.Contains(o.Stages, benefits.Stage) {
 		g.Go(func() error { return benefitSvc.Watch(ctx, 5*time.Second) })
+	}
+	// The label catalogue likewise.
+	if slices.Contains(o.Services, "profile") || slices.Contains(o.Stages, tags.Stage) {
+		g.Go(func() error { return tagSvc.Watch(ctx, 5*time.Second) })
+	}
+	if slices.Contains(o.Services, "profile") {
+		// Segments run over ClickHouse's current profiles; without it
+		// they say so and everything else works.
+		if conn, err := clickhouse.Open(ctx, p.cfg.ClickHouse); err != nil {
+			log.WarnContext(ctx, "ClickHouse unavailable: segments disabled", "err", err)
+		} else {
+			closers = append(closers, func() { conn.Close() })
+			profileSvc.SetFacts(conn)
+		}
 	}
 	if slices.Contains(o.Services, "benefits") {
 		// Campaign simulation reads past purchases from ClickHouse; without
@@ -273,6 +292,24 @@ func (p *Platform) Run(ctx context.Context, o Options) error {
 			g.Go(func() error { return w.Run(ctx) })
 			// Expiry and month starts for members without new events.
 			g.Go(func() error { return benefitSvc.RunScheduler(ctx, time.Minute) })
+		case tags.Stage:
+			w, err := worker.New(p.cfg.Kafka, ktel, tags.Stage, tagSvc)
+			if err != nil {
+				return err
+			}
+			closers = append(closers, w.Close)
+			g.Go(func() error { return w.Run(ctx) })
+			// Windows that end and days that pass, for members without
+			// new events.
+			g.Go(func() error { return tagSvc.RunSweeper(ctx, time.Second) })
+			// Current profiles to ClickHouse.
+			conn, err := clickhouse.Open(ctx, p.cfg.ClickHouse)
+			if err != nil {
+				return err
+			}
+			closers = append(closers, func() { conn.Close() })
+			exp := tagSvc.NewExporter(conn)
+			g.Go(func() error { return exp.Run(ctx) })
 		case relay.Stage:
 			r, err := relay.New(p.cfg.Kafka, ktel, changes.Outbox{Pool: p.pool})
 			if err != nil {

@@ -1,75 +1,313 @@
 // Package profile serves a member's canonical view (attributes, consents,
-// balance, labels) through the gRPC ProfileService.
+// balance, tier, labels), attribute and consent updates, the label
+// catalogue and marketing segments through the gRPC ProfileService.
 package profile
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"maps"
+	"time"
 
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 	"github.com/membercenter/membercenter/storage/postgres"
+
+	"github.com/membercenter/membercenter/services/changes"
+	"github.com/membercenter/membercenter/services/tags"
+	"github.com/membercenter/membercenter/services/tags/segment"
 )
 
-// Service reads profiles.
+// ErrNoFacts means segments were asked for without ClickHouse.
+var ErrNoFacts = errors.New("segments need ClickHouse, which this process is not connected to")
+
+// ErrInvalid marks a request the service refuses as malformed.
+var ErrInvalid = errors.New("invalid request")
+
+// Service reads and updates profiles.
 type Service struct {
-	pool *pgxpool.Pool
+	pool    *pgxpool.Pool
+	tags    *tags.Service
+	changes changes.Writer
+	facts   driver.Conn // ClickHouse, for segments; may be nil
+	now     func() time.Time
 }
 
 // New returns the service.
-func New(pool *pgxpool.Pool) *Service { return &Service{pool: pool} }
+func New(pool *pgxpool.Pool, t *tags.Service, ch changes.Writer) *Service {
+	return &Service{pool: pool, tags: t, changes: ch, now: time.Now}
+}
+
+// SetFacts connects the service to ClickHouse for segments.
+func (s *Service) SetFacts(conn driver.Conn) { s.facts = conn }
 
 // Get returns the member's current profile and the sequence of the last
-// change it reflects.
-// A merged member's id answers with the member it was merged into.
+// change it reflects. A merged member's id answers with the member it was
+// merged into. One round trip for a member that was not merged.
 func (s *Service) Get(ctx context.Context, id uuid.UUID) (*mcv1.Profile, error) {
-	id, err := postgres.CanonicalMember(ctx, s.pool, id)
-	if err != nil {
-		return nil, err
+	p, merged, err := s.get(ctx, id)
+	if err == nil && merged {
+		if id, err = postgres.CanonicalMember(ctx, s.pool, id); err == nil {
+			p, _, err = s.get(ctx, id)
+		}
 	}
-	m, err := postgres.GetMember(ctx, s.pool, id)
-	if err != nil {
-		return nil, err
-	}
-	a, err := postgres.GetAccount(ctx, s.pool, id)
-	if err != nil {
-		return nil, err
-	}
-	return toProtoProfile(m, a), nil
+	return p, err
 }
 
-func toProtoProfile(m postgres.MemberRow, a postgres.Account) *mcv1.Profile {
-	return &mcv1.Profile{
-		MemberId:      m.MemberID.String(),
-		CreatedAt:     timestamppb.New(m.CreatedAt),
-		PointsBalance: a.Balance,
-		Attributes:    m.Attributes,
-		Sequence:      uint64(m.ChangeSeq),
+func (s *Service) get(ctx context.Context, id uuid.UUID) (*mcv1.Profile, bool, error) {
+	b := &pgx.Batch{}
+	p := &mcv1.Profile{MemberId: id.String()}
+	found, merged := false, false
+	b.Queue(`SELECT m.created_at, m.change_seq, m.attributes, m.merged_into IS NOT NULL,
+		       coalesce(a.balance, 0), coalesce(ls.state->>'tier', ''),
+		       coalesce(f.labels, '{}'::jsonb), coalesce(f.updated_at, m.created_at)
+		  FROM members m
+		  LEFT JOIN points_accounts a ON a.member_id = m.member_id
+		  LEFT JOIN loyalty_state ls ON ls.member_id = m.member_id
+		  LEFT JOIN member_features f ON f.member_id = m.member_id
+		 WHERE m.member_id = $1`, id).Query(func(rows pgx.Rows) error {
+		for rows.Next() {
+			found = true
+			var created, at time.Time
+			var seq int64
+			var labels map[string]any
+			if err := rows.Scan(&created, &seq, &p.Attributes, &merged, &p.PointsBalance, &p.Tier, &labels, &at); err != nil {
+				return err
+			}
+			p.CreatedAt, p.Sequence, p.Labels = timestamppb.New(created), uint64(seq), tags.ProtoLabels(labels, at)
+		}
+		return rows.Err()
+	})
+	b.Queue(`SELECT purpose, granted, decided_at FROM member_consents WHERE member_id = $1 ORDER BY purpose`, id).
+		Query(func(rows pgx.Rows) error {
+			for rows.Next() {
+				var purpose int16
+				var granted bool
+				var at time.Time
+				if err := rows.Scan(&purpose, &granted, &at); err != nil {
+					return err
+				}
+				p.Consents = append(p.Consents, &mcv1.Consent{Purpose: mcv1.ConsentPurpose(purpose), Granted: granted, DecidedAt: timestamppb.New(at)})
+			}
+			return rows.Err()
+		})
+	if err := s.pool.SendBatch(ctx, b).Close(); err != nil {
+		return nil, false, fmt.Errorf("read profile: %w", err)
 	}
+	if !found {
+		return nil, false, fmt.Errorf("member %s: %w", id, postgres.ErrNotFound)
+	}
+	if p.Tier == "" {
+		p.Tier = "normal"
+	}
+	return p, merged, nil
 }
 
-// Server is the gRPC ProfileService. RPCs not built yet answer
-// Unimplemented.
-type Server struct {
-	mcv1.UnimplementedProfileServiceServer
-	svc *Service
-}
-
-// NewServer returns the gRPC adapter of svc.
-func NewServer(svc *Service) *Server { return &Server{svc: svc} }
-
-// GetProfile implements ProfileService.GetProfile.
-func (s *Server) GetProfile(ctx context.Context, req *mcv1.GetProfileRequest) (*mcv1.GetProfileResponse, error) {
+// UpdateAttributes merges attributes into the member's canonical ones (an
+// empty value removes the attribute), once per idempotency key, writes the
+// change and recomputes the labels that read attributes, all in one
+// transaction.
+func (s *Service) UpdateAttributes(ctx context.Context, req *mcv1.UpdateAttributesRequest, ch mcv1.Channel) (*mcv1.UpdateAttributesResponse, error) {
 	id, err := uuid.Parse(req.GetMemberId())
 	if err != nil {
-		return nil, fmt.Errorf("member_id: %w", err)
+		return nil, fmt.Errorf("%w: member_id: %v", ErrInvalid, err)
 	}
-	p, err := s.svc.Get(ctx, id)
+	if bd, ok := req.GetAttributes()["birth_date"]; ok && bd != "" {
+		t, err := time.Parse("2006-01-02", bd)
+		if err != nil {
+			return nil, fmt.Errorf("%w: attributes[birth_date]: %q is not a date like 1990-05-01", ErrInvalid, bd)
+		}
+		if t.After(s.now()) {
+			return nil, fmt.Errorf("%w: attributes[birth_date]: %s is in the future", ErrInvalid, bd)
+		}
+	}
+	resp := &mcv1.UpdateAttributesResponse{}
+	err = postgres.RetryTx(ctx, s.pool, func(tx pgx.Tx) error {
+		_, err := changes.Idempotent(ctx, tx, "profile.UpdateAttributes", req.GetIdempotencyKey(), req, resp, func() error {
+			member, err := postgres.CanonicalMember(ctx, tx, id)
+			if err != nil {
+				return err
+			}
+			var attrs map[string]string
+			if err := tx.QueryRow(ctx, `SELECT attributes FROM members WHERE member_id = $1 FOR UPDATE`, member).Scan(&attrs); err != nil {
+				return fmt.Errorf("lock member: %w", err)
+			}
+			if attrs == nil {
+				attrs = map[string]string{}
+			}
+			changed := map[string]string{}
+			for k, v := range req.GetAttributes() {
+				if attrs[k] == v {
+					continue
+				}
+				changed[k] = v
+				if v == "" {
+					delete(attrs, k)
+				} else {
+					attrs[k] = v
+				}
+			}
+			if len(changed) > 0 {
+				if err := postgres.SetAttributes(ctx, tx, member, attrs); err != nil {
+					return err
+				}
+				if _, err := s.changes.Append(ctx, tx, member, &mcv1.MemberChange{
+					CauseId: "rpc:profile.UpdateAttributes:" + req.GetIdempotencyKey(), Channel: ch,
+					Change: &mcv1.MemberChange_AttributesChanged{AttributesChanged: &mcv1.AttributesChanged{Attributes: maps.Clone(changed)}},
+				}); err != nil {
+					return err
+				}
+				if err := s.tags.Recompute(ctx, tx, member, "rpc:profile.UpdateAttributes:"+req.GetIdempotencyKey(), ch); err != nil {
+					return err
+				}
+			}
+			resp.Profile, err = s.getTx(ctx, tx, member)
+			return err
+		})
+		return err
+	})
 	if err != nil {
 		return nil, err
 	}
-	return &mcv1.GetProfileResponse{Profile: p}, nil
+	return resp, nil
+}
+
+// getTx reads the profile inside a transaction (after a change).
+func (s *Service) getTx(ctx context.Context, tx pgx.Tx, member uuid.UUID) (*mcv1.Profile, error) {
+	m, err := postgres.GetMember(ctx, tx, member)
+	if err != nil {
+		return nil, err
+	}
+	labels, at, err := s.tags.Labels(ctx, tx, member)
+	if err != nil {
+		return nil, err
+	}
+	p := &mcv1.Profile{MemberId: member.String(), CreatedAt: timestamppb.New(m.CreatedAt), Attributes: m.Attributes,
+		Sequence: uint64(m.ChangeSeq), Labels: tags.ProtoLabels(labels, at)}
+	rows, err := tx.Query(ctx, `SELECT purpose, granted, decided_at FROM member_consents WHERE member_id = $1 ORDER BY purpose`, member)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var purpose int16
+		var granted bool
+		var dt time.Time
+		if err := rows.Scan(&purpose, &granted, &dt); err != nil {
+			return nil, err
+		}
+		p.Consents = append(p.Consents, &mcv1.Consent{Purpose: mcv1.ConsentPurpose(purpose), Granted: granted, DecidedAt: timestamppb.New(dt)})
+	}
+	return p, rows.Err()
+}
+
+// SetConsent records a consent decision once per idempotency key, writes
+// the change, and — for profiling — withholds or restores the member's
+// behavioural labels in the same transaction.
+func (s *Service) SetConsent(ctx context.Context, req *mcv1.SetConsentRequest, ch mcv1.Channel) (*mcv1.SetConsentResponse, error) {
+	id, err := uuid.Parse(req.GetMemberId())
+	if err != nil {
+		return nil, fmt.Errorf("%w: member_id: %v", ErrInvalid, err)
+	}
+	if _, ok := mcv1.ConsentPurpose_name[int32(req.GetPurpose())]; !ok || req.GetPurpose() == mcv1.ConsentPurpose_CONSENT_PURPOSE_UNSPECIFIED {
+		return nil, fmt.Errorf("%w: purpose: choose marketing, profiling or third-party sharing", ErrInvalid)
+	}
+	resp := &mcv1.SetConsentResponse{}
+	cause := "rpc:profile.SetConsent:" + req.GetIdempotencyKey()
+	err = postgres.RetryTx(ctx, s.pool, func(tx pgx.Tx) error {
+		_, err := changes.Idempotent(ctx, tx, "profile.SetConsent", req.GetIdempotencyKey(), req, resp, func() error {
+			member, err := postgres.CanonicalMember(ctx, tx, id)
+			if err != nil {
+				return err
+			}
+			if _, err := tx.Exec(ctx, `SELECT 1 FROM members WHERE member_id = $1 FOR UPDATE`, member); err != nil {
+				return fmt.Errorf("lock member: %w", err)
+			}
+			now := s.now()
+			var prev *bool
+			if err := tx.QueryRow(ctx, `SELECT granted FROM member_consents WHERE member_id = $1 AND purpose = $2`,
+				member, int16(req.GetPurpose())).Scan(&prev); err != nil && !errors.Is(err, pgx.ErrNoRows) {
+				return fmt.Errorf("read consent: %w", err)
+			}
+			if _, err := tx.Exec(ctx, `INSERT INTO member_consents (member_id, purpose, granted, decided_at, cause) VALUES ($1, $2, $3, $4, $5)
+				ON CONFLICT (member_id, purpose) DO UPDATE SET granted = EXCLUDED.granted, decided_at = EXCLUDED.decided_at, cause = EXCLUDED.cause`,
+				member, int16(req.GetPurpose()), req.GetGranted(), now, cause); err != nil {
+				return fmt.Errorf("store consent: %w", err)
+			}
+			if _, err := s.changes.Append(ctx, tx, member, &mcv1.MemberChange{
+				CauseId: cause, Channel: ch,
+				Change: &mcv1.MemberChange_ConsentChanged{ConsentChanged: &mcv1.ConsentChanged{Purpose: req.GetPurpose(), Granted: req.GetGranted()}},
+			}); err != nil {
+				return err
+			}
+			// Profiling consent (absent means granted) decides whether
+			// behavioural labels are computed.
+			if req.GetPurpose() == mcv1.ConsentPurpose_CONSENT_PURPOSE_PROFILING && (prev == nil || *prev != req.GetGranted()) {
+				if err := s.tags.Recompute(ctx, tx, member, cause, ch); err != nil {
+					return err
+				}
+			}
+			resp.Consent = &mcv1.Consent{Purpose: req.GetPurpose(), Granted: req.GetGranted(), DecidedAt: timestamppb.New(now)}
+			return nil
+		})
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return resp, nil
+}
+
+// ListLabels returns the catalogue in force, optionally one group.
+func (s *Service) ListLabels(group string) *mcv1.ListLabelsResponse {
+	c := s.tags.Catalog()
+	out := &mcv1.ListLabelsResponse{CatalogVersion: c.Version}
+	for _, l := range c.SortedLabels() {
+		if group != "" && l.Group != group {
+			continue
+		}
+		d := &mcv1.LabelDefinition{LabelId: l.ID, NameEn: l.NameEN, NameZh: l.NameZH, Group: l.Group, Description: l.Description,
+			ValueType: l.Type, Kind: l.Kind, Definition: l.Expr, Values: l.Values, Behavioural: l.IsBehavioural()}
+		for _, ex := range l.Examples {
+			d.Examples = append(d.Examples, tags.ProtoExample(ex))
+		}
+		out.Labels = append(out.Labels, d)
+	}
+	return out
+}
+
+// Segment compiles a segment expression over the catalogue's labels.
+func (s *Service) Segment(expr string) (*segment.Query, error) {
+	return segment.Compile(expr, s.tags.Catalog().SegmentLabels())
+}
+
+// CountSegment counts the members a segment expression matches.
+func (s *Service) CountSegment(ctx context.Context, expr string) (uint64, *segment.Query, error) {
+	q, err := s.Segment(expr)
+	if err != nil {
+		return 0, nil, err
+	}
+	if s.facts == nil {
+		return 0, q, ErrNoFacts
+	}
+	n, err := segment.Count(ctx, s.facts, q)
+	return n, q, err
+}
+
+// ExportSegment streams the matching member ids in batches.
+func (s *Service) ExportSegment(ctx context.Context, expr string, batch int, fn func([]string) error) error {
+	q, err := s.Segment(expr)
+	if err != nil {
+		return err
+	}
+	if s.facts == nil {
+		return ErrNoFacts
+	}
+	return segment.Export(ctx, s.facts, q, batch, fn)
 }

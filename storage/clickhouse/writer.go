@@ -24,6 +24,14 @@ type EventRow struct {
 	PointsRedeemed int64
 	Items          []ItemRow
 	TraceID        string
+	// OriginMemberID is the member the event is attributed to: the member
+	// its identifier was first linked to (differs from MemberID after a
+	// merge). Empty is stored as MemberID.
+	OriginMemberID string
+	// CouponCount is the number of coupons used on a transaction.
+	CouponCount uint16
+	// ReviewRating is 1..5 on a review event, 0 otherwise.
+	ReviewRating uint8
 }
 
 // ItemRow is one basket line of an event.
@@ -47,9 +55,12 @@ type ChangeRow struct {
 	StoreID       string
 	PointsDelta   int64
 	PointsBalance int64
-	Payload       string
-	TraceID       string
-	InsertedAt    time.Time
+	// PointsKind is the ledger entry kind of a points change ("earn",
+	// "redeem", "expire", "adjust", "transfer", "reverse"), empty otherwise.
+	PointsKind string
+	Payload    string
+	TraceID    string
+	InsertedAt time.Time
 }
 
 // Writer inserts facts in batches.
@@ -68,7 +79,8 @@ func (w *Writer) InsertEvents(ctx context.Context, rows []EventRow) error {
 	b, err := w.conn.PrepareBatch(ctx, `INSERT INTO member_events (
 		event_id, member_id, event_type, channel, store_id, occurred_at, ingested_at,
 		order_id, currency, amount_minor, discount_minor, points_redeemed,
-		items.sku, items.category, items.brand, items.quantity, items.amount_minor, trace_id)`)
+		items.sku, items.category, items.brand, items.quantity, items.amount_minor, trace_id,
+		origin_member_id, coupon_count, review_rating)`)
 	if err != nil {
 		return fmt.Errorf("prepare member_events batch: %w", err)
 	}
@@ -79,9 +91,13 @@ func (w *Writer) InsertEvents(ctx context.Context, rows []EventRow) error {
 		for i, it := range r.Items {
 			sku[i], cat[i], brand[i], qty[i], amt[i] = it.SKU, it.Category, it.Brand, it.Quantity, it.AmountMinor
 		}
+		origin := r.OriginMemberID
+		if origin == "" {
+			origin = r.MemberID
+		}
 		if err := b.Append(r.EventID, r.MemberID, r.EventType, r.Channel, r.StoreID, r.OccurredAt.UTC(), r.IngestedAt.UTC(),
 			r.OrderID, r.Currency, r.AmountMinor, r.DiscountMinor, r.PointsRedeemed,
-			sku, cat, brand, qty, amt, r.TraceID); err != nil {
+			sku, cat, brand, qty, amt, r.TraceID, origin, r.CouponCount, r.ReviewRating); err != nil {
 			_ = b.Abort()
 			return fmt.Errorf("append member_events row %s: %w", r.EventID, err)
 		}
@@ -99,19 +115,62 @@ func (w *Writer) InsertChanges(ctx context.Context, rows []ChangeRow) error {
 	}
 	b, err := w.conn.PrepareBatch(ctx, `INSERT INTO member_changes (
 		member_id, sequence, change_id, change_type, occurred_at, cause_id, channel, store_id,
-		points_delta, points_balance, payload, trace_id, inserted_at)`)
+		points_delta, points_balance, points_kind, payload, trace_id, inserted_at)`)
 	if err != nil {
 		return fmt.Errorf("prepare member_changes batch: %w", err)
 	}
 	for _, r := range rows {
 		if err := b.Append(r.MemberID, r.Sequence, r.ChangeID, r.ChangeType, r.OccurredAt.UTC(), r.CauseID, r.Channel, r.StoreID,
-			r.PointsDelta, r.PointsBalance, r.Payload, r.TraceID, r.InsertedAt.UTC()); err != nil {
+			r.PointsDelta, r.PointsBalance, r.PointsKind, r.Payload, r.TraceID, r.InsertedAt.UTC()); err != nil {
 			_ = b.Abort()
 			return fmt.Errorf("append member_changes row %s/%d: %w", r.MemberID, r.Sequence, err)
 		}
 	}
 	if err := b.Send(); err != nil {
 		return fmt.Errorf("insert member_changes: %w", err)
+	}
+	return nil
+}
+
+// LabelChangeRow is one change of one label of a member.
+type LabelChangeRow struct {
+	MemberID string
+	LabelID  string
+	// Value is the new value as text: "true"/"false", the enum value, or the
+	// number (strconv 'g' format); empty when Cleared.
+	Value   string
+	Cleared bool
+	// Sequence is the member change sequence that carried the label change.
+	Sequence       uint64
+	ChangedAt      time.Time
+	CauseID        string
+	CatalogVersion string
+	InsertedAt     time.Time
+}
+
+// InsertLabelChanges writes label change rows as one batch.
+func (w *Writer) InsertLabelChanges(ctx context.Context, rows []LabelChangeRow) error {
+	if len(rows) == 0 {
+		return nil
+	}
+	b, err := w.conn.PrepareBatch(ctx, `INSERT INTO label_changes (
+		member_id, label_id, value, cleared, sequence, changed_at, cause_id, catalog_version, inserted_at)`)
+	if err != nil {
+		return fmt.Errorf("prepare label_changes batch: %w", err)
+	}
+	for _, r := range rows {
+		var cleared uint8
+		if r.Cleared {
+			cleared = 1
+		}
+		if err := b.Append(r.MemberID, r.LabelID, r.Value, cleared, r.Sequence, r.ChangedAt.UTC(), r.CauseID,
+			r.CatalogVersion, r.InsertedAt.UTC()); err != nil {
+			_ = b.Abort()
+			return fmt.Errorf("append label_changes row %s/%s/%d: %w", r.MemberID, r.LabelID, r.Sequence, err)
+		}
+	}
+	if err := b.Send(); err != nil {
+		return fmt.Errorf("insert label_changes: %w", err)
 	}
 	return nil
 }

@@ -107,13 +107,18 @@ type ListenOutbox struct {
 
 // Listen subscribes a dedicated pool connection to outbox notifications.
 func Listen(ctx context.Context, pool *pgxpool.Pool) (*ListenOutbox, error) {
+	return ListenChannel(ctx, pool, OutboxChannel)
+}
+
+// ListenChannel listens on another NOTIFY channel with the same semantics.
+func ListenChannel(ctx context.Context, pool *pgxpool.Pool, channel string) (*ListenOutbox, error) {
 	conn, err := pool.Acquire(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("acquire listen connection: %w", err)
 	}
-	if _, err := conn.Exec(ctx, "LISTEN "+OutboxChannel); err != nil {
+	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{channel}.Sanitize()); err != nil {
 		conn.Release()
-		return nil, fmt.Errorf("listen %s: %w", OutboxChannel, err)
+		return nil, fmt.Errorf("listen %s: %w", channel, err)
 	}
 	return &ListenOutbox{conn: conn}, nil
 }

@@ -1,0 +1,238 @@
+package cli
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/membercenter/membercenter/services/profile"
+	"github.com/membercenter/membercenter/services/tags"
+)
+
+func tagsCmd(stdout, stderr io.Writer) *cobra.Command {
+	cmd := &cobra.Command{Use: "tags", Short: "The label catalogue and its backfill (docs/analytics.md)"}
+	load := &cobra.Command{
+		Use:   "load FILE",
+		Short: "Validate a label catalogue and make it the newest version; running services switch to it within seconds",
+		Long: `Validate a label catalogue (every label's expression, types, cycles, duplicate
+ids and worked examples) and store it as the newest version. A catalogue that
+fails validation is refused with every problem named by label, and the running
+catalogue stays in place. After loading, run 'membercenter tags backfill' to
+recompute every member's labels from history.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			src, err := os.ReadFile(args[0])
+			if err != nil {
+				return err
+			}
+			e, done, err := setup(cmd.Context(), stderr)
+			if err != nil {
+				return err
+			}
+			defer done()
+			c, err := tags.LoadCatalog(cmd.Context(), e.p.Pool(), src)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(stdout, "label catalogue %s loaded: %d labels, %d purchase filters\n", c.Version, len(c.Labels), len(c.Filters))
+			return nil
+		},
+	}
+	check := &cobra.Command{
+		Use:   "check [FILE]",
+		Short: "Validate a label catalogue (the shipped one without FILE) and run its worked examples",
+		Args:  cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			src := tags.DefaultCatalog()
+			if len(args) == 1 {
+				var err error
+				if src, err = os.ReadFile(args[0]); err != nil {
+					return err
+				}
+			}
+			c, err := tags.ParseCatalog(src)
+			if err != nil {
+				return err
+			}
+			examples := 0
+			for _, l := range c.Labels {
+				examples += len(l.Examples)
+			}
+			fmt.Fprintf(stdout, "label catalogue %s is valid: %d labels, %d worked examples hold\n", c.Version, len(c.Labels), examples)
+			return nil
+		},
+	}
+	var batch int
+	var restart bool
+	backfill := &cobra.Command{
+		Use:   "backfill",
+		Short: "Recompute every member's labels from the event history in ClickHouse (resumable, idempotent)",
+		Long: `Recompute every active member's features and labels from ClickHouse's
+member_events with the newest loaded catalogue. Progress is stored with each
+batch: an interrupted backfill resumes where it stopped; a finished one does
+nothing until --restart. Label changes go to the outbox and ClickHouse like
+the worker's, only where a value differs.`,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			e, done, err := setup(ctx, io.Discard)
+			if err != nil {
+				return err
+			}
+			defer done()
+			svc := tags.New(e.p.Pool(), changesWriter(e), e.tel.Logger)
+			if err := svc.Reload(ctx); err != nil {
+				return err
+			}
+			conn, err := e.p.OpenClickHouse(ctx)
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
+			bar := newProgressBar(stderr)
+			p, err := svc.Backfill(ctx, conn, tags.BackfillOptions{Batch: batch, Restart: restart, Progress: func(p tags.BackfillProgress) {
+				bar.update(p.Done, p.Total, p.Elapsed)
+			}})
+			bar.finish()
+			if err != nil {
+				return err
+			}
+			switch {
+			case p.AlreadyDone:
+				fmt.Fprintf(stdout, "catalogue %s was already backfilled for %d members (use --restart to run it again)\n", p.Catalog, p.Done)
+			default:
+				fmt.Fprintf(stdout, "catalogue %s backfilled: %d of %d members, %d with changed labels, %d events read in %s%s\n",
+					p.Catalog, p.Done, p.Total, p.Changed, p.Events, p.Elapsed.Round(time.Millisecond), map[bool]string{true: " (resumed)"}[p.Resumed])
+			}
+			return nil
+		},
+	}
+	backfill.Flags().IntVar(&batch, "batch", 500, "members per batch")
+	backfill.Flags().BoolVar(&restart, "restart", false, "forget an earlier run of this catalogue version and start again")
+	cmd.AddCommand(load, check, backfill)
+	return cmd
+}
+
+func segmentCmd(stdout, stderr io.Writer) *cobra.Command {
+	cmd := &cobra.Command{Use: "segment", Short: "Count or export the members a segment expression matches (docs/analytics.md)"}
+	open := func(cmd *cobra.Command) (*profile.Service, func(), error) {
+		e, done, err := setup(cmd.Context(), io.Discard)
+		if err != nil {
+			return nil, nil, err
+		}
+		svc := tags.New(e.p.Pool(), changesWriter(e), e.tel.Logger)
+		if err := svc.Reload(cmd.Context()); err != nil {
+			done()
+			return nil, nil, err
+		}
+		conn, err := e.p.OpenClickHouse(cmd.Context())
+		if err != nil {
+			done()
+			return nil, nil, err
+		}
+		ps := profile.New(e.p.Pool(), svc, changesWriter(e))
+		ps.SetFacts(conn)
+		return ps, func() { conn.Close(); done() }, nil
+	}
+	var showSQL bool
+	count := &cobra.Command{
+		Use:   "count EXPRESSION",
+		Short: "Count the members whose current labels match, e.g. 'lifecycle_stage == \"loyal\" && affinity_coffee'",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ps, done, err := open(cmd)
+			if err != nil {
+				return err
+			}
+			defer done()
+			start := time.Now()
+			n, q, err := ps.CountSegment(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			if showSQL {
+				fmt.Fprintf(stderr, "WHERE %s\n", q.Where)
+			}
+			fmt.Fprintf(stdout, "%d\n", n)
+			fmt.Fprintf(stderr, "%d members in %s\n", n, time.Since(start).Round(time.Millisecond))
+			return nil
+		},
+	}
+	count.Flags().BoolVar(&showSQL, "sql", false, "print the ClickHouse condition the expression compiled to")
+	export := &cobra.Command{
+		Use:   "export EXPRESSION",
+		Short: "Print the ids of the members whose current labels match, one per line",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ps, done, err := open(cmd)
+			if err != nil {
+				return err
+			}
+			defer done()
+			n := 0
+			err = ps.ExportSegment(cmd.Context(), args[0], 5000, func(ids []string) error {
+				n += len(ids)
+				_, err := io.WriteString(stdout, strings.Join(ids, "\n")+"\n")
+				return err
+			})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(stderr, "%d members\n", n)
+			return nil
+		},
+	}
+	cmd.AddCommand(count, export)
+	return cmd
+}
+
+// progressBar draws a one-line progress bar: redrawn in place on a
+// terminal, a line per 10% otherwise.
+type progressBar struct {
+	w     io.Writer
+	tty   bool
+	shown int64
+}
+
+func newProgressBar(w io.Writer) *progressBar {
+	tty := false
+	if f, ok := w.(*os.File); ok {
+		if st, err := f.Stat(); err == nil && st.Mode()&os.ModeCharDevice != 0 {
+			tty = true
+		}
+	}
+	return &progressBar{w: w, tty: tty, shown: -1}
+}
+
+func (b *progressBar) update(done, total int64, elapsed time.Duration) {
+	if total <= 0 {
+		return
+	}
+	pct := min(done*100/total, 100)
+	if !b.tty && pct/10 == b.shown/10 && b.shown >= 0 {
+		return
+	}
+	b.shown = pct
+	const width = 30
+	filled := int(pct * width / 100)
+	rate := float64(done) / max(elapsed.Seconds(), 0.001)
+	eta := ""
+	if rate > 0 && done < total {
+		eta = fmt.Sprintf(", %s left", (time.Duration(float64(total-done)/rate) * time.Second).Round(time.Second))
+	}
+	line := fmt.Sprintf("[%s%s] %3d%% %d/%d members, %.0f/s%s", strings.Repeat("#", filled), strings.Repeat(".", width-filled), pct, done, total, rate, eta)
+	if b.tty {
+		fmt.Fprintf(b.w, "\r%s", line)
+	} else {
+		fmt.Fprintln(b.w, line)
+	}
+}
+
+func (b *progressBar) finish() {
+	if b.tty && b.shown >= 0 {
+		fmt.Fprintln(b.w)
+	}
+}

@@ -1,0 +1,84 @@
+package profile
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/google/uuid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
+
+	"github.com/membercenter/membercenter/services/tags/segment"
+)
+
+// Server is the gRPC ProfileService.
+type Server struct {
+	mcv1.UnimplementedProfileServiceServer
+	svc *Service
+}
+
+// NewServer returns the gRPC adapter of svc.
+func NewServer(svc *Service) *Server { return &Server{svc: svc} }
+
+// GetProfile implements ProfileService.GetProfile.
+func (s *Server) GetProfile(ctx context.Context, req *mcv1.GetProfileRequest) (*mcv1.GetProfileResponse, error) {
+	id, err := uuid.Parse(req.GetMemberId())
+	if err != nil {
+		return nil, fmt.Errorf("%w: member_id: %v", ErrInvalid, err)
+	}
+	p, err := s.svc.Get(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	return &mcv1.GetProfileResponse{Profile: p}, nil
+}
+
+// ListLabels implements ProfileService.ListLabels.
+func (s *Server) ListLabels(_ context.Context, req *mcv1.ListLabelsRequest) (*mcv1.ListLabelsResponse, error) {
+	return s.svc.ListLabels(req.GetGroup()), nil
+}
+
+// UpdateAttributes implements ProfileService.UpdateAttributes.
+func (s *Server) UpdateAttributes(ctx context.Context, req *mcv1.UpdateAttributesRequest) (*mcv1.UpdateAttributesResponse, error) {
+	return s.svc.UpdateAttributes(ctx, req, mcv1.Channel_CHANNEL_UNSPECIFIED)
+}
+
+// SetConsent implements ProfileService.SetConsent.
+func (s *Server) SetConsent(ctx context.Context, req *mcv1.SetConsentRequest) (*mcv1.SetConsentResponse, error) {
+	return s.svc.SetConsent(ctx, req, mcv1.Channel_CHANNEL_UNSPECIFIED)
+}
+
+// CountSegment implements ProfileService.CountSegment.
+func (s *Server) CountSegment(ctx context.Context, req *mcv1.CountSegmentRequest) (*mcv1.CountSegmentResponse, error) {
+	n, q, err := s.svc.CountSegment(ctx, req.GetExpression())
+	if err != nil {
+		return nil, segmentStatus(err)
+	}
+	return &mcv1.CountSegmentResponse{Members: n, Sql: q.Where}, nil
+}
+
+// ExportSegment implements ProfileService.ExportSegment.
+func (s *Server) ExportSegment(req *mcv1.ExportSegmentRequest, stream grpc.ServerStreamingServer[mcv1.ExportSegmentResponse]) error {
+	batch := int(req.GetBatchSize())
+	if batch == 0 {
+		batch = 1000
+	}
+	err := s.svc.ExportSegment(stream.Context(), req.GetExpression(), batch, func(ids []string) error {
+		return stream.Send(&mcv1.ExportSegmentResponse{MemberIds: ids})
+	})
+	return segmentStatus(err)
+}
+
+// segmentStatus answers a bad expression with InvalidArgument and where it
+// went wrong.
+func segmentStatus(err error) error {
+	var se *segment.Error
+	if errors.As(err, &se) {
+		return status.Error(codes.InvalidArgument, se.Error())
+	}
+	return err
+}

@@ -1,0 +1,110 @@
+package tags
+
+import (
+	"math"
+	"strings"
+	"testing"
+)
+
+// TestCatalogExamples loads the shipped catalogue, which evaluates every
+// label's worked examples, and holds it to the size the product promises.
+func TestCatalogExamples(t *testing.T) {
+	c, err := ParseCatalog(DefaultCatalog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Labels) < 200 {
+		t.Errorf("catalogue has %d labels, want at least 200", len(c.Labels))
+	}
+	groups := map[string]int{}
+	examples := 0
+	for _, l := range c.Labels {
+		groups[l.Group]++
+		if len(l.Examples) == 0 {
+			t.Errorf("label %s has no worked example", l.ID)
+		}
+		examples += len(l.Examples)
+	}
+	for _, g := range Groups {
+		if groups[g] == 0 {
+			t.Errorf("group %s has no label", g)
+		}
+	}
+	t.Logf("%d labels, %d worked examples, %d features, groups %v", len(c.Labels), examples, len(c.Features()), groups)
+}
+
+func TestCatalogRejectsBadEntries(t *testing.T) {
+	label := func(id, typ, expr, examples string) string {
+		return `
+  - id: ` + id + `
+    name_en: X
+    name_zh: X
+    group: value
+    description: x
+    type: ` + typ + `
+    kind: rule
+    expr: '` + expr + `'
+` + examples
+	}
+	ex := "    examples:\n      - given: {orders_30d: 1}\n        expect: true\n"
+	tests := []struct {
+		name, labels, want string
+	}{
+		{"unknown feature", label("big", "bool", "spend_31d > 1.0", ex), `label big: expr: ERROR: <input>:1:1: undeclared reference to 'spend_31d'`},
+		{"type error", label("big", "bool", "spend_30d > \"a\"", ex), `label big: expr:`},
+		{"wrong output type", label("big", "bool", "spend_30d", ex), `label big: expr gives double, but the label is bool`},
+		{"cycle", label("a", "bool", "b", ex) + label("b", "bool", "a", ex), `cycle: a → b → a`},
+		{"duplicate id", label("a", "bool", "orders_30d > 0", ex) + label("a", "bool", "orders_30d > 0", ex), `label a: duplicate label id`},
+		{"missing example", label("a", "bool", "orders_30d > 0", ""), `label a: no worked example`},
+		{"failing example", label("a", "bool", "orders_30d > 5", ex), `label a: example 1: expected true, got false`},
+		{"example with an unknown input", label("a", "bool", "orders_30d > 0", "    examples:\n      - given: {orderz: 1}\n        expect: true\n"), `label a: example 1: given orderz: no such feature or label`},
+		{"enum value outside the list", `
+  - id: band
+    name_en: X
+    name_zh: X
+    group: value
+    description: x
+    type: enum
+    values: [low, high]
+    kind: rule
+    expr: 'orders_30d > 0 ? "high" : "low"'
+    examples:
+      - given: {orders_30d: 1}
+        expect: medium
+`, `label band: example 1: expect: "medium" is not one of low, high`},
+		{"unknown group", strings.Replace(label("a", "bool", "orders_30d > 0", ex), "group: value", "group: vibes", 1), `label a: group "vibes"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := ParseCatalog([]byte("version: t\ntimezone: Asia/Shanghai\nlabels:" + tt.labels))
+			if err == nil {
+				t.Fatal("catalogue accepted")
+			}
+			if !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("error %q\nwant it to contain %q", err, tt.want)
+			}
+		})
+	}
+}
+
+// TestBGNBD checks the model functions against the CDNOW example of Fader,
+// Hardie and Lee (2005): r=0.243, α=4.414, a=0.793, b=2.426; a customer
+// with x=2, t_x=30.43, T=38.86 weeks is expected to make 1.226 purchases in
+// the next 39 weeks.
+func TestBGNBD(t *testing.T) {
+	got := BGNBDExpected(0.243, 4.414, 0.793, 2.426, 2, 30.43, 38.86, 39)
+	if math.Abs(got-1.226) > 0.001 {
+		t.Errorf("E[Y(39)] = %.4f, want 1.226", got)
+	}
+	if p := BGNBDPAlive(0.243, 4.414, 0.793, 2.426, 0, 0, 38.86); p != 1 {
+		t.Errorf("P(alive) without repeat purchases = %v, want 1", p)
+	}
+	// A customer silent for long after a burst is less likely alive.
+	if a, b := BGNBDPAlive(0.243, 4.414, 0.793, 2.426, 5, 10, 20), BGNBDPAlive(0.243, 4.414, 0.793, 2.426, 5, 10, 60); !(b < a) {
+		t.Errorf("P(alive) %v at T=20, %v at T=60; want it to fall", a, b)
+	}
+	// Gamma-Gamma: p=6.25, q=3.74, γ=15.44 (CDNOW); x=2 at 35 → 35.24...
+	if m := GammaGammaMean(6.25, 3.74, 15.44, 0, 0); math.Abs(m-6.25*15.44/2.74) > 1e-9 {
+		t.Errorf("population mean %v", m)
+	}
+}

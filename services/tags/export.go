@@ -1,0 +1,143 @@
+package tags
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
+	"github.com/membercenter/membercenter/storage/clickhouse"
+	"github.com/membercenter/membercenter/storage/postgres"
+)
+
+// Columns are the ClickHouse profile columns of the catalogue's labels.
+func (c *Catalog) Columns() []clickhouse.ProfileColumn {
+	out := make([]clickhouse.ProfileColumn, len(c.Labels))
+	for i, l := range c.Labels {
+		out[i] = clickhouse.ProfileColumn{Name: l.ID, Type: l.Type}
+	}
+	return out
+}
+
+// Exporter copies members' current labels to ClickHouse's member_profiles:
+// profile_exports, written in the transaction that changed the labels, says
+// who is behind; a row leaves the queue only after its version is in
+// ClickHouse, so nothing is lost, and a row written twice collapses
+// (ReplacingMergeTree by version).
+type Exporter struct {
+	svc     *Service
+	conn    driver.Conn
+	w       *clickhouse.Writer
+	ensured string // catalogue version whose columns exist
+}
+
+// NewExporter returns an exporter writing to conn.
+func (s *Service) NewExporter(conn driver.Conn) *Exporter {
+	return &Exporter{svc: s, conn: conn, w: clickhouse.NewWriter(conn)}
+}
+
+// Ensure creates the profile table, its label columns and the analyst views
+// for the catalogue in force.
+func (e *Exporter) Ensure(ctx context.Context) error {
+	c := e.svc.Catalog()
+	if e.ensured == c.Version {
+		return nil
+	}
+	if err := clickhouse.EnsureProfiles(ctx, e.conn, c.Columns()); err != nil {
+		return err
+	}
+	e.ensured = c.Version
+	return nil
+}
+
+// Export drains up to batch queued members into ClickHouse and returns how
+// many it wrote.
+func (e *Exporter) Export(ctx context.Context, batch int) (int, error) {
+	if err := e.Ensure(ctx); err != nil {
+		return 0, err
+	}
+	cols := e.svc.Catalog().Columns()
+	n := 0
+	err := postgres.RetryTx(ctx, e.svc.pool, func(tx pgx.Tx) error {
+		rows, err := tx.Query(ctx, `
+			SELECT q.member_id, q.version, coalesce(f.labels, '{}'::jsonb), coalesce(f.catalog_version, ''),
+			       coalesce(f.updated_at, now()), coalesce(NOT c.granted, false)
+			  FROM (SELECT member_id, version FROM profile_exports ORDER BY queued_at LIMIT $1 FOR UPDATE SKIP LOCKED) q
+			  LEFT JOIN member_features f ON f.member_id = q.member_id
+			  LEFT JOIN member_consents c ON c.member_id = q.member_id AND c.purpose = $2`,
+			batch, int16(mcv1.ConsentPurpose_CONSENT_PURPOSE_PROFILING))
+		if err != nil {
+			return fmt.Errorf("claim profile exports: %w", err)
+		}
+		var out []clickhouse.ProfileRow
+		var ids []uuid.UUID
+		var versions []int64
+		for rows.Next() {
+			var id uuid.UUID
+			var version int64
+			var raw []byte
+			r := clickhouse.ProfileRow{}
+			if err := rows.Scan(&id, &version, &raw, &r.CatalogVersion, &r.UpdatedAt, &r.Withheld); err != nil {
+				rows.Close()
+				return err
+			}
+			if err := json.Unmarshal(raw, &r.Values); err != nil {
+				rows.Close()
+				return fmt.Errorf("decode labels of %s: %w", id, err)
+			}
+			r.MemberID, r.Version, r.UpdatedAt = id.String(), uint64(version), r.UpdatedAt.UTC()
+			out = append(out, r)
+			ids, versions = append(ids, id), append(versions, version)
+		}
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		if len(out) == 0 {
+			n = 0
+			return nil
+		}
+		if err := e.w.InsertProfiles(ctx, cols, out); err != nil {
+			return err
+		}
+		// A newer version queued meanwhile stays queued.
+		if _, err := tx.Exec(ctx, `DELETE FROM profile_exports p USING unnest($1::uuid[], $2::bigint[]) AS d(member_id, version)
+			WHERE p.member_id = d.member_id AND p.version <= d.version`, ids, versions); err != nil {
+			return fmt.Errorf("dequeue profile exports: %w", err)
+		}
+		n = len(out)
+		return nil
+	})
+	return n, err
+}
+
+// Run exports whenever labels change (NOTIFY), until ctx ends.
+func (e *Exporter) Run(ctx context.Context) error {
+	l, err := postgres.ListenChannel(ctx, e.svc.pool, ExportChannel)
+	if err != nil {
+		return err
+	}
+	defer l.Close()
+	for {
+		n, err := e.Export(ctx, 2000)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			e.svc.log.WarnContext(ctx, "profile export", "err", err)
+		}
+		if n > 0 && err == nil {
+			continue
+		}
+		if err := l.Wait(ctx, time.Second); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("wait for profile exports: %w", err)
+		}
+	}
+}

@@ -1,0 +1,71 @@
+package tags
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
+)
+
+// loadAs loads a member's features under the lock identity already holds,
+// without following a merge.
+func (s *Service) loadAs(ctx context.Context, tx pgx.Tx, id uuid.UUID) (*memberState, error) {
+	m := &memberState{id: id, labels: map[string]any{}, profiling: true, state: &State{}}
+	if err := tx.QueryRow(ctx, `SELECT attributes FROM members WHERE member_id = $1`, id).Scan(&m.attrs); err != nil {
+		return nil, fmt.Errorf("member %s: %w", id, err)
+	}
+	if err := s.loadRest(ctx, tx, m); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// Merged folds the source member's features into the target when identity
+// merges them and recomputes the target's labels from both histories; the
+// source's labels are cleared. Every record keeps its origin, so Unmerged
+// can split them again.
+func (s *Service) Merged(ctx context.Context, tx pgx.Tx, source, target uuid.UUID, at time.Time, cause string) error {
+	src, err := s.loadAs(ctx, tx, source)
+	if err != nil {
+		return err
+	}
+	dst, err := s.loadAs(ctx, tx, target)
+	if err != nil {
+		return err
+	}
+	dst.state.Absorb(src.state)
+	src.state = &State{}
+	if err := s.store(ctx, tx, src, map[string]any{}, time.Time{}, cause, mcv1.Channel_CHANNEL_BACKOFFICE, ""); err != nil {
+		return err
+	}
+	return s.recompute(ctx, tx, dst, nil, cause, mcv1.Channel_CHANNEL_BACKOFFICE, "")
+}
+
+// Unmerged gives the source back the records that came from it (origins:
+// the source and the members folded into it) and recomputes both members'
+// labels from the events each one's identifiers caused.
+func (s *Service) Unmerged(ctx context.Context, tx pgx.Tx, source, target uuid.UUID, origins []uuid.UUID, at time.Time, cause string) error {
+	src, err := s.loadAs(ctx, tx, source)
+	if err != nil {
+		return err
+	}
+	dst, err := s.loadAs(ctx, tx, target)
+	if err != nil {
+		return err
+	}
+	ids := make([]string, len(origins))
+	for i, o := range origins {
+		ids[i] = o.String()
+	}
+	back := dst.state.Split(ids)
+	back.Absorb(src.state)
+	src.state = back
+	if err := s.recompute(ctx, tx, src, nil, cause, mcv1.Channel_CHANNEL_BACKOFFICE, ""); err != nil {
+		return err
+	}
+	return s.recompute(ctx, tx, dst, nil, cause, mcv1.Channel_CHANNEL_BACKOFFICE, "")
+}

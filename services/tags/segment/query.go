@@ -1,0 +1,73 @@
+package segment
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+
+	"github.com/membercenter/membercenter/storage/clickhouse"
+)
+
+// DefaultBatch is Export's batch size when none is given.
+const DefaultBatch = 1000
+
+// Count is the number of members whose current profile (the newest version,
+// member_profiles FINAL) matches q.
+func Count(ctx context.Context, conn driver.Conn, q *Query) (uint64, error) {
+	if q == nil || q.Where == "" {
+		return 0, errors.New("segment count: no compiled query")
+	}
+	var n uint64
+	if err := conn.QueryRow(ctx, "SELECT count() FROM "+clickhouse.ProfilesTable+" FINAL WHERE "+q.Where).Scan(&n); err != nil {
+		return 0, fmt.Errorf("segment count %q: %w", q.Expr, err)
+	}
+	return n, nil
+}
+
+// Export streams the ids of the members matching q, ordered by member id, in
+// slices of at most batch ids (DefaultBatch when batch <= 0). Each slice is
+// new, so fn may keep it. An error from fn stops the export and is returned
+// as is.
+func Export(ctx context.Context, conn driver.Conn, q *Query, batch int, fn func([]string) error) error {
+	if q == nil || q.Where == "" {
+		return errors.New("segment export: no compiled query")
+	}
+	if batch <= 0 {
+		batch = DefaultBatch
+	}
+	// Closing rows drains the rest of the result: cancel the query first,
+	// so that stopping early (fn failed) does not read it all.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	rows, err := conn.Query(ctx, "SELECT member_id FROM "+clickhouse.ProfilesTable+" FINAL WHERE "+q.Where+" ORDER BY member_id")
+	if err != nil {
+		return fmt.Errorf("segment export %q: %w", q.Expr, err)
+	}
+	defer func() {
+		cancel()
+		_ = rows.Close()
+	}()
+	ids := make([]string, 0, batch)
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			return fmt.Errorf("segment export %q: %w", q.Expr, err)
+		}
+		ids = append(ids, id)
+		if len(ids) == batch {
+			if err := fn(ids); err != nil {
+				return err
+			}
+			ids = make([]string, 0, batch)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("segment export %q: %w", q.Expr, err)
+	}
+	if len(ids) > 0 {
+		return fn(ids)
+	}
+	return nil
+}

@@ -1,0 +1,533 @@
+// Package tags is the tag / profile engine: a versioned catalogue of labels
+// (catalog.yaml) computed from per-member features that the tag worker folds
+// event by event from member.events.v1, exactly once, with a sweep that
+// moves members out of time windows on time; label changes go to the outbox
+// (so channels see them) and to ClickHouse (current profiles and history)
+// for marketing. Backfill recomputes everything from ClickHouse history.
+package tags
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"slices"
+	"sort"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
+	"github.com/membercenter/membercenter/storage/postgres"
+
+	"github.com/membercenter/membercenter/pipeline/dlq"
+	"github.com/membercenter/membercenter/pipeline/worker"
+	"github.com/membercenter/membercenter/services/changes"
+)
+
+// Stage is the tag worker's name in consumer groups and processed_events.
+const Stage = "tags"
+
+// Service computes and stores labels.
+type Service struct {
+	pool    *pgxpool.Pool
+	changes changes.Writer
+	log     *slog.Logger
+	now     func() time.Time
+	cat     atomic.Pointer[Catalog]
+}
+
+var _ worker.Applier = (*Service)(nil)
+
+// New returns the service running the embedded catalogue until a loaded
+// version is found (Watch).
+func New(pool *pgxpool.Pool, ch changes.Writer, log *slog.Logger) *Service {
+	s := &Service{pool: pool, changes: ch, log: log, now: time.Now}
+	c, err := ParseCatalog(defaultCatalog)
+	if err != nil {
+		panic(fmt.Sprintf("embedded catalog.yaml: %v", err)) // covered by tests
+	}
+	s.cat.Store(c)
+	return s
+}
+
+// Catalog returns the catalogue in force.
+func (s *Service) Catalog() *Catalog { return s.cat.Load() }
+
+// SetClock replaces the clock, for tests.
+func (s *Service) SetClock(now func() time.Time) { s.now = now }
+
+// LoadCatalog validates a catalogue and stores it as the newest version;
+// running services switch to it (Watch). A catalogue that fails validation
+// is refused and nothing changes.
+func LoadCatalog(ctx context.Context, pool *pgxpool.Pool, src []byte) (*Catalog, error) {
+	c, err := ParseCatalog(src)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := pool.Exec(ctx, `INSERT INTO label_catalogs (version, source) VALUES ($1, $2)`, c.Version, string(src)); err != nil {
+		if postgres.IsUniqueViolation(err) {
+			return nil, fmt.Errorf("catalogue version %q was loaded before; give the new catalogue a new version", c.Version)
+		}
+		return nil, fmt.Errorf("store catalogue: %w", err)
+	}
+	return c, nil
+}
+
+// Reload switches to the newest stored catalogue if it is not in force. A
+// stored catalogue that no longer validates is logged and skipped: the
+// running one stays.
+func (s *Service) Reload(ctx context.Context) error {
+	var version, src string
+	err := s.pool.QueryRow(ctx, `SELECT version, source FROM label_catalogs ORDER BY seq DESC LIMIT 1`).Scan(&version, &src)
+	if errors.Is(err, pgx.ErrNoRows) || (err == nil && version == s.Catalog().Version) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read catalogue: %w", err)
+	}
+	c, err := ParseCatalog([]byte(src))
+	if err != nil {
+		return fmt.Errorf("stored catalogue %s refused, keeping %s: %w", version, s.Catalog().Version, err)
+	}
+	s.cat.Store(c)
+	s.log.InfoContext(ctx, "label catalogue loaded", "version", c.Version, "labels", len(c.Labels))
+	return nil
+}
+
+// Watch reloads the catalogue every interval until ctx ends.
+func (s *Service) Watch(ctx context.Context, interval time.Duration) error {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		if err := s.Reload(ctx); err != nil && ctx.Err() == nil {
+			s.log.WarnContext(ctx, "catalogue reload", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// memberState is what the engine holds of one member during an operation.
+type memberState struct {
+	id        uuid.UUID
+	attrs     map[string]string
+	exists    bool // member_features row
+	state     *State
+	labels    map[string]any
+	version   int64
+	catalog   string
+	dueAt     *time.Time
+	profiling bool // profiling consent not withdrawn
+	device    int
+}
+
+// lock locks the member (the members row first, like every writer of a
+// member, then its features) and loads what the engine needs. A merged
+// member's id is followed to the member it was merged into.
+func (s *Service) lock(ctx context.Context, tx pgx.Tx, id uuid.UUID) (*memberState, error) {
+	for range 5 {
+		m := &memberState{id: id, labels: map[string]any{}, profiling: true, state: &State{}}
+		var merged *uuid.UUID
+		err := tx.QueryRow(ctx, `SELECT attributes, merged_into FROM members WHERE member_id = $1 FOR UPDATE`, id).Scan(&m.attrs, &merged)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return nil, fmt.Errorf("member %s: %w", id, postgres.ErrNotFound)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("lock member: %w", err)
+		}
+		if merged != nil {
+			if id, err = postgres.CanonicalMember(ctx, tx, id); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		if err := s.loadRest(ctx, tx, m); err != nil {
+			return nil, err
+		}
+		return m, nil
+	}
+	return nil, fmt.Errorf("member %s keeps being merged", id)
+}
+
+func (s *Service) loadRest(ctx context.Context, tx pgx.Tx, m *memberState) error {
+	b := &pgx.Batch{}
+	var rawState, rawLabels []byte
+	b.Queue(`SELECT state, labels, version, catalog_version, due_at FROM member_features WHERE member_id = $1 FOR UPDATE`, m.id).
+		Query(func(rows pgx.Rows) error {
+			for rows.Next() {
+				m.exists = true
+				if err := rows.Scan(&rawState, &rawLabels, &m.version, &m.catalog, &m.dueAt); err != nil {
+					return err
+				}
+			}
+			return rows.Err()
+		})
+	b.Queue(`SELECT granted FROM member_consents WHERE member_id = $1 AND purpose = $2`, m.id, int16(mcv1.ConsentPurpose_CONSENT_PURPOSE_PROFILING)).
+		Query(func(rows pgx.Rows) error {
+			for rows.Next() {
+				if err := rows.Scan(&m.profiling); err != nil {
+					return err
+				}
+			}
+			return rows.Err()
+		})
+	b.Queue(`SELECT coalesce(max(n), 0) FROM (
+		    SELECT count(*) AS n FROM device_members
+		     WHERE device_hash IN (SELECT device_hash FROM device_members WHERE member_id = $1)
+		     GROUP BY device_hash) x`, m.id).QueryRow(func(row pgx.Row) error { return row.Scan(&m.device) })
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return fmt.Errorf("load features: %w", err)
+	}
+	if rawState != nil {
+		if err := json.Unmarshal(rawState, m.state); err != nil {
+			return fmt.Errorf("decode feature state: %w", err)
+		}
+		if err := json.Unmarshal(rawLabels, &m.labels); err != nil {
+			return fmt.Errorf("decode labels: %w", err)
+		}
+	}
+	return nil
+}
+
+func demographics(attrs map[string]string) Demographics {
+	return Demographics{BirthDate: attrs["birth_date"], Gender: attrs["gender"], City: attrs["city"]}
+}
+
+// Apply folds one member event into the member's features and recomputes
+// the labels it can change, once: the event id is recorded in the same
+// transaction.
+func (s *Service) Apply(ctx context.Context, ev *mcv1.MemberEvent) error {
+	resolved, err := uuid.Parse(ev.GetMemberId())
+	if err != nil {
+		return dlq.Reject(fmt.Errorf("member_id %q: %w", ev.GetMemberId(), err))
+	}
+	f := FactFromEvent(ev)
+	if f.Kind == "" {
+		return dlq.Reject(fmt.Errorf("member event %s has no payload", ev.GetEventId()))
+	}
+	if _, err := uuid.Parse(f.Origin); err != nil {
+		return dlq.Reject(fmt.Errorf("resolution.origin_member_id %q: %w", f.Origin, err))
+	}
+	return postgres.RetryTx(ctx, s.pool, func(tx pgx.Tx) error {
+		fresh, err := postgres.MarkProcessed(ctx, tx, Stage, ev.GetEventId())
+		if err != nil || !fresh {
+			return err
+		}
+		member, err := postgres.CanonicalMember(ctx, tx, resolved)
+		if err != nil {
+			return err
+		}
+		// Device sightings first, so this event counts.
+		for _, id := range ev.GetIdentifiers() {
+			if id.GetType() == mcv1.IdentifierType_IDENTIFIER_TYPE_DEVICE_ID && id.GetValueHash() != "" {
+				if _, err := tx.Exec(ctx, `INSERT INTO device_members (device_hash, member_id) VALUES ($1, $2) ON CONFLICT DO NOTHING`,
+					id.GetValueHash(), member); err != nil {
+					return fmt.Errorf("record device: %w", err)
+				}
+			}
+		}
+		m, err := s.lock(ctx, tx, member)
+		if err != nil {
+			return err
+		}
+		kinds := []string{f.Kind}
+		if su := ev.GetSignUp(); su != nil {
+			filled, err := s.fillAttributes(ctx, tx, m, su, ev)
+			if err != nil {
+				return err
+			}
+			if filled {
+				kinds = append(kinds, "attributes")
+			}
+		}
+		m.state.Fold(f)
+		return s.recompute(ctx, tx, m, kinds, ev.GetEventId(), ev.GetChannel(), ev.GetStoreId())
+	})
+}
+
+// fillAttributes copies what a sign-up says about the member into canonical
+// attributes the member does not have yet.
+func (s *Service) fillAttributes(ctx context.Context, tx pgx.Tx, m *memberState, su *mcv1.SignUp, ev *mcv1.MemberEvent) (bool, error) {
+	loc := s.Catalog().Location
+	add := map[string]string{}
+	if su.GetBirthDate() != nil && m.attrs["birth_date"] == "" {
+		add["birth_date"] = su.GetBirthDate().AsTime().In(loc).Format("2006-01-02")
+	}
+	if su.GetGender() != "" && m.attrs["gender"] == "" {
+		add["gender"] = su.GetGender()
+	}
+	if su.GetCity() != "" && m.attrs["city"] == "" {
+		add["city"] = su.GetCity()
+	}
+	if len(add) == 0 {
+		return false, nil
+	}
+	if m.attrs == nil {
+		m.attrs = map[string]string{}
+	}
+	maps.Copy(m.attrs, add)
+	if err := postgres.SetAttributes(ctx, tx, m.id, m.attrs); err != nil {
+		return false, err
+	}
+	_, err := s.changes.Append(ctx, tx, m.id, &mcv1.MemberChange{
+		CauseId: ev.GetEventId(), Channel: ev.GetChannel(), StoreId: ev.GetStoreId(),
+		Change: &mcv1.MemberChange_AttributesChanged{AttributesChanged: &mcv1.AttributesChanged{Attributes: add}},
+	})
+	return true, err
+}
+
+// recompute evaluates the member's labels — those the given kinds of
+// change can move, or all of them when the clock passed the member's due
+// time, the catalogue changed, or kinds is nil — and stores the result.
+func (s *Service) recompute(ctx context.Context, tx pgx.Tx, m *memberState, kinds []string, cause string, ch mcv1.Channel, store string) error {
+	c := s.Catalog()
+	now := s.now()
+	m.state.Trim(now)
+	feats := Compute(Inputs{State: m.state, Demo: demographics(m.attrs), Device: m.device}, now, c.Location, c.Filters, c.Version)
+	var only map[string]bool
+	if kinds != nil && m.exists && m.catalog == c.Version && (m.dueAt == nil || m.dueAt.After(now)) {
+		only = map[string]bool{}
+		for _, k := range kinds {
+			maps.Copy(only, c.Dirty(k))
+		}
+	}
+	labels := c.Evaluate(feats.Values, only, m.labels, !m.profiling)
+	return s.store(ctx, tx, m, labels, feats.Next, cause, ch, store)
+}
+
+// store writes the member's state and, when labels changed, the change
+// (outbox, member_labels, the ClickHouse export queue).
+func (s *Service) store(ctx context.Context, tx pgx.Tx, m *memberState, labels map[string]any, due time.Time, cause string, ch mcv1.Channel, storeID string) error {
+	c := s.Catalog()
+	now := s.now()
+	diff := Diff(m.labels, labels, now)
+	b := &pgx.Batch{}
+	version := m.version
+	if len(diff) > 0 {
+		version++
+		if _, err := s.changes.Append(ctx, tx, m.id, &mcv1.MemberChange{
+			CauseId: cause, Channel: ch, StoreId: storeID,
+			Change: &mcv1.MemberChange_LabelsChanged{LabelsChanged: &mcv1.LabelsChanged{Labels: diff}},
+		}); err != nil {
+			return err
+		}
+		var setIDs, setValues, delIDs []string
+		for _, d := range diff {
+			if d.GetCleared() {
+				delIDs = append(delIDs, d.GetLabelId())
+			} else {
+				setIDs = append(setIDs, d.GetLabelId())
+				setValues = append(setValues, FormatValue(labels[d.GetLabelId()]))
+			}
+		}
+		if len(delIDs) > 0 {
+			b.Queue(`DELETE FROM member_labels WHERE member_id = $1 AND label_id = ANY($2)`, m.id, delIDs)
+		}
+		if len(setIDs) > 0 {
+			b.Queue(`INSERT INTO member_labels (member_id, label_id, value, updated_at)
+				SELECT $1, unnest($2::text[]), unnest($3::text[]), $4
+				ON CONFLICT (member_id, label_id) DO UPDATE SET value = EXCLUDED.value, updated_at = EXCLUDED.updated_at`,
+				m.id, setIDs, setValues, now)
+		}
+		b.Queue(`INSERT INTO profile_exports (member_id, version) VALUES ($1, $2)
+			ON CONFLICT (member_id) DO UPDATE SET version = EXCLUDED.version, queued_at = now()`, m.id, version)
+		b.Queue(`SELECT pg_notify($1, '')`, ExportChannel)
+	}
+	rawState, err := json.Marshal(m.state)
+	if err != nil {
+		return err
+	}
+	rawLabels, err := json.Marshal(labels)
+	if err != nil {
+		return err
+	}
+	var dueAt *time.Time
+	if !due.IsZero() {
+		dueAt = &due
+	}
+	b.Queue(`INSERT INTO member_features (member_id, state, labels, catalog_version, version, due_at, updated_at)
+		VALUES ($1, $2, $3, $4, $5, $6, $7)
+		ON CONFLICT (member_id) DO UPDATE SET state = EXCLUDED.state, labels = EXCLUDED.labels,
+		  catalog_version = EXCLUDED.catalog_version, version = EXCLUDED.version, due_at = EXCLUDED.due_at,
+		  updated_at = EXCLUDED.updated_at`,
+		m.id, rawState, rawLabels, c.Version, version, dueAt, now)
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return fmt.Errorf("store labels: %w", err)
+	}
+	m.labels, m.version, m.catalog, m.dueAt, m.exists = labels, version, c.Version, dueAt, true
+	return nil
+}
+
+// ExportChannel is the NOTIFY channel that wakes the profile exporter.
+const ExportChannel = "mc_profile_exports"
+
+// Diff lists the labels whose value changed from prev to next, in id order;
+// labels that disappeared are cleared.
+func Diff(prev, next map[string]any, at time.Time) []*mcv1.LabelValue {
+	var ids []string
+	for id, v := range next {
+		if p, ok := prev[id]; !ok || !sameValue(p, v) {
+			ids = append(ids, id)
+		}
+	}
+	for id := range prev {
+		if _, ok := next[id]; !ok {
+			ids = append(ids, id)
+		}
+	}
+	sort.Strings(ids)
+	out := make([]*mcv1.LabelValue, 0, len(ids))
+	for _, id := range ids {
+		lv := &mcv1.LabelValue{LabelId: id, ComputedAt: timestamppb.New(at)}
+		v, ok := next[id]
+		if !ok {
+			lv.Cleared = true
+		} else {
+			SetProtoValue(lv, v)
+		}
+		out = append(out, lv)
+	}
+	return out
+}
+
+// sameValue compares label values as stored (JSON numbers decode as
+// float64).
+func sameValue(a, b any) bool {
+	return FormatValue(a) == FormatValue(b)
+}
+
+// SetProtoValue sets lv's value from a label value.
+func SetProtoValue(lv *mcv1.LabelValue, v any) {
+	switch x := v.(type) {
+	case bool:
+		lv.Value = &mcv1.LabelValue_BoolValue{BoolValue: x}
+	case string:
+		lv.Value = &mcv1.LabelValue_EnumValue{EnumValue: x}
+	case float64:
+		lv.Value = &mcv1.LabelValue_NumberValue{NumberValue: x}
+	}
+}
+
+// FormatValue renders a label value as text: true/false, the enum value,
+// or the number.
+func FormatValue(v any) string {
+	switch x := v.(type) {
+	case bool:
+		return strconv.FormatBool(x)
+	case string:
+		return x
+	case float64:
+		return strconv.FormatFloat(x, 'g', -1, 64)
+	}
+	return fmt.Sprint(v)
+}
+
+// Recompute re-evaluates every label of a member in tx (after attribute or
+// consent changes, merges), with cause as the change's cause.
+func (s *Service) Recompute(ctx context.Context, tx pgx.Tx, member uuid.UUID, cause string, ch mcv1.Channel) error {
+	m, err := s.lock(ctx, tx, member)
+	if err != nil {
+		return err
+	}
+	return s.recompute(ctx, tx, m, nil, cause, ch, "")
+}
+
+// Sweep recomputes members whose due time has passed (a window ended, a day
+// began) in batches, and returns how many it recomputed.
+func (s *Service) Sweep(ctx context.Context, batch int) (int, error) {
+	total := 0
+	for {
+		n := 0
+		err := postgres.RetryTx(ctx, s.pool, func(tx pgx.Tx) error {
+			n = 0
+			rows, err := tx.Query(ctx, `SELECT member_id FROM member_features WHERE due_at <= $1
+				ORDER BY due_at LIMIT $2 FOR UPDATE SKIP LOCKED`, s.now(), batch)
+			if err != nil {
+				return err
+			}
+			ids, err := pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
+			if err != nil {
+				return fmt.Errorf("due members: %w", err)
+			}
+			for _, id := range ids {
+				if err := s.Recompute(ctx, tx, id, "sweep", mcv1.Channel_CHANNEL_BACKOFFICE); err != nil {
+					return err
+				}
+			}
+			n = len(ids)
+			return nil
+		})
+		if err != nil {
+			return total, err
+		}
+		total += n
+		if n < batch {
+			return total, nil
+		}
+	}
+}
+
+// RunSweeper sweeps every interval until ctx ends.
+func (s *Service) RunSweeper(ctx context.Context, interval time.Duration) error {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		if n, err := s.Sweep(ctx, 500); err != nil && ctx.Err() == nil {
+			s.log.WarnContext(ctx, "label sweep", "err", err)
+		} else if n > 0 {
+			s.log.DebugContext(ctx, "label sweep", "members", n)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// Labels returns a member's current labels (a merged member's id answers
+// with the member it was merged into) and the catalogue version they were
+// computed with.
+func (s *Service) Labels(ctx context.Context, q postgres.Querier, member uuid.UUID) (map[string]any, time.Time, error) {
+	var raw []byte
+	var at time.Time
+	err := q.QueryRow(ctx, `SELECT labels, updated_at FROM member_features WHERE member_id = $1`, member).Scan(&raw, &at)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return map[string]any{}, time.Time{}, nil
+	}
+	if err != nil {
+		return nil, at, fmt.Errorf("read labels: %w", err)
+	}
+	out := map[string]any{}
+	if err := json.Unmarshal(raw, &out); err != nil {
+		return nil, at, fmt.Errorf("decode labels: %w", err)
+	}
+	return out, at, nil
+}
+
+// ProtoLabels renders labels in id order.
+func ProtoLabels(labels map[string]any, at time.Time) []*mcv1.LabelValue {
+	ids := slices.Sorted(maps.Keys(labels))
+	out := make([]*mcv1.LabelValue, 0, len(ids))
+	for _, id := range ids {
+		lv := &mcv1.LabelValue{LabelId: id, ComputedAt: timestamppb.New(at)}
+		SetProtoValue(lv, labels[id])
+		out = append(out, lv)
+	}
+	return out
+}
+
+// UseCatalog puts a parsed catalogue in force in this process (tests, the
+// backfill of a catalogue before it is loaded).
+func (s *Service) UseCatalog(c *Catalog) { s.cat.Store(c) }

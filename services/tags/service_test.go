@@ -1,0 +1,360 @@
+package tags_test
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
+	"github.com/membercenter/membercenter/storage/postgres"
+	"github.com/membercenter/membercenter/storage/postgres/pgtest"
+
+	"github.com/membercenter/membercenter/services/changes"
+	"github.com/membercenter/membercenter/services/tags"
+)
+
+// testCatalog is small and fixed, so these tests do not move with the
+// shipped catalogue (which TestCatalogExamples covers).
+const testCatalog = `
+version: test-1
+timezone: Asia/Shanghai
+filters:
+  - id: coffee
+    description: coffee in the basket
+    expr: "'coffee' in p.categories"
+labels:
+  - id: active_30d
+    name_en: Active buyer
+    name_zh: 近30天活跃
+    group: lifecycle
+    description: At least one purchase in the last 30 days.
+    type: bool
+    kind: window
+    expr: orders_30d > 0
+    examples:
+      - given: {orders_30d: 1}
+        expect: true
+  - id: spend_30d_value
+    name_en: Spend 30d
+    name_zh: 近30天消费
+    group: value
+    description: Net spend in the last 30 days.
+    type: number
+    kind: window
+    expr: spend_30d
+    examples:
+      - given: {spend_30d: 12.5}
+        expect: 12.5
+  - id: coffee_lover
+    name_en: Coffee lover
+    name_zh: 咖啡爱好者
+    group: affinity
+    description: Coffee in at least half of the purchases with basket lines, 365 days.
+    type: bool
+    kind: rule
+    expr: coffee_share_365d >= 0.5
+    examples:
+      - given: {coffee_share_365d: 0.5}
+        expect: true
+      - given: {}
+        expect: null
+  - id: checkin_fan
+    name_en: Check-in fan
+    name_zh: 签到达人
+    group: engagement
+    description: Three check-ins in 7 days.
+    type: bool
+    kind: window
+    expr: checkins_7d >= 3
+    examples:
+      - given: {checkins_7d: 3}
+        expect: true
+  - id: age_band
+    name_en: Age band
+    name_zh: 年龄段
+    group: demographics
+    description: Age band from birth date.
+    type: enum
+    values: [under_25, "25_39", 40_plus]
+    kind: attribute
+    expr: 'age < 25 ? "under_25" : age < 40 ? "25_39" : "40_plus"'
+    examples:
+      - given: {age: 30}
+        expect: "25_39"
+      - given: {}
+        expect: null
+`
+
+type fixture struct {
+	pool  *pgxpool.Pool
+	svc   *tags.Service
+	clock *time.Time
+}
+
+var t0 = time.Date(2026, 3, 2, 10, 0, 0, 0, time.UTC) // a Monday
+
+func newFixture(t *testing.T) *fixture {
+	t.Helper()
+	pool := pgtest.NewPool(t, nil)
+	svc := tags.New(pool, changes.Writer{}, slog.New(slog.DiscardHandler))
+	c, err := tags.ParseCatalog([]byte(testCatalog))
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc.UseCatalog(c)
+	now := t0
+	f := &fixture{pool: pool, svc: svc, clock: &now}
+	svc.SetClock(func() time.Time { return *f.clock })
+	return f
+}
+
+func ctxT(t *testing.T) context.Context {
+	c, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return c
+}
+
+func (f *fixture) member(t *testing.T) uuid.UUID {
+	t.Helper()
+	id := uuid.Must(uuid.NewV7())
+	if err := postgres.InsertMember(context.Background(), f.pool, id, *f.clock); err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+func purchase(id string, member uuid.UUID, at time.Time, amount int64, cats ...string) *mcv1.MemberEvent {
+	txn := &mcv1.Transaction{OrderId: "O-" + id, Total: &mcv1.Money{Currency: "CNY", AmountMinor: amount}}
+	for _, c := range cats {
+		txn.Items = append(txn.Items, &mcv1.LineItem{Sku: c + "-1", Category: c, Quantity: 1, Amount: &mcv1.Money{Currency: "CNY", AmountMinor: amount / int64(len(cats))}})
+	}
+	return &mcv1.MemberEvent{EventId: id, MemberId: member.String(), Channel: mcv1.Channel_CHANNEL_POS, StoreId: "SH-1",
+		OccurredAt: timestamppb.New(at), Payload: &mcv1.MemberEvent_Transaction{Transaction: txn}}
+}
+
+func (f *fixture) labels(t *testing.T, m uuid.UUID) map[string]any {
+	t.Helper()
+	l, _, err := f.svc.Labels(context.Background(), f.pool, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// labelChanges returns the LabelsChanged changes in the member's outbox.
+func (f *fixture) labelChanges(t *testing.T, m uuid.UUID) []*mcv1.LabelsChanged {
+	t.Helper()
+	rows, err := f.pool.Query(context.Background(), `SELECT payload FROM outbox WHERE member_id = $1 ORDER BY sequence`, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	payloads, err := pgx.CollectRows(rows, pgx.RowTo[[]byte])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []*mcv1.LabelsChanged
+	for _, p := range payloads {
+		ch := &mcv1.MemberChange{}
+		if err := proto.Unmarshal(p, ch); err != nil {
+			t.Fatal(err)
+		}
+		if lc := ch.GetLabelsChanged(); lc != nil {
+			out = append(out, lc)
+		}
+	}
+	return out
+}
+
+func TestApplyComputesLabelsOnceAndWritesTheChange(t *testing.T) {
+	f := newFixture(t)
+	c := ctxT(t)
+	m := f.member(t)
+	ev := purchase("e1", m, t0.Add(-time.Hour), 3000, "coffee", "bakery")
+	if err := f.svc.Apply(c, ev); err != nil {
+		t.Fatal(err)
+	}
+	got := f.labels(t, m)
+	if got["active_30d"] != true || got["spend_30d_value"] != 30.0 || got["coffee_lover"] != true {
+		t.Errorf("labels after a coffee purchase: %v", got)
+	}
+	if _, ok := got["age_band"]; ok {
+		t.Errorf("age_band set without a birth date: %v", got["age_band"])
+	}
+	// Redelivery changes nothing.
+	if err := f.svc.Apply(c, ev); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.labels(t, m)["spend_30d_value"]; got != 30.0 {
+		t.Errorf("redelivered event counted twice: spend %v", got)
+	}
+	lc := f.labelChanges(t, m)
+	if len(lc) != 1 {
+		t.Fatalf("%d label changes in the outbox, want 1", len(lc))
+	}
+	ids := ""
+	for _, l := range lc[0].GetLabels() {
+		ids += l.GetLabelId() + " "
+	}
+	if ids != "active_30d checkin_fan coffee_lover spend_30d_value " {
+		t.Errorf("label change lists %q", ids)
+	}
+	// The profile export queue and member_labels follow.
+	var queued, rows int
+	if err := f.pool.QueryRow(c, `SELECT (SELECT count(*) FROM profile_exports WHERE member_id = $1),
+		(SELECT count(*) FROM member_labels WHERE member_id = $1)`, m).Scan(&queued, &rows); err != nil {
+		t.Fatal(err)
+	}
+	if queued != 1 || rows != 4 {
+		t.Errorf("profile_exports %d, member_labels %d; want 1 and 4", queued, rows)
+	}
+}
+
+// TestMissingFieldsAreAbsent: a purchase without basket lines says nothing
+// about categories, so coffee_lover stays absent rather than false.
+func TestMissingFieldsAreAbsent(t *testing.T) {
+	f := newFixture(t)
+	c := ctxT(t)
+	m := f.member(t)
+	if err := f.svc.Apply(c, purchase("e1", m, t0.Add(-time.Hour), 1000)); err != nil {
+		t.Fatal(err)
+	}
+	got := f.labels(t, m)
+	if _, ok := got["coffee_lover"]; ok {
+		t.Errorf("coffee_lover = %v from a purchase without lines; want absent", got["coffee_lover"])
+	}
+	if got["active_30d"] != true {
+		t.Errorf("active_30d = %v", got["active_30d"])
+	}
+	// A purchase with lines decides it; the one without does not dilute it.
+	if err := f.svc.Apply(c, purchase("e2", m, t0.Add(-30*time.Minute), 1000, "coffee")); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.labels(t, m)["coffee_lover"]; got != true {
+		t.Errorf("coffee_lover = %v after a coffee basket; want true", got)
+	}
+}
+
+// TestWindowExpiresOnTime: with no further event, the sweep clears
+// active_30d exactly 30 days after the purchase, not before.
+func TestWindowExpiresOnTime(t *testing.T) {
+	f := newFixture(t)
+	c := ctxT(t)
+	m := f.member(t)
+	bought := t0.Add(-time.Hour)
+	if err := f.svc.Apply(c, purchase("e1", m, bought, 1000)); err != nil {
+		t.Fatal(err)
+	}
+	var due time.Time
+	if err := f.pool.QueryRow(c, `SELECT due_at FROM member_features WHERE member_id = $1`, m).Scan(&due); err != nil {
+		t.Fatal(err)
+	}
+	if due.After(bought.Add(30 * 24 * time.Hour)) {
+		t.Fatalf("due at %v, after the window ends at %v", due, bought.Add(30*24*time.Hour))
+	}
+	// Sweep day by day until just before the end: still active.
+	for *f.clock = t0; f.clock.Before(bought.Add(30*24*time.Hour - time.Second)); *f.clock = f.clock.Add(24 * time.Hour) {
+		if _, err := f.svc.Sweep(c, 100); err != nil {
+			t.Fatal(err)
+		}
+	}
+	*f.clock = bought.Add(30*24*time.Hour - time.Second)
+	if _, err := f.svc.Sweep(c, 100); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.labels(t, m)["active_30d"]; got != true {
+		t.Fatalf("active_30d = %v one second before the window ends", got)
+	}
+	*f.clock = bought.Add(30 * 24 * time.Hour)
+	n, err := f.svc.Sweep(c, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != 1 {
+		t.Errorf("sweep recomputed %d members at the window's end, want 1", n)
+	}
+	got := f.labels(t, m)
+	if got["active_30d"] != false || got["spend_30d_value"] != 0.0 {
+		t.Errorf("at the window's end: active_30d %v, spend %v; want false, 0", got["active_30d"], got["spend_30d_value"])
+	}
+	lc := f.labelChanges(t, m)
+	if last := lc[len(lc)-1]; len(last.GetLabels()) != 2 {
+		t.Errorf("the expiry's change lists %d labels: %v", len(last.GetLabels()), last)
+	}
+}
+
+// TestCheckInRecomputesOnlyWhatItCanChange: a check-in re-evaluates the
+// labels over check-ins; the others keep their stored value even if their
+// inputs would say otherwise (shown by editing a stored label).
+func TestCheckInRecomputesOnlyWhatItCanChange(t *testing.T) {
+	f := newFixture(t)
+	c := ctxT(t)
+	m := f.member(t)
+	if err := f.svc.Apply(c, purchase("e1", m, t0.Add(-time.Hour), 1000)); err != nil {
+		t.Fatal(err)
+	}
+	dirty := f.svc.Catalog().Dirty(tags.KindCheckIn)
+	if !dirty["checkin_fan"] || dirty["spend_30d_value"] || dirty["active_30d"] {
+		t.Errorf("check-in dirty set %v", dirty)
+	}
+	for i := range 3 {
+		ev := &mcv1.MemberEvent{EventId: fmt.Sprintf("ci%d", i), MemberId: m.String(), Channel: mcv1.Channel_CHANNEL_APP,
+			OccurredAt: timestamppb.New(t0.Add(time.Duration(i-3) * time.Minute)), Payload: &mcv1.MemberEvent_CheckIn{CheckIn: &mcv1.CheckIn{}}}
+		if err := f.svc.Apply(c, ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := f.labels(t, m)["checkin_fan"]; got != true {
+		t.Errorf("checkin_fan = %v after three check-ins", got)
+	}
+}
+
+// TestConsentWithdrawalWithholdsBehaviouralLabels: profiling consent
+// withdrawn → only demographic labels remain; granted again → back.
+func TestConsentWithdrawalWithholdsBehaviouralLabels(t *testing.T) {
+	f := newFixture(t)
+	c := ctxT(t)
+	m := f.member(t)
+	if _, err := f.pool.Exec(c, `UPDATE members SET attributes = '{"birth_date": "1990-05-01"}' WHERE member_id = $1`, m); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.svc.Apply(c, purchase("e1", m, t0.Add(-time.Hour), 1000)); err != nil {
+		t.Fatal(err)
+	}
+	set := func(granted bool) {
+		t.Helper()
+		err := pgx.BeginFunc(c, f.pool, func(tx pgx.Tx) error {
+			if _, err := tx.Exec(c, `INSERT INTO member_consents (member_id, purpose, granted, decided_at, cause) VALUES ($1, 2, $2, now(), 'test')
+				ON CONFLICT (member_id, purpose) DO UPDATE SET granted = EXCLUDED.granted`, m, granted); err != nil {
+				return err
+			}
+			return f.svc.Recompute(c, tx, m, "test", mcv1.Channel_CHANNEL_APP)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	set(false)
+	got := f.labels(t, m)
+	if len(got) != 1 || got["age_band"] != "25_39" {
+		t.Errorf("labels with profiling withdrawn: %v; want only age_band", got)
+	}
+	// Events keep counting while withdrawn; labels come back when granted.
+	if err := f.svc.Apply(c, purchase("e2", m, t0.Add(-time.Minute), 500)); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.labels(t, m); len(got) != 1 {
+		t.Errorf("a purchase while withdrawn set labels: %v", got)
+	}
+	set(true)
+	if got := f.labels(t, m); got["spend_30d_value"] != 15.0 || got["active_30d"] != true {
+		t.Errorf("labels after consent granted again: %v", got)
+	}
+}

@@ -1,0 +1,609 @@
+package clickhouse
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"regexp"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+)
+
+// Label value types, as the catalogue names them.
+const (
+	LabelBool   = "bool"
+	LabelEnum   = "enum"
+	LabelNumber = "number"
+)
+
+// ProfilesTable is the table of current label values, one row per member
+// (the newest version wins) and one Nullable column per catalogue label.
+const ProfilesTable = "member_profiles"
+
+// ProfileColumn is the column of one catalogue label in member_profiles.
+type ProfileColumn struct {
+	// Name is the label id, ^[a-z][a-z0-9_]{0,62}$.
+	Name string
+	// Type is the label's value type: "bool", "enum" or "number".
+	Type string
+}
+
+// SQLType is the ClickHouse type of the column: absent values are NULL.
+func (c ProfileColumn) SQLType() (string, error) {
+	switch c.Type {
+	case LabelBool:
+		return "Nullable(UInt8)", nil
+	case LabelEnum:
+		return "Nullable(String)", nil
+	case LabelNumber:
+		return "Nullable(Float64)", nil
+	}
+	return "", fmt.Errorf("label %q: value type %q is not bool, enum or number", c.Name, c.Type)
+}
+
+var labelColumnName = regexp.MustCompile(`^[a-z][a-z0-9_]{0,62}$`)
+
+// profileFixed are member_profiles' columns that are not labels.
+var profileFixed = []struct{ name, typ string }{
+	{"member_id", "String"},
+	{"version", "UInt64"},
+	{"updated_at", "DateTime"},
+	{"catalog_version", "String"},
+	{"behavioural_withheld", "UInt8"},
+}
+
+// validateProfileColumns checks names and types and that no label shadows a
+// fixed column or another label.
+func validateProfileColumns(cols []ProfileColumn) error {
+	var errs []error
+	seen := map[string]bool{}
+	for _, f := range profileFixed {
+		seen[f.name] = true
+	}
+	for _, c := range cols {
+		if !labelColumnName.MatchString(c.Name) {
+			errs = append(errs, fmt.Errorf("label %q: id must match %s", c.Name, labelColumnName))
+			continue
+		}
+		if seen[c.Name] {
+			errs = append(errs, fmt.Errorf("label %q: duplicate or reserved column name", c.Name))
+		}
+		seen[c.Name] = true
+		if _, err := c.SQLType(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// quoteIdent quotes a validated column name; labels such as "not" or
+// "select" would otherwise be keywords.
+func quoteIdent(name string) string { return "`" + name + "`" }
+
+// EnsureProfiles makes member_profiles hold a column for every label in
+// cols and (re)creates the analyst views over it (docs/analytics.md). Run it
+// after Migrate, whenever a catalogue is loaded; running it again is a no-op
+// apart from recreating the views.
+//
+// Columns are only ever added. A label that left the catalogue keeps its
+// column (and its history): rows written afterwards hold NULL there, and the
+// views, which follow the catalogue, stop showing it. An existing column
+// whose type differs from the label's type is refused: changing a label's
+// type needs a new label id (or a manual migration of the column).
+func EnsureProfiles(ctx context.Context, conn driver.Conn, cols []ProfileColumn) error {
+	if err := validateProfileColumns(cols); err != nil {
+		return fmt.Errorf("member_profiles columns: %w", err)
+	}
+	var defs []string
+	for _, f := range profileFixed {
+		defs = append(defs, quoteIdent(f.name)+" "+f.typ)
+	}
+	for _, c := range cols {
+		t, _ := c.SQLType()
+		defs = append(defs, quoteIdent(c.Name)+" "+t)
+	}
+	// No partitioning: the table holds one small row per member and is
+	// replaced in place; FINAL merges across the whole table anyway.
+	create := "CREATE TABLE IF NOT EXISTS " + ProfilesTable + " (\n    " + strings.Join(defs, ",\n    ") +
+		"\n) ENGINE = ReplacingMergeTree(version)\nORDER BY member_id"
+	if err := conn.Exec(ctx, create); err != nil {
+		return fmt.Errorf("create %s: %w", ProfilesTable, err)
+	}
+	missing, err := missingProfileColumns(ctx, conn, cols)
+	if err != nil {
+		return err
+	}
+	if len(missing) > 0 {
+		adds := make([]string, len(missing))
+		for i, c := range missing {
+			t, _ := c.SQLType()
+			adds[i] = "ADD COLUMN " + quoteIdent(c.Name) + " " + t
+		}
+		// 18.16 has no ADD COLUMN IF NOT EXISTS: when another process added
+		// the same columns first, the ALTER fails and the re-read below
+		// decides.
+		alterErr := conn.Exec(ctx, "ALTER TABLE "+ProfilesTable+" "+strings.Join(adds, ", "))
+		still, err := missingProfileColumns(ctx, conn, cols)
+		if err != nil {
+			return err
+		}
+		if len(still) > 0 {
+			return fmt.Errorf("add %d label columns to %s: %w", len(still), ProfilesTable, alterErr)
+		}
+	}
+	if err := ensureViews(ctx, conn, cols); err != nil {
+		return err
+	}
+	return nil
+}
+
+// missingProfileColumns reads member_profiles' columns, refuses type
+// conflicts, and returns the label columns not there yet.
+func missingProfileColumns(ctx context.Context, conn driver.Conn, cols []ProfileColumn) ([]ProfileColumn, error) {
+	have, err := tableColumns(ctx, conn, ProfilesTable)
+	if err != nil {
+		return nil, err
+	}
+	var errs []error
+	for _, f := range profileFixed {
+		if t, ok := have[f.name]; !ok || t != f.typ {
+			errs = append(errs, fmt.Errorf("%s.%s is %q, want %s (a table of that name that member center did not create?)",
+				ProfilesTable, f.name, t, f.typ))
+		}
+	}
+	var missing []ProfileColumn
+	for _, c := range cols {
+		want, _ := c.SQLType()
+		got, ok := have[c.Name]
+		switch {
+		case !ok:
+			missing = append(missing, c)
+		case got != want:
+			errs = append(errs, fmt.Errorf("label %q is %s in the catalogue but %s.%s is %s: a label's type cannot change under the same id",
+				c.Name, c.Type, ProfilesTable, c.Name, got))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return missing, nil
+}
+
+func tableColumns(ctx context.Context, conn driver.Conn, table string) (map[string]string, error) {
+	rows, err := conn.Query(ctx, `SELECT name, type FROM system.columns
+		WHERE database = currentDatabase() AND table = '`+table+`'`)
+	if err != nil {
+		return nil, fmt.Errorf("read columns of %s: %w", table, err)
+	}
+	defer rows.Close()
+	out := map[string]string{}
+	for rows.Next() {
+		var name, typ string
+		if err := rows.Scan(&name, &typ); err != nil {
+			return nil, fmt.Errorf("read columns of %s: %w", table, err)
+		}
+		out[name] = typ
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read columns of %s: %w", table, err)
+	}
+	return out, nil
+}
+
+// Fixed label ids the views rely on.
+const (
+	labelRScore         = "rfm_r_score"
+	labelFScore         = "rfm_f_score"
+	labelMScore         = "rfm_m_score"
+	labelLifecycleStage = "lifecycle_stage"
+	labelLTV            = "ltv_365d"
+)
+
+// LifecycleStages are the lifecycle_stage values in funnel order.
+var LifecycleStages = []string{
+	"potential", "new", "first_experience", "growing", "deeply_engaged",
+	"loyal", "at_risk", "dormant", "lost", "win_back",
+}
+
+// ProfileViews are the analyst views EnsureProfiles manages.
+var ProfileViews = []string{"current_profiles", "label_distribution", "rfm_matrix", "lifecycle_funnel", "daily_kpis"}
+
+// ensureViews drops and recreates every view, so each follows the
+// catalogue; a view whose labels are missing from it is dropped and not
+// recreated. Between the drop and the create a query of the view fails:
+// catalogue loads are rare and the window is one round trip.
+func ensureViews(ctx context.Context, conn driver.Conn, cols []ProfileColumn) error {
+	typ := map[string]string{}
+	for _, c := range cols {
+		typ[c.Name] = c.Type
+	}
+	views := map[string]string{
+		"current_profiles": "SELECT * FROM " + ProfilesTable + " FINAL",
+		"daily_kpis":       dailyKPIsView(typ[labelLTV] == LabelNumber),
+	}
+	if len(cols) > 0 {
+		views["label_distribution"] = labelDistributionView(cols)
+	}
+	if typ[labelRScore] == LabelNumber && typ[labelFScore] == LabelNumber {
+		views["rfm_matrix"] = rfmMatrixView(typ[labelMScore] == LabelNumber, typ[labelLTV] == LabelNumber)
+	}
+	if typ[labelLifecycleStage] == LabelEnum {
+		views["lifecycle_funnel"] = lifecycleFunnelView()
+	}
+	engines, err := tableEngines(ctx, conn, ProfileViews)
+	if err != nil {
+		return err
+	}
+	for _, name := range ProfileViews {
+		if e, ok := engines[name]; ok && e != "View" {
+			return fmt.Errorf("%s exists and is a %s, not a view: refusing to replace it", name, e)
+		}
+	}
+	for _, name := range ProfileViews {
+		// DROP TABLE drops views on every ClickHouse release; DROP VIEW
+		// is newer than 18.16.
+		if err := conn.Exec(ctx, "DROP TABLE IF EXISTS "+name); err != nil {
+			return fmt.Errorf("drop view %s: %w", name, err)
+		}
+		q, ok := views[name]
+		if !ok {
+			continue
+		}
+		// IF NOT EXISTS: two processes loading the same catalogue at once
+		// both succeed.
+		if err := conn.Exec(ctx, "CREATE VIEW IF NOT EXISTS "+name+" AS\n"+q); err != nil {
+			return fmt.Errorf("create view %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+func tableEngines(ctx context.Context, conn driver.Conn, names []string) (map[string]string, error) {
+	rows, err := conn.Query(ctx, `SELECT name, engine FROM system.tables
+		WHERE database = currentDatabase() AND has(['`+strings.Join(names, "','")+`'], name)`)
+	if err != nil {
+		return nil, fmt.Errorf("read tables: %w", err)
+	}
+	defer rows.Close()
+	out := map[string]string{}
+	for rows.Next() {
+		var name, engine string
+		if err := rows.Scan(&name, &engine); err != nil {
+			return nil, fmt.Errorf("read tables: %w", err)
+		}
+		out[name] = engine
+	}
+	return out, rows.Err()
+}
+
+// labelDistributionView unpivots every label column into (label_id, value)
+// pairs with arrayJoin over an array of tuples, one scan of the current
+// profiles. Values are text: "true"/"false", the enum value, the number as
+// toString prints it; NULL when absent.
+func labelDistributionView(cols []ProfileColumn) string {
+	pairs := make([]string, len(cols))
+	for i, c := range cols {
+		col := quoteIdent(c.Name)
+		var v string
+		switch c.Type {
+		case LabelBool:
+			v = "if(" + col + " = 1, 'true', 'false')"
+		case LabelEnum:
+			v = col
+		case LabelNumber:
+			v = "toString(" + col + ")"
+		}
+		pairs[i] = "('" + c.Name + "', CAST(" + v + " AS Nullable(String)))"
+	}
+	return `SELECT label_id, value, count() AS members
+FROM (
+    SELECT
+        arrayJoin([
+            ` + strings.Join(pairs, ",\n            ") + `
+        ]) AS pair,
+        tupleElement(pair, 1) AS label_id,
+        tupleElement(pair, 2) AS value
+    FROM ` + ProfilesTable + ` FINAL
+)
+GROUP BY label_id, value`
+}
+
+func rfmMatrixView(haveM, haveLTV bool) string {
+	m, ltv := "CAST(NULL AS Nullable(Float64))", "CAST(NULL AS Nullable(Float64))"
+	if haveM {
+		m = "avg(" + quoteIdent(labelMScore) + ")"
+	}
+	if haveLTV {
+		ltv = "avg(" + quoteIdent(labelLTV) + ")"
+	}
+	return `SELECT
+    assumeNotNull(` + quoteIdent(labelRScore) + `) AS r_score,
+    assumeNotNull(` + quoteIdent(labelFScore) + `) AS f_score,
+    count() AS members,
+    ` + m + ` AS avg_m_score,
+    ` + ltv + ` AS avg_ltv_365d
+FROM ` + ProfilesTable + ` FINAL
+WHERE isNotNull(` + quoteIdent(labelRScore) + `) AND isNotNull(` + quoteIdent(labelFScore) + `)
+GROUP BY r_score, f_score`
+}
+
+func lifecycleFunnelView() string {
+	stages := "['" + strings.Join(LifecycleStages, "', '") + "']"
+	col := quoteIdent(labelLifecycleStage)
+	// The fixed stages are unioned in with zero members so that every
+	// stage has a row; values outside the model sort last.
+	return `SELECT
+    stage,
+    toUInt8(if(indexOf(` + stages + `, stage) = 0, 99, indexOf(` + stages + `, stage))) AS stage_order,
+    members,
+    members / nullIf((SELECT count() FROM ` + ProfilesTable + ` FINAL WHERE isNotNull(` + col + `)), 0) AS share
+FROM (
+    SELECT stage, sum(n) AS members
+    FROM (
+        SELECT assumeNotNull(` + col + `) AS stage, count() AS n
+        FROM ` + ProfilesTable + ` FINAL
+        WHERE isNotNull(` + col + `)
+        GROUP BY stage
+        UNION ALL
+        SELECT arrayJoin(` + stages + `) AS stage, toUInt64(0) AS n
+    )
+    GROUP BY stage
+)`
+}
+
+// dailyKPIsView computes the seed plan's daily KPIs from the facts tables;
+// docs/analytics.md defines every column. Three parts are unioned and summed
+// per day: the creation cohort of the day (new members, 7-day conversion,
+// 30-day retention, LTV index), the day's buyers and orders, and the day's
+// points movements. Written for 18.16: one JOIN per SELECT, USING, explicit
+// strictness.
+func dailyKPIsView(haveLTV bool) string {
+	cohort := `            SELECT member_id, created_at, first_purchase_at, active_days
+            FROM (
+                SELECT member_id, min(occurred_at) AS created_at
+                FROM member_changes FINAL
+                WHERE change_type = 'member_created'
+                GROUP BY member_id
+            ) ALL LEFT JOIN (
+                SELECT member_id,
+                    minIf(occurred_at, event_type = 'transaction') AS first_purchase_at,
+                    groupUniqArrayIf(toDate(occurred_at), event_type != 'sign_up') AS active_days
+                FROM member_events FINAL
+                GROUP BY member_id
+            ) USING member_id`
+	ltvCols := `            toFloat64(0) AS ltv_sum,
+            toUInt64(0) AS ltv_members,`
+	ltvIndex := "CAST(NULL AS Nullable(Float64))"
+	if haveLTV {
+		cohort = `            SELECT member_id, created_at, first_purchase_at, active_days, ltv
+            FROM (
+` + cohort + `
+            ) ALL LEFT JOIN (
+                SELECT member_id, ` + quoteIdent(labelLTV) + ` AS ltv FROM ` + ProfilesTable + ` FINAL
+            ) USING member_id`
+		ltvCols = `            sum(ifNull(ltv, 0)) AS ltv_sum,
+            countIf(isNotNull(ltv)) AS ltv_members,`
+		ltvIndex = `if(ltv_members = 0, NULL,
+        (ltv_sum / ltv_members) / nullIf((SELECT avg(` + quoteIdent(labelLTV) + `) FROM ` + ProfilesTable + ` FINAL), 0))`
+	}
+	return `SELECT
+    day,
+    new_members,
+    converted_members_7d,
+    if(new_members = 0 OR day + 7 >= today(), NULL, converted_members_7d / new_members) AS member_conversion_rate,
+    retained_members_30d,
+    if(new_members = 0 OR day + 30 >= today(), NULL, retained_members_30d / new_members) AS retention_30d,
+    buyers,
+    first_time_buyers,
+    repeat_buyers,
+    if(buyers = 0, NULL, repeat_buyers / buyers) AS repurchase_rate,
+    orders,
+    revenue_minor,
+    if(orders = 0, NULL, revenue_minor / orders) AS average_order_value_minor,
+    ` + ltvIndex + ` AS ltv_index,
+    points_earned,
+    points_redeemed,
+    if(points_earned <= 0, NULL, points_redeemed / points_earned) AS benefit_usage_efficiency
+FROM (
+    SELECT day,
+        sum(new_members) AS new_members,
+        sum(converted_members_7d) AS converted_members_7d,
+        sum(retained_members_30d) AS retained_members_30d,
+        sum(ltv_sum) AS ltv_sum,
+        sum(ltv_members) AS ltv_members,
+        sum(buyers) AS buyers,
+        sum(first_time_buyers) AS first_time_buyers,
+        sum(repeat_buyers) AS repeat_buyers,
+        sum(orders) AS orders,
+        sum(revenue_minor) AS revenue_minor,
+        sum(points_earned) AS points_earned,
+        sum(points_redeemed) AS points_redeemed
+    FROM (
+        SELECT
+            toDate(created_at) AS day,
+            count() AS new_members,
+            countIf(first_purchase_at > toDateTime(0) AND first_purchase_at <= created_at + 604800) AS converted_members_7d,
+            countIf(arrayExists(d -> d > toDate(created_at) AND d <= toDate(created_at) + 30, active_days)) AS retained_members_30d,
+` + ltvCols + `
+            toUInt64(0) AS buyers,
+            toUInt64(0) AS first_time_buyers,
+            toUInt64(0) AS repeat_buyers,
+            toUInt64(0) AS orders,
+            toInt64(0) AS revenue_minor,
+            toInt64(0) AS points_earned,
+            toInt64(0) AS points_redeemed
+        FROM (
+` + cohort + `
+        )
+        GROUP BY day
+        UNION ALL
+        SELECT
+            day,
+            toUInt64(0), toUInt64(0), toUInt64(0), toFloat64(0), toUInt64(0),
+            count(), countIf(day = first_day), countIf(day > first_day),
+            sum(day_orders), sum(day_revenue),
+            toInt64(0), toInt64(0)
+        FROM (
+            SELECT member_id,
+                groupArray(day) AS days, groupArray(n) AS ns, groupArray(amount) AS amounts,
+                min(day) AS first_day
+            FROM (
+                SELECT member_id, toDate(occurred_at) AS day, count() AS n, sum(amount_minor) AS amount
+                FROM member_events FINAL
+                WHERE event_type = 'transaction'
+                GROUP BY member_id, day
+            )
+            GROUP BY member_id
+        )
+        ARRAY JOIN days AS day, ns AS day_orders, amounts AS day_revenue
+        GROUP BY day
+        UNION ALL
+        SELECT
+            toDate(occurred_at) AS day,
+            toUInt64(0), toUInt64(0), toUInt64(0), toFloat64(0), toUInt64(0),
+            toUInt64(0), toUInt64(0), toUInt64(0), toUInt64(0), toInt64(0),
+            sumIf(points_delta, points_kind = 'earn'), -sumIf(points_delta, points_kind = 'redeem')
+        FROM member_changes FINAL
+        WHERE change_type = 'points_changed'
+        GROUP BY day
+    )
+    GROUP BY day
+)`
+}
+
+// ProfileRow is one version of a member's current labels.
+type ProfileRow struct {
+	MemberID string
+	// Version orders a member's rows: the highest wins (ReplacingMergeTree).
+	Version        uint64
+	UpdatedAt      time.Time
+	CatalogVersion string
+	// Withheld is set when the member withdrew profiling consent: their
+	// behavioural labels are absent.
+	Withheld bool
+	// Values by label id: bool for bool labels, string for enum labels,
+	// float64 (or any Go integer) for number labels. A missing key, a nil
+	// value or a NaN number is stored as NULL (absent).
+	Values map[string]any
+}
+
+// InsertProfiles writes rows as one batch into member_profiles, setting the
+// columns of cols (run EnsureProfiles with them first). Label columns not in
+// cols get NULL in these rows.
+func (w *Writer) InsertProfiles(ctx context.Context, cols []ProfileColumn, rows []ProfileRow) error {
+	if len(rows) == 0 {
+		return nil
+	}
+	if err := validateProfileColumns(cols); err != nil {
+		return fmt.Errorf("member_profiles columns: %w", err)
+	}
+	known := make(map[string]bool, len(cols))
+	names := make([]string, 0, len(profileFixed)+len(cols))
+	for _, f := range profileFixed {
+		names = append(names, quoteIdent(f.name))
+	}
+	for _, c := range cols {
+		known[c.Name] = true
+		names = append(names, quoteIdent(c.Name))
+	}
+	// Check every row before the batch is opened: a bad value fails the
+	// call with the member and label named, and nothing is written.
+	args := make([][]any, len(rows))
+	for i, r := range rows {
+		var extra []string
+		for k := range r.Values {
+			if !known[k] {
+				extra = append(extra, k)
+			}
+		}
+		if len(extra) > 0 {
+			sort.Strings(extra)
+			return fmt.Errorf("profile of member %s: labels %q are not among the columns", r.MemberID, extra)
+		}
+		var withheld uint8
+		if r.Withheld {
+			withheld = 1
+		}
+		a := make([]any, 0, len(names))
+		a = append(a, r.MemberID, r.Version, r.UpdatedAt.UTC(), r.CatalogVersion, withheld)
+		for _, c := range cols {
+			v, err := profileValue(c, r.Values[c.Name])
+			if err != nil {
+				return fmt.Errorf("profile of member %s: %w", r.MemberID, err)
+			}
+			a = append(a, v)
+		}
+		args[i] = a
+	}
+	b, err := w.conn.PrepareBatch(ctx, "INSERT INTO "+ProfilesTable+" ("+strings.Join(names, ", ")+")")
+	if err != nil {
+		return fmt.Errorf("prepare %s batch: %w", ProfilesTable, err)
+	}
+	for i, a := range args {
+		if err := b.Append(a...); err != nil {
+			_ = b.Abort()
+			return fmt.Errorf("append %s row of member %s: %w", ProfilesTable, rows[i].MemberID, err)
+		}
+	}
+	if err := b.Send(); err != nil {
+		return fmt.Errorf("insert %s: %w", ProfilesTable, err)
+	}
+	return nil
+}
+
+// profileValue converts a label value to the pointer type of its Nullable
+// column; nil is NULL.
+func profileValue(c ProfileColumn, v any) (any, error) {
+	switch c.Type {
+	case LabelBool:
+		switch x := v.(type) {
+		case nil:
+			return (*uint8)(nil), nil
+		case bool:
+			var u uint8
+			if x {
+				u = 1
+			}
+			return &u, nil
+		}
+	case LabelEnum:
+		switch x := v.(type) {
+		case nil:
+			return (*string)(nil), nil
+		case string:
+			return &x, nil
+		}
+	case LabelNumber:
+		var f float64
+		switch x := v.(type) {
+		case nil:
+			return (*float64)(nil), nil
+		case float64:
+			f = x
+		case float32:
+			f = float64(x)
+		case int:
+			f = float64(x)
+		case int32:
+			f = float64(x)
+		case int64:
+			f = float64(x)
+		case uint32:
+			f = float64(x)
+		case uint64:
+			f = float64(x)
+		default:
+			return nil, fmt.Errorf("label %q is a number, got %T", c.Name, v)
+		}
+		if math.IsNaN(f) {
+			return (*float64)(nil), nil
+		}
+		return &f, nil
+	}
+	want := map[string]string{LabelBool: "bool", LabelEnum: "string"}[c.Type]
+	return nil, fmt.Errorf("label %q is %s: want a Go %s, got %T", c.Name, c.Type, want, v)
+}
