@@ -38,8 +38,8 @@ import (
 	"github.com/membercenter/membercenter/services/identity"
 	"github.com/membercenter/membercenter/services/profile"
 	"github.com/membercenter/membercenter/services/server"
-	"github.com/membercenter/membercenter/services/tags"
 	syncsvc "github.com/membercenter/membercenter/services/sync"
+	"github.com/membercenter/membercenter/services/tags"
 	"github.com/membercenter/membercenter/services/telemetry"
 )
 

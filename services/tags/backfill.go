@@ -36,7 +36,7 @@ type BackfillProgress struct {
 	// AlreadyDone: this catalogue version was backfilled before; nothing
 	// was done (Restart runs it again).
 	AlreadyDone bool
-	Elapsed time.Duration
+	Elapsed     time.Duration
 }
 
 // Backfill recomputes every active member's features and labels from the

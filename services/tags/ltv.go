@@ -101,5 +101,5 @@ func ltvFunctions() cel.EnvOption {
 
 type lib struct{ opts []cel.EnvOption }
 
-func (l lib) CompileOptions() []cel.EnvOption { return l.opts }
+func (l lib) CompileOptions() []cel.EnvOption     { return l.opts }
 func (l lib) ProgramOptions() []cel.ProgramOption { return nil }
