@@ -179,7 +179,9 @@ func (e *env) publish(t *testing.T, ctx context.Context, key string, value []byt
 	}
 }
 
-// nextChange reads the stream until the next change.
+// nextChange reads the stream until the next change other than a label
+// change (the tag worker's label changes interleave with the others, in an
+// order that depends on which worker gets to the member first).
 func nextChange(t *testing.T, s mcv1.SyncService_SubscribeClient) *mcv1.MemberChange {
 	t.Helper()
 	for {
@@ -187,7 +189,7 @@ func nextChange(t *testing.T, s mcv1.SyncService_SubscribeClient) *mcv1.MemberCh
 		if err != nil {
 			t.Fatalf("stream: %v", err)
 		}
-		if c := msg.GetChange(); c != nil {
+		if c := msg.GetChange(); c != nil && c.GetLabelsChanged() == nil {
 			return c
 		}
 		if r := msg.GetResyncRequired(); r != nil {
@@ -229,8 +231,8 @@ func TestPOSTransactionEndToEnd(t *testing.T) {
 	}
 	memberID := created.GetMemberId()
 	earned := nextChange(t, stream)
-	if earned.GetMemberId() != memberID || earned.GetSequence() != 2 {
-		t.Fatalf("second change = %v, want sequence 2 of %s", earned, memberID)
+	if earned.GetMemberId() != memberID || earned.GetSequence() <= created.GetSequence() {
+		t.Fatalf("next change = %v, want a later sequence of %s", earned, memberID)
 	}
 	if p := earned.GetPointsChanged(); p.GetDelta() != 123 || p.GetBalance() != 123 || p.GetKind() != mcv1.LedgerEntryKind_LEDGER_ENTRY_KIND_EARN {
 		t.Fatalf("points change = %v, want +123 → 123", p)
@@ -264,10 +266,10 @@ func TestPOSTransactionEndToEnd(t *testing.T) {
 		t.Fatalf("ledger legs: member %d, liability %d; want 123 and -123", memberLeg, liabilityLeg)
 	}
 	// The relay marks rows published right after Kafka acknowledges them.
-	eventually(t, "both outbox rows marked published", func() (bool, error) {
+	eventually(t, "every outbox row marked published", func() (bool, error) {
 		var published int
 		q(`SELECT count(*) FROM outbox WHERE member_id = $1 AND published_at IS NOT NULL`, &published, memberID)
-		return published == 2, nil
+		return published >= int(earned.GetSequence()), nil
 	})
 
 	// Hop: the dead-letter topic has the malformed record, bytes intact.
@@ -285,7 +287,7 @@ func TestPOSTransactionEndToEnd(t *testing.T) {
 	})
 	eventually(t, "ClickHouse member_changes rows", func() (bool, error) {
 		var n uint64
-		err := e.ch.QueryRow(ctx, `SELECT count() FROM member_changes FINAL WHERE member_id = ? AND sequence IN (1, 2)`, memberID).Scan(&n)
+		err := e.ch.QueryRow(ctx, `SELECT count() FROM member_changes FINAL WHERE member_id = ? AND sequence IN (1, ?)`, memberID, earned.GetSequence()).Scan(&n)
 		return n == 2, err
 	})
 
@@ -383,8 +385,8 @@ func TestRedeliveredEventChangesNothing(t *testing.T) {
 	}
 	member := changes[0].GetMemberId()
 	for i, c := range changes {
-		if c.GetMemberId() != member || c.GetSequence() != uint64(i+1) {
-			t.Fatalf("change %d = %v; want consecutive sequences of one member", i, c)
+		if c.GetMemberId() != member || (i > 0 && c.GetSequence() <= changes[i-1].GetSequence()) {
+			t.Fatalf("change %d = %v; want increasing sequences of one member", i, c)
 		}
 	}
 	if d := changes[1].GetPointsChanged().GetDelta(); d != 50 {

@@ -1,0 +1,97 @@
+package tags_test
+
+import (
+	"fmt"
+	"log/slog"
+	"maps"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/google/uuid"
+
+	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
+
+	"github.com/membercenter/membercenter/services/changes"
+	"github.com/membercenter/membercenter/services/identity"
+	"github.com/membercenter/membercenter/services/tags"
+)
+
+// TestMergeActivityUnmerge: identity merges two members, both keep buying
+// through their own phones, then the merge is undone. While merged the
+// surviving member's labels come from both histories; after the unmerge
+// each member's labels equal what the events its identifiers caused give on
+// their own, as if the merge had never happened.
+func TestMergeActivityUnmerge(t *testing.T) {
+	f := newFixture(t)
+	c := ctxT(t)
+	ids, err := identity.New(identity.Config{}, f.pool, changes.Writer{}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids.AddMemberData(f.svc)
+	phone := func(v string) []*mcv1.Identifier {
+		return []*mcv1.Identifier{{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_PHONE, Value: v}}
+	}
+	member := func(p string) string {
+		r, err := ids.Resolve(c, &mcv1.ResolveRequest{Identifiers: phone(p), Channel: mcv1.Channel_CHANNEL_POS, CreateIfMissing: true, IdempotencyKey: p})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.GetMemberId()
+	}
+	a, b := member("13900000001"), member("13900000002")
+	caused := map[string][]*mcv1.MemberEvent{} // by the member whose phone caused it
+	buy := func(id, p, owner string, at time.Time, amount int64, cat string) {
+		t.Helper()
+		ev := &mcv1.ChannelEvent{EventId: id, Channel: mcv1.Channel_CHANNEL_POS, OccurredAt: timestamppb.New(at), Identifiers: phone(p),
+			Payload: &mcv1.ChannelEvent_Transaction{Transaction: &mcv1.Transaction{OrderId: "O-" + id,
+				Total: &mcv1.Money{Currency: "CNY", AmountMinor: amount},
+				Items: []*mcv1.LineItem{{Sku: "X", Category: cat, Quantity: 1, Amount: &mcv1.Money{Currency: "CNY", AmountMinor: amount}}}}}}
+		res, err := ids.ResolveEvent(c, ev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		me := &mcv1.MemberEvent{EventId: id, MemberId: res.MemberID, Channel: ev.GetChannel(), OccurredAt: ev.GetOccurredAt(),
+			Resolution: res.Detail, Payload: &mcv1.MemberEvent_Transaction{Transaction: ev.GetTransaction()}}
+		if err := f.svc.Apply(c, me); err != nil {
+			t.Fatal(err)
+		}
+		caused[owner] = append(caused[owner], me)
+	}
+	buy("a-before", "13900000001", a, t0.Add(-5*24*time.Hour), 2000, "coffee")
+	buy("b-before", "13900000002", b, t0.Add(-4*24*time.Hour), 5000, "tea")
+	merged, err := ids.Merge(c, &mcv1.MergeRequest{SourceMemberId: a, TargetMemberId: b, Reason: "same shopper", IdempotencyKey: "m"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	buy("a-after", "13900000001", a, t0.Add(-2*24*time.Hour), 3000, "coffee")
+	buy("b-after", "13900000002", b, t0.Add(-1*24*time.Hour), 1000, "tea")
+
+	labels := func(m string) map[string]any { return f.labels(t, uuid.MustParse(m)) }
+	if got := labels(b)["spend_30d_value"]; got != 110.0 {
+		t.Errorf("merged member's 30-day spend %v, want 110 (both histories)", got)
+	}
+	if got := labels(a); len(got) != 0 {
+		t.Errorf("merged-away member still has labels %v", got)
+	}
+	if _, err := ids.Unmerge(c, &mcv1.UnmergeRequest{MergeId: merged.GetMergeId(), Reason: "two people", IdempotencyKey: "u"}); err != nil {
+		t.Fatal(err)
+	}
+	cat := f.svc.Catalog()
+	for _, m := range []string{a, b} {
+		st := &tags.State{}
+		for _, ev := range caused[m] {
+			st.Fold(tags.FactFromEvent(ev))
+		}
+		want := cat.Evaluate(tags.Compute(tags.Inputs{State: st}, *f.clock, cat.Location, cat.Filters, cat.Version).Values, nil, nil, false)
+		got := labels(m)
+		if !maps.EqualFunc(got, want, func(x, y any) bool { return fmt.Sprint(x) == fmt.Sprint(y) }) {
+			t.Errorf("member %s after unmerge:\n got %v\nwant %v (its own events only)", m, got, want)
+		}
+	}
+	if labels(a)["coffee_lover"] != true || labels(b)["coffee_lover"] != false {
+		t.Errorf("coffee_lover after unmerge: a %v, b %v; want true, false", labels(a)["coffee_lover"], labels(b)["coffee_lover"])
+	}
+}
