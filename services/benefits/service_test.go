@@ -28,7 +28,7 @@ type fixture struct {
 	clock *time.Time
 }
 
-func newFixture(t *testing.T) *fixture {
+func newFixture(t testing.TB) *fixture {
 	t.Helper()
 	pool := pgtest.NewPool(t, nil)
 	svc := benefits.New(pool, changes.Writer{}, slog.New(slog.DiscardHandler))
@@ -38,7 +38,7 @@ func newFixture(t *testing.T) *fixture {
 	return f
 }
 
-func (f *fixture) member(t *testing.T) string {
+func (f *fixture) member(t testing.TB) string {
 	t.Helper()
 	id := uuid.Must(uuid.NewV7())
 	if err := postgres.InsertMember(context.Background(), f.pool, id, *f.clock); err != nil {

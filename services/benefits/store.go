@@ -87,7 +87,7 @@ func (s *Service) load(ctx context.Context, tx batchQuerier, member uuid.UUID, l
 	cur := monthOf(t, p.Location)
 	b.Queue(`SELECT lot_id, earned, remaining, earned_at, available_at, expires_at, coalesce(order_id, ''), origin_member_id, kind
 		FROM (SELECT * FROM point_lots WHERE member_id = $1 AND remaining > 0
-		      UNION
+		      UNION ALL
 		      SELECT l.* FROM orders o JOIN point_lots l ON l.lot_id = o.lot_id WHERE o.order_id = ANY($2) AND o.member_id = $1) x
 		ORDER BY lot_id`, member, orderIDs).
 		Query(func(rows pgx.Rows) error {
@@ -96,6 +96,10 @@ func (s *Service) load(ctx context.Context, tx batchQuerier, member uuid.UUID, l
 				var origin uuid.UUID
 				if err := rows.Scan(&l.ID, &l.Earned, &l.Remaining, &l.EarnedAt, &l.AvailableAt, &l.ExpiresAt, &l.OrderID, &origin, &l.TxnKind); err != nil {
 					return err
+				}
+				// An open lot of a named order comes twice (sorted by id).
+				if n := len(st.Lots); n > 0 && st.Lots[n-1].ID == l.ID {
+					continue
 				}
 				l.Origin = origin.String()
 				st.Lots = append(st.Lots, l)

@@ -112,7 +112,27 @@ the worker's, only where a value differs.`,
 	}
 	backfill.Flags().IntVar(&batch, "batch", 500, "members per batch")
 	backfill.Flags().BoolVar(&restart, "restart", false, "forget an earlier run of this catalogue version and start again")
-	cmd.AddCommand(load, check, backfill)
+	docs := &cobra.Command{
+		Use:   "docs [FILE]",
+		Short: "Print the catalogue's documentation as Markdown (docs/labels.md is this for the shipped catalogue)",
+		Args:  cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			src := tags.DefaultCatalog()
+			if len(args) == 1 {
+				var err error
+				if src, err = os.ReadFile(args[0]); err != nil {
+					return err
+				}
+			}
+			c, err := tags.ParseCatalog(src)
+			if err != nil {
+				return err
+			}
+			_, err = io.WriteString(stdout, c.Markdown())
+			return err
+		},
+	}
+	cmd.AddCommand(load, check, backfill, docs)
 	return cmd
 }
 

@@ -2,6 +2,7 @@ package tags
 
 import (
 	"math"
+	"os"
 	"strings"
 	"testing"
 )
@@ -106,5 +107,20 @@ func TestBGNBD(t *testing.T) {
 	// Gamma-Gamma: p=6.25, q=3.74, γ=15.44 (CDNOW); x=2 at 35 → 35.24...
 	if m := GammaGammaMean(6.25, 3.74, 15.44, 0, 0); math.Abs(m-6.25*15.44/2.74) > 1e-9 {
 		t.Errorf("population mean %v", m)
+	}
+}
+
+// TestLabelDocsAreCurrent keeps docs/labels.md in step with the catalogue.
+func TestLabelDocsAreCurrent(t *testing.T) {
+	c, err := ParseCatalog(DefaultCatalog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := os.ReadFile("../../docs/labels.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(got) != c.Markdown() {
+		t.Error("docs/labels.md is not the catalogue's documentation: run `go run ./services/cmd/membercenter tags docs > docs/labels.md`")
 	}
 }

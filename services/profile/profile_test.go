@@ -1,0 +1,215 @@
+package profile_test
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
+	"github.com/membercenter/membercenter/storage/postgres"
+	"github.com/membercenter/membercenter/storage/postgres/pgtest"
+
+	"github.com/membercenter/membercenter/services/changes"
+	"github.com/membercenter/membercenter/services/profile"
+	"github.com/membercenter/membercenter/services/tags"
+)
+
+type fixture struct {
+	pool *pgxpool.Pool
+	tags *tags.Service
+	svc  *profile.Service
+	srv  *profile.Server
+}
+
+func newFixture(t *testing.T) fixture {
+	t.Helper()
+	pool := pgtest.NewPool(t, nil)
+	ts := tags.New(pool, changes.Writer{}, slog.New(slog.DiscardHandler))
+	svc := profile.New(pool, ts, changes.Writer{})
+	return fixture{pool: pool, tags: ts, svc: svc, srv: profile.NewServer(svc)}
+}
+
+func ctxT(t *testing.T) context.Context {
+	c, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return c
+}
+
+func (f fixture) member(t *testing.T) string {
+	t.Helper()
+	id := uuid.Must(uuid.NewV7())
+	if err := postgres.InsertMember(context.Background(), f.pool, id, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	return id.String()
+}
+
+// counts are what a refused request must leave alone.
+func (f fixture) counts(t *testing.T) [4]int {
+	t.Helper()
+	var c [4]int
+	if err := f.pool.QueryRow(context.Background(), `SELECT (SELECT count(*) FROM outbox), (SELECT count(*) FROM member_consents),
+		(SELECT count(*) FROM idempotency_keys), (SELECT count(*) FROM members WHERE attributes <> '{}'::jsonb)`).Scan(&c[0], &c[1], &c[2], &c[3]); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func labelMap(p *mcv1.Profile) map[string]string {
+	out := map[string]string{}
+	for _, l := range p.GetLabels() {
+		switch v := l.GetValue().(type) {
+		case *mcv1.LabelValue_BoolValue:
+			out[l.GetLabelId()] = map[bool]string{true: "true", false: "false"}[v.BoolValue]
+		case *mcv1.LabelValue_EnumValue:
+			out[l.GetLabelId()] = v.EnumValue
+		case *mcv1.LabelValue_NumberValue:
+			out[l.GetLabelId()] = tags.FormatValue(v.NumberValue)
+		}
+	}
+	return out
+}
+
+func TestUpdateAttributesRecomputesDemographicLabels(t *testing.T) {
+	f := newFixture(t)
+	c := ctxT(t)
+	m := f.member(t)
+	req := &mcv1.UpdateAttributesRequest{MemberId: m, Attributes: map[string]string{"birth_date": "1990-05-01", "gender": "F", "city": "Beijing"}, IdempotencyKey: "k1"}
+	resp, err := f.srv.UpdateAttributes(c, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := resp.GetProfile()
+	if p.GetAttributes()["city"] != "Beijing" {
+		t.Errorf("attributes %v", p.GetAttributes())
+	}
+	demo := 0
+	for _, l := range p.GetLabels() {
+		if lab := f.tags.Catalog().Label(l.GetLabelId()); lab != nil && lab.Group == "demographics" {
+			demo++
+		}
+	}
+	if demo < 3 {
+		t.Errorf("%d demographic labels after setting birth date, gender and city: %v", demo, labelMap(p))
+	}
+	// A retry with the same key answers the same and changes nothing.
+	before := f.counts(t)
+	again, err := f.srv.UpdateAttributes(c, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again.GetProfile().GetSequence() != p.GetSequence() || f.counts(t) != before {
+		t.Errorf("retry changed something: sequence %d → %d, rows %v → %v", p.GetSequence(), again.GetProfile().GetSequence(), before, f.counts(t))
+	}
+	got, err := f.srv.GetProfile(c, &mcv1.GetProfileRequest{MemberId: m})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got.GetProfile().GetLabels()) != len(p.GetLabels()) || got.GetProfile().GetTier() == "" {
+		t.Errorf("GetProfile labels %d (update said %d), tier %q", len(got.GetProfile().GetLabels()), len(p.GetLabels()), got.GetProfile().GetTier())
+	}
+}
+
+func TestBadProfileRequestsChangeNothing(t *testing.T) {
+	f := newFixture(t)
+	c := ctxT(t)
+	m := f.member(t)
+	before := f.counts(t)
+	for _, tc := range []struct {
+		name string
+		call func() error
+		want string
+	}{
+		{"birth date not a date", func() error {
+			_, err := f.srv.UpdateAttributes(c, &mcv1.UpdateAttributesRequest{MemberId: m, Attributes: map[string]string{"birth_date": "01/05/1990"}, IdempotencyKey: "b1"})
+			return err
+		}, "attributes[birth_date]"},
+		{"birth date in the future", func() error {
+			_, err := f.srv.UpdateAttributes(c, &mcv1.UpdateAttributesRequest{MemberId: m, Attributes: map[string]string{"birth_date": "2999-01-01"}, IdempotencyKey: "b2"})
+			return err
+		}, "in the future"},
+		{"unknown consent purpose", func() error {
+			_, err := f.srv.SetConsent(c, &mcv1.SetConsentRequest{MemberId: m, Purpose: mcv1.ConsentPurpose(42), IdempotencyKey: "c1"})
+			return err
+		}, "purpose"},
+		{"unknown member", func() error {
+			_, err := f.srv.SetConsent(c, &mcv1.SetConsentRequest{MemberId: uuid.NewString(), Purpose: mcv1.ConsentPurpose_CONSENT_PURPOSE_MARKETING, IdempotencyKey: "c2"})
+			return err
+		}, "not found"},
+		{"segment with an unknown label", func() error {
+			_, err := f.srv.CountSegment(c, &mcv1.CountSegmentRequest{Expression: "lifecycle_stage == \"loyal\" && spend_30dd > 10"})
+			if status.Code(err) != codes.InvalidArgument {
+				return errors.New("not InvalidArgument: " + err.Error())
+			}
+			return err
+		}, `1:31: unknown label "spend_30dd"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.call()
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %v, want one mentioning %q", err, tc.want)
+			}
+		})
+	}
+	if after := f.counts(t); after != before {
+		t.Errorf("refused requests changed rows: %v → %v", before, after)
+	}
+}
+
+func TestWithdrawingProfilingConsentWithholdsBehaviouralLabels(t *testing.T) {
+	f := newFixture(t)
+	c := ctxT(t)
+	m := f.member(t)
+	if _, err := f.srv.UpdateAttributes(c, &mcv1.UpdateAttributesRequest{MemberId: m, Attributes: map[string]string{"birth_date": "1990-05-01"}, IdempotencyKey: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	ev := &mcv1.MemberEvent{EventId: "e1", MemberId: m, Channel: mcv1.Channel_CHANNEL_POS, OccurredAt: timestampNow(),
+		Payload: &mcv1.MemberEvent_Transaction{Transaction: &mcv1.Transaction{OrderId: "O1", Total: &mcv1.Money{Currency: "CNY", AmountMinor: 9900}}}}
+	if err := f.tags.Apply(c, ev); err != nil {
+		t.Fatal(err)
+	}
+	behavioural := func() (b, d int) {
+		p, err := f.srv.GetProfile(c, &mcv1.GetProfileRequest{MemberId: m})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range p.GetProfile().GetLabels() {
+			if f.tags.Catalog().Label(l.GetLabelId()).IsBehavioural() {
+				b++
+			} else {
+				d++
+			}
+		}
+		return b, d
+	}
+	if b, _ := behavioural(); b == 0 {
+		t.Fatal("no behavioural labels after a purchase")
+	}
+	resp, err := f.srv.SetConsent(c, &mcv1.SetConsentRequest{MemberId: m, Purpose: mcv1.ConsentPurpose_CONSENT_PURPOSE_PROFILING, Granted: false, IdempotencyKey: "w"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.GetConsent().GetGranted() {
+		t.Fatal("consent still granted")
+	}
+	if b, d := behavioural(); b != 0 || d == 0 {
+		t.Errorf("after withdrawal: %d behavioural, %d demographic labels; want 0 and some", b, d)
+	}
+	if _, err := f.srv.SetConsent(c, &mcv1.SetConsentRequest{MemberId: m, Purpose: mcv1.ConsentPurpose_CONSENT_PURPOSE_PROFILING, Granted: true, IdempotencyKey: "g"}); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := behavioural(); b == 0 {
+		t.Error("behavioural labels did not come back with consent")
+	}
+}
+
+func timestampNow() *timestamppb.Timestamp { return timestamppb.New(time.Now().Add(-time.Minute)) }
