@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
@@ -205,14 +206,19 @@ func ReadHistory(ctx context.Context, facts driver.Conn, origins []string, fn fu
 	if len(origins) == 0 {
 		return nil
 	}
+	marks := strings.TrimSuffix(strings.Repeat("?,", len(origins)), ",")
+	args := make([]any, len(origins))
+	for i, o := range origins {
+		args[i] = o
+	}
 	rows, err := facts.Query(ctx, `
 		SELECT event_id, event_type, channel, store_id, occurred_at,
 		       if(origin_member_id = '', member_id, origin_member_id) AS origin,
 		       order_id, amount_minor, discount_minor, points_redeemed, coupon_count, review_rating,
 		       items.category, items.brand, items.quantity, items.amount_minor
 		  FROM member_events FINAL
-		 WHERE if(origin_member_id = '', member_id, origin_member_id) IN (?)
-		 ORDER BY occurred_at, event_id`, origins)
+		 WHERE if(origin_member_id = '', member_id, origin_member_id) IN (`+marks+`)
+		 ORDER BY occurred_at, event_id`, args...)
 	if err != nil {
 		return fmt.Errorf("read history: %w", err)
 	}
@@ -229,6 +235,9 @@ func ReadHistory(ctx context.Context, facts driver.Conn, origins []string, fn fu
 			return fmt.Errorf("read history: %w", err)
 		}
 		f.Coupons, f.Rating = int(coupons), int(rating)
+		if f.Kind == KindRefund { // facts store a refund's total as a negative amount
+			f.Amount = -f.Amount
+		}
 		for i := range cats {
 			f.Items = append(f.Items, Item{Category: cats[i], Brand: brands[i], Quantity: int64(qty[i]), Amount: amounts[i]})
 		}

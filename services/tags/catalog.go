@@ -2,7 +2,9 @@ package tags
 
 import (
 	"bytes"
+	"crypto/sha256"
 	_ "embed"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"math"
@@ -49,8 +51,9 @@ type Catalog struct {
 	Filters  []*Filter
 	Labels   []*Label // in evaluation order: every label after its inputs
 
-	features map[string]Feature
-	byID     map[string]*Label
+	features  map[string]Feature
+	byID      map[string]*Label
+	filterKey string
 	// dirty[kind] are the labels an event of kind can change.
 	dirty map[string]map[string]bool
 }
@@ -195,6 +198,11 @@ func ParseCatalog(src []byte) (*Catalog, error) {
 		}
 		c.Filters = append(c.Filters, f)
 	}
+	h := sha256.New()
+	for _, f := range c.Filters {
+		fmt.Fprintf(h, "%s\x00%s\x00", f.ID, f.Expr)
+	}
+	c.filterKey = hex.EncodeToString(h.Sum(nil))[:16]
 	// Labels: declarations first, so expressions may read any label.
 	opts := []cel.EnvOption{ltvFunctions()}
 	for id, f := range c.features {
@@ -407,6 +415,10 @@ func (c *Catalog) buildDirty() {
 // moving past a window boundary, which the caller handles by evaluating
 // everything).
 func (c *Catalog) Dirty(kind string) map[string]bool { return c.dirty[kind] }
+
+// FilterKey identifies the purchase filters' definitions: a purchase's
+// cached filter results are reused only under the same key.
+func (c *Catalog) FilterKey() string { return c.filterKey }
 
 // Label returns a label by id.
 func (c *Catalog) Label(id string) *Label { return c.byID[id] }

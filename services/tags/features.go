@@ -76,10 +76,10 @@ func BuiltinFeatures() []Feature {
 	}
 	add("channels_365d", "int", true, "distinct channels with a purchase in the last 365 days", KindTransaction)
 	add("top_channel_365d", "string", true, "channel with most purchases in the last 365 days (ties: alphabetical); absent without a purchase", KindTransaction)
-	for _, d := range []struct{ id, what string }{{"category", "category"}, {"brand", "brand"}, {"store", "store"}} {
-		add(d.id+"s_365d", "int", true, "distinct "+d.what+"s bought in the last 365 days; absent when no purchase said", KindTransaction)
-		add("top_"+d.id+"_365d", "string", true, d.what+" with the largest spend in the last 365 days (ties: alphabetical); absent when unknown", KindTransaction)
-		add("top_"+d.id+"_share_365d", "double", true, "share of that "+d.what+" in the spend it is known for, 0..1", KindTransaction)
+	for _, d := range []struct{ id, plural string }{{"category", "categories"}, {"brand", "brands"}, {"store", "stores"}} {
+		add(d.plural+"_365d", "int", true, "distinct "+d.plural+" bought from in the last 365 days; absent when no purchase said", KindTransaction)
+		add("top_"+d.id+"_365d", "string", true, d.id+" with the largest spend in the last 365 days (ties: alphabetical); absent when unknown", KindTransaction)
+		add("top_"+d.id+"_share_365d", "double", true, "share of that "+d.id+" in the spend it is known for, 0..1", KindTransaction)
 	}
 	add("spend_total", "double", false, "lifetime net spend, currency units", purchaseKinds...)
 	add("orders_total", "int", false, "lifetime purchases", KindTransaction)
@@ -259,15 +259,15 @@ func Compute(in Inputs, now time.Time, loc *time.Location, filters []*Filter, fi
 		v["top_channel_365d"] = k
 	}
 	for _, d := range []struct {
-		id    string
-		m     map[string]int64
-		known int64
-		any   bool
-	}{{"category", cat, catKnown, len(cat) > 0}, {"brand", brand, brandKnown, len(brand) > 0}, {"store", store, storeKnown, len(store) > 0}} {
+		id, plural string
+		m          map[string]int64
+		known      int64
+		any        bool
+	}{{"category", "categories", cat, catKnown, len(cat) > 0}, {"brand", "brands", brand, brandKnown, len(brand) > 0}, {"store", "stores", store, storeKnown, len(store) > 0}} {
 		if !d.any {
 			continue
 		}
-		v[d.id+"s_365d"] = int64(len(d.m))
+		v[d.plural+"_365d"] = int64(len(d.m))
 		k, a := top(d.m)
 		v["top_"+d.id+"_365d"] = k
 		if d.known > 0 {

@@ -15,7 +15,7 @@ import (
 // without following a merge.
 func (s *Service) loadAs(ctx context.Context, tx pgx.Tx, id uuid.UUID) (*memberState, error) {
 	m := &memberState{id: id, labels: map[string]any{}, profiling: true, state: &State{}}
-	if err := tx.QueryRow(ctx, `SELECT attributes FROM members WHERE member_id = $1`, id).Scan(&m.attrs); err != nil {
+	if err := tx.QueryRow(ctx, `SELECT attributes, change_seq FROM members WHERE member_id = $1`, id).Scan(&m.attrs, &m.changeSeq); err != nil {
 		return nil, fmt.Errorf("member %s: %w", id, err)
 	}
 	if err := s.loadRest(ctx, tx, m); err != nil {

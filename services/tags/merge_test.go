@@ -85,7 +85,7 @@ func TestMergeActivityUnmerge(t *testing.T) {
 		for _, ev := range caused[m] {
 			st.Fold(tags.FactFromEvent(ev))
 		}
-		want := cat.Evaluate(tags.Compute(tags.Inputs{State: st}, *f.clock, cat.Location, cat.Filters, cat.Version).Values, nil, nil, false)
+		want := cat.Evaluate(tags.Compute(tags.Inputs{State: st}, *f.clock, cat.Location, cat.Filters, cat.FilterKey()).Values, nil, nil, false)
 		got := labels(m)
 		if !maps.EqualFunc(got, want, func(x, y any) bool { return fmt.Sprint(x) == fmt.Sprint(y) }) {
 			t.Errorf("member %s after unmerge:\n got %v\nwant %v (its own events only)", m, got, want)

@@ -130,16 +130,19 @@ type memberState struct {
 	dueAt     *time.Time
 	profiling bool // profiling consent not withdrawn
 	device    int
+	changeSeq int64 // the member's last change sequence (the row is locked)
+	pending   []*mcv1.MemberChange
+	devices   []string // device identifiers to record before counting
 }
 
 // lock locks the member (the members row first, like every writer of a
 // member, then its features) and loads what the engine needs. A merged
 // member's id is followed to the member it was merged into.
-func (s *Service) lock(ctx context.Context, tx pgx.Tx, id uuid.UUID) (*memberState, error) {
+func (s *Service) lock(ctx context.Context, tx pgx.Tx, id uuid.UUID, devices ...string) (*memberState, error) {
 	for range 5 {
-		m := &memberState{id: id, labels: map[string]any{}, profiling: true, state: &State{}}
+		m := &memberState{id: id, labels: map[string]any{}, profiling: true, state: &State{}, devices: devices}
 		var merged *uuid.UUID
-		err := tx.QueryRow(ctx, `SELECT attributes, merged_into FROM members WHERE member_id = $1 FOR UPDATE`, id).Scan(&m.attrs, &merged)
+		err := tx.QueryRow(ctx, `SELECT attributes, merged_into, change_seq FROM members WHERE member_id = $1 FOR UPDATE`, id).Scan(&m.attrs, &merged, &m.changeSeq)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return nil, fmt.Errorf("member %s: %w", id, postgres.ErrNotFound)
 		}
@@ -162,6 +165,10 @@ func (s *Service) lock(ctx context.Context, tx pgx.Tx, id uuid.UUID) (*memberSta
 
 func (s *Service) loadRest(ctx context.Context, tx pgx.Tx, m *memberState) error {
 	b := &pgx.Batch{}
+	// Device sightings first, so this event counts.
+	if len(m.devices) > 0 {
+		b.Queue(`INSERT INTO device_members (device_hash, member_id) SELECT unnest($1::text[]), $2 ON CONFLICT DO NOTHING`, m.devices, m.id)
+	}
 	var rawState, rawLabels []byte
 	b.Queue(`SELECT state, labels, version, catalog_version, due_at FROM member_features WHERE member_id = $1 FOR UPDATE`, m.id).
 		Query(func(rows pgx.Rows) error {
@@ -219,25 +226,19 @@ func (s *Service) Apply(ctx context.Context, ev *mcv1.MemberEvent) error {
 	if _, err := uuid.Parse(f.Origin); err != nil {
 		return dlq.Reject(fmt.Errorf("resolution.origin_member_id %q: %w", f.Origin, err))
 	}
+	var devices []string
+	for _, id := range ev.GetIdentifiers() {
+		if id.GetType() == mcv1.IdentifierType_IDENTIFIER_TYPE_DEVICE_ID && id.GetValueHash() != "" {
+			devices = append(devices, id.GetValueHash())
+		}
+	}
 	return postgres.RetryTx(ctx, s.pool, func(tx pgx.Tx) error {
 		fresh, err := postgres.MarkProcessed(ctx, tx, Stage, ev.GetEventId())
 		if err != nil || !fresh {
 			return err
 		}
-		member, err := postgres.CanonicalMember(ctx, tx, resolved)
-		if err != nil {
-			return err
-		}
-		// Device sightings first, so this event counts.
-		for _, id := range ev.GetIdentifiers() {
-			if id.GetType() == mcv1.IdentifierType_IDENTIFIER_TYPE_DEVICE_ID && id.GetValueHash() != "" {
-				if _, err := tx.Exec(ctx, `INSERT INTO device_members (device_hash, member_id) VALUES ($1, $2) ON CONFLICT DO NOTHING`,
-					id.GetValueHash(), member); err != nil {
-					return fmt.Errorf("record device: %w", err)
-				}
-			}
-		}
-		m, err := s.lock(ctx, tx, member)
+		// The member it was resolved to, or the one that absorbed it since.
+		m, err := s.lock(ctx, tx, resolved, devices...)
 		if err != nil {
 			return err
 		}
@@ -280,11 +281,11 @@ func (s *Service) fillAttributes(ctx context.Context, tx pgx.Tx, m *memberState,
 	if err := postgres.SetAttributes(ctx, tx, m.id, m.attrs); err != nil {
 		return false, err
 	}
-	_, err := s.changes.Append(ctx, tx, m.id, &mcv1.MemberChange{
+	m.pending = append(m.pending, &mcv1.MemberChange{
 		CauseId: ev.GetEventId(), Channel: ev.GetChannel(), StoreId: ev.GetStoreId(),
 		Change: &mcv1.MemberChange_AttributesChanged{AttributesChanged: &mcv1.AttributesChanged{Attributes: add}},
 	})
-	return true, err
+	return true, nil
 }
 
 // recompute evaluates the member's labels — those the given kinds of
@@ -294,7 +295,7 @@ func (s *Service) recompute(ctx context.Context, tx pgx.Tx, m *memberState, kind
 	c := s.Catalog()
 	now := s.now()
 	m.state.Trim(now)
-	feats := Compute(Inputs{State: m.state, Demo: demographics(m.attrs), Device: m.device}, now, c.Location, c.Filters, c.Version)
+	feats := Compute(Inputs{State: m.state, Demo: demographics(m.attrs), Device: m.device}, now, c.Location, c.Filters, c.FilterKey())
 	var only map[string]bool
 	if kinds != nil && m.exists && m.catalog == c.Version && (m.dueAt == nil || m.dueAt.After(now)) {
 		only = map[string]bool{}
@@ -316,12 +317,10 @@ func (s *Service) store(ctx context.Context, tx pgx.Tx, m *memberState, labels m
 	version := m.version
 	if len(diff) > 0 {
 		version++
-		if _, err := s.changes.Append(ctx, tx, m.id, &mcv1.MemberChange{
+		m.pending = append(m.pending, &mcv1.MemberChange{
 			CauseId: cause, Channel: ch, StoreId: storeID,
 			Change: &mcv1.MemberChange_LabelsChanged{LabelsChanged: &mcv1.LabelsChanged{Labels: diff}},
-		}); err != nil {
-			return err
-		}
+		})
 		var setIDs, setValues, delIDs []string
 		for _, d := range diff {
 			if d.GetCleared() {
@@ -343,6 +342,20 @@ func (s *Service) store(ctx context.Context, tx pgx.Tx, m *memberState, labels m
 		b.Queue(`INSERT INTO profile_exports (member_id, version) VALUES ($1, $2)
 			ON CONFLICT (member_id) DO UPDATE SET version = EXCLUDED.version, queued_at = now()`, m.id, version)
 		b.Queue(`SELECT pg_notify($1, '')`, ExportChannel)
+	}
+	// The changes, numbered under the member's row lock.
+	if len(m.pending) > 0 {
+		rows := make([]postgres.OutboxRow, 0, len(m.pending))
+		for _, ch := range m.pending {
+			m.changeSeq++
+			row, err := s.changes.Row(ctx, m.id, m.changeSeq, ch)
+			if err != nil {
+				return err
+			}
+			rows = append(rows, row)
+		}
+		postgres.QueueOutbox(b, rows)
+		m.pending = nil
 	}
 	rawState, err := json.Marshal(m.state)
 	if err != nil {

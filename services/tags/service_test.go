@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
@@ -356,5 +357,45 @@ func TestConsentWithdrawalWithholdsBehaviouralLabels(t *testing.T) {
 	set(true)
 	if got := f.labels(t, m); got["spend_30d_value"] != 15.0 || got["active_30d"] != true {
 		t.Errorf("labels after consent granted again: %v", got)
+	}
+}
+
+// TestBadCatalogueIsRefusedAndTheRunningOneStays: loading a catalogue that
+// fails validation stores nothing; a stored one that no longer validates is
+// skipped by Reload, and the running catalogue stays in force.
+func TestBadCatalogueIsRefusedAndTheRunningOneStays(t *testing.T) {
+	f := newFixture(t)
+	c := ctxT(t)
+	bad := strings.Replace(testCatalog, "expr: orders_30d > 0", "expr: orderz_30d > 0", 1)
+	bad = strings.Replace(bad, "version: test-1", "version: test-2", 1)
+	_, err := tags.LoadCatalog(c, f.pool, []byte(bad))
+	if err == nil || !strings.Contains(err.Error(), "label active_30d") || !strings.Contains(err.Error(), "orderz_30d") {
+		t.Fatalf("load of a bad catalogue: %v; want an error naming active_30d and orderz_30d", err)
+	}
+	var n int
+	if err := f.pool.QueryRow(c, `SELECT count(*) FROM label_catalogs`).Scan(&n); err != nil || n != 0 {
+		t.Fatalf("%d catalogues stored (%v), want 0", n, err)
+	}
+	// A good new version is picked up by Reload.
+	good := strings.Replace(testCatalog, "version: test-1", "version: test-3", 1)
+	if _, err := tags.LoadCatalog(c, f.pool, []byte(good)); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.svc.Reload(c); err != nil || f.svc.Catalog().Version != "test-3" {
+		t.Fatalf("reload: %v, version %s", err, f.svc.Catalog().Version)
+	}
+	// One stored behind the loader's back that does not validate is refused.
+	if _, err := f.pool.Exec(c, `INSERT INTO label_catalogs (version, source) VALUES ('test-2', $1)`, bad); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.svc.Reload(c); err == nil || !strings.Contains(err.Error(), "keeping test-3") {
+		t.Errorf("reload of a bad stored catalogue: %v", err)
+	}
+	if v := f.svc.Catalog().Version; v != "test-3" {
+		t.Errorf("catalogue in force %s, want test-3", v)
+	}
+	// Loading the same version twice is refused.
+	if _, err := tags.LoadCatalog(c, f.pool, []byte(good)); err == nil || !strings.Contains(err.Error(), "loaded before") {
+		t.Errorf("second load of test-3: %v", err)
 	}
 }
