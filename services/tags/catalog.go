@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"cel.dev/cel-go/cel"
+	celast "cel.dev/cel-go/common/ast"
+	"cel.dev/cel-go/common/operators"
 	"cel.dev/cel-go/common/types"
 	"cel.dev/cel-go/common/types/ref"
 	"cel.dev/cel-go/interpreter"
@@ -188,8 +190,9 @@ func ParseCatalog(src []byte) (*Catalog, error) {
 			fail(entry, "expr: %v", err)
 			continue
 		}
-		f.needsItems = strings.Contains(f.Expr, "categories") || strings.Contains(f.Expr, "brands") || strings.Contains(f.Expr, "items")
-		f.needsStore = strings.Contains(f.Expr, "store")
+		fields := purchaseFields(ast)
+		f.needsItems = fields["categories"] || fields["brands"] || fields["items"]
+		f.needsStore = fields["store"]
 		for _, ff := range FilterFeatures(f) {
 			if _, dup := c.features[ff.ID]; dup {
 				fail(entry, "feature %s already exists", ff.ID)
@@ -308,6 +311,24 @@ func ParseCatalog(src []byte) (*Catalog, error) {
 		return nil, errors.Join(errs...)
 	}
 	return c, nil
+}
+
+// purchaseFields lists the fields of p a filter reads (p.x or p["x"]).
+func purchaseFields(a *cel.Ast) map[string]bool {
+	out := map[string]bool{}
+	celast.PreOrderVisit(celast.NavigateAST(a.NativeRep()), celast.NewExprVisitor(func(e celast.Expr) {
+		switch e.Kind() {
+		case celast.SelectKind:
+			out[e.AsSelect().FieldName()] = true
+		case celast.CallKind:
+			if c := e.AsCall(); c.FunctionName() == operators.Index && len(c.Args()) == 2 && c.Args()[1].Kind() == celast.LiteralKind {
+				if s, ok := c.Args()[1].AsLiteral().Value().(string); ok {
+					out[s] = true
+				}
+			}
+		}
+	}))
+	return out
 }
 
 // purchaseKeys are the fields of p in purchase filters.

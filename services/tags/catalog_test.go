@@ -5,6 +5,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestCatalogExamples loads the shipped catalogue, which evaluates every
@@ -122,5 +123,34 @@ func TestLabelDocsAreCurrent(t *testing.T) {
 	}
 	if string(got) != c.Markdown() {
 		t.Error("docs/labels.md is not the catalogue's documentation: run `go run ./services/cmd/membercenter tags docs > docs/labels.md`")
+	}
+}
+
+// TestFilterUndecidedOnlyForMissingInputs: a filter over the basket is
+// undecided for a purchase without lines (its share leaves it out); one
+// that merely mentions such a word in a string is decided.
+func TestFilterUndecidedOnlyForMissingInputs(t *testing.T) {
+	c, err := ParseCatalog([]byte(`
+version: f
+timezone: UTC
+filters:
+  - {id: coffee, description: coffee, expr: "'coffee' in p.categories"}
+  - {id: instore, description: says store, expr: "p.channel == 'store items'"}
+labels: []
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
+	st := &State{}
+	st.Fold(Fact{EventID: "a", Kind: KindTransaction, Channel: "pos", At: now.Add(-time.Hour), Origin: "m", Amount: 100})
+	st.Fold(Fact{EventID: "b", Kind: KindTransaction, Channel: "pos", At: now.Add(-2 * time.Hour), Origin: "m", Amount: 100,
+		Items: []Item{{SKU: "x", Category: "coffee", Quantity: 1, Amount: 100}}})
+	v := Compute(Inputs{State: st}, now, time.UTC, c.Filters, c.FilterKey()).Values
+	if v["coffee_share_365d"] != 1.0 || v["coffee_orders_365d"] != int64(1) {
+		t.Errorf("coffee share %v, orders %v; want 1 (the purchase without lines undecided) and 1", v["coffee_share_365d"], v["coffee_orders_365d"])
+	}
+	if v["instore_share_365d"] != 0.0 {
+		t.Errorf("instore share %v; want 0 over both purchases", v["instore_share_365d"])
 	}
 }
