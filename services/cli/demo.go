@@ -5,12 +5,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"text/tabwriter"
@@ -411,6 +414,24 @@ func (d *demo) analyst(ctx context.Context, run string, events int) error {
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
+	// The tag worker's labels reach ClickHouse's current profiles through the
+	// profile exporter: wait until the worker has every event of the run and
+	// the export queue is empty.
+	for {
+		var folded, queued int
+		if err := d.e.p.Pool().QueryRow(ctx, `SELECT (SELECT count(*) FROM processed_events WHERE consumer = 'tags' AND event_id LIKE $1),
+			(SELECT count(*) FROM profile_exports)`, like).Scan(&folded, &queued); err != nil {
+			return err
+		}
+		if folded == events && queued == 0 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("profiles: %d of %d events folded, %d members waiting for export: %w", folded, events, queued, ctx.Err())
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 	queries := []struct{ title, sql string }{
 		{"Sales by channel", `SELECT channel, count() AS orders, sum(amount_minor) / 100 AS revenue, round(avg(amount_minor) / 100, 2) AS aov
   FROM member_events FINAL
@@ -428,6 +449,10 @@ func (d *demo) analyst(ctx context.Context, run string, events int) error {
   FROM identity_audit FINAL
  WHERE cause_id LIKE ?
  GROUP BY action, channel ORDER BY action, channel`},
+		{"Members of this run by lifecycle stage and RFM segment (current profiles)", `SELECT lifecycle_stage, rfm_segment, count() AS members
+  FROM current_profiles
+ WHERE isNotNull(lifecycle_stage) AND member_id IN (SELECT member_id FROM member_events WHERE event_id LIKE ?)
+ GROUP BY lifecycle_stage, rfm_segment ORDER BY members DESC, lifecycle_stage`},
 		{"Top members by spend, with points", `SELECT e.member_id, e.spend, c.points
   FROM (SELECT member_id, sum(amount_minor) / 100 AS spend FROM member_events FINAL
          WHERE event_type = 'transaction' AND event_id LIKE ? GROUP BY member_id) AS e
@@ -495,6 +520,28 @@ func describe(c *mcv1.MemberChange) string {
 			what += " (with " + short(o) + ": " + x.IdentityChanged.GetReason() + ")"
 		}
 		return what
+	case *mcv1.MemberChange_LabelsChanged:
+		var parts []string
+		for _, l := range x.LabelsChanged.GetLabels() {
+			v := "cleared"
+			switch lv := l.GetValue().(type) {
+			case *mcv1.LabelValue_BoolValue:
+				v = strconv.FormatBool(lv.BoolValue)
+			case *mcv1.LabelValue_EnumValue:
+				v = lv.EnumValue
+			case *mcv1.LabelValue_NumberValue:
+				v = strconv.FormatFloat(lv.NumberValue, 'g', 4, 64)
+			}
+			parts = append(parts, l.GetLabelId()+"="+v)
+		}
+		more := ""
+		if len(parts) > 6 {
+			more = fmt.Sprintf(" and %d more", len(parts)-6)
+			parts = parts[:6]
+		}
+		return fmt.Sprintf("%d labels: %s%s", len(x.LabelsChanged.GetLabels()), strings.Join(parts, ", "), more)
+	case *mcv1.MemberChange_AttributesChanged:
+		return fmt.Sprintf("attributes: %s", strings.Join(slices.Sorted(maps.Keys(x.AttributesChanged.GetAttributes())), ", "))
 	default:
 		b, _ := protojson.Marshal(c)
 		return string(b)
@@ -503,4 +550,14 @@ func describe(c *mcv1.MemberChange) string {
 
 func newScanTarget(t reflect.Type) any { return reflect.New(t).Interface() }
 
-func deref(v any) any { return reflect.ValueOf(v).Elem().Interface() }
+// deref follows scan targets (and Nullable columns' pointers) to the value.
+func deref(v any) any {
+	rv := reflect.ValueOf(v)
+	for rv.Kind() == reflect.Pointer {
+		if rv.IsNil() {
+			return "NULL"
+		}
+		rv = rv.Elem()
+	}
+	return rv.Interface()
+}
