@@ -88,6 +88,7 @@ func toLabelChangeRows(c sink.Change, now time.Time) []clickhouse.LabelChangeRow
 		r := clickhouse.LabelChangeRow{
 			MemberID: m.GetMemberId(), LabelID: l.GetLabelId(), Cleared: l.GetCleared(),
 			Sequence: m.GetSequence(), ChangedAt: at, CauseID: m.GetCauseId(), InsertedAt: now,
+			CatalogVersion: lc.GetCatalogVersion(),
 		}
 		if !r.Cleared {
 			r.Value = LabelValueText(l)

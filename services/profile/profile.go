@@ -284,7 +284,11 @@ func (s *Service) ListLabels(group string) *mcv1.ListLabelsResponse {
 
 // Segment compiles a segment expression over the catalogue's labels.
 func (s *Service) Segment(expr string) (*segment.Query, error) {
-	return segment.Compile(expr, s.tags.Catalog().SegmentLabels())
+	c, err := s.tags.Catalog().Segments()
+	if err != nil {
+		return nil, err
+	}
+	return c.Compile(expr)
 }
 
 // CountSegment counts the members a segment expression matches.

@@ -12,6 +12,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"cel.dev/cel-go/cel"
@@ -21,6 +22,10 @@ import (
 	"cel.dev/cel-go/common/types/ref"
 	"cel.dev/cel-go/interpreter"
 	"go.yaml.in/yaml/v3"
+
+	"github.com/membercenter/membercenter/storage/clickhouse"
+
+	"github.com/membercenter/membercenter/services/tags/segment"
 )
 
 //go:embed catalog.yaml
@@ -56,6 +61,9 @@ type Catalog struct {
 	features  map[string]Feature
 	byID      map[string]*Label
 	filterKey string
+	segOnce   sync.Once
+	segments  *segment.Compiler // built on first use
+	segErr    error
 	// dirty[kind] are the labels an event of kind can change.
 	dirty map[string]map[string]bool
 }
@@ -222,6 +230,11 @@ func ParseCatalog(src []byte) (*Catalog, error) {
 			continue
 		case c.features[l.ID].ID != "":
 			fail(entry, "id is also a feature's; label ids must differ from feature ids")
+			continue
+		}
+		// The id is a ClickHouse column of member_profiles.
+		if err := clickhouse.CheckLabelID(l.ID); err != nil {
+			fail(entry, "%v", err)
 			continue
 		}
 		c.byID[l.ID] = l

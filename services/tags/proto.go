@@ -28,6 +28,12 @@ func jsonText(v any) string {
 	return string(b)
 }
 
+// Segments returns the catalogue's segment compiler, built once.
+func (c *Catalog) Segments() (*segment.Compiler, error) {
+	c.segOnce.Do(func() { c.segments, c.segErr = segment.NewCompiler(c.SegmentLabels()) })
+	return c.segments, c.segErr
+}
+
 // SegmentLabels declares the catalogue's labels to the segment language.
 func (c *Catalog) SegmentLabels() []segment.Label {
 	out := make([]segment.Label, len(c.Labels))

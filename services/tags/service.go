@@ -319,7 +319,7 @@ func (s *Service) store(ctx context.Context, tx pgx.Tx, m *memberState, labels m
 		version++
 		m.pending = append(m.pending, &mcv1.MemberChange{
 			CauseId: cause, Channel: ch, StoreId: storeID,
-			Change: &mcv1.MemberChange_LabelsChanged{LabelsChanged: &mcv1.LabelsChanged{Labels: diff}},
+			Change: &mcv1.MemberChange_LabelsChanged{LabelsChanged: &mcv1.LabelsChanged{Labels: diff, CatalogVersion: c.Version}},
 		})
 		var setIDs, setValues, delIDs []string
 		for _, d := range diff {

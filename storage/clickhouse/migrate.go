@@ -2,6 +2,7 @@ package clickhouse
 
 import (
 	"context"
+	"errors"
 	"embed"
 	"fmt"
 	"io/fs"
@@ -11,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	chproto "github.com/ClickHouse/clickhouse-go/v2/lib/proto"
 )
 
 //go:embed migrations/*.sql
@@ -107,6 +109,13 @@ func Migrate(ctx context.Context, conn driver.Conn) (applied []string, err error
 		}
 		for _, stmt := range m.Statements {
 			if err := conn.Exec(ctx, stmt); err != nil {
+				// 18.16 has no ADD COLUMN IF NOT EXISTS: a migration whose
+				// ALTER ran before a crash (but was not recorded) finds its
+				// columns there; that is the state it was going to make.
+				var ex *chproto.Exception
+				if errors.As(err, &ex) && ex.Code == 44 && strings.Contains(strings.ToUpper(stmt), "ADD COLUMN") {
+					continue
+				}
 				return applied, fmt.Errorf("clickhouse migration %s: %w", m.Name, err)
 			}
 		}

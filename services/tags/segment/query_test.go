@@ -37,7 +37,7 @@ var integrationLabels = []segment.Label{
 	{ID: "rfm_segment", Type: "enum", Values: []string{"champions", "loyal", "at_risk", "hibernating"}},
 	{ID: "store_name", Type: "enum"},
 	{ID: "rfm_r_score", Type: "number"},
-	{ID: "not", Type: "bool"},
+	{ID: "and", Type: "bool"},
 }
 
 func profileColumns(labels []segment.Label) []clickhouse.ProfileColumn {
@@ -260,7 +260,7 @@ func TestCountAndExportMatchTheRule(t *testing.T) {
 		`!(vip || spend_30d > 2)`,
 		`!!(rfm_segment in ["champions", "loyal"])`,
 		`!(churn_risk < 2.5) && app_user == false`,
-		`spend_30d >= 3 || not`,
+		`spend_30d >= 3 || and`,
 		`store_name == "x' OR 1=1 --" || store_name == "O'Brien"`,
 		`store_name in ["back\\slash", "\\'", "nul\x00byte", "tab\there", "新天地店", ""]`,
 		`!(store_name == "'; DROP TABLE member_profiles; --")`,

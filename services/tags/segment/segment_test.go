@@ -17,7 +17,7 @@ var catalogue = []segment.Label{
 		"deeply_engaged", "loyal", "at_risk", "dormant", "lost", "win_back"}},
 	{ID: "rfm_segment", Type: "enum", Values: []string{"champions", "loyal", "at_risk", "hibernating"}},
 	{ID: "store_name", Type: "enum"}, // no fixed values: any string
-	{ID: "not", Type: "bool"},        // a SQL keyword as a label id
+	{ID: "and", Type: "bool"},        // a SQL keyword as a label id
 }
 
 func TestCompileValid(t *testing.T) {
@@ -54,7 +54,7 @@ func TestCompileValid(t *testing.T) {
 		{`vip == app_user`, "(isNotNull(`vip`) AND isNotNull(`app_user`) AND assumeNotNull(`vip`) = assumeNotNull(`app_user`))", []string{"app_user", "vip"}},
 		{`lifecycle_stage != rfm_segment`, "(isNotNull(`lifecycle_stage`) AND isNotNull(`rfm_segment`) AND assumeNotNull(`lifecycle_stage`) != assumeNotNull(`rfm_segment`))",
 			[]string{"lifecycle_stage", "rfm_segment"}},
-		{`not || vip`, "((isNotNull(`not`) AND assumeNotNull(`not`) = 1) OR (isNotNull(`vip`) AND assumeNotNull(`vip`) = 1))", []string{"not", "vip"}},
+		{`and || vip`, "((isNotNull(`and`) AND assumeNotNull(`and`) = 1) OR (isNotNull(`vip`) AND assumeNotNull(`vip`) = 1))", []string{"and", "vip"}},
 		{"vip\n  && (spend_30d > 1\n       || app_user)",
 			"((isNotNull(`vip`) AND assumeNotNull(`vip`) = 1) AND ((isNotNull(`spend_30d`) AND assumeNotNull(`spend_30d`) > 1.0) OR (isNotNull(`app_user`) AND assumeNotNull(`app_user`) = 1)))",
 			[]string{"app_user", "spend_30d", "vip"}},

@@ -2213,10 +2213,12 @@ func (x *ConsentChanged) GetGranted() bool {
 
 // LabelsChanged lists labels whose value changed, with their new values.
 type LabelsChanged struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Labels        []*LabelValue          `protobuf:"bytes,1,rep,name=labels,proto3" json:"labels,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Labels []*LabelValue          `protobuf:"bytes,1,rep,name=labels,proto3" json:"labels,omitempty"`
+	// The label catalogue version that computed them.
+	CatalogVersion string `protobuf:"bytes,2,opt,name=catalog_version,json=catalogVersion,proto3" json:"catalog_version,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *LabelsChanged) Reset() {
@@ -2254,6 +2256,13 @@ func (x *LabelsChanged) GetLabels() []*LabelValue {
 		return x.Labels
 	}
 	return nil
+}
+
+func (x *LabelsChanged) GetCatalogVersion() string {
+	if x != nil {
+		return x.CatalogVersion
+	}
+	return ""
 }
 
 // LabelValue is the value of one catalogue label for a member.
@@ -2669,9 +2678,10 @@ const file_membercenter_v1_events_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"e\n" +
 	"\x0eConsentChanged\x129\n" +
 	"\apurpose\x18\x01 \x01(\x0e2\x1f.membercenter.v1.ConsentPurposeR\apurpose\x12\x18\n" +
-	"\agranted\x18\x02 \x01(\bR\agranted\"D\n" +
+	"\agranted\x18\x02 \x01(\bR\agranted\"m\n" +
 	"\rLabelsChanged\x123\n" +
-	"\x06labels\x18\x01 \x03(\v2\x1b.membercenter.v1.LabelValueR\x06labels\"\xee\x01\n" +
+	"\x06labels\x18\x01 \x03(\v2\x1b.membercenter.v1.LabelValueR\x06labels\x12'\n" +
+	"\x0fcatalog_version\x18\x02 \x01(\tR\x0ecatalogVersion\"\xee\x01\n" +
 	"\n" +
 	"LabelValue\x12\x19\n" +
 	"\blabel_id\x18\x01 \x01(\tR\alabelId\x12\x1f\n" +

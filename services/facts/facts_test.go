@@ -1,0 +1,126 @@
+package facts_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/membercenter/membercenter/pipeline/sink"
+	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
+	"github.com/membercenter/membercenter/services/facts"
+	"github.com/membercenter/membercenter/storage/clickhouse"
+	"github.com/membercenter/membercenter/storage/clickhouse/chtest"
+)
+
+func TestWriteEventsAndChanges(t *testing.T) {
+	ctx := context.Background()
+	conn, _ := chtest.NewDB(t)
+	at := time.Date(2026, 11, 20, 10, 30, 0, 0, time.UTC)
+	ts := timestamppb.New(at)
+	w := facts.Writer{W: clickhouse.NewWriter(conn), Now: func() time.Time { return at.Add(time.Second) }}
+
+	events := []sink.Event{
+		{Msg: &mcv1.MemberEvent{EventId: "e1", MemberId: "m1", OccurredAt: ts, IngestedAt: ts,
+			Resolution: &mcv1.Resolution{OriginMemberId: "m0"},
+			Payload: &mcv1.MemberEvent_Transaction{Transaction: &mcv1.Transaction{OrderId: "o1",
+				Total: &mcv1.Money{Currency: "CNY", AmountMinor: 5000}, CouponCodes: []string{"C1", "C2", "C3"}}}}},
+		{Msg: &mcv1.MemberEvent{EventId: "e2", MemberId: "m1", OccurredAt: ts, IngestedAt: ts,
+			Payload: &mcv1.MemberEvent_Review{Review: &mcv1.Review{Sku: "sku-1", Rating: 4, TextLength: 120}}}},
+	}
+	if err := w.WriteEvents(ctx, events); err != nil {
+		t.Fatal(err)
+	}
+	rows, err := conn.Query(ctx, `SELECT event_id, event_type, origin_member_id, coupon_count, review_rating
+		FROM member_events FINAL ORDER BY event_id`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for rows.Next() {
+		var id, typ, origin string
+		var coupons uint16
+		var rating uint8
+		if err := rows.Scan(&id, &typ, &origin, &coupons, &rating); err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, fmt.Sprintf("%s/%s/%s/%d/%d", id, typ, origin, coupons, rating))
+	}
+	rows.Close()
+	// e2 has no resolution: its origin is its member.
+	if want := "e1/transaction/m0/3/0 e2/review/m1/0/4"; strings.Join(got, " ") != want {
+		t.Fatalf("events %q, want %q", got, want)
+	}
+
+	changes := []sink.Change{
+		{Msg: &mcv1.MemberChange{MemberId: "m1", Sequence: 5, ChangeId: "c5", OccurredAt: ts, CauseId: "e1",
+			Change: &mcv1.MemberChange_LabelsChanged{LabelsChanged: &mcv1.LabelsChanged{Labels: []*mcv1.LabelValue{
+				{LabelId: "vip", Value: &mcv1.LabelValue_BoolValue{BoolValue: true}},
+				{LabelId: "lifecycle_stage", Value: &mcv1.LabelValue_EnumValue{EnumValue: "loyal"},
+					ComputedAt: timestamppb.New(at.Add(-time.Minute))},
+				{LabelId: "spend_30d", Value: &mcv1.LabelValue_NumberValue{NumberValue: 1234.5}},
+				{LabelId: "churn_risk", Cleared: true},
+			}}}}},
+		{Msg: &mcv1.MemberChange{MemberId: "m1", Sequence: 6, ChangeId: "c6", OccurredAt: ts, CauseId: "e1",
+			Change: &mcv1.MemberChange_PointsChanged{PointsChanged: &mcv1.PointsChanged{
+				Kind: mcv1.LedgerEntryKind_LEDGER_ENTRY_KIND_REDEEM, Delta: -300, Balance: 700}}}},
+	}
+	// Twice, as after a redelivery: the label rows collapse.
+	for range 2 {
+		if err := w.WriteChanges(ctx, changes); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rows, err = conn.Query(ctx, `SELECT label_id, value, cleared, sequence, changed_at, cause_id
+		FROM label_changes FINAL ORDER BY label_id`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got = got[:0]
+	for rows.Next() {
+		var label, value, cause string
+		var cleared uint8
+		var seq uint64
+		var changed time.Time
+		if err := rows.Scan(&label, &value, &cleared, &seq, &changed, &cause); err != nil {
+			t.Fatal(err)
+		}
+		if seq != 5 || cause != "e1" {
+			t.Errorf("%s: sequence %d cause %q", label, seq, cause)
+		}
+		got = append(got, fmt.Sprintf("%s=%s/%d@%s", label, value, cleared, changed.UTC().Format("15:04")))
+	}
+	rows.Close()
+	want := "churn_risk=/1@10:30 lifecycle_stage=loyal/0@10:29 spend_30d=1234.5/0@10:30 vip=true/0@10:30"
+	if strings.Join(got, " ") != want {
+		t.Fatalf("label_changes %q\nwant %q", got, want)
+	}
+	var kind string
+	if err := conn.QueryRow(ctx, `SELECT points_kind FROM member_changes FINAL WHERE sequence = 6`).Scan(&kind); err != nil {
+		t.Fatal(err)
+	}
+	if kind != "redeem" {
+		t.Fatalf("points_kind %q", kind)
+	}
+}
+
+func TestLabelValueText(t *testing.T) {
+	for _, tc := range []struct {
+		v    *mcv1.LabelValue
+		want string
+	}{
+		{&mcv1.LabelValue{Value: &mcv1.LabelValue_BoolValue{BoolValue: false}}, "false"},
+		{&mcv1.LabelValue{Value: &mcv1.LabelValue_EnumValue{EnumValue: "at_risk"}}, "at_risk"},
+		{&mcv1.LabelValue{Value: &mcv1.LabelValue_NumberValue{NumberValue: 0.1}}, "0.1"},
+		{&mcv1.LabelValue{Value: &mcv1.LabelValue_NumberValue{NumberValue: 3}}, "3"},
+		{&mcv1.LabelValue{Value: &mcv1.LabelValue_NumberValue{NumberValue: 1e21}}, "1e+21"},
+		{&mcv1.LabelValue{}, ""},
+	} {
+		if got := facts.LabelValueText(tc.v); got != tc.want {
+			t.Errorf("%v: %q, want %q", tc.v, got, tc.want)
+		}
+	}
+}
