@@ -2,8 +2,8 @@ package clickhouse
 
 import (
 	"context"
-	"errors"
 	"embed"
+	"errors"
 	"fmt"
 	"io/fs"
 	"path"
