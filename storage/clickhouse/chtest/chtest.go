@@ -5,6 +5,7 @@ package chtest
 
 import (
 	"context"
+	"errors"
 	"crypto/rand"
 	"encoding/hex"
 	"os"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	chproto "github.com/ClickHouse/clickhouse-go/v2/lib/proto"
 
 	"github.com/membercenter/membercenter/storage/clickhouse"
 )
@@ -42,7 +44,18 @@ func NewDB(t testing.TB) (driver.Conn, clickhouse.Config) {
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		if err := conn.Exec(ctx, "DROP DATABASE IF EXISTS "+cfg.Database); err != nil {
+		// A DDL statement a stopped test process sent may still be running
+		// on the server (ClickHouse finishes it after the client left); the
+		// server then asks to drop again (code 219).
+		var err error
+		for attempt := 0; attempt < 20; attempt++ {
+			var ex *chproto.Exception
+			if err = conn.Exec(ctx, "DROP DATABASE IF EXISTS "+cfg.Database); !errors.As(err, &ex) || ex.Code != 219 {
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		if err != nil {
 			t.Errorf("chtest: drop %s: %v", cfg.Database, err)
 		}
 		conn.Close()
