@@ -369,11 +369,11 @@ func Compute(in Inputs, now time.Time, loc *time.Location, filters []*Filter, fi
 		v["device_members"] = int64(in.Device)
 	}
 	// Purchase filters.
-	for _, f := range filters {
+	for fi, f := range filters {
 		var o30, o90, o365, known90, known365, m90, m365 int64
 		var spend365 int64
 		for _, p := range year {
-			res := p.match(f, filters, filterVersion, loc)
+			res := p.match(fi, filters, filterVersion, loc)
 			if res == matchUnknown {
 				continue
 			}

@@ -1,7 +1,6 @@
 package tags
 
 import (
-	"slices"
 	"sort"
 	"time"
 )
@@ -17,36 +16,43 @@ const (
 // match evaluates filter f on the purchase, caching every filter's result
 // on the purchase for catalogue version v. A filter that reads the basket
 // or the store of a purchase that did not say is undecided, not false.
-func (p *Purchase) match(f *Filter, all []*Filter, v string, loc *time.Location) matchResult {
+func (p *Purchase) match(i int, all []*Filter, v string, loc *time.Location) matchResult {
 	if p.FV != v {
-		p.FV, p.FM, p.FU = v, nil, nil
+		p.FV = v
 		p.evalAll(all, loc)
 	}
 	switch {
-	case slices.Contains(p.FM, f.ID):
+	case bit(p.FM, i):
 		return matchYes
-	case slices.Contains(p.FU, f.ID):
+	case bit(p.FU, i):
 		return matchUnknown
 	}
 	return matchNo
 }
 
+func bit(set []uint64, i int) bool { return i/64 < len(set) && set[i/64]&(1<<(i%64)) != 0 }
+
+func setBit(set []uint64, i int) { set[i/64] |= 1 << (i % 64) }
+
 func (p *Purchase) evalAll(fs []*Filter, loc *time.Location) {
+	words := (len(fs) + 63) / 64
+	p.FM, p.FU = make([]uint64, words), make([]uint64, words)
 	vars := p.vars(loc)
-	for _, f := range fs {
+	act := map[string]any{"p": vars}
+	for i, f := range fs {
 		if (f.needsItems && !p.ItemsKnown) || (f.needsStore && p.Store == "") {
-			p.FU = append(p.FU, f.ID)
+			setBit(p.FU, i)
 			continue
 		}
-		out, _, err := f.program.Eval(map[string]any{"p": vars})
+		out, _, err := f.program.Eval(act)
 		if err != nil {
-			p.FU = append(p.FU, f.ID)
+			setBit(p.FU, i)
 			continue
 		}
 		if b, ok := out.Value().(bool); ok && b {
-			p.FM = append(p.FM, f.ID)
+			setBit(p.FM, i)
 		} else if !ok {
-			p.FU = append(p.FU, f.ID)
+			setBit(p.FU, i)
 		}
 	}
 }

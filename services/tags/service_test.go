@@ -102,7 +102,7 @@ type fixture struct {
 
 var t0 = time.Date(2026, 3, 2, 10, 0, 0, 0, time.UTC) // a Monday
 
-func newFixture(t *testing.T) *fixture {
+func newFixture(t testing.TB) *fixture {
 	t.Helper()
 	pool := pgtest.NewPool(t, nil)
 	svc := tags.New(pool, changes.Writer{}, slog.New(slog.DiscardHandler))
@@ -123,7 +123,7 @@ func ctxT(t *testing.T) context.Context {
 	return c
 }
 
-func (f *fixture) member(t *testing.T) uuid.UUID {
+func (f *fixture) member(t testing.TB) uuid.UUID {
 	t.Helper()
 	id := uuid.Must(uuid.NewV7())
 	if err := postgres.InsertMember(context.Background(), f.pool, id, *f.clock); err != nil {

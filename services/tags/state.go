@@ -133,11 +133,11 @@ type Purchase struct {
 	Brands     map[string]int64 `json:"br,omitempty"`
 	Origin     string           `json:"g"`
 	Event      string           `json:"e"`
-	// Purchase filters matched (FM) and undecidable (FU) under catalogue
-	// version FV.
+	// Purchase filters matched (FM) and undecidable (FU), as bit sets over
+	// the filters' positions, under the filter definitions FV.
 	FV string   `json:"fv,omitempty"`
-	FM []string `json:"fm,omitempty"`
-	FU []string `json:"fu,omitempty"`
+	FM []uint64 `json:"fm,omitempty"`
+	FU []uint64 `json:"fu,omitempty"`
 }
 
 // Act is an interaction or a refund.
