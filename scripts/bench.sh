@@ -24,6 +24,20 @@ b_commit_rate="${BENCH_BENEFITS_COMMIT_RATE:-500,2000}"
 b_duration="${BENCH_BENEFITS_DURATION:-20s}"
 b_events="${BENCH_BENEFITS_EVENTS:-4000}"
 b_kafka_events="${BENCH_BENEFITS_KAFKA_EVENTS:-20000}"
+# Issue 5's tag / profile benchmark: fresh members of membercenter_bench given
+# a history, the tag worker direct and over Kafka, event → label visible,
+# GetProfile, and CountSegment over synthetic profiles preloaded once into
+# ClickHouse's membercenter_bench (reused by later runs).
+t_members="${BENCH_TAGS_MEMBERS:-1500}"
+t_history="${BENCH_TAGS_HISTORY:-10}"
+t_events="${BENCH_TAGS_EVENTS:-3000}"
+t_kafka_events="${BENCH_TAGS_KAFKA_EVENTS:-6000}"
+t_vis_rate="${BENCH_TAGS_VISIBILITY_RATE:-100}"
+t_vis_events="${BENCH_TAGS_VISIBILITY_EVENTS:-1000}"
+t_rate="${BENCH_TAGS_RATE:-500,2000}"
+t_duration="${BENCH_TAGS_DURATION:-20s}"
+t_profiles="${BENCH_TAGS_PROFILES:-1000000}"
+t_segment_runs="${BENCH_TAGS_SEGMENT_RUNS:-30}"
 
 commas() { sed -e ':a' -e 's/\B[0-9]\{3\}\>/,&/' -e 'ta' <<<"$1"; }
 
@@ -34,6 +48,10 @@ resolve="$("$bin" "${resolve_cmd[@]}")"
 benefits_cmd=(bench benefits --members "$b_members" --warm "$b_warm" --rate "$b_rate" --commit-rate "$b_commit_rate"
   --duration "$b_duration" --events "$b_events" --kafka-events "$b_kafka_events")
 benefits="$("$bin" "${benefits_cmd[@]}")"
+tags_cmd=(bench tags --members "$t_members" --history "$t_history" --events "$t_events" --kafka-events "$t_kafka_events"
+  --visibility-rate "$t_vis_rate" --visibility-events "$t_vis_events" --rate "$t_rate" --duration "$t_duration"
+  --profiles "$t_profiles" --segment-runs "$t_segment_runs")
+tags="$("$bin" "${tags_cmd[@]}")"
 
 cat >"$out" <<MD
 # Benchmarks
@@ -113,5 +131,21 @@ same records. PostgreSQL round trips are counted from the pgx spans of each
 request or event; CPU comes from /proc.
 
 $benefits
+
+## Tag / profile engine
+
+Command: \`membercenter ${tags_cmd[*]}\`
+
+The tag worker's events per second with the full shipped catalogue, directly
+(\`tags.Service.Apply\` by 1, 4 and 8 appliers beside a plain PostgreSQL upsert
+per event) and over Kafka (the tag worker as \`platform.Run\` builds it beside a
+plain franz-go consume); event → label visible in \`GetProfile\` and in
+ClickHouse's \`member_profiles\` beside a plain Kafka produce → consume round
+trip; \`GetProfile\` beside \`grpc.health.v1.Health/Check\`; and \`CountSegment\`
+for a three-label expression over $(commas "$t_profiles") profiles beside
+\`SELECT count()\` with and without \`FINAL\`. Each part says what it measures
+and what its floor is.
+
+$tags
 MD
 echo "bench: wrote $out"

@@ -42,6 +42,11 @@ type Config struct {
 	DLQTopic string
 	// MaxPollRecords bounds one batch; 0 means 1000.
 	MaxPollRecords int
+	// PartitionFetchBytes bounds what one fetch buffers per partition
+	// (0: franz-go's default, 1 MiB). Per-record stages set it low so a
+	// backlog's poll spans many partitions, which they work on in parallel,
+	// instead of a thousand records of one.
+	PartitionFetchBytes int32
 }
 
 // Consumer is a running stage's Kafka side.
@@ -60,14 +65,18 @@ func New(kcfg kafka.Config, tel kafka.Telemetry, cfg Config) (*Consumer, error) 
 	if cfg.MaxPollRecords == 0 {
 		cfg.MaxPollRecords = 1000
 	}
-	cl, err := kafka.NewClient(kcfg, tel, cfg.Group,
+	opts := []kgo.Opt{
 		kgo.ConsumerGroup(cfg.Group),
 		kgo.ConsumeTopics(cfg.Topics...),
 		kgo.DisableAutoCommit(),
 		kgo.BlockRebalanceOnPoll(),
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
-	)
+	}
+	if cfg.PartitionFetchBytes > 0 {
+		opts = append(opts, kgo.FetchMaxPartitionBytes(cfg.PartitionFetchBytes))
+	}
+	cl, err := kafka.NewClient(kcfg, tel, cfg.Group, opts...)
 	if err != nil {
 		return nil, err
 	}

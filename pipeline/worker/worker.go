@@ -37,6 +37,9 @@ func New(kcfg kafka.Config, tel kafka.Telemetry, stage string, a Applier) (*Work
 		Group:    kcfg.Group(stage),
 		Topics:   []string{kcfg.Topics.MemberEvents},
 		DLQTopic: kcfg.Topics.DLQ,
+		// A backlog's poll then holds records of many partitions, applied
+		// in parallel (each partition in order).
+		PartitionFetchBytes: 32 << 10,
 	})
 	if err != nil {
 		return nil, err

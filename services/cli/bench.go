@@ -63,7 +63,7 @@ of the same broker: the floor. Prints a Markdown table.`,
 	latency.Flags().IntVar(&events, "events", 1000, "measured events")
 	latency.Flags().IntVar(&members, "members", 200, "distinct members the events belong to")
 	latency.Flags().IntVar(&rate, "rate", 200, "events per second (open loop)")
-	cmd.AddCommand(latency, benchResolveCmd(stdout), benchBenefitsCmd(stdout))
+	cmd.AddCommand(latency, benchResolveCmd(stdout), benchBenefitsCmd(stdout), benchTagsCmd(stdout))
 	return cmd
 }
 

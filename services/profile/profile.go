@@ -66,7 +66,7 @@ func (s *Service) get(ctx context.Context, id uuid.UUID) (*mcv1.Profile, bool, e
 	found, merged := false, false
 	b.Queue(`SELECT m.created_at, m.change_seq, m.attributes, m.merged_into IS NOT NULL,
 		       coalesce(a.balance, 0), coalesce(ls.state->>'tier', ''),
-		       coalesce(f.labels, '{}'::jsonb), coalesce(f.updated_at, m.created_at)
+		       f.labels_pb, CASE WHEN f.labels_pb IS NULL THEN f.labels END, f.updated_at
 		  FROM members m
 		  LEFT JOIN points_accounts a ON a.member_id = m.member_id
 		  LEFT JOIN loyalty_state ls ON ls.member_id = m.member_id
@@ -74,13 +74,26 @@ func (s *Service) get(ctx context.Context, id uuid.UUID) (*mcv1.Profile, bool, e
 		 WHERE m.member_id = $1`, id).Query(func(rows pgx.Rows) error {
 		for rows.Next() {
 			found = true
-			var created, at time.Time
+			var created time.Time
+			var at *time.Time
 			var seq int64
-			var labels map[string]any
-			if err := rows.Scan(&created, &seq, &p.Attributes, &merged, &p.PointsBalance, &p.Tier, &labels, &at); err != nil {
+			var pb []byte
+			var labels map[string]any // rows written before labels_pb
+			if err := rows.Scan(&created, &seq, &p.Attributes, &merged, &p.PointsBalance, &p.Tier, &pb, &labels, &at); err != nil {
 				return err
 			}
-			p.CreatedAt, p.Sequence, p.Labels = timestamppb.New(created), uint64(seq), tags.ProtoLabels(labels, at)
+			p.CreatedAt, p.Sequence = timestamppb.New(created), uint64(seq)
+			if at != nil {
+				p.LabelsComputedAt = timestamppb.New(*at)
+			}
+			if pb != nil {
+				var err error
+				if p.Labels, err = tags.DecodeLabels(pb); err != nil {
+					return err
+				}
+			} else {
+				p.Labels = tags.ProtoLabels(labels, time.Time{})
+			}
 		}
 		return rows.Err()
 	})
@@ -189,7 +202,10 @@ func (s *Service) getTx(ctx context.Context, tx pgx.Tx, member uuid.UUID) (*mcv1
 		return nil, err
 	}
 	p := &mcv1.Profile{MemberId: member.String(), CreatedAt: timestamppb.New(m.CreatedAt), Attributes: m.Attributes,
-		Sequence: uint64(m.ChangeSeq), Labels: tags.ProtoLabels(labels, at)}
+		Sequence: uint64(m.ChangeSeq), Labels: tags.ProtoLabels(labels, time.Time{})}
+	if !at.IsZero() {
+		p.LabelsComputedAt = timestamppb.New(at)
+	}
 	rows, err := tx.Query(ctx, `SELECT purpose, granted, decided_at FROM member_consents WHERE member_id = $1 ORDER BY purpose`, member)
 	if err != nil {
 		return nil, err

@@ -8,7 +8,6 @@ import (
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/google/uuid"
-	"github.com/jackc/pgx/v5"
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 	"github.com/membercenter/membercenter/storage/clickhouse"
@@ -48,6 +47,10 @@ func (e *Exporter) Ensure(ctx context.Context) error {
 	if e.ensured == c.Version {
 		return nil
 	}
+	// ClickHouse finishes a DDL statement whose client has gone, so a
+	// shutdown does not interrupt it: it completes before Run returns.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+	defer cancel()
 	if err := clickhouse.EnsureProfiles(ctx, e.conn, c.Columns()); err != nil {
 		return err
 	}
@@ -62,57 +65,56 @@ func (e *Exporter) Export(ctx context.Context, batch int) (int, error) {
 		return 0, err
 	}
 	cols := e.svc.Catalog().Columns()
-	n := 0
-	err := postgres.RetryTx(ctx, e.svc.pool, func(tx pgx.Tx) error {
-		rows, err := tx.Query(ctx, `
-			SELECT q.member_id, q.version, coalesce(f.labels, '{}'::jsonb), coalesce(f.catalog_version, ''),
-			       coalesce(f.updated_at, now()), coalesce(NOT c.granted, false)
-			  FROM (SELECT member_id, version FROM profile_exports ORDER BY queued_at LIMIT $1 FOR UPDATE SKIP LOCKED) q
-			  LEFT JOIN member_features f ON f.member_id = q.member_id
-			  LEFT JOIN member_consents c ON c.member_id = q.member_id AND c.purpose = $2`,
-			batch, int16(mcv1.ConsentPurpose_CONSENT_PURPOSE_PROFILING))
-		if err != nil {
-			return fmt.Errorf("claim profile exports: %w", err)
+	// No lock is held while ClickHouse inserts (a worker re-queuing the
+	// member must not wait for it): rows are read, inserted, then dequeued
+	// where the version is still the one exported. Two exporters may
+	// export a member twice; its rows collapse by version.
+	rows, err := e.svc.pool.Query(ctx, `
+		SELECT q.member_id, q.version, coalesce(f.labels, '{}'::jsonb), coalesce(f.catalog_version, ''),
+		       coalesce(f.updated_at, now()), coalesce(NOT c.granted, false)
+		  FROM (SELECT member_id, version FROM profile_exports ORDER BY queued_at LIMIT $1) q
+		  LEFT JOIN member_features f ON f.member_id = q.member_id
+		  LEFT JOIN member_consents c ON c.member_id = q.member_id AND c.purpose = $2`,
+		batch, int16(mcv1.ConsentPurpose_CONSENT_PURPOSE_PROFILING))
+	if err != nil {
+		return 0, fmt.Errorf("read profile exports: %w", err)
+	}
+	var out []clickhouse.ProfileRow
+	var ids []uuid.UUID
+	var versions []int64
+	for rows.Next() {
+		var id uuid.UUID
+		var version int64
+		var raw []byte
+		r := clickhouse.ProfileRow{}
+		if err := rows.Scan(&id, &version, &raw, &r.CatalogVersion, &r.UpdatedAt, &r.Withheld); err != nil {
+			rows.Close()
+			return 0, err
 		}
-		var out []clickhouse.ProfileRow
-		var ids []uuid.UUID
-		var versions []int64
-		for rows.Next() {
-			var id uuid.UUID
-			var version int64
-			var raw []byte
-			r := clickhouse.ProfileRow{}
-			if err := rows.Scan(&id, &version, &raw, &r.CatalogVersion, &r.UpdatedAt, &r.Withheld); err != nil {
-				rows.Close()
-				return err
-			}
-			if err := json.Unmarshal(raw, &r.Values); err != nil {
-				rows.Close()
-				return fmt.Errorf("decode labels of %s: %w", id, err)
-			}
-			r.MemberID, r.Version, r.UpdatedAt = id.String(), uint64(version), r.UpdatedAt.UTC()
-			out = append(out, r)
-			ids, versions = append(ids, id), append(versions, version)
+		if err := json.Unmarshal(raw, &r.Values); err != nil {
+			rows.Close()
+			return 0, fmt.Errorf("decode labels of %s: %w", id, err)
 		}
-		if err := rows.Err(); err != nil {
-			return err
-		}
-		if len(out) == 0 {
-			n = 0
-			return nil
-		}
-		if err := e.w.InsertProfiles(ctx, cols, out); err != nil {
-			return err
-		}
-		// A newer version queued meanwhile stays queued.
-		if _, err := tx.Exec(ctx, `DELETE FROM profile_exports p USING unnest($1::uuid[], $2::bigint[]) AS d(member_id, version)
-			WHERE p.member_id = d.member_id AND p.version <= d.version`, ids, versions); err != nil {
-			return fmt.Errorf("dequeue profile exports: %w", err)
-		}
-		n = len(out)
-		return nil
-	})
-	return n, err
+		// The row's version is the labels' version; the queue's may lag a
+		// newer write (then the row is exported again under it).
+		r.MemberID, r.Version, r.UpdatedAt = id.String(), uint64(version), r.UpdatedAt.UTC()
+		out = append(out, r)
+		ids, versions = append(ids, id), append(versions, version)
+	}
+	if err := rows.Err(); err != nil {
+		return 0, err
+	}
+	if len(out) == 0 {
+		return 0, nil
+	}
+	if err := e.w.InsertProfiles(ctx, cols, out); err != nil {
+		return 0, err
+	}
+	if _, err := e.svc.pool.Exec(ctx, `DELETE FROM profile_exports p USING unnest($1::uuid[], $2::bigint[]) AS d(member_id, version)
+		WHERE p.member_id = d.member_id AND p.version <= d.version`, ids, versions); err != nil {
+		return 0, fmt.Errorf("dequeue profile exports: %w", err)
+	}
+	return len(out), nil
 }
 
 // Run exports whenever labels change (NOTIFY), until ctx ends.

@@ -22,6 +22,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
@@ -365,16 +366,20 @@ func (s *Service) store(ctx context.Context, tx pgx.Tx, m *memberState, labels m
 	if err != nil {
 		return err
 	}
+	labelsPB, err := EncodeLabels(labels)
+	if err != nil {
+		return err
+	}
 	var dueAt *time.Time
 	if !due.IsZero() {
 		dueAt = &due
 	}
-	b.Queue(`INSERT INTO member_features (member_id, state, labels, catalog_version, version, due_at, updated_at)
-		VALUES ($1, $2, $3, $4, $5, $6, $7)
-		ON CONFLICT (member_id) DO UPDATE SET state = EXCLUDED.state, labels = EXCLUDED.labels,
+	b.Queue(`INSERT INTO member_features (member_id, state, labels, labels_pb, catalog_version, version, due_at, updated_at)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+		ON CONFLICT (member_id) DO UPDATE SET state = EXCLUDED.state, labels = EXCLUDED.labels, labels_pb = EXCLUDED.labels_pb,
 		  catalog_version = EXCLUDED.catalog_version, version = EXCLUDED.version, due_at = EXCLUDED.due_at,
 		  updated_at = EXCLUDED.updated_at`,
-		m.id, rawState, rawLabels, c.Version, version, dueAt, now)
+		m.id, rawState, rawLabels, labelsPB, c.Version, version, dueAt, now)
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return fmt.Errorf("store labels: %w", err)
 	}
@@ -529,12 +534,30 @@ func (s *Service) Labels(ctx context.Context, q postgres.Querier, member uuid.UU
 	return out, at, nil
 }
 
-// ProtoLabels renders labels in id order.
+// EncodeLabels encodes labels as GetProfile returns them: LabelValues in id
+// order without times, as the wire form of a LabelsChanged.
+func EncodeLabels(labels map[string]any) ([]byte, error) {
+	return proto.MarshalOptions{Deterministic: true}.Marshal(&mcv1.LabelsChanged{Labels: ProtoLabels(labels, time.Time{})})
+}
+
+// DecodeLabels reverses EncodeLabels.
+func DecodeLabels(b []byte) ([]*mcv1.LabelValue, error) {
+	var lc mcv1.LabelsChanged
+	if err := proto.Unmarshal(b, &lc); err != nil {
+		return nil, fmt.Errorf("decode labels: %w", err)
+	}
+	return lc.GetLabels(), nil
+}
+
+// ProtoLabels renders labels in id order; at zero leaves their times unset.
 func ProtoLabels(labels map[string]any, at time.Time) []*mcv1.LabelValue {
 	ids := slices.Sorted(maps.Keys(labels))
 	out := make([]*mcv1.LabelValue, 0, len(ids))
 	for _, id := range ids {
-		lv := &mcv1.LabelValue{LabelId: id, ComputedAt: timestamppb.New(at)}
+		lv := &mcv1.LabelValue{LabelId: id}
+		if !at.IsZero() {
+			lv.ComputedAt = timestamppb.New(at)
+		}
 		SetProtoValue(lv, labels[id])
 		out = append(out, lv)
 	}

@@ -46,11 +46,12 @@ func NewDB(t testing.TB) (driver.Conn, clickhouse.Config) {
 		defer cancel()
 		// A DDL statement a stopped test process sent may still be running
 		// on the server (ClickHouse finishes it after the client left); the
-		// server then asks to drop again (code 219).
+		// server then asks to drop again (code 219) or finds files of the
+		// table being created (code 1000).
 		var err error
 		for attempt := 0; attempt < 20; attempt++ {
 			var ex *chproto.Exception
-			if err = conn.Exec(ctx, "DROP DATABASE IF EXISTS "+cfg.Database); !errors.As(err, &ex) || ex.Code != 219 {
+			if err = conn.Exec(ctx, "DROP DATABASE IF EXISTS "+cfg.Database); !errors.As(err, &ex) || (ex.Code != 219 && ex.Code != 1000) {
 				break
 			}
 			time.Sleep(50 * time.Millisecond)

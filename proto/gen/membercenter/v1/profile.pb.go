@@ -34,9 +34,12 @@ type Profile struct {
 	Consents      []*Consent             `protobuf:"bytes,6,rep,name=consents,proto3" json:"consents,omitempty"`
 	Labels        []*LabelValue          `protobuf:"bytes,7,rep,name=labels,proto3" json:"labels,omitempty"`
 	// Sequence of the last change applied to this view.
-	Sequence      uint64 `protobuf:"varint,8,opt,name=sequence,proto3" json:"sequence,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Sequence uint64 `protobuf:"varint,8,opt,name=sequence,proto3" json:"sequence,omitempty"`
+	// When the labels were last computed (labels carry no time of their own
+	// here; LabelsChanged changes do).
+	LabelsComputedAt *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=labels_computed_at,json=labelsComputedAt,proto3" json:"labels_computed_at,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Profile) Reset() {
@@ -123,6 +126,13 @@ func (x *Profile) GetSequence() uint64 {
 		return x.Sequence
 	}
 	return 0
+}
+
+func (x *Profile) GetLabelsComputedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LabelsComputedAt
+	}
+	return nil
 }
 
 // Consent is the member's current decision for one purpose.
@@ -969,7 +979,7 @@ var File_membercenter_v1_profile_proto protoreflect.FileDescriptor
 
 const file_membercenter_v1_profile_proto_rawDesc = "" +
 	"\n" +
-	"\x1dmembercenter/v1/profile.proto\x12\x0fmembercenter.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1cmembercenter/v1/events.proto\"\xac\x03\n" +
+	"\x1dmembercenter/v1/profile.proto\x12\x0fmembercenter.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1cmembercenter/v1/events.proto\"\xf6\x03\n" +
 	"\aProfile\x12\x1b\n" +
 	"\tmember_id\x18\x01 \x01(\tR\bmemberId\x129\n" +
 	"\n" +
@@ -981,7 +991,8 @@ const file_membercenter_v1_profile_proto_rawDesc = "" +
 	"attributes\x124\n" +
 	"\bconsents\x18\x06 \x03(\v2\x18.membercenter.v1.ConsentR\bconsents\x123\n" +
 	"\x06labels\x18\a \x03(\v2\x1b.membercenter.v1.LabelValueR\x06labels\x12\x1a\n" +
-	"\bsequence\x18\b \x01(\x04R\bsequence\x1a=\n" +
+	"\bsequence\x18\b \x01(\x04R\bsequence\x12H\n" +
+	"\x12labels_computed_at\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\x10labelsComputedAt\x1a=\n" +
 	"\x0fAttributesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x99\x01\n" +
@@ -1114,33 +1125,34 @@ var file_membercenter_v1_profile_proto_depIdxs = []int32{
 	16, // 1: membercenter.v1.Profile.attributes:type_name -> membercenter.v1.Profile.AttributesEntry
 	1,  // 2: membercenter.v1.Profile.consents:type_name -> membercenter.v1.Consent
 	20, // 3: membercenter.v1.Profile.labels:type_name -> membercenter.v1.LabelValue
-	21, // 4: membercenter.v1.Consent.purpose:type_name -> membercenter.v1.ConsentPurpose
-	19, // 5: membercenter.v1.Consent.decided_at:type_name -> google.protobuf.Timestamp
-	0,  // 6: membercenter.v1.GetProfileResponse.profile:type_name -> membercenter.v1.Profile
-	6,  // 7: membercenter.v1.ListLabelsResponse.labels:type_name -> membercenter.v1.LabelDefinition
-	7,  // 8: membercenter.v1.LabelDefinition.examples:type_name -> membercenter.v1.LabelExample
-	17, // 9: membercenter.v1.LabelExample.given:type_name -> membercenter.v1.LabelExample.GivenEntry
-	18, // 10: membercenter.v1.UpdateAttributesRequest.attributes:type_name -> membercenter.v1.UpdateAttributesRequest.AttributesEntry
-	0,  // 11: membercenter.v1.UpdateAttributesResponse.profile:type_name -> membercenter.v1.Profile
-	21, // 12: membercenter.v1.SetConsentRequest.purpose:type_name -> membercenter.v1.ConsentPurpose
-	1,  // 13: membercenter.v1.SetConsentResponse.consent:type_name -> membercenter.v1.Consent
-	2,  // 14: membercenter.v1.ProfileService.GetProfile:input_type -> membercenter.v1.GetProfileRequest
-	4,  // 15: membercenter.v1.ProfileService.ListLabels:input_type -> membercenter.v1.ListLabelsRequest
-	12, // 16: membercenter.v1.ProfileService.UpdateAttributes:input_type -> membercenter.v1.UpdateAttributesRequest
-	14, // 17: membercenter.v1.ProfileService.SetConsent:input_type -> membercenter.v1.SetConsentRequest
-	8,  // 18: membercenter.v1.ProfileService.CountSegment:input_type -> membercenter.v1.CountSegmentRequest
-	10, // 19: membercenter.v1.ProfileService.ExportSegment:input_type -> membercenter.v1.ExportSegmentRequest
-	3,  // 20: membercenter.v1.ProfileService.GetProfile:output_type -> membercenter.v1.GetProfileResponse
-	5,  // 21: membercenter.v1.ProfileService.ListLabels:output_type -> membercenter.v1.ListLabelsResponse
-	13, // 22: membercenter.v1.ProfileService.UpdateAttributes:output_type -> membercenter.v1.UpdateAttributesResponse
-	15, // 23: membercenter.v1.ProfileService.SetConsent:output_type -> membercenter.v1.SetConsentResponse
-	9,  // 24: membercenter.v1.ProfileService.CountSegment:output_type -> membercenter.v1.CountSegmentResponse
-	11, // 25: membercenter.v1.ProfileService.ExportSegment:output_type -> membercenter.v1.ExportSegmentResponse
-	20, // [20:26] is the sub-list for method output_type
-	14, // [14:20] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	19, // 4: membercenter.v1.Profile.labels_computed_at:type_name -> google.protobuf.Timestamp
+	21, // 5: membercenter.v1.Consent.purpose:type_name -> membercenter.v1.ConsentPurpose
+	19, // 6: membercenter.v1.Consent.decided_at:type_name -> google.protobuf.Timestamp
+	0,  // 7: membercenter.v1.GetProfileResponse.profile:type_name -> membercenter.v1.Profile
+	6,  // 8: membercenter.v1.ListLabelsResponse.labels:type_name -> membercenter.v1.LabelDefinition
+	7,  // 9: membercenter.v1.LabelDefinition.examples:type_name -> membercenter.v1.LabelExample
+	17, // 10: membercenter.v1.LabelExample.given:type_name -> membercenter.v1.LabelExample.GivenEntry
+	18, // 11: membercenter.v1.UpdateAttributesRequest.attributes:type_name -> membercenter.v1.UpdateAttributesRequest.AttributesEntry
+	0,  // 12: membercenter.v1.UpdateAttributesResponse.profile:type_name -> membercenter.v1.Profile
+	21, // 13: membercenter.v1.SetConsentRequest.purpose:type_name -> membercenter.v1.ConsentPurpose
+	1,  // 14: membercenter.v1.SetConsentResponse.consent:type_name -> membercenter.v1.Consent
+	2,  // 15: membercenter.v1.ProfileService.GetProfile:input_type -> membercenter.v1.GetProfileRequest
+	4,  // 16: membercenter.v1.ProfileService.ListLabels:input_type -> membercenter.v1.ListLabelsRequest
+	12, // 17: membercenter.v1.ProfileService.UpdateAttributes:input_type -> membercenter.v1.UpdateAttributesRequest
+	14, // 18: membercenter.v1.ProfileService.SetConsent:input_type -> membercenter.v1.SetConsentRequest
+	8,  // 19: membercenter.v1.ProfileService.CountSegment:input_type -> membercenter.v1.CountSegmentRequest
+	10, // 20: membercenter.v1.ProfileService.ExportSegment:input_type -> membercenter.v1.ExportSegmentRequest
+	3,  // 21: membercenter.v1.ProfileService.GetProfile:output_type -> membercenter.v1.GetProfileResponse
+	5,  // 22: membercenter.v1.ProfileService.ListLabels:output_type -> membercenter.v1.ListLabelsResponse
+	13, // 23: membercenter.v1.ProfileService.UpdateAttributes:output_type -> membercenter.v1.UpdateAttributesResponse
+	15, // 24: membercenter.v1.ProfileService.SetConsent:output_type -> membercenter.v1.SetConsentResponse
+	9,  // 25: membercenter.v1.ProfileService.CountSegment:output_type -> membercenter.v1.CountSegmentResponse
+	11, // 26: membercenter.v1.ProfileService.ExportSegment:output_type -> membercenter.v1.ExportSegmentResponse
+	21, // [21:27] is the sub-list for method output_type
+	15, // [15:21] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_membercenter_v1_profile_proto_init() }
