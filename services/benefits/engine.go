@@ -6,6 +6,7 @@ import (
 	"math/big"
 	"sort"
 	"strconv"
+	"strings"
 	"time"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -720,6 +721,9 @@ func (e Engine) purchase(s *State, fx *Effects, t time.Time, op Op) error {
 		}
 		fx.Trace = append(fx.Trace, &mcv1.RuleTrace{RuleId: "campaign:" + c.c.ID, RuleVersion: p.Version, Applied: true, Points: c.extra,
 			Explanation: c.c.Name})
+		if c.c.Benefit != "" {
+			e.grantByCampaign(s, fx, t, op, c.c)
+		}
 		if c.c.Coupon != "" {
 			if cp, err := e.issueCoupon(s, fx, t, op, c.c.Coupon, "campaign "+c.c.ID); err != nil {
 				fx.Trace = append(fx.Trace, &mcv1.RuleTrace{RuleId: "coupon:" + c.c.Coupon, RuleVersion: p.Version, Explanation: err.Error()})
@@ -882,6 +886,29 @@ func (e Engine) refund(s *State, fx *Effects, t time.Time, op Op) error {
 	return nil
 }
 
+// campaignCause marks a grant made by a campaign's benefit effect.
+const campaignCause = "campaign:"
+
+// grantByCampaign gives the member a catalogue benefit as a campaign's
+// effect, if not held. Such a grant lasts until the next month start, when it
+// is revoked unless the benefit's own condition holds then (§5).
+func (e Engine) grantByCampaign(s *State, fx *Effects, t time.Time, op Op, c *Campaign) {
+	p := e.P
+	if s.Grants[c.Benefit] != nil {
+		fx.Trace = append(fx.Trace, &mcv1.RuleTrace{RuleId: "benefit:" + c.Benefit, RuleVersion: p.Version, Explanation: "already held"})
+		return
+	}
+	s.Grants[c.Benefit] = &Grant{GrantedAt: t, Cause: campaignCause + c.ID + ":" + op.Cause}
+	fx.Granted = append(fx.Granted, c.Benefit)
+	fx.Trace = append(fx.Trace, &mcv1.RuleTrace{RuleId: "benefit:" + c.Benefit, RuleVersion: p.Version, Applied: true,
+		Explanation: "granted by campaign " + c.ID + " until the next month start"})
+	for _, b := range p.Benefits {
+		if b.ID == c.Benefit && b.Coupon != "" {
+			_, _ = e.issueCoupon(s, fx, t, op, b.Coupon, "benefit "+b.ID)
+		}
+	}
+}
+
 // benefits grants and revokes catalogue benefits at τ.
 func (e Engine) benefits(s *State, fx *Effects, at time.Time, monthStart bool, op Op) {
 	for _, b := range e.P.Benefits {
@@ -898,6 +925,11 @@ func (e Engine) benefits(s *State, fx *Effects, at time.Time, monthStart bool, o
 			g.PendingRevoke = false
 		case !ok && g != nil:
 			switch {
+			case strings.HasPrefix(g.Cause, campaignCause) && !monthStart:
+				g.PendingRevoke = true // a campaign's grant lasts the month
+			case strings.HasPrefix(g.Cause, campaignCause):
+				delete(s.Grants, b.ID)
+				fx.Revoked = append(fx.Revoked, b.ID)
 			case b.Revoke == "never":
 			case b.Revoke == "end_of_month" && !monthStart:
 				g.PendingRevoke = true

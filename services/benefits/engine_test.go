@@ -140,3 +140,43 @@ func TestExpiryTiersAndGrace(t *testing.T) {
 		t.Fatalf("balance %d after every lot expired", bal)
 	}
 }
+
+// TestCampaignGrantsABenefitForTheMonth: a campaign's benefit effect grants
+// the benefit (with its cause) though the benefit's own condition does not
+// hold; it lasts until the next month start, where it is revoked.
+func TestCampaignGrantsABenefitForTheMonth(t *testing.T) {
+	p := program(t, func(src string) string {
+		return strings.Replace(src, "    condition: basket.total >= 50000\n", "    condition: basket.total >= 50000\n    benefit: free_shipping\n", 1)
+	})
+	e := benefits.Engine{P: p}
+	s := benefits.NewState("m1")
+	fx := apply(t, e, s, buy(wed, "o1", 60_000))
+	if len(fx.Granted) != 1 || fx.Granted[0] != "free_shipping" || s.Grants["free_shipping"] == nil {
+		t.Fatalf("granted %v, grants %v; want free_shipping from the campaign", fx.Granted, s.Grants)
+	}
+	if c := s.Grants["free_shipping"].Cause; !strings.HasPrefix(c, "campaign:big-basket:") {
+		t.Errorf("grant cause %q", c)
+	}
+	traced := false
+	for _, r := range fx.Trace {
+		traced = traced || (r.GetRuleId() == "benefit:free_shipping" && r.GetApplied())
+	}
+	if !traced {
+		t.Error("no trace line for the granted benefit")
+	}
+	// Later in the month it stays (the member is not silver).
+	if fx := apply(t, e, s, buy(wed.Add(48*time.Hour), "o2", 1_000)); len(fx.Revoked) != 0 || s.Grants["free_shipping"] == nil {
+		t.Fatalf("revoked %v within the month", fx.Revoked)
+	}
+	// The next month start revokes it.
+	fx = apply(t, e, s, benefits.Op{Kind: benefits.OpAdvance, At: time.Date(2026, 4, 1, 0, 30, 0, 0, sh), Cause: "tick"})
+	if len(fx.Revoked) != 1 || s.Grants["free_shipping"] != nil {
+		t.Errorf("at the month start: revoked %v, grants %v", fx.Revoked, s.Grants)
+	}
+	// An unknown benefit is refused when the programme loads.
+	_, err := benefits.ParseProgram([]byte(strings.Replace(string(benefits.DefaultProgramSource()),
+		"    condition: basket.total >= 50000\n", "    condition: basket.total >= 50000\n    benefit: jetpack\n", 1)))
+	if err == nil || !strings.Contains(err.Error(), `benefit: unknown benefit "jetpack"`) {
+		t.Errorf("programme with an unknown campaign benefit: %v", err)
+	}
+}

@@ -78,6 +78,9 @@ type Campaign struct {
 	CapMonth     int64
 	Budget       int64
 	Coupon       string
+	// Benefit is a catalogue benefit the campaign grants (until the next
+	// month start, unless its own condition holds then).
+	Benefit string
 }
 
 // CouponTemplate describes coupons.
@@ -157,6 +160,7 @@ type yamlProgram struct {
 		CapPerMemberMon int64   `yaml:"cap_per_member_month"`
 		Budget          int64   `yaml:"budget"`
 		Coupon          string  `yaml:"coupon"`
+		Benefit         string  `yaml:"benefit"`
 	} `yaml:"campaigns"`
 	Coupons []struct {
 		ID             string  `yaml:"id"`
@@ -356,7 +360,7 @@ func ParseProgram(src []byte) (*Program, error) {
 		}
 		campIDs[c.ID] = true
 		camp := &Campaign{ID: c.ID, Name: c.Name, Condition: c.Condition, Bonus: c.Bonus, CapDay: c.CapPerMemberDay,
-			CapMonth: c.CapPerMemberMon, Budget: c.Budget, Coupon: c.Coupon}
+			CapMonth: c.CapPerMemberMon, Budget: c.Budget, Coupon: c.Coupon, Benefit: c.Benefit}
 		if c.Multiplier != 0 {
 			camp.MultiplierBP, err = bp(c.Multiplier, where+".multiplier")
 			add(err)
@@ -435,6 +439,18 @@ func ParseProgram(src []byte) (*Program, error) {
 			add(fmt.Errorf("%s: needs a condition (min_tier, labels or birthday_month)", where))
 		}
 		p.Benefits = append(p.Benefits, def)
+	}
+	for i, c := range p.Campaigns {
+		if c.Benefit == "" {
+			continue
+		}
+		found := false
+		for _, b := range p.Benefits {
+			found = found || b.ID == c.Benefit
+		}
+		if !found {
+			add(fmt.Errorf("campaigns[%d] (%s).benefit: unknown benefit %q", i, c.ID, c.Benefit))
+		}
 	}
 	if m := y.Missions.CheckInStreak; m != nil {
 		p.Missions.StreakDays, p.Missions.StreakBonus = m.Days, m.Bonus
