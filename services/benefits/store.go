@@ -135,17 +135,25 @@ func (s *Service) load(ctx context.Context, tx batchQuerier, member uuid.UUID, l
 			}
 			return rows.Err()
 		})
-	b.Queue(`SELECT campaign_id, spent FROM campaign_budgets`).Query(func(rows pgx.Rows) error {
-		for rows.Next() {
-			var c string
-			var v int64
-			if err := rows.Scan(&c, &v); err != nil {
-				return err
+	// The shared counters the programme limits (campaign budgets, coupon
+	// template totals), in one statement.
+	b.Queue(`SELECT true, campaign_id, spent FROM campaign_budgets UNION ALL SELECT false, template_id, issued FROM coupon_template_counts`).
+		Query(func(rows pgx.Rows) error {
+			for rows.Next() {
+				var budget bool
+				var id string
+				var v int64
+				if err := rows.Scan(&budget, &id, &v); err != nil {
+					return err
+				}
+				if budget {
+					st.Budgets[id] = v
+				} else {
+					st.TplIssued[id] = int(v)
+				}
 			}
-			st.Budgets[c] = v
-		}
-		return rows.Err()
-	})
+			return rows.Err()
+		})
 	b.Queue(`SELECT code, template_id, state, valid_from, valid_until, coalesce(order_id, ''), origin_member_id, issued_at, cause
 		FROM coupons WHERE member_id = $1 ORDER BY issued_at, code`, member).Query(func(rows pgx.Rows) error {
 		for rows.Next() {
@@ -157,17 +165,6 @@ func (s *Service) load(ctx context.Context, tx batchQuerier, member uuid.UUID, l
 			c.Origin = origin.String()
 			st.Coupons = append(st.Coupons, c)
 			st.Issued[c.Template]++
-		}
-		return rows.Err()
-	})
-	b.Queue(`SELECT template_id, issued FROM coupon_template_counts`).Query(func(rows pgx.Rows) error {
-		for rows.Next() {
-			var tpl string
-			var n int
-			if err := rows.Scan(&tpl, &n); err != nil {
-				return err
-			}
-			st.TplIssued[tpl] = n
 		}
 		return rows.Err()
 	})
@@ -183,33 +180,35 @@ func (s *Service) load(ctx context.Context, tx batchQuerier, member uuid.UUID, l
 			}
 			return rows.Err()
 		})
-	b.Queue(`SELECT order_id, member_id, origin_member_id, at, total, paid, coupon_discount, redeemed, earned, refunded, reversed,
-		restored, unrecovered, fully_refunded, coupon_codes, coalesce(lot_id, 0), extras, cause FROM orders WHERE order_id = ANY($1)`, orderIDs).
-		Query(func(rows pgx.Rows) error {
-			for rows.Next() {
-				o := &Order{}
-				var m, origin uuid.UUID
-				var lotID int64
-				var extras []byte
-				if err := rows.Scan(&o.OrderID, &m, &origin, &o.At, &o.Total, &o.Paid, &o.CouponDiscount, &o.Redeemed, &o.Earned,
-					&o.Refunded, &o.Reversed, &o.Restored, &o.Unrecovered, &o.FullyRefunded, &o.CouponIDs, &lotID, &extras, &o.Cause); err != nil {
-					return err
-				}
-				o.MemberID, o.Origin = m.String(), origin.String()
-				_ = json.Unmarshal(extras, &o.Extras)
-				for _, l := range st.Lots {
-					if l.ID == lotID && lotID != 0 {
-						o.Lot = l
+	if len(orderIDs) > 0 {
+		b.Queue(`SELECT order_id, member_id, origin_member_id, at, total, paid, coupon_discount, redeemed, earned, refunded, reversed,
+			restored, unrecovered, fully_refunded, coupon_codes, coalesce(lot_id, 0), extras, cause FROM orders WHERE order_id = ANY($1)`, orderIDs).
+			Query(func(rows pgx.Rows) error {
+				for rows.Next() {
+					o := &Order{}
+					var m, origin uuid.UUID
+					var lotID int64
+					var extras []byte
+					if err := rows.Scan(&o.OrderID, &m, &origin, &o.At, &o.Total, &o.Paid, &o.CouponDiscount, &o.Redeemed, &o.Earned,
+						&o.Refunded, &o.Reversed, &o.Restored, &o.Unrecovered, &o.FullyRefunded, &o.CouponIDs, &lotID, &extras, &o.Cause); err != nil {
+						return err
+					}
+					o.MemberID, o.Origin = m.String(), origin.String()
+					_ = json.Unmarshal(extras, &o.Extras)
+					for _, l := range st.Lots {
+						if l.ID == lotID && lotID != 0 {
+							o.Lot = l
+						}
+					}
+					// An order held by another member (before a merge) is not
+					// this member's to change.
+					if o.MemberID == st.MemberID {
+						st.Orders[o.OrderID] = o
 					}
 				}
-				// An order held by another member (before a merge) is not
-				// this member's to change.
-				if o.MemberID == st.MemberID {
-					st.Orders[o.OrderID] = o
-				}
-			}
-			return rows.Err()
-		})
+				return rows.Err()
+			})
+	}
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return nil, fmt.Errorf("load loyalty state: %w", err)
 	}
