@@ -7,6 +7,7 @@ package sink
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
 	"go.opentelemetry.io/otel/trace"
@@ -54,6 +55,9 @@ func New(kcfg kafka.Config, tel kafka.Telemetry, facts Facts) (*Sink, error) {
 		Topics:         []string{kcfg.Topics.MemberEvents, kcfg.Topics.MemberChanges},
 		DLQTopic:       kcfg.Topics.DLQ,
 		MaxPollRecords: 5000,
+		// A few large inserts a second rather than one per poll: every
+		// insert is a part ClickHouse must merge.
+		Linger: 500 * time.Millisecond,
 	})
 	if err != nil {
 		return nil, err

@@ -200,7 +200,9 @@ var errorCodes = []server.ErrorCode{
 	{Err: benefits.ErrNoFacts, Code: codes.FailedPrecondition},
 	{Err: profile.ErrInvalid, Code: codes.InvalidArgument},
 	{Err: profile.ErrNoFacts, Code: codes.FailedPrecondition},
-	{Err: syncsvc.ErrNotSupported, Code: codes.Unimplemented},
+	{Err: syncsvc.ErrBadToken, Code: codes.InvalidArgument},
+	{Err: syncsvc.ErrTokenExpired, Code: codes.OutOfRange},
+	{Err: syncsvc.ErrUnknownLabel, Code: codes.InvalidArgument},
 	{Err: identity.ErrBadID, Code: codes.InvalidArgument},
 	{Err: identity.ErrRefused, Code: codes.FailedPrecondition},
 	{Err: identity.ErrUnroutable, Code: codes.FailedPrecondition},
@@ -355,7 +357,7 @@ func (p *Platform) Run(ctx context.Context, o Options) error {
 	// gRPC services.
 	var gs *grpcServer
 	if len(o.Services) > 0 {
-		if gs, err = p.grpcServer(ctx, g, o.Services, idSvc, benefitSvc, profileSvc); err != nil {
+		if gs, err = p.grpcServer(ctx, g, o.Services, idSvc, benefitSvc, profileSvc, tagSvc); err != nil {
 			return err
 		}
 	}
@@ -402,7 +404,7 @@ type grpcServer struct {
 }
 
 func (p *Platform) grpcServer(ctx context.Context, g *errgroup.Group, services []string,
-	idSvc *identity.Service, benefitSvc *benefits.Service, profileSvc *profile.Service) (*grpcServer, error) {
+	idSvc *identity.Service, benefitSvc *benefits.Service, profileSvc *profile.Service, tagSvc *tags.Service) (*grpcServer, error) {
 	srv, hs, err := server.NewGRPC(server.Telemetry{
 		Tracers: p.tel.Tracers, Meters: p.tel.Meters, Propagator: p.tel.Propagator, Logger: p.tel.Logger,
 	}, errorCodes)
@@ -425,7 +427,9 @@ func (p *Platform) grpcServer(ctx context.Context, g *errgroup.Group, services [
 		case "sync":
 			out.hub = syncsvc.NewHub(p.cfg.Kafka, p.kafkaTelemetry())
 			g.Go(func() error { return out.hub.Run(ctx) })
-			mcv1.RegisterSyncServiceServer(srv, syncsvc.NewServer(out.hub, profileSvc, p.tel.Tracers))
+			ss := syncsvc.NewServer(out.hub, profileSvc, p.tel.Tracers)
+			ss.LabelKnown = func(id string) bool { return tagSvc.Catalog().Label(id) != nil }
+			mcv1.RegisterSyncServiceServer(srv, ss)
 			names[s] = mcv1.SyncService_ServiceDesc.ServiceName
 		}
 	}

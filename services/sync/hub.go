@@ -24,6 +24,9 @@ type Filter struct {
 	MemberIDs map[string]bool
 	StoreID   string
 	Channel   mcv1.Channel
+	// LabelID selects label changes that move this label (members entering
+	// or leaving it), carrying only that label.
+	LabelID string
 }
 
 func (f Filter) match(c *mcv1.MemberChange) bool {
@@ -36,13 +39,41 @@ func (f Filter) match(c *mcv1.MemberChange) bool {
 	if f.Channel != mcv1.Channel_CHANNEL_UNSPECIFIED && c.GetChannel() != f.Channel {
 		return false
 	}
+	if f.LabelID != "" {
+		found := false
+		for _, l := range c.GetLabelsChanged().GetLabels() {
+			found = found || l.GetLabelId() == f.LabelID
+		}
+		return found
+	}
 	return true
 }
 
-// Delivery is a change with the context (trace) it arrived in.
+// shape trims a matching change to what the filter asked for: a label
+// filter's subscriber gets that label only.
+func (f Filter) shape(c *mcv1.MemberChange) *mcv1.MemberChange {
+	if f.LabelID == "" {
+		return c
+	}
+	out := proto.Clone(c).(*mcv1.MemberChange)
+	lc := out.GetLabelsChanged()
+	var keep []*mcv1.LabelValue
+	for _, l := range lc.GetLabels() {
+		if l.GetLabelId() == f.LabelID {
+			keep = append(keep, l)
+		}
+	}
+	lc.Labels = keep
+	return out
+}
+
+// Delivery is a change with the context (trace) it arrived in and where it
+// was in member.changes.v1.
 type Delivery struct {
 	Ctx    context.Context
 	Change *mcv1.MemberChange
+	// After is the position just after this change, for the resume token.
+	After Position
 }
 
 // ErrTooSlow ends a subscription whose buffer overflowed.
@@ -89,6 +120,7 @@ type Hub struct {
 	mu    stdsync.Mutex
 	subs  map[*Subscription]struct{}
 	ready chan struct{}
+	pos   Position // next offset per partition the hub will read
 }
 
 // NewHub returns a hub; Run starts it.
@@ -116,7 +148,14 @@ func (h *Hub) Run(ctx context.Context) error {
 		return fmt.Errorf("list end offsets of %s: %w", topic, err)
 	}
 	start := map[string]map[int32]kgo.Offset{topic: {}}
-	ends.Each(func(o kadm.ListedOffset) { start[topic][o.Partition] = kgo.NewOffset().At(o.Offset) })
+	pos := Position{}
+	ends.Each(func(o kadm.ListedOffset) {
+		start[topic][o.Partition] = kgo.NewOffset().At(o.Offset)
+		pos[o.Partition] = o.Offset
+	})
+	h.mu.Lock()
+	h.pos = pos
+	h.mu.Unlock()
 	cl, err := kafka.NewClient(h.kcfg, h.tel, "", kgo.ConsumePartitions(start))
 	if err != nil {
 		return err
@@ -140,14 +179,15 @@ func (h *Hub) Run(ctx context.Context) error {
 				h.log.ErrorContext(rctx, "undecodable change", "partition", r.Partition, "offset", r.Offset, "err", err)
 				return
 			}
-			h.fanOut(Delivery{Ctx: rctx, Change: ch})
+			h.fanOut(Delivery{Ctx: rctx, Change: ch}, r.Partition, r.Offset)
 		})
 	}
 }
 
-func (h *Hub) fanOut(d Delivery) {
+func (h *Hub) fanOut(d Delivery, partition int32, offset int64) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	h.pos[partition] = offset + 1
 	for s := range h.subs {
 		if !s.filter.match(d.Change) {
 			continue
@@ -156,8 +196,13 @@ func (h *Hub) fanOut(d Delivery) {
 		if d.Change.GetSequence() <= s.last[member] {
 			continue // republished by the relay after a restart
 		}
+		if d.After == nil {
+			d.After = h.pos.clone()
+		}
+		sd := d
+		sd.Change = s.filter.shape(d.Change)
 		select {
-		case s.c <- d:
+		case s.c <- sd:
 			s.last[member] = d.Change.GetSequence()
 		default:
 			// Never block the hub on one slow subscriber.
@@ -170,18 +215,107 @@ func (h *Hub) fanOut(d Delivery) {
 // Ready is closed once the hub follows the topic.
 func (h *Hub) Ready() <-chan struct{} { return h.ready }
 
-// Subscribe registers a subscription once the hub follows the topic.
-func (h *Hub) Subscribe(ctx context.Context, f Filter) (*Subscription, error) {
+// Subscribe registers a subscription once the hub follows the topic, and
+// returns the position from which it receives every matching change.
+func (h *Hub) Subscribe(ctx context.Context, f Filter) (*Subscription, Position, error) {
 	select {
 	case <-h.ready:
 	case <-ctx.Done():
-		return nil, ctx.Err()
+		return nil, nil, ctx.Err()
 	}
 	s := &Subscription{filter: f, c: make(chan Delivery, h.buffer), done: make(chan struct{}), hub: h, last: map[string]uint64{}}
 	h.mu.Lock()
 	h.subs[s] = struct{}{}
+	at := h.pos.clone()
 	h.mu.Unlock()
-	return s, nil
+	return s, at, nil
+}
+
+// Replay reads the changes between two positions of member.changes.v1 (from
+// a resume token to where a live subscription started) and hands the ones
+// the filter matches to fn, in log order per partition, each with the
+// position after it. A position the log no longer reaches (retention), or
+// one beyond the log, is ErrTokenExpired.
+func (h *Hub) Replay(ctx context.Context, f Filter, from, to Position, fn func(Delivery) error) error {
+	topic := h.kcfg.Topics.MemberChanges
+	admin, err := kafka.NewClient(h.kcfg, h.tel, "")
+	if err != nil {
+		return err
+	}
+	defer admin.Close()
+	starts, err := kadm.NewClient(admin.Client).ListStartOffsets(ctx, topic)
+	if err == nil {
+		err = starts.Error()
+	}
+	if err != nil {
+		return fmt.Errorf("list start offsets of %s: %w", topic, err)
+	}
+	begin := map[string]map[int32]kgo.Offset{topic: {}}
+	pos := from.clone()
+	for part, end := range to {
+		at, ok := from[part]
+		if !ok {
+			at = 0 // a partition added since the token: from its start
+			pos[part] = 0
+		}
+		if s, ok := starts.Lookup(topic, part); ok && at < s.Offset {
+			return fmt.Errorf("%w: partition %d of the change log now starts at %d, after the token's %d; take a snapshot with GetSnapshot and subscribe without a token",
+				ErrTokenExpired, part, s.Offset, at)
+		}
+		if at > end {
+			return fmt.Errorf("%w: the token is ahead of the change log (partition %d at %d, log at %d); take a snapshot with GetSnapshot and subscribe without a token",
+				ErrTokenExpired, part, at, end)
+		}
+		if at < end {
+			begin[topic][part] = kgo.NewOffset().At(at)
+		}
+	}
+	for part := range from {
+		if _, ok := to[part]; !ok {
+			return fmt.Errorf("%w: partition %d is not in the change log; take a snapshot with GetSnapshot and subscribe without a token", ErrTokenExpired, part)
+		}
+	}
+	if len(begin[topic]) == 0 {
+		return nil
+	}
+	cl, err := kafka.NewClient(h.kcfg, h.tel, "", kgo.ConsumePartitions(begin), kgo.FetchIsolationLevel(kgo.ReadCommitted()))
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	left := len(begin[topic])
+	for left > 0 {
+		fetches := cl.PollFetches(ctx)
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		var ferr error
+		fetches.EachError(func(_ string, p int32, err error) { ferr = fmt.Errorf("replay partition %d: %w", p, err) })
+		if ferr != nil {
+			return ferr
+		}
+		var stop error
+		fetches.EachPartition(func(fp kgo.FetchTopicPartition) {
+			for _, r := range fp.Records {
+				if stop != nil || r.Offset >= to[r.Partition] || pos[r.Partition] >= to[r.Partition] {
+					continue
+				}
+				pos[r.Partition] = r.Offset + 1
+				if pos[r.Partition] >= to[r.Partition] {
+					left--
+				}
+				ch := &mcv1.MemberChange{}
+				if err := proto.Unmarshal(r.Value, ch); err != nil || !f.match(ch) {
+					continue
+				}
+				stop = fn(Delivery{Ctx: ctx, Change: f.shape(ch), After: pos.clone()})
+			}
+		})
+		if stop != nil {
+			return stop
+		}
+	}
+	return nil
 }
 
 func (h *Hub) remove(s *Subscription) {

@@ -13,8 +13,8 @@ import (
 	"github.com/membercenter/membercenter/services/profile"
 )
 
-// ErrNotSupported is returned for filters and options not built yet.
-var ErrNotSupported = errors.New("not supported yet")
+// ErrUnknownLabel refuses a label filter the catalogue does not have.
+var ErrUnknownLabel = errors.New("unknown label")
 
 // Server is the gRPC SyncService.
 type Server struct {
@@ -22,6 +22,8 @@ type Server struct {
 	hub      *Hub
 	profiles *profile.Service
 	tracer   trace.Tracer
+	// LabelKnown says whether a label filter names a catalogue label.
+	LabelKnown func(id string) bool
 }
 
 // NewServer returns the gRPC adapter of hub.
@@ -29,18 +31,24 @@ func NewServer(hub *Hub, profiles *profile.Service, tp trace.TracerProvider) *Se
 	return &Server{hub: hub, profiles: profiles, tracer: tp.Tracer("github.com/membercenter/membercenter/services/sync")}
 }
 
-// Subscribe implements SyncService.Subscribe: a Ready message once the
-// stream is live, then every matching change in per-member order. A
+// Subscribe implements SyncService.Subscribe: with a resume token, first
+// the matching changes the client missed since the token, then a Ready
+// message once the stream is live, then every matching change in
+// per-member order. Every message carries the token to resume after it. A
 // subscriber that falls too far behind gets ResyncRequired and the stream
 // ends.
 func (s *Server) Subscribe(req *mcv1.SubscribeRequest, stream mcv1.SyncService_SubscribeServer) error {
-	if req.GetResumeToken() != "" {
-		return fmt.Errorf("resume_token: %w; take a snapshot with GetSnapshot and subscribe without a token", ErrNotSupported)
+	var from Position
+	if t := req.GetResumeToken(); t != "" {
+		var err error
+		if from, err = DecodeToken(t); err != nil {
+			return err
+		}
 	}
-	if req.GetLabelId() != "" {
-		return fmt.Errorf("label_id filter: %w", ErrNotSupported)
+	if l := req.GetLabelId(); l != "" && s.LabelKnown != nil && !s.LabelKnown(l) {
+		return fmt.Errorf("label_id %q: %w; ListLabels lists the catalogue", l, ErrUnknownLabel)
 	}
-	f := Filter{StoreID: req.GetStoreId(), Channel: req.GetChannel()}
+	f := Filter{StoreID: req.GetStoreId(), Channel: req.GetChannel(), LabelID: req.GetLabelId()}
 	if len(req.GetMemberIds()) > 0 {
 		f.MemberIDs = map[string]bool{}
 		for _, m := range req.GetMemberIds() {
@@ -48,12 +56,29 @@ func (s *Server) Subscribe(req *mcv1.SubscribeRequest, stream mcv1.SyncService_S
 		}
 	}
 	ctx := stream.Context()
-	sub, err := s.hub.Subscribe(ctx, f)
+	// Live changes buffer from here while the missed ones are replayed.
+	sub, live, err := s.hub.Subscribe(ctx, f)
 	if err != nil {
 		return err
 	}
 	defer sub.Close()
-	if err := stream.Send(&mcv1.SubscribeResponse{Message: &mcv1.SubscribeResponse_Ready{Ready: &mcv1.Ready{}}}); err != nil {
+	at := live
+	// Last sequence sent per member while replaying: a change the relay
+	// published again after a restart is not sent twice.
+	replayed := map[string]uint64{}
+	if from != nil {
+		err := s.hub.Replay(ctx, f, from, live, func(d Delivery) error {
+			if d.Change.GetSequence() <= replayed[d.Change.GetMemberId()] {
+				return nil
+			}
+			replayed[d.Change.GetMemberId()] = d.Change.GetSequence()
+			return s.send(d, stream)
+		})
+		if err != nil {
+			return err
+		}
+	}
+	if err := stream.Send(&mcv1.SubscribeResponse{Message: &mcv1.SubscribeResponse_Ready{Ready: &mcv1.Ready{}}, ResumeToken: EncodeToken(at)}); err != nil {
 		return err
 	}
 	for {
@@ -67,6 +92,9 @@ func (s *Server) Subscribe(req *mcv1.SubscribeRequest, stream mcv1.SyncService_S
 				ResyncRequired: &mcv1.ResyncRequired{Reason: sub.Err().Error() + "; take a snapshot with GetSnapshot and subscribe again"},
 			}})
 		case d := <-sub.C():
+			if d.Change.GetSequence() <= replayed[d.Change.GetMemberId()] {
+				continue
+			}
 			if err := s.send(d, stream); err != nil {
 				return err
 			}
@@ -77,7 +105,7 @@ func (s *Server) Subscribe(req *mcv1.SubscribeRequest, stream mcv1.SyncService_S
 func (s *Server) send(d Delivery, stream mcv1.SyncService_SubscribeServer) error {
 	_, span := s.tracer.Start(d.Ctx, "sync deliver", trace.WithSpanKind(trace.SpanKindProducer))
 	defer span.End()
-	return stream.Send(&mcv1.SubscribeResponse{Message: &mcv1.SubscribeResponse_Change{Change: d.Change}})
+	return stream.Send(&mcv1.SubscribeResponse{Message: &mcv1.SubscribeResponse_Change{Change: d.Change}, ResumeToken: EncodeToken(d.After)})
 }
 
 // GetSnapshot implements SyncService.GetSnapshot.

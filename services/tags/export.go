@@ -117,6 +117,12 @@ func (e *Exporter) Export(ctx context.Context, batch int) (int, error) {
 	return len(out), nil
 }
 
+// Linger is how long the exporter lets label changes gather after the first
+// one wakes it: each export is one ClickHouse insert, which writes a part of
+// the wide profile table, so a few large inserts a second cost far less than
+// one per change.
+const Linger = 250 * time.Millisecond
+
 // Run exports whenever labels change (NOTIFY), until ctx ends.
 func (e *Exporter) Run(ctx context.Context) error {
 	l, err := postgres.ListenChannel(ctx, e.svc.pool, ExportChannel)
@@ -125,21 +131,26 @@ func (e *Exporter) Run(ctx context.Context) error {
 	}
 	defer l.Close()
 	for {
-		n, err := e.Export(ctx, 2000)
+		n, err := e.Export(ctx, 5000)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
 			e.svc.log.WarnContext(ctx, "profile export", "err", err)
 		}
-		if n > 0 && err == nil {
-			continue
+		if n == 5000 && err == nil {
+			continue // a backlog: drain it
 		}
 		if err := l.Wait(ctx, time.Second); err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
 			return fmt.Errorf("wait for profile exports: %w", err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(Linger):
 		}
 	}
 }

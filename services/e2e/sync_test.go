@@ -1,0 +1,159 @@
+package e2e_test
+
+import (
+	"context"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
+
+	syncsvc "github.com/membercenter/membercenter/services/sync"
+)
+
+// TestResumeTokenDeliversExactlyTheMissedChanges: a subscriber that
+// disconnects and comes back with the token of the last message it got
+// receives every change it missed, once, in order, then Ready.
+func TestResumeTokenDeliversExactlyTheMissedChanges(t *testing.T) {
+	e := start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	const phone, card = "13600000077", "c-resume"
+	r, err := mcv1.NewIdentityServiceClient(e.conn).Resolve(ctx, &mcv1.ResolveRequest{Channel: mcv1.Channel_CHANNEL_POS, CreateIfMissing: true,
+		IdempotencyKey: "resume-create", Identifiers: []*mcv1.Identifier{{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_PHONE, Value: phone},
+			{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_MEMBER_CARD, Value: card}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	member := r.GetMemberId()
+	sync := mcv1.NewSyncServiceClient(e.conn)
+
+	// First connection: follow the member through one purchase.
+	sctx, disconnect := context.WithCancel(ctx)
+	stream, err := sync.Subscribe(sctx, &mcv1.SubscribeRequest{MemberIds: []string{member}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, err := stream.Recv()
+	if err != nil || first.GetReady() == nil || first.GetResumeToken() == "" {
+		t.Fatalf("first message %v, %v; want Ready with a token", first, err)
+	}
+	v, _ := proto.Marshal(posTransaction("resume-1", phone, card, 10_000))
+	e.publish(t, ctx, phone, v)
+	token, lastSeq := "", uint64(0)
+	for {
+		m, err := stream.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.GetResumeToken() == "" {
+			t.Fatalf("message without a resume token: %v", m)
+		}
+		token, lastSeq = m.GetResumeToken(), m.GetChange().GetSequence()
+		if m.GetChange().GetPointsChanged() != nil {
+			break
+		}
+	}
+	disconnect()
+
+	// While away: two more purchases.
+	for _, id := range []string{"resume-2", "resume-3"} {
+		v, _ := proto.Marshal(posTransaction(id, phone, card, 20_000))
+		e.publish(t, ctx, phone, v)
+	}
+	var want uint64
+	eventually(t, "both purchases applied and every change published", func() (bool, error) {
+		var processed, unpublished int
+		err := e.pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM processed_events WHERE event_id IN ('resume-2', 'resume-3')),
+			(SELECT count(*) FROM outbox WHERE member_id = $1 AND published_at IS NULL), (SELECT change_seq FROM members WHERE member_id = $1)`,
+			member).Scan(&processed, &unpublished, &want)
+		return processed == 4 && unpublished == 0, err // benefits and tags, twice
+	})
+
+	// Back with the token: exactly the changes after lastSeq, then Ready.
+	stream, err = sync.Subscribe(ctx, &mcv1.SubscribeRequest{MemberIds: []string{member}, ResumeToken: token})
+	if err != nil {
+		t.Fatal(err)
+	}
+	next := lastSeq + 1
+	for {
+		m, err := stream.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.GetReady() != nil {
+			break
+		}
+		c := m.GetChange()
+		if c.GetMemberId() != member || c.GetSequence() != next {
+			t.Fatalf("resumed change %d of %s, want %d of %s", c.GetSequence(), c.GetMemberId(), next, member)
+		}
+		next++
+	}
+	if next-1 != want {
+		t.Errorf("resumed up to sequence %d, the member is at %d", next-1, want)
+	}
+
+	// Bad tokens and filters say what to do.
+	for _, tc := range []struct {
+		name  string
+		req   *mcv1.SubscribeRequest
+		code  codes.Code
+		words string
+	}{
+		{"malformed token", &mcv1.SubscribeRequest{ResumeToken: "not-a-token"}, codes.InvalidArgument, "take a snapshot"},
+		{"tampered token", &mcv1.SubscribeRequest{ResumeToken: token[:len(token)-2] + flip(token[len(token)-2:])}, codes.InvalidArgument, "take a snapshot"},
+		{"token ahead of the log", &mcv1.SubscribeRequest{ResumeToken: syncsvc.EncodeToken(syncsvc.Position{0: 1 << 40})}, codes.OutOfRange, "take a snapshot"},
+		{"unknown label", &mcv1.SubscribeRequest{LabelId: "no_such_label"}, codes.InvalidArgument, "ListLabels"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, err := sync.Subscribe(ctx, tc.req)
+			if err == nil {
+				_, err = s.Recv()
+			}
+			if status.Code(err) != tc.code || !strings.Contains(err.Error(), tc.words) {
+				t.Errorf("error %v; want %s mentioning %q", err, tc.code, tc.words)
+			}
+		})
+	}
+}
+
+func flip(s string) string {
+	if s[0] == 'A' {
+		return "B" + s[1:]
+	}
+	return "A" + s[1:]
+}
+
+// TestDisconnectingSubscribersLeaveNothingBehind: streams cancelled
+// mid-way leave no goroutine behind.
+func TestDisconnectingSubscribersLeaveNothingBehind(t *testing.T) {
+	e := start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	sync := mcv1.NewSyncServiceClient(e.conn)
+	open := func() {
+		sctx, stop := context.WithCancel(ctx)
+		s, err := sync.Subscribe(sctx, &mcv1.SubscribeRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Recv(); err != nil {
+			t.Fatal(err)
+		}
+		stop()
+	}
+	open() // warm up connections
+	before := runtime.NumGoroutine()
+	for range 50 {
+		open()
+	}
+	eventually(t, "goroutines back to where they were", func() (bool, error) {
+		return runtime.NumGoroutine() <= before+2, nil
+	})
+}
