@@ -30,7 +30,7 @@ type fixture struct {
 	srv  *profile.Server
 }
 
-func newFixture(t *testing.T) fixture {
+func newFixture(t testing.TB) fixture {
 	t.Helper()
 	pool := pgtest.NewPool(t, nil)
 	ts := tags.New(pool, changes.Writer{}, slog.New(slog.DiscardHandler))
@@ -44,7 +44,7 @@ func ctxT(t *testing.T) context.Context {
 	return c
 }
 
-func (f fixture) member(t *testing.T) string {
+func (f fixture) member(t testing.TB) string {
 	t.Helper()
 	id := uuid.Must(uuid.NewV7())
 	if err := postgres.InsertMember(context.Background(), f.pool, id, time.Now()); err != nil {
