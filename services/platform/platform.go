@@ -32,6 +32,7 @@ import (
 	"github.com/membercenter/membercenter/pipeline/relay"
 	"github.com/membercenter/membercenter/pipeline/sink"
 	"github.com/membercenter/membercenter/pipeline/worker"
+	"github.com/membercenter/membercenter/services/auth"
 	"github.com/membercenter/membercenter/services/benefits"
 	"github.com/membercenter/membercenter/services/changes"
 	"github.com/membercenter/membercenter/services/facts"
@@ -52,6 +53,7 @@ type Config struct {
 	Telemetry  telemetry.Config
 	Server     server.Config
 	Identity   identity.Config
+	Auth       auth.Config
 }
 
 // LoadConfig reads the configuration from the environment, with defaults
@@ -67,7 +69,7 @@ func LoadConfig(ctx context.Context) (Config, error) {
 // Validate reports every problem with the config at once.
 func (c Config) Validate() error {
 	return errors.Join(c.Postgres.Validate(), c.ClickHouse.Validate(), c.Kafka.Validate(),
-		c.Telemetry.Validate(), c.Server.Validate(), c.Identity.Validate())
+		c.Telemetry.Validate(), c.Server.Validate(), c.Identity.Validate(), c.Auth.Validate())
 }
 
 // LogValue renders the effective configuration with secrets masked.
@@ -86,6 +88,7 @@ func (c Config) LogValue() slog.Value {
 		slog.Bool("pii_dev_keys", c.Identity.Keys.IsDev()),
 		slog.String("pii_hmac_key", telemetry.Mask(c.Identity.Keys.HMACKey)),
 		slog.String("pii_enc_key_id", c.Identity.Keys.EncKeyID),
+		slog.String("channel_clients", c.Auth.ClientsPath),
 	)
 }
 
@@ -405,9 +408,19 @@ type grpcServer struct {
 
 func (p *Platform) grpcServer(ctx context.Context, g *errgroup.Group, services []string,
 	idSvc *identity.Service, benefitSvc *benefits.Service, profileSvc *profile.Service, tagSvc *tags.Service) (*grpcServer, error) {
+	var guards []server.Guard
+	if p.cfg.Auth.ClientsPath == "" {
+		p.tel.Logger.WarnContext(ctx, "channel authentication is off: set MC_CHANNEL_CLIENTS to a clients file in production")
+	} else {
+		a, err := auth.Load(p.cfg.Auth.ClientsPath)
+		if err != nil {
+			return nil, err
+		}
+		guards = append(guards, a)
+	}
 	srv, hs, err := server.NewGRPC(server.Telemetry{
 		Tracers: p.tel.Tracers, Meters: p.tel.Meters, Propagator: p.tel.Propagator, Logger: p.tel.Logger,
-	}, errorCodes)
+	}, errorCodes, guards...)
 	if err != nil {
 		return nil, err
 	}

@@ -12,6 +12,7 @@ import (
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 
+	"github.com/membercenter/membercenter/services/auth"
 	"github.com/membercenter/membercenter/services/tags/segment"
 )
 
@@ -44,12 +45,12 @@ func (s *Server) ListLabels(_ context.Context, req *mcv1.ListLabelsRequest) (*mc
 
 // UpdateAttributes implements ProfileService.UpdateAttributes.
 func (s *Server) UpdateAttributes(ctx context.Context, req *mcv1.UpdateAttributesRequest) (*mcv1.UpdateAttributesResponse, error) {
-	return s.svc.UpdateAttributes(ctx, req, mcv1.Channel_CHANNEL_UNSPECIFIED)
+	return s.svc.UpdateAttributes(ctx, req, auth.ChannelOf(ctx))
 }
 
 // SetConsent implements ProfileService.SetConsent.
 func (s *Server) SetConsent(ctx context.Context, req *mcv1.SetConsentRequest) (*mcv1.SetConsentResponse, error) {
-	return s.svc.SetConsent(ctx, req, mcv1.Channel_CHANNEL_UNSPECIFIED)
+	return s.svc.SetConsent(ctx, req, auth.ChannelOf(ctx))
 }
 
 // CountSegment implements ProfileService.CountSegment.

@@ -68,7 +68,10 @@ type Telemetry struct {
 // validated against their protovalidate annotations (InvalidArgument with
 // the field and reason), panics recovered, and errors translated to statuses
 // once, here, by the rules given.
-func NewGRPC(tel Telemetry, rules []ErrorCode) (*grpc.Server, *health.Server, error) {
+//
+// guard, when set, authenticates and authorises every call before it is
+// validated (channel credentials and scopes, see package auth).
+func NewGRPC(tel Telemetry, rules []ErrorCode, guard ...Guard) (*grpc.Server, *health.Server, error) {
 	v, err := protovalidate.New()
 	if err != nil {
 		return nil, nil, fmt.Errorf("validator: %w", err)
@@ -78,19 +81,32 @@ func NewGRPC(tel Telemetry, rules []ErrorCode) (*grpc.Server, *health.Server, er
 		tel.Logger.ErrorContext(ctx, "panic in handler", "panic", p)
 		return status.Error(codes.Internal, "internal error")
 	})
+	unary := []grpc.UnaryServerInterceptor{recovery.UnaryServerInterceptor(rec), tr.unary}
+	stream := []grpc.StreamServerInterceptor{recovery.StreamServerInterceptor(rec), tr.stream}
+	for _, g := range guard {
+		unary, stream = append(unary, g.Unary()), append(stream, g.Stream())
+	}
+	unary = append(unary, pvinterceptor.UnaryServerInterceptor(v))
+	stream = append(stream, pvinterceptor.StreamServerInterceptor(v))
 	s := grpc.NewServer(
 		grpc.StatsHandler(otelgrpc.NewServerHandler(
 			otelgrpc.WithTracerProvider(tel.Tracers),
 			otelgrpc.WithMeterProvider(tel.Meters),
 			otelgrpc.WithPropagators(tel.Propagator),
 		)),
-		grpc.ChainUnaryInterceptor(recovery.UnaryServerInterceptor(rec), tr.unary, pvinterceptor.UnaryServerInterceptor(v)),
-		grpc.ChainStreamInterceptor(recovery.StreamServerInterceptor(rec), tr.stream, pvinterceptor.StreamServerInterceptor(v)),
+		grpc.ChainUnaryInterceptor(unary...),
+		grpc.ChainStreamInterceptor(stream...),
 	)
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(s, hs)
 	reflection.Register(s)
 	return s, hs, nil
+}
+
+// Guard checks calls before they reach the services (authentication).
+type Guard interface {
+	Unary() grpc.UnaryServerInterceptor
+	Stream() grpc.StreamServerInterceptor
 }
 
 type translator struct {

@@ -1,0 +1,338 @@
+// Package auth authenticates channel clients and holds them to their
+// scopes. Every client (a POS fleet, the app back end, a mini-program back
+// end, an operator tool) is registered in a clients file with a secret and
+// scopes; it presents a short-lived signed token (JWT, HS256, key id = client
+// id) as "authorization: Bearer <token>" gRPC metadata, or the same HTTP
+// header. A call without a valid token is Unauthenticated; a call outside the
+// client's scopes, or about a member a member-bound client may not act for,
+// is PermissionDenied.
+package auth
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+	"go.yaml.in/yaml/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+
+	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
+)
+
+// Config says where the clients file is; without one, authentication is
+// off (development) and the platform says so in its log.
+type Config struct {
+	ClientsPath string `env:"MC_CHANNEL_CLIENTS"`
+}
+
+// Validate checks the file loads.
+func (c Config) Validate() error {
+	if c.ClientsPath == "" {
+		return nil
+	}
+	_, err := Load(c.ClientsPath)
+	return err
+}
+
+// Client is one registered channel client.
+type Client struct {
+	ID      string
+	Channel string
+	Key     []byte
+	Scopes  []string
+	// OwnMembers: the client acts only for the members its tokens name
+	// (a mini-program back end acting for the signed-in shopper).
+	OwnMembers bool
+}
+
+// Allows says whether the client holds scope ("benefits.commit"), directly
+// or through a wildcard ("benefits.*", "*").
+func (c *Client) Allows(scope string) bool {
+	for _, s := range c.Scopes {
+		if s == "*" || s == scope || (strings.HasSuffix(s, ".*") && strings.HasPrefix(scope, strings.TrimSuffix(s, "*"))) {
+			return true
+		}
+	}
+	return false
+}
+
+// Principal is an authenticated caller.
+type Principal struct {
+	Client  *Client
+	Members []string // for OwnMembers clients: the members the token names
+}
+
+// Authenticator verifies tokens and scopes.
+type Authenticator struct {
+	clients map[string]*Client
+	now     func() time.Time
+}
+
+type fileClient struct {
+	ID         string   `yaml:"id"`
+	Channel    string   `yaml:"channel"`
+	Secret     string   `yaml:"secret"` // base64, ≥ 32 bytes
+	Scopes     []string `yaml:"scopes"`
+	OwnMembers bool     `yaml:"own_members"`
+}
+
+// Load reads a clients file:
+//
+//	clients:
+//	  - id: pos-sh
+//	    channel: pos
+//	    secret: <base64, ≥ 32 bytes>
+//	    scopes: [identity.resolve, benefits.quote, benefits.commit, benefits.redeem, profile.read]
+//	  - id: miniprogram
+//	    channel: miniprogram
+//	    secret: <base64>
+//	    scopes: [profile.read, coupons.claim, sync.subscribe]
+//	    own_members: true
+func Load(path string) (*Authenticator, error) {
+	src, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("channel clients: %w", err)
+	}
+	return Parse(src)
+}
+
+// Parse reads a clients file's contents.
+func Parse(src []byte) (*Authenticator, error) {
+	var f struct {
+		Clients []fileClient `yaml:"clients"`
+	}
+	dec := yaml.NewDecoder(strings.NewReader(string(src)))
+	dec.KnownFields(true)
+	if err := dec.Decode(&f); err != nil {
+		return nil, fmt.Errorf("channel clients: %w", err)
+	}
+	a := &Authenticator{clients: map[string]*Client{}, now: time.Now}
+	var errs []error
+	for i, c := range f.Clients {
+		key, err := base64.StdEncoding.DecodeString(c.Secret)
+		switch {
+		case c.ID == "":
+			errs = append(errs, fmt.Errorf("clients[%d]: id is required", i))
+		case a.clients[c.ID] != nil:
+			errs = append(errs, fmt.Errorf("clients[%d] (%s): duplicate id", i, c.ID))
+		case err != nil || len(key) < 32:
+			errs = append(errs, fmt.Errorf("clients[%d] (%s): secret must be base64 of at least 32 bytes", i, c.ID))
+		case len(c.Scopes) == 0:
+			errs = append(errs, fmt.Errorf("clients[%d] (%s): no scopes", i, c.ID))
+		default:
+			for _, s := range c.Scopes {
+				if s != "*" && !slices.Contains(Scopes, s) && !(strings.HasSuffix(s, ".*") && hasScopePrefix(strings.TrimSuffix(s, "*"))) {
+					errs = append(errs, fmt.Errorf("clients[%d] (%s): unknown scope %q; scopes are %s", i, c.ID, s, strings.Join(Scopes, ", ")))
+				}
+			}
+			a.clients[c.ID] = &Client{ID: c.ID, Channel: c.Channel, Key: key, Scopes: c.Scopes, OwnMembers: c.OwnMembers}
+		}
+	}
+	if len(a.clients) == 0 && len(errs) == 0 {
+		errs = append(errs, errors.New("no clients"))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, fmt.Errorf("channel clients: %w", err)
+	}
+	return a, nil
+}
+
+func hasScopePrefix(p string) bool {
+	for _, s := range Scopes {
+		if strings.HasPrefix(s, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// SetClock replaces the clock, for tests.
+func (a *Authenticator) SetClock(now func() time.Time) { a.now = now }
+
+type claims struct {
+	Members []string `json:"mem,omitempty"`
+	jwt.RegisteredClaims
+}
+
+// Mint issues a token for a client, valid for ttl, naming the members a
+// member-bound client may act for.
+func (a *Authenticator) Mint(clientID string, ttl time.Duration, members ...string) (string, error) {
+	c := a.clients[clientID]
+	if c == nil {
+		return "", fmt.Errorf("unknown client %q", clientID)
+	}
+	now := a.now()
+	t := jwt.NewWithClaims(jwt.SigningMethodHS256, claims{Members: members, RegisteredClaims: jwt.RegisteredClaims{
+		Subject: c.ID, Issuer: "membercenter", IssuedAt: jwt.NewNumericDate(now), ExpiresAt: jwt.NewNumericDate(now.Add(ttl)),
+	}})
+	t.Header["kid"] = c.ID
+	return t.SignedString(c.Key)
+}
+
+// Verify checks a token and returns its principal.
+func (a *Authenticator) Verify(token string) (*Principal, error) {
+	var cl claims
+	var client *Client
+	_, err := jwt.ParseWithClaims(token, &cl, func(t *jwt.Token) (any, error) {
+		kid, _ := t.Header["kid"].(string)
+		if client = a.clients[kid]; client == nil {
+			return nil, fmt.Errorf("unknown client %q", kid)
+		}
+		return client.Key, nil
+	}, jwt.WithValidMethods([]string{"HS256"}), jwt.WithExpirationRequired(), jwt.WithIssuer("membercenter"),
+		jwt.WithLeeway(30*time.Second), jwt.WithTimeFunc(a.now))
+	if err != nil {
+		return nil, err
+	}
+	if cl.Subject != client.ID {
+		return nil, errors.New("token subject is not its key's client")
+	}
+	return &Principal{Client: client, Members: cl.Members}, nil
+}
+
+type principalKey struct{}
+
+// FromContext returns the caller, when authentication is on.
+func FromContext(ctx context.Context) (*Principal, bool) {
+	p, ok := ctx.Value(principalKey{}).(*Principal)
+	return p, ok
+}
+
+// authenticate reads and verifies the bearer token of a call.
+func (a *Authenticator) authenticate(ctx context.Context) (*Principal, error) {
+	md, _ := metadata.FromIncomingContext(ctx)
+	vals := md.Get("authorization")
+	if len(vals) == 0 {
+		return nil, status.Error(codes.Unauthenticated, "no credentials: send \"authorization: Bearer <token>\" signed with your client secret")
+	}
+	tok, ok := strings.CutPrefix(vals[0], "Bearer ")
+	if !ok {
+		return nil, status.Error(codes.Unauthenticated, "authorization must be \"Bearer <token>\"")
+	}
+	p, err := a.Verify(strings.TrimSpace(tok))
+	if err != nil {
+		return nil, status.Errorf(codes.Unauthenticated, "invalid token: %v", err)
+	}
+	return p, nil
+}
+
+// authorize checks the method's scope and, for member-bound clients, the
+// members the request is about.
+func authorize(p *Principal, method string, req proto.Message) error {
+	scope, ok := MethodScopes[method]
+	if !ok {
+		return status.Errorf(codes.PermissionDenied, "%s is not open to channel clients", method)
+	}
+	if !p.Client.Allows(scope) {
+		return status.Errorf(codes.PermissionDenied, "client %s lacks scope %s for %s", p.Client.ID, scope, method)
+	}
+	if !p.Client.OwnMembers || req == nil || !memberBound[method] {
+		return nil
+	}
+	ids := memberIDs(req.ProtoReflect())
+	if len(ids) == 0 {
+		return status.Errorf(codes.PermissionDenied, "client %s acts for its members only: name them (member_id / member_ids)", p.Client.ID)
+	}
+	for _, id := range ids {
+		if !slices.Contains(p.Members, id) {
+			return status.Errorf(codes.PermissionDenied, "client %s may not act for member %s (its token names %d members)", p.Client.ID, id, len(p.Members))
+		}
+	}
+	return nil
+}
+
+// memberIDs collects the member_id and member_ids fields of a request.
+func memberIDs(m protoreflect.Message) []string {
+	var out []string
+	fields := m.Descriptor().Fields()
+	if f := fields.ByName("member_id"); f != nil && f.Kind() == protoreflect.StringKind && !f.IsList() {
+		out = append(out, m.Get(f).String())
+	}
+	if f := fields.ByName("member_ids"); f != nil && f.Kind() == protoreflect.StringKind && f.IsList() {
+		l := m.Get(f).List()
+		for i := 0; i < l.Len(); i++ {
+			out = append(out, l.Get(i).String())
+		}
+	}
+	return out
+}
+
+// exempt methods need no credentials: health and reflection.
+func exempt(method string) bool {
+	return strings.HasPrefix(method, "/grpc.health.v1.") || strings.HasPrefix(method, "/grpc.reflection.")
+}
+
+// Unary enforces authentication and scopes on unary calls.
+func (a *Authenticator) Unary() grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+		if exempt(info.FullMethod) {
+			return h(ctx, req)
+		}
+		p, err := a.authenticate(ctx)
+		if err != nil {
+			return nil, err
+		}
+		m, _ := req.(proto.Message)
+		if err := authorize(p, info.FullMethod, m); err != nil {
+			return nil, err
+		}
+		return h(context.WithValue(ctx, principalKey{}, p), req)
+	}
+}
+
+// Stream enforces authentication and scopes on streaming calls; the
+// request's members are checked as it is received.
+func (a *Authenticator) Stream() grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+		if exempt(info.FullMethod) {
+			return h(srv, ss)
+		}
+		p, err := a.authenticate(ss.Context())
+		if err != nil {
+			return err
+		}
+		if err := authorize(p, info.FullMethod, nil); err != nil {
+			return err
+		}
+		return h(srv, &checkedStream{ServerStream: ss, p: p, method: info.FullMethod,
+			ctx: context.WithValue(ss.Context(), principalKey{}, p)})
+	}
+}
+
+type checkedStream struct {
+	grpc.ServerStream
+	p      *Principal
+	method string
+	ctx    context.Context
+}
+
+func (s *checkedStream) Context() context.Context { return s.ctx }
+
+func (s *checkedStream) RecvMsg(m any) error {
+	if err := s.ServerStream.RecvMsg(m); err != nil {
+		return err
+	}
+	pm, _ := m.(proto.Message)
+	return authorize(s.p, s.method, pm)
+}
+
+// ChannelOf is the channel of the caller's client (unspecified when
+// authentication is off or the client names none).
+func ChannelOf(ctx context.Context) mcv1.Channel {
+	p, ok := FromContext(ctx)
+	if !ok {
+		return mcv1.Channel_CHANNEL_UNSPECIFIED
+	}
+	return mcv1.Channel(mcv1.Channel_value["CHANNEL_"+strings.ToUpper(p.Client.Channel)])
+}

@@ -1,0 +1,221 @@
+package auth_test
+
+import (
+	"context"
+	"encoding/base64"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/reflect/protoreflect"
+
+	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
+
+	"github.com/membercenter/membercenter/services/auth"
+	"github.com/membercenter/membercenter/services/server"
+	"github.com/membercenter/membercenter/services/telemetry"
+)
+
+var (
+	secretPOS  = base64.StdEncoding.EncodeToString([]byte("pos-secret-pos-secret-pos-secret-0"))
+	secretMini = base64.StdEncoding.EncodeToString([]byte("mini-secret-mini-secret-mini-secret"))
+	member     = "01a20000-0000-7000-8000-000000000001"
+	other      = "01a20000-0000-7000-8000-000000000002"
+)
+
+const clients = `
+clients:
+  - id: pos-sh
+    channel: pos
+    secret: SECRET_POS
+    scopes: [identity.resolve, benefits.*, profile.read]
+  - id: miniprogram
+    channel: miniprogram
+    secret: SECRET_MINI
+    scopes: [profile.read, coupons.claim, sync.subscribe]
+    own_members: true
+`
+
+// profiles answers GetProfile and Subscribe without storage: these tests
+// are about the gate in front of the services.
+type profiles struct {
+	mcv1.UnimplementedProfileServiceServer
+}
+
+func (profiles) GetProfile(ctx context.Context, req *mcv1.GetProfileRequest) (*mcv1.GetProfileResponse, error) {
+	p, _ := auth.FromContext(ctx)
+	return &mcv1.GetProfileResponse{Profile: &mcv1.Profile{MemberId: req.GetMemberId(), Attributes: map[string]string{"caller": p.Client.ID}}}, nil
+}
+
+type syncs struct {
+	mcv1.UnimplementedSyncServiceServer
+}
+
+func (syncs) Subscribe(req *mcv1.SubscribeRequest, s mcv1.SyncService_SubscribeServer) error {
+	return s.Send(&mcv1.SubscribeResponse{Message: &mcv1.SubscribeResponse_Ready{Ready: &mcv1.Ready{}}})
+}
+
+func serve(t *testing.T) (*auth.Authenticator, *grpc.ClientConn) {
+	t.Helper()
+	a, err := auth.Parse([]byte(strings.NewReplacer("SECRET_POS", secretPOS, "SECRET_MINI", secretMini).Replace(clients)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tel, err := telemetry.Setup(context.Background(), telemetry.Config{ServiceName: "auth-test", LogLevel: "error"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, hs, err := server.NewGRPC(server.Telemetry{Tracers: tel.Tracers, Meters: tel.Meters, Propagator: tel.Propagator, Logger: tel.Logger}, nil, a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	mcv1.RegisterProfileServiceServer(srv, profiles{})
+	mcv1.RegisterSyncServiceServer(srv, syncs{})
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = srv.Serve(lis) }()
+	t.Cleanup(srv.Stop)
+	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return a, conn
+}
+
+func with(token string) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	_ = cancel
+	if token == "" {
+		return ctx
+	}
+	return metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token)
+}
+
+func TestCallsWithoutValidCredentialsAreUnauthenticated(t *testing.T) {
+	a, conn := serve(t)
+	pc := mcv1.NewProfileServiceClient(conn)
+	good, err := a.Mint("pos-sh", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	expired, _ := a.Mint("pos-sh", -time.Hour)
+	forged, _ := auth.Parse([]byte("clients:\n  - {id: pos-sh, channel: pos, secret: " + secretMini + ", scopes: ['*']}\n"))
+	forgedToken, _ := forged.Mint("pos-sh", time.Minute)
+	for _, tc := range []struct{ name, token, words string }{
+		{"no token", "", "no credentials"},
+		{"not a JWT", "abc.def", "invalid token"},
+		{"expired", expired, "expired"},
+		{"signed with another secret", forgedToken, "signature"},
+		{"tampered", good[:len(good)-3] + "AAA", "invalid token"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := pc.GetProfile(with(tc.token), &mcv1.GetProfileRequest{MemberId: member})
+			if status.Code(err) != codes.Unauthenticated || !strings.Contains(err.Error(), tc.words) {
+				t.Errorf("error %v; want Unauthenticated mentioning %q", err, tc.words)
+			}
+		})
+	}
+	// Health needs no credentials.
+	if _, err := healthpb.NewHealthClient(conn).Check(with(""), &healthpb.HealthCheckRequest{}); err != nil {
+		t.Errorf("health check: %v", err)
+	}
+	// A good token reaches the service, which knows the caller.
+	resp, err := pc.GetProfile(with(good), &mcv1.GetProfileRequest{MemberId: member})
+	if err != nil || resp.GetProfile().GetAttributes()["caller"] != "pos-sh" {
+		t.Errorf("good token: %v, %v", resp, err)
+	}
+}
+
+func TestScopesAndOwnMembers(t *testing.T) {
+	a, conn := serve(t)
+	pc, sc := mcv1.NewProfileServiceClient(conn), mcv1.NewSyncServiceClient(conn)
+	pos, _ := a.Mint("pos-sh", time.Minute)
+	mini, _ := a.Mint("miniprogram", time.Minute, member)
+
+	// POS may read profiles but not change them or subscribe.
+	_, err := pc.UpdateAttributes(with(pos), &mcv1.UpdateAttributesRequest{MemberId: member, Attributes: map[string]string{"city": "x"}, IdempotencyKey: "k"})
+	if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "profile.write") {
+		t.Errorf("POS UpdateAttributes: %v; want PermissionDenied naming profile.write", err)
+	}
+	s, err := sc.Subscribe(with(pos), &mcv1.SubscribeRequest{})
+	if err == nil {
+		_, err = s.Recv()
+	}
+	if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "sync.subscribe") {
+		t.Errorf("POS Subscribe: %v; want PermissionDenied naming sync.subscribe", err)
+	}
+
+	// The mini-program acts for the member its token names, and no other.
+	if _, err := pc.GetProfile(with(mini), &mcv1.GetProfileRequest{MemberId: member}); err != nil {
+		t.Errorf("mini-program reading its member: %v", err)
+	}
+	_, err = pc.GetProfile(with(mini), &mcv1.GetProfileRequest{MemberId: other})
+	if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), other) {
+		t.Errorf("mini-program reading another member: %v; want PermissionDenied naming it", err)
+	}
+	for _, tc := range []struct {
+		name string
+		req  *mcv1.SubscribeRequest
+		ok   bool
+	}{
+		{"its member", &mcv1.SubscribeRequest{MemberIds: []string{member}}, true},
+		{"every member", &mcv1.SubscribeRequest{}, false},
+		{"another member too", &mcv1.SubscribeRequest{MemberIds: []string{member, other}}, false},
+	} {
+		t.Run("subscribe to "+tc.name, func(t *testing.T) {
+			s, err := sc.Subscribe(with(mini), tc.req)
+			var m *mcv1.SubscribeResponse
+			if err == nil {
+				m, err = s.Recv()
+			}
+			if tc.ok && (err != nil || m.GetReady() == nil) {
+				t.Errorf("got %v, %v; want Ready", m, err)
+			}
+			if !tc.ok && status.Code(err) != codes.PermissionDenied {
+				t.Errorf("got %v, %v; want PermissionDenied", m, err)
+			}
+		})
+	}
+}
+
+// TestEveryRPCHasAScope: a new RPC must be given a scope (and, when it is
+// about members, name them in member_id or member_ids).
+func TestEveryRPCHasAScope(t *testing.T) {
+	for _, f := range []protoreflect.FileDescriptor{mcv1.File_membercenter_v1_identity_proto, mcv1.File_membercenter_v1_benefits_proto,
+		mcv1.File_membercenter_v1_profile_proto, mcv1.File_membercenter_v1_sync_proto} {
+		for i := 0; i < f.Services().Len(); i++ {
+			svc := f.Services().Get(i)
+			for j := 0; j < svc.Methods().Len(); j++ {
+				m := svc.Methods().Get(j)
+				name := "/" + string(svc.FullName()) + "/" + string(m.Name())
+				if _, ok := auth.MethodScopes[name]; !ok {
+					t.Errorf("%s has no scope in auth.MethodScopes", name)
+				}
+			}
+		}
+	}
+}
+
+func TestClientsFileIsChecked(t *testing.T) {
+	for _, tc := range []struct{ src, words string }{
+		{"clients:\n  - {id: a, secret: c2hvcnQ=, scopes: [profile.read]}\n", "at least 32 bytes"},
+		{"clients:\n  - {id: a, secret: " + secretPOS + ", scopes: [profile.raed]}\n", `unknown scope "profile.raed"`},
+		{"clients:\n  - {id: a, secret: " + secretPOS + ", scopes: [profile.read]}\n  - {id: a, secret: " + secretPOS + ", scopes: [profile.read]}\n", "duplicate id"},
+		{"clients: []\n", "no clients"},
+	} {
+		if _, err := auth.Parse([]byte(tc.src)); err == nil || !strings.Contains(err.Error(), tc.words) {
+			t.Errorf("clients file %q: %v; want an error mentioning %q", tc.src, err, tc.words)
+		}
+	}
+}

@@ -1,0 +1,53 @@
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/membercenter/membercenter/services/auth"
+	"github.com/membercenter/membercenter/services/platform"
+)
+
+func authCmd(stdout io.Writer) *cobra.Command {
+	cmd := &cobra.Command{Use: "auth", Short: "Channel client credentials (MC_CHANNEL_CLIENTS)"}
+	var client string
+	var ttl time.Duration
+	var members []string
+	token := &cobra.Command{
+		Use:   "token",
+		Short: "Mint a signed token for a registered client (what its back end does with its secret)",
+		Long: `Mint a token for a client of the clients file (MC_CHANNEL_CLIENTS): a JWT
+(HS256) with the client id as key id, valid for --ttl. A member-bound client
+(own_members: true) acts only for the --member ids the token names. Clients
+send it as "authorization: Bearer <token>".`,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := platform.LoadConfig(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if cfg.Auth.ClientsPath == "" {
+				return errors.New("MC_CHANNEL_CLIENTS is not set: it names the clients file")
+			}
+			a, err := auth.Load(cfg.Auth.ClientsPath)
+			if err != nil {
+				return err
+			}
+			t, err := a.Mint(client, ttl, members...)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(stdout, t)
+			return nil
+		},
+	}
+	token.Flags().StringVar(&client, "client", "", "client id")
+	token.Flags().DurationVar(&ttl, "ttl", time.Hour, "validity")
+	token.Flags().StringSliceVar(&members, "member", nil, "member ids a member-bound client may act for")
+	_ = token.MarkFlagRequired("client")
+	cmd.AddCommand(token)
+	return cmd
+}
