@@ -51,6 +51,7 @@ type env struct {
 	ch    driver.Conn
 	conn  *grpc.ClientConn
 	kafka *kafka.Client
+	http  string // base URL of the HTTP/JSON gateway
 }
 
 func start(t *testing.T) *env {
@@ -78,12 +79,13 @@ func start(t *testing.T) *env {
 	}
 	grpcLis, _ := net.Listen("tcp", "127.0.0.1:0")
 	adminLis, _ := net.Listen("tcp", "127.0.0.1:0")
+	httpLis, _ := net.Listen("tcp", "127.0.0.1:0")
 	ready := make(chan struct{})
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
 		return p.Run(gctx, platform.Options{
 			Services: platform.AllServices, Stages: platform.AllStages,
-			GRPC: grpcLis, Admin: adminLis, Ready: func() { close(ready) },
+			GRPC: grpcLis, Admin: adminLis, HTTP: httpLis, Ready: func() { close(ready) },
 		})
 	})
 	t.Cleanup(func() {
@@ -112,7 +114,7 @@ func start(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(kc.Close)
-	return &env{cfg: cfg, tel: tel, spans: spans, pool: p.Pool(), ch: chConn, conn: conn, kafka: kc}
+	return &env{cfg: cfg, tel: tel, spans: spans, pool: p.Pool(), ch: chConn, conn: conn, kafka: kc, http: "http://" + httpLis.Addr().String()}
 }
 
 type testWriter struct{ t *testing.T }

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"slices"
 	"sort"
 	"strings"
@@ -17,9 +18,12 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/sethvargo/go-envconfig"
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
+	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
@@ -36,6 +40,7 @@ import (
 	"github.com/membercenter/membercenter/services/benefits"
 	"github.com/membercenter/membercenter/services/changes"
 	"github.com/membercenter/membercenter/services/facts"
+	"github.com/membercenter/membercenter/services/gateway"
 	"github.com/membercenter/membercenter/services/identity"
 	"github.com/membercenter/membercenter/services/profile"
 	"github.com/membercenter/membercenter/services/server"
@@ -128,8 +133,9 @@ func ParseSelection(what, sel string, valid []string) ([]string, error) {
 type Options struct {
 	Services []string
 	Stages   []string
-	// Listeners; when nil, the configured addresses are used.
-	GRPC, Admin net.Listener
+	// Listeners; when nil, the configured addresses are used (HTTP: the
+	// JSON API and server-sent events, served with the gRPC services).
+	GRPC, Admin, HTTP net.Listener
 	// Ready is called once every selected service and stage has started.
 	Ready func()
 }
@@ -376,6 +382,13 @@ func (p *Platform) Run(ctx context.Context, o Options) error {
 			return fmt.Errorf("listen %s: %w", p.cfg.Server.AdminAddr, err)
 		}
 	}
+	// A caller that hands over its own gRPC listener (tests, benchmarks)
+	// gets the gateway only with an HTTP listener too.
+	if gs != nil && (o.HTTP != nil || (o.GRPC == nil && p.cfg.Server.HTTPAddr != "")) {
+		if err := p.serveGateway(ctx, g, grpcLis.Addr().String(), o.HTTP); err != nil {
+			return err
+		}
+	}
 	admin := server.AdminHandler(p.tel.Metrics, checks)
 	g.Go(func() error {
 		if gs == nil {
@@ -455,6 +468,45 @@ func (p *Platform) grpcServer(ctx context.Context, g *errgroup.Group, services [
 		hs.SetServingStatus(names[k], healthpb.HealthCheckResponse_SERVING)
 	}
 	return out, nil
+}
+
+// serveGateway serves the HTTP/JSON API and the change stream as
+// server-sent events, calling the gRPC server at grpcAddr (so validation,
+// authentication and scopes are the same) until ctx ends.
+func (p *Platform) serveGateway(ctx context.Context, g *errgroup.Group, grpcAddr string, lis net.Listener) error {
+	conn, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithStatsHandler(otelgrpc.NewClientHandler(otelgrpc.WithTracerProvider(p.tel.Tracers), otelgrpc.WithPropagators(p.tel.Propagator))))
+	if err != nil {
+		return fmt.Errorf("gateway: %w", err)
+	}
+	h, err := gateway.New(ctx, conn)
+	if err != nil {
+		conn.Close()
+		return err
+	}
+	if lis == nil {
+		if lis, err = net.Listen("tcp", p.cfg.Server.HTTPAddr); err != nil {
+			conn.Close()
+			return fmt.Errorf("listen %s: %w", p.cfg.Server.HTTPAddr, err)
+		}
+	}
+	srv := &http.Server{Handler: otelhttp.NewHandler(h, "gateway", otelhttp.WithTracerProvider(p.tel.Tracers), otelhttp.WithPropagators(p.tel.Propagator)),
+		ReadHeaderTimeout: 10 * time.Second, BaseContext: func(net.Listener) context.Context { return ctx }}
+	p.tel.Logger.InfoContext(ctx, "HTTP/JSON gateway listening", "addr", lis.Addr().String())
+	g.Go(func() error {
+		defer conn.Close()
+		if err := srv.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("gateway: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), p.cfg.Server.Grace)
+		defer cancel()
+		return srv.Shutdown(sctx)
+	})
+	return nil
 }
 
 // OpenClickHouse connects to the configured ClickHouse database.

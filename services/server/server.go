@@ -30,9 +30,11 @@ import (
 
 // Config says where to listen. Defaults are loopback, as deps.sh's servers.
 type Config struct {
-	GRPCAddr  string        `env:"MC_GRPC_ADDR, default=127.0.0.1:50051"`
-	AdminAddr string        `env:"MC_ADMIN_ADDR, default=127.0.0.1:9464"`
-	Grace     time.Duration `env:"MC_SHUTDOWN_GRACE, default=10s"`
+	GRPCAddr  string `env:"MC_GRPC_ADDR, default=127.0.0.1:50051"`
+	AdminAddr string `env:"MC_ADMIN_ADDR, default=127.0.0.1:9464"`
+	// HTTPAddr serves the HTTP/JSON API and the server-sent change stream.
+	HTTPAddr string        `env:"MC_HTTP_ADDR, default=127.0.0.1:8080"`
+	Grace    time.Duration `env:"MC_SHUTDOWN_GRACE, default=10s"`
 }
 
 // Validate reports every problem with the config at once.
@@ -40,6 +42,9 @@ func (c Config) Validate() error {
 	var errs []error
 	if _, _, err := net.SplitHostPort(c.GRPCAddr); err != nil {
 		errs = append(errs, fmt.Errorf("MC_GRPC_ADDR: %w", err))
+	}
+	if _, _, err := net.SplitHostPort(c.HTTPAddr); c.HTTPAddr != "" && err != nil {
+		errs = append(errs, fmt.Errorf("MC_HTTP_ADDR %q: %w", c.HTTPAddr, err))
 	}
 	if _, _, err := net.SplitHostPort(c.AdminAddr); err != nil {
 		errs = append(errs, fmt.Errorf("MC_ADMIN_ADDR: %w", err))
