@@ -56,6 +56,12 @@ type env struct {
 
 func start(t *testing.T) *env {
 	t.Helper()
+	return startWith(t, platform.AllStages)
+}
+
+// startWith runs every service and the given pipeline stages.
+func startWith(t *testing.T, stages []string) *env {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	chConn, chCfg := chtest.NewDB(t)
 	cfg := platform.Config{
@@ -84,7 +90,7 @@ func start(t *testing.T) *env {
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
 		return p.Run(gctx, platform.Options{
-			Services: platform.AllServices, Stages: platform.AllStages,
+			Services: platform.AllServices, Stages: stages,
 			GRPC: grpcLis, Admin: adminLis, HTTP: httpLis, Ready: func() { close(ready) },
 		})
 	})
