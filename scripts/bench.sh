@@ -41,7 +41,11 @@ t_segment_runs="${BENCH_TAGS_SEGMENT_RUNS:-30}"
 
 commas() { sed -e ':a' -e 's/\B[0-9]\{3\}\>/,&/' -e 'ta' <<<"$1"; }
 
-latency="$("$bin" bench latency --events "$events" --rate "$rate")"
+fan_subs="${BENCH_FANOUT_SUBSCRIBERS:-1000,2000,4000}"
+fan_events="${BENCH_FANOUT_EVENTS:-100}"
+fan_rate="${BENCH_FANOUT_RATE:-20}"
+latency_cmd=(bench latency --events "$events" --rate "$rate" --subscribers "$fan_subs" --fanout-events "$fan_events" --fanout-rate "$fan_rate")
+latency="$("$bin" "${latency_cmd[@]}")"
 resolve_cmd=(bench resolve --members "$r_members" --rate "$r_rate" --duration "$r_duration"
   --merges "$r_merges" --merge-concurrency "$r_merge_conc")
 resolve="$("$bin" "${resolve_cmd[@]}")"
@@ -66,13 +70,14 @@ noisy, so compare the ratios, not the absolute numbers.
 
 ## Event → change on a Subscribe stream
 
-Command: \`membercenter bench latency --events $events --rate $rate\`
+Command: \`membercenter ${latency_cmd[*]}\`
 
 A POS transaction published to \`channel.events.v1\` travels ingest (validate,
 dedupe, resolve in PostgreSQL, Kafka transaction) → \`member.events.v1\` →
 benefit worker (ledger, lot, balance and outbox in one PostgreSQL transaction)
 → outbox relay (LISTEN/NOTIFY) → \`member.changes.v1\` → sync hub →
-\`SyncService.Subscribe\` stream. Events are published open-loop at a fixed
+\`SyncService.Subscribe\` stream; the tag worker, the ClickHouse sink and the
+profile exporter run beside it on the same two cores. Events are published open-loop at a fixed
 rate and timed from their intended send time to the arrival of their points
 change on the stream. The floor is a plain franz-go produce → consume round
 trip on a scratch topic of the same broker, at the same rate, in the same run.

@@ -11,7 +11,9 @@ import (
 	"runtime"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -35,6 +37,8 @@ func benchCmd(stdout io.Writer) *cobra.Command {
 		Short: "Measure the platform against its raw floor on the configured servers",
 	}
 	var events, members, rate int
+	var fanout []int
+	var fanEvents, fanRate int
 	latency := &cobra.Command{
 		Use:   "latency",
 		Short: "Time from publishing a POS event to its change on a Subscribe stream, beside a raw Kafka produce→consume round trip",
@@ -43,7 +47,12 @@ transactions open-loop at a fixed rate (latency counts from each event's
 intended send time, so a queue cannot hide), and times each one until its
 points change arrives on a SyncService.Subscribe stream. In the same run, at
 the same rate, it times a plain produce→consume round trip on a scratch topic
-of the same broker: the floor. Prints a Markdown table.`,
+of the same broker: the floor. Prints a Markdown table.
+
+With --subscribers, it then opens each number of concurrent Subscribe
+streams (no filter: every stream receives every change), publishes
+--fanout-events more events at --fanout-rate, and times each event's points
+change on every stream: the fan-out table, one row per number of streams.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			logPath := filepath.Join(os.TempDir(), "membercenter-bench.log")
 			logFile, err := os.Create(logPath)
@@ -56,13 +65,17 @@ of the same broker: the floor. Prints a Markdown table.`,
 				return err
 			}
 			defer done()
-			b := &latencyBench{e: e, out: stdout, events: events, members: members, rate: rate}
+			b := &latencyBench{e: e, out: stdout, events: events, members: members, rate: rate,
+				fanout: fanout, fanEvents: fanEvents, fanRate: fanRate}
 			return b.run(cmd.Context())
 		},
 	}
 	latency.Flags().IntVar(&events, "events", 1000, "measured events")
 	latency.Flags().IntVar(&members, "members", 200, "distinct members the events belong to")
 	latency.Flags().IntVar(&rate, "rate", 200, "events per second (open loop)")
+	latency.Flags().IntSliceVar(&fanout, "subscribers", nil, "numbers of concurrent subscribers for the fan-out table (e.g. 1000,2000,4000)")
+	latency.Flags().IntVar(&fanEvents, "fanout-events", 100, "events per fan-out row")
+	latency.Flags().IntVar(&fanRate, "fanout-rate", 20, "events per second in the fan-out rows")
 	cmd.AddCommand(latency, benchResolveCmd(stdout), benchBenefitsCmd(stdout), benchTagsCmd(stdout))
 	return cmd
 }
@@ -71,6 +84,8 @@ type latencyBench struct {
 	e                     *env
 	out                   io.Writer
 	events, members, rate int
+	fanout                []int
+	fanEvents, fanRate    int
 }
 
 // Summary is a latency distribution.
@@ -161,6 +176,14 @@ func (b *latencyBench) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	var fan []fanoutResult
+	for _, n := range b.fanout {
+		r, err := b.fanoutRow(ctx, grpcLis.Addr().String(), kcfg, producer, run, n)
+		if err != nil {
+			return fmt.Errorf("fan-out to %d subscribers: %w", n, err)
+		}
+		fan = append(fan, r)
+	}
 	stop()
 	if err := g.Wait(); err != nil && !errors.Is(err, context.Canceled) {
 		return err
@@ -175,7 +198,136 @@ func (b *latencyBench) run(ctx context.Context) error {
 	row("floor: Kafka produce → consume (same broker, same run)", floor)
 	row("POS event → change on Subscribe stream", platformRes)
 	fmt.Fprintf(b.out, "\nGOMAXPROCS %d; %d members; platform run in one process with every stage and service.\n", runtime.GOMAXPROCS(0), b.members)
+	if len(fan) > 0 {
+		fmt.Fprintf(b.out, "\nFan-out: concurrent `SyncService.Subscribe` streams without a filter (each receives every change) over %d gRPC connections, "+
+			"%d events at %d ev/s per row; latency from each event's intended send time to its points change on each stream. "+
+			"The floor is the Kafka round trip above.\n\n", fanConns, b.fanEvents, b.fanRate)
+		fmt.Fprintf(b.out, "| subscribers | deliveries timed | missing | p50 ms | p99 ms | max ms | p50 ÷ floor | p99 ÷ floor | p99 under 1 s |\n|---|---|---|---|---|---|---|---|---|\n")
+		best := 0
+		for _, r := range fan {
+			under := r.sum.P99 < time.Second && r.missing == 0
+			if under {
+				best = max(best, r.n)
+			}
+			fmt.Fprintf(b.out, "| %d | %d | %d | %s | %s | %s | %.1f× | %.1f× | %v |\n", r.n, r.sum.N, r.missing, ms(r.sum.Median), ms(r.sum.P99), ms(r.sum.Max),
+				float64(r.sum.Median)/float64(floor.Median), float64(r.sum.P99)/float64(floor.P99), map[bool]string{true: "yes", false: "no"}[under])
+		}
+		fmt.Fprintf(b.out, "\nLargest number of concurrent subscribers measured with every change delivered and p99 under 1 s: **%d**.\n", best)
+	}
 	return nil
+}
+
+// fanConns is how many gRPC connections the fan-out subscribers share.
+const fanConns = 8
+
+type fanoutResult struct {
+	n       int
+	sum     Summary
+	missing int
+}
+
+// fanoutRow opens n unfiltered streams, publishes b.fanEvents events and
+// times each event's points change on every stream.
+func (b *latencyBench) fanoutRow(ctx context.Context, addr string, kcfg kafka.Config, producer *kafka.Client, run string, n int) (fanoutResult, error) {
+	var conns []*grpc.ClientConn
+	for range fanConns {
+		c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			return fanoutResult{}, err
+		}
+		defer c.Close()
+		conns = append(conns, c)
+	}
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	prefix := fmt.Sprintf("%s-f%d-", run, n)
+	received := make([][]time.Time, n)
+	streams := make([]mcv1.SyncService_SubscribeClient, n)
+	for i := range n {
+		s, err := mcv1.NewSyncServiceClient(conns[i%fanConns]).Subscribe(sctx, &mcv1.SubscribeRequest{})
+		if err != nil {
+			return fanoutResult{}, err
+		}
+		if m, err := s.Recv(); err != nil || m.GetReady() == nil {
+			return fanoutResult{}, fmt.Errorf("subscriber %d: %v", i, err)
+		}
+		streams[i], received[i] = s, make([]time.Time, b.fanEvents)
+	}
+	fmt.Fprintf(os.Stderr, "bench latency: fan-out: %d subscribers ready\n", n)
+	var wg sync.WaitGroup
+	var resyncs atomic.Int64
+	for i, s := range streams {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for got := 0; got < b.fanEvents; {
+				msg, err := s.Recv()
+				if err != nil {
+					return
+				}
+				if msg.GetResyncRequired() != nil {
+					resyncs.Add(1)
+					return
+				}
+				c := msg.GetChange()
+				id, ok := strings.CutPrefix(c.GetCauseId(), prefix)
+				if c.GetPointsChanged() == nil || !ok {
+					continue
+				}
+				k, _ := strconv.Atoi(id)
+				if k < len(received[i]) && received[i][k].IsZero() {
+					received[i][k] = time.Now()
+					got++
+				}
+			}
+		}()
+	}
+	phone := func(m int) string { return fmt.Sprintf("137%08d", m) }
+	fb := *b
+	fb.rate = b.fanRate
+	intended, err := fb.openLoop(ctx, b.fanEvents, func(k int) {
+		m := k % b.members
+		ev := &mcv1.ChannelEvent{
+			EventId: prefix + strconv.Itoa(k), Channel: mcv1.Channel_CHANNEL_POS, StoreId: "BENCH-1", OccurredAt: timestamppb.Now(),
+			Identifiers: []*mcv1.Identifier{{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_PHONE, Value: phone(m)}},
+			Payload: &mcv1.ChannelEvent_Transaction{Transaction: &mcv1.Transaction{
+				OrderId: "O-" + prefix + strconv.Itoa(k), Total: &mcv1.Money{Currency: "CNY", AmountMinor: 1000 + int64(m)}}},
+		}
+		v, _ := proto.Marshal(ev)
+		producer.Produce(ctx, &kgo.Record{Topic: kcfg.Topics.ChannelEvents, Key: []byte(phone(m)), Value: v}, nil)
+	})
+	if err != nil {
+		return fanoutResult{}, err
+	}
+	// Every stream has its events, or has been given up on after 30 s.
+	waited := make(chan struct{})
+	go func() { wg.Wait(); close(waited) }()
+	select {
+	case <-waited:
+	case <-time.After(30 * time.Second):
+	}
+	cancel()
+	<-waited
+	var ds []time.Duration
+	missing := 0
+	var last time.Time
+	for i := range received {
+		for k, at := range received[i] {
+			if at.IsZero() {
+				missing++
+				continue
+			}
+			ds = append(ds, at.Sub(intended[k]))
+			if at.After(last) {
+				last = at
+			}
+		}
+	}
+	if len(ds) == 0 {
+		return fanoutResult{}, fmt.Errorf("no change reached any of %d subscribers (%d resync required)", n, resyncs.Load())
+	}
+	fmt.Fprintf(os.Stderr, "bench latency: fan-out: %d subscribers, %d deliveries, %d missing, %d told to resync\n", n, len(ds), missing, resyncs.Load())
+	return fanoutResult{n: n, sum: summarize(ds, last.Sub(intended[0])), missing: missing}, nil
 }
 
 // openLoop calls send for event i at start + i/rate, never waiting for
