@@ -59,8 +59,9 @@ func start(t *testing.T) *env {
 	return startWith(t, platform.AllStages)
 }
 
-// startWith runs every service and the given pipeline stages.
-func startWith(t *testing.T, stages []string) *env {
+// startWith runs every service and the given pipeline stages, with the
+// configuration edited by edit.
+func startWith(t *testing.T, stages []string, edit ...func(*platform.Config)) *env {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	chConn, chCfg := chtest.NewDB(t)
@@ -70,6 +71,9 @@ func startWith(t *testing.T, stages []string) *env {
 		Kafka:      kafkatest.Config(t),
 		Telemetry:  telemetry.Config{ServiceName: "membercenter-e2e", LogLevel: "info"},
 		Server:     server.Config{GRPCAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", Grace: 5 * time.Second},
+	}
+	for _, f := range edit {
+		f(&cfg)
 	}
 	spans := tracetest.NewSpanRecorder()
 	tel, err := telemetry.Setup(ctx, cfg.Telemetry, testWriter{t}, telemetry.WithSpanProcessor(spans))

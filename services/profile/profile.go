@@ -60,7 +60,34 @@ func (s *Service) Get(ctx context.Context, id uuid.UUID) (*mcv1.Profile, error) 
 	return p, err
 }
 
+// Snapshot is Get in one repeatable-read transaction: every part of the
+// profile is as of the sequence it reports, so a client can start from it
+// and follow the change stream, dropping changes up to that sequence.
+func (s *Service) Snapshot(ctx context.Context, id uuid.UUID) (*mcv1.Profile, error) {
+	id, err := postgres.CanonicalMember(ctx, s.pool, id)
+	if err != nil {
+		return nil, err
+	}
+	var p *mcv1.Profile
+	err = pgx.BeginTxFunc(ctx, s.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
+		var err error
+		p, _, err = s.read(ctx, tx, id)
+		return err
+	})
+	return p, err
+}
+
 func (s *Service) get(ctx context.Context, id uuid.UUID) (*mcv1.Profile, bool, error) {
+	return s.read(ctx, s.pool, id)
+}
+
+// batcher runs a batch: the pool (one implicit transaction) or a
+// transaction.
+type batcher interface {
+	SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults
+}
+
+func (s *Service) read(ctx context.Context, q batcher, id uuid.UUID) (*mcv1.Profile, bool, error) {
 	b := &pgx.Batch{}
 	p := &mcv1.Profile{MemberId: id.String()}
 	found, merged := false, false
@@ -110,7 +137,7 @@ func (s *Service) get(ctx context.Context, id uuid.UUID) (*mcv1.Profile, bool, e
 			}
 			return rows.Err()
 		})
-	if err := s.pool.SendBatch(ctx, b).Close(); err != nil {
+	if err := q.SendBatch(ctx, b).Close(); err != nil {
 		return nil, false, fmt.Errorf("read profile: %w", err)
 	}
 	if !found {

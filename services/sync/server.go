@@ -114,7 +114,7 @@ func (s *Server) GetSnapshot(ctx context.Context, req *mcv1.GetSnapshotRequest) 
 	if err != nil {
 		return nil, fmt.Errorf("member_id: %w", err)
 	}
-	p, err := s.profiles.Get(ctx, id)
+	p, err := s.profiles.Snapshot(ctx, id)
 	if err != nil {
 		return nil, err
 	}

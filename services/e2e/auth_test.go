@@ -1,0 +1,147 @@
+package e2e_test
+
+import (
+	"context"
+	"encoding/base64"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
+
+	"github.com/membercenter/membercenter/services/auth"
+	"github.com/membercenter/membercenter/services/platform"
+)
+
+// TestChannelCredentialsOverGRPCAndHTTP: with a clients file, the platform
+// refuses calls without a valid token (Unauthenticated / 401) and calls
+// outside a client's scopes or members (PermissionDenied / 403), the same
+// over gRPC and over the HTTP gateway; allowed calls go through.
+func TestChannelCredentialsOverGRPCAndHTTP(t *testing.T) {
+	secret := func(s string) string { return base64.StdEncoding.EncodeToString([]byte(strings.Repeat(s, 32))) }
+	file := filepath.Join(t.TempDir(), "clients.yaml")
+	if err := os.WriteFile(file, []byte(`clients:
+  - {id: pos, channel: pos, secret: `+secret("p")+`, scopes: [identity.resolve, benefits.*, profile.read]}
+  - {id: mini, channel: miniprogram, secret: `+secret("m")+`, scopes: [profile.*, sync.subscribe], own_members: true}
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e := startWith(t, nil, func(c *platform.Config) { c.Auth.ClientsPath = file })
+	a, err := auth.Load(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	posTok, _ := a.Mint("pos", time.Minute)
+	as := func(tok string) context.Context { return metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+tok) }
+
+	ids := mcv1.NewIdentityServiceClient(e.conn)
+	resolve := &mcv1.ResolveRequest{Channel: mcv1.Channel_CHANNEL_POS, CreateIfMissing: true, IdempotencyKey: "auth-1",
+		Identifiers: []*mcv1.Identifier{{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_PHONE, Value: "13300000011"}}}
+	if _, err := ids.Resolve(ctx, resolve); status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("Resolve without a token: %v; want Unauthenticated", err)
+	}
+	r, err := ids.Resolve(as(posTok), resolve)
+	if err != nil {
+		t.Fatal(err)
+	}
+	member := r.GetMemberId()
+	other, err := ids.Resolve(as(posTok), &mcv1.ResolveRequest{Channel: mcv1.Channel_CHANNEL_POS, CreateIfMissing: true, IdempotencyKey: "auth-2",
+		Identifiers: []*mcv1.Identifier{{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_PHONE, Value: "13300000012"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	miniTok, _ := a.Mint("mini", time.Minute, member)
+
+	// POS may not change profiles.
+	_, err = mcv1.NewProfileServiceClient(e.conn).UpdateAttributes(as(posTok), &mcv1.UpdateAttributesRequest{MemberId: member,
+		Attributes: map[string]string{"city": "Suzhou"}, IdempotencyKey: "auth-attrs"})
+	if status.Code(err) != codes.PermissionDenied {
+		t.Errorf("POS UpdateAttributes: %v; want PermissionDenied", err)
+	}
+
+	post := func(tok, path, body string) (int, string) {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, e.http+path, strings.NewReader(body))
+		if tok != "" {
+			req.Header.Set("Authorization", "Bearer "+tok)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	get := `{"memberId":"` + member + `"}`
+	for _, tc := range []struct {
+		name, tok, path, body string
+		code                  int
+	}{
+		{"no token", "", "/membercenter.v1.ProfileService/GetProfile", get, http.StatusUnauthorized},
+		{"forged token", miniTok[:len(miniTok)-4] + "AAAA", "/membercenter.v1.ProfileService/GetProfile", get, http.StatusUnauthorized},
+		{"mini-program reads its member", miniTok, "/membercenter.v1.ProfileService/GetProfile", get, http.StatusOK},
+		{"mini-program reads another member", miniTok, "/membercenter.v1.ProfileService/GetProfile", `{"memberId":"` + other.GetMemberId() + `"}`, http.StatusForbidden},
+		{"mini-program commits a purchase", miniTok, "/membercenter.v1.BenefitsService/Commit", `{"memberId":"` + member + `"}`, http.StatusForbidden},
+		{"mini-program updates its member", miniTok, "/membercenter.v1.ProfileService/UpdateAttributes",
+			`{"memberId":"` + member + `","attributes":{"city":"Suzhou"},"idempotencyKey":"auth-http"}`, http.StatusOK},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if code, body := post(tc.tok, tc.path, tc.body); code != tc.code {
+				t.Errorf("%s: %d %s; want %d", tc.path, code, body, tc.code)
+			}
+		})
+	}
+	// The update carries the caller's channel.
+	rows, err := e.pool.Query(ctx, `SELECT payload FROM outbox WHERE member_id = $1`, member)
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for rows.Next() {
+		var b []byte
+		if err := rows.Scan(&b); err != nil {
+			t.Fatal(err)
+		}
+		c := &mcv1.MemberChange{}
+		if err := proto.Unmarshal(b, c); err != nil {
+			t.Fatal(err)
+		}
+		if c.GetAttributesChanged() != nil {
+			found = true
+			if c.GetChannel() != mcv1.Channel_CHANNEL_MINIPROGRAM {
+				t.Errorf("attributes change from channel %s, want the mini-program's", c.GetChannel())
+			}
+		}
+	}
+	rows.Close()
+	if !found {
+		t.Error("no attributes change in the outbox")
+	}
+	// Server-sent events: every member is refused to a member-bound client.
+	for _, tc := range []struct {
+		query string
+		code  int
+	}{{"", http.StatusForbidden}, {"?member_ids=" + member, http.StatusOK}} {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, e.http+"/v1/sync/subscribe"+tc.query, nil)
+		req.Header.Set("Authorization", "Bearer "+miniTok)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != tc.code {
+			t.Errorf("subscribe%s: %d, want %d", tc.query, resp.StatusCode, tc.code)
+		}
+	}
+}
