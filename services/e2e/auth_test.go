@@ -43,7 +43,9 @@ func TestChannelCredentialsOverGRPCAndHTTP(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	posTok, _ := a.Mint("pos", time.Minute)
-	as := func(tok string) context.Context { return metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+tok) }
+	as := func(tok string) context.Context {
+		return metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+tok)
+	}
 
 	ids := mcv1.NewIdentityServiceClient(e.conn)
 	resolve := &mcv1.ResolveRequest{Channel: mcv1.Channel_CHANNEL_POS, CreateIfMissing: true, IdempotencyKey: "auth-1",
