@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kadm"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -97,6 +98,24 @@ func TestResumeTokenDeliversExactlyTheMissedChanges(t *testing.T) {
 	}
 	if next-1 != want {
 		t.Errorf("resumed up to sequence %d, the member is at %d", next-1, want)
+	}
+
+	// A token older than what the change log keeps: retention deleted the
+	// records after it.
+	adm := kadm.NewClient(e.kafka.Client)
+	ends, err := adm.ListEndOffsets(ctx, e.cfg.Kafka.Topics.MemberChanges)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := adm.DeleteRecords(ctx, ends.Offsets()); err != nil {
+		t.Fatal(err)
+	}
+	old, err := sync.Subscribe(ctx, &mcv1.SubscribeRequest{MemberIds: []string{member}, ResumeToken: first.GetResumeToken()})
+	if err == nil {
+		_, err = old.Recv()
+	}
+	if status.Code(err) != codes.OutOfRange || !strings.Contains(err.Error(), "take a snapshot") {
+		t.Errorf("token behind the log's start: %v; want OutOfRange telling to take a snapshot", err)
 	}
 
 	// Bad tokens and filters say what to do.
