@@ -56,6 +56,12 @@ tags_cmd=(bench tags --members "$t_members" --history "$t_history" --events "$t_
   --visibility-rate "$t_vis_rate" --visibility-events "$t_vis_events" --rate "$t_rate" --duration "$t_duration"
   --profiles "$t_profiles" --segment-runs "$t_segment_runs")
 tags="$("$bin" "${tags_cmd[@]}")"
+# Issue 7's pipeline scenarios: the load generator's workload at each member
+# count, drained by the whole pipeline, beside plain floors.
+p_members="${BENCH_PIPELINE_MEMBERS:-10000,100000,1000000}"
+p_events="${BENCH_PIPELINE_EVENTS:-6000}"
+pipeline_cmd=(bench pipeline --members "$p_members" --events "$p_events")
+pipeline="$("$bin" "${pipeline_cmd[@]}")"
 
 cat >"$out" <<MD
 # Benchmarks
@@ -152,5 +158,22 @@ for a three-label expression over $(commas "$t_profiles") profiles beside
 and what its floor is.
 
 $tags
+
+## Whole pipeline on the load generator's workload (issue 7)
+
+Command: \`membercenter ${pipeline_cmd[*]}\`
+
+\`membercenter loadgen\`'s deterministic omnichannel retailer (several
+identifiers per shopper with deliberate overlaps, Pareto spend, POS / app /
+mini-program mix, refunds, redemptions, check-ins, referrals, reviews, sign-ups
+and about 1% malformed records) is published to scratch topics; the whole
+platform then drains it: ingest, benefit and tag workers, outbox relay, sync
+hub, ClickHouse sink and profile exporter. A row is done when every record is
+either ingested — with its benefit and tag effects, its ClickHouse row and
+every outbox change published — or dead-lettered. Floors, same records, same
+run: a plain franz-go consume → clickhouse-go batch insert, and one PostgreSQL
+upsert per record with four writers.
+
+$pipeline
 MD
 echo "bench: wrote $out"

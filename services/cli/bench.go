@@ -76,7 +76,7 @@ change on every stream: the fan-out table, one row per number of streams.`,
 	latency.Flags().IntSliceVar(&fanout, "subscribers", nil, "numbers of concurrent subscribers for the fan-out table (e.g. 1000,2000,4000)")
 	latency.Flags().IntVar(&fanEvents, "fanout-events", 100, "events per fan-out row")
 	latency.Flags().IntVar(&fanRate, "fanout-rate", 20, "events per second in the fan-out rows")
-	cmd.AddCommand(latency, benchResolveCmd(stdout), benchBenefitsCmd(stdout), benchTagsCmd(stdout))
+	cmd.AddCommand(latency, benchResolveCmd(stdout), benchBenefitsCmd(stdout), benchTagsCmd(stdout), benchPipelineCmd(stdout))
 	return cmd
 }
 

@@ -31,7 +31,7 @@ MC_CLICKHOUSE_ADDR, ...); the defaults match what scripts/deps.sh starts.`,
 	root.SetArgs(args)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.AddCommand(serveCmd(stderr), pipelineCmd(stderr), migrateCmd(stderr), demoCmd(stdout, stderr), benchCmd(stdout), dlqCmd(stdout, stderr), piiCmd(stdout, stderr), programCmd(stdout, stderr), tagsCmd(stdout, stderr), segmentCmd(stdout, stderr), authCmd(stdout))
+	root.AddCommand(serveCmd(stderr), pipelineCmd(stderr), migrateCmd(stderr), demoCmd(stdout, stderr), benchCmd(stdout), dlqCmd(stdout, stderr), piiCmd(stdout, stderr), programCmd(stdout, stderr), tagsCmd(stdout, stderr), segmentCmd(stdout, stderr), authCmd(stdout), loadgenCmd(stdout, stderr))
 	return root.ExecuteContext(ctx)
 }
 
