@@ -1,6 +1,7 @@
 package benefits
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"math/big"
@@ -577,7 +578,7 @@ func (e Engine) issueCoupon(s *State, fx *Effects, t time.Time, op Op, template,
 		s.TplDelta[template]++
 	}
 	c := &Coupon{Code: CouponCode(template, s.MemberID, s.Issued[template]), Template: template, State: "issued",
-		ValidFrom: t, ValidUntil: t.AddDate(0, 0, tpl.ValidDays), Origin: op.Origin, IssuedAt: t, Cause: why, isNew: true, dirty: true}
+		ValidFrom: t, ValidUntil: t.AddDate(0, 0, tpl.ValidDays), Origin: cmp.Or(op.Origin, s.MemberID), IssuedAt: t, Cause: why, isNew: true, dirty: true}
 	s.Coupons = append(s.Coupons, c)
 	fx.Coupons = append(fx.Coupons, c)
 	fx.Issued = append(fx.Issued, c)
@@ -1117,7 +1118,7 @@ func (e Engine) Recompute(s *State, t time.Time, cause string) *Effects {
 		s.Tier, s.TierSince = id, t
 	}
 	s.GraceEnd, s.Evaluated, s.Last, s.StateChanged = grace, cur, t, true
-	e.benefits(s, fx, t, false, Op{Cause: cause})
+	e.benefits(s, fx, t, false, Op{Cause: cause, Origin: s.MemberID})
 	return fx
 }
 

@@ -180,3 +180,20 @@ func TestCampaignGrantsABenefitForTheMonth(t *testing.T) {
 		t.Errorf("programme with an unknown campaign benefit: %v", err)
 	}
 }
+
+// TestRecomputeIssuesCouponsWithAnOrigin: a benefit granted when a merge
+// recomputes the member (here the birthday gift) issues its coupon with the
+// member as origin, like any other issuance (found by the load generator: an
+// empty origin broke the merge's transaction).
+func TestRecomputeIssuesCouponsWithAnOrigin(t *testing.T) {
+	e := benefits.Engine{P: program(t, nil)}
+	s := benefits.NewState("01a20000-0000-7000-8000-000000000009")
+	s.BirthDate = wed.Format("2006-01-02")
+	fx := e.Recompute(s, wed, "merge:m1")
+	if len(fx.Issued) != 1 {
+		t.Fatalf("issued %v; want the birthday coupon", fx.Issued)
+	}
+	if o := fx.Issued[0].Origin; o != s.MemberID {
+		t.Errorf("coupon origin %q, want the member", o)
+	}
+}
