@@ -58,6 +58,7 @@ with --rate 0, and reports what it sent by kind and how many were malformed
 	cmd.Flags().IntVar(&events, "events", 10_000, "records to publish")
 	cmd.Flags().IntVar(&rate, "rate", 0, "records per second, open loop (0: as fast as Kafka takes them)")
 	cmd.Flags().StringVar(&topic, "topic", "", "topic (default: the configured channel events topic)")
+	cmd.AddCommand(loadgenAPICmd(stdout, stderr))
 	return cmd
 }
 
