@@ -172,7 +172,9 @@ hub, ClickHouse sink and profile exporter. A row is done when every record is
 either ingested — with its benefit and tag effects, its ClickHouse row and
 every outbox change published — or dead-lettered. Floors, same records, same
 run: a plain franz-go consume → clickhouse-go batch insert, and one PostgreSQL
-upsert per record with four writers.
+upsert per record with four writers. After each drain, Resolve, GetProfile,
+Quote and Commit run open loop at a fixed rate over that many members, beside
+a no-op Health/Check on the same server.
 
 $pipeline
 MD

@@ -18,6 +18,8 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/membercenter/membercenter/pipeline/kafka"
 	"github.com/membercenter/membercenter/services/loadgen"
@@ -56,6 +58,7 @@ time, and that every malformed record ended in the dead-letter topic.`,
 			fmt.Fprintf(stdout, "| members | events (malformed) | pipeline events/s | floor: consume → ClickHouse events/s | floor: PG upsert events/s | ÷ ClickHouse floor | ÷ PG floor | CPU s / 1,000 events: membercenter / PostgreSQL / Kafka / ClickHouse | membercenter peak RSS | dead letters (malformed) |\n")
 			fmt.Fprintf(stdout, "|---|---|---|---|---|---|---|---|---|---|\n")
 			var lags []string
+			var apis []string
 			for _, m := range scales {
 				r, err := benchPipeline(cmd.Context(), e, m, events, seed)
 				if err != nil {
@@ -65,10 +68,20 @@ time, and that every malformed record ended in the dead-letter topic.`,
 					commaInt(m), r.events, r.malformed, r.rate, r.chFloor, r.pgFloor, r.rate/r.chFloor, r.rate/r.pgFloor,
 					r.cpu.self, r.cpu.postgres, r.cpu.kafka, r.cpu.clickhouse, r.rssMiB, r.dlq, r.malformed)
 				lags = append(lags, fmt.Sprintf("%s members: %s", commaInt(m), r.lag))
+				floor := r.api[0].sum
+				for _, a := range r.api {
+					apis = append(apis, fmt.Sprintf("| %s | %s | %.0f | %s | %s | %d | %.1f× | %.1f× |", commaInt(m), a.rpc, a.achieved,
+						ms(a.sum.Median), ms(a.sum.P99), a.errs, float64(a.sum.Median)/float64(floor.Median), float64(a.sum.P99)/float64(floor.P99)))
+				}
 			}
 			fmt.Fprintf(stdout, "\nConsumer lag (records behind, summed over partitions) sampled every 2 s while the pipeline drained, per stage ingest / benefits / tags / sink:\n\n")
 			for _, l := range lags {
 				fmt.Fprintf(stdout, "- %s\n", l)
+			}
+			fmt.Fprintf(stdout, "\nAPIs over each member count after the drain, open loop at %d req/s for %s each (latency from the intended send time), 200 of the generator's shoppers, beside grpc.health.v1.Health/Check on the same server (the floor):\n\n", apiRate, apiDuration)
+			fmt.Fprintf(stdout, "| members | RPC | achieved req/s | p50 ms | p99 ms | errors | p50 ÷ floor | p99 ÷ floor |\n|---|---|---|---|---|---|---|---|\n")
+			for _, a := range apis {
+				fmt.Fprintln(stdout, a)
 			}
 			fmt.Fprintf(stdout, "\nGOMAXPROCS %d; membercenter runs every stage and service in one process; the load generator publishes before the pipeline starts, so the pipeline drains a backlog at its own pace.\n", runtime.GOMAXPROCS(0))
 			return nil
@@ -79,6 +92,11 @@ time, and that every malformed record ended in the dead-letter topic.`,
 	cmd.Flags().Int64Var(&seed, "seed", 1, "load generator seed")
 	return cmd
 }
+
+const (
+	apiRate     = 300
+	apiDuration = 5 * time.Second
+)
 
 func commaInt(n int) string { return commas(strconv.Itoa(n)) }
 
@@ -91,7 +109,15 @@ func commas(s string) string {
 
 type cpuSeconds struct{ self, postgres, kafka, clickhouse float64 }
 
+type apiRow struct {
+	rpc      string
+	sum      Summary
+	errs     int
+	achieved float64
+}
+
 type pipelineResult struct {
+	api                    []apiRow
 	events, malformed, dlq int
 	rate, chFloor, pgFloor float64
 	cpu                    cpuSeconds
@@ -232,6 +258,21 @@ func benchPipeline(ctx context.Context, e *env, members, n int, seed int64) (pip
 		clickhouse: float64(chAfter-chBefore) / userHZ / per,
 	}
 	res.rssMiB = peakRSSMiB()
+	// The APIs over this many members, at a fixed rate, beside the no-op.
+	conn, err := grpc.NewClient(grpcLis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return res, err
+	}
+	defer conn.Close()
+	shoppers, err := resolveShoppers(ctx, conn, g, 200, members, run+"-api")
+	if err != nil {
+		return res, err
+	}
+	calls := apiCalls(conn, g, shoppers, run+"-api", members)
+	for _, rpc := range []string{"health", "resolve", "getprofile", "quote", "commit"} {
+		lat, errs, achieved := openLoopCalls(ctx, apiRate, apiDuration, calls[rpc])
+		res.api = append(res.api, apiRow{rpc: rpc, sum: summarize(lat, apiDuration), errs: errs, achieved: achieved})
+	}
 	res.lag = strings.Join(lagLine, " → ")
 	if res.lag == "" {
 		res.lag = "(drained within the first sample)"

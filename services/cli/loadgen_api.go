@@ -48,17 +48,10 @@ health (grpc.health.v1.Health/Check) is the no-op floor to compare with.`,
 				ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token)
 			}
 			g := loadgen.New(cfg)
-			ids := mcv1.NewIdentityServiceClient(conn)
 			run := fmt.Sprintf("lgapi%x", time.Now().UnixNano()&0xffffff)
-			members := make([]string, 0, shoppers)
-			for i := range shoppers {
-				sh := g.Shopper(i % max(cfg.Members, 1))
-				r, err := ids.Resolve(ctx, &mcv1.ResolveRequest{Identifiers: sh.Identifiers(), Channel: mcv1.Channel_CHANNEL_POS,
-					CreateIfMissing: true, IdempotencyKey: fmt.Sprintf("%s-warm-%d", run, i)})
-				if err != nil {
-					return fmt.Errorf("warm-up resolve of shopper %d: %w", i, err)
-				}
-				members = append(members, r.GetMemberId())
+			members, err := resolveShoppers(ctx, conn, g, shoppers, cfg.Members, run)
+			if err != nil {
+				return err
 			}
 			fmt.Fprintf(stderr, "loadgen api: %d shoppers resolved\n", len(members))
 			var received atomic.Int64
@@ -84,32 +77,7 @@ health (grpc.health.v1.Health/Check) is the no-op floor to compare with.`,
 					}
 				}()
 			}
-			calls := map[string]func(ctx context.Context, i int) error{
-				"health": func(ctx context.Context, _ int) error {
-					_, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
-					return err
-				},
-				"resolve": func(ctx context.Context, i int) error {
-					sh := g.Shopper(rand.IntN(max(cfg.Members, 1)))
-					_, err := ids.Resolve(ctx, &mcv1.ResolveRequest{Identifiers: sh.Identifiers(), Channel: mcv1.Channel_CHANNEL_POS,
-						CreateIfMissing: true, IdempotencyKey: fmt.Sprintf("%s-r-%d", run, i)})
-					return err
-				},
-				"getprofile": func(ctx context.Context, _ int) error {
-					_, err := mcv1.NewProfileServiceClient(conn).GetProfile(ctx, &mcv1.GetProfileRequest{MemberId: members[rand.IntN(len(members))]})
-					return err
-				},
-				"quote": func(ctx context.Context, i int) error {
-					_, err := mcv1.NewBenefitsServiceClient(conn).Quote(ctx, &mcv1.QuoteRequest{MemberId: members[rand.IntN(len(members))],
-						Basket: apiBasket(fmt.Sprintf("%s-q-%d", run, i))})
-					return err
-				},
-				"commit": func(ctx context.Context, i int) error {
-					_, err := mcv1.NewBenefitsServiceClient(conn).Commit(ctx, &mcv1.CommitRequest{MemberId: members[rand.IntN(len(members))],
-						Basket: apiBasket(fmt.Sprintf("%s-c-%d", run, i)), IdempotencyKey: fmt.Sprintf("%s-c-%d", run, i)})
-					return err
-				},
-			}
+			calls := apiCalls(conn, g, members, run, cfg.Members)
 			fmt.Fprintf(stdout, "| RPC | requests | target rate (req/s) | achieved (req/s) | p50 ms | p99 ms | max ms | errors |\n|---|---|---|---|---|---|---|---|\n")
 			for _, name := range strings.Split(rpcs, ",") {
 				call, ok := calls[strings.TrimSpace(name)]
@@ -139,6 +107,55 @@ health (grpc.health.v1.Health/Check) is the no-op floor to compare with.`,
 	cmd.Flags().Int64Var(&cfg.Seed, "seed", 1, "generator seed")
 	cmd.Flags().IntVar(&cfg.Members, "members", 10_000, "generator shoppers")
 	return cmd
+}
+
+// apiCalls are the RPCs the load generator drives: members are resolved
+// members of its shoppers; run makes keys and order ids unique.
+func apiCalls(conn *grpc.ClientConn, g *loadgen.Generator, members []string, run string, shoppers int) map[string]func(ctx context.Context, i int) error {
+	ids := mcv1.NewIdentityServiceClient(conn)
+	return map[string]func(ctx context.Context, i int) error{
+		"health": func(ctx context.Context, _ int) error {
+			_, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
+			return err
+		},
+		"resolve": func(ctx context.Context, i int) error {
+			sh := g.Shopper(rand.IntN(max(shoppers, 1)))
+			_, err := ids.Resolve(ctx, &mcv1.ResolveRequest{Identifiers: sh.Identifiers(), Channel: mcv1.Channel_CHANNEL_POS,
+				CreateIfMissing: true, IdempotencyKey: fmt.Sprintf("%s-r-%d", run, i)})
+			return err
+		},
+		"getprofile": func(ctx context.Context, _ int) error {
+			_, err := mcv1.NewProfileServiceClient(conn).GetProfile(ctx, &mcv1.GetProfileRequest{MemberId: members[rand.IntN(len(members))]})
+			return err
+		},
+		"quote": func(ctx context.Context, i int) error {
+			_, err := mcv1.NewBenefitsServiceClient(conn).Quote(ctx, &mcv1.QuoteRequest{MemberId: members[rand.IntN(len(members))],
+				Basket: apiBasket(fmt.Sprintf("%s-q-%d", run, i))})
+			return err
+		},
+		"commit": func(ctx context.Context, i int) error {
+			_, err := mcv1.NewBenefitsServiceClient(conn).Commit(ctx, &mcv1.CommitRequest{MemberId: members[rand.IntN(len(members))],
+				Basket: apiBasket(fmt.Sprintf("%s-c-%d", run, i)), IdempotencyKey: fmt.Sprintf("%s-c-%d", run, i)})
+			return err
+		},
+	}
+}
+
+// resolveShoppers resolves the first n of the generator's shoppers (creating
+// missing members) and returns their member ids.
+func resolveShoppers(ctx context.Context, conn *grpc.ClientConn, g *loadgen.Generator, n, shoppers int, run string) ([]string, error) {
+	ids := mcv1.NewIdentityServiceClient(conn)
+	members := make([]string, 0, n)
+	for i := range n {
+		sh := g.Shopper(i % max(shoppers, 1))
+		r, err := ids.Resolve(ctx, &mcv1.ResolveRequest{Identifiers: sh.Identifiers(), Channel: mcv1.Channel_CHANNEL_POS,
+			CreateIfMissing: true, IdempotencyKey: fmt.Sprintf("%s-warm-%d", run, i)})
+		if err != nil {
+			return nil, fmt.Errorf("warm-up resolve of shopper %d: %w", i, err)
+		}
+		members = append(members, r.GetMemberId())
+	}
+	return members, nil
 }
 
 func apiBasket(order string) *mcv1.Basket {
