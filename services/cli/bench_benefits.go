@@ -887,7 +887,34 @@ func (b *benefitsBench) partitioned(ctx context.Context, k int, owner []int, do 
 // event into a scratch table) and then benefits.Service.Apply of fresh
 // Transaction events for warmed members.
 func (b *benefitsBench) applyPhases(ctx context.Context) (applied, upserted []throughput, err error) {
-	table := pgx.Identifier{"bench_upsert_floor_" + b.runID}.Sanitize()
+	return b.applyVsUpsert(ctx, applyRun{
+		table: "bench_upsert_floor_" + b.runID, members: b.warmed, appliers: b.appliers, events: b.events, logf: b.logf,
+		event: func(k, i int, member uuid.UUID) *mcv1.MemberEvent {
+			return benchEvent(fmt.Sprintf("%s-apply%d-%d", b.runID, k, i), member)
+		},
+		apply: b.svc.Apply,
+	})
+}
+
+// applyRun is one worker's effect path measured against the upsert floor.
+type applyRun struct {
+	table    string // scratch table of the floor
+	members  []uuid.UUID
+	appliers []int
+	events   int
+	logf     func(format string, args ...any)
+	// event builds the i-th event of the run with k appliers for member.
+	event func(k, i int, member uuid.UUID) *mcv1.MemberEvent
+	apply func(ctx context.Context, ev *mcv1.MemberEvent) error
+	// profile, when set, wraps the apply phase of the ki-th applier count.
+	profile func(ki int) (stop func(), err error)
+}
+
+// applyVsUpsert measures, for each applier count, the floor (one upsert per
+// event into a scratch table) and then r.apply of one event per member
+// draw, events partitioned by member over the appliers in both.
+func (b *benefitsBench) applyVsUpsert(ctx context.Context, r applyRun) (applied, upserted []throughput, err error) {
+	table := pgx.Identifier{r.table}.Sanitize()
 	if _, err := b.pool.Exec(ctx, `CREATE TABLE `+table+` (member_id uuid PRIMARY KEY, events bigint NOT NULL,
 		amount bigint NOT NULL, updated_at timestamptz NOT NULL)`); err != nil {
 		return nil, nil, err
@@ -896,37 +923,44 @@ func (b *benefitsBench) applyPhases(ctx context.Context) (applied, upserted []th
 	upsert := `INSERT INTO ` + table + ` AS t (member_id, events, amount, updated_at) VALUES ($1, 1, $2, $3)
 		ON CONFLICT (member_id) DO UPDATE SET events = t.events + 1, amount = t.amount + EXCLUDED.amount, updated_at = EXCLUDED.updated_at`
 
-	for _, k := range b.appliers {
-		owner := make([]int, b.events)
+	for ki, k := range r.appliers {
+		owner := make([]int, r.events)
 		for i := range owner {
-			owner[i] = rand.IntN(len(b.warmed))
+			owner[i] = rand.IntN(len(r.members))
 		}
-		amounts := make([]int64, b.events)
+		amounts := make([]int64, r.events)
 		for i := range amounts {
 			amounts[i], _ = benchItems()
 		}
-		b.logf("floor: %d × INSERT … ON CONFLICT with %d upserters", b.events, k)
+		r.logf("floor: %d × INSERT … ON CONFLICT with %d upserters", r.events, k)
 		floor := b.partitioned(ctx, k, owner, func(ctx context.Context, i int) error {
 			// Under a span too, so the floor pays the same tracing as Apply.
 			sctx, span := b.tracer.Start(ctx, "bench upsert", trace.WithSpanKind(trace.SpanKindConsumer))
 			defer span.End()
-			_, err := b.pool.Exec(sctx, upsert, b.warmed[owner[i]], amounts[i], time.Now())
+			_, err := b.pool.Exec(sctx, upsert, r.members[owner[i]], amounts[i], time.Now())
 			return err
 		})
-		b.logf("floor: %.0f upserts/s with %d upserters, %d errors", floor.rate(), k, floor.errors)
+		r.logf("floor: %.0f upserts/s with %d upserters, %d errors", floor.rate(), k, floor.errors)
 
-		events := make([]*mcv1.MemberEvent, b.events)
+		events := make([]*mcv1.MemberEvent, r.events)
 		for i := range events {
-			events[i] = benchEvent(fmt.Sprintf("%s-apply%d-%d", b.runID, k, i), b.warmed[owner[i]])
+			events[i] = r.event(k, i, r.members[owner[i]])
 		}
-		b.logf("apply: %d events with %d appliers", b.events, k)
+		stopProfile := func() {}
+		if r.profile != nil {
+			if stopProfile, err = r.profile(ki); err != nil {
+				return nil, nil, err
+			}
+		}
+		r.logf("apply: %d events with %d appliers", r.events, k)
 		res := b.partitioned(ctx, k, owner, func(ctx context.Context, i int) error {
 			// Under its own span, as the worker's consumer applies each record.
 			sctx, span := b.tracer.Start(ctx, "bench apply", trace.WithSpanKind(trace.SpanKindConsumer))
 			defer span.End()
-			return b.svc.Apply(sctx, events[i])
+			return r.apply(sctx, events[i])
 		})
-		b.logf("apply: %.0f events/s with %d appliers, %d errors", res.rate(), k, res.errors)
+		stopProfile()
+		r.logf("apply: %.0f events/s with %d appliers, p50 %s ms, p99 %s ms, %d errors", res.rate(), k, ms(res.lat.Median), ms(res.lat.P99), res.errors)
 		applied, upserted = append(applied, res), append(upserted, floor)
 		if ctx.Err() != nil {
 			return applied, upserted, ctx.Err()
@@ -1146,6 +1180,7 @@ type cpuSample struct {
 	cpus                  int
 	busy, total           uint64
 	self, postgres, kafka uint64
+	clickhouse            uint64
 	ok                    bool
 }
 
@@ -1185,6 +1220,8 @@ func sampleCPU() cpuSample {
 			s.postgres += own + children
 		case "java":
 			s.kafka += own
+		case "clickhouse-serv": // comm is cut at 15 bytes
+			s.clickhouse += own
 		}
 	}
 	s.ok = true

@@ -65,12 +65,12 @@ time, and that every malformed record ended in the dead-letter topic.`,
 					return fmt.Errorf("%d members: %w", m, err)
 				}
 				fmt.Fprintf(stdout, "| %s | %d (%d) | %.0f | %.0f | %.0f | %.3f× | %.3f× | %.2f / %.2f / %.2f / %.2f | %d MiB | %d (%d) |\n",
-					commaInt(m), r.events, r.malformed, r.rate, r.chFloor, r.pgFloor, r.rate/r.chFloor, r.rate/r.pgFloor,
+					thousands(int64(m)), r.events, r.malformed, r.rate, r.chFloor, r.pgFloor, r.rate/r.chFloor, r.rate/r.pgFloor,
 					r.cpu.self, r.cpu.postgres, r.cpu.kafka, r.cpu.clickhouse, r.rssMiB, r.dlq, r.malformed)
-				lags = append(lags, fmt.Sprintf("%s members: %s", commaInt(m), r.lag))
+				lags = append(lags, fmt.Sprintf("%s members: %s", thousands(int64(m)), r.lag))
 				floor := r.api[0].sum
 				for _, a := range r.api {
-					apis = append(apis, fmt.Sprintf("| %s | %s | %.0f | %s | %s | %d | %.1f× | %.1f× |", commaInt(m), a.rpc, a.achieved,
+					apis = append(apis, fmt.Sprintf("| %s | %s | %.0f | %s | %s | %d | %.1f× | %.1f× |", thousands(int64(m)), a.rpc, a.achieved,
 						ms(a.sum.Median), ms(a.sum.P99), a.errs, float64(a.sum.Median)/float64(floor.Median), float64(a.sum.P99)/float64(floor.P99)))
 				}
 			}
@@ -97,15 +97,6 @@ const (
 	apiRate     = 300
 	apiDuration = 5 * time.Second
 )
-
-func commaInt(n int) string { return commas(strconv.Itoa(n)) }
-
-func commas(s string) string {
-	for i := len(s) - 3; i > 0; i -= 3 {
-		s = s[:i] + "," + s[i:]
-	}
-	return s
-}
 
 type cpuSeconds struct{ self, postgres, kafka, clickhouse float64 }
 
@@ -195,8 +186,12 @@ func benchPipeline(ctx context.Context, e *env, members, n int, seed int64) (pip
 	defer p.Close()
 	grpcLis, _ := net.Listen("tcp", "127.0.0.1:0")
 	adminLis, _ := net.Listen("tcp", "127.0.0.1:0")
+	chConn, err := e.p.OpenClickHouse(ctx)
+	if err != nil {
+		return res, err
+	}
+	defer chConn.Close()
 	before := sampleCPU()
-	chBefore := clickhouseCPU()
 	start := time.Now()
 	pctx, stop := context.WithCancel(ctx)
 	defer stop()
@@ -221,9 +216,8 @@ func benchPipeline(ctx context.Context, e *env, members, n int, seed int64) (pip
 		}
 		dlq := topicCount(ctx, adm, kcfg.Topics.DLQ)
 		var facts uint64
-		if conn, err := e.p.OpenClickHouse(ctx); err == nil {
-			_ = conn.QueryRow(ctx, `SELECT count() FROM member_events WHERE event_id LIKE ?`, like).Scan(&facts)
-			conn.Close()
+		if err := chConn.QueryRow(ctx, `SELECT count() FROM member_events WHERE event_id LIKE ?`, like).Scan(&facts); err != nil {
+			return res, fmt.Errorf("count ClickHouse rows: %w", err)
 		}
 		// Done: every record ingested or dead-lettered, every stage's group
 		// caught up (offsets are committed after effects are durable), the
@@ -248,14 +242,13 @@ func benchPipeline(ctx context.Context, e *env, members, n int, seed int64) (pip
 	}
 	elapsed := time.Since(start)
 	after := sampleCPU()
-	chAfter := clickhouseCPU()
 	res.rate = float64(n) / elapsed.Seconds()
 	per := float64(n) / 1000
 	res.cpu = cpuSeconds{
 		self:       float64(after.self-before.self) / userHZ / per,
 		postgres:   float64(after.postgres-before.postgres) / userHZ / per,
 		kafka:      float64(after.kafka-before.kafka) / userHZ / per,
-		clickhouse: float64(chAfter-chBefore) / userHZ / per,
+		clickhouse: float64(after.clickhouse-before.clickhouse) / userHZ / per,
 	}
 	res.rssMiB = peakRSSMiB()
 	// The APIs over this many members, at a fixed rate, beside the no-op.
@@ -411,21 +404,6 @@ func stageLags(ctx context.Context, adm *kadm.Client, kcfg kafka.Config) string 
 		out[i] = strconv.FormatInt(sum[g], 10)
 	}
 	return strings.Join(out, "/")
-}
-
-// clickhouseCPU is the ClickHouse server's user+system ticks.
-func clickhouseCPU() uint64 {
-	entries, _ := os.ReadDir("/proc")
-	var total uint64
-	for _, e := range entries {
-		if _, err := strconv.Atoi(e.Name()); err != nil {
-			continue
-		}
-		if comm, own, _ := procCPU("/proc/" + e.Name() + "/stat"); comm == "clickhouse-serv" {
-			total += own
-		}
-	}
-	return total
 }
 
 // peakRSSMiB is this process's peak resident set (VmHWM).

@@ -31,7 +31,6 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 	"go.opentelemetry.io/otel/attribute"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
-	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -44,6 +43,7 @@ import (
 
 	"github.com/membercenter/membercenter/pipeline/kafka"
 	"github.com/membercenter/membercenter/pipeline/worker"
+	"github.com/membercenter/membercenter/services/facts"
 	"github.com/membercenter/membercenter/services/platform"
 	"github.com/membercenter/membercenter/services/tags"
 	"github.com/membercenter/membercenter/services/tags/segment"
@@ -682,60 +682,21 @@ func (g *tagEventGen) refund(ev *mcv1.MemberEvent, member uuid.UUID, record bool
 // ---- 1. the tag worker's effect path, and its floor ----
 
 func (b *tagsBench) applyPhases(ctx context.Context) (applied, upserted []throughput, err error) {
-	table := pgx.Identifier{"bench_tags_upsert_floor_" + b.runID}.Sanitize()
-	if _, err := b.pool.Exec(ctx, `CREATE TABLE `+table+` (member_id uuid PRIMARY KEY, events bigint NOT NULL,
-		amount bigint NOT NULL, updated_at timestamptz NOT NULL)`); err != nil {
-		return nil, nil, err
-	}
-	defer func() { _, _ = b.pool.Exec(context.Background(), `DROP TABLE IF EXISTS `+table) }()
-	upsert := `INSERT INTO ` + table + ` AS t (member_id, events, amount, updated_at) VALUES ($1, 1, $2, $3)
-		ON CONFLICT (member_id) DO UPDATE SET events = t.events + 1, amount = t.amount + EXCLUDED.amount, updated_at = EXCLUDED.updated_at`
-
-	for ki, k := range b.appliers {
-		owner := make([]int, b.events)
-		for i := range owner {
-			owner[i] = rand.IntN(len(b.used))
-		}
-		amounts := make([]int64, b.events)
-		for i := range amounts {
-			amounts[i], _ = benchItems()
-		}
-		b.logf("floor: %d × INSERT … ON CONFLICT with %d upserters", b.events, k)
-		floor := b.h.partitioned(ctx, k, owner, func(ctx context.Context, i int) error {
-			// Under a span too, so the floor pays the same tracing as Apply.
-			sctx, span := b.h.tracer.Start(ctx, "bench upsert", trace.WithSpanKind(trace.SpanKindConsumer))
-			defer span.End()
-			_, err := b.pool.Exec(sctx, upsert, b.used[owner[i]], amounts[i], time.Now())
-			return err
-		})
-		b.logf("floor: %.0f upserts/s with %d upserters, %d errors", floor.rate(), k, floor.errors)
-
-		events := make([]*mcv1.MemberEvent, b.events)
-		now := time.Now()
-		for i := range events {
-			events[i] = b.gen.event(fmt.Sprintf("%s-apply%d-%d", b.runID, k, i), b.used[owner[i]], now, true)
-		}
-		stopProfile := func() {}
-		if ki == len(b.appliers)-1 {
-			if stopProfile, err = startCPUProfile(b.cpuProfile); err != nil {
-				return nil, nil, err
+	now := time.Now()
+	return b.h.applyVsUpsert(ctx, applyRun{
+		table: "bench_tags_upsert_floor_" + b.runID, members: b.used, appliers: b.appliers, events: b.events, logf: b.logf,
+		event: func(k, i int, member uuid.UUID) *mcv1.MemberEvent {
+			return b.gen.event(fmt.Sprintf("%s-apply%d-%d", b.runID, k, i), member, now, true)
+		},
+		apply: b.svc.Apply,
+		// The run with the most appliers is the one profiled.
+		profile: func(ki int) (func(), error) {
+			if ki != len(b.appliers)-1 {
+				return func() {}, nil
 			}
-		}
-		b.logf("apply: %d events with %d appliers", b.events, k)
-		res := b.h.partitioned(ctx, k, owner, func(ctx context.Context, i int) error {
-			// Under its own span, as the worker's consumer applies each record.
-			sctx, span := b.h.tracer.Start(ctx, "bench apply", trace.WithSpanKind(trace.SpanKindConsumer))
-			defer span.End()
-			return b.svc.Apply(sctx, events[i])
-		})
-		stopProfile()
-		b.logf("apply: %.0f events/s with %d appliers, p50 %s ms, p99 %s ms, %d errors", res.rate(), k, ms(res.lat.Median), ms(res.lat.P99), res.errors)
-		applied, upserted = append(applied, res), append(upserted, floor)
-		if ctx.Err() != nil {
-			return applied, upserted, ctx.Err()
-		}
-	}
-	return applied, upserted, nil
+			return startCPUProfile(b.cpuProfile)
+		},
+	})
 }
 
 // startCPUProfile profiles this process into path until the returned
@@ -1088,24 +1049,11 @@ func (c *tagInFlight) OnEnd(s sdktrace.ReadOnlySpan) {
 func (c *tagInFlight) Shutdown(context.Context) error   { return nil }
 func (c *tagInFlight) ForceFlush(context.Context) error { return nil }
 
-// protoLabelText renders a label value as tags.FormatValue does.
-func protoLabelText(lv *mcv1.LabelValue) string {
-	switch v := lv.GetValue().(type) {
-	case *mcv1.LabelValue_BoolValue:
-		return strconv.FormatBool(v.BoolValue)
-	case *mcv1.LabelValue_EnumValue:
-		return v.EnumValue
-	case *mcv1.LabelValue_NumberValue:
-		return strconv.FormatFloat(v.NumberValue, 'g', -1, 64)
-	}
-	return ""
-}
-
 // labelShown says whether the profile shows e's label as predicted.
 func labelShown(p *mcv1.Profile, e *tagVisEvent) bool {
 	for _, lv := range p.GetLabels() {
 		if lv.GetLabelId() == e.label {
-			return !e.cleared && protoLabelText(lv) == e.want
+			return !e.cleared && facts.LabelValueText(lv) == e.want
 		}
 	}
 	return e.cleared

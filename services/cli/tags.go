@@ -47,14 +47,7 @@ recompute every member's labels from history.`,
 		Short: "Validate a label catalogue (the shipped one without FILE) and run its worked examples",
 		Args:  cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			src := tags.DefaultCatalog()
-			if len(args) == 1 {
-				var err error
-				if src, err = os.ReadFile(args[0]); err != nil {
-					return err
-				}
-			}
-			c, err := tags.ParseCatalog(src)
+			c, err := catalogArg(args)
 			if err != nil {
 				return err
 			}
@@ -117,14 +110,7 @@ the worker's, only where a value differs.`,
 		Short: "Print the catalogue's documentation as Markdown (docs/labels.md is this for the shipped catalogue)",
 		Args:  cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			src := tags.DefaultCatalog()
-			if len(args) == 1 {
-				var err error
-				if src, err = os.ReadFile(args[0]); err != nil {
-					return err
-				}
-			}
-			c, err := tags.ParseCatalog(src)
+			c, err := catalogArg(args)
 			if err != nil {
 				return err
 			}
@@ -134,6 +120,19 @@ the worker's, only where a value differs.`,
 	}
 	cmd.AddCommand(load, check, backfill, docs)
 	return cmd
+}
+
+// catalogArg parses the catalogue file named by the command's argument, or
+// the shipped one without an argument.
+func catalogArg(args []string) (*tags.Catalog, error) {
+	src := tags.DefaultCatalog()
+	if len(args) == 1 {
+		var err error
+		if src, err = os.ReadFile(args[0]); err != nil {
+			return nil, err
+		}
+	}
+	return tags.ParseCatalog(src)
 }
 
 func segmentCmd(stdout, stderr io.Writer) *cobra.Command {

@@ -207,7 +207,8 @@ func (s *Service) UpdateAttributes(ctx context.Context, req *mcv1.UpdateAttribut
 					return err
 				}
 			}
-			resp.Profile, err = s.getTx(ctx, tx, member)
+			// The profile as this transaction leaves it.
+			resp.Profile, _, err = s.read(ctx, tx, member)
 			return err
 		})
 		return err
@@ -216,38 +217,6 @@ func (s *Service) UpdateAttributes(ctx context.Context, req *mcv1.UpdateAttribut
 		return nil, err
 	}
 	return resp, nil
-}
-
-// getTx reads the profile inside a transaction (after a change).
-func (s *Service) getTx(ctx context.Context, tx pgx.Tx, member uuid.UUID) (*mcv1.Profile, error) {
-	m, err := postgres.GetMember(ctx, tx, member)
-	if err != nil {
-		return nil, err
-	}
-	labels, at, err := s.tags.Labels(ctx, tx, member)
-	if err != nil {
-		return nil, err
-	}
-	p := &mcv1.Profile{MemberId: member.String(), CreatedAt: timestamppb.New(m.CreatedAt), Attributes: m.Attributes,
-		Sequence: uint64(m.ChangeSeq), Labels: tags.ProtoLabels(labels, time.Time{})}
-	if !at.IsZero() {
-		p.LabelsComputedAt = timestamppb.New(at)
-	}
-	rows, err := tx.Query(ctx, `SELECT purpose, granted, decided_at FROM member_consents WHERE member_id = $1 ORDER BY purpose`, member)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	for rows.Next() {
-		var purpose int16
-		var granted bool
-		var dt time.Time
-		if err := rows.Scan(&purpose, &granted, &dt); err != nil {
-			return nil, err
-		}
-		p.Consents = append(p.Consents, &mcv1.Consent{Purpose: mcv1.ConsentPurpose(purpose), Granted: granted, DecidedAt: timestamppb.New(dt)})
-	}
-	return p, rows.Err()
 }
 
 // SetConsent records a consent decision once per idempotency key, writes

@@ -24,16 +24,23 @@ func (s *Service) loadAs(ctx context.Context, tx pgx.Tx, id uuid.UUID) (*memberS
 	return m, nil
 }
 
+// loadPair loads the two members of a merge or unmerge.
+func (s *Service) loadPair(ctx context.Context, tx pgx.Tx, source, target uuid.UUID) (src, dst *memberState, err error) {
+	if src, err = s.loadAs(ctx, tx, source); err != nil {
+		return nil, nil, err
+	}
+	if dst, err = s.loadAs(ctx, tx, target); err != nil {
+		return nil, nil, err
+	}
+	return src, dst, nil
+}
+
 // Merged folds the source member's features into the target when identity
 // merges them and recomputes the target's labels from both histories; the
 // source's labels are cleared. Every record keeps its origin, so Unmerged
 // can split them again.
 func (s *Service) Merged(ctx context.Context, tx pgx.Tx, source, target uuid.UUID, at time.Time, cause string) error {
-	src, err := s.loadAs(ctx, tx, source)
-	if err != nil {
-		return err
-	}
-	dst, err := s.loadAs(ctx, tx, target)
+	src, dst, err := s.loadPair(ctx, tx, source, target)
 	if err != nil {
 		return err
 	}
@@ -49,11 +56,7 @@ func (s *Service) Merged(ctx context.Context, tx pgx.Tx, source, target uuid.UUI
 // the source and the members folded into it) and recomputes both members'
 // labels from the events each one's identifiers caused.
 func (s *Service) Unmerged(ctx context.Context, tx pgx.Tx, source, target uuid.UUID, origins []uuid.UUID, at time.Time, cause string) error {
-	src, err := s.loadAs(ctx, tx, source)
-	if err != nil {
-		return err
-	}
-	dst, err := s.loadAs(ctx, tx, target)
+	src, dst, err := s.loadPair(ctx, tx, source, target)
 	if err != nil {
 		return err
 	}
