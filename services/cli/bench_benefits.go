@@ -764,10 +764,13 @@ type closedResult struct {
 	Summary
 	calls, errors int
 	byCode        map[string]int
+	floor         upsertFloor // the same callers' upserts for as long, right after
 }
 
 // saturate calls c closed loop from b.commitWorkers callers for
-// b.saturation, under the CPU profile when one is asked for.
+// b.saturation, under the CPU profile when one is asked for; then, outside
+// the profile and the phase's usage, the same number of callers upsert a
+// scratch table on the same pool for as long: the floor.
 func (b *benefitsBench) saturate(ctx context.Context, c benefitCall) (closedResult, phaseUse, error) {
 	if b.cpuProfile != "" {
 		f, err := os.Create(b.cpuProfile)
@@ -822,7 +825,19 @@ func (b *benefitsBench) saturate(ctx context.Context, c benefitCall) (closedResu
 	if len(ds) > 0 {
 		res.Summary = summarize(ds, elapsed)
 	}
-	return res, use, ctx.Err()
+	if ctx.Err() != nil {
+		return res, use, ctx.Err()
+	}
+	if b.cpuProfile != "" {
+		pprof.StopCPUProfile() // the floor stays out of the Commit profile (the deferred stop is then a no-op)
+	}
+	b.logf("commit floor: autocommitted upserts, %d callers closed loop for %s", b.commitWorkers, b.saturation)
+	var err error
+	if res.floor, err = closedLoopUpsertFloor(ctx, b.pool, b.commitWorkers, 0, b.saturation); err != nil {
+		return res, use, fmt.Errorf("floor: %w", err)
+	}
+	b.logf("commit floor: %.0f upserts/s, p50 %s ms, p99 %s ms, %d errors", res.floor.Throughput, ms(res.floor.Median), ms(res.floor.P99), res.floor.errors)
+	return res, use, nil
 }
 
 // ---- the benefit worker's effect path, and its floor ----
@@ -1309,14 +1324,18 @@ func (b *benefitsBench) report(r *benefitsReport) {
 		fmt.Fprintf(w, "%s errors by status: %s.\n", name, countsByCode(p.byCode))
 	}
 	s := r.saturated
-	fmt.Fprintf(w, "Commit at saturation: %d callers closed loop for %s: **%.0f commits/s**, p50 %s ms, p99 %s ms, max %s ms, %d errors",
-		b.commitWorkers, b.saturation, s.Throughput, ms(s.Median), ms(s.P99), ms(s.Max), s.errors)
+	tput, p50, p99 := floorRatios(s.Summary, s.floor)
+	fmt.Fprintf(w, "Commit at saturation: %d callers closed loop for %s: **%.0f commits/s** (÷ floor %s), p50 %s ms (÷ floor %s), p99 %s ms (÷ floor %s), max %s ms, %d errors",
+		b.commitWorkers, b.saturation, s.Throughput, tput, ms(s.Median), p50, ms(s.P99), p99, ms(s.Max), s.errors)
 	if s.errors > 0 {
 		fmt.Fprintf(w, " (%s)", countsByCode(s.byCode))
 	}
 	fmt.Fprint(w, ".")
 	if r.profileWritten != "" {
 		fmt.Fprintf(w, " CPU profile of this run: `%s`.", r.profileWritten)
+	}
+	if s.floor.callers > 0 {
+		fmt.Fprint(w, "\n"+floorSentence(s.floor, "for "+b.saturation.String()))
 	}
 	fmt.Fprint(w, "\n\n")
 

@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -225,6 +226,13 @@ func (b *resolveBench) run(ctx context.Context) error {
 	merges, err := b.mergePhase(ctx)
 	if err != nil {
 		return fmt.Errorf("merges: %w", err)
+	}
+	if merges.attempted > 0 {
+		b.logf("merge floor: %d autocommitted upserts with %d callers (closed loop)", merges.attempted, b.mergeWorkers)
+		if merges.floor, err = closedLoopUpsertFloor(ctx, b.pool, b.mergeWorkers, merges.attempted, 0); err != nil {
+			return fmt.Errorf("merge floor: %w", err)
+		}
+		b.logf("merge floor: %.0f upserts/s, p50 %s ms, p99 %s ms, %d errors", merges.floor.Throughput, ms(merges.floor.Median), ms(merges.floor.P99), merges.floor.errors)
 	}
 
 	stop()
@@ -507,6 +515,7 @@ type mergeResult struct {
 	wanted, attempted, errors int
 	byCode                    map[string]int
 	note                      string
+	floor                     upsertFloor // the same callers' upserts, right after
 }
 
 // mergePhase merges member i+1 into member i for fresh pairs of the tail
@@ -578,6 +587,126 @@ func (b *resolveBench) mergePhase(ctx context.Context) (mergeResult, error) {
 	}
 	b.logf("merges: %.0f/s, p50 %s ms, p99 %s ms, %d errors", res.Throughput, ms(res.Median), ms(res.P99), res.errors)
 	return res, nil
+}
+
+// upsertFloor is a closed-loop run of autocommitted upserts on a pool: the
+// same-run floor of a closed-loop phase against that pool.
+type upsertFloor struct {
+	Summary
+	callers, ops, errors int
+	firstErr             error
+}
+
+// floorKeys is the rows the floor's upserts spread over: after the first
+// touches, nearly every upsert takes the DO UPDATE path, and concurrent
+// callers rarely meet on one row.
+const floorKeys = 4096
+
+// closedLoopUpsertFloor runs callers closed-loop callers on pool, each
+// doing one autocommitted INSERT … ON CONFLICT (k) DO UPDATE of a random row
+// of a scratch UNLOGGED table at a time (created and dropped here): ops
+// operations in all when ops > 0, otherwise for d, after one unmeasured
+// upsert per caller. Latency is each successful statement's; throughput
+// counts successful ones.
+func closedLoopUpsertFloor(ctx context.Context, pool *pgxpool.Pool, callers, ops int, d time.Duration) (upsertFloor, error) {
+	res := upsertFloor{callers: callers}
+	table := pgx.Identifier{fmt.Sprintf("bench_closed_floor_%x", time.Now().UnixNano()&0xffffffffff)}.Sanitize()
+	if _, err := pool.Exec(ctx, `CREATE UNLOGGED TABLE `+table+` (k bigint PRIMARY KEY, n bigint NOT NULL, at timestamptz NOT NULL)`); err != nil {
+		return res, err
+	}
+	defer func() { _, _ = pool.Exec(context.Background(), `DROP TABLE IF EXISTS `+table) }()
+	upsert := `INSERT INTO ` + table + ` AS t (k, n, at) VALUES ($1, 1, $2) ON CONFLICT (k) DO UPDATE SET n = t.n + 1, at = EXCLUDED.at`
+
+	type outcome struct {
+		lat      []time.Duration
+		errors   int
+		firstErr error
+	}
+	outs := make([]outcome, callers)
+	// Unmeasured: one upsert per caller, so each has its connection and the
+	// prepared statement before the clock starts, as the phase it floors had.
+	warm, wctx := errgroup.WithContext(ctx)
+	for range callers {
+		warm.Go(func() error {
+			_, err := pool.Exec(wctx, upsert, rand.Int64N(floorKeys), time.Now())
+			return err
+		})
+	}
+	if err := warm.Wait(); err != nil {
+		return res, fmt.Errorf("warm-up: %w", err)
+	}
+	var issued atomic.Int64
+	start := time.Now()
+	deadline := start.Add(d)
+	more := func() bool {
+		if ctx.Err() != nil {
+			return false
+		}
+		if ops > 0 {
+			return issued.Add(1) <= int64(ops)
+		}
+		return time.Now().Before(deadline)
+	}
+	var wg sync.WaitGroup
+	for w := range callers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			o := &outs[w]
+			for more() {
+				t := time.Now()
+				if _, err := pool.Exec(ctx, upsert, rand.Int64N(floorKeys), t); err != nil {
+					if o.errors++; o.firstErr == nil {
+						o.firstErr = err
+					}
+					continue
+				}
+				o.lat = append(o.lat, time.Since(t))
+			}
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	var ds []time.Duration
+	for _, o := range outs {
+		ds = append(ds, o.lat...)
+		res.errors += o.errors
+		if res.firstErr == nil {
+			res.firstErr = o.firstErr
+		}
+	}
+	res.ops = len(ds) + res.errors
+	if len(ds) > 0 {
+		res.Summary = summarize(ds, elapsed)
+	}
+	return res, ctx.Err()
+}
+
+// floorRatios is a closed-loop phase's throughput and latencies ÷ its
+// upsert floor's, for the report.
+func floorRatios(s Summary, f upsertFloor) (tput, p50, p99 string) {
+	r := func(a, b float64, format string) string {
+		if a <= 0 || b <= 0 {
+			return "–"
+		}
+		return fmt.Sprintf(format, a/b)
+	}
+	tputFormat := "%.2f×"
+	if f.Throughput > 0 && s.Throughput/f.Throughput < 0.1 {
+		tputFormat = "%.3f×"
+	}
+	return r(s.Throughput, f.Throughput, tputFormat),
+		r(float64(s.Median), float64(f.Median), "%.1f×"), r(float64(s.P99), float64(f.P99), "%.1f×")
+}
+
+// floorSentence describes an upsert floor in the report's words.
+func floorSentence(f upsertFloor, span string) string {
+	s := fmt.Sprintf("Floor, same run and pool, right after: %d callers closed loop %s, each doing one autocommitted `INSERT … ON CONFLICT (k) DO UPDATE` of a random row (of %s) in a scratch UNLOGGED table at a time: **%.0f upserts/s**, p50 %s ms, p99 %s ms, max %s ms, %d errors",
+		f.callers, span, thousands(floorKeys), f.Throughput, ms(f.Median), ms(f.P99), ms(f.Max), f.errors)
+	if f.firstErr != nil {
+		s += fmt.Sprintf(" (first: %v)", f.firstErr)
+	}
+	return s + "."
 }
 
 // freshPairs returns up to want pairs (member i, member i+1) of the merge
@@ -664,12 +793,16 @@ func (b *resolveBench) report(floor, resolve phaseResult, merges mergeResult, pr
 		}
 	}
 	if merges.wanted > 0 {
-		fmt.Fprintf(w, "Merges: IdentityService.Merge of member i+1 into member i, %d of %d pairs, %d callers closed loop: **%.0f merges/s**, p50 %s ms, p99 %s ms, max %s ms, %d errors",
-			merges.attempted, merges.wanted, b.mergeWorkers, merges.Throughput, ms(merges.Median), ms(merges.P99), ms(merges.Max), merges.errors)
+		tput, p50, p99 := floorRatios(merges.Summary, merges.floor)
+		fmt.Fprintf(w, "Merges: IdentityService.Merge of member i+1 into member i, %d of %d pairs, %d callers closed loop: **%.0f merges/s** (÷ floor %s), p50 %s ms (÷ floor %s), p99 %s ms (÷ floor %s), max %s ms, %d errors",
+			merges.attempted, merges.wanted, b.mergeWorkers, merges.Throughput, tput, ms(merges.Median), p50, ms(merges.P99), p99, ms(merges.Max), merges.errors)
 		if merges.errors > 0 {
 			fmt.Fprintf(w, " (%s)", countsByCode(merges.byCode))
 		}
 		fmt.Fprintln(w, ".")
+		if merges.floor.callers > 0 {
+			fmt.Fprintln(w, floorSentence(merges.floor, fmt.Sprintf("for %d upserts", merges.floor.ops)))
+		}
 		if merges.note != "" {
 			fmt.Fprintf(w, "Note: %s.\n", merges.note)
 		}
