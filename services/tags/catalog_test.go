@@ -1,6 +1,7 @@
 package tags
 
 import (
+	"encoding/json"
 	"math"
 	"os"
 	"strings"
@@ -152,5 +153,43 @@ labels: []
 	}
 	if v["instore_share_365d"] != 0.0 {
 		t.Errorf("instore share %v; want 0 over both purchases", v["instore_share_365d"])
+	}
+}
+
+// TestStateWithFilterIDsFromBeforeBitSets: a feature state stored when the
+// purchase filters' results were lists of filter ids still loads, and its
+// purchases are evaluated again, giving what a fresh state gives.
+func TestStateWithFilterIDsFromBeforeBitSets(t *testing.T) {
+	c, err := ParseCatalog([]byte(`
+version: f
+timezone: UTC
+filters:
+  - {id: coffee, description: coffee, expr: "'coffee' in p.categories"}
+labels: []
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
+	fresh := &State{}
+	fresh.Fold(Fact{EventID: "a", Kind: KindTransaction, Channel: "pos", At: now.Add(-time.Hour), Origin: "m", Amount: 100,
+		Items: []Item{{SKU: "x", Category: "coffee", Quantity: 1, Amount: 100}}})
+	want := Compute(Inputs{State: fresh}, now, time.UTC, c.Filters, c.FilterKey()).Values
+	raw, err := json.Marshal(fresh)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The old form: the same purchase with filter ids under an old version.
+	old := strings.Replace(string(raw), `"e":"a"`, `"e":"a","fv":"2026-11-01","fm":["coffee"],"fu":[]`, 1)
+	if old == string(raw) {
+		t.Fatalf("state JSON %s has no purchase to age", raw)
+	}
+	st := &State{}
+	if err := json.Unmarshal([]byte(old), st); err != nil {
+		t.Fatalf("state with filter ids does not load: %v", err)
+	}
+	got := Compute(Inputs{State: st}, now, time.UTC, c.Filters, c.FilterKey()).Values
+	if got["coffee_orders_365d"] != want["coffee_orders_365d"] || want["coffee_orders_365d"] != int64(1) {
+		t.Errorf("coffee orders from the old state %v, from a fresh one %v; want both 1", got["coffee_orders_365d"], want["coffee_orders_365d"])
 	}
 }

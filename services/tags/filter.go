@@ -14,10 +14,12 @@ const (
 )
 
 // match evaluates filter f on the purchase, caching every filter's result
-// on the purchase for catalogue version v. A filter that reads the basket
-// or the store of a purchase that did not say is undecided, not false.
+// on the purchase for filter definitions v (a purchase with filters has a
+// matched set, empty or not; none means not evaluated). A filter that reads
+// the basket or the store of a purchase that did not say is undecided, not
+// false.
 func (p *Purchase) match(i int, all []*Filter, v string, loc *time.Location) matchResult {
-	if p.FV != v {
+	if p.FV != v || (p.FM == nil && len(all) > 0) {
 		p.FV = v
 		p.evalAll(all, loc)
 	}
@@ -36,7 +38,7 @@ func setBit(set []uint64, i int) { set[i/64] |= 1 << (i % 64) }
 
 func (p *Purchase) evalAll(fs []*Filter, loc *time.Location) {
 	words := (len(fs) + 63) / 64
-	p.FM, p.FU = make([]uint64, words), make([]uint64, words)
+	p.FM, p.FU = make(filterBits, words), make(filterBits, words)
 	vars := p.vars(loc)
 	act := map[string]any{"p": vars}
 	for i, f := range fs {

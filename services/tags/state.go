@@ -1,6 +1,8 @@
 package tags
 
 import (
+	"bytes"
+	"encoding/json"
 	"slices"
 	"sort"
 	"strings"
@@ -135,9 +137,28 @@ type Purchase struct {
 	Event      string           `json:"e"`
 	// Purchase filters matched (FM) and undecidable (FU), as bit sets over
 	// the filters' positions, under the filter definitions FV.
-	FV string   `json:"fv,omitempty"`
-	FM []uint64 `json:"fm,omitempty"`
-	FU []uint64 `json:"fu,omitempty"`
+	FV string     `json:"fv,omitempty"`
+	FM filterBits `json:"fm,omitempty"`
+	FU filterBits `json:"fu,omitempty"`
+}
+
+// filterBits is a bit set over the purchase filters' positions. States
+// written before the bit sets kept filter ids (strings) here: those decode
+// as no set, and match evaluates the filters again instead of the member's
+// state failing to load.
+type filterBits []uint64
+
+func (s *filterBits) UnmarshalJSON(b []byte) error {
+	if bytes.IndexByte(b, '"') >= 0 {
+		*s = nil
+		return nil
+	}
+	var v []uint64
+	if err := json.Unmarshal(b, &v); err != nil {
+		return err
+	}
+	*s = v
+	return nil
 }
 
 // Act is an interaction or a refund.
