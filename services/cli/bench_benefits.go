@@ -637,69 +637,8 @@ type sessionSampler struct {
 	done  chan sessionStates
 }
 
-// sampleSessions samples pg_stat_activity on its own connection (not one of
-// the pool's) until stop.
-func (b *benefitsBench) sampleSessions() *sessionSampler {
-	s := &sessionSampler{stopc: make(chan struct{}), done: make(chan sessionStates, 1)}
-	go func() {
-		st := sessionStates{waiting: map[string]int{}, busy: map[string]int{}}
-		defer func() { s.done <- st }()
-		ctx := context.Background()
-		conn, err := pgx.Connect(ctx, b.benchURL)
-		if err != nil {
-			<-s.stopc
-			return
-		}
-		defer conn.Close(ctx)
-		t := time.NewTicker(100 * time.Millisecond)
-		defer t.Stop()
-		var sum [5]float64
-		for {
-			var v [5]float64
-			err := conn.QueryRow(ctx, `SELECT
-				count(*) FILTER (WHERE state = 'active' AND wait_event_type IS NULL),
-				count(*) FILTER (WHERE state = 'active' AND wait_event_type = 'Lock'),
-				count(*) FILTER (WHERE state = 'active' AND (wait_event_type = 'IO' OR wait_event LIKE 'WAL%')),
-				count(*) FILTER (WHERE state = 'idle in transaction'),
-				count(*) FILTER (WHERE state = 'active' AND wait_event_type IS NOT NULL AND wait_event_type NOT IN ('Lock', 'IO') AND wait_event NOT LIKE 'WAL%')
-				  FROM pg_stat_activity WHERE datname = current_database() AND backend_type = 'client backend' AND pid <> pg_backend_pid()`).
-				Scan(&v[0], &v[1], &v[2], &v[3], &v[4])
-			if err == nil {
-				for i := range v {
-					sum[i] += v[i]
-				}
-				st.samples++
-			}
-			rows, err := conn.Query(ctx, `SELECT wait_event_type IS NOT NULL,
-				       coalesce('(' || wait_event || ') ', '') || left(regexp_replace(query, '\s+', ' ', 'g'), 60)
-				  FROM pg_stat_activity WHERE datname = current_database() AND backend_type = 'client backend' AND pid <> pg_backend_pid()
-				   AND state = 'active' AND (wait_event_type IS NULL OR wait_event_type = 'Lock')`)
-			if err == nil {
-				var lock bool
-				var q string
-				_, _ = pgx.ForEachRow(rows, []any{&lock, &q}, func() error {
-					if lock {
-						st.waiting[q]++
-					} else {
-						st.busy[q]++
-					}
-					return nil
-				})
-			}
-			select {
-			case <-s.stopc:
-				if st.samples > 0 {
-					n := float64(st.samples)
-					st.ok = true
-					st.running, st.lock, st.io, st.client, st.other = sum[0]/n, sum[1]/n, sum[2]/n, sum[3]/n, sum[4]/n
-				}
-				return
-			case <-t.C:
-			}
-		}
-	}()
-	return s
-}
+// sampleSessions samples the bench database's pg_stat_activity.
+func (b *benefitsBench) sampleSessions() *sessionSampler { return sampleSessions(b.benchURL) }
 
 func (s *sessionSampler) stop() sessionStates {
 	close(s.stopc)

@@ -5,15 +5,17 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/spf13/cobra"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -21,28 +23,45 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
+
 	"github.com/membercenter/membercenter/pipeline/kafka"
+	"github.com/membercenter/membercenter/services/changes"
+	"github.com/membercenter/membercenter/services/identity"
 	"github.com/membercenter/membercenter/services/loadgen"
 	"github.com/membercenter/membercenter/services/platform"
 )
 
 func benchPipelineCmd(stdout io.Writer) *cobra.Command {
 	var scales []int
-	var events int
-	var seed int64
+	var o pipelineOpts
 	cmd := &cobra.Command{
 		Use:   "pipeline",
-		Short: "Sustained end-to-end events/s of the whole pipeline on the load generator's workload, beside raw floors",
-		Long: `For each number of --members, publishes --events records of the load
-generator (a deterministic omnichannel retailer, malformed records included)
-to scratch topics as fast as Kafka takes them, runs the whole platform in
-process, and measures until every effect is in: ingest, the benefit and tag
-workers' PostgreSQL effects, ClickHouse rows and the published change feed.
-In the same run, on the same records: a plain franz-go consume → clickhouse-go
-batch insert with no logic, and a plain PostgreSQL upsert per event (the
-floors). Reports events/s, CPU seconds per 1,000 events of membercenter,
-PostgreSQL, Kafka and ClickHouse, membercenter's peak RSS, consumer lag over
-time, and that every malformed record ended in the dead-letter topic.`,
+		Short: "Sustained end-to-end events/s, freshness and API latency of the whole pipeline at each member count, beside raw floors",
+		Long: `For each number of --members, a PostgreSQL database of that many members
+(membercenter_pipeline_<members>, each of the load generator's shoppers
+preloaded with its phone once, as a retailer's existing member base, and
+reused by later runs) runs the whole platform in process. Then:
+
+- throughput: --events records of the load generator (malformed records
+  included) are published to scratch topics and drained until every effect
+  is in: ingest, the benefit and tag workers' PostgreSQL effects, ClickHouse
+  rows and the published change feed; beside a plain franz-go consume →
+  clickhouse-go batch insert and a plain PostgreSQL upsert per record of the
+  same records (the floors), with CPU seconds per 1,000 events and peak
+  memory of membercenter, PostgreSQL, Kafka and ClickHouse for both,
+  consumer lag over time, and every malformed record found in the
+  dead-letter topic;
+- freshness: --fresh-events POS purchases of preloaded shoppers, open loop
+  at --fresh-rate, timed from their intended send time to their points
+  change on a Subscribe stream, their labels in GetProfile and in
+  ClickHouse's member_profiles, beside a Kafka produce → consume round trip;
+- API: Resolve, GetProfile, Quote and Commit open loop at a fixed rate,
+  beside a no-op Health/Check on the same server.
+
+With --cpuprofile DIR, membercenter's CPU profile of each drain is written
+there and summarised by package, beside the PostgreSQL statements sampled
+while it ran.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			logPath := filepath.Join(os.TempDir(), "membercenter-bench-pipeline.log")
 			logFile, err := os.Create(logPath)
@@ -55,50 +74,52 @@ time, and that every malformed record ended in the dead-letter topic.`,
 				return err
 			}
 			defer done()
-			fmt.Fprintf(stdout, "| members | events (malformed) | pipeline events/s | floor: consume → ClickHouse events/s | floor: PG upsert events/s | ÷ ClickHouse floor | ÷ PG floor | CPU s / 1,000 events: membercenter / PostgreSQL / Kafka / ClickHouse | membercenter peak RSS | dead letters (malformed) |\n")
-			fmt.Fprintf(stdout, "|---|---|---|---|---|---|---|---|---|---|\n")
-			var lags []string
-			var apis []string
+			if o.profileDir != "" {
+				if err := os.MkdirAll(o.profileDir, 0o755); err != nil {
+					return err
+				}
+			}
+			var rs []pipelineResult
 			for _, m := range scales {
-				r, err := benchPipeline(cmd.Context(), e, m, events, seed)
+				r, err := benchPipeline(cmd.Context(), e, m, o)
 				if err != nil {
 					return fmt.Errorf("%d members: %w", m, err)
 				}
-				fmt.Fprintf(stdout, "| %s | %d (%d) | %.0f | %.0f | %.0f | %.3f× | %.3f× | %.2f / %.2f / %.2f / %.2f | %d MiB | %d (%d) |\n",
-					thousands(int64(m)), r.events, r.malformed, r.rate, r.chFloor, r.pgFloor, r.rate/r.chFloor, r.rate/r.pgFloor,
-					r.cpu.self, r.cpu.postgres, r.cpu.kafka, r.cpu.clickhouse, r.rssMiB, r.dlq, r.malformed)
-				lags = append(lags, fmt.Sprintf("%s members: %s", thousands(int64(m)), r.lag))
-				floor := r.api[0].sum
-				for _, a := range r.api {
-					apis = append(apis, fmt.Sprintf("| %s | %s | %.0f | %s | %s | %d | %.1f× | %.1f× |", thousands(int64(m)), a.rpc, a.achieved,
-						ms(a.sum.Median), ms(a.sum.P99), a.errs, float64(a.sum.Median)/float64(floor.Median), float64(a.sum.P99)/float64(floor.P99)))
-				}
+				rs = append(rs, r)
 			}
-			fmt.Fprintf(stdout, "\nConsumer lag (records behind, summed over partitions) sampled every 2 s while the pipeline drained, per stage ingest / benefits / tags / sink:\n\n")
-			for _, l := range lags {
-				fmt.Fprintf(stdout, "- %s\n", l)
-			}
-			fmt.Fprintf(stdout, "\nAPIs over each member count after the drain, open loop at %d req/s for %s each (latency from the intended send time), 200 of the generator's shoppers, beside grpc.health.v1.Health/Check on the same server (the floor):\n\n", apiRate, apiDuration)
-			fmt.Fprintf(stdout, "| members | RPC | achieved req/s | p50 ms | p99 ms | errors | p50 ÷ floor | p99 ÷ floor |\n|---|---|---|---|---|---|---|---|\n")
-			for _, a := range apis {
-				fmt.Fprintln(stdout, a)
-			}
-			fmt.Fprintf(stdout, "\nGOMAXPROCS %d; membercenter runs every stage and service in one process; the load generator publishes before the pipeline starts, so the pipeline drains a backlog at its own pace.\n", runtime.GOMAXPROCS(0))
+			reportPipeline(stdout, rs, o)
 			return nil
 		},
 	}
-	cmd.Flags().IntSliceVar(&scales, "members", []int{10_000, 100_000, 1_000_000}, "member counts (one row each)")
-	cmd.Flags().IntVar(&events, "events", 10_000, "records per row")
-	cmd.Flags().Int64Var(&seed, "seed", 1, "load generator seed")
+	cmd.Flags().IntSliceVar(&scales, "members", []int{10_000, 100_000, 1_000_000}, "member counts (one scenario each)")
+	cmd.Flags().IntVar(&o.events, "events", 10_000, "records drained per scenario")
+	cmd.Flags().Int64Var(&o.seed, "seed", 1, "load generator seed")
+	cmd.Flags().IntVar(&o.freshEvents, "fresh-events", 300, "purchases timed for freshness per scenario")
+	cmd.Flags().IntVar(&o.freshRate, "fresh-rate", 50, "purchases per second in the freshness run (open loop)")
+	cmd.Flags().StringVar(&o.profileDir, "cpuprofile", "", "directory for membercenter's CPU profile of each drain (pipeline-<members>.pprof)")
 	return cmd
+}
+
+type pipelineOpts struct {
+	events, freshEvents, freshRate int
+	seed                           int64
+	profileDir                     string
 }
 
 const (
 	apiRate     = 300
 	apiDuration = 5 * time.Second
+	// apiShoppers are the shoppers the API scenarios use; the freshness
+	// run picks among the others.
+	apiShoppers = 200
+	// pipelinePreloadCause marks the identifiers preloaded into a scenario's
+	// database.
+	pipelinePreloadCause = "bench-pipeline-preload"
 )
 
 type cpuSeconds struct{ self, postgres, kafka, clickhouse float64 }
+
+func (c cpuSeconds) total() float64 { return c.self + c.postgres + c.kafka + c.clickhouse }
 
 type apiRow struct {
 	rpc      string
@@ -108,116 +129,293 @@ type apiRow struct {
 }
 
 type pipelineResult struct {
-	api                    []apiRow
-	events, malformed, dlq int
+	members, dbMembers int
+	preload            preloadResult
+	events, malformed  int
+	// Dead letters: the malformed records found in the dead-letter topic,
+	// and any other record found there.
+	dlqMalformed, dlqOther int
 	rate, chFloor, pgFloor float64
-	cpu                    cpuSeconds
-	rssMiB                 int
-	lag                    string
+	drain                  time.Duration
+	// Per 1,000 events: the pipeline's drain, and both floors together.
+	cpu, floorCPU cpuSeconds
+	// Peak memory over the scenario, and after the floors ran.
+	rss, floorRSS rssMiB
+	lag           string
+	fresh         freshResult
+	api           []apiRow
+	profile       string // membercenter's CPU by package (with --cpuprofile)
+	pgBusy        string // PostgreSQL statements running during the drain
+	pgRunning     float64
 }
 
-func benchPipeline(ctx context.Context, e *env, members, n int, seed int64) (pipelineResult, error) {
-	var res pipelineResult
-	run := fmt.Sprintf("bp%x", time.Now().UnixNano()&0xffffff)
-	kcfg := e.cfg.Kafka
-	kcfg.GroupPrefix = run
-	kcfg.Topics = kafka.Topics{ChannelEvents: run + ".channel.events.v1", MemberEvents: run + ".member.events.v1",
-		MemberChanges: run + ".member.changes.v1", DLQ: run + ".dlq.v1"}
-	ktel := kafka.Telemetry{Tracers: e.tel.Tracers, Meters: e.tel.Meters, Propagator: e.tel.Propagator, Logger: e.tel.Logger}
-	admin, err := kafka.NewClient(kcfg, ktel, "")
+// pipelineRun is one scenario: its scratch topics, its database and the
+// platform over them.
+type pipelineRun struct {
+	e        *env
+	o        pipelineOpts
+	members  int
+	run      string
+	url      string
+	kcfg     kafka.Config
+	ktel     kafka.Telemetry
+	adm      *kadm.Client
+	producer *kafka.Client
+	p        *platform.Platform
+	g        *loadgen.Generator
+	ch       driver.Conn
+	conn     *grpc.ClientConn
+	peak     rssMiB
+}
+
+func pipelineLogf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "bench pipeline: "+format+"\n", args...)
+}
+
+func benchPipeline(ctx context.Context, e *env, members int, o pipelineOpts) (pipelineResult, error) {
+	res := pipelineResult{members: members, events: o.events}
+	r := &pipelineRun{e: e, o: o, members: members, run: fmt.Sprintf("bp%x", time.Now().UnixNano()&0xffffff)}
+	r.kcfg = e.cfg.Kafka
+	r.kcfg.GroupPrefix = r.run
+	r.kcfg.Topics = kafka.Topics{ChannelEvents: r.run + ".channel.events.v1", MemberEvents: r.run + ".member.events.v1",
+		MemberChanges: r.run + ".member.changes.v1", DLQ: r.run + ".dlq.v1"}
+	r.ktel = kafka.Telemetry{Tracers: e.tel.Tracers, Meters: e.tel.Meters, Propagator: e.tel.Propagator, Logger: e.tel.Logger}
+	admin, err := kafka.NewClient(r.kcfg, r.ktel, "")
 	if err != nil {
 		return res, err
 	}
 	defer admin.Close()
-	adm := kadm.NewClient(admin.Client)
-	if err := kafka.EnsureTopics(ctx, admin.Client, kcfg.Topics); err != nil {
+	r.adm = kadm.NewClient(admin.Client)
+	if err := kafka.EnsureTopics(ctx, admin.Client, r.kcfg.Topics); err != nil {
+		return res, err
+	}
+	floorTopic := r.run + ".floor.v1"
+	if _, err := r.adm.CreateTopic(ctx, 1, 1, nil, floorTopic); err != nil {
 		return res, err
 	}
 	defer func() {
-		var names []string
-		for t := range kcfg.Topics.All() {
+		names := []string{floorTopic}
+		for t := range r.kcfg.Topics.All() {
 			names = append(names, t)
 		}
-		_, _ = adm.DeleteTopics(context.Background(), names...)
+		_, _ = r.adm.DeleteTopics(context.Background(), names...)
 	}()
-	if err := e.p.Migrate(ctx); err != nil {
-		return res, err
-	}
 
-	// The workload: one seed, the member count of the row.
-	g := loadgen.New(loadgen.Config{Seed: seed, Members: members, Days: 90, Events: n, IDPrefix: run, CouponRate: -1})
-	producer, err := kafka.NewClient(kcfg, ktel, "", kgo.ProducerBatchMaxBytes(1<<20))
-	if err != nil {
+	// The retailer's database: this many members, preloaded once.
+	db := fmt.Sprintf("membercenter_pipeline_%d", members)
+	if r.url, err = databaseURL(e.cfg.Postgres.URL, db); err != nil {
 		return res, err
 	}
-	defer producer.Close()
-	records := make([]loadgen.Record, n)
+	if err := createDatabase(ctx, e.p.Pool(), db); err != nil {
+		return res, err
+	}
+	pcfg := e.cfg
+	pcfg.Postgres.URL = r.url
+	pcfg.Kafka = r.kcfg
+	if r.p, err = platform.Open(ctx, pcfg, e.tel); err != nil {
+		return res, err
+	}
+	defer r.p.Close()
+	if err := r.p.Migrate(ctx); err != nil {
+		return res, err
+	}
+	r.g = loadgen.New(loadgen.Config{Seed: o.seed, Members: members, Days: 90, Events: o.events, IDPrefix: r.run, CouponRate: -1})
+	if res.preload, err = r.preload(ctx, db); err != nil {
+		return res, fmt.Errorf("preload: %w", err)
+	}
+	if r.ch, err = e.p.OpenClickHouse(ctx); err != nil {
+		return res, err
+	}
+	defer r.ch.Close()
+
+	// The workload, published before anything consumes it.
+	if r.producer, err = kafka.NewClient(r.kcfg, r.ktel, "", kgo.ProducerBatchMaxBytes(1<<20)); err != nil {
+		return res, err
+	}
+	defer r.producer.Close()
+	records := make([]loadgen.Record, o.events)
 	for i := range records {
-		records[i] = g.Next()
+		records[i] = r.g.Next()
 		if records[i].Malformed != "" {
 			res.malformed++
 		}
 	}
-	res.events = n
-	for _, r := range records {
-		producer.Produce(ctx, &kgo.Record{Topic: kcfg.Topics.ChannelEvents, Key: r.Key, Value: r.Value}, nil)
+	for _, rec := range records {
+		r.producer.Produce(ctx, &kgo.Record{Topic: r.kcfg.Topics.ChannelEvents, Key: rec.Key, Value: rec.Value}, nil)
 	}
-	if err := producer.Flush(ctx); err != nil {
+	if err := r.producer.Flush(ctx); err != nil {
 		return res, err
 	}
-	fmt.Fprintf(os.Stderr, "bench pipeline: %d members: %d records published (%d malformed)\n", members, n, res.malformed)
+	pipelineLogf("%d members: %d records published (%d malformed)", members, o.events, res.malformed)
 
-	// Floor 1: plain consume → ClickHouse batch insert of the same records.
-	if res.chFloor, err = chFloor(ctx, e, kcfg, ktel, n); err != nil {
+	// The floors, same records, same servers: a plain consume → ClickHouse
+	// batch insert, and one PostgreSQL upsert per record.
+	per := float64(o.events) / 1000
+	before := sampleCPU()
+	if res.chFloor, err = chFloor(ctx, e, r.kcfg, r.ktel, o.events); err != nil {
 		return res, fmt.Errorf("ClickHouse floor: %w", err)
 	}
-	// Floor 2: one PostgreSQL upsert per record.
-	if res.pgFloor, err = pgFloor(ctx, e, records, run); err != nil {
+	if res.pgFloor, err = pgFloor(ctx, r.p.Pool(), records, r.run); err != nil {
 		return res, fmt.Errorf("PostgreSQL floor: %w", err)
 	}
+	res.floorCPU = cpuPer(before, sampleCPU(), per)
+	res.floorRSS = sampleRSS()
 
 	// The pipeline drains the backlog.
-	pcfg := e.cfg
-	pcfg.Kafka = kcfg
-	p, err := platform.Open(ctx, pcfg, e.tel)
+	grpcLis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return res, err
 	}
-	defer p.Close()
-	grpcLis, _ := net.Listen("tcp", "127.0.0.1:0")
-	adminLis, _ := net.Listen("tcp", "127.0.0.1:0")
-	chConn, err := e.p.OpenClickHouse(ctx)
+	adminLis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return res, err
 	}
-	defer chConn.Close()
-	before := sampleCPU()
+	stopProfile, err := startCPUProfile(r.profilePath())
+	if err != nil {
+		return res, err
+	}
+	sessions := sampleSessions(r.url)
+	before = sampleCPU()
 	start := time.Now()
 	pctx, stop := context.WithCancel(ctx)
 	defer stop()
 	eg, gctx := errgroup.WithContext(pctx)
 	eg.Go(func() error {
-		return p.Run(gctx, platform.Options{Services: platform.AllServices, Stages: platform.AllStages, GRPC: grpcLis, Admin: adminLis})
+		return r.p.Run(gctx, platform.Options{Services: platform.AllServices, Stages: platform.AllStages, GRPC: grpcLis, Admin: adminLis})
 	})
+	letters, err := watchDLQ(ctx, r.kcfg, r.ktel)
+	if err != nil {
+		return res, err
+	}
+	defer letters.close()
+	lag, err := r.drain(ctx, gctx, eg, letters, &res)
+	if err != nil {
+		stopProfile()
+		sessions.stop()
+		return res, err
+	}
+	res.drain = time.Since(start)
+	res.dlqMalformed, res.dlqOther = letters.match(records)
+	res.cpu = cpuPer(before, sampleCPU(), per)
+	stopProfile()
+	st := sessions.stop()
+	res.pgBusy, res.pgRunning = topStatements(st.busy, 5), st.running
+	res.rate = float64(o.events) / res.drain.Seconds()
+	res.lag = strings.Join(lag, " → ")
+	if res.lag == "" {
+		res.lag = "(drained within the first sample)"
+	}
+	if path := r.profilePath(); path != "" {
+		if res.profile, err = profileByPackage(path, 10); err != nil {
+			return res, fmt.Errorf("CPU profile: %w", err)
+		}
+	}
+	pipelineLogf("%d members: %.0f events/s in %s, %d of %d malformed records dead-lettered, %d other dead letters", members, res.rate,
+		res.drain.Round(time.Millisecond), res.dlqMalformed, res.malformed, res.dlqOther)
+
+	if r.conn, err = grpc.NewClient(grpcLis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials())); err != nil {
+		return res, err
+	}
+	defer r.conn.Close()
+	// Freshness over this many members.
+	if res.fresh, err = r.freshness(ctx, floorTopic); err != nil {
+		return res, fmt.Errorf("freshness: %w", err)
+	}
+	r.sampleRSS()
+	// The APIs over this many members, at a fixed rate, beside the no-op.
+	shoppers, err := resolveShoppers(ctx, r.conn, r.g, apiShoppers, members, r.run+"-api")
+	if err != nil {
+		return res, err
+	}
+	calls := apiCalls(r.conn, r.g, shoppers, r.run+"-api", members)
+	for _, rpc := range []string{"health", "resolve", "getprofile", "quote", "commit"} {
+		lat, errs, achieved := openLoopCalls(ctx, apiRate, apiDuration, calls[rpc])
+		res.api = append(res.api, apiRow{rpc: rpc, sum: summarize(lat, apiDuration), errs: errs, achieved: achieved})
+	}
+	r.sampleRSS()
+	res.rss = r.peak
+	res.rss.self = max(res.rss.self, peakRSSMiB())
+	if err := r.p.Pool().QueryRow(ctx, `SELECT count(*) FROM members WHERE status <> 'merged'`).Scan(&res.dbMembers); err != nil {
+		return res, err
+	}
+	stop()
+	if err := eg.Wait(); err != nil && !errors.Is(err, context.Canceled) {
+		return res, err
+	}
+	return res, nil
+}
+
+func (r *pipelineRun) profilePath() string {
+	if r.o.profileDir == "" {
+		return ""
+	}
+	return filepath.Join(r.o.profileDir, fmt.Sprintf("pipeline-%d.pprof", r.members))
+}
+
+func (r *pipelineRun) sampleRSS() { r.peak = r.peak.max(sampleRSS()) }
+
+func cpuPer(before, after cpuSample, per float64) cpuSeconds {
+	return cpuSeconds{
+		self:       float64(after.self-before.self) / userHZ / per,
+		postgres:   float64(after.postgres-before.postgres) / userHZ / per,
+		kafka:      float64(after.kafka-before.kafka) / userHZ / per,
+		clickhouse: float64(after.clickhouse-before.clickhouse) / userHZ / per,
+	}
+}
+
+// preload brings the scenario's database to r.members members, shopper i
+// of the generator known by its phone.
+func (r *pipelineRun) preload(ctx context.Context, db string) (preloadResult, error) {
+	pool := r.p.Pool()
+	have, err := preloaded(ctx, pool, pipelinePreloadCause)
+	if err != nil {
+		return preloadResult{}, err
+	}
+	res := preloadResult{present: have}
+	svc, err := identity.New(r.e.cfg.Identity, pool, changes.Writer{}, r.e.tel.Logger)
+	if err != nil {
+		return res, err
+	}
+	phone := func(i int) *mcv1.Identifier {
+		return &mcv1.Identifier{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_PHONE, Value: r.g.Shopper(i).Phone}
+	}
+	if have < r.members {
+		pipelineLogf("%s: %d members present, loading %d more", db, have, r.members-have)
+		start := time.Now()
+		if err := preloadMembers(ctx, pool, svc, have, r.members, phone, pipelinePreloadCause, pipelineLogf); err != nil {
+			return res, err
+		}
+		if _, err := pool.Exec(ctx, `VACUUM (ANALYZE) members, member_identifiers`); err != nil {
+			return res, err
+		}
+		res.loaded, res.took = r.members-have, time.Since(start)
+	}
+	return res, checkPreloadKeys(ctx, pool, svc, phone(0), phone(r.members-1), db)
+}
+
+// drain waits until every record is ingested with all its effects or
+// dead-lettered, sampling consumer lag and memory every 2 s.
+func (r *pipelineRun) drain(ctx, gctx context.Context, eg *errgroup.Group, letters *dlqWatch, res *pipelineResult) ([]string, error) {
 	var lagLine []string
 	tick := time.NewTicker(2 * time.Second)
 	defer tick.Stop()
+	n := r.o.events
 	deadline := time.After(time.Minute + time.Duration(n)*20*time.Millisecond)
-	like := run + "-%"
+	like := r.run + "-%"
 	for {
 		var ingested, benefit, tagged, unpublished int
-		err := p.Pool().QueryRow(ctx, `SELECT
+		err := r.p.Pool().QueryRow(ctx, `SELECT
 			(SELECT count(*) FROM ingested_events WHERE event_id LIKE $1),
 			(SELECT count(*) FROM processed_events WHERE consumer = 'benefits' AND event_id LIKE $1),
 			(SELECT count(*) FROM processed_events WHERE consumer = 'tags' AND event_id LIKE $1),
 			(SELECT count(*) FROM outbox WHERE published_at IS NULL)`, like).Scan(&ingested, &benefit, &tagged, &unpublished)
 		if err != nil {
-			return res, err
+			return nil, err
 		}
-		dlq := topicCount(ctx, adm, kcfg.Topics.DLQ)
+		dlq := letters.count()
 		var facts uint64
-		if err := chConn.QueryRow(ctx, `SELECT count() FROM member_events WHERE event_id LIKE ?`, like).Scan(&facts); err != nil {
-			return res, fmt.Errorf("count ClickHouse rows: %w", err)
+		if err := r.ch.QueryRow(ctx, `SELECT count() FROM member_events WHERE event_id LIKE ?`, like).Scan(&facts); err != nil {
+			return nil, fmt.Errorf("count ClickHouse rows: %w", err)
 		}
 		// Done: every record ingested or dead-lettered, every stage's group
 		// caught up (offsets are committed after effects are durable), the
@@ -225,57 +423,21 @@ func benchPipeline(ctx context.Context, e *env, members, n int, seed int64) (pip
 		// outbox is published. (The benefit worker marks only the events
 		// it acts on.)
 		if ingested+dlq >= n && tagged >= ingested && int(facts) >= ingested && unpublished == 0 && benefit > 0 &&
-			caughtUp(ctx, adm, kcfg) {
-			res.dlq = dlq
-			break
+			caughtUp(ctx, r.adm, r.kcfg) {
+			return lagLine, nil
 		}
 		select {
 		case <-ctx.Done():
-			return res, ctx.Err()
+			return nil, ctx.Err()
 		case <-gctx.Done():
-			return res, fmt.Errorf("platform stopped: %w", eg.Wait())
+			return nil, fmt.Errorf("platform stopped: %w", eg.Wait())
 		case <-deadline:
-			return res, fmt.Errorf("pipeline did not finish: ingested %d, benefits %d, tags %d, ClickHouse %d, dead letters %d of %d", ingested, benefit, tagged, facts, dlq, n)
+			return nil, fmt.Errorf("pipeline did not finish: ingested %d, benefits %d, tags %d, ClickHouse %d, dead letters %d of %d", ingested, benefit, tagged, facts, dlq, n)
 		case <-tick.C:
-			lagLine = append(lagLine, stageLags(ctx, adm, kcfg))
+			lagLine = append(lagLine, stageLags(ctx, r.adm, r.kcfg))
+			r.sampleRSS()
 		}
 	}
-	elapsed := time.Since(start)
-	after := sampleCPU()
-	res.rate = float64(n) / elapsed.Seconds()
-	per := float64(n) / 1000
-	res.cpu = cpuSeconds{
-		self:       float64(after.self-before.self) / userHZ / per,
-		postgres:   float64(after.postgres-before.postgres) / userHZ / per,
-		kafka:      float64(after.kafka-before.kafka) / userHZ / per,
-		clickhouse: float64(after.clickhouse-before.clickhouse) / userHZ / per,
-	}
-	res.rssMiB = peakRSSMiB()
-	// The APIs over this many members, at a fixed rate, beside the no-op.
-	conn, err := grpc.NewClient(grpcLis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		return res, err
-	}
-	defer conn.Close()
-	shoppers, err := resolveShoppers(ctx, conn, g, 200, members, run+"-api")
-	if err != nil {
-		return res, err
-	}
-	calls := apiCalls(conn, g, shoppers, run+"-api", members)
-	for _, rpc := range []string{"health", "resolve", "getprofile", "quote", "commit"} {
-		lat, errs, achieved := openLoopCalls(ctx, apiRate, apiDuration, calls[rpc])
-		res.api = append(res.api, apiRow{rpc: rpc, sum: summarize(lat, apiDuration), errs: errs, achieved: achieved})
-	}
-	res.lag = strings.Join(lagLine, " → ")
-	if res.lag == "" {
-		res.lag = "(drained within the first sample)"
-	}
-	stop()
-	if err := eg.Wait(); err != nil && !errors.Is(err, context.Canceled) {
-		return res, err
-	}
-	fmt.Fprintf(os.Stderr, "bench pipeline: %d members: %.0f events/s in %s, %d dead letters\n", members, res.rate, elapsed.Round(time.Millisecond), res.dlq)
-	return res, nil
 }
 
 // chFloor consumes the channel topic with a plain client and batch-inserts
@@ -318,8 +480,7 @@ func chFloor(ctx context.Context, e *env, kcfg kafka.Config, ktel kafka.Telemetr
 }
 
 // pgFloor upserts one row per record into a scratch table, 4 at a time.
-func pgFloor(ctx context.Context, e *env, records []loadgen.Record, run string) (float64, error) {
-	pool := e.p.Pool()
+func pgFloor(ctx context.Context, pool *pgxpool.Pool, records []loadgen.Record, run string) (float64, error) {
 	table := "floor_" + run
 	if _, err := pool.Exec(ctx, `CREATE UNLOGGED TABLE `+table+` (k text PRIMARY KEY, n bigint NOT NULL, v bytea)`); err != nil {
 		return 0, err
@@ -349,14 +510,70 @@ func pgFloor(ctx context.Context, e *env, records []loadgen.Record, run string) 
 	return float64(len(records)) / time.Since(start).Seconds(), nil
 }
 
-func topicCount(ctx context.Context, adm *kadm.Client, topic string) int {
-	ends, err := adm.ListEndOffsets(ctx, topic)
+// dlqWatch consumes a scenario's dead-letter topic from its start, read
+// committed (so the markers of ingest's Kafka transactions are not counted
+// as letters), and keeps each letter's value: a dead letter carries the
+// rejected record's value unchanged.
+type dlqWatch struct {
+	cl     *kafka.Client
+	cancel context.CancelFunc
+	done   chan struct{}
+	mu     sync.Mutex
+	n      int
+	values map[string]int
+}
+
+func watchDLQ(ctx context.Context, kcfg kafka.Config, ktel kafka.Telemetry) (*dlqWatch, error) {
+	cl, err := kafka.NewClient(kcfg, ktel, "", kgo.ConsumeTopics(kcfg.Topics.DLQ),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.FetchIsolationLevel(kgo.ReadCommitted()))
 	if err != nil {
-		return 0
+		return nil, err
 	}
-	n := 0
-	ends.Each(func(o kadm.ListedOffset) { n += int(o.Offset) })
-	return n
+	ctx, cancel := context.WithCancel(ctx)
+	w := &dlqWatch{cl: cl, cancel: cancel, done: make(chan struct{}), values: map[string]int{}}
+	go func() {
+		defer close(w.done)
+		for ctx.Err() == nil {
+			fs := cl.PollFetches(ctx)
+			if fs.IsClientClosed() {
+				return
+			}
+			w.mu.Lock()
+			fs.EachRecord(func(r *kgo.Record) {
+				w.n++
+				w.values[string(r.Value)]++
+			})
+			w.mu.Unlock()
+		}
+	}()
+	return w, nil
+}
+
+func (w *dlqWatch) count() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.n
+}
+
+// match counts the malformed records among the letters, and the letters
+// that are not one of them.
+func (w *dlqWatch) match(records []loadgen.Record) (malformed, other int) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	left := maps.Clone(w.values)
+	for _, r := range records {
+		if r.Malformed != "" && left[string(r.Value)] > 0 {
+			left[string(r.Value)]--
+			malformed++
+		}
+	}
+	return malformed, w.n - malformed
+}
+
+func (w *dlqWatch) close() {
+	w.cancel()
+	<-w.done
+	w.cl.Close()
 }
 
 // caughtUp says whether every stage's group has committed everything: a
@@ -404,19 +621,4 @@ func stageLags(ctx context.Context, adm *kadm.Client, kcfg kafka.Config) string 
 		out[i] = strconv.FormatInt(sum[g], 10)
 	}
 	return strings.Join(out, "/")
-}
-
-// peakRSSMiB is this process's peak resident set (VmHWM).
-func peakRSSMiB() int {
-	raw, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		return 0
-	}
-	for l := range strings.Lines(string(raw)) {
-		if v, ok := strings.CutPrefix(l, "VmHWM:"); ok {
-			kb, _ := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
-			return kb / 1024
-		}
-	}
-	return 0
 }

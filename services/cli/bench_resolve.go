@@ -7,7 +7,6 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
-	"net/url"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -250,16 +249,7 @@ func (b *resolveBench) run(ctx context.Context) error {
 // benchDatabaseURL is the configured URL with its database replaced by the
 // benchmark's.
 func benchDatabaseURL(configured string) (string, error) {
-	if !strings.Contains(configured, "://") {
-		// keyword=value form: a later dbname overrides an earlier one.
-		return configured + " dbname=" + benchDatabase, nil
-	}
-	u, err := url.Parse(configured)
-	if err != nil {
-		return "", fmt.Errorf("MC_PG_URL: %w", err)
-	}
-	u.Path = "/" + benchDatabase
-	return u.String(), nil
+	return databaseURL(configured, benchDatabase)
 }
 
 // createDatabase creates db, owned by the configured user, unless it exists.
@@ -317,91 +307,15 @@ func (b *resolveBench) preload(ctx context.Context) (preloadResult, error) {
 	}
 	// A database preloaded under other PII keys would make every Resolve
 	// create a member: refuse it.
-	ns, err := b.svc.Normalize([]*mcv1.Identifier{phoneID(0), phoneID(b.members - 1)})
-	if err != nil {
+	if err := checkPreloadKeys(ctx, b.pool, b.svc, phoneID(0), phoneID(b.members-1), benchDatabase); err != nil {
 		return res, err
-	}
-	var found int
-	if err := b.pool.QueryRow(ctx, `
-		SELECT count(*) FROM member_identifiers WHERE id_type = $1 AND scope = '' AND value_hash = ANY($2)`,
-		int16(mcv1.IdentifierType_IDENTIFIER_TYPE_PHONE), [][]byte{ns[0].Hash, ns[1].Hash}).Scan(&found); err != nil {
-		return res, err
-	}
-	if found != 2 {
-		return res, fmt.Errorf("database %s holds phones hashed with other PII keys (or another layout); drop it and rerun", benchDatabase)
 	}
 	return res, nil
 }
 
-type preloadBatch struct {
-	members, identifiers [][]any
-}
-
-const preloadBatchSize = 10_000
-
-// load inserts members [from, to): one goroutine normalises the next batch
-// with the identity service while the current one is copied.
+// load inserts members [from, to), each with its bench phone.
 func (b *resolveBench) load(ctx context.Context, from, to int) error {
-	g, gctx := errgroup.WithContext(ctx)
-	batches := make(chan preloadBatch, 1)
-	g.Go(func() error {
-		defer close(batches)
-		for lo := from; lo < to; lo += preloadBatchSize {
-			hi := min(lo+preloadBatchSize, to)
-			ids := make([]*mcv1.Identifier, 0, hi-lo)
-			for i := lo; i < hi; i++ {
-				ids = append(ids, phoneID(i))
-			}
-			ns, err := b.svc.Normalize(ids)
-			if err != nil {
-				return err
-			}
-			if len(ns) != len(ids) {
-				return fmt.Errorf("members %d…%d: %d of %d phones normalised to distinct values", lo, hi-1, len(ns), len(ids))
-			}
-			now := time.Now()
-			batch := preloadBatch{members: make([][]any, len(ns)), identifiers: make([][]any, len(ns))}
-			for k, n := range ns {
-				id := uuid.Must(uuid.NewV7())
-				batch.members[k] = []any{id, now}
-				batch.identifiers[k] = []any{id, id, true, int16(n.Type), n.Scope, n.Hash, n.Cipher, n.KeyID, n.Masked, now, preloadCause}
-			}
-			select {
-			case batches <- batch:
-			case <-gctx.Done():
-				return gctx.Err()
-			}
-		}
-		return nil
-	})
-	g.Go(func() error {
-		done, next := from, (from/100_000+1)*100_000
-		start := time.Now()
-		for batch := range batches {
-			err := pgx.BeginFunc(gctx, b.pool, func(tx pgx.Tx) error {
-				if _, err := tx.CopyFrom(gctx, pgx.Identifier{"members"}, []string{"member_id", "created_at"},
-					pgx.CopyFromRows(batch.members)); err != nil {
-					return fmt.Errorf("copy members: %w", err)
-				}
-				if _, err := tx.CopyFrom(gctx, pgx.Identifier{"member_identifiers"},
-					[]string{"member_id", "origin_member_id", "is_unique", "id_type", "scope", "value_hash", "value_cipher", "key_id", "masked", "linked_at", "cause_id"},
-					pgx.CopyFromRows(batch.identifiers)); err != nil {
-					return fmt.Errorf("copy member_identifiers: %w", err)
-				}
-				return nil
-			})
-			if err != nil {
-				return err
-			}
-			done += len(batch.members)
-			if done >= next || done == to {
-				b.logf("preload: %d / %d members (%s)", done, to, time.Since(start).Round(time.Second))
-				next += 100_000
-			}
-		}
-		return nil
-	})
-	return g.Wait()
+	return preloadMembers(ctx, b.pool, b.svc, from, to, phoneID, preloadCause, b.logf)
 }
 
 // phaseResult is one open-loop scenario: the distribution of successful

@@ -1,0 +1,307 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
+
+	"github.com/membercenter/membercenter/services/tags"
+)
+
+// freshResult is the freshness run of a scenario: each path's distribution
+// from the purchase's intended send time, and the purchases a path never
+// showed within freshTimeout of the last send.
+type freshResult struct {
+	n                               int
+	floor, points, profile, ch      Summary
+	missPoints, missProfile, missCH int
+}
+
+const freshTimeout = 30 * time.Second
+
+// freshEvent is one timed purchase.
+type freshEvent struct {
+	shopper int
+	phone   string
+	member  uuid.UUID
+	// Before the purchase: the member's feature-state version and when
+	// GetProfile said its labels were computed.
+	version  int64
+	computed time.Time
+}
+
+// freshness publishes r.o.freshEvents POS purchases of distinct preloaded
+// shoppers (not the API scenarios' ones) open loop and times each to (a) its
+// PointsChanged on an unfiltered Subscribe stream (cause id = event id); (b)
+// GetProfile showing labels computed after the purchase: a connection
+// LISTENs on the tag engine's NOTIFY channel (sent at the commit of every
+// transaction that changes labels) and, on each notification or every
+// 20 ms, reads the feature-state version of the pending members, calling
+// GetProfile for those with a new version; (c) a new version of the member's
+// row in ClickHouse's member_profiles, polled every 10 ms. Before, in the
+// same run and at the same rate: a plain produce → consume round trip.
+func (r *pipelineRun) freshness(ctx context.Context, floorTopic string) (freshResult, error) {
+	n, rate := r.o.freshEvents, r.o.freshRate
+	res := freshResult{n: n}
+	if n <= 0 {
+		return res, nil
+	}
+	if r.members-apiShoppers < n {
+		return res, fmt.Errorf("%d members leave fewer than %d shoppers besides the API scenarios' %d", r.members, n, apiShoppers)
+	}
+	lb := &latencyBench{events: n, members: n, rate: rate}
+	var err error
+	if res.floor, err = lb.floor(ctx, r.kcfg, r.ktel, r.producer, r.adm, floorTopic); err != nil {
+		return res, fmt.Errorf("floor: %w", err)
+	}
+
+	// The purchasers, resolved and read before their purchase (unmeasured).
+	ids := mcv1.NewIdentityServiceClient(r.conn)
+	profiles := mcv1.NewProfileServiceClient(r.conn)
+	evs := make([]freshEvent, 0, n)
+	byMember := map[uuid.UUID]int{}
+	for _, k := range rand.Perm(r.members - apiShoppers)[:n] {
+		sh := r.g.Shopper(apiShoppers + k)
+		resp, err := ids.Resolve(ctx, &mcv1.ResolveRequest{
+			Identifiers: []*mcv1.Identifier{{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_PHONE, Value: sh.Phone}},
+			Channel:     mcv1.Channel_CHANNEL_POS, CreateIfMissing: true, IdempotencyKey: fmt.Sprintf("%s-fr-%d", r.run, k)})
+		if err != nil {
+			return res, fmt.Errorf("resolve shopper %d: %w", sh.Index, err)
+		}
+		m := uuid.MustParse(resp.GetMemberId())
+		if _, dup := byMember[m]; dup {
+			continue // two shoppers merged into one member: time it once
+		}
+		p, err := profiles.GetProfile(ctx, &mcv1.GetProfileRequest{MemberId: m.String()})
+		if err != nil {
+			return res, err
+		}
+		byMember[m] = len(evs)
+		evs = append(evs, freshEvent{shopper: sh.Index, phone: sh.Phone, member: m, computed: p.GetProfile().GetLabelsComputedAt().AsTime()})
+	}
+	n, res.n = len(evs), len(evs)
+	members := make([]uuid.UUID, n)
+	for i, ev := range evs {
+		members[i] = ev.member
+	}
+	rows, err := r.p.Pool().Query(ctx, `SELECT member_id, version FROM member_features WHERE member_id = ANY($1)`, members)
+	if err != nil {
+		return res, err
+	}
+	var id uuid.UUID
+	var v int64
+	if _, err := pgx.ForEachRow(rows, []any{&id, &v}, func() error { evs[byMember[id]].version = v; return nil }); err != nil {
+		return res, err
+	}
+
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream, err := mcv1.NewSyncServiceClient(r.conn).Subscribe(sctx, &mcv1.SubscribeRequest{})
+	if err != nil {
+		return res, err
+	}
+	if m, err := stream.Recv(); err != nil || m.GetReady() == nil {
+		return res, fmt.Errorf("subscribe: %v", err)
+	}
+	lc, err := pgx.Connect(ctx, r.url)
+	if err != nil {
+		return res, err
+	}
+	defer lc.Close(context.Background())
+	if _, err := lc.Exec(ctx, "LISTEN "+pgx.Identifier{tags.ExportChannel}.Sanitize()); err != nil {
+		return res, err
+	}
+
+	points, shown, inCH := make([]time.Time, n), make([]time.Time, n), make([]time.Time, n)
+	var published atomic.Int64
+	var sentAll atomic.Value // time.Time of the last send
+	expired := func() bool {
+		t, ok := sentAll.Load().(time.Time)
+		return ok && time.Since(t) > freshTimeout
+	}
+	// pending lists the published events a path has not shown yet.
+	pending := func(seen []time.Time) []int {
+		var out []int
+		for i := range int(published.Load()) {
+			if seen[i].IsZero() {
+				out = append(out, i)
+			}
+		}
+		return out
+	}
+	prefix := r.run + "-fr-"
+	g, gctx := errgroup.WithContext(sctx)
+	g.Go(func() error { // (a) the change stream
+		for got := 0; got < n; {
+			msg, err := stream.Recv()
+			if err != nil {
+				if expired() {
+					return nil
+				}
+				return fmt.Errorf("stream: %w", err)
+			}
+			c := msg.GetChange()
+			i, err := strconv.Atoi(strings.TrimPrefix(c.GetCauseId(), prefix))
+			if c.GetPointsChanged() == nil || !strings.HasPrefix(c.GetCauseId(), prefix) || err != nil || i >= n || !points[i].IsZero() {
+				continue
+			}
+			points[i] = time.Now()
+			got++
+		}
+		return nil
+	})
+	g.Go(func() error { // (b) GetProfile
+		for {
+			idx := pending(shown)
+			if int(published.Load()) == n && len(idx) == 0 || expired() {
+				return nil
+			}
+			wctx, cancel := context.WithTimeout(gctx, 20*time.Millisecond)
+			_, err := lc.WaitForNotification(wctx)
+			cancel()
+			if gctx.Err() != nil {
+				return nil
+			}
+			if lc.IsClosed() {
+				return fmt.Errorf("listen connection closed: %v", err)
+			}
+			if len(idx) == 0 {
+				continue
+			}
+			ms := make([]uuid.UUID, len(idx))
+			for k, i := range idx {
+				ms[k] = evs[i].member
+			}
+			rows, err := lc.Query(gctx, `SELECT member_id, version FROM member_features WHERE member_id = ANY($1)`, ms)
+			if err != nil {
+				return err
+			}
+			versions := map[uuid.UUID]int64{}
+			var id uuid.UUID
+			var v int64
+			if _, err := pgx.ForEachRow(rows, []any{&id, &v}, func() error { versions[id] = v; return nil }); err != nil {
+				return err
+			}
+			for _, i := range idx {
+				if versions[evs[i].member] <= evs[i].version {
+					continue
+				}
+				p, err := profiles.GetProfile(gctx, &mcv1.GetProfileRequest{MemberId: evs[i].member.String()})
+				if err != nil {
+					return fmt.Errorf("GetProfile: %w", err)
+				}
+				if p.GetProfile().GetLabelsComputedAt().AsTime().After(evs[i].computed) {
+					shown[i] = time.Now()
+				}
+			}
+		}
+	})
+	g.Go(func() error { // (c) ClickHouse
+		t := time.NewTicker(10 * time.Millisecond)
+		defer t.Stop()
+		for {
+			idx := pending(inCH)
+			if int(published.Load()) == n && len(idx) == 0 || expired() {
+				return nil
+			}
+			if len(idx) > 0 {
+				// UUIDs need no escaping; ClickHouse 18.16 takes no array for IN.
+				ms := make([]string, len(idx))
+				for k, i := range idx {
+					ms[k] = "'" + evs[i].member.String() + "'"
+				}
+				rows, err := r.ch.Query(gctx, `SELECT member_id, max(version) FROM member_profiles WHERE member_id IN (`+strings.Join(ms, ",")+`) GROUP BY member_id`)
+				if err != nil {
+					return fmt.Errorf("ClickHouse poll: %w", err)
+				}
+				versions := map[string]uint64{}
+				for rows.Next() {
+					var m string
+					var v uint64
+					if err := rows.Scan(&m, &v); err != nil {
+						rows.Close()
+						return err
+					}
+					versions[m] = v
+				}
+				rows.Close()
+				now := time.Now()
+				for _, i := range idx {
+					if int64(versions[evs[i].member.String()]) > evs[i].version {
+						inCH[i] = now
+					}
+				}
+			}
+			select {
+			case <-gctx.Done():
+				return nil
+			case <-t.C:
+			}
+		}
+	})
+	intended, err := lb.openLoop(ctx, n, func(i int) {
+		total, items := benchItems()
+		ev := &mcv1.ChannelEvent{
+			EventId: prefix + strconv.Itoa(i), Channel: mcv1.Channel_CHANNEL_POS, StoreId: r.g.Shopper(evs[i].shopper).HomeStore,
+			OccurredAt:  timestamppb.Now(),
+			Identifiers: []*mcv1.Identifier{{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_PHONE, Value: evs[i].phone}},
+			Payload: &mcv1.ChannelEvent_Transaction{Transaction: &mcv1.Transaction{
+				OrderId: "O-" + prefix + strconv.Itoa(i), Total: cny(total), Items: items}},
+		}
+		v, _ := proto.Marshal(ev)
+		r.producer.Produce(ctx, &kgo.Record{Topic: r.kcfg.Topics.ChannelEvents, Key: []byte(evs[i].phone), Value: v}, nil)
+		published.Add(1)
+	})
+	if err != nil {
+		return res, err
+	}
+	sentAll.Store(time.Now())
+	// The stream's Recv has no deadline of its own: end it once the time
+	// is up (Wait cancels gctx when every path is done).
+	go func() {
+		t := time.NewTicker(100 * time.Millisecond)
+		defer t.Stop()
+		for range t.C {
+			if expired() || gctx.Err() != nil {
+				cancel()
+				return
+			}
+		}
+	}()
+	if err := g.Wait(); err != nil {
+		return res, err
+	}
+	dist := func(seen []time.Time, miss *int) Summary {
+		var ds []time.Duration
+		last := intended[0]
+		for i, t := range seen {
+			if t.IsZero() {
+				*miss++
+				continue
+			}
+			ds = append(ds, t.Sub(intended[i]))
+			if t.After(last) {
+				last = t
+			}
+		}
+		if len(ds) == 0 {
+			return Summary{}
+		}
+		return summarize(ds, last.Sub(intended[0]))
+	}
+	res.points, res.profile, res.ch = dist(points, &res.missPoints), dist(shown, &res.missProfile), dist(inCH, &res.missCH)
+	return res, nil
+}

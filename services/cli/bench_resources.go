@@ -1,0 +1,201 @@
+package cli
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/google/pprof/profile"
+	"github.com/jackc/pgx/v5"
+)
+
+// rssMiB is the resident memory of each process of the platform, in MiB:
+// membercenter (this process), PostgreSQL (the proportional set size summed
+// over the postmaster and its backends, so shared buffers count once), Kafka
+// and ClickHouse.
+type rssMiB struct{ self, postgres, kafka, clickhouse int }
+
+func (a rssMiB) max(b rssMiB) rssMiB {
+	return rssMiB{max(a.self, b.self), max(a.postgres, b.postgres), max(a.kafka, b.kafka), max(a.clickhouse, b.clickhouse)}
+}
+
+// sampleRSS reads every process's memory from /proc.
+func sampleRSS() rssMiB {
+	var r rssMiB
+	r.self = procKiB("/proc/self/status", "VmRSS:") / 1024
+	entries, _ := os.ReadDir("/proc")
+	pss := 0
+	for _, e := range entries {
+		if _, err := strconv.Atoi(e.Name()); err != nil {
+			continue
+		}
+		comm, _ := os.ReadFile("/proc/" + e.Name() + "/comm")
+		switch strings.TrimSpace(string(comm)) {
+		case "postgres":
+			pss += procKiB("/proc/"+e.Name()+"/smaps_rollup", "Pss:")
+		case "java":
+			r.kafka += procKiB("/proc/"+e.Name()+"/status", "VmRSS:") / 1024
+		case "clickhouse-serv": // comm is cut at 15 bytes
+			r.clickhouse += procKiB("/proc/"+e.Name()+"/status", "VmRSS:") / 1024
+		}
+	}
+	r.postgres = pss / 1024
+	return r
+}
+
+// procKiB is the kB value of the line starting with key in a /proc file.
+func procKiB(path, key string) int {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return 0
+	}
+	for l := range strings.Lines(string(raw)) {
+		if v, ok := strings.CutPrefix(l, key); ok {
+			kb, _ := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
+			return kb
+		}
+	}
+	return 0
+}
+
+// peakRSSMiB is this process's peak resident set (VmHWM).
+func peakRSSMiB() int { return procKiB("/proc/self/status", "VmHWM:") / 1024 }
+
+// profileByPackage summarises a CPU profile: the share of CPU spent in each
+// package's own code (flat, the innermost frame; the top n), then the share
+// of samples with a frame of each membercenter package on the stack
+// (cumulative: which part of the platform the time was spent for).
+func profileByPackage(path string, n int) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	p, err := profile.Parse(f)
+	if err != nil {
+		return "", err
+	}
+	vi := len(p.SampleType) - 1 // cpu nanoseconds
+	flat, cum := map[string]int64{}, map[string]int64{}
+	var total int64
+	for _, s := range p.Sample {
+		v := s.Value[vi]
+		total += v
+		seen := map[string]bool{}
+		for li, loc := range s.Location {
+			for k, line := range loc.Line {
+				if line.Function == nil {
+					continue
+				}
+				pkg := funcPackage(line.Function.Name)
+				if li == 0 && k == 0 {
+					flat[pkg] += v
+				}
+				if strings.HasPrefix(pkg, "github.com/membercenter/") && !seen[pkg] {
+					seen[pkg] = true
+					cum[pkg] += v
+				}
+			}
+		}
+	}
+	if total == 0 {
+		return "", fmt.Errorf("%s: no samples", path)
+	}
+	top := func(m map[string]int64, k int) string {
+		type kv struct {
+			pkg string
+			v   int64
+		}
+		var all []kv
+		for pkg, v := range m {
+			all = append(all, kv{strings.TrimPrefix(pkg, "github.com/membercenter/membercenter/"), v})
+		}
+		slices.SortFunc(all, func(a, b kv) int { return cmp.Compare(b.v, a.v) })
+		parts := make([]string, 0, k)
+		for _, e := range all[:min(k, len(all))] {
+			parts = append(parts, fmt.Sprintf("`%s` %.0f%%", e.pkg, 100*float64(e.v)/float64(total)))
+		}
+		return strings.Join(parts, ", ")
+	}
+	return fmt.Sprintf("%.1f s of CPU sampled. Own code by package: %s. Time under each membercenter package (a sample counts once per package on its stack): %s.",
+		time.Duration(total).Seconds(), top(flat, n), top(cum, n)), nil
+}
+
+// funcPackage is the import path of a function's package:
+// "github.com/jackc/pgx/v5/pgconn.(*PgConn).Exec" → ".../pgconn".
+func funcPackage(name string) string {
+	slash := strings.LastIndexByte(name, '/')
+	if dot := strings.IndexByte(name[slash+1:], '.'); dot >= 0 {
+		return name[:slash+1+dot]
+	}
+	return name
+}
+
+// sampleSessions samples pg_stat_activity of the database at url on its own
+// connection ten times a second until stop.
+func sampleSessions(url string) *sessionSampler {
+	s := &sessionSampler{stopc: make(chan struct{}), done: make(chan sessionStates, 1)}
+	go func() {
+		st := sessionStates{waiting: map[string]int{}, busy: map[string]int{}}
+		defer func() { s.done <- st }()
+		ctx := context.Background()
+		conn, err := pgx.Connect(ctx, url)
+		if err != nil {
+			<-s.stopc
+			return
+		}
+		defer conn.Close(ctx)
+		t := time.NewTicker(100 * time.Millisecond)
+		defer t.Stop()
+		var sum [5]float64
+		for {
+			var v [5]float64
+			err := conn.QueryRow(ctx, `SELECT
+				count(*) FILTER (WHERE state = 'active' AND wait_event_type IS NULL),
+				count(*) FILTER (WHERE state = 'active' AND wait_event_type = 'Lock'),
+				count(*) FILTER (WHERE state = 'active' AND (wait_event_type = 'IO' OR wait_event LIKE 'WAL%')),
+				count(*) FILTER (WHERE state = 'idle in transaction'),
+				count(*) FILTER (WHERE state = 'active' AND wait_event_type IS NOT NULL AND wait_event_type NOT IN ('Lock', 'IO') AND wait_event NOT LIKE 'WAL%')
+				  FROM pg_stat_activity WHERE datname = current_database() AND backend_type = 'client backend' AND pid <> pg_backend_pid()`).
+				Scan(&v[0], &v[1], &v[2], &v[3], &v[4])
+			if err == nil {
+				for i := range v {
+					sum[i] += v[i]
+				}
+				st.samples++
+			}
+			rows, err := conn.Query(ctx, `SELECT wait_event_type IS NOT NULL,
+				       coalesce('(' || wait_event || ') ', '') || left(regexp_replace(query, '\s+', ' ', 'g'), 60)
+				  FROM pg_stat_activity WHERE datname = current_database() AND backend_type = 'client backend' AND pid <> pg_backend_pid()
+				   AND state = 'active' AND (wait_event_type IS NULL OR wait_event_type = 'Lock')`)
+			if err == nil {
+				var lock bool
+				var q string
+				_, _ = pgx.ForEachRow(rows, []any{&lock, &q}, func() error {
+					if lock {
+						st.waiting[q]++
+					} else {
+						st.busy[q]++
+					}
+					return nil
+				})
+			}
+			select {
+			case <-s.stopc:
+				if st.samples > 0 {
+					n := float64(st.samples)
+					st.ok = true
+					st.running, st.lock, st.io, st.client, st.other = sum[0]/n, sum[1]/n, sum[2]/n, sum[3]/n, sum[4]/n
+				}
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return s
+}
