@@ -60,8 +60,14 @@ tags="$("$bin" "${tags_cmd[@]}")"
 # count, drained by the whole pipeline, beside plain floors.
 p_members="${BENCH_PIPELINE_MEMBERS:-10000,100000,1000000}"
 p_events="${BENCH_PIPELINE_EVENTS:-6000}"
-pipeline_cmd=(bench pipeline --members "$p_members" --events "$p_events")
-pipeline="$("$bin" "${pipeline_cmd[@]}")"
+p_fresh="${BENCH_PIPELINE_FRESH_EVENTS:-300}"
+p_fresh_rate="${BENCH_PIPELINE_FRESH_RATE:-50}"
+# membercenter's CPU profile of each drain, kept beside this file.
+p_profiles="docs/profiles"
+pipeline_cmd=(bench pipeline --members "$p_members" --events "$p_events" --fresh-events "$p_fresh" --fresh-rate "$p_fresh_rate"
+  --cpuprofile "$p_profiles")
+pipeline="$(cd "$root" && "$bin" "${pipeline_cmd[@]}")"
+took=$((SECONDS / 60))m$((SECONDS % 60))s
 
 cat >"$out" <<MD
 # Benchmarks
@@ -73,6 +79,7 @@ noisy, so compare the ratios, not the absolute numbers.
 - Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1024/1024}' /proc/meminfo), $(uname -sr)
 - Servers: PostgreSQL 15, Kafka 4.1 (KRaft, one broker), ClickHouse 18.16, all on loopback, started by \`scripts/deps.sh\`
 - Date: $(date -u +%Y-%m-%d), commit $(git -C "$root" rev-parse --short HEAD)
+- \`make bench\` wrote this file in $took (every section below, in one unattended run, including any preloading)
 
 ## Event → change on a Subscribe stream
 
@@ -159,22 +166,20 @@ and what its floor is.
 
 $tags
 
-## Whole pipeline on the load generator's workload (issue 7)
+## Whole pipeline on the load generator's workload, at 10k, 100k and 1M members (issue 7)
 
 Command: \`membercenter ${pipeline_cmd[*]}\`
 
 \`membercenter loadgen\`'s deterministic omnichannel retailer (several
 identifiers per shopper with deliberate overlaps, Pareto spend, POS / app /
 mini-program mix, refunds, redemptions, check-ins, referrals, reviews, sign-ups
-and about 1% malformed records) is published to scratch topics; the whole
-platform then drains it: ingest, benefit and tag workers, outbox relay, sync
-hub, ClickHouse sink and profile exporter. A row is done when every record is
-either ingested — with its benefit and tag effects, its ClickHouse row and
-every outbox change published — or dead-lettered. Floors, same records, same
-run: a plain franz-go consume → clickhouse-go batch insert, and one PostgreSQL
-upsert per record with four writers. After each drain, Resolve, GetProfile,
-Quote and Commit run open loop at a fixed rate over that many members, beside
-a no-op Health/Check on the same server.
+and about 1% malformed records) over a database of that many members. The
+whole platform (ingest, benefit and tag workers, outbox relay, sync hub,
+ClickHouse sink and profile exporter, every gRPC service) runs in one
+process. A drain is done when every record is either ingested — with its
+benefit and tag effects, its ClickHouse row and every outbox change
+published — or dead-lettered. Each part says what its floor is; the CPU
+profiles of the drains are in \`$p_profiles/\` (\`go tool pprof -top .bin/membercenter $p_profiles/pipeline-1000000.pprof\`).
 
 $pipeline
 MD

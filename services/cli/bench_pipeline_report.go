@@ -10,10 +10,16 @@ import (
 // reportPipeline prints the pipeline scenarios as Markdown.
 func reportPipeline(w io.Writer, rs []pipelineResult, o pipelineOpts) {
 	ratio := func(a, b float64) string {
-		if b == 0 {
+		switch v := a / b; {
+		case b == 0:
 			return "–"
+		case v >= 100:
+			return fmt.Sprintf("%.0f×", v)
+		case v >= 10:
+			return fmt.Sprintf("%.1f×", v)
+		default:
+			return fmt.Sprintf("%.3g×", v)
 		}
-		return fmt.Sprintf("%.3g×", a/b)
 	}
 	fmt.Fprintf(w, "Members: each scenario's database (`membercenter_pipeline_<members>`) holds the generator's shoppers, each preloaded with its phone as a retailer's existing member base (COPY of what `identity` stores, once; later runs reuse it and add what they create).\n\n")
 	fmt.Fprintf(w, "| members | preloaded (this run) | members in the database after the run |\n|---|---|---|\n")

@@ -82,15 +82,22 @@ func profileByPackage(path string, n int) (string, error) {
 	}
 	vi := len(p.SampleType) - 1 // cpu nanoseconds
 	flat, cum := map[string]int64{}, map[string]int64{}
-	var total int64
+	var total, gc, alloc int64
 	for _, s := range p.Sample {
 		v := s.Value[vi]
 		total += v
 		seen := map[string]bool{}
+		inGC, inAlloc := false, false
 		for li, loc := range s.Location {
 			for k, line := range loc.Line {
 				if line.Function == nil {
 					continue
+				}
+				switch line.Function.Name {
+				case "runtime.gcBgMarkWorker", "runtime.gcAssistAlloc", "runtime.bgsweep", "runtime.bgscavenge":
+					inGC = true
+				case "runtime.mallocgc":
+					inAlloc = true
 				}
 				pkg := funcPackage(line.Function.Name)
 				if li == 0 && k == 0 {
@@ -101,6 +108,12 @@ func profileByPackage(path string, n int) (string, error) {
 					cum[pkg] += v
 				}
 			}
+		}
+		if inGC {
+			gc += v
+		}
+		if inAlloc {
+			alloc += v
 		}
 	}
 	if total == 0 {
@@ -122,8 +135,8 @@ func profileByPackage(path string, n int) (string, error) {
 		}
 		return strings.Join(parts, ", ")
 	}
-	return fmt.Sprintf("%.1f s of CPU sampled. Own code by package: %s. Time under each membercenter package (a sample counts once per package on its stack): %s.",
-		time.Duration(total).Seconds(), top(flat, n), top(cum, n)), nil
+	return fmt.Sprintf("%.1f s of CPU sampled, %.0f%% of it allocating (mallocgc) and %.0f%% collecting garbage (mark, assist, sweep, scavenge). Own code by package: %s. Time under each membercenter package (a sample counts once per package on its stack): %s.",
+		time.Duration(total).Seconds(), 100*float64(alloc)/float64(total), 100*float64(gc)/float64(total), top(flat, n), top(cum, n)), nil
 }
 
 // funcPackage is the import path of a function's package:
