@@ -309,7 +309,7 @@ func (s *Service) recompute(ctx context.Context, tx pgx.Tx, m *memberState, kind
 }
 
 // store writes the member's state and, when labels changed, the change
-// (outbox, member_labels, the ClickHouse export queue).
+// (outbox, member_labels' true labels, the ClickHouse export queue).
 func (s *Service) store(ctx context.Context, tx pgx.Tx, m *memberState, labels map[string]any, due time.Time, cause string, ch mcv1.Channel, storeID string) error {
 	c := s.Catalog()
 	now := s.now()
@@ -322,13 +322,14 @@ func (s *Service) store(ctx context.Context, tx pgx.Tx, m *memberState, labels m
 			CauseId: cause, Channel: ch, StoreId: storeID,
 			Change: &mcv1.MemberChange_LabelsChanged{LabelsChanged: &mcv1.LabelsChanged{Labels: diff, CatalogVersion: c.Version}},
 		})
-		var setIDs, setValues, delIDs []string
+		// member_labels is set membership: a row per label that is true.
+		var setIDs, delIDs []string
 		for _, d := range diff {
-			if d.GetCleared() {
-				delIDs = append(delIDs, d.GetLabelId())
-			} else {
-				setIDs = append(setIDs, d.GetLabelId())
-				setValues = append(setValues, FormatValue(labels[d.GetLabelId()]))
+			switch id := d.GetLabelId(); {
+			case labels[id] == true:
+				setIDs = append(setIDs, id)
+			case m.labels[id] == true:
+				delIDs = append(delIDs, id)
 			}
 		}
 		if len(delIDs) > 0 {
@@ -336,9 +337,9 @@ func (s *Service) store(ctx context.Context, tx pgx.Tx, m *memberState, labels m
 		}
 		if len(setIDs) > 0 {
 			b.Queue(`INSERT INTO member_labels (member_id, label_id, value, updated_at)
-				SELECT $1, unnest($2::text[]), unnest($3::text[]), $4
+				SELECT $1, unnest($2::text[]), 'true', $3
 				ON CONFLICT (member_id, label_id) DO UPDATE SET value = EXCLUDED.value, updated_at = EXCLUDED.updated_at`,
-				m.id, setIDs, setValues, now)
+				m.id, setIDs, now)
 		}
 		b.Queue(`INSERT INTO profile_exports (member_id, version) VALUES ($1, $2)
 			ON CONFLICT (member_id) DO UPDATE SET version = EXCLUDED.version, queued_at = now()`, m.id, version)
