@@ -131,7 +131,11 @@ type apiRow struct {
 type pipelineResult struct {
 	members, dbMembers int
 	preload            preloadResult
-	events, malformed  int
+	// Events ingested into the database before the measured pass, and the
+	// unmeasured warm-up pass's drain time when the database was new.
+	history           int
+	warmUp            time.Duration
+	events, malformed int
 	// Dead letters: the malformed records found in the dead-letter topic,
 	// and any other record found there.
 	dlqMalformed, dlqOther int
@@ -174,32 +178,14 @@ func pipelineLogf(format string, args ...any) {
 
 func benchPipeline(ctx context.Context, e *env, members int, o pipelineOpts) (pipelineResult, error) {
 	res := pipelineResult{members: members, events: o.events}
-	r := &pipelineRun{e: e, o: o, members: members, run: fmt.Sprintf("bp%x", time.Now().UnixNano()&0xffffff)}
-	r.kcfg = e.cfg.Kafka
-	r.kcfg.GroupPrefix = r.run
-	r.kcfg.Topics = kafka.Topics{ChannelEvents: r.run + ".channel.events.v1", MemberEvents: r.run + ".member.events.v1",
-		MemberChanges: r.run + ".member.changes.v1", DLQ: r.run + ".dlq.v1"}
-	r.ktel = kafka.Telemetry{Tracers: e.tel.Tracers, Meters: e.tel.Meters, Propagator: e.tel.Propagator, Logger: e.tel.Logger}
-	admin, err := kafka.NewClient(r.kcfg, r.ktel, "")
+	r := &pipelineRun{e: e, o: o, members: members, run: fmt.Sprintf("bp%x", time.Now().UnixNano()&0xffffff),
+		ktel: kafka.Telemetry{Tracers: e.tel.Tracers, Meters: e.tel.Meters, Propagator: e.tel.Propagator, Logger: e.tel.Logger}}
+	floorTopic := r.run + ".floor.v1"
+	closeTopics, err := r.openTopics(ctx, floorTopic)
 	if err != nil {
 		return res, err
 	}
-	defer admin.Close()
-	r.adm = kadm.NewClient(admin.Client)
-	if err := kafka.EnsureTopics(ctx, admin.Client, r.kcfg.Topics); err != nil {
-		return res, err
-	}
-	floorTopic := r.run + ".floor.v1"
-	if _, err := r.adm.CreateTopic(ctx, 1, 1, nil, floorTopic); err != nil {
-		return res, err
-	}
-	defer func() {
-		names := []string{floorTopic}
-		for t := range r.kcfg.Topics.All() {
-			names = append(names, t)
-		}
-		_, _ = r.adm.DeleteTopics(context.Background(), names...)
-	}()
+	defer closeTopics()
 
 	// The retailer's database: this many members, preloaded once.
 	db := fmt.Sprintf("membercenter_pipeline_%d", members)
@@ -209,17 +195,13 @@ func benchPipeline(ctx context.Context, e *env, members int, o pipelineOpts) (pi
 	if err := createDatabase(ctx, e.p.Pool(), db); err != nil {
 		return res, err
 	}
-	pcfg := e.cfg
-	pcfg.Postgres.URL = r.url
-	pcfg.Kafka = r.kcfg
-	if r.p, err = platform.Open(ctx, pcfg, e.tel); err != nil {
+	if err := r.open(ctx); err != nil {
 		return res, err
 	}
 	defer r.p.Close()
 	if err := r.p.Migrate(ctx); err != nil {
 		return res, err
 	}
-	r.g = loadgen.New(loadgen.Config{Seed: o.seed, Members: members, Days: 90, Events: o.events, IDPrefix: r.run, CouponRate: -1})
 	if res.preload, err = r.preload(ctx, db); err != nil {
 		return res, fmt.Errorf("preload: %w", err)
 	}
@@ -227,24 +209,33 @@ func benchPipeline(ctx context.Context, e *env, members int, o pipelineOpts) (pi
 		return res, err
 	}
 	defer r.ch.Close()
-
-	// The workload, published before anything consumes it.
-	if r.producer, err = kafka.NewClient(r.kcfg, r.ktel, "", kgo.ProducerBatchMaxBytes(1<<20)); err != nil {
+	// A retailer's running platform meets members with a history: a
+	// database whose members have none yet first drains one unmeasured pass
+	// of the workload (the same shoppers under other event ids).
+	if err := r.p.Pool().QueryRow(ctx, `SELECT count(*) FROM ingested_events`).Scan(&res.history); err != nil {
 		return res, err
 	}
-	defer r.producer.Close()
-	records := make([]loadgen.Record, o.events)
-	for i := range records {
-		records[i] = r.g.Next()
-		if records[i].Malformed != "" {
-			res.malformed++
+	if res.history < o.events {
+		if res.warmUp, err = r.warm(ctx); err != nil {
+			return res, fmt.Errorf("warm-up pass: %w", err)
+		}
+		if err := r.p.Pool().QueryRow(ctx, `SELECT count(*) FROM ingested_events`).Scan(&res.history); err != nil {
+			return res, err
 		}
 	}
-	for _, rec := range records {
-		r.producer.Produce(ctx, &kgo.Record{Topic: r.kcfg.Topics.ChannelEvents, Key: rec.Key, Value: rec.Value}, nil)
+
+	// The workload, published before anything consumes it.
+	records, err := r.publish(ctx)
+	if r.producer != nil {
+		defer r.producer.Close()
 	}
-	if err := r.producer.Flush(ctx); err != nil {
+	if err != nil {
 		return res, err
+	}
+	for _, rec := range records {
+		if rec.Malformed != "" {
+			res.malformed++
+		}
 	}
 	pipelineLogf("%d members: %d records published (%d malformed)", members, o.events, res.malformed)
 
@@ -288,7 +279,7 @@ func benchPipeline(ctx context.Context, e *env, members int, o pipelineOpts) (pi
 		return res, err
 	}
 	defer letters.close()
-	lag, err := r.drain(ctx, gctx, eg, letters, &res)
+	lag, err := r.drain(ctx, gctx, eg, letters)
 	if err != nil {
 		stopProfile()
 		sessions.stop()
@@ -345,6 +336,120 @@ func benchPipeline(ctx context.Context, e *env, members int, o pipelineOpts) (pi
 	return res, nil
 }
 
+// openTopics creates the run's scratch topics (and extra ones) and returns
+// their removal.
+func (r *pipelineRun) openTopics(ctx context.Context, extra ...string) (func(), error) {
+	r.kcfg = r.e.cfg.Kafka
+	r.kcfg.GroupPrefix = r.run
+	r.kcfg.Topics = kafka.Topics{ChannelEvents: r.run + ".channel.events.v1", MemberEvents: r.run + ".member.events.v1",
+		MemberChanges: r.run + ".member.changes.v1", DLQ: r.run + ".dlq.v1"}
+	admin, err := kafka.NewClient(r.kcfg, r.ktel, "")
+	if err != nil {
+		return nil, err
+	}
+	r.adm = kadm.NewClient(admin.Client)
+	names := extra
+	for t := range r.kcfg.Topics.All() {
+		names = append(names, t)
+	}
+	cleanup := func() {
+		_, _ = r.adm.DeleteTopics(context.Background(), names...)
+		admin.Close()
+	}
+	if err := kafka.EnsureTopics(ctx, admin.Client, r.kcfg.Topics); err != nil {
+		cleanup()
+		return nil, err
+	}
+	for _, t := range extra {
+		if _, err := r.adm.CreateTopic(ctx, 1, 1, nil, t); err != nil {
+			cleanup()
+			return nil, err
+		}
+	}
+	return cleanup, nil
+}
+
+// open builds the platform over the run's database and topics, and the
+// run's workload generator.
+func (r *pipelineRun) open(ctx context.Context) error {
+	pcfg := r.e.cfg
+	pcfg.Postgres.URL = r.url
+	pcfg.Kafka = r.kcfg
+	var err error
+	if r.p, err = platform.Open(ctx, pcfg, r.e.tel); err != nil {
+		return err
+	}
+	r.g = loadgen.New(loadgen.Config{Seed: r.o.seed, Members: r.members, Days: 90, Events: r.o.events, IDPrefix: r.run, CouponRate: -1})
+	return nil
+}
+
+// publish generates the run's records and publishes them to its channel
+// topic.
+func (r *pipelineRun) publish(ctx context.Context) ([]loadgen.Record, error) {
+	var err error
+	if r.producer, err = kafka.NewClient(r.kcfg, r.ktel, "", kgo.ProducerBatchMaxBytes(1<<20)); err != nil {
+		return nil, err
+	}
+	records := make([]loadgen.Record, r.o.events)
+	for i := range records {
+		records[i] = r.g.Next()
+		r.producer.Produce(ctx, &kgo.Record{Topic: r.kcfg.Topics.ChannelEvents, Key: records[i].Key, Value: records[i].Value}, nil)
+	}
+	return records, r.producer.Flush(ctx)
+}
+
+// warm drains one pass of the workload on its own scratch topics and
+// platform, unmeasured.
+func (r *pipelineRun) warm(ctx context.Context) (time.Duration, error) {
+	w := &pipelineRun{e: r.e, o: r.o, members: r.members, run: r.run + "w", url: r.url, ktel: r.ktel, ch: r.ch}
+	closeTopics, err := w.openTopics(ctx)
+	if err != nil {
+		return 0, err
+	}
+	defer closeTopics()
+	if err := w.open(ctx); err != nil {
+		return 0, err
+	}
+	defer w.p.Close()
+	_, err = w.publish(ctx)
+	if w.producer != nil {
+		defer w.producer.Close()
+	}
+	if err != nil {
+		return 0, err
+	}
+	pipelineLogf("%d members: a new database: draining %d records unmeasured first", r.members, r.o.events)
+	start := time.Now()
+	grpcLis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	adminLis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	pctx, stop := context.WithCancel(ctx)
+	defer stop()
+	eg, gctx := errgroup.WithContext(pctx)
+	eg.Go(func() error {
+		return w.p.Run(gctx, platform.Options{Services: platform.AllServices, Stages: platform.AllStages, GRPC: grpcLis, Admin: adminLis})
+	})
+	letters, err := watchDLQ(ctx, w.kcfg, w.ktel)
+	if err != nil {
+		return 0, err
+	}
+	defer letters.close()
+	if _, err := w.drain(ctx, gctx, eg, letters); err != nil {
+		return 0, err
+	}
+	took := time.Since(start)
+	stop()
+	if err := eg.Wait(); err != nil && !errors.Is(err, context.Canceled) {
+		return 0, err
+	}
+	return took, nil
+}
+
 func (r *pipelineRun) profilePath() string {
 	if r.o.profileDir == "" {
 		return ""
@@ -395,7 +500,7 @@ func (r *pipelineRun) preload(ctx context.Context, db string) (preloadResult, er
 
 // drain waits until every record is ingested with all its effects or
 // dead-lettered, sampling consumer lag and memory every 2 s.
-func (r *pipelineRun) drain(ctx, gctx context.Context, eg *errgroup.Group, letters *dlqWatch, res *pipelineResult) ([]string, error) {
+func (r *pipelineRun) drain(ctx, gctx context.Context, eg *errgroup.Group, letters *dlqWatch) ([]string, error) {
 	var lagLine []string
 	tick := time.NewTicker(2 * time.Second)
 	defer tick.Stop()
