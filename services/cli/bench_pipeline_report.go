@@ -59,8 +59,15 @@ func reportPipeline(w io.Writer, rs []pipelineResult, o pipelineOpts) {
 			{"all four", r.cpu.total(), r.floorCPU.total(), r.rss.self + r.rss.postgres + r.rss.kafka + r.rss.clickhouse,
 				r.floorRSS.self + r.floorRSS.postgres + r.floorRSS.kafka + r.floorRSS.clickhouse},
 		}
+		// /proc counts CPU in ticks: a floor that used none used less than
+		// one tick over its events.
+		tick := 1.0 / userHZ / (float64(r.events) / 1000)
 		for _, x := range rows {
-			fmt.Fprintf(w, "| %s | %s | %.2f | %.3f | %s | %d | %d | %s |\n", thousands(int64(r.members)), x.name, x.cpu, x.fl, ratio(x.cpu, x.fl),
+			fl, rat := fmt.Sprintf("%.3f", x.fl), ratio(x.cpu, x.fl)
+			if x.fl == 0 {
+				fl, rat = fmt.Sprintf("< %.3f", tick), "> "+ratio(x.cpu, tick)
+			}
+			fmt.Fprintf(w, "| %s | %s | %.2f | %s | %s | %d | %d | %s |\n", thousands(int64(r.members)), x.name, x.cpu, fl, rat,
 				x.mem, x.fmm, ratio(float64(x.mem), float64(x.fmm)))
 		}
 	}
