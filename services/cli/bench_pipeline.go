@@ -25,11 +25,15 @@ import (
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 
+	"github.com/membercenter/membercenter/pipeline/ingest"
 	"github.com/membercenter/membercenter/pipeline/kafka"
+	"github.com/membercenter/membercenter/pipeline/sink"
+	"github.com/membercenter/membercenter/services/benefits"
 	"github.com/membercenter/membercenter/services/changes"
 	"github.com/membercenter/membercenter/services/identity"
 	"github.com/membercenter/membercenter/services/loadgen"
 	"github.com/membercenter/membercenter/services/platform"
+	"github.com/membercenter/membercenter/services/tags"
 )
 
 func benchPipelineCmd(stdout io.Writer) *cobra.Command {
@@ -537,7 +541,8 @@ func (r *pipelineRun) drain(ctx, gctx context.Context, eg *errgroup.Group, lette
 		case <-gctx.Done():
 			return nil, fmt.Errorf("platform stopped: %w", eg.Wait())
 		case <-deadline:
-			return nil, fmt.Errorf("pipeline did not finish: ingested %d, benefits %d, tags %d, ClickHouse %d, dead letters %d of %d", ingested, benefit, tagged, facts, dlq, n)
+			return nil, fmt.Errorf("pipeline did not finish: ingested %d, benefits %d, tags %d, ClickHouse %d, dead letters %d of %d; lag ingest/benefits/tags/sink %s",
+				ingested, benefit, tagged, facts, dlq, n, stageLags(ctx, r.adm, r.kcfg))
 		case <-tick.C:
 			lagLine = append(lagLine, stageLags(ctx, r.adm, r.kcfg))
 			r.sampleRSS()
@@ -700,30 +705,38 @@ func caughtUp(ctx context.Context, adm *kadm.Client, kcfg kafka.Config) bool {
 	return true
 }
 
-// stageLags sums each stage group's lag.
+// stageLags sums each stage group's lag: the end offsets of the topic the
+// stage consumes (ingest the channel topic, the others the member-events
+// topic; the sink's member-changes topic is left out) less the group's
+// committed offsets (a partition without a commit
+// counts from 0, where the scratch topics start).
 func stageLags(ctx context.Context, adm *kadm.Client, kcfg kafka.Config) string {
-	stages := []string{"ingest", "benefits", "tags", "sink"}
-	groups := make([]string, len(stages))
-	for i, s := range stages {
-		groups[i] = kcfg.Group(s)
-	}
-	lags, err := adm.Lag(ctx, groups...)
+	ends, err := adm.ListEndOffsets(ctx, kcfg.Topics.ChannelEvents, kcfg.Topics.MemberEvents)
 	if err != nil {
 		return "?"
 	}
-	sum := map[string]int64{}
-	lags.Each(func(l kadm.DescribedGroupLag) {
-		for _, parts := range l.Lag {
-			for _, ml := range parts {
-				if ml.Lag > 0 {
-					sum[l.Group] += ml.Lag
-				}
-			}
+	var out []string
+	for _, stage := range []string{ingest.Stage, benefits.Stage, tags.Stage, sink.Stage} {
+		topic := kcfg.Topics.MemberEvents
+		if stage == ingest.Stage {
+			topic = kcfg.Topics.ChannelEvents
 		}
-	})
-	out := make([]string, len(groups))
-	for i, g := range groups {
-		out[i] = strconv.FormatInt(sum[g], 10)
+		committed, err := adm.FetchOffsets(ctx, kcfg.Group(stage))
+		if err != nil {
+			return "?"
+		}
+		var lag int64
+		ends.Each(func(end kadm.ListedOffset) {
+			if end.Topic != topic {
+				return
+			}
+			at := int64(0)
+			if c, ok := committed.Lookup(topic, end.Partition); ok && c.Err == nil && c.At >= 0 {
+				at = c.At
+			}
+			lag += max(end.Offset-at, 0)
+		})
+		out = append(out, strconv.FormatInt(lag, 10))
 	}
 	return strings.Join(out, "/")
 }
