@@ -257,14 +257,6 @@ func benchPipeline(ctx context.Context, e *env, members int, o pipelineOpts) (pi
 	res.floorRSS = sampleRSS()
 
 	// The pipeline drains the backlog.
-	grpcLis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return res, err
-	}
-	adminLis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return res, err
-	}
 	stopProfile, err := startCPUProfile(r.profilePath())
 	if err != nil {
 		return res, err
@@ -272,25 +264,21 @@ func benchPipeline(ctx context.Context, e *env, members int, o pipelineOpts) (pi
 	sessions := sampleSessions(r.url)
 	before = sampleCPU()
 	start := time.Now()
-	pctx, stop := context.WithCancel(ctx)
-	defer stop()
-	eg, gctx := errgroup.WithContext(pctx)
-	eg.Go(func() error {
-		return r.p.Run(gctx, platform.Options{Services: platform.AllServices, Stages: platform.AllStages, GRPC: grpcLis, Admin: adminLis})
-	})
-	letters, err := watchDLQ(ctx, r.kcfg, r.ktel)
+	run, err := r.start(ctx)
 	if err != nil {
+		stopProfile()
+		sessions.stop()
 		return res, err
 	}
-	defer letters.close()
-	lag, err := r.drain(ctx, gctx, eg, letters)
+	defer run.close()
+	lag, err := r.drain(ctx, run)
 	if err != nil {
 		stopProfile()
 		sessions.stop()
 		return res, err
 	}
 	res.drain = time.Since(start)
-	res.dlqMalformed, res.dlqOther = letters.match(records)
+	res.dlqMalformed, res.dlqOther = run.letters.match(records)
 	res.cpu = cpuPer(before, sampleCPU(), per)
 	stopProfile()
 	st := sessions.stop()
@@ -308,7 +296,7 @@ func benchPipeline(ctx context.Context, e *env, members int, o pipelineOpts) (pi
 	pipelineLogf("%d members: %.0f events/s in %s, %d of %d malformed records dead-lettered, %d other dead letters", members, res.rate,
 		res.drain.Round(time.Millisecond), res.dlqMalformed, res.malformed, res.dlqOther)
 
-	if r.conn, err = grpc.NewClient(grpcLis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials())); err != nil {
+	if r.conn, err = grpc.NewClient(run.addr, grpc.WithTransportCredentials(insecure.NewCredentials())); err != nil {
 		return res, err
 	}
 	defer r.conn.Close()
@@ -333,11 +321,7 @@ func benchPipeline(ctx context.Context, e *env, members int, o pipelineOpts) (pi
 	if err := r.p.Pool().QueryRow(ctx, `SELECT count(*) FROM members WHERE status <> 'merged'`).Scan(&res.dbMembers); err != nil {
 		return res, err
 	}
-	stop()
-	if err := eg.Wait(); err != nil && !errors.Is(err, context.Canceled) {
-		return res, err
-	}
-	return res, nil
+	return res, run.close()
 }
 
 // openTopics creates the run's scratch topics (and extra ones) and returns
@@ -424,34 +408,65 @@ func (r *pipelineRun) warm(ctx context.Context) (time.Duration, error) {
 	}
 	pipelineLogf("%d members: a new database: draining %d records unmeasured first", r.members, r.o.events)
 	start := time.Now()
-	grpcLis, err := net.Listen("tcp", "127.0.0.1:0")
+	run, err := w.start(ctx)
 	if err != nil {
 		return 0, err
+	}
+	defer run.close()
+	if _, err := w.drain(ctx, run); err != nil {
+		return 0, err
+	}
+	return time.Since(start), run.close()
+}
+
+// running is a run's platform, started over its database and topics, with
+// the watch of its dead-letter topic.
+type running struct {
+	eg      *errgroup.Group
+	gctx    context.Context
+	stop    context.CancelFunc
+	letters *dlqWatch
+	addr    string // gRPC
+	once    sync.Once
+	err     error
+}
+
+// start runs every stage and service of the run's platform.
+func (r *pipelineRun) start(ctx context.Context) (*running, error) {
+	grpcLis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
 	}
 	adminLis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return 0, err
+		grpcLis.Close()
+		return nil, err
+	}
+	letters, err := watchDLQ(ctx, r.kcfg, r.ktel)
+	if err != nil {
+		grpcLis.Close()
+		adminLis.Close()
+		return nil, err
 	}
 	pctx, stop := context.WithCancel(ctx)
-	defer stop()
 	eg, gctx := errgroup.WithContext(pctx)
 	eg.Go(func() error {
-		return w.p.Run(gctx, platform.Options{Services: platform.AllServices, Stages: platform.AllStages, GRPC: grpcLis, Admin: adminLis})
+		return r.p.Run(gctx, platform.Options{Services: platform.AllServices, Stages: platform.AllStages, GRPC: grpcLis, Admin: adminLis})
 	})
-	letters, err := watchDLQ(ctx, w.kcfg, w.ktel)
-	if err != nil {
-		return 0, err
-	}
-	defer letters.close()
-	if _, err := w.drain(ctx, gctx, eg, letters); err != nil {
-		return 0, err
-	}
-	took := time.Since(start)
-	stop()
-	if err := eg.Wait(); err != nil && !errors.Is(err, context.Canceled) {
-		return 0, err
-	}
-	return took, nil
+	return &running{eg: eg, gctx: gctx, stop: stop, letters: letters, addr: grpcLis.Addr().String()}, nil
+}
+
+// close stops the platform and the watch (once) and says why the platform
+// ended if not because it was stopped.
+func (p *running) close() error {
+	p.once.Do(func() {
+		p.stop()
+		p.letters.close()
+		if err := p.eg.Wait(); err != nil && !errors.Is(err, context.Canceled) {
+			p.err = err
+		}
+	})
+	return p.err
 }
 
 func (r *pipelineRun) profilePath() string {
@@ -504,7 +519,7 @@ func (r *pipelineRun) preload(ctx context.Context, db string) (preloadResult, er
 
 // drain waits until every record is ingested with all its effects or
 // dead-lettered, sampling consumer lag and memory every 2 s.
-func (r *pipelineRun) drain(ctx, gctx context.Context, eg *errgroup.Group, letters *dlqWatch) ([]string, error) {
+func (r *pipelineRun) drain(ctx context.Context, run *running) ([]string, error) {
 	var lagLine []string
 	tick := time.NewTicker(2 * time.Second)
 	defer tick.Stop()
@@ -521,7 +536,7 @@ func (r *pipelineRun) drain(ctx, gctx context.Context, eg *errgroup.Group, lette
 		if err != nil {
 			return nil, err
 		}
-		dlq := letters.count()
+		dlq := run.letters.count()
 		var facts uint64
 		if err := r.ch.QueryRow(ctx, `SELECT count() FROM member_events WHERE event_id LIKE ?`, like).Scan(&facts); err != nil {
 			return nil, fmt.Errorf("count ClickHouse rows: %w", err)
@@ -538,8 +553,8 @@ func (r *pipelineRun) drain(ctx, gctx context.Context, eg *errgroup.Group, lette
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
-		case <-gctx.Done():
-			return nil, fmt.Errorf("platform stopped: %w", eg.Wait())
+		case <-run.gctx.Done():
+			return nil, fmt.Errorf("platform stopped: %w", run.eg.Wait())
 		case <-deadline:
 			return nil, fmt.Errorf("pipeline did not finish: ingested %d, benefits %d, tags %d, ClickHouse %d, dead letters %d of %d; lag ingest/benefits/tags/sink %s",
 				ingested, benefit, tagged, facts, dlq, n, stageLags(ctx, r.adm, r.kcfg))
