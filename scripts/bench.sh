@@ -4,7 +4,7 @@
 # same run on the same servers; the machine is noisy, so read the ratios.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-bin="${1:-$root/.bin/membercenter}"
+bin="$(realpath "${1:-$root/.bin/membercenter}")"
 out="$root/BENCHMARKS.md"
 events="${BENCH_EVENTS:-1000}"
 rate="${BENCH_RATE:-200}"

@@ -107,8 +107,10 @@ func (r *pipelineRun) freshness(ctx context.Context, floorTopic string) (freshRe
 		return res, err
 	}
 
-	sctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	// The stream has its own context: ending it at the timeout must not
+	// cancel the other checkers mid-query.
+	sctx, cancelStream := context.WithCancel(ctx)
+	defer cancelStream()
 	stream, err := mcv1.NewSyncServiceClient(r.conn).Subscribe(sctx, &mcv1.SubscribeRequest{})
 	if err != nil {
 		return res, err
@@ -143,7 +145,13 @@ func (r *pipelineRun) freshness(ctx context.Context, floorTopic string) (freshRe
 		return out
 	}
 	prefix := r.run + "-fr-"
-	g, gctx := errgroup.WithContext(sctx)
+	g, gctx := errgroup.WithContext(ctx)
+	// Every checker is done before the listen connection closes, also when
+	// publishing fails (ctx ended: the checkers end with it).
+	defer func() {
+		cancelStream()
+		_ = g.Wait()
+	}()
 	g.Go(func() error { // (a) the change stream
 		for got := 0; got < n; {
 			msg, err := stream.Recv()
@@ -276,7 +284,7 @@ func (r *pipelineRun) freshness(ctx context.Context, floorTopic string) (freshRe
 		defer t.Stop()
 		for range t.C {
 			if expired() || gctx.Err() != nil {
-				cancel()
+				cancelStream()
 				return
 			}
 		}

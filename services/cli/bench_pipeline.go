@@ -182,6 +182,7 @@ func pipelineLogf(format string, args ...any) {
 
 func benchPipeline(ctx context.Context, e *env, members int, o pipelineOpts) (pipelineResult, error) {
 	res := pipelineResult{members: members, events: o.events}
+	resetPeakRSS()
 	r := &pipelineRun{e: e, o: o, members: members, run: fmt.Sprintf("bp%x", time.Now().UnixNano()&0xffffff),
 		ktel: kafka.Telemetry{Tracers: e.tel.Tracers, Meters: e.tel.Meters, Propagator: e.tel.Propagator, Logger: e.tel.Logger}}
 	floorTopic := r.run + ".floor.v1"

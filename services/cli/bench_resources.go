@@ -63,8 +63,13 @@ func procKiB(path, key string) int {
 	return 0
 }
 
-// peakRSSMiB is this process's peak resident set (VmHWM).
+// peakRSSMiB is this process's peak resident set (VmHWM) since the last
+// resetPeakRSS.
 func peakRSSMiB() int { return procKiB("/proc/self/status", "VmHWM:") / 1024 }
+
+// resetPeakRSS starts VmHWM again from the current resident set, so each
+// scenario's peak is its own.
+func resetPeakRSS() { _ = os.WriteFile("/proc/self/clear_refs", []byte("5"), 0) }
 
 // profileByPackage summarises a CPU profile: the share of CPU spent in each
 // package's own code (flat, the innermost frame; the top n), then the share

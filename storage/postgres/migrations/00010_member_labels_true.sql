@@ -9,5 +9,8 @@
 DELETE FROM member_labels WHERE value <> 'true';
 
 -- +goose Down
--- The other values are rebuilt by `membercenter tags backfill`.
-SELECT 1;
+-- Every value again, one row per label, from the current label vectors.
+INSERT INTO member_labels (member_id, label_id, value, updated_at)
+SELECT f.member_id, l.key, l.value, f.updated_at
+  FROM member_features f, jsonb_each_text(f.labels) l
+    ON CONFLICT (member_id, label_id) DO UPDATE SET value = EXCLUDED.value;
