@@ -702,46 +702,31 @@ func (w *dlqWatch) close() {
 	w.cl.Close()
 }
 
-// caughtUp says whether every stage's group has committed everything: a
-// consumer of a transactional topic (member.events.v1, written by ingest in
-// Kafka transactions) stays one offset behind per partition, the commit
-// marker, which it never receives.
-func caughtUp(ctx context.Context, adm *kadm.Client, kcfg kafka.Config) bool {
-	ends, err := adm.ListEndOffsets(ctx, kcfg.Topics.MemberEvents)
-	if err != nil {
-		return false
-	}
-	markers := int64(len(ends.Offsets()[kcfg.Topics.MemberEvents]))
-	for i, l := range strings.Split(stageLags(ctx, adm, kcfg), "/") {
-		v, err := strconv.ParseInt(l, 10, 64)
-		if err != nil || (i == 0 && v != 0) || v > markers {
-			return false
-		}
-	}
-	return true
-}
+// pipelineStages are the consumer groups a drain waits for, in the order
+// the lag is printed.
+var pipelineStages = []string{ingest.Stage, benefits.Stage, tags.Stage, sink.Stage}
 
-// stageLags sums each stage group's lag: the end offsets of the topic the
-// stage consumes (ingest the channel topic, the others the member-events
-// topic; the sink's member-changes topic is left out) less the group's
-// committed offsets (a partition without a commit
-// counts from 0, where the scratch topics start).
-func stageLags(ctx context.Context, adm *kadm.Client, kcfg kafka.Config) string {
+// partitionLags is, per stage, each partition's lag: the end offset of the
+// topic the stage consumes (ingest the channel topic, the others the
+// member-events topic; the sink's member-changes topic is left out) less the
+// group's committed offset (a partition without a commit counts from 0,
+// where the scratch topics start).
+func partitionLags(ctx context.Context, adm *kadm.Client, kcfg kafka.Config) (map[string]map[int32]int64, error) {
 	ends, err := adm.ListEndOffsets(ctx, kcfg.Topics.ChannelEvents, kcfg.Topics.MemberEvents)
 	if err != nil {
-		return "?"
+		return nil, err
 	}
-	var out []string
-	for _, stage := range []string{ingest.Stage, benefits.Stage, tags.Stage, sink.Stage} {
+	out := map[string]map[int32]int64{}
+	for _, stage := range pipelineStages {
 		topic := kcfg.Topics.MemberEvents
 		if stage == ingest.Stage {
 			topic = kcfg.Topics.ChannelEvents
 		}
 		committed, err := adm.FetchOffsets(ctx, kcfg.Group(stage))
 		if err != nil {
-			return "?"
+			return nil, err
 		}
-		var lag int64
+		out[stage] = map[int32]int64{}
 		ends.Each(func(end kadm.ListedOffset) {
 			if end.Topic != topic {
 				return
@@ -750,9 +735,44 @@ func stageLags(ctx context.Context, adm *kadm.Client, kcfg kafka.Config) string 
 			if c, ok := committed.Lookup(topic, end.Partition); ok && c.Err == nil && c.At >= 0 {
 				at = c.At
 			}
-			lag += max(end.Offset-at, 0)
+			out[stage][end.Partition] = max(end.Offset-at, 0)
 		})
-		out = append(out, strconv.FormatInt(lag, 10))
+	}
+	return out, nil
+}
+
+// caughtUp says whether every stage's group has committed everything: a
+// consumer of a transactional topic (member.events.v1, written by ingest in
+// Kafka transactions) stays one offset behind on each partition with data,
+// the last commit marker, which it never receives.
+func caughtUp(ctx context.Context, adm *kadm.Client, kcfg kafka.Config) bool {
+	lags, err := partitionLags(ctx, adm, kcfg)
+	if err != nil {
+		return false
+	}
+	for stage, parts := range lags {
+		for _, lag := range parts {
+			if lag > 1 || (stage == ingest.Stage && lag > 0) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// stageLags sums each stage's partition lags, "ingest/benefits/tags/sink".
+func stageLags(ctx context.Context, adm *kadm.Client, kcfg kafka.Config) string {
+	lags, err := partitionLags(ctx, adm, kcfg)
+	if err != nil {
+		return "?"
+	}
+	out := make([]string, len(pipelineStages))
+	for i, stage := range pipelineStages {
+		var sum int64
+		for _, lag := range lags[stage] {
+			sum += lag
+		}
+		out[i] = strconv.FormatInt(sum, 10)
 	}
 	return strings.Join(out, "/")
 }
