@@ -108,12 +108,7 @@ func (b *latencyBench) run(ctx context.Context) error {
 	cfg := b.e.cfg
 	run := fmt.Sprintf("bench%x", time.Now().UnixNano()&0xffffffff)
 	// Scratch topics and groups: a clean, unshared pipeline for this run.
-	kcfg := cfg.Kafka
-	kcfg.GroupPrefix = run
-	kcfg.Topics = kafka.Topics{
-		ChannelEvents: run + ".channel.events.v1", MemberEvents: run + ".member.events.v1",
-		MemberChanges: run + ".member.changes.v1", DLQ: run + ".dlq.v1",
-	}
+	kcfg := scratchKafka(cfg.Kafka, run)
 	floorTopic := run + ".floor.v1"
 	ktel := kafka.Telemetry{Tracers: b.e.tel.Tracers, Meters: b.e.tel.Meters, Propagator: b.e.tel.Propagator, Logger: b.e.tel.Logger}
 	admin, err := kafka.NewClient(kcfg, ktel, "")

@@ -932,6 +932,7 @@ type kafkaResult struct {
 	floorJoin, workerJoin time.Duration // start → first record handled
 	floorUse, workerUse   phaseUse
 	workerErrs            int64
+	wall                  time.Duration // worker start → every record applied
 }
 
 // countingApplier is the benefits applier, counting what it applied.
@@ -963,13 +964,48 @@ func (c *countingApplier) Apply(ctx context.Context, ev *mcv1.MemberEvent) error
 // once with a plain franz-go client (the floor), then runs the benefit
 // worker over them until every one is applied.
 func (b *benefitsBench) kafkaPath(ctx context.Context) (kafkaResult, error) {
-	res := kafkaResult{events: b.kafkaEvents}
-	kcfg := b.e.cfg.Kafka
-	kcfg.GroupPrefix = b.runID
+	return b.workerOverKafka(ctx, kafkaWorkerRun{
+		kcfg: scratchKafka(b.e.cfg.Kafka, b.runID), stage: benefits.Stage, applier: b.svc, events: b.kafkaEvents,
+		event: func(i int) (uuid.UUID, *mcv1.MemberEvent) {
+			member := b.warmed[rand.IntN(len(b.warmed))]
+			return member, benchEvent(fmt.Sprintf("%s-kafka-%d", b.runID, i), member)
+		},
+		limit: 10 * time.Minute, logf: b.logf,
+	})
+}
+
+// scratchKafka is the configured Kafka with topics and groups of its own,
+// named after prefix.
+func scratchKafka(kcfg kafka.Config, prefix string) kafka.Config {
+	kcfg.GroupPrefix = prefix
 	kcfg.Topics = kafka.Topics{
-		ChannelEvents: b.runID + ".channel.events.v1", MemberEvents: b.runID + ".member.events.v1",
-		MemberChanges: b.runID + ".member.changes.v1", DLQ: b.runID + ".dlq.v1",
+		ChannelEvents: prefix + ".channel.events.v1", MemberEvents: prefix + ".member.events.v1",
+		MemberChanges: prefix + ".member.changes.v1", DLQ: prefix + ".dlq.v1",
 	}
+	return kcfg
+}
+
+// kafkaWorkerRun is one worker-over-Kafka measurement: events member events
+// (event(i) gives the key member and the event) on kcfg's scratch
+// member-events topic, for the stage's worker over applier, which must
+// apply them all within limit.
+type kafkaWorkerRun struct {
+	kcfg    kafka.Config
+	stage   string
+	applier worker.Applier
+	events  int
+	event   func(i int) (uuid.UUID, *mcv1.MemberEvent)
+	limit   time.Duration
+	logf    func(format string, args ...any)
+}
+
+// workerOverKafka publishes the run's events keyed by member, consumes them
+// once with a plain franz-go client (the floor), then runs the stage's
+// worker (worker.New, as platform.Run builds it) until every one is
+// applied, and removes the scratch topics and group.
+func (b *benefitsBench) workerOverKafka(ctx context.Context, run kafkaWorkerRun) (kafkaResult, error) {
+	res := kafkaResult{events: run.events}
+	kcfg := run.kcfg
 	topic := kcfg.Topics.MemberEvents
 	ktel := kafka.Telemetry{Tracers: b.e.tel.Tracers, Meters: b.e.tel.Meters, Propagator: b.e.tel.Propagator, Logger: b.e.tel.Logger}
 	admin, err := kafka.NewClient(kcfg, ktel, "")
@@ -987,10 +1023,10 @@ func (b *benefitsBench) kafkaPath(ctx context.Context) (kafkaResult, error) {
 			names = append(names, n)
 		}
 		_, _ = adm.DeleteTopics(context.Background(), names...)
-		_, _ = adm.DeleteGroups(context.Background(), kcfg.Group(benefits.Stage))
+		_, _ = adm.DeleteGroups(context.Background(), kcfg.Group(run.stage))
 	}()
 
-	b.logf("kafka: publishing %d member events to %s", b.kafkaEvents, topic)
+	run.logf("kafka: publishing %d member events to %s", run.events, topic)
 	producer, err := kafka.NewClient(kcfg, ktel, "")
 	if err != nil {
 		return res, err
@@ -998,9 +1034,9 @@ func (b *benefitsBench) kafkaPath(ctx context.Context) (kafkaResult, error) {
 	defer producer.Close()
 	start := time.Now()
 	var produceErr atomic.Pointer[error]
-	for i := range b.kafkaEvents {
-		member := b.warmed[rand.IntN(len(b.warmed))]
-		v, err := proto.Marshal(benchEvent(fmt.Sprintf("%s-kafka-%d", b.runID, i), member))
+	for i := range run.events {
+		member, ev := run.event(i)
+		v, err := proto.Marshal(ev)
 		if err != nil {
 			return res, err
 		}
@@ -1019,7 +1055,7 @@ func (b *benefitsBench) kafkaPath(ctx context.Context) (kafkaResult, error) {
 	res.publish = time.Since(start)
 
 	// Floor: the same records through a plain consumer, no logic.
-	b.logf("kafka floor: plain franz-go consume of %d records", b.kafkaEvents)
+	run.logf("kafka floor: plain franz-go consume of %d records", run.events)
 	consumer, err := kafka.NewClient(kcfg, ktel, "", kgo.ConsumeTopics(topic),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.FetchIsolationLevel(kgo.ReadCommitted()))
 	if err != nil {
@@ -1029,7 +1065,7 @@ func (b *benefitsBench) kafkaPath(ctx context.Context) (kafkaResult, error) {
 	start = time.Now()
 	var first, last time.Time
 	cctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-	for got := 0; got < b.kafkaEvents && cctx.Err() == nil; {
+	for got := 0; got < run.events && cctx.Err() == nil; {
 		fetches := consumer.PollFetches(cctx)
 		if n := fetches.NumRecords(); n > 0 {
 			last = time.Now()
@@ -1048,10 +1084,10 @@ func (b *benefitsBench) kafkaPath(ctx context.Context) (kafkaResult, error) {
 	}
 	res.floor, res.floorJoin = last.Sub(start), first.Sub(start)
 
-	// The benefit worker, built as platform.Run builds it.
-	b.logf("kafka: benefit worker over %d events", b.kafkaEvents)
-	counter := &countingApplier{a: b.svc, want: int64(b.kafkaEvents), done: make(chan struct{})}
-	w, err := worker.New(kcfg, ktel, benefits.Stage, counter)
+	// The worker, built as platform.Run builds it.
+	run.logf("kafka: %s worker over %d events", run.stage, run.events)
+	counter := &countingApplier{a: run.applier, want: int64(run.events), done: make(chan struct{})}
+	w, err := worker.New(kcfg, ktel, run.stage, counter)
 	if err != nil {
 		return res, err
 	}
@@ -1061,21 +1097,22 @@ func (b *benefitsBench) kafkaPath(ctx context.Context) (kafkaResult, error) {
 	start = time.Now()
 	runErr := make(chan error, 1)
 	go func() { runErr <- w.Run(wctx) }()
-	limit := time.NewTimer(10 * time.Minute)
+	limit := time.NewTimer(run.limit)
 	defer limit.Stop()
 	select {
 	case <-counter.done:
 	case err := <-runErr:
 		w.Close()
-		return res, fmt.Errorf("worker stopped after %d of %d events: %v", counter.n.Load(), b.kafkaEvents, err)
+		return res, fmt.Errorf("worker stopped after %d of %d events: %v", counter.n.Load(), run.events, err)
 	case <-limit.C:
 		stop()
 		<-runErr
 		w.Close()
-		return res, fmt.Errorf("worker applied %d of %d events in 10 minutes", counter.n.Load(), b.kafkaEvents)
+		return res, fmt.Errorf("worker applied %d of %d events in %s", counter.n.Load(), run.events, run.limit)
 	case <-ctx.Done():
 		return res, ctx.Err()
 	}
+	res.wall = time.Since(start)
 	res.workerUse = b.since(mark)
 	stop()
 	<-runErr

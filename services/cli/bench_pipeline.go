@@ -328,10 +328,7 @@ func benchPipeline(ctx context.Context, e *env, members int, o pipelineOpts) (pi
 // openTopics creates the run's scratch topics (and extra ones) and returns
 // their removal.
 func (r *pipelineRun) openTopics(ctx context.Context, extra ...string) (func(), error) {
-	r.kcfg = r.e.cfg.Kafka
-	r.kcfg.GroupPrefix = r.run
-	r.kcfg.Topics = kafka.Topics{ChannelEvents: r.run + ".channel.events.v1", MemberEvents: r.run + ".member.events.v1",
-		MemberChanges: r.run + ".member.changes.v1", DLQ: r.run + ".dlq.v1"}
+	r.kcfg = scratchKafka(r.e.cfg.Kafka, r.run)
 	admin, err := kafka.NewClient(r.kcfg, r.ktel, "")
 	if err != nil {
 		return nil, err

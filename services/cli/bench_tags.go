@@ -42,7 +42,6 @@ import (
 	"github.com/membercenter/membercenter/storage/postgres"
 
 	"github.com/membercenter/membercenter/pipeline/kafka"
-	"github.com/membercenter/membercenter/pipeline/worker"
 	"github.com/membercenter/membercenter/services/facts"
 	"github.com/membercenter/membercenter/services/platform"
 	"github.com/membercenter/membercenter/services/tags"
@@ -226,13 +225,7 @@ func (b *tagsBench) ktel() kafka.Telemetry {
 
 // scratchKafka is the configured Kafka with topics and groups of its own.
 func (b *tagsBench) scratchKafka(prefix string) kafka.Config {
-	kcfg := b.e.cfg.Kafka
-	kcfg.GroupPrefix = prefix
-	kcfg.Topics = kafka.Topics{
-		ChannelEvents: prefix + ".channel.events.v1", MemberEvents: prefix + ".member.events.v1",
-		MemberChanges: prefix + ".member.changes.v1", DLQ: prefix + ".dlq.v1",
-	}
-	return kcfg
+	return scratchKafka(b.e.cfg.Kafka, prefix)
 }
 
 // tagsReport is everything the run measured.
@@ -721,125 +714,23 @@ func startCPUProfile(path string) (func(), error) {
 // franz-go client (the floor), then runs the tag worker over them until
 // every one is applied.
 func (b *tagsBench) kafkaPath(ctx context.Context) (kafkaResult, error) {
-	res := kafkaResult{events: b.kafkaEvents}
 	kcfg := b.scratchKafka(b.runID + "k")
-	topic := kcfg.Topics.MemberEvents
-	ktel := b.ktel()
-	admin, err := kafka.NewClient(kcfg, ktel, "")
-	if err != nil {
-		return res, err
-	}
-	defer admin.Close()
-	adm := kadm.NewClient(admin.Client)
-	if err := kafka.EnsureTopics(ctx, admin.Client, kcfg.Topics); err != nil {
-		return res, err
-	}
-	defer func() {
-		names := []string{}
-		for n := range kcfg.Topics.All() {
-			names = append(names, n)
-		}
-		_, _ = adm.DeleteTopics(context.Background(), names...)
-		_, _ = adm.DeleteGroups(context.Background(), kcfg.Group(tags.Stage))
-	}()
-
-	b.logf("kafka: publishing %d member events to %s", b.kafkaEvents, topic)
-	producer, err := kafka.NewClient(kcfg, ktel, "")
-	if err != nil {
-		return res, err
-	}
-	defer producer.Close()
-	start := time.Now()
-	now := time.Now()
-	var produceErr atomic.Pointer[error]
-	for i := range b.kafkaEvents {
-		member := b.used[rand.IntN(len(b.used))]
-		v, err := proto.Marshal(b.gen.event(fmt.Sprintf("%s-kafka-%d", b.runID, i), member, now, true))
-		if err != nil {
-			return res, err
-		}
-		producer.Produce(ctx, &kgo.Record{Topic: topic, Key: []byte(member.String()), Value: v}, func(_ *kgo.Record, err error) {
-			if err != nil {
-				produceErr.CompareAndSwap(nil, &err)
-			}
-		})
-	}
-	if err := producer.Flush(ctx); err != nil {
-		return res, err
-	}
-	if p := produceErr.Load(); p != nil {
-		return res, fmt.Errorf("produce: %w", *p)
-	}
-	res.publish = time.Since(start)
-
-	b.logf("kafka floor: plain franz-go consume of %d records", b.kafkaEvents)
-	consumer, err := kafka.NewClient(kcfg, ktel, "", kgo.ConsumeTopics(topic),
-		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.FetchIsolationLevel(kgo.ReadCommitted()))
-	if err != nil {
-		return res, err
-	}
-	mark := b.h.mark()
-	start = time.Now()
-	var first, last time.Time
-	cctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-	for got := 0; got < b.kafkaEvents && cctx.Err() == nil; {
-		fetches := consumer.PollFetches(cctx)
-		if n := fetches.NumRecords(); n > 0 {
-			last = time.Now()
-			if got == 0 {
-				first = last
-			}
-			got += n
-		}
-	}
-	res.floorUse = b.h.since(mark)
-	floorErr := cctx.Err()
-	cancel()
-	consumer.Close()
-	if floorErr != nil {
-		return res, fmt.Errorf("floor consumer: %w", floorErr)
-	}
-	res.floor, res.floorJoin = last.Sub(start), first.Sub(start)
-
-	b.logf("kafka: tag worker over %d events", b.kafkaEvents)
-	counter := &countingApplier{a: b.svc, want: int64(b.kafkaEvents), done: make(chan struct{})}
-	inFlight := &tagInFlight{topic: topic}
+	inFlight := &tagInFlight{topic: kcfg.Topics.MemberEvents}
 	b.e.tel.Tracers.RegisterSpanProcessor(inFlight)
 	defer b.e.tel.Tracers.UnregisterSpanProcessor(inFlight)
-	w, err := worker.New(kcfg, ktel, tags.Stage, counter)
+	now := time.Now()
+	res, err := b.h.workerOverKafka(ctx, kafkaWorkerRun{
+		kcfg: kcfg, stage: tags.Stage, applier: b.svc, events: b.kafkaEvents,
+		event: func(i int) (uuid.UUID, *mcv1.MemberEvent) {
+			member := b.used[rand.IntN(len(b.used))]
+			return member, b.gen.event(fmt.Sprintf("%s-kafka-%d", b.runID, i), member, now, true)
+		},
+		limit: 5 * time.Minute, logf: b.logf,
+	})
 	if err != nil {
 		return res, err
 	}
-	wctx, stop := context.WithCancel(ctx)
-	defer stop()
-	mark = b.h.mark()
-	start = time.Now()
-	runErr := make(chan error, 1)
-	go func() { runErr <- w.Run(wctx) }()
-	limit := time.NewTimer(5 * time.Minute)
-	defer limit.Stop()
-	select {
-	case <-counter.done:
-	case err := <-runErr:
-		w.Close()
-		return res, fmt.Errorf("worker stopped after %d of %d events: %v", counter.n.Load(), b.kafkaEvents, err)
-	case <-limit.C:
-		stop()
-		<-runErr
-		w.Close()
-		return res, fmt.Errorf("worker applied %d of %d events in 5 minutes", counter.n.Load(), b.kafkaEvents)
-	case <-ctx.Done():
-		return res, ctx.Err()
-	}
-	wall := time.Since(start)
-	res.workerUse = b.h.since(mark)
-	stop()
-	<-runErr
-	w.Close()
-	res.worker = time.Duration(counter.last.Load() - counter.first.Load())
-	res.workerJoin = time.Unix(0, counter.first.Load()).Sub(start)
-	res.workerErrs = counter.errs.Load()
-	b.inFlight = float64(inFlight.ns.Load()) / float64(wall)
+	b.inFlight = float64(inFlight.ns.Load()) / float64(res.wall)
 	b.logf("kafka: worker %.0f events/s, floor %.0f records/s", float64(b.kafkaEvents-1)/res.worker.Seconds(), float64(b.kafkaEvents)/res.floor.Seconds())
 	return res, nil
 }
