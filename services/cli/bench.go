@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"path/filepath"
 	"runtime"
 	"slices"
 	"strconv"
@@ -54,13 +53,7 @@ streams (no filter: every stream receives every change), publishes
 --fanout-events more events at --fanout-rate, and times each event's points
 change on every stream: the fan-out table, one row per number of streams.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			logPath := filepath.Join(os.TempDir(), "membercenter-bench.log")
-			logFile, err := os.Create(logPath)
-			if err != nil {
-				return err
-			}
-			defer logFile.Close()
-			e, done, err := setup(cmd.Context(), logFile)
+			e, _, done, err := setupLogged(cmd.Context(), "membercenter-bench")
 			if err != nil {
 				return err
 			}

@@ -9,7 +9,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
-	"path/filepath"
 	"runtime"
 	"runtime/pprof"
 	"slices"
@@ -77,13 +76,7 @@ published to a scratch member-events topic and consumed by the benefit worker
 (worker.New with the benefits applier), beside a plain franz-go consume of the
 same topic. Prints Markdown; progress goes to stderr.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			logPath := filepath.Join(os.TempDir(), "membercenter-bench-benefits.log")
-			logFile, err := os.Create(logPath)
-			if err != nil {
-				return err
-			}
-			defer logFile.Close()
-			e, done, err := setup(cmd.Context(), logFile)
+			e, logPath, done, err := setupLogged(cmd.Context(), "membercenter-bench-benefits")
 			if err != nil {
 				return err
 			}

@@ -67,13 +67,7 @@ With --cpuprofile DIR, membercenter's CPU profile of each drain is written
 there and summarised by package, beside the PostgreSQL statements sampled
 while it ran.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			logPath := filepath.Join(os.TempDir(), "membercenter-bench-pipeline.log")
-			logFile, err := os.Create(logPath)
-			if err != nil {
-				return err
-			}
-			defer logFile.Close()
-			e, done, err := setup(cmd.Context(), logFile)
+			e, _, done, err := setupLogged(cmd.Context(), "membercenter-bench-pipeline")
 			if err != nil {
 				return err
 			}

@@ -8,7 +8,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
-	"path/filepath"
 	"runtime"
 	"runtime/pprof"
 	"sort"
@@ -61,13 +60,7 @@ counts from each request's intended send time. Last, --merges Merge calls
 of fresh pairs of preloaded members, closed loop. Prints Markdown; progress
 goes to stderr.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			logPath := filepath.Join(os.TempDir(), "membercenter-bench-resolve.log")
-			logFile, err := os.Create(logPath)
-			if err != nil {
-				return err
-			}
-			defer logFile.Close()
-			e, done, err := setup(cmd.Context(), logFile)
+			e, logPath, done, err := setupLogged(cmd.Context(), "membercenter-bench-resolve")
 			if err != nil {
 				return err
 			}

@@ -10,7 +10,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
-	"path/filepath"
 	"runtime"
 	"runtime/pprof"
 	"slices"
@@ -105,13 +104,7 @@ is the one the server runs (the newest loaded, else the shipped one).
 
 Prints Markdown; progress goes to stderr.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			logPath := filepath.Join(os.TempDir(), "membercenter-bench-tags.log")
-			logFile, err := os.Create(logPath)
-			if err != nil {
-				return err
-			}
-			defer logFile.Close()
-			e, done, err := setup(cmd.Context(), logFile)
+			e, logPath, done, err := setupLogged(cmd.Context(), "membercenter-bench-tags")
 			if err != nil {
 				return err
 			}

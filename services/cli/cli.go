@@ -6,6 +6,8 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -65,6 +67,22 @@ func setup(ctx context.Context, logOut io.Writer) (*env, func(), error) {
 		_ = tel.Shutdown(sctx)
 	}
 	return &env{cfg: cfg, tel: tel, p: p}, cleanup, nil
+}
+
+// setupLogged is setup with the platform's log in a fresh file named
+// <name>.log in the temporary directory; done also closes the file.
+func setupLogged(ctx context.Context, name string) (*env, string, func(), error) {
+	logPath := filepath.Join(os.TempDir(), name+".log")
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		return nil, "", nil, err
+	}
+	e, done, err := setup(ctx, logFile)
+	if err != nil {
+		logFile.Close()
+		return nil, "", nil, err
+	}
+	return e, logPath, func() { done(); logFile.Close() }, nil
 }
 
 func serveCmd(logOut io.Writer) *cobra.Command {

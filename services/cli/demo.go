@@ -8,8 +8,6 @@ import (
 	"maps"
 	"math/rand/v2"
 	"net"
-	"os"
-	"path/filepath"
 	"reflect"
 	"slices"
 	"sort"
@@ -44,13 +42,7 @@ func demoCmd(stdout, stderr io.Writer) *cobra.Command {
 		Use:   "demo",
 		Short: "Run the whole platform with a short simulated omnichannel workload and show what happened",
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			logPath := filepath.Join(os.TempDir(), "membercenter-demo.log")
-			logFile, err := os.Create(logPath)
-			if err != nil {
-				return err
-			}
-			defer logFile.Close()
-			e, done, err := setup(cmd.Context(), logFile)
+			e, logPath, done, err := setupLogged(cmd.Context(), "membercenter-demo")
 			if err != nil {
 				return err
 			}
