@@ -149,27 +149,43 @@ func refsJSON(refs []*mcv1.IdentifierRef) string {
 	return string(b)
 }
 
-// EventType names a member event's payload: "transaction", "check_in", …
+// Kinds of member event payloads, as EventType names them: the vocabulary
+// of ClickHouse's member_events.event_type, the tag engine's facts and the
+// load generator's records.
+const (
+	KindTransaction = "transaction"
+	KindRefund      = "refund"
+	KindVisit       = "visit"
+	KindBrowse      = "browse"
+	KindSignUp      = "sign_up"
+	KindCheckIn     = "check_in"
+	KindShare       = "share"
+	KindReferral    = "referral"
+	KindReview      = "review"
+)
+
+// EventType names a member event's payload: KindTransaction, KindCheckIn, …
+// ("unknown" without one).
 func EventType(m *mcv1.MemberEvent) string {
 	switch m.GetPayload().(type) {
 	case *mcv1.MemberEvent_Transaction:
-		return "transaction"
+		return KindTransaction
 	case *mcv1.MemberEvent_Refund:
-		return "refund"
+		return KindRefund
 	case *mcv1.MemberEvent_Visit:
-		return "visit"
+		return KindVisit
 	case *mcv1.MemberEvent_Browse:
-		return "browse"
+		return KindBrowse
 	case *mcv1.MemberEvent_SignUp:
-		return "sign_up"
+		return KindSignUp
 	case *mcv1.MemberEvent_CheckIn:
-		return "check_in"
+		return KindCheckIn
 	case *mcv1.MemberEvent_Share:
-		return "share"
+		return KindShare
 	case *mcv1.MemberEvent_Referral:
-		return "referral"
+		return KindReferral
 	case *mcv1.MemberEvent_Review:
-		return "review"
+		return KindReview
 	}
 	return "unknown"
 }

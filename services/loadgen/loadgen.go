@@ -90,6 +90,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
+	"github.com/membercenter/membercenter/services/facts"
 )
 
 // Defaults of Config.
@@ -220,17 +221,17 @@ type Record struct {
 	At time.Time
 }
 
-// Payload kinds.
+// Payload kinds (facts' vocabulary).
 const (
-	KindTransaction = "transaction"
-	KindRefund      = "refund"
-	KindVisit       = "visit"
-	KindBrowse      = "browse"
-	KindSignUp      = "sign_up"
-	KindCheckIn     = "check_in"
-	KindShare       = "share"
-	KindReferral    = "referral"
-	KindReview      = "review"
+	KindTransaction = facts.KindTransaction
+	KindRefund      = facts.KindRefund
+	KindVisit       = facts.KindVisit
+	KindBrowse      = facts.KindBrowse
+	KindSignUp      = facts.KindSignUp
+	KindCheckIn     = facts.KindCheckIn
+	KindShare       = facts.KindShare
+	KindReferral    = facts.KindReferral
+	KindReview      = facts.KindReview
 )
 
 // Stats counts the records generated so far.

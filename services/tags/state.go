@@ -9,6 +9,7 @@ import (
 	"time"
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
+	"github.com/membercenter/membercenter/services/facts"
 )
 
 // Retention is how far back a member's feature state keeps single
@@ -47,24 +48,24 @@ type Item struct {
 	Amount               int64
 }
 
-// Event kinds.
+// Event kinds (facts' vocabulary).
 const (
-	KindTransaction = "transaction"
-	KindRefund      = "refund"
-	KindVisit       = "visit"
-	KindBrowse      = "browse"
-	KindSignUp      = "sign_up"
-	KindCheckIn     = "check_in"
-	KindShare       = "share"
-	KindReferral    = "referral"
-	KindReview      = "review"
+	KindTransaction = facts.KindTransaction
+	KindRefund      = facts.KindRefund
+	KindVisit       = facts.KindVisit
+	KindBrowse      = facts.KindBrowse
+	KindSignUp      = facts.KindSignUp
+	KindCheckIn     = facts.KindCheckIn
+	KindShare       = facts.KindShare
+	KindReferral    = facts.KindReferral
+	KindReview      = facts.KindReview
 )
 
 // FactFromEvent converts a resolved member event.
 func FactFromEvent(ev *mcv1.MemberEvent) Fact {
 	f := Fact{
 		EventID: ev.GetEventId(),
-		Channel: strings.ToLower(strings.TrimPrefix(ev.GetChannel().String(), "CHANNEL_")),
+		Channel: facts.ChannelName(ev.GetChannel()),
 		Store:   ev.GetStoreId(),
 		At:      ev.GetOccurredAt().AsTime().Truncate(time.Second),
 		Origin:  ev.GetResolution().GetOriginMemberId(),
