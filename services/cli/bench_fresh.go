@@ -97,14 +97,12 @@ func (r *pipelineRun) freshness(ctx context.Context, floorTopic string) (freshRe
 	for i, ev := range evs {
 		members[i] = ev.member
 	}
-	rows, err := r.p.Pool().Query(ctx, `SELECT member_id, version FROM member_features WHERE member_id = ANY($1)`, members)
+	before, err := featureVersions(ctx, r.p.Pool(), members)
 	if err != nil {
 		return res, err
 	}
-	var id uuid.UUID
-	var v int64
-	if _, err := pgx.ForEachRow(rows, []any{&id, &v}, func() error { evs[byMember[id]].version = v; return nil }); err != nil {
-		return res, err
+	for m, v := range before {
+		evs[byMember[m]].version = v
 	}
 
 	// The stream has its own context: ending it at the timeout must not
@@ -193,14 +191,8 @@ func (r *pipelineRun) freshness(ctx context.Context, floorTopic string) (freshRe
 			for k, i := range idx {
 				ms[k] = evs[i].member
 			}
-			rows, err := lc.Query(gctx, `SELECT member_id, version FROM member_features WHERE member_id = ANY($1)`, ms)
+			versions, err := featureVersions(gctx, lc, ms)
 			if err != nil {
-				return err
-			}
-			versions := map[uuid.UUID]int64{}
-			var id uuid.UUID
-			var v int64
-			if _, err := pgx.ForEachRow(rows, []any{&id, &v}, func() error { versions[id] = v; return nil }); err != nil {
 				return err
 			}
 			for _, i := range idx {
@@ -312,4 +304,20 @@ func (r *pipelineRun) freshness(ctx context.Context, floorTopic string) (freshRe
 	}
 	res.points, res.profile, res.ch = dist(points, &res.missPoints), dist(shown, &res.missProfile), dist(inCH, &res.missCH)
 	return res, nil
+}
+
+// featureVersions reads the members' feature-state versions (members
+// without state are absent).
+func featureVersions(ctx context.Context, q interface {
+	Query(context.Context, string, ...any) (pgx.Rows, error)
+}, members []uuid.UUID) (map[uuid.UUID]int64, error) {
+	rows, err := q.Query(ctx, `SELECT member_id, version FROM member_features WHERE member_id = ANY($1)`, members)
+	if err != nil {
+		return nil, err
+	}
+	out := map[uuid.UUID]int64{}
+	var id uuid.UUID
+	var v int64
+	_, err = pgx.ForEachRow(rows, []any{&id, &v}, func() error { out[id] = v; return nil })
+	return out, err
 }
