@@ -5,7 +5,7 @@ SHELL := /bin/bash
 MODULES := ./proto/... ./storage/... ./pipeline/... ./services/...
 BIN := .bin/membercenter
 
-.PHONY: deps build test check unit smoke demo bench gen lint stop clean
+.PHONY: deps build test check unit smoke testdates demo bench gen lint stop clean
 
 deps:
 	scripts/deps.sh >/dev/null
@@ -23,6 +23,11 @@ check:
 
 unit:
 	go test -count=1 -timeout 15m $(MODULES)
+
+## testdates: the unit and integration tests with the test clock pinned to a
+## weekday, a weekend, a month end, 29 February and 31 December.
+testdates: deps
+	scripts/testdates.sh
 
 ## smoke: the built binary serves, answers health and reflection, and shuts down.
 smoke: build

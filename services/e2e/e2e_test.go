@@ -34,6 +34,7 @@ import (
 	"github.com/membercenter/membercenter/storage/postgres"
 	"github.com/membercenter/membercenter/storage/postgres/pgtest"
 
+	"github.com/membercenter/membercenter/pipeline/clocktest"
 	"github.com/membercenter/membercenter/pipeline/dlq"
 	"github.com/membercenter/membercenter/pipeline/kafka"
 	"github.com/membercenter/membercenter/pipeline/kafka/kafkatest"
@@ -52,6 +53,7 @@ type env struct {
 	conn  *grpc.ClientConn
 	kafka *kafka.Client
 	http  string // base URL of the HTTP/JSON gateway
+	clock *clocktest.Clock
 }
 
 func start(t *testing.T) *env {
@@ -91,11 +93,13 @@ func startWith(t *testing.T, stages []string, edit ...func(*platform.Config)) *e
 	adminLis, _ := net.Listen("tcp", "127.0.0.1:0")
 	httpLis, _ := net.Listen("tcp", "127.0.0.1:0")
 	ready := make(chan struct{})
+	clock := clocktest.New()
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
 		return p.Run(gctx, platform.Options{
 			Services: platform.AllServices, Stages: stages,
 			GRPC: grpcLis, Admin: adminLis, HTTP: httpLis, Ready: func() { close(ready) },
+			Now: clock.Now,
 		})
 	})
 	t.Cleanup(func() {
@@ -124,7 +128,7 @@ func startWith(t *testing.T, stages []string, edit ...func(*platform.Config)) *e
 		t.Fatal(err)
 	}
 	t.Cleanup(kc.Close)
-	return &env{cfg: cfg, tel: tel, spans: spans, pool: p.Pool(), ch: chConn, conn: conn, kafka: kc, http: "http://" + httpLis.Addr().String()}
+	return &env{cfg: cfg, tel: tel, spans: spans, pool: p.Pool(), ch: chConn, conn: conn, kafka: kc, http: "http://" + httpLis.Addr().String(), clock: clock}
 }
 
 type testWriter struct{ t *testing.T }
@@ -156,17 +160,12 @@ func eventually(t *testing.T, what string, cond func() (bool, error)) {
 	}
 }
 
-// lastWednesdayNoon is a recent weekday noon in Shanghai: no weekend or
-// birthday campaign applies to a purchase then, whatever day tests run.
+// lastWednesdayNoon is a recent weekday noon in Shanghai on the test
+// clock: no weekend or birthday campaign applies to a purchase then,
+// whatever date the suite is pinned to.
 func lastWednesdayNoon() time.Time {
 	sh, _ := time.LoadLocation("Asia/Shanghai")
-	now := time.Now().In(sh)
-	back := (int(now.Weekday()) - int(time.Wednesday) + 7) % 7
-	t := time.Date(now.Year(), now.Month(), now.Day()-back, 12, 0, 0, 0, sh)
-	if t.After(now) {
-		t = t.AddDate(0, 0, -7)
-	}
-	return t
+	return clocktest.LastWednesdayNoon(clocktest.Start().In(sh))
 }
 
 func posTransaction(id, phone, card string, amountMinor int64) *mcv1.ChannelEvent {
@@ -629,7 +628,7 @@ func TestBenefitsRefusalsOverGRPC(t *testing.T) {
 	withRedeem := basket(10_000, "CNY", 1)
 	withRedeem.RedeemPoints = 1_000
 	future := basket(100, "CNY", 1)
-	future.At = timestamppb.New(time.Now().Add(time.Hour))
+	future.At = timestamppb.New(e.clock.Now().Add(time.Hour))
 	cases := []struct {
 		name string
 		b    *mcv1.Basket

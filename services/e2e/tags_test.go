@@ -34,7 +34,7 @@ func TestLabelsStreamToProfileAndClickHouse(t *testing.T) {
 		member string
 		events []*mcv1.ChannelEvent
 	}
-	now := time.Now()
+	now := e.clock.Now()
 	shoppers := []*shopper{{phone: "13700000001"}, {phone: "13700000002"}}
 	for _, s := range shoppers {
 		r, err := ids.Resolve(ctx, &mcv1.ResolveRequest{Identifiers: []*mcv1.Identifier{{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_PHONE, Value: s.phone}},
@@ -104,7 +104,7 @@ func TestLabelsStreamToProfileAndClickHouse(t *testing.T) {
 			st.Fold(tags.FactFromEvent(me))
 		}
 		f := tags.Compute(tags.Inputs{State: st, Demo: tags.Demographics{BirthDate: attrs["birth_date"], Gender: attrs["gender"], City: attrs["city"]}},
-			time.Now(), cat.Location, cat.Filters, cat.FilterKey())
+			e.clock.Now(), cat.Location, cat.Filters, cat.FilterKey())
 		return cat.Evaluate(f.Values, nil, nil, false)
 	}
 	profileLabels := func(s *shopper) (map[string]any, *mcv1.Profile) {
@@ -201,7 +201,8 @@ func TestLabelsStreamToProfileAndClickHouse(t *testing.T) {
 	if _, err := e.pool.Exec(ctx, `DELETE FROM member_labels`); err != nil {
 		t.Fatal(err)
 	}
-	svc := tags.New(e.pool, changes.Writer{}, slog.New(slog.DiscardHandler))
+	svc := tags.New(e.pool, changes.Writer{Now: e.clock.Now}, slog.New(slog.DiscardHandler))
+	svc.SetClock(e.clock.Now)
 	p, err := svc.Backfill(ctx, e.ch, tags.BackfillOptions{Batch: 1})
 	if err != nil {
 		t.Fatal(err)

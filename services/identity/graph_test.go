@@ -21,7 +21,6 @@ import (
 	"github.com/membercenter/membercenter/storage/postgres/pgtest"
 
 	"github.com/membercenter/membercenter/pipeline/dlq"
-	"github.com/membercenter/membercenter/services/benefits"
 	"github.com/membercenter/membercenter/services/changes"
 	"github.com/membercenter/membercenter/services/identity"
 )
@@ -50,8 +49,7 @@ func newServiceWithRules(t *testing.T, edit func(string) string) fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	svc.AddMemberData(benefits.New(pool, changes.Writer{}, slog.New(slog.DiscardHandler)))
-	return fixture{svc: svc, pool: pool}
+	return withMemberData(svc, pool)
 }
 
 func (f fixture) resolve(t *testing.T, key string, ids ...*mcv1.Identifier) *mcv1.ResolveResponse {
@@ -68,7 +66,7 @@ func (f fixture) resolve(t *testing.T, key string, ids ...*mcv1.Identifier) *mcv
 func (f fixture) earn(t *testing.T, eventID string, ids []*mcv1.Identifier, amountMinor int64) {
 	t.Helper()
 	ctx := ctxT(t)
-	ev := &mcv1.ChannelEvent{EventId: eventID, Channel: mcv1.Channel_CHANNEL_POS, OccurredAt: timestamppb.Now(), Identifiers: ids,
+	ev := &mcv1.ChannelEvent{EventId: eventID, Channel: mcv1.Channel_CHANNEL_POS, OccurredAt: timestamppb.New(f.clock.Now()), Identifiers: ids,
 		Payload: &mcv1.ChannelEvent_Transaction{Transaction: &mcv1.Transaction{OrderId: "O-" + eventID,
 			Total: &mcv1.Money{Currency: "CNY", AmountMinor: amountMinor}}}}
 	res, err := f.svc.ResolveEvent(ctx, ev)
@@ -77,7 +75,7 @@ func (f fixture) earn(t *testing.T, eventID string, ids []*mcv1.Identifier, amou
 	}
 	me := &mcv1.MemberEvent{EventId: eventID, MemberId: res.MemberID, Channel: ev.GetChannel(), OccurredAt: ev.GetOccurredAt(),
 		Resolution: res.Detail, Payload: &mcv1.MemberEvent_Transaction{Transaction: ev.GetTransaction()}}
-	if err := benefits.New(f.pool, changes.Writer{}, slog.New(slog.DiscardHandler)).Apply(ctx, me); err != nil {
+	if err := f.benefits.Apply(ctx, me); err != nil {
 		t.Fatalf("apply %s: %v", eventID, err)
 	}
 }

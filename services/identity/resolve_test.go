@@ -18,6 +18,7 @@ import (
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 	"github.com/membercenter/membercenter/storage/postgres/pgtest"
 
+	"github.com/membercenter/membercenter/pipeline/clocktest"
 	"github.com/membercenter/membercenter/pipeline/dlq"
 	"github.com/membercenter/membercenter/services/benefits"
 	"github.com/membercenter/membercenter/services/changes"
@@ -31,8 +32,10 @@ const (
 )
 
 type fixture struct {
-	svc  *identity.Service
-	pool *pgxpool.Pool
+	svc      *identity.Service
+	benefits *benefits.Service
+	pool     *pgxpool.Pool
+	clock    *clocktest.Clock
 }
 
 func newService(t *testing.T) fixture {
@@ -42,9 +45,20 @@ func newService(t *testing.T) fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// As in production: merges carry the loyalty programme's data along.
-	svc.AddMemberData(benefits.New(pool, changes.Writer{}, slog.New(slog.DiscardHandler)))
-	return fixture{svc: svc, pool: pool}
+	return withMemberData(svc, pool)
+}
+
+// withMemberData gives the fixture's services one test clock, running from a
+// Wednesday noon (the programme's weekend and month-start rules are not what
+// these tests are about), and, as in production, lets merges carry the
+// loyalty programme's data along.
+func withMemberData(svc *identity.Service, pool *pgxpool.Pool) fixture {
+	clock := clocktest.NewAt(clocktest.LastWednesdayNoon(clocktest.Start()))
+	svc.SetClock(clock.Now)
+	ben := benefits.New(pool, changes.Writer{Now: clock.Now}, slog.New(slog.DiscardHandler))
+	ben.SetClock(clock.Now)
+	svc.AddMemberData(ben)
+	return fixture{svc: svc, benefits: ben, pool: pool, clock: clock}
 }
 
 func ctxT(t *testing.T) context.Context {
@@ -65,7 +79,7 @@ func resolveReq(key string, create bool, ids ...*mcv1.Identifier) *mcv1.ResolveR
 
 func channelEvent(id string, ids ...*mcv1.Identifier) *mcv1.ChannelEvent {
 	return &mcv1.ChannelEvent{
-		EventId: id, Channel: mcv1.Channel_CHANNEL_MINIPROGRAM, OccurredAt: timestamppb.Now(),
+		EventId: id, Channel: mcv1.Channel_CHANNEL_MINIPROGRAM, OccurredAt: timestamppb.New(clocktest.Start()),
 		Identifiers: ids, Payload: &mcv1.ChannelEvent_CheckIn{CheckIn: &mcv1.CheckIn{}},
 	}
 }

@@ -138,6 +138,10 @@ type Options struct {
 	GRPC, Admin, HTTP net.Listener
 	// Ready is called once every selected service and stage has started.
 	Ready func()
+	// Now is the business clock (event plausibility, earning, expiry,
+	// windows, member codes); nil means the system clock. Tests and
+	// simulations pin it so that nothing depends on the day they run.
+	Now func() time.Time
 }
 
 // Platform holds the shared dependencies.
@@ -235,16 +239,24 @@ var errorCodes = []server.ErrorCode{
 func (p *Platform) Run(ctx context.Context, o Options) error {
 	log := p.tel.Logger
 	ktel := p.kafkaTelemetry()
-	cw := changes.Writer{Propagator: p.tel.Propagator}
+	now := o.Now
+	if now == nil {
+		now = time.Now
+	}
+	cw := changes.Writer{Propagator: p.tel.Propagator, Now: now}
 	idSvc, err := identity.New(p.cfg.Identity, p.pool, cw, log)
 	if err != nil {
 		return err
 	}
+	idSvc.SetClock(now)
 	benefitSvc := benefits.New(p.pool, cw, log)
+	benefitSvc.SetClock(now)
 	idSvc.AddMemberData(benefitSvc)
 	tagSvc := tags.New(p.pool, cw, log)
+	tagSvc.SetClock(now)
 	idSvc.AddMemberData(tagSvc)
 	profileSvc := profile.New(p.pool, tagSvc, cw)
+	profileSvc.SetClock(now)
 
 	g, ctx := errgroup.WithContext(ctx)
 	var closers []func()

@@ -44,6 +44,9 @@ func New(pool *pgxpool.Pool, t *tags.Service, ch changes.Writer) *Service {
 	return &Service{pool: pool, tags: t, changes: ch, now: time.Now}
 }
 
+// SetClock replaces the service's clock, for tests and simulations.
+func (s *Service) SetClock(now func() time.Time) { s.now = now }
+
 // SetFacts connects the service to ClickHouse for segments.
 func (s *Service) SetFacts(conn driver.Conn) { s.facts = conn }
 
