@@ -4,11 +4,15 @@
 package dlq
 
 import (
-	"errors"
+	"crypto/sha256"
+	"encoding/hex"
 	"strconv"
 	"time"
+	"unicode/utf8"
 
 	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/membercenter/membercenter/pipeline/fault"
 )
 
 // Header keys of a dead letter. The original record's headers (trace context
@@ -20,58 +24,113 @@ const (
 	HeaderPartition = "mc-dlq-partition"
 	HeaderOffset    = "mc-dlq-offset"
 	HeaderAt        = "mc-dlq-at"
+	// A letter whose original was too large to send whole keeps a
+	// reference to it instead: the original's place (the headers above),
+	// its size and SHA-256, and a prefix of its key and value.
+	HeaderTruncated    = "mc-dlq-truncated"
+	HeaderOriginalSize = "mc-dlq-original-size"
+	HeaderOriginalHash = "mc-dlq-original-sha256"
 )
 
-// rejection marks an error as permanent: retrying the record cannot help.
-type rejection struct{ err error }
+// Size limits of a letter. Kafka refuses records over ~1 MiB by default
+// (message.max.bytes, and franz-go's ProducerBatchMaxBytes); a letter stays
+// well under that.
+const (
+	// MaxOriginalBytes is the largest original (key, value and headers)
+	// a letter carries whole.
+	MaxOriginalBytes = 512 << 10
+	// PrefixBytes of a too-large original's value (and at most a quarter
+	// of that of its key) are kept.
+	PrefixBytes = 4 << 10
+	// MaxReasonBytes bounds the reason header (a validation error can
+	// quote what it refused).
+	MaxReasonBytes = 4 << 10
+)
 
-func (r rejection) Error() string { return r.err.Error() }
-func (r rejection) Unwrap() error { return r.err }
+// Reject marks err as a data error of the record being processed (see
+// fault.Permanent): the stage sends the record to the dead-letter topic with
+// err as the reason and moves on.
+func Reject(err error) error { return fault.Permanent(err) }
 
-// Reject marks err as a permanent failure of the record being processed: the
-// stage sends the record to the dead-letter topic with err as the reason and
-// moves on. Errors not marked are retried.
-func Reject(err error) error {
-	if err == nil {
-		return nil
-	}
-	return rejection{err}
-}
-
-// Rejected reports whether err (or an error it wraps) was marked by Reject.
-func Rejected(err error) bool {
-	var r rejection
-	return errors.As(err, &r)
-}
+// Rejected reports whether err is a data error: marked by Reject, or one
+// fault.Classify recognises (PostgreSQL class 22, say).
+func Rejected(err error) bool { return fault.IsData(err) }
 
 // Record builds the dead letter of src for topic: same key and value, the
-// reason and origin in headers.
+// reason and origin in headers. An original too large to send whole is kept
+// by reference (see HeaderTruncated).
 func Record(topic, stage string, src *kgo.Record, reason error, at time.Time) *kgo.Record {
 	headers := []kgo.RecordHeader{
-		{Key: HeaderReason, Value: []byte(reason.Error())},
+		{Key: HeaderReason, Value: []byte(truncate(reason.Error(), MaxReasonBytes))},
 		{Key: HeaderStage, Value: []byte(stage)},
 		{Key: HeaderTopic, Value: []byte(src.Topic)},
 		{Key: HeaderPartition, Value: []byte(strconv.FormatInt(int64(src.Partition), 10))},
 		{Key: HeaderOffset, Value: []byte(strconv.FormatInt(src.Offset, 10))},
 		{Key: HeaderAt, Value: []byte(at.UTC().Format(time.RFC3339Nano))},
 	}
+	size := len(src.Key) + len(src.Value)
+	var kept []kgo.RecordHeader
 	for _, h := range src.Headers {
 		if !isDLQHeader(h.Key) {
-			headers = append(headers, h)
+			kept = append(kept, h)
+			size += len(h.Key) + len(h.Value)
 		}
+	}
+	key, value := src.Key, src.Value
+	if size > MaxOriginalBytes {
+		sum := sha256.New()
+		sum.Write(src.Key)
+		sum.Write(src.Value)
+		headers = append(headers,
+			kgo.RecordHeader{Key: HeaderTruncated, Value: []byte("true")},
+			kgo.RecordHeader{Key: HeaderOriginalSize, Value: []byte(strconv.Itoa(size))},
+			kgo.RecordHeader{Key: HeaderOriginalHash, Value: []byte(hex.EncodeToString(sum.Sum(nil)))},
+		)
+		key, value = prefix(src.Key, PrefixBytes/4), prefix(src.Value, PrefixBytes)
+		// The original's headers stay only if they are small themselves.
+		small := kept[:0:0]
+		budget := PrefixBytes
+		for _, h := range kept {
+			if n := len(h.Key) + len(h.Value); n <= budget {
+				small = append(small, h)
+				budget -= n
+			}
+		}
+		kept = small
 	}
 	return &kgo.Record{
 		Topic:   topic,
-		Key:     src.Key,
-		Value:   src.Value,
-		Headers: headers,
+		Key:     key,
+		Value:   value,
+		Headers: append(headers, kept...),
 		Context: src.Context,
 	}
 }
 
+func prefix(b []byte, n int) []byte {
+	if len(b) <= n {
+		return b
+	}
+	return b[:n]
+}
+
+// truncate cuts s to at most n bytes on a rune boundary, saying so.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	const more = "… (truncated)"
+	cut := n - len(more)
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + more
+}
+
 func isDLQHeader(k string) bool {
 	switch k {
-	case HeaderReason, HeaderStage, HeaderTopic, HeaderPartition, HeaderOffset, HeaderAt:
+	case HeaderReason, HeaderStage, HeaderTopic, HeaderPartition, HeaderOffset, HeaderAt,
+		HeaderTruncated, HeaderOriginalSize, HeaderOriginalHash:
 		return true
 	}
 	return false
@@ -86,6 +145,13 @@ type Letter struct {
 	Offset    int64
 	At        time.Time
 	Record    *kgo.Record
+	// Truncated letters keep a reference to an original too large to
+	// send whole: its size, SHA-256 and a prefix. They cannot be replayed
+	// from the letter; the original is at Topic/Partition/Offset while
+	// the topic's retention keeps it.
+	Truncated    bool
+	OriginalSize int
+	OriginalHash string
 }
 
 // Parse reads the dead-letter headers of r.
@@ -107,6 +173,12 @@ func Parse(r *kgo.Record) Letter {
 			l.Offset, _ = strconv.ParseInt(v, 10, 64)
 		case HeaderAt:
 			l.At, _ = time.Parse(time.RFC3339Nano, v)
+		case HeaderTruncated:
+			l.Truncated = v == "true"
+		case HeaderOriginalSize:
+			l.OriginalSize, _ = strconv.Atoi(v)
+		case HeaderOriginalHash:
+			l.OriginalHash = v
 		}
 	}
 	return l

@@ -1,8 +1,12 @@
 package dlq_test
 
 import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -51,5 +55,41 @@ func TestRecordRoundTrip(t *testing.T) {
 	again := dlq.Record("dlq.v1", "ingest", orig, errors.New("still bad"), at)
 	if n := len(again.Headers); n != 7 {
 		t.Fatalf("re-dead-lettered record has %d headers, want 7", n)
+	}
+}
+
+// A record too large to dead-letter whole (a compressible 10 MB value) is
+// kept by reference: where it is, its size and hash, and a prefix.
+func TestRecordKeepsTooLargeOriginalByReference(t *testing.T) {
+	value := bytes.Repeat([]byte("a"), 10<<20)
+	src := &kgo.Record{Topic: "channel.events.v1", Partition: 2, Offset: 7, Key: []byte("k"), Value: value,
+		Headers: []kgo.RecordHeader{{Key: "traceparent", Value: []byte("00-abc-def-01")}}}
+	reason := errors.New(strings.Repeat("too big; ", 2000))
+	letter := dlq.Record("dlq.v1", "ingest", src, reason, time.Now())
+	size := len(letter.Key) + len(letter.Value)
+	for _, h := range letter.Headers {
+		size += len(h.Key) + len(h.Value)
+	}
+	if size > 64<<10 {
+		t.Fatalf("letter of a 10 MB original is %d bytes", size)
+	}
+	l := dlq.Parse(letter)
+	sum := sha256.Sum256(append([]byte("k"), value...))
+	if !l.Truncated || l.OriginalSize != len(value)+1+len("traceparent")+len("00-abc-def-01") || l.OriginalHash != hex.EncodeToString(sum[:]) {
+		t.Fatalf("letter = truncated %v, size %d, hash %s", l.Truncated, l.OriginalSize, l.OriginalHash)
+	}
+	if l.Topic != src.Topic || l.Partition != 2 || l.Offset != 7 {
+		t.Fatalf("letter origin = %s/%d@%d", l.Topic, l.Partition, l.Offset)
+	}
+	if !bytes.Equal(l.Record.Value, value[:dlq.PrefixBytes]) {
+		t.Fatalf("letter value is %d bytes, want the %d-byte prefix", len(l.Record.Value), dlq.PrefixBytes)
+	}
+	if len(l.Reason) > dlq.MaxReasonBytes || !strings.HasPrefix(l.Reason, "too big; ") {
+		t.Fatalf("reason of %d bytes: %.40q", len(l.Reason), l.Reason)
+	}
+	// A small original is carried whole, unmarked.
+	small := dlq.Parse(dlq.Record("dlq.v1", "ingest", &kgo.Record{Value: []byte("x")}, errors.New("bad"), time.Now()))
+	if small.Truncated || string(small.Record.Value) != "x" {
+		t.Fatalf("small letter = %+v", small)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
@@ -32,6 +33,51 @@ type Config struct {
 	// Prefix of the consumer group names; lets several platforms (or tests)
 	// share a cluster.
 	GroupPrefix string `env:"MC_KAFKA_GROUP_PREFIX, default=mc"`
+	// SessionTimeout is how long the group waits for a silent member before
+	// giving its partitions to the others (0: 10s). With MC_INSTANCE_ID
+	// set, members are static: a restarted process with the same id takes
+	// its partitions back at once, without a rebalance.
+	SessionTimeout time.Duration `env:"MC_KAFKA_SESSION_TIMEOUT, default=10s"`
+	// RecordRetryLimit bounds how long a stage retries a record whose
+	// failure is neither a recognised data error nor a recognised outage
+	// before it dead-letters the record with the error as its reason, so
+	// that no record blocks its partition for longer (0: 30s). Outages
+	// (a server restarting, a lost connection) are retried for as long as
+	// they last; data errors are dead-lettered at once.
+	RecordRetryLimit time.Duration `env:"MC_RECORD_RETRY_LIMIT, default=30s"`
+}
+
+// Defaults of the durations when a Config is built in code.
+const (
+	DefaultSessionTimeout   = 10 * time.Second
+	DefaultRecordRetryLimit = 30 * time.Second
+)
+
+// RetryLimit returns RecordRetryLimit or its default.
+func (c Config) RetryLimit() time.Duration {
+	if c.RecordRetryLimit > 0 {
+		return c.RecordRetryLimit
+	}
+	return DefaultRecordRetryLimit
+}
+
+// GroupOptions returns the options of a member of a consumer group: static
+// membership when the instance id is configured (stable per pod), and a
+// session timeout of seconds, so a crashed member's partitions move on
+// quickly.
+func (c Config) GroupOptions() []kgo.Opt {
+	session := c.SessionTimeout
+	if session <= 0 {
+		session = DefaultSessionTimeout
+	}
+	opts := []kgo.Opt{
+		kgo.SessionTimeout(session),
+		kgo.HeartbeatInterval(max(session/10, 100*time.Millisecond)),
+	}
+	if c.InstanceID != "" {
+		opts = append(opts, kgo.InstanceID(c.InstanceID))
+	}
+	return opts
 }
 
 // Topics are the platform's topic names.
@@ -62,6 +108,12 @@ func (c Config) Validate() error {
 	var errs []error
 	if len(c.Brokers) == 0 {
 		errs = append(errs, errors.New("MC_KAFKA_BROKERS is empty"))
+	}
+	if c.SessionTimeout < 0 || (c.SessionTimeout > 0 && c.SessionTimeout < 2*time.Second) {
+		errs = append(errs, fmt.Errorf("MC_KAFKA_SESSION_TIMEOUT %s: want at least 2s", c.SessionTimeout))
+	}
+	if c.RecordRetryLimit < 0 {
+		errs = append(errs, fmt.Errorf("MC_RECORD_RETRY_LIMIT %s: must not be negative", c.RecordRetryLimit))
 	}
 	for name, v := range map[string]string{
 		"MC_TOPIC_CHANNEL_EVENTS": c.Topics.ChannelEvents, "MC_TOPIC_MEMBER_EVENTS": c.Topics.MemberEvents,
