@@ -109,6 +109,10 @@ func New(kcfg kafka.Config, tel kafka.Telemetry, cfg Config) (*Consumer, error) 
 	}
 	if cfg.Linger > 0 {
 		opts = append(opts, kgo.FetchMinBytes(1<<20), kgo.FetchMaxWait(cfg.Linger))
+	} else {
+		// A partition its worker paused is fetched again when the fetch in
+		// flight for the others returns: keep that wait short.
+		opts = append(opts, kgo.FetchMaxWait(500*time.Millisecond))
 	}
 	cl, err := kafka.NewClient(kcfg, tel, cfg.Group, opts...)
 	if err != nil {

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"buf.build/go/protovalidate"
@@ -19,7 +20,6 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/metric"
-	"golang.org/x/sync/errgroup"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -27,7 +27,9 @@ import (
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 
 	"github.com/membercenter/membercenter/pipeline/dlq"
+	"github.com/membercenter/membercenter/pipeline/fault"
 	"github.com/membercenter/membercenter/pipeline/kafka"
+	"github.com/membercenter/membercenter/pipeline/plausible"
 )
 
 // Stage is the stage's name in groups, logs and dead letters.
@@ -50,36 +52,140 @@ type Resolver interface {
 	ResolveEvent(ctx context.Context, ev *mcv1.ChannelEvent) (Resolution, error)
 }
 
+// Check refuses a validated event that a stage downstream would refuse (the
+// benefit stage's programme currency and amount bounds, say), so that an
+// event reaches every stage or none. Its error is the reason given in the
+// dead letter.
+type Check func(ev *mcv1.ChannelEvent) error
+
+// Config is the stage's part of the environment.
+type Config struct {
+	// MaxEventBytes bounds a channel event record (0: 256 KiB).
+	MaxEventBytes int `env:"MC_MAX_EVENT_BYTES, default=262144"`
+	// EventMaxAge and EventMaxAhead bound occurred_at around now.
+	EventMaxAge   time.Duration `env:"MC_EVENT_MAX_AGE, default=9600h"`
+	EventMaxAhead time.Duration `env:"MC_EVENT_MAX_AHEAD, default=10m"`
+}
+
+// Validate reports every problem with the config at once.
+func (c Config) Validate() error {
+	var errs []error
+	if c.MaxEventBytes < 0 || c.MaxEventBytes > 4<<20 {
+		errs = append(errs, fmt.Errorf("MC_MAX_EVENT_BYTES %d: want 1 to %d", c.MaxEventBytes, 4<<20))
+	}
+	if c.EventMaxAge < 0 || c.EventMaxAhead < 0 {
+		errs = append(errs, errors.New("MC_EVENT_MAX_AGE and MC_EVENT_MAX_AHEAD must not be negative"))
+	}
+	return errors.Join(errs...)
+}
+
+// Options returns the options of the config (zero values: the defaults).
+func (c Config) Options() Options {
+	o := Options{MaxEventBytes: c.MaxEventBytes}
+	if c.EventMaxAge > 0 || c.EventMaxAhead > 0 {
+		o.Window = plausible.DefaultWindow
+		if c.EventMaxAge > 0 {
+			o.Window.Past = c.EventMaxAge
+		}
+		if c.EventMaxAhead > 0 {
+			o.Window.Future = c.EventMaxAhead
+		}
+	}
+	return o
+}
+
+// Options tune the stage; the zero value is the default.
+type Options struct {
+	// Checks run after validation, in order.
+	Checks []Check
+	// Window is how far from now an event's occurred_at may be
+	// (plausible.DefaultWindow when zero).
+	Window plausible.Window
+	// MaxEventBytes bounds a record's value (DefaultMaxEventBytes when
+	// zero): a larger record is dead-lettered without being decoded.
+	MaxEventBytes int
+	// Now is the business clock the window is measured from (time.Now
+	// when nil).
+	Now func() time.Time
+}
+
+// DefaultMaxEventBytes is the largest channel event accepted: 500 basket
+// lines take ~50 KB.
+const DefaultMaxEventBytes = 256 << 10
+
 // Ingest runs the stage.
 type Ingest struct {
-	topics    kafka.Topics
-	sess      *kgo.GroupTransactSession
-	tracer    *kotel.Tracer
-	resolver  Resolver
-	validator protovalidate.Validator
-	log       *slog.Logger
-	records   metric.Int64Counter
-	latency   metric.Float64Histogram
-	now       func() time.Time
+	topics     kafka.Topics
+	sess       *kgo.GroupTransactSession
+	tracer     *kotel.Tracer
+	resolver   Resolver
+	validator  protovalidate.Validator
+	opts       Options
+	retryLimit time.Duration
+	log        *slog.Logger
+	records    metric.Int64Counter
+	latency    metric.Float64Histogram
+	now        func() time.Time // real time, for latencies and letters
+
+	// stuck holds, per partition, the record that failed the last
+	// attempts; only the poll loop touches it.
+	stuck map[partition]*stuckRecord
+}
+
+type partition struct {
+	topic string
+	id    int32
+}
+
+// stuckRecord is a record whose failure was neither data nor success.
+type stuckRecord struct {
+	offset  int64
+	since   time.Time
+	backoff time.Duration
+	err     error
 }
 
 // New joins the ingest consumer group with a transactional producer.
-func New(kcfg kafka.Config, tel kafka.Telemetry, resolver Resolver) (*Ingest, error) {
+func New(kcfg kafka.Config, tel kafka.Telemetry, resolver Resolver, o Options) (*Ingest, error) {
 	validator, err := protovalidate.New()
 	if err != nil {
 		return nil, fmt.Errorf("validator: %w", err)
+	}
+	if o.Window == (plausible.Window{}) {
+		o.Window = plausible.DefaultWindow
+	}
+	if err := o.Window.Validate(); err != nil {
+		return nil, fmt.Errorf("event time window: %w", err)
+	}
+	if o.MaxEventBytes <= 0 {
+		o.MaxEventBytes = DefaultMaxEventBytes
+	}
+	if o.Now == nil {
+		o.Now = time.Now
 	}
 	group := kcfg.Group(Stage)
 	opts, tracer := kafka.Options(kcfg, tel, group)
 	opts = append(opts,
 		kgo.ConsumerGroup(group),
 		kgo.ConsumeTopics(kcfg.Topics.ChannelEvents),
+		// With a stable instance id (MC_INSTANCE_ID) a restarted process
+		// fences its predecessor's open transaction at once; without
+		// one, the transaction timeout bounds how long an open
+		// transaction of a crashed process holds back read-committed
+		// consumers.
 		kgo.TransactionalID(group+"-"+kcfg.Instance()),
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
 		kgo.RequireStableFetchOffsets(),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
-		kgo.TransactionTimeout(30*time.Second),
+		kgo.TransactionTimeout(10*time.Second),
+		// A partition held back and resumed is fetched again when the
+		// fetch in flight for the others returns: keep that wait short.
+		kgo.FetchMaxWait(500*time.Millisecond),
+		// Records up to the largest event accepted, and a bit, are
+		// produced whole.
+		kgo.ProducerBatchMaxBytes(int32(max(1<<20, 2*o.MaxEventBytes))),
 	)
+	opts = append(opts, kcfg.GroupOptions()...)
 	sess, err := kgo.NewGroupTransactSession(opts...)
 	if err != nil {
 		return nil, fmt.Errorf("ingest session: %w", err)
@@ -96,8 +202,9 @@ func New(kcfg kafka.Config, tel kafka.Telemetry, resolver Resolver) (*Ingest, er
 		return nil, err
 	}
 	return &Ingest{
-		topics: kcfg.Topics, sess: sess, tracer: tracer, resolver: resolver, validator: validator,
-		log: tel.Logger.With("stage", Stage), records: records, latency: latency, now: time.Now,
+		topics: kcfg.Topics, sess: sess, tracer: tracer, resolver: resolver, validator: validator, opts: o,
+		retryLimit: kcfg.RetryLimit(), log: tel.Logger.With("stage", Stage), records: records, latency: latency,
+		now: time.Now, stuck: map[partition]*stuckRecord{},
 	}, nil
 }
 
@@ -106,7 +213,10 @@ func (in *Ingest) Close() { in.sess.CloseAllowingRebalance() }
 
 // Run processes events until ctx ends. Each poll is one transaction: either
 // every output record and the consumed offsets commit, or none do and the
-// records are processed again.
+// records are processed again. A partition whose record fails (an outage,
+// or a failure nothing recognises) is left out of the next transactions for
+// a backoff while the other partitions go on; a record that keeps failing
+// for longer than the retry limit without an outage is dead-lettered.
 func (in *Ingest) Run(ctx context.Context) error {
 	in.log.InfoContext(ctx, "stage started", "topic", in.topics.ChannelEvents)
 	backoff := 50 * time.Millisecond
@@ -127,17 +237,23 @@ func (in *Ingest) Run(ctx context.Context) error {
 		// A produce that fails must abort the transaction: End alone would
 		// commit the offsets without the lost record.
 		produced := kgo.AbortingFirstErrPromise(in.sess.Client())
-		procErr := in.process(ctx, fetches, produced)
+		failed, procErr := in.process(ctx, fetches, produced)
 		if procErr == nil {
 			procErr = produced.Err()
 		}
 		commit := kgo.TryCommit
-		if procErr != nil {
+		if procErr != nil || len(failed) > 0 {
 			commit = kgo.TryAbort
 		}
 		committed, endErr := in.sess.End(ctx, commit)
 		if ctx.Err() != nil {
 			return nil
+		}
+		if len(failed) > 0 && procErr == nil {
+			// Only the failed partitions wait; the others are polled again
+			// at once (their work is redone: resolution is idempotent).
+			in.holdBack(ctx, failed)
+			continue
 		}
 		switch {
 		case procErr != nil:
@@ -151,6 +267,13 @@ func (in *Ingest) Run(ctx context.Context) error {
 			if committed {
 				now, attrs := in.now(), metric.WithAttributes(attribute.String("stage", Stage))
 				fetches.EachRecord(func(r *kgo.Record) { in.latency.Record(ctx, now.Sub(r.Timestamp).Seconds(), attrs) })
+				fetches.EachPartition(func(p kgo.FetchTopicPartition) {
+					if n := len(p.Records); n > 0 {
+						if s, ok := in.stuck[partition{p.Topic, p.Partition}]; ok && p.Records[n-1].Offset >= s.offset {
+							delete(in.stuck, partition{p.Topic, p.Partition})
+						}
+					}
+				})
 			}
 			backoff = 50 * time.Millisecond
 			continue
@@ -164,29 +287,93 @@ func (in *Ingest) Run(ctx context.Context) error {
 	}
 }
 
-// process handles each partition's records in order, partitions in parallel.
-func (in *Ingest) process(ctx context.Context, fetches kgo.Fetches, produced *kgo.FirstErrPromise) error {
-	g, gctx := errgroup.WithContext(ctx)
-	fetches.EachPartition(func(p kgo.FetchTopicPartition) {
-		g.Go(func() error {
-			for _, r := range p.Records {
-				if err := in.one(gctx, r, produced); err != nil {
-					return err
-				}
-			}
-			return nil
-		})
-	})
-	return g.Wait()
+// failure is the record a partition stopped at in one attempt.
+type failure struct {
+	offset int64
+	err    error
 }
 
-func (in *Ingest) one(ctx context.Context, r *kgo.Record, produced *kgo.FirstErrPromise) error {
+// holdBack pauses each failed partition for its backoff; the records are
+// fetched again from the last commit when it resumes.
+func (in *Ingest) holdBack(ctx context.Context, failed map[partition]failure) {
+	now := in.now()
+	for p, f := range failed {
+		s, ok := in.stuck[p]
+		if !ok || s.offset != f.offset {
+			s = &stuckRecord{offset: f.offset, since: now, backoff: 50 * time.Millisecond}
+			in.stuck[p] = s
+		} else {
+			s.backoff = min(s.backoff*2, 5*time.Second)
+		}
+		s.err = f.err
+		in.log.WarnContext(ctx, "partition held back; retrying its record", "partition", p.id, "offset", f.offset,
+			"class", fault.Classify(f.err).String(), "err", f.err, "failing_for", now.Sub(s.since).Round(time.Millisecond), "backoff", s.backoff)
+		cl := in.sess.Client()
+		parts := map[string][]int32{p.topic: {p.id}}
+		cl.PauseFetchPartitions(parts)
+		time.AfterFunc(s.backoff, func() { cl.ResumeFetchPartitions(parts) })
+	}
+}
+
+// process handles each partition's records in order, partitions in
+// parallel. A partition stops at a record that fails without being a data
+// error; it is returned in failed. The error is for failures of the
+// transaction itself.
+func (in *Ingest) process(ctx context.Context, fetches kgo.Fetches, produced *kgo.FirstErrPromise) (map[partition]failure, error) {
+	var mu sync.Mutex
+	failed := map[partition]failure{}
+	var wg sync.WaitGroup
+	fetches.EachPartition(func(fp kgo.FetchTopicPartition) {
+		p := partition{fp.Topic, fp.Partition}
+		stuck := in.stuck[p]
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for _, r := range fp.Records {
+				var held *stuckRecord
+				if stuck != nil && stuck.offset == r.Offset {
+					held = stuck
+				}
+				if err := in.one(ctx, r, produced, held); err != nil {
+					mu.Lock()
+					failed[p] = failure{offset: r.Offset, err: err}
+					mu.Unlock()
+					return
+				}
+			}
+		}()
+	})
+	wg.Wait()
+	return failed, ctx.Err()
+}
+
+// one converts r and produces the result (or, for a data error, the dead
+// letter) into the transaction. It returns the error of a record that must
+// be tried again: an outage, or a failure nothing recognises that has not
+// yet lasted the retry limit (held says how long it has).
+func (in *Ingest) one(ctx context.Context, r *kgo.Record, produced *kgo.FirstErrPromise, held *stuckRecord) error {
 	ctx, span := kafka.ProcessSpan(ctx, in.tracer, r)
 	defer span.End()
-	out, err := in.convert(ctx, r)
-	if err != nil && !dlq.Rejected(err) {
-		span.SetStatus(codes.Error, err.Error())
-		return err
+	var out *kgo.Record
+	var err error
+	// A few quick tries in place first: most failures of one record (a
+	// race on a new identifier, a serialization failure) pass at once.
+	for attempt, wait := 1, 25*time.Millisecond; ; attempt, wait = attempt+1, wait*2 {
+		out, err = in.convert(ctx, r)
+		if err == nil || fault.IsData(err) || attempt == 3 || ctx.Err() != nil {
+			break
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(wait):
+		}
+	}
+	if err != nil && !fault.IsData(err) {
+		if held == nil || fault.IsTransient(err) || in.now().Sub(held.since) < in.retryLimit {
+			span.SetStatus(codes.Error, err.Error())
+			return err
+		}
+		err = fmt.Errorf("retried for %s without success: %w", in.now().Sub(held.since).Round(time.Millisecond), err)
 	}
 	outcome := "ok"
 	if err != nil {
@@ -208,8 +395,15 @@ func (in *Ingest) one(ctx context.Context, r *kgo.Record, produced *kgo.FirstErr
 // ErrDecode is the reason given for a record that is not a ChannelEvent.
 var ErrDecode = errors.New("record value is not a ChannelEvent")
 
+// ErrTooLarge is the reason given for a record larger than the largest
+// event accepted.
+var ErrTooLarge = errors.New("record is larger than the largest event accepted")
+
 // convert turns a channel event record into its member event record.
 func (in *Ingest) convert(ctx context.Context, r *kgo.Record) (*kgo.Record, error) {
+	if len(r.Value) > in.opts.MaxEventBytes {
+		return nil, dlq.Reject(fmt.Errorf("%w: %d bytes, the limit is %d (MC_MAX_EVENT_BYTES)", ErrTooLarge, len(r.Value), in.opts.MaxEventBytes))
+	}
 	ev := &mcv1.ChannelEvent{}
 	var err error
 	if kafka.IsJSON(r) {
@@ -220,8 +414,8 @@ func (in *Ingest) convert(ctx context.Context, r *kgo.Record) (*kgo.Record, erro
 	if err != nil {
 		return nil, dlq.Reject(fmt.Errorf("%w: %v", ErrDecode, err))
 	}
-	if err := in.validator.Validate(ev); err != nil {
-		return nil, dlq.Reject(fmt.Errorf("invalid ChannelEvent: %w", err))
+	if err := in.Validate(ev); err != nil {
+		return nil, dlq.Reject(err)
 	}
 	res, err := in.resolver.ResolveEvent(ctx, ev)
 	if err != nil {
@@ -241,6 +435,38 @@ func (in *Ingest) convert(ctx context.Context, r *kgo.Record) (*kgo.Record, erro
 			{Key: "mc-event-id", Value: []byte(ev.GetEventId())},
 		},
 	}, nil
+}
+
+// earliestBirth bounds sign_up.birth_date from below.
+var earliestBirth = time.Date(1900, 1, 1, 0, 0, 0, 0, time.UTC)
+
+// Validate applies every rule an event must pass before it is resolved:
+// the protovalidate annotations, text every stage can store, an occurred_at
+// within the window around now, a birth date in the past, and the checks
+// of the stages downstream. The error names the field and the rule.
+func (in *Ingest) Validate(ev *mcv1.ChannelEvent) error {
+	if err := in.validator.Validate(ev); err != nil {
+		return fmt.Errorf("invalid ChannelEvent: %w", err)
+	}
+	if err := plausible.Text(ev); err != nil {
+		return fmt.Errorf("invalid ChannelEvent: %w", err)
+	}
+	now := in.opts.Now()
+	if err := in.opts.Window.Time("occurred_at", ev.GetOccurredAt(), now, true); err != nil {
+		return fmt.Errorf("implausible ChannelEvent: %w", err)
+	}
+	if b := ev.GetSignUp().GetBirthDate(); b != nil {
+		if err := b.CheckValid(); err != nil || b.AsTime().Before(earliestBirth) || b.AsTime().After(now) {
+			return fmt.Errorf("implausible ChannelEvent: sign_up.birth_date %s: want a date between %s and now",
+				b.AsTime().UTC().Format(time.DateOnly), earliestBirth.Format(time.DateOnly))
+		}
+	}
+	for _, check := range in.opts.Checks {
+		if err := check(ev); err != nil {
+			return fmt.Errorf("refused ChannelEvent: %w", err)
+		}
+	}
+	return nil
 }
 
 // MemberEvent builds the member event of a resolved channel event. The raw

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -25,6 +26,7 @@ import (
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 
+	"github.com/membercenter/membercenter/pipeline/clocktest"
 	"github.com/membercenter/membercenter/pipeline/dlq"
 	"github.com/membercenter/membercenter/pipeline/ingest"
 	"github.com/membercenter/membercenter/pipeline/kafka"
@@ -32,6 +34,9 @@ import (
 )
 
 func telemetry() kafka.Telemetry {
+	if os.Getenv("INGEST_TEST_LOG") != "" {
+		return kafka.Telemetry{Tracers: tracenoop.NewTracerProvider(), Meters: metricnoop.NewMeterProvider(), Propagator: propagation.TraceContext{}, Logger: slog.New(slog.NewTextHandler(os.Stderr, nil))}
+	}
 	return kafka.Telemetry{
 		Tracers:    tracenoop.NewTracerProvider(),
 		Meters:     metricnoop.NewMeterProvider(),
@@ -90,7 +95,11 @@ func resolution(ev *mcv1.ChannelEvent) ingest.Resolution {
 	return ingest.Resolution{MemberID: memberOf(ev), Identifiers: refs, Detail: &mcv1.Resolution{Created: true, Linked: refs}}
 }
 
-var occurred = timestamppb.New(time.Date(2026, 11, 23, 9, 30, 0, 0, time.UTC))
+// The events happen an hour before the test clock's instant, which the
+// stage measures its plausibility window from.
+var occurred = timestamppb.New(clocktest.Start().Add(-time.Hour))
+
+func options() ingest.Options { return ingest.Options{Now: clocktest.New().Now} }
 
 func event(id, phone string) *mcv1.ChannelEvent {
 	return &mcv1.ChannelEvent{
@@ -162,7 +171,7 @@ func TestIngest(t *testing.T) {
 	}
 
 	res := &stubResolver{rejectID: rejected.GetEventId(), transientID: transient.GetEventId(), calls: map[string]int{}}
-	in, err := ingest.New(kcfg, telemetry(), res)
+	in, err := ingest.New(kcfg, telemetry(), res, options())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -488,7 +497,7 @@ func TestStopCancelsResolve(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	res := blockingResolver{entered: make(chan struct{}, 1), release: make(chan struct{})}
-	in, err := ingest.New(kcfg, telemetry(), res)
+	in, err := ingest.New(kcfg, telemetry(), res, options())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -55,6 +55,7 @@ type Config struct {
 	Postgres   postgres.Config
 	ClickHouse clickhouse.Config
 	Kafka      kafka.Config
+	Ingest     ingest.Config
 	Telemetry  telemetry.Config
 	Server     server.Config
 	Identity   identity.Config
@@ -73,7 +74,7 @@ func LoadConfig(ctx context.Context) (Config, error) {
 
 // Validate reports every problem with the config at once.
 func (c Config) Validate() error {
-	return errors.Join(c.Postgres.Validate(), c.ClickHouse.Validate(), c.Kafka.Validate(),
+	return errors.Join(c.Postgres.Validate(), c.ClickHouse.Validate(), c.Kafka.Validate(), c.Ingest.Validate(),
 		c.Telemetry.Validate(), c.Server.Validate(), c.Identity.Validate(), c.Auth.Validate())
 }
 
@@ -87,6 +88,12 @@ func (c Config) LogValue() slog.Value {
 		slog.String("kafka", strings.Join(c.Kafka.Brokers, ",")),
 		slog.Any("topics", c.Kafka.Topics),
 		slog.String("group_prefix", c.Kafka.GroupPrefix),
+		slog.String("instance_id", c.Kafka.InstanceID),
+		slog.Duration("kafka_session_timeout", c.Kafka.SessionTimeout),
+		slog.Duration("record_retry_limit", c.Kafka.RecordRetryLimit),
+		slog.Int("max_event_bytes", c.Ingest.MaxEventBytes),
+		slog.Duration("event_max_age", c.Ingest.EventMaxAge),
+		slog.Duration("event_max_ahead", c.Ingest.EventMaxAhead),
 		slog.String("grpc", c.Server.GRPCAddr),
 		slog.String("admin", c.Server.AdminAddr),
 		slog.String("otlp", c.Telemetry.OTLPEndpoint),
@@ -300,7 +307,9 @@ func (p *Platform) Run(ctx context.Context, o Options) error {
 	for _, stage := range o.Stages {
 		switch stage {
 		case ingest.Stage:
-			st, err := ingest.New(p.cfg.Kafka, ktel, idSvc)
+			io := p.cfg.Ingest.Options()
+			io.Now = now
+			st, err := ingest.New(p.cfg.Kafka, ktel, idSvc, io)
 			if err != nil {
 				return err
 			}
