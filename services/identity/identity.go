@@ -6,6 +6,7 @@
 package identity
 
 import (
+	"bytes"
 	"context"
 	"encoding/hex"
 	"errors"
@@ -85,6 +86,8 @@ var (
 	ErrUnroutable = errors.New("no identifier can identify a member")
 	// ErrMemberInactive is returned for a member that was merged into another.
 	ErrMemberInactive = errors.New("member was merged into another member")
+	// ErrSelfReferral refuses a referral whose referee is the referrer.
+	ErrSelfReferral = errors.New("referral.referee names the referrer")
 )
 
 // RuleError is a refusal by a named rule.
@@ -496,7 +499,22 @@ func (s *Service) ResolveEvent(ctx context.Context, ev *mcv1.ChannelEvent) (inge
 		}
 		return ingest.Resolution{}, err
 	}
-	if out, ok, err := s.resolveKnownEvent(ctx, ev, ids); err != nil || ok {
+	// A referral pays the referrer for bringing someone else: one that
+	// names the referrer (any identifier or device of theirs) is refused.
+	var referee *Normalized
+	if r := ev.GetReferral().GetReferee(); r != nil {
+		n, err := s.Normalize([]*mcv1.Identifier{r})
+		if err != nil {
+			return ingest.Resolution{}, dlq.Reject(fmt.Errorf("referral.referee: %w", err))
+		}
+		referee = &n[0]
+		for _, id := range ids {
+			if bytes.Equal(id.Hash, referee.Hash) {
+				return ingest.Resolution{}, dlq.Reject(fmt.Errorf("%w: %s %s is one of the event's own identifiers",
+					ErrSelfReferral, TypeName(referee.Type), referee.Masked))
+			}
+		}
+	} else if out, ok, err := s.resolveKnownEvent(ctx, ev, ids); err != nil || ok {
 		return out, err
 	}
 	var out ingest.Resolution
@@ -517,6 +535,19 @@ func (s *Service) ResolveEvent(ctx context.Context, ev *mcv1.ChannelEvent) (inge
 			actor: "ingest", channel: ev.GetChannel(), store: ev.GetStoreId(), cause: ev.GetEventId()}})
 		if err != nil {
 			return err
+		}
+		if referee != nil {
+			found, err := postgres.FindIdentifiers(ctx, tx, []postgres.IdentifierKey{keyOf(*referee)})
+			if err != nil {
+				return err
+			}
+			for _, f := range found {
+				if f.MemberID == res.MemberID {
+					// Rolled back: the refused event links nothing.
+					return dlq.Reject(fmt.Errorf("%w: %s %s belongs to the referring member",
+						ErrSelfReferral, TypeName(referee.Type), referee.Masked))
+				}
+			}
 		}
 		detail := res.Detail()
 		stored, err := proto.MarshalOptions{Deterministic: true}.Marshal(detail)

@@ -549,3 +549,39 @@ func TestResolveKnownMemberWritesNothing(t *testing.T) {
 		t.Fatalf("retry of the creating call = %v, %v; want %v", retry, err, first)
 	}
 }
+
+// A referral whose referee is the referrer (the phone that sends it, or any
+// identifier or device already linked to the referrer) is refused and
+// changes nothing; a referral of someone else passes.
+func TestResolveEventRefusesSelfReferral(t *testing.T) {
+	f := newService(t)
+	ctx := ctxT(t)
+	referrer := phone("13911110001")
+	device := &mcv1.Identifier{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_DEVICE_ID, Value: "device-of-referrer"}
+	if _, err := f.svc.ResolveEvent(ctx, channelEvent("ev-link", referrer, device)); err != nil {
+		t.Fatal(err)
+	}
+	referral := func(id string, referee *mcv1.Identifier, ids ...*mcv1.Identifier) *mcv1.ChannelEvent {
+		ev := channelEvent(id, ids...)
+		ev.Payload = &mcv1.ChannelEvent_Referral{Referral: &mcv1.Referral{ReferralCode: "R-1", Referee: referee}}
+		return ev
+	}
+	before := f.counts(t)
+	for name, ev := range map[string]*mcv1.ChannelEvent{
+		"the sending phone":                         referral("ev-self-1", phone("13911110001"), referrer),
+		"a device of the referrer":                  referral("ev-self-2", device, referrer),
+		"the referrer's phone, written differently": referral("ev-self-3", phone("+86 139 1111 0001"), referrer),
+		"a new identifier of the event":             referral("ev-self-4", card("CARD-NEW-1"), referrer, card("CARD-NEW-1")),
+	} {
+		_, err := f.svc.ResolveEvent(ctx, ev)
+		if !dlq.Rejected(err) || !errors.Is(err, identity.ErrSelfReferral) {
+			t.Errorf("%s: err = %v, want a rejection for self-referral", name, err)
+		}
+	}
+	if after := f.counts(t); after != before {
+		t.Errorf("refused referrals wrote rows: %+v, then %+v", before, after)
+	}
+	if _, err := f.svc.ResolveEvent(ctx, referral("ev-friend", phone("13911110002"), referrer)); err != nil {
+		t.Errorf("a referral of someone else: %v", err)
+	}
+}
