@@ -55,3 +55,4 @@ func TestInsertEventsAndChanges(t *testing.T) {
 		t.Fatalf("balance = %d", bal)
 	}
 }
+

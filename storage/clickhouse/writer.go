@@ -99,11 +99,11 @@ func (w *Writer) InsertEvents(ctx context.Context, rows []EventRow) error {
 			r.OrderID, r.Currency, r.AmountMinor, r.DiscountMinor, r.PointsRedeemed,
 			sku, cat, brand, qty, amt, r.TraceID, origin, r.CouponCount, r.ReviewRating); err != nil {
 			_ = b.Abort()
-			return fmt.Errorf("append member_events row %s: %w", r.EventID, err)
+			return classify(fmt.Errorf("append member_events row %s: %w", r.EventID, err), true)
 		}
 	}
 	if err := b.Send(); err != nil {
-		return fmt.Errorf("insert member_events: %w", err)
+		return classify(fmt.Errorf("insert member_events: %w", err), false)
 	}
 	return nil
 }
@@ -123,11 +123,11 @@ func (w *Writer) InsertChanges(ctx context.Context, rows []ChangeRow) error {
 		if err := b.Append(r.MemberID, r.Sequence, r.ChangeID, r.ChangeType, r.OccurredAt.UTC(), r.CauseID, r.Channel, r.StoreID,
 			r.PointsDelta, r.PointsBalance, r.PointsKind, r.Payload, r.TraceID, r.InsertedAt.UTC()); err != nil {
 			_ = b.Abort()
-			return fmt.Errorf("append member_changes row %s/%d: %w", r.MemberID, r.Sequence, err)
+			return classify(fmt.Errorf("append member_changes row %s/%d: %w", r.MemberID, r.Sequence, err), true)
 		}
 	}
 	if err := b.Send(); err != nil {
-		return fmt.Errorf("insert member_changes: %w", err)
+		return classify(fmt.Errorf("insert member_changes: %w", err), false)
 	}
 	return nil
 }
@@ -166,11 +166,11 @@ func (w *Writer) InsertLabelChanges(ctx context.Context, rows []LabelChangeRow) 
 		if err := b.Append(r.MemberID, r.LabelID, r.Value, cleared, r.Sequence, r.ChangedAt.UTC(), r.CauseID,
 			r.CatalogVersion, r.InsertedAt.UTC()); err != nil {
 			_ = b.Abort()
-			return fmt.Errorf("append label_changes row %s/%s/%d: %w", r.MemberID, r.LabelID, r.Sequence, err)
+			return classify(fmt.Errorf("append label_changes row %s/%s/%d: %w", r.MemberID, r.LabelID, r.Sequence, err), true)
 		}
 	}
 	if err := b.Send(); err != nil {
-		return fmt.Errorf("insert label_changes: %w", err)
+		return classify(fmt.Errorf("insert label_changes: %w", err), false)
 	}
 	return nil
 }
@@ -210,11 +210,11 @@ func (w *Writer) InsertAudit(ctx context.Context, rows []AuditRow) error {
 		if err := b.Append(r.AuditID, r.At.UTC(), r.Action, r.Actor, r.Channel, r.CauseID, r.MemberID, r.OtherMemberID,
 			r.Identifiers, r.Before, r.After, r.Reason, r.MergeID, r.ConflictID, r.Sequence, r.InsertedAt.UTC()); err != nil {
 			_ = b.Abort()
-			return fmt.Errorf("append identity_audit row %s: %w", r.AuditID, err)
+			return classify(fmt.Errorf("append identity_audit row %s: %w", r.AuditID, err), true)
 		}
 	}
 	if err := b.Send(); err != nil {
-		return fmt.Errorf("insert identity_audit: %w", err)
+		return classify(fmt.Errorf("insert identity_audit: %w", err), false)
 	}
 	return nil
 }
