@@ -141,11 +141,13 @@ func TestHTTPGatewayAndServerSentEvents(t *testing.T) {
 	})
 	r, closeStream = subscribe(lastID)
 	defer closeStream()
+	// The change made while away comes once: replayed before "ready", or
+	// live after it when the hub had not yet read what the relay published.
 	gotPoints := false
-	for {
+	for !gotPoints {
 		ev := readEvent(t, r)
 		if ev.kind == "ready" {
-			break
+			continue
 		}
 		msg := &mcv1.SubscribeResponse{}
 		if err := protojson.Unmarshal([]byte(ev.data), msg); err != nil {
@@ -157,9 +159,6 @@ func TestHTTPGatewayAndServerSentEvents(t *testing.T) {
 			}
 			gotPoints = true
 		}
-	}
-	if !gotPoints {
-		t.Fatal("the points change made while disconnected was not replayed")
 	}
 
 	// A bad token is refused before the stream starts.
