@@ -55,4 +55,3 @@ func TestInsertEventsAndChanges(t *testing.T) {
 		t.Fatalf("balance = %d", bal)
 	}
 }
-
