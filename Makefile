@@ -5,7 +5,7 @@ SHELL := /bin/bash
 MODULES := ./proto/... ./storage/... ./pipeline/... ./services/...
 BIN := .bin/membercenter
 
-.PHONY: deps build test check unit smoke testdates demo bench gen lint stop clean
+.PHONY: deps build test check unit smoke testdates faults demo bench gen lint stop clean
 
 deps:
 	scripts/deps.sh >/dev/null
@@ -35,6 +35,11 @@ smoke: build
 
 demo: deps build
 	$(BIN) demo
+
+## faults: the fault suite (processes killed, servers restarted under a
+## workload); restarts the shared servers, so it runs alone.
+faults: deps
+	scripts/faults.sh
 
 ## bench: latency and throughput figures for BENCHMARKS.md.
 bench: deps build

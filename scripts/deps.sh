@@ -312,6 +312,14 @@ export MC_CLICKHOUSE_DB='membercenter'
 EOF
 }
 
+# one runs start or stop ($1) of one server ($2).
+one() {
+  case "$2" in
+    postgres | kafka | clickhouse) "$1_$2" ;;
+    *) die "unknown server $2: postgres, kafka or clickhouse" ;;
+  esac
+}
+
 main() {
   mkdir -p "$data"
   case "${1:-start}" in
@@ -324,11 +332,16 @@ main() {
       create_topics
       print_env | tee "$data/env" ;;
     stop)
+      if [[ -n "${2:-}" ]]; then one stop "$2"; return; fi
       stop_kafka
       stop_clickhouse
       stop_postgres ;;
+    # One server at a time, for the fault suite (scripts/faults.sh):
+    # deps.sh restart postgres|kafka|clickhouse, or stop/start one.
+    restart) one stop "${2:?which server}"; one start "$2" ;;
+    start-one) one start "${2:?which server}" ;;
     env) print_env ;;
-    *) die "usage: $0 [start|stop|env]" ;;
+    *) die "usage: $0 [start|stop [server]|restart server|start-one server|env]" ;;
   esac
 }
 
