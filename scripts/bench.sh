@@ -69,6 +69,9 @@ pipeline_cmd=(bench pipeline --members "$p_members" --events "$p_events" --fresh
 pipeline="$(cd "$root" && "$bin" "${pipeline_cmd[@]}")"
 took=$((SECONDS / 60))m$((SECONDS % 60))s
 
+# The fault suite's section (scripts/faults.sh) is kept as it is.
+reliability="$(sed -n '/^<!-- reliability:begin/,/^<!-- reliability:end -->/p' "$out" 2>/dev/null || true)"
+
 cat >"$out" <<MD
 # Benchmarks
 
@@ -183,4 +186,5 @@ profiles of the drains are in \`$p_profiles/\` (\`go tool pprof -top .bin/member
 
 $pipeline
 MD
+if [[ -n "$reliability" ]]; then printf '\n%s\n' "$reliability" >>"$out"; fi
 echo "bench: wrote $out"
