@@ -8,8 +8,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
+	"slices"
+	"strings"
 	"time"
 
 	"buf.build/go/protovalidate"
@@ -26,6 +29,8 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
+
+	"github.com/membercenter/membercenter/pipeline/fault"
 )
 
 // Config says where to listen. Defaults are loopback, as deps.sh's servers.
@@ -70,9 +75,10 @@ type Telemetry struct {
 }
 
 // NewGRPC returns a server with health and reflection registered, requests
-// validated against their protovalidate annotations (InvalidArgument with
-// the field and reason), panics recovered, and errors translated to statuses
-// once, here, by the rules given.
+// that do not decode, hold text PostgreSQL cannot store or break their
+// protovalidate annotations refused (InvalidArgument with the field and
+// reason), panics recovered, and errors translated to statuses once, here,
+// by the rules given and by their class (see package fault).
 //
 // guard, when set, authenticates and authorises every call before it is
 // validated (channel credentials and scopes, see package auth).
@@ -86,14 +92,17 @@ func NewGRPC(tel Telemetry, rules []ErrorCode, guard ...Guard) (*grpc.Server, *h
 		tel.Logger.ErrorContext(ctx, "panic in handler", "panic", p)
 		return status.Error(codes.Internal, "internal error")
 	})
-	unary := []grpc.UnaryServerInterceptor{recovery.UnaryServerInterceptor(rec), tr.unary}
-	stream := []grpc.StreamServerInterceptor{recovery.StreamServerInterceptor(rec), tr.stream}
+	// A request that did not decode is refused before anything reads it.
+	codec := newWireCodec()
+	unary := []grpc.UnaryServerInterceptor{codec.unary, recovery.UnaryServerInterceptor(rec), tr.unary}
+	stream := []grpc.StreamServerInterceptor{codec.stream, recovery.StreamServerInterceptor(rec), tr.stream}
 	for _, g := range guard {
 		unary, stream = append(unary, g.Unary()), append(stream, g.Stream())
 	}
-	unary = append(unary, pvinterceptor.UnaryServerInterceptor(v))
-	stream = append(stream, pvinterceptor.StreamServerInterceptor(v))
+	unary = append(unary, textUnary, pvinterceptor.UnaryServerInterceptor(v))
+	stream = append(stream, textStream, pvinterceptor.StreamServerInterceptor(v))
 	s := grpc.NewServer(
+		grpc.ForceServerCodecV2(codec),
 		grpc.StatsHandler(otelgrpc.NewServerHandler(
 			otelgrpc.WithTracerProvider(tel.Tracers),
 			otelgrpc.WithMeterProvider(tel.Meters),
@@ -138,19 +147,37 @@ func (t translator) status(ctx context.Context, method string, err error) error 
 	if _, ok := status.FromError(err); ok {
 		return err
 	}
-	switch {
-	case errors.Is(err, context.Canceled):
-		return status.Error(codes.Canceled, err.Error())
-	case errors.Is(err, context.DeadlineExceeded):
-		return status.Error(codes.DeadlineExceeded, err.Error())
-	}
+	return t.translate(ctx, method, err).Err()
+}
+
+// translate maps an error to its status: the services' sentinels first (a
+// refusal stays a refusal whatever caused it), then a cancelled or expired
+// call, then the error's class: a transient error (a database restarting, a
+// lost connection, a serialization failure) is Unavailable, so a client
+// retries with the same idempotency key; a data error (a value the database
+// cannot hold, PostgreSQL class 22) is InvalidArgument. Anything else is
+// Internal and logged with the trace id.
+func (t translator) translate(ctx context.Context, method string, err error) *status.Status {
 	for _, r := range t.rules {
 		if errors.Is(err, r.Err) {
-			return status.Error(r.Code, err.Error())
+			return status.New(r.Code, err.Error())
 		}
 	}
+	switch {
+	case errors.Is(err, context.Canceled):
+		return status.New(codes.Canceled, err.Error())
+	case errors.Is(err, context.DeadlineExceeded):
+		return status.New(codes.DeadlineExceeded, err.Error())
+	}
+	switch fault.Classify(err) {
+	case fault.Transient:
+		t.log.WarnContext(ctx, "unavailable", "method", method, "err", err)
+		return status.New(codes.Unavailable, "temporarily unavailable; retry with the same idempotency key: "+err.Error())
+	case fault.Data:
+		return status.New(codes.InvalidArgument, err.Error())
+	}
 	t.log.ErrorContext(ctx, "internal error", "method", method, "err", err)
-	return status.Error(codes.Internal, "internal error; see the server log for the trace id")
+	return status.New(codes.Internal, "internal error; see the server log for the trace id")
 }
 
 // Check is a readiness probe of one dependency.
@@ -165,17 +192,20 @@ func AdminHandler(metrics http.Handler, checks map[string]Check) http.Handler {
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 		defer cancel()
-		code := http.StatusOK
-		for name, c := range checks {
-			if err := c(ctx); err != nil {
-				code = http.StatusServiceUnavailable
-				fmt.Fprintf(w, "%s: %v\n", name, err)
+		// The status goes first: a body written before it makes it 200.
+		var failed []string
+		for _, name := range slices.Sorted(maps.Keys(checks)) {
+			if err := checks[name](ctx); err != nil {
+				failed = append(failed, fmt.Sprintf("%s: %v", name, err))
 			}
 		}
-		w.WriteHeader(code)
-		if code == http.StatusOK {
-			fmt.Fprintln(w, "ready")
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		if len(failed) > 0 {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			fmt.Fprintln(w, strings.Join(failed, "\n"))
+			return
 		}
+		fmt.Fprintln(w, "ready")
 	})
 	return mux
 }
