@@ -181,6 +181,9 @@ func (s *Service) Apply(ctx context.Context, ev *mcv1.MemberEvent) error {
 	if err != nil {
 		return dlq.Reject(fmt.Errorf("member_id %q: %w", ev.GetMemberId(), err))
 	}
+	if err := checkMemberEvent(s.program(), ev); err != nil {
+		return dlq.Reject(err)
+	}
 	op, ok, err := s.opFromEvent(ev)
 	if err != nil || !ok {
 		return err
@@ -205,6 +208,9 @@ func (s *Service) Apply(ctx context.Context, ev *mcv1.MemberEvent) error {
 				return err
 			}
 			fx, err := Engine{P: s.program()}.Apply(st, op)
+			if errors.Is(err, ErrInvalid) {
+				return dlq.Reject(err)
+			}
 			var refusal *Refusal
 			if errors.As(err, &refusal) {
 				s.log.WarnContext(ctx, "event refused by the programme", "event_id", ev.GetEventId(), "member_id", member, "reason", refusal.Reason)

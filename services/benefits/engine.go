@@ -272,8 +272,10 @@ type Effects struct {
 	Duplicate bool // the order was applied before; nothing changed
 	NoOp      bool
 	Trace     []*mcv1.RuleTrace
-	// Purchase figures, for Quote and Commit.
+	// Purchase figures, for Quote and Commit: Earned is the order's own
+	// points, MissionBonus what missions paid for it on top.
 	Earned, Redeemed, RedemptionValue, CouponDiscount, Paid int64
+	MissionBonus                                            int64
 	CouponsUsed                                             []string
 }
 
@@ -326,6 +328,9 @@ func floorMulDiv(a, b, d int64) int64 {
 // Apply runs op on s. On a Refusal (or any error) s must be discarded: the
 // store never persists it, so nothing changes.
 func (e Engine) Apply(s *State, op Op) (*Effects, error) {
+	if err := e.checkOp(op); err != nil {
+		return nil, err
+	}
 	s.init()
 	p := e.P
 	t := op.At
@@ -796,7 +801,11 @@ func (e Engine) purchaseMission(s *State, fx *Effects, t time.Time, op Op) {
 	m := monthOf(t, e.P.Location)
 	if mi.PurchasesBonus > 0 && !s.BonusMonth[m] && s.Months[m] != nil && s.Months[m].Orders >= mi.PurchasesCount {
 		s.BonusMonth[m] = true
-		e.addLot(s, fx, t, op, mi.PurchasesBonus, "earn", fmt.Sprintf("%d purchases in %s", mi.PurchasesCount, m), false, "")
+		why := fmt.Sprintf("%d purchases in %s", mi.PurchasesCount, m)
+		e.addLot(s, fx, t, op, mi.PurchasesBonus, "earn", why, false, "")
+		fx.MissionBonus += mi.PurchasesBonus
+		fx.Trace = append(fx.Trace, &mcv1.RuleTrace{RuleId: "mission:purchases_in_month", RuleVersion: e.P.Version, Applied: true,
+			Points: mi.PurchasesBonus, Explanation: why})
 	}
 }
 

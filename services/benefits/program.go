@@ -6,11 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"math/big"
 	"strings"
 	"time"
 
 	"cel.dev/cel-go/cel"
 	"go.yaml.in/yaml/v3"
+
+	"github.com/membercenter/membercenter/pipeline/plausible"
 )
 
 //go:embed program.yaml
@@ -38,7 +41,46 @@ type Program struct {
 	CouponOrder    []string
 	Benefits       []*BenefitDef
 	Missions       Missions
+	Limits         Limits
 	Source         []byte
+}
+
+// Limits are the programme's plausibility bounds: what a till, a channel
+// back end or an operator may ask of it in one operation. Beyond them a
+// request is refused (InvalidArgument naming the field) and an event is
+// dead-lettered, so no value a typo or an attack produces can mint points
+// by the trillion or overflow the engine's arithmetic.
+type Limits struct {
+	// MaxAmount is the largest amount of one transaction, refund or basket
+	// line, in minor units of the programme's currency.
+	MaxAmount int64
+	// MaxAdjustPoints bounds one Adjust either way; MaxRedeemPoints one
+	// redemption (Redeem, or points paying part of a basket).
+	MaxAdjustPoints int64
+	MaxRedeemPoints int64
+	// Window is how far from now an event or basket time may be.
+	Window plausible.Window
+}
+
+// Ceilings of the limits a programme may set: with them (and the rate and
+// multiplier ceilings) the points of one operation stay below
+// maxPointsPerOperation, so no sum the engine or the ledger keeps can
+// overflow 64 bits in any plausible lifetime of a member.
+const (
+	maxAmountCeiling      = 1_000_000_000_000 // ¥10 billion in fen
+	maxPointsCeiling      = 1_000_000_000_000
+	maxPointsPerOperation = 1_000_000_000_000
+	maxRateBP             = 1000 * 10000 // 1,000 points per currency unit
+	maxMultiplierBP       = 100 * 10000  // ×100
+)
+
+// Default limits, for programmes that set none (and versions stored before
+// limits existed).
+var defaultLimits = Limits{
+	MaxAmount:       100_000_000, // ¥1,000,000 per transaction
+	MaxAdjustPoints: 10_000_000,
+	MaxRedeemPoints: 10_000_000,
+	Window:          plausible.DefaultWindow,
 }
 
 // Tier is a rung of the ladder.
@@ -182,6 +224,16 @@ type yamlProgram struct {
 		Revoke        string   `yaml:"revoke"`
 		Coupon        string   `yaml:"coupon"`
 	} `yaml:"benefits"`
+	Limits struct {
+		// Per currency; the programme's own must be there.
+		MaxAmount       map[string]int64 `yaml:"max_amount"`
+		MaxAdjustPoints *int64           `yaml:"max_adjust_points"`
+		MaxRedeemPoints *int64           `yaml:"max_redeem_points"`
+		EventWindow     struct {
+			Past   string `yaml:"past"`
+			Future string `yaml:"future"`
+		} `yaml:"event_window"`
+	} `yaml:"limits"`
 	Missions struct {
 		CheckInStreak *struct {
 			Days  int64 `yaml:"days"`
@@ -461,10 +513,113 @@ func ParseProgram(src []byte) (*Program, error) {
 	if m := y.Missions.Referral; m != nil {
 		p.Missions.ReferralBonus, p.Missions.ReferralCapMonth = m.Bonus, m.CapPerMonth
 	}
+	p.Limits = parseLimits(y, p, add)
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
 	return p, nil
+}
+
+// parseLimits reads and checks the limits, and that the programme's rates,
+// multipliers and bonuses keep one operation's points within
+// maxPointsPerOperation at the largest amount it accepts.
+func parseLimits(y yamlProgram, p *Program, add func(error)) Limits {
+	l := defaultLimits
+	yl := y.Limits
+	if yl.MaxAmount != nil {
+		for c := range yl.MaxAmount {
+			if len(c) != 3 || strings.ToUpper(c) != c {
+				add(fmt.Errorf("limits.max_amount: %q is not an ISO 4217 code", c))
+			}
+		}
+		v, ok := yl.MaxAmount[p.Currency]
+		if !ok {
+			add(fmt.Errorf("limits.max_amount has no maximum for the programme's currency %s", p.Currency))
+		}
+		l.MaxAmount = v
+	}
+	if yl.MaxAdjustPoints != nil {
+		l.MaxAdjustPoints = *yl.MaxAdjustPoints
+	}
+	if yl.MaxRedeemPoints != nil {
+		l.MaxRedeemPoints = *yl.MaxRedeemPoints
+	}
+	for _, c := range []struct {
+		what    string
+		v, ceil int64
+	}{
+		{"limits.max_amount." + p.Currency, l.MaxAmount, maxAmountCeiling},
+		{"limits.max_adjust_points", l.MaxAdjustPoints, maxPointsCeiling},
+		{"limits.max_redeem_points", l.MaxRedeemPoints, maxPointsCeiling},
+	} {
+		if c.v < 1 || c.v > c.ceil {
+			add(fmt.Errorf("%s %d: must be 1..%d", c.what, c.v, c.ceil))
+		}
+	}
+	for _, d := range []struct {
+		s, what string
+		dst     *time.Duration
+	}{{yl.EventWindow.Past, "limits.event_window.past", &l.Window.Past}, {yl.EventWindow.Future, "limits.event_window.future", &l.Window.Future}} {
+		if d.s == "" {
+			continue
+		}
+		v, err := time.ParseDuration(d.s)
+		if err != nil {
+			add(fmt.Errorf("%s %q: not a duration", d.what, d.s))
+			continue
+		}
+		*d.dst = v
+	}
+	if err := l.Window.Validate(); err != nil {
+		add(fmt.Errorf("limits.event_window: %w", err))
+	}
+	// The most one purchase can earn: base at the highest tier multiplier,
+	// every campaign's extra and bonus, every mission bonus.
+	if p.RateBP > maxRateBP {
+		add(fmt.Errorf("base.points_per_unit: at most %d", maxRateBP/10000))
+	}
+	most := new(big.Int)
+	var topTier int64
+	for i, t := range p.Tiers {
+		if t.MultiplierBP > maxMultiplierBP {
+			add(fmt.Errorf("tiers.ladder[%d] (%s).multiplier: at most %d", i, t.ID, maxMultiplierBP/10000))
+		}
+		topTier = max(topTier, t.MultiplierBP)
+	}
+	// As the engine computes it: minor units × rate (bp) × multiplier (bp) / 10^10.
+	perUnit := func(mult int64) *big.Int {
+		n := new(big.Int).Mul(big.NewInt(l.MaxAmount), big.NewInt(p.RateBP))
+		n.Mul(n, big.NewInt(mult))
+		return n.Quo(n, big.NewInt(1e10))
+	}
+	most.Add(most, perUnit(topTier))
+	for i, c := range p.Campaigns {
+		if c.MultiplierBP > maxMultiplierBP {
+			add(fmt.Errorf("campaigns[%d] (%s).multiplier: at most %d", i, c.ID, maxMultiplierBP/10000))
+		}
+		if c.MultiplierBP > 0 {
+			most.Add(most, perUnit(c.MultiplierBP-10000))
+		}
+		if c.Bonus < 0 || c.Bonus > maxPointsCeiling {
+			add(fmt.Errorf("campaigns[%d] (%s).bonus: must be 0..%d", i, c.ID, int64(maxPointsCeiling)))
+		}
+		most.Add(most, big.NewInt(max(c.Bonus, 0)))
+	}
+	m := p.Missions
+	for _, b := range []struct {
+		what string
+		v    int64
+	}{{"missions.check_in_streak.bonus", m.StreakBonus}, {"missions.purchases_in_month.bonus", m.PurchasesBonus}, {"missions.referral.bonus", m.ReferralBonus}} {
+		if b.v < 0 || b.v > maxPointsCeiling {
+			add(fmt.Errorf("%s: must be 0..%d", b.what, int64(maxPointsCeiling)))
+		}
+		most.Add(most, big.NewInt(max(b.v, 0)))
+	}
+	if most.Cmp(big.NewInt(maxPointsPerOperation)) > 0 {
+		add(fmt.Errorf("limits.max_amount.%s %d: a purchase of that amount could earn %s points, more than %d; lower the maximum or the rates",
+			p.Currency, l.MaxAmount, most, int64(maxPointsPerOperation)))
+	}
+	return l
 }
 
 func celEnv() (*cel.Env, error) {

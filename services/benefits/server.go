@@ -16,15 +16,13 @@ import (
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 	"github.com/membercenter/membercenter/storage/postgres"
 
+	"github.com/membercenter/membercenter/services/auth"
 	"github.com/membercenter/membercenter/services/changes"
 )
 
 // ErrInvalid is wrapped by requests the programme cannot take as given
 // (InvalidArgument): an unknown currency, a basket time in the future.
 var ErrInvalid = errors.New("invalid request")
-
-// maxSkew is how far in the future a basket's time may be.
-const maxSkew = 5 * time.Minute
 
 // Server is the gRPC BenefitsService.
 type Server struct {
@@ -34,6 +32,15 @@ type Server struct {
 
 // NewServer returns the gRPC adapter of svc.
 func NewServer(svc *Service) *Server { return &Server{svc: svc} }
+
+// callerChannel is the channel the changes of a request carry: the
+// authenticated client's own, else the one the request names.
+func callerChannel(ctx context.Context, named mcv1.Channel) mcv1.Channel {
+	if c := auth.ChannelOf(ctx); c != mcv1.Channel_CHANNEL_UNSPECIFIED {
+		return c
+	}
+	return named
+}
 
 func parseMember(id string) (uuid.UUID, error) {
 	m, err := uuid.Parse(id)
@@ -99,23 +106,21 @@ func (s *Service) mutate(ctx context.Context, scope, key string, req, resp proto
 func (s *Service) basketOp(b *mcv1.Basket) (Op, error) {
 	p := s.program()
 	now := s.now()
-	if c := b.GetTotal().GetCurrency(); c != p.Currency {
-		return Op{}, fmt.Errorf("basket.total.currency %q: the programme runs in %s: %w", c, p.Currency, ErrInvalid)
+	if err := p.checkMoney("basket.total", b.GetTotal(), true); err != nil {
+		return Op{}, err
 	}
 	at := now
 	if b.GetAt() != nil {
+		if err := p.checkTime("basket.at", b.GetAt(), now, false); err != nil {
+			return Op{}, err
+		}
 		at = b.GetAt().AsTime()
-		if at.After(now.Add(maxSkew)) {
-			return Op{}, fmt.Errorf("basket.at %s is more than %s in the future: %w", at.Format(time.RFC3339), maxSkew, ErrInvalid)
-		}
 	}
-	for i, it := range b.GetItems() {
-		if it.GetAmount() != nil && it.GetAmount().GetAmountMinor() < 0 {
-			return Op{}, fmt.Errorf("basket.items[%d].amount must not be negative: %w", i, ErrInvalid)
-		}
-		if c := it.GetAmount().GetCurrency(); it.GetAmount() != nil && c != p.Currency {
-			return Op{}, fmt.Errorf("basket.items[%d].amount.currency %q: the programme runs in %s: %w", i, c, p.Currency, ErrInvalid)
-		}
+	if err := p.checkItems("basket.items", b.GetItems()); err != nil {
+		return Op{}, err
+	}
+	if err := p.checkRedeem("basket.redeem_points", b.GetRedeemPoints()); err != nil {
+		return Op{}, err
 	}
 	return Op{Kind: OpPurchase, At: at, OrderID: b.GetOrderId(), Total: b.GetTotal().GetAmountMinor(), Items: toItems(b.GetItems()),
 		CouponCodes: b.GetCouponCodes(), RedeemPoints: b.GetRedeemPoints(), Channel: ChannelName(b.GetChannel()), Store: b.GetStoreId()}, nil
@@ -133,9 +138,17 @@ func (s *Service) quoteResponse(st *State, fx *Effects, tierBefore string) *mcv1
 			AmountDue: s.money(o.Paid), CouponDiscount: s.money(o.CouponDiscount), TierBefore: st.Tier, TierAfter: st.Tier,
 			Trace: []*mcv1.RuleTrace{{RuleId: "order", Explanation: "order " + o.OrderID + " was committed before; this is its result"}}}
 	}
-	resp := &mcv1.QuoteResponse{PointsEarned: fx.Earned, PointsRedeemed: fx.Redeemed, RedemptionValue: s.money(fx.RedemptionValue),
+	// Every movement the purchase causes: its own points and what missions
+	// pay for it are earned; points that expire on the way are traced.
+	resp := &mcv1.QuoteResponse{PointsEarned: fx.Earned + fx.MissionBonus, PointsRedeemed: fx.Redeemed, RedemptionValue: s.money(fx.RedemptionValue),
 		CouponsApplied: fx.CouponsUsed, AmountDue: s.money(fx.Paid), Trace: fx.Trace, CouponDiscount: s.money(fx.CouponDiscount),
 		TierBefore: tierBefore, TierAfter: st.Tier}
+	for _, l := range fx.Ledger {
+		if l.Kind == "expire" {
+			resp.Trace = append(resp.Trace, &mcv1.RuleTrace{RuleId: "expiry", RuleVersion: s.program().Version, Applied: true,
+				Points: l.Delta, Explanation: l.Reason})
+		}
+	}
 	for _, c := range fx.Issued {
 		resp.CouponsIssued = append(resp.CouponsIssued, c.Code)
 	}
@@ -203,16 +216,16 @@ func (s *Server) Refund(ctx context.Context, req *mcv1.RefundRequest) (*mcv1.Ref
 		return nil, err
 	}
 	if a := req.GetAmount(); a != nil {
-		if a.GetCurrency() != s.svc.program().Currency {
-			return nil, fmt.Errorf("amount.currency %q: the programme runs in %s: %w", a.GetCurrency(), s.svc.program().Currency, ErrInvalid)
+		if err := s.svc.program().checkMoney("amount", a, true); err != nil {
+			return nil, err
 		}
-		if a.GetAmountMinor() <= 0 {
-			return nil, fmt.Errorf("amount.amount_minor must be positive: %w", ErrInvalid)
+		if a.GetAmountMinor() == 0 {
+			return nil, fieldErr("amount.amount_minor", "must be positive (leave amount out to refund the rest)")
 		}
 	}
 	op := Op{Kind: OpRefund, At: s.svc.now(), OrderID: req.GetOrderId(), Amount: req.GetAmount().GetAmountMinor()}
 	resp := &mcv1.RefundResponse{}
-	err = s.svc.mutate(ctx, "benefits.Refund", req.GetIdempotencyKey(), req, resp, member, op, mcv1.Channel_CHANNEL_UNSPECIFIED, "",
+	err = s.svc.mutate(ctx, "benefits.Refund", req.GetIdempotencyKey(), req, resp, member, op, callerChannel(ctx, req.GetChannel()), "",
 		func(st *State, fx *Effects) error {
 			if fx.NoOp {
 				return fmt.Errorf("order %s of member %s: %w", req.GetOrderId(), member, postgres.ErrNotFound)
@@ -247,9 +260,12 @@ func (s *Server) Redeem(ctx context.Context, req *mcv1.RedeemRequest) (*mcv1.Red
 	if req.GetRewardId() == "" {
 		reason = "points redeemed"
 	}
+	if err := s.svc.program().checkRedeem("points", req.GetPoints()); err != nil {
+		return nil, err
+	}
 	op := Op{Kind: OpRedeem, At: s.svc.now(), Points: req.GetPoints(), Reason: reason}
 	resp := &mcv1.RedeemResponse{}
-	err = s.svc.mutate(ctx, "benefits.Redeem", req.GetIdempotencyKey(), req, resp, member, op, mcv1.Channel_CHANNEL_UNSPECIFIED, "",
+	err = s.svc.mutate(ctx, "benefits.Redeem", req.GetIdempotencyKey(), req, resp, member, op, callerChannel(ctx, req.GetChannel()), "",
 		func(st *State, fx *Effects) error {
 			resp.TransactionId = "rpc:benefits.Redeem:" + req.GetIdempotencyKey()
 			resp.Balance, _, _ = st.Balance(fx.At)
@@ -262,6 +278,9 @@ func (s *Server) Redeem(ctx context.Context, req *mcv1.RedeemRequest) (*mcv1.Red
 func (s *Server) Adjust(ctx context.Context, req *mcv1.AdjustRequest) (*mcv1.AdjustResponse, error) {
 	member, err := parseMember(req.GetMemberId())
 	if err != nil {
+		return nil, err
+	}
+	if err := s.svc.program().checkAdjust("points", req.GetPoints()); err != nil {
 		return nil, err
 	}
 	op := Op{Kind: OpAdjust, At: s.svc.now(), Points: req.GetPoints(), Reason: req.GetReason()}
@@ -282,7 +301,7 @@ func (s *Server) ClaimCoupon(ctx context.Context, req *mcv1.ClaimCouponRequest) 
 	}
 	op := Op{Kind: OpIssueCoupon, At: s.svc.now(), Template: req.GetTemplateId(), Claim: true, Reason: "claimed"}
 	resp := &mcv1.ClaimCouponResponse{}
-	err = s.svc.mutate(ctx, "benefits.ClaimCoupon", req.GetIdempotencyKey(), req, resp, member, op, mcv1.Channel_CHANNEL_UNSPECIFIED, "",
+	err = s.svc.mutate(ctx, "benefits.ClaimCoupon", req.GetIdempotencyKey(), req, resp, member, op, callerChannel(ctx, req.GetChannel()), "",
 		func(st *State, fx *Effects) error {
 			for _, c := range fx.Issued {
 				if c.Template == req.GetTemplateId() {

@@ -75,7 +75,10 @@ type rawProgram struct {
 	Campaigns []rawCampaign `yaml:"campaigns"`
 	Coupons   []rawCoupon   `yaml:"coupons"`
 	Benefits  []rawBenefit  `yaml:"benefits"`
-	Missions  struct {
+	// Limits (§10) bound what one operation may ask; the oracle's events
+	// stay inside them, so it reads them only to accept the document.
+	Limits   yaml.Node `yaml:"limits"`
+	Missions struct {
 		CheckInStreak *struct {
 			Days  int   `yaml:"days"`
 			Bonus int64 `yaml:"bonus"`

@@ -880,8 +880,11 @@ type RefundRequest struct {
 	// Amount refunded; the whole order when unset.
 	Amount         *Money `protobuf:"bytes,3,opt,name=amount,proto3" json:"amount,omitempty"`
 	IdempotencyKey string `protobuf:"bytes,4,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Channel the request comes from; every change it makes carries it. An
+	// authenticated client's own channel takes precedence.
+	Channel       Channel `protobuf:"varint,5,opt,name=channel,proto3,enum=membercenter.v1.Channel" json:"channel,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RefundRequest) Reset() {
@@ -940,6 +943,13 @@ func (x *RefundRequest) GetIdempotencyKey() string {
 		return x.IdempotencyKey
 	}
 	return ""
+}
+
+func (x *RefundRequest) GetChannel() Channel {
+	if x != nil {
+		return x.Channel
+	}
+	return Channel_CHANNEL_UNSPECIFIED
 }
 
 type RefundResponse struct {
@@ -1025,8 +1035,11 @@ type RedeemRequest struct {
 	Points         int64                  `protobuf:"varint,2,opt,name=points,proto3" json:"points,omitempty"`
 	RewardId       string                 `protobuf:"bytes,3,opt,name=reward_id,json=rewardId,proto3" json:"reward_id,omitempty"`
 	IdempotencyKey string                 `protobuf:"bytes,4,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Channel the request comes from; every change it makes carries it. An
+	// authenticated client's own channel takes precedence.
+	Channel       Channel `protobuf:"varint,5,opt,name=channel,proto3,enum=membercenter.v1.Channel" json:"channel,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RedeemRequest) Reset() {
@@ -1085,6 +1098,13 @@ func (x *RedeemRequest) GetIdempotencyKey() string {
 		return x.IdempotencyKey
 	}
 	return ""
+}
+
+func (x *RedeemRequest) GetChannel() Channel {
+	if x != nil {
+		return x.Channel
+	}
+	return Channel_CHANNEL_UNSPECIFIED
 }
 
 type RedeemResponse struct {
@@ -1612,8 +1632,11 @@ type ClaimCouponRequest struct {
 	MemberId       string                 `protobuf:"bytes,1,opt,name=member_id,json=memberId,proto3" json:"member_id,omitempty"`
 	TemplateId     string                 `protobuf:"bytes,2,opt,name=template_id,json=templateId,proto3" json:"template_id,omitempty"`
 	IdempotencyKey string                 `protobuf:"bytes,3,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Channel the request comes from; every change it makes carries it. An
+	// authenticated client's own channel takes precedence.
+	Channel       Channel `protobuf:"varint,4,opt,name=channel,proto3,enum=membercenter.v1.Channel" json:"channel,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ClaimCouponRequest) Reset() {
@@ -1665,6 +1688,13 @@ func (x *ClaimCouponRequest) GetIdempotencyKey() string {
 		return x.IdempotencyKey
 	}
 	return ""
+}
+
+func (x *ClaimCouponRequest) GetChannel() Channel {
+	if x != nil {
+		return x.Channel
+	}
+	return Channel_CHANNEL_UNSPECIFIED
 }
 
 type ClaimCouponResponse struct {
@@ -2168,26 +2198,28 @@ const file_membercenter_v1_benefits_proto_rawDesc = "" +
 	"\x0eCommitResponse\x12%\n" +
 	"\x0etransaction_id\x18\x01 \x01(\tR\rtransactionId\x126\n" +
 	"\x06result\x18\x02 \x01(\v2\x1e.membercenter.v1.QuoteResponseR\x06result\x12\x18\n" +
-	"\abalance\x18\x03 \x01(\x03R\abalance\"\xc2\x01\n" +
+	"\abalance\x18\x03 \x01(\x03R\abalance\"\x80\x02\n" +
 	"\rRefundRequest\x12%\n" +
 	"\tmember_id\x18\x01 \x01(\tB\b\xbaH\x05r\x03\xb0\x01\x01R\bmemberId\x12%\n" +
 	"\border_id\x18\x02 \x01(\tB\n" +
 	"\xbaH\ar\x05\x10\x01\x18\x80\x01R\aorderId\x12.\n" +
 	"\x06amount\x18\x03 \x01(\v2\x16.membercenter.v1.MoneyR\x06amount\x123\n" +
 	"\x0fidempotency_key\x18\x04 \x01(\tB\n" +
-	"\xbaH\ar\x05\x10\x01\x18\x80\x01R\x0eidempotencyKey\"\xd6\x01\n" +
+	"\xbaH\ar\x05\x10\x01\x18\x80\x01R\x0eidempotencyKey\x12<\n" +
+	"\achannel\x18\x05 \x01(\x0e2\x18.membercenter.v1.ChannelB\b\xbaH\x05\x82\x01\x02\x10\x01R\achannel\"\xd6\x01\n" +
 	"\x0eRefundResponse\x12'\n" +
 	"\x0fpoints_reversed\x18\x01 \x01(\x03R\x0epointsReversed\x12'\n" +
 	"\x0fpoints_restored\x18\x02 \x01(\x03R\x0epointsRestored\x12)\n" +
 	"\x10coupons_restored\x18\x03 \x03(\tR\x0fcouponsRestored\x12\x18\n" +
 	"\abalance\x18\x04 \x01(\x03R\abalance\x12-\n" +
-	"\x12points_unrecovered\x18\x05 \x01(\x03R\x11pointsUnrecovered\"\xb2\x01\n" +
+	"\x12points_unrecovered\x18\x05 \x01(\x03R\x11pointsUnrecovered\"\xf0\x01\n" +
 	"\rRedeemRequest\x12%\n" +
 	"\tmember_id\x18\x01 \x01(\tB\b\xbaH\x05r\x03\xb0\x01\x01R\bmemberId\x12\x1f\n" +
 	"\x06points\x18\x02 \x01(\x03B\a\xbaH\x04\"\x02 \x00R\x06points\x12$\n" +
 	"\treward_id\x18\x03 \x01(\tB\a\xbaH\x04r\x02\x18@R\brewardId\x123\n" +
 	"\x0fidempotency_key\x18\x04 \x01(\tB\n" +
-	"\xbaH\ar\x05\x10\x01\x18\x80\x01R\x0eidempotencyKey\"Q\n" +
+	"\xbaH\ar\x05\x10\x01\x18\x80\x01R\x0eidempotencyKey\x12<\n" +
+	"\achannel\x18\x05 \x01(\x0e2\x18.membercenter.v1.ChannelB\b\xbaH\x05\x82\x01\x02\x10\x01R\achannel\"Q\n" +
 	"\x0eRedeemResponse\x12%\n" +
 	"\x0etransaction_id\x18\x01 \x01(\tR\rtransactionId\x12\x18\n" +
 	"\abalance\x18\x02 \x01(\x03R\abalance\"=\n" +
@@ -2227,13 +2259,14 @@ const file_membercenter_v1_benefits_proto_rawDesc = "" +
 	"\n" +
 	"valid_from\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\tvalidFrom\x12;\n" +
 	"\vvalid_until\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"validUntil\"\x9c\x01\n" +
+	"validUntil\"\xda\x01\n" +
 	"\x12ClaimCouponRequest\x12%\n" +
 	"\tmember_id\x18\x01 \x01(\tB\b\xbaH\x05r\x03\xb0\x01\x01R\bmemberId\x12*\n" +
 	"\vtemplate_id\x18\x02 \x01(\tB\t\xbaH\x06r\x04\x10\x01\x18@R\n" +
 	"templateId\x123\n" +
 	"\x0fidempotency_key\x18\x03 \x01(\tB\n" +
-	"\xbaH\ar\x05\x10\x01\x18\x80\x01R\x0eidempotencyKey\"F\n" +
+	"\xbaH\ar\x05\x10\x01\x18\x80\x01R\x0eidempotencyKey\x12<\n" +
+	"\achannel\x18\x04 \x01(\x0e2\x18.membercenter.v1.ChannelB\b\xbaH\x05\x82\x01\x02\x10\x01R\achannel\"F\n" +
 	"\x13ClaimCouponResponse\x12/\n" +
 	"\x06coupon\x18\x01 \x01(\v2\x17.membercenter.v1.CouponR\x06coupon\"\xcd\x01\n" +
 	"\x13IssueCouponsRequest\x12*\n" +
@@ -2361,50 +2394,53 @@ var file_membercenter_v1_benefits_proto_depIdxs = []int32{
 	5,  // 15: membercenter.v1.CommitRequest.basket:type_name -> membercenter.v1.Basket
 	8,  // 16: membercenter.v1.CommitResponse.result:type_name -> membercenter.v1.QuoteResponse
 	35, // 17: membercenter.v1.RefundRequest.amount:type_name -> membercenter.v1.Money
-	32, // 18: membercenter.v1.GetTierStatusResponse.tier_since:type_name -> google.protobuf.Timestamp
-	32, // 19: membercenter.v1.GetTierStatusResponse.downgrade_at:type_name -> google.protobuf.Timestamp
-	19, // 20: membercenter.v1.ListBenefitsResponse.benefits:type_name -> membercenter.v1.Benefit
-	32, // 21: membercenter.v1.Benefit.granted_at:type_name -> google.protobuf.Timestamp
-	32, // 22: membercenter.v1.Benefit.expires_at:type_name -> google.protobuf.Timestamp
-	22, // 23: membercenter.v1.ListCouponsResponse.coupons:type_name -> membercenter.v1.Coupon
-	37, // 24: membercenter.v1.Coupon.state:type_name -> membercenter.v1.CouponState
-	32, // 25: membercenter.v1.Coupon.valid_from:type_name -> google.protobuf.Timestamp
-	32, // 26: membercenter.v1.Coupon.valid_until:type_name -> google.protobuf.Timestamp
-	22, // 27: membercenter.v1.ClaimCouponResponse.coupon:type_name -> membercenter.v1.Coupon
-	31, // 28: membercenter.v1.IssueCouponsResponse.skipped:type_name -> membercenter.v1.IssueCouponsResponse.SkippedEntry
-	32, // 29: membercenter.v1.SimulateCampaignRequest.from:type_name -> google.protobuf.Timestamp
-	32, // 30: membercenter.v1.SimulateCampaignRequest.until:type_name -> google.protobuf.Timestamp
-	0,  // 31: membercenter.v1.BenefitsService.GetBalance:input_type -> membercenter.v1.GetBalanceRequest
-	2,  // 32: membercenter.v1.BenefitsService.ListLedger:input_type -> membercenter.v1.ListLedgerRequest
-	7,  // 33: membercenter.v1.BenefitsService.Quote:input_type -> membercenter.v1.QuoteRequest
-	9,  // 34: membercenter.v1.BenefitsService.Commit:input_type -> membercenter.v1.CommitRequest
-	11, // 35: membercenter.v1.BenefitsService.Refund:input_type -> membercenter.v1.RefundRequest
-	13, // 36: membercenter.v1.BenefitsService.Redeem:input_type -> membercenter.v1.RedeemRequest
-	15, // 37: membercenter.v1.BenefitsService.GetTierStatus:input_type -> membercenter.v1.GetTierStatusRequest
-	17, // 38: membercenter.v1.BenefitsService.ListBenefits:input_type -> membercenter.v1.ListBenefitsRequest
-	20, // 39: membercenter.v1.BenefitsService.ListCoupons:input_type -> membercenter.v1.ListCouponsRequest
-	23, // 40: membercenter.v1.BenefitsService.ClaimCoupon:input_type -> membercenter.v1.ClaimCouponRequest
-	25, // 41: membercenter.v1.BenefitsService.IssueCoupons:input_type -> membercenter.v1.IssueCouponsRequest
-	27, // 42: membercenter.v1.BenefitsService.Adjust:input_type -> membercenter.v1.AdjustRequest
-	29, // 43: membercenter.v1.BenefitsService.SimulateCampaign:input_type -> membercenter.v1.SimulateCampaignRequest
-	1,  // 44: membercenter.v1.BenefitsService.GetBalance:output_type -> membercenter.v1.GetBalanceResponse
-	3,  // 45: membercenter.v1.BenefitsService.ListLedger:output_type -> membercenter.v1.ListLedgerResponse
-	8,  // 46: membercenter.v1.BenefitsService.Quote:output_type -> membercenter.v1.QuoteResponse
-	10, // 47: membercenter.v1.BenefitsService.Commit:output_type -> membercenter.v1.CommitResponse
-	12, // 48: membercenter.v1.BenefitsService.Refund:output_type -> membercenter.v1.RefundResponse
-	14, // 49: membercenter.v1.BenefitsService.Redeem:output_type -> membercenter.v1.RedeemResponse
-	16, // 50: membercenter.v1.BenefitsService.GetTierStatus:output_type -> membercenter.v1.GetTierStatusResponse
-	18, // 51: membercenter.v1.BenefitsService.ListBenefits:output_type -> membercenter.v1.ListBenefitsResponse
-	21, // 52: membercenter.v1.BenefitsService.ListCoupons:output_type -> membercenter.v1.ListCouponsResponse
-	24, // 53: membercenter.v1.BenefitsService.ClaimCoupon:output_type -> membercenter.v1.ClaimCouponResponse
-	26, // 54: membercenter.v1.BenefitsService.IssueCoupons:output_type -> membercenter.v1.IssueCouponsResponse
-	28, // 55: membercenter.v1.BenefitsService.Adjust:output_type -> membercenter.v1.AdjustResponse
-	30, // 56: membercenter.v1.BenefitsService.SimulateCampaign:output_type -> membercenter.v1.SimulateCampaignResponse
-	44, // [44:57] is the sub-list for method output_type
-	31, // [31:44] is the sub-list for method input_type
-	31, // [31:31] is the sub-list for extension type_name
-	31, // [31:31] is the sub-list for extension extendee
-	0,  // [0:31] is the sub-list for field type_name
+	34, // 18: membercenter.v1.RefundRequest.channel:type_name -> membercenter.v1.Channel
+	34, // 19: membercenter.v1.RedeemRequest.channel:type_name -> membercenter.v1.Channel
+	32, // 20: membercenter.v1.GetTierStatusResponse.tier_since:type_name -> google.protobuf.Timestamp
+	32, // 21: membercenter.v1.GetTierStatusResponse.downgrade_at:type_name -> google.protobuf.Timestamp
+	19, // 22: membercenter.v1.ListBenefitsResponse.benefits:type_name -> membercenter.v1.Benefit
+	32, // 23: membercenter.v1.Benefit.granted_at:type_name -> google.protobuf.Timestamp
+	32, // 24: membercenter.v1.Benefit.expires_at:type_name -> google.protobuf.Timestamp
+	22, // 25: membercenter.v1.ListCouponsResponse.coupons:type_name -> membercenter.v1.Coupon
+	37, // 26: membercenter.v1.Coupon.state:type_name -> membercenter.v1.CouponState
+	32, // 27: membercenter.v1.Coupon.valid_from:type_name -> google.protobuf.Timestamp
+	32, // 28: membercenter.v1.Coupon.valid_until:type_name -> google.protobuf.Timestamp
+	34, // 29: membercenter.v1.ClaimCouponRequest.channel:type_name -> membercenter.v1.Channel
+	22, // 30: membercenter.v1.ClaimCouponResponse.coupon:type_name -> membercenter.v1.Coupon
+	31, // 31: membercenter.v1.IssueCouponsResponse.skipped:type_name -> membercenter.v1.IssueCouponsResponse.SkippedEntry
+	32, // 32: membercenter.v1.SimulateCampaignRequest.from:type_name -> google.protobuf.Timestamp
+	32, // 33: membercenter.v1.SimulateCampaignRequest.until:type_name -> google.protobuf.Timestamp
+	0,  // 34: membercenter.v1.BenefitsService.GetBalance:input_type -> membercenter.v1.GetBalanceRequest
+	2,  // 35: membercenter.v1.BenefitsService.ListLedger:input_type -> membercenter.v1.ListLedgerRequest
+	7,  // 36: membercenter.v1.BenefitsService.Quote:input_type -> membercenter.v1.QuoteRequest
+	9,  // 37: membercenter.v1.BenefitsService.Commit:input_type -> membercenter.v1.CommitRequest
+	11, // 38: membercenter.v1.BenefitsService.Refund:input_type -> membercenter.v1.RefundRequest
+	13, // 39: membercenter.v1.BenefitsService.Redeem:input_type -> membercenter.v1.RedeemRequest
+	15, // 40: membercenter.v1.BenefitsService.GetTierStatus:input_type -> membercenter.v1.GetTierStatusRequest
+	17, // 41: membercenter.v1.BenefitsService.ListBenefits:input_type -> membercenter.v1.ListBenefitsRequest
+	20, // 42: membercenter.v1.BenefitsService.ListCoupons:input_type -> membercenter.v1.ListCouponsRequest
+	23, // 43: membercenter.v1.BenefitsService.ClaimCoupon:input_type -> membercenter.v1.ClaimCouponRequest
+	25, // 44: membercenter.v1.BenefitsService.IssueCoupons:input_type -> membercenter.v1.IssueCouponsRequest
+	27, // 45: membercenter.v1.BenefitsService.Adjust:input_type -> membercenter.v1.AdjustRequest
+	29, // 46: membercenter.v1.BenefitsService.SimulateCampaign:input_type -> membercenter.v1.SimulateCampaignRequest
+	1,  // 47: membercenter.v1.BenefitsService.GetBalance:output_type -> membercenter.v1.GetBalanceResponse
+	3,  // 48: membercenter.v1.BenefitsService.ListLedger:output_type -> membercenter.v1.ListLedgerResponse
+	8,  // 49: membercenter.v1.BenefitsService.Quote:output_type -> membercenter.v1.QuoteResponse
+	10, // 50: membercenter.v1.BenefitsService.Commit:output_type -> membercenter.v1.CommitResponse
+	12, // 51: membercenter.v1.BenefitsService.Refund:output_type -> membercenter.v1.RefundResponse
+	14, // 52: membercenter.v1.BenefitsService.Redeem:output_type -> membercenter.v1.RedeemResponse
+	16, // 53: membercenter.v1.BenefitsService.GetTierStatus:output_type -> membercenter.v1.GetTierStatusResponse
+	18, // 54: membercenter.v1.BenefitsService.ListBenefits:output_type -> membercenter.v1.ListBenefitsResponse
+	21, // 55: membercenter.v1.BenefitsService.ListCoupons:output_type -> membercenter.v1.ListCouponsResponse
+	24, // 56: membercenter.v1.BenefitsService.ClaimCoupon:output_type -> membercenter.v1.ClaimCouponResponse
+	26, // 57: membercenter.v1.BenefitsService.IssueCoupons:output_type -> membercenter.v1.IssueCouponsResponse
+	28, // 58: membercenter.v1.BenefitsService.Adjust:output_type -> membercenter.v1.AdjustResponse
+	30, // 59: membercenter.v1.BenefitsService.SimulateCampaign:output_type -> membercenter.v1.SimulateCampaignResponse
+	47, // [47:60] is the sub-list for method output_type
+	34, // [34:47] is the sub-list for method input_type
+	34, // [34:34] is the sub-list for extension type_name
+	34, // [34:34] is the sub-list for extension extendee
+	0,  // [0:34] is the sub-list for field type_name
 }
 
 func init() { file_membercenter_v1_benefits_proto_init() }
