@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Formatting, vet, and module hygiene: every module tidy, go.work in sync.
+# Formatting, vet, staticcheck, and module hygiene: every module tidy, go.work
+# in sync.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -10,10 +11,14 @@ if [[ -n "$unformatted" ]]; then
   echo "lint: gofmt needed:" >&2; echo "$unformatted" >&2; exit 1
 fi
 go vet ./proto/... ./storage/... ./pipeline/... ./services/...
+# staticcheck, pinned in tools/staticcheck; checks turned off, each with its
+# reason, are in staticcheck.conf.
+bin="$("$root/scripts/tools.sh")"
+"$bin/staticcheck" ./proto/... ./storage/... ./pipeline/... ./services/...
 
 # go mod tidy must leave no diff (GOFLAGS=-mod=mod lets it resolve siblings
 # through their replace directives, as a GOWORK=off build does).
-for m in "${modules[@]}" tools/buf tools/gen; do
+for m in "${modules[@]}" tools/buf tools/gen tools/staticcheck; do
   scratch="$(mktemp -d)"
   cp "$m/go.mod" "$scratch/"; [[ -f "$m/go.sum" ]] && cp "$m/go.sum" "$scratch/"
   (cd "$m" && GOWORK=off go mod tidy >/dev/null 2>&1) || { echo "lint: go mod tidy failed in $m" >&2; exit 1; }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the pinned developer tools (buf, protoc plugins, grpcurl,
-# checkvalidate) from tools/*/go.mod into .bin/. Go's build cache makes a
+# checkvalidate, staticcheck) from tools/*/go.mod into .bin/. Go's build cache makes a
 # second run cheap. Prints the .bin directory.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -14,4 +14,5 @@ mkdir -p "$bin"
   github.com/grpc-ecosystem/grpc-gateway/v2/protoc-gen-openapiv2 \
   github.com/fullstorydev/grpcurl/cmd/grpcurl \
   ./cmd/checkvalidate)
+(cd "$root/tools/staticcheck" && GOWORK=off GOFLAGS=-mod=mod go build -o "$bin/" honnef.co/go/tools/cmd/staticcheck)
 echo "$bin"

@@ -952,7 +952,7 @@ type tagVisResult struct {
 	sent, warm                       int
 	profileSeen, chSeen              int
 	missed                           int // the version arrived with another value than predicted
-	wanted, skipped                  int
+	wanted                           int
 	labels, kinds                    map[string]int
 	profileChecks, chPoll            int
 }
@@ -1421,12 +1421,11 @@ func tagSegmentExpr(c *tags.Catalog) (string, error) {
 
 type tagSegResult struct {
 	expr, sql                       string
-	labels                          int
 	matched, final, plain, direct   uint64
 	countS, finalS, plainS, directS Summary
 	compile                         Summary
 	runs                            int
-	parts, partRows, profile        uint64
+	parts, partRows                 uint64
 }
 
 // segments times CountSegment through the gRPC service and the two floor

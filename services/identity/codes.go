@@ -249,22 +249,13 @@ func (s *Service) codeSecret(ctx context.Context, tx pgx.Tx, memberID uuid.UUID,
 	ad := codeSecretAD(memberID)
 	row, err := postgres.GetCodeSecret(ctx, tx, memberID)
 	if errors.Is(err, postgres.ErrNotFound) && create {
-		secret := make([]byte, codeSecretBytes)
-		if _, err := rand.Read(secret); err != nil {
-			return nil, fmt.Errorf("code secret: %w", err)
+		secret, won, cerr := s.newCodeSecret(ctx, tx, memberID, ad, now)
+		if cerr != nil || won {
+			return secret, cerr
 		}
-		cipher, keyID, err := s.pii.Encrypt(string(secret), ad)
-		if err != nil {
-			return nil, fmt.Errorf("encrypt code secret: %w", err)
-		}
-		inserted, err := postgres.InsertCodeSecret(ctx, tx, postgres.CodeSecretRow{MemberID: memberID, Cipher: cipher, KeyID: keyID, CreatedAt: now})
-		if err != nil {
-			return nil, err
-		}
-		if inserted {
-			return secret, nil
-		}
-		// A concurrent first issue won; its secret is the member's.
+		// A concurrent first issue won; its secret is the member's. (This
+		// lookup's error must replace the first one: the loser used to
+		// return that NotFound.)
 		row, err = postgres.GetCodeSecret(ctx, tx, memberID)
 	}
 	if err != nil {
@@ -275,6 +266,24 @@ func (s *Service) codeSecret(ctx context.Context, tx pgx.Tx, memberID uuid.UUID,
 		return nil, fmt.Errorf("code secret of %s: %w", memberID, err)
 	}
 	return []byte(plain), nil
+}
+
+// newCodeSecret makes and stores a member's first code secret; won is false
+// when a concurrent first issue stored one first.
+func (s *Service) newCodeSecret(ctx context.Context, tx pgx.Tx, memberID uuid.UUID, ad []byte, now time.Time) (secret []byte, won bool, err error) {
+	secret = make([]byte, codeSecretBytes)
+	if _, err := rand.Read(secret); err != nil {
+		return nil, false, fmt.Errorf("code secret: %w", err)
+	}
+	cipher, keyID, err := s.pii.Encrypt(string(secret), ad)
+	if err != nil {
+		return nil, false, fmt.Errorf("encrypt code secret: %w", err)
+	}
+	won, err = postgres.InsertCodeSecret(ctx, tx, postgres.CodeSecretRow{MemberID: memberID, Cipher: cipher, KeyID: keyID, CreatedAt: now})
+	if err != nil || !won {
+		return nil, false, err
+	}
+	return secret, true, nil
 }
 
 // codeSecretAD binds a secret's ciphertext to its member, so it cannot be

@@ -504,3 +504,52 @@ func mustAtoi(t *testing.T, s string) int {
 	}
 	return n
 }
+
+// TestMemberCodeConcurrentFirstIssues: the app and a till ask for a new
+// member's first code at the same moment; both get the member's one code
+// (the loser of the race for the secret reads the winner's, it used to
+// answer NotFound).
+func TestMemberCodeConcurrentFirstIssues(t *testing.T) {
+	f := newAuthFixture(t)
+	f.clock.Set(authEpoch)
+	const members, calls = 5, 8
+	for m := 0; m < members; m++ {
+		member := f.newMember(t, fmt.Sprintf("+86139000001%02d", m))
+		codes := make(chan string, calls)
+		errs := make(chan error, calls)
+		start := make(chan struct{})
+		var wg sync.WaitGroup
+		for i := 0; i < calls; i++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				<-start
+				c, err := f.svc.IssueMemberCode(authCtx(t), member)
+				if err != nil {
+					errs <- err
+					return
+				}
+				codes <- c.Code
+			}()
+		}
+		close(start)
+		wg.Wait()
+		close(codes)
+		close(errs)
+		for err := range errs {
+			t.Errorf("member %d: concurrent first issue: %v", m, err)
+		}
+		var first string
+		for c := range codes {
+			if first == "" {
+				first = c
+			}
+			if c != first {
+				t.Errorf("member %d: codes %s and %s at the same instant: two secrets", m, first, c)
+			}
+		}
+	}
+	if n := f.count(t, "member_code_secrets"); n != members {
+		t.Errorf("%d code secrets for %d members", n, members)
+	}
+}

@@ -355,6 +355,9 @@ func TestBlockedAndLimitedIdentifiers(t *testing.T) {
 			t.Errorf("%s: err = %v, want refusal by %s", tc.name, err, tc.rule)
 		}
 	}
+	if after := f.counts(t); after != before {
+		t.Fatalf("refused requests changed the database: %+v → %+v", before, after)
+	}
 	// Five devices is the limit: the sixth is refused over RPC ...
 	for i := 0; i < 5; i++ {
 		f.resolve(t, fmt.Sprintf("d%d", i), phone("13966660001"), device(fmt.Sprintf("dev-%d", i)))

@@ -192,16 +192,14 @@ var firstStore = func() []int {
 	return out
 }()
 
-var storeIDs, storeCity = func() ([]string, []int) {
+var storeIDs = func() []string {
 	var ids []string
-	var city []int
-	for c, ct := range cities {
+	for _, ct := range cities {
 		for k := 1; k <= ct.stores; k++ {
 			ids = append(ids, ct.code+"-"+pad(uint64(k), 3))
-			city = append(city, c)
 		}
 	}
-	return ids, city
+	return ids
 }()
 
 var tabletIDs = func() []string {

@@ -344,10 +344,6 @@ func purchaseFields(a *cel.Ast) map[string]bool {
 	return out
 }
 
-// purchaseKeys are the fields of p in purchase filters.
-var purchaseKeys = []string{"amount", "discount", "items", "hour", "weekday", "weekend", "month", "channel", "store",
-	"categories", "brands", "coupon", "points_redeemed"}
-
 func cmpOr(a, b string) string {
 	if a != "" {
 		return a

@@ -51,7 +51,6 @@ func Open(ctx context.Context, cfg Config, tp trace.TracerProvider) (*pgxpool.Po
 	pc.MaxConns = cfg.MaxConns
 	pc.ConnConfig.Tracer = otelpgx.NewTracer(
 		otelpgx.WithTracerProvider(tp),
-		otelpgx.WithTrimSQLInSpanName(),
 		otelpgx.WithDisableConnectionDetailsInAttributes(),
 	)
 	pool, err := pgxpool.NewWithConfig(ctx, pc)
