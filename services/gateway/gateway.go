@@ -27,7 +27,15 @@ import (
 
 // New returns the HTTP handler, calling the gRPC server through conn.
 func New(ctx context.Context, conn *grpc.ClientConn) (http.Handler, error) {
-	api := runtime.NewServeMux()
+	// grpc-gateway's default JSON marshaler, except that an unknown field
+	// is refused (400 naming it) instead of dropped: a typo such as
+	// "createIfMisssing" must not quietly become a request without it.
+	api := runtime.NewServeMux(runtime.WithMarshalerOption(runtime.MIMEWildcard, &runtime.HTTPBodyMarshaler{
+		Marshaler: &runtime.JSONPb{
+			MarshalOptions:   protojson.MarshalOptions{EmitUnpopulated: true},
+			UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: false},
+		},
+	}))
 	for _, reg := range []func(context.Context, *runtime.ServeMux, *grpc.ClientConn) error{
 		mcv1.RegisterIdentityServiceHandler, mcv1.RegisterBenefitsServiceHandler,
 		mcv1.RegisterProfileServiceHandler, mcv1.RegisterSyncServiceHandler,

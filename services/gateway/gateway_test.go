@@ -1,0 +1,196 @@
+package gateway_test
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.opentelemetry.io/otel/metric/noop"
+	"go.opentelemetry.io/otel/propagation"
+	tracenoop "go.opentelemetry.io/otel/trace/noop"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/proto"
+
+	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
+
+	"github.com/membercenter/membercenter/services/gateway"
+	"github.com/membercenter/membercenter/services/server"
+)
+
+// identity records what reached the gRPC service.
+type identity struct {
+	mcv1.UnimplementedIdentityServiceServer
+	mu   sync.Mutex
+	got  []*mcv1.ResolveRequest
+	auth []string
+}
+
+func (s *identity) Resolve(ctx context.Context, req *mcv1.ResolveRequest) (*mcv1.ResolveResponse, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.got = append(s.got, proto.Clone(req).(*mcv1.ResolveRequest))
+	md, _ := metadata.FromIncomingContext(ctx)
+	s.auth = append(s.auth, md.Get("authorization")...)
+	return &mcv1.ResolveResponse{MemberId: "0190c1f4-0000-7000-8000-000000000001", Created: true}, nil
+}
+
+func (s *identity) calls() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.got)
+}
+
+type syncer struct {
+	mcv1.UnimplementedSyncServiceServer
+}
+
+func (syncer) Subscribe(req *mcv1.SubscribeRequest, s grpc.ServerStreamingServer[mcv1.SubscribeResponse]) error {
+	if err := s.Send(&mcv1.SubscribeResponse{ResumeToken: "r0", Message: &mcv1.SubscribeResponse_Ready{Ready: &mcv1.Ready{}}}); err != nil {
+		return err
+	}
+	return s.Send(&mcv1.SubscribeResponse{ResumeToken: "r1", Message: &mcv1.SubscribeResponse_Change{Change: &mcv1.MemberChange{
+		MemberId: req.GetMemberIds()[0], Sequence: 1, Channel: req.GetChannel()}}})
+}
+
+// serve runs the production gRPC edge with the fakes behind it and the
+// gateway in front, as the platform wires them.
+func serve(t *testing.T) (string, *identity) {
+	t.Helper()
+	gs, _, err := server.NewGRPC(server.Telemetry{Tracers: tracenoop.NewTracerProvider(), Meters: noop.NewMeterProvider(),
+		Propagator: propagation.TraceContext{}, Logger: slog.New(slog.DiscardHandler)}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := &identity{}
+	mcv1.RegisterIdentityServiceServer(gs, id)
+	mcv1.RegisterSyncServiceServer(gs, syncer{})
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = gs.Serve(lis) }()
+	t.Cleanup(gs.Stop)
+	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	h, err := gateway.New(ctx, conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	return srv.URL, id
+}
+
+func post(t *testing.T, url, body string) (int, map[string]any) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, url, strings.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer tok")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	out := map[string]any{}
+	if err := json.Unmarshal(b, &out); err != nil {
+		t.Fatalf("%s answered %s, not JSON: %v", url, b, err)
+	}
+	return resp.StatusCode, out
+}
+
+const resolvePath = "/membercenter.v1.IdentityService/Resolve"
+
+func TestJSONRequestsAreReadStrictly(t *testing.T) {
+	base, id := serve(t)
+	good := `{"identifiers":[{"type":"IDENTIFIER_TYPE_PHONE","value":"13500000088"}],"channel":"CHANNEL_MINIPROGRAM",
+		"createIfMissing":true,"idempotencyKey":"http-1"}`
+	code, out := post(t, base+resolvePath, good)
+	if code != http.StatusOK || out["memberId"] == nil || out["created"] != true {
+		t.Fatalf("a good request: %d %v", code, out)
+	}
+	if id.got[0].GetCreateIfMissing() != true || id.got[0].GetIdempotencyKey() != "http-1" || len(id.auth) != 1 || id.auth[0] != "Bearer tok" {
+		t.Errorf("the service got %v with authorization %v", id.got[0], id.auth)
+	}
+	for _, tc := range []struct {
+		name, body, want string
+	}{
+		{"a misspelt field", `{"identifiers":[{"type":"IDENTIFIER_TYPE_PHONE","value":"13500000088"}],"channel":"CHANNEL_MINIPROGRAM",
+			"createIfMisssing":true,"idempotencyKey":"http-2"}`, `unknown field "createIfMisssing"`},
+		{"an unknown field in a nested message", `{"identifiers":[{"type":"IDENTIFIER_TYPE_PHONE","valeu":"13500000088"}],
+			"channel":"CHANNEL_MINIPROGRAM","idempotencyKey":"http-3"}`, `unknown field "valeu"`},
+		{"a string for a bool", `{"identifiers":[{"type":"IDENTIFIER_TYPE_PHONE","value":"13500000088"}],"channel":"CHANNEL_MINIPROGRAM",
+			"createIfMissing":"yes","idempotencyKey":"http-4"}`, "createIfMissing"},
+		{"a number for a string", `{"identifiers":[{"type":"IDENTIFIER_TYPE_PHONE","value":13500000088}],"channel":"CHANNEL_MINIPROGRAM",
+			"idempotencyKey":"http-5"}`, "value"},
+		{"an unknown enum value", `{"identifiers":[{"type":"IDENTIFIER_TYPE_FAX","value":"1"}],"channel":"CHANNEL_MINIPROGRAM",
+			"idempotencyKey":"http-6"}`, "type"},
+		{"a NUL byte", `{"identifiers":[{"type":"IDENTIFIER_TYPE_PHONE","value":"13500000088"}],"channel":"CHANNEL_MINIPROGRAM",
+			"idempotencyKey":"http\u0000-7"}`, "idempotencyKey"},
+		{"a rule of the .proto", `{"identifiers":[],"channel":"CHANNEL_MINIPROGRAM","idempotencyKey":"http-8"}`, "identifiers"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := id.calls()
+			code, out := post(t, base+resolvePath, tc.body)
+			msg, _ := out["message"].(string)
+			if code != http.StatusBadRequest || !strings.Contains(msg, tc.want) {
+				t.Errorf("%d %v; want 400 naming %s", code, out, tc.want)
+			}
+			if id.calls() != before {
+				t.Errorf("the refused request reached the service")
+			}
+		})
+	}
+}
+
+func TestServerSentEvents(t *testing.T) {
+	base, _ := serve(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	get := func(query string) *http.Response {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, base+"/v1/sync/subscribe?"+query, nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { resp.Body.Close() })
+		return resp
+	}
+	if resp := get("channel=fax"); resp.StatusCode != http.StatusBadRequest {
+		t.Errorf("an unknown channel: %d, want 400", resp.StatusCode)
+	}
+	if resp := get("member_ids=not-a-uuid"); resp.StatusCode != http.StatusBadRequest {
+		t.Errorf("a malformed member id: %d, want 400", resp.StatusCode)
+	}
+	resp := get("member_ids=0190c1f4-0000-7000-8000-000000000001&channel=app")
+	if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != "text/event-stream" {
+		t.Fatalf("subscribe: %d %s", resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
+	// The fake stream ends after two messages, and so does the response.
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := string(b)
+	if !strings.HasPrefix(got, "id: r0\nevent: ready\ndata: ") || !strings.Contains(got, "\n\nid: r1\nevent: change\ndata: ") ||
+		!strings.Contains(got, `"CHANNEL_APP"`) {
+		t.Errorf("event stream:\n%s\nwant a ready event r0, then a change r1 on CHANNEL_APP", got)
+	}
+}
