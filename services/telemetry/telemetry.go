@@ -124,28 +124,54 @@ func (t *Telemetry) Shutdown(ctx context.Context) error {
 }
 
 // LogHandler adds trace_id and span_id of the record's context to every log
-// record, so a log line leads to its trace.
-type LogHandler struct{ slog.Handler }
+// record, at the top level of the line (not inside a group a logger opened),
+// so a log line leads to its trace.
+type LogHandler struct {
+	slog.Handler // base with every With and WithGroup applied
+	base         slog.Handler
+	// derive replays the With and WithGroup calls since the first group;
+	// nil while no group is open.
+	derive []func(slog.Handler) slog.Handler
+}
 
 // NewLogHandler wraps h.
-func NewLogHandler(h slog.Handler) *LogHandler { return &LogHandler{h} }
+func NewLogHandler(h slog.Handler) *LogHandler { return &LogHandler{Handler: h, base: h} }
 
 // Handle implements slog.Handler.
 func (h *LogHandler) Handle(ctx context.Context, r slog.Record) error {
-	if sc := trace.SpanContextFromContext(ctx); sc.IsValid() {
-		r.AddAttrs(slog.String("trace_id", sc.TraceID().String()), slog.String("span_id", sc.SpanID().String()))
+	sc := trace.SpanContextFromContext(ctx)
+	if !sc.IsValid() {
+		return h.Handler.Handle(ctx, r)
 	}
-	return h.Handler.Handle(ctx, r)
+	ids := []slog.Attr{slog.String("trace_id", sc.TraceID().String()), slog.String("span_id", sc.SpanID().String())}
+	if h.derive == nil {
+		r.AddAttrs(ids...)
+		return h.Handler.Handle(ctx, r)
+	}
+	// A group is open: the ids go in before it, as attributes of the base.
+	out := h.base.WithAttrs(ids)
+	for _, d := range h.derive {
+		out = d(out)
+	}
+	return out.Handle(ctx, r)
 }
 
 // WithAttrs implements slog.Handler.
 func (h *LogHandler) WithAttrs(as []slog.Attr) slog.Handler {
-	return &LogHandler{h.Handler.WithAttrs(as)}
+	if h.derive == nil {
+		return &LogHandler{Handler: h.Handler.WithAttrs(as), base: h.base.WithAttrs(as)}
+	}
+	return &LogHandler{Handler: h.Handler.WithAttrs(as), base: h.base,
+		derive: append(h.derive[:len(h.derive):len(h.derive)], func(x slog.Handler) slog.Handler { return x.WithAttrs(as) })}
 }
 
 // WithGroup implements slog.Handler.
 func (h *LogHandler) WithGroup(name string) slog.Handler {
-	return &LogHandler{h.Handler.WithGroup(name)}
+	if name == "" {
+		return h
+	}
+	return &LogHandler{Handler: h.Handler.WithGroup(name), base: h.base,
+		derive: append(h.derive[:len(h.derive):len(h.derive)], func(x slog.Handler) slog.Handler { return x.WithGroup(name) })}
 }
 
 // Mask hides all but the first and last two characters of a secret, for
