@@ -309,6 +309,9 @@ func (p *Platform) Run(ctx context.Context, o Options) error {
 		case ingest.Stage:
 			io := p.cfg.Ingest.Options()
 			io.Now = now
+			// What the benefit stage would refuse is refused here, so an
+			// event reaches every stage or none.
+			io.Checks = append(io.Checks, benefitSvc.CheckEvent)
 			st, err := ingest.New(p.cfg.Kafka, ktel, idSvc, io)
 			if err != nil {
 				return err
