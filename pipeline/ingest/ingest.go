@@ -175,7 +175,6 @@ func New(kcfg kafka.Config, tel kafka.Telemetry, resolver Resolver, o Options) (
 		// consumers.
 		kgo.TransactionalID(group+"-"+kcfg.Instance()),
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
-		kgo.RequireStableFetchOffsets(),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
 		kgo.TransactionTimeout(10*time.Second),
 		// A partition held back and resumed is fetched again when the
