@@ -223,9 +223,15 @@ func TestDatabaseRestartIsUnavailableNeverInternal(t *testing.T) {
 	}
 	t.Logf("%d backends terminated; failures by code %v", terminations, failures)
 
-	// Each acknowledged operation was applied exactly once.
-	bal, err := bens.GetBalance(ctx, &mcv1.GetBalanceRequest{MemberId: member})
-	if err != nil {
+	// Each acknowledged operation was applied exactly once. (The last
+	// termination may have come after the last call: the read is retried
+	// like the calls.)
+	var bal *mcv1.GetBalanceResponse
+	if err := retry(func() error {
+		var err error
+		bal, err = bens.GetBalance(ctx, &mcv1.GetBalanceRequest{MemberId: member})
+		return err
+	}); err != nil {
 		t.Fatal(err)
 	}
 	const adjusts, redeems, commits = tills * calls / 4, tills * calls / 4, tills * calls / 4
