@@ -495,7 +495,7 @@ func (s *suite) readTopic(ctx context.Context, topic string, fn func(*kgo.Record
 func (s *suite) report(r *report) {
 	var b strings.Builder
 	fmt.Fprintf(&b, "### Recovery\n\n")
-	fmt.Fprintf(&b, "Time from the fault to the first probe purchase published after it that completed its path; a probe is published every second.\n\n")
+	fmt.Fprintf(&b, "Time from the fault to the first round of probe purchases published after it (one purchase for each of 12 probe shoppers, spread over the partitions; a round every second) that completed its path for every shopper.\n\n")
 	fmt.Fprintf(&b, "| fault | path | recovered in |\n|---|---|---|\n")
 	for _, rc := range s.recoveries {
 		took := rc.took.Round(10 * time.Millisecond).String()

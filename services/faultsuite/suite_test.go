@@ -301,6 +301,13 @@ func (s *suite) injectFaults(ctx context.Context) {
 	}
 	settle()
 	at := time.Now()
+	s.log("SIGKILL pipeline-2, not restarted: the group moves its partitions after the session timeout")
+	s.pipes[1].kill()
+	s.measure(ctx, "SIGKILL pipeline instance 2, not restarted (partitions move to instance 1)", at, pathStream)
+	s.pipes[1].start(s.t)
+
+	settle()
+	at = time.Now()
 	s.log("SIGKILL serve, restarted at once")
 	s.serve.restart(s.t)
 	s.measure(ctx, "SIGKILL serve", at, pathStream)
@@ -363,34 +370,42 @@ func (s *suite) serverFaults(ctx context.Context) {
 	s.measure(ctx, "ClickHouse back after 30 s (facts path)", back, pathFacts)
 }
 
-// prober publishes purchases of one shopper and watches them arrive on a
-// Subscribe stream and in ClickHouse.
+// prober publishes rounds of purchases, one for each of several probe
+// shoppers (spread over the partitions, so a round crosses every worker),
+// and watches them arrive on a Subscribe stream and in ClickHouse.
 type prober struct {
-	s      *suite
-	phone  string
-	member string
-	sub    *subscriber
+	s       *suite
+	phones  []string
+	members []string
+	sub     *subscriber
 
 	mu      sync.Mutex
 	arrived map[string]time.Time // probe event id → when its points change reached the stream
 	n       int
 }
 
+const probeShoppers = 12
+
 func newProber(s *suite) *prober {
-	p := &prober{s: s, phone: "13799999999", arrived: map[string]time.Time{}}
-	r, err := mcv1.NewIdentityServiceClient(s.grpcConn()).Resolve(context.Background(), &mcv1.ResolveRequest{
-		Channel: mcv1.Channel_CHANNEL_POS, CreateIfMissing: true, IdempotencyKey: "probe",
-		Identifiers: []*mcv1.Identifier{{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_PHONE, Value: p.phone}}})
-	if err != nil {
-		s.t.Fatalf("resolve the probe shopper: %v", err)
+	p := &prober{s: s, arrived: map[string]time.Time{}}
+	for i := range probeShoppers {
+		phone := fmt.Sprintf("1379999%04d", i)
+		r, err := mcv1.NewIdentityServiceClient(s.grpcConn()).Resolve(context.Background(), &mcv1.ResolveRequest{
+			Channel: mcv1.Channel_CHANNEL_POS, CreateIfMissing: true, IdempotencyKey: "probe-" + phone,
+			Identifiers: []*mcv1.Identifier{{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_PHONE, Value: phone}}})
+		if err != nil {
+			s.t.Fatalf("resolve a probe shopper: %v", err)
+		}
+		p.phones = append(p.phones, phone)
+		p.members = append(p.members, r.GetMemberId())
 	}
-	p.member = r.GetMemberId()
-	p.sub = &subscriber{name: "probe", conn: s.grpcConn, req: &mcv1.SubscribeRequest{MemberIds: []string{p.member}}, seqs: map[string][]uint64{},
+	p.sub = &subscriber{name: "probe", conn: s.grpcConn, req: &mcv1.SubscribeRequest{MemberIds: p.members}, seqs: map[string][]uint64{},
 		onEvent: func(c *mcv1.MemberChange, at time.Time) {
 			if c.GetPointsChanged() != nil && strings.HasPrefix(c.GetCauseId(), "probe-") {
+				id := strings.SplitN(c.GetCauseId(), "#", 2)[0]
 				p.mu.Lock()
-				if _, ok := p.arrived[c.GetCauseId()]; !ok {
-					p.arrived[c.GetCauseId()] = at
+				if _, ok := p.arrived[id]; !ok {
+					p.arrived[id] = at
 				}
 				p.mu.Unlock()
 			}
@@ -398,30 +413,43 @@ func newProber(s *suite) *prober {
 	return p
 }
 
-// send publishes one probe purchase and returns its event id.
-func (p *prober) send(ctx context.Context) (string, error) {
+// round publishes one probe purchase per probe shopper and returns their
+// event ids.
+func (p *prober) round(ctx context.Context) ([]string, error) {
 	p.mu.Lock()
 	p.n++
-	id := fmt.Sprintf("probe-%04d", p.n)
+	n := p.n
 	p.mu.Unlock()
-	ev := purchase(id, p.phone, "PROBE", time.Now(), 1_000)
-	ev.Identifiers = ev.Identifiers[:1]
-	return id, p.s.prod.publishEvent(ctx, ev, published{id: id, kind: "purchase", phone: p.phone, orderID: "O-" + id, amount: 1_000})
+	var ids []string
+	for i, phone := range p.phones {
+		id := fmt.Sprintf("probe-%04d-%02d", n, i)
+		ev := purchase(id, phone, "PROBE", time.Now(), 1_000)
+		ev.Identifiers = ev.Identifiers[:1]
+		if err := p.s.prod.publishEvent(ctx, ev, published{id: id, kind: "purchase", phone: phone, orderID: "O-" + id, amount: 1_000}); err != nil {
+			return nil, err
+		}
+		ids = append(ids, id)
+	}
+	return ids, nil
 }
 
-// stream reports whether probe id's points change reached the stream.
-func (p *prober) stream(_ context.Context, id string) (bool, error) {
+// stream reports whether every probe of ids reached the stream.
+func (p *prober) stream(_ context.Context, ids []string) (bool, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	_, ok := p.arrived[id]
-	return ok, nil
+	for _, id := range ids {
+		if _, ok := p.arrived[id]; !ok {
+			return false, nil
+		}
+	}
+	return true, nil
 }
 
-// facts reports whether probe id is in ClickHouse's member_events.
-func (p *prober) facts(ctx context.Context, id string) (bool, error) {
+// facts reports whether every probe of ids is in ClickHouse's member_events.
+func (p *prober) facts(ctx context.Context, ids []string) (bool, error) {
 	var n uint64
-	err := p.s.ch.QueryRow(ctx, `SELECT count() FROM member_events WHERE event_id = ?`, id).Scan(&n)
-	return n > 0, err
+	err := p.s.ch.QueryRow(ctx, `SELECT uniqExact(event_id) FROM member_events WHERE has(?, event_id)`, ids).Scan(&n)
+	return n == uint64(len(ids)), err
 }
 
 // The paths a recovery is measured on.
@@ -430,8 +458,9 @@ const (
 	pathFacts  = "purchase → ClickHouse member_events"
 )
 
-// measure sends probes until one sent after the fault completes its path,
-// and records the time from the fault to that completion.
+// measure publishes a round of probes every second until a round published
+// after the fault has completed its path for every probe shopper, and
+// records the time from the fault to that completion.
 func (s *suite) measure(ctx context.Context, fault string, at time.Time, path string) {
 	done := s.probe.stream
 	if path == pathFacts {
@@ -439,20 +468,19 @@ func (s *suite) measure(ctx context.Context, fault string, at time.Time, path st
 	}
 	mctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
 	defer cancel()
-	var pending []string
+	var rounds [][]string
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
 	lastSend := time.Time{}
 	for {
 		if time.Since(lastSend) >= time.Second {
-			id, err := s.probe.send(mctx)
-			if err == nil {
-				pending = append(pending, id)
+			if ids, err := s.probe.round(mctx); err == nil {
+				rounds = append(rounds, ids)
 			}
 			lastSend = time.Now()
 		}
-		for _, id := range pending {
-			if ok, _ := done(mctx, id); ok {
+		for _, ids := range rounds {
+			if ok, _ := done(mctx, ids); ok {
 				took := time.Since(at)
 				s.recoveries = append(s.recoveries, recovery{fault: fault, path: path, took: took})
 				s.log("recovered from %q in %s (%s)", fault, took.Round(10*time.Millisecond), path)
@@ -461,7 +489,7 @@ func (s *suite) measure(ctx context.Context, fault string, at time.Time, path st
 		}
 		select {
 		case <-mctx.Done():
-			s.recoveries = append(s.recoveries, recovery{fault: fault, path: path, took: time.Since(at), failed: "no probe completed within 3 minutes"})
+			s.recoveries = append(s.recoveries, recovery{fault: fault, path: path, took: time.Since(at), failed: "no round of probes completed within 3 minutes"})
 			s.log("NOT recovered from %q", fault)
 			return
 		case <-tick.C:
