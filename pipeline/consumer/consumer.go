@@ -347,18 +347,10 @@ func (e errGaveUp) Unwrap() error { return e.err }
 // retry calls fn until it succeeds, fails with a data error (returned as
 // is), fails with an unrecognised error for longer than the retry limit
 // (returned as errGaveUp), or ctx ends. Outages are retried for as long as
-// they last, with backoff from 50 ms to 5 s.
+// they last.
 func (c *Consumer) retry(ctx context.Context, what string, fn func() error) error {
 	first := c.now()
-	backoff := 50 * time.Millisecond
-	for attempt := 1; ; attempt++ {
-		err := fn()
-		if err == nil {
-			return nil
-		}
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
+	return retryLoop(ctx, c.log, what, fn, func(err error) error {
 		class := fault.Classify(err)
 		if errors.Is(err, errAttemptTimeout) {
 			class = fault.Unknown
@@ -369,10 +361,28 @@ func (c *Consumer) retry(ctx context.Context, what string, fn func() error) erro
 		case class == fault.Unknown && c.now().Sub(first) >= c.retryLimit:
 			return errGaveUp{after: c.now().Sub(first), err: err}
 		}
-		// Every failure is logged at first, then every tenth, so an outage
-		// does not flood the log.
+		return nil
+	})
+}
+
+// retryLoop calls fn with backoff from 50 ms to 5 s until it succeeds, ctx
+// ends, or final turns its error into the one to return. Failures are
+// logged at first, then every tenth, so an outage does not flood the log.
+func retryLoop(ctx context.Context, log *slog.Logger, what string, fn func() error, final func(error) error) error {
+	backoff := 50 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		err := fn()
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if ferr := final(err); ferr != nil {
+			return ferr
+		}
 		if attempt <= 3 || attempt%10 == 0 {
-			c.log.WarnContext(ctx, "retrying", "what", what, "attempt", attempt, "class", class.String(), "err", err, "backoff", backoff)
+			log.WarnContext(ctx, "retrying", "what", what, "attempt", attempt, "class", fault.Classify(err).String(), "err", err, "backoff", backoff)
 		}
 		if !sleep(ctx, backoff) {
 			return ctx.Err()
@@ -534,24 +544,7 @@ func (c *Consumer) record(ctx context.Context, r *kgo.Record, outcome string) {
 
 // Retry calls fn until it succeeds or ctx ends, backing off from 50 ms to 5 s.
 // It is for steps that must not be skipped whatever the failure (writing a
-// dead letter, a relay's term), so there is no retry limit; the failure is
-// logged at first and then every tenth attempt.
+// dead letter, a relay's term), so there is no retry limit.
 func Retry(ctx context.Context, log *slog.Logger, what string, fn func() error) error {
-	backoff := 50 * time.Millisecond
-	for attempt := 1; ; attempt++ {
-		err := fn()
-		if err == nil {
-			return nil
-		}
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		if attempt <= 3 || attempt%10 == 0 {
-			log.WarnContext(ctx, "retrying", "what", what, "attempt", attempt, "err", err, "backoff", backoff)
-		}
-		if !sleep(ctx, backoff) {
-			return ctx.Err()
-		}
-		backoff = min(backoff*2, 5*time.Second)
-	}
+	return retryLoop(ctx, log, what, fn, func(error) error { return nil })
 }

@@ -171,20 +171,7 @@ func TestIngest(t *testing.T) {
 	}
 
 	res := &stubResolver{rejectID: rejected.GetEventId(), transientID: transient.GetEventId(), calls: map[string]int{}}
-	in, err := ingest.New(kcfg, telemetry(), res, options())
-	if err != nil {
-		t.Fatal(err)
-	}
-	runCtx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- in.Run(runCtx) }()
-	t.Cleanup(func() {
-		stop()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-		in.Close()
-	})
+	runIngest(t, ctx, kcfg, res, options())
 
 	// Output and consumed offsets commit in one transaction: once the
 	// group's offsets reach the end of the input, the output is complete.
