@@ -14,6 +14,7 @@ import (
 
 	"github.com/membercenter/membercenter/services/changes"
 	"github.com/membercenter/membercenter/services/platform"
+	"github.com/membercenter/membercenter/services/server"
 	"github.com/membercenter/membercenter/services/telemetry"
 )
 
@@ -46,10 +47,17 @@ type env struct {
 }
 
 func setup(ctx context.Context, logOut io.Writer) (*env, func(), error) {
+	return setupAdmin(ctx, logOut, server.DefaultAdminAddr)
+}
+
+// setupAdmin is setup for a command whose admin address, unless
+// MC_ADMIN_ADDR names one, is adminAddr.
+func setupAdmin(ctx context.Context, logOut io.Writer, adminAddr string) (*env, func(), error) {
 	cfg, err := platform.LoadConfig(ctx)
 	if err != nil {
 		return nil, nil, err
 	}
+	cfg.Server.AdminAddr = cfg.Server.Admin(adminAddr)
 	tel, err := telemetry.Setup(ctx, cfg.Telemetry, logOut)
 	if err != nil {
 		return nil, nil, err
@@ -111,13 +119,14 @@ func pipelineCmd(logOut io.Writer) *cobra.Command {
 	var stages string
 	cmd := &cobra.Command{
 		Use:   "pipeline",
-		Short: "Run the Kafka pipeline stages",
+		Short: "Run the Kafka pipeline stages (admin HTTP on " + server.PipelineAdminAddr + " unless MC_ADMIN_ADDR is set)",
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			sel, err := platform.ParseSelection("stage", stages, platform.AllStages)
 			if err != nil {
 				return err
 			}
-			e, done, err := setup(cmd.Context(), logOut)
+			// Its own admin port by default, so that it runs beside serve.
+			e, done, err := setupAdmin(cmd.Context(), logOut, server.PipelineAdminAddr)
 			if err != nil {
 				return err
 			}

@@ -246,6 +246,13 @@ var errorCodes = []server.ErrorCode{
 func (p *Platform) Run(ctx context.Context, o Options) error {
 	log := p.tel.Logger
 	ktel := p.kafkaTelemetry()
+	// Every listener is bound before anything starts: a process that cannot
+	// serve exits at once, saying why, instead of running half-started.
+	lis, err := p.bind(o)
+	if err != nil {
+		return err
+	}
+	defer lis.close()
 	now := o.Now
 	if now == nil {
 		now = time.Now
@@ -265,11 +272,22 @@ func (p *Platform) Run(ctx context.Context, o Options) error {
 	profileSvc := profile.New(p.pool, tagSvc, cw)
 	profileSvc.SetClock(now)
 
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	g, ctx := errgroup.WithContext(ctx)
 	var closers []func()
 	defer func() {
 		for _, c := range closers {
 			c()
+		}
+	}()
+	// A start that fails half-way stops what it started before the
+	// clients those goroutines use are closed.
+	started := false
+	defer func() {
+		if !started {
+			cancel()
+			_ = g.Wait()
 		}
 	}()
 	checks := map[string]server.Check{"postgres": p.pool.Ping}
@@ -395,21 +413,9 @@ func (p *Platform) Run(ctx context.Context, o Options) error {
 		}
 	}
 
-	grpcLis, adminLis := o.GRPC, o.Admin
-	if gs != nil && grpcLis == nil {
-		if grpcLis, err = net.Listen("tcp", p.cfg.Server.GRPCAddr); err != nil {
-			return fmt.Errorf("listen %s: %w", p.cfg.Server.GRPCAddr, err)
-		}
-	}
-	if adminLis == nil {
-		if adminLis, err = net.Listen("tcp", p.cfg.Server.AdminAddr); err != nil {
-			return fmt.Errorf("listen %s: %w", p.cfg.Server.AdminAddr, err)
-		}
-	}
-	// A caller that hands over its own gRPC listener (tests, benchmarks)
-	// gets the gateway only with an HTTP listener too.
-	if gs != nil && (o.HTTP != nil || (o.GRPC == nil && p.cfg.Server.HTTPAddr != "")) {
-		if err := p.serveGateway(ctx, g, grpcLis.Addr().String(), o.HTTP); err != nil {
+	grpcLis, adminLis := lis.grpc, lis.admin
+	if gs != nil && lis.http != nil {
+		if err := p.serveGateway(ctx, g, grpcLis.Addr().String(), lis.http); err != nil {
 			return err
 		}
 	}
@@ -434,7 +440,55 @@ func (p *Platform) Run(ctx context.Context, o Options) error {
 		}
 		return nil
 	})
+	started = true
 	return g.Wait()
+}
+
+// listeners are a process's bound listen sockets.
+type listeners struct{ grpc, admin, http net.Listener }
+
+// bind binds the listeners o needs, taking the ones o hands over as they
+// are: gRPC and the HTTP/JSON gateway with services, admin always.
+func (p *Platform) bind(o Options) (l listeners, err error) {
+	defer func() {
+		if err != nil {
+			l.close()
+		}
+	}()
+	listen := func(given net.Listener, addr, what, env string) (net.Listener, error) {
+		if given != nil {
+			return given, nil
+		}
+		lis, err := net.Listen("tcp", addr)
+		if err != nil {
+			return nil, fmt.Errorf("cannot serve %s on %s (set %s): %w", what, addr, env, err)
+		}
+		return lis, nil
+	}
+	if len(o.Services) > 0 {
+		if l.grpc, err = listen(o.GRPC, p.cfg.Server.GRPCAddr, "gRPC", "MC_GRPC_ADDR"); err != nil {
+			return l, err
+		}
+		// A caller that hands over its own gRPC listener (tests,
+		// benchmarks) gets the gateway only with an HTTP listener too.
+		if o.HTTP != nil || (o.GRPC == nil && p.cfg.Server.HTTPAddr != "") {
+			if l.http, err = listen(o.HTTP, p.cfg.Server.HTTPAddr, "the HTTP/JSON gateway", "MC_HTTP_ADDR"); err != nil {
+				return l, err
+			}
+		}
+	}
+	l.admin, err = listen(o.Admin, p.cfg.Server.Admin(server.DefaultAdminAddr), "metrics and health", "MC_ADMIN_ADDR")
+	return l, err
+}
+
+// close closes every listener; closing one a server already closed is
+// harmless.
+func (l listeners) close() {
+	for _, lis := range []net.Listener{l.grpc, l.admin, l.http} {
+		if lis != nil {
+			_ = lis.Close()
+		}
+	}
 }
 
 type grpcServer struct {
@@ -495,7 +549,7 @@ func (p *Platform) grpcServer(ctx context.Context, g *errgroup.Group, services [
 }
 
 // serveGateway serves the HTTP/JSON API and the change stream as
-// server-sent events, calling the gRPC server at grpcAddr (so validation,
+// server-sent events on lis, calling the gRPC server at grpcAddr (so validation,
 // authentication and scopes are the same) until ctx ends.
 func (p *Platform) serveGateway(ctx context.Context, g *errgroup.Group, grpcAddr string, lis net.Listener) error {
 	conn, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()),
@@ -507,12 +561,6 @@ func (p *Platform) serveGateway(ctx context.Context, g *errgroup.Group, grpcAddr
 	if err != nil {
 		conn.Close()
 		return err
-	}
-	if lis == nil {
-		if lis, err = net.Listen("tcp", p.cfg.Server.HTTPAddr); err != nil {
-			conn.Close()
-			return fmt.Errorf("listen %s: %w", p.cfg.Server.HTTPAddr, err)
-		}
 	}
 	srv := &http.Server{Handler: otelhttp.NewHandler(h, "gateway", otelhttp.WithTracerProvider(p.tel.Tracers), otelhttp.WithPropagators(p.tel.Propagator)),
 		ReadHeaderTimeout: 10 * time.Second, BaseContext: func(net.Listener) context.Context { return ctx }}

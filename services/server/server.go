@@ -33,10 +33,19 @@ import (
 	"github.com/membercenter/membercenter/pipeline/fault"
 )
 
+// Default admin addresses: serve and pipeline run side by side on one
+// machine, so each has its own unless MC_ADMIN_ADDR names one.
+const (
+	DefaultAdminAddr  = "127.0.0.1:9464"
+	PipelineAdminAddr = "127.0.0.1:9465"
+)
+
 // Config says where to listen. Defaults are loopback, as deps.sh's servers.
 type Config struct {
-	GRPCAddr  string `env:"MC_GRPC_ADDR, default=127.0.0.1:50051"`
-	AdminAddr string `env:"MC_ADMIN_ADDR, default=127.0.0.1:9464"`
+	GRPCAddr string `env:"MC_GRPC_ADDR, default=127.0.0.1:50051"`
+	// AdminAddr serves metrics and health; empty means the command's
+	// default (DefaultAdminAddr, or PipelineAdminAddr for pipeline).
+	AdminAddr string `env:"MC_ADMIN_ADDR"`
 	// HTTPAddr serves the HTTP/JSON API and the server-sent change stream.
 	HTTPAddr string        `env:"MC_HTTP_ADDR, default=127.0.0.1:8080"`
 	Grace    time.Duration `env:"MC_SHUTDOWN_GRACE, default=10s"`
@@ -51,13 +60,21 @@ func (c Config) Validate() error {
 	if _, _, err := net.SplitHostPort(c.HTTPAddr); c.HTTPAddr != "" && err != nil {
 		errs = append(errs, fmt.Errorf("MC_HTTP_ADDR %q: %w", c.HTTPAddr, err))
 	}
-	if _, _, err := net.SplitHostPort(c.AdminAddr); err != nil {
-		errs = append(errs, fmt.Errorf("MC_ADMIN_ADDR: %w", err))
+	if _, _, err := net.SplitHostPort(c.AdminAddr); c.AdminAddr != "" && err != nil {
+		errs = append(errs, fmt.Errorf("MC_ADMIN_ADDR %q: %w", c.AdminAddr, err))
 	}
 	if c.Grace <= 0 {
 		errs = append(errs, errors.New("MC_SHUTDOWN_GRACE must be positive"))
 	}
 	return errors.Join(errs...)
+}
+
+// Admin returns the admin address, def when none is configured.
+func (c Config) Admin(def string) string {
+	if c.AdminAddr != "" {
+		return c.AdminAddr
+	}
+	return def
 }
 
 // ErrorCode maps a sentinel error (matched with errors.Is) to a gRPC code.
