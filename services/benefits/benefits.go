@@ -24,6 +24,7 @@ import (
 	"github.com/membercenter/membercenter/storage/postgres"
 
 	"github.com/membercenter/membercenter/pipeline/dlq"
+	"github.com/membercenter/membercenter/pipeline/fault"
 	"github.com/membercenter/membercenter/pipeline/worker"
 	"github.com/membercenter/membercenter/services/changes"
 )
@@ -91,7 +92,7 @@ func (s *Service) Reload(ctx context.Context) error {
 	}
 	p, err := ParseProgram([]byte(src))
 	if err != nil {
-		return fmt.Errorf("stored programme %s: %w", version, err)
+		return fault.Permanent(fmt.Errorf("stored programme %s: %w", version, err))
 	}
 	s.prog.Store(p)
 	s.log.InfoContext(ctx, "loyalty programme loaded", "version", p.Version)
@@ -101,18 +102,8 @@ func (s *Service) Reload(ctx context.Context) error {
 // Watch reloads the programme every interval until ctx ends, so a loaded
 // version takes effect without a restart.
 func (s *Service) Watch(ctx context.Context, interval time.Duration) error {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		if err := s.Reload(ctx); err != nil && ctx.Err() == nil {
-			s.log.WarnContext(ctx, "programme reload", "err", err)
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		}
-	}
+	fault.Every(ctx, s.log, "programme reload", interval, s.Reload)
+	return nil
 }
 
 var _ worker.Applier = (*Service)(nil)
@@ -287,26 +278,13 @@ func (s *Service) Advance(ctx context.Context, batch int) (int, error) {
 
 // RunScheduler advances members every interval until ctx ends.
 func (s *Service) RunScheduler(ctx context.Context, interval time.Duration) error {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
+	fault.Every(ctx, s.log, "scheduled expiry and tier evaluation", interval, func(ctx context.Context) error {
 		for {
 			n, err := s.Advance(ctx, 500)
-			if err != nil {
-				if ctx.Err() != nil {
-					return nil
-				}
-				s.log.WarnContext(ctx, "scheduled expiry and tier evaluation", "err", err)
-				break
-			}
-			if n < 500 {
-				break
+			if err != nil || n < 500 {
+				return err
 			}
 		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		}
-	}
+	})
+	return nil
 }

@@ -12,6 +12,8 @@ import (
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 	"github.com/membercenter/membercenter/storage/clickhouse"
 	"github.com/membercenter/membercenter/storage/postgres"
+
+	"github.com/membercenter/membercenter/pipeline/fault"
 )
 
 // Columns are the ClickHouse profile columns of the catalogue's labels.
@@ -123,34 +125,64 @@ func (e *Exporter) Export(ctx context.Context, batch int) (int, error) {
 // one per change.
 const Linger = 250 * time.Millisecond
 
-// Run exports whenever labels change (NOTIFY), until ctx ends.
+// Run exports whenever labels change (NOTIFY), until ctx ends. Neither a
+// PostgreSQL nor a ClickHouse restart ends it: a failed export is retried
+// with backoff (at most 5 s apart), and a lost listen connection is opened
+// again, exporting once at once since a notification may have been lost
+// with it (and every second while it cannot listen).
 func (e *Exporter) Run(ctx context.Context) error {
-	l, err := postgres.ListenChannel(ctx, e.svc.pool, ExportChannel)
-	if err != nil {
-		return err
-	}
-	defer l.Close()
+	log := e.svc.log
+	var l *postgres.ListenOutbox
+	defer func() {
+		if l != nil {
+			l.Close()
+		}
+	}()
+	var b fault.Backoff
 	for {
+		if l == nil {
+			var err error
+			if l, err = postgres.ListenChannel(ctx, e.svc.pool, ExportChannel); err != nil {
+				l = nil
+				if ctx.Err() != nil {
+					return nil
+				}
+				log.WarnContext(ctx, "listen for profile exports; polling meanwhile", "err", err, "class", fault.Classify(err).String())
+			}
+		}
 		n, err := e.Export(ctx, 5000)
+		if ctx.Err() != nil {
+			return nil
+		}
 		if err != nil {
-			if ctx.Err() != nil {
+			wait := b.Next()
+			log.WarnContext(ctx, "profile export failed; retrying", "err", err, "class", fault.Classify(err).String(), "retry_in", wait)
+			if !fault.Sleep(ctx, wait) {
 				return nil
 			}
-			e.svc.log.WarnContext(ctx, "profile export", "err", err)
+			continue
 		}
-		if n == 5000 && err == nil {
+		b.Reset()
+		if n == 5000 {
 			continue // a backlog: drain it
+		}
+		if l == nil {
+			if !fault.Sleep(ctx, time.Second) {
+				return nil
+			}
+			continue
 		}
 		if err := l.Wait(ctx, time.Second); err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
-			return fmt.Errorf("wait for profile exports: %w", err)
+			log.WarnContext(ctx, "profile export notifications lost; listening again", "err", err, "class", fault.Classify(err).String())
+			l.Close()
+			l = nil
+			continue
 		}
-		select {
-		case <-ctx.Done():
+		if !fault.Sleep(ctx, Linger) {
 			return nil
-		case <-time.After(Linger):
 		}
 	}
 }

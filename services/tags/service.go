@@ -29,6 +29,7 @@ import (
 	"github.com/membercenter/membercenter/storage/postgres"
 
 	"github.com/membercenter/membercenter/pipeline/dlq"
+	"github.com/membercenter/membercenter/pipeline/fault"
 	"github.com/membercenter/membercenter/pipeline/worker"
 	"github.com/membercenter/membercenter/services/changes"
 )
@@ -96,7 +97,7 @@ func (s *Service) Reload(ctx context.Context) error {
 	}
 	c, err := ParseCatalog([]byte(src))
 	if err != nil {
-		return fmt.Errorf("stored catalogue %s refused, keeping %s: %w", version, s.Catalog().Version, err)
+		return fault.Permanent(fmt.Errorf("stored catalogue %s refused, keeping %s: %w", version, s.Catalog().Version, err))
 	}
 	s.cat.Store(c)
 	s.log.InfoContext(ctx, "label catalogue loaded", "version", c.Version, "labels", len(c.Labels))
@@ -104,19 +105,11 @@ func (s *Service) Reload(ctx context.Context) error {
 }
 
 // Watch reloads the catalogue every interval until ctx ends.
+// A failed read is retried sooner (PostgreSQL may be restarting); it never
+// ends the loop.
 func (s *Service) Watch(ctx context.Context, interval time.Duration) error {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		if err := s.Reload(ctx); err != nil && ctx.Err() == nil {
-			s.log.WarnContext(ctx, "catalogue reload", "err", err)
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		}
-	}
+	fault.Every(ctx, s.log, "catalogue reload", interval, s.Reload)
+	return nil
 }
 
 // memberState is what the engine holds of one member during an operation.
@@ -498,21 +491,16 @@ func (s *Service) Sweep(ctx context.Context, batch int) (int, error) {
 }
 
 // RunSweeper sweeps every interval until ctx ends.
+// A failed sweep is retried (it never ends the loop).
 func (s *Service) RunSweeper(ctx context.Context, interval time.Duration) error {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		if n, err := s.Sweep(ctx, 500); err != nil && ctx.Err() == nil {
-			s.log.WarnContext(ctx, "label sweep", "err", err)
-		} else if n > 0 {
+	fault.Every(ctx, s.log, "label sweep", interval, func(ctx context.Context) error {
+		n, err := s.Sweep(ctx, 500)
+		if n > 0 {
 			s.log.DebugContext(ctx, "label sweep", "members", n)
 		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		}
-	}
+		return err
+	})
+	return nil
 }
 
 // Labels returns a member's current labels (a merged member's id answers

@@ -105,8 +105,14 @@ var t0 = time.Date(2026, 3, 2, 10, 0, 0, 0, time.UTC) // a Monday
 
 func newFixture(t testing.TB) *fixture {
 	t.Helper()
+	return newFixtureLogged(t, slog.DiscardHandler)
+}
+
+// newFixtureLogged is newFixture with the service logging to h.
+func newFixtureLogged(t testing.TB, h slog.Handler) *fixture {
+	t.Helper()
 	pool := pgtest.NewPool(t, nil)
-	svc := tags.New(pool, changes.Writer{}, slog.New(slog.DiscardHandler))
+	svc := tags.New(pool, changes.Writer{}, slog.New(h))
 	c, err := tags.ParseCatalog([]byte(testCatalog))
 	if err != nil {
 		t.Fatal(err)

@@ -1,0 +1,72 @@
+package benefits_test
+
+import (
+	"bytes"
+	"context"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+
+	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
+	"github.com/membercenter/membercenter/storage/postgres/pgtest"
+
+	"github.com/membercenter/membercenter/services/benefits"
+)
+
+// TestProgrammeWatchAndSchedulerRideOutAPostgresRestart: after every
+// session of the database is terminated, the programme watcher still picks
+// up a newly loaded version and the scheduler still expires a lot that has
+// come due; neither loop returns.
+func TestProgrammeWatchAndSchedulerRideOutAPostgresRestart(t *testing.T) {
+	f := newFixture(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	m := f.member(t)
+	if _, err := f.srv.Commit(ctx, &mcv1.CommitRequest{MemberId: m, Basket: basket("o1", 10_000), IdempotencyKey: "k"}); err != nil {
+		t.Fatal(err)
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	ended := make(chan error, 2)
+	go func() { ended <- f.svc.Watch(runCtx, 50*time.Millisecond) }()
+	go func() { ended <- f.svc.RunScheduler(runCtx, 50*time.Millisecond) }()
+
+	if _, err := pgtest.TerminateBackends(ctx, f.pool); err != nil {
+		t.Fatal(err)
+	}
+	src := bytes.Replace(benefits.DefaultProgramSource(), []byte("version: default-1"), []byte("version: after-restart"), 1)
+	if _, err := benefits.LoadProgram(ctx, f.pool, src); err != nil {
+		t.Fatal(err)
+	}
+	// The member's points come due now.
+	if _, err := f.pool.Exec(ctx, `UPDATE point_lots SET expires_at = $2 WHERE member_id = $1`, uuid.MustParse(m), f.clock.Add(-time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	wait := func(what string, cond func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(90 * time.Second)
+		for !cond() {
+			select {
+			case err := <-ended:
+				t.Fatalf("%s: a loop ended: %v", what, err)
+			default:
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: not within 90s", what)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	wait("programme after-restart in force", func() bool { return f.svc.Program().Version == "after-restart" })
+	wait("the due points expired", func() bool {
+		var left int64
+		err := f.pool.QueryRow(ctx, `SELECT coalesce(sum(remaining), 0) FROM point_lots WHERE member_id = $1`, uuid.MustParse(m)).Scan(&left)
+		return err == nil && left == 0
+	})
+	stop()
+	for range 2 {
+		if err := <-ended; err != nil {
+			t.Errorf("loop ended with %v", err)
+		}
+	}
+}

@@ -1,0 +1,181 @@
+package tags_test
+
+import (
+	"context"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/membercenter/membercenter/storage/clickhouse"
+	"github.com/membercenter/membercenter/storage/clickhouse/chtest"
+	"github.com/membercenter/membercenter/storage/postgres/pgtest"
+
+	"github.com/membercenter/membercenter/pipeline/fault/faulttest"
+	"github.com/membercenter/membercenter/services/tags"
+)
+
+// logSink records log messages so a test can wait for a loop to have met
+// a fault.
+type logSink struct {
+	mu   sync.Mutex
+	msgs []string
+}
+
+func (l *logSink) Enabled(context.Context, slog.Level) bool { return true }
+func (l *logSink) Handle(_ context.Context, r slog.Record) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	msg := r.Message
+	r.Attrs(func(a slog.Attr) bool {
+		msg += " " + a.Key + "=" + a.Value.String()
+		return true
+	})
+	l.msgs = append(l.msgs, msg)
+	return nil
+}
+func (l *logSink) WithAttrs([]slog.Attr) slog.Handler { return l }
+func (l *logSink) WithGroup(string) slog.Handler      { return l }
+
+func (l *logSink) count(sub string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, m := range l.msgs {
+		if strings.Contains(m, sub) {
+			n++
+		}
+	}
+	return n
+}
+
+// waitFor polls cond until it holds, failing after a deadline generous for a
+// loaded machine, or at once when the loop under test has returned.
+func waitFor(t *testing.T, what string, ended <-chan error, cond func() (bool, error)) {
+	t.Helper()
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		ok, err := cond()
+		if ok {
+			return
+		}
+		select {
+		case err := <-ended:
+			t.Fatalf("%s: the loop ended: %v", what, err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not reached within 90s (last error: %v)", what, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestProfileExporterRidesOutPostgresAndClickHouseRestarts: the exporter
+// keeps exporting across a PostgreSQL restart (its listen connection
+// terminated by the server) and a ClickHouse outage (the connection cut and
+// refused), and catches up by itself; before, the first ended the pipeline
+// process with "wait for profile exports: FATAL: terminating connection
+// due to administrator command".
+func TestProfileExporterRidesOutPostgresAndClickHouseRestarts(t *testing.T) {
+	logs := &logSink{}
+	f := newFixtureLogged(t, logs)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	chConn, chCfg := chtest.NewDB(t)
+	proxy := faulttest.NewProxy(t, chCfg.Addr)
+	viaProxy := chCfg
+	viaProxy.Addr = proxy.Addr()
+	conn, err := clickhouse.Open(ctx, viaProxy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+
+	runCtx, stop := context.WithCancel(ctx)
+	ended := make(chan error, 1)
+	go func() { ended <- f.svc.NewExporter(conn).Run(runCtx) }()
+
+	exported := func(m uuid.UUID) func() (bool, error) {
+		return func() (bool, error) {
+			var n uint64
+			err := chConn.QueryRow(ctx, `SELECT count() FROM member_profiles WHERE member_id = ?`, m.String()).Scan(&n)
+			return n > 0, err
+		}
+	}
+	buy := func(id string) uuid.UUID {
+		m := f.member(t)
+		if err := f.svc.Apply(ctx, purchase(id, m, t0.Add(-time.Hour), 3000, "coffee")); err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	waitFor(t, "first member exported", ended, exported(buy("e1")))
+
+	// PostgreSQL restarts: every session of the database is terminated.
+	if n, err := pgtest.TerminateBackends(ctx, f.pool); err != nil || n == 0 {
+		t.Fatalf("terminated %d sessions: %v", n, err)
+	}
+	waitFor(t, "member changed after the PostgreSQL restart exported", ended, exported(buy("e2")))
+
+	// ClickHouse goes away while labels change, then comes back.
+	proxy.Cut()
+	failedBefore := logs.count("profile export failed")
+	m3 := buy("e3")
+	waitFor(t, "an export attempted while ClickHouse is away", ended, func() (bool, error) {
+		return logs.count("profile export failed") > failedBefore, nil
+	})
+	proxy.Restore()
+	waitFor(t, "member changed during the ClickHouse outage exported", ended, exported(m3))
+
+	stop()
+	if err := <-ended; err != nil {
+		t.Errorf("exporter ended with %v", err)
+	}
+}
+
+// TestCatalogueWatchAndSweeperRideOutAPostgresRestart: after every session
+// of the database is terminated, the catalogue watcher still picks up a
+// newly loaded version and the sweeper still recomputes a member whose
+// window ended; neither loop returns.
+func TestCatalogueWatchAndSweeperRideOutAPostgresRestart(t *testing.T) {
+	f := newFixture(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	m := f.member(t)
+	if err := f.svc.Apply(ctx, purchase("e1", m, t0.Add(-time.Hour), 3000, "coffee")); err != nil {
+		t.Fatal(err)
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	ended := make(chan error, 2)
+	go func() { ended <- f.svc.Watch(runCtx, 50*time.Millisecond) }()
+	go func() { ended <- f.svc.RunSweeper(runCtx, 50*time.Millisecond) }()
+
+	if _, err := pgtest.TerminateBackends(ctx, f.pool); err != nil {
+		t.Fatal(err)
+	}
+	// A new catalogue version, and a member whose labels are due now.
+	if _, err := tags.LoadCatalog(ctx, f.pool, []byte(strings.Replace(testCatalog, "version: test-1", "version: test-9", 1))); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.pool.Exec(ctx, `UPDATE member_features SET due_at = $2 WHERE member_id = $1`, m, t0.Add(-time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "catalogue test-9 in force", ended, func() (bool, error) {
+		return f.svc.Catalog().Version == "test-9", nil
+	})
+	waitFor(t, "the due member swept", ended, func() (bool, error) {
+		var due *time.Time
+		err := f.pool.QueryRow(ctx, `SELECT due_at FROM member_features WHERE member_id = $1`, m).Scan(&due)
+		return err == nil && (due == nil || due.After(t0)), err
+	})
+	stop()
+	for range 2 {
+		if err := <-ended; err != nil {
+			t.Errorf("loop ended with %v", err)
+		}
+	}
+}
