@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"strings"
 	"time"
@@ -45,6 +46,10 @@ type Config struct {
 	// (a server restarting, a lost connection) are retried for as long as
 	// they last; data errors are dead-lettered at once.
 	RecordRetryLimit time.Duration `env:"MC_RECORD_RETRY_LIMIT, default=30s"`
+	// Dial, when set, opens every broker connection of the clients built
+	// from this config (tests route them through a proxy they can cut);
+	// nil dials the brokers directly.
+	Dial func(ctx context.Context, network, host string) (net.Conn, error)
 }
 
 // Defaults of the durations when a Config is built in code.
@@ -180,6 +185,9 @@ func Options(cfg Config, tel Telemetry, group string) ([]kgo.Opt, *kotel.Tracer)
 	}
 	if tel.Logger != nil {
 		opts = append(opts, kgo.WithLogger(kslog.New(tel.Logger)))
+	}
+	if cfg.Dial != nil {
+		opts = append(opts, kgo.Dialer(cfg.Dial))
 	}
 	return opts, tr
 }

@@ -16,6 +16,7 @@ import (
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 
+	"github.com/membercenter/membercenter/pipeline/fault"
 	"github.com/membercenter/membercenter/pipeline/kafka"
 )
 
@@ -131,32 +132,33 @@ func NewHub(kcfg kafka.Config, tel kafka.Telemetry) *Hub {
 	}
 }
 
-// Run follows the topic until ctx ends. Changes published after Run has
-// become ready are delivered to every matching subscriber.
+// Run follows the topic until ctx ends. It starts at the end of what is
+// committed and reads committed records only: the relay publishes in Kafka
+// transactions, so a change is delivered once its transaction commits and
+// never when it aborts. A topic whose metadata is still propagating (just
+// created) or a broker that is away delays the start instead of failing it;
+// Ready closes once the hub follows the topic. Changes committed after that
+// are delivered to every matching subscriber.
 func (h *Hub) Run(ctx context.Context) error {
 	topic := h.kcfg.Topics.MemberChanges
-	admin, err := kafka.NewClient(h.kcfg, h.tel, "")
+	pos, err := h.committedEnd(ctx)
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
 		return err
 	}
-	ends, err := kadm.NewClient(admin.Client).ListEndOffsets(ctx, topic)
-	admin.Close()
-	if err != nil {
-		return fmt.Errorf("list end offsets of %s: %w", topic, err)
-	}
-	if err := ends.Error(); err != nil {
-		return fmt.Errorf("list end offsets of %s: %w", topic, err)
-	}
 	start := map[string]map[int32]kgo.Offset{topic: {}}
-	pos := Position{}
-	ends.Each(func(o kadm.ListedOffset) {
-		start[topic][o.Partition] = kgo.NewOffset().At(o.Offset)
-		pos[o.Partition] = o.Offset
-	})
+	for p, o := range pos {
+		start[topic][p] = kgo.NewOffset().At(o)
+	}
 	h.mu.Lock()
 	h.pos = pos
 	h.mu.Unlock()
-	cl, err := kafka.NewClient(h.kcfg, h.tel, "", kgo.ConsumePartitions(start))
+	// Transaction markers are kept so that positions (resume tokens) move
+	// past them, as Replay does.
+	cl, err := kafka.NewClient(h.kcfg, h.tel, "", kgo.ConsumePartitions(start),
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.KeepControlRecords())
 	if err != nil {
 		return err
 	}
@@ -172,16 +174,70 @@ func (h *Hub) Run(ctx context.Context) error {
 			h.log.WarnContext(ctx, "fetch error", "topic", t, "partition", p, "err", err)
 		})
 		fetches.EachRecord(func(r *kgo.Record) {
+			if r.Attrs.IsControl() {
+				h.skip(r.Partition, r.Offset)
+				return
+			}
 			rctx, span := kafka.ProcessSpan(ctx, cl.Tracer, r)
 			defer span.End()
 			ch := &mcv1.MemberChange{}
 			if err := proto.Unmarshal(r.Value, ch); err != nil {
 				h.log.ErrorContext(rctx, "undecodable change", "partition", r.Partition, "offset", r.Offset, "err", err)
+				h.skip(r.Partition, r.Offset)
 				return
 			}
 			h.fanOut(Delivery{Ctx: rctx, Change: ch}, r.Partition, r.Offset)
 		})
 	}
+}
+
+// committedEnd returns where the committed part of the change log ends,
+// waiting (with backoff, logged) while the topic or its brokers are not
+// there yet; an error that waiting cannot cure ends it.
+func (h *Hub) committedEnd(ctx context.Context) (Position, error) {
+	topic := h.kcfg.Topics.MemberChanges
+	admin, err := kafka.NewClient(h.kcfg, h.tel, "")
+	if err != nil {
+		return nil, err
+	}
+	defer admin.Close()
+	adm := kadm.NewClient(admin.Client)
+	var b fault.Backoff
+	for {
+		ends, err := adm.ListCommittedOffsets(ctx, topic)
+		if err == nil {
+			err = ends.Error()
+		}
+		pos := Position{}
+		ends.Each(func(o kadm.ListedOffset) {
+			if o.Topic == topic && o.Err == nil {
+				pos[o.Partition] = o.Offset
+			}
+		})
+		if err == nil && len(pos) == 0 {
+			err = fault.Temporary(errors.New("no partitions yet"))
+		}
+		if err == nil {
+			return pos, nil
+		}
+		err = fmt.Errorf("list committed end offsets of %s: %w", topic, err)
+		if ctx.Err() != nil || fault.Classify(err) != fault.Transient {
+			return nil, err
+		}
+		wait := b.Next()
+		h.log.WarnContext(ctx, "sync hub waiting for the change log", "err", err, "retry_in", wait)
+		if !fault.Sleep(ctx, wait) {
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// skip moves the position past a record no subscriber receives (a
+// transaction marker).
+func (h *Hub) skip(partition int32, offset int64) {
+	h.mu.Lock()
+	h.pos[partition] = offset + 1
+	h.mu.Unlock()
 }
 
 func (h *Hub) fanOut(d Delivery, partition int32, offset int64) {
@@ -278,7 +334,10 @@ func (h *Hub) Replay(ctx context.Context, f Filter, from, to Position, fn func(D
 	if len(begin[topic]) == 0 {
 		return nil
 	}
-	cl, err := kafka.NewClient(h.kcfg, h.tel, "", kgo.ConsumePartitions(begin), kgo.FetchIsolationLevel(kgo.ReadCommitted()))
+	// Transaction markers are kept: the last offset before a position can
+	// be one, and reading it is how the replay knows it got there.
+	cl, err := kafka.NewClient(h.kcfg, h.tel, "", kgo.ConsumePartitions(begin),
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.KeepControlRecords())
 	if err != nil {
 		return err
 	}
@@ -303,6 +362,9 @@ func (h *Hub) Replay(ctx context.Context, f Filter, from, to Position, fn func(D
 				pos[r.Partition] = r.Offset + 1
 				if pos[r.Partition] >= to[r.Partition] {
 					left--
+				}
+				if r.Attrs.IsControl() {
+					continue
 				}
 				ch := &mcv1.MemberChange{}
 				if err := proto.Unmarshal(r.Value, ch); err != nil || !f.match(ch) {

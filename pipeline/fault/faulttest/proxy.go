@@ -8,6 +8,7 @@
 package faulttest
 
 import (
+	"context"
 	"io"
 	"net"
 	"sync"
@@ -42,6 +43,14 @@ func NewProxy(t testing.TB, target string) *Proxy {
 
 // Addr is the address clients connect to instead of the server's.
 func (p *Proxy) Addr() string { return p.lis.Addr().String() }
+
+// Dial connects to the proxy whatever address is asked for. A Kafka client
+// dialing with it (kafka.Config.Dial) reaches the brokers the cluster
+// advertises through the proxy: the single test broker here.
+func (p *Proxy) Dial(ctx context.Context, network, _ string) (net.Conn, error) {
+	var d net.Dialer
+	return d.DialContext(ctx, network, p.Addr())
+}
 
 // Cut resets every connection through the proxy and refuses new ones until
 // Restore.
