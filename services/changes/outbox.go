@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -23,51 +24,85 @@ type Outbox struct {
 var _ relay.Outbox = Outbox{}
 
 // Lead waits for the relay advisory lock on a dedicated connection that also
-// listens for outbox inserts. The lock lives as long as the connection.
-func (o Outbox) Lead(ctx context.Context) (relay.Session, error) {
+// listens for outbox inserts, then starts a new term of group. The lock
+// lives as long as the connection: it is released at once when the leader
+// process dies (its socket closes), and within about ten seconds when its
+// host or network does (the server probes the idle connection: TCP
+// keepalives and a user timeout set for this session), so a standby takes
+// over in seconds either way. The term, not the lock, keeps a leader that
+// lost its connection without noticing from writing anything.
+func (o Outbox) Lead(ctx context.Context, group, leader string) (relay.Session, error) {
 	l, err := postgres.Listen(ctx, o.Pool)
 	if err != nil {
 		return nil, err
+	}
+	if err := l.Exec(ctx, `SELECT set_config('tcp_keepalives_idle', '3', false), set_config('tcp_keepalives_interval', '1', false),
+		set_config('tcp_keepalives_count', '3', false), set_config('tcp_user_timeout', '10000', false)`); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("relay leadership connection: %w", err)
 	}
 	if err := l.Exec(ctx, "SELECT pg_advisory_lock($1)", int64(relayLockKey)); err != nil {
 		l.Close()
 		return nil, fmt.Errorf("relay leadership lock: %w", err)
 	}
-	return &session{pool: o.Pool, listen: l}, nil
+	term, err := postgres.NewRelayTerm(ctx, o.Pool, group, leader)
+	if err != nil {
+		l.Close()
+		return nil, err
+	}
+	return &session{pool: o.Pool, listen: l, group: group, term: term}, nil
 }
 
 type session struct {
 	pool   *pgxpool.Pool
 	listen *postgres.ListenOutbox
+	group  string
+	term   int64
 }
 
-func (s *session) Drain(ctx context.Context, limit int, publish func(context.Context, []relay.Change) error) (int, error) {
-	n := 0
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		rows, err := postgres.ClaimOutbox(ctx, tx, limit)
-		if err != nil || len(rows) == 0 {
-			return err
-		}
-		batch := make([]relay.Change, len(rows))
-		ids := make([]int64, len(rows))
-		for i, r := range rows {
-			batch[i] = toRelayChange(r)
-			ids[i] = r.OutboxID
-		}
-		if err := publish(ctx, batch); err != nil {
-			return err
-		}
-		n = len(rows)
-		return postgres.MarkPublished(ctx, tx, ids)
-	})
-	return n, err
-}
+func (s *session) Term() int64 { return s.term }
 
-func toRelayChange(r postgres.OutboxRow) relay.Change {
-	return relay.Change{
-		MemberID: r.MemberID.String(), Sequence: r.Sequence, Payload: r.Payload,
-		Traceparent: r.Traceparent, CreatedAt: r.CreatedAt,
+func (s *session) InFlight(ctx context.Context) (*relay.Batch, error) {
+	id, rows, err := postgres.RelayBatchInFlight(ctx, s.pool, s.group)
+	if err != nil || id == (uuid.UUID{}) {
+		return nil, err
 	}
+	return toBatch(id, rows), nil
+}
+
+func (s *session) Claim(ctx context.Context, limit int) (*relay.Batch, error) {
+	id := uuid.New()
+	var rows []postgres.OutboxRow
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		var err error
+		rows, err = postgres.ClaimRelayBatch(ctx, tx, s.group, s.term, id, limit)
+		return err
+	})
+	if err != nil || len(rows) == 0 {
+		return nil, err
+	}
+	return toBatch(id, rows), nil
+}
+
+func (s *session) Published(ctx context.Context, b *relay.Batch) error {
+	id, err := uuid.Parse(b.ID)
+	if err != nil {
+		return fmt.Errorf("relay batch id %q: %w", b.ID, err)
+	}
+	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		return postgres.MarkRelayBatchPublished(ctx, tx, s.group, s.term, id)
+	})
+}
+
+func toBatch(id uuid.UUID, rows []postgres.OutboxRow) *relay.Batch {
+	b := &relay.Batch{ID: id.String(), Changes: make([]relay.Change, len(rows))}
+	for i, r := range rows {
+		b.Changes[i] = relay.Change{
+			MemberID: r.MemberID.String(), Sequence: r.Sequence, Payload: r.Payload,
+			Traceparent: r.Traceparent, CreatedAt: r.CreatedAt,
+		}
+	}
+	return b
 }
 
 func (s *session) Wait(ctx context.Context, timeout time.Duration) error {

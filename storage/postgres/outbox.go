@@ -1,8 +1,10 @@
 package postgres
 
 import (
+	"cmp"
 	"context"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/google/uuid"
@@ -85,11 +87,21 @@ func ClaimOutbox(ctx context.Context, tx pgx.Tx, limit int) ([]OutboxRow, error)
 	if err != nil {
 		return nil, fmt.Errorf("claim outbox: %w", err)
 	}
+	return collectOutbox(rows)
+}
+
+// collectOutbox reads rows of outbox_id, member_id, sequence, change_id,
+// payload, traceparent, created_at.
+func collectOutbox(rows pgx.Rows) ([]OutboxRow, error) {
 	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (OutboxRow, error) {
 		var r OutboxRow
 		err := row.Scan(&r.OutboxID, &r.MemberID, &r.Sequence, &r.ChangeID, &r.Payload, &r.Traceparent, &r.CreatedAt)
 		return r, err
 	})
+}
+
+func sortOutbox(rows []OutboxRow) {
+	slices.SortFunc(rows, func(a, b OutboxRow) int { return cmp.Compare(a.OutboxID, b.OutboxID) })
 }
 
 // MarkPublished records that the rows reached Kafka.

@@ -1,0 +1,19 @@
+//go:build !faults
+
+package failpoint_test
+
+import (
+	"testing"
+
+	"github.com/membercenter/membercenter/pipeline/failpoint"
+)
+
+// TestProductionBuildHasNoFailpoints: without the faults build tag,
+// failpoints are compiled out; MC_FAILPOINTS changes nothing.
+func TestProductionBuildHasNoFailpoints(t *testing.T) {
+	t.Setenv("MC_FAILPOINTS", "relay/after-commit")
+	if failpoint.Enabled {
+		t.Fatal("failpoints enabled in a build without the faults tag")
+	}
+	failpoint.Inject("relay/after-commit") // returns: this process lives on
+}

@@ -1,0 +1,377 @@
+package changes_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/twmb/franz-go/pkg/kgo"
+	metricnoop "go.opentelemetry.io/otel/metric/noop"
+	"go.opentelemetry.io/otel/propagation"
+	tracenoop "go.opentelemetry.io/otel/trace/noop"
+	"google.golang.org/protobuf/proto"
+
+	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
+	"github.com/membercenter/membercenter/storage/postgres"
+	"github.com/membercenter/membercenter/storage/postgres/pgtest"
+
+	"github.com/membercenter/membercenter/pipeline/kafka"
+	"github.com/membercenter/membercenter/pipeline/kafka/kafkatest"
+	"github.com/membercenter/membercenter/pipeline/relay"
+	"github.com/membercenter/membercenter/services/changes"
+	syncsvc "github.com/membercenter/membercenter/services/sync"
+)
+
+func telemetry(t *testing.T) kafka.Telemetry {
+	return kafka.Telemetry{
+		Tracers: tracenoop.NewTracerProvider(), Meters: metricnoop.NewMeterProvider(),
+		Propagator: propagation.TraceContext{}, Logger: slog.New(slog.NewTextHandler(testLog{t}, &slog.HandlerOptions{Level: slog.LevelWarn})),
+	}
+}
+
+type testLog struct{ t *testing.T }
+
+func (w testLog) Write(b []byte) (int, error) {
+	w.t.Log(strings.TrimSpace(string(b)))
+	return len(b), nil
+}
+
+// outbox writes changes as the services do: per member, sequences from 1.
+type outbox struct {
+	pool    *pgxpool.Pool
+	members []uuid.UUID
+	next    map[uuid.UUID]uint64
+}
+
+func newOutbox(t *testing.T, pool *pgxpool.Pool, members int) *outbox {
+	o := &outbox{pool: pool, next: map[uuid.UUID]uint64{}}
+	for range members {
+		o.members = append(o.members, uuid.New())
+	}
+	return o
+}
+
+// write adds n changes to each member, in one transaction per round.
+func (o *outbox) write(t *testing.T, ctx context.Context, n int) {
+	t.Helper()
+	for range n {
+		tx, err := o.pool.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range o.members {
+			o.next[m]++
+			v, _ := proto.Marshal(&mcv1.MemberChange{MemberId: m.String(), Sequence: o.next[m]})
+			if err := postgres.InsertOutbox(ctx, tx, postgres.OutboxRow{MemberID: m, Sequence: int64(o.next[m]), ChangeID: uuid.New(), Payload: v}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := tx.Commit(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func (o *outbox) total() int {
+	n := 0
+	for _, s := range o.next {
+		n += int(s)
+	}
+	return n
+}
+
+// published waits until every change is marked published.
+func published(t *testing.T, ctx context.Context, pool *pgxpool.Pool) {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		var left int
+		err := pool.QueryRow(ctx, `SELECT count(*) FROM outbox WHERE published_at IS NULL`).Scan(&left)
+		if err == nil && left == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d changes unpublished after 2 minutes (%v)", left, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// checkSequences fails unless got holds, per member, exactly the
+// sequences 1..want[m] in order, each once.
+func checkSequences(t *testing.T, what string, got []*mcv1.MemberChange, from map[string]uint64, want map[uuid.UUID]uint64) {
+	t.Helper()
+	last := map[string]uint64{}
+	for k, v := range from {
+		last[k] = v
+	}
+	bad := 0
+	for _, c := range got {
+		m := c.GetMemberId()
+		if c.GetSequence() != last[m]+1 {
+			if bad++; bad <= 5 {
+				t.Errorf("%s: member %s got sequence %d after %d", what, m, c.GetSequence(), last[m])
+			}
+		}
+		last[m] = max(last[m], c.GetSequence())
+	}
+	for m, n := range want {
+		if last[m.String()] != n {
+			t.Errorf("%s: member %s ends at sequence %d, want %d", what, m, last[m.String()], n)
+		}
+	}
+}
+
+// readTopic reads every committed change on the topic.
+func readTopic(t *testing.T, ctx context.Context, cfg kafka.Config, want int) []*mcv1.MemberChange {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(cfg.Brokers...), kgo.ConsumeTopics(cfg.Topics.MemberChanges),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.FetchIsolationLevel(kgo.ReadCommitted()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	var out []*mcv1.MemberChange
+	// Everything is published already; after the expected count, a quiet
+	// spell shows whether anything more (a duplicate) is there.
+	for {
+		wait := 2 * time.Minute
+		if len(out) >= want {
+			wait = 2 * time.Second
+		}
+		pctx, cancel := context.WithTimeout(ctx, wait)
+		fs := cl.PollFetches(pctx)
+		cancel()
+		if fs.NumRecords() == 0 && pctx.Err() != nil {
+			return out
+		}
+		fs.EachRecord(func(r *kgo.Record) {
+			c := &mcv1.MemberChange{}
+			if err := proto.Unmarshal(r.Value, c); err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, c)
+		})
+	}
+}
+
+// collector records what a subscription receives.
+type collector struct {
+	mu   sync.Mutex
+	got  []*mcv1.MemberChange
+	last syncsvc.Position
+}
+
+func (c *collector) run(sub *syncsvc.Subscription) {
+	for {
+		select {
+		case d := <-sub.C():
+			c.mu.Lock()
+			c.got = append(c.got, d.Change)
+			c.last = d.After
+			c.mu.Unlock()
+		case <-sub.Done():
+			return
+		}
+	}
+}
+
+func (c *collector) snapshot() ([]*mcv1.MemberChange, syncsvc.Position) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]*mcv1.MemberChange(nil), c.got...), c.last
+}
+
+// TestRelayCrashBetweenPublishAndMarkDuplicatesNothing: a relay process
+// (built with the faults tag) is killed right after its first batch's
+// Kafka transaction committed and before the batch was marked published in
+// PostgreSQL, while a standby waits for leadership. The standby takes over
+// within seconds, finds the batch committed and only marks it. The topic
+// then holds every change once, each member's sequences consecutive; a live
+// subscriber receives each change once, and so does one that resumed from
+// a token taken between the crash and the takeover.
+//
+// The same holds when the relay dies with its transaction open (before the
+// commit): the takeover aborts it and publishes the batch again.
+func TestRelayCrashBetweenPublishAndMarkDuplicatesNothing(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	bin := buildFaultsBinary(t, ctx)
+	for _, fp := range []string{"relay/after-commit", "relay/before-commit"} {
+		t.Run(fp, func(t *testing.T) { relayCrash(t, ctx, bin, fp) })
+	}
+}
+
+func relayCrash(t *testing.T, ctx context.Context, bin, failpoint string) {
+	pool := pgtest.NewPoolUnchecked(t, nil)
+	dbURL := pool.Config().ConnString()
+	cfg := kafkatest.Config(t)
+
+	hub := syncsvc.NewHub(cfg, telemetry(t))
+	hubCtx, stopHub := context.WithCancel(ctx)
+	hubDone := make(chan error, 1)
+	go func() { hubDone <- hub.Run(hubCtx) }()
+	defer func() { stopHub(); <-hubDone }()
+	<-hub.Ready()
+	live, start, err := hub.Subscribe(ctx, syncsvc.Filter{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer live.Close()
+	var liveGot collector
+	go liveGot.run(live)
+
+	// Relay A, the process that will crash, leads.
+	var aLog bytes.Buffer
+	a := exec.CommandContext(ctx, bin, "pipeline", "--stages=relay")
+	a.Env = append(os.Environ(),
+		"MC_PG_URL="+dbURL, "MC_KAFKA_BROKERS="+strings.Join(cfg.Brokers, ","), "MC_KAFKA_GROUP_PREFIX="+cfg.GroupPrefix,
+		"MC_TOPIC_CHANNEL_EVENTS="+cfg.Topics.ChannelEvents, "MC_TOPIC_MEMBER_EVENTS="+cfg.Topics.MemberEvents,
+		"MC_TOPIC_MEMBER_CHANGES="+cfg.Topics.MemberChanges, "MC_TOPIC_DLQ="+cfg.Topics.DLQ,
+		"MC_INSTANCE_ID=relay-a", "MC_ADMIN_ADDR=127.0.0.1:0", "MC_FAILPOINTS="+failpoint)
+	a.Stdout, a.Stderr = &aLog, &aLog
+	if err := a.Start(); err != nil {
+		t.Fatal(err)
+	}
+	aDone := make(chan error, 1)
+	go func() { aDone <- a.Wait() }()
+	defer func() {
+		_ = a.Process.Kill()
+		<-aDone
+		if t.Failed() {
+			t.Logf("relay A:\n%s", aLog.String())
+		}
+	}()
+	waitFor(t, "relay A leads", func() (bool, error) {
+		var leader string
+		err := pool.QueryRow(ctx, `SELECT leader FROM relay_leaders`).Scan(&leader)
+		return leader == "relay-a", ignoreNoRows(err)
+	})
+
+	// Relay B, the standby, waits for the lock in this process.
+	bCfg := cfg
+	bCfg.InstanceID = "relay-b"
+	b, err := relay.New(bCfg, telemetry(t), changes.Outbox{Pool: pool})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	bCtx, stopB := context.WithCancel(ctx)
+	bDone := make(chan error, 1)
+	go func() { bDone <- b.Run(bCtx) }()
+	defer func() { stopB(); <-bDone }()
+
+	// 40 members × 3 changes: A's first batch commits, then A dies.
+	o := newOutbox(t, pool, 40)
+	o.write(t, ctx, 3)
+	var died time.Time
+	select {
+	case err := <-aDone:
+		died = time.Now()
+		aDone <- err
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
+			t.Fatalf("relay A ended with %v, want killed by its failpoint", err)
+		}
+	case <-time.After(2 * time.Minute):
+		t.Fatal("relay A's failpoint never fired")
+	}
+	// A subscriber leaves now, after the crashed batch's changes.
+	atCrash, token := liveGot.snapshot()
+	if token == nil {
+		token = start
+	}
+
+	// B takes over: the batch in flight is settled, and B leads.
+	waitFor(t, "relay B leads with nothing in flight", func() (bool, error) {
+		var leader string
+		var inFlight int
+		err := pool.QueryRow(ctx, `SELECT (SELECT leader FROM relay_leaders), (SELECT count(*) FROM relay_batches)`).Scan(&leader, &inFlight)
+		return leader == "relay-b" && inFlight == 0, ignoreNoRows(err)
+	})
+	t.Logf("takeover: relay B led with the crashed batch settled %v after relay A was killed", time.Since(died).Round(time.Millisecond))
+	o.write(t, ctx, 2)
+	published(t, ctx, pool)
+	t.Logf("every change published %v after relay A was killed", time.Since(died).Round(time.Millisecond))
+
+	// The topic: every change once, in order per member.
+	onTopic := readTopic(t, ctx, cfg, o.total())
+	if len(onTopic) != o.total() {
+		t.Errorf("%d changes on the topic, want %d", len(onTopic), o.total())
+	}
+	checkSequences(t, "topic", onTopic, nil, o.next)
+
+	// The live subscriber: the same.
+	waitFor(t, "live subscriber has every change", func() (bool, error) {
+		got, _ := liveGot.snapshot()
+		return len(got) >= o.total(), nil
+	})
+	got, end := liveGot.snapshot()
+	checkSequences(t, "live subscriber", got, nil, o.next)
+
+	// The subscriber that left at the crash and resumes with its token.
+	seen := map[string]uint64{}
+	for _, c := range atCrash {
+		seen[c.GetMemberId()] = c.GetSequence()
+	}
+	var resumed []*mcv1.MemberChange
+	if err := hub.Replay(ctx, syncsvc.Filter{}, token, end, func(d syncsvc.Delivery) error {
+		resumed = append(resumed, d.Change)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	checkSequences(t, "resumed subscriber", resumed, seen, o.next)
+	if !strings.Contains(aLog.String(), "failpoint "+failpoint) {
+		t.Errorf("relay A did not die at its failpoint:\n%s", aLog.String())
+	}
+}
+
+func ignoreNoRows(err error) error {
+	if err != nil && strings.Contains(err.Error(), "no rows") {
+		return nil
+	}
+	return err
+}
+
+func waitFor(t *testing.T, what string, cond func() (bool, error)) {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		ok, err := cond()
+		if ok {
+			return
+		}
+		if err != nil || time.Now().After(deadline) {
+			t.Fatalf("%s: not within 2 minutes (%v)", what, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// buildFaultsBinary builds membercenter with the faults tag (failpoints
+// armed by MC_FAILPOINTS) into the test's temporary directory.
+func buildFaultsBinary(t *testing.T, ctx context.Context) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "membercenter-faults")
+	cmd := exec.CommandContext(ctx, "go", "build", "-tags", "faults", "-o", bin, "../cmd/membercenter")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build the faults binary: %v\n%s", err, out)
+	}
+	return bin
+}
+

@@ -1,0 +1,114 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+)
+
+// ErrRelayFenced refuses a write of a relay leader whose term has ended: a
+// newer leader has taken over.
+var ErrRelayFenced = errors.New("a newer relay leader has taken over")
+
+// NewRelayTerm starts a new leadership term of the relay group and returns
+// it. Call it holding the group's leadership lock: it waits for a write
+// of the previous term in progress, and every later write of that term is
+// fenced.
+func NewRelayTerm(ctx context.Context, q Querier, group, leader string) (int64, error) {
+	var term int64
+	err := q.QueryRow(ctx, `
+		INSERT INTO relay_leaders (relay_group, term, leader) VALUES ($1, 1, $2)
+		ON CONFLICT (relay_group) DO UPDATE SET term = relay_leaders.term + 1, leader = $2, since = now()
+		RETURNING term`, group, leader).Scan(&term)
+	if err != nil {
+		return 0, fmt.Errorf("new relay term: %w", err)
+	}
+	return term, nil
+}
+
+// checkRelayTerm holds the group's term until tx ends and fails with
+// ErrRelayFenced when it is not term.
+func checkRelayTerm(ctx context.Context, tx pgx.Tx, group string, term int64) error {
+	var cur int64
+	if err := tx.QueryRow(ctx, `SELECT term FROM relay_leaders WHERE relay_group = $1 FOR SHARE`, group).Scan(&cur); err != nil {
+		return fmt.Errorf("relay term: %w", err)
+	}
+	if cur != term {
+		return fmt.Errorf("relay term %d: %w (term %d)", term, ErrRelayFenced, cur)
+	}
+	return nil
+}
+
+// RelayBatchInFlight returns the group's batch recorded and not marked
+// published, with its rows in outbox order; a zero id when there is none.
+func RelayBatchInFlight(ctx context.Context, q Querier, group string) (uuid.UUID, []OutboxRow, error) {
+	var id uuid.UUID
+	err := q.QueryRow(ctx, `SELECT batch_id FROM relay_batches WHERE relay_group = $1 ORDER BY created_at LIMIT 1`, group).Scan(&id)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return uuid.UUID{}, nil, nil
+	}
+	if err != nil {
+		return id, nil, fmt.Errorf("relay batch in flight: %w", err)
+	}
+	rows, err := q.Query(ctx, `
+		SELECT outbox_id, member_id, sequence, change_id, payload, traceparent, created_at
+		  FROM outbox WHERE relay_batch = $1 AND published_at IS NULL ORDER BY outbox_id`, id)
+	if err != nil {
+		return id, nil, fmt.Errorf("rows of relay batch %s: %w", id, err)
+	}
+	out, err := collectOutbox(rows)
+	return id, out, err
+}
+
+// ClaimRelayBatch records the next up to limit unpublished rows, in outbox
+// order, as batch id of the group's term, and returns them (none when
+// nothing waits). It refuses while another batch is in flight, and fails
+// with ErrRelayFenced when term is not the group's.
+func ClaimRelayBatch(ctx context.Context, tx pgx.Tx, group string, term int64, id uuid.UUID, limit int) ([]OutboxRow, error) {
+	if err := checkRelayTerm(ctx, tx, group, term); err != nil {
+		return nil, err
+	}
+	var inFlight bool
+	if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT FROM relay_batches WHERE relay_group = $1)`, group).Scan(&inFlight); err != nil {
+		return nil, fmt.Errorf("relay batch in flight: %w", err)
+	}
+	if inFlight {
+		return nil, errors.New("claim relay batch: a batch is still in flight")
+	}
+	rows, err := tx.Query(ctx, `
+		UPDATE outbox o SET relay_batch = $1
+		  FROM (SELECT outbox_id FROM outbox WHERE published_at IS NULL ORDER BY outbox_id LIMIT $2) c
+		 WHERE o.outbox_id = c.outbox_id
+		RETURNING o.outbox_id, o.member_id, o.sequence, o.change_id, o.payload, o.traceparent, o.created_at`, id, limit)
+	if err != nil {
+		return nil, fmt.Errorf("claim relay batch: %w", err)
+	}
+	out, err := collectOutbox(rows)
+	if err != nil || len(out) == 0 {
+		return nil, err
+	}
+	if _, err := tx.Exec(ctx, `INSERT INTO relay_batches (batch_id, relay_group, term) VALUES ($1, $2, $3)`, id, group, term); err != nil {
+		return nil, fmt.Errorf("record relay batch: %w", err)
+	}
+	// UPDATE … RETURNING does not keep the subquery's order.
+	sortOutbox(out)
+	return out, nil
+}
+
+// MarkRelayBatchPublished marks the rows of batch id published and ends the
+// batch; ErrRelayFenced when term is not the group's.
+func MarkRelayBatchPublished(ctx context.Context, tx pgx.Tx, group string, term int64, id uuid.UUID) error {
+	if err := checkRelayTerm(ctx, tx, group, term); err != nil {
+		return err
+	}
+	if _, err := tx.Exec(ctx, `UPDATE outbox SET published_at = now() WHERE relay_batch = $1 AND published_at IS NULL`, id); err != nil {
+		return fmt.Errorf("mark relay batch %s published: %w", id, err)
+	}
+	if _, err := tx.Exec(ctx, `DELETE FROM relay_batches WHERE batch_id = $1`, id); err != nil {
+		return fmt.Errorf("end relay batch %s: %w", id, err)
+	}
+	return nil
+}
