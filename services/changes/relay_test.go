@@ -374,4 +374,3 @@ func buildFaultsBinary(t *testing.T, ctx context.Context) string {
 	}
 	return bin
 }
-
