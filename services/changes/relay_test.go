@@ -26,6 +26,7 @@ import (
 	"github.com/membercenter/membercenter/storage/postgres"
 	"github.com/membercenter/membercenter/storage/postgres/pgtest"
 
+	"github.com/membercenter/membercenter/pipeline/fault/faulttest"
 	"github.com/membercenter/membercenter/pipeline/kafka"
 	"github.com/membercenter/membercenter/pipeline/kafka/kafkatest"
 	"github.com/membercenter/membercenter/pipeline/relay"
@@ -373,4 +374,58 @@ func buildFaultsBinary(t *testing.T, ctx context.Context) string {
 		t.Fatalf("build the faults binary: %v\n%s", err, out)
 	}
 	return bin
+}
+
+// TestRelayRidesOutPostgresAndKafkaRestarts: the relay keeps publishing
+// across a PostgreSQL restart (every session of its database terminated,
+// its leadership lock with them) and a Kafka outage (its connections cut
+// and refused for a while), resumes by itself, and the topic holds every
+// change once, in order per member.
+func TestRelayRidesOutPostgresAndKafkaRestarts(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	pool := pgtest.NewPoolUnchecked(t, nil)
+	cfg := kafkatest.Config(t)
+	proxy := faulttest.NewProxy(t, cfg.Brokers[0])
+	viaProxy := cfg
+	viaProxy.Dial = proxy.Dial
+	r, err := relay.New(viaProxy, telemetry(t), changes.Outbox{Pool: pool})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	runCtx, stop := context.WithCancel(ctx)
+	ended := make(chan error, 1)
+	go func() { ended <- r.Run(runCtx) }()
+
+	o := newOutbox(t, pool, 20)
+	o.write(t, ctx, 2)
+	published(t, ctx, pool)
+
+	if n, err := pgtest.TerminateBackends(ctx, pool); err != nil || n == 0 {
+		t.Fatalf("terminated %d sessions: %v", n, err)
+	}
+	o.write(t, ctx, 2)
+	published(t, ctx, pool)
+
+	proxy.Cut()
+	o.write(t, ctx, 2)
+	time.Sleep(2 * time.Second) // the outage lasts; nothing to wait for
+	proxy.Restore()
+	published(t, ctx, pool)
+
+	select {
+	case err := <-ended:
+		t.Fatalf("relay ended: %v", err)
+	default:
+	}
+	stop()
+	if err := <-ended; err != nil {
+		t.Errorf("relay: %v", err)
+	}
+	onTopic := readTopic(t, ctx, cfg, o.total())
+	if len(onTopic) != o.total() {
+		t.Errorf("%d changes on the topic, want %d", len(onTopic), o.total())
+	}
+	checkSequences(t, "topic", onTopic, nil, o.next)
 }
