@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -57,9 +58,11 @@ func TestScanAndReplay(t *testing.T) {
 		t.Fatalf("scan saw %v, want 3 letters", seen)
 	}
 
-	n, err := dlq.Replay(ctx, reader, cfg.Topics.DLQ, time.Now().Add(-time.Hour), func(l dlq.Letter) bool { return l.Stage == "ingest" })
-	if err != nil || n != 2 {
-		t.Fatalf("replay = %d, %v; want 2 letters", n, err)
+	replays := memReplays{}
+	opts := dlq.ReplayOptions{Since: time.Now().Add(-time.Hour), Keep: func(l dlq.Letter) bool { return l.Stage == "ingest" }, Replays: replays}
+	res, err := dlq.Replay(ctx, reader, cfg.Topics.DLQ, opts)
+	if err != nil || res.Replayed != 2 || res.NotMatching != 1 {
+		t.Fatalf("replay = %v, %v; want 2 letters replayed, 1 not matching", res, err)
 	}
 	src, err := kgo.NewClient(kgo.SeedBrokers(cfg.Brokers...), kgo.ConsumeTopics(cfg.Topics.ChannelEvents),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
@@ -85,4 +88,78 @@ func TestScanAndReplay(t *testing.T) {
 			}
 		}
 	}
+}
+
+// memReplays keeps the record of replays in memory (PostgreSQL keeps it in
+// production; services/cli tests that).
+type memReplays map[dlq.LetterID]*kgo.Record
+
+func (m memReplays) Replayed(_ context.Context, id dlq.LetterID) (bool, error) { return m[id] != nil, nil }
+func (m memReplays) Record(_ context.Context, id dlq.LetterID, to *kgo.Record) error {
+	m[id] = to
+	return nil
+}
+
+// TestReplayIsOnceAndSaysWhatItDid: replaying the same window again
+// replays nothing (2 → 4 → 8 before); a letter written when a replayed
+// record failed again counts as its original, replayed already; a letter
+// kept by reference only cannot be replayed; Force replays each original
+// once more.
+func TestReplayIsOnceAndSaysWhatItDid(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cfg := kafkatest.Config(t)
+	cl, err := kgo.NewClient(kgo.SeedBrokers(cfg.Brokers...), kgo.FetchIsolationLevel(kgo.ReadCommitted()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	letter := func(i int, extra ...kgo.RecordHeader) {
+		t.Helper()
+		src := &kgo.Record{Topic: cfg.Topics.ChannelEvents, Partition: 0, Offset: int64(i), Key: []byte("k"), Value: []byte(fmt.Sprintf("bad-%d", i)), Headers: extra}
+		if err := cl.ProduceSync(ctx, dlq.Record(cfg.Topics.DLQ, "ingest", src, errors.New("broken"), time.Now())).FirstErr(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	letter(0)
+	letter(1)
+	letter(2, kgo.RecordHeader{Key: dlq.HeaderTruncated, Value: []byte("true")})
+	replays := memReplays{}
+	opts := dlq.ReplayOptions{Since: time.Now().Add(-time.Hour), Replays: replays}
+	run := func(want dlq.ReplayResult) {
+		t.Helper()
+		res, err := dlq.Replay(ctx, cl, cfg.Topics.DLQ, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Replayed != want.Replayed || res.AlreadyReplayed != want.AlreadyReplayed || res.Unreplayable != want.Unreplayable || res.NotMatching != want.NotMatching {
+			t.Fatalf("replay: %v; want %v", res, want)
+		}
+		if res.Unreplayable > 0 && (len(res.Problems) != res.Unreplayable || !strings.Contains(res.Problems[0], "kept by reference")) {
+			t.Errorf("problems: %q", res.Problems)
+		}
+	}
+	run(dlq.ReplayResult{Replayed: 2, Unreplayable: 1})
+	run(dlq.ReplayResult{AlreadyReplayed: 2, Unreplayable: 1})
+
+	// The first replayed record fails again: the stage writes a new letter
+	// keeping the replayed record's headers.
+	var first *kgo.Record
+	for id, r := range replays {
+		if id.Offset == 0 {
+			first = r
+		}
+	}
+	if first == nil || first.Topic != cfg.Topics.ChannelEvents {
+		t.Fatalf("replay of letter 0 recorded as %v", first)
+	}
+	if err := cl.ProduceSync(ctx, dlq.Record(cfg.Topics.DLQ, "ingest", first, errors.New("still broken"), time.Now())).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+	run(dlq.ReplayResult{AlreadyReplayed: 3, Unreplayable: 1})
+
+	// Forced: each original once more, the replay's own letter counted as
+	// its original.
+	opts.Force = true
+	run(dlq.ReplayResult{Replayed: 2, AlreadyReplayed: 1, Unreplayable: 1})
 }

@@ -1,13 +1,17 @@
 package cli
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/spf13/cobra"
 	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/membercenter/membercenter/storage/postgres"
 
 	"github.com/membercenter/membercenter/pipeline/dlq"
 	"github.com/membercenter/membercenter/pipeline/kafka"
@@ -20,6 +24,7 @@ func dlqCmd(stdout, logOut io.Writer) *cobra.Command {
 	}
 	var since time.Duration
 	var stage, topic string
+	var force bool
 	keep := func(l dlq.Letter) bool {
 		return (stage == "" || l.Stage == stage) && (topic == "" || l.Topic == topic)
 	}
@@ -62,7 +67,7 @@ func dlqCmd(stdout, logOut io.Writer) *cobra.Command {
 	}
 	replay := &cobra.Command{
 		Use:   "replay",
-		Short: "Re-publish dead letters to the topics they came from (stages deduplicate by event id)",
+		Short: "Re-publish dead letters to the topics they came from, each once (stages deduplicate by event id)",
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			e, done, err := setup(cmd.Context(), logOut)
 			if err != nil {
@@ -74,13 +79,32 @@ func dlqCmd(stdout, logOut io.Writer) *cobra.Command {
 				return err
 			}
 			defer cl.Close()
-			n, err := dlq.Replay(cmd.Context(), cl.Client, e.cfg.Kafka.Topics.DLQ, time.Now().Add(-since), keep)
-			fmt.Fprintf(stdout, "replayed %d dead letters\n", n)
+			res, err := dlq.Replay(cmd.Context(), cl.Client, e.cfg.Kafka.Topics.DLQ, dlq.ReplayOptions{
+				Since: time.Now().Add(-since), Keep: keep, Force: force, Replays: pgReplays{e.p.Pool()},
+			})
+			for _, p := range res.Problems {
+				fmt.Fprintf(stdout, "cannot replay %s\n", p)
+			}
+			fmt.Fprintln(stdout, res)
 			return err
 		},
 	}
+	replay.Flags().BoolVar(&force, "force", false, "replay letters replayed before too (each original once)")
 	flags(list)
 	flags(replay)
 	cmd.AddCommand(list, replay)
 	return cmd
+}
+
+// pgReplays records replayed dead letters in PostgreSQL.
+type pgReplays struct{ pool *pgxpool.Pool }
+
+var _ dlq.Replays = pgReplays{}
+
+func (r pgReplays) Replayed(ctx context.Context, id dlq.LetterID) (bool, error) {
+	return postgres.DLQReplayed(ctx, r.pool, id.Topic, id.Partition, id.Offset)
+}
+
+func (r pgReplays) Record(ctx context.Context, id dlq.LetterID, to *kgo.Record) error {
+	return postgres.RecordDLQReplay(ctx, r.pool, id.Topic, id.Partition, id.Offset, to.Topic, to.Partition, to.Offset)
 }

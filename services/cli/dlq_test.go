@@ -1,0 +1,82 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/membercenter/membercenter/pipeline/dlq"
+)
+
+// TestDLQReplayReplaysEachLetterOnceAndSaysWhatItDid: `dlq replay` run
+// twice re-publishes the letters once (before: 2, then 4, then 8 records,
+// its own letters included), records it in PostgreSQL, and says what it
+// did and what it could not do.
+func TestDLQReplayReplaysEachLetterOnceAndSaysWhatItDid(t *testing.T) {
+	testEnv(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(strings.Split(os.Getenv("MC_KAFKA_BROKERS"), ",")...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	events, letters := os.Getenv("MC_TOPIC_CHANNEL_EVENTS"), os.Getenv("MC_TOPIC_DLQ")
+	for i, h := range [][]kgo.RecordHeader{nil, nil, {{Key: dlq.HeaderTruncated, Value: []byte("true")}}} {
+		src := &kgo.Record{Topic: events, Partition: 0, Offset: int64(i), Key: []byte("k"), Value: []byte("bad"), Headers: h}
+		if err := cl.ProduceSync(ctx, dlq.Record(letters, "ingest", src, errors.New("broken"), time.Now())).FirstErr(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	replay := func(args ...string) string {
+		t.Helper()
+		var out, log bytes.Buffer
+		if err := Execute(ctx, append([]string{"dlq", "replay", "--since", "1h"}, args...), &out, &log); err != nil {
+			t.Fatalf("dlq replay %v: %v\n%s", args, err, log.String())
+		}
+		return out.String()
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--stage", "benefits"}, "replayed 0, skipped 0 already replayed, 3 not matching the filter, 0 that cannot be replayed"},
+		{nil, "replayed 2, skipped 0 already replayed, 0 not matching the filter, 1 that cannot be replayed"},
+		{nil, "replayed 0, skipped 2 already replayed, 0 not matching the filter, 1 that cannot be replayed"},
+		{[]string{"--force"}, "replayed 2, skipped 0 already replayed, 0 not matching the filter, 1 that cannot be replayed"},
+	} {
+		out := replay(tc.args...)
+		if !strings.Contains(out, tc.want) {
+			t.Errorf("dlq replay %v said:\n%s\nwant %q", tc.args, out, tc.want)
+		}
+		if strings.Contains(tc.want, "1 that cannot") && !strings.Contains(out, "kept by reference only") {
+			t.Errorf("dlq replay %v does not say why a letter cannot be replayed:\n%s", tc.args, out)
+		}
+	}
+	// What reached the source topic: two records per unforced-plus-forced run.
+	src, err := kgo.NewClient(kgo.SeedBrokers(strings.Split(os.Getenv("MC_KAFKA_BROKERS"), ",")...),
+		kgo.ConsumeTopics(events), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	n := 0
+	for n < 4 {
+		fs := src.PollFetches(ctx)
+		if ctx.Err() != nil {
+			t.Fatalf("%d replayed records on %s, want 4", n, events)
+		}
+		n += fs.NumRecords()
+	}
+	pctx, pcancel := context.WithTimeout(ctx, 2*time.Second)
+	defer pcancel()
+	if extra := src.PollFetches(pctx).NumRecords(); extra > 0 {
+		t.Errorf("%d more records on %s than the 4 replays", extra, events)
+	}
+}
