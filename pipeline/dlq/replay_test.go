@@ -94,7 +94,9 @@ func TestScanAndReplay(t *testing.T) {
 // production; services/cli tests that).
 type memReplays map[dlq.LetterID]*kgo.Record
 
-func (m memReplays) Replayed(_ context.Context, id dlq.LetterID) (bool, error) { return m[id] != nil, nil }
+func (m memReplays) Replayed(_ context.Context, id dlq.LetterID) (bool, error) {
+	return m[id] != nil, nil
+}
 func (m memReplays) Record(_ context.Context, id dlq.LetterID, to *kgo.Record) error {
 	m[id] = to
 	return nil
