@@ -398,7 +398,7 @@ func (p *Platform) Run(ctx context.Context, o Options) error {
 				groups = append(groups, p.cfg.Kafka.Group(s))
 			}
 		}
-		reg, err := kafka.RegisterLag(p.tel.Meters, lagClient.Client, groups...)
+		reg, err := kafka.RegisterLag(p.tel.Meters, log, lagClient.Client, groups...)
 		if err != nil {
 			return err
 		}

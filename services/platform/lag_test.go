@@ -1,0 +1,102 @@
+package platform_test
+
+import (
+	"context"
+	"io"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/membercenter/membercenter/pipeline/fault/faulttest"
+	"github.com/membercenter/membercenter/pipeline/kafka"
+	"github.com/membercenter/membercenter/pipeline/kafka/kafkatest"
+	"github.com/membercenter/membercenter/services/telemetry"
+)
+
+// TestConsumerLagMetricRidesOutAKafkaOutage: /metrics answers within two
+// seconds or so, with the process's other metrics, while Kafka does not
+// answer the lag query; the lag gauge is back once Kafka is.
+func TestConsumerLagMetricRidesOutAKafkaOutage(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cfg := kafkatest.Config(t)
+	tel, err := telemetry.Setup(ctx, telemetry.Config{ServiceName: "lag-test", LogLevel: "info"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tel.Shutdown(context.Background())
+	// A group with a committed offset, so that it has a lag.
+	direct, err := kgo.NewClient(kgo.SeedBrokers(cfg.Brokers...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer direct.Close()
+	group := cfg.Group("lag-test")
+	offs := kadm.Offsets{}
+	offs.Add(kadm.Offset{Topic: cfg.Topics.MemberEvents, Partition: 0, At: 0})
+	if _, err := kadm.NewClient(direct).CommitOffsets(ctx, group, offs); err != nil {
+		t.Fatal(err)
+	}
+	if err := direct.ProduceSync(ctx, &kgo.Record{Topic: cfg.Topics.MemberEvents, Partition: 0, Value: []byte("x")}).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+	counter, err := tel.Meters.Meter("lag-test").Int64Counter("lag_test_other")
+	if err != nil {
+		t.Fatal(err)
+	}
+	counter.Add(ctx, 1)
+
+	proxy := faulttest.NewProxy(t, cfg.Brokers[0])
+	viaProxy := cfg
+	viaProxy.Dial = proxy.Dial
+	cl, err := kafka.NewClient(viaProxy, kafka.Telemetry{Tracers: tel.Tracers, Meters: tel.Meters, Propagator: tel.Propagator, Logger: tel.Logger}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	reg, err := kafka.RegisterLag(tel.Meters, tel.Logger, cl.Client, group)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reg.Unregister()
+
+	scrape := func() (string, time.Duration) {
+		t.Helper()
+		start := time.Now()
+		rec := httptest.NewRecorder()
+		tel.Metrics.ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+		if rec.Code != 200 {
+			t.Fatalf("/metrics answered %d", rec.Code)
+		}
+		return rec.Body.String(), time.Since(start)
+	}
+	const lag = "messaging_kafka_consumer_lag"
+	waitLag := func(what string) {
+		t.Helper()
+		deadline := time.Now().Add(90 * time.Second)
+		for {
+			if body, _ := scrape(); strings.Contains(body, lag) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: no %s within 90s", what, lag)
+			}
+		}
+	}
+	waitLag("before the outage")
+
+	proxy.Cut()
+	body, took := scrape()
+	if took > 4*time.Second {
+		t.Errorf("/metrics took %v while Kafka was away", took.Round(time.Millisecond))
+	}
+	if !strings.Contains(body, "lag_test_other") {
+		t.Errorf("/metrics lost the other metrics while Kafka was away:\n%s", body)
+	}
+	proxy.Restore()
+	waitLag("after the outage")
+}
