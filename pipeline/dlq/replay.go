@@ -94,16 +94,13 @@ func keys(m map[int32]int64) []int32 {
 	return out
 }
 
-// Headers of replays.
+// Header of replays.
 const (
 	// HeaderReplayOf names, on a replayed record, the dead letter it
 	// replays (LetterID). A stage that dead-letters the replayed record
 	// again keeps it (a letter keeps the original's headers), so the new
 	// letter is known as a replay's own letter, not a new one.
 	HeaderReplayOf = "mc-dlq-replay-of"
-	// HeaderTruncated marks a letter whose original was too large to keep
-	// whole: it holds a reference to it only, and cannot be replayed.
-	HeaderTruncated = "mc-dlq-truncated"
 )
 
 // LetterID is a dead letter's place in the dead-letter topic.
@@ -196,7 +193,7 @@ func Replay(ctx context.Context, cl *kgo.Client, topic string, o ReplayOptions) 
 			}
 		}
 		switch {
-		case strings.EqualFold(headerOf(l.Record, HeaderTruncated), "true"):
+		case l.Truncated:
 			res.Unreplayable++
 			res.Problems = append(res.Problems, fmt.Sprintf("%s: the original was too large and is kept by reference only (%s/%d@%d)", self, l.Topic, l.Partition, l.Offset))
 			return nil

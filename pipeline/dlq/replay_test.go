@@ -1,6 +1,7 @@
 package dlq_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -116,16 +117,16 @@ func TestReplayIsOnceAndSaysWhatItDid(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cl.Close()
-	letter := func(i int, extra ...kgo.RecordHeader) {
+	letter := func(i int, value []byte) {
 		t.Helper()
-		src := &kgo.Record{Topic: cfg.Topics.ChannelEvents, Partition: 0, Offset: int64(i), Key: []byte("k"), Value: []byte(fmt.Sprintf("bad-%d", i)), Headers: extra}
+		src := &kgo.Record{Topic: cfg.Topics.ChannelEvents, Partition: 0, Offset: int64(i), Key: []byte("k"), Value: value}
 		if err := cl.ProduceSync(ctx, dlq.Record(cfg.Topics.DLQ, "ingest", src, errors.New("broken"), time.Now())).FirstErr(); err != nil {
 			t.Fatal(err)
 		}
 	}
-	letter(0)
-	letter(1)
-	letter(2, kgo.RecordHeader{Key: dlq.HeaderTruncated, Value: []byte("true")})
+	letter(0, []byte("bad-0"))
+	letter(1, []byte("bad-1"))
+	letter(2, bytes.Repeat([]byte("x"), dlq.MaxOriginalBytes+1)) // kept by reference only
 	replays := memReplays{}
 	opts := dlq.ReplayOptions{Since: time.Now().Add(-time.Hour), Replays: replays}
 	run := func(want dlq.ReplayResult) {

@@ -38,7 +38,7 @@
 //   - before 1 commits: nothing was claimed; the rows are claimed again;
 //   - between 1 and 2's commit: the transaction is aborted by the fencing,
 //     or it never began; the batch is published by the next leader;
-//   - between 2 and 3 (failpoint relay/after-commit): the batch is found
+//   - between 2 and 3 (failpoint relay-after-publish): the batch is found
 //     committed and only marked;
 //   - during 3: as between 2 and 3, or already marked.
 //
@@ -212,7 +212,7 @@ func (r *Relay) term(ctx context.Context) error {
 				return err
 			}
 			if failpoint.Enabled {
-				failpoint.Inject("relay/after-commit")
+				failpoint.Inject("relay-after-publish")
 			}
 			if err := sess.Published(ctx, b); err != nil {
 				return fmt.Errorf("mark batch %s published: %w", b.ID, err)
@@ -246,7 +246,7 @@ func (r *Relay) settle(ctx context.Context, sess Session, prod *kafka.Client, b 
 			return err
 		}
 		if failpoint.Enabled {
-			failpoint.Inject("relay/after-commit")
+			failpoint.Inject("relay-after-publish")
 		}
 	}
 	if err := sess.Published(ctx, b); err != nil {
@@ -285,7 +285,7 @@ func (r *Relay) publish(ctx context.Context, prod *kafka.Client, b *Batch) error
 		return fmt.Errorf("publish %d changes: %w", len(recs), err)
 	}
 	if failpoint.Enabled {
-		failpoint.Inject("relay/before-commit")
+		failpoint.Inject("relay-before-commit")
 	}
 	// Whatever the answer, the next term learns from Kafka whether it
 	// committed; a commit cut short by shutdown is settled the same way.

@@ -3,6 +3,7 @@ package changes_test
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -200,10 +201,12 @@ func TestIdempotentAnswersRetriesWithTheFirstAnswer(t *testing.T) {
 	}
 }
 
-// TestOutboxDrainPublishesInOrderAndOnlyOnce: the relay gets unpublished
-// changes in outbox order; after a successful publish they are marked and
-// not handed out again; after a failed one they are handed out again.
-func TestOutboxDrainPublishesInOrderAndOnlyOnce(t *testing.T) {
+// TestOutboxBatchesInOrderOnceAndFenced: the relay claims unpublished
+// changes in outbox order as a batch in flight; nothing more is claimed
+// until that batch is marked published; a new term (a new leader) finds the
+// batch in flight, and the old term can neither mark nor claim anything any
+// more.
+func TestOutboxBatchesInOrderOnceAndFenced(t *testing.T) {
 	pool := pgtest.NewPool(t, nil)
 	c := ctx(t)
 	w := changes.Writer{}
@@ -213,37 +216,62 @@ func TestOutboxDrainPublishesInOrderAndOnlyOnce(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	s, err := changes.Outbox{Pool: pool}.Lead(c)
+	seqs := func(b *relay.Batch) []int64 {
+		var out []int64
+		if b != nil {
+			for _, ch := range b.Changes {
+				out = append(out, ch.Sequence)
+			}
+		}
+		return out
+	}
+	o := changes.Outbox{Pool: pool}
+	old, err := o.Lead(c, "mc-relay", "a")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer s.Close()
-	boom := errors.New("broker down")
-	n, err := s.Drain(c, 3, func(context.Context, []relay.Change) error { return boom })
-	if !errors.Is(err, boom) || n != 0 {
-		t.Fatalf("failed publish: %d, %v", n, err)
+	first, err := old.Claim(c, 3)
+	if err != nil || !slices.Equal(seqs(first), []int64{1, 2, 3}) {
+		t.Fatalf("first claim: %v, %v; want sequences 1..3", seqs(first), err)
 	}
-	var got []int64
-	for {
-		n, err := s.Drain(c, 3, func(_ context.Context, batch []relay.Change) error {
-			for _, ch := range batch {
-				got = append(got, ch.Sequence)
-			}
-			return nil
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if n == 0 {
-			break
-		}
+	if b, err := old.Claim(c, 3); err == nil {
+		t.Errorf("claimed %v while a batch is in flight", seqs(b))
 	}
-	if len(got) != 5 {
-		t.Fatalf("published %v, want sequences 1..5 once each", got)
+	old.Close() // the leader's connection is gone; its lock with it
+
+	lead, err := o.Lead(c, "mc-relay", "b")
+	if err != nil {
+		t.Fatal(err)
 	}
-	for i, s := range got {
-		if s != int64(i+1) {
-			t.Fatalf("published %v, want sequences 1..5 in order", got)
-		}
+	defer lead.Close()
+	if lead.Term() <= old.Term() {
+		t.Errorf("new term %d after %d", lead.Term(), old.Term())
+	}
+	inFlight, err := lead.InFlight(c)
+	if err != nil || inFlight == nil || inFlight.ID != first.ID || !slices.Equal(seqs(inFlight), []int64{1, 2, 3}) {
+		t.Fatalf("in flight for the new leader: %v %v, %v; want batch %s with 1..3", inFlight, seqs(inFlight), err, first.ID)
+	}
+	if err := old.Published(c, first); !errors.Is(err, postgres.ErrRelayFenced) {
+		t.Errorf("the old term marked its batch: %v", err)
+	}
+	if _, err := old.Claim(c, 3); !errors.Is(err, postgres.ErrRelayFenced) {
+		t.Errorf("the old term claimed: %v", err)
+	}
+	if err := lead.Published(c, inFlight); err != nil {
+		t.Fatal(err)
+	}
+	next, err := lead.Claim(c, 3)
+	if err != nil || !slices.Equal(seqs(next), []int64{4, 5}) {
+		t.Fatalf("next claim: %v, %v; want 4, 5", seqs(next), err)
+	}
+	if err := lead.Published(c, next); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := lead.Claim(c, 3); err != nil || b != nil {
+		t.Errorf("claim with nothing left: %v, %v", seqs(b), err)
+	}
+	var unpublished int
+	if err := pool.QueryRow(c, `SELECT count(*) FROM outbox WHERE published_at IS NULL`).Scan(&unpublished); err != nil || unpublished != 0 {
+		t.Errorf("%d unpublished (%v)", unpublished, err)
 	}
 }

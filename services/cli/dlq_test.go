@@ -28,8 +28,9 @@ func TestDLQReplayReplaysEachLetterOnceAndSaysWhatItDid(t *testing.T) {
 	}
 	defer cl.Close()
 	events, letters := os.Getenv("MC_TOPIC_CHANNEL_EVENTS"), os.Getenv("MC_TOPIC_DLQ")
-	for i, h := range [][]kgo.RecordHeader{nil, nil, {{Key: dlq.HeaderTruncated, Value: []byte("true")}}} {
-		src := &kgo.Record{Topic: events, Partition: 0, Offset: int64(i), Key: []byte("k"), Value: []byte("bad"), Headers: h}
+	// Two letters, and one whose original was too large to keep whole.
+	for i, v := range [][]byte{[]byte("bad"), []byte("bad"), bytes.Repeat([]byte("x"), dlq.MaxOriginalBytes+1)} {
+		src := &kgo.Record{Topic: events, Partition: 0, Offset: int64(i), Key: []byte("k"), Value: v}
 		if err := cl.ProduceSync(ctx, dlq.Record(letters, "ingest", src, errors.New("broken"), time.Now())).FirstErr(); err != nil {
 			t.Fatal(err)
 		}
