@@ -53,6 +53,7 @@ type env struct {
 	conn  *grpc.ClientConn
 	kafka *kafka.Client
 	http  string // base URL of the HTTP/JSON gateway
+	admin string // base URL of /metrics, /healthz and /readyz
 	clock *clocktest.Clock
 }
 
@@ -64,6 +65,13 @@ func start(t *testing.T) *env {
 // startWith runs every service and the given pipeline stages, with the
 // configuration edited by edit.
 func startWith(t *testing.T, stages []string, edit ...func(*platform.Config)) *env {
+	t.Helper()
+	return startAfter(t, stages, nil, edit...)
+}
+
+// startAfter is startWith with a step between the migrations and the
+// platform's start (a server taken away, say).
+func startAfter(t *testing.T, stages []string, beforeRun func(), edit ...func(*platform.Config)) *env {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	chConn, chCfg := chtest.NewDB(t)
@@ -88,6 +96,9 @@ func startWith(t *testing.T, stages []string, edit ...func(*platform.Config)) *e
 	}
 	if err := p.Migrate(ctx); err != nil {
 		t.Fatal(err)
+	}
+	if beforeRun != nil {
+		beforeRun()
 	}
 	grpcLis, _ := net.Listen("tcp", "127.0.0.1:0")
 	adminLis, _ := net.Listen("tcp", "127.0.0.1:0")
@@ -128,7 +139,8 @@ func startWith(t *testing.T, stages []string, edit ...func(*platform.Config)) *e
 		t.Fatal(err)
 	}
 	t.Cleanup(kc.Close)
-	return &env{cfg: cfg, tel: tel, spans: spans, pool: p.Pool(), ch: chConn, conn: conn, kafka: kc, http: "http://" + httpLis.Addr().String(), clock: clock}
+	return &env{cfg: cfg, tel: tel, spans: spans, pool: p.Pool(), ch: chConn, conn: conn, kafka: kc, http: "http://" + httpLis.Addr().String(),
+		admin: "http://" + adminLis.Addr().String(), clock: clock}
 }
 
 type testWriter struct{ t *testing.T }

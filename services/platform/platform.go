@@ -300,25 +300,23 @@ func (p *Platform) Run(ctx context.Context, o Options) error {
 	if slices.Contains(o.Services, "profile") || slices.Contains(o.Stages, tags.Stage) {
 		g.Go(func() error { return tagSvc.Watch(ctx, 5*time.Second) })
 	}
-	if slices.Contains(o.Services, "profile") {
-		// Segments run over ClickHouse's current profiles; without it
-		// they say so and everything else works.
-		if conn, err := clickhouse.Open(ctx, p.cfg.ClickHouse); err != nil {
-			log.WarnContext(ctx, "ClickHouse unavailable: segments disabled", "err", err)
-		} else {
-			closers = append(closers, func() { conn.Close() })
-			profileSvc.SetFacts(conn)
+	// One ClickHouse pool for whatever needs it, dialled lazily: a process
+	// that starts while ClickHouse is away runs, and what needs ClickHouse
+	// (segments, campaign simulation, the sink, the profile exporter) waits
+	// or answers Unavailable until it is back.
+	var chConn driver.Conn
+	if slices.Contains(o.Services, "profile") || slices.Contains(o.Services, "benefits") ||
+		slices.Contains(o.Stages, tags.Stage) || slices.Contains(o.Stages, sink.Stage) {
+		if chConn, err = clickhouse.Dial(p.cfg.ClickHouse); err != nil {
+			return err
 		}
+		closers = append(closers, func() { chConn.Close() })
+	}
+	if slices.Contains(o.Services, "profile") {
+		profileSvc.SetFacts(chConn) // segments
 	}
 	if slices.Contains(o.Services, "benefits") {
-		// Campaign simulation reads past purchases from ClickHouse; without
-		// it the RPC says so and everything else works.
-		if conn, err := clickhouse.Open(ctx, p.cfg.ClickHouse); err != nil {
-			log.WarnContext(ctx, "ClickHouse unavailable: SimulateCampaign disabled", "err", err)
-		} else {
-			closers = append(closers, func() { conn.Close() })
-			benefitSvc.SetFacts(conn)
-		}
+		benefitSvc.SetFacts(chConn) // campaign simulation
 	}
 
 	// Pipeline stages.
@@ -356,12 +354,7 @@ func (p *Platform) Run(ctx context.Context, o Options) error {
 			// new events.
 			g.Go(func() error { return tagSvc.RunSweeper(ctx, time.Second) })
 			// Current profiles to ClickHouse.
-			conn, err := clickhouse.Open(ctx, p.cfg.ClickHouse)
-			if err != nil {
-				return err
-			}
-			closers = append(closers, func() { conn.Close() })
-			exp := tagSvc.NewExporter(conn)
+			exp := tagSvc.NewExporter(chConn)
 			g.Go(func() error { return exp.Run(ctx) })
 		case relay.Stage:
 			r, err := relay.New(p.cfg.Kafka, ktel, changes.Outbox{Pool: p.pool})
@@ -371,13 +364,8 @@ func (p *Platform) Run(ctx context.Context, o Options) error {
 			closers = append(closers, r.Close)
 			g.Go(func() error { return r.Run(ctx) })
 		case sink.Stage:
-			conn, err := clickhouse.Open(ctx, p.cfg.ClickHouse)
-			if err != nil {
-				return err
-			}
-			closers = append(closers, func() { conn.Close() })
-			checks["clickhouse"] = conn.Ping
-			s, err := sink.New(p.cfg.Kafka, ktel, facts.Writer{W: clickhouse.NewWriter(conn)})
+			checks["clickhouse"] = chConn.Ping
+			s, err := sink.New(p.cfg.Kafka, ktel, facts.Writer{W: clickhouse.NewWriter(chConn)})
 			if err != nil {
 				return err
 			}

@@ -61,6 +61,18 @@ func Open(ctx context.Context, cfg Config) (driver.Conn, error) {
 	return conn, nil
 }
 
+// Dial returns a connection pool to the configured database without
+// contacting the server: connections are made when first used, so a process
+// that starts while ClickHouse is away runs, and its queries fail (as
+// transient errors) until ClickHouse is back. The database must exist
+// (membercenter migrate creates it).
+func Dial(cfg Config) (driver.Conn, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return connect(cfg, cfg.Database)
+}
+
 func connect(cfg Config, db string) (driver.Conn, error) {
 	conn, err := ch.Open(&ch.Options{
 		Protocol:        ch.Native,
