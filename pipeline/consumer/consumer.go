@@ -369,7 +369,7 @@ func (c *Consumer) retry(ctx context.Context, what string, fn func() error) erro
 // ends, or final turns its error into the one to return. Failures are
 // logged at first, then every tenth, so an outage does not flood the log.
 func retryLoop(ctx context.Context, log *slog.Logger, what string, fn func() error, final func(error) error) error {
-	backoff := 50 * time.Millisecond
+	var b fault.Backoff
 	for attempt := 1; ; attempt++ {
 		err := fn()
 		if err == nil {
@@ -381,24 +381,13 @@ func retryLoop(ctx context.Context, log *slog.Logger, what string, fn func() err
 		if ferr := final(err); ferr != nil {
 			return ferr
 		}
+		wait := b.Next()
 		if attempt <= 3 || attempt%10 == 0 {
-			log.WarnContext(ctx, "retrying", "what", what, "attempt", attempt, "class", fault.Classify(err).String(), "err", err, "backoff", backoff)
+			log.WarnContext(ctx, "retrying", "what", what, "attempt", attempt, "class", fault.Classify(err).String(), "err", err, "backoff", wait)
 		}
-		if !sleep(ctx, backoff) {
+		if !fault.Sleep(ctx, wait) {
 			return ctx.Err()
 		}
-		backoff = min(backoff*2, 5*time.Second)
-	}
-}
-
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
 	}
 }
 

@@ -141,7 +141,8 @@ type partition struct {
 type stuckRecord struct {
 	offset  int64
 	since   time.Time
-	backoff time.Duration
+	backoff fault.Backoff
+	wait    time.Duration
 	err     error
 }
 
@@ -218,7 +219,26 @@ func (in *Ingest) Close() { in.sess.CloseAllowingRebalance() }
 // for longer than the retry limit without an outage is dead-lettered.
 func (in *Ingest) Run(ctx context.Context) error {
 	in.log.InfoContext(ctx, "stage started", "topic", in.topics.ChannelEvents)
-	backoff := 50 * time.Millisecond
+	// Fence the transaction a previous incarnation (same instance id, so
+	// the same transactional id) left open when it died: until it is
+	// aborted it holds back this group's offsets (UNSTABLE_OFFSET_COMMIT)
+	// and every read-committed consumer of member.events.v1, for the
+	// transaction timeout and the broker's clean-up interval (~20 s).
+	var backoff fault.Backoff
+	for {
+		_, _, err := in.sess.Client().ProducerID(ctx)
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		in.log.WarnContext(ctx, "initialise the transactional producer", "err", err)
+		if !fault.Sleep(ctx, backoff.Next()) {
+			return nil
+		}
+	}
+	backoff.Reset()
 	for {
 		fetches := in.sess.PollFetches(ctx)
 		if fetches.IsClientClosed() || ctx.Err() != nil {
@@ -254,11 +274,12 @@ func (in *Ingest) Run(ctx context.Context) error {
 			in.holdBack(ctx, failed)
 			continue
 		}
+		wait := backoff.Next()
 		switch {
 		case procErr != nil:
-			in.log.WarnContext(ctx, "batch aborted; retrying", "err", procErr, "backoff", backoff)
+			in.log.WarnContext(ctx, "batch aborted; retrying", "err", procErr, "backoff", wait)
 		case endErr != nil:
-			in.log.WarnContext(ctx, "end transaction", "err", endErr, "backoff", backoff)
+			in.log.WarnContext(ctx, "end transaction", "err", endErr, "backoff", wait)
 		case !committed:
 			in.log.InfoContext(ctx, "transaction not committed (rebalance); records will be reprocessed")
 		}
@@ -274,15 +295,12 @@ func (in *Ingest) Run(ctx context.Context) error {
 					}
 				})
 			}
-			backoff = 50 * time.Millisecond
+			backoff.Reset()
 			continue
 		}
-		select {
-		case <-ctx.Done():
+		if !fault.Sleep(ctx, wait) {
 			return nil
-		case <-time.After(backoff):
 		}
-		backoff = min(backoff*2, 5*time.Second)
 	}
 }
 
@@ -299,18 +317,16 @@ func (in *Ingest) holdBack(ctx context.Context, failed map[partition]failure) {
 	for p, f := range failed {
 		s, ok := in.stuck[p]
 		if !ok || s.offset != f.offset {
-			s = &stuckRecord{offset: f.offset, since: now, backoff: 50 * time.Millisecond}
+			s = &stuckRecord{offset: f.offset, since: now}
 			in.stuck[p] = s
-		} else {
-			s.backoff = min(s.backoff*2, 5*time.Second)
 		}
-		s.err = f.err
+		s.err, s.wait = f.err, s.backoff.Next()
 		in.log.WarnContext(ctx, "partition held back; retrying its record", "partition", p.id, "offset", f.offset,
-			"class", fault.Classify(f.err).String(), "err", f.err, "failing_for", now.Sub(s.since).Round(time.Millisecond), "backoff", s.backoff)
+			"class", fault.Classify(f.err).String(), "err", f.err, "failing_for", now.Sub(s.since).Round(time.Millisecond), "backoff", s.wait)
 		cl := in.sess.Client()
 		parts := map[string][]int32{p.topic: {p.id}}
 		cl.PauseFetchPartitions(parts)
-		time.AfterFunc(s.backoff, func() { cl.ResumeFetchPartitions(parts) })
+		time.AfterFunc(s.wait, func() { cl.ResumeFetchPartitions(parts) })
 	}
 }
 

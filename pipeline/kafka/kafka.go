@@ -184,7 +184,7 @@ func Options(cfg Config, tel Telemetry, group string) ([]kgo.Opt, *kotel.Tracer)
 		kgo.ClientID("membercenter"),
 	}
 	if tel.Logger != nil {
-		opts = append(opts, kgo.WithLogger(kslog.New(tel.Logger)))
+		opts = append(opts, kgo.WithLogger(quietLogger{kslog.New(tel.Logger)}))
 	}
 	if cfg.Dial != nil {
 		opts = append(opts, kgo.Dialer(cfg.Dial))
@@ -243,4 +243,16 @@ func ProcessSpan(ctx context.Context, tr *kotel.Tracer, r *kgo.Record) (context.
 	}
 	r.Context = trace.ContextWithSpan(ctx, trace.SpanFromContext(parent))
 	return tr.WithProcessSpan(r)
+}
+
+// quietLogger passes franz-go's warnings and errors on, and its info lines
+// (a line per transaction, per commit, per join) only when the process logs
+// at debug level: at info they would drown the platform's own lines.
+type quietLogger struct{ kgo.Logger }
+
+func (l quietLogger) Level() kgo.LogLevel {
+	if lvl := l.Logger.Level(); lvl < kgo.LogLevelDebug {
+		return min(lvl, kgo.LogLevelWarn)
+	}
+	return kgo.LogLevelDebug
 }
