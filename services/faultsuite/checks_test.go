@@ -496,14 +496,18 @@ func (s *suite) report(r *report) {
 	var b strings.Builder
 	fmt.Fprintf(&b, "### Recovery\n\n")
 	fmt.Fprintf(&b, "Time from the fault to the first round of probe purchases published after it (one purchase for each of 12 probe shoppers, spread over the partitions; a round every second) that completed its path for every shopper.\n\n")
-	fmt.Fprintf(&b, "| fault | path | recovered in |\n|---|---|---|\n")
+	fmt.Fprintf(&b, "| fault | server stop/start took | path | recovered in |\n|---|---|---|---|\n")
 	for _, rc := range s.recoveries {
 		took := rc.took.Round(10 * time.Millisecond).String()
 		if rc.failed != "" {
 			took = "✗ " + rc.failed
 			r.problems = append(r.problems, "no recovery from "+rc.fault+": "+rc.failed)
 		}
-		fmt.Fprintf(&b, "| %s | %s | %s |\n", rc.fault, rc.path, took)
+		lasted := "—"
+		if rc.lasted > 0 {
+			lasted = rc.lasted.Round(10 * time.Millisecond).String()
+		}
+		fmt.Fprintf(&b, "| %s | %s | %s | %s |\n", rc.fault, lasted, rc.path, took)
 	}
 	b.WriteString("\n")
 	for _, l := range r.lines {

@@ -41,6 +41,7 @@ import (
 type recovery struct {
 	fault  string
 	path   string        // what was measured
+	lasted time.Duration // how long the injection itself took (a server's stop and start)
 	took   time.Duration // from the fault to the first end-to-end success after it
 	failed string        // why it did not recover, if it did not
 }
@@ -66,7 +67,8 @@ type suite struct {
 	recoveries []recovery
 	poisons    []poison
 	started    time.Time
-	stopSubs   func() // ends the live streams (after the drain)
+	stopSubs   func()        // ends the live streams (after the drain)
+	lasted     time.Duration // how long the fault being measured took to inject
 }
 
 func TestFaultSuite(t *testing.T) {
@@ -339,34 +341,34 @@ func (s *suite) injectFaults(ctx context.Context) {
 // serverFaults restarts PostgreSQL and Kafka and stops ClickHouse for 30 s.
 func (s *suite) serverFaults(ctx context.Context) {
 	settle := func() { sleep(ctx, 5*time.Second) }
-	settle()
-	at := time.Now()
-	s.log("PostgreSQL restart")
-	if err := s.servers.restart(ctx, "postgres"); err != nil {
-		s.t.Fatal(err)
+	// inject runs a server command and returns when it began and how long
+	// it took (the server is down for about that long).
+	inject := func(what string, cmd func(context.Context, string) error, server string) (time.Time, time.Duration) {
+		s.log("%s", what)
+		at := time.Now()
+		if err := cmd(ctx, server); err != nil {
+			s.t.Fatal(err)
+		}
+		lasted := time.Since(at)
+		s.lasted = lasted
+		return at, lasted
 	}
+	settle()
+	at, _ := inject("PostgreSQL restart", s.servers.restart, "postgres")
 	s.measure(ctx, "PostgreSQL restart", at, pathStream)
 
 	settle()
-	at = time.Now()
-	s.log("Kafka broker restart")
-	if err := s.servers.restart(ctx, "kafka"); err != nil {
-		s.t.Fatal(err)
-	}
+	at, _ = inject("Kafka broker restart", s.servers.restart, "kafka")
 	s.measure(ctx, "Kafka broker restart", at, pathStream)
 
 	settle()
-	at = time.Now()
-	s.log("ClickHouse stopped for 30 s")
-	if err := s.servers.stop(ctx, "clickhouse"); err != nil {
-		s.t.Fatal(err)
-	}
-	s.measure(ctx, "ClickHouse stopped (stream path, while it is down)", at, pathStream)
+	at, lasted := inject("ClickHouse stopped for 30 s", s.servers.stop, "clickhouse")
+	s.lasted = 0
+	// The stream path does not need ClickHouse: measured from the moment
+	// it is down.
+	s.measure(ctx, "ClickHouse stopped (stream path, while it is down)", at.Add(lasted), pathStream)
 	sleep(ctx, 30*time.Second-time.Since(at))
-	back := time.Now()
-	if err := s.servers.start(ctx, "clickhouse"); err != nil {
-		s.t.Fatal(err)
-	}
+	back, _ := inject("ClickHouse started again", s.servers.start, "clickhouse")
 	s.measure(ctx, "ClickHouse back after 30 s (facts path)", back, pathFacts)
 }
 
@@ -482,14 +484,17 @@ func (s *suite) measure(ctx context.Context, fault string, at time.Time, path st
 		for _, ids := range rounds {
 			if ok, _ := done(mctx, ids); ok {
 				took := time.Since(at)
-				s.recoveries = append(s.recoveries, recovery{fault: fault, path: path, took: took})
+				s.recoveries = append(s.recoveries, recovery{fault: fault, path: path, took: took, lasted: s.lasted})
+				s.lasted = 0
 				s.log("recovered from %q in %s (%s)", fault, took.Round(10*time.Millisecond), path)
 				return
 			}
 		}
 		select {
 		case <-mctx.Done():
-			s.recoveries = append(s.recoveries, recovery{fault: fault, path: path, took: time.Since(at), failed: "no round of probes completed within 3 minutes"})
+			s.recoveries = append(s.recoveries, recovery{fault: fault, path: path, took: time.Since(at), lasted: s.lasted,
+				failed: "no round of probes completed within 3 minutes"})
+			s.lasted = 0
 			s.log("NOT recovered from %q", fault)
 			return
 		case <-tick.C:
