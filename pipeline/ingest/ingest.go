@@ -26,6 +26,7 @@ import (
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 
+	"github.com/membercenter/membercenter/pipeline/contract"
 	"github.com/membercenter/membercenter/pipeline/dlq"
 	"github.com/membercenter/membercenter/pipeline/fault"
 	"github.com/membercenter/membercenter/pipeline/kafka"
@@ -35,22 +36,11 @@ import (
 // Stage is the stage's name in groups, logs and dead letters.
 const Stage = "ingest"
 
-// Resolution is who an event belongs to.
-type Resolution struct {
-	MemberID string
-	// The event's identifiers without raw values.
-	Identifiers []*mcv1.IdentifierRef
-	Detail      *mcv1.Resolution
-}
-
-// Resolver resolves a validated event's identifiers to one member and records
-// that the event was resolved: for a redelivered event (same event id) it
-// returns the first answer and changes nothing. Errors marked with
-// dlq.Reject (an identifier that cannot be normalised, say) dead-letter the
-// event; any other error is retried.
-type Resolver interface {
-	ResolveEvent(ctx context.Context, ev *mcv1.ChannelEvent) (Resolution, error)
-}
+// The stage's contract with identity resolution (package contract).
+type (
+	Resolution = contract.Resolution
+	Resolver   = contract.Resolver
+)
 
 // Check refuses a validated event that a stage downstream would refuse (the
 // benefit stage's programme currency and amount bounds, say), so that an

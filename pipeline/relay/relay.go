@@ -67,6 +67,7 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 
 	"github.com/membercenter/membercenter/pipeline/consumer"
+	"github.com/membercenter/membercenter/pipeline/contract"
 	"github.com/membercenter/membercenter/pipeline/failpoint"
 	"github.com/membercenter/membercenter/pipeline/kafka"
 )
@@ -77,47 +78,13 @@ const Stage = "relay"
 // HeaderBatch carries the id of the relay batch a record was published in.
 const HeaderBatch = "mc-relay-batch"
 
-// Change is one outbox row.
-type Change struct {
-	MemberID    string
-	Sequence    int64
-	Payload     []byte // a serialized membercenter.v1.MemberChange
-	Traceparent string // W3C trace context of the transaction that wrote it
-	CreatedAt   time.Time
-}
-
-// Batch is changes published in one Kafka transaction.
-type Batch struct {
-	ID      string
-	Changes []Change
-}
-
-// Outbox is the relay's view of the outbox table.
-type Outbox interface {
-	// Lead blocks until this relay (leader names it) is the only one of
-	// group publishing, and returns a session of a new term in which it
-	// stays so.
-	Lead(ctx context.Context, group, leader string) (Session, error)
-}
-
-// Session is a leadership term. Its writes fail once a newer term leads.
-type Session interface {
-	// Term is the term's number, increasing with every new leader.
-	Term() int64
-	// InFlight returns the batch recorded and not marked published, or
-	// nil.
-	InFlight(ctx context.Context) (*Batch, error)
-	// Claim records up to limit unpublished changes, in outbox order, as a
-	// new batch in flight and returns it; nil when none wait.
-	Claim(ctx context.Context, limit int) (*Batch, error)
-	// Published marks the batch's changes published and ends the batch.
-	Published(ctx context.Context, b *Batch) error
-	// Wait returns when new changes may be waiting or timeout passes. An
-	// error means the session is lost.
-	Wait(ctx context.Context, timeout time.Duration) error
-	// Close ends the term.
-	Close()
-}
+// The relay's contract with the outbox (package contract).
+type (
+	Change  = contract.OutboxChange
+	Batch   = contract.OutboxBatch
+	Outbox  = contract.Outbox
+	Session = contract.OutboxSession
+)
 
 // Relay runs the stage.
 type Relay struct {

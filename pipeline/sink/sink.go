@@ -16,29 +16,19 @@ import (
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 
 	"github.com/membercenter/membercenter/pipeline/consumer"
+	"github.com/membercenter/membercenter/pipeline/contract"
 	"github.com/membercenter/membercenter/pipeline/kafka"
 )
 
 // Stage is the sink's name in groups, logs and dead letters.
 const Stage = "clickhouse-sink"
 
-// Event is a member event with the trace it travelled in.
-type Event struct {
-	Msg     *mcv1.MemberEvent
-	TraceID string
-}
-
-// Change is a member change with the trace it travelled in.
-type Change struct {
-	Msg     *mcv1.MemberChange
-	TraceID string
-}
-
-// Facts stores facts; each call is one batch insert.
-type Facts interface {
-	WriteEvents(ctx context.Context, events []Event) error
-	WriteChanges(ctx context.Context, changes []Change) error
-}
+// The sink's contract with the fact store (package contract).
+type (
+	Event  = contract.FactEvent
+	Change = contract.FactChange
+	Facts  = contract.Facts
+)
 
 // Sink runs the stage.
 type Sink struct {

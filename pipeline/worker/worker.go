@@ -13,16 +13,13 @@ import (
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 
 	"github.com/membercenter/membercenter/pipeline/consumer"
+	"github.com/membercenter/membercenter/pipeline/contract"
 	"github.com/membercenter/membercenter/pipeline/dlq"
 	"github.com/membercenter/membercenter/pipeline/kafka"
 )
 
-// Applier applies one member event. It must record the event id in the same
-// transaction as the effect, so a redelivered event changes nothing. Errors
-// marked with dlq.Reject dead-letter the event; others are retried.
-type Applier interface {
-	Apply(ctx context.Context, ev *mcv1.MemberEvent) error
-}
+// Applier is the worker's contract with the domain (package contract).
+type Applier = contract.Applier
 
 // Worker runs one applier over member.events.v1.
 type Worker struct {

@@ -20,12 +20,11 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/membercenter/membercenter/pipeline/contract"
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 	"github.com/membercenter/membercenter/storage/postgres"
 
-	"github.com/membercenter/membercenter/pipeline/dlq"
 	"github.com/membercenter/membercenter/pipeline/fault"
-	"github.com/membercenter/membercenter/pipeline/worker"
 	"github.com/membercenter/membercenter/services/changes"
 )
 
@@ -106,7 +105,7 @@ func (s *Service) Watch(ctx context.Context, interval time.Duration) error {
 	return nil
 }
 
-var _ worker.Applier = (*Service)(nil)
+var _ contract.Applier = (*Service)(nil)
 
 // ChannelName is the short lower-case name of a channel: "pos", "app", …
 func ChannelName(c mcv1.Channel) string {
@@ -129,7 +128,7 @@ func OpFromEvent(p *Program, ev *mcv1.MemberEvent) (Op, bool, error) {
 	case *mcv1.MemberEvent_Transaction:
 		t := x.Transaction
 		if c := t.GetTotal().GetCurrency(); c != p.Currency {
-			return op, false, dlq.Reject(fmt.Errorf("transaction.total.currency %q: the programme runs in %s", c, p.Currency))
+			return op, false, fault.Permanent(fmt.Errorf("transaction.total.currency %q: the programme runs in %s", c, p.Currency))
 		}
 		op.Kind, op.OrderID, op.Total = OpPurchase, t.GetOrderId(), t.GetTotal().GetAmountMinor()
 		op.CouponCodes, op.RedeemPoints = t.GetCouponCodes(), t.GetPointsRedeemed()
@@ -137,7 +136,7 @@ func OpFromEvent(p *Program, ev *mcv1.MemberEvent) (Op, bool, error) {
 	case *mcv1.MemberEvent_Refund:
 		r := x.Refund
 		if c := r.GetAmount().GetCurrency(); c != p.Currency {
-			return op, false, dlq.Reject(fmt.Errorf("refund.amount.currency %q: the programme runs in %s", c, p.Currency))
+			return op, false, fault.Permanent(fmt.Errorf("refund.amount.currency %q: the programme runs in %s", c, p.Currency))
 		}
 		op.Kind, op.OrderID, op.Amount = OpRefund, r.GetOrderId(), r.GetAmount().GetAmountMinor()
 	case *mcv1.MemberEvent_CheckIn:
@@ -170,10 +169,10 @@ func toItems(items []*mcv1.LineItem) []Item {
 func (s *Service) Apply(ctx context.Context, ev *mcv1.MemberEvent) error {
 	resolved, err := uuid.Parse(ev.GetMemberId())
 	if err != nil {
-		return dlq.Reject(fmt.Errorf("member_id %q: %w", ev.GetMemberId(), err))
+		return fault.Permanent(fmt.Errorf("member_id %q: %w", ev.GetMemberId(), err))
 	}
 	if err := checkMemberEvent(s.program(), ev); err != nil {
-		return dlq.Reject(err)
+		return fault.Permanent(err)
 	}
 	op, ok, err := s.opFromEvent(ev)
 	if err != nil || !ok {
@@ -182,7 +181,7 @@ func (s *Service) Apply(ctx context.Context, ev *mcv1.MemberEvent) error {
 	if op.Origin == "" {
 		op.Origin = resolved.String()
 	} else if _, err := uuid.Parse(op.Origin); err != nil {
-		return dlq.Reject(fmt.Errorf("resolution.origin_member_id %q: %w", op.Origin, err))
+		return fault.Permanent(fmt.Errorf("resolution.origin_member_id %q: %w", op.Origin, err))
 	}
 	return s.retryRaces(ctx, func() error {
 		return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
@@ -200,7 +199,7 @@ func (s *Service) Apply(ctx context.Context, ev *mcv1.MemberEvent) error {
 			}
 			fx, err := Engine{P: s.program()}.Apply(st, op)
 			if errors.Is(err, ErrInvalid) {
-				return dlq.Reject(err)
+				return fault.Permanent(err)
 			}
 			var refusal *Refusal
 			if errors.As(err, &refusal) {

@@ -9,7 +9,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/membercenter/membercenter/pipeline/relay"
+	"github.com/membercenter/membercenter/pipeline/contract"
 	"github.com/membercenter/membercenter/storage/postgres"
 )
 
@@ -21,7 +21,7 @@ type Outbox struct {
 	Pool *pgxpool.Pool
 }
 
-var _ relay.Outbox = Outbox{}
+var _ contract.Outbox = Outbox{}
 
 // Lead waits for the relay advisory lock on a dedicated connection that also
 // listens for outbox inserts, then starts a new term of group. The lock
@@ -31,7 +31,7 @@ var _ relay.Outbox = Outbox{}
 // keepalives and a user timeout set for this session), so a standby takes
 // over in seconds either way. The term, not the lock, keeps a leader that
 // lost its connection without noticing from writing anything.
-func (o Outbox) Lead(ctx context.Context, group, leader string) (relay.Session, error) {
+func (o Outbox) Lead(ctx context.Context, group, leader string) (contract.OutboxSession, error) {
 	l, err := postgres.Listen(ctx, o.Pool)
 	if err != nil {
 		return nil, err
@@ -62,7 +62,7 @@ type session struct {
 
 func (s *session) Term() int64 { return s.term }
 
-func (s *session) InFlight(ctx context.Context) (*relay.Batch, error) {
+func (s *session) InFlight(ctx context.Context) (*contract.OutboxBatch, error) {
 	id, rows, err := postgres.RelayBatchInFlight(ctx, s.pool, s.group)
 	if err != nil || id == (uuid.UUID{}) {
 		return nil, err
@@ -70,7 +70,7 @@ func (s *session) InFlight(ctx context.Context) (*relay.Batch, error) {
 	return toBatch(id, rows), nil
 }
 
-func (s *session) Claim(ctx context.Context, limit int) (*relay.Batch, error) {
+func (s *session) Claim(ctx context.Context, limit int) (*contract.OutboxBatch, error) {
 	id := uuid.New()
 	var rows []postgres.OutboxRow
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
@@ -84,7 +84,7 @@ func (s *session) Claim(ctx context.Context, limit int) (*relay.Batch, error) {
 	return toBatch(id, rows), nil
 }
 
-func (s *session) Published(ctx context.Context, b *relay.Batch) error {
+func (s *session) Published(ctx context.Context, b *contract.OutboxBatch) error {
 	id, err := uuid.Parse(b.ID)
 	if err != nil {
 		return fmt.Errorf("relay batch id %q: %w", b.ID, err)
@@ -94,10 +94,10 @@ func (s *session) Published(ctx context.Context, b *relay.Batch) error {
 	})
 }
 
-func toBatch(id uuid.UUID, rows []postgres.OutboxRow) *relay.Batch {
-	b := &relay.Batch{ID: id.String(), Changes: make([]relay.Change, len(rows))}
+func toBatch(id uuid.UUID, rows []postgres.OutboxRow) *contract.OutboxBatch {
+	b := &contract.OutboxBatch{ID: id.String(), Changes: make([]contract.OutboxChange, len(rows))}
 	for i, r := range rows {
-		b.Changes[i] = relay.Change{
+		b.Changes[i] = contract.OutboxChange{
 			MemberID: r.MemberID.String(), Sequence: r.Sequence, Payload: r.Payload,
 			Traceparent: r.Traceparent, CreatedAt: r.CreatedAt,
 		}

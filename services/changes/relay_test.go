@@ -30,7 +30,7 @@ import (
 	"github.com/membercenter/membercenter/pipeline/kafka/kafkatest"
 	"github.com/membercenter/membercenter/pipeline/relay"
 	"github.com/membercenter/membercenter/services/changes"
-	syncsvc "github.com/membercenter/membercenter/services/sync"
+	"github.com/membercenter/membercenter/services/changefeed"
 )
 
 func telemetry(t *testing.T) kafka.Telemetry {
@@ -170,10 +170,10 @@ func readTopic(t *testing.T, ctx context.Context, cfg kafka.Config, want int) []
 type collector struct {
 	mu   sync.Mutex
 	got  []*mcv1.MemberChange
-	last syncsvc.Position
+	last changefeed.Position
 }
 
-func (c *collector) run(sub *syncsvc.Subscription) {
+func (c *collector) run(sub *changefeed.Subscription) {
 	for {
 		select {
 		case d := <-sub.C():
@@ -187,7 +187,7 @@ func (c *collector) run(sub *syncsvc.Subscription) {
 	}
 }
 
-func (c *collector) snapshot() ([]*mcv1.MemberChange, syncsvc.Position) {
+func (c *collector) snapshot() ([]*mcv1.MemberChange, changefeed.Position) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return append([]*mcv1.MemberChange(nil), c.got...), c.last
@@ -221,13 +221,13 @@ func relayCrash(t *testing.T, ctx context.Context, bin, failpoint string) {
 	dbURL := pool.Config().ConnString()
 	cfg := kafkatest.Config(t)
 
-	hub := syncsvc.NewHub(cfg, telemetry(t))
+	hub := changefeed.NewHub(cfg, telemetry(t))
 	hubCtx, stopHub := context.WithCancel(ctx)
 	hubDone := make(chan error, 1)
 	go func() { hubDone <- hub.Run(hubCtx) }()
 	defer func() { stopHub(); <-hubDone }()
 	<-hub.Ready()
-	live, start, err := hub.Subscribe(ctx, syncsvc.Filter{})
+	live, start, err := hub.Subscribe(ctx, changefeed.Filter{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -329,7 +329,7 @@ func relayCrash(t *testing.T, ctx context.Context, bin, failpoint string) {
 		seen[c.GetMemberId()] = c.GetSequence()
 	}
 	var resumed []*mcv1.MemberChange
-	if err := hub.Replay(ctx, syncsvc.Filter{}, token, end, func(d syncsvc.Delivery) error {
+	if err := hub.Replay(ctx, changefeed.Filter{}, token, end, func(d changefeed.Delivery) error {
 		resumed = append(resumed, d.Change)
 		return nil
 	}); err != nil {

@@ -14,7 +14,7 @@ import (
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 
-	syncsvc "github.com/membercenter/membercenter/services/sync"
+	"github.com/membercenter/membercenter/services/changefeed"
 )
 
 // TestResumeTokenDeliversExactlyTheMissedChanges: a subscriber that
@@ -131,7 +131,7 @@ func TestResumeTokenDeliversExactlyTheMissedChanges(t *testing.T) {
 	}{
 		{"malformed token", &mcv1.SubscribeRequest{ResumeToken: "not-a-token"}, codes.InvalidArgument, "take a snapshot"},
 		{"tampered token", &mcv1.SubscribeRequest{ResumeToken: token[:len(token)-2] + flip(token[len(token)-2:])}, codes.InvalidArgument, "take a snapshot"},
-		{"token ahead of the log", &mcv1.SubscribeRequest{ResumeToken: syncsvc.EncodeToken(syncsvc.Position{0: 1 << 40})}, codes.OutOfRange, "take a snapshot"},
+		{"token ahead of the log", &mcv1.SubscribeRequest{ResumeToken: changefeed.EncodeToken(changefeed.Position{0: 1 << 40})}, codes.OutOfRange, "take a snapshot"},
 		{"unknown label", &mcv1.SubscribeRequest{LabelId: "no_such_label"}, codes.InvalidArgument, "ListLabels"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -12,10 +12,9 @@ import (
 
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/membercenter/membercenter/pipeline/contract"
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 	"github.com/membercenter/membercenter/storage/clickhouse"
-
-	"github.com/membercenter/membercenter/pipeline/sink"
 )
 
 // Inserter is the ClickHouse batch writer the facts are stored with.
@@ -34,10 +33,10 @@ type Writer struct {
 	Now func() time.Time
 }
 
-var _ sink.Facts = Writer{}
+var _ contract.Facts = Writer{}
 
-// WriteEvents implements sink.Facts.
-func (w Writer) WriteEvents(ctx context.Context, events []sink.Event) error {
+// WriteEvents implements contract.Facts.
+func (w Writer) WriteEvents(ctx context.Context, events []contract.FactEvent) error {
 	rows := make([]clickhouse.EventRow, len(events))
 	for i, e := range events {
 		rows[i] = toEventRow(e)
@@ -45,8 +44,8 @@ func (w Writer) WriteEvents(ctx context.Context, events []sink.Event) error {
 	return w.W.InsertEvents(ctx, rows)
 }
 
-// WriteChanges implements sink.Facts.
-func (w Writer) WriteChanges(ctx context.Context, changes []sink.Change) error {
+// WriteChanges implements contract.Facts.
+func (w Writer) WriteChanges(ctx context.Context, changes []contract.FactChange) error {
 	now := time.Now()
 	if w.Now != nil {
 		now = w.Now()
@@ -73,7 +72,7 @@ func (w Writer) WriteChanges(ctx context.Context, changes []sink.Change) error {
 }
 
 // toLabelChangeRows gives one row per label a LabelsChanged change carries.
-func toLabelChangeRows(c sink.Change, now time.Time) []clickhouse.LabelChangeRow {
+func toLabelChangeRows(c contract.FactChange, now time.Time) []clickhouse.LabelChangeRow {
 	m := c.Msg
 	lc := m.GetLabelsChanged()
 	if lc == nil {
@@ -114,7 +113,7 @@ func LabelValueText(l *mcv1.LabelValue) string {
 }
 
 // toAuditRow copies the audit record an identity change carries.
-func toAuditRow(c sink.Change, now time.Time) (clickhouse.AuditRow, bool) {
+func toAuditRow(c contract.FactChange, now time.Time) (clickhouse.AuditRow, bool) {
 	m := c.Msg
 	r := clickhouse.AuditRow{
 		At: m.GetOccurredAt().AsTime(), Channel: ChannelName(m.GetChannel()), CauseID: m.GetCauseId(),
@@ -195,7 +194,7 @@ func ChannelName(c mcv1.Channel) string {
 	return strings.ToLower(strings.TrimPrefix(c.String(), "CHANNEL_"))
 }
 
-func toEventRow(e sink.Event) clickhouse.EventRow {
+func toEventRow(e contract.FactEvent) clickhouse.EventRow {
 	m := e.Msg
 	r := clickhouse.EventRow{
 		EventID: m.GetEventId(), MemberID: m.GetMemberId(), EventType: EventType(m),
@@ -258,7 +257,7 @@ func ChangeType(c *mcv1.MemberChange) string {
 	return "unknown"
 }
 
-func toChangeRow(c sink.Change, now time.Time) clickhouse.ChangeRow {
+func toChangeRow(c contract.FactChange, now time.Time) clickhouse.ChangeRow {
 	m := c.Msg
 	payload, _ := protojson.Marshal(m) // a decoded message always marshals
 	r := clickhouse.ChangeRow{

@@ -20,11 +20,11 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/membercenter/membercenter/pipeline/contract"
+	"github.com/membercenter/membercenter/pipeline/fault"
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 	"github.com/membercenter/membercenter/storage/postgres"
 
-	"github.com/membercenter/membercenter/pipeline/dlq"
-	"github.com/membercenter/membercenter/pipeline/ingest"
 	"github.com/membercenter/membercenter/services/changes"
 )
 
@@ -484,20 +484,20 @@ func (r Result) Detail() *mcv1.Resolution {
 	return d
 }
 
-var _ ingest.Resolver = (*Service)(nil)
+var _ contract.Resolver = (*Service)(nil)
 
 // ResolveEvent resolves a channel event for the ingest stage, exactly once
 // per event id: a redelivered event gets the answer it got the first time.
 // Identifiers that cannot be normalised, and events no identifier can route,
 // dead-letter; blocked or over-limit identifiers are ignored and reported in
 // the resolution.
-func (s *Service) ResolveEvent(ctx context.Context, ev *mcv1.ChannelEvent) (ingest.Resolution, error) {
+func (s *Service) ResolveEvent(ctx context.Context, ev *mcv1.ChannelEvent) (contract.Resolution, error) {
 	ids, err := s.Normalize(ev.GetIdentifiers())
 	if err != nil {
 		if errors.Is(err, ErrInvalidIdentifier) {
-			return ingest.Resolution{}, dlq.Reject(err)
+			return contract.Resolution{}, fault.Permanent(err)
 		}
-		return ingest.Resolution{}, err
+		return contract.Resolution{}, err
 	}
 	// A referral pays the referrer for bringing someone else: one that
 	// names the referrer (any identifier or device of theirs) is refused.
@@ -505,19 +505,19 @@ func (s *Service) ResolveEvent(ctx context.Context, ev *mcv1.ChannelEvent) (inge
 	if r := ev.GetReferral().GetReferee(); r != nil {
 		n, err := s.Normalize([]*mcv1.Identifier{r})
 		if err != nil {
-			return ingest.Resolution{}, dlq.Reject(fmt.Errorf("referral.referee: %w", err))
+			return contract.Resolution{}, fault.Permanent(fmt.Errorf("referral.referee: %w", err))
 		}
 		referee = &n[0]
 		for _, id := range ids {
 			if bytes.Equal(id.Hash, referee.Hash) {
-				return ingest.Resolution{}, dlq.Reject(fmt.Errorf("%w: %s %s is one of the event's own identifiers",
+				return contract.Resolution{}, fault.Permanent(fmt.Errorf("%w: %s %s is one of the event's own identifiers",
 					ErrSelfReferral, TypeName(referee.Type), referee.Masked))
 			}
 		}
 	} else if out, ok, err := s.resolveKnownEvent(ctx, ev, ids); err != nil || ok {
 		return out, err
 	}
-	var out ingest.Resolution
+	var out contract.Resolution
 	err = postgres.RetryTx(ctx, s.pool, func(tx pgx.Tx) error {
 		prev, err := postgres.GetIngestedEvent(ctx, tx, ev.GetEventId())
 		if err == nil {
@@ -525,7 +525,7 @@ func (s *Service) ResolveEvent(ctx context.Context, ev *mcv1.ChannelEvent) (inge
 			if err := proto.Unmarshal(prev.Resolution, detail); err != nil {
 				return fmt.Errorf("stored resolution of %s: %w", ev.GetEventId(), err)
 			}
-			out = ingest.Resolution{MemberID: prev.MemberID.String(), Identifiers: Refs(ids), Detail: detail}
+			out = contract.Resolution{MemberID: prev.MemberID.String(), Identifiers: Refs(ids), Detail: detail}
 			return nil
 		}
 		if !errors.Is(err, postgres.ErrNotFound) {
@@ -544,7 +544,7 @@ func (s *Service) ResolveEvent(ctx context.Context, ev *mcv1.ChannelEvent) (inge
 			for _, f := range found {
 				if f.MemberID == res.MemberID {
 					// Rolled back: the refused event links nothing.
-					return dlq.Reject(fmt.Errorf("%w: %s %s belongs to the referring member",
+					return fault.Permanent(fmt.Errorf("%w: %s %s belongs to the referring member",
 						ErrSelfReferral, TypeName(referee.Type), referee.Masked))
 				}
 			}
@@ -559,11 +559,11 @@ func (s *Service) ResolveEvent(ctx context.Context, ev *mcv1.ChannelEvent) (inge
 		}); err != nil {
 			return err
 		}
-		out = ingest.Resolution{MemberID: res.MemberID.String(), Identifiers: Refs(ids), Detail: detail}
+		out = contract.Resolution{MemberID: res.MemberID.String(), Identifiers: Refs(ids), Detail: detail}
 		return nil
 	})
 	if errors.Is(err, ErrUnroutable) {
-		return out, dlq.Reject(err)
+		return out, fault.Permanent(err)
 	}
 	return out, err
 }
@@ -573,33 +573,33 @@ func (s *Service) ResolveEvent(ctx context.Context, ev *mcv1.ChannelEvent) (inge
 // identifiers all belong, uniquely, to one member (nothing to link, merge or
 // refuse) only records its resolution. Anything else takes the
 // transactional path.
-func (s *Service) resolveKnownEvent(ctx context.Context, ev *mcv1.ChannelEvent, ids []Normalized) (ingest.Resolution, bool, error) {
+func (s *Service) resolveKnownEvent(ctx context.Context, ev *mcv1.ChannelEvent, ids []Normalized) (contract.Resolution, bool, error) {
 	keys := make([]postgres.IdentifierKey, len(ids))
 	for i, n := range ids {
 		if s.rules.Blocked(n.Type, n.Value) {
-			return ingest.Resolution{}, false, nil
+			return contract.Resolution{}, false, nil
 		}
 		keys[i] = keyOf(n)
 	}
 	prev, found, err := postgres.LookupIngest(ctx, s.pool, ev.GetEventId(), keys)
 	if err != nil {
-		return ingest.Resolution{}, false, err
+		return contract.Resolution{}, false, err
 	}
 	if prev != nil {
 		detail := &mcv1.Resolution{}
 		if err := proto.Unmarshal(prev.Resolution, detail); err != nil {
-			return ingest.Resolution{}, false, fmt.Errorf("stored resolution of %s: %w", ev.GetEventId(), err)
+			return contract.Resolution{}, false, fmt.Errorf("stored resolution of %s: %w", ev.GetEventId(), err)
 		}
-		return ingest.Resolution{MemberID: prev.MemberID.String(), Identifiers: Refs(ids), Detail: detail}, true, nil
+		return contract.Resolution{MemberID: prev.MemberID.String(), Identifiers: Refs(ids), Detail: detail}, true, nil
 	}
 	if len(found) != len(ids) {
-		return ingest.Resolution{}, false, nil
+		return contract.Resolution{}, false, nil
 	}
 	var best *postgres.IdentifierRow
 	for i := range found {
 		f := &found[i]
 		if !f.Unique || f.MemberID != found[0].MemberID {
-			return ingest.Resolution{}, false, nil
+			return contract.Resolution{}, false, nil
 		}
 		// The strongest identifier, then the latest link, as in resolve.
 		if best == nil || s.better(match{member: f.MemberID, id: Normalized{Type: mcv1.IdentifierType(f.Type)}, unique: true, linkedAt: f.LinkedAt},
@@ -610,14 +610,14 @@ func (s *Service) resolveKnownEvent(ctx context.Context, ev *mcv1.ChannelEvent, 
 	detail := &mcv1.Resolution{OriginMemberId: best.OriginMemberID.String()}
 	stored, err := proto.MarshalOptions{Deterministic: true}.Marshal(detail)
 	if err != nil {
-		return ingest.Resolution{}, false, err
+		return contract.Resolution{}, false, err
 	}
 	inserted, err := postgres.InsertIngestedEventIfNew(ctx, s.pool, postgres.IngestedEvent{
 		EventID: ev.GetEventId(), MemberID: best.MemberID, Resolution: stored})
 	if err != nil || !inserted {
-		return ingest.Resolution{}, false, err // a concurrent ingest won: take the slow path
+		return contract.Resolution{}, false, err // a concurrent ingest won: take the slow path
 	}
-	return ingest.Resolution{MemberID: best.MemberID.String(), Identifiers: Refs(ids), Detail: detail}, true, nil
+	return contract.Resolution{MemberID: best.MemberID.String(), Identifiers: Refs(ids), Detail: detail}, true, nil
 }
 
 // Resolve answers the Resolve RPC; a retry with the same idempotency key gets

@@ -44,7 +44,7 @@ import (
 	"github.com/membercenter/membercenter/services/identity"
 	"github.com/membercenter/membercenter/services/profile"
 	"github.com/membercenter/membercenter/services/server"
-	syncsvc "github.com/membercenter/membercenter/services/sync"
+	"github.com/membercenter/membercenter/services/changefeed"
 	"github.com/membercenter/membercenter/services/tags"
 	"github.com/membercenter/membercenter/services/telemetry"
 )
@@ -220,9 +220,9 @@ var errorCodes = []server.ErrorCode{
 	{Err: benefits.ErrNoFacts, Code: codes.FailedPrecondition},
 	{Err: profile.ErrInvalid, Code: codes.InvalidArgument},
 	{Err: profile.ErrNoFacts, Code: codes.FailedPrecondition},
-	{Err: syncsvc.ErrBadToken, Code: codes.InvalidArgument},
-	{Err: syncsvc.ErrTokenExpired, Code: codes.OutOfRange},
-	{Err: syncsvc.ErrUnknownLabel, Code: codes.InvalidArgument},
+	{Err: changefeed.ErrBadToken, Code: codes.InvalidArgument},
+	{Err: changefeed.ErrTokenExpired, Code: codes.OutOfRange},
+	{Err: changefeed.ErrUnknownLabel, Code: codes.InvalidArgument},
 	{Err: identity.ErrBadID, Code: codes.InvalidArgument},
 	{Err: identity.ErrRefused, Code: codes.FailedPrecondition},
 	{Err: identity.ErrUnroutable, Code: codes.FailedPrecondition},
@@ -482,7 +482,7 @@ func (l listeners) close() {
 type grpcServer struct {
 	srv    *grpc.Server
 	health *health.Server
-	hub    *syncsvc.Hub
+	hub    *changefeed.Hub
 }
 
 func (p *Platform) grpcServer(ctx context.Context, g *errgroup.Group, services []string,
@@ -517,10 +517,9 @@ func (p *Platform) grpcServer(ctx context.Context, g *errgroup.Group, services [
 			mcv1.RegisterBenefitsServiceServer(srv, benefits.NewServer(benefitSvc))
 			names[s] = mcv1.BenefitsService_ServiceDesc.ServiceName
 		case "sync":
-			out.hub = syncsvc.NewHub(p.cfg.Kafka, p.kafkaTelemetry())
+			out.hub = changefeed.NewHub(p.cfg.Kafka, p.kafkaTelemetry())
 			g.Go(func() error { return out.hub.Run(ctx) })
-			ss := syncsvc.NewServer(out.hub, profileSvc, p.tel.Tracers)
-			ss.LabelKnown = func(id string) bool { return tagSvc.Catalog().Label(id) != nil }
+			ss := changefeed.NewServer(out.hub, profileSvc, tagSvc, p.tel.Tracers)
 			mcv1.RegisterSyncServiceServer(srv, ss)
 			names[s] = mcv1.SyncService_ServiceDesc.ServiceName
 		}

@@ -25,12 +25,11 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/membercenter/membercenter/pipeline/contract"
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 	"github.com/membercenter/membercenter/storage/postgres"
 
-	"github.com/membercenter/membercenter/pipeline/dlq"
 	"github.com/membercenter/membercenter/pipeline/fault"
-	"github.com/membercenter/membercenter/pipeline/worker"
 	"github.com/membercenter/membercenter/services/changes"
 )
 
@@ -46,7 +45,7 @@ type Service struct {
 	cat     atomic.Pointer[Catalog]
 }
 
-var _ worker.Applier = (*Service)(nil)
+var _ contract.Applier = (*Service)(nil)
 
 // New returns the service running the embedded catalogue until a loaded
 // version is found (Watch).
@@ -82,6 +81,9 @@ func LoadCatalog(ctx context.Context, pool *pgxpool.Pool, src []byte) (*Catalog,
 	}
 	return c, nil
 }
+
+// Known reports whether the catalogue in force has the label.
+func (s *Service) Known(labelID string) bool { return s.Catalog().Label(labelID) != nil }
 
 // Reload switches to the newest stored catalogue if it is not in force. A
 // stored catalogue that no longer validates is logged and skipped: the
@@ -211,14 +213,14 @@ func demographics(attrs map[string]string) Demographics {
 func (s *Service) Apply(ctx context.Context, ev *mcv1.MemberEvent) error {
 	resolved, err := uuid.Parse(ev.GetMemberId())
 	if err != nil {
-		return dlq.Reject(fmt.Errorf("member_id %q: %w", ev.GetMemberId(), err))
+		return fault.Permanent(fmt.Errorf("member_id %q: %w", ev.GetMemberId(), err))
 	}
 	f := FactFromEvent(ev)
 	if f.Kind == "" {
-		return dlq.Reject(fmt.Errorf("member event %s has no payload", ev.GetEventId()))
+		return fault.Permanent(fmt.Errorf("member event %s has no payload", ev.GetEventId()))
 	}
 	if _, err := uuid.Parse(f.Origin); err != nil {
-		return dlq.Reject(fmt.Errorf("resolution.origin_member_id %q: %w", f.Origin, err))
+		return fault.Permanent(fmt.Errorf("resolution.origin_member_id %q: %w", f.Origin, err))
 	}
 	var devices []string
 	for _, id := range ev.GetIdentifiers() {

@@ -1,4 +1,4 @@
-package sync_test
+package changefeed_test
 
 import (
 	"context"
@@ -19,7 +19,7 @@ import (
 	"github.com/membercenter/membercenter/pipeline/fault/faulttest"
 	"github.com/membercenter/membercenter/pipeline/kafka"
 	"github.com/membercenter/membercenter/pipeline/kafka/kafkatest"
-	syncsvc "github.com/membercenter/membercenter/services/sync"
+	"github.com/membercenter/membercenter/services/changefeed"
 )
 
 func telemetry() kafka.Telemetry {
@@ -49,14 +49,14 @@ func (s signal) WithAttrs([]slog.Attr) slog.Handler { return s }
 func (s signal) WithGroup(string) slog.Handler      { return s }
 
 // runHub runs a hub until the test ends; ended receives what Run returned.
-func runHub(t *testing.T, cfg kafka.Config) (*syncsvc.Hub, chan error) {
+func runHub(t *testing.T, cfg kafka.Config) (*changefeed.Hub, chan error) {
 	t.Helper()
 	return runHubWith(t, cfg, telemetry())
 }
 
-func runHubWith(t *testing.T, cfg kafka.Config, tel kafka.Telemetry) (*syncsvc.Hub, chan error) {
+func runHubWith(t *testing.T, cfg kafka.Config, tel kafka.Telemetry) (*changefeed.Hub, chan error) {
 	t.Helper()
-	h := syncsvc.NewHub(cfg, tel)
+	h := changefeed.NewHub(cfg, tel)
 	ctx, cancel := context.WithCancel(context.Background())
 	ended := make(chan error, 1)
 	go func() { ended <- h.Run(ctx) }()
@@ -69,7 +69,7 @@ func runHubWith(t *testing.T, cfg kafka.Config, tel kafka.Telemetry) (*syncsvc.H
 	return h, ended
 }
 
-func waitReady(t *testing.T, h *syncsvc.Hub, ended chan error) {
+func waitReady(t *testing.T, h *changefeed.Hub, ended chan error) {
 	t.Helper()
 	select {
 	case <-h.Ready():
@@ -175,7 +175,7 @@ func TestHubDeliversCommittedChangesOnlyFromTheCommittedEnd(t *testing.T) {
 	viaProxy.Dial = proxy.Dial
 	h, ended := runHub(t, viaProxy)
 	waitReady(t, h, ended)
-	sub, from, err := h.Subscribe(ctx, syncsvc.Filter{})
+	sub, from, err := h.Subscribe(ctx, changefeed.Filter{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -187,7 +187,7 @@ func TestHubDeliversCommittedChangesOnlyFromTheCommittedEnd(t *testing.T) {
 	publish(true, change(t, topic, "m", 2, "committed"))
 
 	var got []string
-	next := func() syncsvc.Delivery {
+	next := func() changefeed.Delivery {
 		t.Helper()
 		select {
 		case d := <-sub.C():
@@ -199,7 +199,7 @@ func TestHubDeliversCommittedChangesOnlyFromTheCommittedEnd(t *testing.T) {
 		case <-time.After(90 * time.Second):
 			t.Fatalf("no delivery within 90s after %q", got)
 		}
-		return syncsvc.Delivery{}
+		return changefeed.Delivery{}
 	}
 	next()
 	next()
@@ -210,7 +210,7 @@ func TestHubDeliversCommittedChangesOnlyFromTheCommittedEnd(t *testing.T) {
 	// The position the hub reached includes the last commit marker; a
 	// replay up to it ends and sees the same changes.
 	adm := kadm.NewClient(tx)
-	var live syncsvc.Position
+	var live changefeed.Position
 	deadline := time.Now().Add(90 * time.Second)
 	for {
 		ends, err := adm.ListEndOffsets(ctx, topic)
@@ -218,7 +218,7 @@ func TestHubDeliversCommittedChangesOnlyFromTheCommittedEnd(t *testing.T) {
 			t.Fatal(err)
 		}
 		end, _ := ends.Lookup(topic, 0)
-		s, at, err := h.Subscribe(ctx, syncsvc.Filter{})
+		s, at, err := h.Subscribe(ctx, changefeed.Filter{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -233,7 +233,7 @@ func TestHubDeliversCommittedChangesOnlyFromTheCommittedEnd(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	var replayed []string
-	if err := h.Replay(ctx, syncsvc.Filter{}, from, live, func(d syncsvc.Delivery) error {
+	if err := h.Replay(ctx, changefeed.Filter{}, from, live, func(d changefeed.Delivery) error {
 		replayed = append(replayed, d.Change.GetStoreId())
 		return nil
 	}); err != nil {

@@ -1,4 +1,4 @@
-package sync
+package changefeed
 
 import (
 	"encoding/base64"

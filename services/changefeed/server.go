@@ -1,4 +1,4 @@
-package sync
+package changefeed
 
 import (
 	"context"
@@ -9,26 +9,33 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
-
-	"github.com/membercenter/membercenter/services/profile"
 )
 
 // ErrUnknownLabel refuses a label filter the catalogue does not have.
 var ErrUnknownLabel = errors.New("unknown label")
 
+// Snapshots reads a member's whole state, for a client that starts over.
+type Snapshots interface {
+	Snapshot(ctx context.Context, member uuid.UUID) (*mcv1.Profile, error)
+}
+
+// Labels says whether a label filter names a catalogue label.
+type Labels interface {
+	Known(labelID string) bool
+}
+
 // Server is the gRPC SyncService.
 type Server struct {
 	mcv1.UnimplementedSyncServiceServer
-	hub      *Hub
-	profiles *profile.Service
-	tracer   trace.Tracer
-	// LabelKnown says whether a label filter names a catalogue label.
-	LabelKnown func(id string) bool
+	hub       *Hub
+	snapshots Snapshots
+	labels    Labels
+	tracer    trace.Tracer
 }
 
 // NewServer returns the gRPC adapter of hub.
-func NewServer(hub *Hub, profiles *profile.Service, tp trace.TracerProvider) *Server {
-	return &Server{hub: hub, profiles: profiles, tracer: tp.Tracer("github.com/membercenter/membercenter/services/sync")}
+func NewServer(hub *Hub, snapshots Snapshots, labels Labels, tp trace.TracerProvider) *Server {
+	return &Server{hub: hub, snapshots: snapshots, labels: labels, tracer: tp.Tracer("github.com/membercenter/membercenter/services/changefeed")}
 }
 
 // Subscribe implements SyncService.Subscribe: with a resume token, first
@@ -45,7 +52,7 @@ func (s *Server) Subscribe(req *mcv1.SubscribeRequest, stream mcv1.SyncService_S
 			return err
 		}
 	}
-	if l := req.GetLabelId(); l != "" && s.LabelKnown != nil && !s.LabelKnown(l) {
+	if l := req.GetLabelId(); l != "" && s.labels != nil && !s.labels.Known(l) {
 		return fmt.Errorf("label_id %q: %w; ListLabels lists the catalogue", l, ErrUnknownLabel)
 	}
 	f := Filter{StoreID: req.GetStoreId(), Channel: req.GetChannel(), LabelID: req.GetLabelId()}
@@ -114,7 +121,7 @@ func (s *Server) GetSnapshot(ctx context.Context, req *mcv1.GetSnapshotRequest) 
 	if err != nil {
 		return nil, fmt.Errorf("member_id: %w", err)
 	}
-	p, err := s.profiles.Snapshot(ctx, id)
+	p, err := s.snapshots.Snapshot(ctx, id)
 	if err != nil {
 		return nil, err
 	}

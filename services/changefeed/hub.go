@@ -1,14 +1,14 @@
-// Package sync pushes every change of a member's state to subscribed
+// Package changefeed pushes every change of a member's state to subscribed
 // channels: a hub follows member.changes.v1 and fans each change out to the
 // gRPC streams whose filter it matches, in per-member order.
-package sync
+package changefeed
 
 import (
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
-	stdsync "sync"
+	"sync"
 
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -85,7 +85,7 @@ type Subscription struct {
 	filter Filter
 	c      chan Delivery
 	done   chan struct{}
-	once   stdsync.Once
+	once   sync.Once
 	err    error
 	hub    *Hub
 	// last sequence delivered per member; a republished change is dropped.
@@ -118,7 +118,7 @@ type Hub struct {
 	log    *slog.Logger
 	buffer int
 
-	mu    stdsync.Mutex
+	mu    sync.Mutex
 	subs  map[*Subscription]struct{}
 	ready chan struct{}
 	pos   Position // next offset per partition the hub will read
