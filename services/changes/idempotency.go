@@ -9,6 +9,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/membercenter/membercenter/storage/postgres"
 )
 
 // ErrKeyReused is returned when an idempotency key comes back with a
@@ -30,22 +32,9 @@ func Idempotent(ctx context.Context, tx pgx.Tx, scope, key string, req, out prot
 	if err != nil {
 		return false, err
 	}
-	// One round trip: the lookup is a statement of its own, so in READ
-	// COMMITTED it sees what a call that held the lock committed.
-	var stored []byte
-	found := false
-	b := &pgx.Batch{}
-	b.Queue(`SELECT pg_advisory_xact_lock(hashtextextended($1, 0))`, scope+" "+key)
-	b.Queue(`SELECT response FROM idempotency_keys WHERE scope = $1 AND key = $2`, scope, key).QueryRow(func(row pgx.Row) error {
-		err := row.Scan(&stored)
-		if errors.Is(err, pgx.ErrNoRows) {
-			return nil
-		}
-		found = err == nil
-		return err
-	})
-	if err := tx.SendBatch(ctx, b).Close(); err != nil {
-		return false, fmt.Errorf("look up idempotency key: %w", err)
+	stored, found, err := postgres.LockIdempotencyKey(ctx, tx, scope, key)
+	if err != nil {
+		return false, err
 	}
 	if found {
 		if !bytes.HasPrefix(stored, fp) {
@@ -65,11 +54,7 @@ func Idempotent(ctx context.Context, tx pgx.Tx, scope, key string, req, out prot
 	}
 	// The lock keeps concurrent calls with the key out; this insert fails
 	// only if the lock's hash was bypassed (another writer of the table).
-	if _, err := tx.Exec(ctx, `INSERT INTO idempotency_keys (scope, key, response) VALUES ($1, $2, $3)`,
-		scope, key, append(fp, resp...)); err != nil {
-		return false, fmt.Errorf("store idempotent response: %w", err)
-	}
-	return false, nil
+	return false, postgres.StoreIdempotentResponse(ctx, tx, scope, key, append(fp, resp...))
 }
 
 // fingerprint is a hash of the request, which includes its key.

@@ -36,14 +36,9 @@ func (o Outbox) Lead(ctx context.Context, group, leader string) (contract.Outbox
 	if err != nil {
 		return nil, err
 	}
-	if err := l.Exec(ctx, `SELECT set_config('tcp_keepalives_idle', '3', false), set_config('tcp_keepalives_interval', '1', false),
-		set_config('tcp_keepalives_count', '3', false), set_config('tcp_user_timeout', '10000', false)`); err != nil {
+	if err := l.LeadRelay(ctx, int64(relayLockKey)); err != nil {
 		l.Close()
-		return nil, fmt.Errorf("relay leadership connection: %w", err)
-	}
-	if err := l.Exec(ctx, "SELECT pg_advisory_lock($1)", int64(relayLockKey)); err != nil {
-		l.Close()
-		return nil, fmt.Errorf("relay leadership lock: %w", err)
+		return nil, err
 	}
 	term, err := postgres.NewRelayTerm(ctx, o.Pool, group, leader)
 	if err != nil {

@@ -29,8 +29,8 @@ import (
 	"github.com/membercenter/membercenter/pipeline/kafka"
 	"github.com/membercenter/membercenter/pipeline/kafka/kafkatest"
 	"github.com/membercenter/membercenter/pipeline/relay"
-	"github.com/membercenter/membercenter/services/changes"
 	"github.com/membercenter/membercenter/services/changefeed"
+	"github.com/membercenter/membercenter/services/changes"
 )
 
 func telemetry(t *testing.T) kafka.Telemetry {

@@ -44,7 +44,7 @@ import (
 	"github.com/membercenter/membercenter/services/facts"
 	"github.com/membercenter/membercenter/services/platform"
 	"github.com/membercenter/membercenter/services/tags"
-	"github.com/membercenter/membercenter/services/tags/segment"
+	"github.com/membercenter/membercenter/storage/clickhouse/segment"
 )
 
 // tagBenchSynthetic prefixes the member ids of the synthetic profiles the

@@ -558,8 +558,7 @@ func (s *Service) Merge(ctx context.Context, req *mcv1.MergeRequest) (*mcv1.Merg
 // errDropIdempotency forgets the stored answer of a refused request, so a
 // retry is judged again rather than answered "merged".
 func errDropIdempotency(tx pgx.Tx, ctx context.Context, scope, key string) error {
-	_, err := tx.Exec(ctx, `DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2`, scope, key)
-	return err
+	return postgres.DeleteIdempotentResponse(ctx, tx, scope, key)
 }
 
 // Unmerge splits a merge back into its two members.

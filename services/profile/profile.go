@@ -21,7 +21,7 @@ import (
 
 	"github.com/membercenter/membercenter/services/changes"
 	"github.com/membercenter/membercenter/services/tags"
-	"github.com/membercenter/membercenter/services/tags/segment"
+	"github.com/membercenter/membercenter/storage/clickhouse/segment"
 )
 
 // ErrNoFacts means segments were asked for without ClickHouse.
@@ -84,72 +84,37 @@ func (s *Service) get(ctx context.Context, id uuid.UUID) (*mcv1.Profile, bool, e
 	return s.read(ctx, s.pool, id)
 }
 
-// batcher runs a batch: the pool (one implicit transaction) or a
-// transaction.
-type batcher interface {
-	SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults
+func (s *Service) read(ctx context.Context, q postgres.Batcher, id uuid.UUID) (*mcv1.Profile, bool, error) {
+	row, err := postgres.ReadProfile(ctx, q, id)
+	if err != nil {
+		return nil, false, err
+	}
+	p, err := toProtoProfile(id, row)
+	return p, row.Merged, err
 }
 
-func (s *Service) read(ctx context.Context, q batcher, id uuid.UUID) (*mcv1.Profile, bool, error) {
-	b := &pgx.Batch{}
-	p := &mcv1.Profile{MemberId: id.String()}
-	found, merged := false, false
-	b.Queue(`SELECT m.created_at, m.change_seq, m.attributes, m.merged_into IS NOT NULL,
-		       coalesce(a.balance, 0), coalesce(ls.state->>'tier', ''),
-		       f.labels_pb, CASE WHEN f.labels_pb IS NULL THEN f.labels END, f.updated_at
-		  FROM members m
-		  LEFT JOIN points_accounts a ON a.member_id = m.member_id
-		  LEFT JOIN loyalty_state ls ON ls.member_id = m.member_id
-		  LEFT JOIN member_features f ON f.member_id = m.member_id
-		 WHERE m.member_id = $1`, id).Query(func(rows pgx.Rows) error {
-		for rows.Next() {
-			found = true
-			var created time.Time
-			var at *time.Time
-			var seq int64
-			var pb []byte
-			var labels map[string]any // rows written before labels_pb
-			if err := rows.Scan(&created, &seq, &p.Attributes, &merged, &p.PointsBalance, &p.Tier, &pb, &labels, &at); err != nil {
-				return err
-			}
-			p.CreatedAt, p.Sequence = timestamppb.New(created), uint64(seq)
-			if at != nil {
-				p.LabelsComputedAt = timestamppb.New(*at)
-			}
-			if pb != nil {
-				var err error
-				if p.Labels, err = tags.DecodeLabels(pb); err != nil {
-					return err
-				}
-			} else {
-				p.Labels = tags.ProtoLabels(labels, time.Time{})
-			}
-		}
-		return rows.Err()
-	})
-	b.Queue(`SELECT purpose, granted, decided_at FROM member_consents WHERE member_id = $1 ORDER BY purpose`, id).
-		Query(func(rows pgx.Rows) error {
-			for rows.Next() {
-				var purpose int16
-				var granted bool
-				var at time.Time
-				if err := rows.Scan(&purpose, &granted, &at); err != nil {
-					return err
-				}
-				p.Consents = append(p.Consents, &mcv1.Consent{Purpose: mcv1.ConsentPurpose(purpose), Granted: granted, DecidedAt: timestamppb.New(at)})
-			}
-			return rows.Err()
-		})
-	if err := q.SendBatch(ctx, b).Close(); err != nil {
-		return nil, false, fmt.Errorf("read profile: %w", err)
-	}
-	if !found {
-		return nil, false, fmt.Errorf("member %s: %w", id, postgres.ErrNotFound)
-	}
+// toProtoProfile is the API's view of a stored profile.
+func toProtoProfile(id uuid.UUID, row postgres.ProfileRow) (*mcv1.Profile, error) {
+	p := &mcv1.Profile{MemberId: id.String(), CreatedAt: timestamppb.New(row.CreatedAt), Sequence: uint64(row.Sequence),
+		Attributes: row.Attributes, PointsBalance: row.Balance, Tier: row.Tier}
 	if p.Tier == "" {
 		p.Tier = "normal"
 	}
-	return p, merged, nil
+	if row.LabelsAt != nil {
+		p.LabelsComputedAt = timestamppb.New(*row.LabelsAt)
+	}
+	if row.LabelsPB != nil {
+		var err error
+		if p.Labels, err = tags.DecodeLabels(row.LabelsPB); err != nil {
+			return nil, fmt.Errorf("read profile: %w", err)
+		}
+	} else {
+		p.Labels = tags.ProtoLabels(row.LabelsJSON, time.Time{})
+	}
+	for _, c := range row.Consents {
+		p.Consents = append(p.Consents, &mcv1.Consent{Purpose: mcv1.ConsentPurpose(c.Purpose), Granted: c.Granted, DecidedAt: timestamppb.New(c.DecidedAt)})
+	}
+	return p, nil
 }
 
 // UpdateAttributes merges attributes into the member's canonical ones (an
@@ -177,12 +142,9 @@ func (s *Service) UpdateAttributes(ctx context.Context, req *mcv1.UpdateAttribut
 			if err != nil {
 				return err
 			}
-			var attrs map[string]string
-			if err := tx.QueryRow(ctx, `SELECT attributes FROM members WHERE member_id = $1 FOR UPDATE`, member).Scan(&attrs); err != nil {
-				return fmt.Errorf("lock member: %w", err)
-			}
-			if attrs == nil {
-				attrs = map[string]string{}
+			attrs, err := postgres.LockMemberAttributes(ctx, tx, member)
+			if err != nil {
+				return err
 			}
 			changed := map[string]string{}
 			for k, v := range req.GetAttributes() {
@@ -241,19 +203,16 @@ func (s *Service) SetConsent(ctx context.Context, req *mcv1.SetConsentRequest, c
 			if err != nil {
 				return err
 			}
-			if _, err := tx.Exec(ctx, `SELECT 1 FROM members WHERE member_id = $1 FOR UPDATE`, member); err != nil {
-				return fmt.Errorf("lock member: %w", err)
+			if _, err := postgres.LockMemberAttributes(ctx, tx, member); err != nil {
+				return err
 			}
 			now := s.now()
-			var prev *bool
-			if err := tx.QueryRow(ctx, `SELECT granted FROM member_consents WHERE member_id = $1 AND purpose = $2`,
-				member, int16(req.GetPurpose())).Scan(&prev); err != nil && !errors.Is(err, pgx.ErrNoRows) {
-				return fmt.Errorf("read consent: %w", err)
+			prev, err := postgres.ConsentOf(ctx, tx, member, int16(req.GetPurpose()))
+			if err != nil {
+				return err
 			}
-			if _, err := tx.Exec(ctx, `INSERT INTO member_consents (member_id, purpose, granted, decided_at, cause) VALUES ($1, $2, $3, $4, $5)
-				ON CONFLICT (member_id, purpose) DO UPDATE SET granted = EXCLUDED.granted, decided_at = EXCLUDED.decided_at, cause = EXCLUDED.cause`,
-				member, int16(req.GetPurpose()), req.GetGranted(), now, cause); err != nil {
-				return fmt.Errorf("store consent: %w", err)
+			if err := postgres.SetConsent(ctx, tx, member, int16(req.GetPurpose()), req.GetGranted(), now, cause); err != nil {
+				return err
 			}
 			if _, err := s.changes.Append(ctx, tx, member, &mcv1.MemberChange{
 				CauseId: cause, Channel: ch,

@@ -13,7 +13,7 @@ import (
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 
 	"github.com/membercenter/membercenter/services/auth"
-	"github.com/membercenter/membercenter/services/tags/segment"
+	"github.com/membercenter/membercenter/storage/clickhouse/segment"
 )
 
 // Server is the gRPC ProfileService.

@@ -25,7 +25,7 @@ import (
 
 	"github.com/membercenter/membercenter/storage/clickhouse"
 
-	"github.com/membercenter/membercenter/services/tags/segment"
+	"github.com/membercenter/membercenter/storage/clickhouse/segment"
 )
 
 //go:embed catalog.yaml

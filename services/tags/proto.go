@@ -7,7 +7,7 @@ import (
 	"slices"
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
-	"github.com/membercenter/membercenter/services/tags/segment"
+	"github.com/membercenter/membercenter/storage/clickhouse/segment"
 )
 
 // ProtoExample renders a worked example with JSON values.

@@ -149,9 +149,19 @@ func (l *ListenOutbox) Wait(ctx context.Context, timeout time.Duration) error {
 
 // Exec runs a statement on the listening connection (session-level advisory
 // locks taken here last as long as the listen does).
-func (l *ListenOutbox) Exec(ctx context.Context, sql string, args ...any) error {
-	_, err := l.conn.Exec(ctx, sql, args...)
-	return err
+// LeadRelay makes the connection hold the relay leadership lock (waiting
+// for it) and probe its socket so that the server releases the lock within
+// about ten seconds of losing the leader's host, not hours later: TCP
+// keepalives every second after three idle seconds, and a user timeout.
+func (l *ListenOutbox) LeadRelay(ctx context.Context, lockKey int64) error {
+	if _, err := l.conn.Exec(ctx, `SELECT set_config('tcp_keepalives_idle', '3', false), set_config('tcp_keepalives_interval', '1', false),
+		set_config('tcp_keepalives_count', '3', false), set_config('tcp_user_timeout', '10000', false)`); err != nil {
+		return fmt.Errorf("relay leadership connection: %w", err)
+	}
+	if _, err := l.conn.Exec(ctx, "SELECT pg_advisory_lock($1)", lockKey); err != nil {
+		return fmt.Errorf("relay leadership lock: %w", err)
+	}
+	return nil
 }
 
 // Close closes the connection; its LISTEN and session locks end with it.

@@ -4,7 +4,7 @@ import (
 	"fmt"
 	"testing"
 
-	"github.com/membercenter/membercenter/services/tags/segment"
+	"github.com/membercenter/membercenter/storage/clickhouse/segment"
 )
 
 func benchLabels() []segment.Label {

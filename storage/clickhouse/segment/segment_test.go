@@ -5,7 +5,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/membercenter/membercenter/services/tags/segment"
+	"github.com/membercenter/membercenter/storage/clickhouse/segment"
 )
 
 var catalogue = []segment.Label{

@@ -16,9 +16,9 @@ import (
 	"cel.dev/cel-go/common/types"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 
-	"github.com/membercenter/membercenter/services/tags/segment"
 	"github.com/membercenter/membercenter/storage/clickhouse"
 	"github.com/membercenter/membercenter/storage/clickhouse/chtest"
+	"github.com/membercenter/membercenter/storage/clickhouse/segment"
 )
 
 // Strings that must survive as data and as literals: quotes, backslashes,

@@ -8,9 +8,9 @@ import (
 	"regexp"
 	"testing"
 
-	"github.com/membercenter/membercenter/services/tags/segment"
 	"github.com/membercenter/membercenter/storage/clickhouse"
 	"github.com/membercenter/membercenter/storage/clickhouse/chtest"
+	"github.com/membercenter/membercenter/storage/clickhouse/segment"
 )
 
 // docLabels are the catalogue labels docs/analytics.md's examples use, with

@@ -1,0 +1,116 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+)
+
+// Batcher runs a batch of statements: a pool (one implicit transaction) or
+// a transaction.
+type Batcher interface {
+	SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults
+}
+
+// ProfileRow is what a member's profile is read from.
+type ProfileRow struct {
+	CreatedAt  time.Time
+	Sequence   int64
+	Attributes map[string]string
+	Merged     bool
+	Balance    int64
+	Tier       string
+	// LabelsPB are the labels as stored since labels_pb; LabelsJSON those of
+	// rows written before. LabelsAt is when they were computed (nil: never).
+	LabelsPB   []byte
+	LabelsJSON map[string]any
+	LabelsAt   *time.Time
+	Consents   []ConsentRow
+}
+
+// ConsentRow is a member's decision about one purpose.
+type ConsentRow struct {
+	Purpose   int16
+	Granted   bool
+	DecidedAt time.Time
+}
+
+// ReadProfile reads a member's profile in one round trip; ErrNotFound when
+// the member does not exist.
+func ReadProfile(ctx context.Context, q Batcher, id uuid.UUID) (ProfileRow, error) {
+	var p ProfileRow
+	found := false
+	b := &pgx.Batch{}
+	b.Queue(`SELECT m.created_at, m.change_seq, m.attributes, m.merged_into IS NOT NULL,
+		       coalesce(a.balance, 0), coalesce(ls.state->>'tier', ''),
+		       f.labels_pb, CASE WHEN f.labels_pb IS NULL THEN f.labels END, f.updated_at
+		  FROM members m
+		  LEFT JOIN points_accounts a ON a.member_id = m.member_id
+		  LEFT JOIN loyalty_state ls ON ls.member_id = m.member_id
+		  LEFT JOIN member_features f ON f.member_id = m.member_id
+		 WHERE m.member_id = $1`, id).Query(func(rows pgx.Rows) error {
+		for rows.Next() {
+			found = true
+			if err := rows.Scan(&p.CreatedAt, &p.Sequence, &p.Attributes, &p.Merged, &p.Balance, &p.Tier,
+				&p.LabelsPB, &p.LabelsJSON, &p.LabelsAt); err != nil {
+				return err
+			}
+		}
+		return rows.Err()
+	})
+	b.Queue(`SELECT purpose, granted, decided_at FROM member_consents WHERE member_id = $1 ORDER BY purpose`, id).
+		Query(func(rows pgx.Rows) error {
+			for rows.Next() {
+				var c ConsentRow
+				if err := rows.Scan(&c.Purpose, &c.Granted, &c.DecidedAt); err != nil {
+					return err
+				}
+				p.Consents = append(p.Consents, c)
+			}
+			return rows.Err()
+		})
+	if err := q.SendBatch(ctx, b).Close(); err != nil {
+		return p, fmt.Errorf("read profile: %w", err)
+	}
+	if !found {
+		return p, fmt.Errorf("member %s: %w", id, ErrNotFound)
+	}
+	return p, nil
+}
+
+// LockMemberAttributes locks a member's row for the rest of tx and returns
+// its attributes.
+func LockMemberAttributes(ctx context.Context, tx pgx.Tx, member uuid.UUID) (map[string]string, error) {
+	var attrs map[string]string
+	if err := tx.QueryRow(ctx, `SELECT attributes FROM members WHERE member_id = $1 FOR UPDATE`, member).Scan(&attrs); err != nil {
+		return nil, fmt.Errorf("lock member: %w", err)
+	}
+	if attrs == nil {
+		attrs = map[string]string{}
+	}
+	return attrs, nil
+}
+
+// ConsentOf returns a member's decision for a purpose; nil when never made.
+func ConsentOf(ctx context.Context, q Querier, member uuid.UUID, purpose int16) (*bool, error) {
+	var granted *bool
+	if err := q.QueryRow(ctx, `SELECT granted FROM member_consents WHERE member_id = $1 AND purpose = $2`,
+		member, purpose).Scan(&granted); err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		return nil, fmt.Errorf("read consent: %w", err)
+	}
+	return granted, nil
+}
+
+// SetConsent records a member's decision for a purpose.
+func SetConsent(ctx context.Context, q Querier, member uuid.UUID, purpose int16, granted bool, at time.Time, cause string) error {
+	if _, err := q.Exec(ctx, `INSERT INTO member_consents (member_id, purpose, granted, decided_at, cause) VALUES ($1, $2, $3, $4, $5)
+		ON CONFLICT (member_id, purpose) DO UPDATE SET granted = EXCLUDED.granted, decided_at = EXCLUDED.decided_at, cause = EXCLUDED.cause`,
+		member, purpose, granted, at, cause); err != nil {
+		return fmt.Errorf("store consent: %w", err)
+	}
+	return nil
+}
