@@ -11,8 +11,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
@@ -26,6 +24,8 @@ import (
 
 	"github.com/membercenter/membercenter/pipeline/fault"
 	"github.com/membercenter/membercenter/services/changes"
+	"github.com/membercenter/membercenter/services/facts"
+	"github.com/membercenter/membercenter/services/versioned"
 )
 
 // Stage is the benefit worker's name in groups and processed_events.
@@ -38,23 +38,25 @@ type Service struct {
 	changes changes.Writer
 	log     *slog.Logger
 	now     func() time.Time
-	prog    atomic.Pointer[Program]
+	prog    *versioned.Document[Program]
 	facts   driver.Conn // ClickHouse, for campaign simulation; may be nil
 }
+
+// Programmes is how the loyalty programme is stored and read.
+var Programmes = versioned.Format[Program]{Name: "loyalty programme", Kind: postgres.Programme, Parse: ParseProgram,
+	Version: func(p *Program) string { return p.Version }}
 
 // New returns the service running the embedded default programme until a
 // loaded version is found (see Watch).
 func New(pool *pgxpool.Pool, ch changes.Writer, log *slog.Logger) *Service {
-	s := &Service{pool: pool, changes: ch, log: log, now: time.Now}
 	p, err := ParseProgram(defaultProgram)
 	if err != nil {
 		panic(fmt.Sprintf("embedded program.yaml: %v", err)) // covered by tests
 	}
-	s.prog.Store(p)
-	return s
+	return &Service{pool: pool, changes: ch, log: log, now: time.Now, prog: versioned.New(Programmes, pool, log, p)}
 }
 
-func (s *Service) program() *Program { return s.prog.Load() }
+func (s *Service) program() *Program { return s.prog.Current() }
 
 // Program returns the programme in force.
 func (s *Service) Program() *Program { return s.program() }
@@ -65,55 +67,20 @@ func (s *Service) SetClock(now func() time.Time) { s.now = now }
 // LoadProgram validates a programme and stores it as the newest version;
 // running services pick it up (Watch). A version id may be used once.
 func LoadProgram(ctx context.Context, pool *pgxpool.Pool, src []byte) (*Program, error) {
-	p, err := ParseProgram(src)
-	if err != nil {
-		return nil, err
-	}
-	if _, err := pool.Exec(ctx, `INSERT INTO program_versions (version, source) VALUES ($1, $2)`, p.Version, string(src)); err != nil {
-		if postgres.IsUniqueViolation(err) {
-			return nil, fmt.Errorf("programme version %q was loaded before; give the new programme a new version", p.Version)
-		}
-		return nil, fmt.Errorf("store programme: %w", err)
-	}
-	return p, nil
+	return Programmes.Store(ctx, pool, src)
 }
 
 // Reload switches to the newest stored programme version, if it is not the
 // one in force.
-func (s *Service) Reload(ctx context.Context) error {
-	var version, src string
-	err := s.pool.QueryRow(ctx, `SELECT version, source FROM program_versions ORDER BY seq DESC LIMIT 1`).Scan(&version, &src)
-	if errors.Is(err, pgx.ErrNoRows) || (err == nil && version == s.program().Version) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("read programme: %w", err)
-	}
-	p, err := ParseProgram([]byte(src))
-	if err != nil {
-		return fault.Permanent(fmt.Errorf("stored programme %s: %w", version, err))
-	}
-	s.prog.Store(p)
-	s.log.InfoContext(ctx, "loyalty programme loaded", "version", p.Version)
-	return nil
-}
+func (s *Service) Reload(ctx context.Context) error { return s.prog.Reload(ctx) }
 
 // Watch reloads the programme every interval until ctx ends, so a loaded
 // version takes effect without a restart.
 func (s *Service) Watch(ctx context.Context, interval time.Duration) error {
-	fault.Every(ctx, s.log, "programme reload", interval, s.Reload)
-	return nil
+	return s.prog.Watch(ctx, interval)
 }
 
 var _ contract.Applier = (*Service)(nil)
-
-// ChannelName is the short lower-case name of a channel: "pos", "app", …
-func ChannelName(c mcv1.Channel) string {
-	if c == mcv1.Channel_CHANNEL_UNSPECIFIED {
-		return ""
-	}
-	return strings.ToLower(strings.TrimPrefix(c.String(), "CHANNEL_"))
-}
 
 func (s *Service) opFromEvent(ev *mcv1.MemberEvent) (Op, bool, error) {
 	return OpFromEvent(s.program(), ev)
@@ -123,7 +90,7 @@ func (s *Service) opFromEvent(ev *mcv1.MemberEvent) (Op, bool, error) {
 // for events the programme ignores (visits, browsing, shares).
 func OpFromEvent(p *Program, ev *mcv1.MemberEvent) (Op, bool, error) {
 	op := Op{At: ev.GetOccurredAt().AsTime(), Cause: ev.GetEventId(), Origin: ev.GetResolution().GetOriginMemberId(),
-		Channel: ChannelName(ev.GetChannel()), Store: ev.GetStoreId()}
+		Channel: facts.ChannelName(ev.GetChannel()), Store: ev.GetStoreId()}
 	switch x := ev.GetPayload().(type) {
 	case *mcv1.MemberEvent_Transaction:
 		t := x.Transaction

@@ -18,6 +18,7 @@ import (
 
 	"github.com/membercenter/membercenter/services/auth"
 	"github.com/membercenter/membercenter/services/changes"
+	"github.com/membercenter/membercenter/services/facts"
 )
 
 // ErrInvalid is wrapped by requests the programme cannot take as given
@@ -123,7 +124,7 @@ func (s *Service) basketOp(b *mcv1.Basket) (Op, error) {
 		return Op{}, err
 	}
 	return Op{Kind: OpPurchase, At: at, OrderID: b.GetOrderId(), Total: b.GetTotal().GetAmountMinor(), Items: toItems(b.GetItems()),
-		CouponCodes: b.GetCouponCodes(), RedeemPoints: b.GetRedeemPoints(), Channel: ChannelName(b.GetChannel()), Store: b.GetStoreId()}, nil
+		CouponCodes: b.GetCouponCodes(), RedeemPoints: b.GetRedeemPoints(), Channel: facts.ChannelName(b.GetChannel()), Store: b.GetStoreId()}, nil
 }
 
 func (s *Service) money(v int64) *mcv1.Money {

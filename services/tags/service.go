@@ -16,7 +16,6 @@ import (
 	"slices"
 	"sort"
 	"strconv"
-	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -31,6 +30,7 @@ import (
 
 	"github.com/membercenter/membercenter/pipeline/fault"
 	"github.com/membercenter/membercenter/services/changes"
+	"github.com/membercenter/membercenter/services/versioned"
 )
 
 // Stage is the tag worker's name in consumer groups and processed_events.
@@ -42,25 +42,27 @@ type Service struct {
 	changes changes.Writer
 	log     *slog.Logger
 	now     func() time.Time
-	cat     atomic.Pointer[Catalog]
+	cat     *versioned.Document[Catalog]
 }
+
+// Catalogues is how the label catalogue is stored and read.
+var Catalogues = versioned.Format[Catalog]{Name: "label catalogue", Kind: postgres.Catalogue, Parse: ParseCatalog,
+	Version: func(c *Catalog) string { return c.Version }}
 
 var _ contract.Applier = (*Service)(nil)
 
 // New returns the service running the embedded catalogue until a loaded
 // version is found (Watch).
 func New(pool *pgxpool.Pool, ch changes.Writer, log *slog.Logger) *Service {
-	s := &Service{pool: pool, changes: ch, log: log, now: time.Now}
 	c, err := ParseCatalog(defaultCatalog)
 	if err != nil {
 		panic(fmt.Sprintf("embedded catalog.yaml: %v", err)) // covered by tests
 	}
-	s.cat.Store(c)
-	return s
+	return &Service{pool: pool, changes: ch, log: log, now: time.Now, cat: versioned.New(Catalogues, pool, log, c)}
 }
 
 // Catalog returns the catalogue in force.
-func (s *Service) Catalog() *Catalog { return s.cat.Load() }
+func (s *Service) Catalog() *Catalog { return s.cat.Current() }
 
 // SetClock replaces the clock, for tests.
 func (s *Service) SetClock(now func() time.Time) { s.now = now }
@@ -69,17 +71,7 @@ func (s *Service) SetClock(now func() time.Time) { s.now = now }
 // running services switch to it (Watch). A catalogue that fails validation
 // is refused and nothing changes.
 func LoadCatalog(ctx context.Context, pool *pgxpool.Pool, src []byte) (*Catalog, error) {
-	c, err := ParseCatalog(src)
-	if err != nil {
-		return nil, err
-	}
-	if _, err := pool.Exec(ctx, `INSERT INTO label_catalogs (version, source) VALUES ($1, $2)`, c.Version, string(src)); err != nil {
-		if postgres.IsUniqueViolation(err) {
-			return nil, fmt.Errorf("catalogue version %q was loaded before; give the new catalogue a new version", c.Version)
-		}
-		return nil, fmt.Errorf("store catalogue: %w", err)
-	}
-	return c, nil
+	return Catalogues.Store(ctx, pool, src)
 }
 
 // Known reports whether the catalogue in force has the label.
@@ -88,30 +80,11 @@ func (s *Service) Known(labelID string) bool { return s.Catalog().Label(labelID)
 // Reload switches to the newest stored catalogue if it is not in force. A
 // stored catalogue that no longer validates is logged and skipped: the
 // running one stays.
-func (s *Service) Reload(ctx context.Context) error {
-	var version, src string
-	err := s.pool.QueryRow(ctx, `SELECT version, source FROM label_catalogs ORDER BY seq DESC LIMIT 1`).Scan(&version, &src)
-	if errors.Is(err, pgx.ErrNoRows) || (err == nil && version == s.Catalog().Version) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("read catalogue: %w", err)
-	}
-	c, err := ParseCatalog([]byte(src))
-	if err != nil {
-		return fault.Permanent(fmt.Errorf("stored catalogue %s refused, keeping %s: %w", version, s.Catalog().Version, err))
-	}
-	s.cat.Store(c)
-	s.log.InfoContext(ctx, "label catalogue loaded", "version", c.Version, "labels", len(c.Labels))
-	return nil
-}
+func (s *Service) Reload(ctx context.Context) error { return s.cat.Reload(ctx) }
 
 // Watch reloads the catalogue every interval until ctx ends.
-// A failed read is retried sooner (PostgreSQL may be restarting); it never
-// ends the loop.
 func (s *Service) Watch(ctx context.Context, interval time.Duration) error {
-	fault.Every(ctx, s.log, "catalogue reload", interval, s.Reload)
-	return nil
+	return s.cat.Watch(ctx, interval)
 }
 
 // memberState is what the engine holds of one member during an operation.
@@ -557,4 +530,4 @@ func ProtoLabels(labels map[string]any, at time.Time) []*mcv1.LabelValue {
 
 // UseCatalog puts a parsed catalogue in force in this process (tests, the
 // backfill of a catalogue before it is loaded).
-func (s *Service) UseCatalog(c *Catalog) { s.cat.Store(c) }
+func (s *Service) UseCatalog(c *Catalog) { s.cat.Set(c) }
