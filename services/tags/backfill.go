@@ -3,8 +3,6 @@ package tags
 import (
 	"context"
 	"errors"
-	"fmt"
-	"strings"
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
@@ -12,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
+	"github.com/membercenter/membercenter/storage/clickhouse"
 	"github.com/membercenter/membercenter/storage/postgres"
 )
 
@@ -56,21 +55,19 @@ func (s *Service) Backfill(ctx context.Context, facts driver.Conn, o BackfillOpt
 	start := time.Now()
 	p := BackfillProgress{Catalog: c.Version}
 	if o.Restart {
-		if _, err := s.pool.Exec(ctx, `DELETE FROM tag_backfills WHERE catalog_version = $1`, c.Version); err != nil {
-			return p, fmt.Errorf("restart backfill: %w", err)
+		if err := postgres.RestartBackfill(ctx, s.pool, c.Version); err != nil {
+			return p, err
 		}
 	}
-	var last *uuid.UUID
-	var done bool
-	err := s.pool.QueryRow(ctx, `INSERT INTO tag_backfills (catalog_version) VALUES ($1)
-		ON CONFLICT (catalog_version) DO UPDATE SET updated_at = now()
-		RETURNING last_member, members, changed, done`, c.Version).Scan(&last, &p.Done, &p.Changed, &done)
+	stored, err := postgres.StartBackfill(ctx, s.pool, c.Version)
 	if err != nil {
-		return p, fmt.Errorf("backfill progress: %w", err)
+		return p, err
 	}
+	last, done := stored.LastMember, stored.Done
+	p.Done, p.Changed = stored.Members, stored.Changed
 	p.Resumed = last != nil && !done
-	if err := s.pool.QueryRow(ctx, `SELECT count(*) FROM members WHERE merged_into IS NULL`).Scan(&p.Total); err != nil {
-		return p, fmt.Errorf("count members: %w", err)
+	if p.Total, err = postgres.CountActiveMembers(ctx, s.pool); err != nil {
+		return p, err
 	}
 	if done {
 		p.AlreadyDone, p.Elapsed = true, time.Since(start)
@@ -81,14 +78,9 @@ func (s *Service) Backfill(ctx context.Context, facts driver.Conn, o BackfillOpt
 		after = *last
 	}
 	for {
-		var ids []uuid.UUID
-		rows, err := s.pool.Query(ctx, `SELECT member_id FROM members WHERE merged_into IS NULL AND member_id > $1
-			ORDER BY member_id LIMIT $2`, after, o.Batch)
-		if err == nil {
-			ids, err = pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
-		}
+		ids, err := postgres.ActiveMembersAfter(ctx, s.pool, after, o.Batch)
 		if err != nil {
-			return p, fmt.Errorf("next members: %w", err)
+			return p, err
 		}
 		if len(ids) == 0 {
 			break
@@ -106,8 +98,8 @@ func (s *Service) Backfill(ctx context.Context, facts driver.Conn, o BackfillOpt
 			o.Progress(p)
 		}
 	}
-	if _, err := s.pool.Exec(ctx, `UPDATE tag_backfills SET done = true, updated_at = now() WHERE catalog_version = $1`, c.Version); err != nil {
-		return p, fmt.Errorf("finish backfill: %w", err)
+	if err := postgres.FinishBackfill(ctx, s.pool, c.Version); err != nil {
+		return p, err
 	}
 	p.Elapsed = time.Since(start)
 	return p, nil
@@ -119,28 +111,15 @@ func (s *Service) backfillBatch(ctx context.Context, facts driver.Conn, ids []uu
 	c := s.Catalog()
 	// Every member whose events now belong to a member of the batch: the
 	// members merged into them, transitively.
-	rows, err := s.pool.Query(ctx, `
-		WITH RECURSIVE fold(member_id, root) AS (
-		    SELECT member_id, member_id FROM members WHERE member_id = ANY($1)
-		  UNION
-		    SELECT m.member_id, f.root FROM members m JOIN fold f ON m.merged_into = f.member_id)
-		SELECT member_id, root FROM fold`, ids)
+	roots, err := postgres.FoldRoots(ctx, s.pool, ids)
 	if err != nil {
-		return 0, 0, 0, fmt.Errorf("merged members: %w", err)
+		return 0, 0, 0, err
 	}
 	rootOf := map[string]uuid.UUID{}
-	var origins []string
-	for rows.Next() {
-		var m, root uuid.UUID
-		if err := rows.Scan(&m, &root); err != nil {
-			rows.Close()
-			return 0, 0, 0, err
-		}
+	origins := make([]string, 0, len(roots))
+	for m, root := range roots {
 		rootOf[m.String()] = root
 		origins = append(origins, m.String())
-	}
-	if err := rows.Err(); err != nil {
-		return 0, 0, 0, err
 	}
 	built := map[uuid.UUID]*State{}
 	for _, id := range ids {
@@ -179,9 +158,7 @@ func (s *Service) backfillBatch(ctx context.Context, facts driver.Conn, ids []uu
 				changed++
 			}
 		}
-		_, err := tx.Exec(ctx, `UPDATE tag_backfills SET last_member = $2, members = members + $3, changed = changed + $4, updated_at = now()
-			WHERE catalog_version = $1`, c.Version, ids[len(ids)-1], n, changed)
-		return err
+		return postgres.AdvanceBackfill(ctx, tx, c.Version, ids[len(ids)-1], n, changed)
 	})
 	return n, changed, events, err
 }
@@ -203,45 +180,21 @@ func cloneState(s *State) *State {
 // ReadHistory streams the events of the given origin members from
 // ClickHouse in time order, as facts.
 func ReadHistory(ctx context.Context, facts driver.Conn, origins []string, fn func(Fact)) error {
-	if len(origins) == 0 {
-		return nil
+	return clickhouse.ReadHistory(ctx, facts, origins, func(e clickhouse.HistoryEvent) {
+		fn(factFromHistory(e))
+	})
+}
+
+// factFromHistory is the tag engine's view of a stored event.
+func factFromHistory(e clickhouse.HistoryEvent) Fact {
+	f := Fact{EventID: e.EventID, Kind: e.EventType, Channel: e.Channel, Store: e.StoreID, At: e.OccurredAt, Origin: e.Origin,
+		OrderID: e.OrderID, Amount: e.AmountMinor, Discount: e.DiscountMinor, PointsRedeemed: e.PointsRedeemed,
+		Coupons: e.CouponCount, Rating: e.ReviewRating}
+	if f.Kind == KindRefund { // facts store a refund's total as a negative amount
+		f.Amount = -f.Amount
 	}
-	marks := strings.TrimSuffix(strings.Repeat("?,", len(origins)), ",")
-	args := make([]any, len(origins))
-	for i, o := range origins {
-		args[i] = o
+	for _, it := range e.Items {
+		f.Items = append(f.Items, Item{Category: it.Category, Brand: it.Brand, Quantity: int64(it.Quantity), Amount: it.AmountMinor})
 	}
-	rows, err := facts.Query(ctx, `
-		SELECT event_id, event_type, channel, store_id, occurred_at,
-		       if(origin_member_id = '', member_id, origin_member_id) AS origin,
-		       order_id, amount_minor, discount_minor, points_redeemed, coupon_count, review_rating,
-		       items.category, items.brand, items.quantity, items.amount_minor
-		  FROM member_events FINAL
-		 WHERE if(origin_member_id = '', member_id, origin_member_id) IN (`+marks+`)
-		 ORDER BY occurred_at, event_id`, args...)
-	if err != nil {
-		return fmt.Errorf("read history: %w", err)
-	}
-	defer rows.Close()
-	for rows.Next() {
-		var f Fact
-		var coupons uint16
-		var rating uint8
-		var cats, brands []string
-		var qty []int32
-		var amounts []int64
-		if err := rows.Scan(&f.EventID, &f.Kind, &f.Channel, &f.Store, &f.At, &f.Origin, &f.OrderID, &f.Amount, &f.Discount,
-			&f.PointsRedeemed, &coupons, &rating, &cats, &brands, &qty, &amounts); err != nil {
-			return fmt.Errorf("read history: %w", err)
-		}
-		f.Coupons, f.Rating = int(coupons), int(rating)
-		if f.Kind == KindRefund { // facts store a refund's total as a negative amount
-			f.Amount = -f.Amount
-		}
-		for i := range cats {
-			f.Items = append(f.Items, Item{Category: cats[i], Brand: brands[i], Quantity: int64(qty[i]), Amount: amounts[i]})
-		}
-		fn(f)
-	}
-	return rows.Err()
+	return f
 }

@@ -7,6 +7,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
+	"github.com/membercenter/membercenter/storage/postgres"
 )
 
 // TestCatalogExamples loads the shipped catalogue, which evaluates every
@@ -191,5 +194,13 @@ labels: []
 	got := Compute(Inputs{State: st}, now, time.UTC, c.Filters, c.FilterKey()).Values
 	if got["coffee_orders_365d"] != want["coffee_orders_365d"] || want["coffee_orders_365d"] != int64(1) {
 		t.Errorf("coffee orders from the old state %v, from a fresh one %v; want both 1", got["coffee_orders_365d"], want["coffee_orders_365d"])
+	}
+}
+
+// storage/postgres names the profiling purpose by its number; it must be
+// the API's.
+func TestProfilingPurposeNumber(t *testing.T) {
+	if postgres.ConsentProfiling != int16(mcv1.ConsentPurpose_CONSENT_PURPOSE_PROFILING) {
+		t.Fatalf("postgres.ConsentProfiling = %d, the API's profiling purpose is %d", postgres.ConsentProfiling, mcv1.ConsentPurpose_CONSENT_PURPOSE_PROFILING)
 	}
 }

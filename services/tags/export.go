@@ -9,7 +9,6 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/google/uuid"
 
-	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 	"github.com/membercenter/membercenter/storage/clickhouse"
 	"github.com/membercenter/membercenter/storage/postgres"
 
@@ -71,40 +70,23 @@ func (e *Exporter) Export(ctx context.Context, batch int) (int, error) {
 	// member must not wait for it): rows are read, inserted, then dequeued
 	// where the version is still the one exported. Two exporters may
 	// export a member twice; its rows collapse by version.
-	rows, err := e.svc.pool.Query(ctx, `
-		SELECT q.member_id, q.version, coalesce(f.labels, '{}'::jsonb), coalesce(f.catalog_version, ''),
-		       coalesce(f.updated_at, now()), coalesce(NOT c.granted, false)
-		  FROM (SELECT member_id, version FROM profile_exports ORDER BY queued_at LIMIT $1) q
-		  LEFT JOIN member_features f ON f.member_id = q.member_id
-		  LEFT JOIN member_consents c ON c.member_id = q.member_id AND c.purpose = $2`,
-		batch, int16(mcv1.ConsentPurpose_CONSENT_PURPOSE_PROFILING))
+	pending, err := postgres.PendingProfileExports(ctx, e.svc.pool, batch)
 	if err != nil {
-		return 0, fmt.Errorf("read profile exports: %w", err)
+		return 0, err
 	}
-	var out []clickhouse.ProfileRow
-	var ids []uuid.UUID
-	var versions []int64
-	for rows.Next() {
-		var id uuid.UUID
-		var version int64
-		var raw []byte
-		r := clickhouse.ProfileRow{}
-		if err := rows.Scan(&id, &version, &raw, &r.CatalogVersion, &r.UpdatedAt, &r.Withheld); err != nil {
-			rows.Close()
-			return 0, err
-		}
-		if err := json.Unmarshal(raw, &r.Values); err != nil {
-			rows.Close()
-			return 0, fmt.Errorf("decode labels of %s: %w", id, err)
-		}
+	out := make([]clickhouse.ProfileRow, 0, len(pending))
+	ids := make([]uuid.UUID, 0, len(pending))
+	versions := make([]int64, 0, len(pending))
+	for _, p := range pending {
 		// The row's version is the labels' version; the queue's may lag a
 		// newer write (then the row is exported again under it).
-		r.MemberID, r.Version, r.UpdatedAt = id.String(), uint64(version), r.UpdatedAt.UTC()
+		r := clickhouse.ProfileRow{MemberID: p.Member.String(), Version: uint64(p.Version), CatalogVersion: p.CatalogVersion,
+			UpdatedAt: p.UpdatedAt.UTC(), Withheld: p.Withheld}
+		if err := json.Unmarshal(p.Labels, &r.Values); err != nil {
+			return 0, fmt.Errorf("decode labels of %s: %w", p.Member, err)
+		}
 		out = append(out, r)
-		ids, versions = append(ids, id), append(versions, version)
-	}
-	if err := rows.Err(); err != nil {
-		return 0, err
+		ids, versions = append(ids, p.Member), append(versions, p.Version)
 	}
 	if len(out) == 0 {
 		return 0, nil
@@ -112,9 +94,8 @@ func (e *Exporter) Export(ctx context.Context, batch int) (int, error) {
 	if err := e.w.InsertProfiles(ctx, cols, out); err != nil {
 		return 0, err
 	}
-	if _, err := e.svc.pool.Exec(ctx, `DELETE FROM profile_exports p USING unnest($1::uuid[], $2::bigint[]) AS d(member_id, version)
-		WHERE p.member_id = d.member_id AND p.version <= d.version`, ids, versions); err != nil {
-		return 0, fmt.Errorf("dequeue profile exports: %w", err)
+	if err := postgres.DequeueProfileExports(ctx, e.svc.pool, ids, versions); err != nil {
+		return 0, err
 	}
 	return len(out), nil
 }

@@ -2,21 +2,22 @@ package tags
 
 import (
 	"context"
-	"fmt"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
+	"github.com/membercenter/membercenter/storage/postgres"
 )
 
 // loadAs loads a member's features under the lock identity already holds,
 // without following a merge.
 func (s *Service) loadAs(ctx context.Context, tx pgx.Tx, id uuid.UUID) (*memberState, error) {
 	m := &memberState{id: id, labels: map[string]any{}, profiling: true, state: &State{}}
-	if err := tx.QueryRow(ctx, `SELECT attributes, change_seq FROM members WHERE member_id = $1`, id).Scan(&m.attrs, &m.changeSeq); err != nil {
-		return nil, fmt.Errorf("member %s: %w", id, err)
+	var err error
+	if m.attrs, m.changeSeq, err = postgres.MemberAttributes(ctx, tx, id); err != nil {
+		return nil, err
 	}
 	if err := s.loadRest(ctx, tx, m); err != nil {
 		return nil, err

@@ -9,7 +9,6 @@ package tags
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
@@ -111,12 +110,9 @@ func (s *Service) lock(ctx context.Context, tx pgx.Tx, id uuid.UUID, devices ...
 	for range 5 {
 		m := &memberState{id: id, labels: map[string]any{}, profiling: true, state: &State{}, devices: devices}
 		var merged *uuid.UUID
-		err := tx.QueryRow(ctx, `SELECT attributes, merged_into, change_seq FROM members WHERE member_id = $1 FOR UPDATE`, id).Scan(&m.attrs, &merged, &m.changeSeq)
-		if errors.Is(err, pgx.ErrNoRows) {
-			return nil, fmt.Errorf("member %s: %w", id, postgres.ErrNotFound)
-		}
-		if err != nil {
-			return nil, fmt.Errorf("lock member: %w", err)
+		var err error
+		if m.attrs, merged, m.changeSeq, err = postgres.MemberForUpdate(ctx, tx, id); err != nil {
+			return nil, err
 		}
 		if merged != nil {
 			if id, err = postgres.CanonicalMember(ctx, tx, id); err != nil {
@@ -133,43 +129,16 @@ func (s *Service) lock(ctx context.Context, tx pgx.Tx, id uuid.UUID, devices ...
 }
 
 func (s *Service) loadRest(ctx context.Context, tx pgx.Tx, m *memberState) error {
-	b := &pgx.Batch{}
-	// Device sightings first, so this event counts.
-	if len(m.devices) > 0 {
-		b.Queue(`INSERT INTO device_members (device_hash, member_id) SELECT unnest($1::text[]), $2 ON CONFLICT DO NOTHING`, m.devices, m.id)
+	r, err := postgres.LoadFeatures(ctx, tx, m.id, m.devices)
+	if err != nil {
+		return err
 	}
-	var rawState, rawLabels []byte
-	b.Queue(`SELECT state, labels, version, catalog_version, due_at FROM member_features WHERE member_id = $1 FOR UPDATE`, m.id).
-		Query(func(rows pgx.Rows) error {
-			for rows.Next() {
-				m.exists = true
-				if err := rows.Scan(&rawState, &rawLabels, &m.version, &m.catalog, &m.dueAt); err != nil {
-					return err
-				}
-			}
-			return rows.Err()
-		})
-	b.Queue(`SELECT granted FROM member_consents WHERE member_id = $1 AND purpose = $2`, m.id, int16(mcv1.ConsentPurpose_CONSENT_PURPOSE_PROFILING)).
-		Query(func(rows pgx.Rows) error {
-			for rows.Next() {
-				if err := rows.Scan(&m.profiling); err != nil {
-					return err
-				}
-			}
-			return rows.Err()
-		})
-	b.Queue(`SELECT coalesce(max(n), 0) FROM (
-		    SELECT count(*) AS n FROM device_members
-		     WHERE device_hash IN (SELECT device_hash FROM device_members WHERE member_id = $1)
-		     GROUP BY device_hash) x`, m.id).QueryRow(func(row pgx.Row) error { return row.Scan(&m.device) })
-	if err := tx.SendBatch(ctx, b).Close(); err != nil {
-		return fmt.Errorf("load features: %w", err)
-	}
-	if rawState != nil {
-		if err := json.Unmarshal(rawState, m.state); err != nil {
+	m.exists, m.version, m.catalog, m.dueAt, m.profiling, m.device = r.Exists, r.Version, r.CatalogVersion, r.DueAt, r.Profiling, r.DeviceShare
+	if r.State != nil {
+		if err := json.Unmarshal(r.State, m.state); err != nil {
 			return fmt.Errorf("decode feature state: %w", err)
 		}
-		if err := json.Unmarshal(rawLabels, &m.labels); err != nil {
+		if err := json.Unmarshal(r.Labels, &m.labels); err != nil {
 			return fmt.Errorf("decode labels: %w", err)
 		}
 	}
@@ -300,18 +269,8 @@ func (s *Service) store(ctx context.Context, tx pgx.Tx, m *memberState, labels m
 				delIDs = append(delIDs, id)
 			}
 		}
-		if len(delIDs) > 0 {
-			b.Queue(`DELETE FROM member_labels WHERE member_id = $1 AND label_id = ANY($2)`, m.id, delIDs)
-		}
-		if len(setIDs) > 0 {
-			b.Queue(`INSERT INTO member_labels (member_id, label_id, value, updated_at)
-				SELECT $1, unnest($2::text[]), 'true', $3
-				ON CONFLICT (member_id, label_id) DO UPDATE SET value = EXCLUDED.value, updated_at = EXCLUDED.updated_at`,
-				m.id, setIDs, now)
-		}
-		b.Queue(`INSERT INTO profile_exports (member_id, version) VALUES ($1, $2)
-			ON CONFLICT (member_id) DO UPDATE SET version = EXCLUDED.version, queued_at = now()`, m.id, version)
-		b.Queue(`SELECT pg_notify($1, '')`, ExportChannel)
+		postgres.QueueLabelMembership(b, m.id, setIDs, delIDs, now)
+		postgres.QueueProfileExport(b, m.id, version)
 	}
 	// The changes, numbered under the member's row lock.
 	if len(m.pending) > 0 {
@@ -343,12 +302,8 @@ func (s *Service) store(ctx context.Context, tx pgx.Tx, m *memberState, labels m
 	if !due.IsZero() {
 		dueAt = &due
 	}
-	b.Queue(`INSERT INTO member_features (member_id, state, labels, labels_pb, catalog_version, version, due_at, updated_at)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-		ON CONFLICT (member_id) DO UPDATE SET state = EXCLUDED.state, labels = EXCLUDED.labels, labels_pb = EXCLUDED.labels_pb,
-		  catalog_version = EXCLUDED.catalog_version, version = EXCLUDED.version, due_at = EXCLUDED.due_at,
-		  updated_at = EXCLUDED.updated_at`,
-		m.id, rawState, rawLabels, labelsPB, c.Version, version, dueAt, now)
+	postgres.QueueFeatures(b, postgres.FeaturesWrite{Member: m.id, State: rawState, Labels: rawLabels, LabelsPB: labelsPB,
+		CatalogVersion: c.Version, Version: version, DueAt: dueAt, At: now})
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return fmt.Errorf("store labels: %w", err)
 	}
@@ -357,7 +312,7 @@ func (s *Service) store(ctx context.Context, tx pgx.Tx, m *memberState, labels m
 }
 
 // ExportChannel is the NOTIFY channel that wakes the profile exporter.
-const ExportChannel = "mc_profile_exports"
+const ExportChannel = postgres.ProfileExportChannel
 
 // Diff lists the labels whose value changed from prev to next, in id order;
 // labels that disappeared are cleared.
@@ -438,14 +393,9 @@ func (s *Service) Sweep(ctx context.Context, batch int) (int, error) {
 		n := 0
 		err := postgres.RetryTx(ctx, s.pool, func(tx pgx.Tx) error {
 			n = 0
-			rows, err := tx.Query(ctx, `SELECT member_id FROM member_features WHERE due_at <= $1
-				ORDER BY due_at LIMIT $2 FOR UPDATE SKIP LOCKED`, s.now(), batch)
+			ids, err := postgres.DueFeatures(ctx, tx, s.now(), batch)
 			if err != nil {
 				return err
-			}
-			ids, err := pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
-			if err != nil {
-				return fmt.Errorf("due members: %w", err)
 			}
 			for _, id := range ids {
 				if err := s.Recompute(ctx, tx, id, "sweep", mcv1.Channel_CHANNEL_BACKOFFICE); err != nil {
@@ -482,14 +432,9 @@ func (s *Service) RunSweeper(ctx context.Context, interval time.Duration) error 
 // with the member it was merged into) and the catalogue version they were
 // computed with.
 func (s *Service) Labels(ctx context.Context, q postgres.Querier, member uuid.UUID) (map[string]any, time.Time, error) {
-	var raw []byte
-	var at time.Time
-	err := q.QueryRow(ctx, `SELECT labels, updated_at FROM member_features WHERE member_id = $1`, member).Scan(&raw, &at)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return map[string]any{}, time.Time{}, nil
-	}
-	if err != nil {
-		return nil, at, fmt.Errorf("read labels: %w", err)
+	raw, at, err := postgres.StoredLabels(ctx, q, member)
+	if err != nil || raw == nil {
+		return map[string]any{}, at, err
 	}
 	out := map[string]any{}
 	if err := json.Unmarshal(raw, &out); err != nil {

@@ -1,0 +1,315 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+)
+
+// The tag engine's tables: member_features (a member's feature state and
+// labels), member_labels (the labels that are true, which benefit and
+// campaign conditions read), device_members (who was seen on a device),
+// profile_exports (members whose labels ClickHouse has yet to get) and
+// tag_backfills (a catalogue's backfill progress).
+
+// ProfileExportChannel is the NOTIFY channel that wakes the profile
+// exporter.
+const ProfileExportChannel = "mc_profile_exports"
+
+// MemberForUpdate locks a member's row for the rest of tx (every writer of a
+// member locks it first) and returns its attributes, the member it was
+// merged into (nil when active) and its last change sequence.
+func MemberForUpdate(ctx context.Context, tx pgx.Tx, id uuid.UUID) (attrs map[string]string, mergedInto *uuid.UUID, changeSeq int64, err error) {
+	err = tx.QueryRow(ctx, `SELECT attributes, merged_into, change_seq FROM members WHERE member_id = $1 FOR UPDATE`, id).
+		Scan(&attrs, &mergedInto, &changeSeq)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, nil, 0, fmt.Errorf("member %s: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return nil, nil, 0, fmt.Errorf("lock member: %w", err)
+	}
+	return attrs, mergedInto, changeSeq, nil
+}
+
+// MemberAttributes returns a member's attributes and last change sequence,
+// for a caller that holds the member's lock already.
+func MemberAttributes(ctx context.Context, q Querier, id uuid.UUID) (map[string]string, int64, error) {
+	var attrs map[string]string
+	var seq int64
+	if err := q.QueryRow(ctx, `SELECT attributes, change_seq FROM members WHERE member_id = $1`, id).Scan(&attrs, &seq); err != nil {
+		return nil, 0, fmt.Errorf("member %s: %w", id, err)
+	}
+	return attrs, seq, nil
+}
+
+// FeaturesRow is what the tag engine loads of a member.
+type FeaturesRow struct {
+	Exists         bool // a member_features row
+	State          []byte
+	Labels         []byte // JSON object of label values
+	Version        int64
+	CatalogVersion string
+	DueAt          *time.Time
+	// Profiling is false when the member withdrew profiling consent.
+	Profiling bool
+	// DeviceShare is the most members seen on one of the member's devices.
+	DeviceShare int
+}
+
+// LoadFeatures records the devices the member was just seen on, then locks
+// and reads the member's features, its profiling consent and how widely its
+// devices are shared, in one round trip.
+func LoadFeatures(ctx context.Context, tx pgx.Tx, member uuid.UUID, devices []string) (FeaturesRow, error) {
+	r := FeaturesRow{Profiling: true}
+	b := &pgx.Batch{}
+	// Device sightings first, so this event counts.
+	if len(devices) > 0 {
+		b.Queue(`INSERT INTO device_members (device_hash, member_id) SELECT unnest($1::text[]), $2 ON CONFLICT DO NOTHING`, devices, member)
+	}
+	b.Queue(`SELECT state, labels, version, catalog_version, due_at FROM member_features WHERE member_id = $1 FOR UPDATE`, member).
+		Query(func(rows pgx.Rows) error {
+			for rows.Next() {
+				r.Exists = true
+				if err := rows.Scan(&r.State, &r.Labels, &r.Version, &r.CatalogVersion, &r.DueAt); err != nil {
+					return err
+				}
+			}
+			return rows.Err()
+		})
+	b.Queue(`SELECT granted FROM member_consents WHERE member_id = $1 AND purpose = $2`, member, ConsentProfiling).
+		Query(func(rows pgx.Rows) error {
+			for rows.Next() {
+				if err := rows.Scan(&r.Profiling); err != nil {
+					return err
+				}
+			}
+			return rows.Err()
+		})
+	b.Queue(`SELECT coalesce(max(n), 0) FROM (
+		    SELECT count(*) AS n FROM device_members
+		     WHERE device_hash IN (SELECT device_hash FROM device_members WHERE member_id = $1)
+		     GROUP BY device_hash) x`, member).QueryRow(func(row pgx.Row) error { return row.Scan(&r.DeviceShare) })
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return r, fmt.Errorf("load features: %w", err)
+	}
+	return r, nil
+}
+
+// ConsentProfiling is the profiling purpose's number
+// (membercenter.v1.ConsentPurpose).
+const ConsentProfiling int16 = 2
+
+// QueueLabelMembership queues the labels that became true (set) and those
+// that stopped being true (cleared) for member_labels.
+func QueueLabelMembership(b *pgx.Batch, member uuid.UUID, set, cleared []string, at time.Time) {
+	if len(cleared) > 0 {
+		b.Queue(`DELETE FROM member_labels WHERE member_id = $1 AND label_id = ANY($2)`, member, cleared)
+	}
+	if len(set) > 0 {
+		b.Queue(`INSERT INTO member_labels (member_id, label_id, value, updated_at)
+			SELECT $1, unnest($2::text[]), 'true', $3
+			ON CONFLICT (member_id, label_id) DO UPDATE SET value = EXCLUDED.value, updated_at = EXCLUDED.updated_at`,
+			member, set, at)
+	}
+}
+
+// QueueProfileExport queues the member's labels of version for ClickHouse
+// and wakes the exporter when the transaction commits.
+func QueueProfileExport(b *pgx.Batch, member uuid.UUID, version int64) {
+	b.Queue(`INSERT INTO profile_exports (member_id, version) VALUES ($1, $2)
+		ON CONFLICT (member_id) DO UPDATE SET version = EXCLUDED.version, queued_at = now()`, member, version)
+	b.Queue(`SELECT pg_notify($1, '')`, ProfileExportChannel)
+}
+
+// FeaturesWrite is a member's features as the tag engine stores them.
+type FeaturesWrite struct {
+	Member         uuid.UUID
+	State          []byte
+	Labels         []byte
+	LabelsPB       []byte
+	CatalogVersion string
+	Version        int64
+	DueAt          *time.Time
+	At             time.Time
+}
+
+// QueueFeatures queues the upsert of a member's features.
+func QueueFeatures(b *pgx.Batch, f FeaturesWrite) {
+	b.Queue(`INSERT INTO member_features (member_id, state, labels, labels_pb, catalog_version, version, due_at, updated_at)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+		ON CONFLICT (member_id) DO UPDATE SET state = EXCLUDED.state, labels = EXCLUDED.labels, labels_pb = EXCLUDED.labels_pb,
+		  catalog_version = EXCLUDED.catalog_version, version = EXCLUDED.version, due_at = EXCLUDED.due_at,
+		  updated_at = EXCLUDED.updated_at`,
+		f.Member, f.State, f.Labels, f.LabelsPB, f.CatalogVersion, f.Version, f.DueAt, f.At)
+}
+
+// DueFeatures locks up to limit members whose features are due (a window
+// ended, a day passed) at now, skipping those another sweeper holds.
+func DueFeatures(ctx context.Context, tx pgx.Tx, now time.Time, limit int) ([]uuid.UUID, error) {
+	rows, err := tx.Query(ctx, `SELECT member_id FROM member_features WHERE due_at <= $1
+		ORDER BY due_at LIMIT $2 FOR UPDATE SKIP LOCKED`, now, limit)
+	if err != nil {
+		return nil, fmt.Errorf("due members: %w", err)
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
+	if err != nil {
+		return nil, fmt.Errorf("due members: %w", err)
+	}
+	return ids, nil
+}
+
+// StoredLabels returns a member's labels (a JSON object) and when they were
+// computed; nil when the member has none.
+func StoredLabels(ctx context.Context, q Querier, member uuid.UUID) ([]byte, time.Time, error) {
+	var raw []byte
+	var at time.Time
+	err := q.QueryRow(ctx, `SELECT labels, updated_at FROM member_features WHERE member_id = $1`, member).Scan(&raw, &at)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, time.Time{}, nil
+	}
+	if err != nil {
+		return nil, at, fmt.Errorf("read labels: %w", err)
+	}
+	return raw, at, nil
+}
+
+// ProfileExport is a queued member's labels, as ClickHouse gets them.
+type ProfileExport struct {
+	Member         uuid.UUID
+	Version        int64
+	Labels         []byte // JSON object
+	CatalogVersion string
+	UpdatedAt      time.Time
+	Withheld       bool // profiling consent withdrawn
+}
+
+// PendingProfileExports reads up to limit queued members' labels, oldest
+// first, without locking them.
+func PendingProfileExports(ctx context.Context, q Querier, limit int) ([]ProfileExport, error) {
+	rows, err := q.Query(ctx, `
+		SELECT q.member_id, q.version, coalesce(f.labels, '{}'::jsonb), coalesce(f.catalog_version, ''),
+		       coalesce(f.updated_at, now()), coalesce(NOT c.granted, false)
+		  FROM (SELECT member_id, version FROM profile_exports ORDER BY queued_at LIMIT $1) q
+		  LEFT JOIN member_features f ON f.member_id = q.member_id
+		  LEFT JOIN member_consents c ON c.member_id = q.member_id AND c.purpose = $2`,
+		limit, ConsentProfiling)
+	if err != nil {
+		return nil, fmt.Errorf("read profile exports: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (ProfileExport, error) {
+		var e ProfileExport
+		err := row.Scan(&e.Member, &e.Version, &e.Labels, &e.CatalogVersion, &e.UpdatedAt, &e.Withheld)
+		return e, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read profile exports: %w", err)
+	}
+	return out, nil
+}
+
+// DequeueProfileExports removes the exported members from the queue where
+// the queued version is not newer than the one exported.
+func DequeueProfileExports(ctx context.Context, q Querier, members []uuid.UUID, versions []int64) error {
+	if _, err := q.Exec(ctx, `DELETE FROM profile_exports p USING unnest($1::uuid[], $2::bigint[]) AS d(member_id, version)
+		WHERE p.member_id = d.member_id AND p.version <= d.version`, members, versions); err != nil {
+		return fmt.Errorf("dequeue profile exports: %w", err)
+	}
+	return nil
+}
+
+// BackfillProgress is where a catalogue's backfill stands.
+type BackfillProgress struct {
+	LastMember *uuid.UUID
+	Members    int64
+	Changed    int64
+	Done       bool
+}
+
+// RestartBackfill forgets a catalogue's backfill progress.
+func RestartBackfill(ctx context.Context, q Querier, catalog string) error {
+	if _, err := q.Exec(ctx, `DELETE FROM tag_backfills WHERE catalog_version = $1`, catalog); err != nil {
+		return fmt.Errorf("restart backfill: %w", err)
+	}
+	return nil
+}
+
+// StartBackfill returns a catalogue's backfill progress, starting one.
+func StartBackfill(ctx context.Context, q Querier, catalog string) (BackfillProgress, error) {
+	var p BackfillProgress
+	err := q.QueryRow(ctx, `INSERT INTO tag_backfills (catalog_version) VALUES ($1)
+		ON CONFLICT (catalog_version) DO UPDATE SET updated_at = now()
+		RETURNING last_member, members, changed, done`, catalog).Scan(&p.LastMember, &p.Members, &p.Changed, &p.Done)
+	if err != nil {
+		return p, fmt.Errorf("backfill progress: %w", err)
+	}
+	return p, nil
+}
+
+// AdvanceBackfill records a batch of a catalogue's backfill.
+func AdvanceBackfill(ctx context.Context, q Querier, catalog string, last uuid.UUID, members, changed int) error {
+	if _, err := q.Exec(ctx, `UPDATE tag_backfills SET last_member = $2, members = members + $3, changed = changed + $4, updated_at = now()
+		WHERE catalog_version = $1`, catalog, last, members, changed); err != nil {
+		return fmt.Errorf("backfill progress: %w", err)
+	}
+	return nil
+}
+
+// FinishBackfill marks a catalogue's backfill done.
+func FinishBackfill(ctx context.Context, q Querier, catalog string) error {
+	if _, err := q.Exec(ctx, `UPDATE tag_backfills SET done = true, updated_at = now() WHERE catalog_version = $1`, catalog); err != nil {
+		return fmt.Errorf("finish backfill: %w", err)
+	}
+	return nil
+}
+
+// CountActiveMembers counts the members not merged into another.
+func CountActiveMembers(ctx context.Context, q Querier) (int64, error) {
+	var n int64
+	if err := q.QueryRow(ctx, `SELECT count(*) FROM members WHERE merged_into IS NULL`).Scan(&n); err != nil {
+		return 0, fmt.Errorf("count members: %w", err)
+	}
+	return n, nil
+}
+
+// ActiveMembersAfter pages through the active members in id order.
+func ActiveMembersAfter(ctx context.Context, q Querier, after uuid.UUID, limit int) ([]uuid.UUID, error) {
+	rows, err := q.Query(ctx, `SELECT member_id FROM members WHERE merged_into IS NULL AND member_id > $1
+		ORDER BY member_id LIMIT $2`, after, limit)
+	if err != nil {
+		return nil, fmt.Errorf("next members: %w", err)
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
+	if err != nil {
+		return nil, fmt.Errorf("next members: %w", err)
+	}
+	return ids, nil
+}
+
+// FoldRoots maps every member whose events now belong to one of ids (the
+// members merged into them, transitively, and ids themselves) to that
+// member.
+func FoldRoots(ctx context.Context, q Querier, ids []uuid.UUID) (map[uuid.UUID]uuid.UUID, error) {
+	rows, err := q.Query(ctx, `
+		WITH RECURSIVE fold(member_id, root) AS (
+		    SELECT member_id, member_id FROM members WHERE member_id = ANY($1)
+		  UNION
+		    SELECT m.member_id, f.root FROM members m JOIN fold f ON m.merged_into = f.member_id)
+		SELECT member_id, root FROM fold`, ids)
+	if err != nil {
+		return nil, fmt.Errorf("merged members: %w", err)
+	}
+	defer rows.Close()
+	out := map[uuid.UUID]uuid.UUID{}
+	for rows.Next() {
+		var m, root uuid.UUID
+		if err := rows.Scan(&m, &root); err != nil {
+			return nil, err
+		}
+		out[m] = root
+	}
+	return out, rows.Err()
+}
