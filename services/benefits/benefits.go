@@ -202,21 +202,7 @@ func (s *Service) Advance(ctx context.Context, batch int) (int, error) {
 	now := s.now()
 	p := s.program()
 	cur := monthOf(now, p.Location)
-	// From the due side (indexes point_lots_expiring and
-	// loyalty_state_evaluated), so the cost follows the members that are
-	// due, not the member count.
-	rows, err := s.pool.Query(ctx, `
-		SELECT d.member_id FROM (
-		        SELECT l.member_id FROM point_lots l WHERE l.remaining > 0 AND l.expires_at <= $1
-		        UNION
-		        SELECT s.member_id FROM loyalty_state s WHERE (s.state->>'evaluated')::int < $2
-		       ) d
-		  JOIN members m ON m.member_id = d.member_id AND m.status = 'active'
-		 LIMIT $3`, now, int(cur), batch)
-	if err != nil {
-		return 0, fmt.Errorf("members to advance: %w", err)
-	}
-	ids, err := pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
+	ids, err := postgres.DueLoyalty(ctx, s.pool, now, int(cur), batch)
 	if err != nil {
 		return 0, err
 	}

@@ -2,13 +2,13 @@ package benefits
 
 import (
 	"context"
-	"fmt"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
+	"github.com/membercenter/membercenter/storage/postgres"
 )
 
 // Merged folds the source member's loyalty data into the target when
@@ -17,18 +17,8 @@ import (
 // transfer); the target's tier and benefits are re-evaluated. Everything
 // keeps its origin, so Unmerged can give it back.
 func (s *Service) Merged(ctx context.Context, tx pgx.Tx, source, target uuid.UUID, at time.Time, cause string) error {
-	for _, q := range []string{
-		`UPDATE member_activity SET member_id = $2 WHERE member_id = $1`,
-		`UPDATE coupons SET member_id = $2 WHERE member_id = $1`,
-		`UPDATE orders SET member_id = $2 WHERE member_id = $1`,
-		`INSERT INTO campaign_usage AS u (campaign_id, member_id, period, points)
-		   SELECT campaign_id, $2, period, points FROM campaign_usage WHERE member_id = $1
-		 ON CONFLICT (member_id, campaign_id, period) DO UPDATE SET points = u.points + EXCLUDED.points`,
-		`DELETE FROM campaign_usage WHERE member_id = $1 AND $2::uuid IS NOT NULL`,
-	} {
-		if _, err := tx.Exec(ctx, q, source, target); err != nil {
-			return fmt.Errorf("merge loyalty data: %w", err)
-		}
+	if err := postgres.MoveLoyaltyData(ctx, tx, source, target); err != nil {
+		return err
 	}
 	return s.recompute(ctx, tx, target, at, cause)
 }
@@ -38,14 +28,8 @@ func (s *Service) Merged(ctx context.Context, tx pgx.Tx, source, target uuid.UUI
 // members' tiers and benefits are re-derived. Campaign usage stays with the
 // target (caps are not split).
 func (s *Service) Unmerged(ctx context.Context, tx pgx.Tx, source, target uuid.UUID, origins []uuid.UUID, at time.Time, cause string) error {
-	for _, q := range []string{
-		`UPDATE member_activity SET member_id = $2 WHERE member_id = $1 AND origin_member_id = ANY($3)`,
-		`UPDATE coupons SET member_id = $2 WHERE member_id = $1 AND origin_member_id = ANY($3)`,
-		`UPDATE orders SET member_id = $2 WHERE member_id = $1 AND origin_member_id = ANY($3)`,
-	} {
-		if _, err := tx.Exec(ctx, q, target, source, origins); err != nil {
-			return fmt.Errorf("unmerge loyalty data: %w", err)
-		}
+	if err := postgres.ReturnLoyaltyData(ctx, tx, target, source, origins); err != nil {
+		return err
 	}
 	if err := s.recompute(ctx, tx, source, at, cause); err != nil {
 		return err

@@ -5,12 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"go.yaml.in/yaml/v3"
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
+	"github.com/membercenter/membercenter/storage/clickhouse"
 )
 
 // ErrNoFacts is returned by SimulateCampaign when no ClickHouse connection
@@ -66,42 +66,26 @@ func (s *Service) SimulateCampaign(ctx context.Context, req *mcv1.SimulateCampai
 	c := uncapped.Campaigns[0]
 	c.CapDay, c.CapMonth, c.Budget = 0, 0, 0
 
-	rows, err := s.facts.Query(ctx, `SELECT member_id, occurred_at, channel, store_id, order_id, amount_minor,
-		items.sku, items.category, items.brand, items.quantity, items.amount_minor
-		FROM member_events FINAL
-		WHERE event_type = 'transaction' AND occurred_at >= ? AND occurred_at < ?
-		ORDER BY occurred_at, event_id`, from, until)
-	if err != nil {
-		return nil, fmt.Errorf("read purchases: %w", err)
-	}
-	defer rows.Close()
 	runs := []*simRun{newSimRun(capped), newSimRun(uncapped)}
 	resp := &mcv1.SimulateCampaignResponse{}
 	affected := map[string]bool{}
-	for rows.Next() {
-		var member, channel, store, order string
-		var at time.Time
-		var amount int64
-		var skus, cats, brands []string
-		var qty []int32
-		var amts []int64
-		if err := rows.Scan(&member, &at, &channel, &store, &order, &amount, &skus, &cats, &brands, &qty, &amts); err != nil {
-			return nil, err
-		}
-		op := Op{Kind: OpPurchase, At: at, OrderID: order, Total: amount, Channel: channel, Store: store, Cause: "simulation", Origin: member}
-		for i := range skus {
-			op.Items = append(op.Items, Item{SKU: skus[i], Category: cats[i], Brand: brands[i], Quantity: int64(qty[i]), Amount: amts[i]})
+	err = clickhouse.ReadPurchases(ctx, s.facts, from, until, func(pu clickhouse.Purchase) error {
+		op := Op{Kind: OpPurchase, At: pu.OccurredAt, OrderID: pu.OrderID, Total: pu.AmountMinor, Channel: pu.Channel, Store: pu.StoreID,
+			Cause: "simulation", Origin: pu.MemberID}
+		for _, it := range pu.Items {
+			op.Items = append(op.Items, Item{SKU: it.SKU, Category: it.Category, Brand: it.Brand, Quantity: int64(it.Quantity), Amount: it.AmountMinor})
 		}
 		resp.PurchasesScanned++
-		got := runs[0].purchase(member, op)
-		resp.PointsUncapped += runs[1].purchase(member, op)
+		got := runs[0].purchase(pu.MemberID, op)
+		resp.PointsUncapped += runs[1].purchase(pu.MemberID, op)
 		if got > 0 {
 			resp.PointsCost += got
 			resp.PurchasesMatched++
-			affected[member] = true
+			affected[pu.MemberID] = true
 		}
-	}
-	if err := rows.Err(); err != nil {
+		return nil
+	})
+	if err != nil {
 		return nil, err
 	}
 	resp.MembersAffected = int64(len(affected))

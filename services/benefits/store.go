@@ -13,7 +13,6 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 	"github.com/membercenter/membercenter/storage/postgres"
@@ -44,183 +43,83 @@ var errBudgetRace = errors.New("campaign budget or coupon limit changed concurre
 // errMerged means an unlocked load found the member merged into another.
 var errMerged = errors.New("member was merged")
 
-// batchQuerier runs a load: a transaction, or the pool for a read-only
-// load in one round trip.
-type batchQuerier interface {
-	SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults
-	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
-}
-
-func (s *Service) load(ctx context.Context, tx batchQuerier, member uuid.UUID, lock bool, t time.Time, orderIDs ...string) (*State, error) {
+func (s *Service) load(ctx context.Context, tx postgres.Batcher, member uuid.UUID, lock bool, t time.Time, orderIDs ...string) (*State, error) {
 	p := s.program()
-	st := NewState(member.String())
-	// One round trip: the member row (locked when writing, which also
-	// serialises the member's outbox sequence), its state, and everything
-	// below.
-	b := &pgx.Batch{}
-	memberSQL := `SELECT change_seq, coalesce(attributes->>'birth_date', ''),
-		coalesce((SELECT array_agg(label_id ORDER BY label_id) FROM member_labels WHERE member_id = $1 AND value = 'true'), '{}'),
-		merged_into IS NOT NULL
-		FROM members WHERE member_id = $1`
-	if lock {
-		memberSQL += ` FOR UPDATE`
-	}
-	found, merged := false, false
-	b.Queue(memberSQL, member).Query(func(rows pgx.Rows) error {
-		for rows.Next() {
-			found = true
-			if err := rows.Scan(&st.ChangeSeq, &st.BirthDate, &st.Labels, &merged); err != nil {
-				return err
-			}
-		}
-		return rows.Err()
-	})
-	var raw []byte
-	b.Queue(`SELECT state FROM loyalty_state WHERE member_id = $1`, member).Query(func(rows pgx.Rows) error {
-		for rows.Next() {
-			if err := rows.Scan(&raw); err != nil {
-				return err
-			}
-		}
-		return rows.Err()
-	})
 	cur := monthOf(t, p.Location)
-	b.Queue(`SELECT lot_id, earned, remaining, earned_at, available_at, expires_at, coalesce(order_id, ''), origin_member_id, kind
-		FROM (SELECT * FROM point_lots WHERE member_id = $1 AND remaining > 0
-		      UNION ALL
-		      SELECT l.* FROM orders o JOIN point_lots l ON l.lot_id = o.lot_id WHERE o.order_id = ANY($2) AND o.member_id = $1) x
-		ORDER BY lot_id`, member, orderIDs).
-		Query(func(rows pgx.Rows) error {
-			for rows.Next() {
-				l := &Lot{}
-				var origin uuid.UUID
-				if err := rows.Scan(&l.ID, &l.Earned, &l.Remaining, &l.EarnedAt, &l.AvailableAt, &l.ExpiresAt, &l.OrderID, &origin, &l.TxnKind); err != nil {
-					return err
-				}
-				// An open lot of a named order comes twice (sorted by id).
-				if n := len(st.Lots); n > 0 && st.Lots[n-1].ID == l.ID {
-					continue
-				}
-				l.Origin = origin.String()
-				st.Lots = append(st.Lots, l)
-			}
-			return rows.Err()
-		})
-	// Month starts since the last evaluated month need their own 12 months.
-	b.Queue(`SELECT month, sum(spend), sum(points), sum(orders) FROM member_activity
-		WHERE member_id = $1
-		  AND month >= least($2::int, coalesce((SELECT (state->>'evaluated')::int FROM loyalty_state WHERE member_id = $1), $2::int) - 12)
-		GROUP BY month`, member, int(cur)-13).
-		Query(func(rows pgx.Rows) error {
-			for rows.Next() {
-				var m int
-				a := &Activity{}
-				if err := rows.Scan(&m, &a.Spend, &a.Points, &a.Orders); err != nil {
-					return err
-				}
-				st.Months[Month(m)] = a
-			}
-			return rows.Err()
-		})
-	periods := []string{fmt.Sprintf("d:%d", dayOf(t, p.Location)), fmt.Sprintf("m:%d", int(cur))}
-	b.Queue(`SELECT campaign_id, period, points FROM campaign_usage WHERE member_id = $1 AND period = ANY($2)`, member, periods).
-		Query(func(rows pgx.Rows) error {
-			for rows.Next() {
-				var c, period string
-				var pts int64
-				if err := rows.Scan(&c, &period, &pts); err != nil {
-					return err
-				}
-				st.Usage[c+"|"+period] = pts
-			}
-			return rows.Err()
-		})
-	// The shared counters the programme limits (campaign budgets, coupon
-	// template totals), in one statement.
-	b.Queue(`SELECT true, campaign_id, spent FROM campaign_budgets UNION ALL SELECT false, template_id, issued FROM coupon_template_counts`).
-		Query(func(rows pgx.Rows) error {
-			for rows.Next() {
-				var budget bool
-				var id string
-				var v int64
-				if err := rows.Scan(&budget, &id, &v); err != nil {
-					return err
-				}
-				if budget {
-					st.Budgets[id] = v
-				} else {
-					st.TplIssued[id] = int(v)
-				}
-			}
-			return rows.Err()
-		})
-	b.Queue(`SELECT code, template_id, state, valid_from, valid_until, coalesce(order_id, ''), origin_member_id, issued_at, cause
-		FROM coupons WHERE member_id = $1 ORDER BY issued_at, code`, member).Query(func(rows pgx.Rows) error {
-		for rows.Next() {
-			c := &Coupon{}
-			var origin uuid.UUID
-			if err := rows.Scan(&c.Code, &c.Template, &c.State, &c.ValidFrom, &c.ValidUntil, &c.OrderID, &origin, &c.IssuedAt, &c.Cause); err != nil {
-				return err
-			}
-			c.Origin = origin.String()
-			st.Coupons = append(st.Coupons, c)
-			st.Issued[c.Template]++
-		}
-		return rows.Err()
-	})
-	b.Queue(`SELECT benefit_id, granted_at, cause, pending_revoke FROM benefit_grants WHERE member_id = $1`, member).
-		Query(func(rows pgx.Rows) error {
-			for rows.Next() {
-				var id string
-				g := &Grant{}
-				if err := rows.Scan(&id, &g.GrantedAt, &g.Cause, &g.PendingRevoke); err != nil {
-					return err
-				}
-				st.Grants[id] = g
-			}
-			return rows.Err()
-		})
-	if len(orderIDs) > 0 {
-		b.Queue(`SELECT order_id, member_id, origin_member_id, at, total, paid, coupon_discount, redeemed, earned, refunded, reversed,
-			restored, unrecovered, fully_refunded, coupon_codes, coalesce(lot_id, 0), extras, cause FROM orders WHERE order_id = ANY($1)`, orderIDs).
-			Query(func(rows pgx.Rows) error {
-				for rows.Next() {
-					o := &Order{}
-					var m, origin uuid.UUID
-					var lotID int64
-					var extras []byte
-					if err := rows.Scan(&o.OrderID, &m, &origin, &o.At, &o.Total, &o.Paid, &o.CouponDiscount, &o.Redeemed, &o.Earned,
-						&o.Refunded, &o.Reversed, &o.Restored, &o.Unrecovered, &o.FullyRefunded, &o.CouponIDs, &lotID, &extras, &o.Cause); err != nil {
-						return err
-					}
-					o.MemberID, o.Origin = m.String(), origin.String()
-					_ = json.Unmarshal(extras, &o.Extras)
-					for _, l := range st.Lots {
-						if l.ID == lotID && lotID != 0 {
-							o.Lot = l
-						}
-					}
-					// An order held by another member (before a merge) is not
-					// this member's to change.
-					if o.MemberID == st.MemberID {
-						st.Orders[o.OrderID] = o
-					}
-				}
-				return rows.Err()
-			})
+	rows, err := postgres.LoadLoyalty(ctx, tx, postgres.LoyaltyLoad{Member: member, Lock: lock, ActivityFrom: int(cur) - 13,
+		Periods: []string{fmt.Sprintf("d:%d", dayOf(t, p.Location)), fmt.Sprintf("m:%d", int(cur))}, Orders: orderIDs})
+	if err != nil {
+		return nil, err
 	}
-	if err := tx.SendBatch(ctx, b).Close(); err != nil {
-		return nil, fmt.Errorf("load loyalty state: %w", err)
-	}
-	if !found {
+	if !rows.Found {
 		return nil, fmt.Errorf("member %s: %w", member, postgres.ErrNotFound)
 	}
-	if merged && !lock {
+	if rows.Merged && !lock {
 		return nil, errMerged
 	}
-	if raw != nil {
+	st, err := toState(member, rows, p)
+	if err != nil {
+		return nil, err
+	}
+	// An event older than the member's last operation is processed at that
+	// time (§1): its campaign caps are that day's and month's.
+	if st.Last.After(t) && dayOf(st.Last, p.Location) != dayOf(t, p.Location) {
+		usage, err := postgres.CampaignUsage(ctx, tx, member,
+			[]string{fmt.Sprintf("d:%d", dayOf(st.Last, p.Location)), fmt.Sprintf("m:%d", int(monthOf(st.Last, p.Location)))})
+		if err != nil {
+			return nil, err
+		}
+		st.Usage = map[string]int64{}
+		for _, u := range usage {
+			st.Usage[u.Campaign+"|"+u.Period] = u.Points
+		}
+	}
+	return st, nil
+}
+
+// toState is the engine's view of a member's stored loyalty rows.
+func toState(member uuid.UUID, rows postgres.LoyaltyRows, p *Program) (*State, error) {
+	st := NewState(member.String())
+	st.ChangeSeq, st.BirthDate, st.Labels = rows.ChangeSeq, rows.BirthDate, rows.Labels
+	for _, r := range rows.Lots {
+		st.Lots = append(st.Lots, &Lot{ID: r.ID, Earned: r.Earned, Remaining: r.Remaining, EarnedAt: r.EarnedAt, AvailableAt: r.AvailableAt,
+			ExpiresAt: r.ExpiresAt, OrderID: r.OrderID, Origin: r.Origin.String(), TxnKind: r.Kind})
+	}
+	for _, a := range rows.Activity {
+		st.Months[Month(a.Month)] = &Activity{Spend: a.Spend, Points: a.Points, Orders: a.Orders}
+	}
+	for _, u := range rows.Usage {
+		st.Usage[u.Campaign+"|"+u.Period] = u.Points
+	}
+	maps.Copy(st.Budgets, rows.Budgets)
+	maps.Copy(st.TplIssued, rows.TplIssued)
+	for _, r := range rows.Coupons {
+		st.Coupons = append(st.Coupons, &Coupon{Code: r.Code, Template: r.Template, State: r.State, ValidFrom: r.ValidFrom, ValidUntil: r.ValidUntil,
+			OrderID: r.OrderID, Origin: r.Origin.String(), IssuedAt: r.IssuedAt, Cause: r.Cause})
+		st.Issued[r.Template]++
+	}
+	for _, g := range rows.Grants {
+		st.Grants[g.Benefit] = &Grant{GrantedAt: g.GrantedAt, Cause: g.Cause, PendingRevoke: g.PendingRevoke}
+	}
+	for _, r := range rows.OrderRows {
+		o := &Order{OrderID: r.OrderID, MemberID: r.Member.String(), Origin: r.Origin.String(), At: r.At, Total: r.Total, Paid: r.Paid,
+			CouponDiscount: r.CouponDiscount, Redeemed: r.Redeemed, Earned: r.Earned, Refunded: r.Refunded, Reversed: r.Reversed,
+			Restored: r.Restored, Unrecovered: r.Unrecovered, FullyRefunded: r.FullyRefunded, CouponIDs: r.CouponCodes, Cause: r.Cause}
+		_ = json.Unmarshal(r.Extras, &o.Extras)
+		for _, l := range st.Lots {
+			if l.ID == r.LotID && r.LotID != 0 {
+				o.Lot = l
+			}
+		}
+		// An order held by another member (before a merge) is not this
+		// member's to change.
+		if o.MemberID == st.MemberID {
+			st.Orders[o.OrderID] = o
+		}
+	}
+	if rows.State != nil {
 		var ps persistedState
-		if err := json.Unmarshal(raw, &ps); err != nil {
+		if err := json.Unmarshal(rows.State, &ps); err != nil {
 			return nil, fmt.Errorf("decode loyalty state: %w", err)
 		}
 		st.Last, st.Evaluated, st.Tier, st.TierSince, st.GraceEnd = ps.Last, ps.Evaluated, ps.Tier, ps.TierSince, ps.GraceEnd
@@ -235,28 +134,6 @@ func (s *Service) load(ctx context.Context, tx batchQuerier, member uuid.UUID, l
 	}
 	if st.Tier == "" {
 		st.Tier = p.Tiers[0].ID
-	}
-	// An event older than the member's last operation is processed at that
-	// time (§1): its campaign caps are that day's and month's.
-	if st.Last.After(t) {
-		if dayOf(st.Last, p.Location) != dayOf(t, p.Location) {
-			st.Usage = map[string]int64{}
-			rows, err := tx.Query(ctx, `SELECT campaign_id, period, points FROM campaign_usage WHERE member_id = $1 AND period = ANY($2)`, member,
-				[]string{fmt.Sprintf("d:%d", dayOf(st.Last, p.Location)), fmt.Sprintf("m:%d", int(monthOf(st.Last, p.Location)))})
-			if err != nil {
-				return nil, fmt.Errorf("campaign usage: %w", err)
-			}
-			for rows.Next() {
-				var c, period string
-				var pts int64
-				if err := rows.Scan(&c, &period, &pts); err != nil {
-					rows.Close()
-					return nil, err
-				}
-				st.Usage[c+"|"+period] = pts
-			}
-			rows.Close()
-		}
 	}
 	return st, nil
 }
@@ -309,33 +186,25 @@ func (s *Service) persist(ctx context.Context, tx pgx.Tx, st *State, fx *Effects
 		}
 		l.dirty = false
 		if l.ID == 0 {
-			lot := l
-			b.Queue(`INSERT INTO point_lots (member_id, origin_member_id, transaction_id, earned, remaining, earned_at,
-				available_at, expires_at, order_id, kind) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, nullif($9, ''), $10) RETURNING lot_id`,
-				member, uuid.MustParse(l.Origin), txnOf(l.TxnKind), l.Earned, l.Remaining, l.EarnedAt, l.AvailableAt, l.ExpiresAt, l.OrderID, l.TxnKind).
-				QueryRow(func(row pgx.Row) error { return row.Scan(&lot.ID) })
+			postgres.QueueNewLot(b, member, postgres.LotRow{Earned: l.Earned, Remaining: l.Remaining, EarnedAt: l.EarnedAt,
+				AvailableAt: l.AvailableAt, ExpiresAt: l.ExpiresAt, OrderID: l.OrderID, Origin: uuid.MustParse(l.Origin), Kind: l.TxnKind,
+				TransactionID: txnOf(l.TxnKind)}, &l.ID)
 			continue
 		}
-		b.Queue(`UPDATE point_lots SET remaining = $2 WHERE lot_id = $1`, l.ID, l.Remaining)
+		postgres.QueueLotRemaining(b, l.ID, l.Remaining)
 	}
 	if delta != 0 || earned != 0 {
-		b.Queue(`UPDATE points_accounts SET balance = balance + $2, lifetime_earned = lifetime_earned + $3, updated_at = now() WHERE member_id = $1`,
-			member, delta, earned)
-		b.Queue(`INSERT INTO points_accounts (member_id, balance, lifetime_earned) SELECT $1, $2, $3
-			WHERE NOT EXISTS (SELECT FROM points_accounts WHERE member_id = $1)`, member, delta, earned)
+		postgres.QueueAccountDelta(b, member, delta, earned)
 	}
 	for o, months := range st.MonthDelta {
 		for m, a := range months {
-			b.Queue(`INSERT INTO member_activity AS a (member_id, origin_member_id, month, spend, points, orders)
-				VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (member_id, origin_member_id, month) DO UPDATE
-				SET spend = a.spend + EXCLUDED.spend, points = a.points + EXCLUDED.points, orders = a.orders + EXCLUDED.orders`,
-				member, uuid.MustParse(o), int(m), a.Spend, a.Points, a.Orders)
+			postgres.QueueActivity(b, postgres.ActivityRow{Member: member, Origin: uuid.MustParse(o), Month: int(m),
+				Spend: a.Spend, Points: a.Points, Orders: a.Orders})
 		}
 	}
 	for k, v := range st.UsageDelta {
 		c, period, _ := strings.Cut(k, "|")
-		b.Queue(`INSERT INTO campaign_usage AS u (campaign_id, member_id, period, points) VALUES ($1, $2, $3, $4)
-			ON CONFLICT (member_id, campaign_id, period) DO UPDATE SET points = u.points + EXCLUDED.points`, c, member, period, v)
+		postgres.QueueCampaignUsage(b, member, postgres.UsageRow{Campaign: c, Period: period, Points: v})
 	}
 	raced := false
 	// Shared rows are updated in a fixed order, so two operations never wait
@@ -348,13 +217,7 @@ func (s *Service) persist(ctx context.Context, tx pgx.Tx, st *State, fx *Effects
 				budget = camp.Budget
 			}
 		}
-		b.Queue(`INSERT INTO campaign_budgets AS b (campaign_id, spent) VALUES ($1, $2)
-			ON CONFLICT (campaign_id) DO UPDATE SET spent = b.spent + EXCLUDED.spent
-			WHERE $3 = 0 OR b.spent + EXCLUDED.spent <= $3`, c, v, budget).
-			Exec(func(tag pgconn.CommandTag) error {
-				raced = raced || tag.RowsAffected() == 0
-				return nil
-			})
+		postgres.QueueBudgetSpend(b, c, v, budget, func() { raced = true })
 	}
 	for _, tpl := range slices.Sorted(maps.Keys(st.TplDelta)) {
 		n := st.TplDelta[tpl]
@@ -362,35 +225,27 @@ func (s *Service) persist(ctx context.Context, tx pgx.Tx, st *State, fx *Effects
 		if t := p.Coupons[tpl]; t != nil {
 			limit = t.TotalLimit
 		}
-		b.Queue(`INSERT INTO coupon_template_counts AS c (template_id, issued) VALUES ($1, $2)
-			ON CONFLICT (template_id) DO UPDATE SET issued = c.issued + EXCLUDED.issued
-			WHERE $3 = 0 OR c.issued + EXCLUDED.issued <= $3`, tpl, n, limit).
-			Exec(func(tag pgconn.CommandTag) error {
-				raced = raced || tag.RowsAffected() == 0
-				return nil
-			})
+		postgres.QueueCouponsIssued(b, tpl, n, limit, func() { raced = true })
 	}
 	for _, c := range st.Coupons {
 		if !c.dirty {
 			continue
 		}
 		if c.isNew {
-			b.Queue(`INSERT INTO coupons (code, member_id, origin_member_id, template_id, state, valid_from, valid_until,
-				issued_at, cause, order_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, nullif($10, ''))`,
-				c.Code, member, uuid.MustParse(c.Origin), c.Template, c.State, c.ValidFrom, c.ValidUntil, c.IssuedAt, c.Cause, c.OrderID)
+			postgres.QueueNewCoupon(b, member, postgres.CouponRow{Code: c.Code, Template: c.Template, State: c.State, ValidFrom: c.ValidFrom,
+				ValidUntil: c.ValidUntil, OrderID: c.OrderID, Origin: uuid.MustParse(c.Origin), IssuedAt: c.IssuedAt, Cause: c.Cause})
 		} else {
-			b.Queue(`UPDATE coupons SET state = $2, order_id = nullif($3, '') WHERE code = $1`, c.Code, c.State, c.OrderID)
+			postgres.QueueCouponState(b, c.Code, c.State, c.OrderID)
 		}
 		c.dirty, c.isNew = false, false
 	}
 	for _, id := range fx.Granted {
 		if g := st.Grants[id]; g != nil { // nil: granted and revoked within the operation
-			b.Queue(`INSERT INTO benefit_grants (member_id, benefit_id, granted_at, cause) VALUES ($1, $2, $3, $4)
-				ON CONFLICT (member_id, benefit_id) DO NOTHING`, member, id, g.GrantedAt, g.Cause)
+			postgres.QueueGrant(b, member, postgres.GrantRow{Benefit: id, GrantedAt: g.GrantedAt, Cause: g.Cause})
 		}
 	}
 	for _, id := range fx.Revoked {
-		b.Queue(`DELETE FROM benefit_grants WHERE member_id = $1 AND benefit_id = $2`, member, id)
+		postgres.QueueRevoke(b, member, id)
 	}
 	if len(st.Grants) > 0 {
 		var ids []string
@@ -398,22 +253,18 @@ func (s *Service) persist(ctx context.Context, tx pgx.Tx, st *State, fx *Effects
 		for id, g := range st.Grants {
 			ids, pending = append(ids, id), append(pending, g.PendingRevoke)
 		}
-		b.Queue(`UPDATE benefit_grants g SET pending_revoke = x.pending
-			FROM unnest($2::text[], $3::bool[]) AS x(benefit_id, pending)
-			WHERE g.member_id = $1 AND g.benefit_id = x.benefit_id AND g.pending_revoke <> x.pending`, member, ids, pending)
+		postgres.QueuePendingRevokes(b, member, ids, pending)
 	}
 	for _, pair := range []struct {
 		ids     []string
 		granted bool
 	}{{fx.Granted, true}, {fx.Revoked, false}} {
 		for _, id := range pair.ids {
-			b.Queue(`INSERT INTO benefit_history (member_id, benefit_id, granted, at, cause) VALUES ($1, $2, $3, $4, $5)`,
-				member, id, pair.granted, fx.At, op.Cause)
+			postgres.QueueBenefitHistory(b, member, id, pair.granted, fx.At, op.Cause)
 		}
 	}
 	for _, m := range fx.TierMoves {
-		b.Queue(`INSERT INTO tier_history (member_id, from_tier, to_tier, at, reason, cause) VALUES ($1, $2, $3, $4, $5, $6)`,
-			member, m.From, m.To, m.At, m.Reason, op.Cause)
+		postgres.QueueTierMove(b, member, m.From, m.To, m.At, m.Reason, op.Cause)
 	}
 	for _, o := range st.Orders {
 		if !o.dirty {
@@ -425,15 +276,12 @@ func (s *Service) persist(ctx context.Context, tx pgx.Tx, st *State, fx *Effects
 		}
 		if o.isNew {
 			// The order's lot was inserted earlier in this batch.
-			b.Queue(`INSERT INTO orders (order_id, member_id, origin_member_id, at, total, paid, coupon_discount, redeemed,
-				earned, coupon_codes, lot_id, extras, cause, program_version)
-				VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,
-				        (SELECT max(lot_id) FROM point_lots WHERE member_id = $2 AND order_id = $1 AND kind = 'earn'), $11, $12, $13)`,
-				o.OrderID, member, uuid.MustParse(o.Origin), o.At, o.Total, o.Paid, o.CouponDiscount, o.Redeemed, o.Earned,
-				o.CouponIDs, extras, o.Cause, p.Version)
+			postgres.QueueNewOrder(b, postgres.OrderRow{OrderID: o.OrderID, Member: member, Origin: uuid.MustParse(o.Origin), At: o.At,
+				Total: o.Total, Paid: o.Paid, CouponDiscount: o.CouponDiscount, Redeemed: o.Redeemed, Earned: o.Earned,
+				CouponCodes: o.CouponIDs, Extras: extras, Cause: o.Cause}, p.Version)
 		} else {
-			b.Queue(`UPDATE orders SET refunded = $2, reversed = $3, restored = $4, unrecovered = $5, fully_refunded = $6 WHERE order_id = $1`,
-				o.OrderID, o.Refunded, o.Reversed, o.Restored, o.Unrecovered, o.FullyRefunded)
+			postgres.QueueOrderRefund(b, postgres.OrderRow{OrderID: o.OrderID, Refunded: o.Refunded, Reversed: o.Reversed,
+				Restored: o.Restored, Unrecovered: o.Unrecovered, FullyRefunded: o.FullyRefunded})
 		}
 		o.dirty, o.isNew = false, false
 	}
@@ -446,11 +294,9 @@ func (s *Service) persist(ctx context.Context, tx pgx.Tx, st *State, fx *Effects
 		ps.Referrals[strconv.Itoa(int(m))] = n
 	}
 	raw, _ := json.Marshal(ps)
-	b.Queue(`INSERT INTO loyalty_state (member_id, state, updated_at) VALUES ($1, $2, now())
-		ON CONFLICT (member_id) DO UPDATE SET state = EXCLUDED.state, updated_at = now()`, member, raw)
+	postgres.QueueLoyaltyState(b, member, raw)
 	if op.BirthDate != "" {
-		b.Queue(`UPDATE members SET attributes = attributes || jsonb_build_object('birth_date', $2::text) WHERE member_id = $1`,
-			member, op.BirthDate)
+		postgres.QueueBirthDate(b, member, op.BirthDate)
 	}
 	var rows []postgres.OutboxRow
 	for _, c := range fx.Changes(p) {

@@ -64,3 +64,42 @@ func ReadHistory(ctx context.Context, conn driver.Conn, origins []string, fn fun
 	}
 	return rows.Err()
 }
+
+// Purchase is a purchase as member_events keeps it, for replaying past
+// purchases through a programme (campaign simulation).
+type Purchase struct {
+	MemberID, Channel, StoreID, OrderID string
+	OccurredAt                          time.Time
+	AmountMinor                         int64
+	Items                               []ItemRow
+}
+
+// ReadPurchases streams the purchases that happened in [from, until), in
+// time order; an error from fn stops it and is returned.
+func ReadPurchases(ctx context.Context, conn driver.Conn, from, until time.Time, fn func(Purchase) error) error {
+	rows, err := conn.Query(ctx, `SELECT member_id, occurred_at, channel, store_id, order_id, amount_minor,
+		items.sku, items.category, items.brand, items.quantity, items.amount_minor
+		FROM member_events FINAL
+		WHERE event_type = 'transaction' AND occurred_at >= ? AND occurred_at < ?
+		ORDER BY occurred_at, event_id`, from, until)
+	if err != nil {
+		return fmt.Errorf("read purchases: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var p Purchase
+		var skus, cats, brands []string
+		var qty []int32
+		var amts []int64
+		if err := rows.Scan(&p.MemberID, &p.OccurredAt, &p.Channel, &p.StoreID, &p.OrderID, &p.AmountMinor, &skus, &cats, &brands, &qty, &amts); err != nil {
+			return fmt.Errorf("read purchases: %w", err)
+		}
+		for i := range skus {
+			p.Items = append(p.Items, ItemRow{SKU: skus[i], Category: cats[i], Brand: brands[i], Quantity: qty[i], AmountMinor: amts[i]})
+		}
+		if err := fn(p); err != nil {
+			return err
+		}
+	}
+	return rows.Err()
+}

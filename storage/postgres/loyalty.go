@@ -1,0 +1,451 @@
+package postgres
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// The loyalty programme's tables: loyalty_state (a member's small state),
+// point_lots, points_accounts, member_activity (tier inputs by month and
+// origin), campaign_usage, campaign_budgets, coupon_template_counts,
+// coupons, benefit_grants and their history, tier_history, orders.
+
+// LoyaltyLoad says what to read of a member.
+type LoyaltyLoad struct {
+	Member uuid.UUID
+	// Lock locks the member row (an operation that writes).
+	Lock bool
+	// ActivityFrom is the first month of activity wanted, unless the
+	// member's state was evaluated earlier than a year after it.
+	ActivityFrom int
+	// Periods of campaign usage wanted ("d:<day>", "m:<month>").
+	Periods []string
+	// Orders to read, with their lots.
+	Orders []string
+}
+
+// LoyaltyRows is what the benefit engine loads of a member.
+type LoyaltyRows struct {
+	Found     bool
+	Merged    bool
+	ChangeSeq int64
+	BirthDate string
+	Labels    []string // the labels that are true
+	State     []byte   // loyalty_state; nil when none
+	Lots      []LotRow // open lots and the named orders' lots, by id, each once
+	Activity  []ActivityRow
+	Usage     []UsageRow
+	Budgets   map[string]int64 // campaign → points spent
+	TplIssued map[string]int   // coupon template → coupons issued
+	Coupons   []CouponRow
+	Grants    []GrantRow
+	OrderRows []OrderRow
+}
+
+// LotRow is a lot of points.
+type LotRow struct {
+	ID                               int64
+	Earned, Remaining                int64
+	EarnedAt, AvailableAt, ExpiresAt time.Time
+	OrderID                          string
+	Origin                           uuid.UUID
+	Kind                             string // the kind of transaction that made it
+	TransactionID                    uuid.UUID
+}
+
+// ActivityRow is a month of tier inputs.
+type ActivityRow struct {
+	Month                 int
+	Spend, Points, Orders int64
+	Member, Origin        uuid.UUID // for writes
+}
+
+// UsageRow is a campaign's points in a period.
+type UsageRow struct {
+	Campaign, Period string
+	Points           int64
+}
+
+// CouponRow is an issued coupon.
+type CouponRow struct {
+	Code, Template, State string
+	ValidFrom, ValidUntil time.Time
+	OrderID               string
+	Origin                uuid.UUID
+	IssuedAt              time.Time
+	Cause                 string
+}
+
+// GrantRow is a benefit held.
+type GrantRow struct {
+	Benefit       string
+	GrantedAt     time.Time
+	Cause         string
+	PendingRevoke bool
+}
+
+// OrderRow is a purchase the programme recorded.
+type OrderRow struct {
+	OrderID                               string
+	Member, Origin                        uuid.UUID
+	At                                    time.Time
+	Total, Paid, CouponDiscount, Redeemed int64
+	Earned, Refunded, Reversed, Restored  int64
+	Unrecovered                           int64
+	FullyRefunded                         bool
+	CouponCodes                           []string
+	LotID                                 int64
+	Extras                                []byte
+	Cause                                 string
+}
+
+// LoadLoyalty reads, in one round trip, the member row (locked when
+// writing, which also serialises the member's outbox sequence), its state,
+// open lots, activity, campaign usage, the shared counters, its coupons,
+// grants and the named orders with their lots.
+func LoadLoyalty(ctx context.Context, q Batcher, l LoyaltyLoad) (LoyaltyRows, error) {
+	r := LoyaltyRows{Budgets: map[string]int64{}, TplIssued: map[string]int{}}
+	b := &pgx.Batch{}
+	memberSQL := `SELECT change_seq, coalesce(attributes->>'birth_date', ''),
+		coalesce((SELECT array_agg(label_id ORDER BY label_id) FROM member_labels WHERE member_id = $1 AND value = 'true'), '{}'),
+		merged_into IS NOT NULL
+		FROM members WHERE member_id = $1`
+	if l.Lock {
+		memberSQL += ` FOR UPDATE`
+	}
+	b.Queue(memberSQL, l.Member).Query(func(rows pgx.Rows) error {
+		for rows.Next() {
+			r.Found = true
+			if err := rows.Scan(&r.ChangeSeq, &r.BirthDate, &r.Labels, &r.Merged); err != nil {
+				return err
+			}
+		}
+		return rows.Err()
+	})
+	b.Queue(`SELECT state FROM loyalty_state WHERE member_id = $1`, l.Member).Query(func(rows pgx.Rows) error {
+		for rows.Next() {
+			if err := rows.Scan(&r.State); err != nil {
+				return err
+			}
+		}
+		return rows.Err()
+	})
+	b.Queue(`SELECT lot_id, earned, remaining, earned_at, available_at, expires_at, coalesce(order_id, ''), origin_member_id, kind
+		FROM (SELECT * FROM point_lots WHERE member_id = $1 AND remaining > 0
+		      UNION ALL
+		      SELECT l.* FROM orders o JOIN point_lots l ON l.lot_id = o.lot_id WHERE o.order_id = ANY($2) AND o.member_id = $1) x
+		ORDER BY lot_id`, l.Member, l.Orders).
+		Query(func(rows pgx.Rows) error {
+			for rows.Next() {
+				var lot LotRow
+				if err := rows.Scan(&lot.ID, &lot.Earned, &lot.Remaining, &lot.EarnedAt, &lot.AvailableAt, &lot.ExpiresAt, &lot.OrderID, &lot.Origin, &lot.Kind); err != nil {
+					return err
+				}
+				// An open lot of a named order comes twice (sorted by id).
+				if n := len(r.Lots); n > 0 && r.Lots[n-1].ID == lot.ID {
+					continue
+				}
+				r.Lots = append(r.Lots, lot)
+			}
+			return rows.Err()
+		})
+	// Month starts since the last evaluated month need their own 12 months.
+	b.Queue(`SELECT month, sum(spend), sum(points), sum(orders) FROM member_activity
+		WHERE member_id = $1
+		  AND month >= least($2::int, coalesce((SELECT (state->>'evaluated')::int FROM loyalty_state WHERE member_id = $1), $2::int) - 12)
+		GROUP BY month`, l.Member, l.ActivityFrom).
+		Query(func(rows pgx.Rows) error {
+			for rows.Next() {
+				var a ActivityRow
+				if err := rows.Scan(&a.Month, &a.Spend, &a.Points, &a.Orders); err != nil {
+					return err
+				}
+				r.Activity = append(r.Activity, a)
+			}
+			return rows.Err()
+		})
+	queueUsage(b, l.Member, l.Periods, &r.Usage)
+	// The shared counters the programme limits (campaign budgets, coupon
+	// template totals), in one statement.
+	b.Queue(`SELECT true, campaign_id, spent FROM campaign_budgets UNION ALL SELECT false, template_id, issued FROM coupon_template_counts`).
+		Query(func(rows pgx.Rows) error {
+			for rows.Next() {
+				var budget bool
+				var id string
+				var v int64
+				if err := rows.Scan(&budget, &id, &v); err != nil {
+					return err
+				}
+				if budget {
+					r.Budgets[id] = v
+				} else {
+					r.TplIssued[id] = int(v)
+				}
+			}
+			return rows.Err()
+		})
+	b.Queue(`SELECT code, template_id, state, valid_from, valid_until, coalesce(order_id, ''), origin_member_id, issued_at, cause
+		FROM coupons WHERE member_id = $1 ORDER BY issued_at, code`, l.Member).Query(func(rows pgx.Rows) error {
+		for rows.Next() {
+			var c CouponRow
+			if err := rows.Scan(&c.Code, &c.Template, &c.State, &c.ValidFrom, &c.ValidUntil, &c.OrderID, &c.Origin, &c.IssuedAt, &c.Cause); err != nil {
+				return err
+			}
+			r.Coupons = append(r.Coupons, c)
+		}
+		return rows.Err()
+	})
+	b.Queue(`SELECT benefit_id, granted_at, cause, pending_revoke FROM benefit_grants WHERE member_id = $1`, l.Member).
+		Query(func(rows pgx.Rows) error {
+			for rows.Next() {
+				var g GrantRow
+				if err := rows.Scan(&g.Benefit, &g.GrantedAt, &g.Cause, &g.PendingRevoke); err != nil {
+					return err
+				}
+				r.Grants = append(r.Grants, g)
+			}
+			return rows.Err()
+		})
+	if len(l.Orders) > 0 {
+		b.Queue(`SELECT order_id, member_id, origin_member_id, at, total, paid, coupon_discount, redeemed, earned, refunded, reversed,
+			restored, unrecovered, fully_refunded, coupon_codes, coalesce(lot_id, 0), extras, cause FROM orders WHERE order_id = ANY($1)`, l.Orders).
+			Query(func(rows pgx.Rows) error {
+				for rows.Next() {
+					var o OrderRow
+					if err := rows.Scan(&o.OrderID, &o.Member, &o.Origin, &o.At, &o.Total, &o.Paid, &o.CouponDiscount, &o.Redeemed, &o.Earned,
+						&o.Refunded, &o.Reversed, &o.Restored, &o.Unrecovered, &o.FullyRefunded, &o.CouponCodes, &o.LotID, &o.Extras, &o.Cause); err != nil {
+						return err
+					}
+					r.OrderRows = append(r.OrderRows, o)
+				}
+				return rows.Err()
+			})
+	}
+	if err := q.SendBatch(ctx, b).Close(); err != nil {
+		return r, fmt.Errorf("load loyalty state: %w", err)
+	}
+	return r, nil
+}
+
+func queueUsage(b *pgx.Batch, member uuid.UUID, periods []string, out *[]UsageRow) {
+	b.Queue(`SELECT campaign_id, period, points FROM campaign_usage WHERE member_id = $1 AND period = ANY($2)`, member, periods).
+		Query(func(rows pgx.Rows) error {
+			for rows.Next() {
+				var u UsageRow
+				if err := rows.Scan(&u.Campaign, &u.Period, &u.Points); err != nil {
+					return err
+				}
+				*out = append(*out, u)
+			}
+			return rows.Err()
+		})
+}
+
+// CampaignUsage reads a member's campaign usage in the given periods.
+func CampaignUsage(ctx context.Context, q Batcher, member uuid.UUID, periods []string) ([]UsageRow, error) {
+	var out []UsageRow
+	b := &pgx.Batch{}
+	queueUsage(b, member, periods, &out)
+	if err := q.SendBatch(ctx, b).Close(); err != nil {
+		return nil, fmt.Errorf("campaign usage: %w", err)
+	}
+	return out, nil
+}
+
+// QueueNewLot queues a lot's insert; id receives its number.
+func QueueNewLot(b *pgx.Batch, member uuid.UUID, l LotRow, id *int64) {
+	b.Queue(`INSERT INTO point_lots (member_id, origin_member_id, transaction_id, earned, remaining, earned_at,
+		available_at, expires_at, order_id, kind) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, nullif($9, ''), $10) RETURNING lot_id`,
+		member, l.Origin, l.TransactionID, l.Earned, l.Remaining, l.EarnedAt, l.AvailableAt, l.ExpiresAt, l.OrderID, l.Kind).
+		QueryRow(func(row pgx.Row) error { return row.Scan(id) })
+}
+
+// QueueLotRemaining queues what is left of a lot.
+func QueueLotRemaining(b *pgx.Batch, lot, remaining int64) {
+	b.Queue(`UPDATE point_lots SET remaining = $2 WHERE lot_id = $1`, lot, remaining)
+}
+
+// QueueAccountDelta queues a change of a member's balance and lifetime
+// points, creating the account when it is the first.
+func QueueAccountDelta(b *pgx.Batch, member uuid.UUID, delta, earned int64) {
+	b.Queue(`UPDATE points_accounts SET balance = balance + $2, lifetime_earned = lifetime_earned + $3, updated_at = now() WHERE member_id = $1`,
+		member, delta, earned)
+	b.Queue(`INSERT INTO points_accounts (member_id, balance, lifetime_earned) SELECT $1, $2, $3
+		WHERE NOT EXISTS (SELECT FROM points_accounts WHERE member_id = $1)`, member, delta, earned)
+}
+
+// QueueActivity queues tier inputs added to a month.
+func QueueActivity(b *pgx.Batch, a ActivityRow) {
+	b.Queue(`INSERT INTO member_activity AS a (member_id, origin_member_id, month, spend, points, orders)
+		VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (member_id, origin_member_id, month) DO UPDATE
+		SET spend = a.spend + EXCLUDED.spend, points = a.points + EXCLUDED.points, orders = a.orders + EXCLUDED.orders`,
+		a.Member, a.Origin, a.Month, a.Spend, a.Points, a.Orders)
+}
+
+// QueueCampaignUsage queues points a campaign gave in a period.
+func QueueCampaignUsage(b *pgx.Batch, member uuid.UUID, u UsageRow) {
+	b.Queue(`INSERT INTO campaign_usage AS u (campaign_id, member_id, period, points) VALUES ($1, $2, $3, $4)
+		ON CONFLICT (member_id, campaign_id, period) DO UPDATE SET points = u.points + EXCLUDED.points`, u.Campaign, member, u.Period, u.Points)
+}
+
+// QueueBudgetSpend queues points spent from a campaign's budget (limit 0:
+// none); refused is called when the budget would be exceeded.
+func QueueBudgetSpend(b *pgx.Batch, campaign string, points, limit int64, refused func()) {
+	b.Queue(`INSERT INTO campaign_budgets AS b (campaign_id, spent) VALUES ($1, $2)
+		ON CONFLICT (campaign_id) DO UPDATE SET spent = b.spent + EXCLUDED.spent
+		WHERE $3 = 0 OR b.spent + EXCLUDED.spent <= $3`, campaign, points, limit).
+		Exec(func(tag pgconn.CommandTag) error {
+			if tag.RowsAffected() == 0 {
+				refused()
+			}
+			return nil
+		})
+}
+
+// QueueCouponsIssued queues coupons issued of a template (limit 0: none);
+// refused is called when the template's total would be exceeded.
+func QueueCouponsIssued(b *pgx.Batch, template string, n, limit int, refused func()) {
+	b.Queue(`INSERT INTO coupon_template_counts AS c (template_id, issued) VALUES ($1, $2)
+		ON CONFLICT (template_id) DO UPDATE SET issued = c.issued + EXCLUDED.issued
+		WHERE $3 = 0 OR c.issued + EXCLUDED.issued <= $3`, template, n, limit).
+		Exec(func(tag pgconn.CommandTag) error {
+			if tag.RowsAffected() == 0 {
+				refused()
+			}
+			return nil
+		})
+}
+
+// QueueNewCoupon queues a coupon issued to a member.
+func QueueNewCoupon(b *pgx.Batch, member uuid.UUID, c CouponRow) {
+	b.Queue(`INSERT INTO coupons (code, member_id, origin_member_id, template_id, state, valid_from, valid_until,
+		issued_at, cause, order_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, nullif($10, ''))`,
+		c.Code, member, c.Origin, c.Template, c.State, c.ValidFrom, c.ValidUntil, c.IssuedAt, c.Cause, c.OrderID)
+}
+
+// QueueCouponState queues a coupon's new state (used on an order, restored).
+func QueueCouponState(b *pgx.Batch, code, state, orderID string) {
+	b.Queue(`UPDATE coupons SET state = $2, order_id = nullif($3, '') WHERE code = $1`, code, state, orderID)
+}
+
+// QueueGrant queues a benefit granted; QueueRevoke one revoked.
+func QueueGrant(b *pgx.Batch, member uuid.UUID, g GrantRow) {
+	b.Queue(`INSERT INTO benefit_grants (member_id, benefit_id, granted_at, cause) VALUES ($1, $2, $3, $4)
+		ON CONFLICT (member_id, benefit_id) DO NOTHING`, member, g.Benefit, g.GrantedAt, g.Cause)
+}
+
+// QueueRevoke queues a benefit revoked.
+func QueueRevoke(b *pgx.Batch, member uuid.UUID, benefit string) {
+	b.Queue(`DELETE FROM benefit_grants WHERE member_id = $1 AND benefit_id = $2`, member, benefit)
+}
+
+// QueuePendingRevokes queues which held benefits await revocation.
+func QueuePendingRevokes(b *pgx.Batch, member uuid.UUID, benefits []string, pending []bool) {
+	b.Queue(`UPDATE benefit_grants g SET pending_revoke = x.pending
+		FROM unnest($2::text[], $3::bool[]) AS x(benefit_id, pending)
+		WHERE g.member_id = $1 AND g.benefit_id = x.benefit_id AND g.pending_revoke <> x.pending`, member, benefits, pending)
+}
+
+// QueueBenefitHistory queues a grant or revocation for the history.
+func QueueBenefitHistory(b *pgx.Batch, member uuid.UUID, benefit string, granted bool, at time.Time, cause string) {
+	b.Queue(`INSERT INTO benefit_history (member_id, benefit_id, granted, at, cause) VALUES ($1, $2, $3, $4, $5)`,
+		member, benefit, granted, at, cause)
+}
+
+// QueueTierMove queues a tier change for the history.
+func QueueTierMove(b *pgx.Batch, member uuid.UUID, from, to string, at time.Time, reason, cause string) {
+	b.Queue(`INSERT INTO tier_history (member_id, from_tier, to_tier, at, reason, cause) VALUES ($1, $2, $3, $4, $5, $6)`,
+		member, from, to, at, reason, cause)
+}
+
+// QueueNewOrder queues an order; its earning lot (inserted earlier in the
+// batch) is found by order id.
+func QueueNewOrder(b *pgx.Batch, o OrderRow, programVersion string) {
+	b.Queue(`INSERT INTO orders (order_id, member_id, origin_member_id, at, total, paid, coupon_discount, redeemed,
+		earned, coupon_codes, lot_id, extras, cause, program_version)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,
+		        (SELECT max(lot_id) FROM point_lots WHERE member_id = $2 AND order_id = $1 AND kind = 'earn'), $11, $12, $13)`,
+		o.OrderID, o.Member, o.Origin, o.At, o.Total, o.Paid, o.CouponDiscount, o.Redeemed, o.Earned,
+		o.CouponCodes, o.Extras, o.Cause, programVersion)
+}
+
+// QueueOrderRefund queues what refunds did to an order.
+func QueueOrderRefund(b *pgx.Batch, o OrderRow) {
+	b.Queue(`UPDATE orders SET refunded = $2, reversed = $3, restored = $4, unrecovered = $5, fully_refunded = $6 WHERE order_id = $1`,
+		o.OrderID, o.Refunded, o.Reversed, o.Restored, o.Unrecovered, o.FullyRefunded)
+}
+
+// QueueLoyaltyState queues a member's small state (JSON).
+func QueueLoyaltyState(b *pgx.Batch, member uuid.UUID, state []byte) {
+	b.Queue(`INSERT INTO loyalty_state (member_id, state, updated_at) VALUES ($1, $2, now())
+		ON CONFLICT (member_id) DO UPDATE SET state = EXCLUDED.state, updated_at = now()`, member, state)
+}
+
+// QueueBirthDate queues a member's birth date attribute.
+func QueueBirthDate(b *pgx.Batch, member uuid.UUID, date string) {
+	b.Queue(`UPDATE members SET attributes = attributes || jsonb_build_object('birth_date', $2::text) WHERE member_id = $1`,
+		member, date)
+}
+
+// MoveLoyaltyData gives the source member's tier inputs, coupons, orders
+// and campaign usage to the target (a merge).
+func MoveLoyaltyData(ctx context.Context, q Querier, source, target uuid.UUID) error {
+	for _, stmt := range []string{
+		`UPDATE member_activity SET member_id = $2 WHERE member_id = $1`,
+		`UPDATE coupons SET member_id = $2 WHERE member_id = $1`,
+		`UPDATE orders SET member_id = $2 WHERE member_id = $1`,
+		`INSERT INTO campaign_usage AS u (campaign_id, member_id, period, points)
+		   SELECT campaign_id, $2, period, points FROM campaign_usage WHERE member_id = $1
+		 ON CONFLICT (member_id, campaign_id, period) DO UPDATE SET points = u.points + EXCLUDED.points`,
+		`DELETE FROM campaign_usage WHERE member_id = $1 AND $2::uuid IS NOT NULL`,
+	} {
+		if _, err := q.Exec(ctx, stmt, source, target); err != nil {
+			return fmt.Errorf("merge loyalty data: %w", err)
+		}
+	}
+	return nil
+}
+
+// ReturnLoyaltyData gives back to source what target holds of the given
+// origins: tier inputs, coupons and orders (an unmerge; campaign usage stays).
+func ReturnLoyaltyData(ctx context.Context, q Querier, target, source uuid.UUID, origins []uuid.UUID) error {
+	for _, stmt := range []string{
+		`UPDATE member_activity SET member_id = $2 WHERE member_id = $1 AND origin_member_id = ANY($3)`,
+		`UPDATE coupons SET member_id = $2 WHERE member_id = $1 AND origin_member_id = ANY($3)`,
+		`UPDATE orders SET member_id = $2 WHERE member_id = $1 AND origin_member_id = ANY($3)`,
+	} {
+		if _, err := q.Exec(ctx, stmt, target, source, origins); err != nil {
+			return fmt.Errorf("unmerge loyalty data: %w", err)
+		}
+	}
+	return nil
+}
+
+// DueLoyalty lists up to limit active members with an open lot expired at
+// now or a state last evaluated before month (expiry and month starts to
+// apply). It starts from the due side (indexes point_lots_expiring and
+// loyalty_state_evaluated), so the cost follows the members that are due,
+// not the member count.
+func DueLoyalty(ctx context.Context, q Querier, now time.Time, month, limit int) ([]uuid.UUID, error) {
+	rows, err := q.Query(ctx, `
+		SELECT d.member_id FROM (
+		        SELECT l.member_id FROM point_lots l WHERE l.remaining > 0 AND l.expires_at <= $1
+		        UNION
+		        SELECT s.member_id FROM loyalty_state s WHERE (s.state->>'evaluated')::int < $2
+		       ) d
+		  JOIN members m ON m.member_id = d.member_id AND m.status = 'active'
+		 LIMIT $3`, now, month, limit)
+	if err != nil {
+		return nil, fmt.Errorf("due members: %w", err)
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
+	if err != nil {
+		return nil, fmt.Errorf("due members: %w", err)
+	}
+	return ids, nil
+}
