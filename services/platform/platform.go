@@ -11,7 +11,6 @@ import (
 	"net"
 	"net/http"
 	"slices"
-	"sort"
 	"strings"
 	"time"
 
@@ -27,20 +26,16 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
-	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 	"github.com/membercenter/membercenter/storage/clickhouse"
 	"github.com/membercenter/membercenter/storage/postgres"
 
 	"github.com/membercenter/membercenter/pipeline/ingest"
 	"github.com/membercenter/membercenter/pipeline/kafka"
-	"github.com/membercenter/membercenter/pipeline/relay"
 	"github.com/membercenter/membercenter/pipeline/sink"
-	"github.com/membercenter/membercenter/pipeline/worker"
 	"github.com/membercenter/membercenter/services/auth"
 	"github.com/membercenter/membercenter/services/benefits"
 	"github.com/membercenter/membercenter/services/changefeed"
 	"github.com/membercenter/membercenter/services/changes"
-	"github.com/membercenter/membercenter/services/facts"
 	"github.com/membercenter/membercenter/services/gateway"
 	"github.com/membercenter/membercenter/services/identity"
 	"github.com/membercenter/membercenter/services/profile"
@@ -106,8 +101,8 @@ func (c Config) LogValue() slog.Value {
 
 // Services and stages that can be selected.
 var (
-	AllServices = []string{"identity", "profile", "benefits", "sync"}
-	AllStages   = []string{ingest.Stage, benefits.Stage, tags.Stage, relay.Stage, sink.Stage}
+	AllServices = serviceNames()
+	AllStages   = stageNames()
 )
 
 // ParseSelection expands a comma-separated selection ("all" or names) and
@@ -245,7 +240,6 @@ var errorCodes = []server.ErrorCode{
 // runs until ctx ends or one of them fails.
 func (p *Platform) Run(ctx context.Context, o Options) error {
 	log := p.tel.Logger
-	ktel := p.kafkaTelemetry()
 	// Every listener is bound before anything starts: a process that cannot
 	// serve exits at once, saying why, instead of running half-started.
 	lis, err := p.bind(o)
@@ -257,162 +251,64 @@ func (p *Platform) Run(ctx context.Context, o Options) error {
 	if now == nil {
 		now = time.Now
 	}
-	cw := changes.Writer{Propagator: p.tel.Propagator, Now: now}
-	idSvc, err := identity.New(p.cfg.Identity, p.pool, cw, log)
+	d, err := p.domain(now, selected(stages, o.Stages, func(s stage) bool { return s.clickhouse }) ||
+		selected(services, o.Services, func(s service) bool { return s.clickhouse }))
 	if err != nil {
 		return err
 	}
-	idSvc.SetClock(now)
-	benefitSvc := benefits.New(p.pool, cw, log)
-	benefitSvc.SetClock(now)
-	idSvc.AddMemberData(benefitSvc)
-	tagSvc := tags.New(p.pool, cw, log)
-	tagSvc.SetClock(now)
-	idSvc.AddMemberData(tagSvc)
-	profileSvc := profile.New(p.pool, tagSvc, cw)
-	profileSvc.SetClock(now)
+	e := env{p: p, d: d, ktel: p.kafkaTelemetry(), now: now}
+	ps := &parts{checks: map[string]server.Check{"postgres": p.pool.Ping}, shared: map[string]bool{}}
+	if d.facts != nil {
+		ps.closer(func() { d.facts.Close() })
+	}
+	defer func() {
+		for _, c := range ps.closers {
+			c()
+		}
+	}()
+	var groups []string
+	for _, st := range stages {
+		if !slices.Contains(o.Stages, st.name) {
+			continue
+		}
+		if err := st.start(e, ps); err != nil {
+			return fmt.Errorf("start %s: %w", st.name, err)
+		}
+		if st.group {
+			groups = append(groups, p.cfg.Kafka.Group(st.name))
+		}
+	}
+	if len(o.Stages) > 0 {
+		if err := p.registerLag(ps, e.ktel, groups); err != nil {
+			return err
+		}
+	}
+	var gs *grpcServer
+	if len(o.Services) > 0 {
+		if gs, err = p.grpcServer(ctx, e, ps, o.Services); err != nil {
+			return err
+		}
+	}
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	g, ctx := errgroup.WithContext(ctx)
-	var closers []func()
-	defer func() {
-		for _, c := range closers {
-			c()
-		}
-	}()
-	// A start that fails half-way stops what it started before the
-	// clients those goroutines use are closed.
-	started := false
-	defer func() {
-		if !started {
+	for _, loop := range ps.loops {
+		g.Go(func() error { return loop(ctx) })
+	}
+	if gs != nil && lis.http != nil {
+		if err := p.serveGateway(ctx, g, lis.grpc.Addr().String(), lis.http); err != nil {
 			cancel()
 			_ = g.Wait()
-		}
-	}()
-	checks := map[string]server.Check{"postgres": p.pool.Ping}
-
-	// The loyalty programme follows the newest loaded version.
-	if slices.Contains(o.Services, "benefits") || slices.Contains(o.Stages, benefits.Stage) {
-		g.Go(func() error { return benefitSvc.Watch(ctx, 5*time.Second) })
-	}
-	// The label catalogue likewise.
-	if slices.Contains(o.Services, "profile") || slices.Contains(o.Stages, tags.Stage) {
-		g.Go(func() error { return tagSvc.Watch(ctx, 5*time.Second) })
-	}
-	// One ClickHouse pool for whatever needs it, dialled lazily: a process
-	// that starts while ClickHouse is away runs, and what needs ClickHouse
-	// (segments, campaign simulation, the sink, the profile exporter) waits
-	// or answers Unavailable until it is back.
-	var chConn driver.Conn
-	if slices.Contains(o.Services, "profile") || slices.Contains(o.Services, "benefits") ||
-		slices.Contains(o.Stages, tags.Stage) || slices.Contains(o.Stages, sink.Stage) {
-		if chConn, err = clickhouse.Dial(p.cfg.ClickHouse); err != nil {
-			return err
-		}
-		closers = append(closers, func() { chConn.Close() })
-	}
-	if slices.Contains(o.Services, "profile") {
-		profileSvc.SetFacts(chConn) // segments
-	}
-	if slices.Contains(o.Services, "benefits") {
-		benefitSvc.SetFacts(chConn) // campaign simulation
-	}
-
-	// Pipeline stages.
-	for _, stage := range o.Stages {
-		switch stage {
-		case ingest.Stage:
-			io := p.cfg.Ingest.Options()
-			io.Now = now
-			// What the benefit stage would refuse is refused here, so an
-			// event reaches every stage or none.
-			io.Checks = append(io.Checks, benefitSvc.CheckEvent)
-			st, err := ingest.New(p.cfg.Kafka, ktel, idSvc, io)
-			if err != nil {
-				return err
-			}
-			closers = append(closers, st.Close)
-			g.Go(func() error { return st.Run(ctx) })
-		case benefits.Stage:
-			w, err := worker.New(p.cfg.Kafka, ktel, benefits.Stage, benefitSvc)
-			if err != nil {
-				return err
-			}
-			closers = append(closers, w.Close)
-			g.Go(func() error { return w.Run(ctx) })
-			// Expiry and month starts for members without new events.
-			g.Go(func() error { return benefitSvc.RunScheduler(ctx, time.Minute) })
-		case tags.Stage:
-			w, err := worker.New(p.cfg.Kafka, ktel, tags.Stage, tagSvc)
-			if err != nil {
-				return err
-			}
-			closers = append(closers, w.Close)
-			g.Go(func() error { return w.Run(ctx) })
-			// Windows that end and days that pass, for members without
-			// new events.
-			g.Go(func() error { return tagSvc.RunSweeper(ctx, time.Second) })
-			// Current profiles to ClickHouse.
-			exp := tagSvc.NewExporter(chConn)
-			g.Go(func() error { return exp.Run(ctx) })
-		case relay.Stage:
-			r, err := relay.New(p.cfg.Kafka, ktel, changes.Outbox{Pool: p.pool})
-			if err != nil {
-				return err
-			}
-			closers = append(closers, r.Close)
-			g.Go(func() error { return r.Run(ctx) })
-		case sink.Stage:
-			checks["clickhouse"] = chConn.Ping
-			s, err := sink.New(p.cfg.Kafka, ktel, facts.Writer{W: clickhouse.NewWriter(chConn)})
-			if err != nil {
-				return err
-			}
-			closers = append(closers, s.Close)
-			g.Go(func() error { return s.Run(ctx) })
-		}
-	}
-	if len(o.Stages) > 0 {
-		lagClient, err := kafka.NewClient(p.cfg.Kafka, ktel, "")
-		if err != nil {
-			return err
-		}
-		closers = append(closers, lagClient.Close)
-		checks["kafka"] = lagClient.Ping
-		groups := make([]string, 0, len(o.Stages))
-		for _, s := range o.Stages {
-			if s != relay.Stage {
-				groups = append(groups, p.cfg.Kafka.Group(s))
-			}
-		}
-		reg, err := kafka.RegisterLag(p.tel.Meters, log, lagClient.Client, groups...)
-		if err != nil {
-			return err
-		}
-		closers = append(closers, func() { _ = reg.Unregister() })
-	}
-
-	// gRPC services.
-	var gs *grpcServer
-	if len(o.Services) > 0 {
-		if gs, err = p.grpcServer(ctx, g, o.Services, idSvc, benefitSvc, profileSvc, tagSvc); err != nil {
 			return err
 		}
 	}
-
-	grpcLis, adminLis := lis.grpc, lis.admin
-	if gs != nil && lis.http != nil {
-		if err := p.serveGateway(ctx, g, grpcLis.Addr().String(), lis.http); err != nil {
-			return err
-		}
-	}
-	admin := server.AdminHandler(p.tel.Metrics, checks)
+	admin := server.AdminHandler(p.tel.Metrics, ps.checks)
 	g.Go(func() error {
 		if gs == nil {
-			return server.Run(ctx, p.cfg.Server, log, nil, nil, nil, admin, adminLis)
+			return server.Run(ctx, p.cfg.Server, log, nil, nil, nil, admin, lis.admin)
 		}
-		return server.Run(ctx, p.cfg.Server, log, gs.srv, gs.health, grpcLis, admin, adminLis)
+		return server.Run(ctx, p.cfg.Server, log, gs.srv, gs.health, lis.grpc, admin, lis.admin)
 	})
 	g.Go(func() error {
 		if gs != nil && gs.hub != nil {
@@ -428,8 +324,71 @@ func (p *Platform) Run(ctx context.Context, o Options) error {
 		}
 		return nil
 	})
-	started = true
 	return g.Wait()
+}
+
+// selected reports whether any of the named components is selected and
+// satisfies want.
+func selected[T interface{ stage | service }](all []T, names []string, want func(T) bool) bool {
+	for _, c := range all {
+		var name string
+		switch x := any(c).(type) {
+		case stage:
+			name = x.name
+		case service:
+			name = x.name
+		}
+		if slices.Contains(names, name) && want(c) {
+			return true
+		}
+	}
+	return false
+}
+
+// domain builds every domain service once, on one clock and one outbox
+// writer; ClickHouse is dialled (lazily: a process that starts while it is
+// away runs, and what needs it waits or answers Unavailable) only when
+// something selected needs it.
+func (p *Platform) domain(now func() time.Time, clickhouseNeeded bool) (*domain, error) {
+	log := p.tel.Logger
+	cw := changes.Writer{Propagator: p.tel.Propagator, Now: now}
+	idSvc, err := identity.New(p.cfg.Identity, p.pool, cw, log)
+	if err != nil {
+		return nil, err
+	}
+	idSvc.SetClock(now)
+	benefitSvc := benefits.New(p.pool, cw, log)
+	benefitSvc.SetClock(now)
+	tagSvc := tags.New(p.pool, cw, log)
+	tagSvc.SetClock(now)
+	// Merges carry the members' loyalty data and features along.
+	idSvc.AddMemberData(benefitSvc)
+	idSvc.AddMemberData(tagSvc)
+	profileSvc := profile.New(p.pool, tagSvc, cw)
+	profileSvc.SetClock(now)
+	d := &domain{identity: idSvc, benefits: benefitSvc, tags: tagSvc, profile: profileSvc}
+	if clickhouseNeeded {
+		if d.facts, err = clickhouse.Dial(p.cfg.ClickHouse); err != nil {
+			return nil, err
+		}
+	}
+	return d, nil
+}
+
+// registerLag exports the consumer lag of the stages' groups.
+func (p *Platform) registerLag(ps *parts, ktel kafka.Telemetry, groups []string) error {
+	lagClient, err := kafka.NewClient(p.cfg.Kafka, ktel, "")
+	if err != nil {
+		return err
+	}
+	ps.closer(lagClient.Close)
+	ps.checks["kafka"] = lagClient.Ping
+	reg, err := kafka.RegisterLag(p.tel.Meters, p.tel.Logger, lagClient.Client, groups...)
+	if err != nil {
+		return err
+	}
+	ps.closer(func() { _ = reg.Unregister() })
+	return nil
 }
 
 // listeners are a process's bound listen sockets.
@@ -485,8 +444,7 @@ type grpcServer struct {
 	hub    *changefeed.Hub
 }
 
-func (p *Platform) grpcServer(ctx context.Context, g *errgroup.Group, services []string,
-	idSvc *identity.Service, benefitSvc *benefits.Service, profileSvc *profile.Service, tagSvc *tags.Service) (*grpcServer, error) {
+func (p *Platform) grpcServer(ctx context.Context, e env, ps *parts, names []string) (*grpcServer, error) {
 	var guards []server.Guard
 	if p.cfg.Auth.ClientsPath == "" {
 		p.tel.Logger.WarnContext(ctx, "channel authentication is off: set MC_CHANNEL_CLIENTS to a clients file in production")
@@ -504,33 +462,15 @@ func (p *Platform) grpcServer(ctx context.Context, g *errgroup.Group, services [
 		return nil, err
 	}
 	out := &grpcServer{srv: srv, health: hs}
-	names := map[string]string{}
-	for _, s := range services {
-		switch s {
-		case "identity":
-			mcv1.RegisterIdentityServiceServer(srv, identity.NewServer(idSvc))
-			names[s] = mcv1.IdentityService_ServiceDesc.ServiceName
-		case "profile":
-			mcv1.RegisterProfileServiceServer(srv, profile.NewServer(profileSvc))
-			names[s] = mcv1.ProfileService_ServiceDesc.ServiceName
-		case "benefits":
-			mcv1.RegisterBenefitsServiceServer(srv, benefits.NewServer(benefitSvc))
-			names[s] = mcv1.BenefitsService_ServiceDesc.ServiceName
-		case "sync":
-			out.hub = changefeed.NewHub(p.cfg.Kafka, p.kafkaTelemetry())
-			g.Go(func() error { return out.hub.Run(ctx) })
-			ss := changefeed.NewServer(out.hub, profileSvc, tagSvc, p.tel.Tracers)
-			mcv1.RegisterSyncServiceServer(srv, ss)
-			names[s] = mcv1.SyncService_ServiceDesc.ServiceName
+	for _, svc := range services {
+		if !slices.Contains(names, svc.name) {
+			continue
 		}
-	}
-	keys := make([]string, 0, len(names))
-	for k := range names {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
-		hs.SetServingStatus(names[k], healthpb.HealthCheckResponse_SERVING)
+		health, hub := svc.register(e, srv, ps)
+		if hub != nil {
+			out.hub = hub
+		}
+		hs.SetServingStatus(health, healthpb.HealthCheckResponse_SERVING)
 	}
 	return out, nil
 }

@@ -1,0 +1,201 @@
+package platform
+
+import (
+	"context"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	"google.golang.org/grpc"
+
+	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
+	"github.com/membercenter/membercenter/storage/clickhouse"
+
+	"github.com/membercenter/membercenter/pipeline/ingest"
+	"github.com/membercenter/membercenter/pipeline/kafka"
+	"github.com/membercenter/membercenter/pipeline/relay"
+	"github.com/membercenter/membercenter/pipeline/sink"
+	"github.com/membercenter/membercenter/pipeline/worker"
+	"github.com/membercenter/membercenter/services/benefits"
+	"github.com/membercenter/membercenter/services/changefeed"
+	"github.com/membercenter/membercenter/services/changes"
+	"github.com/membercenter/membercenter/services/facts"
+	"github.com/membercenter/membercenter/services/identity"
+	"github.com/membercenter/membercenter/services/profile"
+	"github.com/membercenter/membercenter/services/server"
+	"github.com/membercenter/membercenter/services/tags"
+)
+
+// domain is every domain service of a process, built once: the stages and
+// the gRPC services share them.
+type domain struct {
+	identity *identity.Service
+	benefits *benefits.Service
+	tags     *tags.Service
+	profile  *profile.Service
+	// facts is ClickHouse, dialled once and lazily when anything selected
+	// needs it (nil otherwise).
+	facts driver.Conn
+}
+
+// parts is what starting a component adds to the process: loops to run in
+// its errgroup, clients to close when it ends, readiness checks.
+type parts struct {
+	loops   []func(context.Context) error
+	closers []func()
+	checks  map[string]server.Check
+	shared  map[string]bool
+}
+
+func (ps *parts) loop(fn func(context.Context) error) { ps.loops = append(ps.loops, fn) }
+func (ps *parts) closer(fn func())                    { ps.closers = append(ps.closers, fn) }
+
+// once adds a loop several components need (a document watcher) once.
+func (ps *parts) once(name string, fn func(context.Context) error) {
+	if !ps.shared[name] {
+		ps.shared[name] = true
+		ps.loop(fn)
+	}
+}
+
+// The documents a process follows, reloaded every few seconds so a new
+// version takes effect without a restart.
+func (e env) watchProgramme(ps *parts) {
+	ps.once("programme", func(ctx context.Context) error { return e.d.benefits.Watch(ctx, 5*time.Second) })
+}
+
+func (e env) watchCatalogue(ps *parts) {
+	ps.once("catalogue", func(ctx context.Context) error { return e.d.tags.Watch(ctx, 5*time.Second) })
+}
+
+// env is what a component is started with.
+type env struct {
+	p    *Platform
+	d    *domain
+	ktel kafka.Telemetry
+	now  func() time.Time
+}
+
+// stage is a pipeline stage the pipeline command can run.
+type stage struct {
+	name string
+	// group is false for a stage without a consumer group (the relay).
+	group bool
+	// clickhouse is true for a stage that writes ClickHouse.
+	clickhouse bool
+	start      func(e env, ps *parts) error
+}
+
+// stages are the pipeline's stages, in the order they start.
+var stages = []stage{
+	{name: ingest.Stage, group: true, start: func(e env, ps *parts) error {
+		o := e.p.cfg.Ingest.Options()
+		o.Now = e.now
+		// What the benefit stage would refuse is refused here, so an event
+		// reaches every stage or none.
+		o.Checks = append(o.Checks, e.d.benefits.CheckEvent)
+		e.watchProgramme(ps)
+		st, err := ingest.New(e.p.cfg.Kafka, e.ktel, e.d.identity, o)
+		if err != nil {
+			return err
+		}
+		ps.closer(st.Close)
+		ps.loop(st.Run)
+		return nil
+	}},
+	{name: benefits.Stage, group: true, start: func(e env, ps *parts) error {
+		w, err := worker.New(e.p.cfg.Kafka, e.ktel, benefits.Stage, e.d.benefits)
+		if err != nil {
+			return err
+		}
+		ps.closer(w.Close)
+		ps.loop(w.Run)
+		e.watchProgramme(ps)
+		// Expiry and month starts for members without new events.
+		ps.loop(func(ctx context.Context) error { return e.d.benefits.RunScheduler(ctx, time.Minute) })
+		return nil
+	}},
+	{name: tags.Stage, group: true, clickhouse: true, start: func(e env, ps *parts) error {
+		w, err := worker.New(e.p.cfg.Kafka, e.ktel, tags.Stage, e.d.tags)
+		if err != nil {
+			return err
+		}
+		ps.closer(w.Close)
+		ps.loop(w.Run)
+		e.watchCatalogue(ps)
+		// Windows that end and days that pass, for members without new
+		// events.
+		ps.loop(func(ctx context.Context) error { return e.d.tags.RunSweeper(ctx, time.Second) })
+		// Current profiles to ClickHouse.
+		ps.loop(e.d.tags.NewExporter(e.d.facts).Run)
+		return nil
+	}},
+	{name: relay.Stage, start: func(e env, ps *parts) error {
+		r, err := relay.New(e.p.cfg.Kafka, e.ktel, changes.Outbox{Pool: e.p.pool})
+		if err != nil {
+			return err
+		}
+		ps.closer(r.Close)
+		ps.loop(r.Run)
+		return nil
+	}},
+	{name: sink.Stage, group: true, clickhouse: true, start: func(e env, ps *parts) error {
+		s, err := sink.New(e.p.cfg.Kafka, e.ktel, facts.Writer{W: clickhouse.NewWriter(e.d.facts)})
+		if err != nil {
+			return err
+		}
+		ps.closer(s.Close)
+		ps.loop(s.Run)
+		ps.checks["clickhouse"] = e.d.facts.Ping
+		return nil
+	}},
+}
+
+// service is a gRPC service the serve command can run.
+type service struct {
+	name       string
+	clickhouse bool
+	register   func(e env, srv *grpc.Server, ps *parts) (health string, hub *changefeed.Hub)
+}
+
+// services are the gRPC services, in the order they register.
+var services = []service{
+	{name: "identity", register: func(e env, srv *grpc.Server, _ *parts) (string, *changefeed.Hub) {
+		mcv1.RegisterIdentityServiceServer(srv, identity.NewServer(e.d.identity))
+		return mcv1.IdentityService_ServiceDesc.ServiceName, nil
+	}},
+	{name: "profile", clickhouse: true, register: func(e env, srv *grpc.Server, ps *parts) (string, *changefeed.Hub) {
+		e.d.profile.SetFacts(e.d.facts) // segments
+		e.watchCatalogue(ps)            // the catalogue the profile reads
+		mcv1.RegisterProfileServiceServer(srv, profile.NewServer(e.d.profile))
+		return mcv1.ProfileService_ServiceDesc.ServiceName, nil
+	}},
+	{name: "benefits", clickhouse: true, register: func(e env, srv *grpc.Server, ps *parts) (string, *changefeed.Hub) {
+		e.d.benefits.SetFacts(e.d.facts) // campaign simulation
+		e.watchProgramme(ps)
+		mcv1.RegisterBenefitsServiceServer(srv, benefits.NewServer(e.d.benefits))
+		return mcv1.BenefitsService_ServiceDesc.ServiceName, nil
+	}},
+	{name: "sync", register: func(e env, srv *grpc.Server, ps *parts) (string, *changefeed.Hub) {
+		hub := changefeed.NewHub(e.p.cfg.Kafka, e.ktel)
+		ps.loop(hub.Run)
+		e.watchCatalogue(ps) // label filters name catalogue labels
+		mcv1.RegisterSyncServiceServer(srv, changefeed.NewServer(hub, e.d.profile, e.d.tags, e.p.tel.Tracers))
+		return mcv1.SyncService_ServiceDesc.ServiceName, hub
+	}},
+}
+
+func stageNames() []string {
+	out := make([]string, len(stages))
+	for i, s := range stages {
+		out[i] = s.name
+	}
+	return out
+}
+
+func serviceNames() []string {
+	out := make([]string, len(services))
+	for i, s := range services {
+		out[i] = s.name
+	}
+	return out
+}
