@@ -119,19 +119,11 @@ func New(kcfg kafka.Config, tel kafka.Telemetry, cfg Config) (*Consumer, error) 
 		return nil, err
 	}
 	c.cl = cl
-	m := tel.Meters.Meter("github.com/membercenter/membercenter/pipeline/consumer")
-	if c.handled, err = m.Int64Counter("mc.stage.records",
-		metric.WithDescription("Records handled by a stage, by outcome (ok, dlq)")); err != nil {
+	sm, err := kafka.NewStageMetrics(tel.Meters)
+	if err != nil {
 		return nil, err
 	}
-	if c.latency, err = m.Float64Histogram("mc.stage.handle.duration", metric.WithUnit("s"), metric.WithExplicitBucketBoundaries(kafka.LatencyBuckets...),
-		metric.WithDescription("Time to apply a record's (or batch's) effects")); err != nil {
-		return nil, err
-	}
-	if c.lag, err = m.Float64Histogram("mc.stage.latency", metric.WithUnit("s"), metric.WithExplicitBucketBoundaries(kafka.LatencyBuckets...),
-		metric.WithDescription("Time from a record's timestamp to its effects being durable")); err != nil {
-		return nil, err
-	}
+	c.handled, c.latency, c.lag = sm.Records, sm.Handle, sm.Latency
 	return c, nil
 }
 

@@ -180,17 +180,11 @@ func New(kcfg kafka.Config, tel kafka.Telemetry, resolver Resolver, o Options) (
 	if err != nil {
 		return nil, fmt.Errorf("ingest session: %w", err)
 	}
-	m := tel.Meters.Meter("github.com/membercenter/membercenter/pipeline/ingest")
-	records, err := m.Int64Counter("mc.stage.records", metric.WithDescription("Records handled by a stage, by outcome (ok, dlq)"))
+	sm, err := kafka.NewStageMetrics(tel.Meters)
 	if err != nil {
 		return nil, err
 	}
-	latency, err := m.Float64Histogram("mc.stage.latency", metric.WithUnit("s"),
-		metric.WithExplicitBucketBoundaries(kafka.LatencyBuckets...),
-		metric.WithDescription("Time from a record's timestamp to its effects being durable"))
-	if err != nil {
-		return nil, err
-	}
+	records, latency := sm.Records, sm.Latency
 	return &Ingest{
 		topics: kcfg.Topics, sess: sess, tracer: tracer, resolver: resolver, validator: validator, opts: o,
 		retryLimit: kcfg.RetryLimit(), log: tel.Logger.With("stage", Stage), records: records, latency: latency,
