@@ -30,17 +30,27 @@ var ErrNoFacts = errors.New("segments need ClickHouse, which this process is not
 // ErrInvalid marks a request the service refuses as malformed.
 var ErrInvalid = errors.New("invalid request")
 
+// Labels is what the profile needs of the tag engine: the catalogue in
+// force, and recomputing a member's labels in the transaction that changed
+// what they read (attributes, consent).
+type Labels interface {
+	Catalog() *tags.Catalog
+	Recompute(ctx context.Context, tx pgx.Tx, member uuid.UUID, cause string, ch mcv1.Channel) error
+}
+
+var _ Labels = (*tags.Service)(nil)
+
 // Service reads and updates profiles.
 type Service struct {
 	pool    *pgxpool.Pool
-	tags    *tags.Service
+	tags    Labels
 	changes changes.Writer
 	facts   driver.Conn // ClickHouse, for segments; may be nil
 	now     func() time.Time
 }
 
 // New returns the service.
-func New(pool *pgxpool.Pool, t *tags.Service, ch changes.Writer) *Service {
+func New(pool *pgxpool.Pool, t Labels, ch changes.Writer) *Service {
 	return &Service{pool: pool, tags: t, changes: ch, now: time.Now}
 }
 
