@@ -20,6 +20,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/reflect/protoregistry"
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 
@@ -192,5 +194,73 @@ func TestServerSentEvents(t *testing.T) {
 	if !strings.HasPrefix(got, "id: r0\nevent: ready\ndata: ") || !strings.Contains(got, "\n\nid: r1\nevent: change\ndata: ") ||
 		!strings.Contains(got, `"CHANNEL_APP"`) {
 		t.Errorf("event stream:\n%s\nwant a ready event r0, then a change r1 on CHANNEL_APP", got)
+	}
+}
+
+// TestOpenAPIDocumentDescribesEveryRPC: a client generator pointed at
+// /openapi.json finds every RPC of every service as the POST route the
+// gateway answers, with the request's JSON field names the gateway accepts.
+func TestOpenAPIDocumentDescribesEveryRPC(t *testing.T) {
+	base, _ := serve(t)
+	resp, err := http.Get(base + "/openapi.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != "application/json" {
+		t.Fatalf("GET /openapi.json: %d %s", resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
+	var doc struct {
+		Swagger string
+		Info    struct{ Title string }
+		Paths   map[string]map[string]struct {
+			OperationID string `json:"operationId"`
+			Parameters  []struct {
+				In     string
+				Schema struct {
+					Ref string `json:"$ref"`
+				}
+			}
+		}
+		Definitions map[string]struct {
+			Properties map[string]any
+		}
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&doc); err != nil {
+		t.Fatalf("the document is not JSON: %v", err)
+	}
+	if doc.Swagger != "2.0" || doc.Info.Title == "" {
+		t.Errorf("swagger %q, title %q", doc.Swagger, doc.Info.Title)
+	}
+	rpcs := 0
+	protoregistry.GlobalFiles.RangeFilesByPackage("membercenter.v1", func(f protoreflect.FileDescriptor) bool {
+		for i := range f.Services().Len() {
+			s := f.Services().Get(i)
+			for j := range s.Methods().Len() {
+				m := s.Methods().Get(j)
+				rpcs++
+				path := "/" + string(s.FullName()) + "/" + string(m.Name())
+				op, ok := doc.Paths[path]["post"]
+				if !ok {
+					t.Errorf("no POST %s in the document", path)
+					continue
+				}
+				if len(op.Parameters) != 1 || op.Parameters[0].In != "body" || !strings.HasSuffix(op.Parameters[0].Schema.Ref, string(m.Input().Name())) {
+					t.Errorf("POST %s: parameters %+v, want the body %s", path, op.Parameters, m.Input().Name())
+				}
+			}
+		}
+		return true
+	})
+	if rpcs < 30 {
+		t.Fatalf("%d RPCs found in the registry; the services are not linked in", rpcs)
+	}
+	if len(doc.Paths) != rpcs {
+		t.Errorf("%d paths in the document for %d RPCs", len(doc.Paths), rpcs)
+	}
+	// The names the document gives are those the gateway reads: the
+	// request it documents is answered.
+	if _, ok := doc.Definitions["v1ResolveRequest"].Properties["createIfMissing"]; !ok {
+		t.Errorf("ResolveRequest's schema %v has no createIfMissing", doc.Definitions["v1ResolveRequest"].Properties)
 	}
 }
