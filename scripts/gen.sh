@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Regenerates the Go API and the HTTP/JSON API's OpenAPI document in
-# proto/gen from proto/membercenter/v1 with the pinned tools, after linting the schema and checking the vendored
-# validate.proto against the protovalidate Go module.
+# proto/gen from proto/membercenter/v1 with the pinned tools, after linting
+# the schema and checking the vendored validate.proto against the
+# protovalidate Go module.
 #
 #   scripts/gen.sh          regenerate in place
 #   scripts/gen.sh --check  regenerate into a scratch copy and fail if the

@@ -6,7 +6,7 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 modules=(proto storage pipeline services)
 
-unformatted="$(gofmt -l proto/doc.go storage pipeline services tools)"
+unformatted="$(gofmt -l proto/*.go storage pipeline services tools)"
 if [[ -n "$unformatted" ]]; then
   echo "lint: gofmt needed:" >&2; echo "$unformatted" >&2; exit 1
 fi
