@@ -12,7 +12,9 @@ import (
 	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/exporters/otlp/otlpmetric/otlpmetricgrpc"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
 	promexp "go.opentelemetry.io/otel/exporters/prometheus"
@@ -22,11 +24,16 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	semconv "go.opentelemetry.io/otel/semconv/v1.37.0"
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/membercenter/membercenter/services/version"
 )
 
 // Config selects exporters. With no OTLP endpoint, spans are still created
 // (logs carry their ids) but not exported; metrics are always served for
-// Prometheus.
+// Prometheus. Traces and metrics describe the process with service.name,
+// service.version (the build's, see package version) and whatever
+// OTEL_RESOURCE_ATTRIBUTES adds (e.g. deployment.environment.name=prod,
+// k8s.pod.name=…), read by the SDK as every OpenTelemetry SDK does.
 type Config struct {
 	ServiceName  string `env:"OTEL_SERVICE_NAME, default=membercenter"`
 	OTLPEndpoint string `env:"OTEL_EXPORTER_OTLP_ENDPOINT"`
@@ -79,7 +86,10 @@ func Setup(ctx context.Context, cfg Config, logOut io.Writer, opts ...Option) (*
 	if err := level.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
 		return nil, fmt.Errorf("MC_LOG_LEVEL: %w", err)
 	}
-	res := resource.NewSchemaless(semconv.ServiceName(cfg.ServiceName))
+	res, err := newResource(ctx, cfg.ServiceName)
+	if err != nil {
+		return nil, err
+	}
 
 	tpOpts := []sdktrace.TracerProviderOption{sdktrace.WithResource(res)}
 	for _, p := range o.spans {
@@ -87,7 +97,16 @@ func Setup(ctx context.Context, cfg Config, logOut io.Writer, opts ...Option) (*
 	}
 	mpOpts := []sdkmetric.Option{sdkmetric.WithResource(res)}
 
+	// Beside the OpenTelemetry metrics, the Go runtime's (go_goroutines,
+	// go_memstats_*, go_gc_duration_seconds) and the process's
+	// (process_resident_memory_bytes, process_cpu_seconds_total,
+	// process_open_fds) under the names every Go dashboard knows.
 	reg := prometheus.NewRegistry()
+	for _, c := range []prometheus.Collector{collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("prometheus collectors: %w", err)
+		}
+	}
 	prom, err := promexp.New(promexp.WithRegisterer(reg))
 	if err != nil {
 		return nil, fmt.Errorf("prometheus exporter: %w", err)
@@ -116,6 +135,24 @@ func Setup(ctx context.Context, cfg Config, logOut io.Writer, opts ...Option) (*
 		Logger:     slog.New(NewLogHandler(slog.NewJSONHandler(logOut, &slog.HandlerOptions{Level: level}))),
 		Metrics:    promhttp.HandlerFor(reg, promhttp.HandlerOpts{}),
 	}, nil
+}
+
+// newResource describes the process: service.name, service.version and the
+// SDK, then what OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME say (later
+// detectors win, so the environment overrides the defaults, and
+// OTEL_SERVICE_NAME wins over a service.name in OTEL_RESOURCE_ATTRIBUTES, as
+// the specification asks). A malformed OTEL_RESOURCE_ATTRIBUTES stops the
+// start, naming it, rather than losing the attributes quietly.
+func newResource(ctx context.Context, serviceName string) (*resource.Resource, error) {
+	attrs := []attribute.KeyValue{semconv.ServiceName(serviceName)}
+	if v := version.Read().Short(); v != "(devel)" {
+		attrs = append(attrs, semconv.ServiceVersion(v))
+	}
+	res, err := resource.New(ctx, resource.WithTelemetrySDK(), resource.WithAttributes(attrs...), resource.WithFromEnv())
+	if err != nil {
+		return nil, fmt.Errorf("OTEL_RESOURCE_ATTRIBUTES: %w", err)
+	}
+	return res, nil
 }
 
 // Shutdown flushes and stops the providers.

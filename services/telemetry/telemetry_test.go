@@ -76,6 +76,91 @@ func TestMetricsAreServedForPrometheus(t *testing.T) {
 	}
 }
 
+// TestMetricsShowTheRuntimeAndTheProcess: an SRE's Go dashboard finds the
+// runtime's and the process's metrics beside the platform's.
+func TestMetricsShowTheRuntimeAndTheProcess(t *testing.T) {
+	tel, _ := setup(t, telemetry.Config{ServiceName: "mc-test", LogLevel: "info"}, io.Discard)
+	body := scrape(t, tel)
+	for _, name := range []string{"go_goroutines ", "go_memstats_heap_alloc_bytes ", "go_gc_duration_seconds", "go_info{",
+		"process_resident_memory_bytes ", "process_cpu_seconds_total ", "process_open_fds "} {
+		if !strings.Contains(body, "\n"+name) {
+			t.Errorf("/metrics has no %s", name)
+		}
+	}
+}
+
+// TestResourceAttributesComeFromTheEnvironment: what a deployment says in
+// OTEL_RESOURCE_ATTRIBUTES (environment, pod, region) is on every span and
+// on the metrics' target_info, beside the service's name.
+func TestResourceAttributesComeFromTheEnvironment(t *testing.T) {
+	t.Setenv("OTEL_SERVICE_NAME", "")
+	t.Setenv("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment.name=staging,k8s.pod.name=membercenter-serve-7f9c,cloud.region=cn-east%202")
+	tel, spans := setup(t, telemetry.Config{ServiceName: "mc-test", LogLevel: "info"}, io.Discard)
+	_, span := tel.Tracers.Tracer("test").Start(context.Background(), "commit")
+	span.End()
+	want := map[string]string{"service.name": "mc-test", "deployment.environment.name": "staging",
+		"k8s.pod.name": "membercenter-serve-7f9c", "cloud.region": "cn-east 2", "telemetry.sdk.language": "go"}
+	got := map[string]string{}
+	for _, kv := range spans.Ended()[0].Resource().Attributes() {
+		got[string(kv.Key)] = kv.Value.Emit()
+	}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("span resource %s = %q, want %q (all: %v)", k, got[k], v, got)
+		}
+	}
+	if body := scrape(t, tel); !strings.Contains(body, `deployment_environment_name="staging"`) ||
+		!strings.Contains(body, `k8s_pod_name="membercenter-serve-7f9c"`) {
+		t.Errorf("target_info does not carry the attributes:\n%s", grep(body, "target_info"))
+	}
+}
+
+// TestServiceNamePrecedence: OTEL_SERVICE_NAME wins over a service.name in
+// OTEL_RESOURCE_ATTRIBUTES, which wins over the default name.
+func TestServiceNamePrecedence(t *testing.T) {
+	for _, tc := range []struct{ serviceNameEnv, cfgName, want string }{
+		{"", "membercenter", "from-attributes"},                            // the default name (OTEL_SERVICE_NAME unset)
+		{"membercenter-serve", "membercenter-serve", "membercenter-serve"}, // set: the config holds it too
+	} {
+		t.Setenv("OTEL_SERVICE_NAME", tc.serviceNameEnv)
+		t.Setenv("OTEL_RESOURCE_ATTRIBUTES", "service.name=from-attributes")
+		tel, spans := setup(t, telemetry.Config{ServiceName: tc.cfgName, LogLevel: "info"}, io.Discard)
+		_, span := tel.Tracers.Tracer("test").Start(context.Background(), "x")
+		span.End()
+		if v, _ := spans.Ended()[0].Resource().Set().Value("service.name"); v.AsString() != tc.want {
+			t.Errorf("OTEL_SERVICE_NAME=%q: service.name %q, want %q", tc.serviceNameEnv, v.AsString(), tc.want)
+		}
+	}
+}
+
+func TestMalformedResourceAttributesStopTheStart(t *testing.T) {
+	t.Setenv("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment.name")
+	_, err := telemetry.Setup(context.Background(), telemetry.Config{ServiceName: "mc", LogLevel: "info"}, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "OTEL_RESOURCE_ATTRIBUTES") {
+		t.Errorf("Setup with a malformed OTEL_RESOURCE_ATTRIBUTES: %v; want an error naming it", err)
+	}
+}
+
+func scrape(t *testing.T, tel *telemetry.Telemetry) string {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	tel.Metrics.ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	if rec.Code != 200 {
+		t.Fatalf("/metrics: %d\n%s", rec.Code, rec.Body)
+	}
+	return rec.Body.String()
+}
+
+func grep(body, prefix string) string {
+	var out []string
+	for _, l := range strings.Split(body, "\n") {
+		if strings.HasPrefix(l, prefix) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
 func TestConfig(t *testing.T) {
 	if err := (telemetry.Config{ServiceName: "mc", LogLevel: "debug"}).Validate(); err != nil {
 		t.Errorf("a good config: %v", err)
