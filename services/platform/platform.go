@@ -182,7 +182,7 @@ func (p *Platform) Migrate(ctx context.Context) error {
 		return err
 	}
 	log.InfoContext(ctx, "postgres migrated", "applied", applied)
-	conn, err := clickhouse.Open(ctx, p.cfg.ClickHouse)
+	conn, err := clickhouse.Open(ctx, p.cfg.ClickHouse, clickhouse.WithTracerProvider(p.tel.Tracers))
 	if err != nil {
 		return err
 	}
@@ -368,7 +368,7 @@ func (p *Platform) domain(now func() time.Time, clickhouseNeeded bool) (*domain,
 	profileSvc.SetClock(now)
 	d := &domain{identity: idSvc, benefits: benefitSvc, tags: tagSvc, profile: profileSvc}
 	if clickhouseNeeded {
-		if d.facts, err = clickhouse.Dial(p.cfg.ClickHouse); err != nil {
+		if d.facts, err = clickhouse.Dial(p.cfg.ClickHouse, clickhouse.WithTracerProvider(p.tel.Tracers)); err != nil {
 			return nil, err
 		}
 	}
@@ -510,5 +510,5 @@ func (p *Platform) serveGateway(ctx context.Context, g *errgroup.Group, grpcAddr
 
 // OpenClickHouse connects to the configured ClickHouse database.
 func (p *Platform) OpenClickHouse(ctx context.Context) (driver.Conn, error) {
-	return clickhouse.Open(ctx, p.cfg.ClickHouse)
+	return clickhouse.Open(ctx, p.cfg.ClickHouse, clickhouse.WithTracerProvider(p.tel.Tracers))
 }

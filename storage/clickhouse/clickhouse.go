@@ -37,7 +37,8 @@ func (c Config) Validate() error {
 }
 
 // Open connects to the configured database, creating it when missing.
-func Open(ctx context.Context, cfg Config) (driver.Conn, error) {
+// WithTracerProvider makes its calls spans.
+func Open(ctx context.Context, cfg Config, opts ...Option) (driver.Conn, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -58,19 +59,35 @@ func Open(ctx context.Context, cfg Config) (driver.Conn, error) {
 		conn.Close()
 		return nil, fmt.Errorf("ping clickhouse at %s: %w", cfg.Addr, err)
 	}
-	return conn, nil
+	return withOptions(conn, cfg, opts), nil
 }
 
 // Dial returns a connection pool to the configured database without
 // contacting the server: connections are made when first used, so a process
 // that starts while ClickHouse is away runs, and its queries fail (as
 // transient errors) until ClickHouse is back. The database must exist
-// (membercenter migrate creates it).
-func Dial(cfg Config) (driver.Conn, error) {
+// (membercenter migrate creates it). WithTracerProvider makes its calls
+// spans.
+func Dial(cfg Config, opts ...Option) (driver.Conn, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	return connect(cfg, cfg.Database)
+	conn, err := connect(cfg, cfg.Database)
+	if err != nil {
+		return nil, err
+	}
+	return withOptions(conn, cfg, opts), nil
+}
+
+func withOptions(conn driver.Conn, cfg Config, opts []Option) driver.Conn {
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if o.tracers != nil {
+		conn = traced(conn, o.tracers, cfg)
+	}
+	return conn
 }
 
 func connect(cfg Config, db string) (driver.Conn, error) {
