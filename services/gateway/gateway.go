@@ -117,7 +117,11 @@ func (s *sse) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			flusher.Flush()
 		}
 		if m, err = stream.Recv(); err != nil {
-			if !errors.Is(err, io.EOF) && ctx.Err() == nil {
+			// Unavailable is a connection ended under the stream (the
+			// server's connection age, a restart): the response just
+			// ends, and the EventSource reconnects with Last-Event-ID
+			// and misses nothing. Other failures need a snapshot.
+			if !errors.Is(err, io.EOF) && ctx.Err() == nil && status.Code(err) != codes.Unavailable {
 				_ = writeEvent(w, &mcv1.SubscribeResponse{Message: &mcv1.SubscribeResponse_ResyncRequired{
 					ResyncRequired: &mcv1.ResyncRequired{Reason: status.Convert(err).Message()}}})
 			}

@@ -264,3 +264,92 @@ func TestOpenAPIDocumentDescribesEveryRPC(t *testing.T) {
 		t.Errorf("ResolveRequest's schema %v has no createIfMissing", doc.Definitions["v1ResolveRequest"].Properties)
 	}
 }
+
+// endless is a change stream that stays open: ready, then one change per
+// resume token asked for, then nothing until the client leaves.
+type endless struct {
+	mcv1.UnimplementedSyncServiceServer
+}
+
+func (endless) Subscribe(req *mcv1.SubscribeRequest, s grpc.ServerStreamingServer[mcv1.SubscribeResponse]) error {
+	if err := s.Send(&mcv1.SubscribeResponse{ResumeToken: "r0", Message: &mcv1.SubscribeResponse_Ready{Ready: &mcv1.Ready{}}}); err != nil {
+		return err
+	}
+	next := "r1"
+	if req.GetResumeToken() == "r1" {
+		next = "r2"
+	}
+	if err := s.Send(&mcv1.SubscribeResponse{ResumeToken: next, Message: &mcv1.SubscribeResponse_Change{Change: &mcv1.MemberChange{
+		MemberId: req.GetMemberIds()[0]}}}); err != nil {
+		return err
+	}
+	<-s.Context().Done()
+	return s.Context().Err()
+}
+
+// TestAnAgedConnectionEndsTheEventStreamForAResume: when the gRPC server
+// retires the gateway's connection (MaxConnectionAge), an open event stream
+// ends without resync_required, so the EventSource reconnects with its
+// Last-Event-ID instead of reloading the member.
+func TestAnAgedConnectionEndsTheEventStreamForAResume(t *testing.T) {
+	gs, _, err := server.New(server.Config{MaxConnectionAge: 200 * time.Millisecond, MaxConnectionAgeGrace: 300 * time.Millisecond},
+		server.Telemetry{Tracers: tracenoop.NewTracerProvider(), Meters: noop.NewMeterProvider(),
+			Propagator: propagation.TraceContext{}, Logger: slog.New(slog.DiscardHandler)}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mcv1.RegisterSyncServiceServer(gs, endless{})
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = gs.Serve(lis) }()
+	t.Cleanup(gs.Stop)
+	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	h, err := gateway.New(context.Background(), conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL+"/v1/sync/subscribe?member_ids=0190c1f4-0000-7000-8000-000000000001", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := io.ReadAll(resp.Body) // ends when the connection is retired
+	resp.Body.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := string(b); !strings.Contains(got, "id: r1\nevent: change") || strings.Contains(got, "resync_required") {
+		t.Errorf("event stream:\n%s\nwant the change r1, then the end without resync_required", got)
+	}
+	// The EventSource's reconnection resumes after r1.
+	req, _ = http.NewRequestWithContext(ctx, http.MethodGet, srv.URL+"/v1/sync/subscribe?member_ids=0190c1f4-0000-7000-8000-000000000001", nil)
+	req.Header.Set("Last-Event-ID", "r1")
+	resp, err = http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	buf := make([]byte, 4096)
+	var got string
+	for !strings.Contains(got, "event: change") {
+		n, err := resp.Body.Read(buf)
+		got += string(buf[:n])
+		if err != nil {
+			break
+		}
+	}
+	if !strings.Contains(got, "id: r2\nevent: change") {
+		t.Errorf("resumed stream:\n%s\nwant the change after r1", got)
+	}
+}

@@ -455,7 +455,7 @@ func (p *Platform) grpcServer(ctx context.Context, e env, ps *parts, names []str
 		}
 		guards = append(guards, a)
 	}
-	srv, hs, err := server.NewGRPC(server.Telemetry{
+	srv, hs, err := server.New(p.cfg.Server, server.Telemetry{
 		Tracers: p.tel.Tracers, Meters: p.tel.Meters, Propagator: p.tel.Propagator, Logger: p.tel.Logger,
 	}, errorCodes, guards...)
 	if err != nil {

@@ -27,6 +27,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 
@@ -49,6 +50,20 @@ type Config struct {
 	// HTTPAddr serves the HTTP/JSON API and the server-sent change stream.
 	HTTPAddr string        `env:"MC_HTTP_ADDR, default=127.0.0.1:8080"`
 	Grace    time.Duration `env:"MC_SHUTDOWN_GRACE, default=10s"`
+	// MaxConnectionAge asks a gRPC client to reconnect (an HTTP/2 GOAWAY)
+	// once its connection is about this old (±10%, so that clients do not
+	// all come back at once): a client that keeps one connection for days
+	// moves over to serve replicas started since, through the load
+	// balancer or its own name resolution. 0 keeps connections as long as
+	// clients do.
+	MaxConnectionAge time.Duration `env:"MC_GRPC_MAX_CONNECTION_AGE, default=30m"`
+	// MaxConnectionAgeGrace is how long calls still running on such a
+	// connection may go on; new calls already go over a new connection.
+	// Then it is closed: a Subscribe stream still open ends with
+	// Unavailable and the client resumes it with its last token, missing
+	// nothing. 0 waits for every call, so a stream that never ends keeps
+	// its connection, and its replica, for good.
+	MaxConnectionAgeGrace time.Duration `env:"MC_GRPC_MAX_CONNECTION_AGE_GRACE, default=5m"`
 }
 
 // Validate reports every problem with the config at once.
@@ -65,6 +80,12 @@ func (c Config) Validate() error {
 	}
 	if c.Grace <= 0 {
 		errs = append(errs, errors.New("MC_SHUTDOWN_GRACE must be positive"))
+	}
+	if c.MaxConnectionAge < 0 {
+		errs = append(errs, errors.New("MC_GRPC_MAX_CONNECTION_AGE must not be negative (0 keeps connections)"))
+	}
+	if c.MaxConnectionAgeGrace < 0 {
+		errs = append(errs, errors.New("MC_GRPC_MAX_CONNECTION_AGE_GRACE must not be negative (0 waits for every call)"))
 	}
 	return errors.Join(errs...)
 }
@@ -91,15 +112,22 @@ type Telemetry struct {
 	Logger     *slog.Logger
 }
 
-// NewGRPC returns a server with health and reflection registered, requests
+// NewGRPC is New with the connection settings of a zero Config:
+// connections last as long as clients keep them (tests).
+func NewGRPC(tel Telemetry, rules []ErrorCode, guard ...Guard) (*grpc.Server, *health.Server, error) {
+	return New(Config{}, tel, rules, guard...)
+}
+
+// New returns a server with health and reflection registered, requests
 // that do not decode, hold text PostgreSQL cannot store or break their
 // protovalidate annotations refused (InvalidArgument with the field and
-// reason), panics recovered, and errors translated to statuses once, here,
-// by the rules given and by their class (see package fault).
+// reason), panics recovered, errors translated to statuses once, here, by
+// the rules given and by their class (see package fault), and connections
+// aged as cfg says (MaxConnectionAge).
 //
 // guard, when set, authenticates and authorises every call before it is
 // validated (channel credentials and scopes, see package auth).
-func NewGRPC(tel Telemetry, rules []ErrorCode, guard ...Guard) (*grpc.Server, *health.Server, error) {
+func New(cfg Config, tel Telemetry, rules []ErrorCode, guard ...Guard) (*grpc.Server, *health.Server, error) {
 	v, err := protovalidate.New()
 	if err != nil {
 		return nil, nil, fmt.Errorf("validator: %w", err)
@@ -127,6 +155,10 @@ func NewGRPC(tel Telemetry, rules []ErrorCode, guard ...Guard) (*grpc.Server, *h
 		)),
 		grpc.ChainUnaryInterceptor(unary...),
 		grpc.ChainStreamInterceptor(stream...),
+		grpc.KeepaliveParams(keepalive.ServerParameters{
+			MaxConnectionAge:      cfg.MaxConnectionAge,
+			MaxConnectionAgeGrace: cfg.MaxConnectionAgeGrace,
+		}),
 	)
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(s, hs)

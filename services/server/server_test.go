@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
@@ -318,11 +319,12 @@ func TestReadinessSaysWhichCheckFailed(t *testing.T) {
 }
 
 func TestConfigValidateNamesEveryProblem(t *testing.T) {
-	err := server.Config{GRPCAddr: "nope", AdminAddr: "127.0.0.1:1", HTTPAddr: "x", Grace: 0}.Validate()
+	err := server.Config{GRPCAddr: "nope", AdminAddr: "127.0.0.1:1", HTTPAddr: "x", Grace: 0,
+		MaxConnectionAge: -time.Minute, MaxConnectionAgeGrace: -time.Second}.Validate()
 	if err == nil {
 		t.Fatal("a bad config passed")
 	}
-	for _, want := range []string{"MC_GRPC_ADDR", "MC_HTTP_ADDR", "MC_SHUTDOWN_GRACE"} {
+	for _, want := range []string{"MC_GRPC_ADDR", "MC_HTTP_ADDR", "MC_SHUTDOWN_GRACE", "MC_GRPC_MAX_CONNECTION_AGE ", "MC_GRPC_MAX_CONNECTION_AGE_GRACE"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("%q does not name %s", err, want)
 		}
@@ -330,4 +332,83 @@ func TestConfigValidateNamesEveryProblem(t *testing.T) {
 	if err := (server.Config{GRPCAddr: "127.0.0.1:50051", AdminAddr: "127.0.0.1:9464", Grace: time.Second}).Validate(); err != nil {
 		t.Errorf("a good config: %v", err)
 	}
+}
+
+// TestConnectionsAgeWithoutCuttingStreams: with MaxConnectionAge a client's
+// connection is replaced (new calls go over a new one, which a load balancer
+// may send to another replica) while a stream open on the old one goes on
+// for the grace period, and then ends with Unavailable, so that the client
+// resumes it.
+func TestConnectionsAgeWithoutCuttingStreams(t *testing.T) {
+	const age, grace = 300 * time.Millisecond, 2 * time.Second
+	gs, hs, err := server.New(server.Config{MaxConnectionAge: age, MaxConnectionAgeGrace: grace}, server.Telemetry{
+		Tracers: tracenoop.NewTracerProvider(), Meters: noop.NewMeterProvider(),
+		Propagator: propagation.TraceContext{}, Logger: slog.New(slog.DiscardHandler),
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lis := &countingListener{Listener: l}
+	go func() { _ = gs.Serve(lis) }()
+	t.Cleanup(gs.Stop)
+	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	health := healthpb.NewHealthClient(conn)
+	c := ctx(t)
+
+	hs.SetServingStatus("membercenter.v1.SyncService", healthpb.HealthCheckResponse_SERVING)
+	started := time.Now()
+	stream, err := health.Watch(c, &healthpb.HealthCheckRequest{Service: "membercenter.v1.SyncService"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m, err := stream.Recv(); err != nil || m.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("first message %v, %v", m, err)
+	}
+	time.Sleep(3 * age)
+	// New calls go over a new connection...
+	if _, err := health.Check(c, &healthpb.HealthCheckRequest{}); err != nil {
+		t.Fatalf("a call after the connection's age: %v", err)
+	}
+	if n := lis.accepted.Load(); n != 2 {
+		t.Errorf("%d connections accepted, want 2: the aged one and its successor", n)
+	}
+	// ...while the stream on the old one still runs.
+	hs.SetServingStatus("membercenter.v1.SyncService", healthpb.HealthCheckResponse_NOT_SERVING)
+	if m, err := stream.Recv(); err != nil || m.GetStatus() != healthpb.HealthCheckResponse_NOT_SERVING {
+		t.Fatalf("the stream after its connection's age: %v, %v; want it to go on for the grace period", m, err)
+	}
+	_, err = stream.Recv()
+	lasted := time.Since(started)
+	if status.Code(err) != codes.Unavailable || lasted < grace || lasted > age+grace+10*time.Second {
+		t.Errorf("the stream ended after %v with %v; want Unavailable after the age and the grace (%v + %v)", lasted, err, age, grace)
+	}
+	// The client resumes.
+	stream, err = health.Watch(c, &healthpb.HealthCheckRequest{Service: "membercenter.v1.SyncService"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m, err := stream.Recv(); err != nil || m.GetStatus() != healthpb.HealthCheckResponse_NOT_SERVING {
+		t.Fatalf("resumed stream: %v, %v", m, err)
+	}
+}
+
+type countingListener struct {
+	net.Listener
+	accepted atomic.Int64
+}
+
+func (l *countingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		l.accepted.Add(1)
+	}
+	return c, err
 }
