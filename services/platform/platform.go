@@ -91,6 +91,8 @@ func (c Config) LogValue() slog.Value {
 		slog.Duration("event_max_ahead", c.Ingest.EventMaxAhead),
 		slog.String("grpc", c.Server.GRPCAddr),
 		slog.String("admin", c.Server.AdminAddr),
+		slog.Duration("grpc_max_connection_age", c.Server.MaxConnectionAge),
+		slog.Duration("grpc_max_connection_age_grace", c.Server.MaxConnectionAgeGrace),
 		slog.String("otlp", c.Telemetry.OTLPEndpoint),
 		slog.Bool("pii_dev_keys", c.Identity.Keys.IsDev()),
 		slog.String("pii_hmac_key", telemetry.Mask(c.Identity.Keys.HMACKey)),
