@@ -10,8 +10,10 @@ BIN := .bin/membercenter
 deps:
 	scripts/deps.sh >/dev/null
 
+## build: -buildvcs=auto stamps the commit `membercenter version` reports
+## (and traces carry as service.version) even where GOFLAGS turns it off.
 build:
-	go build -o $(BIN) ./services/cmd/membercenter
+	go build -buildvcs=auto -o $(BIN) ./services/cmd/membercenter
 
 ## test: every check and every test, against the real servers deps.sh starts.
 test: deps check unit smoke

@@ -16,9 +16,11 @@ import (
 	"github.com/membercenter/membercenter/services/platform"
 	"github.com/membercenter/membercenter/services/server"
 	"github.com/membercenter/membercenter/services/telemetry"
+	"github.com/membercenter/membercenter/services/version"
 )
 
-// Execute runs the command line with args.
+// Execute runs the command line with args. A line it cannot act on is
+// refused with a *UsageError.
 func Execute(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	root := &cobra.Command{
 		Use:   "membercenter",
@@ -30,12 +32,14 @@ Configuration comes from the environment (MC_PG_URL, MC_KAFKA_BROKERS,
 MC_CLICKHOUSE_ADDR, ...); the defaults match what scripts/deps.sh starts.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		Version:       version.Read().Short(),
 	}
 	root.SetArgs(args)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	root.AddCommand(serveCmd(stderr), pipelineCmd(stderr), migrateCmd(stderr), demoCmd(stdout, stderr), benchCmd(stdout), dlqCmd(stdout, stderr), piiCmd(stdout, stderr), programCmd(stdout, stderr), tagsCmd(stdout, stderr), segmentCmd(stdout, stderr), authCmd(stdout), loadgenCmd(stdout, stderr))
-	return root.ExecuteContext(ctx)
+	root.AddCommand(versionCmd(stdout))
+	return execute(ctx, root)
 }
 
 // env is what every command starts from: configuration, telemetry and the
@@ -62,7 +66,8 @@ func setupAdmin(ctx context.Context, logOut io.Writer, adminAddr string) (*env, 
 	if err != nil {
 		return nil, nil, err
 	}
-	tel.Logger.InfoContext(ctx, "configuration", "config", cfg)
+	v := version.Read()
+	tel.Logger.InfoContext(ctx, "configuration", "version", v.Short(), "commit", v.Revision, "config", cfg)
 	p, err := platform.Open(ctx, cfg, tel)
 	if err != nil {
 		_ = tel.Shutdown(context.Background())
@@ -101,7 +106,7 @@ func serveCmd(logOut io.Writer) *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			sel, err := platform.ParseSelection("service", services, platform.AllServices)
 			if err != nil {
-				return err
+				return usage(cmd, err)
 			}
 			e, done, err := setup(cmd.Context(), logOut)
 			if err != nil {
@@ -123,7 +128,7 @@ func pipelineCmd(logOut io.Writer) *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			sel, err := platform.ParseSelection("stage", stages, platform.AllStages)
 			if err != nil {
-				return err
+				return usage(cmd, err)
 			}
 			// Its own admin port by default, so that it runs beside serve.
 			e, done, err := setupAdmin(cmd.Context(), logOut, server.PipelineAdminAddr)

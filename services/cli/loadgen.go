@@ -20,7 +20,7 @@ func loadgenCmd(stdout, stderr io.Writer) *cobra.Command {
 	var topic string
 	cmd := &cobra.Command{
 		Use:   "loadgen",
-		Short: "Publish a deterministic omnichannel retailer's events to Kafka (issue 7)",
+		Short: "Publish a deterministic omnichannel retailer's events to Kafka",
 		Long: `Generates a synthetic omnichannel retailer, deterministic from --seed:
 shoppers with several identifiers and deliberate overlaps (the same phone at
 POS and in the app, reissued cards, shared store tablets), Pareto spend, a
