@@ -1,5 +1,6 @@
 // Package cli defines the membercenter command line: serve, pipeline,
-// migrate and demo, each reading its configuration from the environment.
+// migrate, the operator's commands and version, each reading its
+// configuration from the environment.
 package cli
 
 import (
