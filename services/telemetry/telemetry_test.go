@@ -102,7 +102,7 @@ func TestResourceAttributesComeFromTheEnvironment(t *testing.T) {
 		"k8s.pod.name": "membercenter-serve-7f9c", "cloud.region": "cn-east 2", "telemetry.sdk.language": "go"}
 	got := map[string]string{}
 	for _, kv := range spans.Ended()[0].Resource().Attributes() {
-		got[string(kv.Key)] = kv.Value.Emit()
+		got[string(kv.Key)] = kv.Value.String()
 	}
 	for k, v := range want {
 		if got[k] != v {

@@ -45,7 +45,8 @@ var (
 // arguments or a server message: statements here inline values (segment
 // expressions, member ids), and a ClickHouse error can quote the value it
 // could not parse. Ping is not traced: readiness probes call it every few
-// seconds.
+// seconds. Nor is the deprecated AsyncInsert (asynchronous inserts go
+// through Exec with the WithAsync context option).
 func traced(conn driver.Conn, tp trace.TracerProvider, cfg Config) driver.Conn {
 	attrs := []attribute.KeyValue{semconv.DBSystemNameClickHouse, dbSystem, semconv.DBNamespace(cfg.Database)}
 	if host, port, err := net.SplitHostPort(cfg.Addr); err == nil {
@@ -143,13 +144,6 @@ func (c *tracedConn) QueryRow(ctx context.Context, query string, args ...any) dr
 func (c *tracedConn) Exec(ctx context.Context, query string, args ...any) error {
 	ctx, span := c.start(ctx, query)
 	err := c.Conn.Exec(ctx, query, args...)
-	end(span, err)
-	return err
-}
-
-func (c *tracedConn) AsyncInsert(ctx context.Context, query string, wait bool, args ...any) error {
-	ctx, span := c.start(ctx, query)
-	err := c.Conn.AsyncInsert(ctx, query, wait, args...)
 	end(span, err)
 	return err
 }

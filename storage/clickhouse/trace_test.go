@@ -107,14 +107,14 @@ func TestQueriesAndBatchInsertsAreSpans(t *testing.T) {
 		attrs := map[string]attribute.Value{}
 		for _, kv := range s.Attributes() {
 			attrs[string(kv.Key)] = kv.Value
-			if strings.Contains(kv.Value.Emit(), secret) {
-				t.Errorf("%s: attribute %s = %q holds a value of the statement", s.Name(), kv.Key, kv.Value.Emit())
+			if strings.Contains(kv.Value.String(), secret) {
+				t.Errorf("%s: attribute %s = %q holds a value of the statement", s.Name(), kv.Key, kv.Value.String())
 			}
 		}
 		for _, ev := range s.Events() {
 			for _, kv := range ev.Attributes {
-				if strings.Contains(kv.Value.Emit(), secret) {
-					t.Errorf("%s: event %s: %s = %q holds a value of the statement", s.Name(), ev.Name, kv.Key, kv.Value.Emit())
+				if strings.Contains(kv.Value.String(), secret) {
+					t.Errorf("%s: event %s: %s = %q holds a value of the statement", s.Name(), ev.Name, kv.Key, kv.Value.String())
 				}
 			}
 		}
@@ -123,7 +123,7 @@ func TestQueriesAndBatchInsertsAreSpans(t *testing.T) {
 		}
 		for k, v := range map[string]string{"db.system.name": "clickhouse", "db.system": "clickhouse", "db.namespace": cfg.Database,
 			"db.operation.name": w.op, "db.collection.name": w.table, "server.address": "127.0.0.1"} {
-			if got := attrs[k].Emit(); got != v {
+			if got := attrs[k].String(); got != v {
 				t.Errorf("%s: %s = %q, want %q", s.Name(), k, got, v)
 			}
 		}
@@ -143,9 +143,9 @@ func TestQueriesAndBatchInsertsAreSpans(t *testing.T) {
 		if failed := s.Status().Code == codes.Error; failed != w.failed {
 			t.Errorf("%s: status %v %q", s.Name(), s.Status().Code, s.Status().Description)
 		}
-		if w.failed && (attrs["db.response.status_code"].Emit() != "60" || !strings.Contains(s.Status().Description, "60")) {
+		if w.failed && (attrs["db.response.status_code"].String() != "60" || !strings.Contains(s.Status().Description, "60")) {
 			t.Errorf("%s: status code %q, description %q; want ClickHouse's code 60 (UNKNOWN_TABLE)",
-				s.Name(), attrs["db.response.status_code"].Emit(), s.Status().Description)
+				s.Name(), attrs["db.response.status_code"].String(), s.Status().Description)
 		}
 	}
 	// Two queries of member_events: the count and the rows (with the
