@@ -18,7 +18,7 @@ import (
 
 	"github.com/membercenter/membercenter/pipeline/dlq"
 	"github.com/membercenter/membercenter/services/benefits"
-	"github.com/membercenter/membercenter/services/benefits/oracle"
+	"github.com/membercenter/membercenter/services/benefits/benefitstest"
 )
 
 // memory runs the engine in memory over a stream, as the worker would one
@@ -90,12 +90,12 @@ func TestEngineAgreesWithOracle(t *testing.T) {
 		members = max(1, events/10)
 	}
 	src := benefits.DefaultProgramSource()
-	o, err := oracle.New(src)
+	o, err := benefitstest.New(src)
 	if err != nil {
 		t.Fatal(err)
 	}
 	start := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
-	stream, err := oracle.GenerateWith(o, 20261123, members, events, start)
+	stream, err := benefitstest.GenerateWith(o, 20261123, members, events, start)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -205,11 +205,11 @@ func TestWorkerAgreesWithOracle(t *testing.T) {
 	f := newFixture(t)
 	c := ctx(t)
 	src := benefits.DefaultProgramSource()
-	o, err := oracle.New(src)
+	o, err := benefitstest.New(src)
 	if err != nil {
 		t.Fatal(err)
 	}
-	stream, err := oracle.GenerateWith(o, 7, 150, 2_000, time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC))
+	stream, err := benefitstest.GenerateWith(o, 7, 150, 2_000, time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC))
 	if err != nil {
 		t.Fatal(err)
 	}

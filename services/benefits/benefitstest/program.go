@@ -1,4 +1,4 @@
-package oracle
+package benefitstest
 
 // This file parses program.yaml into the oracle's own types. It is part of
 // the test oracle (see oracle.go), not production code.

@@ -1,4 +1,4 @@
-package oracle
+package benefitstest
 
 // Deterministic event streams for comparing the engine with the oracle. Part
 // of the test oracle, not production code.

@@ -1,4 +1,4 @@
-// Package oracle is a TEST ORACLE for the loyalty programme, not production
+// Package benefitstest is a TEST ORACLE for the loyalty programme, not production
 // code. It re-implements docs/benefits.md independently of the engine in
 // services/benefits (it never reads or imports the engine's code), keeps all
 // state in memory, and favours clarity over speed. Tests replay the same
@@ -119,7 +119,7 @@
 // + decimal(n), where n is the 1-based number of coupons of that template
 // issued to that member so far (including this one), counted in issue
 // order. Example: "C10-7f0c…-2" is the member's second C10 coupon.
-package oracle
+package benefitstest
 
 import (
 	"errors"
