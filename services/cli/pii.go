@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"io"
 
-	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 
 	"github.com/membercenter/membercenter/services/identity"
@@ -32,18 +31,9 @@ Safe to run while the platform serves, and to run again.`,
 			if err != nil {
 				return err
 			}
-			var bar *progressbar.ProgressBar
-			n, err := svc.Reencrypt(cmd.Context(), batch, func(done, total int64) {
-				if bar == nil {
-					bar = progressbar.NewOptions64(total, progressbar.OptionSetWriter(stdout),
-						progressbar.OptionSetDescription("re-encrypting"), progressbar.OptionShowCount(), progressbar.OptionSetWidth(30))
-				}
-				_ = bar.Set64(done)
-			})
-			if bar != nil {
-				_ = bar.Finish()
-				fmt.Fprintln(stdout)
-			}
+			bar := newProgress(stdout, "re-encrypting", "ciphertexts")
+			n, err := svc.Reencrypt(cmd.Context(), batch, bar.update)
+			bar.finish()
 			fmt.Fprintf(stdout, "re-encrypted %d ciphertexts\n", n)
 			return err
 		},

@@ -85,9 +85,9 @@ the worker's, only where a value differs.`,
 				return err
 			}
 			defer conn.Close()
-			bar := newProgressBar(stderr)
+			bar := newProgress(stderr, "backfilling", "members")
 			p, err := svc.Backfill(ctx, conn, tags.BackfillOptions{Batch: batch, Restart: restart, Progress: func(p tags.BackfillProgress) {
-				bar.update(p.Done, p.Total, p.Elapsed)
+				bar.update(p.Done, p.Total)
 			}})
 			bar.finish()
 			if err != nil {
@@ -206,52 +206,4 @@ func segmentCmd(stdout, stderr io.Writer) *cobra.Command {
 	}
 	cmd.AddCommand(count, export)
 	return cmd
-}
-
-// progressBar draws a one-line progress bar: redrawn in place on a
-// terminal, a line per 10% otherwise.
-type progressBar struct {
-	w     io.Writer
-	tty   bool
-	shown int64
-}
-
-func newProgressBar(w io.Writer) *progressBar {
-	tty := false
-	if f, ok := w.(*os.File); ok {
-		if st, err := f.Stat(); err == nil && st.Mode()&os.ModeCharDevice != 0 {
-			tty = true
-		}
-	}
-	return &progressBar{w: w, tty: tty, shown: -1}
-}
-
-func (b *progressBar) update(done, total int64, elapsed time.Duration) {
-	if total <= 0 {
-		return
-	}
-	pct := min(done*100/total, 100)
-	if !b.tty && pct/10 == b.shown/10 && b.shown >= 0 {
-		return
-	}
-	b.shown = pct
-	const width = 30
-	filled := int(pct * width / 100)
-	rate := float64(done) / max(elapsed.Seconds(), 0.001)
-	eta := ""
-	if rate > 0 && done < total {
-		eta = fmt.Sprintf(", %s left", (time.Duration(float64(total-done)/rate) * time.Second).Round(time.Second))
-	}
-	line := fmt.Sprintf("[%s%s] %3d%% %d/%d members, %.0f/s%s", strings.Repeat("#", filled), strings.Repeat(".", width-filled), pct, done, total, rate, eta)
-	if b.tty {
-		fmt.Fprintf(b.w, "\r%s", line)
-	} else {
-		fmt.Fprintln(b.w, line)
-	}
-}
-
-func (b *progressBar) finish() {
-	if b.tty && b.shown >= 0 {
-		fmt.Fprintln(b.w)
-	}
 }
