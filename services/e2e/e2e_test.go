@@ -9,7 +9,6 @@ import (
 	"context"
 	"errors"
 	"io"
-	"net"
 	"strings"
 	"testing"
 	"time"
@@ -21,10 +20,8 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
-	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -39,6 +36,7 @@ import (
 	"github.com/membercenter/membercenter/pipeline/kafka"
 	"github.com/membercenter/membercenter/pipeline/kafka/kafkatest"
 	"github.com/membercenter/membercenter/services/platform"
+	"github.com/membercenter/membercenter/services/platform/platformtest"
 	"github.com/membercenter/membercenter/services/server"
 	"github.com/membercenter/membercenter/services/telemetry"
 )
@@ -73,7 +71,6 @@ func startWith(t *testing.T, stages []string, edit ...func(*platform.Config)) *e
 // platform's start (a server taken away, say).
 func startAfter(t *testing.T, stages []string, beforeRun func(), edit ...func(*platform.Config)) *env {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
 	chConn, chCfg := chtest.NewDB(t)
 	cfg := platform.Config{
 		Postgres:   postgres.Config{URL: pgtest.NewDB(t), MaxConns: 20},
@@ -86,61 +83,25 @@ func startAfter(t *testing.T, stages []string, beforeRun func(), edit ...func(*p
 		f(&cfg)
 	}
 	spans := tracetest.NewSpanRecorder()
-	tel, err := telemetry.Setup(ctx, cfg.Telemetry, testWriter{t}, telemetry.WithSpanProcessor(spans))
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := platform.Open(ctx, cfg, tel)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.Migrate(ctx); err != nil {
+	pe := platformtest.OpenT(t, cfg, testWriter{t}, telemetry.WithSpanProcessor(spans))
+	if err := pe.P.Migrate(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	if beforeRun != nil {
 		beforeRun()
 	}
-	grpcLis, _ := net.Listen("tcp", "127.0.0.1:0")
-	adminLis, _ := net.Listen("tcp", "127.0.0.1:0")
-	httpLis, _ := net.Listen("tcp", "127.0.0.1:0")
-	ready := make(chan struct{})
 	clock := clocktest.New()
-	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error {
-		return p.Run(gctx, platform.Options{
-			Services: platform.AllServices, Stages: stages,
-			GRPC: grpcLis, Admin: adminLis, HTTP: httpLis, Ready: func() { close(ready) },
-			Now: clock.Now,
-		})
-	})
-	t.Cleanup(func() {
-		cancel()
-		if err := g.Wait(); err != nil && !errors.Is(err, context.Canceled) {
-			t.Errorf("platform: %v", err)
-		}
-		p.Close()
-		_ = tel.Shutdown(context.Background())
-	})
-	select {
-	case <-ready:
-	case <-gctx.Done():
-		t.Fatalf("platform did not start: %v", g.Wait())
-	}
-
-	conn, err := grpc.NewClient(grpcLis.Addr().String(),
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithStatsHandler(otelgrpc.NewClientHandler(otelgrpc.WithTracerProvider(tel.Tracers), otelgrpc.WithPropagators(tel.Propagator))))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	kc, err := kafka.NewClient(cfg.Kafka, kafka.Telemetry{Tracers: tel.Tracers, Meters: tel.Meters, Propagator: tel.Propagator, Logger: tel.Logger}, "")
+	tel := pe.Tel
+	r := platformtest.StartT(t, pe.P, platform.Options{Services: platform.AllServices, Stages: stages, Now: clock.Now},
+		platformtest.WithGateway(), platformtest.WithDialOptions(
+			grpc.WithStatsHandler(otelgrpc.NewClientHandler(otelgrpc.WithTracerProvider(tel.Tracers), otelgrpc.WithPropagators(tel.Propagator)))))
+	kc, err := kafka.NewClient(cfg.Kafka, pe.Kafka(), "")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(kc.Close)
-	return &env{cfg: cfg, tel: tel, spans: spans, pool: p.Pool(), ch: chConn, conn: conn, kafka: kc, http: "http://" + httpLis.Addr().String(),
-		admin: "http://" + adminLis.Addr().String(), clock: clock}
+	return &env{cfg: cfg, tel: tel, spans: spans, pool: pe.P.Pool(), ch: chConn, conn: r.Conn, kafka: kc, http: "http://" + r.HTTP,
+		admin: "http://" + r.Admin, clock: clock}
 }
 
 type testWriter struct{ t *testing.T }

@@ -2,10 +2,8 @@ package platform_test
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -17,7 +15,6 @@ import (
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
@@ -27,16 +24,16 @@ import (
 
 	"github.com/membercenter/membercenter/pipeline/clocktest"
 	"github.com/membercenter/membercenter/services/platform"
+	"github.com/membercenter/membercenter/services/platform/platformtest"
 	"github.com/membercenter/membercenter/services/server"
 	"github.com/membercenter/membercenter/services/telemetry"
 )
 
 type running struct {
-	conn   *grpc.ClientConn
-	admin  string
-	pgURL  string
-	p      *platform.Platform
-	cancel context.CancelFunc
+	conn  *grpc.ClientConn
+	admin string
+	pgURL string
+	p     *platform.Platform
 }
 
 // serve runs the identity, profile and benefits services (no Kafka needed)
@@ -50,42 +47,9 @@ func serve(t *testing.T) *running {
 		Telemetry:  telemetry.Config{ServiceName: "membercenter-platform-test", LogLevel: "error"},
 		Server:     server.Config{GRPCAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", Grace: 5 * time.Second},
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	tel, err := telemetry.Setup(ctx, cfg.Telemetry, io.Discard)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := platform.Open(ctx, cfg, tel)
-	if err != nil {
-		t.Fatal(err)
-	}
-	grpcLis, _ := net.Listen("tcp", "127.0.0.1:0")
-	adminLis, _ := net.Listen("tcp", "127.0.0.1:0")
-	ready := make(chan struct{})
-	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error {
-		return p.Run(gctx, platform.Options{Services: []string{"identity", "profile", "benefits"}, GRPC: grpcLis, Admin: adminLis,
-			Ready: func() { close(ready) }, Now: clocktest.New().Now})
-	})
-	t.Cleanup(func() {
-		cancel()
-		if err := g.Wait(); err != nil && !errors.Is(err, context.Canceled) {
-			t.Errorf("platform: %v", err)
-		}
-		p.Close()
-		_ = tel.Shutdown(context.Background())
-	})
-	select {
-	case <-ready:
-	case <-gctx.Done():
-		t.Fatalf("platform did not start: %v", g.Wait())
-	}
-	conn, err := grpc.NewClient(grpcLis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	return &running{conn: conn, admin: "http://" + adminLis.Addr().String(), pgURL: cfg.Postgres.URL, p: p, cancel: cancel}
+	e := platformtest.OpenT(t, cfg, io.Discard)
+	r := platformtest.StartT(t, e.P, platform.Options{Services: []string{"identity", "profile", "benefits"}, Now: clocktest.New().Now})
+	return &running{conn: r.Conn, admin: "http://" + r.Admin, pgURL: cfg.Postgres.URL, p: e.P}
 }
 
 // terminateBackends ends every other connection to the test's own
