@@ -1,0 +1,102 @@
+package pgbench
+
+import (
+	"context"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+)
+
+// Listener is a connection of its own that LISTENs on a NOTIFY channel, and
+// reads on the same connection what a notification announced.
+type Listener struct{ conn *pgx.Conn }
+
+// Listen connects to url and listens on channel.
+func Listen(ctx context.Context, url, channel string) (*Listener, error) {
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{channel}.Sanitize()); err != nil {
+		conn.Close(context.Background())
+		return nil, err
+	}
+	return &Listener{conn: conn}, nil
+}
+
+// Wait waits for the next notification, or until ctx ends.
+func (l *Listener) Wait(ctx context.Context) error {
+	_, err := l.conn.WaitForNotification(ctx)
+	return err
+}
+
+// IsClosed says whether the connection is gone.
+func (l *Listener) IsClosed() bool { return l.conn.IsClosed() }
+
+// FeatureVersions is FeatureVersions on the listening connection.
+func (l *Listener) FeatureVersions(ctx context.Context, members []uuid.UUID) (map[uuid.UUID]FeatureVersion, error) {
+	return FeatureVersions(ctx, l.conn, members)
+}
+
+// Close closes the connection.
+func (l *Listener) Close() { l.conn.Close(context.Background()) }
+
+// Sessions reads pg_stat_activity of one database on a connection of its
+// own, leaving itself out.
+type Sessions struct{ conn *pgx.Conn }
+
+// OpenSessions connects to the database at url.
+func OpenSessions(ctx context.Context, url string) (*Sessions, error) {
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		return nil, err
+	}
+	return &Sessions{conn: conn}, nil
+}
+
+// SessionCounts is how many client sessions of the database are in each
+// state at one moment.
+type SessionCounts struct {
+	// Running a statement; waiting for a lock; waiting for I/O or WAL; idle
+	// in a transaction (waiting for its client); waiting for anything else.
+	Running, Lock, IO, IdleInTxn, Other float64
+}
+
+// Count counts the database's client sessions by state.
+func (s *Sessions) Count(ctx context.Context) (SessionCounts, error) {
+	var c SessionCounts
+	err := s.conn.QueryRow(ctx, `SELECT
+		count(*) FILTER (WHERE state = 'active' AND wait_event_type IS NULL),
+		count(*) FILTER (WHERE state = 'active' AND wait_event_type = 'Lock'),
+		count(*) FILTER (WHERE state = 'active' AND (wait_event_type = 'IO' OR wait_event LIKE 'WAL%')),
+		count(*) FILTER (WHERE state = 'idle in transaction'),
+		count(*) FILTER (WHERE state = 'active' AND wait_event_type IS NOT NULL AND wait_event_type NOT IN ('Lock', 'IO') AND wait_event NOT LIKE 'WAL%')
+		  FROM pg_stat_activity WHERE datname = current_database() AND backend_type = 'client backend' AND pid <> pg_backend_pid()`).
+		Scan(&c.Running, &c.Lock, &c.IO, &c.IdleInTxn, &c.Other)
+	return c, err
+}
+
+// ActiveStatement is a statement a session is running (or waiting for a
+// lock in): the first 60 characters, after its wait event.
+type ActiveStatement struct {
+	Lock  bool
+	Query string
+}
+
+// Active lists the statements running or waiting for a lock.
+func (s *Sessions) Active(ctx context.Context) ([]ActiveStatement, error) {
+	rows, err := s.conn.Query(ctx, `SELECT wait_event_type IS NOT NULL,
+		       coalesce('(' || wait_event || ') ', '') || left(regexp_replace(query, '\s+', ' ', 'g'), 60)
+		  FROM pg_stat_activity WHERE datname = current_database() AND backend_type = 'client backend' AND pid <> pg_backend_pid()
+		   AND state = 'active' AND (wait_event_type IS NULL OR wait_event_type = 'Lock')`)
+	if err != nil {
+		return nil, err
+	}
+	var out []ActiveStatement
+	var a ActiveStatement
+	_, err = pgx.ForEachRow(rows, []any{&a.Lock, &a.Query}, func() error { out = append(out, a); return nil })
+	return out, err
+}
+
+// Close closes the connection.
+func (s *Sessions) Close() { s.conn.Close(context.Background()) }
