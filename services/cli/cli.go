@@ -7,8 +7,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -38,7 +36,7 @@ MC_CLICKHOUSE_ADDR, ...); the defaults match what scripts/deps.sh starts.`,
 	root.SetArgs(args)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.AddCommand(serveCmd(stderr), pipelineCmd(stderr), migrateCmd(stderr), demoCmd(stdout, stderr), benchCmd(stdout), dlqCmd(stdout, stderr), piiCmd(stdout, stderr), programCmd(stdout, stderr), tagsCmd(stdout, stderr), segmentCmd(stdout, stderr), authCmd(stdout), loadgenCmd(stdout, stderr))
+	root.AddCommand(serveCmd(stderr), pipelineCmd(stderr), migrateCmd(stderr), dlqCmd(stdout, stderr), piiCmd(stdout, stderr), programCmd(stdout, stderr), tagsCmd(stdout, stderr), segmentCmd(stdout, stderr), authCmd(stdout))
 	root.AddCommand(versionCmd(stdout))
 	return execute(ctx, root)
 }
@@ -81,22 +79,6 @@ func setupAdmin(ctx context.Context, logOut io.Writer, adminAddr string) (*env, 
 		_ = tel.Shutdown(sctx)
 	}
 	return &env{cfg: cfg, tel: tel, p: p}, cleanup, nil
-}
-
-// setupLogged is setup with the platform's log in a fresh file named
-// <name>.log in the temporary directory; done also closes the file.
-func setupLogged(ctx context.Context, name string) (*env, string, func(), error) {
-	logPath := filepath.Join(os.TempDir(), name+".log")
-	logFile, err := os.Create(logPath)
-	if err != nil {
-		return nil, "", nil, err
-	}
-	e, done, err := setup(ctx, logFile)
-	if err != nil {
-		logFile.Close()
-		return nil, "", nil, err
-	}
-	return e, logPath, func() { done(); logFile.Close() }, nil
 }
 
 func serveCmd(logOut io.Writer) *cobra.Command {

@@ -9,14 +9,14 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
-	"runtime/debug"
 	"syscall"
 
 	"github.com/membercenter/membercenter/services/cli"
+	"github.com/membercenter/membercenter/services/platform"
 )
 
 func main() {
-	tuneGC()
+	platform.TuneGC()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := cli.Execute(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
@@ -42,18 +42,4 @@ func exitCode(err error) int {
 		return 2
 	}
 	return 1
-}
-
-// tuneGC trades memory for CPU unless GOGC or GOMEMLIMIT say otherwise: the
-// heap of a serving process is small and short-lived (requests, decoded
-// member state), so collecting at 4× the live heap instead of 2× halves the
-// collector's share of CPU, and a 2 GiB soft limit keeps a burst from
-// growing the heap without bound.
-func tuneGC() {
-	if os.Getenv("GOGC") == "" {
-		debug.SetGCPercent(400)
-	}
-	if os.Getenv("GOMEMLIMIT") == "" {
-		debug.SetMemoryLimit(2 << 30)
-	}
 }

@@ -8,7 +8,7 @@ import (
 
 	"github.com/google/pprof/profile"
 
-	"github.com/membercenter/membercenter/services/loadgen"
+	"github.com/membercenter/membercenter/bench/loadgen"
 )
 
 func TestFuncPackage(t *testing.T) {

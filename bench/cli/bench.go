@@ -2,10 +2,8 @@ package cli
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"runtime"
 	"slices"
@@ -18,9 +16,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
-	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -28,17 +24,14 @@ import (
 
 	"github.com/membercenter/membercenter/pipeline/kafka"
 	"github.com/membercenter/membercenter/services/platform"
+	"github.com/membercenter/membercenter/services/platform/platformtest"
 )
 
-func benchCmd(stdout io.Writer) *cobra.Command {
-	cmd := &cobra.Command{
-		Use:   "bench",
-		Short: "Measure the platform against its raw floor on the configured servers",
-	}
+func latencyCmd(stdout io.Writer) *cobra.Command {
 	var events, members, rate int
 	var fanout []int
 	var fanEvents, fanRate int
-	latency := &cobra.Command{
+	cmd := &cobra.Command{
 		Use:   "latency",
 		Short: "Time from publishing a POS event to its change on a Subscribe stream, beside a raw Kafka produce→consume round trip",
 		Long: `Runs the whole platform in process on scratch topics, publishes POS
@@ -63,18 +56,17 @@ change on every stream: the fan-out table, one row per number of streams.`,
 			return b.run(cmd.Context())
 		},
 	}
-	latency.Flags().IntVar(&events, "events", 1000, "measured events")
-	latency.Flags().IntVar(&members, "members", 200, "distinct members the events belong to")
-	latency.Flags().IntVar(&rate, "rate", 200, "events per second (open loop)")
-	latency.Flags().IntSliceVar(&fanout, "subscribers", nil, "numbers of concurrent subscribers for the fan-out table (e.g. 1000,2000,4000)")
-	latency.Flags().IntVar(&fanEvents, "fanout-events", 100, "events per fan-out row")
-	latency.Flags().IntVar(&fanRate, "fanout-rate", 20, "events per second in the fan-out rows")
-	cmd.AddCommand(latency, benchResolveCmd(stdout), benchBenefitsCmd(stdout), benchTagsCmd(stdout), benchPipelineCmd(stdout))
+	cmd.Flags().IntVar(&events, "events", 1000, "measured events")
+	cmd.Flags().IntVar(&members, "members", 200, "distinct members the events belong to")
+	cmd.Flags().IntVar(&rate, "rate", 200, "events per second (open loop)")
+	cmd.Flags().IntSliceVar(&fanout, "subscribers", nil, "numbers of concurrent subscribers for the fan-out table (e.g. 1000,2000,4000)")
+	cmd.Flags().IntVar(&fanEvents, "fanout-events", 100, "events per fan-out row")
+	cmd.Flags().IntVar(&fanRate, "fanout-rate", 20, "events per second in the fan-out rows")
 	return cmd
 }
 
 type latencyBench struct {
-	e                     *env
+	e                     *platformtest.Env
 	out                   io.Writer
 	events, members, rate int
 	fanout                []int
@@ -98,57 +90,33 @@ func summarize(ds []time.Duration, elapsed time.Duration) Summary {
 func ms(d time.Duration) string { return strconv.FormatFloat(float64(d)/1e6, 'f', 2, 64) }
 
 func (b *latencyBench) run(ctx context.Context) error {
-	cfg := b.e.cfg
+	cfg := b.e.Config
 	run := fmt.Sprintf("bench%x", time.Now().UnixNano()&0xffffffff)
 	// Scratch topics and groups: a clean, unshared pipeline for this run.
 	kcfg := scratchKafka(cfg.Kafka, run)
 	floorTopic := run + ".floor.v1"
-	ktel := kafka.Telemetry{Tracers: b.e.tel.Tracers, Meters: b.e.tel.Meters, Propagator: b.e.tel.Propagator, Logger: b.e.tel.Logger}
-	admin, err := kafka.NewClient(kcfg, ktel, "")
+	ktel := b.e.Kafka()
+	topics, err := openScratch(ctx, kcfg, ktel, 6, floorTopic)
 	if err != nil {
 		return err
 	}
-	defer admin.Close()
-	adm := kadm.NewClient(admin.Client)
-	if err := kafka.EnsureTopics(ctx, admin.Client, kcfg.Topics); err != nil {
-		return err
-	}
-	if _, err := adm.CreateTopic(ctx, 6, 1, nil, floorTopic); err != nil {
-		return err
-	}
-	defer func() {
-		names := []string{floorTopic}
-		for n := range kcfg.Topics.All() {
-			names = append(names, n)
-		}
-		_, _ = adm.DeleteTopics(context.Background(), names...)
-	}()
+	defer topics.close()
 
-	if err := b.e.p.Migrate(ctx); err != nil {
+	if err := b.e.P.Migrate(ctx); err != nil {
 		return err
 	}
 	pcfg := cfg
 	pcfg.Kafka = kcfg
-	p, err := platform.Open(ctx, pcfg, b.e.tel)
+	p, err := platform.Open(ctx, pcfg, b.e.Tel)
 	if err != nil {
 		return err
 	}
 	defer p.Close()
-	grpcLis, _ := net.Listen("tcp", "127.0.0.1:0")
-	adminLis, _ := net.Listen("tcp", "127.0.0.1:0")
-	ready := make(chan struct{})
-	pctx, stop := context.WithCancel(ctx)
-	defer stop()
-	g, gctx := errgroup.WithContext(pctx)
-	g.Go(func() error {
-		return p.Run(gctx, platform.Options{Services: platform.AllServices, Stages: platform.AllStages,
-			GRPC: grpcLis, Admin: adminLis, Ready: func() { close(ready) }})
-	})
-	select {
-	case <-ready:
-	case <-gctx.Done():
-		return fmt.Errorf("platform did not start: %w", g.Wait())
+	running, err := platformtest.Start(ctx, p, platform.Options{Services: platform.AllServices, Stages: platform.AllStages})
+	if err != nil {
+		return err
 	}
+	defer running.Stop()
 
 	producer, err := kafka.NewClient(kcfg, ktel, "", kgo.ProducerLinger(0))
 	if err != nil {
@@ -156,24 +124,23 @@ func (b *latencyBench) run(ctx context.Context) error {
 	}
 	defer producer.Close()
 
-	floor, err := b.floor(ctx, kcfg, ktel, producer, adm, floorTopic)
+	floor, err := b.floor(ctx, kcfg, ktel, producer, topics.adm, floorTopic)
 	if err != nil {
 		return fmt.Errorf("floor: %w", err)
 	}
-	platformRes, err := b.platform(ctx, grpcLis.Addr().String(), kcfg, producer, run)
+	platformRes, err := b.platform(ctx, running.Conn, kcfg, producer, run)
 	if err != nil {
 		return err
 	}
 	var fan []fanoutResult
 	for _, n := range b.fanout {
-		r, err := b.fanoutRow(ctx, grpcLis.Addr().String(), kcfg, producer, run, n)
+		r, err := b.fanoutRow(ctx, running, kcfg, producer, run, n)
 		if err != nil {
 			return fmt.Errorf("fan-out to %d subscribers: %w", n, err)
 		}
 		fan = append(fan, r)
 	}
-	stop()
-	if err := g.Wait(); err != nil && !errors.Is(err, context.Canceled) {
+	if err := running.Stop(); err != nil {
 		return err
 	}
 
@@ -216,10 +183,10 @@ type fanoutResult struct {
 
 // fanoutRow opens n unfiltered streams, publishes b.fanEvents events and
 // times each event's points change on every stream.
-func (b *latencyBench) fanoutRow(ctx context.Context, addr string, kcfg kafka.Config, producer *kafka.Client, run string, n int) (fanoutResult, error) {
+func (b *latencyBench) fanoutRow(ctx context.Context, running *platformtest.Running, kcfg kafka.Config, producer *kafka.Client, run string, n int) (fanoutResult, error) {
 	var conns []*grpc.ClientConn
 	for range fanConns {
-		c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		c, err := running.Dial()
 		if err != nil {
 			return fanoutResult{}, err
 		}
@@ -382,12 +349,7 @@ func (b *latencyBench) floor(ctx context.Context, kcfg kafka.Config, ktel kafka.
 	return summarize(ds, received[len(received)-1].Sub(intended[0])), nil
 }
 
-func (b *latencyBench) platform(ctx context.Context, addr string, kcfg kafka.Config, producer *kafka.Client, run string) (Summary, error) {
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		return Summary{}, err
-	}
-	defer conn.Close()
+func (b *latencyBench) platform(ctx context.Context, conn *grpc.ClientConn, kcfg kafka.Config, producer *kafka.Client, run string) (Summary, error) {
 	sctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
 	stream, err := mcv1.NewSyncServiceClient(conn).Subscribe(sctx, &mcv1.SubscribeRequest{})

@@ -10,8 +10,8 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/membercenter/membercenter/bench/loadgen"
 	"github.com/membercenter/membercenter/pipeline/kafka"
-	"github.com/membercenter/membercenter/services/loadgen"
 )
 
 func loadgenCmd(stdout, stderr io.Writer) *cobra.Command {
@@ -32,16 +32,16 @@ with --rate 0, and reports what it sent by kind and how many were malformed
 (each of which must end in dlq.v1).`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			e, done, err := setup(ctx, io.Discard)
+			e, err := setup(ctx, io.Discard)
 			if err != nil {
 				return err
 			}
-			defer done()
+			defer e.Close()
 			if topic == "" {
-				topic = e.cfg.Kafka.Topics.ChannelEvents
+				topic = e.Config.Kafka.Topics.ChannelEvents
 			}
-			ktel := kafka.Telemetry{Tracers: e.tel.Tracers, Meters: e.tel.Meters, Propagator: e.tel.Propagator, Logger: e.tel.Logger}
-			producer, err := kafka.NewClient(e.cfg.Kafka, ktel, "")
+			ktel := e.Kafka()
+			producer, err := kafka.NewClient(e.Config.Kafka, ktel, "")
 			if err != nil {
 				return err
 			}

@@ -10,13 +10,14 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/jackc/pgx/v5"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
+	"github.com/membercenter/membercenter/storage/clickhouse/chbench"
+	"github.com/membercenter/membercenter/storage/postgres/pgbench"
 
 	"github.com/membercenter/membercenter/services/tags"
 )
@@ -97,12 +98,12 @@ func (r *pipelineRun) freshness(ctx context.Context, floorTopic string) (freshRe
 	for i, ev := range evs {
 		members[i] = ev.member
 	}
-	before, err := featureVersions(ctx, r.p.Pool(), members)
+	before, err := pgbench.FeatureVersions(ctx, r.p.Pool(), members)
 	if err != nil {
 		return res, err
 	}
 	for m, v := range before {
-		evs[byMember[m]].version = v
+		evs[byMember[m]].version = v.Version
 	}
 
 	// The stream has its own context: ending it at the timeout must not
@@ -116,14 +117,11 @@ func (r *pipelineRun) freshness(ctx context.Context, floorTopic string) (freshRe
 	if m, err := stream.Recv(); err != nil || m.GetReady() == nil {
 		return res, fmt.Errorf("subscribe: %v", err)
 	}
-	lc, err := pgx.Connect(ctx, r.url)
+	lc, err := pgbench.Listen(ctx, r.url, tags.ExportChannel)
 	if err != nil {
 		return res, err
 	}
-	defer lc.Close(context.Background())
-	if _, err := lc.Exec(ctx, "LISTEN "+pgx.Identifier{tags.ExportChannel}.Sanitize()); err != nil {
-		return res, err
-	}
+	defer lc.Close()
 
 	points, shown, inCH := make([]time.Time, n), make([]time.Time, n), make([]time.Time, n)
 	var published atomic.Int64
@@ -176,7 +174,7 @@ func (r *pipelineRun) freshness(ctx context.Context, floorTopic string) (freshRe
 				return nil
 			}
 			wctx, cancel := context.WithTimeout(gctx, 20*time.Millisecond)
-			_, err := lc.WaitForNotification(wctx)
+			err := lc.Wait(wctx)
 			cancel()
 			if gctx.Err() != nil {
 				return nil
@@ -191,12 +189,12 @@ func (r *pipelineRun) freshness(ctx context.Context, floorTopic string) (freshRe
 			for k, i := range idx {
 				ms[k] = evs[i].member
 			}
-			versions, err := featureVersions(gctx, lc, ms)
+			versions, err := lc.FeatureVersions(gctx, ms)
 			if err != nil {
 				return err
 			}
 			for _, i := range idx {
-				if versions[evs[i].member] <= evs[i].version {
+				if versions[evs[i].member].Version <= evs[i].version {
 					continue
 				}
 				p, err := profiles.GetProfile(gctx, &mcv1.GetProfileRequest{MemberId: evs[i].member.String()})
@@ -218,26 +216,14 @@ func (r *pipelineRun) freshness(ctx context.Context, floorTopic string) (freshRe
 				return nil
 			}
 			if len(idx) > 0 {
-				// UUIDs need no escaping; ClickHouse 18.16 takes no array for IN.
 				ms := make([]string, len(idx))
 				for k, i := range idx {
-					ms[k] = "'" + evs[i].member.String() + "'"
+					ms[k] = evs[i].member.String()
 				}
-				rows, err := r.ch.Query(gctx, `SELECT member_id, max(version) FROM member_profiles WHERE member_id IN (`+strings.Join(ms, ",")+`) GROUP BY member_id`)
+				versions, err := chbench.LatestVersions(gctx, r.ch, ms)
 				if err != nil {
 					return fmt.Errorf("ClickHouse poll: %w", err)
 				}
-				versions := map[string]uint64{}
-				for rows.Next() {
-					var m string
-					var v uint64
-					if err := rows.Scan(&m, &v); err != nil {
-						rows.Close()
-						return err
-					}
-					versions[m] = v
-				}
-				rows.Close()
 				now := time.Now()
 				for _, i := range idx {
 					if int64(versions[evs[i].member.String()]) > evs[i].version {
@@ -304,20 +290,4 @@ func (r *pipelineRun) freshness(ctx context.Context, floorTopic string) (freshRe
 	}
 	res.points, res.profile, res.ch = dist(points, &res.missPoints), dist(shown, &res.missProfile), dist(inCH, &res.missCH)
 	return res, nil
-}
-
-// featureVersions reads the members' feature-state versions (members
-// without state are absent).
-func featureVersions(ctx context.Context, q interface {
-	Query(context.Context, string, ...any) (pgx.Rows, error)
-}, members []uuid.UUID) (map[uuid.UUID]int64, error) {
-	rows, err := q.Query(ctx, `SELECT member_id, version FROM member_features WHERE member_id = ANY($1)`, members)
-	if err != nil {
-		return nil, err
-	}
-	out := map[uuid.UUID]int64{}
-	var id uuid.UUID
-	var v int64
-	_, err = pgx.ForEachRow(rows, []any{&id, &v}, func() error { out[id] = v; return nil })
-	return out, err
 }

@@ -19,7 +19,7 @@ import (
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 
-	"github.com/membercenter/membercenter/services/loadgen"
+	"github.com/membercenter/membercenter/bench/loadgen"
 )
 
 func loadgenAPICmd(stdout, stderr io.Writer) *cobra.Command {

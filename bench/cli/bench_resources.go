@@ -11,7 +11,8 @@ import (
 	"time"
 
 	"github.com/google/pprof/profile"
-	"github.com/jackc/pgx/v5"
+
+	"github.com/membercenter/membercenter/storage/postgres/pgbench"
 )
 
 // rssMiB is the resident memory of each process of the platform, in MiB:
@@ -162,53 +163,39 @@ func sampleSessions(url string) *sessionSampler {
 		st := sessionStates{waiting: map[string]int{}, busy: map[string]int{}}
 		defer func() { s.done <- st }()
 		ctx := context.Background()
-		conn, err := pgx.Connect(ctx, url)
+		conn, err := pgbench.OpenSessions(ctx, url)
 		if err != nil {
 			<-s.stopc
 			return
 		}
-		defer conn.Close(ctx)
+		defer conn.Close()
 		t := time.NewTicker(100 * time.Millisecond)
 		defer t.Stop()
-		var sum [5]float64
+		var sum pgbench.SessionCounts
 		for {
-			var v [5]float64
-			err := conn.QueryRow(ctx, `SELECT
-				count(*) FILTER (WHERE state = 'active' AND wait_event_type IS NULL),
-				count(*) FILTER (WHERE state = 'active' AND wait_event_type = 'Lock'),
-				count(*) FILTER (WHERE state = 'active' AND (wait_event_type = 'IO' OR wait_event LIKE 'WAL%')),
-				count(*) FILTER (WHERE state = 'idle in transaction'),
-				count(*) FILTER (WHERE state = 'active' AND wait_event_type IS NOT NULL AND wait_event_type NOT IN ('Lock', 'IO') AND wait_event NOT LIKE 'WAL%')
-				  FROM pg_stat_activity WHERE datname = current_database() AND backend_type = 'client backend' AND pid <> pg_backend_pid()`).
-				Scan(&v[0], &v[1], &v[2], &v[3], &v[4])
-			if err == nil {
-				for i := range v {
-					sum[i] += v[i]
-				}
+			if c, err := conn.Count(ctx); err == nil {
+				sum.Running += c.Running
+				sum.Lock += c.Lock
+				sum.IO += c.IO
+				sum.IdleInTxn += c.IdleInTxn
+				sum.Other += c.Other
 				st.samples++
 			}
-			rows, err := conn.Query(ctx, `SELECT wait_event_type IS NOT NULL,
-				       coalesce('(' || wait_event || ') ', '') || left(regexp_replace(query, '\s+', ' ', 'g'), 60)
-				  FROM pg_stat_activity WHERE datname = current_database() AND backend_type = 'client backend' AND pid <> pg_backend_pid()
-				   AND state = 'active' AND (wait_event_type IS NULL OR wait_event_type = 'Lock')`)
-			if err == nil {
-				var lock bool
-				var q string
-				_, _ = pgx.ForEachRow(rows, []any{&lock, &q}, func() error {
-					if lock {
-						st.waiting[q]++
+			if active, err := conn.Active(ctx); err == nil {
+				for _, a := range active {
+					if a.Lock {
+						st.waiting[a.Query]++
 					} else {
-						st.busy[q]++
+						st.busy[a.Query]++
 					}
-					return nil
-				})
+				}
 			}
 			select {
 			case <-s.stopc:
 				if st.samples > 0 {
 					n := float64(st.samples)
 					st.ok = true
-					st.running, st.lock, st.io, st.client, st.other = sum[0]/n, sum[1]/n, sum[2]/n, sum[3]/n, sum[4]/n
+					st.running, st.lock, st.io, st.client, st.other = sum.Running/n, sum.Lock/n, sum.IO/n, sum.IdleInTxn/n, sum.Other/n
 				}
 				return
 			case <-t.C:

@@ -7,7 +7,6 @@ import (
 	"io"
 	"math"
 	"math/rand/v2"
-	"net"
 	"os"
 	"runtime"
 	"runtime/pprof"
@@ -19,32 +18,31 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/spf13/cobra"
-	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 	"github.com/membercenter/membercenter/storage/postgres"
+	"github.com/membercenter/membercenter/storage/postgres/pgbench"
 
 	"github.com/membercenter/membercenter/pipeline/kafka"
 	"github.com/membercenter/membercenter/pipeline/worker"
 	"github.com/membercenter/membercenter/services/benefits"
 	"github.com/membercenter/membercenter/services/platform"
+	"github.com/membercenter/membercenter/services/platform/platformtest"
 )
 
-// benchBenefitsCmd is issue 4's benchmark: Quote and Commit over gRPC, and
+// benefitsCmd is issue 4's benchmark: Quote and Commit over gRPC, and
 // the benefit worker's events per second, each beside its floor.
-func benchBenefitsCmd(stdout io.Writer) *cobra.Command {
+func benefitsCmd(stdout io.Writer) *cobra.Command {
 	b := &benefitsBench{out: stdout}
 	cmd := &cobra.Command{
 		Use:   "benefits",
@@ -70,8 +68,8 @@ for --saturation (profiled with --cpuprofile).
 Last, the benefit worker: --events Transaction member events for warmed
 members applied with benefits.Service.Apply by each number of --appliers
 concurrent appliers (events partitioned by member, so one member's events stay
-in order), beside one INSERT … ON CONFLICT per event into a scratch table with
-the same partitioning and concurrency (the floor); and --kafka-events events
+in order), beside one ` + pgbench.MemberFloorStatement + ` per event into a scratch
+table with the same partitioning and concurrency (the floor); and --kafka-events events
 published to a scratch member-events topic and consumed by the benefit worker
 (worker.New with the benefits applier), beside a plain franz-go consume of the
 same topic. Prints Markdown; progress goes to stderr.`,
@@ -104,7 +102,7 @@ same topic. Prints Markdown; progress goes to stderr.`,
 }
 
 type benefitsBench struct {
-	e             *env
+	e             *platformtest.Env
 	out, progress io.Writer
 
 	members, warm, rate, commitWorkers, events, kafkaEvents, conns int
@@ -177,17 +175,17 @@ func (b *benefitsBench) run(ctx context.Context) error {
 		return err
 	}
 	b.runID = fmt.Sprintf("bb%x", time.Now().UnixNano()&0xffffffffff)
-	cfg := b.e.cfg
+	cfg := b.e.Config
 	var err error
-	if b.benchURL, err = benchDatabaseURL(cfg.Postgres.URL); err != nil {
+	if b.benchURL, err = pgbench.DatabaseURL(cfg.Postgres.URL, benchDatabase); err != nil {
 		return err
 	}
-	if err := createDatabase(ctx, b.e.p.Pool(), benchDatabase); err != nil {
+	if err := pgbench.CreateDatabase(ctx, b.e.P.Pool(), benchDatabase); err != nil {
 		return err
 	}
 	pcfg := cfg
 	pcfg.Postgres.URL = b.benchURL
-	p, err := platform.Open(ctx, pcfg, b.e.tel)
+	p, err := platform.Open(ctx, pcfg, b.e.Tel)
 	if err != nil {
 		return err
 	}
@@ -196,16 +194,16 @@ func (b *benefitsBench) run(ctx context.Context) error {
 	if _, err := postgres.Migrate(ctx, b.pool); err != nil {
 		return err
 	}
-	b.svc = benefits.New(b.pool, changesWriter(b.e), b.e.tel.Logger)
+	b.svc = benefits.New(b.pool, changesWriter(b.e), b.e.Tel.Logger)
 	if err := b.svc.Reload(ctx); err != nil { // the programme the server runs
 		return err
 	}
 	// PostgreSQL round trips, counted from the pgx spans the production
 	// tracer records under each RPC's (or worker record's) span.
 	b.trips = &pgRoundTrips{}
-	b.e.tel.Tracers.RegisterSpanProcessor(b.trips)
-	defer b.e.tel.Tracers.UnregisterSpanProcessor(b.trips)
-	b.tracer = b.e.tel.Tracers.Tracer("github.com/membercenter/membercenter/services/cli/bench")
+	b.e.Tel.Tracers.RegisterSpanProcessor(b.trips)
+	defer b.e.Tel.Tracers.UnregisterSpanProcessor(b.trips)
+	b.tracer = b.e.Tel.Tracers.Tracer("github.com/membercenter/membercenter/bench/cli")
 
 	var r benefitsReport
 	if r.pool, err = b.pickMembers(ctx); err != nil {
@@ -216,35 +214,13 @@ func (b *benefitsBench) run(ctx context.Context) error {
 	// builds it with server.NewGRPC (otelgrpc, recovery, protovalidate, the
 	// platform's error translation, health and reflection) and registers
 	// benefits.NewServer, exactly as `membercenter serve` does.
-	grpcLis, err := net.Listen("tcp", "127.0.0.1:0")
+	running, err := platformtest.Start(ctx, p, platform.Options{Services: []string{"benefits"}})
 	if err != nil {
 		return err
 	}
-	adminLis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
+	defer running.Stop()
+	if b.clients, err = running.Conns(b.conns); err != nil {
 		return err
-	}
-	ready := make(chan struct{})
-	pctx, stop := context.WithCancel(ctx)
-	defer stop()
-	g, gctx := errgroup.WithContext(pctx)
-	g.Go(func() error {
-		return p.Run(gctx, platform.Options{Services: []string{"benefits"}, GRPC: grpcLis, Admin: adminLis,
-			Ready: func() { close(ready) }})
-	})
-	select {
-	case <-ready:
-	case <-gctx.Done():
-		return fmt.Errorf("server did not start: %w", g.Wait())
-	}
-	for range b.conns {
-		c, err := grpc.NewClient(grpcLis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		c.Connect()
-		b.clients = append(b.clients, c)
 	}
 
 	b.logf("history: 3 Commits for each of %d members (70, 40 and 10 days ago), %d callers", len(b.warmed), b.commitWorkers)
@@ -301,8 +277,7 @@ func (b *benefitsBench) run(ctx context.Context) error {
 
 	// The gRPC server is done with; the worker measurements need only the
 	// database (and Kafka).
-	stop()
-	if err := g.Wait(); err != nil && !errors.Is(err, context.Canceled) {
+	if err := running.Stop(); err != nil {
 		return err
 	}
 
@@ -341,33 +316,17 @@ type poolResult struct {
 // (in a database preloaded by `bench resolve`, its first members: far from
 // the tail its merges use). Members missing from the pool are created.
 func (b *benefitsBench) pickMembers(ctx context.Context) (poolResult, error) {
-	rows, err := b.pool.Query(ctx, `
-		SELECT m.member_id FROM members m
-		 WHERE m.status = 'active' AND m.merge_count = 0
-		   AND NOT EXISTS (SELECT FROM loyalty_state s WHERE s.member_id = m.member_id)
-		 ORDER BY m.member_id LIMIT $1`, b.members)
-	if err != nil {
-		return poolResult{}, err
-	}
-	pool, err := pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
+	pool, err := pgbench.MembersWithoutLoyalty(ctx, b.pool, b.members)
 	if err != nil {
 		return poolResult{}, err
 	}
 	res := poolResult{fresh: len(pool)}
 	if missing := b.members - len(pool); missing > 0 {
 		b.logf("members: %d without loyalty history present, creating %d", len(pool), missing)
-		now := time.Now()
-		created := make([][]any, missing)
-		for i := range created {
-			id := uuid.Must(uuid.NewV7())
-			created[i] = []any{id, now}
-			pool = append(pool, id)
+		if pool, err = createMembers(ctx, b.pool, pool, missing); err != nil {
+			return res, err
 		}
-		// The columns postgres.InsertMember writes, in one COPY.
-		if _, err := b.pool.CopyFrom(ctx, pgx.Identifier{"members"}, []string{"member_id", "created_at"}, pgx.CopyFromRows(created)); err != nil {
-			return res, fmt.Errorf("copy members: %w", err)
-		}
-		if _, err := b.pool.Exec(ctx, `ANALYZE members`); err != nil {
+		if err := pgbench.Analyze(ctx, b.pool, false, "members"); err != nil {
 			return res, err
 		}
 		res.created = missing
@@ -430,47 +389,17 @@ type warmState struct {
 }
 
 func (b *benefitsBench) state(ctx context.Context) (warmState, error) {
-	s := warmState{tiers: map[string]int{}}
-	rows, err := b.pool.Query(ctx, `SELECT coalesce(state->>'tier', ''), count(*) FROM loyalty_state WHERE member_id = ANY($1) GROUP BY 1`, b.warmed)
-	if err != nil {
-		return s, err
-	}
-	var tier string
-	var n int
-	if _, err := pgx.ForEachRow(rows, []any{&tier, &n}, func() error { s.tiers[tier] = n; return nil }); err != nil {
-		return s, err
-	}
+	l, err := pgbench.LoyaltyOf(ctx, b.pool, b.warmed)
 	w := float64(len(b.warmed))
-	var lots, orders, coupons, months, balance int64
-	err = b.pool.QueryRow(ctx, `SELECT
-		(SELECT count(*) FROM point_lots WHERE member_id = ANY($1) AND remaining > 0),
-		(SELECT count(*) FROM orders WHERE member_id = ANY($1)),
-		(SELECT count(*) FROM coupons WHERE member_id = ANY($1)),
-		(SELECT count(*) FROM member_activity WHERE member_id = ANY($1)),
-		(SELECT coalesce(sum(balance), 0) FROM points_accounts WHERE member_id = ANY($1)),
-		(SELECT count(*) FROM point_lots)`, b.warmed).
-		Scan(&lots, &orders, &coupons, &months, &balance, &s.allLots)
-	s.lots, s.orders, s.coupons, s.activityMonths, s.balance = float64(lots)/w, float64(orders)/w, float64(coupons)/w, float64(months)/w, float64(balance)/w
-	return s, err
+	return warmState{tiers: l.Tiers, lots: float64(l.Lots) / w, orders: float64(l.Orders) / w, coupons: float64(l.Coupons) / w,
+		activityMonths: float64(l.ActivityMonths) / w, balance: float64(l.Balance) / w, allLots: l.AllLots}, err
 }
 
 // checkInvariants verifies, for every warmed member, that the member
 // account's ledger sum, the account balance and the sum of its lots'
-// remaining points agree (docs/benefits.md §2; each transaction balancing
-// to zero is enforced by a trigger).
+// remaining points agree.
 func (b *benefitsBench) checkInvariants(ctx context.Context) (bad, checked int, err error) {
-	err = b.pool.QueryRow(ctx, `
-		SELECT count(*) FILTER (WHERE coalesce(a.balance, 0) <> coalesce(l.s, 0) OR coalesce(a.balance, 0) <> coalesce(e.s, 0)), count(*)
-		  FROM unnest($1::uuid[]) AS m(member_id)
-		  LEFT JOIN points_accounts a ON a.member_id = m.member_id
-		  LEFT JOIN LATERAL (SELECT sum(remaining) AS s FROM point_lots WHERE member_id = m.member_id) l ON true
-		  LEFT JOIN LATERAL (SELECT sum(delta) AS s FROM ledger_entries
-		                      WHERE member_id = m.member_id AND account = 'member:' || m.member_id::text) e ON true`,
-		b.warmed).Scan(&bad, &checked)
-	if err != nil {
-		err = fmt.Errorf("check ledger invariants: %w", err)
-	}
-	return bad, checked, err
+	return pgbench.LedgerMismatches(ctx, b.pool, b.warmed)
 }
 
 // ---- baskets and events ----
@@ -599,8 +528,7 @@ type usageMark struct {
 }
 
 func (b *benefitsBench) deadlocks() int64 {
-	var n int64
-	_ = b.pool.QueryRow(context.Background(), `SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()`).Scan(&n)
+	n, _ := pgbench.Deadlocks(context.Background(), b.pool)
 	return n
 }
 
@@ -861,14 +789,11 @@ type applyRun struct {
 // event into a scratch table) and then r.apply of one event per member
 // draw, events partitioned by member over the appliers in both.
 func (b *benefitsBench) applyVsUpsert(ctx context.Context, r applyRun) (applied, upserted []throughput, err error) {
-	table := pgx.Identifier{r.table}.Sanitize()
-	if _, err := b.pool.Exec(ctx, `CREATE TABLE `+table+` (member_id uuid PRIMARY KEY, events bigint NOT NULL,
-		amount bigint NOT NULL, updated_at timestamptz NOT NULL)`); err != nil {
+	table, err := pgbench.NewMemberFloor(ctx, b.pool, r.table)
+	if err != nil {
 		return nil, nil, err
 	}
-	defer func() { _, _ = b.pool.Exec(context.Background(), `DROP TABLE IF EXISTS `+table) }()
-	upsert := `INSERT INTO ` + table + ` AS t (member_id, events, amount, updated_at) VALUES ($1, 1, $2, $3)
-		ON CONFLICT (member_id) DO UPDATE SET events = t.events + 1, amount = t.amount + EXCLUDED.amount, updated_at = EXCLUDED.updated_at`
+	defer table.Drop()
 
 	for ki, k := range r.appliers {
 		owner := make([]int, r.events)
@@ -879,13 +804,12 @@ func (b *benefitsBench) applyVsUpsert(ctx context.Context, r applyRun) (applied,
 		for i := range amounts {
 			amounts[i], _ = benchItems()
 		}
-		r.logf("floor: %d × INSERT … ON CONFLICT with %d upserters", r.events, k)
+		r.logf("floor: %d × %s with %d upserters", r.events, pgbench.MemberFloorStatement, k)
 		floor := b.partitioned(ctx, k, owner, func(ctx context.Context, i int) error {
 			// Under a span too, so the floor pays the same tracing as Apply.
 			sctx, span := b.tracer.Start(ctx, "bench upsert", trace.WithSpanKind(trace.SpanKindConsumer))
 			defer span.End()
-			_, err := b.pool.Exec(sctx, upsert, r.members[owner[i]], amounts[i], time.Now())
-			return err
+			return table.Upsert(sctx, r.members[owner[i]], amounts[i], time.Now())
 		})
 		r.logf("floor: %.0f upserts/s with %d upserters, %d errors", floor.rate(), k, floor.errors)
 
@@ -958,24 +882,13 @@ func (c *countingApplier) Apply(ctx context.Context, ev *mcv1.MemberEvent) error
 // worker over them until every one is applied.
 func (b *benefitsBench) kafkaPath(ctx context.Context) (kafkaResult, error) {
 	return b.workerOverKafka(ctx, kafkaWorkerRun{
-		kcfg: scratchKafka(b.e.cfg.Kafka, b.runID), stage: benefits.Stage, applier: b.svc, events: b.kafkaEvents,
+		kcfg: scratchKafka(b.e.Config.Kafka, b.runID), stage: benefits.Stage, applier: b.svc, events: b.kafkaEvents,
 		event: func(i int) (uuid.UUID, *mcv1.MemberEvent) {
 			member := b.warmed[rand.IntN(len(b.warmed))]
 			return member, benchEvent(fmt.Sprintf("%s-kafka-%d", b.runID, i), member)
 		},
 		limit: 10 * time.Minute, logf: b.logf,
 	})
-}
-
-// scratchKafka is the configured Kafka with topics and groups of its own,
-// named after prefix.
-func scratchKafka(kcfg kafka.Config, prefix string) kafka.Config {
-	kcfg.GroupPrefix = prefix
-	kcfg.Topics = kafka.Topics{
-		ChannelEvents: prefix + ".channel.events.v1", MemberEvents: prefix + ".member.events.v1",
-		MemberChanges: prefix + ".member.changes.v1", DLQ: prefix + ".dlq.v1",
-	}
-	return kcfg
 }
 
 // kafkaWorkerRun is one worker-over-Kafka measurement: events member events
@@ -1000,24 +913,12 @@ func (b *benefitsBench) workerOverKafka(ctx context.Context, run kafkaWorkerRun)
 	res := kafkaResult{events: run.events}
 	kcfg := run.kcfg
 	topic := kcfg.Topics.MemberEvents
-	ktel := kafka.Telemetry{Tracers: b.e.tel.Tracers, Meters: b.e.tel.Meters, Propagator: b.e.tel.Propagator, Logger: b.e.tel.Logger}
-	admin, err := kafka.NewClient(kcfg, ktel, "")
+	ktel := b.e.Kafka()
+	topics, err := openScratch(ctx, kcfg, ktel, 0)
 	if err != nil {
 		return res, err
 	}
-	defer admin.Close()
-	adm := kadm.NewClient(admin.Client)
-	if err := kafka.EnsureTopics(ctx, admin.Client, kcfg.Topics); err != nil {
-		return res, err
-	}
-	defer func() {
-		names := []string{}
-		for n := range kcfg.Topics.All() {
-			names = append(names, n)
-		}
-		_, _ = adm.DeleteTopics(context.Background(), names...)
-		_, _ = adm.DeleteGroups(context.Background(), kcfg.Group(run.stage))
-	}()
+	defer topics.close(kcfg.Group(run.stage))
 
 	run.logf("kafka: publishing %d member events to %s", run.events, topic)
 	producer, err := kafka.NewClient(kcfg, ktel, "")
@@ -1368,7 +1269,7 @@ func (b *benefitsBench) report(r *benefitsReport) {
 	}
 	fmt.Fprintln(w)
 
-	fmt.Fprintf(w, "Benefit worker's effect path: %d Transaction member events per row for random warmed members, applied with `benefits.Service.Apply` (one PostgreSQL transaction per event: processed-event mark, member lock, state load, ledger, lot, account, activity, outbox), events partitioned by member over the appliers; the floor is one `INSERT … ON CONFLICT DO UPDATE` per event (an autocommitted upsert of a per-member row in a scratch table) with the same partitioning and concurrency, in the same run.\n\n", b.events)
+	fmt.Fprintf(w, "Benefit worker's effect path: %d Transaction member events per row for random warmed members, applied with `benefits.Service.Apply` (one PostgreSQL transaction per event: processed-event mark, member lock, state load, ledger, lot, account, activity, outbox), events partitioned by member over the appliers; the floor is one `%s` per event (an autocommitted upsert of a per-member row in a scratch table) with the same partitioning and concurrency, in the same run.\n\n", b.events, pgbench.MemberFloorStatement)
 	fmt.Fprintf(w, "| concurrent appliers | events | Apply (events/s) | Apply p50 ms | Apply p99 ms | floor: upsert (events/s) | upsert p50 ms | Apply ÷ floor (events/s) | errors |\n")
 	fmt.Fprintf(w, "|---|---|---|---|---|---|---|---|---|\n")
 	var firstErr error
@@ -1416,7 +1317,7 @@ func (b *benefitsBench) report(r *benefitsReport) {
 	fmt.Fprintf(w, "Baskets: 2–3 lines, a coffee line in three of ten, totals log-uniform over ¥20–¥800, 80%% POS; server time (%s, Asia/Shanghai: %s). A Quote earned %.1f points on average, a Commit %.1f.\n",
 		r.weekday, day, r.quoteEarned, r.commitEarned)
 	fmt.Fprintf(w, "GOMAXPROCS %d; client, gRPC server, PostgreSQL and Kafka share the machine; %d client connections; PostgreSQL pool of %d; latency of successful requests, from each request's intended send time; round trips counted from the pgx spans of each request.\n",
-		runtime.GOMAXPROCS(0), b.conns, b.e.cfg.Postgres.MaxConns)
+		runtime.GOMAXPROCS(0), b.conns, b.e.Config.Postgres.MaxConns)
 }
 
 // topStatements renders the n statements seen most often, with their share.

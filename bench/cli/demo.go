@@ -2,13 +2,10 @@ package cli
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"maps"
 	"math/rand/v2"
-	"net"
-	"reflect"
 	"slices"
 	"sort"
 	"strconv"
@@ -20,21 +17,23 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
-	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
+	"github.com/membercenter/membercenter/storage/clickhouse"
+	"github.com/membercenter/membercenter/storage/clickhouse/chbench"
+	"github.com/membercenter/membercenter/storage/postgres/pgbench"
 
 	"github.com/membercenter/membercenter/pipeline/dlq"
 	"github.com/membercenter/membercenter/pipeline/kafka"
 	"github.com/membercenter/membercenter/services/platform"
+	"github.com/membercenter/membercenter/services/platform/platformtest"
 )
 
-func demoCmd(stdout, stderr io.Writer) *cobra.Command {
+func demoCmd(stdout io.Writer) *cobra.Command {
 	var shoppers int
 	var seed uint64
 	var timeout time.Duration
@@ -63,7 +62,7 @@ func demoCmd(stdout, stderr io.Writer) *cobra.Command {
 }
 
 type demo struct {
-	e        *env
+	e        *platformtest.Env
 	out      io.Writer
 	shoppers int
 	seed     uint64
@@ -84,51 +83,27 @@ func (d *demo) run(ctx context.Context) error {
 	defer cancel()
 	d.section("Member Center demo")
 	fmt.Fprintf(d.out, "PostgreSQL %s\nKafka      %s\nClickHouse %s/%s\n",
-		d.e.cfg.Postgres.Masked(), strings.Join(d.e.cfg.Kafka.Brokers, ","), d.e.cfg.ClickHouse.Addr, d.e.cfg.ClickHouse.Database)
-	if err := d.e.p.Migrate(ctx); err != nil {
+		d.e.Config.Postgres.Masked(), strings.Join(d.e.Config.Kafka.Brokers, ","), d.e.Config.ClickHouse.Addr, d.e.Config.ClickHouse.Database)
+	if err := d.e.P.Migrate(ctx); err != nil {
 		return fmt.Errorf("migrate: %w", err)
 	}
 	fmt.Fprintln(d.out, "migrations applied, topics ready")
 
-	grpcLis, err := net.Listen("tcp", "127.0.0.1:0")
+	running, err := platformtest.Start(ctx, d.e.P, platform.Options{Services: platform.AllServices, Stages: platform.AllStages})
 	if err != nil {
 		return err
 	}
-	adminLis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return err
-	}
-	ready := make(chan struct{})
-	pctx, stopPlatform := context.WithCancel(ctx)
-	defer stopPlatform()
-	g, gctx := errgroup.WithContext(pctx)
-	g.Go(func() error {
-		return d.e.p.Run(gctx, platform.Options{
-			Services: platform.AllServices, Stages: platform.AllStages,
-			GRPC: grpcLis, Admin: adminLis, Ready: func() { close(ready) },
-		})
-	})
-	select {
-	case <-ready:
-	case <-gctx.Done():
-		return fmt.Errorf("platform did not start: %w", g.Wait())
-	}
-	fmt.Fprintf(d.out, "platform running: gRPC %s, metrics http://%s/metrics\n", grpcLis.Addr(), adminLis.Addr())
+	defer running.Stop()
+	fmt.Fprintf(d.out, "platform running: gRPC %s, metrics http://%s/metrics\n", running.GRPC, running.Admin)
 
-	err = d.workload(ctx, grpcLis.Addr().String())
-	stopPlatform()
-	if werr := g.Wait(); werr != nil && !errors.Is(werr, context.Canceled) && err == nil {
-		err = werr
+	err = d.workload(ctx, running.Conn)
+	if serr := running.Stop(); serr != nil && err == nil {
+		err = serr
 	}
 	return err
 }
 
-func (d *demo) workload(ctx context.Context, grpcAddr string) error {
-	conn, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
+func (d *demo) workload(ctx context.Context, conn *grpc.ClientConn) error {
 	syncc := mcv1.NewSyncServiceClient(conn)
 	idc := mcv1.NewIdentityServiceClient(conn)
 	benc := mcv1.NewBenefitsServiceClient(conn)
@@ -144,14 +119,12 @@ func (d *demo) workload(ctx context.Context, grpcAddr string) error {
 		return fmt.Errorf("subscribe: no ready message: %v", err)
 	}
 
-	cl, err := kafka.NewClient(d.e.cfg.Kafka, kafka.Telemetry{
-		Tracers: d.e.tel.Tracers, Meters: d.e.tel.Meters, Propagator: d.e.tel.Propagator, Logger: d.e.tel.Logger,
-	}, "")
+	cl, err := kafka.NewClient(d.e.Config.Kafka, d.e.Kafka(), "")
 	if err != nil {
 		return err
 	}
 	defer cl.Close()
-	dlqStart, err := kadm.NewClient(cl.Client).ListEndOffsets(ctx, d.e.cfg.Kafka.Topics.DLQ)
+	dlqStart, err := kadm.NewClient(cl.Client).ListEndOffsets(ctx, d.e.Config.Kafka.Topics.DLQ)
 	if err != nil {
 		return fmt.Errorf("dlq offsets: %w", err)
 	}
@@ -162,7 +135,7 @@ func (d *demo) workload(ctx context.Context, grpcAddr string) error {
 	var recs []*kgo.Record
 	for _, k := range events {
 		b, _ := proto.Marshal(k.ev)
-		recs = append(recs, &kgo.Record{Topic: d.e.cfg.Kafka.Topics.ChannelEvents, Key: []byte(k.key), Value: b})
+		recs = append(recs, &kgo.Record{Topic: d.e.Config.Kafka.Topics.ChannelEvents, Key: []byte(k.key), Value: b})
 	}
 	// Two bad records: bytes that are not an event, and an event whose phone
 	// number is not a number. Both must end in the dead-letter topic.
@@ -172,8 +145,8 @@ func (d *demo) workload(ctx context.Context, grpcAddr string) error {
 		Payload:     &mcv1.ChannelEvent_CheckIn{CheckIn: &mcv1.CheckIn{}}}
 	badBytes, _ := proto.Marshal(bad)
 	recs = append(recs,
-		&kgo.Record{Topic: d.e.cfg.Kafka.Topics.ChannelEvents, Key: []byte("garbage"), Value: []byte("{this is not protobuf")},
-		&kgo.Record{Topic: d.e.cfg.Kafka.Topics.ChannelEvents, Key: []byte("bad-phone"), Value: badBytes})
+		&kgo.Record{Topic: d.e.Config.Kafka.Topics.ChannelEvents, Key: []byte("garbage"), Value: []byte("{this is not protobuf")},
+		&kgo.Record{Topic: d.e.Config.Kafka.Topics.ChannelEvents, Key: []byte("bad-phone"), Value: badBytes})
 	byChannel := map[string]int{}
 	for _, k := range events {
 		byChannel[strings.ToLower(strings.TrimPrefix(k.ev.GetChannel().String(), "CHANNEL_"))]++
@@ -368,7 +341,7 @@ func (d *demo) printDLQ(ctx context.Context, cl *kgo.Client, start kadm.ListedOf
 		offsets[o.Topic][o.Partition] = kgo.NewOffset().At(o.Offset)
 	})
 	cl.AddConsumePartitions(offsets)
-	defer cl.PurgeTopicsFromConsuming(d.e.cfg.Kafka.Topics.DLQ)
+	defer cl.PurgeTopicsFromConsuming(d.e.Config.Kafka.Topics.DLQ)
 	found := 0
 	for found < 2 {
 		fetches := cl.PollFetches(ctx)
@@ -385,7 +358,7 @@ func (d *demo) printDLQ(ctx context.Context, cl *kgo.Client, start kadm.ListedOf
 }
 
 func (d *demo) analyst(ctx context.Context, run string, events int) error {
-	conn, err := d.e.p.OpenClickHouse(ctx)
+	conn, err := clickhouse.Open(ctx, d.e.Config.ClickHouse)
 	if err != nil {
 		return err
 	}
@@ -393,8 +366,8 @@ func (d *demo) analyst(ctx context.Context, run string, events int) error {
 	like := run + "-%"
 	// The sink commits in batches; wait until the whole run has landed.
 	for {
-		var n uint64
-		if err := conn.QueryRow(ctx, "SELECT count() FROM member_events FINAL WHERE event_id LIKE ?", like).Scan(&n); err != nil {
+		n, err := chbench.CountEvents(ctx, conn, like, true)
+		if err != nil {
 			return err
 		}
 		if int(n) == events {
@@ -410,9 +383,8 @@ func (d *demo) analyst(ctx context.Context, run string, events int) error {
 	// profile exporter: wait until the worker has every event of the run and
 	// the export queue is empty.
 	for {
-		var folded, queued int
-		if err := d.e.p.Pool().QueryRow(ctx, `SELECT (SELECT count(*) FROM processed_events WHERE consumer = 'tags' AND event_id LIKE $1),
-			(SELECT count(*) FROM profile_exports)`, like).Scan(&folded, &queued); err != nil {
+		folded, queued, err := pgbench.TagProgress(ctx, d.e.P.Pool(), like)
+		if err != nil {
 			return err
 		}
 		if folded == events && queued == 0 {
@@ -424,60 +396,17 @@ func (d *demo) analyst(ctx context.Context, run string, events int) error {
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
-	queries := []struct{ title, sql string }{
-		{"Sales by channel", `SELECT channel, count() AS orders, sum(amount_minor) / 100 AS revenue, round(avg(amount_minor) / 100, 2) AS aov
-  FROM member_events FINAL
- WHERE event_type = 'transaction' AND event_id LIKE ?
- GROUP BY channel ORDER BY revenue DESC`},
-		{"Omnichannel members (bought in 2+ channels)", `SELECT uniqExact(member_id) AS members
-  FROM (SELECT member_id FROM member_events FINAL
-         WHERE event_type = 'transaction' AND event_id LIKE ?
-         GROUP BY member_id HAVING uniqExact(channel) >= 2)`},
-		{"Top categories", `SELECT items.category AS category, sum(items.amount_minor) / 100 AS revenue, count() AS lines
-  FROM member_events FINAL ARRAY JOIN items
- WHERE event_id LIKE ?
- GROUP BY category ORDER BY revenue DESC LIMIT 5`},
-		{"Identity audit: what OneID did in this run", `SELECT action, channel, count() AS records
-  FROM identity_audit FINAL
- WHERE cause_id LIKE ?
- GROUP BY action, channel ORDER BY action, channel`},
-		{"Members of this run by lifecycle stage and RFM segment (current profiles)", `SELECT lifecycle_stage, rfm_segment, count() AS members
-  FROM current_profiles
- WHERE isNotNull(lifecycle_stage) AND member_id IN (SELECT member_id FROM member_events WHERE event_id LIKE ?)
- GROUP BY lifecycle_stage, rfm_segment ORDER BY members DESC, lifecycle_stage`},
-		{"Top members by spend, with points", `SELECT e.member_id, e.spend, c.points
-  FROM (SELECT member_id, sum(amount_minor) / 100 AS spend FROM member_events FINAL
-         WHERE event_type = 'transaction' AND event_id LIKE ? GROUP BY member_id) AS e
-  ANY LEFT JOIN (SELECT member_id, argMax(points_balance, sequence) AS points FROM member_changes FINAL
-                  WHERE change_type = 'points_changed' GROUP BY member_id) AS c USING member_id
- ORDER BY e.spend DESC LIMIT 5`},
-	}
-	for _, q := range queries {
-		fmt.Fprintf(d.out, "\n-- %s\n%s;\n", q.title, strings.ReplaceAll(q.sql, "?", "'"+like+"'"))
-		rows, err := conn.Query(ctx, q.sql, like)
+	for _, q := range chbench.AnalystQueries {
+		fmt.Fprintf(d.out, "\n-- %s\n%s;\n", q.Title, q.Text(like))
+		cols, rows, err := q.Run(ctx, conn, like)
 		if err != nil {
-			return fmt.Errorf("%s: %w", q.title, err)
+			return fmt.Errorf("%s: %w", q.Title, err)
 		}
-		cols := rows.Columns()
 		tw := tabwriter.NewWriter(d.out, 2, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, strings.Join(cols, "\t"))
-		types := rows.ColumnTypes()
-		for rows.Next() {
-			vals := make([]any, len(cols))
-			for i := range vals {
-				vals[i] = newScanTarget(types[i].ScanType())
-			}
-			if err := rows.Scan(vals...); err != nil {
-				rows.Close()
-				return err
-			}
-			var cells []string
-			for _, v := range vals {
-				cells = append(cells, fmt.Sprint(deref(v)))
-			}
+		for _, cells := range rows {
 			fmt.Fprintln(tw, strings.Join(cells, "\t"))
 		}
-		rows.Close()
 		tw.Flush()
 	}
 	return nil
@@ -538,18 +467,4 @@ func describe(c *mcv1.MemberChange) string {
 		b, _ := protojson.Marshal(c)
 		return string(b)
 	}
-}
-
-func newScanTarget(t reflect.Type) any { return reflect.New(t).Interface() }
-
-// deref follows scan targets (and Nullable columns' pointers) to the value.
-func deref(v any) any {
-	rv := reflect.ValueOf(v)
-	for rv.Kind() == reflect.Pointer {
-		if rv.IsNil() {
-			return "NULL"
-		}
-		rv = rv.Elem()
-	}
-	return rv.Interface()
 }

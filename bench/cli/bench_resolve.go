@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"net"
 	"os"
 	"runtime"
 	"runtime/pprof"
@@ -18,22 +17,21 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/spf13/cobra"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 	"github.com/membercenter/membercenter/storage/postgres"
+	"github.com/membercenter/membercenter/storage/postgres/pgbench"
 
 	"github.com/membercenter/membercenter/services/changes"
 	"github.com/membercenter/membercenter/services/identity"
 	"github.com/membercenter/membercenter/services/platform"
+	"github.com/membercenter/membercenter/services/platform/platformtest"
 )
 
 // benchDatabase is the scratch database the resolve benchmark preloads; it
@@ -43,7 +41,7 @@ const benchDatabase = "membercenter_bench"
 // preloadCause marks the identifiers the benchmark preloaded.
 const preloadCause = "bench-preload"
 
-func benchResolveCmd(stdout io.Writer) *cobra.Command {
+func resolveCmd(stdout io.Writer) *cobra.Command {
 	b := &resolveBench{out: stdout}
 	cmd := &cobra.Command{
 		Use:   "resolve",
@@ -83,7 +81,7 @@ goes to stderr.`,
 }
 
 type resolveBench struct {
-	e             *env
+	e             *platformtest.Env
 	out, progress io.Writer
 
 	members, rate, merges, mergeWorkers, conns int
@@ -136,17 +134,17 @@ func (b *resolveBench) run(ctx context.Context) error {
 		return err
 	}
 	b.runID = fmt.Sprintf("bench%x", time.Now().UnixNano()&0xffffffffff)
-	cfg := b.e.cfg
-	benchURL, err := benchDatabaseURL(cfg.Postgres.URL)
+	cfg := b.e.Config
+	benchURL, err := pgbench.DatabaseURL(cfg.Postgres.URL, benchDatabase)
 	if err != nil {
 		return err
 	}
-	if err := createDatabase(ctx, b.e.p.Pool(), benchDatabase); err != nil {
+	if err := pgbench.CreateDatabase(ctx, b.e.P.Pool(), benchDatabase); err != nil {
 		return err
 	}
 	pcfg := cfg
 	pcfg.Postgres.URL = benchURL
-	p, err := platform.Open(ctx, pcfg, b.e.tel)
+	p, err := platform.Open(ctx, pcfg, b.e.Tel)
 	if err != nil {
 		return err
 	}
@@ -157,7 +155,7 @@ func (b *resolveBench) run(ctx context.Context) error {
 	}
 	// The same identity configuration the server below is built with, so the
 	// preloaded hashes are the ones Resolve looks up.
-	if b.svc, err = identity.New(cfg.Identity, b.pool, changes.Writer{}, b.e.tel.Logger); err != nil {
+	if b.svc, err = identity.New(cfg.Identity, b.pool, changes.Writer{}, b.e.Tel.Logger); err != nil {
 		return err
 	}
 	preload, err := b.preload(ctx)
@@ -169,35 +167,13 @@ func (b *resolveBench) run(ctx context.Context) error {
 	// builds it with server.NewGRPC (otelgrpc, recovery, protovalidate, the
 	// platform's error translation, health and reflection) and registers
 	// identity.NewServer, exactly as `membercenter serve` does.
-	grpcLis, err := net.Listen("tcp", "127.0.0.1:0")
+	running, err := platformtest.Start(ctx, p, platform.Options{Services: []string{"identity"}})
 	if err != nil {
 		return err
 	}
-	adminLis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
+	defer running.Stop()
+	if b.clients, err = running.Conns(b.conns); err != nil {
 		return err
-	}
-	ready := make(chan struct{})
-	pctx, stop := context.WithCancel(ctx)
-	defer stop()
-	g, gctx := errgroup.WithContext(pctx)
-	g.Go(func() error {
-		return p.Run(gctx, platform.Options{Services: []string{"identity"}, GRPC: grpcLis, Admin: adminLis,
-			Ready: func() { close(ready) }})
-	})
-	select {
-	case <-ready:
-	case <-gctx.Done():
-		return fmt.Errorf("server did not start: %w", g.Wait())
-	}
-	for range b.conns {
-		c, err := grpc.NewClient(grpcLis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		c.Connect()
-		b.clients = append(b.clients, c)
 	}
 
 	n := int(float64(b.rate) * b.duration.Seconds())
@@ -227,41 +203,14 @@ func (b *resolveBench) run(ctx context.Context) error {
 		b.logf("merge floor: %.0f upserts/s, p50 %s ms, p99 %s ms, %d errors", merges.floor.Throughput, ms(merges.floor.Median), ms(merges.floor.P99), merges.floor.errors)
 	}
 
-	stop()
-	if err := g.Wait(); err != nil && !errors.Is(err, context.Canceled) {
+	if err := running.Stop(); err != nil {
 		return err
 	}
-	var total, merged int64
-	if err := b.pool.QueryRow(ctx, `SELECT count(*), count(*) FILTER (WHERE status = 'merged') FROM members`).Scan(&total, &merged); err != nil {
+	total, merged, err := pgbench.CountMembers(ctx, b.pool)
+	if err != nil {
 		return fmt.Errorf("count members: %w", err)
 	}
 	b.report(floor, resolve, merges, preload, total, merged)
-	return nil
-}
-
-// benchDatabaseURL is the configured URL with its database replaced by the
-// benchmark's.
-func benchDatabaseURL(configured string) (string, error) {
-	return databaseURL(configured, benchDatabase)
-}
-
-// createDatabase creates db, owned by the configured user, unless it exists.
-func createDatabase(ctx context.Context, pool *pgxpool.Pool, db string) error {
-	var exists bool
-	if err := pool.QueryRow(ctx, `SELECT EXISTS (SELECT FROM pg_database WHERE datname = $1)`, db).Scan(&exists); err != nil {
-		return fmt.Errorf("look up database %s: %w", db, err)
-	}
-	if exists {
-		return nil
-	}
-	_, err := pool.Exec(ctx, `CREATE DATABASE `+pgx.Identifier{db}.Sanitize())
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) && pgErr.Code == "42P04" { // created concurrently
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("create database %s (the configured user needs CREATEDB): %w", db, err)
-	}
 	return nil
 }
 
@@ -274,8 +223,8 @@ type preloadResult struct {
 // are loaded in order, each in its own transaction, so the database always
 // holds members 0…k-1 and a later run resumes at k.
 func (b *resolveBench) preload(ctx context.Context) (preloadResult, error) {
-	var have int
-	if err := b.pool.QueryRow(ctx, `SELECT count(*) FROM member_identifiers WHERE cause_id = $1`, preloadCause).Scan(&have); err != nil {
+	have, err := pgbench.CountPreloaded(ctx, b.pool, preloadCause)
+	if err != nil {
 		return preloadResult{}, err
 	}
 	res := preloadResult{present: have}
@@ -289,13 +238,13 @@ func (b *resolveBench) preload(ctx context.Context) (preloadResult, error) {
 		}
 		res.loaded = b.members - have
 		b.logf("preload: loaded %d members in %s; vacuum and analyze", res.loaded, time.Since(start).Round(time.Millisecond))
-		if _, err := b.pool.Exec(ctx, `VACUUM (ANALYZE) members, member_identifiers`); err != nil {
+		if err := pgbench.Analyze(ctx, b.pool, true, "members", "member_identifiers"); err != nil {
 			return res, err
 		}
 		res.took = time.Since(start)
 		b.logf("preload: done in %s", res.took.Round(time.Millisecond))
 	}
-	if _, err := b.pool.Exec(ctx, `ANALYZE members, member_identifiers`); err != nil {
+	if err := pgbench.Analyze(ctx, b.pool, false, "members", "member_identifiers"); err != nil {
 		return res, err
 	}
 	// A database preloaded under other PII keys would make every Resolve
@@ -505,24 +454,23 @@ type upsertFloor struct {
 }
 
 // floorKeys is the rows the floor's upserts spread over: after the first
-// touches, nearly every upsert takes the DO UPDATE path, and concurrent
-// callers rarely meet on one row.
+// touches, nearly every upsert updates a row, and concurrent callers rarely
+// meet on one row.
 const floorKeys = 4096
 
 // closedLoopUpsertFloor runs callers closed-loop callers on pool, each
-// doing one autocommitted INSERT … ON CONFLICT (k) DO UPDATE of a random row
-// of a scratch UNLOGGED table at a time (created and dropped here): ops
+// doing one autocommitted upsert of a random row of a scratch UNLOGGED table
+// at a time (pgbench.KeyFloor, created and dropped here): ops
 // operations in all when ops > 0, otherwise for d, after one unmeasured
 // upsert per caller. Latency is each successful statement's; throughput
 // counts successful ones.
 func closedLoopUpsertFloor(ctx context.Context, pool *pgxpool.Pool, callers, ops int, d time.Duration) (upsertFloor, error) {
 	res := upsertFloor{callers: callers}
-	table := pgx.Identifier{fmt.Sprintf("bench_closed_floor_%x", time.Now().UnixNano()&0xffffffffff)}.Sanitize()
-	if _, err := pool.Exec(ctx, `CREATE UNLOGGED TABLE `+table+` (k bigint PRIMARY KEY, n bigint NOT NULL, at timestamptz NOT NULL)`); err != nil {
+	floor, err := pgbench.NewKeyFloor(ctx, pool, fmt.Sprintf("bench_closed_floor_%x", time.Now().UnixNano()&0xffffffffff))
+	if err != nil {
 		return res, err
 	}
-	defer func() { _, _ = pool.Exec(context.Background(), `DROP TABLE IF EXISTS `+table) }()
-	upsert := `INSERT INTO ` + table + ` AS t (k, n, at) VALUES ($1, 1, $2) ON CONFLICT (k) DO UPDATE SET n = t.n + 1, at = EXCLUDED.at`
+	defer floor.Drop()
 
 	type outcome struct {
 		lat      []time.Duration
@@ -535,8 +483,7 @@ func closedLoopUpsertFloor(ctx context.Context, pool *pgxpool.Pool, callers, ops
 	warm, wctx := errgroup.WithContext(ctx)
 	for range callers {
 		warm.Go(func() error {
-			_, err := pool.Exec(wctx, upsert, rand.Int64N(floorKeys), time.Now())
-			return err
+			return floor.Upsert(wctx, rand.Int64N(floorKeys), time.Now())
 		})
 	}
 	if err := warm.Wait(); err != nil {
@@ -562,7 +509,7 @@ func closedLoopUpsertFloor(ctx context.Context, pool *pgxpool.Pool, callers, ops
 			o := &outs[w]
 			for more() {
 				t := time.Now()
-				if _, err := pool.Exec(ctx, upsert, rand.Int64N(floorKeys), t); err != nil {
+				if err := floor.Upsert(ctx, rand.Int64N(floorKeys), t); err != nil {
 					if o.errors++; o.firstErr == nil {
 						o.firstErr = err
 					}
@@ -608,8 +555,8 @@ func floorRatios(s Summary, f upsertFloor) (tput, p50, p99 string) {
 
 // floorSentence describes an upsert floor in the report's words.
 func floorSentence(f upsertFloor, span string) string {
-	s := fmt.Sprintf("Floor, same run and pool, right after: %d callers closed loop %s, each doing one autocommitted `INSERT … ON CONFLICT (k) DO UPDATE` of a random row (of %s) in a scratch UNLOGGED table at a time: **%.0f upserts/s**, p50 %s ms, p99 %s ms, max %s ms, %d errors",
-		f.callers, span, thousands(floorKeys), f.Throughput, ms(f.Median), ms(f.P99), ms(f.Max), f.errors)
+	s := fmt.Sprintf("Floor, same run and pool, right after: %d callers closed loop %s, each doing one autocommitted `%s` of a random row (of %s) in a scratch UNLOGGED table at a time: **%.0f upserts/s**, p50 %s ms, p99 %s ms, max %s ms, %d errors",
+		f.callers, span, pgbench.KeyFloorStatement, thousands(floorKeys), f.Throughput, ms(f.Median), ms(f.P99), ms(f.Max), f.errors)
 	if f.firstErr != nil {
 		s += fmt.Sprintf(" (first: %v)", f.firstErr)
 	}
@@ -636,26 +583,9 @@ func (b *resolveBench) freshPairs(ctx context.Context, want int) ([][2]uuid.UUID
 		for k, n := range ns {
 			hashes[k] = n.Hash
 		}
-		// The member each phone was preloaded into (origin_member_id stays
-		// put when a merge moves the identifier), and whether it is untouched.
-		rows, err := b.pool.Query(ctx, `
-			SELECT k.ord, m.member_id, m.status = 'active' AND m.merge_count = 0
-			  FROM unnest($1::bytea[]) WITH ORDINALITY AS k(hash, ord)
-			  JOIN member_identifiers i ON i.id_type = $2 AND i.scope = '' AND i.value_hash = k.hash
-			  JOIN members m ON m.member_id = i.origin_member_id`,
-			hashes, int16(mcv1.IdentifierType_IDENTIFIER_TYPE_PHONE))
-		if err != nil {
-			return nil, err
-		}
-		member := make([]uuid.UUID, len(ns))
-		fresh := make([]bool, len(ns))
-		var ord int
-		var id uuid.UUID
-		var ok bool
-		_, err = pgx.ForEachRow(rows, []any{&ord, &id, &ok}, func() error {
-			member[ord-1], fresh[ord-1] = id, ok
-			return nil
-		})
+		// The member each phone was preloaded into, and whether it is
+		// untouched.
+		member, fresh, err := pgbench.OriginMembers(ctx, b.pool, int16(mcv1.IdentifierType_IDENTIFIER_TYPE_PHONE), hashes)
 		if err != nil {
 			return nil, err
 		}
@@ -727,7 +657,7 @@ func (b *resolveBench) report(floor, resolve phaseResult, merges mergeResult, pr
 	fmt.Fprintf(w, "Preload: %s members with one phone each (%s); the database holds %s members, %s of them merged.\n",
 		thousands(int64(b.members)), loaded, thousands(total), thousands(merged))
 	fmt.Fprintf(w, "GOMAXPROCS %d; client, gRPC server and PostgreSQL share the machine; %d client connections; PostgreSQL pool of %d; latency of successful requests, from each request's intended send time.\n",
-		runtime.GOMAXPROCS(0), b.conns, b.e.cfg.Postgres.MaxConns)
+		runtime.GOMAXPROCS(0), b.conns, b.e.Config.Postgres.MaxConns)
 }
 
 func countsByCode(m map[string]int) string {

@@ -2,11 +2,9 @@ package cli
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"maps"
-	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -19,24 +17,26 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
-	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
+	"github.com/membercenter/membercenter/storage/clickhouse"
+	"github.com/membercenter/membercenter/storage/clickhouse/chbench"
+	"github.com/membercenter/membercenter/storage/postgres/pgbench"
 
+	"github.com/membercenter/membercenter/bench/loadgen"
 	"github.com/membercenter/membercenter/pipeline/ingest"
 	"github.com/membercenter/membercenter/pipeline/kafka"
 	"github.com/membercenter/membercenter/pipeline/sink"
 	"github.com/membercenter/membercenter/services/benefits"
 	"github.com/membercenter/membercenter/services/changes"
 	"github.com/membercenter/membercenter/services/identity"
-	"github.com/membercenter/membercenter/services/loadgen"
 	"github.com/membercenter/membercenter/services/platform"
+	"github.com/membercenter/membercenter/services/platform/platformtest"
 	"github.com/membercenter/membercenter/services/tags"
 )
 
-func benchPipelineCmd(stdout io.Writer) *cobra.Command {
+func pipelineCmd(stdout io.Writer) *cobra.Command {
 	var scales []int
 	var o pipelineOpts
 	cmd := &cobra.Command{
@@ -154,7 +154,7 @@ type pipelineResult struct {
 // pipelineRun is one scenario: its scratch topics, its database and the
 // platform over them.
 type pipelineRun struct {
-	e        *env
+	e        *platformtest.Env
 	o        pipelineOpts
 	members  int
 	run      string
@@ -174,11 +174,11 @@ func pipelineLogf(format string, args ...any) {
 	fmt.Fprintf(os.Stderr, "bench pipeline: "+format+"\n", args...)
 }
 
-func benchPipeline(ctx context.Context, e *env, members int, o pipelineOpts) (pipelineResult, error) {
+func benchPipeline(ctx context.Context, e *platformtest.Env, members int, o pipelineOpts) (pipelineResult, error) {
 	res := pipelineResult{members: members, events: o.events}
 	resetPeakRSS()
 	r := &pipelineRun{e: e, o: o, members: members, run: fmt.Sprintf("bp%x", time.Now().UnixNano()&0xffffff),
-		ktel: kafka.Telemetry{Tracers: e.tel.Tracers, Meters: e.tel.Meters, Propagator: e.tel.Propagator, Logger: e.tel.Logger}}
+		ktel: e.Kafka()}
 	floorTopic := r.run + ".floor.v1"
 	closeTopics, err := r.openTopics(ctx, floorTopic)
 	if err != nil {
@@ -188,10 +188,10 @@ func benchPipeline(ctx context.Context, e *env, members int, o pipelineOpts) (pi
 
 	// The retailer's database: this many members, preloaded once.
 	db := fmt.Sprintf("membercenter_pipeline_%d", members)
-	if r.url, err = databaseURL(e.cfg.Postgres.URL, db); err != nil {
+	if r.url, err = pgbench.DatabaseURL(e.Config.Postgres.URL, db); err != nil {
 		return res, err
 	}
-	if err := createDatabase(ctx, e.p.Pool(), db); err != nil {
+	if err := pgbench.CreateDatabase(ctx, e.P.Pool(), db); err != nil {
 		return res, err
 	}
 	if err := r.open(ctx); err != nil {
@@ -204,21 +204,21 @@ func benchPipeline(ctx context.Context, e *env, members int, o pipelineOpts) (pi
 	if res.preload, err = r.preload(ctx, db); err != nil {
 		return res, fmt.Errorf("preload: %w", err)
 	}
-	if r.ch, err = e.p.OpenClickHouse(ctx); err != nil {
+	if r.ch, err = clickhouse.Open(ctx, e.Config.ClickHouse); err != nil {
 		return res, err
 	}
 	defer r.ch.Close()
 	// A retailer's running platform meets members with a history: a
 	// database whose members have none yet first drains one unmeasured pass
 	// of the workload (the same shoppers under other event ids).
-	if err := r.p.Pool().QueryRow(ctx, `SELECT count(*) FROM ingested_events`).Scan(&res.history); err != nil {
+	if res.history, err = pgbench.CountIngested(ctx, r.p.Pool()); err != nil {
 		return res, err
 	}
 	if res.history < o.events {
 		if res.warmUp, err = r.warm(ctx); err != nil {
 			return res, fmt.Errorf("warm-up pass: %w", err)
 		}
-		if err := r.p.Pool().QueryRow(ctx, `SELECT count(*) FROM ingested_events`).Scan(&res.history); err != nil {
+		if res.history, err = pgbench.CountIngested(ctx, r.p.Pool()); err != nil {
 			return res, err
 		}
 	}
@@ -291,10 +291,7 @@ func benchPipeline(ctx context.Context, e *env, members int, o pipelineOpts) (pi
 	pipelineLogf("%d members: %.0f events/s in %s, %d of %d malformed records dead-lettered, %d other dead letters", members, res.rate,
 		res.drain.Round(time.Millisecond), res.dlqMalformed, res.malformed, res.dlqOther)
 
-	if r.conn, err = grpc.NewClient(run.addr, grpc.WithTransportCredentials(insecure.NewCredentials())); err != nil {
-		return res, err
-	}
-	defer r.conn.Close()
+	r.conn = run.p.Conn
 	// Freshness over this many members.
 	if res.fresh, err = r.freshness(ctx, floorTopic); err != nil {
 		return res, fmt.Errorf("freshness: %w", err)
@@ -313,7 +310,7 @@ func benchPipeline(ctx context.Context, e *env, members int, o pipelineOpts) (pi
 	r.sampleRSS()
 	res.rss = r.peak
 	res.rss.self = max(res.rss.self, peakRSSMiB())
-	if err := r.p.Pool().QueryRow(ctx, `SELECT count(*) FROM members WHERE status <> 'merged'`).Scan(&res.dbMembers); err != nil {
+	if res.dbMembers, err = pgbench.CountUnmerged(ctx, r.p.Pool()); err != nil {
 		return res, err
 	}
 	return res, run.close()
@@ -322,41 +319,23 @@ func benchPipeline(ctx context.Context, e *env, members int, o pipelineOpts) (pi
 // openTopics creates the run's scratch topics (and extra ones) and returns
 // their removal.
 func (r *pipelineRun) openTopics(ctx context.Context, extra ...string) (func(), error) {
-	r.kcfg = scratchKafka(r.e.cfg.Kafka, r.run)
-	admin, err := kafka.NewClient(r.kcfg, r.ktel, "")
+	r.kcfg = scratchKafka(r.e.Config.Kafka, r.run)
+	topics, err := openScratch(ctx, r.kcfg, r.ktel, 1, extra...)
 	if err != nil {
 		return nil, err
 	}
-	r.adm = kadm.NewClient(admin.Client)
-	names := extra
-	for t := range r.kcfg.Topics.All() {
-		names = append(names, t)
-	}
-	cleanup := func() {
-		_, _ = r.adm.DeleteTopics(context.Background(), names...)
-		admin.Close()
-	}
-	if err := kafka.EnsureTopics(ctx, admin.Client, r.kcfg.Topics); err != nil {
-		cleanup()
-		return nil, err
-	}
-	for _, t := range extra {
-		if _, err := r.adm.CreateTopic(ctx, 1, 1, nil, t); err != nil {
-			cleanup()
-			return nil, err
-		}
-	}
-	return cleanup, nil
+	r.adm = topics.adm
+	return func() { topics.close() }, nil
 }
 
 // open builds the platform over the run's database and topics, and the
 // run's workload generator.
 func (r *pipelineRun) open(ctx context.Context) error {
-	pcfg := r.e.cfg
+	pcfg := r.e.Config
 	pcfg.Postgres.URL = r.url
 	pcfg.Kafka = r.kcfg
 	var err error
-	if r.p, err = platform.Open(ctx, pcfg, r.e.tel); err != nil {
+	if r.p, err = platform.Open(ctx, pcfg, r.e.Tel); err != nil {
 		return err
 	}
 	r.g = loadgen.New(loadgen.Config{Seed: r.o.seed, Members: r.members, Days: 90, Events: r.o.events, IDPrefix: r.run, CouponRate: -1})
@@ -414,51 +393,30 @@ func (r *pipelineRun) warm(ctx context.Context) (time.Duration, error) {
 // running is a run's platform, started over its database and topics, with
 // the watch of its dead-letter topic.
 type running struct {
-	eg      *errgroup.Group
-	gctx    context.Context
-	stop    context.CancelFunc
+	p       *platformtest.Running
 	letters *dlqWatch
-	addr    string // gRPC
 	once    sync.Once
-	err     error
 }
 
 // start runs every stage and service of the run's platform.
 func (r *pipelineRun) start(ctx context.Context) (*running, error) {
-	grpcLis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, err
-	}
-	adminLis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		grpcLis.Close()
-		return nil, err
-	}
 	letters, err := watchDLQ(ctx, r.kcfg, r.ktel)
 	if err != nil {
-		grpcLis.Close()
-		adminLis.Close()
 		return nil, err
 	}
-	pctx, stop := context.WithCancel(ctx)
-	eg, gctx := errgroup.WithContext(pctx)
-	eg.Go(func() error {
-		return r.p.Run(gctx, platform.Options{Services: platform.AllServices, Stages: platform.AllStages, GRPC: grpcLis, Admin: adminLis})
-	})
-	return &running{eg: eg, gctx: gctx, stop: stop, letters: letters, addr: grpcLis.Addr().String()}, nil
+	p, err := platformtest.Start(ctx, r.p, platform.Options{Services: platform.AllServices, Stages: platform.AllStages})
+	if err != nil {
+		letters.close()
+		return nil, err
+	}
+	return &running{p: p, letters: letters}, nil
 }
 
-// close stops the platform and the watch (once) and says why the platform
-// ended if not because it was stopped.
+// close stops the platform and the watch and says why the platform ended
+// if not because it was stopped.
 func (p *running) close() error {
-	p.once.Do(func() {
-		p.stop()
-		p.letters.close()
-		if err := p.eg.Wait(); err != nil && !errors.Is(err, context.Canceled) {
-			p.err = err
-		}
-	})
-	return p.err
+	p.once.Do(p.letters.close)
+	return p.p.Stop()
 }
 
 func (r *pipelineRun) profilePath() string {
@@ -483,12 +441,12 @@ func cpuPer(before, after cpuSample, per float64) cpuSeconds {
 // of the generator known by its phone.
 func (r *pipelineRun) preload(ctx context.Context, db string) (preloadResult, error) {
 	pool := r.p.Pool()
-	have, err := preloaded(ctx, pool, pipelinePreloadCause)
+	have, err := pgbench.CountPreloaded(ctx, pool, pipelinePreloadCause)
 	if err != nil {
 		return preloadResult{}, err
 	}
 	res := preloadResult{present: have}
-	svc, err := identity.New(r.e.cfg.Identity, pool, changes.Writer{}, r.e.tel.Logger)
+	svc, err := identity.New(r.e.Config.Identity, pool, changes.Writer{}, r.e.Tel.Logger)
 	if err != nil {
 		return res, err
 	}
@@ -501,7 +459,7 @@ func (r *pipelineRun) preload(ctx context.Context, db string) (preloadResult, er
 		if err := preloadMembers(ctx, pool, svc, have, r.members, phone, pipelinePreloadCause, pipelineLogf); err != nil {
 			return res, err
 		}
-		if _, err := pool.Exec(ctx, `VACUUM (ANALYZE) members, member_identifiers`); err != nil {
+		if err := pgbench.Analyze(ctx, pool, true, "members", "member_identifiers"); err != nil {
 			return res, err
 		}
 		res.loaded, res.took = r.members-have, time.Since(start)
@@ -519,18 +477,14 @@ func (r *pipelineRun) drain(ctx context.Context, run *running) ([]string, error)
 	deadline := time.After(time.Minute + time.Duration(n)*20*time.Millisecond)
 	like := r.run + "-%"
 	for {
-		var ingested, benefit, tagged, unpublished int
-		err := r.p.Pool().QueryRow(ctx, `SELECT
-			(SELECT count(*) FROM ingested_events WHERE event_id LIKE $1),
-			(SELECT count(*) FROM processed_events WHERE consumer = 'benefits' AND event_id LIKE $1),
-			(SELECT count(*) FROM processed_events WHERE consumer = 'tags' AND event_id LIKE $1),
-			(SELECT count(*) FROM outbox WHERE published_at IS NULL)`, like).Scan(&ingested, &benefit, &tagged, &unpublished)
+		pr, err := pgbench.ProgressOf(ctx, r.p.Pool(), like)
 		if err != nil {
 			return nil, err
 		}
+		ingested, benefit, tagged, unpublished := pr.Ingested, pr.Benefits, pr.Tags, pr.Unpublished
 		dlq := run.letters.count()
-		var facts uint64
-		if err := r.ch.QueryRow(ctx, `SELECT count() FROM member_events WHERE event_id LIKE ?`, like).Scan(&facts); err != nil {
+		facts, err := chbench.CountEvents(ctx, r.ch, like, false)
+		if err != nil {
 			return nil, fmt.Errorf("count ClickHouse rows: %w", err)
 		}
 		// Done: every record ingested or dead-lettered, every stage's group
@@ -545,8 +499,8 @@ func (r *pipelineRun) drain(ctx context.Context, run *running) ([]string, error)
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
-		case <-run.gctx.Done():
-			return nil, fmt.Errorf("platform stopped: %w", run.eg.Wait())
+		case <-run.p.Stopped():
+			return nil, fmt.Errorf("platform stopped: %w", run.close())
 		case <-deadline:
 			return nil, fmt.Errorf("pipeline did not finish: ingested %d, benefits %d, tags %d, ClickHouse %d, dead letters %d of %d; lag ingest/benefits/tags/sink %s",
 				ingested, benefit, tagged, facts, dlq, n, stageLags(ctx, r.adm, r.kcfg))
@@ -559,17 +513,17 @@ func (r *pipelineRun) drain(ctx context.Context, run *running) ([]string, error)
 
 // chFloor consumes the channel topic with a plain client and batch-inserts
 // every record into a scratch ClickHouse table, no logic.
-func chFloor(ctx context.Context, e *env, kcfg kafka.Config, ktel kafka.Telemetry, n int) (float64, error) {
-	conn, err := e.p.OpenClickHouse(ctx)
+func chFloor(ctx context.Context, e *platformtest.Env, kcfg kafka.Config, ktel kafka.Telemetry, n int) (float64, error) {
+	conn, err := clickhouse.Open(ctx, e.Config.ClickHouse)
 	if err != nil {
 		return 0, err
 	}
 	defer conn.Close()
-	table := "floor_" + strings.ReplaceAll(kcfg.GroupPrefix, "-", "_")
-	if err := conn.Exec(ctx, `CREATE TABLE `+table+` (k String, v String, p Int32, o Int64) ENGINE = MergeTree ORDER BY (p, o)`); err != nil {
+	table, err := chbench.NewRecordFloor(ctx, conn, "floor_"+strings.ReplaceAll(kcfg.GroupPrefix, "-", "_"))
+	if err != nil {
 		return 0, err
 	}
-	defer func() { _ = conn.Exec(context.Background(), `DROP TABLE IF EXISTS `+table) }()
+	defer table.Drop()
 	cl, err := kafka.NewClient(kcfg, ktel, "", kgo.ConsumeTopics(kcfg.Topics.ChannelEvents), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
 	if err != nil {
 		return 0, err
@@ -581,7 +535,7 @@ func chFloor(ctx context.Context, e *env, kcfg kafka.Config, ktel kafka.Telemetr
 		if err := ctx.Err(); err != nil {
 			return 0, err
 		}
-		b, err := conn.PrepareBatch(ctx, `INSERT INTO `+table+` (k, v, p, o)`)
+		b, err := table.Batch(ctx)
 		if err != nil {
 			return 0, err
 		}
@@ -598,11 +552,11 @@ func chFloor(ctx context.Context, e *env, kcfg kafka.Config, ktel kafka.Telemetr
 
 // pgFloor upserts one row per record into a scratch table, 4 at a time.
 func pgFloor(ctx context.Context, pool *pgxpool.Pool, records []loadgen.Record, run string) (float64, error) {
-	table := "floor_" + run
-	if _, err := pool.Exec(ctx, `CREATE UNLOGGED TABLE `+table+` (k text PRIMARY KEY, n bigint NOT NULL, v bytea)`); err != nil {
+	table, err := pgbench.NewRecordFloor(ctx, pool, "floor_"+run)
+	if err != nil {
 		return 0, err
 	}
-	defer func() { _, _ = pool.Exec(context.Background(), `DROP TABLE IF EXISTS `+table) }()
+	defer table.Drop()
 	start := time.Now()
 	var wg sync.WaitGroup
 	errs := make(chan error, 4)
@@ -611,8 +565,7 @@ func pgFloor(ctx context.Context, pool *pgxpool.Pool, records []loadgen.Record, 
 		go func() {
 			defer wg.Done()
 			for i := w; i < len(records); i += 4 {
-				if _, err := pool.Exec(ctx, `INSERT INTO `+table+` (k, n, v) VALUES ($1, 1, $2) ON CONFLICT (k) DO UPDATE SET n = `+table+`.n + 1, v = EXCLUDED.v`,
-					string(records[i].Key), records[i].Value); err != nil {
+				if err := table.Upsert(ctx, string(records[i].Key), records[i].Value); err != nil {
 					errs <- err
 					return
 				}

@@ -3,37 +3,18 @@ package cli
 import (
 	"context"
 	"fmt"
-	"net/url"
-	"strings"
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"golang.org/x/sync/errgroup"
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
+	"github.com/membercenter/membercenter/storage/postgres"
+	"github.com/membercenter/membercenter/storage/postgres/pgbench"
 
 	"github.com/membercenter/membercenter/services/identity"
 )
-
-// databaseURL is the configured URL with its database replaced by db.
-func databaseURL(configured, db string) (string, error) {
-	if !strings.Contains(configured, "://") {
-		// keyword=value form: a later dbname overrides an earlier one.
-		return configured + " dbname=" + db, nil
-	}
-	u, err := url.Parse(configured)
-	if err != nil {
-		return "", fmt.Errorf("MC_PG_URL: %w", err)
-	}
-	u.Path = "/" + db
-	return u.String(), nil
-}
-
-type preloadBatch struct {
-	members, identifiers [][]any
-}
 
 const preloadBatchSize = 10_000
 
@@ -46,7 +27,7 @@ const preloadBatchSize = 10_000
 func preloadMembers(ctx context.Context, pool *pgxpool.Pool, svc *identity.Service, from, to int,
 	idOf func(i int) *mcv1.Identifier, cause string, logf func(string, ...any)) error {
 	g, gctx := errgroup.WithContext(ctx)
-	batches := make(chan preloadBatch, 1)
+	batches := make(chan []postgres.IdentifierRow, 1)
 	g.Go(func() error {
 		defer close(batches)
 		for lo := from; lo < to; lo += preloadBatchSize {
@@ -63,11 +44,14 @@ func preloadMembers(ctx context.Context, pool *pgxpool.Pool, svc *identity.Servi
 				return fmt.Errorf("members %d…%d: %d of %d identifiers normalised to distinct values", lo, hi-1, len(ns), len(ids))
 			}
 			now := time.Now()
-			batch := preloadBatch{members: make([][]any, len(ns)), identifiers: make([][]any, len(ns))}
+			batch := make([]postgres.IdentifierRow, len(ns))
 			for k, n := range ns {
 				id := uuid.Must(uuid.NewV7())
-				batch.members[k] = []any{id, now}
-				batch.identifiers[k] = []any{id, id, true, int16(n.Type), n.Scope, n.Hash, n.Cipher, n.KeyID, n.Masked, now, cause}
+				batch[k] = postgres.IdentifierRow{
+					IdentifierKey: postgres.IdentifierKey{Type: int16(n.Type), Scope: n.Scope, Hash: n.Hash},
+					MemberID:      id, OriginMemberID: id, Unique: true, Cipher: n.Cipher, KeyID: n.KeyID, Masked: n.Masked,
+					LinkedAt: now, CauseID: cause,
+				}
 			}
 			select {
 			case batches <- batch:
@@ -81,22 +65,10 @@ func preloadMembers(ctx context.Context, pool *pgxpool.Pool, svc *identity.Servi
 		done, next := from, (from/100_000+1)*100_000
 		start := time.Now()
 		for batch := range batches {
-			err := pgx.BeginFunc(gctx, pool, func(tx pgx.Tx) error {
-				if _, err := tx.CopyFrom(gctx, pgx.Identifier{"members"}, []string{"member_id", "created_at"},
-					pgx.CopyFromRows(batch.members)); err != nil {
-					return fmt.Errorf("copy members: %w", err)
-				}
-				if _, err := tx.CopyFrom(gctx, pgx.Identifier{"member_identifiers"},
-					[]string{"member_id", "origin_member_id", "is_unique", "id_type", "scope", "value_hash", "value_cipher", "key_id", "masked", "linked_at", "cause_id"},
-					pgx.CopyFromRows(batch.identifiers)); err != nil {
-					return fmt.Errorf("copy member_identifiers: %w", err)
-				}
-				return nil
-			})
-			if err != nil {
+			if err := pgbench.Preload(gctx, pool, batch); err != nil {
 				return err
 			}
-			done += len(batch.members)
+			done += len(batch)
 			if done >= next || done == to {
 				logf("preload: %d / %d members (%s)", done, to, time.Since(start).Round(time.Second))
 				next += 100_000
@@ -105,13 +77,6 @@ func preloadMembers(ctx context.Context, pool *pgxpool.Pool, svc *identity.Servi
 		return nil
 	})
 	return g.Wait()
-}
-
-// preloaded counts the identifiers marked with cause.
-func preloaded(ctx context.Context, pool *pgxpool.Pool, cause string) (int, error) {
-	var have int
-	err := pool.QueryRow(ctx, `SELECT count(*) FROM member_identifiers WHERE cause_id = $1`, cause).Scan(&have)
-	return have, err
 }
 
 // checkPreloadKeys refuses a database preloaded under other PII keys (every
@@ -126,12 +91,25 @@ func checkPreloadKeys(ctx context.Context, pool *pgxpool.Pool, svc *identity.Ser
 	for i, n := range ns {
 		hashes[i] = n.Hash
 	}
-	var found int
-	if err := pool.QueryRow(ctx, `SELECT count(*) FROM member_identifiers WHERE value_hash = ANY($1)`, hashes).Scan(&found); err != nil {
+	found, err := pgbench.CountHashes(ctx, pool, hashes)
+	if err != nil {
 		return err
 	}
 	if found != len(ns) {
 		return fmt.Errorf("database %s holds identifiers hashed with other PII keys (or another layout); drop it and rerun", db)
 	}
 	return nil
+}
+
+// createMembers creates n members without identifiers and returns have
+// with them appended.
+func createMembers(ctx context.Context, pool *pgxpool.Pool, have []uuid.UUID, n int) ([]uuid.UUID, error) {
+	ids := make([]uuid.UUID, n)
+	for i := range ids {
+		ids[i] = uuid.Must(uuid.NewV7())
+	}
+	if err := pgbench.CreateMembers(ctx, pool, ids, time.Now()); err != nil {
+		return have, err
+	}
+	return append(have, ids...), nil
 }
