@@ -1,11 +1,14 @@
 # Member Center. The two commands a new machine needs:
 #   make demo   start the servers, migrate, run the platform with a simulated workload
+#               (mc-bench demo: the tooling binary, built apart from membercenter)
 #   make test   start the servers, then run every check and test of every module
 SHELL := /bin/bash
-MODULES := ./proto/... ./storage/... ./pipeline/... ./services/...
+MODULES := ./proto/... ./storage/... ./pipeline/... ./services/... ./bench/...
 BIN := .bin/membercenter
+# The tooling: benchmarks, load generator and demo workload (bench/).
+BENCH := .bin/mc-bench
 
-.PHONY: deps build test check unit smoke testdates faults demo bench gen lint stop clean
+.PHONY: deps build mc-bench test check unit smoke testdates faults demo bench gen lint stop clean
 
 deps:
 	scripts/deps.sh >/dev/null
@@ -14,6 +17,9 @@ deps:
 ## (and traces carry as service.version) even where GOFLAGS turns it off.
 build:
 	go build -buildvcs=auto -o $(BIN) ./services/cmd/membercenter
+
+mc-bench:
+	go build -o $(BENCH) ./bench/cmd/mc-bench
 
 ## test: every check and every test, against the real servers deps.sh starts.
 test: deps check unit smoke
@@ -35,8 +41,8 @@ testdates: deps
 smoke: build
 	scripts/smoke.sh $(BIN)
 
-demo: deps build
-	$(BIN) demo
+demo: deps mc-bench
+	$(BENCH) demo
 
 ## faults: the fault suite (processes killed, servers restarted under a
 ## workload); restarts the shared servers, so it runs alone.
@@ -44,8 +50,8 @@ faults: deps
 	scripts/faults.sh
 
 ## bench: latency and throughput figures for BENCHMARKS.md.
-bench: deps build
-	scripts/bench.sh $(BIN)
+bench: deps mc-bench
+	scripts/bench.sh $(BENCH)
 
 gen:
 	scripts/gen.sh

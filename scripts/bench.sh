@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Runs the benchmark suite against the servers deps.sh starts and rewrites
-# BENCHMARKS.md. Every figure is printed beside the raw floor measured in the
+# Runs the benchmark suite (mc-bench, the tooling binary: make mc-bench)
+# against the servers deps.sh starts and rewrites BENCHMARKS.md. Every figure is printed beside the raw floor measured in the
 # same run on the same servers; the machine is noisy, so read the ratios.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-bin="$(realpath "${1:-$root/.bin/membercenter}")"
+bin="$(realpath "${1:-$root/.bin/mc-bench}")"
 out="$root/BENCHMARKS.md"
 events="${BENCH_EVENTS:-1000}"
 rate="${BENCH_RATE:-200}"
@@ -44,15 +44,15 @@ commas() { sed -e ':a' -e 's/\B[0-9]\{3\}\>/,&/' -e 'ta' <<<"$1"; }
 fan_subs="${BENCH_FANOUT_SUBSCRIBERS:-1000,2000,4000}"
 fan_events="${BENCH_FANOUT_EVENTS:-100}"
 fan_rate="${BENCH_FANOUT_RATE:-20}"
-latency_cmd=(bench latency --events "$events" --rate "$rate" --subscribers "$fan_subs" --fanout-events "$fan_events" --fanout-rate "$fan_rate")
+latency_cmd=(latency --events "$events" --rate "$rate" --subscribers "$fan_subs" --fanout-events "$fan_events" --fanout-rate "$fan_rate")
 latency="$("$bin" "${latency_cmd[@]}")"
-resolve_cmd=(bench resolve --members "$r_members" --rate "$r_rate" --duration "$r_duration"
+resolve_cmd=(resolve --members "$r_members" --rate "$r_rate" --duration "$r_duration"
   --merges "$r_merges" --merge-concurrency "$r_merge_conc")
 resolve="$("$bin" "${resolve_cmd[@]}")"
-benefits_cmd=(bench benefits --members "$b_members" --warm "$b_warm" --rate "$b_rate" --commit-rate "$b_commit_rate"
+benefits_cmd=(benefits --members "$b_members" --warm "$b_warm" --rate "$b_rate" --commit-rate "$b_commit_rate"
   --duration "$b_duration" --events "$b_events" --kafka-events "$b_kafka_events")
 benefits="$("$bin" "${benefits_cmd[@]}")"
-tags_cmd=(bench tags --members "$t_members" --history "$t_history" --events "$t_events" --kafka-events "$t_kafka_events"
+tags_cmd=(tags --members "$t_members" --history "$t_history" --events "$t_events" --kafka-events "$t_kafka_events"
   --visibility-rate "$t_vis_rate" --visibility-events "$t_vis_events" --rate "$t_rate" --duration "$t_duration"
   --profiles "$t_profiles" --segment-runs "$t_segment_runs")
 tags="$("$bin" "${tags_cmd[@]}")"
@@ -62,9 +62,10 @@ p_members="${BENCH_PIPELINE_MEMBERS:-10000,100000,1000000}"
 p_events="${BENCH_PIPELINE_EVENTS:-6000}"
 p_fresh="${BENCH_PIPELINE_FRESH_EVENTS:-300}"
 p_fresh_rate="${BENCH_PIPELINE_FRESH_RATE:-50}"
-# membercenter's CPU profile of each drain, kept beside this file.
+# The platform's CPU profile of each drain (the mc-bench process runs it),
+# kept beside this file.
 p_profiles="docs/profiles"
-pipeline_cmd=(bench pipeline --members "$p_members" --events "$p_events" --fresh-events "$p_fresh" --fresh-rate "$p_fresh_rate"
+pipeline_cmd=(pipeline --members "$p_members" --events "$p_events" --fresh-events "$p_fresh" --fresh-rate "$p_fresh_rate"
   --cpuprofile "$p_profiles")
 pipeline="$(cd "$root" && "$bin" "${pipeline_cmd[@]}")"
 took=$((SECONDS / 60))m$((SECONDS % 60))s
@@ -86,7 +87,7 @@ noisy, so compare the ratios, not the absolute numbers.
 
 ## Event → change on a Subscribe stream
 
-Command: \`membercenter ${latency_cmd[*]}\`
+Command: \`mc-bench ${latency_cmd[*]}\`
 
 A POS transaction published to \`channel.events.v1\` travels ingest (validate,
 dedupe, resolve in PostgreSQL, Kafka transaction) → \`member.events.v1\` →
@@ -102,7 +103,7 @@ $latency
 
 ## Resolve over gRPC with $(commas "$r_members") members (issue 3)
 
-Command: \`membercenter ${resolve_cmd[*]}\`
+Command: \`mc-bench ${resolve_cmd[*]}\`
 
 The database \`membercenter_bench\` on the same PostgreSQL server holds
 $(commas "$r_members") members, each with a mainland-China mobile number stored as the
@@ -125,7 +126,7 @@ $resolve
 
 ## Benefits: Quote, Commit and the benefit worker (issue 4)
 
-Command: \`membercenter ${benefits_cmd[*]}\`
+Command: \`mc-bench ${benefits_cmd[*]}\`
 
 Each run takes $(commas "$b_warm") members of \`membercenter_bench\` that have no loyalty
 history (the earliest $(commas "$b_members") such members, reusing the resolve benchmark's,
@@ -155,7 +156,7 @@ $benefits
 
 ## Tag / profile engine
 
-Command: \`membercenter ${tags_cmd[*]}\`
+Command: \`mc-bench ${tags_cmd[*]}\`
 
 The tag worker's events per second with the full shipped catalogue, directly
 (\`tags.Service.Apply\` by 1, 4 and 8 appliers beside a plain PostgreSQL upsert
@@ -171,9 +172,9 @@ $tags
 
 ## Whole pipeline on the load generator's workload, at 10k, 100k and 1M members (issue 7)
 
-Command: \`membercenter ${pipeline_cmd[*]}\`
+Command: \`mc-bench ${pipeline_cmd[*]}\`
 
-\`membercenter loadgen\`'s deterministic omnichannel retailer (several
+\`mc-bench loadgen\`'s deterministic omnichannel retailer (several
 identifiers per shopper with deliberate overlaps, Pareto spend, POS / app /
 mini-program mix, refunds, redemptions, check-ins, referrals, reviews, sign-ups
 and about 1% malformed records) over a database of that many members. The
@@ -182,7 +183,7 @@ ClickHouse sink and profile exporter, every gRPC service) runs in one
 process. A drain is done when every record is either ingested — with its
 benefit and tag effects, its ClickHouse row and every outbox change
 published — or dead-lettered. Each part says what its floor is; the CPU
-profiles of the drains are in \`$p_profiles/\` (\`go tool pprof -top .bin/membercenter $p_profiles/pipeline-1000000.pprof\`).
+profiles of the drains are in \`$p_profiles/\` (\`go tool pprof -top .bin/mc-bench $p_profiles/pipeline-1000000.pprof\`).
 
 $pipeline
 MD

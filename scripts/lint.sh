@@ -4,17 +4,17 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
-modules=(proto storage pipeline services)
+modules=(proto storage pipeline services bench)
 
-unformatted="$(gofmt -l proto/*.go storage pipeline services tools)"
+unformatted="$(gofmt -l proto/*.go storage pipeline services bench tools)"
 if [[ -n "$unformatted" ]]; then
   echo "lint: gofmt needed:" >&2; echo "$unformatted" >&2; exit 1
 fi
-go vet ./proto/... ./storage/... ./pipeline/... ./services/...
+go vet ./proto/... ./storage/... ./pipeline/... ./services/... ./bench/...
 # staticcheck, pinned in tools/staticcheck; checks turned off, each with its
 # reason, are in staticcheck.conf.
 bin="$("$root/scripts/tools.sh")"
-"$bin/staticcheck" ./proto/... ./storage/... ./pipeline/... ./services/...
+"$bin/staticcheck" ./proto/... ./storage/... ./pipeline/... ./services/... ./bench/...
 
 # go mod tidy must leave no diff (GOFLAGS=-mod=mod lets it resolve siblings
 # through their replace directives, as a GOWORK=off build does).

@@ -5,7 +5,7 @@
 # Usage: scripts/testdates.sh [go test flags...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-MODULES=(./proto/... ./storage/... ./pipeline/... ./services/...)
+MODULES=(./proto/... ./storage/... ./pipeline/... ./services/... ./bench/...)
 DATES=(
 	2026-03-18T12:00:00+08:00 # a Wednesday
 	2026-12-05T10:30:00+08:00 # a Saturday

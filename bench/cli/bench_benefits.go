@@ -48,7 +48,7 @@ func benefitsCmd(stdout io.Writer) *cobra.Command {
 		Use:   "benefits",
 		Short: "BenefitsService.Quote and Commit over gRPC beside a health check; benefit-worker events/s beside a plain PostgreSQL upsert and a plain Kafka consume",
 		Long: `Uses the dedicated database ` + benchDatabase + ` on the configured PostgreSQL
-server (created and migrated when missing; shared with 'bench resolve', whose
+server (created and migrated when missing; shared with 'mc-bench resolve', whose
 preloaded members it reuses). Each run gives --warm members without loyalty
 history a history: they are drawn at random from the --members earliest such
 members of the database (created by COPY when it holds fewer) and get three
@@ -313,7 +313,7 @@ type poolResult struct {
 
 // pickMembers chooses the run's warmed members: b.warm at random among the
 // b.members earliest active, never-merged members without loyalty history
-// (in a database preloaded by `bench resolve`, its first members: far from
+// (in a database preloaded by `mc-bench resolve`, its first members: far from
 // the tail its merges use). Members missing from the pool are created.
 func (b *benefitsBench) pickMembers(ctx context.Context) (poolResult, error) {
 	pool, err := pgbench.MembersWithoutLoyalty(ctx, b.pool, b.members)
