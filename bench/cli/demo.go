@@ -129,7 +129,8 @@ func (d *demo) workload(ctx context.Context, conn *grpc.ClientConn) error {
 		return fmt.Errorf("dlq offsets: %w", err)
 	}
 
-	run := fmt.Sprintf("demo-%x", d.seed)[:13]
+	seed := fmt.Sprintf("%x", d.seed)
+	run := "demo-" + seed[:min(8, len(seed))] // a small --seed has fewer than 8 digits
 	events, shoppers, earning := d.events(run)
 	d.section(fmt.Sprintf("Publishing %d channel events for %d shoppers (run %s)", len(events)+2, len(shoppers), run))
 	var recs []*kgo.Record

@@ -12,6 +12,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/membercenter/membercenter/pipeline/dlq"
+	"github.com/membercenter/membercenter/services/platform/platformtest"
 )
 
 // TestDLQReplayReplaysEachLetterOnceAndSaysWhatItDid: `dlq replay` run
@@ -19,7 +20,7 @@ import (
 // its own letters included), records it in PostgreSQL, and says what it
 // did and what it could not do.
 func TestDLQReplayReplaysEachLetterOnceAndSaysWhatItDid(t *testing.T) {
-	testEnv(t)
+	platformtest.Setenv(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	cl, err := kgo.NewClient(kgo.SeedBrokers(strings.Split(os.Getenv("MC_KAFKA_BROKERS"), ",")...))

@@ -8,28 +8,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/membercenter/membercenter/storage/clickhouse/chtest"
-	"github.com/membercenter/membercenter/storage/postgres/pgtest"
-
-	"github.com/membercenter/membercenter/pipeline/kafka/kafkatest"
+	"github.com/membercenter/membercenter/services/platform/platformtest"
 	"github.com/membercenter/membercenter/services/server"
 )
-
-// testEnv points the command line at this test's own databases and topics.
-func testEnv(t *testing.T) {
-	t.Helper()
-	_, ch := chtest.NewDB(t)
-	k := kafkatest.Config(t)
-	for name, v := range map[string]string{
-		"MC_PG_URL": pgtest.NewDB(t), "MC_CLICKHOUSE_ADDR": ch.Addr, "MC_CLICKHOUSE_DB": ch.Database,
-		"MC_KAFKA_BROKERS": strings.Join(k.Brokers, ","), "MC_KAFKA_GROUP_PREFIX": k.GroupPrefix, "MC_INSTANCE_ID": k.InstanceID,
-		"MC_TOPIC_CHANNEL_EVENTS": k.Topics.ChannelEvents, "MC_TOPIC_MEMBER_EVENTS": k.Topics.MemberEvents,
-		"MC_TOPIC_MEMBER_CHANGES": k.Topics.MemberChanges, "MC_TOPIC_DLQ": k.Topics.DLQ,
-		"MC_GRPC_ADDR": "127.0.0.1:0", "MC_HTTP_ADDR": "127.0.0.1:0", "MC_ADMIN_ADDR": "127.0.0.1:0",
-	} {
-		t.Setenv(name, v)
-	}
-}
 
 // busyPort returns an address something else listens on.
 func busyPort(t *testing.T) string {
@@ -47,7 +28,7 @@ func busyPort(t *testing.T) string {
 // seconds with an error naming the address and the variable to set,
 // instead of running half-started until a signal.
 func TestAProcessThatCannotListenExitsAtOnceSayingWhy(t *testing.T) {
-	testEnv(t)
+	platformtest.Setenv(t)
 	for _, tc := range []struct {
 		name, env string
 		args      []string
