@@ -25,25 +25,22 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
-	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
-	"github.com/membercenter/membercenter/storage/postgres"
 	"github.com/membercenter/membercenter/storage/postgres/pgbench"
 
 	"github.com/membercenter/membercenter/pipeline/kafka"
 	"github.com/membercenter/membercenter/pipeline/worker"
 	"github.com/membercenter/membercenter/services/benefits"
 	"github.com/membercenter/membercenter/services/platform"
-	"github.com/membercenter/membercenter/services/platform/platformtest"
 )
 
 // benefitsCmd is issue 4's benchmark: Quote and Commit over gRPC, and
 // the benefit worker's events per second, each beside its floor.
 func benefitsCmd(stdout io.Writer) *cobra.Command {
-	b := &benefitsBench{out: stdout}
+	b := &benefitsBench{bench: bench{name: "benefits", out: stdout}}
 	cmd := &cobra.Command{
 		Use:   "benefits",
 		Short: "BenefitsService.Quote and Commit over gRPC beside a health check; benefit-worker events/s beside a plain PostgreSQL upsert and a plain Kafka consume",
@@ -73,16 +70,7 @@ table with the same partitioning and concurrency (the floor); and --kafka-events
 published to a scratch member-events topic and consumed by the benefit worker
 (worker.New with the benefits applier), beside a plain franz-go consume of the
 same topic. Prints Markdown; progress goes to stderr.`,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			e, logPath, done, err := setupLogged(cmd.Context(), "membercenter-bench-benefits")
-			if err != nil {
-				return err
-			}
-			defer done()
-			b.e, b.progress = e, cmd.ErrOrStderr()
-			b.logf("server log in %s", logPath)
-			return b.run(cmd.Context())
-		},
+		RunE: b.runE(b.run),
 	}
 	f := cmd.Flags()
 	f.IntVar(&b.members, "members", 20_000, "members without loyalty history the warmed members are drawn from (the database's earliest; created when missing)")
@@ -102,8 +90,7 @@ same topic. Prints Markdown; progress goes to stderr.`,
 }
 
 type benefitsBench struct {
-	e             *platformtest.Env
-	out, progress io.Writer
+	bench
 
 	members, warm, rate, commitWorkers, events, kafkaEvents, conns int
 	commitRates, appliers                                          []int
@@ -118,10 +105,6 @@ type benefitsBench struct {
 	warmed   []uuid.UUID
 	trips    *pgRoundTrips
 	tracer   trace.Tracer
-}
-
-func (b *benefitsBench) logf(format string, args ...any) {
-	fmt.Fprintf(b.progress, "bench benefits: "+format+"\n", args...)
 }
 
 func (b *benefitsBench) validate() error {
@@ -175,25 +158,12 @@ func (b *benefitsBench) run(ctx context.Context) error {
 		return err
 	}
 	b.runID = fmt.Sprintf("bb%x", time.Now().UnixNano()&0xffffffffff)
-	cfg := b.e.Config
-	var err error
-	if b.benchURL, err = pgbench.DatabaseURL(cfg.Postgres.URL, benchDatabase); err != nil {
-		return err
-	}
-	if err := pgbench.CreateDatabase(ctx, b.e.P.Pool(), benchDatabase); err != nil {
-		return err
-	}
-	pcfg := cfg
-	pcfg.Postgres.URL = b.benchURL
-	p, err := platform.Open(ctx, pcfg, b.e.Tel)
+	p, url, err := b.openBenchDB(ctx, nil)
 	if err != nil {
 		return err
 	}
 	defer p.Close()
-	b.pool = p.Pool()
-	if _, err := postgres.Migrate(ctx, b.pool); err != nil {
-		return err
-	}
+	b.pool, b.benchURL = p.Pool(), url
 	b.svc = benefits.New(b.pool, changesWriter(b.e), b.e.Tel.Logger)
 	if err := b.svc.Reload(ctx); err != nil { // the programme the server runs
 		return err
@@ -210,18 +180,13 @@ func (b *benefitsBench) run(ctx context.Context) error {
 		return fmt.Errorf("members: %w", err)
 	}
 
-	// The production server: platform.Run with only the benefits service
-	// builds it with server.NewGRPC (otelgrpc, recovery, protovalidate, the
-	// platform's error translation, health and reflection) and registers
-	// benefits.NewServer, exactly as `membercenter serve` does.
-	running, err := platformtest.Start(ctx, p, platform.Options{Services: []string{"benefits"}})
+	// The production server, with only the benefits service.
+	running, clients, err := serve(ctx, p, platform.Options{Services: []string{"benefits"}}, b.conns)
 	if err != nil {
 		return err
 	}
 	defer running.Stop()
-	if b.clients, err = running.Conns(b.conns); err != nil {
-		return err
-	}
+	b.clients = clients
 
 	b.logf("history: 3 Commits for each of %d members (70, 40 and 10 days ago), %d callers", len(b.warmed), b.commitWorkers)
 	if r.history, err = b.giveHistory(ctx); err != nil {
@@ -238,7 +203,7 @@ func (b *benefitsBench) run(ctx context.Context) error {
 
 	n := int(float64(b.rate) * b.duration.Seconds())
 	b.logf("floor: grpc.health.v1.Health/Check, %d requests at %d/s after a %s warm-up", n, b.rate, resolveWarmup)
-	if r.floor, r.floorUse, err = b.openPhase(ctx, "health", b.rate, b.health); err != nil {
+	if r.floor, r.floorUse, err = b.openPhase(ctx, "health", b.rate, healthCheck[uuid.UUID]); err != nil {
 		return fmt.Errorf("floor: %w", err)
 	}
 	b.logf("floor: p50 %s ms, p99 %s ms, %d errors", ms(r.floor.Median), ms(r.floor.P99), r.floor.errors)
@@ -316,7 +281,7 @@ type poolResult struct {
 // (in a database preloaded by `mc-bench resolve`, its first members: far from
 // the tail its merges use). Members missing from the pool are created.
 func (b *benefitsBench) pickMembers(ctx context.Context) (poolResult, error) {
-	pool, err := pgbench.MembersWithoutLoyalty(ctx, b.pool, b.members)
+	pool, err := pgbench.MembersWithout(ctx, b.pool, pgbench.LoyaltyState, b.members)
 	if err != nil {
 		return poolResult{}, err
 	}
@@ -474,11 +439,6 @@ func benchEvent(id string, member uuid.UUID) *mcv1.MemberEvent {
 
 type benefitCall func(ctx context.Context, conn *grpc.ClientConn, key string, member uuid.UUID) error
 
-func (b *benefitsBench) health(ctx context.Context, conn *grpc.ClientConn, _ string, _ uuid.UUID) error {
-	_, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
-	return err
-}
-
 func (b *benefitsBench) quoteCall(n, points *atomic.Int64) benefitCall {
 	return func(ctx context.Context, conn *grpc.ClientConn, key string, member uuid.UUID) error {
 		resp, err := mcv1.NewBenefitsServiceClient(conn).Quote(ctx, &mcv1.QuoteRequest{MemberId: member.String(), Basket: benchBasket("Q-"+key, time.Time{})})
@@ -570,54 +530,14 @@ func (s *sessionSampler) stop() sessionStates {
 // rate × b.duration requests open loop, each in its own goroutine, for random
 // warmed members, and times each from its intended send time.
 func (b *benefitsBench) openPhase(ctx context.Context, name string, rate int, c benefitCall) (phaseResult, phaseUse, error) {
-	loop := &latencyBench{rate: rate}
-	send := func(prefix string, n int, done []time.Time, errs []error) ([]time.Time, error) {
-		var wg sync.WaitGroup
-		intended, err := loop.openLoop(ctx, n, func(i int) {
-			member := b.warmed[rand.IntN(len(b.warmed))]
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				rctx, cancel := context.WithTimeout(ctx, b.timeout)
-				defer cancel()
-				err := c(rctx, b.clients[i%len(b.clients)], prefix+strconv.Itoa(i), member)
-				if done != nil {
-					done[i], errs[i] = time.Now(), err
-				}
-			}()
-		})
-		wg.Wait()
-		return intended, err
-	}
-	if _, err := send(b.runID+"-"+name+"-warm-", int(float64(rate)*resolveWarmup.Seconds()), nil, nil); err != nil {
-		return phaseResult{}, phaseUse{}, err
-	}
-	n := int(float64(rate) * b.duration.Seconds())
-	mark := b.mark()
-	done, errs := make([]time.Time, n), make([]error, n)
-	intended, err := send(b.runID+"-"+name+"-", n, done, errs)
-	use := b.since(mark)
-	if err != nil {
-		return phaseResult{}, use, err
-	}
-	res := phaseResult{sent: n, byCode: map[string]int{}}
-	ds := make([]time.Duration, 0, n)
-	last := intended[0]
-	for i := range n {
-		if done[i].After(last) {
-			last = done[i]
-		}
-		if errs[i] != nil {
-			res.errors++
-			res.byCode[errorCode(errs[i])]++
-			continue
-		}
-		ds = append(ds, done[i].Sub(intended[i]))
-	}
-	if len(ds) > 0 {
-		res.Summary = summarize(ds, last.Sub(intended[0]))
-	}
-	return res, use, nil
+	var use phaseUse
+	res, err := openPhase[uuid.UUID]{clients: b.clients, rate: rate, n: int(float64(rate) * b.duration.Seconds()), timeout: b.timeout,
+		prefix: b.runID + "-" + name + "-", pick: func() uuid.UUID { return b.warmed[rand.IntN(len(b.warmed))] }, call: c,
+		measure: func() (func(), error) {
+			mark := b.mark()
+			return func() { use = b.since(mark) }, nil
+		}}.run(ctx)
+	return res, use, err
 }
 
 type closedResult struct {

@@ -6,9 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"os"
 	"runtime"
-	"runtime/pprof"
 	"sort"
 	"strconv"
 	"strings"
@@ -21,17 +19,13 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
-	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-	"google.golang.org/grpc/status"
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
-	"github.com/membercenter/membercenter/storage/postgres"
 	"github.com/membercenter/membercenter/storage/postgres/pgbench"
 
 	"github.com/membercenter/membercenter/services/changes"
 	"github.com/membercenter/membercenter/services/identity"
 	"github.com/membercenter/membercenter/services/platform"
-	"github.com/membercenter/membercenter/services/platform/platformtest"
 )
 
 // benchDatabase is the scratch database the resolve benchmark preloads; it
@@ -42,7 +36,7 @@ const benchDatabase = "membercenter_bench"
 const preloadCause = "bench-preload"
 
 func resolveCmd(stdout io.Writer) *cobra.Command {
-	b := &resolveBench{out: stdout}
+	b := &resolveBench{bench: bench{name: "resolve", out: stdout}}
 	cmd := &cobra.Command{
 		Use:   "resolve",
 		Short: "IdentityService.Resolve and Merge over gRPC against a preloaded member base, beside a gRPC health check on the same server",
@@ -57,16 +51,7 @@ same server (the floor), then Resolve of random existing phones. Latency
 counts from each request's intended send time. Last, --merges Merge calls
 of fresh pairs of preloaded members, closed loop. Prints Markdown; progress
 goes to stderr.`,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			e, logPath, done, err := setupLogged(cmd.Context(), "membercenter-bench-resolve")
-			if err != nil {
-				return err
-			}
-			defer done()
-			b.e, b.progress = e, cmd.ErrOrStderr()
-			fmt.Fprintf(b.progress, "bench resolve: server log in %s\n", logPath)
-			return b.run(cmd.Context())
-		},
+		RunE: b.runE(b.run),
 	}
 	f := cmd.Flags()
 	f.IntVar(&b.members, "members", 1_000_000, "preloaded members, each with one phone number")
@@ -81,8 +66,7 @@ goes to stderr.`,
 }
 
 type resolveBench struct {
-	e             *platformtest.Env
-	out, progress io.Writer
+	bench
 
 	members, rate, merges, mergeWorkers, conns int
 	duration, timeout                          time.Duration
@@ -95,10 +79,6 @@ type resolveBench struct {
 }
 
 const resolveWarmup = 3 * time.Second
-
-func (b *resolveBench) logf(format string, args ...any) {
-	fmt.Fprintf(b.progress, "bench resolve: "+format+"\n", args...)
-}
 
 // phone is preloaded member i's mobile number: 130 0000 0000 + i, all valid
 // mainland-China numbers (verified by the identity normaliser on preload).
@@ -135,24 +115,12 @@ func (b *resolveBench) run(ctx context.Context) error {
 	}
 	b.runID = fmt.Sprintf("bench%x", time.Now().UnixNano()&0xffffffffff)
 	cfg := b.e.Config
-	benchURL, err := pgbench.DatabaseURL(cfg.Postgres.URL, benchDatabase)
-	if err != nil {
-		return err
-	}
-	if err := pgbench.CreateDatabase(ctx, b.e.P.Pool(), benchDatabase); err != nil {
-		return err
-	}
-	pcfg := cfg
-	pcfg.Postgres.URL = benchURL
-	p, err := platform.Open(ctx, pcfg, b.e.Tel)
+	p, _, err := b.openBenchDB(ctx, nil)
 	if err != nil {
 		return err
 	}
 	defer p.Close()
 	b.pool = p.Pool()
-	if _, err := postgres.Migrate(ctx, b.pool); err != nil {
-		return err
-	}
 	// The same identity configuration the server below is built with, so the
 	// preloaded hashes are the ones Resolve looks up.
 	if b.svc, err = identity.New(cfg.Identity, b.pool, changes.Writer{}, b.e.Tel.Logger); err != nil {
@@ -163,22 +131,17 @@ func (b *resolveBench) run(ctx context.Context) error {
 		return fmt.Errorf("preload: %w", err)
 	}
 
-	// The production server: platform.Run with only the identity service
-	// builds it with server.NewGRPC (otelgrpc, recovery, protovalidate, the
-	// platform's error translation, health and reflection) and registers
-	// identity.NewServer, exactly as `membercenter serve` does.
-	running, err := platformtest.Start(ctx, p, platform.Options{Services: []string{"identity"}})
+	// The production server, with only the identity service.
+	running, clients, err := serve(ctx, p, platform.Options{Services: []string{"identity"}}, b.conns)
 	if err != nil {
 		return err
 	}
 	defer running.Stop()
-	if b.clients, err = running.Conns(b.conns); err != nil {
-		return err
-	}
+	b.clients = clients
 
 	n := int(float64(b.rate) * b.duration.Seconds())
 	b.logf("floor: grpc.health.v1.Health/Check, %d requests at %d/s after a %s warm-up", n, b.rate, resolveWarmup)
-	floor, err := b.openPhase(ctx, n, b.healthCheck, false)
+	floor, err := b.openPhase(ctx, n, healthCheck[int], false)
 	if err != nil {
 		return fmt.Errorf("floor: %w", err)
 	}
@@ -260,20 +223,7 @@ func (b *resolveBench) load(ctx context.Context, from, to int) error {
 	return preloadMembers(ctx, b.pool, b.svc, from, to, phoneID, preloadCause, b.logf)
 }
 
-// phaseResult is one open-loop scenario: the distribution of successful
-// requests' latencies, the requests sent and the failures by status code.
-type phaseResult struct {
-	Summary
-	sent, errors int
-	byCode       map[string]int
-}
-
 type rpcCall func(ctx context.Context, conn *grpc.ClientConn, key string, i int) error
-
-func (b *resolveBench) healthCheck(ctx context.Context, conn *grpc.ClientConn, _ string, _ int) error {
-	_, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
-	return err
-}
 
 func (b *resolveBench) resolve(ctx context.Context, conn *grpc.ClientConn, key string, i int) error {
 	resp, err := mcv1.NewIdentityServiceClient(conn).Resolve(ctx, &mcv1.ResolveRequest{
@@ -293,77 +243,16 @@ func (b *resolveBench) resolve(ctx context.Context, conn *grpc.ClientConn, key s
 
 // openPhase warms up for resolveWarmup at b.rate (unmeasured), then sends n
 // requests open-loop at b.rate, each in its own goroutine, and times each
-// from its intended send time. Targets are random preloaded members outside
-// the merge span.
+// from its intended send time (profiled with --cpuprofile when profile is
+// set). Targets are random preloaded members outside the merge span.
 func (b *resolveBench) openPhase(ctx context.Context, n int, c rpcCall, profile bool) (phaseResult, error) {
-	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 3))
 	span := b.members - b.mergeSpan()
-	loop := &latencyBench{rate: b.rate}
-	send := func(prefix string, n int, done []time.Time, errs []error) ([]time.Time, error) {
-		targets := make([]int, n)
-		for i := range targets {
-			targets[i] = rng.IntN(span)
-		}
-		var wg sync.WaitGroup
-		intended, err := loop.openLoop(ctx, n, func(i int) {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				rctx, cancel := context.WithTimeout(ctx, b.timeout)
-				defer cancel()
-				err := c(rctx, b.clients[i%len(b.clients)], prefix+strconv.Itoa(i), targets[i])
-				if done != nil {
-					done[i], errs[i] = time.Now(), err
-				}
-			}()
-		})
-		wg.Wait()
-		return intended, err
+	p := openPhase[int]{clients: b.clients, rate: b.rate, n: n, timeout: b.timeout, prefix: b.runID + "-",
+		pick: func() int { return rand.IntN(span) }, call: c}
+	if profile {
+		p.measure = func() (func(), error) { return startCPUProfile(b.cpuProfile) }
 	}
-	if _, err := send(b.runID+"-warm-", int(float64(b.rate)*resolveWarmup.Seconds()), nil, nil); err != nil {
-		return phaseResult{}, err
-	}
-	if profile && b.cpuProfile != "" {
-		f, err := os.Create(b.cpuProfile)
-		if err != nil {
-			return phaseResult{}, err
-		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return phaseResult{}, err
-		}
-		defer pprof.StopCPUProfile()
-	}
-	done, errs := make([]time.Time, n), make([]error, n)
-	intended, err := send(b.runID+"-", n, done, errs)
-	if err != nil {
-		return phaseResult{}, err
-	}
-	res := phaseResult{sent: n, byCode: map[string]int{}}
-	ds := make([]time.Duration, 0, n)
-	last := intended[0]
-	for i := range n {
-		if done[i].After(last) {
-			last = done[i]
-		}
-		if errs[i] != nil {
-			res.errors++
-			res.byCode[errorCode(errs[i])]++
-			continue
-		}
-		ds = append(ds, done[i].Sub(intended[i]))
-	}
-	if len(ds) > 0 {
-		res.Summary = summarize(ds, last.Sub(intended[0]))
-	}
-	return res, nil
-}
-
-func errorCode(err error) string {
-	if s, ok := status.FromError(err); ok {
-		return s.Code().String()
-	}
-	return "client check failed: " + err.Error()
+	return p.run(ctx)
 }
 
 type mergeResult struct {

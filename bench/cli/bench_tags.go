@@ -33,13 +33,11 @@ import (
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 	"github.com/membercenter/membercenter/storage/clickhouse"
 	"github.com/membercenter/membercenter/storage/clickhouse/chbench"
-	"github.com/membercenter/membercenter/storage/postgres"
 	"github.com/membercenter/membercenter/storage/postgres/pgbench"
 
 	"github.com/membercenter/membercenter/pipeline/kafka"
 	"github.com/membercenter/membercenter/services/facts"
 	"github.com/membercenter/membercenter/services/platform"
-	"github.com/membercenter/membercenter/services/platform/platformtest"
 	"github.com/membercenter/membercenter/services/tags"
 	"github.com/membercenter/membercenter/storage/clickhouse/segment"
 )
@@ -53,7 +51,7 @@ const tagBenchSynthetic = "bench-"
 // ClickHouse, GetProfile latency, and CountSegment over a million profiles,
 // each beside a floor measured in the same run.
 func tagsCmd(stdout io.Writer) *cobra.Command {
-	b := &tagsBench{out: stdout}
+	b := &tagsBench{bench: bench{name: "tags", out: stdout}}
 	cmd := &cobra.Command{
 		Use:   "tags",
 		Short: "Tag worker events/s, event → label in GetProfile and ClickHouse, GetProfile latency and CountSegment over 1M profiles, each beside its floor",
@@ -100,16 +98,7 @@ is the one the server runs (the newest loaded, else the shipped one).
    and a plain ` + chbench.CountProfilesSQL + ` (the floors).
 
 Prints Markdown; progress goes to stderr.`,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			e, logPath, done, err := setupLogged(cmd.Context(), "membercenter-bench-tags")
-			if err != nil {
-				return err
-			}
-			defer done()
-			b.e, b.progress = e, cmd.ErrOrStderr()
-			b.logf("server log in %s", logPath)
-			return b.run(cmd.Context())
-		},
+		RunE: b.runE(b.run),
 	}
 	f := cmd.Flags()
 	f.IntVar(&b.members, "members", 1500, "members without tag state given a history this run; every measured event is for one of them")
@@ -133,8 +122,7 @@ Prints Markdown; progress goes to stderr.`,
 }
 
 type tagsBench struct {
-	e             *platformtest.Env
-	out, progress io.Writer
+	bench
 
 	members, history, events, kafkaEvents int
 	visRate, visEvents, visWarm           int
@@ -153,10 +141,6 @@ type tagsBench struct {
 	used     []uuid.UUID
 	gen      *tagEventGen
 	inFlight float64 // the Kafka worker's records in process at once, on average
-}
-
-func (b *tagsBench) logf(format string, args ...any) {
-	fmt.Fprintf(b.progress, "bench tags: "+format+"\n", args...)
 }
 
 func (b *tagsBench) validate() error {
@@ -243,31 +227,20 @@ func (b *tagsBench) run(ctx context.Context) error {
 	}
 	b.runID = fmt.Sprintf("bt%x", time.Now().UnixNano()&0xffffffffff)
 	b.gen = &tagEventGen{orders: map[uuid.UUID][]tagOrder{}}
-	cfg := b.e.Config
-	var err error
-	if b.benchURL, err = pgbench.DatabaseURL(cfg.Postgres.URL, benchDatabase); err != nil {
-		return err
-	}
-	if err := pgbench.CreateDatabase(ctx, b.e.P.Pool(), benchDatabase); err != nil {
-		return err
-	}
 	// One platform on the bench databases and the scratch topics of the
 	// event → label measurement; its pool serves the direct measurements.
-	pcfg := cfg
-	pcfg.Postgres.URL = b.benchURL
-	pcfg.ClickHouse.Database = benchDatabase
 	vprefix := b.runID + "v"
-	pcfg.Kafka = b.scratchKafka(vprefix)
-	b.chCfg = pcfg.ClickHouse
-	p, err := platform.Open(ctx, pcfg, b.e.Tel)
+	kcfg := b.scratchKafka(vprefix)
+	p, url, err := b.openBenchDB(ctx, func(c *platform.Config) {
+		c.ClickHouse.Database = benchDatabase
+		c.Kafka = kcfg
+		b.chCfg = c.ClickHouse
+	})
 	if err != nil {
 		return err
 	}
 	defer p.Close()
-	b.pool = p.Pool()
-	if _, err := postgres.Migrate(ctx, b.pool); err != nil {
-		return err
-	}
+	b.pool, b.benchURL = p.Pool(), url
 	b.svc = tags.New(b.pool, changesWriter(b.e), b.e.Tel.Logger)
 	if err := b.svc.Reload(ctx); err != nil { // the catalogue the server runs
 		return err
@@ -275,7 +248,7 @@ func (b *tagsBench) run(ctx context.Context) error {
 	trips := &pgRoundTrips{}
 	b.e.Tel.Tracers.RegisterSpanProcessor(trips)
 	defer b.e.Tel.Tracers.UnregisterSpanProcessor(trips)
-	b.h = &benefitsBench{e: b.e, out: io.Discard, progress: b.progress, pool: b.pool, benchURL: b.benchURL, trips: trips,
+	b.h = &benefitsBench{bench: bench{name: b.name, e: b.e, out: io.Discard, progress: b.progress}, pool: b.pool, benchURL: b.benchURL, trips: trips,
 		tracer:   b.e.Tel.Tracers.Tracer("github.com/membercenter/membercenter/bench/cli"),
 		duration: b.duration, timeout: b.timeout, runID: b.runID}
 
@@ -324,19 +297,17 @@ func (b *tagsBench) run(ctx context.Context) error {
 	// The platform: the tag worker, sweeper and profile exporter, and the
 	// ProfileService behind the production gRPC stack.
 	floorTopic := vprefix + ".floor.v1"
-	topics, err := openScratch(ctx, pcfg.Kafka, b.ktel(), 6, floorTopic)
+	topics, err := openScratch(ctx, kcfg, b.ktel(), 6, floorTopic)
 	if err != nil {
 		return err
 	}
-	defer topics.close(pcfg.Kafka.Group(tags.Stage))
-	running, err := platformtest.Start(ctx, p, platform.Options{Services: []string{"profile"}, Stages: []string{tags.Stage}})
+	defer topics.close(kcfg.Group(tags.Stage))
+	running, clients, err := serve(ctx, p, platform.Options{Services: []string{"profile"}, Stages: []string{tags.Stage}}, b.conns)
 	if err != nil {
 		return err
 	}
 	defer running.Stop()
-	if b.h.clients, err = running.Conns(b.conns); err != nil {
-		return err
-	}
+	b.h.clients = clients
 	b.h.warmed = b.used
 	profiles := mcv1.NewProfileServiceClient(b.h.clients[0])
 
@@ -348,18 +319,18 @@ func (b *tagsBench) run(ctx context.Context) error {
 		return err
 	}
 
-	producer, err := kafka.NewClient(pcfg.Kafka, b.ktel(), "", kgo.ProducerLinger(0))
+	producer, err := kafka.NewClient(kcfg, b.ktel(), "", kgo.ProducerLinger(0))
 	if err != nil {
 		return err
 	}
 	defer producer.Close()
 	b.logf("visibility floor: %d Kafka produce → consume round trips at %d/s", b.visEvents, b.visRate)
 	lb := &latencyBench{events: b.visEvents, members: b.members, rate: b.visRate}
-	if r.visFloor, err = lb.floor(ctx, pcfg.Kafka, b.ktel(), producer, topics.adm, floorTopic); err != nil {
+	if r.visFloor, err = lb.floor(ctx, kcfg, b.ktel(), producer, topics.adm, floorTopic); err != nil {
 		return fmt.Errorf("visibility floor: %w", err)
 	}
 	b.logf("visibility floor: p50 %s ms, p99 %s ms", ms(r.visFloor.Median), ms(r.visFloor.P99))
-	if r.vis, err = b.visibilityPhase(ctx, profiles, producer, pcfg.Kafka.Topics.MemberEvents); err != nil {
+	if r.vis, err = b.visibilityPhase(ctx, profiles, producer, kcfg.Topics.MemberEvents); err != nil {
 		return fmt.Errorf("event → label: %w", err)
 	}
 
@@ -368,7 +339,7 @@ func (b *tagsBench) run(ctx context.Context) error {
 		run.rate = rate
 		n := int(float64(rate) * b.duration.Seconds())
 		b.logf("floor: grpc.health.v1.Health/Check, %d requests at %d/s after a %s warm-up", n, rate, resolveWarmup)
-		if run.health, run.healthUse, err = b.h.openPhase(ctx, "health"+strconv.Itoa(rate), rate, b.h.health); err != nil {
+		if run.health, run.healthUse, err = b.h.openPhase(ctx, "health"+strconv.Itoa(rate), rate, healthCheck[uuid.UUID]); err != nil {
 			return fmt.Errorf("health: %w", err)
 		}
 		b.logf("floor: p50 %s ms, p99 %s ms, %d errors", ms(run.health.Median), ms(run.health.P99), run.health.errors)
@@ -405,7 +376,7 @@ func (b *tagsBench) run(ctx context.Context) error {
 // active, never-merged members of the bench database without tag state;
 // members missing are created.
 func (b *tagsBench) pickMembers(ctx context.Context) (poolResult, error) {
-	pool, err := pgbench.MembersWithoutFeatures(ctx, b.pool, 10*b.members)
+	pool, err := pgbench.MembersWithout(ctx, b.pool, pgbench.TagState, 10*b.members)
 	if err != nil {
 		return poolResult{}, err
 	}

@@ -7,11 +7,15 @@ package cli
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 
 	"github.com/spf13/cobra"
+
+	"github.com/membercenter/membercenter/storage/postgres"
+	"github.com/membercenter/membercenter/storage/postgres/pgbench"
 
 	"github.com/membercenter/membercenter/services/changes"
 	"github.com/membercenter/membercenter/services/platform"
@@ -82,4 +86,59 @@ func setupLogged(ctx context.Context, name string) (*platformtest.Env, string, f
 
 func changesWriter(e *platformtest.Env) changes.Writer {
 	return changes.Writer{Propagator: e.Tel.Propagator}
+}
+
+// bench is what the benchmarks on the benchmark database share: their
+// environment, where the report goes and where progress goes.
+type bench struct {
+	name          string // as progress lines name it
+	e             *platformtest.Env
+	out, progress io.Writer
+}
+
+func (b *bench) logf(format string, args ...any) {
+	fmt.Fprintf(b.progress, "bench "+b.name+": "+format+"\n", args...)
+}
+
+// runE runs a benchmark as a command: its environment logs to
+// membercenter-bench-<name>.log in the temporary directory, named first.
+func (b *bench) runE(run func(ctx context.Context) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, _ []string) error {
+		e, logPath, done, err := setupLogged(cmd.Context(), "membercenter-bench-"+b.name)
+		if err != nil {
+			return err
+		}
+		defer done()
+		b.e, b.progress = e, cmd.ErrOrStderr()
+		b.logf("server log in %s", logPath)
+		return run(cmd.Context())
+	}
+}
+
+// openBenchDB opens a platform like the environment's over the benchmark
+// database of the configured PostgreSQL server (created and migrated when
+// missing), its configuration edited by edit, and returns it with the
+// database's URL.
+func (b *bench) openBenchDB(ctx context.Context, edit func(*platform.Config)) (*platform.Platform, string, error) {
+	url, err := pgbench.DatabaseURL(b.e.Config.Postgres.URL, benchDatabase)
+	if err != nil {
+		return nil, "", err
+	}
+	if err := pgbench.CreateDatabase(ctx, b.e.P.Pool(), benchDatabase); err != nil {
+		return nil, "", err
+	}
+	cfg := b.e.Config
+	cfg.Postgres.URL = url
+	if edit != nil {
+		edit(&cfg)
+	}
+	p, err := platform.Open(ctx, cfg, b.e.Tel)
+	if err != nil {
+		return nil, "", err
+	}
+	if _, err := postgres.Migrate(ctx, p.Pool()); err != nil {
+		p.Close()
+		return nil, "", err
+	}
+	return p, url, nil
 }

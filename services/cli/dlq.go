@@ -33,24 +33,29 @@ func dlqCmd(stdout, logOut io.Writer) *cobra.Command {
 		c.Flags().StringVar(&stage, "stage", "", "only letters of this stage (e.g. ingest)")
 		c.Flags().StringVar(&topic, "topic", "", "only letters that came from this topic")
 	}
-	client := func(e *env) (*kafka.Client, error) {
-		return kafka.NewClient(e.cfg.Kafka, kafka.Telemetry{Tracers: e.tel.Tracers, Meters: e.tel.Meters,
+	// open sets up and connects a client that reads committed records.
+	open := func(cmd *cobra.Command) (*env, *kafka.Client, func(), error) {
+		e, done, err := setup(cmd.Context(), logOut)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		cl, err := kafka.NewClient(e.cfg.Kafka, kafka.Telemetry{Tracers: e.tel.Tracers, Meters: e.tel.Meters,
 			Propagator: e.tel.Propagator, Logger: e.tel.Logger}, "", kgo.FetchIsolationLevel(kgo.ReadCommitted()))
+		if err != nil {
+			done()
+			return nil, nil, nil, err
+		}
+		return e, cl, func() { cl.Close(); done() }, nil
 	}
 	list := &cobra.Command{
 		Use:   "list",
 		Short: "Print dead letters with their reasons",
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			e, done, err := setup(cmd.Context(), logOut)
+			e, cl, done, err := open(cmd)
 			if err != nil {
 				return err
 			}
 			defer done()
-			cl, err := client(e)
-			if err != nil {
-				return err
-			}
-			defer cl.Close()
 			n := 0
 			err = dlq.Scan(cmd.Context(), cl.Client, e.cfg.Kafka.Topics.DLQ, time.Now().Add(-since), func(l dlq.Letter) error {
 				if keep(l) {
@@ -69,16 +74,11 @@ func dlqCmd(stdout, logOut io.Writer) *cobra.Command {
 		Use:   "replay",
 		Short: "Re-publish dead letters to the topics they came from, each once (stages deduplicate by event id)",
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			e, done, err := setup(cmd.Context(), logOut)
+			e, cl, done, err := open(cmd)
 			if err != nil {
 				return err
 			}
 			defer done()
-			cl, err := client(e)
-			if err != nil {
-				return err
-			}
-			defer cl.Close()
 			res, err := dlq.Replay(cmd.Context(), cl.Client, e.cfg.Kafka.Topics.DLQ, dlq.ReplayOptions{
 				Since: time.Now().Add(-since), Keep: keep, Force: force, Replays: pgReplays{e.p.Pool()},
 			})

@@ -175,27 +175,22 @@ func OriginMembers(ctx context.Context, q postgres.Querier, idType int16, hashes
 	return members, fresh, err
 }
 
-// MembersWithoutLoyalty returns up to limit of the earliest active,
-// never-merged members without loyalty state, in member id order.
-func MembersWithoutLoyalty(ctx context.Context, q postgres.Querier, limit int) ([]uuid.UUID, error) {
-	rows, err := q.Query(ctx, `
-		SELECT m.member_id FROM members m
-		 WHERE m.status = 'active' AND m.merge_count = 0
-		   AND NOT EXISTS (SELECT FROM loyalty_state s WHERE s.member_id = m.member_id)
-		 ORDER BY m.member_id LIMIT $1`, limit)
-	if err != nil {
-		return nil, err
-	}
-	return pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
-}
+// State is a table of per-member state some members have not got yet.
+type State string
 
-// MembersWithoutFeatures returns up to limit of the earliest active,
-// never-merged members without tag state, in member id order.
-func MembersWithoutFeatures(ctx context.Context, q postgres.Querier, limit int) ([]uuid.UUID, error) {
+// The states a benchmark gives members it has not used before.
+const (
+	LoyaltyState State = "loyalty_state"   // the benefits engine's
+	TagState     State = "member_features" // the tag engine's
+)
+
+// MembersWithout returns up to limit of the earliest active, never-merged
+// members without a row of state, in member id order.
+func MembersWithout(ctx context.Context, q postgres.Querier, state State, limit int) ([]uuid.UUID, error) {
 	rows, err := q.Query(ctx, `
 		SELECT m.member_id FROM members m
 		 WHERE m.status = 'active' AND m.merge_count = 0
-		   AND NOT EXISTS (SELECT FROM member_features f WHERE f.member_id = m.member_id)
+		   AND NOT EXISTS (SELECT FROM `+pgx.Identifier{string(state)}.Sanitize()+` s WHERE s.member_id = m.member_id)
 		 ORDER BY m.member_id LIMIT $1`, limit)
 	if err != nil {
 		return nil, err
