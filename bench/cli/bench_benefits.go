@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -1082,12 +1083,6 @@ func (a cpuSample) to(z cpuSample) cpuUse {
 
 func (b *benefitsBench) report(r *benefitsReport) {
 	w := b.out
-	ratio := func(a, f time.Duration) string {
-		if f <= 0 || a <= 0 {
-			return "–"
-		}
-		return fmt.Sprintf("%.1f×", float64(a)/float64(f))
-	}
 	fmt.Fprintf(w, "| scenario | requests | target rate (req/s) | achieved (req/s) | p50 ms | p99 ms | max ms | errors | p50 ÷ floor | p99 ÷ floor |\n")
 	fmt.Fprintf(w, "|---|---|---|---|---|---|---|---|---|---|\n")
 	row := func(name string, rate int, p phaseResult) {
@@ -1201,11 +1196,7 @@ func (b *benefitsBench) report(r *benefitsReport) {
 		}
 		fmt.Fprintf(w, "| %d | %d | %.0f | %s | %s | %.0f | %s | %s | %d |\n", a.workers, a.events, a.rate(), ms(a.lat.Median), ms(a.lat.P99),
 			u.rate(), ms(u.lat.Median), share, a.errors+u.errors)
-		for _, e := range []error{a.firstErr, u.firstErr} {
-			if e != nil && firstErr == nil {
-				firstErr = e
-			}
-		}
+		firstErr = cmp.Or(firstErr, a.firstErr, u.firstErr)
 	}
 	if firstErr != nil {
 		fmt.Fprintf(w, "\nFirst error: %v\n", firstErr)

@@ -497,12 +497,6 @@ func (b *resolveBench) report(floor, resolve phaseResult, merges mergeResult, pr
 	w := b.out
 	fmt.Fprintf(w, "| scenario | requests | target rate (req/s) | achieved (req/s) | p50 ms | p99 ms | max ms | errors | p50 ÷ floor | p99 ÷ floor |\n")
 	fmt.Fprintf(w, "|---|---|---|---|---|---|---|---|---|---|\n")
-	ratio := func(a, f time.Duration) string {
-		if f <= 0 || a <= 0 {
-			return "–"
-		}
-		return fmt.Sprintf("%.1f×", float64(a)/float64(f))
-	}
 	row := func(name string, r phaseResult) {
 		fmt.Fprintf(w, "| %s | %d | %d | %.0f | %s | %s | %s | %d | %s | %s |\n", name, r.sent, b.rate, r.Throughput,
 			ms(r.Median), ms(r.P99), ms(r.Max), r.errors, ratio(r.Median, floor.Median), ratio(r.P99, floor.P99))

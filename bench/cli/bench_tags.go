@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -1388,12 +1389,6 @@ func topCounts(m map[string]int, n int) string {
 func (b *tagsBench) report(r *tagsReport) {
 	w := b.out
 	c := r.catalog
-	ratio := func(a, f time.Duration) string {
-		if f <= 0 || a <= 0 {
-			return "–"
-		}
-		return fmt.Sprintf("%.1f×", float64(a)/float64(f))
-	}
 	perEvent := func(u phaseUse, n int) (string, string, string) {
 		if n <= 0 {
 			return "–", "–", "–"
@@ -1438,11 +1433,7 @@ func (b *tagsBench) report(r *tagsReport) {
 		trips, self, pg := perEvent(a.use, a.events-a.errors)
 		fmt.Fprintf(w, "| %d | %d | %.0f | %s | %s | %.0f | %s | %s | %s | %s / %s | %s | %s | %s | %d |\n", a.workers, a.events, a.rate(),
 			ms(a.lat.Median), ms(a.lat.P99), u.rate(), ms(u.lat.Median), ms(u.lat.P99), share, busy(a.use), busy(u.use), trips, self, pg, a.errors+u.errors)
-		for _, e := range []error{a.firstErr, u.firstErr} {
-			if e != nil && firstErr == nil {
-				firstErr = e
-			}
-		}
+		firstErr = cmp.Or(firstErr, a.firstErr, u.firstErr)
 	}
 	if firstErr != nil {
 		fmt.Fprintf(w, "\nFirst error: %v\n", firstErr)

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"fmt"
 	"strconv"
 	"sync"
 	"time"
@@ -100,6 +101,14 @@ func (p openPhase[T]) run(ctx context.Context) (phaseResult, error) {
 func healthCheck[T any](ctx context.Context, conn *grpc.ClientConn, _ string, _ T) error {
 	_, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
 	return err
+}
+
+// ratio is a latency ÷ its floor's, "–" when either is missing.
+func ratio(a, f time.Duration) string {
+	if f <= 0 || a <= 0 {
+		return "–"
+	}
+	return fmt.Sprintf("%.1f×", float64(a)/float64(f))
 }
 
 func errorCode(err error) string {
