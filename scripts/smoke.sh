@@ -15,7 +15,10 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -r
 trap cleanup EXIT
 fail() { echo "smoke: FAIL: $*" >&2; for f in "$work"/*.log; do echo "--- $f" >&2; tail -20 "$f" >&2; done; exit 1; }
 
-export MC_GRPC_ADDR=127.0.0.1:50151 MC_ADMIN_ADDR=127.0.0.1:59464
+# Ports the kernel has free now: a fixed one can be the local end of some
+# client's connection (the ephemeral range reaches 60999).
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+export MC_GRPC_ADDR="127.0.0.1:$(free_port)" MC_ADMIN_ADDR="127.0.0.1:$(free_port)" MC_HTTP_ADDR="127.0.0.1:$(free_port)"
 wait_http() { for _ in $(seq 1 150); do curl -fsS "$1" >/dev/null 2>&1 && return 0; sleep 0.2; done; return 1; }
 
 "$bin" migrate >"$work/migrate.log" 2>&1 || fail "migrate"
@@ -61,7 +64,7 @@ metrics="$(curl -fsS "http://$MC_ADMIN_ADDR/metrics")"
 grep -q '^rpc_server_call_duration_seconds\|^rpc_server_duration' <<<"$metrics" ||
   fail "RPC latency metric missing from /metrics"
 
-export MC_ADMIN_ADDR=127.0.0.1:59465
+export MC_ADMIN_ADDR="127.0.0.1:$(free_port)" MC_GRPC_ADDR="127.0.0.1:$(free_port)"
 "$bin" pipeline --stages=all >"$work/pipeline.log" 2>&1 &
 pids+=($!); pipeline_pid=$!
 wait_http "http://$MC_ADMIN_ADDR/readyz" || fail "pipeline never became ready"
