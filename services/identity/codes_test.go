@@ -388,31 +388,10 @@ func TestMemberCodeConcurrentScansAcceptOnce(t *testing.T) {
 	f := newAuthFixture(t)
 	member := f.newMember(t, "+8613900000001")
 	c := f.issue(t, member, authEpoch)
-	const scans = 8
-	errs := make(chan error, scans)
-	var wg sync.WaitGroup
-	for i := 0; i < scans; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			_, err := f.svc.VerifyMemberCode(authCtx(t), c.Code, identity.CodeUse{TerminalID: fmt.Sprintf("POS-%d", i)})
-			errs <- err
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	accepted := 0
-	for err := range errs {
-		switch {
-		case err == nil:
-			accepted++
-		case !errors.Is(err, identity.ErrCodeUsed):
-			t.Errorf("concurrent scan: %v, want nil or ErrCodeUsed", err)
-		}
-	}
-	if accepted != 1 {
-		t.Fatalf("%d concurrent scans accepted, want 1", accepted)
-	}
+	acceptedOnce(t, 8, "scans", identity.ErrCodeUsed, func(i int) error {
+		_, err := f.svc.VerifyMemberCode(authCtx(t), c.Code, identity.CodeUse{TerminalID: fmt.Sprintf("POS-%d", i)})
+		return err
+	})
 	if n := f.count(t, "member_code_uses"); n != 1 {
 		t.Fatalf("%d code uses, want 1", n)
 	}
@@ -551,5 +530,34 @@ func TestMemberCodeConcurrentFirstIssues(t *testing.T) {
 	}
 	if n := f.count(t, "member_code_secrets"); n != members {
 		t.Errorf("%d code secrets for %d members", n, members)
+	}
+}
+
+// acceptedOnce makes n calls at once and checks that exactly one is
+// accepted and every other is refused with refusal.
+func acceptedOnce(t *testing.T, n int, what string, refusal error, call func(i int) error) {
+	t.Helper()
+	errs := make(chan error, n)
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs <- call(i)
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	accepted := 0
+	for err := range errs {
+		switch {
+		case err == nil:
+			accepted++
+		case !errors.Is(err, refusal):
+			t.Errorf("concurrent %s: %v, want nil or %v", what, err, refusal)
+		}
+	}
+	if accepted != 1 {
+		t.Fatalf("%d concurrent %s accepted, want 1", accepted, what)
 	}
 }

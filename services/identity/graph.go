@@ -1,6 +1,7 @@
 package identity
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -12,6 +13,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/proto"
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 	"github.com/membercenter/membercenter/storage/postgres"
@@ -616,23 +618,9 @@ func activeMember(ctx context.Context, q postgres.Querier, id uuid.UUID) (postgr
 
 // Link attaches an identifier to a member under the identity rules.
 func (s *Service) Link(ctx context.Context, req *mcv1.LinkRequest) (*mcv1.LinkResponse, error) {
-	member := uuid.MustParse(req.GetMemberId())
-	ids, err := s.Normalize([]*mcv1.Identifier{req.GetIdentifier()})
-	if err != nil {
-		return nil, err
-	}
-	n := ids[0]
 	resp := &mcv1.LinkResponse{}
-	err = postgres.RetryTx(ctx, s.pool, func(tx pgx.Tx) error {
-		resp.Reset()
-		_, err := changes.Idempotent(ctx, tx, "identity.Link", req.GetIdempotencyKey(), req, resp, func() error {
-			o := origin{actor: actorFrom(ctx), channel: mcv1.Channel_CHANNEL_BACKOFFICE, cause: "rpc:Link:" + req.GetIdempotencyKey()}
-			if _, err := postgres.LockMembers(ctx, tx, member); err != nil {
-				return err
-			}
-			if _, err := activeMember(ctx, tx, member); err != nil {
-				return err
-			}
+	m, err := s.onIdentifier(ctx, "Link", req, resp, req.GetMemberId(), req.GetIdentifier(),
+		func(tx pgx.Tx, member uuid.UUID, n Normalized, o origin) error {
 			if s.rules.Blocked(n.Type, n.Value) {
 				return &RuleError{Rule: TypeName(n.Type) + ".blocked", Detail: fmt.Sprintf("%s %s is a placeholder value, not a shopper's", TypeName(n.Type), n.Masked)}
 			}
@@ -653,49 +641,22 @@ func (s *Service) Link(ctx context.Context, req *mcv1.LinkRequest) (*mcv1.LinkRe
 				}
 			}
 			res := Result{MemberID: member, Origin: member}
-			if err := s.linkMissing(ctx, tx, &res, ids, map[string][]postgres.IdentifierRow{}, s.now(), resolveOpts{origin: o, strict: true}); err != nil {
+			if err := s.linkMissing(ctx, tx, &res, []Normalized{n}, map[string][]postgres.IdentifierRow{}, s.now(), resolveOpts{origin: o, strict: true}); err != nil {
 				return err
 			}
-			reason := req.GetReason()
-			if reason == "" {
-				reason = "linked by " + o.actor
-			}
 			_, err = s.audit(ctx, tx, o, auditEntry{action: "link", kind: mcv1.IdentityChangeKind_IDENTITY_CHANGE_KIND_LINKED,
-				member: member, refs: Refs(res.Linked), reason: reason})
+				member: member, refs: Refs(res.Linked), reason: cmp.Or(req.GetReason(), "linked by "+o.actor)})
 			return err
 		})
-		return err
-	})
-	if err != nil {
-		return nil, err
-	}
-	m, err := s.Member(ctx, member)
-	if err != nil {
-		return nil, err
-	}
 	resp.Member = m
-	return resp, nil
+	return resp, err
 }
 
 // Unlink detaches an identifier from a member.
 func (s *Service) Unlink(ctx context.Context, req *mcv1.UnlinkRequest) (*mcv1.UnlinkResponse, error) {
-	member := uuid.MustParse(req.GetMemberId())
-	ids, err := s.Normalize([]*mcv1.Identifier{req.GetIdentifier()})
-	if err != nil {
-		return nil, err
-	}
-	n := ids[0]
 	resp := &mcv1.UnlinkResponse{}
-	err = postgres.RetryTx(ctx, s.pool, func(tx pgx.Tx) error {
-		resp.Reset()
-		_, err := changes.Idempotent(ctx, tx, "identity.Unlink", req.GetIdempotencyKey(), req, resp, func() error {
-			o := origin{actor: actorFrom(ctx), channel: mcv1.Channel_CHANNEL_BACKOFFICE, cause: "rpc:Unlink:" + req.GetIdempotencyKey()}
-			if _, err := postgres.LockMembers(ctx, tx, member); err != nil {
-				return err
-			}
-			if _, err := activeMember(ctx, tx, member); err != nil {
-				return err
-			}
+	m, err := s.onIdentifier(ctx, "Unlink", req, resp, req.GetMemberId(), req.GetIdentifier(),
+		func(tx pgx.Tx, member uuid.UUID, n Normalized, o origin) error {
 			before, err := s.summary(ctx, tx, member)
 			if err != nil {
 				return err
@@ -711,25 +672,48 @@ func (s *Service) Unlink(ctx context.Context, req *mcv1.UnlinkRequest) (*mcv1.Un
 			if err != nil {
 				return err
 			}
-			reason := req.GetReason()
-			if reason == "" {
-				reason = "unlinked by " + o.actor
-			}
 			_, err = s.audit(ctx, tx, o, auditEntry{action: "unlink", kind: mcv1.IdentityChangeKind_IDENTITY_CHANGE_KIND_UNLINKED,
-				member: member, refs: Refs(ids), before: before, after: after, reason: reason})
+				member: member, refs: Refs([]Normalized{n}), before: before, after: after, reason: cmp.Or(req.GetReason(), "unlinked by "+o.actor)})
 			return err
+		})
+	resp.Member = m
+	return resp, err
+}
+
+// identifierRequest is a Link or Unlink request.
+type identifierRequest interface {
+	proto.Message
+	GetIdempotencyKey() string
+}
+
+// onIdentifier runs change on one identifier of one active member, locked,
+// once per idempotency key (a retry gets the first answer in resp), and
+// returns the member as it is after.
+func (s *Service) onIdentifier(ctx context.Context, rpc string, req identifierRequest, resp proto.Message, memberID string,
+	id *mcv1.Identifier, change func(tx pgx.Tx, member uuid.UUID, n Normalized, o origin) error) (*mcv1.Member, error) {
+	member := uuid.MustParse(memberID)
+	ids, err := s.Normalize([]*mcv1.Identifier{id})
+	if err != nil {
+		return nil, err
+	}
+	err = postgres.RetryTx(ctx, s.pool, func(tx pgx.Tx) error {
+		proto.Reset(resp)
+		_, err := changes.Idempotent(ctx, tx, "identity."+rpc, req.GetIdempotencyKey(), req, resp, func() error {
+			o := origin{actor: actorFrom(ctx), channel: mcv1.Channel_CHANNEL_BACKOFFICE, cause: "rpc:" + rpc + ":" + req.GetIdempotencyKey()}
+			if _, err := postgres.LockMembers(ctx, tx, member); err != nil {
+				return err
+			}
+			if _, err := activeMember(ctx, tx, member); err != nil {
+				return err
+			}
+			return change(tx, member, ids[0], o)
 		})
 		return err
 	})
 	if err != nil {
 		return nil, err
 	}
-	m, err := s.Member(ctx, member)
-	if err != nil {
-		return nil, err
-	}
-	resp.Member = m
-	return resp, nil
+	return s.Member(ctx, member)
 }
 
 // ListConflicts pages through conflicts waiting for review, oldest first.

@@ -6,7 +6,6 @@ import (
 	"crypto/rand"
 	"errors"
 	"math"
-	"sync"
 	"testing"
 	"time"
 
@@ -348,31 +347,10 @@ func TestVerifyDeviceAssertionConcurrentReplays(t *testing.T) {
 	d := newTermDevice(t, "SH-001-POS-01")
 	f.register(t, d)
 	req := signAssertion(t, d.id, d, termAssertion(d, member, authEpoch))
-	const sends = 8
-	errs := make(chan error, sends)
-	var wg sync.WaitGroup
-	for i := 0; i < sends; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			_, err := f.srv.VerifyDeviceAssertion(authCtx(t), req)
-			errs <- err
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	accepted := 0
-	for err := range errs {
-		switch {
-		case err == nil:
-			accepted++
-		case !errors.Is(err, identity.ErrAssertionReplayed):
-			t.Errorf("concurrent send: %v, want nil or ErrAssertionReplayed", err)
-		}
-	}
-	if accepted != 1 {
-		t.Fatalf("%d concurrent sends accepted, want 1", accepted)
-	}
+	acceptedOnce(t, 8, "sends", identity.ErrAssertionReplayed, func(int) error {
+		_, err := f.srv.VerifyDeviceAssertion(authCtx(t), req)
+		return err
+	})
 	if n := f.count(t, "assertion_nonces"); n != 1 {
 		t.Fatalf("%d nonces, want 1", n)
 	}
