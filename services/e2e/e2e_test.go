@@ -189,13 +189,7 @@ func TestPOSTransactionEndToEnd(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 
-	stream, err := mcv1.NewSyncServiceClient(e.conn).Subscribe(ctx, &mcv1.SubscribeRequest{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if m, err := stream.Recv(); err != nil || m.GetReady() == nil {
-		t.Fatalf("first message = %v, %v; want ready", m, err)
-	}
+	stream := e.subscribe(t, ctx, &mcv1.SubscribeRequest{})
 
 	// The POS checkout starts the trace every hop must join.
 	const phone, card = "13912345678", "c0012345"
@@ -348,13 +342,7 @@ func TestRedeliveredEventChangesNothing(t *testing.T) {
 	e := start(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	stream, err := mcv1.NewSyncServiceClient(e.conn).Subscribe(ctx, &mcv1.SubscribeRequest{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if m, err := stream.Recv(); err != nil || m.GetReady() == nil {
-		t.Fatalf("first message = %v, %v; want ready", m, err)
-	}
+	stream := e.subscribe(t, ctx, &mcv1.SubscribeRequest{})
 
 	const phone, card = "13700000001", "c-dup"
 	first, _ := proto.Marshal(posTransaction("dup-1", phone, card, 5_000))
@@ -408,13 +396,7 @@ func TestResolveRPCTraceReachesSubscriber(t *testing.T) {
 	e := start(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	stream, err := mcv1.NewSyncServiceClient(e.conn).Subscribe(ctx, &mcv1.SubscribeRequest{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if m, err := stream.Recv(); err != nil || m.GetReady() == nil {
-		t.Fatalf("first message = %v, %v; want ready", m, err)
-	}
+	stream := e.subscribe(t, ctx, &mcv1.SubscribeRequest{})
 	tctx, root := e.tel.Tracers.Tracer("app").Start(ctx, "app sign-up")
 	resp, err := mcv1.NewIdentityServiceClient(e.conn).Resolve(tctx, &mcv1.ResolveRequest{
 		Identifiers:     []*mcv1.Identifier{{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_EMAIL, Value: " Mei.Lin@Example.COM "}},
@@ -629,4 +611,17 @@ func TestBenefitsRefusalsOverGRPC(t *testing.T) {
 	if after := count(); after != before {
 		t.Fatalf("refused requests changed the ledger or orders: %d → %d", before, after)
 	}
+}
+
+// subscribe opens a change stream and reads its Ready: what follows is live.
+func (e *env) subscribe(t *testing.T, ctx context.Context, req *mcv1.SubscribeRequest) mcv1.SyncService_SubscribeClient {
+	t.Helper()
+	stream, err := mcv1.NewSyncServiceClient(e.conn).Subscribe(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m, err := stream.Recv(); err != nil || m.GetReady() == nil {
+		t.Fatalf("first message = %v, %v; want ready", m, err)
+	}
+	return stream
 }

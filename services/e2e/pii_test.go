@@ -23,13 +23,7 @@ func TestNoRawPIIAfterIngest(t *testing.T) {
 	e := start(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	stream, err := mcv1.NewSyncServiceClient(e.conn).Subscribe(ctx, &mcv1.SubscribeRequest{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if m, err := stream.Recv(); err != nil || m.GetReady() == nil {
-		t.Fatalf("first message = %v, %v; want ready", m, err)
-	}
+	stream := e.subscribe(t, ctx, &mcv1.SubscribeRequest{})
 
 	// Known values, in the forms a channel might send them.
 	const national, e164, mail = "13712349876", "+8613712349876", "Wei.Zhang.PII@Example.com"
