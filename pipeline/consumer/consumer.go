@@ -43,6 +43,14 @@ type RecordFunc func(ctx context.Context, r *kgo.Record) error
 // must apply all of the batch or none of it.
 type BatchFunc func(ctx context.Context, rs []*kgo.Record) (rejected map[*kgo.Record]error, err error)
 
+// PartitionFunc applies, all or nothing, a batch of one partition's
+// records in order. It returns the records it refuses (data errors it can
+// pin on one record; the others are applied) and an error when the batch as
+// a whole failed. A batch that fails with a data error, or with an
+// unrecognised one for longer than the retry limit, is split until the
+// records at fault are alone.
+type PartitionFunc func(ctx context.Context, rs []*kgo.Record) (rejected map[*kgo.Record]error, err error)
+
 // Config describes one stage.
 type Config struct {
 	Stage  string   // name in logs, metrics and dead letters
@@ -61,6 +69,9 @@ type Config struct {
 	// passed, so a batch stage writes fewer, larger batches (ClickHouse
 	// makes a part of every insert). 0: answer as soon as anything arrives.
 	Linger time.Duration
+	// MaxPartitionBatch bounds the records a partition's worker applies in
+	// one call of a PartitionFunc (0: 500).
+	MaxPartitionBatch int
 }
 
 // Consumer is a running stage's Kafka side.
@@ -170,6 +181,41 @@ func (c *Consumer) worker(ctx context.Context, p partition, fn RecordFunc) *work
 	return w
 }
 
+// batchWorker is worker for a PartitionFunc.
+func (c *Consumer) batchWorker(ctx context.Context, p partition, fn PartitionFunc) *worker {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if w, ok := c.workers[p]; ok {
+		return w
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	w := &worker{c: c, p: p, batchFn: fn, cancel: cancel, wake: make(chan struct{}, 1), done: make(chan struct{})}
+	c.workers[p] = w
+	go w.run(wctx)
+	return w
+}
+
+// RunPartitionBatches hands each partition's records to fn in batches of at
+// most MaxPartitionBatch, in order, each partition in its own worker, until
+// ctx ends. Records that arrive while a batch is applied make the next one.
+func (c *Consumer) RunPartitionBatches(ctx context.Context, fn PartitionFunc) error {
+	c.log.InfoContext(ctx, "stage started", "group", c.cfg.Group, "topics", c.cfg.Topics)
+	defer c.stopAll()
+	for {
+		fetches := c.cl.PollRecords(ctx, c.cfg.MaxPollRecords)
+		if fetches.IsClientClosed() || ctx.Err() != nil {
+			return nil
+		}
+		c.logFetchErrors(ctx, fetches)
+		fetches.EachPartition(func(p kgo.FetchTopicPartition) {
+			if len(p.Records) > 0 {
+				c.batchWorker(ctx, partition{p.Topic, p.Partition}, fn).enqueue(p.Records)
+			}
+		})
+		c.cl.AllowRebalance()
+	}
+}
+
 // revoked stops the workers of partitions taken away and commits what they
 // finished, before the partitions go to another member.
 func (c *Consumer) revoked(ctx context.Context, cl *kgo.Client, revoked map[string][]int32) {
@@ -225,10 +271,11 @@ func (c *Consumer) stopAll() {
 // each polled slice; it pauses fetching for the partition while two slices
 // wait, so a slow partition buffers little and never holds up the poll.
 type worker struct {
-	c      *Consumer
-	p      partition
-	fn     RecordFunc
-	cancel context.CancelFunc
+	c       *Consumer
+	p       partition
+	fn      RecordFunc
+	batchFn PartitionFunc
+	cancel  context.CancelFunc
 	wake   chan struct{}
 	done   chan struct{}
 
@@ -261,6 +308,21 @@ func (w *worker) next() []*kgo.Record {
 	}
 	rs := w.queue[0]
 	w.queue = w.queue[1:]
+	if w.batchFn != nil {
+		// A batch worker takes what waits, up to its batch size.
+		limit := w.c.cfg.MaxPartitionBatch
+		if limit <= 0 {
+			limit = 500
+		}
+		if len(rs) > limit {
+			w.queue = append([][]*kgo.Record{rs[limit:]}, w.queue...)
+			rs = rs[:limit]
+		}
+		for len(w.queue) > 0 && len(rs)+len(w.queue[0]) <= limit {
+			rs = append(rs[:len(rs):len(rs)], w.queue[0]...)
+			w.queue = w.queue[1:]
+		}
+	}
 	if w.paused && len(w.queue) < maxQueued {
 		w.paused = false
 		w.c.cl.ResumeFetchPartitions(map[string][]int32{w.p.topic: {w.p.id}})
@@ -279,6 +341,13 @@ func (w *worker) run(ctx context.Context) {
 			case <-w.wake:
 				continue
 			}
+		}
+		if w.batchFn != nil {
+			if err := w.c.handleBatch(ctx, rs, BatchFunc(w.batchFn)); err != nil {
+				return // ctx ended: the rest is redelivered to whoever owns the partition next
+			}
+			w.c.cl.MarkCommitRecords(rs...)
+			continue
 		}
 		for _, r := range rs {
 			if err := w.c.handleOne(ctx, r, w.fn); err != nil {

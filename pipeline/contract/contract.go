@@ -34,6 +34,15 @@ type Applier interface {
 	Apply(ctx context.Context, ev *mcv1.MemberEvent) error
 }
 
+// BatchApplier applies a batch of member events of one partition, in
+// order, in one transaction: all of it or none (an error). It returns the
+// events it refuses, by index, with their reasons (data errors); the
+// others are applied. Events applied before (redelivered) change nothing.
+// (The benefit and tag workers, when they can.)
+type BatchApplier interface {
+	ApplyBatch(ctx context.Context, evs []*mcv1.MemberEvent) (rejected map[int]error, err error)
+}
+
 // OutboxChange is one outbox row.
 type OutboxChange struct {
 	MemberID    string

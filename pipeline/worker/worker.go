@@ -47,16 +47,57 @@ func New(kcfg kafka.Config, tel kafka.Telemetry, stage string, a Applier) (*Work
 // Close leaves the group.
 func (w *Worker) Close() { w.c.Close() }
 
-// Run applies events until ctx ends.
-func (w *Worker) Run(ctx context.Context) error { return w.c.RunRecords(ctx, w.handle) }
+// Run applies events until ctx ends: in batches per partition when the
+// applier can (contract.BatchApplier), one at a time otherwise.
+func (w *Worker) Run(ctx context.Context) error {
+	if b, ok := w.a.(contract.BatchApplier); ok {
+		return w.c.RunPartitionBatches(ctx, func(ctx context.Context, rs []*kgo.Record) (map[*kgo.Record]error, error) {
+			return w.handleBatch(ctx, b, rs)
+		})
+	}
+	return w.c.RunRecords(ctx, w.handle)
+}
 
-func (w *Worker) handle(ctx context.Context, r *kgo.Record) error {
+func (w *Worker) handleBatch(ctx context.Context, b contract.BatchApplier, rs []*kgo.Record) (map[*kgo.Record]error, error) {
+	rejected := map[*kgo.Record]error{}
+	evs := make([]*mcv1.MemberEvent, 0, len(rs))
+	of := make([]*kgo.Record, 0, len(rs))
+	for _, r := range rs {
+		ev, err := decode(r)
+		if err != nil {
+			rejected[r] = err
+			continue
+		}
+		evs, of = append(evs, ev), append(of, r)
+	}
+	if len(evs) == 0 {
+		return rejected, nil
+	}
+	refused, err := b.ApplyBatch(ctx, evs)
+	if err != nil {
+		return nil, err
+	}
+	for i, reason := range refused {
+		rejected[of[i]] = reason
+	}
+	return rejected, nil
+}
+
+func decode(r *kgo.Record) (*mcv1.MemberEvent, error) {
 	ev := &mcv1.MemberEvent{}
 	if err := proto.Unmarshal(r.Value, ev); err != nil {
-		return dlq.Reject(fmt.Errorf("record value is not a MemberEvent: %w", err))
+		return nil, dlq.Reject(fmt.Errorf("record value is not a MemberEvent: %w", err))
 	}
 	if ev.GetEventId() == "" || ev.GetMemberId() == "" {
-		return dlq.Reject(fmt.Errorf("member event without event_id or member_id"))
+		return nil, dlq.Reject(fmt.Errorf("member event without event_id or member_id"))
+	}
+	return ev, nil
+}
+
+func (w *Worker) handle(ctx context.Context, r *kgo.Record) error {
+	ev, err := decode(r)
+	if err != nil {
+		return err
 	}
 	return w.a.Apply(ctx, ev)
 }

@@ -101,6 +101,8 @@ type memberState struct {
 	changeSeq int64 // the member's last change sequence (the row is locked)
 	pending   []*mcv1.MemberChange
 	devices   []string // device identifiers to record before counting
+	// attrsDirty: attrs changed (a sign-up filled them) and must be written.
+	attrsDirty bool
 }
 
 // lock locks the member (the members row first, like every writer of a
@@ -133,6 +135,11 @@ func (s *Service) loadRest(ctx context.Context, tx pgx.Tx, m *memberState) error
 	if err != nil {
 		return err
 	}
+	return m.take(&r)
+}
+
+// take takes the member's stored features.
+func (m *memberState) take(r *postgres.FeaturesRow) error {
 	m.exists, m.version, m.catalog, m.dueAt, m.profiling, m.device = r.Exists, r.Version, r.CatalogVersion, r.DueAt, r.Profiling, r.DeviceShare
 	if r.State != nil {
 		if err := json.Unmarshal(r.State, m.state); err != nil {
@@ -153,51 +160,17 @@ func demographics(attrs map[string]string) Demographics {
 // the labels it can change, once: the event id is recorded in the same
 // transaction.
 func (s *Service) Apply(ctx context.Context, ev *mcv1.MemberEvent) error {
-	resolved, err := uuid.Parse(ev.GetMemberId())
+	rejected, err := s.ApplyBatch(ctx, []*mcv1.MemberEvent{ev})
 	if err != nil {
-		return fault.Permanent(fmt.Errorf("member_id %q: %w", ev.GetMemberId(), err))
+		return err
 	}
-	f := FactFromEvent(ev)
-	if f.Kind == "" {
-		return fault.Permanent(fmt.Errorf("member event %s has no payload", ev.GetEventId()))
-	}
-	if _, err := uuid.Parse(f.Origin); err != nil {
-		return fault.Permanent(fmt.Errorf("resolution.origin_member_id %q: %w", f.Origin, err))
-	}
-	var devices []string
-	for _, id := range ev.GetIdentifiers() {
-		if id.GetType() == mcv1.IdentifierType_IDENTIFIER_TYPE_DEVICE_ID && id.GetValueHash() != "" {
-			devices = append(devices, id.GetValueHash())
-		}
-	}
-	return postgres.RetryTx(ctx, s.pool, func(tx pgx.Tx) error {
-		fresh, err := postgres.MarkProcessed(ctx, tx, Stage, ev.GetEventId())
-		if err != nil || !fresh {
-			return err
-		}
-		// The member it was resolved to, or the one that absorbed it since.
-		m, err := s.lock(ctx, tx, resolved, devices...)
-		if err != nil {
-			return err
-		}
-		kinds := []string{f.Kind}
-		if su := ev.GetSignUp(); su != nil {
-			filled, err := s.fillAttributes(ctx, tx, m, su, ev)
-			if err != nil {
-				return err
-			}
-			if filled {
-				kinds = append(kinds, "attributes")
-			}
-		}
-		m.state.Fold(f)
-		return s.recompute(ctx, tx, m, kinds, ev.GetEventId(), ev.GetChannel(), ev.GetStoreId())
-	})
+	return rejected[0]
 }
 
 // fillAttributes copies what a sign-up says about the member into canonical
-// attributes the member does not have yet.
-func (s *Service) fillAttributes(ctx context.Context, tx pgx.Tx, m *memberState, su *mcv1.SignUp, ev *mcv1.MemberEvent) (bool, error) {
+// attributes the member does not have yet (written with the member's
+// features).
+func (s *Service) fillAttributes(m *memberState, su *mcv1.SignUp, ev *mcv1.MemberEvent) bool {
 	loc := s.Catalog().Location
 	add := map[string]string{}
 	if su.GetBirthDate() != nil && m.attrs["birth_date"] == "" {
@@ -210,26 +183,31 @@ func (s *Service) fillAttributes(ctx context.Context, tx pgx.Tx, m *memberState,
 		add["city"] = su.GetCity()
 	}
 	if len(add) == 0 {
-		return false, nil
+		return false
 	}
 	if m.attrs == nil {
 		m.attrs = map[string]string{}
 	}
 	maps.Copy(m.attrs, add)
-	if err := postgres.SetAttributes(ctx, tx, m.id, m.attrs); err != nil {
-		return false, err
-	}
+	m.attrsDirty = true
 	m.pending = append(m.pending, &mcv1.MemberChange{
 		CauseId: ev.GetEventId(), Channel: ev.GetChannel(), StoreId: ev.GetStoreId(),
 		Change: &mcv1.MemberChange_AttributesChanged{AttributesChanged: &mcv1.AttributesChanged{Attributes: add}},
 	})
-	return true, nil
+	return true
 }
 
 // recompute evaluates the member's labels — those the given kinds of
 // change can move, or all of them when the clock passed the member's due
 // time, the catalogue changed, or kinds is nil — and stores the result.
 func (s *Service) recompute(ctx context.Context, tx pgx.Tx, m *memberState, kinds []string, cause string, ch mcv1.Channel, store string) error {
+	labels, due := s.evaluate(m, kinds)
+	return s.store(ctx, tx, m, labels, due, cause, ch, store)
+}
+
+// evaluate is recompute without the write: the member's new labels and
+// due time.
+func (s *Service) evaluate(m *memberState, kinds []string) (map[string]any, time.Time) {
 	c := s.Catalog()
 	now := s.now()
 	m.state.Trim(now)
@@ -241,73 +219,124 @@ func (s *Service) recompute(ctx context.Context, tx pgx.Tx, m *memberState, kind
 			maps.Copy(only, c.Dirty(k))
 		}
 	}
-	labels := c.Evaluate(feats.Values, only, m.labels, !m.profiling)
-	return s.store(ctx, tx, m, labels, feats.Next, cause, ch, store)
+	return c.Evaluate(feats.Values, only, m.labels, !m.profiling), feats.Next
 }
 
 // store writes the member's state and, when labels changed, the change
 // (outbox, member_labels' true labels, the ClickHouse export queue).
 func (s *Service) store(ctx context.Context, tx pgx.Tx, m *memberState, labels map[string]any, due time.Time, cause string, ch mcv1.Channel, storeID string) error {
+	w, err := s.stage(ctx, m, labels, due, cause, ch, storeID)
+	if err != nil {
+		return err
+	}
+	return s.flush(ctx, tx, []*memberWrite{w})
+}
+
+// memberWrite is what one member's recomputation writes.
+type memberWrite struct {
+	m        *memberState
+	labels   postgres.LabelMembership
+	export   bool
+	outbox   []postgres.OutboxRow
+	features postgres.FeaturesWrite
+	// after the write: what the member then is
+	newLabels  map[string]any
+	newVersion int64
+	newDue     *time.Time
+}
+
+// stage works out what storing the member's new labels writes: the change
+// (numbered under the member's row lock), label membership, the export
+// queue and the features row.
+func (s *Service) stage(ctx context.Context, m *memberState, labels map[string]any, due time.Time, cause string, ch mcv1.Channel, storeID string) (*memberWrite, error) {
 	c := s.Catalog()
 	now := s.now()
 	diff := Diff(m.labels, labels, now)
-	b := &pgx.Batch{}
-	version := m.version
+	w := &memberWrite{m: m, newLabels: labels, newVersion: m.version}
 	if len(diff) > 0 {
-		version++
+		w.newVersion++
+		w.export = true
 		m.pending = append(m.pending, &mcv1.MemberChange{
 			CauseId: cause, Channel: ch, StoreId: storeID,
 			Change: &mcv1.MemberChange_LabelsChanged{LabelsChanged: &mcv1.LabelsChanged{Labels: diff, CatalogVersion: c.Version}},
 		})
 		// member_labels is set membership: a row per label that is true.
-		var setIDs, delIDs []string
+		w.labels.Member = m.id
 		for _, d := range diff {
 			switch id := d.GetLabelId(); {
 			case labels[id] == true:
-				setIDs = append(setIDs, id)
+				w.labels.Set = append(w.labels.Set, id)
 			case m.labels[id] == true:
-				delIDs = append(delIDs, id)
+				w.labels.Cleared = append(w.labels.Cleared, id)
 			}
 		}
-		postgres.QueueLabelMembership(b, m.id, setIDs, delIDs, now)
-		postgres.QueueProfileExport(b, m.id, version)
 	}
-	// The changes, numbered under the member's row lock.
-	if len(m.pending) > 0 {
-		rows := make([]postgres.OutboxRow, 0, len(m.pending))
-		for _, ch := range m.pending {
-			m.changeSeq++
-			row, err := s.changes.Row(ctx, m.id, m.changeSeq, ch)
-			if err != nil {
-				return err
-			}
-			rows = append(rows, row)
+	for _, change := range m.pending {
+		m.changeSeq++
+		row, err := s.changes.Row(ctx, m.id, m.changeSeq, change)
+		if err != nil {
+			return nil, err
 		}
-		postgres.QueueOutbox(b, rows)
-		m.pending = nil
+		w.outbox = append(w.outbox, row)
 	}
+	m.pending = nil
 	rawState, err := json.Marshal(m.state)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	rawLabels, err := json.Marshal(labels)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	labelsPB, err := EncodeLabels(labels)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	var dueAt *time.Time
 	if !due.IsZero() {
-		dueAt = &due
+		w.newDue = &due
 	}
-	postgres.QueueFeatures(b, postgres.FeaturesWrite{Member: m.id, State: rawState, Labels: rawLabels, LabelsPB: labelsPB,
-		CatalogVersion: c.Version, Version: version, DueAt: dueAt, At: now})
+	w.features = postgres.FeaturesWrite{Member: m.id, State: rawState, Labels: rawLabels, LabelsPB: labelsPB,
+		CatalogVersion: c.Version, Version: w.newVersion, DueAt: w.newDue, At: now}
+	return w, nil
+}
+
+// flush writes the members' staged writes in one round trip, each kind of
+// row in one statement.
+func (s *Service) flush(ctx context.Context, tx pgx.Tx, ws []*memberWrite) error {
+	if len(ws) == 0 {
+		return nil
+	}
+	b := &pgx.Batch{}
+	var attrMembers []uuid.UUID
+	var attrs []map[string]string
+	var labels []postgres.LabelMembership
+	var exportMembers []uuid.UUID
+	var exportVersions []int64
+	var outbox []postgres.OutboxRow
+	features := make([]postgres.FeaturesWrite, 0, len(ws))
+	for _, w := range ws {
+		if w.m.attrsDirty {
+			attrMembers, attrs = append(attrMembers, w.m.id), append(attrs, w.m.attrs)
+		}
+		if w.export {
+			labels = append(labels, w.labels)
+			exportMembers, exportVersions = append(exportMembers, w.m.id), append(exportVersions, w.newVersion)
+		}
+		outbox = append(outbox, w.outbox...)
+		features = append(features, w.features)
+	}
+	postgres.QueueAttributes(b, attrMembers, attrs)
+	postgres.QueueLabelMembershipBatch(b, labels, s.now())
+	postgres.QueueProfileExports(b, exportMembers, exportVersions)
+	postgres.QueueOutbox(b, outbox)
+	postgres.QueueFeaturesBatch(b, features)
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return fmt.Errorf("store labels: %w", err)
 	}
-	m.labels, m.version, m.catalog, m.dueAt, m.exists = labels, version, c.Version, dueAt, true
+	for _, w := range ws {
+		m := w.m
+		m.labels, m.version, m.catalog, m.dueAt, m.exists, m.attrsDirty = w.newLabels, w.newVersion, s.Catalog().Version, w.newDue, true, false
+	}
 	return nil
 }
 

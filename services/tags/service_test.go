@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"strings"
 	"testing"
@@ -421,5 +422,67 @@ func TestBadCatalogueIsRefusedAndTheRunningOneStays(t *testing.T) {
 	// Loading the same version twice is refused.
 	if _, err := tags.LoadCatalog(c, f.pool, []byte(good)); err == nil || !strings.Contains(err.Error(), "loaded before") {
 		t.Errorf("second load of test-3: %v", err)
+	}
+}
+
+// A batch of a partition's events gives each member the labels the same
+// events give one at a time, with one label change per member, skips what
+// was applied before (and a redelivery inside the batch), and refuses only
+// the events it cannot apply.
+func TestApplyBatchEqualsOneAtATime(t *testing.T) {
+	batched, single := newFixture(t), newFixture(t)
+	c := ctxT(t)
+	type who struct{ b, s uuid.UUID }
+	members := []who{{batched.member(t), single.member(t)}, {batched.member(t), single.member(t)}}
+	events := func(m func(who) uuid.UUID) []*mcv1.MemberEvent {
+		a, b := members[0], members[1]
+		signUp := &mcv1.MemberEvent{EventId: "s1", MemberId: m(a).String(), Channel: mcv1.Channel_CHANNEL_APP, OccurredAt: timestamppb.New(t0.Add(-5 * time.Hour)),
+			Payload: &mcv1.MemberEvent_SignUp{SignUp: &mcv1.SignUp{BirthDate: timestamppb.New(time.Date(1995, 5, 1, 0, 0, 0, 0, time.UTC))}}}
+		return []*mcv1.MemberEvent{
+			signUp,
+			purchase("p1", m(a), t0.Add(-4*time.Hour), 2000, "coffee"),
+			purchase("p2", m(b), t0.Add(-3*time.Hour), 5000, "bakery"),
+			purchase("p3", m(a), t0.Add(-2*time.Hour), 1000, "coffee", "bakery"),
+		}
+	}
+	for _, ev := range events(func(w who) uuid.UUID { return w.s }) {
+		if err := single.svc.Apply(c, ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The first purchase was applied before the batch; the batch carries it
+	// again, a redelivery of p2 inside it, and an event without a payload.
+	evs := events(func(w who) uuid.UUID { return w.b })
+	if err := batched.svc.Apply(c, evs[1]); err != nil {
+		t.Fatal(err)
+	}
+	before := len(batched.labelChanges(t, members[0].b))
+	bad := &mcv1.MemberEvent{EventId: "bad", MemberId: members[1].b.String(), OccurredAt: timestamppb.New(t0)}
+	rejected, err := batched.svc.ApplyBatch(c, append(evs, evs[2], bad))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rejected) != 1 || rejected[len(evs)+1] == nil {
+		t.Fatalf("rejected = %v, want the event without a payload only", rejected)
+	}
+	for _, w := range members {
+		if got, want := batched.labels(t, w.b), single.labels(t, w.s); !maps.EqualFunc(got, want, func(x, y any) bool { return fmt.Sprint(x) == fmt.Sprint(y) }) {
+			t.Errorf("batched labels %v, one at a time %v", got, want)
+		}
+	}
+	if n := len(batched.labelChanges(t, members[0].b)) - before; n != 1 {
+		t.Errorf("%d label changes for the batch of the first member, want 1", n)
+	}
+	var processed int
+	if err := batched.pool.QueryRow(c, `SELECT count(*) FROM processed_events WHERE consumer = 'tags'`).Scan(&processed); err != nil {
+		t.Fatal(err)
+	}
+	if processed != 4 {
+		t.Errorf("%d events processed, want the 4 distinct ones", processed)
+	}
+	// The sign-up's birth date became the member's attribute.
+	var bd string
+	if err := batched.pool.QueryRow(c, `SELECT attributes->>'birth_date' FROM members WHERE member_id = $1`, members[0].b).Scan(&bd); err != nil || bd != "1995-05-01" {
+		t.Errorf("birth_date attribute = %q, %v", bd, err)
 	}
 }

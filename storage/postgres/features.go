@@ -313,3 +313,151 @@ func FoldRoots(ctx context.Context, q Querier, ids []uuid.UUID) (map[uuid.UUID]u
 	}
 	return out, rows.Err()
 }
+
+// DeviceSighting is a member seen on a device (by the device id's hash).
+type DeviceSighting struct {
+	Member uuid.UUID
+	Device string
+}
+
+// LoadFeaturesBatch records the device sightings, then locks and reads the
+// members' features, profiling consents and device shares, in one round
+// trip: LoadFeatures for a batch of members.
+func LoadFeaturesBatch(ctx context.Context, tx pgx.Tx, members []uuid.UUID, seen []DeviceSighting) (map[uuid.UUID]*FeaturesRow, error) {
+	out := make(map[uuid.UUID]*FeaturesRow, len(members))
+	for _, m := range members {
+		out[m] = &FeaturesRow{Profiling: true}
+	}
+	b := &pgx.Batch{}
+	if len(seen) > 0 {
+		ms := make([]uuid.UUID, len(seen))
+		ds := make([]string, len(seen))
+		for i, s := range seen {
+			ms[i], ds[i] = s.Member, s.Device
+		}
+		b.Queue(`INSERT INTO device_members (device_hash, member_id) SELECT d, m FROM unnest($1::text[], $2::uuid[]) AS x(d, m)
+			ON CONFLICT DO NOTHING`, ds, ms)
+	}
+	b.Queue(`SELECT member_id, state, labels, version, catalog_version, due_at FROM member_features
+		WHERE member_id = ANY($1) ORDER BY member_id FOR UPDATE`, members).
+		Query(func(rows pgx.Rows) error {
+			for rows.Next() {
+				var id uuid.UUID
+				var r FeaturesRow
+				if err := rows.Scan(&id, &r.State, &r.Labels, &r.Version, &r.CatalogVersion, &r.DueAt); err != nil {
+					return err
+				}
+				if o := out[id]; o != nil {
+					r.Exists, r.Profiling = true, o.Profiling
+					*o = r
+				}
+			}
+			return rows.Err()
+		})
+	b.Queue(`SELECT member_id, granted FROM member_consents WHERE member_id = ANY($1) AND purpose = $2`, members, ConsentProfiling).
+		Query(func(rows pgx.Rows) error {
+			for rows.Next() {
+				var id uuid.UUID
+				var granted bool
+				if err := rows.Scan(&id, &granted); err != nil {
+					return err
+				}
+				if o := out[id]; o != nil {
+					o.Profiling = granted
+				}
+			}
+			return rows.Err()
+		})
+	b.Queue(`SELECT mine.member_id, max(n) FROM (SELECT device_hash, member_id FROM device_members WHERE member_id = ANY($1)) mine
+		JOIN (SELECT device_hash, count(*) AS n FROM device_members
+		       WHERE device_hash IN (SELECT device_hash FROM device_members WHERE member_id = ANY($1)) GROUP BY device_hash) c
+		  ON c.device_hash = mine.device_hash
+		GROUP BY mine.member_id`, members).
+		Query(func(rows pgx.Rows) error {
+			for rows.Next() {
+				var id uuid.UUID
+				var n int
+				if err := rows.Scan(&id, &n); err != nil {
+					return err
+				}
+				if o := out[id]; o != nil {
+					o.DeviceShare = n
+				}
+			}
+			return rows.Err()
+		})
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return nil, fmt.Errorf("load features: %w", err)
+	}
+	return out, nil
+}
+
+// LabelMembership is a member's labels that became true and that stopped
+// being true.
+type LabelMembership struct {
+	Member       uuid.UUID
+	Set, Cleared []string
+}
+
+// QueueLabelMembershipBatch queues the members' label membership changes in
+// two statements.
+func QueueLabelMembershipBatch(b *pgx.Batch, changes []LabelMembership, at time.Time) {
+	var setM, delM []uuid.UUID
+	var setL, delL []string
+	for _, c := range changes {
+		for _, l := range c.Set {
+			setM, setL = append(setM, c.Member), append(setL, l)
+		}
+		for _, l := range c.Cleared {
+			delM, delL = append(delM, c.Member), append(delL, l)
+		}
+	}
+	if len(delM) > 0 {
+		b.Queue(`DELETE FROM member_labels ml USING unnest($1::uuid[], $2::text[]) AS x(member_id, label_id)
+			WHERE ml.member_id = x.member_id AND ml.label_id = x.label_id`, delM, delL)
+	}
+	if len(setM) > 0 {
+		b.Queue(`INSERT INTO member_labels (member_id, label_id, value, updated_at)
+			SELECT m, l, 'true', $3 FROM unnest($1::uuid[], $2::text[]) AS x(m, l)
+			ON CONFLICT (member_id, label_id) DO UPDATE SET value = EXCLUDED.value, updated_at = EXCLUDED.updated_at`,
+			setM, setL, at)
+	}
+}
+
+// QueueProfileExports queues members' labels of the given versions for
+// ClickHouse and wakes the exporter once, when the transaction commits.
+func QueueProfileExports(b *pgx.Batch, members []uuid.UUID, versions []int64) {
+	if len(members) == 0 {
+		return
+	}
+	b.Queue(`INSERT INTO profile_exports (member_id, version) SELECT * FROM unnest($1::uuid[], $2::bigint[])
+		ON CONFLICT (member_id) DO UPDATE SET version = EXCLUDED.version, queued_at = now()`, members, versions)
+	b.Queue(`SELECT pg_notify($1, '')`, ProfileExportChannel)
+}
+
+// QueueFeaturesBatch queues the upsert of members' features in one
+// statement.
+func QueueFeaturesBatch(b *pgx.Batch, fs []FeaturesWrite) {
+	if len(fs) == 0 {
+		return
+	}
+	n := len(fs)
+	members := make([]uuid.UUID, n)
+	states := make([][]byte, n)
+	labels := make([][]byte, n)
+	pbs := make([][]byte, n)
+	catalogs := make([]string, n)
+	versions := make([]int64, n)
+	dues := make([]*time.Time, n)
+	ats := make([]time.Time, n)
+	for i, f := range fs {
+		members[i], states[i], labels[i], pbs[i], catalogs[i], versions[i], dues[i], ats[i] =
+			f.Member, f.State, f.Labels, f.LabelsPB, f.CatalogVersion, f.Version, f.DueAt, f.At
+	}
+	b.Queue(`INSERT INTO member_features (member_id, state, labels, labels_pb, catalog_version, version, due_at, updated_at)
+		SELECT * FROM unnest($1::uuid[], $2::jsonb[], $3::jsonb[], $4::bytea[], $5::text[], $6::bigint[], $7::timestamptz[], $8::timestamptz[])
+		ON CONFLICT (member_id) DO UPDATE SET state = EXCLUDED.state, labels = EXCLUDED.labels, labels_pb = EXCLUDED.labels_pb,
+		  catalog_version = EXCLUDED.catalog_version, version = EXCLUDED.version, due_at = EXCLUDED.due_at,
+		  updated_at = EXCLUDED.updated_at`,
+		members, states, labels, pbs, catalogs, versions, dues, ats)
+}

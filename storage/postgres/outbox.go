@@ -70,9 +70,13 @@ func QueueOutbox(b *pgx.Batch, rows []OutboxRow) {
 	}
 	b.Queue(`INSERT INTO outbox (member_id, sequence, change_id, payload, traceparent)
 		SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::uuid[], $4::bytea[], $5::text[])`, members, seqs, ids, payloads, tps)
+	lm := make([]uuid.UUID, 0, len(last))
+	ls := make([]int64, 0, len(last))
 	for m, seq := range last {
-		b.Queue(`UPDATE members SET change_seq = $2 WHERE member_id = $1 AND change_seq < $2`, m, seq)
+		lm, ls = append(lm, m), append(ls, seq)
 	}
+	b.Queue(`UPDATE members m SET change_seq = x.seq FROM unnest($1::uuid[], $2::bigint[]) AS x(member_id, seq)
+		WHERE m.member_id = x.member_id AND m.change_seq < x.seq`, lm, ls)
 }
 
 // ClaimOutbox locks up to limit unpublished rows in outbox order. Rows locked

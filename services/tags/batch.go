@@ -1,0 +1,200 @@
+package tags
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"slices"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
+	"github.com/membercenter/membercenter/storage/postgres"
+
+	"github.com/membercenter/membercenter/pipeline/contract"
+	"github.com/membercenter/membercenter/pipeline/fault"
+)
+
+var _ contract.BatchApplier = (*Service)(nil)
+
+// batchEvent is an event of a batch that can be applied.
+type batchEvent struct {
+	i       int
+	ev      *mcv1.MemberEvent
+	fact    Fact
+	member  uuid.UUID
+	devices []string
+}
+
+// ApplyBatch applies a partition's batch of member events in one
+// transaction: the events are marked processed at once (a redelivered one
+// changes nothing), their members locked (in id order) and loaded once, each
+// member's events folded in order, its labels evaluated once for the batch,
+// and every member's writes sent in one round trip with one statement per
+// kind of row. A label change is attributed to the member's last event of
+// the batch.
+func (s *Service) ApplyBatch(ctx context.Context, evs []*mcv1.MemberEvent) (map[int]error, error) {
+	rejected := map[int]error{}
+	var todo []batchEvent
+	seen := map[string]bool{}
+	for i, ev := range evs {
+		resolved, err := uuid.Parse(ev.GetMemberId())
+		if err != nil {
+			rejected[i] = fault.Permanent(fmt.Errorf("member_id %q: %w", ev.GetMemberId(), err))
+			continue
+		}
+		f := FactFromEvent(ev)
+		if f.Kind == "" {
+			rejected[i] = fault.Permanent(fmt.Errorf("member event %s has no payload", ev.GetEventId()))
+			continue
+		}
+		if _, err := uuid.Parse(f.Origin); err != nil {
+			rejected[i] = fault.Permanent(fmt.Errorf("resolution.origin_member_id %q: %w", f.Origin, err))
+			continue
+		}
+		if seen[ev.GetEventId()] { // a redelivery within the batch
+			continue
+		}
+		seen[ev.GetEventId()] = true
+		be := batchEvent{i: i, ev: ev, fact: f, member: resolved}
+		for _, id := range ev.GetIdentifiers() {
+			if id.GetType() == mcv1.IdentifierType_IDENTIFIER_TYPE_DEVICE_ID && id.GetValueHash() != "" {
+				be.devices = append(be.devices, id.GetValueHash())
+			}
+		}
+		todo = append(todo, be)
+	}
+	if len(todo) == 0 {
+		return rejected, nil
+	}
+	var refused map[int]error // by the transaction (an attempt's own)
+	err := postgres.RetryTx(ctx, s.pool, func(tx pgx.Tx) error {
+		refused = map[int]error{}
+		return s.applyBatch(ctx, tx, todo, refused)
+	})
+	if err != nil {
+		return nil, err
+	}
+	maps.Copy(rejected, refused)
+	return rejected, nil
+}
+
+func (s *Service) applyBatch(ctx context.Context, tx pgx.Tx, todo []batchEvent, rejected map[int]error) error {
+	ids := make([]string, len(todo))
+	for i, be := range todo {
+		ids[i] = be.ev.GetEventId()
+	}
+	fresh, err := postgres.MarkProcessedBatch(ctx, tx, Stage, ids)
+	if err != nil {
+		return err
+	}
+	todo = slices.DeleteFunc(slices.Clone(todo), func(be batchEvent) bool { return !fresh[be.ev.GetEventId()] })
+	if len(todo) == 0 {
+		return nil
+	}
+	// Each event goes to the member it was resolved to, or to the one that
+	// absorbed that member since.
+	members, err := s.lockMembers(ctx, tx, todo, rejected)
+	if err != nil {
+		return err
+	}
+	order := make([]uuid.UUID, 0, len(members))
+	var seen []postgres.DeviceSighting
+	for id, m := range members {
+		order = append(order, id)
+		for _, d := range m.devices {
+			seen = append(seen, postgres.DeviceSighting{Member: id, Device: d})
+		}
+	}
+	slices.SortFunc(order, func(a, b uuid.UUID) int { return slices.Compare(a[:], b[:]) })
+	rows, err := postgres.LoadFeaturesBatch(ctx, tx, order, seen)
+	if err != nil {
+		return err
+	}
+	writes := make([]*memberWrite, 0, len(order))
+	for _, id := range order {
+		m := members[id]
+		if err := m.take(rows[id]); err != nil {
+			return err
+		}
+		kinds := map[string]bool{}
+		var last *mcv1.MemberEvent
+		for _, be := range m.events {
+			kinds[be.fact.Kind] = true
+			if su := be.ev.GetSignUp(); su != nil && s.fillAttributes(m.memberState, su, be.ev) {
+				kinds["attributes"] = true
+			}
+			m.state.Fold(be.fact)
+			last = be.ev
+		}
+		labels, due := s.evaluate(m.memberState, slices.Sorted(maps.Keys(kinds)))
+		w, err := s.stage(ctx, m.memberState, labels, due, last.GetEventId(), last.GetChannel(), last.GetStoreId())
+		if err != nil {
+			return err
+		}
+		writes = append(writes, w)
+	}
+	return s.flush(ctx, tx, writes)
+}
+
+// batchMember is a member of a batch with its events, in batch order.
+type batchMember struct {
+	*memberState
+	events []batchEvent
+}
+
+// lockMembers locks the batch's members, following merges, and groups the
+// events by the member they now belong to. An event whose member does not
+// exist is refused.
+func (s *Service) lockMembers(ctx context.Context, tx pgx.Tx, todo []batchEvent, rejected map[int]error) (map[uuid.UUID]*batchMember, error) {
+	want := make([]uuid.UUID, 0, len(todo))
+	for _, be := range todo {
+		want = append(want, be.member)
+	}
+	locked, err := postgres.LockMembersForUpdate(ctx, tx, want)
+	if err != nil {
+		return nil, err
+	}
+	// Merged members are rare: each is followed to its survivor, whose row
+	// is locked in turn.
+	canonical := map[uuid.UUID]uuid.UUID{}
+	for id, l := range locked {
+		if l.MergedInto == nil {
+			canonical[id] = id
+			continue
+		}
+		to, err := postgres.CanonicalMember(ctx, tx, id)
+		if err != nil {
+			return nil, err
+		}
+		canonical[id] = to
+		if _, ok := locked[to]; !ok {
+			more, err := postgres.LockMembersForUpdate(ctx, tx, []uuid.UUID{to})
+			if err != nil {
+				return nil, err
+			}
+			if l, ok := more[to]; ok {
+				locked[to] = l
+			}
+		}
+	}
+	out := map[uuid.UUID]*batchMember{}
+	for _, be := range todo {
+		to, ok := canonical[be.member]
+		l, found := locked[to]
+		if !ok || !found {
+			rejected[be.i] = fault.Permanent(fmt.Errorf("member %s: %w", be.member, postgres.ErrNotFound))
+			continue
+		}
+		m := out[to]
+		if m == nil {
+			m = &batchMember{memberState: &memberState{id: to, attrs: l.Attributes, changeSeq: l.ChangeSeq,
+				labels: map[string]any{}, profiling: true, state: &State{}}}
+			out[to] = m
+		}
+		m.events = append(m.events, be)
+		m.devices = append(m.devices, be.devices...)
+	}
+	return out, nil
+}

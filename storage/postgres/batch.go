@@ -1,0 +1,69 @@
+package postgres
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+)
+
+// Statements of a worker that applies a partition's batch of events in one
+// transaction: each takes or writes every member of the batch at once.
+
+// MarkProcessedBatch records the events as processed by consumer and
+// returns those that were not before (the others are redeliveries).
+func MarkProcessedBatch(ctx context.Context, q Querier, consumer string, eventIDs []string) (map[string]bool, error) {
+	rows, err := q.Query(ctx, `INSERT INTO processed_events (consumer, event_id)
+		SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING RETURNING event_id`, consumer, eventIDs)
+	if err != nil {
+		return nil, fmt.Errorf("mark processed: %w", err)
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("mark processed: %w", err)
+	}
+	fresh := make(map[string]bool, len(ids))
+	for _, id := range ids {
+		fresh[id] = true
+	}
+	return fresh, nil
+}
+
+// LockedMember is a member row locked for the rest of a transaction.
+type LockedMember struct {
+	Attributes map[string]string
+	MergedInto *uuid.UUID
+	ChangeSeq  int64
+}
+
+// LockMembersForUpdate locks the members' rows, in member id order (so two
+// batches never wait for each other in opposite orders), and returns them;
+// a member that does not exist is left out.
+func LockMembersForUpdate(ctx context.Context, tx pgx.Tx, ids []uuid.UUID) (map[uuid.UUID]LockedMember, error) {
+	rows, err := tx.Query(ctx, `SELECT member_id, attributes, merged_into, change_seq FROM members
+		WHERE member_id = ANY($1) ORDER BY member_id FOR UPDATE`, ids)
+	if err != nil {
+		return nil, fmt.Errorf("lock members: %w", err)
+	}
+	defer rows.Close()
+	out := make(map[uuid.UUID]LockedMember, len(ids))
+	for rows.Next() {
+		var id uuid.UUID
+		var m LockedMember
+		if err := rows.Scan(&id, &m.Attributes, &m.MergedInto, &m.ChangeSeq); err != nil {
+			return nil, fmt.Errorf("lock members: %w", err)
+		}
+		out[id] = m
+	}
+	return out, rows.Err()
+}
+
+// QueueAttributes queues members' whole attributes.
+func QueueAttributes(b *pgx.Batch, members []uuid.UUID, attrs []map[string]string) {
+	if len(members) == 0 {
+		return
+	}
+	b.Queue(`UPDATE members m SET attributes = x.attrs FROM unnest($1::uuid[], $2::jsonb[]) AS x(member_id, attrs)
+		WHERE m.member_id = x.member_id`, members, attrs)
+}
