@@ -276,8 +276,8 @@ type worker struct {
 	fn      RecordFunc
 	batchFn PartitionFunc
 	cancel  context.CancelFunc
-	wake   chan struct{}
-	done   chan struct{}
+	wake    chan struct{}
+	done    chan struct{}
 
 	mu     sync.Mutex
 	queue  [][]*kgo.Record
