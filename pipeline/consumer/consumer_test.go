@@ -157,6 +157,12 @@ func TestConsumer(t *testing.T) {
 				return c.RunBatches(ctx, rc.handleBatch)
 			},
 		},
+		{
+			name: "RunPartitionBatches",
+			run: func(ctx context.Context, c *consumer.Consumer, rc *recorder) error {
+				return c.RunPartitionBatches(ctx, rc.handleBatch)
+			},
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -392,6 +398,12 @@ func TestStopCancelsHandler(t *testing.T) {
 		}},
 		{"RunBatches", func(ctx context.Context, c *consumer.Consumer, block func(context.Context)) error {
 			return c.RunBatches(ctx, func(ctx context.Context, _ []*kgo.Record) (map[*kgo.Record]error, error) {
+				block(ctx)
+				return nil, ctx.Err()
+			})
+		}},
+		{"RunPartitionBatches", func(ctx context.Context, c *consumer.Consumer, block func(context.Context)) error {
+			return c.RunPartitionBatches(ctx, func(ctx context.Context, _ []*kgo.Record) (map[*kgo.Record]error, error) {
 				block(ctx)
 				return nil, ctx.Err()
 			})
