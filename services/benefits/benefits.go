@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
-	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -134,51 +133,11 @@ func toItems(items []*mcv1.LineItem) []Item {
 // points redeemed than available) is recorded as processed and logged, so
 // it never blocks the member's later events.
 func (s *Service) Apply(ctx context.Context, ev *mcv1.MemberEvent) error {
-	resolved, err := uuid.Parse(ev.GetMemberId())
+	rejected, err := s.ApplyBatch(ctx, []*mcv1.MemberEvent{ev})
 	if err != nil {
-		return fault.Permanent(fmt.Errorf("member_id %q: %w", ev.GetMemberId(), err))
-	}
-	if err := checkMemberEvent(s.program(), ev); err != nil {
-		return fault.Permanent(err)
-	}
-	op, ok, err := s.opFromEvent(ev)
-	if err != nil || !ok {
 		return err
 	}
-	if op.Origin == "" {
-		op.Origin = resolved.String()
-	} else if _, err := uuid.Parse(op.Origin); err != nil {
-		return fault.Permanent(fmt.Errorf("resolution.origin_member_id %q: %w", op.Origin, err))
-	}
-	return s.retryRaces(ctx, func() error {
-		return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-			fresh, err := postgres.MarkProcessed(ctx, tx, Stage, ev.GetEventId())
-			if err != nil || !fresh {
-				return err
-			}
-			member, err := postgres.CanonicalMember(ctx, tx, resolved)
-			if err != nil {
-				return err
-			}
-			st, err := s.load(ctx, tx, member, true, op.At, op.OrderID)
-			if err != nil {
-				return err
-			}
-			fx, err := Engine{P: s.program()}.Apply(st, op)
-			if errors.Is(err, ErrInvalid) {
-				return fault.Permanent(err)
-			}
-			var refusal *Refusal
-			if errors.As(err, &refusal) {
-				s.log.WarnContext(ctx, "event refused by the programme", "event_id", ev.GetEventId(), "member_id", member, "reason", refusal.Reason)
-				return nil
-			}
-			if err != nil {
-				return err
-			}
-			return s.persist(ctx, tx, st, fx, op, ev.GetChannel(), ev.GetStoreId())
-		})
-	})
+	return rejected[0]
 }
 
 // retryRaces runs fn again when a concurrent operation used the last of a

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"github.com/google/uuid"
 	"math/big"
 	"sort"
 	"strconv"
@@ -52,6 +53,7 @@ type Lot struct {
 	Origin      string
 	TxnKind     string // the ledger transaction that created it
 	dirty       bool
+	txn         uuid.UUID // the transaction that created a new lot (store only)
 }
 
 // Activity is a month's tier inputs.
@@ -119,6 +121,8 @@ type TierMove struct {
 // only the months, lots, orders and coupons an operation can touch need be
 // present.
 type State struct {
+	// staged: operations' effects were staged for writing (store only).
+	staged     bool
 	MemberID   string
 	ChangeSeq  int64     // last outbox sequence of the member (store only)
 	Last       time.Time // effective time of the last operation

@@ -202,6 +202,15 @@ func TestEngineAgreesWithOracle(t *testing.T) {
 // The same agreement through the benefit worker's real path: every event
 // applied with Service.Apply against PostgreSQL, then compared from the rows.
 func TestWorkerAgreesWithOracle(t *testing.T) {
+	for _, batch := range []int{1, 64} {
+		t.Run(fmt.Sprintf("batches of %d", batch), func(t *testing.T) { testWorkerAgreesWithOracle(t, batch) })
+	}
+}
+
+// testWorkerAgreesWithOracle applies the stream one event at a time
+// (Apply) or in batches of consecutive events, as a partition's worker
+// does (ApplyBatch).
+func testWorkerAgreesWithOracle(t *testing.T, batch int) {
 	f := newFixture(t)
 	c := ctx(t)
 	src := benefits.DefaultProgramSource()
@@ -225,8 +234,23 @@ func TestWorkerAgreesWithOracle(t *testing.T) {
 		if at := ev.GetOccurredAt().AsTime(); at.After(end) {
 			end = at
 		}
-		if err := f.svc.Apply(c, ev); err != nil && !dlq.Rejected(err) {
-			t.Fatalf("apply %s: %v", ev.GetEventId(), err)
+	}
+	for i := 0; i < len(stream); i += batch {
+		chunk := stream[i:min(i+batch, len(stream))]
+		if batch == 1 {
+			if err := f.svc.Apply(c, chunk[0]); err != nil && !dlq.Rejected(err) {
+				t.Fatalf("apply %s: %v", chunk[0].GetEventId(), err)
+			}
+			continue
+		}
+		rejected, err := f.svc.ApplyBatch(c, chunk)
+		if err != nil {
+			t.Fatalf("apply batch at %d: %v", i, err)
+		}
+		for k, reason := range rejected {
+			if !dlq.Rejected(reason) {
+				t.Fatalf("event %s refused with %v, not a data error", chunk[k].GetEventId(), reason)
+			}
 		}
 	}
 	end = end.AddDate(0, 1, 0)

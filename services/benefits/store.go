@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -143,31 +142,62 @@ func toState(member uuid.UUID, rows postgres.LoyaltyRows, p *Program) (*State, e
 // outbox change per effect — in one round trip. The member's row is locked
 // (load), so the outbox sequence read there is the member's.
 func (s *Service) persist(ctx context.Context, tx pgx.Tx, st *State, fx *Effects, op Op, ch mcv1.Channel, store string) error {
+	w := postgres.NewLoyaltyWrites(s.program().Version)
+	if err := s.stageOp(ctx, w, st, fx, op, ch, store); err != nil {
+		return err
+	}
+	s.stageState(w, st)
+	return s.flush(ctx, tx, w)
+}
+
+// flush sends the writes in one round trip; a shared limit found used up
+// meanwhile is errBudgetRace (the caller retries with fresh counts).
+func (s *Service) flush(ctx context.Context, tx pgx.Tx, w *postgres.LoyaltyWrites) error {
+	raced := false
+	b := &pgx.Batch{}
+	w.Queue(b, func() { raced = true })
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return fmt.Errorf("persist loyalty effects: %w", err)
+	}
+	if raced {
+		return errBudgetRace
+	}
+	return nil
+}
+
+// stageOp adds what one operation wrote on its own to w: its ledger
+// transactions, the lots it created (tied to its transactions), grants,
+// revocations and tier moves, and its changes (numbered under the member's
+// row lock). What accumulates in the state over several operations is
+// staged once, by stageState.
+func (s *Service) stageOp(ctx context.Context, w *postgres.LoyaltyWrites, st *State, fx *Effects, op Op, ch mcv1.Channel, store string) error {
 	if fx.Duplicate || fx.NoOp {
 		return nil
 	}
 	p := s.program()
 	member := uuid.MustParse(st.MemberID)
 	origin := uuid.MustParse(op.Origin)
-	b := &pgx.Batch{}
-
 	var txnIDs []uuid.UUID
-	var earned, delta int64
+	acct := w.Accounts[member]
+	if acct == nil {
+		acct = &postgres.AccountDelta{}
+		w.Accounts[member] = acct
+	}
 	for i, l := range fx.Ledger {
 		id := uuid.Must(uuid.NewV7())
 		txnIDs = append(txnIDs, id)
-		postgres.QueueLedgerTransaction(b, postgres.LedgerTransaction{
+		w.Ledger = append(w.Ledger, postgres.LedgerTransaction{
 			TransactionID: id, MemberID: member, OriginMemberID: origin, Kind: l.Kind, Reason: l.Reason,
 			CauseID: fmt.Sprintf("%s#%d", op.Cause, i), CreatedAt: fx.At,
 			Entries: []postgres.LedgerEntry{
 				{Account: postgres.MemberAccount(member), MemberID: &member, Delta: l.Delta},
 				{Account: l.Counter, Delta: -l.Delta},
 			},
-		}, p.Version)
+		})
 		if l.Kind == "earn" {
-			earned += l.Delta
+			acct.Earned += l.Delta
 		}
-		delta += l.Delta
+		acct.Delta += l.Delta
 	}
 	txnOf := func(kind string) uuid.UUID {
 		for i, l := range fx.Ledger {
@@ -180,108 +210,131 @@ func (s *Service) persist(ctx context.Context, tx pgx.Tx, st *State, fx *Effects
 		}
 		return uuid.Nil
 	}
+	// A lot created by this operation belongs to its transaction.
+	for _, l := range st.Lots {
+		if l.ID == 0 && l.txn == uuid.Nil {
+			l.txn = txnOf(l.TxnKind)
+		}
+	}
+	for _, id := range fx.Granted {
+		if g := st.Grants[id]; g != nil { // nil: granted and revoked within the operation
+			w.Grants = append(w.Grants, postgres.GrantWrite{Member: member, GrantRow: postgres.GrantRow{Benefit: id, GrantedAt: g.GrantedAt, Cause: g.Cause}})
+		}
+		w.History = append(w.History, postgres.BenefitEvent{Member: member, Benefit: id, Granted: true, At: fx.At, Cause: op.Cause})
+	}
+	for _, id := range fx.Revoked {
+		w.Revokes = append(w.Revokes, postgres.GrantWrite{Member: member, GrantRow: postgres.GrantRow{Benefit: id}})
+		w.History = append(w.History, postgres.BenefitEvent{Member: member, Benefit: id, Granted: false, At: fx.At, Cause: op.Cause})
+	}
+	for _, m := range fx.TierMoves {
+		w.TierMoves = append(w.TierMoves, postgres.TierMove{Member: member, From: m.From, To: m.To, At: m.At, Reason: m.Reason, Cause: op.Cause})
+	}
+	if op.BirthDate != "" {
+		w.BirthDates[member] = op.BirthDate
+	}
+	for _, c := range fx.Changes(p) {
+		c.CauseId, c.Channel, c.StoreId = op.Cause, ch, store
+		st.ChangeSeq++
+		row, err := s.changes.Row(ctx, member, st.ChangeSeq, c)
+		if err != nil {
+			return err
+		}
+		w.Outbox = append(w.Outbox, row)
+	}
+	st.staged = true
+	return nil
+}
+
+// stageState adds to w what the operations staged on st left in it: lots,
+// tier inputs, campaign usage and shared counters, coupons, orders, held
+// benefits awaiting revocation and the state row.
+func (s *Service) stageState(w *postgres.LoyaltyWrites, st *State) {
+	if !st.staged {
+		return
+	}
+	p := s.program()
+	member := uuid.MustParse(st.MemberID)
 	for _, l := range st.Lots {
 		if !l.dirty {
 			continue
 		}
 		l.dirty = false
 		if l.ID == 0 {
-			postgres.QueueNewLot(b, member, postgres.LotRow{Earned: l.Earned, Remaining: l.Remaining, EarnedAt: l.EarnedAt,
-				AvailableAt: l.AvailableAt, ExpiresAt: l.ExpiresAt, OrderID: l.OrderID, Origin: uuid.MustParse(l.Origin), Kind: l.TxnKind,
-				TransactionID: txnOf(l.TxnKind)}, &l.ID)
+			w.NewLots = append(w.NewLots, postgres.NewLot{Member: member, LotRow: postgres.LotRow{Earned: l.Earned, Remaining: l.Remaining,
+				EarnedAt: l.EarnedAt, AvailableAt: l.AvailableAt, ExpiresAt: l.ExpiresAt, OrderID: l.OrderID, Origin: uuid.MustParse(l.Origin),
+				Kind: l.TxnKind, TransactionID: l.txn}})
 			continue
 		}
-		postgres.QueueLotRemaining(b, l.ID, l.Remaining)
-	}
-	if delta != 0 || earned != 0 {
-		postgres.QueueAccountDelta(b, member, delta, earned)
+		w.Remaining[l.ID] = l.Remaining
 	}
 	for o, months := range st.MonthDelta {
 		for m, a := range months {
-			postgres.QueueActivity(b, postgres.ActivityRow{Member: member, Origin: uuid.MustParse(o), Month: int(m),
+			w.Activity = append(w.Activity, postgres.ActivityRow{Member: member, Origin: uuid.MustParse(o), Month: int(m),
 				Spend: a.Spend, Points: a.Points, Orders: a.Orders})
 		}
 	}
 	for k, v := range st.UsageDelta {
 		c, period, _ := strings.Cut(k, "|")
-		postgres.QueueCampaignUsage(b, member, postgres.UsageRow{Campaign: c, Period: period, Points: v})
+		w.Usage = append(w.Usage, postgres.UsageWrite{Member: member, UsageRow: postgres.UsageRow{Campaign: c, Period: period, Points: v}})
 	}
-	raced := false
-	// Shared rows are updated in a fixed order, so two operations never wait
-	// for each other's rows in opposite orders.
-	for _, c := range slices.Sorted(maps.Keys(st.BudgetDelta)) {
-		v := st.BudgetDelta[c]
-		var budget int64
-		for _, camp := range p.Campaigns {
-			if camp.ID == c {
-				budget = camp.Budget
+	for c, v := range st.BudgetDelta {
+		sp := w.Budgets[c]
+		if sp == nil {
+			sp = &postgres.Spend{}
+			for _, camp := range p.Campaigns {
+				if camp.ID == c {
+					sp.Limit = camp.Budget
+				}
 			}
+			w.Budgets[c] = sp
 		}
-		postgres.QueueBudgetSpend(b, c, v, budget, func() { raced = true })
+		sp.Amount += v
 	}
-	for _, tpl := range slices.Sorted(maps.Keys(st.TplDelta)) {
-		n := st.TplDelta[tpl]
-		limit := 0
-		if t := p.Coupons[tpl]; t != nil {
-			limit = t.TotalLimit
+	for tpl, n := range st.TplDelta {
+		sp := w.Templates[tpl]
+		if sp == nil {
+			sp = &postgres.Spend{}
+			if t := p.Coupons[tpl]; t != nil {
+				sp.Limit = int64(t.TotalLimit)
+			}
+			w.Templates[tpl] = sp
 		}
-		postgres.QueueCouponsIssued(b, tpl, n, limit, func() { raced = true })
+		sp.Amount += int64(n)
 	}
 	for _, c := range st.Coupons {
 		if !c.dirty {
 			continue
 		}
 		if c.isNew {
-			postgres.QueueNewCoupon(b, member, postgres.CouponRow{Code: c.Code, Template: c.Template, State: c.State, ValidFrom: c.ValidFrom,
-				ValidUntil: c.ValidUntil, OrderID: c.OrderID, Origin: uuid.MustParse(c.Origin), IssuedAt: c.IssuedAt, Cause: c.Cause})
+			w.NewCoupons = append(w.NewCoupons, postgres.CouponWrite{Member: member, CouponRow: postgres.CouponRow{Code: c.Code, Template: c.Template,
+				State: c.State, ValidFrom: c.ValidFrom, ValidUntil: c.ValidUntil, OrderID: c.OrderID, Origin: uuid.MustParse(c.Origin),
+				IssuedAt: c.IssuedAt, Cause: c.Cause}})
 		} else {
-			postgres.QueueCouponState(b, c.Code, c.State, c.OrderID)
+			w.CouponStates = append(w.CouponStates, postgres.CouponRow{Code: c.Code, State: c.State, OrderID: c.OrderID})
 		}
 		c.dirty, c.isNew = false, false
 	}
-	for _, id := range fx.Granted {
-		if g := st.Grants[id]; g != nil { // nil: granted and revoked within the operation
-			postgres.QueueGrant(b, member, postgres.GrantRow{Benefit: id, GrantedAt: g.GrantedAt, Cause: g.Cause})
-		}
-	}
-	for _, id := range fx.Revoked {
-		postgres.QueueRevoke(b, member, id)
-	}
-	if len(st.Grants) > 0 {
-		var ids []string
-		var pending []bool
-		for id, g := range st.Grants {
-			ids, pending = append(ids, id), append(pending, g.PendingRevoke)
-		}
-		postgres.QueuePendingRevokes(b, member, ids, pending)
-	}
-	for _, pair := range []struct {
-		ids     []string
-		granted bool
-	}{{fx.Granted, true}, {fx.Revoked, false}} {
-		for _, id := range pair.ids {
-			postgres.QueueBenefitHistory(b, member, id, pair.granted, fx.At, op.Cause)
-		}
-	}
-	for _, m := range fx.TierMoves {
-		postgres.QueueTierMove(b, member, m.From, m.To, m.At, m.Reason, op.Cause)
+	for id, g := range st.Grants {
+		w.PendingRevokes = append(w.PendingRevokes, postgres.PendingRevoke{Member: member, Benefit: id, Pending: g.PendingRevoke})
 	}
 	for _, o := range st.Orders {
 		if !o.dirty {
 			continue
 		}
-		extras, _ := json.Marshal(o.Extras)
-		if o.CouponIDs == nil {
-			o.CouponIDs = []string{}
+		row := postgres.OrderRow{OrderID: o.OrderID, Member: member, Origin: uuid.MustParse(o.Origin), At: o.At, Total: o.Total, Paid: o.Paid,
+			CouponDiscount: o.CouponDiscount, Redeemed: o.Redeemed, Earned: o.Earned, CouponCodes: o.CouponIDs, Cause: o.Cause,
+			Refunded: o.Refunded, Reversed: o.Reversed, Restored: o.Restored, Unrecovered: o.Unrecovered, FullyRefunded: o.FullyRefunded}
+		row.Extras, _ = json.Marshal(o.Extras)
+		if row.CouponCodes == nil {
+			row.CouponCodes = []string{}
 		}
 		if o.isNew {
-			// The order's lot was inserted earlier in this batch.
-			postgres.QueueNewOrder(b, postgres.OrderRow{OrderID: o.OrderID, Member: member, Origin: uuid.MustParse(o.Origin), At: o.At,
-				Total: o.Total, Paid: o.Paid, CouponDiscount: o.CouponDiscount, Redeemed: o.Redeemed, Earned: o.Earned,
-				CouponCodes: o.CouponIDs, Extras: extras, Cause: o.Cause}, p.Version)
-		} else {
-			postgres.QueueOrderRefund(b, postgres.OrderRow{OrderID: o.OrderID, Refunded: o.Refunded, Reversed: o.Reversed,
-				Restored: o.Restored, Unrecovered: o.Unrecovered, FullyRefunded: o.FullyRefunded})
+			w.NewOrders = append(w.NewOrders, row)
+		}
+		if !o.isNew || o.Refunded != 0 || o.Reversed != 0 || o.Restored != 0 || o.Unrecovered != 0 || o.FullyRefunded {
+			// Refunded since (a purchase and its refund in one batch
+			// update the order they insert).
+			w.Refunds = append(w.Refunds, row)
 		}
 		o.dirty, o.isNew = false, false
 	}
@@ -293,27 +346,6 @@ func (s *Service) persist(ctx context.Context, tx pgx.Tx, st *State, fx *Effects
 	for m, n := range st.Referrals {
 		ps.Referrals[strconv.Itoa(int(m))] = n
 	}
-	raw, _ := json.Marshal(ps)
-	postgres.QueueLoyaltyState(b, member, raw)
-	if op.BirthDate != "" {
-		postgres.QueueBirthDate(b, member, op.BirthDate)
-	}
-	var rows []postgres.OutboxRow
-	for _, c := range fx.Changes(p) {
-		c.CauseId, c.Channel, c.StoreId = op.Cause, ch, store
-		st.ChangeSeq++
-		row, err := s.changes.Row(ctx, member, st.ChangeSeq, c)
-		if err != nil {
-			return err
-		}
-		rows = append(rows, row)
-	}
-	postgres.QueueOutbox(b, rows)
-	if err := tx.SendBatch(ctx, b).Close(); err != nil {
-		return fmt.Errorf("persist loyalty effects: %w", err)
-	}
-	if raced {
-		return errBudgetRace
-	}
-	return nil
+	w.States[member], _ = json.Marshal(ps)
+	st.staged = false
 }

@@ -1,0 +1,528 @@
+package postgres
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"slices"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+)
+
+// LoadLoyaltyBatch is LoadLoyalty for many members at once: one statement
+// per kind of row for all of them, in one round trip. Every member row is
+// locked when any load asks for it.
+func LoadLoyaltyBatch(ctx context.Context, q Batcher, loads []LoyaltyLoad) (map[uuid.UUID]*LoyaltyRows, error) {
+	out := make(map[uuid.UUID]*LoyaltyRows, len(loads))
+	members := make([]uuid.UUID, 0, len(loads))
+	lock := false
+	var actM []uuid.UUID
+	var actFrom []int
+	var useM []uuid.UUID
+	var useP []string
+	var orders []string
+	for _, l := range loads {
+		out[l.Member] = &LoyaltyRows{Budgets: map[string]int64{}, TplIssued: map[string]int{}}
+		members = append(members, l.Member)
+		lock = lock || l.Lock
+		actM, actFrom = append(actM, l.Member), append(actFrom, l.ActivityFrom)
+		for _, p := range l.Periods {
+			useM, useP = append(useM, l.Member), append(useP, p)
+		}
+		orders = append(orders, l.Orders...)
+	}
+	of := func(id uuid.UUID) *LoyaltyRows {
+		if r := out[id]; r != nil {
+			return r
+		}
+		return &LoyaltyRows{} // not asked for: dropped
+	}
+	b := &pgx.Batch{}
+	memberSQL := `SELECT member_id, change_seq, coalesce(attributes->>'birth_date', ''),
+		coalesce((SELECT array_agg(label_id ORDER BY label_id) FROM member_labels l WHERE l.member_id = m.member_id AND value = 'true'), '{}'),
+		merged_into IS NOT NULL
+		FROM members m WHERE member_id = ANY($1) ORDER BY member_id`
+	if lock {
+		memberSQL += ` FOR UPDATE`
+	}
+	b.Queue(memberSQL, members).Query(func(rows pgx.Rows) error {
+		for rows.Next() {
+			var id uuid.UUID
+			var r LoyaltyRows
+			if err := rows.Scan(&id, &r.ChangeSeq, &r.BirthDate, &r.Labels, &r.Merged); err != nil {
+				return err
+			}
+			o := of(id)
+			o.Found, o.ChangeSeq, o.BirthDate, o.Labels, o.Merged = true, r.ChangeSeq, r.BirthDate, r.Labels, r.Merged
+		}
+		return rows.Err()
+	})
+	b.Queue(`SELECT member_id, state FROM loyalty_state WHERE member_id = ANY($1)`, members).Query(func(rows pgx.Rows) error {
+		for rows.Next() {
+			var id uuid.UUID
+			var st []byte
+			if err := rows.Scan(&id, &st); err != nil {
+				return err
+			}
+			of(id).State = st
+		}
+		return rows.Err()
+	})
+	b.Queue(`SELECT member_id, lot_id, earned, remaining, earned_at, available_at, expires_at, coalesce(order_id, ''), origin_member_id, kind
+		FROM (SELECT * FROM point_lots WHERE member_id = ANY($1) AND remaining > 0
+		      UNION
+		      SELECT l.* FROM orders o JOIN point_lots l ON l.lot_id = o.lot_id AND l.member_id = o.member_id
+		       WHERE o.order_id = ANY($2) AND o.member_id = ANY($1)) x
+		ORDER BY member_id, lot_id`, members, orders).
+		Query(func(rows pgx.Rows) error {
+			for rows.Next() {
+				var id uuid.UUID
+				var lot LotRow
+				if err := rows.Scan(&id, &lot.ID, &lot.Earned, &lot.Remaining, &lot.EarnedAt, &lot.AvailableAt, &lot.ExpiresAt, &lot.OrderID, &lot.Origin, &lot.Kind); err != nil {
+					return err
+				}
+				o := of(id)
+				o.Lots = append(o.Lots, lot)
+			}
+			return rows.Err()
+		})
+	// Month starts since each member's last evaluated month need their own
+	// 12 months.
+	b.Queue(`SELECT a.member_id, a.month, sum(a.spend), sum(a.points), sum(a.orders)
+		  FROM unnest($1::uuid[], $2::int[]) AS w(member_id, from_month)
+		  LEFT JOIN loyalty_state s ON s.member_id = w.member_id
+		  JOIN member_activity a ON a.member_id = w.member_id
+		   AND a.month >= least(w.from_month, coalesce((s.state->>'evaluated')::int, w.from_month) - 12)
+		 GROUP BY a.member_id, a.month`, actM, actFrom).
+		Query(func(rows pgx.Rows) error {
+			for rows.Next() {
+				var id uuid.UUID
+				var a ActivityRow
+				if err := rows.Scan(&id, &a.Month, &a.Spend, &a.Points, &a.Orders); err != nil {
+					return err
+				}
+				o := of(id)
+				o.Activity = append(o.Activity, a)
+			}
+			return rows.Err()
+		})
+	if len(useM) > 0 {
+		b.Queue(`SELECT u.member_id, u.campaign_id, u.period, u.points FROM campaign_usage u
+			JOIN unnest($1::uuid[], $2::text[]) AS w(member_id, period) ON u.member_id = w.member_id AND u.period = w.period`, useM, useP).
+			Query(func(rows pgx.Rows) error {
+				for rows.Next() {
+					var id uuid.UUID
+					var u UsageRow
+					if err := rows.Scan(&id, &u.Campaign, &u.Period, &u.Points); err != nil {
+						return err
+					}
+					o := of(id)
+					o.Usage = append(o.Usage, u)
+				}
+				return rows.Err()
+			})
+	}
+	// The shared counters the programme limits, once for the batch.
+	budgets, tpl := map[string]int64{}, map[string]int{}
+	b.Queue(`SELECT true, campaign_id, spent FROM campaign_budgets UNION ALL SELECT false, template_id, issued FROM coupon_template_counts`).
+		Query(func(rows pgx.Rows) error {
+			for rows.Next() {
+				var budget bool
+				var id string
+				var v int64
+				if err := rows.Scan(&budget, &id, &v); err != nil {
+					return err
+				}
+				if budget {
+					budgets[id] = v
+				} else {
+					tpl[id] = int(v)
+				}
+			}
+			return rows.Err()
+		})
+	b.Queue(`SELECT member_id, code, template_id, state, valid_from, valid_until, coalesce(order_id, ''), origin_member_id, issued_at, cause
+		FROM coupons WHERE member_id = ANY($1) ORDER BY member_id, issued_at, code`, members).Query(func(rows pgx.Rows) error {
+		for rows.Next() {
+			var id uuid.UUID
+			var c CouponRow
+			if err := rows.Scan(&id, &c.Code, &c.Template, &c.State, &c.ValidFrom, &c.ValidUntil, &c.OrderID, &c.Origin, &c.IssuedAt, &c.Cause); err != nil {
+				return err
+			}
+			o := of(id)
+			o.Coupons = append(o.Coupons, c)
+		}
+		return rows.Err()
+	})
+	b.Queue(`SELECT member_id, benefit_id, granted_at, cause, pending_revoke FROM benefit_grants WHERE member_id = ANY($1)`, members).
+		Query(func(rows pgx.Rows) error {
+			for rows.Next() {
+				var id uuid.UUID
+				var g GrantRow
+				if err := rows.Scan(&id, &g.Benefit, &g.GrantedAt, &g.Cause, &g.PendingRevoke); err != nil {
+					return err
+				}
+				o := of(id)
+				o.Grants = append(o.Grants, g)
+			}
+			return rows.Err()
+		})
+	if len(orders) > 0 {
+		b.Queue(`SELECT order_id, member_id, origin_member_id, at, total, paid, coupon_discount, redeemed, earned, refunded, reversed,
+			restored, unrecovered, fully_refunded, coupon_codes, coalesce(lot_id, 0), extras, cause FROM orders WHERE order_id = ANY($1)`, orders).
+			Query(func(rows pgx.Rows) error {
+				for rows.Next() {
+					var o OrderRow
+					if err := rows.Scan(&o.OrderID, &o.Member, &o.Origin, &o.At, &o.Total, &o.Paid, &o.CouponDiscount, &o.Redeemed, &o.Earned,
+						&o.Refunded, &o.Reversed, &o.Restored, &o.Unrecovered, &o.FullyRefunded, &o.CouponCodes, &o.LotID, &o.Extras, &o.Cause); err != nil {
+						return err
+					}
+					// An order is read by every member of the batch that named
+					// it; the engine keeps it only for the member holding it.
+					for _, r := range out {
+						r.OrderRows = append(r.OrderRows, o)
+					}
+				}
+				return rows.Err()
+			})
+	}
+	if err := q.SendBatch(ctx, b).Close(); err != nil {
+		return nil, fmt.Errorf("load loyalty state: %w", err)
+	}
+	for _, r := range out {
+		r.Budgets, r.TplIssued = budgets, tpl
+	}
+	return out, nil
+}
+
+// LoyaltyWrites gathers what operations on members write, to be queued as
+// one statement per kind of row.
+type LoyaltyWrites struct {
+	ProgramVersion string
+	Ledger         []LedgerTransaction
+	NewLots        []NewLot
+	Remaining      map[int64]int64 // lot → what is left of it
+	Accounts       map[uuid.UUID]*AccountDelta
+	Activity       []ActivityRow
+	Usage          []UsageWrite
+	Budgets        map[string]*Spend // campaign → points spent
+	Templates      map[string]*Spend // coupon template → coupons issued
+	NewCoupons     []CouponWrite
+	CouponStates   []CouponRow // Code, State, OrderID
+	Grants         []GrantWrite
+	Revokes        []GrantWrite
+	PendingRevokes []PendingRevoke
+	History        []BenefitEvent
+	TierMoves      []TierMove
+	NewOrders      []OrderRow
+	Refunds        []OrderRow
+	States         map[uuid.UUID][]byte
+	BirthDates     map[uuid.UUID]string
+	Outbox         []OutboxRow
+}
+
+// NewLot is a lot a member earned.
+type NewLot struct {
+	Member uuid.UUID
+	LotRow
+}
+
+// AccountDelta changes a member's balance and lifetime points.
+type AccountDelta struct{ Delta, Earned int64 }
+
+// UsageWrite is points a campaign gave a member in a period.
+type UsageWrite struct {
+	Member uuid.UUID
+	UsageRow
+}
+
+// Spend is an amount taken from a shared limit (0: none).
+type Spend struct{ Amount, Limit int64 }
+
+// CouponWrite is a coupon issued to a member.
+type CouponWrite struct {
+	Member uuid.UUID
+	CouponRow
+}
+
+// GrantWrite is a benefit granted to (or revoked from) a member.
+type GrantWrite struct {
+	Member uuid.UUID
+	GrantRow
+}
+
+// PendingRevoke says whether a held benefit awaits revocation.
+type PendingRevoke struct {
+	Member  uuid.UUID
+	Benefit string
+	Pending bool
+}
+
+// BenefitEvent is a grant or revocation for the history.
+type BenefitEvent struct {
+	Member  uuid.UUID
+	Benefit string
+	Granted bool
+	At      time.Time
+	Cause   string
+}
+
+// TierMove is a tier change for the history.
+type TierMove struct {
+	Member        uuid.UUID
+	From, To      string
+	At            time.Time
+	Reason, Cause string
+}
+
+// NewLoyaltyWrites returns empty writes of programme version v.
+func NewLoyaltyWrites(v string) *LoyaltyWrites {
+	return &LoyaltyWrites{ProgramVersion: v, Remaining: map[int64]int64{}, Accounts: map[uuid.UUID]*AccountDelta{},
+		Budgets: map[string]*Spend{}, Templates: map[string]*Spend{}, States: map[uuid.UUID][]byte{}, BirthDates: map[uuid.UUID]string{}}
+}
+
+// Queue queues the writes in b, one statement per kind of row (ledger
+// transactions and their entries in one), in an order that respects the
+// references between them: lots after their transactions, orders after
+// their lots. refused is called when a shared limit (a campaign budget, a
+// coupon template's total) would be exceeded: the caller must retry with
+// fresh counts.
+func (w *LoyaltyWrites) Queue(b *pgx.Batch, refused func()) {
+	w.queueLedger(b)
+	if n := len(w.NewLots); n > 0 {
+		ms, os, txs := make([]uuid.UUID, n), make([]uuid.UUID, n), make([]uuid.UUID, n)
+		earned, rem := make([]int64, n), make([]int64, n)
+		eat, aat, xat := make([]time.Time, n), make([]time.Time, n), make([]time.Time, n)
+		ords, kinds := make([]string, n), make([]string, n)
+		for i, l := range w.NewLots {
+			ms[i], os[i], txs[i], earned[i], rem[i], eat[i], aat[i], xat[i], ords[i], kinds[i] =
+				l.Member, l.Origin, l.TransactionID, l.Earned, l.Remaining, l.EarnedAt, l.AvailableAt, l.ExpiresAt, l.OrderID, l.Kind
+		}
+		b.Queue(`INSERT INTO point_lots (member_id, origin_member_id, transaction_id, earned, remaining, earned_at,
+			available_at, expires_at, order_id, kind)
+			SELECT m, o, t, e, r, ea, aa, xa, nullif(ord, ''), k
+			  FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::bigint[], $5::bigint[], $6::timestamptz[], $7::timestamptz[],
+			              $8::timestamptz[], $9::text[], $10::text[]) AS x(m, o, t, e, r, ea, aa, xa, ord, k)`,
+			ms, os, txs, earned, rem, eat, aat, xat, ords, kinds)
+	}
+	if len(w.Remaining) > 0 {
+		ids, rem := make([]int64, 0, len(w.Remaining)), make([]int64, 0, len(w.Remaining))
+		for id, r := range w.Remaining {
+			ids, rem = append(ids, id), append(rem, r)
+		}
+		b.Queue(`UPDATE point_lots l SET remaining = x.r FROM unnest($1::bigint[], $2::bigint[]) AS x(id, r) WHERE l.lot_id = x.id`, ids, rem)
+	}
+	if len(w.Accounts) > 0 {
+		ms, ds, es := make([]uuid.UUID, 0, len(w.Accounts)), make([]int64, 0, len(w.Accounts)), make([]int64, 0, len(w.Accounts))
+		for m, a := range w.Accounts {
+			ms, ds, es = append(ms, m), append(ds, a.Delta), append(es, a.Earned)
+		}
+		// An update, then an insert of the accounts that do not exist: an
+		// upsert would check the inserted row (a negative delta) first.
+		b.Queue(`UPDATE points_accounts p SET balance = p.balance + x.d, lifetime_earned = p.lifetime_earned + x.e, updated_at = now()
+			FROM unnest($1::uuid[], $2::bigint[], $3::bigint[]) AS x(m, d, e) WHERE p.member_id = x.m`, ms, ds, es)
+		b.Queue(`INSERT INTO points_accounts (member_id, balance, lifetime_earned, updated_at)
+			SELECT m, d, e, now() FROM unnest($1::uuid[], $2::bigint[], $3::bigint[]) AS x(m, d, e)
+			 WHERE NOT EXISTS (SELECT FROM points_accounts p WHERE p.member_id = x.m)`, ms, ds, es)
+	}
+	if n := len(w.Activity); n > 0 {
+		ms, os, mo := make([]uuid.UUID, n), make([]uuid.UUID, n), make([]int, n)
+		sp, pt, or := make([]int64, n), make([]int64, n), make([]int64, n)
+		for i, a := range w.Activity {
+			ms[i], os[i], mo[i], sp[i], pt[i], or[i] = a.Member, a.Origin, a.Month, a.Spend, a.Points, a.Orders
+		}
+		b.Queue(`INSERT INTO member_activity AS a (member_id, origin_member_id, month, spend, points, orders)
+			SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int[], $4::bigint[], $5::bigint[], $6::bigint[])
+			ON CONFLICT (member_id, origin_member_id, month) DO UPDATE
+			SET spend = a.spend + EXCLUDED.spend, points = a.points + EXCLUDED.points, orders = a.orders + EXCLUDED.orders`,
+			ms, os, mo, sp, pt, or)
+	}
+	if n := len(w.Usage); n > 0 {
+		cs, ms, ps, pts := make([]string, n), make([]uuid.UUID, n), make([]string, n), make([]int64, n)
+		for i, u := range w.Usage {
+			cs[i], ms[i], ps[i], pts[i] = u.Campaign, u.Member, u.Period, u.Points
+		}
+		b.Queue(`INSERT INTO campaign_usage AS u (campaign_id, member_id, period, points)
+			SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::bigint[])
+			ON CONFLICT (member_id, campaign_id, period) DO UPDATE SET points = u.points + EXCLUDED.points`, cs, ms, ps, pts)
+	}
+	// Shared rows in a fixed order, so two batches never wait for each
+	// other's rows in opposite orders.
+	for _, c := range sortedKeys(w.Budgets) {
+		QueueBudgetSpend(b, c, w.Budgets[c].Amount, w.Budgets[c].Limit, refused)
+	}
+	for _, t := range sortedKeys(w.Templates) {
+		QueueCouponsIssued(b, t, int(w.Templates[t].Amount), int(w.Templates[t].Limit), refused)
+	}
+	if n := len(w.NewCoupons); n > 0 {
+		codes, ms, os, tpls, sts := make([]string, n), make([]uuid.UUID, n), make([]uuid.UUID, n), make([]string, n), make([]string, n)
+		vf, vu, ia := make([]time.Time, n), make([]time.Time, n), make([]time.Time, n)
+		causes, ords := make([]string, n), make([]string, n)
+		for i, c := range w.NewCoupons {
+			codes[i], ms[i], os[i], tpls[i], sts[i], vf[i], vu[i], ia[i], causes[i], ords[i] =
+				c.Code, c.Member, c.Origin, c.Template, c.State, c.ValidFrom, c.ValidUntil, c.IssuedAt, c.Cause, c.OrderID
+		}
+		b.Queue(`INSERT INTO coupons (code, member_id, origin_member_id, template_id, state, valid_from, valid_until, issued_at, cause, order_id)
+			SELECT c, m, o, t, s, vf, vu, ia, ca, nullif(ord, '')
+			  FROM unnest($1::text[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::timestamptz[], $7::timestamptz[],
+			              $8::timestamptz[], $9::text[], $10::text[]) AS x(c, m, o, t, s, vf, vu, ia, ca, ord)`,
+			codes, ms, os, tpls, sts, vf, vu, ia, causes, ords)
+	}
+	if n := len(w.CouponStates); n > 0 {
+		codes, sts, ords := make([]string, n), make([]string, n), make([]string, n)
+		for i, c := range w.CouponStates {
+			codes[i], sts[i], ords[i] = c.Code, c.State, c.OrderID
+		}
+		b.Queue(`UPDATE coupons c SET state = x.s, order_id = nullif(x.o, '') FROM unnest($1::text[], $2::text[], $3::text[]) AS x(code, s, o)
+			WHERE c.code = x.code`, codes, sts, ords)
+	}
+	if n := len(w.Grants); n > 0 {
+		ms, bs, at, cs := make([]uuid.UUID, n), make([]string, n), make([]time.Time, n), make([]string, n)
+		for i, g := range w.Grants {
+			ms[i], bs[i], at[i], cs[i] = g.Member, g.Benefit, g.GrantedAt, g.Cause
+		}
+		b.Queue(`INSERT INTO benefit_grants (member_id, benefit_id, granted_at, cause)
+			SELECT * FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::text[]) ON CONFLICT (member_id, benefit_id) DO NOTHING`,
+			ms, bs, at, cs)
+	}
+	if n := len(w.Revokes); n > 0 {
+		ms, bs := make([]uuid.UUID, n), make([]string, n)
+		for i, g := range w.Revokes {
+			ms[i], bs[i] = g.Member, g.Benefit
+		}
+		b.Queue(`DELETE FROM benefit_grants g USING unnest($1::uuid[], $2::text[]) AS x(m, b) WHERE g.member_id = x.m AND g.benefit_id = x.b`, ms, bs)
+	}
+	if n := len(w.PendingRevokes); n > 0 {
+		ms, bs, ps := make([]uuid.UUID, n), make([]string, n), make([]bool, n)
+		for i, p := range w.PendingRevokes {
+			ms[i], bs[i], ps[i] = p.Member, p.Benefit, p.Pending
+		}
+		b.Queue(`UPDATE benefit_grants g SET pending_revoke = x.p FROM unnest($1::uuid[], $2::text[], $3::bool[]) AS x(m, b, p)
+			WHERE g.member_id = x.m AND g.benefit_id = x.b AND g.pending_revoke <> x.p`, ms, bs, ps)
+	}
+	if n := len(w.History); n > 0 {
+		ms, bs, gs, at, cs := make([]uuid.UUID, n), make([]string, n), make([]bool, n), make([]time.Time, n), make([]string, n)
+		for i, h := range w.History {
+			ms[i], bs[i], gs[i], at[i], cs[i] = h.Member, h.Benefit, h.Granted, h.At, h.Cause
+		}
+		b.Queue(`INSERT INTO benefit_history (member_id, benefit_id, granted, at, cause)
+			SELECT * FROM unnest($1::uuid[], $2::text[], $3::bool[], $4::timestamptz[], $5::text[])`, ms, bs, gs, at, cs)
+	}
+	if n := len(w.TierMoves); n > 0 {
+		ms, fs, ts, at, rs, cs := make([]uuid.UUID, n), make([]string, n), make([]string, n), make([]time.Time, n), make([]string, n), make([]string, n)
+		for i, m := range w.TierMoves {
+			ms[i], fs[i], ts[i], at[i], rs[i], cs[i] = m.Member, m.From, m.To, m.At, m.Reason, m.Cause
+		}
+		b.Queue(`INSERT INTO tier_history (member_id, from_tier, to_tier, at, reason, cause)
+			SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::text[])`, ms, fs, ts, at, rs, cs)
+	}
+	if n := len(w.NewOrders); n > 0 {
+		ids, ms, os := make([]string, n), make([]uuid.UUID, n), make([]uuid.UUID, n)
+		at := make([]time.Time, n)
+		tot, paid, cd, red, earn := make([]int64, n), make([]int64, n), make([]int64, n), make([]int64, n), make([]int64, n)
+		codes, extras, causes := make([]string, n), make([][]byte, n), make([]string, n)
+		for i, o := range w.NewOrders {
+			ids[i], ms[i], os[i], at[i], tot[i], paid[i], cd[i], red[i], earn[i], extras[i], causes[i] =
+				o.OrderID, o.Member, o.Origin, o.At, o.Total, o.Paid, o.CouponDiscount, o.Redeemed, o.Earned, o.Extras, o.Cause
+			codes[i] = textArray(o.CouponCodes)
+		}
+		// The order's earning lot was inserted earlier in the batch.
+		b.Queue(`INSERT INTO orders (order_id, member_id, origin_member_id, at, total, paid, coupon_discount, redeemed,
+			earned, coupon_codes, lot_id, extras, cause, program_version)
+			SELECT x.id, x.m, x.o, x.at, x.tot, x.paid, x.cd, x.red, x.earn, x.codes::text[],
+			       (SELECT max(lot_id) FROM point_lots WHERE member_id = x.m AND order_id = x.id AND kind = 'earn'), x.extras, x.cause, $13
+			  FROM unnest($1::text[], $2::uuid[], $3::uuid[], $4::timestamptz[], $5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[],
+			              $9::bigint[], $10::text[], $11::jsonb[], $12::text[]) AS x(id, m, o, at, tot, paid, cd, red, earn, codes, extras, cause)`,
+			ids, ms, os, at, tot, paid, cd, red, earn, codes, extras, causes, w.ProgramVersion)
+	}
+	if n := len(w.Refunds); n > 0 {
+		ids := make([]string, n)
+		ref, rev, res, unr := make([]int64, n), make([]int64, n), make([]int64, n), make([]int64, n)
+		full := make([]bool, n)
+		for i, o := range w.Refunds {
+			ids[i], ref[i], rev[i], res[i], unr[i], full[i] = o.OrderID, o.Refunded, o.Reversed, o.Restored, o.Unrecovered, o.FullyRefunded
+		}
+		b.Queue(`UPDATE orders o SET refunded = x.ref, reversed = x.rev, restored = x.res, unrecovered = x.unr, fully_refunded = x.fully
+			FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bool[]) AS x(id, ref, rev, res, unr, fully)
+			WHERE o.order_id = x.id`, ids, ref, rev, res, unr, full)
+	}
+	if len(w.States) > 0 {
+		ms, sts := make([]uuid.UUID, 0, len(w.States)), make([][]byte, 0, len(w.States))
+		for m, st := range w.States {
+			ms, sts = append(ms, m), append(sts, st)
+		}
+		b.Queue(`INSERT INTO loyalty_state (member_id, state, updated_at) SELECT m, s, now() FROM unnest($1::uuid[], $2::jsonb[]) AS x(m, s)
+			ON CONFLICT (member_id) DO UPDATE SET state = EXCLUDED.state, updated_at = now()`, ms, sts)
+	}
+	if len(w.BirthDates) > 0 {
+		ms, ds := make([]uuid.UUID, 0, len(w.BirthDates)), make([]string, 0, len(w.BirthDates))
+		for m, d := range w.BirthDates {
+			ms, ds = append(ms, m), append(ds, d)
+		}
+		b.Queue(`UPDATE members m SET attributes = m.attributes || jsonb_build_object('birth_date', x.d)
+			FROM unnest($1::uuid[], $2::text[]) AS x(id, d) WHERE m.member_id = x.id`, ms, ds)
+	}
+	QueueOutbox(b, w.Outbox)
+}
+
+// queueLedger writes the transactions and their entries in one statement.
+func (w *LoyaltyWrites) queueLedger(b *pgx.Batch) {
+	if len(w.Ledger) == 0 {
+		return
+	}
+	n := len(w.Ledger)
+	ids, ms, os := make([]uuid.UUID, n), make([]uuid.UUID, n), make([]uuid.UUID, n)
+	kinds, reasons, causes := make([]string, n), make([]string, n), make([]string, n)
+	at := make([]time.Time, n)
+	var eTx []uuid.UUID
+	var eAcct []string
+	var eMember []*uuid.UUID
+	var eDelta []int64
+	var eAt []time.Time
+	for i, t := range w.Ledger {
+		origin := t.OriginMemberID
+		if origin == uuid.Nil {
+			origin = t.MemberID
+		}
+		ids[i], ms[i], os[i], kinds[i], reasons[i], causes[i], at[i] = t.TransactionID, t.MemberID, origin, t.Kind, t.Reason, t.CauseID, t.CreatedAt
+		for _, e := range t.Entries {
+			eTx, eAcct, eMember, eDelta, eAt = append(eTx, t.TransactionID), append(eAcct, e.Account), append(eMember, e.MemberID),
+				append(eDelta, e.Delta), append(eAt, t.CreatedAt)
+		}
+	}
+	b.Queue(`WITH t AS (
+		INSERT INTO ledger_transactions (transaction_id, member_id, origin_member_id, kind, reason, cause_id, created_at, program_version)
+		SELECT x.id, x.m, x.o, x.k, x.r, x.c, x.at, $8
+		  FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::timestamptz[]) AS x(id, m, o, k, r, c, at)
+		RETURNING transaction_id)
+		INSERT INTO ledger_entries (transaction_id, account, member_id, delta, created_at)
+		SELECT e.tx, e.account, e.member_id, e.delta, e.at FROM unnest($9::uuid[], $10::text[], $11::uuid[], $12::bigint[], $13::timestamptz[])
+		       AS e(tx, account, member_id, delta, at)
+		 WHERE e.tx IN (SELECT transaction_id FROM t)`,
+		ids, ms, os, kinds, reasons, causes, at, w.ProgramVersion, eTx, eAcct, eMember, eDelta, eAt)
+}
+
+// textArray renders a list as a PostgreSQL array literal, for an array of
+// arrays passed through unnest (which would flatten a text[][]).
+func textArray(xs []string) string {
+	var b []byte
+	b = append(b, '{')
+	for i, x := range xs {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, '"')
+		for _, c := range []byte(x) {
+			if c == '"' || c == '\\' {
+				b = append(b, '\\')
+			}
+			b = append(b, c)
+		}
+		b = append(b, '"')
+	}
+	return string(append(b, '}'))
+}
+
+func sortedKeys[V any](m map[string]V) []string { return slices.Sorted(maps.Keys(m)) }
