@@ -27,6 +27,12 @@ type Resolver interface {
 	ResolveEvent(ctx context.Context, ev *mcv1.ChannelEvent) (Resolution, error)
 }
 
+// BatchResolver resolves a partition's events, in order, as Resolver
+// would one by one; an error is per event. (Ingest, when it can.)
+type BatchResolver interface {
+	ResolveEvents(ctx context.Context, evs []*mcv1.ChannelEvent) ([]Resolution, []error)
+}
+
 // Applier applies one member event. It records the event id in the same
 // transaction as the effect, so a redelivered event changes nothing.
 // (The benefit and tag workers.)

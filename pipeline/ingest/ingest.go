@@ -20,6 +20,7 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -328,22 +329,81 @@ func (in *Ingest) process(ctx context.Context, fetches kgo.Fetches, produced *kg
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for _, r := range fp.Records {
-				var held *stuckRecord
-				if stuck != nil && stuck.offset == r.Offset {
-					held = stuck
-				}
-				if err := in.one(ctx, r, produced, held); err != nil {
-					mu.Lock()
-					failed[p] = failure{offset: r.Offset, err: err}
-					mu.Unlock()
-					return
-				}
+			if f := in.partition(ctx, fp.Records, produced, stuck); f != nil {
+				mu.Lock()
+				failed[p] = *f
+				mu.Unlock()
 			}
 		}()
 	})
 	wg.Wait()
 	return failed, ctx.Err()
+}
+
+// partition converts a partition's records in order: resolved together
+// when the resolver can (contract.BatchResolver), a record whose
+// resolution failed without a data error tried again alone. It returns the
+// record the partition stopped at, if any.
+func (in *Ingest) partition(ctx context.Context, rs []*kgo.Record, produced *kgo.FirstErrPromise, stuck *stuckRecord) *failure {
+	held := func(r *kgo.Record) *stuckRecord {
+		if stuck != nil && stuck.offset == r.Offset {
+			return stuck
+		}
+		return nil
+	}
+	br, ok := in.resolver.(contract.BatchResolver)
+	if !ok || len(rs) == 1 {
+		for _, r := range rs {
+			if err := in.one(ctx, r, produced, held(r)); err != nil {
+				return &failure{offset: r.Offset, err: err}
+			}
+		}
+		return nil
+	}
+	evs := make([]*mcv1.ChannelEvent, 0, len(rs))
+	at := make([]int, 0, len(rs))
+	evOf := make([]*mcv1.ChannelEvent, len(rs))
+	decodeErr := make([]error, len(rs))
+	for i, r := range rs {
+		ev, err := in.decode(r)
+		if err != nil {
+			decodeErr[i] = err
+			continue
+		}
+		evs, at, evOf[i] = append(evs, ev), append(at, i), ev
+	}
+	res, errs := br.ResolveEvents(ctx, evs)
+	resolved := make([]*Resolution, len(rs))
+	resolveErr := make([]error, len(rs))
+	for k, i := range at {
+		if errs[k] != nil {
+			resolveErr[i] = errs[k]
+		} else {
+			resolved[i] = &res[k]
+		}
+	}
+	for i, r := range rs {
+		rctx, span := kafka.ProcessSpan(ctx, in.tracer, r)
+		var out *kgo.Record
+		err := decodeErr[i]
+		switch {
+		case err != nil: // dead-lettered below
+		case resolveErr[i] != nil && !fault.IsData(resolveErr[i]):
+			// Tried again alone, with its own retries and limit.
+			span.End()
+			if err := in.one(ctx, r, produced, held(r)); err != nil {
+				return &failure{offset: r.Offset, err: err}
+			}
+			continue
+		case resolveErr[i] != nil:
+			err = fmt.Errorf("resolve event %s: %w", evOf[i].GetEventId(), resolveErr[i])
+		default:
+			out, err = in.memberRecord(evOf[i], *resolved[i])
+		}
+		in.emit(rctx, span, r, out, err, produced)
+		span.End()
+	}
+	return nil
 }
 
 // one converts r and produces the result (or, for a data error, the dead
@@ -374,6 +434,13 @@ func (in *Ingest) one(ctx context.Context, r *kgo.Record, produced *kgo.FirstErr
 		}
 		err = fmt.Errorf("retried for %s without success: %w", in.now().Sub(held.since).Round(time.Millisecond), err)
 	}
+	in.emit(ctx, span, r, out, err, produced)
+	return nil
+}
+
+// emit produces out into the transaction, or the dead letter of r when err
+// (a data error) is set.
+func (in *Ingest) emit(ctx context.Context, span trace.Span, r, out *kgo.Record, err error, produced *kgo.FirstErrPromise) {
 	outcome := "ok"
 	if err != nil {
 		outcome = "dlq"
@@ -381,14 +448,12 @@ func (in *Ingest) one(ctx context.Context, r *kgo.Record, produced *kgo.FirstErr
 		in.log.WarnContext(ctx, "dead-lettering event", "partition", r.Partition, "offset", r.Offset, "reason", err)
 		out = dlq.Record(in.topics.DLQ, Stage, r, err, in.now())
 	}
-	// The record outlives this goroutine's context (the errgroup's, cancelled
-	// when the batch is processed) until the transaction is flushed; it keeps
-	// the trace but not the cancellation.
+	// The record outlives this goroutine's context until the transaction
+	// is flushed; it keeps the trace but not the cancellation.
 	pctx := context.WithoutCancel(ctx)
 	out.Context = pctx
 	in.sess.Produce(pctx, out, produced.Promise())
 	in.records.Add(ctx, 1, metric.WithAttributes(attribute.String("stage", Stage), attribute.String("outcome", outcome)))
-	return nil
 }
 
 // ErrDecode is the reason given for a record that is not a ChannelEvent.
@@ -400,6 +465,20 @@ var ErrTooLarge = errors.New("record is larger than the largest event accepted")
 
 // convert turns a channel event record into its member event record.
 func (in *Ingest) convert(ctx context.Context, r *kgo.Record) (*kgo.Record, error) {
+	ev, err := in.decode(r)
+	if err != nil {
+		return nil, err
+	}
+	res, err := in.resolver.ResolveEvent(ctx, ev)
+	if err != nil {
+		return nil, fmt.Errorf("resolve event %s: %w", ev.GetEventId(), err)
+	}
+	return in.memberRecord(ev, res)
+}
+
+// decode reads and validates a channel event record; every error is a
+// data error.
+func (in *Ingest) decode(r *kgo.Record) (*mcv1.ChannelEvent, error) {
 	if len(r.Value) > in.opts.MaxEventBytes {
 		return nil, dlq.Reject(fmt.Errorf("%w: %d bytes, the limit is %d (MC_MAX_EVENT_BYTES)", ErrTooLarge, len(r.Value), in.opts.MaxEventBytes))
 	}
@@ -416,10 +495,11 @@ func (in *Ingest) convert(ctx context.Context, r *kgo.Record) (*kgo.Record, erro
 	if err := in.Validate(ev); err != nil {
 		return nil, dlq.Reject(err)
 	}
-	res, err := in.resolver.ResolveEvent(ctx, ev)
-	if err != nil {
-		return nil, fmt.Errorf("resolve event %s: %w", ev.GetEventId(), err)
-	}
+	return ev, nil
+}
+
+// memberRecord is the member event record of a resolved channel event.
+func (in *Ingest) memberRecord(ev *mcv1.ChannelEvent, res Resolution) (*kgo.Record, error) {
 	me := MemberEvent(ev, res, in.now())
 	value, err := proto.Marshal(me)
 	if err != nil {

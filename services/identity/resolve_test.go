@@ -19,7 +19,9 @@ import (
 	"github.com/membercenter/membercenter/storage/postgres/pgtest"
 
 	"github.com/membercenter/membercenter/pipeline/clocktest"
+	"github.com/membercenter/membercenter/pipeline/contract"
 	"github.com/membercenter/membercenter/pipeline/dlq"
+	"github.com/membercenter/membercenter/pipeline/fault"
 	"github.com/membercenter/membercenter/services/benefits"
 	"github.com/membercenter/membercenter/services/changes"
 	"github.com/membercenter/membercenter/services/identity"
@@ -583,5 +585,54 @@ func TestResolveEventRefusesSelfReferral(t *testing.T) {
 	}
 	if _, err := f.svc.ResolveEvent(ctx, referral("ev-friend", phone("13911110002"), referrer)); err != nil {
 		t.Errorf("a referral of someone else: %v", err)
+	}
+}
+
+// A partition's events resolved together give the answers they get one by
+// one, in order: each sees what the events before it created or linked.
+func TestResolveEventsEqualsOneByOne(t *testing.T) {
+	batch, single := newService(t), newService(t)
+	ctx := ctxT(t)
+	for _, f := range []fixture{batch, single} {
+		f.resolve(t, "known", phone("13911112222"))
+	}
+	events := []*mcv1.ChannelEvent{
+		channelEvent("e1", phone("13911112222")),                       // known: fast
+		channelEvent("e2", phone("13911113333")),                       // new: creates
+		channelEvent("e3", phone("13911113333"), card("CARD-E3")),      // links a card to e2's member
+		channelEvent("e4", card("CARD-E3")),                            // known through e3's link
+		channelEvent("e5", phone("123")),                               // invalid identifier
+		channelEvent("e1", phone("13911112222")),                       // a redelivery
+		channelEvent("e6", phone("13911112222"), phone("13911113333")), // two members: merges
+		channelEvent("e7", card("CARD-E3")),                            // after the merge
+	}
+	got, errs := batch.svc.ResolveEvents(ctx, events)
+	var want []contract.Resolution
+	var wantErr []error
+	for _, ev := range events {
+		r, err := single.svc.ResolveEvent(ctx, ev)
+		want, wantErr = append(want, r), append(wantErr, err)
+	}
+	// Member ids differ between the two databases: compare which events
+	// share a member.
+	same := func(rs []contract.Resolution, i, j int) bool { return rs[i].MemberID == rs[j].MemberID }
+	for i := range events {
+		if (errs[i] == nil) != (wantErr[i] == nil) || (errs[i] != nil && !fault.IsData(errs[i])) {
+			t.Fatalf("event %d (%s): batch error %v, one by one %v", i, events[i].GetEventId(), errs[i], wantErr[i])
+		}
+		if errs[i] != nil {
+			continue
+		}
+		if got[i].MemberID == "" || len(got[i].Identifiers) != len(want[i].Identifiers) {
+			t.Errorf("event %d: batch %+v, one by one %+v", i, got[i], want[i])
+		}
+		for j := range events {
+			if errs[j] == nil && same(got, i, j) != same(want, i, j) {
+				t.Errorf("events %d and %d: same member in the batch %v, one by one %v", i, j, same(got, i, j), same(want, i, j))
+			}
+		}
+	}
+	if batch.counts(t) != single.counts(t) {
+		t.Errorf("rows after the batch %+v, one by one %+v", batch.counts(t), single.counts(t))
 	}
 }

@@ -67,3 +67,59 @@ func QueueAttributes(b *pgx.Batch, members []uuid.UUID, attrs []map[string]strin
 	b.Queue(`UPDATE members m SET attributes = x.attrs FROM unnest($1::uuid[], $2::jsonb[]) AS x(member_id, attrs)
 		WHERE m.member_id = x.member_id`, members, attrs)
 }
+
+// LookupIngestBatch is LookupIngest for many events: the resolutions
+// recorded for the events, and the stored identifiers matching any of the
+// keys, in one round trip.
+func LookupIngestBatch(ctx context.Context, q Batcher, eventIDs []string, keys []IdentifierKey) (map[string]IngestedEvent, []IdentifierRow, error) {
+	prev := map[string]IngestedEvent{}
+	var found []IdentifierRow
+	b := &pgx.Batch{}
+	b.Queue(`SELECT event_id, member_id, created, resolution FROM ingested_events WHERE event_id = ANY($1)`, eventIDs).
+		Query(func(rows pgx.Rows) error {
+			for rows.Next() {
+				var e IngestedEvent
+				if err := rows.Scan(&e.EventID, &e.MemberID, &e.Created, &e.Resolution); err != nil {
+					return err
+				}
+				prev[e.EventID] = e
+			}
+			return rows.Err()
+		})
+	b.Queue(findIdentifiersSQL, keyArrays(keys)...).Query(func(rows pgx.Rows) error {
+		var err error
+		found, err = pgx.CollectRows(rows, scanIdentifier)
+		return err
+	})
+	if err := q.SendBatch(ctx, b).Close(); err != nil {
+		return nil, nil, fmt.Errorf("ingest lookup: %w", err)
+	}
+	return prev, found, nil
+}
+
+// InsertIngestedEvents records events' resolutions, unless a concurrent
+// ingest already did, and returns the ids it recorded.
+func InsertIngestedEvents(ctx context.Context, q Querier, es []IngestedEvent) (map[string]bool, error) {
+	ids := make([]string, len(es))
+	members := make([]uuid.UUID, len(es))
+	created := make([]bool, len(es))
+	res := make([][]byte, len(es))
+	for i, e := range es {
+		ids[i], members[i], created[i], res[i] = e.EventID, e.MemberID, e.Created, e.Resolution
+	}
+	rows, err := q.Query(ctx, `INSERT INTO ingested_events (event_id, member_id, created, resolution)
+		SELECT * FROM unnest($1::text[], $2::uuid[], $3::bool[], $4::bytea[]) ON CONFLICT (event_id) DO NOTHING RETURNING event_id`,
+		ids, members, created, res)
+	if err != nil {
+		return nil, fmt.Errorf("insert ingested events: %w", err)
+	}
+	done, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("insert ingested events: %w", err)
+	}
+	out := make(map[string]bool, len(done))
+	for _, id := range done {
+		out[id] = true
+	}
+	return out, nil
+}
