@@ -41,7 +41,7 @@ func (s *Service) ResolveEvents(ctx context.Context, evs []*mcv1.ChannelEvent) (
 		norm[i] = ids
 	}
 	for i := 0; i < len(evs); {
-		j, err := s.resolveRun(ctx, evs, norm, i, out, errs)
+		j, slow, err := s.resolveRun(ctx, evs, norm, i, out, errs)
 		if err != nil {
 			// The lookup itself failed: every event from i on fails with it.
 			for k := i; k < len(evs); k++ {
@@ -51,7 +51,7 @@ func (s *Service) ResolveEvents(ctx context.Context, evs []*mcv1.ChannelEvent) (
 			}
 			return out, errs
 		}
-		if j < len(evs) {
+		if slow {
 			out[j], errs[j] = s.ResolveEvent(ctx, evs[j])
 			if errs[j] != nil && !fault.IsData(errs[j]) {
 				// The events after it wait for it: each must see what the
@@ -70,18 +70,25 @@ func (s *Service) ResolveEvents(ctx context.Context, evs []*mcv1.ChannelEvent) (
 	return out, errs
 }
 
+// lookupWindow is how many events one lookup covers at most.
+const lookupWindow = 64
+
 // errNotAttempted is the answer for the events after one whose resolution
 // failed (not for a data error): they are resolved once it is.
 var errNotAttempted = errors.New("not resolved yet: an earlier event of the partition failed")
 
-// resolveRun answers the events from i on that the lookup can, and returns
-// the index of the first that needs the transactional path (len(evs) when
-// none does).
+// resolveRun answers the events of a window from i on that the lookup can,
+// and returns where it stopped: at an event that needs the transactional
+// path (slow), or at the end of the window.
 func (s *Service) resolveRun(ctx context.Context, evs []*mcv1.ChannelEvent, norm [][]Normalized, i int,
-	out []contract.Resolution, errs []error) (int, error) {
+	out []contract.Resolution, errs []error) (next int, slow bool, err error) {
 	var eventIDs []string
 	var keys []postgres.IdentifierKey
-	for k := i; k < len(evs); k++ {
+	// A window, not the rest of the batch: every event that changes the
+	// graph ends a run and the next run looks up again, so a batch with
+	// many of them would otherwise look up the same events many times.
+	end := min(len(evs), i+lookupWindow)
+	for k := i; k < end; k++ {
 		if errs[k] == nil {
 			eventIDs = append(eventIDs, evs[k].GetEventId())
 			for _, n := range norm[k] {
@@ -90,11 +97,11 @@ func (s *Service) resolveRun(ctx context.Context, evs []*mcv1.ChannelEvent, norm
 		}
 	}
 	if len(eventIDs) == 0 {
-		return len(evs), nil
+		return end, false, nil
 	}
 	prev, found, err := postgres.LookupIngestBatch(ctx, s.pool, eventIDs, keys)
 	if err != nil {
-		return i, err
+		return i, false, err
 	}
 	byHash := map[string][]postgres.IdentifierRow{}
 	for _, f := range found {
@@ -103,7 +110,7 @@ func (s *Service) resolveRun(ctx context.Context, evs []*mcv1.ChannelEvent, norm
 	var record []postgres.IngestedEvent
 	var recordAt []int
 	j := i
-	for ; j < len(evs); j++ {
+	for ; j < end; j++ {
 		if errs[j] != nil {
 			continue
 		}
@@ -119,23 +126,24 @@ func (s *Service) resolveRun(ctx context.Context, evs []*mcv1.ChannelEvent, norm
 		}
 		member, origin, ok := s.knownMember(ev, norm[j], byHash)
 		if !ok {
+			slow = true
 			break
 		}
 		detail := &mcv1.Resolution{OriginMemberId: origin.String()}
 		stored, err := proto.MarshalOptions{Deterministic: true}.Marshal(detail)
 		if err != nil {
-			return i, err
+			return i, false, err
 		}
 		record = append(record, postgres.IngestedEvent{EventID: ev.GetEventId(), MemberID: member, Resolution: stored})
 		recordAt = append(recordAt, j)
 		out[j] = contract.Resolution{MemberID: member.String(), Identifiers: Refs(norm[j]), Detail: detail}
 	}
 	if len(record) == 0 {
-		return j, nil
+		return j, slow, nil
 	}
 	inserted, err := postgres.InsertIngestedEvents(ctx, s.pool, record)
 	if err != nil {
-		return i, err
+		return i, false, err
 	}
 	// An event a concurrent ingest recorded first takes the transactional
 	// path (it answers with the first resolution), and so does everything
@@ -145,10 +153,10 @@ func (s *Service) resolveRun(ctx context.Context, evs []*mcv1.ChannelEvent, norm
 			for m := k; m < j; m++ {
 				out[m] = contract.Resolution{}
 			}
-			return k, nil
+			return k, true, nil
 		}
 	}
-	return j, nil
+	return j, slow, nil
 }
 
 // knownMember is the member an event's identifiers all belong to, uniquely,
