@@ -78,10 +78,20 @@ func newStateTable(pool *pgxpool.Pool, name string) stateTable {
 	}
 }
 
+// create makes the table. A state stays in the row (STORAGE MAIN): a
+// 2 KB state would otherwise go to the TOAST table, and each update write
+// it there again.
 func (s stateTable) create(ctx context.Context) error {
-	_, err := s.pool.Exec(ctx, `CREATE TABLE `+s.table+` (member_id uuid PRIMARY KEY, version bigint NOT NULL,
-		state bytea NOT NULL, updated_at timestamptz NOT NULL)`)
-	return err
+	for _, stmt := range []string{
+		`CREATE TABLE ` + s.table + ` (member_id uuid PRIMARY KEY, version bigint NOT NULL,
+			state bytea NOT NULL, updated_at timestamptz NOT NULL)`,
+		`ALTER TABLE ` + s.table + ` ALTER COLUMN state SET STORAGE MAIN`,
+	} {
+		if _, err := s.pool.Exec(ctx, stmt); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Seed gives each member a state, in one COPY, and refreshes the planner's
