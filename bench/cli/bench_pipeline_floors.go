@@ -82,8 +82,10 @@ func (r *pipelineRun) runEOFloors(ctx context.Context, records []loadgen.Record)
 		}
 		cfg.Group = r.kcfg.Group(fmt.Sprintf("floor-eo-batch-%d", round))
 		defer r.deleteGroup(cfg.Group)
+		fctx, cancel := context.WithTimeout(ctx, floorTimeout(n))
+		defer cancel()
 		before := sampleCPU()
-		res, err := floor.ExactlyOnce(ctx, cfg, f)
+		res, err := floor.ExactlyOnce(fctx, cfg, f)
 		cpu := cpuPer(before, sampleCPU(), float64(n)/1000)
 		if err != nil {
 			return res, cpu, err
@@ -113,8 +115,10 @@ func (r *pipelineRun) runEOFloors(ctx context.Context, records []loadgen.Record)
 		}
 		cfg.Group = r.kcfg.Group(fmt.Sprintf("floor-in-memory-%d", round))
 		defer r.deleteGroup(cfg.Group)
+		fctx, cancel := context.WithTimeout(ctx, floorTimeout(n))
+		defer cancel()
 		before := sampleCPU()
-		res, err := floor.InMemory(ctx, cfg, f)
+		res, err := floor.InMemory(fctx, cfg, f)
 		cpu := cpuPer(before, sampleCPU(), float64(n)/1000)
 		if err != nil {
 			return res, cpu, err
@@ -130,6 +134,10 @@ func (r *pipelineRun) runEOFloors(ctx context.Context, records []loadgen.Record)
 	})
 	return out, err
 }
+
+// floorTimeout bounds one drain of n records by a floor: a minute, and a
+// millisecond a record (the floors do tens of thousands a second).
+func floorTimeout(n int64) time.Duration { return time.Minute + time.Duration(n)*time.Millisecond }
 
 // floorRounds runs a floor's rounds and returns its median round by rate
 // and its CPU per 1,000 events averaged over the rounds.

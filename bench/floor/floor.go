@@ -37,7 +37,10 @@ import (
 	"github.com/membercenter/membercenter/storage/postgres/pgbench"
 )
 
-// Config says what a floor consumes and where it writes.
+// Config says what a floor consumes and where it writes. A floor drains
+// the topic to the end offsets it finds at its start, counting the
+// records it receives: the topic's producers must not be transactional
+// (a transaction's commit marker takes an offset no record has).
 type Config struct {
 	Brokers []string
 	// Dial, when set, opens the broker connections.
