@@ -50,12 +50,17 @@ reused by later runs) runs the whole platform in process. Then:
 - throughput: --events records of the load generator (malformed records
   included) are published to scratch topics and drained until every effect
   is in: ingest, the benefit and tag workers' PostgreSQL effects, ClickHouse
-  rows and the published change feed; beside a plain franz-go consume →
-  clickhouse-go batch insert and a plain PostgreSQL upsert per record of the
-  same records (the floors), with CPU seconds per 1,000 events and peak
-  memory of membercenter, PostgreSQL, Kafka and ClickHouse for both,
-  consumer lag over time, and every malformed record found in the
-  dead-letter topic;
+  rows and the published change feed; beside the floors on the same
+  records: a plain franz-go consume → clickhouse-go batch insert, a plain
+  PostgreSQL upsert per record, and two that do a stage's durable,
+  exactly-once work in batches (bench/floor): one PostgreSQL transaction
+  per polled partition batch (processed ids, 2 KB member states locked
+  once, a multi-row upsert, a ledger and an outbox row per event, Kafka
+  offsets committed after), and partition-owned states in memory written
+  behind every 100 ms with the partition's offset; with CPU seconds per
+  1,000 events and peak memory of membercenter, PostgreSQL, Kafka and
+  ClickHouse for each, consumer lag over time, and every malformed record
+  found in the dead-letter topic;
 - freshness: --fresh-events POS purchases of preloaded shoppers, open loop
   at --fresh-rate, timed from their intended send time to their points
   change on a Subscribe stream, their labels in GetProfile and in
@@ -139,8 +144,11 @@ type pipelineResult struct {
 	dlqMalformed, dlqOther int
 	rate, chFloor, pgFloor float64
 	drain                  time.Duration
-	// Per 1,000 events: the pipeline's drain, and both floors together.
+	// Per 1,000 events: the pipeline's drain, and the two plain floors
+	// together.
 	cpu, floorCPU cpuSeconds
+	// The exactly-once floors, each with its own CPU.
+	eo eoFloors
 	// Peak memory over the scenario, and after the floors ran.
 	rss, floorRSS rssMiB
 	lag           string
@@ -249,6 +257,11 @@ func benchPipeline(ctx context.Context, e *platformtest.Env, members int, o pipe
 		return res, fmt.Errorf("PostgreSQL floor: %w", err)
 	}
 	res.floorCPU = cpuPer(before, sampleCPU(), per)
+	// The exactly-once floors (issue 14), same records: the durable work
+	// of a stage, batched, each with its own CPU.
+	if res.eo, err = r.runEOFloors(ctx, records); err != nil {
+		return res, err
+	}
 	res.floorRSS = sampleRSS()
 
 	// The pipeline drains the backlog.

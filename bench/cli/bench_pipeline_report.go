@@ -5,6 +5,8 @@ import (
 	"io"
 	"runtime"
 	"time"
+
+	"github.com/membercenter/membercenter/bench/floor"
 )
 
 // reportPipeline prints the pipeline scenarios as Markdown.
@@ -36,39 +38,75 @@ func reportPipeline(w io.Writer, rs []pipelineResult, o pipelineOpts) {
 		fmt.Fprintf(w, "| %s | %s | %s | %s | %s |\n", thousands(int64(r.members)), loaded, warm, thousands(int64(r.history)), thousands(int64(r.dbMembers)))
 	}
 
-	fmt.Fprintf(w, "\n### Throughput\n\n%d records per scenario (the generator's mix, malformed ones included), published before the platform starts, so the pipeline drains a backlog at its own pace. Floors, same records, same run, same servers: a plain franz-go consume → clickhouse-go batch insert (no logic), and one autocommitted PostgreSQL upsert per record with four writers.\n\n", o.events)
-	fmt.Fprintf(w, "| members | events (malformed) | pipeline events/s | floor: consume → ClickHouse events/s | floor: PG upsert events/s | ÷ ClickHouse floor | ÷ PG floor | drained in | malformed records in the dead-letter topic | other dead letters |\n|---|---|---|---|---|---|---|---|---|---|\n")
+	fmt.Fprintf(w, "\n### Throughput\n\n%d records per scenario (the generator's mix, malformed ones included), published before the platform starts, so the pipeline drains a backlog at its own pace. Floors, same records, same run, same servers, one after the other before the pipeline starts:\n\n", o.events)
+	fmt.Fprintf(w, "- **consume → ClickHouse**: a plain franz-go consume → clickhouse-go batch insert, no logic;\n")
+	fmt.Fprintf(w, "- **PG upsert**: one autocommitted PostgreSQL upsert per record into an unlogged table, four writers;\n")
+	fmt.Fprintf(w, "- **exactly-once batch** (issue 14): what a stage must do durably and exactly once, done in batches — a consumer group (franz-go, offsets committed to Kafka only after the effects), and per polled partition batch (the topic's partitions concurrently) one PostgreSQL transaction on logged tables: the batch's event ids claimed in one `INSERT … SELECT unnest($1) ON CONFLICT DO NOTHING RETURNING event_id`, the states of its members (a 2 KB bytea each) loaded and locked once in one `SELECT … WHERE member_id = ANY($1) ORDER BY member_id FOR UPDATE`, the new events applied to them in Go, the states written back in one multi-row `INSERT … SELECT FROM unnest(…) ON CONFLICT DO UPDATE`, one append-only ledger row and one outbox row per event in one multi-row insert each, then COMMIT (synchronous);\n")
+	fmt.Fprintf(w, "- **in-memory state** (issue 14): the same consumption, but the worker owning a partition keeps its members' 2 KB states in memory (loaded once, on first sight, one query per batch), applies each record there, and every 100 ms (or 10,000 records, or when caught up) writes the changed states behind in one multi-row upsert together with the partition's next offset, in one transaction; on assignment a partition resumes from that stored offset, the exactly-once mark, so it keeps no processed ids (and writes no ledger or outbox rows).\n\n")
+	fmt.Fprintf(w, "Both exactly-once floors take a record's event id from its value (a ChannelEvent's `event_id`, or the record's position when it has none) and its member from its key, so they touch one member per distinct record key (the pipeline resolves keys to the shoppers behind them); every member starts with a 2 KB state (copied in before the clock starts), and each floor's totals are checked (every record applied once) before its figure counts. `bench/floor`'s test stops each floor half-way through a topic and checks that a restart applies every record exactly once. Each drains the records %d times (new tables and consumer group each time): its events/s are the median round's, from the first record received to the last effect durable (the group's join left out), and its CPU the average of the rounds, each over the whole drain. Issue 14's target is the whole pipeline at ≥ 0.2× the exactly-once batch floor.\n\n", floorRounds)
+	fmt.Fprintf(w, "| members | events (malformed) | pipeline events/s | floor: consume → ClickHouse events/s | floor: PG upsert events/s | floor: exactly-once batch events/s | floor: in-memory state events/s | ÷ ClickHouse floor | ÷ PG floor | ÷ exactly-once batch floor | ÷ in-memory state floor | drained in | malformed records in the dead-letter topic | other dead letters |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, r := range rs {
-		fmt.Fprintf(w, "| %s | %d (%d) | %.0f | %.0f | %.0f | %s | %s | %s | %d of %d | %d |\n",
-			thousands(int64(r.members)), r.events, r.malformed, r.rate, r.chFloor, r.pgFloor, ratio(r.rate, r.chFloor), ratio(r.rate, r.pgFloor),
+		fmt.Fprintf(w, "| %s | %d (%d) | %.0f | %.0f | %.0f | %.0f | %.0f | %s | %s | %s | %s | %s | %d of %d | %d |\n",
+			thousands(int64(r.members)), r.events, r.malformed, r.rate, r.chFloor, r.pgFloor, r.eo.batch.Rate(), r.eo.mem.Rate(),
+			ratio(r.rate, r.chFloor), ratio(r.rate, r.pgFloor), ratio(r.rate, r.eo.batch.Rate()), ratio(r.rate, r.eo.mem.Rate()),
 			r.drain.Round(100*time.Millisecond), r.dlqMalformed, r.malformed, r.dlqOther)
 	}
+	fmt.Fprintf(w, "\nThe exactly-once floors in detail: the members they touched (one per record key) beside the shoppers behind the records, a state's stored size (`pg_column_size`: kept in the row, `STORAGE MAIN`), the transactions of the median round, and CPU per event of this process (the floor's client) and PostgreSQL together.\n\n")
+	fmt.Fprintf(w, "| members | floor | events/s | members touched (shoppers) | stored state bytes | transactions | events per transaction | client + PostgreSQL CPU ms/event | pipeline ÷ floor | issue 14's target (≥ 0.2×) |\n|---|---|---|---|---|---|---|---|---|---|\n")
+	for _, r := range rs {
+		for _, f := range []struct {
+			name string
+			res  floor.Result
+			cpu  cpuSeconds
+		}{{"exactly-once batch", r.eo.batch, r.eo.batchCPU}, {"in-memory state, write-behind", r.eo.mem, r.eo.memCPU}} {
+			target := "–"
+			if f.name == "exactly-once batch" {
+				target = "not met"
+				if r.rate >= 0.2*f.res.Rate() {
+					target = "met"
+				}
+			}
+			perTxn := 0.0
+			if f.res.Transactions > 0 {
+				perTxn = float64(f.res.Records) / float64(f.res.Transactions)
+			}
+			fmt.Fprintf(w, "| %s | %s | %.0f | %s (%s) | %.0f | %d | %.0f | %.3f | %s | %s |\n", thousands(int64(r.members)), f.name, f.res.Rate(),
+				thousands(int64(r.eo.members)), thousands(int64(r.eo.shoppers)), r.eo.stateBytes, f.res.Transactions, perTxn,
+				f.cpu.self+f.cpu.postgres, ratio(r.rate, f.res.Rate()), target)
+		}
+	}
 
-	fmt.Fprintf(w, "\n### Resources\n\nCPU seconds per 1,000 events of each process (from /proc) while the pipeline drained, and while the two floors moved the same records (their sum); peak memory of each process over the scenario (sampled every 2 s during the drain and after the freshness and API runs; membercenter's own peak from VmHWM; PostgreSQL as the proportional set size summed over its processes, so shared buffers count once) beside the same processes' memory just after the floors ran. membercenter's figure after the floors is this process before the measured platform starts: the load generator's shopper tables (about 90 MiB per million shoppers), what the warm-up pass's platform left when one ran, and a Go heap allowed to grow to five times its live data between collections (GOGC=400, the binary's default, which trades memory for CPU; GOMEMLIMIT 2 GiB caps it).\n\n")
-	fmt.Fprintf(w, "| members | process | CPU s / 1,000 events: pipeline | floors | ÷ floors | peak memory MiB: pipeline | after floors | ÷ after floors |\n|---|---|---|---|---|---|---|---|\n")
+	fmt.Fprintf(w, "\n### Resources\n\nCPU seconds per 1,000 events of each process (from /proc) while the pipeline drained, while the two plain floors (consume → ClickHouse, PG upsert) moved the same records (their sum), and while each exactly-once floor did (the floors run in this process, so its row is their client's CPU); peak memory of each process over the scenario (sampled every 2 s during the drain and after the freshness and API runs; membercenter's own peak from VmHWM; PostgreSQL as the proportional set size summed over its processes, so shared buffers count once) beside the same processes' memory just after the floors ran. membercenter's figure after the floors is this process before the measured platform starts: the load generator's shopper tables (about 90 MiB per million shoppers), what the warm-up pass's platform left when one ran, and a Go heap allowed to grow to five times its live data between collections (GOGC=400, the binary's default, which trades memory for CPU; GOMEMLIMIT 2 GiB caps it).\n\n")
+	fmt.Fprintf(w, "| members | process | CPU s / 1,000 events: pipeline | plain floors | ÷ plain floors | exactly-once batch floor | ÷ exactly-once batch floor | in-memory state floor | ÷ in-memory state floor | peak memory MiB: pipeline | after floors | ÷ after floors |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, r := range rs {
 		rows := []struct {
-			name     string
-			cpu, fl  float64
-			mem, fmm int
+			name             string
+			cpu, fl, eo, inm float64
+			mem, fmm         int
 		}{
-			{"membercenter", r.cpu.self, r.floorCPU.self, r.rss.self, r.floorRSS.self},
-			{"PostgreSQL", r.cpu.postgres, r.floorCPU.postgres, r.rss.postgres, r.floorRSS.postgres},
-			{"Kafka", r.cpu.kafka, r.floorCPU.kafka, r.rss.kafka, r.floorRSS.kafka},
-			{"ClickHouse", r.cpu.clickhouse, r.floorCPU.clickhouse, r.rss.clickhouse, r.floorRSS.clickhouse},
-			{"all four", r.cpu.total(), r.floorCPU.total(), r.rss.self + r.rss.postgres + r.rss.kafka + r.rss.clickhouse,
+			{"membercenter", r.cpu.self, r.floorCPU.self, r.eo.batchCPU.self, r.eo.memCPU.self, r.rss.self, r.floorRSS.self},
+			{"PostgreSQL", r.cpu.postgres, r.floorCPU.postgres, r.eo.batchCPU.postgres, r.eo.memCPU.postgres, r.rss.postgres, r.floorRSS.postgres},
+			{"Kafka", r.cpu.kafka, r.floorCPU.kafka, r.eo.batchCPU.kafka, r.eo.memCPU.kafka, r.rss.kafka, r.floorRSS.kafka},
+			{"ClickHouse", r.cpu.clickhouse, r.floorCPU.clickhouse, r.eo.batchCPU.clickhouse, r.eo.memCPU.clickhouse, r.rss.clickhouse, r.floorRSS.clickhouse},
+			{"all four", r.cpu.total(), r.floorCPU.total(), r.eo.batchCPU.total(), r.eo.memCPU.total(), r.rss.self + r.rss.postgres + r.rss.kafka + r.rss.clickhouse,
 				r.floorRSS.self + r.floorRSS.postgres + r.floorRSS.kafka + r.floorRSS.clickhouse},
 		}
 		// /proc counts CPU in ticks: a floor that used none used less than
-		// one tick over its events.
+		// one tick over its events (over all its rounds for the
+		// exactly-once floors).
 		tick := 1.0 / userHZ / (float64(r.events) / 1000)
-		for _, x := range rows {
-			fl, rat := fmt.Sprintf("%.3f", x.fl), ratio(x.cpu, x.fl)
-			if x.fl == 0 {
-				fl, rat = fmt.Sprintf("< %.3f", tick), "> "+ratio(x.cpu, tick)
+		cell := func(cpu, fl, tick float64) (string, string) {
+			if fl == 0 {
+				return fmt.Sprintf("< %.3f", tick), "> " + ratio(cpu, tick)
 			}
-			fmt.Fprintf(w, "| %s | %s | %.2f | %s | %s | %d | %d | %s |\n", thousands(int64(r.members)), x.name, x.cpu, fl, rat,
-				x.mem, x.fmm, ratio(float64(x.mem), float64(x.fmm)))
+			return fmt.Sprintf("%.3f", fl), ratio(cpu, fl)
+		}
+		for _, x := range rows {
+			fl, rat := cell(x.cpu, x.fl, tick)
+			eo, eoRat := cell(x.cpu, x.eo, tick/floorRounds)
+			inm, inmRat := cell(x.cpu, x.inm, tick/floorRounds)
+			fmt.Fprintf(w, "| %s | %s | %.2f | %s | %s | %s | %s | %s | %s | %d | %d | %s |\n", thousands(int64(r.members)), x.name, x.cpu, fl, rat,
+				eo, eoRat, inm, inmRat, x.mem, x.fmm, ratio(float64(x.mem), float64(x.fmm)))
 		}
 	}
 	fmt.Fprintf(w, "\nConsumer lag (records behind, summed over partitions) sampled every 2 s while the pipeline drained, per stage ingest / benefits / tags / sink; the floors drained the same backlog in the time their events/s above imply:\n\n")
