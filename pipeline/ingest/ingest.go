@@ -128,6 +128,14 @@ type partition struct {
 	id    int32
 }
 
+// FetchPartitionBytes bounds what one fetch takes of a partition (a
+// record larger than that still comes whole). A poll is one transaction,
+// whose output the read-committed stages downstream see only at its
+// commit: a backlog is taken in transactions of about this much of every
+// partition (partitions converted in parallel), so the stages after ingest
+// start on the first while it converts the next.
+const FetchPartitionBytes = 64 << 10
+
 // stuckRecord is a record whose failure was neither data nor success.
 type stuckRecord struct {
 	offset  int64
@@ -172,6 +180,7 @@ func New(kcfg kafka.Config, tel kafka.Telemetry, resolver Resolver, o Options) (
 		// A partition held back and resumed is fetched again when the
 		// fetch in flight for the others returns: keep that wait short.
 		kgo.FetchMaxWait(500*time.Millisecond),
+		kgo.FetchMaxPartitionBytes(FetchPartitionBytes),
 		// Records up to the largest event accepted, and a bit, are
 		// produced whole.
 		kgo.ProducerBatchMaxBytes(int32(max(1<<20, 2*o.MaxEventBytes))),

@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 	"google.golang.org/protobuf/proto"
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
@@ -18,56 +19,78 @@ import (
 var _ contract.BatchResolver = (*Service)(nil)
 
 // ResolveEvents resolves a partition's events in order, as ResolveEvent
-// would one by one, with one lookup for every run of events that change
+// would one by one. One lookup answers every run of events that change
 // nothing in the identity graph: an event seen before gets its first
-// answer, and one whose identifiers all belong, uniquely, to one member
-// only records its resolution (one statement for the run). An event that
-// links, creates, merges or refuses takes ResolveEvent's transactional path
-// alone, and the events after it are looked up again, so that each sees
-// what the events before it did.
+// answer, and one whose identifiers all belong, uniquely, to one member only
+// records its resolution, all of them in one statement at the end. An event
+// that links, creates, merges or refuses takes ResolveEvent's transactional
+// path in a transaction of its own (its locks held only as long as it
+// needs them), and the events after it are looked up again, so that each
+// sees what the events before it did. A redelivery of an event within the
+// batch gets the same answer.
+//
+// When an event's resolution fails (not a data error), the events after it
+// answer errNotAttempted, to be tried again one by one.
 func (s *Service) ResolveEvents(ctx context.Context, evs []*mcv1.ChannelEvent) ([]contract.Resolution, []error) {
-	out := make([]contract.Resolution, len(evs))
-	errs := make([]error, len(evs))
-	norm := make([][]Normalized, len(evs))
+	b := &eventBatch{evs: evs, out: make([]contract.Resolution, len(evs)), errs: make([]error, len(evs)),
+		ids: make([][]Normalized, len(evs)), referees: make([]*Normalized, len(evs)), seen: map[string]int{}}
 	for i, ev := range evs {
-		ids, err := s.Normalize(ev.GetIdentifiers())
-		if err != nil {
-			if errors.Is(err, ErrInvalidIdentifier) {
-				err = fault.Permanent(err)
-			}
-			errs[i] = err
-			continue
-		}
-		norm[i] = ids
+		b.ids[i], b.referees[i], b.errs[i] = s.prepareEvent(ev)
 	}
+	failed := len(evs)
 	for i := 0; i < len(evs); {
-		j, slow, err := s.resolveRun(ctx, evs, norm, i, out, errs)
+		j, slow, err := s.lookupRun(ctx, b, i)
 		if err != nil {
-			// The lookup itself failed: every event from i on fails with it.
-			for k := i; k < len(evs); k++ {
-				if errs[k] == nil {
-					errs[k] = err
-				}
-			}
-			return out, errs
+			b.errs[i], failed = err, i
+			break
 		}
 		if slow {
-			out[j], errs[j] = s.ResolveEvent(ctx, evs[j])
-			if errs[j] != nil && !fault.IsData(errs[j]) {
-				// The events after it wait for it: each must see what the
-				// ones before it did.
-				for k := j + 1; k < len(evs); k++ {
-					if errs[k] == nil {
-						errs[k] = errNotAttempted
-					}
-				}
-				return out, errs
+			err := postgres.RetryTx(ctx, s.pool, func(tx pgx.Tx) error {
+				var err error
+				b.out[j], err = s.resolveEventTx(ctx, tx, evs[j], b.ids[j], b.referees[j])
+				return err
+			})
+			b.errs[j] = err
+			if err != nil && !fault.IsData(err) {
+				failed = j
+				break
+			}
+			if err == nil {
+				b.seen[evs[j].GetEventId()] = j
 			}
 			j++
 		}
 		i = j
 	}
-	return out, errs
+	if err := s.recordPending(ctx, b); err != nil {
+		// Nothing the lookups answered is recorded: from the first of them
+		// on, the events wait.
+		failed = min(failed, b.pendingAt[0])
+		b.errs[failed] = err
+	}
+	for k := failed + 1; k < len(evs); k++ {
+		if b.errs[k] == nil || !fault.IsData(b.errs[k]) {
+			b.out[k], b.errs[k] = contract.Resolution{}, errNotAttempted
+		}
+	}
+	if failed < len(evs) {
+		b.out[failed] = contract.Resolution{}
+	}
+	return b.out, b.errs
+}
+
+// eventBatch is a partition's events, their normalised identifiers and
+// referees, and the answers: the events answered so far by event id, and
+// the resolutions the lookups answered, not yet recorded.
+type eventBatch struct {
+	evs       []*mcv1.ChannelEvent
+	ids       [][]Normalized
+	referees  []*Normalized
+	out       []contract.Resolution
+	errs      []error
+	seen      map[string]int
+	pending   []postgres.IngestedEvent
+	pendingAt []int
 }
 
 // lookupWindow is how many events one lookup covers at most.
@@ -77,86 +100,102 @@ const lookupWindow = 64
 // failed (not for a data error): they are resolved once it is.
 var errNotAttempted = errors.New("not resolved yet: an earlier event of the partition failed")
 
-// resolveRun answers the events of a window from i on that the lookup can,
+// recordPending records the resolutions the lookups answered, in one
+// statement. An event a concurrent ingest recorded first (a partition
+// moving between instances) gets that first answer.
+func (s *Service) recordPending(ctx context.Context, b *eventBatch) error {
+	if len(b.pending) == 0 {
+		return nil
+	}
+	inserted, err := postgres.InsertIngestedEvents(ctx, s.pool, b.pending)
+	if err != nil {
+		return err
+	}
+	for n, p := range b.pending {
+		if inserted[p.EventID] {
+			continue
+		}
+		j := b.pendingAt[n]
+		prev, err := postgres.GetIngestedEvent(ctx, s.pool, p.EventID)
+		if err != nil {
+			return err
+		}
+		detail := &mcv1.Resolution{}
+		if err := proto.Unmarshal(prev.Resolution, detail); err != nil {
+			return fmt.Errorf("stored resolution of %s: %w", p.EventID, err)
+		}
+		for k := j; k < len(b.evs); k++ {
+			if b.evs[k].GetEventId() == p.EventID && b.errs[k] == nil {
+				b.out[k] = contract.Resolution{MemberID: prev.MemberID.String(), Identifiers: Refs(b.ids[k]), Detail: detail}
+			}
+		}
+	}
+	return nil
+}
+
+// lookupRun answers the events of a window from i on that the lookup can,
 // and returns where it stopped: at an event that needs the transactional
 // path (slow), or at the end of the window.
-func (s *Service) resolveRun(ctx context.Context, evs []*mcv1.ChannelEvent, norm [][]Normalized, i int,
-	out []contract.Resolution, errs []error) (next int, slow bool, err error) {
+func (s *Service) lookupRun(ctx context.Context, b *eventBatch, i int) (next int, slow bool, err error) {
 	var eventIDs []string
 	var keys []postgres.IdentifierKey
 	// A window, not the rest of the batch: every event that changes the
 	// graph ends a run and the next run looks up again, so a batch with
 	// many of them would otherwise look up the same events many times.
-	end := min(len(evs), i+lookupWindow)
+	end := min(len(b.evs), i+lookupWindow)
 	for k := i; k < end; k++ {
-		if errs[k] == nil {
-			eventIDs = append(eventIDs, evs[k].GetEventId())
-			for _, n := range norm[k] {
+		if _, ok := b.seen[b.evs[k].GetEventId()]; b.errs[k] == nil && !ok {
+			eventIDs = append(eventIDs, b.evs[k].GetEventId())
+			for _, n := range b.ids[k] {
 				keys = append(keys, keyOf(n))
 			}
 		}
 	}
-	if len(eventIDs) == 0 {
-		return end, false, nil
+	prev, byHash := map[string]postgres.IngestedEvent{}, map[string][]postgres.IdentifierRow{}
+	if len(eventIDs) > 0 {
+		var found []postgres.IdentifierRow
+		if prev, found, err = postgres.LookupIngestBatch(ctx, s.pool, eventIDs, keys); err != nil {
+			return i, false, err
+		}
+		for _, f := range found {
+			byHash[string(f.Hash)] = append(byHash[string(f.Hash)], f)
+		}
 	}
-	prev, found, err := postgres.LookupIngestBatch(ctx, s.pool, eventIDs, keys)
-	if err != nil {
-		return i, false, err
-	}
-	byHash := map[string][]postgres.IdentifierRow{}
-	for _, f := range found {
-		byHash[string(f.Hash)] = append(byHash[string(f.Hash)], f)
-	}
-	var record []postgres.IngestedEvent
-	var recordAt []int
 	j := i
 	for ; j < end; j++ {
-		if errs[j] != nil {
+		if b.errs[j] != nil {
 			continue
 		}
-		ev := evs[j]
+		ev := b.evs[j]
+		if k, ok := b.seen[ev.GetEventId()]; ok {
+			b.out[j] = contract.Resolution{MemberID: b.out[k].MemberID, Identifiers: Refs(b.ids[j]), Detail: b.out[k].Detail}
+			continue
+		}
 		if p, ok := prev[ev.GetEventId()]; ok {
 			detail := &mcv1.Resolution{}
 			if err := proto.Unmarshal(p.Resolution, detail); err != nil {
-				errs[j] = fmt.Errorf("stored resolution of %s: %w", ev.GetEventId(), err)
-				continue
+				b.errs[j] = fmt.Errorf("stored resolution of %s: %w", ev.GetEventId(), err)
+				return j, false, b.errs[j]
 			}
-			out[j] = contract.Resolution{MemberID: p.MemberID.String(), Identifiers: Refs(norm[j]), Detail: detail}
+			b.out[j] = contract.Resolution{MemberID: p.MemberID.String(), Identifiers: Refs(b.ids[j]), Detail: detail}
+			b.seen[ev.GetEventId()] = j
 			continue
 		}
-		member, origin, ok := s.knownMember(ev, norm[j], byHash)
+		member, origin, ok := s.knownMember(ev, b.ids[j], byHash)
 		if !ok {
-			slow = true
-			break
+			return j, true, nil
 		}
 		detail := &mcv1.Resolution{OriginMemberId: origin.String()}
 		stored, err := proto.MarshalOptions{Deterministic: true}.Marshal(detail)
 		if err != nil {
-			return i, false, err
+			return j, false, err
 		}
-		record = append(record, postgres.IngestedEvent{EventID: ev.GetEventId(), MemberID: member, Resolution: stored})
-		recordAt = append(recordAt, j)
-		out[j] = contract.Resolution{MemberID: member.String(), Identifiers: Refs(norm[j]), Detail: detail}
+		b.pending = append(b.pending, postgres.IngestedEvent{EventID: ev.GetEventId(), MemberID: member, Resolution: stored})
+		b.pendingAt = append(b.pendingAt, j)
+		b.out[j] = contract.Resolution{MemberID: member.String(), Identifiers: Refs(b.ids[j]), Detail: detail}
+		b.seen[ev.GetEventId()] = j
 	}
-	if len(record) == 0 {
-		return j, slow, nil
-	}
-	inserted, err := postgres.InsertIngestedEvents(ctx, s.pool, record)
-	if err != nil {
-		return i, false, err
-	}
-	// An event a concurrent ingest recorded first takes the transactional
-	// path (it answers with the first resolution), and so does everything
-	// after it.
-	for n, k := range recordAt {
-		if !inserted[record[n].EventID] {
-			for m := k; m < j; m++ {
-				out[m] = contract.Resolution{}
-			}
-			return k, true, nil
-		}
-	}
-	return j, slow, nil
+	return j, false, nil
 }
 
 // knownMember is the member an event's identifiers all belong to, uniquely,

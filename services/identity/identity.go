@@ -492,80 +492,103 @@ var _ contract.Resolver = (*Service)(nil)
 // dead-letter; blocked or over-limit identifiers are ignored and reported in
 // the resolution.
 func (s *Service) ResolveEvent(ctx context.Context, ev *mcv1.ChannelEvent) (contract.Resolution, error) {
-	ids, err := s.Normalize(ev.GetIdentifiers())
+	ids, referee, err := s.prepareEvent(ev)
 	if err != nil {
-		if errors.Is(err, ErrInvalidIdentifier) {
-			return contract.Resolution{}, fault.Permanent(err)
-		}
 		return contract.Resolution{}, err
 	}
-	// A referral pays the referrer for bringing someone else: one that
-	// names the referrer (any identifier or device of theirs) is refused.
-	var referee *Normalized
-	if r := ev.GetReferral().GetReferee(); r != nil {
-		n, err := s.Normalize([]*mcv1.Identifier{r})
-		if err != nil {
-			return contract.Resolution{}, fault.Permanent(fmt.Errorf("referral.referee: %w", err))
+	if referee == nil {
+		if out, ok, err := s.resolveKnownEvent(ctx, ev, ids); err != nil || ok {
+			return out, err
 		}
-		referee = &n[0]
-		for _, id := range ids {
-			if bytes.Equal(id.Hash, referee.Hash) {
-				return contract.Resolution{}, fault.Permanent(fmt.Errorf("%w: %s %s is one of the event's own identifiers",
-					ErrSelfReferral, TypeName(referee.Type), referee.Masked))
-			}
-		}
-	} else if out, ok, err := s.resolveKnownEvent(ctx, ev, ids); err != nil || ok {
-		return out, err
 	}
 	var out contract.Resolution
 	err = postgres.RetryTx(ctx, s.pool, func(tx pgx.Tx) error {
-		prev, err := postgres.GetIngestedEvent(ctx, tx, ev.GetEventId())
-		if err == nil {
-			detail := &mcv1.Resolution{}
-			if err := proto.Unmarshal(prev.Resolution, detail); err != nil {
-				return fmt.Errorf("stored resolution of %s: %w", ev.GetEventId(), err)
-			}
-			out = contract.Resolution{MemberID: prev.MemberID.String(), Identifiers: Refs(ids), Detail: detail}
-			return nil
-		}
-		if !errors.Is(err, postgres.ErrNotFound) {
-			return err
-		}
-		res, err := s.resolve(ctx, tx, ids, resolveOpts{create: true, origin: origin{
-			actor: "ingest", channel: ev.GetChannel(), store: ev.GetStoreId(), cause: ev.GetEventId()}})
-		if err != nil {
-			return err
-		}
-		if referee != nil {
-			found, err := postgres.FindIdentifiers(ctx, tx, []postgres.IdentifierKey{keyOf(*referee)})
-			if err != nil {
-				return err
-			}
-			for _, f := range found {
-				if f.MemberID == res.MemberID {
-					// Rolled back: the refused event links nothing.
-					return fault.Permanent(fmt.Errorf("%w: %s %s belongs to the referring member",
-						ErrSelfReferral, TypeName(referee.Type), referee.Masked))
-				}
-			}
-		}
-		detail := res.Detail()
-		stored, err := proto.MarshalOptions{Deterministic: true}.Marshal(detail)
-		if err != nil {
-			return err
-		}
-		if err := postgres.InsertIngestedEvent(ctx, tx, postgres.IngestedEvent{
-			EventID: ev.GetEventId(), MemberID: res.MemberID, Created: res.Created, Resolution: stored,
-		}); err != nil {
-			return err
-		}
-		out = contract.Resolution{MemberID: res.MemberID.String(), Identifiers: Refs(ids), Detail: detail}
-		return nil
+		var err error
+		out, err = s.resolveEventTx(ctx, tx, ev, ids, referee)
+		return err
 	})
-	if errors.Is(err, ErrUnroutable) {
-		return out, fault.Permanent(err)
-	}
 	return out, err
+}
+
+// prepareEvent normalises an event's identifiers and its referral's
+// referee; a referral that names one of the event's own identifiers is
+// refused (it pays the referrer for bringing someone else).
+func (s *Service) prepareEvent(ev *mcv1.ChannelEvent) (ids []Normalized, referee *Normalized, err error) {
+	ids, err = s.Normalize(ev.GetIdentifiers())
+	if err != nil {
+		if errors.Is(err, ErrInvalidIdentifier) {
+			return nil, nil, fault.Permanent(err)
+		}
+		return nil, nil, err
+	}
+	r := ev.GetReferral().GetReferee()
+	if r == nil {
+		return ids, nil, nil
+	}
+	n, err := s.Normalize([]*mcv1.Identifier{r})
+	if err != nil {
+		return nil, nil, fault.Permanent(fmt.Errorf("referral.referee: %w", err))
+	}
+	referee = &n[0]
+	for _, id := range ids {
+		if bytes.Equal(id.Hash, referee.Hash) {
+			return nil, nil, fault.Permanent(fmt.Errorf("%w: %s %s is one of the event's own identifiers",
+				ErrSelfReferral, TypeName(referee.Type), referee.Masked))
+		}
+	}
+	return ids, referee, nil
+}
+
+// resolveEventTx is the transactional path of one event inside tx: the
+// first answer when the event was resolved before, else the resolution
+// (finding, creating, linking, merging) recorded under its event id. An
+// event no identifier can route, or a referral of the referrer, is a data
+// error (fault.Permanent); tx must then be rolled back, as far as its
+// writes.
+func (s *Service) resolveEventTx(ctx context.Context, tx pgx.Tx, ev *mcv1.ChannelEvent, ids []Normalized, referee *Normalized) (contract.Resolution, error) {
+	prev, err := postgres.GetIngestedEvent(ctx, tx, ev.GetEventId())
+	if err == nil {
+		detail := &mcv1.Resolution{}
+		if err := proto.Unmarshal(prev.Resolution, detail); err != nil {
+			return contract.Resolution{}, fmt.Errorf("stored resolution of %s: %w", ev.GetEventId(), err)
+		}
+		return contract.Resolution{MemberID: prev.MemberID.String(), Identifiers: Refs(ids), Detail: detail}, nil
+	}
+	if !errors.Is(err, postgres.ErrNotFound) {
+		return contract.Resolution{}, err
+	}
+	res, err := s.resolve(ctx, tx, ids, resolveOpts{create: true, origin: origin{
+		actor: "ingest", channel: ev.GetChannel(), store: ev.GetStoreId(), cause: ev.GetEventId()}})
+	if errors.Is(err, ErrUnroutable) {
+		return contract.Resolution{}, fault.Permanent(err)
+	}
+	if err != nil {
+		return contract.Resolution{}, err
+	}
+	if referee != nil {
+		found, err := postgres.FindIdentifiers(ctx, tx, []postgres.IdentifierKey{keyOf(*referee)})
+		if err != nil {
+			return contract.Resolution{}, err
+		}
+		for _, f := range found {
+			if f.MemberID == res.MemberID {
+				// Rolled back: the refused event links nothing.
+				return contract.Resolution{}, fault.Permanent(fmt.Errorf("%w: %s %s belongs to the referring member",
+					ErrSelfReferral, TypeName(referee.Type), referee.Masked))
+			}
+		}
+	}
+	detail := res.Detail()
+	stored, err := proto.MarshalOptions{Deterministic: true}.Marshal(detail)
+	if err != nil {
+		return contract.Resolution{}, err
+	}
+	if err := postgres.InsertIngestedEvent(ctx, tx, postgres.IngestedEvent{
+		EventID: ev.GetEventId(), MemberID: res.MemberID, Created: res.Created, Resolution: stored,
+	}); err != nil {
+		return contract.Resolution{}, err
+	}
+	return contract.Resolution{MemberID: res.MemberID.String(), Identifiers: Refs(ids), Detail: detail}, nil
 }
 
 // resolveKnownEvent is ingest's fast path, two round trips and no

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"time"
 
@@ -23,11 +24,12 @@ func LockIdentifiers(ctx context.Context, q Querier, keys []IdentifierKey) error
 		copy(b[:], k.Hash)
 		ids = append(ids, int64(binary.BigEndian.Uint64(b[:]))^int64(k.Type)<<56)
 	}
-	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
-	for _, id := range ids {
-		if _, err := q.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, id); err != nil {
-			return fmt.Errorf("lock identifier: %w", err)
-		}
+	slices.Sort(ids)
+	ids = slices.Compact(ids)
+	// One statement: a function scan of the array yields its elements in
+	// order, so the locks are taken in that order.
+	if _, err := q.Exec(ctx, `SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS t(k)`, ids); err != nil {
+		return fmt.Errorf("lock identifiers: %w", err)
 	}
 	return nil
 }
