@@ -15,11 +15,10 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/membercenter/membercenter/pipeline/fault"
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 	"github.com/membercenter/membercenter/storage/clickhouse/chbench"
 	"github.com/membercenter/membercenter/storage/postgres/pgbench"
-
-	"github.com/membercenter/membercenter/services/tags"
 )
 
 // freshResult is the freshness run of a scenario: each path's distribution
@@ -47,13 +46,15 @@ type freshEvent struct {
 // freshness publishes r.o.freshEvents POS purchases of distinct preloaded
 // shoppers (not the API scenarios' ones) open loop and times each to (a) its
 // PointsChanged on an unfiltered Subscribe stream (cause id = event id); (b)
-// GetProfile showing labels computed after the purchase: a connection
-// LISTENs on the tag engine's NOTIFY channel (sent at the commit of every
-// transaction that changes labels) and, on each notification or every
-// 20 ms, reads the feature-state version of the pending members, calling
-// GetProfile for those with a new version; (c) a new version of the member's
+// GetProfile showing labels computed after the purchase: every 5 ms a
+// connection reads the feature-state version of the pending members, and
+// GetProfile is called for those with a new version; (c) a new version of the member's
 // row in ClickHouse's member_profiles, polled every 10 ms. Before, in the
 // same run and at the same rate: a plain produce → consume round trip.
+// versionPoll is how often the freshness checkers read the pending
+// members' label versions.
+const versionPoll = 5 * time.Millisecond
+
 func (r *pipelineRun) freshness(ctx context.Context, floorTopic string) (freshResult, error) {
 	n, rate := r.o.freshEvents, r.o.freshRate
 	res := freshResult{n: n}
@@ -117,7 +118,7 @@ func (r *pipelineRun) freshness(ctx context.Context, floorTopic string) (freshRe
 	if m, err := stream.Recv(); err != nil || m.GetReady() == nil {
 		return res, fmt.Errorf("subscribe: %v", err)
 	}
-	lc, err := pgbench.Listen(ctx, r.url, tags.ExportChannel)
+	lc, err := pgbench.OpenVersionReader(ctx, r.url)
 	if err != nil {
 		return res, err
 	}
@@ -173,14 +174,8 @@ func (r *pipelineRun) freshness(ctx context.Context, floorTopic string) (freshRe
 			if int(published.Load()) == n && len(idx) == 0 || expired() {
 				return nil
 			}
-			wctx, cancel := context.WithTimeout(gctx, 20*time.Millisecond)
-			err := lc.Wait(wctx)
-			cancel()
-			if gctx.Err() != nil {
+			if !fault.Sleep(gctx, versionPoll) {
 				return nil
-			}
-			if lc.IsClosed() {
-				return fmt.Errorf("listen connection closed: %v", err)
 			}
 			if len(idx) == 0 {
 				continue

@@ -36,6 +36,7 @@ import (
 	"github.com/membercenter/membercenter/storage/clickhouse/chbench"
 	"github.com/membercenter/membercenter/storage/postgres/pgbench"
 
+	"github.com/membercenter/membercenter/pipeline/fault"
 	"github.com/membercenter/membercenter/pipeline/kafka"
 	"github.com/membercenter/membercenter/services/facts"
 	"github.com/membercenter/membercenter/services/platform"
@@ -85,8 +86,8 @@ is the one the server runs (the newest loaded, else the shipped one).
    the labels it will produce from the member's stored state (the engine's
    own functions); events are published open loop at --visibility-rate and
    timed from their intended send time until GetProfile shows the predicted
-   label value (checked when the tag engine's NOTIFY arrives and the member's
-   label version reached the new one) and until member_profiles FINAL in
+   label value (checked every 5 ms once the member's label version reached
+   the new one) and until member_profiles FINAL in
    ClickHouse holds the new version (polled). The floor is a plain Kafka
    produce → consume round trip at the same rate.
 3. GetProfile of random members of the run at --rate for --duration, open
@@ -880,10 +881,8 @@ func (b *tagsBench) visibilityPhase(ctx context.Context, client mcv1.ProfileServ
 
 // visibility publishes evs open loop at b.visRate and times each from its
 // intended send time until (a) GetProfile shows its label and (b)
-// member_profiles FINAL holds its version. (a): a connection LISTENs on the
-// tag engine's NOTIFY channel (sent in every transaction that changes
-// labels, delivered at commit); on each notification, or every 20 ms, one
-// query reads the label versions of the members still pending, and
+// member_profiles FINAL holds its version. (a): every 5 ms one query reads
+// the label versions of the members still pending, and
 // GetProfile is called for those whose version arrived; the event counts as
 // visible when the response returns with the predicted value. (b): one
 // query of member_profiles FINAL for the pending members every 5 ms.
@@ -901,7 +900,7 @@ func (b *tagsBench) visibility(ctx context.Context, client mcv1.ProfileServiceCl
 	missed := make([]bool, n)
 	var published atomic.Int64
 	quit := make(chan struct{})
-	lc, err := pgbench.Listen(ctx, b.benchURL, tags.ExportChannel)
+	lc, err := pgbench.OpenVersionReader(ctx, b.benchURL)
 	if err != nil {
 		return res, err
 	}
@@ -918,15 +917,8 @@ func (b *tagsBench) visibility(ctx context.Context, client mcv1.ProfileServiceCl
 				return
 			default:
 			}
-			wctx, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
-			err := lc.Wait(wctx)
-			cancel()
-			if err != nil && ctx.Err() != nil {
+			if !fault.Sleep(ctx, versionPoll) {
 				checkErr[0] = ctx.Err()
-				return
-			}
-			if lc.IsClosed() {
-				checkErr[0] = fmt.Errorf("listen connection closed: %v", err)
 				return
 			}
 			pub := int(published.Load())
@@ -1461,7 +1453,7 @@ func (b *tagsBench) report(r *tagsReport) {
 	// 2.
 	v := r.vis
 	fmt.Fprintf(w, "### Event → label visible\n\n")
-	fmt.Fprintf(w, "The platform runs in this process with stage `tags` (tag worker, sweeper, profile exporter) and service `profile` behind the production gRPC stack, on scratch topics, after the exporter and sweeper caught up with the direct measurements (%s). For each measured event a member of the run (each used once) and an event of the mix are chosen so that the event changes at least one label, by evaluating what the engine will compute from the member's stored state with the engine's own functions (fold, trim, features, the labels the event's kind can change); members due for a sweep within two minutes are skipped. Events are published to the member-events topic open loop at %d/s after %d unmeasured ones and timed from their intended send time. GetProfile: a connection LISTENs on the tag engine's NOTIFY channel (sent by every transaction that changes labels, delivered at its commit); on each notification (or every 20 ms) one query reads the label version of the members still pending, and for each whose new version is there `ProfileService.GetProfile` is called over gRPC; the time is taken when the response shows the predicted value. ClickHouse: one `%s` every 5 ms; the time is taken when the query returns with the new version. The floor is a plain franz-go produce → consume round trip on a scratch topic of the same broker at the same rate, in the same run.\n\n",
+	fmt.Fprintf(w, "The platform runs in this process with stage `tags` (tag worker, sweeper, profile exporter) and service `profile` behind the production gRPC stack, on scratch topics, after the exporter and sweeper caught up with the direct measurements (%s). For each measured event a member of the run (each used once) and an event of the mix are chosen so that the event changes at least one label, by evaluating what the engine will compute from the member's stored state with the engine's own functions (fold, trim, features, the labels the event's kind can change); members due for a sweep within two minutes are skipped. Events are published to the member-events topic open loop at %d/s after %d unmeasured ones and timed from their intended send time. GetProfile: every 5 ms one query reads the label version of the members still pending, and for each whose new version is there `ProfileService.GetProfile` is called over gRPC; the time is taken when the response shows the predicted value. ClickHouse: one `%s` every 5 ms; the time is taken when the query returns with the new version. The floor is a plain franz-go produce → consume round trip on a scratch topic of the same broker at the same rate, in the same run.\n\n",
 		r.drained.Round(time.Millisecond), b.visRate, v.warm, chbench.FinalVersionsSQL)
 	fmt.Fprintf(w, "| path | events | rate (ev/s) | p50 ms | p99 ms | max ms | p50 ÷ floor | p99 ÷ floor | not seen in 30 s |\n|---|---|---|---|---|---|---|---|---|\n")
 	fmt.Fprintf(w, "| floor: Kafka produce → consume (same broker, same run) | %d | %d | %s | %s | %s | 1.0× | 1.0× | 0 |\n", r.visFloor.N, b.visRate,
@@ -1481,7 +1473,7 @@ func (b *tagsBench) report(r *tagsReport) {
 	stage("· of which intended send → record buffered by the worker's Kafka client (its receive span starts)", v.received)
 	stage("· of which buffered → handed to the tag service (its process span starts)", v.handed)
 	stage("· of which handed → labels computed (processed mark, member lock, state load, fold, features, labels)", v.apply)
-	stage("labels computed → committed and seen (NOTIFY, then the version query)", v.committed)
+	stage("labels computed → committed and seen (the version query, every 5 ms)", v.committed)
 	stage("seen committed → `GetProfile` response with the label", v.rpc)
 	stage("seen committed → ClickHouse poll with the new version (profile exporter)", v.export)
 	fmt.Fprintln(w)

@@ -1,7 +1,9 @@
 // Package relay publishes the PostgreSQL outbox to member.changes.v1: each
 // change keyed by member id, in outbox order, so every member's changes
-// reach Kafka in sequence, and each exactly once. It wakes on LISTEN/NOTIFY
-// rather than polling.
+// reach Kafka in sequence, and each exactly once. An idle relay probes the
+// outbox every few milliseconds (postgres.OutboxPoll) rather than having
+// every writer NOTIFY it: PostgreSQL serialises the commits of notifying
+// transactions.
 //
 // # Exactly once
 //

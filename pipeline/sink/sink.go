@@ -44,10 +44,10 @@ func New(kcfg kafka.Config, tel kafka.Telemetry, facts Facts) (*Sink, error) {
 		Group:          kcfg.Group(Stage),
 		Topics:         []string{kcfg.Topics.MemberEvents, kcfg.Topics.MemberChanges},
 		DLQTopic:       kcfg.Topics.DLQ,
-		MaxPollRecords: 5000,
-		// A few large inserts a second rather than one per poll: every
-		// insert is a part ClickHouse must merge.
-		Linger: 500 * time.Millisecond,
+		MaxPollRecords: 50000,
+		// About one large insert a second (or 50,000 rows) rather than one
+		// per poll: every insert is a part ClickHouse must merge.
+		Linger: time.Second,
 	})
 	if err != nil {
 		return nil, err

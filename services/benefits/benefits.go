@@ -81,10 +81,6 @@ func (s *Service) Watch(ctx context.Context, interval time.Duration) error {
 
 var _ contract.Applier = (*Service)(nil)
 
-func (s *Service) opFromEvent(ev *mcv1.MemberEvent) (Op, bool, error) {
-	return OpFromEvent(s.program(), ev)
-}
-
 // OpFromEvent turns a member event into an engine operation; ok is false
 // for events the programme ignores (visits, browsing, shares).
 func OpFromEvent(p *Program, ev *mcv1.MemberEvent) (Op, bool, error) {

@@ -23,8 +23,8 @@ type Outbox struct {
 
 var _ contract.Outbox = Outbox{}
 
-// Lead waits for the relay advisory lock on a dedicated connection that also
-// listens for outbox inserts, then starts a new term of group. The lock
+// Lead waits for the relay advisory lock on a dedicated connection, which
+// also probes the outbox for new rows, then starts a new term of group. The lock
 // lives as long as the connection: it is released at once when the leader
 // process dies (its socket closes), and within about ten seconds when its
 // host or network does (the server probes the idle connection: TCP
@@ -32,7 +32,7 @@ var _ contract.Outbox = Outbox{}
 // over in seconds either way. The term, not the lock, keeps a leader that
 // lost its connection without noticing from writing anything.
 func (o Outbox) Lead(ctx context.Context, group, leader string) (contract.OutboxSession, error) {
-	l, err := postgres.Listen(ctx, o.Pool)
+	l, err := postgres.AcquireRelayConn(ctx, o.Pool)
 	if err != nil {
 		return nil, err
 	}
@@ -45,14 +45,14 @@ func (o Outbox) Lead(ctx context.Context, group, leader string) (contract.Outbox
 		l.Close()
 		return nil, err
 	}
-	return &session{pool: o.Pool, listen: l, group: group, term: term}, nil
+	return &session{pool: o.Pool, conn: l, group: group, term: term}, nil
 }
 
 type session struct {
-	pool   *pgxpool.Pool
-	listen *postgres.ListenOutbox
-	group  string
-	term   int64
+	pool  *pgxpool.Pool
+	conn  *postgres.RelayConn
+	group string
+	term  int64
 }
 
 func (s *session) Term() int64 { return s.term }
@@ -101,7 +101,7 @@ func toBatch(id uuid.UUID, rows []postgres.OutboxRow) *contract.OutboxBatch {
 }
 
 func (s *session) Wait(ctx context.Context, timeout time.Duration) error {
-	return s.listen.Wait(ctx, timeout)
+	return s.conn.WaitOutbox(ctx, timeout)
 }
 
-func (s *session) Close() { s.listen.Close() }
+func (s *session) Close() { s.conn.Close() }

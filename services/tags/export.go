@@ -100,38 +100,25 @@ func (e *Exporter) Export(ctx context.Context, batch int) (int, error) {
 	return len(out), nil
 }
 
-// Linger is how long the exporter lets label changes gather after the first
-// one wakes it: each export is one ClickHouse insert, which writes a part of
-// the wide profile table, so a few large inserts a second cost far less than
-// one per change.
-const Linger = 250 * time.Millisecond
+// Linger is how often the exporter looks for label changes to export (and
+// so how long they gather): each export is one ClickHouse insert, which
+// writes a part of the wide profile table, so about one insert a second
+// costs far less than one per change. Nothing notifies it: PostgreSQL
+// serialises the commits of notifying transactions.
+const Linger = time.Second
 
-// Run exports whenever labels change (NOTIFY), until ctx ends. Neither a
-// PostgreSQL nor a ClickHouse restart ends it: a failed export is retried
-// with backoff (at most 5 s apart), and a lost listen connection is opened
-// again, exporting once at once since a notification may have been lost
-// with it (and every second while it cannot listen).
+// ExportBatch is how many members one export takes at most.
+const ExportBatch = 50000
+
+// Run exports the members whose labels changed every Linger, until ctx
+// ends; a backlog is drained without waiting. Neither a PostgreSQL nor a
+// ClickHouse restart ends it: a failed export is retried with backoff (at
+// most 5 s apart).
 func (e *Exporter) Run(ctx context.Context) error {
 	log := e.svc.log
-	var l *postgres.ListenOutbox
-	defer func() {
-		if l != nil {
-			l.Close()
-		}
-	}()
 	var b fault.Backoff
 	for {
-		if l == nil {
-			var err error
-			if l, err = postgres.ListenChannel(ctx, e.svc.pool, ExportChannel); err != nil {
-				l = nil
-				if ctx.Err() != nil {
-					return nil
-				}
-				log.WarnContext(ctx, "listen for profile exports; polling meanwhile", "err", err, "class", fault.Classify(err).String())
-			}
-		}
-		n, err := e.Export(ctx, 5000)
+		n, err := e.Export(ctx, ExportBatch)
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -144,23 +131,8 @@ func (e *Exporter) Run(ctx context.Context) error {
 			continue
 		}
 		b.Reset()
-		if n == 5000 {
+		if n == ExportBatch {
 			continue // a backlog: drain it
-		}
-		if l == nil {
-			if !fault.Sleep(ctx, time.Second) {
-				return nil
-			}
-			continue
-		}
-		if err := l.Wait(ctx, time.Second); err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			log.WarnContext(ctx, "profile export notifications lost; listening again", "err", err, "class", fault.Classify(err).String())
-			l.Close()
-			l = nil
-			continue
 		}
 		if !fault.Sleep(ctx, Linger) {
 			return nil

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/membercenter/membercenter/storage/clickhouse"
 	"github.com/membercenter/membercenter/storage/clickhouse/chtest"
@@ -115,7 +116,19 @@ func TestProfileExporterRidesOutPostgresAndClickHouseRestarts(t *testing.T) {
 	}
 	waitFor(t, "first member exported", ended, exported(buy("e1")))
 
-	// PostgreSQL restarts: every session of the database is terminated.
+	// PostgreSQL restarts: every session of the database is terminated,
+	// among them idle connections of the pool the exporter draws from.
+	var held []*pgxpool.Conn
+	for range 3 {
+		c, err := f.pool.Acquire(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, c)
+	}
+	for _, c := range held {
+		c.Release()
+	}
 	if n, err := pgtest.TerminateBackends(ctx, f.pool); err != nil || n == 0 {
 		t.Fatalf("terminated %d sessions: %v", n, err)
 	}

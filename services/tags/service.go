@@ -340,9 +340,6 @@ func (s *Service) flush(ctx context.Context, tx pgx.Tx, ws []*memberWrite) error
 	return nil
 }
 
-// ExportChannel is the NOTIFY channel that wakes the profile exporter.
-const ExportChannel = postgres.ProfileExportChannel
-
 // Diff lists the labels whose value changed from prev to next, in id order;
 // labels that disappeared are cleared.
 func Diff(prev, next map[string]any, at time.Time) []*mcv1.LabelValue {

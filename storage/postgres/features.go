@@ -16,10 +16,6 @@ import (
 // profile_exports (members whose labels ClickHouse has yet to get) and
 // tag_backfills (a catalogue's backfill progress).
 
-// ProfileExportChannel is the NOTIFY channel that wakes the profile
-// exporter.
-const ProfileExportChannel = "mc_profile_exports"
-
 // MemberForUpdate locks a member's row for the rest of tx (every writer of a
 // member locks it first) and returns its attributes, the member it was
 // merged into (nil when active) and its last change sequence.
@@ -118,11 +114,10 @@ func QueueLabelMembership(b *pgx.Batch, member uuid.UUID, set, cleared []string,
 }
 
 // QueueProfileExport queues the member's labels of version for ClickHouse
-// and wakes the exporter when the transaction commits.
+// (the exporter polls the queue).
 func QueueProfileExport(b *pgx.Batch, member uuid.UUID, version int64) {
 	b.Queue(`INSERT INTO profile_exports (member_id, version) VALUES ($1, $2)
 		ON CONFLICT (member_id) DO UPDATE SET version = EXCLUDED.version, queued_at = now()`, member, version)
-	b.Queue(`SELECT pg_notify($1, '')`, ProfileExportChannel)
 }
 
 // FeaturesWrite is a member's features as the tag engine stores them.
@@ -425,14 +420,13 @@ func QueueLabelMembershipBatch(b *pgx.Batch, changes []LabelMembership, at time.
 }
 
 // QueueProfileExports queues members' labels of the given versions for
-// ClickHouse and wakes the exporter once, when the transaction commits.
+// ClickHouse (the exporter polls the queue).
 func QueueProfileExports(b *pgx.Batch, members []uuid.UUID, versions []int64) {
 	if len(members) == 0 {
 		return
 	}
 	b.Queue(`INSERT INTO profile_exports (member_id, version) SELECT * FROM unnest($1::uuid[], $2::bigint[])
 		ON CONFLICT (member_id) DO UPDATE SET version = EXCLUDED.version, queued_at = now()`, members, versions)
-	b.Queue(`SELECT pg_notify($1, '')`, ProfileExportChannel)
 }
 
 // QueueFeaturesBatch queues the upsert of members' features in one

@@ -12,9 +12,6 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
-// OutboxChannel is the LISTEN/NOTIFY channel an outbox insert signals.
-const OutboxChannel = "mc_outbox"
-
 // OutboxRow is one change waiting to be published to member.changes.v1.
 type OutboxRow struct {
 	OutboxID    int64
@@ -116,48 +113,57 @@ func MarkPublished(ctx context.Context, tx pgx.Tx, ids []int64) error {
 	return nil
 }
 
-// ListenOutbox holds a connection that is told of every outbox insert.
-type ListenOutbox struct {
+// RelayConn is the relay leader's connection of its own: it holds the
+// leadership lock, and probes the outbox for unpublished rows.
+type RelayConn struct {
 	conn *pgxpool.Conn
 }
 
-// Listen subscribes a dedicated pool connection to outbox notifications.
-func Listen(ctx context.Context, pool *pgxpool.Pool) (*ListenOutbox, error) {
-	return ListenChannel(ctx, pool, OutboxChannel)
-}
-
-// ListenChannel listens on another NOTIFY channel with the same semantics.
-func ListenChannel(ctx context.Context, pool *pgxpool.Pool, channel string) (*ListenOutbox, error) {
+// AcquireRelayConn takes a connection of the pool for the relay leader; it
+// never goes back to the pool.
+func AcquireRelayConn(ctx context.Context, pool *pgxpool.Pool) (*RelayConn, error) {
 	conn, err := pool.Acquire(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("acquire listen connection: %w", err)
+		return nil, fmt.Errorf("acquire relay connection: %w", err)
 	}
-	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{channel}.Sanitize()); err != nil {
-		conn.Release()
-		return nil, fmt.Errorf("listen %s: %w", channel, err)
-	}
-	return &ListenOutbox{conn: conn}, nil
+	return &RelayConn{conn: conn}, nil
 }
 
-// Wait blocks until an outbox insert is notified, ctx ends or timeout passes;
-// timing out is not an error (it bounds how long a missed wake-up can delay).
-func (l *ListenOutbox) Wait(ctx context.Context, timeout time.Duration) error {
-	wctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	_, err := l.conn.Conn().WaitForNotification(wctx)
-	if err != nil && ctx.Err() == nil && wctx.Err() != nil {
-		return nil
+// OutboxPoll is how often an idle relay probes the outbox for unpublished
+// rows: an index-only look at the partial index of unpublished rows, far
+// cheaper than the NOTIFY at every writer's commit it replaces (PostgreSQL
+// serialises the commits of notifying transactions).
+const OutboxPoll = 5 * time.Millisecond
+
+// WaitOutbox returns once unpublished rows no batch has claimed are
+// waiting, ctx ends or timeout passes (not an error: the caller claims
+// then, whatever the probe said).
+func (l *RelayConn) WaitOutbox(ctx context.Context, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		var waiting bool
+		if err := l.conn.QueryRow(ctx, `SELECT EXISTS (SELECT FROM outbox WHERE published_at IS NULL AND relay_batch IS NULL)`).
+			Scan(&waiting); err != nil {
+			return fmt.Errorf("probe outbox: %w", err)
+		}
+		if waiting || !time.Now().Before(deadline) {
+			return nil
+		}
+		t := time.NewTimer(min(OutboxPoll, time.Until(deadline)))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
 	}
-	return err
 }
 
-// Exec runs a statement on the listening connection (session-level advisory
-// locks taken here last as long as the listen does).
 // LeadRelay makes the connection hold the relay leadership lock (waiting
 // for it) and probe its socket so that the server releases the lock within
 // about ten seconds of losing the leader's host, not hours later: TCP
 // keepalives every second after three idle seconds, and a user timeout.
-func (l *ListenOutbox) LeadRelay(ctx context.Context, lockKey int64) error {
+func (l *RelayConn) LeadRelay(ctx context.Context, lockKey int64) error {
 	if _, err := l.conn.Exec(ctx, `SELECT set_config('tcp_keepalives_idle', '3', false), set_config('tcp_keepalives_interval', '1', false),
 		set_config('tcp_keepalives_count', '3', false), set_config('tcp_user_timeout', '10000', false)`); err != nil {
 		return fmt.Errorf("relay leadership connection: %w", err)
@@ -168,8 +174,8 @@ func (l *ListenOutbox) LeadRelay(ctx context.Context, lockKey int64) error {
 	return nil
 }
 
-// Close closes the connection; its LISTEN and session locks end with it.
-func (l *ListenOutbox) Close() {
-	// A connection that was listening must not go back to the pool.
+// Close closes the connection; its session locks end with it.
+func (l *RelayConn) Close() {
+	// A connection that held the leadership must not go back to the pool.
 	_ = l.conn.Hijack().Close(context.Background())
 }

@@ -121,17 +121,25 @@ func TestAccountNeverNegative(t *testing.T) {
 	}
 }
 
-func TestOutboxSequenceClaimAndNotify(t *testing.T) {
+func TestOutboxSequenceClaimAndWait(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	pool := pgtest.NewPool(t, nil)
 	member := newMember(t, pool)
 
-	l, err := postgres.Listen(ctx, pool)
+	l, err := postgres.AcquireRelayConn(ctx, pool)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer l.Close()
+	// Nothing waits: the wait lasts its whole timeout.
+	start := time.Now()
+	if err := l.WaitOutbox(ctx, 100*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	if waited := time.Since(start); waited < 100*time.Millisecond {
+		t.Fatalf("wait on an empty outbox returned after %v, before its timeout", waited)
+	}
 
 	for want := int64(1); want <= 2; want++ {
 		err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
@@ -148,9 +156,10 @@ func TestOutboxSequenceClaimAndNotify(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	// The notification is already queued on the listening connection.
-	if err := l.Wait(ctx, 10*time.Second); err != nil {
-		t.Fatalf("wait for notification: %v", err)
+	// Rows wait: the wait returns at once (the test's context would end
+	// long before its hour).
+	if err := l.WaitOutbox(ctx, time.Hour); err != nil {
+		t.Fatalf("wait for the outbox: %v", err)
 	}
 
 	tx, err := pool.Begin(ctx)

@@ -7,39 +7,26 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// Listener is a connection of its own that LISTENs on a NOTIFY channel, and
-// reads on the same connection what a notification announced.
-type Listener struct{ conn *pgx.Conn }
+// VersionReader is a connection of its own that reads members' label
+// versions, polled by the freshness checkers.
+type VersionReader struct{ conn *pgx.Conn }
 
-// Listen connects to url and listens on channel.
-func Listen(ctx context.Context, url, channel string) (*Listener, error) {
+// OpenVersionReader connects to url.
+func OpenVersionReader(ctx context.Context, url string) (*VersionReader, error) {
 	conn, err := pgx.Connect(ctx, url)
 	if err != nil {
 		return nil, err
 	}
-	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{channel}.Sanitize()); err != nil {
-		conn.Close(context.Background())
-		return nil, err
-	}
-	return &Listener{conn: conn}, nil
+	return &VersionReader{conn: conn}, nil
 }
 
-// Wait waits for the next notification, or until ctx ends.
-func (l *Listener) Wait(ctx context.Context) error {
-	_, err := l.conn.WaitForNotification(ctx)
-	return err
-}
-
-// IsClosed says whether the connection is gone.
-func (l *Listener) IsClosed() bool { return l.conn.IsClosed() }
-
-// FeatureVersions is FeatureVersions on the listening connection.
-func (l *Listener) FeatureVersions(ctx context.Context, members []uuid.UUID) (map[uuid.UUID]FeatureVersion, error) {
+// FeatureVersions is FeatureVersions on the reader's connection.
+func (l *VersionReader) FeatureVersions(ctx context.Context, members []uuid.UUID) (map[uuid.UUID]FeatureVersion, error) {
 	return FeatureVersions(ctx, l.conn, members)
 }
 
 // Close closes the connection.
-func (l *Listener) Close() { l.conn.Close(context.Background()) }
+func (l *VersionReader) Close() { l.conn.Close(context.Background()) }
 
 // Sessions reads pg_stat_activity of one database on a connection of its
 // own, leaving itself out.
