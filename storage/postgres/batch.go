@@ -37,12 +37,27 @@ type LockedMember struct {
 	ChangeSeq  int64
 }
 
-// LockMembersForUpdate locks the members' rows, in member id order (so two
-// batches never wait for each other in opposite orders), and returns them;
-// a member that does not exist is left out.
+// lockMemberRow is how a writer of a member locks the member's row for the
+// rest of its transaction (every writer does, first, so that a member's
+// writes and its change sequence are serialised). NO KEY UPDATE rather
+// than UPDATE: no writer changes a member's key, and FOR UPDATE would also
+// block every other transaction that inserts a row whose foreign key
+// names the member (ingest recording a resolution in ingested_events, for
+// one) until the writer commits, and deadlock with it when that
+// transaction already holds a member the writer locks next. Ingest's
+// transaction covers a partition's batch and the workers lock a batch's
+// members in id order, so the two deadlocked in ordinary runs (PostgreSQL
+// broke each cycle after deadlock_timeout, and the loser retried); and a
+// slow worker batch held ingest up. Writers still exclude each other: NO
+// KEY UPDATE conflicts with itself and with UPDATE.
+const lockMemberRow = ` FOR NO KEY UPDATE`
+
+// LockMembersForUpdate locks the members' rows (lockMemberRow), in member
+// id order (so two batches never wait for each other in opposite orders),
+// and returns them; a member that does not exist is left out.
 func LockMembersForUpdate(ctx context.Context, tx pgx.Tx, ids []uuid.UUID) (map[uuid.UUID]LockedMember, error) {
 	rows, err := tx.Query(ctx, `SELECT member_id, attributes, merged_into, change_seq FROM members
-		WHERE member_id = ANY($1) ORDER BY member_id FOR UPDATE`, ids)
+		WHERE member_id = ANY($1) ORDER BY member_id`+lockMemberRow, ids)
 	if err != nil {
 		return nil, fmt.Errorf("lock members: %w", err)
 	}

@@ -17,10 +17,10 @@ import (
 // tag_backfills (a catalogue's backfill progress).
 
 // MemberForUpdate locks a member's row for the rest of tx (every writer of a
-// member locks it first) and returns its attributes, the member it was
+// member locks it first: lockMemberRow) and returns its attributes, the member it was
 // merged into (nil when active) and its last change sequence.
 func MemberForUpdate(ctx context.Context, tx pgx.Tx, id uuid.UUID) (attrs map[string]string, mergedInto *uuid.UUID, changeSeq int64, err error) {
-	err = tx.QueryRow(ctx, `SELECT attributes, merged_into, change_seq FROM members WHERE member_id = $1 FOR UPDATE`, id).
+	err = tx.QueryRow(ctx, `SELECT attributes, merged_into, change_seq FROM members WHERE member_id = $1`+lockMemberRow, id).
 		Scan(&attrs, &mergedInto, &changeSeq)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, nil, 0, fmt.Errorf("member %s: %w", id, ErrNotFound)

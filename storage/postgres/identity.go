@@ -34,8 +34,8 @@ func LockIdentifiers(ctx context.Context, q Querier, keys []IdentifierKey) error
 	return nil
 }
 
-// LockMembers locks member rows for update, in id order (no deadlocks), and
-// returns them.
+// LockMembers locks member rows (lockMemberRow), in id order (no
+// deadlocks), and returns them.
 func LockMembers(ctx context.Context, q Querier, ids ...uuid.UUID) (map[uuid.UUID]MemberRow, error) {
 	sorted := append([]uuid.UUID(nil), ids...)
 	sort.Slice(sorted, func(i, j int) bool { return sorted[i].String() < sorted[j].String() })
@@ -44,7 +44,7 @@ func LockMembers(ctx context.Context, q Querier, ids ...uuid.UUID) (map[uuid.UUI
 		var m MemberRow
 		err := q.QueryRow(ctx, `
 			SELECT member_id, created_at, status, merged_into, change_seq, attributes, merge_count
-			  FROM members WHERE member_id = $1 FOR UPDATE`, id).
+			  FROM members WHERE member_id = $1`+lockMemberRow, id).
 			Scan(&m.MemberID, &m.CreatedAt, &m.Status, &m.MergedInto, &m.ChangeSeq, &m.Attributes, &m.MergeCount)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return nil, fmt.Errorf("member %s: %w", id, ErrNotFound)

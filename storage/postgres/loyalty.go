@@ -116,7 +116,7 @@ func LoadLoyalty(ctx context.Context, q Batcher, l LoyaltyLoad) (LoyaltyRows, er
 		merged_into IS NOT NULL
 		FROM members WHERE member_id = $1`
 	if l.Lock {
-		memberSQL += ` FOR UPDATE`
+		memberSQL += lockMemberRow
 	}
 	b.Queue(memberSQL, l.Member).Query(func(rows pgx.Rows) error {
 		for rows.Next() {

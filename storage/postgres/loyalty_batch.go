@@ -45,7 +45,7 @@ func LoadLoyaltyBatch(ctx context.Context, q Batcher, loads []LoyaltyLoad) (map[
 		merged_into IS NOT NULL
 		FROM members m WHERE member_id = ANY($1) ORDER BY member_id`
 	if lock {
-		memberSQL += ` FOR UPDATE`
+		memberSQL += lockMemberRow
 	}
 	b.Queue(memberSQL, members).Query(func(rows pgx.Rows) error {
 		for rows.Next() {

@@ -86,7 +86,7 @@ func ReadProfile(ctx context.Context, q Batcher, id uuid.UUID) (ProfileRow, erro
 // its attributes.
 func LockMemberAttributes(ctx context.Context, tx pgx.Tx, member uuid.UUID) (map[string]string, error) {
 	var attrs map[string]string
-	if err := tx.QueryRow(ctx, `SELECT attributes FROM members WHERE member_id = $1 FOR UPDATE`, member).Scan(&attrs); err != nil {
+	if err := tx.QueryRow(ctx, `SELECT attributes FROM members WHERE member_id = $1`+lockMemberRow, member).Scan(&attrs); err != nil {
 		return nil, fmt.Errorf("lock member: %w", err)
 	}
 	if attrs == nil {
