@@ -99,7 +99,7 @@ func BenchmarkTagEvent(b *testing.B) {
 				now := now0.Add(time.Second)
 				for i := range facts {
 					facts[i] = g.fact(now.Add(-time.Duration(i)*time.Second), kind.purchase)
-					facts[i].Origin = newFactGen(uint64(i%len(members)+1)).origins[0]
+					facts[i].Origin = newFactGen(uint64(i%len(members) + 1)).origins[0]
 				}
 				changed := 0
 				i := 0
