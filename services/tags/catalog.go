@@ -66,6 +66,8 @@ type Catalog struct {
 	segErr    error
 	// dirty[kind] are the labels an event of kind can change.
 	dirty map[string]map[string]bool
+	// eng evaluates labels by position (Refresh).
+	eng compiled
 }
 
 // Filter is a named condition over one purchase; it adds the features
@@ -286,7 +288,7 @@ func ParseCatalog(src []byte) (*Catalog, error) {
 			fail(entry, "expr gives %s, but the label is %s", ast.OutputType(), l.Type)
 			continue
 		}
-		if l.program, err = env.Program(ast); err != nil {
+		if l.program, err = env.Program(ast, cel.EvalOptions(cel.OptOptimize)); err != nil {
 			fail(entry, "expr: %v", err)
 			continue
 		}
@@ -313,6 +315,7 @@ func ParseCatalog(src []byte) (*Catalog, error) {
 	}
 	c.Labels = order
 	c.buildDirty()
+	c.compile(src)
 	for _, l := range c.Labels {
 		for i, ex := range l.Examples {
 			if err := c.checkExample(l, ex); err != nil {

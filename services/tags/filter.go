@@ -1,7 +1,6 @@
 package tags
 
 import (
-	"sort"
 	"time"
 )
 
@@ -77,17 +76,16 @@ func (p *Purchase) vars(loc *time.Location) map[string]any {
 	}
 	if p.ItemsKnown {
 		m["items"] = p.Quantity
-		cats := make([]string, 0, len(p.Categories))
-		for k := range p.Categories {
-			cats = append(cats, k)
-		}
-		sort.Strings(cats)
-		brands := make([]string, 0, len(p.Brands))
-		for k := range p.Brands {
-			brands = append(brands, k)
-		}
-		sort.Strings(brands)
-		m["categories"], m["brands"] = cats, brands
+		m["categories"], m["brands"] = p.Categories.keys(), p.Brands.keys()
 	}
 	return m
+}
+
+// keys lists the keys, in order.
+func (a Amounts) keys() []string {
+	out := make([]string, len(a))
+	for i, x := range a {
+		out[i] = x.Key
+	}
+	return out
 }

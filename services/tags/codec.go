@@ -1,0 +1,905 @@
+package tags
+
+import (
+	"cmp"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"slices"
+	"strings"
+	"sync"
+
+	"google.golang.org/protobuf/encoding/protowire"
+)
+
+// A stored feature state (member_features.state) is one version byte and
+// the state in that version's encoding:
+//
+//	0x01  the protobuf message membercenter.tagstate.v1.State
+//	      (proto/membercenter/tagstate/v1/state.proto), written and read
+//	      here without reflection, field by field
+//	'{'   JSON, as states were stored before (read only; written again
+//	      as 0x01)
+//
+// The protobuf form references the strings records share (origins,
+// channels, stores, kinds, categories, brands) by position in one list,
+// and keeps the snapshot Refresh needs to evaluate only what an event
+// changed.
+const stateV1 = 0x01
+
+// Fields of membercenter.tagstate.v1.State and its messages.
+const (
+	stStrings   = 1
+	stPurchases = 2
+	stActs      = 3
+	stLifetimes = 4
+	stSnapshot  = 5
+
+	puEvent           = 1
+	puOrder           = 2
+	puAt              = 3
+	puAmount          = 4
+	puDiscount        = 5
+	puPoints          = 6
+	puCoupons         = 7
+	puChannel         = 8
+	puStore           = 9
+	puOrigin          = 10
+	puItemsKnown      = 11
+	puQuantity        = 12
+	puCategoryKeys    = 13
+	puCategoryAmounts = 14
+	puBrandKeys       = 15
+	puBrandAmounts    = 16
+	puFilterVersion   = 17
+	puFilterMatched   = 18
+	puFilterUndecided = 19
+
+	acEvent  = 1
+	acAt     = 2
+	acKind   = 3
+	acOrder  = 4
+	acAmount = 5
+	acRating = 6
+	acOrigin = 7
+
+	lfOrigin        = 1
+	lfSpend         = 2
+	lfOrders        = 3
+	lfRefunded      = 4
+	lfFirstPurchase = 5
+	lfLastPurchase  = 6
+	lfFirstSeen     = 7
+	lfLastSeen      = 8
+	lfSignedUp      = 9
+
+	snCatalogue       = 1
+	snEngine          = 2
+	snAt              = 3
+	snWithheld        = 4
+	snLifetime        = 5
+	snBirthDate       = 6
+	snGender          = 7
+	snCity            = 8
+	snDevice          = 9
+	snWindows         = 10
+	snTotals          = 11
+	snChannelKeys     = 12
+	snChannelCounts   = 13
+	snCategoryKeys    = 14
+	snCategoryAmounts = 15
+	snBrandKeys       = 16
+	snBrandAmounts    = 17
+	snStoreKeys       = 18
+	snStoreAmounts    = 19
+	snFilters         = 20
+	snLabelValues     = 21
+	snLabelNumbers    = 22
+	snStale           = 23
+)
+
+// Snapshot.totals, in order.
+const (
+	tPrevNet = iota
+	tPrevOrders
+	tReviews
+	tRatings
+	tDays
+	tFirstDay
+	tLastDay
+	tFirstDayGross
+	tCatKnown
+	tBrandKnown
+	tStoreKnown
+	tNext
+	nTotals
+)
+
+// Snapshot.label_values: 0 absent, 1 present and zero (false, 0.0 or the
+// first enum value: the catalogue says which), 2 true, 3 the next of
+// label_numbers, 4+k the enum label's k-th value.
+const (
+	lvAbsent = iota
+	lvZero
+	lvTrue
+	lvNumber
+	lvEnum
+)
+
+// ErrBadState says a stored feature state does not decode.
+var ErrBadState = errors.New("feature state does not decode")
+
+type stateEncoder struct {
+	dict map[string]uint32
+	strs []string
+	body []byte
+}
+
+var encoders = sync.Pool{New: func() any { return &stateEncoder{dict: map[string]uint32{}} }}
+
+// ref is the position + 1 of s in the string list (0: empty).
+func (e *stateEncoder) ref(s string) uint64 {
+	if s == "" {
+		return 0
+	}
+	if i, ok := e.dict[s]; ok {
+		return uint64(i)
+	}
+	e.strs = append(e.strs, s)
+	i := uint32(len(e.strs))
+	e.dict[s] = i
+	return uint64(i)
+}
+
+// EncodeState encodes a feature state for storage: the version byte and
+// the protobuf form (see stateV1), with what its labels were computed from.
+func EncodeState(s *State) ([]byte, error) {
+	e := encoders.Get().(*stateEncoder)
+	defer func() {
+		clear(e.dict)
+		e.strs, e.body = e.strs[:0], e.body[:0]
+		encoders.Put(e)
+	}()
+	b := e.body
+	for _, p := range s.Purchases {
+		b = appendMsg(b, stPurchases, func(b []byte) []byte { return e.purchase(b, p) })
+	}
+	for i := range s.Acts {
+		a := &s.Acts[i]
+		b = appendMsg(b, stActs, func(b []byte) []byte {
+			b = appendString(b, acEvent, a.Event)
+			b = appendInt(b, acAt, a.At)
+			b = appendUint(b, acKind, e.ref(a.Kind))
+			b = appendString(b, acOrder, a.Order)
+			b = appendInt(b, acAmount, a.Amount)
+			b = appendInt(b, acRating, int64(a.Rating))
+			return appendUint(b, acOrigin, e.ref(a.Origin))
+		})
+	}
+	for _, o := range sortedKeys(s.Life) {
+		l := s.Life[o]
+		b = appendMsg(b, stLifetimes, func(b []byte) []byte { return e.lifetime(b, o, l) })
+	}
+	if sn := s.snap; sn != nil {
+		b = appendMsg(b, stSnapshot, func(b []byte) []byte { return e.snapshot(b, sn, s.stale || len(s.pending) > 0) })
+	}
+	e.body = b
+	n := 1 + len(b)
+	for _, x := range e.strs {
+		n += 2 + protowire.SizeBytes(len(x))
+	}
+	out := make([]byte, 0, n)
+	out = append(out, stateV1)
+	for _, x := range e.strs {
+		out = protowire.AppendTag(out, stStrings, protowire.BytesType)
+		out = protowire.AppendString(out, x)
+	}
+	return append(out, b...), nil
+}
+
+func (e *stateEncoder) purchase(b []byte, p *Purchase) []byte {
+	b = appendString(b, puEvent, p.Event)
+	b = appendString(b, puOrder, p.Order)
+	b = appendInt(b, puAt, p.At)
+	b = appendInt(b, puAmount, p.Amount)
+	b = appendInt(b, puDiscount, p.Discount)
+	b = appendInt(b, puPoints, p.Points)
+	b = appendInt(b, puCoupons, int64(p.Coupons))
+	b = appendUint(b, puChannel, e.ref(p.Channel))
+	b = appendUint(b, puStore, e.ref(p.Store))
+	b = appendUint(b, puOrigin, e.ref(p.Origin))
+	if p.ItemsKnown {
+		b = appendUint(b, puItemsKnown, 1)
+	}
+	b = appendInt(b, puQuantity, p.Quantity)
+	b = e.amounts(b, puCategoryKeys, puCategoryAmounts, p.Categories)
+	b = e.amounts(b, puBrandKeys, puBrandAmounts, p.Brands)
+	b = appendUint(b, puFilterVersion, e.ref(p.FV))
+	b = appendFixed(b, puFilterMatched, p.FM)
+	return appendFixed(b, puFilterUndecided, p.FU)
+}
+
+func (e *stateEncoder) amounts(b []byte, keys, amounts protowire.Number, a Amounts) []byte {
+	if len(a) == 0 {
+		return b
+	}
+	b = appendPacked(b, keys, len(a), func(b []byte, i int) []byte { return protowire.AppendVarint(b, e.ref(a[i].Key)) })
+	return appendPacked(b, amounts, len(a), func(b []byte, i int) []byte { return protowire.AppendVarint(b, uint64(a[i].Minor)) })
+}
+
+func (e *stateEncoder) lifetime(b []byte, origin string, l *Lifetime) []byte {
+	b = appendUint(b, lfOrigin, e.ref(origin))
+	b = appendInt(b, lfSpend, l.Spend)
+	b = appendInt(b, lfOrders, l.Orders)
+	b = appendInt(b, lfRefunded, l.Refunded)
+	b = appendInt(b, lfFirstPurchase, l.FirstPurchase)
+	b = appendInt(b, lfLastPurchase, l.LastPurchase)
+	b = appendInt(b, lfFirstSeen, l.FirstSeen)
+	b = appendInt(b, lfLastSeen, l.LastSeen)
+	if l.SignedUp {
+		b = appendUint(b, lfSignedUp, 1)
+	}
+	return b
+}
+
+func (e *stateEncoder) snapshot(b []byte, s *snapshot, stale bool) []byte {
+	b = protowire.AppendTag(b, snCatalogue, protowire.Fixed64Type)
+	b = protowire.AppendFixed64(b, s.catalogue)
+	b = appendUint(b, snEngine, uint64(s.engine))
+	b = appendInt(b, snAt, s.at)
+	if s.withheld {
+		b = appendUint(b, snWithheld, 1)
+	}
+	if s.life.any {
+		b = appendMsg(b, snLifetime, func(b []byte) []byte { return e.lifetime(b, "", &s.life.Lifetime) })
+	}
+	b = appendString(b, snBirthDate, s.demo.BirthDate)
+	b = appendString(b, snGender, s.demo.Gender)
+	b = appendString(b, snCity, s.demo.City)
+	b = appendInt(b, snDevice, s.device)
+	a := &s.agg
+	b = appendPacked(b, snWindows, nWindows*nCounters, func(b []byte, i int) []byte {
+		return protowire.AppendVarint(b, protowire.EncodeZigZag(a.win[i/nCounters][i%nCounters]))
+	})
+	totals := [nTotals]int64{tPrevNet: a.prevNet, tPrevOrders: a.prevOrders, tReviews: a.reviews, tRatings: a.ratings,
+		tDays: a.days, tFirstDay: a.firstDay, tLastDay: a.lastDay, tFirstDayGross: a.firstDayGross,
+		tCatKnown: a.catKnown, tBrandKnown: a.brandKnown, tStoreKnown: a.storeKnown, tNext: a.next}
+	b = appendPacked(b, snTotals, nTotals, func(b []byte, i int) []byte {
+		return protowire.AppendVarint(b, protowire.EncodeZigZag(totals[i]))
+	})
+	b = e.counts(b, snChannelKeys, snChannelCounts, a.channels)
+	b = e.counts(b, snCategoryKeys, snCategoryAmounts, a.categories)
+	b = e.counts(b, snBrandKeys, snBrandAmounts, a.brands)
+	b = e.counts(b, snStoreKeys, snStoreAmounts, a.stores)
+	b = appendPacked(b, snFilters, len(a.filters)*nFilterCounters, func(b []byte, i int) []byte {
+		return protowire.AppendVarint(b, protowire.EncodeZigZag(a.filters[i/nFilterCounters][i%nFilterCounters]))
+	})
+	numbers := 0
+	b = appendPacked(b, snLabelValues, len(s.labels), func(b []byte, i int) []byte {
+		v := s.labels[i]
+		switch {
+		case !v.ok:
+			return append(b, lvAbsent)
+		case v.f != 0 || math.Signbit(v.f):
+			numbers++
+			return append(b, lvNumber)
+		case v.b:
+			return append(b, lvTrue)
+		case v.e > 0:
+			return protowire.AppendVarint(b, lvEnum+uint64(v.e))
+		}
+		return append(b, lvZero)
+	})
+	if numbers > 0 {
+		b = protowire.AppendTag(b, snLabelNumbers, protowire.BytesType)
+		b = protowire.AppendVarint(b, uint64(8*numbers))
+		for _, v := range s.labels {
+			if v.ok && (v.f != 0 || math.Signbit(v.f)) {
+				b = protowire.AppendFixed64(b, math.Float64bits(v.f))
+			}
+		}
+	}
+	if stale {
+		b = appendUint(b, snStale, 1)
+	}
+	return b
+}
+
+func (e *stateEncoder) counts(b []byte, keys, counts protowire.Number, k keyCounts) []byte {
+	if len(k) == 0 {
+		return b
+	}
+	b = appendPacked(b, keys, len(k), func(b []byte, i int) []byte { return protowire.AppendVarint(b, e.ref(k[i].key)) })
+	return appendPacked(b, counts, len(k), func(b []byte, i int) []byte {
+		return protowire.AppendVarint(b, protowire.EncodeZigZag(k[i].n))
+	})
+}
+
+func appendUint(b []byte, num protowire.Number, v uint64) []byte {
+	if v == 0 {
+		return b
+	}
+	b = protowire.AppendTag(b, num, protowire.VarintType)
+	return protowire.AppendVarint(b, v)
+}
+
+func appendInt(b []byte, num protowire.Number, v int64) []byte { return appendUint(b, num, uint64(v)) }
+
+func appendString(b []byte, num protowire.Number, s string) []byte {
+	if s == "" {
+		return b
+	}
+	b = protowire.AppendTag(b, num, protowire.BytesType)
+	return protowire.AppendString(b, s)
+}
+
+func appendFixed(b []byte, num protowire.Number, v []uint64) []byte {
+	if len(v) == 0 {
+		return b
+	}
+	b = protowire.AppendTag(b, num, protowire.BytesType)
+	b = protowire.AppendVarint(b, uint64(8*len(v)))
+	for _, x := range v {
+		b = protowire.AppendFixed64(b, x)
+	}
+	return b
+}
+
+// appendPacked appends a packed repeated varint field of n elements.
+func appendPacked(b []byte, num protowire.Number, n int, elem func(b []byte, i int) []byte) []byte {
+	if n == 0 {
+		return b
+	}
+	return appendMsg(b, num, func(b []byte) []byte {
+		for i := range n {
+			b = elem(b, i)
+		}
+		return b
+	})
+}
+
+// appendMsg appends a length-delimited field whose content body appends,
+// moving the content when its length needs more than the one byte
+// reserved.
+func appendMsg(b []byte, num protowire.Number, body func(b []byte) []byte) []byte {
+	b = protowire.AppendTag(b, num, protowire.BytesType)
+	at := len(b)
+	b = append(b, 0)
+	b = body(b)
+	n := len(b) - at - 1
+	if n < 0x80 {
+		b[at] = byte(n)
+		return b
+	}
+	extra := protowire.SizeVarint(uint64(n)) - 1
+	b = append(b, make([]byte, extra)...)
+	copy(b[at+1+extra:], b[at+1:at+1+n])
+	protowire.AppendVarint(b[at:at], uint64(n))
+	return b
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	if len(m) == 1 {
+		for k := range m {
+			return []string{k}
+		}
+	}
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// DecodeState decodes a stored feature state: the protobuf form, or JSON
+// as stored before (then without a snapshot: its labels are all evaluated
+// once and compared with the stored ones). Empty is a new state.
+func DecodeState(b []byte) (*State, error) {
+	s := &State{}
+	if len(b) == 0 {
+		return s, nil
+	}
+	switch b[0] {
+	case stateV1:
+		if err := decodeV1(s, b[1:]); err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrBadState, err)
+		}
+		return s, nil
+	case '{', ' ', '\t', '\n', '\r':
+		if err := json.Unmarshal(b, s); err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrBadState, err)
+		}
+		return s, nil
+	}
+	return nil, fmt.Errorf("%w: unknown version byte %#x", ErrBadState, b[0])
+}
+
+// decoder reads the fields of one message in buf. Strings are taken from
+// str, a string copy of the whole encoding, at the same offsets, so they
+// share one allocation.
+type decoder struct {
+	buf []byte
+	off int // of buf in the whole encoding
+	*shared
+}
+
+// shared is what the decoders of one state share: the string copy, the
+// string list, the first error, scratch space and the slabs records take
+// their slices from.
+type shared struct {
+	str  string
+	strs []string
+	err  error
+
+	// Scratch, reused by every purchase: category and brand keys and
+	// amounts, matched and undecided filter words.
+	catKeys, brandKeys []string
+	catVals, brandVals []int64
+	fm, fu             []uint64
+	codes              []uint64 // label value codes
+	// Slabs the purchases' slices are cut from.
+	amountSlab Amounts
+	wordSlab   []uint64
+}
+
+func (s *shared) fail(err error) {
+	if s.err == nil {
+		s.err = err
+	}
+}
+
+// field is one field of a message: its number, wire type, value (varint
+// and fixed) or, for length-delimited fields, a decoder of its content.
+type field struct {
+	num protowire.Number
+	typ protowire.Type
+	v   uint64
+	sub decoder
+}
+
+// next reads the next field into f; false at the end or on an error.
+func (d *decoder) next(f *field) bool {
+	if len(d.buf) == 0 || d.err != nil {
+		return false
+	}
+	var num protowire.Number
+	var typ protowire.Type
+	n := 1
+	if t := d.buf[0]; t < 0x80 { // most tags are one byte
+		num, typ = protowire.Number(t>>3), protowire.Type(t&7)
+	} else if num, typ, n = protowire.ConsumeTag(d.buf); n < 0 {
+		d.fail(protowire.ParseError(n))
+		return false
+	}
+	d.advance(n)
+	f.num, f.typ, f.v = num, typ, 0
+	switch typ {
+	case protowire.VarintType:
+		if len(d.buf) > 0 && d.buf[0] < 0x80 {
+			f.v, n = uint64(d.buf[0]), 1
+			break
+		}
+		f.v, n = protowire.ConsumeVarint(d.buf)
+	case protowire.Fixed64Type:
+		f.v, n = protowire.ConsumeFixed64(d.buf)
+	case protowire.Fixed32Type:
+		var v uint32
+		v, n = protowire.ConsumeFixed32(d.buf)
+		f.v = uint64(v)
+	case protowire.BytesType:
+		var v []byte
+		v, n = protowire.ConsumeBytes(d.buf)
+		if n >= 0 {
+			f.sub = decoder{buf: v, off: d.off + n - len(v), shared: d.shared}
+		}
+	default:
+		n = protowire.ConsumeFieldValue(num, typ, d.buf)
+	}
+	if n < 0 {
+		d.fail(protowire.ParseError(n))
+		return false
+	}
+	d.advance(n)
+	return true
+}
+
+func (d *decoder) advance(n int) { d.buf, d.off = d.buf[n:], d.off+n }
+
+// string is a bytes field's content, from the string copy.
+func (f *field) string() string { return f.sub.str[f.sub.off : f.sub.off+len(f.sub.buf)] }
+
+// ref resolves a string reference.
+func (d *decoder) ref(v uint64) string {
+	if v == 0 {
+		return ""
+	}
+	if v > uint64(len(d.strs)) {
+		d.fail(fmt.Errorf("string %d of %d", v, len(d.strs)))
+		return ""
+	}
+	return d.strs[v-1]
+}
+
+// values iterates over the elements of a repeated scalar field, packed or
+// not: fixed for fixed64 and double, varints otherwise.
+type values struct {
+	b     []byte
+	one   bool
+	v     uint64
+	fixed bool
+	d     *decoder
+}
+
+func (d *decoder) values(f *field, fixed bool) values {
+	switch {
+	case f.typ == protowire.BytesType:
+		return values{b: f.sub.buf, fixed: fixed, d: d}
+	case fixed && f.typ == protowire.Fixed64Type, !fixed && f.typ == protowire.VarintType:
+		return values{one: true, v: f.v, d: d}
+	}
+	d.fail(fmt.Errorf("field %d: wire type %d", f.num, f.typ))
+	return values{}
+}
+
+func (it *values) next() bool {
+	if it.one {
+		it.one = false
+		return true
+	}
+	if len(it.b) == 0 {
+		return false
+	}
+	var n int
+	switch {
+	case it.fixed:
+		it.v, n = protowire.ConsumeFixed64(it.b)
+	case it.b[0] < 0x80:
+		it.v, n = uint64(it.b[0]), 1
+	default:
+		it.v, n = protowire.ConsumeVarint(it.b)
+	}
+	if n < 0 {
+		it.d.fail(protowire.ParseError(n))
+		return false
+	}
+	it.b = it.b[n:]
+	return true
+}
+
+func decodeV1(s *State, b []byte) error {
+	sh := &shared{str: string(b)}
+	top := decoder{buf: b, shared: sh}
+	// The strings first, wherever they are, and how many records.
+	var f field
+	np, na := 0, 0
+	scan := top
+	for scan.next(&f) {
+		switch f.num {
+		case stStrings:
+			sh.strs = append(sh.strs, f.string())
+		case stPurchases:
+			np++
+		case stActs:
+			na++
+		}
+	}
+	if sh.err != nil {
+		return sh.err
+	}
+	if np > 0 {
+		slab := make([]Purchase, np)
+		s.Purchases = make([]*Purchase, np)
+		for i := range slab {
+			s.Purchases[i] = &slab[i]
+		}
+		sh.amountSlab = make(Amounts, 0, 4*np)
+		sh.wordSlab = make([]uint64, 0, 2*np)
+	}
+	if na > 0 {
+		s.Acts = make([]Act, na)
+	}
+	pi, ai := 0, 0
+	for d := top; d.next(&f); {
+		switch f.num {
+		case stPurchases:
+			decodePurchase(&f.sub, s.Purchases[pi])
+			pi++
+		case stActs:
+			decodeAct(&f.sub, &s.Acts[ai])
+			ai++
+		case stLifetimes:
+			l := &Lifetime{}
+			origin := decodeLifetime(&f.sub, l)
+			if s.Life == nil {
+				s.Life = map[string]*Lifetime{}
+			}
+			s.Life[origin] = l
+		case stSnapshot:
+			s.snap = &snapshot{}
+			s.stale = decodeSnapshot(&f.sub, s.snap)
+		}
+	}
+	if sh.err != nil {
+		return sh.err
+	}
+	// Records are stored in time order; a state from elsewhere may not be.
+	if !slices.IsSortedFunc(s.Purchases, func(a, b *Purchase) int { return cmp.Compare(a.At, b.At) }) ||
+		!slices.IsSortedFunc(s.Acts, func(a, b Act) int { return cmp.Compare(a.At, b.At) }) {
+		s.sort()
+		s.stale = true
+	}
+	return nil
+}
+
+// amounts returns keys and amounts as Amounts cut from the slab.
+func (d *decoder) amounts(keys []string, vals []int64) Amounts {
+	if len(keys) != len(vals) {
+		d.fail(fmt.Errorf("%d keys, %d amounts", len(keys), len(vals)))
+		return nil
+	}
+	if len(keys) == 0 {
+		return nil
+	}
+	start := len(d.amountSlab)
+	for i, k := range keys {
+		d.amountSlab = append(d.amountSlab, Amount{Key: k, Minor: vals[i]})
+	}
+	out := d.amountSlab[start:len(d.amountSlab):len(d.amountSlab)]
+	if !slices.IsSortedFunc(out, func(a, b Amount) int { return strings.Compare(a.Key, b.Key) }) {
+		slices.SortFunc(out, func(a, b Amount) int { return strings.Compare(a.Key, b.Key) })
+	}
+	return out
+}
+
+// words returns filter words cut from the slab.
+func (d *decoder) words(w []uint64) filterBits {
+	if len(w) == 0 {
+		return nil
+	}
+	start := len(d.wordSlab)
+	d.wordSlab = append(d.wordSlab, w...)
+	return d.wordSlab[start:len(d.wordSlab):len(d.wordSlab)]
+}
+
+func decodePurchase(d *decoder, p *Purchase) {
+	var f field
+	d.catKeys, d.catVals, d.brandKeys, d.brandVals = d.catKeys[:0], d.catVals[:0], d.brandKeys[:0], d.brandVals[:0]
+	d.fm, d.fu = d.fm[:0], d.fu[:0]
+	for d.next(&f) {
+		switch f.num {
+		case puEvent:
+			p.Event = f.string()
+		case puOrder:
+			p.Order = f.string()
+		case puAt:
+			p.At = int64(f.v)
+		case puAmount:
+			p.Amount = int64(f.v)
+		case puDiscount:
+			p.Discount = int64(f.v)
+		case puPoints:
+			p.Points = int64(f.v)
+		case puCoupons:
+			p.Coupons = int(int64(f.v))
+		case puChannel:
+			p.Channel = d.ref(f.v)
+		case puStore:
+			p.Store = d.ref(f.v)
+		case puOrigin:
+			p.Origin = d.ref(f.v)
+		case puItemsKnown:
+			p.ItemsKnown = f.v != 0
+		case puQuantity:
+			p.Quantity = int64(f.v)
+		case puCategoryKeys:
+			for it := d.values(&f, false); it.next(); {
+				d.catKeys = append(d.catKeys, d.ref(it.v))
+			}
+		case puCategoryAmounts:
+			for it := d.values(&f, false); it.next(); {
+				d.catVals = append(d.catVals, int64(it.v))
+			}
+		case puBrandKeys:
+			for it := d.values(&f, false); it.next(); {
+				d.brandKeys = append(d.brandKeys, d.ref(it.v))
+			}
+		case puBrandAmounts:
+			for it := d.values(&f, false); it.next(); {
+				d.brandVals = append(d.brandVals, int64(it.v))
+			}
+		case puFilterVersion:
+			p.FV = d.ref(f.v)
+		case puFilterMatched:
+			for it := d.values(&f, true); it.next(); {
+				d.fm = append(d.fm, it.v)
+			}
+		case puFilterUndecided:
+			for it := d.values(&f, true); it.next(); {
+				d.fu = append(d.fu, it.v)
+			}
+		}
+	}
+	p.Categories = d.amounts(d.catKeys, d.catVals)
+	p.Brands = d.amounts(d.brandKeys, d.brandVals)
+	p.FM, p.FU = d.words(d.fm), d.words(d.fu)
+}
+
+func decodeAct(d *decoder, a *Act) {
+	var f field
+	for d.next(&f) {
+		switch f.num {
+		case acEvent:
+			a.Event = f.string()
+		case acAt:
+			a.At = int64(f.v)
+		case acKind:
+			a.Kind = d.ref(f.v)
+		case acOrder:
+			a.Order = f.string()
+		case acAmount:
+			a.Amount = int64(f.v)
+		case acRating:
+			a.Rating = int(int64(f.v))
+		case acOrigin:
+			a.Origin = d.ref(f.v)
+		}
+	}
+}
+
+func decodeLifetime(d *decoder, l *Lifetime) (origin string) {
+	var f field
+	for d.next(&f) {
+		switch f.num {
+		case lfOrigin:
+			origin = d.ref(f.v)
+		case lfSpend:
+			l.Spend = int64(f.v)
+		case lfOrders:
+			l.Orders = int64(f.v)
+		case lfRefunded:
+			l.Refunded = int64(f.v)
+		case lfFirstPurchase:
+			l.FirstPurchase = int64(f.v)
+		case lfLastPurchase:
+			l.LastPurchase = int64(f.v)
+		case lfFirstSeen:
+			l.FirstSeen = int64(f.v)
+		case lfLastSeen:
+			l.LastSeen = int64(f.v)
+		case lfSignedUp:
+			l.SignedUp = f.v != 0
+		}
+	}
+	return origin
+}
+
+// decodeSnapshot reads a snapshot and reports whether the state was
+// stored stale.
+func decodeSnapshot(d *decoder, s *snapshot) (stale bool) {
+	a := &s.agg
+	var f field
+	nw, nt, nf := 0, 0, 0
+	var totals [nTotals]int64
+	var filters []int64
+	var lists [4]struct {
+		keys []string
+		n    []int64
+	}
+	var numbers values
+	d.codes = d.codes[:0]
+	for d.next(&f) {
+		switch f.num {
+		case snCatalogue:
+			s.catalogue = f.v
+		case snEngine:
+			s.engine = uint32(f.v)
+		case snAt:
+			s.at = int64(f.v)
+		case snWithheld:
+			s.withheld = f.v != 0
+		case snLifetime:
+			decodeLifetime(&f.sub, &s.life.Lifetime)
+			s.life.any = true
+		case snBirthDate:
+			s.demo.BirthDate = f.string()
+		case snGender:
+			s.demo.Gender = f.string()
+		case snCity:
+			s.demo.City = f.string()
+		case snDevice:
+			s.device = int64(f.v)
+		case snWindows:
+			for it := d.values(&f, false); it.next(); nw++ {
+				if nw < nWindows*nCounters {
+					a.win[nw/nCounters][nw%nCounters] = protowire.DecodeZigZag(it.v)
+				}
+			}
+		case snTotals:
+			for it := d.values(&f, false); it.next(); nt++ {
+				if nt < nTotals {
+					totals[nt] = protowire.DecodeZigZag(it.v)
+				}
+			}
+		case snFilters:
+			for it := d.values(&f, false); it.next(); nf++ {
+				filters = append(filters, protowire.DecodeZigZag(it.v))
+			}
+		case snChannelKeys, snCategoryKeys, snBrandKeys, snStoreKeys:
+			l := &lists[(f.num-snChannelKeys)/2]
+			for it := d.values(&f, false); it.next(); {
+				l.keys = append(l.keys, d.ref(it.v))
+			}
+		case snChannelCounts, snCategoryAmounts, snBrandAmounts, snStoreAmounts:
+			l := &lists[(f.num-snChannelCounts)/2]
+			for it := d.values(&f, false); it.next(); {
+				l.n = append(l.n, protowire.DecodeZigZag(it.v))
+			}
+		case snLabelValues:
+			for it := d.values(&f, false); it.next(); {
+				d.codes = append(d.codes, it.v)
+			}
+		case snLabelNumbers:
+			numbers = d.values(&f, true)
+		case snStale:
+			stale = f.v != 0
+		}
+	}
+	// Label values by code, numbers taken in order.
+	s.labels = make([]lval, len(d.codes))
+	for i, code := range d.codes {
+		switch {
+		case code == lvAbsent:
+		case code == lvZero:
+			s.labels[i] = lval{ok: true}
+		case code == lvTrue:
+			s.labels[i] = lval{ok: true, b: true}
+		case code == lvNumber:
+			if !numbers.next() {
+				d.fail(errors.New("fewer label numbers than number labels"))
+				return stale
+			}
+			s.labels[i] = lval{ok: true, f: math.Float64frombits(numbers.v)}
+		case code-lvEnum <= math.MaxUint16:
+			s.labels[i] = lval{ok: true, e: uint16(code - lvEnum)}
+		default:
+			d.fail(fmt.Errorf("label value code %d", code))
+		}
+	}
+	a.next = math.MaxInt64
+	if nw != nWindows*nCounters || nt != nTotals || nf%nFilterCounters != 0 {
+		// Not aggregates this code wrote: keep the labels, never the sums.
+		s.engine = 0
+		return stale
+	}
+	a.prevNet, a.prevOrders, a.reviews, a.ratings = totals[tPrevNet], totals[tPrevOrders], totals[tReviews], totals[tRatings]
+	a.days, a.firstDay, a.lastDay, a.firstDayGross = totals[tDays], totals[tFirstDay], totals[tLastDay], totals[tFirstDayGross]
+	a.catKnown, a.brandKnown, a.storeKnown, a.next = totals[tCatKnown], totals[tBrandKnown], totals[tStoreKnown], totals[tNext]
+	a.filters = make([][nFilterCounters]int64, nf/nFilterCounters)
+	for i, v := range filters {
+		a.filters[i/nFilterCounters][i%nFilterCounters] = v
+	}
+	for i, dst := range []*keyCounts{&a.channels, &a.categories, &a.brands, &a.stores} {
+		*dst = zipCounts(d, lists[i].keys, lists[i].n)
+	}
+	return stale
+}
+
+func zipCounts(d *decoder, keys []string, n []int64) keyCounts {
+	if len(keys) != len(n) {
+		d.fail(fmt.Errorf("%d keys, %d counts", len(keys), len(n)))
+		return nil
+	}
+	if len(keys) == 0 {
+		return nil
+	}
+	out := make(keyCounts, len(keys))
+	for i := range keys {
+		out[i] = keyCount{key: keys[i], n: n[i]}
+	}
+	if !slices.IsSortedFunc(out, func(a, b keyCount) int { return strings.Compare(a.key, b.key) }) {
+		slices.SortFunc(out, func(a, b keyCount) int { return strings.Compare(a.key, b.key) })
+	}
+	return out
+}

@@ -1,0 +1,105 @@
+package tags
+
+import (
+	"testing"
+	"time"
+)
+
+// The parts of BenchmarkTagEvent, for profiling one at a time.
+
+func benchState(b *testing.B) (*Catalog, []byte, time.Time) {
+	c, err := ParseCatalog(DefaultCatalog())
+	if err != nil {
+		b.Fatal(err)
+	}
+	now := time.Date(2026, 3, 2, 2, 0, 0, 0, time.UTC)
+	return c, benchMembers(b, c, now, 45)[0].state, now
+}
+
+func BenchmarkDecodeState(b *testing.B) {
+	_, raw, _ := benchState(b)
+	b.SetBytes(int64(len(raw)))
+	for b.Loop() {
+		if _, err := DecodeState(raw); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkEncodeState(b *testing.B) {
+	_, raw, _ := benchState(b)
+	st, err := DecodeState(raw)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.SetBytes(int64(len(raw)))
+	for b.Loop() {
+		if _, err := EncodeState(st); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkEvalLabels evaluates every label once.
+func BenchmarkEvalLabels(b *testing.B) {
+	c, raw, now := benchState(b)
+	st, err := DecodeState(raw)
+	if err != nil {
+		b.Fatal(err)
+	}
+	f := make([]fval, len(c.eng.lay.ids))
+	var a aggregates
+	a.build(st, now.Unix(), sumFilters{filters: c.Filters, key: c.filterKey, loc: c.Location})
+	derive(f, &a, sumLife(st.Life), Demographics{BirthDate: "1980-02-03"}, 0, now.Unix(), c.Location)
+	labels := make([]lval, len(c.Labels))
+	act := &vecActivation{c: c, f: f, l: labels}
+	for b.Loop() {
+		for j, l := range c.Labels {
+			labels[j] = l.evalVal(act)
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/float64(len(c.Labels)), "ns/label")
+}
+
+// BenchmarkFilters evaluates every purchase filter on a new purchase.
+func BenchmarkFilters(b *testing.B) {
+	c, _, now := benchState(b)
+	g := newFactGen(5)
+	st := &State{}
+	for st.Purchases == nil {
+		st.Fold(g.fact(now, 1))
+	}
+	p := st.Purchases[0]
+	for b.Loop() {
+		p.FV = ""
+		p.match(0, c.Filters, c.filterKey, c.Location)
+	}
+}
+
+// BenchmarkBuildAggregates sums every record.
+func BenchmarkBuildAggregates(b *testing.B) {
+	c, raw, now := benchState(b)
+	st, err := DecodeState(raw)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var a aggregates
+	for b.Loop() {
+		a.build(st, now.Unix(), sumFilters{filters: c.Filters, key: c.filterKey, loc: c.Location})
+	}
+}
+
+// BenchmarkDerive derives the features from the aggregates.
+func BenchmarkDerive(b *testing.B) {
+	c, raw, now := benchState(b)
+	st, err := DecodeState(raw)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var a aggregates
+	a.build(st, now.Unix(), sumFilters{filters: c.Filters, key: c.filterKey, loc: c.Location})
+	f := make([]fval, len(c.eng.lay.ids))
+	for b.Loop() {
+		derive(f, &a, sumLife(st.Life), Demographics{BirthDate: "1980-02-03"}, 0, now.Unix(), c.Location)
+	}
+}
