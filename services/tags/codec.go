@@ -134,6 +134,34 @@ type stateEncoder struct {
 	dict map[string]uint32
 	strs []string
 	body []byte
+	// The last string referenced by each kind of field: most references
+	// repeat it (one origin, a few channels), and comparing a string with
+	// itself is cheaper than a map lookup.
+	last [nRefKinds]struct {
+		s string
+		i uint64
+	}
+}
+
+// Kinds of string reference, for stateEncoder.last.
+const (
+	refOrigin = iota
+	refChannel
+	refStore
+	refKind
+	refKey
+	refFilters
+	nRefKinds
+)
+
+// refAs is ref through the last string of a kind.
+func (e *stateEncoder) refAs(kind int, s string) uint64 {
+	l := &e.last[kind]
+	if s == l.s && s != "" {
+		return l.i
+	}
+	l.s, l.i = s, e.ref(s)
+	return l.i
 }
 
 var encoders = sync.Pool{New: func() any { return &stateEncoder{dict: map[string]uint32{}} }}
@@ -158,7 +186,11 @@ func EncodeState(s *State) ([]byte, error) {
 	e := encoders.Get().(*stateEncoder)
 	defer func() {
 		clear(e.dict)
-		e.strs, e.body = e.strs[:0], e.body[:0]
+		clear(e.strs)
+		e.strs, e.body, e.last = e.strs[:0], e.body[:0], [nRefKinds]struct {
+			s string
+			i uint64
+		}{}
 		encoders.Put(e)
 	}()
 	b := e.body
@@ -170,11 +202,11 @@ func EncodeState(s *State) ([]byte, error) {
 		b = appendMsg(b, stActs, func(b []byte) []byte {
 			b = appendString(b, acEvent, a.Event)
 			b = appendInt(b, acAt, a.At)
-			b = appendUint(b, acKind, e.ref(a.Kind))
+			b = appendUint(b, acKind, e.refAs(refKind, a.Kind))
 			b = appendString(b, acOrder, a.Order)
 			b = appendInt(b, acAmount, a.Amount)
 			b = appendInt(b, acRating, int64(a.Rating))
-			return appendUint(b, acOrigin, e.ref(a.Origin))
+			return appendUint(b, acOrigin, e.refAs(refOrigin, a.Origin))
 		})
 	}
 	for _, o := range sortedKeys(s.Life) {
@@ -206,16 +238,16 @@ func (e *stateEncoder) purchase(b []byte, p *Purchase) []byte {
 	b = appendInt(b, puDiscount, p.Discount)
 	b = appendInt(b, puPoints, p.Points)
 	b = appendInt(b, puCoupons, int64(p.Coupons))
-	b = appendUint(b, puChannel, e.ref(p.Channel))
-	b = appendUint(b, puStore, e.ref(p.Store))
-	b = appendUint(b, puOrigin, e.ref(p.Origin))
+	b = appendUint(b, puChannel, e.refAs(refChannel, p.Channel))
+	b = appendUint(b, puStore, e.refAs(refStore, p.Store))
+	b = appendUint(b, puOrigin, e.refAs(refOrigin, p.Origin))
 	if p.ItemsKnown {
 		b = appendUint(b, puItemsKnown, 1)
 	}
 	b = appendInt(b, puQuantity, p.Quantity)
 	b = e.amounts(b, puCategoryKeys, puCategoryAmounts, p.Categories)
 	b = e.amounts(b, puBrandKeys, puBrandAmounts, p.Brands)
-	b = appendUint(b, puFilterVersion, e.ref(p.FV))
+	b = appendUint(b, puFilterVersion, e.refAs(refFilters, p.FV))
 	b = appendFixed(b, puFilterMatched, p.FM)
 	return appendFixed(b, puFilterUndecided, p.FU)
 }
@@ -224,7 +256,7 @@ func (e *stateEncoder) amounts(b []byte, keys, amounts protowire.Number, a Amoun
 	if len(a) == 0 {
 		return b
 	}
-	b = appendPacked(b, keys, len(a), func(b []byte, i int) []byte { return protowire.AppendVarint(b, e.ref(a[i].Key)) })
+	b = appendPacked(b, keys, len(a), func(b []byte, i int) []byte { return protowire.AppendVarint(b, e.refAs(refKey, a[i].Key)) })
 	return appendPacked(b, amounts, len(a), func(b []byte, i int) []byte { return protowire.AppendVarint(b, uint64(a[i].Minor)) })
 }
 
@@ -429,7 +461,7 @@ type decoder struct {
 // string list, the first error, scratch space and the slabs records take
 // their slices from.
 type shared struct {
-	str  string
+	whole string
 	strs []string
 	err  error
 
@@ -507,8 +539,31 @@ func (d *decoder) next(f *field) bool {
 
 func (d *decoder) advance(n int) { d.buf, d.off = d.buf[n:], d.off+n }
 
-// string is a bytes field's content, from the string copy.
-func (f *field) string() string { return f.sub.str[f.sub.off : f.sub.off+len(f.sub.buf)] }
+// str is a string field's content, from the string copy.
+func (d *decoder) str(f *field) string {
+	if f.typ != protowire.BytesType {
+		d.fail(fmt.Errorf("field %d: wire type %d, want bytes", f.num, f.typ))
+		return ""
+	}
+	return f.sub.whole[f.sub.off : f.sub.off+len(f.sub.buf)]
+}
+
+// u is a varint field's value.
+func (d *decoder) u(f *field) uint64 {
+	if f.typ != protowire.VarintType {
+		d.fail(fmt.Errorf("field %d: wire type %d, want varint", f.num, f.typ))
+	}
+	return f.v
+}
+
+// msg is a message field's content.
+func (d *decoder) msg(f *field) *decoder {
+	if f.typ != protowire.BytesType {
+		d.fail(fmt.Errorf("field %d: wire type %d, want bytes", f.num, f.typ))
+		return &decoder{shared: d.shared}
+	}
+	return &f.sub
+}
 
 // ref resolves a string reference.
 func (d *decoder) ref(v uint64) string {
@@ -568,8 +623,19 @@ func (it *values) next() bool {
 	return true
 }
 
+var decoders = sync.Pool{New: func() any { return &shared{} }}
+
 func decodeV1(s *State, b []byte) error {
-	sh := &shared{str: string(b)}
+	sh := decoders.Get().(*shared)
+	sh.whole = string(b)
+	defer func() {
+		clear(sh.strs)
+		clear(sh.catKeys)
+		clear(sh.brandKeys)
+		*sh = shared{strs: sh.strs[:0], catKeys: sh.catKeys[:0], brandKeys: sh.brandKeys[:0], catVals: sh.catVals[:0],
+			brandVals: sh.brandVals[:0], fm: sh.fm[:0], fu: sh.fu[:0], codes: sh.codes[:0]}
+		decoders.Put(sh)
+	}()
 	top := decoder{buf: b, shared: sh}
 	// The strings first, wherever they are, and how many records.
 	var f field
@@ -578,7 +644,7 @@ func decodeV1(s *State, b []byte) error {
 	for scan.next(&f) {
 		switch f.num {
 		case stStrings:
-			sh.strs = append(sh.strs, f.string())
+			sh.strs = append(sh.strs, scan.str(&f))
 		case stPurchases:
 			np++
 		case stActs:
@@ -604,21 +670,21 @@ func decodeV1(s *State, b []byte) error {
 	for d := top; d.next(&f); {
 		switch f.num {
 		case stPurchases:
-			decodePurchase(&f.sub, s.Purchases[pi])
+			decodePurchase(d.msg(&f), s.Purchases[pi])
 			pi++
 		case stActs:
-			decodeAct(&f.sub, &s.Acts[ai])
+			decodeAct(d.msg(&f), &s.Acts[ai])
 			ai++
 		case stLifetimes:
 			l := &Lifetime{}
-			origin := decodeLifetime(&f.sub, l)
+			origin := decodeLifetime(d.msg(&f), l)
 			if s.Life == nil {
 				s.Life = map[string]*Lifetime{}
 			}
 			s.Life[origin] = l
 		case stSnapshot:
 			s.snap = &snapshot{}
-			s.stale = decodeSnapshot(&f.sub, s.snap)
+			s.stale = decodeSnapshot(d.msg(&f), s.snap)
 		}
 	}
 	if sh.err != nil {
@@ -670,29 +736,29 @@ func decodePurchase(d *decoder, p *Purchase) {
 	for d.next(&f) {
 		switch f.num {
 		case puEvent:
-			p.Event = f.string()
+			p.Event = d.str(&f)
 		case puOrder:
-			p.Order = f.string()
+			p.Order = d.str(&f)
 		case puAt:
-			p.At = int64(f.v)
+			p.At = int64(d.u(&f))
 		case puAmount:
-			p.Amount = int64(f.v)
+			p.Amount = int64(d.u(&f))
 		case puDiscount:
-			p.Discount = int64(f.v)
+			p.Discount = int64(d.u(&f))
 		case puPoints:
-			p.Points = int64(f.v)
+			p.Points = int64(d.u(&f))
 		case puCoupons:
-			p.Coupons = int(int64(f.v))
+			p.Coupons = int(int64(d.u(&f)))
 		case puChannel:
-			p.Channel = d.ref(f.v)
+			p.Channel = d.ref(d.u(&f))
 		case puStore:
-			p.Store = d.ref(f.v)
+			p.Store = d.ref(d.u(&f))
 		case puOrigin:
-			p.Origin = d.ref(f.v)
+			p.Origin = d.ref(d.u(&f))
 		case puItemsKnown:
-			p.ItemsKnown = f.v != 0
+			p.ItemsKnown = d.u(&f) != 0
 		case puQuantity:
-			p.Quantity = int64(f.v)
+			p.Quantity = int64(d.u(&f))
 		case puCategoryKeys:
 			for it := d.values(&f, false); it.next(); {
 				d.catKeys = append(d.catKeys, d.ref(it.v))
@@ -710,7 +776,7 @@ func decodePurchase(d *decoder, p *Purchase) {
 				d.brandVals = append(d.brandVals, int64(it.v))
 			}
 		case puFilterVersion:
-			p.FV = d.ref(f.v)
+			p.FV = d.ref(d.u(&f))
 		case puFilterMatched:
 			for it := d.values(&f, true); it.next(); {
 				d.fm = append(d.fm, it.v)
@@ -731,19 +797,19 @@ func decodeAct(d *decoder, a *Act) {
 	for d.next(&f) {
 		switch f.num {
 		case acEvent:
-			a.Event = f.string()
+			a.Event = d.str(&f)
 		case acAt:
-			a.At = int64(f.v)
+			a.At = int64(d.u(&f))
 		case acKind:
-			a.Kind = d.ref(f.v)
+			a.Kind = d.ref(d.u(&f))
 		case acOrder:
-			a.Order = f.string()
+			a.Order = d.str(&f)
 		case acAmount:
-			a.Amount = int64(f.v)
+			a.Amount = int64(d.u(&f))
 		case acRating:
-			a.Rating = int(int64(f.v))
+			a.Rating = int(int64(d.u(&f)))
 		case acOrigin:
-			a.Origin = d.ref(f.v)
+			a.Origin = d.ref(d.u(&f))
 		}
 	}
 }
@@ -753,23 +819,23 @@ func decodeLifetime(d *decoder, l *Lifetime) (origin string) {
 	for d.next(&f) {
 		switch f.num {
 		case lfOrigin:
-			origin = d.ref(f.v)
+			origin = d.ref(d.u(&f))
 		case lfSpend:
-			l.Spend = int64(f.v)
+			l.Spend = int64(d.u(&f))
 		case lfOrders:
-			l.Orders = int64(f.v)
+			l.Orders = int64(d.u(&f))
 		case lfRefunded:
-			l.Refunded = int64(f.v)
+			l.Refunded = int64(d.u(&f))
 		case lfFirstPurchase:
-			l.FirstPurchase = int64(f.v)
+			l.FirstPurchase = int64(d.u(&f))
 		case lfLastPurchase:
-			l.LastPurchase = int64(f.v)
+			l.LastPurchase = int64(d.u(&f))
 		case lfFirstSeen:
-			l.FirstSeen = int64(f.v)
+			l.FirstSeen = int64(d.u(&f))
 		case lfLastSeen:
-			l.LastSeen = int64(f.v)
+			l.LastSeen = int64(d.u(&f))
 		case lfSignedUp:
-			l.SignedUp = f.v != 0
+			l.SignedUp = d.u(&f) != 0
 		}
 	}
 	return origin
@@ -792,24 +858,27 @@ func decodeSnapshot(d *decoder, s *snapshot) (stale bool) {
 	for d.next(&f) {
 		switch f.num {
 		case snCatalogue:
+			if f.typ != protowire.Fixed64Type {
+				d.fail(fmt.Errorf("field %d: wire type %d, want fixed64", f.num, f.typ))
+			}
 			s.catalogue = f.v
 		case snEngine:
-			s.engine = uint32(f.v)
+			s.engine = uint32(d.u(&f))
 		case snAt:
-			s.at = int64(f.v)
+			s.at = int64(d.u(&f))
 		case snWithheld:
-			s.withheld = f.v != 0
+			s.withheld = d.u(&f) != 0
 		case snLifetime:
-			decodeLifetime(&f.sub, &s.life.Lifetime)
+			decodeLifetime(d.msg(&f), &s.life.Lifetime)
 			s.life.any = true
 		case snBirthDate:
-			s.demo.BirthDate = f.string()
+			s.demo.BirthDate = d.str(&f)
 		case snGender:
-			s.demo.Gender = f.string()
+			s.demo.Gender = d.str(&f)
 		case snCity:
-			s.demo.City = f.string()
+			s.demo.City = d.str(&f)
 		case snDevice:
-			s.device = int64(f.v)
+			s.device = int64(d.u(&f))
 		case snWindows:
 			for it := d.values(&f, false); it.next(); nw++ {
 				if nw < nWindows*nCounters {
@@ -843,7 +912,7 @@ func decodeSnapshot(d *decoder, s *snapshot) (stale bool) {
 		case snLabelNumbers:
 			numbers = d.values(&f, true)
 		case snStale:
-			stale = f.v != 0
+			stale = d.u(&f) != 0
 		}
 	}
 	// Label values by code, numbers taken in order.

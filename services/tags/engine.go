@@ -447,25 +447,28 @@ func (r *Refreshed) EncodeLabels() []byte {
 // column) into labels by id, as Evaluate gives them.
 func LabelsFromPB(b []byte) (map[string]any, error) {
 	out := map[string]any{}
-	d := decoder{buf: b, shared: &shared{str: string(b)}}
+	d := decoder{buf: b, shared: &shared{whole: string(b)}}
 	var f field
 	for d.next(&f) {
-		if f.num != 1 || f.typ != protowire.BytesType {
+		if f.num != 1 {
 			continue
 		}
 		var id string
 		var v any
 		var g field
-		sub := f.sub
+		sub := d.msg(&f)
 		for sub.next(&g) {
 			switch g.num {
 			case 1:
-				id = g.string()
+				id = sub.str(&g)
 			case 2:
-				v = g.v != 0
+				v = sub.u(&g) != 0
 			case 3:
-				v = g.string()
+				v = sub.str(&g)
 			case 4:
+				if g.typ != protowire.Fixed64Type {
+					sub.fail(fmt.Errorf("number_value: wire type %d", g.typ))
+				}
 				v = math.Float64frombits(g.v)
 			}
 		}
