@@ -462,8 +462,8 @@ type decoder struct {
 // their slices from.
 type shared struct {
 	whole string
-	strs []string
-	err  error
+	strs  []string
+	err   error
 
 	// Scratch, reused by every purchase: category and brand keys and
 	// amounts, matched and undecided filter words.
