@@ -96,6 +96,10 @@ type Label struct {
 	Examples    []Example `yaml:"examples"`
 
 	program cel.Program
+	ast     *cel.Ast
+	// compiled is the expression as a Go closure (expr.go); nil when it
+	// uses what compileExpr does not know, and program runs.
+	compiled cexpr
 	// Inputs: features and labels the expression reads.
 	Inputs []string `yaml:"-"`
 }
@@ -288,10 +292,11 @@ func ParseCatalog(src []byte) (*Catalog, error) {
 			fail(entry, "expr gives %s, but the label is %s", ast.OutputType(), l.Type)
 			continue
 		}
-		if l.program, err = env.Program(ast, cel.EvalOptions(cel.OptOptimize)); err != nil {
+		if l.program, err = env.Program(ast); err != nil {
 			fail(entry, "expr: %v", err)
 			continue
 		}
+		l.ast = ast
 		refs := map[string]bool{}
 		for _, r := range ast.NativeRep().ReferenceMap() {
 			if r.Name != "" {

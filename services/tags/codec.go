@@ -2,6 +2,7 @@ package tags
 
 import (
 	"cmp"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -467,10 +468,11 @@ type shared struct {
 
 	// Scratch, reused by every purchase: category and brand keys and
 	// amounts, matched and undecided filter words.
-	catKeys, brandKeys []string
-	catVals, brandVals []int64
+	catKeys, brandKeys []uint64
+	catVals, brandVals []uint64
 	fm, fu             []uint64
-	codes              []uint64 // label value codes
+	// Scratch for the snapshot's lists.
+	lists [snLabelNumbers + 1][]uint64
 	// Slabs the purchases' slices are cut from.
 	amountSlab Amounts
 	wordSlab   []uint64
@@ -483,61 +485,70 @@ func (s *shared) fail(err error) {
 }
 
 // field is one field of a message: its number, wire type, value (varint
-// and fixed) or, for length-delimited fields, a decoder of its content.
+// and fixed) or, for length-delimited fields, its content and where that
+// starts in the whole encoding.
 type field struct {
 	num protowire.Number
 	typ protowire.Type
 	v   uint64
-	sub decoder
+	b   []byte
+	off int
 }
 
 // next reads the next field into f; false at the end or on an error.
 func (d *decoder) next(f *field) bool {
-	if len(d.buf) == 0 || d.err != nil {
+	buf := d.buf
+	if len(buf) == 0 || d.err != nil {
 		return false
 	}
-	var num protowire.Number
-	var typ protowire.Type
 	n := 1
-	if t := d.buf[0]; t < 0x80 { // most tags are one byte
-		num, typ = protowire.Number(t>>3), protowire.Type(t&7)
-	} else if num, typ, n = protowire.ConsumeTag(d.buf); n < 0 {
+	if t := buf[0]; t < 0x80 { // most tags are one byte
+		f.num, f.typ = protowire.Number(t>>3), protowire.Type(t&7)
+	} else if f.num, f.typ, n = protowire.ConsumeTag(buf); n < 0 {
 		d.fail(protowire.ParseError(n))
 		return false
 	}
-	d.advance(n)
-	f.num, f.typ, f.v = num, typ, 0
-	switch typ {
+	buf = buf[n:]
+	switch f.typ {
 	case protowire.VarintType:
-		if len(d.buf) > 0 && d.buf[0] < 0x80 {
-			f.v, n = uint64(d.buf[0]), 1
-			break
+		if len(buf) > 0 && buf[0] < 0x80 {
+			f.v, n = uint64(buf[0]), 1
+		} else {
+			f.v, n = protowire.ConsumeVarint(buf)
 		}
-		f.v, n = protowire.ConsumeVarint(d.buf)
+	case protowire.BytesType:
+		var l uint64
+		if len(buf) > 0 && buf[0] < 0x80 {
+			l, n = uint64(buf[0]), 1
+		} else {
+			l, n = protowire.ConsumeVarint(buf)
+		}
+		if n >= 0 {
+			if l > uint64(len(buf)-n) {
+				n = -1 // protowire: unexpected EOF
+				break
+			}
+			f.b, f.off = buf[n:n+int(l)], d.off+len(d.buf)-len(buf)+n
+			n += int(l)
+		}
 	case protowire.Fixed64Type:
-		f.v, n = protowire.ConsumeFixed64(d.buf)
+		f.v, n = protowire.ConsumeFixed64(buf)
 	case protowire.Fixed32Type:
 		var v uint32
-		v, n = protowire.ConsumeFixed32(d.buf)
+		v, n = protowire.ConsumeFixed32(buf)
 		f.v = uint64(v)
-	case protowire.BytesType:
-		var v []byte
-		v, n = protowire.ConsumeBytes(d.buf)
-		if n >= 0 {
-			f.sub = decoder{buf: v, off: d.off + n - len(v), shared: d.shared}
-		}
 	default:
-		n = protowire.ConsumeFieldValue(num, typ, d.buf)
+		n = protowire.ConsumeFieldValue(f.num, f.typ, buf)
 	}
 	if n < 0 {
 		d.fail(protowire.ParseError(n))
 		return false
 	}
-	d.advance(n)
+	buf = buf[n:]
+	d.off += len(d.buf) - len(buf)
+	d.buf = buf
 	return true
 }
-
-func (d *decoder) advance(n int) { d.buf, d.off = d.buf[n:], d.off+n }
 
 // str is a string field's content, from the string copy.
 func (d *decoder) str(f *field) string {
@@ -545,7 +556,7 @@ func (d *decoder) str(f *field) string {
 		d.fail(fmt.Errorf("field %d: wire type %d, want bytes", f.num, f.typ))
 		return ""
 	}
-	return f.sub.whole[f.sub.off : f.sub.off+len(f.sub.buf)]
+	return d.whole[f.off : f.off+len(f.b)]
 }
 
 // u is a varint field's value.
@@ -556,13 +567,13 @@ func (d *decoder) u(f *field) uint64 {
 	return f.v
 }
 
-// msg is a message field's content.
-func (d *decoder) msg(f *field) *decoder {
+// msg is a decoder of a message field's content.
+func (d *decoder) msg(f *field) decoder {
 	if f.typ != protowire.BytesType {
 		d.fail(fmt.Errorf("field %d: wire type %d, want bytes", f.num, f.typ))
-		return &decoder{shared: d.shared}
+		return decoder{shared: d.shared}
 	}
-	return &f.sub
+	return decoder{buf: f.b, off: f.off, shared: d.shared}
 }
 
 // ref resolves a string reference.
@@ -577,50 +588,55 @@ func (d *decoder) ref(v uint64) string {
 	return d.strs[v-1]
 }
 
-// values iterates over the elements of a repeated scalar field, packed or
-// not: fixed for fixed64 and double, varints otherwise.
-type values struct {
-	b     []byte
-	one   bool
-	v     uint64
-	fixed bool
-	d     *decoder
-}
-
-func (d *decoder) values(f *field, fixed bool) values {
-	switch {
-	case f.typ == protowire.BytesType:
-		return values{b: f.sub.buf, fixed: fixed, d: d}
-	case fixed && f.typ == protowire.Fixed64Type, !fixed && f.typ == protowire.VarintType:
-		return values{one: true, v: f.v, d: d}
-	}
-	d.fail(fmt.Errorf("field %d: wire type %d", f.num, f.typ))
-	return values{}
-}
-
-func (it *values) next() bool {
-	if it.one {
-		it.one = false
-		return true
-	}
-	if len(it.b) == 0 {
-		return false
-	}
-	var n int
-	switch {
-	case it.fixed:
-		it.v, n = protowire.ConsumeFixed64(it.b)
-	case it.b[0] < 0x80:
-		it.v, n = uint64(it.b[0]), 1
+// varints appends the elements of a repeated varint field, packed or not,
+// to dst.
+func (d *decoder) varints(dst []uint64, f *field) []uint64 {
+	switch f.typ {
+	case protowire.VarintType:
+		return append(dst, f.v)
+	case protowire.BytesType:
 	default:
-		it.v, n = protowire.ConsumeVarint(it.b)
+		d.fail(fmt.Errorf("field %d: wire type %d, want varints", f.num, f.typ))
+		return dst
 	}
-	if n < 0 {
-		it.d.fail(protowire.ParseError(n))
-		return false
+	b := f.b
+	for len(b) > 0 {
+		if b[0] < 0x80 {
+			dst = append(dst, uint64(b[0]))
+			b = b[1:]
+			continue
+		}
+		v, n := protowire.ConsumeVarint(b)
+		if n < 0 {
+			d.fail(protowire.ParseError(n))
+			return dst
+		}
+		dst = append(dst, v)
+		b = b[n:]
 	}
-	it.b = it.b[n:]
-	return true
+	return dst
+}
+
+// fixed64s appends the elements of a repeated fixed64 or double field,
+// packed or not, to dst.
+func (d *decoder) fixed64s(dst []uint64, f *field) []uint64 {
+	switch f.typ {
+	case protowire.Fixed64Type:
+		return append(dst, f.v)
+	case protowire.BytesType:
+	default:
+		d.fail(fmt.Errorf("field %d: wire type %d, want fixed64s", f.num, f.typ))
+		return dst
+	}
+	b := f.b
+	if len(b)%8 != 0 {
+		d.fail(fmt.Errorf("field %d: %d bytes of fixed64s", f.num, len(b)))
+		return dst
+	}
+	for ; len(b) > 0; b = b[8:] {
+		dst = append(dst, binary.LittleEndian.Uint64(b))
+	}
+	return dst
 }
 
 var decoders = sync.Pool{New: func() any { return &shared{} }}
@@ -630,10 +646,8 @@ func decodeV1(s *State, b []byte) error {
 	sh.whole = string(b)
 	defer func() {
 		clear(sh.strs)
-		clear(sh.catKeys)
-		clear(sh.brandKeys)
-		*sh = shared{strs: sh.strs[:0], catKeys: sh.catKeys[:0], brandKeys: sh.brandKeys[:0], catVals: sh.catVals[:0],
-			brandVals: sh.brandVals[:0], fm: sh.fm[:0], fu: sh.fu[:0], codes: sh.codes[:0]}
+		*sh = shared{strs: sh.strs[:0], catKeys: sh.catKeys, brandKeys: sh.brandKeys, catVals: sh.catVals,
+			brandVals: sh.brandVals, fm: sh.fm, fu: sh.fu, lists: sh.lists}
 		decoders.Put(sh)
 	}()
 	top := decoder{buf: b, shared: sh}
@@ -670,21 +684,25 @@ func decodeV1(s *State, b []byte) error {
 	for d := top; d.next(&f); {
 		switch f.num {
 		case stPurchases:
-			decodePurchase(d.msg(&f), s.Purchases[pi])
+			sub := d.msg(&f)
+			decodePurchase(&sub, s.Purchases[pi])
 			pi++
 		case stActs:
-			decodeAct(d.msg(&f), &s.Acts[ai])
+			sub := d.msg(&f)
+			decodeAct(&sub, &s.Acts[ai])
 			ai++
 		case stLifetimes:
 			l := &Lifetime{}
-			origin := decodeLifetime(d.msg(&f), l)
+			sub := d.msg(&f)
+			origin := decodeLifetime(&sub, l)
 			if s.Life == nil {
 				s.Life = map[string]*Lifetime{}
 			}
 			s.Life[origin] = l
 		case stSnapshot:
 			s.snap = &snapshot{}
-			s.stale = decodeSnapshot(d.msg(&f), s.snap)
+			sub := d.msg(&f)
+			s.stale = decodeSnapshot(&sub, s.snap)
 		}
 	}
 	if sh.err != nil {
@@ -699,8 +717,9 @@ func decodeV1(s *State, b []byte) error {
 	return nil
 }
 
-// amounts returns keys and amounts as Amounts cut from the slab.
-func (d *decoder) amounts(keys []string, vals []int64) Amounts {
+// amounts returns key references and amounts as Amounts cut from the
+// slab.
+func (d *decoder) amounts(keys, vals []uint64) Amounts {
 	if len(keys) != len(vals) {
 		d.fail(fmt.Errorf("%d keys, %d amounts", len(keys), len(vals)))
 		return nil
@@ -710,7 +729,7 @@ func (d *decoder) amounts(keys []string, vals []int64) Amounts {
 	}
 	start := len(d.amountSlab)
 	for i, k := range keys {
-		d.amountSlab = append(d.amountSlab, Amount{Key: k, Minor: vals[i]})
+		d.amountSlab = append(d.amountSlab, Amount{Key: d.ref(k), Minor: int64(vals[i])})
 	}
 	out := d.amountSlab[start:len(d.amountSlab):len(d.amountSlab)]
 	if !slices.IsSortedFunc(out, func(a, b Amount) int { return strings.Compare(a.Key, b.Key) }) {
@@ -760,31 +779,19 @@ func decodePurchase(d *decoder, p *Purchase) {
 		case puQuantity:
 			p.Quantity = int64(d.u(&f))
 		case puCategoryKeys:
-			for it := d.values(&f, false); it.next(); {
-				d.catKeys = append(d.catKeys, d.ref(it.v))
-			}
+			d.catKeys = d.varints(d.catKeys, &f)
 		case puCategoryAmounts:
-			for it := d.values(&f, false); it.next(); {
-				d.catVals = append(d.catVals, int64(it.v))
-			}
+			d.catVals = d.varints(d.catVals, &f)
 		case puBrandKeys:
-			for it := d.values(&f, false); it.next(); {
-				d.brandKeys = append(d.brandKeys, d.ref(it.v))
-			}
+			d.brandKeys = d.varints(d.brandKeys, &f)
 		case puBrandAmounts:
-			for it := d.values(&f, false); it.next(); {
-				d.brandVals = append(d.brandVals, int64(it.v))
-			}
+			d.brandVals = d.varints(d.brandVals, &f)
 		case puFilterVersion:
 			p.FV = d.ref(d.u(&f))
 		case puFilterMatched:
-			for it := d.values(&f, true); it.next(); {
-				d.fm = append(d.fm, it.v)
-			}
+			d.fm = d.fixed64s(d.fm, &f)
 		case puFilterUndecided:
-			for it := d.values(&f, true); it.next(); {
-				d.fu = append(d.fu, it.v)
-			}
+			d.fu = d.fixed64s(d.fu, &f)
 		}
 	}
 	p.Categories = d.amounts(d.catKeys, d.catVals)
@@ -844,17 +851,10 @@ func decodeLifetime(d *decoder, l *Lifetime) (origin string) {
 // decodeSnapshot reads a snapshot and reports whether the state was
 // stored stale.
 func decodeSnapshot(d *decoder, s *snapshot) (stale bool) {
-	a := &s.agg
 	var f field
-	nw, nt, nf := 0, 0, 0
-	var totals [nTotals]int64
-	var filters []int64
-	var lists [4]struct {
-		keys []string
-		n    []int64
+	for i := range d.lists {
+		d.lists[i] = d.lists[i][:0]
 	}
-	var numbers values
-	d.codes = d.codes[:0]
 	for d.next(&f) {
 		switch f.num {
 		case snCatalogue:
@@ -869,7 +869,8 @@ func decodeSnapshot(d *decoder, s *snapshot) (stale bool) {
 		case snWithheld:
 			s.withheld = d.u(&f) != 0
 		case snLifetime:
-			decodeLifetime(d.msg(&f), &s.life.Lifetime)
+			sub := d.msg(&f)
+			decodeLifetime(&sub, &s.life.Lifetime)
 			s.life.any = true
 		case snBirthDate:
 			s.demo.BirthDate = d.str(&f)
@@ -879,45 +880,19 @@ func decodeSnapshot(d *decoder, s *snapshot) (stale bool) {
 			s.demo.City = d.str(&f)
 		case snDevice:
 			s.device = int64(d.u(&f))
-		case snWindows:
-			for it := d.values(&f, false); it.next(); nw++ {
-				if nw < nWindows*nCounters {
-					a.win[nw/nCounters][nw%nCounters] = protowire.DecodeZigZag(it.v)
-				}
-			}
-		case snTotals:
-			for it := d.values(&f, false); it.next(); nt++ {
-				if nt < nTotals {
-					totals[nt] = protowire.DecodeZigZag(it.v)
-				}
-			}
-		case snFilters:
-			for it := d.values(&f, false); it.next(); nf++ {
-				filters = append(filters, protowire.DecodeZigZag(it.v))
-			}
-		case snChannelKeys, snCategoryKeys, snBrandKeys, snStoreKeys:
-			l := &lists[(f.num-snChannelKeys)/2]
-			for it := d.values(&f, false); it.next(); {
-				l.keys = append(l.keys, d.ref(it.v))
-			}
-		case snChannelCounts, snCategoryAmounts, snBrandAmounts, snStoreAmounts:
-			l := &lists[(f.num-snChannelCounts)/2]
-			for it := d.values(&f, false); it.next(); {
-				l.n = append(l.n, protowire.DecodeZigZag(it.v))
-			}
-		case snLabelValues:
-			for it := d.values(&f, false); it.next(); {
-				d.codes = append(d.codes, it.v)
-			}
-		case snLabelNumbers:
-			numbers = d.values(&f, true)
 		case snStale:
 			stale = d.u(&f) != 0
+		case snLabelNumbers:
+			d.lists[f.num] = d.fixed64s(d.lists[f.num], &f)
+		case snWindows, snTotals, snChannelKeys, snChannelCounts, snCategoryKeys, snCategoryAmounts, snBrandKeys,
+			snBrandAmounts, snStoreKeys, snStoreAmounts, snFilters, snLabelValues:
+			d.lists[f.num] = d.varints(d.lists[f.num], &f)
 		}
 	}
 	// Label values by code, numbers taken in order.
-	s.labels = make([]lval, len(d.codes))
-	for i, code := range d.codes {
+	codes, numbers := d.lists[snLabelValues], d.lists[snLabelNumbers]
+	s.labels = make([]lval, len(codes))
+	for i, code := range codes {
 		switch {
 		case code == lvAbsent:
 		case code == lvZero:
@@ -925,37 +900,47 @@ func decodeSnapshot(d *decoder, s *snapshot) (stale bool) {
 		case code == lvTrue:
 			s.labels[i] = lval{ok: true, b: true}
 		case code == lvNumber:
-			if !numbers.next() {
+			if len(numbers) == 0 {
 				d.fail(errors.New("fewer label numbers than number labels"))
 				return stale
 			}
-			s.labels[i] = lval{ok: true, f: math.Float64frombits(numbers.v)}
+			s.labels[i] = lval{ok: true, f: math.Float64frombits(numbers[0])}
+			numbers = numbers[1:]
 		case code-lvEnum <= math.MaxUint16:
 			s.labels[i] = lval{ok: true, e: uint16(code - lvEnum)}
 		default:
 			d.fail(fmt.Errorf("label value code %d", code))
 		}
 	}
+	a := &s.agg
 	a.next = math.MaxInt64
-	if nw != nWindows*nCounters || nt != nTotals || nf%nFilterCounters != 0 {
+	windows, totals, filters := d.lists[snWindows], d.lists[snTotals], d.lists[snFilters]
+	if len(windows) != nWindows*nCounters || len(totals) != nTotals || len(filters)%nFilterCounters != 0 {
 		// Not aggregates this code wrote: keep the labels, never the sums.
 		s.engine = 0
 		return stale
 	}
-	a.prevNet, a.prevOrders, a.reviews, a.ratings = totals[tPrevNet], totals[tPrevOrders], totals[tReviews], totals[tRatings]
-	a.days, a.firstDay, a.lastDay, a.firstDayGross = totals[tDays], totals[tFirstDay], totals[tLastDay], totals[tFirstDayGross]
-	a.catKnown, a.brandKnown, a.storeKnown, a.next = totals[tCatKnown], totals[tBrandKnown], totals[tStoreKnown], totals[tNext]
-	a.filters = make([][nFilterCounters]int64, nf/nFilterCounters)
-	for i, v := range filters {
-		a.filters[i/nFilterCounters][i%nFilterCounters] = v
+	for i, v := range windows {
+		a.win[i/nCounters][i%nCounters] = protowire.DecodeZigZag(v)
 	}
-	for i, dst := range []*keyCounts{&a.channels, &a.categories, &a.brands, &a.stores} {
-		*dst = zipCounts(d, lists[i].keys, lists[i].n)
+	t := func(i int) int64 { return protowire.DecodeZigZag(totals[i]) }
+	a.prevNet, a.prevOrders, a.reviews, a.ratings = t(tPrevNet), t(tPrevOrders), t(tReviews), t(tRatings)
+	a.days, a.firstDay, a.lastDay, a.firstDayGross = t(tDays), t(tFirstDay), t(tLastDay), t(tFirstDayGross)
+	a.catKnown, a.brandKnown, a.storeKnown, a.next = t(tCatKnown), t(tBrandKnown), t(tStoreKnown), t(tNext)
+	if len(filters) > 0 {
+		a.filters = make([][nFilterCounters]int64, len(filters)/nFilterCounters)
+		for i, v := range filters {
+			a.filters[i/nFilterCounters][i%nFilterCounters] = protowire.DecodeZigZag(v)
+		}
 	}
+	a.channels = zipCounts(d, d.lists[snChannelKeys], d.lists[snChannelCounts])
+	a.categories = zipCounts(d, d.lists[snCategoryKeys], d.lists[snCategoryAmounts])
+	a.brands = zipCounts(d, d.lists[snBrandKeys], d.lists[snBrandAmounts])
+	a.stores = zipCounts(d, d.lists[snStoreKeys], d.lists[snStoreAmounts])
 	return stale
 }
 
-func zipCounts(d *decoder, keys []string, n []int64) keyCounts {
+func zipCounts(d *decoder, keys, n []uint64) keyCounts {
 	if len(keys) != len(n) {
 		d.fail(fmt.Errorf("%d keys, %d counts", len(keys), len(n)))
 		return nil
@@ -965,7 +950,7 @@ func zipCounts(d *decoder, keys []string, n []int64) keyCounts {
 	}
 	out := make(keyCounts, len(keys))
 	for i := range keys {
-		out[i] = keyCount{key: keys[i], n: n[i]}
+		out[i] = keyCount{key: d.ref(keys[i]), n: protowire.DecodeZigZag(n[i])}
 	}
 	if !slices.IsSortedFunc(out, func(a, b keyCount) int { return strings.Compare(a.key, b.key) }) {
 		slices.SortFunc(out, func(a, b keyCount) int { return strings.Compare(a.key, b.key) })

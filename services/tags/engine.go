@@ -109,6 +109,9 @@ func (c *Catalog) compile(src []byte) {
 		}
 		return 1
 	})
+	for _, l := range c.Labels {
+		l.compiled, _ = c.compileExpr(l.ast)
+	}
 	e.pbPrefix = make([][]byte, len(c.Labels))
 	for j, l := range c.Labels {
 		e.pbPrefix[j] = appendString(nil, 1, l.ID)
@@ -344,8 +347,16 @@ func setProtoVal(lv *mcv1.LabelValue, l *Label, v lval) {
 	}
 }
 
-// evalVal computes one label as eval does.
-func (l *Label) evalVal(act interpreter.Activation) lval {
+// evalVal computes one label as eval does: compiled when it could be.
+func (l *Label) evalVal(act *vecActivation) lval {
+	if l.compiled != nil {
+		return l.evalCompiled(act)
+	}
+	return l.evalProgram(act)
+}
+
+// evalProgram computes one label with its CEL program.
+func (l *Label) evalProgram(act interpreter.Activation) lval {
 	out, _, err := l.program.Eval(act)
 	if err != nil || types.IsUnknownOrError(out) {
 		return lval{}

@@ -3,6 +3,10 @@ package tags
 import (
 	"testing"
 	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	tagstatev1 "github.com/membercenter/membercenter/proto/gen/membercenter/tagstate/v1"
 )
 
 // The parts of BenchmarkTagEvent, for profiling one at a time.
@@ -114,5 +118,34 @@ func BenchmarkDerive(b *testing.B) {
 	defer reportCPU(b)()
 	for b.Loop() {
 		derive(f, &a, sumLife(st.Life), Demographics{BirthDate: "1980-02-03"}, 0, now.Unix(), c.Location)
+	}
+}
+
+// BenchmarkDecodeStateGenerated reads the same bytes with the generated
+// code, for comparison (it builds messages, not a State).
+func BenchmarkDecodeStateGenerated(b *testing.B) {
+	_, raw, _ := benchState(b)
+	defer reportCPU(b)()
+	for b.Loop() {
+		var m tagstatev1.State
+		if err := proto.Unmarshal(raw[1:], &m); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkEncodeStateGenerated writes the same state with the generated
+// code, for comparison.
+func BenchmarkEncodeStateGenerated(b *testing.B) {
+	_, raw, _ := benchState(b)
+	var m tagstatev1.State
+	if err := proto.Unmarshal(raw[1:], &m); err != nil {
+		b.Fatal(err)
+	}
+	defer reportCPU(b)()
+	for b.Loop() {
+		if _, err := proto.Marshal(&m); err != nil {
+			b.Fatal(err)
+		}
 	}
 }
