@@ -77,6 +77,8 @@ type Filter struct {
 	Description string `yaml:"description"`
 	Expr        string `yaml:"expr"`
 	program     cel.Program
+	ast         *cel.Ast
+	compiled    cexpr // see Label.compiled
 	// purchase fields the filter reads that may be unknown
 	needsItems, needsStore bool
 }
@@ -204,6 +206,7 @@ func ParseCatalog(src []byte) (*Catalog, error) {
 			fail(entry, "expr: %v", err)
 			continue
 		}
+		f.ast = ast
 		fields := purchaseFields(ast)
 		f.needsItems = fields["categories"] || fields["brands"] || fields["items"]
 		f.needsStore = fields["store"]

@@ -195,11 +195,34 @@ func EncodeState(s *State) ([]byte, error) {
 		encoders.Put(e)
 	}()
 	b := e.body
+	// Records decoded with the state's string list are written back as
+	// they were, under the same list; a list grown large with strings no
+	// longer used is built again.
+	dict := s.dict
+	if dict != nil && len(dict.strs) <= maxKeptStrings {
+		// At the same positions, duplicates and all.
+		e.strs = append(e.strs, dict.strs...)
+		for i, x := range dict.strs {
+			if _, ok := e.dict[x]; !ok && x != "" {
+				e.dict[x] = uint32(i + 1)
+			}
+		}
+	} else {
+		dict = nil
+	}
 	for _, p := range s.Purchases {
+		if dict != nil && p.dict == dict {
+			b = appendRaw(b, stPurchases, p.raw)
+			continue
+		}
 		b = appendMsg(b, stPurchases, func(b []byte) []byte { return e.purchase(b, p) })
 	}
 	for i := range s.Acts {
 		a := &s.Acts[i]
+		if dict != nil && a.dict == dict {
+			b = appendRaw(b, stActs, a.raw)
+			continue
+		}
 		b = appendMsg(b, stActs, func(b []byte) []byte {
 			b = appendString(b, acEvent, a.Event)
 			b = appendInt(b, acAt, a.At)
@@ -347,6 +370,16 @@ func (e *stateEncoder) counts(b []byte, keys, counts protowire.Number, k keyCoun
 	return appendPacked(b, counts, len(k), func(b []byte, i int) []byte {
 		return protowire.AppendVarint(b, protowire.EncodeZigZag(k[i].n))
 	})
+}
+
+// maxKeptStrings bounds the string list kept from decoding: past it the
+// state's strings are listed again from what it uses.
+const maxKeptStrings = 256
+
+func appendRaw(b []byte, num protowire.Number, raw string) []byte {
+	b = protowire.AppendTag(b, num, protowire.BytesType)
+	b = protowire.AppendVarint(b, uint64(len(raw)))
+	return append(b, raw...)
 }
 
 func appendUint(b []byte, num protowire.Number, v uint64) []byte {
@@ -668,9 +701,11 @@ func decodeV1(s *State, b []byte) error {
 	if sh.err != nil {
 		return sh.err
 	}
+	s.dict = &dictionary{strs: slices.Clone(sh.strs)}
+	// Room for the event the worker folds next.
 	if np > 0 {
 		slab := make([]Purchase, np)
-		s.Purchases = make([]*Purchase, np)
+		s.Purchases = make([]*Purchase, np, np+1)
 		for i := range slab {
 			s.Purchases[i] = &slab[i]
 		}
@@ -678,18 +713,22 @@ func decodeV1(s *State, b []byte) error {
 		sh.wordSlab = make([]uint64, 0, 2*np)
 	}
 	if na > 0 {
-		s.Acts = make([]Act, na)
+		s.Acts = make([]Act, na, na+1)
 	}
 	pi, ai := 0, 0
 	for d := top; d.next(&f); {
 		switch f.num {
 		case stPurchases:
 			sub := d.msg(&f)
-			decodePurchase(&sub, s.Purchases[pi])
+			p := s.Purchases[pi]
+			decodePurchase(&sub, p)
+			p.stored = stored{raw: sh.whole[f.off : f.off+len(f.b)], dict: s.dict}
 			pi++
 		case stActs:
 			sub := d.msg(&f)
-			decodeAct(&sub, &s.Acts[ai])
+			a := &s.Acts[ai]
+			decodeAct(&sub, a)
+			a.stored = stored{raw: sh.whole[f.off : f.off+len(f.b)], dict: s.dict}
 			ai++
 		case stLifetimes:
 			l := &Lifetime{}

@@ -110,9 +110,11 @@ func TestStateRoundTrip(t *testing.T) {
 // normalState makes empty slices nil, so states compare by content.
 func normalState(s *State) *State {
 	out := *s
+	out.dict = nil
 	out.Purchases = nil
 	for _, p := range s.Purchases {
 		cp := *p
+		cp.stored = stored{}
 		if len(cp.Categories) == 0 {
 			cp.Categories = nil
 		}
@@ -127,8 +129,10 @@ func normalState(s *State) *State {
 		}
 		out.Purchases = append(out.Purchases, &cp)
 	}
-	if len(s.Acts) == 0 {
-		out.Acts = nil
+	out.Acts = nil
+	for _, a := range s.Acts {
+		a.stored = stored{}
+		out.Acts = append(out.Acts, a)
 	}
 	if len(s.Life) == 0 {
 		out.Life = nil

@@ -112,6 +112,9 @@ func (c *Catalog) compile(src []byte) {
 	for _, l := range c.Labels {
 		l.compiled, _ = c.compileExpr(l.ast)
 	}
+	for _, f := range c.Filters {
+		f.compiled, _ = c.compileExpr(f.ast)
+	}
 	e.pbPrefix = make([][]byte, len(c.Labels))
 	for j, l := range c.Labels {
 		e.pbPrefix[j] = appendString(nil, 1, l.ID)
@@ -381,6 +384,7 @@ type vecActivation struct {
 	c *Catalog
 	f []fval
 	l []lval
+	p *purchaseVars // for purchase filters
 }
 
 func (a *vecActivation) ResolveName(name string) (any, bool) {
@@ -437,19 +441,29 @@ func (r *Refreshed) EncodeLabels() []byte {
 			continue
 		}
 		l := r.c.Labels[j]
-		b = appendMsg(b, 1, func(b []byte) []byte {
-			b = append(b, e.pbPrefix[j]...)
-			switch l.Type {
-			case TypeBool:
-				b = protowire.AppendTag(b, 2, protowire.VarintType)
-				return protowire.AppendVarint(b, protowire.EncodeBool(v.b))
-			case TypeNumber:
-				b = protowire.AppendTag(b, 4, protowire.Fixed64Type)
-				return protowire.AppendFixed64(b, math.Float64bits(v.f))
-			}
-			b = protowire.AppendTag(b, 3, protowire.BytesType)
-			return protowire.AppendString(b, l.Values[v.e])
-		})
+		prefix := e.pbPrefix[j]
+		var size int
+		switch l.Type {
+		case TypeBool:
+			size = len(prefix) + 2
+		case TypeNumber:
+			size = len(prefix) + 9
+		default:
+			size = len(prefix) + 1 + protowire.SizeBytes(len(l.Values[v.e]))
+		}
+		b = protowire.AppendTag(b, 1, protowire.BytesType)
+		b = protowire.AppendVarint(b, uint64(size))
+		b = append(b, prefix...)
+		switch l.Type {
+		case TypeBool:
+			b = append(b, 2<<3|byte(protowire.VarintType), byte(protowire.EncodeBool(v.b)))
+		case TypeNumber:
+			b = append(b, 4<<3|byte(protowire.Fixed64Type))
+			b = protowire.AppendFixed64(b, math.Float64bits(v.f))
+		default:
+			b = append(b, 3<<3|byte(protowire.BytesType))
+			b = protowire.AppendString(b, l.Values[v.e])
+		}
 	}
 	return b
 }

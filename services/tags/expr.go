@@ -3,6 +3,7 @@ package tags
 import (
 	"math"
 	"strings"
+	"time"
 
 	"cel.dev/cel-go/cel"
 	celast "cel.dev/cel-go/common/ast"
@@ -63,6 +64,12 @@ func (c *Catalog) compileNode(e celast.Expr) (cexpr, bool) {
 		return c.compileIdent(e.AsIdent())
 	case celast.CallKind:
 		return c.compileCall(e.AsCall())
+	case celast.SelectKind:
+		sel := e.AsSelect()
+		if sel.IsTestOnly() || sel.Operand().Kind() != celast.IdentKind || sel.Operand().AsIdent() != "p" {
+			return nil, false
+		}
+		return purchaseField(sel.FieldName())
 	}
 	return nil, false
 }
@@ -169,6 +176,12 @@ func (c *Catalog) compileCall(call celast.CallExpr) (cexpr, bool) {
 	fn := call.FunctionName()
 	if fn == operators.In {
 		return c.compileIn(call)
+	}
+	if args := call.Args(); fn == operators.Index && len(args) == 2 && args[0].Kind() == celast.IdentKind && args[0].AsIdent() == "p" &&
+		args[1].Kind() == celast.LiteralKind {
+		if k, ok := args[1].AsLiteral().(types.String); ok {
+			return purchaseField(string(k))
+		}
 	}
 	args, ok := c.compileArgs(call)
 	if !ok {
@@ -346,14 +359,34 @@ var models = map[string]struct {
 	}},
 }
 
-// compileIn compiles x in [literals].
+// compileIn compiles x in [literals], and x in p.categories or p.brands.
 func (c *Catalog) compileIn(call celast.CallExpr) (cexpr, bool) {
 	args := call.Args()
-	if len(args) != 2 || args[1].Kind() != celast.ListKind {
+	if len(args) != 2 {
 		return nil, false
 	}
 	x, ok := c.compileNode(args[0])
 	if !ok {
+		return nil, false
+	}
+	if list, ok := purchaseList(args[1]); ok {
+		return func(a *vecActivation) cval {
+			v := x(a)
+			ks, present := list(a.p)
+			if v.k == kErr || !present {
+				return errVal
+			}
+			if v.k == kString {
+				for _, k := range ks {
+					if k.Key == v.s {
+						return boolVal(true)
+					}
+				}
+			}
+			return boolVal(false)
+		}, true
+	}
+	if args[1].Kind() != celast.ListKind {
 		return nil, false
 	}
 	var set []cval
@@ -379,6 +412,102 @@ func (c *Catalog) compileIn(call celast.CallExpr) (cexpr, bool) {
 		}
 		return boolVal(false)
 	}, true
+}
+
+// purchaseVars are what a purchase filter reads of one purchase as p
+// (Purchase.vars).
+type purchaseVars struct {
+	amount, discount                    float64
+	hour, weekday, month, points, items int64
+	weekend, coupon, hasStore, hasItems bool
+	channel, store                      string
+	categories, brands                  Amounts
+}
+
+func (p *Purchase) pvars(loc *time.Location) purchaseVars {
+	t := time.Unix(p.At, 0).In(loc)
+	return purchaseVars{amount: float64(p.Amount) / 100, discount: float64(p.Discount) / 100,
+		hour: int64(t.Hour()), weekday: int64(t.Weekday()), month: int64(t.Month()), points: p.Points, items: p.Quantity,
+		weekend: t.Weekday() == time.Saturday || t.Weekday() == time.Sunday, coupon: p.Coupons > 0,
+		hasStore: p.Store != "", hasItems: p.ItemsKnown, channel: p.Channel, store: p.Store,
+		categories: p.Categories, brands: p.Brands}
+}
+
+// purchaseField compiles p.name: a field of the purchase, an error when the
+// purchase does not have it (as the map p lacks the key).
+func purchaseField(name string) (cexpr, bool) {
+	var get func(p *purchaseVars) cval
+	switch name {
+	case "amount":
+		get = func(p *purchaseVars) cval { return cval{k: kDouble, f: p.amount} }
+	case "discount":
+		get = func(p *purchaseVars) cval { return cval{k: kDouble, f: p.discount} }
+	case "hour":
+		get = func(p *purchaseVars) cval { return cval{k: kInt, i: p.hour} }
+	case "weekday":
+		get = func(p *purchaseVars) cval { return cval{k: kInt, i: p.weekday} }
+	case "weekend":
+		get = func(p *purchaseVars) cval { return boolVal(p.weekend) }
+	case "month":
+		get = func(p *purchaseVars) cval { return cval{k: kInt, i: p.month} }
+	case "channel":
+		get = func(p *purchaseVars) cval { return cval{k: kString, s: p.channel} }
+	case "coupon":
+		get = func(p *purchaseVars) cval { return boolVal(p.coupon) }
+	case "points_redeemed":
+		get = func(p *purchaseVars) cval { return cval{k: kInt, i: p.points} }
+	case "store":
+		get = func(p *purchaseVars) cval {
+			if !p.hasStore {
+				return errVal
+			}
+			return cval{k: kString, s: p.store}
+		}
+	case "items":
+		get = func(p *purchaseVars) cval {
+			if !p.hasItems {
+				return errVal
+			}
+			return cval{k: kInt, i: p.items}
+		}
+	default:
+		return nil, false // categories and brands only in x in p.categories
+	}
+	return func(a *vecActivation) cval { return get(a.p) }, true
+}
+
+// purchaseList recognises p.categories and p.brands (or p["…"]).
+func purchaseList(e celast.Expr) (func(p *purchaseVars) (Amounts, bool), bool) {
+	var name string
+	switch e.Kind() {
+	case celast.SelectKind:
+		sel := e.AsSelect()
+		if sel.IsTestOnly() || sel.Operand().Kind() != celast.IdentKind || sel.Operand().AsIdent() != "p" {
+			return nil, false
+		}
+		name = sel.FieldName()
+	case celast.CallKind:
+		call := e.AsCall()
+		args := call.Args()
+		if call.FunctionName() != operators.Index || len(args) != 2 || args[0].Kind() != celast.IdentKind ||
+			args[0].AsIdent() != "p" || args[1].Kind() != celast.LiteralKind {
+			return nil, false
+		}
+		k, ok := args[1].AsLiteral().(types.String)
+		if !ok {
+			return nil, false
+		}
+		name = string(k)
+	default:
+		return nil, false
+	}
+	switch name {
+	case "categories":
+		return func(p *purchaseVars) (Amounts, bool) { return p.categories, p.hasItems }, true
+	case "brands":
+		return func(p *purchaseVars) (Amounts, bool) { return p.brands, p.hasItems }, true
+	}
+	return nil, false
 }
 
 // equal is CEL's heterogeneous equality of two values.

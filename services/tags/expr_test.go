@@ -4,6 +4,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"testing"
+	"time"
 
 	celast "cel.dev/cel-go/common/ast"
 	"cel.dev/cel-go/common/types"
@@ -163,3 +164,59 @@ labels:
     expr: "spend_30d / spend_7d * 2.0 - spend_90d / 0.0"
     examples: [{given: {spend_30d: 1.0, spend_7d: 0.0, spend_90d: 0.0}, expect: null}]
 `
+
+// TestCompiledFiltersMatchCEL: every purchase filter of the test
+// catalogues compiles (but one reading a field purchases do not have), and
+// decides random purchases — with and without basket lines and store, at
+// every hour — as its CEL program does.
+func TestCompiledFiltersMatchCEL(t *testing.T) {
+	cats := append(propertyCatalogs(t), mustParse(t, `
+version: filters
+timezone: Asia/Shanghai
+filters:
+  - {id: f_index, description: x, expr: "'tea' in p['categories'] || p['brands'].exists(b, b == 'acme')"}
+  - {id: f_store, description: x, expr: "p.store == 'SH-1' || p.store in ['BJ-1']"}
+  - {id: f_mixed, description: x, expr: "p.amount < 30 || p.items > 2.5 || p.hour % 2 == 0 && p.weekday != 3"}
+  - {id: f_brand, description: x, expr: "'acme' in p.brands && p.channel + 'x' == 'posx'"}
+  - {id: f_missing, description: x, expr: "p.nope > 1"}
+  - {id: f_arith, description: x, expr: "p.points_redeemed * 2 - 100 >= p.month * 10 || -p.discount < -1.0"}
+labels: []
+`))
+	r := rand.New(rand.NewPCG(3, 4))
+	g := newFactGen(7)
+	for _, c := range cats {
+		for _, f := range c.Filters {
+			if f.compiled == nil && f.ID != "f_missing" && f.ID != "f_index" {
+				t.Errorf("catalogue %s: filter %s is not compiled", c.Version, f.ID)
+			}
+		}
+		for n := range 600 {
+			st := &State{}
+			at := time.Date(2026, 4, 1+n%30, r.IntN(24), r.IntN(60), 0, 0, time.UTC)
+			for st.Purchases == nil {
+				st.Fold(g.fact(at, 1))
+			}
+			p := st.Purchases[0]
+			if n%5 == 0 {
+				p.Store = ""
+			}
+			pv := p.pvars(c.Location)
+			act := &vecActivation{p: &pv}
+			vars := map[string]any{"p": p.vars(c.Location)}
+			for _, f := range c.Filters {
+				if f.compiled == nil || (f.needsItems && !p.ItemsKnown) || (f.needsStore && p.Store == "") {
+					continue
+				}
+				got := f.compiled(act)
+				out, _, err := f.program.Eval(vars)
+				want := errVal
+				if b, ok := out.Value().(bool); err == nil && ok {
+					want = boolVal(b)
+				}
+				if got.k != want.k || got.i != want.i {
+					t.Fatalf("catalogue %s: filter %s (%s) on %+v: compiled %+v, CEL %+v (%v)", c.Version, f.ID, f.Expr, pv, got, out, err)
+				}
+			}
+		}
+	}
+}

@@ -155,6 +155,15 @@ func checkSequence(t testing.TB, seed uint64, steps int) sequenceStats {
 			if _, err := c.Refresh(Inputs{State: o}, now, false, nil); err != nil {
 				t.Fatal(err)
 			}
+			if r.IntN(2) == 0 { // stored before the merge: its records come with another string list
+				b, err := EncodeState(o)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if o, err = DecodeState(b); err != nil {
+					t.Fatal(err)
+				}
+			}
 			st.Absorb(o)
 		case x < 81:
 			st.Split([]string{originB})

@@ -127,6 +127,9 @@ type State struct {
 	// window aggregates in snap cannot be brought forward.
 	pending []record
 	stale   bool
+	// dict is the string list the state was decoded with; nil when it was
+	// not decoded from the binary form.
+	dict *dictionary
 }
 
 // record is a purchase or an interaction added to a state.
@@ -158,7 +161,21 @@ type Purchase struct {
 	FV string     `json:"fv,omitempty"`
 	FM filterBits `json:"fm,omitempty"`
 	FU filterBits `json:"fu,omitempty"`
+
+	stored // as decoded
 }
+
+// stored is a record's encoding as it was decoded, with the string list
+// its references are into: EncodeState writes an unchanged record back as
+// it was instead of encoding it again. Whatever changes a decoded record
+// clears it.
+type stored struct {
+	raw  string
+	dict *dictionary
+}
+
+// dictionary is the string list of a decoded state.
+type dictionary struct{ strs []string }
 
 // filterBits is a bit set over the purchase filters' positions. States
 // written before the bit sets kept filter ids (strings) here: those decode
@@ -188,6 +205,8 @@ type Act struct {
 	Rating int    `json:"r,omitempty"`
 	Origin string `json:"g"`
 	Event  string `json:"e"`
+
+	stored // as decoded
 }
 
 // Lifetime is what is known of a member beyond the retention window.
