@@ -114,14 +114,6 @@ type aggregates struct {
 	next int64
 }
 
-func (a *aggregates) clone() *aggregates {
-	out := *a
-	out.channels, out.categories = slices.Clone(a.channels), slices.Clone(a.categories)
-	out.brands, out.stores = slices.Clone(a.brands), slices.Clone(a.stores)
-	out.filters = slices.Clone(a.filters)
-	return &out
-}
-
 // windowOf is the position of the smallest window holding an instant t at
 // now, nWindows when none holds it (too old, or in the future). A window of
 // w days holds t while t <= now < t + w days.
@@ -151,19 +143,41 @@ func edge(t, now int64) int64 {
 }
 
 // refundedOf sums the refunds of an order in the state (every one, of any
-// time), leaving out skip.
-func refundedOf(st *State, order string, skip *Act) int64 {
+// time), leaving out skip and the records of later.
+func refundedOf(st *State, order string, skip *Act, later later) int64 {
 	if order == "" {
 		return 0
 	}
 	var n int64
 	for i := range st.Acts {
 		a := &st.Acts[i]
-		if a.Kind == KindRefund && a.Order == order && (skip == nil || a.Event != skip.Event) {
+		if a.Kind == KindRefund && a.Order == order && (skip == nil || a.Event != skip.Event) && !later.act(a) {
 			n += a.Amount
 		}
 	}
 	return n
+}
+
+// later are the records folded after the one being added: in the state,
+// but not yet in the aggregates.
+type later []record
+
+func (l later) purchase(p *Purchase) bool {
+	for _, r := range l {
+		if r.p == p {
+			return true
+		}
+	}
+	return false
+}
+
+func (l later) act(a *Act) bool {
+	for _, r := range l {
+		if r.p == nil && r.a.Event == a.Event {
+			return true
+		}
+	}
+	return false
 }
 
 // sumFilters is what the catalogue's purchase filters need: the filters
@@ -339,10 +353,10 @@ func actCounter(kind string) int {
 	return -1
 }
 
-// add brings the aggregates of st without r (the one record folded since
-// they were summed, at a moment whose windows held every other record as
-// they do at now) to st with r at now.
-func (a *aggregates) add(st *State, r record, now int64, sf sumFilters) {
+// add brings the aggregates of st without r and later (records folded
+// since they were summed, at a moment whose windows held every other record
+// as they do at now) to st with r, at now.
+func (a *aggregates) add(st *State, r record, later later, now int64, sf sumFilters) {
 	if r.p != nil {
 		p := r.p
 		a.next = min(a.next, edge(p.At, now))
@@ -350,30 +364,30 @@ func (a *aggregates) add(st *State, r record, now int64, sf sumFilters) {
 		if w == nWindows {
 			return
 		}
-		a.addPurchase(p, w, max(p.Amount-refundedOf(st, p.Order, nil), 0), sf)
-		a.addDay(st, p.At, w, r, now, sf.loc)
+		a.addPurchase(p, w, max(p.Amount-refundedOf(st, p.Order, nil, later), 0), sf)
+		a.addDay(st, p.At, w, r, later, now, sf.loc)
 		return
 	}
 	act := &r.a
 	a.next = min(a.next, edge(act.At, now))
 	if act.Kind == KindRefund && act.Order != "" {
-		a.refund(st, act, now, sf)
+		a.refund(st, act, later, now, sf)
 	}
 	w := windowOf(act.At, now)
 	if w == nWindows {
 		return
 	}
 	a.addAct(act, w)
-	a.addDay(st, act.At, w, r, now, sf.loc)
+	a.addDay(st, act.At, w, r, later, now, sf.loc)
 }
 
 // refund lowers the net amount of the held purchases of the refunded
 // order.
-func (a *aggregates) refund(st *State, r *Act, now int64, sf sumFilters) {
+func (a *aggregates) refund(st *State, r *Act, later later, now int64, sf sumFilters) {
 	var before int64
 	done := false
 	for _, p := range st.Purchases {
-		if p.Order != r.Order {
+		if p.Order != r.Order || later.purchase(p) {
 			continue
 		}
 		w := windowOf(p.At, now)
@@ -381,7 +395,7 @@ func (a *aggregates) refund(st *State, r *Act, now int64, sf sumFilters) {
 			continue
 		}
 		if !done {
-			before, done = refundedOf(st, r.Order, r), true
+			before, done = refundedOf(st, r.Order, r, later), true
 		}
 		d := max(p.Amount-before-r.Amount, 0) - max(p.Amount-before, 0)
 		for i := w; i < nWindows; i++ {
@@ -400,7 +414,7 @@ func (a *aggregates) refund(st *State, r *Act, now int64, sf sumFilters) {
 
 // addDay counts the local day of r (at t, held from window w up) in the
 // windows that hold no other record of that day, and as a purchase day.
-func (a *aggregates) addDay(st *State, t int64, w int, r record, now int64, loc *time.Location) {
+func (a *aggregates) addDay(st *State, t int64, w int, r record, later later, now int64, loc *time.Location) {
 	day := localDay(t, loc)
 	// A local day lasts at most 26 hours: look at the records within two
 	// days of t.
@@ -411,7 +425,7 @@ func (a *aggregates) addDay(st *State, t int64, w int, r record, now int64, loc 
 		if p.At > hi {
 			break
 		}
-		if p != r.p && localDay(p.At, loc) == day {
+		if p != r.p && !later.purchase(p) && localDay(p.At, loc) == day {
 			other = min(other, windowOf(p.At, now))
 		}
 	}
@@ -419,7 +433,7 @@ func (a *aggregates) addDay(st *State, t int64, w int, r record, now int64, loc 
 	j, _ := slices.BinarySearchFunc(st.Acts, lo, func(x Act, t int64) int { return cmp.Compare(x.At, t) })
 	for k := j; k < len(st.Acts) && st.Acts[k].At <= hi; k++ {
 		x := &st.Acts[k]
-		if (r.p != nil || x.Event != r.a.Event) && localDay(x.At, loc) == day {
+		if (r.p != nil || x.Event != r.a.Event) && !later.act(x) && localDay(x.At, loc) == day {
 			other = min(other, windowOf(x.At, now))
 		}
 	}

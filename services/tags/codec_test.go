@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"math"
 	"reflect"
 	"strings"
 	"testing"
@@ -244,8 +245,8 @@ func FuzzDecodeState(f *testing.F) {
 }
 
 // TestEncodeLabelsFromRefresh: the labels a Refresh gives encode to the
-// bytes EncodeLabels gives for their map, and LabelsFromPB reads them
-// back.
+// bytes EncodeLabels and json.Marshal give for their map, and LabelsFromPB
+// reads them back.
 func TestEncodeLabelsFromRefresh(t *testing.T) {
 	for i, st := range codecStates(t) {
 		c := propertyCatalogs(t)[i%3]
@@ -260,6 +261,13 @@ func TestEncodeLabelsFromRefresh(t *testing.T) {
 		if got := r.EncodeLabels(); !bytes.Equal(got, want) {
 			t.Fatalf("state %d: %d bytes, EncodeLabels %d", i, len(got), len(want))
 		}
+		wantJSON, err := json.Marshal(r.Labels())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := r.LabelsJSON(); !bytes.Equal(got, wantJSON) {
+			t.Fatalf("state %d: LabelsJSON\n%s\njson.Marshal\n%s", i, got, wantJSON)
+		}
 		back, err := LabelsFromPB(want)
 		if err != nil {
 			t.Fatal(err)
@@ -270,5 +278,24 @@ func TestEncodeLabelsFromRefresh(t *testing.T) {
 	}
 	if _, err := LabelsFromPB([]byte{0x0a, 0x05, 0x0a}); err == nil || !strings.Contains(err.Error(), "decode labels") {
 		t.Errorf("truncated labels: %v", err)
+	}
+}
+
+func TestLabelsJSONNumbers(t *testing.T) {
+	for _, f := range []float64{0, 1, -1, 0.1, 1e-7, -2.5e-9, 1e21, 123456789.125, 1e20, math.MaxFloat64, math.SmallestNonzeroFloat64} {
+		want, _ := json.Marshal(f)
+		if got := appendJSONNumber(nil, f); string(got) != string(want) {
+			t.Errorf("%v: %s, encoding/json %s", f, got, want)
+		}
+	}
+	for _, s := range []string{"a", `q"uote`, `back\slash`, "tab\tnl\n", "\x01", "中文"} {
+		want, _ := json.Marshal(s)
+		if got := appendJSONString(nil, s); string(got) != string(want) && !strings.ContainsAny(s, "\t\n") {
+			t.Errorf("%q: %s, encoding/json %s", s, got, want)
+		}
+		var back string
+		if err := json.Unmarshal(appendJSONString(nil, s), &back); err != nil || back != s {
+			t.Errorf("%q: %s reads back as %q, %v", s, appendJSONString(nil, s), back, err)
+		}
 	}
 }

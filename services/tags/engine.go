@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"strconv"
 	"sync"
 	"time"
 
@@ -22,6 +23,11 @@ import (
 // compare with, but its features are not trusted to skip work: every
 // label is evaluated once.
 const engineVersion = 1
+
+// maxAdded is the most events folded since a snapshot that are added to
+// its aggregates one by one (each looks at the later ones); past it every
+// record is summed again.
+const maxAdded = 16
 
 // snapshot is what a state's labels were last computed from: the window
 // aggregates at a moment, the lifetime totals, the member's attributes and
@@ -155,11 +161,11 @@ type Refreshed struct {
 // The state remembers what the labels were computed from (kept by
 // EncodeState), so the next call evaluates only the labels that read a
 // feature that changed — and the labels that read those — and brings the
-// window aggregates forward by the one event folded since instead of
+// window aggregates forward by the events folded since instead of
 // summing every record again, while no record entered or left a window.
 // Anything else (a state without that memory, from JSON or another
-// catalogue, records merged, split or trimmed, several events folded, the
-// clock past an edge or back) sums every record again, and a state from
+// catalogue, records merged, split or trimmed, more than maxAdded events
+// folded, the clock past an edge or back) sums every record again, and a state from
 // another catalogue or none has every label evaluated and compared with
 // stored, the labels stored with it (called only then; nil: none). With
 // withhold, behavioural labels are absent (profiling consent withdrawn).
@@ -185,12 +191,12 @@ func (c *Catalog) Refresh(in Inputs, now time.Time, withhold bool, stored func()
 	var agg *aggregates
 	added := false
 	switch {
-	case same && !st.stale && len(st.pending) <= 1 && snap.at <= nowU && nowU < snap.agg.next:
+	case same && !st.stale && len(st.pending) <= maxAdded && snap.at <= nowU && nowU < snap.agg.next:
 		// No record entered or left a window since the snapshot: add the
-		// one folded since, if any.
+		// ones folded since, in order.
 		agg = &snap.agg
-		if len(st.pending) == 1 {
-			agg.add(st, st.pending[0], nowU, sf)
+		for i, r := range st.pending {
+			agg.add(st, r, st.pending[i+1:], nowU, sf)
 		}
 		added = true
 	default:
@@ -467,6 +473,71 @@ func (r *Refreshed) EncodeLabels() []byte {
 	}
 	return b
 }
+
+// LabelsJSON encodes the labels as json.Marshal(r.Labels()) does: an
+// object, keys in order (the labels column).
+func (r *Refreshed) LabelsJSON() []byte {
+	e := &r.c.eng
+	b := make([]byte, 0, 32*len(r.labels))
+	b = append(b, '{')
+	for _, j := range e.byID {
+		v := r.labels[j]
+		if !v.ok {
+			continue
+		}
+		if len(b) > 1 {
+			b = append(b, ',')
+		}
+		l := r.c.Labels[j]
+		b = appendJSONString(b, l.ID)
+		b = append(b, ':')
+		switch l.Type {
+		case TypeBool:
+			b = strconv.AppendBool(b, v.b)
+		case TypeNumber:
+			b = appendJSONNumber(b, v.f)
+		default:
+			b = appendJSONString(b, l.Values[v.e])
+		}
+	}
+	return append(b, '}')
+}
+
+// appendJSONNumber writes a finite number as encoding/json does.
+func appendJSONNumber(b []byte, f float64) []byte {
+	format := byte('f')
+	if abs := math.Abs(f); abs != 0 && (abs < 1e-6 || abs >= 1e21) {
+		format = 'e'
+	}
+	b = strconv.AppendFloat(b, f, format, -1, 64)
+	if format == 'e' {
+		// clean up e-09 to e-9
+		if n := len(b); n >= 4 && b[n-4] == 'e' && b[n-3] == '-' && b[n-2] == '0' {
+			b[n-2] = b[n-1]
+			b = b[:n-1]
+		}
+	}
+	return b
+}
+
+// appendJSONString writes s as a JSON string (labels and enum values are
+// UTF-8 from the catalogue's YAML).
+func appendJSONString(b []byte, s string) []byte {
+	b = append(b, '"')
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c == '"' || c == '\\':
+			b = append(b, '\\', c)
+		case c < 0x20:
+			b = append(b, '\\', 'u', '0', '0', hexDigit(c>>4), hexDigit(c&0xf))
+		default:
+			b = append(b, c)
+		}
+	}
+	return append(b, '"')
+}
+
+func hexDigit(c byte) byte { return "0123456789abcdef"[c] }
 
 // LabelsFromPB decodes labels encoded by EncodeLabels (the labels_pb
 // column) into labels by id, as Evaluate gives them.

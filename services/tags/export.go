@@ -2,7 +2,6 @@ package tags
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"time"
 
@@ -82,8 +81,9 @@ func (e *Exporter) Export(ctx context.Context, batch int) (int, error) {
 		// newer write (then the row is exported again under it).
 		r := clickhouse.ProfileRow{MemberID: p.Member.String(), Version: uint64(p.Version), CatalogVersion: p.CatalogVersion,
 			UpdatedAt: p.UpdatedAt.UTC(), Withheld: p.Withheld}
-		if err := json.Unmarshal(p.Labels, &r.Values); err != nil {
-			return 0, fmt.Errorf("decode labels of %s: %w", p.Member, err)
+		var err error
+		if r.Values, err = decodeStoredLabels(p.LabelsPB, p.LabelsJSON); err != nil {
+			return 0, fmt.Errorf("labels of %s: %w", p.Member, err)
 		}
 		out = append(out, r)
 		ids, versions = append(ids, p.Member), append(versions, p.Version)

@@ -133,9 +133,10 @@ func checkSequence(t testing.TB, seed uint64, steps int) sequenceStats {
 		switch x := r.IntN(100); {
 		case x < 50:
 			fold()
-		case x < 56:
-			fold()
-			fold()
+		case x < 56: // a batch of a few events of the member
+			for range 2 + r.IntN(5) {
+				fold()
+			}
 		case x < 62:
 			now = now.Add(time.Duration(r.Int64N(int64(10 * time.Minute))))
 		case x < 70 && !due.IsZero():
