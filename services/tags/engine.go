@@ -70,8 +70,12 @@ type compiled struct {
 	inF, inL [][]int32
 	// byID: label positions in id order.
 	byID []int32
-	// pbPrefix: each label's LabelValue id field (tag, length, id).
-	pbPrefix [][]byte
+	// pbPrefix: each label's LabelValue id field (tag, length, id); pbFixed
+	// and jsonFixed: the whole LabelValue field (labels_pb) and JSON member
+	// (the labels column) for each value of a bool (false, true) or enum
+	// label (its values), nil for numbers; jsonKey: "id": for numbers.
+	pbPrefix, jsonKey  [][]byte
+	pbFixed, jsonFixed [][][]byte
 	// fingerprint identifies the catalogue's source.
 	fingerprint uint64
 	scratch     sync.Pool // *scratch
@@ -121,9 +125,24 @@ func (c *Catalog) compile(src []byte) {
 	for _, f := range c.Filters {
 		f.compiled, _ = c.compileExpr(f.ast)
 	}
-	e.pbPrefix = make([][]byte, len(c.Labels))
+	e.pbPrefix, e.jsonKey = make([][]byte, len(c.Labels)), make([][]byte, len(c.Labels))
+	e.pbFixed, e.jsonFixed = make([][][]byte, len(c.Labels)), make([][][]byte, len(c.Labels))
 	for j, l := range c.Labels {
 		e.pbPrefix[j] = appendString(nil, 1, l.ID)
+		e.jsonKey[j] = append(appendJSONString(nil, l.ID), ':')
+		var vals []lval
+		switch l.Type {
+		case TypeBool:
+			vals = []lval{{ok: true}, {ok: true, b: true}}
+		case TypeEnum:
+			for k := range l.Values {
+				vals = append(vals, lval{ok: true, e: uint16(k)})
+			}
+		}
+		for _, v := range vals {
+			e.pbFixed[j] = append(e.pbFixed[j], appendLabelPB(nil, e.pbPrefix[j], l, v))
+			e.jsonFixed[j] = append(e.jsonFixed[j], appendLabelJSON(nil, e.jsonKey[j], l, v))
+		}
 	}
 	h := sha256.Sum256(src)
 	e.fingerprint = binary.BigEndian.Uint64(h[:8])
@@ -437,41 +456,54 @@ func (r *Refreshed) EncodeLabels() []byte {
 	n := 0
 	for _, j := range e.byID {
 		if r.labels[j].ok {
-			n += len(e.pbPrefix[j]) + 14
+			n += len(e.pbPrefix[j]) + 16
 		}
 	}
 	b := make([]byte, 0, n)
 	for _, j := range e.byID {
 		v := r.labels[j]
-		if !v.ok {
-			continue
-		}
-		l := r.c.Labels[j]
-		prefix := e.pbPrefix[j]
-		var size int
-		switch l.Type {
-		case TypeBool:
-			size = len(prefix) + 2
-		case TypeNumber:
-			size = len(prefix) + 9
+		switch {
+		case !v.ok:
+		case e.pbFixed[j] != nil:
+			b = append(b, e.pbFixed[j][fixedIndex(v)]...)
 		default:
-			size = len(prefix) + 1 + protowire.SizeBytes(len(l.Values[v.e]))
-		}
-		b = protowire.AppendTag(b, 1, protowire.BytesType)
-		b = protowire.AppendVarint(b, uint64(size))
-		b = append(b, prefix...)
-		switch l.Type {
-		case TypeBool:
-			b = append(b, 2<<3|byte(protowire.VarintType), byte(protowire.EncodeBool(v.b)))
-		case TypeNumber:
-			b = append(b, 4<<3|byte(protowire.Fixed64Type))
-			b = protowire.AppendFixed64(b, math.Float64bits(v.f))
-		default:
-			b = append(b, 3<<3|byte(protowire.BytesType))
-			b = protowire.AppendString(b, l.Values[v.e])
+			b = appendLabelPB(b, e.pbPrefix[j], r.c.Labels[j], v)
 		}
 	}
 	return b
+}
+
+// fixedIndex is a bool or enum value's position in pbFixed and jsonFixed.
+func fixedIndex(v lval) int {
+	if v.b {
+		return 1
+	}
+	return int(v.e)
+}
+
+// appendLabelPB appends a LabelsChanged's labels field holding one value.
+func appendLabelPB(b, prefix []byte, l *Label, v lval) []byte {
+	var size int
+	switch l.Type {
+	case TypeBool:
+		size = len(prefix) + 2
+	case TypeNumber:
+		size = len(prefix) + 9
+	default:
+		size = len(prefix) + 1 + protowire.SizeBytes(len(l.Values[v.e]))
+	}
+	b = protowire.AppendTag(b, 1, protowire.BytesType)
+	b = protowire.AppendVarint(b, uint64(size))
+	b = append(b, prefix...)
+	switch l.Type {
+	case TypeBool:
+		return append(b, 2<<3|byte(protowire.VarintType), byte(protowire.EncodeBool(v.b)))
+	case TypeNumber:
+		b = append(b, 4<<3|byte(protowire.Fixed64Type))
+		return protowire.AppendFixed64(b, math.Float64bits(v.f))
+	}
+	b = append(b, 3<<3|byte(protowire.BytesType))
+	return protowire.AppendString(b, l.Values[v.e])
 }
 
 // LabelsJSON encodes the labels as json.Marshal(r.Labels()) does: an
@@ -488,19 +520,25 @@ func (r *Refreshed) LabelsJSON() []byte {
 		if len(b) > 1 {
 			b = append(b, ',')
 		}
-		l := r.c.Labels[j]
-		b = appendJSONString(b, l.ID)
-		b = append(b, ':')
-		switch l.Type {
-		case TypeBool:
-			b = strconv.AppendBool(b, v.b)
-		case TypeNumber:
-			b = appendJSONNumber(b, v.f)
-		default:
-			b = appendJSONString(b, l.Values[v.e])
+		if e.jsonFixed[j] != nil {
+			b = append(b, e.jsonFixed[j][fixedIndex(v)]...)
+			continue
 		}
+		b = appendLabelJSON(b, e.jsonKey[j], r.c.Labels[j], v)
 	}
 	return append(b, '}')
+}
+
+// appendLabelJSON appends "id":value.
+func appendLabelJSON(b, key []byte, l *Label, v lval) []byte {
+	b = append(b, key...)
+	switch l.Type {
+	case TypeBool:
+		return strconv.AppendBool(b, v.b)
+	case TypeNumber:
+		return appendJSONNumber(b, v.f)
+	}
+	return appendJSONString(b, l.Values[v.e])
 }
 
 // appendJSONNumber writes a finite number as encoding/json does.
