@@ -311,15 +311,25 @@ func TestRefreshMatchesFullRecompute(t *testing.T) {
 	if testing.Short() {
 		seeds = 8
 	}
+	// The sequences run in parallel on the same catalogues, as partitions'
+	// workers do.
+	var mu sync.Mutex
 	var total sequenceStats
-	for seed := range uint64(seeds) {
-		s := checkSequence(t, seed+1, steps)
-		total.steps += s.steps
-		total.added += s.added
-		total.byDeps += s.byDeps
-		total.full += s.full
-		total.evaluated += s.evaluated
-	}
+	t.Run("sequences", func(t *testing.T) {
+		for seed := range uint64(seeds) {
+			t.Run(fmt.Sprint(seed+1), func(t *testing.T) {
+				t.Parallel()
+				s := checkSequence(t, seed+1, steps)
+				mu.Lock()
+				defer mu.Unlock()
+				total.steps += s.steps
+				total.added += s.added
+				total.byDeps += s.byDeps
+				total.full += s.full
+				total.evaluated += s.evaluated
+			})
+		}
+	})
 	t.Logf("%d steps: aggregates brought forward in %d, labels by dependency in %d (full in %d), %.1f labels evaluated a step",
 		total.steps, total.added, total.byDeps, total.full, float64(total.evaluated)/float64(total.steps))
 	if total.added < total.steps/5 || total.byDeps < total.steps/3 {
