@@ -126,7 +126,8 @@ var stages = []stage{
 		// events.
 		ps.loop(func(ctx context.Context) error { return e.d.tags.RunSweeper(ctx, time.Second) })
 		// Current profiles to ClickHouse.
-		ps.loop(e.d.tags.NewExporter(e.d.facts).Run)
+		schema := clickhouse.NewSchema(e.p.cfg.ClickHouse, e.d.facts, clickhouse.WithTracerProvider(e.p.tel.Tracers))
+		ps.loop(e.d.tags.NewExporter(e.d.facts, schema).Run)
 		return nil
 	}},
 	{name: relay.Stage, start: func(e env, ps *parts) error {

@@ -79,6 +79,7 @@ func (c Config) LogValue() slog.Value {
 		slog.String("postgres", c.Postgres.Masked()),
 		slog.Int("postgres_max_conns", int(c.Postgres.MaxConns)),
 		slog.String("clickhouse", c.ClickHouse.Addr+"/"+c.ClickHouse.Database),
+		slog.String("clickhouse_cluster", c.ClickHouse.Cluster),
 		slog.String("clickhouse_password", telemetry.Mask(c.ClickHouse.Password)),
 		slog.String("kafka", strings.Join(c.Kafka.Brokers, ",")),
 		slog.Any("topics", c.Kafka.Topics),
@@ -189,7 +190,9 @@ func (p *Platform) Migrate(ctx context.Context) error {
 		return err
 	}
 	defer conn.Close()
-	applied, err = clickhouse.Migrate(ctx, conn)
+	// On a cluster (MC_CLICKHOUSE_CLUSTER) every node is migrated: local
+	// tables and the Distributed tables over them.
+	applied, err = clickhouse.NewSchema(p.cfg.ClickHouse, conn, clickhouse.WithTracerProvider(p.tel.Tracers)).Migrate(ctx)
 	if err != nil {
 		return err
 	}
