@@ -296,14 +296,16 @@ func (s *Service) stage(ctx context.Context, m *memberState, r *Refreshed, cause
 	if err != nil {
 		return nil, err
 	}
-	var rawLabels, labelsPB []byte
+	// Labels are written only when they changed, and only as labels_pb
+	// (the JSON column is what rows written before it hold).
+	var labelsPB []byte
 	if r.Changed() || !m.exists {
-		labelsPB, rawLabels = r.EncodeLabels(), r.LabelsJSON()
+		labelsPB = r.EncodeLabels()
 	}
 	if !r.Next.IsZero() {
 		w.newDue = &r.Next
 	}
-	w.features = postgres.FeaturesWrite{Member: m.id, State: rawState, Labels: rawLabels, LabelsPB: labelsPB,
+	w.features = postgres.FeaturesWrite{Member: m.id, State: rawState, LabelsPB: labelsPB,
 		CatalogVersion: c.Version, Version: w.newVersion, DueAt: w.newDue, At: now}
 	return w, nil
 }

@@ -125,10 +125,9 @@ func QueueProfileExport(b *pgx.Batch, member uuid.UUID, version int64) {
 type FeaturesWrite struct {
 	Member uuid.UUID
 	State  []byte
-	// The labels as LabelsPB (tags.EncodeLabels) and Labels (a JSON
-	// object). LabelsPB nil: the labels did not change, and both columns
-	// keep what they hold.
-	Labels         []byte
+	// The labels (tags.EncodeLabels); nil: they did not change, and the
+	// row keeps what it holds. Written labels_pb supersedes the JSON
+	// labels of rows written before it, which is emptied.
 	LabelsPB       []byte
 	CatalogVersion string
 	Version        int64
@@ -438,26 +437,25 @@ func QueueFeaturesBatch(b *pgx.Batch, fs []FeaturesWrite) {
 	n := len(fs)
 	members := make([]uuid.UUID, n)
 	states := make([][]byte, n)
-	labels := make([][]byte, n)
 	pbs := make([][]byte, n)
 	catalogs := make([]string, n)
 	versions := make([]int64, n)
 	dues := make([]*time.Time, n)
 	ats := make([]time.Time, n)
 	for i, f := range fs {
-		members[i], states[i], labels[i], pbs[i], catalogs[i], versions[i], dues[i], ats[i] =
-			f.Member, f.State, f.Labels, f.LabelsPB, f.CatalogVersion, f.Version, f.DueAt, f.At
+		members[i], states[i], pbs[i], catalogs[i], versions[i], dues[i], ats[i] =
+			f.Member, f.State, f.LabelsPB, f.CatalogVersion, f.Version, f.DueAt, f.At
 	}
 	// Unchanged labels (labels_pb NULL) are not written again: the row
 	// keeps its labels, and a new row gets none.
 	b.Queue(`INSERT INTO member_features (member_id, state, labels, labels_pb, catalog_version, version, due_at, updated_at)
-		SELECT m, s, coalesce(l, '{}'::jsonb), pb, c, v, d, a
-		  FROM unnest($1::uuid[], $2::bytea[], $3::jsonb[], $4::bytea[], $5::text[], $6::bigint[], $7::timestamptz[], $8::timestamptz[])
-		       AS x(m, s, l, pb, c, v, d, a)
+		SELECT m, s, '{}'::jsonb, pb, c, v, d, a
+		  FROM unnest($1::uuid[], $2::bytea[], $3::bytea[], $4::text[], $5::bigint[], $6::timestamptz[], $7::timestamptz[])
+		       AS x(m, s, pb, c, v, d, a)
 		ON CONFLICT (member_id) DO UPDATE SET state = EXCLUDED.state,
-		  labels = CASE WHEN EXCLUDED.labels_pb IS NULL THEN member_features.labels ELSE EXCLUDED.labels END,
+		  labels = CASE WHEN EXCLUDED.labels_pb IS NULL THEN member_features.labels ELSE '{}'::jsonb END,
 		  labels_pb = coalesce(EXCLUDED.labels_pb, member_features.labels_pb),
 		  catalog_version = EXCLUDED.catalog_version, version = EXCLUDED.version, due_at = EXCLUDED.due_at,
 		  updated_at = EXCLUDED.updated_at`,
-		members, states, labels, pbs, catalogs, versions, dues, ats)
+		members, states, pbs, catalogs, versions, dues, ats)
 }

@@ -51,7 +51,7 @@ func TestFeatureStateBecomesBytes(t *testing.T) {
 	}
 	bin := []byte{0x01, 0x0a, 0x03, 'p', 'o', 's'}
 	b := &pgx.Batch{}
-	postgres.QueueFeatures(b, postgres.FeaturesWrite{Member: binMember, State: bin, Labels: []byte(`{"a": true}`), LabelsPB: []byte{},
+	postgres.QueueFeatures(b, postgres.FeaturesWrite{Member: binMember, State: bin, LabelsPB: []byte{},
 		Version: 1, At: time.Now()})
 	if err := pool.SendBatch(ctx, b).Close(); err != nil {
 		t.Fatal(err)
@@ -81,7 +81,8 @@ func TestFeatureStateBecomesBytes(t *testing.T) {
 }
 
 // TestUnchangedLabelsAreKept: a features write without labels (they did
-// not change) keeps the stored ones; a new row gets none.
+// not change) keeps the stored ones; a new row gets none; written labels_pb
+// supersede the JSON labels of a row written before it.
 func TestUnchangedLabelsAreKept(t *testing.T) {
 	ctx := context.Background()
 	pool := pgtest.NewPool(t, nil)
@@ -99,14 +100,18 @@ func TestUnchangedLabelsAreKept(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	write(postgres.FeaturesWrite{Member: m, State: []byte{1}, Labels: []byte(`{"a": true}`), LabelsPB: []byte{1, 2}, Version: 1, At: time.Now()})
+	write(postgres.FeaturesWrite{Member: m, State: []byte{1}, Version: 0, At: time.Now()})
+	if _, err := pool.Exec(ctx, `UPDATE member_features SET labels = '{"a": true}' WHERE member_id = $1`, m); err != nil {
+		t.Fatal(err)
+	}
+	write(postgres.FeaturesWrite{Member: m, State: []byte{1}, LabelsPB: []byte{1, 2}, Version: 1, At: time.Now()})
 	write(postgres.FeaturesWrite{Member: m, State: []byte{1, 9}, Version: 1, At: time.Now()},
 		postgres.FeaturesWrite{Member: fresh, State: []byte{1}, Version: 0, At: time.Now()})
 	for _, c := range []struct {
 		id            uuid.UUID
 		state, labels string
 		pb            []byte
-	}{{m, "\x01\x09", `{"a": true}`, []byte{1, 2}}, {fresh, "\x01", `{}`, nil}} {
+	}{{m, "\x01\x09", `{}`, []byte{1, 2}}, {fresh, "\x01", `{}`, nil}} {
 		var state, pb []byte
 		var labels string
 		if err := pool.QueryRow(ctx, `SELECT state, labels::text, labels_pb FROM member_features WHERE member_id = $1`, c.id).Scan(&state, &labels, &pb); err != nil {
