@@ -369,6 +369,9 @@ func (p *Platform) domain(now func() time.Time, clickhouseNeeded bool) (*domain,
 	// Merges carry the members' loyalty data and features along.
 	idSvc.AddMemberData(benefitSvc)
 	idSvc.AddMemberData(tagSvc)
+	// Benefits that follow labels: the tag worker queues a member whose
+	// label one depends on changed, for the benefit stage's CheckLabels.
+	tagSvc.SetBenefitLabels(benefitSvc.DependsOnLabel)
 	profileSvc := profile.New(p.pool, tagSvc, cw)
 	profileSvc.SetClock(now)
 	d := &domain{identity: idSvc, benefits: benefitSvc, tags: tagSvc, profile: profileSvc}

@@ -15,6 +15,7 @@ import (
 	"slices"
 	"sort"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -42,6 +43,30 @@ type Service struct {
 	log     *slog.Logger
 	now     func() time.Time
 	cat     *versioned.Document[Catalog]
+	// benefitLabels says whether a benefit depends on a label (nil: none
+	// does).
+	benefitLabels atomic.Pointer[func(label string) bool]
+}
+
+// SetBenefitLabels tells the worker which labels benefits depend on: a
+// member whose membership of one of them changes is queued, in the same
+// transaction, for the benefit stage to re-evaluate its benefits.
+func (s *Service) SetBenefitLabels(depends func(label string) bool) { s.benefitLabels.Store(&depends) }
+
+// benefitsFollow says whether a benefit depends on one of the labels.
+func (s *Service) benefitsFollow(labels ...[]string) bool {
+	f := s.benefitLabels.Load()
+	if f == nil {
+		return false
+	}
+	for _, ls := range labels {
+		for _, l := range ls {
+			if (*f)(l) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // Catalogues is how the label catalogue is stored and read.
@@ -256,9 +281,11 @@ func (s *Service) store(ctx context.Context, tx pgx.Tx, m *memberState, r *Refre
 
 // memberWrite is what one member's recomputation writes.
 type memberWrite struct {
-	m        *memberState
-	labels   postgres.LabelMembership
-	export   bool
+	m      *memberState
+	labels postgres.LabelMembership
+	export bool
+	// benefits: a label a benefit depends on changed
+	benefits bool
 	outbox   []postgres.OutboxRow
 	features postgres.FeaturesWrite
 	// after the write: what the member then is
@@ -282,6 +309,7 @@ func (s *Service) stage(ctx context.Context, m *memberState, r *Refreshed, cause
 		})
 		// member_labels is set membership: a row per label that is true.
 		w.labels = postgres.LabelMembership{Member: m.id, Set: r.Set, Cleared: r.Cleared}
+		w.benefits = s.benefitsFollow(r.Set, r.Cleared)
 	}
 	for _, change := range m.pending {
 		m.changeSeq++
@@ -323,6 +351,7 @@ func (s *Service) flush(ctx context.Context, tx pgx.Tx, ws []*memberWrite) error
 	var exportMembers []uuid.UUID
 	var exportVersions []int64
 	var outbox []postgres.OutboxRow
+	var benefitChecks []uuid.UUID
 	features := make([]postgres.FeaturesWrite, 0, len(ws))
 	for _, w := range ws {
 		if w.m.attrsDirty {
@@ -332,6 +361,9 @@ func (s *Service) flush(ctx context.Context, tx pgx.Tx, ws []*memberWrite) error
 			labels = append(labels, w.labels)
 			exportMembers, exportVersions = append(exportMembers, w.m.id), append(exportVersions, w.newVersion)
 		}
+		if w.benefits {
+			benefitChecks = append(benefitChecks, w.m.id)
+		}
 		outbox = append(outbox, w.outbox...)
 		features = append(features, w.features)
 	}
@@ -339,6 +371,7 @@ func (s *Service) flush(ctx context.Context, tx pgx.Tx, ws []*memberWrite) error
 	postgres.QueueLabelMembershipBatch(b, labels, s.now())
 	postgres.QueueProfileExports(b, exportMembers, exportVersions)
 	postgres.QueueOutbox(b, outbox)
+	postgres.QueueBenefitLabelChecks(b, benefitChecks)
 	postgres.QueueFeaturesBatch(b, features)
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return fmt.Errorf("store labels: %w", err)

@@ -449,3 +449,30 @@ func DueLoyalty(ctx context.Context, q Querier, now time.Time, month, limit int)
 	}
 	return ids, nil
 }
+
+// QueueBenefitLabelChecks queues members whose labels a benefit depends on
+// changed, for the benefit stage to re-evaluate (TakeBenefitLabelChecks).
+func QueueBenefitLabelChecks(b *pgx.Batch, members []uuid.UUID) {
+	if len(members) == 0 {
+		return
+	}
+	b.Queue(`INSERT INTO benefit_label_checks (member_id) SELECT unnest($1::uuid[])
+		ON CONFLICT (member_id) DO UPDATE SET queued_at = now()`, members)
+}
+
+// TakeBenefitLabelChecks removes up to limit queued members, oldest first,
+// skipping those another taker holds, and returns them: the caller
+// re-evaluates them in tx, whose rollback puts them back.
+func TakeBenefitLabelChecks(ctx context.Context, tx pgx.Tx, limit int) ([]uuid.UUID, error) {
+	rows, err := tx.Query(ctx, `DELETE FROM benefit_label_checks WHERE member_id IN (
+		SELECT member_id FROM benefit_label_checks ORDER BY queued_at LIMIT $1 FOR UPDATE SKIP LOCKED)
+		RETURNING member_id`, limit)
+	if err != nil {
+		return nil, fmt.Errorf("take benefit label checks: %w", err)
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
+	if err != nil {
+		return nil, fmt.Errorf("take benefit label checks: %w", err)
+	}
+	return ids, nil
+}
