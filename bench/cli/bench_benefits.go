@@ -1016,6 +1016,8 @@ func sampleCPU() cpuSample {
 		}
 	}
 	_, s.self, _ = procCPU("/proc/self/stat")
+	// Less what the memory sampler took (it measures, it is not measured).
+	s.self -= min(s.self, uint64(samplerNanos.Load()*userHZ/1e9))
 	entries, _ := os.ReadDir("/proc")
 	for _, e := range entries {
 		if _, err := strconv.Atoi(e.Name()); err != nil {
