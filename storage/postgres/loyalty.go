@@ -294,9 +294,10 @@ func QueueCampaignUsage(b *pgx.Batch, member uuid.UUID, u UsageRow) {
 }
 
 // QueueBudgetSpend queues points spent from a campaign's budget (limit 0:
-// none); refused is called when the budget would be exceeded.
+// none); refused is called when the budget would be exceeded (by the first
+// spend too).
 func QueueBudgetSpend(b *pgx.Batch, campaign string, points, limit int64, refused func()) {
-	b.Queue(`INSERT INTO campaign_budgets AS b (campaign_id, spent) VALUES ($1, $2)
+	b.Queue(`INSERT INTO campaign_budgets AS b (campaign_id, spent) SELECT $1::text, $2::bigint WHERE $3::bigint = 0 OR $2::bigint <= $3::bigint
 		ON CONFLICT (campaign_id) DO UPDATE SET spent = b.spent + EXCLUDED.spent
 		WHERE $3 = 0 OR b.spent + EXCLUDED.spent <= $3`, campaign, points, limit).
 		Exec(func(tag pgconn.CommandTag) error {
@@ -308,9 +309,10 @@ func QueueBudgetSpend(b *pgx.Batch, campaign string, points, limit int64, refuse
 }
 
 // QueueCouponsIssued queues coupons issued of a template (limit 0: none);
-// refused is called when the template's total would be exceeded.
+// refused is called when the template's total would be exceeded (by the
+// first coupons too).
 func QueueCouponsIssued(b *pgx.Batch, template string, n, limit int, refused func()) {
-	b.Queue(`INSERT INTO coupon_template_counts AS c (template_id, issued) VALUES ($1, $2)
+	b.Queue(`INSERT INTO coupon_template_counts AS c (template_id, issued) SELECT $1::text, $2::int WHERE $3::int = 0 OR $2::int <= $3::int
 		ON CONFLICT (template_id) DO UPDATE SET issued = c.issued + EXCLUDED.issued
 		WHERE $3 = 0 OR c.issued + EXCLUDED.issued <= $3`, template, n, limit).
 		Exec(func(tag pgconn.CommandTag) error {

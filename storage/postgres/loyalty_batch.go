@@ -221,6 +221,7 @@ type LoyaltyWrites struct {
 	States         map[uuid.UUID][]byte
 	BirthDates     map[uuid.UUID]string
 	Outbox         []OutboxRow
+	Responses      []IdempotentResponse // answers of the RPCs that made the writes
 }
 
 // NewLot is a lot a member earned.
@@ -465,6 +466,7 @@ func (w *LoyaltyWrites) Queue(b *pgx.Batch, refused func()) {
 			FROM unnest($1::uuid[], $2::text[]) AS x(id, d) WHERE m.member_id = x.id`, ms, ds)
 	}
 	QueueOutbox(b, w.Outbox)
+	QueueIdempotentResponses(b, w.Responses)
 }
 
 // queueLedger writes the transactions and their entries in one statement.
