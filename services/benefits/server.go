@@ -134,15 +134,20 @@ func (s *Server) Quote(ctx context.Context, req *mcv1.QuoteRequest) (*mcv1.Quote
 	op.Origin, op.Cause = member.String(), "quote"
 	var resp *mcv1.QuoteResponse
 	err = s.svc.read(ctx, member, op.At, func(st *State) error {
-		before := st.Tier
-		fx, err := Engine{P: s.svc.program()}.Apply(st, op)
-		if err != nil {
-			return err
-		}
-		resp = s.svc.quoteResponse(st, fx, before)
-		return nil
+		resp, err = s.svc.quote(st, op)
+		return err
 	}, op.OrderID)
 	return resp, err
+}
+
+// quote evaluates the purchase op on st (which it changes).
+func (s *Service) quote(st *State, op Op) (*mcv1.QuoteResponse, error) {
+	before := st.Tier
+	fx, err := Engine{P: s.program()}.Apply(st, op)
+	if err != nil {
+		return nil, err
+	}
+	return s.quoteResponse(st, fx, before), nil
 }
 
 // Commit implements BenefitsService.Commit.

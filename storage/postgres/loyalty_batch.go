@@ -70,12 +70,9 @@ func LoadLoyaltyBatch(ctx context.Context, q Batcher, loads []LoyaltyLoad) (map[
 		}
 		return rows.Err()
 	})
+	// Open lots only, as LoadLoyalty reads them.
 	b.Queue(`SELECT member_id, lot_id, earned, remaining, earned_at, available_at, expires_at, coalesce(order_id, ''), origin_member_id, kind
-		FROM (SELECT * FROM point_lots WHERE member_id = ANY($1) AND remaining > 0
-		      UNION
-		      SELECT l.* FROM orders o JOIN point_lots l ON l.lot_id = o.lot_id AND l.member_id = o.member_id
-		       WHERE o.order_id = ANY($2) AND o.member_id = ANY($1)) x
-		ORDER BY member_id, lot_id`, members, orders).
+		FROM point_lots WHERE member_id = ANY($1) AND remaining > 0 ORDER BY member_id, lot_id`, members).
 		Query(func(rows pgx.Rows) error {
 			for rows.Next() {
 				var id uuid.UUID
