@@ -70,7 +70,7 @@ func (s *Service) CheckLabels(ctx context.Context, limit int) (int, error) {
 				if err != nil {
 					return err
 				}
-				if err := s.stageOp(ctx, w, st, fx, op, mcv1.Channel_CHANNEL_BACKOFFICE, ""); err != nil {
+				if err := s.stageOp(ctx, w, st, fx, op, mcv1.Channel_CHANNEL_BACKOFFICE, "", st.Lots); err != nil {
 					return err
 				}
 				s.stageState(w, st)
