@@ -673,7 +673,29 @@ func (b *tagsBench) drain(ctx context.Context) (time.Duration, error) {
 type tagStateStats = pgbench.FeatureStats
 
 func (b *tagsBench) stateStats(ctx context.Context) (tagStateStats, error) {
-	return pgbench.FeatureStatsOf(ctx, b.pool, b.used)
+	return pgbench.FeatureStatsOf(ctx, b.pool, b.used, func(state, labelsPB, labelsJSON []byte) (int, int, int, error) {
+		st, err := tags.DecodeState(state)
+		if err != nil {
+			return 0, 0, 0, err
+		}
+		labels, err := storedLabels(labelsPB, labelsJSON)
+		return len(st.Purchases), len(st.Acts), len(labels), err
+	})
+}
+
+// storedLabels decodes a member's stored labels: labels_pb, or the JSON of
+// a row written before it.
+func storedLabels(pb, legacy []byte) (map[string]any, error) {
+	if pb != nil {
+		return tags.LabelsFromPB(pb)
+	}
+	out := map[string]any{}
+	if legacy != nil {
+		if err := json.Unmarshal(legacy, &out); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
 }
 
 // ---- 2. event → label visible ----
@@ -692,9 +714,8 @@ type tagVisEvent struct {
 // predict chooses, for up to n members of the run (each once), an event of
 // the mix that changes at least one label, by evaluating the labels the
 // engine will compute from the member's stored state exactly as Apply does
-// (fold, trim, compute features, evaluate the labels the event's kind can
-// change). Members due for a sweep within two minutes are skipped, so only
-// the event moves their labels.
+// (fold, then tags.Catalog.Refresh). Members due for a sweep within two
+// minutes are skipped, so only the event moves their labels.
 func (b *tagsBench) predict(ctx context.Context, n int, prefix string) ([]tagVisEvent, error) {
 	c := b.svc.Catalog()
 	all, err := pgbench.FeaturesOf(ctx, b.pool, b.used)
@@ -711,23 +732,24 @@ func (b *tagsBench) predict(ctx context.Context, n int, prefix string) ([]tagVis
 		if m.Catalog != c.Version || (m.DueAt != nil && m.DueAt.Before(now.Add(2*time.Minute))) {
 			continue
 		}
-		prev := map[string]any{}
-		if err := json.Unmarshal(m.Labels, &prev); err != nil {
+		prev, err := storedLabels(m.LabelsPB, m.LabelsJSON)
+		if err != nil {
 			return nil, err
 		}
 		demo := tags.Demographics{BirthDate: m.Attributes["birth_date"], Gender: m.Attributes["gender"], City: m.Attributes["city"]}
 		for try := range 8 {
 			ev := b.gen.event(fmt.Sprintf("%s-%d-%d", prefix, len(out), try), m.MemberID, now, false)
 			f := tags.FactFromEvent(ev)
-			st := &tags.State{}
-			if err := json.Unmarshal(m.State, st); err != nil {
+			st, err := tags.DecodeState(m.State)
+			if err != nil {
 				return nil, err
 			}
 			st.Fold(f)
-			st.Trim(now)
-			feats := tags.Compute(tags.Inputs{State: st, Demo: demo}, now, c.Location, c.Filters, c.Version)
-			labels := c.Evaluate(feats.Values, c.Dirty(f.Kind), prev, false)
-			diff := tags.Diff(prev, labels, now)
+			r, err := c.Refresh(tags.Inputs{State: st, Demo: demo}, now, false, func() (map[string]any, error) { return prev, nil })
+			if err != nil {
+				return nil, err
+			}
+			diff, labels := r.Changes, r.Labels()
 			if len(diff) == 0 {
 				continue
 			}
@@ -1406,7 +1428,7 @@ func (b *tagsBench) report(r *tagsReport) {
 	fmt.Fprintf(w, "Catalogue `%s`: %d labels (%d bool, %d enum, %d number) and %d purchase filters.\n",
 		c.Version, len(c.Labels), types[tags.TypeBool], types[tags.TypeEnum], types[tags.TypeNumber], len(c.Filters))
 	fmt.Fprintf(w, "Run: `%s`.\n\n", b.commandLine())
-	fmt.Fprintf(w, "Members: %s members of `%s` without tag state (%s created this run), each given %d history events through `tags.Service.Apply` in %s (a sign-up with birth date, gender and city 300–365 days ago, then the mix at random times since). When the latency measurements began they held on average %.1f purchases and %.1f other records in their feature state (%.0f bytes of JSONB) and %.1f labels. Event mix: 70%% transactions of 1–4 lines over coffee, tea, bakery, dairy, fresh, snacks, beverages, household, beauty, baby and pet (¥5–¥200 a unit), 5%% refunds of an earlier order, 7%% check-ins, 7%% browses, 5%% store visits, 3%% shares, 3%% reviews; POS 55%%, app 20%%, mini-program 15%%, web 10%%.\n\n",
+	fmt.Fprintf(w, "Members: %s members of `%s` without tag state (%s created this run), each given %d history events through `tags.Service.Apply` in %s (a sign-up with birth date, gender and city 300–365 days ago, then the mix at random times since). When the latency measurements began they held on average %.1f purchases and %.1f other records in their feature state (%.0f bytes stored) and %.1f labels. Event mix: 70%% transactions of 1–4 lines over coffee, tea, bakery, dairy, fresh, snacks, beverages, household, beauty, baby and pet (¥5–¥200 a unit), 5%% refunds of an earlier order, 7%% check-ins, 7%% browses, 5%% store visits, 3%% shares, 3%% reviews; POS 55%%, app 20%%, mini-program 15%%, web 10%%.\n\n",
 		thousands(int64(len(b.used))), benchDatabase, thousands(int64(r.pool.created)), b.history, r.history.Round(time.Second),
 		r.state.Purchases, r.state.Acts, r.state.StateBytes, r.state.Labels)
 
@@ -1453,7 +1475,7 @@ func (b *tagsBench) report(r *tagsReport) {
 	// 2.
 	v := r.vis
 	fmt.Fprintf(w, "### Event → label visible\n\n")
-	fmt.Fprintf(w, "The platform runs in this process with stage `tags` (tag worker, sweeper, profile exporter) and service `profile` behind the production gRPC stack, on scratch topics, after the exporter and sweeper caught up with the direct measurements (%s). For each measured event a member of the run (each used once) and an event of the mix are chosen so that the event changes at least one label, by evaluating what the engine will compute from the member's stored state with the engine's own functions (fold, trim, features, the labels the event's kind can change); members due for a sweep within two minutes are skipped. Events are published to the member-events topic open loop at %d/s after %d unmeasured ones and timed from their intended send time. GetProfile: every 5 ms one query reads the label version of the members still pending, and for each whose new version is there `ProfileService.GetProfile` is called over gRPC; the time is taken when the response shows the predicted value. ClickHouse: one `%s` every 5 ms; the time is taken when the query returns with the new version. The floor is a plain franz-go produce → consume round trip on a scratch topic of the same broker at the same rate, in the same run.\n\n",
+	fmt.Fprintf(w, "The platform runs in this process with stage `tags` (tag worker, sweeper, profile exporter) and service `profile` behind the production gRPC stack, on scratch topics, after the exporter and sweeper caught up with the direct measurements (%s). For each measured event a member of the run (each used once) and an event of the mix are chosen so that the event changes at least one label, by evaluating what the engine will compute from the member's stored state with the engine's own functions (fold, then the refresh that evaluates the labels whose inputs changed); members due for a sweep within two minutes are skipped. Events are published to the member-events topic open loop at %d/s after %d unmeasured ones and timed from their intended send time. GetProfile: every 5 ms one query reads the label version of the members still pending, and for each whose new version is there `ProfileService.GetProfile` is called over gRPC; the time is taken when the response shows the predicted value. ClickHouse: one `%s` every 5 ms; the time is taken when the query returns with the new version. The floor is a plain franz-go produce → consume round trip on a scratch topic of the same broker at the same rate, in the same run.\n\n",
 		r.drained.Round(time.Millisecond), b.visRate, v.warm, chbench.FinalVersionsSQL)
 	fmt.Fprintf(w, "| path | events | rate (ev/s) | p50 ms | p99 ms | max ms | p50 ÷ floor | p99 ÷ floor | not seen in 30 s |\n|---|---|---|---|---|---|---|---|---|\n")
 	fmt.Fprintf(w, "| floor: Kafka produce → consume (same broker, same run) | %d | %d | %s | %s | %s | 1.0× | 1.0× | 0 |\n", r.visFloor.N, b.visRate,

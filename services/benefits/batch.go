@@ -10,6 +10,8 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/protobuf/proto"
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 	"github.com/membercenter/membercenter/storage/postgres"
@@ -20,12 +22,16 @@ import (
 
 var _ contract.BatchApplier = (*Service)(nil)
 
-// batchOp is an event of a batch the programme acts on.
+// batchOp is an operation of a batch: an event the programme acts on, or
+// a call of a mutating RPC in a group (group.go).
 type batchOp struct {
 	i      int
-	ev     *mcv1.MemberEvent
+	ev     *mcv1.MemberEvent // an event's
+	call   *call             // a call's
 	op     Op
 	member uuid.UUID // resolved to; the member that absorbed it since, once locked
+	ch     mcv1.Channel
+	store  string
 }
 
 // ApplyBatch applies a partition's batch of member events in one
@@ -66,7 +72,7 @@ func (s *Service) ApplyBatch(ctx context.Context, evs []*mcv1.MemberEvent) (map[
 			rejected[i] = fault.Permanent(fmt.Errorf("resolution.origin_member_id %q: %w", op.Origin, err))
 			continue
 		}
-		todo = append(todo, batchOp{i: i, ev: ev, op: op, member: resolved})
+		todo = append(todo, batchOp{i: i, ev: ev, op: op, member: resolved, ch: ev.GetChannel(), store: ev.GetStoreId()})
 	}
 	if len(todo) == 0 {
 		return rejected, nil
@@ -98,55 +104,96 @@ func (s *Service) applyBatch(ctx context.Context, tx pgx.Tx, p *Program, todo []
 	if len(todo) == 0 {
 		return nil
 	}
+	w := postgres.NewLoyaltyWrites(p.Version)
+	if err := s.applyOps(ctx, tx, w, p, todo, refused, nil); err != nil {
+		return err
+	}
+	return s.flush(ctx, tx, w)
+}
+
+// applyOps locks and loads the members of todo (following merges) and
+// applies each member's operations in order, members in id order, staging
+// their writes in w. An operation the programme refuses is left out (see
+// applyMember); a call's answer goes to answers. What one member takes of
+// the shared limits (campaign budgets, coupon template totals) counts for
+// the members after it, so a batch never spends a limit twice.
+func (s *Service) applyOps(ctx context.Context, tx pgx.Tx, w *postgres.LoyaltyWrites, p *Program, todo []batchOp,
+	refused map[int]error, answers map[int]proto.Message) error {
 	rows, err := s.loadBatch(ctx, tx, p, todo)
 	if err != nil {
 		return err
 	}
-	// Each event to the member it now belongs to; members in id order.
+	// Each operation to the member it now belongs to; members in id order.
 	byMember := map[uuid.UUID][]batchOp{}
 	for _, b := range todo {
 		byMember[b.member] = append(byMember[b.member], b)
 	}
 	members := slices.SortedFunc(maps.Keys(byMember), func(a, b uuid.UUID) int { return slices.Compare(a[:], b[:]) })
-	w := postgres.NewLoyaltyWrites(p.Version)
+	var budgets map[string]int64
+	var issued map[string]int
 	for _, m := range members {
 		r := rows[m]
 		if r == nil || !r.Found {
 			for _, b := range byMember[m] {
-				refused[b.i] = fault.Permanent(fmt.Errorf("member %s: %w", m, postgres.ErrNotFound))
+				err := fmt.Errorf("member %s: %w", m, postgres.ErrNotFound)
+				if b.call == nil {
+					err = fault.Permanent(err)
+				}
+				refused[b.i] = err
 			}
 			continue
 		}
-		if err := s.applyMember(ctx, tx, w, p, m, r, byMember[m], refused); err != nil {
+		if budgets == nil {
+			budgets, issued = maps.Clone(r.Budgets), maps.Clone(r.TplIssued)
+		}
+		r.Budgets, r.TplIssued = budgets, issued
+		st, err := s.applyMember(ctx, tx, w, p, m, r, byMember[m], refused, answers)
+		if err != nil {
 			return err
 		}
+		for c, v := range st.BudgetDelta {
+			budgets[c] += v
+		}
+		for t, n := range st.TplDelta {
+			issued[t] += n
+		}
 	}
-	return s.flush(ctx, tx, w)
+	return nil
 }
 
 // loadBatch locks and loads the members of the batch, following merges:
-// an event of a member merged into another is applied to the survivor.
+// an operation of a member merged into another is applied to the survivor,
+// which is loaded (again) for every operation it then has, so what it reads
+// (campaign usage of their days, their orders, activity) covers them all.
 func (s *Service) loadBatch(ctx context.Context, tx pgx.Tx, p *Program, todo []batchOp) (map[uuid.UUID]*postgres.LoyaltyRows, error) {
 	rows, err := postgres.LoadLoyaltyBatch(ctx, tx, loadsOf(p, todo))
 	if err != nil {
 		return nil, err
 	}
-	var moved []batchOp
+	survivor := map[uuid.UUID]uuid.UUID{}
+	gained := map[uuid.UUID]bool{}
 	for k := range todo {
 		r := rows[todo[k].member]
 		if r == nil || !r.Merged {
 			continue
 		}
-		to, err := postgres.CanonicalMember(ctx, tx, todo[k].member)
-		if err != nil {
-			return nil, err
+		to, ok := survivor[todo[k].member]
+		if !ok {
+			if to, err = postgres.CanonicalMember(ctx, tx, todo[k].member); err != nil {
+				return nil, err
+			}
+			survivor[todo[k].member] = to
 		}
 		todo[k].member = to
-		if rows[to] == nil {
-			moved = append(moved, todo[k])
-		}
+		gained[to] = true
 	}
-	if len(moved) > 0 {
+	if len(gained) > 0 {
+		var moved []batchOp
+		for _, b := range todo {
+			if gained[b.member] {
+				moved = append(moved, b)
+			}
+		}
 		more, err := postgres.LoadLoyaltyBatch(ctx, tx, loadsOf(p, moved))
 		if err != nil {
 			return nil, err
@@ -186,42 +233,66 @@ func loadsOf(p *Program, ops []batchOp) []postgres.LoyaltyLoad {
 	return out
 }
 
-// applyMember applies a member's events in order to its loaded state and
-// stages their writes. An event the programme refuses leaves no trace: the
-// member's state is rebuilt and its other events applied again without it.
+// applyMember applies a member's operations in order to its loaded state
+// and stages their writes; it returns the state they left. An operation
+// the programme refuses leaves no trace: the member's state is rebuilt and
+// its other operations applied again without it. A call's answer is built
+// from the state right after its operation, as if it ran alone; a call
+// refused by the programme or by its answer (a refund of an unknown order)
+// gets the error in refused, as it would alone.
 func (s *Service) applyMember(ctx context.Context, tx pgx.Tx, w *postgres.LoyaltyWrites, p *Program, member uuid.UUID,
-	rows *postgres.LoyaltyRows, ops []batchOp, refused map[int]error) error {
+	rows *postgres.LoyaltyRows, ops []batchOp, refused map[int]error, answers map[int]proto.Message) (*State, error) {
 	skip := map[int]bool{}
 	for {
 		st, err := toState(member, *rows, p)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		if err := s.usageAsOfLast(ctx, tx, p, st, ops); err != nil {
-			return err
+			return nil, err
 		}
 		type applied struct {
-			b  batchOp
-			fx *Effects
+			b    batchOp
+			fx   *Effects
+			lots []*Lot // the lots it created
 		}
 		var done []applied
 		again := false
+		created := map[*Lot]bool{}
 		for _, b := range ops {
 			if skip[b.i] {
 				continue
 			}
 			fx, err := Engine{P: p}.Apply(st, b.op)
+			var resp proto.Message
+			if err == nil && b.call != nil {
+				resp = b.call.empty()
+				err = b.call.answer(st, fx, resp)
+			}
 			var refusal *Refusal
 			switch {
+			case err != nil && b.call != nil:
+				refused[b.i], skip[b.i], again = err, true, true
+				delete(answers, b.i)
 			case errors.Is(err, ErrInvalid):
 				refused[b.i], skip[b.i], again = fault.Permanent(err), true, true
 			case errors.As(err, &refusal):
 				s.log.WarnContext(ctx, "event refused by the programme", "event_id", b.ev.GetEventId(), "member_id", member, "reason", refusal.Reason)
 				skip[b.i], again = true, true
 			case err != nil:
-				return err
+				return nil, err
 			default:
-				done = append(done, applied{b, fx})
+				var lots []*Lot
+				for _, l := range st.Lots {
+					if l.ID == 0 && !created[l] {
+						created[l] = true
+						lots = append(lots, l)
+					}
+				}
+				done = append(done, applied{b, fx, lots})
+				if resp != nil {
+					answers[b.i] = resp
+				}
 			}
 			if again {
 				break
@@ -231,12 +302,16 @@ func (s *Service) applyMember(ctx context.Context, tx pgx.Tx, w *postgres.Loyalt
 			continue
 		}
 		for _, a := range done {
-			if err := s.stageOp(ctx, w, st, a.fx, a.b.op, a.b.ev.GetChannel(), a.b.ev.GetStoreId()); err != nil {
-				return err
+			octx := ctx
+			if a.b.call != nil { // its changes carry the trace of its request
+				octx = trace.ContextWithSpanContext(ctx, a.b.call.span)
+			}
+			if err := s.stageOp(octx, w, st, a.fx, a.b.op, a.b.ch, a.b.store, a.lots); err != nil {
+				return nil, err
 			}
 		}
 		s.stageState(w, st)
-		return nil
+		return st, nil
 	}
 }
 

@@ -39,6 +39,7 @@ type Service struct {
 	now     func() time.Time
 	prog    *versioned.Document[Program]
 	facts   driver.Conn // ClickHouse, for campaign simulation; may be nil
+	group   *grouper    // mutating RPCs, applied in groups (group.go)
 }
 
 // Programmes is how the loyalty programme is stored and read.
@@ -52,7 +53,9 @@ func New(pool *pgxpool.Pool, ch changes.Writer, log *slog.Logger) *Service {
 	if err != nil {
 		panic(fmt.Sprintf("embedded program.yaml: %v", err)) // covered by tests
 	}
-	return &Service{pool: pool, changes: ch, log: log, now: time.Now, prog: versioned.New(Programmes, pool, log, p)}
+	s := &Service{pool: pool, changes: ch, log: log, now: time.Now, prog: versioned.New(Programmes, pool, log, p)}
+	s.group = newGrouper(s.commitGroup)
+	return s
 }
 
 func (s *Service) program() *Program { return s.prog.Current() }

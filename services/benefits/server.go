@@ -9,15 +9,12 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/jackc/pgx/v5"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 	"github.com/membercenter/membercenter/storage/postgres"
 
 	"github.com/membercenter/membercenter/services/auth"
-	"github.com/membercenter/membercenter/services/changes"
 	"github.com/membercenter/membercenter/services/facts"
 )
 
@@ -66,42 +63,6 @@ func (s *Service) read(ctx context.Context, member uuid.UUID, at time.Time, fn f
 		return err
 	}
 	return fn(st)
-}
-
-// mutate applies op to the member (the one it was merged into, if so) in one
-// transaction, once per idempotency key, and lets build fill the response.
-func (s *Service) mutate(ctx context.Context, scope, key string, req, resp proto.Message, member uuid.UUID, op Op,
-	ch mcv1.Channel, store string, build func(st *State, fx *Effects) error) error {
-	if op.Origin == "" {
-		op.Origin = member.String()
-	}
-	if op.Cause == "" {
-		op.Cause = "rpc:" + scope + ":" + key
-	}
-	return s.retryRaces(ctx, func() error {
-		return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-			proto.Reset(resp)
-			_, err := changes.Idempotent(ctx, tx, scope, key, req, resp, func() error {
-				m, err := postgres.CanonicalMember(ctx, tx, member)
-				if err != nil {
-					return err
-				}
-				st, err := s.load(ctx, tx, m, true, op.At, op.OrderID)
-				if err != nil {
-					return err
-				}
-				fx, err := Engine{P: s.program()}.Apply(st, op)
-				if err != nil {
-					return err
-				}
-				if err := s.persist(ctx, tx, st, fx, op, ch, store); err != nil {
-					return err
-				}
-				return build(st, fx)
-			})
-			return err
-		})
-	})
 }
 
 func (s *Service) basketOp(b *mcv1.Basket) (Op, error) {
@@ -173,15 +134,20 @@ func (s *Server) Quote(ctx context.Context, req *mcv1.QuoteRequest) (*mcv1.Quote
 	op.Origin, op.Cause = member.String(), "quote"
 	var resp *mcv1.QuoteResponse
 	err = s.svc.read(ctx, member, op.At, func(st *State) error {
-		before := st.Tier
-		fx, err := Engine{P: s.svc.program()}.Apply(st, op)
-		if err != nil {
-			return err
-		}
-		resp = s.svc.quoteResponse(st, fx, before)
-		return nil
+		resp, err = s.svc.quote(st, op)
+		return err
 	}, op.OrderID)
 	return resp, err
+}
+
+// quote evaluates the purchase op on st (which it changes).
+func (s *Service) quote(st *State, op Op) (*mcv1.QuoteResponse, error) {
+	before := st.Tier
+	fx, err := Engine{P: s.program()}.Apply(st, op)
+	if err != nil {
+		return nil, err
+	}
+	return s.quoteResponse(st, fx, before), nil
 }
 
 // Commit implements BenefitsService.Commit.
@@ -194,9 +160,9 @@ func (s *Server) Commit(ctx context.Context, req *mcv1.CommitRequest) (*mcv1.Com
 	if err != nil {
 		return nil, err
 	}
-	resp := &mcv1.CommitResponse{}
-	err = s.svc.mutate(ctx, "benefits.Commit", req.GetIdempotencyKey(), req, resp, member, op, req.GetBasket().GetChannel(),
-		req.GetBasket().GetStoreId(), func(st *State, fx *Effects) error {
+	return mutate(ctx, s.svc, mutation{scope: "benefits.Commit", key: req.GetIdempotencyKey(), req: req, member: member, op: op,
+		ch: req.GetBasket().GetChannel(), store: req.GetBasket().GetStoreId()},
+		func(st *State, fx *Effects, resp *mcv1.CommitResponse) error {
 			before := st.Tier
 			for _, m := range fx.TierMoves {
 				before = m.From
@@ -207,7 +173,6 @@ func (s *Server) Commit(ctx context.Context, req *mcv1.CommitRequest) (*mcv1.Com
 			resp.Balance, _, _ = st.Balance(fx.At)
 			return nil
 		})
-	return resp, err
 }
 
 // Refund implements BenefitsService.Refund.
@@ -225,9 +190,9 @@ func (s *Server) Refund(ctx context.Context, req *mcv1.RefundRequest) (*mcv1.Ref
 		}
 	}
 	op := Op{Kind: OpRefund, At: s.svc.now(), OrderID: req.GetOrderId(), Amount: req.GetAmount().GetAmountMinor()}
-	resp := &mcv1.RefundResponse{}
-	err = s.svc.mutate(ctx, "benefits.Refund", req.GetIdempotencyKey(), req, resp, member, op, callerChannel(ctx, req.GetChannel()), "",
-		func(st *State, fx *Effects) error {
+	return mutate(ctx, s.svc, mutation{scope: "benefits.Refund", key: req.GetIdempotencyKey(), req: req, member: member, op: op,
+		ch: callerChannel(ctx, req.GetChannel())},
+		func(st *State, fx *Effects, resp *mcv1.RefundResponse) error {
 			if fx.NoOp {
 				return fmt.Errorf("order %s of member %s: %w", req.GetOrderId(), member, postgres.ErrNotFound)
 			}
@@ -248,7 +213,6 @@ func (s *Server) Refund(ctx context.Context, req *mcv1.RefundRequest) (*mcv1.Ref
 			resp.Balance, _, _ = st.Balance(fx.At)
 			return nil
 		})
-	return resp, err
 }
 
 // Redeem implements BenefitsService.Redeem.
@@ -265,14 +229,13 @@ func (s *Server) Redeem(ctx context.Context, req *mcv1.RedeemRequest) (*mcv1.Red
 		return nil, err
 	}
 	op := Op{Kind: OpRedeem, At: s.svc.now(), Points: req.GetPoints(), Reason: reason}
-	resp := &mcv1.RedeemResponse{}
-	err = s.svc.mutate(ctx, "benefits.Redeem", req.GetIdempotencyKey(), req, resp, member, op, callerChannel(ctx, req.GetChannel()), "",
-		func(st *State, fx *Effects) error {
+	return mutate(ctx, s.svc, mutation{scope: "benefits.Redeem", key: req.GetIdempotencyKey(), req: req, member: member, op: op,
+		ch: callerChannel(ctx, req.GetChannel())},
+		func(st *State, fx *Effects, resp *mcv1.RedeemResponse) error {
 			resp.TransactionId = "rpc:benefits.Redeem:" + req.GetIdempotencyKey()
 			resp.Balance, _, _ = st.Balance(fx.At)
 			return nil
 		})
-	return resp, err
 }
 
 // Adjust implements BenefitsService.Adjust.
@@ -285,13 +248,12 @@ func (s *Server) Adjust(ctx context.Context, req *mcv1.AdjustRequest) (*mcv1.Adj
 		return nil, err
 	}
 	op := Op{Kind: OpAdjust, At: s.svc.now(), Points: req.GetPoints(), Reason: req.GetReason()}
-	resp := &mcv1.AdjustResponse{}
-	err = s.svc.mutate(ctx, "benefits.Adjust", req.GetIdempotencyKey(), req, resp, member, op, mcv1.Channel_CHANNEL_BACKOFFICE, "",
-		func(st *State, fx *Effects) error {
+	return mutate(ctx, s.svc, mutation{scope: "benefits.Adjust", key: req.GetIdempotencyKey(), req: req, member: member, op: op,
+		ch: mcv1.Channel_CHANNEL_BACKOFFICE},
+		func(st *State, fx *Effects, resp *mcv1.AdjustResponse) error {
 			resp.Balance, _, _ = st.Balance(fx.At)
 			return nil
 		})
-	return resp, err
 }
 
 // ClaimCoupon implements BenefitsService.ClaimCoupon.
@@ -301,9 +263,9 @@ func (s *Server) ClaimCoupon(ctx context.Context, req *mcv1.ClaimCouponRequest) 
 		return nil, err
 	}
 	op := Op{Kind: OpIssueCoupon, At: s.svc.now(), Template: req.GetTemplateId(), Claim: true, Reason: "claimed"}
-	resp := &mcv1.ClaimCouponResponse{}
-	err = s.svc.mutate(ctx, "benefits.ClaimCoupon", req.GetIdempotencyKey(), req, resp, member, op, callerChannel(ctx, req.GetChannel()), "",
-		func(st *State, fx *Effects) error {
+	return mutate(ctx, s.svc, mutation{scope: "benefits.ClaimCoupon", key: req.GetIdempotencyKey(), req: req, member: member, op: op,
+		ch: callerChannel(ctx, req.GetChannel())},
+		func(st *State, fx *Effects, resp *mcv1.ClaimCouponResponse) error {
 			for _, c := range fx.Issued {
 				if c.Template == req.GetTemplateId() {
 					resp.Coupon = toProtoCoupon(c, fx.At)
@@ -311,7 +273,6 @@ func (s *Server) ClaimCoupon(ctx context.Context, req *mcv1.ClaimCouponRequest) 
 			}
 			return nil
 		})
-	return resp, err
 }
 
 // IssueCoupons implements BenefitsService.IssueCoupons: one coupon of the
@@ -325,10 +286,11 @@ func (s *Server) IssueCoupons(ctx context.Context, req *mcv1.IssueCouponsRequest
 	for _, id := range req.GetMemberIds() {
 		member := uuid.MustParse(id)
 		key := req.GetIdempotencyKey() + ":" + id
-		one := &mcv1.ClaimCouponResponse{}
 		op := Op{Kind: OpIssueCoupon, At: s.svc.now(), Template: req.GetTemplateId(), Reason: "issued: " + req.GetReason()}
-		err := s.svc.mutate(ctx, "benefits.IssueCoupons", key, &mcv1.ClaimCouponRequest{MemberId: id, TemplateId: req.GetTemplateId(), IdempotencyKey: key},
-			one, member, op, mcv1.Channel_CHANNEL_BACKOFFICE, "", func(st *State, fx *Effects) error { return nil })
+		_, err := mutate(ctx, s.svc, mutation{scope: "benefits.IssueCoupons", key: key,
+			req: &mcv1.ClaimCouponRequest{MemberId: id, TemplateId: req.GetTemplateId(), IdempotencyKey: key}, member: member, op: op,
+			ch: mcv1.Channel_CHANNEL_BACKOFFICE},
+			func(st *State, fx *Effects, resp *mcv1.ClaimCouponResponse) error { return nil })
 		var refusal *Refusal
 		switch {
 		case errors.As(err, &refusal):

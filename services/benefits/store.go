@@ -143,7 +143,7 @@ func toState(member uuid.UUID, rows postgres.LoyaltyRows, p *Program) (*State, e
 // (load), so the outbox sequence read there is the member's.
 func (s *Service) persist(ctx context.Context, tx pgx.Tx, st *State, fx *Effects, op Op, ch mcv1.Channel, store string) error {
 	w := postgres.NewLoyaltyWrites(s.program().Version)
-	if err := s.stageOp(ctx, w, st, fx, op, ch, store); err != nil {
+	if err := s.stageOp(ctx, w, st, fx, op, ch, store, st.Lots); err != nil {
 		return err
 	}
 	s.stageState(w, st)
@@ -156,6 +156,9 @@ func (s *Service) flush(ctx context.Context, tx pgx.Tx, w *postgres.LoyaltyWrite
 	raced := false
 	b := &pgx.Batch{}
 	w.Queue(b, func() { raced = true })
+	if b.Len() == 0 {
+		return nil
+	}
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return fmt.Errorf("persist loyalty effects: %w", err)
 	}
@@ -169,8 +172,11 @@ func (s *Service) flush(ctx context.Context, tx pgx.Tx, w *postgres.LoyaltyWrite
 // transactions, the lots it created (tied to its transactions), grants,
 // revocations and tier moves, and its changes (numbered under the member's
 // row lock). What accumulates in the state over several operations is
-// staged once, by stageState.
-func (s *Service) stageOp(ctx context.Context, w *postgres.LoyaltyWrites, st *State, fx *Effects, op Op, ch mcv1.Channel, store string) error {
+// staged once, by stageState. lots holds the lots the operation created
+// (among others: those already tied to a transaction are left alone).
+// ctx carries the trace the changes are stamped with.
+func (s *Service) stageOp(ctx context.Context, w *postgres.LoyaltyWrites, st *State, fx *Effects, op Op, ch mcv1.Channel, store string,
+	lots []*Lot) error {
 	if fx.Duplicate || fx.NoOp {
 		return nil
 	}
@@ -211,7 +217,7 @@ func (s *Service) stageOp(ctx context.Context, w *postgres.LoyaltyWrites, st *St
 		return uuid.Nil
 	}
 	// A lot created by this operation belongs to its transaction.
-	for _, l := range st.Lots {
+	for _, l := range lots {
 		if l.ID == 0 && l.txn == uuid.Nil {
 			l.txn = txnOf(l.TxnKind)
 		}

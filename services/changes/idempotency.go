@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/jackc/pgx/v5"
 	"google.golang.org/protobuf/proto"
@@ -37,11 +38,8 @@ func Idempotent(ctx context.Context, tx pgx.Tx, scope, key string, req, out prot
 		return false, err
 	}
 	if found {
-		if !bytes.HasPrefix(stored, fp) {
-			return false, fmt.Errorf("%s %q: %w", scope, key, ErrKeyReused)
-		}
-		if err := proto.Unmarshal(stored[len(fp):], out); err != nil {
-			return false, fmt.Errorf("decode stored response: %w", err)
+		if err := replay(scope, key, fp, stored, out); err != nil {
+			return false, err
 		}
 		return true, nil
 	}
@@ -55,6 +53,70 @@ func Idempotent(ctx context.Context, tx pgx.Tx, scope, key string, req, out prot
 	// The lock keeps concurrent calls with the key out; this insert fails
 	// only if the lock's hash was bypassed (another writer of the table).
 	return false, postgres.StoreIdempotentResponse(ctx, tx, scope, key, append(fp, resp...))
+}
+
+// replay answers a call (fingerprint fp) from the record stored for its
+// key: the stored response, or ErrKeyReused when the record is another
+// request's.
+func replay(scope, key string, fp, stored []byte, out proto.Message) error {
+	if !bytes.HasPrefix(stored, fp) {
+		return fmt.Errorf("%s %q: %w", scope, key, ErrKeyReused)
+	}
+	if err := proto.Unmarshal(stored[len(fp):], out); err != nil {
+		return fmt.Errorf("decode stored response: %w", err)
+	}
+	return nil
+}
+
+// Keyed is one call of a mutating RPC under its idempotency key, for
+// callers that apply many calls in one transaction: they lock every key
+// first (LockKeys), answer a call whose key holds a record from it
+// (Replay), and store the answers of the calls they apply with their
+// effects (Record). It keeps Idempotent's contract for each call.
+type Keyed struct {
+	postgres.IdempotencyKey
+	fp []byte
+}
+
+// NewKeyed returns the call of req under (scope, key).
+func NewKeyed(scope, key string, req proto.Message) (Keyed, error) {
+	fp, err := fingerprint(req)
+	if err != nil {
+		return Keyed{}, err
+	}
+	return Keyed{IdempotencyKey: postgres.IdempotencyKey{Scope: scope, Key: key}, fp: fp}, nil
+}
+
+// LockKeys locks the keys of calls for the rest of tx, in a fixed order
+// (two transactions locking overlapping sets never deadlock; a key locked
+// by Idempotent elsewhere is waited for), and returns the records stored
+// for them.
+func LockKeys(ctx context.Context, tx pgx.Tx, calls []Keyed) (map[postgres.IdempotencyKey][]byte, error) {
+	keys := make([]postgres.IdempotencyKey, 0, len(calls))
+	seen := make(map[postgres.IdempotencyKey]bool, len(calls))
+	for _, c := range calls {
+		if !seen[c.IdempotencyKey] {
+			seen[c.IdempotencyKey] = true
+			keys = append(keys, c.IdempotencyKey)
+		}
+	}
+	return postgres.LockIdempotencyKeys(ctx, tx, keys)
+}
+
+// Replay answers the call from the record stored for its key (by LockKeys,
+// or Record of an earlier call with the key): out gets the stored response,
+// or the error is ErrKeyReused when the record is another request's.
+func (k Keyed) Replay(stored []byte, out proto.Message) error {
+	return replay(k.Scope, k.Key, k.fp, stored, out)
+}
+
+// Record is what to store under the call's key for its answer resp.
+func (k Keyed) Record(resp proto.Message) (postgres.IdempotentResponse, error) {
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(resp)
+	if err != nil {
+		return postgres.IdempotentResponse{}, err
+	}
+	return postgres.IdempotentResponse{IdempotencyKey: k.IdempotencyKey, Response: append(slices.Clip(k.fp), b...)}, nil
 }
 
 // fingerprint is a hash of the request, which includes its key.

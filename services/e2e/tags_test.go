@@ -195,7 +195,7 @@ func TestLabelsStreamToProfileAndClickHouse(t *testing.T) {
 		err := e.ch.QueryRow(ctx, `SELECT count() FROM member_events FINAL WHERE member_id IN (?, ?)`, a.member, b.member).Scan(&n)
 		return n == uint64(len(a.events)+len(b.events)), err
 	})
-	if _, err := e.pool.Exec(ctx, `UPDATE member_features SET state = '{}', labels = '{}'`); err != nil {
+	if _, err := e.pool.Exec(ctx, `UPDATE member_features SET state = '', labels = '{}', labels_pb = NULL`); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := e.pool.Exec(ctx, `DELETE FROM member_labels`); err != nil {

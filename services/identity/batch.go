@@ -38,14 +38,28 @@ func (s *Service) ResolveEvents(ctx context.Context, evs []*mcv1.ChannelEvent) (
 		b.ids[i], b.referees[i], b.errs[i] = s.prepareEvent(ev)
 	}
 	failed := len(evs)
+loop:
 	for i := 0; i < len(evs); {
-		j, slow, err := s.lookupRun(ctx, b, i)
+		w, err := s.lookup(ctx, b, i)
 		if err != nil {
 			b.errs[i], failed = err, i
 			break
 		}
-		if slow {
-			err := postgres.RetryTx(ctx, s.pool, func(tx pgx.Tx) error {
+		// The window's lookup answers its events until one needs the
+		// transactional path; after it, the lookup still answers the
+		// events that share no identifier and no member with it, and the
+		// first that does is looked up again.
+		for i < w.end {
+			j, slow, err := s.answer(b, w, i)
+			if err != nil {
+				b.errs[j], failed = err, j
+				break loop
+			}
+			if !slow {
+				i = j
+				break
+			}
+			err = postgres.RetryTx(ctx, s.pool, func(tx pgx.Tx) error {
 				var err error
 				b.out[j], err = s.resolveEventTx(ctx, tx, evs[j], b.ids[j], b.referees[j])
 				return err
@@ -53,14 +67,14 @@ func (s *Service) ResolveEvents(ctx context.Context, evs []*mcv1.ChannelEvent) (
 			b.errs[j] = err
 			if err != nil && !fault.IsData(err) {
 				failed = j
-				break
+				break loop
 			}
 			if err == nil {
 				b.seen[evs[j].GetEventId()] = j
 			}
-			j++
+			w.taint(b, j)
+			i = j + 1
 		}
-		i = j
 	}
 	if err := s.recordPending(ctx, b); err != nil {
 		// Nothing the lookups answered is recorded: from the first of them
@@ -94,7 +108,7 @@ type eventBatch struct {
 }
 
 // lookupWindow is how many events one lookup covers at most.
-const lookupWindow = 64
+const lookupWindow = 128
 
 // errNotAttempted is the answer for the events after one whose resolution
 // failed (not for a data error): they are resolved once it is.
@@ -133,17 +147,30 @@ func (s *Service) recordPending(ctx context.Context, b *eventBatch) error {
 	return nil
 }
 
-// lookupRun answers the events of a window from i on that the lookup can,
-// and returns where it stopped: at an event that needs the transactional
-// path (slow), or at the end of the window.
-func (s *Service) lookupRun(ctx context.Context, b *eventBatch, i int) (next int, slow bool, err error) {
+// window is one lookup's answers for the events from its start to end:
+// the first answers of events seen before and the identifiers' rows; and
+// what the events resolved since on the transactional path touched (their
+// identifiers, the members those belong to, the members they resolved to
+// or merged), for which its answers are stale.
+type window struct {
+	end          int
+	prev         map[string]postgres.IngestedEvent
+	byHash       map[string][]postgres.IdentifierRow
+	dirtyHashes  map[string]bool
+	dirtyMembers map[uuid.UUID]bool
+}
+
+// lookup looks up the events of a window from i on: their event ids
+// (answered before?) and identifiers, in one round trip.
+func (s *Service) lookup(ctx context.Context, b *eventBatch, i int) (*window, error) {
+	// A window, not the rest of the batch: an event that touches what a
+	// later one needs makes the later one look up again, so a batch with
+	// many of them would otherwise look up the same events many times.
+	w := &window{end: min(len(b.evs), i+lookupWindow), prev: map[string]postgres.IngestedEvent{},
+		byHash: map[string][]postgres.IdentifierRow{}, dirtyHashes: map[string]bool{}, dirtyMembers: map[uuid.UUID]bool{}}
 	var eventIDs []string
 	var keys []postgres.IdentifierKey
-	// A window, not the rest of the batch: every event that changes the
-	// graph ends a run and the next run looks up again, so a batch with
-	// many of them would otherwise look up the same events many times.
-	end := min(len(b.evs), i+lookupWindow)
-	for k := i; k < end; k++ {
+	for k := i; k < w.end; k++ {
 		if _, ok := b.seen[b.evs[k].GetEventId()]; b.errs[k] == nil && !ok {
 			eventIDs = append(eventIDs, b.evs[k].GetEventId())
 			for _, n := range b.ids[k] {
@@ -151,18 +178,61 @@ func (s *Service) lookupRun(ctx context.Context, b *eventBatch, i int) (next int
 			}
 		}
 	}
-	prev, byHash := map[string]postgres.IngestedEvent{}, map[string][]postgres.IdentifierRow{}
-	if len(eventIDs) > 0 {
-		var found []postgres.IdentifierRow
-		if prev, found, err = postgres.LookupIngestBatch(ctx, s.pool, eventIDs, keys); err != nil {
-			return i, false, err
-		}
-		for _, f := range found {
-			byHash[string(f.Hash)] = append(byHash[string(f.Hash)], f)
+	if len(eventIDs) == 0 {
+		return w, nil
+	}
+	prev, found, err := postgres.LookupIngestBatch(ctx, s.pool, eventIDs, keys)
+	if err != nil {
+		return nil, err
+	}
+	w.prev = prev
+	for _, f := range found {
+		w.byHash[string(f.Hash)] = append(w.byHash[string(f.Hash)], f)
+	}
+	return w, nil
+}
+
+// taint marks what event j, resolved on the transactional path, touched.
+func (w *window) taint(b *eventBatch, j int) {
+	for _, n := range b.ids[j] {
+		w.dirtyHashes[string(n.Hash)] = true
+		for _, r := range w.byHash[string(n.Hash)] {
+			w.dirtyMembers[r.MemberID] = true
 		}
 	}
+	if m, err := uuid.Parse(b.out[j].MemberID); err == nil {
+		w.dirtyMembers[m] = true
+	}
+	for _, id := range b.out[j].Detail.GetMergedMemberIds() {
+		if m, err := uuid.Parse(id); err == nil {
+			w.dirtyMembers[m] = true
+		}
+	}
+}
+
+// stale says whether the window's rows of event k's identifiers may have
+// changed since its lookup.
+func (w *window) stale(b *eventBatch, k int) bool {
+	for _, n := range b.ids[k] {
+		if w.dirtyHashes[string(n.Hash)] {
+			return true
+		}
+		for _, r := range w.byHash[string(n.Hash)] {
+			if w.dirtyMembers[r.MemberID] {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// answer answers the window's events from i on that its lookup can, and
+// returns where it stopped: at an event that needs the transactional path
+// (slow), at one whose answer the window no longer knows (to be looked up
+// again), or at the window's end.
+func (s *Service) answer(b *eventBatch, w *window, i int) (next int, slow bool, err error) {
 	j := i
-	for ; j < end; j++ {
+	for ; j < w.end; j++ {
 		if b.errs[j] != nil {
 			continue
 		}
@@ -171,17 +241,19 @@ func (s *Service) lookupRun(ctx context.Context, b *eventBatch, i int) (next int
 			b.out[j] = contract.Resolution{MemberID: b.out[k].MemberID, Identifiers: Refs(b.ids[j]), Detail: b.out[k].Detail}
 			continue
 		}
-		if p, ok := prev[ev.GetEventId()]; ok {
+		if p, ok := w.prev[ev.GetEventId()]; ok {
 			detail := &mcv1.Resolution{}
 			if err := proto.Unmarshal(p.Resolution, detail); err != nil {
-				b.errs[j] = fmt.Errorf("stored resolution of %s: %w", ev.GetEventId(), err)
-				return j, false, b.errs[j]
+				return j, false, fmt.Errorf("stored resolution of %s: %w", ev.GetEventId(), err)
 			}
 			b.out[j] = contract.Resolution{MemberID: p.MemberID.String(), Identifiers: Refs(b.ids[j]), Detail: detail}
 			b.seen[ev.GetEventId()] = j
 			continue
 		}
-		member, origin, ok := s.knownMember(ev, b.ids[j], byHash)
+		if w.stale(b, j) {
+			return j, false, nil
+		}
+		member, origin, ok := s.knownMember(ev, b.ids[j], w.byHash)
 		if !ok {
 			return j, true, nil
 		}

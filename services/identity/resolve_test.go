@@ -599,6 +599,7 @@ func TestResolveEventsEqualsOneByOne(t *testing.T) {
 	events := []*mcv1.ChannelEvent{
 		channelEvent("e1", phone("13911112222")),                       // known: fast
 		channelEvent("e2", phone("13911113333")),                       // new: creates
+		channelEvent("e2b", phone("13911112222")),                      // untouched by e2: the lookup's answer holds
 		channelEvent("e3", phone("13911113333"), card("CARD-E3")),      // links a card to e2's member
 		channelEvent("e4", card("CARD-E3")),                            // known through e3's link
 		channelEvent("e5", phone("123")),                               // invalid identifier

@@ -75,6 +75,10 @@ type env struct {
 	now  func() time.Time
 }
 
+// LabelCheckInterval is how often the benefit stage looks for members
+// whose labels a benefit depends on changed.
+const LabelCheckInterval = 100 * time.Millisecond
+
 // stage is a pipeline stage the pipeline command can run.
 type stage struct {
 	name string
@@ -112,6 +116,8 @@ var stages = []stage{
 		e.watchProgramme(ps)
 		// Expiry and month starts for members without new events.
 		ps.loop(func(ctx context.Context) error { return e.d.benefits.RunScheduler(ctx, time.Minute) })
+		// Benefits that follow labels, once the tag worker changed them.
+		ps.loop(func(ctx context.Context) error { return e.d.benefits.RunLabelChecks(ctx, LabelCheckInterval) })
 		return nil
 	}},
 	{name: tags.Stage, group: true, clickhouse: true, start: func(e env, ps *parts) error {
@@ -122,11 +128,14 @@ var stages = []stage{
 		ps.closer(w.Close)
 		ps.loop(w.Run)
 		e.watchCatalogue(ps)
+		// The labels benefits depend on are the programme's.
+		e.watchProgramme(ps)
 		// Windows that end and days that pass, for members without new
 		// events.
 		ps.loop(func(ctx context.Context) error { return e.d.tags.RunSweeper(ctx, time.Second) })
 		// Current profiles to ClickHouse.
-		ps.loop(e.d.tags.NewExporter(e.d.facts).Run)
+		schema := clickhouse.NewSchema(e.p.cfg.ClickHouse, e.d.facts, clickhouse.WithTracerProvider(e.p.tel.Tracers))
+		ps.loop(e.d.tags.NewExporter(e.d.facts, schema).Run)
 		return nil
 	}},
 	{name: relay.Stage, start: func(e env, ps *parts) error {

@@ -79,6 +79,7 @@ func (c Config) LogValue() slog.Value {
 		slog.String("postgres", c.Postgres.Masked()),
 		slog.Int("postgres_max_conns", int(c.Postgres.MaxConns)),
 		slog.String("clickhouse", c.ClickHouse.Addr+"/"+c.ClickHouse.Database),
+		slog.String("clickhouse_cluster", c.ClickHouse.Cluster),
 		slog.String("clickhouse_password", telemetry.Mask(c.ClickHouse.Password)),
 		slog.String("kafka", strings.Join(c.Kafka.Brokers, ",")),
 		slog.Any("topics", c.Kafka.Topics),
@@ -189,7 +190,9 @@ func (p *Platform) Migrate(ctx context.Context) error {
 		return err
 	}
 	defer conn.Close()
-	applied, err = clickhouse.Migrate(ctx, conn)
+	// On a cluster (MC_CLICKHOUSE_CLUSTER) every node is migrated: local
+	// tables and the Distributed tables over them.
+	applied, err = clickhouse.NewSchema(p.cfg.ClickHouse, conn, clickhouse.WithTracerProvider(p.tel.Tracers)).Migrate(ctx)
 	if err != nil {
 		return err
 	}
@@ -366,6 +369,9 @@ func (p *Platform) domain(now func() time.Time, clickhouseNeeded bool) (*domain,
 	// Merges carry the members' loyalty data and features along.
 	idSvc.AddMemberData(benefitSvc)
 	idSvc.AddMemberData(tagSvc)
+	// Benefits that follow labels: the tag worker queues a member whose
+	// label one depends on changed, for the benefit stage's CheckLabels.
+	tagSvc.SetBenefitLabels(benefitSvc.DependsOnLabel)
 	profileSvc := profile.New(p.pool, tagSvc, cw)
 	profileSvc.SetClock(now)
 	d := &domain{identity: idSvc, benefits: benefitSvc, tags: tagSvc, profile: profileSvc}

@@ -148,9 +148,11 @@ func (s *Service) backfillBatch(ctx context.Context, facts driver.Conn, ids []uu
 			}
 			st := cloneState(built[id])
 			st.Keep(m.state)
+			// What the stored labels were computed from, to compare with.
+			st.snap = m.state.snap
 			m.state = st
 			before := m.version
-			if err := s.recompute(ctx, tx, m, nil, "backfill:"+c.Version, mcv1.Channel_CHANNEL_BACKOFFICE, ""); err != nil {
+			if err := s.recompute(ctx, tx, m, "backfill:"+c.Version, mcv1.Channel_CHANNEL_BACKOFFICE, ""); err != nil {
 				return err
 			}
 			n++

@@ -118,18 +118,19 @@ func (s *Service) applyBatch(ctx context.Context, tx pgx.Tx, todo []batchEvent, 
 		if err := m.take(rows[id]); err != nil {
 			return err
 		}
-		kinds := map[string]bool{}
 		var last *mcv1.MemberEvent
 		for _, be := range m.events {
-			kinds[be.fact.Kind] = true
-			if su := be.ev.GetSignUp(); su != nil && s.fillAttributes(m.memberState, su, be.ev) {
-				kinds["attributes"] = true
+			if su := be.ev.GetSignUp(); su != nil {
+				s.fillAttributes(m.memberState, su, be.ev)
 			}
 			m.state.Fold(be.fact)
 			last = be.ev
 		}
-		labels, due := s.evaluate(m.memberState, slices.Sorted(maps.Keys(kinds)))
-		w, err := s.stage(ctx, m.memberState, labels, due, last.GetEventId(), last.GetChannel(), last.GetStoreId())
+		r, err := s.evaluate(ctx, tx, m.memberState)
+		if err != nil {
+			return err
+		}
+		w, err := s.stage(ctx, m.memberState, r, last.GetEventId(), last.GetChannel(), last.GetStoreId())
 		if err != nil {
 			return err
 		}
@@ -190,7 +191,7 @@ func (s *Service) lockMembers(ctx context.Context, tx pgx.Tx, todo []batchEvent,
 		m := out[to]
 		if m == nil {
 			m = &batchMember{memberState: &memberState{id: to, attrs: l.Attributes, changeSeq: l.ChangeSeq,
-				labels: map[string]any{}, profiling: true, state: &State{}}}
+				profiling: true, state: &State{}}}
 			out[to] = m
 		}
 		m.events = append(m.events, be)

@@ -66,6 +66,8 @@ type Catalog struct {
 	segErr    error
 	// dirty[kind] are the labels an event of kind can change.
 	dirty map[string]map[string]bool
+	// eng evaluates labels by position (Refresh).
+	eng compiled
 }
 
 // Filter is a named condition over one purchase; it adds the features
@@ -75,6 +77,8 @@ type Filter struct {
 	Description string `yaml:"description"`
 	Expr        string `yaml:"expr"`
 	program     cel.Program
+	ast         *cel.Ast
+	compiled    cexpr // see Label.compiled
 	// purchase fields the filter reads that may be unknown
 	needsItems, needsStore bool
 }
@@ -94,6 +98,10 @@ type Label struct {
 	Examples    []Example `yaml:"examples"`
 
 	program cel.Program
+	ast     *cel.Ast
+	// compiled is the expression as a Go closure (expr.go); nil when it
+	// uses what compileExpr does not know, and program runs.
+	compiled cexpr
 	// Inputs: features and labels the expression reads.
 	Inputs []string `yaml:"-"`
 }
@@ -198,6 +206,7 @@ func ParseCatalog(src []byte) (*Catalog, error) {
 			fail(entry, "expr: %v", err)
 			continue
 		}
+		f.ast = ast
 		fields := purchaseFields(ast)
 		f.needsItems = fields["categories"] || fields["brands"] || fields["items"]
 		f.needsStore = fields["store"]
@@ -290,6 +299,7 @@ func ParseCatalog(src []byte) (*Catalog, error) {
 			fail(entry, "expr: %v", err)
 			continue
 		}
+		l.ast = ast
 		refs := map[string]bool{}
 		for _, r := range ast.NativeRep().ReferenceMap() {
 			if r.Name != "" {
@@ -313,6 +323,7 @@ func ParseCatalog(src []byte) (*Catalog, error) {
 	}
 	c.Labels = order
 	c.buildDirty()
+	c.compile(src)
 	for _, l := range c.Labels {
 		for i, ex := range l.Examples {
 			if err := c.checkExample(l, ex); err != nil {

@@ -2,7 +2,6 @@ package tags
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"time"
 
@@ -31,14 +30,25 @@ func (c *Catalog) Columns() []clickhouse.ProfileColumn {
 // (ReplacingMergeTree by version).
 type Exporter struct {
 	svc     *Service
-	conn    driver.Conn
+	schema  ProfileSchema
 	w       *clickhouse.Writer
 	ensured string // catalogue version whose columns exist
 }
 
-// NewExporter returns an exporter writing to conn.
-func (s *Service) NewExporter(conn driver.Conn) *Exporter {
-	return &Exporter{svc: s, conn: conn, w: clickhouse.NewWriter(conn)}
+// ProfileSchema fits member_profiles and the analyst views to a catalogue:
+// a *clickhouse.Schema, which does so on one server or, sharded, on every
+// node of the cluster.
+type ProfileSchema interface {
+	EnsureProfiles(ctx context.Context, cols []clickhouse.ProfileColumn) error
+}
+
+var _ ProfileSchema = (*clickhouse.Schema)(nil)
+
+// NewExporter returns an exporter writing to conn (on a sharded database,
+// through its Distributed member_profiles), whose tables schema keeps up
+// with the catalogue.
+func (s *Service) NewExporter(conn driver.Conn, schema ProfileSchema) *Exporter {
+	return &Exporter{svc: s, schema: schema, w: clickhouse.NewWriter(conn)}
 }
 
 // Ensure creates the profile table, its label columns and the analyst views
@@ -52,7 +62,7 @@ func (e *Exporter) Ensure(ctx context.Context) error {
 	// shutdown does not interrupt it: it completes before Run returns.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
 	defer cancel()
-	if err := clickhouse.EnsureProfiles(ctx, e.conn, c.Columns()); err != nil {
+	if err := e.schema.EnsureProfiles(ctx, c.Columns()); err != nil {
 		return err
 	}
 	e.ensured = c.Version
@@ -82,8 +92,9 @@ func (e *Exporter) Export(ctx context.Context, batch int) (int, error) {
 		// newer write (then the row is exported again under it).
 		r := clickhouse.ProfileRow{MemberID: p.Member.String(), Version: uint64(p.Version), CatalogVersion: p.CatalogVersion,
 			UpdatedAt: p.UpdatedAt.UTC(), Withheld: p.Withheld}
-		if err := json.Unmarshal(p.Labels, &r.Values); err != nil {
-			return 0, fmt.Errorf("decode labels of %s: %w", p.Member, err)
+		var err error
+		if r.Values, err = decodeStoredLabels(p.LabelsPB, p.LabelsJSON); err != nil {
+			return 0, fmt.Errorf("labels of %s: %w", p.Member, err)
 		}
 		out = append(out, r)
 		ids, versions = append(ids, p.Member), append(versions, p.Version)

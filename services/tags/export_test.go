@@ -98,7 +98,7 @@ func TestProfileExporterRidesOutPostgresAndClickHouseRestarts(t *testing.T) {
 
 	runCtx, stop := context.WithCancel(ctx)
 	ended := make(chan error, 1)
-	go func() { ended <- f.svc.NewExporter(conn).Run(runCtx) }()
+	go func() { ended <- f.svc.NewExporter(conn, clickhouse.NewSchema(viaProxy, conn)).Run(runCtx) }()
 
 	exported := func(m uuid.UUID) func() (bool, error) {
 		return func() (bool, error) {

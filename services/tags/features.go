@@ -3,8 +3,6 @@ package tags
 import (
 	"fmt"
 	"math"
-	"slices"
-	"sort"
 	"strings"
 	"time"
 )
@@ -124,292 +122,332 @@ type Computed struct {
 // Compute evaluates the features at now in loc. Filters (the catalogue's
 // purchase filters) add their own features.
 func Compute(in Inputs, now time.Time, loc *time.Location, filters []*Filter, filterVersion string) Computed {
-	v := map[string]any{}
 	st := in.State
 	if st == nil {
 		st = &State{}
 	}
-	nowU := now.Unix()
-	next := int64(math.MaxInt64)
-	// A rolling window of w days holds a record while now - t < w days; it
-	// leaves at t + w days.
-	within := func(t int64, w int) bool {
-		end := t + int64(w)*86400
-		if end > nowU {
-			next = min(next, end)
-			return t <= nowU
+	lay := newLayout(filters)
+	var a aggregates
+	a.build(st, now.Unix(), sumFilters{filters: filters, key: filterVersion, loc: loc})
+	vals := make([]fval, len(lay.ids))
+	next := min(derive(vals, &a, sumLife(st.Life), in.Demo, in.Device, now.Unix(), loc), a.next)
+	c := Computed{Values: make(map[string]any, len(vals))}
+	for i, v := range vals {
+		if v.ok {
+			c.Values[lay.ids[i]] = lay.value(i, v)
 		}
-		return false
 	}
+	if next != math.MaxInt64 {
+		c.Next = time.Unix(next, 0).UTC()
+	}
+	return c
+}
+
+// Feature value types.
+const (
+	typeInt uint8 = iota
+	typeDouble
+	typeString
+	typeBool
+)
+
+func featureType(t string) uint8 {
+	switch t {
+	case "int":
+		return typeInt
+	case "double":
+		return typeDouble
+	case "bool":
+		return typeBool
+	}
+	return typeString
+}
+
+// fval is one feature's value: absent unless ok; by the feature's type in
+// i (int; bool as 0 or 1), f (double) or s (string).
+type fval struct {
+	ok bool
+	i  int64
+	f  float64
+	s  string
+}
+
+func (v fval) same(w fval) bool {
+	return v.ok == w.ok && v.i == w.i && math.Float64bits(v.f) == math.Float64bits(w.f) && v.s == w.s
+}
+
+// layout places the features in a vector: the built-in ones in
+// BuiltinFeatures' order, then each filter's six.
+type layout struct {
+	ids   []string
+	types []uint8
+}
+
+func newLayout(filters []*Filter) *layout {
+	l := &layout{}
+	for _, f := range builtinFeatures {
+		l.ids, l.types = append(l.ids, f.ID), append(l.types, featureType(f.Type))
+	}
+	for _, f := range filters {
+		for _, ff := range FilterFeatures(f) {
+			l.ids, l.types = append(l.ids, ff.ID), append(l.types, featureType(ff.Type))
+		}
+	}
+	return l
+}
+
+// value is v as CEL and Compute's map hold it.
+func (l *layout) value(i int, v fval) any {
+	switch l.types[i] {
+	case typeInt:
+		return v.i
+	case typeDouble:
+		return v.f
+	case typeBool:
+		return v.i != 0
+	}
+	return v.s
+}
+
+var builtinFeatures = BuiltinFeatures()
+
+// Per-window features, in BuiltinFeatures' order.
+const (
+	xSpend = iota
+	xOrders
+	xAOV
+	xDiscount
+	xItems
+	xRefunds
+	xRefundAmount
+	xCouponOrders
+	xPointsRedeemed
+	xRedeemOrders
+	xActiveDays
+	xActs           // actCounters follow
+	nWindowFeatures = xActs + 6
+)
+
+// fx holds the positions of the built-in features.
+var fx = func() (x struct {
+	win                                                    [nWindows][nWindowFeatures]int
+	spendPrev, ordersPrev                                  int
+	ordersChannel                                          [4]int
+	channels, topChannel                                   int
+	distinct, top, share                                   [3]int // category, brand, store
+	spendTotal, ordersTotal, firstPurchase, lastPurchase   int
+	lastEvent, memberDays, signedUp, avgRating, avgGap     int
+	repeat, recencySpan, customerAge, avgRepeatValue       int
+	age, birthMonth, toBirthday, gender, city, month, wday int
+	device                                                 int
+}) {
+	pos := map[string]int{}
+	for i, f := range builtinFeatures {
+		pos[f.ID] = i
+	}
+	at := func(id string) int {
+		i, ok := pos[id]
+		if !ok {
+			panic("tags: no built-in feature " + id)
+		}
+		return i
+	}
+	for w, days := range Windows {
+		sfx := fmt.Sprintf("_%dd", days)
+		for k, id := range []string{"spend", "orders", "aov", "discount", "items", "refunds", "refund_amount", "coupon_orders",
+			"points_redeemed", "redeem_orders", "active_days"} {
+			x.win[w][k] = at(id + sfx)
+		}
+		for k, c := range actCounters {
+			x.win[w][xActs+k] = at(c.id + sfx)
+		}
+	}
+	x.spendPrev, x.ordersPrev = at("spend_prev_90d"), at("orders_prev_90d")
+	for i, c := range orderChannels {
+		x.ordersChannel[i] = at("orders_" + c + "_365d")
+	}
+	x.channels, x.topChannel = at("channels_365d"), at("top_channel_365d")
+	for i, d := range []struct{ id, plural string }{{"category", "categories"}, {"brand", "brands"}, {"store", "stores"}} {
+		x.distinct[i], x.top[i], x.share[i] = at(d.plural+"_365d"), at("top_"+d.id+"_365d"), at("top_"+d.id+"_share_365d")
+	}
+	x.spendTotal, x.ordersTotal = at("spend_total"), at("orders_total")
+	x.firstPurchase, x.lastPurchase = at("first_purchase_days"), at("last_purchase_days")
+	x.lastEvent, x.memberDays, x.signedUp = at("last_event_days"), at("member_days"), at("signed_up")
+	x.avgRating, x.avgGap = at("avg_rating_365d"), at("avg_gap_days_365d")
+	x.repeat, x.recencySpan = at("repeat_purchases_365d"), at("recency_span_days_365d")
+	x.customerAge, x.avgRepeatValue = at("customer_age_days_365d"), at("avg_repeat_value_365d")
+	x.age, x.birthMonth, x.toBirthday = at("age"), at("birth_month"), at("days_to_birthday")
+	x.gender, x.city = at("gender"), at("city")
+	x.month, x.wday, x.device = at("current_month"), at("current_weekday"), at("device_members")
+	return x
+}()
+
+// lifeSum is a member's lifetime totals over every origin; any is false
+// when there are none.
+type lifeSum struct {
+	Lifetime
+	any bool
+}
+
+func sumLife(m map[string]*Lifetime) lifeSum {
+	var s lifeSum
+	for _, l := range m {
+		s.Spend += l.Spend
+		s.Orders += l.Orders
+		s.Refunded += l.Refunded
+		s.SignedUp = s.SignedUp || l.SignedUp
+		if l.FirstPurchase != 0 && (s.FirstPurchase == 0 || l.FirstPurchase < s.FirstPurchase) {
+			s.FirstPurchase = l.FirstPurchase
+		}
+		s.LastPurchase = max(s.LastPurchase, l.LastPurchase)
+		if !s.any || l.FirstSeen < s.FirstSeen {
+			s.FirstSeen = l.FirstSeen
+		}
+		s.LastSeen = max(s.LastSeen, l.LastSeen)
+		s.any = true
+	}
+	return s
+}
+
+// derive computes the features from the aggregates, the lifetime totals
+// and the member's attributes at now into out (as newLayout places them)
+// and returns when they next change with the clock alone, the aggregates'
+// window edges aside.
+func derive(out []fval, a *aggregates, life lifeSum, demo Demographics, device int, now int64, loc *time.Location) int64 {
+	clear(out)
+	next := int64(math.MaxInt64)
+	num := func(i int, v int64) { out[i] = fval{ok: true, i: v} }
+	dbl := func(i int, v float64) { out[i] = fval{ok: true, f: v} }
+	str := func(i int, v string) { out[i] = fval{ok: true, s: v} }
+	units := func(minor int64) float64 { return float64(minor) / 100 }
 	// Days since an instant change every 24h after it.
 	daysSince := func(t int64) int64 {
-		d := (nowU - t) / 86400
-		if nowU >= t {
+		d := (now - t) / 86400
+		if now >= t {
 			next = min(next, t+(d+1)*86400)
 		} else {
 			next = min(next, t)
 		}
 		return max(d, 0)
 	}
-	refunded := map[string]int64{}
-	for _, a := range st.Acts {
-		if a.Kind == KindRefund && a.Order != "" {
-			refunded[a.Order] += a.Amount
+	for w := range nWindows {
+		c, x := &a.win[w], &fx.win[w]
+		dbl(x[xSpend], units(c[cNet]))
+		num(x[xOrders], c[cOrders])
+		if c[cOrders] > 0 {
+			dbl(x[xAOV], units(c[cGross])/float64(c[cOrders]))
+		}
+		dbl(x[xDiscount], units(c[cDiscount]))
+		num(x[xItems], c[cItems])
+		num(x[xRefunds], c[cRefunds])
+		dbl(x[xRefundAmount], units(c[cRefundAmount]))
+		num(x[xCouponOrders], c[cCouponOrders])
+		num(x[xPointsRedeemed], c[cPoints])
+		num(x[xRedeemOrders], c[cRedeemOrders])
+		num(x[xActiveDays], c[cActiveDays])
+		for k := range actCounters {
+			num(x[xActs+k], c[cActs+k])
 		}
 	}
-	net := func(p *Purchase) int64 { return max(p.Amount-refunded[p.Order], 0) }
-	units := func(minor int64) float64 { return float64(minor) / 100 }
-
-	for _, w := range Windows {
-		sfx := fmt.Sprintf("_%dd", w)
-		var spend, gross, disc, items, orders, couponOrders, pts, redeemOrders int64
-		for _, p := range st.Purchases {
-			if !within(p.At, w) {
-				continue
-			}
-			orders++
-			spend += net(p)
-			gross += p.Amount
-			disc += p.Discount
-			items += p.Quantity
-			pts += p.Points
-			if p.Coupons > 0 {
-				couponOrders++
-			}
-			if p.Points > 0 {
-				redeemOrders++
-			}
-		}
-		var refunds, refundAmt int64
-		counts := map[string]int64{}
-		days := map[int64]bool{}
-		for _, p := range st.Purchases {
-			if within(p.At, w) {
-				days[localDay(p.At, loc)] = true
-			}
-		}
-		for _, a := range st.Acts {
-			if !within(a.At, w) {
-				continue
-			}
-			days[localDay(a.At, loc)] = true
-			if a.Kind == KindRefund {
-				refunds++
-				refundAmt += a.Amount
-			}
-			counts[a.Kind]++
-		}
-		v["spend"+sfx] = units(spend)
-		v["orders"+sfx] = orders
-		if orders > 0 {
-			v["aov"+sfx] = units(gross) / float64(orders)
-		}
-		v["discount"+sfx] = units(disc)
-		v["items"+sfx] = items
-		v["refunds"+sfx] = refunds
-		v["refund_amount"+sfx] = units(refundAmt)
-		v["coupon_orders"+sfx] = couponOrders
-		v["points_redeemed"+sfx] = pts
-		v["redeem_orders"+sfx] = redeemOrders
-		v["active_days"+sfx] = int64(len(days))
-		for _, c := range actCounters {
-			v[c.id+sfx] = counts[c.kind]
-		}
+	dbl(fx.spendPrev, units(a.prevNet))
+	num(fx.ordersPrev, a.prevOrders)
+	for i, c := range orderChannels {
+		num(fx.ordersChannel[i], a.channels.get(c))
 	}
-	// 91..180 days ago.
-	{
-		var spend, orders int64
-		for _, p := range st.Purchases {
-			if within(p.At, 180) && !within(p.At, 90) {
-				spend += net(p)
-				orders++
-			}
-		}
-		v["spend_prev_90d"], v["orders_prev_90d"] = units(spend), orders
+	num(fx.channels, int64(len(a.channels)))
+	if k, _ := a.channels.top(); k != "" {
+		str(fx.topChannel, k)
 	}
-	// Channel, category, brand and store preference over 365 days.
-	byChannel := map[string]int64{}
-	cat, brand, store := map[string]int64{}, map[string]int64{}, map[string]int64{}
-	var catKnown, brandKnown, storeKnown int64
-	var year []*Purchase
-	for _, p := range st.Purchases {
-		if !within(p.At, 365) {
+	for i, d := range [3]struct {
+		m     keyCounts
+		known int64
+	}{{a.categories, a.catKnown}, {a.brands, a.brandKnown}, {a.stores, a.storeKnown}} {
+		if len(d.m) == 0 {
 			continue
 		}
-		year = append(year, p)
-		byChannel[p.Channel]++
-		for k, a := range p.Categories {
-			cat[k] += a
-			catKnown += a
-		}
-		for k, a := range p.Brands {
-			brand[k] += a
-			brandKnown += a
-		}
-		if p.Store != "" {
-			store[p.Store] += p.Amount
-			storeKnown += p.Amount
-		}
-	}
-	for _, c := range orderChannels {
-		v["orders_"+c+"_365d"] = byChannel[c]
-	}
-	v["channels_365d"] = int64(len(byChannel))
-	if k, _ := top(byChannel); k != "" {
-		v["top_channel_365d"] = k
-	}
-	for _, d := range []struct {
-		id, plural string
-		m          map[string]int64
-		known      int64
-		any        bool
-	}{{"category", "categories", cat, catKnown, len(cat) > 0}, {"brand", "brands", brand, brandKnown, len(brand) > 0}, {"store", "stores", store, storeKnown, len(store) > 0}} {
-		if !d.any {
-			continue
-		}
-		v[d.plural+"_365d"] = int64(len(d.m))
-		k, a := top(d.m)
-		v["top_"+d.id+"_365d"] = k
+		num(fx.distinct[i], int64(len(d.m)))
+		k, v := d.m.top()
+		str(fx.top[i], k)
 		if d.known > 0 {
-			v["top_"+d.id+"_share_365d"] = float64(a) / float64(d.known)
+			dbl(fx.share[i], float64(v)/float64(d.known))
 		} else {
-			v["top_"+d.id+"_share_365d"] = 0.0
+			dbl(fx.share[i], 0)
 		}
 	}
-	// Lifetime.
-	var life Lifetime
-	first := true
-	for _, l := range st.Life {
-		life.Spend += l.Spend
-		life.Orders += l.Orders
-		life.Refunded += l.Refunded
-		life.SignedUp = life.SignedUp || l.SignedUp
-		if l.FirstPurchase != 0 && (life.FirstPurchase == 0 || l.FirstPurchase < life.FirstPurchase) {
-			life.FirstPurchase = l.FirstPurchase
-		}
-		life.LastPurchase = max(life.LastPurchase, l.LastPurchase)
-		if first || l.FirstSeen < life.FirstSeen {
-			life.FirstSeen = l.FirstSeen
-		}
-		life.LastSeen = max(life.LastSeen, l.LastSeen)
-		first = false
-	}
-	v["spend_total"] = units(max(life.Spend-life.Refunded, 0))
-	v["orders_total"] = life.Orders
-	v["signed_up"] = life.SignedUp
+	dbl(fx.spendTotal, units(max(life.Spend-life.Refunded, 0)))
+	num(fx.ordersTotal, life.Orders)
+	out[fx.signedUp] = fval{ok: true, i: b2i(life.SignedUp)}
 	if life.FirstPurchase != 0 {
-		v["first_purchase_days"] = daysSince(life.FirstPurchase)
-		v["last_purchase_days"] = daysSince(life.LastPurchase)
+		num(fx.firstPurchase, daysSince(life.FirstPurchase))
+		num(fx.lastPurchase, daysSince(life.LastPurchase))
 	}
-	if !first {
-		v["last_event_days"] = daysSince(life.LastSeen)
-		v["member_days"] = daysSince(life.FirstSeen)
+	if life.any {
+		num(fx.lastEvent, daysSince(life.LastSeen))
+		num(fx.memberDays, daysSince(life.FirstSeen))
 	}
-	// Reviews.
-	{
-		var n, sum int64
-		for _, a := range st.Acts {
-			if a.Kind == KindReview && a.Rating > 0 && within(a.At, 365) {
-				n++
-				sum += int64(a.Rating)
-			}
-		}
-		if n > 0 {
-			v["avg_rating_365d"] = float64(sum) / float64(n)
-		}
+	if a.reviews > 0 {
+		dbl(fx.avgRating, float64(a.ratings)/float64(a.reviews))
 	}
-	// Purchase days over 365 days: gaps and the BG/NBD inputs.
-	if len(year) > 0 {
-		var dayList []int64
-		byDay := map[int64]int64{}
-		for _, p := range year {
-			d := localDay(p.At, loc)
-			if _, ok := byDay[d]; !ok {
-				dayList = append(dayList, d)
-			}
-			byDay[d] += p.Amount
-		}
-		slices.Sort(dayList)
-		x := int64(len(dayList) - 1)
-		v["repeat_purchases_365d"] = x
-		firstDay, lastDay := dayList[0], dayList[len(dayList)-1]
-		v["recency_span_days_365d"] = float64(lastDay - firstDay)
-		v["customer_age_days_365d"] = float64(localDay(nowU, loc) - firstDay)
-		next = min(next, nextLocalMidnight(now, loc))
+	nowT := time.Unix(now, 0)
+	midnight := nextLocalMidnight(nowT, loc)
+	if a.days > 0 {
+		x := a.days - 1
+		num(fx.repeat, x)
+		dbl(fx.recencySpan, float64(a.lastDay-a.firstDay))
+		dbl(fx.customerAge, float64(localDay(now, loc)-a.firstDay))
 		if x > 0 {
-			v["avg_gap_days_365d"] = float64(lastDay-firstDay) / float64(x)
-			var sum int64
-			for _, d := range dayList[1:] {
-				sum += byDay[d]
-			}
-			v["avg_repeat_value_365d"] = units(sum) / float64(x)
+			dbl(fx.avgGap, float64(a.lastDay-a.firstDay)/float64(x))
+			dbl(fx.avgRepeatValue, units(a.win[w365][cGross]-a.firstDayGross)/float64(x))
 		}
 	}
 	// Demographics and the calendar.
-	local := now.In(loc)
-	v["current_month"] = int64(local.Month())
-	v["current_weekday"] = int64(local.Weekday())
-	next = min(next, nextLocalMidnight(now, loc))
-	if bd, err := time.ParseInLocation("2006-01-02", in.Demo.BirthDate, loc); err == nil && !bd.After(local) {
-		age := local.Year() - bd.Year()
-		if local.Month() < bd.Month() || (local.Month() == bd.Month() && local.Day() < bd.Day()) {
-			age--
+	local := nowT.In(loc)
+	num(fx.month, int64(local.Month()))
+	num(fx.wday, int64(local.Weekday()))
+	next = min(next, midnight)
+	if demo.BirthDate != "" {
+		if bd, err := time.ParseInLocation("2006-01-02", demo.BirthDate, loc); err == nil && !bd.After(local) {
+			age := local.Year() - bd.Year()
+			if local.Month() < bd.Month() || (local.Month() == bd.Month() && local.Day() < bd.Day()) {
+				age--
+			}
+			num(fx.age, int64(age))
+			num(fx.birthMonth, int64(bd.Month()))
+			num(fx.toBirthday, daysToBirthday(local, bd))
 		}
-		v["age"] = int64(age)
-		v["birth_month"] = int64(bd.Month())
-		v["days_to_birthday"] = daysToBirthday(local, bd)
 	}
-	if g := strings.ToLower(strings.TrimSpace(in.Demo.Gender)); g != "" {
-		v["gender"] = g
+	if g := strings.ToLower(strings.TrimSpace(demo.Gender)); g != "" {
+		str(fx.gender, g)
 	}
-	if c := normCity(in.Demo.City); c != "" {
-		v["city"] = c
+	if c := normCity(demo.City); c != "" {
+		str(fx.city, c)
 	}
-	if in.Device > 0 {
-		v["device_members"] = int64(in.Device)
+	if device > 0 {
+		num(fx.device, int64(device))
 	}
 	// Purchase filters.
-	for fi, f := range filters {
-		var o30, o90, o365, known90, known365, m90, m365 int64
-		var spend365 int64
-		for _, p := range year {
-			res := p.match(fi, filters, filterVersion, loc)
-			if res == matchUnknown {
-				continue
-			}
-			in90, in30 := within(p.At, 90), within(p.At, 30)
-			known365++
-			if in90 {
-				known90++
-			}
-			if res != matchYes {
-				continue
-			}
-			o365++
-			m365++
-			spend365 += net(p)
-			if in90 {
-				o90++
-				m90++
-			}
-			if in30 {
-				o30++
-			}
+	base := len(builtinFeatures)
+	for fi := range a.filters {
+		c, i := &a.filters[fi], base+fi*6
+		num(i, c[fMatched30])
+		num(i+1, c[fMatched90])
+		num(i+2, c[fMatched365])
+		dbl(i+3, units(c[fSpend365]))
+		if c[fKnown90] > 0 {
+			dbl(i+4, float64(c[fMatched90])/float64(c[fKnown90]))
 		}
-		v[f.ID+"_orders_30d"], v[f.ID+"_orders_90d"], v[f.ID+"_orders_365d"] = o30, o90, o365
-		v[f.ID+"_spend_365d"] = units(spend365)
-		if known90 > 0 {
-			v[f.ID+"_share_90d"] = float64(m90) / float64(known90)
-		}
-		if known365 > 0 {
-			v[f.ID+"_share_365d"] = float64(m365) / float64(known365)
+		if c[fKnown365] > 0 {
+			dbl(i+5, float64(c[fMatched365])/float64(c[fKnown365]))
 		}
 	}
-	c := Computed{Values: v}
-	if next != math.MaxInt64 {
-		c.Next = time.Unix(next, 0).UTC()
+	return next
+}
+
+func b2i(b bool) int64 {
+	if b {
+		return 1
 	}
-	return c
+	return 0
 }
 
 // FilterFeatures are the features a purchase filter adds.
@@ -423,21 +461,6 @@ func FilterFeatures(f *Filter) []Feature {
 		{ID: f.ID + "_share_90d", Type: "double", Clock: true, Sources: src, Description: "share of the last 90 days' purchases matching filter " + f.ID + ", among those it can be decided for; absent when none"},
 		{ID: f.ID + "_share_365d", Type: "double", Clock: true, Sources: src, Description: "share of the last 365 days' purchases matching filter " + f.ID + ", among those it can be decided for; absent when none"},
 	}
-}
-
-func top(m map[string]int64) (string, int64) {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	best, bv := "", int64(-1)
-	for _, k := range keys {
-		if m[k] > bv {
-			best, bv = k, m[k]
-		}
-	}
-	return best, bv
 }
 
 func localDay(unix int64, loc *time.Location) int64 {

@@ -1,7 +1,6 @@
 package tags
 
 import (
-	"sort"
 	"time"
 )
 
@@ -22,6 +21,7 @@ func (p *Purchase) match(i int, all []*Filter, v string, loc *time.Location) mat
 	if p.FV != v || (p.FM == nil && len(all) > 0) {
 		p.FV = v
 		p.evalAll(all, loc)
+		p.stored = stored{}
 	}
 	switch {
 	case bit(p.FM, i):
@@ -39,12 +39,25 @@ func setBit(set []uint64, i int) { set[i/64] |= 1 << (i % 64) }
 func (p *Purchase) evalAll(fs []*Filter, loc *time.Location) {
 	words := (len(fs) + 63) / 64
 	p.FM, p.FU = make(filterBits, words), make(filterBits, words)
-	vars := p.vars(loc)
-	act := map[string]any{"p": vars}
+	pv := p.pvars(loc)
+	compiled := &vecActivation{p: &pv}
+	var act map[string]any
 	for i, f := range fs {
 		if (f.needsItems && !p.ItemsKnown) || (f.needsStore && p.Store == "") {
 			setBit(p.FU, i)
 			continue
+		}
+		if f.compiled != nil {
+			switch v := f.compiled(compiled); {
+			case v.k != kBool:
+				setBit(p.FU, i)
+			case v.i != 0:
+				setBit(p.FM, i)
+			}
+			continue
+		}
+		if act == nil {
+			act = map[string]any{"p": p.vars(loc)}
 		}
 		out, _, err := f.program.Eval(act)
 		if err != nil {
@@ -77,17 +90,16 @@ func (p *Purchase) vars(loc *time.Location) map[string]any {
 	}
 	if p.ItemsKnown {
 		m["items"] = p.Quantity
-		cats := make([]string, 0, len(p.Categories))
-		for k := range p.Categories {
-			cats = append(cats, k)
-		}
-		sort.Strings(cats)
-		brands := make([]string, 0, len(p.Brands))
-		for k := range p.Brands {
-			brands = append(brands, k)
-		}
-		sort.Strings(brands)
-		m["categories"], m["brands"] = cats, brands
+		m["categories"], m["brands"] = p.Categories.keys(), p.Brands.keys()
 	}
 	return m
+}
+
+// keys lists the keys, in order.
+func (a Amounts) keys() []string {
+	out := make([]string, len(a))
+	for i, x := range a {
+		out[i] = x.Key
+	}
+	return out
 }

@@ -14,7 +14,7 @@ import (
 // loadAs loads a member's features under the lock identity already holds,
 // without following a merge.
 func (s *Service) loadAs(ctx context.Context, tx pgx.Tx, id uuid.UUID) (*memberState, error) {
-	m := &memberState{id: id, labels: map[string]any{}, profiling: true, state: &State{}}
+	m := &memberState{id: id, profiling: true, state: &State{}}
 	var err error
 	if m.attrs, m.changeSeq, err = postgres.MemberAttributes(ctx, tx, id); err != nil {
 		return nil, err
@@ -46,11 +46,15 @@ func (s *Service) Merged(ctx context.Context, tx pgx.Tx, source, target uuid.UUI
 		return err
 	}
 	dst.state.Absorb(src.state)
-	src.state = &State{}
-	if err := s.store(ctx, tx, src, map[string]any{}, time.Time{}, cause, mcv1.Channel_CHANNEL_BACKOFFICE, ""); err != nil {
+	cleared, err := s.Catalog().Clear(src.state, s.now(), s.storedLabels(ctx, tx, src))
+	if err != nil {
 		return err
 	}
-	return s.recompute(ctx, tx, dst, nil, cause, mcv1.Channel_CHANNEL_BACKOFFICE, "")
+	src.state = &State{}
+	if err := s.store(ctx, tx, src, cleared, cause, mcv1.Channel_CHANNEL_BACKOFFICE, ""); err != nil {
+		return err
+	}
+	return s.recompute(ctx, tx, dst, cause, mcv1.Channel_CHANNEL_BACKOFFICE, "")
 }
 
 // Unmerged gives the source back the records that came from it (origins:
@@ -68,8 +72,8 @@ func (s *Service) Unmerged(ctx context.Context, tx pgx.Tx, source, target uuid.U
 	back := dst.state.Split(ids)
 	back.Absorb(src.state)
 	src.state = back
-	if err := s.recompute(ctx, tx, src, nil, cause, mcv1.Channel_CHANNEL_BACKOFFICE, ""); err != nil {
+	if err := s.recompute(ctx, tx, src, cause, mcv1.Channel_CHANNEL_BACKOFFICE, ""); err != nil {
 		return err
 	}
-	return s.recompute(ctx, tx, dst, nil, cause, mcv1.Channel_CHANNEL_BACKOFFICE, "")
+	return s.recompute(ctx, tx, dst, cause, mcv1.Channel_CHANNEL_BACKOFFICE, "")
 }

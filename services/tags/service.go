@@ -15,6 +15,7 @@ import (
 	"slices"
 	"sort"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -42,6 +43,30 @@ type Service struct {
 	log     *slog.Logger
 	now     func() time.Time
 	cat     *versioned.Document[Catalog]
+	// benefitLabels says whether a benefit depends on a label (nil: none
+	// does).
+	benefitLabels atomic.Pointer[func(label string) bool]
+}
+
+// SetBenefitLabels tells the worker which labels benefits depend on: a
+// member whose membership of one of them changes is queued, in the same
+// transaction, for the benefit stage to re-evaluate its benefits.
+func (s *Service) SetBenefitLabels(depends func(label string) bool) { s.benefitLabels.Store(&depends) }
+
+// benefitsFollow says whether a benefit depends on one of the labels.
+func (s *Service) benefitsFollow(labels ...[]string) bool {
+	f := s.benefitLabels.Load()
+	if f == nil {
+		return false
+	}
+	for _, ls := range labels {
+		for _, l := range ls {
+			if (*f)(l) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // Catalogues is how the label catalogue is stored and read.
@@ -92,7 +117,6 @@ type memberState struct {
 	attrs     map[string]string
 	exists    bool // member_features row
 	state     *State
-	labels    map[string]any
 	version   int64
 	catalog   string
 	dueAt     *time.Time
@@ -110,7 +134,7 @@ type memberState struct {
 // member's id is followed to the member it was merged into.
 func (s *Service) lock(ctx context.Context, tx pgx.Tx, id uuid.UUID, devices ...string) (*memberState, error) {
 	for range 5 {
-		m := &memberState{id: id, labels: map[string]any{}, profiling: true, state: &State{}, devices: devices}
+		m := &memberState{id: id, profiling: true, state: &State{}, devices: devices}
 		var merged *uuid.UUID
 		var err error
 		if m.attrs, merged, m.changeSeq, err = postgres.MemberForUpdate(ctx, tx, id); err != nil {
@@ -142,14 +166,44 @@ func (s *Service) loadRest(ctx context.Context, tx pgx.Tx, m *memberState) error
 func (m *memberState) take(r *postgres.FeaturesRow) error {
 	m.exists, m.version, m.catalog, m.dueAt, m.profiling, m.device = r.Exists, r.Version, r.CatalogVersion, r.DueAt, r.Profiling, r.DeviceShare
 	if r.State != nil {
-		if err := json.Unmarshal(r.State, m.state); err != nil {
-			return fmt.Errorf("decode feature state: %w", err)
+		st, err := DecodeState(r.State)
+		if err != nil {
+			return fmt.Errorf("member %s: %w", m.id, err)
 		}
-		if err := json.Unmarshal(r.Labels, &m.labels); err != nil {
-			return fmt.Errorf("decode labels: %w", err)
-		}
+		m.state = st
 	}
 	return nil
+}
+
+// storedLabels reads the labels stored for the member, for a Refresh whose
+// state does not remember what they were computed from (a state stored
+// before, or under another catalogue).
+func (s *Service) storedLabels(ctx context.Context, tx pgx.Tx, m *memberState) func() (map[string]any, error) {
+	return func() (map[string]any, error) {
+		if !m.exists {
+			return map[string]any{}, nil
+		}
+		pb, legacy, _, err := postgres.StoredLabels(ctx, tx, m.id)
+		if err != nil {
+			return nil, err
+		}
+		return decodeStoredLabels(pb, legacy)
+	}
+}
+
+// decodeStoredLabels decodes labels as stored: labels_pb, or JSON in a row
+// written before it.
+func decodeStoredLabels(pb, legacy []byte) (map[string]any, error) {
+	if pb != nil {
+		return LabelsFromPB(pb)
+	}
+	out := map[string]any{}
+	if legacy != nil {
+		if err := json.Unmarshal(legacy, &out); err != nil {
+			return nil, fmt.Errorf("decode labels: %w", err)
+		}
+	}
+	return out, nil
 }
 
 func demographics(attrs map[string]string) Demographics {
@@ -197,35 +251,28 @@ func (s *Service) fillAttributes(m *memberState, su *mcv1.SignUp, ev *mcv1.Membe
 	return true
 }
 
-// recompute evaluates the member's labels — those the given kinds of
-// change can move, or all of them when the clock passed the member's due
-// time, the catalogue changed, or kinds is nil — and stores the result.
-func (s *Service) recompute(ctx context.Context, tx pgx.Tx, m *memberState, kinds []string, cause string, ch mcv1.Channel, store string) error {
-	labels, due := s.evaluate(m, kinds)
-	return s.store(ctx, tx, m, labels, due, cause, ch, store)
+// recompute brings the member's labels up to date (Catalog.Refresh: those
+// that read a feature that changed, or all of them when the state does not
+// say what they were computed from) and stores the result.
+func (s *Service) recompute(ctx context.Context, tx pgx.Tx, m *memberState, cause string, ch mcv1.Channel, store string) error {
+	r, err := s.evaluate(ctx, tx, m)
+	if err != nil {
+		return err
+	}
+	return s.store(ctx, tx, m, r, cause, ch, store)
 }
 
-// evaluate is recompute without the write: the member's new labels and
-// due time.
-func (s *Service) evaluate(m *memberState, kinds []string) (map[string]any, time.Time) {
+// evaluate is recompute without the write: the member's new labels, what
+// changed and the due time.
+func (s *Service) evaluate(ctx context.Context, tx pgx.Tx, m *memberState) (*Refreshed, error) {
 	c := s.Catalog()
-	now := s.now()
-	m.state.Trim(now)
-	feats := Compute(Inputs{State: m.state, Demo: demographics(m.attrs), Device: m.device}, now, c.Location, c.Filters, c.FilterKey())
-	var only map[string]bool
-	if kinds != nil && m.exists && m.catalog == c.Version && (m.dueAt == nil || m.dueAt.After(now)) {
-		only = map[string]bool{}
-		for _, k := range kinds {
-			maps.Copy(only, c.Dirty(k))
-		}
-	}
-	return c.Evaluate(feats.Values, only, m.labels, !m.profiling), feats.Next
+	return c.Refresh(Inputs{State: m.state, Demo: demographics(m.attrs), Device: m.device}, s.now(), !m.profiling, s.storedLabels(ctx, tx, m))
 }
 
 // store writes the member's state and, when labels changed, the change
 // (outbox, member_labels' true labels, the ClickHouse export queue).
-func (s *Service) store(ctx context.Context, tx pgx.Tx, m *memberState, labels map[string]any, due time.Time, cause string, ch mcv1.Channel, storeID string) error {
-	w, err := s.stage(ctx, m, labels, due, cause, ch, storeID)
+func (s *Service) store(ctx context.Context, tx pgx.Tx, m *memberState, r *Refreshed, cause string, ch mcv1.Channel, storeID string) error {
+	w, err := s.stage(ctx, m, r, cause, ch, storeID)
 	if err != nil {
 		return err
 	}
@@ -234,42 +281,35 @@ func (s *Service) store(ctx context.Context, tx pgx.Tx, m *memberState, labels m
 
 // memberWrite is what one member's recomputation writes.
 type memberWrite struct {
-	m        *memberState
-	labels   postgres.LabelMembership
-	export   bool
+	m      *memberState
+	labels postgres.LabelMembership
+	export bool
+	// benefits: a label a benefit depends on changed
+	benefits bool
 	outbox   []postgres.OutboxRow
 	features postgres.FeaturesWrite
 	// after the write: what the member then is
-	newLabels  map[string]any
 	newVersion int64
 	newDue     *time.Time
 }
 
 // stage works out what storing the member's new labels writes: the change
 // (numbered under the member's row lock), label membership, the export
-// queue and the features row.
-func (s *Service) stage(ctx context.Context, m *memberState, labels map[string]any, due time.Time, cause string, ch mcv1.Channel, storeID string) (*memberWrite, error) {
+// queue and the features row (its labels only when they changed).
+func (s *Service) stage(ctx context.Context, m *memberState, r *Refreshed, cause string, ch mcv1.Channel, storeID string) (*memberWrite, error) {
 	c := s.Catalog()
 	now := s.now()
-	diff := Diff(m.labels, labels, now)
-	w := &memberWrite{m: m, newLabels: labels, newVersion: m.version}
-	if len(diff) > 0 {
+	w := &memberWrite{m: m, newVersion: m.version}
+	if r.Changed() {
 		w.newVersion++
 		w.export = true
 		m.pending = append(m.pending, &mcv1.MemberChange{
 			CauseId: cause, Channel: ch, StoreId: storeID,
-			Change: &mcv1.MemberChange_LabelsChanged{LabelsChanged: &mcv1.LabelsChanged{Labels: diff, CatalogVersion: c.Version}},
+			Change: &mcv1.MemberChange_LabelsChanged{LabelsChanged: &mcv1.LabelsChanged{Labels: r.Changes, CatalogVersion: c.Version}},
 		})
 		// member_labels is set membership: a row per label that is true.
-		w.labels.Member = m.id
-		for _, d := range diff {
-			switch id := d.GetLabelId(); {
-			case labels[id] == true:
-				w.labels.Set = append(w.labels.Set, id)
-			case m.labels[id] == true:
-				w.labels.Cleared = append(w.labels.Cleared, id)
-			}
-		}
+		w.labels = postgres.LabelMembership{Member: m.id, Set: r.Set, Cleared: r.Cleared}
+		w.benefits = s.benefitsFollow(r.Set, r.Cleared)
 	}
 	for _, change := range m.pending {
 		m.changeSeq++
@@ -280,22 +320,20 @@ func (s *Service) stage(ctx context.Context, m *memberState, labels map[string]a
 		w.outbox = append(w.outbox, row)
 	}
 	m.pending = nil
-	rawState, err := json.Marshal(m.state)
+	rawState, err := EncodeState(m.state)
 	if err != nil {
 		return nil, err
 	}
-	rawLabels, err := json.Marshal(labels)
-	if err != nil {
-		return nil, err
+	// Labels are written only when they changed, and only as labels_pb
+	// (the JSON column is what rows written before it hold).
+	var labelsPB []byte
+	if r.Changed() || !m.exists {
+		labelsPB = r.EncodeLabels()
 	}
-	labelsPB, err := EncodeLabels(labels)
-	if err != nil {
-		return nil, err
+	if !r.Next.IsZero() {
+		w.newDue = &r.Next
 	}
-	if !due.IsZero() {
-		w.newDue = &due
-	}
-	w.features = postgres.FeaturesWrite{Member: m.id, State: rawState, Labels: rawLabels, LabelsPB: labelsPB,
+	w.features = postgres.FeaturesWrite{Member: m.id, State: rawState, LabelsPB: labelsPB,
 		CatalogVersion: c.Version, Version: w.newVersion, DueAt: w.newDue, At: now}
 	return w, nil
 }
@@ -313,6 +351,7 @@ func (s *Service) flush(ctx context.Context, tx pgx.Tx, ws []*memberWrite) error
 	var exportMembers []uuid.UUID
 	var exportVersions []int64
 	var outbox []postgres.OutboxRow
+	var benefitChecks []uuid.UUID
 	features := make([]postgres.FeaturesWrite, 0, len(ws))
 	for _, w := range ws {
 		if w.m.attrsDirty {
@@ -322,6 +361,9 @@ func (s *Service) flush(ctx context.Context, tx pgx.Tx, ws []*memberWrite) error
 			labels = append(labels, w.labels)
 			exportMembers, exportVersions = append(exportMembers, w.m.id), append(exportVersions, w.newVersion)
 		}
+		if w.benefits {
+			benefitChecks = append(benefitChecks, w.m.id)
+		}
 		outbox = append(outbox, w.outbox...)
 		features = append(features, w.features)
 	}
@@ -329,13 +371,14 @@ func (s *Service) flush(ctx context.Context, tx pgx.Tx, ws []*memberWrite) error
 	postgres.QueueLabelMembershipBatch(b, labels, s.now())
 	postgres.QueueProfileExports(b, exportMembers, exportVersions)
 	postgres.QueueOutbox(b, outbox)
+	postgres.QueueBenefitLabelChecks(b, benefitChecks)
 	postgres.QueueFeaturesBatch(b, features)
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return fmt.Errorf("store labels: %w", err)
 	}
 	for _, w := range ws {
 		m := w.m
-		m.labels, m.version, m.catalog, m.dueAt, m.exists, m.attrsDirty = w.newLabels, w.newVersion, s.Catalog().Version, w.newDue, true, false
+		m.version, m.catalog, m.dueAt, m.exists, m.attrsDirty = w.newVersion, s.Catalog().Version, w.newDue, true, false
 	}
 	return nil
 }
@@ -408,7 +451,7 @@ func (s *Service) Recompute(ctx context.Context, tx pgx.Tx, member uuid.UUID, ca
 	if err != nil {
 		return err
 	}
-	return s.recompute(ctx, tx, m, nil, cause, ch, "")
+	return s.recompute(ctx, tx, m, cause, ch, "")
 }
 
 // Sweep recomputes members whose due time has passed (a window ended, a day
@@ -458,13 +501,13 @@ func (s *Service) RunSweeper(ctx context.Context, interval time.Duration) error 
 // with the member it was merged into) and the catalogue version they were
 // computed with.
 func (s *Service) Labels(ctx context.Context, q postgres.Querier, member uuid.UUID) (map[string]any, time.Time, error) {
-	raw, at, err := postgres.StoredLabels(ctx, q, member)
-	if err != nil || raw == nil {
-		return map[string]any{}, at, err
+	pb, legacy, at, err := postgres.StoredLabels(ctx, q, member)
+	if err != nil {
+		return nil, at, err
 	}
-	out := map[string]any{}
-	if err := json.Unmarshal(raw, &out); err != nil {
-		return nil, at, fmt.Errorf("decode labels: %w", err)
+	out, err := decodeStoredLabels(pb, legacy)
+	if err != nil {
+		return nil, at, err
 	}
 	return out, at, nil
 }

@@ -2,6 +2,7 @@ package tags
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"slices"
 	"sort"
@@ -116,6 +117,25 @@ type State struct {
 	Acts      []Act       `json:"a,omitempty"`
 	// Lifetime totals per origin member.
 	Life map[string]*Lifetime `json:"l,omitempty"`
+
+	// snap is what the labels last computed for the state were computed
+	// from (see Catalog.Refresh); nil when unknown (a state from JSON, a
+	// new one). It is stored with the state (EncodeState).
+	snap *snapshot
+	// pending are the records Fold added since snap; stale says the
+	// records changed otherwise (merge, split, trim, backfill), so the
+	// window aggregates in snap cannot be brought forward.
+	pending []record
+	stale   bool
+	// dict is the string list the state was decoded with; nil when it was
+	// not decoded from the binary form.
+	dict *dictionary
+}
+
+// record is a purchase or an interaction added to a state.
+type record struct {
+	p *Purchase
+	a Act
 }
 
 // Purchase is one transaction.
@@ -130,18 +150,32 @@ type Purchase struct {
 	Store    string `json:"s,omitempty"`
 	// Items: quantity, and amount per category and brand; ItemsKnown is
 	// false when the channel sent no basket lines.
-	ItemsKnown bool             `json:"ik,omitempty"`
-	Quantity   int64            `json:"q,omitempty"`
-	Categories map[string]int64 `json:"cat,omitempty"`
-	Brands     map[string]int64 `json:"br,omitempty"`
-	Origin     string           `json:"g"`
-	Event      string           `json:"e"`
+	ItemsKnown bool    `json:"ik,omitempty"`
+	Quantity   int64   `json:"q,omitempty"`
+	Categories Amounts `json:"cat,omitempty"`
+	Brands     Amounts `json:"br,omitempty"`
+	Origin     string  `json:"g"`
+	Event      string  `json:"e"`
 	// Purchase filters matched (FM) and undecidable (FU), as bit sets over
 	// the filters' positions, under the filter definitions FV.
 	FV string     `json:"fv,omitempty"`
 	FM filterBits `json:"fm,omitempty"`
 	FU filterBits `json:"fu,omitempty"`
+
+	stored // as decoded
 }
+
+// stored is a record's encoding as it was decoded, with the string list
+// its references are into: EncodeState writes an unchanged record back as
+// it was instead of encoding it again. Whatever changes a decoded record
+// clears it.
+type stored struct {
+	raw  string
+	dict *dictionary
+}
+
+// dictionary is the string list of a decoded state.
+type dictionary struct{ strs []string }
 
 // filterBits is a bit set over the purchase filters' positions. States
 // written before the bit sets kept filter ids (strings) here: those decode
@@ -171,6 +205,8 @@ type Act struct {
 	Rating int    `json:"r,omitempty"`
 	Origin string `json:"g"`
 	Event  string `json:"e"`
+
+	stored // as decoded
 }
 
 // Lifetime is what is known of a member beyond the retention window.
@@ -201,26 +237,28 @@ func (s *State) Fold(f Fact) bool {
 			for _, it := range f.Items {
 				p.Quantity += it.Quantity
 				if it.Category != "" {
-					if p.Categories == nil {
-						p.Categories = map[string]int64{}
-					}
-					p.Categories[strings.ToLower(it.Category)] += it.Amount
+					p.Categories.add(strings.ToLower(it.Category), it.Amount)
 				}
 				if it.Brand != "" {
-					if p.Brands == nil {
-						p.Brands = map[string]int64{}
-					}
-					p.Brands[strings.ToLower(it.Brand)] += it.Amount
+					p.Brands.add(strings.ToLower(it.Brand), it.Amount)
 				}
 			}
 		}
-		s.AddPurchase(p)
+		s.addPurchase(p)
+		s.pending = append(s.pending, record{p: p})
+		return true
 	case KindRefund:
-		s.AddAct(Act{At: t, Kind: f.Kind, Order: f.OrderID, Amount: f.Amount, Origin: f.Origin, Event: f.EventID})
+		a := Act{At: t, Kind: f.Kind, Order: f.OrderID, Amount: f.Amount, Origin: f.Origin, Event: f.EventID}
+		s.addAct(a)
+		s.pending = append(s.pending, record{a: a})
 	case KindReview:
-		s.AddAct(Act{At: t, Kind: f.Kind, Rating: f.Rating, Origin: f.Origin, Event: f.EventID})
+		a := Act{At: t, Kind: f.Kind, Rating: f.Rating, Origin: f.Origin, Event: f.EventID}
+		s.addAct(a)
+		s.pending = append(s.pending, record{a: a})
 	default:
-		s.AddAct(Act{At: t, Kind: f.Kind, Origin: f.Origin, Event: f.EventID})
+		a := Act{At: t, Kind: f.Kind, Origin: f.Origin, Event: f.EventID}
+		s.addAct(a)
+		s.pending = append(s.pending, record{a: a})
 	}
 	return true
 }
@@ -254,28 +292,40 @@ func (s *State) life(origin string, t int64) *Lifetime {
 
 // AddPurchase adds a purchase record and its lifetime totals.
 func (s *State) AddPurchase(p *Purchase) {
+	s.addPurchase(p)
+	s.stale = true
+}
+
+// AddAct adds an interaction or refund record and its lifetime totals.
+func (s *State) AddAct(a Act) {
+	s.addAct(a)
+	s.stale = true
+}
+
+// addPurchase inserts p after the purchases at or before its time (what a
+// stable sort of the appended list gives).
+func (s *State) addPurchase(p *Purchase) {
 	l := s.life(p.Origin, p.At)
-	s.Purchases = append(s.Purchases, p)
+	i, _ := slices.BinarySearchFunc(s.Purchases, p.At+1, func(q *Purchase, t int64) int { return cmp.Compare(q.At, t) })
+	s.Purchases = slices.Insert(s.Purchases, i, p)
 	l.Spend += p.Amount
 	l.Orders++
 	if l.FirstPurchase == 0 || p.At < l.FirstPurchase {
 		l.FirstPurchase = p.At
 	}
 	l.LastPurchase = max(l.LastPurchase, p.At)
-	s.sort()
 }
 
-// AddAct adds an interaction or refund record and its lifetime totals.
-func (s *State) AddAct(a Act) {
+func (s *State) addAct(a Act) {
 	l := s.life(a.Origin, a.At)
-	s.Acts = append(s.Acts, a)
+	i, _ := slices.BinarySearchFunc(s.Acts, a.At+1, func(b Act, t int64) int { return cmp.Compare(b.At, t) })
+	s.Acts = slices.Insert(s.Acts, i, a)
 	switch a.Kind {
 	case KindRefund:
 		l.Refunded += a.Amount
 	case KindSignUp:
 		l.SignedUp = true
 	}
-	s.sort()
 }
 
 // Keep adds the records of old that s does not have (events not yet in the
@@ -306,12 +356,18 @@ func (s *State) sort() {
 // totals stay).
 func (s *State) Trim(now time.Time) {
 	cut := now.Add(-Retention).Unix()
+	n := len(s.Purchases) + len(s.Acts)
 	s.Purchases = slices.DeleteFunc(s.Purchases, func(p *Purchase) bool { return p.At < cut })
 	s.Acts = slices.DeleteFunc(s.Acts, func(a Act) bool { return a.At < cut })
+	if len(s.Purchases)+len(s.Acts) != n {
+		// A trimmed refund may still reduce a purchase in a window.
+		s.stale = true
+	}
 }
 
 // Absorb folds another member's state into s (a merge).
 func (s *State) Absorb(o *State) {
+	s.stale = true
 	seen := map[string]bool{}
 	for _, p := range s.Purchases {
 		seen[p.Event] = true
@@ -353,6 +409,7 @@ func (s *State) Absorb(o *State) {
 // Split removes and returns the records whose origin is in origins (an
 // unmerge).
 func (s *State) Split(origins []string) *State {
+	s.stale = true
 	out := &State{Life: map[string]*Lifetime{}}
 	keep := func(o string) bool { return !slices.Contains(origins, o) }
 	var ps []*Purchase
@@ -386,4 +443,48 @@ type Demographics struct {
 	BirthDate string // YYYY-MM-DD
 	Gender    string
 	City      string
+}
+
+// Amounts are amounts in minor units by key (a basket's categories or
+// brands), in key order. In JSON they are an object, as the map they
+// replaced.
+type Amounts []Amount
+
+// Amount is one key's amount.
+type Amount struct {
+	Key   string
+	Minor int64
+}
+
+func (a *Amounts) add(key string, minor int64) {
+	i, ok := slices.BinarySearchFunc(*a, key, func(x Amount, k string) int { return strings.Compare(x.Key, k) })
+	if ok {
+		(*a)[i].Minor += minor
+		return
+	}
+	*a = slices.Insert(*a, i, Amount{Key: key, Minor: minor})
+}
+
+// MarshalJSON writes the amounts as an object.
+func (a Amounts) MarshalJSON() ([]byte, error) {
+	m := make(map[string]int64, len(a))
+	for _, x := range a {
+		m[x.Key] = x.Minor
+	}
+	return json.Marshal(m)
+}
+
+// UnmarshalJSON reads an object of amounts.
+func (a *Amounts) UnmarshalJSON(b []byte) error {
+	var m map[string]int64
+	if err := json.Unmarshal(b, &m); err != nil {
+		return err
+	}
+	out := make(Amounts, 0, len(m))
+	for k, v := range m {
+		out = append(out, Amount{Key: k, Minor: v})
+	}
+	slices.SortFunc(out, func(x, y Amount) int { return strings.Compare(x.Key, y.Key) })
+	*a = out
+	return nil
 }

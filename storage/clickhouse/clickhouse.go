@@ -20,9 +20,19 @@ type Config struct {
 	Database string `env:"MC_CLICKHOUSE_DB, default=membercenter"`
 	User     string `env:"MC_CLICKHOUSE_USER, default=default"`
 	Password string `env:"MC_CLICKHOUSE_PASSWORD"`
+	// Cluster, when set, names a cluster of the servers' <remote_servers>
+	// over which the per-member tables are sharded: each is a local table
+	// on every node and a Distributed table in front of them (see Schema
+	// and docs/scaling-clickhouse.md). Addr must be one of its nodes. Empty:
+	// one server, one database.
+	Cluster string `env:"MC_CLICKHOUSE_CLUSTER"`
 }
 
 var identifier = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+
+// clusterName is what a <remote_servers> element name may be here: it is
+// written into Distributed engine arguments as a quoted literal.
+var clusterName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_.-]*$`)
 
 // Validate reports every problem with the config at once.
 func (c Config) Validate() error {
@@ -32,6 +42,9 @@ func (c Config) Validate() error {
 	}
 	if !identifier.MatchString(c.Database) {
 		errs = append(errs, fmt.Errorf("MC_CLICKHOUSE_DB %q is not a plain identifier", c.Database))
+	}
+	if c.Cluster != "" && !clusterName.MatchString(c.Cluster) {
+		errs = append(errs, fmt.Errorf("MC_CLICKHOUSE_CLUSTER %q is not a cluster name (letters, digits, _ . -)", c.Cluster))
 	}
 	return errors.Join(errs...)
 }
@@ -91,7 +104,7 @@ func withOptions(conn driver.Conn, cfg Config, opts []Option) driver.Conn {
 }
 
 func connect(cfg Config, db string) (driver.Conn, error) {
-	conn, err := ch.Open(&ch.Options{
+	opts := &ch.Options{
 		Protocol:        ch.Native,
 		Addr:            []string{cfg.Addr},
 		Auth:            ch.Auth{Database: db, Username: cfg.User, Password: cfg.Password},
@@ -99,7 +112,17 @@ func connect(cfg Config, db string) (driver.Conn, error) {
 		MaxOpenConns:    8,
 		MaxIdleConns:    4,
 		ConnMaxLifetime: time.Hour,
-	})
+	}
+	if cfg.Cluster != "" {
+		// An insert into a Distributed table returns once every shard
+		// holds its rows, not when they are queued on the node that took
+		// them: the sink and the exporter acknowledge (commit offsets,
+		// dequeue) only what is stored, and a failed shard fails the
+		// insert, which is then retried whole (the tables collapse what
+		// was written twice).
+		opts.Settings = ch.Settings{"insert_distributed_sync": 1}
+	}
+	conn, err := ch.Open(opts)
 	if err != nil {
 		return nil, fmt.Errorf("open clickhouse %s: %w", cfg.Addr, err)
 	}

@@ -76,14 +76,68 @@ func splitStatements(body string) []string {
 	return stmts
 }
 
-// Migrate applies the migrations not yet recorded in schema_migrations. Every
-// statement is itself idempotent (IF NOT EXISTS), so a run interrupted before
-// its record is written is simply repeated.
+// Migrate applies the migrations not yet recorded in schema_migrations to
+// the database conn is connected to, laid out for one server (Schema
+// migrates a cluster). Every statement is itself idempotent (IF NOT
+// EXISTS), so a run interrupted before its record is written is simply
+// repeated.
 func Migrate(ctx context.Context, conn driver.Conn) (applied []string, err error) {
+	return migrate(ctx, []driver.Conn{conn}, layout{})
+}
+
+// migrate applies, on every node, the migrations that node has not
+// recorded; each statement reaches all of those nodes before the next is
+// sent. schema_migrations is per node (a node added later catches up).
+func migrate(ctx context.Context, nodes []driver.Conn, l layout) (applied []string, err error) {
 	ms, err := Migrations()
 	if err != nil {
 		return nil, err
 	}
+	done := make([]map[uint32]bool, len(nodes))
+	for i, conn := range nodes {
+		if err := checkLayout(ctx, conn, l); err != nil {
+			return nil, err
+		}
+		if done[i], err = recorded(ctx, conn); err != nil {
+			return nil, err
+		}
+	}
+	for _, m := range ms {
+		var todo []driver.Conn
+		for i, conn := range nodes {
+			if !done[i][m.Version] {
+				todo = append(todo, conn)
+			}
+		}
+		if len(todo) == 0 {
+			continue
+		}
+		for _, stmt := range m.Statements {
+			stmts, err := shardStatements(stmt, l)
+			if err != nil {
+				return applied, fmt.Errorf("clickhouse migration %s: %w", m.Name, err)
+			}
+			for _, s := range stmts {
+				for _, conn := range todo {
+					if err := execMigration(ctx, conn, s); err != nil {
+						return applied, fmt.Errorf("clickhouse migration %s: %w", m.Name, err)
+					}
+				}
+			}
+		}
+		for _, conn := range todo {
+			if err := record(ctx, conn, m); err != nil {
+				return applied, fmt.Errorf("record clickhouse migration %s: %w", m.Name, err)
+			}
+		}
+		applied = append(applied, m.Name)
+	}
+	return applied, nil
+}
+
+// recorded creates schema_migrations if missing and returns the versions
+// it holds.
+func recorded(ctx context.Context, conn driver.Conn) (map[uint32]bool, error) {
 	if err := conn.Exec(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (
 		version UInt32, name String, applied_at DateTime DEFAULT now()
 	) ENGINE = ReplacingMergeTree() ORDER BY version`); err != nil {
@@ -94,37 +148,27 @@ func Migrate(ctx context.Context, conn driver.Conn) (applied []string, err error
 	if err != nil {
 		return nil, fmt.Errorf("read schema_migrations: %w", err)
 	}
+	defer rows.Close()
 	for rows.Next() {
 		var v uint32
 		if err := rows.Scan(&v); err != nil {
-			rows.Close()
 			return nil, err
 		}
 		done[v] = true
 	}
-	rows.Close()
-	for _, m := range ms {
-		if done[m.Version] {
-			continue
-		}
-		for _, stmt := range m.Statements {
-			if err := conn.Exec(ctx, stmt); err != nil {
-				// 18.16 has no ADD COLUMN IF NOT EXISTS: a migration whose
-				// ALTER ran before a crash (but was not recorded) finds its
-				// columns there; that is the state it was going to make.
-				var ex *chproto.Exception
-				if errors.As(err, &ex) && ex.Code == 44 && strings.Contains(strings.ToUpper(stmt), "ADD COLUMN") {
-					continue
-				}
-				return applied, fmt.Errorf("clickhouse migration %s: %w", m.Name, err)
-			}
-		}
-		if err := record(ctx, conn, m); err != nil {
-			return applied, fmt.Errorf("record clickhouse migration %s: %w", m.Name, err)
-		}
-		applied = append(applied, m.Name)
+	return done, rows.Err()
+}
+
+func execMigration(ctx context.Context, conn driver.Conn, stmt string) error {
+	err := conn.Exec(ctx, stmt)
+	// 18.16 has no ADD COLUMN IF NOT EXISTS: a migration whose ALTER ran
+	// before a crash (but was not recorded) finds its columns there; that
+	// is the state it was going to make.
+	var ex *chproto.Exception
+	if errors.As(err, &ex) && ex.Code == 44 && strings.Contains(strings.ToUpper(stmt), "ADD COLUMN") {
+		return nil
 	}
-	return applied, nil
+	return err
 }
 
 // record writes the migration's row with a batch: a plain INSERT … VALUES

@@ -107,9 +107,10 @@ func validateProfileColumns(cols []ProfileColumn) error {
 func quoteIdent(name string) string { return "`" + name + "`" }
 
 // EnsureProfiles makes member_profiles hold a column for every label in
-// cols and (re)creates the analyst views over it (docs/analytics.md). Run it
-// after Migrate, whenever a catalogue is loaded; running it again is a no-op
-// apart from recreating the views.
+// cols and (re)creates the analyst views over it (docs/analytics.md), in
+// the database conn reaches, laid out for one server (Schema.EnsureProfiles
+// serves a cluster). Run it after Migrate, whenever a catalogue is loaded;
+// running it again is a no-op apart from recreating the views.
 //
 // Columns are only ever added. A label that left the catalogue keeps its
 // column (and its history): rows written afterwards hold NULL there, and the
@@ -120,6 +121,18 @@ func EnsureProfiles(ctx context.Context, conn driver.Conn, cols []ProfileColumn)
 	if err := validateProfileColumns(cols); err != nil {
 		return fmt.Errorf("member_profiles columns: %w", err)
 	}
+	return ensureProfiles(ctx, []driver.Conn{conn}, layout{}, cols)
+}
+
+// ensureProfiles runs EnsureProfiles on every node, one step at a time
+// across all of them: sharded, the local tables get their columns before
+// any Distributed table shows them.
+func ensureProfiles(ctx context.Context, nodes []driver.Conn, l layout, cols []ProfileColumn) error {
+	for _, conn := range nodes {
+		if err := checkLayout(ctx, conn, l); err != nil {
+			return err
+		}
+	}
 	var defs []string
 	for _, f := range profileFixed {
 		defs = append(defs, quoteIdent(f.name)+" "+f.typ)
@@ -128,45 +141,70 @@ func EnsureProfiles(ctx context.Context, conn driver.Conn, cols []ProfileColumn)
 		t, _ := c.SQLType()
 		defs = append(defs, quoteIdent(c.Name)+" "+t)
 	}
+	table := ProfilesTable
+	if l.sharded() {
+		table += LocalSuffix
+	}
 	// No partitioning: the table holds one small row per member and is
 	// replaced in place; FINAL merges across the whole table anyway.
-	create := "CREATE TABLE IF NOT EXISTS " + ProfilesTable + " (\n    " + strings.Join(defs, ",\n    ") +
+	create := "CREATE TABLE IF NOT EXISTS " + table + " (\n    " + strings.Join(defs, ",\n    ") +
 		"\n) ENGINE = ReplacingMergeTree(version)\nORDER BY member_id"
-	if err := conn.Exec(ctx, create); err != nil {
-		return fmt.Errorf("create %s: %w", ProfilesTable, err)
+	for _, conn := range nodes {
+		if err := ensureProfileTable(ctx, conn, table, create, cols); err != nil {
+			return err
+		}
 	}
-	missing, err := missingProfileColumns(ctx, conn, cols)
+	if l.sharded() {
+		for _, conn := range nodes {
+			if err := ensureProfileTable(ctx, conn, ProfilesTable, l.distributed(ProfilesTable), cols); err != nil {
+				return err
+			}
+		}
+	}
+	for _, conn := range nodes {
+		if err := ensureViews(ctx, conn, cols); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ensureProfileTable creates table with create if missing and adds the
+// label columns it lacks.
+func ensureProfileTable(ctx context.Context, conn driver.Conn, table, create string, cols []ProfileColumn) error {
+	if err := conn.Exec(ctx, create); err != nil {
+		return fmt.Errorf("create %s: %w", table, err)
+	}
+	missing, err := missingProfileColumns(ctx, conn, table, cols)
 	if err != nil {
 		return err
 	}
-	if len(missing) > 0 {
-		adds := make([]string, len(missing))
-		for i, c := range missing {
-			t, _ := c.SQLType()
-			adds[i] = "ADD COLUMN " + quoteIdent(c.Name) + " " + t
-		}
-		// 18.16 has no ADD COLUMN IF NOT EXISTS: when another process added
-		// the same columns first, the ALTER fails and the re-read below
-		// decides.
-		alterErr := conn.Exec(ctx, "ALTER TABLE "+ProfilesTable+" "+strings.Join(adds, ", "))
-		still, err := missingProfileColumns(ctx, conn, cols)
-		if err != nil {
-			return err
-		}
-		if len(still) > 0 {
-			return fmt.Errorf("add %d label columns to %s: %w", len(still), ProfilesTable, alterErr)
-		}
+	if len(missing) == 0 {
+		return nil
 	}
-	if err := ensureViews(ctx, conn, cols); err != nil {
+	adds := make([]string, len(missing))
+	for i, c := range missing {
+		t, _ := c.SQLType()
+		adds[i] = "ADD COLUMN " + quoteIdent(c.Name) + " " + t
+	}
+	// 18.16 has no ADD COLUMN IF NOT EXISTS: when another process added
+	// the same columns first, the ALTER fails and the re-read below
+	// decides.
+	alterErr := conn.Exec(ctx, "ALTER TABLE "+table+" "+strings.Join(adds, ", "))
+	still, err := missingProfileColumns(ctx, conn, table, cols)
+	if err != nil {
 		return err
+	}
+	if len(still) > 0 {
+		return fmt.Errorf("add %d label columns to %s: %w", len(still), table, alterErr)
 	}
 	return nil
 }
 
 // missingProfileColumns reads member_profiles' columns, refuses type
 // conflicts, and returns the label columns not there yet.
-func missingProfileColumns(ctx context.Context, conn driver.Conn, cols []ProfileColumn) ([]ProfileColumn, error) {
-	have, err := tableColumns(ctx, conn, ProfilesTable)
+func missingProfileColumns(ctx context.Context, conn driver.Conn, table string, cols []ProfileColumn) ([]ProfileColumn, error) {
+	have, err := tableColumns(ctx, conn, table)
 	if err != nil {
 		return nil, err
 	}
@@ -174,7 +212,7 @@ func missingProfileColumns(ctx context.Context, conn driver.Conn, cols []Profile
 	for _, f := range profileFixed {
 		if t, ok := have[f.name]; !ok || t != f.typ {
 			errs = append(errs, fmt.Errorf("%s.%s is %q, want %s (a table of that name that member center did not create?)",
-				ProfilesTable, f.name, t, f.typ))
+				table, f.name, t, f.typ))
 		}
 	}
 	var missing []ProfileColumn
@@ -186,7 +224,7 @@ func missingProfileColumns(ctx context.Context, conn driver.Conn, cols []Profile
 			missing = append(missing, c)
 		case got != want:
 			errs = append(errs, fmt.Errorf("label %q is %s in the catalogue but %s.%s is %s: a label's type cannot change under the same id",
-				c.Name, c.Type, ProfilesTable, c.Name, got))
+				c.Name, c.Type, table, c.Name, got))
 		}
 	}
 	if err := errors.Join(errs...); err != nil {

@@ -42,11 +42,12 @@ func MemberAttributes(ctx context.Context, q Querier, id uuid.UUID) (map[string]
 	return attrs, seq, nil
 }
 
-// FeaturesRow is what the tag engine loads of a member.
+// FeaturesRow is what the tag engine loads of a member. The labels are not
+// loaded: the state remembers the labels computed from it (StoredLabels
+// reads them when it cannot).
 type FeaturesRow struct {
-	Exists         bool // a member_features row
-	State          []byte
-	Labels         []byte // JSON object of label values
+	Exists         bool   // a member_features row
+	State          []byte // the tag engine's encoding (tags.DecodeState)
 	Version        int64
 	CatalogVersion string
 	DueAt          *time.Time
@@ -66,11 +67,11 @@ func LoadFeatures(ctx context.Context, tx pgx.Tx, member uuid.UUID, devices []st
 	if len(devices) > 0 {
 		b.Queue(`INSERT INTO device_members (device_hash, member_id) SELECT unnest($1::text[]), $2 ON CONFLICT DO NOTHING`, devices, member)
 	}
-	b.Queue(`SELECT state, labels, version, catalog_version, due_at FROM member_features WHERE member_id = $1 FOR UPDATE`, member).
+	b.Queue(`SELECT state, version, catalog_version, due_at FROM member_features WHERE member_id = $1 FOR UPDATE`, member).
 		Query(func(rows pgx.Rows) error {
 			for rows.Next() {
 				r.Exists = true
-				if err := rows.Scan(&r.State, &r.Labels, &r.Version, &r.CatalogVersion, &r.DueAt); err != nil {
+				if err := rows.Scan(&r.State, &r.Version, &r.CatalogVersion, &r.DueAt); err != nil {
 					return err
 				}
 			}
@@ -122,9 +123,11 @@ func QueueProfileExport(b *pgx.Batch, member uuid.UUID, version int64) {
 
 // FeaturesWrite is a member's features as the tag engine stores them.
 type FeaturesWrite struct {
-	Member         uuid.UUID
-	State          []byte
-	Labels         []byte
+	Member uuid.UUID
+	State  []byte
+	// The labels (tags.EncodeLabels); nil: they did not change, and the
+	// row keeps what it holds. Written labels_pb supersedes the JSON
+	// labels of rows written before it, which is emptied.
 	LabelsPB       []byte
 	CatalogVersion string
 	Version        int64
@@ -133,14 +136,7 @@ type FeaturesWrite struct {
 }
 
 // QueueFeatures queues the upsert of a member's features.
-func QueueFeatures(b *pgx.Batch, f FeaturesWrite) {
-	b.Queue(`INSERT INTO member_features (member_id, state, labels, labels_pb, catalog_version, version, due_at, updated_at)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-		ON CONFLICT (member_id) DO UPDATE SET state = EXCLUDED.state, labels = EXCLUDED.labels, labels_pb = EXCLUDED.labels_pb,
-		  catalog_version = EXCLUDED.catalog_version, version = EXCLUDED.version, due_at = EXCLUDED.due_at,
-		  updated_at = EXCLUDED.updated_at`,
-		f.Member, f.State, f.Labels, f.LabelsPB, f.CatalogVersion, f.Version, f.DueAt, f.At)
-}
+func QueueFeatures(b *pgx.Batch, f FeaturesWrite) { QueueFeaturesBatch(b, []FeaturesWrite{f}) }
 
 // DueFeatures locks up to limit members whose features are due (a window
 // ended, a day passed) at now, skipping those another sweeper holds.
@@ -157,36 +153,39 @@ func DueFeatures(ctx context.Context, tx pgx.Tx, now time.Time, limit int) ([]uu
 	return ids, nil
 }
 
-// StoredLabels returns a member's labels (a JSON object) and when they were
-// computed; nil when the member has none.
-func StoredLabels(ctx context.Context, q Querier, member uuid.UUID) ([]byte, time.Time, error) {
-	var raw []byte
-	var at time.Time
-	err := q.QueryRow(ctx, `SELECT labels, updated_at FROM member_features WHERE member_id = $1`, member).Scan(&raw, &at)
+// StoredLabels returns a member's labels as stored — labels_pb
+// (tags.EncodeLabels), or for a row written before it the JSON object — and
+// when they were computed; both nil when the member has none.
+func StoredLabels(ctx context.Context, q Querier, member uuid.UUID) (pb, legacy []byte, at time.Time, err error) {
+	err = q.QueryRow(ctx, `SELECT labels_pb, CASE WHEN labels_pb IS NULL THEN labels END, updated_at
+		FROM member_features WHERE member_id = $1`, member).Scan(&pb, &legacy, &at)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return nil, time.Time{}, nil
+		return nil, nil, time.Time{}, nil
 	}
 	if err != nil {
-		return nil, at, fmt.Errorf("read labels: %w", err)
+		return nil, nil, at, fmt.Errorf("read labels: %w", err)
 	}
-	return raw, at, nil
+	return pb, legacy, at, nil
 }
 
 // ProfileExport is a queued member's labels, as ClickHouse gets them.
 type ProfileExport struct {
-	Member         uuid.UUID
-	Version        int64
-	Labels         []byte // JSON object
-	CatalogVersion string
-	UpdatedAt      time.Time
-	Withheld       bool // profiling consent withdrawn
+	Member  uuid.UUID
+	Version int64
+	// LabelsPB are the labels (tags.EncodeLabels); LabelsJSON those of a
+	// row written before labels_pb (nil otherwise; {} without a row).
+	LabelsPB, LabelsJSON []byte
+	CatalogVersion       string
+	UpdatedAt            time.Time
+	Withheld             bool // profiling consent withdrawn
 }
 
 // PendingProfileExports reads up to limit queued members' labels, oldest
 // first, without locking them.
 func PendingProfileExports(ctx context.Context, q Querier, limit int) ([]ProfileExport, error) {
 	rows, err := q.Query(ctx, `
-		SELECT q.member_id, q.version, coalesce(f.labels, '{}'::jsonb), coalesce(f.catalog_version, ''),
+		SELECT q.member_id, q.version, f.labels_pb, CASE WHEN f.labels_pb IS NULL THEN coalesce(f.labels, '{}'::jsonb) END,
+		       coalesce(f.catalog_version, ''),
 		       coalesce(f.updated_at, now()), coalesce(NOT c.granted, false)
 		  FROM (SELECT member_id, version FROM profile_exports ORDER BY queued_at LIMIT $1) q
 		  LEFT JOIN member_features f ON f.member_id = q.member_id
@@ -197,7 +196,7 @@ func PendingProfileExports(ctx context.Context, q Querier, limit int) ([]Profile
 	}
 	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (ProfileExport, error) {
 		var e ProfileExport
-		err := row.Scan(&e.Member, &e.Version, &e.Labels, &e.CatalogVersion, &e.UpdatedAt, &e.Withheld)
+		err := row.Scan(&e.Member, &e.Version, &e.LabelsPB, &e.LabelsJSON, &e.CatalogVersion, &e.UpdatedAt, &e.Withheld)
 		return e, err
 	})
 	if err != nil {
@@ -333,13 +332,13 @@ func LoadFeaturesBatch(ctx context.Context, tx pgx.Tx, members []uuid.UUID, seen
 		b.Queue(`INSERT INTO device_members (device_hash, member_id) SELECT d, m FROM unnest($1::text[], $2::uuid[]) AS x(d, m)
 			ON CONFLICT DO NOTHING`, ds, ms)
 	}
-	b.Queue(`SELECT member_id, state, labels, version, catalog_version, due_at FROM member_features
+	b.Queue(`SELECT member_id, state, version, catalog_version, due_at FROM member_features
 		WHERE member_id = ANY($1) ORDER BY member_id FOR UPDATE`, members).
 		Query(func(rows pgx.Rows) error {
 			for rows.Next() {
 				var id uuid.UUID
 				var r FeaturesRow
-				if err := rows.Scan(&id, &r.State, &r.Labels, &r.Version, &r.CatalogVersion, &r.DueAt); err != nil {
+				if err := rows.Scan(&id, &r.State, &r.Version, &r.CatalogVersion, &r.DueAt); err != nil {
 					return err
 				}
 				if o := out[id]; o != nil {
@@ -438,20 +437,25 @@ func QueueFeaturesBatch(b *pgx.Batch, fs []FeaturesWrite) {
 	n := len(fs)
 	members := make([]uuid.UUID, n)
 	states := make([][]byte, n)
-	labels := make([][]byte, n)
 	pbs := make([][]byte, n)
 	catalogs := make([]string, n)
 	versions := make([]int64, n)
 	dues := make([]*time.Time, n)
 	ats := make([]time.Time, n)
 	for i, f := range fs {
-		members[i], states[i], labels[i], pbs[i], catalogs[i], versions[i], dues[i], ats[i] =
-			f.Member, f.State, f.Labels, f.LabelsPB, f.CatalogVersion, f.Version, f.DueAt, f.At
+		members[i], states[i], pbs[i], catalogs[i], versions[i], dues[i], ats[i] =
+			f.Member, f.State, f.LabelsPB, f.CatalogVersion, f.Version, f.DueAt, f.At
 	}
+	// Unchanged labels (labels_pb NULL) are not written again: the row
+	// keeps its labels, and a new row gets none.
 	b.Queue(`INSERT INTO member_features (member_id, state, labels, labels_pb, catalog_version, version, due_at, updated_at)
-		SELECT * FROM unnest($1::uuid[], $2::jsonb[], $3::jsonb[], $4::bytea[], $5::text[], $6::bigint[], $7::timestamptz[], $8::timestamptz[])
-		ON CONFLICT (member_id) DO UPDATE SET state = EXCLUDED.state, labels = EXCLUDED.labels, labels_pb = EXCLUDED.labels_pb,
+		SELECT m, s, '{}'::jsonb, pb, c, v, d, a
+		  FROM unnest($1::uuid[], $2::bytea[], $3::bytea[], $4::text[], $5::bigint[], $6::timestamptz[], $7::timestamptz[])
+		       AS x(m, s, pb, c, v, d, a)
+		ON CONFLICT (member_id) DO UPDATE SET state = EXCLUDED.state,
+		  labels = CASE WHEN EXCLUDED.labels_pb IS NULL THEN member_features.labels ELSE '{}'::jsonb END,
+		  labels_pb = coalesce(EXCLUDED.labels_pb, member_features.labels_pb),
 		  catalog_version = EXCLUDED.catalog_version, version = EXCLUDED.version, due_at = EXCLUDED.due_at,
 		  updated_at = EXCLUDED.updated_at`,
-		members, states, labels, pbs, catalogs, versions, dues, ats)
+		members, states, pbs, catalogs, versions, dues, ats)
 }

@@ -37,7 +37,11 @@ type LoyaltyRows struct {
 	BirthDate string
 	Labels    []string // the labels that are true
 	State     []byte   // loyalty_state; nil when none
-	Lots      []LotRow // open lots and the named orders' lots, by id, each once
+	// Lots are the open lots (points left), by id. A named order's lot is
+	// among them while it is open; a spent one is not read: the programme
+	// uses an order's lot only while it has points left, and an order's lot
+	// is its member's (lots and orders move together on merges, by origin).
+	Lots      []LotRow
 	Activity  []ActivityRow
 	Usage     []UsageRow
 	Budgets   map[string]int64 // campaign → points spent
@@ -107,7 +111,10 @@ type OrderRow struct {
 // LoadLoyalty reads, in one round trip, the member row (locked when
 // writing, which also serialises the member's outbox sequence), its state,
 // open lots, activity, campaign usage, the shared counters, its coupons,
-// grants and the named orders with their lots.
+// grants and the named orders. Every statement is planned once (a generic
+// plan): the open lots are read alone, not joined to the named orders' lots
+// (a union PostgreSQL planned again for every call, half of a Quote's
+// time in PostgreSQL).
 func LoadLoyalty(ctx context.Context, q Batcher, l LoyaltyLoad) (LoyaltyRows, error) {
 	r := LoyaltyRows{Budgets: map[string]int64{}, TplIssued: map[string]int{}}
 	b := &pgx.Batch{}
@@ -136,19 +143,12 @@ func LoadLoyalty(ctx context.Context, q Batcher, l LoyaltyLoad) (LoyaltyRows, er
 		return rows.Err()
 	})
 	b.Queue(`SELECT lot_id, earned, remaining, earned_at, available_at, expires_at, coalesce(order_id, ''), origin_member_id, kind
-		FROM (SELECT * FROM point_lots WHERE member_id = $1 AND remaining > 0
-		      UNION ALL
-		      SELECT l.* FROM orders o JOIN point_lots l ON l.lot_id = o.lot_id WHERE o.order_id = ANY($2) AND o.member_id = $1) x
-		ORDER BY lot_id`, l.Member, l.Orders).
+		FROM point_lots WHERE member_id = $1 AND remaining > 0 ORDER BY lot_id`, l.Member).
 		Query(func(rows pgx.Rows) error {
 			for rows.Next() {
 				var lot LotRow
 				if err := rows.Scan(&lot.ID, &lot.Earned, &lot.Remaining, &lot.EarnedAt, &lot.AvailableAt, &lot.ExpiresAt, &lot.OrderID, &lot.Origin, &lot.Kind); err != nil {
 					return err
-				}
-				// An open lot of a named order comes twice (sorted by id).
-				if n := len(r.Lots); n > 0 && r.Lots[n-1].ID == lot.ID {
-					continue
 				}
 				r.Lots = append(r.Lots, lot)
 			}
@@ -294,9 +294,10 @@ func QueueCampaignUsage(b *pgx.Batch, member uuid.UUID, u UsageRow) {
 }
 
 // QueueBudgetSpend queues points spent from a campaign's budget (limit 0:
-// none); refused is called when the budget would be exceeded.
+// none); refused is called when the budget would be exceeded (by the first
+// spend too).
 func QueueBudgetSpend(b *pgx.Batch, campaign string, points, limit int64, refused func()) {
-	b.Queue(`INSERT INTO campaign_budgets AS b (campaign_id, spent) VALUES ($1, $2)
+	b.Queue(`INSERT INTO campaign_budgets AS b (campaign_id, spent) SELECT $1::text, $2::bigint WHERE $3::bigint = 0 OR $2::bigint <= $3::bigint
 		ON CONFLICT (campaign_id) DO UPDATE SET spent = b.spent + EXCLUDED.spent
 		WHERE $3 = 0 OR b.spent + EXCLUDED.spent <= $3`, campaign, points, limit).
 		Exec(func(tag pgconn.CommandTag) error {
@@ -308,9 +309,10 @@ func QueueBudgetSpend(b *pgx.Batch, campaign string, points, limit int64, refuse
 }
 
 // QueueCouponsIssued queues coupons issued of a template (limit 0: none);
-// refused is called when the template's total would be exceeded.
+// refused is called when the template's total would be exceeded (by the
+// first coupons too).
 func QueueCouponsIssued(b *pgx.Batch, template string, n, limit int, refused func()) {
-	b.Queue(`INSERT INTO coupon_template_counts AS c (template_id, issued) VALUES ($1, $2)
+	b.Queue(`INSERT INTO coupon_template_counts AS c (template_id, issued) SELECT $1::text, $2::int WHERE $3::int = 0 OR $2::int <= $3::int
 		ON CONFLICT (template_id) DO UPDATE SET issued = c.issued + EXCLUDED.issued
 		WHERE $3 = 0 OR c.issued + EXCLUDED.issued <= $3`, template, n, limit).
 		Exec(func(tag pgconn.CommandTag) error {
@@ -446,6 +448,33 @@ func DueLoyalty(ctx context.Context, q Querier, now time.Time, month, limit int)
 	ids, err := pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
 	if err != nil {
 		return nil, fmt.Errorf("due members: %w", err)
+	}
+	return ids, nil
+}
+
+// QueueBenefitLabelChecks queues members whose labels a benefit depends on
+// changed, for the benefit stage to re-evaluate (TakeBenefitLabelChecks).
+func QueueBenefitLabelChecks(b *pgx.Batch, members []uuid.UUID) {
+	if len(members) == 0 {
+		return
+	}
+	b.Queue(`INSERT INTO benefit_label_checks (member_id) SELECT unnest($1::uuid[])
+		ON CONFLICT (member_id) DO UPDATE SET queued_at = now()`, members)
+}
+
+// TakeBenefitLabelChecks removes up to limit queued members, oldest first,
+// skipping those another taker holds, and returns them: the caller
+// re-evaluates them in tx, whose rollback puts them back.
+func TakeBenefitLabelChecks(ctx context.Context, tx pgx.Tx, limit int) ([]uuid.UUID, error) {
+	rows, err := tx.Query(ctx, `DELETE FROM benefit_label_checks WHERE member_id IN (
+		SELECT member_id FROM benefit_label_checks ORDER BY queued_at LIMIT $1 FOR UPDATE SKIP LOCKED)
+		RETURNING member_id`, limit)
+	if err != nil {
+		return nil, fmt.Errorf("take benefit label checks: %w", err)
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
+	if err != nil {
+		return nil, fmt.Errorf("take benefit label checks: %w", err)
 	}
 	return ids, nil
 }

@@ -70,12 +70,9 @@ func LoadLoyaltyBatch(ctx context.Context, q Batcher, loads []LoyaltyLoad) (map[
 		}
 		return rows.Err()
 	})
+	// Open lots only, as LoadLoyalty reads them.
 	b.Queue(`SELECT member_id, lot_id, earned, remaining, earned_at, available_at, expires_at, coalesce(order_id, ''), origin_member_id, kind
-		FROM (SELECT * FROM point_lots WHERE member_id = ANY($1) AND remaining > 0
-		      UNION
-		      SELECT l.* FROM orders o JOIN point_lots l ON l.lot_id = o.lot_id AND l.member_id = o.member_id
-		       WHERE o.order_id = ANY($2) AND o.member_id = ANY($1)) x
-		ORDER BY member_id, lot_id`, members, orders).
+		FROM point_lots WHERE member_id = ANY($1) AND remaining > 0 ORDER BY member_id, lot_id`, members).
 		Query(func(rows pgx.Rows) error {
 			for rows.Next() {
 				var id uuid.UUID
@@ -221,6 +218,7 @@ type LoyaltyWrites struct {
 	States         map[uuid.UUID][]byte
 	BirthDates     map[uuid.UUID]string
 	Outbox         []OutboxRow
+	Responses      []IdempotentResponse // answers of the RPCs that made the writes
 }
 
 // NewLot is a lot a member earned.
@@ -465,6 +463,7 @@ func (w *LoyaltyWrites) Queue(b *pgx.Batch, refused func()) {
 			FROM unnest($1::uuid[], $2::text[]) AS x(id, d) WHERE m.member_id = x.id`, ms, ds)
 	}
 	QueueOutbox(b, w.Outbox)
+	QueueIdempotentResponses(b, w.Responses)
 }
 
 // queueLedger writes the transactions and their entries in one statement.

@@ -49,6 +49,10 @@ func Open(ctx context.Context, cfg Config, tp trace.TracerProvider) (*pgxpool.Po
 		return nil, fmt.Errorf("parse MC_PG_URL: %w", err)
 	}
 	pc.MaxConns = cfg.MaxConns
+	pc.AfterConnect = func(_ context.Context, c *pgx.Conn) error {
+		registerUUID(c.TypeMap())
+		return nil
+	}
 	pc.ConnConfig.Tracer = otelpgx.NewTracer(
 		otelpgx.WithTracerProvider(tp),
 		otelpgx.WithDisableConnectionDetailsInAttributes(),

@@ -1,6 +1,7 @@
 // Package chtest gives each test its own migrated database on the real
 // ClickHouse server scripts/deps.sh starts (MC_CLICKHOUSE_ADDR), dropped when
-// the test ends.
+// the test ends, and, for the tests of sharding, a two-shard cluster of
+// clickhouse-server processes of the test's own (StartCluster).
 package chtest
 
 import (

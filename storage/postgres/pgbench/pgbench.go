@@ -272,38 +272,64 @@ type FeatureStats struct {
 	StateBytes, Purchases, Acts, Labels float64
 }
 
-// FeatureStatsOf averages the members' tag state: its size, the purchases
-// and other records it holds, and the labels stored.
-func FeatureStatsOf(ctx context.Context, q postgres.Querier, members []uuid.UUID) (FeatureStats, error) {
+// FeatureCounter counts what a member's stored state holds (the tag
+// engine decodes it): purchases, other records and labels.
+type FeatureCounter func(state, labelsPB, labelsJSON []byte) (purchases, acts, labels int, err error)
+
+// FeatureStatsOf averages the members' tag state: its size as stored, and
+// the purchases, other records and labels it holds, counted by count.
+func FeatureStatsOf(ctx context.Context, q postgres.Querier, members []uuid.UUID, count FeatureCounter) (FeatureStats, error) {
 	var s FeatureStats
-	err := q.QueryRow(ctx, `SELECT coalesce(avg(pg_column_size(state)), 0),
-		coalesce(avg(jsonb_array_length(coalesce(state->'p', '[]'))), 0),
-		coalesce(avg(jsonb_array_length(coalesce(state->'a', '[]'))), 0),
-		coalesce(avg((SELECT count(*) FROM jsonb_object_keys(labels))), 0)
-		FROM member_features WHERE member_id = ANY($1)`, members).Scan(&s.StateBytes, &s.Purchases, &s.Acts, &s.Labels)
-	return s, err
+	rows, err := q.Query(ctx, `SELECT pg_column_size(state), state, labels_pb, CASE WHEN labels_pb IS NULL THEN labels END
+		FROM member_features WHERE member_id = ANY($1)`, members)
+	if err != nil {
+		return s, err
+	}
+	var size int
+	var state, pb, legacy []byte
+	n := 0
+	if _, err := pgx.ForEachRow(rows, []any{&size, &state, &pb, &legacy}, func() error {
+		p, a, l, err := count(state, pb, legacy)
+		if err != nil {
+			return err
+		}
+		s.StateBytes += float64(size)
+		s.Purchases, s.Acts, s.Labels = s.Purchases+float64(p), s.Acts+float64(a), s.Labels+float64(l)
+		n++
+		return nil
+	}); err != nil {
+		return s, err
+	}
+	if n > 0 {
+		s.StateBytes, s.Purchases, s.Acts, s.Labels = s.StateBytes/float64(n), s.Purchases/float64(n), s.Acts/float64(n), s.Labels/float64(n)
+	}
+	return s, nil
 }
 
 // Features is a member's stored tag state with its attributes.
 type Features struct {
-	MemberID      uuid.UUID
-	State, Labels []byte // JSON
-	Version       int64
-	Catalog       string
-	DueAt         *time.Time
-	Attributes    map[string]string
+	MemberID uuid.UUID
+	State    []byte // the tag engine's encoding
+	// LabelsPB are the labels (labels_pb); LabelsJSON those of a row
+	// written before it (nil otherwise).
+	LabelsPB, LabelsJSON []byte
+	Version              int64
+	Catalog              string
+	DueAt                *time.Time
+	Attributes           map[string]string
 }
 
 // FeaturesOf reads the tag state of the members that have one.
 func FeaturesOf(ctx context.Context, q postgres.Querier, members []uuid.UUID) ([]Features, error) {
-	rows, err := q.Query(ctx, `SELECT f.member_id, f.state, f.labels, f.version, f.catalog_version, f.due_at, m.attributes
+	rows, err := q.Query(ctx, `SELECT f.member_id, f.state, f.labels_pb, CASE WHEN f.labels_pb IS NULL THEN f.labels END,
+		       f.version, f.catalog_version, f.due_at, m.attributes
 		FROM member_features f JOIN members m USING (member_id) WHERE f.member_id = ANY($1)`, members)
 	if err != nil {
 		return nil, err
 	}
 	var all []Features
 	var f Features
-	if _, err := pgx.ForEachRow(rows, []any{&f.MemberID, &f.State, &f.Labels, &f.Version, &f.Catalog, &f.DueAt, &f.Attributes}, func() error {
+	if _, err := pgx.ForEachRow(rows, []any{&f.MemberID, &f.State, &f.LabelsPB, &f.LabelsJSON, &f.Version, &f.Catalog, &f.DueAt, &f.Attributes}, func() error {
 		all = append(all, f)
 		f = Features{} // fresh buffers and map for the next row
 		return nil

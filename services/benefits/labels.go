@@ -1,0 +1,96 @@
+package benefits
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
+	"github.com/membercenter/membercenter/storage/postgres"
+
+	"github.com/membercenter/membercenter/pipeline/fault"
+)
+
+// DependsOnLabel says whether a benefit of the programme in force is held
+// only with the label: the tag worker then queues a member whose
+// membership of it changes for CheckLabels.
+func (s *Service) DependsOnLabel(label string) bool {
+	for _, b := range s.program().Benefits {
+		if slices.Contains(b.Labels, label) {
+			return true
+		}
+	}
+	return false
+}
+
+// CheckLabels re-evaluates the benefits of up to limit members whose labels
+// a benefit depends on changed (queued by the tag worker in the
+// transaction that changed them), with the labels as they now are: a
+// benefit that follows a label is granted or revoked whatever event changed
+// the label, a share as much as a purchase. One transaction takes the
+// members off the queue and stores what changed, so each change is acted
+// on once. It returns how many members it took.
+func (s *Service) CheckLabels(ctx context.Context, limit int) (int, error) {
+	now := s.now()
+	p := s.program()
+	var n int
+	err := s.retryRaces(ctx, func() error {
+		return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+			ids, err := postgres.TakeBenefitLabelChecks(ctx, tx, limit)
+			if err != nil {
+				return err
+			}
+			n = len(ids)
+			if n == 0 {
+				return nil
+			}
+			loads := make([]postgres.LoyaltyLoad, len(ids))
+			for i, id := range ids {
+				loads[i] = postgres.LoyaltyLoad{Member: id, Lock: true, ActivityFrom: int(monthOf(now, p.Location)) - 13, Periods: periodsOf(p, now)}
+			}
+			rows, err := postgres.LoadLoyaltyBatch(ctx, tx, loads)
+			if err != nil {
+				return err
+			}
+			w := postgres.NewLoyaltyWrites(p.Version)
+			for _, id := range ids {
+				r := rows[id]
+				if r == nil || !r.Found || r.Merged {
+					continue // gone, or merged: the member it went to has labels of its own
+				}
+				st, err := toState(id, *r, p)
+				if err != nil {
+					return err
+				}
+				op := Op{Kind: OpAdvance, At: now, Cause: fmt.Sprintf("labels:%s:%s", now.UTC().Format(time.RFC3339Nano), id), Origin: id.String()}
+				fx, err := Engine{P: p}.Apply(st, op)
+				if err != nil {
+					return err
+				}
+				if err := s.stageOp(ctx, w, st, fx, op, mcv1.Channel_CHANNEL_BACKOFFICE, "", st.Lots); err != nil {
+					return err
+				}
+				s.stageState(w, st)
+			}
+			return s.flush(ctx, tx, w)
+		})
+	})
+	return n, err
+}
+
+// RunLabelChecks re-evaluates queued members every interval (and at once
+// while a backlog lasts) until ctx ends.
+func (s *Service) RunLabelChecks(ctx context.Context, interval time.Duration) error {
+	fault.Every(ctx, s.log, "benefits of changed labels", interval, func(ctx context.Context) error {
+		for {
+			n, err := s.CheckLabels(ctx, 500)
+			if err != nil || n < 500 {
+				return err
+			}
+		}
+	})
+	return nil
+}

@@ -1,0 +1,102 @@
+package benefits_test
+
+import (
+	"bytes"
+	"testing"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
+	"github.com/membercenter/membercenter/storage/postgres"
+
+	"github.com/membercenter/membercenter/services/benefits"
+)
+
+// sharerProgramme is the default programme with a benefit that follows the
+// sharer label.
+func sharerProgramme(t *testing.T, f *fixture) {
+	t.Helper()
+	src := bytes.Replace(benefits.DefaultProgramSource(), []byte("benefits:\n"),
+		[]byte("benefits:\n  - {id: sharer_perk, name: Sharer perk, labels: [sharer]}\n"), 1)
+	src = bytes.Replace(src, []byte("version: default-1"), []byte("version: sharer-1"), 1)
+	if _, err := benefits.LoadProgram(ctx(t), f.pool, src); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.svc.Reload(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestBenefitsFollowLabelChanges: a member queued because a label a benefit
+// depends on changed gets the benefit when the label holds and loses it
+// when it no longer does, once per queued change; a label no benefit reads
+// is not followed.
+func TestBenefitsFollowLabelChanges(t *testing.T) {
+	f := newFixture(t)
+	c := ctx(t)
+	sharerProgramme(t, f)
+	if !f.svc.DependsOnLabel("sharer") || f.svc.DependsOnLabel("coffee_lover") {
+		t.Fatalf("DependsOnLabel: sharer %v, coffee_lover %v; want true, false", f.svc.DependsOnLabel("sharer"), f.svc.DependsOnLabel("coffee_lover"))
+	}
+	m := f.member(t)
+	id := uuid.MustParse(m)
+	labelAndQueue := func(set bool) {
+		t.Helper()
+		b := &pgx.Batch{}
+		lm := postgres.LabelMembership{Member: id}
+		if set {
+			lm.Set = []string{"sharer"}
+		} else {
+			lm.Cleared = []string{"sharer"}
+		}
+		postgres.QueueLabelMembershipBatch(b, []postgres.LabelMembership{lm}, *f.clock)
+		postgres.QueueBenefitLabelChecks(b, []uuid.UUID{id})
+		if err := f.pool.SendBatch(c, b).Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	holds := func() bool {
+		t.Helper()
+		resp, err := f.srv.ListBenefits(c, &mcv1.ListBenefitsRequest{MemberId: m})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, b := range resp.GetBenefits() {
+			if b.GetBenefitId() == "sharer_perk" {
+				return true
+			}
+		}
+		return false
+	}
+	check := func(wantTaken int) {
+		t.Helper()
+		n, err := f.svc.CheckLabels(c, 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n != wantTaken {
+			t.Fatalf("CheckLabels took %d members, want %d", n, wantTaken)
+		}
+	}
+
+	labelAndQueue(true)
+	if holds() {
+		t.Fatal("sharer_perk held before its label change was checked")
+	}
+	check(1)
+	if !holds() {
+		t.Fatal("sharer_perk not granted once the sharer label holds")
+	}
+	check(0) // the queue is empty: nothing is taken twice
+	outbox := f.rows(t)[5]
+
+	labelAndQueue(false)
+	check(1)
+	if holds() {
+		t.Fatal("sharer_perk still held after the sharer label stopped holding")
+	}
+	if f.rows(t)[5] <= outbox {
+		t.Error("the revocation published no member change")
+	}
+}

@@ -1,0 +1,124 @@
+package postgres_test
+
+import (
+	"bytes"
+	"context"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/stdlib"
+	"github.com/pressly/goose/v3"
+
+	"github.com/membercenter/membercenter/storage/postgres"
+	"github.com/membercenter/membercenter/storage/postgres/pgtest"
+)
+
+// TestFeatureStateBecomesBytes: migration 00015 keeps a JSON feature state
+// as its text (which the tag engine still reads), takes binary states, and
+// its rollback gives the JSON back and empties binary ones.
+func TestFeatureStateBecomesBytes(t *testing.T) {
+	ctx := context.Background()
+	pool := emptyDB(t)
+	db := stdlib.OpenDBFromPool(pool)
+	defer db.Close()
+	p, err := goose.NewProvider(goose.DialectPostgres, db, postgres.Migrations())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.UpTo(ctx, 13); err != nil {
+		t.Fatal(err)
+	}
+	jsonMember, binMember := uuid.New(), uuid.New()
+	for _, m := range []uuid.UUID{jsonMember, binMember} {
+		if err := postgres.InsertMember(ctx, pool, m, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := pool.Exec(ctx, `INSERT INTO member_features (member_id, state) VALUES ($1, '{"p": [{"t": 1, "m": 200}]}')`, jsonMember); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.UpTo(ctx, 15); err != nil {
+		t.Fatal(err)
+	}
+	var state []byte
+	if err := pool.QueryRow(ctx, `SELECT state FROM member_features WHERE member_id = $1`, jsonMember).Scan(&state); err != nil {
+		t.Fatal(err)
+	}
+	if string(state) != `{"p": [{"m": 200, "t": 1}]}` {
+		t.Errorf("JSON state after the migration: %q", state)
+	}
+	bin := []byte{0x01, 0x0a, 0x03, 'p', 'o', 's'}
+	b := &pgx.Batch{}
+	postgres.QueueFeatures(b, postgres.FeaturesWrite{Member: binMember, State: bin, LabelsPB: []byte{},
+		Version: 1, At: time.Now()})
+	if err := pool.SendBatch(ctx, b).Close(); err != nil {
+		t.Fatal(err)
+	}
+	err = pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		r, err := postgres.LoadFeatures(ctx, tx, binMember, nil)
+		if err == nil && !bytes.Equal(r.State, bin) {
+			t.Errorf("binary state read back as %x", r.State)
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Rolled back: JSON is JSON again, binary is gone.
+	if _, err := p.DownTo(ctx, 14); err != nil {
+		t.Fatal(err)
+	}
+	var js, bs string
+	if err := pool.QueryRow(ctx, `SELECT (SELECT state::text FROM member_features WHERE member_id = $1),
+		(SELECT state::text FROM member_features WHERE member_id = $2)`, jsonMember, binMember).Scan(&js, &bs); err != nil {
+		t.Fatal(err)
+	}
+	if js != `{"p": [{"m": 200, "t": 1}]}` || bs != "{}" {
+		t.Errorf("rolled back: %s and %s", js, bs)
+	}
+}
+
+// TestUnchangedLabelsAreKept: a features write without labels (they did
+// not change) keeps the stored ones; a new row gets none; written labels_pb
+// supersede the JSON labels of a row written before it.
+func TestUnchangedLabelsAreKept(t *testing.T) {
+	ctx := context.Background()
+	pool := pgtest.NewPool(t, nil)
+	m, fresh := uuid.New(), uuid.New()
+	for _, id := range []uuid.UUID{m, fresh} {
+		if err := postgres.InsertMember(ctx, pool, id, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write := func(fs ...postgres.FeaturesWrite) {
+		t.Helper()
+		b := &pgx.Batch{}
+		postgres.QueueFeaturesBatch(b, fs)
+		if err := pool.SendBatch(ctx, b).Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(postgres.FeaturesWrite{Member: m, State: []byte{1}, Version: 0, At: time.Now()})
+	if _, err := pool.Exec(ctx, `UPDATE member_features SET labels = '{"a": true}' WHERE member_id = $1`, m); err != nil {
+		t.Fatal(err)
+	}
+	write(postgres.FeaturesWrite{Member: m, State: []byte{1}, LabelsPB: []byte{1, 2}, Version: 1, At: time.Now()})
+	write(postgres.FeaturesWrite{Member: m, State: []byte{1, 9}, Version: 1, At: time.Now()},
+		postgres.FeaturesWrite{Member: fresh, State: []byte{1}, Version: 0, At: time.Now()})
+	for _, c := range []struct {
+		id            uuid.UUID
+		state, labels string
+		pb            []byte
+	}{{m, "\x01\x09", `{}`, []byte{1, 2}}, {fresh, "\x01", `{}`, nil}} {
+		var state, pb []byte
+		var labels string
+		if err := pool.QueryRow(ctx, `SELECT state, labels::text, labels_pb FROM member_features WHERE member_id = $1`, c.id).Scan(&state, &labels, &pb); err != nil {
+			t.Fatal(err)
+		}
+		if string(state) != c.state || labels != c.labels || !bytes.Equal(pb, c.pb) {
+			t.Errorf("member %s: state %x, labels %s, labels_pb %x; want %x, %s, %x", c.id, state, labels, pb, c.state, c.labels, c.pb)
+		}
+	}
+}
