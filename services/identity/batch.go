@@ -270,37 +270,61 @@ func (s *Service) answer(b *eventBatch, w *window, i int) (next int, slow bool, 
 	return j, false, nil
 }
 
-// knownMember is the member an event's identifiers all belong to, uniquely,
-// and the origin of its strongest identifier; ok is false when resolving
-// the event would change the graph (an unknown, shared or blocked
-// identifier, two members, a referral to check).
+// knownMember is the member an event's identifiers belong to when
+// resolving it would change nothing in the graph, and the origin of its
+// best identifier; ok is false when it would create, link, merge or refuse
+// (an unknown or blocked identifier, a unique identifier of another
+// member, an identifier the member does not hold yet, a referral to
+// check). As resolve decides: the member holding a unique identifier of
+// the event is the match every shared one (a store tablet's device id,
+// held by several members) ranks below, shared identifiers merge nothing,
+// and one the member already holds links nothing, so an event from a
+// shared device its shopper has used before takes this path too.
 func (s *Service) knownMember(ev *mcv1.ChannelEvent, ids []Normalized, byHash map[string][]postgres.IdentifierRow) (member, origin uuid.UUID, ok bool) {
 	if ev.GetReferral().GetReferee() != nil {
 		return uuid.Nil, uuid.Nil, false
 	}
-	var best *postgres.IdentifierRow
+	rowsOf := func(n Normalized) []postgres.IdentifierRow {
+		var out []postgres.IdentifierRow
+		for _, r := range byHash[string(n.Hash)] {
+			if r.Type == int16(n.Type) && r.Scope == n.Scope {
+				out = append(out, r)
+			}
+		}
+		return out
+	}
 	for _, n := range ids {
 		if s.rules.Blocked(n.Type, n.Value) {
 			return uuid.Nil, uuid.Nil, false
 		}
-		rows := byHash[string(n.Hash)]
-		var f *postgres.IdentifierRow
-		for k := range rows {
-			if rows[k].Type == int16(n.Type) && rows[k].Scope == n.Scope {
-				f = &rows[k]
+		for _, r := range rowsOf(n) {
+			if r.Unique {
+				if member != uuid.Nil && r.MemberID != member {
+					return uuid.Nil, uuid.Nil, false // two members: a merge or a conflict
+				}
+				member = r.MemberID
 			}
 		}
-		if f == nil || !f.Unique || (best != nil && f.MemberID != best.MemberID) {
-			return uuid.Nil, uuid.Nil, false
-		}
-		// The strongest identifier, then the latest link, as in resolve.
-		if best == nil || s.better(match{member: f.MemberID, id: Normalized{Type: mcv1.IdentifierType(f.Type)}, unique: true, linkedAt: f.LinkedAt},
-			match{member: best.MemberID, id: Normalized{Type: mcv1.IdentifierType(best.Type)}, unique: true, linkedAt: best.LinkedAt}) {
-			best = f
-		}
 	}
-	if best == nil {
+	if member == uuid.Nil {
 		return uuid.Nil, uuid.Nil, false
 	}
-	return best.MemberID, best.OriginMemberID, true
+	var best *postgres.IdentifierRow
+	for _, n := range ids {
+		var held *postgres.IdentifierRow
+		for _, r := range rowsOf(n) {
+			if r.MemberID == member {
+				held = &r
+			}
+		}
+		if held == nil {
+			return uuid.Nil, uuid.Nil, false // to be linked (or refused by a limit)
+		}
+		// The strongest identifier, then the latest link, as in resolve.
+		if best == nil || s.better(match{member: member, id: Normalized{Type: mcv1.IdentifierType(held.Type)}, unique: held.Unique, linkedAt: held.LinkedAt},
+			match{member: member, id: Normalized{Type: mcv1.IdentifierType(best.Type)}, unique: best.Unique, linkedAt: best.LinkedAt}) {
+			best = held
+		}
+	}
+	return member, best.OriginMemberID, true
 }

@@ -593,8 +593,8 @@ func (s *Service) resolveEventTx(ctx context.Context, tx pgx.Tx, ev *mcv1.Channe
 
 // resolveKnownEvent is ingest's fast path, two round trips and no
 // transaction: an event seen before gets its first answer; an event whose
-// identifiers all belong, uniquely, to one member (nothing to link, merge or
-// refuse) only records its resolution. Anything else takes the
+// resolution would change nothing in the graph (knownMember) only records
+// it. Anything else takes the
 // transactional path.
 func (s *Service) resolveKnownEvent(ctx context.Context, ev *mcv1.ChannelEvent, ids []Normalized) (contract.Resolution, bool, error) {
 	keys := make([]postgres.IdentifierKey, len(ids))
@@ -615,32 +615,25 @@ func (s *Service) resolveKnownEvent(ctx context.Context, ev *mcv1.ChannelEvent, 
 		}
 		return contract.Resolution{MemberID: prev.MemberID.String(), Identifiers: Refs(ids), Detail: detail}, true, nil
 	}
-	if len(found) != len(ids) {
+	byHash := map[string][]postgres.IdentifierRow{}
+	for _, f := range found {
+		byHash[string(f.Hash)] = append(byHash[string(f.Hash)], f)
+	}
+	member, origin, ok := s.knownMember(ev, ids, byHash)
+	if !ok {
 		return contract.Resolution{}, false, nil
 	}
-	var best *postgres.IdentifierRow
-	for i := range found {
-		f := &found[i]
-		if !f.Unique || f.MemberID != found[0].MemberID {
-			return contract.Resolution{}, false, nil
-		}
-		// The strongest identifier, then the latest link, as in resolve.
-		if best == nil || s.better(match{member: f.MemberID, id: Normalized{Type: mcv1.IdentifierType(f.Type)}, unique: true, linkedAt: f.LinkedAt},
-			match{member: best.MemberID, id: Normalized{Type: mcv1.IdentifierType(best.Type)}, unique: true, linkedAt: best.LinkedAt}) {
-			best = f
-		}
-	}
-	detail := &mcv1.Resolution{OriginMemberId: best.OriginMemberID.String()}
+	detail := &mcv1.Resolution{OriginMemberId: origin.String()}
 	stored, err := proto.MarshalOptions{Deterministic: true}.Marshal(detail)
 	if err != nil {
 		return contract.Resolution{}, false, err
 	}
 	inserted, err := postgres.InsertIngestedEventIfNew(ctx, s.pool, postgres.IngestedEvent{
-		EventID: ev.GetEventId(), MemberID: best.MemberID, Resolution: stored})
+		EventID: ev.GetEventId(), MemberID: member, Resolution: stored})
 	if err != nil || !inserted {
 		return contract.Resolution{}, false, err // a concurrent ingest won: take the slow path
 	}
-	return contract.Resolution{MemberID: best.MemberID.String(), Identifiers: Refs(ids), Detail: detail}, true, nil
+	return contract.Resolution{MemberID: member.String(), Identifiers: Refs(ids), Detail: detail}, true, nil
 }
 
 // Resolve answers the Resolve RPC; a retry with the same idempotency key gets

@@ -588,13 +588,21 @@ func TestResolveEventRefusesSelfReferral(t *testing.T) {
 	}
 }
 
-// A partition's events resolved together give the answers they get one by
-// one, in order: each sees what the events before it created or linked.
+// A partition's events resolved together, and one by one, give the answers
+// the transactional path alone gives them, in order: each sees what the
+// events before it created or linked, and the lookups that answer events
+// without a transaction (an event whose resolution changes nothing) answer
+// as that path would.
 func TestResolveEventsEqualsOneByOne(t *testing.T) {
-	batch, single := newService(t), newService(t)
+	batch, single, reference := newService(t), newService(t), newService(t)
 	ctx := ctxT(t)
-	for _, f := range []fixture{batch, single} {
+	tablet := &mcv1.Identifier{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_DEVICE_ID, Value: "store-tablet-1"}
+	phoneOfB := &mcv1.Identifier{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_DEVICE_ID, Value: "phone-of-b"}
+	for _, f := range []fixture{batch, single, reference} {
 		f.resolve(t, "known", phone("13911112222"))
+		// A store tablet (a shared identifier) two shoppers have used.
+		f.resolve(t, "a", phone("13911114444"), tablet)
+		f.resolve(t, "b", phone("13911115555"), tablet, phoneOfB)
 	}
 	events := []*mcv1.ChannelEvent{
 		channelEvent("e1", phone("13911112222")),                       // known: fast
@@ -606,34 +614,64 @@ func TestResolveEventsEqualsOneByOne(t *testing.T) {
 		channelEvent("e1", phone("13911112222")),                       // a redelivery
 		channelEvent("e6", phone("13911112222"), phone("13911113333")), // two members: merges
 		channelEvent("e7", card("CARD-E3")),                            // after the merge
+		channelEvent("e8", phone("13911114444"), tablet),               // a shared device its shopper holds: fast
+		channelEvent("e9", phone("13911115555"), tablet),               // the other holder of the tablet
+		channelEvent("e10", phone("13911116666"), tablet),              // a new shopper on the tablet: creates, links it
+		channelEvent("e11", phone("13911114444"), phoneOfB),            // a device only another member holds: linked
+		channelEvent("e12", tablet),                                    // the shared device alone
+		channelEvent("e13", phone("13911114444"), tablet, phoneOfB),    // after e11: fast
 	}
-	got, errs := batch.svc.ResolveEvents(ctx, events)
 	var want []contract.Resolution
 	var wantErr []error
 	for _, ev := range events {
-		r, err := single.svc.ResolveEvent(ctx, ev)
+		r, err := identity.ResolveEventInTx(ctx, reference.svc, ev)
 		want, wantErr = append(want, r), append(wantErr, err)
 	}
-	// Member ids differ between the two databases: compare which events
-	// share a member.
-	same := func(rs []contract.Resolution, i, j int) bool { return rs[i].MemberID == rs[j].MemberID }
-	for i := range events {
-		if (errs[i] == nil) != (wantErr[i] == nil) || (errs[i] != nil && !fault.IsData(errs[i])) {
-			t.Fatalf("event %d (%s): batch error %v, one by one %v", i, events[i].GetEventId(), errs[i], wantErr[i])
+	batchGot, batchErrs := batch.svc.ResolveEvents(ctx, events)
+	var singleGot []contract.Resolution
+	var singleErrs []error
+	for _, ev := range events {
+		r, err := single.svc.ResolveEvent(ctx, ev)
+		singleGot, singleErrs = append(singleGot, r), append(singleErrs, err)
+	}
+	for _, c := range []struct {
+		name string
+		f    fixture
+		got  []contract.Resolution
+		errs []error
+	}{{"batch", batch, batchGot, batchErrs}, {"one by one", single, singleGot, singleErrs}} {
+		// Member ids differ between the databases: compare which events
+		// share a member, and whose member each event's origin is.
+		same := func(rs []contract.Resolution, i, j int) bool { return rs[i].MemberID == rs[j].MemberID }
+		sameOrigin := func(rs []contract.Resolution, i, j int) bool {
+			return rs[i].Detail.GetOriginMemberId() == rs[j].MemberID
 		}
-		if errs[i] != nil {
-			continue
-		}
-		if got[i].MemberID == "" || len(got[i].Identifiers) != len(want[i].Identifiers) {
-			t.Errorf("event %d: batch %+v, one by one %+v", i, got[i], want[i])
-		}
-		for j := range events {
-			if errs[j] == nil && same(got, i, j) != same(want, i, j) {
-				t.Errorf("events %d and %d: same member in the batch %v, one by one %v", i, j, same(got, i, j), same(want, i, j))
+		for i := range events {
+			if (c.errs[i] == nil) != (wantErr[i] == nil) || (c.errs[i] != nil && !fault.IsData(c.errs[i])) {
+				t.Fatalf("%s, event %d (%s): error %v, transactional path %v", c.name, i, events[i].GetEventId(), c.errs[i], wantErr[i])
+			}
+			if c.errs[i] != nil {
+				continue
+			}
+			if c.got[i].MemberID == "" || len(c.got[i].Identifiers) != len(want[i].Identifiers) ||
+				c.got[i].Detail.GetCreated() != want[i].Detail.GetCreated() || len(c.got[i].Detail.GetLinked()) != len(want[i].Detail.GetLinked()) ||
+				len(c.got[i].Detail.GetMergedMemberIds()) != len(want[i].Detail.GetMergedMemberIds()) {
+				t.Errorf("%s, event %d (%s): %+v, transactional path %+v", c.name, i, events[i].GetEventId(), c.got[i], want[i])
+			}
+			for j := range events {
+				if c.errs[j] != nil {
+					continue
+				}
+				if same(c.got, i, j) != same(want, i, j) {
+					t.Errorf("%s, events %d and %d: same member %v, transactional path %v", c.name, i, j, same(c.got, i, j), same(want, i, j))
+				}
+				if sameOrigin(c.got, i, j) != sameOrigin(want, i, j) {
+					t.Errorf("%s: event %d's origin is event %d's member %v, transactional path %v", c.name, i, j, sameOrigin(c.got, i, j), sameOrigin(want, i, j))
+				}
 			}
 		}
-	}
-	if batch.counts(t) != single.counts(t) {
-		t.Errorf("rows after the batch %+v, one by one %+v", batch.counts(t), single.counts(t))
+		if c.f.counts(t) != reference.counts(t) {
+			t.Errorf("rows after %s %+v, transactional path %+v", c.name, c.f.counts(t), reference.counts(t))
+		}
 	}
 }
