@@ -55,9 +55,7 @@ func TestMergeActivityUnmerge(t *testing.T) {
 		}
 		me := &mcv1.MemberEvent{EventId: id, MemberId: res.MemberID, Channel: ev.GetChannel(), OccurredAt: ev.GetOccurredAt(),
 			Resolution: res.Detail, Payload: &mcv1.MemberEvent_Transaction{Transaction: ev.GetTransaction()}}
-		if err := f.svc.Apply(c, me); err != nil {
-			t.Fatal(err)
-		}
+		f.apply(t, c, me)
 		caused[owner] = append(caused[owner], me)
 	}
 	buy("a-before", "13900000001", a, t0.Add(-5*24*time.Hour), 2000, "coffee")
