@@ -23,9 +23,7 @@ func TestProgrammeWatchAndSchedulerRideOutAPostgresRestart(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	m := f.member(t)
-	if _, err := f.srv.Commit(ctx, &mcv1.CommitRequest{MemberId: m, Basket: basket("o1", 10_000), IdempotencyKey: "k"}); err != nil {
-		t.Fatal(err)
-	}
+	f.commit(t, ctx, &mcv1.CommitRequest{MemberId: m, Basket: basket("o1", 10_000), IdempotencyKey: "k"})
 	runCtx, stop := context.WithCancel(ctx)
 	ended := make(chan error, 2)
 	go func() { ended <- f.svc.Watch(runCtx, 50*time.Millisecond) }()

@@ -41,9 +41,7 @@ func TestOpenLotsAnswerAsBefore(t *testing.T) {
 	commit := func(m, order string, total int64, daysAgo int) {
 		t.Helper()
 		*f.clock = now.Add(-time.Duration(daysAgo) * 24 * time.Hour)
-		if _, err := f.srv.Commit(c, &mcv1.CommitRequest{MemberId: m, Basket: basket(order, total), IdempotencyKey: "c-" + order}); err != nil {
-			t.Fatal(err)
-		}
+		f.commit(t, c, &mcv1.CommitRequest{MemberId: m, Basket: basket(order, total), IdempotencyKey: "c-" + order})
 	}
 	commit(m1, "a1", 50_000, 60)
 	commit(m2, "b1", 40_000, 50)
