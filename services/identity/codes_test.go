@@ -22,6 +22,7 @@ import (
 	"github.com/membercenter/membercenter/storage/postgres/pgtest"
 
 	"github.com/membercenter/membercenter/services/identity"
+	"github.com/membercenter/membercenter/services/identity/identitytest"
 )
 
 // authEpoch is 5 s into a 30 s step, so ±N s stays clear of step edges.
@@ -55,7 +56,7 @@ type authFixture struct {
 func newAuthFixture(t *testing.T) authFixture {
 	t.Helper()
 	pool := pgtest.NewPool(t, nil)
-	svc := newIdentity(t, pool)
+	svc := identitytest.New(t, pool)
 	clock := &testClock{t: authEpoch}
 	svc.SetClock(clock.Now)
 	return authFixture{svc: svc, srv: identity.NewServer(svc), pool: pool, clock: clock}

@@ -25,6 +25,7 @@ import (
 	"github.com/membercenter/membercenter/services/benefits"
 	"github.com/membercenter/membercenter/services/changes"
 	"github.com/membercenter/membercenter/services/identity"
+	"github.com/membercenter/membercenter/services/identity/identitytest"
 )
 
 const (
@@ -43,18 +44,7 @@ type fixture struct {
 func newService(t *testing.T) fixture {
 	t.Helper()
 	pool := pgtest.NewPool(t, nil)
-	return withMemberData(newIdentity(t, pool), pool)
-}
-
-// newIdentity is the identity service on pool, with the default
-// configuration and no log.
-func newIdentity(t *testing.T, pool *pgxpool.Pool) *identity.Service {
-	t.Helper()
-	svc, err := identity.New(identity.Config{}, pool, changes.Writer{}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return svc
+	return withMemberData(identitytest.New(t, pool), pool)
 }
 
 // withMemberData gives the fixture's services one test clock, running from a

@@ -2,7 +2,6 @@ package tags_test
 
 import (
 	"fmt"
-	"log/slog"
 	"maps"
 	"testing"
 	"time"
@@ -13,8 +12,7 @@ import (
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 
-	"github.com/membercenter/membercenter/services/changes"
-	"github.com/membercenter/membercenter/services/identity"
+	"github.com/membercenter/membercenter/services/identity/identitytest"
 	"github.com/membercenter/membercenter/services/tags"
 )
 
@@ -26,10 +24,7 @@ import (
 func TestMergeActivityUnmerge(t *testing.T) {
 	f := newFixture(t)
 	c := ctxT(t)
-	ids, err := identity.New(identity.Config{}, f.pool, changes.Writer{}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
+	ids := identitytest.New(t, f.pool)
 	ids.AddMemberData(f.svc)
 	phone := func(v string) []*mcv1.Identifier {
 		return []*mcv1.Identifier{{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_PHONE, Value: v}}
