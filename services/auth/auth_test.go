@@ -3,14 +3,12 @@ package auth_test
 import (
 	"context"
 	"encoding/base64"
-	"net"
 	"strings"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -20,6 +18,7 @@ import (
 
 	"github.com/membercenter/membercenter/services/auth"
 	"github.com/membercenter/membercenter/services/server"
+	"github.com/membercenter/membercenter/services/server/servertest"
 	"github.com/membercenter/membercenter/services/telemetry"
 )
 
@@ -79,17 +78,7 @@ func serve(t *testing.T) (*auth.Authenticator, *grpc.ClientConn) {
 	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	mcv1.RegisterProfileServiceServer(srv, profiles{})
 	mcv1.RegisterSyncServiceServer(srv, syncs{})
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = srv.Serve(lis) }()
-	t.Cleanup(srv.Stop)
-	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
+	conn := servertest.Serve(t, srv)
 	return a, conn
 }
 

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
+	"github.com/membercenter/membercenter/services/changes"
 	"github.com/membercenter/membercenter/storage/postgres"
 
 	"github.com/membercenter/membercenter/pipeline/contract"
@@ -92,15 +93,10 @@ func (s *Service) ApplyBatch(ctx context.Context, evs []*mcv1.MemberEvent) (map[
 }
 
 func (s *Service) applyBatch(ctx context.Context, tx pgx.Tx, p *Program, todo []batchOp, refused map[int]error) error {
-	ids := make([]string, len(todo))
-	for i, b := range todo {
-		ids[i] = b.ev.GetEventId()
-	}
-	fresh, err := postgres.MarkProcessedBatch(ctx, tx, Stage, ids)
+	todo, err := changes.Unprocessed(ctx, tx, Stage, todo, func(b batchOp) string { return b.ev.GetEventId() })
 	if err != nil {
 		return err
 	}
-	todo = slices.DeleteFunc(slices.Clone(todo), func(b batchOp) bool { return !fresh[b.ev.GetEventId()] })
 	if len(todo) == 0 {
 		return nil
 	}

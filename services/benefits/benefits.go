@@ -188,13 +188,19 @@ func (s *Service) Advance(ctx context.Context, batch int) (int, error) {
 
 // RunScheduler advances members every interval until ctx ends.
 func (s *Service) RunScheduler(ctx context.Context, interval time.Duration) error {
-	fault.Every(ctx, s.log, "scheduled expiry and tier evaluation", interval, func(ctx context.Context) error {
+	s.drainEvery(ctx, "scheduled expiry and tier evaluation", interval, s.Advance)
+	return nil
+}
+
+// drainEvery calls pass with batches of 500 every interval, and again at
+// once while a pass fills its batch, until ctx ends.
+func (s *Service) drainEvery(ctx context.Context, what string, interval time.Duration, pass func(ctx context.Context, batch int) (int, error)) {
+	fault.Every(ctx, s.log, what, interval, func(ctx context.Context) error {
 		for {
-			n, err := s.Advance(ctx, 500)
+			n, err := pass(ctx, 500)
 			if err != nil || n < 500 {
 				return err
 			}
 		}
 	})
-	return nil
 }

@@ -4,21 +4,15 @@ import (
 	"context"
 	"encoding/base64"
 	"errors"
-	"log/slog"
 	"math"
-	"net"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
-	"go.opentelemetry.io/otel/metric/noop"
-	"go.opentelemetry.io/otel/propagation"
-	tracenoop "go.opentelemetry.io/otel/trace/noop"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -30,6 +24,7 @@ import (
 	"github.com/membercenter/membercenter/services/auth"
 	"github.com/membercenter/membercenter/services/benefits"
 	"github.com/membercenter/membercenter/services/server"
+	"github.com/membercenter/membercenter/services/server/servertest"
 )
 
 // TestConcurrentDuplicatesGetTheFirstAnswer: a till that retries before
@@ -39,9 +34,7 @@ func TestConcurrentDuplicatesGetTheFirstAnswer(t *testing.T) {
 	f := newFixture(t)
 	c := ctx(t)
 	m := f.member(t)
-	if _, err := f.srv.Adjust(c, &mcv1.AdjustRequest{MemberId: m, Points: 100, Reason: "goodwill", IdempotencyKey: "adj"}); err != nil {
-		t.Fatal(err)
-	}
+	f.adjust(t, c, &mcv1.AdjustRequest{MemberId: m, Points: 100, Reason: "goodwill", IdempotencyKey: "adj"})
 	const copies = 6
 	type answer struct {
 		resp proto.Message
@@ -170,12 +163,8 @@ func TestEveryChangeCarriesTheCallersChannel(t *testing.T) {
 	f := newFixture(t)
 	c := ctx(t)
 	m := f.member(t)
-	if _, err := f.srv.Adjust(c, &mcv1.AdjustRequest{MemberId: m, Points: 500, Reason: "welcome", IdempotencyKey: "adj"}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := f.srv.Commit(c, &mcv1.CommitRequest{MemberId: m, Basket: basket("o1", 10_000), IdempotencyKey: "c1"}); err != nil {
-		t.Fatal(err)
-	}
+	f.adjust(t, c, &mcv1.AdjustRequest{MemberId: m, Points: 500, Reason: "welcome", IdempotencyKey: "adj"})
+	f.commit(t, c, &mcv1.CommitRequest{MemberId: m, Basket: basket("o1", 10_000), IdempotencyKey: "c1"})
 	seen := len(f.outboxChannels(t, m))
 	app := mcv1.Channel_CHANNEL_APP
 	if _, err := f.srv.ClaimCoupon(c, &mcv1.ClaimCouponRequest{MemberId: m, TemplateId: "C10", IdempotencyKey: "claim", Channel: app}); err != nil {
@@ -232,24 +221,13 @@ func TestEveryChangeCarriesTheCallersChannel(t *testing.T) {
 // with the authenticator as its guard.
 func (f *fixture) grpc(t *testing.T, guards ...server.Guard) *grpc.ClientConn {
 	t.Helper()
-	gs, _, err := server.NewGRPC(server.Telemetry{Tracers: tracenoop.NewTracerProvider(), Meters: noop.NewMeterProvider(),
-		Propagator: propagation.TraceContext{}, Logger: slog.New(slog.DiscardHandler)},
+	gs, _, err := server.NewGRPC(servertest.Telemetry(),
 		[]server.ErrorCode{{Err: benefits.ErrInvalid, Code: codes.InvalidArgument}, {Err: benefits.ErrRefused, Code: codes.FailedPrecondition}}, guards...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	mcv1.RegisterBenefitsServiceServer(gs, f.srv)
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = gs.Serve(lis) }()
-	t.Cleanup(gs.Stop)
-	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
+	conn := servertest.Serve(t, gs)
 	return conn
 }
 
@@ -260,9 +238,7 @@ func TestImplausibleRequestsAreRefusedNamingTheField(t *testing.T) {
 	f := newFixture(t)
 	c := ctx(t)
 	m := f.member(t)
-	if _, err := f.srv.Commit(c, &mcv1.CommitRequest{MemberId: m, Basket: basket("o1", 10_000), IdempotencyKey: "ok"}); err != nil {
-		t.Fatal(err)
-	}
+	f.commit(t, c, &mcv1.CommitRequest{MemberId: m, Basket: basket("o1", 10_000), IdempotencyKey: "ok"})
 	before := f.rows(t)
 	withTotal := func(v int64) *mcv1.Basket { return basket("big", v) }
 	at := func(ts *timestamppb.Timestamp) *mcv1.Basket { b := basket("when", 100); b.At = ts; return b }

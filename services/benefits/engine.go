@@ -4,12 +4,14 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
-	"github.com/google/uuid"
+	"maps"
 	"math/big"
 	"sort"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/google/uuid"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -1152,28 +1154,16 @@ func (s *State) Clone() *State {
 		cp := *v
 		c.Months[k] = &cp
 	}
-	for k, v := range s.Usage {
-		c.Usage[k] = v
-	}
-	for k, v := range s.Budgets {
-		c.Budgets[k] = v
-	}
+	maps.Copy(c.Usage, s.Usage)
+	maps.Copy(c.Budgets, s.Budgets)
 	for _, cp := range s.Coupons {
 		x := *cp
 		c.Coupons = append(c.Coupons, &x)
 	}
-	for k, v := range s.Issued {
-		c.Issued[k] = v
-	}
-	for k, v := range s.TplIssued {
-		c.TplIssued[k] = v
-	}
-	for k, v := range s.BonusMonth {
-		c.BonusMonth[k] = v
-	}
-	for k, v := range s.Referrals {
-		c.Referrals[k] = v
-	}
+	maps.Copy(c.Issued, s.Issued)
+	maps.Copy(c.TplIssued, s.TplIssued)
+	maps.Copy(c.BonusMonth, s.BonusMonth)
+	maps.Copy(c.Referrals, s.Referrals)
 	for k, v := range s.Grants {
 		g := *v
 		c.Grants[k] = &g

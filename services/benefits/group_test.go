@@ -131,6 +131,14 @@ func alone(t *testing.T, f *fixture, calls []rpc) []answer {
 
 // sameAnswers fails unless a and b answered alike: equal responses, or
 // errors with the same text.
+// sameDatabases holds the grouped path's database to the single path's.
+func sameDatabases(t *testing.T, grouped, single *fixture) {
+	t.Helper()
+	if a, b := grouped.snapshot(t), single.snapshot(t); a != b {
+		t.Errorf("grouped and single-path databases differ at %s", diff(a, b))
+	}
+}
+
 func sameAnswers(t *testing.T, what string, a, b []answer) {
 	t.Helper()
 	for i := range a {
@@ -244,16 +252,12 @@ func TestGroupAnswersAsAlone(t *testing.T) {
 		for _, m := range []string{m1, m2, m3, m4, m5} {
 			f.memberWithID(t, m)
 		}
-		if _, err := f.srv.Commit(c, &mcv1.CommitRequest{MemberId: m1, Basket: basket("o1", 100_000), IdempotencyKey: "k1"}); err != nil {
-			t.Fatal(err)
-		}
+		f.commit(t, c, &mcv1.CommitRequest{MemberId: m1, Basket: basket("o1", 100_000), IdempotencyKey: "k1"})
 		coupon, err := f.srv.ClaimCoupon(c, &mcv1.ClaimCouponRequest{MemberId: m1, TemplateId: "C10", IdempotencyKey: "claim"})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := f.srv.Commit(c, &mcv1.CommitRequest{MemberId: m4, Basket: basket("q0", 30_000), IdempotencyKey: "k4"}); err != nil {
-			t.Fatal(err)
-		}
+		f.commit(t, c, &mcv1.CommitRequest{MemberId: m4, Basket: basket("q0", 30_000), IdempotencyKey: "k4"})
 		if _, err := f.pool.Exec(c, `UPDATE members SET status = 'merged', merged_into = $2 WHERE member_id = $1`, m4, m5); err != nil {
 			t.Fatal(err)
 		}
@@ -337,9 +341,7 @@ func TestGroupAnswersAsAlone(t *testing.T) {
 	if groups != 4 || calls != 3+len(got)-1 || fallbacks != 0 {
 		t.Errorf("%d groups of %d calls in all, %d fallbacks; want the scenario in one group", groups, calls, fallbacks)
 	}
-	if a, b := grouped.snapshot(t), single.snapshot(t); a != b {
-		t.Errorf("grouped and single-path databases differ at %s", diff(a, b))
-	}
+	sameDatabases(t, grouped, single)
 }
 
 // TestGroupSharesLimitsAcrossMembers: members of one group draw on the same
@@ -405,9 +407,7 @@ func TestGroupSharesLimitsAcrossMembers(t *testing.T) {
 	if groups, _, fallbacks := benefits.GroupStats(grouped.svc); groups != 1 || fallbacks != 0 {
 		t.Errorf("%d groups, %d fallbacks; want one group", groups, fallbacks)
 	}
-	if a, b := grouped.snapshot(t), single.snapshot(t); a != b {
-		t.Errorf("grouped and single-path databases differ at %s", diff(a, b))
-	}
+	sameDatabases(t, grouped, single)
 }
 
 // TestGroupIdempotencyKeys: a key repeated within a group takes the first
@@ -418,9 +418,7 @@ func TestGroupIdempotencyKeys(t *testing.T) {
 	f := newFixture(t)
 	c := ctx(t)
 	m := f.member(t)
-	if _, err := f.srv.Adjust(c, &mcv1.AdjustRequest{MemberId: m, Points: 1_000, Reason: "start", IdempotencyKey: "start"}); err != nil {
-		t.Fatal(err)
-	}
+	f.adjust(t, c, &mcv1.AdjustRequest{MemberId: m, Points: 1_000, Reason: "start", IdempotencyKey: "start"})
 	got := together(t, f, []rpc{
 		redeemCall(f, m, 100, "dup"),
 		redeemCall(f, m, 100, "dup"),
@@ -471,9 +469,7 @@ func TestGroupWaitsForAKeyInFlightElsewhere(t *testing.T) {
 	c := ctx(t)
 	m := f.member(t)
 	other := f.member(t)
-	if _, err := f.srv.Adjust(c, &mcv1.AdjustRequest{MemberId: m, Points: 1_000, Reason: "start", IdempotencyKey: "start"}); err != nil {
-		t.Fatal(err)
-	}
+	f.adjust(t, c, &mcv1.AdjustRequest{MemberId: m, Points: 1_000, Reason: "start", IdempotencyKey: "start"})
 	req := &mcv1.RedeemRequest{MemberId: m, Points: 100, IdempotencyKey: "elsewhere"}
 	tx, err := f.pool.Begin(c)
 	if err != nil {
@@ -551,9 +547,7 @@ func TestGroupFailures(t *testing.T) {
 			f := newFixture(t)
 			c := ctx(t)
 			m1, m2 := f.member(t), f.member(t)
-			if _, err := f.srv.Adjust(c, &mcv1.AdjustRequest{MemberId: m1, Points: 1_000, Reason: "start", IdempotencyKey: "start"}); err != nil {
-				t.Fatal(err)
-			}
+			f.adjust(t, c, &mcv1.AdjustRequest{MemberId: m1, Points: 1_000, Reason: "start", IdempotencyKey: "start"})
 			attempts := 0
 			benefits.SetGroupFault(f.svc, func(stage string, attempt int) error {
 				if stage == "commit" {
@@ -620,9 +614,7 @@ func TestGroupFallsBackOnAConflictWithinIt(t *testing.T) {
 	if _, _, fallbacks := benefits.GroupStats(grouped.svc); fallbacks != 1 {
 		t.Errorf("%d fallbacks; want 1", fallbacks)
 	}
-	if a, b := grouped.snapshot(t), single.snapshot(t); a != b {
-		t.Errorf("grouped and single-path databases differ at %s", diff(a, b))
-	}
+	sameDatabases(t, grouped, single)
 }
 
 // TestGroupCancellation: a call whose caller gives up while it is queued is
@@ -726,9 +718,7 @@ func TestGroupsUnderLoad(t *testing.T) {
 	members := make([]string, 8)
 	for i := range members {
 		members[i] = f.member(t)
-		if _, err := f.srv.Adjust(c, &mcv1.AdjustRequest{MemberId: members[i], Points: 10_000, Reason: "start", IdempotencyKey: "start-" + members[i]}); err != nil {
-			t.Fatal(err)
-		}
+		f.adjust(t, c, &mcv1.AdjustRequest{MemberId: members[i], Points: 10_000, Reason: "start", IdempotencyKey: "start-" + members[i]})
 	}
 	const callers, each = 32, 20
 	var wg sync.WaitGroup

@@ -10,8 +10,6 @@ import (
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 	"github.com/membercenter/membercenter/storage/postgres"
-
-	"github.com/membercenter/membercenter/pipeline/fault"
 )
 
 // DependsOnLabel says whether a benefit of the programme in force is held
@@ -84,13 +82,6 @@ func (s *Service) CheckLabels(ctx context.Context, limit int) (int, error) {
 // RunLabelChecks re-evaluates queued members every interval (and at once
 // while a backlog lasts) until ctx ends.
 func (s *Service) RunLabelChecks(ctx context.Context, interval time.Duration) error {
-	fault.Every(ctx, s.log, "benefits of changed labels", interval, func(ctx context.Context) error {
-		for {
-			n, err := s.CheckLabels(ctx, 500)
-			if err != nil || n < 500 {
-				return err
-			}
-		}
-	})
+	s.drainEvery(ctx, "benefits of changed labels", interval, s.CheckLabels)
 	return nil
 }

@@ -23,13 +23,10 @@ func TestProgrammeWatchAndSchedulerRideOutAPostgresRestart(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	m := f.member(t)
-	if _, err := f.srv.Commit(ctx, &mcv1.CommitRequest{MemberId: m, Basket: basket("o1", 10_000), IdempotencyKey: "k"}); err != nil {
-		t.Fatal(err)
-	}
-	runCtx, stop := context.WithCancel(ctx)
-	ended := make(chan error, 2)
-	go func() { ended <- f.svc.Watch(runCtx, 50*time.Millisecond) }()
-	go func() { ended <- f.svc.RunScheduler(runCtx, 50*time.Millisecond) }()
+	f.commit(t, ctx, &mcv1.CommitRequest{MemberId: m, Basket: basket("o1", 10_000), IdempotencyKey: "k"})
+	loops := pgtest.StartLoops(ctx,
+		func(ctx context.Context) error { return f.svc.Watch(ctx, 50*time.Millisecond) },
+		func(ctx context.Context) error { return f.svc.RunScheduler(ctx, 50*time.Millisecond) })
 
 	if _, err := pgtest.TerminateBackends(ctx, f.pool); err != nil {
 		t.Fatal(err)
@@ -42,31 +39,11 @@ func TestProgrammeWatchAndSchedulerRideOutAPostgresRestart(t *testing.T) {
 	if _, err := f.pool.Exec(ctx, `UPDATE point_lots SET expires_at = $2 WHERE member_id = $1`, uuid.MustParse(m), f.clock.Add(-time.Minute)); err != nil {
 		t.Fatal(err)
 	}
-	wait := func(what string, cond func() bool) {
-		t.Helper()
-		deadline := time.Now().Add(90 * time.Second)
-		for !cond() {
-			select {
-			case err := <-ended:
-				t.Fatalf("%s: a loop ended: %v", what, err)
-			default:
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: not within 90s", what)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
-	wait("programme after-restart in force", func() bool { return f.svc.Program().Version == "after-restart" })
-	wait("the due points expired", func() bool {
+	loops.WaitFor(t, "programme after-restart in force", func() (bool, error) { return f.svc.Program().Version == "after-restart", nil })
+	loops.WaitFor(t, "the due points expired", func() (bool, error) {
 		var left int64
 		err := f.pool.QueryRow(ctx, `SELECT coalesce(sum(remaining), 0) FROM point_lots WHERE member_id = $1`, uuid.MustParse(m)).Scan(&left)
-		return err == nil && left == 0
+		return err == nil && left == 0, nil
 	})
-	stop()
-	for range 2 {
-		if err := <-ended; err != nil {
-			t.Errorf("loop ended with %v", err)
-		}
-	}
+	loops.Stop(t)
 }

@@ -2,7 +2,6 @@ package benefits_test
 
 import (
 	"fmt"
-	"log/slog"
 	"slices"
 	"testing"
 	"time"
@@ -15,8 +14,7 @@ import (
 	"github.com/membercenter/membercenter/storage/postgres"
 
 	"github.com/membercenter/membercenter/services/benefits"
-	"github.com/membercenter/membercenter/services/changes"
-	"github.com/membercenter/membercenter/services/identity"
+	"github.com/membercenter/membercenter/services/identity/identitytest"
 )
 
 // TestOpenLotsAnswerAsBefore: loads read a member's open lots only, no
@@ -30,10 +28,7 @@ import (
 func TestOpenLotsAnswerAsBefore(t *testing.T) {
 	f := newFixture(t)
 	c := ctx(t)
-	ids, err := identity.New(identity.Config{}, f.pool, changes.Writer{}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
+	ids := identitytest.New(t, f.pool)
 	ids.SetClock(func() time.Time { return *f.clock })
 	ids.AddMemberData(f.svc)
 	m1, m2, m3, m4 := f.member(t), f.member(t), f.member(t), f.member(t)
@@ -41,9 +36,7 @@ func TestOpenLotsAnswerAsBefore(t *testing.T) {
 	commit := func(m, order string, total int64, daysAgo int) {
 		t.Helper()
 		*f.clock = now.Add(-time.Duration(daysAgo) * 24 * time.Hour)
-		if _, err := f.srv.Commit(c, &mcv1.CommitRequest{MemberId: m, Basket: basket(order, total), IdempotencyKey: "c-" + order}); err != nil {
-			t.Fatal(err)
-		}
+		f.commit(t, c, &mcv1.CommitRequest{MemberId: m, Basket: basket(order, total), IdempotencyKey: "c-" + order})
 	}
 	commit(m1, "a1", 50_000, 60)
 	commit(m2, "b1", 40_000, 50)
@@ -58,7 +51,7 @@ func TestOpenLotsAnswerAsBefore(t *testing.T) {
 			t.Fatalf("%s: %v", what, err)
 		}
 	}
-	_, err = f.srv.Redeem(c, &mcv1.RedeemRequest{MemberId: m1, Points: 600, IdempotencyKey: "r1"}) // a1's lot, then part of a2's
+	_, err := f.srv.Redeem(c, &mcv1.RedeemRequest{MemberId: m1, Points: 600, IdempotencyKey: "r1"}) // a1's lot, then part of a2's
 	do("redeem m1", err)
 	_, err = f.srv.Redeem(c, &mcv1.RedeemRequest{MemberId: m4, Points: 200, IdempotencyKey: "r4"}) // all of d1's lot
 	do("redeem m4", err)

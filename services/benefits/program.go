@@ -439,24 +439,8 @@ func ParseProgram(src []byte) (*Program, error) {
 			}
 			*d.dst = t
 		}
-		if len(c.Weekdays) > 0 {
-			camp.Weekdays = map[int]bool{}
-			for _, w := range c.Weekdays {
-				if w < 0 || w > 6 {
-					add(fmt.Errorf("%s.weekdays: %d is not 0..6", where, w))
-				}
-				camp.Weekdays[w] = true
-			}
-		}
-		if len(c.Hours) > 0 {
-			camp.Hours = map[int]bool{}
-			for _, h := range c.Hours {
-				if h < 0 || h > 23 {
-					add(fmt.Errorf("%s.hours: %d is not 0..23", where, h))
-				}
-				camp.Hours[h] = true
-			}
-		}
+		camp.Weekdays = intSet(c.Weekdays, 6, where+".weekdays", add)
+		camp.Hours = intSet(c.Hours, 23, where+".hours", add)
 		if c.Coupon != "" && p.Coupons[c.Coupon] == nil {
 			add(fmt.Errorf("%s.coupon: unknown template %q", where, c.Coupon))
 		}
@@ -646,4 +630,20 @@ func (p *Program) tierIndex(id string) int {
 		}
 	}
 	return 0
+}
+
+// intSet is vals as a set (nil when empty), each of which must be 0..most;
+// what is not is added as a problem of field.
+func intSet(vals []int, most int, field string, add func(error)) map[int]bool {
+	if len(vals) == 0 {
+		return nil
+	}
+	set := map[int]bool{}
+	for _, v := range vals {
+		if v < 0 || v > most {
+			add(fmt.Errorf("%s: %d is not 0..%d", field, v, most))
+		}
+		set[v] = true
+	}
+	return set
 }

@@ -47,6 +47,22 @@ func (f *fixture) member(t testing.TB) string {
 	return id.String()
 }
 
+// adjust makes the adjustment req, failing the test when it is refused.
+func (f *fixture) adjust(t testing.TB, c context.Context, req *mcv1.AdjustRequest) {
+	t.Helper()
+	if _, err := f.srv.Adjust(c, req); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// commit commits req, failing the test when it is refused.
+func (f *fixture) commit(t testing.TB, c context.Context, req *mcv1.CommitRequest) {
+	t.Helper()
+	if _, err := f.srv.Commit(c, req); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func ctx(t *testing.T) context.Context {
 	c, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	t.Cleanup(cancel)
@@ -118,9 +134,7 @@ func TestRefusedRequestsChangeNothing(t *testing.T) {
 	f := newFixture(t)
 	c := ctx(t)
 	m := f.member(t)
-	if _, err := f.srv.Commit(c, &mcv1.CommitRequest{MemberId: m, Basket: basket("o1", 100_000), IdempotencyKey: "k1"}); err != nil {
-		t.Fatal(err)
-	}
+	f.commit(t, c, &mcv1.CommitRequest{MemberId: m, Basket: basket("o1", 100_000), IdempotencyKey: "k1"})
 	coupon, err := f.srv.ClaimCoupon(c, &mcv1.ClaimCouponRequest{MemberId: m, TemplateId: "C10", IdempotencyKey: "claim"})
 	if err != nil {
 		t.Fatal(err)
@@ -206,9 +220,7 @@ func TestRefusedRequestsChangeNothing(t *testing.T) {
 		t.Fatalf("refused requests changed the database: %v → %v", before, after)
 	}
 	// The coupon works once on a qualifying basket, then is used.
-	if _, err := f.srv.Commit(c, &mcv1.CommitRequest{MemberId: m, Basket: withCoupon(10_000, code), IdempotencyKey: "ok"}); err != nil {
-		t.Fatal(err)
-	}
+	f.commit(t, c, &mcv1.CommitRequest{MemberId: m, Basket: withCoupon(10_000, code), IdempotencyKey: "ok"})
 	b := withCoupon(10_000, code)
 	b.OrderId = "o6"
 	if _, err := f.srv.Commit(c, &mcv1.CommitRequest{MemberId: m, Basket: b, IdempotencyKey: "again"}); !errors.Is(err, benefits.ErrRefused) || !contains(err.Error(), "already used") {
@@ -233,9 +245,7 @@ func TestRefundReversesExactlyAndRestoresCoupons(t *testing.T) {
 	f := newFixture(t)
 	c := ctx(t)
 	m := f.member(t)
-	if _, err := f.srv.Commit(c, &mcv1.CommitRequest{MemberId: m, Basket: basket("o1", 200_000), IdempotencyKey: "k1"}); err != nil {
-		t.Fatal(err)
-	}
+	f.commit(t, c, &mcv1.CommitRequest{MemberId: m, Basket: basket("o1", 200_000), IdempotencyKey: "k1"})
 	coupon, err := f.srv.ClaimCoupon(c, &mcv1.ClaimCouponRequest{MemberId: m, TemplateId: "C10", IdempotencyKey: "claim"})
 	if err != nil {
 		t.Fatal(err)

@@ -128,3 +128,18 @@ func fingerprint(req proto.Message) ([]byte, error) {
 	sum := sha256.Sum256(b)
 	return sum[:], nil
 }
+
+// Unprocessed records the events of todo as processed by consumer in tx and
+// returns, in order, those that were not before (the others are
+// redeliveries); eventID names an element's event.
+func Unprocessed[T any](ctx context.Context, tx pgx.Tx, consumer string, todo []T, eventID func(T) string) ([]T, error) {
+	ids := make([]string, len(todo))
+	for i, t := range todo {
+		ids[i] = eventID(t)
+	}
+	fresh, err := postgres.MarkProcessedBatch(ctx, tx, consumer, ids)
+	if err != nil {
+		return nil, err
+	}
+	return slices.DeleteFunc(slices.Clone(todo), func(t T) bool { return !fresh[eventID(t)] }), nil
+}

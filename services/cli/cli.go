@@ -49,10 +49,6 @@ type env struct {
 	p   *platform.Platform
 }
 
-func setup(ctx context.Context, logOut io.Writer) (*env, func(), error) {
-	return setupAdmin(ctx, logOut, server.DefaultAdminAddr)
-}
-
 // setupAdmin is setup for a command whose admin address, unless
 // MC_ADMIN_ADDR names one, is adminAddr.
 func setupAdmin(ctx context.Context, logOut io.Writer, adminAddr string) (*env, func(), error) {
@@ -81,48 +77,57 @@ func setupAdmin(ctx context.Context, logOut io.Writer, adminAddr string) (*env, 
 	return &env{cfg: cfg, tel: tel, p: p}, cleanup, nil
 }
 
+// withEnv is a command's RunE that runs run with the environment setup
+// opens (logging to logOut), closed when run returns.
+func withEnv(logOut io.Writer, run func(cmd *cobra.Command, args []string, e *env) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, args []string) error {
+		return runEnv(cmd, args, logOut, server.DefaultAdminAddr, run)
+	}
+}
+
+// runEnv runs run with the environment setupAdmin opens, closed when run
+// returns.
+func runEnv(cmd *cobra.Command, args []string, logOut io.Writer, adminAddr string, run func(cmd *cobra.Command, args []string, e *env) error) error {
+	e, done, err := setupAdmin(cmd.Context(), logOut, adminAddr)
+	if err != nil {
+		return err
+	}
+	defer done()
+	return run(cmd, args, e)
+}
+
 func serveCmd(logOut io.Writer) *cobra.Command {
-	var services string
-	cmd := &cobra.Command{
+	return runCmd(&cobra.Command{
 		Use:   "serve",
 		Short: "Serve the gRPC services (with health, reflection and admin HTTP)",
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			sel, err := platform.ParseSelection("service", services, platform.AllServices)
-			if err != nil {
-				return usage(cmd, err)
-			}
-			e, done, err := setup(cmd.Context(), logOut)
-			if err != nil {
-				return err
-			}
-			defer done()
-			return e.p.Run(cmd.Context(), platform.Options{Services: sel})
-		},
-	}
-	cmd.Flags().StringVar(&services, "services", "all", fmt.Sprintf("services to serve: all or a comma-separated list of %v", platform.AllServices))
-	return cmd
+	}, logOut, "service", "services to serve", platform.AllServices, server.DefaultAdminAddr,
+		func(sel []string) platform.Options { return platform.Options{Services: sel} })
 }
 
 func pipelineCmd(logOut io.Writer) *cobra.Command {
-	var stages string
-	cmd := &cobra.Command{
+	// Its own admin port by default, so that it runs beside serve.
+	return runCmd(&cobra.Command{
 		Use:   "pipeline",
 		Short: "Run the Kafka pipeline stages (admin HTTP on " + server.PipelineAdminAddr + " unless MC_ADMIN_ADDR is set)",
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			sel, err := platform.ParseSelection("stage", stages, platform.AllStages)
-			if err != nil {
-				return usage(cmd, err)
-			}
-			// Its own admin port by default, so that it runs beside serve.
-			e, done, err := setupAdmin(cmd.Context(), logOut, server.PipelineAdminAddr)
-			if err != nil {
-				return err
-			}
-			defer done()
-			return e.p.Run(cmd.Context(), platform.Options{Stages: sel})
-		},
+	}, logOut, "stage", "stages to run", platform.AllStages, server.PipelineAdminAddr,
+		func(sel []string) platform.Options { return platform.Options{Stages: sel} })
+}
+
+// runCmd makes cmd run the platform with the selection of what (a service
+// or a stage) its flag --whats names, all or a list of valid; its admin
+// address, unless MC_ADMIN_ADDR names one, is adminAddr.
+func runCmd(cmd *cobra.Command, logOut io.Writer, what, help string, valid []string, adminAddr string, opts func(sel []string) platform.Options) *cobra.Command {
+	var names string
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		sel, err := platform.ParseSelection(what, names, valid)
+		if err != nil {
+			return usage(cmd, err)
+		}
+		return runEnv(cmd, args, logOut, adminAddr, func(cmd *cobra.Command, _ []string, e *env) error {
+			return e.p.Run(cmd.Context(), opts(sel))
+		})
 	}
-	cmd.Flags().StringVar(&stages, "stages", "all", fmt.Sprintf("stages to run: all or a comma-separated list of %v", platform.AllStages))
+	cmd.Flags().StringVar(&names, what+"s", "all", fmt.Sprintf("%s: all or a comma-separated list of %v", help, valid))
 	return cmd
 }
 
@@ -130,14 +135,9 @@ func migrateCmd(logOut io.Writer) *cobra.Command {
 	return &cobra.Command{
 		Use:   "migrate",
 		Short: "Apply PostgreSQL and ClickHouse migrations and create Kafka topics (idempotent)",
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			e, done, err := setup(cmd.Context(), logOut)
-			if err != nil {
-				return err
-			}
-			defer done()
+		RunE: withEnv(logOut, func(cmd *cobra.Command, _ []string, e *env) error {
 			return e.p.Migrate(cmd.Context())
-		},
+		}),
 	}
 }
 

@@ -33,31 +33,25 @@ func dlqCmd(stdout, logOut io.Writer) *cobra.Command {
 		c.Flags().StringVar(&stage, "stage", "", "only letters of this stage (e.g. ingest)")
 		c.Flags().StringVar(&topic, "topic", "", "only letters that came from this topic")
 	}
-	// open sets up and connects a client that reads committed records.
-	open := func(cmd *cobra.Command) (*env, *kafka.Client, func(), error) {
-		e, done, err := setup(cmd.Context(), logOut)
-		if err != nil {
-			return nil, nil, nil, err
-		}
-		cl, err := kafka.NewClient(e.cfg.Kafka, kafka.Telemetry{Tracers: e.tel.Tracers, Meters: e.tel.Meters,
-			Propagator: e.tel.Propagator, Logger: e.tel.Logger}, "", kgo.FetchIsolationLevel(kgo.ReadCommitted()))
-		if err != nil {
-			done()
-			return nil, nil, nil, err
-		}
-		return e, cl, func() { cl.Close(); done() }, nil
+	// withClient is a RunE that runs run with a client that reads committed
+	// records, closed when run returns.
+	withClient := func(run func(cmd *cobra.Command, e *env, cl *kafka.Client) error) func(*cobra.Command, []string) error {
+		return withEnv(logOut, func(cmd *cobra.Command, _ []string, e *env) error {
+			cl, err := kafka.NewClient(e.cfg.Kafka, kafka.Telemetry{Tracers: e.tel.Tracers, Meters: e.tel.Meters,
+				Propagator: e.tel.Propagator, Logger: e.tel.Logger}, "", kgo.FetchIsolationLevel(kgo.ReadCommitted()))
+			if err != nil {
+				return err
+			}
+			defer cl.Close()
+			return run(cmd, e, cl)
+		})
 	}
 	list := &cobra.Command{
 		Use:   "list",
 		Short: "Print dead letters with their reasons",
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			e, cl, done, err := open(cmd)
-			if err != nil {
-				return err
-			}
-			defer done()
+		RunE: withClient(func(cmd *cobra.Command, e *env, cl *kafka.Client) error {
 			n := 0
-			err = dlq.Scan(cmd.Context(), cl.Client, e.cfg.Kafka.Topics.DLQ, time.Now().Add(-since), func(l dlq.Letter) error {
+			err := dlq.Scan(cmd.Context(), cl.Client, e.cfg.Kafka.Topics.DLQ, time.Now().Add(-since), func(l dlq.Letter) error {
 				if keep(l) {
 					n++
 					fmt.Fprintf(stdout, "%s  %s/%d@%d  stage=%s  key=%q  %d bytes\n  reason: %s\n",
@@ -68,17 +62,12 @@ func dlqCmd(stdout, logOut io.Writer) *cobra.Command {
 			})
 			fmt.Fprintf(stdout, "%d dead letters\n", n)
 			return err
-		},
+		}),
 	}
 	replay := &cobra.Command{
 		Use:   "replay",
 		Short: "Re-publish dead letters to the topics they came from, each once (stages deduplicate by event id)",
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			e, cl, done, err := open(cmd)
-			if err != nil {
-				return err
-			}
-			defer done()
+		RunE: withClient(func(cmd *cobra.Command, e *env, cl *kafka.Client) error {
 			res, err := dlq.Replay(cmd.Context(), cl.Client, e.cfg.Kafka.Topics.DLQ, dlq.ReplayOptions{
 				Since: time.Now().Add(-since), Keep: keep, Force: force, Replays: pgReplays{e.p.Pool()},
 			})
@@ -87,7 +76,7 @@ func dlqCmd(stdout, logOut io.Writer) *cobra.Command {
 			}
 			fmt.Fprintln(stdout, res)
 			return err
-		},
+		}),
 	}
 	replay.Flags().BoolVar(&force, "force", false, "replay letters replayed before too (each original once)")
 	flags(list)

@@ -21,12 +21,7 @@ func piiCmd(stdout, logOut io.Writer) *cobra.Command {
   2. run 'membercenter pii reencrypt';
   3. remove the old key.
 Safe to run while the platform serves, and to run again.`,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			e, done, err := setup(cmd.Context(), logOut)
-			if err != nil {
-				return err
-			}
-			defer done()
+		RunE: withEnv(logOut, func(cmd *cobra.Command, _ []string, e *env) error {
 			svc, err := identity.New(e.cfg.Identity, e.p.Pool(), changesWriter(e), e.tel.Logger)
 			if err != nil {
 				return err
@@ -36,7 +31,7 @@ Safe to run while the platform serves, and to run again.`,
 			bar.finish()
 			fmt.Fprintf(stdout, "re-encrypted %d ciphertexts\n", n)
 			return err
-		},
+		}),
 	}
 	reencrypt.Flags().IntVar(&batch, "batch", 500, "rows per transaction")
 	cmd.AddCommand(reencrypt)

@@ -24,40 +24,27 @@ fails validation is refused with every problem named by label, and the running
 catalogue stays in place. After loading, run 'membercenter tags backfill' to
 recompute every member's labels from history.`,
 		Args: cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			src, err := os.ReadFile(args[0])
-			if err != nil {
-				return err
-			}
-			e, done, err := setup(cmd.Context(), stderr)
-			if err != nil {
-				return err
-			}
-			defer done()
+		RunE: withFile(stderr, func(cmd *cobra.Command, e *env, src []byte) error {
 			c, err := tags.LoadCatalog(cmd.Context(), e.p.Pool(), src)
 			if err != nil {
 				return err
 			}
 			fmt.Fprintf(stdout, "label catalogue %s loaded: %d labels, %d purchase filters\n", c.Version, len(c.Labels), len(c.Filters))
 			return nil
-		},
+		}),
 	}
 	check := &cobra.Command{
 		Use:   "check [FILE]",
 		Short: "Validate a label catalogue (the shipped one without FILE) and run its worked examples",
 		Args:  cobra.MaximumNArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := catalogArg(args)
-			if err != nil {
-				return err
-			}
+		RunE: withCatalog(func(c *tags.Catalog) error {
 			examples := 0
 			for _, l := range c.Labels {
 				examples += len(l.Examples)
 			}
 			fmt.Fprintf(stdout, "label catalogue %s is valid: %d labels, %d worked examples hold\n", c.Version, len(c.Labels), examples)
 			return nil
-		},
+		}),
 	}
 	var batch int
 	var restart bool
@@ -69,13 +56,8 @@ member_events with the newest loaded catalogue. Progress is stored with each
 batch: an interrupted backfill resumes where it stopped; a finished one does
 nothing until --restart. Label changes go to the outbox and ClickHouse like
 the worker's, only where a value differs.`,
-		RunE: func(cmd *cobra.Command, _ []string) error {
+		RunE: withEnv(io.Discard, func(cmd *cobra.Command, _ []string, e *env) error {
 			ctx := cmd.Context()
-			e, done, err := setup(ctx, io.Discard)
-			if err != nil {
-				return err
-			}
-			defer done()
 			svc := tags.New(e.p.Pool(), changesWriter(e), e.tel.Logger)
 			if err := svc.Reload(ctx); err != nil {
 				return err
@@ -101,7 +83,7 @@ the worker's, only where a value differs.`,
 					p.Catalog, p.Done, p.Total, p.Changed, p.Events, p.Elapsed.Round(time.Millisecond), map[bool]string{true: " (resumed)"}[p.Resumed])
 			}
 			return nil
-		},
+		}),
 	}
 	backfill.Flags().IntVar(&batch, "batch", 500, "members per batch")
 	backfill.Flags().BoolVar(&restart, "restart", false, "forget an earlier run of this catalogue version and start again")
@@ -109,17 +91,24 @@ the worker's, only where a value differs.`,
 		Use:   "docs [FILE]",
 		Short: "Print the catalogue's documentation as Markdown (docs/labels.md is this for the shipped catalogue)",
 		Args:  cobra.MaximumNArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := catalogArg(args)
-			if err != nil {
-				return err
-			}
-			_, err = io.WriteString(stdout, c.Markdown())
+		RunE: withCatalog(func(c *tags.Catalog) error {
+			_, err := io.WriteString(stdout, c.Markdown())
 			return err
-		},
+		}),
 	}
 	cmd.AddCommand(load, check, backfill, docs)
 	return cmd
+}
+
+// withCatalog is a RunE that runs run with the catalogue catalogArg parses.
+func withCatalog(run func(c *tags.Catalog) error) func(*cobra.Command, []string) error {
+	return func(_ *cobra.Command, args []string) error {
+		c, err := catalogArg(args)
+		if err != nil {
+			return err
+		}
+		return run(c)
+	}
 }
 
 // catalogArg parses the catalogue file named by the command's argument, or
@@ -137,36 +126,30 @@ func catalogArg(args []string) (*tags.Catalog, error) {
 
 func segmentCmd(stdout, stderr io.Writer) *cobra.Command {
 	cmd := &cobra.Command{Use: "segment", Short: "Count or export the members a segment expression matches (docs/analytics.md)"}
-	open := func(cmd *cobra.Command) (*profile.Service, func(), error) {
-		e, done, err := setup(cmd.Context(), io.Discard)
-		if err != nil {
-			return nil, nil, err
-		}
-		svc := tags.New(e.p.Pool(), changesWriter(e), e.tel.Logger)
-		if err := svc.Reload(cmd.Context()); err != nil {
-			done()
-			return nil, nil, err
-		}
-		conn, err := e.p.OpenClickHouse(cmd.Context())
-		if err != nil {
-			done()
-			return nil, nil, err
-		}
-		ps := profile.New(e.p.Pool(), svc, changesWriter(e))
-		ps.SetFacts(conn)
-		return ps, func() { conn.Close(); done() }, nil
+	// withProfile is a RunE that runs run with a profile service reading
+	// ClickHouse, closed when run returns.
+	withProfile := func(run func(cmd *cobra.Command, args []string, ps *profile.Service) error) func(*cobra.Command, []string) error {
+		return withEnv(io.Discard, func(cmd *cobra.Command, args []string, e *env) error {
+			svc := tags.New(e.p.Pool(), changesWriter(e), e.tel.Logger)
+			if err := svc.Reload(cmd.Context()); err != nil {
+				return err
+			}
+			conn, err := e.p.OpenClickHouse(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
+			ps := profile.New(e.p.Pool(), svc, changesWriter(e))
+			ps.SetFacts(conn)
+			return run(cmd, args, ps)
+		})
 	}
 	var showSQL bool
 	count := &cobra.Command{
 		Use:   "count EXPRESSION",
 		Short: "Count the members whose current labels match, e.g. 'lifecycle_stage == \"loyal\" && affinity_coffee'",
 		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			ps, done, err := open(cmd)
-			if err != nil {
-				return err
-			}
-			defer done()
+		RunE: withProfile(func(cmd *cobra.Command, args []string, ps *profile.Service) error {
 			start := time.Now()
 			n, q, err := ps.CountSegment(cmd.Context(), args[0])
 			if err != nil {
@@ -178,21 +161,16 @@ func segmentCmd(stdout, stderr io.Writer) *cobra.Command {
 			fmt.Fprintf(stdout, "%d\n", n)
 			fmt.Fprintf(stderr, "%d members in %s\n", n, time.Since(start).Round(time.Millisecond))
 			return nil
-		},
+		}),
 	}
 	count.Flags().BoolVar(&showSQL, "sql", false, "print the ClickHouse condition the expression compiled to")
 	export := &cobra.Command{
 		Use:   "export EXPRESSION",
 		Short: "Print the ids of the members whose current labels match, one per line",
 		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			ps, done, err := open(cmd)
-			if err != nil {
-				return err
-			}
-			defer done()
+		RunE: withProfile(func(cmd *cobra.Command, args []string, ps *profile.Service) error {
 			n := 0
-			err = ps.ExportSegment(cmd.Context(), args[0], 5000, func(ids []string) error {
+			err := ps.ExportSegment(cmd.Context(), args[0], 5000, func(ids []string) error {
 				n += len(ids)
 				_, err := io.WriteString(stdout, strings.Join(ids, "\n")+"\n")
 				return err
@@ -202,7 +180,7 @@ func segmentCmd(stdout, stderr io.Writer) *cobra.Command {
 			}
 			fmt.Fprintf(stderr, "%d members\n", n)
 			return nil
-		},
+		}),
 	}
 	cmd.AddCommand(count, export)
 	return cmd

@@ -321,21 +321,7 @@ func hasDBSpan(spans []sdktrace.ReadOnlySpan, id trace.TraceID) bool {
 
 func (e *env) readDLQ(t *testing.T, ctx context.Context) dlq.Letter {
 	t.Helper()
-	cl, err := kgo.NewClient(kgo.SeedBrokers(e.cfg.Kafka.Brokers...), kgo.ConsumeTopics(e.cfg.Kafka.Topics.DLQ),
-		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
-	for {
-		fs := cl.PollFetches(ctx)
-		if ctx.Err() != nil {
-			t.Fatalf("no dead letter: %v", ctx.Err())
-		}
-		if rs := fs.Records(); len(rs) > 0 {
-			return dlq.Parse(rs[0])
-		}
-	}
+	return e.readLetters(t, ctx, 1)[0]
 }
 
 func TestRedeliveredEventChangesNothing(t *testing.T) {

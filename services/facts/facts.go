@@ -166,6 +166,15 @@ const (
 // EventType names a member event's payload: KindTransaction, KindCheckIn, …
 // ("unknown" without one).
 func EventType(m *mcv1.MemberEvent) string {
+	if k := Kind(m); k != "" {
+		return k
+	}
+	return "unknown"
+}
+
+// Kind names a member event's payload: KindTransaction, KindCheckIn, …
+// ("" without one).
+func Kind(m *mcv1.MemberEvent) string {
 	switch m.GetPayload().(type) {
 	case *mcv1.MemberEvent_Transaction:
 		return KindTransaction
@@ -186,7 +195,7 @@ func EventType(m *mcv1.MemberEvent) string {
 	case *mcv1.MemberEvent_Review:
 		return KindReview
 	}
-	return "unknown"
+	return ""
 }
 
 // ChannelName is the short lower-case name of a channel: "pos", "app", …

@@ -4,8 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"io"
-	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -13,11 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"go.opentelemetry.io/otel/metric/noop"
-	"go.opentelemetry.io/otel/propagation"
-	tracenoop "go.opentelemetry.io/otel/trace/noop"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
@@ -27,6 +21,7 @@ import (
 
 	"github.com/membercenter/membercenter/services/gateway"
 	"github.com/membercenter/membercenter/services/server"
+	"github.com/membercenter/membercenter/services/server/servertest"
 )
 
 // identity records what reached the gRPC service.
@@ -68,25 +63,14 @@ func (syncer) Subscribe(req *mcv1.SubscribeRequest, s grpc.ServerStreamingServer
 // gateway in front, as the platform wires them.
 func serve(t *testing.T) (string, *identity) {
 	t.Helper()
-	gs, _, err := server.NewGRPC(server.Telemetry{Tracers: tracenoop.NewTracerProvider(), Meters: noop.NewMeterProvider(),
-		Propagator: propagation.TraceContext{}, Logger: slog.New(slog.DiscardHandler)}, nil)
+	gs, _, err := server.NewGRPC(servertest.Telemetry(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	id := &identity{}
 	mcv1.RegisterIdentityServiceServer(gs, id)
 	mcv1.RegisterSyncServiceServer(gs, syncer{})
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = gs.Serve(lis) }()
-	t.Cleanup(gs.Stop)
-	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
+	conn := servertest.Serve(t, gs)
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	h, err := gateway.New(ctx, conn)
@@ -293,23 +277,12 @@ func (endless) Subscribe(req *mcv1.SubscribeRequest, s grpc.ServerStreamingServe
 // Last-Event-ID instead of reloading the member.
 func TestAnAgedConnectionEndsTheEventStreamForAResume(t *testing.T) {
 	gs, _, err := server.New(server.Config{MaxConnectionAge: 200 * time.Millisecond, MaxConnectionAgeGrace: 300 * time.Millisecond},
-		server.Telemetry{Tracers: tracenoop.NewTracerProvider(), Meters: noop.NewMeterProvider(),
-			Propagator: propagation.TraceContext{}, Logger: slog.New(slog.DiscardHandler)}, nil)
+		servertest.Telemetry(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	mcv1.RegisterSyncServiceServer(gs, endless{})
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = gs.Serve(lis) }()
-	t.Cleanup(gs.Stop)
-	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
+	conn := servertest.Serve(t, gs)
 	h, err := gateway.New(context.Background(), conn)
 	if err != nil {
 		t.Fatal(err)

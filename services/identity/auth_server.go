@@ -17,7 +17,7 @@ func (s *Server) IssueMemberCode(ctx context.Context, req *mcv1.IssueMemberCodeR
 	if err != nil {
 		return nil, fmt.Errorf("member_id %q: %w", req.GetMemberId(), ErrBadID)
 	}
-	c, err := s.svc.IssueMemberCode(ctx, id)
+	c, err := s.Service.IssueMemberCode(ctx, id)
 	if err != nil {
 		return nil, err
 	}
@@ -26,31 +26,21 @@ func (s *Server) IssueMemberCode(ctx context.Context, req *mcv1.IssueMemberCodeR
 
 // VerifyMemberCode implements IdentityService.VerifyMemberCode.
 func (s *Server) VerifyMemberCode(ctx context.Context, req *mcv1.VerifyMemberCodeRequest) (*mcv1.VerifyMemberCodeResponse, error) {
-	id, err := s.svc.VerifyMemberCode(ctx, req.GetCode(), CodeUse{StoreID: req.GetStoreId(), TerminalID: req.GetTerminalId()})
+	id, err := s.Service.VerifyMemberCode(ctx, req.GetCode(), CodeUse{StoreID: req.GetStoreId(), TerminalID: req.GetTerminalId()})
 	if err != nil {
 		return nil, err
 	}
-	m, err := s.svc.Member(ctx, id)
+	m, err := s.Service.Member(ctx, id)
 	if err != nil {
 		return nil, err
 	}
 	return &mcv1.VerifyMemberCodeResponse{Member: m}, nil
 }
 
-// RegisterTerminal implements IdentityService.RegisterTerminal.
-func (s *Server) RegisterTerminal(ctx context.Context, req *mcv1.RegisterTerminalRequest) (*mcv1.RegisterTerminalResponse, error) {
-	return s.svc.RegisterTerminal(ctx, req)
-}
-
-// RevokeTerminal implements IdentityService.RevokeTerminal.
-func (s *Server) RevokeTerminal(ctx context.Context, req *mcv1.RevokeTerminalRequest) (*mcv1.RevokeTerminalResponse, error) {
-	return s.svc.RevokeTerminal(ctx, req)
-}
-
 // VerifyDeviceAssertion implements IdentityService.VerifyDeviceAssertion
 // under the configured AssertionPolicy (MC_ASSERTION_*).
 func (s *Server) VerifyDeviceAssertion(ctx context.Context, req *mcv1.VerifyDeviceAssertionRequest) (*mcv1.VerifyDeviceAssertionResponse, error) {
-	a, err := s.svc.VerifyDeviceAssertion(ctx, req, s.svc.assertions)
+	a, err := s.Service.VerifyDeviceAssertion(ctx, req, s.Service.assertions)
 	if err != nil {
 		return nil, err
 	}

@@ -8,7 +8,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"log/slog"
 	"strconv"
 	"strings"
 	"sync"
@@ -22,8 +21,8 @@ import (
 	"github.com/membercenter/membercenter/storage/postgres"
 	"github.com/membercenter/membercenter/storage/postgres/pgtest"
 
-	"github.com/membercenter/membercenter/services/changes"
 	"github.com/membercenter/membercenter/services/identity"
+	"github.com/membercenter/membercenter/services/identity/identitytest"
 )
 
 // authEpoch is 5 s into a 30 s step, so ±N s stays clear of step edges.
@@ -57,10 +56,7 @@ type authFixture struct {
 func newAuthFixture(t *testing.T) authFixture {
 	t.Helper()
 	pool := pgtest.NewPool(t, nil)
-	svc, err := identity.New(identity.Config{}, pool, changes.Writer{}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
+	svc := identitytest.New(t, pool)
 	clock := &testClock{t: authEpoch}
 	svc.SetClock(clock.Now)
 	return authFixture{svc: svc, srv: identity.NewServer(svc), pool: pool, clock: clock}
@@ -98,6 +94,23 @@ func (f authFixture) count(t *testing.T, table string) int {
 		t.Fatal(err)
 	}
 	return n
+}
+
+// markMerged records member as merged into target, as a merge leaves it.
+func (f authFixture) markMerged(t *testing.T, member, target uuid.UUID) {
+	t.Helper()
+	if _, err := f.pool.Exec(authCtx(t), `UPDATE members SET status = 'merged', merged_into = $2 WHERE member_id = $1`, member, target); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// wantCount fails the test at once unless table holds want rows; msg
+// formats the count it holds.
+func (f authFixture) wantCount(t *testing.T, table string, want int, msg string) {
+	t.Helper()
+	if n := f.count(t, table); n != want {
+		t.Fatalf(msg, n)
+	}
 }
 
 func (f authFixture) memberNo(t *testing.T, id uuid.UUID) int64 {
@@ -182,9 +195,7 @@ func TestMemberCodeRoundTrip(t *testing.T) {
 	if len(cipher) != 12+32+16 || keyID != "dev1" {
 		t.Fatalf("stored secret: %d bytes under key %q; want an AES-GCM ciphertext of 32 bytes under dev1", len(cipher), keyID)
 	}
-	if n := f.count(t, "member_code_secrets"); n != 1 {
-		t.Fatalf("%d code secrets, want 1 (only the member that was issued a code)", n)
-	}
+	f.wantCount(t, "member_code_secrets", 1, "%d code secrets, want 1 (only the member that was issued a code)")
 	var uses int
 	if err := f.pool.QueryRow(ctx, `SELECT count(*) FROM member_code_uses WHERE member_id = $1 AND store_id = 'SH-001' AND terminal_id = 'POS-01'`, member).Scan(&uses); err != nil {
 		t.Fatal(err)
@@ -206,9 +217,7 @@ func TestMemberCodeAcceptedOnce(t *testing.T) {
 			t.Fatalf("second use of %q: %v, want ErrCodeUsed", form, err)
 		}
 	}
-	if n := f.count(t, "member_code_uses"); n != 1 {
-		t.Fatalf("%d code uses, want 1", n)
-	}
+	f.wantCount(t, "member_code_uses", 1, "%d code uses, want 1")
 }
 
 func TestMemberCodeLaterCodeSpendsEarlier(t *testing.T) {
@@ -222,9 +231,7 @@ func TestMemberCodeLaterCodeSpendsEarlier(t *testing.T) {
 	if _, err := f.verify(t, older.Code, authEpoch.Add(32*time.Second)); !errors.Is(err, identity.ErrCodeUsed) {
 		t.Fatalf("code older than an accepted one: %v, want ErrCodeUsed", err)
 	}
-	if n := f.count(t, "member_code_uses"); n != 1 {
-		t.Fatalf("%d code uses, want 1", n)
-	}
+	f.wantCount(t, "member_code_uses", 1, "%d code uses, want 1")
 }
 
 func TestMemberCodeClockSkew(t *testing.T) {
@@ -254,9 +261,7 @@ func TestMemberCodeRefusals(t *testing.T) {
 	c := f.issue(t, member, authEpoch)
 	f.issue(t, other, authEpoch)
 	mergedCode := f.issue(t, merged, authEpoch)
-	if _, err := f.pool.Exec(ctx, `UPDATE members SET status = 'merged', merged_into = $2 WHERE member_id = $1`, merged, member); err != nil {
-		t.Fatal(err)
-	}
+	f.markMerged(t, merged, member)
 
 	num, otp := c.Code[:10], c.Code[10:]
 	tamper := func(s string, i int) string { return s[:i] + string('0'+(s[i]-'0'+1)%10) + s[i+1:] }
@@ -295,12 +300,8 @@ func TestMemberCodeRefusals(t *testing.T) {
 			}
 		})
 	}
-	if n := f.count(t, "member_code_uses"); n != 0 {
-		t.Fatalf("refused codes wrote %d code uses", n)
-	}
-	if n := f.count(t, "member_code_secrets"); n != 3 {
-		t.Fatalf("%d code secrets, want 3: verification never creates one", n)
-	}
+	f.wantCount(t, "member_code_uses", 0, "refused codes wrote %d code uses")
+	f.wantCount(t, "member_code_secrets", 3, "%d code secrets, want 3: verification never creates one")
 	// Five of the refusals were wrong codes for the member's own number: it is
 	// locked now, even for its valid code (TestMemberCodeLockAfterWrongCodes).
 	if _, err := f.verify(t, c.Code, authEpoch); !errors.Is(err, identity.ErrCodeLocked) {
@@ -320,9 +321,7 @@ func TestIssueMemberCodeRefusals(t *testing.T) {
 	ctx := authCtx(t)
 	target := f.newMember(t, "+8613900000001")
 	merged := f.newMember(t, "+8613900000002")
-	if _, err := f.pool.Exec(ctx, `UPDATE members SET status = 'merged', merged_into = $2 WHERE member_id = $1`, merged, target); err != nil {
-		t.Fatal(err)
-	}
+	f.markMerged(t, merged, target)
 	if _, err := f.svc.IssueMemberCode(ctx, uuid.Must(uuid.NewV7())); !errors.Is(err, postgres.ErrNotFound) {
 		t.Fatalf("unknown member: %v, want ErrNotFound", err)
 	}
@@ -332,9 +331,7 @@ func TestIssueMemberCodeRefusals(t *testing.T) {
 	if _, err := f.srv.IssueMemberCode(ctx, &mcv1.IssueMemberCodeRequest{MemberId: "not-a-uuid"}); !errors.Is(err, identity.ErrBadID) {
 		t.Fatalf("malformed member id: %v, want ErrBadID", err)
 	}
-	if n := f.count(t, "member_code_secrets"); n != 0 {
-		t.Fatalf("refused issues wrote %d code secrets", n)
-	}
+	f.wantCount(t, "member_code_secrets", 0, "refused issues wrote %d code secrets")
 }
 
 // refTOTP is an independent RFC 6238 implementation (HMAC-SHA256, 30 s
@@ -392,9 +389,7 @@ func TestMemberCodeConcurrentScansAcceptOnce(t *testing.T) {
 		_, err := f.svc.VerifyMemberCode(authCtx(t), c.Code, identity.CodeUse{TerminalID: fmt.Sprintf("POS-%d", i)})
 		return err
 	})
-	if n := f.count(t, "member_code_uses"); n != 1 {
-		t.Fatalf("%d code uses, want 1", n)
-	}
+	f.wantCount(t, "member_code_uses", 1, "%d code uses, want 1")
 }
 
 // A scan that races an acceptance still in flight waits for it and is
@@ -445,9 +440,7 @@ func TestMemberCodeScanRacingUncommittedUse(t *testing.T) {
 			t.Errorf("scan racing an accepted use: %v, want ErrCodeUsed", err)
 		}
 	}
-	if n := f.count(t, "member_code_uses"); n != 1 {
-		t.Fatalf("%d code uses, want 1", n)
-	}
+	f.wantCount(t, "member_code_uses", 1, "%d code uses, want 1")
 }
 
 // Wrong codes lock the member number for a while, even for the right code,
@@ -465,9 +458,7 @@ func TestMemberCodeLockAfterWrongCodes(t *testing.T) {
 	if _, err := f.verify(t, c.Code, authEpoch.Add(6*time.Second)); !errors.Is(err, identity.ErrCodeLocked) {
 		t.Fatalf("right code after five wrong ones: %v, want ErrCodeLocked", err)
 	}
-	if n := f.count(t, "member_code_uses"); n != 0 {
-		t.Fatalf("a locked number recorded %d code uses", n)
-	}
+	f.wantCount(t, "member_code_uses", 0, "a locked number recorded %d code uses")
 	later := authEpoch.Add(6 * time.Minute)
 	fresh := f.issue(t, member, later)
 	if got, err := f.verify(t, fresh.Code, later.Add(time.Second)); err != nil || got != member {

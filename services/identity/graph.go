@@ -525,26 +525,17 @@ func (s *Service) runRefusable(ctx context.Context, fn func(tx pgx.Tx) (refusal 
 func (s *Service) Merge(ctx context.Context, req *mcv1.MergeRequest) (*mcv1.MergeResponse, error) {
 	source, target := uuid.MustParse(req.GetSourceMemberId()), uuid.MustParse(req.GetTargetMemberId())
 	resp := &mcv1.MergeResponse{}
-	err := s.runRefusable(ctx, func(tx pgx.Tx) (error, error) {
-		resp.Reset()
-		var refusal error
-		_, err := changes.Idempotent(ctx, tx, "identity.Merge", req.GetIdempotencyKey(), req, resp, func() error {
-			id, refused, err := s.merge(ctx, tx, source, target, req.GetReason(), origin{
-				actor: actorFrom(ctx), channel: mcv1.Channel_CHANNEL_BACKOFFICE, cause: "rpc:Merge:" + req.GetIdempotencyKey()})
-			if err != nil {
-				return err
-			}
-			if refused != nil {
-				refusal = refused
-				return nil
-			}
-			resp.MergeId = id.String()
-			return nil
-		})
-		if refusal != nil {
-			return refusal, errDropIdempotency(tx, ctx, "identity.Merge", req.GetIdempotencyKey())
+	err := s.runRefusableOnce(ctx, "identity.Merge", req.GetIdempotencyKey(), req, resp, func(tx pgx.Tx) (*RuleError, error) {
+		id, refused, err := s.merge(ctx, tx, source, target, req.GetReason(), origin{
+			actor: actorFrom(ctx), channel: mcv1.Channel_CHANNEL_BACKOFFICE, cause: "rpc:Merge:" + req.GetIdempotencyKey()})
+		if err != nil {
+			return nil, err
 		}
-		return nil, err
+		if refused != nil {
+			return refused, nil
+		}
+		resp.MergeId = id.String()
+		return nil, nil
 	})
 	if err != nil {
 		return nil, err
@@ -555,6 +546,27 @@ func (s *Service) Merge(ctx context.Context, req *mcv1.MergeRequest) (*mcv1.Merg
 	}
 	resp.Member = m
 	return resp, nil
+}
+
+// runRefusableOnce is runRefusable once per idempotency key of scope: a
+// retry gets resp as first answered; a refused request's answer is not
+// kept, so that its key can be used again.
+func (s *Service) runRefusableOnce(ctx context.Context, scope, key string, req, resp proto.Message, fn func(tx pgx.Tx) (*RuleError, error)) error {
+	return s.runRefusable(ctx, func(tx pgx.Tx) (error, error) {
+		proto.Reset(resp)
+		var refusal error
+		_, err := changes.Idempotent(ctx, tx, scope, key, req, resp, func() error {
+			refused, err := fn(tx)
+			if refused != nil {
+				refusal = refused
+			}
+			return err
+		})
+		if refusal != nil {
+			return refusal, errDropIdempotency(tx, ctx, scope, key)
+		}
+		return nil, err
+	})
 }
 
 // errDropIdempotency forgets the stored answer of a refused request, so a
@@ -757,52 +769,41 @@ func (s *Service) ResolveConflict(ctx context.Context, req *mcv1.ResolveConflict
 		return nil, fmt.Errorf("conflict_id %q: %w", req.GetConflictId(), ErrBadID)
 	}
 	resp := &mcv1.ResolveConflictResponse{}
-	err = s.runRefusable(ctx, func(tx pgx.Tx) (error, error) {
-		resp.Reset()
-		var refusal error
-		_, err := changes.Idempotent(ctx, tx, "identity.ResolveConflict", req.GetIdempotencyKey(), req, resp, func() error {
-			o := origin{actor: actorFrom(ctx), channel: mcv1.Channel_CHANNEL_BACKOFFICE, cause: "rpc:ResolveConflict:" + req.GetIdempotencyKey()}
-			c, err := postgres.GetConflictForUpdate(ctx, tx, id)
-			if err != nil {
-				return err
-			}
-			if c.ResolvedAt != nil {
-				return &RuleError{Rule: "conflict.resolved", Detail: fmt.Sprintf("conflict %s was settled (%s) at %s", id, *c.Resolution, c.ResolvedAt.Format(time.RFC3339))}
-			}
-			target, err := postgres.CanonicalMember(ctx, tx, c.MemberIDs[0])
-			if err != nil {
-				return err
-			}
-			resolution := "kept_apart"
-			if req.GetMerge() {
-				resolution = "merged"
-				for _, other := range c.MemberIDs[1:] {
-					src, err := postgres.CanonicalMember(ctx, tx, other)
-					if err != nil {
-						return err
-					}
-					if src == target {
-						continue
-					}
-					if _, refused, err := s.merge(ctx, tx, src, target, req.GetReason(), o); err != nil || refused != nil {
-						if refused != nil {
-							refusal = refused
-						}
-						return err
-					}
+	err = s.runRefusableOnce(ctx, "identity.ResolveConflict", req.GetIdempotencyKey(), req, resp, func(tx pgx.Tx) (*RuleError, error) {
+		o := origin{actor: actorFrom(ctx), channel: mcv1.Channel_CHANNEL_BACKOFFICE, cause: "rpc:ResolveConflict:" + req.GetIdempotencyKey()}
+		c, err := postgres.GetConflictForUpdate(ctx, tx, id)
+		if err != nil {
+			return nil, err
+		}
+		if c.ResolvedAt != nil {
+			return nil, &RuleError{Rule: "conflict.resolved", Detail: fmt.Sprintf("conflict %s was settled (%s) at %s", id, *c.Resolution, c.ResolvedAt.Format(time.RFC3339))}
+		}
+		target, err := postgres.CanonicalMember(ctx, tx, c.MemberIDs[0])
+		if err != nil {
+			return nil, err
+		}
+		resolution := "kept_apart"
+		if req.GetMerge() {
+			resolution = "merged"
+			for _, other := range c.MemberIDs[1:] {
+				src, err := postgres.CanonicalMember(ctx, tx, other)
+				if err != nil {
+					return nil, err
+				}
+				if src == target {
+					continue
+				}
+				if _, refused, err := s.merge(ctx, tx, src, target, req.GetReason(), o); err != nil || refused != nil {
+					return refused, err
 				}
 			}
-			if err := postgres.ResolveConflictRow(ctx, tx, id, resolution, &target, s.now()); err != nil {
-				return err
-			}
-			_, err = s.audit(ctx, tx, o, auditEntry{action: "conflict_" + resolution, kind: mcv1.IdentityChangeKind_IDENTITY_CHANGE_KIND_CONFLICT_RECORDED,
-				member: target, reason: req.GetReason(), conflictID: id, after: map[string]any{"resolution": resolution}})
-			resp.MemberId = target.String()
-			return err
-		})
-		if refusal != nil {
-			return refusal, errDropIdempotency(tx, ctx, "identity.ResolveConflict", req.GetIdempotencyKey())
 		}
+		if err := postgres.ResolveConflictRow(ctx, tx, id, resolution, &target, s.now()); err != nil {
+			return nil, err
+		}
+		_, err = s.audit(ctx, tx, o, auditEntry{action: "conflict_" + resolution, kind: mcv1.IdentityChangeKind_IDENTITY_CHANGE_KIND_CONFLICT_RECORDED,
+			member: target, reason: req.GetReason(), conflictID: id, after: map[string]any{"resolution": resolution}})
+		resp.MemberId = target.String()
 		return nil, err
 	})
 	if err != nil {

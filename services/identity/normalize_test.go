@@ -153,6 +153,20 @@ func checkIdempotent(t *testing.T, n identity.Normalizer, id *mcv1.Identifier, g
 	}
 }
 
+// normalizeChecked normalises id: a rejection is held to checkRejection, an
+// accepted value to check and then to checkIdempotent.
+func normalizeChecked(t *testing.T, id *mcv1.Identifier, check func(got string)) {
+	t.Helper()
+	n := identity.Normalizer{}
+	got, err := n.Normalize(id)
+	if err != nil {
+		checkRejection(t, id, got, err)
+		return
+	}
+	check(got)
+	checkIdempotent(t, n, id, got)
+}
+
 func FuzzNormalizePhone(f *testing.F) {
 	for _, s := range []string{
 		"13812345678", "+86 138-1234-5678", "008613812345678", "+1 650-253-0000",
@@ -162,18 +176,13 @@ func FuzzNormalizePhone(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, raw string) {
-		n := identity.Normalizer{}
 		id := &mcv1.Identifier{Type: typePhone, Value: raw}
-		got, err := n.Normalize(id)
-		if err != nil {
-			checkRejection(t, id, got, err)
-			return
-		}
-		digits, ok := strings.CutPrefix(got, "+")
-		if !ok || digits == "" || strings.IndexFunc(digits, func(r rune) bool { return r < '0' || r > '9' }) >= 0 {
-			t.Fatalf("Normalize(phone %q) = %q, want + followed by digits", raw, got)
-		}
-		checkIdempotent(t, n, id, got)
+		normalizeChecked(t, id, func(got string) {
+			digits, ok := strings.CutPrefix(got, "+")
+			if !ok || digits == "" || strings.IndexFunc(digits, func(r rune) bool { return r < '0' || r > '9' }) >= 0 {
+				t.Fatalf("Normalize(phone %q) = %q, want + followed by digits", raw, got)
+			}
+		})
 	})
 }
 
@@ -185,23 +194,18 @@ func FuzzNormalizeEmail(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, raw string) {
-		n := identity.Normalizer{}
 		id := &mcv1.Identifier{Type: typeEmail, Value: raw}
-		got, err := n.Normalize(id)
-		if err != nil {
-			checkRejection(t, id, got, err)
-			return
-		}
-		if strings.ToLower(got) != got {
-			t.Fatalf("Normalize(email %q) = %q, not lower-case", raw, got)
-		}
-		if c := strings.Count(got, "@"); c != 1 {
-			t.Fatalf("Normalize(email %q) = %q, has %d @, want 1", raw, got, c)
-		}
-		if strings.IndexFunc(got, unicode.IsSpace) >= 0 {
-			t.Fatalf("Normalize(email %q) = %q, contains whitespace", raw, got)
-		}
-		checkIdempotent(t, n, id, got)
+		normalizeChecked(t, id, func(got string) {
+			if strings.ToLower(got) != got {
+				t.Fatalf("Normalize(email %q) = %q, not lower-case", raw, got)
+			}
+			if c := strings.Count(got, "@"); c != 1 {
+				t.Fatalf("Normalize(email %q) = %q, has %d @, want 1", raw, got, c)
+			}
+			if strings.IndexFunc(got, unicode.IsSpace) >= 0 {
+				t.Fatalf("Normalize(email %q) = %q, contains whitespace", raw, got)
+			}
+		})
 	})
 }
 
@@ -216,24 +220,19 @@ func FuzzNormalizeToken(f *testing.F) {
 		f.Add(s.typ, s.value, s.scope)
 	}
 	f.Fuzz(func(t *testing.T, typ uint8, raw, scope string) {
-		n := identity.Normalizer{}
 		id := &mcv1.Identifier{Type: tokenTypes[int(typ)%len(tokenTypes)], Value: raw, Scope: scope}
-		got, err := n.Normalize(id)
-		if err != nil {
-			checkRejection(t, id, got, err)
-			return
-		}
-		if got == "" {
-			t.Fatalf("Normalize(%s %q) accepted an empty value", id.GetType(), raw)
-		}
-		for _, r := range got {
-			if unicode.IsSpace(r) || !unicode.IsPrint(r) {
-				t.Fatalf("Normalize(%s %q) = %q, contains %U", id.GetType(), raw, got, r)
+		normalizeChecked(t, id, func(got string) {
+			if got == "" {
+				t.Fatalf("Normalize(%s %q) accepted an empty value", id.GetType(), raw)
 			}
-		}
-		if (id.GetType() == typeCard || id.GetType() == typeCode) && strings.ToUpper(got) != got {
-			t.Fatalf("Normalize(%s %q) = %q, not upper-case", id.GetType(), raw, got)
-		}
-		checkIdempotent(t, n, id, got)
+			for _, r := range got {
+				if unicode.IsSpace(r) || !unicode.IsPrint(r) {
+					t.Fatalf("Normalize(%s %q) = %q, contains %U", id.GetType(), raw, got, r)
+				}
+			}
+			if (id.GetType() == typeCard || id.GetType() == typeCode) && strings.ToUpper(got) != got {
+				t.Fatalf("Normalize(%s %q) = %q, not upper-case", id.GetType(), raw, got)
+			}
+		})
 	})
 }

@@ -25,6 +25,7 @@ import (
 	"github.com/membercenter/membercenter/services/benefits"
 	"github.com/membercenter/membercenter/services/changes"
 	"github.com/membercenter/membercenter/services/identity"
+	"github.com/membercenter/membercenter/services/identity/identitytest"
 )
 
 const (
@@ -43,11 +44,7 @@ type fixture struct {
 func newService(t *testing.T) fixture {
 	t.Helper()
 	pool := pgtest.NewPool(t, nil)
-	svc, err := identity.New(identity.Config{}, pool, changes.Writer{}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return withMemberData(svc, pool)
+	return withMemberData(identitytest.New(t, pool), pool)
 }
 
 // withMemberData gives the fixture's services one test clock, running from a
@@ -88,6 +85,35 @@ func channelEvent(id string, ids ...*mcv1.Identifier) *mcv1.ChannelEvent {
 
 // counts is how many rows each table the identity service writes holds.
 type counts struct{ members, identifiers, outbox, ingested, idempotency int }
+
+// wantLinkedOnly fails the test at once unless resp linked exactly one
+// identifier, of type typ.
+func wantLinkedOnly(t *testing.T, resp *mcv1.ResolveResponse, typ mcv1.IdentifierType) {
+	t.Helper()
+	if len(resp.GetLinked()) != 1 || resp.GetLinked()[0].GetType() != typ {
+		t.Fatalf("linked = %v, want exactly one identifier, of type %v", resp.GetLinked(), typ)
+	}
+}
+
+// wantRows fails the test at once unless there are members members with
+// identifiers identifiers.
+func (f fixture) wantRows(t *testing.T, members, identifiers int) {
+	t.Helper()
+	if c := f.counts(t); c.members != members || c.identifiers != identifiers {
+		t.Fatalf("rows = %+v, want %d members with %d identifiers", c, members, identifiers)
+	}
+}
+
+// outboxUpTo is member's outbox, failing the test at once unless it holds
+// n changes, the last with sequence n.
+func (f fixture) outboxUpTo(t *testing.T, member string, n int) []outboxRow {
+	t.Helper()
+	ob := f.outbox(t, member)
+	if len(ob) != n || ob[n-1].sequence != int64(n) {
+		t.Fatalf("outbox = %v, want %d changes, the last with sequence %d", ob, n, n)
+	}
+	return ob
+}
 
 func (f fixture) counts(t *testing.T) counts {
 	t.Helper()
@@ -149,16 +175,9 @@ func TestResolveCreatesMember(t *testing.T) {
 	if _, err := uuid.Parse(resp.GetMemberId()); err != nil {
 		t.Fatalf("member_id %q: %v", resp.GetMemberId(), err)
 	}
-	if len(resp.GetLinked()) != 1 || resp.GetLinked()[0].GetType() != typePhone {
-		t.Fatalf("linked = %v, want the phone", resp.GetLinked())
-	}
-	if c := f.counts(t); c.members != 1 || c.identifiers != 1 {
-		t.Fatalf("rows = %+v, want 1 member with 1 identifier", c)
-	}
-	ob := f.outbox(t, resp.GetMemberId())
-	if len(ob) != 1 || ob[0].sequence != 1 {
-		t.Fatalf("outbox = %v, want one change with sequence 1", ob)
-	}
+	wantLinkedOnly(t, resp, typePhone)
+	f.wantRows(t, 1, 1)
+	ob := f.outboxUpTo(t, resp.GetMemberId(), 1)
 	ch := ob[0].change
 	if ch.GetMemberId() != resp.GetMemberId() || ch.GetSequence() != 1 || ch.GetMemberCreated() == nil {
 		t.Fatalf("outbox change = %v, want MemberCreated #1 of %s", ch, resp.GetMemberId())
@@ -207,16 +226,9 @@ func TestResolveLinksNewIdentifier(t *testing.T) {
 	if second.GetMemberId() != first.GetMemberId() || second.GetCreated() {
 		t.Fatalf("second resolve = %v, want existing member %s", second, first.GetMemberId())
 	}
-	if len(second.GetLinked()) != 1 || second.GetLinked()[0].GetType() != typeCard {
-		t.Fatalf("linked = %v, want exactly the card", second.GetLinked())
-	}
-	if c := f.counts(t); c.members != 1 || c.identifiers != 2 {
-		t.Fatalf("rows = %+v, want 1 member with 2 identifiers", c)
-	}
-	ob := f.outbox(t, first.GetMemberId())
-	if len(ob) != 2 || ob[1].sequence != 2 {
-		t.Fatalf("outbox = %v, want sequences 1 and 2", ob)
-	}
+	wantLinkedOnly(t, second, typeCard)
+	f.wantRows(t, 1, 2)
+	ob := f.outboxUpTo(t, first.GetMemberId(), 2)
 	ic := ob[1].change.GetIdentityChanged()
 	if ic.GetKind() != mcv1.IdentityChangeKind_IDENTITY_CHANGE_KIND_LINKED ||
 		len(ic.GetIdentifiers()) != 1 || !proto.Equal(ic.GetIdentifiers()[0], second.GetLinked()[0]) {

@@ -13,57 +13,31 @@ import (
 	"github.com/membercenter/membercenter/storage/postgres"
 )
 
-// Server is the gRPC IdentityService.
+// Server is the gRPC IdentityService. The RPCs the service answers as they
+// are (Resolve, Link, Unlink, Merge, Unmerge, ListConflicts,
+// ResolveConflict, RegisterTerminal, RevokeTerminal) are the embedded
+// service's own methods; the others adapt their request or answer here.
 type Server struct {
+	unimplemented
+	*Service
+}
+
+// unimplemented is one level deeper than *Service, so that the service's
+// methods, not these stubs, answer the RPCs both have.
+type unimplemented struct {
 	mcv1.UnimplementedIdentityServiceServer
-	svc *Service
 }
 
 // NewServer returns the gRPC adapter of svc.
-func NewServer(svc *Service) *Server { return &Server{svc: svc} }
-
-// Resolve implements IdentityService.Resolve.
-func (s *Server) Resolve(ctx context.Context, req *mcv1.ResolveRequest) (*mcv1.ResolveResponse, error) {
-	return s.svc.Resolve(ctx, req)
-}
+func NewServer(svc *Service) *Server { return &Server{Service: svc} }
 
 // FindByIdentifier implements IdentityService.FindByIdentifier.
 func (s *Server) FindByIdentifier(ctx context.Context, req *mcv1.FindByIdentifierRequest) (*mcv1.FindByIdentifierResponse, error) {
-	m, err := s.svc.FindByIdentifier(ctx, req.GetIdentifier())
+	m, err := s.Service.FindByIdentifier(ctx, req.GetIdentifier())
 	if err != nil {
 		return nil, err
 	}
 	return &mcv1.FindByIdentifierResponse{Member: m}, nil
-}
-
-// Link implements IdentityService.Link.
-func (s *Server) Link(ctx context.Context, req *mcv1.LinkRequest) (*mcv1.LinkResponse, error) {
-	return s.svc.Link(ctx, req)
-}
-
-// Unlink implements IdentityService.Unlink.
-func (s *Server) Unlink(ctx context.Context, req *mcv1.UnlinkRequest) (*mcv1.UnlinkResponse, error) {
-	return s.svc.Unlink(ctx, req)
-}
-
-// Merge implements IdentityService.Merge.
-func (s *Server) Merge(ctx context.Context, req *mcv1.MergeRequest) (*mcv1.MergeResponse, error) {
-	return s.svc.Merge(ctx, req)
-}
-
-// Unmerge implements IdentityService.Unmerge.
-func (s *Server) Unmerge(ctx context.Context, req *mcv1.UnmergeRequest) (*mcv1.UnmergeResponse, error) {
-	return s.svc.Unmerge(ctx, req)
-}
-
-// ListConflicts implements IdentityService.ListConflicts.
-func (s *Server) ListConflicts(ctx context.Context, req *mcv1.ListConflictsRequest) (*mcv1.ListConflictsResponse, error) {
-	return s.svc.ListConflicts(ctx, req)
-}
-
-// ResolveConflict implements IdentityService.ResolveConflict.
-func (s *Server) ResolveConflict(ctx context.Context, req *mcv1.ResolveConflictRequest) (*mcv1.ResolveConflictResponse, error) {
-	return s.svc.ResolveConflict(ctx, req)
 }
 
 // GetIdentityGraph implements IdentityService.GetIdentityGraph.
@@ -72,7 +46,7 @@ func (s *Server) GetIdentityGraph(ctx context.Context, req *mcv1.GetIdentityGrap
 	if err != nil {
 		return nil, fmt.Errorf("member_id: %w", ErrBadID)
 	}
-	return s.svc.Graph(ctx, id)
+	return s.Service.Graph(ctx, id)
 }
 
 func toProtoMember(m postgres.MemberRow, ids []postgres.IdentifierRow) *mcv1.Member {

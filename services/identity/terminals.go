@@ -83,23 +83,33 @@ func (s *Service) RegisterTerminal(ctx context.Context, req *mcv1.RegisterTermin
 	}
 	now := s.now()
 	resp := &mcv1.RegisterTerminalResponse{}
-	err := postgres.RetryTx(ctx, s.pool, func(tx pgx.Tx) error {
-		resp.Reset()
-		_, err := changes.Idempotent(ctx, tx, "identity.RegisterTerminal", req.GetIdempotencyKey(), req, resp, func() error {
-			t, err := registerTerminal(ctx, tx, req, now)
-			if err != nil {
-				return err
-			}
-			resp.Terminal = toProtoTerminal(t)
-			return nil
-		})
-		return err
-	})
+	err := s.changeTerminal(ctx, "identity.RegisterTerminal", req.GetIdempotencyKey(), req, resp, func(tx pgx.Tx) (postgres.TerminalRow, error) {
+		return registerTerminal(ctx, tx, req, now)
+	}, func(t *mcv1.Terminal) { resp.Terminal = t })
 	if err != nil {
 		return nil, fmt.Errorf("register terminal %q: %w", req.GetTerminalId(), err)
 	}
 	s.log.InfoContext(ctx, "terminal registered", "terminal_id", req.GetTerminalId(), "store_id", req.GetStoreId())
 	return resp, nil
+}
+
+// changeTerminal runs change in a transaction, once per idempotency key of
+// scope (a retry gets resp as first answered), and answers with the
+// terminal change returns.
+func (s *Service) changeTerminal(ctx context.Context, scope, key string, req, resp proto.Message,
+	change func(tx pgx.Tx) (postgres.TerminalRow, error), answer func(*mcv1.Terminal)) error {
+	return postgres.RetryTx(ctx, s.pool, func(tx pgx.Tx) error {
+		proto.Reset(resp)
+		_, err := changes.Idempotent(ctx, tx, scope, key, req, resp, func() error {
+			t, err := change(tx)
+			if err != nil {
+				return err
+			}
+			answer(toProtoTerminal(t))
+			return nil
+		})
+		return err
+	})
 }
 
 func validateTerminal(req *mcv1.RegisterTerminalRequest) error {
@@ -153,24 +163,16 @@ func registerTerminal(ctx context.Context, tx pgx.Tx, req *mcv1.RegisterTerminal
 func (s *Service) RevokeTerminal(ctx context.Context, req *mcv1.RevokeTerminalRequest) (*mcv1.RevokeTerminalResponse, error) {
 	now := s.now()
 	resp := &mcv1.RevokeTerminalResponse{}
-	err := postgres.RetryTx(ctx, s.pool, func(tx pgx.Tx) error {
-		resp.Reset()
-		_, err := changes.Idempotent(ctx, tx, "identity.RevokeTerminal", req.GetIdempotencyKey(), req, resp, func() error {
-			t, err := postgres.RevokeTerminal(ctx, tx, req.GetTerminalId(), now, req.GetReason())
+	err := s.changeTerminal(ctx, "identity.RevokeTerminal", req.GetIdempotencyKey(), req, resp, func(tx pgx.Tx) (postgres.TerminalRow, error) {
+		t, err := postgres.RevokeTerminal(ctx, tx, req.GetTerminalId(), now, req.GetReason())
+		if errors.Is(err, postgres.ErrNotFound) {
+			t, err = postgres.GetTerminal(ctx, tx, req.GetTerminalId())
 			if errors.Is(err, postgres.ErrNotFound) {
-				t, err = postgres.GetTerminal(ctx, tx, req.GetTerminalId())
-				if errors.Is(err, postgres.ErrNotFound) {
-					return ErrTerminalUnknown
-				}
+				return t, ErrTerminalUnknown
 			}
-			if err != nil {
-				return err
-			}
-			resp.Terminal = toProtoTerminal(t)
-			return nil
-		})
-		return err
-	})
+		}
+		return t, err
+	}, func(t *mcv1.Terminal) { resp.Terminal = t })
 	if err != nil {
 		return nil, fmt.Errorf("revoke terminal %q: %w", req.GetTerminalId(), err)
 	}

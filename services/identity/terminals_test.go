@@ -46,6 +46,14 @@ func (f authFixture) register(t *testing.T, d termDevice) *mcv1.Terminal {
 	return resp.GetTerminal()
 }
 
+// registered is a new device, registered as terminal id.
+func (f authFixture) registered(t *testing.T, id string) termDevice {
+	t.Helper()
+	d := newTermDevice(t, id)
+	f.register(t, d)
+	return d
+}
+
 func termNonce(n int) []byte {
 	b := make([]byte, n)
 	_, _ = rand.Read(b)
@@ -116,16 +124,13 @@ func TestRegisterTerminal(t *testing.T) {
 			}
 		})
 	}
-	if n := f.count(t, "terminals"); n != 1 {
-		t.Fatalf("%d terminals, want 1", n)
-	}
+	f.wantCount(t, "terminals", 1, "%d terminals, want 1")
 }
 
 func TestRevokeTerminal(t *testing.T) {
 	f := newAuthFixture(t)
 	ctx := authCtx(t)
-	d := newTermDevice(t, "SH-001-POS-01")
-	f.register(t, d)
+	d := f.registered(t, "SH-001-POS-01")
 
 	f.clock.Set(authEpoch.Add(time.Minute))
 	resp, err := f.srv.RevokeTerminal(ctx, &mcv1.RevokeTerminalRequest{TerminalId: d.id, Reason: "device stolen", IdempotencyKey: "revoke-1"})
@@ -163,8 +168,7 @@ func TestVerifyDeviceAssertion(t *testing.T) {
 	f := newAuthFixture(t)
 	ctx := authCtx(t)
 	member := f.newMember(t, "+8613900000001")
-	d := newTermDevice(t, "SH-001-POS-01")
-	f.register(t, d)
+	d := f.registered(t, "SH-001-POS-01")
 
 	a := termAssertion(d, member, authEpoch.Add(-2*time.Second))
 	a.Modality = mcv1.BiometricModality_BIOMETRIC_MODALITY_FINGERPRINT
@@ -195,9 +199,7 @@ func TestVerifyDeviceAssertion(t *testing.T) {
 			t.Fatalf("assertion %v: %v", a, err)
 		}
 	}
-	if n := f.count(t, "assertion_nonces"); n != 6 {
-		t.Fatalf("%d nonces, want 6", n)
-	}
+	f.wantCount(t, "assertion_nonces", 6, "%d nonces, want 6")
 }
 
 func TestVerifyDeviceAssertionRefusals(t *testing.T) {
@@ -205,9 +207,7 @@ func TestVerifyDeviceAssertionRefusals(t *testing.T) {
 	ctx := authCtx(t)
 	member := f.newMember(t, "+8613900000001")
 	merged := f.newMember(t, "+8613900000002")
-	if _, err := f.pool.Exec(ctx, `UPDATE members SET status = 'merged', merged_into = $2 WHERE member_id = $1`, merged, member); err != nil {
-		t.Fatal(err)
-	}
+	f.markMerged(t, merged, member)
 	d := newTermDevice(t, "SH-001-POS-01")
 	peer := newTermDevice(t, "SH-001-POS-02")
 	revoked := newTermDevice(t, "SH-001-POS-03")
@@ -272,9 +272,7 @@ func TestVerifyDeviceAssertionRefusals(t *testing.T) {
 			if !errors.Is(err, tc.want) {
 				t.Fatalf("got %v, want %v", err, tc.want)
 			}
-			if n := f.count(t, "assertion_nonces"); n != 0 {
-				t.Fatalf("refused assertion wrote %d nonces", n)
-			}
+			f.wantCount(t, "assertion_nonces", 0, "refused assertion wrote %d nonces")
 		})
 	}
 }
@@ -303,9 +301,7 @@ func TestVerifyDeviceAssertionReplay(t *testing.T) {
 	if _, err := f.srv.VerifyDeviceAssertion(ctx, signAssertion(t, d.id, d, b)); !errors.Is(err, identity.ErrAssertionReplayed) {
 		t.Fatalf("reused nonce: %v, want ErrAssertionReplayed", err)
 	}
-	if n := f.count(t, "assertion_nonces"); n != 1 {
-		t.Fatalf("%d nonces, want 1", n)
-	}
+	f.wantCount(t, "assertion_nonces", 1, "%d nonces, want 1")
 	// Nonces are per terminal.
 	c := termAssertion(peer, member, authEpoch.Add(4*time.Second))
 	c.Nonce = a.Nonce
@@ -318,8 +314,7 @@ func TestAssertionPolicy(t *testing.T) {
 	f := newAuthFixture(t)
 	ctx := authCtx(t)
 	member := f.newMember(t, "+8613900000001")
-	d := newTermDevice(t, "SH-001-POS-01")
-	f.register(t, d)
+	d := f.registered(t, "SH-001-POS-01")
 	p := identity.AssertionPolicy{MaxSkew: 10 * time.Second, MinScore: 0.5}
 	if err := p.Validate(); err != nil {
 		t.Fatal(err)
@@ -344,14 +339,11 @@ func TestAssertionPolicy(t *testing.T) {
 func TestVerifyDeviceAssertionConcurrentReplays(t *testing.T) {
 	f := newAuthFixture(t)
 	member := f.newMember(t, "+8613900000001")
-	d := newTermDevice(t, "SH-001-POS-01")
-	f.register(t, d)
+	d := f.registered(t, "SH-001-POS-01")
 	req := signAssertion(t, d.id, d, termAssertion(d, member, authEpoch))
 	acceptedOnce(t, 8, "sends", identity.ErrAssertionReplayed, func(int) error {
 		_, err := f.srv.VerifyDeviceAssertion(authCtx(t), req)
 		return err
 	})
-	if n := f.count(t, "assertion_nonces"); n != 1 {
-		t.Fatalf("%d nonces, want 1", n)
-	}
+	f.wantCount(t, "assertion_nonces", 1, "%d nonces, want 1")
 }

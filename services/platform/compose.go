@@ -67,6 +67,17 @@ func (e env) watchCatalogue(ps *parts) {
 	ps.once("catalogue", func(ctx context.Context) error { return e.d.tags.Watch(ctx, 5*time.Second) })
 }
 
+// startWorker starts a worker of stage that applies events with a.
+func (e env) startWorker(ps *parts, stage string, a worker.Applier) error {
+	w, err := worker.New(e.p.cfg.Kafka, e.ktel, stage, a)
+	if err != nil {
+		return err
+	}
+	ps.closer(w.Close)
+	ps.loop(w.Run)
+	return nil
+}
+
 // env is what a component is started with.
 type env struct {
 	p    *Platform
@@ -107,12 +118,9 @@ var stages = []stage{
 		return nil
 	}},
 	{name: benefits.Stage, group: true, start: func(e env, ps *parts) error {
-		w, err := worker.New(e.p.cfg.Kafka, e.ktel, benefits.Stage, e.d.benefits)
-		if err != nil {
+		if err := e.startWorker(ps, benefits.Stage, e.d.benefits); err != nil {
 			return err
 		}
-		ps.closer(w.Close)
-		ps.loop(w.Run)
 		e.watchProgramme(ps)
 		// Expiry and month starts for members without new events.
 		ps.loop(func(ctx context.Context) error { return e.d.benefits.RunScheduler(ctx, time.Minute) })
@@ -121,12 +129,9 @@ var stages = []stage{
 		return nil
 	}},
 	{name: tags.Stage, group: true, clickhouse: true, start: func(e env, ps *parts) error {
-		w, err := worker.New(e.p.cfg.Kafka, e.ktel, tags.Stage, e.d.tags)
-		if err != nil {
+		if err := e.startWorker(ps, tags.Stage, e.d.tags); err != nil {
 			return err
 		}
-		ps.closer(w.Close)
-		ps.loop(w.Run)
 		e.watchCatalogue(ps)
 		// The labels benefits depend on are the programme's.
 		e.watchProgramme(ps)

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -15,13 +14,9 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
-	"go.opentelemetry.io/otel/metric/noop"
-	"go.opentelemetry.io/otel/propagation"
-	tracenoop "go.opentelemetry.io/otel/trace/noop"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protowire"
@@ -31,6 +26,7 @@ import (
 
 	"github.com/membercenter/membercenter/pipeline/fault"
 	"github.com/membercenter/membercenter/services/server"
+	"github.com/membercenter/membercenter/services/server/servertest"
 )
 
 var errGone = errors.New("no such thing")
@@ -80,10 +76,7 @@ type harness struct {
 
 func serve(t *testing.T) *harness {
 	t.Helper()
-	gs, _, err := server.NewGRPC(server.Telemetry{
-		Tracers: tracenoop.NewTracerProvider(), Meters: noop.NewMeterProvider(),
-		Propagator: propagation.TraceContext{}, Logger: slog.New(slog.DiscardHandler),
-	}, []server.ErrorCode{{Err: errGone, Code: codes.NotFound}})
+	gs, _, err := server.NewGRPC(servertest.Telemetry(), []server.ErrorCode{{Err: errGone, Code: codes.NotFound}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,17 +84,7 @@ func serve(t *testing.T) *harness {
 	mcv1.RegisterIdentityServiceServer(gs, h.identity)
 	mcv1.RegisterSyncServiceServer(gs, h.sync)
 	mcv1.RegisterProfileServiceServer(gs, h.profile)
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = gs.Serve(lis) }()
-	t.Cleanup(gs.Stop)
-	h.conn, err = grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { h.conn.Close() })
+	h.conn = servertest.Serve(t, gs)
 	return h
 }
 
@@ -341,10 +324,7 @@ func TestConfigValidateNamesEveryProblem(t *testing.T) {
 // resumes it.
 func TestConnectionsAgeWithoutCuttingStreams(t *testing.T) {
 	const age, grace = 300 * time.Millisecond, 2 * time.Second
-	gs, hs, err := server.New(server.Config{MaxConnectionAge: age, MaxConnectionAgeGrace: grace}, server.Telemetry{
-		Tracers: tracenoop.NewTracerProvider(), Meters: noop.NewMeterProvider(),
-		Propagator: propagation.TraceContext{}, Logger: slog.New(slog.DiscardHandler),
-	}, nil)
+	gs, hs, err := server.New(server.Config{MaxConnectionAge: age, MaxConnectionAgeGrace: grace}, servertest.Telemetry(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -353,13 +333,7 @@ func TestConnectionsAgeWithoutCuttingStreams(t *testing.T) {
 		t.Fatal(err)
 	}
 	lis := &countingListener{Listener: l}
-	go func() { _ = gs.Serve(lis) }()
-	t.Cleanup(gs.Stop)
-	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
+	conn := servertest.ServeOn(t, gs, lis)
 	health := healthpb.NewHealthClient(conn)
 	c := ctx(t)
 

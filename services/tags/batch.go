@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
+	"github.com/membercenter/membercenter/services/changes"
 	"github.com/membercenter/membercenter/storage/postgres"
 
 	"github.com/membercenter/membercenter/pipeline/contract"
@@ -81,15 +82,10 @@ func (s *Service) ApplyBatch(ctx context.Context, evs []*mcv1.MemberEvent) (map[
 }
 
 func (s *Service) applyBatch(ctx context.Context, tx pgx.Tx, todo []batchEvent, rejected map[int]error) error {
-	ids := make([]string, len(todo))
-	for i, be := range todo {
-		ids[i] = be.ev.GetEventId()
-	}
-	fresh, err := postgres.MarkProcessedBatch(ctx, tx, Stage, ids)
+	todo, err := changes.Unprocessed(ctx, tx, Stage, todo, func(be batchEvent) string { return be.ev.GetEventId() })
 	if err != nil {
 		return err
 	}
-	todo = slices.DeleteFunc(slices.Clone(todo), func(be batchEvent) bool { return !fresh[be.ev.GetEventId()] })
 	if len(todo) == 0 {
 		return nil
 	}

@@ -15,10 +15,7 @@ import (
 // TestCatalogExamples loads the shipped catalogue, which evaluates every
 // label's worked examples, and holds it to the size the product promises.
 func TestCatalogExamples(t *testing.T) {
-	c, err := ParseCatalog(DefaultCatalog())
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := shipped(t)
 	if len(c.Labels) < 200 {
 		t.Errorf("catalogue has %d labels, want at least 200", len(c.Labels))
 	}
@@ -117,10 +114,7 @@ func TestBGNBD(t *testing.T) {
 
 // TestLabelDocsAreCurrent keeps docs/labels.md in step with the catalogue.
 func TestLabelDocsAreCurrent(t *testing.T) {
-	c, err := ParseCatalog(DefaultCatalog())
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := shipped(t)
 	got, err := os.ReadFile("../../docs/labels.md")
 	if err != nil {
 		t.Fatal(err)
@@ -130,21 +124,20 @@ func TestLabelDocsAreCurrent(t *testing.T) {
 	}
 }
 
+// coffeeFilter is a purchase filter over the basket's categories.
+const coffeeFilter = `{id: coffee, description: coffee, expr: "'coffee' in p.categories"}`
+
+// filtersOnly is a catalogue of the filters and no labels.
+func filtersOnly(t *testing.T, filters ...string) *Catalog {
+	t.Helper()
+	return mustParse(t, "version: f\ntimezone: UTC\nfilters:\n  - "+strings.Join(filters, "\n  - ")+"\nlabels: []\n")
+}
+
 // TestFilterUndecidedOnlyForMissingInputs: a filter over the basket is
 // undecided for a purchase without lines (its share leaves it out); one
 // that merely mentions such a word in a string is decided.
 func TestFilterUndecidedOnlyForMissingInputs(t *testing.T) {
-	c, err := ParseCatalog([]byte(`
-version: f
-timezone: UTC
-filters:
-  - {id: coffee, description: coffee, expr: "'coffee' in p.categories"}
-  - {id: instore, description: says store, expr: "p.channel == 'store items'"}
-labels: []
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := filtersOnly(t, coffeeFilter, `{id: instore, description: says store, expr: "p.channel == 'store items'"}`)
 	now := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
 	st := &State{}
 	st.Fold(Fact{EventID: "a", Kind: KindTransaction, Channel: "pos", At: now.Add(-time.Hour), Origin: "m", Amount: 100})
@@ -163,16 +156,7 @@ labels: []
 // purchase filters' results were lists of filter ids still loads, and its
 // purchases are evaluated again, giving what a fresh state gives.
 func TestStateWithFilterIDsFromBeforeBitSets(t *testing.T) {
-	c, err := ParseCatalog([]byte(`
-version: f
-timezone: UTC
-filters:
-  - {id: coffee, description: coffee, expr: "'coffee' in p.categories"}
-labels: []
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := filtersOnly(t, coffeeFilter)
 	now := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
 	fresh := &State{}
 	fresh.Fold(Fact{EventID: "a", Kind: KindTransaction, Channel: "pos", At: now.Add(-time.Hour), Origin: "m", Amount: 100,

@@ -53,28 +53,6 @@ func (l *logSink) count(sub string) int {
 	return n
 }
 
-// waitFor polls cond until it holds, failing after a deadline generous for a
-// loaded machine, or at once when the loop under test has returned.
-func waitFor(t *testing.T, what string, ended <-chan error, cond func() (bool, error)) {
-	t.Helper()
-	deadline := time.Now().Add(90 * time.Second)
-	for {
-		ok, err := cond()
-		if ok {
-			return
-		}
-		select {
-		case err := <-ended:
-			t.Fatalf("%s: the loop ended: %v", what, err)
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not reached within 90s (last error: %v)", what, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // TestProfileExporterRidesOutPostgresAndClickHouseRestarts: the exporter
 // keeps exporting across a PostgreSQL restart (its listen connection
 // terminated by the server) and a ClickHouse outage (the connection cut and
@@ -96,9 +74,7 @@ func TestProfileExporterRidesOutPostgresAndClickHouseRestarts(t *testing.T) {
 	}
 	defer conn.Close()
 
-	runCtx, stop := context.WithCancel(ctx)
-	ended := make(chan error, 1)
-	go func() { ended <- f.svc.NewExporter(conn, clickhouse.NewSchema(viaProxy, conn)).Run(runCtx) }()
+	loops := pgtest.StartLoops(ctx, f.svc.NewExporter(conn, clickhouse.NewSchema(viaProxy, conn)).Run)
 
 	exported := func(m uuid.UUID) func() (bool, error) {
 		return func() (bool, error) {
@@ -109,12 +85,10 @@ func TestProfileExporterRidesOutPostgresAndClickHouseRestarts(t *testing.T) {
 	}
 	buy := func(id string) uuid.UUID {
 		m := f.member(t)
-		if err := f.svc.Apply(ctx, purchase(id, m, t0.Add(-time.Hour), 3000, "coffee")); err != nil {
-			t.Fatal(err)
-		}
+		f.apply(t, ctx, purchase(id, m, t0.Add(-time.Hour), 3000, "coffee"))
 		return m
 	}
-	waitFor(t, "first member exported", ended, exported(buy("e1")))
+	loops.WaitFor(t, "first member exported", exported(buy("e1")))
 
 	// PostgreSQL restarts: every session of the database is terminated,
 	// among them idle connections of the pool the exporter draws from.
@@ -132,22 +106,19 @@ func TestProfileExporterRidesOutPostgresAndClickHouseRestarts(t *testing.T) {
 	if n, err := pgtest.TerminateBackends(ctx, f.pool); err != nil || n == 0 {
 		t.Fatalf("terminated %d sessions: %v", n, err)
 	}
-	waitFor(t, "member changed after the PostgreSQL restart exported", ended, exported(buy("e2")))
+	loops.WaitFor(t, "member changed after the PostgreSQL restart exported", exported(buy("e2")))
 
 	// ClickHouse goes away while labels change, then comes back.
 	proxy.Cut()
 	failedBefore := logs.count("profile export failed")
 	m3 := buy("e3")
-	waitFor(t, "an export attempted while ClickHouse is away", ended, func() (bool, error) {
+	loops.WaitFor(t, "an export attempted while ClickHouse is away", func() (bool, error) {
 		return logs.count("profile export failed") > failedBefore, nil
 	})
 	proxy.Restore()
-	waitFor(t, "member changed during the ClickHouse outage exported", ended, exported(m3))
+	loops.WaitFor(t, "member changed during the ClickHouse outage exported", exported(m3))
 
-	stop()
-	if err := <-ended; err != nil {
-		t.Errorf("exporter ended with %v", err)
-	}
+	loops.Stop(t)
 }
 
 // TestCatalogueWatchAndSweeperRideOutAPostgresRestart: after every session
@@ -159,13 +130,10 @@ func TestCatalogueWatchAndSweeperRideOutAPostgresRestart(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	m := f.member(t)
-	if err := f.svc.Apply(ctx, purchase("e1", m, t0.Add(-time.Hour), 3000, "coffee")); err != nil {
-		t.Fatal(err)
-	}
-	runCtx, stop := context.WithCancel(ctx)
-	ended := make(chan error, 2)
-	go func() { ended <- f.svc.Watch(runCtx, 50*time.Millisecond) }()
-	go func() { ended <- f.svc.RunSweeper(runCtx, 50*time.Millisecond) }()
+	f.apply(t, ctx, purchase("e1", m, t0.Add(-time.Hour), 3000, "coffee"))
+	loops := pgtest.StartLoops(ctx,
+		func(ctx context.Context) error { return f.svc.Watch(ctx, 50*time.Millisecond) },
+		func(ctx context.Context) error { return f.svc.RunSweeper(ctx, 50*time.Millisecond) })
 
 	if _, err := pgtest.TerminateBackends(ctx, f.pool); err != nil {
 		t.Fatal(err)
@@ -177,18 +145,13 @@ func TestCatalogueWatchAndSweeperRideOutAPostgresRestart(t *testing.T) {
 	if _, err := f.pool.Exec(ctx, `UPDATE member_features SET due_at = $2 WHERE member_id = $1`, m, t0.Add(-time.Minute)); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "catalogue test-9 in force", ended, func() (bool, error) {
+	loops.WaitFor(t, "catalogue test-9 in force", func() (bool, error) {
 		return f.svc.Catalog().Version == "test-9", nil
 	})
-	waitFor(t, "the due member swept", ended, func() (bool, error) {
+	loops.WaitFor(t, "the due member swept", func() (bool, error) {
 		var due *time.Time
 		err := f.pool.QueryRow(ctx, `SELECT due_at FROM member_features WHERE member_id = $1`, m).Scan(&due)
 		return err == nil && (due == nil || due.After(t0)), err
 	})
-	stop()
-	for range 2 {
-		if err := <-ended; err != nil {
-			t.Errorf("loop ended with %v", err)
-		}
-	}
+	loops.Stop(t)
 }

@@ -94,59 +94,31 @@ func (c *Catalog) compileIdent(name string) (cexpr, bool) {
 		return nil, false
 	}
 	if i >= 0 {
+		k := kString
 		switch c.eng.lay.types[i] {
 		case typeInt:
-			return func(a *vecActivation) cval {
-				v := &a.f[i]
-				if !v.ok {
-					return errVal
-				}
-				return cval{k: kInt, i: v.i}
-			}, true
+			k = kInt
 		case typeDouble:
-			return func(a *vecActivation) cval {
-				v := &a.f[i]
-				if !v.ok {
-					return errVal
-				}
-				return cval{k: kDouble, f: v.f}
-			}, true
+			k = kDouble
 		case typeBool:
-			return func(a *vecActivation) cval {
-				v := &a.f[i]
-				if !v.ok {
-					return errVal
-				}
-				return cval{k: kBool, i: v.i}
-			}, true
+			k = kBool
 		}
 		return func(a *vecActivation) cval {
 			v := &a.f[i]
 			if !v.ok {
 				return errVal
 			}
-			return cval{k: kString, s: v.s}
+			return featureVal(k, v)
 		}, true
 	}
 	j := -i - 1
 	l := c.Labels[j]
+	k := kString // an enum
 	switch l.Type {
 	case TypeBool:
-		return func(a *vecActivation) cval {
-			v := &a.l[j]
-			if !v.ok {
-				return errVal
-			}
-			return boolVal(v.b)
-		}, true
+		k = kBool
 	case TypeNumber:
-		return func(a *vecActivation) cval {
-			v := &a.l[j]
-			if !v.ok {
-				return errVal
-			}
-			return cval{k: kDouble, f: v.f}
-		}, true
+		k = kDouble
 	}
 	values := l.Values
 	return func(a *vecActivation) cval {
@@ -154,8 +126,31 @@ func (c *Catalog) compileIdent(name string) (cexpr, bool) {
 		if !v.ok {
 			return errVal
 		}
-		return cval{k: kString, s: values[v.e]}
+		return labelVal(k, values, v)
 	}, true
+}
+
+// featureVal is a present feature as a value of kind k.
+func featureVal(k uint8, v *fval) cval {
+	switch k {
+	case kDouble:
+		return cval{k: kDouble, f: v.f}
+	case kString:
+		return cval{k: kString, s: v.s}
+	}
+	return cval{k: k, i: v.i} // kInt, and kBool as 0 or 1
+}
+
+// labelVal is a present label as a value of kind k; an enum's is its name
+// among values.
+func labelVal(k uint8, values []string, v *lval) cval {
+	switch k {
+	case kBool:
+		return boolVal(v.b)
+	case kDouble:
+		return cval{k: kDouble, f: v.f}
+	}
+	return cval{k: kString, s: values[v.e]}
 }
 
 func (c *Catalog) compileArgs(call celast.CallExpr) ([]cexpr, bool) {
@@ -240,59 +235,15 @@ func (c *Catalog) compileCall(call celast.CallExpr) (cexpr, bool) {
 		x, y := args[0], args[1]
 		switch fn {
 		case operators.LogicalAnd:
-			return func(a *vecActivation) cval {
-				l := x(a)
-				if l.k == kBool && l.i == 0 {
-					return l
-				}
-				r := y(a)
-				if r.k == kBool && r.i == 0 {
-					return r
-				}
-				if l.k == kBool && r.k == kBool {
-					return boolVal(true)
-				}
-				return errVal
-			}, true
+			return logical(x, y, false), true
 		case operators.LogicalOr:
-			return func(a *vecActivation) cval {
-				l := x(a)
-				if l.k == kBool && l.i != 0 {
-					return l
-				}
-				r := y(a)
-				if r.k == kBool && r.i != 0 {
-					return r
-				}
-				if l.k == kBool && r.k == kBool {
-					return boolVal(false)
-				}
-				return errVal
-			}, true
+			return logical(x, y, true), true
 		case operators.Equals, operators.NotEquals:
 			want := fn == operators.Equals
-			return func(a *vecActivation) cval {
-				l := x(a)
-				if l.k == kErr {
-					return errVal
-				}
-				r := y(a)
-				if r.k == kErr {
-					return errVal
-				}
-				return boolVal(equal(l, r) == want)
-			}, true
+			return strict(x, y, func(l, r cval) cval { return boolVal(equal(l, r) == want) }), true
 		case operators.Less, operators.LessEquals, operators.Greater, operators.GreaterEquals:
 			test := orderTest(fn)
-			return func(a *vecActivation) cval {
-				l := x(a)
-				if l.k == kErr {
-					return errVal
-				}
-				r := y(a)
-				if r.k == kErr {
-					return errVal
-				}
+			return strict(x, y, func(l, r cval) cval {
 				if (l.k == kDouble && math.IsNaN(l.f)) || (r.k == kDouble && math.IsNaN(r.f)) {
 					return boolVal(false) // CEL: NaN is neither less nor greater
 				}
@@ -301,20 +252,9 @@ func (c *Catalog) compileCall(call celast.CallExpr) (cexpr, bool) {
 					return errVal
 				}
 				return boolVal(test(o))
-			}, true
+			}), true
 		case operators.Add, operators.Subtract, operators.Multiply, operators.Divide, operators.Modulo:
-			op := arith(fn)
-			return func(a *vecActivation) cval {
-				l := x(a)
-				if l.k == kErr {
-					return errVal
-				}
-				r := y(a)
-				if r.k == kErr {
-					return errVal
-				}
-				return op(l, r)
-			}, true
+			return strict(x, y, arith(fn)), true
 		}
 	case 3:
 		if fn == operators.Conditional {
@@ -345,6 +285,40 @@ func (c *Catalog) compileCall(call celast.CallExpr) (cexpr, bool) {
 		}, true
 	}
 	return nil, false
+}
+
+// logical compiles && (stop false) and || (stop true): a side that is the
+// stop value decides even when the other fails.
+func logical(x, y cexpr, stop bool) cexpr {
+	return func(a *vecActivation) cval {
+		l := x(a)
+		if l.k == kBool && (l.i != 0) == stop {
+			return l
+		}
+		r := y(a)
+		if r.k == kBool && (r.i != 0) == stop {
+			return r
+		}
+		if l.k == kBool && r.k == kBool {
+			return boolVal(!stop)
+		}
+		return errVal
+	}
+}
+
+// strict compiles an operation that fails when either side fails.
+func strict(x, y cexpr, op func(l, r cval) cval) cexpr {
+	return func(a *vecActivation) cval {
+		l := x(a)
+		if l.k == kErr {
+			return errVal
+		}
+		r := y(a)
+		if r.k == kErr {
+			return errVal
+		}
+		return op(l, r)
+	}
 }
 
 // models are the predicted-value functions (ltv.go) by name.

@@ -1,6 +1,7 @@
 package tags
 
 import (
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"testing"
@@ -102,68 +103,31 @@ func TestCompiledLabelsMatchCEL(t *testing.T) {
 	}
 }
 
-func mustParse(t *testing.T, src string) *Catalog {
-	t.Helper()
-	c, err := ParseCatalog([]byte(src))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
-}
-
 // compiledEdgeCatalog has the operators the shipped catalogue does not
 // use, or uses once.
-const compiledEdgeCatalog = `
-version: edge
-timezone: UTC
-labels:
-  - id: e_not
+var compiledEdgeCatalog = "version: edge\ntimezone: UTC\nlabels:\n" +
+	edgeLabel("e_not", "bool", ``, `"!(orders_30d > 2) || !signed_up"`, `[{given: {orders_30d: 1, signed_up: true}, expect: true}]`) +
+	edgeLabel("e_neg", "number", ``, `"-spend_30d + double(-orders_30d) - double(orders_7d * orders_30d / (orders_7d - 1) % 7)"`, `[{given: {spend_30d: 1.0, orders_30d: 1, orders_7d: 2}, expect: -4.0}]`) +
+	edgeLabel("e_str", "enum", `values: [a, b, xa]`, `'gender + "a" in ["xa", "fa"] ? (gender < city ? "a" : "b") : (top_channel_365d == "pos" || city >= "m" ? "xa" : "b")'`, `[{given: {gender: x, city: y}, expect: a}]`) +
+	edgeLabel("e_mixed", "bool", ``, `"spend_30d == double(orders_30d) || spend_7d < double(orders_7d) || e_neg >= 1.5 && e_not == signed_up || int(spend_90d) != 3"`, `[{given: {spend_30d: 1.0, orders_30d: 1}, expect: true}]`) +
+	edgeLabel("e_div", "number", ``, `"spend_30d / spend_7d * 2.0 - spend_90d / 0.0"`, `[{given: {spend_30d: 1.0, spend_7d: 0.0, spend_90d: 0.0}, expect: null}]`)
+
+// edgeLabel is a rule label of compiledEdgeCatalog.
+func edgeLabel(id, typ, values, expr, examples string) string {
+	if values != "" {
+		values = "\n    " + values
+	}
+	return fmt.Sprintf(`
+  - id: %s
     name_en: x
     name_zh: x
     group: value
     description: x
-    type: bool
+    type: %s%s
     kind: rule
-    expr: "!(orders_30d > 2) || !signed_up"
-    examples: [{given: {orders_30d: 1, signed_up: true}, expect: true}]
-  - id: e_neg
-    name_en: x
-    name_zh: x
-    group: value
-    description: x
-    type: number
-    kind: rule
-    expr: "-spend_30d + double(-orders_30d) - double(orders_7d * orders_30d / (orders_7d - 1) % 7)"
-    examples: [{given: {spend_30d: 1.0, orders_30d: 1, orders_7d: 2}, expect: -4.0}]
-  - id: e_str
-    name_en: x
-    name_zh: x
-    group: value
-    description: x
-    type: enum
-    values: [a, b, xa]
-    kind: rule
-    expr: 'gender + "a" in ["xa", "fa"] ? (gender < city ? "a" : "b") : (top_channel_365d == "pos" || city >= "m" ? "xa" : "b")'
-    examples: [{given: {gender: x, city: y}, expect: a}]
-  - id: e_mixed
-    name_en: x
-    name_zh: x
-    group: value
-    description: x
-    type: bool
-    kind: rule
-    expr: "spend_30d == double(orders_30d) || spend_7d < double(orders_7d) || e_neg >= 1.5 && e_not == signed_up || int(spend_90d) != 3"
-    examples: [{given: {spend_30d: 1.0, orders_30d: 1}, expect: true}]
-  - id: e_div
-    name_en: x
-    name_zh: x
-    group: value
-    description: x
-    type: number
-    kind: rule
-    expr: "spend_30d / spend_7d * 2.0 - spend_90d / 0.0"
-    examples: [{given: {spend_30d: 1.0, spend_7d: 0.0, spend_90d: 0.0}, expect: null}]
-`
+    expr: %s
+    examples: %s`, id, typ, values, expr, examples)
+}
 
 // TestCompiledFiltersMatchCEL: every purchase filter of the test
 // catalogues compiles (but one reading a field purchases do not have), and

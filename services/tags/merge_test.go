@@ -2,7 +2,6 @@ package tags_test
 
 import (
 	"fmt"
-	"log/slog"
 	"maps"
 	"testing"
 	"time"
@@ -13,8 +12,7 @@ import (
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 
-	"github.com/membercenter/membercenter/services/changes"
-	"github.com/membercenter/membercenter/services/identity"
+	"github.com/membercenter/membercenter/services/identity/identitytest"
 	"github.com/membercenter/membercenter/services/tags"
 )
 
@@ -26,10 +24,7 @@ import (
 func TestMergeActivityUnmerge(t *testing.T) {
 	f := newFixture(t)
 	c := ctxT(t)
-	ids, err := identity.New(identity.Config{}, f.pool, changes.Writer{}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
+	ids := identitytest.New(t, f.pool)
 	ids.AddMemberData(f.svc)
 	phone := func(v string) []*mcv1.Identifier {
 		return []*mcv1.Identifier{{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_PHONE, Value: v}}
@@ -55,9 +50,7 @@ func TestMergeActivityUnmerge(t *testing.T) {
 		}
 		me := &mcv1.MemberEvent{EventId: id, MemberId: res.MemberID, Channel: ev.GetChannel(), OccurredAt: ev.GetOccurredAt(),
 			Resolution: res.Detail, Payload: &mcv1.MemberEvent_Transaction{Transaction: ev.GetTransaction()}}
-		if err := f.svc.Apply(c, me); err != nil {
-			t.Fatal(err)
-		}
+		f.apply(t, c, me)
 		caused[owner] = append(caused[owner], me)
 	}
 	buy("a-before", "13900000001", a, t0.Add(-5*24*time.Hour), 2000, "coffee")

@@ -19,35 +19,43 @@ func reportCPU(b *testing.B) func() {
 }
 
 func benchState(b *testing.B) (*Catalog, []byte, time.Time) {
-	c, err := ParseCatalog(DefaultCatalog())
-	if err != nil {
-		b.Fatal(err)
-	}
+	c := shipped(b)
 	now := time.Date(2026, 3, 2, 2, 0, 0, 0, time.UTC)
 	return c, benchMembers(b, c, now, 45)[0].state, now
 }
 
-func BenchmarkDecodeState(b *testing.B) {
-	_, raw, _ := benchState(b)
-	b.SetBytes(int64(len(raw)))
-	defer reportCPU(b)()
-	for b.Loop() {
-		if _, err := DecodeState(raw); err != nil {
-			b.Fatal(err)
-		}
-	}
-}
-
-func BenchmarkEncodeState(b *testing.B) {
-	_, raw, _ := benchState(b)
+// decoded is raw decoded.
+func decoded(b *testing.B, raw []byte) *State {
 	st, err := DecodeState(raw)
 	if err != nil {
 		b.Fatal(err)
 	}
+	return st
+}
+
+func BenchmarkDecodeState(b *testing.B) {
+	_, raw, _ := benchState(b)
+	loopBytes(b, raw, func() error {
+		_, err := DecodeState(raw)
+		return err
+	})
+}
+
+func BenchmarkEncodeState(b *testing.B) {
+	_, raw, _ := benchState(b)
+	st := decoded(b, raw)
+	loopBytes(b, raw, func() error {
+		_, err := EncodeState(st)
+		return err
+	})
+}
+
+// loopBytes runs op in the benchmark loop, at len(raw) bytes an op.
+func loopBytes(b *testing.B, raw []byte, op func() error) {
 	b.SetBytes(int64(len(raw)))
 	defer reportCPU(b)()
 	for b.Loop() {
-		if _, err := EncodeState(st); err != nil {
+		if err := op(); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -56,10 +64,7 @@ func BenchmarkEncodeState(b *testing.B) {
 // BenchmarkEvalLabels evaluates every label once.
 func BenchmarkEvalLabels(b *testing.B) {
 	c, raw, now := benchState(b)
-	st, err := DecodeState(raw)
-	if err != nil {
-		b.Fatal(err)
-	}
+	st := decoded(b, raw)
 	f := make([]fval, len(c.eng.lay.ids))
 	var a aggregates
 	a.build(st, now.Unix(), sumFilters{filters: c.Filters, key: c.filterKey, loc: c.Location})
@@ -94,10 +99,7 @@ func BenchmarkFilters(b *testing.B) {
 // BenchmarkBuildAggregates sums every record.
 func BenchmarkBuildAggregates(b *testing.B) {
 	c, raw, now := benchState(b)
-	st, err := DecodeState(raw)
-	if err != nil {
-		b.Fatal(err)
-	}
+	st := decoded(b, raw)
 	var a aggregates
 	defer reportCPU(b)()
 	for b.Loop() {
@@ -108,10 +110,7 @@ func BenchmarkBuildAggregates(b *testing.B) {
 // BenchmarkDerive derives the features from the aggregates.
 func BenchmarkDerive(b *testing.B) {
 	c, raw, now := benchState(b)
-	st, err := DecodeState(raw)
-	if err != nil {
-		b.Fatal(err)
-	}
+	st := decoded(b, raw)
 	var a aggregates
 	a.build(st, now.Unix(), sumFilters{filters: c.Filters, key: c.filterKey, loc: c.Location})
 	f := make([]fval, len(c.eng.lay.ids))

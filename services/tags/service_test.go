@@ -149,6 +149,14 @@ func purchase(id string, member uuid.UUID, at time.Time, amount int64, cats ...s
 		OccurredAt: timestamppb.New(at), Payload: &mcv1.MemberEvent_Transaction{Transaction: txn}}
 }
 
+// apply applies ev, failing the test when it is refused.
+func (f *fixture) apply(t *testing.T, c context.Context, ev *mcv1.MemberEvent) {
+	t.Helper()
+	if err := f.svc.Apply(c, ev); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func (f *fixture) labels(t *testing.T, m uuid.UUID) map[string]any {
 	t.Helper()
 	l, _, err := f.svc.Labels(context.Background(), f.pool, m)
@@ -187,9 +195,7 @@ func TestApplyComputesLabelsOnceAndWritesTheChange(t *testing.T) {
 	c := ctxT(t)
 	m := f.member(t)
 	ev := purchase("e1", m, t0.Add(-time.Hour), 3000, "coffee", "bakery")
-	if err := f.svc.Apply(c, ev); err != nil {
-		t.Fatal(err)
-	}
+	f.apply(t, c, ev)
 	got := f.labels(t, m)
 	if got["active_30d"] != true || got["spend_30d_value"] != 30.0 || got["coffee_lover"] != true {
 		t.Errorf("labels after a coffee purchase: %v", got)
@@ -198,9 +204,7 @@ func TestApplyComputesLabelsOnceAndWritesTheChange(t *testing.T) {
 		t.Errorf("age_band set without a birth date: %v", got["age_band"])
 	}
 	// Redelivery changes nothing.
-	if err := f.svc.Apply(c, ev); err != nil {
-		t.Fatal(err)
-	}
+	f.apply(t, c, ev)
 	if got := f.labels(t, m)["spend_30d_value"]; got != 30.0 {
 		t.Errorf("redelivered event counted twice: spend %v", got)
 	}
@@ -241,9 +245,7 @@ func TestMissingFieldsAreAbsent(t *testing.T) {
 	f := newFixture(t)
 	c := ctxT(t)
 	m := f.member(t)
-	if err := f.svc.Apply(c, purchase("e1", m, t0.Add(-time.Hour), 1000)); err != nil {
-		t.Fatal(err)
-	}
+	f.apply(t, c, purchase("e1", m, t0.Add(-time.Hour), 1000))
 	got := f.labels(t, m)
 	if _, ok := got["coffee_lover"]; ok {
 		t.Errorf("coffee_lover = %v from a purchase without lines; want absent", got["coffee_lover"])
@@ -252,9 +254,7 @@ func TestMissingFieldsAreAbsent(t *testing.T) {
 		t.Errorf("active_30d = %v", got["active_30d"])
 	}
 	// A purchase with lines decides it; the one without does not dilute it.
-	if err := f.svc.Apply(c, purchase("e2", m, t0.Add(-30*time.Minute), 1000, "coffee")); err != nil {
-		t.Fatal(err)
-	}
+	f.apply(t, c, purchase("e2", m, t0.Add(-30*time.Minute), 1000, "coffee"))
 	if got := f.labels(t, m)["coffee_lover"]; got != true {
 		t.Errorf("coffee_lover = %v after a coffee basket; want true", got)
 	}
@@ -267,9 +267,7 @@ func TestWindowExpiresOnTime(t *testing.T) {
 	c := ctxT(t)
 	m := f.member(t)
 	bought := t0.Add(-time.Hour)
-	if err := f.svc.Apply(c, purchase("e1", m, bought, 1000)); err != nil {
-		t.Fatal(err)
-	}
+	f.apply(t, c, purchase("e1", m, bought, 1000))
 	var due time.Time
 	if err := f.pool.QueryRow(c, `SELECT due_at FROM member_features WHERE member_id = $1`, m).Scan(&due); err != nil {
 		t.Fatal(err)
@@ -323,9 +321,7 @@ func TestCheckInRecomputesOnlyWhatItCanChange(t *testing.T) {
 	f := newFixture(t)
 	c := ctxT(t)
 	m := f.member(t)
-	if err := f.svc.Apply(c, purchase("e1", m, t0.Add(-time.Hour), 1000)); err != nil {
-		t.Fatal(err)
-	}
+	f.apply(t, c, purchase("e1", m, t0.Add(-time.Hour), 1000))
 	dirty := f.svc.Catalog().Dirty(tags.KindCheckIn)
 	if !dirty["checkin_fan"] || dirty["spend_30d_value"] || dirty["active_30d"] {
 		t.Errorf("check-in dirty set %v", dirty)
@@ -333,9 +329,7 @@ func TestCheckInRecomputesOnlyWhatItCanChange(t *testing.T) {
 	for i := range 3 {
 		ev := &mcv1.MemberEvent{EventId: fmt.Sprintf("ci%d", i), MemberId: m.String(), Channel: mcv1.Channel_CHANNEL_APP,
 			OccurredAt: timestamppb.New(t0.Add(time.Duration(i-3) * time.Minute)), Payload: &mcv1.MemberEvent_CheckIn{CheckIn: &mcv1.CheckIn{}}}
-		if err := f.svc.Apply(c, ev); err != nil {
-			t.Fatal(err)
-		}
+		f.apply(t, c, ev)
 	}
 	if got := f.labels(t, m)["checkin_fan"]; got != true {
 		t.Errorf("checkin_fan = %v after three check-ins", got)
@@ -351,9 +345,7 @@ func TestConsentWithdrawalWithholdsBehaviouralLabels(t *testing.T) {
 	if _, err := f.pool.Exec(c, `UPDATE members SET attributes = '{"birth_date": "1990-05-01"}' WHERE member_id = $1`, m); err != nil {
 		t.Fatal(err)
 	}
-	if err := f.svc.Apply(c, purchase("e1", m, t0.Add(-time.Hour), 1000)); err != nil {
-		t.Fatal(err)
-	}
+	f.apply(t, c, purchase("e1", m, t0.Add(-time.Hour), 1000))
 	set := func(granted bool) {
 		t.Helper()
 		err := pgx.BeginFunc(c, f.pool, func(tx pgx.Tx) error {
@@ -373,9 +365,7 @@ func TestConsentWithdrawalWithholdsBehaviouralLabels(t *testing.T) {
 		t.Errorf("labels with profiling withdrawn: %v; want only age_band", got)
 	}
 	// Events keep counting while withdrawn; labels come back when granted.
-	if err := f.svc.Apply(c, purchase("e2", m, t0.Add(-time.Minute), 500)); err != nil {
-		t.Fatal(err)
-	}
+	f.apply(t, c, purchase("e2", m, t0.Add(-time.Minute), 500))
 	if got := f.labels(t, m); len(got) != 1 {
 		t.Errorf("a purchase while withdrawn set labels: %v", got)
 	}

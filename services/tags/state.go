@@ -82,28 +82,17 @@ func FactFromEvent(ev *mcv1.MemberEvent) Fact {
 		}
 		return out
 	}
+	f.Kind = facts.Kind(ev)
 	switch p := ev.GetPayload().(type) {
 	case *mcv1.MemberEvent_Transaction:
 		t := p.Transaction
-		f.Kind, f.OrderID = KindTransaction, t.GetOrderId()
+		f.OrderID = t.GetOrderId()
 		f.Amount, f.Discount = t.GetTotal().GetAmountMinor(), t.GetDiscount().GetAmountMinor()
 		f.PointsRedeemed, f.Coupons, f.Items = t.GetPointsRedeemed(), len(t.GetCouponCodes()), items(t.GetItems())
 	case *mcv1.MemberEvent_Refund:
-		f.Kind, f.OrderID, f.Amount, f.Items = KindRefund, p.Refund.GetOrderId(), p.Refund.GetAmount().GetAmountMinor(), items(p.Refund.GetItems())
-	case *mcv1.MemberEvent_Visit:
-		f.Kind = KindVisit
-	case *mcv1.MemberEvent_Browse:
-		f.Kind = KindBrowse
-	case *mcv1.MemberEvent_SignUp:
-		f.Kind = KindSignUp
-	case *mcv1.MemberEvent_CheckIn:
-		f.Kind = KindCheckIn
-	case *mcv1.MemberEvent_Share:
-		f.Kind = KindShare
-	case *mcv1.MemberEvent_Referral:
-		f.Kind = KindReferral
+		f.OrderID, f.Amount, f.Items = p.Refund.GetOrderId(), p.Refund.GetAmount().GetAmountMinor(), items(p.Refund.GetItems())
 	case *mcv1.MemberEvent_Review:
-		f.Kind, f.Rating = KindReview, int(p.Review.GetRating())
+		f.Rating = int(p.Review.GetRating())
 	}
 	return f
 }

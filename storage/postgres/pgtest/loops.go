@@ -1,0 +1,59 @@
+package pgtest
+
+import (
+	"context"
+	"testing"
+	"time"
+)
+
+// Loops are background loops under a test of how they ride out a restart
+// (TerminateBackends): none of them may end before Stop.
+type Loops struct {
+	stop  context.CancelFunc
+	ended chan error
+	n     int
+}
+
+// StartLoops runs each loop until Stop.
+func StartLoops(ctx context.Context, loops ...func(ctx context.Context) error) *Loops {
+	runCtx, stop := context.WithCancel(ctx)
+	l := &Loops{stop: stop, ended: make(chan error, len(loops)), n: len(loops)}
+	for _, loop := range loops {
+		go func() { l.ended <- loop(runCtx) }()
+	}
+	return l
+}
+
+// WaitFor polls cond every 20 ms until it holds; the test fails at once
+// when a loop ends first, or when 90 s pass (with cond's last error).
+func (l *Loops) WaitFor(t testing.TB, what string, cond func() (bool, error)) {
+	t.Helper()
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		ok, err := cond()
+		if ok {
+			return
+		}
+		select {
+		case err := <-l.ended:
+			t.Fatalf("%s: a loop ended: %v", what, err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not reached within 90s (last error: %v)", what, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Stop ends the loops and waits for them; a loop that ended with an error
+// fails the test.
+func (l *Loops) Stop(t testing.TB) {
+	t.Helper()
+	l.stop()
+	for range l.n {
+		if err := <-l.ended; err != nil {
+			t.Errorf("loop ended with %v", err)
+		}
+	}
+}
