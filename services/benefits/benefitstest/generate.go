@@ -4,9 +4,12 @@ package benefitstest
 // of the test oracle, not production code.
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
+	"regexp"
 	"sort"
 	"time"
 
@@ -52,8 +55,37 @@ func Generate(seed uint64, members, events int, start time.Time) []*mcv1.MemberE
 // really left to refund, with a share deliberately invalid so that refusals
 // happen). On return o has applied the whole stream. The error is the
 // first error Apply returned.
+//
+// When o's programme has benefits that name labels (LabelProgramme), the
+// stream also carries what makes those labels change: share bursts,
+// buyers who stop after the first weeks and buyers who come back after
+// more than a year (see labelTraffic); otherwise it is the stream it always
+// was for the seed.
 func GenerateWith(o *Oracle, seed uint64, members, events int, start time.Time) ([]*mcv1.MemberEvent, error) {
 	return generate(o, seed, members, events, start)
+}
+
+// labelBenefits are the benefits LabelProgramme adds: each follows labels
+// the events of GenerateWith make change, alone or with a tier, with each
+// revocation policy but never, one issuing a coupon the stream then uses.
+const labelBenefits = `  - {id: sharer_perk,      name: Sharer perk,      labels: [sharer], coupon: P10}
+  - {id: buyer_perk,       name: Buyer perk,       labels: [bought_365d]}
+  - {id: regular_perk,     name: Regular's perk,   min_tier: silver, labels: [bought_90d]}
+  - {id: influencer_badge, name: Influencer badge, labels: [social_influencer], revoke: end_of_month}
+`
+
+var versionLine = regexp.MustCompile(`(?m)^version:[ \t]*(\S+)`)
+
+// LabelProgramme returns the programme src (program.yaml syntax, with a
+// version line and a benefits list) with benefits that follow labels
+// added at the head of its benefits, and "+labels" appended to its version.
+func LabelProgramme(src []byte) ([]byte, error) {
+	const head = "\nbenefits:\n"
+	if !bytes.Contains(src, []byte(head)) || !versionLine.Match(src) {
+		return nil, errors.New("benefitstest: the programme has no version line or no block benefits list")
+	}
+	out := bytes.Replace(src, []byte(head), []byte(head+labelBenefits), 1)
+	return versionLine.ReplaceAll(out, []byte("version: ${1}+labels")), nil
 }
 
 // rng is splitmix64: fully specified here, so streams never change with the
@@ -98,6 +130,7 @@ const (
 	gSignUp
 	gRefund
 	gUnknownRefund
+	gShare
 )
 
 type gslot struct {
@@ -127,6 +160,7 @@ type gmember struct {
 	id        string
 	created   bool
 	heavy     bool
+	quiet     bool      // no random traffic: lapsed and returning buyers
 	coupons   []gcoupon // guess book (no oracle)
 	seq       map[string]int
 	pointsEst int64
@@ -294,6 +328,11 @@ func generate(o *Oracle, seed uint64, nMembers, nEvents int, start time.Time) ([
 	}
 	rem += burstBudget
 
+	// Traffic that flips labels, when the programme's benefits name some.
+	if o != nil && len(o.named) > 0 {
+		rem += g.labelTraffic(take(nEvents/6), order[next:], days)
+	}
+
 	nR := take(nEvents * 4 / 100)
 	nU := take(nEvents / 300)
 	nRand := take(rem)
@@ -304,7 +343,7 @@ func generate(o *Oracle, seed uint64, nMembers, nEvents int, start time.Time) ([
 	total := 0
 	for i, m := range g.members {
 		w := 0
-		if !m.heavy {
+		if !m.heavy && !m.quiet {
 			switch x := g.r.intn(100); {
 			case x < 60:
 				w = 1
@@ -444,6 +483,13 @@ func (g *generator) emit(i int, s *gslot) *mcv1.MemberEvent {
 			OrderId: fmt.Sprintf("legacy-%016x-%07d", g.seed, i),
 			Amount:  &mcv1.Money{Currency: g.currency, AmountMinor: g.r.between(100, 50000)},
 		}}
+	case gShare:
+		ev.Channel, ev.StoreId = mcv1.Channel_CHANNEL_APP, ""
+		if g.r.intn(2) == 0 {
+			ev.Channel = mcv1.Channel_CHANNEL_MINIPROGRAM
+		}
+		ev.Payload = &mcv1.MemberEvent_Share{Share: &mcv1.Share{ContentId: fmt.Sprintf("post-%04d", g.r.intn(10000)),
+			Target: []string{"wechat", "moments", "weibo"}[g.r.intn(3)]}}
 	case gCheckIn:
 		ev.Channel, ev.StoreId = mcv1.Channel_CHANNEL_APP, ""
 		if g.r.intn(2) == 0 {
@@ -704,4 +750,95 @@ func (g *generator) refund(s *gslot) *mcv1.Refund {
 	}
 	r.Amount = &mcv1.Money{Currency: g.currency, AmountMinor: amount}
 	return r
+}
+
+// labelTraffic adds, within budget, events that make the labels of
+// docs/labels.md that benefits name change, drawing members from free
+// (members no other burst took), and returns what it left of budget:
+//   - share bursts: 2 to 12 shares over 1 to 80 days (sharer needs 3 in
+//     90 days, social_influencer 10), some members with a second burst
+//     after the first has left the 90 days;
+//   - lapsed buyers: one to three purchases in the first 45 days, then
+//     nothing (bought_90d and bought_365d end on their own);
+//   - returning buyers: purchases in the first 30 days and again in the
+//     last 25 days of the stream, more than 365 days later (bought_365d
+//     ends, then holds again).
+//
+// Lapsed and returning buyers get no random traffic; sharers do.
+func (g *generator) labelTraffic(budget int, free []int, days int) int {
+	if days < 60 {
+		return budget
+	}
+	nextFree := func() (int, bool) {
+		if len(free) == 0 {
+			return 0, false
+		}
+		mi := free[0]
+		free = free[1:]
+		return mi, true
+	}
+	nMembers := len(g.members)
+	for s := 0; s < max(1, nMembers/8); s++ {
+		sizes := []int{2, 3, 3, 4, 5, 6, 11, 12}
+		k := sizes[g.r.intn(len(sizes))]
+		span := 1 + g.r.intn(80)
+		if k > budget || days-span-1 <= 0 {
+			break
+		}
+		mi, ok := nextFree()
+		if !ok {
+			break
+		}
+		d0 := g.r.intn(days - span - 1)
+		for range k {
+			d := d0 + g.r.intn(span+1)
+			g.add(&gslot{at: g.randTime(d, d+1), member: mi, kind: gShare})
+		}
+		budget -= k
+		// A second burst once the first has left the 90 days.
+		if d1 := d0 + span + 91 + g.r.intn(30); g.r.intn(2) == 0 && d1+10 < days && budget >= 4 {
+			k := 3 + g.r.intn(2)
+			for range k {
+				d := d1 + g.r.intn(10)
+				g.add(&gslot{at: g.randTime(d, d+1), member: mi, kind: gShare})
+			}
+			budget -= k
+		}
+	}
+	for l := 0; l < max(1, nMembers/25); l++ {
+		k := 1 + g.r.intn(3)
+		if k > budget {
+			break
+		}
+		mi, ok := nextFree()
+		if !ok {
+			break
+		}
+		g.members[mi].quiet = true
+		for range k {
+			g.add(&gslot{at: g.randTime(0, 45), member: mi, kind: gPurchase})
+		}
+		budget -= k
+	}
+	if days > 400 {
+		for r := 0; r < max(1, nMembers/40); r++ {
+			k1, k2 := 1+g.r.intn(2), 1+g.r.intn(2)
+			if k1+k2 > budget {
+				break
+			}
+			mi, ok := nextFree()
+			if !ok {
+				break
+			}
+			g.members[mi].quiet = true
+			for range k1 {
+				g.add(&gslot{at: g.randTime(0, 30), member: mi, kind: gPurchase})
+			}
+			for range k2 {
+				g.add(&gslot{at: g.randTime(days-25, days), member: mi, kind: gPurchase})
+			}
+			budget -= k1 + k2
+		}
+	}
+	return budget
 }

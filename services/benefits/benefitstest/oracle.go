@@ -60,14 +60,13 @@
 //     end = this month + grace_months; then, if in grace and this month start
 //     is at or after the end, the member moves down to Q and grace is
 //     cleared (so grace_months 0 downgrades at once).
-//  10. Benefits: conditions present are ANDed; labels are never held in the
-//     oracle (it has no label engine), so a benefit with labels is never
-//     granted. Revocation: immediate revokes at any evaluation where the
-//     condition is false; end_of_month revokes only at a month-start
-//     evaluation where the condition is false (so a birthday benefit goes
-//     at the next month start); never keeps it. Revocation leaves the
-//     benefit's coupon as it is. A grant at a month start issues its coupon
-//     at the month start instant.
+//  10. Benefits: conditions present are ANDed; labels are the oracle's
+//     own (see Labels below). Revocation: immediate revokes at any
+//     evaluation where the condition is false; end_of_month revokes only
+//     at a month-start evaluation where the condition is false (so a
+//     birthday benefit goes at the next month start); never keeps it.
+//     Revocation leaves the benefit's coupon as it is. A grant at a month
+//     start issues its coupon at the month start instant.
 //  11. Coupons: valid_from = issue time, valid_until = issue time +
 //     valid_days × 24h. A code is usable when it belongs to the member, its
 //     state is issued or restored and valid_from <= t < valid_until; the
@@ -83,7 +82,8 @@
 //     map(string, dyn); basket.total = Transaction.total; items carry sku,
 //     category, brand, quantity (int) and amount (LineItem.amount minor
 //     units, 0 when unset); member.tier is the tier before the purchase;
-//     member.labels is always empty; member.attributes holds birth_date when
+//     member.labels is always empty (the oracle computes only the labels
+//     benefits name, for benefits); member.attributes holds birth_date when
 //     known; channel is pos/app/miniprogram/web (crm, backoffice, "" for the
 //     others); hour/weekday/day_of_month are those of t in the programme
 //     timezone. A condition whose evaluation errors is false.
@@ -112,6 +112,39 @@
 //     immediate. redemption.points_per_unit and max_share are required.
 //     Durations use Go syntax or "<n>d". Each tier criterion has exactly
 //     one key. Campaign from/until take RFC 3339 or a local date/time.
+//
+// # Labels
+//
+// The labels a benefit names are computed by the oracle itself (labels.go),
+// from the definitions of docs/labels.md and never from services/tags, for
+// the labels it knows (KnownLabels: bought_7d/30d/90d/365d, sharer,
+// social_influencer; a programme naming another is refused by New).
+//
+//  1. Facts. Every Transaction (a purchase), Share and Referral event of
+//     the member counts, once per event id, whatever the programme made of
+//     it: a refused purchase, a repeated order id, a referral over the
+//     monthly cap and a share (which the programme ignores) all count.
+//     Malformed events (Apply's errors) do not.
+//  2. Windows. "In the last N days" at now holds an event that occurred
+//     at r when r <= now < r + N×24h: rolling, exact to the instant, by
+//     occurred_at.
+//  3. A benefit's condition at t reads the labels at t; at a month start,
+//     the labels at the month start.
+//  4. Benefits follow labels. When a label a benefit names changes for a
+//     member, the member gets an operation without effect at that time:
+//     month starts, expiry, then benefits (steps 1, 2 and 5 of "Order of
+//     processing"), creating the member if it has no state yet (a member
+//     whose only events are shares, or whose first purchase was refused).
+//     A change with time alone (an event leaving a window) is acted on at
+//     its instant, before anything later of the member: Apply acts on
+//     window ends up to the event's time first, AdvanceTo up to t. A change
+//     an event makes is acted on right after that event's operation, at its
+//     time (so the operation itself still reads the labels before the
+//     event; since an event only ever adds to the counts, this grants what
+//     reading them after would, at the same time). LabelEdges lists the
+//     instants of window ends that change a label, for a harness to run
+//     the platform's scheduled jobs at.
+//  5. BenefitHistory records every grant and revocation with its time.
 //
 // # Coupon codes
 //
@@ -228,8 +261,9 @@ type member struct {
 	couponByCode map[string]int
 	couponSeq    map[string]int
 
-	held      map[string]bool
-	birthDate string
+	held       map[string]bool
+	benefitLog []BenefitChange
+	birthDate  string
 
 	hasCheckIn  bool
 	lastCheckIn int
@@ -258,6 +292,7 @@ func (m *member) clone() *member {
 	c.couponByCode = copyMap(m.couponByCode)
 	c.couponSeq = copyMap(m.couponSeq)
 	c.held = copyMap(m.held)
+	c.benefitLog = append([]BenefitChange(nil), m.benefitLog...)
 	c.referrals = copyMap(m.referrals)
 	c.monthlyAwarded = copyMap(m.monthlyAwarded)
 	return &c
@@ -279,6 +314,11 @@ type Oracle struct {
 	budgetUsed   []int64
 	couponIssued map[string]int
 	refused      map[string]int
+
+	// Labels: the facts each member's labels are computed from, and the
+	// labels the programme's benefits name (sorted).
+	labels map[string]*labelFacts
+	named  []string
 }
 
 // New parses a programme (program.yaml syntax) and returns an empty oracle.
@@ -297,6 +337,8 @@ func New(programYAML []byte) (*Oracle, error) {
 		budgetUsed:   make([]int64, len(p.campaigns)),
 		couponIssued: map[string]int{},
 		refused:      map[string]int{},
+		labels:       map[string]*labelFacts{},
+		named:        p.namedLabels(),
 	}, nil
 }
 
@@ -563,8 +605,8 @@ func (o *Oracle) benefitCondition(m *member, b *benefit, t time.Time) bool {
 	if b.minTier >= 0 && m.tier < b.minTier {
 		return false
 	}
-	if len(b.labels) > 0 {
-		return false // the oracle holds no labels
+	if len(b.labels) > 0 && !o.holdsLabels(m.id, b.labels, t) {
+		return false
 	}
 	if b.birthdayMonth && !o.birthdayMonth(m, t) {
 		return false
@@ -580,12 +622,14 @@ func (o *Oracle) evalBenefits(m *member, t time.Time, monthStart bool) {
 		switch {
 		case cond && !held:
 			m.held[b.id] = true
+			m.benefitLog = append(m.benefitLog, BenefitChange{Benefit: b.id, Granted: true, At: t})
 			if b.coupon != "" {
 				o.issueCoupon(m, b.coupon, t)
 			}
 		case !cond && held:
 			if b.revoke == "immediate" || (b.revoke == "end_of_month" && monthStart) {
 				delete(m.held, b.id)
+				m.benefitLog = append(m.benefitLog, BenefitChange{Benefit: b.id, Granted: false, At: t})
 			}
 		}
 	}
@@ -652,8 +696,37 @@ func newMember(id string, t time.Time, month int) *member {
 }
 
 // Apply processes one member event. It returns an error only for malformed
-// input; refusals are counted (Refused) and change nothing.
+// input; refusals are counted (Refused) and change nothing in the
+// programme. When the programme's benefits name labels, the member's labels
+// follow every event (a refused or ignored one too): window ends up to the
+// event's time are acted on first, each at its instant, then the
+// operation, then a change of a named label the event made (see
+// labelChange).
 func (o *Oracle) Apply(ev *mcv1.MemberEvent) error {
+	if len(o.named) == 0 || ev == nil || ev.GetEventId() == "" || ev.GetMemberId() == "" ||
+		ev.GetOccurredAt() == nil || ev.GetOccurredAt().CheckValid() != nil {
+		return o.apply(ev)
+	}
+	mid := ev.GetMemberId()
+	t := o.effectiveTime(mid, ev.GetOccurredAt().AsTime())
+	o.followLabels(mid, t)
+	if err := o.apply(ev); err != nil {
+		return err
+	}
+	o.foldLabelFact(ev, t)
+	return nil
+}
+
+// effectiveTime is an operation's time for the member: occurred, or the
+// member's last processed time if later.
+func (o *Oracle) effectiveTime(memberID string, occurred time.Time) time.Time {
+	if m := o.members[memberID]; m != nil && occurred.Before(m.clock) {
+		return m.clock
+	}
+	return occurred
+}
+
+func (o *Oracle) apply(ev *mcv1.MemberEvent) error {
 	if ev == nil {
 		return errors.New("oracle: nil event")
 	}
@@ -1096,13 +1169,16 @@ func (o *Oracle) referral(m *member, t time.Time) {
 
 // AdvanceTo processes month starts and expiry for a member up to t without
 // an operation, as the engine's scheduled jobs do, and moves the member's
-// clock to t (never backwards). Unknown members are ignored.
+// clock to t (never backwards). Window ends of the labels benefits name up
+// to t are acted on first, each at its instant (Labels, 4). Unknown
+// members are ignored.
 func (o *Oracle) AdvanceTo(memberID string, t time.Time) {
+	t = o.effectiveTime(memberID, t.UTC())
+	o.followLabels(memberID, t)
 	m := o.members[memberID]
 	if m == nil {
 		return
 	}
-	t = t.UTC()
 	if t.Before(m.clock) {
 		t = m.clock
 	}
@@ -1111,10 +1187,16 @@ func (o *Oracle) AdvanceTo(memberID string, t time.Time) {
 	m.clock = t
 }
 
-// AdvanceAll is AdvanceTo for every member.
+// AdvanceAll is AdvanceTo for every member (and every member whose labels
+// the oracle follows).
 func (o *Oracle) AdvanceAll(t time.Time) {
 	for id := range o.members {
 		o.AdvanceTo(id, t)
+	}
+	for id := range o.labels {
+		if o.members[id] == nil {
+			o.AdvanceTo(id, t)
+		}
 	}
 }
 

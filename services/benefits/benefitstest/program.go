@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"math/big"
 	"regexp"
+	"slices"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -486,6 +488,11 @@ func parseProgram(src []byte) (*program, error) {
 		}
 		seen[rb.ID] = true
 		b := benefit{id: rb.ID, minTier: -1, labels: rb.Labels, birthdayMonth: rb.BirthdayMonth, revoke: rb.Revoke, coupon: rb.Coupon}
+		for _, l := range rb.Labels {
+			if err := checkLabel(rb.ID, l); err != nil {
+				return nil, err
+			}
+		}
 		if rb.MinTier != "" {
 			idx, ok := p.tierIndex[rb.MinTier]
 			if !ok {
@@ -519,4 +526,14 @@ func parseProgram(src []byte) (*program, error) {
 		p.referral = &referralMission{bonus: m.Bonus, cap: m.CapPerMonth}
 	}
 	return p, nil
+}
+
+// namedLabels returns the labels the benefits name, sorted, once each.
+func (p *program) namedLabels() []string {
+	var out []string
+	for _, b := range p.benefits {
+		out = append(out, b.labels...)
+	}
+	sort.Strings(out)
+	return slices.Compact(out)
 }
