@@ -63,15 +63,7 @@ func (h *poisonHandler) handle(ctx context.Context, r *kgo.Record) error {
 func (h *poisonHandler) snapshot() (map[int32][]string, map[string]int) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	a := map[int32][]string{}
-	for p, v := range h.applied {
-		a[p] = slices.Clone(v)
-	}
-	n := map[string]int{}
-	for k, v := range h.attempts {
-		n[k] = v
-	}
-	return a, n
+	return cloneState(h.applied, h.attempts)
 }
 
 // waitFor waits until cond holds, re-checking whenever the handler applied
@@ -110,7 +102,7 @@ func produceTo(t *testing.T, ctx context.Context, kcfg kafka.Config, topic strin
 func startRecords(t *testing.T, kcfg kafka.Config, h *poisonHandler) consumer.Config {
 	t.Helper()
 	cfg := consumer.Config{Stage: stage, Group: kcfg.Group("t"), Topics: []string{kcfg.Topics.ChannelEvents}, DLQTopic: kcfg.Topics.DLQ}
-	c, err := consumer.New(kcfg, telemetry(), cfg)
+	c, err := consumer.New(kcfg, kafkatest.Telemetry(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -147,14 +139,14 @@ func TestUnknownFailureIsBoundedAndHoldsUpNoOtherPartition(t *testing.T) {
 	h.waitFor(t, ctx, "partition 0 goes on after the limit", func(a map[int32][]string, _ map[string]int) bool {
 		return slices.Equal(a[0], []string{"p0-a", "p0-b"})
 	})
-	letters := readTopic(t, ctx, kcfg, kcfg.Topics.DLQ)
+	letters := kafkatest.ReadTopic(t, ctx, kcfg, kcfg.Topics.DLQ)
 	if len(letters) != 1 || string(letters[0].Value) != "stuck" {
 		t.Fatalf("dead letters = %v, want the stuck record only", values(letters))
 	}
 	if l := dlq.Parse(letters[0]); !strings.Contains(l.Reason, "retried for") || !strings.Contains(l.Reason, "something odd") || l.Partition != 0 {
 		t.Fatalf("letter = %+v, want the retry limit and the last error as its reason", l)
 	}
-	waitCommitted(t, ctx, kadm.NewClient(kafkaClient(t, kcfg)), cfg.Group, kcfg.Topics.ChannelEvents)
+	kafkatest.WaitCommitted(t, ctx, kadm.NewClient(kafkaClient(t, kcfg)), cfg.Group, kcfg.Topics.ChannelEvents)
 }
 
 // A data error (here PostgreSQL's "invalid byte sequence", class 22) is
@@ -194,7 +186,7 @@ func TestDataErrorsAtOnceOutagesForAsLongAsTheyLast(t *testing.T) {
 	if attempts["nul"] != 1 {
 		t.Errorf("the data error was attempted %d times, want 1", attempts["nul"])
 	}
-	letters := readTopic(t, ctx, kcfg, kcfg.Topics.DLQ)
+	letters := kafkatest.ReadTopic(t, ctx, kcfg, kcfg.Topics.DLQ)
 	if len(letters) != 1 || string(letters[0].Value) != "nul" || !strings.Contains(dlq.Parse(letters[0]).Reason, "22021") {
 		t.Fatalf("dead letters = %v, want the data error only, with its reason", values(letters))
 	}
@@ -219,7 +211,7 @@ func TestTooLargeRecordDeadLetteredByReference(t *testing.T) {
 	h.waitFor(t, ctx, "the record behind applied", func(a map[int32][]string, _ map[string]int) bool {
 		return slices.Equal(a[3], []string{"next"})
 	})
-	letters := readTopic(t, ctx, kcfg, kcfg.Topics.DLQ)
+	letters := kafkatest.ReadTopic(t, ctx, kcfg, kcfg.Topics.DLQ)
 	if len(letters) != 1 {
 		t.Fatalf("%d dead letters, want 1", len(letters))
 	}
@@ -249,7 +241,7 @@ func TestBatchSplitsAroundTheRecordAtFault(t *testing.T) {
 	var applied []string
 	calls := 0
 	done := make(chan struct{})
-	c, err := consumer.New(kcfg, telemetry(), cfg)
+	c, err := consumer.New(kcfg, kafkatest.Telemetry(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -278,14 +270,14 @@ func TestBatchSplitsAroundTheRecordAtFault(t *testing.T) {
 		t.Fatalf("applied %d of %d", len(applied), len(vals)-1)
 	}
 	// The batch's offsets are committed after its dead letters are written.
-	waitCommitted(t, ctx, kadm.NewClient(kafkaClient(t, kcfg)), cfg.Group, kcfg.Topics.ChannelEvents)
+	kafkatest.WaitCommitted(t, ctx, kadm.NewClient(kafkaClient(t, kcfg)), cfg.Group, kcfg.Topics.ChannelEvents)
 	mu.Lock()
 	want := slices.DeleteFunc(slices.Clone(vals), func(v string) bool { return v == "poison" })
 	if !slices.Equal(applied, want) {
 		t.Errorf("applied %v, want every other record once, in order", applied)
 	}
 	mu.Unlock()
-	letters := readTopic(t, ctx, kcfg, kcfg.Topics.DLQ)
+	letters := kafkatest.ReadTopic(t, ctx, kcfg, kcfg.Topics.DLQ)
 	if len(letters) != 1 || string(letters[0].Value) != "poison" {
 		t.Fatalf("dead letters = %v, want the poison record only", values(letters))
 	}
