@@ -17,15 +17,10 @@ import (
 	"github.com/membercenter/membercenter/pipeline/consumer"
 	"github.com/membercenter/membercenter/pipeline/dlq"
 	"github.com/membercenter/membercenter/pipeline/fault"
+	"github.com/membercenter/membercenter/pipeline/fault/faulttest"
 	"github.com/membercenter/membercenter/pipeline/kafka"
 	"github.com/membercenter/membercenter/pipeline/kafka/kafkatest"
 )
-
-// sqlState has the shape of a PostgreSQL error as fault.Classify sees it.
-type sqlState string
-
-func (e sqlState) Error() string    { return "ERROR: refused (SQLSTATE " + string(e) + ")" }
-func (e sqlState) SQLState() string { return string(e) }
 
 // poisonHandler applies records and remembers the order per partition; its
 // behaviour per value is set by the test.
@@ -163,13 +158,13 @@ func TestDataErrorsAtOnceOutagesForAsLongAsTheyLast(t *testing.T) {
 	h := newPoisonHandler(func(v string, n int) error {
 		switch v {
 		case "nul":
-			return fmt.Errorf("insert event: %w", sqlState("22021"))
+			return fmt.Errorf("insert event: %w", faulttest.SQLError("22021"))
 		case "during-outage":
 			if outage.TryLock() {
 				outage.Unlock()
 				return nil
 			}
-			return fmt.Errorf("acquire connection: %w", sqlState("57P03")) // the database is starting up
+			return fmt.Errorf("acquire connection: %w", faulttest.SQLError("57P03")) // the database is starting up
 		}
 		return nil
 	})
