@@ -141,16 +141,8 @@ func QueueFeatures(b *pgx.Batch, f FeaturesWrite) { QueueFeaturesBatch(b, []Feat
 // DueFeatures locks up to limit members whose features are due (a window
 // ended, a day passed) at now, skipping those another sweeper holds.
 func DueFeatures(ctx context.Context, tx pgx.Tx, now time.Time, limit int) ([]uuid.UUID, error) {
-	rows, err := tx.Query(ctx, `SELECT member_id FROM member_features WHERE due_at <= $1
+	return queryValues[uuid.UUID](ctx, tx, "due members", `SELECT member_id FROM member_features WHERE due_at <= $1
 		ORDER BY due_at LIMIT $2 FOR UPDATE SKIP LOCKED`, now, limit)
-	if err != nil {
-		return nil, fmt.Errorf("due members: %w", err)
-	}
-	ids, err := pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
-	if err != nil {
-		return nil, fmt.Errorf("due members: %w", err)
-	}
-	return ids, nil
 }
 
 // StoredLabels returns a member's labels as stored — labels_pb
@@ -271,16 +263,8 @@ func CountActiveMembers(ctx context.Context, q Querier) (int64, error) {
 
 // ActiveMembersAfter pages through the active members in id order.
 func ActiveMembersAfter(ctx context.Context, q Querier, after uuid.UUID, limit int) ([]uuid.UUID, error) {
-	rows, err := q.Query(ctx, `SELECT member_id FROM members WHERE merged_into IS NULL AND member_id > $1
+	return queryValues[uuid.UUID](ctx, q, "next members", `SELECT member_id FROM members WHERE merged_into IS NULL AND member_id > $1
 		ORDER BY member_id LIMIT $2`, after, limit)
-	if err != nil {
-		return nil, fmt.Errorf("next members: %w", err)
-	}
-	ids, err := pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
-	if err != nil {
-		return nil, fmt.Errorf("next members: %w", err)
-	}
-	return ids, nil
 }
 
 // FoldRoots maps every member whose events now belong to one of ids (the

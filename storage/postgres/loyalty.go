@@ -434,7 +434,7 @@ func ReturnLoyaltyData(ctx context.Context, q Querier, target, source uuid.UUID,
 // loyalty_state_evaluated), so the cost follows the members that are due,
 // not the member count.
 func DueLoyalty(ctx context.Context, q Querier, now time.Time, month, limit int) ([]uuid.UUID, error) {
-	rows, err := q.Query(ctx, `
+	return queryValues[uuid.UUID](ctx, q, "due members", `
 		SELECT d.member_id FROM (
 		        SELECT l.member_id FROM point_lots l WHERE l.remaining > 0 AND l.expires_at <= $1
 		        UNION
@@ -442,14 +442,6 @@ func DueLoyalty(ctx context.Context, q Querier, now time.Time, month, limit int)
 		       ) d
 		  JOIN members m ON m.member_id = d.member_id AND m.status = 'active'
 		 LIMIT $3`, now, month, limit)
-	if err != nil {
-		return nil, fmt.Errorf("due members: %w", err)
-	}
-	ids, err := pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
-	if err != nil {
-		return nil, fmt.Errorf("due members: %w", err)
-	}
-	return ids, nil
 }
 
 // QueueBenefitLabelChecks queues members whose labels a benefit depends on
@@ -466,15 +458,7 @@ func QueueBenefitLabelChecks(b *pgx.Batch, members []uuid.UUID) {
 // skipping those another taker holds, and returns them: the caller
 // re-evaluates them in tx, whose rollback puts them back.
 func TakeBenefitLabelChecks(ctx context.Context, tx pgx.Tx, limit int) ([]uuid.UUID, error) {
-	rows, err := tx.Query(ctx, `DELETE FROM benefit_label_checks WHERE member_id IN (
+	return queryValues[uuid.UUID](ctx, tx, "take benefit label checks", `DELETE FROM benefit_label_checks WHERE member_id IN (
 		SELECT member_id FROM benefit_label_checks ORDER BY queued_at LIMIT $1 FOR UPDATE SKIP LOCKED)
 		RETURNING member_id`, limit)
-	if err != nil {
-		return nil, fmt.Errorf("take benefit label checks: %w", err)
-	}
-	ids, err := pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
-	if err != nil {
-		return nil, fmt.Errorf("take benefit label checks: %w", err)
-	}
-	return ids, nil
 }

@@ -80,6 +80,20 @@ var (
 	_ Querier = (pgx.Tx)(nil)
 )
 
+// queryValues runs a statement whose rows are one column each and returns
+// the values; what names the statement in an error.
+func queryValues[T any](ctx context.Context, q Querier, what, sql string, args ...any) ([]T, error) {
+	rows, err := q.Query(ctx, sql, args...)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	vs, err := pgx.CollectRows(rows, pgx.RowTo[T])
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	return vs, nil
+}
+
 // ErrNotFound is returned when a looked-up row does not exist.
 var ErrNotFound = errors.New("not found")
 
