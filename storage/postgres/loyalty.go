@@ -282,12 +282,7 @@ func QueueBudgetSpend(b *pgx.Batch, campaign string, points, limit int64, refuse
 	b.Queue(`INSERT INTO campaign_budgets AS b (campaign_id, spent) SELECT $1::text, $2::bigint WHERE $3::bigint = 0 OR $2::bigint <= $3::bigint
 		ON CONFLICT (campaign_id) DO UPDATE SET spent = b.spent + EXCLUDED.spent
 		WHERE $3 = 0 OR b.spent + EXCLUDED.spent <= $3`, campaign, points, limit).
-		Exec(func(tag pgconn.CommandTag) error {
-			if tag.RowsAffected() == 0 {
-				refused()
-			}
-			return nil
-		})
+		Exec(refusedIfNone(refused))
 }
 
 // QueueCouponsIssued queues coupons issued of a template (limit 0: none);
@@ -297,12 +292,18 @@ func QueueCouponsIssued(b *pgx.Batch, template string, n, limit int, refused fun
 	b.Queue(`INSERT INTO coupon_template_counts AS c (template_id, issued) SELECT $1::text, $2::int WHERE $3::int = 0 OR $2::int <= $3::int
 		ON CONFLICT (template_id) DO UPDATE SET issued = c.issued + EXCLUDED.issued
 		WHERE $3 = 0 OR c.issued + EXCLUDED.issued <= $3`, template, n, limit).
-		Exec(func(tag pgconn.CommandTag) error {
-			if tag.RowsAffected() == 0 {
-				refused()
-			}
-			return nil
-		})
+		Exec(refusedIfNone(refused))
+}
+
+// refusedIfNone calls refused when a statement wrote no row: its limit held
+// it back.
+func refusedIfNone(refused func()) func(pgconn.CommandTag) error {
+	return func(tag pgconn.CommandTag) error {
+		if tag.RowsAffected() == 0 {
+			refused()
+		}
+		return nil
+	}
 }
 
 // QueueNewCoupon queues a coupon issued to a member.
