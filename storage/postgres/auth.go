@@ -79,14 +79,11 @@ func GetCodeSecret(ctx context.Context, q Querier, memberID uuid.UUID) (CodeSecr
 // reports false when a secret was already there (a concurrent first issue):
 // the caller must then read and use that one.
 func InsertCodeSecret(ctx context.Context, q Querier, r CodeSecretRow) (bool, error) {
-	tag, err := q.Exec(ctx, `
+	affected, err := execRows(ctx, q, "insert code secret", `
 		INSERT INTO member_code_secrets (member_id, secret_cipher, key_id, created_at) VALUES ($1, $2, $3, $4)
 		ON CONFLICT (member_id) DO NOTHING`,
 		r.MemberID, r.Cipher, r.KeyID, r.CreatedAt)
-	if err != nil {
-		return false, fmt.Errorf("insert code secret: %w", err)
-	}
-	return tag.RowsAffected() == 1, nil
+	return affected == 1, err
 }
 
 // CodeUse is one accepted dynamic code: a member's time step and where it
@@ -102,14 +99,11 @@ type CodeUse struct {
 // InsertCodeUse records an accepted code. It reports false, writing nothing,
 // when the member's step was used before (a replay).
 func InsertCodeUse(ctx context.Context, q Querier, u CodeUse) (bool, error) {
-	tag, err := q.Exec(ctx, `
+	affected, err := execRows(ctx, q, "insert code use", `
 		INSERT INTO member_code_uses (member_id, step, used_at, store_id, terminal_id) VALUES ($1, $2, $3, $4, $5)
 		ON CONFLICT (member_id, step) DO NOTHING`,
 		u.MemberID, u.Step, u.UsedAt, u.StoreID, u.TerminalID)
-	if err != nil {
-		return false, fmt.Errorf("insert code use: %w", err)
-	}
-	return tag.RowsAffected() == 1, nil
+	return affected == 1, err
 }
 
 // LastCodeStep returns the latest step of a member's accepted codes; ok is
@@ -172,13 +166,9 @@ func FindTerminalByKey(ctx context.Context, q Querier, publicKey []byte) (Termin
 // InsertTerminal registers a terminal. A unique violation (see
 // IsUniqueViolation) means its id or key was registered concurrently.
 func InsertTerminal(ctx context.Context, q Querier, r TerminalRow) error {
-	_, err := q.Exec(ctx, `
+	return exec(ctx, q, "insert terminal", `
 		INSERT INTO terminals (terminal_id, store_id, public_key, description, registered_at) VALUES ($1, $2, $3, $4, $5)`,
 		r.TerminalID, r.StoreID, r.PublicKey, r.Description, r.RegisteredAt)
-	if err != nil {
-		return fmt.Errorf("insert terminal: %w", err)
-	}
-	return nil
 }
 
 // RevokeTerminal marks an active terminal revoked and returns it. It
@@ -209,24 +199,17 @@ type AssertionNonce struct {
 // InsertAssertionNonce records an accepted assertion's nonce. It reports
 // false, writing nothing, when the terminal used the nonce before (a replay).
 func InsertAssertionNonce(ctx context.Context, q Querier, n AssertionNonce) (bool, error) {
-	tag, err := q.Exec(ctx, `
+	affected, err := execRows(ctx, q, "insert assertion nonce", `
 		INSERT INTO assertion_nonces (terminal_id, nonce, asserted_at, seen_at) VALUES ($1, $2, $3, $4)
 		ON CONFLICT (terminal_id, nonce) DO NOTHING`,
 		n.TerminalID, n.Nonce, n.AssertedAt, n.SeenAt)
-	if err != nil {
-		return false, fmt.Errorf("insert assertion nonce: %w", err)
-	}
-	return tag.RowsAffected() == 1, nil
+	return affected == 1, err
 }
 
 // InsertCodeFailure records a failed code attempt for a member number.
 func InsertCodeFailure(ctx context.Context, q Querier, memberNo int64, at time.Time, storeID, terminalID string) error {
-	_, err := q.Exec(ctx, `INSERT INTO member_code_failures (member_no, failed_at, store_id, terminal_id) VALUES ($1, $2, $3, $4)`,
+	return exec(ctx, q, "insert code failure", `INSERT INTO member_code_failures (member_no, failed_at, store_id, terminal_id) VALUES ($1, $2, $3, $4)`,
 		memberNo, at, storeID, terminalID)
-	if err != nil {
-		return fmt.Errorf("insert code failure: %w", err)
-	}
-	return nil
 }
 
 // CountCodeFailures counts failed attempts for a member number since a time.

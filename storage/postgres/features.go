@@ -200,11 +200,8 @@ func PendingProfileExports(ctx context.Context, q Querier, limit int) ([]Profile
 // DequeueProfileExports removes the exported members from the queue where
 // the queued version is not newer than the one exported.
 func DequeueProfileExports(ctx context.Context, q Querier, members []uuid.UUID, versions []int64) error {
-	if _, err := q.Exec(ctx, `DELETE FROM profile_exports p USING unnest($1::uuid[], $2::bigint[]) AS d(member_id, version)
-		WHERE p.member_id = d.member_id AND p.version <= d.version`, members, versions); err != nil {
-		return fmt.Errorf("dequeue profile exports: %w", err)
-	}
-	return nil
+	return exec(ctx, q, "dequeue profile exports", `DELETE FROM profile_exports p USING unnest($1::uuid[], $2::bigint[]) AS d(member_id, version)
+		WHERE p.member_id = d.member_id AND p.version <= d.version`, members, versions)
 }
 
 // BackfillProgress is where a catalogue's backfill stands.
@@ -217,10 +214,7 @@ type BackfillProgress struct {
 
 // RestartBackfill forgets a catalogue's backfill progress.
 func RestartBackfill(ctx context.Context, q Querier, catalog string) error {
-	if _, err := q.Exec(ctx, `DELETE FROM tag_backfills WHERE catalog_version = $1`, catalog); err != nil {
-		return fmt.Errorf("restart backfill: %w", err)
-	}
-	return nil
+	return exec(ctx, q, "restart backfill", `DELETE FROM tag_backfills WHERE catalog_version = $1`, catalog)
 }
 
 // StartBackfill returns a catalogue's backfill progress, starting one.
@@ -237,19 +231,13 @@ func StartBackfill(ctx context.Context, q Querier, catalog string) (BackfillProg
 
 // AdvanceBackfill records a batch of a catalogue's backfill.
 func AdvanceBackfill(ctx context.Context, q Querier, catalog string, last uuid.UUID, members, changed int) error {
-	if _, err := q.Exec(ctx, `UPDATE tag_backfills SET last_member = $2, members = members + $3, changed = changed + $4, updated_at = now()
-		WHERE catalog_version = $1`, catalog, last, members, changed); err != nil {
-		return fmt.Errorf("backfill progress: %w", err)
-	}
-	return nil
+	return exec(ctx, q, "backfill progress", `UPDATE tag_backfills SET last_member = $2, members = members + $3, changed = changed + $4, updated_at = now()
+		WHERE catalog_version = $1`, catalog, last, members, changed)
 }
 
 // FinishBackfill marks a catalogue's backfill done.
 func FinishBackfill(ctx context.Context, q Querier, catalog string) error {
-	if _, err := q.Exec(ctx, `UPDATE tag_backfills SET done = true, updated_at = now() WHERE catalog_version = $1`, catalog); err != nil {
-		return fmt.Errorf("finish backfill: %w", err)
-	}
-	return nil
+	return exec(ctx, q, "finish backfill", `UPDATE tag_backfills SET done = true, updated_at = now() WHERE catalog_version = $1`, catalog)
 }
 
 // CountActiveMembers counts the members not merged into another.

@@ -101,12 +101,9 @@ func LookupIngest(ctx context.Context, pool *pgxpool.Pool, eventID string, keys 
 // InsertIngestedEventIfNew records an event's resolution unless a
 // concurrent ingest already did; it reports whether this one did.
 func InsertIngestedEventIfNew(ctx context.Context, q Querier, e IngestedEvent) (bool, error) {
-	tag, err := q.Exec(ctx, `INSERT INTO ingested_events (event_id, member_id, created, resolution) VALUES ($1, $2, $3, $4)
+	affected, err := execRows(ctx, q, "insert ingested event", `INSERT INTO ingested_events (event_id, member_id, created, resolution) VALUES ($1, $2, $3, $4)
 		ON CONFLICT (event_id) DO NOTHING`, e.EventID, e.MemberID, e.Created, e.Resolution)
-	if err != nil {
-		return false, fmt.Errorf("insert ingested event: %w", err)
-	}
-	return tag.RowsAffected() == 1, nil
+	return affected == 1, err
 }
 
 // LookupIdempotent asks, in one round trip, whether an idempotency key was
@@ -150,10 +147,7 @@ func scanIdentifier(row pgx.CollectableRow) (IdentifierRow, error) {
 
 // InsertMember creates a member.
 func InsertMember(ctx context.Context, q Querier, id uuid.UUID, at time.Time) error {
-	if _, err := q.Exec(ctx, `INSERT INTO members (member_id, created_at) VALUES ($1, $2)`, id, at); err != nil {
-		return fmt.Errorf("insert member: %w", err)
-	}
-	return nil
+	return exec(ctx, q, "insert member", `INSERT INTO members (member_id, created_at) VALUES ($1, $2)`, id, at)
 }
 
 // InsertIdentifier links an identifier to a member. A unique violation
@@ -167,14 +161,10 @@ func InsertIdentifier(ctx context.Context, q Querier, r IdentifierRow) error {
 	if origin == uuid.Nil {
 		origin = r.MemberID
 	}
-	_, err := q.Exec(ctx, `
+	return exec(ctx, q, "insert identifier", `
 		INSERT INTO member_identifiers (member_id, origin_member_id, is_unique, id_type, scope, value_hash, value_cipher, key_id, masked, linked_at, cause_id)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)`,
 		r.MemberID, origin, r.Unique, r.Type, r.Scope, r.Hash, r.Cipher, keyID, r.Masked, r.LinkedAt, r.CauseID)
-	if err != nil {
-		return fmt.Errorf("insert identifier: %w", err)
-	}
-	return nil
 }
 
 // GetMember returns a member, or ErrNotFound.
@@ -218,22 +208,15 @@ func GetIngestedEvent(ctx context.Context, q Querier, eventID string) (IngestedE
 // InsertIngestedEvent records an event's resolution. A unique violation means
 // a concurrent ingest of the same event won.
 func InsertIngestedEvent(ctx context.Context, q Querier, e IngestedEvent) error {
-	_, err := q.Exec(ctx, `INSERT INTO ingested_events (event_id, member_id, created, resolution) VALUES ($1, $2, $3, $4)`,
+	return exec(ctx, q, "insert ingested event", `INSERT INTO ingested_events (event_id, member_id, created, resolution) VALUES ($1, $2, $3, $4)`,
 		e.EventID, e.MemberID, e.Created, e.Resolution)
-	if err != nil {
-		return fmt.Errorf("insert ingested event: %w", err)
-	}
-	return nil
 }
 
 // MarkProcessed records that consumer applied eventID. It reports false when
 // the event was already processed: the caller must then change nothing.
 func MarkProcessed(ctx context.Context, q Querier, consumer, eventID string) (bool, error) {
-	tag, err := q.Exec(ctx, `
+	affected, err := execRows(ctx, q, "mark processed", `
 		INSERT INTO processed_events (consumer, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING`,
 		consumer, eventID)
-	if err != nil {
-		return false, fmt.Errorf("mark processed: %w", err)
-	}
-	return tag.RowsAffected() == 1, nil
+	return affected == 1, err
 }

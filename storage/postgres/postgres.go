@@ -80,6 +80,22 @@ var (
 	_ Querier = (pgx.Tx)(nil)
 )
 
+// exec runs a statement; what names it in an error.
+func exec(ctx context.Context, q Querier, what, sql string, args ...any) error {
+	_, err := execRows(ctx, q, what, sql, args...)
+	return err
+}
+
+// execRows runs a statement and returns how many rows it affected; what
+// names it in an error.
+func execRows(ctx context.Context, q Querier, what, sql string, args ...any) (int64, error) {
+	tag, err := q.Exec(ctx, sql, args...)
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w", what, err)
+	}
+	return tag.RowsAffected(), nil
+}
+
 // queryValues runs a statement whose rows are one column each and returns
 // the values; what names the statement in an error.
 func queryValues[T any](ctx context.Context, q Querier, what, sql string, args ...any) ([]T, error) {
