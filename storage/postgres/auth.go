@@ -2,7 +2,6 @@ package postgres
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
@@ -23,26 +22,14 @@ type MemberNoRow struct {
 func GetMemberNo(ctx context.Context, q Querier, memberID uuid.UUID) (MemberNoRow, error) {
 	r, err := scanMemberNo(q.QueryRow(ctx, `
 		SELECT member_id, member_no, status, merged_into FROM members WHERE member_id = $1`, memberID))
-	if errors.Is(err, pgx.ErrNoRows) {
-		return r, fmt.Errorf("member %s: %w", memberID, ErrNotFound)
-	}
-	if err != nil {
-		return r, fmt.Errorf("get member number: %w", err)
-	}
-	return r, nil
+	return r, rowErr(err, "get member number", "member %s", memberID)
 }
 
 // GetMemberByNo returns the member with a public number, or ErrNotFound.
 func GetMemberByNo(ctx context.Context, q Querier, memberNo int64) (MemberNoRow, error) {
 	r, err := scanMemberNo(q.QueryRow(ctx, `
 		SELECT member_id, member_no, status, merged_into FROM members WHERE member_no = $1`, memberNo))
-	if errors.Is(err, pgx.ErrNoRows) {
-		return r, fmt.Errorf("member number %d: %w", memberNo, ErrNotFound)
-	}
-	if err != nil {
-		return r, fmt.Errorf("get member by number: %w", err)
-	}
-	return r, nil
+	return r, rowErr(err, "get member by number", "member number %d", memberNo)
 }
 
 func scanMemberNo(row pgx.Row) (MemberNoRow, error) {
@@ -66,13 +53,7 @@ func GetCodeSecret(ctx context.Context, q Querier, memberID uuid.UUID) (CodeSecr
 	err := q.QueryRow(ctx, `
 		SELECT secret_cipher, key_id, created_at FROM member_code_secrets WHERE member_id = $1`, memberID).
 		Scan(&r.Cipher, &r.KeyID, &r.CreatedAt)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return r, fmt.Errorf("code secret of %s: %w", memberID, ErrNotFound)
-	}
-	if err != nil {
-		return r, fmt.Errorf("get code secret: %w", err)
-	}
-	return r, nil
+	return r, rowErr(err, "get code secret", "code secret of %s", memberID)
 }
 
 // InsertCodeSecret stores a member's code secret unless one exists. It
@@ -141,26 +122,14 @@ func scanTerminal(row pgx.Row) (TerminalRow, error) {
 // GetTerminal returns a terminal, revoked or not, or ErrNotFound.
 func GetTerminal(ctx context.Context, q Querier, terminalID string) (TerminalRow, error) {
 	r, err := scanTerminal(q.QueryRow(ctx, `SELECT `+terminalColumns+` FROM terminals WHERE terminal_id = $1`, terminalID))
-	if errors.Is(err, pgx.ErrNoRows) {
-		return r, fmt.Errorf("terminal %q: %w", terminalID, ErrNotFound)
-	}
-	if err != nil {
-		return r, fmt.Errorf("get terminal: %w", err)
-	}
-	return r, nil
+	return r, rowErr(err, "get terminal", "terminal %q", terminalID)
 }
 
 // FindTerminalByKey returns the terminal registered with a public key, or
 // ErrNotFound.
 func FindTerminalByKey(ctx context.Context, q Querier, publicKey []byte) (TerminalRow, error) {
 	r, err := scanTerminal(q.QueryRow(ctx, `SELECT `+terminalColumns+` FROM terminals WHERE public_key = $1`, publicKey))
-	if errors.Is(err, pgx.ErrNoRows) {
-		return r, fmt.Errorf("terminal with this public key: %w", ErrNotFound)
-	}
-	if err != nil {
-		return r, fmt.Errorf("find terminal by key: %w", err)
-	}
-	return r, nil
+	return r, rowErr(err, "find terminal by key", "terminal with this public key")
 }
 
 // InsertTerminal registers a terminal. A unique violation (see
@@ -179,13 +148,7 @@ func RevokeTerminal(ctx context.Context, q Querier, terminalID string, at time.T
 		UPDATE terminals SET revoked_at = $2, revoke_reason = $3
 		 WHERE terminal_id = $1 AND revoked_at IS NULL
 		RETURNING `+terminalColumns, terminalID, at, reason))
-	if errors.Is(err, pgx.ErrNoRows) {
-		return r, fmt.Errorf("active terminal %q: %w", terminalID, ErrNotFound)
-	}
-	if err != nil {
-		return r, fmt.Errorf("revoke terminal: %w", err)
-	}
-	return r, nil
+	return r, rowErr(err, "revoke terminal", "active terminal %q", terminalID)
 }
 
 // AssertionNonce is the nonce of an accepted device assertion.

@@ -173,13 +173,7 @@ func GetMember(ctx context.Context, q Querier, id uuid.UUID) (MemberRow, error) 
 	err := q.QueryRow(ctx, `
 		SELECT member_id, created_at, status, merged_into, change_seq, attributes, merge_count FROM members WHERE member_id = $1`, id).
 		Scan(&m.MemberID, &m.CreatedAt, &m.Status, &m.MergedInto, &m.ChangeSeq, &m.Attributes, &m.MergeCount)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return m, fmt.Errorf("member %s: %w", id, ErrNotFound)
-	}
-	if err != nil {
-		return m, fmt.Errorf("get member: %w", err)
-	}
-	return m, nil
+	return m, rowErr(err, "get member", "member %s", id)
 }
 
 // IngestedEvent is ingest's record of a resolved channel event.

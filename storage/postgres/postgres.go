@@ -96,6 +96,19 @@ func execRows(ctx context.Context, q Querier, what, sql string, args ...any) (in
 	return tag.RowsAffected(), nil
 }
 
+// rowErr wraps the error of reading a statement's one row: no row is
+// ErrNotFound, named by missing (a format and its args); any other error is
+// named by what.
+func rowErr(err error, what, missing string, args ...any) error {
+	if errors.Is(err, pgx.ErrNoRows) {
+		return fmt.Errorf("%s: %w", fmt.Sprintf(missing, args...), ErrNotFound)
+	}
+	if err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	return nil
+}
+
 // queryValues runs a statement whose rows are one column each and returns
 // the values; what names the statement in an error.
 func queryValues[T any](ctx context.Context, q Querier, what, sql string, args ...any) ([]T, error) {
