@@ -73,6 +73,16 @@ func keyArrays(keys []IdentifierKey) []any {
 	return []any{types, scopes, hashes}
 }
 
+// queueFindIdentifiers queues FindIdentifiers' lookup of keys into a batch;
+// found receives the rows.
+func queueFindIdentifiers(b *pgx.Batch, keys []IdentifierKey, found *[]IdentifierRow) {
+	b.Queue(findIdentifiersSQL, keyArrays(keys)...).Query(func(rows pgx.Rows) error {
+		var err error
+		*found, err = pgx.CollectRows(rows, scanIdentifier)
+		return err
+	})
+}
+
 // LookupIngest asks, in one round trip, whether an event was resolved before
 // (prev is nil if not) and which stored identifiers match keys: the
 // read-only fast path of ingest's resolution.
@@ -88,14 +98,11 @@ func LookupIngest(ctx context.Context, pool *pgxpool.Pool, eventID string, keys 
 		}
 		return rows.Err()
 	})
-	b.Queue(findIdentifiersSQL, keyArrays(keys)...).Query(func(rows pgx.Rows) error {
-		found, err = pgx.CollectRows(rows, scanIdentifier)
-		return err
-	})
+	queueFindIdentifiers(b, keys, &found)
 	if err := pool.SendBatch(ctx, b).Close(); err != nil {
 		return nil, nil, fmt.Errorf("ingest lookup: %w", err)
 	}
-	return prev, found, err
+	return prev, found, nil
 }
 
 // InsertIngestedEventIfNew records an event's resolution unless a
@@ -113,14 +120,11 @@ func LookupIdempotent(ctx context.Context, pool *pgxpool.Pool, scope, key string
 	b := &pgx.Batch{}
 	b.Queue(`SELECT EXISTS (SELECT FROM idempotency_keys WHERE scope = $1 AND key = $2)`, scope, key).
 		QueryRow(func(row pgx.Row) error { return row.Scan(&keyUsed) })
-	b.Queue(findIdentifiersSQL, keyArrays(keys)...).Query(func(rows pgx.Rows) error {
-		found, err = pgx.CollectRows(rows, scanIdentifier)
-		return err
-	})
+	queueFindIdentifiers(b, keys, &found)
 	if err := pool.SendBatch(ctx, b).Close(); err != nil {
 		return false, nil, fmt.Errorf("resolve lookup: %w", err)
 	}
-	return keyUsed, found, err
+	return keyUsed, found, nil
 }
 
 // ListIdentifiers returns a member's identifiers in the order they were linked.

@@ -123,6 +123,20 @@ func queryValues[T any](ctx context.Context, q Querier, what, sql string, args .
 	return vs, nil
 }
 
+// queryStringSet is queryValues for a statement that returns strings, as a
+// set.
+func queryStringSet(ctx context.Context, q Querier, what, sql string, args ...any) (map[string]bool, error) {
+	vs, err := queryValues[string](ctx, q, what, sql, args...)
+	if err != nil {
+		return nil, err
+	}
+	set := make(map[string]bool, len(vs))
+	for _, v := range vs {
+		set[v] = true
+	}
+	return set, nil
+}
+
 // ErrNotFound is returned when a looked-up row does not exist.
 var ErrNotFound = errors.New("not found")
 
