@@ -195,14 +195,7 @@ func InsertMerge(ctx context.Context, q Querier, m MergeRow) error {
 // GetMergeForUpdate returns a merge, locked, or ErrNotFound.
 func GetMergeForUpdate(ctx context.Context, q Querier, id uuid.UUID) (MergeRow, error) {
 	rows, err := q.Query(ctx, `SELECT `+mergeColumns+` FROM merges WHERE merge_id = $1 FOR UPDATE`, id)
-	if err != nil {
-		return MergeRow{}, fmt.Errorf("get merge: %w", err)
-	}
-	m, err := pgx.CollectExactlyOneRow(rows, scanMerge)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return m, fmt.Errorf("merge %s: %w", id, ErrNotFound)
-	}
-	return m, err
+	return collectOne(rows, err, scanMerge, "get merge", "merge %s", id)
 }
 
 // MarkUnmerged closes a merge.
@@ -280,14 +273,7 @@ func ListOpenConflicts(ctx context.Context, q Querier, afterAt time.Time, afterI
 // GetConflictForUpdate returns a conflict, locked, or ErrNotFound.
 func GetConflictForUpdate(ctx context.Context, q Querier, id uuid.UUID) (ConflictRow, error) {
 	rows, err := q.Query(ctx, `SELECT `+conflictColumns+` FROM identity_conflicts WHERE conflict_id = $1 FOR UPDATE`, id)
-	if err != nil {
-		return ConflictRow{}, fmt.Errorf("get conflict: %w", err)
-	}
-	c, err := pgx.CollectExactlyOneRow(rows, scanConflict)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return c, fmt.Errorf("conflict %s: %w", id, ErrNotFound)
-	}
-	return c, err
+	return collectOne(rows, err, scanConflict, "get conflict", "conflict %s", id)
 }
 
 // ResolveConflictRow records how a conflict was settled.

@@ -109,6 +109,21 @@ func rowErr(err error, what, missing string, args ...any) error {
 	return nil
 }
 
+// collectOne collects the one row of a query's result (rows, err) with scan:
+// a failed query is named by what; no row is ErrNotFound, named by missing
+// (a format and its args).
+func collectOne[T any](rows pgx.Rows, err error, scan pgx.RowToFunc[T], what, missing string, args ...any) (T, error) {
+	if err != nil {
+		var zero T
+		return zero, fmt.Errorf("%s: %w", what, err)
+	}
+	v, err := pgx.CollectExactlyOneRow(rows, scan)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return v, rowErr(err, what, missing, args...)
+	}
+	return v, err
+}
+
 // queryValues runs a statement whose rows are one column each and returns
 // the values; what names the statement in an error.
 func queryValues[T any](ctx context.Context, q Querier, what, sql string, args ...any) ([]T, error) {
