@@ -320,38 +320,15 @@ func LoadFeaturesBatch(ctx context.Context, tx pgx.Tx, members []uuid.UUID, seen
 			}
 			return rows.Err()
 		})
-	b.Queue(`SELECT member_id, granted FROM member_consents WHERE member_id = ANY($1) AND purpose = $2`, members, ConsentProfiling).
-		Query(func(rows pgx.Rows) error {
-			for rows.Next() {
-				var id uuid.UUID
-				var granted bool
-				if err := rows.Scan(&id, &granted); err != nil {
-					return err
-				}
-				if o := out[id]; o != nil {
-					o.Profiling = granted
-				}
-			}
-			return rows.Err()
-		})
-	b.Queue(`SELECT mine.member_id, max(n) FROM (SELECT device_hash, member_id FROM device_members WHERE member_id = ANY($1)) mine
+	rowOf := func(id uuid.UUID) *FeaturesRow { return out[id] }
+	queueMemberValues(b, rowOf, func(o *FeaturesRow, granted bool) { o.Profiling = granted },
+		`SELECT member_id, granted FROM member_consents WHERE member_id = ANY($1) AND purpose = $2`, members, ConsentProfiling)
+	queueMemberValues(b, rowOf, func(o *FeaturesRow, n int) { o.DeviceShare = n },
+		`SELECT mine.member_id, max(n) FROM (SELECT device_hash, member_id FROM device_members WHERE member_id = ANY($1)) mine
 		JOIN (SELECT device_hash, count(*) AS n FROM device_members
 		       WHERE device_hash IN (SELECT device_hash FROM device_members WHERE member_id = ANY($1)) GROUP BY device_hash) c
 		  ON c.device_hash = mine.device_hash
-		GROUP BY mine.member_id`, members).
-		Query(func(rows pgx.Rows) error {
-			for rows.Next() {
-				var id uuid.UUID
-				var n int
-				if err := rows.Scan(&id, &n); err != nil {
-					return err
-				}
-				if o := out[id]; o != nil {
-					o.DeviceShare = n
-				}
-			}
-			return rows.Err()
-		})
+		GROUP BY mine.member_id`, members)
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return nil, fmt.Errorf("load features: %w", err)
 	}

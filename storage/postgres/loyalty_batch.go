@@ -59,17 +59,8 @@ func LoadLoyaltyBatch(ctx context.Context, q Batcher, loads []LoyaltyLoad) (map[
 		}
 		return rows.Err()
 	})
-	b.Queue(`SELECT member_id, state FROM loyalty_state WHERE member_id = ANY($1)`, members).Query(func(rows pgx.Rows) error {
-		for rows.Next() {
-			var id uuid.UUID
-			var st []byte
-			if err := rows.Scan(&id, &st); err != nil {
-				return err
-			}
-			of(id).State = st
-		}
-		return rows.Err()
-	})
+	queueMemberValues(b, of, func(r *LoyaltyRows, st []byte) { r.State = st },
+		`SELECT member_id, state FROM loyalty_state WHERE member_id = ANY($1)`, members)
 	// Open lots only, as LoadLoyalty reads them.
 	queueMemberRows(b, of, func(r *LoyaltyRows) *[]LotRow { return &r.Lots }, lotColumns,
 		`SELECT member_id, lot_id, earned, remaining, earned_at, available_at, expires_at, coalesce(order_id, ''), origin_member_id, kind
@@ -111,6 +102,25 @@ func LoadLoyaltyBatch(ctx context.Context, q Batcher, loads []LoyaltyLoad) (map[
 		r.OrderRows = append(r.OrderRows, orderRows...)
 	}
 	return out, nil
+}
+
+// queueMemberValues queues a statement whose rows are a member id and one
+// value, and hands each value to set with its member's row; row answers nil
+// for a member not asked for, whose value is dropped.
+func queueMemberValues[R, V any](b *pgx.Batch, row func(uuid.UUID) *R, set func(*R, V), sql string, args ...any) {
+	b.Queue(sql, args...).Query(func(rows pgx.Rows) error {
+		for rows.Next() {
+			var id uuid.UUID
+			var v V
+			if err := rows.Scan(&id, &v); err != nil {
+				return err
+			}
+			if r := row(id); r != nil {
+				set(r, v)
+			}
+		}
+		return rows.Err()
+	})
 }
 
 // queueMemberRows queues a statement whose rows are a member id and then
