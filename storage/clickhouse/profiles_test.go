@@ -377,19 +377,7 @@ func TestEnsureProfilesEvolves(t *testing.T) {
 	}
 	// label_distribution follows the catalogue: spend_30d is gone from it,
 	// the new labels are there.
-	rows, err := conn.Query(ctx, "SELECT DISTINCT label_id FROM label_distribution ORDER BY label_id")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var labels []string
-	for rows.Next() {
-		var l string
-		if err := rows.Scan(&l); err != nil {
-			t.Fatal(err)
-		}
-		labels = append(labels, l)
-	}
-	rows.Close()
+	labels := queryStrings(t, ctx, conn, "SELECT DISTINCT label_id FROM label_distribution ORDER BY label_id")
 	if strings.Join(labels, ",") != "lifecycle_stage,orders_30d,vip" {
 		t.Fatalf("label_distribution labels %v", labels)
 	}
@@ -409,7 +397,7 @@ func TestEnsureProfilesEvolves(t *testing.T) {
 	}
 
 	// A label that changes type under the same id is refused, naming it.
-	err = clickhouse.EnsureProfiles(ctx, conn, []clickhouse.ProfileColumn{{Name: "vip", Type: "enum"}})
+	err := clickhouse.EnsureProfiles(ctx, conn, []clickhouse.ProfileColumn{{Name: "vip", Type: "enum"}})
 	if err == nil || !strings.Contains(err.Error(), `label "vip" is enum`) || !strings.Contains(err.Error(), "Nullable(UInt8)") {
 		t.Fatalf("type change: %v", err)
 	}
