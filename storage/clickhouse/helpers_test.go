@@ -11,10 +11,7 @@ import (
 // failing t on any error (closing the rows too).
 func queryStrings(t *testing.T, ctx context.Context, conn driver.Conn, query string, args ...any) []string {
 	t.Helper()
-	rows, err := conn.Query(ctx, query, args...)
-	if err != nil {
-		t.Fatal(err)
-	}
+	rows := mustQuery(t, ctx, conn, query, args...)
 	var out []string
 	for rows.Next() {
 		var s string
@@ -27,4 +24,15 @@ func queryStrings(t *testing.T, ctx context.Context, conn driver.Conn, query str
 		t.Fatal(err)
 	}
 	return out
+}
+
+// mustQuery runs a query, failing t if it cannot; the caller closes the
+// rows.
+func mustQuery(t *testing.T, ctx context.Context, conn driver.Conn, query string, args ...any) driver.Rows {
+	t.Helper()
+	rows, err := conn.Query(ctx, query, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rows
 }
