@@ -130,13 +130,7 @@ func GetAccount(ctx context.Context, q Querier, memberID uuid.UUID) (Account, er
 	err := q.QueryRow(ctx, `
 		SELECT balance, lifetime_earned, updated_at FROM points_accounts WHERE member_id = $1`, memberID).
 		Scan(&a.Balance, &a.LifetimeEarned, &a.UpdatedAt)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return a, nil
-	}
-	if err != nil {
-		return a, fmt.Errorf("get points account: %w", err)
-	}
-	return a, nil
+	return a, rowErrOr(err, "get points account", nil)
 }
 
 // Lot is a parcel of earned points with its own expiry.

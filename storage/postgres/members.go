@@ -2,7 +2,6 @@ package postgres
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -194,13 +193,7 @@ func GetIngestedEvent(ctx context.Context, q Querier, eventID string) (IngestedE
 	e := IngestedEvent{EventID: eventID}
 	err := q.QueryRow(ctx, `SELECT member_id, created, resolution FROM ingested_events WHERE event_id = $1`, eventID).
 		Scan(&e.MemberID, &e.Created, &e.Resolution)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return e, ErrNotFound
-	}
-	if err != nil {
-		return e, fmt.Errorf("get ingested event: %w", err)
-	}
-	return e, nil
+	return e, rowErrOr(err, "get ingested event", ErrNotFound)
 }
 
 // InsertIngestedEvent records an event's resolution. A unique violation means

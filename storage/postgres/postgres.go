@@ -103,6 +103,16 @@ func rowErr(err error, what, missing string, args ...any) error {
 	if errors.Is(err, pgx.ErrNoRows) {
 		return fmt.Errorf("%s: %w", fmt.Sprintf(missing, args...), ErrNotFound)
 	}
+	return rowErrOr(err, what, nil)
+}
+
+// rowErrOr wraps the error of reading a statement's one row: no row answers
+// noRow (nil when the row's zero value is the answer); any other error is
+// named by what.
+func rowErrOr(err error, what string, noRow error) error {
+	if errors.Is(err, pgx.ErrNoRows) {
+		return noRow
+	}
 	if err != nil {
 		return fmt.Errorf("%s: %w", what, err)
 	}
