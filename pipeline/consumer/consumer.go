@@ -147,6 +147,20 @@ func (c *Consumer) Close() { c.cl.CloseAllowingRebalance() }
 // RunRecords handles records one at a time, in order per partition, each
 // partition in its own worker, until ctx ends.
 func (c *Consumer) RunRecords(ctx context.Context, fn RecordFunc) error {
+	return c.runWorkers(ctx, fn, nil)
+}
+
+// RunPartitionBatches hands each partition's records to fn in batches of at
+// most MaxPartitionBatch, in order, each partition in its own worker, until
+// ctx ends. Records that arrive while a batch is applied make the next one.
+func (c *Consumer) RunPartitionBatches(ctx context.Context, fn PartitionFunc) error {
+	return c.runWorkers(ctx, nil, fn)
+}
+
+// runWorkers polls until ctx ends and hands each partition's records to its
+// worker, which applies them with fn one at a time or, if fn is nil, with
+// batchFn in batches.
+func (c *Consumer) runWorkers(ctx context.Context, fn RecordFunc, batchFn PartitionFunc) error {
 	c.log.InfoContext(ctx, "stage started", "group", c.cfg.Group, "topics", c.cfg.Topics)
 	defer c.stopAll()
 	for {
@@ -157,7 +171,7 @@ func (c *Consumer) RunRecords(ctx context.Context, fn RecordFunc) error {
 		c.logFetchErrors(ctx, fetches)
 		fetches.EachPartition(func(p kgo.FetchTopicPartition) {
 			if len(p.Records) > 0 {
-				c.worker(ctx, partition{p.Topic, p.Partition}, fn).enqueue(p.Records)
+				c.worker(ctx, partition{p.Topic, p.Partition}, fn, batchFn).enqueue(p.Records)
 			}
 		})
 		// Workers own the records now; a rebalance may go ahead (its
@@ -168,52 +182,17 @@ func (c *Consumer) RunRecords(ctx context.Context, fn RecordFunc) error {
 
 // worker returns the worker of p, starting it if needed. Called by the poll
 // loop only, between a poll and AllowRebalance, so no revoke runs meanwhile.
-func (c *Consumer) worker(ctx context.Context, p partition, fn RecordFunc) *worker {
+func (c *Consumer) worker(ctx context.Context, p partition, fn RecordFunc, batchFn PartitionFunc) *worker {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if w, ok := c.workers[p]; ok {
 		return w
 	}
 	wctx, cancel := context.WithCancel(ctx)
-	w := &worker{c: c, p: p, fn: fn, cancel: cancel, wake: make(chan struct{}, 1), done: make(chan struct{})}
+	w := &worker{c: c, p: p, fn: fn, batchFn: batchFn, cancel: cancel, wake: make(chan struct{}, 1), done: make(chan struct{})}
 	c.workers[p] = w
 	go w.run(wctx)
 	return w
-}
-
-// batchWorker is worker for a PartitionFunc.
-func (c *Consumer) batchWorker(ctx context.Context, p partition, fn PartitionFunc) *worker {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if w, ok := c.workers[p]; ok {
-		return w
-	}
-	wctx, cancel := context.WithCancel(ctx)
-	w := &worker{c: c, p: p, batchFn: fn, cancel: cancel, wake: make(chan struct{}, 1), done: make(chan struct{})}
-	c.workers[p] = w
-	go w.run(wctx)
-	return w
-}
-
-// RunPartitionBatches hands each partition's records to fn in batches of at
-// most MaxPartitionBatch, in order, each partition in its own worker, until
-// ctx ends. Records that arrive while a batch is applied make the next one.
-func (c *Consumer) RunPartitionBatches(ctx context.Context, fn PartitionFunc) error {
-	c.log.InfoContext(ctx, "stage started", "group", c.cfg.Group, "topics", c.cfg.Topics)
-	defer c.stopAll()
-	for {
-		fetches := c.cl.PollRecords(ctx, c.cfg.MaxPollRecords)
-		if fetches.IsClientClosed() || ctx.Err() != nil {
-			return nil
-		}
-		c.logFetchErrors(ctx, fetches)
-		fetches.EachPartition(func(p kgo.FetchTopicPartition) {
-			if len(p.Records) > 0 {
-				c.batchWorker(ctx, partition{p.Topic, p.Partition}, fn).enqueue(p.Records)
-			}
-		})
-		c.cl.AllowRebalance()
-	}
 }
 
 // revoked stops the workers of partitions taken away and commits what they

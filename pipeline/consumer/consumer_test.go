@@ -2,11 +2,9 @@ package consumer_test
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"log/slog"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -15,9 +13,6 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
-	metricnoop "go.opentelemetry.io/otel/metric/noop"
-	"go.opentelemetry.io/otel/propagation"
-	tracenoop "go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/membercenter/membercenter/pipeline/consumer"
 	"github.com/membercenter/membercenter/pipeline/dlq"
@@ -26,15 +21,6 @@ import (
 )
 
 const stage = "consumer-test"
-
-func telemetry() kafka.Telemetry {
-	return kafka.Telemetry{
-		Tracers:    tracenoop.NewTracerProvider(),
-		Meters:     metricnoop.NewMeterProvider(),
-		Propagator: propagation.TraceContext{},
-		Logger:     slog.New(slog.DiscardHandler),
-	}
-}
 
 // recorder is the effect store of the stage under test: the values whose
 // effects were applied, per key, in the order they were applied.
@@ -96,15 +82,19 @@ func (rc *recorder) handleBatch(_ context.Context, rs []*kgo.Record) (map[*kgo.R
 func (rc *recorder) snapshot() (map[string][]string, map[string]int) {
 	rc.mu.Lock()
 	defer rc.mu.Unlock()
-	applied := map[string][]string{}
-	for k, v := range rc.applied {
-		applied[k] = slices.Clone(v)
+	return cloneState(rc.applied, rc.attempts)
+}
+
+// cloneState copies what a handler applied, per key, and how often it saw
+// each value, for a test to read without holding the handler's lock.
+func cloneState[K comparable](applied map[K][]string, attempts map[string]int) (map[K][]string, map[string]int) {
+	a := make(map[K][]string, len(applied))
+	for k, v := range applied {
+		a[k] = slices.Clone(v)
 	}
-	attempts := map[string]int{}
-	for k, v := range rc.attempts {
-		attempts[k] = v
-	}
-	return applied, attempts
+	n := make(map[string]int, len(attempts))
+	maps.Copy(n, attempts)
+	return a, n
 }
 
 // runStage runs c with the record or batch handler of rc until the returned
@@ -216,7 +206,7 @@ func testConsumer(t *testing.T, run runFunc, badAttempts int) {
 		}
 	}
 
-	c, err := consumer.New(kcfg, telemetry(), cfg)
+	c, err := consumer.New(kcfg, kafkatest.Telemetry(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -226,7 +216,7 @@ func testConsumer(t *testing.T, run runFunc, badAttempts int) {
 	// Offsets are committed only once the effects are applied, so when the
 	// group's offsets reach the end every record has been dealt with.
 	adm := kadm.NewClient(producer)
-	waitCommitted(t, ctx, adm, cfg.Group, kcfg.Topics.ChannelEvents)
+	kafkatest.WaitCommitted(t, ctx, adm, cfg.Group, kcfg.Topics.ChannelEvents)
 
 	applied, attempts := rc.snapshot()
 	for _, key := range []string{"k1", "k2"} {
@@ -242,7 +232,7 @@ func testConsumer(t *testing.T, run runFunc, badAttempts int) {
 	}
 
 	// The bad record, and only it, is on the dead-letter topic.
-	letters := readTopic(t, ctx, kcfg, kcfg.Topics.DLQ)
+	letters := kafkatest.ReadTopic(t, ctx, kcfg, kcfg.Topics.DLQ)
 	if len(letters) != 1 {
 		t.Fatalf("dead-letter topic has %d records (%v), want 1", len(letters), values(letters))
 	}
@@ -268,7 +258,7 @@ func testConsumer(t *testing.T, run runFunc, badAttempts int) {
 	// after the committed offsets: it sees only the records produced now,
 	// which land behind the old ones in the same partitions.
 	stop()
-	c2, err := consumer.New(kcfg, telemetry(), cfg)
+	c2, err := consumer.New(kcfg, kafkatest.Telemetry(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -296,85 +286,6 @@ func testConsumer(t *testing.T, run runFunc, badAttempts int) {
 			t.Errorf("second consumer applied %v for %s, want only %v (offsets of the first run not committed?)", applied2[key], key, w)
 		}
 	}
-}
-
-// waitCommitted polls until group has committed, for every partition of
-// topic, the current end offset.
-func waitCommitted(t *testing.T, ctx context.Context, adm *kadm.Client, group, topic string) {
-	t.Helper()
-	ends, err := adm.ListEndOffsets(ctx, topic)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var lag string
-	for {
-		committed, err := adm.FetchOffsets(ctx, group)
-		if err == nil {
-			lag = ""
-			ends.Each(func(end kadm.ListedOffset) {
-				c, ok := committed.Lookup(topic, end.Partition)
-				if end.Offset > 0 && (!ok || c.At < end.Offset) {
-					lag += fmt.Sprintf(" p%d: committed %d of %d;", end.Partition, c.At, end.Offset)
-				}
-			})
-			if lag == "" {
-				return
-			}
-		}
-		select {
-		case <-ctx.Done():
-			t.Fatalf("group %s did not commit the end of %s:%s (last error %v)", group, topic, lag, err)
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-}
-
-// readTopic returns every committed record of topic produced so far. It
-// appends a fence record to each partition and reads until each fence comes
-// back: partitions are ordered, so nothing produced earlier is missed.
-func readTopic(t *testing.T, ctx context.Context, kcfg kafka.Config, topic string) []*kgo.Record {
-	t.Helper()
-	parts := kcfg.Topics.All()[topic]
-	b := make([]byte, 8)
-	_, _ = rand.Read(b)
-	fence := "fence-" + hex.EncodeToString(b)
-
-	pcl, err := kgo.NewClient(kgo.SeedBrokers(kcfg.Brokers...), kgo.RecordPartitioner(kgo.ManualPartitioner()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pcl.Close()
-	for p := range parts {
-		if err := pcl.ProduceSync(ctx, &kgo.Record{Topic: topic, Partition: p, Value: []byte(fence)}).FirstErr(); err != nil {
-			t.Fatalf("produce fence: %v", err)
-		}
-	}
-
-	ccl, err := kgo.NewClient(kgo.SeedBrokers(kcfg.Brokers...), kgo.ConsumeTopics(topic),
-		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.FetchIsolationLevel(kgo.ReadCommitted()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ccl.Close()
-	var out []*kgo.Record
-	fenced := map[int32]bool{}
-	for len(fenced) < int(parts) {
-		fs := ccl.PollFetches(ctx)
-		if ctx.Err() != nil {
-			t.Fatalf("reading %s: fences seen in %d of %d partitions", topic, len(fenced), parts)
-		}
-		fs.EachError(func(_ string, p int32, err error) { t.Logf("fetch %s/%d: %v", topic, p, err) })
-		fs.EachRecord(func(r *kgo.Record) {
-			if string(r.Value) == fence {
-				fenced[r.Partition] = true
-				return
-			}
-			if !fenced[r.Partition] && !strings.HasPrefix(string(r.Value), "fence-") {
-				out = append(out, r)
-			}
-		})
-	}
-	return out
 }
 
 func values(rs []*kgo.Record) []string {
@@ -414,7 +325,7 @@ func TestStopCancelsHandler(t *testing.T) {
 			kcfg := kafkatest.Config(t)
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
-			c, err := consumer.New(kcfg, telemetry(), consumer.Config{
+			c, err := consumer.New(kcfg, kafkatest.Telemetry(), consumer.Config{
 				Stage: stage, Group: kcfg.Group("t"), Topics: []string{kcfg.Topics.ChannelEvents}, DLQTopic: kcfg.Topics.DLQ,
 			})
 			if err != nil {
@@ -432,39 +343,8 @@ func TestStopCancelsHandler(t *testing.T) {
 				case <-release:
 				}
 			}
-			runCtx, stop := context.WithCancel(ctx)
-			var runErr error
-			done := make(chan struct{})
-			go func() { runErr = tt.run(runCtx, c, block); close(done) }()
-			t.Cleanup(func() {
-				close(release)
-				stop()
-				<-done
-				c.Close()
-			})
-
-			producer, err := kgo.NewClient(kgo.SeedBrokers(kcfg.Brokers...), kgo.DefaultProduceTopic(kcfg.Topics.ChannelEvents))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer producer.Close()
-			if err := producer.ProduceSync(ctx, &kgo.Record{Key: []byte("k"), Value: []byte("slow")}).FirstErr(); err != nil {
-				t.Fatal(err)
-			}
-			select {
-			case <-entered:
-			case <-ctx.Done():
-				t.Fatal("handler never called")
-			}
-			stop()
-			select {
-			case <-done:
-				if runErr != nil {
-					t.Fatalf("run returned %v after stop, want nil", runErr)
-				}
-			case <-time.After(30 * time.Second):
-				t.Fatal("run still blocked 30s after its context ended: the handler's context was not cancelled")
-			}
+			kafkatest.CheckStopCancels(t, ctx, kcfg, &kgo.Record{Topic: kcfg.Topics.ChannelEvents, Key: []byte("k"), Value: []byte("slow")},
+				entered, release, func(ctx context.Context) error { return tt.run(ctx, c, block) }, c.Close)
 		})
 	}
 }

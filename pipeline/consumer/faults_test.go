@@ -17,15 +17,10 @@ import (
 	"github.com/membercenter/membercenter/pipeline/consumer"
 	"github.com/membercenter/membercenter/pipeline/dlq"
 	"github.com/membercenter/membercenter/pipeline/fault"
+	"github.com/membercenter/membercenter/pipeline/fault/faulttest"
 	"github.com/membercenter/membercenter/pipeline/kafka"
 	"github.com/membercenter/membercenter/pipeline/kafka/kafkatest"
 )
-
-// sqlState has the shape of a PostgreSQL error as fault.Classify sees it.
-type sqlState string
-
-func (e sqlState) Error() string    { return "ERROR: refused (SQLSTATE " + string(e) + ")" }
-func (e sqlState) SQLState() string { return string(e) }
 
 // poisonHandler applies records and remembers the order per partition; its
 // behaviour per value is set by the test.
@@ -63,15 +58,7 @@ func (h *poisonHandler) handle(ctx context.Context, r *kgo.Record) error {
 func (h *poisonHandler) snapshot() (map[int32][]string, map[string]int) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	a := map[int32][]string{}
-	for p, v := range h.applied {
-		a[p] = slices.Clone(v)
-	}
-	n := map[string]int{}
-	for k, v := range h.attempts {
-		n[k] = v
-	}
-	return a, n
+	return cloneState(h.applied, h.attempts)
 }
 
 // waitFor waits until cond holds, re-checking whenever the handler applied
@@ -110,7 +97,7 @@ func produceTo(t *testing.T, ctx context.Context, kcfg kafka.Config, topic strin
 func startRecords(t *testing.T, kcfg kafka.Config, h *poisonHandler) consumer.Config {
 	t.Helper()
 	cfg := consumer.Config{Stage: stage, Group: kcfg.Group("t"), Topics: []string{kcfg.Topics.ChannelEvents}, DLQTopic: kcfg.Topics.DLQ}
-	c, err := consumer.New(kcfg, telemetry(), cfg)
+	c, err := consumer.New(kcfg, kafkatest.Telemetry(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -147,14 +134,14 @@ func TestUnknownFailureIsBoundedAndHoldsUpNoOtherPartition(t *testing.T) {
 	h.waitFor(t, ctx, "partition 0 goes on after the limit", func(a map[int32][]string, _ map[string]int) bool {
 		return slices.Equal(a[0], []string{"p0-a", "p0-b"})
 	})
-	letters := readTopic(t, ctx, kcfg, kcfg.Topics.DLQ)
+	letters := kafkatest.ReadTopic(t, ctx, kcfg, kcfg.Topics.DLQ)
 	if len(letters) != 1 || string(letters[0].Value) != "stuck" {
 		t.Fatalf("dead letters = %v, want the stuck record only", values(letters))
 	}
 	if l := dlq.Parse(letters[0]); !strings.Contains(l.Reason, "retried for") || !strings.Contains(l.Reason, "something odd") || l.Partition != 0 {
 		t.Fatalf("letter = %+v, want the retry limit and the last error as its reason", l)
 	}
-	waitCommitted(t, ctx, kadm.NewClient(kafkaClient(t, kcfg)), cfg.Group, kcfg.Topics.ChannelEvents)
+	kafkatest.WaitCommitted(t, ctx, kadm.NewClient(kafkaClient(t, kcfg)), cfg.Group, kcfg.Topics.ChannelEvents)
 }
 
 // A data error (here PostgreSQL's "invalid byte sequence", class 22) is
@@ -171,13 +158,13 @@ func TestDataErrorsAtOnceOutagesForAsLongAsTheyLast(t *testing.T) {
 	h := newPoisonHandler(func(v string, n int) error {
 		switch v {
 		case "nul":
-			return fmt.Errorf("insert event: %w", sqlState("22021"))
+			return fmt.Errorf("insert event: %w", faulttest.SQLError("22021"))
 		case "during-outage":
 			if outage.TryLock() {
 				outage.Unlock()
 				return nil
 			}
-			return fmt.Errorf("acquire connection: %w", sqlState("57P03")) // the database is starting up
+			return fmt.Errorf("acquire connection: %w", faulttest.SQLError("57P03")) // the database is starting up
 		}
 		return nil
 	})
@@ -194,7 +181,7 @@ func TestDataErrorsAtOnceOutagesForAsLongAsTheyLast(t *testing.T) {
 	if attempts["nul"] != 1 {
 		t.Errorf("the data error was attempted %d times, want 1", attempts["nul"])
 	}
-	letters := readTopic(t, ctx, kcfg, kcfg.Topics.DLQ)
+	letters := kafkatest.ReadTopic(t, ctx, kcfg, kcfg.Topics.DLQ)
 	if len(letters) != 1 || string(letters[0].Value) != "nul" || !strings.Contains(dlq.Parse(letters[0]).Reason, "22021") {
 		t.Fatalf("dead letters = %v, want the data error only, with its reason", values(letters))
 	}
@@ -219,7 +206,7 @@ func TestTooLargeRecordDeadLetteredByReference(t *testing.T) {
 	h.waitFor(t, ctx, "the record behind applied", func(a map[int32][]string, _ map[string]int) bool {
 		return slices.Equal(a[3], []string{"next"})
 	})
-	letters := readTopic(t, ctx, kcfg, kcfg.Topics.DLQ)
+	letters := kafkatest.ReadTopic(t, ctx, kcfg, kcfg.Topics.DLQ)
 	if len(letters) != 1 {
 		t.Fatalf("%d dead letters, want 1", len(letters))
 	}
@@ -249,7 +236,7 @@ func TestBatchSplitsAroundTheRecordAtFault(t *testing.T) {
 	var applied []string
 	calls := 0
 	done := make(chan struct{})
-	c, err := consumer.New(kcfg, telemetry(), cfg)
+	c, err := consumer.New(kcfg, kafkatest.Telemetry(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -278,14 +265,14 @@ func TestBatchSplitsAroundTheRecordAtFault(t *testing.T) {
 		t.Fatalf("applied %d of %d", len(applied), len(vals)-1)
 	}
 	// The batch's offsets are committed after its dead letters are written.
-	waitCommitted(t, ctx, kadm.NewClient(kafkaClient(t, kcfg)), cfg.Group, kcfg.Topics.ChannelEvents)
+	kafkatest.WaitCommitted(t, ctx, kadm.NewClient(kafkaClient(t, kcfg)), cfg.Group, kcfg.Topics.ChannelEvents)
 	mu.Lock()
 	want := slices.DeleteFunc(slices.Clone(vals), func(v string) bool { return v == "poison" })
 	if !slices.Equal(applied, want) {
 		t.Errorf("applied %v, want every other record once, in order", applied)
 	}
 	mu.Unlock()
-	letters := readTopic(t, ctx, kcfg, kcfg.Topics.DLQ)
+	letters := kafkatest.ReadTopic(t, ctx, kcfg, kcfg.Topics.DLQ)
 	if len(letters) != 1 || string(letters[0].Value) != "poison" {
 		t.Fatalf("dead letters = %v, want the poison record only", values(letters))
 	}

@@ -3,11 +3,9 @@ package ingest_test
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
-	"fmt"
 	"log/slog"
 	"os"
 	"strings"
@@ -17,9 +15,6 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
-	metricnoop "go.opentelemetry.io/otel/metric/noop"
-	"go.opentelemetry.io/otel/propagation"
-	tracenoop "go.opentelemetry.io/otel/trace/noop"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -34,15 +29,11 @@ import (
 )
 
 func telemetry() kafka.Telemetry {
+	tel := kafkatest.Telemetry()
 	if os.Getenv("INGEST_TEST_LOG") != "" {
-		return kafka.Telemetry{Tracers: tracenoop.NewTracerProvider(), Meters: metricnoop.NewMeterProvider(), Propagator: propagation.TraceContext{}, Logger: slog.New(slog.NewTextHandler(os.Stderr, nil))}
+		tel.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
-	return kafka.Telemetry{
-		Tracers:    tracenoop.NewTracerProvider(),
-		Meters:     metricnoop.NewMeterProvider(),
-		Propagator: propagation.TraceContext{},
-		Logger:     slog.New(slog.DiscardHandler),
-	}
+	return tel
 }
 
 // stubResolver resolves an event to a member id derived from its first
@@ -175,14 +166,14 @@ func TestIngest(t *testing.T) {
 
 	// Output and consumed offsets commit in one transaction: once the
 	// group's offsets reach the end of the input, the output is complete.
-	waitCommitted(t, ctx, kadm.NewClient(producer), kcfg.Group(ingest.Stage), kcfg.Topics.ChannelEvents)
+	kafkatest.WaitCommitted(t, ctx, kadm.NewClient(producer), kcfg.Group(ingest.Stage), kcfg.Topics.ChannelEvents)
 	if n := res.callsOf(transient.GetEventId()); n < 2 {
 		t.Errorf("transient event resolved %d times, want a retry after the failure", n)
 	}
 
 	// member.events.v1: the three good events, once each.
 	out := map[string]*kgo.Record{}
-	for _, r := range readTopic(t, ctx, kcfg, kcfg.Topics.MemberEvents) {
+	for _, r := range kafkatest.ReadTopic(t, ctx, kcfg, kcfg.Topics.MemberEvents) {
 		id := kafka.Header(r, "mc-event-id")
 		if out[id] != nil {
 			t.Errorf("event %q published twice", id)
@@ -205,7 +196,7 @@ func TestIngest(t *testing.T) {
 	// dlq.v1: garbage, invalid and rejected, each with its reason and the
 	// original bytes.
 	letters := map[string]dlq.Letter{}
-	for _, r := range readTopic(t, ctx, kcfg, kcfg.Topics.DLQ) {
+	for _, r := range kafkatest.ReadTopic(t, ctx, kcfg, kcfg.Topics.DLQ) {
 		l := dlq.Parse(r)
 		if _, dup := letters[string(r.Key)]; dup {
 			t.Errorf("record %q dead-lettered twice", r.Key)
@@ -377,86 +368,6 @@ func keys[V any](m map[string]V) []string {
 	return out
 }
 
-// waitCommitted polls until group has committed, for every partition of
-// topic, the current end offset.
-func waitCommitted(t *testing.T, ctx context.Context, adm *kadm.Client, group, topic string) {
-	t.Helper()
-	ends, err := adm.ListEndOffsets(ctx, topic)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var lag string
-	for {
-		committed, err := adm.FetchOffsets(ctx, group)
-		if err == nil {
-			lag = ""
-			ends.Each(func(end kadm.ListedOffset) {
-				c, ok := committed.Lookup(topic, end.Partition)
-				if end.Offset > 0 && (!ok || c.At < end.Offset) {
-					lag += fmt.Sprintf(" p%d: committed %d of %d;", end.Partition, c.At, end.Offset)
-				}
-			})
-			if lag == "" {
-				return
-			}
-		}
-		select {
-		case <-ctx.Done():
-			t.Fatalf("group %s did not commit the end of %s:%s (last error %v)", group, topic, lag, err)
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-}
-
-// readTopic returns every committed record of topic produced so far. It
-// appends a fence record to each partition and reads (read_committed) until
-// each fence comes back: partitions are ordered, so nothing produced earlier
-// is missed.
-func readTopic(t *testing.T, ctx context.Context, kcfg kafka.Config, topic string) []*kgo.Record {
-	t.Helper()
-	parts := kcfg.Topics.All()[topic]
-	b := make([]byte, 8)
-	_, _ = rand.Read(b)
-	fence := "fence-" + hex.EncodeToString(b)
-
-	pcl, err := kgo.NewClient(kgo.SeedBrokers(kcfg.Brokers...), kgo.RecordPartitioner(kgo.ManualPartitioner()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pcl.Close()
-	for p := range parts {
-		if err := pcl.ProduceSync(ctx, &kgo.Record{Topic: topic, Partition: p, Value: []byte(fence)}).FirstErr(); err != nil {
-			t.Fatalf("produce fence: %v", err)
-		}
-	}
-
-	ccl, err := kgo.NewClient(kgo.SeedBrokers(kcfg.Brokers...), kgo.ConsumeTopics(topic),
-		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.FetchIsolationLevel(kgo.ReadCommitted()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ccl.Close()
-	var out []*kgo.Record
-	fenced := map[int32]bool{}
-	for len(fenced) < int(parts) {
-		fs := ccl.PollFetches(ctx)
-		if ctx.Err() != nil {
-			t.Fatalf("reading %s: fences seen in %d of %d partitions", topic, len(fenced), parts)
-		}
-		fs.EachError(func(_ string, p int32, err error) { t.Logf("fetch %s/%d: %v", topic, p, err) })
-		fs.EachRecord(func(r *kgo.Record) {
-			if string(r.Value) == fence {
-				fenced[r.Partition] = true
-				return
-			}
-			if !fenced[r.Partition] && !strings.HasPrefix(string(r.Value), "fence-") {
-				out = append(out, r)
-			}
-		})
-	}
-	return out
-}
-
 // blockingResolver waits in ResolveEvent until its context ends (or the
 // test releases it), as a resolver waiting on a hung database does.
 type blockingResolver struct {
@@ -488,37 +399,6 @@ func TestStopCancelsResolve(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	runCtx, stop := context.WithCancel(ctx)
-	var runErr error
-	done := make(chan struct{})
-	go func() { runErr = in.Run(runCtx); close(done) }()
-	t.Cleanup(func() {
-		close(res.release)
-		stop()
-		<-done
-		in.Close()
-	})
-
-	producer, err := kgo.NewClient(kgo.SeedBrokers(kcfg.Brokers...), kgo.DefaultProduceTopic(kcfg.Topics.ChannelEvents))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer producer.Close()
-	if err := producer.ProduceSync(ctx, &kgo.Record{Value: binary(t, event("ev-slow", "13800000001"))}).FirstErr(); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-res.entered:
-	case <-ctx.Done():
-		t.Fatal("resolver never called")
-	}
-	stop()
-	select {
-	case <-done:
-		if runErr != nil {
-			t.Fatalf("Run returned %v after stop, want nil", runErr)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("Run still blocked 30s after its context ended: the resolver's context was not cancelled")
-	}
+	kafkatest.CheckStopCancels(t, ctx, kcfg, &kgo.Record{Topic: kcfg.Topics.ChannelEvents, Value: binary(t, event("ev-slow", "13800000001"))},
+		res.entered, res.release, in.Run, in.Close)
 }

@@ -129,10 +129,10 @@ func TestPoisonRecordsAreRefusedAndBlockNothing(t *testing.T) {
 	o := options()
 	o.Checks = []ingest.Check{usd, bound}
 	runIngest(t, ctx, kcfg, &stubResolver{calls: map[string]int{}}, o)
-	waitCommitted(t, ctx, kadm.NewClient(producer), kcfg.Group(ingest.Stage), kcfg.Topics.ChannelEvents)
+	kafkatest.WaitCommitted(t, ctx, kadm.NewClient(producer), kcfg.Group(ingest.Stage), kcfg.Topics.ChannelEvents)
 
 	published := map[string]bool{}
-	for _, r := range readTopic(t, ctx, kcfg, kcfg.Topics.MemberEvents) {
+	for _, r := range kafkatest.ReadTopic(t, ctx, kcfg, kcfg.Topics.MemberEvents) {
 		published[kafka.Header(r, "mc-event-id")] = true
 	}
 	for i := range list {
@@ -147,7 +147,7 @@ func TestPoisonRecordsAreRefusedAndBlockNothing(t *testing.T) {
 		t.Errorf("published %d member events (good-huge: %v), want the %d good ones only", len(published), published["good-huge"], len(list)+1)
 	}
 	letters := map[string]dlq.Letter{}
-	for _, r := range readTopic(t, ctx, kcfg, kcfg.Topics.DLQ) {
+	for _, r := range kafkatest.ReadTopic(t, ctx, kcfg, kcfg.Topics.DLQ) {
 		letters[string(r.Key)] = dlq.Parse(r)
 	}
 	for i, p := range list {

@@ -177,14 +177,8 @@ func (r *Relay) term(ctx context.Context) error {
 			return fmt.Errorf("claim outbox: %w", err)
 		}
 		if b != nil {
-			if err := r.publish(ctx, prod, b); err != nil {
+			if err := r.deliver(ctx, sess, prod, b, true); err != nil {
 				return err
-			}
-			if failpoint.Enabled {
-				failpoint.Inject("relay-after-publish")
-			}
-			if err := sess.Published(ctx, b); err != nil {
-				return fmt.Errorf("mark batch %s published: %w", b.ID, err)
 			}
 			if len(b.Changes) == r.batch {
 				continue // more may be waiting
@@ -210,7 +204,13 @@ func (r *Relay) settle(ctx context.Context, sess Session, prod *kafka.Client, b 
 		return fmt.Errorf("settle batch %s: %w", b.ID, err)
 	}
 	r.log.InfoContext(ctx, "settling the batch in flight", "batch", b.ID, "changes", len(b.Changes), "committed", committed)
-	if !committed && len(b.Changes) > 0 {
+	return r.deliver(ctx, sess, prod, b, !committed && len(b.Changes) > 0)
+}
+
+// deliver publishes b in one Kafka transaction, if publish is set, then
+// marks it published in the outbox.
+func (r *Relay) deliver(ctx context.Context, sess Session, prod *kafka.Client, b *Batch, publish bool) error {
+	if publish {
 		if err := r.publish(ctx, prod, b); err != nil {
 			return err
 		}

@@ -126,10 +126,7 @@ func TestProfilesAndViews(t *testing.T) {
 			t.Fatalf("current_profiles has %d rows, want %d", n, len(current))
 		}
 		// The newest version of each member wins, absent values included.
-		rows, err := conn.Query(ctx, "SELECT member_id, version, `channel_pref`, `vip`, `ltv_365d` FROM current_profiles")
-		if err != nil {
-			t.Fatal(err)
-		}
+		rows := mustQuery(t, ctx, conn, "SELECT member_id, version, `channel_pref`, `vip`, `ltv_365d` FROM current_profiles")
 		defer rows.Close()
 		for rows.Next() {
 			var id string
@@ -172,10 +169,7 @@ func TestProfilesAndViews(t *testing.T) {
 			}
 		}
 		got := map[string]uint64{}
-		rows, err := conn.Query(ctx, "SELECT label_id, value, members FROM label_distribution")
-		if err != nil {
-			t.Fatal(err)
-		}
+		rows := mustQuery(t, ctx, conn, "SELECT label_id, value, members FROM label_distribution")
 		defer rows.Close()
 		for rows.Next() {
 			var label string
@@ -207,10 +201,7 @@ func TestProfilesAndViews(t *testing.T) {
 				staged++
 			}
 		}
-		rows, err := conn.Query(ctx, "SELECT stage, stage_order, members, share FROM lifecycle_funnel ORDER BY stage_order")
-		if err != nil {
-			t.Fatal(err)
-		}
+		rows := mustQuery(t, ctx, conn, "SELECT stage, stage_order, members, share FROM lifecycle_funnel ORDER BY stage_order")
 		defer rows.Close()
 		var stages []string
 		for rows.Next() {
@@ -266,10 +257,7 @@ func TestProfilesAndViews(t *testing.T) {
 				c.ltvN++
 			}
 		}
-		rows, err := conn.Query(ctx, "SELECT r_score, f_score, members, avg_m_score, avg_ltv_365d FROM rfm_matrix")
-		if err != nil {
-			t.Fatal(err)
-		}
+		rows := mustQuery(t, ctx, conn, "SELECT r_score, f_score, members, avg_m_score, avg_ltv_365d FROM rfm_matrix")
 		defer rows.Close()
 		seen := 0
 		for rows.Next() {
@@ -302,11 +290,8 @@ func TestProfilesAndViews(t *testing.T) {
 
 func columnTypes(t *testing.T, conn driver.Conn) map[string]string {
 	t.Helper()
-	rows, err := conn.Query(context.Background(),
+	rows := mustQuery(t, context.Background(), conn,
 		"SELECT name, type FROM system.columns WHERE database = currentDatabase() AND table = 'member_profiles'")
-	if err != nil {
-		t.Fatal(err)
-	}
 	defer rows.Close()
 	out := map[string]string{}
 	for rows.Next() {
@@ -377,19 +362,7 @@ func TestEnsureProfilesEvolves(t *testing.T) {
 	}
 	// label_distribution follows the catalogue: spend_30d is gone from it,
 	// the new labels are there.
-	rows, err := conn.Query(ctx, "SELECT DISTINCT label_id FROM label_distribution ORDER BY label_id")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var labels []string
-	for rows.Next() {
-		var l string
-		if err := rows.Scan(&l); err != nil {
-			t.Fatal(err)
-		}
-		labels = append(labels, l)
-	}
-	rows.Close()
+	labels := queryStrings(t, ctx, conn, "SELECT DISTINCT label_id FROM label_distribution ORDER BY label_id")
 	if strings.Join(labels, ",") != "lifecycle_stage,orders_30d,vip" {
 		t.Fatalf("label_distribution labels %v", labels)
 	}
@@ -409,7 +382,7 @@ func TestEnsureProfilesEvolves(t *testing.T) {
 	}
 
 	// A label that changes type under the same id is refused, naming it.
-	err = clickhouse.EnsureProfiles(ctx, conn, []clickhouse.ProfileColumn{{Name: "vip", Type: "enum"}})
+	err := clickhouse.EnsureProfiles(ctx, conn, []clickhouse.ProfileColumn{{Name: "vip", Type: "enum"}})
 	if err == nil || !strings.Contains(err.Error(), `label "vip" is enum`) || !strings.Contains(err.Error(), "Nullable(UInt8)") {
 		t.Fatalf("type change: %v", err)
 	}
@@ -501,10 +474,7 @@ func TestInsertLabelChangesAndNewEventColumns(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	rows, err := conn.Query(ctx, "SELECT event_id, origin_member_id, coupon_count, review_rating FROM member_events FINAL ORDER BY event_id")
-	if err != nil {
-		t.Fatal(err)
-	}
+	rows := mustQuery(t, ctx, conn, "SELECT event_id, origin_member_id, coupon_count, review_rating FROM member_events FINAL ORDER BY event_id")
 	defer rows.Close()
 	var got []string
 	for rows.Next() {
@@ -691,13 +661,10 @@ func TestDailyKPIs(t *testing.T) {
 	}
 	want := f.expected(loc)
 
-	rows, err := conn.Query(ctx, `SELECT toString(day), new_members, converted_members_7d, member_conversion_rate,
+	rows := mustQuery(t, ctx, conn, `SELECT toString(day), new_members, converted_members_7d, member_conversion_rate,
 		retained_members_30d, retention_30d, buyers, first_time_buyers, repeat_buyers, repurchase_rate,
 		orders, revenue_minor, average_order_value_minor, ltv_index, points_earned, points_redeemed, benefit_usage_efficiency
 		FROM daily_kpis ORDER BY day`)
-	if err != nil {
-		t.Fatal(err)
-	}
 	defer rows.Close()
 	near := func(got *float64, want float64, ok bool) bool {
 		if !ok {

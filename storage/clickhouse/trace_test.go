@@ -44,20 +44,8 @@ func TestQueriesAndBatchInsertsAreSpans(t *testing.T) {
 	if err := conn.QueryRow(ctx, "SELECT count() FROM member_events WHERE order_id = 'order-"+secret+"'").Scan(&n); err != nil || n != 2 {
 		t.Fatalf("count: %d, %v", n, err)
 	}
-	rows, err := conn.Query(ctx, "SELECT event_id FROM member_events WHERE store_id = ? ORDER BY event_id", "store-"+secret)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var ids []string
-	for rows.Next() {
-		var id string
-		if err := rows.Scan(&id); err != nil {
-			t.Fatal(err)
-		}
-		ids = append(ids, id)
-	}
-	if err := rows.Close(); err != nil || len(ids) != 2 {
-		t.Fatalf("rows %v, %v", ids, err)
+	if ids := queryStrings(t, ctx, conn, "SELECT event_id FROM member_events WHERE store_id = ? ORDER BY event_id", "store-"+secret); len(ids) != 2 {
+		t.Fatalf("rows %v", ids)
 	}
 	if err := conn.Exec(ctx, "OPTIMIZE TABLE member_events FINAL"); err != nil {
 		t.Fatal(err)

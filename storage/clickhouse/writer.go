@@ -73,63 +73,39 @@ func NewWriter(conn driver.Conn) *Writer { return &Writer{conn: conn} }
 
 // InsertEvents writes rows as one batch. 18.16 needs the explicit column list.
 func (w *Writer) InsertEvents(ctx context.Context, rows []EventRow) error {
-	if len(rows) == 0 {
-		return nil
-	}
-	b, err := w.conn.PrepareBatch(ctx, `INSERT INTO member_events (
+	return insertBatch(ctx, w.conn, "member_events", `INSERT INTO member_events (
 		event_id, member_id, event_type, channel, store_id, occurred_at, ingested_at,
 		order_id, currency, amount_minor, discount_minor, points_redeemed,
 		items.sku, items.category, items.brand, items.quantity, items.amount_minor, trace_id,
-		origin_member_id, coupon_count, review_rating)`)
-	if err != nil {
-		return fmt.Errorf("prepare member_events batch: %w", err)
-	}
-	for _, r := range rows {
-		n := len(r.Items)
-		sku, cat, brand := make([]string, n), make([]string, n), make([]string, n)
-		qty, amt := make([]int32, n), make([]int64, n)
-		for i, it := range r.Items {
-			sku[i], cat[i], brand[i], qty[i], amt[i] = it.SKU, it.Category, it.Brand, it.Quantity, it.AmountMinor
-		}
-		origin := r.OriginMemberID
-		if origin == "" {
-			origin = r.MemberID
-		}
-		if err := b.Append(r.EventID, r.MemberID, r.EventType, r.Channel, r.StoreID, r.OccurredAt.UTC(), r.IngestedAt.UTC(),
-			r.OrderID, r.Currency, r.AmountMinor, r.DiscountMinor, r.PointsRedeemed,
-			sku, cat, brand, qty, amt, r.TraceID, origin, r.CouponCount, r.ReviewRating); err != nil {
-			_ = b.Abort()
-			return classify(fmt.Errorf("append member_events row %s: %w", r.EventID, err), true)
-		}
-	}
-	if err := b.Send(); err != nil {
-		return classify(fmt.Errorf("insert member_events: %w", err), false)
-	}
-	return nil
+		origin_member_id, coupon_count, review_rating)`, rows,
+		func(r EventRow) string { return r.EventID },
+		func(r EventRow) []any {
+			n := len(r.Items)
+			sku, cat, brand := make([]string, n), make([]string, n), make([]string, n)
+			qty, amt := make([]int32, n), make([]int64, n)
+			for i, it := range r.Items {
+				sku[i], cat[i], brand[i], qty[i], amt[i] = it.SKU, it.Category, it.Brand, it.Quantity, it.AmountMinor
+			}
+			origin := r.OriginMemberID
+			if origin == "" {
+				origin = r.MemberID
+			}
+			return []any{r.EventID, r.MemberID, r.EventType, r.Channel, r.StoreID, r.OccurredAt.UTC(), r.IngestedAt.UTC(),
+				r.OrderID, r.Currency, r.AmountMinor, r.DiscountMinor, r.PointsRedeemed,
+				sku, cat, brand, qty, amt, r.TraceID, origin, r.CouponCount, r.ReviewRating}
+		})
 }
 
 // InsertChanges writes rows as one batch.
 func (w *Writer) InsertChanges(ctx context.Context, rows []ChangeRow) error {
-	if len(rows) == 0 {
-		return nil
-	}
-	b, err := w.conn.PrepareBatch(ctx, `INSERT INTO member_changes (
+	return insertBatch(ctx, w.conn, "member_changes", `INSERT INTO member_changes (
 		member_id, sequence, change_id, change_type, occurred_at, cause_id, channel, store_id,
-		points_delta, points_balance, points_kind, payload, trace_id, inserted_at)`)
-	if err != nil {
-		return fmt.Errorf("prepare member_changes batch: %w", err)
-	}
-	for _, r := range rows {
-		if err := b.Append(r.MemberID, r.Sequence, r.ChangeID, r.ChangeType, r.OccurredAt.UTC(), r.CauseID, r.Channel, r.StoreID,
-			r.PointsDelta, r.PointsBalance, r.PointsKind, r.Payload, r.TraceID, r.InsertedAt.UTC()); err != nil {
-			_ = b.Abort()
-			return classify(fmt.Errorf("append member_changes row %s/%d: %w", r.MemberID, r.Sequence, err), true)
-		}
-	}
-	if err := b.Send(); err != nil {
-		return classify(fmt.Errorf("insert member_changes: %w", err), false)
-	}
-	return nil
+		points_delta, points_balance, points_kind, payload, trace_id, inserted_at)`, rows,
+		func(r ChangeRow) string { return fmt.Sprintf("%s/%d", r.MemberID, r.Sequence) },
+		func(r ChangeRow) []any {
+			return []any{r.MemberID, r.Sequence, r.ChangeID, r.ChangeType, r.OccurredAt.UTC(), r.CauseID, r.Channel, r.StoreID,
+				r.PointsDelta, r.PointsBalance, r.PointsKind, r.Payload, r.TraceID, r.InsertedAt.UTC()}
+		})
 }
 
 // LabelChangeRow is one change of one label of a member.
@@ -150,29 +126,17 @@ type LabelChangeRow struct {
 
 // InsertLabelChanges writes label change rows as one batch.
 func (w *Writer) InsertLabelChanges(ctx context.Context, rows []LabelChangeRow) error {
-	if len(rows) == 0 {
-		return nil
-	}
-	b, err := w.conn.PrepareBatch(ctx, `INSERT INTO label_changes (
-		member_id, label_id, value, cleared, sequence, changed_at, cause_id, catalog_version, inserted_at)`)
-	if err != nil {
-		return fmt.Errorf("prepare label_changes batch: %w", err)
-	}
-	for _, r := range rows {
-		var cleared uint8
-		if r.Cleared {
-			cleared = 1
-		}
-		if err := b.Append(r.MemberID, r.LabelID, r.Value, cleared, r.Sequence, r.ChangedAt.UTC(), r.CauseID,
-			r.CatalogVersion, r.InsertedAt.UTC()); err != nil {
-			_ = b.Abort()
-			return classify(fmt.Errorf("append label_changes row %s/%s/%d: %w", r.MemberID, r.LabelID, r.Sequence, err), true)
-		}
-	}
-	if err := b.Send(); err != nil {
-		return classify(fmt.Errorf("insert label_changes: %w", err), false)
-	}
-	return nil
+	return insertBatch(ctx, w.conn, "label_changes", `INSERT INTO label_changes (
+		member_id, label_id, value, cleared, sequence, changed_at, cause_id, catalog_version, inserted_at)`, rows,
+		func(r LabelChangeRow) string { return fmt.Sprintf("%s/%s/%d", r.MemberID, r.LabelID, r.Sequence) },
+		func(r LabelChangeRow) []any {
+			var cleared uint8
+			if r.Cleared {
+				cleared = 1
+			}
+			return []any{r.MemberID, r.LabelID, r.Value, cleared, r.Sequence, r.ChangedAt.UTC(), r.CauseID,
+				r.CatalogVersion, r.InsertedAt.UTC()}
+		})
 }
 
 // AuditRow is one identity audit record.
@@ -197,24 +161,35 @@ type AuditRow struct {
 
 // InsertAudit writes identity audit rows as one batch.
 func (w *Writer) InsertAudit(ctx context.Context, rows []AuditRow) error {
+	return insertBatch(ctx, w.conn, "identity_audit", `INSERT INTO identity_audit (
+		audit_id, at, action, actor, channel, cause_id, member_id, other_member_id, identifiers,
+		before, after, reason, merge_id, conflict_id, sequence, inserted_at)`, rows,
+		func(r AuditRow) string { return r.AuditID },
+		func(r AuditRow) []any {
+			return []any{r.AuditID, r.At.UTC(), r.Action, r.Actor, r.Channel, r.CauseID, r.MemberID, r.OtherMemberID,
+				r.Identifiers, r.Before, r.After, r.Reason, r.MergeID, r.ConflictID, r.Sequence, r.InsertedAt.UTC()}
+		})
+}
+
+// insertBatch writes rows to table with the statement insert as one batch:
+// key names a row in an error, values gives a row's values in the
+// statement's column order.
+func insertBatch[R any](ctx context.Context, conn driver.Conn, table, insert string, rows []R, key func(R) string, values func(R) []any) error {
 	if len(rows) == 0 {
 		return nil
 	}
-	b, err := w.conn.PrepareBatch(ctx, `INSERT INTO identity_audit (
-		audit_id, at, action, actor, channel, cause_id, member_id, other_member_id, identifiers,
-		before, after, reason, merge_id, conflict_id, sequence, inserted_at)`)
+	b, err := conn.PrepareBatch(ctx, insert)
 	if err != nil {
-		return fmt.Errorf("prepare identity_audit batch: %w", err)
+		return fmt.Errorf("prepare %s batch: %w", table, err)
 	}
 	for _, r := range rows {
-		if err := b.Append(r.AuditID, r.At.UTC(), r.Action, r.Actor, r.Channel, r.CauseID, r.MemberID, r.OtherMemberID,
-			r.Identifiers, r.Before, r.After, r.Reason, r.MergeID, r.ConflictID, r.Sequence, r.InsertedAt.UTC()); err != nil {
+		if err := b.Append(values(r)...); err != nil {
 			_ = b.Abort()
-			return classify(fmt.Errorf("append identity_audit row %s: %w", r.AuditID, err), true)
+			return classify(fmt.Errorf("append %s row %s: %w", table, key(r), err), true)
 		}
 	}
 	if err := b.Send(); err != nil {
-		return classify(fmt.Errorf("insert identity_audit: %w", err), false)
+		return classify(fmt.Errorf("insert %s: %w", table, err), false)
 	}
 	return nil
 }

@@ -2,7 +2,6 @@ package postgres
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
@@ -23,26 +22,14 @@ type MemberNoRow struct {
 func GetMemberNo(ctx context.Context, q Querier, memberID uuid.UUID) (MemberNoRow, error) {
 	r, err := scanMemberNo(q.QueryRow(ctx, `
 		SELECT member_id, member_no, status, merged_into FROM members WHERE member_id = $1`, memberID))
-	if errors.Is(err, pgx.ErrNoRows) {
-		return r, fmt.Errorf("member %s: %w", memberID, ErrNotFound)
-	}
-	if err != nil {
-		return r, fmt.Errorf("get member number: %w", err)
-	}
-	return r, nil
+	return r, rowErr(err, "get member number", "member %s", memberID)
 }
 
 // GetMemberByNo returns the member with a public number, or ErrNotFound.
 func GetMemberByNo(ctx context.Context, q Querier, memberNo int64) (MemberNoRow, error) {
 	r, err := scanMemberNo(q.QueryRow(ctx, `
 		SELECT member_id, member_no, status, merged_into FROM members WHERE member_no = $1`, memberNo))
-	if errors.Is(err, pgx.ErrNoRows) {
-		return r, fmt.Errorf("member number %d: %w", memberNo, ErrNotFound)
-	}
-	if err != nil {
-		return r, fmt.Errorf("get member by number: %w", err)
-	}
-	return r, nil
+	return r, rowErr(err, "get member by number", "member number %d", memberNo)
 }
 
 func scanMemberNo(row pgx.Row) (MemberNoRow, error) {
@@ -66,27 +53,18 @@ func GetCodeSecret(ctx context.Context, q Querier, memberID uuid.UUID) (CodeSecr
 	err := q.QueryRow(ctx, `
 		SELECT secret_cipher, key_id, created_at FROM member_code_secrets WHERE member_id = $1`, memberID).
 		Scan(&r.Cipher, &r.KeyID, &r.CreatedAt)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return r, fmt.Errorf("code secret of %s: %w", memberID, ErrNotFound)
-	}
-	if err != nil {
-		return r, fmt.Errorf("get code secret: %w", err)
-	}
-	return r, nil
+	return r, rowErr(err, "get code secret", "code secret of %s", memberID)
 }
 
 // InsertCodeSecret stores a member's code secret unless one exists. It
 // reports false when a secret was already there (a concurrent first issue):
 // the caller must then read and use that one.
 func InsertCodeSecret(ctx context.Context, q Querier, r CodeSecretRow) (bool, error) {
-	tag, err := q.Exec(ctx, `
+	affected, err := execRows(ctx, q, "insert code secret", `
 		INSERT INTO member_code_secrets (member_id, secret_cipher, key_id, created_at) VALUES ($1, $2, $3, $4)
 		ON CONFLICT (member_id) DO NOTHING`,
 		r.MemberID, r.Cipher, r.KeyID, r.CreatedAt)
-	if err != nil {
-		return false, fmt.Errorf("insert code secret: %w", err)
-	}
-	return tag.RowsAffected() == 1, nil
+	return affected == 1, err
 }
 
 // CodeUse is one accepted dynamic code: a member's time step and where it
@@ -102,14 +80,11 @@ type CodeUse struct {
 // InsertCodeUse records an accepted code. It reports false, writing nothing,
 // when the member's step was used before (a replay).
 func InsertCodeUse(ctx context.Context, q Querier, u CodeUse) (bool, error) {
-	tag, err := q.Exec(ctx, `
+	affected, err := execRows(ctx, q, "insert code use", `
 		INSERT INTO member_code_uses (member_id, step, used_at, store_id, terminal_id) VALUES ($1, $2, $3, $4, $5)
 		ON CONFLICT (member_id, step) DO NOTHING`,
 		u.MemberID, u.Step, u.UsedAt, u.StoreID, u.TerminalID)
-	if err != nil {
-		return false, fmt.Errorf("insert code use: %w", err)
-	}
-	return tag.RowsAffected() == 1, nil
+	return affected == 1, err
 }
 
 // LastCodeStep returns the latest step of a member's accepted codes; ok is
@@ -147,38 +122,22 @@ func scanTerminal(row pgx.Row) (TerminalRow, error) {
 // GetTerminal returns a terminal, revoked or not, or ErrNotFound.
 func GetTerminal(ctx context.Context, q Querier, terminalID string) (TerminalRow, error) {
 	r, err := scanTerminal(q.QueryRow(ctx, `SELECT `+terminalColumns+` FROM terminals WHERE terminal_id = $1`, terminalID))
-	if errors.Is(err, pgx.ErrNoRows) {
-		return r, fmt.Errorf("terminal %q: %w", terminalID, ErrNotFound)
-	}
-	if err != nil {
-		return r, fmt.Errorf("get terminal: %w", err)
-	}
-	return r, nil
+	return r, rowErr(err, "get terminal", "terminal %q", terminalID)
 }
 
 // FindTerminalByKey returns the terminal registered with a public key, or
 // ErrNotFound.
 func FindTerminalByKey(ctx context.Context, q Querier, publicKey []byte) (TerminalRow, error) {
 	r, err := scanTerminal(q.QueryRow(ctx, `SELECT `+terminalColumns+` FROM terminals WHERE public_key = $1`, publicKey))
-	if errors.Is(err, pgx.ErrNoRows) {
-		return r, fmt.Errorf("terminal with this public key: %w", ErrNotFound)
-	}
-	if err != nil {
-		return r, fmt.Errorf("find terminal by key: %w", err)
-	}
-	return r, nil
+	return r, rowErr(err, "find terminal by key", "terminal with this public key")
 }
 
 // InsertTerminal registers a terminal. A unique violation (see
 // IsUniqueViolation) means its id or key was registered concurrently.
 func InsertTerminal(ctx context.Context, q Querier, r TerminalRow) error {
-	_, err := q.Exec(ctx, `
+	return exec(ctx, q, "insert terminal", `
 		INSERT INTO terminals (terminal_id, store_id, public_key, description, registered_at) VALUES ($1, $2, $3, $4, $5)`,
 		r.TerminalID, r.StoreID, r.PublicKey, r.Description, r.RegisteredAt)
-	if err != nil {
-		return fmt.Errorf("insert terminal: %w", err)
-	}
-	return nil
 }
 
 // RevokeTerminal marks an active terminal revoked and returns it. It
@@ -189,13 +148,7 @@ func RevokeTerminal(ctx context.Context, q Querier, terminalID string, at time.T
 		UPDATE terminals SET revoked_at = $2, revoke_reason = $3
 		 WHERE terminal_id = $1 AND revoked_at IS NULL
 		RETURNING `+terminalColumns, terminalID, at, reason))
-	if errors.Is(err, pgx.ErrNoRows) {
-		return r, fmt.Errorf("active terminal %q: %w", terminalID, ErrNotFound)
-	}
-	if err != nil {
-		return r, fmt.Errorf("revoke terminal: %w", err)
-	}
-	return r, nil
+	return r, rowErr(err, "revoke terminal", "active terminal %q", terminalID)
 }
 
 // AssertionNonce is the nonce of an accepted device assertion.
@@ -209,24 +162,17 @@ type AssertionNonce struct {
 // InsertAssertionNonce records an accepted assertion's nonce. It reports
 // false, writing nothing, when the terminal used the nonce before (a replay).
 func InsertAssertionNonce(ctx context.Context, q Querier, n AssertionNonce) (bool, error) {
-	tag, err := q.Exec(ctx, `
+	affected, err := execRows(ctx, q, "insert assertion nonce", `
 		INSERT INTO assertion_nonces (terminal_id, nonce, asserted_at, seen_at) VALUES ($1, $2, $3, $4)
 		ON CONFLICT (terminal_id, nonce) DO NOTHING`,
 		n.TerminalID, n.Nonce, n.AssertedAt, n.SeenAt)
-	if err != nil {
-		return false, fmt.Errorf("insert assertion nonce: %w", err)
-	}
-	return tag.RowsAffected() == 1, nil
+	return affected == 1, err
 }
 
 // InsertCodeFailure records a failed code attempt for a member number.
 func InsertCodeFailure(ctx context.Context, q Querier, memberNo int64, at time.Time, storeID, terminalID string) error {
-	_, err := q.Exec(ctx, `INSERT INTO member_code_failures (member_no, failed_at, store_id, terminal_id) VALUES ($1, $2, $3, $4)`,
+	return exec(ctx, q, "insert code failure", `INSERT INTO member_code_failures (member_no, failed_at, store_id, terminal_id) VALUES ($1, $2, $3, $4)`,
 		memberNo, at, storeID, terminalID)
-	if err != nil {
-		return fmt.Errorf("insert code failure: %w", err)
-	}
-	return nil
 }
 
 // CountCodeFailures counts failed attempts for a member number since a time.

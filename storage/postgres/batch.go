@@ -14,20 +14,8 @@ import (
 // MarkProcessedBatch records the events as processed by consumer and
 // returns those that were not before (the others are redeliveries).
 func MarkProcessedBatch(ctx context.Context, q Querier, consumer string, eventIDs []string) (map[string]bool, error) {
-	rows, err := q.Query(ctx, `INSERT INTO processed_events (consumer, event_id)
+	return queryStringSet(ctx, q, "mark processed", `INSERT INTO processed_events (consumer, event_id)
 		SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING RETURNING event_id`, consumer, eventIDs)
-	if err != nil {
-		return nil, fmt.Errorf("mark processed: %w", err)
-	}
-	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		return nil, fmt.Errorf("mark processed: %w", err)
-	}
-	fresh := make(map[string]bool, len(ids))
-	for _, id := range ids {
-		fresh[id] = true
-	}
-	return fresh, nil
 }
 
 // LockedMember is a member row locked for the rest of a transaction.
@@ -101,11 +89,7 @@ func LookupIngestBatch(ctx context.Context, q Batcher, eventIDs []string, keys [
 			}
 			return rows.Err()
 		})
-	b.Queue(findIdentifiersSQL, keyArrays(keys)...).Query(func(rows pgx.Rows) error {
-		var err error
-		found, err = pgx.CollectRows(rows, scanIdentifier)
-		return err
-	})
+	queueFindIdentifiers(b, keys, &found)
 	if err := q.SendBatch(ctx, b).Close(); err != nil {
 		return nil, nil, fmt.Errorf("ingest lookup: %w", err)
 	}
@@ -122,19 +106,7 @@ func InsertIngestedEvents(ctx context.Context, q Querier, es []IngestedEvent) (m
 	for i, e := range es {
 		ids[i], members[i], created[i], res[i] = e.EventID, e.MemberID, e.Created, e.Resolution
 	}
-	rows, err := q.Query(ctx, `INSERT INTO ingested_events (event_id, member_id, created, resolution)
+	return queryStringSet(ctx, q, "insert ingested events", `INSERT INTO ingested_events (event_id, member_id, created, resolution)
 		SELECT * FROM unnest($1::text[], $2::uuid[], $3::bool[], $4::bytea[]) ON CONFLICT (event_id) DO NOTHING RETURNING event_id`,
 		ids, members, created, res)
-	if err != nil {
-		return nil, fmt.Errorf("insert ingested events: %w", err)
-	}
-	done, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		return nil, fmt.Errorf("insert ingested events: %w", err)
-	}
-	out := make(map[string]bool, len(done))
-	for _, id := range done {
-		out[id] = true
-	}
-	return out, nil
 }

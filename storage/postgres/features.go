@@ -141,16 +141,8 @@ func QueueFeatures(b *pgx.Batch, f FeaturesWrite) { QueueFeaturesBatch(b, []Feat
 // DueFeatures locks up to limit members whose features are due (a window
 // ended, a day passed) at now, skipping those another sweeper holds.
 func DueFeatures(ctx context.Context, tx pgx.Tx, now time.Time, limit int) ([]uuid.UUID, error) {
-	rows, err := tx.Query(ctx, `SELECT member_id FROM member_features WHERE due_at <= $1
+	return queryValues[uuid.UUID](ctx, tx, "due members", `SELECT member_id FROM member_features WHERE due_at <= $1
 		ORDER BY due_at LIMIT $2 FOR UPDATE SKIP LOCKED`, now, limit)
-	if err != nil {
-		return nil, fmt.Errorf("due members: %w", err)
-	}
-	ids, err := pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
-	if err != nil {
-		return nil, fmt.Errorf("due members: %w", err)
-	}
-	return ids, nil
 }
 
 // StoredLabels returns a member's labels as stored — labels_pb
@@ -208,11 +200,8 @@ func PendingProfileExports(ctx context.Context, q Querier, limit int) ([]Profile
 // DequeueProfileExports removes the exported members from the queue where
 // the queued version is not newer than the one exported.
 func DequeueProfileExports(ctx context.Context, q Querier, members []uuid.UUID, versions []int64) error {
-	if _, err := q.Exec(ctx, `DELETE FROM profile_exports p USING unnest($1::uuid[], $2::bigint[]) AS d(member_id, version)
-		WHERE p.member_id = d.member_id AND p.version <= d.version`, members, versions); err != nil {
-		return fmt.Errorf("dequeue profile exports: %w", err)
-	}
-	return nil
+	return exec(ctx, q, "dequeue profile exports", `DELETE FROM profile_exports p USING unnest($1::uuid[], $2::bigint[]) AS d(member_id, version)
+		WHERE p.member_id = d.member_id AND p.version <= d.version`, members, versions)
 }
 
 // BackfillProgress is where a catalogue's backfill stands.
@@ -225,10 +214,7 @@ type BackfillProgress struct {
 
 // RestartBackfill forgets a catalogue's backfill progress.
 func RestartBackfill(ctx context.Context, q Querier, catalog string) error {
-	if _, err := q.Exec(ctx, `DELETE FROM tag_backfills WHERE catalog_version = $1`, catalog); err != nil {
-		return fmt.Errorf("restart backfill: %w", err)
-	}
-	return nil
+	return exec(ctx, q, "restart backfill", `DELETE FROM tag_backfills WHERE catalog_version = $1`, catalog)
 }
 
 // StartBackfill returns a catalogue's backfill progress, starting one.
@@ -245,19 +231,13 @@ func StartBackfill(ctx context.Context, q Querier, catalog string) (BackfillProg
 
 // AdvanceBackfill records a batch of a catalogue's backfill.
 func AdvanceBackfill(ctx context.Context, q Querier, catalog string, last uuid.UUID, members, changed int) error {
-	if _, err := q.Exec(ctx, `UPDATE tag_backfills SET last_member = $2, members = members + $3, changed = changed + $4, updated_at = now()
-		WHERE catalog_version = $1`, catalog, last, members, changed); err != nil {
-		return fmt.Errorf("backfill progress: %w", err)
-	}
-	return nil
+	return exec(ctx, q, "backfill progress", `UPDATE tag_backfills SET last_member = $2, members = members + $3, changed = changed + $4, updated_at = now()
+		WHERE catalog_version = $1`, catalog, last, members, changed)
 }
 
 // FinishBackfill marks a catalogue's backfill done.
 func FinishBackfill(ctx context.Context, q Querier, catalog string) error {
-	if _, err := q.Exec(ctx, `UPDATE tag_backfills SET done = true, updated_at = now() WHERE catalog_version = $1`, catalog); err != nil {
-		return fmt.Errorf("finish backfill: %w", err)
-	}
-	return nil
+	return exec(ctx, q, "finish backfill", `UPDATE tag_backfills SET done = true, updated_at = now() WHERE catalog_version = $1`, catalog)
 }
 
 // CountActiveMembers counts the members not merged into another.
@@ -271,16 +251,8 @@ func CountActiveMembers(ctx context.Context, q Querier) (int64, error) {
 
 // ActiveMembersAfter pages through the active members in id order.
 func ActiveMembersAfter(ctx context.Context, q Querier, after uuid.UUID, limit int) ([]uuid.UUID, error) {
-	rows, err := q.Query(ctx, `SELECT member_id FROM members WHERE merged_into IS NULL AND member_id > $1
+	return queryValues[uuid.UUID](ctx, q, "next members", `SELECT member_id FROM members WHERE merged_into IS NULL AND member_id > $1
 		ORDER BY member_id LIMIT $2`, after, limit)
-	if err != nil {
-		return nil, fmt.Errorf("next members: %w", err)
-	}
-	ids, err := pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
-	if err != nil {
-		return nil, fmt.Errorf("next members: %w", err)
-	}
-	return ids, nil
 }
 
 // FoldRoots maps every member whose events now belong to one of ids (the
@@ -348,38 +320,15 @@ func LoadFeaturesBatch(ctx context.Context, tx pgx.Tx, members []uuid.UUID, seen
 			}
 			return rows.Err()
 		})
-	b.Queue(`SELECT member_id, granted FROM member_consents WHERE member_id = ANY($1) AND purpose = $2`, members, ConsentProfiling).
-		Query(func(rows pgx.Rows) error {
-			for rows.Next() {
-				var id uuid.UUID
-				var granted bool
-				if err := rows.Scan(&id, &granted); err != nil {
-					return err
-				}
-				if o := out[id]; o != nil {
-					o.Profiling = granted
-				}
-			}
-			return rows.Err()
-		})
-	b.Queue(`SELECT mine.member_id, max(n) FROM (SELECT device_hash, member_id FROM device_members WHERE member_id = ANY($1)) mine
+	rowOf := func(id uuid.UUID) *FeaturesRow { return out[id] }
+	queueMemberValues(b, rowOf, func(o *FeaturesRow, granted bool) { o.Profiling = granted },
+		`SELECT member_id, granted FROM member_consents WHERE member_id = ANY($1) AND purpose = $2`, members, ConsentProfiling)
+	queueMemberValues(b, rowOf, func(o *FeaturesRow, n int) { o.DeviceShare = n },
+		`SELECT mine.member_id, max(n) FROM (SELECT device_hash, member_id FROM device_members WHERE member_id = ANY($1)) mine
 		JOIN (SELECT device_hash, count(*) AS n FROM device_members
 		       WHERE device_hash IN (SELECT device_hash FROM device_members WHERE member_id = ANY($1)) GROUP BY device_hash) c
 		  ON c.device_hash = mine.device_hash
-		GROUP BY mine.member_id`, members).
-		Query(func(rows pgx.Rows) error {
-			for rows.Next() {
-				var id uuid.UUID
-				var n int
-				if err := rows.Scan(&id, &n); err != nil {
-					return err
-				}
-				if o := out[id]; o != nil {
-					o.DeviceShare = n
-				}
-			}
-			return rows.Err()
-		})
+		GROUP BY mine.member_id`, members)
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return nil, fmt.Errorf("load features: %w", err)
 	}

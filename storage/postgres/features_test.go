@@ -8,8 +8,6 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/stdlib"
-	"github.com/pressly/goose/v3"
 
 	"github.com/membercenter/membercenter/storage/postgres"
 	"github.com/membercenter/membercenter/storage/postgres/pgtest"
@@ -20,16 +18,7 @@ import (
 // its rollback gives the JSON back and empties binary ones.
 func TestFeatureStateBecomesBytes(t *testing.T) {
 	ctx := context.Background()
-	pool := emptyDB(t)
-	db := stdlib.OpenDBFromPool(pool)
-	defer db.Close()
-	p, err := goose.NewProvider(goose.DialectPostgres, db, postgres.Migrations())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := p.UpTo(ctx, 13); err != nil {
-		t.Fatal(err)
-	}
+	pool, p := migratedTo(t, 13)
 	jsonMember, binMember := uuid.New(), uuid.New()
 	for _, m := range []uuid.UUID{jsonMember, binMember} {
 		if err := postgres.InsertMember(ctx, pool, m, time.Now()); err != nil {
@@ -56,7 +45,7 @@ func TestFeatureStateBecomesBytes(t *testing.T) {
 	if err := pool.SendBatch(ctx, b).Close(); err != nil {
 		t.Fatal(err)
 	}
-	err = pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
 		r, err := postgres.LoadFeatures(ctx, tx, binMember, nil)
 		if err == nil && !bytes.Equal(r.State, bin) {
 			t.Errorf("binary state read back as %x", r.State)

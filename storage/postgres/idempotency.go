@@ -31,19 +31,13 @@ func LockIdempotencyKey(ctx context.Context, tx pgx.Tx, scope, key string) (stor
 
 // StoreIdempotentResponse records the response of (scope, key).
 func StoreIdempotentResponse(ctx context.Context, q Querier, scope, key string, response []byte) error {
-	if _, err := q.Exec(ctx, `INSERT INTO idempotency_keys (scope, key, response) VALUES ($1, $2, $3)`,
-		scope, key, response); err != nil {
-		return fmt.Errorf("store idempotent response: %w", err)
-	}
-	return nil
+	return exec(ctx, q, "store idempotent response", `INSERT INTO idempotency_keys (scope, key, response) VALUES ($1, $2, $3)`,
+		scope, key, response)
 }
 
 // DeleteIdempotentResponse forgets the response of (scope, key).
 func DeleteIdempotentResponse(ctx context.Context, q Querier, scope, key string) error {
-	if _, err := q.Exec(ctx, `DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2`, scope, key); err != nil {
-		return fmt.Errorf("forget idempotent response: %w", err)
-	}
-	return nil
+	return exec(ctx, q, "forget idempotent response", `DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2`, scope, key)
 }
 
 // IdempotencyKey names one call of a mutating RPC.

@@ -28,10 +28,7 @@ func LockIdentifiers(ctx context.Context, q Querier, keys []IdentifierKey) error
 	ids = slices.Compact(ids)
 	// One statement: a function scan of the array yields its elements in
 	// order, so the locks are taken in that order.
-	if _, err := q.Exec(ctx, `SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS t(k)`, ids); err != nil {
-		return fmt.Errorf("lock identifiers: %w", err)
-	}
-	return nil
+	return exec(ctx, q, "lock identifiers", `SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS t(k)`, ids)
 }
 
 // LockMembers locks member rows (lockMemberRow), in id order (no
@@ -94,36 +91,25 @@ func CountIdentifiers(ctx context.Context, q Querier, memberID uuid.UUID) (map[i
 // DeleteIdentifier unlinks one identifier from a member. It reports false
 // when the member did not hold it.
 func DeleteIdentifier(ctx context.Context, q Querier, memberID uuid.UUID, k IdentifierKey) (bool, error) {
-	tag, err := q.Exec(ctx, `
+	affected, err := execRows(ctx, q, "delete identifier", `
 		DELETE FROM member_identifiers WHERE member_id = $1 AND id_type = $2 AND scope = $3 AND value_hash = $4`,
 		memberID, k.Type, k.Scope, k.Hash)
-	if err != nil {
-		return false, fmt.Errorf("delete identifier: %w", err)
-	}
-	return tag.RowsAffected() > 0, nil
+	return affected > 0, err
 }
 
 // MoveIdentifiers re-points identifiers of from to to. With origins set, only
 // identifiers whose origin is one of them move.
 func MoveIdentifiers(ctx context.Context, q Querier, from, to uuid.UUID, origins []uuid.UUID) (int64, error) {
-	tag, err := q.Exec(ctx, `
+	return execRows(ctx, q, "move identifiers", `
 		UPDATE member_identifiers SET member_id = $2
 		 WHERE member_id = $1 AND ($3::uuid[] IS NULL OR origin_member_id = ANY($3))`, from, to, origins)
-	if err != nil {
-		return 0, fmt.Errorf("move identifiers: %w", err)
-	}
-	return tag.RowsAffected(), nil
 }
 
 // MoveLots re-points open and spent lots of from to to, like MoveIdentifiers.
 func MoveLots(ctx context.Context, q Querier, from, to uuid.UUID, origins []uuid.UUID) error {
-	_, err := q.Exec(ctx, `
+	return exec(ctx, q, "move lots", `
 		UPDATE point_lots SET member_id = $2
 		 WHERE member_id = $1 AND ($3::uuid[] IS NULL OR origin_member_id = ANY($3))`, from, to, origins)
-	if err != nil {
-		return fmt.Errorf("move lots: %w", err)
-	}
-	return nil
 }
 
 // LotTotals sums a member's lots of the given origins (all when nil):
@@ -150,18 +136,12 @@ func SetMergedInto(ctx context.Context, q Querier, member uuid.UUID, into *uuid.
 	if into != nil {
 		status = "merged"
 	}
-	if _, err := q.Exec(ctx, `UPDATE members SET status = $2, merged_into = $3 WHERE member_id = $1`, member, status, into); err != nil {
-		return fmt.Errorf("set merged: %w", err)
-	}
-	return nil
+	return exec(ctx, q, "set merged", `UPDATE members SET status = $2, merged_into = $3 WHERE member_id = $1`, member, status, into)
 }
 
 // AddMergeCount adds delta to a member's merge count.
 func AddMergeCount(ctx context.Context, q Querier, member uuid.UUID, delta int) error {
-	if _, err := q.Exec(ctx, `UPDATE members SET merge_count = merge_count + $2 WHERE member_id = $1`, member, delta); err != nil {
-		return fmt.Errorf("merge count: %w", err)
-	}
-	return nil
+	return exec(ctx, q, "merge count", `UPDATE members SET merge_count = merge_count + $2 WHERE member_id = $1`, member, delta)
 }
 
 // SetAttributes replaces a member's attributes.
@@ -169,25 +149,18 @@ func SetAttributes(ctx context.Context, q Querier, member uuid.UUID, attrs map[s
 	if attrs == nil {
 		attrs = map[string]string{}
 	}
-	if _, err := q.Exec(ctx, `UPDATE members SET attributes = $2 WHERE member_id = $1`, member, attrs); err != nil {
-		return fmt.Errorf("set attributes: %w", err)
-	}
-	return nil
+	return exec(ctx, q, "set attributes", `UPDATE members SET attributes = $2 WHERE member_id = $1`, member, attrs)
 }
 
 // SetAccount overwrites a member's balance (merge and unmerge recompute it
 // from the lots they move; the ledger records the movement).
 func SetAccount(ctx context.Context, q Querier, a Account) error {
-	_, err := q.Exec(ctx, `
+	return exec(ctx, q, "set account", `
 		INSERT INTO points_accounts AS p (member_id, balance, lifetime_earned, updated_at)
 		VALUES ($1, $2, $3, now())
 		ON CONFLICT (member_id) DO UPDATE
 		   SET balance = EXCLUDED.balance, lifetime_earned = EXCLUDED.lifetime_earned, updated_at = now()`,
 		a.MemberID, a.Balance, a.LifetimeEarned)
-	if err != nil {
-		return fmt.Errorf("set account: %w", err)
-	}
-	return nil
 }
 
 // MergeRow is a recorded merge.
@@ -215,33 +188,19 @@ func scanMerge(row pgx.CollectableRow) (MergeRow, error) {
 
 // InsertMerge records a merge.
 func InsertMerge(ctx context.Context, q Querier, m MergeRow) error {
-	_, err := q.Exec(ctx, `INSERT INTO merges (merge_id, source_member_id, target_member_id, reason, cause_id, actor, channel, merged_at, snapshot)
+	return exec(ctx, q, "insert merge", `INSERT INTO merges (merge_id, source_member_id, target_member_id, reason, cause_id, actor, channel, merged_at, snapshot)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`, m.MergeID, m.Source, m.Target, m.Reason, m.CauseID, m.Actor, m.Channel, m.MergedAt, m.Snapshot)
-	if err != nil {
-		return fmt.Errorf("insert merge: %w", err)
-	}
-	return nil
 }
 
 // GetMergeForUpdate returns a merge, locked, or ErrNotFound.
 func GetMergeForUpdate(ctx context.Context, q Querier, id uuid.UUID) (MergeRow, error) {
 	rows, err := q.Query(ctx, `SELECT `+mergeColumns+` FROM merges WHERE merge_id = $1 FOR UPDATE`, id)
-	if err != nil {
-		return MergeRow{}, fmt.Errorf("get merge: %w", err)
-	}
-	m, err := pgx.CollectExactlyOneRow(rows, scanMerge)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return m, fmt.Errorf("merge %s: %w", id, ErrNotFound)
-	}
-	return m, err
+	return collectOne(rows, err, scanMerge, "get merge", "merge %s", id)
 }
 
 // MarkUnmerged closes a merge.
 func MarkUnmerged(ctx context.Context, q Querier, id uuid.UUID, reason string, at time.Time) error {
-	if _, err := q.Exec(ctx, `UPDATE merges SET unmerged_at = $2, unmerge_reason = $3 WHERE merge_id = $1`, id, at, reason); err != nil {
-		return fmt.Errorf("mark unmerged: %w", err)
-	}
-	return nil
+	return exec(ctx, q, "mark unmerged", `UPDATE merges SET unmerged_at = $2, unmerge_reason = $3 WHERE merge_id = $1`, id, at, reason)
 }
 
 // ListMerges returns the merges a member took part in, oldest first.
@@ -295,12 +254,8 @@ func scanConflict(row pgx.CollectableRow) (ConflictRow, error) {
 
 // InsertConflict records a conflict.
 func InsertConflict(ctx context.Context, q Querier, c ConflictRow) error {
-	_, err := q.Exec(ctx, `INSERT INTO identity_conflicts (conflict_id, member_ids, identifiers, reason, cause_id, channel, created_at)
+	return exec(ctx, q, "insert conflict", `INSERT INTO identity_conflicts (conflict_id, member_ids, identifiers, reason, cause_id, channel, created_at)
 		VALUES ($1, $2, $3, $4, $5, $6, $7)`, c.ConflictID, c.MemberIDs, c.Identifiers, c.Reason, c.CauseID, c.Channel, c.CreatedAt)
-	if err != nil {
-		return fmt.Errorf("insert conflict: %w", err)
-	}
-	return nil
 }
 
 // ListOpenConflicts pages through unresolved conflicts, oldest first, after
@@ -318,24 +273,13 @@ func ListOpenConflicts(ctx context.Context, q Querier, afterAt time.Time, afterI
 // GetConflictForUpdate returns a conflict, locked, or ErrNotFound.
 func GetConflictForUpdate(ctx context.Context, q Querier, id uuid.UUID) (ConflictRow, error) {
 	rows, err := q.Query(ctx, `SELECT `+conflictColumns+` FROM identity_conflicts WHERE conflict_id = $1 FOR UPDATE`, id)
-	if err != nil {
-		return ConflictRow{}, fmt.Errorf("get conflict: %w", err)
-	}
-	c, err := pgx.CollectExactlyOneRow(rows, scanConflict)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return c, fmt.Errorf("conflict %s: %w", id, ErrNotFound)
-	}
-	return c, err
+	return collectOne(rows, err, scanConflict, "get conflict", "conflict %s", id)
 }
 
 // ResolveConflictRow records how a conflict was settled.
 func ResolveConflictRow(ctx context.Context, q Querier, id uuid.UUID, resolution string, member *uuid.UUID, at time.Time) error {
-	_, err := q.Exec(ctx, `UPDATE identity_conflicts SET resolved_at = $2, resolution = $3, resolved_member_id = $4 WHERE conflict_id = $1`,
+	return exec(ctx, q, "resolve conflict", `UPDATE identity_conflicts SET resolved_at = $2, resolution = $3, resolved_member_id = $4 WHERE conflict_id = $1`,
 		id, at, resolution, member)
-	if err != nil {
-		return fmt.Errorf("resolve conflict: %w", err)
-	}
-	return nil
 }
 
 // AuditRow is one identity audit record.
@@ -365,13 +309,9 @@ func InsertAudit(ctx context.Context, q Querier, a AuditRow) error {
 	if a.After == nil {
 		a.After = json.RawMessage("{}")
 	}
-	_, err := q.Exec(ctx, `INSERT INTO identity_audit (audit_id, at, action, actor, channel, cause_id, member_id, other_member_id, identifiers, before, after, reason)
+	return exec(ctx, q, "insert audit", `INSERT INTO identity_audit (audit_id, at, action, actor, channel, cause_id, member_id, other_member_id, identifiers, before, after, reason)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)`,
 		a.AuditID, a.At, a.Action, a.Actor, a.Channel, a.CauseID, a.MemberID, a.OtherMemberID, a.Identifiers, a.Before, a.After, a.Reason)
-	if err != nil {
-		return fmt.Errorf("insert audit: %w", err)
-	}
-	return nil
 }
 
 // ListAudit returns a member's audit records, oldest first.
@@ -427,10 +367,7 @@ func ClaimIdentifierCiphers(ctx context.Context, tx pgx.Tx, keyID string, limit 
 
 // UpdateIdentifierCipher stores a re-encrypted identifier ciphertext.
 func UpdateIdentifierCipher(ctx context.Context, tx pgx.Tx, id int64, cipher []byte, keyID string) error {
-	if _, err := tx.Exec(ctx, `UPDATE member_identifiers SET value_cipher = $2, key_id = $3 WHERE identifier_id = $1`, id, cipher, keyID); err != nil {
-		return fmt.Errorf("update identifier ciphertext: %w", err)
-	}
-	return nil
+	return exec(ctx, tx, "update identifier ciphertext", `UPDATE member_identifiers SET value_cipher = $2, key_id = $3 WHERE identifier_id = $1`, id, cipher, keyID)
 }
 
 // ClaimCodeSecretCiphers locks up to limit member code secrets not under keyID.
@@ -449,8 +386,5 @@ func ClaimCodeSecretCiphers(ctx context.Context, tx pgx.Tx, keyID string, limit 
 
 // UpdateCodeSecretCipher stores a re-encrypted code secret.
 func UpdateCodeSecretCipher(ctx context.Context, tx pgx.Tx, member uuid.UUID, cipher []byte, keyID string) error {
-	if _, err := tx.Exec(ctx, `UPDATE member_code_secrets SET secret_cipher = $2, key_id = $3 WHERE member_id = $1`, member, cipher, keyID); err != nil {
-		return fmt.Errorf("update code secret: %w", err)
-	}
-	return nil
+	return exec(ctx, tx, "update code secret", `UPDATE member_code_secrets SET secret_cipher = $2, key_id = $3 WHERE member_id = $1`, member, cipher, keyID)
 }

@@ -130,13 +130,7 @@ func GetAccount(ctx context.Context, q Querier, memberID uuid.UUID) (Account, er
 	err := q.QueryRow(ctx, `
 		SELECT balance, lifetime_earned, updated_at FROM points_accounts WHERE member_id = $1`, memberID).
 		Scan(&a.Balance, &a.LifetimeEarned, &a.UpdatedAt)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return a, nil
-	}
-	if err != nil {
-		return a, fmt.Errorf("get points account: %w", err)
-	}
-	return a, nil
+	return a, rowErrOr(err, "get points account", nil)
 }
 
 // Lot is a parcel of earned points with its own expiry.
@@ -158,14 +152,10 @@ func InsertLot(ctx context.Context, q Querier, l Lot) error {
 	if origin == uuid.Nil {
 		origin = l.MemberID
 	}
-	_, err := q.Exec(ctx, `
+	return exec(ctx, q, "insert point lot", `
 		INSERT INTO point_lots (member_id, origin_member_id, transaction_id, earned, remaining, earned_at, available_at, expires_at)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
 		l.MemberID, origin, l.TransactionID, l.Earned, l.Remaining, l.EarnedAt, l.AvailableAt, l.ExpiresAt)
-	if err != nil {
-		return fmt.Errorf("insert point lot: %w", err)
-	}
-	return nil
 }
 
 // LedgerLine is one entry of a member's account with its transaction.

@@ -108,6 +108,66 @@ type OrderRow struct {
 	Cause                                 string
 }
 
+// The columns a load reads of each kind of row, in its statements' order.
+
+func lotColumns(l *LotRow) []any {
+	return []any{&l.ID, &l.Earned, &l.Remaining, &l.EarnedAt, &l.AvailableAt, &l.ExpiresAt, &l.OrderID, &l.Origin, &l.Kind}
+}
+
+func activityColumns(a *ActivityRow) []any { return []any{&a.Month, &a.Spend, &a.Points, &a.Orders} }
+
+func usageColumns(u *UsageRow) []any { return []any{&u.Campaign, &u.Period, &u.Points} }
+
+func couponColumns(c *CouponRow) []any {
+	return []any{&c.Code, &c.Template, &c.State, &c.ValidFrom, &c.ValidUntil, &c.OrderID, &c.Origin, &c.IssuedAt, &c.Cause}
+}
+
+func grantColumns(g *GrantRow) []any {
+	return []any{&g.Benefit, &g.GrantedAt, &g.Cause, &g.PendingRevoke}
+}
+
+func orderColumns(o *OrderRow) []any {
+	return []any{&o.OrderID, &o.Member, &o.Origin, &o.At, &o.Total, &o.Paid, &o.CouponDiscount, &o.Redeemed, &o.Earned,
+		&o.Refunded, &o.Reversed, &o.Restored, &o.Unrecovered, &o.FullyRefunded, &o.CouponCodes, &o.LotID, &o.Extras, &o.Cause}
+}
+
+// queueRows queues a statement and appends each row it returns, scanned
+// into columns, to out.
+func queueRows[T any](b *pgx.Batch, out *[]T, columns func(*T) []any, sql string, args ...any) {
+	b.Queue(sql, args...).Query(func(rows pgx.Rows) error {
+		for rows.Next() {
+			var v T
+			if err := rows.Scan(columns(&v)...); err != nil {
+				return err
+			}
+			*out = append(*out, v)
+		}
+		return rows.Err()
+	})
+}
+
+// queueCounters queues the read of the shared counters the programme limits
+// (campaign budgets, coupon template totals), in one statement.
+func queueCounters(b *pgx.Batch, budgets map[string]int64, issued map[string]int) {
+	b.Queue(`SELECT true, campaign_id, spent FROM campaign_budgets UNION ALL SELECT false, template_id, issued FROM coupon_template_counts`).
+		Query(func(rows pgx.Rows) error {
+			for rows.Next() {
+				var budget bool
+				var id string
+				var v int64
+				if err := rows.Scan(&budget, &id, &v); err != nil {
+					return err
+				}
+				if budget {
+					budgets[id] = v
+				} else {
+					issued[id] = int(v)
+				}
+			}
+			return rows.Err()
+		})
+}
+
 // LoadLoyalty reads, in one round trip, the member row (locked when
 // writing, which also serialises the member's outbox sequence), its state,
 // open lots, activity, campaign usage, the shared counters, its coupons,
@@ -142,89 +202,21 @@ func LoadLoyalty(ctx context.Context, q Batcher, l LoyaltyLoad) (LoyaltyRows, er
 		}
 		return rows.Err()
 	})
-	b.Queue(`SELECT lot_id, earned, remaining, earned_at, available_at, expires_at, coalesce(order_id, ''), origin_member_id, kind
-		FROM point_lots WHERE member_id = $1 AND remaining > 0 ORDER BY lot_id`, l.Member).
-		Query(func(rows pgx.Rows) error {
-			for rows.Next() {
-				var lot LotRow
-				if err := rows.Scan(&lot.ID, &lot.Earned, &lot.Remaining, &lot.EarnedAt, &lot.AvailableAt, &lot.ExpiresAt, &lot.OrderID, &lot.Origin, &lot.Kind); err != nil {
-					return err
-				}
-				r.Lots = append(r.Lots, lot)
-			}
-			return rows.Err()
-		})
+	queueRows(b, &r.Lots, lotColumns, `SELECT lot_id, earned, remaining, earned_at, available_at, expires_at, coalesce(order_id, ''), origin_member_id, kind
+		FROM point_lots WHERE member_id = $1 AND remaining > 0 ORDER BY lot_id`, l.Member)
 	// Month starts since the last evaluated month need their own 12 months.
-	b.Queue(`SELECT month, sum(spend), sum(points), sum(orders) FROM member_activity
+	queueRows(b, &r.Activity, activityColumns, `SELECT month, sum(spend), sum(points), sum(orders) FROM member_activity
 		WHERE member_id = $1
 		  AND month >= least($2::int, coalesce((SELECT (state->>'evaluated')::int FROM loyalty_state WHERE member_id = $1), $2::int) - 12)
-		GROUP BY month`, l.Member, l.ActivityFrom).
-		Query(func(rows pgx.Rows) error {
-			for rows.Next() {
-				var a ActivityRow
-				if err := rows.Scan(&a.Month, &a.Spend, &a.Points, &a.Orders); err != nil {
-					return err
-				}
-				r.Activity = append(r.Activity, a)
-			}
-			return rows.Err()
-		})
+		GROUP BY month`, l.Member, l.ActivityFrom)
 	queueUsage(b, l.Member, l.Periods, &r.Usage)
-	// The shared counters the programme limits (campaign budgets, coupon
-	// template totals), in one statement.
-	b.Queue(`SELECT true, campaign_id, spent FROM campaign_budgets UNION ALL SELECT false, template_id, issued FROM coupon_template_counts`).
-		Query(func(rows pgx.Rows) error {
-			for rows.Next() {
-				var budget bool
-				var id string
-				var v int64
-				if err := rows.Scan(&budget, &id, &v); err != nil {
-					return err
-				}
-				if budget {
-					r.Budgets[id] = v
-				} else {
-					r.TplIssued[id] = int(v)
-				}
-			}
-			return rows.Err()
-		})
-	b.Queue(`SELECT code, template_id, state, valid_from, valid_until, coalesce(order_id, ''), origin_member_id, issued_at, cause
-		FROM coupons WHERE member_id = $1 ORDER BY issued_at, code`, l.Member).Query(func(rows pgx.Rows) error {
-		for rows.Next() {
-			var c CouponRow
-			if err := rows.Scan(&c.Code, &c.Template, &c.State, &c.ValidFrom, &c.ValidUntil, &c.OrderID, &c.Origin, &c.IssuedAt, &c.Cause); err != nil {
-				return err
-			}
-			r.Coupons = append(r.Coupons, c)
-		}
-		return rows.Err()
-	})
-	b.Queue(`SELECT benefit_id, granted_at, cause, pending_revoke FROM benefit_grants WHERE member_id = $1`, l.Member).
-		Query(func(rows pgx.Rows) error {
-			for rows.Next() {
-				var g GrantRow
-				if err := rows.Scan(&g.Benefit, &g.GrantedAt, &g.Cause, &g.PendingRevoke); err != nil {
-					return err
-				}
-				r.Grants = append(r.Grants, g)
-			}
-			return rows.Err()
-		})
+	queueCounters(b, r.Budgets, r.TplIssued)
+	queueRows(b, &r.Coupons, couponColumns, `SELECT code, template_id, state, valid_from, valid_until, coalesce(order_id, ''), origin_member_id, issued_at, cause
+		FROM coupons WHERE member_id = $1 ORDER BY issued_at, code`, l.Member)
+	queueRows(b, &r.Grants, grantColumns, `SELECT benefit_id, granted_at, cause, pending_revoke FROM benefit_grants WHERE member_id = $1`, l.Member)
 	if len(l.Orders) > 0 {
-		b.Queue(`SELECT order_id, member_id, origin_member_id, at, total, paid, coupon_discount, redeemed, earned, refunded, reversed,
-			restored, unrecovered, fully_refunded, coupon_codes, coalesce(lot_id, 0), extras, cause FROM orders WHERE order_id = ANY($1)`, l.Orders).
-			Query(func(rows pgx.Rows) error {
-				for rows.Next() {
-					var o OrderRow
-					if err := rows.Scan(&o.OrderID, &o.Member, &o.Origin, &o.At, &o.Total, &o.Paid, &o.CouponDiscount, &o.Redeemed, &o.Earned,
-						&o.Refunded, &o.Reversed, &o.Restored, &o.Unrecovered, &o.FullyRefunded, &o.CouponCodes, &o.LotID, &o.Extras, &o.Cause); err != nil {
-						return err
-					}
-					r.OrderRows = append(r.OrderRows, o)
-				}
-				return rows.Err()
-			})
+		queueRows(b, &r.OrderRows, orderColumns, `SELECT order_id, member_id, origin_member_id, at, total, paid, coupon_discount, redeemed, earned, refunded, reversed,
+			restored, unrecovered, fully_refunded, coupon_codes, coalesce(lot_id, 0), extras, cause FROM orders WHERE order_id = ANY($1)`, l.Orders)
 	}
 	if err := q.SendBatch(ctx, b).Close(); err != nil {
 		return r, fmt.Errorf("load loyalty state: %w", err)
@@ -233,17 +225,7 @@ func LoadLoyalty(ctx context.Context, q Batcher, l LoyaltyLoad) (LoyaltyRows, er
 }
 
 func queueUsage(b *pgx.Batch, member uuid.UUID, periods []string, out *[]UsageRow) {
-	b.Queue(`SELECT campaign_id, period, points FROM campaign_usage WHERE member_id = $1 AND period = ANY($2)`, member, periods).
-		Query(func(rows pgx.Rows) error {
-			for rows.Next() {
-				var u UsageRow
-				if err := rows.Scan(&u.Campaign, &u.Period, &u.Points); err != nil {
-					return err
-				}
-				*out = append(*out, u)
-			}
-			return rows.Err()
-		})
+	queueRows(b, out, usageColumns, `SELECT campaign_id, period, points FROM campaign_usage WHERE member_id = $1 AND period = ANY($2)`, member, periods)
 }
 
 // CampaignUsage reads a member's campaign usage in the given periods.
@@ -300,12 +282,7 @@ func QueueBudgetSpend(b *pgx.Batch, campaign string, points, limit int64, refuse
 	b.Queue(`INSERT INTO campaign_budgets AS b (campaign_id, spent) SELECT $1::text, $2::bigint WHERE $3::bigint = 0 OR $2::bigint <= $3::bigint
 		ON CONFLICT (campaign_id) DO UPDATE SET spent = b.spent + EXCLUDED.spent
 		WHERE $3 = 0 OR b.spent + EXCLUDED.spent <= $3`, campaign, points, limit).
-		Exec(func(tag pgconn.CommandTag) error {
-			if tag.RowsAffected() == 0 {
-				refused()
-			}
-			return nil
-		})
+		Exec(refusedIfNone(refused))
 }
 
 // QueueCouponsIssued queues coupons issued of a template (limit 0: none);
@@ -315,12 +292,18 @@ func QueueCouponsIssued(b *pgx.Batch, template string, n, limit int, refused fun
 	b.Queue(`INSERT INTO coupon_template_counts AS c (template_id, issued) SELECT $1::text, $2::int WHERE $3::int = 0 OR $2::int <= $3::int
 		ON CONFLICT (template_id) DO UPDATE SET issued = c.issued + EXCLUDED.issued
 		WHERE $3 = 0 OR c.issued + EXCLUDED.issued <= $3`, template, n, limit).
-		Exec(func(tag pgconn.CommandTag) error {
-			if tag.RowsAffected() == 0 {
-				refused()
-			}
-			return nil
-		})
+		Exec(refusedIfNone(refused))
+}
+
+// refusedIfNone calls refused when a statement wrote no row: its limit held
+// it back.
+func refusedIfNone(refused func()) func(pgconn.CommandTag) error {
+	return func(tag pgconn.CommandTag) error {
+		if tag.RowsAffected() == 0 {
+			refused()
+		}
+		return nil
+	}
 }
 
 // QueueNewCoupon queues a coupon issued to a member.
@@ -434,7 +417,7 @@ func ReturnLoyaltyData(ctx context.Context, q Querier, target, source uuid.UUID,
 // loyalty_state_evaluated), so the cost follows the members that are due,
 // not the member count.
 func DueLoyalty(ctx context.Context, q Querier, now time.Time, month, limit int) ([]uuid.UUID, error) {
-	rows, err := q.Query(ctx, `
+	return queryValues[uuid.UUID](ctx, q, "due members", `
 		SELECT d.member_id FROM (
 		        SELECT l.member_id FROM point_lots l WHERE l.remaining > 0 AND l.expires_at <= $1
 		        UNION
@@ -442,14 +425,6 @@ func DueLoyalty(ctx context.Context, q Querier, now time.Time, month, limit int)
 		       ) d
 		  JOIN members m ON m.member_id = d.member_id AND m.status = 'active'
 		 LIMIT $3`, now, month, limit)
-	if err != nil {
-		return nil, fmt.Errorf("due members: %w", err)
-	}
-	ids, err := pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
-	if err != nil {
-		return nil, fmt.Errorf("due members: %w", err)
-	}
-	return ids, nil
 }
 
 // QueueBenefitLabelChecks queues members whose labels a benefit depends on
@@ -466,15 +441,7 @@ func QueueBenefitLabelChecks(b *pgx.Batch, members []uuid.UUID) {
 // skipping those another taker holds, and returns them: the caller
 // re-evaluates them in tx, whose rollback puts them back.
 func TakeBenefitLabelChecks(ctx context.Context, tx pgx.Tx, limit int) ([]uuid.UUID, error) {
-	rows, err := tx.Query(ctx, `DELETE FROM benefit_label_checks WHERE member_id IN (
+	return queryValues[uuid.UUID](ctx, tx, "take benefit label checks", `DELETE FROM benefit_label_checks WHERE member_id IN (
 		SELECT member_id FROM benefit_label_checks ORDER BY queued_at LIMIT $1 FOR UPDATE SKIP LOCKED)
 		RETURNING member_id`, limit)
-	if err != nil {
-		return nil, fmt.Errorf("take benefit label checks: %w", err)
-	}
-	ids, err := pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
-	if err != nil {
-		return nil, fmt.Errorf("take benefit label checks: %w", err)
-	}
-	return ids, nil
 }

@@ -59,139 +59,87 @@ func LoadLoyaltyBatch(ctx context.Context, q Batcher, loads []LoyaltyLoad) (map[
 		}
 		return rows.Err()
 	})
-	b.Queue(`SELECT member_id, state FROM loyalty_state WHERE member_id = ANY($1)`, members).Query(func(rows pgx.Rows) error {
-		for rows.Next() {
-			var id uuid.UUID
-			var st []byte
-			if err := rows.Scan(&id, &st); err != nil {
-				return err
-			}
-			of(id).State = st
-		}
-		return rows.Err()
-	})
+	queueMemberValues(b, of, func(r *LoyaltyRows, st []byte) { r.State = st },
+		`SELECT member_id, state FROM loyalty_state WHERE member_id = ANY($1)`, members)
 	// Open lots only, as LoadLoyalty reads them.
-	b.Queue(`SELECT member_id, lot_id, earned, remaining, earned_at, available_at, expires_at, coalesce(order_id, ''), origin_member_id, kind
-		FROM point_lots WHERE member_id = ANY($1) AND remaining > 0 ORDER BY member_id, lot_id`, members).
-		Query(func(rows pgx.Rows) error {
-			for rows.Next() {
-				var id uuid.UUID
-				var lot LotRow
-				if err := rows.Scan(&id, &lot.ID, &lot.Earned, &lot.Remaining, &lot.EarnedAt, &lot.AvailableAt, &lot.ExpiresAt, &lot.OrderID, &lot.Origin, &lot.Kind); err != nil {
-					return err
-				}
-				o := of(id)
-				o.Lots = append(o.Lots, lot)
-			}
-			return rows.Err()
-		})
+	queueMemberRows(b, of, func(r *LoyaltyRows) *[]LotRow { return &r.Lots }, lotColumns,
+		`SELECT member_id, lot_id, earned, remaining, earned_at, available_at, expires_at, coalesce(order_id, ''), origin_member_id, kind
+		FROM point_lots WHERE member_id = ANY($1) AND remaining > 0 ORDER BY member_id, lot_id`, members)
 	// Month starts since each member's last evaluated month need their own
 	// 12 months.
-	b.Queue(`SELECT a.member_id, a.month, sum(a.spend), sum(a.points), sum(a.orders)
+	queueMemberRows(b, of, func(r *LoyaltyRows) *[]ActivityRow { return &r.Activity }, activityColumns,
+		`SELECT a.member_id, a.month, sum(a.spend), sum(a.points), sum(a.orders)
 		  FROM unnest($1::uuid[], $2::int[]) AS w(member_id, from_month)
 		  LEFT JOIN loyalty_state s ON s.member_id = w.member_id
 		  JOIN member_activity a ON a.member_id = w.member_id
 		   AND a.month >= least(w.from_month, coalesce((s.state->>'evaluated')::int, w.from_month) - 12)
-		 GROUP BY a.member_id, a.month`, actM, actFrom).
-		Query(func(rows pgx.Rows) error {
-			for rows.Next() {
-				var id uuid.UUID
-				var a ActivityRow
-				if err := rows.Scan(&id, &a.Month, &a.Spend, &a.Points, &a.Orders); err != nil {
-					return err
-				}
-				o := of(id)
-				o.Activity = append(o.Activity, a)
-			}
-			return rows.Err()
-		})
+		 GROUP BY a.member_id, a.month`, actM, actFrom)
 	if len(useM) > 0 {
-		b.Queue(`SELECT u.member_id, u.campaign_id, u.period, u.points FROM campaign_usage u
-			JOIN unnest($1::uuid[], $2::text[]) AS w(member_id, period) ON u.member_id = w.member_id AND u.period = w.period`, useM, useP).
-			Query(func(rows pgx.Rows) error {
-				for rows.Next() {
-					var id uuid.UUID
-					var u UsageRow
-					if err := rows.Scan(&id, &u.Campaign, &u.Period, &u.Points); err != nil {
-						return err
-					}
-					o := of(id)
-					o.Usage = append(o.Usage, u)
-				}
-				return rows.Err()
-			})
+		queueMemberRows(b, of, func(r *LoyaltyRows) *[]UsageRow { return &r.Usage }, usageColumns,
+			`SELECT u.member_id, u.campaign_id, u.period, u.points FROM campaign_usage u
+			JOIN unnest($1::uuid[], $2::text[]) AS w(member_id, period) ON u.member_id = w.member_id AND u.period = w.period`, useM, useP)
 	}
 	// The shared counters the programme limits, once for the batch.
 	budgets, tpl := map[string]int64{}, map[string]int{}
-	b.Queue(`SELECT true, campaign_id, spent FROM campaign_budgets UNION ALL SELECT false, template_id, issued FROM coupon_template_counts`).
-		Query(func(rows pgx.Rows) error {
-			for rows.Next() {
-				var budget bool
-				var id string
-				var v int64
-				if err := rows.Scan(&budget, &id, &v); err != nil {
-					return err
-				}
-				if budget {
-					budgets[id] = v
-				} else {
-					tpl[id] = int(v)
-				}
-			}
-			return rows.Err()
-		})
-	b.Queue(`SELECT member_id, code, template_id, state, valid_from, valid_until, coalesce(order_id, ''), origin_member_id, issued_at, cause
-		FROM coupons WHERE member_id = ANY($1) ORDER BY member_id, issued_at, code`, members).Query(func(rows pgx.Rows) error {
-		for rows.Next() {
-			var id uuid.UUID
-			var c CouponRow
-			if err := rows.Scan(&id, &c.Code, &c.Template, &c.State, &c.ValidFrom, &c.ValidUntil, &c.OrderID, &c.Origin, &c.IssuedAt, &c.Cause); err != nil {
-				return err
-			}
-			o := of(id)
-			o.Coupons = append(o.Coupons, c)
-		}
-		return rows.Err()
-	})
-	b.Queue(`SELECT member_id, benefit_id, granted_at, cause, pending_revoke FROM benefit_grants WHERE member_id = ANY($1)`, members).
-		Query(func(rows pgx.Rows) error {
-			for rows.Next() {
-				var id uuid.UUID
-				var g GrantRow
-				if err := rows.Scan(&id, &g.Benefit, &g.GrantedAt, &g.Cause, &g.PendingRevoke); err != nil {
-					return err
-				}
-				o := of(id)
-				o.Grants = append(o.Grants, g)
-			}
-			return rows.Err()
-		})
+	queueCounters(b, budgets, tpl)
+	queueMemberRows(b, of, func(r *LoyaltyRows) *[]CouponRow { return &r.Coupons }, couponColumns,
+		`SELECT member_id, code, template_id, state, valid_from, valid_until, coalesce(order_id, ''), origin_member_id, issued_at, cause
+		FROM coupons WHERE member_id = ANY($1) ORDER BY member_id, issued_at, code`, members)
+	queueMemberRows(b, of, func(r *LoyaltyRows) *[]GrantRow { return &r.Grants }, grantColumns,
+		`SELECT member_id, benefit_id, granted_at, cause, pending_revoke FROM benefit_grants WHERE member_id = ANY($1)`, members)
+	var orderRows []OrderRow
 	if len(orders) > 0 {
-		b.Queue(`SELECT order_id, member_id, origin_member_id, at, total, paid, coupon_discount, redeemed, earned, refunded, reversed,
-			restored, unrecovered, fully_refunded, coupon_codes, coalesce(lot_id, 0), extras, cause FROM orders WHERE order_id = ANY($1)`, orders).
-			Query(func(rows pgx.Rows) error {
-				for rows.Next() {
-					var o OrderRow
-					if err := rows.Scan(&o.OrderID, &o.Member, &o.Origin, &o.At, &o.Total, &o.Paid, &o.CouponDiscount, &o.Redeemed, &o.Earned,
-						&o.Refunded, &o.Reversed, &o.Restored, &o.Unrecovered, &o.FullyRefunded, &o.CouponCodes, &o.LotID, &o.Extras, &o.Cause); err != nil {
-						return err
-					}
-					// An order is read by every member of the batch that named
-					// it; the engine keeps it only for the member holding it.
-					for _, r := range out {
-						r.OrderRows = append(r.OrderRows, o)
-					}
-				}
-				return rows.Err()
-			})
+		queueRows(b, &orderRows, orderColumns, `SELECT order_id, member_id, origin_member_id, at, total, paid, coupon_discount, redeemed, earned, refunded, reversed,
+			restored, unrecovered, fully_refunded, coupon_codes, coalesce(lot_id, 0), extras, cause FROM orders WHERE order_id = ANY($1)`, orders)
 	}
 	if err := q.SendBatch(ctx, b).Close(); err != nil {
 		return nil, fmt.Errorf("load loyalty state: %w", err)
 	}
 	for _, r := range out {
 		r.Budgets, r.TplIssued = budgets, tpl
+		// An order is read by every member of the batch that named it; the
+		// engine keeps it only for the member holding it.
+		r.OrderRows = append(r.OrderRows, orderRows...)
 	}
 	return out, nil
+}
+
+// queueMemberValues queues a statement whose rows are a member id and one
+// value, and hands each value to set with its member's row; row answers nil
+// for a member not asked for, whose value is dropped.
+func queueMemberValues[R, V any](b *pgx.Batch, row func(uuid.UUID) *R, set func(*R, V), sql string, args ...any) {
+	b.Queue(sql, args...).Query(func(rows pgx.Rows) error {
+		for rows.Next() {
+			var id uuid.UUID
+			var v V
+			if err := rows.Scan(&id, &v); err != nil {
+				return err
+			}
+			if r := row(id); r != nil {
+				set(r, v)
+			}
+		}
+		return rows.Err()
+	})
+}
+
+// queueMemberRows queues a statement whose rows are a member id and then
+// columns, and appends each row to the list of its member's rows that list
+// picks (of drops a member not asked for).
+func queueMemberRows[T any](b *pgx.Batch, of func(uuid.UUID) *LoyaltyRows, list func(*LoyaltyRows) *[]T, columns func(*T) []any,
+	sql string, args ...any) {
+	b.Queue(sql, args...).Query(func(rows pgx.Rows) error {
+		for rows.Next() {
+			var id uuid.UUID
+			var v T
+			if err := rows.Scan(append([]any{&id}, columns(&v)...)...); err != nil {
+				return err
+			}
+			l := list(of(id))
+			*l = append(*l, v)
+		}
+		return rows.Err()
+	})
 }
 
 // LoyaltyWrites gathers what operations on members write, to be queued as

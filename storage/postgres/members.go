@@ -2,7 +2,6 @@ package postgres
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -73,6 +72,16 @@ func keyArrays(keys []IdentifierKey) []any {
 	return []any{types, scopes, hashes}
 }
 
+// queueFindIdentifiers queues FindIdentifiers' lookup of keys into a batch;
+// found receives the rows.
+func queueFindIdentifiers(b *pgx.Batch, keys []IdentifierKey, found *[]IdentifierRow) {
+	b.Queue(findIdentifiersSQL, keyArrays(keys)...).Query(func(rows pgx.Rows) error {
+		var err error
+		*found, err = pgx.CollectRows(rows, scanIdentifier)
+		return err
+	})
+}
+
 // LookupIngest asks, in one round trip, whether an event was resolved before
 // (prev is nil if not) and which stored identifiers match keys: the
 // read-only fast path of ingest's resolution.
@@ -88,25 +97,19 @@ func LookupIngest(ctx context.Context, pool *pgxpool.Pool, eventID string, keys 
 		}
 		return rows.Err()
 	})
-	b.Queue(findIdentifiersSQL, keyArrays(keys)...).Query(func(rows pgx.Rows) error {
-		found, err = pgx.CollectRows(rows, scanIdentifier)
-		return err
-	})
+	queueFindIdentifiers(b, keys, &found)
 	if err := pool.SendBatch(ctx, b).Close(); err != nil {
 		return nil, nil, fmt.Errorf("ingest lookup: %w", err)
 	}
-	return prev, found, err
+	return prev, found, nil
 }
 
 // InsertIngestedEventIfNew records an event's resolution unless a
 // concurrent ingest already did; it reports whether this one did.
 func InsertIngestedEventIfNew(ctx context.Context, q Querier, e IngestedEvent) (bool, error) {
-	tag, err := q.Exec(ctx, `INSERT INTO ingested_events (event_id, member_id, created, resolution) VALUES ($1, $2, $3, $4)
+	affected, err := execRows(ctx, q, "insert ingested event", `INSERT INTO ingested_events (event_id, member_id, created, resolution) VALUES ($1, $2, $3, $4)
 		ON CONFLICT (event_id) DO NOTHING`, e.EventID, e.MemberID, e.Created, e.Resolution)
-	if err != nil {
-		return false, fmt.Errorf("insert ingested event: %w", err)
-	}
-	return tag.RowsAffected() == 1, nil
+	return affected == 1, err
 }
 
 // LookupIdempotent asks, in one round trip, whether an idempotency key was
@@ -116,14 +119,11 @@ func LookupIdempotent(ctx context.Context, pool *pgxpool.Pool, scope, key string
 	b := &pgx.Batch{}
 	b.Queue(`SELECT EXISTS (SELECT FROM idempotency_keys WHERE scope = $1 AND key = $2)`, scope, key).
 		QueryRow(func(row pgx.Row) error { return row.Scan(&keyUsed) })
-	b.Queue(findIdentifiersSQL, keyArrays(keys)...).Query(func(rows pgx.Rows) error {
-		found, err = pgx.CollectRows(rows, scanIdentifier)
-		return err
-	})
+	queueFindIdentifiers(b, keys, &found)
 	if err := pool.SendBatch(ctx, b).Close(); err != nil {
 		return false, nil, fmt.Errorf("resolve lookup: %w", err)
 	}
-	return keyUsed, found, err
+	return keyUsed, found, nil
 }
 
 // ListIdentifiers returns a member's identifiers in the order they were linked.
@@ -150,10 +150,7 @@ func scanIdentifier(row pgx.CollectableRow) (IdentifierRow, error) {
 
 // InsertMember creates a member.
 func InsertMember(ctx context.Context, q Querier, id uuid.UUID, at time.Time) error {
-	if _, err := q.Exec(ctx, `INSERT INTO members (member_id, created_at) VALUES ($1, $2)`, id, at); err != nil {
-		return fmt.Errorf("insert member: %w", err)
-	}
-	return nil
+	return exec(ctx, q, "insert member", `INSERT INTO members (member_id, created_at) VALUES ($1, $2)`, id, at)
 }
 
 // InsertIdentifier links an identifier to a member. A unique violation
@@ -167,14 +164,10 @@ func InsertIdentifier(ctx context.Context, q Querier, r IdentifierRow) error {
 	if origin == uuid.Nil {
 		origin = r.MemberID
 	}
-	_, err := q.Exec(ctx, `
+	return exec(ctx, q, "insert identifier", `
 		INSERT INTO member_identifiers (member_id, origin_member_id, is_unique, id_type, scope, value_hash, value_cipher, key_id, masked, linked_at, cause_id)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)`,
 		r.MemberID, origin, r.Unique, r.Type, r.Scope, r.Hash, r.Cipher, keyID, r.Masked, r.LinkedAt, r.CauseID)
-	if err != nil {
-		return fmt.Errorf("insert identifier: %w", err)
-	}
-	return nil
 }
 
 // GetMember returns a member, or ErrNotFound.
@@ -183,13 +176,7 @@ func GetMember(ctx context.Context, q Querier, id uuid.UUID) (MemberRow, error) 
 	err := q.QueryRow(ctx, `
 		SELECT member_id, created_at, status, merged_into, change_seq, attributes, merge_count FROM members WHERE member_id = $1`, id).
 		Scan(&m.MemberID, &m.CreatedAt, &m.Status, &m.MergedInto, &m.ChangeSeq, &m.Attributes, &m.MergeCount)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return m, fmt.Errorf("member %s: %w", id, ErrNotFound)
-	}
-	if err != nil {
-		return m, fmt.Errorf("get member: %w", err)
-	}
-	return m, nil
+	return m, rowErr(err, "get member", "member %s", id)
 }
 
 // IngestedEvent is ingest's record of a resolved channel event.
@@ -206,34 +193,21 @@ func GetIngestedEvent(ctx context.Context, q Querier, eventID string) (IngestedE
 	e := IngestedEvent{EventID: eventID}
 	err := q.QueryRow(ctx, `SELECT member_id, created, resolution FROM ingested_events WHERE event_id = $1`, eventID).
 		Scan(&e.MemberID, &e.Created, &e.Resolution)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return e, ErrNotFound
-	}
-	if err != nil {
-		return e, fmt.Errorf("get ingested event: %w", err)
-	}
-	return e, nil
+	return e, rowErrOr(err, "get ingested event", ErrNotFound)
 }
 
 // InsertIngestedEvent records an event's resolution. A unique violation means
 // a concurrent ingest of the same event won.
 func InsertIngestedEvent(ctx context.Context, q Querier, e IngestedEvent) error {
-	_, err := q.Exec(ctx, `INSERT INTO ingested_events (event_id, member_id, created, resolution) VALUES ($1, $2, $3, $4)`,
+	return exec(ctx, q, "insert ingested event", `INSERT INTO ingested_events (event_id, member_id, created, resolution) VALUES ($1, $2, $3, $4)`,
 		e.EventID, e.MemberID, e.Created, e.Resolution)
-	if err != nil {
-		return fmt.Errorf("insert ingested event: %w", err)
-	}
-	return nil
 }
 
 // MarkProcessed records that consumer applied eventID. It reports false when
 // the event was already processed: the caller must then change nothing.
 func MarkProcessed(ctx context.Context, q Querier, consumer, eventID string) (bool, error) {
-	tag, err := q.Exec(ctx, `
+	affected, err := execRows(ctx, q, "mark processed", `
 		INSERT INTO processed_events (consumer, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING`,
 		consumer, eventID)
-	if err != nil {
-		return false, fmt.Errorf("mark processed: %w", err)
-	}
-	return tag.RowsAffected() == 1, nil
+	return affected == 1, err
 }

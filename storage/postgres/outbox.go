@@ -39,13 +39,9 @@ func NextSequence(ctx context.Context, q Querier, memberID uuid.UUID) (int64, er
 // InsertOutbox appends a change to the outbox. Call it in the transaction
 // that makes the change.
 func InsertOutbox(ctx context.Context, q Querier, r OutboxRow) error {
-	_, err := q.Exec(ctx, `
+	return exec(ctx, q, "insert outbox", `
 		INSERT INTO outbox (member_id, sequence, change_id, payload, traceparent) VALUES ($1, $2, $3, $4, $5)`,
 		r.MemberID, r.Sequence, r.ChangeID, r.Payload, r.Traceparent)
-	if err != nil {
-		return fmt.Errorf("insert outbox: %w", err)
-	}
-	return nil
 }
 
 // QueueOutbox adds to b the insert of rows and the move of each member's
@@ -107,10 +103,7 @@ func sortOutbox(rows []OutboxRow) {
 
 // MarkPublished records that the rows reached Kafka.
 func MarkPublished(ctx context.Context, tx pgx.Tx, ids []int64) error {
-	if _, err := tx.Exec(ctx, `UPDATE outbox SET published_at = now() WHERE outbox_id = ANY($1)`, ids); err != nil {
-		return fmt.Errorf("mark outbox published: %w", err)
-	}
-	return nil
+	return exec(ctx, tx, "mark outbox published", `UPDATE outbox SET published_at = now() WHERE outbox_id = ANY($1)`, ids)
 }
 
 // RelayConn is the relay leader's connection of its own: it holds the

@@ -80,6 +80,88 @@ var (
 	_ Querier = (pgx.Tx)(nil)
 )
 
+// exec runs a statement; what names it in an error.
+func exec(ctx context.Context, q Querier, what, sql string, args ...any) error {
+	_, err := execRows(ctx, q, what, sql, args...)
+	return err
+}
+
+// execRows runs a statement and returns how many rows it affected; what
+// names it in an error.
+func execRows(ctx context.Context, q Querier, what, sql string, args ...any) (int64, error) {
+	tag, err := q.Exec(ctx, sql, args...)
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w", what, err)
+	}
+	return tag.RowsAffected(), nil
+}
+
+// rowErr wraps the error of reading a statement's one row: no row is
+// ErrNotFound, named by missing (a format and its args); any other error is
+// named by what.
+func rowErr(err error, what, missing string, args ...any) error {
+	if errors.Is(err, pgx.ErrNoRows) {
+		return fmt.Errorf("%s: %w", fmt.Sprintf(missing, args...), ErrNotFound)
+	}
+	return rowErrOr(err, what, nil)
+}
+
+// rowErrOr wraps the error of reading a statement's one row: no row answers
+// noRow (nil when the row's zero value is the answer); any other error is
+// named by what.
+func rowErrOr(err error, what string, noRow error) error {
+	if errors.Is(err, pgx.ErrNoRows) {
+		return noRow
+	}
+	if err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	return nil
+}
+
+// collectOne collects the one row of a query's result (rows, err) with scan:
+// a failed query is named by what; no row is ErrNotFound, named by missing
+// (a format and its args).
+func collectOne[T any](rows pgx.Rows, err error, scan pgx.RowToFunc[T], what, missing string, args ...any) (T, error) {
+	if err != nil {
+		var zero T
+		return zero, fmt.Errorf("%s: %w", what, err)
+	}
+	v, err := pgx.CollectExactlyOneRow(rows, scan)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return v, rowErr(err, what, missing, args...)
+	}
+	return v, err
+}
+
+// queryValues runs a statement whose rows are one column each and returns
+// the values; what names the statement in an error.
+func queryValues[T any](ctx context.Context, q Querier, what, sql string, args ...any) ([]T, error) {
+	rows, err := q.Query(ctx, sql, args...)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	vs, err := pgx.CollectRows(rows, pgx.RowTo[T])
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	return vs, nil
+}
+
+// queryStringSet is queryValues for a statement that returns strings, as a
+// set.
+func queryStringSet(ctx context.Context, q Querier, what, sql string, args ...any) (map[string]bool, error) {
+	vs, err := queryValues[string](ctx, q, what, sql, args...)
+	if err != nil {
+		return nil, err
+	}
+	set := make(map[string]bool, len(vs))
+	for _, v := range vs {
+		set[v] = true
+	}
+	return set, nil
+}
+
 // ErrNotFound is returned when a looked-up row does not exist.
 var ErrNotFound = errors.New("not found")
 

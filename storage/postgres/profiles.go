@@ -107,10 +107,7 @@ func ConsentOf(ctx context.Context, q Querier, member uuid.UUID, purpose int16) 
 
 // SetConsent records a member's decision for a purpose.
 func SetConsent(ctx context.Context, q Querier, member uuid.UUID, purpose int16, granted bool, at time.Time, cause string) error {
-	if _, err := q.Exec(ctx, `INSERT INTO member_consents (member_id, purpose, granted, decided_at, cause) VALUES ($1, $2, $3, $4, $5)
+	return exec(ctx, q, "store consent", `INSERT INTO member_consents (member_id, purpose, granted, decided_at, cause) VALUES ($1, $2, $3, $4, $5)
 		ON CONFLICT (member_id, purpose) DO UPDATE SET granted = EXCLUDED.granted, decided_at = EXCLUDED.decided_at, cause = EXCLUDED.cause`,
-		member, purpose, granted, at, cause); err != nil {
-		return fmt.Errorf("store consent: %w", err)
-	}
-	return nil
+		member, purpose, granted, at, cause)
 }

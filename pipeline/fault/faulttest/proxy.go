@@ -1,6 +1,7 @@
 // Package faulttest puts a loopback TCP proxy between a client and a real
 // server so that a test can cut the connection, as a server restart or a
-// network fault would, and restore it.
+// network fault would, and restore it. SQLError fakes a PostgreSQL error for
+// a test of how fault.Classify sorts it.
 //
 // Toxiproxy was considered first: its Go package runs a proxy only inside
 // its API server (with its own metrics, logging and HTTP routing modules);

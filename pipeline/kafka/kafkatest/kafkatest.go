@@ -7,6 +7,8 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"fmt"
+	"log/slog"
 	"os"
 	"strings"
 	"testing"
@@ -14,6 +16,9 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
+	metricnoop "go.opentelemetry.io/otel/metric/noop"
+	"go.opentelemetry.io/otel/propagation"
+	tracenoop "go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/membercenter/membercenter/pipeline/kafka"
 )
@@ -24,6 +29,16 @@ func Brokers() []string {
 		return strings.Split(b, ",")
 	}
 	return []string{"127.0.0.1:59092"}
+}
+
+// Telemetry returns telemetry that records nothing and logs nothing.
+func Telemetry() kafka.Telemetry {
+	return kafka.Telemetry{
+		Tracers:    tracenoop.NewTracerProvider(),
+		Meters:     metricnoop.NewMeterProvider(),
+		Propagator: propagation.TraceContext{},
+		Logger:     slog.New(slog.DiscardHandler),
+	}
 }
 
 // Config returns a config whose topics exist only for t.
@@ -66,4 +81,128 @@ func Config(t testing.TB) kafka.Config {
 		}
 	})
 	return cfg
+}
+
+// WaitCommitted polls until group has committed, for every partition of
+// topic, the current end offset.
+func WaitCommitted(t testing.TB, ctx context.Context, adm *kadm.Client, group, topic string) {
+	t.Helper()
+	ends, err := adm.ListEndOffsets(ctx, topic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lag string
+	for {
+		committed, err := adm.FetchOffsets(ctx, group)
+		if err == nil {
+			lag = ""
+			ends.Each(func(end kadm.ListedOffset) {
+				c, ok := committed.Lookup(topic, end.Partition)
+				if end.Offset > 0 && (!ok || c.At < end.Offset) {
+					lag += fmt.Sprintf(" p%d: committed %d of %d;", end.Partition, c.At, end.Offset)
+				}
+			})
+			if lag == "" {
+				return
+			}
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("group %s did not commit the end of %s:%s (last error %v)", group, topic, lag, err)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// ReadTopic returns every committed record of topic produced so far. It
+// appends a fence record to each partition and reads (read_committed) until
+// each fence comes back: partitions are ordered, so nothing produced earlier
+// is missed.
+func ReadTopic(t testing.TB, ctx context.Context, kcfg kafka.Config, topic string) []*kgo.Record {
+	t.Helper()
+	parts := kcfg.Topics.All()[topic]
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	fence := "fence-" + hex.EncodeToString(b)
+
+	pcl, err := kgo.NewClient(kgo.SeedBrokers(kcfg.Brokers...), kgo.RecordPartitioner(kgo.ManualPartitioner()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pcl.Close()
+	for p := range parts {
+		if err := pcl.ProduceSync(ctx, &kgo.Record{Topic: topic, Partition: p, Value: []byte(fence)}).FirstErr(); err != nil {
+			t.Fatalf("produce fence: %v", err)
+		}
+	}
+
+	ccl, err := kgo.NewClient(kgo.SeedBrokers(kcfg.Brokers...), kgo.ConsumeTopics(topic),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.FetchIsolationLevel(kgo.ReadCommitted()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ccl.Close()
+	var out []*kgo.Record
+	fenced := map[int32]bool{}
+	for len(fenced) < int(parts) {
+		fs := ccl.PollFetches(ctx)
+		if ctx.Err() != nil {
+			t.Fatalf("reading %s: fences seen in %d of %d partitions", topic, len(fenced), parts)
+		}
+		fs.EachError(func(_ string, p int32, err error) { t.Logf("fetch %s/%d: %v", topic, p, err) })
+		fs.EachRecord(func(r *kgo.Record) {
+			if string(r.Value) == fence {
+				fenced[r.Partition] = true
+				return
+			}
+			if !fenced[r.Partition] && !strings.HasPrefix(string(r.Value), "fence-") {
+				out = append(out, r)
+			}
+		})
+	}
+	return out
+}
+
+// CheckStopCancels checks that stopping a stage cancels the context its
+// handler works under, so a handler waiting on a hung database cannot keep
+// the stage from shutting down. It runs the stage with run, produces rec,
+// waits until the handler signals entered, ends run's context and fails t
+// unless run returns nil within 30 s. At cleanup it closes release (for a
+// handler that missed the cancellation), waits for run and calls closeStage.
+func CheckStopCancels(t testing.TB, ctx context.Context, kcfg kafka.Config, rec *kgo.Record,
+	entered <-chan struct{}, release chan struct{}, run func(context.Context) error, closeStage func()) {
+	t.Helper()
+	runCtx, stop := context.WithCancel(ctx)
+	var runErr error
+	done := make(chan struct{})
+	go func() { runErr = run(runCtx); close(done) }()
+	t.Cleanup(func() {
+		close(release)
+		stop()
+		<-done
+		closeStage()
+	})
+
+	producer, err := kgo.NewClient(kgo.SeedBrokers(kcfg.Brokers...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer producer.Close()
+	if err := producer.ProduceSync(ctx, rec).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-entered:
+	case <-ctx.Done():
+		t.Fatal("handler never called")
+	}
+	stop()
+	select {
+	case <-done:
+		if runErr != nil {
+			t.Fatalf("run returned %v after stop, want nil", runErr)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("run still blocked 30s after its context ended: the handler's context was not cancelled")
+	}
 }

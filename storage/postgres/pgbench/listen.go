@@ -7,17 +7,28 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// VersionReader is a connection of its own that reads members' label
-// versions, polled by the freshness checkers.
-type VersionReader struct{ conn *pgx.Conn }
+// ownConn is a connection of its own, apart from the pool under load.
+type ownConn struct{ conn *pgx.Conn }
 
-// OpenVersionReader connects to url.
-func OpenVersionReader(ctx context.Context, url string) (*VersionReader, error) {
+// openOwn connects to url and hands the connection to wrap.
+func openOwn[T any](ctx context.Context, url string, wrap func(ownConn) *T) (*T, error) {
 	conn, err := pgx.Connect(ctx, url)
 	if err != nil {
 		return nil, err
 	}
-	return &VersionReader{conn: conn}, nil
+	return wrap(ownConn{conn: conn}), nil
+}
+
+// Close closes the connection.
+func (o ownConn) Close() { o.conn.Close(context.Background()) }
+
+// VersionReader is a connection of its own that reads members' label
+// versions, polled by the freshness checkers.
+type VersionReader struct{ ownConn }
+
+// OpenVersionReader connects to url.
+func OpenVersionReader(ctx context.Context, url string) (*VersionReader, error) {
+	return openOwn(ctx, url, func(c ownConn) *VersionReader { return &VersionReader{c} })
 }
 
 // FeatureVersions is FeatureVersions on the reader's connection.
@@ -25,20 +36,13 @@ func (l *VersionReader) FeatureVersions(ctx context.Context, members []uuid.UUID
 	return FeatureVersions(ctx, l.conn, members)
 }
 
-// Close closes the connection.
-func (l *VersionReader) Close() { l.conn.Close(context.Background()) }
-
 // Sessions reads pg_stat_activity of one database on a connection of its
 // own, leaving itself out.
-type Sessions struct{ conn *pgx.Conn }
+type Sessions struct{ ownConn }
 
 // OpenSessions connects to the database at url.
 func OpenSessions(ctx context.Context, url string) (*Sessions, error) {
-	conn, err := pgx.Connect(ctx, url)
-	if err != nil {
-		return nil, err
-	}
-	return &Sessions{conn: conn}, nil
+	return openOwn(ctx, url, func(c ownConn) *Sessions { return &Sessions{c} })
 }
 
 // SessionCounts is how many client sessions of the database are in each
@@ -84,6 +88,3 @@ func (s *Sessions) Active(ctx context.Context) ([]ActiveStatement, error) {
 	_, err = pgx.ForEachRow(rows, []any{&a.Lock, &a.Query}, func() error { out = append(out, a); return nil })
 	return out, err
 }
-
-// Close closes the connection.
-func (s *Sessions) Close() { s.conn.Close(context.Background()) }
