@@ -37,19 +37,26 @@ func (s *Service) CheckLabels(ctx context.Context, limit int) (int, error) {
 	var n int
 	err := s.retryRaces(ctx, func() error {
 		return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-			ids, err := postgres.TakeBenefitLabelChecks(ctx, tx, limit)
+			// The members are locked (in id order, by the load) before
+			// they are taken off the queue: the tag worker that queues a
+			// member holds its row, so taking first would deadlock.
+			queued, err := postgres.PeekBenefitLabelChecks(ctx, tx, limit)
 			if err != nil {
 				return err
 			}
-			n = len(ids)
+			n = len(queued)
 			if n == 0 {
 				return nil
 			}
-			loads := make([]postgres.LoyaltyLoad, len(ids))
-			for i, id := range ids {
+			loads := make([]postgres.LoyaltyLoad, len(queued))
+			for i, id := range queued {
 				loads[i] = postgres.LoyaltyLoad{Member: id, Lock: true, ActivityFrom: int(monthOf(now, p.Location)) - 13, Periods: periodsOf(p, now)}
 			}
 			rows, err := postgres.LoadLoyaltyBatch(ctx, tx, loads)
+			if err != nil {
+				return err
+			}
+			ids, err := postgres.TakeBenefitLabelChecks(ctx, tx, queued)
 			if err != nil {
 				return err
 			}

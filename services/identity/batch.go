@@ -6,7 +6,6 @@ import (
 	"fmt"
 
 	"github.com/google/uuid"
-	"github.com/jackc/pgx/v5"
 	"google.golang.org/protobuf/proto"
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
@@ -59,11 +58,7 @@ loop:
 				i = j
 				break
 			}
-			err = postgres.RetryTx(ctx, s.pool, func(tx pgx.Tx) error {
-				var err error
-				b.out[j], err = s.resolveEventTx(ctx, tx, evs[j], b.ids[j], b.referees[j])
-				return err
-			})
+			b.out[j], err = s.resolveEventInTx(ctx, evs[j], b.ids[j], b.referees[j])
 			b.errs[j] = err
 			if err != nil && !fault.IsData(err) {
 				failed = j

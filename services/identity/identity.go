@@ -501,8 +501,14 @@ func (s *Service) ResolveEvent(ctx context.Context, ev *mcv1.ChannelEvent) (cont
 			return out, err
 		}
 	}
+	return s.resolveEventInTx(ctx, ev, ids, referee)
+}
+
+// resolveEventInTx resolves an event on the transactional path, in a
+// transaction of its own (retried on conflicts).
+func (s *Service) resolveEventInTx(ctx context.Context, ev *mcv1.ChannelEvent, ids []Normalized, referee *Normalized) (contract.Resolution, error) {
 	var out contract.Resolution
-	err = postgres.RetryTx(ctx, s.pool, func(tx pgx.Tx) error {
+	err := postgres.RetryTx(ctx, s.pool, func(tx pgx.Tx) error {
 		var err error
 		out, err = s.resolveEventTx(ctx, tx, ev, ids, referee)
 		return err

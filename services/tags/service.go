@@ -7,6 +7,7 @@
 package tags
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -464,6 +465,12 @@ func (s *Service) Sweep(ctx context.Context, batch int) (int, error) {
 			n = 0
 			ids, err := postgres.DueFeatures(ctx, tx, s.now(), batch)
 			if err != nil {
+				return err
+			}
+			// Members first, in id order, as the workers lock them; then
+			// each member's features (Recompute).
+			slices.SortFunc(ids, func(a, b uuid.UUID) int { return bytes.Compare(a[:], b[:]) })
+			if _, err := postgres.LockMembersForUpdate(ctx, tx, ids); err != nil {
 				return err
 			}
 			for _, id := range ids {

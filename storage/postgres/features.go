@@ -138,11 +138,14 @@ type FeaturesWrite struct {
 // QueueFeatures queues the upsert of a member's features.
 func QueueFeatures(b *pgx.Batch, f FeaturesWrite) { QueueFeaturesBatch(b, []FeaturesWrite{f}) }
 
-// DueFeatures locks up to limit members whose features are due (a window
-// ended, a day passed) at now, skipping those another sweeper holds.
-func DueFeatures(ctx context.Context, tx pgx.Tx, now time.Time, limit int) ([]uuid.UUID, error) {
-	return queryValues[uuid.UUID](ctx, tx, "due members", `SELECT member_id FROM member_features WHERE due_at <= $1
-		ORDER BY due_at LIMIT $2 FOR UPDATE SKIP LOCKED`, now, limit)
+// DueFeatures returns up to limit members whose features are due (a
+// window ended, a day passed) at now, most overdue first. It locks
+// nothing: the sweeper locks the members' rows (LockMembersForUpdate, in id
+// order) before their features, as every writer of a member does; locking
+// the features first would deadlock with the workers.
+func DueFeatures(ctx context.Context, q Querier, now time.Time, limit int) ([]uuid.UUID, error) {
+	return queryValues[uuid.UUID](ctx, q, "due members", `SELECT member_id FROM member_features WHERE due_at <= $1
+		ORDER BY due_at LIMIT $2`, now, limit)
 }
 
 // StoredLabels returns a member's labels as stored — labels_pb
@@ -200,8 +203,12 @@ func PendingProfileExports(ctx context.Context, q Querier, limit int) ([]Profile
 // DequeueProfileExports removes the exported members from the queue where
 // the queued version is not newer than the one exported.
 func DequeueProfileExports(ctx context.Context, q Querier, members []uuid.UUID, versions []int64) error {
-	return exec(ctx, q, "dequeue profile exports", `DELETE FROM profile_exports p USING unnest($1::uuid[], $2::bigint[]) AS d(member_id, version)
-		WHERE p.member_id = d.member_id AND p.version <= d.version`, members, versions)
+	// The rows are locked in member order, as the tag workers queue them
+	// (QueueProfileExports): in any other order the two deadlock.
+	return exec(ctx, q, "dequeue profile exports", `WITH d AS (SELECT * FROM unnest($1::uuid[], $2::bigint[]) AS d(member_id, version)),
+		l AS (SELECT p.member_id FROM profile_exports p JOIN d ON p.member_id = d.member_id
+		       WHERE p.version <= d.version ORDER BY p.member_id FOR UPDATE OF p)
+		DELETE FROM profile_exports p USING l WHERE p.member_id = l.member_id`, members, versions)
 }
 
 // BackfillProgress is where a catalogue's backfill stands.
@@ -373,7 +380,9 @@ func QueueProfileExports(b *pgx.Batch, members []uuid.UUID, versions []int64) {
 	if len(members) == 0 {
 		return
 	}
-	b.Queue(`INSERT INTO profile_exports (member_id, version) SELECT * FROM unnest($1::uuid[], $2::bigint[])
+	// In member order, as the exporter dequeues (DequeueProfileExports).
+	b.Queue(`INSERT INTO profile_exports (member_id, version)
+		SELECT * FROM unnest($1::uuid[], $2::bigint[]) AS x(member_id, version) ORDER BY member_id
 		ON CONFLICT (member_id) DO UPDATE SET version = EXCLUDED.version, queued_at = now()`, members, versions)
 }
 

@@ -437,11 +437,22 @@ func QueueBenefitLabelChecks(b *pgx.Batch, members []uuid.UUID) {
 		ON CONFLICT (member_id) DO UPDATE SET queued_at = now()`, members)
 }
 
-// TakeBenefitLabelChecks removes up to limit queued members, oldest first,
-// skipping those another taker holds, and returns them: the caller
-// re-evaluates them in tx, whose rollback puts them back.
-func TakeBenefitLabelChecks(ctx context.Context, tx pgx.Tx, limit int) ([]uuid.UUID, error) {
-	return queryValues[uuid.UUID](ctx, tx, "take benefit label checks", `DELETE FROM benefit_label_checks WHERE member_id IN (
-		SELECT member_id FROM benefit_label_checks ORDER BY queued_at LIMIT $1 FOR UPDATE SKIP LOCKED)
-		RETURNING member_id`, limit)
+// PeekBenefitLabelChecks returns up to limit queued members, oldest
+// first, without taking them: the caller locks the members (every writer
+// of a member locks its row first, as the tag worker that queues them
+// does), then takes them (TakeBenefitLabelChecks). Taking first would hold
+// queue rows a tag worker holding the member waits to update, while the
+// taker waits for that member: a deadlock.
+func PeekBenefitLabelChecks(ctx context.Context, q Querier, limit int) ([]uuid.UUID, error) {
+	return queryValues[uuid.UUID](ctx, q, "peek benefit label checks",
+		`SELECT member_id FROM benefit_label_checks ORDER BY queued_at LIMIT $1`, limit)
+}
+
+// TakeBenefitLabelChecks removes the members from the queue and returns
+// those that were still queued (another taker may have taken some first);
+// the caller holds their rows locked and re-evaluates them in tx, whose
+// rollback puts them back.
+func TakeBenefitLabelChecks(ctx context.Context, tx pgx.Tx, members []uuid.UUID) ([]uuid.UUID, error) {
+	return queryValues[uuid.UUID](ctx, tx, "take benefit label checks",
+		`DELETE FROM benefit_label_checks WHERE member_id = ANY($1) RETURNING member_id`, members)
 }
