@@ -59,9 +59,9 @@ tags="$("$bin" "${tags_cmd[@]}")"
 # Issue 7's pipeline scenarios: the load generator's workload at each member
 # count, drained by the whole pipeline, beside plain floors.
 p_members="${BENCH_PIPELINE_MEMBERS:-10000,100000,1000000}"
-p_events="${BENCH_PIPELINE_EVENTS:-6000}"
-p_fresh="${BENCH_PIPELINE_FRESH_EVENTS:-300}"
-p_fresh_rate="${BENCH_PIPELINE_FRESH_RATE:-50}"
+p_events="${BENCH_PIPELINE_EVENTS:-20000}"
+p_fresh="${BENCH_PIPELINE_FRESH_EVENTS:-6000}"
+p_fresh_rate="${BENCH_PIPELINE_FRESH_RATE:-2000}"
 # The platform's CPU profile of each drain (the mc-bench process runs it),
 # kept beside this file.
 p_profiles="docs/profiles"

@@ -28,6 +28,10 @@ type freshResult struct {
 	n                               int
 	floor, points, profile, ch      Summary
 	missPoints, missProfile, missCH int
+	// resyncs counts the times the hub ended the stream (ResyncRequired:
+	// the subscriber fell behind) and the checker resumed it with its
+	// resume token.
+	resyncs int
 }
 
 const freshTimeout = 30 * time.Second
@@ -111,7 +115,10 @@ func (r *pipelineRun) freshness(ctx context.Context, floorTopic string) (freshRe
 	// cancel the other checkers mid-query.
 	sctx, cancelStream := context.WithCancel(ctx)
 	defer cancelStream()
-	stream, err := mcv1.NewSyncServiceClient(r.conn).Subscribe(sctx, &mcv1.SubscribeRequest{})
+	subscribe := func(token string) (mcv1.SyncService_SubscribeClient, error) {
+		return mcv1.NewSyncServiceClient(r.conn).Subscribe(sctx, &mcv1.SubscribeRequest{ResumeToken: token})
+	}
+	stream, err := subscribe("")
 	if err != nil {
 		return res, err
 	}
@@ -150,13 +157,26 @@ func (r *pipelineRun) freshness(ctx context.Context, floorTopic string) (freshRe
 		_ = g.Wait()
 	}()
 	g.Go(func() error { // (a) the change stream
+		token := ""
 		for got := 0; got < n; {
 			msg, err := stream.Recv()
+			if err == nil && msg.GetResyncRequired() != nil {
+				// A client that fell behind resumes after the last change
+				// it got, as a channel would.
+				res.resyncs++
+				if stream, err = subscribe(token); err != nil {
+					return fmt.Errorf("resubscribe: %w", err)
+				}
+				continue
+			}
 			if err != nil {
 				if expired() {
 					return nil
 				}
 				return fmt.Errorf("stream: %w", err)
+			}
+			if t := msg.GetResumeToken(); t != "" {
+				token = t
 			}
 			c := msg.GetChange()
 			i, err := strconv.Atoi(strings.TrimPrefix(c.GetCauseId(), prefix))

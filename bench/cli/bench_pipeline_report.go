@@ -136,6 +136,11 @@ func reportPipeline(w io.Writer, rs []pipelineResult, o pipelineOpts) {
 		row("POS purchase → labels in `GetProfile`", f.profile, f.missProfile)
 		row("POS purchase → new row in ClickHouse `member_profiles`", f.ch, f.missCH)
 	}
+	for _, r := range rs {
+		if r.fresh.resyncs > 0 {
+			fmt.Fprintf(w, "\n%s members: the hub ended the stream %d times while the checker fell behind (`ResyncRequired`, its buffer of 1,024 changes full); the checker resumed it each time with its last resume token, so the stream's times include those gaps.\n", thousands(int64(r.members)), r.fresh.resyncs)
+		}
+	}
 
 	fmt.Fprintf(w, "\n### APIs\n\nAfter the freshness run: open loop at %d req/s for %s each (latency from the intended send time), %d of the generator's shoppers, beside `grpc.health.v1.Health/Check` on the same server (the floor).\n\n", apiRate, apiDuration, apiShoppers)
 	fmt.Fprintf(w, "| members | RPC | achieved req/s | p50 ms | p99 ms | errors | p50 ÷ floor | p99 ÷ floor |\n|---|---|---|---|---|---|---|---|\n")
