@@ -91,8 +91,8 @@ Command: \`mc-bench ${latency_cmd[*]}\`
 
 A POS transaction published to \`channel.events.v1\` travels ingest (validate,
 dedupe, resolve in PostgreSQL, Kafka transaction) → \`member.events.v1\` →
-benefit worker (ledger, lot, balance and outbox in one PostgreSQL transaction)
-→ outbox relay (LISTEN/NOTIFY) → \`member.changes.v1\` → sync hub →
+benefit worker (ledger, lots, balance and outbox, one PostgreSQL transaction per partition batch)
+→ outbox relay (wakes on the outbox sequence, publishes in batches) → \`member.changes.v1\` → sync hub →
 \`SyncService.Subscribe\` stream; the tag worker, the ClickHouse sink and the
 profile exporter run beside it on the same two cores. Events are published open-loop at a fixed
 rate and timed from their intended send time to the arrival of their points

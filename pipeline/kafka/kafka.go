@@ -91,7 +91,17 @@ type Topics struct {
 	MemberEvents  string `env:"MEMBER_EVENTS, default=member.events.v1"`
 	MemberChanges string `env:"MEMBER_CHANGES, default=member.changes.v1"`
 	DLQ           string `env:"DLQ, default=dlq.v1"`
+	// Partitions is how many partitions the member-keyed topics are
+	// created with (0: DefaultPartitions): the most instances of a stage
+	// that can share its work. Size it for the largest deployment planned:
+	// adding partitions to a topic later moves members' keys to other
+	// partitions, so their order holds only across a drained cut-over.
+	Partitions int32 `env:"PARTITIONS, default=6"`
 }
+
+// DefaultPartitions is the member-keyed topics' partition count when none
+// is configured.
+const DefaultPartitions = 6
 
 // DefaultTopics returns the production topic names.
 func DefaultTopics() Topics {
@@ -105,7 +115,11 @@ func DefaultTopics() Topics {
 
 // All lists the topics with the partition count each is created with.
 func (t Topics) All() map[string]int32 {
-	return map[string]int32{t.ChannelEvents: 6, t.MemberEvents: 6, t.MemberChanges: 6, t.DLQ: 3}
+	n := t.Partitions
+	if n <= 0 {
+		n = DefaultPartitions
+	}
+	return map[string]int32{t.ChannelEvents: n, t.MemberEvents: n, t.MemberChanges: n, t.DLQ: 3}
 }
 
 // Validate reports every problem with the config at once.
@@ -113,6 +127,9 @@ func (c Config) Validate() error {
 	var errs []error
 	if len(c.Brokers) == 0 {
 		errs = append(errs, errors.New("MC_KAFKA_BROKERS is empty"))
+	}
+	if c.Topics.Partitions < 0 || c.Topics.Partitions > 10000 {
+		errs = append(errs, fmt.Errorf("MC_TOPIC_PARTITIONS %d: want 1 to 10000", c.Topics.Partitions))
 	}
 	if c.SessionTimeout < 0 || (c.SessionTimeout > 0 && c.SessionTimeout < 2*time.Second) {
 		errs = append(errs, fmt.Errorf("MC_KAFKA_SESSION_TIMEOUT %s: want at least 2s", c.SessionTimeout))
