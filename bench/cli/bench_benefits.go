@@ -32,6 +32,7 @@ import (
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 	"github.com/membercenter/membercenter/storage/postgres/pgbench"
 
+	"github.com/membercenter/membercenter/pipeline/contract"
 	"github.com/membercenter/membercenter/pipeline/kafka"
 	"github.com/membercenter/membercenter/pipeline/worker"
 	"github.com/membercenter/membercenter/services/benefits"
@@ -801,6 +802,41 @@ func (c *countingApplier) Apply(ctx context.Context, ev *mcv1.MemberEvent) error
 	return nil
 }
 
+// countingBatchApplier counts a batch applier's events, so the worker
+// applies batches as platform.Run's does (worker.New takes the batch path
+// when its applier has one).
+type countingBatchApplier struct {
+	*countingApplier
+	b contract.BatchApplier
+}
+
+func (c countingBatchApplier) ApplyBatch(ctx context.Context, evs []*mcv1.MemberEvent) (map[int]error, error) {
+	// The run starts when the first batch does: a batch is applied whole,
+	// so its own time counts.
+	c.first.CompareAndSwap(0, time.Now().UnixNano())
+	refused, err := c.b.ApplyBatch(ctx, evs)
+	if err != nil {
+		return refused, err
+	}
+	c.errs.Add(int64(len(refused)))
+	c.last.Store(time.Now().UnixNano())
+	if n := int64(len(evs) - len(refused)); n > 0 {
+		if after := c.n.Add(n); after >= c.want && after-n < c.want {
+			close(c.done)
+		}
+	}
+	return refused, nil
+}
+
+// countingFor wraps a in a counter, keeping its batch path.
+func countingFor(a worker.Applier, want int64) (worker.Applier, *countingApplier) {
+	c := &countingApplier{a: a, want: want, done: make(chan struct{})}
+	if b, ok := a.(contract.BatchApplier); ok {
+		return countingBatchApplier{countingApplier: c, b: b}, c
+	}
+	return c, c
+}
+
 // kafkaPath publishes b.kafkaEvents member events to a scratch
 // member-events topic (keyed by member, as ingest keys them), consumes them
 // once with a plain franz-go client (the floor), then runs the benefit
@@ -905,8 +941,8 @@ func (b *benefitsBench) workerOverKafka(ctx context.Context, run kafkaWorkerRun)
 
 	// The worker, built as platform.Run builds it.
 	run.logf("kafka: %s worker over %d events", run.stage, run.events)
-	counter := &countingApplier{a: run.applier, want: int64(run.events), done: make(chan struct{})}
-	w, err := worker.New(kcfg, ktel, run.stage, counter)
+	applier, counter := countingFor(run.applier, int64(run.events))
+	w, err := worker.New(kcfg, ktel, run.stage, applier)
 	if err != nil {
 		return res, err
 	}
