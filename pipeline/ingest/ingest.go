@@ -128,13 +128,19 @@ type partition struct {
 	id    int32
 }
 
-// FetchPartitionBytes bounds what one fetch takes of a partition (a
-// record larger than that still comes whole). A poll is one transaction,
-// whose output the read-committed stages downstream see only at its
-// commit: a backlog is taken in transactions of about this much of every
-// partition (partitions converted in parallel), so the stages after ingest
-// start on the first while it converts the next.
-const FetchPartitionBytes = 64 << 10
+// FetchPartitionBytes bounds what one fetch takes of a partition. A poll
+// is one transaction, whose output the read-committed stages downstream
+// see only at its commit, and its partitions are converted in parallel.
+// The broker returns a record batch whole, but one larger than this limit
+// only for the first partition of a response (the others come back empty):
+// at 64 KiB, the batches of a producer's burst (up to 1 MiB) reached ingest
+// one partition a poll, converted alone while the other partitions waited.
+// At the producers' batch size every partition of a backlog comes in each
+// poll, and FetchMaxBytes bounds a poll (a transaction) as a whole.
+const FetchPartitionBytes = 1 << 20
+
+// FetchMaxBytes bounds what one poll takes over all partitions.
+const FetchMaxBytes = 8 << 20
 
 // stuckRecord is a record whose failure was neither data nor success.
 type stuckRecord struct {
@@ -181,6 +187,7 @@ func New(kcfg kafka.Config, tel kafka.Telemetry, resolver Resolver, o Options) (
 		// fetch in flight for the others returns: keep that wait short.
 		kgo.FetchMaxWait(500*time.Millisecond),
 		kgo.FetchMaxPartitionBytes(FetchPartitionBytes),
+		kgo.FetchMaxBytes(FetchMaxBytes),
 		// Records up to the largest event accepted, and a bit, are
 		// produced whole.
 		kgo.ProducerBatchMaxBytes(int32(max(1<<20, 2*o.MaxEventBytes))),
