@@ -107,7 +107,10 @@ const DefaultMaxEventBytes = 256 << 10
 // Ingest runs the stage.
 type Ingest struct {
 	topics     kafka.Topics
-	sess       *kgo.GroupTransactSession
+	kopts      []kgo.Opt // the session's, to build it anew (renew)
+	mu         sync.Mutex
+	sess       *kgo.GroupTransactSession // under mu: replaced by renew
+	closed     bool                      // under mu
 	tracer     *kotel.Tracer
 	resolver   Resolver
 	validator  protovalidate.Validator
@@ -203,14 +206,84 @@ func New(kcfg kafka.Config, tel kafka.Telemetry, resolver Resolver, o Options) (
 	}
 	records, latency := sm.Records, sm.Latency
 	return &Ingest{
-		topics: kcfg.Topics, sess: sess, tracer: tracer, resolver: resolver, validator: validator, opts: o,
+		topics: kcfg.Topics, kopts: opts, sess: sess, tracer: tracer, resolver: resolver, validator: validator, opts: o,
 		retryLimit: kcfg.RetryLimit(), log: tel.Logger.With("stage", Stage), records: records, latency: latency,
 		now: time.Now, stuck: map[partition]*stuckRecord{},
 	}, nil
 }
 
 // Close leaves the group.
-func (in *Ingest) Close() { in.sess.CloseAllowingRebalance() }
+func (in *Ingest) Close() {
+	in.mu.Lock()
+	in.closed = true
+	sess := in.sess
+	in.mu.Unlock()
+	sess.CloseAllowingRebalance()
+}
+
+// session is the current transactional session.
+func (in *Ingest) session() *kgo.GroupTransactSession {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return in.sess
+}
+
+// renew replaces the session with a new one, as franz-go requires after
+// any error from End (the transaction's state is unknown: the client
+// cannot begin another), and fences the old one's producer. The new
+// session rejoins the group (with MC_INSTANCE_ID as the same static
+// member); the records of the unfinished transaction are consumed again.
+func (in *Ingest) renew(ctx context.Context) {
+	in.mu.Lock()
+	old, closed := in.sess, in.closed
+	in.mu.Unlock()
+	if closed {
+		return
+	}
+	old.Close()
+	var backoff fault.Backoff
+	for {
+		sess, err := kgo.NewGroupTransactSession(in.kopts...)
+		if err == nil {
+			in.mu.Lock()
+			if in.closed {
+				in.mu.Unlock()
+				sess.Close()
+				return
+			}
+			in.sess = sess
+			in.mu.Unlock()
+			break
+		}
+		in.log.WarnContext(ctx, "renew the ingest session", "err", err)
+		if !fault.Sleep(ctx, backoff.Next()) {
+			return
+		}
+	}
+	// Partitions held back were paused on the old client.
+	in.stuck = map[partition]*stuckRecord{}
+	in.initProducer(ctx)
+}
+
+// initProducer fences the transaction a previous incarnation (same
+// instance id, so the same transactional id) left open when it died: until
+// it is aborted it holds back this group's offsets
+// (UNSTABLE_OFFSET_COMMIT) and every read-committed consumer of
+// member.events.v1, for the transaction timeout and the broker's clean-up
+// interval (~20 s). It retries until it succeeds or ctx ends.
+func (in *Ingest) initProducer(ctx context.Context) {
+	var backoff fault.Backoff
+	for {
+		_, _, err := in.session().Client().ProducerID(ctx)
+		if err == nil || ctx.Err() != nil {
+			return
+		}
+		in.log.WarnContext(ctx, "initialise the transactional producer", "err", err)
+		if !fault.Sleep(ctx, backoff.Next()) {
+			return
+		}
+	}
+}
 
 // Run processes events until ctx ends. Each poll is one transaction: either
 // every output record and the consumed offsets commit, or none do and the
@@ -220,28 +293,14 @@ func (in *Ingest) Close() { in.sess.CloseAllowingRebalance() }
 // for longer than the retry limit without an outage is dead-lettered.
 func (in *Ingest) Run(ctx context.Context) error {
 	in.log.InfoContext(ctx, "stage started", "topic", in.topics.ChannelEvents)
-	// Fence the transaction a previous incarnation (same instance id, so
-	// the same transactional id) left open when it died: until it is
-	// aborted it holds back this group's offsets (UNSTABLE_OFFSET_COMMIT)
-	// and every read-committed consumer of member.events.v1, for the
-	// transaction timeout and the broker's clean-up interval (~20 s).
+	in.initProducer(ctx)
+	if ctx.Err() != nil {
+		return nil
+	}
 	var backoff fault.Backoff
 	for {
-		_, _, err := in.sess.Client().ProducerID(ctx)
-		if err == nil {
-			break
-		}
-		if ctx.Err() != nil {
-			return nil
-		}
-		in.log.WarnContext(ctx, "initialise the transactional producer", "err", err)
-		if !fault.Sleep(ctx, backoff.Next()) {
-			return nil
-		}
-	}
-	backoff.Reset()
-	for {
-		fetches := in.sess.PollFetches(ctx)
+		sess := in.session()
+		fetches := sess.PollFetches(ctx)
 		if fetches.IsClientClosed() || ctx.Err() != nil {
 			return nil
 		}
@@ -251,12 +310,16 @@ func (in *Ingest) Run(ctx context.Context) error {
 		if fetches.NumRecords() == 0 {
 			continue
 		}
-		if err := in.sess.Begin(); err != nil {
-			return fmt.Errorf("begin transaction: %w", err)
+		if err := sess.Begin(); err != nil {
+			// Not expected (End's errors renew the session); renewing is
+			// what recovers from it.
+			in.log.ErrorContext(ctx, "begin transaction; renewing the session", "err", err)
+			in.renew(ctx)
+			continue
 		}
 		// A produce that fails must abort the transaction: End alone would
 		// commit the offsets without the lost record.
-		produced := kgo.AbortingFirstErrPromise(in.sess.Client())
+		produced := kgo.AbortingFirstErrPromise(sess.Client())
 		failed, procErr := in.process(ctx, fetches, produced)
 		if procErr == nil {
 			procErr = produced.Err()
@@ -265,9 +328,22 @@ func (in *Ingest) Run(ctx context.Context) error {
 		if procErr != nil || len(failed) > 0 {
 			commit = kgo.TryAbort
 		}
-		committed, endErr := in.sess.End(ctx, commit)
+		committed, endErr := sess.End(ctx, commit)
 		if ctx.Err() != nil {
 			return nil
+		}
+		if endErr != nil {
+			// Whether the transaction committed is unknown, and franz-go's
+			// client cannot go on after an error from End: a new session
+			// consumes from the last committed offsets (resolution is
+			// idempotent, and an unfinished transaction is fenced).
+			wait := backoff.Next()
+			in.log.WarnContext(ctx, "end transaction; renewing the session", "err", endErr, "backoff", wait)
+			if !fault.Sleep(ctx, wait) {
+				return nil
+			}
+			in.renew(ctx)
+			continue
 		}
 		if len(failed) > 0 && procErr == nil {
 			// Only the failed partitions wait; the others are polled again
@@ -279,12 +355,10 @@ func (in *Ingest) Run(ctx context.Context) error {
 		switch {
 		case procErr != nil:
 			in.log.WarnContext(ctx, "batch aborted; retrying", "err", procErr, "backoff", wait)
-		case endErr != nil:
-			in.log.WarnContext(ctx, "end transaction", "err", endErr, "backoff", wait)
 		case !committed:
 			in.log.InfoContext(ctx, "transaction not committed (rebalance); records will be reprocessed")
 		}
-		if procErr == nil && endErr == nil {
+		if procErr == nil {
 			if committed {
 				now, attrs := in.now(), metric.WithAttributes(attribute.String("stage", Stage))
 				fetches.EachRecord(func(r *kgo.Record) { in.latency.Record(ctx, now.Sub(r.Timestamp).Seconds(), attrs) })
@@ -324,7 +398,7 @@ func (in *Ingest) holdBack(ctx context.Context, failed map[partition]failure) {
 		s.err, s.wait = f.err, s.backoff.Next()
 		in.log.WarnContext(ctx, "partition held back; retrying its record", "partition", p.id, "offset", f.offset,
 			"class", fault.Classify(f.err).String(), "err", f.err, "failing_for", now.Sub(s.since).Round(time.Millisecond), "backoff", s.wait)
-		cl := in.sess.Client()
+		cl := in.session().Client()
 		parts := map[string][]int32{p.topic: {p.id}}
 		cl.PauseFetchPartitions(parts)
 		time.AfterFunc(s.wait, func() { cl.ResumeFetchPartitions(parts) })
@@ -468,7 +542,7 @@ func (in *Ingest) emit(ctx context.Context, span trace.Span, r, out *kgo.Record,
 	// is flushed; it keeps the trace but not the cancellation.
 	pctx := context.WithoutCancel(ctx)
 	out.Context = pctx
-	in.sess.Produce(pctx, out, produced.Promise())
+	in.session().Produce(pctx, out, produced.Promise())
 	in.records.Add(ctx, 1, metric.WithAttributes(attribute.String("stage", Stage), attribute.String("outcome", outcome)))
 }
 
