@@ -589,7 +589,7 @@ func (g *instanceGroup) checkChanges(t *testing.T, ctx context.Context, w *workl
 		for i, c := range cs {
 			seqs[i] = c.GetSequence()
 		}
-		gaps, dups := sequenceFaults(seqs, 1)
+		gaps, dups := kafkatest.SequenceFaults(seqs, 1)
 		if gaps > 0 || dups > 0 || len(seqs) == 0 || seqs[len(seqs)-1] != final[m] {
 			t.Errorf("member %s: sequences %v on member.changes.v1, want 1..%d", m, seqs, final[m])
 			bad++
@@ -680,25 +680,6 @@ func (g *instanceGroup) checkFacts(t *testing.T, ctx context.Context, w *workloa
 	})
 }
 
-// sequenceFaults counts the gaps and duplicates of seqs, which should run
-// from start up by one.
-func sequenceFaults(seqs []uint64, start uint64) (gaps, dups int) {
-	next := start
-	seen := map[uint64]bool{}
-	for _, q := range seqs {
-		switch {
-		case seen[q]:
-			dups++
-			continue
-		case q != next:
-			gaps++
-		}
-		seen[q] = true
-		next = q + 1
-	}
-	return gaps, dups
-}
-
 func firstFew(xs []string) []string {
 	if len(xs) > 5 {
 		return xs[:5]
@@ -771,7 +752,7 @@ func (f *follower) check(t *testing.T, final map[string]uint64) {
 	defer f.mu.Unlock()
 	for m := range final {
 		s := f.seqs[m]
-		if gaps, dups := sequenceFaults(s, s[0]); gaps > 0 || dups > 0 {
+		if gaps, dups := kafkatest.SequenceFaults(s, s[0]); gaps > 0 || dups > 0 {
 			t.Errorf("live stream, member %s: sequences %v", m, s)
 		}
 	}

@@ -17,6 +17,7 @@ import (
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 
 	"github.com/membercenter/membercenter/pipeline/dlq"
+	"github.com/membercenter/membercenter/pipeline/kafka/kafkatest"
 )
 
 // report is what the checks found: figures for BENCHMARKS.md and the
@@ -280,7 +281,7 @@ func (s *suite) checkChanges(ctx context.Context, r *report) {
 	for m, want := range final {
 		seqs := topic[m]
 		total += len(seqs)
-		g, d := sequenceFaults(seqs, 1)
+		g, d := kafkatest.SequenceFaults(seqs, 1)
 		gaps += g
 		dups += d
 		if len(seqs) == 0 || seqs[len(seqs)-1] != want {
@@ -301,7 +302,7 @@ func (s *suite) checkChanges(ctx context.Context, r *report) {
 			if len(seqs) == 0 {
 				continue
 			}
-			gg, dd := sequenceFaults(seqs, seqs[0])
+			gg, dd := kafkatest.SequenceFaults(seqs, seqs[0])
 			g += gg
 			d += dd
 			if seqs[len(seqs)-1] != final[m] {
@@ -334,25 +335,6 @@ func (s *suite) stopSubscribers(ctx context.Context, final map[string]uint64) {
 		time.Sleep(200 * time.Millisecond)
 	}
 	s.stopSubs()
-}
-
-// sequenceFaults counts the gaps and duplicates of seqs, which should run
-// from start up by one.
-func sequenceFaults(seqs []uint64, start uint64) (gaps, dups int) {
-	next := start
-	seen := map[uint64]bool{}
-	for _, q := range seqs {
-		switch {
-		case seen[q]:
-			dups++
-			continue
-		case q != next:
-			gaps++
-		}
-		seen[q] = true
-		next = q + 1
-	}
-	return gaps, dups
 }
 
 // ClickHouse has every fact; rows written twice (a batch redelivered after

@@ -206,3 +206,23 @@ func CheckStopCancels(t testing.TB, ctx context.Context, kcfg kafka.Config, rec 
 		t.Fatal("run still blocked 30s after its context ended: the handler's context was not cancelled")
 	}
 }
+
+// SequenceFaults counts the gaps and duplicates of seqs (a member's change
+// sequences as a topic or a stream delivered them), which should run from
+// start up by one.
+func SequenceFaults(seqs []uint64, start uint64) (gaps, dups int) {
+	next := start
+	seen := map[uint64]bool{}
+	for _, q := range seqs {
+		switch {
+		case seen[q]:
+			dups++
+			continue
+		case q != next:
+			gaps++
+		}
+		seen[q] = true
+		next = q + 1
+	}
+	return gaps, dups
+}
