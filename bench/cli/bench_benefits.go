@@ -1247,7 +1247,7 @@ func (b *benefitsBench) report(r *benefitsReport) {
 	fmt.Fprintln(w)
 
 	if k := r.kafka; k != nil {
-		fmt.Fprintf(w, "Full Kafka path: %d member events (keyed by member id) published to a scratch member-events topic of 6 partitions in %s, then consumed twice: by a plain franz-go client with no logic (the floor), and by the benefit worker (`worker.New` with the benefits applier, as `platform.Run` builds it: partitions in parallel, each in order, offsets committed after the effects). The floor's rate runs from its client's start to the last record (a cold client: metadata and first fetch included); the worker's from the first record applied to the last, so its group join (shown apart) does not count against it.\n\n",
+		fmt.Fprintf(w, "Full Kafka path: %d member events (keyed by member id) published to a scratch member-events topic of 6 partitions in %s, then consumed twice: by a plain franz-go client with no logic (the floor), and by the benefit worker (`worker.New` with the benefits applier, as `platform.Run` builds it: partitions in parallel, a partition's polled batch in one transaction, offsets committed after the effects). The floor's rate runs from its client's start to the last record (a cold client: metadata and first fetch included); the worker's from the first record applied to the last, so its group join (shown apart) does not count against it.\n\n",
 			k.events, k.publish.Round(time.Millisecond))
 		fmt.Fprintf(w, "| path | events | events/s | first record after | ÷ floor (events/s) |\n|---|---|---|---|---|\n")
 		fr := float64(k.events) / k.floor.Seconds()
