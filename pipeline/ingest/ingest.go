@@ -456,14 +456,6 @@ func (in *Ingest) partition(ctx context.Context, rs []*kgo.Record, produced *kgo
 	at := make([]int, 0, len(rs))
 	evOf := make([]*mcv1.ChannelEvent, len(rs))
 	decodeErr := make([]error, len(rs))
-	// Each record's process span starts before its resolution, so what
-	// resolving it writes (a new member's change) continues its trace.
-	rctxs := make([]context.Context, len(rs))
-	spans := make([]trace.Span, len(rs))
-	for i, r := range rs {
-		rctxs[i], spans[i] = kafka.ProcessSpan(ctx, in.tracer, r)
-	}
-	var evCtxs []context.Context
 	for i, r := range rs {
 		ev, err := in.decode(r)
 		if err != nil {
@@ -471,9 +463,8 @@ func (in *Ingest) partition(ctx context.Context, rs []*kgo.Record, produced *kgo
 			continue
 		}
 		evs, at, evOf[i] = append(evs, ev), append(at, i), ev
-		evCtxs = append(evCtxs, rctxs[i])
 	}
-	res, errs := br.ResolveEvents(contract.WithRecordContexts(ctx, evCtxs), evs)
+	res, errs := br.ResolveEvents(ctx, evs)
 	resolved := make([]*Resolution, len(rs))
 	resolveErr := make([]error, len(rs))
 	for k, i := range at {
@@ -484,7 +475,7 @@ func (in *Ingest) partition(ctx context.Context, rs []*kgo.Record, produced *kgo
 		}
 	}
 	for i, r := range rs {
-		rctx, span := rctxs[i], spans[i]
+		rctx, span := kafka.ProcessSpan(ctx, in.tracer, r)
 		var out *kgo.Record
 		err := decodeErr[i]
 		switch {
@@ -493,9 +484,6 @@ func (in *Ingest) partition(ctx context.Context, rs []*kgo.Record, produced *kgo
 			// Tried again alone, with its own retries and limit.
 			span.End()
 			if err := in.one(ctx, r, produced, held(r)); err != nil {
-				for _, later := range spans[i+1:] {
-					later.End() // not converted in this attempt
-				}
 				return &failure{offset: r.Offset, err: err}
 			}
 			continue

@@ -73,11 +73,7 @@ func (w *Worker) handleBatch(ctx context.Context, b contract.BatchApplier, rs []
 	if len(evs) == 0 {
 		return rejected, nil
 	}
-	rcs := make([]context.Context, len(of))
-	for i, r := range of {
-		rcs[i] = r.Context
-	}
-	refused, err := b.ApplyBatch(contract.WithRecordContexts(ctx, rcs), evs)
+	refused, err := b.ApplyBatch(ctx, evs)
 	if err != nil {
 		return nil, err
 	}
