@@ -20,6 +20,7 @@ import (
 	"github.com/membercenter/membercenter/storage/postgres"
 	"github.com/membercenter/membercenter/storage/postgres/pgtest"
 
+	"github.com/membercenter/membercenter/pipeline/fault"
 	"github.com/membercenter/membercenter/services/changes"
 	"github.com/membercenter/membercenter/services/tags"
 )
@@ -134,7 +135,16 @@ func ctxT(t *testing.T) context.Context {
 func (f *fixture) member(t testing.TB) uuid.UUID {
 	t.Helper()
 	id := uuid.Must(uuid.NewV7())
-	if err := postgres.InsertMember(context.Background(), f.pool, id, *f.clock); err != nil {
+	// Tests that terminate the database's sessions may hand this insert an
+	// idle connection the server already ended: it is tried again, as the
+	// platform's own writes are.
+	var err error
+	for range 3 {
+		if err = postgres.InsertMember(context.Background(), f.pool, id, *f.clock); err == nil || fault.Classify(err) != fault.Transient {
+			break
+		}
+	}
+	if err != nil {
 		t.Fatal(err)
 	}
 	return id
