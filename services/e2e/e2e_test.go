@@ -115,24 +115,13 @@ func (w testWriter) Write(b []byte) (int, error) {
 
 var _ io.Writer = testWriter{}
 
-// eventually polls cond until it holds or the deadline passes. It is for
-// state that settles asynchronously (rows written by another process);
-// it never stands in for a synchronisation the test could wait on.
+// eventually polls cond until it holds or the deadline passes
+// (pgtest.Eventually). It is for state that settles asynchronously (rows
+// written by another process); it never stands in for a synchronisation
+// the test could wait on.
 func eventually(t *testing.T, what string, cond func() (bool, error)) {
 	t.Helper()
-	// Generous: the suite must pass while other processes keep the cores busy.
-	const limit = 90 * time.Second
-	deadline := time.Now().Add(limit)
-	for {
-		ok, err := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not reached within %s (last error: %v)", what, limit, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	pgtest.Eventually(t, what, cond)
 }
 
 // lastWednesdayNoon is a recent weekday noon in Shanghai on the test

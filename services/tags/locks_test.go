@@ -65,7 +65,7 @@ func TestSweepLocksMembersBeforeFeatures(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer admin.Close(c)
-	eventually(t, "the sweep to wait for the batch's members", func() (bool, error) {
+	pgtest.Eventually(t, "the sweep to wait for the batch's members", func() (bool, error) {
 		var waiting int
 		err := admin.QueryRow(c, `SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'`, dbName).Scan(&waiting)
 		return waiting > 0, err
@@ -85,7 +85,7 @@ func TestSweepLocksMembersBeforeFeatures(t *testing.T) {
 	// sessions (Reset leaves the pool usable for the checks at the end),
 	// wait for them to end, then read the database's count.
 	f.pool.Reset()
-	eventually(t, "the test's sessions to end", func() (bool, error) {
+	pgtest.Eventually(t, "the test's sessions to end", func() (bool, error) {
 		var sessions int
 		err := admin.QueryRow(c, `SELECT count(*) FROM pg_stat_activity WHERE datname = $1`, dbName).Scan(&sessions)
 		return sessions == 0, err
@@ -96,25 +96,5 @@ func TestSweepLocksMembersBeforeFeatures(t *testing.T) {
 	}
 	if deadlocks != 0 {
 		t.Errorf("PostgreSQL broke %d deadlocks between the worker's batch and the sweep", deadlocks)
-	}
-}
-
-// eventually polls cond until it holds, failing the test after a generous
-// deadline.
-func eventually(t *testing.T, what string, cond func() (bool, error)) {
-	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		ok, err := cond()
-		if err != nil {
-			t.Fatalf("waiting for %s: %v", what, err)
-		}
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
 	}
 }

@@ -18,10 +18,11 @@ import (
 // its rollback gives the JSON back and empties binary ones.
 func TestFeatureStateBecomesBytes(t *testing.T) {
 	ctx := context.Background()
+	at := time.Date(2026, 3, 18, 12, 0, 0, 0, time.UTC) // any instant: nothing here reads it
 	pool, p := migratedTo(t, 13)
 	jsonMember, binMember := uuid.New(), uuid.New()
 	for _, m := range []uuid.UUID{jsonMember, binMember} {
-		if err := postgres.InsertMember(ctx, pool, m, time.Now()); err != nil {
+		if err := postgres.InsertMember(ctx, pool, m, at); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -41,7 +42,7 @@ func TestFeatureStateBecomesBytes(t *testing.T) {
 	bin := []byte{0x01, 0x0a, 0x03, 'p', 'o', 's'}
 	b := &pgx.Batch{}
 	postgres.QueueFeatures(b, postgres.FeaturesWrite{Member: binMember, State: bin, LabelsPB: []byte{},
-		Version: 1, At: time.Now()})
+		Version: 1, At: at})
 	if err := pool.SendBatch(ctx, b).Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -74,10 +75,11 @@ func TestFeatureStateBecomesBytes(t *testing.T) {
 // supersede the JSON labels of a row written before it.
 func TestUnchangedLabelsAreKept(t *testing.T) {
 	ctx := context.Background()
+	at := time.Date(2026, 3, 18, 12, 0, 0, 0, time.UTC) // any instant: nothing here reads it
 	pool := pgtest.NewPool(t, nil)
 	m, fresh := uuid.New(), uuid.New()
 	for _, id := range []uuid.UUID{m, fresh} {
-		if err := postgres.InsertMember(ctx, pool, id, time.Now()); err != nil {
+		if err := postgres.InsertMember(ctx, pool, id, at); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -89,13 +91,13 @@ func TestUnchangedLabelsAreKept(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	write(postgres.FeaturesWrite{Member: m, State: []byte{1}, Version: 0, At: time.Now()})
+	write(postgres.FeaturesWrite{Member: m, State: []byte{1}, Version: 0, At: at})
 	if _, err := pool.Exec(ctx, `UPDATE member_features SET labels = '{"a": true}' WHERE member_id = $1`, m); err != nil {
 		t.Fatal(err)
 	}
-	write(postgres.FeaturesWrite{Member: m, State: []byte{1}, LabelsPB: []byte{1, 2}, Version: 1, At: time.Now()})
-	write(postgres.FeaturesWrite{Member: m, State: []byte{1, 9}, Version: 1, At: time.Now()},
-		postgres.FeaturesWrite{Member: fresh, State: []byte{1}, Version: 0, At: time.Now()})
+	write(postgres.FeaturesWrite{Member: m, State: []byte{1}, LabelsPB: []byte{1, 2}, Version: 1, At: at})
+	write(postgres.FeaturesWrite{Member: m, State: []byte{1, 9}, Version: 1, At: at},
+		postgres.FeaturesWrite{Member: fresh, State: []byte{1}, Version: 0, At: at})
 	for _, c := range []struct {
 		id            uuid.UUID
 		state, labels string

@@ -28,19 +28,36 @@ func StartLoops(ctx context.Context, loops ...func(ctx context.Context) error) *
 // when a loop ends first, or when 90 s pass (with cond's last error).
 func (l *Loops) WaitFor(t testing.TB, what string, cond func() (bool, error)) {
 	t.Helper()
-	deadline := time.Now().Add(90 * time.Second)
-	for {
-		ok, err := cond()
-		if ok {
-			return
-		}
+	poll(t, what, cond, func() {
 		select {
 		case err := <-l.ended:
 			t.Fatalf("%s: a loop ended: %v", what, err)
 		default:
 		}
+	})
+}
+
+// Eventually polls cond every 20 ms until it holds, failing the test when
+// 90 s pass (with cond's last error): generous, for state another session or
+// process settles while other work keeps the cores busy. It never stands in
+// for a synchronisation the test could wait on.
+func Eventually(t testing.TB, what string, cond func() (bool, error)) {
+	t.Helper()
+	poll(t, what, cond, func() {})
+}
+
+func poll(t testing.TB, what string, cond func() (bool, error), check func()) {
+	t.Helper()
+	const limit = 90 * time.Second
+	deadline := time.Now().Add(limit)
+	for {
+		ok, err := cond()
+		if ok {
+			return
+		}
+		check()
 		if time.Now().After(deadline) {
-			t.Fatalf("%s: not reached within 90s (last error: %v)", what, err)
+			t.Fatalf("%s: not reached within %s (last error: %v)", what, limit, err)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
