@@ -26,6 +26,7 @@ import (
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/membercenter/membercenter/pipeline/contract"
 	"github.com/membercenter/membercenter/pipeline/dlq"
 	"github.com/membercenter/membercenter/pipeline/fault"
 	"github.com/membercenter/membercenter/pipeline/kafka"
@@ -467,11 +468,19 @@ func (c *Consumer) commitAtShutdown() error {
 
 func (c *Consumer) handleBatch(ctx context.Context, rs []*kgo.Record, fn BatchFunc) error {
 	spans := make([]trace.Span, len(rs))
+	rcs := make([]context.Context, len(rs))
 	for i, r := range rs {
 		r.Context, spans[i] = kafka.ProcessSpan(ctx, c.cl.Tracer, r)
+		rcs[i] = r.Context
+	}
+	bctx := rs[0].Context // a batch of one is its record's
+	if len(rs) > 1 {
+		var bspan trace.Span
+		bctx, bspan = c.cl.Tracer.BatchSpan(ctx, rs[0].Topic, rcs)
+		defer bspan.End()
 	}
 	start := c.now()
-	rejected, err := c.applyBatch(ctx, rs, fn, true)
+	rejected, err := c.applyBatch(contract.WithRecordContexts(bctx, rcs), rs, fn, true)
 	c.latency.Record(ctx, c.now().Sub(start).Seconds(), metric.WithAttributes(attribute.String("stage", c.cfg.Stage)))
 	for i, r := range rs {
 		if err == nil {

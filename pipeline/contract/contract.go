@@ -9,6 +9,8 @@ import (
 	"context"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 )
 
@@ -109,4 +111,26 @@ type FactChange struct {
 type Facts interface {
 	WriteEvents(ctx context.Context, events []FactEvent) error
 	WriteChanges(ctx context.Context, changes []FactChange) error
+}
+
+// recordContexts is the context key of a batch's per-record contexts.
+type recordContexts struct{}
+
+// WithRecordContexts attaches to a batch's ctx the context of each of its
+// records, in the batch's order (each carries the record's trace: its
+// process span, a child of the span that produced it), so that what a
+// batch applier writes for a record — its changes, their outbox rows —
+// continues that record's trace.
+func WithRecordContexts(ctx context.Context, rcs []context.Context) context.Context {
+	return context.WithValue(ctx, recordContexts{}, rcs)
+}
+
+// RecordContext is ctx carrying the trace of the batch's i-th record (ctx
+// itself when the batch has no record contexts).
+func RecordContext(ctx context.Context, i int) context.Context {
+	rcs, _ := ctx.Value(recordContexts{}).([]context.Context)
+	if i < 0 || i >= len(rcs) || rcs[i] == nil {
+		return ctx
+	}
+	return trace.ContextWithSpanContext(ctx, trace.SpanContextFromContext(rcs[i]))
 }

@@ -16,7 +16,6 @@ import (
 
 	"buf.build/go/protovalidate"
 	"github.com/twmb/franz-go/pkg/kgo"
-	"github.com/twmb/franz-go/plugin/kotel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/metric"
@@ -111,7 +110,7 @@ type Ingest struct {
 	mu         sync.Mutex
 	sess       *kgo.GroupTransactSession // under mu: replaced by renew
 	closed     bool                      // under mu
-	tracer     *kotel.Tracer
+	tracer     *kafka.Tracer
 	resolver   Resolver
 	validator  protovalidate.Validator
 	opts       Options
@@ -444,7 +443,7 @@ func (in *Ingest) partition(ctx context.Context, rs []*kgo.Record, produced *kgo
 		return nil
 	}
 	br, ok := in.resolver.(contract.BatchResolver)
-	if !ok || len(rs) == 1 {
+	if !ok || len(rs) <= 1 { // (a fetch may hold a partition without records)
 		for _, r := range rs {
 			if err := in.one(ctx, r, produced, held(r)); err != nil {
 				return &failure{offset: r.Offset, err: err}
@@ -456,6 +455,14 @@ func (in *Ingest) partition(ctx context.Context, rs []*kgo.Record, produced *kgo
 	at := make([]int, 0, len(rs))
 	evOf := make([]*mcv1.ChannelEvent, len(rs))
 	decodeErr := make([]error, len(rs))
+	// Each record's process span starts before its resolution, so what
+	// resolving it writes (a new member's change) continues its trace.
+	rctxs := make([]context.Context, len(rs))
+	spans := make([]trace.Span, len(rs))
+	for i, r := range rs {
+		rctxs[i], spans[i] = kafka.ProcessSpan(ctx, in.tracer, r)
+	}
+	var evCtxs []context.Context
 	for i, r := range rs {
 		ev, err := in.decode(r)
 		if err != nil {
@@ -463,8 +470,13 @@ func (in *Ingest) partition(ctx context.Context, rs []*kgo.Record, produced *kgo
 			continue
 		}
 		evs, at, evOf[i] = append(evs, ev), append(at, i), ev
+		evCtxs = append(evCtxs, rctxs[i])
 	}
-	res, errs := br.ResolveEvents(ctx, evs)
+	// What the batch does in common (its statements) is traced in a span
+	// linked to the records' spans.
+	bctx, bspan := in.tracer.BatchSpan(ctx, rs[0].Topic, rctxs)
+	defer bspan.End()
+	res, errs := br.ResolveEvents(contract.WithRecordContexts(bctx, evCtxs), evs)
 	resolved := make([]*Resolution, len(rs))
 	resolveErr := make([]error, len(rs))
 	for k, i := range at {
@@ -475,7 +487,7 @@ func (in *Ingest) partition(ctx context.Context, rs []*kgo.Record, produced *kgo
 		}
 	}
 	for i, r := range rs {
-		rctx, span := kafka.ProcessSpan(ctx, in.tracer, r)
+		rctx, span := rctxs[i], spans[i]
 		var out *kgo.Record
 		err := decodeErr[i]
 		switch {
@@ -484,6 +496,9 @@ func (in *Ingest) partition(ctx context.Context, rs []*kgo.Record, produced *kgo
 			// Tried again alone, with its own retries and limit.
 			span.End()
 			if err := in.one(ctx, r, produced, held(r)); err != nil {
+				for _, later := range spans[i+1:] {
+					later.End() // not converted in this attempt
+				}
 				return &failure{offset: r.Offset, err: err}
 			}
 			continue

@@ -18,6 +18,8 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/plugin/kotel"
 	"github.com/twmb/franz-go/plugin/kslog"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
@@ -173,18 +175,29 @@ type Telemetry struct {
 	Logger     *slog.Logger
 }
 
-func (t Telemetry) tracer(group string) *kotel.Tracer {
+func (t Telemetry) tracer(group string) *Tracer {
 	opts := []kotel.TracerOpt{kotel.TracerProvider(t.Tracers), kotel.TracerPropagator(t.Propagator)}
 	if group != "" {
 		opts = append(opts, kotel.ConsumerGroup(group))
 	}
-	return kotel.NewTracer(opts...)
+	tp := t.Tracers
+	if tp == nil {
+		tp = otel.GetTracerProvider()
+	}
+	return &Tracer{Tracer: kotel.NewTracer(opts...), batches: tp.Tracer("github.com/membercenter/membercenter/pipeline/kafka")}
+}
+
+// Tracer is the tracer a client's hooks use (per record), with the one a
+// stage starts its batch spans with.
+type Tracer struct {
+	*kotel.Tracer
+	batches trace.Tracer
 }
 
 // Client is a franz-go client with the tracer its hooks use.
 type Client struct {
 	*kgo.Client
-	Tracer *kotel.Tracer
+	Tracer *Tracer
 }
 
 // Options returns the client options every platform client starts from:
@@ -192,9 +205,9 @@ type Client struct {
 // trace context of the record's context into its headers; consuming starts a
 // span whose parent is that context. The tracer is the one the hooks use, for
 // the stage's per-record process spans.
-func Options(cfg Config, tel Telemetry, group string) ([]kgo.Opt, *kotel.Tracer) {
+func Options(cfg Config, tel Telemetry, group string) ([]kgo.Opt, *Tracer) {
 	tr := tel.tracer(group)
-	k := kotel.NewKotel(kotel.WithTracer(tr), kotel.WithMeter(kotel.NewMeter(kotel.MeterProvider(tel.Meters))))
+	k := kotel.NewKotel(kotel.WithTracer(tr.Tracer), kotel.WithMeter(kotel.NewMeter(kotel.MeterProvider(tel.Meters))))
 	opts := []kgo.Opt{
 		kgo.SeedBrokers(cfg.Brokers...),
 		kgo.WithHooks(k.Hooks()...),
@@ -253,13 +266,40 @@ func IsJSON(r *kgo.Record) bool {
 // ProcessSpan starts the span of a stage processing r. Its parent is the
 // record's receive span (so the record's trace continues), and the returned
 // context derives from ctx, so stopping the stage cancels the work.
-func ProcessSpan(ctx context.Context, tr *kotel.Tracer, r *kgo.Record) (context.Context, trace.Span) {
+func ProcessSpan(ctx context.Context, tr *Tracer, r *kgo.Record) (context.Context, trace.Span) {
 	parent := r.Context
 	if parent == nil {
 		parent = context.Background()
 	}
 	r.Context = trace.ContextWithSpan(ctx, trace.SpanFromContext(parent))
 	return tr.WithProcessSpan(r)
+}
+
+// BatchSpan starts the span of a stage applying several records of topic
+// at once, as OpenTelemetry's messaging conventions have it for batch
+// processing: a span of its own trace, linked to each record's process
+// span (rcs, the records' contexts), parenting what the batch does in
+// common (its database statements). What the stage writes for one record
+// — a change, its outbox row — continues that record's trace instead
+// (contract.RecordContext). A batch of one needs no span of its own: the
+// record's process span is the batch's.
+func (t *Tracer) BatchSpan(ctx context.Context, topic string, rcs []context.Context) (context.Context, trace.Span) {
+	links := make([]trace.Link, 0, len(rcs))
+	for _, rc := range rcs {
+		if sc := trace.SpanContextFromContext(rc); sc.IsValid() {
+			links = append(links, trace.Link{SpanContext: sc})
+		}
+	}
+	return t.batches.Start(ctx, topic+" process",
+		trace.WithNewRoot(),
+		trace.WithSpanKind(trace.SpanKindConsumer),
+		trace.WithLinks(links...),
+		trace.WithAttributes(
+			attribute.String("messaging.system", "kafka"),
+			attribute.String("messaging.operation.type", "process"),
+			attribute.String("messaging.destination.name", topic),
+			attribute.Int("messaging.batch.message_count", len(rcs)),
+		))
 }
 
 // quietLogger passes franz-go's warnings and errors on, and its info lines

@@ -73,7 +73,11 @@ func (w *Worker) handleBatch(ctx context.Context, b contract.BatchApplier, rs []
 	if len(evs) == 0 {
 		return rejected, nil
 	}
-	refused, err := b.ApplyBatch(ctx, evs)
+	rcs := make([]context.Context, len(of))
+	for i, r := range of {
+		rcs[i] = r.Context
+	}
+	refused, err := b.ApplyBatch(contract.WithRecordContexts(ctx, rcs), evs)
 	if err != nil {
 		return nil, err
 	}

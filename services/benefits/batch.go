@@ -298,8 +298,8 @@ func (s *Service) applyMember(ctx context.Context, tx pgx.Tx, w *postgres.Loyalt
 			continue
 		}
 		for _, a := range done {
-			octx := ctx
-			if a.b.call != nil { // its changes carry the trace of its request
+			octx := contract.RecordContext(ctx, a.b.i) // an event's changes carry its record's trace
+			if a.b.call != nil {                       // a call's, its request's
 				octx = trace.ContextWithSpanContext(ctx, a.b.call.span)
 			}
 			if err := s.stageOp(octx, w, st, a.fx, a.b.op, a.b.ch, a.b.store, a.lots); err != nil {

@@ -58,7 +58,7 @@ loop:
 				i = j
 				break
 			}
-			b.out[j], err = s.resolveEventInTx(ctx, evs[j], b.ids[j], b.referees[j])
+			b.out[j], err = s.resolveEventInTx(contract.RecordContext(ctx, j), evs[j], b.ids[j], b.referees[j])
 			b.errs[j] = err
 			if err != nil && !fault.IsData(err) {
 				failed = j

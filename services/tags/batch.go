@@ -115,18 +115,20 @@ func (s *Service) applyBatch(ctx context.Context, tx pgx.Tx, todo []batchEvent, 
 			return err
 		}
 		var last *mcv1.MemberEvent
+		lastAt := -1
 		for _, be := range m.events {
 			if su := be.ev.GetSignUp(); su != nil {
 				s.fillAttributes(m.memberState, su, be.ev)
 			}
 			m.state.Fold(be.fact)
-			last = be.ev
+			last, lastAt = be.ev, be.i
 		}
 		r, err := s.evaluate(ctx, tx, m.memberState)
 		if err != nil {
 			return err
 		}
-		w, err := s.stage(ctx, m.memberState, r, last.GetEventId(), last.GetChannel(), last.GetStoreId())
+		// The member's change continues the trace of its last event.
+		w, err := s.stage(contract.RecordContext(ctx, lastAt), m.memberState, r, last.GetEventId(), last.GetChannel(), last.GetStoreId())
 		if err != nil {
 			return err
 		}
