@@ -34,16 +34,42 @@ import (
 // off (development) and the platform says so in its log.
 type Config struct {
 	ClientsPath string `env:"MC_CHANNEL_CLIENTS"`
+	// MaxTokenLifetime bounds a token's validity (expiry less issue time):
+	// a longer-lived token is refused, and Mint will not issue one. 0 is
+	// DefaultMaxTokenLifetime.
+	MaxTokenLifetime time.Duration `env:"MC_AUTH_MAX_TOKEN_LIFETIME, default=24h"`
 }
 
-// Validate checks the file loads.
+// Validate checks the file loads and the lifetime is sensible.
 func (c Config) Validate() error {
+	if c.MaxTokenLifetime < 0 {
+		return fmt.Errorf("MC_AUTH_MAX_TOKEN_LIFETIME %s: want a positive duration such as 1h (0: the default, 24h)", c.MaxTokenLifetime)
+	}
 	if c.ClientsPath == "" {
 		return nil
 	}
-	_, err := Load(c.ClientsPath)
+	_, err := c.Open()
 	return err
 }
+
+// Open loads the clients file with the configured token lifetime.
+func (c Config) Open() (*Authenticator, error) {
+	a, err := Load(c.ClientsPath)
+	if err != nil {
+		return nil, err
+	}
+	if c.MaxTokenLifetime > 0 {
+		a.maxLifetime = c.MaxTokenLifetime
+	}
+	return a, nil
+}
+
+// DefaultMaxTokenLifetime is the longest a token may be valid for when the
+// configuration says nothing.
+const DefaultMaxTokenLifetime = 24 * time.Hour
+
+// leeway is the clock skew allowed between a token's issuer and us.
+const leeway = 30 * time.Second
 
 // Client is one registered channel client.
 type Client struct {
@@ -71,12 +97,16 @@ func (c *Client) Allows(scope string) bool {
 type Principal struct {
 	Client  *Client
 	Members []string // for OwnMembers clients: the members the token names
+	// Expires is when the token stops being accepted (its expiry plus the
+	// allowed clock skew): a stream opened with it ends then.
+	Expires time.Time
 }
 
 // Authenticator verifies tokens and scopes.
 type Authenticator struct {
-	clients map[string]*Client
-	now     func() time.Time
+	clients     map[string]*Client
+	now         func() time.Time
+	maxLifetime time.Duration
 }
 
 type fileClient struct {
@@ -117,7 +147,7 @@ func Parse(src []byte) (*Authenticator, error) {
 	if err := dec.Decode(&f); err != nil {
 		return nil, fmt.Errorf("channel clients: %w", err)
 	}
-	a := &Authenticator{clients: map[string]*Client{}, now: time.Now}
+	a := &Authenticator{clients: map[string]*Client{}, now: time.Now, maxLifetime: DefaultMaxTokenLifetime}
 	var errs []error
 	for i, c := range f.Clients {
 		key, err := base64.StdEncoding.DecodeString(c.Secret)
@@ -172,6 +202,9 @@ func (a *Authenticator) Mint(clientID string, ttl time.Duration, members ...stri
 	if c == nil {
 		return "", fmt.Errorf("unknown client %q", clientID)
 	}
+	if ttl > a.maxLifetime {
+		return "", fmt.Errorf("ttl %s exceeds the maximum token lifetime %s (MC_AUTH_MAX_TOKEN_LIFETIME)", ttl, a.maxLifetime)
+	}
 	now := a.now()
 	t := jwt.NewWithClaims(jwt.SigningMethodHS256, claims{Members: members, RegisteredClaims: jwt.RegisteredClaims{
 		Subject: c.ID, Issuer: "membercenter", IssuedAt: jwt.NewNumericDate(now), ExpiresAt: jwt.NewNumericDate(now.Add(ttl)),
@@ -180,7 +213,13 @@ func (a *Authenticator) Mint(clientID string, ttl time.Duration, members ...stri
 	return t.SignedString(c.Key)
 }
 
-// Verify checks a token and returns its principal.
+// ErrInvalidToken is every reason a token is refused, told the caller
+// alike: which check failed (an unknown client, a wrong signature, an
+// expiry) would tell a prober what exists.
+var ErrInvalidToken = errors.New("invalid or expired token: mint a new one with your client's secret")
+
+// Verify checks a token and returns its principal. The error says why, for
+// the server's log; callers are told only ErrInvalidToken.
 func (a *Authenticator) Verify(token string) (*Principal, error) {
 	var cl claims
 	var client *Client
@@ -190,15 +229,21 @@ func (a *Authenticator) Verify(token string) (*Principal, error) {
 			return nil, fmt.Errorf("unknown client %q", kid)
 		}
 		return client.Key, nil
-	}, jwt.WithValidMethods([]string{"HS256"}), jwt.WithExpirationRequired(), jwt.WithIssuer("membercenter"),
-		jwt.WithLeeway(30*time.Second), jwt.WithTimeFunc(a.now))
+	}, jwt.WithValidMethods([]string{"HS256"}), jwt.WithExpirationRequired(), jwt.WithIssuedAt(), jwt.WithIssuer("membercenter"),
+		jwt.WithLeeway(leeway), jwt.WithTimeFunc(a.now))
 	if err != nil {
 		return nil, err
 	}
 	if cl.Subject != client.ID {
 		return nil, errors.New("token subject is not its key's client")
 	}
-	return &Principal{Client: client, Members: cl.Members}, nil
+	if cl.IssuedAt == nil {
+		return nil, errors.New("token has no issue time")
+	}
+	if life := cl.ExpiresAt.Sub(cl.IssuedAt.Time); life > a.maxLifetime {
+		return nil, fmt.Errorf("token valid for %s, longer than the maximum %s", life, a.maxLifetime)
+	}
+	return &Principal{Client: client, Members: cl.Members, Expires: cl.ExpiresAt.Add(leeway)}, nil
 }
 
 type principalKey struct{}
@@ -216,13 +261,14 @@ func (a *Authenticator) authenticate(ctx context.Context) (*Principal, error) {
 	if len(vals) == 0 {
 		return nil, status.Error(codes.Unauthenticated, "no credentials: send \"authorization: Bearer <token>\" signed with your client secret")
 	}
-	tok, ok := strings.CutPrefix(vals[0], "Bearer ")
-	if !ok {
+	// The scheme is case-insensitive (RFC 9110 §11.1).
+	scheme, tok, ok := strings.Cut(strings.TrimSpace(vals[0]), " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
 		return nil, status.Error(codes.Unauthenticated, "authorization must be \"Bearer <token>\"")
 	}
 	p, err := a.Verify(strings.TrimSpace(tok))
 	if err != nil {
-		return nil, status.Errorf(codes.Unauthenticated, "invalid token: %v", err)
+		return nil, status.Error(codes.Unauthenticated, ErrInvalidToken.Error())
 	}
 	return p, nil
 }
@@ -305,10 +351,22 @@ func (a *Authenticator) Stream() grpc.StreamServerInterceptor {
 		if err := authorize(p, info.FullMethod, nil); err != nil {
 			return err
 		}
-		return h(srv, &checkedStream{ServerStream: ss, p: p, method: info.FullMethod,
-			ctx: context.WithValue(ss.Context(), principalKey{}, p)})
+		// The stream lives as long as its token: at expiry it ends with
+		// Unauthenticated, and the client resumes with a new token (and
+		// its resume token, losing nothing).
+		ctx, cancel := context.WithCancelCause(context.WithValue(ss.Context(), principalKey{}, p))
+		defer cancel(nil)
+		stop := time.AfterFunc(p.Expires.Sub(a.now()), func() { cancel(errStreamExpired) })
+		defer stop.Stop()
+		err = h(srv, &checkedStream{ServerStream: ss, p: p, method: info.FullMethod, ctx: ctx})
+		if errors.Is(context.Cause(ctx), errStreamExpired) {
+			return status.Error(codes.Unauthenticated, errStreamExpired.Error())
+		}
+		return err
 	}
 }
+
+var errStreamExpired = errors.New("token expired: the stream ended; resume it with a new token and the last resume token")
 
 type checkedStream struct {
 	grpc.ServerStream

@@ -4,9 +4,11 @@ import (
 	"context"
 	"encoding/base64"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/golang-jwt/jwt/v5"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -57,8 +59,13 @@ type syncs struct {
 	mcv1.UnimplementedSyncServiceServer
 }
 
+// Subscribe says Ready and holds the stream open until it ends.
 func (syncs) Subscribe(req *mcv1.SubscribeRequest, s mcv1.SyncService_SubscribeServer) error {
-	return s.Send(&mcv1.SubscribeResponse{Message: &mcv1.SubscribeResponse_Ready{Ready: &mcv1.Ready{}}})
+	if err := s.Send(&mcv1.SubscribeResponse{Message: &mcv1.SubscribeResponse_Ready{Ready: &mcv1.Ready{}}}); err != nil {
+		return err
+	}
+	<-s.Context().Done()
+	return s.Context().Err()
 }
 
 func serve(t *testing.T) (*auth.Authenticator, *grpc.ClientConn) {
@@ -82,6 +89,28 @@ func serve(t *testing.T) (*auth.Authenticator, *grpc.ClientConn) {
 	return a, conn
 }
 
+// sign makes a token by hand, as a client's own code would.
+func sign(t *testing.T, kid, secret string, c jwt.MapClaims) string {
+	t.Helper()
+	key, _ := base64.StdEncoding.DecodeString(secret)
+	tok := jwt.NewWithClaims(jwt.SigningMethodHS256, c)
+	tok.Header["kid"] = kid
+	s, err := tok.SignedString(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func withAuth(header string) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	_ = cancel
+	if header == "" {
+		return ctx
+	}
+	return metadata.AppendToOutgoingContext(ctx, "authorization", header)
+}
+
 func with(token string) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	_ = cancel
@@ -101,19 +130,44 @@ func TestCallsWithoutValidCredentialsAreUnauthenticated(t *testing.T) {
 	expired, _ := a.Mint("pos-sh", -time.Hour)
 	forged, _ := auth.Parse([]byte("clients:\n  - {id: pos-sh, channel: pos, secret: " + secretMini + ", scopes: ['*']}\n"))
 	forgedToken, _ := forged.Mint("pos-sh", time.Minute)
-	for _, tc := range []struct{ name, token, words string }{
+	ghosts, _ := auth.Parse([]byte("clients:\n  - {id: ghost, channel: pos, secret: " + secretPOS + ", scopes: ['*']}\n"))
+	ghostToken, _ := ghosts.Mint("ghost", time.Minute)
+	now := time.Now()
+	tenYears := sign(t, "pos-sh", secretPOS, jwt.MapClaims{"sub": "pos-sh", "iss": "membercenter", "iat": now.Unix(), "exp": now.AddDate(10, 0, 0).Unix()})
+	noIssueTime := sign(t, "pos-sh", secretPOS, jwt.MapClaims{"sub": "pos-sh", "iss": "membercenter", "exp": now.Add(time.Minute).Unix()})
+	// Every refused token gets the same answer: which check failed (an
+	// unknown client, a wrong key, an expiry) is no business of a prober.
+	invalid := auth.ErrInvalidToken.Error()
+	for _, tc := range []struct{ name, auth, words string }{
 		{"no token", "", "no credentials"},
-		{"not a JWT", "abc.def", "invalid token"},
-		{"expired", expired, "expired"},
-		{"signed with another secret", forgedToken, "signature"},
-		{"tampered", good[:len(good)-3] + "AAA", "invalid token"},
+		{"another scheme", "Basic " + good, `must be "Bearer <token>"`},
+		{"not a JWT", "Bearer abc.def", invalid},
+		{"expired", "Bearer " + expired, invalid},
+		{"signed with another secret", "Bearer " + forgedToken, invalid},
+		{"an unknown client", "Bearer " + ghostToken, invalid},
+		{"tampered", "Bearer " + good[:len(good)-3] + "AAA", invalid},
+		{"valid for ten years", "Bearer " + tenYears, invalid},
+		{"without an issue time", "Bearer " + noIssueTime, invalid},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := pc.GetProfile(with(tc.token), &mcv1.GetProfileRequest{MemberId: member})
-			if status.Code(err) != codes.Unauthenticated || !strings.Contains(err.Error(), tc.words) {
-				t.Errorf("error %v; want Unauthenticated mentioning %q", err, tc.words)
+			_, err := pc.GetProfile(withAuth(tc.auth), &mcv1.GetProfileRequest{MemberId: member})
+			if status.Code(err) != codes.Unauthenticated || status.Convert(err).Message() != tc.words && !strings.Contains(err.Error(), tc.words) {
+				t.Errorf("error %v; want Unauthenticated saying %q", err, tc.words)
+			}
+			if strings.Contains(err.Error(), "ghost") || strings.Contains(err.Error(), "signature") {
+				t.Errorf("error %v tells why the token was refused", err)
 			}
 		})
+	}
+	// The scheme is case-insensitive.
+	for _, scheme := range []string{"bearer", "BEARER", "Bearer"} {
+		if _, err := pc.GetProfile(withAuth(scheme+" "+good), &mcv1.GetProfileRequest{MemberId: member}); err != nil {
+			t.Errorf("scheme %q: %v", scheme, err)
+		}
+	}
+	// Nor will the platform mint a token longer-lived than it accepts.
+	if _, err := a.Mint("pos-sh", 10*365*24*time.Hour); err == nil || !strings.Contains(err.Error(), "maximum token lifetime") {
+		t.Errorf("minting a ten-year token: %v; want refused for the maximum lifetime", err)
 	}
 	// Health needs no credentials.
 	if _, err := healthpb.NewHealthClient(conn).Check(with(""), &healthpb.HealthCheckRequest{}); err != nil {
@@ -175,6 +229,48 @@ func TestScopesAndOwnMembers(t *testing.T) {
 				t.Errorf("got %v, %v; want PermissionDenied", m, err)
 			}
 		})
+	}
+}
+
+// A stream lives as long as its token: at expiry it ends with
+// Unauthenticated (the client resumes with a new token).
+func TestStreamEndsWhenItsTokenExpires(t *testing.T) {
+	a, conn := serve(t)
+	sc := mcv1.NewSyncServiceClient(conn)
+	base := time.Date(2026, 3, 1, 9, 0, 0, 0, time.UTC)
+	var clock atomic.Pointer[time.Time]
+	clock.Store(&base)
+	a.SetClock(func() time.Time { return *clock.Load() })
+	mini, err := a.Mint("miniprogram", time.Minute, member)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Ninety seconds on, the token (one minute, with thirty seconds of
+	// allowed skew) has one second left.
+	later := base.Add(89 * time.Second)
+	clock.Store(&later)
+	s, err := sc.Subscribe(with(mini), &mcv1.SubscribeRequest{MemberIds: []string{member}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m, err := s.Recv(); err != nil || m.GetReady() == nil {
+		t.Fatalf("first message %v, %v; want Ready", m, err)
+	}
+	_, err = s.Recv() // blocks until the stream ends (or the call's 10 s run out)
+	if status.Code(err) != codes.Unauthenticated || !strings.Contains(err.Error(), "token expired") {
+		t.Fatalf("stream ended with %v; want Unauthenticated saying the token expired", err)
+	}
+	// A fresh token opens it again.
+	fresh, err := a.Mint("miniprogram", time.Minute, member)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err = sc.Subscribe(with(fresh), &mcv1.SubscribeRequest{MemberIds: []string{member}})
+	if err == nil {
+		_, err = s.Recv()
+	}
+	if err != nil {
+		t.Fatalf("resubscribing with a new token: %v", err)
 	}
 }
 

@@ -8,7 +8,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/membercenter/membercenter/services/auth"
 	"github.com/membercenter/membercenter/services/platform"
 )
 
@@ -32,7 +31,7 @@ send it as "authorization: Bearer <token>".`,
 			if cfg.Auth.ClientsPath == "" {
 				return errors.New("MC_CHANNEL_CLIENTS is not set: it names the clients file")
 			}
-			a, err := auth.Load(cfg.Auth.ClientsPath)
+			a, err := cfg.Auth.Open()
 			if err != nil {
 				return err
 			}

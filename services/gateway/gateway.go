@@ -120,8 +120,11 @@ func (s *sse) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			// Unavailable is a connection ended under the stream (the
 			// server's connection age, a restart): the response just
 			// ends, and the EventSource reconnects with Last-Event-ID
-			// and misses nothing. Other failures need a snapshot.
-			if !errors.Is(err, io.EOF) && ctx.Err() == nil && status.Code(err) != codes.Unavailable {
+			// and misses nothing. Unauthenticated is the token expiring:
+			// the reconnect is refused until the client brings a new one,
+			// and then resumes from Last-Event-ID likewise. Other failures
+			// need a snapshot.
+			if c := status.Code(err); !errors.Is(err, io.EOF) && ctx.Err() == nil && c != codes.Unavailable && c != codes.Unauthenticated {
 				_ = writeEvent(w, &mcv1.SubscribeResponse{Message: &mcv1.SubscribeResponse_ResyncRequired{
 					ResyncRequired: &mcv1.ResyncRequired{Reason: status.Convert(err).Message()}}})
 			}

@@ -457,7 +457,7 @@ func (p *Platform) grpcServer(ctx context.Context, e env, ps *parts, names []str
 	if p.cfg.Auth.ClientsPath == "" {
 		p.tel.Logger.WarnContext(ctx, "channel authentication is off: set MC_CHANNEL_CLIENTS to a clients file in production")
 	} else {
-		a, err := auth.Load(p.cfg.Auth.ClientsPath)
+		a, err := p.cfg.Auth.Open()
 		if err != nil {
 			return nil, err
 		}
