@@ -489,25 +489,35 @@ func (r *pipelineRun) drain(ctx context.Context, run *running) ([]string, error)
 	n := r.o.events
 	deadline := time.After(time.Minute + time.Duration(n)*20*time.Millisecond)
 	like := r.run + "-%"
-	for {
+	// The counts below scan the run's rows in PostgreSQL and ClickHouse:
+	// they are taken only once every stage's group has caught up (a cheap
+	// question to Kafka), so that the measurement does not load the
+	// servers it measures while the pipeline drains.
+	counts := func() (pgbench.Progress, uint64, error) {
 		pr, err := pgbench.ProgressOf(ctx, r.p.Pool(), like)
 		if err != nil {
-			return nil, err
+			return pr, 0, err
 		}
-		ingested, benefit, tagged, unpublished := pr.Ingested, pr.Benefits, pr.Tags, pr.Unpublished
-		dlq := run.letters.count()
 		facts, err := chbench.CountEvents(ctx, r.ch, like, false)
 		if err != nil {
-			return nil, fmt.Errorf("count ClickHouse rows: %w", err)
+			return pr, 0, fmt.Errorf("count ClickHouse rows: %w", err)
 		}
-		// Done: every record ingested or dead-lettered, every stage's group
-		// caught up (offsets are committed after effects are durable), the
-		// tag worker and ClickHouse have every ingested event, and the
-		// outbox is published. (The benefit worker marks only the events
-		// it acts on.)
-		if ingested+dlq >= n && tagged >= ingested && int(facts) >= ingested && unpublished == 0 && benefit > 0 &&
-			caughtUp(ctx, r.adm, r.kcfg) {
-			return lagLine, nil
+		return pr, facts, nil
+	}
+	for {
+		if caughtUp(ctx, r.adm, r.kcfg) {
+			pr, facts, err := counts()
+			if err != nil {
+				return nil, err
+			}
+			// Done: every record ingested or dead-lettered, every stage's
+			// group caught up (offsets are committed after effects are
+			// durable), the tag worker and ClickHouse have every ingested
+			// event, and the outbox is published. (The benefit worker marks
+			// only the events it acts on.)
+			if pr.Ingested+run.letters.count() >= n && pr.Tags >= pr.Ingested && int(facts) >= pr.Ingested && pr.Unpublished == 0 && pr.Benefits > 0 {
+				return lagLine, nil
+			}
 		}
 		select {
 		case <-ctx.Done():
@@ -515,8 +525,12 @@ func (r *pipelineRun) drain(ctx context.Context, run *running) ([]string, error)
 		case <-run.p.Stopped():
 			return nil, fmt.Errorf("platform stopped: %w", run.close())
 		case <-deadline:
+			pr, facts, err := counts()
+			if err != nil {
+				return nil, err
+			}
 			return nil, fmt.Errorf("pipeline did not finish: ingested %d, benefits %d, tags %d, ClickHouse %d, dead letters %d of %d; lag ingest/benefits/tags/sink %s",
-				ingested, benefit, tagged, facts, dlq, n, stageLags(ctx, r.adm, r.kcfg))
+				pr.Ingested, pr.Benefits, pr.Tags, facts, run.letters.count(), n, stageLags(ctx, r.adm, r.kcfg))
 		case <-tick.C:
 			lagLine = append(lagLine, stageLags(ctx, r.adm, r.kcfg))
 			r.sampleRSS()
