@@ -59,8 +59,7 @@ func TestLabelBenefitsAgreeWithOracle(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	c, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
+	c := ctxWithin(t, 5*time.Minute)
 	pool := pgtest.NewPool(t, nil)
 	clock := start2025
 	now := func() time.Time { return clock }
