@@ -2,12 +2,12 @@ package benefits_test
 
 import (
 	"bytes"
+	"slices"
 	"testing"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
-	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 	"github.com/membercenter/membercenter/storage/postgres"
 
 	"github.com/membercenter/membercenter/services/benefits"
@@ -58,16 +58,7 @@ func TestBenefitsFollowLabelChanges(t *testing.T) {
 	}
 	holds := func() bool {
 		t.Helper()
-		resp, err := f.srv.ListBenefits(c, &mcv1.ListBenefitsRequest{MemberId: m})
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, b := range resp.GetBenefits() {
-			if b.GetBenefitId() == "sharer_perk" {
-				return true
-			}
-		}
-		return false
+		return slices.Contains(f.benefitIDs(t, c, m), "sharer_perk")
 	}
 	check := func(wantTaken int) {
 		t.Helper()

@@ -20,8 +20,7 @@ import (
 // come due; neither loop returns.
 func TestProgrammeWatchAndSchedulerRideOutAPostgresRestart(t *testing.T) {
 	f := newFixture(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
+	ctx := ctxWithin(t, 5*time.Minute)
 	m := f.member(t)
 	f.commit(t, ctx, &mcv1.CommitRequest{MemberId: m, Basket: basket("o1", 10_000), IdempotencyKey: "k"})
 	loops := pgtest.StartLoops(ctx,

@@ -14,6 +14,7 @@ import (
 
 	"github.com/google/uuid"
 
+	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 	"github.com/membercenter/membercenter/storage/postgres"
 
 	"github.com/membercenter/membercenter/pipeline/dlq"
@@ -77,28 +78,44 @@ func couponSummary(cs []*benefits.Coupon, at time.Time) map[string]map[string]in
 	return out
 }
 
-// The oracle, a plain re-implementation of docs/benefits.md written without
-// looking at the engine, replays a generated stream and must agree with the
-// engine on every member's balance, lots, tier history, grants and coupons.
-func TestEngineAgreesWithOracle(t *testing.T) {
-	members, events := 10_000, 100_000
+// streamSize is the members and events of a generated stream: full, or
+// short under -short, or the events the variable env names with members
+// for them.
+func streamSize(env string, full, short [2]int, membersFor func(events int) int) (members, events int) {
+	size := full
 	if testing.Short() {
-		members, events = 1_000, 10_000
+		size = short
 	}
-	if v := os.Getenv("MC_ORACLE_EVENTS"); v != "" {
+	if v := os.Getenv(env); v != "" {
 		events, _ = strconv.Atoi(v)
-		members = max(1, events/10)
+		return max(1, membersFor(events)), events
 	}
-	src := benefits.DefaultProgramSource()
+	return size[0], size[1]
+}
+
+// generate returns benefitstest's stream of seed for the programme src,
+// members and events from start2025, and the oracle of src that drew it
+// (it has seen every event).
+func generate(t *testing.T, src []byte, seed uint64, members, events int) (*benefitstest.Oracle, []*mcv1.MemberEvent) {
+	t.Helper()
 	o, err := benefitstest.New(src)
 	if err != nil {
 		t.Fatal(err)
 	}
-	start := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
-	stream, err := benefitstest.GenerateWith(o, 20261123, members, events, start)
+	stream, err := benefitstest.GenerateWith(o, seed, members, events, start2025)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return o, stream
+}
+
+// The oracle, a plain re-implementation of docs/benefits.md written without
+// looking at the engine, replays a generated stream and must agree with the
+// engine on every member's balance, lots, tier history, grants and coupons.
+func TestEngineAgreesWithOracle(t *testing.T) {
+	members, events := streamSize("MC_ORACLE_EVENTS", [2]int{10_000, 100_000}, [2]int{1_000, 10_000}, func(events int) int { return events / 10 })
+	src := benefits.DefaultProgramSource()
+	o, stream := generate(t, src, 20261123, members, events)
 	p, err := benefits.ParseProgram(src)
 	if err != nil {
 		t.Fatal(err)
@@ -213,15 +230,7 @@ func TestWorkerAgreesWithOracle(t *testing.T) {
 func testWorkerAgreesWithOracle(t *testing.T, batch int) {
 	f := newFixture(t)
 	c := ctx(t)
-	src := benefits.DefaultProgramSource()
-	o, err := benefitstest.New(src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	stream, err := benefitstest.GenerateWith(o, 7, 150, 2_000, time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC))
-	if err != nil {
-		t.Fatal(err)
-	}
+	o, stream := generate(t, benefits.DefaultProgramSource(), 7, 150, 2_000)
 	seen := map[string]bool{}
 	var end time.Time
 	for _, ev := range stream {

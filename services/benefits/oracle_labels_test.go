@@ -7,15 +7,14 @@ import (
 	"log/slog"
 	"maps"
 	"math/rand/v2"
-	"os"
 	"reflect"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/membercenter/membercenter/storage/postgres"
@@ -48,34 +47,19 @@ func TestLabelBenefitsAgreeWithOracle(t *testing.T) {
 	// The sweep recomputes every member with features at every tick (their
 	// features change daily), and the ticks grow with the members: the
 	// cost grows with their square.
-	members, events := 60, 800
-	if testing.Short() {
-		members, events = 40, 500
-	}
-	if v := os.Getenv("MC_LABEL_ORACLE_EVENTS"); v != "" {
-		events, _ = strconv.Atoi(v)
-		members = max(1, events*3/40)
-	}
+	members, events := streamSize("MC_LABEL_ORACLE_EVENTS", [2]int{60, 800}, [2]int{40, 500}, func(events int) int { return events * 3 / 40 })
 	src, err := benefitstest.LabelProgramme(benefits.DefaultProgramSource())
 	if err != nil {
 		t.Fatal(err)
 	}
-	gen, err := benefitstest.New(src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	stream, err := benefitstest.GenerateWith(gen, 20261205, members, events, start2025)
-	if err != nil {
-		t.Fatal(err)
-	}
+	gen, stream := generate(t, src, 20261205, members, events)
 	// The oracle the platform is compared with replays the stream in step.
 	o, err := benefitstest.New(src)
 	if err != nil {
 		t.Fatal(err)
 	}
 
-	c, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
+	c := ctxWithin(t, 5*time.Minute)
 	pool := pgtest.NewPool(t, nil)
 	clock := start2025
 	now := func() time.Time { return clock }
@@ -246,21 +230,15 @@ func grantRows(t *testing.T, c context.Context, pool *pgxpool.Pool, member strin
 		q = `SELECT member_id::text, benefit_id FROM benefit_grants WHERE member_id = $1 ORDER BY 1, 2`
 		args = append(args, uuid.MustParse(member))
 	}
-	rows, err := pool.Query(c, q, args...)
+	type grant struct{ Member, Benefit string }
+	rows, _ := pool.Query(c, q, args...) // its error is CollectRows'
+	grants, err := pgx.CollectRows(rows, pgx.RowToStructByPos[grant])
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer rows.Close()
 	out := map[string][]string{}
-	for rows.Next() {
-		var m, b string
-		if err := rows.Scan(&m, &b); err != nil {
-			t.Fatal(err)
-		}
-		out[m] = append(out[m], b)
-	}
-	if err := rows.Err(); err != nil {
-		t.Fatal(err)
+	for _, g := range grants {
+		out[g.Member] = append(out[g.Member], g.Benefit)
 	}
 	return out
 }

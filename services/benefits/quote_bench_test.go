@@ -19,10 +19,7 @@ func BenchmarkQuote(b *testing.B) {
 	start := *f.clock
 	for i := range 40 {
 		*f.clock = start.Add(time.Duration(i-40) * 24 * time.Hour)
-		bk := basket(fmt.Sprintf("o%d", i), 5000)
-		if _, err := f.srv.Commit(ctx, &mcv1.CommitRequest{MemberId: m, Basket: bk, IdempotencyKey: fmt.Sprintf("k%d", i)}); err != nil {
-			b.Fatal(err)
-		}
+		f.commit(b, ctx, &mcv1.CommitRequest{MemberId: m, Basket: basket(fmt.Sprintf("o%d", i), 5000), IdempotencyKey: fmt.Sprintf("k%d", i)})
 	}
 	*f.clock = start
 	req := &mcv1.QuoteRequest{MemberId: m, Basket: basket("q", 12345)}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
@@ -63,6 +64,15 @@ func (s *Service) read(ctx context.Context, member uuid.UUID, at time.Time, fn f
 		return err
 	}
 	return fn(st)
+}
+
+// readMember runs fn on the state, as of at, of the member id names.
+func (s *Server) readMember(ctx context.Context, id string, at time.Time, fn func(st *State) error) error {
+	member, err := parseMember(id)
+	if err != nil {
+		return err
+	}
+	return s.svc.read(ctx, member, at, fn)
 }
 
 func (s *Service) basketOp(b *mcv1.Basket) (Op, error) {
@@ -150,25 +160,42 @@ func (s *Service) quote(st *State, op Op) (*mcv1.QuoteResponse, error) {
 	return s.quoteResponse(st, fx, before), nil
 }
 
-// Commit implements BenefitsService.Commit.
-func (s *Server) Commit(ctx context.Context, req *mcv1.CommitRequest) (*mcv1.CommitResponse, error) {
+// keyedRequest is a mutating request: it names a member and carries the
+// idempotency key its effect is stored under.
+type keyedRequest interface {
+	proto.Message
+	GetMemberId() string
+	GetIdempotencyKey() string
+}
+
+// mutateRequest applies the operation opOf makes of req to the member req
+// names, once per req's idempotency key (see mutate), with build filling
+// the response. The member id is checked before the rest of the request.
+func mutateRequest[Q keyedRequest, R proto.Message](ctx context.Context, s *Service, scope string, req Q, ch mcv1.Channel,
+	opOf func(Q) (Op, error), build func(st *State, fx *Effects, resp R) error) (R, error) {
+	var zero R
 	member, err := parseMember(req.GetMemberId())
 	if err != nil {
-		return nil, err
+		return zero, err
 	}
-	op, err := s.svc.basketOp(req.GetBasket())
+	op, err := opOf(req)
 	if err != nil {
-		return nil, err
+		return zero, err
 	}
-	return mutate(ctx, s.svc, mutation{scope: "benefits.Commit", key: req.GetIdempotencyKey(), req: req, member: member, op: op,
-		ch: req.GetBasket().GetChannel(), store: req.GetBasket().GetStoreId()},
+	return mutate(ctx, s, mutation{scope: scope, key: req.GetIdempotencyKey(), req: req, member: member, op: op, ch: ch, store: op.Store}, build)
+}
+
+// Commit implements BenefitsService.Commit.
+func (s *Server) Commit(ctx context.Context, req *mcv1.CommitRequest) (*mcv1.CommitResponse, error) {
+	return mutateRequest(ctx, s.svc, "benefits.Commit", req, req.GetBasket().GetChannel(),
+		func(req *mcv1.CommitRequest) (Op, error) { return s.svc.basketOp(req.GetBasket()) },
 		func(st *State, fx *Effects, resp *mcv1.CommitResponse) error {
 			before := st.Tier
 			for _, m := range fx.TierMoves {
 				before = m.From
 				break
 			}
-			resp.TransactionId = op.OrderID
+			resp.TransactionId = req.GetBasket().GetOrderId()
 			resp.Result = s.svc.quoteResponse(st, fx, before)
 			resp.Balance, _, _ = st.Balance(fx.At)
 			return nil
@@ -177,24 +204,10 @@ func (s *Server) Commit(ctx context.Context, req *mcv1.CommitRequest) (*mcv1.Com
 
 // Refund implements BenefitsService.Refund.
 func (s *Server) Refund(ctx context.Context, req *mcv1.RefundRequest) (*mcv1.RefundResponse, error) {
-	member, err := parseMember(req.GetMemberId())
-	if err != nil {
-		return nil, err
-	}
-	if a := req.GetAmount(); a != nil {
-		if err := s.svc.program().checkMoney("amount", a, true); err != nil {
-			return nil, err
-		}
-		if a.GetAmountMinor() == 0 {
-			return nil, fieldErr("amount.amount_minor", "must be positive (leave amount out to refund the rest)")
-		}
-	}
-	op := Op{Kind: OpRefund, At: s.svc.now(), OrderID: req.GetOrderId(), Amount: req.GetAmount().GetAmountMinor()}
-	return mutate(ctx, s.svc, mutation{scope: "benefits.Refund", key: req.GetIdempotencyKey(), req: req, member: member, op: op,
-		ch: callerChannel(ctx, req.GetChannel())},
+	return mutateRequest(ctx, s.svc, "benefits.Refund", req, callerChannel(ctx, req.GetChannel()), s.svc.refundOp,
 		func(st *State, fx *Effects, resp *mcv1.RefundResponse) error {
-			if fx.NoOp {
-				return fmt.Errorf("order %s of member %s: %w", req.GetOrderId(), member, postgres.ErrNotFound)
+			if fx.NoOp { // the member id was checked before
+				return fmt.Errorf("order %s of member %s: %w", req.GetOrderId(), uuid.MustParse(req.GetMemberId()), postgres.ErrNotFound)
 			}
 			for _, l := range fx.Ledger {
 				switch l.Kind {
@@ -215,22 +228,21 @@ func (s *Server) Refund(ctx context.Context, req *mcv1.RefundRequest) (*mcv1.Ref
 		})
 }
 
+func (s *Service) refundOp(req *mcv1.RefundRequest) (Op, error) {
+	if a := req.GetAmount(); a != nil {
+		if err := s.program().checkMoney("amount", a, true); err != nil {
+			return Op{}, err
+		}
+		if a.GetAmountMinor() == 0 {
+			return Op{}, fieldErr("amount.amount_minor", "must be positive (leave amount out to refund the rest)")
+		}
+	}
+	return Op{Kind: OpRefund, At: s.now(), OrderID: req.GetOrderId(), Amount: req.GetAmount().GetAmountMinor()}, nil
+}
+
 // Redeem implements BenefitsService.Redeem.
 func (s *Server) Redeem(ctx context.Context, req *mcv1.RedeemRequest) (*mcv1.RedeemResponse, error) {
-	member, err := parseMember(req.GetMemberId())
-	if err != nil {
-		return nil, err
-	}
-	reason := "catalogue reward " + req.GetRewardId()
-	if req.GetRewardId() == "" {
-		reason = "points redeemed"
-	}
-	if err := s.svc.program().checkRedeem("points", req.GetPoints()); err != nil {
-		return nil, err
-	}
-	op := Op{Kind: OpRedeem, At: s.svc.now(), Points: req.GetPoints(), Reason: reason}
-	return mutate(ctx, s.svc, mutation{scope: "benefits.Redeem", key: req.GetIdempotencyKey(), req: req, member: member, op: op,
-		ch: callerChannel(ctx, req.GetChannel())},
+	return mutateRequest(ctx, s.svc, "benefits.Redeem", req, callerChannel(ctx, req.GetChannel()), s.svc.redeemOp,
 		func(st *State, fx *Effects, resp *mcv1.RedeemResponse) error {
 			resp.TransactionId = "rpc:benefits.Redeem:" + req.GetIdempotencyKey()
 			resp.Balance, _, _ = st.Balance(fx.At)
@@ -238,33 +250,39 @@ func (s *Server) Redeem(ctx context.Context, req *mcv1.RedeemRequest) (*mcv1.Red
 		})
 }
 
+func (s *Service) redeemOp(req *mcv1.RedeemRequest) (Op, error) {
+	reason := "catalogue reward " + req.GetRewardId()
+	if req.GetRewardId() == "" {
+		reason = "points redeemed"
+	}
+	if err := s.program().checkRedeem("points", req.GetPoints()); err != nil {
+		return Op{}, err
+	}
+	return Op{Kind: OpRedeem, At: s.now(), Points: req.GetPoints(), Reason: reason}, nil
+}
+
 // Adjust implements BenefitsService.Adjust.
 func (s *Server) Adjust(ctx context.Context, req *mcv1.AdjustRequest) (*mcv1.AdjustResponse, error) {
-	member, err := parseMember(req.GetMemberId())
-	if err != nil {
-		return nil, err
-	}
-	if err := s.svc.program().checkAdjust("points", req.GetPoints()); err != nil {
-		return nil, err
-	}
-	op := Op{Kind: OpAdjust, At: s.svc.now(), Points: req.GetPoints(), Reason: req.GetReason()}
-	return mutate(ctx, s.svc, mutation{scope: "benefits.Adjust", key: req.GetIdempotencyKey(), req: req, member: member, op: op,
-		ch: mcv1.Channel_CHANNEL_BACKOFFICE},
+	return mutateRequest(ctx, s.svc, "benefits.Adjust", req, mcv1.Channel_CHANNEL_BACKOFFICE, s.svc.adjustOp,
 		func(st *State, fx *Effects, resp *mcv1.AdjustResponse) error {
 			resp.Balance, _, _ = st.Balance(fx.At)
 			return nil
 		})
 }
 
+func (s *Service) adjustOp(req *mcv1.AdjustRequest) (Op, error) {
+	if err := s.program().checkAdjust("points", req.GetPoints()); err != nil {
+		return Op{}, err
+	}
+	return Op{Kind: OpAdjust, At: s.now(), Points: req.GetPoints(), Reason: req.GetReason()}, nil
+}
+
 // ClaimCoupon implements BenefitsService.ClaimCoupon.
 func (s *Server) ClaimCoupon(ctx context.Context, req *mcv1.ClaimCouponRequest) (*mcv1.ClaimCouponResponse, error) {
-	member, err := parseMember(req.GetMemberId())
-	if err != nil {
-		return nil, err
-	}
-	op := Op{Kind: OpIssueCoupon, At: s.svc.now(), Template: req.GetTemplateId(), Claim: true, Reason: "claimed"}
-	return mutate(ctx, s.svc, mutation{scope: "benefits.ClaimCoupon", key: req.GetIdempotencyKey(), req: req, member: member, op: op,
-		ch: callerChannel(ctx, req.GetChannel())},
+	return mutateRequest(ctx, s.svc, "benefits.ClaimCoupon", req, callerChannel(ctx, req.GetChannel()),
+		func(req *mcv1.ClaimCouponRequest) (Op, error) {
+			return Op{Kind: OpIssueCoupon, At: s.svc.now(), Template: req.GetTemplateId(), Claim: true, Reason: "claimed"}, nil
+		},
 		func(st *State, fx *Effects, resp *mcv1.ClaimCouponResponse) error {
 			for _, c := range fx.Issued {
 				if c.Template == req.GetTemplateId() {
@@ -308,13 +326,9 @@ func (s *Server) IssueCoupons(ctx context.Context, req *mcv1.IssueCouponsRequest
 
 // GetBalance implements BenefitsService.GetBalance.
 func (s *Server) GetBalance(ctx context.Context, req *mcv1.GetBalanceRequest) (*mcv1.GetBalanceResponse, error) {
-	member, err := parseMember(req.GetMemberId())
-	if err != nil {
-		return nil, err
-	}
 	now := s.svc.now()
 	resp := &mcv1.GetBalanceResponse{}
-	err = s.svc.read(ctx, member, now, func(st *State) error {
+	err := s.readMember(ctx, req.GetMemberId(), now, func(st *State) error {
 		_, resp.Available, resp.Pending = st.Balance(now)
 		resp.MemberId = st.MemberID
 		var next time.Time
@@ -374,13 +388,9 @@ func (s *Server) ListLedger(ctx context.Context, req *mcv1.ListLedgerRequest) (*
 
 // GetTierStatus implements BenefitsService.GetTierStatus.
 func (s *Server) GetTierStatus(ctx context.Context, req *mcv1.GetTierStatusRequest) (*mcv1.GetTierStatusResponse, error) {
-	member, err := parseMember(req.GetMemberId())
-	if err != nil {
-		return nil, err
-	}
 	now := s.svc.now()
 	var resp *mcv1.GetTierStatusResponse
-	err = s.svc.read(ctx, member, now, func(st *State) error {
+	err := s.readMember(ctx, req.GetMemberId(), now, func(st *State) error {
 		// Bring month starts up to date, as the next operation would.
 		if _, err := (Engine{P: s.svc.program()}).Apply(st, Op{Kind: OpAdvance, At: now, Cause: "read"}); err != nil {
 			return err
@@ -457,12 +467,8 @@ func need(what string, have, want int64, f func(int64) string) string {
 
 // ListBenefits implements BenefitsService.ListBenefits.
 func (s *Server) ListBenefits(ctx context.Context, req *mcv1.ListBenefitsRequest) (*mcv1.ListBenefitsResponse, error) {
-	member, err := parseMember(req.GetMemberId())
-	if err != nil {
-		return nil, err
-	}
 	resp := &mcv1.ListBenefitsResponse{}
-	err = s.svc.read(ctx, member, s.svc.now(), func(st *State) error {
+	err := s.readMember(ctx, req.GetMemberId(), s.svc.now(), func(st *State) error {
 		for _, b := range s.svc.program().Benefits {
 			if g := st.Grants[b.ID]; g != nil {
 				resp.Benefits = append(resp.Benefits, &mcv1.Benefit{BenefitId: b.ID, Name: b.Name, Reason: grantReason(b, g),
@@ -487,13 +493,9 @@ func grantReason(b *BenefitDef, g *Grant) string {
 
 // ListCoupons implements BenefitsService.ListCoupons.
 func (s *Server) ListCoupons(ctx context.Context, req *mcv1.ListCouponsRequest) (*mcv1.ListCouponsResponse, error) {
-	member, err := parseMember(req.GetMemberId())
-	if err != nil {
-		return nil, err
-	}
 	now := s.svc.now()
 	resp := &mcv1.ListCouponsResponse{}
-	err = s.svc.read(ctx, member, now, func(st *State) error {
+	err := s.readMember(ctx, req.GetMemberId(), now, func(st *State) error {
 		cs := append([]*Coupon(nil), st.Coupons...)
 		sort.SliceStable(cs, func(i, j int) bool { return cs[i].IssuedAt.Before(cs[j].IssuedAt) })
 		for _, c := range cs {

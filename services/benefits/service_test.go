@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
@@ -63,8 +64,12 @@ func (f *fixture) commit(t testing.TB, c context.Context, req *mcv1.CommitReques
 	}
 }
 
-func ctx(t *testing.T) context.Context {
-	c, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+// ctx is a test's context: 30 s for its calls (ctxWithin for longer).
+func ctx(t *testing.T) context.Context { return ctxWithin(t, 30*time.Second) }
+
+// ctxWithin is a context that ends d from now or with the test.
+func ctxWithin(t testing.TB, d time.Duration) context.Context {
+	c, cancel := context.WithTimeout(context.Background(), d)
 	t.Cleanup(cancel)
 	return c
 }
@@ -73,6 +78,33 @@ func basket(order string, total int64) *mcv1.Basket {
 	return &mcv1.Basket{OrderId: order, Channel: mcv1.Channel_CHANNEL_POS, StoreId: "SH-1",
 		Total: &mcv1.Money{Currency: "CNY", AmountMinor: total},
 		Items: []*mcv1.LineItem{{Sku: "TEA", Category: "tea", Quantity: 1, Amount: &mcv1.Money{Currency: "CNY", AmountMinor: total}}}}
+}
+
+// memberWithCoupon makes a member with an order o1 of total (key k1) and a
+// claimed C10 coupon (key claim), whose code it returns.
+func (f *fixture) memberWithCoupon(t *testing.T, c context.Context, total int64) (member, code string) {
+	t.Helper()
+	member = f.member(t)
+	f.commit(t, c, &mcv1.CommitRequest{MemberId: member, Basket: basket("o1", total), IdempotencyKey: "k1"})
+	coupon, err := f.srv.ClaimCoupon(c, &mcv1.ClaimCouponRequest{MemberId: member, TemplateId: "C10", IdempotencyKey: "claim"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return member, coupon.GetCoupon().GetCode()
+}
+
+// benefitIDs lists the benefits the member holds, as ListBenefits does.
+func (f *fixture) benefitIDs(t *testing.T, c context.Context, member string) []string {
+	t.Helper()
+	resp, err := f.srv.ListBenefits(c, &mcv1.ListBenefitsRequest{MemberId: member})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, b := range resp.GetBenefits() {
+		ids = append(ids, b.GetBenefitId())
+	}
+	return ids
 }
 
 // rows counts what a refused request must leave alone.
@@ -133,18 +165,12 @@ func TestCommitIsIdempotentAndQuoteChangesNothing(t *testing.T) {
 func TestRefusedRequestsChangeNothing(t *testing.T) {
 	f := newFixture(t)
 	c := ctx(t)
-	m := f.member(t)
-	f.commit(t, c, &mcv1.CommitRequest{MemberId: m, Basket: basket("o1", 100_000), IdempotencyKey: "k1"})
-	coupon, err := f.srv.ClaimCoupon(c, &mcv1.ClaimCouponRequest{MemberId: m, TemplateId: "C10", IdempotencyKey: "claim"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	code := coupon.GetCoupon().GetCode()
+	m, code := f.memberWithCoupon(t, c, 100_000)
 	*f.clock = wed.Add(8 * 24 * time.Hour) // the first order's points are available now
 	before := f.rows(t)
 
-	redeem := func(points int64) *mcv1.Basket {
-		b := basket("o2", 100_000)
+	redeem := func(total, points int64) *mcv1.Basket {
+		b := basket("o2", total)
 		b.RedeemPoints = points
 		return b
 	}
@@ -157,42 +183,25 @@ func TestRefusedRequestsChangeNothing(t *testing.T) {
 	future.At = timestamppb.New(f.clock.Add(time.Hour))
 	usd := basket("o5", 100)
 	usd.Total.Currency = "USD"
+	commit := func(b *mcv1.Basket, key string) func() error {
+		return func() error {
+			_, err := f.srv.Commit(c, &mcv1.CommitRequest{MemberId: m, Basket: b, IdempotencyKey: key})
+			return err
+		}
+	}
 	cases := []struct {
 		name    string
 		call    func() error
 		refused bool // FailedPrecondition; otherwise InvalidArgument
 		want    string
 	}{
-		{"overspend", func() error {
-			_, err := f.srv.Commit(c, &mcv1.CommitRequest{MemberId: m, Basket: redeem(5_000), IdempotencyKey: "a"})
-			return err
-		}, true, "only 1010 points are available"},
-		{"points beyond half the basket", func() error {
-			b := basket("o2", 1_000)
-			b.RedeemPoints = 1_000
-			_, err := f.srv.Commit(c, &mcv1.CommitRequest{MemberId: m, Basket: b, IdempotencyKey: "b"})
-			return err
-		}, true, "at most 500"},
-		{"redeem not a multiple of 100", func() error {
-			_, err := f.srv.Commit(c, &mcv1.CommitRequest{MemberId: m, Basket: redeem(150), IdempotencyKey: "c"})
-			return err
-		}, true, "multiple of 100"},
-		{"coupon below its minimum spend", func() error {
-			_, err := f.srv.Commit(c, &mcv1.CommitRequest{MemberId: m, Basket: withCoupon(1_000, code), IdempotencyKey: "d"})
-			return err
-		}, true, "at least 5000"},
-		{"someone else's coupon", func() error {
-			_, err := f.srv.Commit(c, &mcv1.CommitRequest{MemberId: m, Basket: withCoupon(10_000, "C10-deadbeef-1"), IdempotencyKey: "e"})
-			return err
-		}, true, "does not belong"},
-		{"future basket", func() error {
-			_, err := f.srv.Commit(c, &mcv1.CommitRequest{MemberId: m, Basket: future, IdempotencyKey: "f"})
-			return err
-		}, false, "basket.at"},
-		{"unknown currency", func() error {
-			_, err := f.srv.Commit(c, &mcv1.CommitRequest{MemberId: m, Basket: usd, IdempotencyKey: "g"})
-			return err
-		}, false, "basket.total.currency"},
+		{"overspend", commit(redeem(100_000, 5_000), "a"), true, "only 1010 points are available"},
+		{"points beyond half the basket", commit(redeem(1_000, 1_000), "b"), true, "at most 500"},
+		{"redeem not a multiple of 100", commit(redeem(100_000, 150), "c"), true, "multiple of 100"},
+		{"coupon below its minimum spend", commit(withCoupon(1_000, code), "d"), true, "at least 5000"},
+		{"someone else's coupon", commit(withCoupon(10_000, "C10-deadbeef-1"), "e"), true, "does not belong"},
+		{"future basket", commit(future, "f"), false, "basket.at"},
+		{"unknown currency", commit(usd, "g"), false, "basket.total.currency"},
 		{"redeem too much", func() error {
 			_, err := f.srv.Redeem(c, &mcv1.RedeemRequest{MemberId: m, Points: 2_000, IdempotencyKey: "h"})
 			return err
@@ -212,7 +221,7 @@ func TestRefusedRequestsChangeNothing(t *testing.T) {
 		if tc.refused {
 			want = benefits.ErrRefused
 		}
-		if !errors.Is(err, want) || !contains(err.Error(), tc.want) {
+		if !errors.Is(err, want) || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: %v; want %v mentioning %q", tc.name, err, want, tc.want)
 		}
 	}
@@ -223,36 +232,18 @@ func TestRefusedRequestsChangeNothing(t *testing.T) {
 	f.commit(t, c, &mcv1.CommitRequest{MemberId: m, Basket: withCoupon(10_000, code), IdempotencyKey: "ok"})
 	b := withCoupon(10_000, code)
 	b.OrderId = "o6"
-	if _, err := f.srv.Commit(c, &mcv1.CommitRequest{MemberId: m, Basket: b, IdempotencyKey: "again"}); !errors.Is(err, benefits.ErrRefused) || !contains(err.Error(), "already used") {
+	if _, err := f.srv.Commit(c, &mcv1.CommitRequest{MemberId: m, Basket: b, IdempotencyKey: "again"}); !errors.Is(err, benefits.ErrRefused) || !strings.Contains(err.Error(), "already used") {
 		t.Fatalf("used coupon: %v", err)
 	}
-}
-
-func contains(s, sub string) bool {
-	return len(sub) == 0 || (len(s) >= len(sub) && indexOf(s, sub) >= 0)
-}
-
-func indexOf(s, sub string) int {
-	for i := 0; i+len(sub) <= len(s); i++ {
-		if s[i:i+len(sub)] == sub {
-			return i
-		}
-	}
-	return -1
 }
 
 func TestRefundReversesExactlyAndRestoresCoupons(t *testing.T) {
 	f := newFixture(t)
 	c := ctx(t)
-	m := f.member(t)
-	f.commit(t, c, &mcv1.CommitRequest{MemberId: m, Basket: basket("o1", 200_000), IdempotencyKey: "k1"})
-	coupon, err := f.srv.ClaimCoupon(c, &mcv1.ClaimCouponRequest{MemberId: m, TemplateId: "C10", IdempotencyKey: "claim"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	m, code := f.memberWithCoupon(t, c, 200_000)
 	*f.clock = wed.Add(8 * 24 * time.Hour)
 	b := basket("o2", 50_000)
-	b.CouponCodes = []string{coupon.GetCoupon().GetCode()}
+	b.CouponCodes = []string{code}
 	b.RedeemPoints = 1_000 // ¥10
 	commit, err := f.srv.Commit(c, &mcv1.CommitRequest{MemberId: m, Basket: b, IdempotencyKey: "k2"})
 	if err != nil {
@@ -277,7 +268,7 @@ func TestRefundReversesExactlyAndRestoresCoupons(t *testing.T) {
 		}
 		reversed += resp.GetPointsReversed()
 		restored += resp.GetPointsRestored()
-		if i == 1 && (len(resp.GetCouponsRestored()) != 1 || resp.GetCouponsRestored()[0] != coupon.GetCoupon().GetCode()) {
+		if i == 1 && (len(resp.GetCouponsRestored()) != 1 || resp.GetCouponsRestored()[0] != code) {
 			t.Fatalf("full refund restored coupons %v", resp.GetCouponsRestored())
 		}
 	}
@@ -322,17 +313,10 @@ func TestTierStatusAndBenefits(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.GetTier() != "silver" || st.GetNextTier() != "gold" || len(st.GetToReachNext()) != 2 || !contains(st.GetToReachNext()[0], "7500.00 more") {
+	if st.GetTier() != "silver" || st.GetNextTier() != "gold" || len(st.GetToReachNext()) != 2 || !strings.Contains(st.GetToReachNext()[0], "7500.00 more") {
 		t.Fatalf("status = %v", st)
 	}
-	ben, err := f.srv.ListBenefits(c, &mcv1.ListBenefitsRequest{MemberId: m})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var ids []string
-	for _, b := range ben.GetBenefits() {
-		ids = append(ids, b.GetBenefitId())
-	}
+	ids := f.benefitIDs(t, c, m)
 	if len(ids) != 2 || ids[0] != "priority_checkout" || ids[1] != "free_shipping" {
 		t.Fatalf("benefits = %v", ids)
 	}
@@ -353,9 +337,8 @@ func TestTierStatusAndBenefits(t *testing.T) {
 	if err != nil || n != 1 {
 		t.Fatalf("advance: %d, %v", n, err)
 	}
-	ben, _ = f.srv.ListBenefits(c, &mcv1.ListBenefitsRequest{MemberId: m})
-	if len(ben.GetBenefits()) != 0 {
-		t.Fatalf("benefits after the downgrade: %v", ben.GetBenefits())
+	if ids := f.benefitIDs(t, c, m); len(ids) != 0 {
+		t.Fatalf("benefits after the downgrade: %v", ids)
 	}
 	var moves int
 	if err := f.pool.QueryRow(c, `SELECT count(*) FROM tier_history WHERE reason = 'downgrade'`).Scan(&moves); err != nil || moves != 1 {

@@ -9,9 +9,6 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
-	metricnoop "go.opentelemetry.io/otel/metric/noop"
-	"go.opentelemetry.io/otel/propagation"
-	tracenoop "go.opentelemetry.io/otel/trace/noop"
 	"google.golang.org/protobuf/proto"
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
@@ -21,13 +18,6 @@ import (
 	"github.com/membercenter/membercenter/pipeline/kafka/kafkatest"
 	"github.com/membercenter/membercenter/services/changefeed"
 )
-
-func telemetry() kafka.Telemetry {
-	return kafka.Telemetry{
-		Tracers: tracenoop.NewTracerProvider(), Meters: metricnoop.NewMeterProvider(),
-		Propagator: propagation.TraceContext{}, Logger: slog.New(slog.DiscardHandler),
-	}
-}
 
 // signal is a log handler that signals on ch when a message contains msg.
 type signal struct {
@@ -51,7 +41,7 @@ func (s signal) WithGroup(string) slog.Handler      { return s }
 // runHub runs a hub until the test ends; ended receives what Run returned.
 func runHub(t *testing.T, cfg kafka.Config) (*changefeed.Hub, chan error) {
 	t.Helper()
-	return runHubWith(t, cfg, telemetry())
+	return runHubWith(t, cfg, kafkatest.Telemetry())
 }
 
 func runHubWith(t *testing.T, cfg kafka.Config, tel kafka.Telemetry) (*changefeed.Hub, chan error) {
@@ -89,7 +79,7 @@ func TestHubWaitsForAChangeLogStillBeingCreated(t *testing.T) {
 	cfg := kafkatest.Config(t)
 	cfg.Topics.MemberChanges += ".late"
 	waiting := make(chan struct{}, 100)
-	tel := telemetry()
+	tel := kafkatest.Telemetry()
 	tel.Logger = slog.New(signal{"waiting for the change log", waiting})
 	h, ended := runHubWith(t, cfg, tel)
 

@@ -15,10 +15,6 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/twmb/franz-go/pkg/kgo"
-	metricnoop "go.opentelemetry.io/otel/metric/noop"
-	"go.opentelemetry.io/otel/propagation"
-	tracenoop "go.opentelemetry.io/otel/trace/noop"
 	"google.golang.org/protobuf/proto"
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
@@ -33,11 +29,11 @@ import (
 	"github.com/membercenter/membercenter/services/changes"
 )
 
+// telemetry is kafkatest's, with warnings logged to the test's log.
 func telemetry(t *testing.T) kafka.Telemetry {
-	return kafka.Telemetry{
-		Tracers: tracenoop.NewTracerProvider(), Meters: metricnoop.NewMeterProvider(),
-		Propagator: propagation.TraceContext{}, Logger: slog.New(slog.NewTextHandler(testLog{t}, &slog.HandlerOptions{Level: slog.LevelWarn})),
-	}
+	tel := kafkatest.Telemetry()
+	tel.Logger = slog.New(slog.NewTextHandler(testLog{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	return tel
 }
 
 type testLog struct{ t *testing.T }
@@ -91,21 +87,27 @@ func (o *outbox) total() int {
 	return n
 }
 
-// published waits until every change is marked published.
-func published(t *testing.T, ctx context.Context, pool *pgxpool.Pool) {
+// published waits with wait (pgtest.Eventually, or the WaitFor of the
+// loops that must keep running meanwhile) until every change is marked
+// published.
+func published(t *testing.T, ctx context.Context, pool *pgxpool.Pool, wait func(testing.TB, string, func() (bool, error))) {
 	t.Helper()
-	deadline := time.Now().Add(2 * time.Minute)
-	for {
+	wait(t, "every change published", func() (bool, error) {
 		var left int
 		err := pool.QueryRow(ctx, `SELECT count(*) FROM outbox WHERE published_at IS NULL`).Scan(&left)
-		if err == nil && left == 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d changes unpublished after 2 minutes (%v)", left, err)
-		}
-		time.Sleep(20 * time.Millisecond)
+		return err == nil && left == 0, err
+	})
+}
+
+// runRelay runs a relay of cfg on pool's outbox until the loops stop.
+func runRelay(t *testing.T, ctx context.Context, cfg kafka.Config, pool *pgxpool.Pool) *pgtest.Loops {
+	t.Helper()
+	r, err := relay.New(cfg, telemetry(t), changes.Outbox{Pool: pool})
+	if err != nil {
+		t.Fatal(err)
 	}
+	t.Cleanup(r.Close)
+	return pgtest.StartLoops(ctx, r.Run)
 }
 
 // checkSequences fails unless got holds, per member, exactly the
@@ -133,37 +135,24 @@ func checkSequences(t *testing.T, what string, got []*mcv1.MemberChange, from ma
 	}
 }
 
-// readTopic reads every committed change on the topic.
-func readTopic(t *testing.T, ctx context.Context, cfg kafka.Config, want int) []*mcv1.MemberChange {
+// checkTopic fails unless the topic holds every change o wrote, once,
+// each member's in order. It reads with kafkatest.ReadTopic, which appends
+// a fence record to each partition: a hub following the topic would see
+// them, so it comes after every check of a subscriber.
+func checkTopic(t *testing.T, ctx context.Context, cfg kafka.Config, o *outbox) {
 	t.Helper()
-	cl, err := kgo.NewClient(kgo.SeedBrokers(cfg.Brokers...), kgo.ConsumeTopics(cfg.Topics.MemberChanges),
-		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.FetchIsolationLevel(kgo.ReadCommitted()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
-	var out []*mcv1.MemberChange
-	// Everything is published already; after the expected count, a quiet
-	// spell shows whether anything more (a duplicate) is there.
-	for {
-		wait := 2 * time.Minute
-		if len(out) >= want {
-			wait = 2 * time.Second
+	var onTopic []*mcv1.MemberChange
+	for _, r := range kafkatest.ReadTopic(t, ctx, cfg, cfg.Topics.MemberChanges) {
+		c := &mcv1.MemberChange{}
+		if err := proto.Unmarshal(r.Value, c); err != nil {
+			t.Fatal(err)
 		}
-		pctx, cancel := context.WithTimeout(ctx, wait)
-		fs := cl.PollFetches(pctx)
-		cancel()
-		if fs.NumRecords() == 0 && pctx.Err() != nil {
-			return out
-		}
-		fs.EachRecord(func(r *kgo.Record) {
-			c := &mcv1.MemberChange{}
-			if err := proto.Unmarshal(r.Value, c); err != nil {
-				t.Fatal(err)
-			}
-			out = append(out, c)
-		})
+		onTopic = append(onTopic, c)
 	}
+	if len(onTopic) != o.total() {
+		t.Errorf("%d changes on the topic, want %d", len(onTopic), o.total())
+	}
+	checkSequences(t, "topic", onTopic, nil, o.next)
 }
 
 // collector records what a subscription receives.
@@ -222,10 +211,8 @@ func relayCrash(t *testing.T, ctx context.Context, bin, failpoint string) {
 	cfg := kafkatest.Config(t)
 
 	hub := changefeed.NewHub(cfg, telemetry(t))
-	hubCtx, stopHub := context.WithCancel(ctx)
-	hubDone := make(chan error, 1)
-	go func() { hubDone <- hub.Run(hubCtx) }()
-	defer func() { stopHub(); <-hubDone }()
+	hubLoop := pgtest.StartLoops(ctx, hub.Run)
+	defer hubLoop.Stop(t)
 	<-hub.Ready()
 	live, start, err := hub.Subscribe(ctx, changefeed.Filter{})
 	if err != nil {
@@ -256,7 +243,7 @@ func relayCrash(t *testing.T, ctx context.Context, bin, failpoint string) {
 			t.Logf("relay A:\n%s", aLog.String())
 		}
 	}()
-	waitFor(t, "relay A leads", func() (bool, error) {
+	pgtest.Eventually(t, "relay A leads", func() (bool, error) {
 		var leader string
 		err := pool.QueryRow(ctx, `SELECT leader FROM relay_leaders`).Scan(&leader)
 		return leader == "relay-a", ignoreNoRows(err)
@@ -265,15 +252,8 @@ func relayCrash(t *testing.T, ctx context.Context, bin, failpoint string) {
 	// Relay B, the standby, waits for the lock in this process.
 	bCfg := cfg
 	bCfg.InstanceID = "relay-b"
-	b, err := relay.New(bCfg, telemetry(t), changes.Outbox{Pool: pool})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
-	bCtx, stopB := context.WithCancel(ctx)
-	bDone := make(chan error, 1)
-	go func() { bDone <- b.Run(bCtx) }()
-	defer func() { stopB(); <-bDone }()
+	b := runRelay(t, ctx, bCfg, pool)
+	defer b.Stop(t)
 
 	// 40 members × 3 changes: A's first batch commits, then A dies.
 	o := newOutbox(t, pool, 40)
@@ -297,7 +277,7 @@ func relayCrash(t *testing.T, ctx context.Context, bin, failpoint string) {
 	}
 
 	// B takes over: the batch in flight is settled, and B leads.
-	waitFor(t, "relay B leads with nothing in flight", func() (bool, error) {
+	b.WaitFor(t, "relay B leads with nothing in flight", func() (bool, error) {
 		var leader string
 		var inFlight int
 		err := pool.QueryRow(ctx, `SELECT (SELECT leader FROM relay_leaders), (SELECT count(*) FROM relay_batches)`).Scan(&leader, &inFlight)
@@ -305,18 +285,11 @@ func relayCrash(t *testing.T, ctx context.Context, bin, failpoint string) {
 	})
 	t.Logf("takeover: relay B led with the crashed batch settled %v after relay A was killed", time.Since(died).Round(time.Millisecond))
 	o.write(t, ctx, 2)
-	published(t, ctx, pool)
+	published(t, ctx, pool, b.WaitFor)
 	t.Logf("every change published %v after relay A was killed", time.Since(died).Round(time.Millisecond))
 
-	// The topic: every change once, in order per member.
-	onTopic := readTopic(t, ctx, cfg, o.total())
-	if len(onTopic) != o.total() {
-		t.Errorf("%d changes on the topic, want %d", len(onTopic), o.total())
-	}
-	checkSequences(t, "topic", onTopic, nil, o.next)
-
-	// The live subscriber: the same.
-	waitFor(t, "live subscriber has every change", func() (bool, error) {
+	// The live subscriber: every change once, in order per member.
+	pgtest.Eventually(t, "live subscriber has every change", func() (bool, error) {
 		got, _ := liveGot.snapshot()
 		return len(got) >= o.total(), nil
 	})
@@ -336,6 +309,9 @@ func relayCrash(t *testing.T, ctx context.Context, bin, failpoint string) {
 		t.Fatal(err)
 	}
 	checkSequences(t, "resumed subscriber", resumed, seen, o.next)
+
+	// The topic: the same.
+	checkTopic(t, ctx, cfg, o)
 	if !strings.Contains(aLog.String(), "failpoint "+failpoint+": crash") {
 		t.Errorf("relay A did not die at its failpoint:\n%s", aLog.String())
 	}
@@ -346,21 +322,6 @@ func ignoreNoRows(err error) error {
 		return nil
 	}
 	return err
-}
-
-func waitFor(t *testing.T, what string, cond func() (bool, error)) {
-	t.Helper()
-	deadline := time.Now().Add(2 * time.Minute)
-	for {
-		ok, err := cond()
-		if ok {
-			return
-		}
-		if err != nil || time.Now().After(deadline) {
-			t.Fatalf("%s: not within 2 minutes (%v)", what, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 // buildFaultsBinary builds membercenter with the faults tag (failpoints
@@ -388,43 +349,24 @@ func TestRelayRidesOutPostgresAndKafkaRestarts(t *testing.T) {
 	proxy := faulttest.NewProxy(t, cfg.Brokers[0])
 	viaProxy := cfg
 	viaProxy.Dial = proxy.Dial
-	r, err := relay.New(viaProxy, telemetry(t), changes.Outbox{Pool: pool})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	runCtx, stop := context.WithCancel(ctx)
-	ended := make(chan error, 1)
-	go func() { ended <- r.Run(runCtx) }()
+	// The relay must not end: every wait fails at once if it does.
+	r := runRelay(t, ctx, viaProxy, pool)
 
 	o := newOutbox(t, pool, 20)
 	o.write(t, ctx, 2)
-	published(t, ctx, pool)
+	published(t, ctx, pool, r.WaitFor)
 
 	if n, err := pgtest.TerminateBackends(ctx, pool); err != nil || n == 0 {
 		t.Fatalf("terminated %d sessions: %v", n, err)
 	}
 	o.write(t, ctx, 2)
-	published(t, ctx, pool)
+	published(t, ctx, pool, r.WaitFor)
 
 	proxy.Cut()
 	o.write(t, ctx, 2)
 	time.Sleep(2 * time.Second) // the outage lasts; nothing to wait for
 	proxy.Restore()
-	published(t, ctx, pool)
-
-	select {
-	case err := <-ended:
-		t.Fatalf("relay ended: %v", err)
-	default:
-	}
-	stop()
-	if err := <-ended; err != nil {
-		t.Errorf("relay: %v", err)
-	}
-	onTopic := readTopic(t, ctx, cfg, o.total())
-	if len(onTopic) != o.total() {
-		t.Errorf("%d changes on the topic, want %d", len(onTopic), o.total())
-	}
-	checkSequences(t, "topic", onTopic, nil, o.next)
+	published(t, ctx, pool, r.WaitFor)
+	r.Stop(t)
+	checkTopic(t, ctx, cfg, o)
 }

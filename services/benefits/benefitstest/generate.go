@@ -805,40 +805,44 @@ func (g *generator) labelTraffic(budget int, free []int, days int) int {
 			budget -= k
 		}
 	}
-	for l := 0; l < max(1, nMembers/25); l++ {
-		k := 1 + g.r.intn(3)
+	// quietBuyer gives a free member no random traffic, only the purchases
+	// of spans; false when the budget or the free members run out.
+	quietBuyer := func(spans ...purchaseSpan) bool {
+		k := 0
+		for _, s := range spans {
+			k += s.n
+		}
 		if k > budget {
-			break
+			return false
 		}
 		mi, ok := nextFree()
 		if !ok {
-			break
+			return false
 		}
 		g.members[mi].quiet = true
-		for range k {
-			g.add(&gslot{at: g.randTime(0, 45), member: mi, kind: gPurchase})
+		for _, s := range spans {
+			for range s.n {
+				g.add(&gslot{at: g.randTime(s.from, s.to), member: mi, kind: gPurchase})
+			}
 		}
 		budget -= k
+		return true
+	}
+	for l := 0; l < max(1, nMembers/25); l++ {
+		if !quietBuyer(purchaseSpan{n: 1 + g.r.intn(3), from: 0, to: 45}) {
+			break
+		}
 	}
 	if days > 400 {
 		for r := 0; r < max(1, nMembers/40); r++ {
 			k1, k2 := 1+g.r.intn(2), 1+g.r.intn(2)
-			if k1+k2 > budget {
+			if !quietBuyer(purchaseSpan{n: k1, from: 0, to: 30}, purchaseSpan{n: k2, from: days - 25, to: days}) {
 				break
 			}
-			mi, ok := nextFree()
-			if !ok {
-				break
-			}
-			g.members[mi].quiet = true
-			for range k1 {
-				g.add(&gslot{at: g.randTime(0, 30), member: mi, kind: gPurchase})
-			}
-			for range k2 {
-				g.add(&gslot{at: g.randTime(days-25, days), member: mi, kind: gPurchase})
-			}
-			budget -= k1 + k2
 		}
 	}
 	return budget
 }
+
+// purchaseSpan is n purchases on days [from, to) of the stream.
+type purchaseSpan struct{ n, from, to int }

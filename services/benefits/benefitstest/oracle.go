@@ -726,6 +726,23 @@ func (o *Oracle) effectiveTime(memberID string, occurred time.Time) time.Time {
 	return occurred
 }
 
+// eventCheck is a condition that makes an event unreadable (the platform
+// dead-letters it), and what to call it.
+type eventCheck struct {
+	bad  bool
+	what string
+}
+
+// refuse names the first of checks that holds, nil when none does.
+func refuse(ev *mcv1.MemberEvent, checks ...eventCheck) error {
+	for _, c := range checks {
+		if c.bad {
+			return fmt.Errorf("oracle: event %s: %s", ev.GetEventId(), c.what)
+		}
+	}
+	return nil
+}
+
 func (o *Oracle) apply(ev *mcv1.MemberEvent) error {
 	if ev == nil {
 		return errors.New("oracle: nil event")
@@ -749,17 +766,13 @@ func (o *Oracle) apply(ev *mcv1.MemberEvent) error {
 	switch p := ev.GetPayload().(type) {
 	case *mcv1.MemberEvent_Transaction:
 		tx := p.Transaction
-		switch {
-		case tx == nil:
-			return fmt.Errorf("oracle: event %s: empty transaction", ev.GetEventId())
-		case tx.GetOrderId() == "":
-			return fmt.Errorf("oracle: event %s: transaction without order_id", ev.GetEventId())
-		case tx.GetTotal() == nil:
-			return fmt.Errorf("oracle: event %s: transaction without total", ev.GetEventId())
-		case tx.GetTotal().GetAmountMinor() < 0:
-			return fmt.Errorf("oracle: event %s: negative total", ev.GetEventId())
-		case tx.GetPointsRedeemed() < 0:
-			return fmt.Errorf("oracle: event %s: negative points_redeemed", ev.GetEventId())
+		if err := refuse(ev,
+			eventCheck{tx == nil, "empty transaction"},
+			eventCheck{tx.GetOrderId() == "", "transaction without order_id"},
+			eventCheck{tx.GetTotal() == nil, "transaction without total"},
+			eventCheck{tx.GetTotal().GetAmountMinor() < 0, "negative total"},
+			eventCheck{tx.GetPointsRedeemed() < 0, "negative points_redeemed"}); err != nil {
+			return err
 		}
 		if o.orders[tx.GetOrderId()] != nil {
 			o.seen[ev.GetEventId()] = true
@@ -767,13 +780,11 @@ func (o *Oracle) apply(ev *mcv1.MemberEvent) error {
 		}
 	case *mcv1.MemberEvent_Refund:
 		r := p.Refund
-		switch {
-		case r == nil:
-			return fmt.Errorf("oracle: event %s: empty refund", ev.GetEventId())
-		case r.GetOrderId() == "":
-			return fmt.Errorf("oracle: event %s: refund without order_id", ev.GetEventId())
-		case r.GetAmount().GetAmountMinor() < 0:
-			return fmt.Errorf("oracle: event %s: negative refund amount", ev.GetEventId())
+		if err := refuse(ev,
+			eventCheck{r == nil, "empty refund"},
+			eventCheck{r.GetOrderId() == "", "refund without order_id"},
+			eventCheck{r.GetAmount().GetAmountMinor() < 0, "negative refund amount"}); err != nil {
+			return err
 		}
 		ord = o.orders[r.GetOrderId()]
 		if ord == nil || ord.Member != mid {

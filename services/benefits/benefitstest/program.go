@@ -266,6 +266,30 @@ func parseInstant(s string, loc *time.Location) (*time.Time, error) {
 	return nil, fmt.Errorf("%q is not a timestamp", s)
 }
 
+// choice returns v, or the first of allowed (the default) when v is empty;
+// ok says whether v is empty or one of allowed.
+func choice(v string, allowed ...string) (_ string, ok bool) {
+	if v == "" {
+		return allowed[0], true
+	}
+	return v, slices.Contains(allowed, v)
+}
+
+// intSet returns vs as a set (nil when vs is empty), each in 0..highest.
+func intSet(vs []int, highest int, what string) (map[int]bool, error) {
+	if len(vs) == 0 {
+		return nil, nil
+	}
+	set := map[int]bool{}
+	for _, v := range vs {
+		if v < 0 || v > highest {
+			return nil, fmt.Errorf("programme: %s %d", what, v)
+		}
+		set[v] = true
+	}
+	return set, nil
+}
+
 func newCELEnv() (*cel.Env, error) {
 	return cel.NewEnv(
 		cel.Variable("basket", cel.MapType(cel.StringType, cel.DynType)),
@@ -288,7 +312,6 @@ func parseProgram(src []byte) (*program, error) {
 	p := &program{
 		version:   raw.Version,
 		currency:  raw.Currency,
-		rounding:  raw.Rounding,
 		tierIndex: map[string]int{},
 		coupons:   map[string]*couponTemplate{},
 	}
@@ -304,12 +327,9 @@ func parseProgram(src []byte) (*program, error) {
 		return nil, fmt.Errorf("programme: timezone: %w", err)
 	}
 	p.loc = loc
-	switch p.rounding {
-	case "":
-		p.rounding = "floor"
-	case "floor", "round", "ceil":
-	default:
-		return nil, fmt.Errorf("programme: rounding %q", p.rounding)
+	var ok bool
+	if p.rounding, ok = choice(raw.Rounding, "floor", "round", "ceil"); !ok {
+		return nil, fmt.Errorf("programme: rounding %q", raw.Rounding)
 	}
 	if p.returnWindow, err = parseDuration(raw.ReturnWindow, 168*time.Hour); err != nil {
 		return nil, fmt.Errorf("programme: return_window: %w", err)
@@ -384,13 +404,11 @@ func parseProgram(src []byte) (*program, error) {
 		p.tierIndex[rt.ID] = i
 		p.tiers = append(p.tiers, t)
 	}
-	switch raw.Stacking {
-	case "", "additive":
-	case "best_of":
-		p.bestOf = true
-	default:
+	stacking, ok := choice(raw.Stacking, "additive", "best_of")
+	if !ok {
 		return nil, fmt.Errorf("programme: stacking %q", raw.Stacking)
 	}
+	p.bestOf = stacking == "best_of"
 
 	for _, rc := range raw.Coupons {
 		if rc.ID == "" {
@@ -433,23 +451,11 @@ func parseProgram(src []byte) (*program, error) {
 		if c.until, err = parseInstant(rc.Until, loc); err != nil {
 			return nil, fmt.Errorf("programme: campaign %s: until: %w", rc.ID, err)
 		}
-		if len(rc.Weekdays) > 0 {
-			c.weekdays = map[int]bool{}
-			for _, w := range rc.Weekdays {
-				if w < 0 || w > 6 {
-					return nil, fmt.Errorf("programme: campaign %s: weekday %d", rc.ID, w)
-				}
-				c.weekdays[w] = true
-			}
+		if c.weekdays, err = intSet(rc.Weekdays, 6, "campaign "+rc.ID+": weekday"); err != nil {
+			return nil, err
 		}
-		if len(rc.Hours) > 0 {
-			c.hours = map[int]bool{}
-			for _, h := range rc.Hours {
-				if h < 0 || h > 23 {
-					return nil, fmt.Errorf("programme: campaign %s: hour %d", rc.ID, h)
-				}
-				c.hours[h] = true
-			}
+		if c.hours, err = intSet(rc.Hours, 23, "campaign "+rc.ID+": hour"); err != nil {
+			return nil, err
 		}
 		if rc.Multiplier.set {
 			if c.multiplierBP, err = rc.Multiplier.scaled(10000, "campaign "+rc.ID+" multiplier"); err != nil {
@@ -487,7 +493,7 @@ func parseProgram(src []byte) (*program, error) {
 			return nil, fmt.Errorf("programme: benefit: missing or duplicate id %q", rb.ID)
 		}
 		seen[rb.ID] = true
-		b := benefit{id: rb.ID, minTier: -1, labels: rb.Labels, birthdayMonth: rb.BirthdayMonth, revoke: rb.Revoke, coupon: rb.Coupon}
+		b := benefit{id: rb.ID, minTier: -1, labels: rb.Labels, birthdayMonth: rb.BirthdayMonth, coupon: rb.Coupon}
 		for _, l := range rb.Labels {
 			if err := checkLabel(rb.ID, l); err != nil {
 				return nil, err
@@ -500,11 +506,7 @@ func parseProgram(src []byte) (*program, error) {
 			}
 			b.minTier = idx
 		}
-		switch b.revoke {
-		case "":
-			b.revoke = "immediate"
-		case "immediate", "end_of_month", "never":
-		default:
+		if b.revoke, ok = choice(rb.Revoke, "immediate", "end_of_month", "never"); !ok {
 			return nil, fmt.Errorf("programme: benefit %s: revoke %q", rb.ID, rb.Revoke)
 		}
 		if b.coupon != "" && p.coupons[b.coupon] == nil {
