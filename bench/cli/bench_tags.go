@@ -1283,7 +1283,7 @@ func (b *tagsBench) segments(ctx context.Context, client mcv1.ProfileServiceClie
 	count := func() error {
 		rctx, cancel := context.WithTimeout(ctx, b.timeout)
 		defer cancel()
-		resp, err := client.CountSegment(rctx, &mcv1.CountSegmentRequest{Expression: res.expr})
+		resp, err := client.CountSegment(rctx, &mcv1.CountSegmentRequest{Expression: res.expr, Purpose: mcv1.ConsentPurpose_CONSENT_PURPOSE_MARKETING})
 		if err != nil {
 			return err
 		}

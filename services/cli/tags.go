@@ -9,6 +9,8 @@ import (
 
 	"github.com/spf13/cobra"
 
+	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
+
 	"github.com/membercenter/membercenter/services/profile"
 	"github.com/membercenter/membercenter/services/tags"
 )
@@ -145,13 +147,26 @@ func segmentCmd(stdout, stderr io.Writer) *cobra.Command {
 		})
 	}
 	var showSQL bool
+	var purposeName string
+	// purpose is the --purpose flag's ConsentPurpose.
+	purpose := func() (mcv1.ConsentPurpose, error) {
+		p, ok := mcv1.ConsentPurpose_value["CONSENT_PURPOSE_"+strings.ToUpper(strings.ReplaceAll(purposeName, "-", "_"))]
+		if !ok || p == 0 {
+			return 0, fmt.Errorf("--purpose %q: what the segment is for, one of marketing, profiling, third-party-sharing, analytics (members without consent for it are left out)", purposeName)
+		}
+		return mcv1.ConsentPurpose(p), nil
+	}
 	count := &cobra.Command{
 		Use:   "count EXPRESSION",
 		Short: "Count the members whose current labels match, e.g. 'lifecycle_stage == \"loyal\" && affinity_coffee'",
 		Args:  cobra.ExactArgs(1),
 		RunE: withProfile(func(cmd *cobra.Command, args []string, ps *profile.Service) error {
 			start := time.Now()
-			n, q, err := ps.CountSegment(cmd.Context(), args[0])
+			p, err := purpose()
+			if err != nil {
+				return err
+			}
+			n, q, err := ps.CountSegment(cmd.Context(), args[0], p)
 			if err != nil {
 				return err
 			}
@@ -170,7 +185,11 @@ func segmentCmd(stdout, stderr io.Writer) *cobra.Command {
 		Args:  cobra.ExactArgs(1),
 		RunE: withProfile(func(cmd *cobra.Command, args []string, ps *profile.Service) error {
 			n := 0
-			err := ps.ExportSegment(cmd.Context(), args[0], 5000, func(ids []string) error {
+			p, err := purpose()
+			if err != nil {
+				return err
+			}
+			err = ps.ExportSegment(cmd.Context(), args[0], p, 5000, func(ids []string) error {
 				n += len(ids)
 				_, err := io.WriteString(stdout, strings.Join(ids, "\n")+"\n")
 				return err
@@ -181,6 +200,10 @@ func segmentCmd(stdout, stderr io.Writer) *cobra.Command {
 			fmt.Fprintf(stderr, "%d members\n", n)
 			return nil
 		}),
+	}
+	for _, c := range []*cobra.Command{count, export} {
+		c.Flags().StringVar(&purposeName, "purpose", "", "what the segment is for: marketing, profiling, third-party-sharing or analytics (required)")
+		_ = c.MarkFlagRequired("purpose")
 	}
 	cmd.AddCommand(count, export)
 	return cmd

@@ -203,7 +203,7 @@ func (s *Service) SetConsent(ctx context.Context, req *mcv1.SetConsentRequest, c
 		return nil, fmt.Errorf("%w: member_id: %v", ErrInvalid, err)
 	}
 	if _, ok := mcv1.ConsentPurpose_name[int32(req.GetPurpose())]; !ok || req.GetPurpose() == mcv1.ConsentPurpose_CONSENT_PURPOSE_UNSPECIFIED {
-		return nil, fmt.Errorf("%w: purpose: choose marketing, profiling or third-party sharing", ErrInvalid)
+		return nil, fmt.Errorf("%w: purpose: %s", ErrInvalid, purposes)
 	}
 	resp := &mcv1.SetConsentResponse{}
 	cause := "rpc:profile.SetConsent:" + req.GetIdempotencyKey()
@@ -232,8 +232,16 @@ func (s *Service) SetConsent(ctx context.Context, req *mcv1.SetConsentRequest, c
 			}
 			// Profiling consent (absent means granted) decides whether
 			// behavioural labels are computed.
-			if req.GetPurpose() == mcv1.ConsentPurpose_CONSENT_PURPOSE_PROFILING && (prev == nil || *prev != req.GetGranted()) {
-				if err := s.tags.Recompute(ctx, tx, member, cause, ch); err != nil {
+			if prev == nil || *prev != req.GetGranted() {
+				if req.GetPurpose() == mcv1.ConsentPurpose_CONSENT_PURPOSE_PROFILING {
+					if err := s.tags.Recompute(ctx, tx, member, cause, ch); err != nil {
+						return err
+					}
+				}
+				// Segments for a purpose read the member's consents from
+				// the profile in ClickHouse: export it again (within
+				// seconds).
+				if err := postgres.RequeueProfileExport(ctx, tx, member); err != nil {
 					return err
 				}
 			}
@@ -275,9 +283,26 @@ func (s *Service) Segment(expr string) (*segment.Query, error) {
 	return c.Compile(expr)
 }
 
-// CountSegment counts the members a segment expression matches.
-func (s *Service) CountSegment(ctx context.Context, expr string) (uint64, *segment.Query, error) {
+// purposes names the purposes a request may give.
+const purposes = "choose marketing, profiling, third-party sharing or analytics"
+
+// segmentFor compiles expr restricted to the members who consent to p.
+func (s *Service) segmentFor(expr string, p mcv1.ConsentPurpose) (*segment.Query, error) {
+	col, ok := tags.ConsentColumn(p)
+	if !ok {
+		return nil, fmt.Errorf("%w: purpose: what the segment is for is required (members without consent for it are left out); %s", ErrInvalid, purposes)
+	}
 	q, err := s.Segment(expr)
+	if err != nil {
+		return nil, err
+	}
+	return q.Consenting(col)
+}
+
+// CountSegment counts the members a segment expression matches among those
+// who consent to purpose.
+func (s *Service) CountSegment(ctx context.Context, expr string, purpose mcv1.ConsentPurpose) (uint64, *segment.Query, error) {
+	q, err := s.segmentFor(expr, purpose)
 	if err != nil {
 		return 0, nil, err
 	}
@@ -288,9 +313,10 @@ func (s *Service) CountSegment(ctx context.Context, expr string) (uint64, *segme
 	return n, q, err
 }
 
-// ExportSegment streams the matching member ids in batches.
-func (s *Service) ExportSegment(ctx context.Context, expr string, batch int, fn func([]string) error) error {
-	q, err := s.Segment(expr)
+// ExportSegment streams the matching member ids who consent to purpose in
+// batches.
+func (s *Service) ExportSegment(ctx context.Context, expr string, purpose mcv1.ConsentPurpose, batch int, fn func([]string) error) error {
+	q, err := s.segmentFor(expr, purpose)
 	if err != nil {
 		return err
 	}

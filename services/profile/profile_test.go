@@ -146,12 +146,27 @@ func TestBadProfileRequestsChangeNothing(t *testing.T) {
 			return err
 		}, "not found"},
 		{"segment with an unknown label", func() error {
-			_, err := f.srv.CountSegment(c, &mcv1.CountSegmentRequest{Expression: "lifecycle_stage == \"loyal\" && spend_30dd > 10"})
+			_, err := f.srv.CountSegment(c, &mcv1.CountSegmentRequest{Expression: "lifecycle_stage == \"loyal\" && spend_30dd > 10",
+				Purpose: mcv1.ConsentPurpose_CONSENT_PURPOSE_MARKETING})
 			if status.Code(err) != codes.InvalidArgument {
 				return errors.New("not InvalidArgument: " + err.Error())
 			}
 			return err
 		}, `1:31: unknown label "spend_30dd"`},
+		{"segment without a purpose", func() error {
+			_, err := f.srv.CountSegment(c, &mcv1.CountSegmentRequest{Expression: "lifecycle_stage == \"loyal\""})
+			if status.Code(err) != codes.InvalidArgument {
+				return errors.New("not InvalidArgument: " + err.Error())
+			}
+			return err
+		}, "what the segment is for is required"},
+		{"segment for an unknown purpose", func() error {
+			_, err := f.srv.CountSegment(c, &mcv1.CountSegmentRequest{Expression: "lifecycle_stage == \"loyal\"", Purpose: mcv1.ConsentPurpose(42)})
+			if status.Code(err) != codes.InvalidArgument {
+				return errors.New("not InvalidArgument: " + err.Error())
+			}
+			return err
+		}, "purpose"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := tc.call()

@@ -55,7 +55,7 @@ func (s *Server) SetConsent(ctx context.Context, req *mcv1.SetConsentRequest) (*
 
 // CountSegment implements ProfileService.CountSegment.
 func (s *Server) CountSegment(ctx context.Context, req *mcv1.CountSegmentRequest) (*mcv1.CountSegmentResponse, error) {
-	n, q, err := s.svc.CountSegment(ctx, req.GetExpression())
+	n, q, err := s.svc.CountSegment(ctx, req.GetExpression(), req.GetPurpose())
 	if err != nil {
 		return nil, segmentStatus(err)
 	}
@@ -68,7 +68,7 @@ func (s *Server) ExportSegment(req *mcv1.ExportSegmentRequest, stream grpc.Serve
 	if batch == 0 {
 		batch = 1000
 	}
-	err := s.svc.ExportSegment(stream.Context(), req.GetExpression(), batch, func(ids []string) error {
+	err := s.svc.ExportSegment(stream.Context(), req.GetExpression(), req.GetPurpose(), batch, func(ids []string) error {
 		return stream.Send(&mcv1.ExportSegmentResponse{MemberIds: ids})
 	})
 	return segmentStatus(err)

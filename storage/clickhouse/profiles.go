@@ -72,13 +72,40 @@ func CheckLabelID(id string) error {
 	return nil
 }
 
-// profileFixed are member_profiles' columns that are not labels.
-var profileFixed = []struct{ name, typ string }{
-	{"member_id", "String"},
-	{"version", "UInt64"},
-	{"updated_at", "DateTime"},
-	{"catalog_version", "String"},
-	{"behavioural_withheld", "UInt8"},
+// profileFixed are member_profiles' columns that are not labels. A column
+// with a default was added after the table's first release: a table
+// without it gets it (ALTER ... ADD COLUMN with the default).
+var profileFixed = []struct{ name, typ, def string }{
+	{"member_id", "String", ""},
+	{"version", "UInt64", ""},
+	{"updated_at", "DateTime", ""},
+	{"catalog_version", "String", ""},
+	{"behavioural_withheld", "UInt8", ""},
+	{ConsentMarketing, "UInt8", "1"},
+	{ConsentProfiling, "UInt8", "1"},
+	{ConsentThirdParty, "UInt8", "0"},
+	{ConsentAnalytics, "UInt8", "1"},
+}
+
+// The consent columns of member_profiles: 1 when the member consents to
+// the purpose (by decision or by default), 0 otherwise. A use of profiles
+// for a purpose filters on its column (segment.Query.For); the analyst
+// views keep the members who consent to analytics.
+const (
+	ConsentMarketing  = "consent_marketing"
+	ConsentProfiling  = "consent_profiling"
+	ConsentThirdParty = "consent_third_party"
+	ConsentAnalytics  = "consent_analytics"
+)
+
+// Consent is a member's consent per purpose, as member_profiles holds it.
+// Its zero value is a member who never decided: consenting to marketing,
+// profiling and analytics, not to third-party sharing.
+type Consent struct {
+	// Withdrawn: no consent to the purpose.
+	NoMarketing, NoProfiling, NoAnalytics bool
+	// Granted: consent to sharing with third parties.
+	ThirdParty bool
 }
 
 // validateProfileColumns checks names and types and that no label shadows a
@@ -135,7 +162,7 @@ func ensureProfiles(ctx context.Context, nodes []driver.Conn, l layout, cols []P
 	}
 	var defs []string
 	for _, f := range profileFixed {
-		defs = append(defs, quoteIdent(f.name)+" "+f.typ)
+		defs = append(defs, fixedDef(f.name, f.typ, f.def))
 	}
 	for _, c := range cols {
 		t, _ := c.SQLType()
@@ -169,8 +196,16 @@ func ensureProfiles(ctx context.Context, nodes []driver.Conn, l layout, cols []P
 	return nil
 }
 
+// fixedDef is a fixed column's definition.
+func fixedDef(name, typ, def string) string {
+	if def == "" {
+		return quoteIdent(name) + " " + typ
+	}
+	return quoteIdent(name) + " " + typ + " DEFAULT " + def
+}
+
 // ensureProfileTable creates table with create if missing and adds the
-// label columns it lacks.
+// fixed and label columns it lacks.
 func ensureProfileTable(ctx context.Context, conn driver.Conn, table, create string, cols []ProfileColumn) error {
 	if err := conn.Exec(ctx, create); err != nil {
 		return fmt.Errorf("create %s: %w", table, err)
@@ -184,8 +219,7 @@ func ensureProfileTable(ctx context.Context, conn driver.Conn, table, create str
 	}
 	adds := make([]string, len(missing))
 	for i, c := range missing {
-		t, _ := c.SQLType()
-		adds[i] = "ADD COLUMN " + quoteIdent(c.Name) + " " + t
+		adds[i] = "ADD COLUMN " + c
 	}
 	// 18.16 has no ADD COLUMN IF NOT EXISTS: when another process added
 	// the same columns first, the ALTER fails and the re-read below
@@ -196,32 +230,38 @@ func ensureProfileTable(ctx context.Context, conn driver.Conn, table, create str
 		return err
 	}
 	if len(still) > 0 {
-		return fmt.Errorf("add %d label columns to %s: %w", len(still), table, alterErr)
+		return fmt.Errorf("add %d columns to %s: %w", len(still), table, alterErr)
 	}
 	return nil
 }
 
 // missingProfileColumns reads member_profiles' columns, refuses type
-// conflicts, and returns the label columns not there yet.
-func missingProfileColumns(ctx context.Context, conn driver.Conn, table string, cols []ProfileColumn) ([]ProfileColumn, error) {
+// conflicts, and returns the definitions of the columns not there yet: the
+// fixed columns added since the table's first release, then the labels'.
+func missingProfileColumns(ctx context.Context, conn driver.Conn, table string, cols []ProfileColumn) ([]string, error) {
 	have, err := tableColumns(ctx, conn, table)
 	if err != nil {
 		return nil, err
 	}
 	var errs []error
+	var missing []string
 	for _, f := range profileFixed {
-		if t, ok := have[f.name]; !ok || t != f.typ {
+		t, ok := have[f.name]
+		if !ok && f.def != "" {
+			missing = append(missing, fixedDef(f.name, f.typ, f.def))
+			continue
+		}
+		if !ok || t != f.typ {
 			errs = append(errs, fmt.Errorf("%s.%s is %q, want %s (a table of that name that member center did not create?)",
 				table, f.name, t, f.typ))
 		}
 	}
-	var missing []ProfileColumn
 	for _, c := range cols {
 		want, _ := c.SQLType()
 		got, ok := have[c.Name]
 		switch {
 		case !ok:
-			missing = append(missing, c)
+			missing = append(missing, quoteIdent(c.Name)+" "+want)
 		case got != want:
 			errs = append(errs, fmt.Errorf("label %q is %s in the catalogue but %s.%s is %s: a label's type cannot change under the same id",
 				c.Name, c.Type, table, c.Name, got))
@@ -282,7 +322,7 @@ func ensureViews(ctx context.Context, conn driver.Conn, cols []ProfileColumn) er
 		typ[c.Name] = c.Type
 	}
 	views := map[string]string{
-		"current_profiles": "SELECT * FROM " + ProfilesTable + " FINAL",
+		"current_profiles": "SELECT * FROM " + ProfilesTable + " FINAL WHERE " + ConsentAnalytics + " = 1",
 		"daily_kpis":       dailyKPIsView(typ[labelLTV] == LabelNumber),
 	}
 	if len(cols) > 0 {
@@ -382,7 +422,7 @@ func labelDistributionView(cols []ProfileColumn) string {
 			v = "toString(" + col + ")"
 		}
 		parts[i] = "    SELECT '" + c.Name + "' AS label_id, CAST(" + v + " AS Nullable(String)) AS value, count() AS members\n" +
-			"    FROM " + ProfilesTable + " FINAL\n    GROUP BY value"
+			"    FROM " + ProfilesTable + " FINAL\n    WHERE " + ConsentAnalytics + " = 1\n    GROUP BY value"
 	}
 	return "SELECT label_id, value, members\nFROM (\n" + strings.Join(parts, "\n    UNION ALL\n") + "\n)"
 }
@@ -402,7 +442,7 @@ func rfmMatrixView(haveM, haveLTV bool) string {
     ` + m + ` AS avg_m_score,
     ` + ltv + ` AS avg_ltv_365d
 FROM ` + ProfilesTable + ` FINAL
-WHERE isNotNull(` + quoteIdent(labelRScore) + `) AND isNotNull(` + quoteIdent(labelFScore) + `)
+WHERE isNotNull(` + quoteIdent(labelRScore) + `) AND isNotNull(` + quoteIdent(labelFScore) + `) AND ` + ConsentAnalytics + ` = 1
 GROUP BY r_score, f_score`
 }
 
@@ -415,13 +455,13 @@ func lifecycleFunnelView() string {
     stage,
     toUInt8(if(indexOf(` + stages + `, stage) = 0, 99, indexOf(` + stages + `, stage))) AS stage_order,
     members,
-    members / nullIf((SELECT count() FROM ` + ProfilesTable + ` FINAL WHERE isNotNull(` + col + `)), 0) AS share
+    members / nullIf((SELECT count() FROM ` + ProfilesTable + ` FINAL WHERE isNotNull(` + col + `) AND ` + ConsentAnalytics + ` = 1), 0) AS share
 FROM (
     SELECT stage, sum(n) AS members
     FROM (
         SELECT assumeNotNull(` + col + `) AS stage, count() AS n
         FROM ` + ProfilesTable + ` FINAL
-        WHERE isNotNull(` + col + `)
+        WHERE isNotNull(` + col + `) AND ` + ConsentAnalytics + ` = 1
         GROUP BY stage
         UNION ALL
         SELECT arrayJoin(` + stages + `) AS stage, toUInt64(0) AS n
@@ -560,6 +600,8 @@ type ProfileRow struct {
 	// Withheld is set when the member withdrew profiling consent: their
 	// behavioural labels are absent.
 	Withheld bool
+	// Consent is the member's consent per purpose.
+	Consent Consent
 	// Values by label id: bool for bool labels, string for enum labels,
 	// float64 (or a Go integer) for number labels. A missing key, a nil
 	// value or a NaN number is stored as NULL (absent). Keys that are not
@@ -594,7 +636,8 @@ func (w *Writer) InsertProfiles(ctx context.Context, cols []ProfileColumn, rows 
 			withheld = 1
 		}
 		a := make([]any, 0, len(names))
-		a = append(a, r.MemberID, r.Version, r.UpdatedAt.UTC(), r.CatalogVersion, withheld)
+		a = append(a, r.MemberID, r.Version, r.UpdatedAt.UTC(), r.CatalogVersion, withheld,
+			flag(!r.Consent.NoMarketing), flag(!r.Consent.NoProfiling), flag(r.Consent.ThirdParty), flag(!r.Consent.NoAnalytics))
 		for _, c := range cols {
 			v, err := profileValue(c, r.Values[c.Name])
 			if err != nil {
@@ -618,6 +661,13 @@ func (w *Writer) InsertProfiles(ctx context.Context, cols []ProfileColumn, rows 
 		return fmt.Errorf("insert %s: %w", ProfilesTable, err)
 	}
 	return nil
+}
+
+func flag(b bool) uint8 {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // profileValue converts a label value to the pointer type of its Nullable

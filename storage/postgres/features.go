@@ -173,6 +173,9 @@ type ProfileExport struct {
 	CatalogVersion       string
 	UpdatedAt            time.Time
 	Withheld             bool // profiling consent withdrawn
+	// The member's consent decisions: bit p set for ConsentPurpose p
+	// granted, or withdrawn; a purpose in neither was never decided.
+	ConsentGranted, ConsentWithdrawn int32
 }
 
 // PendingProfileExports reads up to limit queued members' labels, oldest
@@ -181,17 +184,22 @@ func PendingProfileExports(ctx context.Context, q Querier, limit int) ([]Profile
 	rows, err := q.Query(ctx, `
 		SELECT q.member_id, q.version, f.labels_pb, CASE WHEN f.labels_pb IS NULL THEN coalesce(f.labels, '{}'::jsonb) END,
 		       coalesce(f.catalog_version, ''),
-		       coalesce(f.updated_at, now()), coalesce(NOT c.granted, false)
+		       coalesce(f.updated_at, now()), coalesce(c.withdrawn & (1 << $2::int), 0) <> 0,
+		       coalesce(c.granted, 0), coalesce(c.withdrawn, 0)
 		  FROM (SELECT member_id, version FROM profile_exports ORDER BY queued_at LIMIT $1) q
 		  LEFT JOIN member_features f ON f.member_id = q.member_id
-		  LEFT JOIN member_consents c ON c.member_id = q.member_id AND c.purpose = $2`,
+		  LEFT JOIN LATERAL (
+		       SELECT bit_or(CASE WHEN granted THEN 1 << purpose::int ELSE 0 END) AS granted,
+		              bit_or(CASE WHEN granted THEN 0 ELSE 1 << purpose::int END) AS withdrawn
+		         FROM member_consents WHERE member_id = q.member_id) c ON true`,
 		limit, ConsentProfiling)
 	if err != nil {
 		return nil, fmt.Errorf("read profile exports: %w", err)
 	}
 	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (ProfileExport, error) {
 		var e ProfileExport
-		err := row.Scan(&e.Member, &e.Version, &e.LabelsPB, &e.LabelsJSON, &e.CatalogVersion, &e.UpdatedAt, &e.Withheld)
+		err := row.Scan(&e.Member, &e.Version, &e.LabelsPB, &e.LabelsJSON, &e.CatalogVersion, &e.UpdatedAt, &e.Withheld,
+			&e.ConsentGranted, &e.ConsentWithdrawn)
 		return e, err
 	})
 	if err != nil {
@@ -372,6 +380,18 @@ func QueueLabelMembershipBatch(b *pgx.Batch, changes []LabelMembership, at time.
 			ON CONFLICT (member_id, label_id) DO UPDATE SET value = EXCLUDED.value, updated_at = EXCLUDED.updated_at`,
 			setM, setL, at)
 	}
+}
+
+// RequeueProfileExport queues the member's profile for ClickHouse again
+// under a new version (its consents changed; its labels may not have): the
+// features row's version is raised, so the new row replaces the old. A
+// member without features yet is queued at version 0. Run it holding the
+// member's row lock, as the tag worker writes the features under it.
+func RequeueProfileExport(ctx context.Context, q Querier, member uuid.UUID) error {
+	return exec(ctx, q, "requeue profile export", `WITH v AS (
+		UPDATE member_features SET version = version + 1, updated_at = now() WHERE member_id = $1 RETURNING version)
+		INSERT INTO profile_exports (member_id, version) SELECT $1, coalesce((SELECT version FROM v), 0)
+		ON CONFLICT (member_id) DO UPDATE SET version = EXCLUDED.version, queued_at = now()`, member)
 }
 
 // QueueProfileExports queues members' labels of the given versions for

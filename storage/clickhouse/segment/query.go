@@ -13,6 +13,20 @@ import (
 // DefaultBatch is Export's batch size when none is given.
 const DefaultBatch = 1000
 
+// Consenting is q restricted to the members who consent to a purpose: its
+// member_profiles consent column (clickhouse.ConsentMarketing, ...). Every
+// use of a segment for a purpose goes through it.
+func (q *Query) Consenting(column string) (*Query, error) {
+	switch column {
+	case clickhouse.ConsentMarketing, clickhouse.ConsentProfiling, clickhouse.ConsentThirdParty, clickhouse.ConsentAnalytics:
+	default:
+		return nil, fmt.Errorf("segment: %q is not a consent column", column)
+	}
+	c := *q
+	c.Where = "(" + q.Where + ") AND " + column + " = 1"
+	return &c, nil
+}
+
 // Count is the number of members whose current profile (the newest version,
 // member_profiles FINAL) matches q.
 func Count(ctx context.Context, conn driver.Conn, q *Query) (uint64, error) {

@@ -87,14 +87,25 @@ func (IdentityChangeKind) EnumDescriptor() ([]byte, []int) {
 	return file_membercenter_v1_events_proto_rawDescGZIP(), []int{0}
 }
 
-// ConsentPurpose is what a member may consent to.
+// ConsentPurpose is what a member may consent to, and what a use of member
+// data declares it is for (segment counts and exports): members without
+// consent for the purpose are left out. A member who never decided counts
+// as consenting to marketing, profiling (personalisation) and analytics,
+// and as not consenting to third-party sharing, which PIPL art. 23 wants
+// consented to separately.
 type ConsentPurpose int32
 
 const (
-	ConsentPurpose_CONSENT_PURPOSE_UNSPECIFIED         ConsentPurpose = 0
-	ConsentPurpose_CONSENT_PURPOSE_MARKETING           ConsentPurpose = 1
-	ConsentPurpose_CONSENT_PURPOSE_PROFILING           ConsentPurpose = 2
+	ConsentPurpose_CONSENT_PURPOSE_UNSPECIFIED ConsentPurpose = 0
+	// Marketing messages and campaigns.
+	ConsentPurpose_CONSENT_PURPOSE_MARKETING ConsentPurpose = 1
+	// Profiling and personalisation: behavioural labels are computed only
+	// with it.
+	ConsentPurpose_CONSENT_PURPOSE_PROFILING ConsentPurpose = 2
+	// Providing the member's data to a third party.
 	ConsentPurpose_CONSENT_PURPOSE_THIRD_PARTY_SHARING ConsentPurpose = 3
+	// Analytics on the member's data (the analyst views in ClickHouse).
+	ConsentPurpose_CONSENT_PURPOSE_ANALYTICS ConsentPurpose = 4
 )
 
 // Enum value maps for ConsentPurpose.
@@ -104,12 +115,14 @@ var (
 		1: "CONSENT_PURPOSE_MARKETING",
 		2: "CONSENT_PURPOSE_PROFILING",
 		3: "CONSENT_PURPOSE_THIRD_PARTY_SHARING",
+		4: "CONSENT_PURPOSE_ANALYTICS",
 	}
 	ConsentPurpose_value = map[string]int32{
 		"CONSENT_PURPOSE_UNSPECIFIED":         0,
 		"CONSENT_PURPOSE_MARKETING":           1,
 		"CONSENT_PURPOSE_PROFILING":           2,
 		"CONSENT_PURPOSE_THIRD_PARTY_SHARING": 3,
+		"CONSENT_PURPOSE_ANALYTICS":           4,
 	}
 )
 
@@ -2711,12 +2724,13 @@ const file_membercenter_v1_events_proto_rawDesc = "" +
 	"\x1bIDENTITY_CHANGE_KIND_MERGED\x10\x03\x12!\n" +
 	"\x1dIDENTITY_CHANGE_KIND_UNMERGED\x10\x04\x12&\n" +
 	"\"IDENTITY_CHANGE_KIND_MERGE_REFUSED\x10\x05\x12*\n" +
-	"&IDENTITY_CHANGE_KIND_CONFLICT_RECORDED\x10\x06*\x98\x01\n" +
+	"&IDENTITY_CHANGE_KIND_CONFLICT_RECORDED\x10\x06*\xb7\x01\n" +
 	"\x0eConsentPurpose\x12\x1f\n" +
 	"\x1bCONSENT_PURPOSE_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19CONSENT_PURPOSE_MARKETING\x10\x01\x12\x1d\n" +
 	"\x19CONSENT_PURPOSE_PROFILING\x10\x02\x12'\n" +
-	"#CONSENT_PURPOSE_THIRD_PARTY_SHARING\x10\x03*\xaa\x01\n" +
+	"#CONSENT_PURPOSE_THIRD_PARTY_SHARING\x10\x03\x12\x1d\n" +
+	"\x19CONSENT_PURPOSE_ANALYTICS\x10\x04*\xaa\x01\n" +
 	"\vCouponState\x12\x1c\n" +
 	"\x18COUPON_STATE_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13COUPON_STATE_ISSUED\x10\x01\x12\x15\n" +

@@ -567,7 +567,10 @@ type CountSegmentRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// A boolean expression over label ids, e.g.
 	// `lifecycle_stage == "loyal" && spend_band_90d in ["high", "top"] && !churn_risk_high`.
-	Expression    string `protobuf:"bytes,1,opt,name=expression,proto3" json:"expression,omitempty"`
+	Expression string `protobuf:"bytes,1,opt,name=expression,proto3" json:"expression,omitempty"`
+	// What the count is for: members without consent for it are not
+	// counted. Required.
+	Purpose       ConsentPurpose `protobuf:"varint,2,opt,name=purpose,proto3,enum=membercenter.v1.ConsentPurpose" json:"purpose,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -607,6 +610,13 @@ func (x *CountSegmentRequest) GetExpression() string {
 		return x.Expression
 	}
 	return ""
+}
+
+func (x *CountSegmentRequest) GetPurpose() ConsentPurpose {
+	if x != nil {
+		return x.Purpose
+	}
+	return ConsentPurpose_CONSENT_PURPOSE_UNSPECIFIED
 }
 
 type CountSegmentResponse struct {
@@ -666,7 +676,10 @@ type ExportSegmentRequest struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
 	Expression string                 `protobuf:"bytes,1,opt,name=expression,proto3" json:"expression,omitempty"`
 	// Members per response message (default 1000).
-	BatchSize     uint32 `protobuf:"varint,2,opt,name=batch_size,json=batchSize,proto3" json:"batch_size,omitempty"`
+	BatchSize uint32 `protobuf:"varint,2,opt,name=batch_size,json=batchSize,proto3" json:"batch_size,omitempty"`
+	// What the export is for: members without consent for it are left out.
+	// Required.
+	Purpose       ConsentPurpose `protobuf:"varint,3,opt,name=purpose,proto3,enum=membercenter.v1.ConsentPurpose" json:"purpose,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -713,6 +726,13 @@ func (x *ExportSegmentRequest) GetBatchSize() uint32 {
 		return x.BatchSize
 	}
 	return 0
+}
+
+func (x *ExportSegmentRequest) GetPurpose() ConsentPurpose {
+	if x != nil {
+		return x.Purpose
+	}
+	return ConsentPurpose_CONSENT_PURPOSE_UNSPECIFIED
 }
 
 type ExportSegmentResponse struct {
@@ -1032,22 +1052,26 @@ const file_membercenter_v1_profile_proto_rawDesc = "" +
 	"\n" +
 	"GivenEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"A\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x88\x01\n" +
 	"\x13CountSegmentRequest\x12*\n" +
 	"\n" +
 	"expression\x18\x01 \x01(\tB\n" +
 	"\xbaH\ar\x05\x10\x01\x18\x80 R\n" +
-	"expression\"B\n" +
+	"expression\x12E\n" +
+	"\apurpose\x18\x02 \x01(\x0e2\x1f.membercenter.v1.ConsentPurposeB\n" +
+	"\xbaH\a\x82\x01\x04\x10\x01 \x00R\apurpose\"B\n" +
 	"\x14CountSegmentResponse\x12\x18\n" +
 	"\amembers\x18\x01 \x01(\x04R\amembers\x12\x10\n" +
-	"\x03sql\x18\x02 \x01(\tR\x03sql\"k\n" +
+	"\x03sql\x18\x02 \x01(\tR\x03sql\"\xb2\x01\n" +
 	"\x14ExportSegmentRequest\x12*\n" +
 	"\n" +
 	"expression\x18\x01 \x01(\tB\n" +
 	"\xbaH\ar\x05\x10\x01\x18\x80 R\n" +
 	"expression\x12'\n" +
 	"\n" +
-	"batch_size\x18\x02 \x01(\rB\b\xbaH\x05*\x03\x18\x90NR\tbatchSize\"6\n" +
+	"batch_size\x18\x02 \x01(\rB\b\xbaH\x05*\x03\x18\x90NR\tbatchSize\x12E\n" +
+	"\apurpose\x18\x03 \x01(\x0e2\x1f.membercenter.v1.ConsentPurposeB\n" +
+	"\xbaH\a\x82\x01\x04\x10\x01 \x00R\apurpose\"6\n" +
 	"\x15ExportSegmentResponse\x12\x1d\n" +
 	"\n" +
 	"member_ids\x18\x01 \x03(\tR\tmemberIds\"\xbe\x02\n" +
@@ -1132,27 +1156,29 @@ var file_membercenter_v1_profile_proto_depIdxs = []int32{
 	6,  // 8: membercenter.v1.ListLabelsResponse.labels:type_name -> membercenter.v1.LabelDefinition
 	7,  // 9: membercenter.v1.LabelDefinition.examples:type_name -> membercenter.v1.LabelExample
 	17, // 10: membercenter.v1.LabelExample.given:type_name -> membercenter.v1.LabelExample.GivenEntry
-	18, // 11: membercenter.v1.UpdateAttributesRequest.attributes:type_name -> membercenter.v1.UpdateAttributesRequest.AttributesEntry
-	0,  // 12: membercenter.v1.UpdateAttributesResponse.profile:type_name -> membercenter.v1.Profile
-	21, // 13: membercenter.v1.SetConsentRequest.purpose:type_name -> membercenter.v1.ConsentPurpose
-	1,  // 14: membercenter.v1.SetConsentResponse.consent:type_name -> membercenter.v1.Consent
-	2,  // 15: membercenter.v1.ProfileService.GetProfile:input_type -> membercenter.v1.GetProfileRequest
-	4,  // 16: membercenter.v1.ProfileService.ListLabels:input_type -> membercenter.v1.ListLabelsRequest
-	12, // 17: membercenter.v1.ProfileService.UpdateAttributes:input_type -> membercenter.v1.UpdateAttributesRequest
-	14, // 18: membercenter.v1.ProfileService.SetConsent:input_type -> membercenter.v1.SetConsentRequest
-	8,  // 19: membercenter.v1.ProfileService.CountSegment:input_type -> membercenter.v1.CountSegmentRequest
-	10, // 20: membercenter.v1.ProfileService.ExportSegment:input_type -> membercenter.v1.ExportSegmentRequest
-	3,  // 21: membercenter.v1.ProfileService.GetProfile:output_type -> membercenter.v1.GetProfileResponse
-	5,  // 22: membercenter.v1.ProfileService.ListLabels:output_type -> membercenter.v1.ListLabelsResponse
-	13, // 23: membercenter.v1.ProfileService.UpdateAttributes:output_type -> membercenter.v1.UpdateAttributesResponse
-	15, // 24: membercenter.v1.ProfileService.SetConsent:output_type -> membercenter.v1.SetConsentResponse
-	9,  // 25: membercenter.v1.ProfileService.CountSegment:output_type -> membercenter.v1.CountSegmentResponse
-	11, // 26: membercenter.v1.ProfileService.ExportSegment:output_type -> membercenter.v1.ExportSegmentResponse
-	21, // [21:27] is the sub-list for method output_type
-	15, // [15:21] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	21, // 11: membercenter.v1.CountSegmentRequest.purpose:type_name -> membercenter.v1.ConsentPurpose
+	21, // 12: membercenter.v1.ExportSegmentRequest.purpose:type_name -> membercenter.v1.ConsentPurpose
+	18, // 13: membercenter.v1.UpdateAttributesRequest.attributes:type_name -> membercenter.v1.UpdateAttributesRequest.AttributesEntry
+	0,  // 14: membercenter.v1.UpdateAttributesResponse.profile:type_name -> membercenter.v1.Profile
+	21, // 15: membercenter.v1.SetConsentRequest.purpose:type_name -> membercenter.v1.ConsentPurpose
+	1,  // 16: membercenter.v1.SetConsentResponse.consent:type_name -> membercenter.v1.Consent
+	2,  // 17: membercenter.v1.ProfileService.GetProfile:input_type -> membercenter.v1.GetProfileRequest
+	4,  // 18: membercenter.v1.ProfileService.ListLabels:input_type -> membercenter.v1.ListLabelsRequest
+	12, // 19: membercenter.v1.ProfileService.UpdateAttributes:input_type -> membercenter.v1.UpdateAttributesRequest
+	14, // 20: membercenter.v1.ProfileService.SetConsent:input_type -> membercenter.v1.SetConsentRequest
+	8,  // 21: membercenter.v1.ProfileService.CountSegment:input_type -> membercenter.v1.CountSegmentRequest
+	10, // 22: membercenter.v1.ProfileService.ExportSegment:input_type -> membercenter.v1.ExportSegmentRequest
+	3,  // 23: membercenter.v1.ProfileService.GetProfile:output_type -> membercenter.v1.GetProfileResponse
+	5,  // 24: membercenter.v1.ProfileService.ListLabels:output_type -> membercenter.v1.ListLabelsResponse
+	13, // 25: membercenter.v1.ProfileService.UpdateAttributes:output_type -> membercenter.v1.UpdateAttributesResponse
+	15, // 26: membercenter.v1.ProfileService.SetConsent:output_type -> membercenter.v1.SetConsentResponse
+	9,  // 27: membercenter.v1.ProfileService.CountSegment:output_type -> membercenter.v1.CountSegmentResponse
+	11, // 28: membercenter.v1.ProfileService.ExportSegment:output_type -> membercenter.v1.ExportSegmentResponse
+	23, // [23:29] is the sub-list for method output_type
+	17, // [17:23] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_membercenter_v1_profile_proto_init() }
