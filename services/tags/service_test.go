@@ -176,6 +176,15 @@ func (f *fixture) labels(t *testing.T, m uuid.UUID) map[string]any {
 	return l
 }
 
+// wantLabel reports an error unless member m's label id is want; when
+// says after what.
+func (f *fixture) wantLabel(t *testing.T, m uuid.UUID, id string, want any, when string) {
+	t.Helper()
+	if got := f.labels(t, m)[id]; got != want {
+		t.Errorf("%s = %v %s; want %v", id, got, when, want)
+	}
+}
+
 // labelChanges returns the LabelsChanged changes in the member's outbox.
 func (f *fixture) labelChanges(t *testing.T, m uuid.UUID) []*mcv1.LabelsChanged {
 	t.Helper()
@@ -215,9 +224,7 @@ func TestApplyComputesLabelsOnceAndWritesTheChange(t *testing.T) {
 	}
 	// Redelivery changes nothing.
 	f.apply(t, c, ev)
-	if got := f.labels(t, m)["spend_30d_value"]; got != 30.0 {
-		t.Errorf("redelivered event counted twice: spend %v", got)
-	}
+	f.wantLabel(t, m, "spend_30d_value", 30.0, "after a redelivery (counted twice?)")
 	lc := f.labelChanges(t, m)
 	if len(lc) != 1 {
 		t.Fatalf("%d label changes in the outbox, want 1", len(lc))
@@ -265,9 +272,7 @@ func TestMissingFieldsAreAbsent(t *testing.T) {
 	}
 	// A purchase with lines decides it; the one without does not dilute it.
 	f.apply(t, c, purchase("e2", m, t0.Add(-30*time.Minute), 1000, "coffee"))
-	if got := f.labels(t, m)["coffee_lover"]; got != true {
-		t.Errorf("coffee_lover = %v after a coffee basket; want true", got)
-	}
+	f.wantLabel(t, m, "coffee_lover", true, "after a coffee basket")
 }
 
 // TestWindowExpiresOnTime: with no further event, the sweep clears
@@ -341,9 +346,7 @@ func TestCheckInRecomputesOnlyWhatItCanChange(t *testing.T) {
 			OccurredAt: timestamppb.New(t0.Add(time.Duration(i-3) * time.Minute)), Payload: &mcv1.MemberEvent_CheckIn{CheckIn: &mcv1.CheckIn{}}}
 		f.apply(t, c, ev)
 	}
-	if got := f.labels(t, m)["checkin_fan"]; got != true {
-		t.Errorf("checkin_fan = %v after three check-ins", got)
-	}
+	f.wantLabel(t, m, "checkin_fan", true, "after three check-ins")
 }
 
 // TestConsentWithdrawalWithholdsBehaviouralLabels: profiling consent
