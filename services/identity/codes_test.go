@@ -485,32 +485,18 @@ func TestMemberCodeConcurrentFirstIssues(t *testing.T) {
 	const members, calls = 5, 8
 	for m := 0; m < members; m++ {
 		member := f.newMember(t, fmt.Sprintf("+86139000001%02d", m))
-		codes := make(chan string, calls)
-		errs := make(chan error, calls)
-		start := make(chan struct{})
-		var wg sync.WaitGroup
-		for i := 0; i < calls; i++ {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				<-start
-				c, err := f.svc.IssueMemberCode(authCtx(t), member)
-				if err != nil {
-					errs <- err
-					return
-				}
-				codes <- c.Code
-			}()
-		}
-		close(start)
-		wg.Wait()
-		close(codes)
-		close(errs)
-		for err := range errs {
-			t.Errorf("member %d: concurrent first issue: %v", m, err)
-		}
+		codes := make([]string, calls)
+		errs := atOnce(calls, func(i int) error {
+			c, err := f.svc.IssueMemberCode(authCtx(t), member)
+			codes[i] = c.Code
+			return err
+		})
 		var first string
-		for c := range codes {
+		for i, c := range codes {
+			if errs[i] != nil {
+				t.Errorf("member %d: concurrent first issue: %v", m, errs[i])
+				continue
+			}
 			if first == "" {
 				first = c
 			}
@@ -528,19 +514,8 @@ func TestMemberCodeConcurrentFirstIssues(t *testing.T) {
 // accepted and every other is refused with refusal.
 func acceptedOnce(t *testing.T, n int, what string, refusal error, call func(i int) error) {
 	t.Helper()
-	errs := make(chan error, n)
-	var wg sync.WaitGroup
-	for i := 0; i < n; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs <- call(i)
-		}()
-	}
-	wg.Wait()
-	close(errs)
 	accepted := 0
-	for err := range errs {
+	for _, err := range atOnce(n, call) {
 		switch {
 		case err == nil:
 			accepted++
