@@ -2,10 +2,6 @@ package identity_test
 
 import (
 	"context"
-	"crypto/hmac"
-	"crypto/rand"
-	"crypto/sha256"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"strconv"
@@ -104,6 +100,14 @@ func (f authFixture) markMerged(t *testing.T, member, target uuid.UUID) {
 	}
 }
 
+// mergedMember is a new member recorded as merged into target.
+func (f authFixture) mergedMember(t *testing.T, e164 string, target uuid.UUID) uuid.UUID {
+	t.Helper()
+	m := f.newMember(t, e164)
+	f.markMerged(t, m, target)
+	return m
+}
+
 // wantCount fails the test at once unless table holds want rows; msg
 // formats the count it holds.
 func (f authFixture) wantCount(t *testing.T, table string, want int, msg string) {
@@ -136,6 +140,15 @@ func (f authFixture) verify(t *testing.T, code string, at time.Time) (uuid.UUID,
 	t.Helper()
 	f.clock.Set(at)
 	return f.svc.VerifyMemberCode(authCtx(t), code, identity.CodeUse{StoreID: "SH-001", TerminalID: "POS-01"})
+}
+
+// wantAccepted fails the test at once unless code, scanned at at, is
+// accepted as member's; what names the scan.
+func (f authFixture) wantAccepted(t *testing.T, code string, at time.Time, member uuid.UUID, what string) {
+	t.Helper()
+	if id, err := f.verify(t, code, at); err != nil || id != member {
+		t.Fatalf("%s: %v, %v; want %s", what, id, err, member)
+	}
 }
 
 func TestMemberCodeRoundTrip(t *testing.T) {
@@ -180,10 +193,7 @@ func TestMemberCodeRoundTrip(t *testing.T) {
 	if next.Code == resp.GetCode() {
 		t.Fatal("the code did not change with the step")
 	}
-	id, err := f.verify(t, next.QRPayload, authEpoch.Add(31*time.Second))
-	if err != nil || id != member {
-		t.Fatalf("verify QR payload: %v, %v; want %s", id, err, member)
-	}
+	f.wantAccepted(t, next.QRPayload, authEpoch.Add(31*time.Second), member, "verify QR payload")
 
 	// The secret is stored encrypted (12-byte nonce + 32 + 16-byte tag) and
 	// each use is recorded with where it happened.
@@ -241,14 +251,10 @@ func TestMemberCodeClockSkew(t *testing.T) {
 
 	// Scanned up to one step after its own (the last second of the next step).
 	c := f.issue(t, late, authEpoch)
-	if id, err := f.verify(t, c.Code, authEpoch.Add(54*time.Second)); err != nil || id != late {
-		t.Fatalf("code one step old: %v, %v", id, err)
-	}
+	f.wantAccepted(t, c.Code, authEpoch.Add(54*time.Second), late, "code one step old")
 	// The phone's clock is a step ahead of the server's.
 	c = f.issue(t, early, authEpoch.Add(30*time.Second))
-	if id, err := f.verify(t, c.Code, authEpoch); err != nil || id != early {
-		t.Fatalf("code one step ahead: %v, %v", id, err)
-	}
+	f.wantAccepted(t, c.Code, authEpoch, early, "code one step ahead")
 }
 
 func TestMemberCodeRefusals(t *testing.T) {
@@ -311,17 +317,14 @@ func TestMemberCodeRefusals(t *testing.T) {
 	if _, err := f.pool.Exec(ctx, `DELETE FROM member_code_failures WHERE member_no = $1`, f.memberNo(t, member)); err != nil {
 		t.Fatal(err)
 	}
-	if id, err := f.verify(t, c.Code, authEpoch); err != nil || id != member {
-		t.Fatalf("valid code once the lock is cleared: %v, %v", id, err)
-	}
+	f.wantAccepted(t, c.Code, authEpoch, member, "valid code once the lock is cleared")
 }
 
 func TestIssueMemberCodeRefusals(t *testing.T) {
 	f := newAuthFixture(t)
 	ctx := authCtx(t)
 	target := f.newMember(t, "+8613900000001")
-	merged := f.newMember(t, "+8613900000002")
-	f.markMerged(t, merged, target)
+	merged := f.mergedMember(t, "+8613900000002", target)
 	if _, err := f.svc.IssueMemberCode(ctx, uuid.Must(uuid.NewV7())); !errors.Is(err, postgres.ErrNotFound) {
 		t.Fatalf("unknown member: %v, want ErrNotFound", err)
 	}
@@ -332,53 +335,6 @@ func TestIssueMemberCodeRefusals(t *testing.T) {
 		t.Fatalf("malformed member id: %v, want ErrBadID", err)
 	}
 	f.wantCount(t, "member_code_secrets", 0, "refused issues wrote %d code secrets")
-}
-
-// refTOTP is an independent RFC 6238 implementation (HMAC-SHA256, 30 s
-// step, 6 digits) to check identity.TOTP against.
-func refTOTP(secret []byte, unix int64) string {
-	counter := make([]byte, 8)
-	binary.BigEndian.PutUint64(counter, uint64(unix/30))
-	mac := hmac.New(sha256.New, secret)
-	mac.Write(counter)
-	h := mac.Sum(nil)
-	o := int(h[31] & 0xf)
-	v := (uint32(h[o])&0x7f)<<24 | uint32(h[o+1])<<16 | uint32(h[o+2])<<8 | uint32(h[o+3])
-	return fmt.Sprintf("%06d", v%1000000)
-}
-
-func TestTOTPKnownAnswers(t *testing.T) {
-	// RFC 6238 appendix B, SHA-256 column: the 8-digit values' last six digits.
-	seed := []byte("12345678901234567890123456789012")
-	for _, tc := range []struct {
-		unix int64
-		want string
-	}{
-		{59, "119246"},
-		{1111111109, "084774"},
-		{1111111111, "062674"},
-		{1234567890, "819424"},
-		{2000000000, "698825"},
-		{20000000000, "737706"},
-	} {
-		if ref := refTOTP(seed, tc.unix); ref != tc.want {
-			t.Fatalf("reference TOTP at %d = %s, RFC says %s", tc.unix, ref, tc.want)
-		}
-		if got := identity.TOTP(seed, time.Unix(tc.unix, 0)); got != tc.want {
-			t.Errorf("TOTP at %d = %s, want %s", tc.unix, got, tc.want)
-		}
-	}
-	// Random secrets and times against the reference.
-	for i := 0; i < 200; i++ {
-		secret := make([]byte, 32)
-		_, _ = rand.Read(secret)
-		var b [8]byte
-		_, _ = rand.Read(b[:])
-		unix := int64(binary.BigEndian.Uint64(b[:]) % 4_000_000_000)
-		if got, want := identity.TOTP(secret, time.Unix(unix, 0)), refTOTP(secret, unix); got != want {
-			t.Fatalf("TOTP(%x, %d) = %s, reference %s", secret, unix, got, want)
-		}
-	}
 }
 
 func TestMemberCodeConcurrentScansAcceptOnce(t *testing.T) {

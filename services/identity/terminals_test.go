@@ -82,6 +82,26 @@ func signAssertionBytes(from string, signer termDevice, b []byte) *mcv1.VerifyDe
 	return &mcv1.VerifyDeviceAssertionRequest{DeviceId: from, Assertion: b, Signature: ed25519.Sign(signer.priv, b)}
 }
 
+// refusal is a request a table of refusals wants refused with want.
+type refusal[R any] struct {
+	name string
+	req  R
+	want error
+}
+
+// wantRefusals runs each refusal as a subtest: call, given its request,
+// must return an error that is its want.
+func wantRefusals[R any](t *testing.T, cases []refusal[R], call func(t *testing.T, req R) error) {
+	t.Helper()
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := call(t, tc.req); !errors.Is(err, tc.want) {
+				t.Fatalf("got %v, want %v", err, tc.want)
+			}
+		})
+	}
+}
+
 func TestRegisterTerminal(t *testing.T) {
 	f := newAuthFixture(t)
 	ctx := authCtx(t)
@@ -106,24 +126,17 @@ func TestRegisterTerminal(t *testing.T) {
 	}
 
 	other := newTermDevice(t, "SH-001-POS-02")
-	for _, tc := range []struct {
-		name string
-		req  *mcv1.RegisterTerminalRequest
-		want error
-	}{
+	wantRefusals(t, []refusal[*mcv1.RegisterTerminalRequest]{
 		{"same id, another key", &mcv1.RegisterTerminalRequest{TerminalId: d.id, StoreId: "SH-001", PublicKey: other.pub, IdempotencyKey: "k1"}, identity.ErrTerminalExists},
 		{"same id, another store", &mcv1.RegisterTerminalRequest{TerminalId: d.id, StoreId: "SH-002", PublicKey: d.pub, IdempotencyKey: "k2"}, identity.ErrTerminalExists},
 		{"another id, same key", &mcv1.RegisterTerminalRequest{TerminalId: other.id, StoreId: "SH-001", PublicKey: d.pub, IdempotencyKey: "k3"}, identity.ErrTerminalExists},
 		{"short key", &mcv1.RegisterTerminalRequest{TerminalId: other.id, StoreId: "SH-001", PublicKey: other.pub[:31], IdempotencyKey: "k4"}, identity.ErrInvalidTerminal},
 		{"no store", &mcv1.RegisterTerminalRequest{TerminalId: other.id, PublicKey: other.pub, IdempotencyKey: "k5"}, identity.ErrInvalidTerminal},
 		{"idempotency key reused", &mcv1.RegisterTerminalRequest{TerminalId: other.id, StoreId: "SH-001", PublicKey: other.pub, IdempotencyKey: "register-" + d.id}, changes.ErrKeyReused},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			if _, err := f.srv.RegisterTerminal(ctx, tc.req); !errors.Is(err, tc.want) {
-				t.Fatalf("got %v, want %v", err, tc.want)
-			}
-		})
-	}
+	}, func(_ *testing.T, req *mcv1.RegisterTerminalRequest) error {
+		_, err := f.srv.RegisterTerminal(ctx, req)
+		return err
+	})
 	f.wantCount(t, "terminals", 1, "%d terminals, want 1")
 }
 
@@ -206,8 +219,7 @@ func TestVerifyDeviceAssertionRefusals(t *testing.T) {
 	f := newAuthFixture(t)
 	ctx := authCtx(t)
 	member := f.newMember(t, "+8613900000001")
-	merged := f.newMember(t, "+8613900000002")
-	f.markMerged(t, merged, member)
+	merged := f.mergedMember(t, "+8613900000002", member)
 	d := newTermDevice(t, "SH-001-POS-01")
 	peer := newTermDevice(t, "SH-001-POS-02")
 	revoked := newTermDevice(t, "SH-001-POS-03")
@@ -225,11 +237,7 @@ func TestVerifyDeviceAssertionRefusals(t *testing.T) {
 		return signAssertion(t, d.id, d, a)
 	}
 	good := func() *mcv1.VerifyDeviceAssertionRequest { return with(func(*mcv1.DeviceAssertion) {}) }
-	cases := []struct {
-		name string
-		req  *mcv1.VerifyDeviceAssertionRequest
-		want error
-	}{
+	wantRefusals(t, []refusal[*mcv1.VerifyDeviceAssertionRequest]{
 		{"bad signature", func() *mcv1.VerifyDeviceAssertionRequest {
 			r := good()
 			r.Signature[10] ^= 0x01
@@ -265,16 +273,11 @@ func TestVerifyDeviceAssertionRefusals(t *testing.T) {
 		{"member id not a UUID", with(func(a *mcv1.DeviceAssertion) { a.MemberId = "m-1" }), identity.ErrAssertionInvalid},
 		{"unknown member", with(func(a *mcv1.DeviceAssertion) { a.MemberId = uuid.NewString() }), identity.ErrAssertionInvalid},
 		{"merged member", with(func(a *mcv1.DeviceAssertion) { a.MemberId = merged.String() }), identity.ErrAssertionInvalid},
-	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			_, err := f.srv.VerifyDeviceAssertion(ctx, tc.req)
-			if !errors.Is(err, tc.want) {
-				t.Fatalf("got %v, want %v", err, tc.want)
-			}
-			f.wantCount(t, "assertion_nonces", 0, "refused assertion wrote %d nonces")
-		})
-	}
+	}, func(t *testing.T, req *mcv1.VerifyDeviceAssertionRequest) error {
+		_, err := f.srv.VerifyDeviceAssertion(ctx, req)
+		f.wantCount(t, "assertion_nonces", 0, "refused assertion wrote %d nonces")
+		return err
+	})
 }
 
 func TestVerifyDeviceAssertionReplay(t *testing.T) {
