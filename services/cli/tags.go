@@ -15,24 +15,15 @@ import (
 
 func tagsCmd(stdout, stderr io.Writer) *cobra.Command {
 	cmd := &cobra.Command{Use: "tags", Short: "The label catalogue and its backfill (docs/analytics.md)"}
-	load := &cobra.Command{
-		Use:   "load FILE",
-		Short: "Validate a label catalogue and make it the newest version; running services switch to it within seconds",
-		Long: `Validate a label catalogue (every label's expression, types, cycles, duplicate
+	load := loadCmd(stdout, stderr, "Validate a label catalogue and make it the newest version; running services switch to it within seconds",
+		`Validate a label catalogue (every label's expression, types, cycles, duplicate
 ids and worked examples) and store it as the newest version. A catalogue that
 fails validation is refused with every problem named by label, and the running
 catalogue stays in place. After loading, run 'membercenter tags backfill' to
 recompute every member's labels from history.`,
-		Args: cobra.ExactArgs(1),
-		RunE: withFile(stderr, func(cmd *cobra.Command, e *env, src []byte) error {
-			c, err := tags.LoadCatalog(cmd.Context(), e.p.Pool(), src)
-			if err != nil {
-				return err
-			}
-			fmt.Fprintf(stdout, "label catalogue %s loaded: %d labels, %d purchase filters\n", c.Version, len(c.Labels), len(c.Filters))
-			return nil
-		}),
-	}
+		tags.LoadCatalog, func(c *tags.Catalog) string {
+			return fmt.Sprintf("label catalogue %s loaded: %d labels, %d purchase filters", c.Version, len(c.Labels), len(c.Filters))
+		})
 	check := &cobra.Command{
 		Use:   "check [FILE]",
 		Short: "Validate a label catalogue (the shipped one without FILE) and run its worked examples",
