@@ -58,17 +58,11 @@ func newAuthFixture(t *testing.T) authFixture {
 	return authFixture{svc: svc, srv: identity.NewServer(svc), pool: pool, clock: clock}
 }
 
-func authCtx(t *testing.T) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	t.Cleanup(cancel)
-	return ctx
-}
-
 // newMember creates a member the way a channel would: by resolving a phone
 // number with create_if_missing.
 func (f authFixture) newMember(t *testing.T, e164 string) uuid.UUID {
 	t.Helper()
-	resp, err := f.svc.Resolve(authCtx(t), &mcv1.ResolveRequest{
+	resp, err := f.svc.Resolve(ctxT(t), &mcv1.ResolveRequest{
 		Identifiers:     []*mcv1.Identifier{{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_PHONE, Value: e164}},
 		Channel:         mcv1.Channel_CHANNEL_APP,
 		CreateIfMissing: true,
@@ -95,7 +89,7 @@ func (f authFixture) count(t *testing.T, table string) int {
 // markMerged records member as merged into target, as a merge leaves it.
 func (f authFixture) markMerged(t *testing.T, member, target uuid.UUID) {
 	t.Helper()
-	if _, err := f.pool.Exec(authCtx(t), `UPDATE members SET status = 'merged', merged_into = $2 WHERE member_id = $1`, member, target); err != nil {
+	if _, err := f.pool.Exec(ctxT(t), `UPDATE members SET status = 'merged', merged_into = $2 WHERE member_id = $1`, member, target); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -129,7 +123,7 @@ func (f authFixture) memberNo(t *testing.T, id uuid.UUID) int64 {
 func (f authFixture) issue(t *testing.T, id uuid.UUID, at time.Time) identity.MemberCode {
 	t.Helper()
 	f.clock.Set(at)
-	c, err := f.svc.IssueMemberCode(authCtx(t), id)
+	c, err := f.svc.IssueMemberCode(ctxT(t), id)
 	if err != nil {
 		t.Fatalf("issue code: %v", err)
 	}
@@ -139,7 +133,7 @@ func (f authFixture) issue(t *testing.T, id uuid.UUID, at time.Time) identity.Me
 func (f authFixture) verify(t *testing.T, code string, at time.Time) (uuid.UUID, error) {
 	t.Helper()
 	f.clock.Set(at)
-	return f.svc.VerifyMemberCode(authCtx(t), code, identity.CodeUse{StoreID: "SH-001", TerminalID: "POS-01"})
+	return f.svc.VerifyMemberCode(ctxT(t), code, identity.CodeUse{StoreID: "SH-001", TerminalID: "POS-01"})
 }
 
 // wantAccepted fails the test at once unless code, scanned at at, is
@@ -153,7 +147,7 @@ func (f authFixture) wantAccepted(t *testing.T, code string, at time.Time, membe
 
 func TestMemberCodeRoundTrip(t *testing.T) {
 	f := newAuthFixture(t)
-	ctx := authCtx(t)
+	ctx := ctxT(t)
 	first := f.newMember(t, "+8613900000001")
 	member := f.newMember(t, "+8613900000002")
 	if a, b := f.memberNo(t, first), f.memberNo(t, member); a < 1 || b <= a {
@@ -259,7 +253,7 @@ func TestMemberCodeClockSkew(t *testing.T) {
 
 func TestMemberCodeRefusals(t *testing.T) {
 	f := newAuthFixture(t)
-	ctx := authCtx(t)
+	ctx := ctxT(t)
 	member := f.newMember(t, "+8613900000001")
 	other := f.newMember(t, "+8613900000002")       // issued a code, valid, but not the one scanned
 	neverIssued := f.newMember(t, "+8613900000003") // has a number but no secret
@@ -322,7 +316,7 @@ func TestMemberCodeRefusals(t *testing.T) {
 
 func TestIssueMemberCodeRefusals(t *testing.T) {
 	f := newAuthFixture(t)
-	ctx := authCtx(t)
+	ctx := ctxT(t)
 	target := f.newMember(t, "+8613900000001")
 	merged := f.mergedMember(t, "+8613900000002", target)
 	if _, err := f.svc.IssueMemberCode(ctx, uuid.Must(uuid.NewV7())); !errors.Is(err, postgres.ErrNotFound) {
@@ -342,7 +336,7 @@ func TestMemberCodeConcurrentScansAcceptOnce(t *testing.T) {
 	member := f.newMember(t, "+8613900000001")
 	c := f.issue(t, member, authEpoch)
 	acceptedOnce(t, 8, "scans", identity.ErrCodeUsed, func(i int) error {
-		_, err := f.svc.VerifyMemberCode(authCtx(t), c.Code, identity.CodeUse{TerminalID: fmt.Sprintf("POS-%d", i)})
+		_, err := f.svc.VerifyMemberCode(ctxT(t), c.Code, identity.CodeUse{TerminalID: fmt.Sprintf("POS-%d", i)})
 		return err
 	})
 	f.wantCount(t, "member_code_uses", 1, "%d code uses, want 1")
@@ -352,7 +346,7 @@ func TestMemberCodeConcurrentScansAcceptOnce(t *testing.T) {
 // refused: the use row's primary key decides, not the earlier read.
 func TestMemberCodeScanRacingUncommittedUse(t *testing.T) {
 	f := newAuthFixture(t)
-	ctx := authCtx(t)
+	ctx := ctxT(t)
 	member := f.newMember(t, "+8613900000001")
 	c := f.issue(t, member, authEpoch)
 	tx, err := f.pool.Begin(ctx)
@@ -443,7 +437,7 @@ func TestMemberCodeConcurrentFirstIssues(t *testing.T) {
 		member := f.newMember(t, fmt.Sprintf("+86139000001%02d", m))
 		codes := make([]string, calls)
 		errs := atOnce(calls, func(i int) error {
-			c, err := f.svc.IssueMemberCode(authCtx(t), member)
+			c, err := f.svc.IssueMemberCode(ctxT(t), member)
 			codes[i] = c.Code
 			return err
 		})

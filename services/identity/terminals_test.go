@@ -37,7 +37,7 @@ func newTermDevice(t *testing.T, id string) termDevice {
 
 func (f authFixture) register(t *testing.T, d termDevice) *mcv1.Terminal {
 	t.Helper()
-	resp, err := f.srv.RegisterTerminal(authCtx(t), &mcv1.RegisterTerminalRequest{
+	resp, err := f.srv.RegisterTerminal(ctxT(t), &mcv1.RegisterTerminalRequest{
 		TerminalId: d.id, StoreId: "SH-001", PublicKey: d.pub, Description: "checkout 1", IdempotencyKey: "register-" + d.id,
 	})
 	if err != nil {
@@ -104,7 +104,7 @@ func wantRefusals[R any](t *testing.T, cases []refusal[R], call func(t *testing.
 
 func TestRegisterTerminal(t *testing.T) {
 	f := newAuthFixture(t)
-	ctx := authCtx(t)
+	ctx := ctxT(t)
 	d := newTermDevice(t, "SH-001-POS-01")
 	term := f.register(t, d)
 	if term.GetTerminalId() != d.id || term.GetStoreId() != "SH-001" || !bytes.Equal(term.GetPublicKey(), d.pub) ||
@@ -142,7 +142,7 @@ func TestRegisterTerminal(t *testing.T) {
 
 func TestRevokeTerminal(t *testing.T) {
 	f := newAuthFixture(t)
-	ctx := authCtx(t)
+	ctx := ctxT(t)
 	d := f.registered(t, "SH-001-POS-01")
 
 	f.clock.Set(authEpoch.Add(time.Minute))
@@ -179,7 +179,7 @@ func TestRevokeTerminal(t *testing.T) {
 
 func TestVerifyDeviceAssertion(t *testing.T) {
 	f := newAuthFixture(t)
-	ctx := authCtx(t)
+	ctx := ctxT(t)
 	member := f.newMember(t, "+8613900000001")
 	d := f.registered(t, "SH-001-POS-01")
 
@@ -217,7 +217,7 @@ func TestVerifyDeviceAssertion(t *testing.T) {
 
 func TestVerifyDeviceAssertionRefusals(t *testing.T) {
 	f := newAuthFixture(t)
-	ctx := authCtx(t)
+	ctx := ctxT(t)
 	member := f.newMember(t, "+8613900000001")
 	merged := f.mergedMember(t, "+8613900000002", member)
 	d := newTermDevice(t, "SH-001-POS-01")
@@ -282,7 +282,7 @@ func TestVerifyDeviceAssertionRefusals(t *testing.T) {
 
 func TestVerifyDeviceAssertionReplay(t *testing.T) {
 	f := newAuthFixture(t)
-	ctx := authCtx(t)
+	ctx := ctxT(t)
 	member := f.newMember(t, "+8613900000001")
 	d := newTermDevice(t, "SH-001-POS-01")
 	peer := newTermDevice(t, "SH-001-POS-02")
@@ -315,7 +315,7 @@ func TestVerifyDeviceAssertionReplay(t *testing.T) {
 
 func TestAssertionPolicy(t *testing.T) {
 	f := newAuthFixture(t)
-	ctx := authCtx(t)
+	ctx := ctxT(t)
 	member := f.newMember(t, "+8613900000001")
 	d := f.registered(t, "SH-001-POS-01")
 	p := identity.AssertionPolicy{MaxSkew: 10 * time.Second, MinScore: 0.5}
@@ -345,7 +345,7 @@ func TestVerifyDeviceAssertionConcurrentReplays(t *testing.T) {
 	d := f.registered(t, "SH-001-POS-01")
 	req := signAssertion(t, d.id, d, termAssertion(d, member, authEpoch))
 	acceptedOnce(t, 8, "sends", identity.ErrAssertionReplayed, func(int) error {
-		_, err := f.srv.VerifyDeviceAssertion(authCtx(t), req)
+		_, err := f.srv.VerifyDeviceAssertion(ctxT(t), req)
 		return err
 	})
 	f.wantCount(t, "assertion_nonces", 1, "%d nonces, want 1")
