@@ -114,6 +114,13 @@ func loadCmd[T any](stdout, logOut io.Writer, short, long string, load func(cont
 	}
 }
 
+// group is a command that groups the commands subs.
+func group(use, short string, subs ...*cobra.Command) *cobra.Command {
+	cmd := &cobra.Command{Use: use, Short: short}
+	cmd.AddCommand(subs...)
+	return cmd
+}
+
 // runEnv runs run with the environment setupAdmin opens, closed when run
 // returns.
 func runEnv(cmd *cobra.Command, args []string, logOut io.Writer, adminAddr string, run func(cmd *cobra.Command, args []string, e *env) error) error {

@@ -11,7 +11,6 @@ import (
 )
 
 func programCmd(stdout, logOut io.Writer) *cobra.Command {
-	cmd := &cobra.Command{Use: "program", Short: "The loyalty programme (docs/benefits.md)"}
 	load := loadCmd(stdout, logOut, "Validate a programme file and make it the newest version; running services switch to it within seconds", "",
 		benefits.LoadProgram, func(p *benefits.Program) string {
 			return fmt.Sprintf("programme %s loaded: %d tiers, %d campaigns, %d coupon templates, %d benefits",
@@ -46,6 +45,5 @@ func programCmd(stdout, logOut io.Writer) *cobra.Command {
 			return err
 		}),
 	}
-	cmd.AddCommand(load, check, show)
-	return cmd
+	return group("program", "The loyalty programme (docs/benefits.md)", load, check, show)
 }

@@ -14,7 +14,6 @@ import (
 )
 
 func tagsCmd(stdout, stderr io.Writer) *cobra.Command {
-	cmd := &cobra.Command{Use: "tags", Short: "The label catalogue and its backfill (docs/analytics.md)"}
 	load := loadCmd(stdout, stderr, "Validate a label catalogue and make it the newest version; running services switch to it within seconds",
 		`Validate a label catalogue (every label's expression, types, cycles, duplicate
 ids and worked examples) and store it as the newest version. A catalogue that
@@ -87,8 +86,7 @@ the worker's, only where a value differs.`,
 			return err
 		}),
 	}
-	cmd.AddCommand(load, check, backfill, docs)
-	return cmd
+	return group("tags", "The label catalogue and its backfill (docs/analytics.md)", load, check, backfill, docs)
 }
 
 // withCatalog is a RunE that runs run with the catalogue catalogArg parses.
@@ -116,7 +114,6 @@ func catalogArg(args []string) (*tags.Catalog, error) {
 }
 
 func segmentCmd(stdout, stderr io.Writer) *cobra.Command {
-	cmd := &cobra.Command{Use: "segment", Short: "Count or export the members a segment expression matches (docs/analytics.md)"}
 	// withProfile is a RunE that runs run with a profile service reading
 	// ClickHouse, closed when run returns.
 	withProfile := func(run func(cmd *cobra.Command, args []string, ps *profile.Service) error) func(*cobra.Command, []string) error {
@@ -173,6 +170,5 @@ func segmentCmd(stdout, stderr io.Writer) *cobra.Command {
 			return nil
 		}),
 	}
-	cmd.AddCommand(count, export)
-	return cmd
+	return group("segment", "Count or export the members a segment expression matches (docs/analytics.md)", count, export)
 }
