@@ -32,16 +32,16 @@ func device(v string) *mcv1.Identifier {
 	return &mcv1.Identifier{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_DEVICE_ID, Value: v}
 }
 
-// newServiceWithRules builds the service with the default rules edited by
-// edit (a function over the YAML text).
-func newServiceWithRules(t *testing.T, edit func(string) string) fixture {
+// newServiceWithRules builds the service with the default rules, the text
+// from in their YAML replaced by to.
+func newServiceWithRules(t *testing.T, from, to string) fixture {
 	t.Helper()
 	def, err := os.ReadFile("rules.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
 	path := filepath.Join(t.TempDir(), "rules.yaml")
-	if err := os.WriteFile(path, []byte(edit(string(def))), 0o600); err != nil {
+	if err := os.WriteFile(path, []byte(strings.Replace(string(def), from, to, 1)), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	pool := pgtest.NewPool(t, nil)
@@ -282,9 +282,7 @@ func TestResolveMergesMembersTheIdentifiersProveOne(t *testing.T) {
 
 func TestRulesForbidMergeRecordConflictForReview(t *testing.T) {
 	// E-mail may not merge members here: a conflict is recorded instead.
-	f := newServiceWithRules(t, func(y string) string {
-		return strings.Replace(y, "    may_merge: true\n    may_create: true\n    blocked: [\"test@example.com\"", "    may_merge: false\n    may_create: true\n    blocked: [\"test@example.com\"", 1)
-	})
+	f := newServiceWithRules(t, "    may_merge: true\n    may_create: true\n    blocked: [\"test@example.com\"", "    may_merge: false\n    may_create: true\n    blocked: [\"test@example.com\"")
 	ctx := ctxT(t)
 	byPhone := f.resolve(t, "p", phone("13944440001")).GetMemberId()
 	byEmail := f.resolve(t, "e", email("kai@example.cn")).GetMemberId()
@@ -398,9 +396,7 @@ func TestBlockedAndLimitedIdentifiers(t *testing.T) {
 }
 
 func TestMergeProtection(t *testing.T) {
-	f := newServiceWithRules(t, func(y string) string {
-		return strings.Replace(y, "max_merges: 20", "max_merges: 1", 1)
-	})
+	f := newServiceWithRules(t, "max_merges: 20", "max_merges: 1")
 	ctx := ctxT(t)
 	a := f.resolve(t, "a", phone("13977770001")).GetMemberId()
 	b := f.resolve(t, "b", phone("13977770002")).GetMemberId()
