@@ -367,21 +367,12 @@ func TestMemberCodeScanRacingUncommittedUse(t *testing.T) {
 		}()
 	}
 	// Every scan waits on the uncommitted use's row lock before it commits.
-	deadline := time.Now().Add(60 * time.Second)
-	for {
+	pgtest.Eventually(t, "every scan to wait on the use's row lock", func() (bool, error) {
 		var waiting int
-		if err := f.pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
-			WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&waiting); err != nil {
-			t.Fatal(err)
-		}
-		if waiting >= scans {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("only %d of %d scans reached the lock", waiting, scans)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		err := f.pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
+			WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&waiting)
+		return waiting >= scans, err
+	})
 	if err := tx.Commit(ctx); err != nil {
 		t.Fatal(err)
 	}
