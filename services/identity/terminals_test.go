@@ -2,6 +2,7 @@ package identity_test
 
 import (
 	"bytes"
+	"context"
 	"crypto/ed25519"
 	"crypto/rand"
 	"errors"
@@ -89,14 +90,17 @@ type refusal[R any] struct {
 	want error
 }
 
-// wantRefusals runs each refusal as a subtest: call, given its request,
-// must return an error that is its want.
-func wantRefusals[R any](t *testing.T, cases []refusal[R], call func(t *testing.T, req R) error) {
+// wantRefusals runs each refusal as a subtest: call with its request must
+// fail with its want; then check, if not nil, runs.
+func wantRefusals[R, P any](t *testing.T, ctx context.Context, cases []refusal[R], call func(context.Context, R) (P, error), check func(t *testing.T)) {
 	t.Helper()
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			if err := call(t, tc.req); !errors.Is(err, tc.want) {
+			if _, err := call(ctx, tc.req); !errors.Is(err, tc.want) {
 				t.Fatalf("got %v, want %v", err, tc.want)
+			}
+			if check != nil {
+				check(t)
 			}
 		})
 	}
@@ -126,17 +130,14 @@ func TestRegisterTerminal(t *testing.T) {
 	}
 
 	other := newTermDevice(t, "SH-001-POS-02")
-	wantRefusals(t, []refusal[*mcv1.RegisterTerminalRequest]{
+	wantRefusals(t, ctx, []refusal[*mcv1.RegisterTerminalRequest]{
 		{"same id, another key", &mcv1.RegisterTerminalRequest{TerminalId: d.id, StoreId: "SH-001", PublicKey: other.pub, IdempotencyKey: "k1"}, identity.ErrTerminalExists},
 		{"same id, another store", &mcv1.RegisterTerminalRequest{TerminalId: d.id, StoreId: "SH-002", PublicKey: d.pub, IdempotencyKey: "k2"}, identity.ErrTerminalExists},
 		{"another id, same key", &mcv1.RegisterTerminalRequest{TerminalId: other.id, StoreId: "SH-001", PublicKey: d.pub, IdempotencyKey: "k3"}, identity.ErrTerminalExists},
 		{"short key", &mcv1.RegisterTerminalRequest{TerminalId: other.id, StoreId: "SH-001", PublicKey: other.pub[:31], IdempotencyKey: "k4"}, identity.ErrInvalidTerminal},
 		{"no store", &mcv1.RegisterTerminalRequest{TerminalId: other.id, PublicKey: other.pub, IdempotencyKey: "k5"}, identity.ErrInvalidTerminal},
 		{"idempotency key reused", &mcv1.RegisterTerminalRequest{TerminalId: other.id, StoreId: "SH-001", PublicKey: other.pub, IdempotencyKey: "register-" + d.id}, changes.ErrKeyReused},
-	}, func(_ *testing.T, req *mcv1.RegisterTerminalRequest) error {
-		_, err := f.srv.RegisterTerminal(ctx, req)
-		return err
-	})
+	}, f.srv.RegisterTerminal, nil)
 	f.wantCount(t, "terminals", 1, "%d terminals, want 1")
 }
 
@@ -237,7 +238,7 @@ func TestVerifyDeviceAssertionRefusals(t *testing.T) {
 		return signAssertion(t, d.id, d, a)
 	}
 	good := func() *mcv1.VerifyDeviceAssertionRequest { return with(func(*mcv1.DeviceAssertion) {}) }
-	wantRefusals(t, []refusal[*mcv1.VerifyDeviceAssertionRequest]{
+	wantRefusals(t, ctx, []refusal[*mcv1.VerifyDeviceAssertionRequest]{
 		{"bad signature", func() *mcv1.VerifyDeviceAssertionRequest {
 			r := good()
 			r.Signature[10] ^= 0x01
@@ -273,10 +274,8 @@ func TestVerifyDeviceAssertionRefusals(t *testing.T) {
 		{"member id not a UUID", with(func(a *mcv1.DeviceAssertion) { a.MemberId = "m-1" }), identity.ErrAssertionInvalid},
 		{"unknown member", with(func(a *mcv1.DeviceAssertion) { a.MemberId = uuid.NewString() }), identity.ErrAssertionInvalid},
 		{"merged member", with(func(a *mcv1.DeviceAssertion) { a.MemberId = merged.String() }), identity.ErrAssertionInvalid},
-	}, func(t *testing.T, req *mcv1.VerifyDeviceAssertionRequest) error {
-		_, err := f.srv.VerifyDeviceAssertion(ctx, req)
+	}, f.srv.VerifyDeviceAssertion, func(t *testing.T) {
 		f.wantCount(t, "assertion_nonces", 0, "refused assertion wrote %d nonces")
-		return err
 	})
 }
 
