@@ -12,7 +12,6 @@ import (
 )
 
 func authCmd(stdout io.Writer) *cobra.Command {
-	cmd := &cobra.Command{Use: "auth", Short: "Channel client credentials (MC_CHANNEL_CLIENTS)"}
 	var client string
 	var ttl time.Duration
 	var members []string
@@ -47,6 +46,5 @@ send it as "authorization: Bearer <token>".`,
 	token.Flags().DurationVar(&ttl, "ttl", time.Hour, "validity")
 	token.Flags().StringSliceVar(&members, "member", nil, "member ids a member-bound client may act for")
 	_ = token.MarkFlagRequired("client")
-	cmd.AddCommand(token)
-	return cmd
+	return group("auth", "Channel client credentials (MC_CHANNEL_CLIENTS)", token)
 }

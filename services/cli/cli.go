@@ -7,8 +7,10 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/spf13/cobra"
 
 	"github.com/membercenter/membercenter/services/changes"
@@ -83,6 +85,40 @@ func withEnv(logOut io.Writer, run func(cmd *cobra.Command, args []string, e *en
 	return func(cmd *cobra.Command, args []string) error {
 		return runEnv(cmd, args, logOut, server.DefaultAdminAddr, run)
 	}
+}
+
+// loadCmd is the load command of a versioned document (the programme, the
+// label catalogue): it reads the file its argument names, then load, with
+// the environment setup opens, validates it and stores it as the newest
+// version; it prints what loaded says of that.
+func loadCmd[T any](stdout, logOut io.Writer, short, long string, load func(context.Context, *pgxpool.Pool, []byte) (T, error), loaded func(T) string) *cobra.Command {
+	return &cobra.Command{
+		Use:   "load FILE",
+		Short: short,
+		Long:  long,
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			src, err := os.ReadFile(args[0])
+			if err != nil {
+				return err
+			}
+			return runEnv(cmd, args, logOut, server.DefaultAdminAddr, func(cmd *cobra.Command, _ []string, e *env) error {
+				doc, err := load(cmd.Context(), e.p.Pool(), src)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintln(stdout, loaded(doc))
+				return nil
+			})
+		},
+	}
+}
+
+// group is a command that groups the commands subs.
+func group(use, short string, subs ...*cobra.Command) *cobra.Command {
+	cmd := &cobra.Command{Use: use, Short: short}
+	cmd.AddCommand(subs...)
+	return cmd
 }
 
 // runEnv runs run with the environment setupAdmin opens, closed when run

@@ -18,10 +18,6 @@ import (
 )
 
 func dlqCmd(stdout, logOut io.Writer) *cobra.Command {
-	cmd := &cobra.Command{
-		Use:   "dlq",
-		Short: "Inspect and replay dead letters (dlq.v1)",
-	}
 	var since time.Duration
 	var stage, topic string
 	var force bool
@@ -81,8 +77,7 @@ func dlqCmd(stdout, logOut io.Writer) *cobra.Command {
 	replay.Flags().BoolVar(&force, "force", false, "replay letters replayed before too (each original once)")
 	flags(list)
 	flags(replay)
-	cmd.AddCommand(list, replay)
-	return cmd
+	return group("dlq", "Inspect and replay dead letters (dlq.v1)", list, replay)
 }
 
 // pgReplays records replayed dead letters in PostgreSQL.

@@ -10,7 +10,6 @@ import (
 )
 
 func piiCmd(stdout, logOut io.Writer) *cobra.Command {
-	cmd := &cobra.Command{Use: "pii", Short: "PII key operations"}
 	var batch int
 	reencrypt := &cobra.Command{
 		Use:   "reencrypt",
@@ -34,6 +33,5 @@ Safe to run while the platform serves, and to run again.`,
 		}),
 	}
 	reencrypt.Flags().IntVar(&batch, "batch", 500, "rows per transaction")
-	cmd.AddCommand(reencrypt)
-	return cmd
+	return group("pii", "PII key operations", reencrypt)
 }

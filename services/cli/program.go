@@ -8,25 +8,14 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/membercenter/membercenter/services/benefits"
-	"github.com/membercenter/membercenter/services/server"
 )
 
 func programCmd(stdout, logOut io.Writer) *cobra.Command {
-	cmd := &cobra.Command{Use: "program", Short: "The loyalty programme (docs/benefits.md)"}
-	load := &cobra.Command{
-		Use:   "load FILE",
-		Short: "Validate a programme file and make it the newest version; running services switch to it within seconds",
-		Args:  cobra.ExactArgs(1),
-		RunE: withFile(logOut, func(cmd *cobra.Command, e *env, src []byte) error {
-			p, err := benefits.LoadProgram(cmd.Context(), e.p.Pool(), src)
-			if err != nil {
-				return err
-			}
-			fmt.Fprintf(stdout, "programme %s loaded: %d tiers, %d campaigns, %d coupon templates, %d benefits\n",
+	load := loadCmd(stdout, logOut, "Validate a programme file and make it the newest version; running services switch to it within seconds", "",
+		benefits.LoadProgram, func(p *benefits.Program) string {
+			return fmt.Sprintf("programme %s loaded: %d tiers, %d campaigns, %d coupon templates, %d benefits",
 				p.Version, len(p.Tiers), len(p.Campaigns), len(p.Coupons), len(p.Benefits))
-			return nil
-		}),
-	}
+		})
 	check := &cobra.Command{
 		Use:   "check FILE",
 		Short: "Validate a programme file without loading it",
@@ -56,20 +45,5 @@ func programCmd(stdout, logOut io.Writer) *cobra.Command {
 			return err
 		}),
 	}
-	cmd.AddCommand(load, check, show)
-	return cmd
-}
-
-// withFile is the RunE of a command that loads the file its argument names:
-// it reads the file, then runs load with the environment setup opens.
-func withFile(logOut io.Writer, load func(cmd *cobra.Command, e *env, src []byte) error) func(*cobra.Command, []string) error {
-	return func(cmd *cobra.Command, args []string) error {
-		src, err := os.ReadFile(args[0])
-		if err != nil {
-			return err
-		}
-		return runEnv(cmd, args, logOut, server.DefaultAdminAddr, func(cmd *cobra.Command, _ []string, e *env) error {
-			return load(cmd, e, src)
-		})
-	}
+	return group("program", "The loyalty programme (docs/benefits.md)", load, check, show)
 }

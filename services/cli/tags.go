@@ -16,25 +16,15 @@ import (
 )
 
 func tagsCmd(stdout, stderr io.Writer) *cobra.Command {
-	cmd := &cobra.Command{Use: "tags", Short: "The label catalogue and its backfill (docs/analytics.md)"}
-	load := &cobra.Command{
-		Use:   "load FILE",
-		Short: "Validate a label catalogue and make it the newest version; running services switch to it within seconds",
-		Long: `Validate a label catalogue (every label's expression, types, cycles, duplicate
+	load := loadCmd(stdout, stderr, "Validate a label catalogue and make it the newest version; running services switch to it within seconds",
+		`Validate a label catalogue (every label's expression, types, cycles, duplicate
 ids and worked examples) and store it as the newest version. A catalogue that
 fails validation is refused with every problem named by label, and the running
 catalogue stays in place. After loading, run 'membercenter tags backfill' to
 recompute every member's labels from history.`,
-		Args: cobra.ExactArgs(1),
-		RunE: withFile(stderr, func(cmd *cobra.Command, e *env, src []byte) error {
-			c, err := tags.LoadCatalog(cmd.Context(), e.p.Pool(), src)
-			if err != nil {
-				return err
-			}
-			fmt.Fprintf(stdout, "label catalogue %s loaded: %d labels, %d purchase filters\n", c.Version, len(c.Labels), len(c.Filters))
-			return nil
-		}),
-	}
+		tags.LoadCatalog, func(c *tags.Catalog) string {
+			return fmt.Sprintf("label catalogue %s loaded: %d labels, %d purchase filters", c.Version, len(c.Labels), len(c.Filters))
+		})
 	check := &cobra.Command{
 		Use:   "check [FILE]",
 		Short: "Validate a label catalogue (the shipped one without FILE) and run its worked examples",
@@ -98,8 +88,7 @@ the worker's, only where a value differs.`,
 			return err
 		}),
 	}
-	cmd.AddCommand(load, check, backfill, docs)
-	return cmd
+	return group("tags", "The label catalogue and its backfill (docs/analytics.md)", load, check, backfill, docs)
 }
 
 // withCatalog is a RunE that runs run with the catalogue catalogArg parses.
@@ -127,7 +116,6 @@ func catalogArg(args []string) (*tags.Catalog, error) {
 }
 
 func segmentCmd(stdout, stderr io.Writer) *cobra.Command {
-	cmd := &cobra.Command{Use: "segment", Short: "Count or export the members a segment expression matches (docs/analytics.md)"}
 	// withProfile is a RunE that runs run with a profile service reading
 	// ClickHouse, closed when run returns.
 	withProfile := func(run func(cmd *cobra.Command, args []string, ps *profile.Service) error) func(*cobra.Command, []string) error {
@@ -205,6 +193,5 @@ func segmentCmd(stdout, stderr io.Writer) *cobra.Command {
 		c.Flags().StringVar(&purposeName, "purpose", "", "what the segment is for: marketing, profiling, third-party-sharing or analytics (required)")
 		_ = c.MarkFlagRequired("purpose")
 	}
-	cmd.AddCommand(count, export)
-	return cmd
+	return group("segment", "Count or export the members a segment expression matches (docs/analytics.md)", count, export)
 }

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"github.com/membercenter/membercenter/pipeline/contract"
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
@@ -172,28 +174,21 @@ func EventType(m *mcv1.MemberEvent) string {
 	return "unknown"
 }
 
-// Kind names a member event's payload: KindTransaction, KindCheckIn, …
-// ("" without one).
-func Kind(m *mcv1.MemberEvent) string {
-	switch m.GetPayload().(type) {
-	case *mcv1.MemberEvent_Transaction:
-		return KindTransaction
-	case *mcv1.MemberEvent_Refund:
-		return KindRefund
-	case *mcv1.MemberEvent_Visit:
-		return KindVisit
-	case *mcv1.MemberEvent_Browse:
-		return KindBrowse
-	case *mcv1.MemberEvent_SignUp:
-		return KindSignUp
-	case *mcv1.MemberEvent_CheckIn:
-		return KindCheckIn
-	case *mcv1.MemberEvent_Share:
-		return KindShare
-	case *mcv1.MemberEvent_Referral:
-		return KindReferral
-	case *mcv1.MemberEvent_Review:
-		return KindReview
+// Kind names a member event's payload: the name of its field of the
+// payload oneof, KindTransaction, KindCheckIn, … ("" without one). The
+// schema's field names are the vocabulary (buf breaking keeps them).
+func Kind(m *mcv1.MemberEvent) string { return oneofField(m, payloadOneof) }
+
+var (
+	payloadOneof = (*mcv1.MemberEvent)(nil).ProtoReflect().Descriptor().Oneofs().ByName("payload")
+	changeOneof  = (*mcv1.MemberChange)(nil).ProtoReflect().Descriptor().Oneofs().ByName("change")
+)
+
+// oneofField is the name of m's field of the oneof o that is set, "" when
+// none is.
+func oneofField(m proto.Message, o protoreflect.OneofDescriptor) string {
+	if f := m.ProtoReflect().WhichOneof(o); f != nil {
+		return string(f.Name())
 	}
 	return ""
 }
@@ -241,27 +236,11 @@ func toEventRow(e contract.FactEvent) clickhouse.EventRow {
 	return r
 }
 
-// ChangeType names a change's kind: "points_changed", "member_created", …
+// ChangeType names a change's kind, the name of its field of the change
+// oneof: "points_changed", "member_created", … ("unknown" without one).
 func ChangeType(c *mcv1.MemberChange) string {
-	switch c.GetChange().(type) {
-	case *mcv1.MemberChange_MemberCreated:
-		return "member_created"
-	case *mcv1.MemberChange_PointsChanged:
-		return "points_changed"
-	case *mcv1.MemberChange_TierChanged:
-		return "tier_changed"
-	case *mcv1.MemberChange_IdentityChanged:
-		return "identity_changed"
-	case *mcv1.MemberChange_AttributesChanged:
-		return "attributes_changed"
-	case *mcv1.MemberChange_ConsentChanged:
-		return "consent_changed"
-	case *mcv1.MemberChange_LabelsChanged:
-		return "labels_changed"
-	case *mcv1.MemberChange_BenefitChanged:
-		return "benefit_changed"
-	case *mcv1.MemberChange_CouponChanged:
-		return "coupon_changed"
+	if t := oneofField(c, changeOneof); t != "" {
+		return t
 	}
 	return "unknown"
 }

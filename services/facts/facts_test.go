@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/membercenter/membercenter/pipeline/sink"
@@ -122,5 +124,44 @@ func TestLabelValueText(t *testing.T) {
 		if got := facts.LabelValueText(tc.v); got != tc.want {
 			t.Errorf("%v: %q, want %q", tc.v, got, tc.want)
 		}
+	}
+}
+
+// TestKindsNameEveryPayload: Kind and ChangeType name a payload by its
+// field of the oneof; the payloads, in the schema's order, are named by
+// the vocabulary (the Kind constants, the change types member_changes
+// holds), and a message without one is "unknown".
+func TestKindsNameEveryPayload(t *testing.T) {
+	kinds := []string{facts.KindTransaction, facts.KindRefund, facts.KindVisit, facts.KindBrowse, facts.KindSignUp,
+		facts.KindCheckIn, facts.KindShare, facts.KindReferral, facts.KindReview}
+	changeTypes := []string{"member_created", "points_changed", "tier_changed", "identity_changed", "attributes_changed",
+		"consent_changed", "labels_changed", "benefit_changed", "coupon_changed"}
+	for _, tc := range []struct {
+		msg   proto.Message
+		oneof protoreflect.Name
+		name  func(proto.Message) string
+		vocab []string
+	}{
+		{&mcv1.MemberEvent{}, "payload", func(m proto.Message) string { return facts.EventType(m.(*mcv1.MemberEvent)) }, kinds},
+		{&mcv1.MemberChange{}, "change", func(m proto.Message) string { return facts.ChangeType(m.(*mcv1.MemberChange)) }, changeTypes},
+	} {
+		r := tc.msg.ProtoReflect()
+		fields := r.Descriptor().Oneofs().ByName(tc.oneof).Fields()
+		var named []string
+		for i := range fields.Len() {
+			fd := fields.Get(i)
+			m := r.New()
+			m.Set(fd, m.NewField(fd))
+			named = append(named, tc.name(m.Interface()))
+		}
+		if got, want := strings.Join(named, " "), strings.Join(tc.vocab, " "); got != want {
+			t.Errorf("the %s payloads are named %q, want %q", tc.oneof, got, want)
+		}
+		if got := tc.name(tc.msg); got != "unknown" {
+			t.Errorf("%s without a payload: %q, want unknown", tc.oneof, got)
+		}
+	}
+	if got := facts.Kind(&mcv1.MemberEvent{}); got != "" {
+		t.Errorf("Kind without a payload: %q", got)
 	}
 }

@@ -2,10 +2,6 @@ package identity_test
 
 import (
 	"context"
-	"crypto/hmac"
-	"crypto/rand"
-	"crypto/sha256"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"strconv"
@@ -62,17 +58,11 @@ func newAuthFixture(t *testing.T) authFixture {
 	return authFixture{svc: svc, srv: identity.NewServer(svc), pool: pool, clock: clock}
 }
 
-func authCtx(t *testing.T) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	t.Cleanup(cancel)
-	return ctx
-}
-
 // newMember creates a member the way a channel would: by resolving a phone
 // number with create_if_missing.
 func (f authFixture) newMember(t *testing.T, e164 string) uuid.UUID {
 	t.Helper()
-	resp, err := f.svc.Resolve(authCtx(t), &mcv1.ResolveRequest{
+	resp, err := f.svc.Resolve(ctxT(t), &mcv1.ResolveRequest{
 		Identifiers:     []*mcv1.Identifier{{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_PHONE, Value: e164}},
 		Channel:         mcv1.Channel_CHANNEL_APP,
 		CreateIfMissing: true,
@@ -99,9 +89,17 @@ func (f authFixture) count(t *testing.T, table string) int {
 // markMerged records member as merged into target, as a merge leaves it.
 func (f authFixture) markMerged(t *testing.T, member, target uuid.UUID) {
 	t.Helper()
-	if _, err := f.pool.Exec(authCtx(t), `UPDATE members SET status = 'merged', merged_into = $2 WHERE member_id = $1`, member, target); err != nil {
+	if _, err := f.pool.Exec(ctxT(t), `UPDATE members SET status = 'merged', merged_into = $2 WHERE member_id = $1`, member, target); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// mergedMember is a new member recorded as merged into target.
+func (f authFixture) mergedMember(t *testing.T, e164 string, target uuid.UUID) uuid.UUID {
+	t.Helper()
+	m := f.newMember(t, e164)
+	f.markMerged(t, m, target)
+	return m
 }
 
 // wantCount fails the test at once unless table holds want rows; msg
@@ -125,7 +123,7 @@ func (f authFixture) memberNo(t *testing.T, id uuid.UUID) int64 {
 func (f authFixture) issue(t *testing.T, id uuid.UUID, at time.Time) identity.MemberCode {
 	t.Helper()
 	f.clock.Set(at)
-	c, err := f.svc.IssueMemberCode(authCtx(t), id)
+	c, err := f.svc.IssueMemberCode(ctxT(t), id)
 	if err != nil {
 		t.Fatalf("issue code: %v", err)
 	}
@@ -135,12 +133,21 @@ func (f authFixture) issue(t *testing.T, id uuid.UUID, at time.Time) identity.Me
 func (f authFixture) verify(t *testing.T, code string, at time.Time) (uuid.UUID, error) {
 	t.Helper()
 	f.clock.Set(at)
-	return f.svc.VerifyMemberCode(authCtx(t), code, identity.CodeUse{StoreID: "SH-001", TerminalID: "POS-01"})
+	return f.svc.VerifyMemberCode(ctxT(t), code, identity.CodeUse{StoreID: "SH-001", TerminalID: "POS-01"})
+}
+
+// wantAccepted fails the test at once unless code, scanned at at, is
+// accepted as member's; what names the scan.
+func (f authFixture) wantAccepted(t *testing.T, code string, at time.Time, member uuid.UUID, what string) {
+	t.Helper()
+	if id, err := f.verify(t, code, at); err != nil || id != member {
+		t.Fatalf("%s: %v, %v; want %s", what, id, err, member)
+	}
 }
 
 func TestMemberCodeRoundTrip(t *testing.T) {
 	f := newAuthFixture(t)
-	ctx := authCtx(t)
+	ctx := ctxT(t)
 	first := f.newMember(t, "+8613900000001")
 	member := f.newMember(t, "+8613900000002")
 	if a, b := f.memberNo(t, first), f.memberNo(t, member); a < 1 || b <= a {
@@ -180,10 +187,7 @@ func TestMemberCodeRoundTrip(t *testing.T) {
 	if next.Code == resp.GetCode() {
 		t.Fatal("the code did not change with the step")
 	}
-	id, err := f.verify(t, next.QRPayload, authEpoch.Add(31*time.Second))
-	if err != nil || id != member {
-		t.Fatalf("verify QR payload: %v, %v; want %s", id, err, member)
-	}
+	f.wantAccepted(t, next.QRPayload, authEpoch.Add(31*time.Second), member, "verify QR payload")
 
 	// The secret is stored encrypted (12-byte nonce + 32 + 16-byte tag) and
 	// each use is recorded with where it happened.
@@ -241,19 +245,15 @@ func TestMemberCodeClockSkew(t *testing.T) {
 
 	// Scanned up to one step after its own (the last second of the next step).
 	c := f.issue(t, late, authEpoch)
-	if id, err := f.verify(t, c.Code, authEpoch.Add(54*time.Second)); err != nil || id != late {
-		t.Fatalf("code one step old: %v, %v", id, err)
-	}
+	f.wantAccepted(t, c.Code, authEpoch.Add(54*time.Second), late, "code one step old")
 	// The phone's clock is a step ahead of the server's.
 	c = f.issue(t, early, authEpoch.Add(30*time.Second))
-	if id, err := f.verify(t, c.Code, authEpoch); err != nil || id != early {
-		t.Fatalf("code one step ahead: %v, %v", id, err)
-	}
+	f.wantAccepted(t, c.Code, authEpoch, early, "code one step ahead")
 }
 
 func TestMemberCodeRefusals(t *testing.T) {
 	f := newAuthFixture(t)
-	ctx := authCtx(t)
+	ctx := ctxT(t)
 	member := f.newMember(t, "+8613900000001")
 	other := f.newMember(t, "+8613900000002")       // issued a code, valid, but not the one scanned
 	neverIssued := f.newMember(t, "+8613900000003") // has a number but no secret
@@ -311,17 +311,14 @@ func TestMemberCodeRefusals(t *testing.T) {
 	if _, err := f.pool.Exec(ctx, `DELETE FROM member_code_failures WHERE member_no = $1`, f.memberNo(t, member)); err != nil {
 		t.Fatal(err)
 	}
-	if id, err := f.verify(t, c.Code, authEpoch); err != nil || id != member {
-		t.Fatalf("valid code once the lock is cleared: %v, %v", id, err)
-	}
+	f.wantAccepted(t, c.Code, authEpoch, member, "valid code once the lock is cleared")
 }
 
 func TestIssueMemberCodeRefusals(t *testing.T) {
 	f := newAuthFixture(t)
-	ctx := authCtx(t)
+	ctx := ctxT(t)
 	target := f.newMember(t, "+8613900000001")
-	merged := f.newMember(t, "+8613900000002")
-	f.markMerged(t, merged, target)
+	merged := f.mergedMember(t, "+8613900000002", target)
 	if _, err := f.svc.IssueMemberCode(ctx, uuid.Must(uuid.NewV7())); !errors.Is(err, postgres.ErrNotFound) {
 		t.Fatalf("unknown member: %v, want ErrNotFound", err)
 	}
@@ -334,59 +331,12 @@ func TestIssueMemberCodeRefusals(t *testing.T) {
 	f.wantCount(t, "member_code_secrets", 0, "refused issues wrote %d code secrets")
 }
 
-// refTOTP is an independent RFC 6238 implementation (HMAC-SHA256, 30 s
-// step, 6 digits) to check identity.TOTP against.
-func refTOTP(secret []byte, unix int64) string {
-	counter := make([]byte, 8)
-	binary.BigEndian.PutUint64(counter, uint64(unix/30))
-	mac := hmac.New(sha256.New, secret)
-	mac.Write(counter)
-	h := mac.Sum(nil)
-	o := int(h[31] & 0xf)
-	v := (uint32(h[o])&0x7f)<<24 | uint32(h[o+1])<<16 | uint32(h[o+2])<<8 | uint32(h[o+3])
-	return fmt.Sprintf("%06d", v%1000000)
-}
-
-func TestTOTPKnownAnswers(t *testing.T) {
-	// RFC 6238 appendix B, SHA-256 column: the 8-digit values' last six digits.
-	seed := []byte("12345678901234567890123456789012")
-	for _, tc := range []struct {
-		unix int64
-		want string
-	}{
-		{59, "119246"},
-		{1111111109, "084774"},
-		{1111111111, "062674"},
-		{1234567890, "819424"},
-		{2000000000, "698825"},
-		{20000000000, "737706"},
-	} {
-		if ref := refTOTP(seed, tc.unix); ref != tc.want {
-			t.Fatalf("reference TOTP at %d = %s, RFC says %s", tc.unix, ref, tc.want)
-		}
-		if got := identity.TOTP(seed, time.Unix(tc.unix, 0)); got != tc.want {
-			t.Errorf("TOTP at %d = %s, want %s", tc.unix, got, tc.want)
-		}
-	}
-	// Random secrets and times against the reference.
-	for i := 0; i < 200; i++ {
-		secret := make([]byte, 32)
-		_, _ = rand.Read(secret)
-		var b [8]byte
-		_, _ = rand.Read(b[:])
-		unix := int64(binary.BigEndian.Uint64(b[:]) % 4_000_000_000)
-		if got, want := identity.TOTP(secret, time.Unix(unix, 0)), refTOTP(secret, unix); got != want {
-			t.Fatalf("TOTP(%x, %d) = %s, reference %s", secret, unix, got, want)
-		}
-	}
-}
-
 func TestMemberCodeConcurrentScansAcceptOnce(t *testing.T) {
 	f := newAuthFixture(t)
 	member := f.newMember(t, "+8613900000001")
 	c := f.issue(t, member, authEpoch)
 	acceptedOnce(t, 8, "scans", identity.ErrCodeUsed, func(i int) error {
-		_, err := f.svc.VerifyMemberCode(authCtx(t), c.Code, identity.CodeUse{TerminalID: fmt.Sprintf("POS-%d", i)})
+		_, err := f.svc.VerifyMemberCode(ctxT(t), c.Code, identity.CodeUse{TerminalID: fmt.Sprintf("POS-%d", i)})
 		return err
 	})
 	f.wantCount(t, "member_code_uses", 1, "%d code uses, want 1")
@@ -396,7 +346,7 @@ func TestMemberCodeConcurrentScansAcceptOnce(t *testing.T) {
 // refused: the use row's primary key decides, not the earlier read.
 func TestMemberCodeScanRacingUncommittedUse(t *testing.T) {
 	f := newAuthFixture(t)
-	ctx := authCtx(t)
+	ctx := ctxT(t)
 	member := f.newMember(t, "+8613900000001")
 	c := f.issue(t, member, authEpoch)
 	tx, err := f.pool.Begin(ctx)
@@ -417,21 +367,12 @@ func TestMemberCodeScanRacingUncommittedUse(t *testing.T) {
 		}()
 	}
 	// Every scan waits on the uncommitted use's row lock before it commits.
-	deadline := time.Now().Add(60 * time.Second)
-	for {
+	pgtest.Eventually(t, "every scan to wait on the use's row lock", func() (bool, error) {
 		var waiting int
-		if err := f.pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
-			WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&waiting); err != nil {
-			t.Fatal(err)
-		}
-		if waiting >= scans {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("only %d of %d scans reached the lock", waiting, scans)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		err := f.pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
+			WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&waiting)
+		return waiting >= scans, err
+	})
 	if err := tx.Commit(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -485,32 +426,18 @@ func TestMemberCodeConcurrentFirstIssues(t *testing.T) {
 	const members, calls = 5, 8
 	for m := 0; m < members; m++ {
 		member := f.newMember(t, fmt.Sprintf("+86139000001%02d", m))
-		codes := make(chan string, calls)
-		errs := make(chan error, calls)
-		start := make(chan struct{})
-		var wg sync.WaitGroup
-		for i := 0; i < calls; i++ {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				<-start
-				c, err := f.svc.IssueMemberCode(authCtx(t), member)
-				if err != nil {
-					errs <- err
-					return
-				}
-				codes <- c.Code
-			}()
-		}
-		close(start)
-		wg.Wait()
-		close(codes)
-		close(errs)
-		for err := range errs {
-			t.Errorf("member %d: concurrent first issue: %v", m, err)
-		}
+		codes := make([]string, calls)
+		errs := atOnce(calls, func(i int) error {
+			c, err := f.svc.IssueMemberCode(ctxT(t), member)
+			codes[i] = c.Code
+			return err
+		})
 		var first string
-		for c := range codes {
+		for i, c := range codes {
+			if errs[i] != nil {
+				t.Errorf("member %d: concurrent first issue: %v", m, errs[i])
+				continue
+			}
 			if first == "" {
 				first = c
 			}
@@ -528,19 +455,8 @@ func TestMemberCodeConcurrentFirstIssues(t *testing.T) {
 // accepted and every other is refused with refusal.
 func acceptedOnce(t *testing.T, n int, what string, refusal error, call func(i int) error) {
 	t.Helper()
-	errs := make(chan error, n)
-	var wg sync.WaitGroup
-	for i := 0; i < n; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs <- call(i)
-		}()
-	}
-	wg.Wait()
-	close(errs)
 	accepted := 0
-	for err := range errs {
+	for _, err := range atOnce(n, call) {
 		switch {
 		case err == nil:
 			accepted++

@@ -79,6 +79,16 @@ func (s *Service) summary(ctx context.Context, q postgres.Querier, member uuid.U
 	return sum, nil
 }
 
+// summaries are the summaries of members a and b.
+func (s *Service) summaries(ctx context.Context, q postgres.Querier, a, b uuid.UUID) (identitySummary, identitySummary, error) {
+	sa, err := s.summary(ctx, q, a)
+	if err != nil {
+		return identitySummary{}, identitySummary{}, err
+	}
+	sb, err := s.summary(ctx, q, b)
+	return sa, sb, err
+}
+
 func mustJSON(v any) json.RawMessage {
 	b, err := json.Marshal(v)
 	if err != nil {
@@ -247,11 +257,7 @@ func (s *Service) merge(ctx context.Context, tx pgx.Tx, source, target uuid.UUID
 			return uuid.Nil, nil, fmt.Errorf("%w: member %s was merged into %s; merge its survivor instead", ErrMemberInactive, m.MemberID, m.MergedInto)
 		}
 	}
-	before, err := s.summary(ctx, tx, target)
-	if err != nil {
-		return uuid.Nil, nil, err
-	}
-	srcBefore, err := s.summary(ctx, tx, source)
+	before, srcBefore, err := s.summaries(ctx, tx, target, source)
 	if err != nil {
 		return uuid.Nil, nil, err
 	}
@@ -482,11 +488,7 @@ func (s *Service) unmerge(ctx context.Context, tx pgx.Tx, mergeID uuid.UUID, rea
 	if err := postgres.MarkUnmerged(ctx, tx, mergeID, reason, now); err != nil {
 		return nil, err
 	}
-	after, err := s.summary(ctx, tx, m.Target)
-	if err != nil {
-		return nil, err
-	}
-	restored, err := s.summary(ctx, tx, m.Source)
+	after, restored, err := s.summaries(ctx, tx, m.Target, m.Source)
 	if err != nil {
 		return nil, err
 	}

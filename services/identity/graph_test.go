@@ -32,16 +32,16 @@ func device(v string) *mcv1.Identifier {
 	return &mcv1.Identifier{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_DEVICE_ID, Value: v}
 }
 
-// newServiceWithRules builds the service with the default rules edited by
-// edit (a function over the YAML text).
-func newServiceWithRules(t *testing.T, edit func(string) string) fixture {
+// newServiceWithRules builds the service with the default rules, the text
+// from in their YAML replaced by to.
+func newServiceWithRules(t *testing.T, from, to string) fixture {
 	t.Helper()
 	def, err := os.ReadFile("rules.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
 	path := filepath.Join(t.TempDir(), "rules.yaml")
-	if err := os.WriteFile(path, []byte(edit(string(def))), 0o600); err != nil {
+	if err := os.WriteFile(path, []byte(strings.Replace(string(def), from, to, 1)), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	pool := pgtest.NewPool(t, nil)
@@ -59,6 +59,24 @@ func (f fixture) resolve(t *testing.T, key string, ids ...*mcv1.Identifier) *mcv
 		t.Fatalf("resolve %s: %v", key, err)
 	}
 	return resp
+}
+
+// merge merges source into target, failing the test on an error.
+func (f fixture) merge(t *testing.T, source, target, reason, key string) *mcv1.MergeResponse {
+	t.Helper()
+	resp, err := f.svc.Merge(ctxT(t), &mcv1.MergeRequest{SourceMemberId: source, TargetMemberId: target, Reason: reason, IdempotencyKey: key})
+	if err != nil {
+		t.Fatalf("merge %s: %v", key, err)
+	}
+	return resp
+}
+
+// unmerge undoes the merge mergeID, failing the test on an error.
+func (f fixture) unmerge(t *testing.T, mergeID, reason, key string) {
+	t.Helper()
+	if _, err := f.svc.Unmerge(ctxT(t), &mcv1.UnmergeRequest{MergeId: mergeID, Reason: reason, IdempotencyKey: key}); err != nil {
+		t.Fatalf("unmerge %s: %v", key, err)
+	}
 }
 
 // earn credits a purchase to the member the event was resolved to, through
@@ -152,10 +170,7 @@ func TestMergeUnmergeRoundTripRestoresBothMembers(t *testing.T) {
 	}
 	beforeA, beforeB := state(t, f.pool, a), state(t, f.pool, b)
 
-	merged, err := f.svc.Merge(ctx, &mcv1.MergeRequest{SourceMemberId: a, TargetMemberId: b, Reason: "same shopper, confirmed at the service desk", IdempotencyKey: "m1"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	merged := f.merge(t, a, b, "same shopper, confirmed at the service desk", "m1")
 	midA, midB := state(t, f.pool, a), state(t, f.pool, b)
 	if midA.Status != "merged" || midA.MergedInto == nil || midA.MergedInto.String() != b || len(midA.Identifiers) != 0 || midA.Account.Balance != 0 {
 		t.Fatalf("source after merge = %+v", midA)
@@ -183,9 +198,7 @@ func TestMergeUnmergeRoundTripRestoresBothMembers(t *testing.T) {
 		t.Fatalf("graph merges = %v", graph.GetMerges())
 	}
 
-	if _, err := f.svc.Unmerge(ctx, &mcv1.UnmergeRequest{MergeId: merged.GetMergeId(), Reason: "two people sharing a phone", IdempotencyKey: "u1"}); err != nil {
-		t.Fatal(err)
-	}
+	f.unmerge(t, merged.GetMergeId(), "two people sharing a phone", "u1")
 	diffState(t, "source after unmerge", beforeA, state(t, f.pool, a))
 	diffState(t, "target after unmerge", beforeB, state(t, f.pool, b))
 
@@ -220,14 +233,10 @@ func TestMergeUnmergeRoundTripRestoresBothMembers(t *testing.T) {
 // source: an unmerge gives it back.
 func TestUnmergeAttributesLaterActivity(t *testing.T) {
 	f := newService(t)
-	ctx := ctxT(t)
 	a := f.resolve(t, "a", phone("13922220001")).GetMemberId()
 	b := f.resolve(t, "b", phone("13922220002")).GetMemberId()
 	f.earn(t, "a-before", []*mcv1.Identifier{phone("13922220001")}, 1_000)
-	merged, err := f.svc.Merge(ctx, &mcv1.MergeRequest{SourceMemberId: a, TargetMemberId: b, Reason: "r", IdempotencyKey: "m"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	merged := f.merge(t, a, b, "r", "m")
 	// Through a's phone: a new e-mail and a purchase. Through b's phone: a purchase.
 	if r := f.resolve(t, "a-email", phone("13922220001"), email("ann@example.cn")); r.GetMemberId() != b || len(r.GetLinked()) != 1 {
 		t.Fatalf("resolve after merge = %v", r)
@@ -239,9 +248,7 @@ func TestUnmergeAttributesLaterActivity(t *testing.T) {
 	if got := state(t, f.pool, b).Account.Balance; got != 180 {
 		t.Fatalf("merged balance %d, want 180", got)
 	}
-	if _, err := f.svc.Unmerge(ctx, &mcv1.UnmergeRequest{MergeId: merged.GetMergeId(), Reason: "r", IdempotencyKey: "u"}); err != nil {
-		t.Fatal(err)
-	}
+	f.unmerge(t, merged.GetMergeId(), "r", "u")
 	sa, sb := state(t, f.pool, a), state(t, f.pool, b)
 	if sa.Account.Balance != 30 || sa.Account.LifetimeEarned != 30 || sb.Account.Balance != 150 || sb.Account.LifetimeEarned != 150 {
 		t.Fatalf("after unmerge a=%+v b=%+v; want 30 and 150", sa.Account, sb.Account)
@@ -275,9 +282,7 @@ func TestResolveMergesMembersTheIdentifiersProveOne(t *testing.T) {
 
 func TestRulesForbidMergeRecordConflictForReview(t *testing.T) {
 	// E-mail may not merge members here: a conflict is recorded instead.
-	f := newServiceWithRules(t, func(y string) string {
-		return strings.Replace(y, "    may_merge: true\n    may_create: true\n    blocked: [\"test@example.com\"", "    may_merge: false\n    may_create: true\n    blocked: [\"test@example.com\"", 1)
-	})
+	f := newServiceWithRules(t, "    may_merge: true\n    may_create: true\n    blocked: [\"test@example.com\"", "    may_merge: false\n    may_create: true\n    blocked: [\"test@example.com\"")
 	ctx := ctxT(t)
 	byPhone := f.resolve(t, "p", phone("13944440001")).GetMemberId()
 	byEmail := f.resolve(t, "e", email("kai@example.cn")).GetMemberId()
@@ -391,16 +396,12 @@ func TestBlockedAndLimitedIdentifiers(t *testing.T) {
 }
 
 func TestMergeProtection(t *testing.T) {
-	f := newServiceWithRules(t, func(y string) string {
-		return strings.Replace(y, "max_merges: 20", "max_merges: 1", 1)
-	})
+	f := newServiceWithRules(t, "max_merges: 20", "max_merges: 1")
 	ctx := ctxT(t)
 	a := f.resolve(t, "a", phone("13977770001")).GetMemberId()
 	b := f.resolve(t, "b", phone("13977770002")).GetMemberId()
 	c := f.resolve(t, "c", phone("13977770003")).GetMemberId()
-	if _, err := f.svc.Merge(ctx, &mcv1.MergeRequest{SourceMemberId: a, TargetMemberId: b, Reason: "one", IdempotencyKey: "m1"}); err != nil {
-		t.Fatal(err)
-	}
+	f.merge(t, a, b, "one", "m1")
 	beforeB, beforeC := state(t, f.pool, b), state(t, f.pool, c)
 	_, err := f.svc.Merge(ctx, &mcv1.MergeRequest{SourceMemberId: c, TargetMemberId: b, Reason: "two", IdempotencyKey: "m2"})
 	var re *identity.RuleError
@@ -425,26 +426,18 @@ func TestUnmergeOrderAndRepeats(t *testing.T) {
 	a := f.resolve(t, "a", phone("13988880001")).GetMemberId()
 	b := f.resolve(t, "b", phone("13988880002")).GetMemberId()
 	c := f.resolve(t, "c", phone("13988880003")).GetMemberId()
-	ab, err := f.svc.Merge(ctx, &mcv1.MergeRequest{SourceMemberId: a, TargetMemberId: b, Reason: "r", IdempotencyKey: "ab"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	bc, err := f.svc.Merge(ctx, &mcv1.MergeRequest{SourceMemberId: b, TargetMemberId: c, Reason: "r", IdempotencyKey: "bc"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	ab := f.merge(t, a, b, "r", "ab")
+	bc := f.merge(t, b, c, "r", "bc")
 	if got := len(state(t, f.pool, c).Identifiers); got != 3 {
 		t.Fatalf("c holds %d identifiers after two merges, want 3", got)
 	}
-	_, err = f.svc.Unmerge(ctx, &mcv1.UnmergeRequest{MergeId: ab.GetMergeId(), Reason: "r", IdempotencyKey: "u-ab"})
+	_, err := f.svc.Unmerge(ctx, &mcv1.UnmergeRequest{MergeId: ab.GetMergeId(), Reason: "r", IdempotencyKey: "u-ab"})
 	var re *identity.RuleError
 	if !errors.As(err, &re) || re.Rule != "unmerge.order" {
 		t.Fatalf("unmerging the inner merge first: %v, want unmerge.order", err)
 	}
 	// Undoing b→c gives b back with a's identifiers, since a travels with b.
-	if _, err := f.svc.Unmerge(ctx, &mcv1.UnmergeRequest{MergeId: bc.GetMergeId(), Reason: "r", IdempotencyKey: "u-bc"}); err != nil {
-		t.Fatal(err)
-	}
+	f.unmerge(t, bc.GetMergeId(), "r", "u-bc")
 	if got := len(state(t, f.pool, b).Identifiers); got != 2 {
 		t.Fatalf("b holds %d identifiers after unmerge, want 2 (its own and a's)", got)
 	}
@@ -550,7 +543,6 @@ func loyaltyState(t *testing.T, pool *pgxpool.Pool, id string) string {
 // included.
 func TestMergeUnmergeRestoresLoyaltyState(t *testing.T) {
 	f := newService(t)
-	ctx := ctxT(t)
 	a := f.resolve(t, "a", phone("13955551001")).GetMemberId()
 	b := f.resolve(t, "b", phone("13955551002")).GetMemberId()
 	f.earn(t, "a1", []*mcv1.Identifier{phone("13955551001")}, 150_000) // ¥1,500: normal, a ¥10 coupon for a ¥500+ basket
@@ -558,18 +550,13 @@ func TestMergeUnmergeRestoresLoyaltyState(t *testing.T) {
 	beforeA, beforeB := loyaltyState(t, f.pool, a), loyaltyState(t, f.pool, b)
 	beforeLotsA, beforeLotsB := state(t, f.pool, a), state(t, f.pool, b)
 
-	merged, err := f.svc.Merge(ctx, &mcv1.MergeRequest{SourceMemberId: a, TargetMemberId: b, Reason: "same shopper", IdempotencyKey: "m"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	merged := f.merge(t, a, b, "same shopper", "m")
 	// Together: ¥2,300 over 12 months → silver, with its benefits and both coupons.
 	mid := loyaltyState(t, f.pool, b)
 	if !strings.HasPrefix(mid, "silver grants=free_shipping,priority_checkout coupons=C10-"+a) || !strings.Contains(mid, "C10-"+b) {
 		t.Fatalf("merged member: %s", mid)
 	}
-	if _, err := f.svc.Unmerge(ctx, &mcv1.UnmergeRequest{MergeId: merged.GetMergeId(), Reason: "two people", IdempotencyKey: "u"}); err != nil {
-		t.Fatal(err)
-	}
+	f.unmerge(t, merged.GetMergeId(), "two people", "u")
 	if got := loyaltyState(t, f.pool, a); got != beforeA {
 		t.Errorf("a after unmerge:\n got %s\nwant %s", got, beforeA)
 	}

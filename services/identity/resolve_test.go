@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sync"
 	"testing"
 	"time"
 
@@ -165,10 +164,7 @@ func TestResolveCreatesMember(t *testing.T) {
 	f := newService(t)
 	ctx := ctxT(t)
 
-	resp, err := f.svc.Resolve(ctx, resolveReq("k-create", true, phone(rawPhone)))
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp := f.resolve(t, "k-create", phone(rawPhone))
 	if !resp.GetCreated() {
 		t.Fatal("created = false for a phone never seen before")
 	}
@@ -212,17 +208,10 @@ func TestResolveWithoutCreate(t *testing.T) {
 
 func TestResolveLinksNewIdentifier(t *testing.T) {
 	f := newService(t)
-	ctx := ctxT(t)
-	first, err := f.svc.Resolve(ctx, resolveReq("k-1", true, phone(rawPhone)))
-	if err != nil {
-		t.Fatal(err)
-	}
+	first := f.resolve(t, "k-1", phone(rawPhone))
 
 	// The same phone, written differently, seen with a new card.
-	second, err := f.svc.Resolve(ctx, resolveReq("k-2", true, phone("+86 138 1234 5678"), card(memberCard)))
-	if err != nil {
-		t.Fatal(err)
-	}
+	second := f.resolve(t, "k-2", phone("+86 138 1234 5678"), card(memberCard))
 	if second.GetMemberId() != first.GetMemberId() || second.GetCreated() {
 		t.Fatalf("second resolve = %v, want existing member %s", second, first.GetMemberId())
 	}
@@ -236,10 +225,7 @@ func TestResolveLinksNewIdentifier(t *testing.T) {
 	}
 
 	// The card now finds the member; linking it again changes nothing.
-	third, err := f.svc.Resolve(ctx, resolveReq("k-3", true, card("C0012345")))
-	if err != nil {
-		t.Fatal(err)
-	}
+	third := f.resolve(t, "k-3", card("C0012345"))
 	if third.GetMemberId() != first.GetMemberId() || third.GetCreated() || len(third.GetLinked()) != 0 {
 		t.Fatalf("resolve by card = %v, want member %s, nothing linked", third, first.GetMemberId())
 	}
@@ -297,17 +283,10 @@ func TestResolveConcurrentNewPhone(t *testing.T) {
 	ctx := ctxT(t)
 	const n = 16
 	resps := make([]*mcv1.ResolveResponse, n)
-	errs := make([]error, n)
-	start := make(chan struct{})
-	var wg sync.WaitGroup
-	for i := range n {
-		wg.Go(func() {
-			<-start
-			resps[i], errs[i] = f.svc.Resolve(ctx, resolveReq(fmt.Sprintf("k-conc-%d", i), true, phone(rawPhone)))
-		})
-	}
-	close(start)
-	wg.Wait()
+	errs := atOnce(n, func(i int) (err error) {
+		resps[i], err = f.svc.Resolve(ctx, resolveReq(fmt.Sprintf("k-conc-%d", i), true, phone(rawPhone)))
+		return err
+	})
 
 	created := 0
 	for i := range n {
@@ -336,18 +315,11 @@ func TestResolveEventConcurrentNewPhone(t *testing.T) {
 	ctx := ctxT(t)
 	const n = 16
 	members := make([]string, n)
-	errs := make([]error, n)
-	start := make(chan struct{})
-	var wg sync.WaitGroup
-	for i := range n {
-		wg.Go(func() {
-			<-start
-			res, err := f.svc.ResolveEvent(ctx, channelEvent(fmt.Sprintf("ev-conc-%d", i), phone(rawPhone)))
-			members[i], errs[i] = res.MemberID, err
-		})
-	}
-	close(start)
-	wg.Wait()
+	errs := atOnce(n, func(i int) error {
+		res, err := f.svc.ResolveEvent(ctx, channelEvent(fmt.Sprintf("ev-conc-%d", i), phone(rawPhone)))
+		members[i] = res.MemberID
+		return err
+	})
 	for i := range n {
 		if errs[i] != nil {
 			t.Fatalf("event %d: %v", i, errs[i])
@@ -435,9 +407,7 @@ func TestNoRawPIIStored(t *testing.T) {
 	ctx := ctxT(t)
 	const email = "alice.smith@example.com"
 	emailID := &mcv1.Identifier{Type: typeEmail, Value: email}
-	if _, err := f.svc.Resolve(ctx, resolveReq("k-pii", true, phone(rawPhone))); err != nil {
-		t.Fatal(err)
-	}
+	f.resolve(t, "k-pii", phone(rawPhone))
 	if _, err := f.svc.ResolveEvent(ctx, channelEvent("ev-pii", phone("+86 138 1234 5678"), card(memberCard), emailID)); err != nil {
 		t.Fatal(err)
 	}
@@ -516,9 +486,7 @@ func TestNoRawPIIStored(t *testing.T) {
 func TestResolveEventRedeliveryReturnsFirstAnswer(t *testing.T) {
 	f := newService(t)
 	ctx := ctxT(t)
-	if _, err := f.svc.Resolve(ctx, resolveReq("k-existing", true, phone(rawPhone))); err != nil {
-		t.Fatal(err)
-	}
+	f.resolve(t, "k-existing", phone(rawPhone))
 	// Known phone, new card: the card is linked by this event.
 	ev := channelEvent("ev-link", phone(rawPhone), card(memberCard))
 	first, err := f.svc.ResolveEvent(ctx, ev)

@@ -2,6 +2,7 @@ package identity_test
 
 import (
 	"bytes"
+	"context"
 	"crypto/ed25519"
 	"crypto/rand"
 	"errors"
@@ -37,7 +38,7 @@ func newTermDevice(t *testing.T, id string) termDevice {
 
 func (f authFixture) register(t *testing.T, d termDevice) *mcv1.Terminal {
 	t.Helper()
-	resp, err := f.srv.RegisterTerminal(authCtx(t), &mcv1.RegisterTerminalRequest{
+	resp, err := f.srv.RegisterTerminal(ctxT(t), &mcv1.RegisterTerminalRequest{
 		TerminalId: d.id, StoreId: "SH-001", PublicKey: d.pub, Description: "checkout 1", IdempotencyKey: "register-" + d.id,
 	})
 	if err != nil {
@@ -82,9 +83,32 @@ func signAssertionBytes(from string, signer termDevice, b []byte) *mcv1.VerifyDe
 	return &mcv1.VerifyDeviceAssertionRequest{DeviceId: from, Assertion: b, Signature: ed25519.Sign(signer.priv, b)}
 }
 
+// refusal is a request a table of refusals wants refused with want.
+type refusal[R any] struct {
+	name string
+	req  R
+	want error
+}
+
+// wantRefusals runs each refusal as a subtest: call with its request must
+// fail with its want; then check, if not nil, runs.
+func wantRefusals[R, P any](t *testing.T, ctx context.Context, cases []refusal[R], call func(context.Context, R) (P, error), check func(t *testing.T)) {
+	t.Helper()
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := call(ctx, tc.req); !errors.Is(err, tc.want) {
+				t.Fatalf("got %v, want %v", err, tc.want)
+			}
+			if check != nil {
+				check(t)
+			}
+		})
+	}
+}
+
 func TestRegisterTerminal(t *testing.T) {
 	f := newAuthFixture(t)
-	ctx := authCtx(t)
+	ctx := ctxT(t)
 	d := newTermDevice(t, "SH-001-POS-01")
 	term := f.register(t, d)
 	if term.GetTerminalId() != d.id || term.GetStoreId() != "SH-001" || !bytes.Equal(term.GetPublicKey(), d.pub) ||
@@ -106,30 +130,20 @@ func TestRegisterTerminal(t *testing.T) {
 	}
 
 	other := newTermDevice(t, "SH-001-POS-02")
-	for _, tc := range []struct {
-		name string
-		req  *mcv1.RegisterTerminalRequest
-		want error
-	}{
+	wantRefusals(t, ctx, []refusal[*mcv1.RegisterTerminalRequest]{
 		{"same id, another key", &mcv1.RegisterTerminalRequest{TerminalId: d.id, StoreId: "SH-001", PublicKey: other.pub, IdempotencyKey: "k1"}, identity.ErrTerminalExists},
 		{"same id, another store", &mcv1.RegisterTerminalRequest{TerminalId: d.id, StoreId: "SH-002", PublicKey: d.pub, IdempotencyKey: "k2"}, identity.ErrTerminalExists},
 		{"another id, same key", &mcv1.RegisterTerminalRequest{TerminalId: other.id, StoreId: "SH-001", PublicKey: d.pub, IdempotencyKey: "k3"}, identity.ErrTerminalExists},
 		{"short key", &mcv1.RegisterTerminalRequest{TerminalId: other.id, StoreId: "SH-001", PublicKey: other.pub[:31], IdempotencyKey: "k4"}, identity.ErrInvalidTerminal},
 		{"no store", &mcv1.RegisterTerminalRequest{TerminalId: other.id, PublicKey: other.pub, IdempotencyKey: "k5"}, identity.ErrInvalidTerminal},
 		{"idempotency key reused", &mcv1.RegisterTerminalRequest{TerminalId: other.id, StoreId: "SH-001", PublicKey: other.pub, IdempotencyKey: "register-" + d.id}, changes.ErrKeyReused},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			if _, err := f.srv.RegisterTerminal(ctx, tc.req); !errors.Is(err, tc.want) {
-				t.Fatalf("got %v, want %v", err, tc.want)
-			}
-		})
-	}
+	}, f.srv.RegisterTerminal, nil)
 	f.wantCount(t, "terminals", 1, "%d terminals, want 1")
 }
 
 func TestRevokeTerminal(t *testing.T) {
 	f := newAuthFixture(t)
-	ctx := authCtx(t)
+	ctx := ctxT(t)
 	d := f.registered(t, "SH-001-POS-01")
 
 	f.clock.Set(authEpoch.Add(time.Minute))
@@ -166,7 +180,7 @@ func TestRevokeTerminal(t *testing.T) {
 
 func TestVerifyDeviceAssertion(t *testing.T) {
 	f := newAuthFixture(t)
-	ctx := authCtx(t)
+	ctx := ctxT(t)
 	member := f.newMember(t, "+8613900000001")
 	d := f.registered(t, "SH-001-POS-01")
 
@@ -204,10 +218,9 @@ func TestVerifyDeviceAssertion(t *testing.T) {
 
 func TestVerifyDeviceAssertionRefusals(t *testing.T) {
 	f := newAuthFixture(t)
-	ctx := authCtx(t)
+	ctx := ctxT(t)
 	member := f.newMember(t, "+8613900000001")
-	merged := f.newMember(t, "+8613900000002")
-	f.markMerged(t, merged, member)
+	merged := f.mergedMember(t, "+8613900000002", member)
 	d := newTermDevice(t, "SH-001-POS-01")
 	peer := newTermDevice(t, "SH-001-POS-02")
 	revoked := newTermDevice(t, "SH-001-POS-03")
@@ -225,11 +238,7 @@ func TestVerifyDeviceAssertionRefusals(t *testing.T) {
 		return signAssertion(t, d.id, d, a)
 	}
 	good := func() *mcv1.VerifyDeviceAssertionRequest { return with(func(*mcv1.DeviceAssertion) {}) }
-	cases := []struct {
-		name string
-		req  *mcv1.VerifyDeviceAssertionRequest
-		want error
-	}{
+	wantRefusals(t, ctx, []refusal[*mcv1.VerifyDeviceAssertionRequest]{
 		{"bad signature", func() *mcv1.VerifyDeviceAssertionRequest {
 			r := good()
 			r.Signature[10] ^= 0x01
@@ -265,21 +274,14 @@ func TestVerifyDeviceAssertionRefusals(t *testing.T) {
 		{"member id not a UUID", with(func(a *mcv1.DeviceAssertion) { a.MemberId = "m-1" }), identity.ErrAssertionInvalid},
 		{"unknown member", with(func(a *mcv1.DeviceAssertion) { a.MemberId = uuid.NewString() }), identity.ErrAssertionInvalid},
 		{"merged member", with(func(a *mcv1.DeviceAssertion) { a.MemberId = merged.String() }), identity.ErrAssertionInvalid},
-	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			_, err := f.srv.VerifyDeviceAssertion(ctx, tc.req)
-			if !errors.Is(err, tc.want) {
-				t.Fatalf("got %v, want %v", err, tc.want)
-			}
-			f.wantCount(t, "assertion_nonces", 0, "refused assertion wrote %d nonces")
-		})
-	}
+	}, f.srv.VerifyDeviceAssertion, func(t *testing.T) {
+		f.wantCount(t, "assertion_nonces", 0, "refused assertion wrote %d nonces")
+	})
 }
 
 func TestVerifyDeviceAssertionReplay(t *testing.T) {
 	f := newAuthFixture(t)
-	ctx := authCtx(t)
+	ctx := ctxT(t)
 	member := f.newMember(t, "+8613900000001")
 	d := newTermDevice(t, "SH-001-POS-01")
 	peer := newTermDevice(t, "SH-001-POS-02")
@@ -312,7 +314,7 @@ func TestVerifyDeviceAssertionReplay(t *testing.T) {
 
 func TestAssertionPolicy(t *testing.T) {
 	f := newAuthFixture(t)
-	ctx := authCtx(t)
+	ctx := ctxT(t)
 	member := f.newMember(t, "+8613900000001")
 	d := f.registered(t, "SH-001-POS-01")
 	p := identity.AssertionPolicy{MaxSkew: 10 * time.Second, MinScore: 0.5}
@@ -342,7 +344,7 @@ func TestVerifyDeviceAssertionConcurrentReplays(t *testing.T) {
 	d := f.registered(t, "SH-001-POS-01")
 	req := signAssertion(t, d.id, d, termAssertion(d, member, authEpoch))
 	acceptedOnce(t, 8, "sends", identity.ErrAssertionReplayed, func(int) error {
-		_, err := f.srv.VerifyDeviceAssertion(authCtx(t), req)
+		_, err := f.srv.VerifyDeviceAssertion(ctxT(t), req)
 		return err
 	})
 	f.wantCount(t, "assertion_nonces", 1, "%d nonces, want 1")

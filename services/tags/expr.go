@@ -1,6 +1,7 @@
 package tags
 
 import (
+	"cmp"
 	"math"
 	"strings"
 	"time"
@@ -153,6 +154,48 @@ func labelVal(k uint8, values []string, v *lval) cval {
 	return cval{k: kString, s: values[v.e]}
 }
 
+// not, negate, toDouble and toInt are CEL's operators and conversions of
+// one argument.
+func not(v cval) cval {
+	if v.k != kBool {
+		return errVal
+	}
+	return boolVal(v.i == 0)
+}
+
+func negate(v cval) cval {
+	switch {
+	case v.k == kInt && v.i != math.MinInt64:
+		return cval{k: kInt, i: -v.i}
+	case v.k == kDouble:
+		return cval{k: kDouble, f: -v.f}
+	}
+	return errVal
+}
+
+func toDouble(v cval) cval {
+	switch v.k {
+	case kInt:
+		return cval{k: kDouble, f: float64(v.i)}
+	case kDouble:
+		return v
+	}
+	return errVal
+}
+
+func toInt(v cval) cval {
+	switch v.k {
+	case kInt:
+		return v
+	case kDouble:
+		if math.IsInf(v.f, 0) || math.IsNaN(v.f) || v.f <= float64(math.MinInt64) || v.f >= float64(math.MaxInt64) {
+			return errVal
+		}
+		return cval{k: kInt, i: int64(v.f)}
+	}
+	return errVal
+}
+
 func (c *Catalog) compileArgs(call celast.CallExpr) ([]cexpr, bool) {
 	if call.IsMemberFunction() {
 		return nil, false
@@ -187,49 +230,13 @@ func (c *Catalog) compileCall(call celast.CallExpr) (cexpr, bool) {
 		x := args[0]
 		switch fn {
 		case operators.LogicalNot:
-			return func(a *vecActivation) cval {
-				v := x(a)
-				if v.k != kBool {
-					return errVal
-				}
-				return boolVal(v.i == 0)
-			}, true
+			return func(a *vecActivation) cval { return not(x(a)) }, true
 		case operators.Negate:
-			return func(a *vecActivation) cval {
-				v := x(a)
-				switch {
-				case v.k == kInt && v.i != math.MinInt64:
-					return cval{k: kInt, i: -v.i}
-				case v.k == kDouble:
-					return cval{k: kDouble, f: -v.f}
-				}
-				return errVal
-			}, true
+			return func(a *vecActivation) cval { return negate(x(a)) }, true
 		case overloads.TypeConvertDouble:
-			return func(a *vecActivation) cval {
-				v := x(a)
-				switch v.k {
-				case kInt:
-					return cval{k: kDouble, f: float64(v.i)}
-				case kDouble:
-					return v
-				}
-				return errVal
-			}, true
+			return func(a *vecActivation) cval { return toDouble(x(a)) }, true
 		case overloads.TypeConvertInt:
-			return func(a *vecActivation) cval {
-				v := x(a)
-				switch v.k {
-				case kInt:
-					return v
-				case kDouble:
-					if math.IsInf(v.f, 0) || math.IsNaN(v.f) || v.f <= float64(math.MinInt64) || v.f >= float64(math.MaxInt64) {
-						return errVal
-					}
-					return cval{k: kInt, i: int64(v.f)}
-				}
-				return errVal
-			}, true
+			return func(a *vecActivation) cval { return toInt(x(a)) }, true
 		}
 	case 2:
 		x, y := args[0], args[1]
@@ -407,45 +414,39 @@ func (p *Purchase) pvars(loc *time.Location) purchaseVars {
 		categories: p.Categories, brands: p.Brands}
 }
 
-// purchaseField compiles p.name: a field of the purchase, an error when the
-// purchase does not have it (as the map p lacks the key).
+// purchaseGetters read the fields of a purchase p.name names, but for
+// p.categories and p.brands (only in x in p.categories); store and items
+// are an error when the purchase does not have them (as the map p lacks
+// the key).
+var purchaseGetters = map[string]func(p *purchaseVars) cval{
+	"amount":          func(p *purchaseVars) cval { return cval{k: kDouble, f: p.amount} },
+	"discount":        func(p *purchaseVars) cval { return cval{k: kDouble, f: p.discount} },
+	"hour":            func(p *purchaseVars) cval { return cval{k: kInt, i: p.hour} },
+	"weekday":         func(p *purchaseVars) cval { return cval{k: kInt, i: p.weekday} },
+	"weekend":         func(p *purchaseVars) cval { return boolVal(p.weekend) },
+	"month":           func(p *purchaseVars) cval { return cval{k: kInt, i: p.month} },
+	"channel":         func(p *purchaseVars) cval { return cval{k: kString, s: p.channel} },
+	"coupon":          func(p *purchaseVars) cval { return boolVal(p.coupon) },
+	"points_redeemed": func(p *purchaseVars) cval { return cval{k: kInt, i: p.points} },
+	"store": func(p *purchaseVars) cval {
+		if !p.hasStore {
+			return errVal
+		}
+		return cval{k: kString, s: p.store}
+	},
+	"items": func(p *purchaseVars) cval {
+		if !p.hasItems {
+			return errVal
+		}
+		return cval{k: kInt, i: p.items}
+	},
+}
+
+// purchaseField compiles p.name: a field of the purchase (purchaseGetters).
 func purchaseField(name string) (cexpr, bool) {
-	var get func(p *purchaseVars) cval
-	switch name {
-	case "amount":
-		get = func(p *purchaseVars) cval { return cval{k: kDouble, f: p.amount} }
-	case "discount":
-		get = func(p *purchaseVars) cval { return cval{k: kDouble, f: p.discount} }
-	case "hour":
-		get = func(p *purchaseVars) cval { return cval{k: kInt, i: p.hour} }
-	case "weekday":
-		get = func(p *purchaseVars) cval { return cval{k: kInt, i: p.weekday} }
-	case "weekend":
-		get = func(p *purchaseVars) cval { return boolVal(p.weekend) }
-	case "month":
-		get = func(p *purchaseVars) cval { return cval{k: kInt, i: p.month} }
-	case "channel":
-		get = func(p *purchaseVars) cval { return cval{k: kString, s: p.channel} }
-	case "coupon":
-		get = func(p *purchaseVars) cval { return boolVal(p.coupon) }
-	case "points_redeemed":
-		get = func(p *purchaseVars) cval { return cval{k: kInt, i: p.points} }
-	case "store":
-		get = func(p *purchaseVars) cval {
-			if !p.hasStore {
-				return errVal
-			}
-			return cval{k: kString, s: p.store}
-		}
-	case "items":
-		get = func(p *purchaseVars) cval {
-			if !p.hasItems {
-				return errVal
-			}
-			return cval{k: kInt, i: p.items}
-		}
-	default:
-		return nil, false // categories and brands only in x in p.categories
+	get, ok := purchaseGetters[name]
+	if !ok {
+		return nil, false
 	}
 	return func(a *vecActivation) cval { return get(a.p) }, true
 }
@@ -508,12 +509,12 @@ func equal(l, r cval) bool {
 func order(l, r cval) (int, bool) {
 	switch {
 	case l.k == kInt && r.k == kInt:
-		return cmpInt(l.i, r.i), true
+		return cmp.Compare(l.i, r.i), true
 	case l.k == kDouble && r.k == kDouble:
 		if math.IsNaN(l.f) || math.IsNaN(r.f) {
 			return 0, false
 		}
-		return cmpFloat(l.f, r.f), true
+		return cmp.Compare(l.f, r.f), true
 	case l.k == kDouble && r.k == kInt:
 		if math.IsNaN(l.f) {
 			return 0, false
@@ -527,11 +528,12 @@ func order(l, r cval) (int, bool) {
 	case l.k == kString && r.k == kString:
 		return strings.Compare(l.s, r.s), true
 	case l.k == kBool && r.k == kBool:
-		return cmpInt(l.i, r.i), true
+		return cmp.Compare(l.i, r.i), true
 	}
 	return 0, false
 }
 
+// compareDoubleInt compares d, not NaN, with i.
 func compareDoubleInt(d float64, i int64) int {
 	switch {
 	case d < math.MinInt64:
@@ -539,27 +541,7 @@ func compareDoubleInt(d float64, i int64) int {
 	case d > math.MaxInt64:
 		return 1
 	}
-	return cmpFloat(d, float64(i))
-}
-
-func cmpInt(a, b int64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
-}
-
-func cmpFloat(a, b float64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
+	return cmp.Compare(d, float64(i))
 }
 
 func orderTest(fn string) func(int) bool {

@@ -176,6 +176,15 @@ func (f *fixture) labels(t *testing.T, m uuid.UUID) map[string]any {
 	return l
 }
 
+// wantLabel reports an error unless member m's label id is want; when
+// says after what.
+func (f *fixture) wantLabel(t *testing.T, m uuid.UUID, id string, want any, when string) {
+	t.Helper()
+	if got := f.labels(t, m)[id]; got != want {
+		t.Errorf("%s = %v %s; want %v", id, got, when, want)
+	}
+}
+
 // labelChanges returns the LabelsChanged changes in the member's outbox.
 func (f *fixture) labelChanges(t *testing.T, m uuid.UUID) []*mcv1.LabelsChanged {
 	t.Helper()
@@ -215,9 +224,7 @@ func TestApplyComputesLabelsOnceAndWritesTheChange(t *testing.T) {
 	}
 	// Redelivery changes nothing.
 	f.apply(t, c, ev)
-	if got := f.labels(t, m)["spend_30d_value"]; got != 30.0 {
-		t.Errorf("redelivered event counted twice: spend %v", got)
-	}
+	f.wantLabel(t, m, "spend_30d_value", 30.0, "after a redelivery (counted twice?)")
 	lc := f.labelChanges(t, m)
 	if len(lc) != 1 {
 		t.Fatalf("%d label changes in the outbox, want 1", len(lc))
@@ -265,9 +272,7 @@ func TestMissingFieldsAreAbsent(t *testing.T) {
 	}
 	// A purchase with lines decides it; the one without does not dilute it.
 	f.apply(t, c, purchase("e2", m, t0.Add(-30*time.Minute), 1000, "coffee"))
-	if got := f.labels(t, m)["coffee_lover"]; got != true {
-		t.Errorf("coffee_lover = %v after a coffee basket; want true", got)
-	}
+	f.wantLabel(t, m, "coffee_lover", true, "after a coffee basket")
 }
 
 // TestWindowExpiresOnTime: with no further event, the sweep clears
@@ -341,9 +346,7 @@ func TestCheckInRecomputesOnlyWhatItCanChange(t *testing.T) {
 			OccurredAt: timestamppb.New(t0.Add(time.Duration(i-3) * time.Minute)), Payload: &mcv1.MemberEvent_CheckIn{CheckIn: &mcv1.CheckIn{}}}
 		f.apply(t, c, ev)
 	}
-	if got := f.labels(t, m)["checkin_fan"]; got != true {
-		t.Errorf("checkin_fan = %v after three check-ins", got)
-	}
+	f.wantLabel(t, m, "checkin_fan", true, "after three check-ins")
 }
 
 // TestConsentWithdrawalWithholdsBehaviouralLabels: profiling consent
@@ -484,5 +487,91 @@ func TestApplyBatchEqualsOneAtATime(t *testing.T) {
 	var bd string
 	if err := batched.pool.QueryRow(c, `SELECT attributes->>'birth_date' FROM members WHERE member_id = $1`, members[0].b).Scan(&bd); err != nil || bd != "1995-05-01" {
 		t.Errorf("birth_date attribute = %q, %v", bd, err)
+	}
+}
+
+// The label sweep takes a member's locks in the order the tag worker does
+// (the members' rows in id order, then their features), so neither ever
+// waits for the other in a cycle. A cycle would lose nothing (PostgreSQL
+// breaks it after deadlock_timeout and the loser retries) but stalls both
+// for a second each time: in the bench's drains the sweep, which locked the
+// due members' features first, broke a dozen such cycles a minute.
+//
+// Here a worker's batch holds the members' rows while the sweep starts on
+// the same, due, members; then the batch takes their features, as the
+// worker does next, and commits. PostgreSQL must count no deadlock.
+func TestSweepLocksMembersBeforeFeatures(t *testing.T) {
+	f := newFixture(t)
+	c := ctxT(t)
+	var dbName string
+	if err := f.pool.QueryRow(c, `SELECT current_database()`).Scan(&dbName); err != nil {
+		t.Fatal(err)
+	}
+	// Purchases made 30 days less 30 seconds ago: their 30-day windows
+	// end, and the members are due for the sweep, a minute later.
+	members := make([]uuid.UUID, 20)
+	evs := make([]*mcv1.MemberEvent, len(members))
+	for i := range members {
+		members[i] = f.member(t)
+		evs[i] = purchase(fmt.Sprintf("e%d", i), members[i], t0.Add(-30*24*time.Hour+30*time.Second), 1000)
+	}
+	if refused, err := f.svc.ApplyBatch(c, evs); err != nil || len(refused) > 0 {
+		t.Fatalf("refused %v, err %v", refused, err)
+	}
+	*f.clock = t0.Add(time.Minute)
+
+	batch, err := f.pool.Begin(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer batch.Rollback(c)
+	if _, err := postgres.LockMembersForUpdate(c, batch, members); err != nil {
+		t.Fatal(err)
+	}
+	type result struct {
+		n   int
+		err error
+	}
+	swept := make(chan result, 1)
+	go func() {
+		n, err := f.svc.Sweep(c, 500)
+		swept <- result{n, err}
+	}()
+	admin, err := pgx.Connect(c, pgtest.AdminURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close(c)
+	pgtest.Eventually(t, "the sweep to wait for the batch's members", func() (bool, error) {
+		var waiting int
+		err := admin.QueryRow(c, `SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'`, dbName).Scan(&waiting)
+		return waiting > 0, err
+	})
+	if _, err := postgres.LoadFeaturesBatch(c, batch, members, nil); err != nil {
+		t.Fatalf("the batch's features: %v", err)
+	}
+	if err := batch.Commit(c); err != nil {
+		t.Fatal(err)
+	}
+	r := <-swept
+	if r.err != nil || r.n != len(members) {
+		t.Fatalf("sweep: %d members, err %v; want %d", r.n, r.err, len(members))
+	}
+
+	// A backend reports its statistics when it exits: close the pool's
+	// sessions (Reset leaves the pool usable for the checks at the end),
+	// wait for them to end, then read the database's count.
+	f.pool.Reset()
+	pgtest.Eventually(t, "the test's sessions to end", func() (bool, error) {
+		var sessions int
+		err := admin.QueryRow(c, `SELECT count(*) FROM pg_stat_activity WHERE datname = $1`, dbName).Scan(&sessions)
+		return sessions == 0, err
+	})
+	var deadlocks int64
+	if err := admin.QueryRow(c, `SELECT deadlocks FROM pg_stat_database WHERE datname = $1`, dbName).Scan(&deadlocks); err != nil {
+		t.Fatal(err)
+	}
+	if deadlocks != 0 {
+		t.Errorf("PostgreSQL broke %d deadlocks between the worker's batch and the sweep", deadlocks)
 	}
 }
