@@ -40,8 +40,7 @@ func TestChannelCredentialsOverGRPCAndHTTP(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
+	ctx := within(t, 60*time.Second)
 	posTok, _ := a.Mint("pos", time.Minute)
 	as := func(tok string) context.Context {
 		return metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+tok)
@@ -105,16 +104,9 @@ func TestChannelCredentialsOverGRPCAndHTTP(t *testing.T) {
 		})
 	}
 	// The update carries the caller's channel.
-	rows, err := e.pool.Query(ctx, `SELECT payload FROM outbox WHERE member_id = $1`, member)
-	if err != nil {
-		t.Fatal(err)
-	}
 	found := false
-	for rows.Next() {
-		var b []byte
-		if err := rows.Scan(&b); err != nil {
-			t.Fatal(err)
-		}
+	var b []byte
+	forEachRow(t, ctx, e.pool, []any{&b}, func() {
 		c := &mcv1.MemberChange{}
 		if err := proto.Unmarshal(b, c); err != nil {
 			t.Fatal(err)
@@ -125,8 +117,7 @@ func TestChannelCredentialsOverGRPCAndHTTP(t *testing.T) {
 				t.Errorf("attributes change from channel %s, want the mini-program's", c.GetChannel())
 			}
 		}
-	}
-	rows.Close()
+	}, `SELECT payload FROM outbox WHERE member_id = $1`, member)
 	if !found {
 		t.Error("no attributes change in the outbox")
 	}

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"google.golang.org/protobuf/encoding/protojson"
-	"google.golang.org/protobuf/proto"
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 
@@ -34,8 +33,7 @@ func TestEveryChannelSeesTheSameChangesInOrder(t *testing.T) {
 		}
 	}
 	e := startWith(t, stages) // the relay runs here, so it can be killed
-	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
-	defer cancel()
+	ctx := within(t, 120*time.Second)
 	ktel := kafka.Telemetry{Tracers: e.tel.Tracers, Meters: e.tel.Meters, Propagator: e.tel.Propagator, Logger: e.tel.Logger}
 	startRelay := func() func() {
 		r, err := relay.New(e.cfg.Kafka, ktel, changes.Outbox{Pool: e.pool})
@@ -56,13 +54,7 @@ func TestEveryChannelSeesTheSameChangesInOrder(t *testing.T) {
 	killRelay := startRelay()
 
 	const phone, card = "13400000099", "c-channels"
-	r, err := mcv1.NewIdentityServiceClient(e.conn).Resolve(ctx, &mcv1.ResolveRequest{Channel: mcv1.Channel_CHANNEL_POS, CreateIfMissing: true,
-		IdempotencyKey: "channels-create", Identifiers: []*mcv1.Identifier{{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_PHONE, Value: phone},
-			{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_MEMBER_CARD, Value: card}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	member := r.GetMemberId()
+	member := e.createMember(t, ctx, mcv1.Channel_CHANNEL_POS, "channels-create", phone, card)
 	sync := mcv1.NewSyncServiceClient(e.conn)
 	grpcSub := func(c context.Context, token string) mcv1.SyncService_SubscribeClient {
 		s, err := sync.Subscribe(c, &mcv1.SubscribeRequest{MemberIds: []string{member}, ResumeToken: token})
@@ -92,8 +84,7 @@ func TestEveryChannelSeesTheSameChangesInOrder(t *testing.T) {
 
 	// 1. POS purchase through Kafka; the app subscriber sees its first
 	// change, then disconnects.
-	v, _ := proto.Marshal(posTransaction("channels-1", phone, card, 30_000))
-	e.publish(t, ctx, phone, v)
+	e.publishEvent(t, ctx, phone, posTransaction("channels-1", phone, card, 30_000))
 	var appSeqs []uint64
 	m, err := app.Recv()
 	if err != nil {

@@ -1,12 +1,9 @@
 package e2e_test
 
 import (
-	"context"
 	"net/http"
 	"testing"
 	"time"
-
-	"google.golang.org/protobuf/proto"
 
 	"github.com/membercenter/membercenter/pipeline/fault/faulttest"
 	"github.com/membercenter/membercenter/services/platform"
@@ -20,8 +17,7 @@ func TestPlatformStartsWhileClickHouseIsAway(t *testing.T) {
 		proxy = faulttest.NewProxy(t, c.ClickHouse.Addr)
 		c.ClickHouse.Addr = proxy.Addr()
 	})
-	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
-	defer cancel()
+	ctx := within(t, 120*time.Second)
 	ready := func() int {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, e.admin+"/readyz", nil)
 		resp, err := http.DefaultClient.Do(req)
@@ -35,8 +31,7 @@ func TestPlatformStartsWhileClickHouseIsAway(t *testing.T) {
 		t.Errorf("/readyz = %d while ClickHouse is away, want 503", code)
 	}
 	const phone, card = "13500000123", "c-ch-away"
-	v, _ := proto.Marshal(posTransaction("ch-away-1", phone, card, 3_000))
-	e.publish(t, ctx, phone, v)
+	e.publishEvent(t, ctx, phone, posTransaction("ch-away-1", phone, card, 3_000))
 	eventually(t, "the purchase applied while ClickHouse is away", func() (bool, error) {
 		var n int
 		err := e.pool.QueryRow(ctx, `SELECT count(*) FROM processed_events WHERE event_id = 'ch-away-1'`).Scan(&n)

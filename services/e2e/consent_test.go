@@ -1,7 +1,6 @@
 package e2e_test
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"slices"
@@ -10,7 +9,6 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 )
@@ -20,16 +18,14 @@ import (
 // seconds; the analyst views keep the members who consent to analytics.
 func TestSegmentsLeaveOutMembersWithoutConsent(t *testing.T) {
 	e := start(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
+	ctx := within(t, 2*time.Minute)
 	profiles := mcv1.NewProfileServiceClient(e.conn)
 
 	// Three shoppers buy once: each is in bought_365d.
 	shoppers := []string{"13655500001", "13655500002", "13655500003"}
 	members := make([]string, len(shoppers))
 	for i, phone := range shoppers {
-		v, _ := proto.Marshal(posTransaction(fmt.Sprintf("consent-%d", i), phone, fmt.Sprintf("c-consent-%d", i), 10_000))
-		e.publish(t, ctx, phone, v)
+		e.publishEvent(t, ctx, phone, posTransaction(fmt.Sprintf("consent-%d", i), phone, fmt.Sprintf("c-consent-%d", i), 10_000))
 	}
 	for i := range shoppers {
 		eventually(t, "the shopper's member", func() (bool, error) {

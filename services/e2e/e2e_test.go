@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
@@ -71,14 +72,7 @@ func startWith(t *testing.T, stages []string, edit ...func(*platform.Config)) *e
 // platform's start (a server taken away, say).
 func startAfter(t *testing.T, stages []string, beforeRun func(), edit ...func(*platform.Config)) *env {
 	t.Helper()
-	chConn, chCfg := chtest.NewDB(t)
-	cfg := platform.Config{
-		Postgres:   postgres.Config{URL: pgtest.NewDB(t), MaxConns: 20},
-		ClickHouse: chCfg,
-		Kafka:      kafkatest.Config(t),
-		Telemetry:  telemetry.Config{ServiceName: "membercenter-e2e", LogLevel: "info"},
-		Server:     server.Config{GRPCAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", Grace: 5 * time.Second},
-	}
+	cfg, chConn := newConfig(t)
 	for _, f := range edit {
 		f(&cfg)
 	}
@@ -102,6 +96,29 @@ func startAfter(t *testing.T, stages []string, beforeRun func(), edit ...func(*p
 	t.Cleanup(kc.Close)
 	return &env{cfg: cfg, tel: tel, spans: spans, pool: pe.P.Pool(), ch: chConn, conn: r.Conn, kafka: kc, http: "http://" + r.HTTP,
 		admin: "http://" + r.Admin, clock: clock}
+}
+
+// newConfig is the platform's configuration on databases and topics of t's
+// own, with its servers on loopback ports of their own; ch is a connection
+// to its ClickHouse database.
+func newConfig(t *testing.T) (cfg platform.Config, ch driver.Conn) {
+	t.Helper()
+	ch, chCfg := chtest.NewDB(t)
+	return platform.Config{
+		Postgres:   postgres.Config{URL: pgtest.NewDB(t), MaxConns: 20},
+		ClickHouse: chCfg,
+		Kafka:      kafkatest.Config(t),
+		Telemetry:  telemetry.Config{ServiceName: "membercenter-e2e", LogLevel: "info"},
+		Server:     server.Config{GRPCAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", Grace: 5 * time.Second},
+	}, ch
+}
+
+// within is the context of a test's calls: it ends after d, or with the
+// test.
+func within(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(t.Context(), d)
+	t.Cleanup(cancel)
+	return ctx
 }
 
 type testWriter struct{ t *testing.T }
@@ -132,13 +149,19 @@ func lastWednesdayNoon() time.Time {
 	return clocktest.LastWednesdayNoon(clocktest.Start().In(sh))
 }
 
+// identifiers are a shopper's phone and, unless card is empty, member card.
+func identifiers(phone, card string) []*mcv1.Identifier {
+	ids := []*mcv1.Identifier{{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_PHONE, Value: phone}}
+	if card != "" {
+		ids = append(ids, &mcv1.Identifier{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_MEMBER_CARD, Value: card})
+	}
+	return ids
+}
+
 func posTransaction(id, phone, card string, amountMinor int64) *mcv1.ChannelEvent {
 	return &mcv1.ChannelEvent{
 		EventId: id, Channel: mcv1.Channel_CHANNEL_POS, StoreId: "SH-001", OccurredAt: timestamppb.New(lastWednesdayNoon()),
-		Identifiers: []*mcv1.Identifier{
-			{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_PHONE, Value: phone},
-			{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_MEMBER_CARD, Value: card},
-		},
+		Identifiers: identifiers(phone, card),
 		Payload: &mcv1.ChannelEvent_Transaction{Transaction: &mcv1.Transaction{
 			OrderId: "O-" + id, Total: &mcv1.Money{Currency: "CNY", AmountMinor: amountMinor},
 			Items: []*mcv1.LineItem{{Sku: "TEA-L", Category: "tea", Quantity: 1, Amount: &mcv1.Money{Currency: "CNY", AmountMinor: amountMinor}}},
@@ -146,11 +169,72 @@ func posTransaction(id, phone, card string, amountMinor int64) *mcv1.ChannelEven
 	}
 }
 
+// publish writes value to channel.events.v1 under key, as a channel does.
 func (e *env) publish(t *testing.T, ctx context.Context, key string, value []byte) {
 	t.Helper()
 	r := &kgo.Record{Topic: e.cfg.Kafka.Topics.ChannelEvents, Key: []byte(key), Value: value}
 	if err := e.kafka.ProduceSync(ctx, r).FirstErr(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// publishEvent is publish of a channel event.
+func (e *env) publishEvent(t *testing.T, ctx context.Context, key string, ev *mcv1.ChannelEvent) {
+	t.Helper()
+	v, err := proto.Marshal(ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.publish(t, ctx, key, v)
+}
+
+// createMember resolves phone (and card, unless empty) on channel ch,
+// creating the member, and returns its id.
+func (e *env) createMember(t *testing.T, ctx context.Context, ch mcv1.Channel, key, phone, card string) string {
+	t.Helper()
+	r, err := mcv1.NewIdentityServiceClient(e.conn).Resolve(ctx, &mcv1.ResolveRequest{Channel: ch, CreateIfMissing: true,
+		IdempotencyKey: key, Identifiers: identifiers(phone, card)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r.GetMemberId()
+}
+
+// forEachRow runs sql on pool, scans each row into dest and calls fn after
+// each, failing t on any error.
+func forEachRow(t *testing.T, ctx context.Context, pool *pgxpool.Pool, dest []any, fn func(), sql string, args ...any) {
+	t.Helper()
+	rows, _ := pool.Query(ctx, sql, args...) // a failed query's error is ForEachRow's too
+	if _, err := pgx.ForEachRow(rows, dest, func() error { fn(); return nil }); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+}
+
+// readTopic reads the committed records of topic from its start until it
+// has want of them and a poll of quiet brings no more; it fails t if that
+// takes more than 90 seconds.
+func readTopic(t *testing.T, ctx context.Context, brokers []string, topic string, want int, quiet time.Duration) []*kgo.Record {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ConsumeTopics(topic),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.FetchIsolationLevel(kgo.ReadCommitted()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	var out []*kgo.Record
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		pctx, cancel := context.WithTimeout(ctx, quiet)
+		fs := cl.PollFetches(pctx)
+		cancel()
+		n := 0
+		fs.EachRecord(func(r *kgo.Record) { out = append(out, r); n++ })
+		if n == 0 && len(out) >= want {
+			return out
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			t.Fatalf("%s: %d records, want %d", topic, len(out), want)
+		}
 	}
 }
 
@@ -175,8 +259,7 @@ func nextChange(t *testing.T, s mcv1.SyncService_SubscribeClient) *mcv1.MemberCh
 
 func TestPOSTransactionEndToEnd(t *testing.T) {
 	e := start(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
+	ctx := within(t, 90*time.Second)
 
 	stream := e.subscribe(t, ctx, &mcv1.SubscribeRequest{})
 
@@ -332,18 +415,16 @@ func (e *env) readDLQ(t *testing.T, ctx context.Context) dlq.Letter {
 
 func TestRedeliveredEventChangesNothing(t *testing.T) {
 	e := start(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
+	ctx := within(t, 90*time.Second)
 	stream := e.subscribe(t, ctx, &mcv1.SubscribeRequest{})
 
 	const phone, card = "13700000001", "c-dup"
-	first, _ := proto.Marshal(posTransaction("dup-1", phone, card, 5_000))
-	second, _ := proto.Marshal(posTransaction("dup-2", phone, card, 700))
+	first, second := posTransaction("dup-1", phone, card, 5_000), posTransaction("dup-2", phone, card, 700)
 	// The first event twice (as after a producer retry), then another one.
 	// Same key, same partition: the second is processed after the copy.
-	e.publish(t, ctx, phone, first)
-	e.publish(t, ctx, phone, first)
-	e.publish(t, ctx, phone, second)
+	e.publishEvent(t, ctx, phone, first)
+	e.publishEvent(t, ctx, phone, first)
+	e.publishEvent(t, ctx, phone, second)
 
 	var changes []*mcv1.MemberChange
 	for len(changes) < 3 {
@@ -386,8 +467,7 @@ func TestRedeliveredEventChangesNothing(t *testing.T) {
 // and the change reaches a subscriber through the outbox relay and the hub.
 func TestResolveRPCTraceReachesSubscriber(t *testing.T) {
 	e := start(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
+	ctx := within(t, 60*time.Second)
 	stream := e.subscribe(t, ctx, &mcv1.SubscribeRequest{})
 	tctx, root := e.tel.Tracers.Tracer("app").Start(ctx, "app sign-up")
 	resp, err := mcv1.NewIdentityServiceClient(e.conn).Resolve(tctx, &mcv1.ResolveRequest{
@@ -431,8 +511,7 @@ func TestResolveRPCTraceReachesSubscriber(t *testing.T) {
 // naming the field, and changes nothing.
 func TestInvalidRequestsNameTheField(t *testing.T) {
 	e := start(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	ctx := within(t, 30*time.Second)
 	idc := mcv1.NewIdentityServiceClient(e.conn)
 	cases := []struct {
 		name  string
@@ -473,14 +552,9 @@ func TestInvalidRequestsNameTheField(t *testing.T) {
 // and change nothing.
 func TestIdentityRefusalsOverGRPC(t *testing.T) {
 	e := start(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	ctx := within(t, 30*time.Second)
 	idc := mcv1.NewIdentityServiceClient(e.conn)
-	ok, err := idc.Resolve(ctx, &mcv1.ResolveRequest{Channel: mcv1.Channel_CHANNEL_POS, CreateIfMissing: true, IdempotencyKey: "ok",
-		Identifiers: []*mcv1.Identifier{{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_PHONE, Value: "13512345678"}}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	member := e.createMember(t, ctx, mcv1.Channel_CHANNEL_POS, "ok", "13512345678", "")
 	var before int
 	count := func() int {
 		var n int
@@ -507,11 +581,11 @@ func TestIdentityRefusalsOverGRPC(t *testing.T) {
 			return err
 		}, codes.FailedPrecondition, "may_create"},
 		{"merge an unknown member", func() error {
-			_, err := idc.Merge(ctx, &mcv1.MergeRequest{SourceMemberId: "01a2081c-7e05-7692-b601-0b712861c640", TargetMemberId: ok.GetMemberId(), Reason: "x", IdempotencyKey: "m"})
+			_, err := idc.Merge(ctx, &mcv1.MergeRequest{SourceMemberId: "01a2081c-7e05-7692-b601-0b712861c640", TargetMemberId: member, Reason: "x", IdempotencyKey: "m"})
 			return err
 		}, codes.NotFound, "01a2081c-7e05-7692-b601-0b712861c640"},
 		{"merge into itself", func() error {
-			_, err := idc.Merge(ctx, &mcv1.MergeRequest{SourceMemberId: ok.GetMemberId(), TargetMemberId: ok.GetMemberId(), Reason: "x", IdempotencyKey: "m2"})
+			_, err := idc.Merge(ctx, &mcv1.MergeRequest{SourceMemberId: member, TargetMemberId: member, Reason: "x", IdempotencyKey: "m2"})
 			return err
 		}, codes.FailedPrecondition, "itself"},
 		{"unmerge a malformed id", func() error {
@@ -519,7 +593,7 @@ func TestIdentityRefusalsOverGRPC(t *testing.T) {
 			return err
 		}, codes.InvalidArgument, "merge_id"},
 		{"merge without reason", func() error {
-			_, err := idc.Merge(ctx, &mcv1.MergeRequest{SourceMemberId: ok.GetMemberId(), TargetMemberId: ok.GetMemberId(), IdempotencyKey: "m3"})
+			_, err := idc.Merge(ctx, &mcv1.MergeRequest{SourceMemberId: member, TargetMemberId: member, IdempotencyKey: "m3"})
 			return err
 		}, codes.InvalidArgument, "reason"},
 		{"graph of an unknown member", func() error {
@@ -551,14 +625,8 @@ func TestIdentityRefusalsOverGRPC(t *testing.T) {
 // the field or the reason, and change nothing.
 func TestBenefitsRefusalsOverGRPC(t *testing.T) {
 	e := start(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	res, err := mcv1.NewIdentityServiceClient(e.conn).Resolve(ctx, &mcv1.ResolveRequest{Channel: mcv1.Channel_CHANNEL_POS, CreateIfMissing: true,
-		IdempotencyKey: "m", Identifiers: []*mcv1.Identifier{{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_PHONE, Value: "13512340000"}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := res.GetMemberId()
+	ctx := within(t, 30*time.Second)
+	m := e.createMember(t, ctx, mcv1.Channel_CHANNEL_POS, "m", "13512340000", "")
 	bc := mcv1.NewBenefitsServiceClient(e.conn)
 	basket := func(total int64, currency string, items int) *mcv1.Basket {
 		b := &mcv1.Basket{OrderId: "O-1", Channel: mcv1.Channel_CHANNEL_POS, Total: &mcv1.Money{Currency: currency, AmountMinor: total}}

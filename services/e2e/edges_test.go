@@ -26,8 +26,7 @@ import (
 // the app.
 func TestAPIAndIngestEdges(t *testing.T) {
 	e := start(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
-	defer cancel()
+	ctx := within(t, 120*time.Second)
 
 	const phone, card = "13700000012", "c-edges"
 	usd := posTransaction("edge-usd", phone, card, 5_000)
@@ -36,8 +35,7 @@ func TestAPIAndIngestEdges(t *testing.T) {
 	huge := posTransaction("edge-huge", phone, card, 1_000_000_000_000_000)
 	good := posTransaction("edge-good", phone, card, 12_345)
 	for _, ev := range []*mcv1.ChannelEvent{usd, huge, good} {
-		b, _ := proto.Marshal(ev)
-		e.publish(t, ctx, phone, b)
+		e.publishEvent(t, ctx, phone, ev)
 	}
 	var member string
 	eventually(t, "the good purchase applied", func() (bool, error) {

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"google.golang.org/protobuf/encoding/protojson"
-	"google.golang.org/protobuf/proto"
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 )
@@ -67,8 +66,7 @@ func readEvent(t *testing.T, r *bufio.Reader) event {
 // receives exactly the change it missed.
 func TestHTTPGatewayAndServerSentEvents(t *testing.T) {
 	e := start(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
+	ctx := within(t, 90*time.Second)
 	const phone, card = "13500000088", "c-http"
 	code, out := postJSON(t, ctx, e.http+"/membercenter.v1.IdentityService/Resolve",
 		`{"identifiers":[{"type":"IDENTIFIER_TYPE_PHONE","value":"`+phone+`"},{"type":"IDENTIFIER_TYPE_MEMBER_CARD","value":"`+card+`"}],
@@ -108,8 +106,7 @@ func TestHTTPGatewayAndServerSentEvents(t *testing.T) {
 		t.Fatalf("first event %+v, want ready with an id", ev)
 	}
 	publishTxn := func(id string) {
-		v, _ := proto.Marshal(posTransaction(id, phone, card, 8_800))
-		e.publish(t, ctx, phone, v)
+		e.publishEvent(t, ctx, phone, posTransaction(id, phone, card, 8_800))
 	}
 	publishTxn("http-e1")
 	lastID := ""

@@ -4,10 +4,10 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -41,17 +41,10 @@ func TestBenefitsFollowLabels(t *testing.T) {
 			t.Fatal(err)
 		}
 	}, func(c *platform.Config) { url = c.Postgres.URL })
-	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
-	defer cancel()
-	ids := mcv1.NewIdentityServiceClient(e.conn)
+	ctx := within(t, 120*time.Second)
 	bs := mcv1.NewBenefitsServiceClient(e.conn)
 	member := func(phone string) string {
-		r, err := ids.Resolve(ctx, &mcv1.ResolveRequest{Identifiers: []*mcv1.Identifier{{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_PHONE, Value: phone}},
-			Channel: mcv1.Channel_CHANNEL_APP, CreateIfMissing: true, IdempotencyKey: "create-" + phone})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return r.GetMemberId()
+		return e.createMember(t, ctx, mcv1.Channel_CHANNEL_APP, "create-"+phone, phone, "")
 	}
 	// The programme is in force once a quote names its version.
 	probe := member("13600000000")
@@ -59,41 +52,18 @@ func TestBenefitsFollowLabels(t *testing.T) {
 		q, err := bs.Quote(ctx, &mcv1.QuoteRequest{MemberId: probe, Basket: &mcv1.Basket{OrderId: "probe",
 			Total: &mcv1.Money{Currency: "CNY", AmountMinor: 1000}, Channel: mcv1.Channel_CHANNEL_POS,
 			Items: []*mcv1.LineItem{{Sku: "TEA-L", Category: "tea", Quantity: 1, Amount: &mcv1.Money{Currency: "CNY", AmountMinor: 1000}}}}})
-		if err != nil {
-			return false, err
-		}
-		for _, tr := range q.GetTrace() {
-			if tr.GetRuleVersion() == version {
-				return true, nil
-			}
-		}
-		return false, nil
+		return slices.ContainsFunc(q.GetTrace(), func(tr *mcv1.RuleTrace) bool { return tr.GetRuleVersion() == version }), err
 	})
 	holds := func(m, benefit string) func() (bool, error) {
 		return func() (bool, error) {
 			r, err := bs.ListBenefits(ctx, &mcv1.ListBenefitsRequest{MemberId: m})
-			if err != nil {
-				return false, err
-			}
-			for _, b := range r.GetBenefits() {
-				if b.GetBenefitId() == benefit {
-					return true, nil
-				}
-			}
-			return false, nil
+			return slices.ContainsFunc(r.GetBenefits(), func(b *mcv1.Benefit) bool { return b.GetBenefitId() == benefit }), err
 		}
 	}
 	at := e.clock.Now().Add(-time.Hour)
 	event := func(id, phone string) *mcv1.ChannelEvent {
 		return &mcv1.ChannelEvent{EventId: id, Channel: mcv1.Channel_CHANNEL_APP, OccurredAt: timestamppb.New(at),
 			Identifiers: []*mcv1.Identifier{{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_PHONE, Value: phone}}}
-	}
-	publish := func(phone string, ce *mcv1.ChannelEvent) {
-		v, err := proto.Marshal(ce)
-		if err != nil {
-			t.Fatal(err)
-		}
-		e.publish(t, ctx, phone, v)
 	}
 
 	// Three shares: sharer (shares_90d >= 3).
@@ -102,7 +72,7 @@ func TestBenefitsFollowLabels(t *testing.T) {
 	for i := range 3 {
 		ce := event(fmt.Sprintf("share-%d", i), sharerPhone)
 		ce.Payload = &mcv1.ChannelEvent_Share{Share: &mcv1.Share{ContentId: fmt.Sprintf("post-%d", i), Target: "wechat"}}
-		publish(sharerPhone, ce)
+		e.publishEvent(t, ctx, sharerPhone, ce)
 	}
 	// Five new shoppers, one purchase each.
 	var buyers []string
@@ -112,7 +82,7 @@ func TestBenefitsFollowLabels(t *testing.T) {
 		ce.Channel, ce.StoreId = mcv1.Channel_CHANNEL_POS, "SH-001"
 		ce.Payload = &mcv1.ChannelEvent_Transaction{Transaction: &mcv1.Transaction{OrderId: fmt.Sprintf("O-first-%d", i),
 			Total: &mcv1.Money{Currency: "CNY", AmountMinor: 8800}}}
-		publish(phone, ce)
+		e.publishEvent(t, ctx, phone, ce)
 		buyers = append(buyers, phone)
 	}
 

@@ -21,8 +21,6 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
-	"github.com/membercenter/membercenter/storage/clickhouse/chtest"
-	"github.com/membercenter/membercenter/storage/postgres"
 	"github.com/membercenter/membercenter/storage/postgres/pgtest"
 
 	"github.com/membercenter/membercenter/pipeline/clocktest"
@@ -35,9 +33,7 @@ import (
 	"github.com/membercenter/membercenter/services/benefits/benefitstest"
 	"github.com/membercenter/membercenter/services/platform"
 	"github.com/membercenter/membercenter/services/platform/platformtest"
-	"github.com/membercenter/membercenter/services/server"
 	"github.com/membercenter/membercenter/services/tags"
-	"github.com/membercenter/membercenter/services/telemetry"
 )
 
 // TestRebalanceMidDrain runs several pipeline instances in one group
@@ -69,8 +65,7 @@ import (
 // member's; ClickHouse has every event; the dead-letter topic holds
 // exactly the deliberately bad records.
 func TestRebalanceMidDrain(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
+	ctx := within(t, 5*time.Minute)
 	began := time.Now()
 	g := newInstanceGroup(t)
 	a := g.start(t, "a", platform.AllServices)
@@ -144,22 +139,15 @@ type instanceGroup struct {
 
 func newInstanceGroup(t *testing.T) *instanceGroup {
 	t.Helper()
-	_, chCfg := chtest.NewDB(t)
-	kcfg := kafkatest.Config(t)
+	base, _ := newConfig(t)
 	// A stopped static member keeps its partitions until its session
 	// times out: the shortest the broker allows (group.min.session.timeout.ms),
 	// so the test does not wait long for the move.
-	kcfg.SessionTimeout = 6 * time.Second
+	base.Kafka.SessionTimeout = 6 * time.Second
 	// Batches wait for the members the test locks for longer than the
 	// default limit after which a stage gives a batch up and splits it.
-	kcfg.RecordRetryLimit = 2 * time.Minute
-	g := &instanceGroup{base: platform.Config{
-		Postgres:   postgres.Config{URL: pgtest.NewDB(t), MaxConns: 20},
-		ClickHouse: chCfg,
-		Kafka:      kcfg,
-		Telemetry:  telemetry.Config{ServiceName: "membercenter-e2e", LogLevel: "info"},
-		Server:     server.Config{GRPCAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", Grace: 5 * time.Second},
-	}}
+	base.Kafka.RecordRetryLimit = 2 * time.Minute
+	g := &instanceGroup{base: base}
 	// The instances' business clock: the 20th of the test clock's month,
 	// noon in Shanghai. Every event of the workload falls in that month
 	// before it, and the clock cannot reach the next month during the test,
@@ -180,7 +168,7 @@ func newInstanceGroup(t *testing.T) *instanceGroup {
 	}
 	t.Cleanup(pool.Close)
 	g.pool = pool
-	kc, err := kafka.NewClient(kcfg, g.envA.Kafka(), "")
+	kc, err := kafka.NewClient(base.Kafka, g.envA.Kafka(), "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -360,54 +348,14 @@ func (g *instanceGroup) waitDrained(t *testing.T, ctx context.Context, w *worklo
 	})
 }
 
-// readTopic reads the committed records of topic from its start until it
-// has want of them, then on until a second passes without another.
-func (g *instanceGroup) readTopic(t *testing.T, ctx context.Context, topic string, want int) []*kgo.Record {
-	t.Helper()
-	cl, err := kgo.NewClient(kgo.SeedBrokers(g.base.Kafka.Brokers...), kgo.ConsumeTopics(topic),
-		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.FetchIsolationLevel(kgo.ReadCommitted()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
-	var out []*kgo.Record
-	deadline := time.Now().Add(90 * time.Second)
-	for {
-		pctx, cancel := context.WithTimeout(ctx, time.Second)
-		fs := cl.PollFetches(pctx)
-		cancel()
-		n := 0
-		fs.EachRecord(func(r *kgo.Record) { out = append(out, r); n++ })
-		if n == 0 && len(out) >= want {
-			return out
-		}
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			t.Fatalf("%s: %d records, want %d", topic, len(out), want)
-		}
-	}
-}
-
 // checkOracle compares every member's loyalty state with the oracle's.
 func (g *instanceGroup) checkOracle(t *testing.T, ctx context.Context, w *workload) {
 	t.Helper()
 	o := w.oracle
 	query := func(sql string, args ...any) map[string][]string {
-		rows, err := g.pool.Query(ctx, sql, args...)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer rows.Close()
 		out := map[string][]string{}
-		for rows.Next() {
-			var member, v string
-			if err := rows.Scan(&member, &v); err != nil {
-				t.Fatal(err)
-			}
-			out[member] = append(out[member], v)
-		}
-		if err := rows.Err(); err != nil {
-			t.Fatal(err)
-		}
+		var member, v string
+		forEachRow(t, ctx, g.pool, []any{&member, &v}, func() { out[member] = append(out[member], v) }, sql, args...)
 		return out
 	}
 	const stamp = "2006-01-02T15:04:05Z"
@@ -466,20 +414,10 @@ func (g *instanceGroup) checkOracle(t *testing.T, ctx context.Context, w *worklo
 
 	// Points moved per kind of ledger transaction, over the whole ledger.
 	totals := map[string]int64{}
-	rows, err := g.pool.Query(ctx, `SELECT t.kind, abs(sum(e.delta)) FROM ledger_transactions t
+	var kind string
+	var sum int64
+	forEachRow(t, ctx, g.pool, []any{&kind, &sum}, func() { totals[kind] = sum }, `SELECT t.kind, abs(sum(e.delta)) FROM ledger_transactions t
 		JOIN ledger_entries e USING (transaction_id) WHERE e.member_id IS NOT NULL GROUP BY t.kind`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for rows.Next() {
-		var kind string
-		var sum int64
-		if err := rows.Scan(&kind, &sum); err != nil {
-			t.Fatal(err)
-		}
-		totals[kind] = sum
-	}
-	rows.Close()
 	want := o.Totals()
 	maps.DeleteFunc(want, func(_ string, v int64) bool { return v == 0 })
 	maps.DeleteFunc(totals, func(_ string, v int64) bool { return v == 0 })
@@ -515,7 +453,7 @@ func (g *instanceGroup) checkMemberEvents(t *testing.T, ctx context.Context, w *
 	t.Helper()
 	seen := map[string]int{}
 	got := map[string][]string{}
-	for _, r := range g.readTopic(t, ctx, g.base.Kafka.Topics.MemberEvents, len(w.goodIDs)) {
+	for _, r := range readTopic(t, ctx, g.base.Kafka.Brokers, g.base.Kafka.Topics.MemberEvents, len(w.goodIDs), time.Second) {
 		ev := &mcv1.MemberEvent{}
 		if err := proto.Unmarshal(r.Value, ev); err != nil {
 			t.Fatalf("member.events.v1 %d@%d: %v", r.Partition, r.Offset, err)
@@ -554,25 +492,17 @@ func (g *instanceGroup) checkChanges(t *testing.T, ctx context.Context, w *workl
 	t.Helper()
 	final := map[string]uint64{}
 	balance := map[string]int64{}
-	rows, err := g.pool.Query(ctx, `SELECT m.member_id::text, m.change_seq, coalesce(a.balance, 0)
-		FROM members m LEFT JOIN points_accounts a USING (member_id) WHERE m.member_id = ANY($1::uuid[])`, w.members)
-	if err != nil {
-		t.Fatal(err)
-	}
 	total := 0
-	for rows.Next() {
-		var m string
-		var seq uint64
-		var bal int64
-		if err := rows.Scan(&m, &seq, &bal); err != nil {
-			t.Fatal(err)
-		}
+	var m string
+	var seq uint64
+	var bal int64
+	forEachRow(t, ctx, g.pool, []any{&m, &seq, &bal}, func() {
 		final[m], balance[m] = seq, bal
 		total += int(seq)
-	}
-	rows.Close()
+	}, `SELECT m.member_id::text, m.change_seq, coalesce(a.balance, 0)
+		FROM members m LEFT JOIN points_accounts a USING (member_id) WHERE m.member_id = ANY($1::uuid[])`, w.members)
 	changes := map[string][]*mcv1.MemberChange{}
-	for _, r := range g.readTopic(t, ctx, g.base.Kafka.Topics.MemberChanges, total) {
+	for _, r := range readTopic(t, ctx, g.base.Kafka.Brokers, g.base.Kafka.Topics.MemberChanges, total, time.Second) {
 		c := &mcv1.MemberChange{}
 		if err := proto.Unmarshal(r.Value, c); err != nil {
 			t.Fatalf("member.changes.v1 %d@%d: %v", r.Partition, r.Offset, err)
@@ -643,7 +573,7 @@ func (g *instanceGroup) checkChanges(t *testing.T, ctx context.Context, w *workl
 func (g *instanceGroup) checkDeadLetters(t *testing.T, ctx context.Context, w *workload) {
 	t.Helper()
 	got := map[string][]dlq.Letter{}
-	for _, r := range g.readTopic(t, ctx, g.base.Kafka.Topics.DLQ, len(w.poisons)) {
+	for _, r := range readTopic(t, ctx, g.base.Kafka.Brokers, g.base.Kafka.Topics.DLQ, len(w.poisons), time.Second) {
 		l := dlq.Parse(r)
 		got[string(l.Record.Value)] = append(got[string(l.Record.Value)], l)
 	}

@@ -10,7 +10,6 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 
@@ -22,16 +21,9 @@ import (
 // receives every change it missed, once, in order, then Ready.
 func TestResumeTokenDeliversExactlyTheMissedChanges(t *testing.T) {
 	e := start(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
+	ctx := within(t, 90*time.Second)
 	const phone, card = "13600000077", "c-resume"
-	r, err := mcv1.NewIdentityServiceClient(e.conn).Resolve(ctx, &mcv1.ResolveRequest{Channel: mcv1.Channel_CHANNEL_POS, CreateIfMissing: true,
-		IdempotencyKey: "resume-create", Identifiers: []*mcv1.Identifier{{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_PHONE, Value: phone},
-			{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_MEMBER_CARD, Value: card}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	member := r.GetMemberId()
+	member := e.createMember(t, ctx, mcv1.Channel_CHANNEL_POS, "resume-create", phone, card)
 	sync := mcv1.NewSyncServiceClient(e.conn)
 
 	// First connection: follow the member through one purchase.
@@ -44,8 +36,7 @@ func TestResumeTokenDeliversExactlyTheMissedChanges(t *testing.T) {
 	if err != nil || first.GetReady() == nil || first.GetResumeToken() == "" {
 		t.Fatalf("first message %v, %v; want Ready with a token", first, err)
 	}
-	v, _ := proto.Marshal(posTransaction("resume-1", phone, card, 10_000))
-	e.publish(t, ctx, phone, v)
+	e.publishEvent(t, ctx, phone, posTransaction("resume-1", phone, card, 10_000))
 	token, lastSeq := "", uint64(0)
 	for {
 		m, err := stream.Recv()
@@ -64,8 +55,7 @@ func TestResumeTokenDeliversExactlyTheMissedChanges(t *testing.T) {
 
 	// While away: two more purchases.
 	for _, id := range []string{"resume-2", "resume-3"} {
-		v, _ := proto.Marshal(posTransaction(id, phone, card, 20_000))
-		e.publish(t, ctx, phone, v)
+		e.publishEvent(t, ctx, phone, posTransaction(id, phone, card, 20_000))
 	}
 	var want uint64
 	eventually(t, "both purchases applied and every change published", func() (bool, error) {
@@ -157,8 +147,7 @@ func flip(s string) string {
 // mid-way leave no goroutine behind.
 func TestDisconnectingSubscribersLeaveNothingBehind(t *testing.T) {
 	e := start(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
+	ctx := within(t, 60*time.Second)
 	sync := mcv1.NewSyncServiceClient(e.conn)
 	open := func() {
 		sctx, stop := context.WithCancel(ctx)

@@ -1,7 +1,6 @@
 package e2e_test
 
 import (
-	"context"
 	"fmt"
 	"log/slog"
 	"maps"
@@ -9,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
@@ -24,9 +22,7 @@ import (
 // backfill from ClickHouse's history rebuilds the same labels.
 func TestLabelsStreamToProfileAndClickHouse(t *testing.T) {
 	e := start(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
-	defer cancel()
-	ids := mcv1.NewIdentityServiceClient(e.conn)
+	ctx := within(t, 120*time.Second)
 	profiles := mcv1.NewProfileServiceClient(e.conn)
 
 	type shopper struct {
@@ -37,12 +33,7 @@ func TestLabelsStreamToProfileAndClickHouse(t *testing.T) {
 	now := e.clock.Now()
 	shoppers := []*shopper{{phone: "13700000001"}, {phone: "13700000002"}}
 	for _, s := range shoppers {
-		r, err := ids.Resolve(ctx, &mcv1.ResolveRequest{Identifiers: []*mcv1.Identifier{{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_PHONE, Value: s.phone}},
-			Channel: mcv1.Channel_CHANNEL_APP, CreateIfMissing: true, IdempotencyKey: "create-" + s.phone})
-		if err != nil {
-			t.Fatal(err)
-		}
-		s.member = r.GetMemberId()
+		s.member = e.createMember(t, ctx, mcv1.Channel_CHANNEL_APP, "create-"+s.phone, s.phone, "")
 	}
 	ev := func(s *shopper, id string, ch mcv1.Channel, at time.Time) *mcv1.ChannelEvent {
 		return &mcv1.ChannelEvent{EventId: id, Channel: ch, StoreId: "SH-001", OccurredAt: timestamppb.New(at),
@@ -76,8 +67,7 @@ func TestLabelsStreamToProfileAndClickHouse(t *testing.T) {
 
 	for _, s := range shoppers {
 		for _, ce := range s.events {
-			v, _ := proto.Marshal(ce)
-			e.publish(t, ctx, s.phone, v)
+			e.publishEvent(t, ctx, s.phone, ce)
 		}
 	}
 

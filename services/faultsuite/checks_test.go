@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
@@ -73,18 +74,12 @@ func (s *suite) checkEvents(ctx context.Context, r *report) {
 		}
 	}
 	processed := map[string]int{}
-	rows, err := s.pool.Query(ctx, `SELECT consumer, event_id FROM processed_events WHERE event_id = ANY($1)`, ids)
-	if err != nil {
+	var consumer, id string
+	if err := s.eachRow(ctx, []any{&consumer, &id}, func() { processed[consumer+"/"+id]++ },
+		`SELECT consumer, event_id FROM processed_events WHERE event_id = ANY($1)`, ids); err != nil {
 		r.expect(false, "read processed_events: %v", err)
 		return
 	}
-	for rows.Next() {
-		var consumer, id string
-		if err := rows.Scan(&consumer, &id); err == nil {
-			processed[consumer+"/"+id]++
-		}
-	}
-	rows.Close()
 	lost := map[string]int{}
 	for _, e := range events {
 		for _, stage := range stagesOf(e) {
@@ -182,20 +177,13 @@ func (s *suite) checkOps(ctx context.Context, r *report) {
 	}
 	applied := map[string]int{}
 	// Causes are rpc:<method>:<key>#<n>, one per transaction of the call.
-	rows, err := s.pool.Query(ctx, `SELECT split_part(cause_id, '#', 1), count(*) FROM ledger_transactions
-		WHERE cause_id LIKE 'rpc:%' GROUP BY 1`)
-	if err != nil {
+	var cause string
+	var n int
+	if err := s.eachRow(ctx, []any{&cause, &n}, func() { applied[cause[strings.LastIndex(cause, ":")+1:]] += n },
+		`SELECT split_part(cause_id, '#', 1), count(*) FROM ledger_transactions WHERE cause_id LIKE 'rpc:%' GROUP BY 1`); err != nil {
 		r.expect(false, "read ledger: %v", err)
 		return
 	}
-	for rows.Next() {
-		var cause string
-		var n int
-		if err := rows.Scan(&cause, &n); err == nil {
-			applied[cause[strings.LastIndex(cause, ":")+1:]] += n
-		}
-	}
-	rows.Close()
 	lost, extra := 0, 0
 	for key := range okKeys {
 		if applied[key] == 0 {
@@ -257,19 +245,13 @@ func (s *suite) checkLedger(ctx context.Context, r *report) {
 // and on every live stream (resumed with its token after each break).
 func (s *suite) checkChanges(ctx context.Context, r *report) {
 	final := map[string]uint64{}
-	rows, err := s.pool.Query(ctx, `SELECT member_id::text, change_seq FROM members WHERE change_seq > 0`)
-	if err != nil {
+	var m string
+	var seq uint64
+	if err := s.eachRow(ctx, []any{&m, &seq}, func() { final[m] = seq },
+		`SELECT member_id::text, change_seq FROM members WHERE change_seq > 0`); err != nil {
 		r.expect(false, "read members: %v", err)
 		return
 	}
-	for rows.Next() {
-		var m string
-		var seq uint64
-		if err := rows.Scan(&m, &seq); err == nil {
-			final[m] = seq
-		}
-	}
-	rows.Close()
 	topic := map[string][]uint64{}
 	s.readTopic(ctx, s.kcfg.Topics.MemberChanges, func(rec *kgo.Record) {
 		c := &mcv1.MemberChange{}
@@ -444,6 +426,13 @@ func (s *suite) checkProcesses(r *report) {
 	r.expect(crashes >= 1, "the relay failpoint crashed a pipeline instance between publish and mark: %d crash(es)", crashes)
 	r.expect(len(other) == 0, "no process exited on its own otherwise: %v", other)
 	r.add("")
+}
+
+// eachRow runs sql, scans each row into dest and calls fn after each.
+func (s *suite) eachRow(ctx context.Context, dest []any, fn func(), sql string, args ...any) error {
+	rows, _ := s.pool.Query(ctx, sql, args...) // a failed query's error is ForEachRow's too
+	_, err := pgx.ForEachRow(rows, dest, func() error { fn(); return nil })
+	return err
 }
 
 // readTopic reads every committed record of topic up to its current end.

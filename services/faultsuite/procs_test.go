@@ -82,12 +82,19 @@ func (p *proc) spawn() error {
 	return nil
 }
 
+// ending sets flag (p.killing or p.stopped: the exit is the suite's own)
+// and returns the running command, nil if it never started, and the channel
+// closed once it has exited.
+func (p *proc) ending(flag *bool) (*exec.Cmd, chan struct{}) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	*flag = true
+	return p.cmd, p.done
+}
+
 // kill sends SIGKILL and waits for the process to be gone.
 func (p *proc) kill() {
-	p.mu.Lock()
-	cmd, done := p.cmd, p.done
-	p.killing = true
-	p.mu.Unlock()
+	cmd, done := p.ending(&p.killing)
 	if cmd == nil {
 		return
 	}
@@ -97,10 +104,7 @@ func (p *proc) kill() {
 
 // stop ends the process gracefully (SIGTERM), for the end of the suite.
 func (p *proc) stop() {
-	p.mu.Lock()
-	cmd, done := p.cmd, p.done
-	p.stopped = true
-	p.mu.Unlock()
+	cmd, done := p.ending(&p.stopped)
 	if cmd == nil {
 		return
 	}

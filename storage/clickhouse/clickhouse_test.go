@@ -37,9 +37,7 @@ func TestInsertEventsAndChanges(t *testing.T) {
 	var n uint64
 	var sum int64
 	var sku string
-	if err := conn.QueryRow(ctx, `SELECT count(), sum(amount_minor), any(items.sku[1]) FROM member_events FINAL WHERE member_id = 'm1'`).Scan(&n, &sum, &sku); err != nil {
-		t.Fatal(err)
-	}
+	scanRow(t, ctx, conn, `SELECT count(), sum(amount_minor), any(items.sku[1]) FROM member_events FINAL WHERE member_id = 'm1'`, &n, &sum, &sku)
 	if n != 1 || sum != 12345 || sku != "sku-1" {
 		t.Fatalf("count=%d sum=%d sku=%q", n, sum, sku)
 	}
@@ -48,9 +46,7 @@ func TestInsertEventsAndChanges(t *testing.T) {
 		t.Fatal(err)
 	}
 	var bal int64
-	if err := conn.QueryRow(ctx, `SELECT points_balance FROM member_changes FINAL WHERE member_id = 'm1' AND sequence = 1`).Scan(&bal); err != nil {
-		t.Fatal(err)
-	}
+	scanRow(t, ctx, conn, `SELECT points_balance FROM member_changes FINAL WHERE member_id = 'm1' AND sequence = 1`, &bal)
 	if bal != 123 {
 		t.Fatalf("balance = %d", bal)
 	}

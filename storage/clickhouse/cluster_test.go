@@ -39,18 +39,9 @@ func TestShardedClusterAnswersAsOneServer(t *testing.T) {
 	// a database is never migrated in the other layout.
 	for i, sh := range shards {
 		engines := map[string]string{}
-		rows, err := sh.Query(ctx, "SELECT name, engine FROM system.tables WHERE database = currentDatabase()")
-		if err != nil {
-			t.Fatal(err)
-		}
-		for rows.Next() {
-			var name, engine string
-			if err := rows.Scan(&name, &engine); err != nil {
-				t.Fatal(err)
-			}
-			engines[name] = engine
-		}
-		rows.Close()
+		var name, engine string
+		eachRow(t, ctx, sh, []any{&name, &engine}, func() { engines[name] = engine },
+			"SELECT name, engine FROM system.tables WHERE database = currentDatabase()")
 		for _, tbl := range clickhouse.ShardedTables {
 			if tbl == clickhouse.ProfilesTable {
 				continue // created by EnsureProfiles
@@ -88,9 +79,7 @@ func TestShardedClusterAnswersAsOneServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	var now time.Time
-	if err := plain.QueryRow(ctx, "SELECT now()").Scan(&now); err != nil {
-		t.Fatal(err)
-	}
+	scanRow(t, ctx, plain, "SELECT now()", &now)
 	d := newClusterFixture(now)
 	for _, conn := range []driver.Conn{sharded, plain} {
 		w := clickhouse.NewWriter(conn)
@@ -121,19 +110,13 @@ func TestShardedClusterAnswersAsOneServer(t *testing.T) {
 	// own pace.
 	for _, tbl := range clickhouse.ShardedTables {
 		var total, plainN uint64
-		if err := sharded.QueryRow(ctx, "SELECT count() FROM "+tbl+" FINAL").Scan(&total); err != nil {
-			t.Fatal(err)
-		}
-		if err := plain.QueryRow(ctx, "SELECT count() FROM "+tbl+" FINAL").Scan(&plainN); err != nil {
-			t.Fatal(err)
-		}
+		scanRow(t, ctx, sharded, "SELECT count() FROM "+tbl+" FINAL", &total)
+		scanRow(t, ctx, plain, "SELECT count() FROM "+tbl+" FINAL", &plainN)
 		var sum uint64
 		for i, sh := range shards {
 			var n, misplaced, members uint64
-			if err := sh.QueryRow(ctx, fmt.Sprintf("SELECT count(), countIf(cityHash64(member_id) %% 2 != %d), uniqExact(member_id) FROM %s%s FINAL",
-				i, tbl, clickhouse.LocalSuffix)).Scan(&n, &misplaced, &members); err != nil {
-				t.Fatal(err)
-			}
+			scanRow(t, ctx, sh, fmt.Sprintf("SELECT count(), countIf(cityHash64(member_id) %% 2 != %d), uniqExact(member_id) FROM %s%s FINAL",
+				i, tbl, clickhouse.LocalSuffix), &n, &misplaced, &members)
 			if n == 0 || misplaced != 0 {
 				t.Errorf("%s on shard %d: %d rows of %d members, %d of them belong to the other shard", tbl, i+1, n, members, misplaced)
 			}

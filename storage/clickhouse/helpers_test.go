@@ -8,22 +8,39 @@ import (
 )
 
 // queryStrings runs a query of one string column and returns its values,
-// failing t on any error (closing the rows too).
+// failing t on any error.
 func queryStrings(t *testing.T, ctx context.Context, conn driver.Conn, query string, args ...any) []string {
 	t.Helper()
-	rows := mustQuery(t, ctx, conn, query, args...)
 	var out []string
+	var s string
+	eachRow(t, ctx, conn, []any{&s}, func() { out = append(out, s) }, query, args...)
+	return out
+}
+
+// eachRow runs a query, scans each row into dest and calls fn after each,
+// failing t on any error; the rows are closed when it returns.
+func eachRow(t *testing.T, ctx context.Context, conn driver.Conn, dest []any, fn func(), query string, args ...any) {
+	t.Helper()
+	rows := mustQuery(t, ctx, conn, query, args...)
+	defer rows.Close()
 	for rows.Next() {
-		var s string
-		if err := rows.Scan(&s); err != nil {
+		if err := rows.Scan(dest...); err != nil {
 			t.Fatal(err)
 		}
-		out = append(out, s)
+		fn()
 	}
-	if err := rows.Close(); err != nil {
+	if err := rows.Err(); err != nil {
 		t.Fatal(err)
 	}
-	return out
+}
+
+// scanRow runs a query of one row and scans it into dest, failing t if it
+// cannot.
+func scanRow(t *testing.T, ctx context.Context, conn driver.Conn, query string, dest ...any) {
+	t.Helper()
+	if err := conn.QueryRow(ctx, query).Scan(dest...); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // mustQuery runs a query, failing t if it cannot; the caller closes the

@@ -99,10 +99,7 @@ func distributionValue(v any) string {
 
 func TestProfilesAndViews(t *testing.T) {
 	ctx := context.Background()
-	conn, _ := chtest.NewDB(t)
-	if err := clickhouse.EnsureProfiles(ctx, conn, testColumns); err != nil {
-		t.Fatal(err)
-	}
+	conn := chtest.NewProfilesDB(t, testColumns)
 	if err := clickhouse.EnsureProfiles(ctx, conn, testColumns); err != nil {
 		t.Fatalf("second EnsureProfiles: %v", err)
 	}
@@ -119,24 +116,17 @@ func TestProfilesAndViews(t *testing.T) {
 
 	t.Run("current_profiles", func(t *testing.T) {
 		var n uint64
-		if err := conn.QueryRow(ctx, "SELECT count() FROM current_profiles").Scan(&n); err != nil {
-			t.Fatal(err)
-		}
+		scanRow(t, ctx, conn, "SELECT count() FROM current_profiles", &n)
 		if n != uint64(len(current)) {
 			t.Fatalf("current_profiles has %d rows, want %d", n, len(current))
 		}
 		// The newest version of each member wins, absent values included.
-		rows := mustQuery(t, ctx, conn, "SELECT member_id, version, `channel_pref`, `vip`, `ltv_365d` FROM current_profiles")
-		defer rows.Close()
-		for rows.Next() {
-			var id string
-			var version uint64
-			var pref *string
-			var vip *uint8
-			var ltv *float64
-			if err := rows.Scan(&id, &version, &pref, &vip, &ltv); err != nil {
-				t.Fatal(err)
-			}
+		var id string
+		var version uint64
+		var pref *string
+		var vip *uint8
+		var ltv *float64
+		eachRow(t, ctx, conn, []any{&id, &version, &pref, &vip, &ltv}, func() {
 			want := current[id]
 			if version != want.Version {
 				t.Fatalf("%s: version %d, want %d", id, version, want.Version)
@@ -150,10 +140,7 @@ func TestProfilesAndViews(t *testing.T) {
 			if l, ok := want.Values["ltv_365d"]; ok != (ltv != nil) || ok && l != *ltv {
 				t.Fatalf("%s: ltv %v, want %v", id, ltv, l)
 			}
-		}
-		if err := rows.Err(); err != nil {
-			t.Fatal(err)
-		}
+		}, "SELECT member_id, version, `channel_pref`, `vip`, `ltv_365d` FROM current_profiles")
 	})
 
 	t.Run("label_distribution", func(t *testing.T) {
@@ -169,24 +156,16 @@ func TestProfilesAndViews(t *testing.T) {
 			}
 		}
 		got := map[string]uint64{}
-		rows := mustQuery(t, ctx, conn, "SELECT label_id, value, members FROM label_distribution")
-		defer rows.Close()
-		for rows.Next() {
-			var label string
-			var value *string
-			var n uint64
-			if err := rows.Scan(&label, &value, &n); err != nil {
-				t.Fatal(err)
-			}
+		var label string
+		var value *string
+		var n uint64
+		eachRow(t, ctx, conn, []any{&label, &value, &n}, func() {
 			key := label + "=<NULL>"
 			if value != nil {
 				key = label + "=" + *value
 			}
 			got[key] = n
-		}
-		if err := rows.Err(); err != nil {
-			t.Fatal(err)
-		}
+		}, "SELECT label_id, value, members FROM label_distribution")
 		if fmt.Sprint(got) != fmt.Sprint(want) {
 			t.Fatalf("label_distribution\n got %v\nwant %v", got, want)
 		}
@@ -201,17 +180,12 @@ func TestProfilesAndViews(t *testing.T) {
 				staged++
 			}
 		}
-		rows := mustQuery(t, ctx, conn, "SELECT stage, stage_order, members, share FROM lifecycle_funnel ORDER BY stage_order")
-		defer rows.Close()
 		var stages []string
-		for rows.Next() {
-			var stage string
-			var order uint8
-			var n uint64
-			var share *float64
-			if err := rows.Scan(&stage, &order, &n, &share); err != nil {
-				t.Fatal(err)
-			}
+		var stage string
+		var order uint8
+		var n uint64
+		var share *float64
+		eachRow(t, ctx, conn, []any{&stage, &order, &n, &share}, func() {
 			stages = append(stages, stage)
 			if n != counts[stage] {
 				t.Errorf("stage %s: %d members, want %d", stage, n, counts[stage])
@@ -219,10 +193,7 @@ func TestProfilesAndViews(t *testing.T) {
 			if share == nil || math.Abs(*share-float64(counts[stage])/float64(staged)) > 1e-9 {
 				t.Errorf("stage %s: share %v, want %v", stage, share, float64(counts[stage])/float64(staged))
 			}
-		}
-		if err := rows.Err(); err != nil {
-			t.Fatal(err)
-		}
+		}, "SELECT stage, stage_order, members, share FROM lifecycle_funnel ORDER BY stage_order")
 		// Every stage of the model, in funnel order, even those nobody is in.
 		if strings.Join(stages, ",") != strings.Join(clickhouse.LifecycleStages, ",") {
 			t.Fatalf("stages %v", stages)
@@ -257,16 +228,11 @@ func TestProfilesAndViews(t *testing.T) {
 				c.ltvN++
 			}
 		}
-		rows := mustQuery(t, ctx, conn, "SELECT r_score, f_score, members, avg_m_score, avg_ltv_365d FROM rfm_matrix")
-		defer rows.Close()
 		seen := 0
-		for rows.Next() {
-			var r, f float64
-			var n uint64
-			var m, ltv *float64
-			if err := rows.Scan(&r, &f, &n, &m, &ltv); err != nil {
-				t.Fatal(err)
-			}
+		var r, f float64
+		var n uint64
+		var m, ltv *float64
+		eachRow(t, ctx, conn, []any{&r, &f, &n, &m, &ltv}, func() {
 			seen++
 			c := want[[2]float64{r, f}]
 			if c == nil || c.n != n {
@@ -278,10 +244,7 @@ func TestProfilesAndViews(t *testing.T) {
 			if c.ltvN > 0 && (ltv == nil || math.Abs(*ltv-c.ltvSum/float64(c.ltvN)) > 1e-6) {
 				t.Errorf("cell r=%v f=%v: avg ltv %v, want %v", r, f, ltv, c.ltvSum/float64(c.ltvN))
 			}
-		}
-		if err := rows.Err(); err != nil {
-			t.Fatal(err)
-		}
+		}, "SELECT r_score, f_score, members, avg_m_score, avg_ltv_365d FROM rfm_matrix")
 		if seen != len(want) {
 			t.Fatalf("%d cells, want %d", seen, len(want))
 		}
@@ -290,27 +253,18 @@ func TestProfilesAndViews(t *testing.T) {
 
 func columnTypes(t *testing.T, conn driver.Conn) map[string]string {
 	t.Helper()
-	rows := mustQuery(t, context.Background(), conn,
-		"SELECT name, type FROM system.columns WHERE database = currentDatabase() AND table = 'member_profiles'")
-	defer rows.Close()
 	out := map[string]string{}
-	for rows.Next() {
-		var n, typ string
-		if err := rows.Scan(&n, &typ); err != nil {
-			t.Fatal(err)
-		}
-		out[n] = typ
-	}
+	var n, typ string
+	eachRow(t, context.Background(), conn, []any{&n, &typ}, func() { out[n] = typ },
+		"SELECT name, type FROM system.columns WHERE database = currentDatabase() AND table = 'member_profiles'")
 	return out
 }
 
 func viewExists(t *testing.T, conn driver.Conn, name string) bool {
 	t.Helper()
 	var n uint64
-	if err := conn.QueryRow(context.Background(),
-		"SELECT count() FROM system.tables WHERE database = currentDatabase() AND name = '"+name+"' AND engine = 'View'").Scan(&n); err != nil {
-		t.Fatal(err)
-	}
+	scanRow(t, context.Background(), conn,
+		"SELECT count() FROM system.tables WHERE database = currentDatabase() AND name = '"+name+"' AND engine = 'View'", &n)
 	return n == 1
 }
 
@@ -368,15 +322,11 @@ func TestEnsureProfilesEvolves(t *testing.T) {
 	}
 	// The retired column keeps member a's old value; b's row has NULL there.
 	var spend *float64
-	if err := conn.QueryRow(ctx, "SELECT spend_30d FROM current_profiles WHERE member_id = 'a'").Scan(&spend); err != nil {
-		t.Fatal(err)
-	}
+	scanRow(t, ctx, conn, "SELECT spend_30d FROM current_profiles WHERE member_id = 'a'", &spend)
 	if spend == nil || *spend != 12.5 {
 		t.Fatalf("retired column lost its value: %v", spend)
 	}
-	if err := conn.QueryRow(ctx, "SELECT spend_30d FROM current_profiles WHERE member_id = 'b'").Scan(&spend); err != nil {
-		t.Fatal(err)
-	}
+	scanRow(t, ctx, conn, "SELECT spend_30d FROM current_profiles WHERE member_id = 'b'", &spend)
 	if spend != nil {
 		t.Fatalf("b.spend_30d = %v, want NULL", *spend)
 	}
@@ -405,11 +355,8 @@ func TestEnsureProfilesEvolves(t *testing.T) {
 
 func TestInsertProfilesRefusesBadValues(t *testing.T) {
 	ctx := context.Background()
-	conn, _ := chtest.NewDB(t)
 	cols := []clickhouse.ProfileColumn{{Name: "vip", Type: "bool"}, {Name: "stage", Type: "enum"}, {Name: "spend", Type: "number"}}
-	if err := clickhouse.EnsureProfiles(ctx, conn, cols); err != nil {
-		t.Fatal(err)
-	}
+	conn := chtest.NewProfilesDB(t, cols)
 	w := clickhouse.NewWriter(conn)
 	for _, tc := range []struct {
 		values map[string]any
@@ -434,10 +381,8 @@ func TestInsertProfilesRefusesBadValues(t *testing.T) {
 	}
 	var absent, withheld uint64
 	var sum float64
-	if err := conn.QueryRow(ctx, "SELECT countIf(isNull(spend)), sum(ifNull(spend, 0)), sum(behavioural_withheld) FROM member_profiles FINAL").
-		Scan(&absent, &sum, &withheld); err != nil {
-		t.Fatal(err)
-	}
+	scanRow(t, ctx, conn, "SELECT countIf(isNull(spend)), sum(ifNull(spend, 0)), sum(behavioural_withheld) FROM member_profiles FINAL",
+		&absent, &sum, &withheld)
 	if absent != 1 || sum != 7 || withheld != 1 {
 		t.Fatalf("absent=%d sum=%v withheld=%d", absent, sum, withheld)
 	}
@@ -460,10 +405,8 @@ func TestInsertLabelChangesAndNewEventColumns(t *testing.T) {
 	}
 	var n, cleared uint64
 	var values string
-	if err := conn.QueryRow(ctx, "SELECT count(), sum(cleared), arrayStringConcat(groupArray(value), ',') FROM (SELECT * FROM label_changes FINAL ORDER BY label_id DESC)").
-		Scan(&n, &cleared, &values); err != nil {
-		t.Fatal(err)
-	}
+	scanRow(t, ctx, conn, "SELECT count(), sum(cleared), arrayStringConcat(groupArray(value), ',') FROM (SELECT * FROM label_changes FINAL ORDER BY label_id DESC)",
+		&n, &cleared, &values)
 	if n != 2 || cleared != 1 || values != "true," {
 		t.Fatalf("n=%d cleared=%d values=%q", n, cleared, values)
 	}
@@ -474,18 +417,13 @@ func TestInsertLabelChangesAndNewEventColumns(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	rows := mustQuery(t, ctx, conn, "SELECT event_id, origin_member_id, coupon_count, review_rating FROM member_events FINAL ORDER BY event_id")
-	defer rows.Close()
 	var got []string
-	for rows.Next() {
-		var id, origin string
-		var coupons uint16
-		var rating uint8
-		if err := rows.Scan(&id, &origin, &coupons, &rating); err != nil {
-			t.Fatal(err)
-		}
+	var id, origin string
+	var coupons uint16
+	var rating uint8
+	eachRow(t, ctx, conn, []any{&id, &origin, &coupons, &rating}, func() {
 		got = append(got, fmt.Sprintf("%s/%s/%d/%d", id, origin, coupons, rating))
-	}
+	}, "SELECT event_id, origin_member_id, coupon_count, review_rating FROM member_events FINAL ORDER BY event_id")
 	if strings.Join(got, " ") != "e1/m1/2/0 e2/m0/0/4" {
 		t.Fatalf("events %q", got)
 	}
@@ -624,16 +562,11 @@ func (f kpiFixture) expected(loc *time.Location) map[string]*kpiDay {
 
 func TestDailyKPIs(t *testing.T) {
 	ctx := context.Background()
-	conn, _ := chtest.NewDB(t)
 	cols := []clickhouse.ProfileColumn{{Name: "ltv_365d", Type: "number"}}
-	if err := clickhouse.EnsureProfiles(ctx, conn, cols); err != nil {
-		t.Fatal(err)
-	}
+	conn := chtest.NewProfilesDB(t, cols)
 	var tz string
 	var now time.Time
-	if err := conn.QueryRow(ctx, "SELECT timezone(), now()").Scan(&tz, &now); err != nil {
-		t.Fatal(err)
-	}
+	scanRow(t, ctx, conn, "SELECT timezone(), now()", &tz, &now)
 	loc, err := time.LoadLocation(tz)
 	if err != nil {
 		t.Fatalf("server time zone %q: %v", tz, err)
@@ -661,11 +594,6 @@ func TestDailyKPIs(t *testing.T) {
 	}
 	want := f.expected(loc)
 
-	rows := mustQuery(t, ctx, conn, `SELECT toString(day), new_members, converted_members_7d, member_conversion_rate,
-		retained_members_30d, retention_30d, buyers, first_time_buyers, repeat_buyers, repurchase_rate,
-		orders, revenue_minor, average_order_value_minor, ltv_index, points_earned, points_redeemed, benefit_usage_efficiency
-		FROM daily_kpis ORDER BY day`)
-	defer rows.Close()
 	near := func(got *float64, want float64, ok bool) bool {
 		if !ok {
 			return got == nil
@@ -673,19 +601,16 @@ func TestDailyKPIs(t *testing.T) {
 		return got != nil && math.Abs(*got-want) <= 1e-9*math.Max(1, math.Abs(want))
 	}
 	var seen []string
-	for rows.Next() {
-		var d string
-		var g kpiDay
-		var conv, ret, rep, aov, ltvIdx, eff *float64
-		if err := rows.Scan(&d, &g.newMembers, &g.converted, &conv, &g.retained, &ret, &g.buyers, &g.firstBuyers, &g.repeatBuyers, &rep,
-			&g.orders, &g.revenue, &aov, &ltvIdx, &g.earned, &g.redeemed, &eff); err != nil {
-			t.Fatal(err)
-		}
+	var d string
+	var g kpiDay
+	var conv, ret, rep, aov, ltvIdx, eff *float64
+	eachRow(t, ctx, conn, []any{&d, &g.newMembers, &g.converted, &conv, &g.retained, &ret, &g.buyers, &g.firstBuyers, &g.repeatBuyers, &rep,
+		&g.orders, &g.revenue, &aov, &ltvIdx, &g.earned, &g.redeemed, &eff}, func() {
 		seen = append(seen, d)
 		w := want[d]
 		if w == nil {
 			t.Errorf("unexpected day %s", d)
-			continue
+			return
 		}
 		if g.newMembers != w.newMembers || g.converted != w.converted || g.retained != w.retained || g.buyers != w.buyers ||
 			g.firstBuyers != w.firstBuyers || g.repeatBuyers != w.repeatBuyers || g.orders != w.orders || g.revenue != w.revenue ||
@@ -701,10 +626,10 @@ func TestDailyKPIs(t *testing.T) {
 			t.Errorf("%s rates: conversion %v retention %v repurchase %v aov %v ltv %v efficiency %v; want from %+v",
 				d, fp(conv), fp(ret), fp(rep), fp(aov), fp(ltvIdx), fp(eff), *w)
 		}
-	}
-	if err := rows.Err(); err != nil {
-		t.Fatal(err)
-	}
+	}, `SELECT toString(day), new_members, converted_members_7d, member_conversion_rate,
+		retained_members_30d, retention_30d, buyers, first_time_buyers, repeat_buyers, repurchase_rate,
+		orders, revenue_minor, average_order_value_minor, ltv_index, points_earned, points_redeemed, benefit_usage_efficiency
+		FROM daily_kpis ORDER BY day`)
 	if len(seen) != len(want) {
 		var days []string
 		for d := range want {
@@ -724,14 +649,9 @@ func fp(p *float64) string {
 
 func TestDailyKPIsRecentWindowsAreNull(t *testing.T) {
 	ctx := context.Background()
-	conn, _ := chtest.NewDB(t)
-	if err := clickhouse.EnsureProfiles(ctx, conn, nil); err != nil {
-		t.Fatal(err)
-	}
+	conn := chtest.NewProfilesDB(t, nil)
 	var now time.Time
-	if err := conn.QueryRow(ctx, "SELECT now()").Scan(&now); err != nil {
-		t.Fatal(err)
-	}
+	scanRow(t, ctx, conn, "SELECT now()", &now)
 	w := clickhouse.NewWriter(conn)
 	if err := w.InsertChanges(ctx, []clickhouse.ChangeRow{{MemberID: "m1", Sequence: 1, ChangeID: "c1",
 		ChangeType: "member_created", OccurredAt: now, InsertedAt: now}}); err != nil {
@@ -739,10 +659,8 @@ func TestDailyKPIsRecentWindowsAreNull(t *testing.T) {
 	}
 	var n uint64
 	var conv, ret, ltv *float64
-	if err := conn.QueryRow(ctx, "SELECT new_members, member_conversion_rate, retention_30d, ltv_index FROM daily_kpis WHERE day = today()").
-		Scan(&n, &conv, &ret, &ltv); err != nil {
-		t.Fatal(err)
-	}
+	scanRow(t, ctx, conn, "SELECT new_members, member_conversion_rate, retention_30d, ltv_index FROM daily_kpis WHERE day = today()",
+		&n, &conv, &ret, &ltv)
 	if n != 1 || conv != nil || ret != nil || ltv != nil {
 		t.Fatalf("today: new=%d conversion=%s retention=%s ltv=%s; want 1 and NULLs (windows open, no ltv_365d label)", n, fp(conv), fp(ret), fp(ltv))
 	}
@@ -761,18 +679,13 @@ func TestAnalyticsDocQueries(t *testing.T) {
 	if len(blocks) < 10 {
 		t.Fatalf("only %d sql examples in docs/analytics.md", len(blocks))
 	}
-	conn, _ := chtest.NewDB(t)
 	cols := append([]clickhouse.ProfileColumn{{Name: "city_tier", Type: "enum"}, {Name: "gender_group", Type: "enum"}}, testColumns...)
-	if err := clickhouse.EnsureProfiles(ctx, conn, cols); err != nil {
-		t.Fatal(err)
-	}
+	conn := chtest.NewProfilesDB(t, cols)
 	w := clickhouse.NewWriter(conn)
 	all, _ := randomProfiles(rand.New(rand.NewPCG(5, 6)), 200)
 	insertInParts(t, w, testColumns, all)
 	var now time.Time
-	if err := conn.QueryRow(ctx, "SELECT now()").Scan(&now); err != nil {
-		t.Fatal(err)
-	}
+	scanRow(t, ctx, conn, "SELECT now()", &now)
 	f := newKPIFixture(rand.New(rand.NewPCG(7, 8)), now)
 	// And a purchase yesterday, for the examples over recent days.
 	f.events = append(f.events, clickhouse.EventRow{EventID: "recent", MemberID: "k000", EventType: "transaction",

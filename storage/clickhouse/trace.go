@@ -117,21 +117,35 @@ func end(span trace.Span, err error) {
 	span.End()
 }
 
-func (c *tracedConn) Select(ctx context.Context, dest any, query string, args ...any) error {
+// call runs fn in a span of query that ends when fn returns.
+func (c *tracedConn) call(ctx context.Context, query string, fn func(context.Context) error) error {
 	ctx, span := c.start(ctx, query)
-	err := c.Conn.Select(ctx, dest, query, args...)
+	err := fn(ctx)
 	end(span, err)
 	return err
 }
 
-func (c *tracedConn) Query(ctx context.Context, query string, args ...any) (driver.Rows, error) {
+// openTraced runs fn in a span of query for a result that outlives the call
+// (rows, a batch): the span ends at once when fn fails, otherwise keep
+// hands it to the result, which ends it when it is done.
+func openTraced[R any](c *tracedConn, ctx context.Context, query string, fn func(context.Context) (R, error), keep func(R, trace.Span) R) (R, error) {
 	ctx, span := c.start(ctx, query)
-	rows, err := c.Conn.Query(ctx, query, args...)
+	r, err := fn(ctx)
 	if err != nil {
 		end(span, err)
-		return nil, err
+		var none R
+		return none, err
 	}
-	return &tracedRows{Rows: rows, span: span}, nil
+	return keep(r, span), nil
+}
+
+func (c *tracedConn) Select(ctx context.Context, dest any, query string, args ...any) error {
+	return c.call(ctx, query, func(ctx context.Context) error { return c.Conn.Select(ctx, dest, query, args...) })
+}
+
+func (c *tracedConn) Query(ctx context.Context, query string, args ...any) (driver.Rows, error) {
+	return openTraced(c, ctx, query, func(ctx context.Context) (driver.Rows, error) { return c.Conn.Query(ctx, query, args...) },
+		func(rows driver.Rows, span trace.Span) driver.Rows { return &tracedRows{Rows: rows, span: span} })
 }
 
 func (c *tracedConn) QueryRow(ctx context.Context, query string, args ...any) driver.Row {
@@ -142,23 +156,15 @@ func (c *tracedConn) QueryRow(ctx context.Context, query string, args ...any) dr
 }
 
 func (c *tracedConn) Exec(ctx context.Context, query string, args ...any) error {
-	ctx, span := c.start(ctx, query)
-	err := c.Conn.Exec(ctx, query, args...)
-	end(span, err)
-	return err
+	return c.call(ctx, query, func(ctx context.Context) error { return c.Conn.Exec(ctx, query, args...) })
 }
 
 // PrepareBatch starts the INSERT statement's span; it ends when the batch
 // is sent, aborted or closed: the server holds the statement open (and the
 // batch a connection) from the prepare to the send.
 func (c *tracedConn) PrepareBatch(ctx context.Context, query string, opts ...driver.PrepareBatchOption) (driver.Batch, error) {
-	ctx, span := c.start(ctx, query)
-	b, err := c.Conn.PrepareBatch(ctx, query, opts...)
-	if err != nil {
-		end(span, err)
-		return nil, err
-	}
-	return &tracedBatch{Batch: b, span: span}, nil
+	return openTraced(c, ctx, query, func(ctx context.Context) (driver.Batch, error) { return c.Conn.PrepareBatch(ctx, query, opts...) },
+		func(b driver.Batch, span trace.Span) driver.Batch { return &tracedBatch{Batch: b, span: span} })
 }
 
 // tracedRows ends the query's span when the last row has been read or the

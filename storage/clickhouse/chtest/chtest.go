@@ -67,3 +67,14 @@ func NewDB(t testing.TB) (driver.Conn, clickhouse.Config) {
 	}
 	return conn, cfg
 }
+
+// NewProfilesDB is NewDB with member_profiles and its views made for cols
+// (clickhouse.EnsureProfiles).
+func NewProfilesDB(t testing.TB, cols []clickhouse.ProfileColumn) driver.Conn {
+	t.Helper()
+	conn, _ := NewDB(t)
+	if err := clickhouse.EnsureProfiles(context.Background(), conn, cols); err != nil {
+		t.Fatalf("chtest: ensure profiles: %v", err)
+	}
+	return conn
+}

@@ -51,10 +51,7 @@ func TestAnalyticsDocSegments(t *testing.T) {
 	if len(exprs) < 8 {
 		t.Fatalf("only %d segment examples in docs/analytics.md", len(exprs))
 	}
-	conn, _ := chtest.NewDB(t)
-	if err := clickhouse.EnsureProfiles(ctx, conn, profileColumns(docLabels)); err != nil {
-		t.Fatal(err)
-	}
+	conn := chtest.NewProfilesDB(t, profileColumns(docLabels))
 	r := rand.New(rand.NewPCG(9, 9))
 	var rows []clickhouse.ProfileRow
 	for i := range 300 {

@@ -27,18 +27,9 @@ var evilStrings = []string{
 	`O'Brien`, `back\slash`, `x' OR 1=1 --`, `\'`, "tab\there", "nul\x00byte", `'; DROP TABLE member_profiles; --`, "新天地店", "",
 }
 
-var integrationLabels = []segment.Label{
-	{ID: "vip", Type: "bool"},
-	{ID: "app_user", Type: "bool"},
-	{ID: "spend_30d", Type: "number"},
-	{ID: "orders_90d", Type: "number"},
-	{ID: "churn_risk", Type: "number"},
-	{ID: "lifecycle_stage", Type: "enum", Values: clickhouse.LifecycleStages},
-	{ID: "rfm_segment", Type: "enum", Values: []string{"champions", "loyal", "at_risk", "hibernating"}},
-	{ID: "store_name", Type: "enum"},
-	{ID: "rfm_r_score", Type: "number"},
-	{ID: "and", Type: "bool"},
-}
+// integrationLabels are the unit tests' catalogue and two more numbers.
+var integrationLabels = append(slices.Clone(catalogue),
+	segment.Label{ID: "churn_risk", Type: "number"}, segment.Label{ID: "rfm_r_score", Type: "number"})
 
 func profileColumns(labels []segment.Label) []clickhouse.ProfileColumn {
 	cols := make([]clickhouse.ProfileColumn, len(labels))
@@ -218,10 +209,7 @@ func export(t *testing.T, conn driver.Conn, q *segment.Query, batch int) []strin
 
 func TestCountAndExportMatchTheRule(t *testing.T) {
 	ctx := context.Background()
-	conn, _ := chtest.NewDB(t)
-	if err := clickhouse.EnsureProfiles(ctx, conn, profileColumns(integrationLabels)); err != nil {
-		t.Fatal(err)
-	}
+	conn := chtest.NewProfilesDB(t, profileColumns(integrationLabels))
 	r := rand.New(rand.NewPCG(7, 8))
 	profiles := seedProfiles(t, conn, r, 400)
 	c, err := segment.NewCompiler(integrationLabels)
@@ -325,10 +313,7 @@ func TestCountAndExportMatchTheRule(t *testing.T) {
 
 func TestExportStopsOnCallbackError(t *testing.T) {
 	ctx := context.Background()
-	conn, _ := chtest.NewDB(t)
-	if err := clickhouse.EnsureProfiles(ctx, conn, profileColumns(integrationLabels)); err != nil {
-		t.Fatal(err)
-	}
+	conn := chtest.NewProfilesDB(t, profileColumns(integrationLabels))
 	seedProfiles(t, conn, rand.New(rand.NewPCG(1, 1)), 100)
 	q, err := segment.Compile(`true`, integrationLabels)
 	if err != nil {
@@ -351,12 +336,9 @@ func TestExportStopsOnCallbackError(t *testing.T) {
 
 func TestQueryErrorsNameTheExpression(t *testing.T) {
 	ctx := context.Background()
-	conn, _ := chtest.NewDB(t)
 	// A catalogue label that member_profiles has no column for (EnsureProfiles
 	// not run with it) fails in ClickHouse, with the expression named.
-	if err := clickhouse.EnsureProfiles(ctx, conn, nil); err != nil {
-		t.Fatal(err)
-	}
+	conn := chtest.NewProfilesDB(t, nil)
 	q, err := segment.Compile(`vip`, []segment.Label{{ID: "vip", Type: "bool"}})
 	if err != nil {
 		t.Fatal(err)

@@ -315,19 +315,32 @@ func (t *translator) checkBool(e ast.Expr) error {
 	return t.unsupported(e)
 }
 
+// unsupportedOperators are the CEL operators the language leaves out, with
+// what the error says.
+var unsupportedOperators = map[string]string{
+	operators.Conditional: "the conditional operator ?: is not supported",
+	operators.Index:       "indexing with [] is not supported",
+	operators.OptIndex:    "indexing with [] is not supported",
+	operators.Negate:      "negation of a label is not supported: compare it with a negative literal instead",
+}
+
+// unsupportedKinds are the kinds of CEL expression the language leaves out,
+// with what the error says.
+var unsupportedKinds = map[ast.ExprKind]string{
+	ast.ListKind:          "a list is only allowed on the right of in",
+	ast.MapKind:           "map and message literals are not supported",
+	ast.StructKind:        "map and message literals are not supported",
+	ast.ComprehensionKind: "macros are not supported",
+}
+
 // unsupported explains why e is not part of the language.
 func (t *translator) unsupported(e ast.Expr) error {
 	switch e.Kind() {
 	case ast.CallKind:
 		call := e.AsCall()
 		fn := call.FunctionName()
-		switch fn {
-		case operators.Conditional:
-			return t.errAt(e, "", "the conditional operator ?: is not supported")
-		case operators.Index, operators.OptIndex:
-			return t.errAt(e, "", "indexing with [] is not supported")
-		case operators.Negate:
-			return t.errAt(e, "", "negation of a label is not supported: compare it with a negative literal instead")
+		if msg, ok := unsupportedOperators[fn]; ok {
+			return t.errAt(e, "", "%s", msg)
 		}
 		if op, ok := operators.FindReverse(fn); ok && op != "" {
 			return t.errAt(e, "", "operator %s is not supported: compare labels with literal values using == != < <= > >= or in", op)
@@ -338,14 +351,11 @@ func (t *translator) unsupported(e ast.Expr) error {
 		return t.errAt(e, "", "function %s() is not supported (the only function is present(label))", fn)
 	case ast.SelectKind:
 		return t.errAt(e, "", "field selection .%s is not supported: label ids are plain names", e.AsSelect().FieldName())
-	case ast.ListKind:
-		return t.errAt(e, "", "a list is only allowed on the right of in")
-	case ast.MapKind, ast.StructKind:
-		return t.errAt(e, "", "map and message literals are not supported")
-	case ast.ComprehensionKind:
-		return t.errAt(e, "", "macros are not supported")
 	case ast.LiteralKind:
 		return t.errAt(e, "", "%s is not allowed here", literalText(e.AsLiteral()))
+	}
+	if msg, ok := unsupportedKinds[e.Kind()]; ok {
+		return t.errAt(e, "", "%s", msg)
 	}
 	return t.errAt(e, "", "unsupported expression")
 }

@@ -78,16 +78,18 @@ func newStateTable(pool *pgxpool.Pool, name string) stateTable {
 	}
 }
 
-// create makes the table. A state stays in the row (STORAGE MAIN): a
-// 2 KB state would otherwise go to the TOAST table, and each update write
-// it there again.
-func (s stateTable) create(ctx context.Context) error {
-	for _, stmt := range []string{
-		`CREATE TABLE ` + s.table + ` (member_id uuid PRIMARY KEY, version bigint NOT NULL,
+// createWith creates a floor's own tables (stmts) and then the state table.
+// A state stays in the row (STORAGE MAIN): a 2 KB state would otherwise go
+// to the TOAST table, and each update write it there again. On an error it
+// calls drop, which removes whatever was made.
+func (s stateTable) createWith(ctx context.Context, drop func(), stmts ...string) error {
+	stmts = append(stmts,
+		`CREATE TABLE `+s.table+` (member_id uuid PRIMARY KEY, version bigint NOT NULL,
 			state bytea NOT NULL, updated_at timestamptz NOT NULL)`,
-		`ALTER TABLE ` + s.table + ` ALTER COLUMN state SET STORAGE MAIN`,
-	} {
+		`ALTER TABLE `+s.table+` ALTER COLUMN state SET STORAGE MAIN`)
+	for _, stmt := range stmts {
 		if _, err := s.pool.Exec(ctx, stmt); err != nil {
+			drop()
 			return err
 		}
 	}
@@ -153,20 +155,13 @@ type EOFloor struct {
 // NewEOFloor creates the tables of the floor name.
 func NewEOFloor(ctx context.Context, pool *pgxpool.Pool, name string) (*EOFloor, error) {
 	f := OpenEOFloor(pool, name)
-	for _, stmt := range []string{
-		`CREATE TABLE ` + f.processed + ` (event_id text PRIMARY KEY)`,
-		`CREATE TABLE ` + f.ledger + ` (entry_id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, event_id text NOT NULL,
+	err := f.createWith(ctx, f.Drop,
+		`CREATE TABLE `+f.processed+` (event_id text PRIMARY KEY)`,
+		`CREATE TABLE `+f.ledger+` (entry_id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, event_id text NOT NULL,
 			member_id uuid NOT NULL, amount bigint NOT NULL, at timestamptz NOT NULL)`,
-		`CREATE TABLE ` + f.outbox + ` (change_id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, member_id uuid NOT NULL,
-			sequence bigint NOT NULL, event_id text NOT NULL, payload bytea NOT NULL, created_at timestamptz NOT NULL DEFAULT now())`,
-	} {
-		if _, err := pool.Exec(ctx, stmt); err != nil {
-			f.Drop()
-			return nil, err
-		}
-	}
-	if err := f.create(ctx); err != nil {
-		f.Drop()
+		`CREATE TABLE `+f.outbox+` (change_id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, member_id uuid NOT NULL,
+			sequence bigint NOT NULL, event_id text NOT NULL, payload bytea NOT NULL, created_at timestamptz NOT NULL DEFAULT now())`)
+	if err != nil {
 		return nil, err
 	}
 	return f, nil
@@ -274,12 +269,9 @@ type StateFloor struct {
 // NewStateFloor creates the tables of the floor name.
 func NewStateFloor(ctx context.Context, pool *pgxpool.Pool, name string) (*StateFloor, error) {
 	f := OpenStateFloor(pool, name)
-	if _, err := pool.Exec(ctx, `CREATE TABLE `+f.offsets+` (topic text NOT NULL, partition int NOT NULL,
-		next_offset bigint NOT NULL, PRIMARY KEY (topic, partition))`); err != nil {
-		return nil, err
-	}
-	if err := f.create(ctx); err != nil {
-		f.Drop()
+	err := f.createWith(ctx, f.Drop, `CREATE TABLE `+f.offsets+` (topic text NOT NULL, partition int NOT NULL,
+		next_offset bigint NOT NULL, PRIMARY KEY (topic, partition))`)
+	if err != nil {
 		return nil, err
 	}
 	return f, nil
