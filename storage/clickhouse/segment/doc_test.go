@@ -45,7 +45,7 @@ func TestAnalyticsDocSegments(t *testing.T) {
 	for _, m := range regexp.MustCompile("(?s)```segment\n(.*?)```").FindAllStringSubmatch(doc, -1) {
 		exprs = append(exprs, m[1])
 	}
-	for _, m := range regexp.MustCompile(`membercenter segment (?:count|export) (?:--sql )?'([^']*)'`).FindAllStringSubmatch(doc, -1) {
+	for _, m := range regexp.MustCompile(`membercenter segment (?:count|export) --purpose [a-z-]+ (?:--sql )?'([^']*)'`).FindAllStringSubmatch(doc, -1) {
 		exprs = append(exprs, m[1])
 	}
 	if len(exprs) < 8 {
