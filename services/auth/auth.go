@@ -97,9 +97,31 @@ func (c *Client) Allows(scope string) bool {
 type Principal struct {
 	Client  *Client
 	Members []string // for OwnMembers clients: the members the token names
+	// Operator is the person an operator tool's token was minted for
+	// (its "op" claim), empty for a channel system's token.
+	Operator string
 	// Expires is when the token stops being accepted (its expiry plus the
 	// allowed clock skew): a stream opened with it ends then.
 	Expires time.Time
+}
+
+// Actor is who acts, for the audit trail: the client id, and the operator
+// after a slash when the token names one ("backoffice/alice").
+func (p *Principal) Actor() string {
+	if p.Operator == "" {
+		return p.Client.ID
+	}
+	return p.Client.ID + "/" + p.Operator
+}
+
+// ActorOf is the authenticated actor of a call, and false when
+// authentication is off (development).
+func ActorOf(ctx context.Context) (string, bool) {
+	p, ok := FromContext(ctx)
+	if !ok {
+		return "", false
+	}
+	return p.Actor(), true
 }
 
 // Authenticator verifies tokens and scopes.
@@ -191,13 +213,24 @@ func hasScopePrefix(p string) bool {
 func (a *Authenticator) SetClock(now func() time.Time) { a.now = now }
 
 type claims struct {
-	Members []string `json:"mem,omitempty"`
+	Members  []string `json:"mem,omitempty"`
+	Operator string   `json:"op,omitempty"`
 	jwt.RegisteredClaims
 }
 
 // Mint issues a token for a client, valid for ttl, naming the members a
 // member-bound client may act for.
 func (a *Authenticator) Mint(clientID string, ttl time.Duration, members ...string) (string, error) {
+	return a.MintFor(clientID, "", ttl, members...)
+}
+
+// MintFor is Mint for an operator tool's token naming the person it acts
+// for (the audit trail's actor; a second operator approves what needs
+// approval).
+func (a *Authenticator) MintFor(clientID, operator string, ttl time.Duration, members ...string) (string, error) {
+	if operator != "" && !validOperator(operator) {
+		return "", fmt.Errorf("operator %q: want 1 to 64 letters, digits, '.', '_', '-' or '@'", operator)
+	}
 	c := a.clients[clientID]
 	if c == nil {
 		return "", fmt.Errorf("unknown client %q", clientID)
@@ -206,7 +239,7 @@ func (a *Authenticator) Mint(clientID string, ttl time.Duration, members ...stri
 		return "", fmt.Errorf("ttl %s exceeds the maximum token lifetime %s (MC_AUTH_MAX_TOKEN_LIFETIME)", ttl, a.maxLifetime)
 	}
 	now := a.now()
-	t := jwt.NewWithClaims(jwt.SigningMethodHS256, claims{Members: members, RegisteredClaims: jwt.RegisteredClaims{
+	t := jwt.NewWithClaims(jwt.SigningMethodHS256, claims{Members: members, Operator: operator, RegisteredClaims: jwt.RegisteredClaims{
 		Subject: c.ID, Issuer: "membercenter", IssuedAt: jwt.NewNumericDate(now), ExpiresAt: jwt.NewNumericDate(now.Add(ttl)),
 	}})
 	t.Header["kid"] = c.ID
@@ -243,7 +276,23 @@ func (a *Authenticator) Verify(token string) (*Principal, error) {
 	if life := cl.ExpiresAt.Sub(cl.IssuedAt.Time); life > a.maxLifetime {
 		return nil, fmt.Errorf("token valid for %s, longer than the maximum %s", life, a.maxLifetime)
 	}
-	return &Principal{Client: client, Members: cl.Members, Expires: cl.ExpiresAt.Add(leeway)}, nil
+	if cl.Operator != "" && !validOperator(cl.Operator) {
+		return nil, fmt.Errorf("operator claim %q is not an operator name", cl.Operator)
+	}
+	return &Principal{Client: client, Members: cl.Members, Operator: cl.Operator, Expires: cl.ExpiresAt.Add(leeway)}, nil
+}
+
+// validOperator is an operator name the audit trail can hold as is.
+func validOperator(s string) bool {
+	if len(s) == 0 || len(s) > 64 {
+		return false
+	}
+	for _, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("._-@", r)) {
+			return false
+		}
+	}
+	return true
 }
 
 type principalKey struct{}

@@ -12,7 +12,7 @@ import (
 )
 
 func authCmd(stdout io.Writer) *cobra.Command {
-	var client string
+	var client, operator string
 	var ttl time.Duration
 	var members []string
 	token := &cobra.Command{
@@ -34,7 +34,7 @@ send it as "authorization: Bearer <token>".`,
 			if err != nil {
 				return err
 			}
-			t, err := a.Mint(client, ttl, members...)
+			t, err := a.MintFor(client, operator, ttl, members...)
 			if err != nil {
 				return err
 			}
@@ -45,6 +45,7 @@ send it as "authorization: Bearer <token>".`,
 	token.Flags().StringVar(&client, "client", "", "client id")
 	token.Flags().DurationVar(&ttl, "ttl", time.Hour, "validity")
 	token.Flags().StringSliceVar(&members, "member", nil, "member ids a member-bound client may act for")
+	token.Flags().StringVar(&operator, "operator", "", "for an operator tool: the person the token acts for (the audit trail's actor is client/operator)")
 	_ = token.MarkFlagRequired("client")
 	return group("auth", "Channel client credentials (MC_CHANNEL_CLIENTS)", token)
 }

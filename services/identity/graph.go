@@ -18,6 +18,7 @@ import (
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 	"github.com/membercenter/membercenter/storage/postgres"
 
+	"github.com/membercenter/membercenter/services/auth"
 	"github.com/membercenter/membercenter/services/changes"
 )
 
@@ -29,12 +30,15 @@ func WithActor(ctx context.Context, actor string) context.Context {
 	return context.WithValue(ctx, actorKey{}, actor)
 }
 
-// ActorHeader is the gRPC metadata key a caller may name itself with; the
-// authenticated channel identity takes precedence once channel credentials
-// exist.
+// ActorHeader is the gRPC metadata key a caller may name itself with when
+// channel authentication is off (development); with it on, the actor is
+// the authenticated client (and operator) and the header is ignored.
 const ActorHeader = "x-mc-actor"
 
 func actorFrom(ctx context.Context) string {
+	if a, ok := auth.ActorOf(ctx); ok {
+		return a
+	}
 	if a, ok := ctx.Value(actorKey{}).(string); ok && a != "" {
 		return a
 	}
