@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -99,6 +100,36 @@ type Topics struct {
 	// adding partitions to a topic later moves members' keys to other
 	// partitions, so their order holds only across a drained cut-over.
 	Partitions int32 `env:"PARTITIONS, default=6"`
+	// RawRetention is how long the channel topic keeps records: they hold
+	// raw identifiers (phones, e-mails) as channels sent them, needed only
+	// until ingest has converted them (and for a replay after an
+	// incident). 0: DefaultRawRetention.
+	RawRetention time.Duration `env:"RAW_RETENTION, default=168h"`
+	// DLQRetention is how long dead letters are kept for inspection and
+	// replay ('membercenter dlq'); they hold the refused records as sent.
+	// 0: DefaultDLQRetention.
+	DLQRetention time.Duration `env:"DLQ_RETENTION, default=720h"`
+}
+
+// The retention of the topics that hold raw identifiers when none is
+// configured: a week of channel events, thirty days of dead letters.
+const (
+	DefaultRawRetention = 7 * 24 * time.Hour
+	DefaultDLQRetention = 30 * 24 * time.Hour
+)
+
+// Retention is the retention.ms each topic that has a limit is kept to:
+// the channel topic and the dead letters. The member topics keep the
+// broker's setting (the change stream is what channels resume from).
+func (t Topics) Retention() map[string]time.Duration {
+	raw, dlq := t.RawRetention, t.DLQRetention
+	if raw <= 0 {
+		raw = DefaultRawRetention
+	}
+	if dlq <= 0 {
+		dlq = DefaultDLQRetention
+	}
+	return map[string]time.Duration{t.ChannelEvents: raw, t.DLQ: dlq}
 }
 
 // DefaultPartitions is the member-keyed topics' partition count when none
@@ -132,6 +163,11 @@ func (c Config) Validate() error {
 	}
 	if c.Topics.Partitions < 0 || c.Topics.Partitions > 10000 {
 		errs = append(errs, fmt.Errorf("MC_TOPIC_PARTITIONS %d: want 1 to 10000", c.Topics.Partitions))
+	}
+	for name, d := range map[string]time.Duration{"MC_TOPIC_RAW_RETENTION": c.Topics.RawRetention, "MC_TOPIC_DLQ_RETENTION": c.Topics.DLQRetention} {
+		if d < 0 || (d > 0 && d < time.Hour) {
+			errs = append(errs, fmt.Errorf("%s %s: want at least 1h (0: the default)", name, d))
+		}
 	}
 	if c.SessionTimeout < 0 || (c.SessionTimeout > 0 && c.SessionTimeout < 2*time.Second) {
 		errs = append(errs, fmt.Errorf("MC_KAFKA_SESSION_TIMEOUT %s: want at least 2s", c.SessionTimeout))
@@ -232,12 +268,36 @@ func NewClient(cfg Config, tel Telemetry, group string, opts ...kgo.Opt) (*Clien
 	return &Client{Client: cl, Tracer: tr}, nil
 }
 
-// EnsureTopics creates the platform's topics that do not exist yet.
+// EnsureTopics creates the platform's topics that do not exist yet, and
+// keeps the topics with a retention limit (Topics.Retention) to it, so that
+// a changed setting applies to topics created before.
 func EnsureTopics(ctx context.Context, cl *kgo.Client, topics Topics) error {
 	adm := kadm.NewClient(cl)
+	retention := topics.Retention()
 	for name, parts := range topics.All() {
-		_, err := adm.CreateTopic(ctx, parts, 1, nil, name)
-		if err != nil && !errors.Is(err, kerr.TopicAlreadyExists) {
+		var configs map[string]*string
+		if d, ok := retention[name]; ok {
+			ms := strconv.FormatInt(d.Milliseconds(), 10)
+			configs = map[string]*string{"retention.ms": &ms}
+		}
+		_, err := adm.CreateTopic(ctx, parts, 1, configs, name)
+		switch {
+		case err == nil:
+		case errors.Is(err, kerr.TopicAlreadyExists):
+			if configs == nil {
+				continue
+			}
+			resps, err := adm.AlterTopicConfigs(ctx, []kadm.AlterConfig{{Op: kadm.SetConfig, Name: "retention.ms", Value: configs["retention.ms"]}}, name)
+			if err == nil {
+				var r kadm.AlterConfigsResponse
+				if r, err = resps.On(name, nil); err == nil {
+					err = r.Err
+				}
+			}
+			if err != nil {
+				return fmt.Errorf("set the retention of topic %s: %w", name, err)
+			}
+		default:
 			return fmt.Errorf("create topic %s: %w", name, err)
 		}
 	}

@@ -1,0 +1,79 @@
+package kafka_test
+
+import (
+	"context"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/membercenter/membercenter/pipeline/kafka"
+	"github.com/membercenter/membercenter/pipeline/kafka/kafkatest"
+)
+
+// The topics that hold raw identifiers are kept to their retention limits:
+// the channel topic (a week by default) and the dead letters (thirty days);
+// a changed setting applies to topics created before; the member topics
+// keep the broker's setting.
+func TestRawTopicsKeepTheirRetention(t *testing.T) {
+	cfg := kafkatest.Config(t) // creates the topics with the defaults
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(cfg.Brokers...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	adm := kadm.NewClient(cl)
+	retention := func(topic string) (string, kmsg.ConfigSource) {
+		t.Helper()
+		rcs, err := adm.DescribeTopicConfigs(ctx, topic)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rc, err := rcs.On(topic, nil)
+		if err != nil || rc.Err != nil {
+			t.Fatalf("describe %s: %v %v", topic, err, rc.Err)
+		}
+		for _, c := range rc.Configs {
+			if c.Key == "retention.ms" {
+				return c.MaybeValue(), c.Source
+			}
+		}
+		t.Fatalf("%s has no retention.ms", topic)
+		return "", kmsg.ConfigSourceUnknown
+	}
+	ms := func(d time.Duration) string { return strconv.FormatInt(d.Milliseconds(), 10) }
+	check := func(what string, want map[string]string) {
+		t.Helper()
+		for topic, w := range want {
+			if got, _ := retention(topic); got != w {
+				t.Errorf("%s: %s retention.ms = %s, want %s", what, topic, got, w)
+			}
+		}
+		if _, src := retention(cfg.Topics.MemberChanges); src == kmsg.ConfigSourceDynamicTopicConfig {
+			t.Errorf("%s: %s got a retention of its own; the member topics keep the broker's", what, cfg.Topics.MemberChanges)
+		}
+	}
+	check("defaults", map[string]string{cfg.Topics.ChannelEvents: ms(kafka.DefaultRawRetention), cfg.Topics.DLQ: ms(kafka.DefaultDLQRetention)})
+
+	// An operator shortens both: the existing topics follow.
+	cfg.Topics.RawRetention, cfg.Topics.DLQRetention = 24*time.Hour, 72*time.Hour
+	if err := kafka.EnsureTopics(ctx, cl, cfg.Topics); err != nil {
+		t.Fatal(err)
+	}
+	check("after MC_TOPIC_RAW_RETENTION=24h MC_TOPIC_DLQ_RETENTION=72h", map[string]string{cfg.Topics.ChannelEvents: ms(24 * time.Hour), cfg.Topics.DLQ: ms(72 * time.Hour)})
+
+	// Nonsense is refused before anything is created.
+	for _, bad := range []time.Duration{-time.Hour, time.Minute} {
+		c := kafka.Config{Brokers: cfg.Brokers, Topics: kafka.DefaultTopics()}
+		c.Topics.DLQRetention = bad
+		if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "MC_TOPIC_DLQ_RETENTION") {
+			t.Errorf("MC_TOPIC_DLQ_RETENTION=%s: Validate() = %v, want an error naming it", bad, err)
+		}
+	}
+}
