@@ -22,17 +22,18 @@ import (
 	"github.com/membercenter/membercenter/services/platform"
 )
 
-// TestChannelCredentialsOverGRPCAndHTTP: with a clients file, the platform
-// refuses calls without a valid token (Unauthenticated / 401) and calls
-// outside a client's scopes or members (PermissionDenied / 403), the same
-// over gRPC and over the HTTP gateway; allowed calls go through.
-func TestChannelCredentialsOverGRPCAndHTTP(t *testing.T) {
-	secret := func(s string) string { return base64.StdEncoding.EncodeToString([]byte(strings.Repeat(s, 32))) }
+// clientSecret is a clients file's secret made of c.
+func clientSecret(c string) string {
+	return base64.StdEncoding.EncodeToString([]byte(strings.Repeat(c, 32)))
+}
+
+// startWithClients starts the platform with channel authentication on and
+// clients (a clients file's YAML), and returns the authenticator that mints
+// their tokens.
+func startWithClients(t *testing.T, clients string) (*env, *auth.Authenticator) {
+	t.Helper()
 	file := filepath.Join(t.TempDir(), "clients.yaml")
-	if err := os.WriteFile(file, []byte(`clients:
-  - {id: pos, channel: pos, secret: `+secret("p")+`, scopes: [identity.resolve, benefits.*, profile.read]}
-  - {id: mini, channel: miniprogram, secret: `+secret("m")+`, scopes: [profile.*, sync.subscribe], own_members: true}
-`), 0o600); err != nil {
+	if err := os.WriteFile(file, []byte(clients), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	e := startWith(t, nil, func(c *platform.Config) { c.Auth.ClientsPath = file })
@@ -40,6 +41,18 @@ func TestChannelCredentialsOverGRPCAndHTTP(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return e, a
+}
+
+// TestChannelCredentialsOverGRPCAndHTTP: with a clients file, the platform
+// refuses calls without a valid token (Unauthenticated / 401) and calls
+// outside a client's scopes or members (PermissionDenied / 403), the same
+// over gRPC and over the HTTP gateway; allowed calls go through.
+func TestChannelCredentialsOverGRPCAndHTTP(t *testing.T) {
+	e, a := startWithClients(t, `clients:
+  - {id: pos, channel: pos, secret: `+clientSecret("p")+`, scopes: [identity.resolve, benefits.*, profile.read]}
+  - {id: mini, channel: miniprogram, secret: `+clientSecret("m")+`, scopes: [profile.*, sync.subscribe], own_members: true}
+`)
 	ctx := within(t, 60*time.Second)
 	posTok, _ := a.Mint("pos", time.Minute)
 	as := func(tok string) context.Context {

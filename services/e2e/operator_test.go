@@ -1,10 +1,6 @@
 package e2e_test
 
 import (
-	"encoding/base64"
-	"os"
-	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -12,9 +8,7 @@ import (
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 
-	"github.com/membercenter/membercenter/services/auth"
 	"github.com/membercenter/membercenter/services/identity"
-	"github.com/membercenter/membercenter/services/platform"
 )
 
 // TestOperatorActionsCarryTheAuthenticatedActor: with channel
@@ -22,16 +16,7 @@ import (
 // the operator its token was minted for; a caller cannot name someone else
 // with the actor header.
 func TestOperatorActionsCarryTheAuthenticatedActor(t *testing.T) {
-	secret := base64.StdEncoding.EncodeToString([]byte(strings.Repeat("b", 32)))
-	file := filepath.Join(t.TempDir(), "clients.yaml")
-	if err := os.WriteFile(file, []byte("clients:\n  - {id: backoffice, channel: backoffice, secret: "+secret+", scopes: [identity.*]}\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	e := startWith(t, nil, func(c *platform.Config) { c.Auth.ClientsPath = file })
-	a, err := auth.Load(file)
-	if err != nil {
-		t.Fatal(err)
-	}
+	e, a := startWithClients(t, "clients:\n  - {id: backoffice, channel: backoffice, secret: "+clientSecret("b")+", scopes: [identity.*]}\n")
 	ctx := within(t, 60*time.Second)
 	tok, err := a.MintFor("backoffice", "alice", time.Minute)
 	if err != nil {
