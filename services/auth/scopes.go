@@ -38,6 +38,10 @@ var MethodScopes = map[string]string{
 	"/membercenter.v1.BenefitsService/IssueCoupons":     "benefits.admin",
 	"/membercenter.v1.BenefitsService/Adjust":           "benefits.admin",
 	"/membercenter.v1.BenefitsService/SimulateCampaign": "benefits.admin",
+	// The checker of a large Adjust (maker–checker): another operator with
+	// the same scope.
+	"/membercenter.v1.BenefitsService/DecideAdjustment":        "benefits.admin",
+	"/membercenter.v1.BenefitsService/ListAdjustmentApprovals": "benefits.admin",
 
 	"/membercenter.v1.ProfileService/GetProfile":       "profile.read",
 	"/membercenter.v1.ProfileService/ListLabels":       "profile.read",

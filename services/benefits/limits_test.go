@@ -100,7 +100,7 @@ func TestCheckEvent(t *testing.T) {
 // refused, naming the limit.
 func TestProgramLimits(t *testing.T) {
 	p := program(t, nil)
-	if l := p.Limits; l.MaxAmount != 100_000_000 || l.MaxAdjustPoints != 10_000_000 || l.MaxRedeemPoints != 10_000_000 ||
+	if l := p.Limits; l.MaxAmount != 100_000_000 || l.MaxAdjustPoints != 10_000_000 || l.MaxRedeemPoints != 10_000_000 || l.AdjustApprovalPoints != 10_000 ||
 		l.Window.Past != 9600*time.Hour || l.Window.Future != 10*time.Minute {
 		t.Errorf("default programme limits: %+v", l)
 	}
@@ -120,6 +120,9 @@ func TestProgramLimits(t *testing.T) {
 		{"a maximum of zero", "max_amount: {CNY: 100000000}", "max_amount: {CNY: 0}", "limits.max_amount.CNY 0: must be 1.."},
 		{"a maximum past the ceiling", "max_amount: {CNY: 100000000}", "max_amount: {CNY: 9000000000000000000}", "limits.max_amount.CNY"},
 		{"a negative adjust maximum", "max_adjust_points: 10000000", "max_adjust_points: -1", "limits.max_adjust_points -1"},
+		{"a negative approval threshold", "adjust_approval_points: 10000", "adjust_approval_points: -1", "limits.adjust_approval_points -1"},
+		{"an approval threshold past the ceiling", "adjust_approval_points: 10000", "adjust_approval_points: 1000000000001",
+			"limits.adjust_approval_points 1000000000001"},
 		{"a bad window", "event_window: {past: 9600h, future: 10m}", "event_window: {past: 0s, future: 10m}", "limits.event_window"},
 		{"rates that could overflow at the largest amount", "max_amount: {CNY: 100000000}  #", "max_amount: {CNY: 1000000000000}  #",
 			"limits.max_amount.CNY 1000000000000: a purchase of that amount could earn"},

@@ -58,6 +58,10 @@ type Limits struct {
 	// redemption (Redeem, or points paying part of a basket).
 	MaxAdjustPoints int64
 	MaxRedeemPoints int64
+	// AdjustApprovalPoints is the size of an adjustment (either way) above
+	// which it is not applied but waits for a second operator's approval
+	// (DecideAdjustment); 0 turns approvals off.
+	AdjustApprovalPoints int64
 	// Window is how far from now an event or basket time may be.
 	Window plausible.Window
 }
@@ -77,10 +81,11 @@ const (
 // Default limits, for programmes that set none (and versions stored before
 // limits existed).
 var defaultLimits = Limits{
-	MaxAmount:       100_000_000, // ¥1,000,000 per transaction
-	MaxAdjustPoints: 10_000_000,
-	MaxRedeemPoints: 10_000_000,
-	Window:          plausible.DefaultWindow,
+	MaxAmount:            100_000_000, // ¥1,000,000 per transaction
+	MaxAdjustPoints:      10_000_000,
+	MaxRedeemPoints:      10_000_000,
+	AdjustApprovalPoints: 10_000,
+	Window:               plausible.DefaultWindow,
 }
 
 // Tier is a rung of the ladder.
@@ -226,10 +231,11 @@ type yamlProgram struct {
 	} `yaml:"benefits"`
 	Limits struct {
 		// Per currency; the programme's own must be there.
-		MaxAmount       map[string]int64 `yaml:"max_amount"`
-		MaxAdjustPoints *int64           `yaml:"max_adjust_points"`
-		MaxRedeemPoints *int64           `yaml:"max_redeem_points"`
-		EventWindow     struct {
+		MaxAmount            map[string]int64 `yaml:"max_amount"`
+		MaxAdjustPoints      *int64           `yaml:"max_adjust_points"`
+		MaxRedeemPoints      *int64           `yaml:"max_redeem_points"`
+		AdjustApprovalPoints *int64           `yaml:"adjust_approval_points"` // 0 (approvals off) differs from absent
+		EventWindow          struct {
 			Past   string `yaml:"past"`
 			Future string `yaml:"future"`
 		} `yaml:"event_window"`
@@ -527,6 +533,12 @@ func parseLimits(y yamlProgram, p *Program, add func(error)) Limits {
 	}
 	if yl.MaxRedeemPoints != nil {
 		l.MaxRedeemPoints = *yl.MaxRedeemPoints
+	}
+	if yl.AdjustApprovalPoints != nil {
+		l.AdjustApprovalPoints = *yl.AdjustApprovalPoints
+	}
+	if v := l.AdjustApprovalPoints; v < 0 || v > maxPointsCeiling {
+		add(fmt.Errorf("limits.adjust_approval_points %d: must be 0 (no approvals) to %d", v, maxPointsCeiling))
 	}
 	for _, c := range []struct {
 		what    string

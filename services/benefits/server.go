@@ -261,13 +261,35 @@ func (s *Service) redeemOp(req *mcv1.RedeemRequest) (Op, error) {
 	return Op{Kind: OpRedeem, At: s.now(), Points: req.GetPoints(), Reason: reason}, nil
 }
 
-// Adjust implements BenefitsService.Adjust.
+// Adjust implements BenefitsService.Adjust: an adjustment within the
+// programme's limits.adjust_approval_points is applied at once; a larger
+// one waits for a second operator (approvals.go). Either way the operator
+// (auth.Actor) is recorded in the operator audit.
 func (s *Server) Adjust(ctx context.Context, req *mcv1.AdjustRequest) (*mcv1.AdjustResponse, error) {
-	return mutateRequest(ctx, s.svc, "benefits.Adjust", req, mcv1.Channel_CHANNEL_BACKOFFICE, s.svc.adjustOp,
+	actor := auth.Actor(ctx)
+	if s.svc.program().needsApproval(req.GetPoints()) {
+		return s.svc.requestApproval(ctx, req, actor)
+	}
+	return mutateRequest(ctx, s.svc, adjustScope, req, mcv1.Channel_CHANNEL_BACKOFFICE,
+		func(req *mcv1.AdjustRequest) (Op, error) {
+			op, err := s.svc.adjustOp(req)
+			op.Actor = actor
+			return op, err
+		},
 		func(st *State, fx *Effects, resp *mcv1.AdjustResponse) error {
 			resp.Balance, _, _ = st.Balance(fx.At)
 			return nil
 		})
+}
+
+// DecideAdjustment implements BenefitsService.DecideAdjustment.
+func (s *Server) DecideAdjustment(ctx context.Context, req *mcv1.DecideAdjustmentRequest) (*mcv1.DecideAdjustmentResponse, error) {
+	return s.svc.decide(ctx, req, auth.Actor(ctx))
+}
+
+// ListAdjustmentApprovals implements BenefitsService.ListAdjustmentApprovals.
+func (s *Server) ListAdjustmentApprovals(ctx context.Context, req *mcv1.ListAdjustmentApprovalsRequest) (*mcv1.ListAdjustmentApprovalsResponse, error) {
+	return s.svc.listApprovals(ctx, req)
 }
 
 func (s *Service) adjustOp(req *mcv1.AdjustRequest) (Op, error) {

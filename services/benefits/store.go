@@ -239,13 +239,18 @@ func (s *Service) stageOp(ctx context.Context, w *postgres.LoyaltyWrites, st *St
 		w.BirthDates[member] = op.BirthDate
 	}
 	for _, c := range fx.Changes(p) {
-		c.CauseId, c.Channel, c.StoreId = op.Cause, ch, store
+		c.CauseId, c.Channel, c.StoreId, c.Actor, c.Approver = op.Cause, ch, store, op.Actor, op.Approver
 		st.ChangeSeq++
 		row, err := s.changes.Row(ctx, member, st.ChangeSeq, c)
 		if err != nil {
 			return err
 		}
 		w.Outbox = append(w.Outbox, row)
+	}
+	if op.Actor != "" {
+		// An operator's action, audited with its effect.
+		w.Audit = append(w.Audit, operatorAudit(fx.At, op.Actor, auditAdjustApplied, member, op.Cause,
+			approvalDetail{ApprovalID: op.ApprovalID, Points: op.Points, Reason: op.Reason, Approver: op.Approver}))
 	}
 	st.staged = true
 	return nil

@@ -251,7 +251,7 @@ func toChangeRow(c contract.FactChange, now time.Time) clickhouse.ChangeRow {
 	r := clickhouse.ChangeRow{
 		MemberID: m.GetMemberId(), Sequence: m.GetSequence(), ChangeID: m.GetChangeId(), ChangeType: ChangeType(m),
 		OccurredAt: m.GetOccurredAt().AsTime(), CauseID: m.GetCauseId(), Channel: ChannelName(m.GetChannel()),
-		StoreID: m.GetStoreId(), Payload: string(payload), TraceID: c.TraceID, InsertedAt: now,
+		StoreID: m.GetStoreId(), Actor: m.GetActor(), Approver: m.GetApprover(), Payload: string(payload), TraceID: c.TraceID, InsertedAt: now,
 	}
 	if p := m.GetPointsChanged(); p != nil {
 		r.PointsDelta, r.PointsBalance = p.GetDelta(), p.GetBalance()

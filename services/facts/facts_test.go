@@ -67,6 +67,7 @@ func TestWriteEventsAndChanges(t *testing.T) {
 				{LabelId: "churn_risk", Cleared: true},
 			}}}}},
 		{Msg: &mcv1.MemberChange{MemberId: "m1", Sequence: 6, ChangeId: "c6", OccurredAt: ts, CauseId: "e1",
+			Actor: "backoffice/alice", Approver: "backoffice/bob",
 			Change: &mcv1.MemberChange_PointsChanged{PointsChanged: &mcv1.PointsChanged{
 				Kind: mcv1.LedgerEntryKind_LEDGER_ENTRY_KIND_REDEEM, Delta: -300, Balance: 700}}}},
 	}
@@ -100,12 +101,12 @@ func TestWriteEventsAndChanges(t *testing.T) {
 	if strings.Join(got, " ") != want {
 		t.Fatalf("label_changes %q\nwant %q", got, want)
 	}
-	var kind string
-	if err := conn.QueryRow(ctx, `SELECT points_kind FROM member_changes FINAL WHERE sequence = 6`).Scan(&kind); err != nil {
+	var kind, actor, approver string
+	if err := conn.QueryRow(ctx, `SELECT points_kind, actor, approver FROM member_changes FINAL WHERE sequence = 6`).Scan(&kind, &actor, &approver); err != nil {
 		t.Fatal(err)
 	}
-	if kind != "redeem" {
-		t.Fatalf("points_kind %q", kind)
+	if kind != "redeem" || actor != "backoffice/alice" || approver != "backoffice/bob" {
+		t.Fatalf("points_kind %q, actor %q, approver %q", kind, actor, approver)
 	}
 }
 

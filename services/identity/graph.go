@@ -12,7 +12,6 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/proto"
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
@@ -22,33 +21,16 @@ import (
 	"github.com/membercenter/membercenter/services/changes"
 )
 
-type actorKey struct{}
-
 // WithActor records who is acting (an operator, a channel system) for the
-// audit trail.
-func WithActor(ctx context.Context, actor string) context.Context {
-	return context.WithValue(ctx, actorKey{}, actor)
-}
+// audit trail (auth.WithActor).
+func WithActor(ctx context.Context, actor string) context.Context { return auth.WithActor(ctx, actor) }
 
 // ActorHeader is the gRPC metadata key a caller may name itself with when
-// channel authentication is off (development); with it on, the actor is
-// the authenticated client (and operator) and the header is ignored.
-const ActorHeader = "x-mc-actor"
+// channel authentication is off (auth.ActorHeader).
+const ActorHeader = auth.ActorHeader
 
-func actorFrom(ctx context.Context) string {
-	if a, ok := auth.ActorOf(ctx); ok {
-		return a
-	}
-	if a, ok := ctx.Value(actorKey{}).(string); ok && a != "" {
-		return a
-	}
-	if md, ok := metadata.FromIncomingContext(ctx); ok {
-		if v := md.Get(ActorHeader); len(v) > 0 && v[0] != "" {
-			return v[0]
-		}
-	}
-	return "api"
-}
+// actorFrom is the actor of the call (auth.Actor).
+func actorFrom(ctx context.Context) string { return auth.Actor(ctx) }
 
 // identitySummary is the before/after of an audit record: what identifiers
 // a member held, by reference only, and its status.

@@ -218,6 +218,8 @@ var errorCodes = []server.ErrorCode{
 	{Err: benefits.ErrInvalid, Code: codes.InvalidArgument},
 	{Err: benefits.ErrRefused, Code: codes.FailedPrecondition},
 	{Err: benefits.ErrNoFacts, Code: codes.FailedPrecondition},
+	{Err: benefits.ErrSameOperator, Code: codes.PermissionDenied},
+	{Err: benefits.ErrDecided, Code: codes.FailedPrecondition},
 	{Err: profile.ErrInvalid, Code: codes.InvalidArgument},
 	{Err: profile.ErrNoFacts, Code: codes.FailedPrecondition},
 	{Err: changefeed.ErrBadToken, Code: codes.InvalidArgument},

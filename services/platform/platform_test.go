@@ -88,7 +88,7 @@ func TestDatabaseRestartIsUnavailableNeverInternal(t *testing.T) {
 		t.Fatal(err)
 	}
 	member := res.GetMemberId()
-	if _, err := bens.Adjust(ctx, &mcv1.AdjustRequest{MemberId: member, Points: 100_000, Reason: "seed", IdempotencyKey: "seed"}); err != nil {
+	if _, err := bens.Adjust(ctx, &mcv1.AdjustRequest{MemberId: member, Points: 10_000, Reason: "seed", IdempotencyKey: "seed"}); err != nil {
 		t.Fatal(err)
 	}
 
@@ -210,7 +210,7 @@ func TestDatabaseRestartIsUnavailableNeverInternal(t *testing.T) {
 	}
 	// Purchase points are pending for the return window; the third
 	// purchase of the month paid the 100-point mission bonus, available now.
-	if want := int64(100_000 + adjusts*10 - redeems*100 + 100); bal.GetAvailable() != want {
+	if want := int64(10_000 + adjusts*10 - redeems*100 + 100); bal.GetAvailable() != want {
 		t.Errorf("available %d, want %d", bal.GetAvailable(), want)
 	}
 	if err := pgtest.CheckLedger(ctx, r.p.Pool()); err != nil {

@@ -58,9 +58,12 @@ type ChangeRow struct {
 	// PointsKind is the ledger entry kind of a points change ("earn",
 	// "redeem", "expire", "adjust", "transfer", "reverse"), empty otherwise.
 	PointsKind string
-	Payload    string
-	TraceID    string
-	InsertedAt time.Time
+	// Actor is the operator whose action made the change, Approver the
+	// second operator who approved it; empty for other changes.
+	Actor, Approver string
+	Payload         string
+	TraceID         string
+	InsertedAt      time.Time
 }
 
 // Writer inserts facts in batches.
@@ -100,11 +103,11 @@ func (w *Writer) InsertEvents(ctx context.Context, rows []EventRow) error {
 func (w *Writer) InsertChanges(ctx context.Context, rows []ChangeRow) error {
 	return insertBatch(ctx, w.conn, "member_changes", `INSERT INTO member_changes (
 		member_id, sequence, change_id, change_type, occurred_at, cause_id, channel, store_id,
-		points_delta, points_balance, points_kind, payload, trace_id, inserted_at)`, rows,
+		points_delta, points_balance, points_kind, actor, approver, payload, trace_id, inserted_at)`, rows,
 		func(r ChangeRow) string { return fmt.Sprintf("%s/%d", r.MemberID, r.Sequence) },
 		func(r ChangeRow) []any {
 			return []any{r.MemberID, r.Sequence, r.ChangeID, r.ChangeType, r.OccurredAt.UTC(), r.CauseID, r.Channel, r.StoreID,
-				r.PointsDelta, r.PointsBalance, r.PointsKind, r.Payload, r.TraceID, r.InsertedAt.UTC()}
+				r.PointsDelta, r.PointsBalance, r.PointsKind, r.Actor, r.Approver, r.Payload, r.TraceID, r.InsertedAt.UTC()}
 		})
 }
 

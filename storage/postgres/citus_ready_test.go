@@ -98,6 +98,9 @@ var citusTables = []citusTable{
 	{name: "identity_audit", layout: byMember, column: "member_id", triggers: map[string]string{
 		"identity_audit_append_only": "row-level, raises, touches no other table: safe with citus.enable_unsafe_triggers",
 	}},
+	{name: "operator_audit", layout: byMember, column: "member_id", triggers: map[string]string{
+		"operator_audit_append_only": "row-level, raises, touches no other table: safe with citus.enable_unsafe_triggers",
+	}},
 	{name: "merges", layout: byMember, column: "target_member_id", gaps: map[string]string{
 		"foreign key merges_source_member_id_fkey (source_member_id) → members(member_id)": "the absorbed member lives on another shard: drop",
 	}},
@@ -149,6 +152,9 @@ var citusTables = []citusTable{
 	{name: "campaign_budgets", layout: byKey, column: "campaign_id"},
 	{name: "coupon_template_counts", layout: byKey, column: "template_id"},
 	{name: "assertion_nonces", layout: byKey, column: "terminal_id"},
+	{name: "adjustment_approvals", layout: byKey, column: "approval_id", triggers: map[string]string{
+		"adjustment_approvals_decide_once": "row-level, raises or passes, touches no other table: safe with citus.enable_unsafe_triggers",
+	}},
 
 	// Small, read everywhere, written rarely.
 	{name: "program_versions", layout: reference},

@@ -166,6 +166,7 @@ type LoyaltyWrites struct {
 	States         map[uuid.UUID][]byte
 	BirthDates     map[uuid.UUID]string
 	Outbox         []OutboxRow
+	Audit          []OperatorAudit      // the operator actions among the operations
 	Responses      []IdempotentResponse // answers of the RPCs that made the writes
 }
 
@@ -411,6 +412,7 @@ func (w *LoyaltyWrites) Queue(b *pgx.Batch, refused func()) {
 			FROM unnest($1::uuid[], $2::text[]) AS x(id, d) WHERE m.member_id = x.id`, ms, ds)
 	}
 	QueueOutbox(b, w.Outbox)
+	QueueOperatorAudit(b, w.Audit)
 	QueueIdempotentResponses(b, w.Responses)
 }
 

@@ -23,6 +23,62 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// AdjustmentState is where an adjustment awaiting approval stands.
+type AdjustmentState int32
+
+const (
+	AdjustmentState_ADJUSTMENT_STATE_UNSPECIFIED AdjustmentState = 0
+	// Requested, neither approved nor rejected: nothing applied.
+	AdjustmentState_ADJUSTMENT_STATE_PENDING AdjustmentState = 1
+	// Approved by a second operator and applied, once.
+	AdjustmentState_ADJUSTMENT_STATE_APPROVED AdjustmentState = 2
+	// Rejected: never applied.
+	AdjustmentState_ADJUSTMENT_STATE_REJECTED AdjustmentState = 3
+)
+
+// Enum value maps for AdjustmentState.
+var (
+	AdjustmentState_name = map[int32]string{
+		0: "ADJUSTMENT_STATE_UNSPECIFIED",
+		1: "ADJUSTMENT_STATE_PENDING",
+		2: "ADJUSTMENT_STATE_APPROVED",
+		3: "ADJUSTMENT_STATE_REJECTED",
+	}
+	AdjustmentState_value = map[string]int32{
+		"ADJUSTMENT_STATE_UNSPECIFIED": 0,
+		"ADJUSTMENT_STATE_PENDING":     1,
+		"ADJUSTMENT_STATE_APPROVED":    2,
+		"ADJUSTMENT_STATE_REJECTED":    3,
+	}
+)
+
+func (x AdjustmentState) Enum() *AdjustmentState {
+	p := new(AdjustmentState)
+	*p = x
+	return p
+}
+
+func (x AdjustmentState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (AdjustmentState) Descriptor() protoreflect.EnumDescriptor {
+	return file_membercenter_v1_benefits_proto_enumTypes[0].Descriptor()
+}
+
+func (AdjustmentState) Type() protoreflect.EnumType {
+	return &file_membercenter_v1_benefits_proto_enumTypes[0]
+}
+
+func (x AdjustmentState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use AdjustmentState.Descriptor instead.
+func (AdjustmentState) EnumDescriptor() ([]byte, []int) {
+	return file_membercenter_v1_benefits_proto_rawDescGZIP(), []int{0}
+}
+
 type GetBalanceRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	MemberId      string                 `protobuf:"bytes,1,opt,name=member_id,json=memberId,proto3" json:"member_id,omitempty"`
@@ -1932,8 +1988,16 @@ func (x *AdjustRequest) GetIdempotencyKey() string {
 }
 
 type AdjustResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Balance       int64                  `protobuf:"varint,1,opt,name=balance,proto3" json:"balance,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The member's balance after the adjustment. For a pending adjustment
+	// (pending set), the member's balance when it was requested, which the
+	// request did not change.
+	Balance int64 `protobuf:"varint,1,opt,name=balance,proto3" json:"balance,omitempty"`
+	// Set, with pending, when the adjustment exceeds the programme's
+	// limits.adjust_approval_points: it is recorded for approval and not
+	// applied. A retry with the same idempotency key returns the same id.
+	ApprovalId    string `protobuf:"bytes,2,opt,name=approval_id,json=approvalId,proto3" json:"approval_id,omitempty"`
+	Pending       bool   `protobuf:"varint,3,opt,name=pending,proto3" json:"pending,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1975,6 +2039,386 @@ func (x *AdjustResponse) GetBalance() int64 {
 	return 0
 }
 
+func (x *AdjustResponse) GetApprovalId() string {
+	if x != nil {
+		return x.ApprovalId
+	}
+	return ""
+}
+
+func (x *AdjustResponse) GetPending() bool {
+	if x != nil {
+		return x.Pending
+	}
+	return false
+}
+
+type DecideAdjustmentRequest struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	ApprovalId string                 `protobuf:"bytes,1,opt,name=approval_id,json=approvalId,proto3" json:"approval_id,omitempty"`
+	// True applies the adjustment; false rejects it.
+	Approve bool `protobuf:"varint,2,opt,name=approve,proto3" json:"approve,omitempty"`
+	// Why, for the audit trail.
+	Note           string `protobuf:"bytes,3,opt,name=note,proto3" json:"note,omitempty"`
+	IdempotencyKey string `protobuf:"bytes,4,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *DecideAdjustmentRequest) Reset() {
+	*x = DecideAdjustmentRequest{}
+	mi := &file_membercenter_v1_benefits_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DecideAdjustmentRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DecideAdjustmentRequest) ProtoMessage() {}
+
+func (x *DecideAdjustmentRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_membercenter_v1_benefits_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DecideAdjustmentRequest.ProtoReflect.Descriptor instead.
+func (*DecideAdjustmentRequest) Descriptor() ([]byte, []int) {
+	return file_membercenter_v1_benefits_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *DecideAdjustmentRequest) GetApprovalId() string {
+	if x != nil {
+		return x.ApprovalId
+	}
+	return ""
+}
+
+func (x *DecideAdjustmentRequest) GetApprove() bool {
+	if x != nil {
+		return x.Approve
+	}
+	return false
+}
+
+func (x *DecideAdjustmentRequest) GetNote() string {
+	if x != nil {
+		return x.Note
+	}
+	return ""
+}
+
+func (x *DecideAdjustmentRequest) GetIdempotencyKey() string {
+	if x != nil {
+		return x.IdempotencyKey
+	}
+	return ""
+}
+
+type DecideAdjustmentResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// APPROVED or REJECTED.
+	State AdjustmentState `protobuf:"varint,1,opt,name=state,proto3,enum=membercenter.v1.AdjustmentState" json:"state,omitempty"`
+	// The member's balance after the decision (moved by an approval).
+	Balance       int64 `protobuf:"varint,2,opt,name=balance,proto3" json:"balance,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DecideAdjustmentResponse) Reset() {
+	*x = DecideAdjustmentResponse{}
+	mi := &file_membercenter_v1_benefits_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DecideAdjustmentResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DecideAdjustmentResponse) ProtoMessage() {}
+
+func (x *DecideAdjustmentResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_membercenter_v1_benefits_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DecideAdjustmentResponse.ProtoReflect.Descriptor instead.
+func (*DecideAdjustmentResponse) Descriptor() ([]byte, []int) {
+	return file_membercenter_v1_benefits_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *DecideAdjustmentResponse) GetState() AdjustmentState {
+	if x != nil {
+		return x.State
+	}
+	return AdjustmentState_ADJUSTMENT_STATE_UNSPECIFIED
+}
+
+func (x *DecideAdjustmentResponse) GetBalance() int64 {
+	if x != nil {
+		return x.Balance
+	}
+	return 0
+}
+
+type ListAdjustmentApprovalsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Only adjustments in this state; UNSPECIFIED lists every state.
+	State AdjustmentState `protobuf:"varint,1,opt,name=state,proto3,enum=membercenter.v1.AdjustmentState" json:"state,omitempty"`
+	// Only this member's adjustments, when set.
+	MemberId string `protobuf:"bytes,2,opt,name=member_id,json=memberId,proto3" json:"member_id,omitempty"`
+	// At most this many (0: 50).
+	PageSize      int32  `protobuf:"varint,3,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageToken     string `protobuf:"bytes,4,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListAdjustmentApprovalsRequest) Reset() {
+	*x = ListAdjustmentApprovalsRequest{}
+	mi := &file_membercenter_v1_benefits_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListAdjustmentApprovalsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListAdjustmentApprovalsRequest) ProtoMessage() {}
+
+func (x *ListAdjustmentApprovalsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_membercenter_v1_benefits_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListAdjustmentApprovalsRequest.ProtoReflect.Descriptor instead.
+func (*ListAdjustmentApprovalsRequest) Descriptor() ([]byte, []int) {
+	return file_membercenter_v1_benefits_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *ListAdjustmentApprovalsRequest) GetState() AdjustmentState {
+	if x != nil {
+		return x.State
+	}
+	return AdjustmentState_ADJUSTMENT_STATE_UNSPECIFIED
+}
+
+func (x *ListAdjustmentApprovalsRequest) GetMemberId() string {
+	if x != nil {
+		return x.MemberId
+	}
+	return ""
+}
+
+func (x *ListAdjustmentApprovalsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListAdjustmentApprovalsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+type ListAdjustmentApprovalsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Approvals     []*AdjustmentApproval  `protobuf:"bytes,1,rep,name=approvals,proto3" json:"approvals,omitempty"`
+	NextPageToken string                 `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListAdjustmentApprovalsResponse) Reset() {
+	*x = ListAdjustmentApprovalsResponse{}
+	mi := &file_membercenter_v1_benefits_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListAdjustmentApprovalsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListAdjustmentApprovalsResponse) ProtoMessage() {}
+
+func (x *ListAdjustmentApprovalsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_membercenter_v1_benefits_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListAdjustmentApprovalsResponse.ProtoReflect.Descriptor instead.
+func (*ListAdjustmentApprovalsResponse) Descriptor() ([]byte, []int) {
+	return file_membercenter_v1_benefits_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *ListAdjustmentApprovalsResponse) GetApprovals() []*AdjustmentApproval {
+	if x != nil {
+		return x.Approvals
+	}
+	return nil
+}
+
+func (x *ListAdjustmentApprovalsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+// AdjustmentApproval is an adjustment that needed a second operator.
+type AdjustmentApproval struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	ApprovalId string                 `protobuf:"bytes,1,opt,name=approval_id,json=approvalId,proto3" json:"approval_id,omitempty"`
+	MemberId   string                 `protobuf:"bytes,2,opt,name=member_id,json=memberId,proto3" json:"member_id,omitempty"`
+	Points     int64                  `protobuf:"varint,3,opt,name=points,proto3" json:"points,omitempty"`
+	Reason     string                 `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	// The operator who requested it (the maker).
+	Maker       string                 `protobuf:"bytes,5,opt,name=maker,proto3" json:"maker,omitempty"`
+	RequestedAt *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=requested_at,json=requestedAt,proto3" json:"requested_at,omitempty"`
+	State       AdjustmentState        `protobuf:"varint,7,opt,name=state,proto3,enum=membercenter.v1.AdjustmentState" json:"state,omitempty"`
+	// The operator who decided it (the checker), once decided.
+	Checker       string                 `protobuf:"bytes,8,opt,name=checker,proto3" json:"checker,omitempty"`
+	DecidedAt     *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=decided_at,json=decidedAt,proto3" json:"decided_at,omitempty"`
+	Note          string                 `protobuf:"bytes,10,opt,name=note,proto3" json:"note,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AdjustmentApproval) Reset() {
+	*x = AdjustmentApproval{}
+	mi := &file_membercenter_v1_benefits_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AdjustmentApproval) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AdjustmentApproval) ProtoMessage() {}
+
+func (x *AdjustmentApproval) ProtoReflect() protoreflect.Message {
+	mi := &file_membercenter_v1_benefits_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AdjustmentApproval.ProtoReflect.Descriptor instead.
+func (*AdjustmentApproval) Descriptor() ([]byte, []int) {
+	return file_membercenter_v1_benefits_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *AdjustmentApproval) GetApprovalId() string {
+	if x != nil {
+		return x.ApprovalId
+	}
+	return ""
+}
+
+func (x *AdjustmentApproval) GetMemberId() string {
+	if x != nil {
+		return x.MemberId
+	}
+	return ""
+}
+
+func (x *AdjustmentApproval) GetPoints() int64 {
+	if x != nil {
+		return x.Points
+	}
+	return 0
+}
+
+func (x *AdjustmentApproval) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *AdjustmentApproval) GetMaker() string {
+	if x != nil {
+		return x.Maker
+	}
+	return ""
+}
+
+func (x *AdjustmentApproval) GetRequestedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.RequestedAt
+	}
+	return nil
+}
+
+func (x *AdjustmentApproval) GetState() AdjustmentState {
+	if x != nil {
+		return x.State
+	}
+	return AdjustmentState_ADJUSTMENT_STATE_UNSPECIFIED
+}
+
+func (x *AdjustmentApproval) GetChecker() string {
+	if x != nil {
+		return x.Checker
+	}
+	return ""
+}
+
+func (x *AdjustmentApproval) GetDecidedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.DecidedAt
+	}
+	return nil
+}
+
+func (x *AdjustmentApproval) GetNote() string {
+	if x != nil {
+		return x.Note
+	}
+	return ""
+}
+
 type SimulateCampaignRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// One campaign in the programme's YAML form (see docs/benefits.md).
@@ -1987,7 +2431,7 @@ type SimulateCampaignRequest struct {
 
 func (x *SimulateCampaignRequest) Reset() {
 	*x = SimulateCampaignRequest{}
-	mi := &file_membercenter_v1_benefits_proto_msgTypes[29]
+	mi := &file_membercenter_v1_benefits_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1999,7 +2443,7 @@ func (x *SimulateCampaignRequest) String() string {
 func (*SimulateCampaignRequest) ProtoMessage() {}
 
 func (x *SimulateCampaignRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_membercenter_v1_benefits_proto_msgTypes[29]
+	mi := &file_membercenter_v1_benefits_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2012,7 +2456,7 @@ func (x *SimulateCampaignRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SimulateCampaignRequest.ProtoReflect.Descriptor instead.
 func (*SimulateCampaignRequest) Descriptor() ([]byte, []int) {
-	return file_membercenter_v1_benefits_proto_rawDescGZIP(), []int{29}
+	return file_membercenter_v1_benefits_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *SimulateCampaignRequest) GetCampaignYaml() string {
@@ -2051,7 +2495,7 @@ type SimulateCampaignResponse struct {
 
 func (x *SimulateCampaignResponse) Reset() {
 	*x = SimulateCampaignResponse{}
-	mi := &file_membercenter_v1_benefits_proto_msgTypes[30]
+	mi := &file_membercenter_v1_benefits_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2063,7 +2507,7 @@ func (x *SimulateCampaignResponse) String() string {
 func (*SimulateCampaignResponse) ProtoMessage() {}
 
 func (x *SimulateCampaignResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_membercenter_v1_benefits_proto_msgTypes[30]
+	mi := &file_membercenter_v1_benefits_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2076,7 +2520,7 @@ func (x *SimulateCampaignResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SimulateCampaignResponse.ProtoReflect.Descriptor instead.
 func (*SimulateCampaignResponse) Descriptor() ([]byte, []int) {
-	return file_membercenter_v1_benefits_proto_rawDescGZIP(), []int{30}
+	return file_membercenter_v1_benefits_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *SimulateCampaignResponse) GetPurchasesScanned() int64 {
@@ -2291,9 +2735,46 @@ const file_membercenter_v1_benefits_proto_rawDesc = "" +
 	"\xbaH\ar\x05\x10\x01\x18\x80\x02R\x06reason\x123\n" +
 	"\x0fidempotency_key\x18\x04 \x01(\tB\n" +
 	"\xbaH\ar\x05\x10\x01\x18\x80\x01R\x0eidempotencyKey:H\xbaHE\x1aC\n" +
-	"\x16adjust.points_non_zero\x12\x17points must not be zero\x1a\x10this.points != 0\"*\n" +
+	"\x16adjust.points_non_zero\x12\x17points must not be zero\x1a\x10this.points != 0\"e\n" +
 	"\x0eAdjustResponse\x12\x18\n" +
-	"\abalance\x18\x01 \x01(\x03R\abalance\"\xbd\x01\n" +
+	"\abalance\x18\x01 \x01(\x03R\abalance\x12\x1f\n" +
+	"\vapproval_id\x18\x02 \x01(\tR\n" +
+	"approvalId\x12\x18\n" +
+	"\apending\x18\x03 \x01(\bR\apending\"\xb1\x01\n" +
+	"\x17DecideAdjustmentRequest\x12)\n" +
+	"\vapproval_id\x18\x01 \x01(\tB\b\xbaH\x05r\x03\xb0\x01\x01R\n" +
+	"approvalId\x12\x18\n" +
+	"\aapprove\x18\x02 \x01(\bR\aapprove\x12\x1c\n" +
+	"\x04note\x18\x03 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x02R\x04note\x123\n" +
+	"\x0fidempotency_key\x18\x04 \x01(\tB\n" +
+	"\xbaH\ar\x05\x10\x01\x18\x80\x01R\x0eidempotencyKey\"l\n" +
+	"\x18DecideAdjustmentResponse\x126\n" +
+	"\x05state\x18\x01 \x01(\x0e2 .membercenter.v1.AdjustmentStateR\x05state\x12\x18\n" +
+	"\abalance\x18\x02 \x01(\x03R\abalance\"\xd4\x01\n" +
+	"\x1eListAdjustmentApprovalsRequest\x12@\n" +
+	"\x05state\x18\x01 \x01(\x0e2 .membercenter.v1.AdjustmentStateB\b\xbaH\x05\x82\x01\x02\x10\x01R\x05state\x12(\n" +
+	"\tmember_id\x18\x02 \x01(\tB\v\xbaH\b\xd8\x01\x01r\x03\xb0\x01\x01R\bmemberId\x12'\n" +
+	"\tpage_size\x18\x03 \x01(\x05B\n" +
+	"\xbaH\a\x1a\x05\x18\xe8\a(\x00R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x04 \x01(\tR\tpageToken\"\x8c\x01\n" +
+	"\x1fListAdjustmentApprovalsResponse\x12A\n" +
+	"\tapprovals\x18\x01 \x03(\v2#.membercenter.v1.AdjustmentApprovalR\tapprovals\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xf8\x02\n" +
+	"\x12AdjustmentApproval\x12\x1f\n" +
+	"\vapproval_id\x18\x01 \x01(\tR\n" +
+	"approvalId\x12\x1b\n" +
+	"\tmember_id\x18\x02 \x01(\tR\bmemberId\x12\x16\n" +
+	"\x06points\x18\x03 \x01(\x03R\x06points\x12\x16\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\x12\x14\n" +
+	"\x05maker\x18\x05 \x01(\tR\x05maker\x12=\n" +
+	"\frequested_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\vrequestedAt\x126\n" +
+	"\x05state\x18\a \x01(\x0e2 .membercenter.v1.AdjustmentStateR\x05state\x12\x18\n" +
+	"\achecker\x18\b \x01(\tR\achecker\x129\n" +
+	"\n" +
+	"decided_at\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\tdecidedAt\x12\x12\n" +
+	"\x04note\x18\n" +
+	" \x01(\tR\x04note\"\xbd\x01\n" +
 	"\x17SimulateCampaignRequest\x120\n" +
 	"\rcampaign_yaml\x18\x01 \x01(\tB\v\xbaH\br\x06\x10\x01\x18\x80\x80\x04R\fcampaignYaml\x126\n" +
 	"\x04from\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampB\x06\xbaH\x03\xc8\x01\x01R\x04from\x128\n" +
@@ -2304,7 +2785,13 @@ const file_membercenter_v1_benefits_proto_rawDesc = "" +
 	"\x10members_affected\x18\x03 \x01(\x03R\x0fmembersAffected\x12\x1f\n" +
 	"\vpoints_cost\x18\x04 \x01(\x03R\n" +
 	"pointsCost\x12'\n" +
-	"\x0fpoints_uncapped\x18\x05 \x01(\x03R\x0epointsUncapped2\xea\b\n" +
+	"\x0fpoints_uncapped\x18\x05 \x01(\x03R\x0epointsUncapped*\x8f\x01\n" +
+	"\x0fAdjustmentState\x12 \n" +
+	"\x1cADJUSTMENT_STATE_UNSPECIFIED\x10\x00\x12\x1c\n" +
+	"\x18ADJUSTMENT_STATE_PENDING\x10\x01\x12\x1d\n" +
+	"\x19ADJUSTMENT_STATE_APPROVED\x10\x02\x12\x1d\n" +
+	"\x19ADJUSTMENT_STATE_REJECTED\x10\x032\xd1\n" +
+	"\n" +
 	"\x0fBenefitsService\x12U\n" +
 	"\n" +
 	"GetBalance\x12\".membercenter.v1.GetBalanceRequest\x1a#.membercenter.v1.GetBalanceResponse\x12U\n" +
@@ -2320,6 +2807,8 @@ const file_membercenter_v1_benefits_proto_rawDesc = "" +
 	"\vClaimCoupon\x12#.membercenter.v1.ClaimCouponRequest\x1a$.membercenter.v1.ClaimCouponResponse\x12[\n" +
 	"\fIssueCoupons\x12$.membercenter.v1.IssueCouponsRequest\x1a%.membercenter.v1.IssueCouponsResponse\x12I\n" +
 	"\x06Adjust\x12\x1e.membercenter.v1.AdjustRequest\x1a\x1f.membercenter.v1.AdjustResponse\x12g\n" +
+	"\x10DecideAdjustment\x12(.membercenter.v1.DecideAdjustmentRequest\x1a).membercenter.v1.DecideAdjustmentResponse\x12|\n" +
+	"\x17ListAdjustmentApprovals\x12/.membercenter.v1.ListAdjustmentApprovalsRequest\x1a0.membercenter.v1.ListAdjustmentApprovalsResponse\x12g\n" +
 	"\x10SimulateCampaign\x12(.membercenter.v1.SimulateCampaignRequest\x1a).membercenter.v1.SimulateCampaignResponseBOZMgithub.com/membercenter/membercenter/proto/gen/membercenter/v1;membercenterv1b\x06proto3"
 
 var (
@@ -2334,113 +2823,130 @@ func file_membercenter_v1_benefits_proto_rawDescGZIP() []byte {
 	return file_membercenter_v1_benefits_proto_rawDescData
 }
 
-var file_membercenter_v1_benefits_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
+var file_membercenter_v1_benefits_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_membercenter_v1_benefits_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
 var file_membercenter_v1_benefits_proto_goTypes = []any{
-	(*GetBalanceRequest)(nil),        // 0: membercenter.v1.GetBalanceRequest
-	(*GetBalanceResponse)(nil),       // 1: membercenter.v1.GetBalanceResponse
-	(*ListLedgerRequest)(nil),        // 2: membercenter.v1.ListLedgerRequest
-	(*ListLedgerResponse)(nil),       // 3: membercenter.v1.ListLedgerResponse
-	(*LedgerEntry)(nil),              // 4: membercenter.v1.LedgerEntry
-	(*Basket)(nil),                   // 5: membercenter.v1.Basket
-	(*RuleTrace)(nil),                // 6: membercenter.v1.RuleTrace
-	(*QuoteRequest)(nil),             // 7: membercenter.v1.QuoteRequest
-	(*QuoteResponse)(nil),            // 8: membercenter.v1.QuoteResponse
-	(*CommitRequest)(nil),            // 9: membercenter.v1.CommitRequest
-	(*CommitResponse)(nil),           // 10: membercenter.v1.CommitResponse
-	(*RefundRequest)(nil),            // 11: membercenter.v1.RefundRequest
-	(*RefundResponse)(nil),           // 12: membercenter.v1.RefundResponse
-	(*RedeemRequest)(nil),            // 13: membercenter.v1.RedeemRequest
-	(*RedeemResponse)(nil),           // 14: membercenter.v1.RedeemResponse
-	(*GetTierStatusRequest)(nil),     // 15: membercenter.v1.GetTierStatusRequest
-	(*GetTierStatusResponse)(nil),    // 16: membercenter.v1.GetTierStatusResponse
-	(*ListBenefitsRequest)(nil),      // 17: membercenter.v1.ListBenefitsRequest
-	(*ListBenefitsResponse)(nil),     // 18: membercenter.v1.ListBenefitsResponse
-	(*Benefit)(nil),                  // 19: membercenter.v1.Benefit
-	(*ListCouponsRequest)(nil),       // 20: membercenter.v1.ListCouponsRequest
-	(*ListCouponsResponse)(nil),      // 21: membercenter.v1.ListCouponsResponse
-	(*Coupon)(nil),                   // 22: membercenter.v1.Coupon
-	(*ClaimCouponRequest)(nil),       // 23: membercenter.v1.ClaimCouponRequest
-	(*ClaimCouponResponse)(nil),      // 24: membercenter.v1.ClaimCouponResponse
-	(*IssueCouponsRequest)(nil),      // 25: membercenter.v1.IssueCouponsRequest
-	(*IssueCouponsResponse)(nil),     // 26: membercenter.v1.IssueCouponsResponse
-	(*AdjustRequest)(nil),            // 27: membercenter.v1.AdjustRequest
-	(*AdjustResponse)(nil),           // 28: membercenter.v1.AdjustResponse
-	(*SimulateCampaignRequest)(nil),  // 29: membercenter.v1.SimulateCampaignRequest
-	(*SimulateCampaignResponse)(nil), // 30: membercenter.v1.SimulateCampaignResponse
-	nil,                              // 31: membercenter.v1.IssueCouponsResponse.SkippedEntry
-	(*timestamppb.Timestamp)(nil),    // 32: google.protobuf.Timestamp
-	(LedgerEntryKind)(0),             // 33: membercenter.v1.LedgerEntryKind
-	(Channel)(0),                     // 34: membercenter.v1.Channel
-	(*Money)(nil),                    // 35: membercenter.v1.Money
-	(*LineItem)(nil),                 // 36: membercenter.v1.LineItem
-	(CouponState)(0),                 // 37: membercenter.v1.CouponState
+	(AdjustmentState)(0),                    // 0: membercenter.v1.AdjustmentState
+	(*GetBalanceRequest)(nil),               // 1: membercenter.v1.GetBalanceRequest
+	(*GetBalanceResponse)(nil),              // 2: membercenter.v1.GetBalanceResponse
+	(*ListLedgerRequest)(nil),               // 3: membercenter.v1.ListLedgerRequest
+	(*ListLedgerResponse)(nil),              // 4: membercenter.v1.ListLedgerResponse
+	(*LedgerEntry)(nil),                     // 5: membercenter.v1.LedgerEntry
+	(*Basket)(nil),                          // 6: membercenter.v1.Basket
+	(*RuleTrace)(nil),                       // 7: membercenter.v1.RuleTrace
+	(*QuoteRequest)(nil),                    // 8: membercenter.v1.QuoteRequest
+	(*QuoteResponse)(nil),                   // 9: membercenter.v1.QuoteResponse
+	(*CommitRequest)(nil),                   // 10: membercenter.v1.CommitRequest
+	(*CommitResponse)(nil),                  // 11: membercenter.v1.CommitResponse
+	(*RefundRequest)(nil),                   // 12: membercenter.v1.RefundRequest
+	(*RefundResponse)(nil),                  // 13: membercenter.v1.RefundResponse
+	(*RedeemRequest)(nil),                   // 14: membercenter.v1.RedeemRequest
+	(*RedeemResponse)(nil),                  // 15: membercenter.v1.RedeemResponse
+	(*GetTierStatusRequest)(nil),            // 16: membercenter.v1.GetTierStatusRequest
+	(*GetTierStatusResponse)(nil),           // 17: membercenter.v1.GetTierStatusResponse
+	(*ListBenefitsRequest)(nil),             // 18: membercenter.v1.ListBenefitsRequest
+	(*ListBenefitsResponse)(nil),            // 19: membercenter.v1.ListBenefitsResponse
+	(*Benefit)(nil),                         // 20: membercenter.v1.Benefit
+	(*ListCouponsRequest)(nil),              // 21: membercenter.v1.ListCouponsRequest
+	(*ListCouponsResponse)(nil),             // 22: membercenter.v1.ListCouponsResponse
+	(*Coupon)(nil),                          // 23: membercenter.v1.Coupon
+	(*ClaimCouponRequest)(nil),              // 24: membercenter.v1.ClaimCouponRequest
+	(*ClaimCouponResponse)(nil),             // 25: membercenter.v1.ClaimCouponResponse
+	(*IssueCouponsRequest)(nil),             // 26: membercenter.v1.IssueCouponsRequest
+	(*IssueCouponsResponse)(nil),            // 27: membercenter.v1.IssueCouponsResponse
+	(*AdjustRequest)(nil),                   // 28: membercenter.v1.AdjustRequest
+	(*AdjustResponse)(nil),                  // 29: membercenter.v1.AdjustResponse
+	(*DecideAdjustmentRequest)(nil),         // 30: membercenter.v1.DecideAdjustmentRequest
+	(*DecideAdjustmentResponse)(nil),        // 31: membercenter.v1.DecideAdjustmentResponse
+	(*ListAdjustmentApprovalsRequest)(nil),  // 32: membercenter.v1.ListAdjustmentApprovalsRequest
+	(*ListAdjustmentApprovalsResponse)(nil), // 33: membercenter.v1.ListAdjustmentApprovalsResponse
+	(*AdjustmentApproval)(nil),              // 34: membercenter.v1.AdjustmentApproval
+	(*SimulateCampaignRequest)(nil),         // 35: membercenter.v1.SimulateCampaignRequest
+	(*SimulateCampaignResponse)(nil),        // 36: membercenter.v1.SimulateCampaignResponse
+	nil,                                     // 37: membercenter.v1.IssueCouponsResponse.SkippedEntry
+	(*timestamppb.Timestamp)(nil),           // 38: google.protobuf.Timestamp
+	(LedgerEntryKind)(0),                    // 39: membercenter.v1.LedgerEntryKind
+	(Channel)(0),                            // 40: membercenter.v1.Channel
+	(*Money)(nil),                           // 41: membercenter.v1.Money
+	(*LineItem)(nil),                        // 42: membercenter.v1.LineItem
+	(CouponState)(0),                        // 43: membercenter.v1.CouponState
 }
 var file_membercenter_v1_benefits_proto_depIdxs = []int32{
-	32, // 0: membercenter.v1.GetBalanceResponse.next_expiry:type_name -> google.protobuf.Timestamp
-	4,  // 1: membercenter.v1.ListLedgerResponse.entries:type_name -> membercenter.v1.LedgerEntry
-	33, // 2: membercenter.v1.LedgerEntry.kind:type_name -> membercenter.v1.LedgerEntryKind
-	32, // 3: membercenter.v1.LedgerEntry.created_at:type_name -> google.protobuf.Timestamp
-	32, // 4: membercenter.v1.LedgerEntry.expires_at:type_name -> google.protobuf.Timestamp
-	32, // 5: membercenter.v1.LedgerEntry.available_at:type_name -> google.protobuf.Timestamp
-	34, // 6: membercenter.v1.Basket.channel:type_name -> membercenter.v1.Channel
-	35, // 7: membercenter.v1.Basket.total:type_name -> membercenter.v1.Money
-	36, // 8: membercenter.v1.Basket.items:type_name -> membercenter.v1.LineItem
-	32, // 9: membercenter.v1.Basket.at:type_name -> google.protobuf.Timestamp
-	5,  // 10: membercenter.v1.QuoteRequest.basket:type_name -> membercenter.v1.Basket
-	35, // 11: membercenter.v1.QuoteResponse.redemption_value:type_name -> membercenter.v1.Money
-	35, // 12: membercenter.v1.QuoteResponse.amount_due:type_name -> membercenter.v1.Money
-	6,  // 13: membercenter.v1.QuoteResponse.trace:type_name -> membercenter.v1.RuleTrace
-	35, // 14: membercenter.v1.QuoteResponse.coupon_discount:type_name -> membercenter.v1.Money
-	5,  // 15: membercenter.v1.CommitRequest.basket:type_name -> membercenter.v1.Basket
-	8,  // 16: membercenter.v1.CommitResponse.result:type_name -> membercenter.v1.QuoteResponse
-	35, // 17: membercenter.v1.RefundRequest.amount:type_name -> membercenter.v1.Money
-	34, // 18: membercenter.v1.RefundRequest.channel:type_name -> membercenter.v1.Channel
-	34, // 19: membercenter.v1.RedeemRequest.channel:type_name -> membercenter.v1.Channel
-	32, // 20: membercenter.v1.GetTierStatusResponse.tier_since:type_name -> google.protobuf.Timestamp
-	32, // 21: membercenter.v1.GetTierStatusResponse.downgrade_at:type_name -> google.protobuf.Timestamp
-	19, // 22: membercenter.v1.ListBenefitsResponse.benefits:type_name -> membercenter.v1.Benefit
-	32, // 23: membercenter.v1.Benefit.granted_at:type_name -> google.protobuf.Timestamp
-	32, // 24: membercenter.v1.Benefit.expires_at:type_name -> google.protobuf.Timestamp
-	22, // 25: membercenter.v1.ListCouponsResponse.coupons:type_name -> membercenter.v1.Coupon
-	37, // 26: membercenter.v1.Coupon.state:type_name -> membercenter.v1.CouponState
-	32, // 27: membercenter.v1.Coupon.valid_from:type_name -> google.protobuf.Timestamp
-	32, // 28: membercenter.v1.Coupon.valid_until:type_name -> google.protobuf.Timestamp
-	34, // 29: membercenter.v1.ClaimCouponRequest.channel:type_name -> membercenter.v1.Channel
-	22, // 30: membercenter.v1.ClaimCouponResponse.coupon:type_name -> membercenter.v1.Coupon
-	31, // 31: membercenter.v1.IssueCouponsResponse.skipped:type_name -> membercenter.v1.IssueCouponsResponse.SkippedEntry
-	32, // 32: membercenter.v1.SimulateCampaignRequest.from:type_name -> google.protobuf.Timestamp
-	32, // 33: membercenter.v1.SimulateCampaignRequest.until:type_name -> google.protobuf.Timestamp
-	0,  // 34: membercenter.v1.BenefitsService.GetBalance:input_type -> membercenter.v1.GetBalanceRequest
-	2,  // 35: membercenter.v1.BenefitsService.ListLedger:input_type -> membercenter.v1.ListLedgerRequest
-	7,  // 36: membercenter.v1.BenefitsService.Quote:input_type -> membercenter.v1.QuoteRequest
-	9,  // 37: membercenter.v1.BenefitsService.Commit:input_type -> membercenter.v1.CommitRequest
-	11, // 38: membercenter.v1.BenefitsService.Refund:input_type -> membercenter.v1.RefundRequest
-	13, // 39: membercenter.v1.BenefitsService.Redeem:input_type -> membercenter.v1.RedeemRequest
-	15, // 40: membercenter.v1.BenefitsService.GetTierStatus:input_type -> membercenter.v1.GetTierStatusRequest
-	17, // 41: membercenter.v1.BenefitsService.ListBenefits:input_type -> membercenter.v1.ListBenefitsRequest
-	20, // 42: membercenter.v1.BenefitsService.ListCoupons:input_type -> membercenter.v1.ListCouponsRequest
-	23, // 43: membercenter.v1.BenefitsService.ClaimCoupon:input_type -> membercenter.v1.ClaimCouponRequest
-	25, // 44: membercenter.v1.BenefitsService.IssueCoupons:input_type -> membercenter.v1.IssueCouponsRequest
-	27, // 45: membercenter.v1.BenefitsService.Adjust:input_type -> membercenter.v1.AdjustRequest
-	29, // 46: membercenter.v1.BenefitsService.SimulateCampaign:input_type -> membercenter.v1.SimulateCampaignRequest
-	1,  // 47: membercenter.v1.BenefitsService.GetBalance:output_type -> membercenter.v1.GetBalanceResponse
-	3,  // 48: membercenter.v1.BenefitsService.ListLedger:output_type -> membercenter.v1.ListLedgerResponse
-	8,  // 49: membercenter.v1.BenefitsService.Quote:output_type -> membercenter.v1.QuoteResponse
-	10, // 50: membercenter.v1.BenefitsService.Commit:output_type -> membercenter.v1.CommitResponse
-	12, // 51: membercenter.v1.BenefitsService.Refund:output_type -> membercenter.v1.RefundResponse
-	14, // 52: membercenter.v1.BenefitsService.Redeem:output_type -> membercenter.v1.RedeemResponse
-	16, // 53: membercenter.v1.BenefitsService.GetTierStatus:output_type -> membercenter.v1.GetTierStatusResponse
-	18, // 54: membercenter.v1.BenefitsService.ListBenefits:output_type -> membercenter.v1.ListBenefitsResponse
-	21, // 55: membercenter.v1.BenefitsService.ListCoupons:output_type -> membercenter.v1.ListCouponsResponse
-	24, // 56: membercenter.v1.BenefitsService.ClaimCoupon:output_type -> membercenter.v1.ClaimCouponResponse
-	26, // 57: membercenter.v1.BenefitsService.IssueCoupons:output_type -> membercenter.v1.IssueCouponsResponse
-	28, // 58: membercenter.v1.BenefitsService.Adjust:output_type -> membercenter.v1.AdjustResponse
-	30, // 59: membercenter.v1.BenefitsService.SimulateCampaign:output_type -> membercenter.v1.SimulateCampaignResponse
-	47, // [47:60] is the sub-list for method output_type
-	34, // [34:47] is the sub-list for method input_type
-	34, // [34:34] is the sub-list for extension type_name
-	34, // [34:34] is the sub-list for extension extendee
-	0,  // [0:34] is the sub-list for field type_name
+	38, // 0: membercenter.v1.GetBalanceResponse.next_expiry:type_name -> google.protobuf.Timestamp
+	5,  // 1: membercenter.v1.ListLedgerResponse.entries:type_name -> membercenter.v1.LedgerEntry
+	39, // 2: membercenter.v1.LedgerEntry.kind:type_name -> membercenter.v1.LedgerEntryKind
+	38, // 3: membercenter.v1.LedgerEntry.created_at:type_name -> google.protobuf.Timestamp
+	38, // 4: membercenter.v1.LedgerEntry.expires_at:type_name -> google.protobuf.Timestamp
+	38, // 5: membercenter.v1.LedgerEntry.available_at:type_name -> google.protobuf.Timestamp
+	40, // 6: membercenter.v1.Basket.channel:type_name -> membercenter.v1.Channel
+	41, // 7: membercenter.v1.Basket.total:type_name -> membercenter.v1.Money
+	42, // 8: membercenter.v1.Basket.items:type_name -> membercenter.v1.LineItem
+	38, // 9: membercenter.v1.Basket.at:type_name -> google.protobuf.Timestamp
+	6,  // 10: membercenter.v1.QuoteRequest.basket:type_name -> membercenter.v1.Basket
+	41, // 11: membercenter.v1.QuoteResponse.redemption_value:type_name -> membercenter.v1.Money
+	41, // 12: membercenter.v1.QuoteResponse.amount_due:type_name -> membercenter.v1.Money
+	7,  // 13: membercenter.v1.QuoteResponse.trace:type_name -> membercenter.v1.RuleTrace
+	41, // 14: membercenter.v1.QuoteResponse.coupon_discount:type_name -> membercenter.v1.Money
+	6,  // 15: membercenter.v1.CommitRequest.basket:type_name -> membercenter.v1.Basket
+	9,  // 16: membercenter.v1.CommitResponse.result:type_name -> membercenter.v1.QuoteResponse
+	41, // 17: membercenter.v1.RefundRequest.amount:type_name -> membercenter.v1.Money
+	40, // 18: membercenter.v1.RefundRequest.channel:type_name -> membercenter.v1.Channel
+	40, // 19: membercenter.v1.RedeemRequest.channel:type_name -> membercenter.v1.Channel
+	38, // 20: membercenter.v1.GetTierStatusResponse.tier_since:type_name -> google.protobuf.Timestamp
+	38, // 21: membercenter.v1.GetTierStatusResponse.downgrade_at:type_name -> google.protobuf.Timestamp
+	20, // 22: membercenter.v1.ListBenefitsResponse.benefits:type_name -> membercenter.v1.Benefit
+	38, // 23: membercenter.v1.Benefit.granted_at:type_name -> google.protobuf.Timestamp
+	38, // 24: membercenter.v1.Benefit.expires_at:type_name -> google.protobuf.Timestamp
+	23, // 25: membercenter.v1.ListCouponsResponse.coupons:type_name -> membercenter.v1.Coupon
+	43, // 26: membercenter.v1.Coupon.state:type_name -> membercenter.v1.CouponState
+	38, // 27: membercenter.v1.Coupon.valid_from:type_name -> google.protobuf.Timestamp
+	38, // 28: membercenter.v1.Coupon.valid_until:type_name -> google.protobuf.Timestamp
+	40, // 29: membercenter.v1.ClaimCouponRequest.channel:type_name -> membercenter.v1.Channel
+	23, // 30: membercenter.v1.ClaimCouponResponse.coupon:type_name -> membercenter.v1.Coupon
+	37, // 31: membercenter.v1.IssueCouponsResponse.skipped:type_name -> membercenter.v1.IssueCouponsResponse.SkippedEntry
+	0,  // 32: membercenter.v1.DecideAdjustmentResponse.state:type_name -> membercenter.v1.AdjustmentState
+	0,  // 33: membercenter.v1.ListAdjustmentApprovalsRequest.state:type_name -> membercenter.v1.AdjustmentState
+	34, // 34: membercenter.v1.ListAdjustmentApprovalsResponse.approvals:type_name -> membercenter.v1.AdjustmentApproval
+	38, // 35: membercenter.v1.AdjustmentApproval.requested_at:type_name -> google.protobuf.Timestamp
+	0,  // 36: membercenter.v1.AdjustmentApproval.state:type_name -> membercenter.v1.AdjustmentState
+	38, // 37: membercenter.v1.AdjustmentApproval.decided_at:type_name -> google.protobuf.Timestamp
+	38, // 38: membercenter.v1.SimulateCampaignRequest.from:type_name -> google.protobuf.Timestamp
+	38, // 39: membercenter.v1.SimulateCampaignRequest.until:type_name -> google.protobuf.Timestamp
+	1,  // 40: membercenter.v1.BenefitsService.GetBalance:input_type -> membercenter.v1.GetBalanceRequest
+	3,  // 41: membercenter.v1.BenefitsService.ListLedger:input_type -> membercenter.v1.ListLedgerRequest
+	8,  // 42: membercenter.v1.BenefitsService.Quote:input_type -> membercenter.v1.QuoteRequest
+	10, // 43: membercenter.v1.BenefitsService.Commit:input_type -> membercenter.v1.CommitRequest
+	12, // 44: membercenter.v1.BenefitsService.Refund:input_type -> membercenter.v1.RefundRequest
+	14, // 45: membercenter.v1.BenefitsService.Redeem:input_type -> membercenter.v1.RedeemRequest
+	16, // 46: membercenter.v1.BenefitsService.GetTierStatus:input_type -> membercenter.v1.GetTierStatusRequest
+	18, // 47: membercenter.v1.BenefitsService.ListBenefits:input_type -> membercenter.v1.ListBenefitsRequest
+	21, // 48: membercenter.v1.BenefitsService.ListCoupons:input_type -> membercenter.v1.ListCouponsRequest
+	24, // 49: membercenter.v1.BenefitsService.ClaimCoupon:input_type -> membercenter.v1.ClaimCouponRequest
+	26, // 50: membercenter.v1.BenefitsService.IssueCoupons:input_type -> membercenter.v1.IssueCouponsRequest
+	28, // 51: membercenter.v1.BenefitsService.Adjust:input_type -> membercenter.v1.AdjustRequest
+	30, // 52: membercenter.v1.BenefitsService.DecideAdjustment:input_type -> membercenter.v1.DecideAdjustmentRequest
+	32, // 53: membercenter.v1.BenefitsService.ListAdjustmentApprovals:input_type -> membercenter.v1.ListAdjustmentApprovalsRequest
+	35, // 54: membercenter.v1.BenefitsService.SimulateCampaign:input_type -> membercenter.v1.SimulateCampaignRequest
+	2,  // 55: membercenter.v1.BenefitsService.GetBalance:output_type -> membercenter.v1.GetBalanceResponse
+	4,  // 56: membercenter.v1.BenefitsService.ListLedger:output_type -> membercenter.v1.ListLedgerResponse
+	9,  // 57: membercenter.v1.BenefitsService.Quote:output_type -> membercenter.v1.QuoteResponse
+	11, // 58: membercenter.v1.BenefitsService.Commit:output_type -> membercenter.v1.CommitResponse
+	13, // 59: membercenter.v1.BenefitsService.Refund:output_type -> membercenter.v1.RefundResponse
+	15, // 60: membercenter.v1.BenefitsService.Redeem:output_type -> membercenter.v1.RedeemResponse
+	17, // 61: membercenter.v1.BenefitsService.GetTierStatus:output_type -> membercenter.v1.GetTierStatusResponse
+	19, // 62: membercenter.v1.BenefitsService.ListBenefits:output_type -> membercenter.v1.ListBenefitsResponse
+	22, // 63: membercenter.v1.BenefitsService.ListCoupons:output_type -> membercenter.v1.ListCouponsResponse
+	25, // 64: membercenter.v1.BenefitsService.ClaimCoupon:output_type -> membercenter.v1.ClaimCouponResponse
+	27, // 65: membercenter.v1.BenefitsService.IssueCoupons:output_type -> membercenter.v1.IssueCouponsResponse
+	29, // 66: membercenter.v1.BenefitsService.Adjust:output_type -> membercenter.v1.AdjustResponse
+	31, // 67: membercenter.v1.BenefitsService.DecideAdjustment:output_type -> membercenter.v1.DecideAdjustmentResponse
+	33, // 68: membercenter.v1.BenefitsService.ListAdjustmentApprovals:output_type -> membercenter.v1.ListAdjustmentApprovalsResponse
+	36, // 69: membercenter.v1.BenefitsService.SimulateCampaign:output_type -> membercenter.v1.SimulateCampaignResponse
+	55, // [55:70] is the sub-list for method output_type
+	40, // [40:55] is the sub-list for method input_type
+	40, // [40:40] is the sub-list for extension type_name
+	40, // [40:40] is the sub-list for extension extendee
+	0,  // [0:40] is the sub-list for field type_name
 }
 
 func init() { file_membercenter_v1_benefits_proto_init() }
@@ -2455,13 +2961,14 @@ func file_membercenter_v1_benefits_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_membercenter_v1_benefits_proto_rawDesc), len(file_membercenter_v1_benefits_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   32,
+			NumEnums:      1,
+			NumMessages:   37,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_membercenter_v1_benefits_proto_goTypes,
 		DependencyIndexes: file_membercenter_v1_benefits_proto_depIdxs,
+		EnumInfos:         file_membercenter_v1_benefits_proto_enumTypes,
 		MessageInfos:      file_membercenter_v1_benefits_proto_msgTypes,
 	}.Build()
 	File_membercenter_v1_benefits_proto = out.File

@@ -359,6 +359,60 @@ func local_request_BenefitsService_Adjust_0(ctx context.Context, marshaler runti
 	return msg, metadata, err
 }
 
+func request_BenefitsService_DecideAdjustment_0(ctx context.Context, marshaler runtime.Marshaler, client BenefitsServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+	var (
+		protoReq DecideAdjustmentRequest
+		metadata runtime.ServerMetadata
+	)
+	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "%v", err)
+	}
+	if req.Body != nil {
+		_, _ = io.Copy(io.Discard, req.Body)
+	}
+	msg, err := client.DecideAdjustment(ctx, &protoReq, grpc.Header(&metadata.HeaderMD), grpc.Trailer(&metadata.TrailerMD))
+	return msg, metadata, err
+}
+
+func local_request_BenefitsService_DecideAdjustment_0(ctx context.Context, marshaler runtime.Marshaler, server BenefitsServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+	var (
+		protoReq DecideAdjustmentRequest
+		metadata runtime.ServerMetadata
+	)
+	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "%v", err)
+	}
+	msg, err := server.DecideAdjustment(ctx, &protoReq)
+	return msg, metadata, err
+}
+
+func request_BenefitsService_ListAdjustmentApprovals_0(ctx context.Context, marshaler runtime.Marshaler, client BenefitsServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+	var (
+		protoReq ListAdjustmentApprovalsRequest
+		metadata runtime.ServerMetadata
+	)
+	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "%v", err)
+	}
+	if req.Body != nil {
+		_, _ = io.Copy(io.Discard, req.Body)
+	}
+	msg, err := client.ListAdjustmentApprovals(ctx, &protoReq, grpc.Header(&metadata.HeaderMD), grpc.Trailer(&metadata.TrailerMD))
+	return msg, metadata, err
+}
+
+func local_request_BenefitsService_ListAdjustmentApprovals_0(ctx context.Context, marshaler runtime.Marshaler, server BenefitsServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+	var (
+		protoReq ListAdjustmentApprovalsRequest
+		metadata runtime.ServerMetadata
+	)
+	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "%v", err)
+	}
+	msg, err := server.ListAdjustmentApprovals(ctx, &protoReq)
+	return msg, metadata, err
+}
+
 func request_BenefitsService_SimulateCampaign_0(ctx context.Context, marshaler runtime.Marshaler, client BenefitsServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
 		protoReq SimulateCampaignRequest
@@ -632,6 +686,46 @@ func RegisterBenefitsServiceHandlerServer(ctx context.Context, mux *runtime.Serv
 		}
 		forward_BenefitsService_Adjust_0(annotatedContext, mux, outboundMarshaler, w, req, resp, mux.GetForwardResponseOptions()...)
 	})
+	mux.Handle(http.MethodPost, pattern_BenefitsService_DecideAdjustment_0, func(w http.ResponseWriter, req *http.Request, pathParams map[string]string) {
+		ctx, cancel := context.WithCancel(req.Context())
+		defer cancel()
+		var stream runtime.ServerTransportStream
+		ctx = grpc.NewContextWithServerTransportStream(ctx, &stream)
+		inboundMarshaler, outboundMarshaler := runtime.MarshalerForRequest(mux, req)
+		annotatedContext, err := runtime.AnnotateIncomingContext(ctx, mux, req, "/membercenter.v1.BenefitsService/DecideAdjustment", runtime.WithHTTPPathPattern("/membercenter.v1.BenefitsService/DecideAdjustment"))
+		if err != nil {
+			runtime.HTTPError(ctx, mux, outboundMarshaler, w, req, err)
+			return
+		}
+		resp, md, err := local_request_BenefitsService_DecideAdjustment_0(annotatedContext, inboundMarshaler, server, req, pathParams)
+		md.HeaderMD, md.TrailerMD = metadata.Join(md.HeaderMD, stream.Header()), metadata.Join(md.TrailerMD, stream.Trailer())
+		annotatedContext = runtime.NewServerMetadataContext(annotatedContext, md)
+		if err != nil {
+			runtime.HTTPError(annotatedContext, mux, outboundMarshaler, w, req, err)
+			return
+		}
+		forward_BenefitsService_DecideAdjustment_0(annotatedContext, mux, outboundMarshaler, w, req, resp, mux.GetForwardResponseOptions()...)
+	})
+	mux.Handle(http.MethodPost, pattern_BenefitsService_ListAdjustmentApprovals_0, func(w http.ResponseWriter, req *http.Request, pathParams map[string]string) {
+		ctx, cancel := context.WithCancel(req.Context())
+		defer cancel()
+		var stream runtime.ServerTransportStream
+		ctx = grpc.NewContextWithServerTransportStream(ctx, &stream)
+		inboundMarshaler, outboundMarshaler := runtime.MarshalerForRequest(mux, req)
+		annotatedContext, err := runtime.AnnotateIncomingContext(ctx, mux, req, "/membercenter.v1.BenefitsService/ListAdjustmentApprovals", runtime.WithHTTPPathPattern("/membercenter.v1.BenefitsService/ListAdjustmentApprovals"))
+		if err != nil {
+			runtime.HTTPError(ctx, mux, outboundMarshaler, w, req, err)
+			return
+		}
+		resp, md, err := local_request_BenefitsService_ListAdjustmentApprovals_0(annotatedContext, inboundMarshaler, server, req, pathParams)
+		md.HeaderMD, md.TrailerMD = metadata.Join(md.HeaderMD, stream.Header()), metadata.Join(md.TrailerMD, stream.Trailer())
+		annotatedContext = runtime.NewServerMetadataContext(annotatedContext, md)
+		if err != nil {
+			runtime.HTTPError(annotatedContext, mux, outboundMarshaler, w, req, err)
+			return
+		}
+		forward_BenefitsService_ListAdjustmentApprovals_0(annotatedContext, mux, outboundMarshaler, w, req, resp, mux.GetForwardResponseOptions()...)
+	})
 	mux.Handle(http.MethodPost, pattern_BenefitsService_SimulateCampaign_0, func(w http.ResponseWriter, req *http.Request, pathParams map[string]string) {
 		ctx, cancel := context.WithCancel(req.Context())
 		defer cancel()
@@ -896,6 +990,40 @@ func RegisterBenefitsServiceHandlerClient(ctx context.Context, mux *runtime.Serv
 		}
 		forward_BenefitsService_Adjust_0(annotatedContext, mux, outboundMarshaler, w, req, resp, mux.GetForwardResponseOptions()...)
 	})
+	mux.Handle(http.MethodPost, pattern_BenefitsService_DecideAdjustment_0, func(w http.ResponseWriter, req *http.Request, pathParams map[string]string) {
+		ctx, cancel := context.WithCancel(req.Context())
+		defer cancel()
+		inboundMarshaler, outboundMarshaler := runtime.MarshalerForRequest(mux, req)
+		annotatedContext, err := runtime.AnnotateContext(ctx, mux, req, "/membercenter.v1.BenefitsService/DecideAdjustment", runtime.WithHTTPPathPattern("/membercenter.v1.BenefitsService/DecideAdjustment"))
+		if err != nil {
+			runtime.HTTPError(ctx, mux, outboundMarshaler, w, req, err)
+			return
+		}
+		resp, md, err := request_BenefitsService_DecideAdjustment_0(annotatedContext, inboundMarshaler, client, req, pathParams)
+		annotatedContext = runtime.NewServerMetadataContext(annotatedContext, md)
+		if err != nil {
+			runtime.HTTPError(annotatedContext, mux, outboundMarshaler, w, req, err)
+			return
+		}
+		forward_BenefitsService_DecideAdjustment_0(annotatedContext, mux, outboundMarshaler, w, req, resp, mux.GetForwardResponseOptions()...)
+	})
+	mux.Handle(http.MethodPost, pattern_BenefitsService_ListAdjustmentApprovals_0, func(w http.ResponseWriter, req *http.Request, pathParams map[string]string) {
+		ctx, cancel := context.WithCancel(req.Context())
+		defer cancel()
+		inboundMarshaler, outboundMarshaler := runtime.MarshalerForRequest(mux, req)
+		annotatedContext, err := runtime.AnnotateContext(ctx, mux, req, "/membercenter.v1.BenefitsService/ListAdjustmentApprovals", runtime.WithHTTPPathPattern("/membercenter.v1.BenefitsService/ListAdjustmentApprovals"))
+		if err != nil {
+			runtime.HTTPError(ctx, mux, outboundMarshaler, w, req, err)
+			return
+		}
+		resp, md, err := request_BenefitsService_ListAdjustmentApprovals_0(annotatedContext, inboundMarshaler, client, req, pathParams)
+		annotatedContext = runtime.NewServerMetadataContext(annotatedContext, md)
+		if err != nil {
+			runtime.HTTPError(annotatedContext, mux, outboundMarshaler, w, req, err)
+			return
+		}
+		forward_BenefitsService_ListAdjustmentApprovals_0(annotatedContext, mux, outboundMarshaler, w, req, resp, mux.GetForwardResponseOptions()...)
+	})
 	mux.Handle(http.MethodPost, pattern_BenefitsService_SimulateCampaign_0, func(w http.ResponseWriter, req *http.Request, pathParams map[string]string) {
 		ctx, cancel := context.WithCancel(req.Context())
 		defer cancel()
@@ -917,33 +1045,37 @@ func RegisterBenefitsServiceHandlerClient(ctx context.Context, mux *runtime.Serv
 }
 
 var (
-	pattern_BenefitsService_GetBalance_0       = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1}, []string{"membercenter.v1.BenefitsService", "GetBalance"}, ""))
-	pattern_BenefitsService_ListLedger_0       = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1}, []string{"membercenter.v1.BenefitsService", "ListLedger"}, ""))
-	pattern_BenefitsService_Quote_0            = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1}, []string{"membercenter.v1.BenefitsService", "Quote"}, ""))
-	pattern_BenefitsService_Commit_0           = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1}, []string{"membercenter.v1.BenefitsService", "Commit"}, ""))
-	pattern_BenefitsService_Refund_0           = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1}, []string{"membercenter.v1.BenefitsService", "Refund"}, ""))
-	pattern_BenefitsService_Redeem_0           = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1}, []string{"membercenter.v1.BenefitsService", "Redeem"}, ""))
-	pattern_BenefitsService_GetTierStatus_0    = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1}, []string{"membercenter.v1.BenefitsService", "GetTierStatus"}, ""))
-	pattern_BenefitsService_ListBenefits_0     = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1}, []string{"membercenter.v1.BenefitsService", "ListBenefits"}, ""))
-	pattern_BenefitsService_ListCoupons_0      = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1}, []string{"membercenter.v1.BenefitsService", "ListCoupons"}, ""))
-	pattern_BenefitsService_ClaimCoupon_0      = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1}, []string{"membercenter.v1.BenefitsService", "ClaimCoupon"}, ""))
-	pattern_BenefitsService_IssueCoupons_0     = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1}, []string{"membercenter.v1.BenefitsService", "IssueCoupons"}, ""))
-	pattern_BenefitsService_Adjust_0           = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1}, []string{"membercenter.v1.BenefitsService", "Adjust"}, ""))
-	pattern_BenefitsService_SimulateCampaign_0 = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1}, []string{"membercenter.v1.BenefitsService", "SimulateCampaign"}, ""))
+	pattern_BenefitsService_GetBalance_0              = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1}, []string{"membercenter.v1.BenefitsService", "GetBalance"}, ""))
+	pattern_BenefitsService_ListLedger_0              = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1}, []string{"membercenter.v1.BenefitsService", "ListLedger"}, ""))
+	pattern_BenefitsService_Quote_0                   = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1}, []string{"membercenter.v1.BenefitsService", "Quote"}, ""))
+	pattern_BenefitsService_Commit_0                  = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1}, []string{"membercenter.v1.BenefitsService", "Commit"}, ""))
+	pattern_BenefitsService_Refund_0                  = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1}, []string{"membercenter.v1.BenefitsService", "Refund"}, ""))
+	pattern_BenefitsService_Redeem_0                  = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1}, []string{"membercenter.v1.BenefitsService", "Redeem"}, ""))
+	pattern_BenefitsService_GetTierStatus_0           = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1}, []string{"membercenter.v1.BenefitsService", "GetTierStatus"}, ""))
+	pattern_BenefitsService_ListBenefits_0            = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1}, []string{"membercenter.v1.BenefitsService", "ListBenefits"}, ""))
+	pattern_BenefitsService_ListCoupons_0             = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1}, []string{"membercenter.v1.BenefitsService", "ListCoupons"}, ""))
+	pattern_BenefitsService_ClaimCoupon_0             = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1}, []string{"membercenter.v1.BenefitsService", "ClaimCoupon"}, ""))
+	pattern_BenefitsService_IssueCoupons_0            = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1}, []string{"membercenter.v1.BenefitsService", "IssueCoupons"}, ""))
+	pattern_BenefitsService_Adjust_0                  = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1}, []string{"membercenter.v1.BenefitsService", "Adjust"}, ""))
+	pattern_BenefitsService_DecideAdjustment_0        = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1}, []string{"membercenter.v1.BenefitsService", "DecideAdjustment"}, ""))
+	pattern_BenefitsService_ListAdjustmentApprovals_0 = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1}, []string{"membercenter.v1.BenefitsService", "ListAdjustmentApprovals"}, ""))
+	pattern_BenefitsService_SimulateCampaign_0        = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1}, []string{"membercenter.v1.BenefitsService", "SimulateCampaign"}, ""))
 )
 
 var (
-	forward_BenefitsService_GetBalance_0       = runtime.ForwardResponseMessage
-	forward_BenefitsService_ListLedger_0       = runtime.ForwardResponseMessage
-	forward_BenefitsService_Quote_0            = runtime.ForwardResponseMessage
-	forward_BenefitsService_Commit_0           = runtime.ForwardResponseMessage
-	forward_BenefitsService_Refund_0           = runtime.ForwardResponseMessage
-	forward_BenefitsService_Redeem_0           = runtime.ForwardResponseMessage
-	forward_BenefitsService_GetTierStatus_0    = runtime.ForwardResponseMessage
-	forward_BenefitsService_ListBenefits_0     = runtime.ForwardResponseMessage
-	forward_BenefitsService_ListCoupons_0      = runtime.ForwardResponseMessage
-	forward_BenefitsService_ClaimCoupon_0      = runtime.ForwardResponseMessage
-	forward_BenefitsService_IssueCoupons_0     = runtime.ForwardResponseMessage
-	forward_BenefitsService_Adjust_0           = runtime.ForwardResponseMessage
-	forward_BenefitsService_SimulateCampaign_0 = runtime.ForwardResponseMessage
+	forward_BenefitsService_GetBalance_0              = runtime.ForwardResponseMessage
+	forward_BenefitsService_ListLedger_0              = runtime.ForwardResponseMessage
+	forward_BenefitsService_Quote_0                   = runtime.ForwardResponseMessage
+	forward_BenefitsService_Commit_0                  = runtime.ForwardResponseMessage
+	forward_BenefitsService_Refund_0                  = runtime.ForwardResponseMessage
+	forward_BenefitsService_Redeem_0                  = runtime.ForwardResponseMessage
+	forward_BenefitsService_GetTierStatus_0           = runtime.ForwardResponseMessage
+	forward_BenefitsService_ListBenefits_0            = runtime.ForwardResponseMessage
+	forward_BenefitsService_ListCoupons_0             = runtime.ForwardResponseMessage
+	forward_BenefitsService_ClaimCoupon_0             = runtime.ForwardResponseMessage
+	forward_BenefitsService_IssueCoupons_0            = runtime.ForwardResponseMessage
+	forward_BenefitsService_Adjust_0                  = runtime.ForwardResponseMessage
+	forward_BenefitsService_DecideAdjustment_0        = runtime.ForwardResponseMessage
+	forward_BenefitsService_ListAdjustmentApprovals_0 = runtime.ForwardResponseMessage
+	forward_BenefitsService_SimulateCampaign_0        = runtime.ForwardResponseMessage
 )

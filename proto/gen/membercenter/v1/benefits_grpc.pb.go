@@ -19,19 +19,21 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	BenefitsService_GetBalance_FullMethodName       = "/membercenter.v1.BenefitsService/GetBalance"
-	BenefitsService_ListLedger_FullMethodName       = "/membercenter.v1.BenefitsService/ListLedger"
-	BenefitsService_Quote_FullMethodName            = "/membercenter.v1.BenefitsService/Quote"
-	BenefitsService_Commit_FullMethodName           = "/membercenter.v1.BenefitsService/Commit"
-	BenefitsService_Refund_FullMethodName           = "/membercenter.v1.BenefitsService/Refund"
-	BenefitsService_Redeem_FullMethodName           = "/membercenter.v1.BenefitsService/Redeem"
-	BenefitsService_GetTierStatus_FullMethodName    = "/membercenter.v1.BenefitsService/GetTierStatus"
-	BenefitsService_ListBenefits_FullMethodName     = "/membercenter.v1.BenefitsService/ListBenefits"
-	BenefitsService_ListCoupons_FullMethodName      = "/membercenter.v1.BenefitsService/ListCoupons"
-	BenefitsService_ClaimCoupon_FullMethodName      = "/membercenter.v1.BenefitsService/ClaimCoupon"
-	BenefitsService_IssueCoupons_FullMethodName     = "/membercenter.v1.BenefitsService/IssueCoupons"
-	BenefitsService_Adjust_FullMethodName           = "/membercenter.v1.BenefitsService/Adjust"
-	BenefitsService_SimulateCampaign_FullMethodName = "/membercenter.v1.BenefitsService/SimulateCampaign"
+	BenefitsService_GetBalance_FullMethodName              = "/membercenter.v1.BenefitsService/GetBalance"
+	BenefitsService_ListLedger_FullMethodName              = "/membercenter.v1.BenefitsService/ListLedger"
+	BenefitsService_Quote_FullMethodName                   = "/membercenter.v1.BenefitsService/Quote"
+	BenefitsService_Commit_FullMethodName                  = "/membercenter.v1.BenefitsService/Commit"
+	BenefitsService_Refund_FullMethodName                  = "/membercenter.v1.BenefitsService/Refund"
+	BenefitsService_Redeem_FullMethodName                  = "/membercenter.v1.BenefitsService/Redeem"
+	BenefitsService_GetTierStatus_FullMethodName           = "/membercenter.v1.BenefitsService/GetTierStatus"
+	BenefitsService_ListBenefits_FullMethodName            = "/membercenter.v1.BenefitsService/ListBenefits"
+	BenefitsService_ListCoupons_FullMethodName             = "/membercenter.v1.BenefitsService/ListCoupons"
+	BenefitsService_ClaimCoupon_FullMethodName             = "/membercenter.v1.BenefitsService/ClaimCoupon"
+	BenefitsService_IssueCoupons_FullMethodName            = "/membercenter.v1.BenefitsService/IssueCoupons"
+	BenefitsService_Adjust_FullMethodName                  = "/membercenter.v1.BenefitsService/Adjust"
+	BenefitsService_DecideAdjustment_FullMethodName        = "/membercenter.v1.BenefitsService/DecideAdjustment"
+	BenefitsService_ListAdjustmentApprovals_FullMethodName = "/membercenter.v1.BenefitsService/ListAdjustmentApprovals"
+	BenefitsService_SimulateCampaign_FullMethodName        = "/membercenter.v1.BenefitsService/SimulateCampaign"
 )
 
 // BenefitsServiceClient is the client API for BenefitsService service.
@@ -66,8 +68,20 @@ type BenefitsServiceClient interface {
 	// IssueCoupons issues a template's coupon to members (manual or bulk),
 	// within the template's limits.
 	IssueCoupons(ctx context.Context, in *IssueCouponsRequest, opts ...grpc.CallOption) (*IssueCouponsResponse, error)
-	// Adjust adds or removes points on an operator's decision (reason required).
+	// Adjust adds or removes points on an operator's decision (reason
+	// required). One whose size exceeds the programme's
+	// limits.adjust_approval_points is not applied: it waits, pending, for a
+	// second operator's DecideAdjustment (maker–checker).
 	Adjust(ctx context.Context, in *AdjustRequest, opts ...grpc.CallOption) (*AdjustResponse, error)
+	// DecideAdjustment approves (applies, once) or rejects a pending
+	// adjustment. The deciding operator must not be the one who requested it
+	// (PermissionDenied); an adjustment already decided is FailedPrecondition,
+	// except for a retry with the first decision's idempotency key, which
+	// gets the first answer.
+	DecideAdjustment(ctx context.Context, in *DecideAdjustmentRequest, opts ...grpc.CallOption) (*DecideAdjustmentResponse, error)
+	// ListAdjustmentApprovals lists adjustments awaiting (or past) a
+	// decision, oldest request first.
+	ListAdjustmentApprovals(ctx context.Context, in *ListAdjustmentApprovalsRequest, opts ...grpc.CallOption) (*ListAdjustmentApprovalsResponse, error)
 	// SimulateCampaign runs a campaign definition over a past window of
 	// purchases in ClickHouse and reports its cost; it writes nothing.
 	SimulateCampaign(ctx context.Context, in *SimulateCampaignRequest, opts ...grpc.CallOption) (*SimulateCampaignResponse, error)
@@ -201,6 +215,26 @@ func (c *benefitsServiceClient) Adjust(ctx context.Context, in *AdjustRequest, o
 	return out, nil
 }
 
+func (c *benefitsServiceClient) DecideAdjustment(ctx context.Context, in *DecideAdjustmentRequest, opts ...grpc.CallOption) (*DecideAdjustmentResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DecideAdjustmentResponse)
+	err := c.cc.Invoke(ctx, BenefitsService_DecideAdjustment_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *benefitsServiceClient) ListAdjustmentApprovals(ctx context.Context, in *ListAdjustmentApprovalsRequest, opts ...grpc.CallOption) (*ListAdjustmentApprovalsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListAdjustmentApprovalsResponse)
+	err := c.cc.Invoke(ctx, BenefitsService_ListAdjustmentApprovals_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *benefitsServiceClient) SimulateCampaign(ctx context.Context, in *SimulateCampaignRequest, opts ...grpc.CallOption) (*SimulateCampaignResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(SimulateCampaignResponse)
@@ -243,8 +277,20 @@ type BenefitsServiceServer interface {
 	// IssueCoupons issues a template's coupon to members (manual or bulk),
 	// within the template's limits.
 	IssueCoupons(context.Context, *IssueCouponsRequest) (*IssueCouponsResponse, error)
-	// Adjust adds or removes points on an operator's decision (reason required).
+	// Adjust adds or removes points on an operator's decision (reason
+	// required). One whose size exceeds the programme's
+	// limits.adjust_approval_points is not applied: it waits, pending, for a
+	// second operator's DecideAdjustment (maker–checker).
 	Adjust(context.Context, *AdjustRequest) (*AdjustResponse, error)
+	// DecideAdjustment approves (applies, once) or rejects a pending
+	// adjustment. The deciding operator must not be the one who requested it
+	// (PermissionDenied); an adjustment already decided is FailedPrecondition,
+	// except for a retry with the first decision's idempotency key, which
+	// gets the first answer.
+	DecideAdjustment(context.Context, *DecideAdjustmentRequest) (*DecideAdjustmentResponse, error)
+	// ListAdjustmentApprovals lists adjustments awaiting (or past) a
+	// decision, oldest request first.
+	ListAdjustmentApprovals(context.Context, *ListAdjustmentApprovalsRequest) (*ListAdjustmentApprovalsResponse, error)
 	// SimulateCampaign runs a campaign definition over a past window of
 	// purchases in ClickHouse and reports its cost; it writes nothing.
 	SimulateCampaign(context.Context, *SimulateCampaignRequest) (*SimulateCampaignResponse, error)
@@ -293,6 +339,12 @@ func (UnimplementedBenefitsServiceServer) IssueCoupons(context.Context, *IssueCo
 }
 func (UnimplementedBenefitsServiceServer) Adjust(context.Context, *AdjustRequest) (*AdjustResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Adjust not implemented")
+}
+func (UnimplementedBenefitsServiceServer) DecideAdjustment(context.Context, *DecideAdjustmentRequest) (*DecideAdjustmentResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DecideAdjustment not implemented")
+}
+func (UnimplementedBenefitsServiceServer) ListAdjustmentApprovals(context.Context, *ListAdjustmentApprovalsRequest) (*ListAdjustmentApprovalsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListAdjustmentApprovals not implemented")
 }
 func (UnimplementedBenefitsServiceServer) SimulateCampaign(context.Context, *SimulateCampaignRequest) (*SimulateCampaignResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method SimulateCampaign not implemented")
@@ -534,6 +586,42 @@ func _BenefitsService_Adjust_Handler(srv interface{}, ctx context.Context, dec f
 	return interceptor(ctx, in, info, handler)
 }
 
+func _BenefitsService_DecideAdjustment_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DecideAdjustmentRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BenefitsServiceServer).DecideAdjustment(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: BenefitsService_DecideAdjustment_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BenefitsServiceServer).DecideAdjustment(ctx, req.(*DecideAdjustmentRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _BenefitsService_ListAdjustmentApprovals_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListAdjustmentApprovalsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BenefitsServiceServer).ListAdjustmentApprovals(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: BenefitsService_ListAdjustmentApprovals_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BenefitsServiceServer).ListAdjustmentApprovals(ctx, req.(*ListAdjustmentApprovalsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _BenefitsService_SimulateCampaign_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(SimulateCampaignRequest)
 	if err := dec(in); err != nil {
@@ -606,6 +694,14 @@ var BenefitsService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Adjust",
 			Handler:    _BenefitsService_Adjust_Handler,
+		},
+		{
+			MethodName: "DecideAdjustment",
+			Handler:    _BenefitsService_DecideAdjustment_Handler,
+		},
+		{
+			MethodName: "ListAdjustmentApprovals",
+			Handler:    _BenefitsService_ListAdjustmentApprovals_Handler,
 		},
 		{
 			MethodName: "SimulateCampaign",

@@ -1561,6 +1561,13 @@ type MemberChange struct {
 	CauseId string  `protobuf:"bytes,5,opt,name=cause_id,json=causeId,proto3" json:"cause_id,omitempty"`
 	Channel Channel `protobuf:"varint,6,opt,name=channel,proto3,enum=membercenter.v1.Channel" json:"channel,omitempty"`
 	StoreId string  `protobuf:"bytes,7,opt,name=store_id,json=storeId,proto3" json:"store_id,omitempty"`
+	// The operator whose action made the change (an Adjust: the one who
+	// requested it), as the audit trail names them ("backoffice/alice");
+	// empty for changes no operator made.
+	Actor string `protobuf:"bytes,8,opt,name=actor,proto3" json:"actor,omitempty"`
+	// The second operator who approved the action, when it needed approval
+	// (an adjustment above the programme's limits.adjust_approval_points).
+	Approver string `protobuf:"bytes,9,opt,name=approver,proto3" json:"approver,omitempty"`
 	// Types that are valid to be assigned to Change:
 	//
 	//	*MemberChange_MemberCreated
@@ -1652,6 +1659,20 @@ func (x *MemberChange) GetChannel() Channel {
 func (x *MemberChange) GetStoreId() string {
 	if x != nil {
 		return x.StoreId
+	}
+	return ""
+}
+
+func (x *MemberChange) GetActor() string {
+	if x != nil {
+		return x.Actor
+	}
+	return ""
+}
+
+func (x *MemberChange) GetApprover() string {
+	if x != nil {
+		return x.Approver
 	}
 	return ""
 }
@@ -2634,7 +2655,7 @@ const file_membercenter_v1_events_proto_rawDesc = "" +
 	"\n" +
 	"identifier\x18\x01 \x01(\v2\x1e.membercenter.v1.IdentifierRefR\n" +
 	"identifier\x12\x12\n" +
-	"\x04rule\x18\x02 \x01(\tR\x04rule\"\xb8\a\n" +
+	"\x04rule\x18\x02 \x01(\tR\x04rule\"\xea\a\n" +
 	"\fMemberChange\x12\x1b\n" +
 	"\tmember_id\x18\x01 \x01(\tR\bmemberId\x12\x1a\n" +
 	"\bsequence\x18\x02 \x01(\x04R\bsequence\x12\x1b\n" +
@@ -2643,7 +2664,9 @@ const file_membercenter_v1_events_proto_rawDesc = "" +
 	"occurredAt\x12\x19\n" +
 	"\bcause_id\x18\x05 \x01(\tR\acauseId\x122\n" +
 	"\achannel\x18\x06 \x01(\x0e2\x18.membercenter.v1.ChannelR\achannel\x12\x19\n" +
-	"\bstore_id\x18\a \x01(\tR\astoreId\x12G\n" +
+	"\bstore_id\x18\a \x01(\tR\astoreId\x12\x14\n" +
+	"\x05actor\x18\b \x01(\tR\x05actor\x12\x1a\n" +
+	"\bapprover\x18\t \x01(\tR\bapprover\x12G\n" +
 	"\x0emember_created\x18\n" +
 	" \x01(\v2\x1e.membercenter.v1.MemberCreatedH\x00R\rmemberCreated\x12G\n" +
 	"\x0epoints_changed\x18\v \x01(\v2\x1e.membercenter.v1.PointsChangedH\x00R\rpointsChanged\x12A\n" +
