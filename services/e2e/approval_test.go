@@ -1,9 +1,6 @@
 package e2e_test
 
 import (
-	"encoding/base64"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -17,7 +14,6 @@ import (
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 
 	"github.com/membercenter/membercenter/services/auth"
-	"github.com/membercenter/membercenter/services/platform"
 )
 
 // TestLargeAdjustmentNeedsASecondOperator: over gRPC with channel
@@ -26,17 +22,8 @@ import (
 // points change it makes names both, on the change stream and in
 // ClickHouse's member_changes.
 func TestLargeAdjustmentNeedsASecondOperator(t *testing.T) {
-	secret := base64.StdEncoding.EncodeToString([]byte(strings.Repeat("c", 32)))
-	file := filepath.Join(t.TempDir(), "clients.yaml")
-	if err := os.WriteFile(file, []byte("clients:\n  - {id: backoffice, channel: backoffice, secret: "+secret+
-		", scopes: [identity.*, benefits.*, sync.subscribe]}\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	e := startWith(t, []string{relay.Stage, sink.Stage}, func(c *platform.Config) { c.Auth.ClientsPath = file })
-	a, err := auth.Load(file)
-	if err != nil {
-		t.Fatal(err)
-	}
+	e, a := startWithClients(t, []string{relay.Stage, sink.Stage}, "clients:\n  - {id: backoffice, channel: backoffice, secret: "+clientSecret("c")+
+		", scopes: [identity.*, benefits.*, sync.subscribe]}\n")
 	ctx := within(t, 90*time.Second)
 	token := func(operator string) string {
 		tok, err := a.MintFor("backoffice", operator, time.Minute)

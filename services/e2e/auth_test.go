@@ -27,16 +27,16 @@ func clientSecret(c string) string {
 	return base64.StdEncoding.EncodeToString([]byte(strings.Repeat(c, 32)))
 }
 
-// startWithClients starts the platform with channel authentication on and
-// clients (a clients file's YAML), and returns the authenticator that mints
-// their tokens.
-func startWithClients(t *testing.T, clients string) (*env, *auth.Authenticator) {
+// startWithClients starts the platform's services and the stages named with
+// channel authentication on and clients (a clients file's YAML), and
+// returns the authenticator that mints their tokens.
+func startWithClients(t *testing.T, stages []string, clients string) (*env, *auth.Authenticator) {
 	t.Helper()
 	file := filepath.Join(t.TempDir(), "clients.yaml")
 	if err := os.WriteFile(file, []byte(clients), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	e := startWith(t, nil, func(c *platform.Config) { c.Auth.ClientsPath = file })
+	e := startWith(t, stages, func(c *platform.Config) { c.Auth.ClientsPath = file })
 	a, err := auth.Load(file)
 	if err != nil {
 		t.Fatal(err)
@@ -49,7 +49,7 @@ func startWithClients(t *testing.T, clients string) (*env, *auth.Authenticator) 
 // outside a client's scopes or members (PermissionDenied / 403), the same
 // over gRPC and over the HTTP gateway; allowed calls go through.
 func TestChannelCredentialsOverGRPCAndHTTP(t *testing.T) {
-	e, a := startWithClients(t, `clients:
+	e, a := startWithClients(t, nil, `clients:
   - {id: pos, channel: pos, secret: `+clientSecret("p")+`, scopes: [identity.resolve, benefits.*, profile.read]}
   - {id: mini, channel: miniprogram, secret: `+clientSecret("m")+`, scopes: [profile.*, sync.subscribe], own_members: true}
 `)

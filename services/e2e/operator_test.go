@@ -16,7 +16,7 @@ import (
 // the operator its token was minted for; a caller cannot name someone else
 // with the actor header.
 func TestOperatorActionsCarryTheAuthenticatedActor(t *testing.T) {
-	e, a := startWithClients(t, "clients:\n  - {id: backoffice, channel: backoffice, secret: "+clientSecret("b")+", scopes: [identity.*]}\n")
+	e, a := startWithClients(t, nil, "clients:\n  - {id: backoffice, channel: backoffice, secret: "+clientSecret("b")+", scopes: [identity.*]}\n")
 	ctx := within(t, 60*time.Second)
 	tok, err := a.MintFor("backoffice", "alice", time.Minute)
 	if err != nil {
