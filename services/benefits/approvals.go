@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -269,27 +270,14 @@ func toProtoApproval(a postgres.Approval) *mcv1.AdjustmentApproval {
 }
 
 func stateToProto(s string) mcv1.AdjustmentState {
-	switch s {
-	case "pending":
-		return mcv1.AdjustmentState_ADJUSTMENT_STATE_PENDING
-	case "approved":
-		return mcv1.AdjustmentState_ADJUSTMENT_STATE_APPROVED
-	case "rejected":
-		return mcv1.AdjustmentState_ADJUSTMENT_STATE_REJECTED
-	}
-	return mcv1.AdjustmentState_ADJUSTMENT_STATE_UNSPECIFIED
+	return mcv1.AdjustmentState(mcv1.AdjustmentState_value["ADJUSTMENT_STATE_"+strings.ToUpper(s)])
 }
 
 // stateFromProto is the stored state of s; "" (every state) for
 // UNSPECIFIED.
 func stateFromProto(s mcv1.AdjustmentState) string {
-	switch s {
-	case mcv1.AdjustmentState_ADJUSTMENT_STATE_PENDING:
-		return "pending"
-	case mcv1.AdjustmentState_ADJUSTMENT_STATE_APPROVED:
-		return "approved"
-	case mcv1.AdjustmentState_ADJUSTMENT_STATE_REJECTED:
-		return "rejected"
+	if _, ok := mcv1.AdjustmentState_name[int32(s)]; !ok || s == mcv1.AdjustmentState_ADJUSTMENT_STATE_UNSPECIFIED {
+		return ""
 	}
-	return ""
+	return strings.ToLower(strings.TrimPrefix(s.String(), "ADJUSTMENT_STATE_"))
 }

@@ -61,21 +61,8 @@ func (f *fixture) audit(t *testing.T, member string) []auditRow {
 // pointsChanges are the points changes written for member, in order.
 func (f *fixture) pointsChanges(t *testing.T, member string) []*mcv1.MemberChange {
 	t.Helper()
-	rows, err := f.pool.Query(context.Background(), `SELECT payload FROM outbox WHERE member_id = $1 ORDER BY sequence`, uuid.MustParse(member))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rows.Close()
 	var out []*mcv1.MemberChange
-	for rows.Next() {
-		var b []byte
-		if err := rows.Scan(&b); err != nil {
-			t.Fatal(err)
-		}
-		ch := &mcv1.MemberChange{}
-		if err := proto.Unmarshal(b, ch); err != nil {
-			t.Fatal(err)
-		}
+	for _, ch := range f.outboxChanges(t, member) {
 		if ch.GetPointsChanged() != nil {
 			out = append(out, ch)
 		}

@@ -133,15 +133,15 @@ func TestCommitAnswersEveryMovementItCaused(t *testing.T) {
 	}
 }
 
-// outboxChannels lists the channel of each change written for member.
-func (f *fixture) outboxChannels(t *testing.T, member string) []mcv1.Channel {
+// outboxChanges are the changes written for member, in order.
+func (f *fixture) outboxChanges(t *testing.T, member string) []*mcv1.MemberChange {
 	t.Helper()
 	rows, err := f.pool.Query(context.Background(), `SELECT payload FROM outbox WHERE member_id = $1 ORDER BY sequence`, uuid.MustParse(member))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer rows.Close()
-	var out []mcv1.Channel
+	var out []*mcv1.MemberChange
 	for rows.Next() {
 		var b []byte
 		if err := rows.Scan(&b); err != nil {
@@ -151,6 +151,19 @@ func (f *fixture) outboxChannels(t *testing.T, member string) []mcv1.Channel {
 		if err := proto.Unmarshal(b, ch); err != nil {
 			t.Fatal(err)
 		}
+		out = append(out, ch)
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// outboxChannels lists the channel of each change written for member.
+func (f *fixture) outboxChannels(t *testing.T, member string) []mcv1.Channel {
+	t.Helper()
+	var out []mcv1.Channel
+	for _, ch := range f.outboxChanges(t, member) {
 		out = append(out, ch.GetChannel())
 	}
 	return out
