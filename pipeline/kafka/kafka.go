@@ -287,14 +287,7 @@ func EnsureTopics(ctx context.Context, cl *kgo.Client, topics Topics) error {
 			if configs == nil {
 				continue
 			}
-			resps, err := adm.AlterTopicConfigs(ctx, []kadm.AlterConfig{{Op: kadm.SetConfig, Name: "retention.ms", Value: configs["retention.ms"]}}, name)
-			if err == nil {
-				var r kadm.AlterConfigsResponse
-				if r, err = resps.On(name, nil); err == nil {
-					err = r.Err
-				}
-			}
-			if err != nil {
+			if err := setTopicConfig(ctx, adm, name, "retention.ms", configs["retention.ms"]); err != nil {
 				return fmt.Errorf("set the retention of topic %s: %w", name, err)
 			}
 		default:
@@ -302,6 +295,30 @@ func EnsureTopics(ctx context.Context, cl *kgo.Client, topics Topics) error {
 		}
 	}
 	return nil
+}
+
+// setTopicConfig sets one config of a topic. A topic another process has
+// just created may not be known yet to the broker that answers: that is
+// asked again for a few seconds.
+func setTopicConfig(ctx context.Context, adm *kadm.Client, topic, key string, value *string) error {
+	deadline := time.Now().Add(10 * time.Second)
+	for wait := 20 * time.Millisecond; ; wait = min(2*wait, time.Second) {
+		resps, err := adm.AlterTopicConfigs(ctx, []kadm.AlterConfig{{Op: kadm.SetConfig, Name: key, Value: value}}, topic)
+		if err == nil {
+			var r kadm.AlterConfigsResponse
+			if r, err = resps.On(topic, nil); err == nil {
+				err = r.Err
+			}
+		}
+		if err == nil || !errors.Is(err, kerr.UnknownTopicOrPartition) || time.Now().After(deadline) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+	}
 }
 
 // Header returns the value of the record header named key, or "".

@@ -2,12 +2,14 @@ package kafka_test
 
 import (
 	"context"
+	"errors"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
@@ -31,13 +33,27 @@ func TestRawTopicsKeepTheirRetention(t *testing.T) {
 	adm := kadm.NewClient(cl)
 	retention := func(topic string) (string, kmsg.ConfigSource) {
 		t.Helper()
-		rcs, err := adm.DescribeTopicConfigs(ctx, topic)
-		if err != nil {
-			t.Fatal(err)
-		}
-		rc, err := rcs.On(topic, nil)
-		if err != nil || rc.Err != nil {
-			t.Fatalf("describe %s: %v %v", topic, err, rc.Err)
+		// A topic just created may not be known to the broker asked yet:
+		// ask until it is.
+		var rc kadm.ResourceConfig
+		for {
+			rcs, err := adm.DescribeTopicConfigs(ctx, topic)
+			if err == nil {
+				rc, err = rcs.On(topic, nil)
+			}
+			if err == nil {
+				err = rc.Err
+			}
+			if err == nil {
+				break
+			}
+			if !errors.Is(err, kerr.UnknownTopicOrPartition) || ctx.Err() != nil {
+				t.Fatalf("describe %s: %v", topic, err)
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(50 * time.Millisecond):
+			}
 		}
 		for _, c := range rc.Configs {
 			if c.Key == "retention.ms" {
