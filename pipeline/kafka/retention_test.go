@@ -64,10 +64,20 @@ func TestRawTopicsKeepTheirRetention(t *testing.T) {
 		return "", kmsg.ConfigSourceUnknown
 	}
 	ms := func(d time.Duration) string { return strconv.FormatInt(d.Milliseconds(), 10) }
+	// check waits until the topics show want (a config change reaches the
+	// broker's answers a moment after it is accepted).
 	check := func(what string, want map[string]string) {
 		t.Helper()
 		for topic, w := range want {
-			if got, _ := retention(topic); got != w {
+			got, _ := retention(topic)
+			for got != w && ctx.Err() == nil {
+				select {
+				case <-ctx.Done():
+				case <-time.After(50 * time.Millisecond):
+				}
+				got, _ = retention(topic)
+			}
+			if got != w {
 				t.Errorf("%s: %s retention.ms = %s, want %s", what, topic, got, w)
 			}
 		}
