@@ -368,6 +368,21 @@ func CountIngested(ctx context.Context, q postgres.Querier) (int, error) {
 	return n, err
 }
 
+// CountDue counts the members whose labels the sweeper has to recompute
+// at at (a window ended, a day began).
+func CountDue(ctx context.Context, q postgres.Querier, at time.Time) (int, error) {
+	var n int
+	err := q.QueryRow(ctx, `SELECT count(*) FROM member_features WHERE due_at <= $1`, at).Scan(&n)
+	return n, err
+}
+
+// CountUnpublished counts the changes still in the outbox.
+func CountUnpublished(ctx context.Context, q postgres.Querier) (int, error) {
+	var n int
+	err := q.QueryRow(ctx, `SELECT count(*) FROM outbox WHERE published_at IS NULL`).Scan(&n)
+	return n, err
+}
+
 // Progress is how far the stages are with the events of one run.
 type Progress struct {
 	Ingested, Benefits, Tags int // events of the run each stage recorded
