@@ -136,13 +136,13 @@ type pipelineResult struct {
 	preload            preloadResult
 	// Events ingested into the database before the measured pass, and the
 	// unmeasured warm-up pass's drain time when the database was new.
-	history           int
-	warmUp            time.Duration
+	history int
+	warmUp  time.Duration
 	// The members a day's start (or a window's end) had left due for the
 	// sweeper when the run began, and how long a platform took to bring
 	// them up to date, unmeasured.
-	due     int
-	catchUp time.Duration
+	due               int
+	catchUp           time.Duration
 	events, malformed int
 	// Dead letters: the malformed records found in the dead-letter topic,
 	// and any other record found there.
