@@ -468,15 +468,15 @@ func (s *Service) Sweep(ctx context.Context, batch int) (int, error) {
 				return err
 			}
 			// Members first, in id order, as the workers lock them; then
-			// each member's features (Recompute).
+			// their features, in one statement, and their new labels
+			// written as the tag worker writes a batch's.
 			slices.SortFunc(ids, func(a, b uuid.UUID) int { return bytes.Compare(a[:], b[:]) })
-			if _, err := postgres.LockMembersForUpdate(ctx, tx, ids); err != nil {
+			locked, err := postgres.LockMembersForUpdate(ctx, tx, ids)
+			if err != nil {
 				return err
 			}
-			for _, id := range ids {
-				if err := s.Recompute(ctx, tx, id, "sweep", mcv1.Channel_CHANNEL_BACKOFFICE); err != nil {
-					return err
-				}
+			if err := s.sweepBatch(ctx, tx, ids, locked); err != nil {
+				return err
 			}
 			n = len(ids)
 			return nil
@@ -489,6 +489,57 @@ func (s *Service) Sweep(ctx context.Context, batch int) (int, error) {
 			return total, nil
 		}
 	}
+}
+
+// sweepBatch recomputes the due members ids (locked, in id order) in the
+// transaction: their features loaded in one statement, their writes in one
+// flush. A member merged into another since (rare) is recomputed as its
+// survivor, alone (Recompute follows the merge), and leaves the list: its
+// own features are no longer anyone's, and left due they brought its
+// survivor back every sweep, for good.
+func (s *Service) sweepBatch(ctx context.Context, tx pgx.Tx, ids []uuid.UUID, locked map[uuid.UUID]postgres.LockedMember) error {
+	live := make([]uuid.UUID, 0, len(ids))
+	var merged []uuid.UUID
+	for _, id := range ids {
+		if l, ok := locked[id]; ok && l.MergedInto == nil {
+			live = append(live, id)
+		} else {
+			merged = append(merged, id)
+		}
+	}
+	rows, err := postgres.LoadFeaturesBatch(ctx, tx, live, nil)
+	if err != nil {
+		return err
+	}
+	writes := make([]*memberWrite, 0, len(live))
+	for _, id := range live {
+		l := locked[id]
+		m := &memberState{id: id, attrs: l.Attributes, changeSeq: l.ChangeSeq, profiling: true, state: &State{}}
+		if err := m.take(rows[id]); err != nil {
+			return err
+		}
+		r, err := s.evaluate(ctx, tx, m)
+		if err != nil {
+			return err
+		}
+		w, err := s.stage(ctx, m, r, "sweep", mcv1.Channel_CHANNEL_BACKOFFICE, "")
+		if err != nil {
+			return err
+		}
+		writes = append(writes, w)
+	}
+	if err := s.flush(ctx, tx, writes); err != nil {
+		return err
+	}
+	for _, id := range merged {
+		if err := s.Recompute(ctx, tx, id, "sweep", mcv1.Channel_CHANNEL_BACKOFFICE); err != nil {
+			return err
+		}
+	}
+	if len(merged) == 0 {
+		return nil
+	}
+	return postgres.ClearDue(ctx, tx, merged)
 }
 
 // RunSweeper sweeps every interval until ctx ends.

@@ -148,6 +148,13 @@ func DueFeatures(ctx context.Context, q Querier, now time.Time, limit int) ([]uu
 		ORDER BY due_at LIMIT $2`, now, limit)
 }
 
+// ClearDue takes members off the sweeper's list (members merged into
+// another: their survivor is the one recomputed). Run it holding their
+// member rows.
+func ClearDue(ctx context.Context, q Querier, members []uuid.UUID) error {
+	return exec(ctx, q, "clear due members", `UPDATE member_features SET due_at = NULL WHERE member_id = ANY($1) AND due_at IS NOT NULL`, members)
+}
+
 // StoredLabels returns a member's labels as stored — labels_pb
 // (tags.EncodeLabels), or for a row written before it the JSON object — and
 // when they were computed; both nil when the member has none.
