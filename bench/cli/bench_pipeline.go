@@ -391,19 +391,32 @@ func (r *pipelineRun) publish(ctx context.Context) ([]loadgen.Record, error) {
 	return records, r.producer.Flush(ctx)
 }
 
+// scratch is a run over r's database with scratch topics of its own (the
+// run's id and suffix), for an unmeasured pass; done closes it.
+func (r *pipelineRun) scratch(ctx context.Context, suffix string) (w *pipelineRun, done func(), err error) {
+	w = &pipelineRun{e: r.e, o: r.o, members: r.members, run: r.run + suffix, url: r.url, ktel: r.ktel, ch: r.ch}
+	closeTopics, err := w.openTopics(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := w.open(ctx); err != nil {
+		closeTopics()
+		return nil, nil, err
+	}
+	return w, func() {
+		w.p.Close()
+		closeTopics()
+	}, nil
+}
+
 // warm drains one pass of the workload on its own scratch topics and
 // platform, unmeasured.
 func (r *pipelineRun) warm(ctx context.Context) (time.Duration, error) {
-	w := &pipelineRun{e: r.e, o: r.o, members: r.members, run: r.run + "w", url: r.url, ktel: r.ktel, ch: r.ch}
-	closeTopics, err := w.openTopics(ctx)
+	w, closeW, err := r.scratch(ctx, "w")
 	if err != nil {
 		return 0, err
 	}
-	defer closeTopics()
-	if err := w.open(ctx); err != nil {
-		return 0, err
-	}
-	defer w.p.Close()
+	defer closeW()
 	_, err = w.publish(ctx)
 	if w.producer != nil {
 		defer w.producer.Close()
@@ -427,16 +440,11 @@ func (r *pipelineRun) warm(ctx context.Context) (time.Duration, error) {
 // sweepDue runs a platform over scratch topics, with no events, until no
 // member is due for the sweeper and every change it wrote is published.
 func (r *pipelineRun) sweepDue(ctx context.Context) (time.Duration, error) {
-	w := &pipelineRun{e: r.e, o: r.o, members: r.members, run: r.run + "s", url: r.url, ktel: r.ktel, ch: r.ch}
-	closeTopics, err := w.openTopics(ctx)
+	w, closeW, err := r.scratch(ctx, "s")
 	if err != nil {
 		return 0, err
 	}
-	defer closeTopics()
-	if err := w.open(ctx); err != nil {
-		return 0, err
-	}
-	defer w.p.Close()
+	defer closeW()
 	pipelineLogf("%d members: bringing the members due for the sweeper up to date first, unmeasured", r.members)
 	start := time.Now()
 	run, err := w.start(ctx)
