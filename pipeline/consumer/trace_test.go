@@ -57,7 +57,8 @@ func TestBatchKeepsEachRecordsTrace(t *testing.T) {
 	seen := map[string]trace.TraceID{} // value → the trace its record context carries
 	batchOf := map[string]trace.SpanContext{}
 	done := make(chan struct{})
-	runStage(t, c, nil, func(ctx context.Context, c *consumer.Consumer, _ *recorder) error {
+	var once sync.Once
+	stop := runStage(t, c, nil, func(ctx context.Context, c *consumer.Consumer, _ *recorder) error {
 		return c.RunBatches(ctx, func(ctx context.Context, rs []*kgo.Record) (map[*kgo.Record]error, error) {
 			mu.Lock()
 			defer mu.Unlock()
@@ -66,7 +67,7 @@ func TestBatchKeepsEachRecordsTrace(t *testing.T) {
 				batchOf[string(r.Value)] = trace.SpanContextFromContext(ctx)
 			}
 			if len(seen) == n {
-				close(done)
+				once.Do(func() { close(done) })
 			}
 			return nil, nil
 		})
@@ -76,6 +77,7 @@ func TestBatchKeepsEachRecordsTrace(t *testing.T) {
 	case <-ctx.Done():
 		t.Fatal("the records were not all handled")
 	}
+	stop() // the batch spans end when their batch is done: stopping waits for it
 	mu.Lock()
 	defer mu.Unlock()
 	for v, id := range want {
