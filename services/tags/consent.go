@@ -26,11 +26,11 @@ func Consented(p mcv1.ConsentPurpose, granted, withdrawn int32) bool {
 	return ConsentDefault(p)
 }
 
-// consentOf is a member's consent per purpose as member_profiles holds it.
+// consentOf is a member's consent per purpose as member_profiles holds it
+// (profiling apart: ProfileRow.Withheld).
 func consentOf(granted, withdrawn int32) clickhouse.Consent {
 	return clickhouse.Consent{
 		NoMarketing: !Consented(mcv1.ConsentPurpose_CONSENT_PURPOSE_MARKETING, granted, withdrawn),
-		NoProfiling: !Consented(mcv1.ConsentPurpose_CONSENT_PURPOSE_PROFILING, granted, withdrawn),
 		NoAnalytics: !Consented(mcv1.ConsentPurpose_CONSENT_PURPOSE_ANALYTICS, granted, withdrawn),
 		ThirdParty:  Consented(mcv1.ConsentPurpose_CONSENT_PURPOSE_THIRD_PARTY_SHARING, granted, withdrawn),
 	}

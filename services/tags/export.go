@@ -8,6 +8,7 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/google/uuid"
 
+	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 	"github.com/membercenter/membercenter/storage/clickhouse"
 	"github.com/membercenter/membercenter/storage/postgres"
 
@@ -91,7 +92,8 @@ func (e *Exporter) Export(ctx context.Context, batch int) (int, error) {
 		// The row's version is the labels' version; the queue's may lag a
 		// newer write (then the row is exported again under it).
 		r := clickhouse.ProfileRow{MemberID: p.Member.String(), Version: uint64(p.Version), CatalogVersion: p.CatalogVersion,
-			UpdatedAt: p.UpdatedAt.UTC(), Withheld: p.Withheld, Consent: consentOf(p.ConsentGranted, p.ConsentWithdrawn)}
+			UpdatedAt: p.UpdatedAt.UTC(), Consent: consentOf(p.ConsentGranted, p.ConsentWithdrawn),
+			Withheld: !Consented(mcv1.ConsentPurpose_CONSENT_PURPOSE_PROFILING, p.ConsentGranted, p.ConsentWithdrawn)}
 		var err error
 		if r.Values, err = decodeStoredLabels(p.LabelsPB, p.LabelsJSON); err != nil {
 			return 0, fmt.Errorf("labels of %s: %w", p.Member, err)

@@ -43,7 +43,7 @@ func TestProfilesCarryConsentPerPurpose(t *testing.T) {
 		{MemberID: "undecided", Version: 1, UpdatedAt: at, Values: vip},
 		{MemberID: "no-marketing", Version: 1, UpdatedAt: at, Values: vip, Consent: clickhouse.Consent{NoMarketing: true}},
 		{MemberID: "sharer", Version: 1, UpdatedAt: at, Values: vip, Consent: clickhouse.Consent{ThirdParty: true}},
-		{MemberID: "no-analytics", Version: 1, UpdatedAt: at, Values: vip, Consent: clickhouse.Consent{NoAnalytics: true, NoProfiling: true}},
+		{MemberID: "no-analytics", Version: 1, UpdatedAt: at, Values: vip, Withheld: true, Consent: clickhouse.Consent{NoAnalytics: true}},
 		// A later version of the member who opted out: opted in again.
 		{MemberID: "no-marketing", Version: 2, UpdatedAt: at, Values: vip},
 		{MemberID: "undecided", Version: 0, UpdatedAt: at, Values: vip, Consent: clickhouse.Consent{NoMarketing: true}}, // older: ignored

@@ -100,10 +100,12 @@ const (
 
 // Consent is a member's consent per purpose, as member_profiles holds it.
 // Its zero value is a member who never decided: consenting to marketing,
-// profiling and analytics, not to third-party sharing.
+// profiling and analytics, not to third-party sharing. Profiling is
+// ProfileRow.Withheld: consent_profiling is the complement of
+// behavioural_withheld.
 type Consent struct {
 	// Withdrawn: no consent to the purpose.
-	NoMarketing, NoProfiling, NoAnalytics bool
+	NoMarketing, NoAnalytics bool
 	// Granted: consent to sharing with third parties.
 	ThirdParty bool
 }
@@ -631,13 +633,9 @@ func (w *Writer) InsertProfiles(ctx context.Context, cols []ProfileColumn, rows 
 	// call with the member and label named, and nothing is written.
 	args := make([][]any, len(rows))
 	for i, r := range rows {
-		var withheld uint8
-		if r.Withheld {
-			withheld = 1
-		}
 		a := make([]any, 0, len(names))
-		a = append(a, r.MemberID, r.Version, r.UpdatedAt.UTC(), r.CatalogVersion, withheld,
-			flag(!r.Consent.NoMarketing), flag(!r.Consent.NoProfiling), flag(r.Consent.ThirdParty), flag(!r.Consent.NoAnalytics))
+		a = append(a, r.MemberID, r.Version, r.UpdatedAt.UTC(), r.CatalogVersion, flag(r.Withheld),
+			flag(!r.Consent.NoMarketing), flag(!r.Withheld), flag(r.Consent.ThirdParty), flag(!r.Consent.NoAnalytics))
 		for _, c := range cols {
 			v, err := profileValue(c, r.Values[c.Name])
 			if err != nil {

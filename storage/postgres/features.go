@@ -179,9 +179,9 @@ type ProfileExport struct {
 	LabelsPB, LabelsJSON []byte
 	CatalogVersion       string
 	UpdatedAt            time.Time
-	Withheld             bool // profiling consent withdrawn
 	// The member's consent decisions: bit p set for ConsentPurpose p
-	// granted, or withdrawn; a purpose in neither was never decided.
+	// granted, or withdrawn (profiling withdrawn: behavioural labels
+	// withheld); a purpose in neither was never decided.
 	ConsentGranted, ConsentWithdrawn int32
 }
 
@@ -191,21 +191,20 @@ func PendingProfileExports(ctx context.Context, q Querier, limit int) ([]Profile
 	rows, err := q.Query(ctx, `
 		SELECT q.member_id, q.version, f.labels_pb, CASE WHEN f.labels_pb IS NULL THEN coalesce(f.labels, '{}'::jsonb) END,
 		       coalesce(f.catalog_version, ''),
-		       coalesce(f.updated_at, now()), coalesce(c.withdrawn & (1 << $2::int), 0) <> 0,
-		       coalesce(c.granted, 0), coalesce(c.withdrawn, 0)
+		       coalesce(f.updated_at, now()), coalesce(c.granted, 0), coalesce(c.withdrawn, 0)
 		  FROM (SELECT member_id, version FROM profile_exports ORDER BY queued_at LIMIT $1) q
 		  LEFT JOIN member_features f ON f.member_id = q.member_id
 		  LEFT JOIN LATERAL (
 		       SELECT bit_or(CASE WHEN granted THEN 1 << purpose::int ELSE 0 END) AS granted,
 		              bit_or(CASE WHEN granted THEN 0 ELSE 1 << purpose::int END) AS withdrawn
 		         FROM member_consents WHERE member_id = q.member_id) c ON true`,
-		limit, ConsentProfiling)
+		limit)
 	if err != nil {
 		return nil, fmt.Errorf("read profile exports: %w", err)
 	}
 	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (ProfileExport, error) {
 		var e ProfileExport
-		err := row.Scan(&e.Member, &e.Version, &e.LabelsPB, &e.LabelsJSON, &e.CatalogVersion, &e.UpdatedAt, &e.Withheld,
+		err := row.Scan(&e.Member, &e.Version, &e.LabelsPB, &e.LabelsJSON, &e.CatalogVersion, &e.UpdatedAt,
 			&e.ConsentGranted, &e.ConsentWithdrawn)
 		return e, err
 	})
