@@ -26,7 +26,6 @@ import (
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 
-	"github.com/membercenter/membercenter/pipeline/contract"
 	"github.com/membercenter/membercenter/pipeline/dlq"
 	"github.com/membercenter/membercenter/pipeline/fault"
 	"github.com/membercenter/membercenter/pipeline/kafka"
@@ -473,14 +472,18 @@ func (c *Consumer) handleBatch(ctx context.Context, rs []*kgo.Record, fn BatchFu
 		r.Context, spans[i] = kafka.ProcessSpan(ctx, c.cl.Tracer, r)
 		rcs[i] = r.Context
 	}
-	bctx := rs[0].Context // a batch of one is its record's
+	// Each record keeps its trace in its Context (a batch applier passes
+	// them on, as pipeline/worker does with contract.WithRecordContexts:
+	// fn may get a part of rs when a batch is split). What the batch does
+	// in common runs in a batch span; a batch of one is its record's.
+	bctx := rs[0].Context
 	if len(rs) > 1 {
 		var bspan trace.Span
 		bctx, bspan = c.cl.Tracer.BatchSpan(ctx, rs[0].Topic, rcs)
 		defer bspan.End()
 	}
 	start := c.now()
-	rejected, err := c.applyBatch(contract.WithRecordContexts(bctx, rcs), rs, fn, true)
+	rejected, err := c.applyBatch(bctx, rs, fn, true)
 	c.latency.Record(ctx, c.now().Sub(start).Seconds(), metric.WithAttributes(attribute.String("stage", c.cfg.Stage)))
 	for i, r := range rs {
 		if err == nil {

@@ -14,13 +14,12 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/membercenter/membercenter/pipeline/consumer"
-	"github.com/membercenter/membercenter/pipeline/contract"
 	"github.com/membercenter/membercenter/pipeline/kafka/kafkatest"
 )
 
 // A batch of records, each from its own trace: the handler sees each
-// record's trace through contract.RecordContext, and what the batch does in
-// common runs in a batch span linked to every record's process span.
+// record's trace in the record's Context, and what the batch does in common
+// runs in a batch span linked to every record's process span.
 func TestBatchKeepsEachRecordsTrace(t *testing.T) {
 	kcfg := kafkatest.Config(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
@@ -62,8 +61,8 @@ func TestBatchKeepsEachRecordsTrace(t *testing.T) {
 		return c.RunBatches(ctx, func(ctx context.Context, rs []*kgo.Record) (map[*kgo.Record]error, error) {
 			mu.Lock()
 			defer mu.Unlock()
-			for i, r := range rs {
-				seen[string(r.Value)] = trace.SpanContextFromContext(contract.RecordContext(ctx, i)).TraceID()
+			for _, r := range rs {
+				seen[string(r.Value)] = trace.SpanContextFromContext(r.Context).TraceID()
 				batchOf[string(r.Value)] = trace.SpanContextFromContext(ctx)
 			}
 			if len(seen) == n {
