@@ -24,6 +24,8 @@ import (
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/membercenter/membercenter/pipeline/fault"
 )
 
 // Config says how to reach Kafka and which topics to use. Defaults match
@@ -301,8 +303,10 @@ func EnsureTopics(ctx context.Context, cl *kgo.Client, topics Topics) error {
 // just created may not be known yet to the broker that answers: that is
 // asked again for a few seconds.
 func setTopicConfig(ctx context.Context, adm *kadm.Client, topic, key string, value *string) error {
-	deadline := time.Now().Add(10 * time.Second)
-	for wait := 20 * time.Millisecond; ; wait = min(2*wait, time.Second) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	var backoff fault.Backoff
+	for {
 		resps, err := adm.AlterTopicConfigs(ctx, []kadm.AlterConfig{{Op: kadm.SetConfig, Name: key, Value: value}}, topic)
 		if err == nil {
 			var r kadm.AlterConfigsResponse
@@ -310,13 +314,8 @@ func setTopicConfig(ctx context.Context, adm *kadm.Client, topic, key string, va
 				err = r.Err
 			}
 		}
-		if err == nil || !errors.Is(err, kerr.UnknownTopicOrPartition) || time.Now().After(deadline) {
+		if err == nil || !errors.Is(err, kerr.UnknownTopicOrPartition) || !fault.Sleep(ctx, backoff.Next()) {
 			return err
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(wait):
 		}
 	}
 }
