@@ -68,12 +68,18 @@ func (syncs) Subscribe(req *mcv1.SubscribeRequest, s mcv1.SyncService_SubscribeS
 	return s.Context().Err()
 }
 
+// testNow is the tests' clock: tokens are minted and checked at it.
+var testNow = time.Date(2026, 3, 2, 9, 0, 0, 0, time.UTC)
+
+func atTestNow() time.Time { return testNow }
+
 func serve(t *testing.T) (*auth.Authenticator, *grpc.ClientConn) {
 	t.Helper()
 	a, err := auth.Parse([]byte(strings.NewReplacer("SECRET_POS", secretPOS, "SECRET_MINI", secretMini).Replace(clients)))
 	if err != nil {
 		t.Fatal(err)
 	}
+	a.SetClock(atTestNow)
 	tel, err := telemetry.Setup(context.Background(), telemetry.Config{ServiceName: "auth-test", LogLevel: "error"}, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -129,10 +135,12 @@ func TestCallsWithoutValidCredentialsAreUnauthenticated(t *testing.T) {
 	}
 	expired, _ := a.Mint("pos-sh", -time.Hour)
 	forged, _ := auth.Parse([]byte("clients:\n  - {id: pos-sh, channel: pos, secret: " + secretMini + ", scopes: ['*']}\n"))
+	forged.SetClock(atTestNow)
 	forgedToken, _ := forged.Mint("pos-sh", time.Minute)
 	ghosts, _ := auth.Parse([]byte("clients:\n  - {id: ghost, channel: pos, secret: " + secretPOS + ", scopes: ['*']}\n"))
+	ghosts.SetClock(atTestNow)
 	ghostToken, _ := ghosts.Mint("ghost", time.Minute)
-	now := time.Now()
+	now := testNow
 	tenYears := sign(t, "pos-sh", secretPOS, jwt.MapClaims{"sub": "pos-sh", "iss": "membercenter", "iat": now.Unix(), "exp": now.AddDate(10, 0, 0).Unix()})
 	noIssueTime := sign(t, "pos-sh", secretPOS, jwt.MapClaims{"sub": "pos-sh", "iss": "membercenter", "exp": now.Add(time.Minute).Unix()})
 	// Every refused token gets the same answer: which check failed (an

@@ -222,9 +222,10 @@ func readTopic(t *testing.T, ctx context.Context, brokers []string, topic string
 	}
 	defer cl.Close()
 	var out []*kgo.Record
-	deadline := time.Now().Add(90 * time.Second)
+	rctx, cancelRead := context.WithTimeout(ctx, 90*time.Second)
+	defer cancelRead()
 	for {
-		pctx, cancel := context.WithTimeout(ctx, quiet)
+		pctx, cancel := context.WithTimeout(rctx, quiet)
 		fs := cl.PollFetches(pctx)
 		cancel()
 		n := 0
@@ -232,7 +233,7 @@ func readTopic(t *testing.T, ctx context.Context, brokers []string, topic string
 		if n == 0 && len(out) >= want {
 			return out
 		}
-		if time.Now().After(deadline) || ctx.Err() != nil {
+		if rctx.Err() != nil {
 			t.Fatalf("%s: %d records, want %d", topic, len(out), want)
 		}
 	}

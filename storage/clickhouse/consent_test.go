@@ -28,7 +28,7 @@ func TestProfilesCarryConsentPerPurpose(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := old.Append("old", uint64(1), time.Now(), "v1", uint8(0), ptr(uint8(1))); err != nil {
+	if err := old.Append("old", uint64(1), time.Date(2026, 10, 1, 9, 0, 0, 0, time.UTC), "v1", uint8(0), ptr(uint8(1))); err != nil {
 		t.Fatal(err)
 	}
 	if err := old.Send(); err != nil {
