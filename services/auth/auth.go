@@ -283,8 +283,9 @@ func (a *Authenticator) MintFor(clientID, operator string, ttl time.Duration, me
 // expiry) would tell a prober what exists.
 var ErrInvalidToken = errors.New("invalid or expired token: mint a new one with your client's secret")
 
-// Verify checks a token and returns its principal. The error says why, for
-// the server's log; callers are told only ErrInvalidToken.
+// Verify checks a token and returns its principal. The error says why (for
+// a tool or test calling it directly); a call's caller is told only
+// ErrInvalidToken, and the reason is not logged.
 func (a *Authenticator) Verify(token string) (*Principal, error) {
 	var cl claims
 	var client *Client
