@@ -6,19 +6,24 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/membercenter/membercenter/services/attributes"
 	"github.com/membercenter/membercenter/services/identity"
+	"github.com/membercenter/membercenter/services/profile"
 )
 
 func piiCmd(stdout, logOut io.Writer) *cobra.Command {
 	var batch int
 	reencrypt := &cobra.Command{
 		Use:   "reencrypt",
-		Short: "Re-encrypt every PII ciphertext under the active key (MC_PII_ENC_KEY_ID), so old keys can be retired",
+		Short: "Re-encrypt every PII ciphertext under the active key (MC_PII_ENC_KEY_ID), so old keys can be retired; seal PII attributes stored unsealed",
 		Long: `Rotating the PII encryption key:
   1. add the new key to MC_PII_ENC_KEYS (or the keys file) and make it active,
      keeping the old key listed; restart the platform;
   2. run 'membercenter pii reencrypt';
   3. remove the old key.
+It also seals the stored values of attributes the schema (MC_ATTRIBUTE_SCHEMA)
+declares PII that are not sealed yet: written before the schema declared
+them, or before the platform had an attribute schema.
 Safe to run while the platform serves, and to run again.`,
 		RunE: withEnv(logOut, func(cmd *cobra.Command, _ []string, e *env) error {
 			svc, err := identity.New(e.cfg.Identity, e.p.Pool(), changesWriter(e), e.tel.Logger)
@@ -29,6 +34,20 @@ Safe to run while the platform serves, and to run again.`,
 			n, err := svc.Reencrypt(cmd.Context(), batch, bar.update)
 			bar.finish()
 			fmt.Fprintf(stdout, "re-encrypted %d ciphertexts\n", n)
+			if err != nil {
+				return err
+			}
+			schema, err := attributes.Load(e.cfg.Profile.AttributeSchema)
+			if err != nil {
+				return err
+			}
+			schema.SetDefaultRegion(e.cfg.Identity.DefaultRegion)
+			ps := profile.New(e.p.Pool(), nil, changesWriter(e))
+			ps.SetAttributes(schema, svc.PII())
+			bar = newProgress(stdout, "sealing attributes", "members")
+			m, err := ps.SealAttributes(cmd.Context(), batch, bar.update)
+			bar.finish()
+			fmt.Fprintf(stdout, "sealed or re-sealed the attributes of %d members\n", m)
 			return err
 		}),
 	}

@@ -9,14 +9,18 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 )
 
-// After ingest, no raw phone number or e-mail address appears in any Kafka
-// topic the platform writes, in any ClickHouse table, or in any PostgreSQL
-// column: members are found by keyed hash and shown from ciphertext.
+// After ingest and an attribute update, no raw phone number, e-mail address
+// or name appears in any Kafka topic the platform writes, in any ClickHouse
+// table, or in any PostgreSQL column (attributes, idempotency records and
+// outbox payloads included): identifiers are found by keyed hash and shown
+// from ciphertext, PII attributes are sealed and shown masked.
 func TestNoRawPIIAfterIngest(t *testing.T) {
 	e := start(t)
 	ctx := within(t, 90*time.Second)
@@ -43,8 +47,33 @@ func TestNoRawPIIAfterIngest(t *testing.T) {
 		e.publishEvent(t, ctx, national, ev)
 	}
 	// Created, e-mail linked, points credited: three changes.
-	for i := 0; i < 3; i++ {
+	member := nextChange(t, stream).GetMemberId()
+	for i := 0; i < 2; i++ {
 		nextChange(t, stream)
+	}
+	// Contact details as attributes (a channel's profile form).
+	needles = append(needles, "13600001234", "8613600001234", "Li.Na.Contact", "li.na.contact", "Li Nana Contact", "Jinji Lake Road 88")
+	resp, err := mcv1.NewProfileServiceClient(e.conn).UpdateAttributes(ctx, &mcv1.UpdateAttributesRequest{MemberId: member, IdempotencyKey: "pii-attrs",
+		Attributes: map[string]string{"mobile": "136 0000 1234", "contact_email": "Li.Na.Contact@Example.com", "name": "Li Nana Contact",
+			"address": "Jinji Lake Road 88, Suzhou", "city": "Suzhou"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := resp.GetProfile().GetAttributes(); a["mobile"] != "+8613*******34" || a["contact_email"] != "L***@example.com" || a["city"] != "Suzhou" {
+		t.Errorf("attributes shown as %v", a)
+	}
+	for {
+		if c := nextChange(t, stream); c.GetAttributesChanged() != nil {
+			if c.GetAttributesChanged().GetAttributes()["name"] != "L***" {
+				t.Errorf("attributes change %v", c)
+			}
+			break
+		}
+	}
+	// An undeclared attribute is refused.
+	if _, err := mcv1.NewProfileServiceClient(e.conn).UpdateAttributes(ctx, &mcv1.UpdateAttributesRequest{MemberId: member, IdempotencyKey: "pii-bad",
+		Attributes: map[string]string{"wechat_phone": "13600001234"}}); status.Code(err) != codes.InvalidArgument {
+		t.Errorf("undeclared attribute: %v", err)
 	}
 	eventually(t, "every event and change in ClickHouse", func() (bool, error) {
 		var evs, chs uint64

@@ -75,6 +75,10 @@ func New(cfg Config, pool *pgxpool.Pool, ch changes.Writer, log *slog.Logger) (*
 		assertions: cfg.Assertions, changes: ch, log: log, now: time.Now}, nil
 }
 
+// PII returns the keys identifiers are hashed and sealed with; the profile
+// seals PII attributes with them too.
+func (s *Service) PII() *PII { return s.pii }
+
 // Rules returns the identity rules in force.
 func (s *Service) Rules() *Rules { return s.rules }
 

@@ -32,6 +32,7 @@ import (
 	"github.com/membercenter/membercenter/pipeline/ingest"
 	"github.com/membercenter/membercenter/pipeline/kafka"
 	"github.com/membercenter/membercenter/pipeline/sink"
+	"github.com/membercenter/membercenter/services/attributes"
 	"github.com/membercenter/membercenter/services/auth"
 	"github.com/membercenter/membercenter/services/benefits"
 	"github.com/membercenter/membercenter/services/changefeed"
@@ -54,6 +55,7 @@ type Config struct {
 	Telemetry  telemetry.Config
 	Server     server.Config
 	Identity   identity.Config
+	Profile    profile.Config
 	Auth       auth.Config
 }
 
@@ -70,7 +72,7 @@ func LoadConfig(ctx context.Context) (Config, error) {
 // Validate reports every problem with the config at once.
 func (c Config) Validate() error {
 	return errors.Join(c.Postgres.Validate(), c.ClickHouse.Validate(), c.Kafka.Validate(), c.Ingest.Validate(),
-		c.Telemetry.Validate(), c.Server.Validate(), c.Identity.Validate(), c.Auth.Validate())
+		c.Telemetry.Validate(), c.Server.Validate(), c.Identity.Validate(), c.Profile.Validate(), c.Auth.Validate())
 }
 
 // LogValue renders the effective configuration with secrets masked.
@@ -99,6 +101,7 @@ func (c Config) LogValue() slog.Value {
 		slog.String("pii_hmac_key", telemetry.Mask(c.Identity.Keys.HMACKey)),
 		slog.String("pii_enc_key_id", c.Identity.Keys.EncKeyID),
 		slog.String("channel_clients", c.Auth.ClientsPath),
+		slog.String("attribute_schema", c.Profile.AttributeSchema),
 	)
 }
 
@@ -376,6 +379,12 @@ func (p *Platform) domain(now func() time.Time, clickhouseNeeded bool) (*domain,
 	tagSvc.SetBenefitLabels(benefitSvc.DependsOnLabel)
 	profileSvc := profile.New(p.pool, tagSvc, cw)
 	profileSvc.SetClock(now)
+	schema, err := attributes.Load(p.cfg.Profile.AttributeSchema)
+	if err != nil {
+		return nil, err
+	}
+	schema.SetDefaultRegion(p.cfg.Identity.DefaultRegion)
+	profileSvc.SetAttributes(schema, idSvc.PII())
 	d := &domain{identity: idSvc, benefits: benefitSvc, tags: tagSvc, profile: profileSvc}
 	if clickhouseNeeded {
 		if d.facts, err = clickhouse.Dial(p.cfg.ClickHouse, clickhouse.WithTracerProvider(p.tel.Tracers)); err != nil {

@@ -19,6 +19,7 @@ import (
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 	"github.com/membercenter/membercenter/storage/postgres"
 
+	"github.com/membercenter/membercenter/services/attributes"
 	"github.com/membercenter/membercenter/services/changes"
 	"github.com/membercenter/membercenter/services/tags"
 	"github.com/membercenter/membercenter/storage/clickhouse/segment"
@@ -40,6 +41,19 @@ type Labels interface {
 
 var _ Labels = (*tags.Service)(nil)
 
+// Config is the profile service's configuration.
+type Config struct {
+	// A YAML file declaring the member attributes (name, type, PII class);
+	// unset: the built-in schema (docs/security.md lists it).
+	AttributeSchema string `env:"MC_ATTRIBUTE_SCHEMA"`
+}
+
+// Validate loads the schema, reporting what is wrong with it.
+func (c Config) Validate() error {
+	_, err := attributes.Load(c.AttributeSchema)
+	return err
+}
+
 // Service reads and updates profiles.
 type Service struct {
 	pool    *pgxpool.Pool
@@ -47,11 +61,94 @@ type Service struct {
 	changes changes.Writer
 	facts   driver.Conn // ClickHouse, for segments; may be nil
 	now     func() time.Time
+	schema  *attributes.Schema
+	sealer  attributes.Keyring // nil: PII attributes are refused
 }
 
-// New returns the service.
+// New returns the service, with the built-in attribute schema and no PII
+// keys until SetAttributes.
 func New(pool *pgxpool.Pool, t Labels, ch changes.Writer) *Service {
-	return &Service{pool: pool, tags: t, changes: ch, now: time.Now}
+	return &Service{pool: pool, tags: t, changes: ch, now: time.Now, schema: attributes.Default()}
+}
+
+// SetAttributes sets the attribute schema and the keys PII attributes are
+// sealed with (identity's).
+func (s *Service) SetAttributes(schema *attributes.Schema, keys attributes.Keyring) {
+	s.schema, s.sealer = schema, keys
+}
+
+// SealAttributes brings stored attributes in line with the schema and the
+// active PII key: a value of a PII attribute stored unsealed (written before
+// the schema declared it PII) is sealed, and a value sealed under another key
+// is re-sealed under the active one. In batches of batch members, each in
+// its own transaction behind the members' row locks; safe while the platform
+// serves and to run again. progress is called after each batch with the
+// members done and the members there were to do.
+func (s *Service) SealAttributes(ctx context.Context, batch int, progress func(done, total int64)) (int64, error) {
+	if s.sealer == nil {
+		return 0, errors.New("seal attributes: no PII keys")
+	}
+	var pii []string
+	for _, a := range s.schema.Attrs() {
+		if a.Class == attributes.PII {
+			pii = append(pii, a.Name)
+		}
+	}
+	active := s.sealer.ActiveKeyID()
+	total, err := postgres.CountAttributesToSeal(ctx, s.pool, pii, active)
+	if err != nil {
+		return 0, err
+	}
+	var done int64
+	after := uuid.Nil
+	for {
+		var ids []uuid.UUID
+		err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+			var all []map[string]string
+			var err error
+			if ids, all, err = postgres.ClaimAttributesToSeal(ctx, tx, pii, active, after, batch); err != nil {
+				return err
+			}
+			for i, attrs := range all {
+				for k, v := range attrs {
+					if attrs[k], err = s.sealStored(k, v); err != nil {
+						return fmt.Errorf("member %s: %w", ids[i], err)
+					}
+				}
+			}
+			return postgres.SetAttributesBatch(ctx, tx, ids, all)
+		})
+		if err != nil {
+			return done, err
+		}
+		done += int64(len(ids))
+		if progress != nil && len(ids) > 0 {
+			progress(done, total)
+		}
+		if len(ids) < batch {
+			return done, nil
+		}
+		after = ids[len(ids)-1]
+	}
+}
+
+// sealStored is a stored attribute value as the schema and the active key
+// want it stored.
+func (s *Service) sealStored(name, stored string) (string, error) {
+	if attributes.Sealed(stored) {
+		return attributes.Reseal(s.sealer, stored)
+	}
+	a, ok := s.schema.Lookup(name)
+	if !ok || a.Class != attributes.PII {
+		return stored, nil
+	}
+	v, err := s.schema.Normalize(name, stored, s.now())
+	if err != nil {
+		// Stored before the schema said what it must be: sealed as it is
+		// (it is personal data all the same), shown masked as text.
+		v, a.Type = stored, attributes.String
+	}
+	return attributes.Seal(s.sealer, a, v)
 }
 
 // SetClock replaces the service's clock, for tests and simulations.
@@ -106,7 +203,7 @@ func (s *Service) read(ctx context.Context, q postgres.Batcher, id uuid.UUID) (*
 // toProtoProfile is the API's view of a stored profile.
 func toProtoProfile(id uuid.UUID, row postgres.ProfileRow) (*mcv1.Profile, error) {
 	p := &mcv1.Profile{MemberId: id.String(), CreatedAt: timestamppb.New(row.CreatedAt), Sequence: uint64(row.Sequence),
-		Attributes: row.Attributes, PointsBalance: row.Balance, Tier: row.Tier}
+		Attributes: attributes.Display(row.Attributes), PointsBalance: row.Balance, Tier: row.Tier}
 	if p.Tier == "" {
 		p.Tier = "normal"
 	}
@@ -136,14 +233,24 @@ func (s *Service) UpdateAttributes(ctx context.Context, req *mcv1.UpdateAttribut
 	if err != nil {
 		return nil, fmt.Errorf("%w: member_id: %v", ErrInvalid, err)
 	}
-	if bd, ok := req.GetAttributes()["birth_date"]; ok && bd != "" {
-		t, err := time.Parse("2006-01-02", bd)
+	// Every value checked and normalised before anything is read: one bad
+	// attribute refuses the whole request. An empty value removes the
+	// attribute, declared or not (so an attribute the schema no longer
+	// declares can be cleaned away).
+	want := make(map[string]string, len(req.GetAttributes()))
+	for k, v := range req.GetAttributes() {
+		if v == "" {
+			want[k] = ""
+			continue
+		}
+		nv, err := s.schema.Normalize(k, v, s.now())
 		if err != nil {
-			return nil, fmt.Errorf("%w: attributes[birth_date]: %q is not a date like 1990-05-01", ErrInvalid, bd)
+			return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
 		}
-		if t.After(s.now()) {
-			return nil, fmt.Errorf("%w: attributes[birth_date]: %s is in the future", ErrInvalid, bd)
+		if a, _ := s.schema.Lookup(k); a.Class == attributes.PII && s.sealer == nil {
+			return nil, fmt.Errorf("attributes[%s] is PII and this process has no PII keys", k)
 		}
+		want[k] = nv
 	}
 	resp := &mcv1.UpdateAttributesResponse{}
 	err = postgres.RetryTx(ctx, s.pool, func(tx pgx.Tx) error {
@@ -156,17 +263,29 @@ func (s *Service) UpdateAttributes(ctx context.Context, req *mcv1.UpdateAttribut
 			if err != nil {
 				return err
 			}
+			// changed is what the change stream says: PII masked.
 			changed := map[string]string{}
-			for k, v := range req.GetAttributes() {
-				if attrs[k] == v {
+			for k, v := range want {
+				old, had := attrs[k]
+				if v == "" {
+					if had {
+						delete(attrs, k)
+						changed[k] = ""
+					}
 					continue
 				}
-				changed[k] = v
-				if v == "" {
-					delete(attrs, k)
-				} else {
-					attrs[k] = v
+				a, _ := s.schema.Lookup(k)
+				if had && attributes.Same(s.sealer, a, old, v) {
+					continue
 				}
+				stored, shown := v, v
+				if a.Class == attributes.PII {
+					if stored, err = attributes.Seal(s.sealer, a, v); err != nil {
+						return err
+					}
+					shown = attributes.Display(map[string]string{k: stored})[k]
+				}
+				attrs[k], changed[k] = stored, shown
 			}
 			if len(changed) > 0 {
 				if err := postgres.SetAttributes(ctx, tx, member, attrs); err != nil {

@@ -18,7 +18,9 @@ import (
 	"github.com/membercenter/membercenter/storage/postgres"
 	"github.com/membercenter/membercenter/storage/postgres/pgtest"
 
+	"github.com/membercenter/membercenter/services/attributes"
 	"github.com/membercenter/membercenter/services/changes"
+	"github.com/membercenter/membercenter/services/identity"
 	"github.com/membercenter/membercenter/services/profile"
 	"github.com/membercenter/membercenter/services/tags"
 )
@@ -35,6 +37,11 @@ func newFixture(t testing.TB) fixture {
 	pool := pgtest.NewPool(t, nil)
 	ts := tags.New(pool, changes.Writer{}, slog.New(slog.DiscardHandler))
 	svc := profile.New(pool, ts, changes.Writer{})
+	pii, err := identity.NewPII(identity.DevKeys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc.SetAttributes(attributes.Default(), pii)
 	return fixture{pool: pool, tags: ts, svc: svc, srv: profile.NewServer(svc)}
 }
 

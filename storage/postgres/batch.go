@@ -62,6 +62,16 @@ func LockMembersForUpdate(ctx context.Context, tx pgx.Tx, ids []uuid.UUID) (map[
 	return out, rows.Err()
 }
 
+// SetAttributesBatch replaces members' whole attributes.
+func SetAttributesBatch(ctx context.Context, tx pgx.Tx, members []uuid.UUID, attrs []map[string]string) error {
+	if len(members) == 0 {
+		return nil
+	}
+	b := &pgx.Batch{}
+	QueueAttributes(b, members, attrs)
+	return tx.SendBatch(ctx, b).Close()
+}
+
 // QueueAttributes queues members' whole attributes.
 func QueueAttributes(b *pgx.Batch, members []uuid.UUID, attrs []map[string]string) {
 	if len(members) == 0 {

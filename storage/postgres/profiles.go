@@ -95,6 +95,46 @@ func LockMemberAttributes(ctx context.Context, tx pgx.Tx, member uuid.UUID) (map
 	return attrs, nil
 }
 
+// attributesToSeal is the condition on a members row whose attributes hold
+// a value of one of the PII attributes $1 that is not sealed, or a value
+// sealed under a key other than $2 (sealed values start "pii:v1:<key>:").
+const attributesToSeal = `EXISTS (SELECT 1 FROM jsonb_each_text(m.attributes) e
+	WHERE (e.key = ANY($1::text[]) AND left(e.value, 7) <> 'pii:v1:')
+	   OR (left(e.value, 7) = 'pii:v1:' AND left(e.value, length($2::text) + 8) <> 'pii:v1:' || $2::text || ':'))`
+
+// CountAttributesToSeal counts the members whose attributes need sealing
+// or re-sealing (attributesToSeal).
+func CountAttributesToSeal(ctx context.Context, q Querier, pii []string, keyID string) (int64, error) {
+	var n int64
+	if err := q.QueryRow(ctx, `SELECT count(*) FROM members m WHERE `+attributesToSeal, pii, keyID).Scan(&n); err != nil {
+		return 0, fmt.Errorf("count attributes to seal: %w", err)
+	}
+	return n, nil
+}
+
+// ClaimAttributesToSeal locks up to limit members after the member id after
+// whose attributes need sealing or re-sealing, in member id order, skipping
+// rows another transaction holds (a later pass takes them).
+func ClaimAttributesToSeal(ctx context.Context, tx pgx.Tx, pii []string, keyID string, after uuid.UUID, limit int) ([]uuid.UUID, []map[string]string, error) {
+	rows, err := tx.Query(ctx, `SELECT member_id, attributes FROM members m WHERE member_id > $3 AND `+attributesToSeal+`
+		ORDER BY member_id LIMIT $4`+lockMemberRow+` SKIP LOCKED`, pii, keyID, after, limit)
+	if err != nil {
+		return nil, nil, fmt.Errorf("claim attributes to seal: %w", err)
+	}
+	defer rows.Close()
+	var ids []uuid.UUID
+	var attrs []map[string]string
+	for rows.Next() {
+		var id uuid.UUID
+		var a map[string]string
+		if err := rows.Scan(&id, &a); err != nil {
+			return nil, nil, fmt.Errorf("claim attributes to seal: %w", err)
+		}
+		ids, attrs = append(ids, id), append(attrs, a)
+	}
+	return ids, attrs, rows.Err()
+}
+
 // ConsentOf returns a member's decision for a purpose; nil when never made.
 func ConsentOf(ctx context.Context, q Querier, member uuid.UUID, purpose int16) (*bool, error) {
 	var granted *bool

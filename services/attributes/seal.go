@@ -1,0 +1,157 @@
+package attributes
+
+import (
+	"bytes"
+	"encoding/base64"
+	"fmt"
+	"maps"
+	"strings"
+	"unicode/utf8"
+)
+
+// Sealer is what sealing needs of the platform's PII keys (identity.PII):
+// a keyed hash and an AES-GCM encryption bound to it.
+type Sealer interface {
+	Hash(typ int16, scope, value string) []byte
+	Encrypt(value string, hash []byte) (ciphertext []byte, keyID string, err error)
+}
+
+// Opener reads a sealed value back (identity.PII): for a data-subject
+// export and for key rotation, never for display.
+type Opener interface {
+	Decrypt(ciphertext []byte, keyID string, hash []byte) (string, error)
+}
+
+// Keyring is the platform's PII keys as sealing, opening and rotation use
+// them (identity.PII).
+type Keyring interface {
+	Sealer
+	Opener
+	ActiveKeyID() string
+}
+
+// A sealed value as it is stored in the members row's attributes:
+//
+//	pii:v1:<key id>:<base64url hash>:<base64url nonce‖ciphertext>:<masked>
+//
+// The hash is HMAC-SHA256 over the attribute's name and normalised value
+// (scope "attr:<name>", so it never equals an identifier's hash); the
+// ciphertext is bound to it as additional data, so it cannot be moved to
+// another attribute. The masked form is what the API and the change stream
+// show. A merge moves sealed values between members as they are.
+const sealedPrefix = "pii:v1:"
+
+var b64 = base64.RawURLEncoding
+
+// hashType is the type number the keyed hash of an attribute uses
+// (identifiers use their IdentifierType, which is never 0 once stored).
+const hashType = 0
+
+// Sealed reports whether a stored value is sealed.
+func Sealed(stored string) bool { return strings.HasPrefix(stored, sealedPrefix) }
+
+// Seal turns a normalised value of a PII attribute into its stored form.
+func Seal(s Sealer, a Attr, value string) (string, error) {
+	h := s.Hash(hashType, "attr:"+a.Name, value)
+	ct, kid, err := s.Encrypt(value, h)
+	if err != nil {
+		return "", fmt.Errorf("seal attributes[%s]: %w", a.Name, err)
+	}
+	return sealedPrefix + kid + ":" + b64.EncodeToString(h) + ":" + b64.EncodeToString(ct) + ":" + Mask(a.Type, value), nil
+}
+
+// parts splits a sealed value.
+func parts(stored string) (kid string, hash, ct []byte, masked string, ok bool) {
+	f := strings.SplitN(strings.TrimPrefix(stored, sealedPrefix), ":", 4)
+	if len(f) != 4 {
+		return "", nil, nil, "", false
+	}
+	var err1, err2 error
+	hash, err1 = b64.DecodeString(f[1])
+	ct, err2 = b64.DecodeString(f[2])
+	return f[0], hash, ct, f[3], err1 == nil && err2 == nil
+}
+
+// Same reports whether stored (sealed or not) holds the normalised value v
+// of a, without decrypting: a sealed value is compared by its keyed hash.
+func Same(s Sealer, a Attr, stored, v string) bool {
+	if !Sealed(stored) {
+		return stored == v
+	}
+	if s == nil {
+		return false
+	}
+	_, h, _, _, ok := parts(stored)
+	return ok && bytes.Equal(h, s.Hash(hashType, "attr:"+a.Name, v))
+}
+
+// Open returns the raw value of a stored attribute value.
+func Open(o Opener, stored string) (string, error) {
+	if !Sealed(stored) {
+		return stored, nil
+	}
+	kid, h, ct, _, ok := parts(stored)
+	if !ok {
+		return "", fmt.Errorf("open attribute: malformed sealed value")
+	}
+	return o.Decrypt(ct, kid, h)
+}
+
+// Reseal re-encrypts a sealed value under the active key, keeping its hash
+// and masked form; a value already under it is returned as it is.
+func Reseal(k Keyring, stored string) (string, error) {
+	kid, h, ct, masked, ok := parts(stored)
+	if !ok {
+		return "", fmt.Errorf("re-seal attribute: malformed sealed value")
+	}
+	if kid == k.ActiveKeyID() {
+		return stored, nil
+	}
+	plain, err := k.Decrypt(ct, kid, h)
+	if err != nil {
+		return "", fmt.Errorf("re-seal attribute: %w (is key %q still listed in MC_PII_ENC_KEYS?)", err, kid)
+	}
+	nct, nkid, err := k.Encrypt(plain, h)
+	if err != nil {
+		return "", err
+	}
+	return sealedPrefix + nkid + ":" + b64.EncodeToString(h) + ":" + b64.EncodeToString(nct) + ":" + masked, nil
+}
+
+// Display is what a member's stored attributes show through the API and
+// the change stream: sealed values masked, the others as stored.
+func Display(stored map[string]string) map[string]string {
+	if stored == nil {
+		return nil
+	}
+	out := maps.Clone(stored)
+	for k, v := range out {
+		if Sealed(v) {
+			if _, _, _, masked, ok := parts(v); ok {
+				out[k] = masked
+			} else {
+				out[k] = "***"
+			}
+		}
+	}
+	return out
+}
+
+// Mask shows a value of type t without revealing it: a phone's first five
+// characters and last two ("+8613*******78"), an e-mail's
+// first character and domain ("w***@example.com"), text's first character.
+func Mask(t Type, v string) string {
+	switch t {
+	case Phone:
+		if len(v) > 7 {
+			return v[:5] + strings.Repeat("*", len(v)-7) + v[len(v)-2:]
+		}
+		return strings.Repeat("*", len(v))
+	case Email:
+		local, domain, _ := strings.Cut(v, "@")
+		r, _ := utf8.DecodeRuneInString(local)
+		return string(r) + "***@" + domain
+	}
+	r, _ := utf8.DecodeRuneInString(v)
+	return string(r) + "***"
+}
