@@ -4,7 +4,7 @@ package auth
 var Scopes = []string{
 	"identity.resolve", "identity.read", "identity.link", "identity.admin", "identity.code", "identity.terminal",
 	"benefits.read", "benefits.quote", "benefits.commit", "benefits.redeem", "coupons.claim", "benefits.admin",
-	"profile.read", "profile.write", "segments.read",
+	"profile.read", "profile.write", "segments.read", "privacy.export", "privacy.erase",
 	"sync.subscribe",
 }
 
@@ -49,6 +49,10 @@ var MethodScopes = map[string]string{
 	"/membercenter.v1.ProfileService/SetConsent":       "profile.write",
 	"/membercenter.v1.ProfileService/CountSegment":     "segments.read",
 	"/membercenter.v1.ProfileService/ExportSegment":    "segments.read",
+	// Data-subject requests: a privacy operator's, or a member-bound
+	// client's for its own member (the member asking in the app).
+	"/membercenter.v1.ProfileService/ExportMemberData": "privacy.export",
+	"/membercenter.v1.ProfileService/EraseMember":      "privacy.erase",
 
 	"/membercenter.v1.SyncService/Subscribe":   "sync.subscribe",
 	"/membercenter.v1.SyncService/GetSnapshot": "sync.subscribe",
@@ -70,6 +74,8 @@ var memberBound = map[string]bool{
 	"/membercenter.v1.ProfileService/GetProfile":        true,
 	"/membercenter.v1.ProfileService/UpdateAttributes":  true,
 	"/membercenter.v1.ProfileService/SetConsent":        true,
+	"/membercenter.v1.ProfileService/ExportMemberData":  true,
+	"/membercenter.v1.ProfileService/EraseMember":       true,
 	"/membercenter.v1.SyncService/Subscribe":            true,
 	"/membercenter.v1.SyncService/GetSnapshot":          true,
 	"/membercenter.v1.IdentityService/GetIdentityGraph": true,

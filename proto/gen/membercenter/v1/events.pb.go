@@ -1579,6 +1579,7 @@ type MemberChange struct {
 	//	*MemberChange_LabelsChanged
 	//	*MemberChange_BenefitChanged
 	//	*MemberChange_CouponChanged
+	//	*MemberChange_MemberErased
 	Change        isMemberChange_Change `protobuf_oneof:"change"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1765,6 +1766,15 @@ func (x *MemberChange) GetCouponChanged() *CouponChanged {
 	return nil
 }
 
+func (x *MemberChange) GetMemberErased() *MemberErased {
+	if x != nil {
+		if x, ok := x.Change.(*MemberChange_MemberErased); ok {
+			return x.MemberErased
+		}
+	}
+	return nil
+}
+
 type isMemberChange_Change interface {
 	isMemberChange_Change()
 }
@@ -1805,6 +1815,10 @@ type MemberChange_CouponChanged struct {
 	CouponChanged *CouponChanged `protobuf:"bytes,18,opt,name=coupon_changed,json=couponChanged,proto3,oneof"`
 }
 
+type MemberChange_MemberErased struct {
+	MemberErased *MemberErased `protobuf:"bytes,19,opt,name=member_erased,json=memberErased,proto3,oneof"`
+}
+
 func (*MemberChange_MemberCreated) isMemberChange_Change() {}
 
 func (*MemberChange_PointsChanged) isMemberChange_Change() {}
@@ -1823,6 +1837,56 @@ func (*MemberChange_BenefitChanged) isMemberChange_Change() {}
 
 func (*MemberChange_CouponChanged) isMemberChange_Change() {}
 
+func (*MemberChange_MemberErased) isMemberChange_Change() {}
+
+// MemberErased announces that a member's personal information was deleted
+// at their request (EraseMember): a channel deletes what it holds about the
+// member and the members listed. The member id stays valid as a pseudonym
+// of the ledger; no further change follows for it.
+type MemberErased struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	MergedMemberIds []string               `protobuf:"bytes,1,rep,name=merged_member_ids,json=mergedMemberIds,proto3" json:"merged_member_ids,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *MemberErased) Reset() {
+	*x = MemberErased{}
+	mi := &file_membercenter_v1_events_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MemberErased) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MemberErased) ProtoMessage() {}
+
+func (x *MemberErased) ProtoReflect() protoreflect.Message {
+	mi := &file_membercenter_v1_events_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MemberErased.ProtoReflect.Descriptor instead.
+func (*MemberErased) Descriptor() ([]byte, []int) {
+	return file_membercenter_v1_events_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *MemberErased) GetMergedMemberIds() []string {
+	if x != nil {
+		return x.MergedMemberIds
+	}
+	return nil
+}
+
 // MemberCreated announces a new member.
 type MemberCreated struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
@@ -1835,7 +1899,7 @@ type MemberCreated struct {
 
 func (x *MemberCreated) Reset() {
 	*x = MemberCreated{}
-	mi := &file_membercenter_v1_events_proto_msgTypes[15]
+	mi := &file_membercenter_v1_events_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1847,7 +1911,7 @@ func (x *MemberCreated) String() string {
 func (*MemberCreated) ProtoMessage() {}
 
 func (x *MemberCreated) ProtoReflect() protoreflect.Message {
-	mi := &file_membercenter_v1_events_proto_msgTypes[15]
+	mi := &file_membercenter_v1_events_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1860,7 +1924,7 @@ func (x *MemberCreated) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemberCreated.ProtoReflect.Descriptor instead.
 func (*MemberCreated) Descriptor() ([]byte, []int) {
-	return file_membercenter_v1_events_proto_rawDescGZIP(), []int{15}
+	return file_membercenter_v1_events_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *MemberCreated) GetIdentifiers() []*IdentifierRef {
@@ -1894,7 +1958,7 @@ type PointsChanged struct {
 
 func (x *PointsChanged) Reset() {
 	*x = PointsChanged{}
-	mi := &file_membercenter_v1_events_proto_msgTypes[16]
+	mi := &file_membercenter_v1_events_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1906,7 +1970,7 @@ func (x *PointsChanged) String() string {
 func (*PointsChanged) ProtoMessage() {}
 
 func (x *PointsChanged) ProtoReflect() protoreflect.Message {
-	mi := &file_membercenter_v1_events_proto_msgTypes[16]
+	mi := &file_membercenter_v1_events_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1919,7 +1983,7 @@ func (x *PointsChanged) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PointsChanged.ProtoReflect.Descriptor instead.
 func (*PointsChanged) Descriptor() ([]byte, []int) {
-	return file_membercenter_v1_events_proto_rawDescGZIP(), []int{16}
+	return file_membercenter_v1_events_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *PointsChanged) GetKind() LedgerEntryKind {
@@ -1976,7 +2040,7 @@ type TierChanged struct {
 
 func (x *TierChanged) Reset() {
 	*x = TierChanged{}
-	mi := &file_membercenter_v1_events_proto_msgTypes[17]
+	mi := &file_membercenter_v1_events_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1988,7 +2052,7 @@ func (x *TierChanged) String() string {
 func (*TierChanged) ProtoMessage() {}
 
 func (x *TierChanged) ProtoReflect() protoreflect.Message {
-	mi := &file_membercenter_v1_events_proto_msgTypes[17]
+	mi := &file_membercenter_v1_events_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2001,7 +2065,7 @@ func (x *TierChanged) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TierChanged.ProtoReflect.Descriptor instead.
 func (*TierChanged) Descriptor() ([]byte, []int) {
-	return file_membercenter_v1_events_proto_rawDescGZIP(), []int{17}
+	return file_membercenter_v1_events_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *TierChanged) GetFromTier() string {
@@ -2049,7 +2113,7 @@ type IdentityChanged struct {
 
 func (x *IdentityChanged) Reset() {
 	*x = IdentityChanged{}
-	mi := &file_membercenter_v1_events_proto_msgTypes[18]
+	mi := &file_membercenter_v1_events_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2061,7 +2125,7 @@ func (x *IdentityChanged) String() string {
 func (*IdentityChanged) ProtoMessage() {}
 
 func (x *IdentityChanged) ProtoReflect() protoreflect.Message {
-	mi := &file_membercenter_v1_events_proto_msgTypes[18]
+	mi := &file_membercenter_v1_events_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2074,7 +2138,7 @@ func (x *IdentityChanged) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IdentityChanged.ProtoReflect.Descriptor instead.
 func (*IdentityChanged) Descriptor() ([]byte, []int) {
-	return file_membercenter_v1_events_proto_rawDescGZIP(), []int{18}
+	return file_membercenter_v1_events_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *IdentityChanged) GetKind() IdentityChangeKind {
@@ -2157,7 +2221,7 @@ type AttributesChanged struct {
 
 func (x *AttributesChanged) Reset() {
 	*x = AttributesChanged{}
-	mi := &file_membercenter_v1_events_proto_msgTypes[19]
+	mi := &file_membercenter_v1_events_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2169,7 +2233,7 @@ func (x *AttributesChanged) String() string {
 func (*AttributesChanged) ProtoMessage() {}
 
 func (x *AttributesChanged) ProtoReflect() protoreflect.Message {
-	mi := &file_membercenter_v1_events_proto_msgTypes[19]
+	mi := &file_membercenter_v1_events_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2182,7 +2246,7 @@ func (x *AttributesChanged) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttributesChanged.ProtoReflect.Descriptor instead.
 func (*AttributesChanged) Descriptor() ([]byte, []int) {
-	return file_membercenter_v1_events_proto_rawDescGZIP(), []int{19}
+	return file_membercenter_v1_events_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *AttributesChanged) GetAttributes() map[string]string {
@@ -2203,7 +2267,7 @@ type ConsentChanged struct {
 
 func (x *ConsentChanged) Reset() {
 	*x = ConsentChanged{}
-	mi := &file_membercenter_v1_events_proto_msgTypes[20]
+	mi := &file_membercenter_v1_events_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2215,7 +2279,7 @@ func (x *ConsentChanged) String() string {
 func (*ConsentChanged) ProtoMessage() {}
 
 func (x *ConsentChanged) ProtoReflect() protoreflect.Message {
-	mi := &file_membercenter_v1_events_proto_msgTypes[20]
+	mi := &file_membercenter_v1_events_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2228,7 +2292,7 @@ func (x *ConsentChanged) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConsentChanged.ProtoReflect.Descriptor instead.
 func (*ConsentChanged) Descriptor() ([]byte, []int) {
-	return file_membercenter_v1_events_proto_rawDescGZIP(), []int{20}
+	return file_membercenter_v1_events_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ConsentChanged) GetPurpose() ConsentPurpose {
@@ -2257,7 +2321,7 @@ type LabelsChanged struct {
 
 func (x *LabelsChanged) Reset() {
 	*x = LabelsChanged{}
-	mi := &file_membercenter_v1_events_proto_msgTypes[21]
+	mi := &file_membercenter_v1_events_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2269,7 +2333,7 @@ func (x *LabelsChanged) String() string {
 func (*LabelsChanged) ProtoMessage() {}
 
 func (x *LabelsChanged) ProtoReflect() protoreflect.Message {
-	mi := &file_membercenter_v1_events_proto_msgTypes[21]
+	mi := &file_membercenter_v1_events_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2282,7 +2346,7 @@ func (x *LabelsChanged) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LabelsChanged.ProtoReflect.Descriptor instead.
 func (*LabelsChanged) Descriptor() ([]byte, []int) {
-	return file_membercenter_v1_events_proto_rawDescGZIP(), []int{21}
+	return file_membercenter_v1_events_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *LabelsChanged) GetLabels() []*LabelValue {
@@ -2318,7 +2382,7 @@ type LabelValue struct {
 
 func (x *LabelValue) Reset() {
 	*x = LabelValue{}
-	mi := &file_membercenter_v1_events_proto_msgTypes[22]
+	mi := &file_membercenter_v1_events_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2330,7 +2394,7 @@ func (x *LabelValue) String() string {
 func (*LabelValue) ProtoMessage() {}
 
 func (x *LabelValue) ProtoReflect() protoreflect.Message {
-	mi := &file_membercenter_v1_events_proto_msgTypes[22]
+	mi := &file_membercenter_v1_events_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2343,7 +2407,7 @@ func (x *LabelValue) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LabelValue.ProtoReflect.Descriptor instead.
 func (*LabelValue) Descriptor() ([]byte, []int) {
-	return file_membercenter_v1_events_proto_rawDescGZIP(), []int{22}
+	return file_membercenter_v1_events_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *LabelValue) GetLabelId() string {
@@ -2435,7 +2499,7 @@ type BenefitChanged struct {
 
 func (x *BenefitChanged) Reset() {
 	*x = BenefitChanged{}
-	mi := &file_membercenter_v1_events_proto_msgTypes[23]
+	mi := &file_membercenter_v1_events_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2447,7 +2511,7 @@ func (x *BenefitChanged) String() string {
 func (*BenefitChanged) ProtoMessage() {}
 
 func (x *BenefitChanged) ProtoReflect() protoreflect.Message {
-	mi := &file_membercenter_v1_events_proto_msgTypes[23]
+	mi := &file_membercenter_v1_events_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2460,7 +2524,7 @@ func (x *BenefitChanged) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BenefitChanged.ProtoReflect.Descriptor instead.
 func (*BenefitChanged) Descriptor() ([]byte, []int) {
-	return file_membercenter_v1_events_proto_rawDescGZIP(), []int{23}
+	return file_membercenter_v1_events_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *BenefitChanged) GetBenefitId() string {
@@ -2496,7 +2560,7 @@ type CouponChanged struct {
 
 func (x *CouponChanged) Reset() {
 	*x = CouponChanged{}
-	mi := &file_membercenter_v1_events_proto_msgTypes[24]
+	mi := &file_membercenter_v1_events_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2508,7 +2572,7 @@ func (x *CouponChanged) String() string {
 func (*CouponChanged) ProtoMessage() {}
 
 func (x *CouponChanged) ProtoReflect() protoreflect.Message {
-	mi := &file_membercenter_v1_events_proto_msgTypes[24]
+	mi := &file_membercenter_v1_events_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2521,7 +2585,7 @@ func (x *CouponChanged) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CouponChanged.ProtoReflect.Descriptor instead.
 func (*CouponChanged) Descriptor() ([]byte, []int) {
-	return file_membercenter_v1_events_proto_rawDescGZIP(), []int{24}
+	return file_membercenter_v1_events_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *CouponChanged) GetCouponId() string {
@@ -2655,7 +2719,7 @@ const file_membercenter_v1_events_proto_rawDesc = "" +
 	"\n" +
 	"identifier\x18\x01 \x01(\v2\x1e.membercenter.v1.IdentifierRefR\n" +
 	"identifier\x12\x12\n" +
-	"\x04rule\x18\x02 \x01(\tR\x04rule\"\xea\a\n" +
+	"\x04rule\x18\x02 \x01(\tR\x04rule\"\xb0\b\n" +
 	"\fMemberChange\x12\x1b\n" +
 	"\tmember_id\x18\x01 \x01(\tR\bmemberId\x12\x1a\n" +
 	"\bsequence\x18\x02 \x01(\x04R\bsequence\x12\x1b\n" +
@@ -2676,8 +2740,11 @@ const file_membercenter_v1_events_proto_rawDesc = "" +
 	"\x0fconsent_changed\x18\x0f \x01(\v2\x1f.membercenter.v1.ConsentChangedH\x00R\x0econsentChanged\x12G\n" +
 	"\x0elabels_changed\x18\x10 \x01(\v2\x1e.membercenter.v1.LabelsChangedH\x00R\rlabelsChanged\x12J\n" +
 	"\x0fbenefit_changed\x18\x11 \x01(\v2\x1f.membercenter.v1.BenefitChangedH\x00R\x0ebenefitChanged\x12G\n" +
-	"\x0ecoupon_changed\x18\x12 \x01(\v2\x1e.membercenter.v1.CouponChangedH\x00R\rcouponChangedB\b\n" +
-	"\x06change\"l\n" +
+	"\x0ecoupon_changed\x18\x12 \x01(\v2\x1e.membercenter.v1.CouponChangedH\x00R\rcouponChanged\x12D\n" +
+	"\rmember_erased\x18\x13 \x01(\v2\x1d.membercenter.v1.MemberErasedH\x00R\fmemberErasedB\b\n" +
+	"\x06change\":\n" +
+	"\fMemberErased\x12*\n" +
+	"\x11merged_member_ids\x18\x01 \x03(\tR\x0fmergedMemberIds\"l\n" +
 	"\rMemberCreated\x12@\n" +
 	"\videntifiers\x18\x01 \x03(\v2\x1e.membercenter.v1.IdentifierRefR\videntifiers\x12\x19\n" +
 	"\baudit_id\x18\x02 \x01(\tR\aauditId\"\xce\x01\n" +
@@ -2783,7 +2850,7 @@ func file_membercenter_v1_events_proto_rawDescGZIP() []byte {
 }
 
 var file_membercenter_v1_events_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_membercenter_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
+var file_membercenter_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
 var file_membercenter_v1_events_proto_goTypes = []any{
 	(IdentityChangeKind)(0),       // 0: membercenter.v1.IdentityChangeKind
 	(ConsentPurpose)(0),           // 1: membercenter.v1.ConsentPurpose
@@ -2804,27 +2871,28 @@ var file_membercenter_v1_events_proto_goTypes = []any{
 	(*Resolution)(nil),            // 16: membercenter.v1.Resolution
 	(*IgnoredIdentifier)(nil),     // 17: membercenter.v1.IgnoredIdentifier
 	(*MemberChange)(nil),          // 18: membercenter.v1.MemberChange
-	(*MemberCreated)(nil),         // 19: membercenter.v1.MemberCreated
-	(*PointsChanged)(nil),         // 20: membercenter.v1.PointsChanged
-	(*TierChanged)(nil),           // 21: membercenter.v1.TierChanged
-	(*IdentityChanged)(nil),       // 22: membercenter.v1.IdentityChanged
-	(*AttributesChanged)(nil),     // 23: membercenter.v1.AttributesChanged
-	(*ConsentChanged)(nil),        // 24: membercenter.v1.ConsentChanged
-	(*LabelsChanged)(nil),         // 25: membercenter.v1.LabelsChanged
-	(*LabelValue)(nil),            // 26: membercenter.v1.LabelValue
-	(*BenefitChanged)(nil),        // 27: membercenter.v1.BenefitChanged
-	(*CouponChanged)(nil),         // 28: membercenter.v1.CouponChanged
-	nil,                           // 29: membercenter.v1.AttributesChanged.AttributesEntry
-	(Channel)(0),                  // 30: membercenter.v1.Channel
-	(*timestamppb.Timestamp)(nil), // 31: google.protobuf.Timestamp
-	(*Identifier)(nil),            // 32: membercenter.v1.Identifier
-	(*Money)(nil),                 // 33: membercenter.v1.Money
-	(*IdentifierRef)(nil),         // 34: membercenter.v1.IdentifierRef
+	(*MemberErased)(nil),          // 19: membercenter.v1.MemberErased
+	(*MemberCreated)(nil),         // 20: membercenter.v1.MemberCreated
+	(*PointsChanged)(nil),         // 21: membercenter.v1.PointsChanged
+	(*TierChanged)(nil),           // 22: membercenter.v1.TierChanged
+	(*IdentityChanged)(nil),       // 23: membercenter.v1.IdentityChanged
+	(*AttributesChanged)(nil),     // 24: membercenter.v1.AttributesChanged
+	(*ConsentChanged)(nil),        // 25: membercenter.v1.ConsentChanged
+	(*LabelsChanged)(nil),         // 26: membercenter.v1.LabelsChanged
+	(*LabelValue)(nil),            // 27: membercenter.v1.LabelValue
+	(*BenefitChanged)(nil),        // 28: membercenter.v1.BenefitChanged
+	(*CouponChanged)(nil),         // 29: membercenter.v1.CouponChanged
+	nil,                           // 30: membercenter.v1.AttributesChanged.AttributesEntry
+	(Channel)(0),                  // 31: membercenter.v1.Channel
+	(*timestamppb.Timestamp)(nil), // 32: google.protobuf.Timestamp
+	(*Identifier)(nil),            // 33: membercenter.v1.Identifier
+	(*Money)(nil),                 // 34: membercenter.v1.Money
+	(*IdentifierRef)(nil),         // 35: membercenter.v1.IdentifierRef
 }
 var file_membercenter_v1_events_proto_depIdxs = []int32{
-	30, // 0: membercenter.v1.ChannelEvent.channel:type_name -> membercenter.v1.Channel
-	31, // 1: membercenter.v1.ChannelEvent.occurred_at:type_name -> google.protobuf.Timestamp
-	32, // 2: membercenter.v1.ChannelEvent.identifiers:type_name -> membercenter.v1.Identifier
+	31, // 0: membercenter.v1.ChannelEvent.channel:type_name -> membercenter.v1.Channel
+	32, // 1: membercenter.v1.ChannelEvent.occurred_at:type_name -> google.protobuf.Timestamp
+	33, // 2: membercenter.v1.ChannelEvent.identifiers:type_name -> membercenter.v1.Identifier
 	5,  // 3: membercenter.v1.ChannelEvent.transaction:type_name -> membercenter.v1.Transaction
 	7,  // 4: membercenter.v1.ChannelEvent.refund:type_name -> membercenter.v1.Refund
 	8,  // 5: membercenter.v1.ChannelEvent.visit:type_name -> membercenter.v1.Visit
@@ -2834,19 +2902,19 @@ var file_membercenter_v1_events_proto_depIdxs = []int32{
 	12, // 9: membercenter.v1.ChannelEvent.share:type_name -> membercenter.v1.Share
 	13, // 10: membercenter.v1.ChannelEvent.referral:type_name -> membercenter.v1.Referral
 	14, // 11: membercenter.v1.ChannelEvent.review:type_name -> membercenter.v1.Review
-	33, // 12: membercenter.v1.Transaction.total:type_name -> membercenter.v1.Money
+	34, // 12: membercenter.v1.Transaction.total:type_name -> membercenter.v1.Money
 	6,  // 13: membercenter.v1.Transaction.items:type_name -> membercenter.v1.LineItem
-	33, // 14: membercenter.v1.Transaction.discount:type_name -> membercenter.v1.Money
-	33, // 15: membercenter.v1.LineItem.unit_price:type_name -> membercenter.v1.Money
-	33, // 16: membercenter.v1.LineItem.amount:type_name -> membercenter.v1.Money
-	33, // 17: membercenter.v1.Refund.amount:type_name -> membercenter.v1.Money
+	34, // 14: membercenter.v1.Transaction.discount:type_name -> membercenter.v1.Money
+	34, // 15: membercenter.v1.LineItem.unit_price:type_name -> membercenter.v1.Money
+	34, // 16: membercenter.v1.LineItem.amount:type_name -> membercenter.v1.Money
+	34, // 17: membercenter.v1.Refund.amount:type_name -> membercenter.v1.Money
 	6,  // 18: membercenter.v1.Refund.items:type_name -> membercenter.v1.LineItem
-	31, // 19: membercenter.v1.SignUp.birth_date:type_name -> google.protobuf.Timestamp
-	32, // 20: membercenter.v1.Referral.referee:type_name -> membercenter.v1.Identifier
-	30, // 21: membercenter.v1.MemberEvent.channel:type_name -> membercenter.v1.Channel
-	31, // 22: membercenter.v1.MemberEvent.occurred_at:type_name -> google.protobuf.Timestamp
-	31, // 23: membercenter.v1.MemberEvent.ingested_at:type_name -> google.protobuf.Timestamp
-	34, // 24: membercenter.v1.MemberEvent.identifiers:type_name -> membercenter.v1.IdentifierRef
+	32, // 19: membercenter.v1.SignUp.birth_date:type_name -> google.protobuf.Timestamp
+	33, // 20: membercenter.v1.Referral.referee:type_name -> membercenter.v1.Identifier
+	31, // 21: membercenter.v1.MemberEvent.channel:type_name -> membercenter.v1.Channel
+	32, // 22: membercenter.v1.MemberEvent.occurred_at:type_name -> google.protobuf.Timestamp
+	32, // 23: membercenter.v1.MemberEvent.ingested_at:type_name -> google.protobuf.Timestamp
+	35, // 24: membercenter.v1.MemberEvent.identifiers:type_name -> membercenter.v1.IdentifierRef
 	16, // 25: membercenter.v1.MemberEvent.resolution:type_name -> membercenter.v1.Resolution
 	5,  // 26: membercenter.v1.MemberEvent.transaction:type_name -> membercenter.v1.Transaction
 	7,  // 27: membercenter.v1.MemberEvent.refund:type_name -> membercenter.v1.Refund
@@ -2857,34 +2925,35 @@ var file_membercenter_v1_events_proto_depIdxs = []int32{
 	12, // 32: membercenter.v1.MemberEvent.share:type_name -> membercenter.v1.Share
 	13, // 33: membercenter.v1.MemberEvent.referral:type_name -> membercenter.v1.Referral
 	14, // 34: membercenter.v1.MemberEvent.review:type_name -> membercenter.v1.Review
-	34, // 35: membercenter.v1.Resolution.linked:type_name -> membercenter.v1.IdentifierRef
+	35, // 35: membercenter.v1.Resolution.linked:type_name -> membercenter.v1.IdentifierRef
 	17, // 36: membercenter.v1.Resolution.ignored:type_name -> membercenter.v1.IgnoredIdentifier
-	34, // 37: membercenter.v1.IgnoredIdentifier.identifier:type_name -> membercenter.v1.IdentifierRef
-	31, // 38: membercenter.v1.MemberChange.occurred_at:type_name -> google.protobuf.Timestamp
-	30, // 39: membercenter.v1.MemberChange.channel:type_name -> membercenter.v1.Channel
-	19, // 40: membercenter.v1.MemberChange.member_created:type_name -> membercenter.v1.MemberCreated
-	20, // 41: membercenter.v1.MemberChange.points_changed:type_name -> membercenter.v1.PointsChanged
-	21, // 42: membercenter.v1.MemberChange.tier_changed:type_name -> membercenter.v1.TierChanged
-	22, // 43: membercenter.v1.MemberChange.identity_changed:type_name -> membercenter.v1.IdentityChanged
-	23, // 44: membercenter.v1.MemberChange.attributes_changed:type_name -> membercenter.v1.AttributesChanged
-	24, // 45: membercenter.v1.MemberChange.consent_changed:type_name -> membercenter.v1.ConsentChanged
-	25, // 46: membercenter.v1.MemberChange.labels_changed:type_name -> membercenter.v1.LabelsChanged
-	27, // 47: membercenter.v1.MemberChange.benefit_changed:type_name -> membercenter.v1.BenefitChanged
-	28, // 48: membercenter.v1.MemberChange.coupon_changed:type_name -> membercenter.v1.CouponChanged
-	34, // 49: membercenter.v1.MemberCreated.identifiers:type_name -> membercenter.v1.IdentifierRef
-	3,  // 50: membercenter.v1.PointsChanged.kind:type_name -> membercenter.v1.LedgerEntryKind
-	0,  // 51: membercenter.v1.IdentityChanged.kind:type_name -> membercenter.v1.IdentityChangeKind
-	34, // 52: membercenter.v1.IdentityChanged.identifiers:type_name -> membercenter.v1.IdentifierRef
-	29, // 53: membercenter.v1.AttributesChanged.attributes:type_name -> membercenter.v1.AttributesChanged.AttributesEntry
-	1,  // 54: membercenter.v1.ConsentChanged.purpose:type_name -> membercenter.v1.ConsentPurpose
-	26, // 55: membercenter.v1.LabelsChanged.labels:type_name -> membercenter.v1.LabelValue
-	31, // 56: membercenter.v1.LabelValue.computed_at:type_name -> google.protobuf.Timestamp
-	2,  // 57: membercenter.v1.CouponChanged.state:type_name -> membercenter.v1.CouponState
-	58, // [58:58] is the sub-list for method output_type
-	58, // [58:58] is the sub-list for method input_type
-	58, // [58:58] is the sub-list for extension type_name
-	58, // [58:58] is the sub-list for extension extendee
-	0,  // [0:58] is the sub-list for field type_name
+	35, // 37: membercenter.v1.IgnoredIdentifier.identifier:type_name -> membercenter.v1.IdentifierRef
+	32, // 38: membercenter.v1.MemberChange.occurred_at:type_name -> google.protobuf.Timestamp
+	31, // 39: membercenter.v1.MemberChange.channel:type_name -> membercenter.v1.Channel
+	20, // 40: membercenter.v1.MemberChange.member_created:type_name -> membercenter.v1.MemberCreated
+	21, // 41: membercenter.v1.MemberChange.points_changed:type_name -> membercenter.v1.PointsChanged
+	22, // 42: membercenter.v1.MemberChange.tier_changed:type_name -> membercenter.v1.TierChanged
+	23, // 43: membercenter.v1.MemberChange.identity_changed:type_name -> membercenter.v1.IdentityChanged
+	24, // 44: membercenter.v1.MemberChange.attributes_changed:type_name -> membercenter.v1.AttributesChanged
+	25, // 45: membercenter.v1.MemberChange.consent_changed:type_name -> membercenter.v1.ConsentChanged
+	26, // 46: membercenter.v1.MemberChange.labels_changed:type_name -> membercenter.v1.LabelsChanged
+	28, // 47: membercenter.v1.MemberChange.benefit_changed:type_name -> membercenter.v1.BenefitChanged
+	29, // 48: membercenter.v1.MemberChange.coupon_changed:type_name -> membercenter.v1.CouponChanged
+	19, // 49: membercenter.v1.MemberChange.member_erased:type_name -> membercenter.v1.MemberErased
+	35, // 50: membercenter.v1.MemberCreated.identifiers:type_name -> membercenter.v1.IdentifierRef
+	3,  // 51: membercenter.v1.PointsChanged.kind:type_name -> membercenter.v1.LedgerEntryKind
+	0,  // 52: membercenter.v1.IdentityChanged.kind:type_name -> membercenter.v1.IdentityChangeKind
+	35, // 53: membercenter.v1.IdentityChanged.identifiers:type_name -> membercenter.v1.IdentifierRef
+	30, // 54: membercenter.v1.AttributesChanged.attributes:type_name -> membercenter.v1.AttributesChanged.AttributesEntry
+	1,  // 55: membercenter.v1.ConsentChanged.purpose:type_name -> membercenter.v1.ConsentPurpose
+	27, // 56: membercenter.v1.LabelsChanged.labels:type_name -> membercenter.v1.LabelValue
+	32, // 57: membercenter.v1.LabelValue.computed_at:type_name -> google.protobuf.Timestamp
+	2,  // 58: membercenter.v1.CouponChanged.state:type_name -> membercenter.v1.CouponState
+	59, // [59:59] is the sub-list for method output_type
+	59, // [59:59] is the sub-list for method input_type
+	59, // [59:59] is the sub-list for extension type_name
+	59, // [59:59] is the sub-list for extension extendee
+	0,  // [0:59] is the sub-list for field type_name
 }
 
 func init() { file_membercenter_v1_events_proto_init() }
@@ -2925,8 +2994,9 @@ func file_membercenter_v1_events_proto_init() {
 		(*MemberChange_LabelsChanged)(nil),
 		(*MemberChange_BenefitChanged)(nil),
 		(*MemberChange_CouponChanged)(nil),
+		(*MemberChange_MemberErased)(nil),
 	}
-	file_membercenter_v1_events_proto_msgTypes[22].OneofWrappers = []any{
+	file_membercenter_v1_events_proto_msgTypes[23].OneofWrappers = []any{
 		(*LabelValue_BoolValue)(nil),
 		(*LabelValue_EnumValue)(nil),
 		(*LabelValue_NumberValue)(nil),
@@ -2937,7 +3007,7 @@ func file_membercenter_v1_events_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_membercenter_v1_events_proto_rawDesc), len(file_membercenter_v1_events_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   26,
+			NumMessages:   27,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -883,6 +883,258 @@ func (x *UpdateAttributesResponse) GetProfile() *Profile {
 	return nil
 }
 
+type ExportMemberDataRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	MemberId      string                 `protobuf:"bytes,1,opt,name=member_id,json=memberId,proto3" json:"member_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExportMemberDataRequest) Reset() {
+	*x = ExportMemberDataRequest{}
+	mi := &file_membercenter_v1_profile_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExportMemberDataRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExportMemberDataRequest) ProtoMessage() {}
+
+func (x *ExportMemberDataRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_membercenter_v1_profile_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExportMemberDataRequest.ProtoReflect.Descriptor instead.
+func (*ExportMemberDataRequest) Descriptor() ([]byte, []int) {
+	return file_membercenter_v1_profile_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *ExportMemberDataRequest) GetMemberId() string {
+	if x != nil {
+		return x.MemberId
+	}
+	return ""
+}
+
+type ExportMemberDataResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The member the id resolved to (a merged member's id answers with the
+	// member it was merged into).
+	MemberId   string                 `protobuf:"bytes,1,opt,name=member_id,json=memberId,proto3" json:"member_id,omitempty"`
+	ExportedAt *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=exported_at,json=exportedAt,proto3" json:"exported_at,omitempty"`
+	// The document (docs/security.md#data-subject-requests): a JSON object
+	// {"format": "membercenter.member-data.v1", "member_id", "exported_at",
+	// "members": [ids], "postgres": {table: [rows]}, "clickhouse": {table:
+	// [rows]}}.
+	Document      string `protobuf:"bytes,3,opt,name=document,proto3" json:"document,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExportMemberDataResponse) Reset() {
+	*x = ExportMemberDataResponse{}
+	mi := &file_membercenter_v1_profile_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExportMemberDataResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExportMemberDataResponse) ProtoMessage() {}
+
+func (x *ExportMemberDataResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_membercenter_v1_profile_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExportMemberDataResponse.ProtoReflect.Descriptor instead.
+func (*ExportMemberDataResponse) Descriptor() ([]byte, []int) {
+	return file_membercenter_v1_profile_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *ExportMemberDataResponse) GetMemberId() string {
+	if x != nil {
+		return x.MemberId
+	}
+	return ""
+}
+
+func (x *ExportMemberDataResponse) GetExportedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExportedAt
+	}
+	return nil
+}
+
+func (x *ExportMemberDataResponse) GetDocument() string {
+	if x != nil {
+		return x.Document
+	}
+	return ""
+}
+
+type EraseMemberRequest struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	MemberId string                 `protobuf:"bytes,1,opt,name=member_id,json=memberId,proto3" json:"member_id,omitempty"`
+	// Why (the request's reference in the privacy team's tracker, say); kept
+	// in the operator audit. No personal data.
+	Reason         string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	IdempotencyKey string `protobuf:"bytes,3,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *EraseMemberRequest) Reset() {
+	*x = EraseMemberRequest{}
+	mi := &file_membercenter_v1_profile_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EraseMemberRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EraseMemberRequest) ProtoMessage() {}
+
+func (x *EraseMemberRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_membercenter_v1_profile_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EraseMemberRequest.ProtoReflect.Descriptor instead.
+func (*EraseMemberRequest) Descriptor() ([]byte, []int) {
+	return file_membercenter_v1_profile_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *EraseMemberRequest) GetMemberId() string {
+	if x != nil {
+		return x.MemberId
+	}
+	return ""
+}
+
+func (x *EraseMemberRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *EraseMemberRequest) GetIdempotencyKey() string {
+	if x != nil {
+		return x.IdempotencyKey
+	}
+	return ""
+}
+
+type EraseMemberResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The member erased (a merged member's id erases the member it was
+	// merged into) and the members merged into it, erased with it.
+	MemberId        string                 `protobuf:"bytes,1,opt,name=member_id,json=memberId,proto3" json:"member_id,omitempty"`
+	MergedMemberIds []string               `protobuf:"bytes,2,rep,name=merged_member_ids,json=mergedMemberIds,proto3" json:"merged_member_ids,omitempty"`
+	ErasedAt        *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=erased_at,json=erasedAt,proto3" json:"erased_at,omitempty"`
+	// Rows deleted or emptied, per PostgreSQL table.
+	PostgresRows map[string]int64 `protobuf:"bytes,4,rep,name=postgres_rows,json=postgresRows,proto3" json:"postgres_rows,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	// ClickHouse tables whose rows of the members were deleted.
+	ClickhouseTables []string `protobuf:"bytes,5,rep,name=clickhouse_tables,json=clickhouseTables,proto3" json:"clickhouse_tables,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *EraseMemberResponse) Reset() {
+	*x = EraseMemberResponse{}
+	mi := &file_membercenter_v1_profile_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EraseMemberResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EraseMemberResponse) ProtoMessage() {}
+
+func (x *EraseMemberResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_membercenter_v1_profile_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EraseMemberResponse.ProtoReflect.Descriptor instead.
+func (*EraseMemberResponse) Descriptor() ([]byte, []int) {
+	return file_membercenter_v1_profile_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *EraseMemberResponse) GetMemberId() string {
+	if x != nil {
+		return x.MemberId
+	}
+	return ""
+}
+
+func (x *EraseMemberResponse) GetMergedMemberIds() []string {
+	if x != nil {
+		return x.MergedMemberIds
+	}
+	return nil
+}
+
+func (x *EraseMemberResponse) GetErasedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ErasedAt
+	}
+	return nil
+}
+
+func (x *EraseMemberResponse) GetPostgresRows() map[string]int64 {
+	if x != nil {
+		return x.PostgresRows
+	}
+	return nil
+}
+
+func (x *EraseMemberResponse) GetClickhouseTables() []string {
+	if x != nil {
+		return x.ClickhouseTables
+	}
+	return nil
+}
+
 type SetConsentRequest struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
 	MemberId       string                 `protobuf:"bytes,1,opt,name=member_id,json=memberId,proto3" json:"member_id,omitempty"`
@@ -895,7 +1147,7 @@ type SetConsentRequest struct {
 
 func (x *SetConsentRequest) Reset() {
 	*x = SetConsentRequest{}
-	mi := &file_membercenter_v1_profile_proto_msgTypes[14]
+	mi := &file_membercenter_v1_profile_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -907,7 +1159,7 @@ func (x *SetConsentRequest) String() string {
 func (*SetConsentRequest) ProtoMessage() {}
 
 func (x *SetConsentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_membercenter_v1_profile_proto_msgTypes[14]
+	mi := &file_membercenter_v1_profile_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -920,7 +1172,7 @@ func (x *SetConsentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetConsentRequest.ProtoReflect.Descriptor instead.
 func (*SetConsentRequest) Descriptor() ([]byte, []int) {
-	return file_membercenter_v1_profile_proto_rawDescGZIP(), []int{14}
+	return file_membercenter_v1_profile_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *SetConsentRequest) GetMemberId() string {
@@ -960,7 +1212,7 @@ type SetConsentResponse struct {
 
 func (x *SetConsentResponse) Reset() {
 	*x = SetConsentResponse{}
-	mi := &file_membercenter_v1_profile_proto_msgTypes[15]
+	mi := &file_membercenter_v1_profile_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -972,7 +1224,7 @@ func (x *SetConsentResponse) String() string {
 func (*SetConsentResponse) ProtoMessage() {}
 
 func (x *SetConsentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_membercenter_v1_profile_proto_msgTypes[15]
+	mi := &file_membercenter_v1_profile_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -985,7 +1237,7 @@ func (x *SetConsentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetConsentResponse.ProtoReflect.Descriptor instead.
 func (*SetConsentResponse) Descriptor() ([]byte, []int) {
-	return file_membercenter_v1_profile_proto_rawDescGZIP(), []int{15}
+	return file_membercenter_v1_profile_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *SetConsentResponse) GetConsent() *Consent {
@@ -1086,7 +1338,29 @@ const file_membercenter_v1_profile_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"N\n" +
 	"\x18UpdateAttributesResponse\x122\n" +
-	"\aprofile\x18\x01 \x01(\v2\x18.membercenter.v1.ProfileR\aprofile\"\xd0\x01\n" +
+	"\aprofile\x18\x01 \x01(\v2\x18.membercenter.v1.ProfileR\aprofile\"@\n" +
+	"\x17ExportMemberDataRequest\x12%\n" +
+	"\tmember_id\x18\x01 \x01(\tB\b\xbaH\x05r\x03\xb0\x01\x01R\bmemberId\"\x90\x01\n" +
+	"\x18ExportMemberDataResponse\x12\x1b\n" +
+	"\tmember_id\x18\x01 \x01(\tR\bmemberId\x12;\n" +
+	"\vexported_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"exportedAt\x12\x1a\n" +
+	"\bdocument\x18\x03 \x01(\tR\bdocument\"\x94\x01\n" +
+	"\x12EraseMemberRequest\x12%\n" +
+	"\tmember_id\x18\x01 \x01(\tB\b\xbaH\x05r\x03\xb0\x01\x01R\bmemberId\x12\"\n" +
+	"\x06reason\x18\x02 \x01(\tB\n" +
+	"\xbaH\ar\x05\x10\x01\x18\x80\x04R\x06reason\x123\n" +
+	"\x0fidempotency_key\x18\x03 \x01(\tB\n" +
+	"\xbaH\ar\x05\x10\x01\x18\x80\x01R\x0eidempotencyKey\"\xe2\x02\n" +
+	"\x13EraseMemberResponse\x12\x1b\n" +
+	"\tmember_id\x18\x01 \x01(\tR\bmemberId\x12*\n" +
+	"\x11merged_member_ids\x18\x02 \x03(\tR\x0fmergedMemberIds\x127\n" +
+	"\terased_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\berasedAt\x12[\n" +
+	"\rpostgres_rows\x18\x04 \x03(\v26.membercenter.v1.EraseMemberResponse.PostgresRowsEntryR\fpostgresRows\x12+\n" +
+	"\x11clickhouse_tables\x18\x05 \x03(\tR\x10clickhouseTables\x1a?\n" +
+	"\x11PostgresRowsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"\xd0\x01\n" +
 	"\x11SetConsentRequest\x12%\n" +
 	"\tmember_id\x18\x01 \x01(\tB\b\xbaH\x05r\x03\xb0\x01\x01R\bmemberId\x12E\n" +
 	"\apurpose\x18\x02 \x01(\x0e2\x1f.membercenter.v1.ConsentPurposeB\n" +
@@ -1095,7 +1369,7 @@ const file_membercenter_v1_profile_proto_rawDesc = "" +
 	"\x0fidempotency_key\x18\x04 \x01(\tB\n" +
 	"\xbaH\ar\x05\x10\x01\x18\x80\x01R\x0eidempotencyKey\"H\n" +
 	"\x12SetConsentResponse\x122\n" +
-	"\aconsent\x18\x01 \x01(\v2\x18.membercenter.v1.ConsentR\aconsent2\xbd\x04\n" +
+	"\aconsent\x18\x01 \x01(\v2\x18.membercenter.v1.ConsentR\aconsent2\x80\x06\n" +
 	"\x0eProfileService\x12U\n" +
 	"\n" +
 	"GetProfile\x12\".membercenter.v1.GetProfileRequest\x1a#.membercenter.v1.GetProfileResponse\x12U\n" +
@@ -1105,7 +1379,9 @@ const file_membercenter_v1_profile_proto_rawDesc = "" +
 	"\n" +
 	"SetConsent\x12\".membercenter.v1.SetConsentRequest\x1a#.membercenter.v1.SetConsentResponse\x12[\n" +
 	"\fCountSegment\x12$.membercenter.v1.CountSegmentRequest\x1a%.membercenter.v1.CountSegmentResponse\x12`\n" +
-	"\rExportSegment\x12%.membercenter.v1.ExportSegmentRequest\x1a&.membercenter.v1.ExportSegmentResponse0\x01BOZMgithub.com/membercenter/membercenter/proto/gen/membercenter/v1;membercenterv1b\x06proto3"
+	"\rExportSegment\x12%.membercenter.v1.ExportSegmentRequest\x1a&.membercenter.v1.ExportSegmentResponse0\x01\x12g\n" +
+	"\x10ExportMemberData\x12(.membercenter.v1.ExportMemberDataRequest\x1a).membercenter.v1.ExportMemberDataResponse\x12X\n" +
+	"\vEraseMember\x12#.membercenter.v1.EraseMemberRequest\x1a$.membercenter.v1.EraseMemberResponseBOZMgithub.com/membercenter/membercenter/proto/gen/membercenter/v1;membercenterv1b\x06proto3"
 
 var (
 	file_membercenter_v1_profile_proto_rawDescOnce sync.Once
@@ -1119,7 +1395,7 @@ func file_membercenter_v1_profile_proto_rawDescGZIP() []byte {
 	return file_membercenter_v1_profile_proto_rawDescData
 }
 
-var file_membercenter_v1_profile_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_membercenter_v1_profile_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_membercenter_v1_profile_proto_goTypes = []any{
 	(*Profile)(nil),                  // 0: membercenter.v1.Profile
 	(*Consent)(nil),                  // 1: membercenter.v1.Consent
@@ -1135,50 +1411,62 @@ var file_membercenter_v1_profile_proto_goTypes = []any{
 	(*ExportSegmentResponse)(nil),    // 11: membercenter.v1.ExportSegmentResponse
 	(*UpdateAttributesRequest)(nil),  // 12: membercenter.v1.UpdateAttributesRequest
 	(*UpdateAttributesResponse)(nil), // 13: membercenter.v1.UpdateAttributesResponse
-	(*SetConsentRequest)(nil),        // 14: membercenter.v1.SetConsentRequest
-	(*SetConsentResponse)(nil),       // 15: membercenter.v1.SetConsentResponse
-	nil,                              // 16: membercenter.v1.Profile.AttributesEntry
-	nil,                              // 17: membercenter.v1.LabelExample.GivenEntry
-	nil,                              // 18: membercenter.v1.UpdateAttributesRequest.AttributesEntry
-	(*timestamppb.Timestamp)(nil),    // 19: google.protobuf.Timestamp
-	(*LabelValue)(nil),               // 20: membercenter.v1.LabelValue
-	(ConsentPurpose)(0),              // 21: membercenter.v1.ConsentPurpose
+	(*ExportMemberDataRequest)(nil),  // 14: membercenter.v1.ExportMemberDataRequest
+	(*ExportMemberDataResponse)(nil), // 15: membercenter.v1.ExportMemberDataResponse
+	(*EraseMemberRequest)(nil),       // 16: membercenter.v1.EraseMemberRequest
+	(*EraseMemberResponse)(nil),      // 17: membercenter.v1.EraseMemberResponse
+	(*SetConsentRequest)(nil),        // 18: membercenter.v1.SetConsentRequest
+	(*SetConsentResponse)(nil),       // 19: membercenter.v1.SetConsentResponse
+	nil,                              // 20: membercenter.v1.Profile.AttributesEntry
+	nil,                              // 21: membercenter.v1.LabelExample.GivenEntry
+	nil,                              // 22: membercenter.v1.UpdateAttributesRequest.AttributesEntry
+	nil,                              // 23: membercenter.v1.EraseMemberResponse.PostgresRowsEntry
+	(*timestamppb.Timestamp)(nil),    // 24: google.protobuf.Timestamp
+	(*LabelValue)(nil),               // 25: membercenter.v1.LabelValue
+	(ConsentPurpose)(0),              // 26: membercenter.v1.ConsentPurpose
 }
 var file_membercenter_v1_profile_proto_depIdxs = []int32{
-	19, // 0: membercenter.v1.Profile.created_at:type_name -> google.protobuf.Timestamp
-	16, // 1: membercenter.v1.Profile.attributes:type_name -> membercenter.v1.Profile.AttributesEntry
+	24, // 0: membercenter.v1.Profile.created_at:type_name -> google.protobuf.Timestamp
+	20, // 1: membercenter.v1.Profile.attributes:type_name -> membercenter.v1.Profile.AttributesEntry
 	1,  // 2: membercenter.v1.Profile.consents:type_name -> membercenter.v1.Consent
-	20, // 3: membercenter.v1.Profile.labels:type_name -> membercenter.v1.LabelValue
-	19, // 4: membercenter.v1.Profile.labels_computed_at:type_name -> google.protobuf.Timestamp
-	21, // 5: membercenter.v1.Consent.purpose:type_name -> membercenter.v1.ConsentPurpose
-	19, // 6: membercenter.v1.Consent.decided_at:type_name -> google.protobuf.Timestamp
+	25, // 3: membercenter.v1.Profile.labels:type_name -> membercenter.v1.LabelValue
+	24, // 4: membercenter.v1.Profile.labels_computed_at:type_name -> google.protobuf.Timestamp
+	26, // 5: membercenter.v1.Consent.purpose:type_name -> membercenter.v1.ConsentPurpose
+	24, // 6: membercenter.v1.Consent.decided_at:type_name -> google.protobuf.Timestamp
 	0,  // 7: membercenter.v1.GetProfileResponse.profile:type_name -> membercenter.v1.Profile
 	6,  // 8: membercenter.v1.ListLabelsResponse.labels:type_name -> membercenter.v1.LabelDefinition
 	7,  // 9: membercenter.v1.LabelDefinition.examples:type_name -> membercenter.v1.LabelExample
-	17, // 10: membercenter.v1.LabelExample.given:type_name -> membercenter.v1.LabelExample.GivenEntry
-	21, // 11: membercenter.v1.CountSegmentRequest.purpose:type_name -> membercenter.v1.ConsentPurpose
-	21, // 12: membercenter.v1.ExportSegmentRequest.purpose:type_name -> membercenter.v1.ConsentPurpose
-	18, // 13: membercenter.v1.UpdateAttributesRequest.attributes:type_name -> membercenter.v1.UpdateAttributesRequest.AttributesEntry
+	21, // 10: membercenter.v1.LabelExample.given:type_name -> membercenter.v1.LabelExample.GivenEntry
+	26, // 11: membercenter.v1.CountSegmentRequest.purpose:type_name -> membercenter.v1.ConsentPurpose
+	26, // 12: membercenter.v1.ExportSegmentRequest.purpose:type_name -> membercenter.v1.ConsentPurpose
+	22, // 13: membercenter.v1.UpdateAttributesRequest.attributes:type_name -> membercenter.v1.UpdateAttributesRequest.AttributesEntry
 	0,  // 14: membercenter.v1.UpdateAttributesResponse.profile:type_name -> membercenter.v1.Profile
-	21, // 15: membercenter.v1.SetConsentRequest.purpose:type_name -> membercenter.v1.ConsentPurpose
-	1,  // 16: membercenter.v1.SetConsentResponse.consent:type_name -> membercenter.v1.Consent
-	2,  // 17: membercenter.v1.ProfileService.GetProfile:input_type -> membercenter.v1.GetProfileRequest
-	4,  // 18: membercenter.v1.ProfileService.ListLabels:input_type -> membercenter.v1.ListLabelsRequest
-	12, // 19: membercenter.v1.ProfileService.UpdateAttributes:input_type -> membercenter.v1.UpdateAttributesRequest
-	14, // 20: membercenter.v1.ProfileService.SetConsent:input_type -> membercenter.v1.SetConsentRequest
-	8,  // 21: membercenter.v1.ProfileService.CountSegment:input_type -> membercenter.v1.CountSegmentRequest
-	10, // 22: membercenter.v1.ProfileService.ExportSegment:input_type -> membercenter.v1.ExportSegmentRequest
-	3,  // 23: membercenter.v1.ProfileService.GetProfile:output_type -> membercenter.v1.GetProfileResponse
-	5,  // 24: membercenter.v1.ProfileService.ListLabels:output_type -> membercenter.v1.ListLabelsResponse
-	13, // 25: membercenter.v1.ProfileService.UpdateAttributes:output_type -> membercenter.v1.UpdateAttributesResponse
-	15, // 26: membercenter.v1.ProfileService.SetConsent:output_type -> membercenter.v1.SetConsentResponse
-	9,  // 27: membercenter.v1.ProfileService.CountSegment:output_type -> membercenter.v1.CountSegmentResponse
-	11, // 28: membercenter.v1.ProfileService.ExportSegment:output_type -> membercenter.v1.ExportSegmentResponse
-	23, // [23:29] is the sub-list for method output_type
-	17, // [17:23] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	24, // 15: membercenter.v1.ExportMemberDataResponse.exported_at:type_name -> google.protobuf.Timestamp
+	24, // 16: membercenter.v1.EraseMemberResponse.erased_at:type_name -> google.protobuf.Timestamp
+	23, // 17: membercenter.v1.EraseMemberResponse.postgres_rows:type_name -> membercenter.v1.EraseMemberResponse.PostgresRowsEntry
+	26, // 18: membercenter.v1.SetConsentRequest.purpose:type_name -> membercenter.v1.ConsentPurpose
+	1,  // 19: membercenter.v1.SetConsentResponse.consent:type_name -> membercenter.v1.Consent
+	2,  // 20: membercenter.v1.ProfileService.GetProfile:input_type -> membercenter.v1.GetProfileRequest
+	4,  // 21: membercenter.v1.ProfileService.ListLabels:input_type -> membercenter.v1.ListLabelsRequest
+	12, // 22: membercenter.v1.ProfileService.UpdateAttributes:input_type -> membercenter.v1.UpdateAttributesRequest
+	18, // 23: membercenter.v1.ProfileService.SetConsent:input_type -> membercenter.v1.SetConsentRequest
+	8,  // 24: membercenter.v1.ProfileService.CountSegment:input_type -> membercenter.v1.CountSegmentRequest
+	10, // 25: membercenter.v1.ProfileService.ExportSegment:input_type -> membercenter.v1.ExportSegmentRequest
+	14, // 26: membercenter.v1.ProfileService.ExportMemberData:input_type -> membercenter.v1.ExportMemberDataRequest
+	16, // 27: membercenter.v1.ProfileService.EraseMember:input_type -> membercenter.v1.EraseMemberRequest
+	3,  // 28: membercenter.v1.ProfileService.GetProfile:output_type -> membercenter.v1.GetProfileResponse
+	5,  // 29: membercenter.v1.ProfileService.ListLabels:output_type -> membercenter.v1.ListLabelsResponse
+	13, // 30: membercenter.v1.ProfileService.UpdateAttributes:output_type -> membercenter.v1.UpdateAttributesResponse
+	19, // 31: membercenter.v1.ProfileService.SetConsent:output_type -> membercenter.v1.SetConsentResponse
+	9,  // 32: membercenter.v1.ProfileService.CountSegment:output_type -> membercenter.v1.CountSegmentResponse
+	11, // 33: membercenter.v1.ProfileService.ExportSegment:output_type -> membercenter.v1.ExportSegmentResponse
+	15, // 34: membercenter.v1.ProfileService.ExportMemberData:output_type -> membercenter.v1.ExportMemberDataResponse
+	17, // 35: membercenter.v1.ProfileService.EraseMember:output_type -> membercenter.v1.EraseMemberResponse
+	28, // [28:36] is the sub-list for method output_type
+	20, // [20:28] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_membercenter_v1_profile_proto_init() }
@@ -1193,7 +1481,7 @@ func file_membercenter_v1_profile_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_membercenter_v1_profile_proto_rawDesc), len(file_membercenter_v1_profile_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   19,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -25,6 +25,8 @@ const (
 	ProfileService_SetConsent_FullMethodName       = "/membercenter.v1.ProfileService/SetConsent"
 	ProfileService_CountSegment_FullMethodName     = "/membercenter.v1.ProfileService/CountSegment"
 	ProfileService_ExportSegment_FullMethodName    = "/membercenter.v1.ProfileService/ExportSegment"
+	ProfileService_ExportMemberData_FullMethodName = "/membercenter.v1.ProfileService/ExportMemberData"
+	ProfileService_EraseMember_FullMethodName      = "/membercenter.v1.ProfileService/EraseMember"
 )
 
 // ProfileServiceClient is the client API for ProfileService service.
@@ -48,6 +50,20 @@ type ProfileServiceClient interface {
 	// ExportSegment streams the ids of the members a segment expression
 	// matches, in batches.
 	ExportSegment(ctx context.Context, in *ExportSegmentRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ExportSegmentResponse], error)
+	// ExportMemberData answers a member's request to access and copy their
+	// data (PIPL art. 45, GDPR art. 15 and 20): everything the platform holds
+	// about the member and the members merged into it, across PostgreSQL
+	// (PII decrypted) and ClickHouse, as one machine-readable JSON document.
+	ExportMemberData(ctx context.Context, in *ExportMemberDataRequest, opts ...grpc.CallOption) (*ExportMemberDataResponse, error)
+	// EraseMember answers a member's request for deletion (PIPL art. 47,
+	// GDPR art. 17): identifiers, attributes, consents, features, labels and
+	// sealed values of the member and the members merged into it are deleted,
+	// ClickHouse rows that describe the person are deleted, and the ledger and
+	// orders are kept under the member id, which then links to no one (a
+	// pseudonym); the erasure is announced on the change stream
+	// (MemberErased) so channels drop their copies. Once per idempotency key;
+	// an erased member is not found afterwards.
+	EraseMember(ctx context.Context, in *EraseMemberRequest, opts ...grpc.CallOption) (*EraseMemberResponse, error)
 }
 
 type profileServiceClient struct {
@@ -127,6 +143,26 @@ func (c *profileServiceClient) ExportSegment(ctx context.Context, in *ExportSegm
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type ProfileService_ExportSegmentClient = grpc.ServerStreamingClient[ExportSegmentResponse]
 
+func (c *profileServiceClient) ExportMemberData(ctx context.Context, in *ExportMemberDataRequest, opts ...grpc.CallOption) (*ExportMemberDataResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ExportMemberDataResponse)
+	err := c.cc.Invoke(ctx, ProfileService_ExportMemberData_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *profileServiceClient) EraseMember(ctx context.Context, in *EraseMemberRequest, opts ...grpc.CallOption) (*EraseMemberResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(EraseMemberResponse)
+	err := c.cc.Invoke(ctx, ProfileService_EraseMember_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ProfileServiceServer is the server API for ProfileService service.
 // All implementations must embed UnimplementedProfileServiceServer
 // for forward compatibility.
@@ -148,6 +184,20 @@ type ProfileServiceServer interface {
 	// ExportSegment streams the ids of the members a segment expression
 	// matches, in batches.
 	ExportSegment(*ExportSegmentRequest, grpc.ServerStreamingServer[ExportSegmentResponse]) error
+	// ExportMemberData answers a member's request to access and copy their
+	// data (PIPL art. 45, GDPR art. 15 and 20): everything the platform holds
+	// about the member and the members merged into it, across PostgreSQL
+	// (PII decrypted) and ClickHouse, as one machine-readable JSON document.
+	ExportMemberData(context.Context, *ExportMemberDataRequest) (*ExportMemberDataResponse, error)
+	// EraseMember answers a member's request for deletion (PIPL art. 47,
+	// GDPR art. 17): identifiers, attributes, consents, features, labels and
+	// sealed values of the member and the members merged into it are deleted,
+	// ClickHouse rows that describe the person are deleted, and the ledger and
+	// orders are kept under the member id, which then links to no one (a
+	// pseudonym); the erasure is announced on the change stream
+	// (MemberErased) so channels drop their copies. Once per idempotency key;
+	// an erased member is not found afterwards.
+	EraseMember(context.Context, *EraseMemberRequest) (*EraseMemberResponse, error)
 	mustEmbedUnimplementedProfileServiceServer()
 }
 
@@ -175,6 +225,12 @@ func (UnimplementedProfileServiceServer) CountSegment(context.Context, *CountSeg
 }
 func (UnimplementedProfileServiceServer) ExportSegment(*ExportSegmentRequest, grpc.ServerStreamingServer[ExportSegmentResponse]) error {
 	return status.Error(codes.Unimplemented, "method ExportSegment not implemented")
+}
+func (UnimplementedProfileServiceServer) ExportMemberData(context.Context, *ExportMemberDataRequest) (*ExportMemberDataResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ExportMemberData not implemented")
+}
+func (UnimplementedProfileServiceServer) EraseMember(context.Context, *EraseMemberRequest) (*EraseMemberResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method EraseMember not implemented")
 }
 func (UnimplementedProfileServiceServer) mustEmbedUnimplementedProfileServiceServer() {}
 func (UnimplementedProfileServiceServer) testEmbeddedByValue()                        {}
@@ -298,6 +354,42 @@ func _ProfileService_ExportSegment_Handler(srv interface{}, stream grpc.ServerSt
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type ProfileService_ExportSegmentServer = grpc.ServerStreamingServer[ExportSegmentResponse]
 
+func _ProfileService_ExportMemberData_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ExportMemberDataRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ProfileServiceServer).ExportMemberData(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ProfileService_ExportMemberData_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ProfileServiceServer).ExportMemberData(ctx, req.(*ExportMemberDataRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ProfileService_EraseMember_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(EraseMemberRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ProfileServiceServer).EraseMember(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ProfileService_EraseMember_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ProfileServiceServer).EraseMember(ctx, req.(*EraseMemberRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ProfileService_ServiceDesc is the grpc.ServiceDesc for ProfileService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -324,6 +416,14 @@ var ProfileService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CountSegment",
 			Handler:    _ProfileService_CountSegment_Handler,
+		},
+		{
+			MethodName: "ExportMemberData",
+			Handler:    _ProfileService_ExportMemberData_Handler,
+		},
+		{
+			MethodName: "EraseMember",
+			Handler:    _ProfileService_EraseMember_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
