@@ -5,6 +5,7 @@ package facts
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"math"
 	"strconv"
 	"strings"
@@ -29,9 +30,25 @@ type Inserter interface {
 
 var _ Inserter = (*clickhouse.Writer)(nil)
 
+// Eraser deletes members' rows from ClickHouse tables (clickhouse.Schema).
+type Eraser interface {
+	EraseMembers(ctx context.Context, tables []string, members []string) error
+}
+
+var _ Eraser = (*clickhouse.Schema)(nil)
+
+// ErasedTables are the ClickHouse tables whose rows of an erased member are
+// deleted when its MemberErased change is stored: the change stream is in
+// member order, so every earlier change of the member is stored by then.
+// member_events keeps its rows: purchase facts under the member id, which
+// identifies no one after the erasure, as the ledger and orders do in
+// PostgreSQL. member_changes keeps the member_erased row itself.
+var ErasedTables = []string{"member_changes", "label_changes", "identity_audit", clickhouse.ProfilesTable}
+
 // Writer stores facts through a ClickHouse batch writer.
 type Writer struct {
 	W   Inserter
+	E   Eraser // for MemberErased changes
 	Now func() time.Time
 }
 
@@ -70,7 +87,22 @@ func (w Writer) WriteChanges(ctx context.Context, changes []contract.FactChange)
 	if err := w.W.InsertLabelChanges(ctx, labels); err != nil {
 		return err
 	}
-	return w.W.InsertAudit(ctx, audit)
+	if err := w.W.InsertAudit(ctx, audit); err != nil {
+		return err
+	}
+	var erased []string
+	for _, c := range changes {
+		if e := c.Msg.GetMemberErased(); e != nil {
+			erased = append(append(erased, c.Msg.GetMemberId()), e.GetMergedMemberIds()...)
+		}
+	}
+	if len(erased) == 0 {
+		return nil
+	}
+	if w.E == nil {
+		return errors.New("a member erasure reached a facts writer that cannot erase")
+	}
+	return w.E.EraseMembers(ctx, ErasedTables, erased)
 }
 
 // toLabelChangeRows gives one row per label a LabelsChanged change carries.

@@ -136,7 +136,7 @@ func TestKindsNameEveryPayload(t *testing.T) {
 	kinds := []string{facts.KindTransaction, facts.KindRefund, facts.KindVisit, facts.KindBrowse, facts.KindSignUp,
 		facts.KindCheckIn, facts.KindShare, facts.KindReferral, facts.KindReview}
 	changeTypes := []string{"member_created", "points_changed", "tier_changed", "identity_changed", "attributes_changed",
-		"consent_changed", "labels_changed", "benefit_changed", "coupon_changed"}
+		"consent_changed", "labels_changed", "benefit_changed", "coupon_changed", "member_erased"}
 	for _, tc := range []struct {
 		msg   proto.Message
 		oneof protoreflect.Name

@@ -153,7 +153,8 @@ var stages = []stage{
 		return nil
 	}},
 	{name: sink.Stage, group: true, clickhouse: true, start: func(e env, ps *parts) error {
-		s, err := sink.New(e.p.cfg.Kafka, e.ktel, facts.Writer{W: clickhouse.NewWriter(e.d.facts)})
+		schema := clickhouse.NewSchema(e.p.cfg.ClickHouse, e.d.facts, clickhouse.WithTracerProvider(e.p.tel.Tracers))
+		s, err := sink.New(e.p.cfg.Kafka, e.ktel, facts.Writer{W: clickhouse.NewWriter(e.d.facts), E: schema})
 		if err != nil {
 			return err
 		}

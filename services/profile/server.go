@@ -83,3 +83,8 @@ func segmentStatus(err error) error {
 	}
 	return err
 }
+
+// EraseMember implements ProfileService.EraseMember.
+func (s *Server) EraseMember(ctx context.Context, req *mcv1.EraseMemberRequest) (*mcv1.EraseMemberResponse, error) {
+	return s.svc.EraseMember(ctx, req, auth.ChannelOf(ctx), auth.Actor(ctx))
+}

@@ -45,7 +45,7 @@ const lockMemberRow = ` FOR NO KEY UPDATE`
 // and returns them; a member that does not exist is left out.
 func LockMembersForUpdate(ctx context.Context, tx pgx.Tx, ids []uuid.UUID) (map[uuid.UUID]LockedMember, error) {
 	rows, err := tx.Query(ctx, `SELECT member_id, attributes, merged_into, change_seq FROM members
-		WHERE member_id = ANY($1) ORDER BY member_id`+lockMemberRow, ids)
+		WHERE member_id = ANY($1) AND status <> 'erased' ORDER BY member_id`+lockMemberRow, ids)
 	if err != nil {
 		return nil, fmt.Errorf("lock members: %w", err)
 	}

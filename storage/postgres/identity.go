@@ -65,7 +65,8 @@ func CanonicalMember(ctx context.Context, q Querier, id uuid.UUID) (uuid.UUID, e
 		    SELECT m.member_id, m.merged_into, c.depth + 1
 		      FROM members m JOIN chain c ON m.member_id = c.merged_into
 		     WHERE c.depth < 100)
-		SELECT member_id FROM chain WHERE merged_into IS NULL`, id).Scan(&out)
+		SELECT c.member_id FROM chain c JOIN members m USING (member_id)
+		 WHERE c.merged_into IS NULL AND m.status <> 'erased'`, id).Scan(&out)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return uuid.Nil, fmt.Errorf("member %s: %w", id, ErrNotFound)
 	}

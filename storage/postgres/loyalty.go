@@ -181,7 +181,7 @@ func LoadLoyalty(ctx context.Context, q Batcher, l LoyaltyLoad) (LoyaltyRows, er
 	memberSQL := `SELECT change_seq, coalesce(attributes->>'birth_date', ''),
 		coalesce((SELECT array_agg(label_id ORDER BY label_id) FROM member_labels WHERE member_id = $1 AND value = 'true'), '{}'),
 		merged_into IS NOT NULL
-		FROM members WHERE member_id = $1`
+		FROM members WHERE member_id = $1 AND status <> 'erased'`
 	if l.Lock {
 		memberSQL += lockMemberRow
 	}

@@ -43,7 +43,7 @@ func LoadLoyaltyBatch(ctx context.Context, q Batcher, loads []LoyaltyLoad) (map[
 	memberSQL := `SELECT member_id, change_seq, coalesce(attributes->>'birth_date', ''),
 		coalesce((SELECT array_agg(label_id ORDER BY label_id) FROM member_labels l WHERE l.member_id = m.member_id AND value = 'true'), '{}'),
 		merged_into IS NOT NULL
-		FROM members m WHERE member_id = ANY($1) ORDER BY member_id`
+		FROM members m WHERE member_id = ANY($1) AND status <> 'erased' ORDER BY member_id`
 	if lock {
 		memberSQL += lockMemberRow
 	}

@@ -52,7 +52,7 @@ func ReadProfile(ctx context.Context, q Batcher, id uuid.UUID) (ProfileRow, erro
 		  LEFT JOIN points_accounts a ON a.member_id = m.member_id
 		  LEFT JOIN loyalty_state ls ON ls.member_id = m.member_id
 		  LEFT JOIN member_features f ON f.member_id = m.member_id
-		 WHERE m.member_id = $1`, id).Query(func(rows pgx.Rows) error {
+		 WHERE m.member_id = $1 AND m.status <> 'erased'`, id).Query(func(rows pgx.Rows) error {
 		for rows.Next() {
 			found = true
 			if err := rows.Scan(&p.CreatedAt, &p.Sequence, &p.Attributes, &p.Merged, &p.Balance, &p.Tier,

@@ -1,0 +1,81 @@
+package profile
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"maps"
+	"slices"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
+	"github.com/membercenter/membercenter/storage/postgres"
+
+	"github.com/membercenter/membercenter/services/changes"
+	"github.com/membercenter/membercenter/services/facts"
+)
+
+// EraseMember erases a member at their request (PIPL art. 47): in one
+// transaction, once per idempotency key, what identifies or describes the
+// member and the members merged into it is deleted or blanked
+// (postgres.EraseMembers), the erasure is recorded in the operator audit
+// (who, why, what) and announced on the change stream (MemberErased), after
+// every change of the member already queued. ClickHouse follows when the
+// change reaches the sink. actor is the authenticated caller.
+func (s *Service) EraseMember(ctx context.Context, req *mcv1.EraseMemberRequest, ch mcv1.Channel, actor string) (*mcv1.EraseMemberResponse, error) {
+	id, err := uuid.Parse(req.GetMemberId())
+	if err != nil {
+		return nil, fmt.Errorf("%w: member_id: %v", ErrInvalid, err)
+	}
+	if req.GetReason() == "" || req.GetIdempotencyKey() == "" {
+		return nil, fmt.Errorf("%w: reason and idempotency_key are required", ErrInvalid)
+	}
+	resp := &mcv1.EraseMemberResponse{}
+	cause := "rpc:profile.EraseMember:" + req.GetIdempotencyKey()
+	err = postgres.RetryTx(ctx, s.pool, func(tx pgx.Tx) error {
+		_, err := changes.Idempotent(ctx, tx, "profile.EraseMember", req.GetIdempotencyKey(), req, resp, func() error {
+			member, err := postgres.CanonicalMember(ctx, tx, id)
+			if err != nil {
+				return err
+			}
+			merged, err := postgres.LockErasable(ctx, tx, member)
+			if err != nil {
+				return err
+			}
+			all := append([]uuid.UUID{member}, merged...)
+			rows, err := postgres.EraseMembers(ctx, tx, all)
+			if err != nil {
+				return err
+			}
+			now := s.now()
+			ids := make([]string, len(merged))
+			for i, m := range merged {
+				ids[i] = m.String()
+			}
+			if _, err := s.changes.Append(ctx, tx, member, &mcv1.MemberChange{CauseId: cause, Channel: ch, Actor: actor,
+				Change: &mcv1.MemberChange_MemberErased{MemberErased: &mcv1.MemberErased{MergedMemberIds: ids}}}); err != nil {
+				return err
+			}
+			detail, err := json.Marshal(map[string]any{"reason": req.GetReason(), "merged_member_ids": ids, "postgres_rows": rows})
+			if err != nil {
+				return err
+			}
+			if err := postgres.InsertOperatorAudit(ctx, tx, postgres.OperatorAudit{AuditID: uuid.Must(uuid.NewV7()), At: now,
+				Actor: actor, Action: "member.erased", MemberID: member, CauseID: cause, Detail: detail}); err != nil {
+				return err
+			}
+			resp.MemberId, resp.MergedMemberIds, resp.ErasedAt = member.String(), ids, timestamppb.New(now)
+			resp.PostgresRows = maps.Clone(rows)
+			resp.ClickhouseTables = slices.Clone(facts.ErasedTables)
+			return nil
+		})
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return resp, nil
+}

@@ -1,0 +1,86 @@
+package clickhouse
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+)
+
+// EraseMembers deletes the rows of members from tables (per-member tables,
+// ordered by member_id), on every node of a cluster (its local tables: a
+// Distributed table takes no ALTER), leaving member_changes' member_erased
+// rows, the record of the erasure. ClickHouse deletes by mutation, which
+// rewrites the parts holding the rows in the background; this returns once
+// every mutation is done, so a caller that acknowledges afterwards has
+// erased. Idempotent: a repeat deletes nothing more.
+func (s *Schema) EraseMembers(ctx context.Context, tables []string, members []string) error {
+	if len(members) == 0 || len(tables) == 0 {
+		return nil
+	}
+	conns, l, err := s.nodes(ctx)
+	if err != nil {
+		return err
+	}
+	defer s.release(conns)
+	ids := make([]string, len(members))
+	for i, m := range members {
+		// Member ids are UUIDs; anything else would be a caller's bug, and
+		// is refused rather than spliced into SQL.
+		if len(m) != 36 || strings.Trim(m, "0123456789abcdef-") != "" {
+			return fmt.Errorf("erase members: %q is not a member id", m)
+		}
+		ids[i] = "'" + m + "'"
+	}
+	in := "member_id IN (" + strings.Join(ids, ", ") + ")"
+	for _, conn := range conns {
+		for _, t := range tables {
+			table := t
+			if l.sharded() {
+				table += LocalSuffix
+			}
+			where := in
+			if t == "member_changes" {
+				where += " AND change_type != 'member_erased'"
+			}
+			if err := conn.Exec(ctx, "ALTER TABLE "+table+" DELETE WHERE "+where); err != nil {
+				return fmt.Errorf("erase members from %s: %w", table, err)
+			}
+		}
+		if err := waitMutations(ctx, conn, tables, l); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// waitMutations waits until no mutation of tables is left to do on conn's
+// server.
+func waitMutations(ctx context.Context, conn driver.Conn, tables []string, l layout) error {
+	names := make([]string, len(tables))
+	for i, t := range tables {
+		names[i] = t
+		if l.sharded() {
+			names[i] += LocalSuffix
+		}
+	}
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		var pending uint64
+		if err := conn.QueryRow(ctx, `SELECT count() FROM system.mutations
+			WHERE database = currentDatabase() AND table IN (?) AND is_done = 0`, names).Scan(&pending); err != nil {
+			return fmt.Errorf("erase members: read mutations: %w", err)
+		}
+		if pending == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("erase members: %d mutations still running: %w", pending, ctx.Err())
+		case <-tick.C:
+		}
+	}
+}

@@ -1,0 +1,101 @@
+package postgres
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+)
+
+// LockErasable locks the row of member (which must be canonical: active,
+// not merged) and of every member merged into it, directly or through
+// others, and returns the ids of the merged ones. An erased or unknown
+// member is ErrNotFound.
+func LockErasable(ctx context.Context, tx pgx.Tx, member uuid.UUID) ([]uuid.UUID, error) {
+	var status string
+	if err := tx.QueryRow(ctx, `SELECT status FROM members WHERE member_id = $1`+lockMemberRow, member).Scan(&status); err != nil {
+		if err == pgx.ErrNoRows {
+			return nil, fmt.Errorf("member %s: %w", member, ErrNotFound)
+		}
+		return nil, fmt.Errorf("lock member: %w", err)
+	}
+	if status != "active" {
+		return nil, fmt.Errorf("member %s is %s: %w", member, status, ErrNotFound)
+	}
+	rows, err := tx.Query(ctx, `
+		WITH RECURSIVE folded(member_id, depth) AS (
+		    SELECT member_id, 0 FROM members WHERE merged_into = $1
+		  UNION ALL
+		    SELECT m.member_id, f.depth + 1 FROM members m JOIN folded f ON m.merged_into = f.member_id WHERE f.depth < 100)
+		SELECT m.member_id FROM members m WHERE m.member_id IN (SELECT member_id FROM folded)
+		ORDER BY m.member_id`+lockMemberRow, member)
+	if err != nil {
+		return nil, fmt.Errorf("lock merged members: %w", err)
+	}
+	return pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
+}
+
+// erasure is what EraseMembers does, table by table: every statement takes
+// the members as $1. Kept: the members rows (emptied), the ledger, lots,
+// accounts, orders, coupons, campaign usage, activity, tier and benefit
+// history, adjustment approvals and the operator audit — accounting records
+// under an id that, once this has run, identifies no one.
+var erasure = []struct{ table, sql string }{
+	// Identifiers: keyed hashes, ciphertexts, masked values.
+	{"member_identifiers", `DELETE FROM member_identifiers WHERE member_id = ANY($1) OR origin_member_id = ANY($1)`},
+	{"member_code_secrets", `DELETE FROM member_code_secrets WHERE member_id = ANY($1)`},
+	{"member_code_uses", `DELETE FROM member_code_uses WHERE member_id = ANY($1)`},
+	{"device_members", `DELETE FROM device_members WHERE member_id = ANY($1)`},
+	// What described the person: consents, behaviour, labels.
+	{"member_consents", `DELETE FROM member_consents WHERE member_id = ANY($1)`},
+	{"member_features", `DELETE FROM member_features WHERE member_id = ANY($1)`},
+	{"member_labels", `DELETE FROM member_labels WHERE member_id = ANY($1)`},
+	{"profile_exports", `DELETE FROM profile_exports WHERE member_id = ANY($1)`},
+	{"benefit_label_checks", `DELETE FROM benefit_label_checks WHERE member_id = ANY($1)`},
+	// The changes already published (they carry masked values); those not
+	// yet published go out in order, before the erasure's own change.
+	{"outbox", `DELETE FROM outbox WHERE member_id = ANY($1) AND published_at IS NOT NULL`},
+	// Records that keep their place but lose what identified the member.
+	{"members", `UPDATE members SET attributes = '{}'::jsonb, status = 'erased' WHERE member_id = ANY($1)`},
+	{"ingested_events", `UPDATE ingested_events SET resolution = ''::bytea WHERE member_id = ANY($1) AND resolution <> ''::bytea`},
+	{"identity_audit", `UPDATE identity_audit SET identifiers = '[]'::jsonb, before = '{}'::jsonb, after = '{}'::jsonb
+		WHERE (member_id = ANY($1) OR other_member_id = ANY($1)) AND (identifiers <> '[]'::jsonb OR before <> '{}'::jsonb OR after <> '{}'::jsonb)`},
+	{"identity_conflicts", `UPDATE identity_conflicts SET identifiers = '[]'::jsonb WHERE member_ids && $1::uuid[] AND identifiers <> '[]'::jsonb`},
+	{"merges", `UPDATE merges SET snapshot = snapshot - 'filled' WHERE (source_member_id = ANY($1) OR target_member_id = ANY($1)) AND snapshot ? 'filled'`},
+	// Recorded responses of calls about the members (profiles, resolutions:
+	// masked values). No member column: found by the member id in the bytes.
+	{"idempotency_keys", `DELETE FROM idempotency_keys k WHERE EXISTS (SELECT 1 FROM unnest($1::uuid[]) AS m(id)
+		WHERE position(convert_to(m.id::text, 'UTF8') IN k.response) > 0)`},
+}
+
+// EraseMembers deletes or blanks, in tx, what identifies or describes the
+// members (erasure) and returns the rows touched per table. The caller
+// holds their rows' locks (LockErasable).
+func EraseMembers(ctx context.Context, tx pgx.Tx, members []uuid.UUID) (map[string]int64, error) {
+	// Lets this transaction blank identity_audit records (migration 00020).
+	if _, err := tx.Exec(ctx, `SELECT set_config('membercenter.erasure', 'on', true)`); err != nil {
+		return nil, fmt.Errorf("erase: %w", err)
+	}
+	b := &pgx.Batch{}
+	for _, e := range erasure {
+		b.Queue(e.sql, members)
+	}
+	res := tx.SendBatch(ctx, b)
+	out := make(map[string]int64, len(erasure))
+	for _, e := range erasure {
+		tag, err := res.Exec()
+		if err != nil {
+			_ = res.Close()
+			return nil, fmt.Errorf("erase %s: %w", e.table, err)
+		}
+		out[e.table] = tag.RowsAffected()
+	}
+	if err := res.Close(); err != nil {
+		return nil, fmt.Errorf("erase: %w", err)
+	}
+	if _, err := tx.Exec(ctx, `SELECT set_config('membercenter.erasure', 'off', true)`); err != nil {
+		return nil, fmt.Errorf("erase: %w", err)
+	}
+	return out, nil
+}
