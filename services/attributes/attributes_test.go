@@ -92,10 +92,10 @@ func TestLoadSchema(t *testing.T) {
 	for body, want := range map[string][]string{
 		"attributes: []\n": {"declares no attributes"},
 		"attributes:\n  - {name: x, type: colour, class: none}\n  - {name: x, type: string}\n": {"type \"colour\"", "declared twice", "class is required"},
-		"attributes:\n  - {name: Bad-Name, type: string, class: secret}\n":                        {"lower-case", "class \"secret\""},
-		"attributes:\n  - {name: birth_date, type: date, class: pii}\n":                           {"cannot be sealed"},
-		"attributes:\n  - {name: x, type: string, class: none, colour: red}\n":                    {"field colour not found"},
-		"attributes:\n  - {name: x, type: enum, class: none}\n":                                   {"needs values"},
+		"attributes:\n  - {name: Bad-Name, type: string, class: secret}\n":                     {"lower-case", "class \"secret\""},
+		"attributes:\n  - {name: birth_date, type: date, class: pii}\n":                        {"cannot be sealed"},
+		"attributes:\n  - {name: x, type: string, class: none, colour: red}\n":                 {"field colour not found"},
+		"attributes:\n  - {name: x, type: enum, class: none}\n":                                {"needs values"},
 	} {
 		_, err := attributes.Load(write(body))
 		for _, w := range want {
