@@ -18,8 +18,7 @@ import (
 // topic the platform writes, in any ClickHouse table, or in any PostgreSQL
 // column: members are found by keyed hash and shown from ciphertext.
 func TestNoRawPIIAfterIngest(t *testing.T) {
-	e := start(t)
-	ctx := within(t, 90*time.Second)
+	e, ctx := startWithin(t, 90*time.Second)
 	stream := e.subscribe(t, ctx, &mcv1.SubscribeRequest{})
 
 	// Known values, in the forms a channel might send them.

@@ -58,6 +58,9 @@ func newAuthFixture(t *testing.T) authFixture {
 	return authFixture{svc: svc, srv: identity.NewServer(svc), pool: pool, clock: clock}
 }
 
+// beginAuth opens a test: its auth fixture and the context of its calls.
+func beginAuth(t *testing.T) (authFixture, context.Context) { return newAuthFixture(t), ctxT(t) }
+
 // newMember creates a member the way a channel would: by resolving a phone
 // number with create_if_missing.
 func (f authFixture) newMember(t *testing.T, e164 string) uuid.UUID {
@@ -146,8 +149,7 @@ func (f authFixture) wantAccepted(t *testing.T, code string, at time.Time, membe
 }
 
 func TestMemberCodeRoundTrip(t *testing.T) {
-	f := newAuthFixture(t)
-	ctx := ctxT(t)
+	f, ctx := beginAuth(t)
 	first := f.newMember(t, "+8613900000001")
 	member := f.newMember(t, "+8613900000002")
 	if a, b := f.memberNo(t, first), f.memberNo(t, member); a < 1 || b <= a {
@@ -252,8 +254,7 @@ func TestMemberCodeClockSkew(t *testing.T) {
 }
 
 func TestMemberCodeRefusals(t *testing.T) {
-	f := newAuthFixture(t)
-	ctx := ctxT(t)
+	f, ctx := beginAuth(t)
 	member := f.newMember(t, "+8613900000001")
 	other := f.newMember(t, "+8613900000002")       // issued a code, valid, but not the one scanned
 	neverIssued := f.newMember(t, "+8613900000003") // has a number but no secret
@@ -315,8 +316,7 @@ func TestMemberCodeRefusals(t *testing.T) {
 }
 
 func TestIssueMemberCodeRefusals(t *testing.T) {
-	f := newAuthFixture(t)
-	ctx := ctxT(t)
+	f, ctx := beginAuth(t)
 	target := f.newMember(t, "+8613900000001")
 	merged := f.mergedMember(t, "+8613900000002", target)
 	if _, err := f.svc.IssueMemberCode(ctx, uuid.Must(uuid.NewV7())); !errors.Is(err, postgres.ErrNotFound) {
@@ -345,8 +345,7 @@ func TestMemberCodeConcurrentScansAcceptOnce(t *testing.T) {
 // A scan that races an acceptance still in flight waits for it and is
 // refused: the use row's primary key decides, not the earlier read.
 func TestMemberCodeScanRacingUncommittedUse(t *testing.T) {
-	f := newAuthFixture(t)
-	ctx := ctxT(t)
+	f, ctx := beginAuth(t)
 	member := f.newMember(t, "+8613900000001")
 	c := f.issue(t, member, authEpoch)
 	tx, err := f.pool.Begin(ctx)

@@ -155,8 +155,7 @@ func diffState(t *testing.T, what string, want, got memberState) {
 }
 
 func TestMergeUnmergeRoundTripRestoresBothMembers(t *testing.T) {
-	f := newService(t)
-	ctx := ctxT(t)
+	f, ctx := beginService(t)
 	a := f.resolve(t, "a", phone("13911110001"), card("A-1")).GetMemberId()
 	b := f.resolve(t, "b", phone("13911110002"), email("bo@example.cn"), device("tab-1")).GetMemberId()
 	f.earn(t, "ea1", []*mcv1.Identifier{card("A-1")}, 12_300)
@@ -262,8 +261,7 @@ func TestUnmergeAttributesLaterActivity(t *testing.T) {
 }
 
 func TestResolveMergesMembersTheIdentifiersProveOne(t *testing.T) {
-	f := newService(t)
-	ctx := ctxT(t)
+	f, ctx := beginService(t)
 	byPhone := f.resolve(t, "p", phone("13933330001")).GetMemberId()
 	byCard := f.resolve(t, "c", card("C-77")).GetMemberId()
 	resp := f.resolve(t, "both", card("C-77"), phone("13933330001"))
@@ -317,8 +315,7 @@ func TestRulesForbidMergeRecordConflictForReview(t *testing.T) {
 // A store tablet's device id is shared: it never merges members and
 // attaches a device-only event to the member last linked to it.
 func TestSharedDeviceNeverMerges(t *testing.T) {
-	f := newService(t)
-	ctx := ctxT(t)
+	f, ctx := beginService(t)
 	first := f.resolve(t, "1", phone("13955550001"), device("store-tablet")).GetMemberId()
 	second := f.resolve(t, "2", phone("13955550002"), device("store-tablet"))
 	if second.GetMemberId() == first || len(second.GetMergedMemberIds()) != 0 || second.GetConflict() {
@@ -339,8 +336,7 @@ func TestSharedDeviceNeverMerges(t *testing.T) {
 }
 
 func TestBlockedAndLimitedIdentifiers(t *testing.T) {
-	f := newService(t)
-	ctx := ctxT(t)
+	f, ctx := beginService(t)
 	member := f.resolve(t, "m", phone("13966660001")).GetMemberId()
 	before := f.counts(t)
 
@@ -421,8 +417,7 @@ func TestMergeProtection(t *testing.T) {
 }
 
 func TestUnmergeOrderAndRepeats(t *testing.T) {
-	f := newService(t)
-	ctx := ctxT(t)
+	f, ctx := beginService(t)
 	a := f.resolve(t, "a", phone("13988880001")).GetMemberId()
 	b := f.resolve(t, "b", phone("13988880002")).GetMemberId()
 	c := f.resolve(t, "c", phone("13988880003")).GetMemberId()
@@ -450,8 +445,7 @@ func TestUnmergeOrderAndRepeats(t *testing.T) {
 }
 
 func TestLinkAndUnlink(t *testing.T) {
-	f := newService(t)
-	ctx := ctxT(t)
+	f, ctx := beginService(t)
 	a := f.resolve(t, "a", phone("13999990001")).GetMemberId()
 	b := f.resolve(t, "b", phone("13999990002")).GetMemberId()
 	if _, err := f.svc.Link(ctx, &mcv1.LinkRequest{MemberId: a, Identifier: card("L-1"), Reason: "card issued", IdempotencyKey: "l1"}); err != nil {
