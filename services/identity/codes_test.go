@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -17,6 +16,7 @@ import (
 	"github.com/membercenter/membercenter/storage/postgres"
 	"github.com/membercenter/membercenter/storage/postgres/pgtest"
 
+	"github.com/membercenter/membercenter/pipeline/clocktest"
 	"github.com/membercenter/membercenter/services/identity"
 	"github.com/membercenter/membercenter/services/identity/identitytest"
 )
@@ -24,36 +24,18 @@ import (
 // authEpoch is 5 s into a 30 s step, so ±N s stays clear of step edges.
 var authEpoch = time.Unix(1_700_000_010+5, 0).UTC()
 
-// testClock is the injectable clock the auth tests move by hand.
-type testClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *testClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *testClock) Set(t time.Time) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = t
-}
-
 type authFixture struct {
 	svc   *identity.Service
 	srv   *identity.Server
 	pool  *pgxpool.Pool
-	clock *testClock
+	clock *clocktest.Clock // stands still; the auth tests move it by hand
 }
 
 func newAuthFixture(t *testing.T) authFixture {
 	t.Helper()
 	pool := pgtest.NewPool(t, nil)
 	svc := identitytest.New(t, pool)
-	clock := &testClock{t: authEpoch}
+	clock := clocktest.Frozen(authEpoch)
 	svc.SetClock(clock.Now)
 	return authFixture{svc: svc, srv: identity.NewServer(svc), pool: pool, clock: clock}
 }
@@ -131,6 +113,14 @@ func (f authFixture) issue(t *testing.T, id uuid.UUID, at time.Time) identity.Me
 		t.Fatalf("issue code: %v", err)
 	}
 	return c
+}
+
+// memberWithCode creates a member (newMember) and issues it a code at
+// authEpoch.
+func (f authFixture) memberWithCode(t *testing.T, e164 string) (uuid.UUID, identity.MemberCode) {
+	t.Helper()
+	member := f.newMember(t, e164)
+	return member, f.issue(t, member, authEpoch)
 }
 
 func (f authFixture) verify(t *testing.T, code string, at time.Time) (uuid.UUID, error) {
@@ -213,8 +203,7 @@ func TestMemberCodeRoundTrip(t *testing.T) {
 
 func TestMemberCodeAcceptedOnce(t *testing.T) {
 	f := newAuthFixture(t)
-	member := f.newMember(t, "+8613900000001")
-	c := f.issue(t, member, authEpoch)
+	_, c := f.memberWithCode(t, "+8613900000001")
 	if _, err := f.verify(t, c.Code, authEpoch.Add(time.Second)); err != nil {
 		t.Fatal(err)
 	}
@@ -333,8 +322,7 @@ func TestIssueMemberCodeRefusals(t *testing.T) {
 
 func TestMemberCodeConcurrentScansAcceptOnce(t *testing.T) {
 	f := newAuthFixture(t)
-	member := f.newMember(t, "+8613900000001")
-	c := f.issue(t, member, authEpoch)
+	_, c := f.memberWithCode(t, "+8613900000001")
 	acceptedOnce(t, 8, "scans", identity.ErrCodeUsed, func(i int) error {
 		_, err := f.svc.VerifyMemberCode(ctxT(t), c.Code, identity.CodeUse{TerminalID: fmt.Sprintf("POS-%d", i)})
 		return err
@@ -346,8 +334,7 @@ func TestMemberCodeConcurrentScansAcceptOnce(t *testing.T) {
 // refused: the use row's primary key decides, not the earlier read.
 func TestMemberCodeScanRacingUncommittedUse(t *testing.T) {
 	f, ctx := beginAuth(t)
-	member := f.newMember(t, "+8613900000001")
-	c := f.issue(t, member, authEpoch)
+	member, c := f.memberWithCode(t, "+8613900000001")
 	tx, err := f.pool.Begin(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -387,8 +374,7 @@ func TestMemberCodeScanRacingUncommittedUse(t *testing.T) {
 // so six digits cannot be guessed online; the lock lifts after the window.
 func TestMemberCodeLockAfterWrongCodes(t *testing.T) {
 	f := newAuthFixture(t)
-	member := f.newMember(t, "+8613900000077")
-	c := f.issue(t, member, authEpoch)
+	member, c := f.memberWithCode(t, "+8613900000077")
 	wrong := c.Code[:10] + fmt.Sprintf("%06d", (mustAtoi(t, c.Code[10:])+1)%1_000_000)
 	for i := 0; i < 5; i++ {
 		if _, err := f.verify(t, wrong, authEpoch.Add(time.Duration(i)*time.Second)); !errors.Is(err, identity.ErrCodeInvalid) {
