@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"google.golang.org/protobuf/proto"
 
@@ -39,20 +40,15 @@ func (f *fixture) audit(t *testing.T, member string) []auditRow {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer rows.Close()
-	var out []auditRow
-	for rows.Next() {
+	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (auditRow, error) {
 		var r auditRow
 		var d []byte
-		if err := rows.Scan(&r.Actor, &r.Action, &r.Cause, &d); err != nil {
-			t.Fatal(err)
+		if err := row.Scan(&r.Actor, &r.Action, &r.Cause, &d); err != nil {
+			return r, err
 		}
-		if err := json.Unmarshal(d, &r.Detail); err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, r)
-	}
-	if err := rows.Err(); err != nil {
+		return r, json.Unmarshal(d, &r.Detail)
+	})
+	if err != nil {
 		t.Fatal(err)
 	}
 	return out
