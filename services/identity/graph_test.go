@@ -61,6 +61,16 @@ func (f fixture) resolve(t *testing.T, key string, ids ...*mcv1.Identifier) *mcv
 	return resp
 }
 
+// mergeRefused asks to merge source into target and fails the test (what
+// names the case) unless the merge is refused with want.
+func (f fixture) mergeRefused(t *testing.T, source, target, reason, key string, want error, what string) {
+	t.Helper()
+	_, err := f.svc.Merge(ctxT(t), &mcv1.MergeRequest{SourceMemberId: source, TargetMemberId: target, Reason: reason, IdempotencyKey: key})
+	if !errors.Is(err, want) {
+		t.Fatalf("%s: %v", what, err)
+	}
+}
+
 // merge merges source into target, failing the test on an error.
 func (f fixture) merge(t *testing.T, source, target, reason, key string) *mcv1.MergeResponse {
 	t.Helper()
@@ -411,9 +421,7 @@ func TestMergeProtection(t *testing.T) {
 		t.Fatalf("refusal audit reason %q (err %v)", reason, err)
 	}
 	// A retry with the same key is judged again, not answered "merged".
-	if _, err := f.svc.Merge(ctx, &mcv1.MergeRequest{SourceMemberId: c, TargetMemberId: b, Reason: "two", IdempotencyKey: "m2"}); !errors.Is(err, identity.ErrRefused) {
-		t.Fatalf("retried refused merge: %v", err)
-	}
+	f.mergeRefused(t, c, b, "two", "m2", identity.ErrRefused, "retried refused merge")
 }
 
 func TestUnmergeOrderAndRepeats(t *testing.T) {
@@ -439,9 +447,7 @@ func TestUnmergeOrderAndRepeats(t *testing.T) {
 	if _, err := f.svc.Unmerge(ctx, &mcv1.UnmergeRequest{MergeId: bc.GetMergeId(), Reason: "again", IdempotencyKey: "u-bc-2"}); !errors.Is(err, identity.ErrAlreadyUnmerged) {
 		t.Fatalf("second unmerge: %v", err)
 	}
-	if _, err := f.svc.Merge(ctx, &mcv1.MergeRequest{SourceMemberId: a, TargetMemberId: c, Reason: "r", IdempotencyKey: "ac"}); !errors.Is(err, identity.ErrMemberInactive) {
-		t.Fatalf("merging a member that is merged away: %v", err)
-	}
+	f.mergeRefused(t, a, c, "r", "ac", identity.ErrMemberInactive, "merging a member that is merged away")
 }
 
 func TestLinkAndUnlink(t *testing.T) {
