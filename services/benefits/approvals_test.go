@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"google.golang.org/protobuf/proto"
 
@@ -39,20 +40,15 @@ func (f *fixture) audit(t *testing.T, member string) []auditRow {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer rows.Close()
-	var out []auditRow
-	for rows.Next() {
+	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (auditRow, error) {
 		var r auditRow
 		var d []byte
-		if err := rows.Scan(&r.Actor, &r.Action, &r.Cause, &d); err != nil {
-			t.Fatal(err)
+		if err := row.Scan(&r.Actor, &r.Action, &r.Cause, &d); err != nil {
+			return r, err
 		}
-		if err := json.Unmarshal(d, &r.Detail); err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, r)
-	}
-	if err := rows.Err(); err != nil {
+		return r, json.Unmarshal(d, &r.Detail)
+	})
+	if err != nil {
 		t.Fatal(err)
 	}
 	return out
@@ -87,9 +83,7 @@ func decide(approval string, approve bool, key string) *mcv1.DecideAdjustmentReq
 // limits.adjust_approval_points is applied by the call, and its operator is
 // in the audit and on the change it made.
 func TestSmallAdjustmentAppliesAtOnceWithItsActor(t *testing.T) {
-	f := newFixture(t)
-	c := ctx(t)
-	m := f.member(t)
+	f, c, m := beginWithMember(t)
 	resp, err := f.srv.Adjust(as(c, "backoffice/alice"), &mcv1.AdjustRequest{MemberId: m, Points: 10_000, Reason: "goodwill", IdempotencyKey: "small"})
 	if err != nil {
 		t.Fatal(err)
@@ -118,9 +112,7 @@ func TestSmallAdjustmentAppliesAtOnceWithItsActor(t *testing.T) {
 // threshold from its request to its approval: nothing moves until another
 // operator approves, then the points move once, whatever is retried.
 func TestLargeAdjustmentWaitsForASecondOperator(t *testing.T) {
-	f := newFixture(t)
-	c := ctx(t)
-	m := f.member(t)
+	f, c, m := beginWithMember(t)
 	alice, bob, carol := as(c, "backoffice/alice"), as(c, "backoffice/bob"), as(c, "backoffice/carol")
 	f.adjust(t, alice, &mcv1.AdjustRequest{MemberId: m, Points: 1_000, Reason: "start", IdempotencyKey: "start"})
 	big := &mcv1.AdjustRequest{MemberId: m, Points: 50_000, Reason: "store credit for lost order", IdempotencyKey: "big"}
@@ -232,9 +224,7 @@ func TestLargeAdjustmentWaitsForASecondOperator(t *testing.T) {
 // TestRejectedAdjustmentNeverApplies: a rejection leaves the balance alone,
 // and the rejected adjustment cannot be approved afterwards.
 func TestRejectedAdjustmentNeverApplies(t *testing.T) {
-	f := newFixture(t)
-	c := ctx(t)
-	m := f.member(t)
+	f, c, m := beginWithMember(t)
 	req, err := f.srv.Adjust(as(c, "backoffice/alice"), &mcv1.AdjustRequest{MemberId: m, Points: 20_000, Reason: "typo?", IdempotencyKey: "r"})
 	if err != nil {
 		t.Fatal(err)
@@ -272,9 +262,7 @@ func TestRejectedAdjustmentNeverApplies(t *testing.T) {
 // same adjustment sent at once: exactly one of them wins, the other is
 // refused as already decided, and the balance is the sum of what won.
 func TestConcurrentApproveAndRejectOneWins(t *testing.T) {
-	f := newFixture(t)
-	c := ctx(t)
-	m := f.member(t)
+	f, c, m := beginWithMember(t)
 	const rounds = 6
 	var want int64
 	for i := range rounds {
@@ -322,9 +310,7 @@ func TestConcurrentApproveAndRejectOneWins(t *testing.T) {
 // TestOperatorAuditIsAppendOnly: the database refuses to change or remove
 // an audit record, or a decided approval.
 func TestOperatorAuditIsAppendOnly(t *testing.T) {
-	f := newFixture(t)
-	c := ctx(t)
-	m := f.member(t)
+	f, c, m := beginWithMember(t)
 	req, err := f.srv.Adjust(as(c, "backoffice/alice"), &mcv1.AdjustRequest{MemberId: m, Points: -20_000, Reason: "clawback", IdempotencyKey: "x"})
 	if err != nil {
 		t.Fatal(err)
@@ -353,8 +339,7 @@ func TestOperatorAuditIsAppendOnly(t *testing.T) {
 // limits.adjust_approval_points 0, every adjustment within the maximum is
 // applied at once.
 func TestApprovalThresholdZeroTurnsApprovalsOff(t *testing.T) {
-	f := newFixture(t)
-	c := ctx(t)
+	f, c := begin(t)
 	src := bytes.Replace(benefits.DefaultProgramSource(), []byte("adjust_approval_points: 10000"), []byte("adjust_approval_points: 0"), 1)
 	src = bytes.Replace(src, []byte("version: default-1"), []byte("version: no-approvals-1"), 1)
 	if _, err := benefits.LoadProgram(c, f.pool, src); err != nil {

@@ -31,9 +31,7 @@ import (
 // its first call answered sends the same key twice at once; every copy gets
 // the first answer, and the effect happens once.
 func TestConcurrentDuplicatesGetTheFirstAnswer(t *testing.T) {
-	f := newFixture(t)
-	c := ctx(t)
-	m := f.member(t)
+	f, c, m := beginWithMember(t)
 	f.adjust(t, c, &mcv1.AdjustRequest{MemberId: m, Points: 100, Reason: "goodwill", IdempotencyKey: "adj"})
 	const copies = 6
 	type answer struct {
@@ -95,9 +93,7 @@ func TestConcurrentDuplicatesGetTheFirstAnswer(t *testing.T) {
 // earns the mission bonus; Commit's answer counts it, traces it, and the
 // ledger holds exactly what the answer says.
 func TestCommitAnswersEveryMovementItCaused(t *testing.T) {
-	f := newFixture(t)
-	c := ctx(t)
-	m := f.member(t)
+	f, c, m := beginWithMember(t)
 	var last *mcv1.CommitResponse
 	for i, key := range []string{"k1", "k2", "k3"} {
 		b := basket("order-"+key, 10_000+int64(i)*1_000)
@@ -173,9 +169,7 @@ func (f *fixture) outboxChannels(t *testing.T, member string) []mcv1.Channel {
 // channel sees the coupons claimed, the points redeemed and the refunds made
 // through it; an authenticated client's own channel is the one recorded.
 func TestEveryChangeCarriesTheCallersChannel(t *testing.T) {
-	f := newFixture(t)
-	c := ctx(t)
-	m := f.member(t)
+	f, c, m := beginWithMember(t)
 	f.adjust(t, c, &mcv1.AdjustRequest{MemberId: m, Points: 500, Reason: "welcome", IdempotencyKey: "adj"})
 	f.commit(t, c, &mcv1.CommitRequest{MemberId: m, Basket: basket("o1", 10_000), IdempotencyKey: "c1"})
 	seen := len(f.outboxChannels(t, m))
@@ -248,9 +242,7 @@ func (f *fixture) grpc(t *testing.T, guards ...server.Guard) *grpc.ClientConn {
 // times beyond the programme's limits are InvalidArgument naming the field,
 // over gRPC too, and change nothing.
 func TestImplausibleRequestsAreRefusedNamingTheField(t *testing.T) {
-	f := newFixture(t)
-	c := ctx(t)
-	m := f.member(t)
+	f, c, m := beginWithMember(t)
 	f.commit(t, c, &mcv1.CommitRequest{MemberId: m, Basket: basket("o1", 10_000), IdempotencyKey: "ok"})
 	before := f.rows(t)
 	withTotal := func(v int64) *mcv1.Basket { return basket("big", v) }

@@ -415,9 +415,7 @@ func TestGroupSharesLimitsAcrossMembers(t *testing.T) {
 // repeat runs after it, before the member's later calls; a retry after the
 // group replays the stored answer.
 func TestGroupIdempotencyKeys(t *testing.T) {
-	f := newFixture(t)
-	c := ctx(t)
-	m := f.member(t)
+	f, c, m := beginWithMember(t)
 	f.adjust(t, c, &mcv1.AdjustRequest{MemberId: m, Points: 1_000, Reason: "start", IdempotencyKey: "start"})
 	got := together(t, f, []rpc{
 		redeemCall(f, m, 100, "dup"),
@@ -465,9 +463,7 @@ func TestGroupIdempotencyKeys(t *testing.T) {
 // transaction of another process holds the group until that commits, then
 // the call gets the stored answer.
 func TestGroupWaitsForAKeyInFlightElsewhere(t *testing.T) {
-	f := newFixture(t)
-	c := ctx(t)
-	m := f.member(t)
+	f, c, m := beginWithMember(t)
 	other := f.member(t)
 	f.adjust(t, c, &mcv1.AdjustRequest{MemberId: m, Points: 1_000, Reason: "start", IdempotencyKey: "start"})
 	req := &mcv1.RedeemRequest{MemberId: m, Points: 100, IdempotencyKey: "elsewhere"}
@@ -621,9 +617,7 @@ func TestGroupFallsBackOnAConflictWithinIt(t *testing.T) {
 // not applied; one already taken into a group is applied, its answer
 // stored under its key, while its caller gets the context's error at once.
 func TestGroupCancellation(t *testing.T) {
-	f := newFixture(t)
-	c := ctx(t)
-	m := f.member(t)
+	f, c, m := beginWithMember(t)
 
 	release := benefits.HoldGroups(f.svc)
 	qctx, cancel := context.WithCancel(c)
@@ -686,9 +680,7 @@ func TestGroupCancellation(t *testing.T) {
 // TestGroupValidatesBeforeQueuing: a request the service cannot take is
 // answered at once, even while the committers are held.
 func TestGroupValidatesBeforeQueuing(t *testing.T) {
-	f := newFixture(t)
-	c := ctx(t)
-	m := f.member(t)
+	f, c, m := beginWithMember(t)
 	release := benefits.HoldGroups(f.svc)
 	defer release()
 	future := basket("o1", 100)
@@ -713,8 +705,7 @@ func TestGroupValidatesBeforeQueuing(t *testing.T) {
 // calls in the order each caller made them, the ledger balanced (checked at
 // cleanup).
 func TestGroupsUnderLoad(t *testing.T) {
-	f := newFixture(t)
-	c := ctx(t)
+	f, c := begin(t)
 	members := make([]string, 8)
 	for i := range members {
 		members[i] = f.member(t)

@@ -33,8 +33,7 @@ func sharerProgramme(t *testing.T, f *fixture) {
 // when it no longer does, once per queued change; a label no benefit reads
 // is not followed.
 func TestBenefitsFollowLabelChanges(t *testing.T) {
-	f := newFixture(t)
-	c := ctx(t)
+	f, c := begin(t)
 	sharerProgramme(t, f)
 	if !f.svc.DependsOnLabel("sharer") || f.svc.DependsOnLabel("coffee_lover") {
 		t.Fatalf("DependsOnLabel: sharer %v, coffee_lover %v; want true, false", f.svc.DependsOnLabel("sharer"), f.svc.DependsOnLabel("coffee_lover"))

@@ -26,8 +26,7 @@ import (
 // points) and a partial and a full refund answer exactly as with the lots
 // the union read.
 func TestOpenLotsAnswerAsBefore(t *testing.T) {
-	f := newFixture(t)
-	c := ctx(t)
+	f, c := begin(t)
 	ids := identitytest.New(t, f.pool)
 	ids.SetClock(func() time.Time { return *f.clock })
 	ids.AddMemberData(f.svc)

@@ -228,8 +228,7 @@ func TestWorkerAgreesWithOracle(t *testing.T) {
 // (Apply) or in batches of consecutive events, as a partition's worker
 // does (ApplyBatch).
 func testWorkerAgreesWithOracle(t *testing.T, batch int) {
-	f := newFixture(t)
-	c := ctx(t)
+	f, c := begin(t)
 	o, stream := generate(t, benefits.DefaultProgramSource(), 7, 150, 2_000)
 	seen := map[string]bool{}
 	var end time.Time

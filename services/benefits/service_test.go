@@ -74,6 +74,15 @@ func ctxWithin(t testing.TB, d time.Duration) context.Context {
 	return c
 }
 
+// begin opens a test: its fixture and the context of its calls.
+func begin(t *testing.T) (*fixture, context.Context) { return newFixture(t), ctx(t) }
+
+// beginWithMember is begin with a new member, as most tests open.
+func beginWithMember(t *testing.T) (*fixture, context.Context, string) {
+	f, c := begin(t)
+	return f, c, f.member(t)
+}
+
 func basket(order string, total int64) *mcv1.Basket {
 	return &mcv1.Basket{OrderId: order, Channel: mcv1.Channel_CHANNEL_POS, StoreId: "SH-1",
 		Total: &mcv1.Money{Currency: "CNY", AmountMinor: total},
@@ -122,9 +131,7 @@ func (f *fixture) rows(t *testing.T) [7]int {
 }
 
 func TestCommitIsIdempotentAndQuoteChangesNothing(t *testing.T) {
-	f := newFixture(t)
-	c := ctx(t)
-	m := f.member(t)
+	f, c, m := beginWithMember(t)
 	before := f.rows(t)
 	q, err := f.srv.Quote(c, &mcv1.QuoteRequest{MemberId: m, Basket: basket("o1", 12_345)})
 	if err != nil {
@@ -163,8 +170,7 @@ func TestCommitIsIdempotentAndQuoteChangesNothing(t *testing.T) {
 }
 
 func TestRefusedRequestsChangeNothing(t *testing.T) {
-	f := newFixture(t)
-	c := ctx(t)
+	f, c := begin(t)
 	m, code := f.memberWithCoupon(t, c, 100_000)
 	*f.clock = wed.Add(8 * 24 * time.Hour) // the first order's points are available now
 	before := f.rows(t)
@@ -238,8 +244,7 @@ func TestRefusedRequestsChangeNothing(t *testing.T) {
 }
 
 func TestRefundReversesExactlyAndRestoresCoupons(t *testing.T) {
-	f := newFixture(t)
-	c := ctx(t)
+	f, c := begin(t)
 	m, code := f.memberWithCoupon(t, c, 200_000)
 	*f.clock = wed.Add(8 * 24 * time.Hour)
 	b := basket("o2", 50_000)
@@ -298,9 +303,7 @@ func TestRefundReversesExactlyAndRestoresCoupons(t *testing.T) {
 }
 
 func TestTierStatusAndBenefits(t *testing.T) {
-	f := newFixture(t)
-	c := ctx(t)
-	m := f.member(t)
+	f, c, m := beginWithMember(t)
 	// ¥2,500 in one basket: silver at once (spend over 12 months ≥ ¥2,000).
 	commit, err := f.srv.Commit(c, &mcv1.CommitRequest{MemberId: m, Basket: basket("o1", 250_000), IdempotencyKey: "k"})
 	if err != nil {

@@ -17,8 +17,7 @@ import (
 // the members without consent for it; a consent change applies within
 // seconds; the analyst views keep the members who consent to analytics.
 func TestSegmentsLeaveOutMembersWithoutConsent(t *testing.T) {
-	e := start(t)
-	ctx := within(t, 2*time.Minute)
+	e, ctx := startWithin(t, 2*time.Minute)
 	profiles := mcv1.NewProfileServiceClient(e.conn)
 
 	// Three shoppers buy once: each is in bought_365d.

@@ -121,6 +121,13 @@ func within(t *testing.T, d time.Duration) context.Context {
 	return ctx
 }
 
+// startWithin opens a test: the running platform, and the context of the
+// test's calls, which ends d after the platform has started.
+func startWithin(t *testing.T, d time.Duration) (*env, context.Context) {
+	t.Helper()
+	return start(t), within(t, d)
+}
+
 type testWriter struct{ t *testing.T }
 
 func (w testWriter) Write(b []byte) (int, error) {
@@ -259,8 +266,7 @@ func nextChange(t *testing.T, s mcv1.SyncService_SubscribeClient) *mcv1.MemberCh
 }
 
 func TestPOSTransactionEndToEnd(t *testing.T) {
-	e := start(t)
-	ctx := within(t, 90*time.Second)
+	e, ctx := startWithin(t, 90*time.Second)
 
 	stream := e.subscribe(t, ctx, &mcv1.SubscribeRequest{})
 
@@ -415,8 +421,7 @@ func (e *env) readDLQ(t *testing.T, ctx context.Context) dlq.Letter {
 }
 
 func TestRedeliveredEventChangesNothing(t *testing.T) {
-	e := start(t)
-	ctx := within(t, 90*time.Second)
+	e, ctx := startWithin(t, 90*time.Second)
 	stream := e.subscribe(t, ctx, &mcv1.SubscribeRequest{})
 
 	const phone, card = "13700000001", "c-dup"
@@ -467,8 +472,7 @@ func TestRedeliveredEventChangesNothing(t *testing.T) {
 // A flow started by a gRPC call is one trace too: Resolve creates a member,
 // and the change reaches a subscriber through the outbox relay and the hub.
 func TestResolveRPCTraceReachesSubscriber(t *testing.T) {
-	e := start(t)
-	ctx := within(t, 60*time.Second)
+	e, ctx := startWithin(t, 60*time.Second)
 	stream := e.subscribe(t, ctx, &mcv1.SubscribeRequest{})
 	tctx, root := e.tel.Tracers.Tracer("app").Start(ctx, "app sign-up")
 	resp, err := mcv1.NewIdentityServiceClient(e.conn).Resolve(tctx, &mcv1.ResolveRequest{
@@ -511,8 +515,7 @@ func TestResolveRPCTraceReachesSubscriber(t *testing.T) {
 // A request that breaks its .proto rules is refused with InvalidArgument
 // naming the field, and changes nothing.
 func TestInvalidRequestsNameTheField(t *testing.T) {
-	e := start(t)
-	ctx := within(t, 30*time.Second)
+	e, ctx := startWithin(t, 30*time.Second)
 	idc := mcv1.NewIdentityServiceClient(e.conn)
 	cases := []struct {
 		name  string
@@ -552,8 +555,7 @@ func TestInvalidRequestsNameTheField(t *testing.T) {
 // Identity refusals reach a channel as the right status, naming the rule,
 // and change nothing.
 func TestIdentityRefusalsOverGRPC(t *testing.T) {
-	e := start(t)
-	ctx := within(t, 30*time.Second)
+	e, ctx := startWithin(t, 30*time.Second)
 	idc := mcv1.NewIdentityServiceClient(e.conn)
 	member := e.createMember(t, ctx, mcv1.Channel_CHANNEL_POS, "ok", "13512345678", "")
 	var before int
@@ -625,8 +627,7 @@ func TestIdentityRefusalsOverGRPC(t *testing.T) {
 // Baskets that break the rules are refused with the right status, naming
 // the field or the reason, and change nothing.
 func TestBenefitsRefusalsOverGRPC(t *testing.T) {
-	e := start(t)
-	ctx := within(t, 30*time.Second)
+	e, ctx := startWithin(t, 30*time.Second)
 	m := e.createMember(t, ctx, mcv1.Channel_CHANNEL_POS, "m", "13512340000", "")
 	bc := mcv1.NewBenefitsServiceClient(e.conn)
 	basket := func(total int64, currency string, items int) *mcv1.Basket {

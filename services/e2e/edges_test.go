@@ -25,8 +25,7 @@ import (
 // fields; a coupon claimed from the app reaches a subscriber that follows
 // the app.
 func TestAPIAndIngestEdges(t *testing.T) {
-	e := start(t)
-	ctx := within(t, 120*time.Second)
+	e, ctx := startWithin(t, 120*time.Second)
 
 	const phone, card = "13700000012", "c-edges"
 	usd := posTransaction("edge-usd", phone, card, 5_000)

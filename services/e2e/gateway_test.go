@@ -65,8 +65,7 @@ func readEvent(t *testing.T, r *bufio.Reader) event {
 // changes as server-sent events, and after a reconnect with Last-Event-ID
 // receives exactly the change it missed.
 func TestHTTPGatewayAndServerSentEvents(t *testing.T) {
-	e := start(t)
-	ctx := within(t, 90*time.Second)
+	e, ctx := startWithin(t, 90*time.Second)
 	const phone, card = "13500000088", "c-http"
 	code, out := postJSON(t, ctx, e.http+"/membercenter.v1.IdentityService/Resolve",
 		`{"identifiers":[{"type":"IDENTIFIER_TYPE_PHONE","value":"`+phone+`"},{"type":"IDENTIFIER_TYPE_MEMBER_CARD","value":"`+card+`"}],

@@ -22,8 +22,7 @@ import (
 // outbox payloads included): identifiers are found by keyed hash and shown
 // from ciphertext, PII attributes are sealed and shown masked.
 func TestNoRawPIIAfterIngest(t *testing.T) {
-	e := start(t)
-	ctx := within(t, 90*time.Second)
+	e, ctx := startWithin(t, 90*time.Second)
 	stream := e.subscribe(t, ctx, &mcv1.SubscribeRequest{})
 
 	// Known values, in the forms a channel might send them.

@@ -20,8 +20,7 @@ import (
 // disconnects and comes back with the token of the last message it got
 // receives every change it missed, once, in order, then Ready.
 func TestResumeTokenDeliversExactlyTheMissedChanges(t *testing.T) {
-	e := start(t)
-	ctx := within(t, 90*time.Second)
+	e, ctx := startWithin(t, 90*time.Second)
 	const phone, card = "13600000077", "c-resume"
 	member := e.createMember(t, ctx, mcv1.Channel_CHANNEL_POS, "resume-create", phone, card)
 	sync := mcv1.NewSyncServiceClient(e.conn)
@@ -146,8 +145,7 @@ func flip(s string) string {
 // TestDisconnectingSubscribersLeaveNothingBehind: streams cancelled
 // mid-way leave no goroutine behind.
 func TestDisconnectingSubscribersLeaveNothingBehind(t *testing.T) {
-	e := start(t)
-	ctx := within(t, 60*time.Second)
+	e, ctx := startWithin(t, 60*time.Second)
 	sync := mcv1.NewSyncServiceClient(e.conn)
 	open := func() {
 		sctx, stop := context.WithCancel(ctx)

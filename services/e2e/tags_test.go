@@ -21,8 +21,7 @@ import (
 // the outbox and ClickHouse's current profiles and label history; then a
 // backfill from ClickHouse's history rebuilds the same labels.
 func TestLabelsStreamToProfileAndClickHouse(t *testing.T) {
-	e := start(t)
-	ctx := within(t, 120*time.Second)
+	e, ctx := startWithin(t, 120*time.Second)
 	profiles := mcv1.NewProfileServiceClient(e.conn)
 
 	type shopper struct {

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -17,6 +16,7 @@ import (
 	"github.com/membercenter/membercenter/storage/postgres"
 	"github.com/membercenter/membercenter/storage/postgres/pgtest"
 
+	"github.com/membercenter/membercenter/pipeline/clocktest"
 	"github.com/membercenter/membercenter/services/identity"
 	"github.com/membercenter/membercenter/services/identity/identitytest"
 )
@@ -24,39 +24,24 @@ import (
 // authEpoch is 5 s into a 30 s step, so ±N s stays clear of step edges.
 var authEpoch = time.Unix(1_700_000_010+5, 0).UTC()
 
-// testClock is the injectable clock the auth tests move by hand.
-type testClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *testClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *testClock) Set(t time.Time) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = t
-}
-
 type authFixture struct {
 	svc   *identity.Service
 	srv   *identity.Server
 	pool  *pgxpool.Pool
-	clock *testClock
+	clock *clocktest.Clock // stands still; the auth tests move it by hand
 }
 
 func newAuthFixture(t *testing.T) authFixture {
 	t.Helper()
 	pool := pgtest.NewPool(t, nil)
 	svc := identitytest.New(t, pool)
-	clock := &testClock{t: authEpoch}
+	clock := clocktest.Frozen(authEpoch)
 	svc.SetClock(clock.Now)
 	return authFixture{svc: svc, srv: identity.NewServer(svc), pool: pool, clock: clock}
 }
+
+// beginAuth opens a test: its auth fixture and the context of its calls.
+func beginAuth(t *testing.T) (authFixture, context.Context) { return newAuthFixture(t), ctxT(t) }
 
 // newMember creates a member the way a channel would: by resolving a phone
 // number with create_if_missing.
@@ -130,6 +115,14 @@ func (f authFixture) issue(t *testing.T, id uuid.UUID, at time.Time) identity.Me
 	return c
 }
 
+// memberWithCode creates a member (newMember) and issues it a code at
+// authEpoch.
+func (f authFixture) memberWithCode(t *testing.T, e164 string) (uuid.UUID, identity.MemberCode) {
+	t.Helper()
+	member := f.newMember(t, e164)
+	return member, f.issue(t, member, authEpoch)
+}
+
 func (f authFixture) verify(t *testing.T, code string, at time.Time) (uuid.UUID, error) {
 	t.Helper()
 	f.clock.Set(at)
@@ -146,8 +139,7 @@ func (f authFixture) wantAccepted(t *testing.T, code string, at time.Time, membe
 }
 
 func TestMemberCodeRoundTrip(t *testing.T) {
-	f := newAuthFixture(t)
-	ctx := ctxT(t)
+	f, ctx := beginAuth(t)
 	first := f.newMember(t, "+8613900000001")
 	member := f.newMember(t, "+8613900000002")
 	if a, b := f.memberNo(t, first), f.memberNo(t, member); a < 1 || b <= a {
@@ -211,8 +203,7 @@ func TestMemberCodeRoundTrip(t *testing.T) {
 
 func TestMemberCodeAcceptedOnce(t *testing.T) {
 	f := newAuthFixture(t)
-	member := f.newMember(t, "+8613900000001")
-	c := f.issue(t, member, authEpoch)
+	_, c := f.memberWithCode(t, "+8613900000001")
 	if _, err := f.verify(t, c.Code, authEpoch.Add(time.Second)); err != nil {
 		t.Fatal(err)
 	}
@@ -252,8 +243,7 @@ func TestMemberCodeClockSkew(t *testing.T) {
 }
 
 func TestMemberCodeRefusals(t *testing.T) {
-	f := newAuthFixture(t)
-	ctx := ctxT(t)
+	f, ctx := beginAuth(t)
 	member := f.newMember(t, "+8613900000001")
 	other := f.newMember(t, "+8613900000002")       // issued a code, valid, but not the one scanned
 	neverIssued := f.newMember(t, "+8613900000003") // has a number but no secret
@@ -315,8 +305,7 @@ func TestMemberCodeRefusals(t *testing.T) {
 }
 
 func TestIssueMemberCodeRefusals(t *testing.T) {
-	f := newAuthFixture(t)
-	ctx := ctxT(t)
+	f, ctx := beginAuth(t)
 	target := f.newMember(t, "+8613900000001")
 	merged := f.mergedMember(t, "+8613900000002", target)
 	if _, err := f.svc.IssueMemberCode(ctx, uuid.Must(uuid.NewV7())); !errors.Is(err, postgres.ErrNotFound) {
@@ -333,8 +322,7 @@ func TestIssueMemberCodeRefusals(t *testing.T) {
 
 func TestMemberCodeConcurrentScansAcceptOnce(t *testing.T) {
 	f := newAuthFixture(t)
-	member := f.newMember(t, "+8613900000001")
-	c := f.issue(t, member, authEpoch)
+	_, c := f.memberWithCode(t, "+8613900000001")
 	acceptedOnce(t, 8, "scans", identity.ErrCodeUsed, func(i int) error {
 		_, err := f.svc.VerifyMemberCode(ctxT(t), c.Code, identity.CodeUse{TerminalID: fmt.Sprintf("POS-%d", i)})
 		return err
@@ -345,10 +333,8 @@ func TestMemberCodeConcurrentScansAcceptOnce(t *testing.T) {
 // A scan that races an acceptance still in flight waits for it and is
 // refused: the use row's primary key decides, not the earlier read.
 func TestMemberCodeScanRacingUncommittedUse(t *testing.T) {
-	f := newAuthFixture(t)
-	ctx := ctxT(t)
-	member := f.newMember(t, "+8613900000001")
-	c := f.issue(t, member, authEpoch)
+	f, ctx := beginAuth(t)
+	member, c := f.memberWithCode(t, "+8613900000001")
 	tx, err := f.pool.Begin(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -388,8 +374,7 @@ func TestMemberCodeScanRacingUncommittedUse(t *testing.T) {
 // so six digits cannot be guessed online; the lock lifts after the window.
 func TestMemberCodeLockAfterWrongCodes(t *testing.T) {
 	f := newAuthFixture(t)
-	member := f.newMember(t, "+8613900000077")
-	c := f.issue(t, member, authEpoch)
+	member, c := f.memberWithCode(t, "+8613900000077")
 	wrong := c.Code[:10] + fmt.Sprintf("%06d", (mustAtoi(t, c.Code[10:])+1)%1_000_000)
 	for i := 0; i < 5; i++ {
 		if _, err := f.verify(t, wrong, authEpoch.Add(time.Duration(i)*time.Second)); !errors.Is(err, identity.ErrCodeInvalid) {

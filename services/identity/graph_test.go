@@ -61,6 +61,16 @@ func (f fixture) resolve(t *testing.T, key string, ids ...*mcv1.Identifier) *mcv
 	return resp
 }
 
+// mergeRefused asks to merge source into target and fails the test (what
+// names the case) unless the merge is refused with want.
+func (f fixture) mergeRefused(t *testing.T, source, target, reason, key string, want error, what string) {
+	t.Helper()
+	_, err := f.svc.Merge(ctxT(t), &mcv1.MergeRequest{SourceMemberId: source, TargetMemberId: target, Reason: reason, IdempotencyKey: key})
+	if !errors.Is(err, want) {
+		t.Fatalf("%s: %v", what, err)
+	}
+}
+
 // merge merges source into target, failing the test on an error.
 func (f fixture) merge(t *testing.T, source, target, reason, key string) *mcv1.MergeResponse {
 	t.Helper()
@@ -155,8 +165,7 @@ func diffState(t *testing.T, what string, want, got memberState) {
 }
 
 func TestMergeUnmergeRoundTripRestoresBothMembers(t *testing.T) {
-	f := newService(t)
-	ctx := ctxT(t)
+	f, ctx := beginService(t)
 	a := f.resolve(t, "a", phone("13911110001"), card("A-1")).GetMemberId()
 	b := f.resolve(t, "b", phone("13911110002"), email("bo@example.cn"), device("tab-1")).GetMemberId()
 	f.earn(t, "ea1", []*mcv1.Identifier{card("A-1")}, 12_300)
@@ -262,8 +271,7 @@ func TestUnmergeAttributesLaterActivity(t *testing.T) {
 }
 
 func TestResolveMergesMembersTheIdentifiersProveOne(t *testing.T) {
-	f := newService(t)
-	ctx := ctxT(t)
+	f, ctx := beginService(t)
 	byPhone := f.resolve(t, "p", phone("13933330001")).GetMemberId()
 	byCard := f.resolve(t, "c", card("C-77")).GetMemberId()
 	resp := f.resolve(t, "both", card("C-77"), phone("13933330001"))
@@ -317,8 +325,7 @@ func TestRulesForbidMergeRecordConflictForReview(t *testing.T) {
 // A store tablet's device id is shared: it never merges members and
 // attaches a device-only event to the member last linked to it.
 func TestSharedDeviceNeverMerges(t *testing.T) {
-	f := newService(t)
-	ctx := ctxT(t)
+	f, ctx := beginService(t)
 	first := f.resolve(t, "1", phone("13955550001"), device("store-tablet")).GetMemberId()
 	second := f.resolve(t, "2", phone("13955550002"), device("store-tablet"))
 	if second.GetMemberId() == first || len(second.GetMergedMemberIds()) != 0 || second.GetConflict() {
@@ -339,8 +346,7 @@ func TestSharedDeviceNeverMerges(t *testing.T) {
 }
 
 func TestBlockedAndLimitedIdentifiers(t *testing.T) {
-	f := newService(t)
-	ctx := ctxT(t)
+	f, ctx := beginService(t)
 	member := f.resolve(t, "m", phone("13966660001")).GetMemberId()
 	before := f.counts(t)
 
@@ -415,14 +421,11 @@ func TestMergeProtection(t *testing.T) {
 		t.Fatalf("refusal audit reason %q (err %v)", reason, err)
 	}
 	// A retry with the same key is judged again, not answered "merged".
-	if _, err := f.svc.Merge(ctx, &mcv1.MergeRequest{SourceMemberId: c, TargetMemberId: b, Reason: "two", IdempotencyKey: "m2"}); !errors.Is(err, identity.ErrRefused) {
-		t.Fatalf("retried refused merge: %v", err)
-	}
+	f.mergeRefused(t, c, b, "two", "m2", identity.ErrRefused, "retried refused merge")
 }
 
 func TestUnmergeOrderAndRepeats(t *testing.T) {
-	f := newService(t)
-	ctx := ctxT(t)
+	f, ctx := beginService(t)
 	a := f.resolve(t, "a", phone("13988880001")).GetMemberId()
 	b := f.resolve(t, "b", phone("13988880002")).GetMemberId()
 	c := f.resolve(t, "c", phone("13988880003")).GetMemberId()
@@ -444,14 +447,11 @@ func TestUnmergeOrderAndRepeats(t *testing.T) {
 	if _, err := f.svc.Unmerge(ctx, &mcv1.UnmergeRequest{MergeId: bc.GetMergeId(), Reason: "again", IdempotencyKey: "u-bc-2"}); !errors.Is(err, identity.ErrAlreadyUnmerged) {
 		t.Fatalf("second unmerge: %v", err)
 	}
-	if _, err := f.svc.Merge(ctx, &mcv1.MergeRequest{SourceMemberId: a, TargetMemberId: c, Reason: "r", IdempotencyKey: "ac"}); !errors.Is(err, identity.ErrMemberInactive) {
-		t.Fatalf("merging a member that is merged away: %v", err)
-	}
+	f.mergeRefused(t, a, c, "r", "ac", identity.ErrMemberInactive, "merging a member that is merged away")
 }
 
 func TestLinkAndUnlink(t *testing.T) {
-	f := newService(t)
-	ctx := ctxT(t)
+	f, ctx := beginService(t)
 	a := f.resolve(t, "a", phone("13999990001")).GetMemberId()
 	b := f.resolve(t, "b", phone("13999990002")).GetMemberId()
 	if _, err := f.svc.Link(ctx, &mcv1.LinkRequest{MemberId: a, Identifier: card("L-1"), Reason: "card issued", IdempotencyKey: "l1"}); err != nil {

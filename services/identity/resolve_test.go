@@ -65,6 +65,9 @@ func ctxT(t *testing.T) context.Context {
 	return ctx
 }
 
+// beginService opens a test: its fixture and the context of its calls.
+func beginService(t *testing.T) (fixture, context.Context) { return newService(t), ctxT(t) }
+
 func phone(v string) *mcv1.Identifier { return &mcv1.Identifier{Type: typePhone, Value: v} }
 func card(v string) *mcv1.Identifier  { return &mcv1.Identifier{Type: typeCard, Value: v} }
 
@@ -161,8 +164,7 @@ func (f fixture) outbox(t *testing.T, memberID string) []outboxRow {
 }
 
 func TestResolveCreatesMember(t *testing.T) {
-	f := newService(t)
-	ctx := ctxT(t)
+	f, ctx := beginService(t)
 
 	resp := f.resolve(t, "k-create", phone(rawPhone))
 	if !resp.GetCreated() {
@@ -235,8 +237,7 @@ func TestResolveLinksNewIdentifier(t *testing.T) {
 }
 
 func TestResolveIdempotency(t *testing.T) {
-	f := newService(t)
-	ctx := ctxT(t)
+	f, ctx := beginService(t)
 	req := resolveReq("k-idem", true, phone(rawPhone), card(memberCard))
 	first, err := f.svc.Resolve(ctx, req)
 	if err != nil {
@@ -279,8 +280,7 @@ func TestResolveIdempotency(t *testing.T) {
 }
 
 func TestResolveConcurrentNewPhone(t *testing.T) {
-	f := newService(t)
-	ctx := ctxT(t)
+	f, ctx := beginService(t)
 	const n = 16
 	resps := make([]*mcv1.ResolveResponse, n)
 	errs := atOnce(n, func(i int) (err error) {
@@ -311,8 +311,7 @@ func TestResolveConcurrentNewPhone(t *testing.T) {
 }
 
 func TestResolveEventConcurrentNewPhone(t *testing.T) {
-	f := newService(t)
-	ctx := ctxT(t)
+	f, ctx := beginService(t)
 	const n = 16
 	members := make([]string, n)
 	errs := atOnce(n, func(i int) error {
@@ -334,8 +333,7 @@ func TestResolveEventConcurrentNewPhone(t *testing.T) {
 }
 
 func TestResolveEventOnce(t *testing.T) {
-	f := newService(t)
-	ctx := ctxT(t)
+	f, ctx := beginService(t)
 	ev := channelEvent("ev-1", phone(rawPhone), card(memberCard))
 
 	first, err := f.svc.ResolveEvent(ctx, ev)
@@ -403,8 +401,7 @@ func TestResolveEventRejectsInvalidIdentifier(t *testing.T) {
 }
 
 func TestNoRawPIIStored(t *testing.T) {
-	f := newService(t)
-	ctx := ctxT(t)
+	f, ctx := beginService(t)
 	const email = "alice.smith@example.com"
 	emailID := &mcv1.Identifier{Type: typeEmail, Value: email}
 	f.resolve(t, "k-pii", phone(rawPhone))
@@ -484,8 +481,7 @@ func TestNoRawPIIStored(t *testing.T) {
 // member event published after an aborted ingest transaction equals the one
 // a crash-free run publishes.
 func TestResolveEventRedeliveryReturnsFirstAnswer(t *testing.T) {
-	f := newService(t)
-	ctx := ctxT(t)
+	f, ctx := beginService(t)
 	f.resolve(t, "k-existing", phone(rawPhone))
 	// Known phone, new card: the card is linked by this event.
 	ev := channelEvent("ev-link", phone(rawPhone), card(memberCard))
@@ -510,8 +506,7 @@ func TestResolveEventRedeliveryReturnsFirstAnswer(t *testing.T) {
 // A lookup of a known member writes nothing, yet a retry of the call that
 // created the member still gets its first answer.
 func TestResolveKnownMemberWritesNothing(t *testing.T) {
-	f := newService(t)
-	ctx := ctxT(t)
+	f, ctx := beginService(t)
 	first, err := f.svc.Resolve(ctx, resolveReq("create", true, phone(rawPhone), card(memberCard)))
 	if err != nil || !first.GetCreated() {
 		t.Fatalf("create = %v, %v", first, err)
@@ -536,8 +531,7 @@ func TestResolveKnownMemberWritesNothing(t *testing.T) {
 // identifier or device already linked to the referrer) is refused and
 // changes nothing; a referral of someone else passes.
 func TestResolveEventRefusesSelfReferral(t *testing.T) {
-	f := newService(t)
-	ctx := ctxT(t)
+	f, ctx := beginService(t)
 	referrer := phone("13911110001")
 	device := &mcv1.Identifier{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_DEVICE_ID, Value: "device-of-referrer"}
 	if _, err := f.svc.ResolveEvent(ctx, channelEvent("ev-link", referrer, device)); err != nil {

@@ -107,8 +107,7 @@ func wantRefusals[R, P any](t *testing.T, ctx context.Context, cases []refusal[R
 }
 
 func TestRegisterTerminal(t *testing.T) {
-	f := newAuthFixture(t)
-	ctx := ctxT(t)
+	f, ctx := beginAuth(t)
 	d := newTermDevice(t, "SH-001-POS-01")
 	term := f.register(t, d)
 	if term.GetTerminalId() != d.id || term.GetStoreId() != "SH-001" || !bytes.Equal(term.GetPublicKey(), d.pub) ||
@@ -142,8 +141,7 @@ func TestRegisterTerminal(t *testing.T) {
 }
 
 func TestRevokeTerminal(t *testing.T) {
-	f := newAuthFixture(t)
-	ctx := ctxT(t)
+	f, ctx := beginAuth(t)
 	d := f.registered(t, "SH-001-POS-01")
 
 	f.clock.Set(authEpoch.Add(time.Minute))
@@ -179,8 +177,7 @@ func TestRevokeTerminal(t *testing.T) {
 }
 
 func TestVerifyDeviceAssertion(t *testing.T) {
-	f := newAuthFixture(t)
-	ctx := ctxT(t)
+	f, ctx := beginAuth(t)
 	member := f.newMember(t, "+8613900000001")
 	d := f.registered(t, "SH-001-POS-01")
 
@@ -217,8 +214,7 @@ func TestVerifyDeviceAssertion(t *testing.T) {
 }
 
 func TestVerifyDeviceAssertionRefusals(t *testing.T) {
-	f := newAuthFixture(t)
-	ctx := ctxT(t)
+	f, ctx := beginAuth(t)
 	member := f.newMember(t, "+8613900000001")
 	merged := f.mergedMember(t, "+8613900000002", member)
 	d := newTermDevice(t, "SH-001-POS-01")
@@ -280,8 +276,7 @@ func TestVerifyDeviceAssertionRefusals(t *testing.T) {
 }
 
 func TestVerifyDeviceAssertionReplay(t *testing.T) {
-	f := newAuthFixture(t)
-	ctx := ctxT(t)
+	f, ctx := beginAuth(t)
 	member := f.newMember(t, "+8613900000001")
 	d := newTermDevice(t, "SH-001-POS-01")
 	peer := newTermDevice(t, "SH-001-POS-02")
@@ -313,8 +308,7 @@ func TestVerifyDeviceAssertionReplay(t *testing.T) {
 }
 
 func TestAssertionPolicy(t *testing.T) {
-	f := newAuthFixture(t)
-	ctx := ctxT(t)
+	f, ctx := beginAuth(t)
 	member := f.newMember(t, "+8613900000001")
 	d := f.registered(t, "SH-001-POS-01")
 	p := identity.AssertionPolicy{MaxSkew: 10 * time.Second, MinScore: 0.5}

@@ -19,8 +19,7 @@ import (
 // first batch continues with the members it had not reached, and the
 // labels equal those of an uninterrupted run.
 func TestBackfillResumesAfterAnInterruption(t *testing.T) {
-	f := newFixture(t)
-	c := ctxT(t)
+	f, c := begin(t)
 	conn, _ := chtest.NewDB(t)
 	var members []uuid.UUID
 	var rows []clickhouse.EventRow

@@ -257,10 +257,8 @@ func EncodeState(s *State) ([]byte, error) {
 func (e *stateEncoder) purchase(b []byte, p *Purchase) []byte {
 	b = appendString(b, puEvent, p.Event)
 	b = appendString(b, puOrder, p.Order)
-	b = appendInt(b, puAt, p.At)
-	b = appendInt(b, puAmount, p.Amount)
-	b = appendInt(b, puDiscount, p.Discount)
-	b = appendInt(b, puPoints, p.Points)
+	ints := purchaseInts(p)
+	b = appendInts(b, ints[:])
 	b = appendInt(b, puCoupons, int64(p.Coupons))
 	b = appendUint(b, puChannel, e.refAs(refChannel, p.Channel))
 	b = appendUint(b, puStore, e.refAs(refStore, p.Store))
@@ -286,13 +284,8 @@ func (e *stateEncoder) amounts(b []byte, keys, amounts protowire.Number, a Amoun
 
 func (e *stateEncoder) lifetime(b []byte, origin string, l *Lifetime) []byte {
 	b = appendUint(b, lfOrigin, e.ref(origin))
-	b = appendInt(b, lfSpend, l.Spend)
-	b = appendInt(b, lfOrders, l.Orders)
-	b = appendInt(b, lfRefunded, l.Refunded)
-	b = appendInt(b, lfFirstPurchase, l.FirstPurchase)
-	b = appendInt(b, lfLastPurchase, l.LastPurchase)
-	b = appendInt(b, lfFirstSeen, l.FirstSeen)
-	b = appendInt(b, lfLastSeen, l.LastSeen)
+	ints := lifetimeInts(l)
+	b = appendInts(b, ints[:])
 	if l.SignedUp {
 		b = appendUint(b, lfSignedUp, 1)
 	}
@@ -391,6 +384,29 @@ func appendUint(b []byte, num protowire.Number, v uint64) []byte {
 }
 
 func appendInt(b []byte, num protowire.Number, v int64) []byte { return appendUint(b, num, uint64(v)) }
+
+// purchaseInts and lifetimeInts say where the int64 fields of a Purchase
+// (at to points) and of a Lifetime live, by field number (nil: not one of
+// them): one table for the encoder and the decoder.
+func purchaseInts(p *Purchase) [puPoints + 1]*int64 {
+	return [...]*int64{puAt: &p.At, puAmount: &p.Amount, puDiscount: &p.Discount, puPoints: &p.Points}
+}
+
+func lifetimeInts(l *Lifetime) [lfLastSeen + 1]*int64 {
+	return [...]*int64{lfSpend: &l.Spend, lfOrders: &l.Orders, lfRefunded: &l.Refunded,
+		lfFirstPurchase: &l.FirstPurchase, lfLastPurchase: &l.LastPurchase, lfFirstSeen: &l.FirstSeen, lfLastSeen: &l.LastSeen}
+}
+
+// appendInts appends the fields of a table of int64 fields, in field
+// number order.
+func appendInts(b []byte, ints []*int64) []byte {
+	for num, v := range ints {
+		if v != nil {
+			b = appendInt(b, protowire.Number(num), *v)
+		}
+	}
+	return b
+}
 
 func appendString(b []byte, num protowire.Number, s string) []byte {
 	if s == "" {
@@ -621,18 +637,41 @@ func (d *decoder) ref(v uint64) string {
 	return d.strs[v-1]
 }
 
+// nextOther is next, reading the fields a table of int64 fields
+// (purchaseInts, lifetimeInts) has into it on the way: it stops at the
+// other fields.
+func (d *decoder) nextOther(f *field, ints []*int64) bool {
+	for d.next(f) {
+		if int(f.num) >= len(ints) || ints[f.num] == nil {
+			return true
+		}
+		*ints[f.num] = int64(d.u(f))
+	}
+	return false
+}
+
+// repeated reads f as a repeated field of elements of wire type elem,
+// packed or not: it appends f's one element (f.v) to dst and reports done,
+// or returns the packed content; a field of another wire type fails the
+// decoder and reports done.
+func (d *decoder) repeated(dst []uint64, f *field, elem protowire.Type, want string) (_ []uint64, packed []byte, done bool) {
+	switch f.typ {
+	case elem:
+		return append(dst, f.v), nil, true
+	case protowire.BytesType:
+		return dst, f.b, false
+	}
+	d.fail(fmt.Errorf("field %d: wire type %d, want %s", f.num, f.typ, want))
+	return dst, nil, true
+}
+
 // varints appends the elements of a repeated varint field, packed or not,
 // to dst.
 func (d *decoder) varints(dst []uint64, f *field) []uint64 {
-	switch f.typ {
-	case protowire.VarintType:
-		return append(dst, f.v)
-	case protowire.BytesType:
-	default:
-		d.fail(fmt.Errorf("field %d: wire type %d, want varints", f.num, f.typ))
+	dst, b, done := d.repeated(dst, f, protowire.VarintType, "varints")
+	if done {
 		return dst
 	}
-	b := f.b
 	for len(b) > 0 {
 		if b[0] < 0x80 {
 			dst = append(dst, uint64(b[0]))
@@ -653,15 +692,10 @@ func (d *decoder) varints(dst []uint64, f *field) []uint64 {
 // fixed64s appends the elements of a repeated fixed64 or double field,
 // packed or not, to dst.
 func (d *decoder) fixed64s(dst []uint64, f *field) []uint64 {
-	switch f.typ {
-	case protowire.Fixed64Type:
-		return append(dst, f.v)
-	case protowire.BytesType:
-	default:
-		d.fail(fmt.Errorf("field %d: wire type %d, want fixed64s", f.num, f.typ))
+	dst, b, done := d.repeated(dst, f, protowire.Fixed64Type, "fixed64s")
+	if done {
 		return dst
 	}
-	b := f.b
 	if len(b)%8 != 0 {
 		d.fail(fmt.Errorf("field %d: %d bytes of fixed64s", f.num, len(b)))
 		return dst
@@ -791,20 +825,13 @@ func decodePurchase(d *decoder, p *Purchase) {
 	var f field
 	d.catKeys, d.catVals, d.brandKeys, d.brandVals = d.catKeys[:0], d.catVals[:0], d.brandKeys[:0], d.brandVals[:0]
 	d.fm, d.fu = d.fm[:0], d.fu[:0]
-	for d.next(&f) {
+	ints := purchaseInts(p)
+	for d.nextOther(&f, ints[:]) {
 		switch f.num {
 		case puEvent:
 			p.Event = d.str(&f)
 		case puOrder:
 			p.Order = d.str(&f)
-		case puAt:
-			p.At = int64(d.u(&f))
-		case puAmount:
-			p.Amount = int64(d.u(&f))
-		case puDiscount:
-			p.Discount = int64(d.u(&f))
-		case puPoints:
-			p.Points = int64(d.u(&f))
 		case puCoupons:
 			p.Coupons = int(int64(d.u(&f)))
 		case puChannel:
@@ -862,24 +889,11 @@ func decodeAct(d *decoder, a *Act) {
 
 func decodeLifetime(d *decoder, l *Lifetime) (origin string) {
 	var f field
-	for d.next(&f) {
+	ints := lifetimeInts(l)
+	for d.nextOther(&f, ints[:]) {
 		switch f.num {
 		case lfOrigin:
 			origin = d.ref(d.u(&f))
-		case lfSpend:
-			l.Spend = int64(d.u(&f))
-		case lfOrders:
-			l.Orders = int64(d.u(&f))
-		case lfRefunded:
-			l.Refunded = int64(d.u(&f))
-		case lfFirstPurchase:
-			l.FirstPurchase = int64(d.u(&f))
-		case lfLastPurchase:
-			l.LastPurchase = int64(d.u(&f))
-		case lfFirstSeen:
-			l.FirstSeen = int64(d.u(&f))
-		case lfLastSeen:
-			l.LastSeen = int64(d.u(&f))
 		case lfSignedUp:
 			l.SignedUp = d.u(&f) != 0
 		}

@@ -22,8 +22,7 @@ import (
 // each member's labels equal what the events its identifiers caused give on
 // their own, as if the merge had never happened.
 func TestMergeActivityUnmerge(t *testing.T) {
-	f := newFixture(t)
-	c := ctxT(t)
+	f, c := begin(t)
 	ids := identitytest.New(t, f.pool)
 	ids.AddMemberData(f.svc)
 	phone := func(v string) []*mcv1.Identifier {
@@ -95,8 +94,7 @@ func TestMergeActivityUnmerge(t *testing.T) {
 // and the sweeper recomputed their survivors every second, for good — is
 // swept once: its survivor recomputed, and its features off the list.
 func TestSweepLetsMergedMembersGo(t *testing.T) {
-	f := newFixture(t)
-	c := ctxT(t)
+	f, c := begin(t)
 	ids := identitytest.New(t, f.pool)
 	ids.AddMemberData(f.svc)
 	resolve := func(p string) string {

@@ -132,6 +132,9 @@ func ctxT(t *testing.T) context.Context {
 	return c
 }
 
+// begin opens a test: its fixture and the context of its calls.
+func begin(t *testing.T) (*fixture, context.Context) { return newFixture(t), ctxT(t) }
+
 func (f *fixture) member(t testing.TB) uuid.UUID {
 	t.Helper()
 	id := uuid.Must(uuid.NewV7())
@@ -210,8 +213,7 @@ func (f *fixture) labelChanges(t *testing.T, m uuid.UUID) []*mcv1.LabelsChanged 
 }
 
 func TestApplyComputesLabelsOnceAndWritesTheChange(t *testing.T) {
-	f := newFixture(t)
-	c := ctxT(t)
+	f, c := begin(t)
 	m := f.member(t)
 	ev := purchase("e1", m, t0.Add(-time.Hour), 3000, "coffee", "bakery")
 	f.apply(t, c, ev)
@@ -259,8 +261,7 @@ func TestApplyComputesLabelsOnceAndWritesTheChange(t *testing.T) {
 // TestMissingFieldsAreAbsent: a purchase without basket lines says nothing
 // about categories, so coffee_lover stays absent rather than false.
 func TestMissingFieldsAreAbsent(t *testing.T) {
-	f := newFixture(t)
-	c := ctxT(t)
+	f, c := begin(t)
 	m := f.member(t)
 	f.apply(t, c, purchase("e1", m, t0.Add(-time.Hour), 1000))
 	got := f.labels(t, m)
@@ -278,8 +279,7 @@ func TestMissingFieldsAreAbsent(t *testing.T) {
 // TestWindowExpiresOnTime: with no further event, the sweep clears
 // active_30d exactly 30 days after the purchase, not before.
 func TestWindowExpiresOnTime(t *testing.T) {
-	f := newFixture(t)
-	c := ctxT(t)
+	f, c := begin(t)
 	m := f.member(t)
 	bought := t0.Add(-time.Hour)
 	f.apply(t, c, purchase("e1", m, bought, 1000))
@@ -333,8 +333,7 @@ func TestWindowExpiresOnTime(t *testing.T) {
 // labels over check-ins; the others keep their stored value even if their
 // inputs would say otherwise (shown by editing a stored label).
 func TestCheckInRecomputesOnlyWhatItCanChange(t *testing.T) {
-	f := newFixture(t)
-	c := ctxT(t)
+	f, c := begin(t)
 	m := f.member(t)
 	f.apply(t, c, purchase("e1", m, t0.Add(-time.Hour), 1000))
 	dirty := f.svc.Catalog().Dirty(tags.KindCheckIn)
@@ -352,8 +351,7 @@ func TestCheckInRecomputesOnlyWhatItCanChange(t *testing.T) {
 // TestConsentWithdrawalWithholdsBehaviouralLabels: profiling consent
 // withdrawn → only demographic labels remain; granted again → back.
 func TestConsentWithdrawalWithholdsBehaviouralLabels(t *testing.T) {
-	f := newFixture(t)
-	c := ctxT(t)
+	f, c := begin(t)
 	m := f.member(t)
 	if _, err := f.pool.Exec(c, `UPDATE members SET attributes = '{"birth_date": "1990-05-01"}' WHERE member_id = $1`, m); err != nil {
 		t.Fatal(err)
@@ -392,8 +390,7 @@ func TestConsentWithdrawalWithholdsBehaviouralLabels(t *testing.T) {
 // fails validation stores nothing; a stored one that no longer validates is
 // skipped by Reload, and the running catalogue stays in force.
 func TestBadCatalogueIsRefusedAndTheRunningOneStays(t *testing.T) {
-	f := newFixture(t)
-	c := ctxT(t)
+	f, c := begin(t)
 	bad := strings.Replace(testCatalog, "expr: orders_30d > 0", "expr: orderz_30d > 0", 1)
 	bad = strings.Replace(bad, "version: test-1", "version: test-2", 1)
 	_, err := tags.LoadCatalog(c, f.pool, []byte(bad))
@@ -501,8 +498,7 @@ func TestApplyBatchEqualsOneAtATime(t *testing.T) {
 // the same, due, members; then the batch takes their features, as the
 // worker does next, and commits. PostgreSQL must count no deadlock.
 func TestSweepLocksMembersBeforeFeatures(t *testing.T) {
-	f := newFixture(t)
-	c := ctxT(t)
+	f, c := begin(t)
 	var dbName string
 	if err := f.pool.QueryRow(c, `SELECT current_database()`).Scan(&dbName); err != nil {
 		t.Fatal(err)
