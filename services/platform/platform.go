@@ -102,6 +102,7 @@ func (c Config) LogValue() slog.Value {
 		slog.String("pii_hmac_key", telemetry.Mask(c.Identity.Keys.HMACKey)),
 		slog.String("pii_enc_key_id", c.Identity.Keys.EncKeyID),
 		slog.String("channel_clients", c.Auth.ClientsPath),
+		slog.Duration("jwks_refresh", c.Auth.JWKSRefresh),
 	)
 }
 
@@ -474,6 +475,11 @@ func (p *Platform) grpcServer(ctx context.Context, scfg server.Config, e env, ps
 			return nil, err
 		}
 		guards = append(guards, a)
+		// Third-party channels' key sets: https ones are first fetched
+		// here, and all are read again every MC_AUTH_JWKS_REFRESH.
+		if a.HasKeySets() {
+			ps.loop(func(ctx context.Context) error { return a.Run(ctx, p.cfg.Auth.JWKSRefresh, p.tel.Logger) })
+		}
 	}
 	srv, hs, err := server.New(scfg, server.Telemetry{
 		Tracers: p.tel.Tracers, Meters: p.tel.Meters, Propagator: p.tel.Propagator, Logger: p.tel.Logger,
