@@ -82,6 +82,8 @@ func (c Config) LogValue() slog.Value {
 		slog.String("clickhouse_cluster", c.ClickHouse.Cluster),
 		slog.String("clickhouse_password", telemetry.Mask(c.ClickHouse.Password)),
 		slog.String("kafka", strings.Join(c.Kafka.Brokers, ",")),
+		slog.Bool("kafka_tls", c.Kafka.TLSEnabled()),
+		slog.Bool("clickhouse_tls", c.ClickHouse.TLSEnabled()),
 		slog.Any("topics", c.Kafka.Topics),
 		slog.String("group_prefix", c.Kafka.GroupPrefix),
 		slog.String("instance_id", c.Kafka.InstanceID),
