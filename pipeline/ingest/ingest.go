@@ -175,7 +175,10 @@ func New(kcfg kafka.Config, tel kafka.Telemetry, resolver Resolver, o Options) (
 		o.Now = time.Now
 	}
 	group := kcfg.Group(Stage)
-	opts, tracer := kafka.Options(kcfg, tel, group)
+	opts, tracer, err := kafka.Options(kcfg, tel, group)
+	if err != nil {
+		return nil, err
+	}
 	opts = append(opts,
 		kgo.ConsumerGroup(group),
 		kgo.ConsumeTopics(kcfg.Topics.ChannelEvents),

@@ -5,6 +5,8 @@ package kafka
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -53,8 +55,54 @@ type Config struct {
 	RecordRetryLimit time.Duration `env:"MC_RECORD_RETRY_LIMIT, default=30s"`
 	// Dial, when set, opens every broker connection of the clients built
 	// from this config (tests route them through a proxy they can cut);
-	// nil dials the brokers directly.
+	// nil dials the brokers directly. With TLS, the handshake runs over
+	// the connection it opens.
 	Dial func(ctx context.Context, network, host string) (net.Conn, error)
+	// TLS to the brokers: on with MC_KAFKA_TLS=true (the system's CAs) or
+	// when any TLS file is set. CAFile (PEM) replaces the system's CAs;
+	// CertFile and KeyFile are this client's certificate for brokers that
+	// require one (ssl.client.auth=required); ServerName overrides the
+	// name checked in the brokers' certificates (default: each broker's
+	// host).
+	TLS           bool   `env:"MC_KAFKA_TLS"`
+	TLSCAFile     string `env:"MC_KAFKA_TLS_CA_FILE"`
+	TLSCertFile   string `env:"MC_KAFKA_TLS_CERT_FILE"`
+	TLSKeyFile    string `env:"MC_KAFKA_TLS_KEY_FILE"`
+	TLSServerName string `env:"MC_KAFKA_TLS_SERVER_NAME"`
+}
+
+// TLSEnabled reports whether clients speak TLS to the brokers.
+func (c Config) TLSEnabled() bool {
+	return c.TLS || c.TLSCAFile != "" || c.TLSCertFile != "" || c.TLSKeyFile != ""
+}
+
+// TLSConfig is the clients' TLS configuration, nil for plaintext.
+func (c Config) TLSConfig() (*tls.Config, error) {
+	if !c.TLSEnabled() {
+		return nil, nil
+	}
+	tc := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: c.TLSServerName}
+	if c.TLSCAFile != "" {
+		pem, err := os.ReadFile(c.TLSCAFile)
+		if err != nil {
+			return nil, fmt.Errorf("MC_KAFKA_TLS_CA_FILE: %w", err)
+		}
+		tc.RootCAs = x509.NewCertPool()
+		if !tc.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("MC_KAFKA_TLS_CA_FILE %s: no PEM certificate in it", c.TLSCAFile)
+		}
+	}
+	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
+		return nil, errors.New("MC_KAFKA_TLS_CERT_FILE and MC_KAFKA_TLS_KEY_FILE go together")
+	}
+	if c.TLSCertFile != "" {
+		cert, err := tls.LoadX509KeyPair(c.TLSCertFile, c.TLSKeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("MC_KAFKA_TLS_CERT_FILE / MC_KAFKA_TLS_KEY_FILE: %w", err)
+		}
+		tc.Certificates = []tls.Certificate{cert}
+	}
+	return tc, nil
 }
 
 // Defaults of the durations when a Config is built in code.
@@ -177,6 +225,9 @@ func (c Config) Validate() error {
 	if c.RecordRetryLimit < 0 {
 		errs = append(errs, fmt.Errorf("MC_RECORD_RETRY_LIMIT %s: must not be negative", c.RecordRetryLimit))
 	}
+	if _, err := c.TLSConfig(); err != nil {
+		errs = append(errs, err)
+	}
 	for name, v := range map[string]string{
 		"MC_TOPIC_CHANNEL_EVENTS": c.Topics.ChannelEvents, "MC_TOPIC_MEMBER_EVENTS": c.Topics.MemberEvents,
 		"MC_TOPIC_MEMBER_CHANGES": c.Topics.MemberChanges, "MC_TOPIC_DLQ": c.Topics.DLQ,
@@ -239,11 +290,15 @@ type Client struct {
 }
 
 // Options returns the client options every platform client starts from:
-// seed brokers, slog logging and OpenTelemetry hooks. Producing injects the
+// seed brokers, TLS as configured, slog logging and OpenTelemetry hooks. Producing injects the
 // trace context of the record's context into its headers; consuming starts a
 // span whose parent is that context. The tracer is the one the hooks use, for
 // the stage's per-record process spans.
-func Options(cfg Config, tel Telemetry, group string) ([]kgo.Opt, *Tracer) {
+func Options(cfg Config, tel Telemetry, group string) ([]kgo.Opt, *Tracer, error) {
+	tc, err := cfg.TLSConfig()
+	if err != nil {
+		return nil, nil, fmt.Errorf("kafka client: %w", err)
+	}
 	tr := tel.tracer(group)
 	k := kotel.NewKotel(kotel.WithTracer(tr.Tracer), kotel.WithMeter(kotel.NewMeter(kotel.MeterProvider(tel.Meters))))
 	opts := []kgo.Opt{
@@ -254,15 +309,46 @@ func Options(cfg Config, tel Telemetry, group string) ([]kgo.Opt, *Tracer) {
 	if tel.Logger != nil {
 		opts = append(opts, kgo.WithLogger(quietLogger{kslog.New(tel.Logger)}))
 	}
-	if cfg.Dial != nil {
+	switch {
+	case tc != nil && cfg.Dial != nil:
+		opts = append(opts, kgo.Dialer(tlsOver(cfg.Dial, tc)))
+	case tc != nil:
+		opts = append(opts, kgo.DialTLSConfig(tc))
+	case cfg.Dial != nil:
 		opts = append(opts, kgo.Dialer(cfg.Dial))
 	}
-	return opts, tr
+	return opts, tr, nil
+}
+
+// tlsOver runs the TLS handshake over the connections dial opens, as
+// kgo.DialTLSConfig does over its own (franz-go takes one or the other).
+func tlsOver(dial func(ctx context.Context, network, host string) (net.Conn, error), tc *tls.Config) func(ctx context.Context, network, host string) (net.Conn, error) {
+	return func(ctx context.Context, network, host string) (net.Conn, error) {
+		conn, err := dial(ctx, network, host)
+		if err != nil {
+			return nil, err
+		}
+		c := tc.Clone()
+		if c.ServerName == "" {
+			if c.ServerName, _, err = net.SplitHostPort(host); err != nil {
+				c.ServerName = host
+			}
+		}
+		tconn := tls.Client(conn, c)
+		if err := tconn.HandshakeContext(ctx); err != nil {
+			conn.Close()
+			return nil, err
+		}
+		return tconn, nil
+	}
 }
 
 // NewClient returns an instrumented client (see Options) with extra options.
 func NewClient(cfg Config, tel Telemetry, group string, opts ...kgo.Opt) (*Client, error) {
-	base, tr := Options(cfg, tel, group)
+	base, tr, err := Options(cfg, tel, group)
+	if err != nil {
+		return nil, err
+	}
 	cl, err := kgo.NewClient(append(base, opts...)...)
 	if err != nil {
 		return nil, fmt.Errorf("kafka client: %w", err)

@@ -1,9 +1,13 @@
 // Package auth authenticates channel clients and holds them to their
 // scopes. Every client (a POS fleet, the app back end, a mini-program back
-// end, an operator tool) is registered in a clients file with a secret and
-// scopes; it presents a short-lived signed token (JWT, HS256, key id = client
-// id) as "authorization: Bearer <token>" gRPC metadata, or the same HTTP
-// header. A call without a valid token is Unauthenticated; a call outside the
+// end, an operator tool, a third-party channel) is registered in a clients
+// file with scopes and either a shared secret or a key set; it presents a
+// short-lived signed token as "authorization: Bearer <token>" gRPC metadata,
+// or the same HTTP header: a shared-secret client's token is a JWT signed
+// HS256 with its secret (key id = client id); a third-party channel signs
+// its own tokens with its private key (EdDSA or ES256), and they are
+// verified against the public keys it publishes as a JWKS (key id = the
+// key's "kid"). A call without a valid token is Unauthenticated; a call outside the
 // client's scopes, or about a member a member-bound client may not act for,
 // is PermissionDenied.
 package auth
@@ -13,7 +17,9 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -38,12 +44,19 @@ type Config struct {
 	// a longer-lived token is refused, and Mint will not issue one. 0 is
 	// DefaultMaxTokenLifetime.
 	MaxTokenLifetime time.Duration `env:"MC_AUTH_MAX_TOKEN_LIFETIME, default=24h"`
+	// JWKSRefresh is how often the third-party channels' key sets (JWKS
+	// files and https URLs) are read again: a key a channel publishes is
+	// accepted, and one it withdraws refused, within this time.
+	JWKSRefresh time.Duration `env:"MC_AUTH_JWKS_REFRESH, default=5m"`
 }
 
 // Validate checks the file loads and the lifetime is sensible.
 func (c Config) Validate() error {
 	if c.MaxTokenLifetime < 0 {
 		return fmt.Errorf("MC_AUTH_MAX_TOKEN_LIFETIME %s: want a positive duration such as 1h (0: the default, 24h)", c.MaxTokenLifetime)
+	}
+	if c.JWKSRefresh < 0 || (c.JWKSRefresh > 0 && c.JWKSRefresh < time.Second) {
+		return fmt.Errorf("MC_AUTH_JWKS_REFRESH %s: want at least 1s (0: the default, 5m)", c.JWKSRefresh)
 	}
 	if c.ClientsPath == "" {
 		return nil
@@ -75,11 +88,15 @@ const leeway = 30 * time.Second
 type Client struct {
 	ID      string
 	Channel string
-	Key     []byte
-	Scopes  []string
+	// Key is a shared-secret client's secret (HS256); nil for a client
+	// with a key set.
+	Key    []byte
+	Scopes []string
 	// OwnMembers: the client acts only for the members its tokens name
 	// (a mini-program back end acting for the signed-in shopper).
 	OwnMembers bool
+	// keys is a third-party channel's key set (nil for a shared secret).
+	keys *keySet
 }
 
 // Allows says whether the client holds scope ("benefits.commit"), directly
@@ -161,12 +178,16 @@ type Authenticator struct {
 	clients     map[string]*Client
 	now         func() time.Time
 	maxLifetime time.Duration
+	http        *http.Client
 }
 
 type fileClient struct {
-	ID         string   `yaml:"id"`
-	Channel    string   `yaml:"channel"`
-	Secret     string   `yaml:"secret"` // base64, ≥ 32 bytes
+	ID      string `yaml:"id"`
+	Channel string `yaml:"channel"`
+	Secret  string `yaml:"secret"` // base64, ≥ 32 bytes
+	// JWKS is a third-party channel's key set instead of a secret: a
+	// file (relative to the clients file) or an https URL.
+	JWKS       string   `yaml:"jwks"`
 	Scopes     []string `yaml:"scopes"`
 	OwnMembers bool     `yaml:"own_members"`
 }
@@ -183,16 +204,23 @@ type fileClient struct {
 //	    secret: <base64>
 //	    scopes: [profile.read, coupons.claim, sync.subscribe]
 //	    own_members: true
+//	  - id: partner-mall
+//	    channel: ecommerce
+//	    jwks: partner-mall.jwks.json   # or https://partner.example/.well-known/jwks.json
+//	    scopes: [identity.resolve, profile.read]
 func Load(path string) (*Authenticator, error) {
 	src, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("channel clients: %w", err)
 	}
-	return Parse(src)
+	return parse(src, filepath.Dir(path))
 }
 
-// Parse reads a clients file's contents.
-func Parse(src []byte) (*Authenticator, error) {
+// Parse reads a clients file's contents; a relative JWKS path is relative
+// to the working directory.
+func Parse(src []byte) (*Authenticator, error) { return parse(src, "") }
+
+func parse(src []byte, dir string) (*Authenticator, error) {
 	var f struct {
 		Clients []fileClient `yaml:"clients"`
 	}
@@ -201,17 +229,32 @@ func Parse(src []byte) (*Authenticator, error) {
 	if err := dec.Decode(&f); err != nil {
 		return nil, fmt.Errorf("channel clients: %w", err)
 	}
-	a := &Authenticator{clients: map[string]*Client{}, now: time.Now, maxLifetime: DefaultMaxTokenLifetime}
+	a := &Authenticator{clients: map[string]*Client{}, now: time.Now, maxLifetime: DefaultMaxTokenLifetime,
+		http: &http.Client{Timeout: 10 * time.Second}}
 	var errs []error
 	for i, c := range f.Clients {
-		key, err := base64.StdEncoding.DecodeString(c.Secret)
+		var key []byte
+		var keys *keySet
+		var err error
+		if c.JWKS != "" {
+			keys, err = newKeySet(c.JWKS, dir)
+		} else {
+			key, err = base64.StdEncoding.DecodeString(c.Secret)
+			if err == nil && len(key) < 32 {
+				err = errors.New("too short")
+			}
+		}
 		switch {
 		case c.ID == "":
 			errs = append(errs, fmt.Errorf("clients[%d]: id is required", i))
 		case a.clients[c.ID] != nil:
 			errs = append(errs, fmt.Errorf("clients[%d] (%s): duplicate id", i, c.ID))
-		case err != nil || len(key) < 32:
-			errs = append(errs, fmt.Errorf("clients[%d] (%s): secret must be base64 of at least 32 bytes", i, c.ID))
+		case c.JWKS != "" && c.Secret != "":
+			errs = append(errs, fmt.Errorf("clients[%d] (%s): a secret or a jwks, not both", i, c.ID))
+		case c.JWKS != "" && err != nil:
+			errs = append(errs, fmt.Errorf("clients[%d] (%s): %w", i, c.ID, err))
+		case err != nil:
+			errs = append(errs, fmt.Errorf("clients[%d] (%s): secret must be base64 of at least 32 bytes (or give a jwks)", i, c.ID))
 		case len(c.Scopes) == 0:
 			errs = append(errs, fmt.Errorf("clients[%d] (%s): no scopes", i, c.ID))
 		default:
@@ -220,7 +263,7 @@ func Parse(src []byte) (*Authenticator, error) {
 					errs = append(errs, fmt.Errorf("clients[%d] (%s): unknown scope %q; scopes are %s", i, c.ID, s, strings.Join(Scopes, ", ")))
 				}
 			}
-			a.clients[c.ID] = &Client{ID: c.ID, Channel: c.Channel, Key: key, Scopes: c.Scopes, OwnMembers: c.OwnMembers}
+			a.clients[c.ID] = &Client{ID: c.ID, Channel: c.Channel, Key: key, keys: keys, Scopes: c.Scopes, OwnMembers: c.OwnMembers}
 		}
 	}
 	if len(a.clients) == 0 && len(errs) == 0 {
@@ -267,6 +310,9 @@ func (a *Authenticator) MintFor(clientID, operator string, ttl time.Duration, me
 	if c == nil {
 		return "", fmt.Errorf("unknown client %q", clientID)
 	}
+	if c.keys != nil {
+		return "", fmt.Errorf("client %s signs its own tokens with its private key (its jwks); the platform holds no key to mint one", clientID)
+	}
 	if ttl > a.maxLifetime {
 		return "", fmt.Errorf("ttl %s exceeds the maximum token lifetime %s (MC_AUTH_MAX_TOKEN_LIFETIME)", ttl, a.maxLifetime)
 	}
@@ -281,27 +327,60 @@ func (a *Authenticator) MintFor(clientID, operator string, ttl time.Duration, me
 // ErrInvalidToken is every reason a token is refused, told the caller
 // alike: which check failed (an unknown client, a wrong signature, an
 // expiry) would tell a prober what exists.
-var ErrInvalidToken = errors.New("invalid or expired token: mint a new one with your client's secret")
+var ErrInvalidToken = errors.New("invalid or expired token: sign a new one with your client's secret or private key")
 
 // Verify checks a token and returns its principal. The error says why (for
 // a tool or test calling it directly); a call's caller is told only
 // ErrInvalidToken, and the reason is not logged.
+//
+// The algorithm decides where the key comes from, and each kind of client
+// has one kind of key, so that no token verifies with a key of another
+// kind (algorithm confusion): an HS256 token names a shared-secret client
+// by its kid and is checked with that secret, never with a public key; an
+// EdDSA or ES256 token names its client by sub (and iss) and its key by
+// kid, looked up in that client's key set only, and the key must be of
+// the token's algorithm. Any other algorithm, "none" included, is refused.
 func (a *Authenticator) Verify(token string) (*Principal, error) {
 	var cl claims
 	var client *Client
 	_, err := jwt.ParseWithClaims(token, &cl, func(t *jwt.Token) (any, error) {
 		kid, _ := t.Header["kid"].(string)
-		if client = a.clients[kid]; client == nil {
-			return nil, fmt.Errorf("unknown client %q", kid)
+		switch alg := t.Method.Alg(); alg {
+		case jwt.SigningMethodHS256.Alg():
+			if client = a.clients[kid]; client == nil || client.Key == nil {
+				return nil, fmt.Errorf("no shared-secret client %q", kid)
+			}
+			return client.Key, nil
+		case AlgEdDSA, AlgES256:
+			// The claims are not verified yet: sub only chooses where to
+			// look, and the key found must verify them.
+			if client = a.clients[cl.Subject]; client == nil || client.keys == nil {
+				return nil, fmt.Errorf("no client %q with a key set", cl.Subject)
+			}
+			k, ok := client.keys.key(kid)
+			if !ok {
+				return nil, fmt.Errorf("client %s has no key %q", client.ID, kid)
+			}
+			if k.alg != alg {
+				return nil, fmt.Errorf("key %q verifies %s, not %s", kid, k.alg, alg)
+			}
+			return k.key, nil
+		default:
+			return nil, fmt.Errorf("algorithm %s", alg)
 		}
-		return client.Key, nil
-	}, jwt.WithValidMethods([]string{"HS256"}), jwt.WithExpirationRequired(), jwt.WithIssuedAt(), jwt.WithIssuer("membercenter"),
+	}, jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg(), AlgEdDSA, AlgES256}), jwt.WithExpirationRequired(), jwt.WithIssuedAt(),
 		jwt.WithLeeway(leeway), jwt.WithTimeFunc(a.now))
 	if err != nil {
 		return nil, err
 	}
 	if cl.Subject != client.ID {
 		return nil, errors.New("token subject is not its key's client")
+	}
+	if client.keys == nil && cl.Issuer != "membercenter" {
+		return nil, errors.New("a shared-secret token's issuer is membercenter")
+	}
+	if client.keys != nil && (cl.Issuer != client.ID || !slices.Contains(cl.Audience, Audience)) {
+		return nil, fmt.Errorf("a third-party token's issuer is its client and its audience %s", Audience)
 	}
 	if cl.IssuedAt == nil {
 		return nil, errors.New("token has no issue time")

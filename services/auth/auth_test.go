@@ -80,6 +80,12 @@ func serve(t *testing.T) (*auth.Authenticator, *grpc.ClientConn) {
 		t.Fatal(err)
 	}
 	a.SetClock(atTestNow)
+	return a, serveAuth(t, a)
+}
+
+// serveAuth serves the fake services behind a.
+func serveAuth(t *testing.T, a *auth.Authenticator) *grpc.ClientConn {
+	t.Helper()
 	tel, err := telemetry.Setup(context.Background(), telemetry.Config{ServiceName: "auth-test", LogLevel: "error"}, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -91,8 +97,7 @@ func serve(t *testing.T) (*auth.Authenticator, *grpc.ClientConn) {
 	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	mcv1.RegisterProfileServiceServer(srv, profiles{})
 	mcv1.RegisterSyncServiceServer(srv, syncs{})
-	conn := servertest.Serve(t, srv)
-	return a, conn
+	return servertest.Serve(t, srv)
 }
 
 // sign makes a token by hand, as a client's own code would.

@@ -84,6 +84,8 @@ func (c Config) LogValue() slog.Value {
 		slog.String("clickhouse_cluster", c.ClickHouse.Cluster),
 		slog.String("clickhouse_password", telemetry.Mask(c.ClickHouse.Password)),
 		slog.String("kafka", strings.Join(c.Kafka.Brokers, ",")),
+		slog.Bool("kafka_tls", c.Kafka.TLSEnabled()),
+		slog.Bool("clickhouse_tls", c.ClickHouse.TLSEnabled()),
 		slog.Any("topics", c.Kafka.Topics),
 		slog.String("group_prefix", c.Kafka.GroupPrefix),
 		slog.String("instance_id", c.Kafka.InstanceID),
@@ -94,6 +96,9 @@ func (c Config) LogValue() slog.Value {
 		slog.Duration("event_max_ahead", c.Ingest.EventMaxAhead),
 		slog.String("grpc", c.Server.GRPCAddr),
 		slog.String("admin", c.Server.AdminAddr),
+		slog.String("listeners", c.Server.TLS.Describe()),
+		slog.String("tls_cert", c.Server.TLS.CertFile),
+		slog.String("tls_client_ca", c.Server.TLS.ClientCAFile),
 		slog.Duration("grpc_max_connection_age", c.Server.MaxConnectionAge),
 		slog.Duration("grpc_max_connection_age_grace", c.Server.MaxConnectionAgeGrace),
 		slog.String("otlp", c.Telemetry.OTLPEndpoint),
@@ -102,6 +107,7 @@ func (c Config) LogValue() slog.Value {
 		slog.String("pii_enc_key_id", c.Identity.Keys.EncKeyID),
 		slog.String("channel_clients", c.Auth.ClientsPath),
 		slog.String("attribute_schema", c.Profile.AttributeSchema),
+		slog.Duration("jwks_refresh", c.Auth.JWKSRefresh),
 	)
 }
 
@@ -257,6 +263,13 @@ func (p *Platform) Run(ctx context.Context, o Options) error {
 		return err
 	}
 	defer lis.close()
+	// One TLS (nil: plaintext) for every listener and the gateway's own
+	// connection, its certificate read again when its files change.
+	certs, err := p.cfg.Server.TLS.Load(log)
+	if err != nil {
+		return err
+	}
+	scfg := p.cfg.Server.WithTLS(certs)
 	now := o.Now
 	if now == nil {
 		now = time.Now
@@ -295,7 +308,7 @@ func (p *Platform) Run(ctx context.Context, o Options) error {
 	}
 	var gs *grpcServer
 	if len(o.Services) > 0 {
-		if gs, err = p.grpcServer(ctx, e, ps, o.Services); err != nil {
+		if gs, err = p.grpcServer(ctx, scfg, e, ps, o.Services); err != nil {
 			return err
 		}
 	}
@@ -307,7 +320,7 @@ func (p *Platform) Run(ctx context.Context, o Options) error {
 		g.Go(func() error { return loop(ctx) })
 	}
 	if gs != nil && lis.http != nil {
-		if err := p.serveGateway(ctx, g, lis.grpc.Addr().String(), lis.http); err != nil {
+		if err := p.serveGateway(ctx, g, certs, lis.grpc.Addr().String(), lis.http); err != nil {
 			cancel()
 			_ = g.Wait()
 			return err
@@ -316,9 +329,9 @@ func (p *Platform) Run(ctx context.Context, o Options) error {
 	admin := server.AdminHandler(p.tel.Metrics, ps.checks)
 	g.Go(func() error {
 		if gs == nil {
-			return server.Run(ctx, p.cfg.Server, log, nil, nil, nil, admin, lis.admin)
+			return server.Run(ctx, scfg, log, nil, nil, nil, admin, lis.admin)
 		}
-		return server.Run(ctx, p.cfg.Server, log, gs.srv, gs.health, lis.grpc, admin, lis.admin)
+		return server.Run(ctx, scfg, log, gs.srv, gs.health, lis.grpc, admin, lis.admin)
 	})
 	g.Go(func() error {
 		if gs != nil && gs.hub != nil {
@@ -463,7 +476,7 @@ type grpcServer struct {
 	hub    *changefeed.Hub
 }
 
-func (p *Platform) grpcServer(ctx context.Context, e env, ps *parts, names []string) (*grpcServer, error) {
+func (p *Platform) grpcServer(ctx context.Context, scfg server.Config, e env, ps *parts, names []string) (*grpcServer, error) {
 	var guards []server.Guard
 	if p.cfg.Auth.ClientsPath == "" {
 		p.tel.Logger.WarnContext(ctx, "channel authentication is off: set MC_CHANNEL_CLIENTS to a clients file in production")
@@ -473,8 +486,13 @@ func (p *Platform) grpcServer(ctx context.Context, e env, ps *parts, names []str
 			return nil, err
 		}
 		guards = append(guards, a)
+		// Third-party channels' key sets: https ones are first fetched
+		// here, and all are read again every MC_AUTH_JWKS_REFRESH.
+		if a.HasKeySets() {
+			ps.loop(func(ctx context.Context) error { return a.Run(ctx, p.cfg.Auth.JWKSRefresh, p.tel.Logger) })
+		}
 	}
-	srv, hs, err := server.New(p.cfg.Server, server.Telemetry{
+	srv, hs, err := server.New(scfg, server.Telemetry{
 		Tracers: p.tel.Tracers, Meters: p.tel.Meters, Propagator: p.tel.Propagator, Logger: p.tel.Logger,
 	}, errorCodes, guards...)
 	if err != nil {
@@ -496,9 +514,17 @@ func (p *Platform) grpcServer(ctx context.Context, e env, ps *parts, names []str
 
 // serveGateway serves the HTTP/JSON API and the change stream as
 // server-sent events on lis, calling the gRPC server at grpcAddr (so validation,
-// authentication and scopes are the same) until ctx ends.
-func (p *Platform) serveGateway(ctx context.Context, g *errgroup.Group, grpcAddr string, lis net.Listener) error {
-	conn, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+// authentication and scopes are the same) until ctx ends. With certs both
+// speak TLS: the gateway's clients are held to the client certificate mode
+// as gRPC clients are, and the gateway's own connection presents the
+// server's certificate and accepts only it.
+func (p *Platform) serveGateway(ctx context.Context, g *errgroup.Group, certs *server.TLS, grpcAddr string, lis net.Listener) error {
+	creds := insecure.NewCredentials()
+	if certs != nil {
+		creds = certs.LoopbackCredentials()
+		lis = certs.Listener(lis, true)
+	}
+	conn, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(creds),
 		grpc.WithStatsHandler(otelgrpc.NewClientHandler(otelgrpc.WithTracerProvider(p.tel.Tracers), otelgrpc.WithPropagators(p.tel.Propagator))))
 	if err != nil {
 		return fmt.Errorf("gateway: %w", err)
@@ -509,8 +535,10 @@ func (p *Platform) serveGateway(ctx context.Context, g *errgroup.Group, grpcAddr
 		return err
 	}
 	srv := &http.Server{Handler: otelhttp.NewHandler(h, "gateway", otelhttp.WithTracerProvider(p.tel.Tracers), otelhttp.WithPropagators(p.tel.Propagator)),
-		ReadHeaderTimeout: 10 * time.Second, BaseContext: func(net.Listener) context.Context { return ctx }}
-	p.tel.Logger.InfoContext(ctx, "HTTP/JSON gateway listening", "addr", lis.Addr().String())
+		ReadHeaderTimeout: 10 * time.Second, BaseContext: func(net.Listener) context.Context { return ctx },
+		// A refused handshake (no client certificate) is logged as JSON.
+		ErrorLog: slog.NewLogLogger(p.tel.Logger.Handler(), slog.LevelWarn)}
+	p.tel.Logger.InfoContext(ctx, "HTTP/JSON gateway listening", "addr", lis.Addr().String(), "transport", p.cfg.Server.TLS.Describe())
 	g.Go(func() error {
 		defer conn.Close()
 		if err := srv.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {

@@ -64,6 +64,26 @@ type Config struct {
 	// nothing. 0 waits for every call, so a stream that never ends keeps
 	// its connection, and its replica, for good.
 	MaxConnectionAgeGrace time.Duration `env:"MC_GRPC_MAX_CONNECTION_AGE_GRACE, default=5m"`
+	// TLS, when it names a certificate, makes every listener speak TLS.
+	TLS TLSConfig
+
+	// certs is the loaded TLS (WithTLS), shared by the listeners.
+	certs *TLS
+}
+
+// WithTLS returns the config with its TLS loaded once, for New, Run and
+// the gateway to share.
+func (c Config) WithTLS(t *TLS) Config {
+	c.certs = t
+	return c
+}
+
+// loadTLS returns the TLS WithTLS gave, or loads it (nil: plaintext).
+func (c Config) loadTLS(log *slog.Logger) (*TLS, error) {
+	if c.certs != nil {
+		return c.certs, nil
+	}
+	return c.TLS.Load(log)
 }
 
 // Validate reports every problem with the config at once.
@@ -87,6 +107,7 @@ func (c Config) Validate() error {
 	if c.MaxConnectionAgeGrace < 0 {
 		errs = append(errs, errors.New("MC_GRPC_MAX_CONNECTION_AGE_GRACE must not be negative (0 waits for every call)"))
 	}
+	errs = append(errs, c.TLS.Validate())
 	return errors.Join(errs...)
 }
 
@@ -123,7 +144,8 @@ func NewGRPC(tel Telemetry, rules []ErrorCode, guard ...Guard) (*grpc.Server, *h
 // protovalidate annotations refused (InvalidArgument with the field and
 // reason), panics recovered, errors translated to statuses once, here, by
 // the rules given and by their class (see package fault), and connections
-// aged as cfg says (MaxConnectionAge).
+// aged as cfg says (MaxConnectionAge). It speaks TLS when cfg.TLS names a
+// certificate, holding clients to the configured client certificate mode.
 //
 // guard, when set, authenticates and authorises every call before it is
 // validated (channel credentials and scopes, see package auth).
@@ -146,7 +168,15 @@ func New(cfg Config, tel Telemetry, rules []ErrorCode, guard ...Guard) (*grpc.Se
 	}
 	unary = append(unary, textUnary, pvinterceptor.UnaryServerInterceptor(v))
 	stream = append(stream, textStream, pvinterceptor.StreamServerInterceptor(v))
-	s := grpc.NewServer(
+	certs, err := cfg.loadTLS(tel.Logger)
+	if err != nil {
+		return nil, nil, err
+	}
+	var opts []grpc.ServerOption
+	if certs != nil {
+		opts = append(opts, grpc.Creds(certs.Credentials()))
+	}
+	s := grpc.NewServer(append(opts,
 		grpc.ForceServerCodecV2(codec),
 		grpc.StatsHandler(otelgrpc.NewServerHandler(
 			otelgrpc.WithTracerProvider(tel.Tracers),
@@ -159,7 +189,7 @@ func New(cfg Config, tel Telemetry, rules []ErrorCode, guard ...Guard) (*grpc.Se
 			MaxConnectionAge:      cfg.MaxConnectionAge,
 			MaxConnectionAgeGrace: cfg.MaxConnectionAgeGrace,
 		}),
-	)
+	)...)
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(s, hs)
 	reflection.Register(s)
@@ -262,11 +292,19 @@ func AdminHandler(metrics http.Handler, checks map[string]Check) http.Handler {
 // Run serves gRPC on grpcLis (when gs is not nil) and the admin handler on
 // adminLis until ctx ends, then stops gracefully within the grace period:
 // health turns NOT_SERVING, in-flight calls finish, then the server stops
-// hard.
+// hard. The admin handler speaks TLS when cfg.TLS names a certificate
+// (the gRPC server's own credentials are New's).
 func Run(ctx context.Context, cfg Config, log *slog.Logger, gs *grpc.Server, hs *health.Server, grpcLis net.Listener, admin http.Handler, adminLis net.Listener) error {
+	certs, err := cfg.loadTLS(log)
+	if err != nil {
+		return err
+	}
+	if certs != nil {
+		adminLis = certs.Listener(adminLis, false)
+	}
 	g, ctx := errgroup.WithContext(ctx)
 	if gs != nil {
-		log.InfoContext(ctx, "gRPC listening", "addr", grpcLis.Addr().String())
+		log.InfoContext(ctx, "gRPC listening", "addr", grpcLis.Addr().String(), "transport", cfg.TLS.Describe())
 		g.Go(func() error { return gs.Serve(grpcLis) })
 		g.Go(func() error {
 			<-ctx.Done()
@@ -282,8 +320,8 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, gs *grpc.Server, hs 
 			return nil
 		})
 	}
-	hsrv := &http.Server{Handler: admin, ReadHeaderTimeout: 5 * time.Second}
-	log.InfoContext(ctx, "admin HTTP listening", "addr", adminLis.Addr().String())
+	hsrv := &http.Server{Handler: admin, ReadHeaderTimeout: 5 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	log.InfoContext(ctx, "admin HTTP listening", "addr", adminLis.Addr().String(), "transport", cfg.TLS.Describe())
 	g.Go(func() error {
 		if err := hsrv.Serve(adminLis); !errors.Is(err, http.ErrServerClosed) {
 			return err

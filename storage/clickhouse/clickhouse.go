@@ -4,8 +4,11 @@ package clickhouse
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
+	"os"
 	"regexp"
 	"time"
 
@@ -26,6 +29,51 @@ type Config struct {
 	// and docs/scaling-clickhouse.md). Addr must be one of its nodes. Empty:
 	// one server, one database.
 	Cluster string `env:"MC_CLICKHOUSE_CLUSTER"`
+	// TLS to the server (its secure native port, 9440 by convention): on
+	// with MC_CLICKHOUSE_TLS=true (the system's CAs) or when any TLS file
+	// is set. CAFile (PEM) replaces the system's CAs; CertFile and KeyFile
+	// are this client's certificate for a server that requires one;
+	// ServerName overrides the name checked in the server's certificate
+	// (default: Addr's host).
+	TLS           bool   `env:"MC_CLICKHOUSE_TLS"`
+	TLSCAFile     string `env:"MC_CLICKHOUSE_TLS_CA_FILE"`
+	TLSCertFile   string `env:"MC_CLICKHOUSE_TLS_CERT_FILE"`
+	TLSKeyFile    string `env:"MC_CLICKHOUSE_TLS_KEY_FILE"`
+	TLSServerName string `env:"MC_CLICKHOUSE_TLS_SERVER_NAME"`
+}
+
+// TLSEnabled reports whether connections speak TLS.
+func (c Config) TLSEnabled() bool {
+	return c.TLS || c.TLSCAFile != "" || c.TLSCertFile != "" || c.TLSKeyFile != ""
+}
+
+// TLSConfig is the connections' TLS configuration, nil for plaintext.
+func (c Config) TLSConfig() (*tls.Config, error) {
+	if !c.TLSEnabled() {
+		return nil, nil
+	}
+	tc := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: c.TLSServerName}
+	if c.TLSCAFile != "" {
+		pem, err := os.ReadFile(c.TLSCAFile)
+		if err != nil {
+			return nil, fmt.Errorf("MC_CLICKHOUSE_TLS_CA_FILE: %w", err)
+		}
+		tc.RootCAs = x509.NewCertPool()
+		if !tc.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("MC_CLICKHOUSE_TLS_CA_FILE %s: no PEM certificate in it", c.TLSCAFile)
+		}
+	}
+	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
+		return nil, errors.New("MC_CLICKHOUSE_TLS_CERT_FILE and MC_CLICKHOUSE_TLS_KEY_FILE go together")
+	}
+	if c.TLSCertFile != "" {
+		cert, err := tls.LoadX509KeyPair(c.TLSCertFile, c.TLSKeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("MC_CLICKHOUSE_TLS_CERT_FILE / MC_CLICKHOUSE_TLS_KEY_FILE: %w", err)
+		}
+		tc.Certificates = []tls.Certificate{cert}
+	}
+	return tc, nil
 }
 
 var identifier = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
@@ -45,6 +93,9 @@ func (c Config) Validate() error {
 	}
 	if c.Cluster != "" && !clusterName.MatchString(c.Cluster) {
 		errs = append(errs, fmt.Errorf("MC_CLICKHOUSE_CLUSTER %q is not a cluster name (letters, digits, _ . -)", c.Cluster))
+	}
+	if _, err := c.TLSConfig(); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }
@@ -104,7 +155,12 @@ func withOptions(conn driver.Conn, cfg Config, opts []Option) driver.Conn {
 }
 
 func connect(cfg Config, db string) (driver.Conn, error) {
+	tc, err := cfg.TLSConfig()
+	if err != nil {
+		return nil, err
+	}
 	opts := &ch.Options{
+		TLS:             tc,
 		Protocol:        ch.Native,
 		Addr:            []string{cfg.Addr},
 		Auth:            ch.Auth{Database: db, Username: cfg.User, Password: cfg.Password},
