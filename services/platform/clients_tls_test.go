@@ -56,7 +56,7 @@ func tlsPeer(t *testing.T, cert tls.Certificate, clientCAs *x509.CertPool) (stri
 // clientTLS is a test's certificates for a client: the server's CA (the
 // one it trusts), and a client certificate from the CA the server trusts.
 type clientTLS struct {
-	serverCA, clientCA       *servertest.CA
+	serverCA, clientCA        *servertest.CA
 	caFile, certFile, keyFile string
 }
 
