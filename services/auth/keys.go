@@ -283,7 +283,7 @@ func SignWithKey(key crypto.Signer, kid, clientID, operator string, now time.Tim
 }
 
 // GenerateKey makes a key pair for a third-party channel: the private key
-// as PKCS #8 PEM (the channel keeps it) and the public key as a JWK with
+// as PKCS 8 PEM (the channel keeps it) and the public key as a JWK with
 // kid, "use": "sig" and its algorithm (for the channel's JWKS).
 func GenerateKey(alg, kid string) (privatePEM []byte, public jose.JSONWebKey, err error) {
 	if kid == "" {
@@ -309,7 +309,7 @@ func GenerateKey(alg, kid string) (privatePEM []byte, public jose.JSONWebKey, er
 		jose.JSONWebKey{Key: priv.Public(), KeyID: kid, Algorithm: alg, Use: "sig"}, nil
 }
 
-// ParsePrivateKey reads a PKCS #8 PEM private key that signs EdDSA or
+// ParsePrivateKey reads a PKCS 8 PEM private key that signs EdDSA or
 // ES256.
 func ParsePrivateKey(src []byte) (crypto.Signer, error) {
 	b, _ := pem.Decode(src)

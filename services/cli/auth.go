@@ -64,7 +64,7 @@ func keygenCmd(stdout io.Writer) *cobra.Command {
 		Short: "Make a third-party channel's signing key pair and its JWKS entry",
 		Long: `Make a key pair for a third-party channel that signs its own tokens
 (EdDSA with Ed25519, or ES256 with P-256). The private key is written to
---private-key (PKCS #8 PEM, mode 0600; an existing file is never
+--private-key (PKCS 8 PEM, mode 0600; an existing file is never
 overwritten): it belongs to the channel and is never given to the platform.
 The public key, named by --kid, is added to the JWKS file --jwks (created
 when missing; the file the clients file's "jwks:" names, or the one the
@@ -163,7 +163,7 @@ refuses one longer than MC_AUTH_MAX_TOKEN_LIFETIME). Clients send it as
 	}
 	cmd.Flags().StringVar(&client, "client", "", "client id")
 	cmd.Flags().StringVar(&kid, "kid", "", "the key's id in the channel's JWKS")
-	cmd.Flags().StringVar(&keyFile, "private-key", "", "the channel's private key (PKCS #8 PEM, as keygen writes it)")
+	cmd.Flags().StringVar(&keyFile, "private-key", "", "the channel's private key (PKCS 8 PEM, as keygen writes it)")
 	cmd.Flags().DurationVar(&ttl, "ttl", time.Hour, "validity")
 	cmd.Flags().StringSliceVar(&members, "member", nil, "member ids a member-bound client may act for")
 	cmd.Flags().StringVar(&operator, "operator", "", "for an operator tool: the person the token acts for")
