@@ -25,8 +25,9 @@ import (
 	"github.com/membercenter/membercenter/storage/clickhouse/segment"
 )
 
-// ErrNoFacts means segments were asked for without ClickHouse.
-var ErrNoFacts = errors.New("segments need ClickHouse, which this process is not connected to")
+// ErrNoFacts means segments or a data export were asked for without
+// ClickHouse.
+var ErrNoFacts = errors.New("this needs ClickHouse, which this process is not connected to")
 
 // ErrInvalid marks a request the service refuses as malformed.
 var ErrInvalid = errors.New("invalid request")

@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 
@@ -72,6 +73,19 @@ func (s *Server) ExportSegment(req *mcv1.ExportSegmentRequest, stream grpc.Serve
 		return stream.Send(&mcv1.ExportSegmentResponse{MemberIds: ids})
 	})
 	return segmentStatus(err)
+}
+
+// ExportMemberData implements ProfileService.ExportMemberData.
+func (s *Server) ExportMemberData(ctx context.Context, req *mcv1.ExportMemberDataRequest) (*mcv1.ExportMemberDataResponse, error) {
+	id, err := uuid.Parse(req.GetMemberId())
+	if err != nil {
+		return nil, fmt.Errorf("%w: member_id: %v", ErrInvalid, err)
+	}
+	d, err := s.svc.ExportMemberData(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	return &mcv1.ExportMemberDataResponse{MemberId: d.MemberID.String(), ExportedAt: timestamppb.New(d.ExportedAt), Document: string(d.Document)}, nil
 }
 
 // segmentStatus answers a bad expression with InvalidArgument and where it

@@ -1,0 +1,272 @@
+package profile
+
+import (
+	"bytes"
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/membercenter/membercenter/storage/clickhouse"
+	"github.com/membercenter/membercenter/storage/postgres"
+
+	"github.com/membercenter/membercenter/services/attributes"
+)
+
+// ExportFormat names the version of the export document's shape.
+const ExportFormat = "membercenter.member-data.v1"
+
+// MemberData is the answer to a member's request for a copy of their data
+// (docs/security.md#data-subject-requests).
+type MemberData struct {
+	// The member the id resolved to.
+	MemberID   uuid.UUID
+	ExportedAt time.Time
+	// The JSON document.
+	Document []byte
+}
+
+// exportDocument is the document's shape; encoding/json writes map keys
+// sorted, so the same data gives the same bytes.
+type exportDocument struct {
+	Format     string                      `json:"format"`
+	MemberID   string                      `json:"member_id"`
+	ExportedAt string                      `json:"exported_at"`
+	Members    []string                    `json:"members"`
+	Postgres   map[string][]map[string]any `json:"postgres"`
+	ClickHouse map[string][]map[string]any `json:"clickhouse"`
+	// The columns whose stored bytes the document does not show, and why.
+	Withheld []withheldColumn `json:"withheld"`
+	// The tables about members the document leaves out, and why.
+	LeftOut map[string]string `json:"left_out"`
+}
+
+type withheldColumn struct {
+	Table  string `json:"table"`
+	Column string `json:"column"`
+	Reason string `json:"reason"`
+}
+
+// leftOut are the PostgreSQL tables that name members but are not
+// exported.
+var leftOut = map[string]string{
+	"outbox": "the change stream: each row is a change already applied to the tables exported here (PII masked), " +
+		"kept until the relay has delivered it to the channels",
+}
+
+// credentials are columns never exported, whatever the keys could open.
+var credentials = map[string]string{
+	"member_code_secrets.secret_cipher": "the secret the member's dynamic codes are derived from: a credential " +
+		"(whoever holds it can show codes as the member), never exported",
+}
+
+// withheldReasons say why a binary column is shown by its length only.
+var withheldReasons = map[string]string{
+	"member_identifiers.value_hash":   "keyed hash the identifier is looked up by; the identifier itself is value",
+	"member_identifiers.value_cipher": "the identifier encrypted; decrypted into value",
+	"member_features.state":           "the tag engine's encoded working state; the labels it yields are member_labels",
+	"member_features.labels_pb":       "encoded copy of the member's labels (member_labels)",
+	"ingested_events.resolution":      "encoded copy of how the event was resolved to member_id",
+}
+
+// sealedColumns are the binary columns opened for the export: the column
+// holding the ciphertext, the one holding the hash bound to it, and the
+// column the raw value goes to.
+var sealedColumns = map[string]struct{ cipher, hash, key, value string }{
+	"member_identifiers": {cipher: "value_cipher", hash: "value_hash", key: "key_id", value: "value"},
+}
+
+// ExportMemberData gathers everything the platform holds about the member
+// id resolves to and the members merged into it: the PostgreSQL rows that
+// name them, read in one repeatable-read transaction (one consistent
+// state), with identifiers and PII attributes decrypted; then the ClickHouse
+// rows that name them. ClickHouse is part of the answer: without it the
+// export fails rather than answering with part of the data.
+func (s *Service) ExportMemberData(ctx context.Context, id uuid.UUID) (*MemberData, error) {
+	if s.facts == nil {
+		return nil, fmt.Errorf("export member data: %w", ErrNoFacts)
+	}
+	if s.sealer == nil {
+		return nil, errors.New("export member data: this process has no PII keys to decrypt the member's data with")
+	}
+	doc := exportDocument{Format: ExportFormat, Postgres: map[string][]map[string]any{}, Withheld: []withheldColumn{}, LeftOut: map[string]string{}}
+	var canonical uuid.UUID
+	var members []uuid.UUID
+	err := pgx.BeginTxFunc(ctx, s.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
+		var err error
+		if canonical, err = postgres.CanonicalMember(ctx, tx, id); err != nil {
+			return err
+		}
+		if members, err = postgres.MergedMembers(ctx, tx, canonical); err != nil {
+			return err
+		}
+		tables, err := postgres.MemberTables(ctx, tx)
+		if err != nil {
+			return err
+		}
+		for _, t := range tables {
+			if why, ok := leftOut[t.Name]; ok {
+				doc.LeftOut[t.Name] = why
+				continue
+			}
+			raw, err := postgres.MemberRows(ctx, tx, t, members)
+			if err != nil {
+				return err
+			}
+			rows, err := s.exportRows(t, raw)
+			if err != nil {
+				return fmt.Errorf("export %s: %w", t.Name, err)
+			}
+			doc.Postgres[t.Name] = rows
+			for _, c := range t.Bytea {
+				doc.Withheld = append(doc.Withheld, withheldColumn{Table: t.Name, Column: c, Reason: withheldReason(t.Name, c)})
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	ids := make([]string, len(members))
+	for i, m := range members {
+		ids[i] = m.String()
+	}
+	if doc.ClickHouse, err = clickhouse.MemberRows(ctx, s.facts, ids); err != nil {
+		return nil, fmt.Errorf("export member data: %w", err)
+	}
+	for table, rows := range doc.ClickHouse {
+		for _, r := range rows {
+			for k, v := range r {
+				if r[k], err = s.open(v); err != nil {
+					return nil, fmt.Errorf("export clickhouse %s.%s: %w", table, k, err)
+				}
+			}
+		}
+	}
+	at := s.now().UTC()
+	doc.MemberID, doc.ExportedAt, doc.Members = canonical.String(), at.Format(time.RFC3339Nano), ids
+	b, err := json.Marshal(doc)
+	if err != nil {
+		return nil, fmt.Errorf("export member data: %w", err)
+	}
+	return &MemberData{MemberID: canonical, ExportedAt: at, Document: b}, nil
+}
+
+// exportRows are a table's rows as the document shows them: identifier
+// ciphertexts decrypted, sealed attribute values opened, every binary
+// column shown by its length only (or as withheld, for a credential).
+func (s *Service) exportRows(t postgres.MemberTable, raw []json.RawMessage) ([]map[string]any, error) {
+	out := make([]map[string]any, 0, len(raw))
+	sealed, hasSealed := sealedColumns[t.Name]
+	for _, r := range raw {
+		dec := json.NewDecoder(bytes.NewReader(r))
+		dec.UseNumber()
+		var row map[string]any
+		if err := dec.Decode(&row); err != nil {
+			return nil, err
+		}
+		if hasSealed {
+			if err := s.openColumn(row, sealed.cipher, sealed.hash, sealed.key, sealed.value); err != nil {
+				return nil, err
+			}
+		}
+		for k, v := range row {
+			var err error
+			if row[k], err = s.open(v); err != nil {
+				return nil, fmt.Errorf("%s: %w", k, err)
+			}
+		}
+		for _, c := range t.Bytea {
+			row[c] = byteaPlaceholder(t.Name, c, row[c])
+		}
+		out = append(out, row)
+	}
+	return out, nil
+}
+
+// openColumn decrypts a row's ciphertext (bound to its hash, under its
+// key id) into the value column. A row without a ciphertext (an
+// identifier kept only as a keyed hash, a member card say) gets none: the
+// platform cannot recover it, and the row's masked form is what it has.
+func (s *Service) openColumn(row map[string]any, cipherCol, hashCol, keyCol, valueCol string) error {
+	ct, ok1 := bytea(row[cipherCol])
+	h, ok2 := bytea(row[hashCol])
+	kid, _ := row[keyCol].(string)
+	if !ok1 || !ok2 || kid == "" {
+		return nil
+	}
+	v, err := s.sealer.Decrypt(ct, kid, h)
+	if err != nil {
+		return fmt.Errorf("%s: %w", cipherCol, err)
+	}
+	row[valueCol] = v
+	return nil
+}
+
+// open replaces every sealed attribute value in v (a JSON value, however
+// nested: members.attributes, a merge's snapshot) with the raw value.
+func (s *Service) open(v any) (any, error) {
+	switch x := v.(type) {
+	case string:
+		if !attributes.Sealed(x) {
+			return x, nil
+		}
+		return attributes.Open(s.sealer, x)
+	case map[string]any:
+		for k, e := range x {
+			var err error
+			if x[k], err = s.open(e); err != nil {
+				return nil, err
+			}
+		}
+	case []any:
+		for i, e := range x {
+			var err error
+			if x[i], err = s.open(e); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return v, nil
+}
+
+// bytea decodes a bytea value as row_to_json writes it ("\x" and hex).
+func bytea(v any) ([]byte, bool) {
+	s, ok := v.(string)
+	if !ok || !strings.HasPrefix(s, `\x`) {
+		return nil, false
+	}
+	b, err := hex.DecodeString(s[2:])
+	return b, err == nil
+}
+
+// byteaPlaceholder is what the document shows of a binary column: its
+// length, or that it is withheld.
+func byteaPlaceholder(table, column string, v any) any {
+	if v == nil {
+		return nil
+	}
+	if _, ok := credentials[table+"."+column]; ok {
+		return "<withheld>"
+	}
+	if s, ok := v.(string); ok && strings.HasPrefix(s, `\x`) {
+		return fmt.Sprintf("<%d bytes>", (len(s)-2)/2)
+	}
+	return "<binary>"
+}
+
+func withheldReason(table, column string) string {
+	if why, ok := credentials[table+"."+column]; ok {
+		return why
+	}
+	if why, ok := withheldReasons[table+"."+column]; ok {
+		return why
+	}
+	return "binary (a hash, ciphertext or encoded state), shown by its length"
+}

@@ -1,0 +1,212 @@
+package profile_test
+
+import (
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+
+	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
+	"github.com/membercenter/membercenter/storage/clickhouse"
+	"github.com/membercenter/membercenter/storage/clickhouse/chtest"
+	"github.com/membercenter/membercenter/storage/postgres"
+
+	"github.com/membercenter/membercenter/services/changes"
+	"github.com/membercenter/membercenter/services/identity"
+	"github.com/membercenter/membercenter/services/profile"
+)
+
+// exportDoc is the export document as a reader parses it.
+type exportDoc struct {
+	Format     string                      `json:"format"`
+	MemberID   string                      `json:"member_id"`
+	ExportedAt string                      `json:"exported_at"`
+	Members    []string                    `json:"members"`
+	Postgres   map[string][]map[string]any `json:"postgres"`
+	ClickHouse map[string][]map[string]any `json:"clickhouse"`
+	Withheld   []struct {
+		Table, Column, Reason string
+	} `json:"withheld"`
+	LeftOut map[string]string `json:"left_out"`
+}
+
+// A member with a phone, an e-mail (brought by a merged member), a sealed
+// mobile attribute, a consent and a member code: the export holds both
+// members, the raw phone, e-mail and mobile, rows of every table that has
+// some, the ClickHouse events of both, and no hash, ciphertext or code
+// secret; a merged member's id answers with the same document.
+func TestExportMemberDataHoldsEverythingDecrypted(t *testing.T) {
+	f := newFixture(t)
+	c := ctxT(t)
+	at := time.Date(2025, 3, 12, 4, 0, 0, 0, time.UTC)
+	f.svc.SetClock(func() time.Time { return at })
+	ch, _ := chtest.NewDB(t)
+	f.svc.SetFacts(ch)
+	ids, err := identity.New(identity.Config{DefaultRegion: "CN"}, f.pool, changes.Writer{}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids.SetClock(func() time.Time { return at })
+
+	const phone, mail, mobile = "+8613712345601", "export.person@example.com", "+8613600005602"
+	resolve := func(key string, id *mcv1.Identifier) string {
+		r, err := ids.Resolve(c, &mcv1.ResolveRequest{Channel: mcv1.Channel_CHANNEL_APP, CreateIfMissing: true, IdempotencyKey: key,
+			Identifiers: []*mcv1.Identifier{id}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.GetMemberId()
+	}
+	target := resolve("export-a", &mcv1.Identifier{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_PHONE, Value: phone})
+	source := resolve("export-b", &mcv1.Identifier{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_EMAIL, Value: mail})
+	other := resolve("export-c", &mcv1.Identifier{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_PHONE, Value: "+8613712345699"})
+	if _, err := ids.Merge(c, &mcv1.MergeRequest{SourceMemberId: source, TargetMemberId: target, Reason: "same person", IdempotencyKey: "export-merge"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ids.IssueMemberCode(c, uuid.MustParse(target)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.srv.UpdateAttributes(c, &mcv1.UpdateAttributesRequest{MemberId: target, IdempotencyKey: "export-attrs",
+		Attributes: map[string]string{"mobile": mobile, "city": "Suzhou"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.srv.SetConsent(c, &mcv1.SetConsentRequest{MemberId: target, IdempotencyKey: "export-consent",
+		Purpose: mcv1.ConsentPurpose_CONSENT_PURPOSE_MARKETING, Granted: true}); err != nil {
+		t.Fatal(err)
+	}
+	// Events in ClickHouse: one of each member, one of someone else.
+	var evs []clickhouse.EventRow
+	for i, m := range []string{target, source, other} {
+		evs = append(evs, clickhouse.EventRow{EventID: "ev-" + m, MemberID: m, EventType: "transaction", Channel: "pos",
+			OccurredAt: at.Add(-time.Duration(i) * time.Hour), IngestedAt: at, OrderID: "O-" + m, Currency: "CNY", AmountMinor: 4200})
+	}
+	if err := clickhouse.NewWriter(ch).InsertEvents(c, evs); err != nil {
+		t.Fatal(err)
+	}
+
+	resp, err := f.srv.ExportMemberData(c, &mcv1.ExportMemberDataRequest{MemberId: source})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.GetMemberId() != target || !resp.GetExportedAt().AsTime().Equal(at) {
+		t.Errorf("export of the merged member answered %s at %v; want %s at %v", resp.GetMemberId(), resp.GetExportedAt().AsTime(), target, at)
+	}
+	var doc exportDoc
+	if err := json.Unmarshal([]byte(resp.GetDocument()), &doc); err != nil {
+		t.Fatalf("document is not JSON: %v", err)
+	}
+	if doc.Format != profile.ExportFormat || doc.MemberID != target || doc.ExportedAt != "2025-03-12T04:00:00Z" {
+		t.Errorf("document header %q %q %q", doc.Format, doc.MemberID, doc.ExportedAt)
+	}
+	if len(doc.Members) != 2 || doc.Members[0] != target || doc.Members[1] != source {
+		t.Errorf("members %v; want [%s %s]", doc.Members, target, source)
+	}
+	for _, table := range []string{"members", "member_identifiers", "member_consents", "member_code_secrets", "merges", "identity_audit"} {
+		if len(doc.Postgres[table]) == 0 {
+			t.Errorf("no %s rows", table)
+		}
+	}
+	if n := len(doc.Postgres["members"]); n != 2 {
+		t.Errorf("%d members rows, want both members", n)
+	}
+	if _, ok := doc.LeftOut["outbox"]; !ok || doc.Postgres["outbox"] != nil {
+		t.Errorf("outbox: left out %v, rows %v", doc.LeftOut, doc.Postgres["outbox"])
+	}
+	// Identifiers and attributes decrypted.
+	values := map[string]bool{}
+	for _, r := range doc.Postgres["member_identifiers"] {
+		v, _ := r["value"].(string)
+		values[v] = true
+		if r["member_id"] != target {
+			t.Errorf("identifier row of %v", r["member_id"])
+		}
+	}
+	if !values[phone] || !values[mail] {
+		t.Errorf("identifier values %v; want %s and %s", values, phone, mail)
+	}
+	var attrs map[string]any
+	for _, r := range doc.Postgres["members"] {
+		if r["member_id"] == target {
+			attrs, _ = r["attributes"].(map[string]any)
+		}
+	}
+	if attrs["mobile"] != mobile || attrs["city"] != "Suzhou" {
+		t.Errorf("attributes %v; want mobile %s", attrs, mobile)
+	}
+	// No hash, ciphertext or secret, and nothing sealed left.
+	if s := doc.Postgres["member_code_secrets"][0]["secret_cipher"]; s != "<withheld>" {
+		t.Errorf("code secret shown as %v", s)
+	}
+	for _, s := range []string{`\\x`, "pii:v1:"} {
+		if strings.Contains(resp.GetDocument(), s) {
+			t.Errorf("document holds %q", s)
+		}
+	}
+	withheld := map[string]bool{}
+	for _, w := range doc.Withheld {
+		withheld[w.Table+"."+w.Column] = w.Reason != ""
+	}
+	for _, col := range []string{"member_code_secrets.secret_cipher", "member_identifiers.value_hash", "member_identifiers.value_cipher"} {
+		if !withheld[col] {
+			t.Errorf("%s not listed as withheld with a reason: %v", col, doc.Withheld)
+		}
+	}
+	// ClickHouse: both members' events, typed; nobody else's.
+	got := map[string]bool{}
+	for _, r := range doc.ClickHouse["member_events"] {
+		got[r["member_id"].(string)] = true
+		if r["amount_minor"] != float64(4200) || r["ingested_at"] != "2025-03-12T04:00:00Z" {
+			t.Errorf("event row %v", r)
+		}
+	}
+	if !got[target] || !got[source] || got[other] || len(got) != 2 {
+		t.Errorf("ClickHouse events of %v; want %s and %s", got, target, source)
+	}
+	if strings.Contains(resp.GetDocument(), other) {
+		t.Errorf("document names the other member %s", other)
+	}
+
+	// The canonical id answers with the same data.
+	again, err := f.svc.ExportMemberData(c, uuid.MustParse(target))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(again.Document) != resp.GetDocument() {
+		t.Errorf("export by the canonical id differs from the export by the merged id")
+	}
+}
+
+// An unknown member is NotFound; a malformed id is InvalidArgument; a
+// process without ClickHouse refuses rather than answer with half the data.
+func TestExportMemberDataRefusals(t *testing.T) {
+	f := newFixture(t)
+	c := ctxT(t)
+	if _, err := f.srv.ExportMemberData(c, &mcv1.ExportMemberDataRequest{MemberId: f.member(t)}); !errors.Is(err, profile.ErrNoFacts) {
+		t.Errorf("without ClickHouse: %v; want ErrNoFacts", err)
+	}
+	ch, _ := chtest.NewDB(t)
+	f.svc.SetFacts(ch)
+	if _, err := f.srv.ExportMemberData(c, &mcv1.ExportMemberDataRequest{MemberId: uuid.NewString()}); !errors.Is(err, postgres.ErrNotFound) {
+		t.Errorf("unknown member: %v; want ErrNotFound", err)
+	}
+	if _, err := f.srv.ExportMemberData(c, &mcv1.ExportMemberDataRequest{MemberId: "not-a-uuid"}); !errors.Is(err, profile.ErrInvalid) {
+		t.Errorf("bad id: %v; want ErrInvalid", err)
+	}
+	// A member with nothing but its row exports that row.
+	m := f.member(t)
+	d, err := f.svc.ExportMemberData(c, uuid.MustParse(m))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc exportDoc
+	if err := json.Unmarshal(d.Document, &doc); err != nil {
+		t.Fatal(err)
+	}
+	if len(doc.Members) != 1 || len(doc.Postgres["members"]) != 1 || len(doc.Postgres["member_identifiers"]) != 0 || doc.ClickHouse == nil {
+		t.Errorf("bare member's document %s", d.Document)
+	}
+}
