@@ -77,6 +77,7 @@ type Config struct {
 // Consumer is a running stage's Kafka side.
 type Consumer struct {
 	cfg        Config
+	seal       dlq.Sealer // dead letters' keys and values (kafka.Config.DLQSealer)
 	retryLimit time.Duration
 	cl         *kafka.Client
 	log        *slog.Logger
@@ -99,7 +100,7 @@ func New(kcfg kafka.Config, tel kafka.Telemetry, cfg Config) (*Consumer, error) 
 	if cfg.MaxPollRecords == 0 {
 		cfg.MaxPollRecords = 1000
 	}
-	c := &Consumer{cfg: cfg, retryLimit: kcfg.RetryLimit(), log: tel.Logger.With("stage", cfg.Stage), now: time.Now,
+	c := &Consumer{cfg: cfg, seal: kcfg.DLQSealer, retryLimit: kcfg.RetryLimit(), log: tel.Logger.With("stage", cfg.Stage), now: time.Now,
 		workers: map[partition]*worker{}}
 	opts := []kgo.Opt{
 		kgo.ConsumerGroup(cfg.Group),
@@ -559,7 +560,7 @@ func (c *Consumer) logFetchErrors(ctx context.Context, fetches kgo.Fetches) {
 // while Kafka is unavailable; it returns an error only when ctx ends.
 func (c *Consumer) deadLetter(ctx context.Context, r *kgo.Record, reason error) error {
 	c.log.WarnContext(ctx, "dead-lettering record", "topic", r.Topic, "partition", r.Partition, "offset", r.Offset, "reason", reason)
-	letter := dlq.Record(c.cfg.DLQTopic, c.cfg.Stage, r, reason, c.now())
+	letter := dlq.Record(c.cfg.DLQTopic, c.cfg.Stage, r, reason, c.now(), c.seal)
 	err := Retry(ctx, c.log, c.cfg.Stage+" dlq", func() error {
 		err := c.cl.ProduceSync(ctx, letter).FirstErr()
 		if err != nil && fault.IsData(err) {

@@ -5,7 +5,10 @@ package dlq
 
 import (
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
+	"errors"
+	"fmt"
 	"strconv"
 	"time"
 	"unicode/utf8"
@@ -30,7 +33,22 @@ const (
 	HeaderTruncated    = "mc-dlq-truncated"
 	HeaderOriginalSize = "mc-dlq-original-size"
 	HeaderOriginalHash = "mc-dlq-original-sha256"
+	// A sealed letter's key and value are one AES-GCM ciphertext (the
+	// value; the key is empty) under the PII key this header names: a
+	// refused channel event holds raw identifiers, which the dead-letter
+	// topic then never does. Letter.Open reads it back.
+	HeaderSealed = "mc-dlq-sealed"
 )
+
+// Sealer encrypts and decrypts with the platform's PII keys
+// (identity.PII): ciphertexts are bound to ad and name their key.
+type Sealer interface {
+	Encrypt(value string, ad []byte) (ciphertext []byte, keyID string, err error)
+	Decrypt(ciphertext []byte, keyID string, ad []byte) (string, error)
+}
+
+// ErrSealed is returned for a sealed letter read without the keys.
+var ErrSealed = errors.New("the dead letter is sealed: reading it needs the PII keys (MC_PII_*)")
 
 // Size limits of a letter. Kafka refuses records over ~1 MiB by default
 // (message.max.bytes, and franz-go's ProducerBatchMaxBytes); a letter stays
@@ -58,8 +76,9 @@ func Rejected(err error) bool { return fault.IsData(err) }
 
 // Record builds the dead letter of src for topic: same key and value, the
 // reason and origin in headers. An original too large to send whole is kept
-// by reference (see HeaderTruncated).
-func Record(topic, stage string, src *kgo.Record, reason error, at time.Time) *kgo.Record {
+// by reference (see HeaderTruncated). With seal, the letter's key and value
+// are sealed (see HeaderSealed); seal nil keeps them as they are.
+func Record(topic, stage string, src *kgo.Record, reason error, at time.Time, seal Sealer) *kgo.Record {
 	headers := []kgo.RecordHeader{
 		{Key: HeaderReason, Value: []byte(truncate(reason.Error(), MaxReasonBytes))},
 		{Key: HeaderStage, Value: []byte(stage)},
@@ -98,6 +117,17 @@ func Record(topic, stage string, src *kgo.Record, reason error, at time.Time) *k
 		}
 		kept = small
 	}
+	if seal != nil {
+		ct, kid, err := seal.Encrypt(string(envelope(key, value)), sealAD(src.Topic, src.Partition, src.Offset))
+		if err != nil {
+			// The keys are loaded at start and encryption only fails
+			// without randomness: keep the letter rather than lose it.
+			headers = append(headers, kgo.RecordHeader{Key: HeaderSealed + "-error", Value: []byte(err.Error())})
+		} else {
+			key, value = nil, ct
+			headers = append(headers, kgo.RecordHeader{Key: HeaderSealed, Value: []byte(kid)})
+		}
+	}
 	return &kgo.Record{
 		Topic:   topic,
 		Key:     key,
@@ -105,6 +135,18 @@ func Record(topic, stage string, src *kgo.Record, reason error, at time.Time) *k
 		Headers: append(headers, kept...),
 		Context: src.Context,
 	}
+}
+
+// envelope packs a key and a value into one byte string: the key's length
+// (uvarint), the key, the value.
+func envelope(key, value []byte) []byte {
+	b := binary.AppendUvarint(make([]byte, 0, len(key)+len(value)+binary.MaxVarintLen64), uint64(len(key)))
+	return append(append(b, key...), value...)
+}
+
+// sealAD binds a sealed letter to the place of its original.
+func sealAD(topic string, partition int32, offset int64) []byte {
+	return []byte("mc-dlq\x00" + topic + "\x00" + strconv.FormatInt(int64(partition), 10) + "\x00" + strconv.FormatInt(offset, 10))
 }
 
 func prefix(b []byte, n int) []byte {
@@ -130,7 +172,7 @@ func truncate(s string, n int) string {
 func isDLQHeader(k string) bool {
 	switch k {
 	case HeaderReason, HeaderStage, HeaderTopic, HeaderPartition, HeaderOffset, HeaderAt,
-		HeaderTruncated, HeaderOriginalSize, HeaderOriginalHash:
+		HeaderTruncated, HeaderOriginalSize, HeaderOriginalHash, HeaderSealed:
 		return true
 	}
 	return false
@@ -152,6 +194,10 @@ type Letter struct {
 	Truncated    bool
 	OriginalSize int
 	OriginalHash string
+	// Sealed letters hold their key and value encrypted under the PII key
+	// SealedKeyID names until Open.
+	Sealed      bool
+	SealedKeyID string
 }
 
 // Parse reads the dead-letter headers of r.
@@ -179,9 +225,36 @@ func Parse(r *kgo.Record) Letter {
 			l.OriginalSize, _ = strconv.Atoi(v)
 		case HeaderOriginalHash:
 			l.OriginalHash = v
+		case HeaderSealed:
+			l.Sealed, l.SealedKeyID = true, v
 		}
 	}
 	return l
+}
+
+// Open reads a sealed letter's key and value back into l.Record (a copy:
+// the record read is left alone); a letter that is not sealed is left as
+// it is. Without s, a sealed letter is ErrSealed.
+func (l *Letter) Open(s Sealer) error {
+	if !l.Sealed {
+		return nil
+	}
+	if s == nil {
+		return ErrSealed
+	}
+	plain, err := s.Decrypt(l.Record.Value, l.SealedKeyID, sealAD(l.Topic, l.Partition, l.Offset))
+	if err != nil {
+		return fmt.Errorf("open dead letter %s/%d@%d: %w", l.Topic, l.Partition, l.Offset, err)
+	}
+	b := []byte(plain)
+	n, w := binary.Uvarint(b)
+	if w <= 0 || uint64(len(b)-w) < n {
+		return fmt.Errorf("open dead letter %s/%d@%d: malformed envelope", l.Topic, l.Partition, l.Offset)
+	}
+	r := *l.Record
+	r.Key, r.Value = b[w:w+int(n)], b[w+int(n):]
+	l.Record, l.Sealed = &r, false
+	return nil
 }
 
 // Original returns the record to re-publish for a replay: the original topic,

@@ -39,7 +39,7 @@ func TestRecordRoundTrip(t *testing.T) {
 		Headers: []kgo.RecordHeader{{Key: "traceparent", Value: []byte("00-abc-def-01")}},
 	}
 	at := time.Date(2026, 11, 23, 1, 2, 3, 0, time.UTC)
-	letter := dlq.Record("dlq.v1", "ingest", src, errors.New("bad bytes"), at)
+	letter := dlq.Record("dlq.v1", "ingest", src, errors.New("bad bytes"), at, nil)
 	if letter.Topic != "dlq.v1" || string(letter.Key) != "k" || string(letter.Value) != string(src.Value) {
 		t.Fatalf("letter = %+v", letter)
 	}
@@ -52,7 +52,7 @@ func TestRecordRoundTrip(t *testing.T) {
 		t.Fatalf("original = %+v", orig)
 	}
 	// A letter that fails again is not wrapped twice.
-	again := dlq.Record("dlq.v1", "ingest", orig, errors.New("still bad"), at)
+	again := dlq.Record("dlq.v1", "ingest", orig, errors.New("still bad"), at, nil)
 	if n := len(again.Headers); n != 7 {
 		t.Fatalf("re-dead-lettered record has %d headers, want 7", n)
 	}
@@ -65,7 +65,7 @@ func TestRecordKeepsTooLargeOriginalByReference(t *testing.T) {
 	src := &kgo.Record{Topic: "channel.events.v1", Partition: 2, Offset: 7, Key: []byte("k"), Value: value,
 		Headers: []kgo.RecordHeader{{Key: "traceparent", Value: []byte("00-abc-def-01")}}}
 	reason := errors.New(strings.Repeat("too big; ", 2000))
-	letter := dlq.Record("dlq.v1", "ingest", src, reason, time.Now())
+	letter := dlq.Record("dlq.v1", "ingest", src, reason, time.Now(), nil)
 	size := len(letter.Key) + len(letter.Value)
 	for _, h := range letter.Headers {
 		size += len(h.Key) + len(h.Value)
@@ -88,7 +88,7 @@ func TestRecordKeepsTooLargeOriginalByReference(t *testing.T) {
 		t.Fatalf("reason of %d bytes: %.40q", len(l.Reason), l.Reason)
 	}
 	// A small original is carried whole, unmarked.
-	small := dlq.Parse(dlq.Record("dlq.v1", "ingest", &kgo.Record{Value: []byte("x")}, errors.New("bad"), time.Now()))
+	small := dlq.Parse(dlq.Record("dlq.v1", "ingest", &kgo.Record{Value: []byte("x")}, errors.New("bad"), time.Now(), nil))
 	if small.Truncated || string(small.Record.Value) != "x" {
 		t.Fatalf("small letter = %+v", small)
 	}

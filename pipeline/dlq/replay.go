@@ -147,6 +147,9 @@ type ReplayOptions struct {
 	Force bool
 	// Replays records replayed letters; required.
 	Replays Replays
+	// Sealer opens sealed letters (HeaderSealed); without it they cannot
+	// be replayed.
+	Sealer Sealer
 }
 
 // ReplayResult says what a replay did.
@@ -214,6 +217,11 @@ func Replay(ctx context.Context, cl *kgo.Client, topic string, o ReplayOptions) 
 				res.AlreadyReplayed++
 				return nil
 			}
+		}
+		if err := l.Open(o.Sealer); err != nil {
+			res.Unreplayable++
+			res.Problems = append(res.Problems, fmt.Sprintf("%s: %v", self, err))
+			return nil
 		}
 		rec := l.Original()
 		rec.Headers = append(withoutHeader(rec.Headers, HeaderReplayOf), kgo.RecordHeader{Key: HeaderReplayOf, Value: []byte(id.String())})

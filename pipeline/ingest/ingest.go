@@ -106,6 +106,7 @@ const DefaultMaxEventBytes = 256 << 10
 // Ingest runs the stage.
 type Ingest struct {
 	topics     kafka.Topics
+	seal       dlq.Sealer // dead letters' keys and values (kafka.Config.DLQSealer)
 	kopts      []kgo.Opt // the session's, to build it anew (renew)
 	mu         sync.Mutex
 	sess       *kgo.GroupTransactSession // under mu: replaced by renew
@@ -210,7 +211,7 @@ func New(kcfg kafka.Config, tel kafka.Telemetry, resolver Resolver, o Options) (
 	}
 	records, latency := sm.Records, sm.Latency
 	return &Ingest{
-		topics: kcfg.Topics, kopts: opts, sess: sess, tracer: tracer, resolver: resolver, validator: validator, opts: o,
+		topics: kcfg.Topics, seal: kcfg.DLQSealer, kopts: opts, sess: sess, tracer: tracer, resolver: resolver, validator: validator, opts: o,
 		retryLimit: kcfg.RetryLimit(), log: tel.Logger.With("stage", Stage), records: records, latency: latency,
 		now: time.Now, stuck: map[partition]*stuckRecord{},
 	}, nil
@@ -556,7 +557,7 @@ func (in *Ingest) emit(ctx context.Context, span trace.Span, r, out *kgo.Record,
 		outcome = "dlq"
 		span.SetStatus(codes.Error, err.Error())
 		in.log.WarnContext(ctx, "dead-lettering event", "partition", r.Partition, "offset", r.Offset, "reason", err)
-		out = dlq.Record(in.topics.DLQ, Stage, r, err, in.now())
+		out = dlq.Record(in.topics.DLQ, Stage, r, err, in.now(), in.seal)
 	}
 	// The record outlives this goroutine's context until the transaction
 	// is flushed; it keeps the trace but not the cancellation.

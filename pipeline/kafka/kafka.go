@@ -27,6 +27,7 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/membercenter/membercenter/pipeline/dlq"
 	"github.com/membercenter/membercenter/pipeline/fault"
 )
 
@@ -58,6 +59,11 @@ type Config struct {
 	// nil dials the brokers directly. With TLS, the handshake runs over
 	// the connection it opens.
 	Dial func(ctx context.Context, network, host string) (net.Conn, error)
+	// DLQSealer, when set, seals the key and value of every dead letter
+	// the stages built from this config write (dlq.HeaderSealed): the
+	// platform sets its PII keys, so refused records' raw identifiers
+	// never sit in the dead-letter topic. nil writes letters as they came.
+	DLQSealer dlq.Sealer
 	// TLS to the brokers: on with MC_KAFKA_TLS=true (the system's CAs) or
 	// when any TLS file is set. CAFile (PEM) replaces the system's CAs;
 	// CertFile and KeyFile are this client's certificate for brokers that

@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/membercenter/membercenter/services/identity"
 	"github.com/membercenter/membercenter/storage/postgres"
 
 	"github.com/membercenter/membercenter/pipeline/dlq"
@@ -50,8 +51,14 @@ func dlqCmd(stdout, logOut io.Writer) *cobra.Command {
 			err := dlq.Scan(cmd.Context(), cl.Client, e.cfg.Kafka.Topics.DLQ, time.Now().Add(-since), func(l dlq.Letter) error {
 				if keep(l) {
 					n++
-					fmt.Fprintf(stdout, "%s  %s/%d@%d  stage=%s  key=%q  %d bytes\n  reason: %s\n",
-						l.At.Format(time.RFC3339), l.Topic, l.Partition, l.Offset, l.Stage, l.Record.Key, len(l.Record.Value),
+					// A sealed letter's key and value stay sealed here:
+					// they may be a channel's raw identifiers.
+					key := fmt.Sprintf("key=%q  %d bytes", l.Record.Key, len(l.Record.Value))
+					if l.Sealed {
+						key = fmt.Sprintf("sealed (key %s)  %d bytes", l.SealedKeyID, len(l.Record.Value))
+					}
+					fmt.Fprintf(stdout, "%s  %s/%d@%d  stage=%s  %s\n  reason: %s\n",
+						l.At.Format(time.RFC3339), l.Topic, l.Partition, l.Offset, l.Stage, key,
 						strings.ReplaceAll(l.Reason, "\n", " "))
 				}
 				return nil
@@ -64,8 +71,13 @@ func dlqCmd(stdout, logOut io.Writer) *cobra.Command {
 		Use:   "replay",
 		Short: "Re-publish dead letters to the topics they came from, each once (stages deduplicate by event id)",
 		RunE: withClient(func(cmd *cobra.Command, e *env, cl *kafka.Client) error {
+			// Sealed letters are opened with the platform's PII keys.
+			keys, err := identity.NewPII(e.cfg.Identity.Keys)
+			if err != nil {
+				return err
+			}
 			res, err := dlq.Replay(cmd.Context(), cl.Client, e.cfg.Kafka.Topics.DLQ, dlq.ReplayOptions{
-				Since: time.Now().Add(-since), Keep: keep, Force: force, Replays: pgReplays{e.p.Pool()},
+				Since: time.Now().Add(-since), Keep: keep, Force: force, Replays: pgReplays{e.p.Pool()}, Sealer: keys,
 			})
 			for _, p := range res.Problems {
 				fmt.Fprintf(stdout, "cannot replay %s\n", p)

@@ -32,7 +32,7 @@ func TestDLQReplayReplaysEachLetterOnceAndSaysWhatItDid(t *testing.T) {
 	// Two letters, and one whose original was too large to keep whole.
 	for i, v := range [][]byte{[]byte("bad"), []byte("bad"), bytes.Repeat([]byte("x"), dlq.MaxOriginalBytes+1)} {
 		src := &kgo.Record{Topic: events, Partition: 0, Offset: int64(i), Key: []byte("k"), Value: v}
-		if err := cl.ProduceSync(ctx, dlq.Record(letters, "ingest", src, errors.New("broken"), time.Now())).FirstErr(); err != nil {
+		if err := cl.ProduceSync(ctx, dlq.Record(letters, "ingest", src, errors.New("broken"), time.Now(), nil)).FirstErr(); err != nil {
 			t.Fatal(err)
 		}
 	}

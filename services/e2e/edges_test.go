@@ -15,6 +15,7 @@ import (
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 
 	"github.com/membercenter/membercenter/pipeline/dlq"
+	"github.com/membercenter/membercenter/services/identity"
 )
 
 // TestAPIAndIngestEdges is issue 12's "API edges" on the running platform:
@@ -118,8 +119,26 @@ func (e *env) readLetters(t *testing.T, ctx context.Context, n int) []dlq.Letter
 			t.Fatalf("%d of %d dead letters: %v", len(out), n, ctx.Err())
 		}
 		for _, r := range fs.Records() {
-			out = append(out, dlq.Parse(r))
+			out = append(out, openLetter(t, r))
 		}
 	}
 	return out
+}
+
+// openLetter parses a dead letter the platform wrote and opens it: the
+// platform seals letters with its PII keys (the development keys here).
+func openLetter(t *testing.T, r *kgo.Record) dlq.Letter {
+	t.Helper()
+	l := dlq.Parse(r)
+	if !l.Sealed {
+		t.Fatalf("dead letter %d@%d is not sealed", r.Partition, r.Offset)
+	}
+	keys, err := identity.NewPII(identity.DevKeys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Open(keys); err != nil {
+		t.Fatal(err)
+	}
+	return l
 }

@@ -89,8 +89,13 @@ func TestNoRawPIIAfterIngest(t *testing.T) {
 		return evs == 3 && chs == outbox, nil
 	})
 
-	// Kafka: every record the platform wrote after ingest.
-	for _, topic := range []string{e.cfg.Kafka.Topics.MemberEvents, e.cfg.Kafka.Topics.MemberChanges} {
+	// A record ingest refuses, with the phone in its key and value: its
+	// dead letter is sealed.
+	e.publish(t, ctx, national, []byte("not a ChannelEvent: "+national+" "+mail))
+	readTopic(t, ctx, e.cfg.Kafka.Brokers, e.cfg.Kafka.Topics.DLQ, 1, time.Second)
+
+	// Kafka: every record the platform wrote after ingest, and the dead letter.
+	for _, topic := range []string{e.cfg.Kafka.Topics.MemberEvents, e.cfg.Kafka.Topics.MemberChanges, e.cfg.Kafka.Topics.DLQ} {
 		recs := readTopic(t, ctx, e.cfg.Kafka.Brokers, topic, 0, 2*time.Second) // all written before the read began
 		if len(recs) == 0 {
 			t.Fatalf("%s is empty", topic)

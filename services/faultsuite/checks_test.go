@@ -18,6 +18,7 @@ import (
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 
 	"github.com/membercenter/membercenter/pipeline/dlq"
+	"github.com/membercenter/membercenter/services/identity"
 	"github.com/membercenter/membercenter/pipeline/kafka/kafkatest"
 )
 
@@ -353,9 +354,26 @@ func (s *suite) checkFacts(ctx context.Context, r *report) {
 // behind it was applied; nothing else was dead-lettered.
 func (s *suite) checkDeadLetters(ctx context.Context, r *report) {
 	letters := map[string][]dlq.Letter{}
+	keys, err := identity.NewPII(identity.DevKeys) // the processes run with the development keys
+	if err != nil {
+		r.expect(false, "PII keys: %v", err)
+		return
+	}
+	var read, unsealed int
+	var openErr error
 	s.readTopic(ctx, s.kcfg.Topics.DLQ, func(rec *kgo.Record) {
-		letters[string(rec.Key)] = append(letters[string(rec.Key)], dlq.Parse(rec))
+		l := dlq.Parse(rec)
+		read++
+		if !l.Sealed {
+			unsealed++
+		}
+		if err := l.Open(keys); err != nil {
+			openErr = err
+			return
+		}
+		letters[string(l.Record.Key)] = append(letters[string(l.Record.Key)], l)
 	})
+	r.expect(unsealed == 0 && openErr == nil, "dlq.v1 holds no raw record: %d of %d letters sealed with the PII keys, every one opens (%v)", read-unsealed, read, openErr)
 	r.add("### Poison records")
 	r.add("")
 	r.add("| record | dead letter's reason |")

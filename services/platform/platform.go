@@ -380,6 +380,9 @@ func (p *Platform) domain(now func() time.Time, clickhouseNeeded bool) (*domain,
 		return nil, err
 	}
 	idSvc.SetClock(now)
+	// Dead letters are sealed with the PII keys: a refused channel event
+	// holds raw identifiers.
+	p.cfg.Kafka.DLQSealer = idSvc.PII()
 	benefitSvc := benefits.New(p.pool, cw, log)
 	benefitSvc.SetClock(now)
 	tagSvc := tags.New(p.pool, cw, log)
