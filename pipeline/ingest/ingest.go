@@ -107,7 +107,7 @@ const DefaultMaxEventBytes = 256 << 10
 type Ingest struct {
 	topics     kafka.Topics
 	seal       dlq.Sealer // dead letters' keys and values (kafka.Config.DLQSealer)
-	kopts      []kgo.Opt // the session's, to build it anew (renew)
+	kopts      []kgo.Opt  // the session's, to build it anew (renew)
 	mu         sync.Mutex
 	sess       *kgo.GroupTransactSession // under mu: replaced by renew
 	closed     bool                      // under mu

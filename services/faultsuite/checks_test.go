@@ -18,8 +18,8 @@ import (
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 
 	"github.com/membercenter/membercenter/pipeline/dlq"
-	"github.com/membercenter/membercenter/services/identity"
 	"github.com/membercenter/membercenter/pipeline/kafka/kafkatest"
+	"github.com/membercenter/membercenter/services/identity"
 )
 
 // report is what the checks found: figures for BENCHMARKS.md and the
