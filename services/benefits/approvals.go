@@ -50,6 +50,7 @@ const (
 	auditAdjustRequested = "adjust.requested"
 	auditAdjustApproved  = "adjust.approved"
 	auditAdjustRejected  = "adjust.rejected"
+	auditCouponIssued    = "coupon.issued"
 )
 
 // approvalSpace names the approval ids derived from Adjust idempotency keys.
@@ -220,10 +221,39 @@ type approvalDetail struct {
 	Note       string `json:"note,omitempty"`
 }
 
+// couponDetail is the detail of an operator audit record of an issued
+// coupon: its template, its code and the cause the coupon records
+// ("issued: " and the operator's reason).
+type couponDetail struct {
+	Template string `json:"template"`
+	Code     string `json:"code"`
+	Cause    string `json:"cause"`
+}
+
 // operatorAudit is the operator audit record of an action on member.
-func operatorAudit(at time.Time, actor, action string, member uuid.UUID, cause string, d approvalDetail) postgres.OperatorAudit {
+func operatorAudit(at time.Time, actor, action string, member uuid.UUID, cause string, d any) postgres.OperatorAudit {
 	b, _ := json.Marshal(d) // strings and numbers always marshal
 	return postgres.OperatorAudit{AuditID: uuid.Must(uuid.NewV7()), At: at, Actor: actor, Action: action, MemberID: member, CauseID: cause, Detail: b}
+}
+
+// operatorAudits are the operator audit records of op, an operator's
+// action (op.Actor is set) that had the effects fx on member: an
+// adjustment's application, or one record per coupon an issue gave the
+// member. A coupon a benefit gave on the way (another template, or
+// another cause) is the programme's doing, not the operator's.
+func operatorAudits(fx *Effects, op Op, member uuid.UUID) []postgres.OperatorAudit {
+	if op.Kind != OpIssueCoupon {
+		return []postgres.OperatorAudit{operatorAudit(fx.At, op.Actor, auditAdjustApplied, member, op.Cause,
+			approvalDetail{ApprovalID: op.ApprovalID, Points: op.Points, Reason: op.Reason, Approver: op.Approver})}
+	}
+	var out []postgres.OperatorAudit
+	for _, c := range fx.Issued {
+		if c.Template == op.Template && c.Cause == op.Reason {
+			out = append(out, operatorAudit(fx.At, op.Actor, auditCouponIssued, member, op.Cause,
+				couponDetail{Template: c.Template, Code: c.Code, Cause: c.Cause}))
+		}
+	}
+	return out
 }
 
 // listApprovals lists approvals as req asks.

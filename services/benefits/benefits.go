@@ -22,6 +22,7 @@ import (
 	"github.com/membercenter/membercenter/storage/postgres"
 
 	"github.com/membercenter/membercenter/pipeline/fault"
+	"github.com/membercenter/membercenter/services/auth"
 	"github.com/membercenter/membercenter/services/changes"
 	"github.com/membercenter/membercenter/services/facts"
 	"github.com/membercenter/membercenter/services/versioned"
@@ -43,7 +44,7 @@ type Service struct {
 }
 
 // Programmes is how the loyalty programme is stored and read.
-var Programmes = versioned.Format[Program]{Name: "loyalty programme", Kind: postgres.Programme, Parse: ParseProgram,
+var Programmes = versioned.Format[Program]{Name: "loyalty programme", Kind: postgres.Programme, Action: "program.loaded", Parse: ParseProgram,
 	Version: func(p *Program) string { return p.Version }}
 
 // New returns the service running the embedded default programme until a
@@ -67,9 +68,10 @@ func (s *Service) Program() *Program { return s.program() }
 func (s *Service) SetClock(now func() time.Time) { s.now = now }
 
 // LoadProgram validates a programme and stores it as the newest version;
-// running services pick it up (Watch). A version id may be used once.
+// running services pick it up (Watch). A version id may be used once. The
+// load is audited as made by the call's actor (auth.Actor).
 func LoadProgram(ctx context.Context, pool *pgxpool.Pool, src []byte) (*Program, error) {
-	return Programmes.Store(ctx, pool, src)
+	return Programmes.Store(ctx, pool, src, versioned.Loader{Actor: auth.Actor(ctx)})
 }
 
 // Reload switches to the newest stored programme version, if it is not the

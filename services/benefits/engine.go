@@ -255,10 +255,10 @@ type Op struct {
 	Template  string // coupon issuance
 	Claim     bool   // a member's claim: the template must be claimable
 
-	// Actor is the operator an operator action (an Adjust) is made by;
-	// Approver the second operator who approved it when it needed approval
-	// (ApprovalID). With an Actor, the operation's changes carry both and
-	// its application is recorded in the operator audit.
+	// Actor is the operator an operator action (an Adjust, a coupon issue)
+	// is made by; Approver the second operator who approved it when it
+	// needed approval (ApprovalID). With an Actor, the operation's changes
+	// carry both and its effect is recorded in the operator audit.
 	Actor, Approver, ApprovalID string
 }
 

@@ -317,16 +317,20 @@ func (s *Server) ClaimCoupon(ctx context.Context, req *mcv1.ClaimCouponRequest) 
 
 // IssueCoupons implements BenefitsService.IssueCoupons: one coupon of the
 // template per member, each member in its own transaction; a rerun with the
-// same key skips members already served.
+// same key skips members already served. The operator (auth.Actor) is on
+// each coupon's change and in the operator audit ("coupon.issued"), written
+// in the transaction that issues the coupon, so a rerun writes neither
+// again.
 func (s *Server) IssueCoupons(ctx context.Context, req *mcv1.IssueCouponsRequest) (*mcv1.IssueCouponsResponse, error) {
 	if s.svc.program().Coupons[req.GetTemplateId()] == nil {
 		return nil, fmt.Errorf("template_id %q is not in the programme: %w", req.GetTemplateId(), ErrInvalid)
 	}
+	actor := auth.Actor(ctx)
 	resp := &mcv1.IssueCouponsResponse{Skipped: map[string]string{}}
 	for _, id := range req.GetMemberIds() {
 		member := uuid.MustParse(id)
 		key := req.GetIdempotencyKey() + ":" + id
-		op := Op{Kind: OpIssueCoupon, At: s.svc.now(), Template: req.GetTemplateId(), Reason: "issued: " + req.GetReason()}
+		op := Op{Kind: OpIssueCoupon, At: s.svc.now(), Template: req.GetTemplateId(), Reason: "issued: " + req.GetReason(), Actor: actor}
 		_, err := mutate(ctx, s.svc, mutation{scope: "benefits.IssueCoupons", key: key,
 			req: &mcv1.ClaimCouponRequest{MemberId: id, TemplateId: req.GetTemplateId(), IdempotencyKey: key}, member: member, op: op,
 			ch: mcv1.Channel_CHANNEL_BACKOFFICE},

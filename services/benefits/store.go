@@ -249,8 +249,7 @@ func (s *Service) stageOp(ctx context.Context, w *postgres.LoyaltyWrites, st *St
 	}
 	if op.Actor != "" {
 		// An operator's action, audited with its effect.
-		w.Audit = append(w.Audit, operatorAudit(fx.At, op.Actor, auditAdjustApplied, member, op.Cause,
-			approvalDetail{ApprovalID: op.ApprovalID, Points: op.Points, Reason: op.Reason, Approver: op.Approver}))
+		w.Audit = append(w.Audit, operatorAudits(fx, op, member)...)
 	}
 	st.staged = true
 	return nil

@@ -8,9 +8,11 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/user"
+	"path/filepath"
+	"regexp"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/spf13/cobra"
 
 	"github.com/membercenter/membercenter/services/changes"
@@ -18,6 +20,7 @@ import (
 	"github.com/membercenter/membercenter/services/server"
 	"github.com/membercenter/membercenter/services/telemetry"
 	"github.com/membercenter/membercenter/services/version"
+	"github.com/membercenter/membercenter/services/versioned"
 )
 
 // Execute runs the command line with args. A line it cannot act on is
@@ -88,22 +91,47 @@ func withEnv(logOut io.Writer, run func(cmd *cobra.Command, args []string, e *en
 }
 
 // loadCmd is the load command of a versioned document (the programme, the
-// label catalogue): it reads the file its argument names, then load, with
-// the environment setup opens, validates it and stores it as the newest
-// version; it prints what loaded says of that.
-func loadCmd[T any](stdout, logOut io.Writer, short, long string, load func(context.Context, *pgxpool.Pool, []byte) (T, error), loaded func(T) string) *cobra.Command {
-	return &cobra.Command{
-		Use:   "load FILE",
+// label catalogue): it reads the file its argument names, then, with the
+// environment setup opens, validates it and stores it as the newest
+// version, recorded in the configuration audit as loaded by the operator
+// --operator names ("cli/NAME"); it prints what loaded says of that.
+//
+// The operator is a required flag rather than the OS user: on the hosts and
+// containers operators run this from, the OS user is a shared account
+// (root, a deploy user) that names no one. The OS user and host are
+// recorded beside it, as what the machine says.
+func loadCmd[T any](stdout, logOut io.Writer, short, long string, f versioned.Format[T], loaded func(*T) string) *cobra.Command {
+	var operator string
+	cmd := &cobra.Command{
+		Use:   "load FILE --operator NAME",
 		Short: short,
 		Long:  long,
-		Args:  cobra.ExactArgs(1),
+		Args: func(cmd *cobra.Command, args []string) error {
+			if err := cobra.ExactArgs(1)(cmd, args); err != nil {
+				return err
+			}
+			if !cmd.Flags().Changed("operator") {
+				return nil // cobra's check of required flags names it
+			}
+			return checkOperator(operator)
+		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			src, err := os.ReadFile(args[0])
 			if err != nil {
 				return err
 			}
+			by := versioned.Loader{Actor: "cli/" + operator, Detail: map[string]string{"file": args[0]}}
+			if abs, err := filepath.Abs(args[0]); err == nil {
+				by.Detail["file"] = abs
+			}
+			if u, err := user.Current(); err == nil {
+				by.Detail["os_user"] = u.Username
+			}
+			if h, err := os.Hostname(); err == nil {
+				by.Detail["host"] = h
+			}
 			return runEnv(cmd, args, logOut, server.DefaultAdminAddr, func(cmd *cobra.Command, _ []string, e *env) error {
-				doc, err := load(cmd.Context(), e.p.Pool(), src)
+				doc, err := f.Store(cmd.Context(), e.p.Pool(), src, by)
 				if err != nil {
 					return err
 				}
@@ -112,6 +140,20 @@ func loadCmd[T any](stdout, logOut io.Writer, short, long string, load func(cont
 			})
 		},
 	}
+	cmd.Flags().StringVar(&operator, "operator", "", "who loads it, recorded in the audit as cli/NAME (required)")
+	_ = cmd.MarkFlagRequired("operator")
+	return cmd
+}
+
+// operatorName is what --operator accepts: a person's handle, one word.
+var operatorName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$`)
+
+// checkOperator refuses an --operator that names no one recognisably.
+func checkOperator(name string) error {
+	if !operatorName.MatchString(name) {
+		return fmt.Errorf("--operator %q: the person loading it, one word of letters, digits, '.', '_', '@' or '-' (at most 64)", name)
+	}
+	return nil
 }
 
 // group is a command that groups the commands subs.

@@ -12,7 +12,7 @@ import (
 
 func programCmd(stdout, logOut io.Writer) *cobra.Command {
 	load := loadCmd(stdout, logOut, "Validate a programme file and make it the newest version; running services switch to it within seconds", "",
-		benefits.LoadProgram, func(p *benefits.Program) string {
+		benefits.Programmes, func(p *benefits.Program) string {
 			return fmt.Sprintf("programme %s loaded: %d tiers, %d campaigns, %d coupon templates, %d benefits",
 				p.Version, len(p.Tiers), len(p.Campaigns), len(p.Coupons), len(p.Benefits))
 		})

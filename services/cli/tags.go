@@ -22,7 +22,7 @@ ids and worked examples) and store it as the newest version. A catalogue that
 fails validation is refused with every problem named by label, and the running
 catalogue stays in place. After loading, run 'membercenter tags backfill' to
 recompute every member's labels from history.`,
-		tags.LoadCatalog, func(c *tags.Catalog) string {
+		tags.Catalogues, func(c *tags.Catalog) string {
 			return fmt.Sprintf("label catalogue %s loaded: %d labels, %d purchase filters", c.Version, len(c.Labels), len(c.Filters))
 		})
 	check := &cobra.Command{

@@ -70,6 +70,10 @@ func TestWriteEventsAndChanges(t *testing.T) {
 			Actor: "backoffice/alice", Approver: "backoffice/bob",
 			Change: &mcv1.MemberChange_PointsChanged{PointsChanged: &mcv1.PointsChanged{
 				Kind: mcv1.LedgerEntryKind_LEDGER_ENTRY_KIND_REDEEM, Delta: -300, Balance: 700}}}},
+		{Msg: &mcv1.MemberChange{MemberId: "m1", Sequence: 7, ChangeId: "c7", OccurredAt: ts, CauseId: "rpc:benefits.IssueCoupons:k:m1",
+			Actor: "backoffice/carol",
+			Change: &mcv1.MemberChange_CouponChanged{CouponChanged: &mcv1.CouponChanged{CouponId: "C10-m1-1", TemplateId: "C10",
+				State: mcv1.CouponState_COUPON_STATE_ISSUED}}}},
 	}
 	// Twice, as after a redelivery: the label rows collapse.
 	for range 2 {
@@ -107,6 +111,14 @@ func TestWriteEventsAndChanges(t *testing.T) {
 	}
 	if kind != "redeem" || actor != "backoffice/alice" || approver != "backoffice/bob" {
 		t.Fatalf("points_kind %q, actor %q, approver %q", kind, actor, approver)
+	}
+	// An operator's coupon names the operator too.
+	var changeType string
+	if err := conn.QueryRow(ctx, `SELECT change_type, actor, approver FROM member_changes FINAL WHERE sequence = 7`).Scan(&changeType, &actor, &approver); err != nil {
+		t.Fatal(err)
+	}
+	if changeType != "coupon_changed" || actor != "backoffice/carol" || approver != "" {
+		t.Fatalf("coupon change: %q, actor %q, approver %q", changeType, actor, approver)
 	}
 }
 

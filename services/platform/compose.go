@@ -15,6 +15,7 @@ import (
 	"github.com/membercenter/membercenter/pipeline/relay"
 	"github.com/membercenter/membercenter/pipeline/sink"
 	"github.com/membercenter/membercenter/pipeline/worker"
+	"github.com/membercenter/membercenter/services/audit"
 	"github.com/membercenter/membercenter/services/benefits"
 	"github.com/membercenter/membercenter/services/changefeed"
 	"github.com/membercenter/membercenter/services/changes"
@@ -160,6 +161,8 @@ var stages = []stage{
 		}
 		ps.closer(s.Close)
 		ps.loop(s.Run)
+		// The operator and configuration audit, beside the facts.
+		ps.loop(audit.NewExporter(e.p.pool, clickhouse.NewWriter(e.d.facts), e.p.tel.Logger).Run)
 		ps.checks["clickhouse"] = e.d.facts.Ping
 		return nil
 	}},

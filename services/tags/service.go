@@ -30,6 +30,7 @@ import (
 	"github.com/membercenter/membercenter/storage/postgres"
 
 	"github.com/membercenter/membercenter/pipeline/fault"
+	"github.com/membercenter/membercenter/services/auth"
 	"github.com/membercenter/membercenter/services/changes"
 	"github.com/membercenter/membercenter/services/versioned"
 )
@@ -71,7 +72,7 @@ func (s *Service) benefitsFollow(labels ...[]string) bool {
 }
 
 // Catalogues is how the label catalogue is stored and read.
-var Catalogues = versioned.Format[Catalog]{Name: "label catalogue", Kind: postgres.Catalogue, Parse: ParseCatalog,
+var Catalogues = versioned.Format[Catalog]{Name: "label catalogue", Kind: postgres.Catalogue, Action: "catalog.loaded", Parse: ParseCatalog,
 	Version: func(c *Catalog) string { return c.Version }}
 
 var _ contract.Applier = (*Service)(nil)
@@ -94,9 +95,10 @@ func (s *Service) SetClock(now func() time.Time) { s.now = now }
 
 // LoadCatalog validates a catalogue and stores it as the newest version;
 // running services switch to it (Watch). A catalogue that fails validation
-// is refused and nothing changes.
+// is refused and nothing changes. The load is audited as made by the
+// call's actor (auth.Actor).
 func LoadCatalog(ctx context.Context, pool *pgxpool.Pool, src []byte) (*Catalog, error) {
-	return Catalogues.Store(ctx, pool, src)
+	return Catalogues.Store(ctx, pool, src, versioned.Loader{Actor: auth.Actor(ctx)})
 }
 
 // Known reports whether the catalogue in force has the label.

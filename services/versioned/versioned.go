@@ -3,16 +3,22 @@
 // catalogue): a version is validated before it is stored, every process
 // switches to the newest one within an interval, and a stored version that
 // no longer validates is logged and skipped while the one in force stays.
+// Every load is recorded, with who made it, in the configuration audit.
 package versioned
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"sync/atomic"
 	"time"
 
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/membercenter/membercenter/storage/postgres"
@@ -22,23 +28,54 @@ import (
 
 // Format says how to read a document.
 type Format[T any] struct {
-	Name    string // in messages: "programme", "catalogue"
-	Kind    postgres.DocumentKind
+	Name string // in messages: "programme", "catalogue"
+	Kind postgres.DocumentKind
+	// Action names a load in the configuration audit: "program.loaded".
+	Action  string
 	Parse   func(src []byte) (*T, error)
 	Version func(*T) string
 }
 
+// Loader is who loads a version, for the configuration audit.
+type Loader struct {
+	// Actor is who loads it: "cli/alice" for an operator's command, the
+	// authenticated actor of a call. Required.
+	Actor string
+	// Detail is what else the loader knows of itself (the OS user, the
+	// host, the file), recorded as given.
+	Detail map[string]string
+}
+
 // Store validates src and stores it as the newest version; running
-// services switch to it (Watch). A version may be stored once.
-func (f Format[T]) Store(ctx context.Context, pool *pgxpool.Pool, src []byte) (*T, error) {
+// services switch to it (Watch). A version may be stored once. The load
+// is recorded in the configuration audit (config_audit: by, the version
+// and the SHA-256 of src) in the transaction that stores the version, so
+// there is no version without its record, nor the reverse.
+func (f Format[T]) Store(ctx context.Context, pool *pgxpool.Pool, src []byte, by Loader) (*T, error) {
+	if by.Actor == "" {
+		return nil, fmt.Errorf("store %s: no actor: a load is recorded with who made it", f.Name)
+	}
 	doc, err := f.Parse(src)
 	if err != nil {
 		return nil, err
 	}
-	if err := postgres.StoreDocument(ctx, pool, f.Kind, f.Version(doc), string(src)); err != nil {
-		if errors.Is(err, postgres.ErrVersionExists) {
-			return nil, fmt.Errorf("%s version %q was loaded before; give the new %s a new version", f.Name, f.Version(doc), f.Name)
+	detail, err := json.Marshal(by.Detail)
+	if err != nil || by.Detail == nil {
+		detail = nil
+	}
+	sum := sha256.Sum256(src)
+	audit := postgres.ConfigAudit{AuditID: uuid.Must(uuid.NewV7()), At: time.Now(), Actor: by.Actor, Action: f.Action,
+		Document: f.Kind, Version: f.Version(doc), SHA256: hex.EncodeToString(sum[:]), Detail: detail}
+	err = pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		if err := postgres.StoreDocument(ctx, tx, f.Kind, audit.Version, string(src)); err != nil {
+			return err
 		}
+		return postgres.InsertConfigAudit(ctx, tx, audit)
+	})
+	if errors.Is(err, postgres.ErrVersionExists) {
+		return nil, fmt.Errorf("%s version %q was loaded before; give the new %s a new version", f.Name, audit.Version, f.Name)
+	}
+	if err != nil {
 		return nil, err
 	}
 	return doc, nil

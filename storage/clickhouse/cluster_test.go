@@ -101,6 +101,9 @@ func TestShardedClusterAnswersAsOneServer(t *testing.T) {
 		if err := w.InsertAudit(ctx, d.audit); err != nil {
 			t.Fatal(err)
 		}
+		if err := w.InsertOperatorAudit(ctx, d.operators); err != nil {
+			t.Fatal(err)
+		}
 		insertInParts(t, w, testColumns, d.profiles)
 	}
 
@@ -232,12 +235,15 @@ func TestShardedClusterAnswersAsOneServer(t *testing.T) {
 // fixture's members, events and points (and a purchase yesterday), with some events attributed to a
 // merged member, label history, audit rows, and profiles of 300 members.
 type clusterFixture struct {
-	events   []clickhouse.EventRow
-	changes  []clickhouse.ChangeRow
-	labels   []clickhouse.LabelChangeRow
-	audit    []clickhouse.AuditRow
-	profiles []clickhouse.ProfileRow
-	origins  map[string]bool
+	events  []clickhouse.EventRow
+	changes []clickhouse.ChangeRow
+	labels  []clickhouse.LabelChangeRow
+	audit   []clickhouse.AuditRow
+	// operators: an operator audit record of each member created, and a
+	// configuration load (no member).
+	operators []clickhouse.OperatorAuditRow
+	profiles  []clickhouse.ProfileRow
+	origins   map[string]bool
 }
 
 func newClusterFixture(now time.Time) clusterFixture {
@@ -269,7 +275,16 @@ func newClusterFixture(now time.Time) clusterFixture {
 		if c.ChangeType == "member_created" {
 			d.audit = append(d.audit, clickhouse.AuditRow{AuditID: "a-" + c.MemberID, At: c.OccurredAt, Action: "create",
 				MemberID: c.MemberID, Sequence: c.Sequence, InsertedAt: c.InsertedAt})
+			d.operators = append(d.operators, clickhouse.OperatorAuditRow{AuditID: "o-" + c.MemberID, At: c.OccurredAt,
+				Actor: "backoffice/alice", Action: "coupon.issued", MemberID: c.MemberID, CauseID: c.ChangeID, Detail: `{"template":"C10"}`,
+				InsertedAt: c.InsertedAt})
 		}
+	}
+	if len(d.operators) > 0 {
+		first := d.operators[0]
+		d.operators = append(d.operators, clickhouse.OperatorAuditRow{AuditID: "config-1", At: first.At, Actor: "cli/alice",
+			Action: "program.loaded", Document: "program_versions", Version: "v1", SHA256: strings.Repeat("ab", 32), Detail: "{}",
+			InsertedAt: first.InsertedAt})
 	}
 	d.profiles, _ = randomProfiles(r, 300)
 	for m, l := range k.ltv {

@@ -696,6 +696,14 @@ func TestAnalyticsDocQueries(t *testing.T) {
 	if err := w.InsertChanges(ctx, f.changes); err != nil {
 		t.Fatal(err)
 	}
+	if err := w.InsertOperatorAudit(ctx, []clickhouse.OperatorAuditRow{
+		{AuditID: "o1", At: now, Actor: "backoffice/alice", Action: "coupon.issued", MemberID: "k000", CauseID: "rpc:i",
+			Detail: `{"template": "C10", "code": "C10-k000-1", "cause": "issued: sorry"}`, InsertedAt: now},
+		{AuditID: "o2", At: now, Actor: "cli/bob", Action: "program.loaded", Document: "program_versions", Version: "v2",
+			SHA256: strings.Repeat("ab", 32), Detail: "{}", InsertedAt: now},
+	}); err != nil {
+		t.Fatal(err)
+	}
 	for _, b := range blocks {
 		q := b[1]
 		rows, err := conn.Query(ctx, q)

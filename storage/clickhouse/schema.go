@@ -19,7 +19,9 @@ import (
 // and writers keep using <name>. Every one is ordered by member_id first,
 // so all the rows a ReplacingMergeTree collapses into one live on one shard
 // and FINAL, evaluated on each shard, is exact across the cluster.
-var ShardedTables = []string{"member_events", "member_changes", "identity_audit", "label_changes", ProfilesTable}
+// operator_audit's configuration records (no member: an empty member_id)
+// all go to one shard: a few a month.
+var ShardedTables = []string{"member_events", "member_changes", "identity_audit", "label_changes", "operator_audit", ProfilesTable}
 
 // LocalSuffix ends the name of a sharded table's per-node table.
 const LocalSuffix = "_local"

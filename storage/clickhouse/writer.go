@@ -174,6 +174,35 @@ func (w *Writer) InsertAudit(ctx context.Context, rows []AuditRow) error {
 		})
 }
 
+// OperatorAuditRow is one operator audit record: an operator's action on a
+// member (MemberID set) or a configuration load (Document, Version and
+// SHA256 set, MemberID empty).
+type OperatorAuditRow struct {
+	AuditID  string
+	At       time.Time
+	Actor    string
+	Action   string
+	MemberID string
+	CauseID  string
+	Document string
+	Version  string
+	SHA256   string
+	// Detail is a JSON object.
+	Detail     string
+	InsertedAt time.Time
+}
+
+// InsertOperatorAudit writes operator audit rows as one batch.
+func (w *Writer) InsertOperatorAudit(ctx context.Context, rows []OperatorAuditRow) error {
+	return insertBatch(ctx, w.conn, "operator_audit", `INSERT INTO operator_audit (
+		audit_id, at, actor, action, member_id, cause_id, document, version, sha256, detail, inserted_at)`, rows,
+		func(r OperatorAuditRow) string { return r.AuditID },
+		func(r OperatorAuditRow) []any {
+			return []any{r.AuditID, r.At.UTC(), r.Actor, r.Action, r.MemberID, r.CauseID, r.Document, r.Version, r.SHA256,
+				r.Detail, r.InsertedAt.UTC()}
+		})
+}
+
 // insertBatch writes rows to table with the statement insert as one batch:
 // key names a row in an error, values gives a row's values in the
 // statement's column order.

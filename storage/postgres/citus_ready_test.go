@@ -101,6 +101,7 @@ var citusTables = []citusTable{
 	{name: "operator_audit", layout: byMember, column: "member_id", triggers: map[string]string{
 		"operator_audit_append_only": "row-level, raises, touches no other table: safe with citus.enable_unsafe_triggers",
 	}},
+	{name: "operator_audit_exports", layout: byMember, column: "member_id"},
 	{name: "merges", layout: byMember, column: "target_member_id", gaps: map[string]string{
 		"foreign key merges_source_member_id_fkey (source_member_id) → members(member_id)": "the absorbed member lives on another shard: drop",
 	}},
@@ -160,6 +161,11 @@ var citusTables = []citusTable{
 	{name: "program_versions", layout: reference},
 	{name: "label_catalogs", layout: reference},
 	{name: "terminals", layout: reference},
+	// The configuration audit and its queue to ClickHouse: an operator's
+	// rare writes beside the versions they record (a reference table's
+	// trigger is not checked: Citus runs it on every replica).
+	{name: "config_audit", layout: reference},
+	{name: "config_audit_exports", layout: reference},
 
 	// Operational state of one process at a time.
 	{name: "goose_db_version", layout: coordinator},

@@ -147,7 +147,98 @@ func operatorAuditInsert(rs []OperatorAudit) (string, []any) {
 			details[i] = []byte("{}")
 		}
 	}
-	return `INSERT INTO operator_audit (audit_id, at, actor, action, member_id, cause_id, detail)
-		SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::uuid[], $6::text[], $7::jsonb[])`,
+	// The same statement queues the records for ClickHouse
+	// (operator_audit_exports, migration 00021), so no writer can forget to.
+	return `WITH a AS (
+		INSERT INTO operator_audit (audit_id, at, actor, action, member_id, cause_id, detail)
+		SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::uuid[], $6::text[], $7::jsonb[])
+		RETURNING member_id, audit_id)
+		INSERT INTO operator_audit_exports (member_id, audit_id) SELECT member_id, audit_id FROM a`,
 		[]any{ids, at, actors, actions, members, causes, details}
+}
+
+// PendingOperatorAudit reads up to limit operator audit records ClickHouse
+// has yet to get, oldest queued first, without locking them.
+func PendingOperatorAudit(ctx context.Context, q Querier, limit int) ([]OperatorAudit, error) {
+	rows, err := q.Query(ctx, `SELECT a.audit_id, a.at, a.actor, a.action, a.member_id, a.cause_id, a.detail
+		  FROM (SELECT member_id, audit_id, queued_at FROM operator_audit_exports ORDER BY queued_at, audit_id LIMIT $1) e
+		  JOIN operator_audit a ON a.member_id = e.member_id AND a.audit_id = e.audit_id
+		 ORDER BY e.queued_at, e.audit_id`, limit)
+	if err != nil {
+		return nil, fmt.Errorf("read pending operator audit: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (OperatorAudit, error) {
+		var r OperatorAudit
+		err := row.Scan(&r.AuditID, &r.At, &r.Actor, &r.Action, &r.MemberID, &r.CauseID, &r.Detail)
+		return r, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read pending operator audit: %w", err)
+	}
+	return out, nil
+}
+
+// DequeueOperatorAudit takes records ClickHouse now holds off the queue.
+func DequeueOperatorAudit(ctx context.Context, q Querier, rs []OperatorAudit) error {
+	members, ids := make([]uuid.UUID, len(rs)), make([]uuid.UUID, len(rs))
+	for i, r := range rs {
+		members[i], ids[i] = r.MemberID, r.AuditID
+	}
+	return exec(ctx, q, "dequeue operator audit", `DELETE FROM operator_audit_exports e
+		USING unnest($1::uuid[], $2::uuid[]) AS d(member_id, audit_id)
+		WHERE e.member_id = d.member_id AND e.audit_id = d.audit_id`, members, ids)
+}
+
+// ConfigAudit is one configuration change an operator made (a programme or
+// label catalogue loaded), for the append-only config_audit table.
+type ConfigAudit struct {
+	AuditID  uuid.UUID
+	At       time.Time
+	Actor    string
+	Action   string       // "program.loaded", "catalog.loaded"
+	Document DocumentKind // the table the version was stored in
+	Version  string
+	SHA256   string          // hex, of the source as stored
+	Detail   json.RawMessage // an object; nil is {}
+}
+
+// InsertConfigAudit appends a record to the configuration audit and queues
+// it for ClickHouse, in one statement.
+func InsertConfigAudit(ctx context.Context, q Querier, r ConfigAudit) error {
+	detail := []byte(r.Detail)
+	if detail == nil {
+		detail = []byte("{}")
+	}
+	return exec(ctx, q, "insert config audit", `WITH a AS (
+		INSERT INTO config_audit (audit_id, at, actor, action, document, version, sha256, detail)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING audit_id)
+		INSERT INTO config_audit_exports (audit_id) SELECT audit_id FROM a`,
+		r.AuditID, r.At, r.Actor, r.Action, string(r.Document), r.Version, r.SHA256, detail)
+}
+
+// PendingConfigAudit reads up to limit configuration audit records
+// ClickHouse has yet to get, oldest queued first.
+func PendingConfigAudit(ctx context.Context, q Querier, limit int) ([]ConfigAudit, error) {
+	rows, err := q.Query(ctx, `SELECT a.audit_id, a.at, a.actor, a.action, a.document, a.version, a.sha256, a.detail
+		  FROM config_audit_exports e JOIN config_audit a ON a.audit_id = e.audit_id
+		 ORDER BY e.queued_at, e.audit_id LIMIT $1`, limit)
+	if err != nil {
+		return nil, fmt.Errorf("read pending config audit: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (ConfigAudit, error) {
+		var r ConfigAudit
+		var doc string
+		err := row.Scan(&r.AuditID, &r.At, &r.Actor, &r.Action, &doc, &r.Version, &r.SHA256, &r.Detail)
+		r.Document = DocumentKind(doc)
+		return r, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read pending config audit: %w", err)
+	}
+	return out, nil
+}
+
+// DequeueConfigAudit takes records ClickHouse now holds off the queue.
+func DequeueConfigAudit(ctx context.Context, q Querier, ids []uuid.UUID) error {
+	return exec(ctx, q, "dequeue config audit", `DELETE FROM config_audit_exports WHERE audit_id = ANY($1)`, ids)
 }

@@ -30,6 +30,8 @@ func TestUsageErrorsExit2(t *testing.T) {
 		{[]string{"dlq", "lst"}, `unknown command "lst" for "membercenter dlq"; did you mean list?`},
 		{[]string{"dlq", "list", "--since=yesterday"}, `invalid argument "yesterday" for "--since"`},
 		{[]string{"program", "check"}, "accepts 1 arg(s), received 0"},
+		{[]string{"program", "load", "program.yaml"}, `required flag(s) "operator" not set`},
+		{[]string{"tags", "load", "catalog.yaml", "--operator", "a b"}, `--operator "a b"`},
 		{[]string{"segment", "count", "a", "b"}, "accepts 1 arg(s), received 2"},
 		{[]string{"version", "--short"}, "unknown flag: --short"},
 	} {

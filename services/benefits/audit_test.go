@@ -1,0 +1,114 @@
+package benefits_test
+
+import (
+	"fmt"
+	"sync"
+	"testing"
+
+	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
+)
+
+// TestIssuedCouponsAreAuditedOnceWithTheirOperator: every coupon an
+// operator issues names the operator on its change and in the operator
+// audit, one record per coupon, written with the coupon; a retried request
+// (the same key, whoever sends it, however often, at once) writes nothing
+// again, and a member the programme refuses gets no record.
+func TestIssuedCouponsAreAuditedOnceWithTheirOperator(t *testing.T) {
+	f, c := begin(t)
+	m1, m2, full := f.member(t), f.member(t), f.member(t)
+	alice := as(c, "backoffice/alice")
+	// full already holds the most C10 coupons a member may (5).
+	for i := range 5 {
+		if _, err := f.srv.ClaimCoupon(c, &mcv1.ClaimCouponRequest{MemberId: full, TemplateId: "C10", IdempotencyKey: fmt.Sprint("claim", i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	req := &mcv1.IssueCouponsRequest{TemplateId: "C10", MemberIds: []string{m1, m2, full}, Reason: "apology for the outage", IdempotencyKey: "outage"}
+	resp, err := f.srv.IssueCoupons(alice, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.GetIssued() != 2 || resp.GetSkipped()[full] == "" {
+		t.Fatalf("issued %d, skipped %v; want 2 issued and %s skipped", resp.GetIssued(), resp.GetSkipped(), full)
+	}
+	want := func(m string, n int, key string) auditRow {
+		return auditRow{Actor: "backoffice/alice", Action: "coupon.issued", Cause: "rpc:benefits.IssueCoupons:" + key + ":" + m,
+			Detail: map[string]any{"template": "C10", "code": fmt.Sprintf("C10-%s-%d", m, n), "cause": "issued: apology for the outage"}}
+	}
+	check := func(when string, n int) {
+		t.Helper()
+		for _, m := range []string{m1, m2} {
+			wantRows := []auditRow{want(m, 1, "outage")}
+			if n == 2 {
+				wantRows = append(wantRows, want(m, 2, "outage-2"))
+			}
+			if got := f.audit(t, m); fmt.Sprint(got) != fmt.Sprint(wantRows) {
+				t.Errorf("%s: audit of %s %v\nwant %v", when, m, got, wantRows)
+			}
+			var coupons []*mcv1.CouponChanged
+			for _, ch := range f.outboxChanges(t, m) {
+				if cc := ch.GetCouponChanged(); cc != nil {
+					coupons = append(coupons, cc)
+					if ch.GetActor() != "backoffice/alice" || ch.GetApprover() != "" {
+						t.Errorf("%s: coupon change %v by %q; want backoffice/alice", when, cc, ch.GetActor())
+					}
+				}
+			}
+			if len(coupons) != n {
+				t.Errorf("%s: %d coupon changes of %s; want %d", when, len(coupons), m, n)
+			}
+		}
+		if a := f.audit(t, full); len(a) != 0 {
+			t.Errorf("%s: a refused member has audit records %v", when, a)
+		}
+	}
+	check("issued", 1)
+	before := f.rows(t)
+
+	// Retried: sequentially by another operator, then four at once.
+	if _, err := f.srv.IssueCoupons(as(c, "backoffice/bob"), req); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 4)
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := f.srv.IssueCoupons(alice, req)
+			errs <- err
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if after := f.rows(t); after != before {
+		t.Errorf("a retried issue wrote rows: %v, before %v", after, before)
+	}
+	check("retried", 1)
+
+	// A new request (a new key) raced by its retries: one more coupon, one
+	// more record, each member.
+	again := &mcv1.IssueCouponsRequest{TemplateId: "C10", MemberIds: []string{m1, m2}, Reason: req.GetReason(), IdempotencyKey: "outage-2"}
+	errs = make(chan error, 3)
+	for range 3 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := f.srv.IssueCoupons(alice, again)
+			errs <- err
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	check("issued again", 2)
+}
