@@ -41,7 +41,7 @@ MC_CLICKHOUSE_ADDR, ...); the defaults match what scripts/deps.sh starts.`,
 	root.SetArgs(args)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.AddCommand(serveCmd(stderr), pipelineCmd(stderr), migrateCmd(stderr), dlqCmd(stdout, stderr), piiCmd(stdout, stderr), programCmd(stdout, stderr), tagsCmd(stdout, stderr), segmentCmd(stdout, stderr), memberCmd(stdout, stderr), authCmd(stdout))
+	root.AddCommand(serveCmd(stderr), pipelineCmd(stderr), migrateCmd(stderr), dlqCmd(stdout, stderr), piiCmd(stdout, stderr), programCmd(stdout, stderr), tagsCmd(stdout, stderr), segmentCmd(stdout, stderr), memberCmd(stdout, stderr), importCmd(stdout, stderr), authCmd(stdout))
 	root.AddCommand(versionCmd(stdout))
 	return execute(ctx, root)
 }

@@ -1,0 +1,644 @@
+// Package migration brings a retailer's members over from a legacy system
+// (membercenter import, docs/migration.md): it reads a legacy export — JSON
+// Lines, or CSV files — member by member, imports each member whole or not
+// at all (identifiers, attributes, consents, points as lots, tier, coupons),
+// skips what an earlier run imported, reports every refused record with its
+// file, line and reason, and reconciles the platform against the source
+// (import verify).
+package migration
+
+import (
+	"bufio"
+	"crypto/sha256"
+	"encoding/csv"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
+
+	"github.com/membercenter/membercenter/services/benefits"
+	"github.com/membercenter/membercenter/services/profile"
+)
+
+// Member is one legacy member as the source holds it, with where it came
+// from.
+type Member struct {
+	File string // the file its main record is in
+	Line int    // and the line (1-based; a CSV header is line 1)
+	// LegacyID is the legacy system's id of the member; unique in a source.
+	LegacyID    string
+	CreatedAt   time.Time
+	Identifiers []*mcv1.Identifier
+	Attributes  map[string]string
+	Consents    []profile.ImportedConsent
+	Loyalty     benefits.Legacy
+	// SHA256 of the member's source records, to tell a record that changed
+	// since it was imported.
+	SHA256 []byte
+}
+
+// RowError is a record the reader refuses: the file, the line and why.
+type RowError struct {
+	File     string
+	Line     int
+	LegacyID string // when known
+	Reason   string
+}
+
+func (e *RowError) Error() string {
+	if e.LegacyID != "" {
+		return fmt.Sprintf("%s:%d: %s: %s", e.File, e.Line, e.LegacyID, e.Reason)
+	}
+	return fmt.Sprintf("%s:%d: %s", e.File, e.Line, e.Reason)
+}
+
+// The JSON Lines format: members.jsonl, one member per line.
+type jsonMember struct {
+	LegacyID    string            `json:"legacy_id"`
+	CreatedAt   string            `json:"created_at"`
+	Identifiers []jsonIdentifier  `json:"identifiers"`
+	Attributes  map[string]string `json:"attributes"`
+	Consents    map[string]bool   `json:"consents"`
+	ConsentedAt string            `json:"consented_at"`
+	Points      *struct {
+		Lots []jsonLot `json:"lots"`
+	} `json:"points"`
+	Tier    *jsonTier    `json:"tier"`
+	Coupons []jsonCoupon `json:"coupons"`
+}
+
+type jsonIdentifier struct {
+	Type  string `json:"type"`
+	Scope string `json:"scope"`
+	Value string `json:"value"`
+}
+
+type jsonLot struct {
+	Ref       string `json:"ref"`
+	Earned    int64  `json:"earned"`
+	Remaining int64  `json:"remaining"`
+	EarnedAt  string `json:"earned_at"`
+	ExpiresAt string `json:"expires_at"`
+}
+
+type jsonTier struct {
+	ID     string      `json:"id"`
+	Since  string      `json:"since"`
+	Months []jsonMonth `json:"months"`
+}
+
+type jsonMonth struct {
+	Month  string `json:"month"` // 2025-10
+	Spend  int64  `json:"spend"`
+	Points int64  `json:"points"`
+	Orders int64  `json:"orders"`
+}
+
+type jsonCoupon struct {
+	Code       string `json:"code"`
+	Template   string `json:"template"`
+	State      string `json:"state"`
+	ValidFrom  string `json:"valid_from"`
+	ValidUntil string `json:"valid_until"`
+	IssuedAt   string `json:"issued_at"`
+}
+
+// Source is a legacy export: a directory holding members.jsonl, or
+// members.csv with lots.csv, months.csv and coupons.csv beside it (the
+// last three optional).
+type Source struct {
+	Dir    string
+	Format string // "jsonl" or "csv"
+	// CSV: the per-member records of the side files, by legacy id, read
+	// before the members file (a member's lots may be anywhere in lots.csv).
+	lots    map[string][]sideRow[jsonLot]
+	months  map[string][]sideRow[jsonMonth]
+	coupons map[string][]sideRow[jsonCoupon]
+	// sideErrs are side-file rows refused on their own (no legacy id, a
+	// column that does not parse); the member of such a row is refused
+	// whole (nothing is half-imported).
+	sideErrs []*RowError
+	sideBad  map[string]string // legacy id → its first refused side row
+}
+
+type sideRow[T any] struct {
+	line int
+	v    T
+	raw  []string
+}
+
+// Open finds the export's format in dir.
+func Open(dir string) (*Source, error) {
+	s := &Source{Dir: dir}
+	switch {
+	case exists(filepath.Join(dir, "members.jsonl")):
+		s.Format = "jsonl"
+	case exists(filepath.Join(dir, "members.csv")):
+		s.Format = "csv"
+	default:
+		return nil, fmt.Errorf("%s holds neither members.jsonl nor members.csv (docs/migration.md)", dir)
+	}
+	return s, nil
+}
+
+func exists(p string) bool { _, err := os.Stat(p); return err == nil }
+
+// Each calls fn with every member of the source in file order, or with the
+// RowError of a record that cannot be read; fn's error stops the walk.
+func (s *Source) Each(fn func(*Member, *RowError) error) error {
+	if s.Format == "jsonl" {
+		return s.eachJSONL(fn)
+	}
+	return s.eachCSV(fn)
+}
+
+func (s *Source) eachJSONL(fn func(*Member, *RowError) error) error {
+	name := "members.jsonl"
+	f, err := os.Open(filepath.Join(s.Dir, name))
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	r := bufio.NewReaderSize(f, 1<<20)
+	seen := map[string]int{}
+	for line := 1; ; line++ {
+		b, err := r.ReadBytes('\n')
+		if len(b) == 0 && errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil && !errors.Is(err, io.EOF) {
+			return fmt.Errorf("%s:%d: %w", name, line, err)
+		}
+		text := strings.TrimSpace(string(b))
+		if text == "" {
+			continue
+		}
+		var j jsonMember
+		dec := json.NewDecoder(strings.NewReader(text))
+		dec.DisallowUnknownFields()
+		if derr := dec.Decode(&j); derr != nil {
+			if ferr := fn(nil, &RowError{File: name, Line: line, Reason: "not a member record: " + derr.Error()}); ferr != nil {
+				return ferr
+			}
+			continue
+		}
+		m, rerr := toMember(j, name, line)
+		if rerr == nil {
+			rerr = duplicate(seen, m, name, line)
+		}
+		if rerr != nil {
+			m = nil
+		} else {
+			sum := sha256.Sum256([]byte(text))
+			m.SHA256 = sum[:]
+		}
+		if ferr := fn(m, rerr); ferr != nil {
+			return ferr
+		}
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+	}
+}
+
+// duplicate refuses a legacy id seen before in the source.
+func duplicate(seen map[string]int, m *Member, file string, line int) *RowError {
+	if first, ok := seen[m.LegacyID]; ok {
+		return &RowError{File: file, Line: line, LegacyID: m.LegacyID, Reason: fmt.Sprintf("legacy_id also on line %d", first)}
+	}
+	seen[m.LegacyID] = line
+	return nil
+}
+
+// identifierTypes are the names a source may give identifier types.
+var identifierTypes = map[string]mcv1.IdentifierType{
+	"phone": mcv1.IdentifierType_IDENTIFIER_TYPE_PHONE, "email": mcv1.IdentifierType_IDENTIFIER_TYPE_EMAIL,
+	"wechat_unionid": mcv1.IdentifierType_IDENTIFIER_TYPE_WECHAT_UNIONID, "miniprogram_openid": mcv1.IdentifierType_IDENTIFIER_TYPE_MINIPROGRAM_OPENID,
+	"member_card": mcv1.IdentifierType_IDENTIFIER_TYPE_MEMBER_CARD, "crm_id": mcv1.IdentifierType_IDENTIFIER_TYPE_CRM_ID,
+}
+
+// consentPurposes are the names a source may give consent purposes.
+var consentPurposes = map[string]mcv1.ConsentPurpose{
+	"marketing": mcv1.ConsentPurpose_CONSENT_PURPOSE_MARKETING, "profiling": mcv1.ConsentPurpose_CONSENT_PURPOSE_PROFILING,
+	"third_party_sharing": mcv1.ConsentPurpose_CONSENT_PURPOSE_THIRD_PARTY_SHARING, "analytics": mcv1.ConsentPurpose_CONSENT_PURPOSE_ANALYTICS,
+}
+
+// toMember checks a record and converts it; the error names the field.
+func toMember(j jsonMember, file string, line int) (*Member, *RowError) {
+	bad := func(format string, args ...any) *RowError {
+		return &RowError{File: file, Line: line, LegacyID: j.LegacyID, Reason: fmt.Sprintf(format, args...)}
+	}
+	if strings.TrimSpace(j.LegacyID) == "" {
+		return nil, bad("legacy_id is required")
+	}
+	if len(j.LegacyID) > 128 {
+		return nil, bad("legacy_id is longer than 128 characters")
+	}
+	m := &Member{File: file, Line: line, LegacyID: j.LegacyID, Attributes: j.Attributes}
+	var err error
+	if m.CreatedAt, err = parseTime(j.CreatedAt); err != nil || m.CreatedAt.IsZero() {
+		return nil, bad("created_at: %q is not a time like 2021-03-04T10:00:00+08:00", j.CreatedAt)
+	}
+	for i, id := range j.Identifiers {
+		t, ok := identifierTypes[id.Type]
+		if !ok {
+			return nil, bad("identifiers[%d].type %q is not one of phone, email, wechat_unionid, miniprogram_openid, member_card, crm_id", i, id.Type)
+		}
+		if strings.TrimSpace(id.Value) == "" {
+			continue // an empty column, not an identifier
+		}
+		m.Identifiers = append(m.Identifiers, &mcv1.Identifier{Type: t, Scope: id.Scope, Value: id.Value})
+	}
+	if len(m.Identifiers) == 0 {
+		return nil, bad("no identifier: a member needs at least one (phone, email, …)")
+	}
+	// The legacy id finds the member as a CRM id too, unless the record
+	// names one.
+	hasCRM := false
+	for _, id := range m.Identifiers {
+		hasCRM = hasCRM || id.Type == mcv1.IdentifierType_IDENTIFIER_TYPE_CRM_ID
+	}
+	if !hasCRM {
+		m.Identifiers = append(m.Identifiers, &mcv1.Identifier{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_CRM_ID, Value: j.LegacyID})
+	}
+	decided := m.CreatedAt
+	if j.ConsentedAt != "" {
+		if decided, err = parseTime(j.ConsentedAt); err != nil {
+			return nil, bad("consented_at: %q is not a time", j.ConsentedAt)
+		}
+	}
+	purposes := make([]string, 0, len(j.Consents))
+	for p := range j.Consents {
+		purposes = append(purposes, p)
+	}
+	sort.Strings(purposes)
+	for _, p := range purposes {
+		cp, ok := consentPurposes[p]
+		if !ok {
+			return nil, bad("consents.%s is not one of marketing, profiling, third_party_sharing, analytics", p)
+		}
+		m.Consents = append(m.Consents, profile.ImportedConsent{Purpose: cp, Granted: j.Consents[p], DecidedAt: decided})
+	}
+	if j.Points != nil {
+		for i, l := range j.Points.Lots {
+			lot, err := toLot(l)
+			if err != nil {
+				return nil, bad("points.lots[%d].%v", i, err)
+			}
+			m.Loyalty.Lots = append(m.Loyalty.Lots, lot)
+		}
+	}
+	if j.Tier != nil {
+		m.Loyalty.Tier = j.Tier.ID
+		if j.Tier.Since != "" {
+			if m.Loyalty.TierSince, err = parseTime(j.Tier.Since); err != nil {
+				return nil, bad("tier.since: %q is not a time", j.Tier.Since)
+			}
+		}
+		for i, mo := range j.Tier.Months {
+			lm, err := toMonth(mo)
+			if err != nil {
+				return nil, bad("tier.months[%d].%v", i, err)
+			}
+			m.Loyalty.Months = append(m.Loyalty.Months, lm)
+		}
+	}
+	for i, c := range j.Coupons {
+		lc, err := toCoupon(c)
+		if err != nil {
+			return nil, bad("coupons[%d].%v", i, err)
+		}
+		m.Loyalty.Coupons = append(m.Loyalty.Coupons, lc)
+	}
+	return m, nil
+}
+
+func toLot(l jsonLot) (benefits.LegacyLot, error) {
+	lot := benefits.LegacyLot{Ref: l.Ref, Earned: l.Earned, Remaining: l.Remaining}
+	var err error
+	if lot.EarnedAt, err = parseTime(l.EarnedAt); err != nil || lot.EarnedAt.IsZero() {
+		return lot, fmt.Errorf("earned_at: %q is not a time", l.EarnedAt)
+	}
+	if lot.ExpiresAt, err = parseTime(l.ExpiresAt); err != nil {
+		return lot, fmt.Errorf("expires_at: %q is not a time", l.ExpiresAt)
+	}
+	return lot, nil
+}
+
+func toMonth(mo jsonMonth) (benefits.LegacyMonth, error) {
+	t, err := time.Parse("2006-01", mo.Month)
+	if err != nil {
+		return benefits.LegacyMonth{}, fmt.Errorf("month: %q is not a month like 2025-10", mo.Month)
+	}
+	return benefits.LegacyMonth{Year: t.Year(), Month: t.Month(), Spend: mo.Spend, Points: mo.Points, Orders: mo.Orders}, nil
+}
+
+func toCoupon(c jsonCoupon) (benefits.LegacyCoupon, error) {
+	lc := benefits.LegacyCoupon{Code: c.Code, Template: c.Template, State: c.State}
+	var err error
+	for _, f := range []struct {
+		name, v string
+		t       *time.Time
+	}{{"valid_from", c.ValidFrom, &lc.ValidFrom}, {"valid_until", c.ValidUntil, &lc.ValidUntil}, {"issued_at", c.IssuedAt, &lc.IssuedAt}} {
+		if *f.t, err = parseTime(f.v); err != nil {
+			return lc, fmt.Errorf("%s: %q is not a time", f.name, f.v)
+		}
+	}
+	return lc, nil
+}
+
+// parseTime reads RFC 3339 or a date (midnight UTC); "" is the zero time.
+func parseTime(s string) (time.Time, error) {
+	s = strings.TrimSpace(s)
+	if s == "" {
+		return time.Time{}, nil
+	}
+	if t, err := time.Parse(time.RFC3339, s); err == nil {
+		return t, nil
+	}
+	return time.Parse(time.DateOnly, s)
+}
+
+// The CSV format: members.csv has the columns legacy_id, created_at, the
+// identifier columns (phone, email, wechat_unionid, miniprogram_openid with
+// miniprogram_appid, member_card, crm_id), tier, tier_since, consent_<purpose>
+// (true/false) and consented_at; every other column is an attribute.
+// lots.csv: legacy_id, ref, earned, remaining, earned_at, expires_at.
+// months.csv: legacy_id, month, spend, points, orders. coupons.csv:
+// legacy_id, code, template, state, valid_from, valid_until, issued_at.
+var memberColumns = map[string]bool{"legacy_id": true, "created_at": true, "phone": true, "email": true,
+	"wechat_unionid": true, "miniprogram_openid": true, "miniprogram_appid": true, "member_card": true, "crm_id": true,
+	"tier": true, "tier_since": true, "consented_at": true}
+
+func (s *Source) eachCSV(fn func(*Member, *RowError) error) error {
+	if err := s.readSides(); err != nil {
+		return err
+	}
+	s.sideBad = map[string]string{}
+	// A side record whose member cannot be told would leave its member
+	// half-imported: the whole source is refused until it is fixed.
+	for _, e := range s.sideErrs {
+		if e.LegacyID == "" {
+			return fmt.Errorf("%w (no member can be told, so nothing is imported until it is fixed)", e)
+		}
+	}
+	for _, e := range s.sideErrs {
+		if _, ok := s.sideBad[e.LegacyID]; !ok && e.LegacyID != "" {
+			s.sideBad[e.LegacyID] = fmt.Sprintf("%s:%d", e.File, e.Line)
+		}
+		if err := fn(nil, e); err != nil {
+			return err
+		}
+	}
+	name := "members.csv"
+	seen := map[string]int{}
+	used := map[string]bool{}
+	err := readCSV(filepath.Join(s.Dir, name), []string{"legacy_id", "created_at"}, func(line int, col map[string]string, raw []string) error {
+		j := jsonMember{LegacyID: col["legacy_id"], CreatedAt: col["created_at"], ConsentedAt: col["consented_at"],
+			Attributes: map[string]string{}, Consents: map[string]bool{}}
+		for _, t := range []string{"phone", "email", "wechat_unionid", "member_card", "crm_id"} {
+			if v := col[t]; v != "" {
+				j.Identifiers = append(j.Identifiers, jsonIdentifier{Type: t, Value: v})
+			}
+		}
+		if v := col["miniprogram_openid"]; v != "" {
+			j.Identifiers = append(j.Identifiers, jsonIdentifier{Type: "miniprogram_openid", Scope: col["miniprogram_appid"], Value: v})
+		}
+		var rerr *RowError
+		for k, v := range col {
+			switch {
+			case memberColumns[k]:
+			case strings.HasPrefix(k, "consent_"):
+				if v == "" {
+					continue
+				}
+				b, err := strconv.ParseBool(v)
+				if err != nil {
+					rerr = &RowError{File: name, Line: line, LegacyID: j.LegacyID, Reason: fmt.Sprintf("%s: %q is not true or false", k, v)}
+				}
+				j.Consents[strings.TrimPrefix(k, "consent_")] = b
+			default:
+				if v != "" {
+					j.Attributes[k] = v
+				}
+			}
+		}
+		if col["tier"] != "" || col["tier_since"] != "" {
+			j.Tier = &jsonTier{ID: col["tier"], Since: col["tier_since"]}
+		}
+		used[j.LegacyID] = true
+		sum := sha256.New()
+		fmt.Fprintf(sum, "%q", raw)
+		if where, ok := s.sideBad[j.LegacyID]; ok && rerr == nil {
+			rerr = &RowError{File: name, Line: line, LegacyID: j.LegacyID, Reason: "a record of the member was refused (" + where + "): the member is not imported"}
+		}
+		if rerr == nil {
+			s.attachSides(&j, sum)
+		}
+		var m *Member
+		if rerr == nil {
+			m, rerr = toMember(j, name, line)
+		}
+		if rerr == nil {
+			rerr = duplicate(seen, m, name, line)
+		}
+		if rerr != nil {
+			return fn(nil, rerr)
+		}
+		m.SHA256 = sum.Sum(nil)
+		return fn(m, nil)
+	}, func(line int, id, reason string) error {
+		return fn(nil, &RowError{File: name, Line: line, LegacyID: id, Reason: reason})
+	})
+	if err != nil {
+		return err
+	}
+	// Side records of no member are refused, each at its line.
+	for _, side := range []struct {
+		file string
+		ids  map[string][]int
+	}{{"lots.csv", lines(s.lots)}, {"months.csv", lines(s.months)}, {"coupons.csv", lines(s.coupons)}} {
+		ids := make([]string, 0, len(side.ids))
+		for id := range side.ids {
+			ids = append(ids, id)
+		}
+		sort.Strings(ids)
+		for _, id := range ids {
+			if used[id] {
+				continue
+			}
+			for _, l := range side.ids[id] {
+				if err := fn(nil, &RowError{File: side.file, Line: l, LegacyID: id, Reason: "no member with this legacy_id in members.csv"}); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	return nil
+}
+
+func lines[T any](m map[string][]sideRow[T]) map[string][]int {
+	out := map[string][]int{}
+	for id, rs := range m {
+		for _, r := range rs {
+			out[id] = append(out[id], r.line)
+		}
+	}
+	return out
+}
+
+// attachSides adds a member's lots, months and coupons to j, and their
+// rows to the member's hash.
+func (s *Source) attachSides(j *jsonMember, sum io.Writer) {
+	if ls := s.lots[j.LegacyID]; len(ls) > 0 {
+		j.Points = &struct {
+			Lots []jsonLot `json:"lots"`
+		}{}
+		for _, l := range ls {
+			j.Points.Lots = append(j.Points.Lots, l.v)
+			fmt.Fprintf(sum, "%q", l.raw)
+		}
+	}
+	if ms := s.months[j.LegacyID]; len(ms) > 0 {
+		if j.Tier == nil {
+			j.Tier = &jsonTier{}
+		}
+		for _, m := range ms {
+			j.Tier.Months = append(j.Tier.Months, m.v)
+			fmt.Fprintf(sum, "%q", m.raw)
+		}
+	}
+	for _, c := range s.coupons[j.LegacyID] {
+		j.Coupons = append(j.Coupons, c.v)
+		fmt.Fprintf(sum, "%q", c.raw)
+	}
+}
+
+// readSides reads lots.csv, months.csv and coupons.csv when present.
+func (s *Source) readSides() error {
+	s.lots, s.months, s.coupons = map[string][]sideRow[jsonLot]{}, map[string][]sideRow[jsonMonth]{}, map[string][]sideRow[jsonCoupon]{}
+	num := func(file string, line int, col map[string]string, k string) (int64, bool) {
+		if col[k] == "" {
+			return 0, true
+		}
+		n, err := strconv.ParseInt(col[k], 10, 64)
+		if err != nil {
+			s.sideErrs = append(s.sideErrs, &RowError{File: file, Line: line, LegacyID: col["legacy_id"], Reason: fmt.Sprintf("%s: %q is not a whole number", k, col[k])})
+			return 0, false
+		}
+		return n, true
+	}
+	side := func(file string, required []string, add func(line int, col map[string]string, raw []string)) error {
+		p := filepath.Join(s.Dir, file)
+		if !exists(p) {
+			return nil
+		}
+		return readCSV(p, append([]string{"legacy_id"}, required...), func(line int, col map[string]string, raw []string) error {
+			if col["legacy_id"] == "" {
+				s.sideErrs = append(s.sideErrs, &RowError{File: file, Line: line, Reason: "legacy_id is required"})
+				return nil
+			}
+			add(line, col, raw)
+			return nil
+		}, func(line int, id, reason string) error {
+			s.sideErrs = append(s.sideErrs, &RowError{File: file, Line: line, LegacyID: id, Reason: reason})
+			return nil
+		})
+	}
+	if err := side("lots.csv", []string{"earned", "remaining", "earned_at"}, func(line int, col map[string]string, raw []string) {
+		e, ok1 := num("lots.csv", line, col, "earned")
+		r, ok2 := num("lots.csv", line, col, "remaining")
+		if ok1 && ok2 {
+			s.lots[col["legacy_id"]] = append(s.lots[col["legacy_id"]], sideRow[jsonLot]{line, jsonLot{Ref: col["ref"], Earned: e, Remaining: r,
+				EarnedAt: col["earned_at"], ExpiresAt: col["expires_at"]}, raw})
+		}
+	}); err != nil {
+		return err
+	}
+	if err := side("months.csv", []string{"month"}, func(line int, col map[string]string, raw []string) {
+		sp, ok1 := num("months.csv", line, col, "spend")
+		pt, ok2 := num("months.csv", line, col, "points")
+		or, ok3 := num("months.csv", line, col, "orders")
+		if ok1 && ok2 && ok3 {
+			s.months[col["legacy_id"]] = append(s.months[col["legacy_id"]], sideRow[jsonMonth]{line, jsonMonth{Month: col["month"], Spend: sp, Points: pt, Orders: or}, raw})
+		}
+	}); err != nil {
+		return err
+	}
+	return side("coupons.csv", []string{"code", "template", "state"}, func(line int, col map[string]string, raw []string) {
+		s.coupons[col["legacy_id"]] = append(s.coupons[col["legacy_id"]], sideRow[jsonCoupon]{line, jsonCoupon{Code: col["code"], Template: col["template"],
+			State: col["state"], ValidFrom: col["valid_from"], ValidUntil: col["valid_until"], IssuedAt: col["issued_at"]}, raw})
+	})
+}
+
+// readCSV reads a CSV file with a header line naming its columns (required
+// ones must be there) and calls fn for each record with its line number.
+func readCSV(path string, required []string, fn func(line int, col map[string]string, raw []string) error, bad func(line int, legacyID, reason string) error) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	r := csv.NewReader(bufio.NewReaderSize(f, 1<<20))
+	r.FieldsPerRecord = -1
+	header, err := r.Read()
+	if err != nil {
+		return fmt.Errorf("%s: header: %w", filepath.Base(path), err)
+	}
+	for i := range header {
+		header[i] = strings.TrimSpace(strings.TrimPrefix(header[i], "\ufeff"))
+	}
+	for _, want := range required {
+		found := false
+		for _, h := range header {
+			found = found || h == want
+		}
+		if !found {
+			return fmt.Errorf("%s: no %s column (columns: %s)", filepath.Base(path), want, strings.Join(header, ", "))
+		}
+	}
+	for {
+		rec, err := r.Read()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		line, _ := r.FieldPos(0)
+		if err != nil {
+			var perr *csv.ParseError
+			if errors.As(err, &perr) {
+				if ferr := bad(perr.StartLine, "", "not a CSV record: "+perr.Err.Error()); ferr != nil {
+					return ferr
+				}
+				continue
+			}
+			return fmt.Errorf("%s: %w", filepath.Base(path), err)
+		}
+		if len(rec) != len(header) {
+			id := ""
+			for i, h := range header {
+				if h == "legacy_id" && i < len(rec) {
+					id = strings.TrimSpace(rec[i])
+				}
+			}
+			if ferr := bad(line, id, fmt.Sprintf("%d fields, the header has %d", len(rec), len(header))); ferr != nil {
+				return ferr
+			}
+			continue
+		}
+		col := make(map[string]string, len(header))
+		for i, h := range header {
+			col[h] = strings.TrimSpace(rec[i])
+		}
+		if err := fn(line, col, rec); err != nil {
+			return err
+		}
+	}
+}

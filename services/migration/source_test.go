@@ -1,0 +1,156 @@
+package migration_test
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/membercenter/membercenter/services/migration"
+)
+
+func read(t *testing.T, dir string) ([]*migration.Member, []*migration.RowError) {
+	t.Helper()
+	src, err := migration.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ms []*migration.Member
+	var errs []*migration.RowError
+	if err := src.Each(func(m *migration.Member, rerr *migration.RowError) error {
+		if m != nil {
+			ms = append(ms, m)
+		} else {
+			errs = append(errs, rerr)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return ms, errs
+}
+
+// The two formats of the sample export say the same of every member.
+func TestSampleFormatsAgree(t *testing.T) {
+	js, jerrs := read(t, "testdata/sample-jsonl")
+	cs, cerrs := read(t, "testdata/sample-csv")
+	if len(jerrs)+len(cerrs) > 0 || len(js) != 4 || len(cs) != 4 {
+		t.Fatalf("jsonl %d members %v, csv %d members %v", len(js), jerrs, len(cs), cerrs)
+	}
+	for i := range js {
+		j, c := js[i], cs[i]
+		if j.LegacyID != c.LegacyID || !j.CreatedAt.Equal(c.CreatedAt) {
+			t.Fatalf("member %d: %s %v vs %s %v", i, j.LegacyID, j.CreatedAt, c.LegacyID, c.CreatedAt)
+		}
+		if len(j.Identifiers) != len(c.Identifiers) {
+			t.Errorf("%s identifiers: %v vs %v", j.LegacyID, j.Identifiers, c.Identifiers)
+		}
+		for _, id := range j.Identifiers {
+			found := false
+			for _, other := range c.Identifiers {
+				found = found || proto.Equal(id, other)
+			}
+			if !found {
+				t.Errorf("%s: %v only in the JSON Lines", j.LegacyID, id)
+			}
+		}
+		if len(j.Attributes) != len(c.Attributes) {
+			t.Errorf("%s attributes: %v vs %v", j.LegacyID, j.Attributes, c.Attributes)
+		}
+		for k, v := range j.Attributes {
+			if c.Attributes[k] != v {
+				t.Errorf("%s attributes[%s]: %q vs %q", j.LegacyID, k, v, c.Attributes[k])
+			}
+		}
+		if len(j.Consents) != len(c.Consents) {
+			t.Errorf("%s consents: %v vs %v", j.LegacyID, j.Consents, c.Consents)
+		}
+		jl, cl := j.Loyalty, c.Loyalty
+		if len(jl.Lots) != len(cl.Lots) || len(jl.Months) != len(cl.Months) || len(jl.Coupons) != len(cl.Coupons) ||
+			jl.Tier != cl.Tier || !jl.TierSince.Equal(cl.TierSince) {
+			t.Errorf("%s loyalty: %+v vs %+v", j.LegacyID, jl, cl)
+		}
+		for k := range jl.Lots {
+			a, b := jl.Lots[k], cl.Lots[k]
+			if a.Earned != b.Earned || a.Remaining != b.Remaining || !a.EarnedAt.Equal(b.EarnedAt) || !a.ExpiresAt.Equal(b.ExpiresAt) {
+				t.Errorf("%s lot %d: %+v vs %+v", j.LegacyID, k, a, b)
+			}
+		}
+	}
+	// The legacy id is also a CRM id, unless the record names one.
+	last := js[3]
+	crm := 0
+	for _, id := range last.Identifiers {
+		if id.GetValue() == "CRM-OLD-4" || id.GetValue() == "L0004" {
+			crm++
+		}
+	}
+	if crm != 1 {
+		t.Errorf("L0004 identifiers %v: want its own CRM id only", last.Identifiers)
+	}
+}
+
+// Every unreadable record is refused alone, at its line, with its reason.
+func TestBadRecordsAreRefusedAtTheirLine(t *testing.T) {
+	ms, errs := read(t, "testdata/bad-jsonl")
+	want := map[int]string{
+		2: "not a member record", 3: "legacy_id is required", 4: `unknown field "nickname_of_pet"`,
+		5: `identifiers[0].type "fax"`, 9: "legacy_id also on line 1", 12: `created_at: "yesterday"`,
+	}
+	got := map[int]string{}
+	for _, e := range errs {
+		if e.File != "members.jsonl" {
+			t.Errorf("error in %s", e.File)
+		}
+		got[e.Line] = e.Reason
+	}
+	for line, w := range want {
+		if !strings.Contains(got[line], w) {
+			t.Errorf("line %d: %q, want %q", line, got[line], w)
+		}
+	}
+	if len(errs) != len(want) {
+		t.Errorf("%d refused, want %d: %v", len(errs), len(want), errs)
+	}
+	// The rest are read (the importer refuses what the platform must).
+	if len(ms) != 14-len(want) {
+		t.Errorf("%d members read, want %d", len(ms), 14-len(want))
+	}
+
+	ms, errs = read(t, "testdata/bad-csv")
+	got = map[int]string{}
+	for _, e := range errs {
+		got[len(e.File)*1000+e.Line] = e.File + ": " + e.Reason
+	}
+	wantCSV := map[string]string{
+		"lots.csv:3":    `earned: "ten" is not a whole number`,
+		"members.csv:3": `consent_marketing: "maybe"`,
+		"members.csv:4": "3 fields, the header has 6",
+		"members.csv:5": "a record of the member was refused (lots.csv:3)",
+		"lots.csv:4":    "no member with this legacy_id",
+	}
+	for where, w := range wantCSV {
+		file, line, _ := strings.Cut(where, ":")
+		found := false
+		for _, e := range errs {
+			if e.File == file && strings.Contains(e.Error(), ":"+line+":") && strings.Contains(e.Reason, w) {
+				found = true
+			}
+		}
+		if !found {
+			t.Errorf("%s: no refusal with %q in %v", where, w, errs)
+		}
+	}
+	if len(errs) != len(wantCSV) || len(ms) != 2 || ms[0].LegacyID != "L0201" || ms[1].LegacyID != "L0205" {
+		t.Errorf("csv: %d refused, members %d", len(errs), len(ms))
+	}
+	if _, err := migration.Open(t.TempDir()); err == nil || !strings.Contains(err.Error(), "neither members.jsonl nor members.csv") {
+		t.Errorf("an empty directory: %v", err)
+	}
+	var stop = errors.New("stop")
+	src, _ := migration.Open("testdata/sample-jsonl")
+	if err := src.Each(func(*migration.Member, *migration.RowError) error { return stop }); !errors.Is(err, stop) {
+		t.Errorf("Each does not stop: %v", err)
+	}
+}

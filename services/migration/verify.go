@@ -1,0 +1,207 @@
+package migration
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/membercenter/membercenter/storage/postgres"
+
+	"github.com/membercenter/membercenter/services/benefits"
+)
+
+// Mismatch is a difference between the source and the platform.
+type Mismatch struct {
+	File     string
+	Line     int
+	LegacyID string
+	What     string
+}
+
+func (m Mismatch) String() string {
+	return fmt.Sprintf("%s:%d: %s: %s", m.File, m.Line, m.LegacyID, m.What)
+}
+
+// VerifyReport is a reconciliation of a source against the platform.
+type VerifyReport struct {
+	Members  int // member records of the source (unreadable ones included)
+	Agreeing int // imported and equal in every field verify compares
+	// Per field compared, how many members agree.
+	Fields map[string]int
+	// Totals: points the source's open lots hold and what the platform
+	// holds for the imported members.
+	SourcePoints, PlatformPoints int64
+	Mismatches                   []Mismatch
+	Took                         time.Duration
+}
+
+// OK reports 100% agreement.
+func (r VerifyReport) OK() bool { return r.Members > 0 && r.Agreeing == r.Members && len(r.Mismatches) == 0 }
+
+// Verify reconciles every member of src with what the platform holds:
+// that it was imported; its identifiers (each finds the member); its
+// attributes (PII by keyed hash); its consents; its balance, open lots
+// (remaining and expiry), tier and since, and coupons (template and state).
+// It changes nothing.
+func (im *Importer) Verify(ctx context.Context, src *Source, progress func(read int)) (VerifyReport, error) {
+	start := time.Now()
+	now := time.Now
+	if im.Now != nil {
+		now = im.Now
+	}
+	rep := VerifyReport{Fields: map[string]int{}}
+	err := src.Each(func(m *Member, rerr *RowError) error {
+		if m == nil && rerr != nil && rerr.File != "members.csv" && rerr.File != "members.jsonl" {
+			rep.Mismatches = append(rep.Mismatches, Mismatch{File: rerr.File, Line: rerr.Line, LegacyID: rerr.LegacyID, What: "unreadable: " + rerr.Reason})
+			return nil
+		}
+		rep.Members++
+		if progress != nil {
+			progress(rep.Members)
+		}
+		if rerr != nil {
+			rep.Mismatches = append(rep.Mismatches, Mismatch{File: rerr.File, Line: rerr.Line, LegacyID: rerr.LegacyID, What: "unreadable: " + rerr.Reason})
+			return nil
+		}
+		rep.SourcePoints += openPoints(m.Loyalty, now())
+		diffs, points, err := im.compare(ctx, m, now())
+		if err != nil {
+			return fmt.Errorf("%s:%d: %s: %w", m.File, m.Line, m.LegacyID, err)
+		}
+		rep.PlatformPoints += points
+		failed := map[string]bool{}
+		for _, d := range diffs {
+			failed[d.field] = true
+			rep.Mismatches = append(rep.Mismatches, Mismatch{File: m.File, Line: m.Line, LegacyID: m.LegacyID, What: d.what})
+		}
+		for _, f := range verifiedFields {
+			if !failed[f] && !failed["imported"] {
+				rep.Fields[f]++
+			}
+		}
+		if len(diffs) == 0 {
+			rep.Agreeing++
+		}
+		return nil
+	})
+	rep.Took = time.Since(start)
+	return rep, err
+}
+
+// verifiedFields are what Verify compares, in report order.
+var verifiedFields = []string{"imported", "identifiers", "attributes", "consents", "balance", "lots", "tier", "coupons"}
+
+type diff struct{ field, what string }
+
+// compare lists how the platform differs from m, and the member's balance.
+func (im *Importer) compare(ctx context.Context, m *Member, now time.Time) ([]diff, int64, error) {
+	member, err := im.memberOf(ctx, m.LegacyID)
+	if err != nil {
+		return nil, 0, err
+	}
+	if member == uuid.Nil {
+		return []diff{{"imported", "not imported"}}, 0, nil
+	}
+	var out []diff
+	missing, err := im.Identity.Held(ctx, im.Pool, member, m.Identifiers)
+	if err != nil {
+		return nil, 0, err
+	}
+	for _, id := range missing {
+		out = append(out, diff{"identifiers", id + " does not find the member"})
+	}
+	bad, err := im.Profile.AttributesMatch(ctx, im.Pool, member, m.Attributes)
+	if err != nil {
+		return nil, 0, err
+	}
+	for _, a := range bad {
+		out = append(out, diff{"attributes", a + " differs"})
+	}
+	for _, c := range m.Consents {
+		got, err := postgres.ConsentOf(ctx, im.Pool, member, int16(c.Purpose))
+		if err != nil {
+			return nil, 0, err
+		}
+		if got == nil || *got != c.Granted {
+			out = append(out, diff{"consents", fmt.Sprintf("consent %s: source %v, platform %v", c.Purpose, c.Granted, fmtBool(got))})
+		}
+	}
+	have, balance, err := im.Benefits.LegacyView(ctx, im.Pool, member)
+	if err != nil {
+		return nil, 0, err
+	}
+	want := openPoints(m.Loyalty, now)
+	if balance != want {
+		out = append(out, diff{"balance", fmt.Sprintf("balance: source %d, platform %d", want, balance)})
+	}
+	if d := compareLots(m.Loyalty.Lots, have.Lots, now); d != "" {
+		out = append(out, diff{"lots", d})
+	}
+	if m.Loyalty.Tier != "" && (have.Tier != m.Loyalty.Tier || (!m.Loyalty.TierSince.IsZero() && !have.TierSince.Equal(m.Loyalty.TierSince))) {
+		out = append(out, diff{"tier", fmt.Sprintf("tier: source %s since %s, platform %s since %s", m.Loyalty.Tier, day(m.Loyalty.TierSince), have.Tier, day(have.TierSince))})
+	}
+	if d := compareCoupons(m.Loyalty.Coupons, have.Coupons); d != "" {
+		out = append(out, diff{"coupons", d})
+	}
+	return out, balance, nil
+}
+
+func fmtBool(b *bool) string {
+	if b == nil {
+		return "undecided"
+	}
+	return fmt.Sprint(*b)
+}
+
+func day(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return t.UTC().Format(time.RFC3339)
+}
+
+// compareLots compares the source's open lots with the platform's by
+// remaining points and expiry.
+func compareLots(src, have []benefits.LegacyLot, now time.Time) string {
+	key := func(l benefits.LegacyLot) string {
+		return fmt.Sprintf("%d until %s", l.Remaining, day(l.ExpiresAt))
+	}
+	var a, b []string
+	for _, l := range src {
+		if l.Remaining > 0 && (l.ExpiresAt.IsZero() || l.ExpiresAt.After(now)) {
+			a = append(a, key(l))
+		}
+	}
+	for _, l := range have {
+		if l.Remaining > 0 {
+			b = append(b, key(l))
+		}
+	}
+	sort.Strings(a)
+	sort.Strings(b)
+	if fmt.Sprint(a) != fmt.Sprint(b) {
+		return fmt.Sprintf("open lots: source %v, platform %v", a, b)
+	}
+	return ""
+}
+
+// compareCoupons compares coupons by code: template and state.
+func compareCoupons(src, have []benefits.LegacyCoupon) string {
+	got := map[string]benefits.LegacyCoupon{}
+	for _, c := range have {
+		got[c.Code] = c
+	}
+	for _, c := range src {
+		h, ok := got[c.Code]
+		switch {
+		case !ok:
+			return fmt.Sprintf("coupon %s missing", c.Code)
+		case h.Template != c.Template || h.State != c.State:
+			return fmt.Sprintf("coupon %s: source %s/%s, platform %s/%s", c.Code, c.Template, c.State, h.Template, h.State)
+		}
+	}
+	return ""
+}

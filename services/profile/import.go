@@ -1,0 +1,115 @@
+package profile
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
+	"github.com/membercenter/membercenter/storage/postgres"
+
+	"github.com/membercenter/membercenter/services/attributes"
+)
+
+// ImportedConsent is a consent decision a legacy system recorded.
+type ImportedConsent struct {
+	Purpose   mcv1.ConsentPurpose
+	Granted   bool
+	DecidedAt time.Time
+}
+
+// CheckImport validates a legacy member's attributes and consents against
+// the schema before anything is written, returning the attributes in their
+// stored form (PII sealed) and what the change stream says of them (PII
+// masked). An error names the attribute or purpose and wraps ErrInvalid.
+func (s *Service) CheckImport(attrs map[string]string, consents []ImportedConsent) (stored, shown map[string]string, err error) {
+	stored, shown = map[string]string{}, map[string]string{}
+	for k, v := range attrs {
+		if v == "" {
+			continue
+		}
+		nv, err := s.schema.Normalize(k, v, s.now())
+		if err != nil {
+			return nil, nil, fmt.Errorf("%w: %w", ErrInvalid, err)
+		}
+		a, _ := s.schema.Lookup(k)
+		stored[k], shown[k] = nv, nv
+		if a.Class == attributes.PII {
+			if s.sealer == nil {
+				return nil, nil, fmt.Errorf("attributes[%s] is PII and this process has no PII keys", k)
+			}
+			if stored[k], err = attributes.Seal(s.sealer, a, nv); err != nil {
+				return nil, nil, err
+			}
+			shown[k] = attributes.Display(map[string]string{k: stored[k]})[k]
+		}
+	}
+	seen := map[mcv1.ConsentPurpose]bool{}
+	for _, c := range consents {
+		if _, ok := mcv1.ConsentPurpose_name[int32(c.Purpose)]; !ok || c.Purpose == mcv1.ConsentPurpose_CONSENT_PURPOSE_UNSPECIFIED {
+			return nil, nil, fmt.Errorf("%w: consent purpose %d: %s", ErrInvalid, c.Purpose, purposes)
+		}
+		if seen[c.Purpose] {
+			return nil, nil, fmt.Errorf("%w: consent %s given twice", ErrInvalid, c.Purpose)
+		}
+		seen[c.Purpose] = true
+	}
+	return stored, shown, nil
+}
+
+// ImportProfile gives a member a legacy system brought over (created in tx
+// by identity.ImportMember) its attributes and consents, as CheckImport
+// returned and checked them, announcing both on the change stream, caused
+// by cause; the member's labels are computed once everything else of the
+// member is in place (ComputeLabels).
+func (s *Service) ImportProfile(ctx context.Context, tx pgx.Tx, member uuid.UUID, stored, shown map[string]string, consents []ImportedConsent, cause string) error {
+	if len(stored) > 0 {
+		if err := postgres.SetAttributes(ctx, tx, member, stored); err != nil {
+			return err
+		}
+		if _, err := s.changes.Append(ctx, tx, member, &mcv1.MemberChange{CauseId: cause, Channel: mcv1.Channel_CHANNEL_BACKOFFICE,
+			Change: &mcv1.MemberChange_AttributesChanged{AttributesChanged: &mcv1.AttributesChanged{Attributes: maps.Clone(shown)}}}); err != nil {
+			return err
+		}
+	}
+	for _, c := range consents {
+		if err := postgres.SetConsent(ctx, tx, member, int16(c.Purpose), c.Granted, c.DecidedAt, cause); err != nil {
+			return err
+		}
+		if _, err := s.changes.Append(ctx, tx, member, &mcv1.MemberChange{CauseId: cause, Channel: mcv1.Channel_CHANNEL_BACKOFFICE,
+			Change: &mcv1.MemberChange_ConsentChanged{ConsentChanged: &mcv1.ConsentChanged{Purpose: c.Purpose, Granted: c.Granted}}}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ComputeLabels computes a member's labels (and queues its profile for
+// ClickHouse) in tx, as an attribute update does.
+func (s *Service) ComputeLabels(ctx context.Context, tx pgx.Tx, member uuid.UUID, cause string) error {
+	return s.tags.Recompute(ctx, tx, member, cause, mcv1.Channel_CHANNEL_BACKOFFICE)
+}
+
+// AttributesMatch lists the attributes of want the member does not hold as
+// want says (PII compared by keyed hash), for a reconciliation.
+func (s *Service) AttributesMatch(ctx context.Context, q postgres.Querier, member uuid.UUID, want map[string]string) (mismatched []string, err error) {
+	have, _, err := postgres.MemberAttributes(ctx, q, member)
+	if err != nil {
+		return nil, err
+	}
+	for k, v := range want {
+		if v == "" {
+			continue
+		}
+		a, ok := s.schema.Lookup(k)
+		nv, nerr := s.schema.Normalize(k, v, s.now())
+		if !ok || nerr != nil || !attributes.Same(s.sealer, a, have[k], nv) {
+			mismatched = append(mismatched, "attributes["+k+"]")
+		}
+	}
+	return mismatched, nil
+}

@@ -1,0 +1,46 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+)
+
+// LegacyMember is a legacy record brought over by a migration.
+type LegacyMember struct {
+	Source, LegacyID string
+	MemberID         uuid.UUID
+	RowSHA256        []byte
+	ImportedAt       time.Time
+}
+
+// FindLegacyMember returns the member a legacy record became; found false
+// when it was not imported.
+func FindLegacyMember(ctx context.Context, q Querier, source, legacyID string) (LegacyMember, bool, error) {
+	l := LegacyMember{Source: source, LegacyID: legacyID}
+	err := q.QueryRow(ctx, `SELECT member_id, row_sha256, imported_at FROM legacy_members WHERE legacy_id = $1 AND source = $2`,
+		legacyID, source).Scan(&l.MemberID, &l.RowSHA256, &l.ImportedAt)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return l, false, nil
+	}
+	if err != nil {
+		return l, false, fmt.Errorf("find legacy member: %w", err)
+	}
+	return l, true, nil
+}
+
+// InsertLegacyMember records what a legacy record became.
+func InsertLegacyMember(ctx context.Context, q Querier, l LegacyMember) error {
+	return exec(ctx, q, "insert legacy member", `INSERT INTO legacy_members (source, legacy_id, member_id, row_sha256, imported_at)
+		VALUES ($1, $2, $3, $4, $5)`, l.Source, l.LegacyID, l.MemberID, l.RowSHA256, l.ImportedAt)
+}
+
+// LockLegacyID serialises imports of one legacy record (two runs at once
+// import it once).
+func LockLegacyID(ctx context.Context, tx pgx.Tx, source, legacyID string) error {
+	return exec(ctx, tx, "lock legacy id", `SELECT pg_advisory_xact_lock(hashtextextended($1 || '/' || $2, 0))`, source, legacyID)
+}
