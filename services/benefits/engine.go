@@ -89,7 +89,7 @@ type Coupon struct {
 	ID         string
 	Code       string
 	Template   string
-	State      string // issued | used | restored
+	State      string // issued | used | restored | expired (migrated so: never usable)
 	ValidFrom  time.Time
 	ValidUntil time.Time
 	OrderID    string
@@ -224,6 +224,7 @@ const (
 	OpRedeem
 	OpAdvance     // month starts and expiry only
 	OpIssueCoupon // one coupon of Template (claims, operators)
+	OpImport      // a legacy system's loyalty given to a member without any (import.go)
 )
 
 // Item is a basket line.
@@ -248,12 +249,13 @@ type Op struct {
 	CouponCodes  []string
 	RedeemPoints int64
 
-	Amount    int64  // refund amount; 0 = the rest
-	Points    int64  // adjust (±) and redeem
-	Reason    string // adjust and redeem
-	BirthDate string // sign-up, YYYY-MM-DD
-	Template  string // coupon issuance
-	Claim     bool   // a member's claim: the template must be claimable
+	Amount    int64   // refund amount; 0 = the rest
+	Points    int64   // adjust (±) and redeem
+	Reason    string  // adjust and redeem
+	BirthDate string  // sign-up, YYYY-MM-DD
+	Template  string  // coupon issuance
+	Claim     bool    // a member's claim: the template must be claimable
+	Legacy    *Legacy // import
 
 	// Actor is the operator an operator action (an Adjust, a coupon issue)
 	// is made by; Approver the second operator who approved it when it
@@ -363,6 +365,9 @@ func (e Engine) Apply(s *State, op Op) (*Effects, error) {
 		fx.NoOp = true
 		return fx, nil
 	}
+	if op.Kind == OpImport && s.hasLoyalty() {
+		return nil, fmt.Errorf("member %s: %w", s.MemberID, ErrAlreadyImported)
+	}
 	s.StateChanged = true
 	s.Last = t
 	cur := monthOf(t, p.Location)
@@ -406,6 +411,8 @@ func (e Engine) Apply(s *State, op Op) (*Effects, error) {
 	case OpRedeem:
 		err = e.spend(s, fx, t, op, op.Points, "redeem", op.Reason)
 	case OpAdvance:
+	case OpImport:
+		err = e.importLegacy(s, fx, t, op)
 	case OpIssueCoupon:
 		tpl := p.Coupons[op.Template]
 		switch {
@@ -617,6 +624,8 @@ func (e Engine) purchase(s *State, fx *Effects, t time.Time, op Op) error {
 			return &Refusal{Reason: fmt.Sprintf("coupon %s does not belong to this member", code)}
 		case c.State == "used":
 			return &Refusal{Reason: fmt.Sprintf("coupon %s was already used (order %s)", code, c.OrderID)}
+		case c.State == "expired":
+			return &Refusal{Reason: fmt.Sprintf("coupon %s has expired", code)}
 		case !c.Usable(t):
 			return &Refusal{Reason: fmt.Sprintf("coupon %s is not valid now (valid %s to %s)", code,
 				c.ValidFrom.In(p.Location).Format(time.RFC3339), c.ValidUntil.In(p.Location).Format(time.RFC3339))}
@@ -1084,6 +1093,8 @@ func couponStateToProto(c *Coupon) mcv1.CouponState {
 		return mcv1.CouponState_COUPON_STATE_USED
 	case "restored":
 		return mcv1.CouponState_COUPON_STATE_RESTORED
+	case "expired":
+		return mcv1.CouponState_COUPON_STATE_EXPIRED
 	}
 	return mcv1.CouponState_COUPON_STATE_UNSPECIFIED
 }

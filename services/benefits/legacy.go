@@ -19,13 +19,14 @@ type Legacy struct {
 }
 
 // LegacyLot is points earned together: Remaining of Earned are left, usable
-// until ExpiresAt (zero: never).
+// from AvailableAt (zero: EarnedAt) until ExpiresAt (zero: never).
 type LegacyLot struct {
-	Ref       string // the legacy system's id of the lot (or of the order that earned it)
-	Earned    int64
-	Remaining int64
-	EarnedAt  time.Time
-	ExpiresAt time.Time
+	Ref         string // the legacy system's id of the lot (or of the order that earned it)
+	Earned      int64
+	Remaining   int64
+	EarnedAt    time.Time
+	AvailableAt time.Time // still pending before (a return window); zero: EarnedAt
+	ExpiresAt   time.Time
 }
 
 // LegacyMonth is one month of tier inputs.

@@ -177,6 +177,8 @@ func (e Engine) checkOp(op Op) error {
 		return p.checkRedeem("points", op.Points)
 	case OpAdjust:
 		return p.checkAdjust("points", op.Points)
+	case OpImport:
+		return p.checkLegacy(op.Legacy, op.At)
 	}
 	return nil
 }

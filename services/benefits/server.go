@@ -365,7 +365,7 @@ func (s *Server) GetBalance(ctx context.Context, req *mcv1.GetBalanceRequest) (*
 			if l.ExpiresAt.Before(now.Add(30 * 24 * time.Hour)) {
 				resp.ExpiringSoon += l.Remaining
 			}
-			if next.IsZero() || l.ExpiresAt.Before(next) {
+			if (next.IsZero() || l.ExpiresAt.Before(next)) && !l.ExpiresAt.Equal(NeverExpires) {
 				next = l.ExpiresAt
 			}
 		}

@@ -313,6 +313,12 @@ func QueueNewCoupon(b *pgx.Batch, member uuid.UUID, c CouponRow) {
 		c.Code, member, c.Origin, c.Template, c.State, c.ValidFrom, c.ValidUntil, c.IssuedAt, c.Cause, c.OrderID)
 }
 
+// ExistingCouponCodes returns those of codes some coupon already has (codes
+// are unique across members).
+func ExistingCouponCodes(ctx context.Context, q Querier, codes []string) ([]string, error) {
+	return queryValues[string](ctx, q, "existing coupon codes", `SELECT code FROM coupons WHERE code = ANY($1) ORDER BY code`, codes)
+}
+
 // QueueCouponState queues a coupon's new state (used on an order, restored).
 func QueueCouponState(b *pgx.Batch, code, state, orderID string) {
 	b.Queue(`UPDATE coupons SET state = $2, order_id = nullif($3, '') WHERE code = $1`, code, state, orderID)

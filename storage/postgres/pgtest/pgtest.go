@@ -87,8 +87,9 @@ func NewPool(t testing.TB, tp trace.TracerProvider) *pgxpool.Pool {
 
 // CheckLedger verifies the double-entry invariants: every transaction
 // balances; each member account's ledger sum equals its balance and the sum
-// of its lots' remaining points; the liability account's sum is minus the
-// sum of all balances.
+// of its lots' remaining points; the programme's counter-accounts —
+// liability, and the points migrated from legacy systems — sum to minus
+// the sum of all balances.
 func CheckLedger(ctx context.Context, pool *pgxpool.Pool) error {
 	var unbalanced, accounts int
 	var liability, balances int64
@@ -101,7 +102,7 @@ func CheckLedger(ctx context.Context, pool *pgxpool.Pool) error {
 		      LEFT JOIN (SELECT member_id, sum(delta) AS s FROM ledger_entries WHERE member_id IS NOT NULL GROUP BY member_id) l USING (member_id)
 		      LEFT JOIN (SELECT member_id, sum(remaining) AS r FROM point_lots GROUP BY member_id) p USING (member_id)
 		     WHERE coalesce(l.s, 0) <> coalesce(a.balance, 0) OR coalesce(p.r, 0) <> coalesce(a.balance, 0)) y),
-		(SELECT coalesce(sum(delta), 0) FROM ledger_entries WHERE account = 'programme:liability'),
+		(SELECT coalesce(sum(delta), 0) FROM ledger_entries WHERE account IN ('programme:liability', 'programme:migrated')),
 		(SELECT coalesce(sum(balance), 0) FROM points_accounts)`).Scan(&unbalanced, &accounts, &liability, &balances)
 	if err != nil {
 		return fmt.Errorf("check ledger: %w", err)
@@ -114,7 +115,7 @@ func CheckLedger(ctx context.Context, pool *pgxpool.Pool) error {
 		errs = append(errs, fmt.Sprintf("%d members whose ledger, balance and lots disagree", accounts))
 	}
 	if liability != -balances {
-		errs = append(errs, fmt.Sprintf("liability %d is not minus the sum of balances %d", liability, balances))
+		errs = append(errs, fmt.Sprintf("liability and migrated points %d are not minus the sum of balances %d", liability, balances))
 	}
 	if len(errs) > 0 {
 		return fmt.Errorf("%s", strings.Join(errs, "; "))
