@@ -149,6 +149,7 @@ var citusTables = []citusTable{
 		"foreign key ingested_events_member_id_fkey (member_id) → members(member_id)": "found by event id before the member is known: drop",
 	}},
 	{name: "idempotency_keys", layout: byKey, column: "key"},
+	{name: "legacy_members", layout: byKey, column: "legacy_id"},
 	{name: "identity_conflicts", layout: byKey, column: "conflict_id"},
 	{name: "campaign_budgets", layout: byKey, column: "campaign_id"},
 	{name: "coupon_template_counts", layout: byKey, column: "template_id"},

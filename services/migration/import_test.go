@@ -1,0 +1,242 @@
+package migration_test
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/membercenter/membercenter/storage/postgres/pgtest"
+
+	"github.com/membercenter/membercenter/services/attributes"
+	"github.com/membercenter/membercenter/services/benefits"
+	"github.com/membercenter/membercenter/services/changes"
+	"github.com/membercenter/membercenter/services/identity"
+	"github.com/membercenter/membercenter/services/migration"
+	"github.com/membercenter/membercenter/services/profile"
+	"github.com/membercenter/membercenter/services/tags"
+)
+
+// now is the import's clock: the sample's lots are open then, but one.
+var now = time.Date(2026, 6, 15, 12, 0, 0, 0, time.FixedZone("CST", 8*3600))
+
+func newImporter(t *testing.T, pool *pgxpool.Pool, source string) *migration.Importer {
+	t.Helper()
+	clock := func() time.Time { return now }
+	log := slog.New(slog.DiscardHandler)
+	cw := changes.Writer{Now: clock}
+	ids, err := identity.New(identity.Config{}, pool, cw, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids.SetClock(clock)
+	bs := benefits.New(pool, cw, log)
+	bs.SetClock(clock)
+	ts := tags.New(pool, cw, log)
+	ts.SetClock(clock)
+	ps := profile.New(pool, ts, cw)
+	ps.SetClock(clock)
+	ps.SetAttributes(attributes.Default(), ids.PII())
+	return &migration.Importer{Pool: pool, Identity: ids, Profile: ps, Benefits: bs, Source: source, Now: clock}
+}
+
+func ctxT(t *testing.T) context.Context {
+	c, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	t.Cleanup(cancel)
+	return c
+}
+
+func open(t *testing.T, dir string) *migration.Source {
+	t.Helper()
+	src, err := migration.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return src
+}
+
+func count(t *testing.T, pool *pgxpool.Pool, sql string) int {
+	t.Helper()
+	var n int
+	if err := pool.QueryRow(context.Background(), sql).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// The sample export imports whole, verifies at 100%, and a second run
+// doubles nothing; the same people under another source name are
+// conflicts, never merged.
+func TestImportVerifyRoundTrip(t *testing.T) {
+	c := ctxT(t)
+	pool := pgtest.NewPool(t, nil)
+	im := newImporter(t, pool, "crm")
+
+	dry, err := im.Run(c, open(t, "testdata/sample-jsonl"), migration.Options{DryRun: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if dry.Imported != 4 || len(dry.Refused) != 0 || count(t, pool, `SELECT count(*) FROM members`) != 0 {
+		t.Fatalf("dry run: %+v; %d members kept", dry, count(t, pool, `SELECT count(*) FROM members`))
+	}
+
+	rep, err := im.Run(c, open(t, "testdata/sample-jsonl"), migration.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Open points at now: 800 + 500 (L0001), 300 (L0002), 250 (L0003).
+	if rep.Imported != 4 || len(rep.Refused) != 0 || rep.Points != 1850 {
+		t.Fatalf("import: %+v", rep)
+	}
+	if len(rep.Ignored) != 1 || !strings.Contains(rep.Ignored[0], "L0003: phone 138****0000 ignored (phone.blocked)") {
+		t.Errorf("ignored: %v", rep.Ignored)
+	}
+	v, err := im.Verify(c, open(t, "testdata/sample-jsonl"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !v.OK() || v.SourcePoints != 1850 || v.PlatformPoints != 1850 {
+		t.Fatalf("verify: %d of %d agree, points %d/%d: %v", v.Agreeing, v.Members, v.SourcePoints, v.PlatformPoints, v.Mismatches)
+	}
+	// The CSV form of the same export verifies against the same members.
+	if v, err := im.Verify(c, open(t, "testdata/sample-csv"), nil); err != nil || !v.OK() {
+		t.Fatalf("verify csv: %v %v", err, v.Mismatches)
+	}
+	before := count(t, pool, `SELECT count(*) FROM outbox`)
+	again, err := im.Run(c, open(t, "testdata/sample-jsonl"), migration.Options{})
+	if err != nil || again.Imported != 0 || again.Already != 4 || again.Changed != 0 {
+		t.Fatalf("second run: %+v %v", again, err)
+	}
+	if after := count(t, pool, `SELECT count(*) FROM outbox`); after != before {
+		t.Errorf("a second run wrote %d changes", after-before)
+	}
+	if n := count(t, pool, `SELECT count(*) FROM members`); n != 4 {
+		t.Errorf("%d members after two runs", n)
+	}
+	// Imported members are on the change stream and have labels.
+	if n := count(t, pool, `SELECT count(DISTINCT member_id) FROM outbox`); n != 4 {
+		t.Errorf("%d members on the change stream", n)
+	}
+	if n := count(t, pool, `SELECT count(*) FROM member_features`); n != 4 {
+		t.Errorf("%d members with computed labels", n)
+	}
+	// No raw PII of the sample in the members rows.
+	if n := count(t, pool, `SELECT count(*) FROM members WHERE attributes::text LIKE '%13900010001%' OR attributes::text LIKE '%wang.wei%'`); n != 0 {
+		t.Errorf("%d members hold a raw PII attribute", n)
+	}
+
+	// A difference made since is found, named and counted.
+	if _, err := pool.Exec(c, `UPDATE members SET attributes = attributes || '{"city": "Beijing"}'
+		WHERE member_id = (SELECT member_id FROM legacy_members WHERE legacy_id = 'L0002')`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(c, `DELETE FROM member_identifiers WHERE masked = 'C*****01' OR (id_type = 6 AND member_id = (SELECT member_id FROM legacy_members WHERE legacy_id = 'L0001'))`); err != nil {
+		t.Fatal(err)
+	}
+	v, err = im.Verify(c, open(t, "testdata/sample-jsonl"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var whats []string
+	for _, m := range v.Mismatches {
+		whats = append(whats, m.String())
+	}
+	if v.OK() || v.Agreeing != 2 || v.Fields["attributes"] != 3 || v.Fields["identifiers"] != 3 ||
+		!strings.Contains(strings.Join(whats, "\n"), "members.jsonl:2: L0002: attributes[city] differs") ||
+		!strings.Contains(strings.Join(whats, "\n"), "members.jsonl:1: L0001: member_card") {
+		t.Errorf("verify after changes: %d agree, fields %v, %v", v.Agreeing, v.Fields, whats)
+	}
+
+	other := newImporter(t, pool, "second-crm")
+	dup, err := other.Run(c, open(t, "testdata/sample-csv"), migration.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if dup.Imported != 0 || dup.Conflicts != 4 || len(dup.Refused) != 4 {
+		t.Fatalf("the same people again: %+v", dup)
+	}
+	for _, r := range dup.Refused {
+		if !strings.Contains(r.Reason, "belongs to member") || r.File != "members.csv" {
+			t.Errorf("conflict reported as %s", r)
+		}
+	}
+}
+
+// A corpus of bad records: each is refused alone, at its line, and nothing
+// of a refused member is kept; verify reports the source does not agree.
+func TestBadRecordsRefusedLineByLine(t *testing.T) {
+	c := ctxT(t)
+	pool := pgtest.NewPool(t, nil)
+	im := newImporter(t, pool, "crm")
+	rep, err := im.Run(c, open(t, "testdata/bad-jsonl"), migration.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[int]string{
+		2: "not a member record", 3: "legacy_id is required", 4: "unknown field", 5: `"fax"`,
+		6: "remaining", 7: "platinum", 8: "attributes[favourite_colour]", 9: "legacy_id also on line 1",
+		10: "phone 139****0001 also belongs to legacy member L0101", 11: "NOPE", 12: "created_at",
+		13: "attributes[mobile]",
+	}
+	got := map[int]string{}
+	for _, r := range rep.Refused {
+		got[r.Line] = r.Reason
+	}
+	for line, w := range want {
+		if !strings.Contains(got[line], w) {
+			t.Errorf("line %d refused as %q, want %q", line, got[line], w)
+		}
+	}
+	if rep.Imported != 2 || len(rep.Refused) != len(want) || rep.Read != 14 {
+		t.Errorf("imported %d, refused %d of %d read: %v", rep.Imported, len(rep.Refused), rep.Read, rep.Refused)
+	}
+	// Nothing of a refused member: two members, their phone/e-mail and CRM id.
+	if n := count(t, pool, `SELECT count(*) FROM members`); n != 2 {
+		t.Errorf("%d members kept", n)
+	}
+	if n := count(t, pool, `SELECT count(*) FROM member_identifiers`); n != 4 {
+		t.Errorf("%d identifiers kept", n)
+	}
+	v, err := im.Verify(c, open(t, "testdata/bad-jsonl"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.OK() || v.Agreeing != 2 {
+		t.Errorf("verify of the bad corpus: %d of %d agree, OK %v", v.Agreeing, v.Members, v.OK())
+	}
+}
+
+// A run stopped half-way (a kill between members) and run again ends as
+// one clean run.
+func TestImportResumesAfterAStop(t *testing.T) {
+	c := ctxT(t)
+	pool := pgtest.NewPool(t, nil)
+	im := newImporter(t, pool, "crm")
+	stopped, cancel := context.WithCancel(c)
+	_, err := im.Run(stopped, open(t, "testdata/sample-csv"), migration.Options{Progress: func(read int) {
+		if read == 2 {
+			cancel()
+		}
+	}})
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("stopped run: %v", err)
+	}
+	done := count(t, pool, `SELECT count(*) FROM legacy_members`)
+	if done == 0 || done == 4 {
+		t.Fatalf("%d members imported before the stop", done)
+	}
+	rep, err := im.Run(c, open(t, "testdata/sample-csv"), migration.Options{})
+	if err != nil || rep.Imported+rep.Already != 4 || rep.Already != done {
+		t.Fatalf("resumed: %+v %v", rep, err)
+	}
+	if v, err := im.Verify(c, open(t, "testdata/sample-csv"), nil); err != nil || !v.OK() {
+		t.Fatalf("verify after resuming: %v %v", err, v.Mismatches)
+	}
+	if n := count(t, pool, `SELECT count(*) FROM members`); n != 4 {
+		t.Errorf("%d members", n)
+	}
+}
