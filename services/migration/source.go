@@ -525,6 +525,7 @@ func (s *Source) attachSides(j *jsonMember, sum io.Writer) {
 // readSides reads lots.csv, months.csv and coupons.csv when present.
 func (s *Source) readSides() error {
 	s.lots, s.months, s.coupons = map[string][]sideRow[jsonLot]{}, map[string][]sideRow[jsonMonth]{}, map[string][]sideRow[jsonCoupon]{}
+	s.sideErrs = nil
 	num := func(file string, line int, col map[string]string, k string) (int64, bool) {
 		if col[k] == "" {
 			return 0, true

@@ -143,7 +143,7 @@ func (im *Importer) compare(ctx context.Context, m *Member, now time.Time) ([]di
 	if m.Loyalty.Tier != "" && (have.Tier != m.Loyalty.Tier || (!m.Loyalty.TierSince.IsZero() && !have.TierSince.Equal(m.Loyalty.TierSince))) {
 		out = append(out, diff{"tier", fmt.Sprintf("tier: source %s since %s, platform %s since %s", m.Loyalty.Tier, day(m.Loyalty.TierSince), have.Tier, day(have.TierSince))})
 	}
-	if d := compareCoupons(m.Loyalty.Coupons, have.Coupons); d != "" {
+	if d := compareCoupons(m.Loyalty.Coupons, have.Coupons, now); d != "" {
 		out = append(out, diff{"coupons", d})
 	}
 	return out, balance, nil
@@ -188,14 +188,18 @@ func compareLots(src, have []benefits.LegacyLot, now time.Time) string {
 	return ""
 }
 
-// compareCoupons compares coupons by code: template and state.
-func compareCoupons(src, have []benefits.LegacyCoupon) string {
+// compareCoupons compares coupons by code: template and state (an issued
+// coupon no longer valid at now is expired, as the platform shows it).
+func compareCoupons(src, have []benefits.LegacyCoupon, now time.Time) string {
 	got := map[string]benefits.LegacyCoupon{}
 	for _, c := range have {
 		got[c.Code] = c
 	}
 	for _, c := range src {
 		h, ok := got[c.Code]
+		if c.State == "issued" && !c.ValidUntil.IsZero() && !now.Before(c.ValidUntil) {
+			c.State = "expired"
+		}
 		switch {
 		case !ok:
 			return fmt.Sprintf("coupon %s missing", c.Code)
