@@ -39,7 +39,9 @@ type VerifyReport struct {
 }
 
 // OK reports 100% agreement.
-func (r VerifyReport) OK() bool { return r.Members > 0 && r.Agreeing == r.Members && len(r.Mismatches) == 0 }
+func (r VerifyReport) OK() bool {
+	return r.Members > 0 && r.Agreeing == r.Members && len(r.Mismatches) == 0
+}
 
 // Verify reconciles every member of src with what the platform holds:
 // that it was imported; its identifiers (each finds the member); its
