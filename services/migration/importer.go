@@ -5,11 +5,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sort"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/membercenter/membercenter/pipeline/fault"
 	"github.com/membercenter/membercenter/storage/postgres"
@@ -36,8 +40,12 @@ type Options struct {
 	// back: every check the import makes, against the platform as it is,
 	// nothing kept.
 	DryRun bool
-	// Progress is called after each member with the records read.
-	Progress func(read int)
+	// Progress is called after each member with the records done.
+	Progress func(done int)
+	// Workers import members concurrently (0: 4). Each member is still one
+	// transaction; records sharing an identifier are told apart in file
+	// order before any is imported.
+	Workers int
 }
 
 // Report is what an import run did.
@@ -79,60 +87,103 @@ func (im *Importer) Run(ctx context.Context, src *Source, o Options) (Report, er
 	// identifier are a conflict even in a dry run (which keeps nothing
 	// for the database to find).
 	owners := map[string]string{}
+	workers := o.Workers
+	if workers <= 0 {
+		workers = 4
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(workers)
+	var mu sync.Mutex // rep
+	done := 0
+	finish := func(apply func()) {
+		mu.Lock()
+		defer mu.Unlock()
+		apply()
+		done++
+		if o.Progress != nil {
+			o.Progress(done)
+		}
+	}
 	err := src.Each(func(m *Member, rerr *RowError) error {
-		if m != nil || rerr == nil || rerr.File == "members.csv" || rerr.File == "members.jsonl" {
-			rep.Read++
-		}
-		defer func() {
-			if o.Progress != nil {
-				o.Progress(rep.Read)
-			}
-		}()
-		if rerr != nil {
-			rep.Refused = append(rep.Refused, rerr)
-			return nil
-		}
-		if other, err := im.sharedInRun(m, owners); err != nil {
+		if err := gctx.Err(); err != nil {
 			return err
-		} else if other != "" {
-			rep.Conflicts++
-			rep.Refused = append(rep.Refused, &RowError{File: m.File, Line: m.Line, LegacyID: m.LegacyID,
-				Reason: "conflict: " + other + " (never merged by an import; resolve it in the legacy system or after the import)"})
+		}
+		if m == nil && rerr.File != "members.csv" && rerr.File != "members.jsonl" {
+			mu.Lock()
+			rep.Refused = append(rep.Refused, rerr) // a side record: its member is counted on its own line
+			mu.Unlock()
 			return nil
 		}
-		res, err := im.importMember(ctx, m, o.DryRun, now())
-		switch {
-		case err != nil && refusal(err):
-			if errors.Is(err, identity.ErrImportConflict) {
-				rep.Conflicts++
-			}
-			rep.Refused = append(rep.Refused, &RowError{File: m.File, Line: m.Line, LegacyID: m.LegacyID, Reason: err.Error()})
-		case err != nil:
-			return fmt.Errorf("%s:%d: %s: %w", m.File, m.Line, m.LegacyID, err)
-		case res.already:
-			rep.Already++
-			if res.changed {
-				rep.Changed++
-			}
-		default:
-			rep.Imported++
-			rep.Points += openPoints(m.Loyalty, now())
-			for _, g := range res.ignored {
-				rep.Ignored = append(rep.Ignored, fmt.Sprintf("%s:%d: %s: %s", m.File, m.Line, m.LegacyID, g))
-			}
+		mu.Lock()
+		rep.Read++
+		mu.Unlock()
+		if rerr != nil {
+			finish(func() { rep.Refused = append(rep.Refused, rerr) })
+			return nil
 		}
+		if other := im.sharedInRun(m, owners); other != "" {
+			finish(func() {
+				rep.Conflicts++
+				rep.Refused = append(rep.Refused, &RowError{File: m.File, Line: m.Line, LegacyID: m.LegacyID,
+					Reason: "conflict: " + other + " (never merged by an import; resolve it in the legacy system or after the import)"})
+			})
+			return nil
+		}
+		g.Go(func() error {
+			res, err := im.importMember(gctx, m, o.DryRun, now())
+			if err != nil && !refusal(err) {
+				return fmt.Errorf("%s:%d: %s: %w", m.File, m.Line, m.LegacyID, err)
+			}
+			finish(func() {
+				switch {
+				case err != nil:
+					if errors.Is(err, identity.ErrImportConflict) {
+						rep.Conflicts++
+					}
+					rep.Refused = append(rep.Refused, &RowError{File: m.File, Line: m.Line, LegacyID: m.LegacyID, Reason: err.Error()})
+				case res.already:
+					rep.Already++
+					if res.changed {
+						rep.Changed++
+					}
+				default:
+					rep.Imported++
+					rep.Points += openPoints(m.Loyalty, now())
+					for _, ig := range res.ignored {
+						rep.Ignored = append(rep.Ignored, fmt.Sprintf("%s:%d: %s: %s", m.File, m.Line, m.LegacyID, ig))
+					}
+				}
+			})
+			return nil
+		})
 		return nil
 	})
+	if werr := g.Wait(); err == nil || errors.Is(err, context.Canceled) && werr != nil {
+		err = werr
+	}
+	// In file order, whatever order the workers finished in.
+	sort.SliceStable(rep.Refused, func(i, j int) bool {
+		a, b := rep.Refused[i], rep.Refused[j]
+		am, bm := strings.HasPrefix(a.File, "members."), strings.HasPrefix(b.File, "members.")
+		switch {
+		case am != bm:
+			return am // the members file first
+		case a.File != b.File:
+			return a.File < b.File
+		}
+		return a.Line < b.Line
+	})
+	sort.Strings(rep.Ignored)
 	rep.Took = time.Since(start)
 	return rep, err
 }
 
 // sharedInRun reports a unique identifier of m that another record of this
 // run holds, and records m's.
-func (im *Importer) sharedInRun(m *Member, owners map[string]string) (string, error) {
+func (im *Importer) sharedInRun(m *Member, owners map[string]string) string {
 	norm, err := im.Identity.Normalize(m.Identifiers)
 	if err != nil {
-		return "", nil // importMember refuses it, naming the identifier
+		return "" // importMember refuses it, naming the identifier
 	}
 	rules := im.Identity.Rules()
 	var mine []string
@@ -142,14 +193,14 @@ func (im *Importer) sharedInRun(m *Member, owners map[string]string) (string, er
 		}
 		k := string(n.Hash)
 		if other, ok := owners[k]; ok && other != m.LegacyID {
-			return fmt.Sprintf("%s %s also belongs to legacy member %s", identity.TypeName(n.Type), n.Masked, other), nil
+			return fmt.Sprintf("%s %s also belongs to legacy member %s", identity.TypeName(n.Type), n.Masked, other)
 		}
 		mine = append(mine, k)
 	}
 	for _, k := range mine {
 		owners[k] = m.LegacyID
 	}
-	return "", nil
+	return ""
 }
 
 type imported struct {
