@@ -43,7 +43,7 @@ MC_CLICKHOUSE_ADDR, ...); the defaults match what scripts/deps.sh starts.`,
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	root.AddGroup(&cobra.Group{ID: "bench", Title: "Benchmarks (Markdown on stdout, progress on stderr):"})
-	for _, c := range []*cobra.Command{latencyCmd(stdout), resolveCmd(stdout), benefitsCmd(stdout), tagsCmd(stdout), pipelineCmd(stdout)} {
+	for _, c := range []*cobra.Command{latencyCmd(stdout), resolveCmd(stdout), benefitsCmd(stdout), tagsCmd(stdout), pipelineCmd(stdout), importBenchCmd(stdout)} {
 		c.GroupID = "bench"
 		root.AddCommand(c)
 	}

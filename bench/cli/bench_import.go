@@ -1,0 +1,214 @@
+package cli
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/spf13/cobra"
+
+	"github.com/membercenter/membercenter/storage/postgres"
+	"github.com/membercenter/membercenter/storage/postgres/pgbench"
+
+	"github.com/membercenter/membercenter/services/attributes"
+	"github.com/membercenter/membercenter/services/benefits"
+	"github.com/membercenter/membercenter/services/changes"
+	"github.com/membercenter/membercenter/services/identity"
+	"github.com/membercenter/membercenter/services/migration"
+	"github.com/membercenter/membercenter/services/profile"
+	"github.com/membercenter/membercenter/services/tags"
+)
+
+func importBenchCmd(stdout io.Writer) *cobra.Command {
+	var members, workers int
+	cmd := &cobra.Command{
+		Use:   "import",
+		Short: "Legacy import and verify of a generated export, beside a COPY of the same records",
+		Long: `Generates a legacy export of --members members (JSON Lines: phone, e-mail
+and card, PII and personal attributes, consents, three lots, a tier with
+three months of history for one in five, a coupon for one in three), then,
+in a fresh database (membercenter_import_bench), times membercenter import
+(--workers at once) and import verify of it, and, as the floor, a COPY of
+the same records (legacy id, identifiers, attributes and loyalty as JSON)
+into a plain table of the same database. Prints a Markdown table.`,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runImportBench(cmd.Context(), stdout, members, workers)
+		},
+	}
+	cmd.Flags().IntVar(&members, "members", 20_000, "members in the generated export")
+	cmd.Flags().IntVar(&workers, "workers", 4, "members imported at once")
+	return cmd
+}
+
+// genMember is one generated legacy member, in the export's JSON shape.
+func genMember(i int, now time.Time) map[string]any {
+	id := fmt.Sprintf("B%07d", i)
+	m := map[string]any{
+		"legacy_id":  id,
+		"created_at": now.AddDate(-3, 0, -(i % 900)).Format(time.RFC3339),
+		"identifiers": []map[string]string{
+			{"type": "phone", "value": fmt.Sprintf("135%08d", i)},
+			{"type": "email", "value": fmt.Sprintf("member%d@example.com", i)},
+			{"type": "member_card", "value": fmt.Sprintf("CARD-%08d", i)},
+		},
+		"attributes": map[string]string{"birth_date": fmt.Sprintf("19%02d-%02d-%02d", 60+i%40, 1+i%12, 1+i%28),
+			"city": []string{"Shanghai", "Beijing", "Hangzhou", "Suzhou"}[i%4], "name": fmt.Sprintf("Member %d", i)},
+		"consents": map[string]bool{"marketing": i%3 != 0, "profiling": true},
+	}
+	var lots []map[string]any
+	for l := 0; l < 3; l++ {
+		earned := now.AddDate(0, -(l*3 + 1), -(i % 27))
+		lots = append(lots, map[string]any{"ref": fmt.Sprintf("%s-L%d", id, l), "earned": 100 + (i+l)%900, "remaining": (100 + (i+l)%900) / (l + 1),
+			"earned_at": earned.Format(time.RFC3339), "expires_at": earned.AddDate(1, 0, 0).Format(time.RFC3339)})
+	}
+	m["points"] = map[string]any{"lots": lots}
+	if i%5 == 0 {
+		var months []map[string]any
+		for k := 1; k <= 3; k++ {
+			months = append(months, map[string]any{"month": now.AddDate(0, -k, 0).Format("2006-01"), "spend": 50000 + i%100000, "points": 50 + i%100, "orders": 1 + i%5})
+		}
+		m["tier"] = map[string]any{"id": "silver", "since": now.AddDate(0, -4, 0).Format(time.RFC3339), "months": months}
+	}
+	if i%3 == 0 {
+		m["coupons"] = []map[string]string{{"code": fmt.Sprintf("BC-%s", id), "template": "C10", "state": "issued",
+			"valid_from": now.AddDate(0, 0, -5).Format(time.RFC3339), "valid_until": now.AddDate(0, 1, 0).Format(time.RFC3339),
+			"issued_at": now.AddDate(0, 0, -5).Format(time.RFC3339)}}
+	}
+	return m
+}
+
+func runImportBench(ctx context.Context, out io.Writer, n, workers int) error {
+	configured := os.Getenv("MC_PG_URL")
+	if configured == "" {
+		configured = "postgres://membercenter:membercenter@127.0.0.1:55432/membercenter?sslmode=disable"
+	}
+	admin, err := pgxpool.New(ctx, configured)
+	if err != nil {
+		return err
+	}
+	defer admin.Close()
+	const db = "membercenter_import_bench"
+	if _, err := admin.Exec(ctx, `DROP DATABASE IF EXISTS `+pgx.Identifier{db}.Sanitize()+` WITH (FORCE)`); err != nil {
+		return err
+	}
+	if err := pgbench.CreateDatabase(ctx, admin, db); err != nil {
+		return err
+	}
+	url, err := pgbench.DatabaseURL(configured, db)
+	if err != nil {
+		return err
+	}
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		return err
+	}
+	cfg.MaxConns = int32(workers + 4)
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	if _, err := postgres.Migrate(ctx, pool); err != nil {
+		return err
+	}
+
+	// The export.
+	now := time.Now()
+	dir, err := os.MkdirTemp("", "mc-import-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	f, err := os.Create(filepath.Join(dir, "members.jsonl"))
+	if err != nil {
+		return err
+	}
+	w := bufio.NewWriter(f)
+	records := make([][]byte, n)
+	for i := range n {
+		b, err := json.Marshal(genMember(i, now))
+		if err != nil {
+			return err
+		}
+		records[i] = b
+		w.Write(b)
+		w.WriteByte('\n')
+	}
+	if err := w.Flush(); err != nil {
+		return err
+	}
+	f.Close()
+
+	log := slog.New(slog.DiscardHandler)
+	cw := changes.Writer{}
+	ids, err := identity.New(identity.Config{}, pool, cw, log)
+	if err != nil {
+		return err
+	}
+	bs := benefits.New(pool, cw, log)
+	ts := tags.New(pool, cw, log)
+	if err := bs.Reload(ctx); err != nil {
+		return err
+	}
+	if err := ts.Reload(ctx); err != nil {
+		return err
+	}
+	ps := profile.New(pool, ts, cw)
+	ps.SetAttributes(attributes.Default(), ids.PII())
+	im := &migration.Importer{Pool: pool, Identity: ids, Profile: ps, Benefits: bs, Source: "bench"}
+	src, err := migration.Open(dir)
+	if err != nil {
+		return err
+	}
+
+	// The floor: the same records, COPY into a plain table.
+	if _, err := pool.Exec(ctx, `CREATE TABLE import_floor (legacy_id text PRIMARY KEY, record jsonb NOT NULL)`); err != nil {
+		return err
+	}
+	t0 := time.Now()
+	copied, err := pool.CopyFrom(ctx, pgx.Identifier{"import_floor"}, []string{"legacy_id", "record"}, pgx.CopyFromSlice(n, func(i int) ([]any, error) {
+		return []any{fmt.Sprintf("B%07d", i), records[i]}, nil
+	}))
+	if err != nil {
+		return err
+	}
+	floor := time.Since(t0)
+
+	rep, err := im.Run(ctx, src, migration.Options{Workers: workers})
+	if err != nil {
+		return err
+	}
+	if rep.Imported != n || len(rep.Refused) > 0 {
+		return fmt.Errorf("import: %d of %d imported, %d refused (first: %v)", rep.Imported, n, len(rep.Refused), firstRefusal(rep))
+	}
+	v, err := im.Verify(ctx, src, nil)
+	if err != nil {
+		return err
+	}
+	if !v.OK() {
+		return fmt.Errorf("verify: %d of %d agree (first: %v)", v.Agreeing, v.Members, v.Mismatches[:min(1, len(v.Mismatches))])
+	}
+	rate := func(d time.Duration) float64 { return float64(n) / d.Seconds() }
+	fmt.Fprintf(out, "| members | workers | import | members/s | verify | members/s | floor: COPY of the same records | records/s | import ÷ floor | 1,000,000 members at this rate |\n")
+	fmt.Fprintf(out, "|---|---|---|---|---|---|---|---|---|---|\n")
+	fmt.Fprintf(out, "| %d | %d | %s | %.0f | %s | %.0f | %s (%d rows) | %.0f | %.4f× | import %s, verify %s |\n",
+		n, workers, rep.Took.Round(10*time.Millisecond), rate(rep.Took), v.Took.Round(10*time.Millisecond), rate(v.Took),
+		floor.Round(time.Millisecond), copied, rate(floor), rate(rep.Took)/rate(floor),
+		(time.Duration(float64(time.Second) * 1e6 / rate(rep.Took))).Round(time.Minute), (time.Duration(float64(time.Second) * 1e6 / rate(v.Took))).Round(time.Minute))
+	return nil
+}
+
+func firstRefusal(r migration.Report) string {
+	if len(r.Refused) == 0 {
+		return ""
+	}
+	return r.Refused[0].Error()
+}
