@@ -410,3 +410,54 @@ func TestRedeemSpendsImportedLots(t *testing.T) {
 		t.Fatalf("after redeeming 320: %v (balance %d)", err, balance)
 	}
 }
+
+// TestImportLegacyBatch: a batch imports its members in one transaction;
+// an import refused on its own (bad input, a code another import of the
+// batch has, a member with loyalty) writes nothing and holds back no other.
+func TestImportLegacyBatch(t *testing.T) {
+	f, c := begin(t)
+	withLoyalty := f.member(t)
+	f.commit(t, c, &mcv1.CommitRequest{MemberId: withLoyalty, Basket: basket("o1", 10_000), IdempotencyKey: "k1"})
+	ids := make([]uuid.UUID, 4)
+	imports := make([]benefits.LegacyImport, 5)
+	for i := range ids {
+		ids[i] = uuid.Must(uuid.NewV7())
+		l := legacySample()
+		for k := range l.Coupons {
+			l.Coupons[k].Code += fmt.Sprint("-", i)
+		}
+		imports[i] = benefits.LegacyImport{Member: ids[i], Legacy: l, Cause: fmt.Sprint("import:batch:", i)}
+	}
+	imports[1].Legacy.Lots[0].Remaining = 501
+	imports[2].Legacy.Coupons[1].Code = imports[0].Legacy.Coupons[0].Code
+	imports[4] = benefits.LegacyImport{Member: uuid.MustParse(withLoyalty), Legacy: legacySample(), Cause: "import:batch:4"}
+	var refused map[int]error
+	err := pgx.BeginFunc(c, f.pool, func(tx pgx.Tx) error {
+		for _, id := range ids {
+			if err := postgres.InsertMember(c, tx, id, *f.clock); err != nil {
+				return err
+			}
+		}
+		var err error
+		refused, err = f.svc.ImportLegacyBatch(c, tx, imports, *f.clock)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fe *benefits.FieldError
+	if len(refused) != 3 || !errors.As(refused[1], &fe) || fe.Field != "lots[0].remaining" ||
+		!errors.As(refused[2], &fe) || fe.Field != "coupons[1].code" || !errors.Is(refused[4], benefits.ErrAlreadyImported) {
+		t.Fatalf("refused = %v; want imports 1 (lots[0].remaining), 2 (coupons[1].code) and 4 (already has loyalty)", refused)
+	}
+	for i, id := range ids {
+		v, balance := mustLegacyView(t, c, f, id.String())
+		imported := refused[i] == nil
+		if imported != (balance == 1350 && v.Tier == "gold" && len(v.Coupons) == 3 && len(v.Months) == 3) || (!imported && len(v.Lots)+len(v.Coupons) != 0) {
+			t.Errorf("import %d (refused: %v) holds %d, %+v", i, refused[i], balance, v)
+		}
+	}
+	if err := pgtest.CheckLedger(c, f.pool); err != nil {
+		t.Fatal(err)
+	}
+}
