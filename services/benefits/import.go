@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"sort"
 	"strings"
@@ -269,48 +270,83 @@ func (e Engine) importLegacy(s *State, fx *Effects, t time.Time, op Op) error {
 // operation's, caused by cause, which must be unique per member (the
 // ledger keeps one import per cause). A member that already has loyalty is
 // refused with ErrAlreadyImported; input the programme cannot take is
-// refused with a FieldError (ErrInvalid, a data error) naming the field —
-// a lot with Remaining above Earned or negative, an expiry not after its
-// earning, a tier or coupon template the programme does not know, a coupon
-// state other than issued, used or expired, a coupon code given twice or
-// held by another member, more coupons of a template than its limits. A
-// refused import writes nothing: its writes run under a savepoint of tx,
-// which stays usable.
+// refused with a FieldError (ErrInvalid) naming the field — a lot with
+// Remaining above Earned or negative, an expiry not after its earning, a
+// tier or coupon template the programme does not know, a coupon state
+// other than issued, used or expired, a coupon code given twice or held by
+// another member, more coupons of a template than its limits. Both are
+// data errors (fault.IsData). A refused import writes nothing: the writes
+// run under a savepoint of tx, which stays usable.
 func (s *Service) ImportLegacy(ctx context.Context, tx pgx.Tx, member uuid.UUID, l Legacy, cause string, at time.Time) error {
-	if cause == "" {
-		return fieldErr("cause", "is required")
-	}
-	p := s.program()
-	op := Op{Kind: OpImport, At: at, Cause: cause, Origin: member.String(), Legacy: &l}
-	if err := (Engine{P: p}).checkOp(op); err != nil {
+	refused, err := s.ImportLegacyBatch(ctx, tx, []LegacyImport{{Member: member, Legacy: l, Cause: cause}}, at)
+	if err != nil {
 		return err
 	}
-	codes := make([]string, len(l.Coupons))
-	for i, c := range l.Coupons {
-		codes[i] = c.Code
+	return refused[0]
+}
+
+// LegacyImport is one member's import in a batch.
+type LegacyImport struct {
+	Member uuid.UUID
+	Legacy Legacy
+	Cause  string
+}
+
+// ImportLegacyBatch is ImportLegacy for many members at once, as the
+// stream core applies events: the members locked and loaded in one round
+// trip, each import applied by the engine, and every write of the batch
+// sent in one round trip, one statement per kind of row. An import refused
+// on its own (its index in refused: a FieldError, ErrAlreadyImported, a
+// member not found) writes nothing and does not hold back the others; what
+// one import takes of a template's total_limit counts for the imports
+// after it. err is the batch's (a database failure): then nothing of the
+// batch is written, and tx stays usable.
+func (s *Service) ImportLegacyBatch(ctx context.Context, tx pgx.Tx, imports []LegacyImport, at time.Time) (map[int]error, error) {
+	p := s.program()
+	e := Engine{P: p}
+	checked := map[int]error{}
+	ops := make([]Op, len(imports))
+	members := map[uuid.UUID]int{}
+	codes := map[string]int{} // code → import
+	var allCodes []string
+	for i, im := range imports {
+		op := Op{Kind: OpImport, At: at, Cause: im.Cause, Origin: im.Member.String(), Legacy: &imports[i].Legacy}
+		ops[i] = op
+		err := e.checkOp(op)
+		switch j, dup := members[im.Member]; {
+		case err != nil:
+		case im.Cause == "":
+			err = fieldErr("cause", "is required")
+		case dup:
+			err = fault.Permanent(fmt.Errorf("member %s is imported twice in the batch (import %d): %w", im.Member, j, ErrAlreadyImported))
+		}
+		for k, c := range im.Legacy.Coupons {
+			if err != nil {
+				break
+			}
+			if j, dup := codes[c.Code]; dup {
+				err = fieldErr(fmt.Sprintf("coupons[%d].code", k), "%q is another member's coupon (import %d of the batch)", c.Code, j)
+			}
+		}
+		if err != nil {
+			checked[i] = err
+			continue
+		}
+		members[im.Member] = i
+		for _, c := range im.Legacy.Coupons {
+			codes[c.Code] = i
+			allCodes = append(allCodes, c.Code)
+		}
 	}
+	if len(members) == 0 {
+		return checked, nil
+	}
+	var refused map[int]error
 	var err error
 	for attempt := 0; attempt < 5; attempt++ {
+		refused = maps.Clone(checked)
 		err = pgx.BeginFunc(ctx, tx, func(sp pgx.Tx) error {
-			st, err := s.load(ctx, sp, member, true, at)
-			if err != nil {
-				return err
-			}
-			fx, err := Engine{P: p}.Apply(st, op)
-			if err != nil {
-				return err
-			}
-			if len(codes) > 0 {
-				held, err := postgres.ExistingCouponCodes(ctx, sp, codes)
-				if err != nil {
-					return err
-				}
-				if len(held) > 0 {
-					i := slices.Index(codes, held[0])
-					return fieldErr(fmt.Sprintf("coupons[%d].code", i), "%q is another member's coupon (codes are unique)", held[0])
-				}
-			}
-			return s.persist(ctx, sp, st, fx, op, mcv1.Channel_CHANNEL_BACKOFFICE, "")
+			return s.importBatch(ctx, sp, p, imports, ops, members, codes, allCodes, refused)
 		})
 		// A concurrent issuance took the last of a template's total, or a
 		// concurrent import the same code: the next attempt reads it.
@@ -318,15 +354,78 @@ func (s *Service) ImportLegacy(ctx context.Context, tx pgx.Tx, member uuid.UUID,
 			break
 		}
 	}
-	switch {
-	case errors.Is(err, ErrAlreadyImported):
-		return fault.Permanent(err)
-	case errors.Is(err, errBudgetRace):
-		return fieldErr("coupons", "a template's total_limit was reached by concurrent issuances")
-	case err != nil:
-		return fmt.Errorf("import loyalty of %s: %w", member, err)
+	if err != nil {
+		return nil, fmt.Errorf("import legacy loyalty: %w", err)
 	}
-	return nil
+	return refused, nil
+}
+
+// importBatch applies the imports of members (member → import) in sp,
+// members in id order, and writes them in one round trip.
+func (s *Service) importBatch(ctx context.Context, sp pgx.Tx, p *Program, imports []LegacyImport, ops []Op, members map[uuid.UUID]int,
+	codes map[string]int, allCodes []string, refused map[int]error) error {
+	ids := slices.SortedFunc(maps.Keys(members), func(a, b uuid.UUID) int { return slices.Compare(a[:], b[:]) })
+	loads := make([]postgres.LoyaltyLoad, len(ids))
+	for k, id := range ids {
+		loads[k] = postgres.LoyaltyLoad{Member: id, Lock: true, ActivityFrom: int(monthOf(ops[members[id]].At, p.Location)) - 13}
+	}
+	rows, err := postgres.LoadLoyaltyBatch(ctx, sp, loads)
+	if err != nil {
+		return err
+	}
+	if len(allCodes) > 0 {
+		held, err := postgres.ExistingCouponCodes(ctx, sp, allCodes)
+		if err != nil {
+			return err
+		}
+		for _, code := range held {
+			i := codes[code]
+			k := slices.IndexFunc(imports[i].Legacy.Coupons, func(c LegacyCoupon) bool { return c.Code == code })
+			if refused[i] == nil {
+				refused[i] = fieldErr(fmt.Sprintf("coupons[%d].code", k), "%q is another member's coupon (codes are unique)", code)
+			}
+		}
+	}
+	w := postgres.NewLoyaltyWrites(p.Version)
+	var issued map[string]int
+	for _, id := range ids {
+		i := members[id]
+		r := rows[id]
+		switch {
+		case refused[i] != nil:
+			continue
+		case r == nil || !r.Found:
+			refused[i] = fault.Permanent(fmt.Errorf("member %s: %w", id, postgres.ErrNotFound))
+			continue
+		case r.Merged:
+			refused[i] = fault.Permanent(fmt.Errorf("member %s: %w", id, ErrMerged))
+			continue
+		}
+		if issued == nil {
+			issued = maps.Clone(r.TplIssued)
+		}
+		r.TplIssued = issued
+		st, err := toState(id, *r, p)
+		if err != nil {
+			return err
+		}
+		fx, err := Engine{P: p}.Apply(st, ops[i])
+		if err != nil {
+			if errors.Is(err, ErrAlreadyImported) {
+				err = fault.Permanent(err)
+			}
+			refused[i] = err
+			continue
+		}
+		if err := s.stageOp(ctx, w, st, fx, ops[i], mcv1.Channel_CHANNEL_BACKOFFICE, "", st.Lots); err != nil {
+			return err
+		}
+		s.stageState(w, st)
+		for t, n := range st.TplDelta {
+			issued[t] += n
+		}
+	}
+	return s.flush(ctx, sp, w)
 }
 
 // LegacyView is what the platform holds of a member's loyalty in the shape
