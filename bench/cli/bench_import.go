@@ -28,7 +28,7 @@ import (
 )
 
 func importBenchCmd(stdout io.Writer) *cobra.Command {
-	var members, workers int
+	var members, workers, batch int
 	cmd := &cobra.Command{
 		Use:   "import",
 		Short: "Legacy import and verify of a generated export, beside a COPY of the same records",
@@ -36,15 +36,16 @@ func importBenchCmd(stdout io.Writer) *cobra.Command {
 and card, PII and personal attributes, consents, three lots, a tier with
 three months of history for one in five, a coupon for one in three), then,
 in a fresh database (membercenter_import_bench), times membercenter import
-(--workers at once) and import verify of it, and, as the floor, a COPY of
+(--workers transactions of --batch members at once) and import verify of it, and, as the floor, a COPY of
 the same records (legacy id, identifiers, attributes and loyalty as JSON)
 into a plain table of the same database. Prints a Markdown table.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return runImportBench(cmd.Context(), stdout, members, workers)
+			return runImportBench(cmd.Context(), stdout, members, workers, batch)
 		},
 	}
 	cmd.Flags().IntVar(&members, "members", 20_000, "members in the generated export")
-	cmd.Flags().IntVar(&workers, "workers", 4, "members imported at once")
+	cmd.Flags().IntVar(&workers, "workers", 4, "transactions importing at once")
+	cmd.Flags().IntVar(&batch, "batch", 100, "members per transaction")
 	return cmd
 }
 
@@ -85,7 +86,7 @@ func genMember(i int, now time.Time) map[string]any {
 	return m
 }
 
-func runImportBench(ctx context.Context, out io.Writer, n, workers int) error {
+func runImportBench(ctx context.Context, out io.Writer, n, workers, batch int) error {
 	configured := os.Getenv("MC_PG_URL")
 	if configured == "" {
 		configured = "postgres://membercenter:membercenter@127.0.0.1:55432/membercenter?sslmode=disable"
@@ -182,7 +183,7 @@ func runImportBench(ctx context.Context, out io.Writer, n, workers int) error {
 	}
 	floor := time.Since(t0)
 
-	rep, err := im.Run(ctx, src, migration.Options{Workers: workers})
+	rep, err := im.Run(ctx, src, migration.Options{Workers: workers, Batch: batch})
 	if err != nil {
 		return err
 	}
@@ -197,10 +198,10 @@ func runImportBench(ctx context.Context, out io.Writer, n, workers int) error {
 		return fmt.Errorf("verify: %d of %d agree (first: %v)", v.Agreeing, v.Members, v.Mismatches[:min(1, len(v.Mismatches))])
 	}
 	rate := func(d time.Duration) float64 { return float64(n) / d.Seconds() }
-	fmt.Fprintf(out, "| members | workers | import | members/s | verify | members/s | floor: COPY of the same records | records/s | import ÷ floor | 1,000,000 members at this rate |\n")
+	fmt.Fprintf(out, "| members | workers × batch | import | members/s | verify | members/s | floor: COPY of the same records | records/s | import ÷ floor | 1,000,000 members at this rate |\n")
 	fmt.Fprintf(out, "|---|---|---|---|---|---|---|---|---|---|\n")
-	fmt.Fprintf(out, "| %d | %d | %s | %.0f | %s | %.0f | %s (%d rows) | %.0f | %.4f× | import %s, verify %s |\n",
-		n, workers, rep.Took.Round(10*time.Millisecond), rate(rep.Took), v.Took.Round(10*time.Millisecond), rate(v.Took),
+	fmt.Fprintf(out, "| %d | %d × %d | %s | %.0f | %s | %.0f | %s (%d rows) | %.0f | %.4f× | import %s, verify %s |\n",
+		n, workers, batch, rep.Took.Round(10*time.Millisecond), rate(rep.Took), v.Took.Round(10*time.Millisecond), rate(v.Took),
 		floor.Round(time.Millisecond), copied, rate(floor), rate(rep.Took)/rate(floor),
 		(time.Duration(float64(time.Second) * 1e6 / rate(rep.Took))).Round(time.Minute), (time.Duration(float64(time.Second) * 1e6 / rate(v.Took))).Round(time.Minute))
 	return nil

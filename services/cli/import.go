@@ -50,7 +50,7 @@ func importer(ctx context.Context, e *env, source string) (*migration.Importer, 
 func importCmd(stdout, stderr io.Writer) *cobra.Command {
 	var source, reportPath string
 	var dryRun bool
-	var workers int
+	var workers, batch int
 	openSource := func(cmd *cobra.Command, args []string) (*migration.Source, error) {
 		src, err := migration.Open(args[0])
 		if err != nil {
@@ -94,7 +94,7 @@ any was refused.`,
 					what = "checking (dry run)"
 				}
 				bar := newProgress(stderr, what, "members")
-				rep, err := im.Run(cmd.Context(), src, migration.Options{DryRun: dryRun, Workers: workers, Progress: func(n int) { bar.update(int64(n), int64(total)) }})
+				rep, err := im.Run(cmd.Context(), src, migration.Options{DryRun: dryRun, Workers: workers, Batch: batch, Progress: func(n int) { bar.update(int64(n), int64(total)) }})
 				bar.finish()
 				if werr := writeImportReport(stdout, reportPath, rep); werr != nil && err == nil {
 					err = werr
@@ -112,7 +112,8 @@ any was refused.`,
 	cmd.Flags().StringVar(&source, "source", "legacy", "name of the legacy system: a legacy id is unique within it")
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "check every record against the platform without keeping anything, and report")
 	cmd.Flags().StringVar(&reportPath, "report", "", "also write the report to this file")
-	cmd.Flags().IntVar(&workers, "workers", 4, "members imported at once (each in its own transaction)")
+	cmd.Flags().IntVar(&workers, "workers", 4, "transactions importing at once")
+	cmd.Flags().IntVar(&batch, "batch", 100, "members per transaction (each still whole or not at all)")
 
 	var vsource, vreport string
 	verify := &cobra.Command{

@@ -217,7 +217,7 @@ func TestImportResumesAfterAStop(t *testing.T) {
 	pool := pgtest.NewPool(t, nil)
 	im := newImporter(t, pool, "crm")
 	stopped, cancel := context.WithCancel(c)
-	_, err := im.Run(stopped, open(t, "testdata/sample-csv"), migration.Options{Workers: 1, Progress: func(read int) {
+	_, err := im.Run(stopped, open(t, "testdata/sample-csv"), migration.Options{Workers: 1, Batch: 1, Progress: func(read int) {
 		if read == 2 {
 			cancel()
 		}

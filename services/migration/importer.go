@@ -42,10 +42,14 @@ type Options struct {
 	DryRun bool
 	// Progress is called after each member with the records done.
 	Progress func(done int)
-	// Workers import members concurrently (0: 4). Each member is still one
-	// transaction; records sharing an identifier are told apart in file
-	// order before any is imported.
+	// Workers import batches of members concurrently (0: 4); records
+	// sharing an identifier are told apart in file order before any is
+	// imported.
 	Workers int
+	// Batch is how many members one transaction imports (0: 100); each
+	// member is imported whole or not at all within it (a refused member
+	// is rolled back alone).
+	Batch int
 }
 
 // Report is what an import run did.
@@ -104,6 +108,49 @@ func (im *Importer) Run(ctx context.Context, src *Source, o Options) (Report, er
 			o.Progress(done)
 		}
 	}
+	batch := o.Batch
+	if batch <= 0 {
+		batch = 100
+	}
+	var chunk []*Member
+	// dispatch imports the members read so far in one transaction.
+	dispatch := func() {
+		if len(chunk) == 0 {
+			return
+		}
+		ms := chunk
+		chunk = nil
+		g.Go(func() error {
+			results, err := im.importChunk(gctx, ms, o.DryRun, now())
+			if err != nil {
+				return err
+			}
+			for i, m := range ms {
+				res := results[i]
+				finish(func() {
+					switch {
+					case res.err != nil:
+						if errors.Is(res.err, identity.ErrImportConflict) {
+							rep.Conflicts++
+						}
+						rep.Refused = append(rep.Refused, &RowError{File: m.File, Line: m.Line, LegacyID: m.LegacyID, Reason: res.err.Error()})
+					case res.already:
+						rep.Already++
+						if res.changed {
+							rep.Changed++
+						}
+					default:
+						rep.Imported++
+						rep.Points += openPoints(m.Loyalty, now())
+						for _, ig := range res.ignored {
+							rep.Ignored = append(rep.Ignored, fmt.Sprintf("%s:%d: %s: %s", m.File, m.Line, m.LegacyID, ig))
+						}
+					}
+				})
+			}
+			return nil
+		})
+	}
 	err := src.Each(func(m *Member, rerr *RowError) error {
 		if err := gctx.Err(); err != nil {
 			return err
@@ -129,35 +176,15 @@ func (im *Importer) Run(ctx context.Context, src *Source, o Options) (Report, er
 			})
 			return nil
 		}
-		g.Go(func() error {
-			res, err := im.importMember(gctx, m, o.DryRun, now())
-			if err != nil && !refusal(err) {
-				return fmt.Errorf("%s:%d: %s: %w", m.File, m.Line, m.LegacyID, err)
-			}
-			finish(func() {
-				switch {
-				case err != nil:
-					if errors.Is(err, identity.ErrImportConflict) {
-						rep.Conflicts++
-					}
-					rep.Refused = append(rep.Refused, &RowError{File: m.File, Line: m.Line, LegacyID: m.LegacyID, Reason: err.Error()})
-				case res.already:
-					rep.Already++
-					if res.changed {
-						rep.Changed++
-					}
-				default:
-					rep.Imported++
-					rep.Points += openPoints(m.Loyalty, now())
-					for _, ig := range res.ignored {
-						rep.Ignored = append(rep.Ignored, fmt.Sprintf("%s:%d: %s: %s", m.File, m.Line, m.LegacyID, ig))
-					}
-				}
-			})
-			return nil
-		})
+		chunk = append(chunk, m)
+		if len(chunk) >= batch {
+			dispatch()
+		}
 		return nil
 	})
+	if err == nil {
+		dispatch()
+	}
 	if werr := g.Wait(); err == nil || errors.Is(err, context.Canceled) && werr != nil {
 		err = werr
 	}
@@ -206,58 +233,135 @@ func (im *Importer) sharedInRun(m *Member, owners map[string]string) string {
 type imported struct {
 	already, changed bool
 	ignored          []string
+	err              error // the member's refusal
 }
 
-// importMember imports m in one transaction (rolled back in a dry run).
-func (im *Importer) importMember(ctx context.Context, m *Member, dryRun bool, now time.Time) (imported, error) {
-	var res imported
-	cause := "import:" + im.Source + ":" + m.LegacyID
-	stored, shown, err := im.Profile.CheckImport(m.Attributes, m.Consents)
-	if err != nil {
-		return res, err
-	}
-	err = postgres.RetryTx(ctx, im.Pool, func(tx pgx.Tx) error {
-		res = imported{}
-		if err := postgres.LockLegacyID(ctx, tx, im.Source, m.LegacyID); err != nil {
-			return err
-		}
-		prev, found, err := postgres.FindLegacyMember(ctx, tx, im.Source, m.LegacyID)
+// importChunk imports members in one transaction (rolled back in a dry
+// run): each member's identity and profile under a savepoint of its own
+// (a refused member is rolled back alone), then the loyalty of all of them
+// in one batch; a member whose loyalty is refused is left out and the
+// transaction done again without it, so nothing of it is kept. An error is
+// the platform's: the run stops.
+func (im *Importer) importChunk(ctx context.Context, ms []*Member, dryRun bool, now time.Time) ([]imported, error) {
+	results := make([]imported, len(ms))
+	type checked struct{ stored, shown map[string]string }
+	ready := make([]checked, len(ms))
+	skip := make([]bool, len(ms)) // refused before or by an earlier attempt
+	for i, m := range ms {
+		stored, shown, err := im.Profile.CheckImport(m.Attributes, m.Consents)
 		if err != nil {
-			return err
+			results[i].err, skip[i] = err, true
+			continue
 		}
-		if found {
-			res.already, res.changed = true, !bytes.Equal(prev.RowSHA256, m.SHA256)
+		ready[i] = checked{stored, shown}
+	}
+	for {
+		again := false
+		err := postgres.RetryTx(ctx, im.Pool, func(tx pgx.Tx) error {
+			again = false
+			for i := range ms {
+				if !skip[i] {
+					results[i] = imported{}
+				}
+			}
+			var loyalty []benefits.LegacyImport
+			var of []int
+			for i, m := range ms {
+				if skip[i] {
+					continue
+				}
+				cause := "import:" + im.Source + ":" + m.LegacyID
+				member, res, err := im.importIdentity(ctx, tx, m, ready[i].stored, ready[i].shown, cause)
+				switch {
+				case err != nil && refusal(err):
+					results[i].err, skip[i] = err, true
+					continue
+				case err != nil:
+					return err
+				}
+				results[i] = res
+				if res.already {
+					continue
+				}
+				loyalty = append(loyalty, benefits.LegacyImport{Member: member, Legacy: m.Loyalty, Cause: cause})
+				of = append(of, i)
+			}
+			refused, err := im.Benefits.ImportLegacyBatch(ctx, tx, loyalty, now)
+			if err != nil {
+				return err
+			}
+			if len(refused) > 0 {
+				for k, rerr := range refused {
+					results[of[k]].err, skip[of[k]] = rerr, true
+				}
+				again = true
+				return errRedo
+			}
+			for k, i := range of {
+				cause := loyalty[k].Cause
+				if err := im.Profile.ComputeLabels(ctx, tx, loyalty[k].Member, cause); err != nil {
+					return err
+				}
+				if err := postgres.InsertLegacyMember(ctx, tx, postgres.LegacyMember{Source: im.Source, LegacyID: ms[i].LegacyID,
+					MemberID: loyalty[k].Member, RowSHA256: ms[i].SHA256, ImportedAt: now}); err != nil {
+					return err
+				}
+			}
+			if dryRun {
+				return errDryRun
+			}
 			return nil
+		})
+		switch {
+		case again:
+			continue
+		case errors.Is(err, errDryRun):
+			return results, nil
+		case err != nil:
+			return nil, err
 		}
-		got, err := im.Identity.ImportMember(ctx, tx, m.Identifiers, m.CreatedAt, cause)
-		if err != nil {
-			return err
-		}
-		for _, g := range got.Ignored {
-			res.ignored = append(res.ignored, fmt.Sprintf("%s %s ignored (%s)", identity.TypeName(g.Identifier.Type), g.Identifier.Masked, g.Rule))
-		}
-		if err := im.Profile.ImportProfile(ctx, tx, got.MemberID, stored, shown, m.Consents, cause); err != nil {
-			return err
-		}
-		if err := im.Benefits.ImportLegacy(ctx, tx, got.MemberID, m.Loyalty, cause, now); err != nil {
-			return err
-		}
-		if err := im.Profile.ComputeLabels(ctx, tx, got.MemberID, cause); err != nil {
-			return err
-		}
-		if err := postgres.InsertLegacyMember(ctx, tx, postgres.LegacyMember{Source: im.Source, LegacyID: m.LegacyID,
-			MemberID: got.MemberID, RowSHA256: m.SHA256, ImportedAt: now}); err != nil {
-			return err
-		}
-		if dryRun {
-			return errDryRun
-		}
-		return nil
-	})
-	if errors.Is(err, errDryRun) {
-		err = nil
+		return results, nil
 	}
-	return res, err
+}
+
+// errRedo rolls a chunk back to import it again without the members
+// refused on the way.
+var errRedo = errors.New("redo the batch without the refused members")
+
+// importIdentity imports a member's identifiers, attributes and consents
+// under a savepoint of tx, unless the legacy id was imported before.
+func (im *Importer) importIdentity(ctx context.Context, tx pgx.Tx, m *Member, stored, shown map[string]string, cause string) (uuid.UUID, imported, error) {
+	var res imported
+	if err := postgres.LockLegacyID(ctx, tx, im.Source, m.LegacyID); err != nil {
+		return uuid.Nil, res, err
+	}
+	prev, found, err := postgres.FindLegacyMember(ctx, tx, im.Source, m.LegacyID)
+	if err != nil {
+		return uuid.Nil, res, err
+	}
+	if found {
+		res.already, res.changed = true, !bytes.Equal(prev.RowSHA256, m.SHA256)
+		return prev.MemberID, res, nil
+	}
+	sp, err := tx.Begin(ctx) // a savepoint: a refused member leaves nothing
+	if err != nil {
+		return uuid.Nil, res, err
+	}
+	got, err := im.Identity.ImportMember(ctx, sp, m.Identifiers, m.CreatedAt, cause)
+	if err == nil {
+		err = im.Profile.ImportProfile(ctx, sp, got.MemberID, stored, shown, m.Consents, cause)
+	}
+	if err != nil {
+		_ = sp.Rollback(ctx)
+		return uuid.Nil, res, err
+	}
+	if err := sp.Commit(ctx); err != nil {
+		return uuid.Nil, res, err
+	}
+	for _, g := range got.Ignored {
+		res.ignored = append(res.ignored, fmt.Sprintf("%s %s ignored (%s)", identity.TypeName(g.Identifier.Type), g.Identifier.Masked, g.Rule))
+	}
+	return got.MemberID, res, nil
 }
 
 // refusal reports whether err refuses the record (its data) rather than
