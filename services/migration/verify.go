@@ -2,11 +2,15 @@ package migration
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/google/uuid"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/membercenter/membercenter/storage/postgres"
 
@@ -55,39 +59,74 @@ func (im *Importer) Verify(ctx context.Context, src *Source, progress func(read 
 		now = im.Now
 	}
 	rep := VerifyReport{Fields: map[string]int{}}
+	// Members are compared concurrently (each only reads); the report is
+	// put in file order at the end.
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(4)
+	var mu sync.Mutex
+	done := 0
+	record := func(apply func()) {
+		mu.Lock()
+		defer mu.Unlock()
+		apply()
+	}
 	err := src.Each(func(m *Member, rerr *RowError) error {
-		if m == nil && rerr != nil && rerr.File != "members.csv" && rerr.File != "members.jsonl" {
-			rep.Mismatches = append(rep.Mismatches, Mismatch{File: rerr.File, Line: rerr.Line, LegacyID: rerr.LegacyID, What: "unreadable: " + rerr.Reason})
+		if err := gctx.Err(); err != nil {
+			return err
+		}
+		if m == nil {
+			record(func() {
+				rep.Mismatches = append(rep.Mismatches, Mismatch{File: rerr.File, Line: rerr.Line, LegacyID: rerr.LegacyID, What: "unreadable: " + rerr.Reason})
+				if strings.HasPrefix(rerr.File, "members.") {
+					rep.Members++
+				}
+			})
 			return nil
 		}
-		rep.Members++
-		if progress != nil {
-			progress(rep.Members)
-		}
-		if rerr != nil {
-			rep.Mismatches = append(rep.Mismatches, Mismatch{File: rerr.File, Line: rerr.Line, LegacyID: rerr.LegacyID, What: "unreadable: " + rerr.Reason})
-			return nil
-		}
-		rep.SourcePoints += openPoints(m.Loyalty, now())
-		diffs, points, err := im.compare(ctx, m, now())
-		if err != nil {
-			return fmt.Errorf("%s:%d: %s: %w", m.File, m.Line, m.LegacyID, err)
-		}
-		rep.PlatformPoints += points
-		failed := map[string]bool{}
-		for _, d := range diffs {
-			failed[d.field] = true
-			rep.Mismatches = append(rep.Mismatches, Mismatch{File: m.File, Line: m.Line, LegacyID: m.LegacyID, What: d.what})
-		}
-		for _, f := range verifiedFields {
-			if !failed[f] && !failed["imported"] {
-				rep.Fields[f]++
+		g.Go(func() error {
+			diffs, points, err := im.compare(gctx, m, now())
+			if err != nil {
+				return fmt.Errorf("%s:%d: %s: %w", m.File, m.Line, m.LegacyID, err)
 			}
-		}
-		if len(diffs) == 0 {
-			rep.Agreeing++
-		}
+			record(func() {
+				rep.Members++
+				rep.SourcePoints += openPoints(m.Loyalty, now())
+				rep.PlatformPoints += points
+				failed := map[string]bool{}
+				for _, d := range diffs {
+					failed[d.field] = true
+					rep.Mismatches = append(rep.Mismatches, Mismatch{File: m.File, Line: m.Line, LegacyID: m.LegacyID, What: d.what})
+				}
+				for _, f := range verifiedFields {
+					if !failed[f] && !failed["imported"] {
+						rep.Fields[f]++
+					}
+				}
+				if len(diffs) == 0 {
+					rep.Agreeing++
+				}
+				done++
+				if progress != nil {
+					progress(done)
+				}
+			})
+			return nil
+		})
 		return nil
+	})
+	if werr := g.Wait(); err == nil || errors.Is(err, context.Canceled) && werr != nil {
+		err = werr
+	}
+	sort.SliceStable(rep.Mismatches, func(i, j int) bool {
+		a, b := rep.Mismatches[i], rep.Mismatches[j]
+		am, bm := strings.HasPrefix(a.File, "members."), strings.HasPrefix(b.File, "members.")
+		switch {
+		case am != bm:
+			return am
+		case a.File != b.File:
+			return a.File < b.File
+		}
+		return a.Line < b.Line
 	})
 	rep.Took = time.Since(start)
 	return rep, err
