@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/spf13/cobra"
 
@@ -97,10 +96,7 @@ func runImportBench(ctx context.Context, out io.Writer, n, workers, batch int) e
 	}
 	defer admin.Close()
 	const db = "membercenter_import_bench"
-	if _, err := admin.Exec(ctx, `DROP DATABASE IF EXISTS `+pgx.Identifier{db}.Sanitize()+` WITH (FORCE)`); err != nil {
-		return err
-	}
-	if err := pgbench.CreateDatabase(ctx, admin, db); err != nil {
+	if err := pgbench.RecreateDatabase(ctx, admin, db); err != nil {
 		return err
 	}
 	url, err := pgbench.DatabaseURL(configured, db)
@@ -171,13 +167,12 @@ func runImportBench(ctx context.Context, out io.Writer, n, workers, batch int) e
 	}
 
 	// The floor: the same records, COPY into a plain table.
-	if _, err := pool.Exec(ctx, `CREATE TABLE import_floor (legacy_id text PRIMARY KEY, record jsonb NOT NULL)`); err != nil {
-		return err
+	keys := make([]string, n)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("B%07d", i)
 	}
 	t0 := time.Now()
-	copied, err := pool.CopyFrom(ctx, pgx.Identifier{"import_floor"}, []string{"legacy_id", "record"}, pgx.CopyFromSlice(n, func(i int) ([]any, error) {
-		return []any{fmt.Sprintf("B%07d", i), records[i]}, nil
-	}))
+	copied, err := pgbench.CopyRecords(ctx, pool, "import_floor", keys, records)
 	if err != nil {
 		return err
 	}
