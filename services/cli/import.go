@@ -51,12 +51,29 @@ func importCmd(stdout, stderr io.Writer) *cobra.Command {
 	var source, reportPath string
 	var dryRun bool
 	var workers, batch int
-	openSource := func(cmd *cobra.Command, args []string) (*migration.Source, error) {
-		src, err := migration.Open(args[0])
-		if err != nil {
-			return nil, usage(cmd, err)
+	// withImporter runs run with the export its argument names, an
+	// importer for source and a progress bar (described by what) that
+	// knows how many member records the export holds.
+	withImporter := func(source *string, what func() string, run func(ctx context.Context, im *migration.Importer, src *migration.Source, progress func(int)) error) func(*cobra.Command, []string) error {
+		return func(cmd *cobra.Command, args []string) error {
+			src, err := migration.Open(args[0])
+			if err != nil {
+				return usage(cmd, err)
+			}
+			return runEnv(cmd, args, stderr, server.DefaultAdminAddr, func(cmd *cobra.Command, _ []string, e *env) error {
+				im, err := importer(cmd.Context(), e, *source)
+				if err != nil {
+					return err
+				}
+				total, err := countMembers(src)
+				if err != nil {
+					return err
+				}
+				bar := newProgress(stderr, what(), "members")
+				defer bar.finish()
+				return run(cmd.Context(), im, src, func(n int) { bar.update(int64(n), int64(total)) })
+			})
 		}
-		return src, nil
 	}
 	cmd := &cobra.Command{
 		Use:   "import DIR",
@@ -75,39 +92,24 @@ never merged. Imported members' changes go to the change stream and their
 labels are computed. Exit 0 when every record is imported (or was), 1 when
 any was refused.`,
 		Args: cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			src, err := openSource(cmd, args)
+		RunE: withImporter(&source, func() string {
+			if dryRun {
+				return "checking (dry run)"
+			}
+			return "importing"
+		}, func(ctx context.Context, im *migration.Importer, src *migration.Source, progress func(int)) error {
+			rep, err := im.Run(ctx, src, migration.Options{DryRun: dryRun, Workers: workers, Batch: batch, Progress: progress})
+			if werr := writeImportReport(stdout, reportPath, rep); werr != nil && err == nil {
+				err = werr
+			}
 			if err != nil {
 				return err
 			}
-			return runEnv(cmd, args, stderr, server.DefaultAdminAddr, func(cmd *cobra.Command, _ []string, e *env) error {
-				im, err := importer(cmd.Context(), e, source)
-				if err != nil {
-					return err
-				}
-				total, err := countMembers(src)
-				if err != nil {
-					return err
-				}
-				what := "importing"
-				if dryRun {
-					what = "checking (dry run)"
-				}
-				bar := newProgress(stderr, what, "members")
-				rep, err := im.Run(cmd.Context(), src, migration.Options{DryRun: dryRun, Workers: workers, Batch: batch, Progress: func(n int) { bar.update(int64(n), int64(total)) }})
-				bar.finish()
-				if werr := writeImportReport(stdout, reportPath, rep); werr != nil && err == nil {
-					err = werr
-				}
-				if err != nil {
-					return err
-				}
-				if len(rep.Refused) > 0 {
-					return fmt.Errorf("%d records refused (listed above)", len(rep.Refused))
-				}
-				return nil
-			})
-		},
+			if len(rep.Refused) > 0 {
+				return fmt.Errorf("%d records refused (listed above)", len(rep.Refused))
+			}
+			return nil
+		}),
 	}
 	cmd.Flags().StringVar(&source, "source", "legacy", "name of the legacy system: a legacy id is unique within it")
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "check every record against the platform without keeping anything, and report")
@@ -126,35 +128,19 @@ coupons (template and state). Prints every difference with its file, line
 and legacy id, per-field agreement and point totals. Changes nothing. Exit
 0 at 100% agreement, 1 otherwise: a migration runbook can gate on it.`,
 		Args: cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			src, err := openSource(cmd, args)
+		RunE: withImporter(&vsource, func() string { return "verifying" }, func(ctx context.Context, im *migration.Importer, src *migration.Source, progress func(int)) error {
+			rep, err := im.Verify(ctx, src, progress)
 			if err != nil {
 				return err
 			}
-			return runEnv(cmd, args, stderr, server.DefaultAdminAddr, func(cmd *cobra.Command, _ []string, e *env) error {
-				im, err := importer(cmd.Context(), e, vsource)
-				if err != nil {
-					return err
-				}
-				total, err := countMembers(src)
-				if err != nil {
-					return err
-				}
-				bar := newProgress(stderr, "verifying", "members")
-				rep, err := im.Verify(cmd.Context(), src, func(n int) { bar.update(int64(n), int64(total)) })
-				bar.finish()
-				if err != nil {
-					return err
-				}
-				if err := writeVerifyReport(stdout, vreport, rep); err != nil {
-					return err
-				}
-				if !rep.OK() {
-					return fmt.Errorf("%d of %d members agree: %d differences", rep.Agreeing, rep.Members, len(rep.Mismatches))
-				}
-				return nil
-			})
-		},
+			if err := writeVerifyReport(stdout, vreport, rep); err != nil {
+				return err
+			}
+			if !rep.OK() {
+				return fmt.Errorf("%d of %d members agree: %d differences", rep.Agreeing, rep.Members, len(rep.Mismatches))
+			}
+			return nil
+		}),
 	}
 	verify.Flags().StringVar(&vsource, "source", "legacy", "name of the legacy system the export was imported as")
 	verify.Flags().StringVar(&vreport, "report", "", "also write the report to this file")

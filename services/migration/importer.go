@@ -190,19 +190,24 @@ func (im *Importer) Run(ctx context.Context, src *Source, o Options) (Report, er
 	}
 	// In file order, whatever order the workers finished in.
 	sort.SliceStable(rep.Refused, func(i, j int) bool {
-		a, b := rep.Refused[i], rep.Refused[j]
-		am, bm := strings.HasPrefix(a.File, "members."), strings.HasPrefix(b.File, "members.")
-		switch {
-		case am != bm:
-			return am // the members file first
-		case a.File != b.File:
-			return a.File < b.File
-		}
-		return a.Line < b.Line
+		return before(rep.Refused[i].File, rep.Refused[i].Line, rep.Refused[j].File, rep.Refused[j].Line)
 	})
 	sort.Strings(rep.Ignored)
 	rep.Took = time.Since(start)
 	return rep, err
+}
+
+// before orders places in a source: the members file first, then the
+// others by name, lines in order.
+func before(fileA string, lineA int, fileB string, lineB int) bool {
+	am, bm := strings.HasPrefix(fileA, "members."), strings.HasPrefix(fileB, "members.")
+	switch {
+	case am != bm:
+		return am
+	case fileA != fileB:
+		return fileA < fileB
+	}
+	return lineA < lineB
 }
 
 // sharedInRun reports a unique identifier of m that another record of this

@@ -119,14 +119,7 @@ func (im *Importer) Verify(ctx context.Context, src *Source, progress func(read 
 	}
 	sort.SliceStable(rep.Mismatches, func(i, j int) bool {
 		a, b := rep.Mismatches[i], rep.Mismatches[j]
-		am, bm := strings.HasPrefix(a.File, "members."), strings.HasPrefix(b.File, "members.")
-		switch {
-		case am != bm:
-			return am
-		case a.File != b.File:
-			return a.File < b.File
-		}
-		return a.Line < b.Line
+		return before(a.File, a.Line, b.File, b.Line)
 	})
 	rep.Took = time.Since(start)
 	return rep, err
