@@ -17,13 +17,7 @@ import (
 	"github.com/membercenter/membercenter/storage/postgres"
 	"github.com/membercenter/membercenter/storage/postgres/pgbench"
 
-	"github.com/membercenter/membercenter/services/attributes"
-	"github.com/membercenter/membercenter/services/benefits"
-	"github.com/membercenter/membercenter/services/changes"
-	"github.com/membercenter/membercenter/services/identity"
 	"github.com/membercenter/membercenter/services/migration"
-	"github.com/membercenter/membercenter/services/profile"
-	"github.com/membercenter/membercenter/services/tags"
 )
 
 func importBenchCmd(stdout io.Writer) *cobra.Command {
@@ -144,23 +138,10 @@ func runImportBench(ctx context.Context, out io.Writer, n, workers, batch int) e
 	}
 	f.Close()
 
-	log := slog.New(slog.DiscardHandler)
-	cw := changes.Writer{}
-	ids, err := identity.New(identity.Config{}, pool, cw, log)
+	im, err := migration.New(ctx, migration.Setup{Pool: pool, Log: slog.New(slog.DiscardHandler), Source: "bench"})
 	if err != nil {
 		return err
 	}
-	bs := benefits.New(pool, cw, log)
-	ts := tags.New(pool, cw, log)
-	if err := bs.Reload(ctx); err != nil {
-		return err
-	}
-	if err := ts.Reload(ctx); err != nil {
-		return err
-	}
-	ps := profile.New(pool, ts, cw)
-	ps.SetAttributes(attributes.Default(), ids.PII())
-	im := &migration.Importer{Pool: pool, Identity: ids, Profile: ps, Benefits: bs, Source: "bench"}
 	src, err := migration.Open(dir)
 	if err != nil {
 		return err

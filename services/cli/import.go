@@ -11,40 +11,19 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/membercenter/membercenter/services/attributes"
-	"github.com/membercenter/membercenter/services/benefits"
-	"github.com/membercenter/membercenter/services/identity"
 	"github.com/membercenter/membercenter/services/migration"
-	"github.com/membercenter/membercenter/services/profile"
 	"github.com/membercenter/membercenter/services/server"
-	"github.com/membercenter/membercenter/services/tags"
 )
 
-// importer builds what an import needs, on the environment's database:
-// the identity, profile and benefit services with the programme and the
-// label catalogue in force.
+// importer builds what an import needs on the environment's database.
 func importer(ctx context.Context, e *env, source string) (*migration.Importer, error) {
-	cw := changesWriter(e)
-	ids, err := identity.New(e.cfg.Identity, e.p.Pool(), cw, e.tel.Logger)
-	if err != nil {
-		return nil, err
-	}
-	bs := benefits.New(e.p.Pool(), cw, e.tel.Logger)
-	if err := bs.Reload(ctx); err != nil {
-		return nil, err
-	}
-	ts := tags.New(e.p.Pool(), cw, e.tel.Logger)
-	if err := ts.Reload(ctx); err != nil {
-		return nil, err
-	}
-	ts.SetBenefitLabels(bs.DependsOnLabel)
 	schema, err := attributes.Load(e.cfg.Profile.AttributeSchema)
 	if err != nil {
 		return nil, err
 	}
 	schema.SetDefaultRegion(e.cfg.Identity.DefaultRegion)
-	ps := profile.New(e.p.Pool(), ts, cw)
-	ps.SetAttributes(schema, ids.PII())
-	return &migration.Importer{Pool: e.p.Pool(), Identity: ids, Profile: ps, Benefits: bs, Source: source}, nil
+	return migration.New(ctx, migration.Setup{Pool: e.p.Pool(), Identity: e.cfg.Identity, Schema: schema,
+		Changes: changesWriter(e), Log: e.tel.Logger, Source: source})
 }
 
 func importCmd(stdout, stderr io.Writer) *cobra.Command {

@@ -12,13 +12,8 @@ import (
 
 	"github.com/membercenter/membercenter/storage/postgres/pgtest"
 
-	"github.com/membercenter/membercenter/services/attributes"
-	"github.com/membercenter/membercenter/services/benefits"
 	"github.com/membercenter/membercenter/services/changes"
-	"github.com/membercenter/membercenter/services/identity"
 	"github.com/membercenter/membercenter/services/migration"
-	"github.com/membercenter/membercenter/services/profile"
-	"github.com/membercenter/membercenter/services/tags"
 )
 
 // now is the import's clock: the sample's lots are open then, but one.
@@ -27,21 +22,12 @@ var now = time.Date(2026, 6, 15, 12, 0, 0, 0, time.FixedZone("CST", 8*3600))
 func newImporter(t *testing.T, pool *pgxpool.Pool, source string) *migration.Importer {
 	t.Helper()
 	clock := func() time.Time { return now }
-	log := slog.New(slog.DiscardHandler)
-	cw := changes.Writer{Now: clock}
-	ids, err := identity.New(identity.Config{}, pool, cw, log)
+	im, err := migration.New(context.Background(), migration.Setup{Pool: pool, Changes: changes.Writer{Now: clock},
+		Log: slog.New(slog.DiscardHandler), Source: source, Now: clock})
 	if err != nil {
 		t.Fatal(err)
 	}
-	ids.SetClock(clock)
-	bs := benefits.New(pool, cw, log)
-	bs.SetClock(clock)
-	ts := tags.New(pool, cw, log)
-	ts.SetClock(clock)
-	ps := profile.New(pool, ts, cw)
-	ps.SetClock(clock)
-	ps.SetAttributes(attributes.Default(), ids.PII())
-	return &migration.Importer{Pool: pool, Identity: ids, Profile: ps, Benefits: bs, Source: source, Now: clock}
+	return im
 }
 
 func ctxT(t *testing.T) context.Context {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sort"
 	"strings"
 	"sync"
@@ -18,9 +19,12 @@ import (
 	"github.com/membercenter/membercenter/pipeline/fault"
 	"github.com/membercenter/membercenter/storage/postgres"
 
+	"github.com/membercenter/membercenter/services/attributes"
 	"github.com/membercenter/membercenter/services/benefits"
+	"github.com/membercenter/membercenter/services/changes"
 	"github.com/membercenter/membercenter/services/identity"
 	"github.com/membercenter/membercenter/services/profile"
+	"github.com/membercenter/membercenter/services/tags"
 )
 
 // Importer imports legacy members into the platform.
@@ -396,4 +400,47 @@ func (im *Importer) memberOf(ctx context.Context, legacyID string) (uuid.UUID, e
 		return uuid.Nil, err
 	}
 	return l.MemberID, nil
+}
+
+// Setup is what New builds an importer from.
+type Setup struct {
+	Pool     *pgxpool.Pool
+	Identity identity.Config
+	Schema   *attributes.Schema // nil: the built-in schema
+	Changes  changes.Writer
+	Log      *slog.Logger
+	Source   string
+	Now      func() time.Time // nil: the wall clock
+}
+
+// New builds an importer on its own services — identity, benefits with the
+// programme in force, the tag engine with the catalogue in force, the
+// profile with the attribute schema — as a platform process builds them.
+func New(ctx context.Context, s Setup) (*Importer, error) {
+	ids, err := identity.New(s.Identity, s.Pool, s.Changes, s.Log)
+	if err != nil {
+		return nil, err
+	}
+	bs := benefits.New(s.Pool, s.Changes, s.Log)
+	ts := tags.New(s.Pool, s.Changes, s.Log)
+	ps := profile.New(s.Pool, ts, s.Changes)
+	if s.Now != nil {
+		ids.SetClock(s.Now)
+		bs.SetClock(s.Now)
+		ts.SetClock(s.Now)
+		ps.SetClock(s.Now)
+	}
+	if err := bs.Reload(ctx); err != nil {
+		return nil, err
+	}
+	if err := ts.Reload(ctx); err != nil {
+		return nil, err
+	}
+	ts.SetBenefitLabels(bs.DependsOnLabel)
+	schema := s.Schema
+	if schema == nil {
+		schema = attributes.Default()
+	}
+	ps.SetAttributes(schema, ids.PII())
+	return &Importer{Pool: s.Pool, Identity: ids, Profile: ps, Benefits: bs, Source: s.Source, Now: s.Now}, nil
 }
