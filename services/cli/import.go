@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/spf13/cobra"
 
 	"github.com/membercenter/membercenter/services/attributes"
@@ -26,6 +27,19 @@ func importer(ctx context.Context, e *env, source string) (*migration.Importer, 
 		Changes: changesWriter(e), Log: e.tel.Logger, Source: source})
 }
 
+// factsOpener connects to ClickHouse.
+type factsOpener func(context.Context) (driver.Conn, error)
+
+// importOrders imports the export's order history into ClickHouse.
+func importOrders(ctx context.Context, im *migration.Importer, src *migration.Source, dryRun bool, accepted map[string]bool, openFacts factsOpener) (migration.OrdersReport, error) {
+	conn, err := openFacts(ctx)
+	if err != nil {
+		return migration.OrdersReport{}, err
+	}
+	defer conn.Close()
+	return im.ImportOrders(ctx, src, conn, dryRun, accepted, nil)
+}
+
 func importCmd(stdout, stderr io.Writer) *cobra.Command {
 	var source, reportPath string
 	var dryRun bool
@@ -33,7 +47,7 @@ func importCmd(stdout, stderr io.Writer) *cobra.Command {
 	// withImporter runs run with the export its argument names, an
 	// importer for source and a progress bar (described by what) that
 	// knows how many member records the export holds.
-	withImporter := func(source *string, what func() string, run func(ctx context.Context, im *migration.Importer, src *migration.Source, progress func(int)) error) func(*cobra.Command, []string) error {
+	withImporter := func(source *string, what func() string, run func(ctx context.Context, im *migration.Importer, src *migration.Source, progress func(int), openFacts factsOpener) error) func(*cobra.Command, []string) error {
 		return func(cmd *cobra.Command, args []string) error {
 			src, err := migration.Open(args[0])
 			if err != nil {
@@ -50,7 +64,7 @@ func importCmd(stdout, stderr io.Writer) *cobra.Command {
 				}
 				bar := newProgress(stderr, what(), "members")
 				defer bar.finish()
-				return run(cmd.Context(), im, src, func(n int) { bar.update(int64(n), int64(total)) })
+				return run(cmd.Context(), im, src, func(n int) { bar.update(int64(n), int64(total)) }, e.p.OpenClickHouse)
 			})
 		}
 	}
@@ -76,16 +90,23 @@ any was refused.`,
 				return "checking (dry run)"
 			}
 			return "importing"
-		}, func(ctx context.Context, im *migration.Importer, src *migration.Source, progress func(int)) error {
+		}, func(ctx context.Context, im *migration.Importer, src *migration.Source, progress func(int), openFacts factsOpener) error {
 			rep, err := im.Run(ctx, src, migration.Options{DryRun: dryRun, Workers: workers, Batch: batch, Progress: progress})
-			if werr := writeImportReport(stdout, reportPath, rep); werr != nil && err == nil {
+			var orders *migration.OrdersReport
+			if err == nil && src.HasOrders() {
+				var o migration.OrdersReport
+				if o, err = importOrders(ctx, im, src, dryRun, rep.Accepted, openFacts); err == nil {
+					orders = &o
+				}
+			}
+			if werr := writeImportReport(stdout, reportPath, rep, orders); werr != nil && err == nil {
 				err = werr
 			}
 			if err != nil {
 				return err
 			}
-			if len(rep.Refused) > 0 {
-				return fmt.Errorf("%d records refused (listed above)", len(rep.Refused))
+			if refused := len(rep.Refused) + refusedOrders(orders); refused > 0 {
+				return fmt.Errorf("%d records refused (listed above)", refused)
 			}
 			return nil
 		}),
@@ -107,16 +128,31 @@ coupons (template and state). Prints every difference with its file, line
 and legacy id, per-field agreement and point totals. Changes nothing. Exit
 0 at 100% agreement, 1 otherwise: a migration runbook can gate on it.`,
 		Args: cobra.ExactArgs(1),
-		RunE: withImporter(&vsource, func() string { return "verifying" }, func(ctx context.Context, im *migration.Importer, src *migration.Source, progress func(int)) error {
+		RunE: withImporter(&vsource, func() string { return "verifying" }, func(ctx context.Context, im *migration.Importer, src *migration.Source, progress func(int), openFacts factsOpener) error {
 			rep, err := im.Verify(ctx, src, progress)
 			if err != nil {
 				return err
 			}
-			if err := writeVerifyReport(stdout, vreport, rep); err != nil {
+			var orders string
+			ordersOK := true
+			if src.HasOrders() {
+				conn, err := openFacts(ctx)
+				if err != nil {
+					return err
+				}
+				defer conn.Close()
+				so, sa, co, ca, err := im.VerifyOrders(ctx, src, conn)
+				if err != nil {
+					return err
+				}
+				ordersOK = so == co && sa == ca
+				orders = fmt.Sprintf("orders of imported members: source %d (amount %d), ClickHouse %d (amount %d)\n", so, sa, co, ca)
+			}
+			if err := writeVerifyReport(stdout, vreport, rep, orders); err != nil {
 				return err
 			}
-			if !rep.OK() {
-				return fmt.Errorf("%d of %d members agree: %d differences", rep.Agreeing, rep.Members, len(rep.Mismatches))
+			if !rep.OK() || !ordersOK {
+				return fmt.Errorf("%d of %d members agree: %d differences; orders agree: %v", rep.Agreeing, rep.Members, len(rep.Mismatches), ordersOK)
 			}
 			return nil
 		}),
@@ -139,7 +175,14 @@ func countMembers(src *migration.Source) (int, error) {
 	return n, err
 }
 
-func writeImportReport(stdout io.Writer, path string, rep migration.Report) error {
+func refusedOrders(o *migration.OrdersReport) int {
+	if o == nil {
+		return 0
+	}
+	return len(o.Refused)
+}
+
+func writeImportReport(stdout io.Writer, path string, rep migration.Report, orders *migration.OrdersReport) error {
 	var b strings.Builder
 	mode := "import"
 	if rep.DryRun {
@@ -153,10 +196,17 @@ func writeImportReport(stdout io.Writer, path string, rep migration.Report) erro
 	for _, g := range rep.Ignored {
 		fmt.Fprintf(&b, "ignored %s\n", g)
 	}
+	if orders != nil {
+		fmt.Fprintf(&b, "orders: %d read in %s; %d written to ClickHouse (amount %d), features and labels of %d members rebuilt, %d refused\n",
+			orders.Read, orders.Took.Round(time.Millisecond), orders.Written, orders.Amount, orders.Rebuilt, len(orders.Refused))
+		for _, r := range orders.Refused {
+			fmt.Fprintf(&b, "refused %s\n", r)
+		}
+	}
 	return emit(stdout, path, b.String())
 }
 
-func writeVerifyReport(stdout io.Writer, path string, rep migration.VerifyReport) error {
+func writeVerifyReport(stdout io.Writer, path string, rep migration.VerifyReport, orders string) error {
 	var b strings.Builder
 	pct := 0.0
 	if rep.Members > 0 {
@@ -167,6 +217,7 @@ func writeVerifyReport(stdout io.Writer, path string, rep migration.VerifyReport
 	for _, f := range []string{"imported", "identifiers", "attributes", "consents", "balance", "lots", "tier", "coupons"} {
 		fmt.Fprintf(&b, "  %-12s %d of %d\n", f, rep.Fields[f], rep.Members)
 	}
+	b.WriteString(orders)
 	for _, m := range rep.Mismatches {
 		fmt.Fprintf(&b, "differs %s\n", m)
 	}

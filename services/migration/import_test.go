@@ -10,6 +10,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/membercenter/membercenter/storage/clickhouse/chtest"
 	"github.com/membercenter/membercenter/storage/postgres/pgtest"
 
 	"github.com/membercenter/membercenter/services/changes"
@@ -224,5 +225,70 @@ func TestImportResumesAfterAStop(t *testing.T) {
 	}
 	if n := count(t, pool, `SELECT count(*) FROM members`); n != 4 {
 		t.Errorf("%d members", n)
+	}
+}
+
+// The order history goes to ClickHouse's facts once, however often it is
+// imported, earns nothing, and the members' labels are rebuilt from it; bad
+// orders are refused at their line.
+func TestOrderHistory(t *testing.T) {
+	c := ctxT(t)
+	pool := pgtest.NewPool(t, nil)
+	conn, _ := chtest.NewDB(t)
+	im := newImporter(t, pool, "crm")
+	dryMembers, err := im.Run(c, open(t, "testdata/sample-csv"), migration.Options{DryRun: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if dry, err := im.ImportOrders(c, open(t, "testdata/sample-csv"), conn, true, dryMembers.Accepted, nil); err != nil || dry.Read != 5 || len(dry.Refused) != 0 {
+		t.Fatalf("dry run of the orders before the members: %+v %v", dry, err)
+	}
+	if _, err := im.Run(c, open(t, "testdata/sample-csv"), migration.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	ledger := count(t, pool, `SELECT count(*) FROM ledger_entries`)
+	labelled := count(t, pool, `SELECT count(*) FROM member_labels`)
+	src := open(t, "testdata/sample-csv")
+	dry, err := im.ImportOrders(c, src, conn, true, nil, nil)
+	if err != nil || dry.Read != 5 || dry.Written != 0 || len(dry.Refused) != 0 {
+		t.Fatalf("dry run: %+v %v", dry, err)
+	}
+	for range 2 {
+		rep, err := im.ImportOrders(c, src, conn, false, nil, nil)
+		if err != nil || rep.Written != 5 || rep.Amount != 296000 || rep.Rebuilt != 3 || len(rep.Refused) != 0 {
+			t.Fatalf("orders: %+v %v", rep, err)
+		}
+	}
+	so, sa, co, ca, err := im.VerifyOrders(c, open(t, "testdata/sample-jsonl"), conn)
+	if err != nil || so != 5 || co != 5 || sa != 296000 || ca != 296000 {
+		t.Fatalf("verify orders: source %d/%d, ClickHouse %d/%d, %v", so, sa, co, ca, err)
+	}
+	if n := count(t, pool, `SELECT count(*) FROM ledger_entries`); n != ledger {
+		t.Errorf("orders wrote %d ledger entries: they must earn nothing", n-ledger)
+	}
+	if n := count(t, pool, `SELECT count(*) FROM member_labels`); n <= labelled {
+		t.Errorf("labels after the order history: %d, before %d", n, labelled)
+	}
+
+	bad := newImporter(t, pool, "bad")
+	if _, err := bad.Run(c, open(t, "testdata/bad-jsonl"), migration.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := bad.ImportOrders(c, open(t, "testdata/bad-jsonl"), conn, false, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[int]string{2: "no imported member", 3: "order_id also on line 1", 4: "at:", 5: "not negative", 6: `channel "fax"`, 7: "not an order record"}
+	got := map[int]string{}
+	for _, r := range rep.Refused {
+		got[r.Line] = r.Reason
+	}
+	for line, w := range want {
+		if !strings.Contains(got[line], w) {
+			t.Errorf("orders line %d: %q, want %q", line, got[line], w)
+		}
+	}
+	if rep.Written != 1 || len(rep.Refused) != len(want) {
+		t.Errorf("bad orders: %+v", rep)
 	}
 }

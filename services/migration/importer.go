@@ -33,6 +33,7 @@ type Importer struct {
 	Identity *identity.Service
 	Profile  *profile.Service
 	Benefits *benefits.Service
+	Tags     *tags.Service // for an order history (ImportOrders)
 	// Source names the legacy system; a legacy id is unique within it.
 	Source string
 	Now    func() time.Time
@@ -73,6 +74,9 @@ type Report struct {
 	Conflicts int
 	// Ignored identifiers (placeholder values the identity rules block).
 	Ignored []string
+	// Accepted are the legacy ids imported, now or before (in a dry run:
+	// that would be), for the order history's check.
+	Accepted map[string]bool
 	Took    time.Duration
 }
 
@@ -86,7 +90,7 @@ var errDryRun = errors.New("dry run")
 // an error of the platform (a database that stays away) stops it.
 func (im *Importer) Run(ctx context.Context, src *Source, o Options) (Report, error) {
 	start := time.Now()
-	rep := Report{DryRun: o.DryRun}
+	rep := Report{DryRun: o.DryRun, Accepted: map[string]bool{}}
 	now := time.Now
 	if im.Now != nil {
 		now = im.Now
@@ -139,11 +143,13 @@ func (im *Importer) Run(ctx context.Context, src *Source, o Options) (Report, er
 						}
 						rep.Refused = append(rep.Refused, &RowError{File: m.File, Line: m.Line, LegacyID: m.LegacyID, Reason: res.err.Error()})
 					case res.already:
+						rep.Accepted[m.LegacyID] = true
 						rep.Already++
 						if res.changed {
 							rep.Changed++
 						}
 					default:
+						rep.Accepted[m.LegacyID] = true
 						rep.Imported++
 						rep.Points += openPoints(m.Loyalty, now())
 						for _, ig := range res.ignored {
@@ -442,5 +448,5 @@ func New(ctx context.Context, s Setup) (*Importer, error) {
 		schema = attributes.Default()
 	}
 	ps.SetAttributes(schema, ids.PII())
-	return &Importer{Pool: s.Pool, Identity: ids, Profile: ps, Benefits: bs, Source: s.Source, Now: s.Now}, nil
+	return &Importer{Pool: s.Pool, Identity: ids, Profile: ps, Benefits: bs, Tags: ts, Source: s.Source, Now: s.Now}, nil
 }

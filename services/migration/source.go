@@ -643,3 +643,118 @@ func readCSV(path string, required []string, fn func(line int, col map[string]st
 		}
 	}
 }
+
+// Order is one order of a legacy member's history.
+type Order struct {
+	File     string
+	Line     int
+	LegacyID string
+	OrderID  string
+	At       time.Time
+	Channel  string // pos, app, miniprogram, web
+	StoreID  string
+	Currency string
+	Total    int64 // minor units, what was paid before discounts
+	Discount int64
+}
+
+type jsonOrder struct {
+	LegacyID string `json:"legacy_id"`
+	OrderID  string `json:"order_id"`
+	At       string `json:"at"`
+	Channel  string `json:"channel"`
+	StoreID  string `json:"store_id"`
+	Currency string `json:"currency"`
+	Total    int64  `json:"total"`
+	Discount int64  `json:"discount"`
+}
+
+var orderChannels = map[string]bool{"pos": true, "app": true, "miniprogram": true, "web": true}
+
+// HasOrders reports whether the source holds an order history
+// (orders.jsonl or orders.csv).
+func (s *Source) HasOrders() bool {
+	return exists(filepath.Join(s.Dir, "orders."+s.Format))
+}
+
+// EachOrder calls fn with every order of the source's order history in file
+// order, or with the RowError of one that cannot be read.
+func (s *Source) EachOrder(fn func(*Order, *RowError) error) error {
+	name := "orders." + s.Format
+	check := func(j jsonOrder, line int) (*Order, *RowError) {
+		bad := func(format string, args ...any) *RowError {
+			return &RowError{File: name, Line: line, LegacyID: j.LegacyID, Reason: fmt.Sprintf(format, args...)}
+		}
+		switch {
+		case j.LegacyID == "":
+			return nil, bad("legacy_id is required")
+		case j.OrderID == "" || len(j.OrderID) > 128:
+			return nil, bad("order_id is required (at most 128 characters)")
+		case j.Total < 0 || j.Discount < 0:
+			return nil, bad("total and discount are not negative")
+		case j.Channel != "" && !orderChannels[j.Channel]:
+			return nil, bad("channel %q is not one of pos, app, miniprogram, web", j.Channel)
+		case len(j.Currency) != 0 && len(j.Currency) != 3:
+			return nil, bad("currency %q is not a three-letter code", j.Currency)
+		}
+		at, err := parseTime(j.At)
+		if err != nil || at.IsZero() {
+			return nil, bad("at: %q is not a time", j.At)
+		}
+		return &Order{File: name, Line: line, LegacyID: j.LegacyID, OrderID: j.OrderID, At: at, Channel: j.Channel,
+			StoreID: j.StoreID, Currency: j.Currency, Total: j.Total, Discount: j.Discount}, nil
+	}
+	path := filepath.Join(s.Dir, name)
+	if s.Format == "csv" {
+		return readCSV(path, []string{"legacy_id", "order_id", "at", "total"}, func(line int, col map[string]string, _ []string) error {
+			j := jsonOrder{LegacyID: col["legacy_id"], OrderID: col["order_id"], At: col["at"], Channel: col["channel"],
+				StoreID: col["store_id"], Currency: col["currency"]}
+			for _, f := range []struct {
+				k string
+				v *int64
+			}{{"total", &j.Total}, {"discount", &j.Discount}} {
+				if col[f.k] == "" {
+					continue
+				}
+				n, err := strconv.ParseInt(col[f.k], 10, 64)
+				if err != nil {
+					return fn(nil, &RowError{File: name, Line: line, LegacyID: j.LegacyID, Reason: fmt.Sprintf("%s: %q is not a whole number", f.k, col[f.k])})
+				}
+				*f.v = n
+			}
+			return fn(check(j, line))
+		}, func(line int, id, reason string) error {
+			return fn(nil, &RowError{File: name, Line: line, LegacyID: id, Reason: reason})
+		})
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	r := bufio.NewReaderSize(f, 1<<20)
+	for line := 1; ; line++ {
+		b, err := r.ReadBytes('\n')
+		if len(b) == 0 && errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil && !errors.Is(err, io.EOF) {
+			return fmt.Errorf("%s:%d: %w", name, line, err)
+		}
+		if text := strings.TrimSpace(string(b)); text != "" {
+			var j jsonOrder
+			dec := json.NewDecoder(strings.NewReader(text))
+			dec.DisallowUnknownFields()
+			if derr := dec.Decode(&j); derr != nil {
+				if ferr := fn(nil, &RowError{File: name, Line: line, Reason: "not an order record: " + derr.Error()}); ferr != nil {
+					return ferr
+				}
+			} else if ferr := fn(check(j, line)); ferr != nil {
+				return ferr
+			}
+		}
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+	}
+}

@@ -109,6 +109,23 @@ func (s *Service) Backfill(ctx context.Context, facts driver.Conn, o BackfillOpt
 // progress row.
 func (s *Service) backfillBatch(ctx context.Context, facts driver.Conn, ids []uuid.UUID) (n, changed, events int, err error) {
 	c := s.Catalog()
+	return s.rebuild(ctx, facts, ids, "backfill:"+c.Version, func(tx pgx.Tx, n, changed int) error {
+		return postgres.AdvanceBackfill(ctx, tx, c.Version, ids[len(ids)-1], n, changed)
+	})
+}
+
+// RebuildFromHistory recomputes the members' features and labels from
+// their event history in ClickHouse, in one transaction caused by cause, as
+// a backfill does for a batch (events folded but not yet in ClickHouse are
+// kept): after history was written to ClickHouse directly (a legacy
+// import's orders). It returns the members rebuilt, those whose labels
+// changed, and the events read.
+func (s *Service) RebuildFromHistory(ctx context.Context, facts driver.Conn, ids []uuid.UUID, cause string) (n, changed, events int, err error) {
+	return s.rebuild(ctx, facts, ids, cause, nil)
+}
+
+// rebuild is RebuildFromHistory, with also written in the transaction.
+func (s *Service) rebuild(ctx context.Context, facts driver.Conn, ids []uuid.UUID, cause string, also func(tx pgx.Tx, n, changed int) error) (n, changed, events int, err error) {
 	// Every member whose events now belong to a member of the batch: the
 	// members merged into them, transitively.
 	roots, err := postgres.FoldRoots(ctx, s.pool, ids)
@@ -152,7 +169,7 @@ func (s *Service) backfillBatch(ctx context.Context, facts driver.Conn, ids []uu
 			st.snap = m.state.snap
 			m.state = st
 			before := m.version
-			if err := s.recompute(ctx, tx, m, "backfill:"+c.Version, mcv1.Channel_CHANNEL_BACKOFFICE, ""); err != nil {
+			if err := s.recompute(ctx, tx, m, cause, mcv1.Channel_CHANNEL_BACKOFFICE, ""); err != nil {
 				return err
 			}
 			n++
@@ -160,7 +177,10 @@ func (s *Service) backfillBatch(ctx context.Context, facts driver.Conn, ids []uu
 				changed++
 			}
 		}
-		return postgres.AdvanceBackfill(ctx, tx, c.Version, ids[len(ids)-1], n, changed)
+		if also != nil {
+			return also(tx, n, changed)
+		}
+		return nil
 	})
 	return n, changed, events, err
 }

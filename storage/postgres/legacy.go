@@ -44,3 +44,23 @@ func InsertLegacyMember(ctx context.Context, q Querier, l LegacyMember) error {
 func LockLegacyID(ctx context.Context, tx pgx.Tx, source, legacyID string) error {
 	return exec(ctx, tx, "lock legacy id", `SELECT pg_advisory_xact_lock(hashtextextended($1 || '/' || $2, 0))`, source, legacyID)
 }
+
+// LegacyMembersOf returns the members the records of source became, by
+// legacy id.
+func LegacyMembersOf(ctx context.Context, q Querier, source string) (map[string]uuid.UUID, error) {
+	rows, err := q.Query(ctx, `SELECT legacy_id, member_id FROM legacy_members WHERE source = $1`, source)
+	if err != nil {
+		return nil, fmt.Errorf("legacy members: %w", err)
+	}
+	defer rows.Close()
+	out := map[string]uuid.UUID{}
+	for rows.Next() {
+		var id string
+		var m uuid.UUID
+		if err := rows.Scan(&id, &m); err != nil {
+			return nil, fmt.Errorf("legacy members: %w", err)
+		}
+		out[id] = m
+	}
+	return out, rows.Err()
+}

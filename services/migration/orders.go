@@ -1,0 +1,166 @@
+package migration
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	"github.com/google/uuid"
+
+	"github.com/membercenter/membercenter/storage/clickhouse"
+	"github.com/membercenter/membercenter/storage/postgres"
+
+	"github.com/membercenter/membercenter/services/facts"
+)
+
+// OrdersReport is what an import of order history did.
+type OrdersReport struct {
+	Read, Written int
+	Amount        int64 // minor units written
+	// Members whose features and labels were rebuilt from their history.
+	Rebuilt int
+	Refused []*RowError
+	Took    time.Duration
+}
+
+// orderBatch is how many orders go to ClickHouse in one insert.
+const orderBatch = 10_000
+
+// OrderEventID is the event id an imported order has in ClickHouse: one
+// per source and order, so an import run again writes the same rows (which
+// ClickHouse collapses) and never counts an order twice.
+func OrderEventID(source, orderID string) string { return "legacy:" + source + ":" + orderID }
+
+// ImportOrders writes the order history of src's imported members to
+// ClickHouse's member_events (the facts analysts and the label engine read)
+// and rebuilds those members' features and labels from their history with
+// the tag engine. Orders earn nothing: points, tier and coupons came with
+// the members (Run); the tier inputs are the members' months. An order of a
+// member that was not imported (refused, or not in the export) is refused
+// at its line. With dryRun, orders are read and checked (against the
+// members a dry run of Run accepted) and nothing is written. Running it
+// again changes nothing.
+func (im *Importer) ImportOrders(ctx context.Context, src *Source, conn driver.Conn, dryRun bool, accepted map[string]bool, progress func(read int)) (OrdersReport, error) {
+	start := time.Now()
+	var rep OrdersReport
+	members, err := postgres.LegacyMembersOf(ctx, im.Pool, im.Source)
+	if err != nil {
+		return rep, err
+	}
+	now := time.Now
+	if im.Now != nil {
+		now = im.Now
+	}
+	w := clickhouse.NewWriter(conn)
+	touched := map[uuid.UUID]bool{}
+	var rows []clickhouse.EventRow
+	flush := func() error {
+		if len(rows) == 0 || dryRun {
+			rows = rows[:0]
+			return nil
+		}
+		if err := w.InsertEvents(ctx, rows); err != nil {
+			return err
+		}
+		rows = rows[:0]
+		return nil
+	}
+	seen := map[string]int{}
+	err = src.EachOrder(func(o *Order, rerr *RowError) error {
+		rep.Read++
+		if progress != nil {
+			progress(rep.Read)
+		}
+		if rerr != nil {
+			rep.Refused = append(rep.Refused, rerr)
+			return nil
+		}
+		member, ok := members[o.LegacyID]
+		if dryRun && accepted[o.LegacyID] {
+			member, ok = uuid.Nil, true
+		}
+		if !ok {
+			rep.Refused = append(rep.Refused, &RowError{File: o.File, Line: o.Line, LegacyID: o.LegacyID, Reason: "no imported member with this legacy_id"})
+			return nil
+		}
+		if first, dup := seen[o.OrderID]; dup {
+			rep.Refused = append(rep.Refused, &RowError{File: o.File, Line: o.Line, LegacyID: o.LegacyID, Reason: fmt.Sprintf("order_id also on line %d", first)})
+			return nil
+		}
+		seen[o.OrderID] = o.Line
+		ch := o.Channel
+		if ch == "" {
+			ch = "pos"
+		}
+		cur := o.Currency
+		if cur == "" {
+			cur = "CNY"
+		}
+		rows = append(rows, clickhouse.EventRow{EventID: OrderEventID(im.Source, o.OrderID), MemberID: member.String(),
+			OriginMemberID: member.String(), EventType: facts.KindTransaction, Channel: ch, StoreID: o.StoreID,
+			OccurredAt: o.At, IngestedAt: now(), OrderID: o.OrderID, Currency: cur, AmountMinor: o.Total, DiscountMinor: o.Discount})
+		rep.Written++
+		rep.Amount += o.Total
+		touched[member] = true
+		if len(rows) >= orderBatch {
+			return flush()
+		}
+		return nil
+	})
+	if err == nil {
+		err = flush()
+	}
+	if err != nil || dryRun {
+		if dryRun {
+			rep.Written, rep.Amount = 0, 0
+		}
+		rep.Took = time.Since(start)
+		return rep, err
+	}
+	ids := make([]uuid.UUID, 0, len(touched))
+	for m := range touched {
+		ids = append(ids, m)
+	}
+	sort.Slice(ids, func(i, j int) bool { return ids[i].String() < ids[j].String() })
+	for len(ids) > 0 {
+		n := min(len(ids), 200)
+		done, _, _, err := im.Tags.RebuildFromHistory(ctx, conn, ids[:n], "import:"+im.Source+":orders")
+		if err != nil {
+			return rep, err
+		}
+		rep.Rebuilt += done
+		ids = ids[n:]
+	}
+	sort.SliceStable(rep.Refused, func(i, j int) bool { return rep.Refused[i].Line < rep.Refused[j].Line })
+	rep.Took = time.Since(start)
+	return rep, nil
+}
+
+// VerifyOrders reconciles the order history: the orders the source holds
+// for imported members against the imported orders ClickHouse holds, in
+// count and amount.
+func (im *Importer) VerifyOrders(ctx context.Context, src *Source, conn driver.Conn) (srcOrders uint64, srcAmount int64, chOrders uint64, chAmount int64, err error) {
+	members, err := postgres.LegacyMembersOf(ctx, im.Pool, im.Source)
+	if err != nil {
+		return 0, 0, 0, 0, err
+	}
+	seen := map[string]bool{}
+	err = src.EachOrder(func(o *Order, rerr *RowError) error {
+		if rerr != nil || seen[o.OrderID] {
+			return nil
+		}
+		if _, ok := members[o.LegacyID]; ok {
+			seen[o.OrderID] = true
+			srcOrders++
+			srcAmount += o.Total
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, 0, 0, 0, err
+	}
+	chOrders, chAmount, err = clickhouse.CountEventsWithPrefix(ctx, conn, OrderEventID(im.Source, ""))
+	return srcOrders, srcAmount, chOrders, chAmount, err
+}
