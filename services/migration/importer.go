@@ -77,7 +77,7 @@ type Report struct {
 	// Accepted are the legacy ids imported, now or before (in a dry run:
 	// that would be), for the order history's check.
 	Accepted map[string]bool
-	Took    time.Duration
+	Took     time.Duration
 }
 
 // errDryRun rolls a dry run's transaction back.
