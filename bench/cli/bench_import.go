@@ -14,14 +14,17 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/spf13/cobra"
 
+	"github.com/membercenter/membercenter/storage/clickhouse"
+	"github.com/membercenter/membercenter/storage/clickhouse/chbench"
 	"github.com/membercenter/membercenter/storage/postgres"
 	"github.com/membercenter/membercenter/storage/postgres/pgbench"
 
 	"github.com/membercenter/membercenter/services/migration"
+	"github.com/membercenter/membercenter/services/platform"
 )
 
 func importBenchCmd(stdout io.Writer) *cobra.Command {
-	var members, workers, batch int
+	var members, workers, batch, orders int
 	cmd := &cobra.Command{
 		Use:   "import",
 		Short: "Legacy import and verify of a generated export, beside a COPY of the same records",
@@ -33,12 +36,13 @@ in a fresh database (membercenter_import_bench), times membercenter import
 the same records (legacy id, identifiers, attributes and loyalty as JSON)
 into a plain table of the same database. Prints a Markdown table.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return runImportBench(cmd.Context(), stdout, members, workers, batch)
+			return runImportBench(cmd.Context(), stdout, members, workers, batch, orders)
 		},
 	}
 	cmd.Flags().IntVar(&members, "members", 20_000, "members in the generated export")
 	cmd.Flags().IntVar(&workers, "workers", 4, "transactions importing at once")
 	cmd.Flags().IntVar(&batch, "batch", 100, "members per transaction")
+	cmd.Flags().IntVar(&orders, "orders", 10, "orders per member in the order history")
 	return cmd
 }
 
@@ -79,7 +83,7 @@ func genMember(i int, now time.Time) map[string]any {
 	return m
 }
 
-func runImportBench(ctx context.Context, out io.Writer, n, workers, batch int) error {
+func runImportBench(ctx context.Context, out io.Writer, n, workers, batch, perMember int) error {
 	configured := os.Getenv("MC_PG_URL")
 	if configured == "" {
 		configured = "postgres://membercenter:membercenter@127.0.0.1:55432/membercenter?sslmode=disable"
@@ -137,6 +141,46 @@ func runImportBench(ctx context.Context, out io.Writer, n, workers, batch int) e
 		return err
 	}
 	f.Close()
+	of, err := os.Create(filepath.Join(dir, "orders.jsonl"))
+	if err != nil {
+		return err
+	}
+	ow := bufio.NewWriter(of)
+	for i := range n {
+		for k := range perMember {
+			b, _ := json.Marshal(map[string]any{"legacy_id": fmt.Sprintf("B%07d", i), "order_id": fmt.Sprintf("B%07d-%d", i, k),
+				"at": now.AddDate(0, 0, -(k*17 + i%13 + 1)).Format(time.RFC3339), "channel": []string{"pos", "app", "miniprogram"}[k%3],
+				"store_id": fmt.Sprintf("S%02d", i%40), "currency": "CNY", "total": 1000 + (i*7+k*131)%50000})
+			ow.Write(b)
+			ow.WriteByte('\n')
+		}
+	}
+	if err := ow.Flush(); err != nil {
+		return err
+	}
+	of.Close()
+	pcfg, err := platform.LoadConfig(ctx)
+	if err != nil {
+		return err
+	}
+	chCfg := pcfg.ClickHouse
+	chCfg.Database = "membercenter_import_bench"
+	old, err := clickhouse.Open(ctx, chCfg)
+	if err != nil {
+		return err
+	}
+	if err := chbench.DropDatabase(ctx, old, chCfg.Database); err != nil {
+		return err
+	}
+	old.Close()
+	conn, err := clickhouse.Open(ctx, chCfg)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	if _, err := clickhouse.Migrate(ctx, conn); err != nil {
+		return err
+	}
 
 	im, err := migration.New(ctx, migration.Setup{Pool: pool, Log: slog.New(slog.DiscardHandler), Source: "bench"})
 	if err != nil {
@@ -166,6 +210,13 @@ func runImportBench(ctx context.Context, out io.Writer, n, workers, batch int) e
 	if rep.Imported != n || len(rep.Refused) > 0 {
 		return fmt.Errorf("import: %d of %d imported, %d refused (first: %v)", rep.Imported, n, len(rep.Refused), firstRefusal(rep))
 	}
+	ord, err := im.ImportOrders(ctx, src, conn, false, nil, nil)
+	if err != nil {
+		return err
+	}
+	if ord.Written != n*perMember || len(ord.Refused) > 0 {
+		return fmt.Errorf("orders: %d of %d written, %d refused", ord.Written, n*perMember, len(ord.Refused))
+	}
 	v, err := im.Verify(ctx, src, nil)
 	if err != nil {
 		return err
@@ -173,7 +224,18 @@ func runImportBench(ctx context.Context, out io.Writer, n, workers, batch int) e
 	if !v.OK() {
 		return fmt.Errorf("verify: %d of %d agree (first: %v)", v.Agreeing, v.Members, v.Mismatches[:min(1, len(v.Mismatches))])
 	}
+	t1 := time.Now()
+	so, sa, co, ca, err := im.VerifyOrders(ctx, src, conn)
+	if err != nil {
+		return err
+	}
+	if so != co || sa != ca {
+		return fmt.Errorf("verify orders: source %d/%d, ClickHouse %d/%d", so, sa, co, ca)
+	}
+	vo := time.Since(t1)
 	rate := func(d time.Duration) float64 { return float64(n) / d.Seconds() }
+	defer fmt.Fprintf(out, "\nOrder history: %d orders (%d per member) to ClickHouse with %d members' labels rebuilt from it in %s (%.0f orders/s); orders reconciled in %s.\n",
+		ord.Written, perMember, ord.Rebuilt, ord.Took.Round(10*time.Millisecond), float64(ord.Written)/ord.Took.Seconds(), vo.Round(time.Millisecond))
 	fmt.Fprintf(out, "| members | workers × batch | import | members/s | verify | members/s | floor: COPY of the same records | records/s | import ÷ floor | 1,000,000 members at this rate |\n")
 	fmt.Fprintf(out, "|---|---|---|---|---|---|---|---|---|---|\n")
 	fmt.Fprintf(out, "| %d | %d × %d | %s | %.0f | %s | %.0f | %s (%d rows) | %.0f | %.4f× | import %s, verify %s |\n",

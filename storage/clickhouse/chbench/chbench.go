@@ -287,3 +287,9 @@ func deref(v any) any {
 	}
 	return rv.Interface()
 }
+
+// DropDatabase drops the database conn is connected to, for a benchmark
+// that starts from an empty one (clickhouse.Open creates it again).
+func DropDatabase(ctx context.Context, conn driver.Conn, db string) error {
+	return conn.Exec(ctx, "DROP DATABASE IF EXISTS "+db)
+}
