@@ -40,7 +40,7 @@ func TestImportThenVerify(t *testing.T) {
 	}
 	out, err = run("import", "verify", "../migration/testdata/sample-csv")
 	points := regexp.MustCompile(`points: source (\d+), platform (\d+)`).FindStringSubmatch(out)
-	if err != nil || !strings.Contains(out, "4 of 4 members agree (100.00%)") || points == nil || points[1] != points[2] ||
+	if err != nil || !strings.Contains(out, "4 of 4 members agree (100.00%;") || points == nil || points[1] != points[2] ||
 		!strings.Contains(out, "orders of imported members: source 5 (amount 296000), ClickHouse 5 (amount 296000)") {
 		t.Fatalf("verify: %v\n%s", err, out)
 	}

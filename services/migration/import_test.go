@@ -10,6 +10,8 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
+
 	"github.com/membercenter/membercenter/storage/clickhouse/chtest"
 	"github.com/membercenter/membercenter/storage/postgres/pgtest"
 
@@ -290,5 +292,38 @@ func TestOrderHistory(t *testing.T) {
 	}
 	if rep.Written != 1 || len(rep.Refused) != len(want) {
 		t.Errorf("bad orders: %+v", rep)
+	}
+}
+
+// A member erased at their request after the import is not brought back
+// by an import run again, and verify counts it as agreeing.
+func TestErasedMembersStayErased(t *testing.T) {
+	c := ctxT(t)
+	pool := pgtest.NewPool(t, nil)
+	im := newImporter(t, pool, "crm")
+	if _, err := im.Run(c, open(t, "testdata/sample-jsonl"), migration.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	var member string
+	if err := pool.QueryRow(c, `SELECT member_id::text FROM legacy_members WHERE legacy_id = 'L0002'`).Scan(&member); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := im.Profile.EraseMember(c, &mcv1.EraseMemberRequest{MemberId: member, Reason: "DSR-1", IdempotencyKey: "e1"},
+		mcv1.Channel_CHANNEL_BACKOFFICE, "backoffice/privacy"); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := im.Run(c, open(t, "testdata/sample-jsonl"), migration.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Imported != 0 || rep.Already != 3 || len(rep.Refused) != 1 || !strings.Contains(rep.Refused[0].Reason, "erased at their request") {
+		t.Fatalf("import after an erasure: %+v %v", rep, rep.Refused)
+	}
+	if n := count(t, pool, `SELECT count(*) FROM members WHERE status = 'active'`); n != 3 {
+		t.Errorf("%d active members", n)
+	}
+	v, err := im.Verify(c, open(t, "testdata/sample-jsonl"), nil)
+	if err != nil || !v.OK() || v.Erased != 1 {
+		t.Fatalf("verify after an erasure: %+v %v", v, err)
 	}
 }

@@ -80,6 +80,9 @@ type Report struct {
 	Took     time.Duration
 }
 
+// ErrErased refuses a legacy record whose member was erased (EraseMember).
+var ErrErased = errors.New("erased")
+
 // errDryRun rolls a dry run's transaction back.
 var errDryRun = errors.New("dry run")
 
@@ -354,6 +357,9 @@ func (im *Importer) importIdentity(ctx context.Context, tx pgx.Tx, m *Member, st
 	if err != nil {
 		return uuid.Nil, res, err
 	}
+	if found && prev.Erased {
+		return uuid.Nil, res, fmt.Errorf("%w: the member was erased at their request; an import does not bring them back", ErrErased)
+	}
 	if found {
 		res.already, res.changed = true, !bytes.Equal(prev.RowSHA256, m.SHA256)
 		return prev.MemberID, res, nil
@@ -382,7 +388,7 @@ func (im *Importer) importIdentity(ctx context.Context, tx pgx.Tx, m *Member, st
 // refusal reports whether err refuses the record (its data) rather than
 // the run (the platform).
 func refusal(err error) bool {
-	return errors.Is(err, identity.ErrImportConflict) || errors.Is(err, identity.ErrInvalidIdentifier) ||
+	return errors.Is(err, ErrErased) || errors.Is(err, identity.ErrImportConflict) || errors.Is(err, identity.ErrInvalidIdentifier) ||
 		errors.Is(err, identity.ErrUnroutable) || errors.Is(err, identity.ErrRefused) ||
 		errors.Is(err, profile.ErrInvalid) || fault.IsData(err)
 }
@@ -399,13 +405,13 @@ func openPoints(l benefits.Legacy, now time.Time) int64 {
 }
 
 // memberOf is the member a legacy record became; uuid.Nil when it was not
-// imported.
-func (im *Importer) memberOf(ctx context.Context, legacyID string) (uuid.UUID, error) {
+// imported; erased when it was erased since at the member's request.
+func (im *Importer) memberOf(ctx context.Context, legacyID string) (member uuid.UUID, erased bool, err error) {
 	l, found, err := postgres.FindLegacyMember(ctx, im.Pool, im.Source, legacyID)
 	if err != nil || !found {
-		return uuid.Nil, err
+		return uuid.Nil, false, err
 	}
-	return l.MemberID, nil
+	return l.MemberID, l.Erased, nil
 }
 
 // Setup is what New builds an importer from.

@@ -39,8 +39,14 @@ type VerifyReport struct {
 	// holds for the imported members.
 	SourcePoints, PlatformPoints int64
 	Mismatches                   []Mismatch
-	Took                         time.Duration
+	// Erased members were imported and erased since at their request
+	// (EraseMember); they count as agreeing.
+	Erased int
+	Took   time.Duration
 }
+
+// errErasedSince marks a member erased since its import.
+var errErasedSince = errors.New("erased since the import")
 
 // OK reports 100% agreement.
 func (r VerifyReport) OK() bool {
@@ -85,6 +91,20 @@ func (im *Importer) Verify(ctx context.Context, src *Source, progress func(read 
 		}
 		g.Go(func() error {
 			diffs, points, err := im.compare(gctx, m, now())
+			if errors.Is(err, errErasedSince) {
+				// Imported, then erased at the member's request: nothing
+				// of it is left to compare, and nothing is missing.
+				record(func() {
+					rep.Members++
+					rep.Agreeing++
+					rep.Erased++
+					done++
+					if progress != nil {
+						progress(done)
+					}
+				})
+				return nil
+			}
 			if err != nil {
 				return fmt.Errorf("%s:%d: %s: %w", m.File, m.Line, m.LegacyID, err)
 			}
@@ -132,9 +152,12 @@ type diff struct{ field, what string }
 
 // compare lists how the platform differs from m, and the member's balance.
 func (im *Importer) compare(ctx context.Context, m *Member, now time.Time) ([]diff, int64, error) {
-	member, err := im.memberOf(ctx, m.LegacyID)
+	member, erased, err := im.memberOf(ctx, m.LegacyID)
 	if err != nil {
 		return nil, 0, err
+	}
+	if erased {
+		return nil, 0, errErasedSince
 	}
 	if member == uuid.Nil {
 		return []diff{{"imported", "not imported"}}, 0, nil

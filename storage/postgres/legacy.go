@@ -16,14 +16,16 @@ type LegacyMember struct {
 	MemberID         uuid.UUID
 	RowSHA256        []byte
 	ImportedAt       time.Time
+	// Erased at the member's request since (EraseMember).
+	Erased bool
 }
 
 // FindLegacyMember returns the member a legacy record became; found false
 // when it was not imported.
 func FindLegacyMember(ctx context.Context, q Querier, source, legacyID string) (LegacyMember, bool, error) {
 	l := LegacyMember{Source: source, LegacyID: legacyID}
-	err := q.QueryRow(ctx, `SELECT member_id, row_sha256, imported_at FROM legacy_members WHERE legacy_id = $1 AND source = $2`,
-		legacyID, source).Scan(&l.MemberID, &l.RowSHA256, &l.ImportedAt)
+	err := q.QueryRow(ctx, `SELECT member_id, row_sha256, imported_at, erased FROM legacy_members WHERE legacy_id = $1 AND source = $2`,
+		legacyID, source).Scan(&l.MemberID, &l.RowSHA256, &l.ImportedAt, &l.Erased)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return l, false, nil
 	}
@@ -48,7 +50,7 @@ func LockLegacyID(ctx context.Context, tx pgx.Tx, source, legacyID string) error
 // LegacyMembersOf returns the members the records of source became, by
 // legacy id.
 func LegacyMembersOf(ctx context.Context, q Querier, source string) (map[string]uuid.UUID, error) {
-	rows, err := q.Query(ctx, `SELECT legacy_id, member_id FROM legacy_members WHERE source = $1`, source)
+	rows, err := q.Query(ctx, `SELECT legacy_id, member_id FROM legacy_members WHERE source = $1 AND NOT erased`, source)
 	if err != nil {
 		return nil, fmt.Errorf("legacy members: %w", err)
 	}
