@@ -169,7 +169,7 @@ func TestBadRecordsRefusedLineByLine(t *testing.T) {
 		2: "not a member record", 3: "legacy_id is required", 4: "unknown field", 5: `"fax"`,
 		6: "remaining", 7: "platinum", 8: "attributes[favourite_colour]", 9: "legacy_id also on line 1",
 		10: "phone 139****0001 also belongs to legacy member L0101", 11: "NOPE", 12: "created_at",
-		13: "attributes[mobile]",
+		13: "attributes[mobile]", 15: "more after the record",
 	}
 	got := map[int]string{}
 	for _, r := range rep.Refused {
@@ -180,7 +180,7 @@ func TestBadRecordsRefusedLineByLine(t *testing.T) {
 			t.Errorf("line %d refused as %q, want %q", line, got[line], w)
 		}
 	}
-	if rep.Imported != 2 || len(rep.Refused) != len(want) || rep.Read != 14 {
+	if rep.Imported != 2 || len(rep.Refused) != len(want) || rep.Read != 15 {
 		t.Errorf("imported %d, refused %d of %d read: %v", rep.Imported, len(rep.Refused), rep.Read, rep.Refused)
 	}
 	// Nothing of a refused member: two members, their phone/e-mail and CRM id.

@@ -162,51 +162,64 @@ func (s *Source) Each(fn func(*Member, *RowError) error) error {
 
 func (s *Source) eachJSONL(fn func(*Member, *RowError) error) error {
 	name := "members.jsonl"
-	f, err := os.Open(filepath.Join(s.Dir, name))
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	r := bufio.NewReaderSize(f, 1<<20)
 	seen := map[string]int{}
-	for line := 1; ; line++ {
-		b, err := r.ReadBytes('\n')
-		if len(b) == 0 && errors.Is(err, io.EOF) {
-			return nil
-		}
-		if err != nil && !errors.Is(err, io.EOF) {
-			return fmt.Errorf("%s:%d: %w", name, line, err)
-		}
-		text := strings.TrimSpace(string(b))
-		if text == "" {
-			continue
-		}
+	return eachJSONLine(filepath.Join(s.Dir, name), func(line int, text string) error {
 		var j jsonMember
-		dec := json.NewDecoder(strings.NewReader(text))
-		dec.DisallowUnknownFields()
-		if derr := dec.Decode(&j); derr != nil {
-			if ferr := fn(nil, &RowError{File: name, Line: line, Reason: "not a member record: " + derr.Error()}); ferr != nil {
-				return ferr
-			}
-			continue
+		if derr := decodeStrict(text, &j); derr != nil {
+			return fn(nil, &RowError{File: name, Line: line, Reason: "not a member record: " + derr.Error()})
 		}
 		m, rerr := toMember(j, name, line)
 		if rerr == nil {
 			rerr = duplicate(seen, m, name, line)
 		}
 		if rerr != nil {
-			m = nil
-		} else {
-			sum := sha256.Sum256([]byte(text))
-			m.SHA256 = sum[:]
+			return fn(nil, rerr)
 		}
-		if ferr := fn(m, rerr); ferr != nil {
-			return ferr
+		sum := sha256.Sum256([]byte(text))
+		m.SHA256 = sum[:]
+		return fn(m, nil)
+	})
+}
+
+// eachJSONLine calls fn with every non-blank line of a JSON Lines file and
+// its number.
+func eachJSONLine(path string, fn func(line int, text string) error) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	r := bufio.NewReaderSize(f, 1<<20)
+	for line := 1; ; line++ {
+		b, err := r.ReadBytes('\n')
+		if len(b) == 0 && errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil && !errors.Is(err, io.EOF) {
+			return fmt.Errorf("%s:%d: %w", filepath.Base(path), line, err)
+		}
+		if text := strings.TrimSpace(string(b)); text != "" {
+			if ferr := fn(line, text); ferr != nil {
+				return ferr
+			}
 		}
 		if errors.Is(err, io.EOF) {
 			return nil
 		}
 	}
+}
+
+// decodeStrict decodes one JSON object of known fields, and nothing after it.
+func decodeStrict(text string, v any) error {
+	dec := json.NewDecoder(strings.NewReader(text))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return err
+	}
+	if dec.More() {
+		return errors.New("more after the record")
+	}
+	return nil
 }
 
 // duplicate refuses a legacy id seen before in the source.
@@ -727,34 +740,11 @@ func (s *Source) EachOrder(fn func(*Order, *RowError) error) error {
 			return fn(nil, &RowError{File: name, Line: line, LegacyID: id, Reason: reason})
 		})
 	}
-	f, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	r := bufio.NewReaderSize(f, 1<<20)
-	for line := 1; ; line++ {
-		b, err := r.ReadBytes('\n')
-		if len(b) == 0 && errors.Is(err, io.EOF) {
-			return nil
+	return eachJSONLine(path, func(line int, text string) error {
+		var j jsonOrder
+		if derr := decodeStrict(text, &j); derr != nil {
+			return fn(nil, &RowError{File: name, Line: line, Reason: "not an order record: " + derr.Error()})
 		}
-		if err != nil && !errors.Is(err, io.EOF) {
-			return fmt.Errorf("%s:%d: %w", name, line, err)
-		}
-		if text := strings.TrimSpace(string(b)); text != "" {
-			var j jsonOrder
-			dec := json.NewDecoder(strings.NewReader(text))
-			dec.DisallowUnknownFields()
-			if derr := dec.Decode(&j); derr != nil {
-				if ferr := fn(nil, &RowError{File: name, Line: line, Reason: "not an order record: " + derr.Error()}); ferr != nil {
-					return ferr
-				}
-			} else if ferr := fn(check(j, line)); ferr != nil {
-				return ferr
-			}
-		}
-		if errors.Is(err, io.EOF) {
-			return nil
-		}
-	}
+		return fn(check(j, line))
+	})
 }
