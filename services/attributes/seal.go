@@ -155,3 +155,11 @@ func Mask(t Type, v string) string {
 	r, _ := utf8.DecodeRuneInString(v)
 	return string(r) + "***"
 }
+
+// ErasedLegacyID is what a legacy system's id of an erased member is kept
+// as (legacy_members, so that an import does not bring the person back): a
+// keyed hash, which finds the record again from the legacy id but cannot be
+// read back to it.
+func ErasedLegacyID(s Sealer, source, legacyID string) string {
+	return "erased:" + b64.EncodeToString(s.Hash(hashType, "legacy:"+source, legacyID))
+}

@@ -188,8 +188,8 @@ func writeImportReport(stdout io.Writer, path string, rep migration.Report, orde
 	if rep.DryRun {
 		mode = "dry run (nothing kept)"
 	}
-	fmt.Fprintf(&b, "%s: %d member records read in %s; %d imported (%d points in open lots), %d imported before (%d changed since), %d refused (%d conflicts)\n",
-		mode, rep.Read, rep.Took.Round(time.Millisecond), rep.Imported, rep.Points, rep.Already, rep.Changed, len(rep.Refused), rep.Conflicts)
+	fmt.Fprintf(&b, "%s: %d member records read in %s; %d imported (%d points in open lots), %d imported before (%d changed since, %d erased since at their request), %d refused (%d conflicts)\n",
+		mode, rep.Read, rep.Took.Round(time.Millisecond), rep.Imported, rep.Points, rep.Already, rep.Changed, rep.Erased, len(rep.Refused), rep.Conflicts)
 	for _, r := range rep.Refused {
 		fmt.Fprintf(&b, "refused %s\n", r)
 	}
@@ -197,8 +197,8 @@ func writeImportReport(stdout io.Writer, path string, rep migration.Report, orde
 		fmt.Fprintf(&b, "ignored %s\n", g)
 	}
 	if orders != nil {
-		fmt.Fprintf(&b, "orders: %d read in %s; %d written to ClickHouse (amount %d), features and labels of %d members rebuilt, %d refused\n",
-			orders.Read, orders.Took.Round(time.Millisecond), orders.Written, orders.Amount, orders.Rebuilt, len(orders.Refused))
+		fmt.Fprintf(&b, "orders: %d read in %s; %d written to ClickHouse (amount %d), features and labels of %d members rebuilt, %d of erased members left out, %d refused\n",
+			orders.Read, orders.Took.Round(time.Millisecond), orders.Written, orders.Amount, orders.Rebuilt, orders.OfErased, len(orders.Refused))
 		for _, r := range orders.Refused {
 			fmt.Fprintf(&b, "refused %s\n", r)
 		}

@@ -35,7 +35,7 @@ func TestImportThenVerify(t *testing.T) {
 		t.Fatalf("verify after a dry run: %v\n%s", err, out)
 	}
 	if out, err := run("import", "../migration/testdata/sample-csv"); err != nil || !strings.Contains(out, "4 imported") ||
-		!strings.Contains(out, "orders: 5 read") || !strings.Contains(out, "5 written to ClickHouse (amount 296000), features and labels of 3 members rebuilt, 0 refused") {
+		!strings.Contains(out, "orders: 5 read") || !strings.Contains(out, "5 written to ClickHouse (amount 296000), features and labels of 3 members rebuilt, 0 of erased members left out, 0 refused") {
 		t.Fatalf("import: %v\n%s", err, out)
 	}
 	out, err = run("import", "verify", "../migration/testdata/sample-csv")

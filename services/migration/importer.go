@@ -72,6 +72,9 @@ type Report struct {
 	// counts those refused because an identifier belongs to another member.
 	Refused   []*RowError
 	Conflicts int
+	// Erased: records whose member was erased at their request since an
+	// earlier import (not brought back, not a refusal).
+	Erased int
 	// Ignored identifiers (placeholder values the identity rules block).
 	Ignored []string
 	// Accepted are the legacy ids imported, now or before (in a dry run:
@@ -140,6 +143,8 @@ func (im *Importer) Run(ctx context.Context, src *Source, o Options) (Report, er
 				res := results[i]
 				finish(func() {
 					switch {
+					case errors.Is(res.err, ErrErased):
+						rep.Erased++
 					case res.err != nil:
 						if errors.Is(res.err, identity.ErrImportConflict) {
 							rep.Conflicts++
@@ -305,7 +310,14 @@ func (im *Importer) importChunk(ctx context.Context, ms []*Member, dryRun bool, 
 				of = append(of, i)
 			}
 			refused, err := im.Benefits.ImportLegacyBatch(ctx, tx, loyalty, now)
-			if err != nil {
+			if err != nil && fault.IsData(err) {
+				// A value the database refuses in one member's loyalty: the
+				// batch is done member by member to find it.
+				if len(loyalty) > 1 {
+					return errSplit
+				}
+				refused = map[int]error{0: err}
+			} else if err != nil {
 				return err
 			}
 			if len(refused) > 0 {
@@ -333,6 +345,18 @@ func (im *Importer) importChunk(ctx context.Context, ms []*Member, dryRun bool, 
 		switch {
 		case again:
 			continue
+		case errors.Is(err, errSplit):
+			for i, m := range ms {
+				if skip[i] {
+					continue
+				}
+				one, err := im.importChunk(ctx, []*Member{m}, dryRun, now)
+				if err != nil {
+					return nil, err
+				}
+				results[i] = one[0]
+			}
+			return results, nil
 		case errors.Is(err, errDryRun):
 			return results, nil
 		case err != nil:
@@ -342,6 +366,9 @@ func (im *Importer) importChunk(ctx context.Context, ms []*Member, dryRun bool, 
 	}
 }
 
+// errSplit rolls a chunk back to import its members one by one.
+var errSplit = errors.New("import the batch member by member")
+
 // errRedo rolls a chunk back to import it again without the members
 // refused on the way.
 var errRedo = errors.New("redo the batch without the refused members")
@@ -350,10 +377,26 @@ var errRedo = errors.New("redo the batch without the refused members")
 // under a savepoint of tx, unless the legacy id was imported before.
 func (im *Importer) importIdentity(ctx context.Context, tx pgx.Tx, m *Member, stored, shown map[string]string, cause string) (uuid.UUID, imported, error) {
 	var res imported
+	// Everything under a savepoint: a refused member (whatever refused it)
+	// leaves the batch's transaction usable and nothing of itself.
+	sp, err := tx.Begin(ctx)
+	if err != nil {
+		return uuid.Nil, res, err
+	}
+	member, res, err := im.importIdentityIn(ctx, sp, m, stored, shown, cause)
+	if err != nil {
+		_ = sp.Rollback(ctx)
+		return uuid.Nil, res, err
+	}
+	return member, res, sp.Commit(ctx)
+}
+
+func (im *Importer) importIdentityIn(ctx context.Context, tx pgx.Tx, m *Member, stored, shown map[string]string, cause string) (uuid.UUID, imported, error) {
+	var res imported
 	if err := postgres.LockLegacyID(ctx, tx, im.Source, m.LegacyID); err != nil {
 		return uuid.Nil, res, err
 	}
-	prev, found, err := postgres.FindLegacyMember(ctx, tx, im.Source, m.LegacyID)
+	prev, found, err := im.findLegacy(ctx, tx, m.LegacyID)
 	if err != nil {
 		return uuid.Nil, res, err
 	}
@@ -364,25 +407,41 @@ func (im *Importer) importIdentity(ctx context.Context, tx pgx.Tx, m *Member, st
 		res.already, res.changed = true, !bytes.Equal(prev.RowSHA256, m.SHA256)
 		return prev.MemberID, res, nil
 	}
-	sp, err := tx.Begin(ctx) // a savepoint: a refused member leaves nothing
-	if err != nil {
-		return uuid.Nil, res, err
-	}
-	got, err := im.Identity.ImportMember(ctx, sp, m.Identifiers, m.CreatedAt, cause)
+	got, err := im.Identity.ImportMember(ctx, tx, m.Identifiers, m.CreatedAt, cause)
 	if err == nil {
-		err = im.Profile.ImportProfile(ctx, sp, got.MemberID, stored, shown, m.Consents, cause)
+		err = im.Profile.ImportProfile(ctx, tx, got.MemberID, stored, shown, m.Consents, cause)
 	}
 	if err != nil {
-		_ = sp.Rollback(ctx)
-		return uuid.Nil, res, err
-	}
-	if err := sp.Commit(ctx); err != nil {
 		return uuid.Nil, res, err
 	}
 	for _, g := range got.Ignored {
 		res.ignored = append(res.ignored, fmt.Sprintf("%s %s ignored (%s)", identity.TypeName(g.Identifier.Type), g.Identifier.Masked, g.Rule))
 	}
 	return got.MemberID, res, nil
+}
+
+// findLegacy finds the record of a legacy id: imported, or kept under a
+// keyed hash of it since its member was erased.
+func (im *Importer) findLegacy(ctx context.Context, q postgres.Querier, legacyID string) (postgres.LegacyMember, bool, error) {
+	l, found, err := postgres.FindLegacyMember(ctx, q, im.Source, legacyID)
+	if err != nil || found {
+		return l, found, err
+	}
+	return postgres.FindLegacyMember(ctx, q, im.Source, attributes.ErasedLegacyID(im.Identity.PII(), im.Source, legacyID))
+}
+
+// erasedSince reports whether a legacy id's member was erased since its
+// import, remembering answers in cache.
+func (im *Importer) erasedSince(ctx context.Context, legacyID string, cache map[string]bool) (bool, error) {
+	if v, ok := cache[legacyID]; ok {
+		return v, nil
+	}
+	l, found, err := im.findLegacy(ctx, im.Pool, legacyID)
+	if err != nil {
+		return false, err
+	}
+	cache[legacyID] = found && l.Erased
+	return cache[legacyID], nil
 }
 
 // refusal reports whether err refuses the record (its data) rather than
@@ -407,7 +466,7 @@ func openPoints(l benefits.Legacy, now time.Time) int64 {
 // memberOf is the member a legacy record became; uuid.Nil when it was not
 // imported; erased when it was erased since at the member's request.
 func (im *Importer) memberOf(ctx context.Context, legacyID string) (member uuid.UUID, erased bool, err error) {
-	l, found, err := postgres.FindLegacyMember(ctx, im.Pool, im.Source, legacyID)
+	l, found, err := im.findLegacy(ctx, im.Pool, legacyID)
 	if err != nil || !found {
 		return uuid.Nil, false, err
 	}

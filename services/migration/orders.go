@@ -21,6 +21,9 @@ type OrdersReport struct {
 	Amount        int64 // minor units written
 	// Members whose features and labels were rebuilt from their history.
 	Rebuilt int
+	// OfErased: orders of members erased at their request since their
+	// import, left out.
+	OfErased int
 	Refused []*RowError
 	Took    time.Duration
 }
@@ -68,6 +71,7 @@ func (im *Importer) ImportOrders(ctx context.Context, src *Source, conn driver.C
 		return nil
 	}
 	seen := map[string]int{}
+	erased := map[string]bool{}
 	err = src.EachOrder(func(o *Order, rerr *RowError) error {
 		rep.Read++
 		if progress != nil {
@@ -82,6 +86,14 @@ func (im *Importer) ImportOrders(ctx context.Context, src *Source, conn driver.C
 			member, ok = uuid.Nil, true
 		}
 		if !ok {
+			gone, err := im.erasedSince(ctx, o.LegacyID, erased)
+			if err != nil {
+				return err
+			}
+			if gone {
+				rep.OfErased++
+				return nil
+			}
 			rep.Refused = append(rep.Refused, &RowError{File: o.File, Line: o.Line, LegacyID: o.LegacyID, Reason: "no imported member with this legacy_id"})
 			return nil
 		}
@@ -147,11 +159,20 @@ func (im *Importer) VerifyOrders(ctx context.Context, src *Source, conn driver.C
 		return 0, 0, 0, 0, err
 	}
 	seen := map[string]bool{}
+	erased := map[string]bool{}
 	err = src.EachOrder(func(o *Order, rerr *RowError) error {
 		if rerr != nil || seen[o.OrderID] {
 			return nil
 		}
-		if _, ok := members[o.LegacyID]; ok {
+		_, ok := members[o.LegacyID]
+		if !ok {
+			// An erased member's orders stay in ClickHouse under its
+			// pseudonymous id: they count on both sides.
+			if ok, err = im.erasedSince(ctx, o.LegacyID, erased); err != nil {
+				return err
+			}
+		}
+		if ok {
 			seen[o.OrderID] = true
 			srcOrders++
 			srcAmount += o.Total

@@ -21,6 +21,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 
@@ -66,7 +68,7 @@ type jsonMember struct {
 	CreatedAt   string            `json:"created_at"`
 	Identifiers []jsonIdentifier  `json:"identifiers"`
 	Attributes  map[string]string `json:"attributes"`
-	Consents    map[string]bool   `json:"consents"`
+	Consents    map[string]*bool  `json:"consents"` // null: undecided
 	ConsentedAt string            `json:"consented_at"`
 	Points      *struct {
 		Lots []jsonLot `json:"lots"`
@@ -255,6 +257,9 @@ func toMember(j jsonMember, file string, line int) (*Member, *RowError) {
 	if len(j.LegacyID) > 128 {
 		return nil, bad("legacy_id is longer than 128 characters")
 	}
+	if f := unclean(j); f != "" {
+		return nil, bad("%s: contains control or non-UTF-8 characters", f)
+	}
 	m := &Member{File: file, Line: line, LegacyID: j.LegacyID, Attributes: j.Attributes}
 	var err error
 	if m.CreatedAt, err = parseTime(j.CreatedAt); err != nil || m.CreatedAt.IsZero() {
@@ -298,7 +303,10 @@ func toMember(j jsonMember, file string, line int) (*Member, *RowError) {
 		if !ok {
 			return nil, bad("consents.%s is not one of marketing, profiling, third_party_sharing, analytics", p)
 		}
-		m.Consents = append(m.Consents, profile.ImportedConsent{Purpose: cp, Granted: j.Consents[p], DecidedAt: decided})
+		if j.Consents[p] == nil {
+			continue // undecided
+		}
+		m.Consents = append(m.Consents, profile.ImportedConsent{Purpose: cp, Granted: *j.Consents[p], DecidedAt: decided})
 	}
 	if j.Points != nil {
 		for i, l := range j.Points.Lots {
@@ -332,6 +340,46 @@ func toMember(j jsonMember, file string, line int) (*Member, *RowError) {
 		m.Loyalty.Coupons = append(m.Loyalty.Coupons, lc)
 	}
 	return m, nil
+}
+
+// clean reports whether a value is text a database stores: valid UTF-8
+// without control characters.
+func clean(v string) bool {
+	return utf8.ValidString(v) && strings.IndexFunc(v, func(r rune) bool { return unicode.IsControl(r) }) < 0
+}
+
+// unclean names the first field of a record that is not clean text
+// (attributes are the schema's to check, naming the attribute).
+func unclean(j jsonMember) string {
+	if !clean(j.LegacyID) {
+		return "legacy_id"
+	}
+	for i, id := range j.Identifiers {
+		if !clean(id.Scope) || !clean(id.Value) {
+			return fmt.Sprintf("identifiers[%d]", i)
+		}
+	}
+	if j.Tier != nil && !clean(j.Tier.ID) {
+		return "tier.id"
+	}
+	if j.Points != nil {
+		for i, l := range j.Points.Lots {
+			if !clean(l.Ref) || len(l.Ref) > 128 {
+				return fmt.Sprintf("points.lots[%d].ref (at most 128 characters)", i)
+			}
+		}
+	}
+	for i, c := range j.Coupons {
+		if !clean(c.Code) || !clean(c.Template) || !clean(c.State) || len(c.Code) > 64 {
+			return fmt.Sprintf("coupons[%d] (a code of at most 64 characters)", i)
+		}
+	}
+	for k := range j.Consents {
+		if !clean(k) {
+			return "consents"
+		}
+	}
+	return ""
 }
 
 func toLot(l jsonLot) (benefits.LegacyLot, error) {
@@ -416,7 +464,7 @@ func (s *Source) eachCSV(fn func(*Member, *RowError) error) error {
 	used := map[string]bool{}
 	err := readCSV(filepath.Join(s.Dir, name), []string{"legacy_id", "created_at"}, func(line int, col map[string]string, raw []string) error {
 		j := jsonMember{LegacyID: col["legacy_id"], CreatedAt: col["created_at"], ConsentedAt: col["consented_at"],
-			Attributes: map[string]string{}, Consents: map[string]bool{}}
+			Attributes: map[string]string{}, Consents: map[string]*bool{}}
 		for _, t := range []string{"phone", "email", "wechat_unionid", "member_card", "crm_id"} {
 			if v := col[t]; v != "" {
 				j.Identifiers = append(j.Identifiers, jsonIdentifier{Type: t, Value: v})
@@ -426,7 +474,13 @@ func (s *Source) eachCSV(fn func(*Member, *RowError) error) error {
 			j.Identifiers = append(j.Identifiers, jsonIdentifier{Type: "miniprogram_openid", Scope: col["miniprogram_appid"], Value: v})
 		}
 		var rerr *RowError
-		for k, v := range col {
+		keys := make([]string, 0, len(col))
+		for k := range col {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			v := col[k]
 			switch {
 			case memberColumns[k]:
 			case strings.HasPrefix(k, "consent_"):
@@ -434,10 +488,10 @@ func (s *Source) eachCSV(fn func(*Member, *RowError) error) error {
 					continue
 				}
 				b, err := strconv.ParseBool(v)
-				if err != nil {
+				if err != nil && rerr == nil {
 					rerr = &RowError{File: name, Line: line, LegacyID: j.LegacyID, Reason: fmt.Sprintf("%s: %q is not true or false", k, v)}
 				}
-				j.Consents[strings.TrimPrefix(k, "consent_")] = b
+				j.Consents[strings.TrimPrefix(k, "consent_")] = &b
 			default:
 				if v != "" {
 					j.Attributes[k] = v
@@ -627,6 +681,11 @@ func readCSV(path string, required []string, fn func(line int, col map[string]st
 		line, _ := r.FieldPos(0)
 		if err != nil {
 			var perr *csv.ParseError
+			if errors.As(err, &perr) && (errors.Is(perr.Err, csv.ErrQuote) || perr.Line > perr.StartLine) {
+				// A quote left open swallows the lines after it: what they
+				// hold cannot be told, so the file is refused whole.
+				return fmt.Errorf("%s:%d: %w (the lines after it cannot be read; nothing is imported until it is fixed)", filepath.Base(path), perr.StartLine, err)
+			}
 			if errors.As(err, &perr) {
 				if ferr := bad(perr.StartLine, "", "not a CSV record: "+perr.Err.Error()); ferr != nil {
 					return ferr
@@ -701,6 +760,8 @@ func (s *Source) EachOrder(fn func(*Order, *RowError) error) error {
 		switch {
 		case j.LegacyID == "":
 			return nil, bad("legacy_id is required")
+		case !clean(j.LegacyID) || !clean(j.OrderID) || !clean(j.StoreID) || !clean(j.Currency) || len(j.StoreID) > 64:
+			return nil, bad("contains control or non-UTF-8 characters, or a store_id longer than 64")
 		case j.OrderID == "" || len(j.OrderID) > 128:
 			return nil, bad("order_id is required (at most 128 characters)")
 		case j.Total < 0 || j.Discount < 0:

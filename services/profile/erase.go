@@ -3,6 +3,7 @@ package profile
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -14,6 +15,7 @@ import (
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 	"github.com/membercenter/membercenter/storage/postgres"
 
+	"github.com/membercenter/membercenter/services/attributes"
 	"github.com/membercenter/membercenter/services/changes"
 	"github.com/membercenter/membercenter/services/facts"
 )
@@ -50,6 +52,22 @@ func (s *Service) EraseMember(ctx context.Context, req *mcv1.EraseMemberRequest,
 			if err != nil {
 				return err
 			}
+			// A migrated member's legacy record stays, under a keyed hash
+			// of its id and linked to no one, so that an import run again
+			// does not bring the person back.
+			legacy, err := postgres.LegacyRecordsOf(ctx, tx, all)
+			if err != nil {
+				return err
+			}
+			for _, l := range legacy {
+				if s.sealer == nil {
+					return errors.New("erase: a migrated member needs the PII keys to keep its legacy record unreadable")
+				}
+				if err := postgres.MarkLegacyErased(ctx, tx, l.Source, l.LegacyID, attributes.ErasedLegacyID(s.sealer, l.Source, l.LegacyID)); err != nil {
+					return err
+				}
+			}
+			rows["legacy_members"] = int64(len(legacy))
 			now := s.now()
 			ids := make([]string, len(merged))
 			for i, m := range merged {

@@ -47,9 +47,6 @@ var erasure = []struct{ table, sql string }{
 	{"member_code_secrets", `DELETE FROM member_code_secrets WHERE member_id = ANY($1)`},
 	{"member_code_uses", `DELETE FROM member_code_uses WHERE member_id = ANY($1)`},
 	{"device_members", `DELETE FROM device_members WHERE member_id = ANY($1)`},
-	// The legacy record it came from stays marked, so that an import run
-	// again does not bring the person back.
-	{"legacy_members", `UPDATE legacy_members SET erased = true, row_sha256 = ''::bytea WHERE member_id = ANY($1) AND NOT erased`},
 	// What described the person: consents, behaviour, labels.
 	{"member_consents", `DELETE FROM member_consents WHERE member_id = ANY($1)`},
 	{"member_features", `DELETE FROM member_features WHERE member_id = ANY($1)`},

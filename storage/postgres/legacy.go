@@ -66,3 +66,28 @@ func LegacyMembersOf(ctx context.Context, q Querier, source string) (map[string]
 	}
 	return out, rows.Err()
 }
+
+// LegacyRecordsOf returns the legacy records the members came from.
+func LegacyRecordsOf(ctx context.Context, q Querier, members []uuid.UUID) ([]LegacyMember, error) {
+	rows, err := q.Query(ctx, `SELECT source, legacy_id, member_id FROM legacy_members WHERE member_id = ANY($1) AND NOT erased`, members)
+	if err != nil {
+		return nil, fmt.Errorf("legacy records: %w", err)
+	}
+	defer rows.Close()
+	var out []LegacyMember
+	for rows.Next() {
+		var l LegacyMember
+		if err := rows.Scan(&l.Source, &l.LegacyID, &l.MemberID); err != nil {
+			return nil, fmt.Errorf("legacy records: %w", err)
+		}
+		out = append(out, l)
+	}
+	return out, rows.Err()
+}
+
+// MarkLegacyErased keeps an erased member's legacy record as key (a keyed
+// hash of its legacy id), linked to no member.
+func MarkLegacyErased(ctx context.Context, q Querier, source, legacyID, key string) error {
+	return exec(ctx, q, "mark legacy record erased", `UPDATE legacy_members SET legacy_id = $3, member_id = '00000000-0000-0000-0000-000000000000',
+		row_sha256 = ''::bytea, erased = true WHERE source = $1 AND legacy_id = $2`, source, legacyID, key)
+}
