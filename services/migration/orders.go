@@ -24,8 +24,8 @@ type OrdersReport struct {
 	// OfErased: orders of members erased at their request since their
 	// import, left out.
 	OfErased int
-	Refused []*RowError
-	Took    time.Duration
+	Refused  []*RowError
+	Took     time.Duration
 }
 
 // orderBatch is how many orders go to ClickHouse in one insert.
