@@ -212,8 +212,11 @@ func writeVerifyReport(stdout io.Writer, path string, rep migration.VerifyReport
 	if rep.Members > 0 {
 		pct = 100 * float64(rep.Agreeing) / float64(rep.Members)
 	}
-	fmt.Fprintf(&b, "verify: %d of %d members agree (%.2f%%; %d of them erased since at their request) in %s; points: source %d, platform %d\n",
-		rep.Agreeing, rep.Members, pct, rep.Erased, rep.Took.Round(time.Millisecond), rep.SourcePoints, rep.PlatformPoints)
+	fmt.Fprintf(&b, "verify: %d of %d members agree (%.2f%%; %d of them erased since at their request, %d merged into another since) in %s; points: source %d, platform %d\n",
+		rep.Agreeing, rep.Members, pct, rep.Erased, rep.Merged, rep.Took.Round(time.Millisecond), rep.SourcePoints, rep.PlatformPoints)
+	if rep.Absorbing > 0 {
+		fmt.Fprintf(&b, "%d members had others merged into them since: their loyalty holds the others' and is not compared\n", rep.Absorbing)
+	}
 	for _, f := range []string{"imported", "identifiers", "attributes", "consents", "balance", "lots", "tier", "coupons"} {
 		fmt.Fprintf(&b, "  %-12s %d of %d\n", f, rep.Fields[f], rep.Members)
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/membercenter/membercenter/storage/postgres/pgtest"
 
 	"github.com/membercenter/membercenter/services/changes"
+	"github.com/membercenter/membercenter/services/identity"
 	"github.com/membercenter/membercenter/services/migration"
 )
 
@@ -343,5 +344,42 @@ func TestErasedMembersStayErased(t *testing.T) {
 	}
 	if so, sa, co, ca, err := im.VerifyOrders(c, open(t, "testdata/sample-jsonl"), conn); err != nil || so != co || sa != ca || so != 5 {
 		t.Fatalf("verify orders after an erasure: source %d/%d, ClickHouse %d/%d, %v", so, sa, co, ca, err)
+	}
+}
+
+// A member merged into another since the import (an operator resolving a
+// duplicate) does not make verify fail, and its later orders go to the
+// member it lives on in, attributed to it.
+func TestVerifyAfterAMerge(t *testing.T) {
+	c := ctxT(t)
+	pool := pgtest.NewPool(t, nil)
+	conn, _ := chtest.NewDB(t)
+	im := newImporter(t, pool, "crm")
+	if _, err := im.Run(c, open(t, "testdata/sample-jsonl"), migration.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	var source, target string
+	if err := pool.QueryRow(c, `SELECT (SELECT member_id::text FROM legacy_members WHERE legacy_id = 'L0003'),
+		(SELECT member_id::text FROM legacy_members WHERE legacy_id = 'L0002')`).Scan(&source, &target); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := identity.NewServer(im.Identity).Merge(c, &mcv1.MergeRequest{SourceMemberId: source, TargetMemberId: target,
+		Reason: "same person", IdempotencyKey: "m1"}); err != nil {
+		t.Fatal(err)
+	}
+	v, err := im.Verify(c, open(t, "testdata/sample-jsonl"), nil)
+	if err != nil || !v.OK() || v.Merged != 1 || v.Absorbing != 1 {
+		t.Fatalf("verify after a merge: %+v %v", v, err)
+	}
+	if _, err := im.ImportOrders(c, open(t, "testdata/sample-jsonl"), conn, false, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	var owner, origin string
+	if err := conn.QueryRow(c, `SELECT member_id, origin_member_id FROM member_events FINAL WHERE event_id = ?`,
+		migration.OrderEventID("crm", "O-9202")).Scan(&owner, &origin); err != nil {
+		t.Fatal(err)
+	}
+	if owner != target || origin != source {
+		t.Errorf("L0003's order stored under %s (origin %s), want %s (origin %s)", owner, origin, target, source)
 	}
 }

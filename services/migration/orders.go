@@ -72,6 +72,7 @@ func (im *Importer) ImportOrders(ctx context.Context, src *Source, conn driver.C
 	}
 	seen := map[string]int{}
 	erased := map[string]bool{}
+	canonical := map[uuid.UUID]uuid.UUID{} // a member merged since lives on in another
 	err = src.EachOrder(func(o *Order, rerr *RowError) error {
 		rep.Read++
 		if progress != nil {
@@ -110,12 +111,23 @@ func (im *Importer) ImportOrders(ctx context.Context, src *Source, conn driver.C
 		if cur == "" {
 			cur = "CNY"
 		}
-		rows = append(rows, clickhouse.EventRow{EventID: OrderEventID(im.Source, o.OrderID), MemberID: member.String(),
+		owner := member
+		if !dryRun {
+			c, ok := canonical[member]
+			if !ok {
+				if c, err = postgres.CanonicalMember(ctx, im.Pool, member); err != nil {
+					return err
+				}
+				canonical[member] = c
+			}
+			owner = c
+		}
+		rows = append(rows, clickhouse.EventRow{EventID: OrderEventID(im.Source, o.OrderID), MemberID: owner.String(),
 			OriginMemberID: member.String(), EventType: facts.KindTransaction, Channel: ch, StoreID: o.StoreID,
 			OccurredAt: o.At, IngestedAt: now(), OrderID: o.OrderID, Currency: cur, AmountMinor: o.Total, DiscountMinor: o.Discount})
 		rep.Written++
 		rep.Amount += o.Total
-		touched[member] = true
+		touched[owner] = true
 		if len(rows) >= orderBatch {
 			return flush()
 		}

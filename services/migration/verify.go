@@ -15,6 +15,7 @@ import (
 	"github.com/membercenter/membercenter/storage/postgres"
 
 	"github.com/membercenter/membercenter/services/benefits"
+	"github.com/membercenter/membercenter/services/identity"
 )
 
 // Mismatch is a difference between the source and the platform.
@@ -40,13 +41,25 @@ type VerifyReport struct {
 	SourcePoints, PlatformPoints int64
 	Mismatches                   []Mismatch
 	// Erased members were imported and erased since at their request
-	// (EraseMember); they count as agreeing.
-	Erased int
+	// (EraseMember); Merged ones merged into another member since; both
+	// count as agreeing. Absorbing ones had others merged into them: their
+	// loyalty is not compared (it holds the others').
+	Erased, Merged, Absorbing int
 	Took   time.Duration
 }
 
-// errErasedSince marks a member erased since its import.
-var errErasedSince = errors.New("erased since the import")
+// errErasedSince marks a member erased since its import; errMergedSince
+// one merged into another since.
+var (
+	errErasedSince = errors.New("erased since the import")
+	errMergedSince = errors.New("merged into another member since the import")
+)
+
+// errAbsorbed marks a member others were merged into since the import,
+// with the differences found before loyalty (which is not compared).
+type errAbsorbed struct{ diffs []diff }
+
+func (errAbsorbed) Error() string { return "others were merged into the member since the import" }
 
 // OK reports 100% agreement.
 func (r VerifyReport) OK() bool {
@@ -91,19 +104,28 @@ func (im *Importer) Verify(ctx context.Context, src *Source, progress func(read 
 		}
 		g.Go(func() error {
 			diffs, points, err := im.compare(gctx, m, now())
-			if errors.Is(err, errErasedSince) {
-				// Imported, then erased at the member's request: nothing
-				// of it is left to compare, and nothing is missing.
+			if errors.Is(err, errErasedSince) || errors.Is(err, errMergedSince) {
+				// Imported, then erased at the member's request or merged
+				// into another: nothing of it is left to compare here.
 				record(func() {
 					rep.Members++
 					rep.Agreeing++
-					rep.Erased++
+					if errors.Is(err, errErasedSince) {
+						rep.Erased++
+					} else {
+						rep.Merged++
+					}
 					done++
 					if progress != nil {
 						progress(done)
 					}
 				})
 				return nil
+			}
+			var abs errAbsorbed
+			if errors.As(err, &abs) {
+				diffs, err = abs.diffs, nil
+				record(func() { rep.Absorbing++ })
 			}
 			if err != nil {
 				return fmt.Errorf("%s:%d: %s: %w", m.File, m.Line, m.LegacyID, err)
@@ -162,8 +184,20 @@ func (im *Importer) compare(ctx context.Context, m *Member, now time.Time) ([]di
 	if member == uuid.Nil {
 		return []diff{{"imported", "not imported"}}, 0, nil
 	}
+	// A member merged into another since (an operator resolving a
+	// conflict) lives on in that member: nothing of it is compared.
+	canonical, err := postgres.CanonicalMember(ctx, im.Pool, member)
+	if err != nil {
+		return nil, 0, err
+	}
+	if canonical != member {
+		return nil, 0, errMergedSince
+	}
 	var out []diff
 	missing, err := im.Identity.Held(ctx, im.Pool, member, m.Identifiers)
+	if errors.Is(err, identity.ErrInvalidIdentifier) {
+		return []diff{{"identifiers", err.Error()}}, 0, nil
+	}
 	if err != nil {
 		return nil, 0, err
 	}
@@ -186,9 +220,18 @@ func (im *Importer) compare(ctx context.Context, m *Member, now time.Time) ([]di
 			out = append(out, diff{"consents", fmt.Sprintf("consent %s: source %v, platform %v", c.Purpose, c.Granted, fmtBool(got))})
 		}
 	}
+	// A member others were merged into holds their loyalty too: its
+	// loyalty is not the source's to compare.
+	absorbed, err := postgres.AbsorbedOthers(ctx, im.Pool, member)
+	if err != nil {
+		return nil, 0, err
+	}
 	have, balance, err := im.Benefits.LegacyView(ctx, im.Pool, member)
 	if err != nil {
 		return nil, 0, err
+	}
+	if absorbed {
+		return out, openPoints(m.Loyalty, now), errAbsorbed{out}
 	}
 	want := openPoints(m.Loyalty, now)
 	if balance != want {

@@ -91,3 +91,12 @@ func MarkLegacyErased(ctx context.Context, q Querier, source, legacyID, key stri
 	return exec(ctx, q, "mark legacy record erased", `UPDATE legacy_members SET legacy_id = $3, member_id = '00000000-0000-0000-0000-000000000000',
 		row_sha256 = ''::bytea, erased = true WHERE source = $1 AND legacy_id = $2`, source, legacyID, key)
 }
+
+// AbsorbedOthers reports whether members were merged into member.
+func AbsorbedOthers(ctx context.Context, q Querier, member uuid.UUID) (bool, error) {
+	var yes bool
+	if err := q.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM members WHERE merged_into = $1)`, member).Scan(&yes); err != nil {
+		return false, fmt.Errorf("absorbed members: %w", err)
+	}
+	return yes, nil
+}
