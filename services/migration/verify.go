@@ -45,7 +45,7 @@ type VerifyReport struct {
 	// count as agreeing. Absorbing ones had others merged into them: their
 	// loyalty is not compared (it holds the others').
 	Erased, Merged, Absorbing int
-	Took   time.Duration
+	Took                      time.Duration
 }
 
 // errErasedSince marks a member erased since its import; errMergedSince
