@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"regexp"
 	"strconv"
 	"time"
 	"unicode/utf8"
@@ -38,7 +39,24 @@ const (
 	// refused channel event holds raw identifiers, which the dead-letter
 	// topic then never does. Letter.Open reads it back.
 	HeaderSealed = "mc-dlq-sealed"
+	// A sealed letter's full reason is sealed too (a refusal can quote
+	// what it refused: a phone number in a field of the wrong type);
+	// HeaderReason then holds it with digit runs and e-mail addresses
+	// hidden (Redact), and this header says the envelope holds the reason.
+	HeaderSealedReason = "mc-dlq-sealed-reason"
 )
+
+var (
+	longDigits = regexp.MustCompile(`\d{5,}`)
+	emailLike  = regexp.MustCompile(`[^\s"'<>(),;:]+@[^\s"'<>(),;:]+`)
+)
+
+// Redact hides in a refusal's reason what could be personal data: runs of
+// five or more digits and e-mail addresses.
+func Redact(reason string) string {
+	reason = emailLike.ReplaceAllString(reason, "…@…")
+	return longDigits.ReplaceAllStringFunc(reason, func(d string) string { return fmt.Sprintf("…(%d digits)", len(d)) })
+}
 
 // Sealer encrypts and decrypts with the platform's PII keys
 // (identity.PII): ciphertexts are bound to ad and name their key.
@@ -118,14 +136,17 @@ func Record(topic, stage string, src *kgo.Record, reason error, at time.Time, se
 		kept = small
 	}
 	if seal != nil {
-		ct, kid, err := seal.Encrypt(string(envelope(key, value)), sealAD(src.Topic, src.Partition, src.Offset))
+		full := headers[0].Value
+		ct, kid, err := seal.Encrypt(string(envelope(key, full, value)), sealAD(src.Topic, src.Partition, src.Offset))
 		if err != nil {
 			// The keys are loaded at start and encryption only fails
 			// without randomness: keep the letter rather than lose it.
-			headers = append(headers, kgo.RecordHeader{Key: HeaderSealed + "-error", Value: []byte(err.Error())})
+			headers = append(headers, kgo.RecordHeader{Key: HeaderSealError, Value: []byte(err.Error())})
 		} else {
 			key, value = nil, ct
-			headers = append(headers, kgo.RecordHeader{Key: HeaderSealed, Value: []byte(kid)})
+			headers[0].Value = []byte(Redact(string(full)))
+			headers = append(headers, kgo.RecordHeader{Key: HeaderSealed, Value: []byte(kid)},
+				kgo.RecordHeader{Key: HeaderSealedReason, Value: []byte("1")})
 		}
 	}
 	return &kgo.Record{
@@ -137,11 +158,33 @@ func Record(topic, stage string, src *kgo.Record, reason error, at time.Time, se
 	}
 }
 
-// envelope packs a key and a value into one byte string: the key's length
-// (uvarint), the key, the value.
-func envelope(key, value []byte) []byte {
-	b := binary.AppendUvarint(make([]byte, 0, len(key)+len(value)+binary.MaxVarintLen64), uint64(len(key)))
-	return append(append(b, key...), value...)
+// HeaderSealError says why a letter that should be sealed is not.
+const HeaderSealError = HeaderSealed + "-error"
+
+// envelope packs a key, a reason and a value into one byte string: the
+// key's length (uvarint), the key, the reason's length, the reason, the
+// value.
+func envelope(key, reason, value []byte) []byte {
+	b := binary.AppendUvarint(make([]byte, 0, len(key)+len(reason)+len(value)+2*binary.MaxVarintLen64), uint64(len(key)))
+	b = binary.AppendUvarint(append(b, key...), uint64(len(reason)))
+	return append(append(b, reason...), value...)
+}
+
+// unpack reads an envelope (withReason: a reason between key and value).
+func unpack(b []byte, withReason bool) (key, reason, value []byte, ok bool) {
+	n, w := binary.Uvarint(b)
+	if w <= 0 || uint64(len(b)-w) < n {
+		return nil, nil, nil, false
+	}
+	key, b = b[w:w+int(n)], b[w+int(n):]
+	if withReason {
+		n, w = binary.Uvarint(b)
+		if w <= 0 || uint64(len(b)-w) < n {
+			return nil, nil, nil, false
+		}
+		reason, b = b[w:w+int(n)], b[w+int(n):]
+	}
+	return key, reason, b, true
 }
 
 // sealAD binds a sealed letter to the place of its original.
@@ -172,7 +215,7 @@ func truncate(s string, n int) string {
 func isDLQHeader(k string) bool {
 	switch k {
 	case HeaderReason, HeaderStage, HeaderTopic, HeaderPartition, HeaderOffset, HeaderAt,
-		HeaderTruncated, HeaderOriginalSize, HeaderOriginalHash, HeaderSealed:
+		HeaderTruncated, HeaderOriginalSize, HeaderOriginalHash, HeaderSealed, HeaderSealedReason, HeaderSealError:
 		return true
 	}
 	return false
@@ -196,8 +239,9 @@ type Letter struct {
 	OriginalHash string
 	// Sealed letters hold their key and value encrypted under the PII key
 	// SealedKeyID names until Open.
-	Sealed      bool
-	SealedKeyID string
+	Sealed       bool
+	SealedKeyID  string
+	sealedReason bool
 }
 
 // Parse reads the dead-letter headers of r.
@@ -227,6 +271,8 @@ func Parse(r *kgo.Record) Letter {
 			l.OriginalHash = v
 		case HeaderSealed:
 			l.Sealed, l.SealedKeyID = true, v
+		case HeaderSealedReason:
+			l.sealedReason = v == "1"
 		}
 	}
 	return l
@@ -246,14 +292,16 @@ func (l *Letter) Open(s Sealer) error {
 	if err != nil {
 		return fmt.Errorf("open dead letter %s/%d@%d: %w", l.Topic, l.Partition, l.Offset, err)
 	}
-	b := []byte(plain)
-	n, w := binary.Uvarint(b)
-	if w <= 0 || uint64(len(b)-w) < n {
+	key, reason, value, ok := unpack([]byte(plain), l.sealedReason)
+	if !ok {
 		return fmt.Errorf("open dead letter %s/%d@%d: malformed envelope", l.Topic, l.Partition, l.Offset)
 	}
 	r := *l.Record
-	r.Key, r.Value = b[w:w+int(n)], b[w+int(n):]
+	r.Key, r.Value = key, value
 	l.Record, l.Sealed = &r, false
+	if l.sealedReason {
+		l.Reason = string(reason)
+	}
 	return nil
 }
 

@@ -64,13 +64,18 @@ func TestSealedLetters(t *testing.T) {
 	src := &kgo.Record{Topic: "channel.events.v1", Partition: 3, Offset: 41, Key: phone,
 		Value:   append([]byte(`{"identifiers":[{"value":"`), append(phone, `"}]}`...)...),
 		Headers: []kgo.RecordHeader{{Key: "traceparent", Value: []byte("00-abc-def-01")}}}
-	letter := dlq.Record("dlq.v1", "ingest", src, errors.New("occurred_at is in the future"), time.Now(), keys)
+	letter := dlq.Record("dlq.v1", "ingest", src, errors.New("invalid value for string field value: 13712349876 (wei@example.com)"), time.Now(), keys)
 	if len(letter.Key) != 0 || bytes.Contains(letter.Value, phone) {
 		t.Fatalf("sealed letter key %q, value holds the phone: %v", letter.Key, bytes.Contains(letter.Value, phone))
 	}
 	l := dlq.Parse(letter)
-	if !l.Sealed || l.SealedKeyID != "k1" || l.Reason != "occurred_at is in the future" || l.Offset != 41 {
+	if !l.Sealed || l.SealedKeyID != "k1" || l.Reason != "invalid value for string field value: …(11 digits) (…@…)" || l.Offset != 41 {
 		t.Fatalf("parsed %+v", l)
+	}
+	for _, h := range letter.Headers {
+		if bytes.Contains(h.Value, phone) || bytes.Contains(h.Value, []byte("wei@example.com")) {
+			t.Errorf("header %s holds PII: %q", h.Key, h.Value)
+		}
 	}
 	if err := l.Open(nil); !errors.Is(err, dlq.ErrSealed) {
 		t.Fatalf("Open without keys: %v", err)
@@ -80,6 +85,9 @@ func TestSealedLetters(t *testing.T) {
 	}
 	if err := l.Open(keys); err != nil {
 		t.Fatal(err)
+	}
+	if l.Reason != "invalid value for string field value: 13712349876 (wei@example.com)" {
+		t.Errorf("opened reason %q", l.Reason)
 	}
 	orig := l.Original()
 	if orig.Topic != src.Topic || !bytes.Equal(orig.Key, src.Key) || !bytes.Equal(orig.Value, src.Value) ||

@@ -9,11 +9,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kgo"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
+
+	"github.com/membercenter/membercenter/pipeline/kafka"
 )
 
 // After ingest and an attribute update, no raw phone number, e-mail address
@@ -92,7 +95,15 @@ func TestNoRawPIIAfterIngest(t *testing.T) {
 	// A record ingest refuses, with the phone in its key and value: its
 	// dead letter is sealed.
 	e.publish(t, ctx, national, []byte("not a ChannelEvent: "+national+" "+mail))
-	readTopic(t, ctx, e.cfg.Kafka.Brokers, e.cfg.Kafka.Topics.DLQ, 1, time.Second)
+	// A JSON event whose refusal quotes the phone (a number where a string
+	// belongs): the reason in the clear header hides it.
+	jsonEvent := &kgo.Record{Topic: e.cfg.Kafka.Topics.ChannelEvents, Key: []byte(national),
+		Value:   []byte(`{"eventId":"pii-json","identifiers":[{"type":"IDENTIFIER_TYPE_PHONE","value":` + national + `}]}`),
+		Headers: []kgo.RecordHeader{{Key: "content-type", Value: []byte(kafka.ContentTypeJSON)}}}
+	if err := e.kafka.ProduceSync(ctx, jsonEvent).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+	readTopic(t, ctx, e.cfg.Kafka.Brokers, e.cfg.Kafka.Topics.DLQ, 2, time.Second)
 
 	// Kafka: every record the platform wrote after ingest, and the dead letter.
 	for _, topic := range []string{e.cfg.Kafka.Topics.MemberEvents, e.cfg.Kafka.Topics.MemberChanges, e.cfg.Kafka.Topics.DLQ} {

@@ -36,6 +36,10 @@ func (s *Schema) EraseMembers(ctx context.Context, tables []string, members []st
 	}
 	in := "member_id IN (" + strings.Join(ids, ", ") + ")"
 	for _, conn := range conns {
+		var since time.Time
+		if err := conn.QueryRow(ctx, "SELECT now()").Scan(&since); err != nil {
+			return fmt.Errorf("erase members: %w", err)
+		}
 		for _, t := range tables {
 			table := t
 			if l.sharded() {
@@ -49,16 +53,17 @@ func (s *Schema) EraseMembers(ctx context.Context, tables []string, members []st
 				return fmt.Errorf("erase members from %s: %w", table, err)
 			}
 		}
-		if err := waitMutations(ctx, conn, tables, l); err != nil {
+		if err := waitMutations(ctx, conn, tables, l, since, members[0]); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// waitMutations waits until no mutation of tables is left to do on conn's
-// server.
-func waitMutations(ctx context.Context, conn driver.Conn, tables []string, l layout) error {
+// waitMutations waits until the mutations of tables this erasure made
+// (created since, naming its first member) are done on conn's server;
+// others' (a stuck one of another erasure) do not hold it up.
+func waitMutations(ctx context.Context, conn driver.Conn, tables []string, l layout, since time.Time, member string) error {
 	names := make([]string, len(tables))
 	for i, t := range tables {
 		names[i] = t
@@ -71,7 +76,8 @@ func waitMutations(ctx context.Context, conn driver.Conn, tables []string, l lay
 	for {
 		var pending uint64
 		if err := conn.QueryRow(ctx, `SELECT count() FROM system.mutations
-			WHERE database = currentDatabase() AND table IN (?) AND is_done = 0`, names).Scan(&pending); err != nil {
+			WHERE database = currentDatabase() AND table IN (?) AND is_done = 0
+			  AND create_time >= ? AND position(command, ?) > 0`, names, since, member).Scan(&pending); err != nil {
 			return fmt.Errorf("erase members: read mutations: %w", err)
 		}
 		if pending == 0 {
