@@ -10,11 +10,17 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
+
+	"github.com/membercenter/membercenter/pipeline/dlq"
+	"github.com/membercenter/membercenter/pipeline/sink"
 )
 
 // EraseMember, end to end: a member with identifiers, PII attributes,
@@ -138,6 +144,33 @@ func TestEraseMemberLeavesNothingReadable(t *testing.T) {
 		}
 		return true, nil
 	})
+	// The sink acknowledged the erasure's batch (its erasure finished, it is
+	// not retrying it): its group's committed offset is past the change.
+	var erasedAt *kgo.Record
+	for _, r := range readTopic(t, ctx, e.cfg.Kafka.Brokers, e.cfg.Kafka.Topics.MemberChanges, 1, time.Second) {
+		var ch mcv1.MemberChange
+		if proto.Unmarshal(r.Value, &ch) == nil && ch.GetMemberErased() != nil {
+			erasedAt = r
+		}
+	}
+	if erasedAt == nil {
+		t.Fatal("no MemberErased change on the change stream")
+	}
+	adm := kadm.NewClient(e.kafka.Client)
+	eventually(t, "the sink past the erasure", func() (bool, error) {
+		offsets, err := adm.FetchOffsets(ctx, e.cfg.Kafka.Group(sink.Stage))
+		if err != nil {
+			return false, err
+		}
+		o, ok := offsets.Lookup(erasedAt.Topic, erasedAt.Partition)
+		return ok && o.At > erasedAt.Offset, nil
+	})
+	// … by erasing, not by giving the change up as a dead letter.
+	for _, r := range readTopic(t, ctx, e.cfg.Kafka.Brokers, e.cfg.Kafka.Topics.DLQ, 0, time.Second) {
+		if l := dlq.Parse(r); l.Stage == sink.Stage {
+			t.Errorf("the sink dead-lettered %s/%d@%d: %s", l.Topic, l.Partition, l.Offset, l.Reason)
+		}
+	}
 	var erasedRows uint64
 	if err := e.ch.QueryRow(ctx, `SELECT count() FROM member_changes FINAL WHERE member_id = ? AND change_type = 'member_erased'`, member).Scan(&erasedRows); err != nil || erasedRows != 1 {
 		t.Errorf("member_erased rows in ClickHouse: %d, %v", erasedRows, err)

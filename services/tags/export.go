@@ -41,6 +41,7 @@ type Exporter struct {
 // node of the cluster.
 type ProfileSchema interface {
 	EnsureProfiles(ctx context.Context, cols []clickhouse.ProfileColumn) error
+	EraseMembers(ctx context.Context, tables []string, members []string) error
 }
 
 var _ ProfileSchema = (*clickhouse.Schema)(nil)
@@ -106,6 +107,18 @@ func (e *Exporter) Export(ctx context.Context, batch int) (int, error) {
 	}
 	if err := e.w.InsertProfiles(ctx, cols, out); err != nil {
 		return 0, err
+	}
+	// A member erased while its row was on the way: the sink may have
+	// deleted its rows before this insert (the erasure committed first, so
+	// it shows here), and the row just written goes too.
+	erased, err := postgres.ErasedAmong(ctx, e.svc.pool, ids)
+	if err != nil {
+		return 0, err
+	}
+	if len(erased) > 0 {
+		if err := e.schema.EraseMembers(ctx, []string{clickhouse.ProfilesTable}, erased); err != nil {
+			return 0, err
+		}
 	}
 	if err := postgres.DequeueProfileExports(ctx, e.svc.pool, ids, versions); err != nil {
 		return 0, err

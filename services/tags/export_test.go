@@ -155,3 +155,38 @@ func TestCatalogueWatchAndSweeperRideOutAPostgresRestart(t *testing.T) {
 	})
 	loops.Stop(t)
 }
+
+// A member erased while its profile was queued for ClickHouse: the row the
+// exporter writes is deleted again, whichever of the exporter and the sink's
+// erasure came first, and the queue empties.
+func TestExporterDoesNotBringBackAnErasedProfile(t *testing.T) {
+	f := newFixture(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	conn, cfg := chtest.NewDB(t)
+	kept, erased := f.member(t), f.member(t)
+	f.apply(t, ctx, purchase("x1", kept, t0.Add(-time.Hour), 3000, "coffee"))
+	f.apply(t, ctx, purchase("x2", erased, t0.Add(-time.Hour), 3000, "coffee"))
+	// Erased after its export was queued (as EraseMember leaves a member:
+	// only its status matters to the exporter).
+	if _, err := f.pool.Exec(ctx, `UPDATE members SET status = 'erased' WHERE member_id = $1`, erased); err != nil {
+		t.Fatal(err)
+	}
+	n, err := f.svc.NewExporter(conn, clickhouse.NewSchema(cfg, conn)).Export(ctx, 100)
+	if err != nil || n != 2 {
+		t.Fatalf("exported %d: %v", n, err)
+	}
+	for m, want := range map[uuid.UUID]uint64{kept: 1, erased: 0} {
+		var rows uint64
+		if err := conn.QueryRow(ctx, `SELECT count() FROM member_profiles WHERE member_id = ?`, m.String()).Scan(&rows); err != nil {
+			t.Fatal(err)
+		}
+		if rows != want {
+			t.Errorf("member %s: %d profile rows, want %d", m, rows, want)
+		}
+	}
+	var queued int
+	if err := f.pool.QueryRow(ctx, `SELECT count(*) FROM profile_exports`).Scan(&queued); err != nil || queued != 0 {
+		t.Errorf("%d exports still queued (%v)", queued, err)
+	}
+}

@@ -60,6 +60,12 @@ func (s *Schema) EraseMembers(ctx context.Context, tables []string, members []st
 	return nil
 }
 
+// quoted is names as a list of string literals (table names of this
+// package: letters and underscores).
+func quoted(names []string) string {
+	return "'" + strings.Join(names, "', '") + "'"
+}
+
 // waitMutations waits until the mutations of tables this erasure made
 // (created since, naming its first member) are done on conn's server;
 // others' (a stuck one of another erasure) do not hold it up.
@@ -76,8 +82,8 @@ func waitMutations(ctx context.Context, conn driver.Conn, tables []string, l lay
 	for {
 		var pending uint64
 		if err := conn.QueryRow(ctx, `SELECT count() FROM system.mutations
-			WHERE database = currentDatabase() AND table IN (?) AND is_done = 0
-			  AND create_time >= ? AND position(command, ?) > 0`, names, since, member).Scan(&pending); err != nil {
+			WHERE database = currentDatabase() AND table IN (`+quoted(names)+`) AND is_done = 0
+			  AND create_time >= ? AND position(command, ?) > 0`, since, member).Scan(&pending); err != nil {
 			return fmt.Errorf("erase members: read mutations: %w", err)
 		}
 		if pending == 0 {

@@ -99,3 +99,8 @@ func EraseMembers(ctx context.Context, tx pgx.Tx, members []uuid.UUID) (map[stri
 	}
 	return out, nil
 }
+
+// ErasedAmong returns which of the members are erased.
+func ErasedAmong(ctx context.Context, q Querier, members []uuid.UUID) ([]string, error) {
+	return queryValues[string](ctx, q, "erased members", `SELECT member_id::text FROM members WHERE member_id = ANY($1) AND status = 'erased'`, members)
+}
