@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
@@ -32,6 +33,15 @@ func newImporter(t *testing.T, pool *pgxpool.Pool, source string) *migration.Imp
 		t.Fatal(err)
 	}
 	return im
+}
+
+// begin gives a test fresh PostgreSQL and ClickHouse databases and an
+// importer of source "crm" on them.
+func begin(t *testing.T) (context.Context, *pgxpool.Pool, driver.Conn, *migration.Importer) {
+	t.Helper()
+	pool := pgtest.NewPool(t, nil)
+	conn, _ := chtest.NewDB(t)
+	return ctxT(t), pool, conn, newImporter(t, pool, "crm")
 }
 
 func ctxT(t *testing.T) context.Context {
@@ -235,10 +245,7 @@ func TestImportResumesAfterAStop(t *testing.T) {
 // imported, earns nothing, and the members' labels are rebuilt from it; bad
 // orders are refused at their line.
 func TestOrderHistory(t *testing.T) {
-	c := ctxT(t)
-	pool := pgtest.NewPool(t, nil)
-	conn, _ := chtest.NewDB(t)
-	im := newImporter(t, pool, "crm")
+	c, pool, conn, im := begin(t)
 	dryMembers, err := im.Run(c, open(t, "testdata/sample-csv"), migration.Options{DryRun: true})
 	if err != nil {
 		t.Fatal(err)
@@ -299,10 +306,7 @@ func TestOrderHistory(t *testing.T) {
 // A member erased at their request after the import is not brought back
 // by an import run again, and verify counts it as agreeing.
 func TestErasedMembersStayErased(t *testing.T) {
-	c := ctxT(t)
-	pool := pgtest.NewPool(t, nil)
-	conn, _ := chtest.NewDB(t)
-	im := newImporter(t, pool, "crm")
+	c, pool, conn, im := begin(t)
 	if _, err := im.Run(c, open(t, "testdata/sample-jsonl"), migration.Options{}); err != nil {
 		t.Fatal(err)
 	}
@@ -351,10 +355,7 @@ func TestErasedMembersStayErased(t *testing.T) {
 // duplicate) does not make verify fail, and its later orders go to the
 // member it lives on in, attributed to it.
 func TestVerifyAfterAMerge(t *testing.T) {
-	c := ctxT(t)
-	pool := pgtest.NewPool(t, nil)
-	conn, _ := chtest.NewDB(t)
-	im := newImporter(t, pool, "crm")
+	c, pool, conn, im := begin(t)
 	if _, err := im.Run(c, open(t, "testdata/sample-jsonl"), migration.Options{}); err != nil {
 		t.Fatal(err)
 	}
