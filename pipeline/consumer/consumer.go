@@ -569,8 +569,9 @@ func (c *Consumer) deadLetter(ctx context.Context, r *kgo.Record, reason error) 
 		err := c.cl.ProduceSync(ctx, letter).FirstErr()
 		if err != nil && fault.IsData(err) {
 			// The broker refused the letter itself (its size limit is lower
-			// than ours): send the reference alone.
-			letter.Value, letter.Key = nil, nil
+			// than ours): send the reference alone, marked so (a replay
+			// refuses it instead of publishing an empty record).
+			letter = dlq.ReferenceOnly(letter, r)
 		}
 		return err
 	})

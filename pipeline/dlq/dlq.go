@@ -158,6 +158,30 @@ func Record(topic, stage string, src *kgo.Record, reason error, at time.Time, se
 	}
 }
 
+// ReferenceOnly is letter without the original's key and value (a broker
+// refused it whole): the original is kept by reference (HeaderTruncated,
+// its size and SHA-256), as for an original too large to send.
+func ReferenceOnly(letter, src *kgo.Record) *kgo.Record {
+	sum := sha256.New()
+	sum.Write(src.Key)
+	sum.Write(src.Value)
+	var hs []kgo.RecordHeader
+	for _, h := range letter.Headers {
+		switch h.Key {
+		case HeaderTruncated, HeaderOriginalSize, HeaderOriginalHash, HeaderSealed, HeaderSealedReason:
+		default:
+			hs = append(hs, h)
+		}
+	}
+	hs = append(hs,
+		kgo.RecordHeader{Key: HeaderTruncated, Value: []byte("true")},
+		kgo.RecordHeader{Key: HeaderOriginalSize, Value: []byte(strconv.Itoa(len(src.Key) + len(src.Value)))},
+		kgo.RecordHeader{Key: HeaderOriginalHash, Value: []byte(hex.EncodeToString(sum.Sum(nil)))})
+	out := *letter
+	out.Key, out.Value, out.Headers = nil, nil, hs
+	return &out
+}
+
 // HeaderSealError says why a letter that should be sealed is not.
 const HeaderSealError = HeaderSealed + "-error"
 

@@ -121,3 +121,17 @@ func TestSealedLetters(t *testing.T) {
 		t.Fatalf("truncated letter opens to %d bytes, key %q: %v", len(big.Record.Value), big.Record.Key, err)
 	}
 }
+
+// A letter the broker refused whole goes out as a reference, marked so:
+// never replayed as an empty record, never carrying a seal it lost.
+func TestReferenceOnlyLetters(t *testing.T) {
+	src := &kgo.Record{Topic: "channel.events.v1", Partition: 1, Offset: 7, Key: []byte("k"), Value: []byte("the original")}
+	for _, keys := range []dlq.Sealer{nil, newGCM(t, "k1")} {
+		letter := dlq.Record("dlq.v1", "ingest", src, errors.New("bad"), time.Now(), keys)
+		l := dlq.Parse(dlq.ReferenceOnly(letter, src))
+		if !l.Truncated || l.Sealed || l.OriginalSize != len("k")+len("the original") || len(l.OriginalHash) != 64 ||
+			len(l.Record.Key)+len(l.Record.Value) != 0 || l.Offset != 7 || l.Reason == "" {
+			t.Errorf("reference of a letter (sealed %v): %+v", keys != nil, l)
+		}
+	}
+}
