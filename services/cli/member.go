@@ -11,23 +11,33 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/membercenter/membercenter/services/attributes"
+	"github.com/membercenter/membercenter/services/auth"
 	"github.com/membercenter/membercenter/services/identity"
 	"github.com/membercenter/membercenter/services/profile"
 	"github.com/membercenter/membercenter/services/server"
 )
 
 func memberCmd(stdout, stderr io.Writer) *cobra.Command {
-	var out string
+	var out, operator string
 	export := &cobra.Command{
-		Use:   "export MEMBER_ID",
+		Use:   "export MEMBER_ID --operator NAME",
 		Short: "Write everything the platform holds about a member, decrypted, as one JSON document (a data-subject access request)",
 		Long: `Write the member's data as ExportMemberData answers it (docs/security.md,
 "Data-subject requests"): the rows of every PostgreSQL table that names the
 member or a member merged into it, read in one consistent transaction, with
 identifiers and PII attributes decrypted; and their ClickHouse rows. A merged
 member's id exports the member it was merged into. The document holds
-personal data in the clear: --out writes it readable by its owner only.`,
-		Args: cobra.ExactArgs(1),
+personal data in the clear: --out writes it readable by its owner only. The
+export is recorded in the operator audit as made by "cli/NAME" (--operator).`,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if err := cobra.ExactArgs(1)(cmd, args); err != nil {
+				return err
+			}
+			if !cmd.Flags().Changed("operator") {
+				return nil // cobra's check of required flags names it
+			}
+			return checkOperator(operator)
+		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			id, err := uuid.Parse(args[0])
 			if err != nil {
@@ -51,7 +61,7 @@ personal data in the clear: --out writes it readable by its owner only.`,
 				ps := profile.New(e.p.Pool(), nil, changesWriter(e))
 				ps.SetAttributes(schema, ids.PII())
 				ps.SetFacts(conn)
-				d, err := ps.ExportMemberData(ctx, id)
+				d, err := ps.ExportMemberData(auth.WithActor(ctx, "cli/"+operator), id)
 				if err != nil {
 					return err
 				}
@@ -75,6 +85,8 @@ personal data in the clear: --out writes it readable by its owner only.`,
 		},
 	}
 	export.Flags().StringVar(&out, "out", "", "write the document to this file (mode 0600) instead of standard output")
+	export.Flags().StringVar(&operator, "operator", "", "who asks for the export (recorded in the operator audit as cli/NAME)")
+	_ = export.MarkFlagRequired("operator")
 	return group("member", "A member's data-subject requests (docs/security.md)", export)
 }
 

@@ -40,7 +40,7 @@ func TestMemberExportWritesTheDocument(t *testing.T) {
 		t.Fatal(err)
 	}
 	var out, log bytes.Buffer
-	if err := Execute(ctx, []string{"member", "export", member.String(), "--out", file}, &out, &log); err != nil {
+	if err := Execute(ctx, []string{"member", "export", member.String(), "--out", file, "--operator", "alice"}, &out, &log); err != nil {
 		t.Fatalf("member export: %v\n%s", err, log.String())
 	}
 	if !strings.Contains(log.String(), "member "+member.String()+" exported to "+file) {
@@ -65,12 +65,21 @@ func TestMemberExportWritesTheDocument(t *testing.T) {
 		t.Errorf("export file mode %v (%v); want 0600", fi.Mode().Perm(), err)
 	}
 
+	// The export is in the operator audit under the operator's name.
+	var actor string
+	if err := pool.QueryRow(ctx, `SELECT actor FROM operator_audit WHERE member_id = $1 AND action = 'member.exported'`, member).Scan(&actor); err != nil || actor != "cli/alice" {
+		t.Errorf("export audited as %q (%v); want cli/alice", actor, err)
+	}
+
 	var u *UsageError
-	if err := Execute(ctx, []string{"member", "export", "not-a-uuid"}, &out, &log); !errors.As(err, &u) {
+	if err := Execute(ctx, []string{"member", "export", "not-a-uuid", "--operator", "alice"}, &out, &log); !errors.As(err, &u) {
 		t.Errorf("malformed id: %v; want a usage error", err)
 	}
+	if err := Execute(ctx, []string{"member", "export", member.String()}, &out, &log); !errors.As(err, &u) || !strings.Contains(err.Error(), "operator") {
+		t.Errorf("no --operator: %v; want a usage error naming it", err)
+	}
 	unknown := uuid.NewString()
-	if err := Execute(ctx, []string{"member", "export", unknown}, &out, &log); !errors.Is(err, postgres.ErrNotFound) || !strings.Contains(err.Error(), unknown) {
+	if err := Execute(ctx, []string{"member", "export", unknown, "--operator", "alice"}, &out, &log); !errors.Is(err, postgres.ErrNotFound) || !strings.Contains(err.Error(), unknown) {
 		t.Errorf("unknown member: %v", err)
 	}
 }

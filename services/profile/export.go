@@ -16,6 +16,8 @@ import (
 	"github.com/membercenter/membercenter/storage/clickhouse"
 	"github.com/membercenter/membercenter/storage/postgres"
 
+	"github.com/membercenter/membercenter/services/auth"
+
 	"github.com/membercenter/membercenter/services/attributes"
 )
 
@@ -58,6 +60,7 @@ type withheldColumn struct {
 var leftOut = map[string]string{
 	"outbox": "the change stream: each row is a change already applied to the tables exported here (PII masked), " +
 		"kept until the relay has delivered it to the channels",
+	"operator_audit_exports": "a queue of operator_audit rows (exported here) waiting to be copied to ClickHouse",
 }
 
 // credentials are columns never exported, whatever the keys could open.
@@ -154,6 +157,17 @@ func (s *Service) ExportMemberData(ctx context.Context, id uuid.UUID) (*MemberDa
 	b, err := json.Marshal(doc)
 	if err != nil {
 		return nil, fmt.Errorf("export member data: %w", err)
+	}
+	// Who read the member's data, and when, is recorded before the
+	// document is given: an export that cannot be audited is not made.
+	detail, err := json.Marshal(map[string]any{"members": ids, "postgres_tables": len(doc.Postgres), "clickhouse_tables": len(doc.ClickHouse)})
+	if err != nil {
+		return nil, err
+	}
+	if err := postgres.InsertOperatorAudit(ctx, s.pool, postgres.OperatorAudit{AuditID: uuid.Must(uuid.NewV7()), At: at,
+		Actor: auth.Actor(ctx), Action: "member.exported", MemberID: canonical,
+		CauseID: "rpc:profile.ExportMemberData:" + at.Format(time.RFC3339Nano), Detail: detail}); err != nil {
+		return nil, fmt.Errorf("export member data: audit: %w", err)
 	}
 	return &MemberData{MemberID: canonical, ExportedAt: at, Document: b}, nil
 }

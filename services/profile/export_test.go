@@ -3,6 +3,7 @@ package profile_test
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strings"
 	"testing"
@@ -15,6 +16,7 @@ import (
 	"github.com/membercenter/membercenter/storage/clickhouse/chtest"
 	"github.com/membercenter/membercenter/storage/postgres"
 
+	"github.com/membercenter/membercenter/services/auth"
 	"github.com/membercenter/membercenter/services/changes"
 	"github.com/membercenter/membercenter/services/identity"
 	"github.com/membercenter/membercenter/services/profile"
@@ -175,7 +177,23 @@ func TestExportMemberDataHoldsEverythingDecrypted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if string(again.Document) != resp.GetDocument() {
+	// … but for the audit of the first export, which it now holds.
+	var first, second map[string]any
+	if err := json.Unmarshal([]byte(resp.GetDocument()), &first); err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(again.Document, &second); err != nil {
+		t.Fatal(err)
+	}
+	audits := second["postgres"].(map[string]any)["operator_audit"].([]any)
+	if len(audits) != 1 || audits[0].(map[string]any)["action"] != "member.exported" {
+		t.Errorf("second export's operator_audit %v; want the first export", audits)
+	}
+	for _, d := range []map[string]any{first, second} {
+		delete(d["postgres"].(map[string]any), "operator_audit")
+		delete(d, "exported_at")
+	}
+	if a, b := fmt.Sprint(first), fmt.Sprint(second); a != b {
 		t.Errorf("export by the canonical id differs from the export by the merged id")
 	}
 }
@@ -208,5 +226,24 @@ func TestExportMemberDataRefusals(t *testing.T) {
 	}
 	if len(doc.Members) != 1 || len(doc.Postgres["members"]) != 1 || len(doc.Postgres["member_identifiers"]) != 0 || doc.ClickHouse == nil {
 		t.Errorf("bare member's document %s", d.Document)
+	}
+	// Every export is in the operator audit: who read whose data, when.
+	if _, err := f.svc.ExportMemberData(auth.WithActor(c, "backoffice/privacy-officer"), uuid.MustParse(m)); err != nil {
+		t.Fatal(err)
+	}
+	var actors []string
+	rows, err := f.pool.Query(c, `SELECT actor FROM operator_audit WHERE member_id = $1 AND action = 'member.exported' ORDER BY at`, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var a string
+		if err := rows.Scan(&a); err != nil {
+			t.Fatal(err)
+		}
+		actors = append(actors, a)
+	}
+	if len(actors) != 2 || actors[1] != "backoffice/privacy-officer" {
+		t.Errorf("exports audited as %v", actors)
 	}
 }
