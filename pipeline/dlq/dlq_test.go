@@ -12,6 +12,7 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/membercenter/membercenter/pipeline/clocktest"
 	"github.com/membercenter/membercenter/pipeline/dlq"
 )
 
@@ -65,7 +66,7 @@ func TestRecordKeepsTooLargeOriginalByReference(t *testing.T) {
 	src := &kgo.Record{Topic: "channel.events.v1", Partition: 2, Offset: 7, Key: []byte("k"), Value: value,
 		Headers: []kgo.RecordHeader{{Key: "traceparent", Value: []byte("00-abc-def-01")}}}
 	reason := errors.New(strings.Repeat("too big; ", 2000))
-	letter := dlq.Record("dlq.v1", "ingest", src, reason, time.Now(), nil)
+	letter := dlq.Record("dlq.v1", "ingest", src, reason, clocktest.Start(), nil)
 	size := len(letter.Key) + len(letter.Value)
 	for _, h := range letter.Headers {
 		size += len(h.Key) + len(h.Value)
@@ -88,7 +89,7 @@ func TestRecordKeepsTooLargeOriginalByReference(t *testing.T) {
 		t.Fatalf("reason of %d bytes: %.40q", len(l.Reason), l.Reason)
 	}
 	// A small original is carried whole, unmarked.
-	small := dlq.Parse(dlq.Record("dlq.v1", "ingest", &kgo.Record{Value: []byte("x")}, errors.New("bad"), time.Now(), nil))
+	small := dlq.Parse(dlq.Record("dlq.v1", "ingest", &kgo.Record{Value: []byte("x")}, errors.New("bad"), clocktest.Start(), nil))
 	if small.Truncated || string(small.Record.Value) != "x" {
 		t.Fatalf("small letter = %+v", small)
 	}

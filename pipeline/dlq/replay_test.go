@@ -11,6 +11,7 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/membercenter/membercenter/pipeline/clocktest"
 	"github.com/membercenter/membercenter/pipeline/dlq"
 	"github.com/membercenter/membercenter/pipeline/kafka/kafkatest"
 )
@@ -35,7 +36,7 @@ func TestScanAndReplay(t *testing.T) {
 		if i == 2 {
 			stage = "benefits"
 		}
-		if err := tx.ProduceSync(ctx, dlq.Record(cfg.Topics.DLQ, stage, src, errors.New("broken"), time.Now(), nil)).FirstErr(); err != nil {
+		if err := tx.ProduceSync(ctx, dlq.Record(cfg.Topics.DLQ, stage, src, errors.New("broken"), clocktest.Start(), nil)).FirstErr(); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -120,7 +121,7 @@ func TestReplayIsOnceAndSaysWhatItDid(t *testing.T) {
 	letter := func(i int, value []byte) {
 		t.Helper()
 		src := &kgo.Record{Topic: cfg.Topics.ChannelEvents, Partition: 0, Offset: int64(i), Key: []byte("k"), Value: value}
-		if err := cl.ProduceSync(ctx, dlq.Record(cfg.Topics.DLQ, "ingest", src, errors.New("broken"), time.Now(), nil)).FirstErr(); err != nil {
+		if err := cl.ProduceSync(ctx, dlq.Record(cfg.Topics.DLQ, "ingest", src, errors.New("broken"), clocktest.Start(), nil)).FirstErr(); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -156,7 +157,7 @@ func TestReplayIsOnceAndSaysWhatItDid(t *testing.T) {
 	if first == nil || first.Topic != cfg.Topics.ChannelEvents {
 		t.Fatalf("replay of letter 0 recorded as %v", first)
 	}
-	if err := cl.ProduceSync(ctx, dlq.Record(cfg.Topics.DLQ, "ingest", first, errors.New("still broken"), time.Now(), nil)).FirstErr(); err != nil {
+	if err := cl.ProduceSync(ctx, dlq.Record(cfg.Topics.DLQ, "ingest", first, errors.New("still broken"), clocktest.Start(), nil)).FirstErr(); err != nil {
 		t.Fatal(err)
 	}
 	run(dlq.ReplayResult{AlreadyReplayed: 3, Unreplayable: 1})

@@ -9,10 +9,10 @@ import (
 	"fmt"
 	"strconv"
 	"testing"
-	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/membercenter/membercenter/pipeline/clocktest"
 	"github.com/membercenter/membercenter/pipeline/dlq"
 )
 
@@ -64,7 +64,7 @@ func TestSealedLetters(t *testing.T) {
 	src := &kgo.Record{Topic: "channel.events.v1", Partition: 3, Offset: 41, Key: phone,
 		Value:   append([]byte(`{"identifiers":[{"value":"`), append(phone, `"}]}`...)...),
 		Headers: []kgo.RecordHeader{{Key: "traceparent", Value: []byte("00-abc-def-01")}}}
-	letter := dlq.Record("dlq.v1", "ingest", src, errors.New("invalid value for string field value: 13712349876 (wei@example.com)"), time.Now(), keys)
+	letter := dlq.Record("dlq.v1", "ingest", src, errors.New("invalid value for string field value: 13712349876 (wei@example.com)"), clocktest.Start(), keys)
 	if len(letter.Key) != 0 || bytes.Contains(letter.Value, phone) {
 		t.Fatalf("sealed letter key %q, value holds the phone: %v", letter.Key, bytes.Contains(letter.Value, phone))
 	}
@@ -113,7 +113,7 @@ func TestSealedLetters(t *testing.T) {
 
 	// A letter too large to send whole keeps a sealed prefix.
 	huge := &kgo.Record{Topic: "channel.events.v1", Key: phone, Value: bytes.Repeat(phone, dlq.MaxOriginalBytes/len(phone)+1)}
-	big := dlq.Parse(dlq.Record("dlq.v1", "ingest", huge, errors.New("too large"), time.Now(), keys))
+	big := dlq.Parse(dlq.Record("dlq.v1", "ingest", huge, errors.New("too large"), clocktest.Start(), keys))
 	if !big.Truncated || !big.Sealed || bytes.Contains(big.Record.Value, phone) {
 		t.Fatalf("truncated letter: truncated %v sealed %v", big.Truncated, big.Sealed)
 	}
@@ -127,7 +127,7 @@ func TestSealedLetters(t *testing.T) {
 func TestReferenceOnlyLetters(t *testing.T) {
 	src := &kgo.Record{Topic: "channel.events.v1", Partition: 1, Offset: 7, Key: []byte("k"), Value: []byte("the original")}
 	for _, keys := range []dlq.Sealer{nil, newGCM(t, "k1")} {
-		letter := dlq.Record("dlq.v1", "ingest", src, errors.New("bad"), time.Now(), keys)
+		letter := dlq.Record("dlq.v1", "ingest", src, errors.New("bad"), clocktest.Start(), keys)
 		l := dlq.Parse(dlq.ReferenceOnly(letter, src))
 		if !l.Truncated || l.Sealed || l.OriginalSize != len("k")+len("the original") || len(l.OriginalHash) != 64 ||
 			len(l.Record.Key)+len(l.Record.Value) != 0 || l.Offset != 7 || l.Reason == "" {

@@ -11,6 +11,7 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/google/uuid"
 
+	"github.com/membercenter/membercenter/pipeline/clocktest"
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 	"github.com/membercenter/membercenter/storage/clickhouse"
 	"github.com/membercenter/membercenter/storage/clickhouse/chtest"
@@ -64,7 +65,7 @@ func TestOperatorActionsReachClickHouse(t *testing.T) {
 	svc := benefits.New(pool, changes.Writer{}, slog.New(slog.DiscardHandler))
 	srv := benefits.NewServer(svc)
 	member := uuid.Must(uuid.NewV7())
-	if err := postgres.InsertMember(ctx, pool, member, time.Now()); err != nil {
+	if err := postgres.InsertMember(ctx, pool, member, clocktest.Start()); err != nil {
 		t.Fatal(err)
 	}
 	m := member.String()
@@ -148,12 +149,12 @@ func TestAnExportRetriedAfterAFailureCopiesNothingTwice(t *testing.T) {
 	pool := pgtest.NewPool(t, nil)
 	conn, _ := chtest.NewDB(t)
 	member := uuid.Must(uuid.NewV7())
-	if err := postgres.InsertMember(ctx, pool, member, time.Now()); err != nil {
+	if err := postgres.InsertMember(ctx, pool, member, clocktest.Start()); err != nil {
 		t.Fatal(err)
 	}
 	if err := postgres.InsertOperatorAudit(ctx, pool,
-		postgres.OperatorAudit{AuditID: uuid.Must(uuid.NewV7()), At: time.Now(), Actor: "backoffice/alice", Action: "member.erased", MemberID: member, CauseID: "rpc:e"},
-		postgres.OperatorAudit{AuditID: uuid.Must(uuid.NewV7()), At: time.Now(), Actor: "backoffice/alice", Action: "coupon.issued", MemberID: member, CauseID: "rpc:i"},
+		postgres.OperatorAudit{AuditID: uuid.Must(uuid.NewV7()), At: clocktest.Start(), Actor: "backoffice/alice", Action: "member.erased", MemberID: member, CauseID: "rpc:e"},
+		postgres.OperatorAudit{AuditID: uuid.Must(uuid.NewV7()), At: clocktest.Start(), Actor: "backoffice/alice", Action: "coupon.issued", MemberID: member, CauseID: "rpc:i"},
 	); err != nil {
 		t.Fatal(err)
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/membercenter/membercenter/pipeline/clocktest"
 	"github.com/membercenter/membercenter/pipeline/dlq"
 	"github.com/membercenter/membercenter/services/platform/platformtest"
 )
@@ -32,7 +33,7 @@ func TestDLQReplayReplaysEachLetterOnceAndSaysWhatItDid(t *testing.T) {
 	// Two letters, and one whose original was too large to keep whole.
 	for i, v := range [][]byte{[]byte("bad"), []byte("bad"), bytes.Repeat([]byte("x"), dlq.MaxOriginalBytes+1)} {
 		src := &kgo.Record{Topic: events, Partition: 0, Offset: int64(i), Key: []byte("k"), Value: v}
-		if err := cl.ProduceSync(ctx, dlq.Record(letters, "ingest", src, errors.New("broken"), time.Now(), nil)).FirstErr(); err != nil {
+		if err := cl.ProduceSync(ctx, dlq.Record(letters, "ingest", src, errors.New("broken"), clocktest.Start(), nil)).FirstErr(); err != nil {
 			t.Fatal(err)
 		}
 	}

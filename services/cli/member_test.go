@@ -14,6 +14,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/membercenter/membercenter/pipeline/clocktest"
 	"github.com/membercenter/membercenter/storage/postgres"
 
 	"github.com/membercenter/membercenter/services/platform/platformtest"
@@ -32,7 +33,7 @@ func TestMemberExportWritesTheDocument(t *testing.T) {
 	}
 	defer pool.Close()
 	member := uuid.Must(uuid.NewV7())
-	if err := postgres.InsertMember(ctx, pool, member, time.Now()); err != nil {
+	if err := postgres.InsertMember(ctx, pool, member, clocktest.Start()); err != nil {
 		t.Fatal(err)
 	}
 	file := filepath.Join(t.TempDir(), "export.json")

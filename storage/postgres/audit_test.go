@@ -19,22 +19,25 @@ import (
 // config_audit take new records and refuse every UPDATE and DELETE, even
 // the table owner's (insufficient_privilege); TRUNCATE is a privilege the
 // platform's role is not meant to use on them (docs/security.md).
+// auditAt is when the records here are made: any instant, nothing reads it.
+var auditAt = time.Date(2025, 3, 4, 5, 6, 7, 0, time.UTC)
+
 func TestAuditTablesAreAppendOnly(t *testing.T) {
 	ctx := context.Background()
 	pool := pgtest.NewPool(t, nil)
 	member := uuid.Must(uuid.NewV7())
-	if err := postgres.InsertMember(ctx, pool, member, time.Now()); err != nil {
+	if err := postgres.InsertMember(ctx, pool, member, auditAt); err != nil {
 		t.Fatal(err)
 	}
-	if err := postgres.InsertOperatorAudit(ctx, pool, postgres.OperatorAudit{AuditID: uuid.Must(uuid.NewV7()), At: time.Now(),
+	if err := postgres.InsertOperatorAudit(ctx, pool, postgres.OperatorAudit{AuditID: uuid.Must(uuid.NewV7()), At: auditAt,
 		Actor: "backoffice/alice", Action: "coupon.issued", MemberID: member, CauseID: "rpc:x"}); err != nil {
 		t.Fatal(err)
 	}
-	if err := postgres.InsertConfigAudit(ctx, pool, postgres.ConfigAudit{AuditID: uuid.Must(uuid.NewV7()), At: time.Now(),
+	if err := postgres.InsertConfigAudit(ctx, pool, postgres.ConfigAudit{AuditID: uuid.Must(uuid.NewV7()), At: auditAt,
 		Actor: "cli/alice", Action: "program.loaded", Document: postgres.Programme, Version: "v1", SHA256: strings.Repeat("ab", 32)}); err != nil {
 		t.Fatal(err)
 	}
-	if err := postgres.InsertAudit(ctx, pool, postgres.AuditRow{AuditID: uuid.Must(uuid.NewV7()), At: time.Now(), Action: "link",
+	if err := postgres.InsertAudit(ctx, pool, postgres.AuditRow{AuditID: uuid.Must(uuid.NewV7()), At: auditAt, Action: "link",
 		Actor: "backoffice/alice", MemberID: member, CauseID: "rpc:y"}); err != nil {
 		t.Fatal(err)
 	}
@@ -64,7 +67,7 @@ func TestAuditTablesAreAppendOnly(t *testing.T) {
 		{Actor: "", SHA256: strings.Repeat("ab", 32)},
 		{Actor: "cli/bob", SHA256: "not-a-hash"},
 	} {
-		bad.AuditID, bad.At, bad.Action, bad.Document, bad.Version = uuid.Must(uuid.NewV7()), time.Now(), "catalog.loaded", postgres.Catalogue, "c1"
+		bad.AuditID, bad.At, bad.Action, bad.Document, bad.Version = uuid.Must(uuid.NewV7()), auditAt, "catalog.loaded", postgres.Catalogue, "c1"
 		if err := postgres.InsertConfigAudit(ctx, pool, bad); err == nil {
 			t.Errorf("config audit %+v accepted", bad)
 		}
@@ -79,7 +82,7 @@ func TestAuditRecordsAreQueuedForClickHouse(t *testing.T) {
 	ctx := context.Background()
 	pool := pgtest.NewPool(t, nil)
 	member := uuid.Must(uuid.NewV7())
-	if err := postgres.InsertMember(ctx, pool, member, time.Now()); err != nil {
+	if err := postgres.InsertMember(ctx, pool, member, auditAt); err != nil {
 		t.Fatal(err)
 	}
 	at := time.Date(2025, 3, 4, 5, 6, 7, 0, time.UTC)
