@@ -101,26 +101,17 @@ func withEnv(logOut io.Writer, run func(cmd *cobra.Command, args []string, e *en
 // (root, a deploy user) that names no one. The OS user and host are
 // recorded beside it, as what the machine says.
 func loadCmd[T any](stdout, logOut io.Writer, short, long string, f versioned.Format[T], loaded func(*T) string) *cobra.Command {
-	var operator string
+	var operator *string
 	cmd := &cobra.Command{
 		Use:   "load FILE --operator NAME",
 		Short: short,
 		Long:  long,
-		Args: func(cmd *cobra.Command, args []string) error {
-			if err := cobra.ExactArgs(1)(cmd, args); err != nil {
-				return err
-			}
-			if !cmd.Flags().Changed("operator") {
-				return nil // cobra's check of required flags names it
-			}
-			return checkOperator(operator)
-		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			src, err := os.ReadFile(args[0])
 			if err != nil {
 				return err
 			}
-			by := versioned.Loader{Actor: "cli/" + operator, Detail: map[string]string{"file": args[0]}}
+			by := versioned.Loader{Actor: "cli/" + *operator, Detail: map[string]string{"file": args[0]}}
 			if abs, err := filepath.Abs(args[0]); err == nil {
 				by.Detail["file"] = abs
 			}
@@ -140,8 +131,7 @@ func loadCmd[T any](stdout, logOut io.Writer, short, long string, f versioned.Fo
 			})
 		},
 	}
-	cmd.Flags().StringVar(&operator, "operator", "", "who loads it, recorded in the audit as cli/NAME (required)")
-	_ = cmd.MarkFlagRequired("operator")
+	operator = requireOperator(cmd, "who loads it, recorded in the audit as cli/NAME (required)")
 	return cmd
 }
 
@@ -149,6 +139,26 @@ func loadCmd[T any](stdout, logOut io.Writer, short, long string, f versioned.Fo
 var operatorName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$`)
 
 // checkOperator refuses an --operator that names no one recognisably.
+// requireOperator gives cmd, which takes one argument, a required
+// --operator flag (described by what) naming who acts, for the audit, and
+// checks it; the name is read through the pointer once the flags are
+// parsed.
+func requireOperator(cmd *cobra.Command, what string) *string {
+	operator := new(string)
+	cmd.Flags().StringVar(operator, "operator", "", what)
+	_ = cmd.MarkFlagRequired("operator")
+	cmd.Args = func(cmd *cobra.Command, args []string) error {
+		if err := cobra.ExactArgs(1)(cmd, args); err != nil {
+			return err
+		}
+		if !cmd.Flags().Changed("operator") {
+			return nil // cobra's check of required flags names it
+		}
+		return checkOperator(*operator)
+	}
+	return operator
+}
+
 func checkOperator(name string) error {
 	if !operatorName.MatchString(name) {
 		return fmt.Errorf("--operator %q: the person loading it, one word of letters, digits, '.', '_', '@' or '-' (at most 64)", name)

@@ -18,7 +18,8 @@ import (
 )
 
 func memberCmd(stdout, stderr io.Writer) *cobra.Command {
-	var out, operator string
+	var out string
+	var operator *string
 	export := &cobra.Command{
 		Use:   "export MEMBER_ID --operator NAME",
 		Short: "Write everything the platform holds about a member, decrypted, as one JSON document (a data-subject access request)",
@@ -29,15 +30,6 @@ identifiers and PII attributes decrypted; and their ClickHouse rows. A merged
 member's id exports the member it was merged into. The document holds
 personal data in the clear: --out writes it readable by its owner only. The
 export is recorded in the operator audit as made by "cli/NAME" (--operator).`,
-		Args: func(cmd *cobra.Command, args []string) error {
-			if err := cobra.ExactArgs(1)(cmd, args); err != nil {
-				return err
-			}
-			if !cmd.Flags().Changed("operator") {
-				return nil // cobra's check of required flags names it
-			}
-			return checkOperator(operator)
-		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			id, err := uuid.Parse(args[0])
 			if err != nil {
@@ -61,7 +53,7 @@ export is recorded in the operator audit as made by "cli/NAME" (--operator).`,
 				ps := profile.New(e.p.Pool(), nil, changesWriter(e))
 				ps.SetAttributes(schema, ids.PII())
 				ps.SetFacts(conn)
-				d, err := ps.ExportMemberData(auth.WithActor(ctx, "cli/"+operator), id)
+				d, err := ps.ExportMemberData(auth.WithActor(ctx, "cli/"+*operator), id)
 				if err != nil {
 					return err
 				}
@@ -85,8 +77,7 @@ export is recorded in the operator audit as made by "cli/NAME" (--operator).`,
 		},
 	}
 	export.Flags().StringVar(&out, "out", "", "write the document to this file (mode 0600) instead of standard output")
-	export.Flags().StringVar(&operator, "operator", "", "who asks for the export (recorded in the operator audit as cli/NAME)")
-	_ = export.MarkFlagRequired("operator")
+	operator = requireOperator(export, "who asks for the export (recorded in the operator audit as cli/NAME)")
 	return group("member", "A member's data-subject requests (docs/security.md)", export)
 }
 
