@@ -126,15 +126,21 @@ func Display(stored map[string]string) map[string]string {
 	}
 	out := maps.Clone(stored)
 	for k, v := range out {
-		if Sealed(v) {
-			if _, _, _, masked, ok := parts(v); ok {
-				out[k] = masked
-			} else {
-				out[k] = "***"
-			}
-		}
+		out[k] = Shown(v)
 	}
 	return out
+}
+
+// Shown is what one stored attribute value shows: a sealed value masked,
+// another as stored.
+func Shown(stored string) string {
+	if !Sealed(stored) {
+		return stored
+	}
+	if _, _, _, masked, ok := parts(stored); ok {
+		return masked
+	}
+	return "***"
 }
 
 // Mask shows a value of type t without revealing it: a phone's first five

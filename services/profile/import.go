@@ -32,21 +32,14 @@ func (s *Service) CheckImport(attrs map[string]string, consents []ImportedConsen
 		if v == "" {
 			continue
 		}
-		nv, err := s.schema.Normalize(k, v, s.now())
+		nv, a, err := s.checkAttribute(k, v)
 		if err != nil {
-			return nil, nil, fmt.Errorf("%w: %w", ErrInvalid, err)
+			return nil, nil, err
 		}
-		a, _ := s.schema.Lookup(k)
-		stored[k], shown[k] = nv, nv
-		if a.Class == attributes.PII {
-			if s.sealer == nil {
-				return nil, nil, fmt.Errorf("attributes[%s] is PII and this process has no PII keys", k)
-			}
-			if stored[k], err = attributes.Seal(s.sealer, a, nv); err != nil {
-				return nil, nil, err
-			}
-			shown[k] = attributes.Display(map[string]string{k: stored[k]})[k]
+		if stored[k], err = s.storedForm(a, nv); err != nil {
+			return nil, nil, err
 		}
+		shown[k] = attributes.Shown(stored[k])
 	}
 	seen := map[mcv1.ConsentPurpose]bool{}
 	for _, c := range consents {

@@ -244,12 +244,9 @@ func (s *Service) UpdateAttributes(ctx context.Context, req *mcv1.UpdateAttribut
 			want[k] = ""
 			continue
 		}
-		nv, err := s.schema.Normalize(k, v, s.now())
+		nv, _, err := s.checkAttribute(k, v)
 		if err != nil {
-			return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
-		}
-		if a, _ := s.schema.Lookup(k); a.Class == attributes.PII && s.sealer == nil {
-			return nil, fmt.Errorf("attributes[%s] is PII and this process has no PII keys", k)
+			return nil, err
 		}
 		want[k] = nv
 	}
@@ -279,14 +276,11 @@ func (s *Service) UpdateAttributes(ctx context.Context, req *mcv1.UpdateAttribut
 				if had && attributes.Same(s.sealer, a, old, v) {
 					continue
 				}
-				stored, shown := v, v
-				if a.Class == attributes.PII {
-					if stored, err = attributes.Seal(s.sealer, a, v); err != nil {
-						return err
-					}
-					shown = attributes.Display(map[string]string{k: stored})[k]
+				stored, err := s.storedForm(a, v)
+				if err != nil {
+					return err
 				}
-				attrs[k], changed[k] = stored, shown
+				attrs[k], changed[k] = stored, attributes.Shown(stored)
 			}
 			if len(changed) > 0 {
 				if err := postgres.SetAttributes(ctx, tx, member, attrs); err != nil {
@@ -312,6 +306,30 @@ func (s *Service) UpdateAttributes(ctx context.Context, req *mcv1.UpdateAttribut
 		return nil, err
 	}
 	return resp, nil
+}
+
+// checkAttribute checks an attribute's value against the schema and
+// returns it normalised, with its declaration; the error wraps ErrInvalid,
+// or says a PII attribute cannot be kept without the PII keys.
+func (s *Service) checkAttribute(name, value string) (string, attributes.Attr, error) {
+	nv, err := s.schema.Normalize(name, value, s.now())
+	if err != nil {
+		return "", attributes.Attr{}, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	a, _ := s.schema.Lookup(name)
+	if a.Class == attributes.PII && s.sealer == nil {
+		return "", a, fmt.Errorf("attributes[%s] is PII and this process has no PII keys", name)
+	}
+	return nv, a, nil
+}
+
+// storedForm is a normalised value of a as the members row keeps it: sealed
+// when a is PII.
+func (s *Service) storedForm(a attributes.Attr, v string) (string, error) {
+	if a.Class != attributes.PII {
+		return v, nil
+	}
+	return attributes.Seal(s.sealer, a, v)
 }
 
 // SetConsent records a consent decision once per idempotency key, writes
