@@ -44,6 +44,21 @@ func begin(t *testing.T) (context.Context, *pgxpool.Pool, driver.Conn, *migratio
 	return ctxT(t), pool, conn, newImporter(t, pool, "crm")
 }
 
+// expectRefusals checks that each line of want was refused with a reason
+// holding its text.
+func expectRefusals(t *testing.T, refused []*migration.RowError, want map[int]string) {
+	t.Helper()
+	got := map[int]string{}
+	for _, r := range refused {
+		got[r.Line] = r.File + ": " + r.Reason
+	}
+	for line, w := range want {
+		if !strings.Contains(got[line], w) {
+			t.Errorf("line %d refused as %q, want %q", line, got[line], w)
+		}
+	}
+}
+
 func ctxT(t *testing.T) context.Context {
 	c, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	t.Cleanup(cancel)
@@ -182,15 +197,7 @@ func TestBadRecordsRefusedLineByLine(t *testing.T) {
 		10: "phone 139****0001 also belongs to legacy member L0101", 11: "NOPE", 12: "created_at",
 		13: "attributes[mobile]", 15: "more after the record",
 	}
-	got := map[int]string{}
-	for _, r := range rep.Refused {
-		got[r.Line] = r.Reason
-	}
-	for line, w := range want {
-		if !strings.Contains(got[line], w) {
-			t.Errorf("line %d refused as %q, want %q", line, got[line], w)
-		}
-	}
+	expectRefusals(t, rep.Refused, want)
 	if rep.Imported != 2 || len(rep.Refused) != len(want) || rep.Read != 15 {
 		t.Errorf("imported %d, refused %d of %d read: %v", rep.Imported, len(rep.Refused), rep.Read, rep.Refused)
 	}
@@ -289,15 +296,7 @@ func TestOrderHistory(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := map[int]string{2: "no imported member", 3: "order_id also on line 1", 4: "at:", 5: "not negative", 6: `channel "fax"`, 7: "not an order record"}
-	got := map[int]string{}
-	for _, r := range rep.Refused {
-		got[r.Line] = r.Reason
-	}
-	for line, w := range want {
-		if !strings.Contains(got[line], w) {
-			t.Errorf("orders line %d: %q, want %q", line, got[line], w)
-		}
-	}
+	expectRefusals(t, rep.Refused, want)
 	if rep.Written != 1 || len(rep.Refused) != len(want) {
 		t.Errorf("bad orders: %+v", rep)
 	}
