@@ -4,6 +4,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"google.golang.org/grpc/metadata"
 
 	"github.com/membercenter/membercenter/pipeline/relay"
@@ -41,19 +42,12 @@ func TestOperatorActionsCarryTheAuthenticatedActor(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var actors []string
 	rows, err := e.pool.Query(ctx, `SELECT DISTINCT actor FROM identity_audit WHERE cause_id LIKE 'rpc:%' ORDER BY actor`)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for rows.Next() {
-		var a string
-		if err := rows.Scan(&a); err != nil {
-			t.Fatal(err)
-		}
-		actors = append(actors, a)
-	}
-	if err := rows.Err(); err != nil {
+	actors, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
 		t.Fatal(err)
 	}
 	if len(actors) != 1 || actors[0] != "backoffice/alice" {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 	"github.com/membercenter/membercenter/storage/clickhouse"
@@ -231,17 +232,13 @@ func TestExportMemberDataRefusals(t *testing.T) {
 	if _, err := f.svc.ExportMemberData(auth.WithActor(c, "backoffice/privacy-officer"), uuid.MustParse(m)); err != nil {
 		t.Fatal(err)
 	}
-	var actors []string
 	rows, err := f.pool.Query(c, `SELECT actor FROM operator_audit WHERE member_id = $1 AND action = 'member.exported' ORDER BY at`, m)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for rows.Next() {
-		var a string
-		if err := rows.Scan(&a); err != nil {
-			t.Fatal(err)
-		}
-		actors = append(actors, a)
+	actors, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
 	}
 	if len(actors) != 2 || actors[1] != "backoffice/privacy-officer" {
 		t.Errorf("exports audited as %v", actors)
