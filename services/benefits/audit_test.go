@@ -2,8 +2,9 @@ package benefits_test
 
 import (
 	"fmt"
-	"sync"
 	"testing"
+
+	"golang.org/x/sync/errgroup"
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 )
@@ -69,22 +70,8 @@ func TestIssuedCouponsAreAuditedOnceWithTheirOperator(t *testing.T) {
 	if _, err := f.srv.IssueCoupons(as(c, "backoffice/bob"), req); err != nil {
 		t.Fatal(err)
 	}
-	var wg sync.WaitGroup
-	errs := make(chan error, 4)
-	for range 4 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			_, err := f.srv.IssueCoupons(alice, req)
-			errs <- err
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		if err != nil {
-			t.Fatal(err)
-		}
+	if err := concurrently(4, func() error { _, err := f.srv.IssueCoupons(alice, req); return err }); err != nil {
+		t.Fatal(err)
 	}
 	if after := f.rows(t); after != before {
 		t.Errorf("a retried issue wrote rows: %v, before %v", after, before)
@@ -94,21 +81,17 @@ func TestIssuedCouponsAreAuditedOnceWithTheirOperator(t *testing.T) {
 	// A new request (a new key) raced by its retries: one more coupon, one
 	// more record, each member.
 	again := &mcv1.IssueCouponsRequest{TemplateId: "C10", MemberIds: []string{m1, m2}, Reason: req.GetReason(), IdempotencyKey: "outage-2"}
-	errs = make(chan error, 3)
-	for range 3 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			_, err := f.srv.IssueCoupons(alice, again)
-			errs <- err
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		if err != nil {
-			t.Fatal(err)
-		}
+	if err := concurrently(3, func() error { _, err := f.srv.IssueCoupons(alice, again); return err }); err != nil {
+		t.Fatal(err)
 	}
 	check("issued again", 2)
+}
+
+// concurrently calls fn n times at once and returns the first error.
+func concurrently(n int, fn func() error) error {
+	var g errgroup.Group
+	for range n {
+		g.Go(fn)
+	}
+	return g.Wait()
 }
