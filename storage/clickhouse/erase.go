@@ -25,16 +25,14 @@ func (s *Schema) EraseMembers(ctx context.Context, tables []string, members []st
 		return err
 	}
 	defer s.release(conns)
-	ids := make([]string, len(members))
-	for i, m := range members {
+	for _, m := range members {
 		// Member ids are UUIDs; anything else would be a caller's bug, and
 		// is refused rather than spliced into SQL.
 		if len(m) != 36 || strings.Trim(m, "0123456789abcdef-") != "" {
 			return fmt.Errorf("erase members: %q is not a member id", m)
 		}
-		ids[i] = "'" + m + "'"
 	}
-	in := "member_id IN (" + strings.Join(ids, ", ") + ")"
+	in := "member_id IN (" + quoted(members) + ")"
 	for _, conn := range conns {
 		var since time.Time
 		if err := conn.QueryRow(ctx, "SELECT now()").Scan(&since); err != nil {
@@ -60,8 +58,8 @@ func (s *Schema) EraseMembers(ctx context.Context, tables []string, members []st
 	return nil
 }
 
-// quoted is names as a list of string literals (table names of this
-// package: letters and underscores).
+// quoted is values as a list of string literals; the callers pass only
+// checked member ids and this package's table names, which hold no quote.
 func quoted(names []string) string {
 	return "'" + strings.Join(names, "', '") + "'"
 }
