@@ -559,11 +559,8 @@ func (c *Consumer) logFetchErrors(ctx context.Context, fetches kgo.Fetches) {
 // deadLetter sends r to the dead-letter topic with its reason, retrying
 // while Kafka is unavailable; it returns an error only when ctx ends.
 func (c *Consumer) deadLetter(ctx context.Context, r *kgo.Record, reason error) error {
-	why := reason.Error()
-	if c.seal != nil {
-		why = dlq.Redact(why) // the full reason is sealed in the letter
-	}
-	c.log.WarnContext(ctx, "dead-lettering record", "topic", r.Topic, "partition", r.Partition, "offset", r.Offset, "reason", why)
+	c.log.WarnContext(ctx, "dead-lettering record", "topic", r.Topic, "partition", r.Partition, "offset", r.Offset,
+		"reason", dlq.LoggedReason(reason, c.seal))
 	letter := dlq.Record(c.cfg.DLQTopic, c.cfg.Stage, r, reason, c.now(), c.seal)
 	err := Retry(ctx, c.log, c.cfg.Stage+" dlq", func() error {
 		err := c.cl.ProduceSync(ctx, letter).FirstErr()

@@ -51,6 +51,16 @@ var (
 	emailLike  = regexp.MustCompile(`[^\s"'<>(),;:]+@[^\s"'<>(),;:]+`)
 )
 
+// LoggedReason is a refusal's reason as a stage logs it beside the letter
+// it writes with seal: redacted when the letter is sealed (the full reason
+// is sealed in it), whole otherwise.
+func LoggedReason(reason error, seal Sealer) string {
+	if seal != nil {
+		return Redact(reason.Error())
+	}
+	return reason.Error()
+}
+
 // Redact hides in a refusal's reason what could be personal data: runs of
 // five or more digits and e-mail addresses.
 func Redact(reason string) string {

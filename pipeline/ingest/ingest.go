@@ -556,11 +556,7 @@ func (in *Ingest) emit(ctx context.Context, span trace.Span, r, out *kgo.Record,
 	if err != nil {
 		outcome = "dlq"
 		span.SetStatus(codes.Error, err.Error())
-		why := err.Error()
-		if in.seal != nil {
-			why = dlq.Redact(why) // the full reason is sealed in the letter
-		}
-		in.log.WarnContext(ctx, "dead-lettering event", "partition", r.Partition, "offset", r.Offset, "reason", why)
+		in.log.WarnContext(ctx, "dead-lettering event", "partition", r.Partition, "offset", r.Offset, "reason", dlq.LoggedReason(err, in.seal))
 		out = dlq.Record(in.topics.DLQ, Stage, r, err, in.now(), in.seal)
 	}
 	// The record outlives this goroutine's context until the transaction
