@@ -555,8 +555,9 @@ func (in *Ingest) emit(ctx context.Context, span trace.Span, r, out *kgo.Record,
 	outcome := "ok"
 	if err != nil {
 		outcome = "dlq"
-		span.SetStatus(codes.Error, err.Error())
-		in.log.WarnContext(ctx, "dead-lettering event", "partition", r.Partition, "offset", r.Offset, "reason", dlq.LoggedReason(err, in.seal))
+		why := dlq.LoggedReason(err, in.seal) // traces and logs: redacted when the letter is sealed
+		span.SetStatus(codes.Error, why)
+		in.log.WarnContext(ctx, "dead-lettering event", "partition", r.Partition, "offset", r.Offset, "reason", why)
 		out = dlq.Record(in.topics.DLQ, Stage, r, err, in.now(), in.seal)
 	}
 	// The record outlives this goroutine's context until the transaction
