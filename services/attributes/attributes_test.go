@@ -1,6 +1,7 @@
 package attributes_test
 
 import (
+	"context"
 	"errors"
 	"os"
 	"path/filepath"
@@ -135,7 +136,7 @@ func TestSealedValues(t *testing.T) {
 	if attributes.Same(pii, email, sealed, raw) {
 		t.Error("a sealed mobile equals the same string as an e-mail")
 	}
-	if got, err := attributes.Open(pii, sealed); err != nil || got != raw {
+	if got, err := attributes.Open(context.Background(), pii, sealed); err != nil || got != raw {
 		t.Errorf("Open = %q, %v", got, err)
 	}
 	shown := attributes.Display(map[string]string{"mobile": sealed, "city": "Beijing"})
@@ -148,7 +149,7 @@ func TestSealedValues(t *testing.T) {
 	}
 	// A ciphertext moved to another attribute's hash does not open.
 	tampered := strings.Replace(sealed, strings.Split(sealed, ":")[3], strings.Split(mail, ":")[3], 1)
-	if _, err := attributes.Open(pii, tampered); err == nil {
+	if _, err := attributes.Open(context.Background(), pii, tampered); err == nil {
 		t.Error("a ciphertext opened under another value's hash")
 	}
 }

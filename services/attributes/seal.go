@@ -1,33 +1,47 @@
 package attributes
 
 import (
+	"context"
+	"time"
+
 	"bytes"
 	"encoding/base64"
 	"fmt"
 	"maps"
 	"strings"
 	"unicode/utf8"
+
+	"github.com/google/uuid"
 )
 
-// Sealer is what sealing needs of the platform's PII keys (identity.PII):
-// a keyed hash and an AES-GCM encryption bound to it.
-type Sealer interface {
+// Hasher is the platform's keyed hash (identity.PII).
+type Hasher interface {
 	Hash(typ int16, scope, value string) []byte
+}
+
+// Sealer is what sealing needs: the platform's keyed hash and an AES-GCM
+// encryption bound to it, under one member's data key
+// (identity.PII.SealerFor).
+type Sealer interface {
+	Hasher
 	Encrypt(value string, hash []byte) (ciphertext []byte, keyID string, err error)
 }
 
 // Opener reads a sealed value back (identity.PII): for a data-subject
 // export and for key rotation, never for display.
 type Opener interface {
-	Decrypt(ciphertext []byte, keyID string, hash []byte) (string, error)
+	Reveal(ctx context.Context, ciphertext []byte, keyID string, hash []byte) (string, error)
 }
 
-// Keyring is the platform's PII keys as sealing, opening and rotation use
-// them (identity.PII).
+// Keyring is the platform's PII keys as the profile uses them
+// (identity.PII): the keyed hash, a sealer under each member's data key,
+// reading back, and shredding an erased member's keys (crypto-shredding).
 type Keyring interface {
-	Sealer
+	Hasher
 	Opener
-	ActiveKeyID() string
+	SealerFor(ctx context.Context, member uuid.UUID) (Sealer, error)
+	IsMemberKey(keyID string) bool
+	Shred(ctx context.Context, members []uuid.UUID, at time.Time) (int64, error)
 }
 
 // A sealed value as it is stored in the members row's attributes:
@@ -74,7 +88,7 @@ func parts(stored string) (kid string, hash, ct []byte, masked string, ok bool) 
 
 // Same reports whether stored (sealed or not) holds the normalised value v
 // of a, without decrypting: a sealed value is compared by its keyed hash.
-func Same(s Sealer, a Attr, stored, v string) bool {
+func Same(s Hasher, a Attr, stored, v string) bool {
 	if !Sealed(stored) {
 		return stored == v
 	}
@@ -86,7 +100,7 @@ func Same(s Sealer, a Attr, stored, v string) bool {
 }
 
 // Open returns the raw value of a stored attribute value.
-func Open(o Opener, stored string) (string, error) {
+func Open(ctx context.Context, o Opener, stored string) (string, error) {
 	if !Sealed(stored) {
 		return stored, nil
 	}
@@ -94,24 +108,29 @@ func Open(o Opener, stored string) (string, error) {
 	if !ok {
 		return "", fmt.Errorf("open attribute: malformed sealed value")
 	}
-	return o.Decrypt(ct, kid, h)
+	return o.Reveal(ctx, ct, kid, h)
 }
 
-// Reseal re-encrypts a sealed value under the active key, keeping its hash
-// and masked form; a value already under it is returned as it is.
-func Reseal(k Keyring, stored string) (string, error) {
+// KeyID is the id of the key a sealed value is under ("" for another value).
+func KeyID(stored string) string {
+	if kid, _, _, _, ok := parts(stored); ok && Sealed(stored) {
+		return kid
+	}
+	return ""
+}
+
+// Reseal re-encrypts a sealed value with to, keeping its hash and masked
+// form.
+func Reseal(ctx context.Context, o Opener, to Sealer, stored string) (string, error) {
 	kid, h, ct, masked, ok := parts(stored)
 	if !ok {
 		return "", fmt.Errorf("re-seal attribute: malformed sealed value")
 	}
-	if kid == k.ActiveKeyID() {
-		return stored, nil
-	}
-	plain, err := k.Decrypt(ct, kid, h)
+	plain, err := o.Reveal(ctx, ct, kid, h)
 	if err != nil {
 		return "", fmt.Errorf("re-seal attribute: %w (is key %q still listed in MC_PII_ENC_KEYS?)", err, kid)
 	}
-	nct, nkid, err := k.Encrypt(plain, h)
+	nct, nkid, err := to.Encrypt(plain, h)
 	if err != nil {
 		return "", err
 	}
@@ -166,6 +185,6 @@ func Mask(t Type, v string) string {
 // as (legacy_members, so that an import does not bring the person back): a
 // keyed hash, which finds the record again from the legacy id but cannot be
 // read back to it.
-func ErasedLegacyID(s Sealer, source, legacyID string) string {
+func ErasedLegacyID(s Hasher, source, legacyID string) string {
 	return "erased:" + b64.EncodeToString(s.Hash(hashType, "legacy:"+source, legacyID))
 }

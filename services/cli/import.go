@@ -23,7 +23,7 @@ func importer(ctx context.Context, e *env, source string) (*migration.Importer, 
 		return nil, err
 	}
 	schema.SetDefaultRegion(e.cfg.Identity.DefaultRegion)
-	return migration.New(ctx, migration.Setup{Pool: e.p.Pool(), Identity: e.cfg.Identity, Schema: schema,
+	return migration.New(ctx, migration.Setup{Pool: e.p.Pool(), KeyStore: e.p.KeyStore(), Identity: e.cfg.Identity, Schema: schema,
 		Changes: changesWriter(e), Log: e.tel.Logger, Source: source})
 }
 

@@ -12,7 +12,6 @@ import (
 
 	"github.com/membercenter/membercenter/services/attributes"
 	"github.com/membercenter/membercenter/services/auth"
-	"github.com/membercenter/membercenter/services/identity"
 	"github.com/membercenter/membercenter/services/profile"
 	"github.com/membercenter/membercenter/services/server"
 )
@@ -37,7 +36,7 @@ export is recorded in the operator audit as made by "cli/NAME" (--operator).`,
 			}
 			return runEnv(cmd, args, io.Discard, server.DefaultAdminAddr, func(cmd *cobra.Command, _ []string, e *env) error {
 				ctx := cmd.Context()
-				ids, err := identity.New(e.cfg.Identity, e.p.Pool(), changesWriter(e), e.tel.Logger)
+				ids, err := e.p.NewIdentity(changesWriter(e))
 				if err != nil {
 					return err
 				}

@@ -7,7 +7,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/membercenter/membercenter/services/attributes"
-	"github.com/membercenter/membercenter/services/identity"
 	"github.com/membercenter/membercenter/services/profile"
 )
 
@@ -15,7 +14,7 @@ func piiCmd(stdout, logOut io.Writer) *cobra.Command {
 	var batch int
 	reencrypt := &cobra.Command{
 		Use:   "reencrypt",
-		Short: "Re-encrypt every PII ciphertext under the active key (MC_PII_ENC_KEY_ID), so old keys can be retired; seal PII attributes stored unsealed",
+		Short: "Move PII ciphertexts under members' data keys and wrap those under the active key (MC_PII_ENC_KEY_ID), so old keys can be retired; seal PII attributes stored unsealed",
 		Long: `Rotating the PII encryption key:
   1. add the new key to MC_PII_ENC_KEYS (or the keys file) and make it active,
      keeping the old key listed; restart the platform;
@@ -26,14 +25,21 @@ declares PII that are not sealed yet: written before the schema declared
 them, or before the platform had an attribute schema.
 Safe to run while the platform serves, and to run again.`,
 		RunE: withEnv(logOut, func(cmd *cobra.Command, _ []string, e *env) error {
-			svc, err := identity.New(e.cfg.Identity, e.p.Pool(), changesWriter(e), e.tel.Logger)
+			svc, err := e.p.NewIdentity(changesWriter(e))
 			if err != nil {
 				return err
 			}
 			bar := newProgress(stdout, "re-encrypting", "ciphertexts")
 			n, err := svc.Reencrypt(cmd.Context(), batch, bar.update)
 			bar.finish()
-			fmt.Fprintf(stdout, "re-encrypted %d ciphertexts\n", n)
+			fmt.Fprintf(stdout, "moved %d ciphertexts under their members' data keys\n", n)
+			if err != nil {
+				return err
+			}
+			bar = newProgress(stdout, "re-wrapping", "member keys")
+			k, err := svc.PII().Rewrap(cmd.Context(), batch, bar.update)
+			bar.finish()
+			fmt.Fprintf(stdout, "wrapped %d member data keys under %s\n", k, svc.PII().ActiveKeyID())
 			if err != nil {
 				return err
 			}

@@ -261,7 +261,7 @@ func (s *Service) codeSecret(ctx context.Context, tx pgx.Tx, memberID uuid.UUID,
 	if err != nil {
 		return nil, err
 	}
-	plain, err := s.pii.Decrypt(row.Cipher, row.KeyID, ad)
+	plain, err := s.pii.Reveal(ctx, row.Cipher, row.KeyID, ad)
 	if err != nil {
 		return nil, fmt.Errorf("code secret of %s: %w", memberID, err)
 	}
@@ -275,7 +275,11 @@ func (s *Service) newCodeSecret(ctx context.Context, tx pgx.Tx, memberID uuid.UU
 	if _, err := rand.Read(secret); err != nil {
 		return nil, false, fmt.Errorf("code secret: %w", err)
 	}
-	cipher, keyID, err := s.pii.Encrypt(string(secret), ad)
+	sealer, err := s.pii.SealerFor(ctx, memberID)
+	if err != nil {
+		return nil, false, fmt.Errorf("encrypt code secret: %w", err)
+	}
+	cipher, keyID, err := sealer.Encrypt(string(secret), ad)
 	if err != nil {
 		return nil, false, fmt.Errorf("encrypt code secret: %w", err)
 	}

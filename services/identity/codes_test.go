@@ -188,8 +188,8 @@ func TestMemberCodeRoundTrip(t *testing.T) {
 	if err := f.pool.QueryRow(ctx, `SELECT secret_cipher, key_id FROM member_code_secrets WHERE member_id = $1`, member).Scan(&cipher, &keyID); err != nil {
 		t.Fatal(err)
 	}
-	if len(cipher) != 12+32+16 || keyID != "dev1" {
-		t.Fatalf("stored secret: %d bytes under key %q; want an AES-GCM ciphertext of 32 bytes under dev1", len(cipher), keyID)
+	if len(cipher) != 12+32+16 || keyID != identity.MemberKeyID(member) {
+		t.Fatalf("stored secret: %d bytes under key %q; want an AES-GCM ciphertext of 32 bytes under the member's data key", len(cipher), keyID)
 	}
 	f.wantCount(t, "member_code_secrets", 1, "%d code secrets, want 1 (only the member that was issued a code)")
 	var uses int

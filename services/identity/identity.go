@@ -25,6 +25,7 @@ import (
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 	"github.com/membercenter/membercenter/storage/postgres"
 
+	"github.com/membercenter/membercenter/services/attributes"
 	"github.com/membercenter/membercenter/services/changes"
 )
 
@@ -64,6 +65,9 @@ func New(cfg Config, pool *pgxpool.Pool, ch changes.Writer, log *slog.Logger) (*
 	if err != nil {
 		return nil, err
 	}
+	// The members' data keys live beside their data unless the platform
+	// names a key store of its own (Service.PII().UseKeyStore).
+	pii.UseKeyStore(pool)
 	rules, err := LoadRules(cfg.RulesPath)
 	if err != nil {
 		return nil, err
@@ -397,6 +401,7 @@ func (s *Service) linkMissing(ctx context.Context, tx pgx.Tx, res *Result, usabl
 	for _, m := range res.Merged {
 		merged[m] = true
 	}
+	var sealer attributes.Sealer // the member's, made on first use
 	for _, n := range usable {
 		held, ownedElsewhere := false, false
 		for _, f := range byHash[string(n.Hash)] {
@@ -426,9 +431,15 @@ func (s *Service) linkMissing(ctx context.Context, tx pgx.Tx, res *Result, usabl
 			res.Ignored = append(res.Ignored, Ignored{Identifier: n, Rule: refusal.Rule})
 			continue
 		}
-		// Encrypted only now: a lookup never pays for it.
+		// Encrypted only now, under the member's data key: a lookup never
+		// pays for it.
 		if isPII(n.Type) {
-			if n.Cipher, n.KeyID, err = s.pii.Encrypt(n.Value, n.Hash); err != nil {
+			if sealer == nil {
+				if sealer, err = s.pii.SealerFor(ctx, res.MemberID); err != nil {
+					return fmt.Errorf("encrypt identifier: %w", err)
+				}
+			}
+			if n.Cipher, n.KeyID, err = sealer.Encrypt(n.Value, n.Hash); err != nil {
 				return fmt.Errorf("encrypt identifier: %w", err)
 			}
 		}

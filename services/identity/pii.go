@@ -5,7 +5,6 @@ import (
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/hmac"
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
 	"errors"
@@ -96,6 +95,7 @@ type PII struct {
 	hmacKey []byte
 	aeads   map[string]cipher.AEAD
 	active  string
+	keys    *keyStore // members' data keys (memberkeys.go); nil: none
 }
 
 // NewPII loads keys; an empty config loads DevKeys.
@@ -154,12 +154,8 @@ func (p *PII) Hash(typ int16, scope, value string) []byte {
 // Encrypt seals value with the active key. The identifier's hash is bound as
 // additional data, so a ciphertext cannot be moved to another row.
 func (p *PII) Encrypt(value string, hash []byte) (ciphertext []byte, keyID string, err error) {
-	aead := p.aeads[p.active]
-	nonce := make([]byte, aead.NonceSize())
-	if _, err := rand.Read(nonce); err != nil {
-		return nil, "", err
-	}
-	return aead.Seal(nonce, nonce, []byte(value), hash), p.active, nil
+	ct, err := seal(p.aeads[p.active], []byte(value), hash)
+	return ct, p.active, err
 }
 
 // Decrypt opens a ciphertext written by Encrypt under keyID.
@@ -168,15 +164,8 @@ func (p *PII) Decrypt(ciphertext []byte, keyID string, hash []byte) (string, err
 	if !ok {
 		return "", fmt.Errorf("decrypt: unknown key id %q", keyID)
 	}
-	if len(ciphertext) < aead.NonceSize() {
-		return "", errors.New("decrypt: ciphertext too short")
-	}
-	n := aead.NonceSize()
-	plain, err := aead.Open(nil, ciphertext[:n], ciphertext[n:], hash)
-	if err != nil {
-		return "", fmt.Errorf("decrypt: %w", err)
-	}
-	return string(plain), nil
+	plain, err := open(aead, ciphertext, hash)
+	return string(plain), err
 }
 
 // ActiveKeyID is the id of the key new ciphertexts are written with.

@@ -476,6 +476,7 @@ func (im *Importer) memberOf(ctx context.Context, legacyID string) (member uuid.
 // Setup is what New builds an importer from.
 type Setup struct {
 	Pool     *pgxpool.Pool
+	KeyStore *pgxpool.Pool // members' data keys; nil: Pool
 	Identity identity.Config
 	Schema   *attributes.Schema // nil: the built-in schema
 	Changes  changes.Writer
@@ -491,6 +492,9 @@ func New(ctx context.Context, s Setup) (*Importer, error) {
 	ids, err := identity.New(s.Identity, s.Pool, s.Changes, s.Log)
 	if err != nil {
 		return nil, err
+	}
+	if s.KeyStore != nil {
+		ids.PII().UseKeyStore(s.KeyStore)
 	}
 	bs := benefits.New(s.Pool, s.Changes, s.Log)
 	ts := tags.New(s.Pool, s.Changes, s.Log)

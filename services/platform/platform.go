@@ -49,6 +49,7 @@ import (
 // package that uses it.
 type Config struct {
 	Postgres   postgres.Config
+	KeyStore   postgres.KeyStoreConfig
 	ClickHouse clickhouse.Config
 	Kafka      kafka.Config
 	Ingest     ingest.Config
@@ -71,7 +72,7 @@ func LoadConfig(ctx context.Context) (Config, error) {
 
 // Validate reports every problem with the config at once.
 func (c Config) Validate() error {
-	return errors.Join(c.Postgres.Validate(), c.ClickHouse.Validate(), c.Kafka.Validate(), c.Ingest.Validate(),
+	return errors.Join(c.Postgres.Validate(), c.KeyStore.Validate(), c.ClickHouse.Validate(), c.Kafka.Validate(), c.Ingest.Validate(),
 		c.Telemetry.Validate(), c.Server.Validate(), c.Identity.Validate(), c.Profile.Validate(), c.Auth.Validate())
 }
 
@@ -80,6 +81,7 @@ func (c Config) LogValue() slog.Value {
 	return slog.GroupValue(
 		slog.String("postgres", c.Postgres.Masked()),
 		slog.Int("postgres_max_conns", int(c.Postgres.MaxConns)),
+		slog.String("keystore", c.KeyStore.Masked()),
 		slog.String("clickhouse", c.ClickHouse.Addr+"/"+c.ClickHouse.Database),
 		slog.String("clickhouse_cluster", c.ClickHouse.Cluster),
 		slog.String("clickhouse_password", telemetry.Mask(c.ClickHouse.Password)),
@@ -163,6 +165,7 @@ type Platform struct {
 	cfg  Config
 	tel  *telemetry.Telemetry
 	pool *pgxpool.Pool
+	keys *pgxpool.Pool // the key store: MC_KEYSTORE_URL, or the platform's database
 }
 
 // Open connects to PostgreSQL; Kafka and ClickHouse clients belong to the
@@ -172,14 +175,43 @@ func Open(ctx context.Context, cfg Config, tel *telemetry.Telemetry) (*Platform,
 	if err != nil {
 		return nil, err
 	}
-	return &Platform{cfg: cfg, tel: tel, pool: pool}, nil
+	// The key store gets connections of its own even in the platform's
+	// database: a transaction that holds one of the pool's while it makes a
+	// member's data key never waits for another.
+	ks := postgres.Config{URL: cfg.KeyStore.URL, MaxConns: 4}
+	if ks.URL == "" {
+		ks.URL = cfg.Postgres.URL
+	}
+	keys, err := postgres.Open(ctx, ks, tel.Tracers)
+	if err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("key store (MC_KEYSTORE_URL): %w", err)
+	}
+	return &Platform{cfg: cfg, tel: tel, pool: pool, keys: keys}, nil
 }
 
 // Close releases the shared dependencies.
-func (p *Platform) Close() { p.pool.Close() }
+func (p *Platform) Close() {
+	p.pool.Close()
+	p.keys.Close()
+}
 
 // Pool returns the PostgreSQL pool.
 func (p *Platform) Pool() *pgxpool.Pool { return p.pool }
+
+// KeyStore returns the pool of the key store (members' data keys).
+func (p *Platform) KeyStore() *pgxpool.Pool { return p.keys }
+
+// NewIdentity is the identity service on the platform's database and key
+// store.
+func (p *Platform) NewIdentity(cw changes.Writer) (*identity.Service, error) {
+	svc, err := identity.New(p.cfg.Identity, p.pool, cw, p.tel.Logger)
+	if err != nil {
+		return nil, err
+	}
+	svc.PII().UseKeyStore(p.keys)
+	return svc, nil
+}
 
 func (p *Platform) kafkaTelemetry() kafka.Telemetry {
 	return kafka.Telemetry{Tracers: p.tel.Tracers, Meters: p.tel.Meters, Propagator: p.tel.Propagator, Logger: p.tel.Logger}
@@ -194,6 +226,12 @@ func (p *Platform) Migrate(ctx context.Context) error {
 		return err
 	}
 	log.InfoContext(ctx, "postgres migrated", "applied", applied)
+	if p.cfg.KeyStore.URL != "" {
+		if err := postgres.MigrateKeyStore(ctx, p.keys); err != nil {
+			return err
+		}
+		log.InfoContext(ctx, "key store migrated", "keystore", p.cfg.KeyStore.Masked())
+	}
 	conn, err := clickhouse.Open(ctx, p.cfg.ClickHouse, clickhouse.WithTracerProvider(p.tel.Tracers))
 	if err != nil {
 		return err
@@ -375,7 +413,7 @@ func selected[T interface{ stage | service }](all []T, names []string, want func
 func (p *Platform) domain(now func() time.Time, clickhouseNeeded bool) (*domain, error) {
 	log := p.tel.Logger
 	cw := changes.Writer{Propagator: p.tel.Propagator, Now: now}
-	idSvc, err := identity.New(p.cfg.Identity, p.pool, cw, log)
+	idSvc, err := p.NewIdentity(cw)
 	if err != nil {
 		return nil, err
 	}

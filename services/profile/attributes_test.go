@@ -3,14 +3,16 @@ package profile_test
 import (
 	"bytes"
 	"context"
-	"encoding/base64"
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/google/uuid"
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
+	"github.com/membercenter/membercenter/storage/postgres"
 
 	"github.com/membercenter/membercenter/services/attributes"
 	"github.com/membercenter/membercenter/services/identity"
@@ -177,41 +179,45 @@ func TestUndeclaredOrMistypedAttributesAreRefused(t *testing.T) {
 	}
 }
 
-// Attributes stored before the schema declared them PII are sealed by
-// SealAttributes, and values sealed under a retired key are re-sealed under
-// the active one; what the API shows stays the masked value, and nothing
-// else is touched.
-func TestSealAttributesSealsLegacyValuesAndRotatesKeys(t *testing.T) {
+// Attributes stored before the schema declared them PII, and values sealed
+// under a platform key before members had data keys, are sealed by
+// SealAttributes under their member's data key; what the API shows stays
+// the masked value, and nothing else is touched. Shredding the member's
+// key then leaves a copy of the stored value unreadable.
+func TestSealAttributesSealsLegacyValuesUnderMemberKeys(t *testing.T) {
 	f := newFixture(t)
 	c := ctxT(t)
-	old, err := identity.NewPII(identity.DevKeys)
+	platform, err := identity.NewPII(identity.DevKeys) // no key store: seals under the platform key
 	if err != nil {
 		t.Fatal(err)
 	}
+	keys, err := identity.NewPII(identity.DevKeys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys.UseKeyStore(f.pool)
 	m := f.member(t)
-	if _, err := f.srv.UpdateAttributes(c, &mcv1.UpdateAttributesRequest{MemberId: m, IdempotencyKey: "k",
-		Attributes: map[string]string{"contact_email": "seal.me@example.com", "city": "Suzhou"}}); err != nil {
+	email, _ := attributes.Default().Lookup("contact_email")
+	old, err := attributes.Seal(platform, email, "seal.me@example.com")
+	if err != nil {
 		t.Fatal(err)
 	}
 	legacy := f.member(t)
-	if _, err := f.pool.Exec(c, `UPDATE members SET attributes = '{"mobile": "137 1234 9876", "name": "Legacy Name", "city": "Wuxi"}' WHERE member_id = $1`, legacy); err != nil {
-		t.Fatal(err)
-	}
-	// The new key is active, the old one still listed.
-	rotated := identity.DevKeys
-	rotated.EncKeys += ",k2:" + base64.StdEncoding.EncodeToString([]byte("a-second-aes-256-key-for-tests!!"))
-	rotated.EncKeyID = "k2"
-	keys, err := identity.NewPII(rotated)
-	if err != nil {
-		t.Fatal(err)
+	for id, attrs := range map[string]string{
+		m:      `{"contact_email": "` + old + `", "city": "Suzhou"}`,
+		legacy: `{"mobile": "137 1234 9876", "name": "Legacy Name", "city": "Wuxi"}`,
+	} {
+		if _, err := f.pool.Exec(c, `UPDATE members SET attributes = $2::jsonb WHERE member_id = $1`, id, attrs); err != nil {
+			t.Fatal(err)
+		}
 	}
 	f.svc.SetAttributes(attributes.Default(), keys)
 	n, err := f.svc.SealAttributes(c, 1, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n < 2 {
-		t.Errorf("%d members sealed, want at least the two", n)
+	if n != 2 {
+		t.Errorf("%d members sealed, want the two", n)
 	}
 	stored := func(id string) map[string]string {
 		var a map[string]string
@@ -220,21 +226,20 @@ func TestSealAttributesSealsLegacyValuesAndRotatesKeys(t *testing.T) {
 		}
 		return a
 	}
+	backup := map[string]string{}
 	for id, want := range map[string]map[string]string{
 		m:      {"contact_email": "seal.me@example.com"},
 		legacy: {"mobile": "+8613712349876", "name": "Legacy Name"},
 	} {
 		a := stored(id)
 		for k, raw := range want {
-			if !strings.HasPrefix(a[k], "pii:v1:k2:") {
-				t.Errorf("member %s attributes[%s] stored as %q, want sealed under k2", id, k, a[k])
+			if !strings.HasPrefix(a[k], "pii:v1:"+identity.MemberKeyID(uuid.MustParse(id))+":") {
+				t.Errorf("member %s attributes[%s] stored as %q, want sealed under the member's data key", id, k, a[k])
 			}
-			if got, err := attributes.Open(keys, a[k]); err != nil || got != raw {
+			if got, err := attributes.Open(c, keys, a[k]); err != nil || got != raw {
 				t.Errorf("member %s attributes[%s] opens to %q, %v", id, k, got, err)
 			}
-			if _, err := attributes.Open(old, a[k]); err == nil {
-				t.Errorf("member %s attributes[%s] still opens without the new key", id, k)
-			}
+			backup[id+"/"+k] = a[k]
 		}
 	}
 	if a := stored(legacy); a["city"] != "Wuxi" {
@@ -250,5 +255,25 @@ func TestSealAttributesSealsLegacyValuesAndRotatesKeys(t *testing.T) {
 	// A second run finds nothing to do.
 	if n, err := f.svc.SealAttributes(c, 100, nil); err != nil || n != 0 {
 		t.Errorf("second run: %d members, %v", n, err)
+	}
+	// Shredding the legacy member's key: the copies of its values no
+	// longer open, in this process or another; the other member's still do.
+	if _, err := keys.Shred(c, []uuid.UUID{uuid.MustParse(legacy)}, time.Date(2026, 12, 5, 0, 0, 0, 0, time.UTC)); err != nil {
+		t.Fatal(err)
+	}
+	other, err := identity.NewPII(identity.DevKeys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other.UseKeyStore(f.pool)
+	for k, v := range backup {
+		_, err1 := attributes.Open(c, keys, v)
+		_, err2 := attributes.Open(c, other, v)
+		if strings.HasPrefix(k, legacy) != (err1 != nil) || strings.HasPrefix(k, legacy) != (err2 != nil) {
+			t.Errorf("%s after shredding the legacy member's key: opens with err %v / %v", k, err1, err2)
+		}
+		if strings.HasPrefix(k, legacy) && !errors.Is(err2, postgres.ErrKeyShredded) {
+			t.Errorf("%s: %v, want ErrKeyShredded", k, err2)
+		}
 	}
 }

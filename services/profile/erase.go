@@ -20,10 +20,11 @@ import (
 	"github.com/membercenter/membercenter/services/facts"
 )
 
-// EraseMember erases a member at their request (PIPL art. 47): in one
-// transaction, once per idempotency key, what identifies or describes the
-// member and the members merged into it is deleted or blanked
-// (postgres.EraseMembers), the erasure is recorded in the operator audit
+// EraseMember erases a member at their request (PIPL art. 47): the data
+// keys of the member and of the members merged into it are shredded, so
+// every ciphertext of their PII anywhere is unreadable; then in one
+// transaction, once per idempotency key, what identifies or describes them
+// is deleted or blanked (postgres.EraseMembers), the erasure is recorded in the operator audit
 // (who, why, what) and announced on the change stream (MemberErased), after
 // every change of the member already queued. ClickHouse follows when the
 // change reaches the sink. actor is the authenticated caller.
@@ -48,10 +49,21 @@ func (s *Service) EraseMember(ctx context.Context, req *mcv1.EraseMemberRequest,
 				return err
 			}
 			all := append([]uuid.UUID{member}, merged...)
+			if s.sealer == nil {
+				return errors.New("erase: this process has no PII keys to shred the member's data keys with")
+			}
+			// Crypto-shredding first, in the key store (committed on its own):
+			// should what follows fail, the erasure is asked again, and what
+			// it left is unreadable meanwhile.
+			shredded, err := s.sealer.Shred(ctx, all, s.now())
+			if err != nil {
+				return err
+			}
 			rows, err := postgres.EraseMembers(ctx, tx, all)
 			if err != nil {
 				return err
 			}
+			rows["member_keys"] = shredded
 			// A migrated member's legacy record stays, under a keyed hash
 			// of its id and linked to no one, so that an import run again
 			// does not bring the person back.
@@ -60,9 +72,6 @@ func (s *Service) EraseMember(ctx context.Context, req *mcv1.EraseMemberRequest,
 				return err
 			}
 			for _, l := range legacy {
-				if s.sealer == nil {
-					return errors.New("erase: a migrated member needs the PII keys to keep its legacy record unreadable")
-				}
 				if err := postgres.MarkLegacyErased(ctx, tx, l.Source, l.LegacyID, attributes.ErasedLegacyID(s.sealer, l.Source, l.LegacyID)); err != nil {
 					return err
 				}

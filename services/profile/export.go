@@ -122,7 +122,7 @@ func (s *Service) ExportMemberData(ctx context.Context, id uuid.UUID) (*MemberDa
 			if err != nil {
 				return err
 			}
-			rows, err := s.exportRows(t, raw)
+			rows, err := s.exportRows(ctx, t, raw)
 			if err != nil {
 				return fmt.Errorf("export %s: %w", t.Name, err)
 			}
@@ -146,7 +146,7 @@ func (s *Service) ExportMemberData(ctx context.Context, id uuid.UUID) (*MemberDa
 	for table, rows := range doc.ClickHouse {
 		for _, r := range rows {
 			for k, v := range r {
-				if r[k], err = s.open(v); err != nil {
+				if r[k], err = s.open(ctx, v); err != nil {
 					return nil, fmt.Errorf("export clickhouse %s.%s: %w", table, k, err)
 				}
 			}
@@ -175,7 +175,7 @@ func (s *Service) ExportMemberData(ctx context.Context, id uuid.UUID) (*MemberDa
 // exportRows are a table's rows as the document shows them: identifier
 // ciphertexts decrypted, sealed attribute values opened, every binary
 // column shown by its length only (or as withheld, for a credential).
-func (s *Service) exportRows(t postgres.MemberTable, raw []json.RawMessage) ([]map[string]any, error) {
+func (s *Service) exportRows(ctx context.Context, t postgres.MemberTable, raw []json.RawMessage) ([]map[string]any, error) {
 	out := make([]map[string]any, 0, len(raw))
 	sealed, hasSealed := sealedColumns[t.Name]
 	for _, r := range raw {
@@ -186,13 +186,13 @@ func (s *Service) exportRows(t postgres.MemberTable, raw []json.RawMessage) ([]m
 			return nil, err
 		}
 		if hasSealed {
-			if err := s.openColumn(row, sealed.cipher, sealed.hash, sealed.key, sealed.value); err != nil {
+			if err := s.openColumn(ctx, row, sealed.cipher, sealed.hash, sealed.key, sealed.value); err != nil {
 				return nil, err
 			}
 		}
 		for k, v := range row {
 			var err error
-			if row[k], err = s.open(v); err != nil {
+			if row[k], err = s.open(ctx, v); err != nil {
 				return nil, fmt.Errorf("%s: %w", k, err)
 			}
 		}
@@ -208,14 +208,14 @@ func (s *Service) exportRows(t postgres.MemberTable, raw []json.RawMessage) ([]m
 // key id) into the value column. A row without a ciphertext (an
 // identifier kept only as a keyed hash, a member card say) gets none: the
 // platform cannot recover it, and the row's masked form is what it has.
-func (s *Service) openColumn(row map[string]any, cipherCol, hashCol, keyCol, valueCol string) error {
+func (s *Service) openColumn(ctx context.Context, row map[string]any, cipherCol, hashCol, keyCol, valueCol string) error {
 	ct, ok1 := bytea(row[cipherCol])
 	h, ok2 := bytea(row[hashCol])
 	kid, _ := row[keyCol].(string)
 	if !ok1 || !ok2 || kid == "" {
 		return nil
 	}
-	v, err := s.sealer.Decrypt(ct, kid, h)
+	v, err := s.sealer.Reveal(ctx, ct, kid, h)
 	if err != nil {
 		return fmt.Errorf("%s: %w", cipherCol, err)
 	}
@@ -225,24 +225,24 @@ func (s *Service) openColumn(row map[string]any, cipherCol, hashCol, keyCol, val
 
 // open replaces every sealed attribute value in v (a JSON value, however
 // nested: members.attributes, a merge's snapshot) with the raw value.
-func (s *Service) open(v any) (any, error) {
+func (s *Service) open(ctx context.Context, v any) (any, error) {
 	switch x := v.(type) {
 	case string:
 		if !attributes.Sealed(x) {
 			return x, nil
 		}
-		return attributes.Open(s.sealer, x)
+		return attributes.Open(ctx, s.sealer, x)
 	case map[string]any:
 		for k, e := range x {
 			var err error
-			if x[k], err = s.open(e); err != nil {
+			if x[k], err = s.open(ctx, e); err != nil {
 				return nil, err
 			}
 		}
 	case []any:
 		for i, e := range x {
 			var err error
-			if x[i], err = s.open(e); err != nil {
+			if x[i], err = s.open(ctx, e); err != nil {
 				return nil, err
 			}
 		}

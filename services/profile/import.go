@@ -23,11 +23,12 @@ type ImportedConsent struct {
 }
 
 // CheckImport validates a legacy member's attributes and consents against
-// the schema before anything is written, returning the attributes in their
-// stored form (PII sealed) and what the change stream says of them (PII
-// masked). An error names the attribute or purpose and wraps ErrInvalid.
-func (s *Service) CheckImport(attrs map[string]string, consents []ImportedConsent) (stored, shown map[string]string, err error) {
-	stored, shown = map[string]string{}, map[string]string{}
+// the schema before anything is written, returning the attributes
+// normalised (ImportProfile seals the PII ones under the member's data key)
+// and what the change stream says of them (PII masked). An error names the
+// attribute or purpose and wraps ErrInvalid.
+func (s *Service) CheckImport(attrs map[string]string, consents []ImportedConsent) (values, shown map[string]string, err error) {
+	values, shown = map[string]string{}, map[string]string{}
 	for k, v := range attrs {
 		if v == "" {
 			continue
@@ -36,10 +37,10 @@ func (s *Service) CheckImport(attrs map[string]string, consents []ImportedConsen
 		if err != nil {
 			return nil, nil, err
 		}
-		if stored[k], err = s.storedForm(a, nv); err != nil {
-			return nil, nil, err
+		values[k], shown[k] = nv, nv
+		if a.Class == attributes.PII {
+			shown[k] = attributes.Mask(a.Type, nv)
 		}
-		shown[k] = attributes.Shown(stored[k])
 	}
 	seen := map[mcv1.ConsentPurpose]bool{}
 	for _, c := range consents {
@@ -51,16 +52,24 @@ func (s *Service) CheckImport(attrs map[string]string, consents []ImportedConsen
 		}
 		seen[c.Purpose] = true
 	}
-	return stored, shown, nil
+	return values, shown, nil
 }
 
 // ImportProfile gives a member a legacy system brought over (created in tx
-// by identity.ImportMember) its attributes and consents, as CheckImport
-// returned and checked them, announcing both on the change stream, caused
+// by identity.ImportMember) its attributes (PII sealed under its data key)
+// and consents, as CheckImport returned and checked them, announcing both on the change stream, caused
 // by cause; the member's labels are computed once everything else of the
 // member is in place (ComputeLabels).
-func (s *Service) ImportProfile(ctx context.Context, tx pgx.Tx, member uuid.UUID, stored, shown map[string]string, consents []ImportedConsent, cause string) error {
-	if len(stored) > 0 {
+func (s *Service) ImportProfile(ctx context.Context, tx pgx.Tx, member uuid.UUID, values, shown map[string]string, consents []ImportedConsent, cause string) error {
+	if len(values) > 0 {
+		stored := make(map[string]string, len(values))
+		for k, v := range values {
+			a, _ := s.schema.Lookup(k)
+			var err error
+			if stored[k], err = s.storedForm(ctx, member, a, v); err != nil {
+				return err
+			}
+		}
 		if err := postgres.SetAttributes(ctx, tx, member, stored); err != nil {
 			return err
 		}

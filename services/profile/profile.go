@@ -79,12 +79,13 @@ func (s *Service) SetAttributes(schema *attributes.Schema, keys attributes.Keyri
 }
 
 // SealAttributes brings stored attributes in line with the schema and the
-// active PII key: a value of a PII attribute stored unsealed (written before
-// the schema declared it PII) is sealed, and a value sealed under another key
-// is re-sealed under the active one. In batches of batch members, each in
-// its own transaction behind the members' row locks; safe while the platform
-// serves and to run again. progress is called after each batch with the
-// members done and the members there were to do.
+// members' data keys: a value of a PII attribute stored unsealed (written
+// before the schema declared it PII) is sealed, and a value sealed under a
+// platform key (written before members had data keys) is re-sealed under
+// its member's. In batches of batch members, each in its own transaction
+// behind the members' row locks; safe while the platform serves and to run
+// again. progress is called after each batch with the members done and the
+// members there were to do.
 func (s *Service) SealAttributes(ctx context.Context, batch int, progress func(done, total int64)) (int64, error) {
 	if s.sealer == nil {
 		return 0, errors.New("seal attributes: no PII keys")
@@ -95,8 +96,7 @@ func (s *Service) SealAttributes(ctx context.Context, batch int, progress func(d
 			pii = append(pii, a.Name)
 		}
 	}
-	active := s.sealer.ActiveKeyID()
-	total, err := postgres.CountAttributesToSeal(ctx, s.pool, pii, active)
+	total, err := postgres.CountAttributesToSeal(ctx, s.pool, pii)
 	if err != nil {
 		return 0, err
 	}
@@ -107,12 +107,12 @@ func (s *Service) SealAttributes(ctx context.Context, batch int, progress func(d
 		err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 			var all []map[string]string
 			var err error
-			if ids, all, err = postgres.ClaimAttributesToSeal(ctx, tx, pii, active, after, batch); err != nil {
+			if ids, all, err = postgres.ClaimAttributesToSeal(ctx, tx, pii, after, batch); err != nil {
 				return err
 			}
 			for i, attrs := range all {
 				for k, v := range attrs {
-					if attrs[k], err = s.sealStored(k, v); err != nil {
+					if attrs[k], err = s.sealStored(ctx, ids[i], k, v); err != nil {
 						return fmt.Errorf("member %s: %w", ids[i], err)
 					}
 				}
@@ -133,11 +133,18 @@ func (s *Service) SealAttributes(ctx context.Context, batch int, progress func(d
 	}
 }
 
-// sealStored is a stored attribute value as the schema and the active key
-// want it stored.
-func (s *Service) sealStored(name, stored string) (string, error) {
+// sealStored is a stored attribute value of member as the schema and the
+// members' data keys want it stored.
+func (s *Service) sealStored(ctx context.Context, member uuid.UUID, name, stored string) (string, error) {
 	if attributes.Sealed(stored) {
-		return attributes.Reseal(s.sealer, stored)
+		if s.sealer.IsMemberKey(attributes.KeyID(stored)) {
+			return stored, nil
+		}
+		to, err := s.sealer.SealerFor(ctx, member)
+		if err != nil {
+			return "", err
+		}
+		return attributes.Reseal(ctx, s.sealer, to, stored)
 	}
 	a, ok := s.schema.Lookup(name)
 	if !ok || a.Class != attributes.PII {
@@ -149,7 +156,7 @@ func (s *Service) sealStored(name, stored string) (string, error) {
 		// (it is personal data all the same), shown masked as text.
 		v, a.Type = stored, attributes.String
 	}
-	return attributes.Seal(s.sealer, a, v)
+	return s.storedForm(ctx, member, a, v)
 }
 
 // SetClock replaces the service's clock, for tests and simulations.
@@ -276,7 +283,7 @@ func (s *Service) UpdateAttributes(ctx context.Context, req *mcv1.UpdateAttribut
 				if had && attributes.Same(s.sealer, a, old, v) {
 					continue
 				}
-				stored, err := s.storedForm(a, v)
+				stored, err := s.storedForm(ctx, member, a, v)
 				if err != nil {
 					return err
 				}
@@ -323,13 +330,17 @@ func (s *Service) checkAttribute(name, value string) (string, attributes.Attr, e
 	return nv, a, nil
 }
 
-// storedForm is a normalised value of a as the members row keeps it: sealed
-// when a is PII.
-func (s *Service) storedForm(a attributes.Attr, v string) (string, error) {
+// storedForm is a normalised value of a as member's row keeps it: sealed
+// under the member's data key when a is PII.
+func (s *Service) storedForm(ctx context.Context, member uuid.UUID, a attributes.Attr, v string) (string, error) {
 	if a.Class != attributes.PII {
 		return v, nil
 	}
-	return attributes.Seal(s.sealer, a, v)
+	sealer, err := s.sealer.SealerFor(ctx, member)
+	if err != nil {
+		return "", fmt.Errorf("seal attributes[%s]: %w", a.Name, err)
+	}
+	return attributes.Seal(sealer, a, v)
 }
 
 // SetConsent records a consent decision once per idempotency key, writes

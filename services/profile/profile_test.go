@@ -41,6 +41,7 @@ func newFixture(t testing.TB) fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
+	pii.UseKeyStore(pool)
 	svc.SetAttributes(attributes.Default(), pii)
 	return fixture{pool: pool, tags: ts, svc: svc, srv: profile.NewServer(svc)}
 }

@@ -339,23 +339,27 @@ type SealedRow struct {
 	KeyID    string
 }
 
-// CountSealedNotUnder counts ciphertexts written under a key other than keyID.
-func CountSealedNotUnder(ctx context.Context, q Querier, keyID string) (int64, error) {
+// underPlatformKey selects ciphertexts written under a platform key of
+// MC_PII_ENC_KEYS rather than a member's data key (key ids "m/<member>").
+const underPlatformKey = `key_id NOT LIKE 'm/%'`
+
+// CountPlatformSealed counts the ciphertexts under platform keys.
+func CountPlatformSealed(ctx context.Context, q Querier) (int64, error) {
 	var n int64
 	err := q.QueryRow(ctx, `SELECT
-		(SELECT count(*) FROM member_identifiers WHERE value_cipher IS NOT NULL AND key_id <> $1) +
-		(SELECT count(*) FROM member_code_secrets WHERE key_id <> $1)`, keyID).Scan(&n)
+		(SELECT count(*) FROM member_identifiers WHERE value_cipher IS NOT NULL AND `+underPlatformKey+`) +
+		(SELECT count(*) FROM member_code_secrets WHERE `+underPlatformKey+`)`).Scan(&n)
 	if err != nil {
 		return 0, fmt.Errorf("count ciphertexts: %w", err)
 	}
 	return n, nil
 }
 
-// ClaimIdentifierCiphers locks up to limit identifier ciphertexts not under
-// keyID.
-func ClaimIdentifierCiphers(ctx context.Context, tx pgx.Tx, keyID string, limit int) ([]SealedRow, error) {
+// ClaimIdentifierCiphers locks up to limit identifier ciphertexts under
+// platform keys.
+func ClaimIdentifierCiphers(ctx context.Context, tx pgx.Tx, limit int) ([]SealedRow, error) {
 	rows, err := tx.Query(ctx, `SELECT identifier_id, member_id, value_hash, value_cipher, key_id FROM member_identifiers
-		WHERE value_cipher IS NOT NULL AND key_id <> $1 ORDER BY identifier_id LIMIT $2 FOR UPDATE SKIP LOCKED`, keyID, limit)
+		WHERE value_cipher IS NOT NULL AND `+underPlatformKey+` ORDER BY identifier_id LIMIT $1 FOR UPDATE SKIP LOCKED`, limit)
 	if err != nil {
 		return nil, fmt.Errorf("claim identifier ciphertexts: %w", err)
 	}
@@ -371,10 +375,11 @@ func UpdateIdentifierCipher(ctx context.Context, tx pgx.Tx, id int64, cipher []b
 	return exec(ctx, tx, "update identifier ciphertext", `UPDATE member_identifiers SET value_cipher = $2, key_id = $3 WHERE identifier_id = $1`, id, cipher, keyID)
 }
 
-// ClaimCodeSecretCiphers locks up to limit member code secrets not under keyID.
-func ClaimCodeSecretCiphers(ctx context.Context, tx pgx.Tx, keyID string, limit int) ([]SealedRow, error) {
+// ClaimCodeSecretCiphers locks up to limit member code secrets under
+// platform keys.
+func ClaimCodeSecretCiphers(ctx context.Context, tx pgx.Tx, limit int) ([]SealedRow, error) {
 	rows, err := tx.Query(ctx, `SELECT member_id, secret_cipher, key_id FROM member_code_secrets
-		WHERE key_id <> $1 ORDER BY member_id LIMIT $2 FOR UPDATE SKIP LOCKED`, keyID, limit)
+		WHERE `+underPlatformKey+` ORDER BY member_id LIMIT $1 FOR UPDATE SKIP LOCKED`, limit)
 	if err != nil {
 		return nil, fmt.Errorf("claim code secrets: %w", err)
 	}

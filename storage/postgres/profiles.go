@@ -97,16 +97,17 @@ func LockMemberAttributes(ctx context.Context, tx pgx.Tx, member uuid.UUID) (map
 
 // attributesToSeal is the condition on a members row whose attributes hold
 // a value of one of the PII attributes $1 that is not sealed, or a value
-// sealed under a key other than $2 (sealed values start "pii:v1:<key>:").
+// sealed under a platform key rather than a member's data key (sealed
+// values start "pii:v1:<key id>:", a member's key id "m/<member id>").
 const attributesToSeal = `EXISTS (SELECT 1 FROM jsonb_each_text(m.attributes) e
 	WHERE (e.key = ANY($1::text[]) AND left(e.value, 7) <> 'pii:v1:')
-	   OR (left(e.value, 7) = 'pii:v1:' AND left(e.value, length($2::text) + 8) <> 'pii:v1:' || $2::text || ':'))`
+	   OR (left(e.value, 7) = 'pii:v1:' AND left(e.value, 9) <> 'pii:v1:m/'))`
 
 // CountAttributesToSeal counts the members whose attributes need sealing
 // or re-sealing (attributesToSeal).
-func CountAttributesToSeal(ctx context.Context, q Querier, pii []string, keyID string) (int64, error) {
+func CountAttributesToSeal(ctx context.Context, q Querier, pii []string) (int64, error) {
 	var n int64
-	if err := q.QueryRow(ctx, `SELECT count(*) FROM members m WHERE `+attributesToSeal, pii, keyID).Scan(&n); err != nil {
+	if err := q.QueryRow(ctx, `SELECT count(*) FROM members m WHERE `+attributesToSeal, pii).Scan(&n); err != nil {
 		return 0, fmt.Errorf("count attributes to seal: %w", err)
 	}
 	return n, nil
@@ -115,9 +116,9 @@ func CountAttributesToSeal(ctx context.Context, q Querier, pii []string, keyID s
 // ClaimAttributesToSeal locks up to limit members after the member id after
 // whose attributes need sealing or re-sealing, in member id order, skipping
 // rows another transaction holds (a later pass takes them).
-func ClaimAttributesToSeal(ctx context.Context, tx pgx.Tx, pii []string, keyID string, after uuid.UUID, limit int) ([]uuid.UUID, []map[string]string, error) {
-	rows, err := tx.Query(ctx, `SELECT member_id, attributes FROM members m WHERE member_id > $3 AND `+attributesToSeal+`
-		ORDER BY member_id LIMIT $4`+lockMemberRow+` SKIP LOCKED`, pii, keyID, after, limit)
+func ClaimAttributesToSeal(ctx context.Context, tx pgx.Tx, pii []string, after uuid.UUID, limit int) ([]uuid.UUID, []map[string]string, error) {
+	rows, err := tx.Query(ctx, `SELECT member_id, attributes FROM members m WHERE member_id > $2 AND `+attributesToSeal+`
+		ORDER BY member_id LIMIT $3`+lockMemberRow+` SKIP LOCKED`, pii, after, limit)
 	if err != nil {
 		return nil, nil, fmt.Errorf("claim attributes to seal: %w", err)
 	}

@@ -1,0 +1,166 @@
+package postgres
+
+import (
+	"context"
+	"embed"
+	"errors"
+	"fmt"
+	"io/fs"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/jackc/pgx/v5/stdlib"
+	"github.com/pressly/goose/v3"
+	"github.com/pressly/goose/v3/lock"
+)
+
+// The key store's one table is the platform's migration that creates it,
+// applied on its own in a key store kept apart (MC_KEYSTORE_URL).
+//
+//go:embed migrations/00026_member_keys.sql
+var keyStoreMigrations embed.FS
+
+// KeyStoreConfig says where the members' data keys are kept.
+type KeyStoreConfig struct {
+	// A PostgreSQL database of its own for the member_keys table, whose
+	// backups are kept no longer than an erasure may take to reach them
+	// (docs/security.md). Empty: the platform's database.
+	URL string `env:"MC_KEYSTORE_URL"`
+}
+
+// Validate reports a URL that does not parse.
+func (c KeyStoreConfig) Validate() error {
+	if c.URL == "" {
+		return nil
+	}
+	if _, err := pgx.ParseConfig(c.URL); err != nil {
+		return fmt.Errorf("MC_KEYSTORE_URL: %w", err)
+	}
+	return nil
+}
+
+// Masked is the URL with its password hidden ("" when unset).
+func (c KeyStoreConfig) Masked() string {
+	if c.URL == "" {
+		return ""
+	}
+	return Config{URL: c.URL}.Masked()
+}
+
+// MigrateKeyStore creates the member key table in a key store kept apart
+// from the platform's database. Idempotent, like Migrate; its versions are
+// kept in their own table.
+func MigrateKeyStore(ctx context.Context, pool *pgxpool.Pool) error {
+	db := stdlib.OpenDBFromPool(pool)
+	defer db.Close()
+	sub, err := fs.Sub(keyStoreMigrations, "migrations")
+	if err != nil {
+		return err
+	}
+	locker, err := lock.NewPostgresSessionLocker(lock.WithLockID(5887940537704921959))
+	if err != nil {
+		return fmt.Errorf("key store migration lock: %w", err)
+	}
+	p, err := goose.NewProvider(goose.DialectPostgres, db, sub, goose.WithSessionLocker(locker), goose.WithTableName("keystore_goose_version"))
+	if err != nil {
+		return fmt.Errorf("load key store migrations: %w", err)
+	}
+	if _, err := p.Up(ctx); err != nil {
+		return fmt.Errorf("migrate key store: %w", err)
+	}
+	return nil
+}
+
+// MemberKey is a member's wrapped data key.
+type MemberKey struct {
+	MemberID uuid.UUID
+	Wrapped  []byte
+	KEKID    string
+}
+
+// ErrKeyShredded is the answer for a member whose data key was shredded
+// (the member was erased).
+var ErrKeyShredded = errors.New("the member's data key was shredded (the member was erased)")
+
+// GetMemberKey returns a member's wrapped data key: ErrNotFound when it has
+// none yet, ErrKeyShredded when it was shredded.
+func GetMemberKey(ctx context.Context, q Querier, member uuid.UUID) (MemberKey, error) {
+	k := MemberKey{MemberID: member}
+	var kek *string
+	err := q.QueryRow(ctx, `SELECT wrapped, kek_id FROM member_keys WHERE member_id = $1`, member).Scan(&k.Wrapped, &kek)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return k, fmt.Errorf("data key of member %s: %w", member, ErrNotFound)
+	case err != nil:
+		return k, fmt.Errorf("get member key: %w", err)
+	case kek == nil:
+		return k, fmt.Errorf("member %s: %w", member, ErrKeyShredded)
+	}
+	k.KEKID = *kek
+	return k, nil
+}
+
+// CreateMemberKey stores k unless the member has a key (or a shredded
+// one), and returns the member's key: k, or the one stored first.
+func CreateMemberKey(ctx context.Context, q Querier, k MemberKey, at time.Time) (MemberKey, error) {
+	tag, err := q.Exec(ctx, `INSERT INTO member_keys (member_id, wrapped, kek_id, created_at) VALUES ($1, $2, $3, $4)
+		ON CONFLICT (member_id) DO NOTHING`, k.MemberID, k.Wrapped, k.KEKID, at)
+	if err != nil {
+		return k, fmt.Errorf("create member key: %w", err)
+	}
+	if tag.RowsAffected() == 1 {
+		return k, nil
+	}
+	return GetMemberKey(ctx, q, k.MemberID)
+}
+
+// ShredMemberKeys destroys the members' data keys, keeping a row that says
+// so (a member without a row gets one: no key is made for it later). It
+// returns how many keys it destroyed.
+func ShredMemberKeys(ctx context.Context, q Querier, members []uuid.UUID, at time.Time) (int64, error) {
+	var n int64
+	err := q.QueryRow(ctx, `WITH live AS (
+		  SELECT member_id FROM member_keys WHERE member_id = ANY($1) AND wrapped IS NOT NULL),
+		s AS (
+		  INSERT INTO member_keys (member_id, created_at, shredded_at) SELECT DISTINCT m, $2::timestamptz, $2::timestamptz FROM unnest($1::uuid[]) AS t(m)
+		  ON CONFLICT (member_id) DO UPDATE SET wrapped = NULL, kek_id = NULL,
+		    shredded_at = coalesce(member_keys.shredded_at, EXCLUDED.shredded_at))
+		SELECT count(*) FROM live`, members, at).Scan(&n)
+	if err != nil {
+		return 0, fmt.Errorf("shred member keys: %w", err)
+	}
+	return n, nil
+}
+
+// CountMemberKeysNotUnder counts the live data keys wrapped under a key
+// other than kek.
+func CountMemberKeysNotUnder(ctx context.Context, q Querier, kek string) (int64, error) {
+	var n int64
+	if err := q.QueryRow(ctx, `SELECT count(*) FROM member_keys WHERE kek_id <> $1`, kek).Scan(&n); err != nil {
+		return 0, fmt.Errorf("count member keys: %w", err)
+	}
+	return n, nil
+}
+
+// ClaimMemberKeysNotUnder locks up to limit live data keys wrapped under a
+// key other than kek.
+func ClaimMemberKeysNotUnder(ctx context.Context, tx pgx.Tx, kek string, limit int) ([]MemberKey, error) {
+	rows, err := tx.Query(ctx, `SELECT member_id, wrapped, kek_id FROM member_keys WHERE kek_id <> $1
+		ORDER BY member_id LIMIT $2 FOR UPDATE SKIP LOCKED`, kek, limit)
+	if err != nil {
+		return nil, fmt.Errorf("claim member keys: %w", err)
+	}
+	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (MemberKey, error) {
+		var k MemberKey
+		err := row.Scan(&k.MemberID, &k.Wrapped, &k.KEKID)
+		return k, err
+	})
+}
+
+// RewrapMemberKey stores a data key wrapped anew.
+func RewrapMemberKey(ctx context.Context, tx pgx.Tx, k MemberKey) error {
+	return exec(ctx, tx, "rewrap member key", `UPDATE member_keys SET wrapped = $2, kek_id = $3 WHERE member_id = $1 AND wrapped IS NOT NULL`,
+		k.MemberID, k.Wrapped, k.KEKID)
+}
