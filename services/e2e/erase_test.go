@@ -2,7 +2,9 @@ package e2e_test
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -18,6 +20,8 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
+	"github.com/membercenter/membercenter/services/identity"
+	"github.com/membercenter/membercenter/storage/postgres"
 
 	"github.com/membercenter/membercenter/pipeline/dlq"
 	"github.com/membercenter/membercenter/pipeline/sink"
@@ -85,19 +89,60 @@ func TestEraseMemberLeavesNothingReadable(t *testing.T) {
 	})
 	needles := []string{phone, "8613722228888", "Erase.Me", "erase.me", "13622227777", "Erase Me Fully", other}
 	var hashes, ciphers [][]byte
-	rows, err := e.pool.Query(ctx, `SELECT value_hash, coalesce(value_cipher, ''::bytea) FROM member_identifiers WHERE member_id = ANY($1)`,
+	// A backup taken now: the member's PII ciphertexts, each under the data
+	// key of the member that sealed it. They open now; after the erasure
+	// they must not, wherever a copy of them is.
+	type sealed struct {
+		ct, hash []byte
+		kid      string
+	}
+	var backup []sealed
+	rows, err := e.pool.Query(ctx, `SELECT value_hash, coalesce(value_cipher, ''::bytea), coalesce(key_id, '') FROM member_identifiers WHERE member_id = ANY($1)`,
 		[]uuid.UUID{uuid.MustParse(member), uuid.MustParse(folded)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	for rows.Next() {
 		var h, c []byte
-		if err := rows.Scan(&h, &c); err != nil {
+		var kid string
+		if err := rows.Scan(&h, &c, &kid); err != nil {
 			t.Fatal(err)
 		}
 		hashes, ciphers = append(hashes, h), append(ciphers, c)
+		if len(c) > 0 {
+			backup = append(backup, sealed{c, h, kid})
+		}
 	}
 	rows.Close()
+	var attrs map[string]string
+	if err := e.pool.QueryRow(ctx, `SELECT attributes FROM members WHERE member_id = $1`, member).Scan(&attrs); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"mobile", "name"} {
+		f := strings.SplitN(attrs[k], ":", 6) // pii:v1:<key id>:<hash>:<ciphertext>:<masked>
+		if len(f) != 6 {
+			t.Fatalf("attributes[%s] stored as %q, want sealed", k, attrs[k])
+		}
+		h, err1 := base64.RawURLEncoding.DecodeString(f[3])
+		c, err2 := base64.RawURLEncoding.DecodeString(f[4])
+		if err1 != nil || err2 != nil {
+			t.Fatalf("attributes[%s]: %v %v", k, err1, err2)
+		}
+		backup = append(backup, sealed{c, h, f[2]})
+	}
+	keys, err := identity.NewPII(identity.DevKeys) // the platform's keys (the development ones here)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys.UseKeyStore(e.pool)
+	for _, b := range backup {
+		if !identity.IsMemberKey(b.kid) {
+			t.Errorf("a ciphertext under %q, not under a member's data key", b.kid)
+		}
+		if _, err := keys.Reveal(ctx, b.ct, b.kid, b.hash); err != nil {
+			t.Fatalf("before the erasure a ciphertext under %s does not open: %v", b.kid, err)
+		}
+	}
 	if len(hashes) < 3 {
 		t.Fatalf("%d identifiers stored before the erasure, want the two phones and the e-mail", len(hashes))
 	}
@@ -114,8 +159,23 @@ func TestEraseMemberLeavesNothingReadable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if resp.GetMemberId() != member || !slices.Equal(resp.GetMergedMemberIds(), []string{folded}) || resp.GetPostgresRows()["member_identifiers"] < 3 {
+	if resp.GetMemberId() != member || !slices.Equal(resp.GetMergedMemberIds(), []string{folded}) || resp.GetPostgresRows()["member_identifiers"] < 3 ||
+		resp.GetPostgresRows()["member_keys"] != 2 {
 		t.Errorf("EraseMember of the merged id answered %v", resp)
+	}
+	// Crypto-shredding: the backup's ciphertexts no longer open, in a
+	// process that never held the keys as in one that did.
+	fresh, err := identity.NewPII(identity.DevKeys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fresh.UseKeyStore(e.pool)
+	for _, b := range backup {
+		for _, k := range []*identity.PII{keys, fresh} {
+			if v, err := k.Reveal(ctx, b.ct, b.kid, b.hash); !errors.Is(err, postgres.ErrKeyShredded) {
+				t.Errorf("after the erasure a ciphertext under %s: %q, %v; want ErrKeyShredded", b.kid, v, err)
+			}
+		}
 	}
 	for {
 		c := nextChange(t, stream)

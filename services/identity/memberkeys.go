@@ -40,9 +40,11 @@ func MemberKeyID(member uuid.UUID) string { return memberKeyPrefix + member.Stri
 // IsMemberKey reports whether a key id names a member's data key.
 func IsMemberKey(kid string) bool { return strings.HasPrefix(kid, memberKeyPrefix) }
 
-// memberKeyCache bounds the unwrapped data keys a process keeps, and for
-// how long: a key shredded by another process is still used here for at
-// most memberKeyTTL (docs/security.md).
+// memberKeyCache bounds the unwrapped data keys a process keeps for
+// sealing, and for how long: a process may still seal under a key another
+// one shredded for at most memberKeyTTL (what it seals then is unreadable:
+// the key is gone). Opening always reads the key store, so a shredded key
+// opens nothing anywhere from the moment it is shredded.
 const (
 	memberKeyCache = 20000
 	memberKeyTTL   = 5 * time.Minute
@@ -166,13 +168,14 @@ func (p *PII) Rewrap(ctx context.Context, batch int, progress func(done, total i
 	}
 }
 
-// memberAEAD is member's data key, from the cache or the key store; made
-// when create is set and the member has none.
+// memberAEAD is member's data key from the key store, or the cache when
+// it is for sealing (create); made when create is set and the member has
+// none.
 func (p *PII) memberAEAD(ctx context.Context, member uuid.UUID, create bool) (cipher.AEAD, error) {
 	if p.keys == nil {
 		return nil, errNoKeyStore
 	}
-	if a, ok := p.keys.cache.Get(member); ok {
+	if a, ok := p.keys.cache.Get(member); ok && create {
 		return a, nil
 	}
 	k, err := postgres.GetMemberKey(ctx, p.keys.db, member)

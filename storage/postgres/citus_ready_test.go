@@ -91,6 +91,7 @@ var citusTables = []citusTable{
 	{name: "member_labels", layout: byMember, column: "member_id"},
 	{name: "member_consents", layout: byMember, column: "member_id"},
 	{name: "member_code_secrets", layout: byMember, column: "member_id"},
+	{name: "member_keys", layout: byMember, column: "member_id"},
 	{name: "member_code_uses", layout: byMember, column: "member_id"},
 	{name: "device_members", layout: byMember, column: "member_id"},
 	{name: "profile_exports", layout: byMember, column: "member_id"},
