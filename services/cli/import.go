@@ -13,6 +13,9 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/spf13/cobra"
 
+	"github.com/membercenter/membercenter/pipeline/cdc"
+	"github.com/membercenter/membercenter/pipeline/kafka"
+
 	"github.com/membercenter/membercenter/services/attributes"
 	"github.com/membercenter/membercenter/services/migration"
 	"github.com/membercenter/membercenter/services/server"
@@ -161,7 +164,7 @@ and legacy id, per-field agreement and point totals. Changes nothing. Exit
 	}
 	verify.Flags().StringVar(&vsource, "source", "legacy", "name of the legacy system the export was imported as")
 	verify.Flags().StringVar(&vreport, "report", "", "also write the report to this file")
-	cmd.AddCommand(verify, catchUpCmd(stdout, stderr))
+	cmd.AddCommand(verify, catchUpCmd(stdout, stderr), cdcCmd(stdout, stderr))
 	return cmd
 }
 
@@ -217,20 +220,65 @@ deleted member is reported, not erased. Exit 0 when nothing was refused.`,
 				bar := newProgress(stderr, "catching up", "changes")
 				rep, err := cu.ApplyFiles(cmd.Context(), args[0], func(n int) { bar.update(int64(n), int64(total)) })
 				bar.finish()
-				if werr := writeCatchUpReport(stdout, reportPath, rep); werr != nil && err == nil {
-					err = werr
-				}
-				if err != nil {
-					return err
-				}
-				if len(rep.Refused) > 0 {
-					return fmt.Errorf("%d changes refused (listed above)", len(rep.Refused))
-				}
-				return nil
+				return catchUpDone(stdout, reportPath, rep, err, "refused")
 			})
 		},
 	}
 	cmd.Flags().StringVar(&source, "source", "legacy", "name of the legacy system, as imported")
+	cmd.Flags().StringVar(&reportPath, "report", "", "also write the report to this file")
+	return cmd
+}
+
+func cdcCmd(stdout, stderr io.Writer) *cobra.Command {
+	var source, reportPath, group string
+	var topics []string
+	var until bool
+	cmd := &cobra.Command{
+		Use:   "cdc --topic T",
+		Short: "Apply a legacy system's Debezium change-data-capture topic, each change once (docs/migration.md)",
+		Long: `Consume the Debezium JSON change events of a legacy database (with or without
+the schema/payload wrapper; op c, u, d, r; tombstones ignored) from the
+topics --topic names and apply each change as "import catch-up" applies a
+delta file's line: the legacy tables members, identifiers, lots, months,
+coupons and orders (the CSV export's columns), ordered by the source's
+position (PostgreSQL lsn, MySQL binlog file, pos and row, Oracle scn). A
+change at or before the last one applied to its row is skipped, so a topic
+read twice, or holding the stream twice, changes nothing the second time.
+A record that cannot be applied is dead-lettered (dlq.v1, sealed with the
+PII keys) with its reason and the partition moves on. Offsets are
+committed after the effects are stored, under the consumer group of the
+source (--group). With --until-caught-up it stops once the end the topics
+had at its start is committed, and prints what it did; otherwise it runs
+until interrupted.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(topics) == 0 {
+				return usage(cmd, fmt.Errorf("--topic names the CDC topic(s) to read"))
+			}
+			return runEnv(cmd, args, stderr, server.DefaultAdminAddr, func(cmd *cobra.Command, _ []string, e *env) error {
+				cu, done, err := catchUp(cmd.Context(), e, source)
+				if err != nil {
+					return err
+				}
+				defer done()
+				kcfg := e.cfg.Kafka
+				kcfg.DLQSealer = cu.Identity.PII() // refused rows hold the legacy system's raw identifiers
+				if group == "" {
+					group = kcfg.Group("import-cdc-" + source)
+				}
+				start := time.Now()
+				err = cdc.Run(cmd.Context(), kcfg, kafka.Telemetry{Tracers: e.tel.Tracers, Meters: e.tel.Meters, Propagator: e.tel.Propagator,
+					Logger: e.tel.Logger}, cdc.Config{Topics: topics, Group: group, DLQTopic: kcfg.Topics.DLQ, UntilCaughtUp: until}, cu)
+				rep := cu.Report()
+				rep.Took = time.Since(start)
+				return catchUpDone(stdout, reportPath, rep, err, "refused and dead-lettered")
+			})
+		},
+	}
+	cmd.Flags().StringSliceVar(&topics, "topic", nil, "CDC topic to read (repeat, or separate with commas)")
+	cmd.Flags().StringVar(&source, "source", "legacy", "name of the legacy system, as imported")
+	cmd.Flags().StringVar(&group, "group", "", "consumer group (default: <prefix>-import-cdc-<source>)")
+	cmd.Flags().BoolVar(&until, "until-caught-up", false, "stop once the topics' end at the start is applied and committed")
 	cmd.Flags().StringVar(&reportPath, "report", "", "also write the report to this file")
 	return cmd
 }
@@ -246,6 +294,18 @@ func countLines(dir string, files []string) (int, error) {
 		n += bytes.Count(b, []byte("\n"))
 	}
 	return n, nil
+}
+
+// catchUpDone prints a catch-up's report (and writes it to path) and
+// returns the run's error, or one counting the changes refused (exit 1).
+func catchUpDone(stdout io.Writer, path string, rep migration.CatchUpReport, err error, refused string) error {
+	if werr := writeCatchUpReport(stdout, path, rep); werr != nil && err == nil {
+		err = werr
+	}
+	if err == nil && len(rep.Refused) > 0 {
+		err = fmt.Errorf("%d changes %s (listed above)", len(rep.Refused), refused)
+	}
+	return err
 }
 
 func writeCatchUpReport(stdout io.Writer, path string, rep migration.CatchUpReport) error {
