@@ -64,8 +64,8 @@ type Report struct {
 	Read     int
 	Imported int
 	// Already imported by an earlier run (Changed of them differ from
-	// the source now: incremental catch-up is not built; see
-	// docs/migration.md).
+	// the source now: an import does not update them; their changes come
+	// through catch-up, CatchUp).
 	Already, Changed int
 	Points           int64 // points imported (open lots' remaining)
 	// Refused records, each with its file, line and reason; Conflicts

@@ -4,7 +4,8 @@
 // at all (identifiers, attributes, consents, points as lots, tier, coupons),
 // skips what an earlier run imported, reports every refused record with its
 // file, line and reason, and reconciles the platform against the source
-// (import verify).
+// (import verify). While the legacy system still runs, its changes — dated
+// delta files, a Debezium CDC topic — are applied by CatchUp, each once.
 package migration
 
 import (
