@@ -124,6 +124,8 @@ func TestCatchUpOrderAndBadRecords(t *testing.T) {
 		`{"pos":27,"table":"lots","op":"c","after":{"legacy_id":"L9999","ref":"X-2","earned":10,"remaining":10,"earned_at":"2026-06-01"}}`,
 		`{"pos":28,"table":"lots","op":"c","after":{"legacy_id":"L0002","ref":"X-3","earned":10,"remaining":20,"earned_at":"2026-06-01"}}`,
 		`{"pos":29,"table":"identifiers","op":"c","after":{"legacy_id":"L0002","type":"member_card","value":"CARD-0002"}}`,
+		`{"pos":30,"table":"lots","op":"u","after":{"legacy_id":"L0001","ref":"O-9002","earned":500,"remaining":500,"earned_at":"2026-01-15T12:00:00+08:00","expires_at":"2027-06-30"}}`,
+		`{"pos":31,"table":"lots","op":"u","after":{`+lotO9001+`,"remaining":650}}`,
 	)
 	rep, err := cu.ApplyFiles(c, dir, nil)
 	if err != nil {
@@ -132,14 +134,19 @@ func TestCatchUpOrderAndBadRecords(t *testing.T) {
 	want := map[int]string{
 		3: "not a change", 4: `unknown table "stores"`, 5: "missing key column ref", 6: `remaining: "12.5" is not a whole number`,
 		7: "conflict: an identifier already belongs to a member: phone 139****0001 belongs to member", 9: "legacy member L9999 is not imported",
-		10: "lots[0].remaining 20 is more than the 10 earned",
+		10: "lots[0].remaining 20 is more than the 10 earned", 12: "lot O-9002: earned, earned_at or expires_at changed in the legacy system",
 	}
 	expectRefusals(t, rep.Refused, want)
-	if len(rep.Refused) != len(want) || rep.Applied != 3 || rep.Stale != 1 || rep.Conflicts != 1 {
+	if len(rep.Refused) != len(want) || rep.Applied != 4 || rep.Stale != 1 || rep.Conflicts != 1 {
 		t.Errorf("applied %d, stale %d, refused %d: %v", rep.Applied, rep.Stale, len(rep.Refused), rep.Refused)
 	}
-	if n := count(t, pool, `SELECT remaining FROM point_lots WHERE order_id = 'O-9001'`); n != 600 {
-		t.Errorf("lot O-9001 holds %d points: the older change rolled it back", n)
+	// 800 → 600 (pos 20; the older pos 10 skipped) → 650 (pos 31, points
+	// given back in the legacy system).
+	if n := count(t, pool, `SELECT remaining FROM point_lots WHERE order_id = 'O-9001'`); n != 650 {
+		t.Errorf("lot O-9001 holds %d points, want 650", n)
+	}
+	if n := count(t, pool, `SELECT count(*) FROM ledger_transactions WHERE kind = 'adjust'`); n != 2 {
+		t.Errorf("%d adjust transactions for the lot's two moves", n)
 	}
 	if n := count(t, pool, `SELECT count(*) FROM member_identifiers WHERE masked LIKE 'C%02'`); n != 1 {
 		t.Errorf("the change after the refused ones was not applied (%d cards)", n)
