@@ -21,7 +21,7 @@ const module = "github.com/membercenter/membercenter/"
 
 // stagePackages are the stream stages and their plumbing: only the
 // composition root (and tests, and tooling) starts them.
-var stagePackages = []string{"pipeline/ingest", "pipeline/worker", "pipeline/relay", "pipeline/sink", "pipeline/consumer", "pipeline/dlq"}
+var stagePackages = []string{"pipeline/ingest", "pipeline/worker", "pipeline/relay", "pipeline/sink", "pipeline/consumer", "pipeline/dlq", "pipeline/cdc"}
 
 // domainPackages are the domain: they implement pipeline/contract and
 // declare the stores they need; they never start a stage.

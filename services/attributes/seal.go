@@ -188,3 +188,11 @@ func Mask(t Type, v string) string {
 func ErasedLegacyID(s Hasher, source, legacyID string) string {
 	return "erased:" + b64.EncodeToString(s.Hash(hashType, "legacy:"+source, legacyID))
 }
+
+// LegacyRowKey is what a catch-up keeps a legacy row's key as (the last
+// change applied to it, legacy_changes): a keyed hash of the source, the
+// table and the key (a legacy id, an identifier's value), which finds the
+// row again but cannot be read back to a person.
+func LegacyRowKey(s Sealer, source, table, key string) []byte {
+	return s.Hash(hashType, "legacy-row:"+source, table+"\x00"+key)
+}

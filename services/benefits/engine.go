@@ -225,6 +225,7 @@ const (
 	OpAdvance     // month starts and expiry only
 	OpIssueCoupon // one coupon of Template (claims, operators)
 	OpImport      // a legacy system's loyalty given to a member without any (import.go)
+	OpCatchUp     // legacy rows changed since a member's import (catchup.go)
 )
 
 // Item is a basket line.
@@ -249,13 +250,14 @@ type Op struct {
 	CouponCodes  []string
 	RedeemPoints int64
 
-	Amount    int64   // refund amount; 0 = the rest
-	Points    int64   // adjust (±) and redeem
-	Reason    string  // adjust and redeem
-	BirthDate string  // sign-up, YYYY-MM-DD
-	Template  string  // coupon issuance
-	Claim     bool    // a member's claim: the template must be claimable
-	Legacy    *Legacy // import
+	Amount    int64        // refund amount; 0 = the rest
+	Points    int64        // adjust (±) and redeem
+	Reason    string       // adjust and redeem
+	BirthDate string       // sign-up, YYYY-MM-DD
+	Template  string       // coupon issuance
+	Claim     bool         // a member's claim: the template must be claimable
+	Legacy    *Legacy      // import
+	Delta     *LegacyDelta // catch-up
 
 	// Actor is the operator an operator action (an Adjust, a coupon issue)
 	// is made by; Approver the second operator who approved it when it
@@ -413,6 +415,8 @@ func (e Engine) Apply(s *State, op Op) (*Effects, error) {
 	case OpAdvance:
 	case OpImport:
 		err = e.importLegacy(s, fx, t, op)
+	case OpCatchUp:
+		err = e.catchUpLegacy(s, fx, t, op)
 	case OpIssueCoupon:
 		tpl := p.Coupons[op.Template]
 		switch {

@@ -205,15 +205,7 @@ func (e Engine) importLegacy(s *State, fx *Effects, t time.Time, op Op) error {
 		if x.Remaining == 0 {
 			continue // spent: it holds nothing; its earning is in the months
 		}
-		avail, exp := x.AvailableAt, x.ExpiresAt
-		if avail.IsZero() {
-			avail = x.EarnedAt
-		}
-		if exp.IsZero() {
-			exp = NeverExpires
-		}
-		s.Lots = append(s.Lots, &Lot{Earned: x.Earned, Remaining: x.Remaining, EarnedAt: x.EarnedAt, AvailableAt: avail, ExpiresAt: exp,
-			OrderID: x.Ref, Origin: op.Origin, TxnKind: "import", dirty: true})
+		legacyLot(s, x, op.Origin)
 		total += x.Remaining
 		lots++
 	}
@@ -223,33 +215,58 @@ func (e Engine) importLegacy(s *State, fx *Effects, t time.Time, op Op) error {
 	}
 
 	for i, c := range l.Coupons {
-		tpl := p.Coupons[c.Template]
-		if tpl.TotalLimit > 0 && s.TplIssued[c.Template] >= tpl.TotalLimit {
-			return fieldErr(fmt.Sprintf("coupons[%d].template", i), "%q: all %d have been issued (total_limit); raise it in the programme to import more",
-				c.Template, tpl.TotalLimit)
+		if err := e.legacyCoupon(s, fx, i, c, op.Origin); err != nil {
+			return err
 		}
-		s.Issued[c.Template]++
-		if tpl.TotalLimit > 0 {
-			s.TplIssued[c.Template]++
-			s.TplDelta[c.Template]++
-		}
-		from, issued, until := c.ValidFrom, c.IssuedAt, c.ValidUntil
-		if from.IsZero() {
-			from = issued
-		}
-		if issued.IsZero() {
-			issued = from
-		}
-		if until.IsZero() {
-			until = NeverExpires
-		}
-		cp := &Coupon{Code: c.Code, Template: c.Template, State: c.State, ValidFrom: from, ValidUntil: until, Origin: op.Origin,
-			IssuedAt: issued, Cause: "legacy import", isNew: true, dirty: true}
-		s.Coupons = append(s.Coupons, cp)
-		fx.Coupons = append(fx.Coupons, cp)
 	}
 
 	e.expire(s, fx, t, op)
+	return nil
+}
+
+// legacyLot gives the member a legacy lot with its dates, created by an
+// "import" transaction (tied to it by the store).
+func legacyLot(s *State, x LegacyLot, origin string) *Lot {
+	avail, exp := x.AvailableAt, x.ExpiresAt
+	if avail.IsZero() {
+		avail = x.EarnedAt
+	}
+	if exp.IsZero() {
+		exp = NeverExpires
+	}
+	l := &Lot{Earned: x.Earned, Remaining: x.Remaining, EarnedAt: x.EarnedAt, AvailableAt: avail, ExpiresAt: exp,
+		OrderID: x.Ref, Origin: origin, TxnKind: "import", dirty: true}
+	s.Lots = append(s.Lots, l)
+	return l
+}
+
+// legacyCoupon gives the member the i-th coupon of a legacy record as the
+// legacy system issued it, counted against its template's limits.
+func (e Engine) legacyCoupon(s *State, fx *Effects, i int, c LegacyCoupon, origin string) error {
+	tpl := e.P.Coupons[c.Template]
+	if tpl.TotalLimit > 0 && s.TplIssued[c.Template] >= tpl.TotalLimit {
+		return fieldErr(fmt.Sprintf("coupons[%d].template", i), "%q: all %d have been issued (total_limit); raise it in the programme to import more",
+			c.Template, tpl.TotalLimit)
+	}
+	s.Issued[c.Template]++
+	if tpl.TotalLimit > 0 {
+		s.TplIssued[c.Template]++
+		s.TplDelta[c.Template]++
+	}
+	from, issued, until := c.ValidFrom, c.IssuedAt, c.ValidUntil
+	if from.IsZero() {
+		from = issued
+	}
+	if issued.IsZero() {
+		issued = from
+	}
+	if until.IsZero() {
+		until = NeverExpires
+	}
+	cp := &Coupon{Code: c.Code, Template: c.Template, State: c.State, ValidFrom: from, ValidUntil: until, Origin: origin,
+		IssuedAt: issued, Cause: "legacy import", isNew: true, dirty: true}
+	s.Coupons = append(s.Coupons, cp)
+	fx.Coupons = append(fx.Coupons, cp)
 	return nil
 }
 
@@ -302,25 +319,35 @@ type LegacyImport struct {
 // after it. err is the batch's (a database failure): then nothing of the
 // batch is written, and tx stays usable.
 func (s *Service) ImportLegacyBatch(ctx context.Context, tx pgx.Tx, imports []LegacyImport, at time.Time) (map[int]error, error) {
+	ops := make([]Op, len(imports))
+	for i, im := range imports {
+		ops[i] = Op{Kind: OpImport, At: at, Cause: im.Cause, Origin: im.Member.String(), Legacy: &imports[i].Legacy}
+	}
+	return s.legacyBatch(ctx, tx, ops)
+}
+
+// legacyBatch applies legacy operations (OpImport, OpCatchUp) of distinct
+// members, each op's Origin its member, as ImportLegacyBatch says.
+func (s *Service) legacyBatch(ctx context.Context, tx pgx.Tx, ops []Op) (map[int]error, error) {
 	p := s.program()
 	e := Engine{P: p}
 	checked := map[int]error{}
-	ops := make([]Op, len(imports))
 	members := map[uuid.UUID]int{}
-	codes := map[string]int{} // code → import
+	codes := map[string]int{} // code → op
 	var allCodes []string
-	for i, im := range imports {
-		op := Op{Kind: OpImport, At: at, Cause: im.Cause, Origin: im.Member.String(), Legacy: &imports[i].Legacy}
-		ops[i] = op
-		err := e.checkOp(op)
-		switch j, dup := members[im.Member]; {
+	for i, op := range ops {
+		member, err := uuid.Parse(op.Origin)
+		if err == nil {
+			err = e.checkOp(op)
+		}
+		switch j, dup := members[member]; {
 		case err != nil:
-		case im.Cause == "":
+		case op.Cause == "":
 			err = fieldErr("cause", "is required")
 		case dup:
-			err = fault.Permanent(fmt.Errorf("member %s is imported twice in the batch (import %d): %w", im.Member, j, ErrAlreadyImported))
+			err = fault.Permanent(fmt.Errorf("member %s is imported twice in the batch (import %d): %w", member, j, ErrAlreadyImported))
 		}
-		for k, c := range im.Legacy.Coupons {
+		for k, c := range op.legacyRows().Coupons {
 			if err != nil {
 				break
 			}
@@ -332,8 +359,8 @@ func (s *Service) ImportLegacyBatch(ctx context.Context, tx pgx.Tx, imports []Le
 			checked[i] = err
 			continue
 		}
-		members[im.Member] = i
-		for _, c := range im.Legacy.Coupons {
+		members[member] = i
+		for _, c := range op.legacyRows().Coupons {
 			codes[c.Code] = i
 			allCodes = append(allCodes, c.Code)
 		}
@@ -346,7 +373,7 @@ func (s *Service) ImportLegacyBatch(ctx context.Context, tx pgx.Tx, imports []Le
 	for attempt := 0; attempt < 5; attempt++ {
 		refused = maps.Clone(checked)
 		err = pgx.BeginFunc(ctx, tx, func(sp pgx.Tx) error {
-			return s.importBatch(ctx, sp, p, imports, ops, members, codes, allCodes, refused)
+			return s.importBatch(ctx, sp, p, ops, members, codes, allCodes, refused)
 		})
 		// A concurrent issuance took the last of a template's total, or a
 		// concurrent import the same code: the next attempt reads it.
@@ -362,12 +389,15 @@ func (s *Service) ImportLegacyBatch(ctx context.Context, tx pgx.Tx, imports []Le
 
 // importBatch applies the imports of members (member → import) in sp,
 // members in id order, and writes them in one round trip.
-func (s *Service) importBatch(ctx context.Context, sp pgx.Tx, p *Program, imports []LegacyImport, ops []Op, members map[uuid.UUID]int,
+func (s *Service) importBatch(ctx context.Context, sp pgx.Tx, p *Program, ops []Op, members map[uuid.UUID]int,
 	codes map[string]int, allCodes []string, refused map[int]error) error {
 	ids := slices.SortedFunc(maps.Keys(members), func(a, b uuid.UUID) int { return slices.Compare(a[:], b[:]) })
 	loads := make([]postgres.LoyaltyLoad, len(ids))
 	for k, id := range ids {
 		loads[k] = postgres.LoyaltyLoad{Member: id, Lock: true, ActivityFrom: int(monthOf(ops[members[id]].At, p.Location)) - 13}
+		if ops[members[id]].Kind == OpCatchUp {
+			loads[k].ActivityFrom = 0 // a changed month may be any month
+		}
 	}
 	rows, err := postgres.LoadLoyaltyBatch(ctx, sp, loads)
 	if err != nil {
@@ -380,7 +410,11 @@ func (s *Service) importBatch(ctx context.Context, sp pgx.Tx, p *Program, import
 		}
 		for _, code := range held {
 			i := codes[code]
-			k := slices.IndexFunc(imports[i].Legacy.Coupons, func(c LegacyCoupon) bool { return c.Code == code })
+			if r := rows[uuid.MustParse(ops[i].Origin)]; ops[i].Kind == OpCatchUp && r != nil &&
+				slices.ContainsFunc(r.Coupons, func(c postgres.CouponRow) bool { return c.Code == code }) {
+				continue // the member's own: a catch-up changes its state
+			}
+			k := slices.IndexFunc(ops[i].legacyRows().Coupons, func(c LegacyCoupon) bool { return c.Code == code })
 			if refused[i] == nil {
 				refused[i] = fieldErr(fmt.Sprintf("coupons[%d].code", k), "%q is another member's coupon (codes are unique)", code)
 			}

@@ -179,6 +179,8 @@ func (e Engine) checkOp(op Op) error {
 		return p.checkAdjust("points", op.Points)
 	case OpImport:
 		return p.checkLegacy(op.Legacy, op.At)
+	case OpCatchUp:
+		return p.checkDelta(op.Delta, op.At)
 	}
 	return nil
 }

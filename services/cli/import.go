@@ -1,15 +1,20 @@
 package cli
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/spf13/cobra"
+
+	"github.com/membercenter/membercenter/pipeline/cdc"
+	"github.com/membercenter/membercenter/pipeline/kafka"
 
 	"github.com/membercenter/membercenter/services/attributes"
 	"github.com/membercenter/membercenter/services/migration"
@@ -159,8 +164,167 @@ and legacy id, per-field agreement and point totals. Changes nothing. Exit
 	}
 	verify.Flags().StringVar(&vsource, "source", "legacy", "name of the legacy system the export was imported as")
 	verify.Flags().StringVar(&vreport, "report", "", "also write the report to this file")
-	cmd.AddCommand(verify)
+	cmd.AddCommand(verify, catchUpCmd(stdout, stderr), cdcCmd(stdout, stderr))
 	return cmd
+}
+
+// catchUp builds a catch-up of source on the environment's databases, with
+// ClickHouse for orders (closed by the returned func).
+func catchUp(ctx context.Context, e *env, source string) (*migration.CatchUp, func(), error) {
+	im, err := importer(ctx, e, source)
+	if err != nil {
+		return nil, nil, err
+	}
+	conn, err := e.p.OpenClickHouse(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	return &migration.CatchUp{Importer: im, Facts: conn}, func() { conn.Close() }, nil
+}
+
+func catchUpCmd(stdout, stderr io.Writer) *cobra.Command {
+	var source, reportPath string
+	cmd := &cobra.Command{
+		Use:   "catch-up DIR",
+		Short: "Apply a legacy system's dated delta files, each change once (docs/migration.md)",
+		Long: `Apply the delta files in DIR (delta-<date>.jsonl, e.g. delta-2026-12-01T10.jsonl)
+in date order, while the legacy system still runs. Each line is one change of
+a legacy row with its position: {"pos": 1042, "table": "lots", "op": "u",
+"before": {...}, "after": {...}} (tables members, identifiers, lots, months,
+coupons, orders, with the columns of the CSV export; op c, u, d or r). The
+platform's state derived from the row becomes the row's new value: points
+credited or debited against the migration account (never earned),
+identifiers linked or unlinked (a unique one another member holds is a
+conflict, never merged), attributes, consents, tier, coupons, orders to
+ClickHouse; a member the platform does not know is imported whole. Each
+change is applied once: a change at or before the last one applied to its
+row is skipped, so a file applied twice changes nothing. A change that
+cannot be applied is refused alone with its file, line and reason; a
+deleted member is reported, not erased. Exit 0 when nothing was refused.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			files, err := migration.DeltaFiles(args[0])
+			if err != nil {
+				return usage(cmd, err)
+			}
+			total, err := countLines(args[0], files)
+			if err != nil {
+				return usage(cmd, err)
+			}
+			return runEnv(cmd, args, stderr, server.DefaultAdminAddr, func(cmd *cobra.Command, _ []string, e *env) error {
+				cu, done, err := catchUp(cmd.Context(), e, source)
+				if err != nil {
+					return err
+				}
+				defer done()
+				bar := newProgress(stderr, "catching up", "changes")
+				rep, err := cu.ApplyFiles(cmd.Context(), args[0], func(n int) { bar.update(int64(n), int64(total)) })
+				bar.finish()
+				return catchUpDone(stdout, reportPath, rep, err, "refused")
+			})
+		},
+	}
+	cmd.Flags().StringVar(&source, "source", "legacy", "name of the legacy system, as imported")
+	cmd.Flags().StringVar(&reportPath, "report", "", "also write the report to this file")
+	return cmd
+}
+
+func cdcCmd(stdout, stderr io.Writer) *cobra.Command {
+	var source, reportPath, group string
+	var topics []string
+	var until bool
+	cmd := &cobra.Command{
+		Use:   "cdc --topic T",
+		Short: "Apply a legacy system's Debezium change-data-capture topic, each change once (docs/migration.md)",
+		Long: `Consume the Debezium JSON change events of a legacy database (with or without
+the schema/payload wrapper; op c, u, d, r; tombstones ignored) from the
+topics --topic names and apply each change as "import catch-up" applies a
+delta file's line: the legacy tables members, identifiers, lots, months,
+coupons and orders (the CSV export's columns), ordered by the source's
+position (PostgreSQL lsn, MySQL binlog file, pos and row, Oracle scn). A
+change at or before the last one applied to its row is skipped, so a topic
+read twice, or holding the stream twice, changes nothing the second time.
+A record that cannot be applied is dead-lettered (dlq.v1, sealed with the
+PII keys) with its reason and the partition moves on. Offsets are
+committed after the effects are stored, under the consumer group of the
+source (--group). With --until-caught-up it stops once the end the topics
+had at its start is committed, and prints what it did; otherwise it runs
+until interrupted.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(topics) == 0 {
+				return usage(cmd, fmt.Errorf("--topic names the CDC topic(s) to read"))
+			}
+			return runEnv(cmd, args, stderr, server.DefaultAdminAddr, func(cmd *cobra.Command, _ []string, e *env) error {
+				cu, done, err := catchUp(cmd.Context(), e, source)
+				if err != nil {
+					return err
+				}
+				defer done()
+				kcfg := e.cfg.Kafka
+				kcfg.DLQSealer = cu.Identity.PII() // refused rows hold the legacy system's raw identifiers
+				if group == "" {
+					group = kcfg.Group("import-cdc-" + source)
+				}
+				start := time.Now()
+				err = cdc.Run(cmd.Context(), kcfg, kafka.Telemetry{Tracers: e.tel.Tracers, Meters: e.tel.Meters, Propagator: e.tel.Propagator,
+					Logger: e.tel.Logger}, cdc.Config{Topics: topics, Group: group, DLQTopic: kcfg.Topics.DLQ, UntilCaughtUp: until}, cu)
+				rep := cu.Report()
+				rep.Took = time.Since(start)
+				return catchUpDone(stdout, reportPath, rep, err, "refused and dead-lettered")
+			})
+		},
+	}
+	cmd.Flags().StringSliceVar(&topics, "topic", nil, "CDC topic to read (repeat, or separate with commas)")
+	cmd.Flags().StringVar(&source, "source", "legacy", "name of the legacy system, as imported")
+	cmd.Flags().StringVar(&group, "group", "", "consumer group (default: <prefix>-import-cdc-<source>)")
+	cmd.Flags().BoolVar(&until, "until-caught-up", false, "stop once the topics' end at the start is applied and committed")
+	cmd.Flags().StringVar(&reportPath, "report", "", "also write the report to this file")
+	return cmd
+}
+
+// countLines counts the lines of the delta files, for the progress bar.
+func countLines(dir string, files []string) (int, error) {
+	n := 0
+	for _, f := range files {
+		b, err := os.ReadFile(filepath.Join(dir, f))
+		if err != nil {
+			return 0, err
+		}
+		n += bytes.Count(b, []byte("\n"))
+	}
+	return n, nil
+}
+
+// catchUpDone prints a catch-up's report (and writes it to path) and
+// returns the run's error, or one counting the changes refused (exit 1).
+func catchUpDone(stdout io.Writer, path string, rep migration.CatchUpReport, err error, refused string) error {
+	if werr := writeCatchUpReport(stdout, path, rep); werr != nil && err == nil {
+		err = werr
+	}
+	if err == nil && len(rep.Refused) > 0 {
+		err = fmt.Errorf("%d changes %s (listed above)", len(rep.Refused), refused)
+	}
+	return err
+}
+
+func writeCatchUpReport(stdout io.Writer, path string, rep migration.CatchUpReport) error {
+	var b strings.Builder
+	fmt.Fprintf(&b, "catch-up: %d changes read in %s; %d applied, %d members imported, %d skipped (applied before, or older than the last applied to their row), %d of members erased at their request, %d deletions reported, %d refused (%d conflicts)\n",
+		rep.Read, rep.Took.Round(time.Millisecond), rep.Applied, rep.Imported, rep.Stale, rep.Erased, len(rep.Deleted), len(rep.Refused), rep.Conflicts)
+	if len(rep.Files) > 0 {
+		fmt.Fprintf(&b, "files: %s\n", strings.Join(rep.Files, ", "))
+	}
+	for _, d := range rep.Deleted {
+		fmt.Fprintf(&b, "deleted %s\n", d)
+	}
+	for _, r := range rep.Refused {
+		fmt.Fprintf(&b, "refused %s\n", r)
+	}
+	for _, g := range rep.Ignored {
+		fmt.Fprintf(&b, "ignored %s\n", g)
+	}
+	return emit(stdout, path, b.String())
 }
 
 // countMembers counts a source's member records, for the progress bar.

@@ -17,14 +17,7 @@ import (
 // fail (exit 1) with every refused record named by file and line; a missing
 // export is a usage error.
 func TestImportThenVerify(t *testing.T) {
-	platformtest.Setenv(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	run := func(args ...string) (string, error) {
-		var out, log bytes.Buffer
-		err := Execute(ctx, args, &out, &log)
-		return out.String(), err
-	}
+	run := cliOnPlatform(t)
 	out, err := run("import", "../migration/testdata/sample-csv", "--dry-run")
 	// The points open depend on the day the test runs (the sample's lots
 	// expire); the package's tests check them on a fixed clock.
@@ -57,5 +50,43 @@ func TestImportThenVerify(t *testing.T) {
 	_, err = run("import", t.TempDir())
 	if !errors.As(err, &u) {
 		t.Errorf("an empty directory is not a usage error: %v", err)
+	}
+}
+
+// TestCatchUpCommand: `import catch-up DIR` applies the sample deltas after
+// the import (exit 0) and a second run skips every change; a directory
+// without delta files, or import cdc without a topic, is a usage error.
+func TestCatchUpCommand(t *testing.T) {
+	run := cliOnPlatform(t)
+	if out, err := run("import", "../migration/testdata/sample-jsonl", "--source", "crm"); err != nil {
+		t.Fatalf("import: %v\n%s", err, out)
+	}
+	out, err := run("import", "catch-up", "../migration/testdata/catchup", "--source", "crm")
+	if err != nil || !strings.Contains(out, "catch-up: 14 changes read") || !strings.Contains(out, "; 12 applied, 1 members imported, 0 skipped") ||
+		!strings.Contains(out, "deleted delta-2026-06-12T09.jsonl:5: L0004: members row deleted in the legacy system") {
+		t.Fatalf("catch-up: %v\n%s", err, out)
+	}
+	if out, err := run("import", "catch-up", "../migration/testdata/catchup", "--source", "crm"); err != nil || !strings.Contains(out, "0 applied, 0 members imported, 14 skipped") {
+		t.Fatalf("catch-up again: %v\n%s", err, out)
+	}
+	var u *UsageError
+	if _, err := run("import", "catch-up", t.TempDir()); !errors.As(err, &u) || !strings.Contains(err.Error(), "holds no delta file") {
+		t.Errorf("a directory without deltas: %v", err)
+	}
+	if _, err := run("import", "cdc"); !errors.As(err, &u) || !strings.Contains(err.Error(), "--topic") {
+		t.Errorf("cdc without a topic: %v", err)
+	}
+}
+
+// cliOnPlatform runs the command line on the test platform's databases,
+// returning what it printed.
+func cliOnPlatform(t *testing.T) func(args ...string) (string, error) {
+	platformtest.Setenv(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	return func(args ...string) (string, error) {
+		var out, log bytes.Buffer
+		err := Execute(ctx, args, &out, &log)
+		return out.String(), err
 	}
 }

@@ -212,22 +212,11 @@ func (s *Service) resolve(ctx context.Context, tx pgx.Tx, ids []Normalized, o re
 		return res, fmt.Errorf("%w: every identifier is on a blocked list", ErrUnroutable)
 	}
 
-	keys := make([]postgres.IdentifierKey, len(usable))
-	for i, n := range usable {
-		keys[i] = keyOf(n)
-	}
 	// Concurrent resolutions of the same identifiers queue here, so the
 	// second sees what the first created: one member, never two.
-	if err := postgres.LockIdentifiers(ctx, tx, keys); err != nil {
-		return res, err
-	}
-	found, err := postgres.FindIdentifiers(ctx, tx, keys)
+	_, byHash, err := lockAndFind(ctx, tx, usable)
 	if err != nil {
 		return res, err
-	}
-	byHash := map[string][]postgres.IdentifierRow{}
-	for _, f := range found {
-		byHash[string(f.Hash)] = append(byHash[string(f.Hash)], f)
 	}
 
 	// The best match per member: the strongest identifier, then the latest link.
@@ -383,6 +372,27 @@ func joinReasons(rs []string) string {
 		out += r
 	}
 	return out
+}
+
+// lockAndFind locks the identifiers (concurrent writers of the same ones
+// queue) and returns who holds them, also by keyed hash.
+func lockAndFind(ctx context.Context, tx pgx.Tx, ids []Normalized) ([]postgres.IdentifierRow, map[string][]postgres.IdentifierRow, error) {
+	keys := make([]postgres.IdentifierKey, len(ids))
+	for i, n := range ids {
+		keys[i] = keyOf(n)
+	}
+	if err := postgres.LockIdentifiers(ctx, tx, keys); err != nil {
+		return nil, nil, err
+	}
+	found, err := postgres.FindIdentifiers(ctx, tx, keys)
+	if err != nil {
+		return nil, nil, err
+	}
+	byHash := map[string][]postgres.IdentifierRow{}
+	for _, f := range found {
+		byHash[string(f.Hash)] = append(byHash[string(f.Hash)], f)
+	}
+	return found, byHash, nil
 }
 
 // linkMissing attaches the identifiers the member does not hold yet, within

@@ -42,39 +42,16 @@ func (s *Service) ImportMember(ctx context.Context, tx pgx.Tx, ids []*mcv1.Ident
 		return out, fmt.Errorf("%w: %w", ErrInvalidIdentifier, err)
 	}
 	var usable []Normalized
-	for _, n := range norm {
-		if s.rules.Blocked(n.Type, n.Value) {
-			out.Ignored = append(out.Ignored, Ignored{Identifier: n, Rule: TypeName(n.Type) + ".blocked"})
-			continue
-		}
-		usable = append(usable, n)
-	}
+	usable, out.Ignored = s.withoutPlaceholders(norm)
 	if len(usable) == 0 {
 		return out, fmt.Errorf("%w: no identifier left after placeholders were ignored", ErrUnroutable)
 	}
 	if !s.anyMayCreate(usable) {
 		return out, fmt.Errorf("%w: no identifier of a type that may create a member (%s)", ErrUnroutable, typeList(usable))
 	}
-	keys := make([]postgres.IdentifierKey, len(usable))
-	for i, n := range usable {
-		keys[i] = keyOf(n)
-	}
-	if err := postgres.LockIdentifiers(ctx, tx, keys); err != nil {
-		return out, err
-	}
-	found, err := postgres.FindIdentifiers(ctx, tx, keys)
+	byHash, err := s.lockUnclaimed(ctx, tx, usable, uuid.Nil)
 	if err != nil {
 		return out, err
-	}
-	for _, f := range found {
-		if !f.Unique {
-			continue // a shared identifier (a store's device) proves nothing
-		}
-		for _, n := range usable {
-			if string(n.Hash) == string(f.Hash) {
-				return out, fmt.Errorf("%w: %s %s belongs to member %s", ErrImportConflict, TypeName(n.Type), n.Masked, f.MemberID)
-			}
-		}
 	}
 	o := resolveOpts{origin: origin{actor: "migration", channel: mcv1.Channel_CHANNEL_BACKOFFICE, cause: cause}, create: true}
 	res := Result{Identifiers: norm, Created: true, Ignored: out.Ignored}
@@ -82,10 +59,6 @@ func (s *Service) ImportMember(ctx context.Context, tx pgx.Tx, ids []*mcv1.Ident
 	res.Origin = res.MemberID
 	if err := postgres.InsertMember(ctx, tx, res.MemberID, createdAt); err != nil {
 		return out, err
-	}
-	byHash := map[string][]postgres.IdentifierRow{}
-	for _, f := range found {
-		byHash[string(f.Hash)] = append(byHash[string(f.Hash)], f)
 	}
 	if err := s.linkMissing(ctx, tx, &res, usable, byHash, createdAt, o); err != nil {
 		return out, err
@@ -128,4 +101,93 @@ func (s *Service) Held(ctx context.Context, q postgres.Querier, member uuid.UUID
 		}
 	}
 	return missing, nil
+}
+
+// withoutPlaceholders splits identifiers into the usable ones and the
+// placeholder values the rules block (ignored, as in ingest).
+func (s *Service) withoutPlaceholders(norm []Normalized) (usable []Normalized, ignored []Ignored) {
+	for _, n := range norm {
+		if s.rules.Blocked(n.Type, n.Value) {
+			ignored = append(ignored, Ignored{Identifier: n, Rule: TypeName(n.Type) + ".blocked"})
+			continue
+		}
+		usable = append(usable, n)
+	}
+	return usable, ignored
+}
+
+// lockUnclaimed locks the identifiers and returns who holds them; one that
+// a member other than member holds uniquely is ErrImportConflict, naming
+// the identifier (masked) and its holder: a migration never merges.
+func (s *Service) lockUnclaimed(ctx context.Context, tx pgx.Tx, usable []Normalized, member uuid.UUID) (map[string][]postgres.IdentifierRow, error) {
+	found, byHash, err := lockAndFind(ctx, tx, usable)
+	if err != nil {
+		return nil, err
+	}
+	for _, f := range found {
+		if !f.Unique || f.MemberID == member {
+			continue // a shared identifier (a store's device) proves nothing
+		}
+		for _, n := range usable {
+			if string(n.Hash) == string(f.Hash) {
+				return nil, fmt.Errorf("%w: %s %s belongs to member %s", ErrImportConflict, TypeName(n.Type), n.Masked, f.MemberID)
+			}
+		}
+	}
+	return byHash, nil
+}
+
+// CatchUpIdentifiers brings a migrated member's identifiers, in tx, to a
+// legacy system's change (membercenter import catch-up): add are linked
+// under the identity rules as ImportMember links them (placeholders
+// ignored and returned; one another member holds uniquely refuses the
+// change with ErrImportConflict, never merging; over a per-member limit,
+// ignored), remove are unlinked when the member holds them. Each is
+// audited and announced (IdentityChanged), caused by cause. The caller
+// holds the member's row lock.
+func (s *Service) CatchUpIdentifiers(ctx context.Context, tx pgx.Tx, member uuid.UUID, add, remove []*mcv1.Identifier, cause string) ([]Ignored, error) {
+	o := resolveOpts{origin: origin{actor: "migration", channel: mcv1.Channel_CHANNEL_BACKOFFICE, cause: cause}}
+	gone, err := s.Normalize(remove)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalidIdentifier, err)
+	}
+	var unlinked []Normalized
+	for _, n := range gone {
+		ok, err := postgres.DeleteIdentifier(ctx, tx, member, keyOf(n))
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			unlinked = append(unlinked, n)
+		}
+	}
+	if len(unlinked) > 0 {
+		if _, err := s.audit(ctx, tx, o.origin, auditEntry{action: "unlink", kind: mcv1.IdentityChangeKind_IDENTITY_CHANGE_KIND_UNLINKED,
+			member: member, refs: Refs(unlinked), reason: "removed in the legacy system"}); err != nil {
+			return nil, err
+		}
+	}
+	norm, err := s.Normalize(add)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalidIdentifier, err)
+	}
+	usable, ignored := s.withoutPlaceholders(norm)
+	if len(usable) == 0 {
+		return ignored, nil
+	}
+	byHash, err := s.lockUnclaimed(ctx, tx, usable, member)
+	if err != nil {
+		return nil, err
+	}
+	res := Result{MemberID: member, Origin: member}
+	if err := s.linkMissing(ctx, tx, &res, usable, byHash, s.now(), o); err != nil {
+		return nil, err
+	}
+	if len(res.Linked) > 0 {
+		if _, err := s.audit(ctx, tx, o.origin, auditEntry{action: "link", kind: mcv1.IdentityChangeKind_IDENTITY_CHANGE_KIND_LINKED,
+			member: member, refs: Refs(res.Linked), reason: "added in the legacy system"}); err != nil {
+			return nil, err
+		}
+	}
+	return append(ignored, res.Ignored...), nil
 }

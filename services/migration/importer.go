@@ -64,8 +64,8 @@ type Report struct {
 	Read     int
 	Imported int
 	// Already imported by an earlier run (Changed of them differ from
-	// the source now: incremental catch-up is not built; see
-	// docs/migration.md).
+	// the source now: an import does not update them; their changes come
+	// through catch-up, CatchUp).
 	Already, Changed int
 	Points           int64 // points imported (open lots' remaining)
 	// Refused records, each with its file, line and reason; Conflicts
@@ -267,75 +267,11 @@ type imported struct {
 // the platform's: the run stops.
 func (im *Importer) importChunk(ctx context.Context, ms []*Member, dryRun bool, now time.Time) ([]imported, error) {
 	results := make([]imported, len(ms))
-	type checked struct{ stored, shown map[string]string }
-	ready := make([]checked, len(ms))
-	skip := make([]bool, len(ms)) // refused before or by an earlier attempt
-	for i, m := range ms {
-		stored, shown, err := im.Profile.CheckImport(m.Attributes, m.Consents)
-		if err != nil {
-			results[i].err, skip[i] = err, true
-			continue
-		}
-		ready[i] = checked{stored, shown}
-	}
+	ready, skip := im.checkProfiles(ms, results)
 	for {
-		again := false
 		err := postgres.RetryTx(ctx, im.Pool, func(tx pgx.Tx) error {
-			again = false
-			for i := range ms {
-				if !skip[i] {
-					results[i] = imported{}
-				}
-			}
-			var loyalty []benefits.LegacyImport
-			var of []int
-			for i, m := range ms {
-				if skip[i] {
-					continue
-				}
-				cause := "import:" + im.Source + ":" + m.LegacyID
-				member, res, err := im.importIdentity(ctx, tx, m, ready[i].stored, ready[i].shown, cause)
-				switch {
-				case err != nil && refusal(err):
-					results[i].err, skip[i] = err, true
-					continue
-				case err != nil:
-					return err
-				}
-				results[i] = res
-				if res.already {
-					continue
-				}
-				loyalty = append(loyalty, benefits.LegacyImport{Member: member, Legacy: m.Loyalty, Cause: cause})
-				of = append(of, i)
-			}
-			refused, err := im.Benefits.ImportLegacyBatch(ctx, tx, loyalty, now)
-			if err != nil && fault.IsData(err) {
-				// A value the database refuses in one member's loyalty: the
-				// batch is done member by member to find it.
-				if len(loyalty) > 1 {
-					return errSplit
-				}
-				refused = map[int]error{0: err}
-			} else if err != nil {
+			if err := im.importIn(ctx, tx, ms, ready, skip, results, now); err != nil {
 				return err
-			}
-			if len(refused) > 0 {
-				for k, rerr := range refused {
-					results[of[k]].err, skip[of[k]] = rerr, true
-				}
-				again = true
-				return errRedo
-			}
-			for k, i := range of {
-				cause := loyalty[k].Cause
-				if err := im.Profile.ComputeLabels(ctx, tx, loyalty[k].Member, cause); err != nil {
-					return err
-				}
-				if err := postgres.InsertLegacyMember(ctx, tx, postgres.LegacyMember{Source: im.Source, LegacyID: ms[i].LegacyID,
-					MemberID: loyalty[k].Member, RowSHA256: ms[i].SHA256, ImportedAt: now}); err != nil {
-					return err
-				}
 			}
 			if dryRun {
 				return errDryRun
@@ -343,7 +279,7 @@ func (im *Importer) importChunk(ctx context.Context, ms []*Member, dryRun bool, 
 			return nil
 		})
 		switch {
-		case again:
+		case errors.Is(err, errRedo):
 			continue
 		case errors.Is(err, errSplit):
 			for i, m := range ms {
@@ -366,6 +302,91 @@ func (im *Importer) importChunk(ctx context.Context, ms []*Member, dryRun bool, 
 	}
 }
 
+// checked is a member's attributes as CheckImport returned them: values
+// normalised (sealed once the member exists) and shown masked.
+type checked struct{ values, shown map[string]string }
+
+// checkProfiles checks the members' attributes and consents against the
+// schema before anything is written; skip marks the refused ones (their
+// results hold why).
+func (im *Importer) checkProfiles(ms []*Member, results []imported) (ready []checked, skip []bool) {
+	ready = make([]checked, len(ms))
+	skip = make([]bool, len(ms)) // refused before or by an earlier attempt
+	for i, m := range ms {
+		values, shown, err := im.Profile.CheckImport(m.Attributes, m.Consents)
+		if err != nil {
+			results[i].err, skip[i] = err, true
+			continue
+		}
+		ready[i] = checked{values, shown}
+	}
+	return ready, skip
+}
+
+// importIn imports the members of ms not skipped in tx: each member's
+// identity and profile under a savepoint of its own, then their loyalty in
+// one batch, labels and the legacy record. A member whose loyalty is
+// refused is marked in skip with its refusal in results, and errRedo
+// returned: tx must be rolled back and the rest imported again. errSplit
+// asks for the members one by one; any other error is the platform's.
+func (im *Importer) importIn(ctx context.Context, tx pgx.Tx, ms []*Member, ready []checked, skip []bool, results []imported, now time.Time) error {
+	for i := range ms {
+		if !skip[i] {
+			results[i] = imported{}
+		}
+	}
+	var loyalty []benefits.LegacyImport
+	var of []int
+	for i, m := range ms {
+		if skip[i] {
+			continue
+		}
+		cause := "import:" + im.Source + ":" + m.LegacyID
+		member, res, err := im.importIdentity(ctx, tx, m, ready[i].values, ready[i].shown, cause)
+		switch {
+		case err != nil && refusal(err):
+			results[i].err, skip[i] = err, true
+			continue
+		case err != nil:
+			return err
+		}
+		results[i] = res
+		if res.already {
+			continue
+		}
+		loyalty = append(loyalty, benefits.LegacyImport{Member: member, Legacy: m.Loyalty, Cause: cause})
+		of = append(of, i)
+	}
+	refused, err := im.Benefits.ImportLegacyBatch(ctx, tx, loyalty, now)
+	if err != nil && fault.IsData(err) {
+		// A value the database refuses in one member's loyalty: the
+		// batch is done member by member to find it.
+		if len(loyalty) > 1 {
+			return errSplit
+		}
+		refused = map[int]error{0: err}
+	} else if err != nil {
+		return err
+	}
+	if len(refused) > 0 {
+		for k, rerr := range refused {
+			results[of[k]].err, skip[of[k]] = rerr, true
+		}
+		return errRedo
+	}
+	for k, i := range of {
+		cause := loyalty[k].Cause
+		if err := im.Profile.ComputeLabels(ctx, tx, loyalty[k].Member, cause); err != nil {
+			return err
+		}
+		if err := postgres.InsertLegacyMember(ctx, tx, postgres.LegacyMember{Source: im.Source, LegacyID: ms[i].LegacyID,
+			MemberID: loyalty[k].Member, RowSHA256: ms[i].SHA256, ImportedAt: now}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // errSplit rolls a chunk back to import its members one by one.
 var errSplit = errors.New("import the batch member by member")
 
@@ -375,7 +396,7 @@ var errRedo = errors.New("redo the batch without the refused members")
 
 // importIdentity imports a member's identifiers, attributes and consents
 // under a savepoint of tx, unless the legacy id was imported before.
-func (im *Importer) importIdentity(ctx context.Context, tx pgx.Tx, m *Member, stored, shown map[string]string, cause string) (uuid.UUID, imported, error) {
+func (im *Importer) importIdentity(ctx context.Context, tx pgx.Tx, m *Member, values, shown map[string]string, cause string) (uuid.UUID, imported, error) {
 	var res imported
 	// Everything under a savepoint: a refused member (whatever refused it)
 	// leaves the batch's transaction usable and nothing of itself.
@@ -383,7 +404,7 @@ func (im *Importer) importIdentity(ctx context.Context, tx pgx.Tx, m *Member, st
 	if err != nil {
 		return uuid.Nil, res, err
 	}
-	member, res, err := im.importIdentityIn(ctx, sp, m, stored, shown, cause)
+	member, res, err := im.importIdentityIn(ctx, sp, m, values, shown, cause)
 	if err != nil {
 		_ = sp.Rollback(ctx)
 		return uuid.Nil, res, err
@@ -391,7 +412,7 @@ func (im *Importer) importIdentity(ctx context.Context, tx pgx.Tx, m *Member, st
 	return member, res, sp.Commit(ctx)
 }
 
-func (im *Importer) importIdentityIn(ctx context.Context, tx pgx.Tx, m *Member, stored, shown map[string]string, cause string) (uuid.UUID, imported, error) {
+func (im *Importer) importIdentityIn(ctx context.Context, tx pgx.Tx, m *Member, values, shown map[string]string, cause string) (uuid.UUID, imported, error) {
 	var res imported
 	if err := postgres.LockLegacyID(ctx, tx, im.Source, m.LegacyID); err != nil {
 		return uuid.Nil, res, err
@@ -408,6 +429,10 @@ func (im *Importer) importIdentityIn(ctx context.Context, tx pgx.Tx, m *Member, 
 		return prev.MemberID, res, nil
 	}
 	got, err := im.Identity.ImportMember(ctx, tx, m.Identifiers, m.CreatedAt, cause)
+	var stored map[string]string
+	if err == nil {
+		stored, err = im.Profile.SealImport(ctx, got.MemberID, values)
+	}
 	if err == nil {
 		err = im.Profile.ImportProfile(ctx, tx, got.MemberID, stored, shown, m.Consents, cause)
 	}

@@ -103,14 +103,6 @@ func (im *Importer) ImportOrders(ctx context.Context, src *Source, conn driver.C
 			return nil
 		}
 		seen[o.OrderID] = o.Line
-		ch := o.Channel
-		if ch == "" {
-			ch = "pos"
-		}
-		cur := o.Currency
-		if cur == "" {
-			cur = "CNY"
-		}
 		owner := member
 		if !dryRun {
 			c, ok := canonical[member]
@@ -122,9 +114,7 @@ func (im *Importer) ImportOrders(ctx context.Context, src *Source, conn driver.C
 			}
 			owner = c
 		}
-		rows = append(rows, clickhouse.EventRow{EventID: OrderEventID(im.Source, o.OrderID), MemberID: owner.String(),
-			OriginMemberID: member.String(), EventType: facts.KindTransaction, Channel: ch, StoreID: o.StoreID,
-			OccurredAt: o.At, IngestedAt: now(), OrderID: o.OrderID, Currency: cur, AmountMinor: o.Total, DiscountMinor: o.Discount})
+		rows = append(rows, im.orderRow(o, owner, member, now()))
 		rep.Written++
 		rep.Amount += o.Total
 		touched[owner] = true
@@ -160,6 +150,22 @@ func (im *Importer) ImportOrders(ctx context.Context, src *Source, conn driver.C
 	sort.SliceStable(rep.Refused, func(i, j int) bool { return rep.Refused[i].Line < rep.Refused[j].Line })
 	rep.Took = time.Since(start)
 	return rep, nil
+}
+
+// orderRow is an order of member's history as ClickHouse's member_events
+// holds it, under owner (the member it lives on in since a merge).
+func (im *Importer) orderRow(o *Order, owner, member uuid.UUID, now time.Time) clickhouse.EventRow {
+	ch := o.Channel
+	if ch == "" {
+		ch = "pos"
+	}
+	cur := o.Currency
+	if cur == "" {
+		cur = "CNY"
+	}
+	return clickhouse.EventRow{EventID: OrderEventID(im.Source, o.OrderID), MemberID: owner.String(),
+		OriginMemberID: member.String(), EventType: facts.KindTransaction, Channel: ch, StoreID: o.StoreID,
+		OccurredAt: o.At, IngestedAt: now, OrderID: o.OrderID, Currency: cur, AmountMinor: o.Total, DiscountMinor: o.Discount}
 }
 
 // VerifyOrders reconciles the order history: the orders the source holds

@@ -4,7 +4,8 @@
 // at all (identifiers, attributes, consents, points as lots, tier, coupons),
 // skips what an earlier run imported, reports every refused record with its
 // file, line and reason, and reconciles the platform against the source
-// (import verify).
+// (import verify). While the legacy system still runs, its changes — dated
+// delta files, a Debezium CDC topic — are applied by CatchUp, each once.
 package migration
 
 import (
@@ -56,6 +57,12 @@ type RowError struct {
 }
 
 func (e *RowError) Error() string {
+	if e.Line == 0 { // a CDC record: File says where
+		if e.LegacyID != "" {
+			return fmt.Sprintf("%s: %s: %s", e.File, e.LegacyID, e.Reason)
+		}
+		return fmt.Sprintf("%s: %s", e.File, e.Reason)
+	}
 	if e.LegacyID != "" {
 		return fmt.Sprintf("%s:%d: %s: %s", e.File, e.Line, e.LegacyID, e.Reason)
 	}
@@ -463,43 +470,10 @@ func (s *Source) eachCSV(fn func(*Member, *RowError) error) error {
 	seen := map[string]int{}
 	used := map[string]bool{}
 	err := readCSV(filepath.Join(s.Dir, name), []string{"legacy_id", "created_at"}, func(line int, col map[string]string, raw []string) error {
-		j := jsonMember{LegacyID: col["legacy_id"], CreatedAt: col["created_at"], ConsentedAt: col["consented_at"],
-			Attributes: map[string]string{}, Consents: map[string]*bool{}}
-		for _, t := range []string{"phone", "email", "wechat_unionid", "member_card", "crm_id"} {
-			if v := col[t]; v != "" {
-				j.Identifiers = append(j.Identifiers, jsonIdentifier{Type: t, Value: v})
-			}
-		}
-		if v := col["miniprogram_openid"]; v != "" {
-			j.Identifiers = append(j.Identifiers, jsonIdentifier{Type: "miniprogram_openid", Scope: col["miniprogram_appid"], Value: v})
-		}
+		j, cerr := memberOfColumns(col)
 		var rerr *RowError
-		keys := make([]string, 0, len(col))
-		for k := range col {
-			keys = append(keys, k)
-		}
-		sort.Strings(keys)
-		for _, k := range keys {
-			v := col[k]
-			switch {
-			case memberColumns[k]:
-			case strings.HasPrefix(k, "consent_"):
-				if v == "" {
-					continue
-				}
-				b, err := strconv.ParseBool(v)
-				if err != nil && rerr == nil {
-					rerr = &RowError{File: name, Line: line, LegacyID: j.LegacyID, Reason: fmt.Sprintf("%s: %q is not true or false", k, v)}
-				}
-				j.Consents[strings.TrimPrefix(k, "consent_")] = &b
-			default:
-				if v != "" {
-					j.Attributes[k] = v
-				}
-			}
-		}
-		if col["tier"] != "" || col["tier_since"] != "" {
-			j.Tier = &jsonTier{ID: col["tier"], Since: col["tier_since"]}
+		if cerr != nil {
+			rerr = &RowError{File: name, Line: line, LegacyID: j.LegacyID, Reason: cerr.Error()}
 		}
 		used[j.LegacyID] = true
 		sum := sha256.New()
@@ -552,6 +526,99 @@ func (s *Source) eachCSV(fn func(*Member, *RowError) error) error {
 	return nil
 }
 
+// memberOfColumns is the member record a members row's columns make (a
+// members.csv line, a catch-up's members row): identifier columns,
+// consent_<purpose>, tier, and every other column an attribute (an empty
+// one left out). The error names a consent column that is not a boolean.
+func memberOfColumns(col map[string]string) (jsonMember, error) {
+	j := jsonMember{LegacyID: col["legacy_id"], CreatedAt: col["created_at"], ConsentedAt: col["consented_at"],
+		Attributes: map[string]string{}, Consents: map[string]*bool{}}
+	j.Identifiers = identifiersOfColumns(col)
+	var bad error
+	keys := make([]string, 0, len(col))
+	for k := range col {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		v := col[k]
+		switch {
+		case memberColumns[k]:
+		case strings.HasPrefix(k, "consent_"):
+			if v == "" {
+				continue
+			}
+			b, err := strconv.ParseBool(v)
+			if err != nil && bad == nil {
+				bad = fmt.Errorf("%s: %q is not true or false", k, v)
+			}
+			j.Consents[strings.TrimPrefix(k, "consent_")] = &b
+		default:
+			if v != "" {
+				j.Attributes[k] = v
+			}
+		}
+	}
+	if col["tier"] != "" || col["tier_since"] != "" {
+		j.Tier = &jsonTier{ID: col["tier"], Since: col["tier_since"]}
+	}
+	return j, bad
+}
+
+// identifiersOfColumns are the identifiers of a members row's columns.
+func identifiersOfColumns(col map[string]string) []jsonIdentifier {
+	var ids []jsonIdentifier
+	for _, t := range []string{"phone", "email", "wechat_unionid", "member_card", "crm_id"} {
+		if v := col[t]; v != "" {
+			ids = append(ids, jsonIdentifier{Type: t, Value: v})
+		}
+	}
+	if v := col["miniprogram_openid"]; v != "" {
+		ids = append(ids, jsonIdentifier{Type: "miniprogram_openid", Scope: col["miniprogram_appid"], Value: v})
+	}
+	return ids
+}
+
+// wholeNumbers reads the named columns as integers (empty: 0); the error
+// names the first that is not one.
+func wholeNumbers(col map[string]string, names ...string) ([]int64, error) {
+	out := make([]int64, len(names))
+	for i, k := range names {
+		if col[k] == "" {
+			continue
+		}
+		n, err := strconv.ParseInt(col[k], 10, 64)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %q is not a whole number", k, col[k])
+		}
+		out[i] = n
+	}
+	return out, nil
+}
+
+// lotOfColumns, monthOfColumns and couponOfColumns read a lots.csv,
+// months.csv or coupons.csv row (or a catch-up's row of those tables).
+func lotOfColumns(col map[string]string) (jsonLot, error) {
+	n, err := wholeNumbers(col, "earned", "remaining")
+	if err != nil {
+		return jsonLot{}, err
+	}
+	return jsonLot{Ref: col["ref"], Earned: n[0], Remaining: n[1], EarnedAt: col["earned_at"], ExpiresAt: col["expires_at"]}, nil
+}
+
+func monthOfColumns(col map[string]string) (jsonMonth, error) {
+	n, err := wholeNumbers(col, "spend", "points", "orders")
+	if err != nil {
+		return jsonMonth{}, err
+	}
+	return jsonMonth{Month: col["month"], Spend: n[0], Points: n[1], Orders: n[2]}, nil
+}
+
+func couponOfColumns(col map[string]string) jsonCoupon {
+	return jsonCoupon{Code: col["code"], Template: col["template"], State: col["state"], ValidFrom: col["valid_from"],
+		ValidUntil: col["valid_until"], IssuedAt: col["issued_at"]}
+}
+
 func lines[T any](m map[string][]sideRow[T]) map[string][]int {
 	out := map[string][]int{}
 	for id, rs := range m {
@@ -593,16 +660,8 @@ func (s *Source) attachSides(j *jsonMember, sum io.Writer) {
 func (s *Source) readSides() error {
 	s.lots, s.months, s.coupons = map[string][]sideRow[jsonLot]{}, map[string][]sideRow[jsonMonth]{}, map[string][]sideRow[jsonCoupon]{}
 	s.sideErrs = nil
-	num := func(file string, line int, col map[string]string, k string) (int64, bool) {
-		if col[k] == "" {
-			return 0, true
-		}
-		n, err := strconv.ParseInt(col[k], 10, 64)
-		if err != nil {
-			s.sideErrs = append(s.sideErrs, &RowError{File: file, Line: line, LegacyID: col["legacy_id"], Reason: fmt.Sprintf("%s: %q is not a whole number", k, col[k])})
-			return 0, false
-		}
-		return n, true
+	refuse := func(file string, line int, col map[string]string, err error) {
+		s.sideErrs = append(s.sideErrs, &RowError{File: file, Line: line, LegacyID: col["legacy_id"], Reason: err.Error()})
 	}
 	side := func(file string, required []string, add func(line int, col map[string]string, raw []string)) error {
 		p := filepath.Join(s.Dir, file)
@@ -622,28 +681,25 @@ func (s *Source) readSides() error {
 		})
 	}
 	if err := side("lots.csv", []string{"earned", "remaining", "earned_at"}, func(line int, col map[string]string, raw []string) {
-		e, ok1 := num("lots.csv", line, col, "earned")
-		r, ok2 := num("lots.csv", line, col, "remaining")
-		if ok1 && ok2 {
-			s.lots[col["legacy_id"]] = append(s.lots[col["legacy_id"]], sideRow[jsonLot]{line, jsonLot{Ref: col["ref"], Earned: e, Remaining: r,
-				EarnedAt: col["earned_at"], ExpiresAt: col["expires_at"]}, raw})
+		if l, err := lotOfColumns(col); err != nil {
+			refuse("lots.csv", line, col, err)
+		} else {
+			s.lots[col["legacy_id"]] = append(s.lots[col["legacy_id"]], sideRow[jsonLot]{line, l, raw})
 		}
 	}); err != nil {
 		return err
 	}
 	if err := side("months.csv", []string{"month"}, func(line int, col map[string]string, raw []string) {
-		sp, ok1 := num("months.csv", line, col, "spend")
-		pt, ok2 := num("months.csv", line, col, "points")
-		or, ok3 := num("months.csv", line, col, "orders")
-		if ok1 && ok2 && ok3 {
-			s.months[col["legacy_id"]] = append(s.months[col["legacy_id"]], sideRow[jsonMonth]{line, jsonMonth{Month: col["month"], Spend: sp, Points: pt, Orders: or}, raw})
+		if m, err := monthOfColumns(col); err != nil {
+			refuse("months.csv", line, col, err)
+		} else {
+			s.months[col["legacy_id"]] = append(s.months[col["legacy_id"]], sideRow[jsonMonth]{line, m, raw})
 		}
 	}); err != nil {
 		return err
 	}
 	return side("coupons.csv", []string{"code", "template", "state"}, func(line int, col map[string]string, raw []string) {
-		s.coupons[col["legacy_id"]] = append(s.coupons[col["legacy_id"]], sideRow[jsonCoupon]{line, jsonCoupon{Code: col["code"], Template: col["template"],
-			State: col["state"], ValidFrom: col["valid_from"], ValidUntil: col["valid_until"], IssuedAt: col["issued_at"]}, raw})
+		s.coupons[col["legacy_id"]] = append(s.coupons[col["legacy_id"]], sideRow[jsonCoupon]{line, couponOfColumns(col), raw})
 	})
 }
 
@@ -753,48 +809,13 @@ func (s *Source) HasOrders() bool {
 // order, or with the RowError of one that cannot be read.
 func (s *Source) EachOrder(fn func(*Order, *RowError) error) error {
 	name := "orders." + s.Format
-	check := func(j jsonOrder, line int) (*Order, *RowError) {
-		bad := func(format string, args ...any) *RowError {
-			return &RowError{File: name, Line: line, LegacyID: j.LegacyID, Reason: fmt.Sprintf(format, args...)}
-		}
-		switch {
-		case j.LegacyID == "":
-			return nil, bad("legacy_id is required")
-		case !clean(j.LegacyID) || !clean(j.OrderID) || !clean(j.StoreID) || !clean(j.Currency) || len(j.StoreID) > 64:
-			return nil, bad("contains control or non-UTF-8 characters, or a store_id longer than 64")
-		case j.OrderID == "" || len(j.OrderID) > 128:
-			return nil, bad("order_id is required (at most 128 characters)")
-		case j.Total < 0 || j.Discount < 0:
-			return nil, bad("total and discount are not negative")
-		case j.Channel != "" && !orderChannels[j.Channel]:
-			return nil, bad("channel %q is not one of pos, app, miniprogram, web", j.Channel)
-		case len(j.Currency) != 0 && len(j.Currency) != 3:
-			return nil, bad("currency %q is not a three-letter code", j.Currency)
-		}
-		at, err := parseTime(j.At)
-		if err != nil || at.IsZero() {
-			return nil, bad("at: %q is not a time", j.At)
-		}
-		return &Order{File: name, Line: line, LegacyID: j.LegacyID, OrderID: j.OrderID, At: at, Channel: j.Channel,
-			StoreID: j.StoreID, Currency: j.Currency, Total: j.Total, Discount: j.Discount}, nil
-	}
+	check := func(j jsonOrder, line int) (*Order, *RowError) { return checkOrder(j, name, line) }
 	path := filepath.Join(s.Dir, name)
 	if s.Format == "csv" {
 		return readCSV(path, []string{"legacy_id", "order_id", "at", "total"}, func(line int, col map[string]string, _ []string) error {
-			j := jsonOrder{LegacyID: col["legacy_id"], OrderID: col["order_id"], At: col["at"], Channel: col["channel"],
-				StoreID: col["store_id"], Currency: col["currency"]}
-			for _, f := range []struct {
-				k string
-				v *int64
-			}{{"total", &j.Total}, {"discount", &j.Discount}} {
-				if col[f.k] == "" {
-					continue
-				}
-				n, err := strconv.ParseInt(col[f.k], 10, 64)
-				if err != nil {
-					return fn(nil, &RowError{File: name, Line: line, LegacyID: j.LegacyID, Reason: fmt.Sprintf("%s: %q is not a whole number", f.k, col[f.k])})
-				}
-				*f.v = n
+			j, err := orderOfColumns(col)
+			if err != nil {
+				return fn(nil, &RowError{File: name, Line: line, LegacyID: j.LegacyID, Reason: err.Error()})
 			}
 			return fn(check(j, line))
 		}, func(line int, id, reason string) error {
@@ -808,4 +829,44 @@ func (s *Source) EachOrder(fn func(*Order, *RowError) error) error {
 		}
 		return fn(check(j, line))
 	})
+}
+
+// orderOfColumns reads an orders.csv row (or a catch-up's orders row).
+func orderOfColumns(col map[string]string) (jsonOrder, error) {
+	j := jsonOrder{LegacyID: col["legacy_id"], OrderID: col["order_id"], At: col["at"], Channel: col["channel"],
+		StoreID: col["store_id"], Currency: col["currency"]}
+	n, err := wholeNumbers(col, "total", "discount")
+	if err != nil {
+		return j, err
+	}
+	j.Total, j.Discount = n[0], n[1]
+	return j, nil
+}
+
+// checkOrder checks an order record and converts it; the error names the
+// field.
+func checkOrder(j jsonOrder, name string, line int) (*Order, *RowError) {
+	bad := func(format string, args ...any) *RowError {
+		return &RowError{File: name, Line: line, LegacyID: j.LegacyID, Reason: fmt.Sprintf(format, args...)}
+	}
+	switch {
+	case j.LegacyID == "":
+		return nil, bad("legacy_id is required")
+	case !clean(j.LegacyID) || !clean(j.OrderID) || !clean(j.StoreID) || !clean(j.Currency) || len(j.StoreID) > 64:
+		return nil, bad("contains control or non-UTF-8 characters, or a store_id longer than 64")
+	case j.OrderID == "" || len(j.OrderID) > 128:
+		return nil, bad("order_id is required (at most 128 characters)")
+	case j.Total < 0 || j.Discount < 0:
+		return nil, bad("total and discount are not negative")
+	case j.Channel != "" && !orderChannels[j.Channel]:
+		return nil, bad("channel %q is not one of pos, app, miniprogram, web", j.Channel)
+	case len(j.Currency) != 0 && len(j.Currency) != 3:
+		return nil, bad("currency %q is not a three-letter code", j.Currency)
+	}
+	at, err := parseTime(j.At)
+	if err != nil || at.IsZero() {
+		return nil, bad("at: %q is not a time", j.At)
+	}
+	return &Order{File: name, Line: line, LegacyID: j.LegacyID, OrderID: j.OrderID, At: at, Channel: j.Channel,
+		StoreID: j.StoreID, Currency: j.Currency, Total: j.Total, Discount: j.Discount}, nil
 }

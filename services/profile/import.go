@@ -55,21 +55,27 @@ func (s *Service) CheckImport(attrs map[string]string, consents []ImportedConsen
 	return values, shown, nil
 }
 
-// ImportProfile gives a member a legacy system brought over (created in tx
-// by identity.ImportMember) its attributes (PII sealed under its data key)
-// and consents, as CheckImport returned and checked them, announcing both on the change stream, caused
-// by cause; the member's labels are computed once everything else of the
-// member is in place (ComputeLabels).
-func (s *Service) ImportProfile(ctx context.Context, tx pgx.Tx, member uuid.UUID, values, shown map[string]string, consents []ImportedConsent, cause string) error {
-	if len(values) > 0 {
-		stored := make(map[string]string, len(values))
-		for k, v := range values {
-			a, _ := s.schema.Lookup(k)
-			var err error
-			if stored[k], err = s.storedForm(ctx, member, a, v); err != nil {
-				return err
-			}
+// SealImport is the stored form of a legacy member's attributes as
+// CheckImport returned them: PII sealed under the member's data key.
+func (s *Service) SealImport(ctx context.Context, member uuid.UUID, values map[string]string) (map[string]string, error) {
+	stored := make(map[string]string, len(values))
+	for k, v := range values {
+		a, _ := s.schema.Lookup(k)
+		var err error
+		if stored[k], err = s.storedForm(ctx, member, a, v); err != nil {
+			return nil, err
 		}
+	}
+	return stored, nil
+}
+
+// ImportProfile gives a member a legacy system brought over (created in tx
+// by identity.ImportMember) its attributes, in their stored form
+// (SealImport), and consents, as CheckImport returned and checked them,
+// announcing both on the change stream, caused by cause; the member's labels are computed once everything else of the
+// member is in place (ComputeLabels).
+func (s *Service) ImportProfile(ctx context.Context, tx pgx.Tx, member uuid.UUID, stored, shown map[string]string, consents []ImportedConsent, cause string) error {
+	if len(shown) > 0 { // stored is all of them, shown what changed
 		if err := postgres.SetAttributes(ctx, tx, member, stored); err != nil {
 			return err
 		}
@@ -86,6 +92,49 @@ func (s *Service) ImportProfile(ctx context.Context, tx pgx.Tx, member uuid.UUID
 			Change: &mcv1.MemberChange_ConsentChanged{ConsentChanged: &mcv1.ConsentChanged{Purpose: c.Purpose, Granted: c.Granted}}}); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// CatchUpProfile brings a migrated member's attributes and consents, in
+// tx, to a legacy system's change (membercenter import catch-up): attrs
+// are merged as UpdateAttributes merges them (checked against the schema,
+// PII sealed; "" removes one), consents that differ from the member's are
+// set with their date; what changed is announced, caused by cause. The
+// caller computes the labels once the change is applied (ComputeLabels).
+// An error wrapping ErrInvalid names the attribute or purpose.
+func (s *Service) CatchUpProfile(ctx context.Context, tx pgx.Tx, member uuid.UUID, attrs map[string]string, consents []ImportedConsent, cause string) error {
+	want, err := s.checkAttributes(attrs)
+	if err != nil {
+		return err
+	}
+	if _, _, err := s.CheckImport(nil, consents); err != nil {
+		return err
+	}
+	have, changed, err := s.mergeAttributes(ctx, tx, member, want)
+	if err != nil {
+		return err
+	}
+	var moved []ImportedConsent
+	for _, c := range consents {
+		prev, err := postgres.ConsentOf(ctx, tx, member, int16(c.Purpose))
+		if err != nil {
+			return err
+		}
+		if prev == nil || *prev != c.Granted {
+			moved = append(moved, c)
+		}
+	}
+	if len(changed) == 0 && len(moved) == 0 {
+		return nil
+	}
+	if err := s.ImportProfile(ctx, tx, member, have, changed, moved, cause); err != nil {
+		return err
+	}
+	if len(moved) > 0 {
+		// Segments for a purpose read consents from the profile in
+		// ClickHouse: export it again.
+		return postgres.RequeueProfileExport(ctx, tx, member)
 	}
 	return nil
 }

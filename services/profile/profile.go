@@ -245,17 +245,9 @@ func (s *Service) UpdateAttributes(ctx context.Context, req *mcv1.UpdateAttribut
 	// attribute refuses the whole request. An empty value removes the
 	// attribute, declared or not (so an attribute the schema no longer
 	// declares can be cleaned away).
-	want := make(map[string]string, len(req.GetAttributes()))
-	for k, v := range req.GetAttributes() {
-		if v == "" {
-			want[k] = ""
-			continue
-		}
-		nv, _, err := s.checkAttribute(k, v)
-		if err != nil {
-			return nil, err
-		}
-		want[k] = nv
+	want, err := s.checkAttributes(req.GetAttributes())
+	if err != nil {
+		return nil, err
 	}
 	resp := &mcv1.UpdateAttributesResponse{}
 	err = postgres.RetryTx(ctx, s.pool, func(tx pgx.Tx) error {
@@ -264,30 +256,9 @@ func (s *Service) UpdateAttributes(ctx context.Context, req *mcv1.UpdateAttribut
 			if err != nil {
 				return err
 			}
-			attrs, err := postgres.LockMemberAttributes(ctx, tx, member)
+			attrs, changed, err := s.mergeAttributes(ctx, tx, member, want)
 			if err != nil {
 				return err
-			}
-			// changed is what the change stream says: PII masked.
-			changed := map[string]string{}
-			for k, v := range want {
-				old, had := attrs[k]
-				if v == "" {
-					if had {
-						delete(attrs, k)
-						changed[k] = ""
-					}
-					continue
-				}
-				a, _ := s.schema.Lookup(k)
-				if had && attributes.Same(s.sealer, a, old, v) {
-					continue
-				}
-				stored, err := s.storedForm(ctx, member, a, v)
-				if err != nil {
-					return err
-				}
-				attrs[k], changed[k] = stored, attributes.Shown(stored)
 			}
 			if len(changed) > 0 {
 				if err := postgres.SetAttributes(ctx, tx, member, attrs); err != nil {
@@ -313,6 +284,55 @@ func (s *Service) UpdateAttributes(ctx context.Context, req *mcv1.UpdateAttribut
 		return nil, err
 	}
 	return resp, nil
+}
+
+// checkAttributes checks attributes against the schema and returns them
+// normalised; an empty value (a removal) is kept empty.
+func (s *Service) checkAttributes(attrs map[string]string) (map[string]string, error) {
+	want := make(map[string]string, len(attrs))
+	for k, v := range attrs {
+		if v == "" {
+			want[k] = ""
+			continue
+		}
+		nv, _, err := s.checkAttribute(k, v)
+		if err != nil {
+			return nil, err
+		}
+		want[k] = nv
+	}
+	return want, nil
+}
+
+// mergeAttributes locks the member's attributes and merges want into them
+// (normalised values; "" removes), returning them and what changed as the
+// change stream says it (PII masked).
+func (s *Service) mergeAttributes(ctx context.Context, tx pgx.Tx, member uuid.UUID, want map[string]string) (attrs, changed map[string]string, err error) {
+	attrs, err = postgres.LockMemberAttributes(ctx, tx, member)
+	if err != nil {
+		return nil, nil, err
+	}
+	changed = map[string]string{}
+	for k, v := range want {
+		old, had := attrs[k]
+		if v == "" {
+			if had {
+				delete(attrs, k)
+				changed[k] = ""
+			}
+			continue
+		}
+		a, _ := s.schema.Lookup(k)
+		if had && attributes.Same(s.sealer, a, old, v) {
+			continue
+		}
+		stored, err := s.storedForm(ctx, member, a, v)
+		if err != nil {
+			return nil, nil, err
+		}
+		attrs[k], changed[k] = stored, attributes.Shown(stored)
+	}
+	return attrs, changed, nil
 }
 
 // checkAttribute checks an attribute's value against the schema and

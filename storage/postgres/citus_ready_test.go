@@ -151,6 +151,7 @@ var citusTables = []citusTable{
 	}},
 	{name: "idempotency_keys", layout: byKey, column: "key"},
 	{name: "legacy_members", layout: byKey, column: "legacy_id"},
+	{name: "legacy_changes", layout: byKey, column: "row_key"},
 	{name: "identity_conflicts", layout: byKey, column: "conflict_id"},
 	{name: "campaign_budgets", layout: byKey, column: "campaign_id"},
 	{name: "coupon_template_counts", layout: byKey, column: "template_id"},

@@ -100,3 +100,47 @@ func AbsorbedOthers(ctx context.Context, q Querier, member uuid.UUID) (bool, err
 	}
 	return yes, nil
 }
+
+// ClaimLegacyChange records, in tx, position as the last change applied to
+// a legacy row (source, rowKey), unless a change at or after it was
+// applied before: fresh is false then, and nothing is written. The row is
+// locked until tx ends, so two runs applying the same change apply it once.
+func ClaimLegacyChange(ctx context.Context, tx pgx.Tx, source string, rowKey []byte, position []int64, at time.Time) (fresh bool, err error) {
+	err = tx.QueryRow(ctx, `INSERT INTO legacy_changes AS c (source, row_key, position, applied_at) VALUES ($1, $2, $3, $4)
+		ON CONFLICT (row_key, source) DO UPDATE SET position = EXCLUDED.position, applied_at = EXCLUDED.applied_at
+		WHERE c.position < EXCLUDED.position
+		RETURNING true`, source, rowKey, position, at).Scan(&fresh)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("claim legacy change: %w", err)
+	}
+	return fresh, nil
+}
+
+// LegacyChangesOf counts the legacy rows of source a catch-up applied
+// changes to.
+func LegacyChangesOf(ctx context.Context, q Querier, source string) (int, error) {
+	var n int
+	if err := q.QueryRow(ctx, `SELECT count(*) FROM legacy_changes WHERE source = $1`, source).Scan(&n); err != nil {
+		return 0, fmt.Errorf("count legacy changes: %w", err)
+	}
+	return n, nil
+}
+
+// LegacyChangeStale reports whether a change at or after position was
+// applied to the legacy row (source, rowKey) (ClaimLegacyChange), without
+// locking anything: for a change whose effect is written elsewhere first
+// (an order, to ClickHouse).
+func LegacyChangeStale(ctx context.Context, q Querier, source string, rowKey []byte, position []int64) (bool, error) {
+	var stale bool
+	err := q.QueryRow(ctx, `SELECT position >= $3 FROM legacy_changes WHERE row_key = $2 AND source = $1`, source, rowKey, position).Scan(&stale)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("legacy change position: %w", err)
+	}
+	return stale, nil
+}
