@@ -133,37 +133,47 @@ func (p *PII) Rewrap(ctx context.Context, batch int, progress func(done, total i
 		return 0, err
 	}
 	var done int64
+	err = inBatches(ctx, p.keys.db, batch, &done, total, progress, func(tx pgx.Tx) (int, error) {
+		ks, err := postgres.ClaimMemberKeysNotUnder(ctx, tx, p.active, batch)
+		if err != nil {
+			return 0, err
+		}
+		for _, k := range ks {
+			dek, err := p.unwrap(k)
+			if err != nil {
+				return 0, err
+			}
+			if k.Wrapped, k.KEKID, err = p.wrap(k.MemberID, dek); err != nil {
+				return 0, err
+			}
+			if err := postgres.RewrapMemberKey(ctx, tx, k); err != nil {
+				return 0, err
+			}
+		}
+		return len(ks), nil
+	})
+	return done, err
+}
+
+// inBatches runs step, one transaction each, until a step does fewer
+// than batch rows, adding them to done and reporting progress after each.
+func inBatches(ctx context.Context, db *pgxpool.Pool, batch int, done *int64, total int64, progress func(done, total int64), step func(pgx.Tx) (int, error)) error {
 	for {
 		n := 0
-		err := pgx.BeginFunc(ctx, p.keys.db, func(tx pgx.Tx) error {
-			ks, err := postgres.ClaimMemberKeysNotUnder(ctx, tx, p.active, batch)
-			if err != nil {
-				return err
-			}
-			for _, k := range ks {
-				dek, err := p.unwrap(k)
-				if err != nil {
-					return err
-				}
-				if k.Wrapped, k.KEKID, err = p.wrap(k.MemberID, dek); err != nil {
-					return err
-				}
-				if err := postgres.RewrapMemberKey(ctx, tx, k); err != nil {
-					return err
-				}
-			}
-			n = len(ks)
-			return nil
+		err := pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
+			var err error
+			n, err = step(tx)
+			return err
 		})
 		if err != nil {
-			return done, err
+			return err
 		}
-		done += int64(n)
+		*done += int64(n)
 		if progress != nil && n > 0 {
-			progress(done, total)
+			progress(*done, total)
 		}
 		if n < batch {
-			return done, nil
+			return nil
 		}
 	}
 }

@@ -39,43 +39,32 @@ func (s *Service) Reencrypt(ctx context.Context, batch int, progress func(done, 
 			},
 			func(r postgres.SealedRow) []byte { return codeSecretAD(r.MemberID) }},
 	} {
-		for {
-			n := 0
-			err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-				rows, err := kind.claim(ctx, tx, batch)
-				if err != nil {
-					return err
-				}
-				for _, r := range rows {
-					plain, err := s.pii.Decrypt(r.Cipher, r.KeyID, kind.ad(r))
-					if err != nil {
-						return fmt.Errorf("re-encrypt: %w (is key %q still listed in MC_PII_ENC_KEYS?)", err, r.KeyID)
-					}
-					sealer, err := s.pii.SealerFor(ctx, r.MemberID)
-					if err != nil {
-						return fmt.Errorf("re-encrypt: %w", err)
-					}
-					sealed, kid, err := sealer.Encrypt(plain, kind.ad(r))
-					if err != nil {
-						return err
-					}
-					if err := kind.update(ctx, tx, r, sealed, kid); err != nil {
-						return err
-					}
-				}
-				n = len(rows)
-				return nil
-			})
+		err := inBatches(ctx, s.pool, batch, &done, total, progress, func(tx pgx.Tx) (int, error) {
+			rows, err := kind.claim(ctx, tx, batch)
 			if err != nil {
-				return done, err
+				return 0, err
 			}
-			done += int64(n)
-			if progress != nil && n > 0 {
-				progress(done, total)
+			for _, r := range rows {
+				plain, err := s.pii.Decrypt(r.Cipher, r.KeyID, kind.ad(r))
+				if err != nil {
+					return 0, fmt.Errorf("re-encrypt: %w (is key %q still listed in MC_PII_ENC_KEYS?)", err, r.KeyID)
+				}
+				sealer, err := s.pii.SealerFor(ctx, r.MemberID)
+				if err != nil {
+					return 0, fmt.Errorf("re-encrypt: %w", err)
+				}
+				sealed, kid, err := sealer.Encrypt(plain, kind.ad(r))
+				if err != nil {
+					return 0, err
+				}
+				if err := kind.update(ctx, tx, r, sealed, kid); err != nil {
+					return 0, err
+				}
 			}
-			if n < batch {
-				break
-			}
+			return len(rows), nil
+		})
+		if err != nil {
+			return done, err
 		}
 	}
 	return done, nil
