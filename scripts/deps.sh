@@ -107,6 +107,10 @@ local all all trust
 host  all all 127.0.0.1/32 scram-sha-256
 EOF
   fi
+  # Statement statistics for benchmarks and operators (pg_stat_statements);
+  # added to clusters initialised before it was.
+  grep -q "^shared_preload_libraries" "$pg_dir/postgresql.conf" ||
+    echo "shared_preload_libraries = 'pg_stat_statements'" >>"$pg_dir/postgresql.conf"
   log "postgres: starting on :$pg_port"
   as_pg "$pg_bin/pg_ctl" -D "$pg_dir" -l "$pg_run/postgres.log" -w -t 60 start >/dev/null ||
     die "postgres did not start; see $pg_run/postgres.log"
@@ -119,6 +123,9 @@ END $$;
 -- Tests drop their databases WITH (FORCE), which must be able to end an
 -- autovacuum worker that happens to be in them.
 GRANT pg_signal_backend TO membercenter;
+-- Benchmarks read which statements cost what (database postgres).
+CREATE EXTENSION IF NOT EXISTS pg_stat_statements;
+GRANT pg_read_all_stats TO membercenter;
 SELECT 'CREATE DATABASE membercenter OWNER membercenter'
  WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'membercenter')\gexec
 EOF
