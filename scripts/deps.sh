@@ -126,6 +126,7 @@ GRANT pg_signal_backend TO membercenter;
 -- Benchmarks read which statements cost what (database postgres).
 CREATE EXTENSION IF NOT EXISTS pg_stat_statements;
 GRANT pg_read_all_stats TO membercenter;
+GRANT EXECUTE ON FUNCTION pg_stat_statements_reset TO membercenter;
 SELECT 'CREATE DATABASE membercenter OWNER membercenter'
  WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'membercenter')\gexec
 EOF

@@ -2,6 +2,7 @@ package benefits
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
@@ -125,6 +126,9 @@ func (s *Service) applyOps(ctx context.Context, tx pgx.Tx, w *postgres.LoyaltyWr
 		byMember[b.member] = append(byMember[b.member], b)
 	}
 	members := slices.SortedFunc(maps.Keys(byMember), func(a, b uuid.UUID) int { return slices.Compare(a[:], b[:]) })
+	if err := s.addUsageAsOfLast(ctx, tx, p, rows, byMember); err != nil {
+		return err
+	}
 	var budgets map[string]int64
 	var issued map[string]int
 	for _, m := range members {
@@ -244,9 +248,6 @@ func (s *Service) applyMember(ctx context.Context, tx pgx.Tx, w *postgres.Loyalt
 		if err != nil {
 			return nil, err
 		}
-		if err := s.usageAsOfLast(ctx, tx, p, st, ops); err != nil {
-			return nil, err
-		}
 		type applied struct {
 			b    batchOp
 			fx   *Effects
@@ -311,24 +312,35 @@ func (s *Service) applyMember(ctx context.Context, tx pgx.Tx, w *postgres.Loyalt
 	}
 }
 
-// usageAsOfLast reads the campaign usage of the day and month of the
-// member's last operation when an event is older: it is processed at that
-// time (§1), so its campaign caps are that day's and month's.
-func (s *Service) usageAsOfLast(ctx context.Context, tx pgx.Tx, p *Program, st *State, ops []batchOp) error {
-	older := slices.ContainsFunc(ops, func(b batchOp) bool {
-		return st.Last.After(b.op.At) && dayOf(st.Last, p.Location) != dayOf(b.op.At, p.Location)
-	})
-	if !older {
-		return nil
+// addUsageAsOfLast adds to the loaded rows of every member an operation of
+// the batch predates (on another day than the member's last operation) the
+// campaign usage of the day and month of that last operation, which the
+// engine's limits count from — for the whole batch in one statement.
+func (s *Service) addUsageAsOfLast(ctx context.Context, tx pgx.Tx, p *Program, rows map[uuid.UUID]*postgres.LoyaltyRows, byMember map[uuid.UUID][]batchOp) error {
+	var members []uuid.UUID
+	var periods []string
+	for m, ops := range byMember {
+		r := rows[m]
+		if r == nil || !r.Found || r.State == nil {
+			continue
+		}
+		var head struct {
+			Last time.Time `json:"last"`
+		}
+		if err := json.Unmarshal(r.State, &head); err != nil {
+			return fmt.Errorf("loyalty state of %s: %w", m, err)
+		}
+		older := slices.ContainsFunc(ops, func(b batchOp) bool {
+			return head.Last.After(b.op.At) && dayOf(head.Last, p.Location) != dayOf(b.op.At, p.Location)
+		})
+		if !older {
+			continue
+		}
+		for _, period := range periodsOf(p, head.Last) {
+			members, periods = append(members, m), append(periods, period)
+		}
 	}
-	usage, err := postgres.CampaignUsage(ctx, tx, uuid.MustParse(st.MemberID), periodsOf(p, st.Last))
-	if err != nil {
-		return err
-	}
-	for _, u := range usage {
-		st.Usage[u.Campaign+"|"+u.Period] = u.Points
-	}
-	return nil
+	return postgres.AddCampaignUsage(ctx, tx, rows, members, periods)
 }
 
 // periodsOf names the day and the month of t, as campaign usage counts them.

@@ -11,6 +11,31 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
+// usageOfPeriods selects the campaign usage of pairs of members ($1) and
+// periods ($2).
+const usageOfPeriods = `SELECT u.member_id, u.campaign_id, u.period, u.points FROM campaign_usage u
+	JOIN unnest($1::uuid[], $2::text[]) AS w(member_id, period) ON u.member_id = w.member_id AND u.period = w.period`
+
+// AddCampaignUsage adds to each member's loaded rows the campaign usage of
+// the periods asked for it (pairs of members and periods), in one
+// statement.
+func AddCampaignUsage(ctx context.Context, q Batcher, rows map[uuid.UUID]*LoyaltyRows, members []uuid.UUID, periods []string) error {
+	if len(members) == 0 {
+		return nil
+	}
+	b := &pgx.Batch{}
+	queueMemberRows(b, func(id uuid.UUID) *LoyaltyRows {
+		if r := rows[id]; r != nil {
+			return r
+		}
+		return &LoyaltyRows{}
+	}, func(r *LoyaltyRows) *[]UsageRow { return &r.Usage }, usageColumns, usageOfPeriods, members, periods)
+	if err := q.SendBatch(ctx, b).Close(); err != nil {
+		return fmt.Errorf("campaign usage: %w", err)
+	}
+	return nil
+}
+
 // LoadLoyaltyBatch is LoadLoyalty for many members at once: one statement
 // per kind of row for all of them, in one round trip. Every member row is
 // locked when any load asks for it.
@@ -75,9 +100,7 @@ func LoadLoyaltyBatch(ctx context.Context, q Batcher, loads []LoyaltyLoad) (map[
 		   AND a.month >= least(w.from_month, coalesce((s.state->>'evaluated')::int, w.from_month) - 12)
 		 GROUP BY a.member_id, a.month`, actM, actFrom)
 	if len(useM) > 0 {
-		queueMemberRows(b, of, func(r *LoyaltyRows) *[]UsageRow { return &r.Usage }, usageColumns,
-			`SELECT u.member_id, u.campaign_id, u.period, u.points FROM campaign_usage u
-			JOIN unnest($1::uuid[], $2::text[]) AS w(member_id, period) ON u.member_id = w.member_id AND u.period = w.period`, useM, useP)
+		queueMemberRows(b, of, func(r *LoyaltyRows) *[]UsageRow { return &r.Usage }, usageColumns, usageOfPeriods, useM, useP)
 	}
 	// The shared counters the programme limits, once for the batch.
 	budgets, tpl := map[string]int64{}, map[string]int{}
