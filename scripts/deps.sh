@@ -123,6 +123,8 @@ END $$;
 -- Tests drop their databases WITH (FORCE), which must be able to end an
 -- autovacuum worker that happens to be in them.
 GRANT pg_signal_backend TO membercenter;
+-- Tests of deploy/postgres/roles.sql make an owner and an app role of their own.
+ALTER ROLE membercenter CREATEROLE;
 -- Benchmarks read which statements cost what (database postgres).
 CREATE EXTENSION IF NOT EXISTS pg_stat_statements;
 GRANT pg_read_all_stats TO membercenter;

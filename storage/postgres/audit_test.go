@@ -16,9 +16,11 @@ import (
 )
 
 // TestAuditTablesAreAppendOnly: operator_audit, identity_audit and
-// config_audit take new records and refuse every UPDATE and DELETE, even
-// the table owner's (insufficient_privilege); TRUNCATE is a privilege the
-// platform's role is not meant to use on them (docs/security.md).
+// config_audit take new records and refuse every UPDATE and DELETE, and
+// config_audit every TRUNCATE, even the table owner's
+// (insufficient_privilege); the others' TRUNCATE and DROP are left to the
+// owner role, which the services do not run as (deploy/postgres/roles.sql,
+// docs/security.md).
 // auditAt is when the records here are made: any instant, nothing reads it.
 var auditAt = time.Date(2025, 3, 4, 5, 6, 7, 0, time.UTC)
 
@@ -48,6 +50,7 @@ func TestAuditTablesAreAppendOnly(t *testing.T) {
 		`DELETE FROM config_audit`,
 		`UPDATE identity_audit SET actor = 'someone else'`,
 		`DELETE FROM identity_audit`,
+		`TRUNCATE config_audit CASCADE`,
 	} {
 		_, err := pool.Exec(ctx, stmt)
 		var pe *pgconn.PgError
