@@ -43,7 +43,9 @@ func NewDB(t testing.TB) (driver.Conn, clickhouse.Config) {
 		t.Fatalf("chtest: open %s (is scripts/deps.sh running?): %v", cfg.Addr, err)
 	}
 	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		// A busy server (merges, mutations of other tests) can take long
+		// to drop a database: 30 s was not always enough on 2 loaded cores.
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
 		// A DDL statement a stopped test process sent may still be running
 		// on the server (ClickHouse finishes it after the client left); the
