@@ -6,7 +6,9 @@
 // every stage does) and the partition moves on; offsets are committed only
 // after the effects are stored. With UntilCaughtUp the stage stops once
 // its group has committed, on every partition, the end offsets the topics
-// had when it started: a runbook's "catch up until the lag is zero".
+// had when it started, or an offset followed by nothing but transaction
+// markers up to them (a topic written in Kafka transactions ends in one):
+// a runbook's "catch up until the lag is zero".
 package cdc
 
 import (
@@ -50,7 +52,7 @@ func Run(ctx context.Context, kcfg kafka.Config, tel kafka.Telemetry, cfg Config
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
 	if cfg.UntilCaughtUp {
-		ends, err := endOffsets(ctx, c.Client().Client, cfg.Topics)
+		starts, ends, err := offsetRange(ctx, c.Client().Client, cfg.Topics)
 		if err != nil {
 			return err
 		}
@@ -58,10 +60,11 @@ func Run(ctx context.Context, kcfg kafka.Config, tel kafka.Telemetry, cfg Config
 		if poll <= 0 {
 			poll = 200 * time.Millisecond
 		}
+		m := &markers{kcfg: kcfg, tel: tel, checked: map[string]map[int32]int64{}, prev: map[string]map[int32]int64{}}
 		go func() {
 			t := time.NewTicker(poll)
 			defer t.Stop()
-			for !caughtUp(c.Client().CommittedOffsets(), ends) {
+			for !m.caughtUp(runCtx, c.Client().CommittedOffsets(), starts, ends) {
 				select {
 				case <-runCtx.Done():
 					return
@@ -92,47 +95,125 @@ func Run(ctx context.Context, kcfg kafka.Config, tel kafka.Telemetry, cfg Config
 	return err
 }
 
-// endOffsets are the offsets each partition of the topics has to be
-// committed to for the stage to have caught up; an empty partition (its
-// end at its start) needs nothing.
-func endOffsets(ctx context.Context, cl *kgo.Client, topics []string) (map[string]map[int32]int64, error) {
+// offsetRange is where each partition of the topics starts and the offset
+// its group has to reach for the stage to have caught up (its end when the
+// stage started); an empty partition (its end at its start) needs nothing.
+func offsetRange(ctx context.Context, cl *kgo.Client, topics []string) (starts, ends map[string]map[int32]int64, err error) {
 	adm := kadm.NewClient(cl)
-	starts, err := adm.ListStartOffsets(ctx, topics...)
+	listedStarts, err := adm.ListStartOffsets(ctx, topics...)
 	if err == nil {
-		err = starts.Error()
+		err = listedStarts.Error()
 	}
 	if err != nil {
-		return nil, fmt.Errorf("cdc: start offsets of %v: %w", topics, err)
+		return nil, nil, fmt.Errorf("cdc: start offsets of %v: %w", topics, err)
 	}
-	ends, err := adm.ListEndOffsets(ctx, topics...)
+	listedEnds, err := adm.ListEndOffsets(ctx, topics...)
 	if err == nil {
-		err = ends.Error()
+		err = listedEnds.Error()
 	}
 	if err != nil {
-		return nil, fmt.Errorf("cdc: end offsets of %v: %w", topics, err)
+		return nil, nil, fmt.Errorf("cdc: end offsets of %v: %w", topics, err)
 	}
-	out := map[string]map[int32]int64{}
-	ends.Each(func(end kadm.ListedOffset) {
-		if start, ok := starts.Lookup(end.Topic, end.Partition); ok && start.Offset >= end.Offset {
+	starts, ends = map[string]map[int32]int64{}, map[string]map[int32]int64{}
+	listedEnds.Each(func(end kadm.ListedOffset) {
+		start, _ := listedStarts.Lookup(end.Topic, end.Partition)
+		if start.Offset >= end.Offset {
 			return
 		}
-		if out[end.Topic] == nil {
-			out[end.Topic] = map[int32]int64{}
+		if ends[end.Topic] == nil {
+			starts[end.Topic], ends[end.Topic] = map[int32]int64{}, map[int32]int64{}
 		}
-		out[end.Topic][end.Partition] = end.Offset
+		starts[end.Topic][end.Partition], ends[end.Topic][end.Partition] = start.Offset, end.Offset
 	})
-	return out, nil
+	return starts, ends, nil
+}
+
+// markers finds out whether what lies between a partition's committed
+// offset and its end is only control records — a topic written in Kafka
+// transactions (Debezium with exactly-once delivery) ends in a commit
+// marker, which no record reaches, so its group's committed offset stops
+// short of the end — or aborted records, which read-committed consumers
+// never get.
+type markers struct {
+	kcfg    kafka.Config
+	tel     kafka.Telemetry
+	checked map[string]map[int32]int64 // committed offsets found followed by markers only
+	prev    map[string]map[int32]int64 // the offsets of the last check: a partition is read only once its group stopped moving
 }
 
 // caughtUp reports whether every partition's committed offset reached its
-// end.
-func caughtUp(committed map[string]map[int32]kgo.EpochOffset, ends map[string]map[int32]int64) bool {
+// end, or is followed by nothing but control records up to it.
+func (m *markers) caughtUp(ctx context.Context, committed map[string]map[int32]kgo.EpochOffset, starts, ends map[string]map[int32]int64) bool {
 	for topic, parts := range ends {
-		for p, end := range parts {
-			if c, ok := committed[topic][p]; !ok || c.Offset < end {
+		for part, end := range parts {
+			from := starts[topic][part]
+			if c, ok := committed[topic][part]; ok {
+				from = c.Offset
+			}
+			if from >= end {
+				continue
+			}
+			if done, ok := m.checked[topic][part]; ok && done == from {
+				continue
+			}
+			prev, ok := m.prev[topic][part]
+			if m.prev[topic] == nil {
+				m.prev[topic] = map[int32]int64{}
+			}
+			m.prev[topic][part] = from
+			if !ok || prev != from {
+				return false // still moving: records are coming
+			}
+			only, err := m.onlyMarkers(ctx, topic, part, from, end)
+			if err != nil || !only {
 				return false
 			}
+			if m.checked[topic] == nil {
+				m.checked[topic] = map[int32]int64{}
+			}
+			m.checked[topic][part] = from
 		}
 	}
 	return true
+}
+
+// onlyMarkers reads the partition from from to end, read-committed with
+// control records kept, and says whether every record there is a control
+// record. It answers false when the broker does not answer in time.
+func (m *markers) onlyMarkers(ctx context.Context, topic string, part int32, from, end int64) (bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	cl, err := kafka.NewClient(m.kcfg, m.tel, "",
+		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{topic: {part: kgo.NewOffset().At(from)}}),
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.KeepControlRecords(), kgo.FetchMaxWait(100*time.Millisecond))
+	if err != nil {
+		return false, err
+	}
+	defer cl.Close()
+	for ctx.Err() == nil {
+		fetches := cl.PollFetches(ctx)
+		if err := fetches.Err0(); err != nil && ctx.Err() == nil {
+			return false, err
+		}
+		only, seenEnd := true, false
+		fetches.EachRecord(func(r *kgo.Record) {
+			if r.Offset >= end {
+				seenEnd = true
+				return
+			}
+			if !r.Attrs.IsControl() {
+				only = false
+			}
+			if r.Offset == end-1 {
+				seenEnd = true
+			}
+		})
+		if !only {
+			return false, nil
+		}
+		if seenEnd {
+			return true, nil
+		}
+	}
+	return false, ctx.Err()
 }

@@ -217,3 +217,63 @@ func TestDecodeDebezium(t *testing.T) {
 		t.Errorf("no position: %v", err)
 	}
 }
+
+// A CDC topic written in Kafka transactions (Debezium with exactly-once
+// delivery) ends in a commit marker that no record reaches, and holds an
+// aborted transaction: `import cdc --until-caught-up` still stops once
+// every committed change is applied, and the aborted one is never applied.
+func TestCDCUntilCaughtUpOnATransactionalTopic(t *testing.T) {
+	c, _, conn, cu := imported(t)
+	kcfg := kafkatest.Config(t)
+	kcfg.DLQSealer = cu.Identity.PII()
+	topic := kcfg.GroupPrefix + ".legacy.crm.cdc-eos"
+	plain, err := kgo.NewClient(kgo.SeedBrokers(kcfg.Brokers...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plain.Close()
+	adm := kadm.NewClient(plain)
+	if _, err := adm.CreateTopic(c, 2, 1, nil, topic); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _, _ = adm.DeleteTopics(context.Background(), topic) })
+	tx, err := kgo.NewClient(kgo.SeedBrokers(kcfg.Brokers...), kgo.DefaultProduceTopic(topic), kgo.TransactionalID(topic+"-producer"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Close()
+	send := func(commit kgo.TransactionEndTry, rs ...*kgo.Record) {
+		t.Helper()
+		if err := tx.BeginTransaction(); err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range rs {
+			cp := *r
+			if err := tx.ProduceSync(c, &cp).FirstErr(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := tx.EndTransaction(c, commit); err != nil {
+			t.Fatal(err)
+		}
+	}
+	aborted := envelope(t, false, "L0002", map[string]any{"op": "c", "after": map[string]any{"legacy_id": "L0002", "type": "member_card",
+		"scope": nil, "value": "CARD-ABORTED"}, "source": map[string]any{"connector": "postgresql", "table": "identifiers", "lsn": 300000}})
+	stream := debezium(t)
+	send(kgo.TryCommit, stream[:len(stream)/2]...)
+	send(kgo.TryAbort, aborted)
+	send(kgo.TryCommit, stream[len(stream)/2:]...)
+
+	run := &migration.CatchUp{Importer: cu.Importer, Facts: conn}
+	if err := cdc.Run(c, kcfg, kafkatest.Telemetry(), cdc.Config{Topics: []string{topic}, Group: kcfg.Group("import-cdc-eos"), DLQTopic: kcfg.Topics.DLQ,
+		UntilCaughtUp: true, Poll: 20e6}, run); err != nil {
+		t.Fatalf("cdc over a transactional topic: %v", err)
+	}
+	if rep := run.Report(); rep.Applied != 12 || rep.Imported != 1 || len(rep.Refused) != 0 {
+		t.Fatalf("cdc: applied %d, imported %d, refused %v; want the sample's 12 and 1, none refused", rep.Applied, rep.Imported, rep.Refused)
+	}
+	v, err := cu.Verify(c, open(t, "testdata/catchup-final"), nil)
+	if err != nil || !v.OK() {
+		t.Fatalf("verify after the CDC stream: %v %v", err, v.Mismatches)
+	}
+}
