@@ -14,7 +14,10 @@ package auth
 
 import (
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/http"
@@ -28,7 +31,9 @@ import (
 	"go.yaml.in/yaml/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
@@ -97,6 +102,10 @@ type Client struct {
 	OwnMembers bool
 	// keys is a third-party channel's key set (nil for a shared secret).
 	keys *keySet
+	// CertSHA256 binds the client to its TLS client certificate (the
+	// SHA-256 of its DER form): its tokens are accepted only on a
+	// connection that presented that certificate. nil: any.
+	CertSHA256 []byte
 }
 
 // Allows says whether the client holds scope ("benefits.commit"), directly
@@ -120,6 +129,8 @@ type Principal struct {
 	// Expires is when the token stops being accepted (its expiry plus the
 	// allowed clock skew): a stream opened with it ends then.
 	Expires time.Time
+	// certSHA256 is the certificate the token is bound to (its cnf claim).
+	certSHA256 []byte
 }
 
 // Actor is who acts, for the audit trail: the client id, and the operator
@@ -175,6 +186,8 @@ func Actor(ctx context.Context) string {
 
 // Authenticator verifies tokens and scopes.
 type Authenticator struct {
+	gateway     func(der []byte) bool // the platform's own gateway's certificate (TrustGateway)
+	forwarded   string                // the metadata key it forwards its clients' certificates under
 	clients     map[string]*Client
 	now         func() time.Time
 	maxLifetime time.Duration
@@ -190,6 +203,10 @@ type fileClient struct {
 	JWKS       string   `yaml:"jwks"`
 	Scopes     []string `yaml:"scopes"`
 	OwnMembers bool     `yaml:"own_members"`
+	// CertificateSHA256 is the SHA-256 fingerprint of the client's TLS
+	// certificate, hex with or without colons (`openssl x509 -noout
+	// -fingerprint -sha256`).
+	CertificateSHA256 string `yaml:"certificate_sha256"`
 }
 
 // Load reads a clients file:
@@ -208,6 +225,7 @@ type fileClient struct {
 //	    channel: ecommerce
 //	    jwks: partner-mall.jwks.json   # or https://partner.example/.well-known/jwks.json
 //	    scopes: [identity.resolve, profile.read]
+//	    certificate_sha256: 3A:1F:…   # optional: only over mutual TLS with this certificate
 func Load(path string) (*Authenticator, error) {
 	src, err := os.ReadFile(path)
 	if err != nil {
@@ -257,13 +275,16 @@ func parse(src []byte, dir string) (*Authenticator, error) {
 			errs = append(errs, fmt.Errorf("clients[%d] (%s): secret must be base64 of at least 32 bytes (or give a jwks)", i, c.ID))
 		case len(c.Scopes) == 0:
 			errs = append(errs, fmt.Errorf("clients[%d] (%s): no scopes", i, c.ID))
+		case c.CertificateSHA256 != "" && fingerprint(c.CertificateSHA256) == nil:
+			errs = append(errs, fmt.Errorf("clients[%d] (%s): certificate_sha256 must be the 32-byte SHA-256 fingerprint in hex", i, c.ID))
 		default:
 			for _, s := range c.Scopes {
 				if s != "*" && !slices.Contains(Scopes, s) && !(strings.HasSuffix(s, ".*") && hasScopePrefix(strings.TrimSuffix(s, "*"))) {
 					errs = append(errs, fmt.Errorf("clients[%d] (%s): unknown scope %q; scopes are %s", i, c.ID, s, strings.Join(Scopes, ", ")))
 				}
 			}
-			a.clients[c.ID] = &Client{ID: c.ID, Channel: c.Channel, Key: key, keys: keys, Scopes: c.Scopes, OwnMembers: c.OwnMembers}
+			a.clients[c.ID] = &Client{ID: c.ID, Channel: c.Channel, Key: key, keys: keys, Scopes: c.Scopes, OwnMembers: c.OwnMembers,
+				CertSHA256: fingerprint(c.CertificateSHA256)}
 		}
 	}
 	if len(a.clients) == 0 && len(errs) == 0 {
@@ -290,6 +311,11 @@ func (a *Authenticator) SetClock(now func() time.Time) { a.now = now }
 type claims struct {
 	Members  []string `json:"mem,omitempty"`
 	Operator string   `json:"op,omitempty"`
+	// Cnf binds the token to a client certificate (RFC 8705 §3.1): its
+	// "x5t#S256" is the base64url SHA-256 of the certificate's DER form.
+	Cnf *struct {
+		X5tS256 string `json:"x5t#S256"`
+	} `json:"cnf,omitempty"`
 	jwt.RegisteredClaims
 }
 
@@ -391,7 +417,13 @@ func (a *Authenticator) Verify(token string) (*Principal, error) {
 	if cl.Operator != "" && !validOperator(cl.Operator) {
 		return nil, fmt.Errorf("operator claim %q is not an operator name", cl.Operator)
 	}
-	return &Principal{Client: client, Members: cl.Members, Operator: cl.Operator, Expires: cl.ExpiresAt.Add(leeway)}, nil
+	p := &Principal{Client: client, Members: cl.Members, Operator: cl.Operator, Expires: cl.ExpiresAt.Add(leeway)}
+	if cl.Cnf != nil {
+		if p.certSHA256, err = base64.RawURLEncoding.DecodeString(cl.Cnf.X5tS256); err != nil || len(p.certSHA256) != sha256.Size {
+			return nil, errors.New(`cnf: "x5t#S256" is not a base64url SHA-256`)
+		}
+	}
+	return p, nil
 }
 
 // validOperator is an operator name the audit trail can hold as is.
@@ -415,7 +447,8 @@ func FromContext(ctx context.Context) (*Principal, bool) {
 	return p, ok
 }
 
-// authenticate reads and verifies the bearer token of a call.
+// authenticate reads and verifies the bearer token of a call, and checks
+// the certificate the client and its token are bound to, if any.
 func (a *Authenticator) authenticate(ctx context.Context) (*Principal, error) {
 	md, _ := metadata.FromIncomingContext(ctx)
 	vals := md.Get("authorization")
@@ -431,7 +464,63 @@ func (a *Authenticator) authenticate(ctx context.Context) (*Principal, error) {
 	if err != nil {
 		return nil, status.Error(codes.Unauthenticated, ErrInvalidToken.Error())
 	}
+	if p.Client.CertSHA256 != nil || p.certSHA256 != nil {
+		presented := a.presentedCertificate(ctx, md)
+		for _, want := range [][]byte{p.Client.CertSHA256, p.certSHA256} {
+			if want != nil && !hmac.Equal(want, presented) {
+				return nil, status.Error(codes.Unauthenticated, ErrCertificate.Error())
+			}
+		}
+	}
 	return p, nil
+}
+
+// ErrCertificate is the answer to a client bound to a certificate that
+// calls without it.
+var ErrCertificate = errors.New("this client's tokens are accepted only over mutual TLS with its registered client certificate")
+
+// TrustGateway tells the authenticator how to recognise the platform's own
+// HTTP/JSON gateway — by the certificate its connection presents (own
+// reports whether a DER certificate is this process's) — and the metadata
+// key under which it forwards the SHA-256 (hex) of its HTTP client's
+// certificate. That key is believed only on the gateway's connection;
+// anyone else's is ignored.
+func (a *Authenticator) TrustGateway(own func(der []byte) bool, header string) {
+	a.gateway, a.forwarded = own, header
+}
+
+// presentedCertificate is the SHA-256 of the client certificate of the
+// call's connection: the HTTP client's, as the gateway forwarded it, when
+// the connection is the gateway's; nil when there is none.
+func (a *Authenticator) presentedCertificate(ctx context.Context, md metadata.MD) []byte {
+	pr, ok := peer.FromContext(ctx)
+	if !ok {
+		return nil
+	}
+	info, ok := pr.AuthInfo.(credentials.TLSInfo)
+	if !ok || len(info.State.PeerCertificates) == 0 {
+		return nil
+	}
+	der := info.State.PeerCertificates[0].Raw
+	if a.gateway != nil && a.gateway(der) {
+		fwd := md.Get(a.forwarded)
+		if len(fwd) != 1 {
+			return nil
+		}
+		return fingerprint(fwd[0])
+	}
+	sum := sha256.Sum256(der)
+	return sum[:]
+}
+
+// fingerprint decodes a SHA-256 fingerprint in hex, with or without
+// colons; nil when it is not one.
+func fingerprint(s string) []byte {
+	b, err := hex.DecodeString(strings.ReplaceAll(strings.TrimSpace(s), ":", ""))
+	if err != nil || len(b) != sha256.Size {
+		return nil
+	}
+	return b
 }
 
 // authorize checks the method's scope and, for member-bound clients, the

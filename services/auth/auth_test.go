@@ -311,6 +311,7 @@ func TestClientsFileIsChecked(t *testing.T) {
 		{"clients:\n  - {id: a, secret: " + secretPOS + ", scopes: [profile.raed]}\n", `unknown scope "profile.raed"`},
 		{"clients:\n  - {id: a, secret: " + secretPOS + ", scopes: [profile.read]}\n  - {id: a, secret: " + secretPOS + ", scopes: [profile.read]}\n", "duplicate id"},
 		{"clients: []\n", "no clients"},
+		{"clients:\n  - {id: a, secret: " + secretPOS + ", scopes: [profile.read], certificate_sha256: \"AB:CD\"}\n", "certificate_sha256 must be the 32-byte SHA-256 fingerprint"},
 	} {
 		if _, err := auth.Parse([]byte(tc.src)); err == nil || !strings.Contains(err.Error(), tc.words) {
 			t.Errorf("clients file %q: %v; want an error mentioning %q", tc.src, err, tc.words)

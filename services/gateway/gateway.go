@@ -10,6 +10,8 @@ package gateway
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -27,6 +29,23 @@ import (
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 )
 
+// ForwardedCertificateHeader is the metadata key under which the gateway
+// forwards to the gRPC server the SHA-256 (hex) of the certificate its
+// HTTP client presented (auth.Authenticator.TrustGateway); a header of
+// that name from the HTTP client is dropped.
+const ForwardedCertificateHeader = "mc-forwarded-client-cert-sha256"
+
+// clientCertificate is the metadata forwarding the SHA-256 of the HTTP
+// client's TLS certificate to the gRPC server (auth believes it only from
+// this gateway's own connection); nil without one.
+func clientCertificate(r *http.Request) metadata.MD {
+	if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
+		return nil
+	}
+	sum := sha256.Sum256(r.TLS.PeerCertificates[0].Raw)
+	return metadata.Pairs(ForwardedCertificateHeader, hex.EncodeToString(sum[:]))
+}
+
 // New returns the HTTP handler, calling the gRPC server through conn.
 func New(ctx context.Context, conn *grpc.ClientConn) (http.Handler, error) {
 	// grpc-gateway's default JSON marshaler, except that an unknown field
@@ -37,7 +56,15 @@ func New(ctx context.Context, conn *grpc.ClientConn) (http.Handler, error) {
 			MarshalOptions:   protojson.MarshalOptions{EmitUnpopulated: true},
 			UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: false},
 		},
-	}))
+	}),
+		// The client certificate is the gateway's to say, never a header's.
+		runtime.WithIncomingHeaderMatcher(func(key string) (string, bool) {
+			if strings.EqualFold(key, runtime.MetadataHeaderPrefix+ForwardedCertificateHeader) {
+				return "", false
+			}
+			return runtime.DefaultHeaderMatcher(key)
+		}),
+		runtime.WithMetadata(func(_ context.Context, r *http.Request) metadata.MD { return clientCertificate(r) }))
 	for _, reg := range []func(context.Context, *runtime.ServeMux, *grpc.ClientConn) error{
 		mcv1.RegisterIdentityServiceHandler, mcv1.RegisterBenefitsServiceHandler,
 		mcv1.RegisterProfileServiceHandler, mcv1.RegisterSyncServiceHandler,
@@ -92,6 +119,9 @@ func (s *sse) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	if a := r.Header.Get("Authorization"); a != "" {
 		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", a)
+	}
+	for k, v := range clientCertificate(r) {
+		ctx = metadata.AppendToOutgoingContext(ctx, k, v[0])
 	}
 	stream, err := s.sync.Subscribe(ctx, req)
 	if err != nil {

@@ -527,6 +527,11 @@ func (p *Platform) grpcServer(ctx context.Context, scfg server.Config, e env, ps
 			return nil, err
 		}
 		guards = append(guards, a)
+		// The gateway forwards its HTTP clients' certificates; its own
+		// connection presents this process's.
+		if certs := scfg.Certs(); certs != nil {
+			a.TrustGateway(certs.IsOwn, gateway.ForwardedCertificateHeader)
+		}
 		// Third-party channels' key sets: https ones are first fetched
 		// here, and all are read again every MC_AUTH_JWKS_REFRESH.
 		if a.HasKeySets() {

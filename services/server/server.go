@@ -78,6 +78,9 @@ func (c Config) WithTLS(t *TLS) Config {
 	return c
 }
 
+// Certs is the TLS WithTLS gave (nil: none).
+func (c Config) Certs() *TLS { return c.certs }
+
 // loadTLS returns the TLS WithTLS gave, or loads it (nil: plaintext).
 func (c Config) loadTLS(log *slog.Logger) (*TLS, error) {
 	if c.certs != nil {

@@ -262,6 +262,13 @@ func (t *TLS) Listener(lis net.Listener, channels bool) net.Listener {
 	return tls.NewListener(lis, t.serverConfig(channels, "h2", "http/1.1"))
 }
 
+// IsOwn reports whether a certificate (DER) is this process's own — the
+// one its HTTP/JSON gateway's connection presents (LoopbackCredentials).
+func (t *TLS) IsOwn(der []byte) bool {
+	own := t.current().cert.Certificate
+	return len(own) > 0 && bytes.Equal(der, own[0])
+}
+
 // LoopbackCredentials are the credentials of this process's own
 // connection to its gRPC server (the HTTP/JSON gateway's): the server must
 // present this process's certificate (pinned, so that a listen address
