@@ -78,21 +78,29 @@ func envelope(t *testing.T, wrapped bool, key string, payload map[string]any) *k
 // reaches the final export (verify agrees at 100%), every bad record is
 // dead-lettered with its reason while its neighbours apply, and the second
 // copy of the stream — or a second run over the topic — changes nothing.
+// cdcTopic makes a two-partition topic for the test, deleted after it, and
+// returns a client producing to it.
+func cdcTopic(t *testing.T, ctx context.Context, kcfg kafka.Config, topic string) *kgo.Client {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(kcfg.Brokers...), kgo.DefaultProduceTopic(topic))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cl.Close)
+	adm := kadm.NewClient(cl)
+	if _, err := adm.CreateTopic(ctx, 2, 1, nil, topic); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _, _ = adm.DeleteTopics(context.Background(), topic) })
+	return cl
+}
+
 func TestCDCStreamTwice(t *testing.T) {
 	c, pool, conn, cu := imported(t)
 	kcfg := kafkatest.Config(t)
 	kcfg.DLQSealer = cu.Identity.PII()
 	topic := kcfg.GroupPrefix + ".legacy.crm.cdc"
-	cl, err := kgo.NewClient(kgo.SeedBrokers(kcfg.Brokers...), kgo.DefaultProduceTopic(topic))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
-	adm := kadm.NewClient(cl)
-	if _, err := adm.CreateTopic(c, 2, 1, nil, topic); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _, _ = adm.DeleteTopics(context.Background(), topic) })
+	cl := cdcTopic(t, c, kcfg, topic)
 
 	src := func(table string, pos int64) map[string]any {
 		return map[string]any{"connector": "postgresql", "table": table, "lsn": pos}
@@ -227,16 +235,7 @@ func TestCDCUntilCaughtUpOnATransactionalTopic(t *testing.T) {
 	kcfg := kafkatest.Config(t)
 	kcfg.DLQSealer = cu.Identity.PII()
 	topic := kcfg.GroupPrefix + ".legacy.crm.cdc-eos"
-	plain, err := kgo.NewClient(kgo.SeedBrokers(kcfg.Brokers...))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer plain.Close()
-	adm := kadm.NewClient(plain)
-	if _, err := adm.CreateTopic(c, 2, 1, nil, topic); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _, _ = adm.DeleteTopics(context.Background(), topic) })
+	cdcTopic(t, c, kcfg, topic)
 	tx, err := kgo.NewClient(kgo.SeedBrokers(kcfg.Brokers...), kgo.DefaultProduceTopic(topic), kgo.TransactionalID(topic+"-producer"))
 	if err != nil {
 		t.Fatal(err)

@@ -22,17 +22,12 @@ import (
 	"google.golang.org/grpc/status"
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
-	"github.com/membercenter/membercenter/storage/postgres"
-	"github.com/membercenter/membercenter/storage/postgres/pgtest"
 
 	"github.com/membercenter/membercenter/pipeline/clocktest"
 	"github.com/membercenter/membercenter/services/auth"
 	"github.com/membercenter/membercenter/services/gateway"
 	"github.com/membercenter/membercenter/services/platform"
 	"github.com/membercenter/membercenter/services/platform/platformtest"
-	"github.com/membercenter/membercenter/services/server"
-	"github.com/membercenter/membercenter/services/server/servertest"
-	"github.com/membercenter/membercenter/services/telemetry"
 )
 
 // A client bound to its certificate (certificate_sha256 in the clients
@@ -43,8 +38,7 @@ import (
 // and no caller can claim a certificate by header.
 func TestClientBoundToItsCertificate(t *testing.T) {
 	dir := t.TempDir()
-	ca, clientCA := servertest.NewCA(t, "test server CA"), servertest.NewCA(t, "test channel CA")
-	certFile, keyFile := servertest.WriteKeyPair(t, dir, "server", ca.Server(t))
+	cfg, clientCA, tlsFor := mutualTLS(t, dir)
 	mine, other := clientCA.Client(t, "pos-sh"), clientCA.Client(t, "pos-bj")
 	sum := sha256.Sum256(mine.Certificate[0])
 	secret := base64.StdEncoding.EncodeToString([]byte(strings.Repeat("b", 32)))
@@ -55,17 +49,7 @@ func TestClientBoundToItsCertificate(t *testing.T) {
 `), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cfg := platform.Config{
-		Postgres:  postgres.Config{URL: pgtest.NewDB(t), MaxConns: 4},
-		Telemetry: telemetry.Config{ServiceName: "membercenter-certbinding-test", LogLevel: "error"},
-		Auth:      auth.Config{ClientsPath: clients},
-		Server: server.Config{GRPCAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", Grace: 5 * time.Second, TLS: server.TLSConfig{
-			CertFile: certFile, KeyFile: keyFile, ClientCAFile: clientCA.WriteCA(t, dir, "clients"), ClientAuth: server.ClientAuthRequire,
-		}},
-	}
-	tlsFor := func(c tls.Certificate) *tls.Config {
-		return &tls.Config{RootCAs: ca.Pool(), ServerName: "localhost", Certificates: []tls.Certificate{c}, MinVersion: tls.VersionTLS12}
-	}
+	cfg.Auth = auth.Config{ClientsPath: clients}
 	e := platformtest.OpenT(t, cfg, io.Discard)
 	r := platformtest.StartT(t, e.P, platform.Options{Services: []string{"identity"}, Now: clocktest.New().Now},
 		platformtest.WithGateway(), platformtest.WithDialOptions(grpc.WithTransportCredentials(credentials.NewTLS(tlsFor(mine)))))

@@ -31,11 +31,14 @@ import (
 // gRPC server passes the required client certificate check); the gateway
 // refuses an HTTPS client without a certificate; admin answers probes
 // without one.
-func TestListenersOverMutualTLS(t *testing.T) {
-	dir := t.TempDir()
+// mutualTLS is a platform configuration whose listeners speak TLS with a
+// server certificate of ca and require channels' client certificates of
+// clientCA (files in dir), and a client TLS configuration presenting certs.
+func mutualTLS(t *testing.T, dir string) (cfg platform.Config, clientCA *servertest.CA, tlsFor func(certs ...tls.Certificate) *tls.Config) {
+	t.Helper()
 	ca, clientCA := servertest.NewCA(t, "test server CA"), servertest.NewCA(t, "test channel CA")
 	certFile, keyFile := servertest.WriteKeyPair(t, dir, "server", ca.Server(t))
-	cfg := platform.Config{
+	cfg = platform.Config{
 		Postgres:  postgres.Config{URL: pgtest.NewDB(t), MaxConns: 4},
 		Telemetry: telemetry.Config{ServiceName: "membercenter-tls-test", LogLevel: "error"},
 		Server: server.Config{GRPCAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", Grace: 5 * time.Second, TLS: server.TLSConfig{
@@ -45,10 +48,14 @@ func TestListenersOverMutualTLS(t *testing.T) {
 	if err := cfg.Server.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	channel := clientCA.Client(t, "miniprogram")
-	tlsFor := func(certs ...tls.Certificate) *tls.Config {
+	return cfg, clientCA, func(certs ...tls.Certificate) *tls.Config {
 		return &tls.Config{RootCAs: ca.Pool(), ServerName: "localhost", Certificates: certs, MinVersion: tls.VersionTLS12}
 	}
+}
+
+func TestListenersOverMutualTLS(t *testing.T) {
+	cfg, clientCA, tlsFor := mutualTLS(t, t.TempDir())
+	channel := clientCA.Client(t, "miniprogram")
 	e := platformtest.OpenT(t, cfg, io.Discard)
 	r := platformtest.StartT(t, e.P, platform.Options{Services: []string{"identity"}, Now: clocktest.New().Now},
 		platformtest.WithGateway(), platformtest.WithDialOptions(grpc.WithTransportCredentials(credentials.NewTLS(tlsFor(channel)))))
