@@ -561,7 +561,9 @@ func (c *Consumer) logFetchErrors(ctx context.Context, fetches kgo.Fetches) {
 func (c *Consumer) deadLetter(ctx context.Context, r *kgo.Record, reason error) error {
 	c.log.WarnContext(ctx, "dead-lettering record", "topic", r.Topic, "partition", r.Partition, "offset", r.Offset,
 		"reason", dlq.LoggedReason(reason, c.seal))
-	letter := dlq.Record(c.cfg.DLQTopic, c.cfg.Stage, r, reason, c.now(), c.seal)
+	// A member's record is sealed under the member's key (erasing the
+	// member makes the letter unreadable).
+	letter := dlq.Record(c.cfg.DLQTopic, c.cfg.Stage, r, reason, c.now(), dlq.SealerFor(ctx, c.seal, r))
 	err := Retry(ctx, c.log, c.cfg.Stage+" dlq", func() error {
 		err := c.cl.ProduceSync(ctx, letter).FirstErr()
 		if err != nil && fault.IsData(err) {

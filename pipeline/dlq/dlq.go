@@ -4,6 +4,7 @@
 package dlq
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/membercenter/membercenter/pipeline/contract"
 	"github.com/membercenter/membercenter/pipeline/fault"
 )
 
@@ -69,10 +71,18 @@ func Redact(reason string) string {
 }
 
 // Sealer encrypts and decrypts with the platform's PII keys
-// (identity.PII): ciphertexts are bound to ad and name their key.
-type Sealer interface {
-	Encrypt(value string, ad []byte) (ciphertext []byte, keyID string, err error)
-	Decrypt(ciphertext []byte, keyID string, ad []byte) (string, error)
+// (contract.Sealer).
+type Sealer = contract.Sealer
+
+// SealerFor is the sealer of a letter of src: its member's when seal is a
+// contract.MemberSealer and src is keyed by a member, seal otherwise.
+func SealerFor(ctx context.Context, seal Sealer, src *kgo.Record) Sealer {
+	if ms, ok := seal.(contract.MemberSealer); ok {
+		if s := ms.ForRecordKey(ctx, src.Key); s != nil {
+			return s
+		}
+	}
+	return seal
 }
 
 // ErrSealed is returned for a sealed letter read without the keys.

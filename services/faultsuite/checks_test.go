@@ -359,6 +359,7 @@ func (s *suite) checkDeadLetters(ctx context.Context, r *report) {
 		r.expect(false, "PII keys: %v", err)
 		return
 	}
+	keys.UseKeyStore(s.pool) // a member's record's letter is under the member's key
 	var read, unsealed int
 	var openErr error
 	s.readTopic(ctx, s.kcfg.Topics.DLQ, func(rec *kgo.Record) {

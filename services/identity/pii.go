@@ -2,6 +2,7 @@ package identity
 
 import (
 	"bytes"
+	"context"
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/hmac"
@@ -12,6 +13,7 @@ import (
 	"os"
 	"sort"
 	"strings"
+	"time"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -158,8 +160,15 @@ func (p *PII) Encrypt(value string, hash []byte) (ciphertext []byte, keyID strin
 	return ct, p.active, err
 }
 
-// Decrypt opens a ciphertext written by Encrypt under keyID.
+// Decrypt opens a ciphertext written by Encrypt under keyID, or under a
+// member's data key (a dead letter of a member's record: see
+// ForRecordKey), which it reads from the key store.
 func (p *PII) Decrypt(ciphertext []byte, keyID string, hash []byte) (string, error) {
+	if IsMemberKey(keyID) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		return p.Reveal(ctx, ciphertext, keyID, hash)
+	}
 	aead, ok := p.aeads[keyID]
 	if !ok {
 		return "", fmt.Errorf("decrypt: unknown key id %q", keyID)
