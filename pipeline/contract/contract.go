@@ -29,6 +29,14 @@ type Resolver interface {
 	ResolveEvent(ctx context.Context, ev *mcv1.ChannelEvent) (Resolution, error)
 }
 
+// MemberFinder finds, without changing anything, the member an event's
+// identifiers already name (a unique identifier that one member holds);
+// ok is false when none does, or several. Ingest seals the dead letter of
+// a refused event of a known member under that member's key.
+type MemberFinder interface {
+	KnownMember(ctx context.Context, ev *mcv1.ChannelEvent) (member string, ok bool)
+}
+
 // BatchResolver resolves a partition's events, in order, as Resolver
 // would one by one; an error is per event. (Ingest, when it can.)
 type BatchResolver interface {

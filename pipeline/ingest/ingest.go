@@ -470,7 +470,7 @@ func (in *Ingest) partition(ctx context.Context, rs []*kgo.Record, produced *kgo
 	for i, r := range rs {
 		ev, err := in.decode(r)
 		if err != nil {
-			decodeErr[i] = err
+			decodeErr[i], evOf[i] = err, ev
 			continue
 		}
 		evs, at, evOf[i] = append(evs, ev), append(at, i), ev
@@ -511,7 +511,7 @@ func (in *Ingest) partition(ctx context.Context, rs []*kgo.Record, produced *kgo
 		default:
 			out, err = in.memberRecord(evOf[i], *resolved[i])
 		}
-		in.emit(rctx, span, r, out, err, produced)
+		in.emit(rctx, span, r, evOf[i], out, err, produced)
 		span.End()
 	}
 	return nil
@@ -525,11 +525,12 @@ func (in *Ingest) one(ctx context.Context, r *kgo.Record, produced *kgo.FirstErr
 	ctx, span := kafka.ProcessSpan(ctx, in.tracer, r)
 	defer span.End()
 	var out *kgo.Record
+	var ev *mcv1.ChannelEvent
 	var err error
 	// A few quick tries in place first: most failures of one record (a
 	// race on a new identifier, a serialization failure) pass at once.
 	for attempt, wait := 1, 25*time.Millisecond; ; attempt, wait = attempt+1, wait*2 {
-		out, err = in.convert(ctx, r)
+		ev, out, err = in.convert(ctx, r)
 		if err == nil || fault.IsData(err) || attempt == 3 || ctx.Err() != nil {
 			break
 		}
@@ -545,20 +546,22 @@ func (in *Ingest) one(ctx context.Context, r *kgo.Record, produced *kgo.FirstErr
 		}
 		err = fmt.Errorf("retried for %s without success: %w", in.now().Sub(held.since).Round(time.Millisecond), err)
 	}
-	in.emit(ctx, span, r, out, err, produced)
+	in.emit(ctx, span, r, ev, out, err, produced)
 	return nil
 }
 
 // emit produces out into the transaction, or the dead letter of r when err
-// (a data error) is set.
-func (in *Ingest) emit(ctx context.Context, span trace.Span, r, out *kgo.Record, err error, produced *kgo.FirstErrPromise) {
+// (a data error) is set: sealed under the data key of the member its
+// event's identifiers name (ev, when it decoded), if one does, so that the
+// letter is shredded with the member; under the platform key otherwise.
+func (in *Ingest) emit(ctx context.Context, span trace.Span, r *kgo.Record, ev *mcv1.ChannelEvent, out *kgo.Record, err error, produced *kgo.FirstErrPromise) {
 	outcome := "ok"
 	if err != nil {
 		outcome = "dlq"
 		why := dlq.LoggedReason(err, in.seal) // traces and logs: redacted when the letter is sealed
 		span.SetStatus(codes.Error, why)
 		in.log.WarnContext(ctx, "dead-lettering event", "partition", r.Partition, "offset", r.Offset, "reason", why)
-		out = dlq.Record(in.topics.DLQ, Stage, r, err, in.now(), in.seal)
+		out = dlq.Record(in.topics.DLQ, Stage, r, err, in.now(), in.letterSealer(ctx, ev))
 	}
 	// The record outlives this goroutine's context until the transaction
 	// is flushed; it keeps the trace but not the cancellation.
@@ -575,21 +578,40 @@ var ErrDecode = errors.New("record value is not a ChannelEvent")
 // event accepted.
 var ErrTooLarge = errors.New("record is larger than the largest event accepted")
 
-// convert turns a channel event record into its member event record.
-func (in *Ingest) convert(ctx context.Context, r *kgo.Record) (*kgo.Record, error) {
-	ev, err := in.decode(r)
+// letterSealer seals the dead letter of a refused event: under its
+// member's key when the event's identifiers name a known member.
+func (in *Ingest) letterSealer(ctx context.Context, ev *mcv1.ChannelEvent) dlq.Sealer {
+	ms, ok1 := in.seal.(contract.MemberSealer)
+	finder, ok2 := in.resolver.(contract.MemberFinder)
+	if ev == nil || !ok1 || !ok2 {
+		return in.seal
+	}
+	if member, ok := finder.KnownMember(ctx, ev); ok {
+		if s := ms.ForRecordKey(ctx, []byte(member)); s != nil {
+			return s
+		}
+	}
+	return in.seal
+}
+
+// convert turns a channel event record into its member event record; ev
+// is the event when it decoded.
+func (in *Ingest) convert(ctx context.Context, r *kgo.Record) (ev *mcv1.ChannelEvent, out *kgo.Record, err error) {
+	ev, err = in.decode(r)
 	if err != nil {
-		return nil, err
+		return ev, nil, err
 	}
 	res, err := in.resolver.ResolveEvent(ctx, ev)
 	if err != nil {
-		return nil, fmt.Errorf("resolve event %s: %w", ev.GetEventId(), err)
+		return ev, nil, fmt.Errorf("resolve event %s: %w", ev.GetEventId(), err)
 	}
-	return in.memberRecord(ev, res)
+	out, err = in.memberRecord(ev, res)
+	return ev, out, err
 }
 
 // decode reads and validates a channel event record; every error is a
-// data error.
+// data error. An event that decodes but is refused is returned with its
+// error.
 func (in *Ingest) decode(r *kgo.Record) (*mcv1.ChannelEvent, error) {
 	if len(r.Value) > in.opts.MaxEventBytes {
 		return nil, dlq.Reject(fmt.Errorf("%w: %d bytes, the limit is %d (MC_MAX_EVENT_BYTES)", ErrTooLarge, len(r.Value), in.opts.MaxEventBytes))
@@ -605,7 +627,7 @@ func (in *Ingest) decode(r *kgo.Record) (*mcv1.ChannelEvent, error) {
 		return nil, dlq.Reject(fmt.Errorf("%w: %v", ErrDecode, err))
 	}
 	if err := in.Validate(ev); err != nil {
-		return nil, dlq.Reject(err)
+		return ev, dlq.Reject(err) // refused, but its identifiers may name a member (emit)
 	}
 	return ev, nil
 }

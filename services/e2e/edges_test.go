@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -119,15 +120,17 @@ func (e *env) readLetters(t *testing.T, ctx context.Context, n int) []dlq.Letter
 			t.Fatalf("%d of %d dead letters: %v", len(out), n, ctx.Err())
 		}
 		for _, r := range fs.Records() {
-			out = append(out, openLetter(t, r))
+			out = append(out, openLetter(t, e.pool, r))
 		}
 	}
 	return out
 }
 
 // openLetter parses a dead letter the platform wrote and opens it: the
-// platform seals letters with its PII keys (the development keys here).
-func openLetter(t *testing.T, r *kgo.Record) dlq.Letter {
+// platform seals letters with its PII keys (the development keys here),
+// those of a known member's records under the member's key in the key
+// store (pool).
+func openLetter(t *testing.T, pool *pgxpool.Pool, r *kgo.Record) dlq.Letter {
 	t.Helper()
 	l := dlq.Parse(r)
 	if !l.Sealed {
@@ -137,6 +140,7 @@ func openLetter(t *testing.T, r *kgo.Record) dlq.Letter {
 	if err != nil {
 		t.Fatal(err)
 	}
+	keys.UseKeyStore(pool)
 	if err := l.Open(keys); err != nil {
 		t.Fatal(err)
 	}

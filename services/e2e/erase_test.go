@@ -24,6 +24,7 @@ import (
 	"github.com/membercenter/membercenter/storage/postgres"
 
 	"github.com/membercenter/membercenter/pipeline/dlq"
+	"github.com/membercenter/membercenter/pipeline/ingest"
 	"github.com/membercenter/membercenter/pipeline/sink"
 )
 
@@ -135,6 +136,24 @@ func TestEraseMemberLeavesNothingReadable(t *testing.T) {
 		t.Fatal(err)
 	}
 	keys.UseKeyStore(e.pool)
+	// A purchase of the member's that ingest refuses (the programme runs in
+	// CNY): its dead letter, raw phone inside, is sealed under the member's
+	// key, and is part of the backup.
+	e.publishEvent(t, ctx, phone, &mcv1.ChannelEvent{EventId: "erase-refused", Channel: mcv1.Channel_CHANNEL_POS, StoreId: "S1",
+		OccurredAt: timestamppb.New(lastWednesdayNoon()), Identifiers: []*mcv1.Identifier{{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_PHONE, Value: phone}},
+		Payload: &mcv1.ChannelEvent_Transaction{Transaction: &mcv1.Transaction{OrderId: "O-erase-usd", Total: &mcv1.Money{Currency: "USD", AmountMinor: 1000}}}})
+	var refused *dlq.Letter
+	for _, r := range readTopic(t, ctx, e.cfg.Kafka.Brokers, e.cfg.Kafka.Topics.DLQ, 1, time.Second) {
+		if l := dlq.Parse(r); l.Stage == ingest.Stage {
+			refused = &l
+		}
+	}
+	if refused == nil || refused.SealedKeyID != identity.MemberKeyID(uuid.MustParse(member)) {
+		t.Fatalf("the refused purchase's dead letter: %+v; want it sealed under the member's key", refused)
+	}
+	if opened := *refused; opened.Open(keys) != nil || !strings.Contains(string(opened.Record.Value), phone) {
+		t.Fatalf("the refused purchase's dead letter does not open before the erasure")
+	}
 	for _, b := range backup {
 		if !identity.IsMemberKey(b.kid) {
 			t.Errorf("a ciphertext under %q, not under a member's data key", b.kid)
@@ -163,8 +182,11 @@ func TestEraseMemberLeavesNothingReadable(t *testing.T) {
 		resp.GetPostgresRows()["member_keys"] != 2 {
 		t.Errorf("EraseMember of the merged id answered %v", resp)
 	}
-	// Crypto-shredding: the backup's ciphertexts no longer open, in a
-	// process that never held the keys as in one that did.
+	// Crypto-shredding: the backup's ciphertexts and the dead letter no
+	// longer open, in a process that never held the keys as in one that did.
+	if err := refused.Open(keys); !errors.Is(err, postgres.ErrKeyShredded) {
+		t.Errorf("the refused purchase's dead letter after the erasure: %v; want ErrKeyShredded", err)
+	}
 	fresh, err := identity.NewPII(identity.DevKeys)
 	if err != nil {
 		t.Fatal(err)

@@ -574,7 +574,7 @@ func (g *instanceGroup) checkDeadLetters(t *testing.T, ctx context.Context, w *w
 	t.Helper()
 	got := map[string][]dlq.Letter{}
 	for _, r := range readTopic(t, ctx, g.base.Kafka.Brokers, g.base.Kafka.Topics.DLQ, len(w.poisons), time.Second) {
-		l := openLetter(t, r)
+		l := openLetter(t, g.pool, r)
 		got[string(l.Record.Value)] = append(got[string(l.Record.Value)], l)
 	}
 	for _, p := range w.poisons {

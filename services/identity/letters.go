@@ -9,6 +9,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/membercenter/membercenter/pipeline/contract"
+	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 	"github.com/membercenter/membercenter/storage/postgres"
 )
 
@@ -47,4 +48,35 @@ func (p *PII) ForRecordKey(ctx context.Context, key []byte) contract.Sealer {
 func (m memberSealer) Decrypt(ct []byte, kid string, ad []byte) (string, error) {
 	plain, err := open(m.aead, ct, ad)
 	return string(plain), err
+}
+
+var _ contract.MemberFinder = (*Service)(nil)
+
+// KnownMember is the member a unique identifier of the event belongs to,
+// found without changing anything (nor linking, nor creating); ok is false
+// when no identifier normalises, none is held, or two members hold them.
+func (s *Service) KnownMember(ctx context.Context, ev *mcv1.ChannelEvent) (string, bool) {
+	ids, err := s.Normalize(ev.GetIdentifiers())
+	if err != nil || len(ids) == 0 {
+		return "", false
+	}
+	keys := make([]postgres.IdentifierKey, len(ids))
+	for i, n := range ids {
+		keys[i] = keyOf(n)
+	}
+	found, err := postgres.FindIdentifiers(ctx, s.pool, keys)
+	if err != nil {
+		return "", false
+	}
+	var member uuid.UUID
+	for _, f := range found {
+		if !f.Unique {
+			continue
+		}
+		if member != uuid.Nil && f.MemberID != member {
+			return "", false
+		}
+		member = f.MemberID
+	}
+	return member.String(), member != uuid.Nil
 }
