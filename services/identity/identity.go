@@ -411,7 +411,14 @@ func (s *Service) linkMissing(ctx context.Context, tx pgx.Tx, res *Result, usabl
 	for _, m := range res.Merged {
 		merged[m] = true
 	}
-	var sealer attributes.Sealer // the member's, made on first use
+	// Sealed under the data key of the member the identifiers came through
+	// (the origin, which an unmerge gives them back to), not the survivor's:
+	// erasing either then shreds exactly its own.
+	owner := res.Origin
+	if owner == uuid.Nil {
+		owner = res.MemberID
+	}
+	var sealer attributes.Sealer // the origin's, made on first use
 	for _, n := range usable {
 		held, ownedElsewhere := false, false
 		for _, f := range byHash[string(n.Hash)] {
@@ -441,11 +448,11 @@ func (s *Service) linkMissing(ctx context.Context, tx pgx.Tx, res *Result, usabl
 			res.Ignored = append(res.Ignored, Ignored{Identifier: n, Rule: refusal.Rule})
 			continue
 		}
-		// Encrypted only now, under the member's data key: a lookup never
+		// Encrypted only now, under the origin's data key: a lookup never
 		// pays for it.
 		if isPII(n.Type) {
 			if sealer == nil {
-				if sealer, err = s.pii.SealerFor(ctx, res.MemberID); err != nil {
+				if sealer, err = s.pii.SealerFor(ctx, owner); err != nil {
 					return fmt.Errorf("encrypt identifier: %w", err)
 				}
 			}

@@ -108,3 +108,34 @@ func TestMemberKeysShred(t *testing.T) {
 		t.Errorf("shredded key row: wrapped %d bytes, shredded_at %v; want none and %v", len(row.wrapped), row.shredded, at)
 	}
 }
+
+// What a merged member's identifiers bring in while it is merged (an
+// e-mail linked through its phone) goes back to it on unmerge, so it is
+// sealed under its data key, not the survivor's: erasing the survivor
+// afterwards leaves it readable, and erasing the member shreds it.
+func TestIdentifierLinkedThroughAMergedMemberIsSealedUnderItsKey(t *testing.T) {
+	f, ctx := beginService(t)
+	a := f.resolve(t, "a", phone("13922230001")).GetMemberId()
+	b := f.resolve(t, "b", phone("13922230002")).GetMemberId()
+	merged := f.merge(t, a, b, "r", "m")
+	if r := f.resolve(t, "a-email", phone("13922230001"), email("ann@example.cn")); r.GetMemberId() != b || len(r.GetLinked()) != 1 {
+		t.Fatalf("resolve after merge = %v", r)
+	}
+	f.unmerge(t, merged.GetMergeId(), "r", "u")
+	var h, c []byte
+	var kid string
+	if err := f.pool.QueryRow(ctx, `SELECT value_hash, value_cipher, key_id FROM member_identifiers
+		WHERE member_id = $1 AND value_cipher IS NOT NULL AND masked LIKE 'a***%'`, a).Scan(&h, &c, &kid); err != nil {
+		t.Fatal(err)
+	}
+	if kid != identity.MemberKeyID(uuid.MustParse(a)) {
+		t.Errorf("a's e-mail is sealed under %s, want a's own key", kid)
+	}
+	// The survivor is erased: a's e-mail is a's, and still reads.
+	if _, err := f.svc.PII().Shred(ctx, []uuid.UUID{uuid.MustParse(b)}, f.clock.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := f.svc.PII().Reveal(ctx, c, kid, h); err != nil || v != "ann@example.cn" {
+		t.Fatalf("a's e-mail after b's erasure: %q, %v", v, err)
+	}
+}

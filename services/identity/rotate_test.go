@@ -179,3 +179,38 @@ func TestKeyFileAndVariablesAreExclusive(t *testing.T) {
 		t.Fatal("missing key file accepted")
 	}
 }
+
+// A ciphertext under a platform key of a member merged into another moves
+// under the merged member's data key (its identifiers go back to it on
+// unmerge), not the survivor's.
+func TestReencryptSealsUnderTheIdentifiersOrigin(t *testing.T) {
+	f, ctx := beginService(t)
+	a := f.resolve(t, "a", phone("13922240001")).GetMemberId()
+	b := f.resolve(t, "b", phone("13922240002")).GetMemberId()
+	var id int64
+	var hash []byte
+	if err := f.pool.QueryRow(ctx, `SELECT identifier_id, value_hash FROM member_identifiers WHERE member_id = $1`, a).Scan(&id, &hash); err != nil {
+		t.Fatal(err)
+	}
+	platformKey, err := identity.NewPII(identity.DevKeys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ct, kid, err := platformKey.Encrypt("+8613922240001", hash)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pgx.BeginFunc(ctx, f.pool, func(tx pgx.Tx) error { return postgres.UpdateIdentifierCipher(ctx, tx, id, ct, kid) }); err != nil {
+		t.Fatal(err)
+	}
+	f.merge(t, a, b, "r", "m")
+	if n, err := f.svc.Reencrypt(ctx, 10, nil); err != nil || n != 1 {
+		t.Fatalf("re-encrypted %d (err %v), want 1", n, err)
+	}
+	if err := f.pool.QueryRow(ctx, `SELECT key_id FROM member_identifiers WHERE identifier_id = $1`, id).Scan(&kid); err != nil {
+		t.Fatal(err)
+	}
+	if kid != identity.MemberKeyID(uuid.MustParse(a)) {
+		t.Errorf("a's phone, held by b, re-sealed under %s; want a's key %s", kid, identity.MemberKeyID(uuid.MustParse(a)))
+	}
+}

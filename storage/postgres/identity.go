@@ -332,7 +332,10 @@ func ListAudit(ctx context.Context, q Querier, member uuid.UUID) ([]AuditRow, er
 // SealedRow is a ciphertext to re-encrypt: an identifier's display value
 // (ID is identifier_id) or a member's code secret (ID is zero).
 type SealedRow struct {
-	ID       int64
+	ID int64
+	// The member whose data key it belongs under: a code secret's member,
+	// an identifier's origin (the member it came through, which an unmerge
+	// gives it back to), not the member holding it through a merge.
 	MemberID uuid.UUID
 	Hash     []byte // additional data of identifier ciphertexts
 	Cipher   []byte
@@ -356,9 +359,9 @@ func CountPlatformSealed(ctx context.Context, q Querier) (int64, error) {
 }
 
 // ClaimIdentifierCiphers locks up to limit identifier ciphertexts under
-// platform keys.
+// platform keys, each with its origin member.
 func ClaimIdentifierCiphers(ctx context.Context, tx pgx.Tx, limit int) ([]SealedRow, error) {
-	rows, err := tx.Query(ctx, `SELECT identifier_id, member_id, value_hash, value_cipher, key_id FROM member_identifiers
+	rows, err := tx.Query(ctx, `SELECT identifier_id, origin_member_id, value_hash, value_cipher, key_id FROM member_identifiers
 		WHERE value_cipher IS NOT NULL AND `+underPlatformKey+` ORDER BY identifier_id LIMIT $1 FOR UPDATE SKIP LOCKED`, limit)
 	if err != nil {
 		return nil, fmt.Errorf("claim identifier ciphertexts: %w", err)
