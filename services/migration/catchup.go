@@ -324,7 +324,8 @@ func (cu *CatchUp) applyIn(ctx context.Context, tx pgx.Tx, c *Change, now time.T
 	case err != nil:
 		return 0, nil, err
 	case found && prev.Erased:
-		return OfErased, nil, nil
+		// Nothing of an erased member is recorded, its row key included.
+		return OfErased, nil, postgres.ForgetLegacyChange(ctx, tx, cu.Source, cu.rowKey(c))
 	case c.Op == "d" && deletedWhy[c.Table] != "":
 		return Deleted, nil, nil
 	case !found && c.Table == "members":
@@ -335,6 +336,9 @@ func (cu *CatchUp) applyIn(ctx context.Context, tx pgx.Tx, c *Change, now time.T
 		return Applied, nil, nil // written to ClickHouse before; labels rebuilt after
 	}
 	member := prev.MemberID
+	if err := postgres.SetLegacyChangeMember(ctx, tx, cu.Source, cu.rowKey(c), member); err != nil {
+		return 0, nil, err
+	}
 	locked, err := postgres.LockMembers(ctx, tx, member)
 	if err != nil {
 		return 0, nil, err
@@ -401,6 +405,13 @@ func (cu *CatchUp) importRow(ctx context.Context, tx pgx.Tx, c *Change, now time
 	}
 	if results[0].err != nil {
 		return 0, nil, results[0].err
+	}
+	prev, found, err := cu.findLegacy(ctx, tx, m.LegacyID)
+	if err == nil && found {
+		err = postgres.SetLegacyChangeMember(ctx, tx, cu.Source, cu.rowKey(c), prev.MemberID)
+	}
+	if err != nil {
+		return 0, nil, err
 	}
 	return Imported, results[0].ignored, nil
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 	"github.com/membercenter/membercenter/services/migration"
 )
 
@@ -187,5 +188,49 @@ func TestCatchUpResumesAfterAKill(t *testing.T) {
 	}
 	if v, err := resumed.Verify(c, open(t, "testdata/catchup-final"), nil); err != nil || !v.OK() {
 		t.Fatalf("verify after resuming: %v %v", err, v.Mismatches)
+	}
+}
+
+// Erasing a migrated member deletes the record of its legacy rows' changes
+// (keyed hashes of their keys, identifier values among them); the other
+// members' stay, and the same deltas applied again skip the erased member.
+func TestErasureDeletesTheRecordOfLegacyChanges(t *testing.T) {
+	c, pool, _, cu := imported(t)
+	if _, err := cu.ApplyFiles(c, "testdata/catchup", nil); err != nil {
+		t.Fatal(err)
+	}
+	var member string
+	if err := pool.QueryRow(c, `SELECT member_id::text FROM legacy_members WHERE legacy_id = 'L0001'`).Scan(&member); err != nil {
+		t.Fatal(err)
+	}
+	mine := `SELECT count(*) FROM legacy_changes WHERE member_id = '` + member + `'`
+	others := `SELECT count(*) FROM legacy_changes WHERE member_id IS DISTINCT FROM '` + member + `'`
+	before, othersBefore := count(t, pool, mine), count(t, pool, others)
+	if before == 0 || othersBefore == 0 {
+		t.Fatalf("legacy changes recorded: %d of the member, %d of others; want some of each", before, othersBefore)
+	}
+	resp, err := cu.Profile.EraseMember(c, &mcv1.EraseMemberRequest{MemberId: member, Reason: "DSR-2", IdempotencyKey: "e2"},
+		mcv1.Channel_CHANNEL_BACKOFFICE, "backoffice/privacy")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := resp.GetPostgresRows()["legacy_changes"]; got != int64(before) {
+		t.Errorf("the erasure deleted %d legacy change records, want %d", got, before)
+	}
+	if n := count(t, pool, mine); n != 0 {
+		t.Errorf("%d legacy change records of the erased member left", n)
+	}
+	if n := count(t, pool, others); n != othersBefore {
+		t.Errorf("the other members' legacy change records: %d → %d", othersBefore, n)
+	}
+	rep, err := (&migration.CatchUp{Importer: cu.Importer, Facts: cu.Facts}).ApplyFiles(c, "testdata/catchup", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Erased == 0 {
+		t.Errorf("the deltas again after the erasure: %+v", rep)
+	}
+	if n := count(t, pool, `SELECT count(*) FROM legacy_changes`); n != othersBefore {
+		t.Errorf("the deltas again: %d legacy change records, want the other members' %d (none of the erased member's)", n, othersBefore)
 	}
 }

@@ -38,6 +38,7 @@ func (s *Service) EraseMember(ctx context.Context, req *mcv1.EraseMemberRequest,
 	}
 	resp := &mcv1.EraseMemberResponse{}
 	cause := "rpc:profile.EraseMember:" + req.GetIdempotencyKey()
+	var shredded int64 // over the transaction's attempts
 	err = postgres.RetryTx(ctx, s.pool, func(tx pgx.Tx) error {
 		_, err := changes.Idempotent(ctx, tx, "profile.EraseMember", req.GetIdempotencyKey(), req, resp, func() error {
 			member, err := postgres.CanonicalMember(ctx, tx, id)
@@ -55,10 +56,11 @@ func (s *Service) EraseMember(ctx context.Context, req *mcv1.EraseMemberRequest,
 			// Crypto-shredding first, in the key store (committed on its own):
 			// should what follows fail, the erasure is asked again, and what
 			// it left is unreadable meanwhile.
-			shredded, err := s.sealer.Shred(ctx, all, s.now())
+			n, err := s.sealer.Shred(ctx, all, s.now())
 			if err != nil {
 				return err
 			}
+			shredded += n // an attempt after a retried transaction finds them shredded
 			rows, err := postgres.EraseMembers(ctx, tx, all)
 			if err != nil {
 				return err

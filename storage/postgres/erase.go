@@ -53,6 +53,9 @@ var erasure = []struct{ table, sql string }{
 	{"member_labels", `DELETE FROM member_labels WHERE member_id = ANY($1)`},
 	{"profile_exports", `DELETE FROM profile_exports WHERE member_id = ANY($1)`},
 	{"benefit_label_checks", `DELETE FROM benefit_label_checks WHERE member_id = ANY($1)`},
+	// The record of a migrated member's legacy changes (keyed hashes of its
+	// legacy rows' keys, identifier values among them).
+	{"legacy_changes", `DELETE FROM legacy_changes WHERE member_id = ANY($1)`},
 	// The changes already published (they carry masked values); those not
 	// yet published go out in order, before the erasure's own change.
 	{"outbox", `DELETE FROM outbox WHERE member_id = ANY($1) AND published_at IS NOT NULL`},

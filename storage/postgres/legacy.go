@@ -129,6 +129,18 @@ func LegacyChangesOf(ctx context.Context, q Querier, source string) (int, error)
 	return n, nil
 }
 
+// SetLegacyChangeMember records which member a legacy row's claimed change
+// applied to (an erasure deletes the record: EraseMembers).
+func SetLegacyChangeMember(ctx context.Context, tx pgx.Tx, source string, rowKey []byte, member uuid.UUID) error {
+	return exec(ctx, tx, "legacy change member", `UPDATE legacy_changes SET member_id = $3 WHERE row_key = $2 AND source = $1`, source, rowKey, member)
+}
+
+// ForgetLegacyChange deletes the record of a legacy row's change (claimed
+// in tx for a member that turned out to be erased: nothing is kept of it).
+func ForgetLegacyChange(ctx context.Context, tx pgx.Tx, source string, rowKey []byte) error {
+	return exec(ctx, tx, "forget legacy change", `DELETE FROM legacy_changes WHERE row_key = $2 AND source = $1`, source, rowKey)
+}
+
 // LegacyChangeStale reports whether a change at or after position was
 // applied to the legacy row (source, rowKey) (ClaimLegacyChange), without
 // locking anything: for a change whose effect is written elsewhere first
