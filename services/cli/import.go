@@ -63,7 +63,7 @@ func importCmd(stdout, stderr io.Writer) *cobra.Command {
 				if err != nil {
 					return err
 				}
-				total, err := countMembers(src)
+				total, err := src.CountMembers()
 				if err != nil {
 					return err
 				}
@@ -325,18 +325,6 @@ func writeCatchUpReport(stdout io.Writer, path string, rep migration.CatchUpRepo
 		fmt.Fprintf(&b, "ignored %s\n", g)
 	}
 	return emit(stdout, path, b.String())
-}
-
-// countMembers counts a source's member records, for the progress bar.
-func countMembers(src *migration.Source) (int, error) {
-	n := 0
-	err := src.Each(func(m *migration.Member, rerr *migration.RowError) error {
-		if m != nil || strings.HasPrefix(rerr.File, "members.") {
-			n++
-		}
-		return nil
-	})
-	return n, err
 }
 
 func refusedOrders(o *migration.OrdersReport) int {

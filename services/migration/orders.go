@@ -4,10 +4,12 @@ import (
 	"context"
 	"fmt"
 	"sort"
+	"sync"
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/google/uuid"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/membercenter/membercenter/storage/clickhouse"
 	"github.com/membercenter/membercenter/storage/postgres"
@@ -28,8 +30,14 @@ type OrdersReport struct {
 	Took     time.Duration
 }
 
-// orderBatch is how many orders go to ClickHouse in one insert.
-const orderBatch = 10_000
+// orderBatch is how many orders go to ClickHouse in one insert;
+// rebuildBatch how many members' features one rebuild reads and writes
+// at once, and rebuildWorkers how many rebuilds run at once.
+const (
+	orderBatch     = 10_000
+	rebuildBatch   = 500
+	rebuildWorkers = 2
+)
 
 // OrderEventID is the event id an imported order has in ClickHouse: one
 // per source and order, so an import run again writes the same rows (which
@@ -72,7 +80,20 @@ func (im *Importer) ImportOrders(ctx context.Context, src *Source, conn driver.C
 	}
 	seen := map[string]int{}
 	erased := map[string]bool{}
-	canonical := map[uuid.UUID]uuid.UUID{} // a member merged since lives on in another
+	// A member merged since lives on in another (they are few: found in
+	// one statement, each followed to its survivor).
+	canonical := map[uuid.UUID]uuid.UUID{}
+	if !dryRun {
+		merged, err := postgres.MergedLegacyMembers(ctx, im.Pool, im.Source)
+		if err != nil {
+			return rep, err
+		}
+		for _, m := range merged {
+			if canonical[m], err = postgres.CanonicalMember(ctx, im.Pool, m); err != nil {
+				return rep, err
+			}
+		}
+	}
 	err = src.EachOrder(func(o *Order, rerr *RowError) error {
 		rep.Read++
 		if progress != nil {
@@ -104,14 +125,7 @@ func (im *Importer) ImportOrders(ctx context.Context, src *Source, conn driver.C
 		}
 		seen[o.OrderID] = o.Line
 		owner := member
-		if !dryRun {
-			c, ok := canonical[member]
-			if !ok {
-				if c, err = postgres.CanonicalMember(ctx, im.Pool, member); err != nil {
-					return err
-				}
-				canonical[member] = c
-			}
+		if c, ok := canonical[member]; ok {
 			owner = c
 		}
 		rows = append(rows, im.orderRow(o, owner, member, now()))
@@ -138,14 +152,25 @@ func (im *Importer) ImportOrders(ctx context.Context, src *Source, conn driver.C
 		ids = append(ids, m)
 	}
 	sort.Slice(ids, func(i, j int) bool { return ids[i].String() < ids[j].String() })
+	// Batches of members rebuilt at once: one reading its history from
+	// ClickHouse while another writes to PostgreSQL.
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(rebuildWorkers)
+	var mu sync.Mutex
 	for len(ids) > 0 {
-		n := min(len(ids), 200)
-		done, _, _, err := im.Tags.RebuildFromHistory(ctx, conn, ids[:n], "import:"+im.Source+":orders")
-		if err != nil {
-			return rep, err
-		}
-		rep.Rebuilt += done
+		n := min(len(ids), rebuildBatch)
+		batch := ids[:n]
 		ids = ids[n:]
+		g.Go(func() error {
+			done, _, _, err := im.Tags.RebuildFromHistory(gctx, conn, batch, "import:"+im.Source+":orders")
+			mu.Lock()
+			rep.Rebuilt += done
+			mu.Unlock()
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return rep, err
 	}
 	sort.SliceStable(rep.Refused, func(i, j int) bool { return rep.Refused[i].Line < rep.Refused[j].Line })
 	rep.Took = time.Since(start)

@@ -1,8 +1,9 @@
 package tags
 
 import (
+	"bytes"
 	"context"
-	"errors"
+	"slices"
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
@@ -142,40 +143,80 @@ func (s *Service) rebuild(ctx context.Context, facts driver.Conn, ids []uuid.UUI
 	for _, id := range ids {
 		built[id] = &State{}
 	}
-	if err := ReadHistory(ctx, facts, origins, func(f Fact) {
+	fold := func(f Fact) {
 		if root, ok := rootOf[f.Origin]; ok {
 			built[root].Fold(f)
 			events++
 		}
-	}); err != nil {
+	}
+	// Events are stored under the member they were resolved to: an origin
+	// never merged into another has all of its events under its own id,
+	// which the table's key finds; otherwise every event is read.
+	folded := make([]uuid.UUID, 0, len(roots))
+	for m := range roots {
+		folded = append(folded, m)
+	}
+	away, err := postgres.EverMergedAway(ctx, s.pool, folded)
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	if len(away) == 0 {
+		err = clickhouse.ReadHistoryStoredUnder(ctx, facts, origins, origins, func(e clickhouse.HistoryEvent) { fold(factFromHistory(e)) })
+	} else {
+		err = ReadHistory(ctx, facts, origins, fold)
+	}
+	if err != nil {
 		return 0, 0, 0, err
 	}
 	err = postgres.RetryTx(ctx, s.pool, func(tx pgx.Tx) error {
 		n, changed = 0, 0
-		for _, id := range ids {
-			m, err := s.lock(ctx, tx, id)
-			if errors.Is(err, postgres.ErrNotFound) {
-				continue
+		// Members in id order, as every writer locks them; their features
+		// in one statement and their writes in one flush. A member merged
+		// since the history was read is left out.
+		sorted := slices.Clone(ids)
+		slices.SortFunc(sorted, func(a, b uuid.UUID) int { return bytes.Compare(a[:], b[:]) })
+		locked, err := postgres.LockMembersForUpdate(ctx, tx, sorted)
+		if err != nil {
+			return err
+		}
+		live := make([]uuid.UUID, 0, len(sorted))
+		for _, id := range sorted {
+			if l, ok := locked[id]; ok && l.MergedInto == nil {
+				live = append(live, id)
 			}
-			if err != nil {
+		}
+		rows, err := postgres.LoadFeaturesBatch(ctx, tx, live, nil)
+		if err != nil {
+			return err
+		}
+		writes := make([]*memberWrite, 0, len(live))
+		for _, id := range live {
+			l := locked[id]
+			m := &memberState{id: id, attrs: l.Attributes, changeSeq: l.ChangeSeq, profiling: true, state: &State{}}
+			if err := m.take(rows[id]); err != nil {
 				return err
-			}
-			if m.id != id { // merged since the batch was read
-				continue
 			}
 			st := cloneState(built[id])
 			st.Keep(m.state)
 			// What the stored labels were computed from, to compare with.
 			st.snap = m.state.snap
 			m.state = st
-			before := m.version
-			if err := s.recompute(ctx, tx, m, cause, mcv1.Channel_CHANNEL_BACKOFFICE, ""); err != nil {
+			r, err := s.evaluate(ctx, tx, m)
+			if err != nil {
 				return err
 			}
+			w, err := s.stage(ctx, m, r, cause, mcv1.Channel_CHANNEL_BACKOFFICE, "")
+			if err != nil {
+				return err
+			}
+			writes = append(writes, w)
 			n++
-			if m.version != before {
+			if w.newVersion != m.version {
 				changed++
 			}
+		}
+		if err := s.flush(ctx, tx, writes); err != nil {
+			return err
 		}
 		if also != nil {
 			return also(tx, n, changed)

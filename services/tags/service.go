@@ -457,6 +457,71 @@ func (s *Service) Recompute(ctx context.Context, tx pgx.Tx, member uuid.UUID, ca
 	return s.recompute(ctx, tx, m, cause, ch, "")
 }
 
+// RecomputeBatch is Recompute for many members in tx, as a stage writes a
+// batch: the members locked in id order and their features loaded in one
+// statement each, every member's writes in one flush; causes[i] is the
+// cause of members[i]'s change. A member merged into another since is
+// recomputed as its survivor, alone (Recompute follows the merge).
+func (s *Service) RecomputeBatch(ctx context.Context, tx pgx.Tx, members []uuid.UUID, causes []string, ch mcv1.Channel) error {
+	if len(members) == 0 {
+		return nil
+	}
+	cause := make(map[uuid.UUID]string, len(members))
+	for i, id := range members {
+		cause[id] = causes[i]
+	}
+	ids := slices.Clone(members)
+	slices.SortFunc(ids, func(a, b uuid.UUID) int { return bytes.Compare(a[:], b[:]) })
+	ids = slices.Compact(ids)
+	locked, err := postgres.LockMembersForUpdate(ctx, tx, ids)
+	if err != nil {
+		return err
+	}
+	live := make([]uuid.UUID, 0, len(ids))
+	var merged []uuid.UUID
+	for _, id := range ids {
+		l, ok := locked[id]
+		switch {
+		case !ok:
+			return fmt.Errorf("member %s: %w", id, postgres.ErrNotFound)
+		case l.MergedInto != nil:
+			merged = append(merged, id)
+		default:
+			live = append(live, id)
+		}
+	}
+	rows, err := postgres.LoadFeaturesBatch(ctx, tx, live, nil)
+	if err != nil {
+		return err
+	}
+	writes := make([]*memberWrite, 0, len(live))
+	for _, id := range live {
+		l := locked[id]
+		m := &memberState{id: id, attrs: l.Attributes, changeSeq: l.ChangeSeq, profiling: true, state: &State{}}
+		if err := m.take(rows[id]); err != nil {
+			return err
+		}
+		r, err := s.evaluate(ctx, tx, m)
+		if err != nil {
+			return err
+		}
+		w, err := s.stage(ctx, m, r, cause[id], ch, "")
+		if err != nil {
+			return err
+		}
+		writes = append(writes, w)
+	}
+	if err := s.flush(ctx, tx, writes); err != nil {
+		return err
+	}
+	for _, id := range merged {
+		if err := s.Recompute(ctx, tx, id, cause[id], ch); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // Sweep recomputes members whose due time has passed (a window ended, a day
 // began) in batches, and returns how many it recomputed.
 func (s *Service) Sweep(ctx context.Context, batch int) (int, error) {
