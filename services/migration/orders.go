@@ -21,8 +21,10 @@ import (
 type OrdersReport struct {
 	Read, Written int
 	Amount        int64 // minor units written
-	// Members whose features and labels were rebuilt from their history.
-	Rebuilt int
+	// Members whose features and labels were rebuilt from their history,
+	// and how long that took (of Took).
+	Rebuilt     int
+	RebuildTook time.Duration
 	// OfErased: orders of members erased at their request since their
 	// import, left out.
 	OfErased int
@@ -154,6 +156,7 @@ func (im *Importer) ImportOrders(ctx context.Context, src *Source, conn driver.C
 	sort.Slice(ids, func(i, j int) bool { return ids[i].String() < ids[j].String() })
 	// Batches of members rebuilt at once: one reading its history from
 	// ClickHouse while another writes to PostgreSQL.
+	rebuilding := time.Now()
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(rebuildWorkers)
 	var mu sync.Mutex
@@ -172,6 +175,7 @@ func (im *Importer) ImportOrders(ctx context.Context, src *Source, conn driver.C
 	if err := g.Wait(); err != nil {
 		return rep, err
 	}
+	rep.RebuildTook = time.Since(rebuilding)
 	sort.SliceStable(rep.Refused, func(i, j int) bool { return rep.Refused[i].Line < rep.Refused[j].Line })
 	rep.Took = time.Since(start)
 	return rep, nil
