@@ -198,8 +198,11 @@ func (s *Service) rebuild(ctx context.Context, facts driver.Conn, ids []uuid.UUI
 			}
 			st := cloneState(built[id])
 			st.Keep(m.state)
-			// What the stored labels were computed from, to compare with.
+			// What the stored labels were computed from, to compare with;
+			// its window aggregates are not the rebuilt records' (stale:
+			// they are built again from the records).
 			st.snap = m.state.snap
+			st.stale = true
 			m.state = st
 			r, err := s.evaluate(ctx, tx, m)
 			if err != nil {
