@@ -96,7 +96,11 @@ any was refused.`,
 			}
 			return "importing"
 		}, func(ctx context.Context, im *migration.Importer, src *migration.Source, progress func(int), openFacts factsOpener) error {
-			rep, err := im.Run(ctx, src, migration.Options{DryRun: dryRun, Workers: workers, Batch: batch, Progress: progress})
+			// With an order history, labels are computed once, by the
+			// order phase (from the orders, or without for members that
+			// have none).
+			rep, err := im.Run(ctx, src, migration.Options{DryRun: dryRun, Workers: workers, Batch: batch, Progress: progress,
+				LabelsByOrders: src.HasOrders() && !dryRun})
 			var orders *migration.OrdersReport
 			if err == nil && src.HasOrders() {
 				var o migration.OrdersReport
@@ -349,8 +353,12 @@ func writeImportReport(stdout io.Writer, path string, rep migration.Report, orde
 		fmt.Fprintf(&b, "ignored %s\n", g)
 	}
 	if orders != nil {
-		fmt.Fprintf(&b, "orders: %d read in %s; %d written to ClickHouse (amount %d), features and labels of %d members rebuilt, %d of erased members left out, %d refused\n",
+		fmt.Fprintf(&b, "orders: %d read in %s; %d written to ClickHouse (amount %d), features and labels of %d members rebuilt, %d of erased members left out, %d refused",
 			orders.Read, orders.Took.Round(time.Millisecond), orders.Written, orders.Amount, orders.Rebuilt, orders.OfErased, len(orders.Refused))
+		if orders.Labelled > 0 {
+			fmt.Fprintf(&b, "; labels of %d members without orders computed", orders.Labelled)
+		}
+		b.WriteString("\n")
 		for _, r := range orders.Refused {
 			fmt.Fprintf(&b, "refused %s\n", r)
 		}

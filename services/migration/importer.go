@@ -55,6 +55,12 @@ type Options struct {
 	// member is imported whole or not at all within it (a refused member
 	// is rolled back alone).
 	Batch int
+	// LabelsByOrders leaves the members' labels to ImportOrders, to be run
+	// next with the export's order history: it computes every imported
+	// member's labels once, from its orders (rebuilt) or without (the
+	// members that have none), where otherwise they are computed here and
+	// again from the orders. Until it has run, the members have no labels.
+	LabelsByOrders bool
 }
 
 // Report is what an import run did.
@@ -135,7 +141,7 @@ func (im *Importer) Run(ctx context.Context, src *Source, o Options) (Report, er
 		ms := chunk
 		chunk = nil
 		g.Go(func() error {
-			results, err := im.importChunk(gctx, ms, o.DryRun, now())
+			results, err := im.importChunk(gctx, ms, o.DryRun, !o.LabelsByOrders, now())
 			if err != nil {
 				return err
 			}
@@ -278,12 +284,12 @@ type imported struct {
 // in one batch; a member whose loyalty is refused is left out and the
 // transaction done again without it, so nothing of it is kept. An error is
 // the platform's: the run stops.
-func (im *Importer) importChunk(ctx context.Context, ms []*Member, dryRun bool, now time.Time) ([]imported, error) {
+func (im *Importer) importChunk(ctx context.Context, ms []*Member, dryRun, labels bool, now time.Time) ([]imported, error) {
 	results := make([]imported, len(ms))
 	ready, skip := im.checkProfiles(ms, results)
 	for {
 		err := postgres.RetryTx(ctx, im.Pool, func(tx pgx.Tx) error {
-			if err := im.importIn(ctx, tx, ms, ready, skip, results, now); err != nil {
+			if err := im.importIn(ctx, tx, ms, ready, skip, results, labels, now); err != nil {
 				return err
 			}
 			if dryRun {
@@ -299,7 +305,7 @@ func (im *Importer) importChunk(ctx context.Context, ms []*Member, dryRun bool, 
 				if skip[i] {
 					continue
 				}
-				one, err := im.importChunk(ctx, []*Member{m}, dryRun, now)
+				one, err := im.importChunk(ctx, []*Member{m}, dryRun, labels, now)
 				if err != nil {
 					return nil, err
 				}
@@ -341,13 +347,14 @@ func (im *Importer) checkProfiles(ms []*Member, results []imported) (ready []che
 // statement each; their identity (identity.ImportMembers), attributes,
 // consents and changes written in one round trip, under a savepoint; their
 // loyalty in one batch; their labels computed together; their legacy
-// records in one statement. A member refused on its own (a conflict, an
+// records in one statement (labels unless !labels: ImportOrders computes
+// them). A member refused on its own (a conflict, an
 // identifier or attribute the platform refuses) is marked in skip, with its
 // refusal in results, and leaves nothing. A member whose loyalty is refused
 // is marked so too and errRedo returned: tx must be rolled back and the
 // rest imported again. errSplit asks for the members one by one (a value
 // the database refuses in one of them); any other error is the platform's.
-func (im *Importer) importIn(ctx context.Context, tx pgx.Tx, ms []*Member, ready []checked, skip []bool, results []imported, now time.Time) error {
+func (im *Importer) importIn(ctx context.Context, tx pgx.Tx, ms []*Member, ready []checked, skip []bool, results []imported, labels bool, now time.Time) error {
 	var ids, keys []string
 	for i, m := range ms {
 		if skip[i] {
@@ -432,8 +439,10 @@ func (im *Importer) importIn(ctx context.Context, tx pgx.Tx, ms []*Member, ready
 		done[k], causes[k] = l.Member, l.Cause
 		records[k] = postgres.LegacyMember{Source: im.Source, LegacyID: ms[at[k]].LegacyID, MemberID: l.Member, RowSHA256: ms[at[k]].SHA256, ImportedAt: now}
 	}
-	if err := im.Profile.ComputeLabelsBatch(ctx, tx, done, causes); err != nil {
-		return err
+	if labels {
+		if err := im.Profile.ComputeLabelsBatch(ctx, tx, done, causes); err != nil {
+			return err
+		}
 	}
 	b := &pgx.Batch{}
 	postgres.QueueLegacyMembers(b, records)

@@ -9,6 +9,7 @@ import (
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/membercenter/membercenter/storage/clickhouse"
@@ -25,6 +26,9 @@ type OrdersReport struct {
 	// and how long that took (of Took).
 	Rebuilt     int
 	RebuildTook time.Duration
+	// Labelled: imported members without orders whose labels were left to
+	// this run (Options.LabelsByOrders), computed.
+	Labelled int
 	// OfErased: orders of members erased at their request since their
 	// import, left out.
 	OfErased int
@@ -168,6 +172,36 @@ func (im *Importer) ImportOrders(ctx context.Context, src *Source, conn driver.C
 			done, _, _, err := im.Tags.RebuildFromHistory(gctx, conn, batch, "import:"+im.Source+":orders")
 			mu.Lock()
 			rep.Rebuilt += done
+			mu.Unlock()
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return rep, err
+	}
+	// Members the import left to this run without orders to rebuild from.
+	rest, err := postgres.LegacyMembersWithoutFeatures(ctx, im.Pool, im.Source)
+	if err != nil {
+		return rep, err
+	}
+	g, gctx = errgroup.WithContext(ctx)
+	g.SetLimit(rebuildWorkers)
+	for len(rest) > 0 {
+		n := min(len(rest), rebuildBatch)
+		batch := rest[:n]
+		rest = rest[n:]
+		g.Go(func() error {
+			ids, causes := make([]uuid.UUID, len(batch)), make([]string, len(batch))
+			for i, l := range batch {
+				ids[i], causes[i] = l.MemberID, "import:"+im.Source+":"+l.LegacyID
+			}
+			err := postgres.RetryTx(gctx, im.Pool, func(tx pgx.Tx) error {
+				return im.Profile.ComputeLabelsBatch(gctx, tx, ids, causes)
+			})
+			mu.Lock()
+			if err == nil {
+				rep.Labelled += len(batch)
+			}
 			mu.Unlock()
 			return err
 		})

@@ -69,6 +69,29 @@ func MergedLegacyMembers(ctx context.Context, q Querier, source string) ([]uuid.
 	return pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
 }
 
+// LegacyMembersWithoutFeatures lists the records of source whose member
+// (live, not merged) has no features row: its labels were never computed.
+func LegacyMembersWithoutFeatures(ctx context.Context, q Querier, source string) ([]LegacyMember, error) {
+	rows, err := q.Query(ctx, `SELECT l.legacy_id, l.member_id FROM legacy_members l
+		JOIN members m ON m.member_id = l.member_id AND m.status <> 'erased' AND m.merged_into IS NULL
+		WHERE l.source = $1 AND NOT l.erased
+		  AND NOT EXISTS (SELECT 1 FROM member_features f WHERE f.member_id = l.member_id)
+		ORDER BY l.member_id`, source)
+	if err != nil {
+		return nil, fmt.Errorf("legacy members without features: %w", err)
+	}
+	defer rows.Close()
+	var out []LegacyMember
+	for rows.Next() {
+		l := LegacyMember{Source: source}
+		if err := rows.Scan(&l.LegacyID, &l.MemberID); err != nil {
+			return nil, fmt.Errorf("legacy members without features: %w", err)
+		}
+		out = append(out, l)
+	}
+	return out, rows.Err()
+}
+
 // QueueNewMembers queues the insert of new members, created at their
 // times.
 func QueueNewMembers(b *pgx.Batch, ids []uuid.UUID, createdAt []time.Time) {
