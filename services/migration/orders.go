@@ -73,15 +73,28 @@ func (im *Importer) ImportOrders(ctx context.Context, src *Source, conn driver.C
 	w := clickhouse.NewWriter(conn)
 	touched := map[uuid.UUID]bool{}
 	var rows []clickhouse.EventRow
+	// One insert to ClickHouse in flight while the next orders are read.
+	writes, wctx := errgroup.WithContext(ctx)
+	inserts := make(chan []clickhouse.EventRow)
+	writes.Go(func() error {
+		for batch := range inserts {
+			if err := w.InsertEvents(wctx, batch); err != nil {
+				return err // wctx ends: the reader stops at its next flush
+			}
+		}
+		return nil
+	})
 	flush := func() error {
 		if len(rows) == 0 || dryRun {
 			rows = rows[:0]
 			return nil
 		}
-		if err := w.InsertEvents(ctx, rows); err != nil {
-			return err
+		select {
+		case inserts <- rows:
+		case <-wctx.Done():
+			return context.Cause(wctx)
 		}
-		rows = rows[:0]
+		rows = make([]clickhouse.EventRow, 0, orderBatch)
 		return nil
 	}
 	seen := map[string]int{}
@@ -145,6 +158,10 @@ func (im *Importer) ImportOrders(ctx context.Context, src *Source, conn driver.C
 	})
 	if err == nil {
 		err = flush()
+	}
+	close(inserts)
+	if werr := writes.Wait(); err == nil {
+		err = werr
 	}
 	if err != nil || dryRun {
 		if dryRun {
