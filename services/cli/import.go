@@ -12,6 +12,7 @@ import (
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/spf13/cobra"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/membercenter/membercenter/pipeline/cdc"
 	"github.com/membercenter/membercenter/pipeline/kafka"
@@ -123,8 +124,8 @@ any was refused.`,
 	cmd.Flags().StringVar(&source, "source", "legacy", "name of the legacy system: a legacy id is unique within it")
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "check every record against the platform without keeping anything, and report")
 	cmd.Flags().StringVar(&reportPath, "report", "", "also write the report to this file")
-	cmd.Flags().IntVar(&workers, "workers", 4, "transactions importing at once")
-	cmd.Flags().IntVar(&batch, "batch", 100, "members per transaction (each still whole or not at all)")
+	cmd.Flags().IntVar(&workers, "workers", 0, "transactions importing at once (0: one per CPU, at least 2)")
+	cmd.Flags().IntVar(&batch, "batch", 500, "members per transaction (each still whole or not at all)")
 
 	var vsource, vreport string
 	verify := &cobra.Command{
@@ -138,10 +139,14 @@ and legacy id, per-field agreement and point totals. Changes nothing. Exit
 0 at 100% agreement, 1 otherwise: a migration runbook can gate on it.`,
 		Args: cobra.ExactArgs(1),
 		RunE: withImporter(&vsource, func() string { return "verifying" }, func(ctx context.Context, im *migration.Importer, src *migration.Source, progress func(int), openFacts factsOpener) error {
-			rep, err := im.Verify(ctx, src, progress)
-			if err != nil {
+			// The members and the order history are reconciled at once
+			// (both only read).
+			g, gctx := errgroup.WithContext(ctx)
+			var rep migration.VerifyReport
+			g.Go(func() (err error) {
+				rep, err = im.Verify(gctx, src, progress)
 				return err
-			}
+			})
 			var orders string
 			ordersOK := true
 			if src.HasOrders() {
@@ -150,12 +155,15 @@ and legacy id, per-field agreement and point totals. Changes nothing. Exit
 					return err
 				}
 				defer conn.Close()
-				so, sa, co, ca, err := im.VerifyOrders(ctx, src, conn)
-				if err != nil {
+				g.Go(func() error {
+					so, sa, co, ca, err := im.VerifyOrders(gctx, src, conn)
+					ordersOK = so == co && sa == ca
+					orders = fmt.Sprintf("orders of imported members: source %d (amount %d), ClickHouse %d (amount %d)\n", so, sa, co, ca)
 					return err
-				}
-				ordersOK = so == co && sa == ca
-				orders = fmt.Sprintf("orders of imported members: source %d (amount %d), ClickHouse %d (amount %d)\n", so, sa, co, ca)
+				})
+			}
+			if err := g.Wait(); err != nil {
+				return err
 			}
 			if err := writeVerifyReport(stdout, vreport, rep, orders); err != nil {
 				return err

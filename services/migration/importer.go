@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"sort"
 	"strings"
 	"sync"
@@ -47,11 +48,12 @@ type Options struct {
 	DryRun bool
 	// Progress is called after each member with the records done.
 	Progress func(done int)
-	// Workers import batches of members concurrently (0: 4); records
+	// Workers import batches of members concurrently (0: the CPUs, at
+	// least 2); records
 	// sharing an identifier are told apart in file order before any is
 	// imported.
 	Workers int
-	// Batch is how many members one transaction imports (0: 100); each
+	// Batch is how many members one transaction imports (0: 500); each
 	// member is imported whole or not at all within it (a refused member
 	// is rolled back alone).
 	Batch int
@@ -113,7 +115,7 @@ func (im *Importer) Run(ctx context.Context, src *Source, o Options) (Report, er
 	owners := map[string]string{}
 	workers := o.Workers
 	if workers <= 0 {
-		workers = 4
+		workers = max(2, runtime.GOMAXPROCS(0))
 	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(workers)
@@ -130,7 +132,7 @@ func (im *Importer) Run(ctx context.Context, src *Source, o Options) (Report, er
 	}
 	batch := o.Batch
 	if batch <= 0 {
-		batch = 100
+		batch = 500
 	}
 	var chunk []*Member
 	// dispatch imports the members read so far in one transaction.
