@@ -134,14 +134,8 @@ func (im *Importer) Run(ctx context.Context, src *Source, o Options) (Report, er
 	if batch <= 0 {
 		batch = 500
 	}
-	var chunk []*Member
-	// dispatch imports the members read so far in one transaction.
-	dispatch := func() {
-		if len(chunk) == 0 {
-			return
-		}
-		ms := chunk
-		chunk = nil
+	// Each chunk of members is imported in one transaction.
+	chunks := chunker{size: batch, run: func(ms []*Member) {
 		g.Go(func() error {
 			results, err := im.importChunk(gctx, ms, o.DryRun, !o.LabelsByOrders, now())
 			if err != nil {
@@ -176,7 +170,7 @@ func (im *Importer) Run(ctx context.Context, src *Source, o Options) (Report, er
 			}
 			return nil
 		})
-	}
+	}}
 	err := src.Each(func(m *Member, rerr *RowError) error {
 		if err := gctx.Err(); err != nil {
 			return err
@@ -202,14 +196,11 @@ func (im *Importer) Run(ctx context.Context, src *Source, o Options) (Report, er
 			})
 			return nil
 		}
-		chunk = append(chunk, m)
-		if len(chunk) >= batch {
-			dispatch()
-		}
+		chunks.add(m)
 		return nil
 	})
 	if err == nil {
-		dispatch()
+		chunks.flush()
 	}
 	if werr := g.Wait(); err == nil || errors.Is(err, context.Canceled) && werr != nil {
 		err = werr
@@ -221,6 +212,28 @@ func (im *Importer) Run(ctx context.Context, src *Source, o Options) (Report, er
 	sort.Strings(rep.Ignored)
 	rep.Took = time.Since(start)
 	return rep, err
+}
+
+// chunker gathers members into chunks of size, handing each full one (and
+// the last, flushed) to run.
+type chunker struct {
+	size  int
+	chunk []*Member
+	run   func([]*Member)
+}
+
+func (c *chunker) add(m *Member) {
+	if c.chunk = append(c.chunk, m); len(c.chunk) >= c.size {
+		c.flush()
+	}
+}
+
+func (c *chunker) flush() {
+	if len(c.chunk) > 0 {
+		ms := c.chunk
+		c.chunk = nil
+		c.run(ms)
+	}
 }
 
 // before orders places in a source: the members file first, then the

@@ -78,13 +78,7 @@ func (im *Importer) Verify(ctx context.Context, src *Source, progress func(read 
 		defer mu.Unlock()
 		apply()
 	}
-	var chunk []*Member
-	dispatch := func() {
-		if len(chunk) == 0 {
-			return
-		}
-		ms := chunk
-		chunk = nil
+	chunks := chunker{size: verifyChunk, run: func(ms []*Member) {
 		g.Go(func() error {
 			at := now()
 			outs, err := im.compareChunk(gctx, ms, at)
@@ -102,7 +96,7 @@ func (im *Importer) Verify(ctx context.Context, src *Source, progress func(read 
 			})
 			return nil
 		})
-	}
+	}}
 	err := src.Each(func(m *Member, rerr *RowError) error {
 		if err := gctx.Err(); err != nil {
 			return err
@@ -116,13 +110,11 @@ func (im *Importer) Verify(ctx context.Context, src *Source, progress func(read 
 			})
 			return nil
 		}
-		if chunk = append(chunk, m); len(chunk) >= verifyChunk {
-			dispatch()
-		}
+		chunks.add(m)
 		return nil
 	})
 	if err == nil {
-		dispatch()
+		chunks.flush()
 	}
 	if werr := g.Wait(); err == nil || errors.Is(err, context.Canceled) && werr != nil {
 		err = werr

@@ -185,18 +185,8 @@ func (s *Service) rebuild(ctx context.Context, facts driver.Conn, ids []uuid.UUI
 				live = append(live, id)
 			}
 		}
-		rows, err := postgres.LoadFeaturesBatch(ctx, tx, live, nil)
-		if err != nil {
-			return err
-		}
-		writes := make([]*memberWrite, 0, len(live))
-		for _, id := range live {
-			l := locked[id]
-			m := &memberState{id: id, attrs: l.Attributes, changeSeq: l.ChangeSeq, profiling: true, state: &State{}}
-			if err := m.take(rows[id]); err != nil {
-				return err
-			}
-			st := cloneState(built[id])
+		c, err := s.recomputeLocked(ctx, tx, live, locked, func(uuid.UUID) string { return cause }, mcv1.Channel_CHANNEL_BACKOFFICE, func(m *memberState) {
+			st := cloneState(built[m.id])
 			st.Keep(m.state)
 			// What the stored labels were computed from, to compare with;
 			// its window aggregates are not the rebuilt records' (stale:
@@ -204,23 +194,11 @@ func (s *Service) rebuild(ctx context.Context, facts driver.Conn, ids []uuid.UUI
 			st.snap = m.state.snap
 			st.stale = true
 			m.state = st
-			r, err := s.evaluate(ctx, tx, m)
-			if err != nil {
-				return err
-			}
-			w, err := s.stage(ctx, m, r, cause, mcv1.Channel_CHANNEL_BACKOFFICE, "")
-			if err != nil {
-				return err
-			}
-			writes = append(writes, w)
-			n++
-			if w.newVersion != m.version {
-				changed++
-			}
-		}
-		if err := s.flush(ctx, tx, writes); err != nil {
+		})
+		if err != nil {
 			return err
 		}
+		n, changed = len(live), c
 		if also != nil {
 			return also(tx, n, changed)
 		}

@@ -490,28 +490,7 @@ func (s *Service) RecomputeBatch(ctx context.Context, tx pgx.Tx, members []uuid.
 			live = append(live, id)
 		}
 	}
-	rows, err := postgres.LoadFeaturesBatch(ctx, tx, live, nil)
-	if err != nil {
-		return err
-	}
-	writes := make([]*memberWrite, 0, len(live))
-	for _, id := range live {
-		l := locked[id]
-		m := &memberState{id: id, attrs: l.Attributes, changeSeq: l.ChangeSeq, profiling: true, state: &State{}}
-		if err := m.take(rows[id]); err != nil {
-			return err
-		}
-		r, err := s.evaluate(ctx, tx, m)
-		if err != nil {
-			return err
-		}
-		w, err := s.stage(ctx, m, r, cause[id], ch, "")
-		if err != nil {
-			return err
-		}
-		writes = append(writes, w)
-	}
-	if err := s.flush(ctx, tx, writes); err != nil {
+	if _, err := s.recomputeLocked(ctx, tx, live, locked, func(id uuid.UUID) string { return cause[id] }, ch, nil); err != nil {
 		return err
 	}
 	for _, id := range merged {
@@ -574,28 +553,7 @@ func (s *Service) sweepBatch(ctx context.Context, tx pgx.Tx, ids []uuid.UUID, lo
 			merged = append(merged, id)
 		}
 	}
-	rows, err := postgres.LoadFeaturesBatch(ctx, tx, live, nil)
-	if err != nil {
-		return err
-	}
-	writes := make([]*memberWrite, 0, len(live))
-	for _, id := range live {
-		l := locked[id]
-		m := &memberState{id: id, attrs: l.Attributes, changeSeq: l.ChangeSeq, profiling: true, state: &State{}}
-		if err := m.take(rows[id]); err != nil {
-			return err
-		}
-		r, err := s.evaluate(ctx, tx, m)
-		if err != nil {
-			return err
-		}
-		w, err := s.stage(ctx, m, r, "sweep", mcv1.Channel_CHANNEL_BACKOFFICE, "")
-		if err != nil {
-			return err
-		}
-		writes = append(writes, w)
-	}
-	if err := s.flush(ctx, tx, writes); err != nil {
+	if _, err := s.recomputeLocked(ctx, tx, live, locked, func(uuid.UUID) string { return "sweep" }, mcv1.Channel_CHANNEL_BACKOFFICE, nil); err != nil {
 		return err
 	}
 	for _, id := range merged {
@@ -607,6 +565,44 @@ func (s *Service) sweepBatch(ctx context.Context, tx pgx.Tx, ids []uuid.UUID, lo
 		return nil
 	}
 	return postgres.ClearDue(ctx, tx, merged)
+}
+
+// recomputeLocked recomputes live members (locked, in id order) in tx, as
+// a stage writes a batch: their features loaded in one statement, each
+// member's labels evaluated — after prepare, when given, has set the state
+// to evaluate (a rebuild's) — and staged, caused by cause(id) on ch, and
+// every write sent in one flush. It returns how many members' labels
+// changed.
+func (s *Service) recomputeLocked(ctx context.Context, tx pgx.Tx, live []uuid.UUID, locked map[uuid.UUID]postgres.LockedMember,
+	cause func(uuid.UUID) string, ch mcv1.Channel, prepare func(*memberState)) (changed int, err error) {
+	rows, err := postgres.LoadFeaturesBatch(ctx, tx, live, nil)
+	if err != nil {
+		return 0, err
+	}
+	writes := make([]*memberWrite, 0, len(live))
+	for _, id := range live {
+		l := locked[id]
+		m := &memberState{id: id, attrs: l.Attributes, changeSeq: l.ChangeSeq, profiling: true, state: &State{}}
+		if err := m.take(rows[id]); err != nil {
+			return 0, err
+		}
+		if prepare != nil {
+			prepare(m)
+		}
+		r, err := s.evaluate(ctx, tx, m)
+		if err != nil {
+			return 0, err
+		}
+		w, err := s.stage(ctx, m, r, cause(id), ch, "")
+		if err != nil {
+			return 0, err
+		}
+		if w.newVersion != m.version {
+			changed++
+		}
+		writes = append(writes, w)
+	}
+	return changed, s.flush(ctx, tx, writes)
 }
 
 // RunSweeper sweeps every interval until ctx ends.

@@ -61,12 +61,8 @@ func QueueLegacyMembers(b *pgx.Batch, ls []LegacyMember) {
 // MergedLegacyMembers lists the members the records of source became that
 // were merged into another member since.
 func MergedLegacyMembers(ctx context.Context, q Querier, source string) ([]uuid.UUID, error) {
-	rows, err := q.Query(ctx, `SELECT m.member_id FROM legacy_members l JOIN members m ON m.member_id = l.member_id
+	return queryValues[uuid.UUID](ctx, q, "merged legacy members", `SELECT m.member_id FROM legacy_members l JOIN members m ON m.member_id = l.member_id
 		WHERE l.source = $1 AND NOT l.erased AND m.merged_into IS NOT NULL`, source)
-	if err != nil {
-		return nil, fmt.Errorf("merged legacy members: %w", err)
-	}
-	return pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
 }
 
 // LegacyMembersWithoutFeatures lists the records of source whose member
@@ -238,13 +234,9 @@ func ConsentsOfMembers(ctx context.Context, q Querier, ids []uuid.UUID) (map[uui
 // (an unmerge since included): their events may be stored under another
 // member's id.
 func EverMergedAway(ctx context.Context, q Querier, ids []uuid.UUID) (map[uuid.UUID]bool, error) {
-	rows, err := q.Query(ctx, `SELECT DISTINCT source_member_id FROM merges WHERE source_member_id = ANY($1)`, ids)
+	got, err := queryValues[uuid.UUID](ctx, q, "merged members", `SELECT DISTINCT source_member_id FROM merges WHERE source_member_id = ANY($1)`, ids)
 	if err != nil {
-		return nil, fmt.Errorf("merged members: %w", err)
-	}
-	got, err := pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
-	if err != nil {
-		return nil, fmt.Errorf("merged members: %w", err)
+		return nil, err
 	}
 	out := make(map[uuid.UUID]bool, len(got))
 	for _, id := range got {

@@ -124,15 +124,11 @@ func CreateMemberKeys(ctx context.Context, q Querier, ks []MemberKey, at time.Ti
 	for i, k := range ks {
 		ids[i], wrapped[i], keks[i] = k.MemberID, k.Wrapped, k.KEKID
 	}
-	rows, err := q.Query(ctx, `INSERT INTO member_keys (member_id, wrapped, kek_id, created_at)
+	made, err := queryValues[uuid.UUID](ctx, q, "create member keys", `INSERT INTO member_keys (member_id, wrapped, kek_id, created_at)
 		SELECT m, w, k, $4 FROM unnest($1::uuid[], $2::bytea[], $3::text[]) AS t(m, w, k)
 		ON CONFLICT (member_id) DO NOTHING RETURNING member_id`, ids, wrapped, keks, at)
 	if err != nil {
-		return nil, fmt.Errorf("create member keys: %w", err)
-	}
-	made, err := pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
-	if err != nil {
-		return nil, fmt.Errorf("create member keys: %w", err)
+		return nil, err
 	}
 	out := make(map[uuid.UUID]MemberKey, len(ks))
 	for _, id := range made {
