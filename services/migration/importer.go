@@ -210,6 +210,11 @@ func (im *Importer) Run(ctx context.Context, src *Source, o Options) (Report, er
 		return before(rep.Refused[i].File, rep.Refused[i].Line, rep.Refused[j].File, rep.Refused[j].Line)
 	})
 	sort.Strings(rep.Ignored)
+	if err == nil && rep.Imported > 0 && !o.DryRun {
+		// What comes next (the order history, verify, catch-up) is
+		// planned on the statistics of the members just loaded.
+		err = postgres.AnalyzeMembers(ctx, im.Pool)
+	}
 	rep.Took = time.Since(start)
 	return rep, err
 }

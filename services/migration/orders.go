@@ -170,6 +170,11 @@ func (im *Importer) ImportOrders(ctx context.Context, src *Source, conn driver.C
 		rep.Took = time.Since(start)
 		return rep, err
 	}
+	// The members were just loaded in bulk: the rebuild's statements are
+	// planned on fresh statistics.
+	if err := postgres.AnalyzeMembers(ctx, im.Pool); err != nil {
+		return rep, err
+	}
 	ids := make([]uuid.UUID, 0, len(touched))
 	for m := range touched {
 		ids = append(ids, m)

@@ -88,6 +88,14 @@ func LegacyMembersWithoutFeatures(ctx context.Context, q Querier, source string)
 	return out, rows.Err()
 }
 
+// AnalyzeMembers refreshes the planner's statistics of the tables a bulk
+// import filled, as after any bulk load: left to autovacuum, they can lag
+// the load, and a fold of merged members (FoldRoots) planned on a table it
+// believes full of merged rows reads every member row, once per batch.
+func AnalyzeMembers(ctx context.Context, q Querier) error {
+	return exec(ctx, q, "analyze members", `ANALYZE members, member_identifiers, legacy_members, member_features`)
+}
+
 // QueueNewMembers queues the insert of new members, created at their
 // times.
 func QueueNewMembers(b *pgx.Batch, ids []uuid.UUID, createdAt []time.Time) {
