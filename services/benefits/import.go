@@ -475,12 +475,45 @@ func (s *Service) importBatch(ctx context.Context, sp pgx.Tx, p *Program, ops []
 // merged one is ErrMerged. Compare times with Equal: they come back in the
 // database session's zone.
 func (s *Service) LegacyView(ctx context.Context, q postgres.Batcher, member uuid.UUID) (Legacy, int64, error) {
+	rows, err := postgres.LoadLoyalty(ctx, q, postgres.LoyaltyLoad{Member: member, ActivityFrom: 0})
+	if err != nil {
+		return Legacy{}, 0, err
+	}
+	return s.legacyView(member, rows)
+}
+
+// LegacyOf is a member's answer in LegacyViews.
+type LegacyOf struct {
+	Legacy  Legacy
+	Balance int64
+	Err     error // as LegacyView's: not found, ErrMerged
+}
+
+// LegacyViews is LegacyView for many members, read in one round trip (one
+// statement per kind of row), for a reconciliation of a chunk of members.
+func (s *Service) LegacyViews(ctx context.Context, q postgres.Batcher, members []uuid.UUID) (map[uuid.UUID]LegacyOf, error) {
+	loads := make([]postgres.LoyaltyLoad, len(members))
+	for i, m := range members {
+		loads[i] = postgres.LoyaltyLoad{Member: m, ActivityFrom: 0}
+	}
+	rows, err := postgres.LoadLoyaltyBatch(ctx, q, loads)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[uuid.UUID]LegacyOf, len(members))
+	for _, m := range members {
+		var v LegacyOf
+		v.Legacy, v.Balance, v.Err = s.legacyView(m, *rows[m])
+		out[m] = v
+	}
+	return out, nil
+}
+
+// legacyView is LegacyView on the member's rows as read.
+func (s *Service) legacyView(member uuid.UUID, rows postgres.LoyaltyRows) (Legacy, int64, error) {
 	p := s.program()
 	now := s.now()
-	rows, err := postgres.LoadLoyalty(ctx, q, postgres.LoyaltyLoad{Member: member, ActivityFrom: 0})
 	switch {
-	case err != nil:
-		return Legacy{}, 0, err
 	case !rows.Found:
 		return Legacy{}, 0, fmt.Errorf("member %s: %w", member, postgres.ErrNotFound)
 	case rows.Merged:

@@ -12,6 +12,7 @@ import (
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/spf13/cobra"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/membercenter/membercenter/pipeline/cdc"
 	"github.com/membercenter/membercenter/pipeline/kafka"
@@ -63,7 +64,7 @@ func importCmd(stdout, stderr io.Writer) *cobra.Command {
 				if err != nil {
 					return err
 				}
-				total, err := countMembers(src)
+				total, err := src.CountMembers()
 				if err != nil {
 					return err
 				}
@@ -96,7 +97,11 @@ any was refused.`,
 			}
 			return "importing"
 		}, func(ctx context.Context, im *migration.Importer, src *migration.Source, progress func(int), openFacts factsOpener) error {
-			rep, err := im.Run(ctx, src, migration.Options{DryRun: dryRun, Workers: workers, Batch: batch, Progress: progress})
+			// With an order history, labels are computed once, by the
+			// order phase (from the orders, or without for members that
+			// have none).
+			rep, err := im.Run(ctx, src, migration.Options{DryRun: dryRun, Workers: workers, Batch: batch, Progress: progress,
+				LabelsByOrders: src.HasOrders() && !dryRun})
 			var orders *migration.OrdersReport
 			if err == nil && src.HasOrders() {
 				var o migration.OrdersReport
@@ -119,8 +124,8 @@ any was refused.`,
 	cmd.Flags().StringVar(&source, "source", "legacy", "name of the legacy system: a legacy id is unique within it")
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "check every record against the platform without keeping anything, and report")
 	cmd.Flags().StringVar(&reportPath, "report", "", "also write the report to this file")
-	cmd.Flags().IntVar(&workers, "workers", 4, "transactions importing at once")
-	cmd.Flags().IntVar(&batch, "batch", 100, "members per transaction (each still whole or not at all)")
+	cmd.Flags().IntVar(&workers, "workers", 0, "transactions importing at once (0: one per CPU, at least 2)")
+	cmd.Flags().IntVar(&batch, "batch", 500, "members per transaction (each still whole or not at all)")
 
 	var vsource, vreport string
 	verify := &cobra.Command{
@@ -134,10 +139,14 @@ and legacy id, per-field agreement and point totals. Changes nothing. Exit
 0 at 100% agreement, 1 otherwise: a migration runbook can gate on it.`,
 		Args: cobra.ExactArgs(1),
 		RunE: withImporter(&vsource, func() string { return "verifying" }, func(ctx context.Context, im *migration.Importer, src *migration.Source, progress func(int), openFacts factsOpener) error {
-			rep, err := im.Verify(ctx, src, progress)
-			if err != nil {
+			// The members and the order history are reconciled at once
+			// (both only read).
+			g, gctx := errgroup.WithContext(ctx)
+			var rep migration.VerifyReport
+			g.Go(func() (err error) {
+				rep, err = im.Verify(gctx, src, progress)
 				return err
-			}
+			})
 			var orders string
 			ordersOK := true
 			if src.HasOrders() {
@@ -146,12 +155,15 @@ and legacy id, per-field agreement and point totals. Changes nothing. Exit
 					return err
 				}
 				defer conn.Close()
-				so, sa, co, ca, err := im.VerifyOrders(ctx, src, conn)
-				if err != nil {
+				g.Go(func() error {
+					so, sa, co, ca, err := im.VerifyOrders(gctx, src, conn)
+					ordersOK = so == co && sa == ca
+					orders = fmt.Sprintf("orders of imported members: source %d (amount %d), ClickHouse %d (amount %d)\n", so, sa, co, ca)
 					return err
-				}
-				ordersOK = so == co && sa == ca
-				orders = fmt.Sprintf("orders of imported members: source %d (amount %d), ClickHouse %d (amount %d)\n", so, sa, co, ca)
+				})
+			}
+			if err := g.Wait(); err != nil {
+				return err
 			}
 			if err := writeVerifyReport(stdout, vreport, rep, orders); err != nil {
 				return err
@@ -327,18 +339,6 @@ func writeCatchUpReport(stdout io.Writer, path string, rep migration.CatchUpRepo
 	return emit(stdout, path, b.String())
 }
 
-// countMembers counts a source's member records, for the progress bar.
-func countMembers(src *migration.Source) (int, error) {
-	n := 0
-	err := src.Each(func(m *migration.Member, rerr *migration.RowError) error {
-		if m != nil || strings.HasPrefix(rerr.File, "members.") {
-			n++
-		}
-		return nil
-	})
-	return n, err
-}
-
 func refusedOrders(o *migration.OrdersReport) int {
 	if o == nil {
 		return 0
@@ -361,8 +361,12 @@ func writeImportReport(stdout io.Writer, path string, rep migration.Report, orde
 		fmt.Fprintf(&b, "ignored %s\n", g)
 	}
 	if orders != nil {
-		fmt.Fprintf(&b, "orders: %d read in %s; %d written to ClickHouse (amount %d), features and labels of %d members rebuilt, %d of erased members left out, %d refused\n",
+		fmt.Fprintf(&b, "orders: %d read in %s; %d written to ClickHouse (amount %d), features and labels of %d members rebuilt, %d of erased members left out, %d refused",
 			orders.Read, orders.Took.Round(time.Millisecond), orders.Written, orders.Amount, orders.Rebuilt, orders.OfErased, len(orders.Refused))
+		if orders.Labelled > 0 {
+			fmt.Fprintf(&b, "; labels of %d members without orders computed", orders.Labelled)
+		}
+		b.WriteString("\n")
 		for _, r := range orders.Refused {
 			fmt.Fprintf(&b, "refused %s\n", r)
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/google/uuid"
@@ -17,90 +18,196 @@ import (
 // belongs to a member: a migration never merges silently.
 var ErrImportConflict = errors.New("an identifier already belongs to a member")
 
-// Imported is what ImportMember made of a legacy member's identifiers.
+// ImportPlan is a legacy member's identifiers checked for an import
+// (PlanImport): normalised and hashed once, placeholders set apart.
+type ImportPlan struct {
+	// Every identifier, normalised; Usable those left once the
+	// placeholders the rules block are ignored (Ignored).
+	Identifiers, Usable []Normalized
+	Ignored             []Ignored
+}
+
+// PlanImport normalises and hashes a legacy member's identifiers and sets
+// apart the placeholder values the rules block (ignored, as in ingest),
+// reading nothing. An identifier that cannot be normalised refuses the
+// member (ErrInvalidIdentifier, naming it), as does a member no identifier
+// left may create (ErrUnroutable).
+func (s *Service) PlanImport(ids []*mcv1.Identifier) (ImportPlan, error) {
+	var p ImportPlan
+	norm, err := s.Normalize(ids)
+	if err != nil {
+		return p, fmt.Errorf("%w: %w", ErrInvalidIdentifier, err)
+	}
+	p.Identifiers = norm
+	p.Usable, p.Ignored = s.withoutPlaceholders(norm)
+	if len(p.Usable) == 0 {
+		return p, fmt.Errorf("%w: no identifier left after placeholders were ignored", ErrUnroutable)
+	}
+	if !s.anyMayCreate(p.Usable) {
+		return p, fmt.Errorf("%w: no identifier of a type that may create a member (%s)", ErrUnroutable, typeList(p.Usable))
+	}
+	return p, nil
+}
+
+// ImportRequest is one legacy member of an ImportMembers batch.
+type ImportRequest struct {
+	Plan      ImportPlan
+	CreatedAt time.Time // the legacy record's date
+	Cause     string
+}
+
+// Imported is what ImportMembers made of a legacy member's identifiers.
 type Imported struct {
 	MemberID uuid.UUID
 	// The identifiers linked, and the ones ignored (placeholders, over a
 	// limit) with the rule that ignored them.
 	Linked  []Normalized
 	Ignored []Ignored
+	// The member's changes so far (MemberCreated), numbered from 1, for
+	// the caller to write with the rest of its changes (QueueOutbox).
+	Changes []postgres.OutboxRow
 }
 
-// ImportMember creates, in tx, the member a legacy system knew by ids, as
-// created at createdAt (the legacy record's date), caused by cause: the
-// identifiers are normalised, hashed and sealed like a channel's;
-// placeholder values the rules block are ignored, as in ingest. An
-// identifier that cannot be normalised refuses the member (naming it); one
-// that a member already holds refuses it with ErrImportConflict naming the
-// identifier (masked) and the member, so the migration report lists the
-// conflict for review instead of merging two people. The member's creation
-// is audited and announced like any (MemberCreated).
-func (s *Service) ImportMember(ctx context.Context, tx pgx.Tx, ids []*mcv1.Identifier, createdAt time.Time, cause string) (Imported, error) {
-	var out Imported
-	norm, err := s.Normalize(ids)
+// ImportMembers creates the members a legacy system knew (each planned by
+// PlanImport), as created at their record's date, caused by their cause,
+// as a stage writes a batch: every identifier of the batch locked in one
+// statement and looked up in one, the members' data keys made in one
+// statement, and their rows — members, identifiers (sealed under each
+// member's key), the identity audit — queued on b for the caller to send
+// with the rest of the batch's writes, in tx. Each member's creation is
+// audited and announced like any (MemberCreated, in Imported.Changes).
+//
+// A member one of whose unique identifiers a member already holds is
+// refused with ErrImportConflict naming the identifier (masked) and the
+// member — a migration never merges two people — in refused, by index,
+// and nothing of it is queued. Requests must not share a unique
+// identifier (the caller tells them apart first). Over a per-member limit,
+// an identifier is ignored. err is the batch's (the database's).
+func (s *Service) ImportMembers(ctx context.Context, tx pgx.Tx, b *pgx.Batch, reqs []ImportRequest) (out []Imported, refused map[int]error, err error) {
+	out, refused = make([]Imported, len(reqs)), map[int]error{}
+	var all []Normalized
+	for _, r := range reqs {
+		all = append(all, r.Plan.Usable...)
+	}
+	_, byHash, err := lockAndFind(ctx, tx, all)
 	if err != nil {
-		return out, fmt.Errorf("%w: %w", ErrInvalidIdentifier, err)
+		return nil, nil, err
 	}
-	var usable []Normalized
-	usable, out.Ignored = s.withoutPlaceholders(norm)
-	if len(usable) == 0 {
-		return out, fmt.Errorf("%w: no identifier left after placeholders were ignored", ErrUnroutable)
-	}
-	if !s.anyMayCreate(usable) {
-		return out, fmt.Errorf("%w: no identifier of a type that may create a member (%s)", ErrUnroutable, typeList(usable))
-	}
-	byHash, err := s.lockUnclaimed(ctx, tx, usable, uuid.Nil)
-	if err != nil {
-		return out, err
-	}
-	o := resolveOpts{origin: origin{actor: "migration", channel: mcv1.Channel_CHANNEL_BACKOFFICE, cause: cause}, create: true}
-	res := Result{Identifiers: norm, Created: true, Ignored: out.Ignored}
-	res.MemberID = uuid.Must(uuid.NewV7())
-	res.Origin = res.MemberID
-	if err := postgres.InsertMember(ctx, tx, res.MemberID, createdAt); err != nil {
-		return out, err
-	}
-	if err := s.linkMissing(ctx, tx, &res, usable, byHash, createdAt, o); err != nil {
-		return out, err
-	}
-	if err := s.recordResolution(ctx, tx, &res, o); err != nil {
-		return out, err
-	}
-	out.MemberID, out.Linked, out.Ignored = res.MemberID, res.Linked, res.Ignored
-	return out, nil
-}
-
-// Held reports which of ids (normalised) the member holds, for a
-// reconciliation: the identifiers it does not hold are returned, masked.
-func (s *Service) Held(ctx context.Context, q postgres.Querier, member uuid.UUID, ids []*mcv1.Identifier) (missing []string, err error) {
-	norm, err := s.Normalize(ids)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrInvalidIdentifier, err)
-	}
-	keys := make([]postgres.IdentifierKey, 0, len(norm))
-	var want []Normalized
-	for _, n := range norm {
-		if s.rules.Blocked(n.Type, n.Value) {
+	var made []uuid.UUID
+	for i, r := range reqs {
+		if err := conflictOf(r.Plan.Usable, byHash, uuid.Nil); err != nil {
+			refused[i] = err
 			continue
 		}
-		keys, want = append(keys, keyOf(n)), append(want, n)
+		out[i].MemberID = uuid.Must(uuid.NewV7())
+		made = append(made, out[i].MemberID)
+	}
+	sealers, err := s.pii.SealersFor(ctx, made)
+	if err != nil {
+		return nil, nil, fmt.Errorf("encrypt identifier: %w", err)
+	}
+	var ids []uuid.UUID
+	var created []time.Time
+	var rows []postgres.IdentifierRow
+	var audits []postgres.AuditRow
+	now := s.now()
+	for i, r := range reqs {
+		if refused[i] != nil {
+			continue
+		}
+		o := origin{actor: "migration", channel: mcv1.Channel_CHANNEL_BACKOFFICE, cause: r.Cause}
+		im := &out[i]
+		im.Ignored = slices.Clone(r.Plan.Ignored)
+		ids, created = append(ids, im.MemberID), append(created, r.CreatedAt)
+		// A new member holds nothing: the per-member limits count the
+		// identifiers of the record.
+		counts, total := map[mcv1.IdentifierType]int{}, 0
+		for _, n := range r.Plan.Usable {
+			rule := s.rules.For(n.Type)
+			switch {
+			case counts[n.Type] >= rule.MaxPerMember:
+				im.Ignored = append(im.Ignored, Ignored{Identifier: n, Rule: TypeName(n.Type) + ".max_per_member"})
+				continue
+			case total >= s.rules.Limits.MaxIdentifiers:
+				im.Ignored = append(im.Ignored, Ignored{Identifier: n, Rule: "limits.max_identifiers"})
+				continue
+			}
+			if isPII(n.Type) {
+				if n.Cipher, n.KeyID, err = sealers[im.MemberID].Encrypt(n.Value, n.Hash); err != nil {
+					return nil, nil, fmt.Errorf("encrypt identifier: %w", err)
+				}
+			}
+			row := toIdentifierRow(im.MemberID, n, r.CreatedAt, r.Cause)
+			row.OriginMemberID, row.Unique = im.MemberID, rule.Unique
+			rows = append(rows, row)
+			counts[n.Type]++
+			total++
+			im.Linked = append(im.Linked, n)
+		}
+		refs := Refs(im.Linked)
+		audit := uuid.Must(uuid.NewV7())
+		audits = append(audits, postgres.AuditRow{
+			AuditID: audit, At: now, Action: "create", Actor: o.actor, Channel: channelName(o.channel), CauseID: o.cause,
+			MemberID: im.MemberID, Identifiers: mustJSON(refsJSON(refs)),
+			After:  mustJSON(map[string]any{"status": "active", "identifiers": refsJSON(refs)}),
+			Reason: "no member held these identifiers",
+		})
+		change, err := s.changes.Row(ctx, im.MemberID, 1, &mcv1.MemberChange{
+			CauseId: o.cause, Channel: o.channel, StoreId: o.store,
+			Change: &mcv1.MemberChange_MemberCreated{MemberCreated: &mcv1.MemberCreated{Identifiers: refs, AuditId: audit.String()}},
+		})
+		if err != nil {
+			return nil, nil, err
+		}
+		im.Changes = []postgres.OutboxRow{change}
+	}
+	postgres.QueueNewMembers(b, ids, created)
+	postgres.QueueIdentifiers(b, rows)
+	postgres.QueueAudits(b, audits)
+	return out, refused, nil
+}
+
+// HeldBy reports, for a reconciliation of many members with one lookup,
+// which of ids[i] (normalised) members[i] holds: missing[i] lists the
+// identifiers it does not hold, masked; bad[i] is set
+// (ErrInvalidIdentifier) when one of ids[i] cannot be normalised.
+func (s *Service) HeldBy(ctx context.Context, q postgres.Querier, members []uuid.UUID, ids [][]*mcv1.Identifier) (missing [][]string, bad []error, err error) {
+	missing, bad = make([][]string, len(members)), make([]error, len(members))
+	want := make([][]Normalized, len(members))
+	var keys []postgres.IdentifierKey
+	for i := range members {
+		norm, err := s.Normalize(ids[i])
+		if err != nil {
+			bad[i] = fmt.Errorf("%w: %w", ErrInvalidIdentifier, err)
+			continue
+		}
+		for _, n := range norm {
+			if s.rules.Blocked(n.Type, n.Value) {
+				continue
+			}
+			keys, want[i] = append(keys, keyOf(n)), append(want[i], n)
+		}
 	}
 	found, err := postgres.FindIdentifiers(ctx, q, keys)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	held := map[string]bool{}
+	type holding struct {
+		member uuid.UUID
+		hash   string
+	}
+	held := map[holding]bool{}
 	for _, f := range found {
-		if f.MemberID == member {
-			held[string(f.Hash)] = true
+		held[holding{f.MemberID, string(f.Hash)}] = true
+	}
+	for i, member := range members {
+		for _, n := range want[i] {
+			if !held[holding{member, string(n.Hash)}] {
+				missing[i] = append(missing[i], TypeName(n.Type)+" "+n.Masked)
+			}
 		}
 	}
-	for _, n := range want {
-		if !held[string(n.Hash)] {
-			missing = append(missing, TypeName(n.Type)+" "+n.Masked)
-		}
-	}
-	return missing, nil
+	return missing, bad, nil
 }
 
 // withoutPlaceholders splits identifiers into the usable ones and the
@@ -120,21 +227,26 @@ func (s *Service) withoutPlaceholders(norm []Normalized) (usable []Normalized, i
 // a member other than member holds uniquely is ErrImportConflict, naming
 // the identifier (masked) and its holder: a migration never merges.
 func (s *Service) lockUnclaimed(ctx context.Context, tx pgx.Tx, usable []Normalized, member uuid.UUID) (map[string][]postgres.IdentifierRow, error) {
-	found, byHash, err := lockAndFind(ctx, tx, usable)
+	_, byHash, err := lockAndFind(ctx, tx, usable)
 	if err != nil {
 		return nil, err
 	}
-	for _, f := range found {
-		if !f.Unique || f.MemberID == member {
-			continue // a shared identifier (a store's device) proves nothing
-		}
-		for _, n := range usable {
-			if string(n.Hash) == string(f.Hash) {
-				return nil, fmt.Errorf("%w: %s %s belongs to member %s", ErrImportConflict, TypeName(n.Type), n.Masked, f.MemberID)
+	return byHash, conflictOf(usable, byHash, member)
+}
+
+// conflictOf is ErrImportConflict for the first of usable that a member
+// other than member holds uniquely (a shared identifier, a store's device,
+// proves nothing), naming it (masked) and its holder; nil when there is
+// none.
+func conflictOf(usable []Normalized, byHash map[string][]postgres.IdentifierRow, member uuid.UUID) error {
+	for _, n := range usable {
+		for _, f := range byHash[string(n.Hash)] {
+			if f.Unique && f.MemberID != member {
+				return fmt.Errorf("%w: %s %s belongs to member %s", ErrImportConflict, TypeName(n.Type), n.Masked, f.MemberID)
 			}
 		}
 	}
-	return byHash, nil
+	return nil
 }
 
 // CatchUpIdentifiers brings a migrated member's identifiers, in tx, to a

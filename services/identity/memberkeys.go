@@ -74,6 +74,44 @@ func (p *PII) SealerFor(ctx context.Context, member uuid.UUID) (attributes.Seale
 	return memberSealer{pii: p, kid: MemberKeyID(member), aead: aead}, nil
 }
 
+// SealersFor is SealerFor for members being created (an import's batch):
+// their data keys made and stored in one statement, on their own before
+// any ciphertext under them commits, as SealerFor stores one. A member
+// that has a key already gets it.
+func (p *PII) SealersFor(ctx context.Context, members []uuid.UUID) (map[uuid.UUID]attributes.Sealer, error) {
+	out := make(map[uuid.UUID]attributes.Sealer, len(members))
+	if len(members) == 0 {
+		return out, nil
+	}
+	if p.keys == nil {
+		return nil, errNoKeyStore
+	}
+	ks := make([]postgres.MemberKey, len(members))
+	for i, member := range members {
+		dek := make([]byte, 32)
+		if _, err := rand.Read(dek); err != nil {
+			return nil, err
+		}
+		ks[i] = postgres.MemberKey{MemberID: member}
+		var err error
+		if ks[i].Wrapped, ks[i].KEKID, err = p.wrap(member, dek); err != nil {
+			return nil, err
+		}
+	}
+	stored, err := postgres.CreateMemberKeys(ctx, p.keys.db, ks, time.Now())
+	if err != nil {
+		return nil, err
+	}
+	for _, member := range members {
+		a, err := p.cacheKey(stored[member])
+		if err != nil {
+			return nil, err
+		}
+		out[member] = memberSealer{pii: p, kid: MemberKeyID(member), aead: a}
+	}
+	return out, nil
+}
+
 // memberSealer seals with a member's data key; hashes stay the platform's.
 type memberSealer struct {
 	pii  *PII
@@ -205,6 +243,11 @@ func (p *PII) memberAEAD(ctx context.Context, member uuid.UUID, create bool) (ci
 	if err != nil {
 		return nil, err
 	}
+	return p.cacheKey(k)
+}
+
+// cacheKey unwraps a member's data key and keeps it for sealing.
+func (p *PII) cacheKey(k postgres.MemberKey) (cipher.AEAD, error) {
 	dek, err := p.unwrap(k)
 	if err != nil {
 		return nil, err
@@ -213,7 +256,7 @@ func (p *PII) memberAEAD(ctx context.Context, member uuid.UUID, create bool) (ci
 	if err != nil {
 		return nil, err
 	}
-	p.keys.cache.Add(member, a)
+	p.keys.cache.Add(k.MemberID, a)
 	return a, nil
 }
 

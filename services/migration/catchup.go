@@ -399,7 +399,7 @@ func (cu *CatchUp) importRow(ctx context.Context, tx pgx.Tx, c *Change, now time
 	results := make([]imported, 1)
 	ready, skip := cu.checkProfiles(ms, results)
 	if !skip[0] {
-		if err := cu.importIn(ctx, tx, ms, ready, skip, results, now); err != nil && !errors.Is(err, errRedo) {
+		if err := cu.importIn(ctx, tx, ms, ready, skip, results, true, now); err != nil && !errors.Is(err, errRedo) {
 			return 0, nil, err
 		}
 	}

@@ -383,3 +383,61 @@ func TestVerifyAfterAMerge(t *testing.T) {
 		t.Errorf("L0003's order stored under %s (origin %s), want %s (origin %s)", owner, origin, target, source)
 	}
 }
+
+// With LabelsByOrders the import leaves labels to the order history,
+// which computes every member's once — rebuilt from its orders, or without
+// for a member that has none — to the labels an import that computes them
+// first and rebuilds them after ends with.
+func TestLabelsByOrders(t *testing.T) {
+	labels := func(pool *pgxpool.Pool) string {
+		t.Helper()
+		rows, err := pool.Query(context.Background(), `SELECT l.legacy_id || ':' || ml.label_id || '=' || ml.value FROM member_labels ml
+			JOIN legacy_members l ON l.member_id = ml.member_id ORDER BY 1`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rows.Close()
+		var out []string
+		for rows.Next() {
+			var s string
+			if err := rows.Scan(&s); err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, s)
+		}
+		return strings.Join(out, "\n")
+	}
+	c, first, conn, im := begin(t)
+	if _, err := im.Run(c, open(t, "testdata/sample-csv"), migration.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := im.ImportOrders(c, open(t, "testdata/sample-csv"), conn, false, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+
+	c, pool, conn, im := begin(t)
+	rep, err := im.Run(c, open(t, "testdata/sample-csv"), migration.Options{LabelsByOrders: true})
+	if err != nil || rep.Imported != 4 {
+		t.Fatalf("import: %+v %v", rep, err)
+	}
+	if n := count(t, pool, `SELECT count(*) FROM member_features`); n != 0 {
+		t.Errorf("%d members with labels before the order history", n)
+	}
+	ord, err := im.ImportOrders(c, open(t, "testdata/sample-csv"), conn, false, nil, nil)
+	if err != nil || ord.Rebuilt != 3 || ord.Labelled != 1 {
+		t.Fatalf("orders: %+v %v", ord, err)
+	}
+	if n := count(t, pool, `SELECT count(*) FROM member_features`); n != 4 {
+		t.Errorf("%d of 4 members with labels after the order history", n)
+	}
+	if got, want := labels(pool), labels(first); got != want || got == "" {
+		t.Errorf("labels:\n%s\nwant (computed at import, rebuilt after):\n%s", got, want)
+	}
+	again, err := im.ImportOrders(c, open(t, "testdata/sample-csv"), conn, false, nil, nil)
+	if err != nil || again.Labelled != 0 {
+		t.Errorf("orders again: %+v %v", again, err)
+	}
+	if v, err := im.Verify(c, open(t, "testdata/sample-csv"), nil); err != nil || !v.OK() {
+		t.Errorf("verify: %+v %v", v, err)
+	}
+}

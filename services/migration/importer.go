@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"sort"
 	"strings"
 	"sync"
@@ -47,14 +48,21 @@ type Options struct {
 	DryRun bool
 	// Progress is called after each member with the records done.
 	Progress func(done int)
-	// Workers import batches of members concurrently (0: 4); records
+	// Workers import batches of members concurrently (0: the CPUs, at
+	// least 2); records
 	// sharing an identifier are told apart in file order before any is
 	// imported.
 	Workers int
-	// Batch is how many members one transaction imports (0: 100); each
+	// Batch is how many members one transaction imports (0: 500); each
 	// member is imported whole or not at all within it (a refused member
 	// is rolled back alone).
 	Batch int
+	// LabelsByOrders leaves the members' labels to ImportOrders, to be run
+	// next with the export's order history: it computes every imported
+	// member's labels once, from its orders (rebuilt) or without (the
+	// members that have none), where otherwise they are computed here and
+	// again from the orders. Until it has run, the members have no labels.
+	LabelsByOrders bool
 }
 
 // Report is what an import run did.
@@ -107,7 +115,7 @@ func (im *Importer) Run(ctx context.Context, src *Source, o Options) (Report, er
 	owners := map[string]string{}
 	workers := o.Workers
 	if workers <= 0 {
-		workers = 4
+		workers = max(2, runtime.GOMAXPROCS(0))
 	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(workers)
@@ -124,18 +132,12 @@ func (im *Importer) Run(ctx context.Context, src *Source, o Options) (Report, er
 	}
 	batch := o.Batch
 	if batch <= 0 {
-		batch = 100
+		batch = 500
 	}
-	var chunk []*Member
-	// dispatch imports the members read so far in one transaction.
-	dispatch := func() {
-		if len(chunk) == 0 {
-			return
-		}
-		ms := chunk
-		chunk = nil
+	// Each chunk of members is imported in one transaction.
+	chunks := chunker{size: batch, run: func(ms []*Member) {
 		g.Go(func() error {
-			results, err := im.importChunk(gctx, ms, o.DryRun, now())
+			results, err := im.importChunk(gctx, ms, o.DryRun, !o.LabelsByOrders, now())
 			if err != nil {
 				return err
 			}
@@ -168,7 +170,7 @@ func (im *Importer) Run(ctx context.Context, src *Source, o Options) (Report, er
 			}
 			return nil
 		})
-	}
+	}}
 	err := src.Each(func(m *Member, rerr *RowError) error {
 		if err := gctx.Err(); err != nil {
 			return err
@@ -194,14 +196,11 @@ func (im *Importer) Run(ctx context.Context, src *Source, o Options) (Report, er
 			})
 			return nil
 		}
-		chunk = append(chunk, m)
-		if len(chunk) >= batch {
-			dispatch()
-		}
+		chunks.add(m)
 		return nil
 	})
 	if err == nil {
-		dispatch()
+		chunks.flush()
 	}
 	if werr := g.Wait(); err == nil || errors.Is(err, context.Canceled) && werr != nil {
 		err = werr
@@ -211,8 +210,35 @@ func (im *Importer) Run(ctx context.Context, src *Source, o Options) (Report, er
 		return before(rep.Refused[i].File, rep.Refused[i].Line, rep.Refused[j].File, rep.Refused[j].Line)
 	})
 	sort.Strings(rep.Ignored)
+	if err == nil && rep.Imported > 0 && !o.DryRun {
+		// What comes next (the order history, verify, catch-up) is
+		// planned on the statistics of the members just loaded.
+		err = postgres.AnalyzeMembers(ctx, im.Pool)
+	}
 	rep.Took = time.Since(start)
 	return rep, err
+}
+
+// chunker gathers members into chunks of size, handing each full one (and
+// the last, flushed) to run.
+type chunker struct {
+	size  int
+	chunk []*Member
+	run   func([]*Member)
+}
+
+func (c *chunker) add(m *Member) {
+	if c.chunk = append(c.chunk, m); len(c.chunk) >= c.size {
+		c.flush()
+	}
+}
+
+func (c *chunker) flush() {
+	if len(c.chunk) > 0 {
+		ms := c.chunk
+		c.chunk = nil
+		c.run(ms)
+	}
 }
 
 // before orders places in a source: the members file first, then the
@@ -231,14 +257,14 @@ func before(fileA string, lineA int, fileB string, lineB int) bool {
 // sharedInRun reports a unique identifier of m that another record of this
 // run holds, and records m's.
 func (im *Importer) sharedInRun(m *Member, owners map[string]string) string {
-	norm, err := im.Identity.Normalize(m.Identifiers)
-	if err != nil {
+	plan, err := im.planOf(m)
+	if plan == nil || errors.Is(err, identity.ErrInvalidIdentifier) {
 		return "" // importMember refuses it, naming the identifier
 	}
 	rules := im.Identity.Rules()
 	var mine []string
-	for _, n := range norm {
-		if !rules.For(n.Type).Unique || rules.Blocked(n.Type, n.Value) {
+	for _, n := range plan.Usable {
+		if !rules.For(n.Type).Unique {
 			continue
 		}
 		k := string(n.Hash)
@@ -253,6 +279,19 @@ func (im *Importer) sharedInRun(m *Member, owners map[string]string) string {
 	return ""
 }
 
+// planOf is m's identifiers planned for an import (identity.PlanImport),
+// once: the plan (nil when they cannot be normalised) and its refusal.
+func (im *Importer) planOf(m *Member) (*identity.ImportPlan, error) {
+	if m.plan == nil && m.planErr == nil {
+		p, err := im.Identity.PlanImport(m.Identifiers)
+		m.plan, m.planErr = &p, err
+		if errors.Is(err, identity.ErrInvalidIdentifier) {
+			m.plan = nil
+		}
+	}
+	return m.plan, m.planErr
+}
+
 type imported struct {
 	already, changed bool
 	ignored          []string
@@ -265,12 +304,12 @@ type imported struct {
 // in one batch; a member whose loyalty is refused is left out and the
 // transaction done again without it, so nothing of it is kept. An error is
 // the platform's: the run stops.
-func (im *Importer) importChunk(ctx context.Context, ms []*Member, dryRun bool, now time.Time) ([]imported, error) {
+func (im *Importer) importChunk(ctx context.Context, ms []*Member, dryRun, labels bool, now time.Time) ([]imported, error) {
 	results := make([]imported, len(ms))
 	ready, skip := im.checkProfiles(ms, results)
 	for {
 		err := postgres.RetryTx(ctx, im.Pool, func(tx pgx.Tx) error {
-			if err := im.importIn(ctx, tx, ms, ready, skip, results, now); err != nil {
+			if err := im.importIn(ctx, tx, ms, ready, skip, results, labels, now); err != nil {
 				return err
 			}
 			if dryRun {
@@ -286,7 +325,7 @@ func (im *Importer) importChunk(ctx context.Context, ms []*Member, dryRun bool, 
 				if skip[i] {
 					continue
 				}
-				one, err := im.importChunk(ctx, []*Member{m}, dryRun, now)
+				one, err := im.importChunk(ctx, []*Member{m}, dryRun, labels, now)
 				if err != nil {
 					return nil, err
 				}
@@ -323,39 +362,78 @@ func (im *Importer) checkProfiles(ms []*Member, results []imported) (ready []che
 	return ready, skip
 }
 
-// importIn imports the members of ms not skipped in tx: each member's
-// identity and profile under a savepoint of its own, then their loyalty in
-// one batch, labels and the legacy record. A member whose loyalty is
-// refused is marked in skip with its refusal in results, and errRedo
-// returned: tx must be rolled back and the rest imported again. errSplit
-// asks for the members one by one; any other error is the platform's.
-func (im *Importer) importIn(ctx context.Context, tx pgx.Tx, ms []*Member, ready []checked, skip []bool, results []imported, now time.Time) error {
-	for i := range ms {
-		if !skip[i] {
-			results[i] = imported{}
+// importIn imports the members of ms not skipped in tx, as a stage
+// writes a batch: their legacy records locked and looked up in one
+// statement each; their identity (identity.ImportMembers), attributes,
+// consents and changes written in one round trip, under a savepoint; their
+// loyalty in one batch; their labels computed together; their legacy
+// records in one statement (labels unless !labels: ImportOrders computes
+// them). A member refused on its own (a conflict, an
+// identifier or attribute the platform refuses) is marked in skip, with its
+// refusal in results, and leaves nothing. A member whose loyalty is refused
+// is marked so too and errRedo returned: tx must be rolled back and the
+// rest imported again. errSplit asks for the members one by one (a value
+// the database refuses in one of them); any other error is the platform's.
+func (im *Importer) importIn(ctx context.Context, tx pgx.Tx, ms []*Member, ready []checked, skip []bool, results []imported, labels bool, now time.Time) error {
+	var ids, keys []string
+	for i, m := range ms {
+		if skip[i] {
+			continue
 		}
+		results[i] = imported{}
+		ids = append(ids, m.LegacyID)
+		keys = append(keys, m.LegacyID, attributes.ErasedLegacyID(im.Identity.PII(), im.Source, m.LegacyID))
 	}
-	var loyalty []benefits.LegacyImport
+	if len(ids) == 0 {
+		return nil
+	}
+	if err := postgres.LockLegacyIDs(ctx, tx, im.Source, ids); err != nil {
+		return err
+	}
+	prev, err := postgres.FindLegacyMembers(ctx, tx, im.Source, keys)
+	if err != nil {
+		return err
+	}
+	var reqs []identity.ImportRequest
 	var of []int
 	for i, m := range ms {
 		if skip[i] {
 			continue
 		}
-		cause := "import:" + im.Source + ":" + m.LegacyID
-		member, res, err := im.importIdentity(ctx, tx, m, ready[i].values, ready[i].shown, cause)
+		l, found := prev[m.LegacyID]
+		if !found {
+			l, found = prev[attributes.ErasedLegacyID(im.Identity.PII(), im.Source, m.LegacyID)]
+		}
 		switch {
-		case err != nil && refusal(err):
+		case found && l.Erased:
+			results[i].err, skip[i] = fmt.Errorf("%w: the member was erased at their request; an import does not bring them back", ErrErased), true
+			continue
+		case found:
+			results[i].already, results[i].changed = true, !bytes.Equal(l.RowSHA256, m.SHA256)
+			continue
+		}
+		plan, err := im.planOf(m)
+		if err != nil {
 			results[i].err, skip[i] = err, true
 			continue
-		case err != nil:
-			return err
 		}
-		results[i] = res
-		if res.already {
-			continue
-		}
-		loyalty = append(loyalty, benefits.LegacyImport{Member: member, Legacy: m.Loyalty, Cause: cause})
+		reqs = append(reqs, identity.ImportRequest{Plan: *plan, CreatedAt: m.CreatedAt, Cause: im.cause(m)})
 		of = append(of, i)
+	}
+	if len(reqs) == 0 {
+		return nil
+	}
+	members, err := im.importIdentities(ctx, tx, ms, reqs, of, ready, skip, results)
+	if err != nil {
+		return err
+	}
+	var loyalty []benefits.LegacyImport
+	var at []int
+	for k, i := range of {
+		if !skip[i] {
+			loyalty = append(loyalty, benefits.LegacyImport{Member: members[k], Legacy: ms[i].Loyalty, Cause: reqs[k].Cause})
+			at = append(at, i)
+		}
 	}
 	refused, err := im.Benefits.ImportLegacyBatch(ctx, tx, loyalty, now)
 	if err != nil && fault.IsData(err) {
@@ -370,21 +448,25 @@ func (im *Importer) importIn(ctx context.Context, tx pgx.Tx, ms []*Member, ready
 	}
 	if len(refused) > 0 {
 		for k, rerr := range refused {
-			results[of[k]].err, skip[of[k]] = rerr, true
+			results[at[k]].err, skip[at[k]] = rerr, true
 		}
 		return errRedo
 	}
-	for k, i := range of {
-		cause := loyalty[k].Cause
-		if err := im.Profile.ComputeLabels(ctx, tx, loyalty[k].Member, cause); err != nil {
-			return err
-		}
-		if err := postgres.InsertLegacyMember(ctx, tx, postgres.LegacyMember{Source: im.Source, LegacyID: ms[i].LegacyID,
-			MemberID: loyalty[k].Member, RowSHA256: ms[i].SHA256, ImportedAt: now}); err != nil {
+	done := make([]uuid.UUID, len(loyalty))
+	causes := make([]string, len(loyalty))
+	records := make([]postgres.LegacyMember, len(loyalty))
+	for k, l := range loyalty {
+		done[k], causes[k] = l.Member, l.Cause
+		records[k] = postgres.LegacyMember{Source: im.Source, LegacyID: ms[at[k]].LegacyID, MemberID: l.Member, RowSHA256: ms[at[k]].SHA256, ImportedAt: now}
+	}
+	if labels {
+		if err := im.Profile.ComputeLabelsBatch(ctx, tx, done, causes); err != nil {
 			return err
 		}
 	}
-	return nil
+	b := &pgx.Batch{}
+	postgres.QueueLegacyMembers(b, records)
+	return tx.SendBatch(ctx, b).Close()
 }
 
 // errSplit rolls a chunk back to import its members one by one.
@@ -394,55 +476,68 @@ var errSplit = errors.New("import the batch member by member")
 // refused on the way.
 var errRedo = errors.New("redo the batch without the refused members")
 
-// importIdentity imports a member's identifiers, attributes and consents
-// under a savepoint of tx, unless the legacy id was imported before.
-func (im *Importer) importIdentity(ctx context.Context, tx pgx.Tx, m *Member, values, shown map[string]string, cause string) (uuid.UUID, imported, error) {
-	var res imported
-	// Everything under a savepoint: a refused member (whatever refused it)
-	// leaves the batch's transaction usable and nothing of itself.
+// cause is what an import of m causes, on every change it makes.
+func (im *Importer) cause(m *Member) string { return "import:" + im.Source + ":" + m.LegacyID }
+
+// importIdentities creates the members of reqs (ms[of[k]] for reqs[k]) with
+// their identifiers, attributes, consents and changes, under a savepoint
+// of tx, and returns their ids by request. A member refused is marked in
+// skip with its refusal in results; when the database refuses a value of
+// the batch's, errSplit (several members) or the member refused (one).
+func (im *Importer) importIdentities(ctx context.Context, tx pgx.Tx, ms []*Member, reqs []identity.ImportRequest, of []int,
+	ready []checked, skip []bool, results []imported) ([]uuid.UUID, error) {
 	sp, err := tx.Begin(ctx)
 	if err != nil {
-		return uuid.Nil, res, err
+		return nil, err
 	}
-	member, res, err := im.importIdentityIn(ctx, sp, m, values, shown, cause)
+	members, err := im.writeIdentities(ctx, sp, ms, reqs, of, ready, skip, results)
 	if err != nil {
 		_ = sp.Rollback(ctx)
-		return uuid.Nil, res, err
+		if !refusal(err) {
+			return nil, err
+		}
+		if len(reqs) > 1 {
+			return nil, errSplit
+		}
+		results[of[0]].err, skip[of[0]] = err, true
+		return members, nil
 	}
-	return member, res, sp.Commit(ctx)
+	return members, sp.Commit(ctx)
 }
 
-func (im *Importer) importIdentityIn(ctx context.Context, tx pgx.Tx, m *Member, values, shown map[string]string, cause string) (uuid.UUID, imported, error) {
-	var res imported
-	if err := postgres.LockLegacyID(ctx, tx, im.Source, m.LegacyID); err != nil {
-		return uuid.Nil, res, err
-	}
-	prev, found, err := im.findLegacy(ctx, tx, m.LegacyID)
+func (im *Importer) writeIdentities(ctx context.Context, sp pgx.Tx, ms []*Member, reqs []identity.ImportRequest, of []int,
+	ready []checked, skip []bool, results []imported) ([]uuid.UUID, error) {
+	b := &pgx.Batch{}
+	got, conflicts, err := im.Identity.ImportMembers(ctx, sp, b, reqs)
 	if err != nil {
-		return uuid.Nil, res, err
+		return nil, err
 	}
-	if found && prev.Erased {
-		return uuid.Nil, res, fmt.Errorf("%w: the member was erased at their request; an import does not bring them back", ErrErased)
+	members := make([]uuid.UUID, len(reqs))
+	var changes []postgres.OutboxRow
+	var profiles []profile.ProfileImport
+	for k, i := range of {
+		if err := conflicts[k]; err != nil {
+			results[i].err, skip[i] = err, true
+			continue
+		}
+		g := got[k]
+		members[k] = g.MemberID
+		for _, ig := range g.Ignored {
+			results[i].ignored = append(results[i].ignored, fmt.Sprintf("%s %s ignored (%s)", identity.TypeName(ig.Identifier.Type), ig.Identifier.Masked, ig.Rule))
+		}
+		changes = append(changes, g.Changes...)
+		profiles = append(profiles, profile.ProfileImport{Member: g.MemberID, Values: ready[i].values, Shown: ready[i].shown,
+			Consents: ms[i].Consents, Cause: reqs[k].Cause, Seq: int64(len(g.Changes))})
 	}
-	if found {
-		res.already, res.changed = true, !bytes.Equal(prev.RowSHA256, m.SHA256)
-		return prev.MemberID, res, nil
-	}
-	got, err := im.Identity.ImportMember(ctx, tx, m.Identifiers, m.CreatedAt, cause)
-	var stored map[string]string
-	if err == nil {
-		stored, err = im.Profile.SealImport(ctx, got.MemberID, values)
-	}
-	if err == nil {
-		err = im.Profile.ImportProfile(ctx, tx, got.MemberID, stored, shown, m.Consents, cause)
-	}
+	more, err := im.Profile.ImportProfiles(ctx, b, profiles)
 	if err != nil {
-		return uuid.Nil, res, err
+		return nil, err
 	}
-	for _, g := range got.Ignored {
-		res.ignored = append(res.ignored, fmt.Sprintf("%s %s ignored (%s)", identity.TypeName(g.Identifier.Type), g.Identifier.Masked, g.Rule))
+	postgres.QueueOutbox(b, append(changes, more...))
+	if err := sp.SendBatch(ctx, b).Close(); err != nil {
+		return nil, fmt.Errorf("import members: %w", err)
 	}
-	return got.MemberID, res, nil
+	return members, nil
 }
 
 // findLegacy finds the record of a legacy id: imported, or kept under a
@@ -486,16 +581,6 @@ func openPoints(l benefits.Legacy, now time.Time) int64 {
 		}
 	}
 	return n
-}
-
-// memberOf is the member a legacy record became; uuid.Nil when it was not
-// imported; erased when it was erased since at the member's request.
-func (im *Importer) memberOf(ctx context.Context, legacyID string) (member uuid.UUID, erased bool, err error) {
-	l, found, err := im.findLegacy(ctx, im.Pool, legacyID)
-	if err != nil || !found {
-		return uuid.Nil, false, err
-	}
-	return l.MemberID, l.Erased, nil
 }
 
 // Setup is what New builds an importer from.

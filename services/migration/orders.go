@@ -4,10 +4,13 @@ import (
 	"context"
 	"fmt"
 	"sort"
+	"sync"
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/membercenter/membercenter/storage/clickhouse"
 	"github.com/membercenter/membercenter/storage/postgres"
@@ -19,8 +22,13 @@ import (
 type OrdersReport struct {
 	Read, Written int
 	Amount        int64 // minor units written
-	// Members whose features and labels were rebuilt from their history.
-	Rebuilt int
+	// Members whose features and labels were rebuilt from their history,
+	// and how long that took (of Took).
+	Rebuilt     int
+	RebuildTook time.Duration
+	// Labelled: imported members without orders whose labels were left to
+	// this run (Options.LabelsByOrders), computed.
+	Labelled int
 	// OfErased: orders of members erased at their request since their
 	// import, left out.
 	OfErased int
@@ -28,8 +36,14 @@ type OrdersReport struct {
 	Took     time.Duration
 }
 
-// orderBatch is how many orders go to ClickHouse in one insert.
-const orderBatch = 10_000
+// orderBatch is how many orders go to ClickHouse in one insert;
+// rebuildBatch how many members' features one rebuild reads and writes
+// at once, and rebuildWorkers how many rebuilds run at once.
+const (
+	orderBatch     = 10_000
+	rebuildBatch   = 500
+	rebuildWorkers = 2
+)
 
 // OrderEventID is the event id an imported order has in ClickHouse: one
 // per source and order, so an import run again writes the same rows (which
@@ -59,20 +73,46 @@ func (im *Importer) ImportOrders(ctx context.Context, src *Source, conn driver.C
 	w := clickhouse.NewWriter(conn)
 	touched := map[uuid.UUID]bool{}
 	var rows []clickhouse.EventRow
+	// One insert to ClickHouse in flight while the next orders are read.
+	writes, wctx := errgroup.WithContext(ctx)
+	inserts := make(chan []clickhouse.EventRow)
+	writes.Go(func() error {
+		for batch := range inserts {
+			if err := w.InsertEvents(wctx, batch); err != nil {
+				return err // wctx ends: the reader stops at its next flush
+			}
+		}
+		return nil
+	})
 	flush := func() error {
 		if len(rows) == 0 || dryRun {
 			rows = rows[:0]
 			return nil
 		}
-		if err := w.InsertEvents(ctx, rows); err != nil {
-			return err
+		select {
+		case inserts <- rows:
+		case <-wctx.Done():
+			return context.Cause(wctx)
 		}
-		rows = rows[:0]
+		rows = make([]clickhouse.EventRow, 0, orderBatch)
 		return nil
 	}
 	seen := map[string]int{}
 	erased := map[string]bool{}
-	canonical := map[uuid.UUID]uuid.UUID{} // a member merged since lives on in another
+	// A member merged since lives on in another (they are few: found in
+	// one statement, each followed to its survivor).
+	canonical := map[uuid.UUID]uuid.UUID{}
+	if !dryRun {
+		merged, err := postgres.MergedLegacyMembers(ctx, im.Pool, im.Source)
+		if err != nil {
+			return rep, err
+		}
+		for _, m := range merged {
+			if canonical[m], err = postgres.CanonicalMember(ctx, im.Pool, m); err != nil {
+				return rep, err
+			}
+		}
+	}
 	err = src.EachOrder(func(o *Order, rerr *RowError) error {
 		rep.Read++
 		if progress != nil {
@@ -104,14 +144,7 @@ func (im *Importer) ImportOrders(ctx context.Context, src *Source, conn driver.C
 		}
 		seen[o.OrderID] = o.Line
 		owner := member
-		if !dryRun {
-			c, ok := canonical[member]
-			if !ok {
-				if c, err = postgres.CanonicalMember(ctx, im.Pool, member); err != nil {
-					return err
-				}
-				canonical[member] = c
-			}
+		if c, ok := canonical[member]; ok {
 			owner = c
 		}
 		rows = append(rows, im.orderRow(o, owner, member, now()))
@@ -126,6 +159,10 @@ func (im *Importer) ImportOrders(ctx context.Context, src *Source, conn driver.C
 	if err == nil {
 		err = flush()
 	}
+	close(inserts)
+	if werr := writes.Wait(); err == nil {
+		err = werr
+	}
 	if err != nil || dryRun {
 		if dryRun {
 			rep.Written, rep.Amount = 0, 0
@@ -133,20 +170,68 @@ func (im *Importer) ImportOrders(ctx context.Context, src *Source, conn driver.C
 		rep.Took = time.Since(start)
 		return rep, err
 	}
+	// The members were just loaded in bulk: the rebuild's statements are
+	// planned on fresh statistics.
+	if err := postgres.AnalyzeMembers(ctx, im.Pool); err != nil {
+		return rep, err
+	}
 	ids := make([]uuid.UUID, 0, len(touched))
 	for m := range touched {
 		ids = append(ids, m)
 	}
 	sort.Slice(ids, func(i, j int) bool { return ids[i].String() < ids[j].String() })
+	// Batches of members rebuilt at once: one reading its history from
+	// ClickHouse while another writes to PostgreSQL.
+	rebuilding := time.Now()
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(rebuildWorkers)
+	var mu sync.Mutex
 	for len(ids) > 0 {
-		n := min(len(ids), 200)
-		done, _, _, err := im.Tags.RebuildFromHistory(ctx, conn, ids[:n], "import:"+im.Source+":orders")
-		if err != nil {
-			return rep, err
-		}
-		rep.Rebuilt += done
+		n := min(len(ids), rebuildBatch)
+		batch := ids[:n]
 		ids = ids[n:]
+		g.Go(func() error {
+			done, _, _, err := im.Tags.RebuildFromHistory(gctx, conn, batch, "import:"+im.Source+":orders")
+			mu.Lock()
+			rep.Rebuilt += done
+			mu.Unlock()
+			return err
+		})
 	}
+	if err := g.Wait(); err != nil {
+		return rep, err
+	}
+	// Members the import left to this run without orders to rebuild from.
+	rest, err := postgres.LegacyMembersWithoutFeatures(ctx, im.Pool, im.Source)
+	if err != nil {
+		return rep, err
+	}
+	g, gctx = errgroup.WithContext(ctx)
+	g.SetLimit(rebuildWorkers)
+	for len(rest) > 0 {
+		n := min(len(rest), rebuildBatch)
+		batch := rest[:n]
+		rest = rest[n:]
+		g.Go(func() error {
+			ids, causes := make([]uuid.UUID, len(batch)), make([]string, len(batch))
+			for i, l := range batch {
+				ids[i], causes[i] = l.MemberID, "import:"+im.Source+":"+l.LegacyID
+			}
+			err := postgres.RetryTx(gctx, im.Pool, func(tx pgx.Tx) error {
+				return im.Profile.ComputeLabelsBatch(gctx, tx, ids, causes)
+			})
+			mu.Lock()
+			if err == nil {
+				rep.Labelled += len(batch)
+			}
+			mu.Unlock()
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return rep, err
+	}
+	rep.RebuildTook = time.Since(rebuilding)
 	sort.SliceStable(rep.Refused, func(i, j int) bool { return rep.Refused[i].Line < rep.Refused[j].Line })
 	rep.Took = time.Since(start)
 	return rep, nil

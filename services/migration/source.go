@@ -28,6 +28,7 @@ import (
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 
 	"github.com/membercenter/membercenter/services/benefits"
+	"github.com/membercenter/membercenter/services/identity"
 	"github.com/membercenter/membercenter/services/profile"
 )
 
@@ -46,6 +47,11 @@ type Member struct {
 	// SHA256 of the member's source records, to tell a record that changed
 	// since it was imported.
 	SHA256 []byte
+
+	// plan is its identifiers normalised and hashed (once per run), with
+	// planErr refusing them.
+	plan    *identity.ImportPlan
+	planErr error
 }
 
 // RowError is a record the reader refuses: the file, the line and why.
@@ -167,6 +173,21 @@ func (s *Source) Each(fn func(*Member, *RowError) error) error {
 		return s.eachJSONL(fn)
 	}
 	return s.eachCSV(fn)
+}
+
+// CountMembers counts the source's member records (refused ones
+// included) without reading them, for a progress bar: the non-blank lines
+// of members.jsonl, the records of members.csv.
+func (s *Source) CountMembers() (int, error) {
+	n := 0
+	count := func(int, string) error { n++; return nil }
+	if s.Format == "jsonl" {
+		err := eachJSONLine(filepath.Join(s.Dir, "members.jsonl"), count)
+		return n, err
+	}
+	err := readCSV(filepath.Join(s.Dir, "members.csv"), nil, func(int, map[string]string, []string) error { n++; return nil },
+		func(int, string, string) error { n++; return nil })
+	return n, err
 }
 
 func (s *Source) eachJSONL(fn func(*Member, *RowError) error) error {

@@ -12,10 +12,11 @@ import (
 	"github.com/google/uuid"
 	"golang.org/x/sync/errgroup"
 
+	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 	"github.com/membercenter/membercenter/storage/postgres"
 
+	"github.com/membercenter/membercenter/services/attributes"
 	"github.com/membercenter/membercenter/services/benefits"
-	"github.com/membercenter/membercenter/services/identity"
 )
 
 // Mismatch is a difference between the source and the platform.
@@ -48,19 +49,6 @@ type VerifyReport struct {
 	Took                      time.Duration
 }
 
-// errErasedSince marks a member erased since its import; errMergedSince
-// one merged into another since.
-var (
-	errErasedSince = errors.New("erased since the import")
-	errMergedSince = errors.New("merged into another member since the import")
-)
-
-// errAbsorbed marks a member others were merged into since the import,
-// with the differences found before loyalty (which is not compared).
-type errAbsorbed struct{ diffs []diff }
-
-func (errAbsorbed) Error() string { return "others were merged into the member since the import" }
-
 // OK reports 100% agreement.
 func (r VerifyReport) OK() bool {
 	return r.Members > 0 && r.Agreeing == r.Members && len(r.Mismatches) == 0
@@ -78,10 +66,11 @@ func (im *Importer) Verify(ctx context.Context, src *Source, progress func(read 
 		now = im.Now
 	}
 	rep := VerifyReport{Fields: map[string]int{}}
-	// Members are compared concurrently (each only reads); the report is
-	// put in file order at the end.
+	// Chunks of members are compared concurrently (each only reads, a
+	// chunk's state in one statement per kind of row); the report is put
+	// in file order at the end.
 	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(4)
+	g.SetLimit(verifyWorkers)
 	var mu sync.Mutex
 	done := 0
 	record := func(apply func()) {
@@ -89,6 +78,25 @@ func (im *Importer) Verify(ctx context.Context, src *Source, progress func(read 
 		defer mu.Unlock()
 		apply()
 	}
+	chunks := chunker{size: verifyChunk, run: func(ms []*Member) {
+		g.Go(func() error {
+			at := now()
+			outs, err := im.compareChunk(gctx, ms, at)
+			if err != nil {
+				return err
+			}
+			record(func() {
+				for k, m := range ms {
+					rep.add(m, outs[k], at)
+					done++
+				}
+				if progress != nil {
+					progress(done)
+				}
+			})
+			return nil
+		})
+	}}
 	err := src.Each(func(m *Member, rerr *RowError) error {
 		if err := gctx.Err(); err != nil {
 			return err
@@ -102,60 +110,12 @@ func (im *Importer) Verify(ctx context.Context, src *Source, progress func(read 
 			})
 			return nil
 		}
-		g.Go(func() error {
-			diffs, points, err := im.compare(gctx, m, now())
-			if errors.Is(err, errErasedSince) || errors.Is(err, errMergedSince) {
-				// Imported, then erased at the member's request or merged
-				// into another: nothing of it is left to compare here.
-				record(func() {
-					rep.Members++
-					rep.Agreeing++
-					if errors.Is(err, errErasedSince) {
-						rep.Erased++
-					} else {
-						rep.Merged++
-					}
-					done++
-					if progress != nil {
-						progress(done)
-					}
-				})
-				return nil
-			}
-			var abs errAbsorbed
-			if errors.As(err, &abs) {
-				diffs, err = abs.diffs, nil
-				record(func() { rep.Absorbing++ })
-			}
-			if err != nil {
-				return fmt.Errorf("%s:%d: %s: %w", m.File, m.Line, m.LegacyID, err)
-			}
-			record(func() {
-				rep.Members++
-				rep.SourcePoints += openPoints(m.Loyalty, now())
-				rep.PlatformPoints += points
-				failed := map[string]bool{}
-				for _, d := range diffs {
-					failed[d.field] = true
-					rep.Mismatches = append(rep.Mismatches, Mismatch{File: m.File, Line: m.Line, LegacyID: m.LegacyID, What: d.what})
-				}
-				for _, f := range verifiedFields {
-					if !failed[f] && !failed["imported"] {
-						rep.Fields[f]++
-					}
-				}
-				if len(diffs) == 0 {
-					rep.Agreeing++
-				}
-				done++
-				if progress != nil {
-					progress(done)
-				}
-			})
-			return nil
-		})
+		chunks.add(m)
 		return nil
 	})
+	if err == nil {
+		chunks.flush()
+	}
 	if werr := g.Wait(); err == nil || errors.Is(err, context.Canceled) && werr != nil {
 		err = werr
 	}
@@ -167,86 +127,192 @@ func (im *Importer) Verify(ctx context.Context, src *Source, progress func(read 
 	return rep, err
 }
 
+// verifyChunk is how many members one comparison reads at once, and
+// verifyWorkers how many comparisons run at once.
+const (
+	verifyChunk   = 500
+	verifyWorkers = 3
+)
+
+// compared is how the platform differs from a member of the source.
+type compared struct {
+	diffs  []diff
+	points int64 // the platform's balance
+	// erased or merged since the import (nothing left to compare, agreeing),
+	// or absorbing others (loyalty not compared)
+	erased, merged, absorbing bool
+}
+
+// add counts a member's comparison in the report.
+func (r *VerifyReport) add(m *Member, c compared, now time.Time) {
+	if c.erased || c.merged {
+		// Imported, then erased at the member's request or merged into
+		// another: nothing of it is left to compare here.
+		r.Members++
+		r.Agreeing++
+		if c.erased {
+			r.Erased++
+		} else {
+			r.Merged++
+		}
+		return
+	}
+	if c.absorbing {
+		r.Absorbing++
+	}
+	r.Members++
+	r.SourcePoints += openPoints(m.Loyalty, now)
+	r.PlatformPoints += c.points
+	failed := map[string]bool{}
+	for _, d := range c.diffs {
+		failed[d.field] = true
+		r.Mismatches = append(r.Mismatches, Mismatch{File: m.File, Line: m.Line, LegacyID: m.LegacyID, What: d.what})
+	}
+	for _, f := range verifiedFields {
+		if !failed[f] && !failed["imported"] {
+			r.Fields[f]++
+		}
+	}
+	if len(c.diffs) == 0 {
+		r.Agreeing++
+	}
+}
+
 // verifiedFields are what Verify compares, in report order.
 var verifiedFields = []string{"imported", "identifiers", "attributes", "consents", "balance", "lots", "tier", "coupons"}
 
 type diff struct{ field, what string }
 
-// compare lists how the platform differs from m, and the member's balance.
-func (im *Importer) compare(ctx context.Context, m *Member, now time.Time) ([]diff, int64, error) {
-	member, erased, err := im.memberOf(ctx, m.LegacyID)
+// compareChunk compares members of the source with the platform, reading
+// each kind of state for all of them at once: their legacy records, member
+// rows, identifiers, consents and loyalty.
+func (im *Importer) compareChunk(ctx context.Context, ms []*Member, now time.Time) ([]compared, error) {
+	out := make([]compared, len(ms))
+	keys := make([]string, 0, 2*len(ms))
+	for _, m := range ms {
+		keys = append(keys, m.LegacyID, attributes.ErasedLegacyID(im.Identity.PII(), im.Source, m.LegacyID))
+	}
+	legacy, err := postgres.FindLegacyMembers(ctx, im.Pool, im.Source, keys)
 	if err != nil {
-		return nil, 0, err
+		return nil, err
 	}
-	if erased {
-		return nil, 0, errErasedSince
+	member := make([]uuid.UUID, len(ms))
+	var ids []uuid.UUID
+	for k, m := range ms {
+		l, found := legacy[m.LegacyID]
+		if !found {
+			l, found = legacy[attributes.ErasedLegacyID(im.Identity.PII(), im.Source, m.LegacyID)]
+		}
+		switch {
+		case found && l.Erased:
+			out[k].erased = true
+		case !found:
+			out[k].diffs = []diff{{"imported", "not imported"}}
+		default:
+			member[k] = l.MemberID
+			ids = append(ids, l.MemberID)
+		}
 	}
-	if member == uuid.Nil {
-		return []diff{{"imported", "not imported"}}, 0, nil
+	if len(ids) == 0 {
+		return out, nil
+	}
+	rows, err := postgres.MemberViews(ctx, im.Pool, ids)
+	if err != nil {
+		return nil, err
 	}
 	// A member merged into another since (an operator resolving a
 	// conflict) lives on in that member: nothing of it is compared.
-	canonical, err := postgres.CanonicalMember(ctx, im.Pool, member)
+	var live []uuid.UUID
+	var liveAt []int
+	for k, id := range member {
+		if id == uuid.Nil {
+			continue
+		}
+		row, ok := rows[id]
+		switch {
+		case !ok || row.Status == "erased" && row.MergedInto == nil:
+			return nil, fmt.Errorf("%s:%d: %s: member %s: %w", ms[k].File, ms[k].Line, ms[k].LegacyID, id, postgres.ErrNotFound)
+		case row.MergedInto != nil:
+			// Where it lives on must exist (CanonicalMember says).
+			if _, err := postgres.CanonicalMember(ctx, im.Pool, id); err != nil {
+				return nil, fmt.Errorf("%s:%d: %s: %w", ms[k].File, ms[k].Line, ms[k].LegacyID, err)
+			}
+			out[k].merged = true
+			continue
+		}
+		live, liveAt = append(live, id), append(liveAt, k)
+	}
+	idents := make([][]*mcv1.Identifier, len(live))
+	for j, k := range liveAt {
+		idents[j] = ms[k].Identifiers
+	}
+	missing, bad, err := im.Identity.HeldBy(ctx, im.Pool, live, idents)
 	if err != nil {
-		return nil, 0, err
+		return nil, err
 	}
-	if canonical != member {
-		return nil, 0, errMergedSince
+	consents, err := postgres.ConsentsOfMembers(ctx, im.Pool, live)
+	if err != nil {
+		return nil, err
 	}
+	loyalty, err := im.Benefits.LegacyViews(ctx, im.Pool, live)
+	if err != nil {
+		return nil, err
+	}
+	for j, k := range liveAt {
+		m, c, id := ms[k], &out[k], live[j]
+		if bad[j] != nil {
+			c.diffs = []diff{{"identifiers", bad[j].Error()}}
+			continue
+		}
+		for _, s := range missing[j] {
+			c.diffs = append(c.diffs, diff{"identifiers", s + " does not find the member"})
+		}
+		for _, a := range im.Profile.AttributesDiffer(rows[id].Attributes, m.Attributes) {
+			c.diffs = append(c.diffs, diff{"attributes", a + " differs"})
+		}
+		for _, want := range m.Consents {
+			var got *bool
+			if g, ok := consents[id][int16(want.Purpose)]; ok {
+				got = &g
+			}
+			if got == nil || *got != want.Granted {
+				c.diffs = append(c.diffs, diff{"consents", fmt.Sprintf("consent %s: source %v, platform %v", want.Purpose, want.Granted, fmtBool(got))})
+			}
+		}
+		// A member others were merged into holds their loyalty too: its
+		// loyalty is not the source's to compare.
+		l := loyalty[id]
+		if l.Err != nil {
+			return nil, fmt.Errorf("%s:%d: %s: %w", m.File, m.Line, m.LegacyID, l.Err)
+		}
+		if rows[id].Absorbing {
+			c.absorbing, c.points = true, openPoints(m.Loyalty, now)
+			continue
+		}
+		c.points = l.Balance
+		c.diffs = append(c.diffs, compareLoyalty(m.Loyalty, l.Legacy, l.Balance, now)...)
+	}
+	return out, nil
+}
+
+// compareLoyalty lists how the platform's loyalty (have, balance) differs
+// from the source's.
+func compareLoyalty(src, have benefits.Legacy, balance int64, now time.Time) []diff {
 	var out []diff
-	missing, err := im.Identity.Held(ctx, im.Pool, member, m.Identifiers)
-	if errors.Is(err, identity.ErrInvalidIdentifier) {
-		return []diff{{"identifiers", err.Error()}}, 0, nil
-	}
-	if err != nil {
-		return nil, 0, err
-	}
-	for _, id := range missing {
-		out = append(out, diff{"identifiers", id + " does not find the member"})
-	}
-	bad, err := im.Profile.AttributesMatch(ctx, im.Pool, member, m.Attributes)
-	if err != nil {
-		return nil, 0, err
-	}
-	for _, a := range bad {
-		out = append(out, diff{"attributes", a + " differs"})
-	}
-	for _, c := range m.Consents {
-		got, err := postgres.ConsentOf(ctx, im.Pool, member, int16(c.Purpose))
-		if err != nil {
-			return nil, 0, err
-		}
-		if got == nil || *got != c.Granted {
-			out = append(out, diff{"consents", fmt.Sprintf("consent %s: source %v, platform %v", c.Purpose, c.Granted, fmtBool(got))})
-		}
-	}
-	// A member others were merged into holds their loyalty too: its
-	// loyalty is not the source's to compare.
-	absorbed, err := postgres.AbsorbedOthers(ctx, im.Pool, member)
-	if err != nil {
-		return nil, 0, err
-	}
-	have, balance, err := im.Benefits.LegacyView(ctx, im.Pool, member)
-	if err != nil {
-		return nil, 0, err
-	}
-	if absorbed {
-		return out, openPoints(m.Loyalty, now), errAbsorbed{out}
-	}
-	want := openPoints(m.Loyalty, now)
+	want := openPoints(src, now)
 	if balance != want {
 		out = append(out, diff{"balance", fmt.Sprintf("balance: source %d, platform %d", want, balance)})
 	}
-	if d := compareLots(m.Loyalty.Lots, have.Lots, now); d != "" {
+	if d := compareLots(src.Lots, have.Lots, now); d != "" {
 		out = append(out, diff{"lots", d})
 	}
-	if m.Loyalty.Tier != "" && (have.Tier != m.Loyalty.Tier || (!m.Loyalty.TierSince.IsZero() && !have.TierSince.Equal(m.Loyalty.TierSince))) {
-		out = append(out, diff{"tier", fmt.Sprintf("tier: source %s since %s, platform %s since %s", m.Loyalty.Tier, day(m.Loyalty.TierSince), have.Tier, day(have.TierSince))})
+	if src.Tier != "" && (have.Tier != src.Tier || (!src.TierSince.IsZero() && !have.TierSince.Equal(src.TierSince))) {
+		out = append(out, diff{"tier", fmt.Sprintf("tier: source %s since %s, platform %s since %s", src.Tier, day(src.TierSince), have.Tier, day(have.TierSince))})
 	}
-	if d := compareCoupons(m.Loyalty.Coupons, have.Coupons, now); d != "" {
+	if d := compareCoupons(src.Coupons, have.Coupons, now); d != "" {
 		out = append(out, diff{"coupons", d})
 	}
-	return out, balance, nil
+	return out
 }
 
 func fmtBool(b *bool) string {

@@ -96,6 +96,60 @@ func (s *Service) ImportProfile(ctx context.Context, tx pgx.Tx, member uuid.UUID
 	return nil
 }
 
+// ProfileImport is one member of an ImportProfiles batch: its attributes
+// and consents as CheckImport returned and checked them, and the last
+// sequence number of its changes so far.
+type ProfileImport struct {
+	Member        uuid.UUID
+	Values, Shown map[string]string
+	Consents      []ImportedConsent
+	Cause         string
+	Seq           int64
+}
+
+// ImportProfiles is ImportProfile for members a legacy system brought over
+// (created in this batch by identity.ImportMembers), as a stage writes a
+// batch: their attributes sealed (SealImport) and queued on b with their
+// consents, one statement per kind of row; the changes that announce them
+// are returned, numbered after each member's Seq, for the caller to write
+// with the batch's others (QueueOutbox).
+func (s *Service) ImportProfiles(ctx context.Context, b *pgx.Batch, items []ProfileImport) ([]postgres.OutboxRow, error) {
+	var members []uuid.UUID
+	var attrs []map[string]string
+	var consents []postgres.ConsentWrite
+	var out []postgres.OutboxRow
+	for _, it := range items {
+		seq := it.Seq
+		add := func(ch *mcv1.MemberChange) error {
+			seq++
+			row, err := s.changes.Row(ctx, it.Member, seq, ch)
+			out = append(out, row)
+			return err
+		}
+		if len(it.Shown) > 0 {
+			stored, err := s.SealImport(ctx, it.Member, it.Values)
+			if err != nil {
+				return nil, err
+			}
+			members, attrs = append(members, it.Member), append(attrs, stored)
+			if err := add(&mcv1.MemberChange{CauseId: it.Cause, Channel: mcv1.Channel_CHANNEL_BACKOFFICE,
+				Change: &mcv1.MemberChange_AttributesChanged{AttributesChanged: &mcv1.AttributesChanged{Attributes: maps.Clone(it.Shown)}}}); err != nil {
+				return nil, err
+			}
+		}
+		for _, c := range it.Consents {
+			consents = append(consents, postgres.ConsentWrite{Member: it.Member, Purpose: int16(c.Purpose), Granted: c.Granted, DecidedAt: c.DecidedAt, Cause: it.Cause})
+			if err := add(&mcv1.MemberChange{CauseId: it.Cause, Channel: mcv1.Channel_CHANNEL_BACKOFFICE,
+				Change: &mcv1.MemberChange_ConsentChanged{ConsentChanged: &mcv1.ConsentChanged{Purpose: c.Purpose, Granted: c.Granted}}}); err != nil {
+				return nil, err
+			}
+		}
+	}
+	postgres.QueueAttributes(b, members, attrs)
+	postgres.QueueConsents(b, consents)
+	return out, nil
+}
+
 // CatchUpProfile brings a migrated member's attributes and consents, in
 // tx, to a legacy system's change (membercenter import catch-up): attrs
 // are merged as UpdateAttributes merges them (checked against the schema,
@@ -145,13 +199,18 @@ func (s *Service) ComputeLabels(ctx context.Context, tx pgx.Tx, member uuid.UUID
 	return s.tags.Recompute(ctx, tx, member, cause, mcv1.Channel_CHANNEL_BACKOFFICE)
 }
 
-// AttributesMatch lists the attributes of want the member does not hold as
-// want says (PII compared by keyed hash), for a reconciliation.
-func (s *Service) AttributesMatch(ctx context.Context, q postgres.Querier, member uuid.UUID, want map[string]string) (mismatched []string, err error) {
-	have, _, err := postgres.MemberAttributes(ctx, q, member)
-	if err != nil {
-		return nil, err
-	}
+// ComputeLabelsBatch is ComputeLabels for many members (an import's
+// batch), causes[i] the cause of members[i]'s change: their labels
+// computed and written as a stage writes a batch.
+func (s *Service) ComputeLabelsBatch(ctx context.Context, tx pgx.Tx, members []uuid.UUID, causes []string) error {
+	return s.tags.RecomputeBatch(ctx, tx, members, causes, mcv1.Channel_CHANNEL_BACKOFFICE)
+}
+
+// AttributesDiffer lists the attributes of want that have (a member's
+// attributes as stored, read by the caller: a reconciliation reads a chunk
+// of members at once) does not hold as want says, PII compared by keyed
+// hash (never decrypted).
+func (s *Service) AttributesDiffer(have, want map[string]string) (mismatched []string) {
 	for k, v := range want {
 		if v == "" {
 			continue
@@ -162,5 +221,5 @@ func (s *Service) AttributesMatch(ctx context.Context, q postgres.Querier, membe
 			mismatched = append(mismatched, "attributes["+k+"]")
 		}
 	}
-	return mismatched, nil
+	return mismatched
 }

@@ -38,6 +38,7 @@ var ErrInvalid = errors.New("invalid request")
 type Labels interface {
 	Catalog() *tags.Catalog
 	Recompute(ctx context.Context, tx pgx.Tx, member uuid.UUID, cause string, ch mcv1.Channel) error
+	RecomputeBatch(ctx context.Context, tx pgx.Tx, members []uuid.UUID, causes []string, ch mcv1.Channel) error
 }
 
 var _ Labels = (*tags.Service)(nil)

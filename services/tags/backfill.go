@@ -1,8 +1,9 @@
 package tags
 
 import (
+	"bytes"
 	"context"
-	"errors"
+	"slices"
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
@@ -142,41 +143,62 @@ func (s *Service) rebuild(ctx context.Context, facts driver.Conn, ids []uuid.UUI
 	for _, id := range ids {
 		built[id] = &State{}
 	}
-	if err := ReadHistory(ctx, facts, origins, func(f Fact) {
+	fold := func(f Fact) {
 		if root, ok := rootOf[f.Origin]; ok {
 			built[root].Fold(f)
 			events++
 		}
-	}); err != nil {
+	}
+	// Events are stored under the member they were resolved to: an origin
+	// never merged into another has all of its events under its own id,
+	// which the table's key finds; otherwise every event is read.
+	folded := make([]uuid.UUID, 0, len(roots))
+	for m := range roots {
+		folded = append(folded, m)
+	}
+	away, err := postgres.EverMergedAway(ctx, s.pool, folded)
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	if len(away) == 0 {
+		err = clickhouse.ReadHistoryStoredUnder(ctx, facts, origins, origins, func(e clickhouse.HistoryEvent) { fold(factFromHistory(e)) })
+	} else {
+		err = ReadHistory(ctx, facts, origins, fold)
+	}
+	if err != nil {
 		return 0, 0, 0, err
 	}
 	err = postgres.RetryTx(ctx, s.pool, func(tx pgx.Tx) error {
 		n, changed = 0, 0
-		for _, id := range ids {
-			m, err := s.lock(ctx, tx, id)
-			if errors.Is(err, postgres.ErrNotFound) {
-				continue
-			}
-			if err != nil {
-				return err
-			}
-			if m.id != id { // merged since the batch was read
-				continue
-			}
-			st := cloneState(built[id])
-			st.Keep(m.state)
-			// What the stored labels were computed from, to compare with.
-			st.snap = m.state.snap
-			m.state = st
-			before := m.version
-			if err := s.recompute(ctx, tx, m, cause, mcv1.Channel_CHANNEL_BACKOFFICE, ""); err != nil {
-				return err
-			}
-			n++
-			if m.version != before {
-				changed++
+		// Members in id order, as every writer locks them; their features
+		// in one statement and their writes in one flush. A member merged
+		// since the history was read is left out.
+		sorted := slices.Clone(ids)
+		slices.SortFunc(sorted, func(a, b uuid.UUID) int { return bytes.Compare(a[:], b[:]) })
+		locked, err := postgres.LockMembersForUpdate(ctx, tx, sorted)
+		if err != nil {
+			return err
+		}
+		live := make([]uuid.UUID, 0, len(sorted))
+		for _, id := range sorted {
+			if l, ok := locked[id]; ok && l.MergedInto == nil {
+				live = append(live, id)
 			}
 		}
+		c, err := s.recomputeLocked(ctx, tx, live, locked, func(uuid.UUID) string { return cause }, mcv1.Channel_CHANNEL_BACKOFFICE, func(m *memberState) {
+			st := cloneState(built[m.id])
+			st.Keep(m.state)
+			// What the stored labels were computed from, to compare with;
+			// its window aggregates are not the rebuilt records' (stale:
+			// they are built again from the records).
+			st.snap = m.state.snap
+			st.stale = true
+			m.state = st
+		})
+		if err != nil {
+			return err
+		}
+		n, changed = len(live), c
 		if also != nil {
 			return also(tx, n, changed)
 		}

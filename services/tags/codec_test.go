@@ -6,6 +6,7 @@ import (
 	"errors"
 	"math"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -296,6 +297,45 @@ func TestLabelsJSONNumbers(t *testing.T) {
 		var back string
 		if err := json.Unmarshal(appendJSONString(nil, s), &back); err != nil || back != s {
 			t.Errorf("%q: %s reads back as %q, %v", s, appendJSONString(nil, s), back, err)
+		}
+	}
+}
+
+// TestFirstLabelsAreDiffFromNothing: a member's first labels (nothing
+// stored) are announced as Diff from no labels announces them, and set as
+// its true labels.
+func TestFirstLabelsAreDiffFromNothing(t *testing.T) {
+	now := time.Date(2026, 6, 2, 0, 0, 0, 0, time.UTC)
+	changes := 0
+	defer func() {
+		if changes == 0 {
+			t.Error("no state had labels")
+		}
+	}()
+	for i, st := range codecStates(t) {
+		c := propertyCatalogs(t)[i%3]
+		st = cloneState(st) // what a history gives: no labels computed before
+		r, err := c.Refresh(Inputs{State: st, Demo: Demographics{BirthDate: "2001-02-03"}}, now, i%4 == 0,
+			func() (map[string]any, error) { return map[string]any{}, nil })
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := Diff(nil, r.Labels(), now)
+		changes += len(want)
+		if len(r.Changes) != len(want) {
+			t.Fatalf("state %d: %d changes, Diff %d", i, len(r.Changes), len(want))
+		}
+		var set []string
+		for k := range want {
+			if !proto.Equal(r.Changes[k], want[k]) {
+				t.Fatalf("state %d: change %d is %v, Diff %v", i, k, r.Changes[k], want[k])
+			}
+			if want[k].GetBoolValue() {
+				set = append(set, want[k].GetLabelId())
+			}
+		}
+		if !slices.Equal(r.Set, set) || len(r.Cleared) != 0 {
+			t.Fatalf("state %d: set %v cleared %v, want set %v", i, r.Set, r.Cleared, set)
 		}
 	}
 }

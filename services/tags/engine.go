@@ -284,14 +284,32 @@ func (c *Catalog) Refresh(in Inputs, now time.Time, withhold bool, stored func()
 				return nil, err
 			}
 		}
-		cur := r.Labels()
-		r.Changes = Diff(prev, cur, now)
-		for _, d := range r.Changes {
-			switch id := d.GetLabelId(); {
-			case cur[id] == true:
-				r.Set = append(r.Set, id)
-			case prev[id] == true:
-				r.Cleared = append(r.Cleared, id)
+		if len(prev) == 0 {
+			// Nothing stored (a member's first labels): each label with a
+			// value is a change, in id order, as Diff from nothing gives.
+			for _, j := range e.byID {
+				v := labels[j]
+				if !v.ok {
+					continue
+				}
+				l := c.Labels[j]
+				lv := &mcv1.LabelValue{LabelId: l.ID, ComputedAt: timestamppb.New(now)}
+				setProtoVal(lv, l, v)
+				r.Changes = append(r.Changes, lv)
+				if l.Type == TypeBool && v.b {
+					r.Set = append(r.Set, l.ID)
+				}
+			}
+		} else {
+			cur := r.Labels()
+			r.Changes = Diff(prev, cur, now)
+			for _, d := range r.Changes {
+				switch id := d.GetLabelId(); {
+				case cur[id] == true:
+					r.Set = append(r.Set, id)
+				case prev[id] == true:
+					r.Cleared = append(r.Cleared, id)
+				}
 			}
 		}
 	}

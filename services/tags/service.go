@@ -457,6 +457,50 @@ func (s *Service) Recompute(ctx context.Context, tx pgx.Tx, member uuid.UUID, ca
 	return s.recompute(ctx, tx, m, cause, ch, "")
 }
 
+// RecomputeBatch is Recompute for many members in tx, as a stage writes a
+// batch: the members locked in id order and their features loaded in one
+// statement each, every member's writes in one flush; causes[i] is the
+// cause of members[i]'s change. A member merged into another since is
+// recomputed as its survivor, alone (Recompute follows the merge).
+func (s *Service) RecomputeBatch(ctx context.Context, tx pgx.Tx, members []uuid.UUID, causes []string, ch mcv1.Channel) error {
+	if len(members) == 0 {
+		return nil
+	}
+	cause := make(map[uuid.UUID]string, len(members))
+	for i, id := range members {
+		cause[id] = causes[i]
+	}
+	ids := slices.Clone(members)
+	slices.SortFunc(ids, func(a, b uuid.UUID) int { return bytes.Compare(a[:], b[:]) })
+	ids = slices.Compact(ids)
+	locked, err := postgres.LockMembersForUpdate(ctx, tx, ids)
+	if err != nil {
+		return err
+	}
+	live := make([]uuid.UUID, 0, len(ids))
+	var merged []uuid.UUID
+	for _, id := range ids {
+		l, ok := locked[id]
+		switch {
+		case !ok:
+			return fmt.Errorf("member %s: %w", id, postgres.ErrNotFound)
+		case l.MergedInto != nil:
+			merged = append(merged, id)
+		default:
+			live = append(live, id)
+		}
+	}
+	if _, err := s.recomputeLocked(ctx, tx, live, locked, func(id uuid.UUID) string { return cause[id] }, ch, nil); err != nil {
+		return err
+	}
+	for _, id := range merged {
+		if err := s.Recompute(ctx, tx, id, cause[id], ch); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // Sweep recomputes members whose due time has passed (a window ended, a day
 // began) in batches, and returns how many it recomputed.
 func (s *Service) Sweep(ctx context.Context, batch int) (int, error) {
@@ -509,28 +553,7 @@ func (s *Service) sweepBatch(ctx context.Context, tx pgx.Tx, ids []uuid.UUID, lo
 			merged = append(merged, id)
 		}
 	}
-	rows, err := postgres.LoadFeaturesBatch(ctx, tx, live, nil)
-	if err != nil {
-		return err
-	}
-	writes := make([]*memberWrite, 0, len(live))
-	for _, id := range live {
-		l := locked[id]
-		m := &memberState{id: id, attrs: l.Attributes, changeSeq: l.ChangeSeq, profiling: true, state: &State{}}
-		if err := m.take(rows[id]); err != nil {
-			return err
-		}
-		r, err := s.evaluate(ctx, tx, m)
-		if err != nil {
-			return err
-		}
-		w, err := s.stage(ctx, m, r, "sweep", mcv1.Channel_CHANNEL_BACKOFFICE, "")
-		if err != nil {
-			return err
-		}
-		writes = append(writes, w)
-	}
-	if err := s.flush(ctx, tx, writes); err != nil {
+	if _, err := s.recomputeLocked(ctx, tx, live, locked, func(uuid.UUID) string { return "sweep" }, mcv1.Channel_CHANNEL_BACKOFFICE, nil); err != nil {
 		return err
 	}
 	for _, id := range merged {
@@ -542,6 +565,44 @@ func (s *Service) sweepBatch(ctx context.Context, tx pgx.Tx, ids []uuid.UUID, lo
 		return nil
 	}
 	return postgres.ClearDue(ctx, tx, merged)
+}
+
+// recomputeLocked recomputes live members (locked, in id order) in tx, as
+// a stage writes a batch: their features loaded in one statement, each
+// member's labels evaluated — after prepare, when given, has set the state
+// to evaluate (a rebuild's) — and staged, caused by cause(id) on ch, and
+// every write sent in one flush. It returns how many members' labels
+// changed.
+func (s *Service) recomputeLocked(ctx context.Context, tx pgx.Tx, live []uuid.UUID, locked map[uuid.UUID]postgres.LockedMember,
+	cause func(uuid.UUID) string, ch mcv1.Channel, prepare func(*memberState)) (changed int, err error) {
+	rows, err := postgres.LoadFeaturesBatch(ctx, tx, live, nil)
+	if err != nil {
+		return 0, err
+	}
+	writes := make([]*memberWrite, 0, len(live))
+	for _, id := range live {
+		l := locked[id]
+		m := &memberState{id: id, attrs: l.Attributes, changeSeq: l.ChangeSeq, profiling: true, state: &State{}}
+		if err := m.take(rows[id]); err != nil {
+			return 0, err
+		}
+		if prepare != nil {
+			prepare(m)
+		}
+		r, err := s.evaluate(ctx, tx, m)
+		if err != nil {
+			return 0, err
+		}
+		w, err := s.stage(ctx, m, r, cause(id), ch, "")
+		if err != nil {
+			return 0, err
+		}
+		if w.newVersion != m.version {
+			changed++
+		}
+		writes = append(writes, w)
+	}
+	return changed, s.flush(ctx, tx, writes)
 }
 
 // RunSweeper sweeps every interval until ctx ends.

@@ -28,18 +28,39 @@ func ReadHistory(ctx context.Context, conn driver.Conn, origins []string, fn fun
 	if len(origins) == 0 {
 		return nil
 	}
-	marks := strings.TrimSuffix(strings.Repeat("?,", len(origins)), ",")
-	args := make([]any, len(origins))
-	for i, o := range origins {
-		args[i] = o
+	return readHistory(ctx, conn, `if(origin_member_id = '', member_id, origin_member_id) IN (`+marks(len(origins))+`)`, strs(origins), fn)
+}
+
+// ReadHistoryStoredUnder is ReadHistory for origin members whose events are
+// all stored under one of members (each origin's own id, when none of them
+// was ever merged into another): the table's key finds them, where
+// ReadHistory reads every event.
+func ReadHistoryStoredUnder(ctx context.Context, conn driver.Conn, members, origins []string, fn func(HistoryEvent)) error {
+	if len(origins) == 0 || len(members) == 0 {
+		return nil
 	}
+	return readHistory(ctx, conn, `member_id IN (`+marks(len(members))+`) AND if(origin_member_id = '', member_id, origin_member_id) IN (`+marks(len(origins))+`)`,
+		append(strs(members), strs(origins)...), fn)
+}
+
+func marks(n int) string { return strings.TrimSuffix(strings.Repeat("?,", n), ",") }
+
+func strs(ss []string) []any {
+	out := make([]any, len(ss))
+	for i, s := range ss {
+		out[i] = s
+	}
+	return out
+}
+
+func readHistory(ctx context.Context, conn driver.Conn, where string, args []any, fn func(HistoryEvent)) error {
 	rows, err := conn.Query(ctx, `
 		SELECT event_id, event_type, channel, store_id, occurred_at,
 		       if(origin_member_id = '', member_id, origin_member_id) AS origin,
 		       order_id, amount_minor, discount_minor, points_redeemed, coupon_count, review_rating,
 		       items.category, items.brand, items.quantity, items.amount_minor
 		  FROM member_events FINAL
-		 WHERE if(origin_member_id = '', member_id, origin_member_id) IN (`+marks+`)
+		 WHERE `+where+`
 		 ORDER BY occurred_at, event_id`, args...)
 	if err != nil {
 		return fmt.Errorf("read history: %w", err)

@@ -116,6 +116,39 @@ func CreateMemberKey(ctx context.Context, q Querier, k MemberKey, at time.Time) 
 	return GetMemberKey(ctx, q, k.MemberID)
 }
 
+// CreateMemberKeys is CreateMemberKey for many members in one statement:
+// each member's key as stored — its k, or the one stored first (an error
+// for a member whose key was shredded: ErrKeyShredded).
+func CreateMemberKeys(ctx context.Context, q Querier, ks []MemberKey, at time.Time) (map[uuid.UUID]MemberKey, error) {
+	ids, wrapped, keks := make([]uuid.UUID, len(ks)), make([][]byte, len(ks)), make([]string, len(ks))
+	for i, k := range ks {
+		ids[i], wrapped[i], keks[i] = k.MemberID, k.Wrapped, k.KEKID
+	}
+	made, err := queryValues[uuid.UUID](ctx, q, "create member keys", `INSERT INTO member_keys (member_id, wrapped, kek_id, created_at)
+		SELECT m, w, k, $4 FROM unnest($1::uuid[], $2::bytea[], $3::text[]) AS t(m, w, k)
+		ON CONFLICT (member_id) DO NOTHING RETURNING member_id`, ids, wrapped, keks, at)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[uuid.UUID]MemberKey, len(ks))
+	for _, id := range made {
+		out[id] = MemberKey{}
+	}
+	for _, k := range ks {
+		if _, ok := out[k.MemberID]; ok {
+			out[k.MemberID] = k
+			continue
+		}
+		// Stored before (rare: a member's key made by another process).
+		prev, err := GetMemberKey(ctx, q, k.MemberID)
+		if err != nil {
+			return nil, err
+		}
+		out[k.MemberID] = prev
+	}
+	return out, nil
+}
+
 // ShredMemberKeys destroys the members' data keys, keeping a row that says
 // so (a member without a row gets one: no key is made for it later). It
 // returns how many keys it destroyed.

@@ -92,15 +92,6 @@ func MarkLegacyErased(ctx context.Context, q Querier, source, legacyID, key stri
 		row_sha256 = ''::bytea, erased = true WHERE source = $1 AND legacy_id = $2`, source, legacyID, key)
 }
 
-// AbsorbedOthers reports whether members were merged into member.
-func AbsorbedOthers(ctx context.Context, q Querier, member uuid.UUID) (bool, error) {
-	var yes bool
-	if err := q.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM members WHERE merged_into = $1)`, member).Scan(&yes); err != nil {
-		return false, fmt.Errorf("absorbed members: %w", err)
-	}
-	return yes, nil
-}
-
 // ClaimLegacyChange records, in tx, position as the last change applied to
 // a legacy row (source, rowKey), unless a change at or after it was
 // applied before: fresh is false then, and nothing is written. The row is
