@@ -1,10 +1,11 @@
 package platform_test
 
 import (
+	"bytes"
 	"context"
-	"io"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -25,7 +26,8 @@ func TestConsumerLagMetricRidesOutAKafkaOutage(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	cfg := kafkatest.Config(t)
-	tel, err := telemetry.Setup(ctx, telemetry.Config{ServiceName: "lag-test", LogLevel: "info"}, io.Discard)
+	var logs syncBuffer // what the lag poller says, shown if the test fails
+	tel, err := telemetry.Setup(ctx, telemetry.Config{ServiceName: "lag-test", LogLevel: "info"}, &logs)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -39,8 +41,21 @@ func TestConsumerLagMetricRidesOutAKafkaOutage(t *testing.T) {
 	group := cfg.Group("lag-test")
 	offs := kadm.Offsets{}
 	offs.Add(kadm.Offset{Topic: cfg.Topics.MemberEvents, Partition: 0, At: 0})
-	if _, err := kadm.NewClient(direct).CommitOffsets(ctx, group, offs); err != nil {
-		t.Fatal(err)
+	// The commit is answered per partition: a topic just created may not
+	// be known to the group coordinator yet (UNKNOWN_TOPIC_OR_PARTITION on
+	// a busy broker), and then the group has no offsets and no lag.
+	for {
+		resp, err := kadm.NewClient(direct).CommitOffsets(ctx, group, offs)
+		if err == nil {
+			err = resp.Error()
+		}
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("commit the group's offset: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond) // a retry's pace, not a synchronisation
 	}
 	if err := direct.ProduceSync(ctx, &kgo.Record{Topic: cfg.Topics.MemberEvents, Partition: 0, Value: []byte("x")}).FirstErr(); err != nil {
 		t.Fatal(err)
@@ -89,7 +104,7 @@ func TestConsumerLagMetricRidesOutAKafkaOutage(t *testing.T) {
 				}
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("%s: no %s of %s within 90s:\n%s", what, lag, want, body)
+				t.Fatalf("%s: no %s of %s within 90s:\n%s\nlogs:\n%s", what, lag, want, body, logs.String())
 			}
 			time.Sleep(50 * time.Millisecond) // a scrape's pace, not a synchronisation
 		}
@@ -110,4 +125,22 @@ func TestConsumerLagMetricRidesOutAKafkaOutage(t *testing.T) {
 	}
 	proxy.Restore()
 	waitLag("after the outage", "2")
+}
+
+// syncBuffer is a bytes.Buffer safe for the logger's goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
