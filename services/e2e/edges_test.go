@@ -16,7 +16,7 @@ import (
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 
 	"github.com/membercenter/membercenter/pipeline/dlq"
-	"github.com/membercenter/membercenter/services/identity"
+	"github.com/membercenter/membercenter/services/identity/identitytest"
 )
 
 // TestAPIAndIngestEdges is issue 12's "API edges" on the running platform:
@@ -136,12 +136,7 @@ func openLetter(t *testing.T, pool *pgxpool.Pool, r *kgo.Record) dlq.Letter {
 	if !l.Sealed {
 		t.Fatalf("dead letter %d@%d is not sealed", r.Partition, r.Offset)
 	}
-	keys, err := identity.NewPII(identity.DevKeys)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keys.UseKeyStore(pool)
-	if err := l.Open(keys); err != nil {
+	if err := l.Open(identitytest.Keys(t, pool)); err != nil {
 		t.Fatal(err)
 	}
 	return l

@@ -20,12 +20,13 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
-	"github.com/membercenter/membercenter/services/identity"
 	"github.com/membercenter/membercenter/storage/postgres"
 
 	"github.com/membercenter/membercenter/pipeline/dlq"
 	"github.com/membercenter/membercenter/pipeline/ingest"
 	"github.com/membercenter/membercenter/pipeline/sink"
+	"github.com/membercenter/membercenter/services/identity"
+	"github.com/membercenter/membercenter/services/identity/identitytest"
 )
 
 // EraseMember, end to end: a member with identifiers, PII attributes,
@@ -131,11 +132,7 @@ func TestEraseMemberLeavesNothingReadable(t *testing.T) {
 		}
 		backup = append(backup, sealed{c, h, f[2]})
 	}
-	keys, err := identity.NewPII(identity.DevKeys) // the platform's keys (the development ones here)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keys.UseKeyStore(e.pool)
+	keys := identitytest.Keys(t, e.pool) // the platform's keys (the development ones here)
 	// A purchase of the member's that ingest refuses (the programme runs in
 	// CNY): its dead letter, raw phone inside, is sealed under the member's
 	// key, and is part of the backup.
@@ -187,11 +184,7 @@ func TestEraseMemberLeavesNothingReadable(t *testing.T) {
 	if err := refused.Open(keys); !errors.Is(err, postgres.ErrKeyShredded) {
 		t.Errorf("the refused purchase's dead letter after the erasure: %v; want ErrKeyShredded", err)
 	}
-	fresh, err := identity.NewPII(identity.DevKeys)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fresh.UseKeyStore(e.pool)
+	fresh := identitytest.Keys(t, e.pool)
 	for _, b := range backup {
 		for _, k := range []*identity.PII{keys, fresh} {
 			if v, err := k.Reveal(ctx, b.ct, b.kid, b.hash); !errors.Is(err, postgres.ErrKeyShredded) {

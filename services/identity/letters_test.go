@@ -13,6 +13,7 @@ import (
 
 	"github.com/membercenter/membercenter/pipeline/dlq"
 	"github.com/membercenter/membercenter/services/identity"
+	"github.com/membercenter/membercenter/services/identity/identitytest"
 )
 
 // A dead letter of a member's record (the member topics are keyed by
@@ -25,8 +26,7 @@ func TestDeadLettersOfAMemberAreShreddedWithIt(t *testing.T) {
 	ctx := ctxT(t)
 	pool := pgtest.NewPool(t, nil)
 	at := time.Date(2026, 12, 5, 12, 0, 0, 0, time.UTC)
-	keys := newPII(t, identity.DevKeys)
-	keys.UseKeyStore(pool)
+	keys := identitytest.Keys(t, pool)
 	member := uuid.Must(uuid.NewV7())
 	letter := func(key string, offset int64) dlq.Letter {
 		src := &kgo.Record{Topic: "member.events.v1", Partition: 1, Offset: offset, Key: []byte(key), Value: []byte("payload of " + key)}
@@ -45,8 +45,7 @@ func TestDeadLettersOfAMemberAreShreddedWithIt(t *testing.T) {
 	}
 	after := letter(member.String(), 3)
 	for _, l := range []dlq.Letter{before, after} {
-		fresh := newPII(t, identity.DevKeys)
-		fresh.UseKeyStore(pool)
+		fresh := identitytest.Keys(t, pool)
 		for _, k := range []*identity.PII{keys, fresh} {
 			if err := l.Open(k); !errors.Is(err, postgres.ErrKeyShredded) {
 				t.Errorf("letter @%d of the erased member: %v; want it unreadable", l.Offset, err)

@@ -423,8 +423,7 @@ func TestNoRawPIIStored(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pii := newPII(t, identity.DevKeys)
-	pii.UseKeyStore(f.pool)
+	pii := identitytest.Keys(t, f.pool)
 	n := 0
 	for rows.Next() {
 		n++

@@ -16,6 +16,7 @@ import (
 
 	"github.com/membercenter/membercenter/services/attributes"
 	"github.com/membercenter/membercenter/services/identity"
+	"github.com/membercenter/membercenter/services/identity/identitytest"
 	"github.com/membercenter/membercenter/services/profile"
 )
 
@@ -191,11 +192,7 @@ func TestSealAttributesSealsLegacyValuesUnderMemberKeys(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	keys, err := identity.NewPII(identity.DevKeys)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keys.UseKeyStore(f.pool)
+	keys := identitytest.Keys(t, f.pool)
 	m := f.member(t)
 	email, _ := attributes.Default().Lookup("contact_email")
 	old, err := attributes.Seal(platform, email, "seal.me@example.com")
@@ -261,11 +258,7 @@ func TestSealAttributesSealsLegacyValuesUnderMemberKeys(t *testing.T) {
 	if _, err := keys.Shred(c, []uuid.UUID{uuid.MustParse(legacy)}, time.Date(2026, 12, 5, 0, 0, 0, 0, time.UTC)); err != nil {
 		t.Fatal(err)
 	}
-	other, err := identity.NewPII(identity.DevKeys)
-	if err != nil {
-		t.Fatal(err)
-	}
-	other.UseKeyStore(f.pool)
+	other := identitytest.Keys(t, f.pool)
 	for k, v := range backup {
 		_, err1 := attributes.Open(c, keys, v)
 		_, err2 := attributes.Open(c, other, v)

@@ -20,7 +20,7 @@ import (
 
 	"github.com/membercenter/membercenter/services/attributes"
 	"github.com/membercenter/membercenter/services/changes"
-	"github.com/membercenter/membercenter/services/identity"
+	"github.com/membercenter/membercenter/services/identity/identitytest"
 	"github.com/membercenter/membercenter/services/profile"
 	"github.com/membercenter/membercenter/services/tags"
 )
@@ -37,12 +37,7 @@ func newFixture(t testing.TB) fixture {
 	pool := pgtest.NewPool(t, nil)
 	ts := tags.New(pool, changes.Writer{}, slog.New(slog.DiscardHandler))
 	svc := profile.New(pool, ts, changes.Writer{})
-	pii, err := identity.NewPII(identity.DevKeys)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pii.UseKeyStore(pool)
-	svc.SetAttributes(attributes.Default(), pii)
+	svc.SetAttributes(attributes.Default(), identitytest.Keys(t, pool))
 	return fixture{pool: pool, tags: ts, svc: svc, srv: profile.NewServer(svc)}
 }
 

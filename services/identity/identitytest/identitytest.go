@@ -21,3 +21,15 @@ func New(t testing.TB, pool *pgxpool.Pool) *identity.Service {
 	}
 	return svc
 }
+
+// Keys are the development PII keys (the platform's in tests) with the
+// members' data keys kept on pool: what opens what the platform sealed.
+func Keys(t testing.TB, pool *pgxpool.Pool) *identity.PII {
+	t.Helper()
+	p, err := identity.NewPII(identity.DevKeys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.UseKeyStore(pool)
+	return p
+}
