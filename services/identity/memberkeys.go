@@ -88,13 +88,8 @@ func (p *PII) SealersFor(ctx context.Context, members []uuid.UUID) (map[uuid.UUI
 	}
 	ks := make([]postgres.MemberKey, len(members))
 	for i, member := range members {
-		dek := make([]byte, 32)
-		if _, err := rand.Read(dek); err != nil {
-			return nil, err
-		}
-		ks[i] = postgres.MemberKey{MemberID: member}
 		var err error
-		if ks[i].Wrapped, ks[i].KEKID, err = p.wrap(member, dek); err != nil {
+		if ks[i], err = p.newKey(member); err != nil {
 			return nil, err
 		}
 	}
@@ -228,17 +223,11 @@ func (p *PII) memberAEAD(ctx context.Context, member uuid.UUID, create bool) (ci
 	}
 	k, err := postgres.GetMemberKey(ctx, p.keys.db, member)
 	if errors.Is(err, postgres.ErrNotFound) && create {
-		dek := make([]byte, 32)
-		if _, err := rand.Read(dek); err != nil {
-			return nil, err
+		if k, err = p.newKey(member); err == nil {
+			// Stored on its own, before any ciphertext under it commits: a
+			// key whose member's transaction then rolls back seals nothing.
+			k, err = postgres.CreateMemberKey(ctx, p.keys.db, k, time.Now())
 		}
-		k = postgres.MemberKey{MemberID: member}
-		if k.Wrapped, k.KEKID, err = p.wrap(member, dek); err != nil {
-			return nil, err
-		}
-		// Stored on its own, before any ciphertext under it commits: a key
-		// whose member's transaction then rolls back seals nothing.
-		k, err = postgres.CreateMemberKey(ctx, p.keys.db, k, time.Now())
 	}
 	if err != nil {
 		return nil, err
@@ -258,6 +247,18 @@ func (p *PII) cacheKey(k postgres.MemberKey) (cipher.AEAD, error) {
 	}
 	p.keys.cache.Add(k.MemberID, a)
 	return a, nil
+}
+
+// newKey is a new data key for member, wrapped (not stored).
+func (p *PII) newKey(member uuid.UUID) (postgres.MemberKey, error) {
+	dek := make([]byte, 32)
+	if _, err := rand.Read(dek); err != nil {
+		return postgres.MemberKey{}, err
+	}
+	k := postgres.MemberKey{MemberID: member}
+	var err error
+	k.Wrapped, k.KEKID, err = p.wrap(member, dek)
+	return k, err
 }
 
 // wrap seals a data key under the active key-encryption key, bound to its

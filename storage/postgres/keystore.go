@@ -105,15 +105,11 @@ func GetMemberKey(ctx context.Context, q Querier, member uuid.UUID) (MemberKey, 
 // CreateMemberKey stores k unless the member has a key (or a shredded
 // one), and returns the member's key: k, or the one stored first.
 func CreateMemberKey(ctx context.Context, q Querier, k MemberKey, at time.Time) (MemberKey, error) {
-	tag, err := q.Exec(ctx, `INSERT INTO member_keys (member_id, wrapped, kek_id, created_at) VALUES ($1, $2, $3, $4)
-		ON CONFLICT (member_id) DO NOTHING`, k.MemberID, k.Wrapped, k.KEKID, at)
+	stored, err := CreateMemberKeys(ctx, q, []MemberKey{k}, at)
 	if err != nil {
-		return k, fmt.Errorf("create member key: %w", err)
+		return k, err
 	}
-	if tag.RowsAffected() == 1 {
-		return k, nil
-	}
-	return GetMemberKey(ctx, q, k.MemberID)
+	return stored[k.MemberID], nil
 }
 
 // CreateMemberKeys is CreateMemberKey for many members in one statement:
