@@ -330,9 +330,7 @@ func (s *Service) addUsageAsOfLast(ctx context.Context, tx pgx.Tx, p *Program, r
 		if err := json.Unmarshal(r.State, &head); err != nil {
 			return fmt.Errorf("loyalty state of %s: %w", m, err)
 		}
-		older := slices.ContainsFunc(ops, func(b batchOp) bool {
-			return head.Last.After(b.op.At) && dayOf(head.Last, p.Location) != dayOf(b.op.At, p.Location)
-		})
+		older := slices.ContainsFunc(ops, func(b batchOp) bool { return processedAtLast(p, head.Last, b.op.At) })
 		if !older {
 			continue
 		}
@@ -341,6 +339,13 @@ func (s *Service) addUsageAsOfLast(ctx context.Context, tx pgx.Tx, p *Program, r
 		}
 	}
 	return postgres.AddCampaignUsage(ctx, tx, rows, members, periods)
+}
+
+// processedAtLast says whether an operation at t is processed at the
+// member's last operation's time (§1: it is older, on another day), so
+// that its campaign caps are those of last's day and month.
+func processedAtLast(p *Program, last, t time.Time) bool {
+	return last.After(t) && dayOf(last, p.Location) != dayOf(t, p.Location)
 }
 
 // periodsOf names the day and the month of t, as campaign usage counts them.

@@ -62,9 +62,8 @@ func (s *Service) load(ctx context.Context, tx postgres.Batcher, member uuid.UUI
 	}
 	// An event older than the member's last operation is processed at that
 	// time (§1): its campaign caps are that day's and month's.
-	if st.Last.After(t) && dayOf(st.Last, p.Location) != dayOf(t, p.Location) {
-		usage, err := postgres.CampaignUsage(ctx, tx, member,
-			[]string{fmt.Sprintf("d:%d", dayOf(st.Last, p.Location)), fmt.Sprintf("m:%d", int(monthOf(st.Last, p.Location)))})
+	if processedAtLast(p, st.Last, t) {
+		usage, err := postgres.CampaignUsage(ctx, tx, member, periodsOf(p, st.Last))
 		if err != nil {
 			return nil, err
 		}
