@@ -54,7 +54,9 @@ func serve(t *testing.T) *running {
 
 // terminateBackends ends every other connection to the test's own
 // database, as a PostgreSQL restart does (SQLSTATE 57P01). It never touches
-// another database of the shared server.
+// another database of the shared server, nor a server process working in
+// this one (an autovacuum worker: only a superuser may end it, and the
+// platform holds no connection through it).
 func terminateBackends(ctx context.Context, pgURL string) (int, error) {
 	u, err := url.Parse(pgURL)
 	if err != nil {
@@ -68,7 +70,7 @@ func terminateBackends(ctx context.Context, pgURL string) (int, error) {
 	defer conn.Close(ctx)
 	var n int
 	err = conn.QueryRow(ctx, `SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity
-		WHERE datname = $1 AND pid <> pg_backend_pid()`, db).Scan(&n)
+		WHERE datname = $1 AND pid <> pg_backend_pid() AND backend_type = 'client backend'`, db).Scan(&n)
 	return n, err
 }
 
