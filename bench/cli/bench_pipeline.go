@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"maps"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -25,6 +24,7 @@ import (
 	"github.com/membercenter/membercenter/storage/postgres/pgbench"
 
 	"github.com/membercenter/membercenter/bench/loadgen"
+	"github.com/membercenter/membercenter/pipeline/dlq"
 	"github.com/membercenter/membercenter/pipeline/ingest"
 	"github.com/membercenter/membercenter/pipeline/kafka"
 	"github.com/membercenter/membercenter/pipeline/sink"
@@ -307,7 +307,17 @@ func benchPipeline(ctx context.Context, e *platformtest.Env, members int, o pipe
 		return res, err
 	}
 	res.drain = time.Since(start)
-	res.dlqMalformed, res.dlqOther = run.letters.match(records)
+	keys, err := r.p.NewIdentity(changes.Writer{}) // only its PII keys, to open the letters
+	if err != nil {
+		stopProfile()
+		sessions.stop()
+		return res, err
+	}
+	if res.dlqMalformed, res.dlqOther, err = run.letters.match(records, keys.PII()); err != nil {
+		stopProfile()
+		sessions.stop()
+		return res, fmt.Errorf("dead letters: %w", err)
+	}
 	res.cpu = cpuPer(before, sampleCPU(), per)
 	stopProfile()
 	st := sessions.stop()
@@ -686,15 +696,15 @@ func pgFloor(ctx context.Context, pool *pgxpool.Pool, records []loadgen.Record, 
 
 // dlqWatch consumes a scenario's dead-letter topic from its start, read
 // committed (so the markers of ingest's Kafka transactions are not counted
-// as letters), and keeps each letter's value: a dead letter carries the
-// rejected record's value unchanged.
+// as letters), and keeps each letter: a dead letter carries the rejected
+// record's value, sealed under the platform's PII keys (match opens it).
 type dlqWatch struct {
-	cl     *kafka.Client
-	cancel context.CancelFunc
-	done   chan struct{}
-	mu     sync.Mutex
-	n      int
-	values map[string]int
+	cl      *kafka.Client
+	cancel  context.CancelFunc
+	done    chan struct{}
+	mu      sync.Mutex
+	n       int
+	letters []*kgo.Record
 }
 
 func watchDLQ(ctx context.Context, kcfg kafka.Config, ktel kafka.Telemetry) (*dlqWatch, error) {
@@ -704,7 +714,7 @@ func watchDLQ(ctx context.Context, kcfg kafka.Config, ktel kafka.Telemetry) (*dl
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	w := &dlqWatch{cl: cl, cancel: cancel, done: make(chan struct{}), values: map[string]int{}}
+	w := &dlqWatch{cl: cl, cancel: cancel, done: make(chan struct{})}
 	go func() {
 		defer close(w.done)
 		for ctx.Err() == nil {
@@ -715,7 +725,7 @@ func watchDLQ(ctx context.Context, kcfg kafka.Config, ktel kafka.Telemetry) (*dl
 			w.mu.Lock()
 			fs.EachRecord(func(r *kgo.Record) {
 				w.n++
-				w.values[string(r.Value)]++
+				w.letters = append(w.letters, r)
 			})
 			w.mu.Unlock()
 		}
@@ -729,19 +739,26 @@ func (w *dlqWatch) count() int {
 	return w.n
 }
 
-// match counts the malformed records among the letters, and the letters
-// that are not one of them.
-func (w *dlqWatch) match(records []loadgen.Record) (malformed, other int) {
+// match counts the malformed records among the letters, opened with keys,
+// and the letters that are not one of them.
+func (w *dlqWatch) match(records []loadgen.Record, keys dlq.Sealer) (malformed, other int, err error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	left := maps.Clone(w.values)
+	left := map[string]int{}
+	for _, rec := range w.letters {
+		l := dlq.Parse(rec)
+		if err := l.Open(keys); err != nil {
+			return 0, 0, err
+		}
+		left[string(l.Record.Value)]++
+	}
 	for _, r := range records {
 		if r.Malformed != "" && left[string(r.Value)] > 0 {
 			left[string(r.Value)]--
 			malformed++
 		}
 	}
-	return malformed, w.n - malformed
+	return malformed, w.n - malformed, nil
 }
 
 func (w *dlqWatch) close() {

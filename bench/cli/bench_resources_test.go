@@ -1,14 +1,19 @@
 package cli
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/pprof/profile"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/membercenter/membercenter/bench/loadgen"
+	"github.com/membercenter/membercenter/pipeline/dlq"
+	"github.com/membercenter/membercenter/services/identity"
 )
 
 func TestFuncPackage(t *testing.T) {
@@ -78,7 +83,8 @@ func TestProfileByPackage(t *testing.T) {
 }
 
 // TestDLQMatch: each malformed record is matched to one letter with its
-// value; letters of good records, and duplicates, are the other letters.
+// value, sealed letters opened with the platform's keys; letters of good
+// records, and duplicates, are the other letters.
 func TestDLQMatch(t *testing.T) {
 	recs := []loadgen.Record{
 		{Value: []byte("bad-1"), Malformed: loadgen.MalformedMissingPayload},
@@ -86,12 +92,27 @@ func TestDLQMatch(t *testing.T) {
 		{Value: []byte("bad-2"), Malformed: loadgen.MalformedBadPhone},
 		{Value: []byte("bad-3"), Malformed: loadgen.MalformedUndecodable},
 	}
-	w := &dlqWatch{n: 4, values: map[string]int{"bad-1": 2, "bad-2": 1, "good-1": 1}}
-	malformed, other := w.match(recs)
+	keys, err := identity.NewPII(identity.DevKeys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := time.Date(2026, 12, 5, 12, 0, 0, 0, time.UTC)
+	letter := func(value string, seal dlq.Sealer) *kgo.Record {
+		src := &kgo.Record{Topic: "channel.events.v1", Value: []byte(value)}
+		return dlq.Record("dlq", "ingest", src, errors.New("refused"), at, seal)
+	}
+	w := &dlqWatch{n: 4, letters: []*kgo.Record{letter("bad-1", keys), letter("bad-1", nil), letter("bad-2", keys), letter("good-1", keys)}}
+	if !dlq.Parse(w.letters[0]).Sealed || string(w.letters[0].Value) == "bad-1" {
+		t.Fatal("the letter was not sealed: the test would not show match opens letters")
+	}
+	malformed, other, err := w.match(recs, keys)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if malformed != 2 || other != 2 {
 		t.Errorf("match = %d malformed, %d other; want 2 (bad-3 missing) and 2 (good-1 and bad-1's duplicate)", malformed, other)
 	}
-	if w.values["bad-1"] != 2 {
-		t.Error("match consumed the watch's counts")
+	if _, _, err := w.match(recs, nil); err == nil {
+		t.Error("sealed letters matched without keys")
 	}
 }
