@@ -342,12 +342,7 @@ func TestApprovalThresholdZeroTurnsApprovalsOff(t *testing.T) {
 	f, c := begin(t)
 	src := bytes.Replace(benefits.DefaultProgramSource(), []byte("adjust_approval_points: 10000"), []byte("adjust_approval_points: 0"), 1)
 	src = bytes.Replace(src, []byte("version: default-1"), []byte("version: no-approvals-1"), 1)
-	if _, err := benefits.LoadProgram(c, f.pool, src); err != nil {
-		t.Fatal(err)
-	}
-	if err := f.svc.Reload(c); err != nil {
-		t.Fatal(err)
-	}
+	f.useProgram(t, c, src)
 	m := f.member(t)
 	resp, err := f.srv.Adjust(as(c, "backoffice/alice"), &mcv1.AdjustRequest{MemberId: m, Points: 5_000_000, Reason: "migration", IdempotencyKey: "m"})
 	if err != nil || resp.GetPending() || resp.GetBalance() != 5_000_000 {

@@ -362,12 +362,7 @@ func TestGroupSharesLimitsAcrossMembers(t *testing.T) {
 	setup := func(t *testing.T) *fixture {
 		f := newFixture(t)
 		c := ctx(t)
-		if _, err := benefits.LoadProgram(c, f.pool, src); err != nil {
-			t.Fatal(err)
-		}
-		if err := f.svc.Reload(c); err != nil {
-			t.Fatal(err)
-		}
+		f.useProgram(t, c, src)
 		for _, id := range ids {
 			f.memberWithID(t, id)
 		}

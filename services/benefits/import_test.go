@@ -70,6 +70,18 @@ func (f *fixture) importMember(t *testing.T, c context.Context, l benefits.Legac
 	return id.String(), importErr
 }
 
+// beginWithLegacyMember is begin with a member imported from legacySample
+// (cause import:legacy-1).
+func beginWithLegacyMember(t *testing.T) (*fixture, context.Context, string) {
+	t.Helper()
+	f, c := begin(t)
+	m, err := f.importMember(t, c, legacySample(), "import:legacy-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f, c, m
+}
+
 // loyaltyRows counts every row an import may write, of every member.
 func (f *fixture) loyaltyRows(t *testing.T) string {
 	t.Helper()
@@ -239,11 +251,7 @@ func TestImportLegacyGivesTheLegacyLoyalty(t *testing.T) {
 // TestImportLegacyOnlyOnce: a member that has loyalty — imported before,
 // or through any operation — is refused, and nothing changes.
 func TestImportLegacyOnlyOnce(t *testing.T) {
-	f, c := begin(t)
-	m, err := f.importMember(t, c, legacySample(), "import:legacy-1")
-	if err != nil {
-		t.Fatal(err)
-	}
+	f, c, m := beginWithLegacyMember(t)
 	other := f.member(t)
 	f.commit(t, c, &mcv1.CommitRequest{MemberId: other, Basket: basket("o1", 10_000), IdempotencyKey: "k1"})
 	before := f.loyaltyRows(t)
@@ -320,12 +328,7 @@ func TestImportLegacyTotalLimit(t *testing.T) {
 	f, c := begin(t)
 	src := bytes.Replace(benefits.DefaultProgramSource(), []byte("total_limit: 100000"), []byte("total_limit: 2"), 1)
 	src = bytes.Replace(src, []byte("version: default-1"), []byte("version: p10-two-1"), 1)
-	if _, err := benefits.LoadProgram(c, f.pool, src); err != nil {
-		t.Fatal(err)
-	}
-	if err := f.svc.Reload(c); err != nil {
-		t.Fatal(err)
-	}
+	f.useProgram(t, c, src)
 	p10 := func(code string) benefits.Legacy {
 		return benefits.Legacy{Coupons: []benefits.LegacyCoupon{{Code: code, Template: "P10", State: "issued", ValidFrom: day(2026, 3, 1), ValidUntil: day(2026, 3, 15)}}}
 	}
@@ -348,11 +351,7 @@ func TestImportLegacyTotalLimit(t *testing.T) {
 // dates through the scheduled job (an expire transaction), the tier is
 // kept by the imported months, and a lot that never expires stays.
 func TestImportedPointsExpireOnSchedule(t *testing.T) {
-	f, c := begin(t)
-	m, err := f.importMember(t, c, legacySample(), "import:legacy-1")
-	if err != nil {
-		t.Fatal(err)
-	}
+	f, c, m := beginWithLegacyMember(t)
 	*f.clock = day(2026, 6, 1).Add(time.Minute)
 	if n, err := f.svc.Advance(c, 500); err != nil || n != 1 {
 		t.Fatalf("advance: %d, %v", n, err)
@@ -389,11 +388,7 @@ func TestImportedPointsExpireOnSchedule(t *testing.T) {
 // TestRedeemSpendsImportedLots: a redemption after an import spends the
 // imported lots, earliest expiry first, never the pending one.
 func TestRedeemSpendsImportedLots(t *testing.T) {
-	f, c := begin(t)
-	m, err := f.importMember(t, c, legacySample(), "import:legacy-1")
-	if err != nil {
-		t.Fatal(err)
-	}
+	f, c, m := beginWithLegacyMember(t)
 	resp, err := f.srv.Redeem(c, &mcv1.RedeemRequest{MemberId: m, Points: 320, IdempotencyKey: "r1"})
 	if err != nil || resp.GetBalance() != 1030 {
 		t.Fatalf("redeem: %v, %v; want balance 1030", resp, err)

@@ -20,12 +20,7 @@ func sharerProgramme(t *testing.T, f *fixture) {
 	src := bytes.Replace(benefits.DefaultProgramSource(), []byte("benefits:\n"),
 		[]byte("benefits:\n  - {id: sharer_perk, name: Sharer perk, labels: [sharer]}\n"), 1)
 	src = bytes.Replace(src, []byte("version: default-1"), []byte("version: sharer-1"), 1)
-	if _, err := benefits.LoadProgram(ctx(t), f.pool, src); err != nil {
-		t.Fatal(err)
-	}
-	if err := f.svc.Reload(ctx(t)); err != nil {
-		t.Fatal(err)
-	}
+	f.useProgram(t, ctx(t), src)
 }
 
 // TestBenefitsFollowLabelChanges: a member queued because a label a benefit

@@ -7,11 +7,11 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/jackc/pgx/v5"
 	"google.golang.org/protobuf/proto"
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 	"github.com/membercenter/membercenter/storage/postgres"
+	"github.com/membercenter/membercenter/storage/postgres/pgtest"
 
 	"github.com/membercenter/membercenter/services/benefits"
 	"github.com/membercenter/membercenter/services/identity/identitytest"
@@ -73,14 +73,7 @@ func TestOpenLotsAnswerAsBefore(t *testing.T) {
 		t.Fatalf("%d open order lots held by another member than the order's (%v)", strays, err)
 	}
 
-	rows, err := f.pool.Query(c, `SELECT order_id FROM orders ORDER BY 1`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	orders, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		t.Fatal(err)
-	}
+	orders := pgtest.Values[string](t, c, f.pool, `SELECT order_id FROM orders ORDER BY 1`)
 	orders = append(orders, "new")
 	p := f.svc.Program()
 	extra := 0

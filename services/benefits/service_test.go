@@ -74,6 +74,17 @@ func ctxWithin(t testing.TB, d time.Duration) context.Context {
 	return c
 }
 
+// useProgram loads the programme src and puts it in force.
+func (f *fixture) useProgram(t testing.TB, c context.Context, src []byte) {
+	t.Helper()
+	if _, err := benefits.LoadProgram(c, f.pool, src); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.svc.Reload(c); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // begin opens a test: its fixture and the context of its calls.
 func begin(t *testing.T) (*fixture, context.Context) { return newFixture(t), ctx(t) }
 

@@ -13,7 +13,6 @@ import (
 
 	"github.com/membercenter/membercenter/pipeline/clocktest"
 	"github.com/membercenter/membercenter/pipeline/dlq"
-	"github.com/membercenter/membercenter/services/platform/platformtest"
 )
 
 // TestDLQReplayReplaysEachLetterOnceAndSaysWhatItDid: `dlq replay` run
@@ -21,9 +20,7 @@ import (
 // its own letters included), records it in PostgreSQL, and says what it
 // did and what it could not do.
 func TestDLQReplayReplaysEachLetterOnceAndSaysWhatItDid(t *testing.T) {
-	platformtest.Setenv(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
+	ctx := onPlatform(t, 3*time.Minute)
 	cl, err := kgo.NewClient(kgo.SeedBrokers(strings.Split(os.Getenv("MC_KAFKA_BROKERS"), ",")...))
 	if err != nil {
 		t.Fatal(err)

@@ -1,15 +1,10 @@
 package cli
 
 import (
-	"bytes"
-	"context"
 	"errors"
 	"regexp"
 	"strings"
 	"testing"
-	"time"
-
-	"github.com/membercenter/membercenter/services/platform/platformtest"
 )
 
 // TestImportThenVerify: `import DIR` imports the sample export and `import
@@ -75,18 +70,5 @@ func TestCatchUpCommand(t *testing.T) {
 	}
 	if _, err := run("import", "cdc"); !errors.As(err, &u) || !strings.Contains(err.Error(), "--topic") {
 		t.Errorf("cdc without a topic: %v", err)
-	}
-}
-
-// cliOnPlatform runs the command line on the test platform's databases,
-// returning what it printed.
-func cliOnPlatform(t *testing.T) func(args ...string) (string, error) {
-	platformtest.Setenv(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	t.Cleanup(cancel)
-	return func(args ...string) (string, error) {
-		var out, log bytes.Buffer
-		err := Execute(ctx, args, &out, &log)
-		return out.String(), err
 	}
 }

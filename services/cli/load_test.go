@@ -13,12 +13,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
-
 	"github.com/membercenter/membercenter/storage/postgres"
 
 	"github.com/membercenter/membercenter/services/benefits"
-	"github.com/membercenter/membercenter/services/platform/platformtest"
 	"github.com/membercenter/membercenter/services/tags"
 )
 
@@ -27,17 +24,11 @@ import (
 // SHA-256 of the file and the machine's own account of the OS user, host
 // and file; a load refused (a version loaded before) records nothing.
 func TestLoadsAreAuditedWithTheirOperator(t *testing.T) {
-	platformtest.Setenv(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
+	ctx := onPlatform(t, 2*time.Minute)
 	if err := Execute(ctx, []string{"migrate"}, &bytes.Buffer{}, &bytes.Buffer{}); err != nil {
 		t.Fatal(err)
 	}
-	pool, err := pgxpool.New(ctx, os.Getenv("MC_PG_URL"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pool.Close()
+	pool := platformPool(t, ctx)
 
 	dir := t.TempDir()
 	prog := strings.Replace(string(benefits.DefaultProgramSource()), "version: ", "version: audited-", 1)

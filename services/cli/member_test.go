@@ -2,7 +2,6 @@ package cli
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
 	"os"
@@ -12,26 +11,17 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/membercenter/membercenter/pipeline/clocktest"
 	"github.com/membercenter/membercenter/storage/postgres"
-
-	"github.com/membercenter/membercenter/services/platform/platformtest"
 )
 
 // TestMemberExportWritesTheDocument: `member export ID --out FILE` writes
 // the member's export document to a file only its owner can read; a
 // malformed id is a usage error, an unknown one an error naming it.
 func TestMemberExportWritesTheDocument(t *testing.T) {
-	platformtest.Setenv(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	pool, err := pgxpool.New(ctx, os.Getenv("MC_PG_URL"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pool.Close()
+	ctx := onPlatform(t, 2*time.Minute)
+	pool := platformPool(t, ctx)
 	member := uuid.Must(uuid.NewV7())
 	if err := postgres.InsertMember(ctx, pool, member, clocktest.Start()); err != nil {
 		t.Fatal(err)

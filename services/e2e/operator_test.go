@@ -4,12 +4,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"google.golang.org/grpc/metadata"
 
 	"github.com/membercenter/membercenter/pipeline/relay"
 	"github.com/membercenter/membercenter/pipeline/sink"
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
+	"github.com/membercenter/membercenter/storage/postgres/pgtest"
 
 	"github.com/membercenter/membercenter/services/identity"
 )
@@ -42,14 +42,7 @@ func TestOperatorActionsCarryTheAuthenticatedActor(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rows, err := e.pool.Query(ctx, `SELECT DISTINCT actor FROM identity_audit WHERE cause_id LIKE 'rpc:%' ORDER BY actor`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	actors, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		t.Fatal(err)
-	}
+	actors := pgtest.Values[string](t, ctx, e.pool, `SELECT DISTINCT actor FROM identity_audit WHERE cause_id LIKE 'rpc:%' ORDER BY actor`)
 	if len(actors) != 1 || actors[0] != "backoffice/alice" {
 		t.Fatalf("audit actors of the operator's calls (merge %s): %v; want only backoffice/alice", m.GetMergeId(), actors)
 	}

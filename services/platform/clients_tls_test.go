@@ -80,6 +80,22 @@ func handshook(t *testing.T, ctx context.Context, peers <-chan string) string {
 	}
 }
 
+// refusesAnotherCA checks that a client refuses a server (what: a broker,
+// a database server) whose certificate another CA issued: ping reaches the
+// server at addr as the client would, and must fail verifying it, with no
+// handshake completed.
+func refusesAnotherCA(t *testing.T, c *clientTLS, what string, ping func(addr string) error) {
+	t.Helper()
+	other := servertest.NewCA(t, "someone else's CA")
+	addr, peers := tlsPeer(t, other.Server(t), c.clientCA.Pool())
+	if err := ping(addr); err == nil || !strings.Contains(err.Error(), "certificate signed by unknown authority") {
+		t.Errorf("a %s with another CA's certificate: %v, want the certificate refused", what, err)
+	}
+	if len(peers) != 0 {
+		t.Errorf("a handshake completed with a %s the client does not trust", what)
+	}
+}
+
 func noopKafkaTelemetry() kafka.Telemetry {
 	return kafka.Telemetry{Tracers: tracenoop.NewTracerProvider(), Meters: noop.NewMeterProvider(), Propagator: propagation.TraceContext{}}
 }
@@ -127,22 +143,16 @@ func TestKafkaClientsSpeakTLSAsConfigured(t *testing.T) {
 	}
 
 	// Another CA's broker certificate is refused.
-	other := servertest.NewCA(t, "someone else's CA")
-	otherAddr, otherPeers := tlsPeer(t, other.Server(t), c.clientCA.Pool())
-	wrong := cfg
-	wrong.Brokers = []string{otherAddr}
-	cl, err = kafka.NewClient(wrong, noopKafkaTelemetry(), "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = cl.Ping(ctx)
-	cl.Close()
-	if err == nil || !strings.Contains(err.Error(), "certificate signed by unknown authority") {
-		t.Errorf("a broker with another CA's certificate: %v, want the certificate refused", err)
-	}
-	if len(otherPeers) != 0 {
-		t.Error("a handshake completed with a broker the client does not trust")
-	}
+	refusesAnotherCA(t, c, "broker", func(addr string) error {
+		wrong := cfg
+		wrong.Brokers = []string{addr}
+		cl, err := kafka.NewClient(wrong, noopKafkaTelemetry(), "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cl.Close()
+		return cl.Ping(ctx)
+	})
 
 	// A missing file is refused at start, naming the variable.
 	bad := cfg
@@ -190,22 +200,16 @@ func TestClickHouseConnectionsSpeakTLSAsConfigured(t *testing.T) {
 		t.Errorf("the server saw client certificate %q, want membercenter-clickhouse", cn)
 	}
 
-	other := servertest.NewCA(t, "someone else's CA")
-	otherAddr, otherPeers := tlsPeer(t, other.Server(t), c.clientCA.Pool())
-	wrong := cfg
-	wrong.Addr = otherAddr
-	conn, err = clickhouse.Dial(wrong)
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = conn.Ping(ctx)
-	conn.Close()
-	if err == nil || !strings.Contains(err.Error(), "certificate signed by unknown authority") {
-		t.Errorf("a server with another CA's certificate: %v, want the certificate refused", err)
-	}
-	if len(otherPeers) != 0 {
-		t.Error("a handshake completed with a server the client does not trust")
-	}
+	refusesAnotherCA(t, c, "server", func(addr string) error {
+		wrong := cfg
+		wrong.Addr = addr
+		conn, err := clickhouse.Dial(wrong)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		return conn.Ping(ctx)
+	})
 
 	bad := cfg
 	bad.TLSKeyFile = ""

@@ -10,7 +10,6 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
-	"github.com/membercenter/membercenter/storage/clickhouse/chtest"
 	"github.com/membercenter/membercenter/storage/postgres"
 	"github.com/membercenter/membercenter/storage/postgres/pgtest"
 
@@ -18,8 +17,6 @@ import (
 	"github.com/membercenter/membercenter/services/identity"
 	"github.com/membercenter/membercenter/services/platform"
 	"github.com/membercenter/membercenter/services/platform/platformtest"
-	"github.com/membercenter/membercenter/services/server"
-	"github.com/membercenter/membercenter/services/telemetry"
 )
 
 // With MC_KEYSTORE_URL the members' data keys live in a database of their
@@ -39,14 +36,8 @@ func TestKeyStoreInADatabaseApart(t *testing.T) {
 	if _, err := keysDB.Exec(ctx, `DROP SCHEMA public CASCADE; CREATE SCHEMA public`); err != nil {
 		t.Fatal(err)
 	}
-	_, chCfg := chtest.NewDB(t)
-	cfg := platform.Config{
-		Postgres:   postgres.Config{URL: pgtest.NewDB(t), MaxConns: 8},
-		KeyStore:   postgres.KeyStoreConfig{URL: keysURL},
-		ClickHouse: chCfg,
-		Telemetry:  telemetry.Config{ServiceName: "membercenter-platform-test", LogLevel: "error"},
-		Server:     server.Config{GRPCAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", Grace: 5 * time.Second},
-	}
+	cfg := testConfig(t, pgtest.NewDB(t), "membercenter-platform-test")
+	cfg.KeyStore = postgres.KeyStoreConfig{URL: keysURL}
 	e := platformtest.OpenT(t, cfg, io.Discard)
 	for range 2 { // idempotent
 		if err := postgres.MigrateKeyStore(ctx, e.P.KeyStore()); err != nil {

@@ -40,16 +40,24 @@ type running struct {
 // on their own PostgreSQL and ClickHouse databases.
 func serve(t *testing.T) *running {
 	t.Helper()
-	_, chCfg := chtest.NewDB(t)
-	cfg := platform.Config{
-		Postgres:   postgres.Config{URL: pgtest.NewDB(t), MaxConns: 8},
-		ClickHouse: chCfg,
-		Telemetry:  telemetry.Config{ServiceName: "membercenter-platform-test", LogLevel: "error"},
-		Server:     server.Config{GRPCAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", Grace: 5 * time.Second},
-	}
+	cfg := testConfig(t, pgtest.NewDB(t), "membercenter-platform-test")
 	e := platformtest.OpenT(t, cfg, io.Discard)
 	r := platformtest.StartT(t, e.P, platform.Options{Services: []string{"identity", "profile", "benefits"}, Now: clocktest.New().Now})
 	return &running{conn: r.Conn, admin: "http://" + r.Admin, pgURL: cfg.Postgres.URL, p: e.P}
+}
+
+// testConfig is the platform's configuration on the PostgreSQL database at
+// pgURL and a ClickHouse database of the test's own, serving on loopback
+// ports, its telemetry named service.
+func testConfig(t *testing.T, pgURL, service string) platform.Config {
+	t.Helper()
+	_, chCfg := chtest.NewDB(t)
+	return platform.Config{
+		Postgres:   postgres.Config{URL: pgURL, MaxConns: 8},
+		ClickHouse: chCfg,
+		Telemetry:  telemetry.Config{ServiceName: service, LogLevel: "error"},
+		Server:     server.Config{GRPCAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", Grace: 5 * time.Second},
+	}
 }
 
 // terminateBackends ends every other connection to the test's own

@@ -20,15 +20,12 @@ import (
 	"google.golang.org/grpc/status"
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
-	"github.com/membercenter/membercenter/storage/clickhouse/chtest"
 	"github.com/membercenter/membercenter/storage/postgres"
 	"github.com/membercenter/membercenter/storage/postgres/pgtest"
 
 	"github.com/membercenter/membercenter/pipeline/clocktest"
 	"github.com/membercenter/membercenter/services/platform"
 	"github.com/membercenter/membercenter/services/platform/platformtest"
-	"github.com/membercenter/membercenter/services/server"
-	"github.com/membercenter/membercenter/services/telemetry"
 )
 
 // deploy/postgres/roles.sql, end to end: a database set up by it, migrated
@@ -105,13 +102,7 @@ func TestRolesScriptSeparatesTheAuditFromTheServices(t *testing.T) {
 	}
 	run() // again after the migrations: idempotent, and the audit stays locked
 
-	_, chCfg := chtest.NewDB(t)
-	cfg := platform.Config{
-		Postgres:   postgres.Config{URL: as(app, "app-pw"), MaxConns: 8},
-		ClickHouse: chCfg,
-		Telemetry:  telemetry.Config{ServiceName: "membercenter-roles-test", LogLevel: "error"},
-		Server:     server.Config{GRPCAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", Grace: 5 * time.Second},
-	}
+	cfg := testConfig(t, as(app, "app-pw"), "membercenter-roles-test")
 	e := platformtest.OpenT(t, cfg, io.Discard)
 	r := platformtest.StartT(t, e.P, platform.Options{Services: []string{"identity", "profile", "benefits"}, Now: clocktest.New().Now})
 	ids, bens, profiles := mcv1.NewIdentityServiceClient(r.Conn), mcv1.NewBenefitsServiceClient(r.Conn), mcv1.NewProfileServiceClient(r.Conn)

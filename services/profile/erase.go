@@ -29,9 +29,9 @@ import (
 // every change of the member already queued. ClickHouse follows when the
 // change reaches the sink. actor is the authenticated caller.
 func (s *Service) EraseMember(ctx context.Context, req *mcv1.EraseMemberRequest, ch mcv1.Channel, actor string) (*mcv1.EraseMemberResponse, error) {
-	id, err := uuid.Parse(req.GetMemberId())
+	id, err := parseMember(req.GetMemberId())
 	if err != nil {
-		return nil, fmt.Errorf("%w: member_id: %v", ErrInvalid, err)
+		return nil, err
 	}
 	if req.GetReason() == "" || req.GetIdempotencyKey() == "" {
 		return nil, fmt.Errorf("%w: reason and idempotency_key are required", ErrInvalid)

@@ -10,12 +10,12 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/jackc/pgx/v5"
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 	"github.com/membercenter/membercenter/storage/clickhouse"
 	"github.com/membercenter/membercenter/storage/clickhouse/chtest"
 	"github.com/membercenter/membercenter/storage/postgres"
+	"github.com/membercenter/membercenter/storage/postgres/pgtest"
 
 	"github.com/membercenter/membercenter/services/auth"
 	"github.com/membercenter/membercenter/services/changes"
@@ -232,14 +232,7 @@ func TestExportMemberDataRefusals(t *testing.T) {
 	if _, err := f.svc.ExportMemberData(auth.WithActor(c, "backoffice/privacy-officer"), uuid.MustParse(m)); err != nil {
 		t.Fatal(err)
 	}
-	rows, err := f.pool.Query(c, `SELECT actor FROM operator_audit WHERE member_id = $1 AND action = 'member.exported' ORDER BY at`, m)
-	if err != nil {
-		t.Fatal(err)
-	}
-	actors, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		t.Fatal(err)
-	}
+	actors := pgtest.Values[string](t, c, f.pool, `SELECT actor FROM operator_audit WHERE member_id = $1 AND action = 'member.exported' ORDER BY at`, m)
 	if len(actors) != 2 || actors[1] != "backoffice/privacy-officer" {
 		t.Errorf("exports audited as %v", actors)
 	}

@@ -32,6 +32,15 @@ var ErrNoFacts = errors.New("this needs ClickHouse, which this process is not co
 // ErrInvalid marks a request the service refuses as malformed.
 var ErrInvalid = errors.New("invalid request")
 
+// parseMember reads a request's member_id: a malformed one is ErrInvalid.
+func parseMember(id string) (uuid.UUID, error) {
+	m, err := uuid.Parse(id)
+	if err != nil {
+		return uuid.Nil, fmt.Errorf("%w: member_id: %v", ErrInvalid, err)
+	}
+	return m, nil
+}
+
 // Labels is what the profile needs of the tag engine: the catalogue in
 // force, and recomputing a member's labels in the transaction that changed
 // what they read (attributes, consent).
@@ -238,9 +247,9 @@ func toProtoProfile(id uuid.UUID, row postgres.ProfileRow) (*mcv1.Profile, error
 // change and recomputes the labels that read attributes, all in one
 // transaction.
 func (s *Service) UpdateAttributes(ctx context.Context, req *mcv1.UpdateAttributesRequest, ch mcv1.Channel) (*mcv1.UpdateAttributesResponse, error) {
-	id, err := uuid.Parse(req.GetMemberId())
+	id, err := parseMember(req.GetMemberId())
 	if err != nil {
-		return nil, fmt.Errorf("%w: member_id: %v", ErrInvalid, err)
+		return nil, err
 	}
 	// Every value checked and normalised before anything is read: one bad
 	// attribute refuses the whole request. An empty value removes the
@@ -368,9 +377,9 @@ func (s *Service) storedForm(ctx context.Context, member uuid.UUID, a attributes
 // the change, and — for profiling — withholds or restores the member's
 // behavioural labels in the same transaction.
 func (s *Service) SetConsent(ctx context.Context, req *mcv1.SetConsentRequest, ch mcv1.Channel) (*mcv1.SetConsentResponse, error) {
-	id, err := uuid.Parse(req.GetMemberId())
+	id, err := parseMember(req.GetMemberId())
 	if err != nil {
-		return nil, fmt.Errorf("%w: member_id: %v", ErrInvalid, err)
+		return nil, err
 	}
 	if _, ok := mcv1.ConsentPurpose_name[int32(req.GetPurpose())]; !ok || req.GetPurpose() == mcv1.ConsentPurpose_CONSENT_PURPOSE_UNSPECIFIED {
 		return nil, fmt.Errorf("%w: purpose: %s", ErrInvalid, purposes)

@@ -3,9 +3,7 @@ package profile
 import (
 	"context"
 	"errors"
-	"fmt"
 
-	"github.com/google/uuid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -28,9 +26,9 @@ func NewServer(svc *Service) *Server { return &Server{svc: svc} }
 
 // GetProfile implements ProfileService.GetProfile.
 func (s *Server) GetProfile(ctx context.Context, req *mcv1.GetProfileRequest) (*mcv1.GetProfileResponse, error) {
-	id, err := uuid.Parse(req.GetMemberId())
+	id, err := parseMember(req.GetMemberId())
 	if err != nil {
-		return nil, fmt.Errorf("%w: member_id: %v", ErrInvalid, err)
+		return nil, err
 	}
 	p, err := s.svc.Get(ctx, id)
 	if err != nil {
@@ -77,9 +75,9 @@ func (s *Server) ExportSegment(req *mcv1.ExportSegmentRequest, stream grpc.Serve
 
 // ExportMemberData implements ProfileService.ExportMemberData.
 func (s *Server) ExportMemberData(ctx context.Context, req *mcv1.ExportMemberDataRequest) (*mcv1.ExportMemberDataResponse, error) {
-	id, err := uuid.Parse(req.GetMemberId())
+	id, err := parseMember(req.GetMemberId())
 	if err != nil {
-		return nil, fmt.Errorf("%w: member_id: %v", ErrInvalid, err)
+		return nil, err
 	}
 	d, err := s.svc.ExportMemberData(ctx, id)
 	if err != nil {

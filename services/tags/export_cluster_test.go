@@ -21,6 +21,7 @@ import (
 	"github.com/membercenter/membercenter/storage/clickhouse/chtest"
 	"github.com/membercenter/membercenter/storage/clickhouse/segment"
 	"github.com/membercenter/membercenter/storage/postgres"
+	"github.com/membercenter/membercenter/storage/postgres/pgtest"
 )
 
 // TestExporterAndSinkWriteThroughDistributedTables: on a database sharded
@@ -75,14 +76,7 @@ func TestExporterAndSinkWriteThroughDistributedTables(t *testing.T) {
 	}
 
 	// The sink's facts writer: the events and every change in the outbox.
-	rows, err := f.pool.Query(ctx, `SELECT payload FROM outbox ORDER BY member_id, sequence`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	payloads, err := pgx.CollectRows(rows, pgx.RowTo[[]byte])
-	if err != nil {
-		t.Fatal(err)
-	}
+	payloads := pgtest.Values[[]byte](t, ctx, f.pool, `SELECT payload FROM outbox ORDER BY member_id, sequence`)
 	var changes []contract.FactChange
 	for _, p := range payloads {
 		ch := &mcv1.MemberChange{}

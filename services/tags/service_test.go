@@ -191,14 +191,7 @@ func (f *fixture) wantLabel(t *testing.T, m uuid.UUID, id string, want any, when
 // labelChanges returns the LabelsChanged changes in the member's outbox.
 func (f *fixture) labelChanges(t *testing.T, m uuid.UUID) []*mcv1.LabelsChanged {
 	t.Helper()
-	rows, err := f.pool.Query(context.Background(), `SELECT payload FROM outbox WHERE member_id = $1 ORDER BY sequence`, m)
-	if err != nil {
-		t.Fatal(err)
-	}
-	payloads, err := pgx.CollectRows(rows, pgx.RowTo[[]byte])
-	if err != nil {
-		t.Fatal(err)
-	}
+	payloads := pgtest.Values[[]byte](t, context.Background(), f.pool, `SELECT payload FROM outbox WHERE member_id = $1 ORDER BY sequence`, m)
 	var out []*mcv1.LabelsChanged
 	for _, p := range payloads {
 		ch := &mcv1.MemberChange{}

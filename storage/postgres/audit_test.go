@@ -15,22 +15,19 @@ import (
 	"github.com/membercenter/membercenter/storage/postgres/pgtest"
 )
 
+// auditAt is when the records here are made: any instant, nothing reads it.
+var auditAt = time.Date(2025, 3, 4, 5, 6, 7, 0, time.UTC)
+
 // TestAuditTablesAreAppendOnly: operator_audit, identity_audit and
 // config_audit take new records and refuse every UPDATE and DELETE, and
 // config_audit every TRUNCATE, even the table owner's
 // (insufficient_privilege); the others' TRUNCATE and DROP are left to the
 // owner role, which the services do not run as (deploy/postgres/roles.sql,
 // docs/security.md).
-// auditAt is when the records here are made: any instant, nothing reads it.
-var auditAt = time.Date(2025, 3, 4, 5, 6, 7, 0, time.UTC)
-
 func TestAuditTablesAreAppendOnly(t *testing.T) {
 	ctx := context.Background()
 	pool := pgtest.NewPool(t, nil)
-	member := uuid.Must(uuid.NewV7())
-	if err := postgres.InsertMember(ctx, pool, member, auditAt); err != nil {
-		t.Fatal(err)
-	}
+	member := newMemberAt(t, pool, auditAt)
 	if err := postgres.InsertOperatorAudit(ctx, pool, postgres.OperatorAudit{AuditID: uuid.Must(uuid.NewV7()), At: auditAt,
 		Actor: "backoffice/alice", Action: "coupon.issued", MemberID: member, CauseID: "rpc:x"}); err != nil {
 		t.Fatal(err)
@@ -84,10 +81,7 @@ func TestAuditTablesAreAppendOnly(t *testing.T) {
 func TestAuditRecordsAreQueuedForClickHouse(t *testing.T) {
 	ctx := context.Background()
 	pool := pgtest.NewPool(t, nil)
-	member := uuid.Must(uuid.NewV7())
-	if err := postgres.InsertMember(ctx, pool, member, auditAt); err != nil {
-		t.Fatal(err)
-	}
+	member := newMemberAt(t, pool, auditAt)
 	at := time.Date(2025, 3, 4, 5, 6, 7, 0, time.UTC)
 	ops := []postgres.OperatorAudit{
 		{AuditID: uuid.Must(uuid.NewV7()), At: at, Actor: "backoffice/alice", Action: "adjust.requested", MemberID: member, CauseID: "rpc:a",

@@ -30,10 +30,7 @@ func LockErasable(ctx context.Context, tx pgx.Tx, member uuid.UUID) ([]uuid.UUID
 		    SELECT m.member_id, f.depth + 1 FROM members m JOIN folded f ON m.merged_into = f.member_id WHERE f.depth < 100)
 		SELECT m.member_id FROM members m WHERE m.member_id IN (SELECT member_id FROM folded)
 		ORDER BY m.member_id`+lockMemberRow, member)
-	if err != nil {
-		return nil, fmt.Errorf("lock merged members: %w", err)
-	}
-	return pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
+	return collectAll(rows, err, pgx.RowTo[uuid.UUID], "lock merged members")
 }
 
 // erasure is what EraseMembers does, table by table: every statement takes

@@ -208,10 +208,7 @@ func MarkUnmerged(ctx context.Context, q Querier, id uuid.UUID, reason string, a
 func ListMerges(ctx context.Context, q Querier, member uuid.UUID) ([]MergeRow, error) {
 	rows, err := q.Query(ctx, `SELECT `+mergeColumns+` FROM merges
 		WHERE source_member_id = $1 OR target_member_id = $1 ORDER BY merged_at, merge_id`, member)
-	if err != nil {
-		return nil, fmt.Errorf("list merges: %w", err)
-	}
-	return pgx.CollectRows(rows, scanMerge)
+	return collectAll(rows, err, scanMerge, "list merges")
 }
 
 // FoldedInto returns member and every member whose open merges lead into it,
@@ -225,10 +222,7 @@ func FoldedInto(ctx context.Context, q Querier, member uuid.UUID) ([]uuid.UUID, 
 		      FROM merges m JOIN folded f ON m.target_member_id = f.member_id
 		     WHERE m.unmerged_at IS NULL AND f.depth < 100)
 		SELECT member_id FROM folded`, member)
-	if err != nil {
-		return nil, fmt.Errorf("folded members: %w", err)
-	}
-	return pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
+	return collectAll(rows, err, pgx.RowTo[uuid.UUID], "folded members")
 }
 
 // ConflictRow is an identity conflict waiting for (or past) review.
@@ -265,10 +259,7 @@ func ListOpenConflicts(ctx context.Context, q Querier, afterAt time.Time, afterI
 	rows, err := q.Query(ctx, `SELECT `+conflictColumns+` FROM identity_conflicts
 		WHERE resolved_at IS NULL AND (created_at, conflict_id) > ($1, $2)
 		ORDER BY created_at, conflict_id LIMIT $3`, afterAt, afterID, limit)
-	if err != nil {
-		return nil, fmt.Errorf("list conflicts: %w", err)
-	}
-	return pgx.CollectRows(rows, scanConflict)
+	return collectAll(rows, err, scanConflict, "list conflicts")
 }
 
 // GetConflictForUpdate returns a conflict, locked, or ErrNotFound.
@@ -319,14 +310,11 @@ func InsertAudit(ctx context.Context, q Querier, a AuditRow) error {
 func ListAudit(ctx context.Context, q Querier, member uuid.UUID) ([]AuditRow, error) {
 	rows, err := q.Query(ctx, `SELECT audit_id, at, action, actor, channel, cause_id, member_id, other_member_id, identifiers, before, after, reason
 		FROM identity_audit WHERE member_id = $1 ORDER BY at, audit_id`, member)
-	if err != nil {
-		return nil, fmt.Errorf("list audit: %w", err)
-	}
-	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (AuditRow, error) {
+	return collectAll(rows, err, func(row pgx.CollectableRow) (AuditRow, error) {
 		var a AuditRow
 		err := row.Scan(&a.AuditID, &a.At, &a.Action, &a.Actor, &a.Channel, &a.CauseID, &a.MemberID, &a.OtherMemberID, &a.Identifiers, &a.Before, &a.After, &a.Reason)
 		return a, err
-	})
+	}, "list audit")
 }
 
 // SealedRow is a ciphertext to re-encrypt: an identifier's display value
@@ -363,14 +351,11 @@ func CountPlatformSealed(ctx context.Context, q Querier) (int64, error) {
 func ClaimIdentifierCiphers(ctx context.Context, tx pgx.Tx, limit int) ([]SealedRow, error) {
 	rows, err := tx.Query(ctx, `SELECT identifier_id, origin_member_id, value_hash, value_cipher, key_id FROM member_identifiers
 		WHERE value_cipher IS NOT NULL AND `+underPlatformKey+` ORDER BY identifier_id LIMIT $1 FOR UPDATE SKIP LOCKED`, limit)
-	if err != nil {
-		return nil, fmt.Errorf("claim identifier ciphertexts: %w", err)
-	}
-	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (SealedRow, error) {
+	return collectAll(rows, err, func(row pgx.CollectableRow) (SealedRow, error) {
 		var r SealedRow
 		err := row.Scan(&r.ID, &r.MemberID, &r.Hash, &r.Cipher, &r.KeyID)
 		return r, err
-	})
+	}, "claim identifier ciphertexts")
 }
 
 // UpdateIdentifierCipher stores a re-encrypted identifier ciphertext.
@@ -383,14 +368,11 @@ func UpdateIdentifierCipher(ctx context.Context, tx pgx.Tx, id int64, cipher []b
 func ClaimCodeSecretCiphers(ctx context.Context, tx pgx.Tx, limit int) ([]SealedRow, error) {
 	rows, err := tx.Query(ctx, `SELECT member_id, secret_cipher, key_id FROM member_code_secrets
 		WHERE `+underPlatformKey+` ORDER BY member_id LIMIT $1 FOR UPDATE SKIP LOCKED`, limit)
-	if err != nil {
-		return nil, fmt.Errorf("claim code secrets: %w", err)
-	}
-	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (SealedRow, error) {
+	return collectAll(rows, err, func(row pgx.CollectableRow) (SealedRow, error) {
 		var r SealedRow
 		err := row.Scan(&r.MemberID, &r.Cipher, &r.KeyID)
 		return r, err
-	})
+	}, "claim code secrets")
 }
 
 // UpdateCodeSecretCipher stores a re-encrypted code secret.

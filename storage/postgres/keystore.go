@@ -178,14 +178,11 @@ func CountMemberKeysNotUnder(ctx context.Context, q Querier, kek string) (int64,
 func ClaimMemberKeysNotUnder(ctx context.Context, tx pgx.Tx, kek string, limit int) ([]MemberKey, error) {
 	rows, err := tx.Query(ctx, `SELECT member_id, wrapped, kek_id FROM member_keys WHERE kek_id <> $1
 		ORDER BY member_id LIMIT $2 FOR UPDATE SKIP LOCKED`, kek, limit)
-	if err != nil {
-		return nil, fmt.Errorf("claim member keys: %w", err)
-	}
-	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (MemberKey, error) {
+	return collectAll(rows, err, func(row pgx.CollectableRow) (MemberKey, error) {
 		var k MemberKey
 		err := row.Scan(&k.MemberID, &k.Wrapped, &k.KEKID)
 		return k, err
-	})
+	}, "claim member keys")
 }
 
 // RewrapMemberKey stores a data key wrapped anew.

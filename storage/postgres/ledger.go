@@ -210,12 +210,9 @@ func ListLots(ctx context.Context, q Querier, memberID uuid.UUID) ([]Lot, error)
 	rows, err := q.Query(ctx, `
 		SELECT lot_id, member_id, origin_member_id, transaction_id, earned, remaining, earned_at, available_at, expires_at
 		  FROM point_lots WHERE member_id = $1 ORDER BY expires_at, lot_id`, memberID)
-	if err != nil {
-		return nil, fmt.Errorf("list lots: %w", err)
-	}
-	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (Lot, error) {
+	return collectAll(rows, err, func(row pgx.CollectableRow) (Lot, error) {
 		var l Lot
 		err := row.Scan(&l.LotID, &l.MemberID, &l.OriginMemberID, &l.TransactionID, &l.Earned, &l.Remaining, &l.EarnedAt, &l.AvailableAt, &l.ExpiresAt)
 		return l, err
-	})
+	}, "list lots")
 }

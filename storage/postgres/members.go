@@ -50,10 +50,7 @@ func FindIdentifiers(ctx context.Context, q Querier, keys []IdentifierKey) ([]Id
 		return nil, nil
 	}
 	rows, err := q.Query(ctx, findIdentifiersSQL, keyArrays(keys)...)
-	if err != nil {
-		return nil, fmt.Errorf("find identifiers: %w", err)
-	}
-	return pgx.CollectRows(rows, scanIdentifier)
+	return collectAll(rows, err, scanIdentifier, "find identifiers")
 }
 
 var findIdentifiersSQL = `
@@ -131,10 +128,7 @@ func ListIdentifiers(ctx context.Context, q Querier, memberID uuid.UUID) ([]Iden
 	rows, err := q.Query(ctx, `
 		SELECT `+identifierColumns("i")+`
 		  FROM member_identifiers i WHERE i.member_id = $1 ORDER BY i.identifier_id`, memberID)
-	if err != nil {
-		return nil, fmt.Errorf("list identifiers: %w", err)
-	}
-	return pgx.CollectRows(rows, scanIdentifier)
+	return collectAll(rows, err, scanIdentifier, "list identifiers")
 }
 
 func identifierColumns(t string) string {

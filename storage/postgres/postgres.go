@@ -134,6 +134,15 @@ func collectOne[T any](rows pgx.Rows, err error, scan pgx.RowToFunc[T], what, mi
 	return v, err
 }
 
+// collectAll collects the rows of a query's result (rows, err) with scan: a
+// failed query is named by what.
+func collectAll[T any](rows pgx.Rows, err error, scan pgx.RowToFunc[T], what string) ([]T, error) {
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	return pgx.CollectRows(rows, scan)
+}
+
 // queryValues runs a statement whose rows are one column each and returns
 // the values; what names the statement in an error.
 func queryValues[T any](ctx context.Context, q Querier, what, sql string, args ...any) ([]T, error) {

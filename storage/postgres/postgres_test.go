@@ -25,8 +25,14 @@ func TestMigrateIsIdempotent(t *testing.T) {
 
 func newMember(t *testing.T, q postgres.Querier) uuid.UUID {
 	t.Helper()
+	return newMemberAt(t, q, time.Now())
+}
+
+// newMemberAt inserts a new member created at.
+func newMemberAt(t *testing.T, q postgres.Querier, at time.Time) uuid.UUID {
+	t.Helper()
 	id := uuid.Must(uuid.NewV7())
-	if err := postgres.InsertMember(context.Background(), q, id, time.Now()); err != nil {
+	if err := postgres.InsertMember(context.Background(), q, id, at); err != nil {
 		t.Fatal(err)
 	}
 	return id

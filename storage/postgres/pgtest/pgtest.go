@@ -138,6 +138,21 @@ func NewPoolUnchecked(t testing.TB, tp trace.TracerProvider) *pgxpool.Pool {
 	return pool
 }
 
+// Values runs a statement whose rows are one column each and returns the
+// values; an error fails the test.
+func Values[T any](t testing.TB, ctx context.Context, q postgres.Querier, sql string, args ...any) []T {
+	t.Helper()
+	rows, err := q.Query(ctx, sql, args...)
+	if err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+	vs, err := pgx.CollectRows(rows, pgx.RowTo[T])
+	if err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+	return vs
+}
+
 // ensureTemplate creates, once per set of migrations, a migrated database to
 // clone. Its name carries a hash of the migrations, so a changed migration
 // gets a new template.
