@@ -2,6 +2,7 @@ package postgres_test
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -234,5 +235,28 @@ func TestIdentifierUniqueness(t *testing.T) {
 	}
 	if len(got) != 1 || got[0].MemberID != a {
 		t.Fatalf("found %+v, want the identifier of %s", got, a)
+	}
+}
+
+// TestOpenTurnsJITOff: the platform's pools run without PostgreSQL's JIT
+// (it compiled import verify's member reads for longer than they ran),
+// unless the URL asks for it.
+func TestOpenTurnsJITOff(t *testing.T) {
+	ctx := context.Background()
+	url := pgtest.NewDB(t)
+	for _, c := range []struct{ url, want string }{{url, "off"}, {url + "&jit=on", "on"}} {
+		pool, err := postgres.Open(ctx, postgres.Config{URL: c.url, MaxConns: 2}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var jit string
+		err = pool.QueryRow(ctx, "SHOW jit").Scan(&jit)
+		pool.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if jit != c.want {
+			t.Errorf("jit with %s = %s, want %s", c.url[strings.Index(c.url, "?"):], jit, c.want)
+		}
 	}
 }
