@@ -25,12 +25,6 @@ import (
 	"github.com/membercenter/membercenter/services/telemetry"
 )
 
-// TestListenersOverMutualTLS: with MC_TLS_* set, the platform serves gRPC,
-// the HTTP/JSON gateway and admin over TLS. A channel with a certificate of
-// the client CA calls gRPC and the gateway (whose own connection to the
-// gRPC server passes the required client certificate check); the gateway
-// refuses an HTTPS client without a certificate; admin answers probes
-// without one.
 // mutualTLS is a platform configuration whose listeners speak TLS with a
 // server certificate of ca and require channels' client certificates of
 // clientCA (files in dir), and a client TLS configuration presenting certs.
@@ -53,6 +47,12 @@ func mutualTLS(t *testing.T, dir string) (cfg platform.Config, clientCA *servert
 	}
 }
 
+// TestListenersOverMutualTLS: with MC_TLS_* set, the platform serves gRPC,
+// the HTTP/JSON gateway and admin over TLS. A channel with a certificate of
+// the client CA calls gRPC and the gateway (whose own connection to the
+// gRPC server passes the required client certificate check); the gateway
+// refuses an HTTPS client without a certificate; admin answers probes
+// without one.
 func TestListenersOverMutualTLS(t *testing.T) {
 	cfg, clientCA, tlsFor := mutualTLS(t, t.TempDir())
 	channel := clientCA.Client(t, "miniprogram")
