@@ -174,7 +174,6 @@ func (s *Service) ImportMembers(ctx context.Context, tx pgx.Tx, b *pgx.Batch, re
 func (s *Service) HeldBy(ctx context.Context, q postgres.Querier, members []uuid.UUID, ids [][]*mcv1.Identifier) (missing [][]string, bad []error, err error) {
 	missing, bad = make([][]string, len(members)), make([]error, len(members))
 	want := make([][]Normalized, len(members))
-	var keys []postgres.IdentifierKey
 	for i := range members {
 		norm, err := s.Normalize(ids[i])
 		if err != nil {
@@ -182,27 +181,28 @@ func (s *Service) HeldBy(ctx context.Context, q postgres.Querier, members []uuid
 			continue
 		}
 		for _, n := range norm {
-			if s.rules.Blocked(n.Type, n.Value) {
-				continue
+			if !s.rules.Blocked(n.Type, n.Value) {
+				want[i] = append(want[i], n)
 			}
-			keys, want[i] = append(keys, keyOf(n)), append(want[i], n)
 		}
 	}
-	found, err := postgres.FindIdentifiers(ctx, q, keys)
+	found, err := postgres.KeysHeldBy(ctx, q, members)
 	if err != nil {
 		return nil, nil, err
 	}
 	type holding struct {
 		member uuid.UUID
+		typ    int16
+		scope  string
 		hash   string
 	}
 	held := map[holding]bool{}
 	for _, f := range found {
-		held[holding{f.MemberID, string(f.Hash)}] = true
+		held[holding{f.Member, f.Type, f.Scope, string(f.Hash)}] = true
 	}
 	for i, member := range members {
 		for _, n := range want[i] {
-			if !held[holding{member, string(n.Hash)}] {
+			if k := keyOf(n); !held[holding{member, k.Type, k.Scope, string(k.Hash)}] {
 				missing[i] = append(missing[i], TypeName(n.Type)+" "+n.Masked)
 			}
 		}

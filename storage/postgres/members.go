@@ -44,6 +44,25 @@ type MemberRow struct {
 	MergeCount int
 }
 
+// HeldKey is the key of an identifier a member holds.
+type HeldKey struct {
+	Member uuid.UUID
+	IdentifierKey
+}
+
+// KeysHeldBy returns the keys of every identifier the members hold, read
+// by member (their rows sit together), not by key: a reconciliation of
+// members against a source asks what each member holds, and a million
+// members' keyed hashes probed one by one are that many random reads.
+func KeysHeldBy(ctx context.Context, q Querier, members []uuid.UUID) ([]HeldKey, error) {
+	rows, err := q.Query(ctx, `SELECT member_id, id_type, scope, value_hash FROM member_identifiers WHERE member_id = ANY($1)`, members)
+	return collectAll(rows, err, func(row pgx.CollectableRow) (HeldKey, error) {
+		var h HeldKey
+		err := row.Scan(&h.Member, &h.Type, &h.Scope, &h.Hash)
+		return h, err
+	}, "identifiers held by members")
+}
+
 // FindIdentifiers returns the stored identifiers matching any of keys.
 func FindIdentifiers(ctx context.Context, q Querier, keys []IdentifierKey) ([]IdentifierRow, error) {
 	if len(keys) == 0 {
