@@ -72,11 +72,17 @@ func FindIdentifiers(ctx context.Context, q Querier, keys []IdentifierKey) ([]Id
 	return collectAll(rows, err, scanIdentifier, "find identifiers")
 }
 
+// findIdentifiersSQL probes, for each key, the index of unique
+// identifiers and the (small) one of shared identifiers (migration 00032:
+// a unique identifier is in one index, not two).
 var findIdentifiersSQL = `
-		SELECT ` + identifierColumns("i") + `
-		  FROM member_identifiers i
-		  JOIN unnest($1::smallint[], $2::text[], $3::bytea[]) AS k(id_type, scope, value_hash)
-		    ON i.id_type = k.id_type AND i.scope = k.scope AND i.value_hash = k.value_hash`
+		SELECT i.* FROM unnest($1::smallint[], $2::text[], $3::bytea[]) AS k(id_type, scope, value_hash)
+		 CROSS JOIN LATERAL (
+		       SELECT ` + identifierColumns("u") + ` FROM member_identifiers u
+		        WHERE u.is_unique AND u.id_type = k.id_type AND u.scope = k.scope AND u.value_hash = k.value_hash
+		       UNION ALL
+		       SELECT ` + identifierColumns("s") + ` FROM member_identifiers s
+		        WHERE NOT s.is_unique AND s.id_type = k.id_type AND s.scope = k.scope AND s.value_hash = k.value_hash) i`
 
 func keyArrays(keys []IdentifierKey) []any {
 	types := make([]int16, len(keys))

@@ -150,7 +150,7 @@ func CountUnmerged(ctx context.Context, q postgres.Querier) (int, error) {
 	return n, err
 }
 
-// OriginMembers returns, for each of the hashes of identifiers of type
+// OriginMembers returns, for each of the hashes of unique identifiers of type
 // idType (in order), the member the identifier was first linked to
 // (origin_member_id stays put when a merge moves the identifier) and
 // whether that member is still active and has never absorbed another.
@@ -158,7 +158,7 @@ func OriginMembers(ctx context.Context, q postgres.Querier, idType int16, hashes
 	rows, err := q.Query(ctx, `
 		SELECT k.ord, m.member_id, m.status = 'active' AND m.merge_count = 0
 		  FROM unnest($1::bytea[]) WITH ORDINALITY AS k(hash, ord)
-		  JOIN member_identifiers i ON i.id_type = $2 AND i.scope = '' AND i.value_hash = k.hash
+		  JOIN member_identifiers i ON i.is_unique AND i.id_type = $2 AND i.scope = '' AND i.value_hash = k.hash
 		  JOIN members m ON m.member_id = i.origin_member_id`,
 		hashes, idType)
 	if err != nil {
