@@ -253,6 +253,12 @@ func decodeStrict(text string, v any) error {
 		return nil
 	}
 	reflect.ValueOf(v).Elem().SetZero() // what the refused parse left
+	return decodeStd(text, v)
+}
+
+// decodeStd is decodeStrict by encoding/json alone: the reference for the
+// reasons a refused line is given.
+func decodeStd(text string, v any) error {
 	dec := json.NewDecoder(strings.NewReader(text))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
