@@ -3,6 +3,7 @@ package migration
 import (
 	"context"
 	"fmt"
+	"hash/maphash"
 	"sort"
 	"sync"
 	"time"
@@ -97,7 +98,7 @@ func (im *Importer) ImportOrders(ctx context.Context, src *Source, conn driver.C
 		rows = make([]clickhouse.EventRow, 0, orderBatch)
 		return nil
 	}
-	seen := map[string]int{}
+	seen := newOrderIDs()
 	erased := map[string]bool{}
 	// A member merged since lives on in another (they are few: found in
 	// one statement, each followed to its survivor).
@@ -138,11 +139,11 @@ func (im *Importer) ImportOrders(ctx context.Context, src *Source, conn driver.C
 			rep.Refused = append(rep.Refused, &RowError{File: o.File, Line: o.Line, LegacyID: o.LegacyID, Reason: "no imported member with this legacy_id"})
 			return nil
 		}
-		if first, dup := seen[o.OrderID]; dup {
+		if first, dup := seen.line(o.OrderID); dup {
 			rep.Refused = append(rep.Refused, &RowError{File: o.File, Line: o.Line, LegacyID: o.LegacyID, Reason: fmt.Sprintf("order_id also on line %d", first)})
 			return nil
 		}
-		seen[o.OrderID] = o.Line
+		seen.add(o.OrderID, o.Line)
 		owner := member
 		if c, ok := canonical[member]; ok {
 			owner = c
@@ -261,10 +262,10 @@ func (im *Importer) VerifyOrders(ctx context.Context, src *Source, conn driver.C
 	if err != nil {
 		return 0, 0, 0, 0, err
 	}
-	seen := map[string]bool{}
+	seen := newOrderIDs()
 	erased := map[string]bool{}
 	err = src.EachOrder(func(o *Order, rerr *RowError) error {
-		if rerr != nil || seen[o.OrderID] {
+		if _, dup := seen.line(o.OrderID); rerr != nil || dup {
 			return nil
 		}
 		_, ok := members[o.LegacyID]
@@ -276,7 +277,7 @@ func (im *Importer) VerifyOrders(ctx context.Context, src *Source, conn driver.C
 			}
 		}
 		if ok {
-			seen[o.OrderID] = true
+			seen.add(o.OrderID, o.Line)
 			srcOrders++
 			srcAmount += o.Total
 		}
@@ -288,3 +289,28 @@ func (im *Importer) VerifyOrders(ctx context.Context, src *Source, conn driver.C
 	chOrders, chAmount, err = clickhouse.CountEventsWithPrefix(ctx, conn, OrderEventID(im.Source, ""))
 	return srcOrders, srcAmount, chOrders, chAmount, err
 }
+
+// orderIDs remembers the order ids seen and the line of each by a 128-bit
+// hash of the id (two seeded hashes) rather than by the string: an export's
+// ten million orders then leave no ten million pointers for the garbage
+// collector to scan while the file is read.
+type orderIDs struct {
+	s1, s2 maphash.Seed
+	lines  map[[2]uint64]int
+}
+
+func newOrderIDs() *orderIDs {
+	return &orderIDs{s1: maphash.MakeSeed(), s2: maphash.MakeSeed(), lines: map[[2]uint64]int{}}
+}
+
+func (o *orderIDs) key(id string) [2]uint64 {
+	return [2]uint64{maphash.String(o.s1, id), maphash.String(o.s2, id)}
+}
+
+// line is the line id was first seen on.
+func (o *orderIDs) line(id string) (int, bool) {
+	l, ok := o.lines[o.key(id)]
+	return l, ok
+}
+
+func (o *orderIDs) add(id string, line int) { o.lines[o.key(id)] = line }
