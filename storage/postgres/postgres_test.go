@@ -24,9 +24,13 @@ func TestMigrateIsIdempotent(t *testing.T) {
 	}
 }
 
+// memberCreatedAt is when newMember's members were created: a fixed day,
+// so nothing in these tests depends on the day they run.
+var memberCreatedAt = time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)
+
 func newMember(t *testing.T, q postgres.Querier) uuid.UUID {
 	t.Helper()
-	return newMemberAt(t, q, time.Now())
+	return newMemberAt(t, q, memberCreatedAt)
 }
 
 // newMemberAt inserts a new member created at.
