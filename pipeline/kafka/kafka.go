@@ -19,6 +19,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 	"github.com/twmb/franz-go/plugin/kotel"
 	"github.com/twmb/franz-go/plugin/kslog"
 	"go.opentelemetry.io/otel"
@@ -386,6 +387,61 @@ func EnsureTopics(ctx context.Context, cl *kgo.Client, topics Topics) error {
 			}
 		default:
 			return fmt.Errorf("create topic %s: %w", name, err)
+		}
+	}
+	return waitTopicsKnown(ctx, cl, topics.All())
+}
+
+// waitTopicsKnown returns once the broker's metadata holds every topic with
+// a leader for each of its partitions: a topic just created is known to the
+// controller before the brokers, and a producer that asks too early is told
+// UNKNOWN_TOPIC_OR_PARTITION. It asks the broker each time (kadm's Metadata
+// answers from the client's cache for up to MetadataMinAge).
+func waitTopicsKnown(ctx context.Context, cl *kgo.Client, topics map[string]int32) error {
+	req := kmsg.NewPtrMetadataRequest()
+	for name := range topics {
+		t := kmsg.NewMetadataRequestTopic()
+		t.Topic = kmsg.StringPtr(name)
+		req.Topics = append(req.Topics, t)
+	}
+	backoff := fault.Backoff{Min: 20 * time.Millisecond, Max: 250 * time.Millisecond}
+	for {
+		resp, err := req.RequestWith(ctx, cl)
+		if err == nil {
+			err = topicsReady(resp, topics)
+		}
+		if err == nil {
+			return nil
+		}
+		if !fault.Sleep(ctx, backoff.Next()) {
+			return fmt.Errorf("wait for the topics to be known: %w", err)
+		}
+	}
+}
+
+func topicsReady(resp *kmsg.MetadataResponse, topics map[string]int32) error {
+	known := make(map[string]bool, len(topics))
+	for _, t := range resp.Topics {
+		if t.Topic == nil {
+			continue
+		}
+		name := *t.Topic
+		if err := kerr.ErrorForCode(t.ErrorCode); err != nil {
+			return fmt.Errorf("topic %s: %w", name, err)
+		}
+		if int32(len(t.Partitions)) < topics[name] {
+			return fmt.Errorf("topic %s: %d of %d partitions known", name, len(t.Partitions), topics[name])
+		}
+		for _, p := range t.Partitions {
+			if err := kerr.ErrorForCode(p.ErrorCode); err != nil || p.Leader < 0 {
+				return fmt.Errorf("topic %s partition %d: no leader yet (%v)", name, p.Partition, err)
+			}
+		}
+		known[name] = true
+	}
+	for name := range topics {
+		if !known[name] {
+			return fmt.Errorf("topic %s: not in the metadata yet", name)
 		}
 	}
 	return nil

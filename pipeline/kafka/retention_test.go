@@ -103,3 +103,24 @@ func TestRawTopicsKeepTheirRetention(t *testing.T) {
 		}
 	}
 }
+
+// EnsureTopics returns once the broker knows every topic with a leader for
+// each partition: a producer that will not wait for an unknown topic can
+// write to every partition of every topic at once.
+func TestEnsureTopicsReturnsOnceTheTopicsAreUsable(t *testing.T) {
+	cfg := kafkatest.Config(t) // creates the topics with EnsureTopics
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(cfg.Brokers...), kgo.RecordPartitioner(kgo.ManualPartitioner()), kgo.UnknownTopicRetries(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	for topic, parts := range cfg.Topics.All() {
+		for p := range parts {
+			if err := cl.ProduceSync(ctx, &kgo.Record{Topic: topic, Partition: p, Value: []byte("x")}).FirstErr(); err != nil {
+				t.Errorf("produce to %s[%d] right after EnsureTopics: %v", topic, p, err)
+			}
+		}
+	}
+}
