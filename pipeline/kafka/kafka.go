@@ -389,15 +389,15 @@ func EnsureTopics(ctx context.Context, cl *kgo.Client, topics Topics) error {
 			return fmt.Errorf("create topic %s: %w", name, err)
 		}
 	}
-	return waitTopicsKnown(ctx, cl, topics.All())
+	return WaitTopicsKnown(ctx, cl, topics.All())
 }
 
-// waitTopicsKnown returns once the broker's metadata holds every topic with
-// a leader for each of its partitions: a topic just created is known to the
-// controller before the brokers, and a producer that asks too early is told
-// UNKNOWN_TOPIC_OR_PARTITION. It asks the broker each time (kadm's Metadata
+// WaitTopicsKnown returns once the broker's metadata holds every topic with
+// its partitions (name → count), each with a leader: a topic just created
+// is known to the controller before the brokers, and a producer that asks
+// too early is told UNKNOWN_TOPIC_OR_PARTITION. It asks the broker each time (kadm's Metadata
 // answers from the client's cache for up to MetadataMinAge).
-func waitTopicsKnown(ctx context.Context, cl *kgo.Client, topics map[string]int32) error {
+func WaitTopicsKnown(ctx context.Context, cl *kgo.Client, topics map[string]int32) error {
 	req := kmsg.NewPtrMetadataRequest()
 	for name := range topics {
 		t := kmsg.NewMetadataRequestTopic()
