@@ -30,7 +30,7 @@ check:
 	scripts/lint.sh
 
 unit:
-	go test -count=1 -timeout 15m $(MODULES)
+	go test -count=1 -timeout 30m $(MODULES)
 
 ## testdates: the unit and integration tests with the test clock pinned to a
 ## weekday, a weekend, a month end, 29 February and 31 December.

@@ -228,7 +228,8 @@ func TestWorkerAgreesWithOracle(t *testing.T) {
 // (Apply) or in batches of consecutive events, as a partition's worker
 // does (ApplyBatch).
 func testWorkerAgreesWithOracle(t *testing.T, batch int) {
-	f, c := begin(t)
+	f, _ := begin(t)
+	c := ctxWithin(t, 10*time.Minute) // 2,000 events, one at a time: generous for a busy machine
 	o, stream := generate(t, benefits.DefaultProgramSource(), 7, 150, 2_000)
 	seen := map[string]bool{}
 	var end time.Time
