@@ -23,13 +23,13 @@ func TestImportThenVerify(t *testing.T) {
 		t.Fatalf("verify after a dry run: %v\n%s", err, out)
 	}
 	if out, err := run("import", "../migration/testdata/sample-csv"); err != nil || !strings.Contains(out, "4 imported") ||
-		!strings.Contains(out, "orders: 5 read") || !strings.Contains(out, "5 written to ClickHouse (amount 296000), features and labels of 3 members rebuilt, 0 of erased members left out, 0 refused") {
+		!strings.Contains(out, "orders: 5 read") || !strings.Contains(out, "5 written to ClickHouse (amount 296000, 3 lines), features and labels of 3 members rebuilt, 0 of erased members left out, 0 refused") {
 		t.Fatalf("import: %v\n%s", err, out)
 	}
 	out, err = run("import", "verify", "../migration/testdata/sample-csv")
 	points := regexp.MustCompile(`points: source (\d+), platform (\d+)`).FindStringSubmatch(out)
 	if err != nil || !strings.Contains(out, "4 of 4 members agree (100.00%;") || points == nil || points[1] != points[2] ||
-		!strings.Contains(out, "orders of imported members: source 5 (amount 296000), ClickHouse 5 (amount 296000)") {
+		!strings.Contains(out, "orders of imported members: source 5 (amount 296000, 3 lines), ClickHouse 5 (amount 296000, 3 lines)") {
 		t.Fatalf("verify: %v\n%s", err, out)
 	}
 	out, err = run("import", "../migration/testdata/bad-csv")

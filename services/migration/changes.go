@@ -199,6 +199,11 @@ func columnsOf(raw map[string]json.RawMessage, logical map[string]string) (map[s
 			default:
 				out[k] = x.String()
 			}
+		case []any:
+			if k != "items" {
+				return nil, fmt.Errorf("%s: %s is not a column value (a string, number, boolean or null)", k, bytes.TrimSpace(v))
+			}
+			out[k] = string(bytes.TrimSpace(v)) // an order's lines (a JSON column): read as the export's
 		default:
 			return nil, fmt.Errorf("%s: %s is not a column value (a string, number, boolean or null)", k, bytes.TrimSpace(v))
 		}

@@ -23,6 +23,7 @@ import (
 type OrdersReport struct {
 	Read, Written int
 	Amount        int64 // minor units written
+	Lines         int   // basket lines written
 	// Members whose features and labels were rebuilt from their history,
 	// and how long that took (of Took).
 	Rebuilt     int
@@ -151,6 +152,7 @@ func (im *Importer) ImportOrders(ctx context.Context, src *Source, conn driver.C
 		rows = append(rows, im.orderRow(o, owner, member, now()))
 		rep.Written++
 		rep.Amount += o.Total
+		rep.Lines += len(o.Lines)
 		touched[owner] = true
 		if len(rows) >= orderBatch {
 			return flush()
@@ -166,7 +168,7 @@ func (im *Importer) ImportOrders(ctx context.Context, src *Source, conn driver.C
 	}
 	if err != nil || dryRun {
 		if dryRun {
-			rep.Written, rep.Amount = 0, 0
+			rep.Written, rep.Amount, rep.Lines = 0, 0, 0
 		}
 		rep.Took = time.Since(start)
 		return rep, err
@@ -249,23 +251,43 @@ func (im *Importer) orderRow(o *Order, owner, member uuid.UUID, now time.Time) c
 	if cur == "" {
 		cur = "CNY"
 	}
+	var items []clickhouse.ItemRow
+	for _, l := range o.Lines {
+		items = append(items, clickhouse.ItemRow{SKU: l.SKU, Category: l.Category, Brand: l.Brand, Quantity: l.Quantity, AmountMinor: l.Amount})
+	}
 	return clickhouse.EventRow{EventID: OrderEventID(im.Source, o.OrderID), MemberID: owner.String(),
 		OriginMemberID: member.String(), EventType: facts.KindTransaction, Channel: ch, StoreID: o.StoreID,
-		OccurredAt: o.At, IngestedAt: now, OrderID: o.OrderID, Currency: cur, AmountMinor: o.Total, DiscountMinor: o.Discount}
+		OccurredAt: o.At, IngestedAt: now, OrderID: o.OrderID, Currency: cur, AmountMinor: o.Total, DiscountMinor: o.Discount,
+		Items: items}
+}
+
+// OrderTotals is what an order history adds up to: the orders, their
+// amount and their basket lines.
+type OrderTotals struct {
+	Orders uint64
+	Amount int64
+	Lines  uint64
+}
+
+func (t OrderTotals) String() string {
+	return fmt.Sprintf("%d (amount %d, %d lines)", t.Orders, t.Amount, t.Lines)
 }
 
 // VerifyOrders reconciles the order history: the orders the source holds
 // for imported members against the imported orders ClickHouse holds, in
-// count and amount.
-func (im *Importer) VerifyOrders(ctx context.Context, src *Source, conn driver.Conn) (srcOrders uint64, srcAmount int64, chOrders uint64, chAmount int64, err error) {
+// count, amount and lines.
+func (im *Importer) VerifyOrders(ctx context.Context, src *Source, conn driver.Conn) (source, stored OrderTotals, err error) {
 	members, err := postgres.LegacyMembersOf(ctx, im.Pool, im.Source)
 	if err != nil {
-		return 0, 0, 0, 0, err
+		return source, stored, err
 	}
 	seen := newOrderIDs()
 	erased := map[string]bool{}
 	err = src.EachOrder(func(o *Order, rerr *RowError) error {
-		if _, dup := seen.line(o.OrderID); rerr != nil || dup {
+		if rerr != nil {
+			return nil
+		}
+		if _, dup := seen.line(o.OrderID); dup {
 			return nil
 		}
 		_, ok := members[o.LegacyID]
@@ -278,16 +300,17 @@ func (im *Importer) VerifyOrders(ctx context.Context, src *Source, conn driver.C
 		}
 		if ok {
 			seen.add(o.OrderID, o.Line)
-			srcOrders++
-			srcAmount += o.Total
+			source.Orders++
+			source.Amount += o.Total
+			source.Lines += uint64(len(o.Lines))
 		}
 		return nil
 	})
 	if err != nil {
-		return 0, 0, 0, 0, err
+		return source, stored, err
 	}
-	chOrders, chAmount, err = clickhouse.CountEventsWithPrefix(ctx, conn, OrderEventID(im.Source, ""))
-	return srcOrders, srcAmount, chOrders, chAmount, err
+	stored.Orders, stored.Amount, stored.Lines, err = clickhouse.CountEventsWithPrefix(ctx, conn, OrderEventID(im.Source, ""))
+	return source, stored, err
 }
 
 // orderIDs remembers the order ids seen and the line of each by a 128-bit

@@ -823,18 +823,43 @@ type Order struct {
 	Currency string
 	Total    int64 // minor units, what was paid before discounts
 	Discount int64
+	Lines    []OrderLine // the basket; none when the export has no lines
+}
+
+// OrderLine is one line of a legacy order's basket: what the labels that
+// read categories and brands learn from.
+type OrderLine struct {
+	SKU, Category, Brand string
+	Quantity             int32
+	Amount               int64 // minor units, after the line's discounts
 }
 
 type jsonOrder struct {
-	LegacyID string `json:"legacy_id"`
-	OrderID  string `json:"order_id"`
-	At       string `json:"at"`
-	Channel  string `json:"channel"`
-	StoreID  string `json:"store_id"`
-	Currency string `json:"currency"`
-	Total    int64  `json:"total"`
-	Discount int64  `json:"discount"`
+	LegacyID string          `json:"legacy_id"`
+	OrderID  string          `json:"order_id"`
+	At       string          `json:"at"`
+	Channel  string          `json:"channel"`
+	StoreID  string          `json:"store_id"`
+	Currency string          `json:"currency"`
+	Total    int64           `json:"total"`
+	Discount int64           `json:"discount"`
+	Items    []jsonOrderLine `json:"items"`
 }
+
+type jsonOrderLine struct {
+	SKU      string `json:"sku"`
+	Category string `json:"category"`
+	Brand    string `json:"brand"`
+	Quantity int64  `json:"quantity"`
+	Amount   int64  `json:"amount"`
+}
+
+// The limits of a basket line are a channel event's (events.proto).
+const (
+	maxOrderLines    = 500
+	maxLineQuantity  = 100_000
+	maxLineFieldSize = 64
+)
 
 var orderChannels = map[string]bool{"pos": true, "app": true, "miniprogram": true, "web": true}
 
@@ -879,6 +904,11 @@ func orderOfColumns(col map[string]string) (jsonOrder, error) {
 		return j, err
 	}
 	j.Total, j.Discount = n[0], n[1]
+	if items := strings.TrimSpace(col["items"]); items != "" {
+		if err := decodeStrict(items, &j.Items); err != nil {
+			return j, fmt.Errorf("items: not a JSON array of lines: %w", err)
+		}
+	}
 	return j, nil
 }
 
@@ -906,6 +936,35 @@ func checkOrder(j jsonOrder, name string, line int) (*Order, *RowError) {
 	if err != nil || at.IsZero() {
 		return nil, bad("at: %q is not a time", j.At)
 	}
+	lines, reason := checkOrderLines(j.Items)
+	if reason != "" {
+		return nil, bad("%s", reason)
+	}
 	return &Order{File: name, Line: line, LegacyID: j.LegacyID, OrderID: j.OrderID, At: at, Channel: j.Channel,
-		StoreID: j.StoreID, Currency: j.Currency, Total: j.Total, Discount: j.Discount}, nil
+		StoreID: j.StoreID, Currency: j.Currency, Total: j.Total, Discount: j.Discount, Lines: lines}, nil
+}
+
+// checkOrderLines checks a basket under a channel event's limits and
+// converts it; a refusal names the line and field.
+func checkOrderLines(items []jsonOrderLine) ([]OrderLine, string) {
+	if len(items) > maxOrderLines {
+		return nil, fmt.Sprintf("items: %d lines, at most %d", len(items), maxOrderLines)
+	}
+	var lines []OrderLine
+	for i, it := range items {
+		switch {
+		case it.SKU == "" || len(it.SKU) > maxLineFieldSize:
+			return nil, fmt.Sprintf("items[%d].sku is required (at most %d bytes)", i, maxLineFieldSize)
+		case len(it.Category) > maxLineFieldSize || len(it.Brand) > maxLineFieldSize:
+			return nil, fmt.Sprintf("items[%d]: category and brand are at most %d bytes", i, maxLineFieldSize)
+		case !clean(it.SKU) || !clean(it.Category) || !clean(it.Brand):
+			return nil, fmt.Sprintf("items[%d]: contains control or non-UTF-8 characters", i)
+		case it.Quantity < 1 || it.Quantity > maxLineQuantity:
+			return nil, fmt.Sprintf("items[%d].quantity %d is not from 1 to %d", i, it.Quantity, maxLineQuantity)
+		case it.Amount < 0:
+			return nil, fmt.Sprintf("items[%d].amount is not negative", i)
+		}
+		lines = append(lines, OrderLine{SKU: it.SKU, Category: it.Category, Brand: it.Brand, Quantity: int32(it.Quantity), Amount: it.Amount})
+	}
+	return lines, ""
 }
