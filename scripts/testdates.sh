@@ -16,7 +16,7 @@ DATES=(
 failed=()
 for d in "${DATES[@]}"; do
 	echo "== MC_TEST_CLOCK=$d"
-	if ! MC_TEST_CLOCK="$d" go test -count=1 -timeout 15m "$@" "${MODULES[@]}"; then
+	if ! MC_TEST_CLOCK="$d" go test -count=1 -timeout 30m "$@" "${MODULES[@]}"; then
 		failed+=("$d")
 	fi
 done
