@@ -199,13 +199,11 @@ func columnsOf(raw map[string]json.RawMessage, logical map[string]string) (map[s
 			default:
 				out[k] = x.String()
 			}
-		case []any:
-			if k != "items" {
+		default:
+			if _, array := x.([]any); !array || k != "items" {
 				return nil, fmt.Errorf("%s: %s is not a column value (a string, number, boolean or null)", k, bytes.TrimSpace(v))
 			}
 			out[k] = string(bytes.TrimSpace(v)) // an order's lines (a JSON column): read as the export's
-		default:
-			return nil, fmt.Errorf("%s: %s is not a column value (a string, number, boolean or null)", k, bytes.TrimSpace(v))
 		}
 		if k == "month" && len(out[k]) >= len("2006-01-02") {
 			out[k] = out[k][:len("2006-01")] // a DATE column: its month

@@ -152,7 +152,7 @@ func (im *Importer) ImportOrders(ctx context.Context, src *Source, conn driver.C
 		rows = append(rows, im.orderRow(o, owner, member, now()))
 		rep.Written++
 		rep.Amount += o.Total
-		rep.Lines += len(o.Lines)
+		rep.Lines += len(o.Items)
 		touched[owner] = true
 		if len(rows) >= orderBatch {
 			return flush()
@@ -252,7 +252,7 @@ func (im *Importer) orderRow(o *Order, owner, member uuid.UUID, now time.Time) c
 		cur = "CNY"
 	}
 	var items []clickhouse.ItemRow
-	for _, l := range o.Lines {
+	for _, l := range o.Items {
 		items = append(items, clickhouse.ItemRow{SKU: l.SKU, Category: l.Category, Brand: l.Brand, Quantity: l.Quantity, AmountMinor: l.Amount})
 	}
 	return clickhouse.EventRow{EventID: OrderEventID(im.Source, o.OrderID), MemberID: owner.String(),
@@ -302,7 +302,7 @@ func (im *Importer) VerifyOrders(ctx context.Context, src *Source, conn driver.C
 			seen.add(o.OrderID, o.Line)
 			source.Orders++
 			source.Amount += o.Total
-			source.Lines += uint64(len(o.Lines))
+			source.Lines += uint64(len(o.Items))
 		}
 		return nil
 	})

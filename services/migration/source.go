@@ -823,7 +823,7 @@ type Order struct {
 	Currency string
 	Total    int64 // minor units, what was paid before discounts
 	Discount int64
-	Lines    []OrderLine // the basket; none when the export has no lines
+	Items    []OrderLine // the basket; none when the export has no lines
 }
 
 // OrderLine is one line of a legacy order's basket: what the labels that
@@ -941,7 +941,7 @@ func checkOrder(j jsonOrder, name string, line int) (*Order, *RowError) {
 		return nil, bad("%s", reason)
 	}
 	return &Order{File: name, Line: line, LegacyID: j.LegacyID, OrderID: j.OrderID, At: at, Channel: j.Channel,
-		StoreID: j.StoreID, Currency: j.Currency, Total: j.Total, Discount: j.Discount, Lines: lines}, nil
+		StoreID: j.StoreID, Currency: j.Currency, Total: j.Total, Discount: j.Discount, Items: lines}, nil
 }
 
 // checkOrderLines checks a basket under a channel event's limits and
