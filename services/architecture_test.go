@@ -27,7 +27,7 @@ var stagePackages = []string{"pipeline/ingest", "pipeline/worker", "pipeline/rel
 // declare the stores they need; they never start a stage.
 var domainPackages = []string{"services/identity", "services/benefits", "services/tags", "services/profile",
 	"services/changes", "services/facts", "services/changefeed", "services/versioned", "services/auth", "services/attributes", "services/audit",
-	"services/migration"}
+	"services/migration", "services/members"}
 
 // tooling is never part of the product.
 var tooling = []string{"bench/", "storage/postgres/pgbench", "storage/clickhouse/chbench", "services/faultsuite", "services/e2e"}

@@ -28,12 +28,11 @@ import (
 	"github.com/membercenter/membercenter/pipeline/ingest"
 	"github.com/membercenter/membercenter/pipeline/kafka"
 	"github.com/membercenter/membercenter/pipeline/sink"
-	"github.com/membercenter/membercenter/services/benefits"
 	"github.com/membercenter/membercenter/services/changes"
 	"github.com/membercenter/membercenter/services/identity"
+	"github.com/membercenter/membercenter/services/members"
 	"github.com/membercenter/membercenter/services/platform"
 	"github.com/membercenter/membercenter/services/platform/platformtest"
-	"github.com/membercenter/membercenter/services/tags"
 )
 
 func pipelineCmd(stdout io.Writer) *cobra.Command {
@@ -769,7 +768,8 @@ func (w *dlqWatch) close() {
 
 // pipelineStages are the consumer groups a drain waits for, in the order
 // the lag is printed.
-var pipelineStages = []string{ingest.Stage, benefits.Stage, tags.Stage, sink.Stage}
+// The benefit and tag stages run together, in group members.
+var pipelineStages = []string{ingest.Stage, members.Stage, sink.Stage}
 
 // partitionLags is, per stage, each partition's lag: the end offset of the
 // topic the stage consumes (ingest the channel topic, the others the

@@ -537,3 +537,62 @@ func (l quietLogger) Level() kgo.LogLevel {
 	}
 	return kgo.LogLevelDebug
 }
+
+// SeedGroup gives group, when it has committed no offset of topic, the
+// offsets the groups from have all reached: per partition the lowest they
+// committed (a partition one of them has not committed is left to the
+// group's reset offset). A stage that takes over the work of others (the
+// benefit and tag stages run by one worker) then starts where they left
+// off instead of at the start of the topic; what one of them had applied
+// and the other had not is read again, and skipped by the first's
+// processed-event records. A group that has commits, or members, is left
+// alone. It returns the offsets it committed.
+func SeedGroup(ctx context.Context, cl *kgo.Client, group, topic string, from ...string) (kadm.Offsets, error) {
+	adm := kadm.NewClient(cl)
+	own, err := adm.FetchOffsets(ctx, group)
+	if err != nil {
+		return nil, fmt.Errorf("offsets of %s: %w", group, err)
+	}
+	if len(own.Offsets()[topic]) > 0 {
+		return nil, nil
+	}
+	seed := kadm.Offsets{}
+	for i, g := range from {
+		got, err := adm.FetchOffsets(ctx, g)
+		if err != nil {
+			return nil, fmt.Errorf("offsets of %s: %w", g, err)
+		}
+		next := kadm.Offsets{}
+		for p, o := range got.Offsets()[topic] {
+			if o.At < 0 {
+				continue
+			}
+			if i > 0 {
+				prev, ok := seed.Lookup(topic, p)
+				if !ok {
+					continue
+				}
+				if prev.At < o.At {
+					o = prev
+				}
+			}
+			o.LeaderEpoch, o.Metadata = -1, ""
+			next.Add(o)
+		}
+		seed = next
+	}
+	if len(seed) == 0 {
+		return nil, nil
+	}
+	committed, err := adm.CommitOffsets(ctx, group, seed)
+	if err != nil {
+		return nil, fmt.Errorf("seed %s from %v: %w", group, from, err)
+	}
+	if err := committed.Error(); err != nil {
+		if errors.Is(err, kerr.UnknownMemberID) || errors.Is(err, kerr.IllegalGeneration) || errors.Is(err, kerr.RebalanceInProgress) {
+			return nil, nil // the group has members: they own its offsets
+		}
+		return nil, fmt.Errorf("seed %s from %v: %w", group, from, err)
+	}
+	return seed, nil
+}

@@ -36,6 +36,17 @@ type batchOp struct {
 	store  string
 }
 
+// Batch is a partition's batch of member events as the benefit stage
+// reads them: the operations the programme in force makes of them, in
+// order (PrepareBatch).
+type Batch struct {
+	p    *Program
+	todo []batchOp
+}
+
+// Empty says whether the batch has nothing to apply.
+func (b *Batch) Empty() bool { return b == nil || len(b.todo) == 0 }
+
 // ApplyBatch applies a partition's batch of member events in one
 // transaction: the events are marked processed at once (a redelivered one
 // changes nothing), their members locked and loaded once (every kind of row
@@ -45,9 +56,30 @@ type batchOp struct {
 // available, say) is recorded as processed and logged, so it never blocks
 // the member's later events; one it cannot read is refused as a data error.
 func (s *Service) ApplyBatch(ctx context.Context, evs []*mcv1.MemberEvent) (map[int]error, error) {
+	b, rejected := s.PrepareBatch(evs)
+	if b.Empty() {
+		return rejected, nil
+	}
+	var refused map[int]error // by the transaction (an attempt's own)
+	err := s.InTx(ctx, func(tx pgx.Tx) error {
+		refused = map[int]error{}
+		return s.ApplyPrepared(ctx, tx, b, refused)
+	})
+	if err != nil {
+		return nil, err
+	}
+	maps.Copy(rejected, refused)
+	return rejected, nil
+}
+
+// PrepareBatch reads a batch of member events under the programme in
+// force: it refuses, by index, those the stage cannot read (data errors),
+// leaves out those the programme ignores and a redelivery within the
+// batch, and keeps the operations of the others in order.
+func (s *Service) PrepareBatch(evs []*mcv1.MemberEvent) (*Batch, map[int]error) {
 	p := s.program()
 	rejected := map[int]error{}
-	var todo []batchOp
+	b := &Batch{p: p}
 	seen := map[string]bool{}
 	for i, ev := range evs {
 		resolved, err := uuid.Parse(ev.GetMemberId())
@@ -74,23 +106,25 @@ func (s *Service) ApplyBatch(ctx context.Context, evs []*mcv1.MemberEvent) (map[
 			rejected[i] = fault.Permanent(fmt.Errorf("resolution.origin_member_id %q: %w", op.Origin, err))
 			continue
 		}
-		todo = append(todo, batchOp{i: i, ev: ev, op: op, member: resolved, ch: ev.GetChannel(), store: ev.GetStoreId()})
+		b.todo = append(b.todo, batchOp{i: i, ev: ev, op: op, member: resolved, ch: ev.GetChannel(), store: ev.GetStoreId()})
 	}
-	if len(todo) == 0 {
-		return rejected, nil
+	return b, rejected
+}
+
+// ApplyPrepared applies a prepared batch in tx, as ApplyBatch does in its
+// own transaction, adding the events it refuses to refused.
+func (s *Service) ApplyPrepared(ctx context.Context, tx pgx.Tx, b *Batch, refused map[int]error) error {
+	if b.Empty() {
+		return nil
 	}
-	var refused map[int]error // by the transaction (an attempt's own)
-	err := s.retryRaces(ctx, func() error {
-		return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-			refused = map[int]error{}
-			return s.applyBatch(ctx, tx, p, todo, refused)
-		})
-	})
-	if err != nil {
-		return nil, err
-	}
-	maps.Copy(rejected, refused)
-	return rejected, nil
+	return s.applyBatch(ctx, tx, b.p, b.todo, refused)
+}
+
+// InTx runs fn in a transaction, and again in a new one while it loses a
+// race another transaction won (a unique key, a campaign budget, a
+// serialization failure), up to five times.
+func (s *Service) InTx(ctx context.Context, fn func(pgx.Tx) error) error {
+	return s.retryRaces(ctx, func() error { return pgx.BeginFunc(ctx, s.pool, fn) })
 }
 
 func (s *Service) applyBatch(ctx context.Context, tx pgx.Tx, p *Program, todo []batchOp, refused map[int]error) error {

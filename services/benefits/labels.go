@@ -6,6 +6,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
@@ -35,55 +36,86 @@ func (s *Service) CheckLabels(ctx context.Context, limit int) (int, error) {
 	now := s.now()
 	p := s.program()
 	var n int
-	err := s.retryRaces(ctx, func() error {
-		return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-			// The members are locked (in id order, by the load) before
-			// they are taken off the queue: the tag worker that queues a
-			// member holds its row, so taking first would deadlock.
-			queued, err := postgres.PeekBenefitLabelChecks(ctx, tx, limit)
-			if err != nil {
-				return err
-			}
-			n = len(queued)
-			if n == 0 {
-				return nil
-			}
-			loads := make([]postgres.LoyaltyLoad, len(queued))
-			for i, id := range queued {
-				loads[i] = postgres.LoyaltyLoad{Member: id, Lock: true, ActivityFrom: int(monthOf(now, p.Location)) - 13, Periods: periodsOf(p, now)}
-			}
-			rows, err := postgres.LoadLoyaltyBatch(ctx, tx, loads)
-			if err != nil {
-				return err
-			}
-			ids, err := postgres.TakeBenefitLabelChecks(ctx, tx, queued)
-			if err != nil {
-				return err
-			}
-			w := postgres.NewLoyaltyWrites(p.Version)
-			for _, id := range ids {
-				r := rows[id]
-				if r == nil || !r.Found || r.Merged {
-					continue // gone, or merged: the member it went to has labels of its own
-				}
-				st, err := toState(id, *r, p)
-				if err != nil {
-					return err
-				}
-				op := Op{Kind: OpAdvance, At: now, Cause: fmt.Sprintf("labels:%s:%s", now.UTC().Format(time.RFC3339Nano), id), Origin: id.String()}
-				fx, err := Engine{P: p}.Apply(st, op)
-				if err != nil {
-					return err
-				}
-				if err := s.stageOp(ctx, w, st, fx, op, mcv1.Channel_CHANNEL_BACKOFFICE, "", st.Lots); err != nil {
-					return err
-				}
-				s.stageState(w, st)
-			}
-			return s.flush(ctx, tx, w)
-		})
+	err := s.InTx(ctx, func(tx pgx.Tx) error {
+		// The members are locked (in id order, by the load) before they
+		// are taken off the queue: the tag worker that queues a member
+		// holds its row, so taking first would deadlock.
+		queued, err := postgres.PeekBenefitLabelChecks(ctx, tx, limit)
+		if err != nil {
+			return err
+		}
+		n = len(queued)
+		if n == 0 {
+			return nil
+		}
+		rows, err := postgres.LoadLoyaltyBatch(ctx, tx, labelLoads(p, now, queued))
+		if err != nil {
+			return err
+		}
+		ids, err := postgres.TakeBenefitLabelChecks(ctx, tx, queued)
+		if err != nil {
+			return err
+		}
+		return s.followLabels(ctx, tx, p, now, rows, ids)
 	})
 	return n, err
+}
+
+// CheckLabelsOf does in tx what CheckLabels does for those of members that
+// are queued: the member stage calls it in the transaction in which the
+// tag stage changed their labels (and so holds their rows), so a benefit
+// follows a label in the same transaction as the label.
+func (s *Service) CheckLabelsOf(ctx context.Context, tx pgx.Tx, members []uuid.UUID) error {
+	if len(members) == 0 {
+		return nil
+	}
+	ids, err := postgres.TakeBenefitLabelChecks(ctx, tx, members)
+	if err != nil || len(ids) == 0 {
+		return err
+	}
+	now := s.now()
+	p := s.program()
+	rows, err := postgres.LoadLoyaltyBatch(ctx, tx, labelLoads(p, now, ids))
+	if err != nil {
+		return err
+	}
+	return s.followLabels(ctx, tx, p, now, rows, ids)
+}
+
+// labelLoads says what a label check loads of each member: what a month
+// start at now reads.
+func labelLoads(p *Program, now time.Time, members []uuid.UUID) []postgres.LoyaltyLoad {
+	loads := make([]postgres.LoyaltyLoad, len(members))
+	for i, id := range members {
+		loads[i] = postgres.LoyaltyLoad{Member: id, Lock: true, ActivityFrom: int(monthOf(now, p.Location)) - 13, Periods: periodsOf(p, now)}
+	}
+	return loads
+}
+
+// followLabels re-evaluates the benefits of the members ids, loaded in
+// rows, with their labels as they now are, and stores what changed.
+func (s *Service) followLabels(ctx context.Context, tx pgx.Tx, p *Program, now time.Time, rows map[uuid.UUID]*postgres.LoyaltyRows, ids []uuid.UUID) error {
+	w := postgres.NewLoyaltyWrites(p.Version)
+	for _, id := range ids {
+		r := rows[id]
+		if r == nil || !r.Found || r.Merged {
+			continue // gone, or merged: the member it went to has labels of its own
+		}
+		st, err := toState(id, *r, p)
+		if err != nil {
+			return err
+		}
+		op := Op{Kind: OpAdvance, At: now, Cause: fmt.Sprintf("labels:%s:%s", now.UTC().Format(time.RFC3339Nano), id), Origin: id.String()}
+		fx, err := Engine{P: p}.Apply(st, op)
+		if err != nil {
+			return err
+		}
+		if err := s.stageOp(ctx, w, st, fx, op, mcv1.Channel_CHANNEL_BACKOFFICE, "", st.Lots); err != nil {
+			return err
+		}
+		s.stageState(w, st)
+	}
+	return s.flush(ctx, tx, w)
 }
 
 // RunLabelChecks re-evaluates queued members every interval (and at once

@@ -24,6 +24,7 @@ import (
 	"github.com/membercenter/membercenter/services/benefits"
 	"github.com/membercenter/membercenter/services/benefits/benefitstest"
 	"github.com/membercenter/membercenter/services/changes"
+	memberstage "github.com/membercenter/membercenter/services/members"
 	"github.com/membercenter/membercenter/services/tags"
 )
 
@@ -37,7 +38,9 @@ import (
 // injected clock, every event is applied by the tag worker (tags.Service,
 // the shipped catalogue) and the benefit worker (benefits.Service), in an
 // order drawn per event as the two consumers race, then the queued label
-// checks run (CheckLabels). At every instant the oracle says a label ends
+// checks run (CheckLabels); or, drawn as often, by the two together
+// (members.Applier, as a process that runs both stages does), which follows
+// the labels in its own transaction. At every instant the oracle says a label ends
 // with time alone (LabelEdges) the label sweep and the label checks run, at
 // every month start the loyalty scheduler as well. After every event the
 // member's grants, and after every tick everyone's, must be the oracle's;
@@ -81,6 +84,8 @@ func TestLabelBenefitsAgreeWithOracle(t *testing.T) {
 			t.Fatalf("label %s: in the catalogue %v, followed by benefits %v", l, ts.Known(l), bs.DependsOnLabel(l))
 		}
 	}
+
+	together := memberstage.Applier{Tags: ts, Benefits: bs}
 
 	var end time.Time
 	ids := map[string]bool{}
@@ -170,15 +175,28 @@ func TestLabelBenefitsAgreeWithOracle(t *testing.T) {
 				t.Fatalf("benefits: event %s: %v", ev.GetEventId(), err)
 			}
 		}
-		if order.IntN(2) == 0 {
-			applyTags()
-			applyBenefits()
-			a.tagsFirst++
-		} else {
-			applyBenefits()
-			applyTags()
+		// Or, as a process that runs both stages does, one worker applies
+		// it for both in one transaction, labels first, and follows the
+		// labels it changed in that transaction: no label check runs.
+		applyTogether := func() {
+			if err := together.Apply(c, ev); err != nil && !dlq.Rejected(err) {
+				t.Fatalf("members: event %s: %v", ev.GetEventId(), err)
+			}
 		}
-		checkLabels()
+		switch order.IntN(3) {
+		case 0:
+			applyTags()
+			applyBenefits()
+			checkLabels()
+			a.tagsFirst++
+		case 1:
+			applyBenefits()
+			applyTags()
+			checkLabels()
+		default:
+			applyTogether()
+			a.together++
+		}
 		if err := o.Apply(ev); err != nil {
 			t.Fatal(err)
 		}
@@ -196,8 +214,8 @@ func TestLabelBenefitsAgreeWithOracle(t *testing.T) {
 	for _, d := range a.diffs {
 		t.Error(d)
 	}
-	t.Logf("%d events (%d applied by the tag worker first), %d members, %d ticks; %d label checks, %d members swept",
-		len(stream), a.tagsFirst, len(ids), len(ticks), a.checks, a.swept)
+	t.Logf("%d events (%d applied by the tag worker first, %d by both stages together), %d members, %d ticks; %d label checks, %d members swept",
+		len(stream), a.tagsFirst, a.together, len(ids), len(ticks), a.checks, a.swept)
 	t.Logf("grants compared %d times for one member and %d times for all (%d benefits held in all); "+
 		"%d grants and %d revocations of benefits following labels (%v) and %d of other benefits compared with their times; %d differences",
 		a.memberSteps, a.allSteps, a.held, a.labelGrants, a.labelRevokes, a.byBenefit, a.otherChanges, len(a.diffs))
@@ -217,6 +235,7 @@ type agreement struct {
 	otherChanges              int
 	byBenefit, revokedBy      map[string]int
 	checks, swept, tagsFirst  int
+	together                  int
 }
 
 // labelBenefits are the benefits of benefitstest.LabelProgramme.

@@ -31,6 +31,7 @@ import (
 	"github.com/membercenter/membercenter/pipeline/sink"
 	"github.com/membercenter/membercenter/services/benefits"
 	"github.com/membercenter/membercenter/services/benefits/benefitstest"
+	"github.com/membercenter/membercenter/services/members"
 	"github.com/membercenter/membercenter/services/platform"
 	"github.com/membercenter/membercenter/services/platform/platformtest"
 	"github.com/membercenter/membercenter/services/tags"
@@ -248,14 +249,15 @@ func (g *instanceGroup) partitions() int {
 	return int(g.base.Kafka.Topics.All()[g.base.Kafka.Topics.MemberEvents])
 }
 
-// waitBlocked waits until as many backends as there are benefit and tag
-// workers (two per partition) wait for the lock, directly or behind
-// another that does: as a rule the batch transaction of every worker (a
-// benefit label-check pass that reaches a locked member counts too, so
-// "every" is what the count allows, not what it proves).
+// waitBlocked waits until as many backends as there are workers of member
+// events (one per partition: the benefit and tag stages share one) wait
+// for the lock, directly or behind another that does: as a rule the batch
+// transaction of every worker (a benefit label-check pass that reaches a
+// locked member counts too, so "every" is what the count allows, not what
+// it proves).
 func (l *memberLock) waitBlocked(t *testing.T, ctx context.Context) {
 	t.Helper()
-	want := 2 * l.g.partitions()
+	want := l.g.partitions()
 	eventually(t, fmt.Sprintf("the %d workers waiting for the locked members", want), func() (bool, error) {
 		// The backends behind the lock, and (for the message) what every
 		// busy backend of the database waits for.
@@ -303,7 +305,8 @@ func (g *instanceGroup) waitOwners(t *testing.T, ctx context.Context, what strin
 	t.Helper()
 	adm := kadm.NewClient(g.kafka.Client)
 	var groups []string
-	for _, st := range []string{ingest.Stage, benefits.Stage, tags.Stage, sink.Stage} {
+	// One process runs the benefit and the tag stage in group members.
+	for _, st := range []string{ingest.Stage, members.Stage, sink.Stage} {
 		groups = append(groups, g.base.Kafka.Group(st))
 	}
 	eventually(t, what, func() (bool, error) {

@@ -10,6 +10,7 @@ import (
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 	"github.com/membercenter/membercenter/storage/clickhouse"
 
+	"github.com/membercenter/membercenter/pipeline/consumer"
 	"github.com/membercenter/membercenter/pipeline/ingest"
 	"github.com/membercenter/membercenter/pipeline/kafka"
 	"github.com/membercenter/membercenter/pipeline/relay"
@@ -21,6 +22,7 @@ import (
 	"github.com/membercenter/membercenter/services/changes"
 	"github.com/membercenter/membercenter/services/facts"
 	"github.com/membercenter/membercenter/services/identity"
+	"github.com/membercenter/membercenter/services/members"
 	"github.com/membercenter/membercenter/services/profile"
 	"github.com/membercenter/membercenter/services/server"
 	"github.com/membercenter/membercenter/services/tags"
@@ -68,15 +70,55 @@ func (e env) watchCatalogue(ps *parts) {
 	ps.once("catalogue", func(ctx context.Context) error { return e.d.tags.Watch(ctx, 5*time.Second) })
 }
 
-// startWorker starts a worker of stage that applies events with a.
-func (e env) startWorker(ps *parts, stage string, a worker.Applier) error {
-	w, err := worker.New(e.p.cfg.Kafka, e.ktel, stage, a)
+// startWorker starts a worker of stage that applies events with a. A
+// worker that does the work of other stages (seedFrom) joins its group, the
+// first time that group runs, where their groups all left off.
+func (e env) startWorker(ps *parts, stage string, a worker.Applier, seedFrom ...string) error {
+	if len(seedFrom) == 0 {
+		w, err := worker.New(e.p.cfg.Kafka, e.ktel, stage, a)
+		if err != nil {
+			return err
+		}
+		ps.closer(w.Close)
+		ps.loop(w.Run)
+		return nil
+	}
+	ps.loop(func(ctx context.Context) error {
+		if err := e.seedGroup(ctx, stage, seedFrom); err != nil {
+			return err
+		}
+		w, err := worker.New(e.p.cfg.Kafka, e.ktel, stage, a)
+		if err != nil {
+			return err
+		}
+		defer w.Close()
+		return w.Run(ctx)
+	})
+	return nil
+}
+
+// seedGroup commits to stage's group, if it has never committed, the
+// member-event offsets the groups of from have all reached (retried until
+// Kafka answers or ctx ends).
+func (e env) seedGroup(ctx context.Context, stage string, from []string) error {
+	cl, err := kafka.NewClient(e.p.cfg.Kafka, e.ktel, "")
 	if err != nil {
 		return err
 	}
-	ps.closer(w.Close)
-	ps.loop(w.Run)
-	return nil
+	defer cl.Close()
+	kcfg := e.p.cfg.Kafka
+	groups := make([]string, len(from))
+	for i, f := range from {
+		groups[i] = kcfg.Group(f)
+	}
+	log := e.p.tel.Logger.With("stage", stage)
+	return consumer.Retry(ctx, log, "seed the group's offsets", func() error {
+		seeded, err := kafka.SeedGroup(ctx, cl.Client, kcfg.Group(stage), kcfg.Topics.MemberEvents, groups...)
+		if err == nil && len(seeded) > 0 {
+			log.InfoContext(ctx, "group starts where the stages it takes over left off", "from", groups, "partitions", len(seeded[kcfg.Topics.MemberEvents]))
+		}
+		return err
+	})
 }
 
 // env is what a component is started with.
@@ -85,6 +127,18 @@ type env struct {
 	d    *domain
 	ktel kafka.Telemetry
 	now  func() time.Time
+	// together is true when the process runs both the benefit and the tag
+	// stage: one worker (package members) then applies member events for
+	// both, in consumer group members.
+	together bool
+}
+
+// group is the consumer group a selected stage reads in.
+func (e env) group(stage string) string {
+	if e.together && (stage == benefits.Stage || stage == tags.Stage) {
+		stage = members.Stage
+	}
+	return e.p.cfg.Kafka.Group(stage)
 }
 
 // LabelCheckInterval is how often the benefit stage looks for members
@@ -119,8 +173,10 @@ var stages = []stage{
 		return nil
 	}},
 	{name: benefits.Stage, group: true, start: func(e env, ps *parts) error {
-		if err := e.startWorker(ps, benefits.Stage, e.d.benefits); err != nil {
-			return err
+		if !e.together { // else the tag stage starts the members' worker
+			if err := e.startWorker(ps, benefits.Stage, e.d.benefits); err != nil {
+				return err
+			}
 		}
 		e.watchProgramme(ps)
 		// Expiry and month starts for members without new events.
@@ -130,7 +186,13 @@ var stages = []stage{
 		return nil
 	}},
 	{name: tags.Stage, group: true, clickhouse: true, start: func(e env, ps *parts) error {
-		if err := e.startWorker(ps, tags.Stage, e.d.tags); err != nil {
+		var err error
+		if e.together {
+			err = e.startWorker(ps, members.Stage, members.Applier{Tags: e.d.tags, Benefits: e.d.benefits}, benefits.Stage, tags.Stage)
+		} else {
+			err = e.startWorker(ps, tags.Stage, e.d.tags)
+		}
+		if err != nil {
 			return err
 		}
 		e.watchCatalogue(ps)

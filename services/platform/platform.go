@@ -317,7 +317,8 @@ func (p *Platform) Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return err
 	}
-	e := env{p: p, d: d, ktel: p.kafkaTelemetry(), now: now}
+	e := env{p: p, d: d, ktel: p.kafkaTelemetry(), now: now,
+		together: slices.Contains(o.Stages, benefits.Stage) && slices.Contains(o.Stages, tags.Stage)}
 	ps := &parts{checks: map[string]server.Check{"postgres": p.pool.Ping}, shared: map[string]bool{}}
 	if d.facts != nil {
 		ps.closer(func() { d.facts.Close() })
@@ -335,8 +336,8 @@ func (p *Platform) Run(ctx context.Context, o Options) error {
 		if err := st.start(e, ps); err != nil {
 			return fmt.Errorf("start %s: %w", st.name, err)
 		}
-		if st.group {
-			groups = append(groups, p.cfg.Kafka.Group(st.name))
+		if g := e.group(st.name); st.group && !slices.Contains(groups, g) {
+			groups = append(groups, g)
 		}
 	}
 	if len(o.Stages) > 0 {

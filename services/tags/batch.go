@@ -28,6 +28,13 @@ type batchEvent struct {
 	devices []string
 }
 
+// Batch is a partition's batch of member events as the tag stage reads
+// them: the events it can apply, in order (PrepareBatch).
+type Batch struct{ todo []batchEvent }
+
+// Empty says whether the batch has nothing to apply.
+func (b *Batch) Empty() bool { return b == nil || len(b.todo) == 0 }
+
 // ApplyBatch applies a partition's batch of member events in one
 // transaction: the events are marked processed at once (a redelivered one
 // changes nothing), their members locked (in id order) and loaded once, each
@@ -36,8 +43,29 @@ type batchEvent struct {
 // kind of row. A label change is attributed to the member's last event of
 // the batch.
 func (s *Service) ApplyBatch(ctx context.Context, evs []*mcv1.MemberEvent) (map[int]error, error) {
+	b, rejected := s.PrepareBatch(evs)
+	if b.Empty() {
+		return rejected, nil
+	}
+	var refused map[int]error // by the transaction (an attempt's own)
+	err := postgres.RetryTx(ctx, s.pool, func(tx pgx.Tx) error {
+		refused = map[int]error{}
+		_, err := s.ApplyPrepared(ctx, tx, b, refused)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	maps.Copy(rejected, refused)
+	return rejected, nil
+}
+
+// PrepareBatch reads a batch of member events: it refuses, by index, those
+// the stage cannot read (data errors) and keeps the others in order,
+// without a redelivery within the batch.
+func (s *Service) PrepareBatch(evs []*mcv1.MemberEvent) (*Batch, map[int]error) {
 	rejected := map[int]error{}
-	var todo []batchEvent
+	b := &Batch{}
 	seen := map[string]bool{}
 	for i, ev := range evs {
 		resolved, err := uuid.Parse(ev.GetMemberId())
@@ -64,36 +92,35 @@ func (s *Service) ApplyBatch(ctx context.Context, evs []*mcv1.MemberEvent) (map[
 				be.devices = append(be.devices, id.GetValueHash())
 			}
 		}
-		todo = append(todo, be)
+		b.todo = append(b.todo, be)
 	}
-	if len(todo) == 0 {
-		return rejected, nil
+	return b, rejected
+}
+
+// ApplyPrepared applies a prepared batch in tx, as ApplyBatch does in its
+// own transaction, adding the events it refuses to refused. It returns the
+// members it changed (an event's member, or the one that absorbed it), in
+// id order, locked until tx ends.
+func (s *Service) ApplyPrepared(ctx context.Context, tx pgx.Tx, b *Batch, refused map[int]error) ([]uuid.UUID, error) {
+	if b.Empty() {
+		return nil, nil
 	}
-	var refused map[int]error // by the transaction (an attempt's own)
-	err := postgres.RetryTx(ctx, s.pool, func(tx pgx.Tx) error {
-		refused = map[int]error{}
-		return s.applyBatch(ctx, tx, todo, refused)
-	})
+	return s.applyBatch(ctx, tx, b.todo, refused)
+}
+
+func (s *Service) applyBatch(ctx context.Context, tx pgx.Tx, todo []batchEvent, rejected map[int]error) ([]uuid.UUID, error) {
+	todo, err := changes.Unprocessed(ctx, tx, Stage, todo, func(be batchEvent) string { return be.ev.GetEventId() })
 	if err != nil {
 		return nil, err
 	}
-	maps.Copy(rejected, refused)
-	return rejected, nil
-}
-
-func (s *Service) applyBatch(ctx context.Context, tx pgx.Tx, todo []batchEvent, rejected map[int]error) error {
-	todo, err := changes.Unprocessed(ctx, tx, Stage, todo, func(be batchEvent) string { return be.ev.GetEventId() })
-	if err != nil {
-		return err
-	}
 	if len(todo) == 0 {
-		return nil
+		return nil, nil
 	}
 	// Each event goes to the member it was resolved to, or to the one that
 	// absorbed that member since.
 	members, err := s.lockMembers(ctx, tx, todo, rejected)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	order := make([]uuid.UUID, 0, len(members))
 	var seen []postgres.DeviceSighting
@@ -106,13 +133,13 @@ func (s *Service) applyBatch(ctx context.Context, tx pgx.Tx, todo []batchEvent, 
 	slices.SortFunc(order, func(a, b uuid.UUID) int { return slices.Compare(a[:], b[:]) })
 	rows, err := postgres.LoadFeaturesBatch(ctx, tx, order, seen)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	writes := make([]*memberWrite, 0, len(order))
 	for _, id := range order {
 		m := members[id]
 		if err := m.take(rows[id]); err != nil {
-			return err
+			return nil, err
 		}
 		var last *mcv1.MemberEvent
 		lastAt := -1
@@ -125,16 +152,19 @@ func (s *Service) applyBatch(ctx context.Context, tx pgx.Tx, todo []batchEvent, 
 		}
 		r, err := s.evaluate(ctx, tx, m.memberState)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		// The member's change continues the trace of its last event.
 		w, err := s.stage(contract.RecordContext(ctx, lastAt), m.memberState, r, last.GetEventId(), last.GetChannel(), last.GetStoreId())
 		if err != nil {
-			return err
+			return nil, err
 		}
 		writes = append(writes, w)
 	}
-	return s.flush(ctx, tx, writes)
+	if err := s.flush(ctx, tx, writes); err != nil {
+		return nil, err
+	}
+	return order, nil
 }
 
 // batchMember is a member of a batch with its events, in batch order.

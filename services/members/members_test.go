@@ -1,0 +1,243 @@
+package members_test
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
+	"github.com/membercenter/membercenter/storage/postgres"
+	"github.com/membercenter/membercenter/storage/postgres/pgtest"
+
+	"github.com/membercenter/membercenter/pipeline/fault"
+	"github.com/membercenter/membercenter/services/benefits"
+	"github.com/membercenter/membercenter/services/benefits/benefitstest"
+	"github.com/membercenter/membercenter/services/changes"
+	"github.com/membercenter/membercenter/services/members"
+	"github.com/membercenter/membercenter/services/tags"
+)
+
+// A Wednesday at noon in Shanghai: no month start, no birthday.
+var noon = time.Date(2026, 3, 11, 4, 0, 0, 0, time.UTC)
+
+type fixture struct {
+	pool  *pgxpool.Pool
+	tags  *tags.Service
+	bens  *benefits.Service
+	a     members.Applier
+	clock time.Time
+	seq   int
+}
+
+// begin wires the two stages as services/platform does, under the default
+// programme with the benefits that follow labels (sharer_perk needs the
+// sharer label, buyer_perk bought_365d).
+func begin(t *testing.T) (*fixture, context.Context) {
+	t.Helper()
+	c, cancel := context.WithTimeout(context.Background(), 5*time.Minute) // generous: the machine may be busy
+	t.Cleanup(cancel)
+	f := &fixture{pool: pgtest.NewPool(t, nil), clock: noon}
+	now := func() time.Time { return f.clock }
+	log := slog.New(slog.DiscardHandler)
+	f.bens = benefits.New(f.pool, changes.Writer{}, log)
+	f.bens.SetClock(now)
+	src, err := benefitstest.LabelProgramme(benefits.DefaultProgramSource())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := benefits.LoadProgram(c, f.pool, src); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.bens.Reload(c); err != nil {
+		t.Fatal(err)
+	}
+	f.tags = tags.New(f.pool, changes.Writer{}, log)
+	f.tags.SetClock(now)
+	f.tags.SetBenefitLabels(f.bens.DependsOnLabel)
+	f.a = members.Applier{Tags: f.tags, Benefits: f.bens}
+	return f, c
+}
+
+func (f *fixture) member(t *testing.T, c context.Context) string {
+	t.Helper()
+	id := uuid.Must(uuid.NewV7())
+	if err := postgres.InsertMember(c, f.pool, id, f.clock); err != nil {
+		t.Fatal(err)
+	}
+	return id.String()
+}
+
+// event is a member event a minute after the previous one; the clock
+// moves to it, as it does in a platform that keeps up with its channels.
+func (f *fixture) event(member string) *mcv1.MemberEvent {
+	f.seq++
+	f.clock = noon.Add(time.Duration(f.seq) * time.Minute)
+	return &mcv1.MemberEvent{EventId: fmt.Sprintf("ev-%d", f.seq), MemberId: member,
+		OccurredAt: timestamppb.New(f.clock), Channel: mcv1.Channel_CHANNEL_APP, StoreId: "s1"}
+}
+
+func (f *fixture) share(member string) *mcv1.MemberEvent {
+	ev := f.event(member)
+	ev.Payload = &mcv1.MemberEvent_Share{Share: &mcv1.Share{ContentId: "post", Target: "wechat"}}
+	return ev
+}
+
+func (f *fixture) purchase(member string, total int64) *mcv1.MemberEvent {
+	ev := f.event(member)
+	ev.Payload = &mcv1.MemberEvent_Transaction{Transaction: &mcv1.Transaction{
+		OrderId: "ord-" + ev.GetEventId(), Total: &mcv1.Money{Currency: "CNY", AmountMinor: total},
+		Items: []*mcv1.LineItem{{Sku: "latte", Category: "coffee", Quantity: 1, Amount: &mcv1.Money{Currency: "CNY", AmountMinor: total}}},
+	}}
+	return ev
+}
+
+// state is what the two stages have made of a member: its benefits, its
+// true labels, its balance, and the events each stage recorded.
+type state struct {
+	benefits, labels          []string
+	balance                   int64
+	byBenefits, byTags, queue int
+}
+
+func (f *fixture) state(t *testing.T, c context.Context, member string) state {
+	t.Helper()
+	var s state
+	err := f.pool.QueryRow(c, `SELECT
+		coalesce((SELECT array_agg(benefit_id ORDER BY benefit_id) FROM benefit_grants WHERE member_id = $1), '{}'),
+		coalesce((SELECT array_agg(label_id ORDER BY label_id) FROM member_labels WHERE member_id = $1 AND value = 'true'), '{}'),
+		coalesce((SELECT sum(remaining) FROM point_lots WHERE member_id = $1), 0),
+		(SELECT count(*) FROM benefit_label_checks WHERE member_id = $1)`, member).Scan(&s.benefits, &s.labels, &s.balance, &s.queue)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = f.pool.QueryRow(c, `SELECT count(*) FILTER (WHERE consumer = $1), count(*) FILTER (WHERE consumer = $2)
+		FROM processed_events WHERE event_id LIKE 'ev-%'`, benefits.Stage, tags.Stage).Scan(&s.byBenefits, &s.byTags)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func (f *fixture) outbox(t *testing.T, c context.Context) int {
+	t.Helper()
+	return pgtest.Values[int](t, c, f.pool, `SELECT count(*) FROM outbox`)[0]
+}
+
+// TestBenefitsFollowLabelsInTheBatch: three shares make a member a
+// sharer, and the benefit that follows the label is granted in the same
+// transaction though the programme ignores shares, with nothing left
+// queued for the label checks; a first purchase grants the benefit that
+// follows bought_365d with it, and earns its points once.
+func TestBenefitsFollowLabelsInTheBatch(t *testing.T) {
+	f, c := begin(t)
+	m, sharer := f.member(t, c), f.member(t, c)
+	batch := []*mcv1.MemberEvent{f.share(m), f.share(sharer), f.share(m), f.share(sharer), f.share(m), f.share(sharer), f.purchase(m, 10000)}
+	rejected, err := f.a.ApplyBatch(c, batch)
+	if err != nil || len(rejected) != 0 {
+		t.Fatalf("ApplyBatch: %v, rejected %v", err, rejected)
+	}
+	if s := f.state(t, c, sharer); !slices.Equal(s.benefits, []string{"sharer_perk"}) || s.queue != 0 {
+		t.Errorf("a member with three shares only: benefits %v, %d label checks queued; want sharer_perk, none", s.benefits, s.queue)
+	}
+	s := f.state(t, c, m)
+	for _, l := range []string{"sharer", "bought_365d"} {
+		if !slices.Contains(s.labels, l) {
+			t.Errorf("label %s not set: %v", l, s.labels)
+		}
+	}
+	for _, b := range []string{"sharer_perk", "buyer_perk"} {
+		if !slices.Contains(s.benefits, b) {
+			t.Errorf("benefit %s not granted with its label: %v", b, s.benefits)
+		}
+	}
+	if s.queue != 0 {
+		t.Errorf("%d label checks left queued: the batch's transaction should have taken them", s.queue)
+	}
+	if s.balance <= 0 {
+		t.Errorf("balance %d after a purchase", s.balance)
+	}
+	if s.byTags != 7 || s.byBenefits != 1 {
+		t.Errorf("processed: %d by tags (want 7), %d by benefits (want 1: the programme ignores shares)", s.byTags, s.byBenefits)
+	}
+
+	// The batch again, as after a crash before the offsets were committed:
+	// nothing changes.
+	before := f.outbox(t, c)
+	if rejected, err := f.a.ApplyBatch(c, batch); err != nil || len(rejected) != 0 {
+		t.Fatalf("ApplyBatch again: %v, rejected %v", err, rejected)
+	}
+	if again := f.state(t, c, m); !sameState(again, s) || f.outbox(t, c) != before {
+		t.Errorf("a redelivered batch changed something: %+v, outbox %d; was %+v, outbox %d", again, f.outbox(t, c), s, before)
+	}
+}
+
+func sameState(a, b state) bool {
+	return slices.Equal(a.benefits, b.benefits) && slices.Equal(a.labels, b.labels) && a.balance == b.balance &&
+		a.byBenefits == b.byBenefits && a.byTags == b.byTags && a.queue == b.queue
+}
+
+// TestRefusedEventIsRefusedOnceAndHoldsUpNoOther: an event both stages
+// refuse is refused once, as a data error naming its fault, and the
+// batch's other events are applied by both stages; an event for a member
+// that does not exist is refused alone.
+func TestRefusedEventIsRefusedOnceAndHoldsUpNoOther(t *testing.T) {
+	f, c := begin(t)
+	m := f.member(t, c)
+	bad := f.purchase(m, 5000)
+	bad.Resolution = &mcv1.Resolution{OriginMemberId: "not-a-uuid"}
+	ghost := f.purchase(uuid.Must(uuid.NewV7()).String(), 5000)
+	good := f.purchase(m, 8000)
+	rejected, err := f.a.ApplyBatch(c, []*mcv1.MemberEvent{bad, ghost, good})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rejected) != 2 || rejected[0] == nil || rejected[1] == nil {
+		t.Fatalf("rejected %v, want events 0 and 1", rejected)
+	}
+	for i, want := range map[int]string{0: "origin_member_id", 1: "not found"} {
+		if !fault.IsData(rejected[i]) || !strings.Contains(rejected[i].Error(), want) {
+			t.Errorf("event %d: %v (data error: %v); want a data error naming %q", i, rejected[i], fault.IsData(rejected[i]), want)
+		}
+	}
+	processed := pgtest.Values[string](t, c, f.pool, `SELECT consumer || ' ' || event_id FROM processed_events WHERE event_id = ANY($1) ORDER BY 1`,
+		[]string{bad.GetEventId(), good.GetEventId()})
+	if want := []string{"benefits " + good.GetEventId(), "tags " + good.GetEventId()}; !slices.Equal(processed, want) {
+		t.Errorf("processed %v, want %v: the good event once by each stage, the refused one by none", processed, want)
+	}
+	s := f.state(t, c, m)
+	if s.balance <= 0 || !slices.Contains(s.labels, "bought_365d") {
+		t.Errorf("the good event was not applied: balance %d, labels %v", s.balance, s.labels)
+	}
+}
+
+// TestSharesTheStreamWithAStageAlone: events a stage applied alone (a
+// process that runs only the tag stage) are not applied again by the
+// combined worker, which still applies them for the other stage, and
+// follows the labels they changed.
+func TestSharesTheStreamWithAStageAlone(t *testing.T) {
+	f, c := begin(t)
+	m := f.member(t, c)
+	batch := []*mcv1.MemberEvent{f.purchase(m, 10000), f.share(m), f.share(m), f.share(m)}
+	if rejected, err := f.tags.ApplyBatch(c, batch[:2]); err != nil || len(rejected) != 0 {
+		t.Fatalf("tags alone: %v, rejected %v", err, rejected)
+	}
+	alone := f.state(t, c, m)
+	if rejected, err := f.a.ApplyBatch(c, batch); err != nil || len(rejected) != 0 {
+		t.Fatalf("ApplyBatch: %v, rejected %v", err, rejected)
+	}
+	s := f.state(t, c, m)
+	if alone.byTags != 2 || s.byTags != 4 || s.byBenefits != 1 {
+		t.Errorf("processed by tags %d then %d (want 2, 4), by benefits %d (want 1)", alone.byTags, s.byTags, s.byBenefits)
+	}
+	if !slices.Contains(s.benefits, "sharer_perk") || !slices.Contains(s.benefits, "buyer_perk") || s.queue != 0 {
+		t.Errorf("benefits %v, %d queued; want sharer_perk and buyer_perk, none queued", s.benefits, s.queue)
+	}
+}
