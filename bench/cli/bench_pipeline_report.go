@@ -114,7 +114,7 @@ func reportPipeline(w io.Writer, rs []pipelineResult, o pipelineOpts) {
 				eo, eoRat, inm, inmRat, x.mem, x.fmm, ratio(float64(x.mem), float64(x.fmm)))
 		}
 	}
-	fmt.Fprintf(w, "\nConsumer lag (records behind, summed over partitions) sampled every 2 s while the pipeline drained, per stage ingest / benefits / tags / sink; the floors drained the same backlog in the time their events/s above imply:\n\n")
+	fmt.Fprintf(w, "\nConsumer lag (records behind, summed over partitions) sampled every 2 s while the pipeline drained, per consumer group ingest / members (the benefit and tag stages) / sink; the floors drained the same backlog in the time their events/s above imply:\n\n")
 	for _, r := range rs {
 		fmt.Fprintf(w, "- %s members: %s\n", thousands(int64(r.members)), r.lag)
 	}
