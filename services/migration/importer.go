@@ -85,8 +85,10 @@ type Report struct {
 	Erased int
 	// Ignored identifiers (placeholder values the identity rules block).
 	Ignored []string
-	// Accepted are the legacy ids imported, now or before (in a dry run:
-	// that would be), for the order history's check.
+	// Accepted are, in a dry run, the legacy ids that would be imported,
+	// for the order history's check (a real run's order history asks the
+	// database). Kept only then: a million strings in a map cost the
+	// collector a scan of each on every cycle of a long run.
 	Accepted map[string]bool
 	Took     time.Duration
 }
@@ -112,7 +114,7 @@ func (im *Importer) Run(ctx context.Context, src *Source, o Options) (Report, er
 	// Identifiers seen in this run: two legacy members sharing a unique
 	// identifier are a conflict even in a dry run (which keeps nothing
 	// for the database to find).
-	owners := map[string]string{}
+	owners := &identifierOwners{byHash: map[[16]byte]int32{}}
 	workers := o.Workers
 	if workers <= 0 {
 		workers = max(2, runtime.GOMAXPROCS(0))
@@ -153,13 +155,17 @@ func (im *Importer) Run(ctx context.Context, src *Source, o Options) (Report, er
 						}
 						rep.Refused = append(rep.Refused, &RowError{File: m.File, Line: m.Line, LegacyID: m.LegacyID, Reason: res.err.Error()})
 					case res.already:
-						rep.Accepted[m.LegacyID] = true
+						if o.DryRun {
+							rep.Accepted[m.LegacyID] = true
+						}
 						rep.Already++
 						if res.changed {
 							rep.Changed++
 						}
 					default:
-						rep.Accepted[m.LegacyID] = true
+						if o.DryRun {
+							rep.Accepted[m.LegacyID] = true
+						}
 						rep.Imported++
 						rep.Points += openPoints(m.Loyalty, now())
 						for _, ig := range res.ignored {
@@ -254,27 +260,42 @@ func before(fileA string, lineA int, fileB string, lineB int) bool {
 	return lineA < lineB
 }
 
+// identifierOwners are the unique identifiers of this run's records, by
+// the first 16 bytes of their keyed hash (a collision of 128 bits of an
+// HMAC is not a concern at any export's size), each with the record that
+// holds it. The map holds no pointers, so the collector does not scan its
+// millions of entries; the legacy ids are kept once each, in a slice.
+type identifierOwners struct {
+	byHash  map[[16]byte]int32
+	records []string // legacy ids, by index
+}
+
 // sharedInRun reports a unique identifier of m that another record of this
 // run holds, and records m's.
-func (im *Importer) sharedInRun(m *Member, owners map[string]string) string {
+func (im *Importer) sharedInRun(m *Member, owners *identifierOwners) string {
 	plan, err := im.planOf(m)
 	if plan == nil || errors.Is(err, identity.ErrInvalidIdentifier) {
 		return "" // importMember refuses it, naming the identifier
 	}
 	rules := im.Identity.Rules()
-	var mine []string
+	var mine [][16]byte
 	for _, n := range plan.Usable {
 		if !rules.For(n.Type).Unique {
 			continue
 		}
-		k := string(n.Hash)
-		if other, ok := owners[k]; ok && other != m.LegacyID {
-			return fmt.Sprintf("%s %s also belongs to legacy member %s", identity.TypeName(n.Type), n.Masked, other)
+		var k [16]byte
+		copy(k[:], n.Hash)
+		if i, ok := owners.byHash[k]; ok && owners.records[i] != m.LegacyID {
+			return fmt.Sprintf("%s %s also belongs to legacy member %s", identity.TypeName(n.Type), n.Masked, owners.records[i])
 		}
 		mine = append(mine, k)
 	}
-	for _, k := range mine {
-		owners[k] = m.LegacyID
+	if len(mine) > 0 {
+		i := int32(len(owners.records))
+		owners.records = append(owners.records, m.LegacyID)
+		for _, k := range mine {
+			owners.byHash[k] = i
+		}
 	}
 	return ""
 }
