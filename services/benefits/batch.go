@@ -117,7 +117,18 @@ func (s *Service) ApplyPrepared(ctx context.Context, tx pgx.Tx, b *Batch, refuse
 	if b.Empty() {
 		return nil
 	}
-	return s.applyBatch(ctx, tx, b.p, b.todo, refused)
+	todo, err := changes.Unprocessed(ctx, tx, Stage, b.todo, func(op batchOp) string { return op.ev.GetEventId() })
+	if err != nil {
+		return err
+	}
+	if len(todo) == 0 {
+		return nil
+	}
+	w := postgres.NewLoyaltyWrites(b.p.Version)
+	if err := s.applyOps(ctx, tx, w, b.p, todo, refused, nil); err != nil {
+		return err
+	}
+	return s.flush(ctx, tx, w)
 }
 
 // InTx runs fn in a transaction, and again in a new one while it loses a
@@ -125,21 +136,6 @@ func (s *Service) ApplyPrepared(ctx context.Context, tx pgx.Tx, b *Batch, refuse
 // serialization failure), up to five times.
 func (s *Service) InTx(ctx context.Context, fn func(pgx.Tx) error) error {
 	return s.retryRaces(ctx, func() error { return pgx.BeginFunc(ctx, s.pool, fn) })
-}
-
-func (s *Service) applyBatch(ctx context.Context, tx pgx.Tx, p *Program, todo []batchOp, refused map[int]error) error {
-	todo, err := changes.Unprocessed(ctx, tx, Stage, todo, func(b batchOp) string { return b.ev.GetEventId() })
-	if err != nil {
-		return err
-	}
-	if len(todo) == 0 {
-		return nil
-	}
-	w := postgres.NewLoyaltyWrites(p.Version)
-	if err := s.applyOps(ctx, tx, w, p, todo, refused, nil); err != nil {
-		return err
-	}
-	return s.flush(ctx, tx, w)
 }
 
 // applyOps locks and loads the members of todo (following merges) and

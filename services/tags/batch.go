@@ -98,18 +98,14 @@ func (s *Service) PrepareBatch(evs []*mcv1.MemberEvent) (*Batch, map[int]error) 
 }
 
 // ApplyPrepared applies a prepared batch in tx, as ApplyBatch does in its
-// own transaction, adding the events it refuses to refused. It returns the
+// own transaction, adding the events it refuses to rejected. It returns the
 // members it changed (an event's member, or the one that absorbed it), in
 // id order, locked until tx ends.
-func (s *Service) ApplyPrepared(ctx context.Context, tx pgx.Tx, b *Batch, refused map[int]error) ([]uuid.UUID, error) {
+func (s *Service) ApplyPrepared(ctx context.Context, tx pgx.Tx, b *Batch, rejected map[int]error) ([]uuid.UUID, error) {
 	if b.Empty() {
 		return nil, nil
 	}
-	return s.applyBatch(ctx, tx, b.todo, refused)
-}
-
-func (s *Service) applyBatch(ctx context.Context, tx pgx.Tx, todo []batchEvent, rejected map[int]error) ([]uuid.UUID, error) {
-	todo, err := changes.Unprocessed(ctx, tx, Stage, todo, func(be batchEvent) string { return be.ev.GetEventId() })
+	todo, err := changes.Unprocessed(ctx, tx, Stage, b.todo, func(be batchEvent) string { return be.ev.GetEventId() })
 	if err != nil {
 		return nil, err
 	}
