@@ -205,12 +205,7 @@ func (im *Importer) Run(ctx context.Context, src *Source, o Options) (Report, er
 		chunks.add(m)
 		return nil
 	})
-	if err == nil {
-		chunks.flush()
-	}
-	if werr := g.Wait(); err == nil || errors.Is(err, context.Canceled) && werr != nil {
-		err = werr
-	}
+	err = chunks.finish(g, err)
 	// In file order, whatever order the workers finished in.
 	sort.SliceStable(rep.Refused, func(i, j int) bool {
 		return before(rep.Refused[i].File, rep.Refused[i].Line, rep.Refused[j].File, rep.Refused[j].Line)
@@ -245,6 +240,21 @@ func (c *chunker) flush() {
 		c.chunk = nil
 		c.run(ms)
 	}
+}
+
+// finish ends a run whose reading of the source ended with err: the last
+// chunk goes to run if the reading ended well, then it waits for g, the
+// group run hands the chunks to. It returns the error that ended the run:
+// a worker's where the reading stopped only because that worker's failure
+// cancelled it.
+func (c *chunker) finish(g *errgroup.Group, err error) error {
+	if err == nil {
+		c.flush()
+	}
+	if werr := g.Wait(); err == nil || errors.Is(err, context.Canceled) && werr != nil {
+		err = werr
+	}
+	return err
 }
 
 // before orders places in a source: the members file first, then the

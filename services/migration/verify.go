@@ -2,7 +2,6 @@ package migration
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sort"
 	"strings"
@@ -113,12 +112,7 @@ func (im *Importer) Verify(ctx context.Context, src *Source, progress func(read 
 		chunks.add(m)
 		return nil
 	})
-	if err == nil {
-		chunks.flush()
-	}
-	if werr := g.Wait(); err == nil || errors.Is(err, context.Canceled) && werr != nil {
-		err = werr
-	}
+	err = chunks.finish(g, err)
 	sort.SliceStable(rep.Mismatches, func(i, j int) bool {
 		a, b := rep.Mismatches[i], rep.Mismatches[j]
 		return before(a.File, a.Line, b.File, b.Line)
