@@ -73,3 +73,34 @@ func Every(ctx context.Context, log *slog.Logger, what string, interval time.Dur
 		}
 	}
 }
+
+// Drain runs step, which moves at most batch items and says how many it
+// moved, until ctx ends: again at once while it moves a full batch (a
+// backlog is drained without waiting), after linger when it moves less.
+// Like Every it never gives up, so it outlives any restart of the servers
+// step uses: a failed step is logged and run again after a backoff from
+// 50 ms doubling up to 5 s.
+func Drain(ctx context.Context, log *slog.Logger, what string, batch int, linger time.Duration, step func(ctx context.Context, batch int) (int, error)) {
+	var b Backoff
+	for {
+		n, err := step(ctx, batch)
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			wait := b.Next()
+			log.WarnContext(ctx, what+" failed; retrying", "err", err, "class", Classify(err).String(), "retry_in", wait)
+			if !Sleep(ctx, wait) {
+				return
+			}
+			continue
+		}
+		b.Reset()
+		if n >= batch {
+			continue // a backlog: drain it
+		}
+		if !Sleep(ctx, linger) {
+			return
+		}
+	}
+}

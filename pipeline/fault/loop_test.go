@@ -69,3 +69,48 @@ func TestEveryRetriesFailuresSoonerThanItsIntervalAndNeverStops(t *testing.T) {
 	cancel()
 	<-done
 }
+
+// TestDrainRunsAgainAtOnceWhileABatchIsFull: with an hour's linger, a step
+// that moves two full batches, fails transiently once and then moves less
+// runs four times within a minute, and not again before its linger; Drain
+// returns only when its context ends.
+func TestDrainRunsAgainAtOnceWhileABatchIsFull(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	calls := make(chan int, 10)
+	n := 0
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		fault.Drain(ctx, slog.New(slog.DiscardHandler), "step", 10, time.Hour, func(_ context.Context, batch int) (int, error) {
+			n++
+			calls <- n
+			switch n {
+			case 1, 2:
+				return batch, nil
+			case 3:
+				return 0, fault.Temporary(errors.New("connection refused"))
+			}
+			return batch - 1, nil
+		})
+	}()
+	deadline := time.After(time.Minute)
+	for want := 1; want <= 4; want++ {
+		select {
+		case got := <-calls:
+			if got != want {
+				t.Fatalf("call %d, want %d", got, want)
+			}
+		case <-deadline:
+			t.Fatalf("step ran %d times, want 4 within a minute (neither a full batch nor a failure waits the linger)", want-1)
+		}
+	}
+	select {
+	case <-calls:
+		t.Fatal("a step that moved less than a batch ran again before the linger")
+	case <-done:
+		t.Fatal("Drain returned while its context was live")
+	case <-time.After(100 * time.Millisecond):
+	}
+	cancel()
+	<-done
+}

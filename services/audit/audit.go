@@ -103,26 +103,6 @@ const Batch = 5000
 // waiting. Neither a PostgreSQL nor a ClickHouse restart ends it: a failed
 // export is retried with backoff.
 func (e *Exporter) Run(ctx context.Context) error {
-	var b fault.Backoff
-	for {
-		n, err := e.Export(ctx, Batch)
-		if ctx.Err() != nil {
-			return nil
-		}
-		if err != nil {
-			wait := b.Next()
-			e.log.WarnContext(ctx, "audit export failed; retrying", "err", err, "class", fault.Classify(err).String(), "retry_in", wait)
-			if !fault.Sleep(ctx, wait) {
-				return nil
-			}
-			continue
-		}
-		b.Reset()
-		if n >= Batch {
-			continue // a backlog: drain it
-		}
-		if !fault.Sleep(ctx, Linger) {
-			return nil
-		}
-	}
+	fault.Drain(ctx, e.log, "audit export", Batch, Linger, e.Export)
+	return nil
 }

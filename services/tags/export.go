@@ -141,27 +141,6 @@ const ExportBatch = 50000
 // ClickHouse restart ends it: a failed export is retried with backoff (at
 // most 5 s apart).
 func (e *Exporter) Run(ctx context.Context) error {
-	log := e.svc.log
-	var b fault.Backoff
-	for {
-		n, err := e.Export(ctx, ExportBatch)
-		if ctx.Err() != nil {
-			return nil
-		}
-		if err != nil {
-			wait := b.Next()
-			log.WarnContext(ctx, "profile export failed; retrying", "err", err, "class", fault.Classify(err).String(), "retry_in", wait)
-			if !fault.Sleep(ctx, wait) {
-				return nil
-			}
-			continue
-		}
-		b.Reset()
-		if n == ExportBatch {
-			continue // a backlog: drain it
-		}
-		if !fault.Sleep(ctx, Linger) {
-			return nil
-		}
-	}
+	fault.Drain(ctx, e.svc.log, "profile export", ExportBatch, Linger, e.Export)
+	return nil
 }
