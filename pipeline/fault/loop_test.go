@@ -33,41 +33,14 @@ func TestBackoffDoublesUpToItsCapAndResets(t *testing.T) {
 // within milliseconds each time, then waits its interval; it returns only
 // when its context ends.
 func TestEveryRetriesFailuresSoonerThanItsIntervalAndNeverStops(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	calls := make(chan int, 10)
-	n := 0
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
+	fourRunsThenAPause(t, "Every", func(ctx context.Context, run func() int) {
 		fault.Every(ctx, slog.New(slog.DiscardHandler), "step", time.Hour, func(context.Context) error {
-			n++
-			calls <- n
-			if n <= 3 {
+			if run() <= 3 {
 				return fault.Temporary(errors.New("connection refused"))
 			}
 			return nil
 		})
-	}()
-	deadline := time.After(time.Minute)
-	for want := 1; want <= 4; want++ {
-		select {
-		case got := <-calls:
-			if got != want {
-				t.Fatalf("call %d, want %d", got, want)
-			}
-		case <-deadline:
-			t.Fatalf("step ran %d times, want 4 within a minute (an hour's interval must not delay a retry)", want-1)
-		}
-	}
-	select {
-	case <-calls:
-		t.Fatal("a successful step ran again before its interval")
-	case <-done:
-		t.Fatal("Every returned while its context was live")
-	default:
-	}
-	cancel()
-	<-done
+	})
 }
 
 // TestDrainRunsAgainAtOnceWhileABatchIsFull: with an hour's linger, a step
@@ -75,22 +48,36 @@ func TestEveryRetriesFailuresSoonerThanItsIntervalAndNeverStops(t *testing.T) {
 // runs four times within a minute, and not again before its linger; Drain
 // returns only when its context ends.
 func TestDrainRunsAgainAtOnceWhileABatchIsFull(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	calls := make(chan int, 10)
-	n := 0
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
+	fourRunsThenAPause(t, "Drain", func(ctx context.Context, run func() int) {
 		fault.Drain(ctx, slog.New(slog.DiscardHandler), "step", 10, time.Hour, func(_ context.Context, batch int) (int, error) {
-			n++
-			calls <- n
-			switch n {
+			switch run() {
 			case 1, 2:
 				return batch, nil
 			case 3:
 				return 0, fault.Temporary(errors.New("connection refused"))
 			}
 			return batch - 1, nil
+		})
+	})
+}
+
+// fourRunsThenAPause runs loop, whose step calls run (which numbers its
+// calls), and checks that the step runs four times within a minute (an
+// hour's pause must not delay a retry, nor the next batch of a backlog),
+// then not again before the pause, and that loop returns only once its
+// context ends.
+func fourRunsThenAPause(t *testing.T, name string, loop func(ctx context.Context, run func() int)) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	calls := make(chan int, 10)
+	n := 0
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		loop(ctx, func() int {
+			n++
+			calls <- n
+			return n
 		})
 	}()
 	deadline := time.After(time.Minute)
@@ -101,14 +88,14 @@ func TestDrainRunsAgainAtOnceWhileABatchIsFull(t *testing.T) {
 				t.Fatalf("call %d, want %d", got, want)
 			}
 		case <-deadline:
-			t.Fatalf("step ran %d times, want 4 within a minute (neither a full batch nor a failure waits the linger)", want-1)
+			t.Fatalf("step ran %d times, want 4 within a minute (an hour's pause must not delay a retry or a backlog)", want-1)
 		}
 	}
 	select {
 	case <-calls:
-		t.Fatal("a step that moved less than a batch ran again before the linger")
+		t.Fatalf("%s ran its step again before its pause", name)
 	case <-done:
-		t.Fatal("Drain returned while its context was live")
+		t.Fatalf("%s returned while its context was live", name)
 	case <-time.After(100 * time.Millisecond):
 	}
 	cancel()
