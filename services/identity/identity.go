@@ -75,7 +75,7 @@ func New(cfg Config, pool *pgxpool.Pool, ch changes.Writer, log *slog.Logger) (*
 	if cfg.Keys.IsDev() {
 		log.Warn("PII keys not configured: using the public development keys; set MC_PII_HMAC_KEY, MC_PII_ENC_KEYS and MC_PII_ENC_KEY_ID in production")
 	}
-	return &Service{pool: pool, pii: pii, norm: Normalizer{DefaultRegion: cfg.DefaultRegion}, rules: rules,
+	return &Service{pool: pool, pii: pii, norm: NewNormalizer(cfg.DefaultRegion), rules: rules,
 		assertions: cfg.Assertions, changes: ch, log: log, now: time.Now}, nil
 }
 

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"unicode"
 
+	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/nyaruka/phonenumbers"
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
@@ -29,6 +30,33 @@ type Normalized struct {
 type Normalizer struct {
 	// Region assumed for phone numbers without a country code.
 	DefaultRegion string
+
+	// phones remembers the phones parsed lately (nil: none). Parsing a
+	// number with libphonenumber's metadata is the dearest step of
+	// resolving an event, and a channel names the same shoppers' phones
+	// over and over.
+	phones *lru.Cache[string, phoneForm]
+}
+
+// phoneForm is what parsing a raw phone gave: its E.164 form and masked
+// display form, or the refusal.
+type phoneForm struct {
+	e164, masked string
+	err          error
+}
+
+// PhoneCacheSize is how many raw phones a service's normaliser remembers
+// (about 150 bytes each).
+const PhoneCacheSize = 100_000
+
+// NewNormalizer returns a normaliser for region that remembers the last
+// PhoneCacheSize phones it parsed. It is safe for concurrent use.
+func NewNormalizer(region string) Normalizer {
+	c, err := lru.New[string, phoneForm](PhoneCacheSize)
+	if err != nil {
+		panic(err) // only for a size below 1
+	}
+	return Normalizer{DefaultRegion: region, phones: c}
 }
 
 // Normalize returns the canonical value of id, or an error wrapping
@@ -60,6 +88,32 @@ func (n Normalizer) Normalize(id *mcv1.Identifier) (value string, err error) {
 }
 
 func (n Normalizer) phone(raw string) (string, error) {
+	f := n.parsePhone(raw)
+	return f.e164, f.err
+}
+
+// parsePhone parses raw once while it is remembered.
+func (n Normalizer) parsePhone(raw string) phoneForm {
+	if n.phones == nil {
+		return n.parsePhoneAnew(raw)
+	}
+	if f, ok := n.phones.Get(raw); ok {
+		return f
+	}
+	f := n.parsePhoneAnew(raw)
+	n.phones.Add(raw, f)
+	return f
+}
+
+func (n Normalizer) parsePhoneAnew(raw string) phoneForm {
+	v, err := n.e164(raw)
+	if err != nil {
+		return phoneForm{err: err}
+	}
+	return phoneForm{e164: v, masked: n.maskPhoneAnew(v)}
+}
+
+func (n Normalizer) e164(raw string) (string, error) {
 	region := n.DefaultRegion
 	if region == "" {
 		region = "CN"
@@ -115,6 +169,13 @@ func mask(v string) string {
 // number with its middle hidden ("138****5678"), prefixed by the country
 // code when it is not the default region's.
 func (n Normalizer) maskPhone(e164 string) string {
+	if f := n.parsePhone(e164); f.err == nil && f.e164 == e164 {
+		return f.masked
+	}
+	return n.maskPhoneAnew(e164)
+}
+
+func (n Normalizer) maskPhoneAnew(e164 string) string {
 	num, err := phonenumbers.Parse(e164, "")
 	if err != nil {
 		return mask(e164)

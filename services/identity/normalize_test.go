@@ -90,29 +90,51 @@ func TestNormalize(t *testing.T) {
 		{name: "unspecified type", typ: mcv1.IdentifierType_IDENTIFIER_TYPE_UNSPECIFIED, value: "x"},
 		{name: "undefined type", typ: mcv1.IdentifierType(99), value: "x"},
 	}
+	// A service's normaliser remembers the phones it parsed: the first
+	// answer and every later one must be what a fresh parse gives.
+	cached := map[string]identity.Normalizer{}
 	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			n := identity.Normalizer{DefaultRegion: tt.region}
-			got, err := n.Normalize(&mcv1.Identifier{Type: tt.typ, Value: tt.value, Scope: tt.scope})
-			if tt.want == "" {
-				if err == nil {
-					t.Fatalf("Normalize(%s %q) = %q, want rejection", tt.typ, tt.value, got)
-				}
-				if !errors.Is(err, identity.ErrInvalidIdentifier) {
-					t.Fatalf("Normalize(%s %q) error %v does not wrap ErrInvalidIdentifier", tt.typ, tt.value, err)
-				}
-				if got != "" {
-					t.Errorf("rejected Normalize(%s %q) also returned value %q", tt.typ, tt.value, got)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatalf("Normalize(%s %q) error: %v", tt.typ, tt.value, err)
-			}
-			if got != tt.want {
-				t.Fatalf("Normalize(%s %q) = %q, want %q", tt.typ, tt.value, got, tt.want)
-			}
-		})
+		if _, ok := cached[tt.region]; !ok {
+			cached[tt.region] = identity.NewNormalizer(tt.region)
+		}
+	}
+	for _, tt := range tests {
+		for _, c := range []struct {
+			how string
+			n   identity.Normalizer
+		}{
+			{"parsed", identity.Normalizer{DefaultRegion: tt.region}},
+			{"remembered, first", cached[tt.region]},
+			{"remembered, again", cached[tt.region]},
+		} {
+			t.Run(tt.name+"/"+c.how, func(t *testing.T) {
+				normalizeCase(t, c.n, tt.typ, tt.value, tt.scope, tt.want)
+			})
+		}
+	}
+}
+
+// normalizeCase checks one case of TestNormalize: want "" means rejected.
+func normalizeCase(t *testing.T, n identity.Normalizer, typ mcv1.IdentifierType, value, scope, want string) {
+	t.Helper()
+	got, err := n.Normalize(&mcv1.Identifier{Type: typ, Value: value, Scope: scope})
+	if want == "" {
+		if err == nil {
+			t.Fatalf("Normalize(%s %q) = %q, want rejection", typ, value, got)
+		}
+		if !errors.Is(err, identity.ErrInvalidIdentifier) {
+			t.Fatalf("Normalize(%s %q) error %v does not wrap ErrInvalidIdentifier", typ, value, err)
+		}
+		if got != "" {
+			t.Errorf("rejected Normalize(%s %q) also returned value %q", typ, value, got)
+		}
+		return
+	}
+	if err != nil {
+		t.Fatalf("Normalize(%s %q) error: %v", typ, value, err)
+	}
+	if got != want {
+		t.Fatalf("Normalize(%s %q) = %q, want %q", typ, value, got, want)
 	}
 }
 
