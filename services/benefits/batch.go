@@ -196,7 +196,7 @@ func (s *Service) applyOps(ctx context.Context, tx pgx.Tx, w *postgres.LoyaltyWr
 // which is loaded (again) for every operation it then has, so what it reads
 // (campaign usage of their days, their orders, activity) covers them all.
 func (s *Service) loadBatch(ctx context.Context, tx pgx.Tx, p *Program, todo []batchOp) (map[uuid.UUID]*postgres.LoyaltyRows, error) {
-	rows, err := postgres.LoadLoyaltyBatch(ctx, tx, loadsOf(p, todo))
+	rows, err := postgres.LoadLoyaltyBatch(ctx, tx, loadsOf(p, todo, s.eachLot))
 	if err != nil {
 		return nil, err
 	}
@@ -224,7 +224,7 @@ func (s *Service) loadBatch(ctx context.Context, tx pgx.Tx, p *Program, todo []b
 				moved = append(moved, b)
 			}
 		}
-		more, err := postgres.LoadLoyaltyBatch(ctx, tx, loadsOf(p, moved))
+		more, err := postgres.LoadLoyaltyBatch(ctx, tx, loadsOf(p, moved, s.eachLot))
 		if err != nil {
 			return nil, err
 		}
@@ -235,9 +235,13 @@ func (s *Service) loadBatch(ctx context.Context, tx pgx.Tx, p *Program, todo []b
 
 // loadsOf says what to load of each member: activity from the year before
 // its earliest event, campaign usage of every day and month its events fall
-// in, the orders they name.
-func loadsOf(p *Program, ops []batchOp) []postgres.LoyaltyLoad {
+// in, the orders they name, and its open lots: one by one when an
+// operation can change them (needsEachLot), a call is among its operations
+// or eachLotAlways, else the ones expiring by its operations' times and
+// the sum of the others.
+func loadsOf(p *Program, ops []batchOp, eachLotAlways bool) []postgres.LoyaltyLoad {
 	byMember := map[uuid.UUID]*postgres.LoyaltyLoad{}
+	eachLot := map[uuid.UUID]bool{}
 	var order []uuid.UUID
 	for _, b := range ops {
 		l := byMember[b.member]
@@ -255,10 +259,23 @@ func loadsOf(p *Program, ops []batchOp) []postgres.LoyaltyLoad {
 		if b.op.OrderID != "" {
 			l.Orders = append(l.Orders, b.op.OrderID)
 		}
+		// Lots one by one only for a member with an operation that can
+		// change them, or a call (its answer says which points are
+		// available); otherwise those expiring by its last operation and
+		// the sum of the others.
+		if eachLotAlways || b.call != nil || needsEachLot(b.op) || b.op.At.IsZero() {
+			eachLot[b.member] = true
+		}
+		if b.op.At.After(l.SettledAfter) {
+			l.SettledAfter = b.op.At
+		}
 	}
 	out := make([]postgres.LoyaltyLoad, len(order))
 	for i, m := range order {
 		out[i] = *byMember[m]
+		if eachLot[m] {
+			out[i].SettledAfter = time.Time{}
+		}
 	}
 	return out
 }
@@ -327,6 +344,12 @@ func (s *Service) applyMember(ctx context.Context, tx pgx.Tx, w *postgres.Loyalt
 		}
 		if again {
 			continue
+		}
+		for _, l := range st.Lots {
+			if l.settled && l.dirty {
+				// needsEachLot let through an operation that changes lots.
+				return nil, fmt.Errorf("member %s: an operation changed the settled lots loaded as one sum", member)
+			}
 		}
 		for _, a := range done {
 			octx := contract.RecordContext(ctx, a.b.i) // an event's changes carry its record's trace

@@ -41,6 +41,9 @@ type Service struct {
 	prog    *versioned.Document[Program]
 	facts   driver.Conn // ClickHouse, for campaign simulation; may be nil
 	group   *grouper    // mutating RPCs, applied in groups (group.go)
+	// eachLot loads every open lot one by one for every operation (tests
+	// compare it with settled lots loaded as one sum).
+	eachLot bool
 }
 
 // Programmes is how the loyalty programme is stored and read.

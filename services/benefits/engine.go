@@ -56,6 +56,29 @@ type Lot struct {
 	TxnKind     string // the ledger transaction that created it
 	dirty       bool
 	txn         uuid.UUID // the transaction that created a new lot (store only)
+	// settled marks the sum of the open lots an operation that only adds
+	// points cannot change (they count in the balance throughout its
+	// time), loaded as one (postgres.LoyaltyLoad.SettledAfter): it counts
+	// in the balance, says nothing of which points are available, and is
+	// never spent, expired or written.
+	settled bool
+}
+
+// needsEachLot says whether op can change an existing lot — spend from it,
+// take a refund back from it, replace it — or reads which points are
+// available, so that its member's open lots must be loaded one by one; an
+// operation that does neither reads no more of them than the balance they
+// add up to, and the lots that expire by its time.
+func needsEachLot(op Op) bool {
+	switch op.Kind {
+	case OpPurchase:
+		return op.RedeemPoints > 0
+	case OpAdjust:
+		return op.Points < 0
+	case OpCheckIn, OpReferral, OpSignUp, OpAdvance, OpIssueCoupon:
+		return false
+	}
+	return true
 }
 
 // Activity is a month's tier inputs.

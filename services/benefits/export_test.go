@@ -43,3 +43,7 @@ func QuoteOn(s *Service, st *State, b *mcv1.Basket) (*mcv1.QuoteResponse, error)
 	op.Origin, op.Cause = st.MemberID, "quote"
 	return s.quote(st, op)
 }
+
+// LoadEachLot makes s load every open lot one by one for every operation,
+// as it did before settled lots were loaded as one sum.
+func LoadEachLot(s *Service) { s.eachLot = true }

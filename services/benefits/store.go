@@ -75,6 +75,10 @@ func (s *Service) load(ctx context.Context, tx postgres.Batcher, member uuid.UUI
 	return st, nil
 }
 
+// settledLotID is the id of the lot standing for a member's settled lots
+// (LoyaltyRows.Settled): not 0, which is a new lot's.
+const settledLotID = -1
+
 // toState is the engine's view of a member's stored loyalty rows.
 func toState(member uuid.UUID, rows postgres.LoyaltyRows, p *Program) (*State, error) {
 	st := NewState(member.String())
@@ -82,6 +86,10 @@ func toState(member uuid.UUID, rows postgres.LoyaltyRows, p *Program) (*State, e
 	for _, r := range rows.Lots {
 		st.Lots = append(st.Lots, &Lot{ID: r.ID, Earned: r.Earned, Remaining: r.Remaining, EarnedAt: r.EarnedAt, AvailableAt: r.AvailableAt,
 			ExpiresAt: r.ExpiresAt, OrderID: r.OrderID, Origin: r.Origin.String(), TxnKind: r.Kind})
+	}
+	if rows.Settled > 0 {
+		st.Lots = append(st.Lots, &Lot{ID: settledLotID, Earned: rows.Settled, Remaining: rows.Settled,
+			ExpiresAt: NeverExpires, Origin: member.String(), TxnKind: "settled", settled: true})
 	}
 	for _, a := range rows.Activity {
 		st.Months[Month(a.Month)] = &Activity{Spend: a.Spend, Points: a.Points, Orders: a.Orders}
@@ -264,7 +272,7 @@ func (s *Service) stageState(w *postgres.LoyaltyWrites, st *State) {
 	p := s.program()
 	member := uuid.MustParse(st.MemberID)
 	for _, l := range st.Lots {
-		if !l.dirty {
+		if !l.dirty || l.settled { // (applyMember refuses a changed settled sum)
 			continue
 		}
 		l.dirty = false

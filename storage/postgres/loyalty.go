@@ -27,6 +27,15 @@ type LoyaltyLoad struct {
 	Periods []string
 	// Orders to read, with their lots.
 	Orders []string
+	// SettledAfter, when set, asks for the open lots the operations can
+	// change one by one and the others as one sum (LoyaltyRows.Settled),
+	// for operations that add points and read of an existing lot only
+	// whether it counts in the balance (no spending, no refund, nothing
+	// that reads which points are available): read one by one are the
+	// lots expiring by SettledAfter or by the member's last operation,
+	// whichever is later (an older event is applied at that time); every
+	// other open lot counts in the balance throughout, and is summed.
+	SettledAfter time.Time
 }
 
 // LoyaltyRows is what the benefit engine loads of a member.
@@ -41,7 +50,11 @@ type LoyaltyRows struct {
 	// among them while it is open; a spent one is not read: the programme
 	// uses an order's lot only while it has points left, and an order's lot
 	// is its member's (lots and orders move together on merges, by origin).
-	Lots      []LotRow
+	Lots []LotRow
+	// Settled is the sum of the open lots not in Lots, when the load asked
+	// for it (LoyaltyLoad.SettledAfter): the member's balance less the
+	// lots read, as balance and open lots agree (the ledger invariant).
+	Settled   int64
 	Activity  []ActivityRow
 	Usage     []UsageRow
 	Budgets   map[string]int64 // campaign → points spent

@@ -86,10 +86,46 @@ func LoadLoyaltyBatch(ctx context.Context, q Batcher, loads []LoyaltyLoad) (map[
 	})
 	queueMemberValues(b, of, func(r *LoyaltyRows, st []byte) { r.State = st },
 		`SELECT member_id, state FROM loyalty_state WHERE member_id = ANY($1)`, members)
-	// Open lots only, as LoadLoyalty reads them.
-	queueMemberRows(b, of, func(r *LoyaltyRows) *[]LotRow { return &r.Lots }, lotColumns,
-		`SELECT member_id, lot_id, earned, remaining, earned_at, available_at, expires_at, coalesce(order_id, ''), origin_member_id, kind
-		FROM point_lots WHERE member_id = ANY($1) AND remaining > 0 ORDER BY member_id, lot_id`, members)
+	// Open lots only, as LoadLoyalty reads them: all of them, or for a
+	// load with a settled window the ones it can change and the balance
+	// the others make up.
+	var all, windowed []uuid.UUID
+	var after []time.Time
+	for _, l := range loads {
+		if l.SettledAfter.IsZero() {
+			all = append(all, l.Member)
+			continue
+		}
+		windowed, after = append(windowed, l.Member), append(after, l.SettledAfter)
+	}
+	lots := func(r *LoyaltyRows) *[]LotRow { return &r.Lots }
+	if len(all) > 0 {
+		queueMemberRows(b, of, lots, lotColumns,
+			`SELECT member_id, lot_id, earned, remaining, earned_at, available_at, expires_at, coalesce(order_id, ''), origin_member_id, kind
+			FROM point_lots WHERE member_id = ANY($1) AND remaining > 0 ORDER BY member_id, lot_id`, all)
+	}
+	balances := map[uuid.UUID]int64{}
+	if len(windowed) > 0 {
+		// The expiring ones, from point_lots_open (member_id, expires_at).
+		queueMemberRows(b, of, lots, lotColumns,
+			`SELECT l.member_id, l.lot_id, l.earned, l.remaining, l.earned_at, l.available_at, l.expires_at, coalesce(l.order_id, ''), l.origin_member_id, l.kind
+			  FROM unnest($1::uuid[], $2::timestamptz[]) AS w(member_id, settled_after)
+			  LEFT JOIN loyalty_state s ON s.member_id = w.member_id
+			  JOIN point_lots l ON l.member_id = w.member_id AND l.remaining > 0
+			   AND l.expires_at <= greatest(w.settled_after, (s.state->>'last')::timestamptz)
+			 ORDER BY l.member_id, l.lot_id`, windowed, after)
+		b.Queue(`SELECT member_id, balance FROM points_accounts WHERE member_id = ANY($1)`, windowed).Query(func(rows pgx.Rows) error {
+			for rows.Next() {
+				var id uuid.UUID
+				var balance int64
+				if err := rows.Scan(&id, &balance); err != nil {
+					return err
+				}
+				balances[id] = balance
+			}
+			return rows.Err()
+		})
+	}
 	// Month starts since each member's last evaluated month need their own
 	// 12 months.
 	queueMemberRows(b, of, func(r *LoyaltyRows) *[]ActivityRow { return &r.Activity }, activityColumns,
@@ -117,6 +153,16 @@ func LoadLoyaltyBatch(ctx context.Context, q Batcher, loads []LoyaltyLoad) (map[
 	}
 	if err := q.SendBatch(ctx, b).Close(); err != nil {
 		return nil, fmt.Errorf("load loyalty state: %w", err)
+	}
+	for _, m := range windowed {
+		r := out[m]
+		r.Settled = balances[m]
+		for _, l := range r.Lots {
+			r.Settled -= l.Remaining
+		}
+		if r.Settled < 0 {
+			return nil, fmt.Errorf("load loyalty state: member %s: balance %d is less than its open lots %d", m, balances[m], balances[m]-r.Settled)
+		}
 	}
 	for _, r := range out {
 		r.Budgets, r.TplIssued = budgets, tpl
