@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	tagstatev1 "github.com/membercenter/membercenter/proto/gen/membercenter/tagstate/v1"
+	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 )
 
 // codecStates are states as the worker stores them: histories of every
@@ -336,6 +337,60 @@ func TestFirstLabelsAreDiffFromNothing(t *testing.T) {
 		}
 		if !slices.Equal(r.Set, set) || len(r.Cleared) != 0 {
 			t.Fatalf("state %d: set %v cleared %v, want set %v", i, r.Set, r.Cleared, set)
+		}
+	}
+}
+
+// TestDecodeLabelsAsProtoUnmarshal: DecodeLabels, read field by field,
+// gives what proto.Unmarshal gives of every encoding of refreshed labels,
+// of labels with times or cleared, and refuses what it refuses.
+func TestDecodeLabelsAsProtoUnmarshal(t *testing.T) {
+	var encodings [][]byte
+	for i, st := range codecStates(t) {
+		r, err := propertyCatalogs(t)[i%3].Refresh(Inputs{State: st, Demo: Demographics{BirthDate: "2001-02-03"}}, time.Date(2026, 6, 2, 0, 0, 0, 0, time.UTC), i%4 == 0, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		encodings = append(encodings, r.EncodeLabels())
+	}
+	timed, err := proto.Marshal(&mcv1.LabelsChanged{Labels: ProtoLabels(map[string]any{"a": true, "b": "gold", "c": 2.5}, time.Date(2026, 6, 2, 0, 0, 0, 0, time.UTC))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cleared, err := proto.Marshal(&mcv1.LabelsChanged{Labels: []*mcv1.LabelValue{{LabelId: "a", Cleared: true}, {LabelId: "b", Value: &mcv1.LabelValue_BoolValue{}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	encodings = append(encodings, timed, cleared, nil)
+	for i, b := range encodings {
+		var want mcv1.LabelsChanged
+		if err := proto.Unmarshal(b, &want); err != nil {
+			t.Fatal(err)
+		}
+		got, err := DecodeLabels(b)
+		if err != nil {
+			t.Fatalf("encoding %d: %v", i, err)
+		}
+		if !proto.Equal(&mcv1.LabelsChanged{Labels: got}, &want) {
+			t.Fatalf("encoding %d: DecodeLabels\n%v\nproto.Unmarshal\n%v", i, got, want.GetLabels())
+		}
+	}
+	if len(encodings[0]) == 0 {
+		t.Fatal("the first state has no labels")
+	}
+	for name, b := range map[string][]byte{
+		"truncated":          encodings[0][:len(encodings[0])-1],
+		"invalid UTF-8 id":   {0x0a, 0x04, 0x0a, 0x02, 0xff, 0xfe},
+		"label of wire type": {0x08, 0x01},
+	} {
+		var lc mcv1.LabelsChanged
+		wantErr := proto.Unmarshal(b, &lc) != nil
+		got, err := DecodeLabels(b)
+		if (err != nil) != wantErr {
+			t.Errorf("%s: DecodeLabels error %v, proto.Unmarshal fails: %v", name, err, wantErr)
+		}
+		if err == nil && !proto.Equal(&mcv1.LabelsChanged{Labels: got}, &mcv1.LabelsChanged{Labels: lc.GetLabels()}) {
+			t.Errorf("%s: DecodeLabels %v, proto.Unmarshal %v", name, got, lc.GetLabels())
 		}
 	}
 }

@@ -13,15 +13,18 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"math"
 	"slices"
 	"sort"
 	"strconv"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -639,8 +642,14 @@ func EncodeLabels(labels map[string]any) ([]byte, error) {
 	return proto.MarshalOptions{Deterministic: true}.Marshal(&mcv1.LabelsChanged{Labels: ProtoLabels(labels, time.Time{})})
 }
 
-// DecodeLabels reverses EncodeLabels.
+// DecodeLabels reverses EncodeLabels. GetProfile decodes a member's every
+// label on each call: the labels are read field by field here, without
+// reflection, and their strings share one copy of b (a label with a time
+// or a field EncodeLabels does not write is left to proto.Unmarshal).
 func DecodeLabels(b []byte) ([]*mcv1.LabelValue, error) {
+	if out, ok := decodeLabelsFast(b); ok {
+		return out, nil
+	}
 	var lc mcv1.LabelsChanged
 	if err := proto.Unmarshal(b, &lc); err != nil {
 		return nil, fmt.Errorf("decode labels: %w", err)
@@ -666,3 +675,49 @@ func ProtoLabels(labels map[string]any, at time.Time) []*mcv1.LabelValue {
 // UseCatalog puts a parsed catalogue in force in this process (tests, the
 // backfill of a catalogue before it is loaded).
 func (s *Service) UseCatalog(c *Catalog) { s.cat.Set(c) }
+
+// decodeLabelsFast decodes what EncodeLabels writes: LabelsChanged's
+// labels (field 1), each with its id (1), one value (2, 3 or 4) and
+// cleared (5). ok is false for anything else, malformed input included.
+func decodeLabelsFast(b []byte) (out []*mcv1.LabelValue, ok bool) {
+	d := decoder{buf: b, shared: &shared{whole: string(b)}}
+	var f, g field
+	n := 0
+	for d.next(&f) {
+		n++
+	}
+	if d.err != nil {
+		return nil, false
+	}
+	d = decoder{buf: b, shared: d.shared}
+	labels := make([]mcv1.LabelValue, n)
+	out = make([]*mcv1.LabelValue, 0, n)
+	for d.next(&f) {
+		if f.num != 1 || f.typ != protowire.BytesType {
+			return nil, false
+		}
+		lv := &labels[len(out)]
+		sub := d.msg(&f)
+		for sub.next(&g) {
+			switch {
+			case g.num == 1 && g.typ == protowire.BytesType:
+				lv.LabelId = sub.str(&g)
+			case g.num == 2 && g.typ == protowire.VarintType:
+				lv.Value = &mcv1.LabelValue_BoolValue{BoolValue: g.v != 0}
+			case g.num == 3 && g.typ == protowire.BytesType:
+				lv.Value = &mcv1.LabelValue_EnumValue{EnumValue: sub.str(&g)}
+			case g.num == 4 && g.typ == protowire.Fixed64Type:
+				lv.Value = &mcv1.LabelValue_NumberValue{NumberValue: math.Float64frombits(g.v)}
+			case g.num == 5 && g.typ == protowire.VarintType:
+				lv.Cleared = g.v != 0
+			default:
+				return nil, false
+			}
+		}
+		if sub.err != nil || !utf8.ValidString(lv.LabelId) || !utf8.ValidString(lv.GetEnumValue()) {
+			return nil, false
+		}
+		out = append(out, lv)
+	}
+	return out, d.err == nil
+}
