@@ -139,7 +139,7 @@ func (s *Service) Normalize(ids []*mcv1.Identifier) ([]Normalized, error) {
 	out := make([]Normalized, 0, len(ids))
 	seen := map[string]bool{}
 	for i, id := range ids {
-		v, err := s.norm.Normalize(id)
+		v, maskedPhone, err := s.norm.normalize(id)
 		if err != nil {
 			return nil, fmt.Errorf("identifiers[%d] (%s): %w", i, id.GetType(), err)
 		}
@@ -151,7 +151,7 @@ func (s *Service) Normalize(ids []*mcv1.Identifier) ([]Normalized, error) {
 		seen[string(n.Hash)] = true
 		switch n.Type {
 		case mcv1.IdentifierType_IDENTIFIER_TYPE_PHONE:
-			n.Masked = s.norm.maskPhone(v)
+			n.Masked = maskedPhone
 		case mcv1.IdentifierType_IDENTIFIER_TYPE_EMAIL:
 			n.Masked = maskEmail(v)
 		default:

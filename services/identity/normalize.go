@@ -62,13 +62,27 @@ func NewNormalizer(region string) Normalizer {
 // Normalize returns the canonical value of id, or an error wrapping
 // ErrInvalidIdentifier that says what is wrong.
 func (n Normalizer) Normalize(id *mcv1.Identifier) (value string, err error) {
+	value, _, err = n.normalize(id)
+	return value, err
+}
+
+// normalize is Normalize, with a phone's masked form (its other types'
+// masked forms are cheap to make from the value).
+func (n Normalizer) normalize(id *mcv1.Identifier) (value, maskedPhone string, err error) {
 	raw := strings.TrimSpace(id.GetValue())
 	if raw == "" {
-		return "", fmt.Errorf("%w: empty value", ErrInvalidIdentifier)
+		return "", "", fmt.Errorf("%w: empty value", ErrInvalidIdentifier)
 	}
+	if id.GetType() == mcv1.IdentifierType_IDENTIFIER_TYPE_PHONE {
+		f := n.parsePhone(raw)
+		return f.e164, f.masked, f.err
+	}
+	value, err = n.normalizeOther(id, raw)
+	return value, "", err
+}
+
+func (n Normalizer) normalizeOther(id *mcv1.Identifier, raw string) (string, error) {
 	switch id.GetType() {
-	case mcv1.IdentifierType_IDENTIFIER_TYPE_PHONE:
-		return n.phone(raw)
 	case mcv1.IdentifierType_IDENTIFIER_TYPE_EMAIL:
 		return email(raw)
 	case mcv1.IdentifierType_IDENTIFIER_TYPE_MINIPROGRAM_OPENID:
@@ -87,11 +101,6 @@ func (n Normalizer) Normalize(id *mcv1.Identifier) (value string, err error) {
 	}
 }
 
-func (n Normalizer) phone(raw string) (string, error) {
-	f := n.parsePhone(raw)
-	return f.e164, f.err
-}
-
 // parsePhone parses raw once while it is remembered.
 func (n Normalizer) parsePhone(raw string) phoneForm {
 	if n.phones == nil {
@@ -106,26 +115,18 @@ func (n Normalizer) parsePhone(raw string) phoneForm {
 }
 
 func (n Normalizer) parsePhoneAnew(raw string) phoneForm {
-	v, err := n.e164(raw)
-	if err != nil {
-		return phoneForm{err: err}
-	}
-	return phoneForm{e164: v, masked: n.maskPhoneAnew(v)}
-}
-
-func (n Normalizer) e164(raw string) (string, error) {
 	region := n.DefaultRegion
 	if region == "" {
 		region = "CN"
 	}
 	num, err := phonenumbers.Parse(raw, region)
 	if err != nil {
-		return "", fmt.Errorf("%w: phone %q: %v", ErrInvalidIdentifier, mask(raw), err)
+		return phoneForm{err: fmt.Errorf("%w: phone %q: %v", ErrInvalidIdentifier, mask(raw), err)}
 	}
 	if !phonenumbers.IsValidNumber(num) {
-		return "", fmt.Errorf("%w: phone %q is not a valid number", ErrInvalidIdentifier, mask(raw))
+		return phoneForm{err: fmt.Errorf("%w: phone %q is not a valid number", ErrInvalidIdentifier, mask(raw))}
 	}
-	return phonenumbers.Format(num, phonenumbers.E164), nil
+	return phoneForm{e164: phonenumbers.Format(num, phonenumbers.E164), masked: n.maskPhone(num)}
 }
 
 func email(raw string) (string, error) {
@@ -165,21 +166,10 @@ func mask(v string) string {
 	return string(rs[:3]) + strings.Repeat("*", len(rs)-5) + string(rs[len(rs)-2:])
 }
 
-// maskPhone shows an E.164 number the way a cashier reads it: the national
+// maskPhone shows a number the way a cashier reads it: the national
 // number with its middle hidden ("138****5678"), prefixed by the country
 // code when it is not the default region's.
-func (n Normalizer) maskPhone(e164 string) string {
-	if f := n.parsePhone(e164); f.err == nil && f.e164 == e164 {
-		return f.masked
-	}
-	return n.maskPhoneAnew(e164)
-}
-
-func (n Normalizer) maskPhoneAnew(e164 string) string {
-	num, err := phonenumbers.Parse(e164, "")
-	if err != nil {
-		return mask(e164)
-	}
+func (n Normalizer) maskPhone(num *phonenumbers.PhoneNumber) string {
 	national := phonenumbers.GetNationalSignificantNumber(num)
 	if len(national) > 7 {
 		national = national[:3] + strings.Repeat("*", len(national)-7) + national[len(national)-4:]

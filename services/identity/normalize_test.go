@@ -258,3 +258,31 @@ func FuzzNormalizeToken(f *testing.F) {
 		})
 	})
 }
+
+// TestServiceMasksPhones: the service stores a phone's masked form beside
+// its hash; the second time a raw phone is seen (remembered) it gets the
+// same forms, and a refused phone is refused again.
+func TestServiceMasksPhones(t *testing.T) {
+	svc := newService(t).svc
+	for _, tc := range []struct{ raw, value, masked string }{
+		{"13812345678", "+8613812345678", "138****5678"},
+		{"+86 138-1234-5678", "+8613812345678", "138****5678"},
+		{"+1 202-555-0143", "+12025550143", "+1 202***0143"},
+		{"+44 20 7946 0958", "+442079460958", "+44 207***0958"},
+	} {
+		for range 2 {
+			got, err := svc.Normalize([]*mcv1.Identifier{{Type: typePhone, Value: tc.raw}})
+			if err != nil {
+				t.Fatalf("%q: %v", tc.raw, err)
+			}
+			if got[0].Value != tc.value || got[0].Masked != tc.masked {
+				t.Errorf("%q: %q masked %q, want %q masked %q", tc.raw, got[0].Value, got[0].Masked, tc.value, tc.masked)
+			}
+		}
+	}
+	for range 2 {
+		if _, err := svc.Normalize([]*mcv1.Identifier{{Type: typePhone, Value: "12345"}}); !errors.Is(err, identity.ErrInvalidIdentifier) {
+			t.Errorf("12345: %v, want ErrInvalidIdentifier", err)
+		}
+	}
+}
