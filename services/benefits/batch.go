@@ -236,12 +236,13 @@ func (s *Service) loadBatch(ctx context.Context, tx pgx.Tx, p *Program, todo []b
 // loadsOf says what to load of each member: activity from the year before
 // its earliest event, campaign usage of every day and month its events fall
 // in, the orders they name, and its open lots: one by one when an
-// operation can change them (needsEachLot), a call is among its operations
-// or eachLotAlways, else the ones expiring by its operations' times and
-// the sum of the others.
+// operation can change them (needsEachLot) or eachLotAlways, else the ones
+// expiring by its operations' times (and, when a call is among them, the
+// ones pending at the first) and the sum of the others.
 func loadsOf(p *Program, ops []batchOp, eachLotAlways bool) []postgres.LoyaltyLoad {
 	byMember := map[uuid.UUID]*postgres.LoyaltyLoad{}
-	eachLot := map[uuid.UUID]bool{}
+	eachLot, withCall := map[uuid.UUID]bool{}, map[uuid.UUID]bool{}
+	firstAt := map[uuid.UUID]time.Time{}
 	var order []uuid.UUID
 	for _, b := range ops {
 		l := byMember[b.member]
@@ -260,21 +261,30 @@ func loadsOf(p *Program, ops []batchOp, eachLotAlways bool) []postgres.LoyaltyLo
 			l.Orders = append(l.Orders, b.op.OrderID)
 		}
 		// Lots one by one only for a member with an operation that can
-		// change them, or a call (its answer says which points are
-		// available); otherwise those expiring by its last operation and
-		// the sum of the others.
-		if eachLotAlways || b.call != nil || needsEachLot(b.op) || b.op.At.IsZero() {
+		// change them; otherwise those expiring by its last operation, and
+		// with a call (its answer says how many points are available)
+		// those pending at its first, and the sum of the others.
+		if eachLotAlways || needsEachLot(b.op) || b.op.At.IsZero() {
 			eachLot[b.member] = true
 		}
 		if b.op.At.After(l.SettledAfter) {
 			l.SettledAfter = b.op.At
 		}
+		if b.call != nil {
+			withCall[b.member] = true
+		}
+		if first, ok := firstAt[b.member]; !ok || b.op.At.Before(first) {
+			firstAt[b.member] = b.op.At
+		}
 	}
 	out := make([]postgres.LoyaltyLoad, len(order))
 	for i, m := range order {
 		out[i] = *byMember[m]
-		if eachLot[m] {
+		switch {
+		case eachLot[m]:
 			out[i].SettledAfter = time.Time{}
+		case withCall[m]:
+			out[i].AvailableFrom = firstAt[m]
 		}
 	}
 	return out

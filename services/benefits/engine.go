@@ -59,16 +59,18 @@ type Lot struct {
 	// settled marks the sum of the open lots an operation that only adds
 	// points cannot change (they count in the balance throughout its
 	// time), loaded as one (postgres.LoyaltyLoad.SettledAfter): it counts
-	// in the balance, says nothing of which points are available, and is
-	// never spent, expired or written.
+	// in the balance and is never spent, expired or written. It is
+	// available only when the lots pending at the operation's time were
+	// read one by one (AvailableFrom); otherwise what it says of
+	// availability is not read.
 	settled bool
 }
 
 // needsEachLot says whether op can change an existing lot — spend from it,
-// take a refund back from it, replace it — or reads which points are
-// available, so that its member's open lots must be loaded one by one; an
-// operation that does neither reads no more of them than the balance they
-// add up to, and the lots that expire by its time.
+// take a refund back from it, replace it — so that its member's open lots
+// must be loaded one by one; an operation that does not reads no more of
+// them than the balance they add up to, the lots that expire by its time
+// and, to say how many points are available, the lots pending at its time.
 func needsEachLot(op Op) bool {
 	switch op.Kind {
 	case OpPurchase:

@@ -172,3 +172,86 @@ func textColumn(c context.Context, pool *pgxpool.Pool, sql string, args ...any) 
 	}
 	return out, rows.Err()
 }
+
+// TestSettledLotsAnswerAsEachLot: Quote and Commit, which say how many
+// points are available, read the lots expiring by their time and the ones
+// still pending one by one, and the rest as one sum. A member with a year
+// of purchases — lots expired and not yet processed, expiring soon,
+// settled, still pending — gets the same quotes and commits (with a
+// redemption between, which reads every lot) as when every lot is read,
+// and leaves the same ledger, lots, account and points changes.
+func TestSettledLotsAnswerAsEachLot(t *testing.T) {
+	each, settled := newFixture(t), newFixture(t)
+	benefits.LoadEachLot(each.svc)
+	c := ctxWithin(t, 2*time.Minute)
+	now := *each.clock
+	type step struct {
+		daysAgo float64
+		quote   bool
+		redeem  int64
+	}
+	var steps []step
+	for _, d := range []float64{400, 380, 366, 364.5, 300, 200, 120, 60, 30, 6, 3, 1} {
+		steps = append(steps, step{daysAgo: d})
+	}
+	steps = append(steps, step{quote: true}, step{}, step{redeem: 100}, step{quote: true}, step{}, step{quote: true})
+	var members []string
+	for _, f := range []*fixture{each, settled} {
+		*f.clock = now.Add(-401 * 24 * time.Hour)
+		members = append(members, f.member(t))
+	}
+	var answers [2][]string
+	for i, s := range steps {
+		for k, f := range []*fixture{each, settled} {
+			*f.clock = now.Add(-time.Duration(s.daysAgo * 24 * float64(time.Hour)))
+			b := basket(fmt.Sprintf("o%d", i), 12_800+int64(i)*1_000)
+			b.RedeemPoints = s.redeem
+			var resp proto.Message
+			var err error
+			if s.quote {
+				resp, err = f.srv.Quote(c, &mcv1.QuoteRequest{MemberId: members[k], Basket: b})
+			} else {
+				var r *mcv1.CommitResponse
+				r, err = f.srv.Commit(c, &mcv1.CommitRequest{MemberId: members[k], Basket: b, IdempotencyKey: fmt.Sprintf("k%d", i)})
+				resp = r.GetResult()
+			}
+			if err != nil {
+				t.Fatalf("step %d: %v", i, err)
+			}
+			answers[k] = append(answers[k], fmt.Sprintf("step %d: %v", i, resp))
+		}
+	}
+	for i := range answers[0] {
+		if answers[0][i] != answers[1][i] {
+			t.Errorf("each lot:\n %s\nsettled:\n %s", answers[0][i], answers[1][i])
+		}
+	}
+	var pending, expired int
+	if err := settled.pool.QueryRow(c, `SELECT count(*) FILTER (WHERE available_at > $1), count(*) FILTER (WHERE kind = 'earn' AND remaining = 0)
+		FROM point_lots`, now).Scan(&pending, &expired); err != nil {
+		t.Fatal(err)
+	}
+	if pending < 3 || expired < 2 {
+		t.Fatalf("%d lots pending and %d spent or expired at the end: the history exercised too little", pending, expired)
+	}
+	for what, q := range map[string]func(context.Context, *pgxpool.Pool, uuid.UUID) ([]string, error){
+		"ledger": ledgerOf, "lots": lotsOf, "points changes": pointsChangesOf, "account": accountOf,
+	} {
+		want, err := q(c, each.pool, uuid.MustParse(members[0]))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := q(c, settled.pool, uuid.MustParse(members[1]))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(want, got) {
+			t.Errorf("%s:\n each lot %v\n settled  %v", what, want, got)
+		}
+	}
+	for _, f := range []*fixture{each, settled} {
+		if err := pgtest.CheckLedger(c, f.pool); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

@@ -43,10 +43,22 @@ var errBudgetRace = errors.New("campaign budget or coupon limit changed concurre
 var errMerged = errors.New("member was merged")
 
 func (s *Service) load(ctx context.Context, tx postgres.Batcher, member uuid.UUID, lock bool, t time.Time, orderIDs ...string) (*State, error) {
+	return s.loadAs(ctx, tx, member, lock, t, false, orderIDs...)
+}
+
+// loadAs is load; with settled, of the open lots only those expiring by t
+// (or the member's last operation) or pending at t one by one and the
+// others as one settled lot, for an operation at t that does not change
+// existing lots (needsEachLot) but may say how many points are available.
+func (s *Service) loadAs(ctx context.Context, tx postgres.Batcher, member uuid.UUID, lock bool, t time.Time, settled bool, orderIDs ...string) (*State, error) {
 	p := s.program()
 	cur := monthOf(t, p.Location)
-	rows, err := postgres.LoadLoyalty(ctx, tx, postgres.LoyaltyLoad{Member: member, Lock: lock, ActivityFrom: int(cur) - 13,
-		Periods: []string{fmt.Sprintf("d:%d", dayOf(t, p.Location)), fmt.Sprintf("m:%d", int(cur))}, Orders: orderIDs})
+	l := postgres.LoyaltyLoad{Member: member, Lock: lock, ActivityFrom: int(cur) - 13,
+		Periods: []string{fmt.Sprintf("d:%d", dayOf(t, p.Location)), fmt.Sprintf("m:%d", int(cur))}, Orders: orderIDs}
+	if settled && !s.eachLot {
+		l.SettledAfter, l.AvailableFrom = t, t
+	}
+	rows, err := postgres.LoadLoyalty(ctx, tx, l)
 	if err != nil {
 		return nil, err
 	}

@@ -7,6 +7,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
@@ -36,6 +37,12 @@ type LoyaltyLoad struct {
 	// whichever is later (an older event is applied at that time); every
 	// other open lot counts in the balance throughout, and is summed.
 	SettledAfter time.Time
+	// AvailableFrom, with SettledAfter, also reads one by one the open
+	// lots still pending at AvailableFrom (point_lots_pending), so that the
+	// settled sum is available from then on: for operations that read
+	// which points are available (an answer's available points), not
+	// spend them.
+	AvailableFrom time.Time
 }
 
 // LoyaltyRows is what the benefit engine loads of a member.
@@ -215,8 +222,22 @@ func LoadLoyalty(ctx context.Context, q Batcher, l LoyaltyLoad) (LoyaltyRows, er
 		}
 		return rows.Err()
 	})
-	queueRows(b, &r.Lots, lotColumns, `SELECT lot_id, earned, remaining, earned_at, available_at, expires_at, coalesce(order_id, ''), origin_member_id, kind
-		FROM point_lots WHERE member_id = $1 AND remaining > 0 ORDER BY lot_id`, l.Member)
+	var balance int64
+	if l.SettledAfter.IsZero() {
+		queueRows(b, &r.Lots, lotColumns, `SELECT lot_id, earned, remaining, earned_at, available_at, expires_at, coalesce(order_id, ''), origin_member_id, kind
+			FROM point_lots WHERE member_id = $1 AND remaining > 0 ORDER BY lot_id`, l.Member)
+	} else {
+		queueRows(b, &r.Lots, lotColumns, `SELECT lot_id, earned, remaining, earned_at, available_at, expires_at, coalesce(order_id, ''), origin_member_id, kind
+			FROM point_lots WHERE member_id = $1 AND remaining > 0
+			 AND expires_at <= greatest($2::timestamptz, (SELECT (state->>'last')::timestamptz FROM loyalty_state WHERE member_id = $1))
+			UNION
+			SELECT lot_id, earned, remaining, earned_at, available_at, expires_at, coalesce(order_id, ''), origin_member_id, kind
+			FROM point_lots WHERE member_id = $1 AND remaining > 0 AND available_at > $3::timestamptz
+			ORDER BY lot_id`, l.Member, l.SettledAfter, pendingFrom(l))
+		b.Queue(`SELECT coalesce((SELECT balance FROM points_accounts WHERE member_id = $1), 0)`, l.Member).QueryRow(func(row pgx.Row) error {
+			return row.Scan(&balance)
+		})
+	}
 	// Month starts since the last evaluated month need their own 12 months.
 	queueRows(b, &r.Activity, activityColumns, `SELECT month, sum(spend), sum(points), sum(orders) FROM member_activity
 		WHERE member_id = $1
@@ -233,6 +254,11 @@ func LoadLoyalty(ctx context.Context, q Batcher, l LoyaltyLoad) (LoyaltyRows, er
 	}
 	if err := q.SendBatch(ctx, b).Close(); err != nil {
 		return r, fmt.Errorf("load loyalty state: %w", err)
+	}
+	if !l.SettledAfter.IsZero() {
+		if err := settle(l.Member, &r, balance); err != nil {
+			return r, err
+		}
 	}
 	return r, nil
 }
@@ -474,4 +500,25 @@ func PeekBenefitLabelChecks(ctx context.Context, q Querier, limit int) ([]uuid.U
 func TakeBenefitLabelChecks(ctx context.Context, tx pgx.Tx, members []uuid.UUID) ([]uuid.UUID, error) {
 	return queryValues[uuid.UUID](ctx, tx, "take benefit label checks",
 		`DELETE FROM benefit_label_checks WHERE member_id = ANY($1) RETURNING member_id`, members)
+}
+
+// pendingFrom is the time after which a load's settled lots are read one by
+// one while pending: AvailableFrom, or never (infinity) when none is asked.
+func pendingFrom(l LoyaltyLoad) pgtype.Timestamptz {
+	if l.AvailableFrom.IsZero() {
+		return pgtype.Timestamptz{InfinityModifier: pgtype.Infinity, Valid: true}
+	}
+	return pgtype.Timestamptz{Time: l.AvailableFrom, Valid: true}
+}
+
+// settle sets r.Settled: the member's balance less the open lots read.
+func settle(member uuid.UUID, r *LoyaltyRows, balance int64) error {
+	r.Settled = balance
+	for _, l := range r.Lots {
+		r.Settled -= l.Remaining
+	}
+	if r.Settled < 0 {
+		return fmt.Errorf("load loyalty state: member %s: balance %d is less than its open lots %d", member, balance, balance-r.Settled)
+	}
+	return nil
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
 )
 
 // usageOfPeriods selects the campaign usage of pairs of members ($1) and
@@ -91,12 +92,13 @@ func LoadLoyaltyBatch(ctx context.Context, q Batcher, loads []LoyaltyLoad) (map[
 	// the others make up.
 	var all, windowed []uuid.UUID
 	var after []time.Time
+	var pending []pgtype.Timestamptz
 	for _, l := range loads {
 		if l.SettledAfter.IsZero() {
 			all = append(all, l.Member)
 			continue
 		}
-		windowed, after = append(windowed, l.Member), append(after, l.SettledAfter)
+		windowed, after, pending = append(windowed, l.Member), append(after, l.SettledAfter), append(pending, pendingFrom(l))
 	}
 	lots := func(r *LoyaltyRows) *[]LotRow { return &r.Lots }
 	if len(all) > 0 {
@@ -106,14 +108,19 @@ func LoadLoyaltyBatch(ctx context.Context, q Batcher, loads []LoyaltyLoad) (map[
 	}
 	balances := map[uuid.UUID]int64{}
 	if len(windowed) > 0 {
-		// The expiring ones, from point_lots_open (member_id, expires_at).
+		// The expiring ones, from point_lots_open (member_id, expires_at),
+		// and the pending ones asked for, from point_lots_pending.
 		queueMemberRows(b, of, lots, lotColumns,
-			`SELECT l.member_id, l.lot_id, l.earned, l.remaining, l.earned_at, l.available_at, l.expires_at, coalesce(l.order_id, ''), l.origin_member_id, l.kind
-			  FROM unnest($1::uuid[], $2::timestamptz[]) AS w(member_id, settled_after)
+			`SELECT w.member_id, l.lot_id, l.earned, l.remaining, l.earned_at, l.available_at, l.expires_at, coalesce(l.order_id, ''), l.origin_member_id, l.kind
+			  FROM unnest($1::uuid[], $2::timestamptz[], $3::timestamptz[]) AS w(member_id, settled_after, available_from)
 			  LEFT JOIN loyalty_state s ON s.member_id = w.member_id
-			  JOIN point_lots l ON l.member_id = w.member_id AND l.remaining > 0
-			   AND l.expires_at <= greatest(w.settled_after, (s.state->>'last')::timestamptz)
-			 ORDER BY l.member_id, l.lot_id`, windowed, after)
+			  CROSS JOIN LATERAL (
+			        SELECT * FROM point_lots p WHERE p.member_id = w.member_id AND p.remaining > 0
+			           AND p.expires_at <= greatest(w.settled_after, (s.state->>'last')::timestamptz)
+			        UNION
+			        SELECT * FROM point_lots p WHERE p.member_id = w.member_id AND p.remaining > 0
+			           AND p.available_at > w.available_from) l
+			 ORDER BY w.member_id, l.lot_id`, windowed, after, pending)
 		b.Queue(`SELECT member_id, balance FROM points_accounts WHERE member_id = ANY($1)`, windowed).Query(func(rows pgx.Rows) error {
 			for rows.Next() {
 				var id uuid.UUID
@@ -155,13 +162,8 @@ func LoadLoyaltyBatch(ctx context.Context, q Batcher, loads []LoyaltyLoad) (map[
 		return nil, fmt.Errorf("load loyalty state: %w", err)
 	}
 	for _, m := range windowed {
-		r := out[m]
-		r.Settled = balances[m]
-		for _, l := range r.Lots {
-			r.Settled -= l.Remaining
-		}
-		if r.Settled < 0 {
-			return nil, fmt.Errorf("load loyalty state: member %s: balance %d is less than its open lots %d", m, balances[m], balances[m]-r.Settled)
+		if err := settle(m, out[m], balances[m]); err != nil {
+			return nil, err
 		}
 	}
 	for _, r := range out {
