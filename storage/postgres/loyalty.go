@@ -198,9 +198,15 @@ func queueCounters(b *pgx.Batch, budgets map[string]int64, issued map[string]int
 func LoadLoyalty(ctx context.Context, q Batcher, l LoyaltyLoad) (LoyaltyRows, error) {
 	r := LoyaltyRows{Budgets: map[string]int64{}, TplIssued: map[string]int{}}
 	b := &pgx.Batch{}
+	// With settled lots, the balance they are the rest of.
+	var balance int64
+	balanceSQL := "0"
+	if !l.SettledAfter.IsZero() {
+		balanceSQL = "coalesce((SELECT balance FROM points_accounts WHERE member_id = $1), 0)"
+	}
 	memberSQL := `SELECT change_seq, coalesce(attributes->>'birth_date', ''),
 		coalesce((SELECT array_agg(label_id ORDER BY label_id) FROM member_labels WHERE member_id = $1 AND value = 'true'), '{}'),
-		merged_into IS NOT NULL
+		merged_into IS NOT NULL, ` + balanceSQL + `
 		FROM members WHERE member_id = $1 AND status <> 'erased'`
 	if l.Lock {
 		memberSQL += lockMemberRow
@@ -208,7 +214,7 @@ func LoadLoyalty(ctx context.Context, q Batcher, l LoyaltyLoad) (LoyaltyRows, er
 	b.Queue(memberSQL, l.Member).Query(func(rows pgx.Rows) error {
 		for rows.Next() {
 			r.Found = true
-			if err := rows.Scan(&r.ChangeSeq, &r.BirthDate, &r.Labels, &r.Merged); err != nil {
+			if err := rows.Scan(&r.ChangeSeq, &r.BirthDate, &r.Labels, &r.Merged, &balance); err != nil {
 				return err
 			}
 		}
@@ -222,21 +228,16 @@ func LoadLoyalty(ctx context.Context, q Batcher, l LoyaltyLoad) (LoyaltyRows, er
 		}
 		return rows.Err()
 	})
-	var balance int64
 	if l.SettledAfter.IsZero() {
 		queueRows(b, &r.Lots, lotColumns, `SELECT lot_id, earned, remaining, earned_at, available_at, expires_at, coalesce(order_id, ''), origin_member_id, kind
 			FROM point_lots WHERE member_id = $1 AND remaining > 0 ORDER BY lot_id`, l.Member)
 	} else {
+		// One bitmap scan of point_lots_open and point_lots_pending.
 		queueRows(b, &r.Lots, lotColumns, `SELECT lot_id, earned, remaining, earned_at, available_at, expires_at, coalesce(order_id, ''), origin_member_id, kind
 			FROM point_lots WHERE member_id = $1 AND remaining > 0
-			 AND expires_at <= greatest($2::timestamptz, (SELECT (state->>'last')::timestamptz FROM loyalty_state WHERE member_id = $1))
-			UNION
-			SELECT lot_id, earned, remaining, earned_at, available_at, expires_at, coalesce(order_id, ''), origin_member_id, kind
-			FROM point_lots WHERE member_id = $1 AND remaining > 0 AND available_at > $3::timestamptz
+			 AND (expires_at <= greatest($2::timestamptz, (SELECT (state->>'last')::timestamptz FROM loyalty_state WHERE member_id = $1))
+			      OR available_at > $3::timestamptz)
 			ORDER BY lot_id`, l.Member, l.SettledAfter, pendingFrom(l))
-		b.Queue(`SELECT coalesce((SELECT balance FROM points_accounts WHERE member_id = $1), 0)`, l.Member).QueryRow(func(row pgx.Row) error {
-			return row.Scan(&balance)
-		})
 	}
 	// Month starts since the last evaluated month need their own 12 months.
 	queueRows(b, &r.Activity, activityColumns, `SELECT month, sum(spend), sum(points), sum(orders) FROM member_activity

@@ -108,18 +108,14 @@ func LoadLoyaltyBatch(ctx context.Context, q Batcher, loads []LoyaltyLoad) (map[
 	}
 	balances := map[uuid.UUID]int64{}
 	if len(windowed) > 0 {
-		// The expiring ones, from point_lots_open (member_id, expires_at),
-		// and the pending ones asked for, from point_lots_pending.
+		// The expiring ones and the pending ones asked for: one bitmap
+		// scan of point_lots_open and point_lots_pending a member.
 		queueMemberRows(b, of, lots, lotColumns,
 			`SELECT w.member_id, l.lot_id, l.earned, l.remaining, l.earned_at, l.available_at, l.expires_at, coalesce(l.order_id, ''), l.origin_member_id, l.kind
 			  FROM unnest($1::uuid[], $2::timestamptz[], $3::timestamptz[]) AS w(member_id, settled_after, available_from)
 			  LEFT JOIN loyalty_state s ON s.member_id = w.member_id
-			  CROSS JOIN LATERAL (
-			        SELECT * FROM point_lots p WHERE p.member_id = w.member_id AND p.remaining > 0
-			           AND p.expires_at <= greatest(w.settled_after, (s.state->>'last')::timestamptz)
-			        UNION
-			        SELECT * FROM point_lots p WHERE p.member_id = w.member_id AND p.remaining > 0
-			           AND p.available_at > w.available_from) l
+			  JOIN point_lots l ON l.member_id = w.member_id AND l.remaining > 0
+			   AND (l.expires_at <= greatest(w.settled_after, (s.state->>'last')::timestamptz) OR l.available_at > w.available_from)
 			 ORDER BY w.member_id, l.lot_id`, windowed, after, pending)
 		b.Queue(`SELECT member_id, balance FROM points_accounts WHERE member_id = ANY($1)`, windowed).Query(func(rows pgx.Rows) error {
 			for rows.Next() {
