@@ -1,8 +1,10 @@
 package postgres
 
 import (
+	"cmp"
 	"context"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/google/uuid"
@@ -512,8 +514,11 @@ func pendingFrom(l LoyaltyLoad) pgtype.Timestamptz {
 	return pgtype.Timestamptz{Time: l.AvailableFrom, Valid: true}
 }
 
-// settle sets r.Settled: the member's balance less the open lots read.
+// settle orders the lots read by id, once each, and sets r.Settled: the
+// member's balance less those lots.
 func settle(member uuid.UUID, r *LoyaltyRows, balance int64) error {
+	slices.SortFunc(r.Lots, func(a, b LotRow) int { return cmp.Compare(a.ID, b.ID) })
+	r.Lots = slices.CompactFunc(r.Lots, func(a, b LotRow) bool { return a.ID == b.ID })
 	r.Settled = balance
 	for _, l := range r.Lots {
 		r.Settled -= l.Remaining

@@ -9,7 +9,6 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgtype"
 )
 
 // usageOfPeriods selects the campaign usage of pairs of members ($1) and
@@ -90,15 +89,17 @@ func LoadLoyaltyBatch(ctx context.Context, q Batcher, loads []LoyaltyLoad) (map[
 	// Open lots only, as LoadLoyalty reads them: all of them, or for a
 	// load with a settled window the ones it can change and the balance
 	// the others make up.
-	var all, windowed []uuid.UUID
-	var after []time.Time
-	var pending []pgtype.Timestamptz
+	var all, windowed, pendingM []uuid.UUID
+	var after, pendingFrom []time.Time
 	for _, l := range loads {
 		if l.SettledAfter.IsZero() {
 			all = append(all, l.Member)
 			continue
 		}
-		windowed, after, pending = append(windowed, l.Member), append(after, l.SettledAfter), append(pending, pendingFrom(l))
+		windowed, after = append(windowed, l.Member), append(after, l.SettledAfter)
+		if !l.AvailableFrom.IsZero() {
+			pendingM, pendingFrom = append(pendingM, l.Member), append(pendingFrom, l.AvailableFrom)
+		}
 	}
 	lots := func(r *LoyaltyRows) *[]LotRow { return &r.Lots }
 	if len(all) > 0 {
@@ -108,15 +109,23 @@ func LoadLoyaltyBatch(ctx context.Context, q Batcher, loads []LoyaltyLoad) (map[
 	}
 	balances := map[uuid.UUID]int64{}
 	if len(windowed) > 0 {
-		// The expiring ones and the pending ones asked for: one bitmap
-		// scan of point_lots_open and point_lots_pending a member.
+		// The expiring ones (point_lots_open), then the pending ones asked
+		// for (point_lots_pending); a lot both is read twice, and kept once
+		// (settle). One statement with both conditions ORed reads every
+		// open lot of each member: PostgreSQL plans it as one scan by
+		// member.
 		queueMemberRows(b, of, lots, lotColumns,
 			`SELECT w.member_id, l.lot_id, l.earned, l.remaining, l.earned_at, l.available_at, l.expires_at, coalesce(l.order_id, ''), l.origin_member_id, l.kind
-			  FROM unnest($1::uuid[], $2::timestamptz[], $3::timestamptz[]) AS w(member_id, settled_after, available_from)
+			  FROM unnest($1::uuid[], $2::timestamptz[]) AS w(member_id, settled_after)
 			  LEFT JOIN loyalty_state s ON s.member_id = w.member_id
 			  JOIN point_lots l ON l.member_id = w.member_id AND l.remaining > 0
-			   AND (l.expires_at <= greatest(w.settled_after, (s.state->>'last')::timestamptz) OR l.available_at > w.available_from)
-			 ORDER BY w.member_id, l.lot_id`, windowed, after, pending)
+			   AND l.expires_at <= greatest(w.settled_after, (s.state->>'last')::timestamptz)`, windowed, after)
+		if len(pendingM) > 0 {
+			queueMemberRows(b, of, lots, lotColumns,
+				`SELECT w.member_id, l.lot_id, l.earned, l.remaining, l.earned_at, l.available_at, l.expires_at, coalesce(l.order_id, ''), l.origin_member_id, l.kind
+				  FROM unnest($1::uuid[], $2::timestamptz[]) AS w(member_id, available_from)
+				  JOIN point_lots l ON l.member_id = w.member_id AND l.remaining > 0 AND l.available_at > w.available_from`, pendingM, pendingFrom)
+		}
 		b.Queue(`SELECT member_id, balance FROM points_accounts WHERE member_id = ANY($1)`, windowed).Query(func(rows pgx.Rows) error {
 			for rows.Next() {
 				var id uuid.UUID
