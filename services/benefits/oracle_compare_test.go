@@ -264,15 +264,7 @@ func testWorkerAgreesWithOracle(t *testing.T, batch int) {
 	}
 	end = end.AddDate(0, 1, 0)
 	*f.clock = end
-	for {
-		n, err := f.svc.Advance(c, 1000)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if n == 0 {
-			break
-		}
-	}
+	f.advanceAll(t, c)
 	var diffs []string
 	for _, id := range o.Members() {
 		o.AdvanceTo(id, end)

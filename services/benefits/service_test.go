@@ -48,6 +48,21 @@ func (f *fixture) member(t testing.TB) string {
 	return id.String()
 }
 
+// advanceAll brings every member due for month starts or expiry up to the
+// fixture's clock, as the platform's sweeper does.
+func (f *fixture) advanceAll(t testing.TB, c context.Context) {
+	t.Helper()
+	for {
+		n, err := f.svc.Advance(c, 1000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n == 0 {
+			return
+		}
+	}
+}
+
 // adjust makes the adjustment req, failing the test when it is refused.
 func (f *fixture) adjust(t testing.TB, c context.Context, req *mcv1.AdjustRequest) {
 	t.Helper()

@@ -60,15 +60,7 @@ func TestSettledLotsApplyAsEachLot(t *testing.T) {
 			}
 		}
 		*f.clock = end.AddDate(0, 1, 0)
-		for {
-			n, err := f.svc.Advance(c, 1000)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if n == 0 {
-				break
-			}
-		}
+		f.advanceAll(t, c)
 		if err := pgtest.CheckLedger(c, f.pool); err != nil {
 			t.Fatal(err)
 		}
