@@ -9,8 +9,10 @@ import (
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 	"github.com/membercenter/membercenter/storage/clickhouse"
+	"github.com/membercenter/membercenter/storage/postgres"
 
 	"github.com/membercenter/membercenter/pipeline/consumer"
+	"github.com/membercenter/membercenter/pipeline/fault"
 	"github.com/membercenter/membercenter/pipeline/ingest"
 	"github.com/membercenter/membercenter/pipeline/kafka"
 	"github.com/membercenter/membercenter/pipeline/relay"
@@ -145,6 +147,10 @@ func (e env) group(stage string) string {
 // whose labels a benefit depends on changed.
 const LabelCheckInterval = 100 * time.Millisecond
 
+// OutboxPruneBatch is how many published changes one statement deletes
+// from the outbox once their retention (MC_OUTBOX_RETENTION) passed.
+const OutboxPruneBatch = 10_000
+
 // stage is a pipeline stage the pipeline command can run.
 type stage struct {
 	name string
@@ -213,6 +219,16 @@ var stages = []stage{
 		}
 		ps.closer(r.Close)
 		ps.loop(r.Run)
+		// Published changes leave the outbox after the retention.
+		if keep := e.p.cfg.Postgres.OutboxRetention; keep > 0 {
+			log := e.p.tel.Logger.With("stage", relay.Stage)
+			ps.loop(func(ctx context.Context) error {
+				fault.Drain(ctx, log, "outbox retention", OutboxPruneBatch, time.Minute, func(ctx context.Context, n int) (int, error) {
+					return postgres.PruneOutbox(ctx, e.p.pool, keep, n)
+				})
+				return nil
+			})
+		}
 		return nil
 	}},
 	{name: sink.Stage, group: true, clickhouse: true, start: func(e env, ps *parts) error {

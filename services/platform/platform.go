@@ -81,6 +81,7 @@ func (c Config) LogValue() slog.Value {
 	return slog.GroupValue(
 		slog.String("postgres", c.Postgres.Masked()),
 		slog.Int("postgres_max_conns", int(c.Postgres.MaxConns)),
+		slog.Duration("outbox_retention", c.Postgres.OutboxRetention),
 		slog.String("keystore", c.KeyStore.Masked()),
 		slog.String("clickhouse", c.ClickHouse.Addr+"/"+c.ClickHouse.Database),
 		slog.String("clickhouse_cluster", c.ClickHouse.Cluster),

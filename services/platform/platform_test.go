@@ -250,8 +250,13 @@ func TestConfigAndSelection(t *testing.T) {
 	if err != nil {
 		t.Fatalf("the defaults are not a valid configuration: %v", err)
 	}
-	if cfg.Server.GRPCAddr == "" || len(cfg.Kafka.Brokers) == 0 {
+	if cfg.Server.GRPCAddr == "" || len(cfg.Kafka.Brokers) == 0 || cfg.Postgres.OutboxRetention != 24*time.Hour {
 		t.Errorf("defaults: %+v", cfg)
+	}
+	bad := cfg
+	bad.Postgres.OutboxRetention = -time.Hour
+	if err := bad.Validate(); err == nil || !strings.Contains(err.Error(), "MC_OUTBOX_RETENTION") {
+		t.Errorf("a negative outbox retention: %v; want MC_OUTBOX_RETENTION named", err)
 	}
 	if got, err := platform.ParseSelection("stage", "ingest, sink,ingest", platform.AllStages); err != nil || len(got) != 2 || got[1] != "clickhouse-sink" {
 		t.Errorf("ingest, sink, ingest → %v, %v; want [ingest clickhouse-sink]", got, err)

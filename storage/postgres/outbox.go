@@ -205,3 +205,19 @@ func (l *RelayConn) Close() {
 	// A connection that held the leadership must not go back to the pool.
 	_ = l.conn.Hijack().Close(context.Background())
 }
+
+// PruneOutbox deletes up to limit changes published more than keep ago,
+// oldest first, and says how many it deleted. Nothing reads a change once
+// the relay published it (member.changes.v1 holds it from then on), and
+// the outbox would otherwise grow by every change the platform ever made;
+// unpublished changes are never deleted, however old. The age is
+// PostgreSQL's, as published_at is: a process's clock (a test's, pinned to
+// another day) does not move it.
+func PruneOutbox(ctx context.Context, q Querier, keep time.Duration, limit int) (int, error) {
+	tag, err := q.Exec(ctx, `DELETE FROM outbox WHERE outbox_id IN (
+		SELECT outbox_id FROM outbox WHERE published_at < now() - $1::interval ORDER BY outbox_id LIMIT $2)`, keep, limit)
+	if err != nil {
+		return 0, fmt.Errorf("prune outbox: %w", err)
+	}
+	return int(tag.RowsAffected()), nil
+}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"time"
 
 	"github.com/exaring/otelpgx"
 	"github.com/jackc/pgx/v5"
@@ -19,6 +20,9 @@ import (
 type Config struct {
 	URL      string `env:"MC_PG_URL, default=postgres://membercenter:membercenter@127.0.0.1:55432/membercenter?sslmode=disable"`
 	MaxConns int32  `env:"MC_PG_MAX_CONNS, default=20"`
+	// OutboxRetention is how long a published change stays in the outbox
+	// (PruneOutbox); 0 keeps them all.
+	OutboxRetention time.Duration `env:"MC_OUTBOX_RETENTION, default=24h"`
 }
 
 // Validate reports every problem with the config at once.
@@ -29,6 +33,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxConns < 1 {
 		errs = append(errs, fmt.Errorf("MC_PG_MAX_CONNS must be at least 1, got %d", c.MaxConns))
+	}
+	if c.OutboxRetention < 0 {
+		errs = append(errs, fmt.Errorf("MC_OUTBOX_RETENTION must not be negative (0 keeps every published change), got %s", c.OutboxRetention))
 	}
 	return errors.Join(errs...)
 }

@@ -2,6 +2,7 @@ package postgres_test
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -262,5 +263,69 @@ func TestOpenTurnsJITOff(t *testing.T) {
 		if jit != c.want {
 			t.Errorf("jit with %s = %s, want %s", c.url[strings.Index(c.url, "?"):], jit, c.want)
 		}
+	}
+}
+
+// TestPruneOutboxKeepsWhatIsUnpublishedOrRecent: published changes older
+// than the cut-off leave the outbox, oldest first and at most the limit at
+// a time; recent published changes and unpublished ones stay, whatever
+// their age, and the member's sequence goes on from where it was.
+func TestPruneOutboxKeepsWhatIsUnpublishedOrRecent(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	pool := pgtest.NewPool(t, nil)
+	member := newMember(t, pool)
+	// Sequences 1-4 published 3 days ago, 5 published an hour ago, 6 never
+	// (and created 3 days ago).
+	for seq := int64(1); seq <= 6; seq++ {
+		err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+			s, err := postgres.NextSequence(ctx, tx, member)
+			if err != nil {
+				return err
+			}
+			return postgres.InsertOutbox(ctx, tx, postgres.OutboxRow{MemberID: member, Sequence: s, ChangeID: uuid.New(), Payload: []byte{1}})
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := pool.Exec(ctx, `UPDATE outbox SET created_at = now() - interval '3 days',
+		published_at = CASE WHEN sequence <= 4 THEN now() - interval '3 days' WHEN sequence = 5 THEN now() - interval '1 hour' END`); err != nil {
+		t.Fatal(err)
+	}
+	left := func() []int64 {
+		t.Helper()
+		var seqs []int64
+		rows, err := pool.Query(ctx, `SELECT sequence FROM outbox ORDER BY sequence`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		seqs, err = pgx.CollectRows(rows, pgx.RowTo[int64])
+		if err != nil {
+			t.Fatal(err)
+		}
+		return seqs
+	}
+	for _, want := range []struct {
+		deleted int
+		left    []int64
+	}{{3, []int64{4, 5, 6}}, {1, []int64{5, 6}}, {0, []int64{5, 6}}} {
+		n, err := postgres.PruneOutbox(ctx, pool, 24*time.Hour, 3)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := left(); n != want.deleted || !slices.Equal(got, want.left) {
+			t.Fatalf("pruned %d, left %v; want %d pruned, %v left", n, got, want.deleted, want.left)
+		}
+	}
+	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		s, err := postgres.NextSequence(ctx, tx, member)
+		if err == nil && s != 7 {
+			t.Errorf("next sequence after pruning = %d, want 7", s)
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }
