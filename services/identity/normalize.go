@@ -4,9 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 	"unicode"
 
-	lru "github.com/hashicorp/golang-lru/v2"
+	"github.com/hashicorp/golang-lru/v2/expirable"
 	"github.com/nyaruka/phonenumbers"
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
@@ -35,7 +36,7 @@ type Normalizer struct {
 	// number with libphonenumber's metadata is the dearest step of
 	// resolving an event, and a channel names the same shoppers' phones
 	// over and over.
-	phones *lru.Cache[string, phoneForm]
+	phones *expirable.LRU[string, phoneForm]
 }
 
 // phoneForm is what parsing a raw phone gave: its E.164 form and masked
@@ -46,17 +47,19 @@ type phoneForm struct {
 }
 
 // PhoneCacheSize is how many raw phones a service's normaliser remembers
-// (about 150 bytes each).
-const PhoneCacheSize = 100_000
+// (about 150 bytes each), for at most PhoneCacheTTL: a phone is personal
+// data, and one of a member who was erased leaves the process's memory
+// within minutes, not only when newer phones push it out.
+const (
+	PhoneCacheSize = 100_000
+	PhoneCacheTTL  = 10 * time.Minute
+)
 
 // NewNormalizer returns a normaliser for region that remembers the last
-// PhoneCacheSize phones it parsed. It is safe for concurrent use.
+// PhoneCacheSize phones it parsed, each for PhoneCacheTTL. It is safe for
+// concurrent use.
 func NewNormalizer(region string) Normalizer {
-	c, err := lru.New[string, phoneForm](PhoneCacheSize)
-	if err != nil {
-		panic(err) // only for a size below 1
-	}
-	return Normalizer{DefaultRegion: region, phones: c}
+	return Normalizer{DefaultRegion: region, phones: expirable.NewLRU[string, phoneForm](PhoneCacheSize, nil, PhoneCacheTTL)}
 }
 
 // Normalize returns the canonical value of id, or an error wrapping
