@@ -242,7 +242,6 @@ func (s *Service) loadBatch(ctx context.Context, tx pgx.Tx, p *Program, todo []b
 func loadsOf(p *Program, ops []batchOp, eachLotAlways bool) []postgres.LoyaltyLoad {
 	byMember := map[uuid.UUID]*postgres.LoyaltyLoad{}
 	eachLot, withCall := map[uuid.UUID]bool{}, map[uuid.UUID]bool{}
-	firstAt := map[uuid.UUID]time.Time{}
 	var order []uuid.UUID
 	for _, b := range ops {
 		l := byMember[b.member]
@@ -270,11 +269,11 @@ func loadsOf(p *Program, ops []batchOp, eachLotAlways bool) []postgres.LoyaltyLo
 		if b.op.At.After(l.SettledAfter) {
 			l.SettledAfter = b.op.At
 		}
+		if l.AvailableFrom.IsZero() || b.op.At.Before(l.AvailableFrom) {
+			l.AvailableFrom = b.op.At
+		}
 		if b.call != nil {
 			withCall[b.member] = true
-		}
-		if first, ok := firstAt[b.member]; !ok || b.op.At.Before(first) {
-			firstAt[b.member] = b.op.At
 		}
 	}
 	out := make([]postgres.LoyaltyLoad, len(order))
@@ -282,9 +281,9 @@ func loadsOf(p *Program, ops []batchOp, eachLotAlways bool) []postgres.LoyaltyLo
 		out[i] = *byMember[m]
 		switch {
 		case eachLot[m]:
-			out[i].SettledAfter = time.Time{}
-		case withCall[m]:
-			out[i].AvailableFrom = firstAt[m]
+			out[i].SettledAfter, out[i].AvailableFrom = time.Time{}, time.Time{}
+		case !withCall[m]:
+			out[i].AvailableFrom = time.Time{}
 		}
 	}
 	return out

@@ -200,8 +200,7 @@ func queueCounters(b *pgx.Batch, budgets map[string]int64, issued map[string]int
 func LoadLoyalty(ctx context.Context, q Batcher, l LoyaltyLoad) (LoyaltyRows, error) {
 	r := LoyaltyRows{Budgets: map[string]int64{}, TplIssued: map[string]int{}}
 	b := &pgx.Batch{}
-	// With settled lots, the balance they are the rest of.
-	var balance int64
+	// With settled lots, the balance they are the rest of (settle).
 	balanceSQL := "0"
 	if !l.SettledAfter.IsZero() {
 		balanceSQL = "coalesce((SELECT balance FROM points_accounts WHERE member_id = $1), 0)"
@@ -216,7 +215,7 @@ func LoadLoyalty(ctx context.Context, q Batcher, l LoyaltyLoad) (LoyaltyRows, er
 	b.Queue(memberSQL, l.Member).Query(func(rows pgx.Rows) error {
 		for rows.Next() {
 			r.Found = true
-			if err := rows.Scan(&r.ChangeSeq, &r.BirthDate, &r.Labels, &r.Merged, &balance); err != nil {
+			if err := rows.Scan(&r.ChangeSeq, &r.BirthDate, &r.Labels, &r.Merged, &r.Settled); err != nil {
 				return err
 			}
 		}
@@ -259,7 +258,7 @@ func LoadLoyalty(ctx context.Context, q Batcher, l LoyaltyLoad) (LoyaltyRows, er
 		return r, fmt.Errorf("load loyalty state: %w", err)
 	}
 	if !l.SettledAfter.IsZero() {
-		if err := settle(l.Member, &r, balance); err != nil {
+		if err := settle(l.Member, &r); err != nil {
 			return r, err
 		}
 	}
@@ -514,12 +513,12 @@ func pendingFrom(l LoyaltyLoad) pgtype.Timestamptz {
 	return pgtype.Timestamptz{Time: l.AvailableFrom, Valid: true}
 }
 
-// settle orders the lots read by id, once each, and sets r.Settled: the
-// member's balance less those lots.
-func settle(member uuid.UUID, r *LoyaltyRows, balance int64) error {
+// settle orders the lots read by id, once each, and turns r.Settled, read
+// as the member's balance, into that balance less those lots.
+func settle(member uuid.UUID, r *LoyaltyRows) error {
 	slices.SortFunc(r.Lots, func(a, b LotRow) int { return cmp.Compare(a.ID, b.ID) })
 	r.Lots = slices.CompactFunc(r.Lots, func(a, b LotRow) bool { return a.ID == b.ID })
-	r.Settled = balance
+	balance := r.Settled
 	for _, l := range r.Lots {
 		r.Settled -= l.Remaining
 	}

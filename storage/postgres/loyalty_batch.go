@@ -90,7 +90,7 @@ func LoadLoyaltyBatch(ctx context.Context, q Batcher, loads []LoyaltyLoad) (map[
 	// load with a settled window the ones it can change and the balance
 	// the others make up.
 	var all, windowed, pendingM []uuid.UUID
-	var after, pendingFrom []time.Time
+	var after, availableFrom []time.Time
 	for _, l := range loads {
 		if l.SettledAfter.IsZero() {
 			all = append(all, l.Member)
@@ -98,7 +98,7 @@ func LoadLoyaltyBatch(ctx context.Context, q Batcher, loads []LoyaltyLoad) (map[
 		}
 		windowed, after = append(windowed, l.Member), append(after, l.SettledAfter)
 		if !l.AvailableFrom.IsZero() {
-			pendingM, pendingFrom = append(pendingM, l.Member), append(pendingFrom, l.AvailableFrom)
+			pendingM, availableFrom = append(pendingM, l.Member), append(availableFrom, l.AvailableFrom)
 		}
 	}
 	lots := func(r *LoyaltyRows) *[]LotRow { return &r.Lots }
@@ -107,7 +107,6 @@ func LoadLoyaltyBatch(ctx context.Context, q Batcher, loads []LoyaltyLoad) (map[
 			`SELECT member_id, lot_id, earned, remaining, earned_at, available_at, expires_at, coalesce(order_id, ''), origin_member_id, kind
 			FROM point_lots WHERE member_id = ANY($1) AND remaining > 0 ORDER BY member_id, lot_id`, all)
 	}
-	balances := map[uuid.UUID]int64{}
 	if len(windowed) > 0 {
 		// The expiring ones (point_lots_open), then the pending ones asked
 		// for (point_lots_pending); a lot both is read twice, and kept once
@@ -124,19 +123,11 @@ func LoadLoyaltyBatch(ctx context.Context, q Batcher, loads []LoyaltyLoad) (map[
 			queueMemberRows(b, of, lots, lotColumns,
 				`SELECT w.member_id, l.lot_id, l.earned, l.remaining, l.earned_at, l.available_at, l.expires_at, coalesce(l.order_id, ''), l.origin_member_id, l.kind
 				  FROM unnest($1::uuid[], $2::timestamptz[]) AS w(member_id, available_from)
-				  JOIN point_lots l ON l.member_id = w.member_id AND l.remaining > 0 AND l.available_at > w.available_from`, pendingM, pendingFrom)
+				  JOIN point_lots l ON l.member_id = w.member_id AND l.remaining > 0 AND l.available_at > w.available_from`, pendingM, availableFrom)
 		}
-		b.Queue(`SELECT member_id, balance FROM points_accounts WHERE member_id = ANY($1)`, windowed).Query(func(rows pgx.Rows) error {
-			for rows.Next() {
-				var id uuid.UUID
-				var balance int64
-				if err := rows.Scan(&id, &balance); err != nil {
-					return err
-				}
-				balances[id] = balance
-			}
-			return rows.Err()
-		})
+		// The balance the settled lots are the rest of (settle).
+		queueMemberValues(b, of, func(r *LoyaltyRows, balance int64) { r.Settled = balance },
+			`SELECT member_id, balance FROM points_accounts WHERE member_id = ANY($1)`, windowed)
 	}
 	// Month starts since each member's last evaluated month need their own
 	// 12 months.
@@ -167,7 +158,7 @@ func LoadLoyaltyBatch(ctx context.Context, q Batcher, loads []LoyaltyLoad) (map[
 		return nil, fmt.Errorf("load loyalty state: %w", err)
 	}
 	for _, m := range windowed {
-		if err := settle(m, out[m], balances[m]); err != nil {
+		if err := settle(m, out[m]); err != nil {
 			return nil, err
 		}
 	}
