@@ -246,7 +246,7 @@ func loadsOf(p *Program, ops []batchOp, eachLotAlways bool) []postgres.LoyaltyLo
 	for _, b := range ops {
 		l := byMember[b.member]
 		if l == nil {
-			l = &postgres.LoyaltyLoad{Member: b.member, Lock: true, ActivityFrom: int(monthOf(b.op.At, p.Location)) - 13}
+			l = &postgres.LoyaltyLoad{Member: b.member, Lock: true, ActivityFrom: int(monthOf(b.op.At, p.Location)) - 13, Labels: p.labels}
 			byMember[b.member] = l
 			order = append(order, b.member)
 		}

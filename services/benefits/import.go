@@ -394,7 +394,7 @@ func (s *Service) importBatch(ctx context.Context, sp pgx.Tx, p *Program, ops []
 	ids := slices.SortedFunc(maps.Keys(members), func(a, b uuid.UUID) int { return slices.Compare(a[:], b[:]) })
 	loads := make([]postgres.LoyaltyLoad, len(ids))
 	for k, id := range ids {
-		loads[k] = postgres.LoyaltyLoad{Member: id, Lock: true, ActivityFrom: int(monthOf(ops[members[id]].At, p.Location)) - 13}
+		loads[k] = postgres.LoyaltyLoad{Member: id, Lock: true, ActivityFrom: int(monthOf(ops[members[id]].At, p.Location)) - 13, Labels: p.labels}
 		if ops[members[id]].Kind == OpCatchUp {
 			loads[k].ActivityFrom = 0 // a changed month may be any month
 		}
@@ -475,7 +475,7 @@ func (s *Service) importBatch(ctx context.Context, sp pgx.Tx, p *Program, ops []
 // merged one is ErrMerged. Compare times with Equal: they come back in the
 // database session's zone.
 func (s *Service) LegacyView(ctx context.Context, q postgres.Batcher, member uuid.UUID) (Legacy, int64, error) {
-	rows, err := postgres.LoadLoyalty(ctx, q, postgres.LoyaltyLoad{Member: member, ActivityFrom: 0})
+	rows, err := postgres.LoadLoyalty(ctx, q, postgres.LoyaltyLoad{Member: member, ActivityFrom: 0, Labels: s.program().labels})
 	if err != nil {
 		return Legacy{}, 0, err
 	}
@@ -493,8 +493,9 @@ type LegacyOf struct {
 // statement per kind of row), for a reconciliation of a chunk of members.
 func (s *Service) LegacyViews(ctx context.Context, q postgres.Batcher, members []uuid.UUID) (map[uuid.UUID]LegacyOf, error) {
 	loads := make([]postgres.LoyaltyLoad, len(members))
+	labels := s.program().labels
 	for i, m := range members {
-		loads[i] = postgres.LoyaltyLoad{Member: m, ActivityFrom: 0}
+		loads[i] = postgres.LoyaltyLoad{Member: m, ActivityFrom: 0, Labels: labels}
 	}
 	rows, err := postgres.LoadLoyaltyBatch(ctx, q, loads)
 	if err != nil {

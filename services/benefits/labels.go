@@ -87,7 +87,7 @@ func (s *Service) CheckLabelsOf(ctx context.Context, tx pgx.Tx, members []uuid.U
 func labelLoads(p *Program, now time.Time, members []uuid.UUID) []postgres.LoyaltyLoad {
 	loads := make([]postgres.LoyaltyLoad, len(members))
 	for i, id := range members {
-		loads[i] = postgres.LoyaltyLoad{Member: id, Lock: true, ActivityFrom: int(monthOf(now, p.Location)) - 13, Periods: periodsOf(p, now)}
+		loads[i] = postgres.LoyaltyLoad{Member: id, Lock: true, ActivityFrom: int(monthOf(now, p.Location)) - 13, Periods: periodsOf(p, now), Labels: p.labels}
 	}
 	return loads
 }

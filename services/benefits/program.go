@@ -7,13 +7,18 @@ import (
 	"fmt"
 	"math"
 	"math/big"
+	"slices"
 	"strings"
 	"time"
 
 	"cel.dev/cel-go/cel"
+	celast "cel.dev/cel-go/common/ast"
+	"cel.dev/cel-go/common/operators"
+	"cel.dev/cel-go/common/types"
 	"go.yaml.in/yaml/v3"
 
 	"github.com/membercenter/membercenter/pipeline/plausible"
+	"github.com/membercenter/membercenter/storage/postgres"
 )
 
 //go:embed program.yaml
@@ -43,6 +48,11 @@ type Program struct {
 	Missions       Missions
 	Limits         Limits
 	Source         []byte
+
+	// labels is what of a member's labels the programme reads: the
+	// labels its benefits name, or every one when a campaign's condition
+	// may read member.labels (the zero value, as a Program not parsed).
+	labels postgres.LabelsRead
 }
 
 // Limits are the programme's plausibility bounds: what a till, a channel
@@ -411,6 +421,7 @@ func ParseProgram(src []byte) (*Program, error) {
 		return nil, err
 	}
 	campIDs := map[string]bool{}
+	labelsAll := false
 	for i, c := range y.Campaigns {
 		where := fmt.Sprintf("campaigns[%d] (%s)", i, c.ID)
 		if c.ID == "" || campIDs[c.ID] {
@@ -458,6 +469,8 @@ func ParseProgram(src []byte) (*Program, error) {
 				add(fmt.Errorf("%s.condition: must be a bool expression, is %s", where, ast.OutputType()))
 			} else if camp.program, err = env.Program(ast); err != nil {
 				add(fmt.Errorf("%s.condition: %w", where, err))
+			} else if readsLabels(ast) {
+				labelsAll = true
 			}
 		}
 		p.Campaigns = append(p.Campaigns, camp)
@@ -504,6 +517,16 @@ func ParseProgram(src []byte) (*Program, error) {
 		p.Missions.ReferralBonus, p.Missions.ReferralCapMonth = m.Bonus, m.CapPerMonth
 	}
 	p.Limits = parseLimits(y, p, add)
+	if !labelsAll {
+		p.labels = postgres.LabelsRead{Named: true}
+		for _, b := range p.Benefits {
+			for _, l := range b.Labels {
+				if !slices.Contains(p.labels.Only, l) {
+					p.labels.Only = append(p.labels.Only, l)
+				}
+			}
+		}
+	}
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
@@ -632,6 +655,45 @@ func celEnv() (*cel.Env, error) {
 		return nil, fmt.Errorf("campaign condition environment: %w", err)
 	}
 	return env, nil
+}
+
+// LabelsRead is what the programme reads of a member's labels (see
+// Program.labels).
+func (p *Program) LabelsRead() postgres.LabelsRead { return p.labels }
+
+// readsLabels says whether a checked condition may read member.labels: it
+// names the field, or uses member otherwise than by a field of another
+// name (member["tier"] counts as a field). Used any other way (the whole
+// map, a key computed, a comprehension over its keys), member may yield
+// its labels, and the condition is taken to read them.
+func readsLabels(a *cel.Ast) bool {
+	uses, fields := 0, 0
+	isMember := func(e celast.Expr) bool {
+		return e.Kind() == celast.IdentKind && e.AsIdent() == "member"
+	}
+	celast.PostOrderVisit(a.NativeRep().Expr(), celast.NewExprVisitor(func(e celast.Expr) {
+		switch e.Kind() {
+		case celast.IdentKind:
+			if isMember(e) {
+				uses++
+			}
+		case celast.SelectKind:
+			if sel := e.AsSelect(); isMember(sel.Operand()) && sel.FieldName() != "labels" {
+				fields++
+			}
+		case celast.CallKind:
+			c := e.AsCall()
+			if fn := c.FunctionName(); (fn != operators.Index && fn != operators.OptIndex) || len(c.Args()) != 2 || !isMember(c.Args()[0]) {
+				return
+			}
+			if k := c.Args()[1]; k.Kind() == celast.LiteralKind {
+				if s, ok := k.AsLiteral().(types.String); ok && s != "labels" {
+					fields++
+				}
+			}
+		}
+	}))
+	return uses != fields
 }
 
 // tierIndex returns the position of a tier on the ladder (0 when unknown).

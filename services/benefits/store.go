@@ -54,7 +54,7 @@ func (s *Service) loadAs(ctx context.Context, tx postgres.Batcher, member uuid.U
 	p := s.program()
 	cur := monthOf(t, p.Location)
 	l := postgres.LoyaltyLoad{Member: member, Lock: lock, ActivityFrom: int(cur) - 13,
-		Periods: []string{fmt.Sprintf("d:%d", dayOf(t, p.Location)), fmt.Sprintf("m:%d", int(cur))}, Orders: orderIDs}
+		Periods: []string{fmt.Sprintf("d:%d", dayOf(t, p.Location)), fmt.Sprintf("m:%d", int(cur))}, Orders: orderIDs, Labels: p.labels}
 	if settled && !s.eachLot {
 		l.SettledAfter, l.AvailableFrom = t, t
 	}

@@ -45,6 +45,31 @@ type LoyaltyLoad struct {
 	// which points are available (an answer's available points), not
 	// spend them.
 	AvailableFrom time.Time
+	// Labels says which of the member's true labels are read
+	// (LoyaltyRows.Labels); the zero value reads every one.
+	Labels LabelsRead
+}
+
+// LabelsRead says which of a member's true labels a load reads: every one,
+// or, when Named, only those in Only (none when it is empty). A programme
+// that reads no label, or a few by name, spares the read of every label
+// row of the member.
+type LabelsRead struct {
+	Named bool
+	Only  []string
+}
+
+// labelsSQL is the select-list expression of the member's true labels, in
+// label order, read as l says; member is the SQL of the member's id and
+// only the parameter that holds l.Only.
+func labelsSQL(l LabelsRead, member, only string) string {
+	switch {
+	case !l.Named:
+		return `coalesce((SELECT array_agg(label_id ORDER BY label_id) FROM member_labels l WHERE l.member_id = ` + member + ` AND value = 'true'), '{}')`
+	case len(l.Only) == 0:
+		return `'{}'::text[]`
+	}
+	return `coalesce((SELECT array_agg(label_id ORDER BY label_id) FROM member_labels l WHERE l.member_id = ` + member + ` AND l.label_id = ANY(` + only + `::text[]) AND value = 'true'), '{}')`
 }
 
 // LoyaltyRows is what the benefit engine loads of a member.
@@ -206,13 +231,17 @@ func LoadLoyalty(ctx context.Context, q Batcher, l LoyaltyLoad) (LoyaltyRows, er
 		balanceSQL = "coalesce((SELECT balance FROM points_accounts WHERE member_id = $1), 0)"
 	}
 	memberSQL := `SELECT change_seq, coalesce(attributes->>'birth_date', ''),
-		coalesce((SELECT array_agg(label_id ORDER BY label_id) FROM member_labels WHERE member_id = $1 AND value = 'true'), '{}'),
+		` + labelsSQL(l.Labels, "$1", "$2") + `,
 		merged_into IS NOT NULL, ` + balanceSQL + `
 		FROM members WHERE member_id = $1 AND status <> 'erased'`
 	if l.Lock {
 		memberSQL += lockMemberRow
 	}
-	b.Queue(memberSQL, l.Member).Query(func(rows pgx.Rows) error {
+	memberArgs := []any{l.Member}
+	if l.Labels.Named && len(l.Labels.Only) > 0 {
+		memberArgs = append(memberArgs, l.Labels.Only)
+	}
+	b.Queue(memberSQL, memberArgs...).Query(func(rows pgx.Rows) error {
 		for rows.Next() {
 			r.Found = true
 			if err := rows.Scan(&r.ChangeSeq, &r.BirthDate, &r.Labels, &r.Merged, &r.Settled); err != nil {

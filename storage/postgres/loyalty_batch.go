@@ -65,14 +65,19 @@ func LoadLoyaltyBatch(ctx context.Context, q Batcher, loads []LoyaltyLoad) (map[
 		return &LoyaltyRows{} // not asked for: dropped
 	}
 	b := &pgx.Batch{}
+	labels := batchLabels(loads)
 	memberSQL := `SELECT member_id, change_seq, coalesce(attributes->>'birth_date', ''),
-		coalesce((SELECT array_agg(label_id ORDER BY label_id) FROM member_labels l WHERE l.member_id = m.member_id AND value = 'true'), '{}'),
+		` + labelsSQL(labels, "m.member_id", "$2") + `,
 		merged_into IS NOT NULL
 		FROM members m WHERE member_id = ANY($1) AND status <> 'erased' ORDER BY member_id`
 	if lock {
 		memberSQL += lockMemberRow
 	}
-	b.Queue(memberSQL, members).Query(func(rows pgx.Rows) error {
+	memberArgs := []any{members}
+	if labels.Named && len(labels.Only) > 0 {
+		memberArgs = append(memberArgs, labels.Only)
+	}
+	b.Queue(memberSQL, memberArgs...).Query(func(rows pgx.Rows) error {
 		for rows.Next() {
 			var id uuid.UUID
 			var r LoyaltyRows
@@ -542,3 +547,21 @@ func textArray(xs []string) string {
 }
 
 func sortedKeys[V any](m map[string]V) []string { return slices.Sorted(maps.Keys(m)) }
+
+// batchLabels is what a batch of loads reads of its members' labels: every
+// true label when a load asks for every one, else the labels any load
+// names.
+func batchLabels(loads []LoyaltyLoad) LabelsRead {
+	out := LabelsRead{Named: true}
+	for _, l := range loads {
+		if !l.Labels.Named {
+			return LabelsRead{}
+		}
+		for _, id := range l.Labels.Only {
+			if !slices.Contains(out.Only, id) {
+				out.Only = append(out.Only, id)
+			}
+		}
+	}
+	return out
+}

@@ -1,0 +1,83 @@
+package postgres_test
+
+import (
+	"context"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/membercenter/membercenter/storage/postgres"
+	"github.com/membercenter/membercenter/storage/postgres/pgtest"
+)
+
+// TestLoyaltyLoadReadsTheLabelsAskedFor: a load reads every true label of
+// the member by default, only the named ones that are true when it names
+// some, and none when it names none; alone and in a batch, where a load
+// that asks for every label makes the batch read every one.
+func TestLoyaltyLoadReadsTheLabelsAskedFor(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	pool := pgtest.NewPool(t, nil)
+	a, b := newMember(t, pool), newMember(t, pool)
+	batch := &pgx.Batch{}
+	postgres.QueueLabelMembershipBatch(batch, []postgres.LabelMembership{
+		{Member: a, Set: []string{"sharer", "coffee_lover", "vip"}},
+		{Member: b, Set: []string{"vip"}},
+	}, memberCreatedAt)
+	if err := pool.SendBatch(ctx, batch).Close(); err != nil {
+		t.Fatal(err)
+	}
+	// A label stored as false is not a true label.
+	if _, err := pool.Exec(ctx, `INSERT INTO member_labels (member_id, label_id, value) VALUES ($1, 'lapsed', 'false')`, a); err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name  string
+		read  postgres.LabelsRead
+		wantA []string
+		wantB []string
+	}{
+		{"every label (the zero value)", postgres.LabelsRead{}, []string{"coffee_lover", "sharer", "vip"}, []string{"vip"}},
+		{"named ones", postgres.LabelsRead{Named: true, Only: []string{"vip", "sharer", "lapsed", "unknown"}}, []string{"sharer", "vip"}, []string{"vip"}},
+		{"none", postgres.LabelsRead{Named: true}, nil, nil},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			one, err := postgres.LoadLoyalty(ctx, pool, postgres.LoyaltyLoad{Member: a, Labels: c.read})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !one.Found || !slices.Equal(nonNil(one.Labels), nonNil(c.wantA)) {
+				t.Errorf("LoadLoyalty: found %v, labels %q; want %q", one.Found, one.Labels, c.wantA)
+			}
+			rows, err := postgres.LoadLoyaltyBatch(ctx, pool, []postgres.LoyaltyLoad{{Member: a, Labels: c.read}, {Member: b, Labels: c.read}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for id, want := range map[uuid.UUID][]string{a: c.wantA, b: c.wantB} {
+				if got := rows[id]; got == nil || !got.Found || !slices.Equal(nonNil(got.Labels), nonNil(want)) {
+					t.Errorf("LoadLoyaltyBatch: member %s labels %v; want %q", id, got, want)
+				}
+			}
+		})
+	}
+	// A batch mixing a load that names labels with one that asks for every
+	// one reads every one for both.
+	rows, err := postgres.LoadLoyaltyBatch(ctx, pool, []postgres.LoyaltyLoad{{Member: a, Labels: postgres.LabelsRead{Named: true}}, {Member: b}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := rows[a].Labels; !slices.Equal(got, []string{"coffee_lover", "sharer", "vip"}) {
+		t.Errorf("mixed batch: member a labels %q; want every true label", got)
+	}
+}
+
+func nonNil(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
+}
