@@ -60,16 +60,9 @@ func (s *Service) ApplyBatch(ctx context.Context, evs []*mcv1.MemberEvent) (map[
 	if b.Empty() {
 		return rejected, nil
 	}
-	var refused map[int]error // by the transaction (an attempt's own)
-	err := s.InTx(ctx, func(tx pgx.Tx) error {
-		refused = map[int]error{}
+	return changes.ApplyBatch(ctx, rejected, s.InTx, func(tx pgx.Tx, refused map[int]error) error {
 		return s.ApplyPrepared(ctx, tx, b, refused)
 	})
-	if err != nil {
-		return nil, err
-	}
-	maps.Copy(rejected, refused)
-	return rejected, nil
 }
 
 // PrepareBatch reads a batch of member events under the programme in

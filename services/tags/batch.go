@@ -3,7 +3,6 @@ package tags
 import (
 	"context"
 	"fmt"
-	"maps"
 	"slices"
 
 	"github.com/google/uuid"
@@ -47,17 +46,11 @@ func (s *Service) ApplyBatch(ctx context.Context, evs []*mcv1.MemberEvent) (map[
 	if b.Empty() {
 		return rejected, nil
 	}
-	var refused map[int]error // by the transaction (an attempt's own)
-	err := postgres.RetryTx(ctx, s.pool, func(tx pgx.Tx) error {
-		refused = map[int]error{}
+	inTx := func(ctx context.Context, fn func(pgx.Tx) error) error { return postgres.RetryTx(ctx, s.pool, fn) }
+	return changes.ApplyBatch(ctx, rejected, inTx, func(tx pgx.Tx, refused map[int]error) error {
 		_, err := s.ApplyPrepared(ctx, tx, b, refused)
 		return err
 	})
-	if err != nil {
-		return nil, err
-	}
-	maps.Copy(rejected, refused)
-	return rejected, nil
 }
 
 // PrepareBatch reads a batch of member events: it refuses, by index, those
