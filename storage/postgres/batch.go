@@ -44,20 +44,28 @@ const lockMemberRow = ` FOR NO KEY UPDATE`
 // id order (so two batches never wait for each other in opposite orders),
 // and returns them; a member that does not exist is left out.
 func LockMembersForUpdate(ctx context.Context, tx pgx.Tx, ids []uuid.UUID) (map[uuid.UUID]LockedMember, error) {
-	rows, err := tx.Query(ctx, `SELECT member_id, attributes, merged_into, change_seq FROM members
-		WHERE member_id = ANY($1) AND status <> 'erased' ORDER BY member_id`+lockMemberRow, ids)
+	return queryByMember(ctx, tx, "lock members", `SELECT member_id, attributes, merged_into, change_seq FROM members
+		WHERE member_id = ANY($1) AND status <> 'erased' ORDER BY member_id`+lockMemberRow, ids,
+		func(m *LockedMember) []any { return []any{&m.Attributes, &m.MergedInto, &m.ChangeSeq} })
+}
+
+// queryByMember runs a statement over the members ids ($1) whose rows are
+// a member id, then the columns of a T (columns gives where to scan them),
+// and returns the rows by member; what names the statement in an error.
+func queryByMember[T any](ctx context.Context, q Querier, what, sql string, ids []uuid.UUID, columns func(*T) []any) (map[uuid.UUID]T, error) {
+	rows, err := q.Query(ctx, sql, ids)
 	if err != nil {
-		return nil, fmt.Errorf("lock members: %w", err)
+		return nil, fmt.Errorf("%s: %w", what, err)
 	}
 	defer rows.Close()
-	out := make(map[uuid.UUID]LockedMember, len(ids))
+	out := make(map[uuid.UUID]T, len(ids))
 	for rows.Next() {
 		var id uuid.UUID
-		var m LockedMember
-		if err := rows.Scan(&id, &m.Attributes, &m.MergedInto, &m.ChangeSeq); err != nil {
-			return nil, fmt.Errorf("lock members: %w", err)
+		var v T
+		if err := rows.Scan(append([]any{&id}, columns(&v)...)...); err != nil {
+			return nil, fmt.Errorf("%s: %w", what, err)
 		}
-		out[id] = m
+		out[id] = v
 	}
 	return out, rows.Err()
 }

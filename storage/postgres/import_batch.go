@@ -195,23 +195,10 @@ type MemberView struct {
 // MemberViews reads the members' rows (those that exist), and whether
 // others were merged into each, in one statement.
 func MemberViews(ctx context.Context, q Querier, ids []uuid.UUID) (map[uuid.UUID]MemberView, error) {
-	rows, err := q.Query(ctx, `SELECT member_id, status, merged_into, attributes,
+	return queryByMember(ctx, q, "member views", `SELECT member_id, status, merged_into, attributes,
 		EXISTS (SELECT 1 FROM members o WHERE o.merged_into = m.member_id)
-		FROM members m WHERE member_id = ANY($1)`, ids)
-	if err != nil {
-		return nil, fmt.Errorf("member views: %w", err)
-	}
-	defer rows.Close()
-	out := make(map[uuid.UUID]MemberView, len(ids))
-	for rows.Next() {
-		var id uuid.UUID
-		var v MemberView
-		if err := rows.Scan(&id, &v.Status, &v.MergedInto, &v.Attributes, &v.Absorbing); err != nil {
-			return nil, fmt.Errorf("member views: %w", err)
-		}
-		out[id] = v
-	}
-	return out, rows.Err()
+		FROM members m WHERE member_id = ANY($1)`, ids,
+		func(v *MemberView) []any { return []any{&v.Status, &v.MergedInto, &v.Attributes, &v.Absorbing} })
 }
 
 // ConsentsOfMembers reads the members' consent decisions, by member and
