@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net/http"
 	"net/url"
 	"os"
@@ -199,7 +200,7 @@ func (a *Authenticator) SetHTTPClient(c *http.Client) { a.http = c }
 // a set that fails keeps the keys it had. The error names every failure.
 func (a *Authenticator) Refresh(ctx context.Context) error {
 	var errs []error
-	for _, id := range a.clientIDs() {
+	for _, id := range slices.Sorted(maps.Keys(a.clients)) {
 		if c := a.clients[id]; c.keys != nil {
 			if err := c.keys.refresh(ctx, a.http); err != nil {
 				errs = append(errs, fmt.Errorf("client %s: %w", id, err))
@@ -244,15 +245,6 @@ func (a *Authenticator) Run(ctx context.Context, every time.Duration, log *slog.
 // DefaultJWKSRefresh is how often key sets are refreshed when the
 // configuration says nothing.
 const DefaultJWKSRefresh = 5 * time.Minute
-
-func (a *Authenticator) clientIDs() []string {
-	ids := make([]string, 0, len(a.clients))
-	for id := range a.clients {
-		ids = append(ids, id)
-	}
-	slices.Sort(ids)
-	return ids
-}
 
 // SignWithKey makes a third-party channel's token, as its own back end
 // does with its private key (an Ed25519 key signs EdDSA, a P-256 key
