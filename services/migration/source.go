@@ -699,10 +699,7 @@ func (s *Source) attachSides(j *jsonMember, sum io.Writer) {
 func (s *Source) readSides() error {
 	s.lots, s.months, s.coupons = map[string][]sideRow[jsonLot]{}, map[string][]sideRow[jsonMonth]{}, map[string][]sideRow[jsonCoupon]{}
 	s.sideErrs = nil
-	refuse := func(file string, line int, col map[string]string, err error) {
-		s.sideErrs = append(s.sideErrs, &RowError{File: file, Line: line, LegacyID: col["legacy_id"], Reason: err.Error()})
-	}
-	side := func(file string, required []string, add func(line int, col map[string]string, raw []string)) error {
+	side := func(file string, required []string, add func(line int, col map[string]string, raw []string) error) error {
 		p := filepath.Join(s.Dir, file)
 		if !exists(p) {
 			return nil
@@ -712,34 +709,37 @@ func (s *Source) readSides() error {
 				s.sideErrs = append(s.sideErrs, &RowError{File: file, Line: line, Reason: "legacy_id is required"})
 				return nil
 			}
-			add(line, col, raw)
+			if err := add(line, col, raw); err != nil {
+				s.sideErrs = append(s.sideErrs, &RowError{File: file, Line: line, LegacyID: col["legacy_id"], Reason: err.Error()})
+			}
 			return nil
 		}, func(line int, id, reason string) error {
 			s.sideErrs = append(s.sideErrs, &RowError{File: file, Line: line, LegacyID: id, Reason: reason})
 			return nil
 		})
 	}
-	if err := side("lots.csv", []string{"earned", "remaining", "earned_at"}, func(line int, col map[string]string, raw []string) {
-		if l, err := lotOfColumns(col); err != nil {
-			refuse("lots.csv", line, col, err)
-		} else {
-			s.lots[col["legacy_id"]] = append(s.lots[col["legacy_id"]], sideRow[jsonLot]{line, l, raw})
-		}
-	}); err != nil {
+	if err := side("lots.csv", []string{"earned", "remaining", "earned_at"}, keepSide(s.lots, lotOfColumns)); err != nil {
 		return err
 	}
-	if err := side("months.csv", []string{"month"}, func(line int, col map[string]string, raw []string) {
-		if m, err := monthOfColumns(col); err != nil {
-			refuse("months.csv", line, col, err)
-		} else {
-			s.months[col["legacy_id"]] = append(s.months[col["legacy_id"]], sideRow[jsonMonth]{line, m, raw})
-		}
-	}); err != nil {
+	if err := side("months.csv", []string{"month"}, keepSide(s.months, monthOfColumns)); err != nil {
 		return err
 	}
-	return side("coupons.csv", []string{"code", "template", "state"}, func(line int, col map[string]string, raw []string) {
-		s.coupons[col["legacy_id"]] = append(s.coupons[col["legacy_id"]], sideRow[jsonCoupon]{line, couponOfColumns(col), raw})
-	})
+	return side("coupons.csv", []string{"code", "template", "state"}, keepSide(s.coupons, func(col map[string]string) (jsonCoupon, error) {
+		return couponOfColumns(col), nil
+	}))
+}
+
+// keepSide adds a side file's row, as of reads it, to the rows of its
+// legacy id in m; a row of cannot read is refused with of's error.
+func keepSide[T any](m map[string][]sideRow[T], of func(col map[string]string) (T, error)) func(line int, col map[string]string, raw []string) error {
+	return func(line int, col map[string]string, raw []string) error {
+		v, err := of(col)
+		if err != nil {
+			return err
+		}
+		m[col["legacy_id"]] = append(m[col["legacy_id"]], sideRow[T]{line, v, raw})
+		return nil
+	}
 }
 
 // readCSV reads a CSV file with a header line naming its columns (required
