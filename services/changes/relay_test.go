@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -27,6 +26,7 @@ import (
 	"github.com/membercenter/membercenter/pipeline/relay"
 	"github.com/membercenter/membercenter/services/changefeed"
 	"github.com/membercenter/membercenter/services/changes"
+	"github.com/membercenter/membercenter/services/cmd/membercenter/membercentertest"
 )
 
 // telemetry is kafkatest's, with warnings logged to the test's log.
@@ -199,7 +199,7 @@ func TestRelayCrashBetweenPublishAndMarkDuplicatesNothing(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	bin := buildFaultsBinary(t, ctx)
+	bin := membercentertest.Build(t, ctx, t.TempDir(), "faults")
 	for _, fp := range []string{"relay-after-publish", "relay-before-commit"} {
 		t.Run(fp, func(t *testing.T) { relayCrash(t, ctx, bin, fp) })
 	}
@@ -322,18 +322,6 @@ func ignoreNoRows(err error) error {
 		return nil
 	}
 	return err
-}
-
-// buildFaultsBinary builds membercenter with the faults tag (failpoints
-// armed by MC_FAILPOINTS) into the test's temporary directory.
-func buildFaultsBinary(t *testing.T, ctx context.Context) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "membercenter-faults")
-	cmd := exec.CommandContext(ctx, "go", "build", "-tags", "faults", "-o", bin, "../cmd/membercenter")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build the faults binary: %v\n%s", err, out)
-	}
-	return bin
 }
 
 // TestRelayRidesOutPostgresAndKafkaRestarts: the relay keeps publishing

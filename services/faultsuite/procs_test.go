@@ -180,19 +180,6 @@ func (s servers) restart(ctx context.Context, name string) error { return s.run(
 func (s servers) stop(ctx context.Context, name string) error    { return s.run(ctx, "stop", name) }
 func (s servers) start(ctx context.Context, name string) error   { return s.run(ctx, "start-one", name) }
 
-// buildBinary builds membercenter with the faults build tag (its failpoints
-// compiled in) into dir.
-func buildBinary(t *testing.T, root, dir string) string {
-	t.Helper()
-	bin := filepath.Join(dir, "membercenter-faults")
-	cmd := exec.Command("go", "build", "-tags", "faults", "-o", bin, "./services/cmd/membercenter")
-	cmd.Dir = root
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build membercenter: %v\n%s", err, out)
-	}
-	return bin
-}
-
 func repoRoot(t *testing.T) string {
 	t.Helper()
 	dir, err := os.Getwd()

@@ -35,6 +35,7 @@ import (
 
 	"github.com/membercenter/membercenter/pipeline/kafka"
 	"github.com/membercenter/membercenter/pipeline/kafka/kafkatest"
+	"github.com/membercenter/membercenter/services/cmd/membercenter/membercentertest"
 )
 
 // recovery is how long one fault took to recover from.
@@ -123,7 +124,7 @@ func (s *suite) setUp(ctx context.Context) {
 		dir = d
 		_ = os.MkdirAll(dir, 0o755)
 	}
-	bin := buildBinary(t, s.root, dir)
+	bin := membercentertest.Build(t, ctx, dir, "faults")
 	pgURL := pgtest.NewDB(t)
 	ch, chCfg := chtest.NewDB(t)
 	s.ch = ch

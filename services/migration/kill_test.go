@@ -29,6 +29,7 @@ import (
 	"github.com/membercenter/membercenter/storage/clickhouse/chtest"
 	"github.com/membercenter/membercenter/storage/postgres/pgtest"
 
+	"github.com/membercenter/membercenter/services/cmd/membercenter/membercentertest"
 	"github.com/membercenter/membercenter/services/tags"
 )
 
@@ -49,7 +50,7 @@ func TestImportKilledTwiceEndsAsOneCleanRun(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	bin := buildMembercenter(t, ctx)
+	bin := membercentertest.Build(t, ctx, t.TempDir())
 	dir := t.TempDir()
 	orders, withOrders := writeKillExport(t, dir, killMembers, time.Now())
 
@@ -123,18 +124,6 @@ func TestImportKilledTwiceEndsAsOneCleanRun(t *testing.T) {
 	if out, err := killed.run(ctx, bin, "import", "verify", dir).wait(); err != nil || !strings.Contains(out, fmt.Sprintf("%d of %d members agree (100.00%%", killMembers, killMembers)) {
 		t.Fatalf("verify after the kills: %v\n%s", err, out)
 	}
-}
-
-// buildMembercenter builds the membercenter binary into the test's
-// temporary directory.
-func buildMembercenter(t *testing.T, ctx context.Context) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "membercenter")
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "../cmd/membercenter")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build membercenter: %v\n%s", err, out)
-	}
-	return bin
 }
 
 // target is a fresh pair of databases, PostgreSQL and ClickHouse, that
