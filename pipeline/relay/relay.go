@@ -13,8 +13,9 @@
 // the group's fixed transactional id:
 //
 //  1. Claim: in one PostgreSQL transaction that checks the term, the next
-//     unpublished rows are tagged with a new batch id and the batch is
-//     recorded as in flight. Nothing is in Kafka yet.
+//     unpublished rows are read and recorded, by their ids, as a new batch
+//     in flight (the rows themselves are not written). Nothing is in Kafka
+//     yet.
 //  2. Publish: a Kafka transaction with the batch's records, each carrying
 //     the batch id in the header mc-relay-batch, then commit.
 //  3. Mark: in one PostgreSQL transaction that checks the term, the batch's

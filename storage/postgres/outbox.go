@@ -1,10 +1,8 @@
 package postgres
 
 import (
-	"cmp"
 	"context"
 	"fmt"
-	"slices"
 	"time"
 
 	"github.com/google/uuid"
@@ -97,10 +95,6 @@ func collectOutbox(rows pgx.Rows) ([]OutboxRow, error) {
 	})
 }
 
-func sortOutbox(rows []OutboxRow) {
-	slices.SortFunc(rows, func(a, b OutboxRow) int { return cmp.Compare(a.OutboxID, b.OutboxID) })
-}
-
 // MarkPublished records that the rows reached Kafka.
 func MarkPublished(ctx context.Context, tx pgx.Tx, ids []int64) error {
 	return exec(ctx, tx, "mark outbox published", `UPDATE outbox SET published_at = now() WHERE outbox_id = ANY($1)`, ids)
@@ -164,7 +158,7 @@ func (l *RelayConn) WaitOutbox(ctx context.Context, timeout time.Duration) error
 		if !now.Before(recheck) {
 			recheck = now.Add(outboxRecheck)
 			var waiting bool
-			if err := l.conn.QueryRow(ctx, `SELECT EXISTS (SELECT FROM outbox WHERE published_at IS NULL AND relay_batch IS NULL)`).
+			if err := l.conn.QueryRow(ctx, `SELECT EXISTS (SELECT FROM outbox WHERE published_at IS NULL)`).
 				Scan(&waiting); err != nil {
 				return fmt.Errorf("probe outbox: %w", err)
 			}

@@ -46,16 +46,18 @@ func checkRelayTerm(ctx context.Context, tx pgx.Tx, group string, term int64) er
 // published, with its rows in outbox order; a zero id when there is none.
 func RelayBatchInFlight(ctx context.Context, q Querier, group string) (uuid.UUID, []OutboxRow, error) {
 	var id uuid.UUID
-	err := q.QueryRow(ctx, `SELECT batch_id FROM relay_batches WHERE relay_group = $1 ORDER BY created_at LIMIT 1`, group).Scan(&id)
+	var ids []int64
+	err := q.QueryRow(ctx, `SELECT batch_id, outbox_ids FROM relay_batches WHERE relay_group = $1 ORDER BY created_at LIMIT 1`, group).Scan(&id, &ids)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return uuid.UUID{}, nil, nil
 	}
 	if err != nil {
 		return id, nil, fmt.Errorf("relay batch in flight: %w", err)
 	}
+	where, arg := inBatch(id, ids)
 	rows, err := q.Query(ctx, `
 		SELECT outbox_id, member_id, sequence, change_id, payload, traceparent, created_at
-		  FROM outbox WHERE relay_batch = $1 AND published_at IS NULL ORDER BY outbox_id`, id)
+		  FROM outbox WHERE `+where+` AND published_at IS NULL ORDER BY outbox_id`, arg)
 	if err != nil {
 		return id, nil, fmt.Errorf("rows of relay batch %s: %w", id, err)
 	}
@@ -63,10 +65,24 @@ func RelayBatchInFlight(ctx context.Context, q Querier, group string) (uuid.UUID
 	return id, out, err
 }
 
+// inBatch is the condition, on parameter $1 (arg), of an outbox row being
+// in the batch id that holds ids: its id among them, looked up by the
+// primary key; or, for a batch recorded before migration 00034 (no ids),
+// the row tagged with the batch.
+func inBatch(id uuid.UUID, ids []int64) (string, any) {
+	if len(ids) == 0 {
+		return `relay_batch = $1`, id
+	}
+	return `outbox_id = ANY($1)`, ids
+}
+
 // ClaimRelayBatch records the next up to limit unpublished rows, in outbox
 // order, as batch id of the group's term, and returns them (none when
 // nothing waits). It refuses while another batch is in flight, and fails
-// with ErrRelayFenced when term is not the group's.
+// with ErrRelayFenced when term is not the group's. The batch keeps the
+// rows' ids; the rows themselves are not written until they are marked
+// published: with one batch in flight at a time, the next claim comes after
+// this one's rows are marked.
 func ClaimRelayBatch(ctx context.Context, tx pgx.Tx, group string, term int64, id uuid.UUID, limit int) ([]OutboxRow, error) {
 	if err := checkRelayTerm(ctx, tx, group, term); err != nil {
 		return nil, err
@@ -79,10 +95,8 @@ func ClaimRelayBatch(ctx context.Context, tx pgx.Tx, group string, term int64, i
 		return nil, errors.New("claim relay batch: a batch is still in flight")
 	}
 	rows, err := tx.Query(ctx, `
-		UPDATE outbox o SET relay_batch = $1
-		  FROM (SELECT outbox_id FROM outbox WHERE published_at IS NULL ORDER BY outbox_id LIMIT $2) c
-		 WHERE o.outbox_id = c.outbox_id
-		RETURNING o.outbox_id, o.member_id, o.sequence, o.change_id, o.payload, o.traceparent, o.created_at`, id, limit)
+		SELECT outbox_id, member_id, sequence, change_id, payload, traceparent, created_at
+		  FROM outbox WHERE published_at IS NULL ORDER BY outbox_id LIMIT $1`, limit)
 	if err != nil {
 		return nil, fmt.Errorf("claim relay batch: %w", err)
 	}
@@ -90,11 +104,13 @@ func ClaimRelayBatch(ctx context.Context, tx pgx.Tx, group string, term int64, i
 	if err != nil || len(out) == 0 {
 		return nil, err
 	}
-	if _, err := tx.Exec(ctx, `INSERT INTO relay_batches (batch_id, relay_group, term) VALUES ($1, $2, $3)`, id, group, term); err != nil {
+	ids := make([]int64, len(out))
+	for i, r := range out {
+		ids[i] = r.OutboxID
+	}
+	if _, err := tx.Exec(ctx, `INSERT INTO relay_batches (batch_id, relay_group, term, outbox_ids) VALUES ($1, $2, $3, $4)`, id, group, term, ids); err != nil {
 		return nil, fmt.Errorf("record relay batch: %w", err)
 	}
-	// UPDATE … RETURNING does not keep the subquery's order.
-	sortOutbox(out)
 	return out, nil
 }
 
@@ -104,7 +120,12 @@ func MarkRelayBatchPublished(ctx context.Context, tx pgx.Tx, group string, term 
 	if err := checkRelayTerm(ctx, tx, group, term); err != nil {
 		return err
 	}
-	if _, err := tx.Exec(ctx, `UPDATE outbox SET published_at = now() WHERE relay_batch = $1 AND published_at IS NULL`, id); err != nil {
+	var ids []int64
+	if err := tx.QueryRow(ctx, `SELECT outbox_ids FROM relay_batches WHERE batch_id = $1`, id).Scan(&ids); err != nil {
+		return fmt.Errorf("relay batch %s: %w", id, err)
+	}
+	where, arg := inBatch(id, ids)
+	if _, err := tx.Exec(ctx, `UPDATE outbox SET published_at = now() WHERE `+where+` AND published_at IS NULL`, arg); err != nil {
 		return fmt.Errorf("mark relay batch %s published: %w", id, err)
 	}
 	if _, err := tx.Exec(ctx, `DELETE FROM relay_batches WHERE batch_id = $1`, id); err != nil {
