@@ -620,44 +620,66 @@ func firstFew(xs []string) []string {
 	return xs
 }
 
-// follower follows every change on a live stream.
+// follower follows every change on a live stream. A subscriber that falls
+// too far behind (the test's goroutine starved of CPU) is told to resync
+// and its stream ends; the follower then does what a channel does: it
+// subscribes again with the resume token of the last message it got, and
+// the replay continues the stream where it stopped (check counts on no gap
+// and no change twice across it).
 type follower struct {
-	mu   sync.Mutex
-	seqs map[string][]uint64
-	err  error
+	mu      sync.Mutex
+	seqs    map[string][]uint64
+	err     error
+	resyncs int
 }
 
 func follow(t *testing.T, ctx context.Context, conn *grpc.ClientConn) *follower {
 	t.Helper()
 	sctx, stop := context.WithCancel(ctx)
-	stream, err := mcv1.NewSyncServiceClient(conn).Subscribe(sctx, &mcv1.SubscribeRequest{})
+	client := mcv1.NewSyncServiceClient(conn)
+	stream, err := client.Subscribe(sctx, &mcv1.SubscribeRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if m, err := stream.Recv(); err != nil || m.GetReady() == nil {
+	m, err := stream.Recv()
+	if err != nil || m.GetReady() == nil {
 		t.Fatalf("first message = %v, %v; want ready", m, err)
 	}
+	token := m.GetResumeToken()
 	f := &follower{seqs: map[string][]uint64{}}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
+		fail := func(err error) {
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			if sctx.Err() == nil && f.err == nil {
+				f.err = err
+			}
+		}
 		for {
 			m, err := stream.Recv()
-			f.mu.Lock()
 			if err != nil {
-				if sctx.Err() == nil {
-					f.err = err
-				}
-				f.mu.Unlock()
+				fail(err)
 				return
 			}
+			if m.GetResumeToken() != "" {
+				token = m.GetResumeToken()
+			}
 			if c := m.GetChange(); c != nil {
+				f.mu.Lock()
 				f.seqs[c.GetMemberId()] = append(f.seqs[c.GetMemberId()], c.GetSequence())
+				f.mu.Unlock()
 			}
-			if r := m.GetResyncRequired(); r != nil {
-				f.err = fmt.Errorf("resync required: %s", r.GetReason())
+			if m.GetResyncRequired() != nil {
+				f.mu.Lock()
+				f.resyncs++
+				f.mu.Unlock()
+				if stream, err = client.Subscribe(sctx, &mcv1.SubscribeRequest{ResumeToken: token}); err != nil {
+					fail(fmt.Errorf("subscribe again after a resync: %w", err))
+					return
+				}
 			}
-			f.mu.Unlock()
 		}
 	}()
 	t.Cleanup(func() { stop(); <-done })
@@ -683,6 +705,9 @@ func (f *follower) check(t *testing.T, final map[string]uint64) {
 	})
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.resyncs > 0 {
+		t.Logf("live stream: told to resync %d times, resumed from its token", f.resyncs)
+	}
 	for m := range final {
 		s := f.seqs[m]
 		if gaps, dups := kafkatest.SequenceFaults(s, s[0]); gaps > 0 || dups > 0 {
