@@ -60,16 +60,17 @@ type LabelsRead struct {
 }
 
 // labelsSQL is the select-list expression of the member's true labels, in
-// label order, read as l says; member is the SQL of the member's id and
-// only the parameter that holds l.Only.
-func labelsSQL(l LabelsRead, member, only string) string {
+// label order, read as l says, and the arguments it adds to the
+// statement's: member is the SQL of the member's id, only the parameter
+// that holds l.Only when the expression needs it.
+func labelsSQL(l LabelsRead, member, only string) (string, []any) {
 	switch {
 	case !l.Named:
-		return `coalesce((SELECT array_agg(label_id ORDER BY label_id) FROM member_labels l WHERE l.member_id = ` + member + ` AND value = 'true'), '{}')`
+		return `coalesce((SELECT array_agg(label_id ORDER BY label_id) FROM member_labels l WHERE l.member_id = ` + member + ` AND value = 'true'), '{}')`, nil
 	case len(l.Only) == 0:
-		return `'{}'::text[]`
+		return `'{}'::text[]`, nil
 	}
-	return `coalesce((SELECT array_agg(label_id ORDER BY label_id) FROM member_labels l WHERE l.member_id = ` + member + ` AND l.label_id = ANY(` + only + `::text[]) AND value = 'true'), '{}')`
+	return `coalesce((SELECT array_agg(label_id ORDER BY label_id) FROM member_labels l WHERE l.member_id = ` + member + ` AND l.label_id = ANY(` + only + `::text[]) AND value = 'true'), '{}')`, []any{l.Only}
 }
 
 // LoyaltyRows is what the benefit engine loads of a member.
@@ -230,18 +231,15 @@ func LoadLoyalty(ctx context.Context, q Batcher, l LoyaltyLoad) (LoyaltyRows, er
 	if !l.SettledAfter.IsZero() {
 		balanceSQL = "coalesce((SELECT balance FROM points_accounts WHERE member_id = $1), 0)"
 	}
+	labels, labelArgs := labelsSQL(l.Labels, "$1", "$2")
 	memberSQL := `SELECT change_seq, coalesce(attributes->>'birth_date', ''),
-		` + labelsSQL(l.Labels, "$1", "$2") + `,
+		` + labels + `,
 		merged_into IS NOT NULL, ` + balanceSQL + `
 		FROM members WHERE member_id = $1 AND status <> 'erased'`
 	if l.Lock {
 		memberSQL += lockMemberRow
 	}
-	memberArgs := []any{l.Member}
-	if l.Labels.Named && len(l.Labels.Only) > 0 {
-		memberArgs = append(memberArgs, l.Labels.Only)
-	}
-	b.Queue(memberSQL, memberArgs...).Query(func(rows pgx.Rows) error {
+	b.Queue(memberSQL, append([]any{l.Member}, labelArgs...)...).Query(func(rows pgx.Rows) error {
 		for rows.Next() {
 			r.Found = true
 			if err := rows.Scan(&r.ChangeSeq, &r.BirthDate, &r.Labels, &r.Merged, &r.Settled); err != nil {

@@ -65,19 +65,15 @@ func LoadLoyaltyBatch(ctx context.Context, q Batcher, loads []LoyaltyLoad) (map[
 		return &LoyaltyRows{} // not asked for: dropped
 	}
 	b := &pgx.Batch{}
-	labels := batchLabels(loads)
+	labels, labelArgs := labelsSQL(batchLabels(loads), "m.member_id", "$2")
 	memberSQL := `SELECT member_id, change_seq, coalesce(attributes->>'birth_date', ''),
-		` + labelsSQL(labels, "m.member_id", "$2") + `,
+		` + labels + `,
 		merged_into IS NOT NULL
 		FROM members m WHERE member_id = ANY($1) AND status <> 'erased' ORDER BY member_id`
 	if lock {
 		memberSQL += lockMemberRow
 	}
-	memberArgs := []any{members}
-	if labels.Named && len(labels.Only) > 0 {
-		memberArgs = append(memberArgs, labels.Only)
-	}
-	b.Queue(memberSQL, memberArgs...).Query(func(rows pgx.Rows) error {
+	b.Queue(memberSQL, append([]any{members}, labelArgs...)...).Query(func(rows pgx.Rows) error {
 		for rows.Next() {
 			var id uuid.UUID
 			var r LoyaltyRows
