@@ -121,15 +121,16 @@ func MarkRelayBatchPublished(ctx context.Context, tx pgx.Tx, group string, term 
 		return err
 	}
 	var ids []int64
-	if err := tx.QueryRow(ctx, `SELECT outbox_ids FROM relay_batches WHERE batch_id = $1`, id).Scan(&ids); err != nil {
-		return fmt.Errorf("relay batch %s: %w", id, err)
+	err := tx.QueryRow(ctx, `DELETE FROM relay_batches WHERE batch_id = $1 RETURNING outbox_ids`, id).Scan(&ids)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil // ended already: its rows were marked with it
+	}
+	if err != nil {
+		return fmt.Errorf("end relay batch %s: %w", id, err)
 	}
 	where, arg := inBatch(id, ids)
 	if _, err := tx.Exec(ctx, `UPDATE outbox SET published_at = now() WHERE `+where+` AND published_at IS NULL`, arg); err != nil {
 		return fmt.Errorf("mark relay batch %s published: %w", id, err)
-	}
-	if _, err := tx.Exec(ctx, `DELETE FROM relay_batches WHERE batch_id = $1`, id); err != nil {
-		return fmt.Errorf("end relay batch %s: %w", id, err)
 	}
 	return nil
 }
