@@ -64,11 +64,10 @@ func TestImportKilledTwiceEndsAsOneCleanRun(t *testing.T) {
 	killed := newTarget(t)
 	// The first kill: part of the members imported, a chunk in flight.
 	first := killed.run(ctx, bin, "import", dir)
-	first.killWhen(t, ctx, "a quarter of the members imported", func() (bool, error) {
-		n, err := killed.count(ctx, `SELECT count(*) FROM legacy_members`)
-		return n >= killMembers/4, err
+	first.killWhen(t, ctx, "a quarter of the members imported", func() bool {
+		return count(t, killed.pool, `SELECT count(*) FROM legacy_members`) >= killMembers/4
 	})
-	members, _ := killed.count(ctx, `SELECT count(*) FROM legacy_members`)
+	members := count(t, killed.pool, `SELECT count(*) FROM legacy_members`)
 	if members == 0 || members >= killMembers {
 		t.Fatalf("first kill: %d of %d members imported after it: not part-way", members, killMembers)
 	}
@@ -77,12 +76,11 @@ func TestImportKilledTwiceEndsAsOneCleanRun(t *testing.T) {
 	// The second kill: every member imported, the order facts written and
 	// some members' features and labels rebuilt from them, not all.
 	second := killed.run(ctx, bin, "import", dir)
-	second.killWhen(t, ctx, "some members' features rebuilt by the order phase", func() (bool, error) {
-		n, err := killed.count(ctx, `SELECT count(*) FROM member_features`)
-		return n > 0, err
+	second.killWhen(t, ctx, "some members' features rebuilt by the order phase", func() bool {
+		return count(t, killed.pool, `SELECT count(*) FROM member_features`) > 0
 	})
-	members, _ = killed.count(ctx, `SELECT count(*) FROM legacy_members`)
-	features, _ := killed.count(ctx, `SELECT count(*) FROM member_features`)
+	members = count(t, killed.pool, `SELECT count(*) FROM legacy_members`)
+	features := count(t, killed.pool, `SELECT count(*) FROM member_features`)
 	facts, _, _, err := clickhouse.CountEventsWithPrefix(ctx, killed.ch, "legacy:crm:")
 	if err != nil {
 		t.Fatal(err)
@@ -115,8 +113,8 @@ func TestImportKilledTwiceEndsAsOneCleanRun(t *testing.T) {
 	compareSnapshots(t, want, got)
 	// The keys the kills left without a member: at most the chunks in
 	// flight at each kill.
-	if orphans, err := killed.count(ctx, `SELECT count(*) FROM member_keys k WHERE NOT EXISTS (SELECT 1 FROM members m WHERE m.member_id = k.member_id)`); err != nil || orphans > 2*2*50 {
-		t.Errorf("%d data keys without a member after two kills (%v): more than the chunks in flight", orphans, err)
+	if orphans := count(t, killed.pool, `SELECT count(*) FROM member_keys k WHERE NOT EXISTS (SELECT 1 FROM members m WHERE m.member_id = k.member_id)`); orphans > 2*2*50 {
+		t.Errorf("%d data keys without a member after two kills: more than the chunks in flight", orphans)
 	} else {
 		t.Logf("%d data keys of chunks the kills rolled back, without a member", orphans)
 	}
@@ -146,12 +144,6 @@ func newTarget(t *testing.T) *target {
 	ch, cfg := chtest.NewDB(t)
 	return &target{pool: pool, ch: ch, logs: t.TempDir(), env: []string{"MC_PG_URL=" + url, "MC_CLICKHOUSE_ADDR=" + cfg.Addr, "MC_CLICKHOUSE_DB=" + cfg.Database,
 		"MC_CLICKHOUSE_USER=" + cfg.User, "MC_CLICKHOUSE_PASSWORD=" + cfg.Password, "MC_ADMIN_ADDR=127.0.0.1:0"}}
-}
-
-func (tg *target) count(ctx context.Context, sql string) (int, error) {
-	var n int
-	err := tg.pool.QueryRow(ctx, sql).Scan(&n)
-	return n, err
 }
 
 // process is a membercenter command running against a target.
@@ -212,23 +204,20 @@ func (p *process) output() string {
 // killWhen SIGKILLs the process as soon as cond holds, polled every few
 // milliseconds, and waits for it to be gone. A process that ends first
 // fails the test: the kill would not have landed where it was meant to.
-func (p *process) killWhen(t *testing.T, ctx context.Context, what string, cond func() (bool, error)) {
+func (p *process) killWhen(t *testing.T, ctx context.Context, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(3 * time.Minute)
-	for {
-		ok, err := cond()
-		if ok {
-			break
-		}
+	wait, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	defer cancel()
+	poll := time.NewTicker(5 * time.Millisecond)
+	defer poll.Stop()
+	for !cond() {
 		select {
 		case <-p.done:
 			t.Fatalf("the import ended (%v) before %s: the kill did not land; make the export bigger\n%s", p.err, what, p.output())
-		default:
+		case <-wait.Done():
+			t.Fatalf("%s: not reached within 3 minutes\n%s", what, p.output())
+		case <-poll.C:
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not reached within 3 minutes (last error: %v)\n%s", what, err, p.output())
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
 	_ = p.cmd.Process.Signal(syscall.SIGKILL)
 	out, err := p.wait()
