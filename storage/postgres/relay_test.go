@@ -17,7 +17,8 @@ import (
 // TestRelayBatchClaimsWithoutWritingTheRows: a claimed batch holds the next
 // unpublished rows by id, in outbox order, without writing them (their row
 // versions stay those the writers committed); it is found in flight with
-// those rows until marked, and marking publishes exactly them. A batch
+// those rows until marked, and marking publishes exactly them (marking it
+// again, nothing more). A batch
 // recorded before migration 00034 (its rows tagged, no ids) is still found
 // and marked by its tag.
 func TestRelayBatchClaimsWithoutWritingTheRows(t *testing.T) {
@@ -110,6 +111,16 @@ func TestRelayBatchClaimsWithoutWritingTheRows(t *testing.T) {
 	}
 	if id, _, err := postgres.RelayBatchInFlight(ctx, pool, "g"); err != nil || id != (uuid.UUID{}) {
 		t.Fatalf("in flight after marking: %s %v", id, err)
+	}
+	// Marking a batch that has ended (a retry after a commit whose answer
+	// was lost) marks nothing more.
+	if err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		return postgres.MarkRelayBatchPublished(ctx, tx, "g", term, batch)
+	}); err != nil {
+		t.Fatalf("marking the ended batch again: %v", err)
+	}
+	if got := unpublished(); !slices.Equal(got, ids[3:]) {
+		t.Fatalf("unpublished after marking again %v, want %v", got, ids[3:])
 	}
 
 	// A batch recorded before migration 00034: rows tagged, no ids.
