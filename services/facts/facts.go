@@ -11,7 +11,6 @@ import (
 	"strings"
 	"time"
 
-	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 
@@ -279,11 +278,11 @@ func ChangeType(c *mcv1.MemberChange) string {
 
 func toChangeRow(c contract.FactChange, now time.Time) clickhouse.ChangeRow {
 	m := c.Msg
-	payload, _ := protojson.Marshal(m) // a decoded message always marshals
+	payload := changePayload(m)
 	r := clickhouse.ChangeRow{
 		MemberID: m.GetMemberId(), Sequence: m.GetSequence(), ChangeID: m.GetChangeId(), ChangeType: ChangeType(m),
 		OccurredAt: m.GetOccurredAt().AsTime(), CauseID: m.GetCauseId(), Channel: ChannelName(m.GetChannel()),
-		StoreID: m.GetStoreId(), Actor: m.GetActor(), Approver: m.GetApprover(), Payload: string(payload), TraceID: c.TraceID, InsertedAt: now,
+		StoreID: m.GetStoreId(), Actor: m.GetActor(), Approver: m.GetApprover(), Payload: payload, TraceID: c.TraceID, InsertedAt: now,
 	}
 	if p := m.GetPointsChanged(); p != nil {
 		r.PointsDelta, r.PointsBalance = p.GetDelta(), p.GetBalance()
