@@ -527,6 +527,12 @@ func (r *pipelineRun) profilePath() string {
 
 func (r *pipelineRun) sampleRSS() { r.peak = r.peak.max(sampleRSS()) }
 
+// postgresEvery is how many of the drain's 2-second ticks go by between
+// two samples of PostgreSQL's memory (see samplerNanos); the other
+// processes are sampled at every tick, and every process once more when
+// the drain ends.
+const postgresEvery = 5
+
 func cpuPer(before, after cpuSample, per float64) cpuSeconds {
 	return cpuSeconds{
 		self:       float64(after.self-before.self) / userHZ / per,
@@ -590,7 +596,7 @@ func (r *pipelineRun) drain(ctx context.Context, run *running) ([]string, error)
 		}
 		return pr, facts, nil
 	}
-	for {
+	for ticks := 0; ; {
 		if caughtUp(ctx, r.adm, r.kcfg) {
 			pr, facts, err := counts()
 			if err != nil {
@@ -602,6 +608,7 @@ func (r *pipelineRun) drain(ctx context.Context, run *running) ([]string, error)
 			// event, and the outbox is published. (The benefit worker marks
 			// only the events it acts on.)
 			if pr.Ingested+run.letters.count() >= n && pr.Tags >= pr.Ingested && int(facts) >= pr.Ingested && pr.Unpublished == 0 && pr.Benefits > 0 {
+				r.sampleRSS()
 				return lagLine, nil
 			}
 		}
@@ -619,7 +626,8 @@ func (r *pipelineRun) drain(ctx context.Context, run *running) ([]string, error)
 				pr.Ingested, pr.Benefits, pr.Tags, facts, run.letters.count(), n, stageLags(ctx, r.adm, r.kcfg))
 		case <-tick.C:
 			lagLine = append(lagLine, stageLags(ctx, r.adm, r.kcfg))
-			r.sampleRSS()
+			ticks++
+			r.peak = r.peak.max(sampleMemory(ticks%postgresEvery == 0))
 		}
 	}
 }

@@ -31,7 +31,10 @@ func (a rssMiB) max(b rssMiB) rssMiB {
 // samplerNanos is the CPU time sampleRSS has taken in this process: reading
 // every PostgreSQL process's smaps_rollup walks their page tables, and at
 // every two seconds it came to a quarter of what the process spent while
-// the pipeline drained. sampleCPU leaves it out of this process's CPU.
+// the pipeline drained. sampleCPU leaves it out of this process's CPU, but
+// it still competes with the pipeline for the cores (the floors run
+// unsampled), so the drain reads PostgreSQL's every tenth second only
+// (postgresEvery).
 var samplerNanos atomic.Int64
 
 // threadCPU is the CPU time (user and system) of the calling OS thread.
@@ -44,7 +47,12 @@ func threadCPU() int64 {
 }
 
 // sampleRSS reads every process's memory from /proc.
-func sampleRSS() rssMiB {
+func sampleRSS() rssMiB { return sampleMemory(true) }
+
+// sampleMemory reads the memory of membercenter, Kafka and ClickHouse from
+// /proc (each process's status: cheap), and PostgreSQL's too when
+// postgres (every process's smaps_rollup: dear).
+func sampleMemory(postgres bool) rssMiB {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	start := threadCPU()
@@ -60,6 +68,9 @@ func sampleRSS() rssMiB {
 		comm, _ := os.ReadFile("/proc/" + e.Name() + "/comm")
 		switch strings.TrimSpace(string(comm)) {
 		case "postgres":
+			if !postgres {
+				continue
+			}
 			pss += procKiB("/proc/"+e.Name()+"/smaps_rollup", "Pss:")
 		case "java":
 			r.kafka += procKiB("/proc/"+e.Name()+"/status", "VmRSS:") / 1024
