@@ -77,6 +77,7 @@ func (a Applier) ApplyBatch(ctx context.Context, evs []*mcv1.MemberEvent) (map[i
 	if err != nil {
 		return nil, err
 	}
+	a.Tags.Committed(tb)
 	refuse(rejected, trefused)
 	refuse(rejected, brefused)
 	return rejected, nil

@@ -29,7 +29,12 @@ type batchEvent struct {
 
 // Batch is a partition's batch of member events as the tag stage reads
 // them: the events it can apply, in order (PrepareBatch).
-type Batch struct{ todo []batchEvent }
+type Batch struct {
+	todo []batchEvent
+	// kept are the states the last attempt stored, for the state cache
+	// once its transaction committed (Committed).
+	kept []keptState
+}
 
 // Empty says whether the batch has nothing to apply.
 func (b *Batch) Empty() bool { return b == nil || len(b.todo) == 0 }
@@ -47,10 +52,25 @@ func (s *Service) ApplyBatch(ctx context.Context, evs []*mcv1.MemberEvent) (map[
 		return rejected, nil
 	}
 	inTx := func(ctx context.Context, fn func(pgx.Tx) error) error { return postgres.RetryTx(ctx, s.pool, fn) }
-	return changes.ApplyBatch(ctx, rejected, inTx, func(tx pgx.Tx, refused map[int]error) error {
+	rejected, err := changes.ApplyBatch(ctx, rejected, inTx, func(tx pgx.Tx, refused map[int]error) error {
 		_, err := s.ApplyPrepared(ctx, tx, b, refused)
 		return err
 	})
+	if err == nil {
+		s.Committed(b)
+	}
+	return rejected, err
+}
+
+// Committed tells the service that the transaction of b's last
+// ApplyPrepared committed: the states it stored may serve the next batches
+// (the state cache). Without it they are read again from PostgreSQL.
+func (s *Service) Committed(b *Batch) {
+	if b == nil {
+		return
+	}
+	s.states.put(b.kept)
+	b.kept = nil
 }
 
 // PrepareBatch reads a batch of member events: it refuses, by index, those
@@ -98,6 +118,7 @@ func (s *Service) ApplyPrepared(ctx context.Context, tx pgx.Tx, b *Batch, reject
 	if b.Empty() {
 		return nil, nil
 	}
+	b.kept = nil // an earlier attempt's states were not committed
 	todo, err := changes.Unprocessed(ctx, tx, Stage, b.todo, func(be batchEvent) string { return be.ev.GetEventId() })
 	if err != nil {
 		return nil, err
@@ -120,15 +141,36 @@ func (s *Service) ApplyPrepared(ctx context.Context, tx pgx.Tx, b *Batch, reject
 		}
 	}
 	slices.SortFunc(order, func(a, b uuid.UUID) int { return slices.Compare(a[:], b[:]) })
-	rows, err := postgres.LoadFeaturesBatch(ctx, tx, order, seen)
+	// States this stage stored last are taken out of the cache: used if
+	// their rows are still the ones stored, dropped otherwise.
+	cached := map[uuid.UUID]*State{}
+	known := map[uuid.UUID]uint32{}
+	for _, id := range order {
+		if e, ok := s.states.take(id); ok {
+			cached[id], known[id] = e.state, e.xmin
+		}
+	}
+	rows, err := postgres.LoadFeaturesBatch(ctx, tx, order, seen, known)
 	if err != nil {
 		return nil, err
 	}
 	writes := make([]*memberWrite, 0, len(order))
 	for _, id := range order {
 		m := members[id]
-		if err := m.take(rows[id]); err != nil {
+		row := rows[id]
+		var st *State
+		if row.Unchanged {
+			st = cached[id]
+		}
+		if err := m.takeCached(row, st); err != nil {
 			return nil, err
+		}
+		if s.states != nil && row.Exists {
+			if row.Unchanged {
+				s.states.hits.Add(1)
+			} else {
+				s.states.misses.Add(1)
+			}
 		}
 		var last *mcv1.MemberEvent
 		lastAt := -1
@@ -150,8 +192,17 @@ func (s *Service) ApplyPrepared(ctx context.Context, tx pgx.Tx, b *Batch, reject
 		}
 		writes = append(writes, w)
 	}
-	if err := s.flush(ctx, tx, writes); err != nil {
+	xmins, err := s.flush(ctx, tx, writes)
+	if err != nil {
 		return nil, err
+	}
+	if s.states != nil {
+		for _, w := range writes {
+			if x, ok := xmins[w.m.id]; ok {
+				b.kept = append(b.kept, keptState{member: w.m.id,
+					cachedState: cachedState{xmin: x, state: w.m.state, size: decodedSize(len(w.features.State))}})
+			}
+		}
 	}
 	return order, nil
 }

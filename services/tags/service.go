@@ -51,6 +51,8 @@ type Service struct {
 	// benefitLabels says whether a benefit depends on a label (nil: none
 	// does).
 	benefitLabels atomic.Pointer[func(label string) bool]
+	// states are the decoded states batches stored last (nil: none kept).
+	states *stateCache
 }
 
 // SetBenefitLabels tells the worker which labels benefits depend on: a
@@ -87,7 +89,8 @@ func New(pool *pgxpool.Pool, ch changes.Writer, log *slog.Logger) *Service {
 	if err != nil {
 		panic(fmt.Sprintf("embedded catalog.yaml: %v", err)) // covered by tests
 	}
-	return &Service{pool: pool, changes: ch, log: log, now: time.Now, cat: versioned.New(Catalogues, pool, log, c)}
+	return &Service{pool: pool, changes: ch, log: log, now: time.Now, cat: versioned.New(Catalogues, pool, log, c),
+		states: newStateCache(DefaultStateCacheBytes)}
 }
 
 // Catalog returns the catalogue in force.
@@ -169,8 +172,20 @@ func (s *Service) loadRest(ctx context.Context, tx pgx.Tx, m *memberState) error
 }
 
 // take takes the member's stored features.
-func (m *memberState) take(r *postgres.FeaturesRow) error {
+func (m *memberState) take(r *postgres.FeaturesRow) error { return m.takeCached(r, nil) }
+
+// takeCached takes the member's stored features, its state from cached
+// when the row is still the one cached (r.Unchanged: the state was not
+// read).
+func (m *memberState) takeCached(r *postgres.FeaturesRow, cached *State) error {
 	m.exists, m.version, m.catalog, m.dueAt, m.profiling, m.device = r.Exists, r.Version, r.CatalogVersion, r.DueAt, r.Profiling, r.DeviceShare
+	if r.Unchanged {
+		if cached == nil {
+			return fmt.Errorf("member %s: features read without their state, and none held", m.id)
+		}
+		m.state = cached
+		return nil
+	}
 	if r.State != nil {
 		st, err := DecodeState(r.State)
 		if err != nil {
@@ -282,7 +297,8 @@ func (s *Service) store(ctx context.Context, tx pgx.Tx, m *memberState, r *Refre
 	if err != nil {
 		return err
 	}
-	return s.flush(ctx, tx, []*memberWrite{w})
+	_, err = s.flush(ctx, tx, []*memberWrite{w})
+	return err
 }
 
 // memberWrite is what one member's recomputation writes.
@@ -346,9 +362,9 @@ func (s *Service) stage(ctx context.Context, m *memberState, r *Refreshed, cause
 
 // flush writes the members' staged writes in one round trip, each kind of
 // row in one statement.
-func (s *Service) flush(ctx context.Context, tx pgx.Tx, ws []*memberWrite) error {
+func (s *Service) flush(ctx context.Context, tx pgx.Tx, ws []*memberWrite) (map[uuid.UUID]uint32, error) {
 	if len(ws) == 0 {
-		return nil
+		return nil, nil
 	}
 	b := &pgx.Batch{}
 	var attrMembers []uuid.UUID
@@ -378,15 +394,16 @@ func (s *Service) flush(ctx context.Context, tx pgx.Tx, ws []*memberWrite) error
 	postgres.QueueProfileExports(b, exportMembers, exportVersions)
 	postgres.QueueOutbox(b, outbox)
 	postgres.QueueBenefitLabelChecks(b, benefitChecks)
-	postgres.QueueFeaturesBatch(b, features)
+	xmins := make(map[uuid.UUID]uint32, len(features))
+	postgres.QueueFeaturesBatch(b, features, func(m uuid.UUID, xmin uint32) { xmins[m] = xmin })
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
-		return fmt.Errorf("store labels: %w", err)
+		return nil, fmt.Errorf("store labels: %w", err)
 	}
 	for _, w := range ws {
 		m := w.m
 		m.version, m.catalog, m.dueAt, m.exists, m.attrsDirty = w.newVersion, s.Catalog().Version, w.newDue, true, false
 	}
-	return nil
+	return xmins, nil
 }
 
 // Diff lists the labels whose value changed from prev to next, in id order;
@@ -578,7 +595,7 @@ func (s *Service) sweepBatch(ctx context.Context, tx pgx.Tx, ids []uuid.UUID, lo
 // changed.
 func (s *Service) recomputeLocked(ctx context.Context, tx pgx.Tx, live []uuid.UUID, locked map[uuid.UUID]postgres.LockedMember,
 	cause func(uuid.UUID) string, ch mcv1.Channel, prepare func(*memberState)) (changed int, err error) {
-	rows, err := postgres.LoadFeaturesBatch(ctx, tx, live, nil)
+	rows, err := postgres.LoadFeaturesBatch(ctx, tx, live, nil, nil)
 	if err != nil {
 		return 0, err
 	}
@@ -605,7 +622,8 @@ func (s *Service) recomputeLocked(ctx context.Context, tx pgx.Tx, live []uuid.UU
 		}
 		writes = append(writes, w)
 	}
-	return changed, s.flush(ctx, tx, writes)
+	_, err = s.flush(ctx, tx, writes)
+	return changed, err
 }
 
 // RunSweeper sweeps every interval until ctx ends.

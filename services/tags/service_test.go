@@ -536,7 +536,7 @@ func TestSweepLocksMembersBeforeFeatures(t *testing.T) {
 		err := admin.QueryRow(c, `SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'`, dbName).Scan(&waiting)
 		return waiting > 0, err
 	})
-	if _, err := postgres.LoadFeaturesBatch(c, batch, members, nil); err != nil {
+	if _, err := postgres.LoadFeaturesBatch(c, batch, members, nil, nil); err != nil {
 		t.Fatalf("the batch's features: %v", err)
 	}
 	if err := batch.Commit(c); err != nil {

@@ -55,6 +55,12 @@ type FeaturesRow struct {
 	Profiling bool
 	// DeviceShare is the most members seen on one of the member's devices.
 	DeviceShare int
+	// Xmin is the transaction that wrote the row (its xmin): any write of
+	// the row, by whatever path, changes it.
+	Xmin uint32
+	// Unchanged: the row is the one written by the transaction the caller
+	// named (LoadFeaturesBatch's known), and State was not read.
+	Unchanged bool
 }
 
 // LoadFeatures records the devices the member was just seen on, then locks
@@ -136,7 +142,7 @@ type FeaturesWrite struct {
 }
 
 // QueueFeatures queues the upsert of a member's features.
-func QueueFeatures(b *pgx.Batch, f FeaturesWrite) { QueueFeaturesBatch(b, []FeaturesWrite{f}) }
+func QueueFeatures(b *pgx.Batch, f FeaturesWrite) { QueueFeaturesBatch(b, []FeaturesWrite{f}, nil) }
 
 // DueFeatures returns up to limit members whose features are due (a
 // window ended, a day passed) at now, most overdue first. It locks
@@ -309,8 +315,10 @@ type DeviceSighting struct {
 
 // LoadFeaturesBatch records the device sightings, then locks and reads the
 // members' features, profiling consents and device shares, in one round
-// trip: LoadFeatures for a batch of members.
-func LoadFeaturesBatch(ctx context.Context, tx pgx.Tx, members []uuid.UUID, seen []DeviceSighting) (map[uuid.UUID]*FeaturesRow, error) {
+// trip: LoadFeatures for a batch of members. A member in known whose row
+// the transaction known names wrote last (its xmin) is read without its
+// state (Unchanged): the caller holds that state already.
+func LoadFeaturesBatch(ctx context.Context, tx pgx.Tx, members []uuid.UUID, seen []DeviceSighting, known map[uuid.UUID]uint32) (map[uuid.UUID]*FeaturesRow, error) {
 	out := make(map[uuid.UUID]*FeaturesRow, len(members))
 	for _, m := range members {
 		out[m] = &FeaturesRow{Profiling: true}
@@ -325,15 +333,27 @@ func LoadFeaturesBatch(ctx context.Context, tx pgx.Tx, members []uuid.UUID, seen
 		b.Queue(`INSERT INTO device_members (device_hash, member_id) SELECT d, m FROM unnest($1::text[], $2::uuid[]) AS x(d, m)
 			ON CONFLICT DO NOTHING`, ds, ms)
 	}
-	b.Queue(`SELECT member_id, state, version, catalog_version, due_at FROM member_features
-		WHERE member_id = ANY($1) ORDER BY member_id FOR UPDATE`, members).
+	knownM := make([]uuid.UUID, 0, len(known))
+	knownX := make([]int64, 0, len(known))
+	for m, x := range known {
+		knownM, knownX = append(knownM, m), append(knownX, int64(x))
+	}
+	// xmin is compared as a number (xid has no = with bigint). A row locked
+	// after a concurrent write is the newest version, xmin and all.
+	b.Queue(`SELECT f.member_id, CASE WHEN f.xmin::text::bigint = k.x THEN NULL ELSE f.state END,
+		       f.xmin::text::bigint, f.xmin::text::bigint = k.x, f.version, f.catalog_version, f.due_at
+		  FROM member_features f LEFT JOIN unnest($2::uuid[], $3::bigint[]) AS k(m, x) ON k.m = f.member_id
+		 WHERE f.member_id = ANY($1) ORDER BY f.member_id FOR UPDATE OF f`, members, knownM, knownX).
 		Query(func(rows pgx.Rows) error {
 			for rows.Next() {
 				var id uuid.UUID
 				var r FeaturesRow
-				if err := rows.Scan(&id, &r.State, &r.Version, &r.CatalogVersion, &r.DueAt); err != nil {
+				var xmin int64
+				var unchanged *bool
+				if err := rows.Scan(&id, &r.State, &xmin, &unchanged, &r.Version, &r.CatalogVersion, &r.DueAt); err != nil {
 					return err
 				}
+				r.Xmin, r.Unchanged = uint32(xmin), unchanged != nil && *unchanged
 				if o := out[id]; o != nil {
 					r.Exists, r.Profiling = true, o.Profiling
 					*o = r
@@ -413,8 +433,9 @@ func QueueProfileExports(b *pgx.Batch, members []uuid.UUID, versions []int64) {
 }
 
 // QueueFeaturesBatch queues the upsert of members' features in one
-// statement.
-func QueueFeaturesBatch(b *pgx.Batch, fs []FeaturesWrite) {
+// statement; written, when not nil, is told each row's new xmin (the
+// transaction that wrote it, or its subtransaction) when the batch runs.
+func QueueFeaturesBatch(b *pgx.Batch, fs []FeaturesWrite, written func(member uuid.UUID, xmin uint32)) {
 	if len(fs) == 0 {
 		return
 	}
@@ -440,6 +461,20 @@ func QueueFeaturesBatch(b *pgx.Batch, fs []FeaturesWrite) {
 		  labels = CASE WHEN EXCLUDED.labels_pb IS NULL THEN member_features.labels ELSE '{}'::jsonb END,
 		  labels_pb = coalesce(EXCLUDED.labels_pb, member_features.labels_pb),
 		  catalog_version = EXCLUDED.catalog_version, version = EXCLUDED.version, due_at = EXCLUDED.due_at,
-		  updated_at = EXCLUDED.updated_at`,
-		members, states, pbs, catalogs, versions, dues, ats)
+		  updated_at = EXCLUDED.updated_at
+		RETURNING member_id, xmin::text::bigint`,
+		members, states, pbs, catalogs, versions, dues, ats).
+		Query(func(rows pgx.Rows) error {
+			for rows.Next() {
+				var id uuid.UUID
+				var xmin int64
+				if err := rows.Scan(&id, &xmin); err != nil {
+					return err
+				}
+				if written != nil {
+					written(id, uint32(xmin))
+				}
+			}
+			return rows.Err()
+		})
 }

@@ -86,7 +86,7 @@ func TestUnchangedLabelsAreKept(t *testing.T) {
 	write := func(fs ...postgres.FeaturesWrite) {
 		t.Helper()
 		b := &pgx.Batch{}
-		postgres.QueueFeaturesBatch(b, fs)
+		postgres.QueueFeaturesBatch(b, fs, nil)
 		if err := pool.SendBatch(ctx, b).Close(); err != nil {
 			t.Fatal(err)
 		}
