@@ -135,6 +135,10 @@ type Grant struct {
 	GrantedAt     time.Time
 	Cause         string
 	PendingRevoke bool
+	// stored: the grant was read from PostgreSQL, with storedPending its
+	// pending_revoke there; a grant made since (a new row, or one that
+	// replaced a stored one) has its pending_revoke written whatever it is.
+	stored, storedPending bool
 }
 
 // TierMove is one line of tier history.

@@ -85,3 +85,58 @@ func TestBenefitsFollowLabelChanges(t *testing.T) {
 		t.Error("the revocation published no member change")
 	}
 }
+
+// TestPendingRevokeIsStoredAsItChanges: a benefit revoked at the month's
+// end stays held, marked pending revocation, once its label stops holding;
+// the mark is stored when it is set and when it is lifted again, and a
+// check that changes nothing leaves it as it is.
+func TestPendingRevokeIsStoredAsItChanges(t *testing.T) {
+	f, c := begin(t)
+	src := bytes.Replace(benefits.DefaultProgramSource(), []byte("benefits:\n"),
+		[]byte("benefits:\n  - {id: sharer_badge, name: Sharer badge, labels: [sharer], revoke: end_of_month}\n"), 1)
+	f.useProgram(t, c, bytes.Replace(src, []byte("version: default-1"), []byte("version: badge-1"), 1))
+	m := f.member(t)
+	id := uuid.MustParse(m)
+	label := func(set bool) {
+		t.Helper()
+		b := &pgx.Batch{}
+		lm := postgres.LabelMembership{Member: id}
+		if set {
+			lm.Set = []string{"sharer"}
+		} else {
+			lm.Cleared = []string{"sharer"}
+		}
+		postgres.QueueLabelMembershipBatch(b, []postgres.LabelMembership{lm}, *f.clock)
+		postgres.QueueBenefitLabelChecks(b, []uuid.UUID{id})
+		if err := f.pool.SendBatch(c, b).Close(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.svc.CheckLabels(c, 100); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pending := func(when string) bool {
+		t.Helper()
+		var p bool
+		if err := f.pool.QueryRow(c, `SELECT pending_revoke FROM benefit_grants WHERE member_id = $1 AND benefit_id = 'sharer_badge'`, id).Scan(&p); err != nil {
+			t.Fatalf("sharer_badge %s: %v", when, err)
+		}
+		return p
+	}
+	label(true)
+	if pending("granted") {
+		t.Fatal("a benefit just granted is pending revocation")
+	}
+	label(false)
+	if !pending("once the label stopped holding") {
+		t.Fatal("the benefit whose label stopped holding is not marked for revocation at the month's end")
+	}
+	label(false) // checked again, nothing changes
+	if !pending("checked again") {
+		t.Fatal("a check that changed nothing lifted the pending revocation")
+	}
+	label(true)
+	if pending("once the label holds again") {
+		t.Fatal("the pending revocation stayed after the label held again")
+	}
+}

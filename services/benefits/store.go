@@ -117,7 +117,7 @@ func toState(member uuid.UUID, rows postgres.LoyaltyRows, p *Program) (*State, e
 		st.Issued[r.Template]++
 	}
 	for _, g := range rows.Grants {
-		st.Grants[g.Benefit] = &Grant{GrantedAt: g.GrantedAt, Cause: g.Cause, PendingRevoke: g.PendingRevoke}
+		st.Grants[g.Benefit] = &Grant{GrantedAt: g.GrantedAt, Cause: g.Cause, PendingRevoke: g.PendingRevoke, stored: true, storedPending: g.PendingRevoke}
 	}
 	for _, r := range rows.OrderRows {
 		o := &Order{OrderID: r.OrderID, MemberID: r.Member.String(), Origin: r.Origin.String(), At: r.At, Total: r.Total, Paid: r.Paid,
@@ -343,8 +343,14 @@ func (s *Service) stageState(w *postgres.LoyaltyWrites, st *State) {
 		}
 		c.dirty, c.isNew = false, false
 	}
+	// Only what changed: every batch held every grant of its members, and
+	// wrote each back unchanged.
 	for id, g := range st.Grants {
+		if g.stored && g.PendingRevoke == g.storedPending {
+			continue
+		}
 		w.PendingRevokes = append(w.PendingRevokes, postgres.PendingRevoke{Member: member, Benefit: id, Pending: g.PendingRevoke})
+		g.stored, g.storedPending = true, g.PendingRevoke
 	}
 	for _, o := range st.Orders {
 		if !o.dirty {
