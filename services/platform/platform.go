@@ -57,6 +57,7 @@ type Config struct {
 	Server     server.Config
 	Identity   identity.Config
 	Profile    profile.Config
+	Tags       tags.Config
 	Auth       auth.Config
 }
 
@@ -73,7 +74,7 @@ func LoadConfig(ctx context.Context) (Config, error) {
 // Validate reports every problem with the config at once.
 func (c Config) Validate() error {
 	return errors.Join(c.Postgres.Validate(), c.KeyStore.Validate(), c.ClickHouse.Validate(), c.Kafka.Validate(), c.Ingest.Validate(),
-		c.Telemetry.Validate(), c.Server.Validate(), c.Identity.Validate(), c.Profile.Validate(), c.Auth.Validate())
+		c.Telemetry.Validate(), c.Server.Validate(), c.Identity.Validate(), c.Profile.Validate(), c.Tags.Validate(), c.Auth.Validate())
 }
 
 // LogValue renders the effective configuration with secrets masked.
@@ -95,6 +96,7 @@ func (c Config) LogValue() slog.Value {
 		slog.Duration("kafka_session_timeout", c.Kafka.SessionTimeout),
 		slog.Duration("record_retry_limit", c.Kafka.RecordRetryLimit),
 		slog.Int("max_event_bytes", c.Ingest.MaxEventBytes),
+		slog.Int64("tag_state_cache_bytes", c.Tags.StateCacheBytes),
 		slog.Duration("event_max_age", c.Ingest.EventMaxAge),
 		slog.Duration("event_max_ahead", c.Ingest.EventMaxAhead),
 		slog.String("grpc", c.Server.GRPCAddr),
@@ -427,6 +429,7 @@ func (p *Platform) domain(now func() time.Time, clickhouseNeeded bool) (*domain,
 	benefitSvc.SetClock(now)
 	tagSvc := tags.New(p.pool, cw, log)
 	tagSvc.SetClock(now)
+	tagSvc.SetStateCache(p.cfg.Tags.StateCacheBytes)
 	// Merges carry the members' loyalty data and features along.
 	idSvc.AddMemberData(benefitSvc)
 	idSvc.AddMemberData(tagSvc)

@@ -258,6 +258,11 @@ func TestConfigAndSelection(t *testing.T) {
 	if err := bad.Validate(); err == nil || !strings.Contains(err.Error(), "MC_OUTBOX_RETENTION") {
 		t.Errorf("a negative outbox retention: %v; want MC_OUTBOX_RETENTION named", err)
 	}
+	bad = cfg
+	bad.Tags.StateCacheBytes = -1
+	if err := bad.Validate(); err == nil || !strings.Contains(err.Error(), "MC_TAG_STATE_CACHE_BYTES") {
+		t.Errorf("a negative state cache: %v; want MC_TAG_STATE_CACHE_BYTES named", err)
+	}
 	if got, err := platform.ParseSelection("stage", "ingest, sink,ingest", platform.AllStages); err != nil || len(got) != 2 || got[1] != "clickhouse-sink" {
 		t.Errorf("ingest, sink, ingest → %v, %v; want [ingest clickhouse-sink]", got, err)
 	}

@@ -1,6 +1,7 @@
 package tags
 
 import (
+	"fmt"
 	"sync"
 	"sync/atomic"
 
@@ -11,6 +12,25 @@ import (
 // DefaultStateCacheBytes bounds the decoded feature states a Service keeps
 // between batches (SetStateCache).
 const DefaultStateCacheBytes = 64 << 20
+
+// Config is the tag stage's part of the environment.
+type Config struct {
+	// StateCacheBytes bounds the decoded feature states the stage keeps
+	// between batches (estimated at three times their stored size); 0
+	// keeps none.
+	StateCacheBytes int64 `env:"MC_TAG_STATE_CACHE_BYTES, default=67108864"`
+}
+
+// maxStateCacheBytes is the most the cache may be given: 64 GiB.
+const maxStateCacheBytes = 64 << 30
+
+// Validate reports what is wrong with the config.
+func (c Config) Validate() error {
+	if c.StateCacheBytes < 0 || c.StateCacheBytes > maxStateCacheBytes {
+		return fmt.Errorf("MC_TAG_STATE_CACHE_BYTES %d: want 0 (no cache) to %d", c.StateCacheBytes, int64(maxStateCacheBytes))
+	}
+	return nil
+}
 
 // stateCache keeps the decoded feature states of the members the stage
 // wrote last, so that a member met again is not read and decoded again.
