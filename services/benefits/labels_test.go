@@ -23,6 +23,24 @@ func sharerProgramme(t *testing.T, f *fixture) {
 	f.useProgram(t, ctx(t), src)
 }
 
+// setSharer sets or clears the member's sharer label, as the tag stage
+// does, and queues the member for the benefits' label check.
+func setSharer(t *testing.T, f *fixture, member uuid.UUID, set bool) {
+	t.Helper()
+	b := &pgx.Batch{}
+	lm := postgres.LabelMembership{Member: member}
+	if set {
+		lm.Set = []string{"sharer"}
+	} else {
+		lm.Cleared = []string{"sharer"}
+	}
+	postgres.QueueLabelMembershipBatch(b, []postgres.LabelMembership{lm}, *f.clock)
+	postgres.QueueBenefitLabelChecks(b, []uuid.UUID{member})
+	if err := f.pool.SendBatch(ctx(t), b).Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestBenefitsFollowLabelChanges: a member queued because a label a benefit
 // depends on changed gets the benefit when the label holds and loses it
 // when it no longer does, once per queued change; a label no benefit reads
@@ -35,21 +53,7 @@ func TestBenefitsFollowLabelChanges(t *testing.T) {
 	}
 	m := f.member(t)
 	id := uuid.MustParse(m)
-	labelAndQueue := func(set bool) {
-		t.Helper()
-		b := &pgx.Batch{}
-		lm := postgres.LabelMembership{Member: id}
-		if set {
-			lm.Set = []string{"sharer"}
-		} else {
-			lm.Cleared = []string{"sharer"}
-		}
-		postgres.QueueLabelMembershipBatch(b, []postgres.LabelMembership{lm}, *f.clock)
-		postgres.QueueBenefitLabelChecks(b, []uuid.UUID{id})
-		if err := f.pool.SendBatch(c, b).Close(); err != nil {
-			t.Fatal(err)
-		}
-	}
+	labelAndQueue := func(set bool) { t.Helper(); setSharer(t, f, id, set) }
 	holds := func() bool {
 		t.Helper()
 		return slices.Contains(f.benefitIDs(t, c, m), "sharer_perk")
@@ -99,18 +103,7 @@ func TestPendingRevokeIsStoredAsItChanges(t *testing.T) {
 	id := uuid.MustParse(m)
 	label := func(set bool) {
 		t.Helper()
-		b := &pgx.Batch{}
-		lm := postgres.LabelMembership{Member: id}
-		if set {
-			lm.Set = []string{"sharer"}
-		} else {
-			lm.Cleared = []string{"sharer"}
-		}
-		postgres.QueueLabelMembershipBatch(b, []postgres.LabelMembership{lm}, *f.clock)
-		postgres.QueueBenefitLabelChecks(b, []uuid.UUID{id})
-		if err := f.pool.SendBatch(c, b).Close(); err != nil {
-			t.Fatal(err)
-		}
+		setSharer(t, f, id, set)
 		if _, err := f.svc.CheckLabels(c, 100); err != nil {
 			t.Fatal(err)
 		}

@@ -64,18 +64,9 @@ func protojsonString(m *mcv1.MemberChange) string {
 func appendLabelsChanged(b []byte, lc *mcv1.LabelsChanged) ([]byte, bool) {
 	b = append(b, '{')
 	first := true
-	field := func(name string) {
-		if !first {
-			b = append(b, ',')
-		}
-		first = false
-		b = append(b, '"')
-		b = append(b, name...)
-		b = append(b, '"', ':')
-	}
 	ok := true
 	if ls := lc.GetLabels(); len(ls) > 0 {
-		field("labels")
+		b = appendName(b, &first, "labels")
 		b = append(b, '[')
 		for i, l := range ls {
 			if i > 0 {
@@ -88,7 +79,7 @@ func appendLabelsChanged(b []byte, lc *mcv1.LabelsChanged) ([]byte, bool) {
 		b = append(b, ']')
 	}
 	if v := lc.GetCatalogVersion(); v != "" {
-		field("catalogVersion")
+		b = appendName(b, &first, "catalogVersion")
 		if b, ok = appendString(b, v); !ok {
 			return b, false
 		}
@@ -99,18 +90,9 @@ func appendLabelsChanged(b []byte, lc *mcv1.LabelsChanged) ([]byte, bool) {
 func appendLabelValue(b []byte, l *mcv1.LabelValue) ([]byte, bool) {
 	b = append(b, '{')
 	first := true
-	field := func(name string) {
-		if !first {
-			b = append(b, ',')
-		}
-		first = false
-		b = append(b, '"')
-		b = append(b, name...)
-		b = append(b, '"', ':')
-	}
 	ok := true
 	if id := l.GetLabelId(); id != "" {
-		field("labelId")
+		b = appendName(b, &first, "labelId")
 		if b, ok = appendString(b, id); !ok {
 			return b, false
 		}
@@ -118,28 +100,40 @@ func appendLabelValue(b []byte, l *mcv1.LabelValue) ([]byte, bool) {
 	// A value set in the oneof is written even when it is the zero value.
 	switch v := l.GetValue().(type) {
 	case *mcv1.LabelValue_BoolValue:
-		field("boolValue")
+		b = appendName(b, &first, "boolValue")
 		b = strconv.AppendBool(b, v.BoolValue)
 	case *mcv1.LabelValue_EnumValue:
-		field("enumValue")
+		b = appendName(b, &first, "enumValue")
 		if b, ok = appendString(b, v.EnumValue); !ok {
 			return b, false
 		}
 	case *mcv1.LabelValue_NumberValue:
-		field("numberValue")
+		b = appendName(b, &first, "numberValue")
 		b = appendFloat(b, v.NumberValue)
 	}
 	if l.GetCleared() {
-		field("cleared")
+		b = appendName(b, &first, "cleared")
 		b = append(b, "true"...)
 	}
 	if t := l.GetComputedAt(); t != nil {
-		field("computedAt")
+		b = appendName(b, &first, "computedAt")
 		if b, ok = appendTimestamp(b, t); !ok {
 			return b, false
 		}
 	}
 	return append(b, '}'), true
+}
+
+// appendName appends the name of an object's member, after a comma unless
+// it is the first (first says so, and is then cleared).
+func appendName(b []byte, first *bool, name string) []byte {
+	if !*first {
+		b = append(b, ',')
+	}
+	*first = false
+	b = append(b, '"')
+	b = append(b, name...)
+	return append(b, '"', ':')
 }
 
 // appendString is protojson's string: quotes, backslashes and control
@@ -181,8 +175,8 @@ func appendString(b []byte, s string) ([]byte, bool) {
 	return append(b, '"'), true
 }
 
-// appendFloat is protojson's double: encoding/json's form, and NaN and the
-// infinities as strings.
+// appendFloat is protojson's double: encoding/json's form
+// (AppendJSONNumber), and NaN and the infinities as strings.
 func appendFloat(b []byte, n float64) []byte {
 	switch {
 	case math.IsNaN(n):
@@ -192,11 +186,16 @@ func appendFloat(b []byte, n float64) []byte {
 	case math.IsInf(n, -1):
 		return append(b, `"-Infinity"`...)
 	}
+	return AppendJSONNumber(b, n)
+}
+
+// AppendJSONNumber appends a finite number as encoding/json writes it.
+func AppendJSONNumber(b []byte, f float64) []byte {
 	format := byte('f')
-	if abs := math.Abs(n); abs != 0 && (abs < 1e-6 || abs >= 1e21) {
+	if abs := math.Abs(f); abs != 0 && (abs < 1e-6 || abs >= 1e21) {
 		format = 'e'
 	}
-	b = strconv.AppendFloat(b, n, format, -1, 64)
+	b = strconv.AppendFloat(b, f, format, -1, 64)
 	if format == 'e' {
 		// e-07 → e-7, as encoding/json writes it.
 		if l := len(b); l >= 4 && b[l-4] == 'e' && b[l-3] == '-' && b[l-2] == '0' {

@@ -15,6 +15,7 @@ import (
 
 	tagstatev1 "github.com/membercenter/membercenter/proto/gen/membercenter/tagstate/v1"
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
+	"github.com/membercenter/membercenter/services/facts"
 )
 
 // codecStates are states as the worker stores them: histories of every
@@ -286,7 +287,7 @@ func TestEncodeLabelsFromRefresh(t *testing.T) {
 func TestLabelsJSONNumbers(t *testing.T) {
 	for _, f := range []float64{0, 1, -1, 0.1, 1e-7, -2.5e-9, 1e21, 123456789.125, 1e20, math.MaxFloat64, math.SmallestNonzeroFloat64} {
 		want, _ := json.Marshal(f)
-		if got := appendJSONNumber(nil, f); string(got) != string(want) {
+		if got := facts.AppendJSONNumber(nil, f); string(got) != string(want) {
 			t.Errorf("%v: %s, encoding/json %s", f, got, want)
 		}
 	}

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
+	"github.com/membercenter/membercenter/services/facts"
 )
 
 // engineVersion numbers how aggregates and features are computed from a
@@ -554,26 +555,9 @@ func appendLabelJSON(b, key []byte, l *Label, v lval) []byte {
 	case TypeBool:
 		return strconv.AppendBool(b, v.b)
 	case TypeNumber:
-		return appendJSONNumber(b, v.f)
+		return facts.AppendJSONNumber(b, v.f)
 	}
 	return appendJSONString(b, l.Values[v.e])
-}
-
-// appendJSONNumber writes a finite number as encoding/json does.
-func appendJSONNumber(b []byte, f float64) []byte {
-	format := byte('f')
-	if abs := math.Abs(f); abs != 0 && (abs < 1e-6 || abs >= 1e21) {
-		format = 'e'
-	}
-	b = strconv.AppendFloat(b, f, format, -1, 64)
-	if format == 'e' {
-		// clean up e-09 to e-9
-		if n := len(b); n >= 4 && b[n-4] == 'e' && b[n-3] == '-' && b[n-2] == '0' {
-			b[n-2] = b[n-1]
-			b = b[:n-1]
-		}
-	}
-	return b
 }
 
 // appendJSONString writes s as a JSON string (labels and enum values are
