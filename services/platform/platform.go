@@ -331,6 +331,13 @@ func (p *Platform) Run(ctx context.Context, o Options) error {
 			c()
 		}
 	}()
+	if slices.Contains(o.Stages, tags.Stage) {
+		reg, err := d.tags.RegisterMetrics(p.tel.Meters)
+		if err != nil {
+			return err
+		}
+		ps.closer(func() { _ = reg.Unregister() })
+	}
 	var groups []string
 	for _, st := range stages {
 		if !slices.Contains(o.Stages, st.name) {

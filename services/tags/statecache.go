@@ -1,12 +1,15 @@
 package tags
 
 import (
+	"context"
 	"fmt"
 	"sync"
 	"sync/atomic"
 
 	"github.com/google/uuid"
 	"github.com/hashicorp/golang-lru/v2/simplelru"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
 )
 
 // DefaultStateCacheBytes bounds the decoded feature states a Service keeps
@@ -134,4 +137,36 @@ func (s *Service) StateCacheHits() (hits, misses int64) {
 		return 0, 0
 	}
 	return s.states.hits.Load(), s.states.misses.Load()
+}
+
+// RegisterMetrics exports the state cache's counts: mc.tags.state_cache.loads
+// (stored states a batch loaded, by result: hit, the cached state served;
+// miss, read and decoded) and mc.tags.state_cache.size (the estimated bytes
+// held), to size MC_TAG_STATE_CACHE_BYTES by. Unregister stops them.
+func (s *Service) RegisterMetrics(mp metric.MeterProvider) (metric.Registration, error) {
+	m := mp.Meter("github.com/membercenter/membercenter/services/tags")
+	loads, err := m.Int64ObservableCounter("mc.tags.state_cache.loads",
+		metric.WithDescription("Stored feature states the tag stage loaded, by whether its cache served them"), metric.WithUnit("{state}"))
+	if err != nil {
+		return nil, fmt.Errorf("state cache loads: %w", err)
+	}
+	size, err := m.Int64ObservableGauge("mc.tags.state_cache.size",
+		metric.WithDescription("Estimated memory of the decoded feature states the tag stage keeps"), metric.WithUnit("By"))
+	if err != nil {
+		return nil, fmt.Errorf("state cache size: %w", err)
+	}
+	hit, miss := metric.WithAttributes(attribute.String("result", "hit")), metric.WithAttributes(attribute.String("result", "miss"))
+	return m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		c := s.states
+		if c == nil {
+			return nil
+		}
+		o.ObserveInt64(loads, c.hits.Load(), hit)
+		o.ObserveInt64(loads, c.misses.Load(), miss)
+		c.mu.Lock()
+		held := c.bytes
+		c.mu.Unlock()
+		o.ObserveInt64(size, held)
+		return nil
+	}, loads, size)
 }

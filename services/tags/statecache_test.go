@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
@@ -156,5 +158,54 @@ func TestStateCacheChangesNothing(t *testing.T) {
 	}
 	if h, m := read.svc.StateCacheHits(); h != 0 || m != 0 {
 		t.Errorf("without a cache: %d hits, %d misses", h, m)
+	}
+}
+
+// TestStateCacheMetrics: the cache's loads are exported by result, and its
+// size, so that an operator can size MC_TAG_STATE_CACHE_BYTES.
+func TestStateCacheMetrics(t *testing.T) {
+	f, c := begin(t)
+	reader := sdkmetric.NewManualReader()
+	reg, err := f.svc.RegisterMetrics(sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = reg.Unregister() }()
+	m := f.member(t)
+	f.apply(t, c, purchase("p1", m, t0.Add(-2*time.Hour), 1000, "coffee")) // a new member: no stored state
+	f.apply(t, c, purchase("p2", m, t0.Add(-time.Hour), 2000, "coffee"))   // the state p1 stored, kept
+	f.apply(t, c, purchase("p3", m, t0, 3000, "bakery"))                   // kept again
+	if _, err := f.pool.Exec(c, `UPDATE member_features SET updated_at = updated_at WHERE member_id = $1`, m); err != nil {
+		t.Fatal(err) // another writer: the kept state no longer serves
+	}
+	f.apply(t, c, purchase("p4", m, t0, 500, "bakery"))
+	var rm metricdata.ResourceMetrics
+	if err := reader.Collect(c, &rm); err != nil {
+		t.Fatal(err)
+	}
+	loads := map[string]int64{}
+	var size int64 = -1
+	for _, sm := range rm.ScopeMetrics {
+		for _, x := range sm.Metrics {
+			switch d := x.Data.(type) {
+			case metricdata.Sum[int64]:
+				if x.Name == "mc.tags.state_cache.loads" {
+					for _, p := range d.DataPoints {
+						r, _ := p.Attributes.Value("result")
+						loads[r.AsString()] = p.Value
+					}
+				}
+			case metricdata.Gauge[int64]:
+				if x.Name == "mc.tags.state_cache.size" && len(d.DataPoints) == 1 {
+					size = d.DataPoints[0].Value
+				}
+			}
+		}
+	}
+	if loads["hit"] != 2 || loads["miss"] != 1 {
+		t.Errorf("state cache loads %v; want 2 hits (p2, p3) and 1 miss (p4, after another write)", loads)
+	}
+	if size <= 0 {
+		t.Errorf("state cache size %d; want the kept state's estimate", size)
 	}
 }
