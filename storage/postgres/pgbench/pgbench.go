@@ -55,6 +55,20 @@ func CreateDatabase(ctx context.Context, q postgres.Querier, db string) error {
 	return nil
 }
 
+// CopyDatabase makes db a fresh copy of template, dropping any db there
+// was (and ending its sessions). Nothing may be connected to template. The
+// files are copied (STRATEGY FILE_COPY), not written through the WAL: a
+// benchmark's database is gigabytes.
+func CopyDatabase(ctx context.Context, q postgres.Querier, template, db string) error {
+	if _, err := q.Exec(ctx, `DROP DATABASE IF EXISTS `+pgx.Identifier{db}.Sanitize()+` WITH (FORCE)`); err != nil {
+		return fmt.Errorf("drop database %s: %w", db, err)
+	}
+	if _, err := q.Exec(ctx, `CREATE DATABASE `+pgx.Identifier{db}.Sanitize()+` TEMPLATE `+pgx.Identifier{template}.Sanitize()+` STRATEGY FILE_COPY`); err != nil {
+		return fmt.Errorf("copy database %s to %s: %w", template, db, err)
+	}
+	return nil
+}
+
 // Analyze refreshes the planner's statistics of tables, after a VACUUM
 // when vacuum is set.
 func Analyze(ctx context.Context, q postgres.Querier, vacuum bool, tables ...string) error {
