@@ -34,7 +34,7 @@ func TestCopyDatabase(t *testing.T) {
 	if err := pgbench.CreateDatabase(ctx, admin, tmpl); err != nil {
 		t.Fatal(err)
 	}
-	exec := func(db, sql string) {
+	connect := func(db string) *pgx.Conn {
 		t.Helper()
 		u, err := pgbench.DatabaseURL(pgtest.AdminURL(), db)
 		if err != nil {
@@ -44,21 +44,20 @@ func TestCopyDatabase(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer c.Close(ctx)
+		t.Cleanup(func() { c.Close(context.Background()) })
+		return c
+	}
+	exec := func(db, sql string) {
+		t.Helper()
+		c := connect(db)
 		if _, err := c.Exec(ctx, sql); err != nil {
 			t.Fatal(err)
 		}
+		c.Close(ctx)
 	}
 	count := func(db string) int {
 		t.Helper()
-		u, err := pgbench.DatabaseURL(pgtest.AdminURL(), db)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c, err := pgx.Connect(ctx, u)
-		if err != nil {
-			t.Fatal(err)
-		}
+		c := connect(db)
 		defer c.Close(ctx)
 		var n int
 		if err := c.QueryRow(ctx, `SELECT count(*) FROM history`).Scan(&n); err != nil {
