@@ -266,7 +266,7 @@ func benchPipeline(ctx context.Context, e *platformtest.Env, members int, o pipe
 	if r.url, err = pgbench.DatabaseURL(e.Config.Postgres.URL, runDB); err != nil {
 		return res, err
 	}
-	if err := r.open(ctx); err != nil {
+	if err := r.openPlatform(ctx); err != nil {
 		return res, err
 	}
 
@@ -390,14 +390,20 @@ func (r *pipelineRun) openTopics(ctx context.Context, extra ...string) (func(), 
 	return func() { topics.close() }, nil
 }
 
-// open builds the platform over the run's database and topics, and the
-// run's workload generator.
-func (r *pipelineRun) open(ctx context.Context) error {
+// openPlatform builds the platform over the run's database and topics.
+func (r *pipelineRun) openPlatform(ctx context.Context) error {
 	pcfg := r.e.Config
 	pcfg.Postgres.URL = r.url
 	pcfg.Kafka = r.kcfg
 	var err error
-	if r.p, err = platform.Open(ctx, pcfg, r.e.Tel); err != nil {
+	r.p, err = platform.Open(ctx, pcfg, r.e.Tel)
+	return err
+}
+
+// open builds the platform over the run's database and topics, and the
+// run's workload generator.
+func (r *pipelineRun) open(ctx context.Context) error {
+	if err := r.openPlatform(ctx); err != nil {
 		return err
 	}
 	r.g = loadgen.New(loadgen.Config{Seed: r.o.seed, Members: r.members, Days: 90, Events: r.o.events, IDPrefix: r.run, CouponRate: -1})

@@ -1,6 +1,7 @@
 package facts
 
 import (
+	"bytes"
 	"math"
 	"math/bits"
 	"strconv"
@@ -45,7 +46,7 @@ func changePayload(m *mcv1.MemberChange) string {
 	var b strings.Builder
 	b.Grow(len(env) + len(labels) + 20)
 	b.Write(env[:len(env)-1])
-	if strings.TrimSpace(string(env[1:len(env)-1])) != "" {
+	if len(bytes.TrimSpace(env[1:len(env)-1])) > 0 {
 		b.WriteByte(',')
 	}
 	b.WriteString(`"labelsChanged":`)

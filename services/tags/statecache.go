@@ -110,6 +110,9 @@ func (c *stateCache) put(kept []keptState) {
 		if k.size > c.budget/4 {
 			continue // a state that large would evict most others
 		}
+		// A state kept already (another worker's, met through a merge)
+		// leaves through the eviction callback, which keeps bytes right.
+		c.lru.Remove(k.member)
 		c.lru.Add(k.member, k.cachedState)
 		c.bytes += k.size
 		for c.bytes > c.budget {
@@ -161,8 +164,9 @@ func (s *Service) RegisterMetrics(mp metric.MeterProvider) (metric.Registration,
 		if c == nil {
 			return nil
 		}
-		o.ObserveInt64(loads, c.hits.Load(), hit)
-		o.ObserveInt64(loads, c.misses.Load(), miss)
+		hits, misses := s.StateCacheHits()
+		o.ObserveInt64(loads, hits, hit)
+		o.ObserveInt64(loads, misses, miss)
 		c.mu.Lock()
 		held := c.bytes
 		c.mu.Unlock()

@@ -2,7 +2,8 @@ package pgbench_test
 
 import (
 	"context"
-	"fmt"
+	"net/url"
+	"strings"
 	"testing"
 	"time"
 
@@ -17,23 +18,22 @@ import (
 func TestCopyDatabase(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
+	u, err := url.Parse(pgtest.NewDB(t)) // the template, dropped when the test ends
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := strings.TrimPrefix(u.Path, "/")
+	run := tmpl + "_run"
 	admin, err := pgx.Connect(ctx, pgtest.AdminURL())
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer admin.Close(ctx)
-	suffix := fmt.Sprintf("%d", time.Now().UnixNano()%1_000_000_000)
-	tmpl, run := "mc_test_copy_tmpl_"+suffix, "mc_test_copy_run_"+suffix
 	defer func() { // before admin closes
-		for _, db := range []string{run, tmpl} {
-			if _, err := admin.Exec(context.Background(), `DROP DATABASE IF EXISTS `+db+` WITH (FORCE)`); err != nil {
-				t.Errorf("drop %s: %v", db, err)
-			}
+		if _, err := admin.Exec(context.Background(), `DROP DATABASE IF EXISTS `+run+` WITH (FORCE)`); err != nil {
+			t.Errorf("drop %s: %v", run, err)
 		}
 	}()
-	if err := pgbench.CreateDatabase(ctx, admin, tmpl); err != nil {
-		t.Fatal(err)
-	}
 	connect := func(db string) *pgx.Conn {
 		t.Helper()
 		u, err := pgbench.DatabaseURL(pgtest.AdminURL(), db)
