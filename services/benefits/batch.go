@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math"
 	"slices"
 	"time"
 
@@ -229,12 +230,15 @@ func (s *Service) loadBatch(ctx context.Context, tx pgx.Tx, p *Program, todo []b
 // loadsOf says what to load of each member: activity from the year before
 // its earliest event, campaign usage of every day and month its events fall
 // in, the orders they name, and its open lots: one by one when an
-// operation can change them (needsEachLot) or eachLotAlways, else the ones
-// expiring by its operations' times (and, when a call is among them, the
-// ones pending at the first) and the sum of the others.
+// operation can change them other than by spending (lotsReadOf) or
+// eachLotAlways, else the ones expiring by its operations' times, and,
+// when a call is among them or they spend points, the ones pending at the
+// first that become available by the last, the ones they may spend in
+// spending order (as many as hold the points they spend together), and
+// sums of the others.
 func loadsOf(p *Program, ops []batchOp, eachLotAlways bool) []postgres.LoyaltyLoad {
 	byMember := map[uuid.UUID]*postgres.LoyaltyLoad{}
-	eachLot, withCall := map[uuid.UUID]bool{}, map[uuid.UUID]bool{}
+	eachLot, withCall, spend := map[uuid.UUID]bool{}, map[uuid.UUID]bool{}, map[uuid.UUID]int64{}
 	var order []uuid.UUID
 	for _, b := range ops {
 		l := byMember[b.member]
@@ -253,12 +257,16 @@ func loadsOf(p *Program, ops []batchOp, eachLotAlways bool) []postgres.LoyaltyLo
 			l.Orders = append(l.Orders, b.op.OrderID)
 		}
 		// Lots one by one only for a member with an operation that can
-		// change them; otherwise those expiring by its last operation, and
-		// with a call (its answer says how many points are available)
-		// those pending at its first, and the sum of the others.
-		if eachLotAlways || needsEachLot(b.op) || b.op.At.IsZero() {
+		// change them other than by spending; otherwise those expiring by
+		// its last operation, and with a call (its answer says how many
+		// points are available) or a spending (which must know) those
+		// pending at its first, the ones spent first, and sums of the
+		// others.
+		r := lotsReadOf(b.op)
+		if eachLotAlways || r.each || b.op.At.IsZero() {
 			eachLot[b.member] = true
 		}
+		spend[b.member] = min(spend[b.member], math.MaxInt64-r.spend) + r.spend // (saturating)
 		if b.op.At.After(l.SettledAfter) {
 			l.SettledAfter = b.op.At
 		}
@@ -275,6 +283,8 @@ func loadsOf(p *Program, ops []batchOp, eachLotAlways bool) []postgres.LoyaltyLo
 		switch {
 		case eachLot[m]:
 			out[i].SettledAfter, out[i].AvailableFrom = time.Time{}, time.Time{}
+		case spend[m] > 0:
+			out[i].SpendUpTo = spend[m]
 		case !withCall[m]:
 			out[i].AvailableFrom = time.Time{}
 		}
@@ -349,7 +359,7 @@ func (s *Service) applyMember(ctx context.Context, tx pgx.Tx, w *postgres.Loyalt
 		}
 		for _, l := range st.Lots {
 			if l.settled && l.dirty {
-				// needsEachLot let through an operation that changes lots.
+				// lotsReadOf let through an operation that changes them.
 				return nil, fmt.Errorf("member %s: an operation changed the settled lots loaded as one sum", member)
 			}
 		}

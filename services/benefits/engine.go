@@ -56,31 +56,43 @@ type Lot struct {
 	TxnKind     string // the ledger transaction that created it
 	dirty       bool
 	txn         uuid.UUID // the transaction that created a new lot (store only)
-	// settled marks the sum of the open lots an operation that only adds
-	// points cannot change (they count in the balance throughout its
-	// time), loaded as one (postgres.LoyaltyLoad.SettledAfter): it counts
-	// in the balance and is never spent, expired or written. It is
-	// available only when the lots pending at the operation's time were
-	// read one by one (AvailableFrom); otherwise what it says of
-	// availability is not read.
+	// settled marks the sum of the open lots an operation cannot change
+	// (they count in the balance throughout its time, and it spends no
+	// more points than the lots read before them in spending order hold),
+	// loaded as one (postgres.LoyaltyLoad.SettledAfter): it counts in the
+	// balance and is never spent, expired or written. It is available only
+	// when the lots pending at the operation's time were read
+	// (AvailableFrom); otherwise what it says of availability is not
+	// read. The sum of the lots pending throughout is another such lot,
+	// never available.
 	settled bool
 }
 
-// needsEachLot says whether op can change an existing lot — spend from it,
-// take a refund back from it, replace it — so that its member's open lots
-// must be loaded one by one; an operation that does not reads no more of
-// them than the balance they add up to, the lots that expire by its time
-// and, to say how many points are available, the lots pending at its time.
-func needsEachLot(op Op) bool {
+// lotsRead says how an operation reads its member's open lots: each, every
+// one one by one; otherwise the ones expiring by its time, the ones pending
+// at its time (to say how many points are available), and, in the order
+// points are spent, as many of the others as hold spend points, with the
+// rest summed.
+type lotsRead struct {
+	each  bool
+	spend int64
+}
+
+// lotsReadOf says how op reads its member's open lots: one by one when it
+// can change an existing lot other than by spending from it — take a
+// refund back, replace it — else as far as the points it may spend.
+func lotsReadOf(op Op) lotsRead {
 	switch op.Kind {
 	case OpPurchase:
-		return op.RedeemPoints > 0
+		return lotsRead{spend: max(op.RedeemPoints, 0)}
 	case OpAdjust:
-		return op.Points < 0
+		return lotsRead{spend: max(-op.Points, 0)}
+	case OpRedeem:
+		return lotsRead{spend: max(op.Points, 0)}
 	case OpCheckIn, OpReferral, OpSignUp, OpAdvance, OpIssueCoupon:
-		return false
+		return lotsRead{}
 	}
-	return true
+	return lotsRead{each: true}
 }
 
 // Activity is a month's tier inputs.

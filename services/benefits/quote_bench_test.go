@@ -6,7 +6,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
+	"github.com/membercenter/membercenter/storage/postgres"
 
 	"github.com/membercenter/membercenter/services/benefits"
 )
@@ -49,6 +53,91 @@ func BenchmarkQuote(b *testing.B) {
 					}
 				}
 			})
+		}
+	}
+}
+
+// BenchmarkHeavyMember measures Quote and Commit (server side, no gRPC) for
+// a member holding 2,000 open lots, as a daily shopper of years holds:
+// 1,600 available, expiring over the coming year, and 400 still pending
+// over the coming week; with and without a redemption of 500 points;
+// reading every open lot and reading only the ones the operation can
+// change with the sums of the others. 400 other members hold 40 lots each,
+// so that PostgreSQL plans the reads as it does for a real population.
+func BenchmarkHeavyMember(b *testing.B) {
+	const available, pending = 1600, 400
+	for _, redeem := range []int64{0, 500} {
+		for _, rpc := range []string{"quote", "commit"} {
+			for _, each := range []bool{true, false} {
+				name := fmt.Sprintf("%s/redeem %d/settled lots", rpc, redeem)
+				if each {
+					name = fmt.Sprintf("%s/redeem %d/every lot", rpc, redeem)
+				}
+				b.Run(name, func(b *testing.B) {
+					f := newFixture(b)
+					if each {
+						benefits.LoadEachLot(f.svc)
+					}
+					ctx := context.Background()
+					now := *f.clock
+					var l benefits.Legacy
+					for i := range available + pending {
+						lot := benefits.LegacyLot{Ref: fmt.Sprintf("h%d", i), Earned: 100, Remaining: 100,
+							EarnedAt: now.Add(-time.Duration(available+pending-i) * 4 * time.Hour)}
+						lot.ExpiresAt = lot.EarnedAt.Add(365 * 24 * time.Hour)
+						if i >= available {
+							lot.AvailableAt = now.Add(time.Duration(i-available+1) * 20 * time.Minute)
+						}
+						l.Lots = append(l.Lots, lot)
+					}
+					others := make([]benefits.LegacyImport, 400)
+					for i := range others {
+						var o benefits.Legacy
+						for k := range 40 {
+							lot := benefits.LegacyLot{Ref: fmt.Sprintf("o%d", k), Earned: 300, Remaining: 300,
+								EarnedAt: now.Add(-time.Duration(40-k) * 200 * time.Hour)}
+							lot.ExpiresAt = lot.EarnedAt.Add(365 * 24 * time.Hour)
+							o.Lots = append(o.Lots, lot)
+						}
+						others[i] = benefits.LegacyImport{Member: uuid.Must(uuid.NewV7()), Legacy: o, Cause: fmt.Sprintf("import:other-%d", i)}
+					}
+					var m string
+					err := pgx.BeginFunc(ctx, f.pool, func(tx pgx.Tx) error {
+						id := uuid.Must(uuid.NewV7())
+						m = id.String()
+						for _, im := range append(others, benefits.LegacyImport{Member: id}) {
+							if err := postgres.InsertMember(ctx, tx, im.Member, now); err != nil {
+								return err
+							}
+						}
+						if _, err := f.svc.ImportLegacyBatch(ctx, tx, others, now); err != nil {
+							return err
+						}
+						return f.svc.ImportLegacy(ctx, tx, id, l, "import:heavy", now)
+					})
+					if err == nil {
+						_, err = f.pool.Exec(ctx, "ANALYZE")
+					}
+					if err != nil {
+						b.Fatal(err)
+					}
+					b.ResetTimer()
+					i := 0
+					for b.Loop() {
+						i++
+						bk := basket(fmt.Sprintf("o%d", i), 12345)
+						bk.RedeemPoints = redeem
+						if rpc == "quote" {
+							_, err = f.srv.Quote(ctx, &mcv1.QuoteRequest{MemberId: m, Basket: bk})
+						} else {
+							_, err = f.srv.Commit(ctx, &mcv1.CommitRequest{MemberId: m, Basket: bk, IdempotencyKey: fmt.Sprintf("k%d", i)})
+						}
+						if err != nil {
+							b.Fatal(err)
+						}
+					}
+				})
+			}
 		}
 	}
 }

@@ -51,18 +51,18 @@ func parseMember(id string) (uuid.UUID, error) {
 
 // read runs fn on a member's state, as of now, in a read-only transaction.
 func (s *Service) read(ctx context.Context, member uuid.UUID, at time.Time, fn func(st *State) error, orderIDs ...string) error {
-	return s.readAs(ctx, member, at, false, fn, orderIDs...)
+	return s.readAs(ctx, member, at, lotsRead{each: true}, fn, orderIDs...)
 }
 
-// readAs is read; settled loads the lots as loadAs does.
-func (s *Service) readAs(ctx context.Context, member uuid.UUID, at time.Time, settled bool, fn func(st *State) error, orderIDs ...string) error {
+// readAs is read with the lots read as loadAs reads them.
+func (s *Service) readAs(ctx context.Context, member uuid.UUID, at time.Time, lots lotsRead, fn func(st *State) error, orderIDs ...string) error {
 	// One round trip for a member that was not merged; the statements of
 	// the batch run in one implicit transaction.
-	st, err := s.loadAs(ctx, s.pool, member, false, at, settled, orderIDs...)
+	st, err := s.loadAs(ctx, s.pool, member, false, at, lots, orderIDs...)
 	if errors.Is(err, errMerged) {
 		var m uuid.UUID
 		if m, err = postgres.CanonicalMember(ctx, s.pool, member); err == nil {
-			st, err = s.loadAs(ctx, s.pool, m, false, at, settled, orderIDs...)
+			st, err = s.loadAs(ctx, s.pool, m, false, at, lots, orderIDs...)
 		}
 	}
 	if err != nil {
@@ -148,9 +148,9 @@ func (s *Server) Quote(ctx context.Context, req *mcv1.QuoteRequest) (*mcv1.Quote
 	}
 	op.Origin, op.Cause = member.String(), "quote"
 	var resp *mcv1.QuoteResponse
-	// A purchase that redeems no points changes no existing lot: the lots
-	// it cannot tell apart are read as one sum.
-	err = s.svc.readAs(ctx, member, op.At, !needsEachLot(op), func(st *State) error {
+	// A purchase changes no existing lot but those it spends from: the
+	// lots it cannot tell apart are read as sums.
+	err = s.svc.readAs(ctx, member, op.At, lotsReadOf(op), func(st *State) error {
 		resp, err = s.svc.quote(st, op)
 		return err
 	}, op.OrderID)

@@ -2,13 +2,17 @@ package benefits_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"reflect"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
@@ -73,6 +77,15 @@ func TestSettledLotsApplyAsEachLot(t *testing.T) {
 	}
 	if maxOpen < 20 {
 		t.Fatalf("at most %d lots a member: the stream exercised too little", maxOpen)
+	}
+	// And spent from them: purchases paid partly with points read only
+	// the lots spent first.
+	var redeemed int
+	if err := settled.pool.QueryRow(c, `SELECT count(*) FROM ledger_transactions WHERE kind = 'redeem'`).Scan(&redeemed); err != nil {
+		t.Fatal(err)
+	}
+	if redeemed < 20 {
+		t.Fatalf("%d redemptions: the stream exercised too little", redeemed)
 	}
 	var diffs []string
 	for m := range members {
@@ -245,5 +258,125 @@ func TestSettledLotsAnswerAsEachLot(t *testing.T) {
 		if err := pgtest.CheckLedger(c, f.pool); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// TestSpendingReadsLotsAsEachLot: an operation that spends points reads,
+// besides the lots expiring or pending in its time, only the available
+// lots it spends first (postgres.LoyaltyLoad.SpendUpTo), a first chunk and
+// all of them when the chunk holds too few; the pending lots past its time
+// and the rest as sums. A member with 100 small lots (expiries shared by
+// three, in an order other than the lots', some expiring and some pending
+// during the run) gets the same
+// quotes, commits, redemptions and adjustments — alone and grouped, with a
+// group spending more than the first chunk holds, and one refused — as
+// when every lot is read, and the databases are alike after every step.
+func TestSpendingReadsLotsAsEachLot(t *testing.T) {
+	each, settled := newFixture(t), newFixture(t)
+	benefits.LoadEachLot(each.svc)
+	c := ctxWithin(t, 2*time.Minute)
+	now := *each.clock
+	var l benefits.Legacy
+	for i := range 100 {
+		lot := benefits.LegacyLot{Ref: fmt.Sprintf("s%d", i), Earned: 10, Remaining: 10, EarnedAt: now.Add(-time.Duration(100-i) * 24 * time.Hour),
+			ExpiresAt: now.Add(time.Duration(1+i*7%99/3) * 24 * time.Hour)}
+		switch {
+		case i < 3: // expire during the run
+			lot.ExpiresAt = now.Add(time.Duration(i+1) * time.Hour)
+		case i >= 90: // pending, the first ones available during the run
+			lot.AvailableAt = now.Add(time.Duration(i-89) * time.Hour)
+		}
+		l.Lots = append(l.Lots, lot)
+	}
+	l.Lots = append(l.Lots, benefits.LegacyLot{Ref: "big", Earned: 1000, Remaining: 1000, EarnedAt: now.Add(-time.Hour), ExpiresAt: now.Add(300 * 24 * time.Hour)})
+	member := uuid.Must(uuid.NewV7())
+	for _, f := range []*fixture{each, settled} {
+		err := pgx.BeginFunc(c, f.pool, func(tx pgx.Tx) error {
+			if err := postgres.InsertMember(c, tx, member, now); err != nil {
+				return err
+			}
+			return f.svc.ImportLegacy(c, tx, member, l, "import:small-lots", now)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	m := member.String()
+	redeeming := func(order string, points int64) *mcv1.Basket {
+		b := basket(order, 12_800)
+		b.RedeemPoints = points
+		return b
+	}
+	quote := func(f *fixture, order string, points int64) rpc {
+		return func(c context.Context) (proto.Message, error) {
+			return f.srv.Quote(c, &mcv1.QuoteRequest{MemberId: m, Basket: redeeming(order, points)})
+		}
+	}
+	type step struct {
+		at    time.Duration // after now
+		calls func(f *fixture) []rpc
+		group bool
+	}
+	steps := []step{
+		{calls: func(f *fixture) []rpc { return []rpc{quote(f, "q1", 100), quote(f, "q2", 0)} }},
+		{calls: func(f *fixture) []rpc { return []rpc{commitCall(f, m, redeeming("o1", 100), "k1")} }},
+		{group: true, calls: func(f *fixture) []rpc {
+			return []rpc{redeemCall(f, m, 50, "k2"), adjustCall(f, m, -30, "k3"), commitCall(f, m, redeeming("o2", 100), "k4")}
+		}},
+		// 40 lots in one group: more than the first chunk holds.
+		{group: true, calls: func(f *fixture) []rpc { return []rpc{redeemCall(f, m, 200, "k5"), commitCall(f, m, redeeming("o3", 200), "k6")} }},
+		// Lots expired and pending ones available since.
+		{at: 4 * time.Hour, calls: func(f *fixture) []rpc {
+			return []rpc{quote(f, "q3", 300), redeemCall(f, m, 60, "k7"), commitCall(f, m, redeeming("o4", 0), "k8")}
+		}},
+		// More than is available: refused alike; then nearly all of it.
+		{at: 5 * time.Hour, calls: func(f *fixture) []rpc {
+			return []rpc{quote(f, "q4", 100_000), redeemCall(f, m, 100_000, "k9"), redeemCall(f, m, 1200, "k10"), quote(f, "q5", 0)}
+		}},
+	}
+	var answers [2][]answer
+	for i, s := range steps {
+		for k, f := range []*fixture{each, settled} {
+			*f.clock = now.Add(s.at)
+			if s.group {
+				answers[k] = append(answers[k], together(t, f, s.calls(f))...)
+				continue
+			}
+			for _, call := range s.calls(f) {
+				r, err := call(c)
+				if err != nil && !errors.Is(err, benefits.ErrRefused) && status.Code(err) != codes.FailedPrecondition {
+					t.Fatalf("step %d: %v", i, err)
+				}
+				answers[k] = append(answers[k], answer{r, err})
+			}
+		}
+		// Which lots were spent shows only here: the answers and the
+		// ledger say how many points, and the last step spends nearly all.
+		if a, b := settled.snapshot(t), each.snapshot(t); a != b {
+			t.Fatalf("after step %d, the databases differ at %s", i, diff(a, b))
+		}
+	}
+	sameAnswers(t, "settled lots against each lot", answers[1], answers[0])
+	var refused, spent int
+	for _, a := range answers[1] {
+		if a.err != nil {
+			refused++
+		}
+	}
+	if err := settled.pool.QueryRow(c, `SELECT count(*) FROM point_lots WHERE member_id = $1 AND remaining < earned`, member).Scan(&spent); err != nil {
+		t.Fatal(err)
+	}
+	if refused != 2 || spent < 90 {
+		t.Fatalf("%d calls refused (want the two over the balance), %d lots spent from: the run exercised too little", refused, spent)
+	}
+	for _, f := range []*fixture{each, settled} {
+		if err := pgtest.CheckLedger(c, f.pool); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A group that failed was applied again call by call, with every lot:
+	// none may have.
+	if _, _, fallbacks := benefits.GroupStats(settled.svc); fallbacks != 0 {
+		t.Fatalf("%d groups failed and were applied call by call", fallbacks)
 	}
 }

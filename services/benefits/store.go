@@ -43,20 +43,22 @@ var errBudgetRace = errors.New("campaign budget or coupon limit changed concurre
 var errMerged = errors.New("member was merged")
 
 func (s *Service) load(ctx context.Context, tx postgres.Batcher, member uuid.UUID, lock bool, t time.Time, orderIDs ...string) (*State, error) {
-	return s.loadAs(ctx, tx, member, lock, t, false, orderIDs...)
+	return s.loadAs(ctx, tx, member, lock, t, lotsRead{each: true}, orderIDs...)
 }
 
-// loadAs is load; with settled, of the open lots only those expiring by t
-// (or the member's last operation) or pending at t one by one and the
-// others as one settled lot, for an operation at t that does not change
-// existing lots (needsEachLot) but may say how many points are available.
-func (s *Service) loadAs(ctx context.Context, tx postgres.Batcher, member uuid.UUID, lock bool, t time.Time, settled bool, orderIDs ...string) (*State, error) {
+// loadAs is load with the open lots read as lots says, for an operation
+// at t (lotsReadOf) that may say how many points are available: unless
+// each, one by one only those expiring by t (or the member's last
+// operation), those pending at t that become available by then, and those
+// the operation may spend, and the others as two sums: pending
+// throughout, and settled.
+func (s *Service) loadAs(ctx context.Context, tx postgres.Batcher, member uuid.UUID, lock bool, t time.Time, lots lotsRead, orderIDs ...string) (*State, error) {
 	p := s.program()
 	cur := monthOf(t, p.Location)
 	l := postgres.LoyaltyLoad{Member: member, Lock: lock, ActivityFrom: int(cur) - 13,
 		Periods: []string{fmt.Sprintf("d:%d", dayOf(t, p.Location)), fmt.Sprintf("m:%d", int(cur))}, Orders: orderIDs, Labels: p.labels}
-	if settled && !s.eachLot {
-		l.SettledAfter, l.AvailableFrom = t, t
+	if !lots.each && !s.eachLot {
+		l.SettledAfter, l.AvailableFrom, l.SpendUpTo = t, t, lots.spend
 	}
 	rows, err := postgres.LoadLoyalty(ctx, tx, l)
 	if err != nil {
@@ -87,9 +89,13 @@ func (s *Service) loadAs(ctx context.Context, tx postgres.Batcher, member uuid.U
 	return st, nil
 }
 
-// settledLotID is the id of the lot standing for a member's settled lots
-// (LoyaltyRows.Settled): not 0, which is a new lot's.
-const settledLotID = -1
+// settledLotID and pendingLotID are the ids of the lots standing for a
+// member's settled lots (LoyaltyRows.Settled) and the lots pending past
+// the operations' time (LoyaltyRows.Pending): not 0, which is a new lot's.
+const (
+	settledLotID = -1
+	pendingLotID = -2
+)
 
 // toState is the engine's view of a member's stored loyalty rows.
 func toState(member uuid.UUID, rows postgres.LoyaltyRows, p *Program) (*State, error) {
@@ -101,6 +107,10 @@ func toState(member uuid.UUID, rows postgres.LoyaltyRows, p *Program) (*State, e
 	}
 	if rows.Settled > 0 {
 		st.Lots = append(st.Lots, &Lot{ID: settledLotID, Earned: rows.Settled, Remaining: rows.Settled,
+			ExpiresAt: NeverExpires, Origin: member.String(), TxnKind: "settled", settled: true})
+	}
+	if rows.Pending > 0 {
+		st.Lots = append(st.Lots, &Lot{ID: pendingLotID, Earned: rows.Pending, Remaining: rows.Pending, AvailableAt: NeverExpires,
 			ExpiresAt: NeverExpires, Origin: member.String(), TxnKind: "settled", settled: true})
 	}
 	for _, a := range rows.Activity {

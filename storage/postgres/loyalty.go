@@ -41,10 +41,16 @@ type LoyaltyLoad struct {
 	SettledAfter time.Time
 	// AvailableFrom, with SettledAfter, also reads one by one the open
 	// lots still pending at AvailableFrom (point_lots_pending), so that the
-	// settled sum is available from then on: for operations that read
-	// which points are available (an answer's available points), not
-	// spend them.
+	// settled sum is available from then on, and sums the ones pending
+	// past the window (LoyaltyRows.Pending): for operations that read
+	// which points are available (an answer's available points).
 	AvailableFrom time.Time
+	// SpendUpTo, with AvailableFrom, also reads one by one, in the order
+	// points are spent (earliest expiry, then lot), the open lots available
+	// at AvailableFrom and not expiring by the window, until they hold
+	// SpendUpTo points: for operations that spend at most that many points
+	// in all. The settled sum is then spent by none of them.
+	SpendUpTo int64
 	// Labels says which of the member's true labels are read
 	// (LoyaltyRows.Labels); the zero value reads every one.
 	Labels LabelsRead
@@ -89,7 +95,12 @@ type LoyaltyRows struct {
 	// Settled is the sum of the open lots not in Lots, when the load asked
 	// for it (LoyaltyLoad.SettledAfter): the member's balance less the
 	// lots read, as balance and open lots agree (the ledger invariant).
-	Settled   int64
+	Settled int64
+	// Pending, with LoyaltyLoad.AvailableFrom, is the sum of the open
+	// lots still pending after the window, not in Lots nor in Settled.
+	Pending   int64
+	balance   int64    // with a window, the member's balance (settle)
+	spendable []LotRow // with a window, lots read in spending order (settle)
 	Activity  []ActivityRow
 	Usage     []UsageRow
 	Budgets   map[string]int64 // campaign → points spent
@@ -226,15 +237,10 @@ func queueCounters(b *pgx.Batch, budgets map[string]int64, issued map[string]int
 func LoadLoyalty(ctx context.Context, q Batcher, l LoyaltyLoad) (LoyaltyRows, error) {
 	r := LoyaltyRows{Budgets: map[string]int64{}, TplIssued: map[string]int{}}
 	b := &pgx.Batch{}
-	// With settled lots, the balance they are the rest of (settle).
-	balanceSQL := "0"
-	if !l.SettledAfter.IsZero() {
-		balanceSQL = "coalesce((SELECT balance FROM points_accounts WHERE member_id = $1), 0)"
-	}
 	labels, labelArgs := labelsSQL(l.Labels, "$1", "$2")
 	memberSQL := `SELECT change_seq, coalesce(attributes->>'birth_date', ''),
 		` + labels + `,
-		merged_into IS NOT NULL, ` + balanceSQL + `
+		merged_into IS NOT NULL
 		FROM members WHERE member_id = $1 AND status <> 'erased'`
 	if l.Lock {
 		memberSQL += lockMemberRow
@@ -242,7 +248,7 @@ func LoadLoyalty(ctx context.Context, q Batcher, l LoyaltyLoad) (LoyaltyRows, er
 	b.Queue(memberSQL, append([]any{l.Member}, labelArgs...)...).Query(func(rows pgx.Rows) error {
 		for rows.Next() {
 			r.Found = true
-			if err := rows.Scan(&r.ChangeSeq, &r.BirthDate, &r.Labels, &r.Merged, &r.Settled); err != nil {
+			if err := rows.Scan(&r.ChangeSeq, &r.BirthDate, &r.Labels, &r.Merged); err != nil {
 				return err
 			}
 		}
@@ -256,16 +262,9 @@ func LoadLoyalty(ctx context.Context, q Batcher, l LoyaltyLoad) (LoyaltyRows, er
 		}
 		return rows.Err()
 	})
-	if l.SettledAfter.IsZero() {
-		queueRows(b, &r.Lots, lotColumns, `SELECT lot_id, earned, remaining, earned_at, available_at, expires_at, coalesce(order_id, ''), origin_member_id, kind
-			FROM point_lots WHERE member_id = $1 AND remaining > 0 ORDER BY lot_id`, l.Member)
-	} else {
-		// One bitmap scan of point_lots_open and point_lots_pending.
-		queueRows(b, &r.Lots, lotColumns, `SELECT lot_id, earned, remaining, earned_at, available_at, expires_at, coalesce(order_id, ''), origin_member_id, kind
-			FROM point_lots WHERE member_id = $1 AND remaining > 0
-			 AND (expires_at <= greatest($2::timestamptz, (SELECT (state->>'last')::timestamptz FROM loyalty_state WHERE member_id = $1))
-			      OR available_at > $3::timestamptz)
-			ORDER BY lot_id`, l.Member, l.SettledAfter, pendingFrom(l))
+	windowed, err := queueLots(b, func(uuid.UUID) *LoyaltyRows { return &r }, []LoyaltyLoad{l})
+	if err != nil {
+		return r, err
 	}
 	// Month starts since the last evaluated month need their own 12 months.
 	queueRows(b, &r.Activity, activityColumns, `SELECT month, sum(spend), sum(points), sum(orders) FROM member_activity
@@ -284,7 +283,11 @@ func LoadLoyalty(ctx context.Context, q Batcher, l LoyaltyLoad) (LoyaltyRows, er
 	if err := q.SendBatch(ctx, b).Close(); err != nil {
 		return r, fmt.Errorf("load loyalty state: %w", err)
 	}
-	if !l.SettledAfter.IsZero() {
+	if spendShort(l, &r) {
+		l.SettledAfter, l.AvailableFrom, l.SpendUpTo = time.Time{}, time.Time{}, 0
+		return LoadLoyalty(ctx, q, l) // every lot, in a snapshot of its own
+	}
+	if len(windowed) > 0 {
 		if err := settle(l.Member, &r); err != nil {
 			return r, err
 		}
@@ -540,15 +543,18 @@ func pendingFrom(l LoyaltyLoad) pgtype.Timestamptz {
 	return pgtype.Timestamptz{Time: l.AvailableFrom, Valid: true}
 }
 
-// settle orders the lots read by id, once each, and turns r.Settled, read
-// as the member's balance, into that balance less those lots.
+// settle orders the lots read by id, once each, and sets r.Settled to the
+// member's balance less those lots and the pending sum.
 func settle(member uuid.UUID, r *LoyaltyRows) error {
+	r.Lots, r.spendable = append(r.Lots, r.spendable...), nil
 	slices.SortFunc(r.Lots, func(a, b LotRow) int { return cmp.Compare(a.ID, b.ID) })
 	r.Lots = slices.CompactFunc(r.Lots, func(a, b LotRow) bool { return a.ID == b.ID })
-	balance := r.Settled
+	balance := r.balance
+	r.Settled = balance
 	for _, l := range r.Lots {
 		r.Settled -= l.Remaining
 	}
+	r.Settled -= r.Pending
 	if r.Settled < 0 {
 		return fmt.Errorf("load loyalty state: member %s: balance %d is less than its open lots %d", member, balance, balance-r.Settled)
 	}

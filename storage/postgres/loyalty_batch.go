@@ -5,10 +5,13 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
 )
 
 // usageOfPeriods selects the campaign usage of pairs of members ($1) and
@@ -87,48 +90,9 @@ func LoadLoyaltyBatch(ctx context.Context, q Batcher, loads []LoyaltyLoad) (map[
 	})
 	queueMemberValues(b, of, func(r *LoyaltyRows, st []byte) { r.State = st },
 		`SELECT member_id, state FROM loyalty_state WHERE member_id = ANY($1)`, members)
-	// Open lots only, as LoadLoyalty reads them: all of them, or for a
-	// load with a settled window the ones it can change and the balance
-	// the others make up.
-	var all, windowed, pendingM []uuid.UUID
-	var after, availableFrom []time.Time
-	for _, l := range loads {
-		if l.SettledAfter.IsZero() {
-			all = append(all, l.Member)
-			continue
-		}
-		windowed, after = append(windowed, l.Member), append(after, l.SettledAfter)
-		if !l.AvailableFrom.IsZero() {
-			pendingM, availableFrom = append(pendingM, l.Member), append(availableFrom, l.AvailableFrom)
-		}
-	}
-	lots := func(r *LoyaltyRows) *[]LotRow { return &r.Lots }
-	if len(all) > 0 {
-		queueMemberRows(b, of, lots, lotColumns,
-			`SELECT member_id, lot_id, earned, remaining, earned_at, available_at, expires_at, coalesce(order_id, ''), origin_member_id, kind
-			FROM point_lots WHERE member_id = ANY($1) AND remaining > 0 ORDER BY member_id, lot_id`, all)
-	}
-	if len(windowed) > 0 {
-		// The expiring ones (point_lots_open), then the pending ones asked
-		// for (point_lots_pending); a lot both is read twice, and kept once
-		// (settle). One statement with both conditions ORed reads every
-		// open lot of each member: PostgreSQL plans it as one scan by
-		// member.
-		queueMemberRows(b, of, lots, lotColumns,
-			`SELECT w.member_id, l.lot_id, l.earned, l.remaining, l.earned_at, l.available_at, l.expires_at, coalesce(l.order_id, ''), l.origin_member_id, l.kind
-			  FROM unnest($1::uuid[], $2::timestamptz[]) AS w(member_id, settled_after)
-			  LEFT JOIN loyalty_state s ON s.member_id = w.member_id
-			  JOIN point_lots l ON l.member_id = w.member_id AND l.remaining > 0
-			   AND l.expires_at <= greatest(w.settled_after, (s.state->>'last')::timestamptz)`, windowed, after)
-		if len(pendingM) > 0 {
-			queueMemberRows(b, of, lots, lotColumns,
-				`SELECT w.member_id, l.lot_id, l.earned, l.remaining, l.earned_at, l.available_at, l.expires_at, coalesce(l.order_id, ''), l.origin_member_id, l.kind
-				  FROM unnest($1::uuid[], $2::timestamptz[]) AS w(member_id, available_from)
-				  JOIN point_lots l ON l.member_id = w.member_id AND l.remaining > 0 AND l.available_at > w.available_from`, pendingM, availableFrom)
-		}
-		// The balance the settled lots are the rest of (settle).
-		queueMemberValues(b, of, func(r *LoyaltyRows, balance int64) { r.Settled = balance },
-			`SELECT member_id, balance FROM points_accounts WHERE member_id = ANY($1)`, windowed)
+	windowed, err := queueLots(b, of, loads)
+	if err != nil {
+		return nil, err
 	}
 	// Month starts since each member's last evaluated month need their own
 	// 12 months.
@@ -158,6 +122,13 @@ func LoadLoyaltyBatch(ctx context.Context, q Batcher, loads []LoyaltyLoad) (map[
 	if err := q.SendBatch(ctx, b).Close(); err != nil {
 		return nil, fmt.Errorf("load loyalty state: %w", err)
 	}
+	var again []LoyaltyLoad
+	for _, l := range loads {
+		if spendShort(l, out[l.Member]) {
+			l.SettledAfter, l.AvailableFrom, l.SpendUpTo = time.Time{}, time.Time{}, 0
+			again = append(again, l)
+		}
+	}
 	for _, m := range windowed {
 		if err := settle(m, out[m]); err != nil {
 			return nil, err
@@ -168,6 +139,17 @@ func LoadLoyaltyBatch(ctx context.Context, q Batcher, loads []LoyaltyLoad) (map[
 		// An order is read by every member of the batch that named it; the
 		// engine keeps it only for the member holding it.
 		r.OrderRows = append(r.OrderRows, orderRows...)
+	}
+	if len(again) > 0 {
+		// In the load's transaction, with the members locked as before.
+		more, err := LoadLoyaltyBatch(ctx, q, again)
+		if err != nil {
+			return nil, err
+		}
+		for m, r := range more {
+			r.Budgets, r.TplIssued = budgets, tpl
+			out[m] = r
+		}
 	}
 	return out, nil
 }
@@ -560,4 +542,103 @@ func batchLabels(loads []LoyaltyLoad) LabelsRead {
 		}
 	}
 	return out
+}
+
+// windowSQL is the members whose open lots are read with a window ($1), the
+// window's start and end ($2, $3: the earliest and latest of their
+// operations' times) and the points their operations may spend ($4), with
+// t the end or the member's last operation, whichever is later (an older
+// event is applied at that time).
+const windowSQL = `WITH w AS (
+	SELECT w.member_id, w.available_from, w.spend, greatest(w.settled_after, (s.state->>'last')::timestamptz) AS t
+	  FROM unnest($1::uuid[], $2::timestamptz[], $3::timestamptz[], $4::bigint[]) AS w(member_id, available_from, settled_after, spend)
+	  LEFT JOIN loyalty_state s ON s.member_id = w.member_id)
+`
+
+// lotSelect is the select list of a lot (lotColumns) of point_lots
+// row named by alias ("l." or none).
+func lotSelect(alias string) string {
+	return strings.NewReplacer("@", alias).Replace(`@lot_id, @earned, @remaining, @earned_at, @available_at, @expires_at, coalesce(@order_id, ''), @origin_member_id, @kind`)
+}
+
+// queueLots queues the reads of the loads' open lots (LoyaltyLoad) into
+// the rows of, and returns the members whose lots are read with a window
+// (settle them once read).
+func queueLots(b *pgx.Batch, of func(uuid.UUID) *LoyaltyRows, loads []LoyaltyLoad) (windowed []uuid.UUID, err error) {
+	var all []uuid.UUID
+	pending, spend := false, false
+	var froms []pgtype.Timestamptz
+	var tos []time.Time
+	var spends []int64
+	for _, l := range loads {
+		if l.SettledAfter.IsZero() {
+			all = append(all, l.Member)
+			continue
+		}
+		if l.SpendUpTo > 0 && l.AvailableFrom.IsZero() {
+			return nil, fmt.Errorf("load loyalty state: member %s: points to spend need the lots pending at the window's start (AvailableFrom)", l.Member)
+		}
+		pending, spend = pending || !l.AvailableFrom.IsZero(), spend || l.SpendUpTo > 0
+		windowed, froms, tos, spends = append(windowed, l.Member), append(froms, pendingFrom(l)), append(tos, l.SettledAfter), append(spends, l.SpendUpTo)
+	}
+	lots := func(r *LoyaltyRows) *[]LotRow { return &r.Lots }
+	if len(all) > 0 {
+		queueMemberRows(b, of, lots, lotColumns,
+			`SELECT member_id, `+lotSelect("")+` FROM point_lots WHERE member_id = ANY($1) AND remaining > 0 ORDER BY member_id, lot_id`, all)
+	}
+	if len(windowed) == 0 {
+		return nil, nil
+	}
+	args := []any{windowed, froms, tos, spends}
+	// One by one: the lots expiring by t (point_lots_open), and the ones
+	// pending at the window's start that become available by t
+	// (point_lots_pending); a lot both is read twice, and kept once
+	// (settle). Each statement reads its own index range: one statement
+	// with both conditions ORed is planned as one scan of every open lot
+	// of each member.
+	queueMemberRows(b, of, lots, lotColumns, windowSQL+`SELECT w.member_id, `+lotSelect("l.")+` FROM w
+		JOIN point_lots l ON l.member_id = w.member_id AND l.remaining > 0 AND l.expires_at <= w.t`, args...)
+	if pending {
+		queueMemberRows(b, of, lots, lotColumns, windowSQL+`SELECT w.member_id, `+lotSelect("l.")+` FROM w
+			JOIN point_lots l ON l.member_id = w.member_id AND l.remaining > 0 AND l.available_at > w.available_from AND l.available_at <= w.t`, args...)
+		// Summed: the ones still pending after t (Pending), which no
+		// operation of the window can spend.
+		queueMemberValues(b, of, func(r *LoyaltyRows, pending int64) { r.Pending = pending }, windowSQL+`SELECT w.member_id, sum(l.remaining)::bigint FROM w
+			JOIN point_lots l ON l.member_id = w.member_id AND l.remaining > 0 AND l.available_at > w.t AND l.expires_at > w.t
+			WHERE w.available_from < 'infinity'
+			GROUP BY w.member_id`, args...)
+	}
+	// One by one, in the order points are spent (earliest expiry, then
+	// lot): the first spendChunk lots available throughout the window.
+	// They hold the points its operations may spend but for a member with
+	// many small lots and a large spending, which is read again with every
+	// lot (spendShort).
+	if spend {
+		queueMemberRows(b, of, func(r *LoyaltyRows) *[]LotRow { return &r.spendable }, lotColumns, windowSQL+`SELECT w.member_id, `+lotSelect("l.")+` FROM w
+			CROSS JOIN LATERAL (SELECT * FROM point_lots l WHERE l.member_id = w.member_id AND l.remaining > 0 AND l.expires_at > w.t AND l.available_at <= w.available_from
+			 ORDER BY l.expires_at, l.lot_id LIMIT `+strconv.Itoa(spendChunk)+`) l
+			WHERE w.spend > 0`, args...)
+	}
+	// The balance the summed lots are the rest of (settle).
+	queueMemberValues(b, of, func(r *LoyaltyRows, balance int64) { r.balance = balance },
+		`SELECT member_id, balance FROM points_accounts WHERE member_id = ANY($1)`, windowed)
+	return windowed, nil
+}
+
+// spendChunk is how many of a member's lots a load that spends reads in
+// spending order at first (LoyaltyLoad.SpendUpTo).
+const spendChunk = 32
+
+// spendShort says whether the lots l read in spending order hold fewer
+// points than it may spend while there are more: r must then be read
+// again with every lot.
+func spendShort(l LoyaltyLoad, r *LoyaltyRows) bool {
+	if l.SpendUpTo <= 0 || len(r.spendable) < spendChunk {
+		return false
+	}
+	var held int64
+	for _, x := range r.spendable {
+		held += x.Remaining
+	}
+	return held < l.SpendUpTo
 }
