@@ -324,7 +324,9 @@ func TestSpendingReadsLotsAsEachLot(t *testing.T) {
 			return []rpc{redeemCall(f, m, 50, "k2"), adjustCall(f, m, -30, "k3"), commitCall(f, m, redeeming("o2", 100), "k4")}
 		}},
 		// 40 lots in one group: more than the first chunk holds.
-		{group: true, calls: func(f *fixture) []rpc { return []rpc{redeemCall(f, m, 200, "k5"), commitCall(f, m, redeeming("o3", 200), "k6")} }},
+		{group: true, calls: func(f *fixture) []rpc {
+			return []rpc{redeemCall(f, m, 200, "k5"), commitCall(f, m, redeeming("o3", 200), "k6")}
+		}},
 		// Lots expired and pending ones available since.
 		{at: 4 * time.Hour, calls: func(f *fixture) []rpc {
 			return []rpc{quote(f, "q3", 300), redeemCall(f, m, 60, "k7"), commitCall(f, m, redeeming("o4", 0), "k8")}
