@@ -253,6 +253,12 @@ func benchPipeline(ctx context.Context, e *platformtest.Env, members int, o pipe
 		}
 	}
 
+	// A reused database changed by hand since it was built (an index
+	// dropped for an experiment) would measure what the code does not ship.
+	if err := pgbench.CheckSchema(ctx, e.P.Pool(), e.Config.Postgres.URL, r.p.Pool(), db+"_schema"); err != nil {
+		return res, fmt.Errorf("%s: %w", db, err)
+	}
+
 	// The measured run works on a copy of the database, made anew each
 	// time: what the run adds (20,000 events to the same shoppers, whose
 	// states and open lots would grow run after run) is not carried into

@@ -548,8 +548,9 @@ func batchLabels(loads []LoyaltyLoad) LabelsRead {
 // window's start and end ($2, $3: the earliest and latest of their
 // operations' times) and the points their operations may spend ($4), with
 // t the end or the member's last operation, whichever is later (an older
-// event is applied at that time).
-const windowSQL = `WITH w AS (
+// event is applied at that time). Materialized, so that t is computed once
+// a member, not once a lot.
+const windowSQL = `WITH w AS MATERIALIZED (
 	SELECT w.member_id, w.available_from, w.spend, greatest(w.settled_after, (s.state->>'last')::timestamptz) AS t
 	  FROM unnest($1::uuid[], $2::timestamptz[], $3::timestamptz[], $4::bigint[]) AS w(member_id, available_from, settled_after, spend)
 	  LEFT JOIN loyalty_state s ON s.member_id = w.member_id)
@@ -603,10 +604,10 @@ func queueLots(b *pgx.Batch, of func(uuid.UUID) *LoyaltyRows, loads []LoyaltyLoa
 			JOIN point_lots l ON l.member_id = w.member_id AND l.remaining > 0 AND l.available_at > w.available_from AND l.available_at <= w.t`, args...)
 		// Summed: the ones still pending after t (Pending), which no
 		// operation of the window can spend.
-		queueMemberValues(b, of, func(r *LoyaltyRows, pending int64) { r.Pending = pending }, windowSQL+`SELECT w.member_id, sum(l.remaining)::bigint FROM w
-			JOIN point_lots l ON l.member_id = w.member_id AND l.remaining > 0 AND l.available_at > w.t AND l.expires_at > w.t
-			WHERE w.available_from < 'infinity'
-			GROUP BY w.member_id`, args...)
+		// (An index-only scan of point_lots_pending.)
+		queueMemberValues(b, of, func(r *LoyaltyRows, pending int64) { r.Pending = pending }, windowSQL+`SELECT w.member_id,
+			coalesce((SELECT sum(l.remaining) FROM point_lots l WHERE l.member_id = w.member_id AND l.remaining > 0 AND l.available_at > w.t AND l.expires_at > w.t), 0)::bigint
+			FROM w WHERE w.available_from < 'infinity'`, args...)
 	}
 	// One by one, in the order points are spent (earliest expiry, then
 	// lot): the first spendChunk lots available throughout the window.

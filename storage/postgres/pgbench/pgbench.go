@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -421,4 +422,76 @@ func TagProgress(ctx context.Context, q postgres.Querier, like string) (folded, 
 	err = q.QueryRow(ctx, `SELECT (SELECT count(*) FROM processed_events WHERE consumer = 'tags' AND event_id LIKE $1),
 		(SELECT count(*) FROM profile_exports)`, like).Scan(&folded, &queued)
 	return folded, queued, err
+}
+
+// schemaSQL lists the public schema's indexes, constraints and table
+// columns (type, storage, compression), a line each, in order.
+const schemaSQL = `SELECT x FROM (
+	SELECT 'index ' || tablename || '.' || indexname || ' ' || regexp_replace(indexdef, '^.* USING ', '') AS x FROM pg_indexes WHERE schemaname = 'public'
+	UNION ALL
+	SELECT 'constraint ' || conrelid::regclass || '.' || conname || ' ' || pg_get_constraintdef(oid) FROM pg_constraint WHERE connamespace = 'public'::regnamespace
+	UNION ALL
+	SELECT 'column ' || c.relname || '.' || a.attname || ' ' || format_type(a.atttypid, a.atttypmod) || ' ' || a.attstorage::text || coalesce(' ' || nullif(a.attcompression::text, ''), '')
+	  FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+	 WHERE c.relnamespace = 'public'::regnamespace AND c.relkind = 'r' AND a.attnum > 0 AND NOT a.attisdropped) s
+	ORDER BY x`
+
+// CheckSchema compares the schema of a reused benchmark database (db) with
+// one the migrations build afresh, in a scratch database ref that admin
+// creates and drops: a database changed by hand since it was built — an
+// index dropped for an experiment and not put back — measures something
+// the code does not ship. The error lists what differs.
+func CheckSchema(ctx context.Context, admin postgres.Querier, configured string, db *pgxpool.Pool, ref string) error {
+	if _, err := admin.Exec(ctx, `DROP DATABASE IF EXISTS `+pgx.Identifier{ref}.Sanitize()+` WITH (FORCE)`); err != nil {
+		return fmt.Errorf("drop database %s: %w", ref, err)
+	}
+	if err := CreateDatabase(ctx, admin, ref); err != nil {
+		return err
+	}
+	defer func() {
+		_, _ = admin.Exec(context.WithoutCancel(ctx), `DROP DATABASE IF EXISTS `+pgx.Identifier{ref}.Sanitize()+` WITH (FORCE)`)
+	}()
+	u, err := DatabaseURL(configured, ref)
+	if err != nil {
+		return err
+	}
+	pool, err := pgxpool.New(ctx, u)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	if _, err := postgres.Migrate(ctx, pool); err != nil {
+		return fmt.Errorf("migrate %s: %w", ref, err)
+	}
+	want, err := schema(ctx, pool)
+	if err != nil {
+		return err
+	}
+	got, err := schema(ctx, db)
+	if err != nil {
+		return err
+	}
+	var diffs []string
+	for _, x := range want {
+		if !slices.Contains(got, x) {
+			diffs = append(diffs, "missing: "+x)
+		}
+	}
+	for _, x := range got {
+		if !slices.Contains(want, x) {
+			diffs = append(diffs, "not in the migrations: "+x)
+		}
+	}
+	if len(diffs) > 0 {
+		return fmt.Errorf("the database's schema differs from what the migrations build (%s); put it back or drop the database to build it again", strings.Join(diffs, "; "))
+	}
+	return nil
+}
+
+func schema(ctx context.Context, q postgres.Querier) ([]string, error) {
+	rows, err := q.Query(ctx, schemaSQL)
+	if err != nil {
+		return nil, fmt.Errorf("read schema: %w", err)
+	}
+	return pgx.CollectRows(rows, pgx.RowTo[string])
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/membercenter/membercenter/storage/postgres/pgbench"
 	"github.com/membercenter/membercenter/storage/postgres/pgtest"
@@ -78,5 +79,46 @@ func TestCopyDatabase(t *testing.T) {
 	}
 	if n, m := count(run), count(tmpl); n != 3 || m != 3 {
 		t.Fatalf("after copying again: the copy holds %d rows and the template %d, want 3 and 3", n, m)
+	}
+}
+
+// TestCheckSchema: a database as the migrations build it passes; one with
+// an index dropped, or an index added by hand, is refused naming it.
+func TestCheckSchema(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	db, err := pgxpool.New(ctx, pgtest.NewDB(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	admin, err := pgx.Connect(ctx, pgtest.AdminURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close(ctx)
+	ref := strings.TrimPrefix(db.Config().ConnConfig.Database, "/") + "_ref"
+	check := func() error { return pgbench.CheckSchema(ctx, admin, pgtest.AdminURL(), db, ref) }
+	if err := check(); err != nil {
+		t.Fatalf("a freshly migrated database: %v", err)
+	}
+	for _, c := range []struct{ change, undo, want string }{
+		{`DROP INDEX point_lots_pending`, `CREATE INDEX point_lots_pending ON point_lots (member_id, available_at) INCLUDE (remaining, expires_at) WHERE remaining > 0`,
+			"missing: index point_lots.point_lots_pending btree (member_id, available_at) INCLUDE (remaining, expires_at) WHERE (remaining > 0)"},
+		{`CREATE INDEX by_hand ON members (created_at)`, `DROP INDEX by_hand`, "not in the migrations: index members.by_hand btree (created_at)"},
+	} {
+		if _, err := db.Exec(ctx, c.change); err != nil {
+			t.Fatal(err)
+		}
+		if err := check(); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("after %s: %v, want an error with %q", c.change, err, c.want)
+		}
+		if _, err := db.Exec(ctx, c.undo); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var left bool
+	if err := admin.QueryRow(ctx, `SELECT EXISTS (SELECT FROM pg_database WHERE datname = $1)`, ref).Scan(&left); err != nil || left {
+		t.Fatalf("the reference database %s is left behind (%v)", ref, err)
 	}
 }
