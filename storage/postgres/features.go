@@ -221,13 +221,16 @@ func PendingProfileExports(ctx context.Context, q Querier, limit int) ([]Profile
 }
 
 // DequeueProfileExports removes the exported members from the queue where
-// the queued version is not newer than the one exported.
+// the queued version is not newer than the one exported. A member whose
+// queue row a worker holds (it is queuing a newer version, in a
+// transaction not yet committed) is left queued and exported again: the
+// dequeue waits for no worker. Waiting, it held the rows it had locked
+// while a worker's whole batch ran, and the workers queuing those members
+// waited in turn — a convoy of the tag stage's batches behind one another.
 func DequeueProfileExports(ctx context.Context, q Querier, members []uuid.UUID, versions []int64) error {
-	// The rows are locked in member order, as the tag workers queue them
-	// (QueueProfileExports): in any other order the two deadlock.
 	return exec(ctx, q, "dequeue profile exports", `WITH d AS (SELECT * FROM unnest($1::uuid[], $2::bigint[]) AS d(member_id, version)),
 		l AS (SELECT p.member_id FROM profile_exports p JOIN d ON p.member_id = d.member_id
-		       WHERE p.version <= d.version ORDER BY p.member_id FOR UPDATE OF p)
+		       WHERE p.version <= d.version FOR UPDATE OF p SKIP LOCKED)
 		DELETE FROM profile_exports p USING l WHERE p.member_id = l.member_id`, members, versions)
 }
 
@@ -426,7 +429,8 @@ func QueueProfileExports(b *pgx.Batch, members []uuid.UUID, versions []int64) {
 	if len(members) == 0 {
 		return
 	}
-	// In member order, as the exporter dequeues (DequeueProfileExports).
+	// In member order: two workers queuing members of a merge lock them
+	// in the same order.
 	b.Queue(`INSERT INTO profile_exports (member_id, version)
 		SELECT * FROM unnest($1::uuid[], $2::bigint[]) AS x(member_id, version) ORDER BY member_id
 		ON CONFLICT (member_id) DO UPDATE SET version = EXCLUDED.version, queued_at = now()`, members, versions)

@@ -113,3 +113,64 @@ func TestUnchangedLabelsAreKept(t *testing.T) {
 		}
 	}
 }
+
+// TestDequeueLeavesAMemberAWorkerHolds: the exporter's dequeue does not
+// wait for a worker queuing a newer version of a member: it removes the
+// members no one holds, leaves the held one queued, and the worker's
+// version stands once it commits.
+func TestDequeueLeavesAMemberAWorkerHolds(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	at := time.Date(2026, 3, 18, 12, 0, 0, 0, time.UTC) // any instant: nothing here reads it
+	pool := pgtest.NewPool(t, nil)
+	held, free := uuid.New(), uuid.New()
+	queue := func(q interface {
+		SendBatch(context.Context, *pgx.Batch) pgx.BatchResults
+	}, m uuid.UUID, version int64) {
+		t.Helper()
+		b := &pgx.Batch{}
+		postgres.QueueProfileExports(b, []uuid.UUID{m}, []int64{version})
+		if err := q.SendBatch(ctx, b).Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, m := range []uuid.UUID{held, free} {
+		if err := postgres.InsertMember(ctx, pool, m, at); err != nil {
+			t.Fatal(err)
+		}
+		queue(pool, m, 1)
+	}
+	worker, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer worker.Rollback(ctx)
+	queue(worker, held, 2) // not committed: the row is the worker's
+	dctx, dcancel := context.WithTimeout(ctx, 20*time.Second)
+	defer dcancel()
+	if err := postgres.DequeueProfileExports(dctx, pool, []uuid.UUID{held, free}, []int64{1, 1}); err != nil {
+		t.Fatalf("dequeue while a worker holds a member: %v", err)
+	}
+	if err := worker.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	queued := map[uuid.UUID]int64{}
+	rows, err := pool.Query(ctx, `SELECT member_id, version FROM profile_exports WHERE member_id = ANY($1)`, []uuid.UUID{held, free})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var m uuid.UUID
+		var v int64
+		if err := rows.Scan(&m, &v); err != nil {
+			t.Fatal(err)
+		}
+		queued[m] = v
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if len(queued) != 1 || queued[held] != 2 {
+		t.Fatalf("queued after the dequeue and the worker's commit: %v; want only the held member, at version 2", queued)
+	}
+}
