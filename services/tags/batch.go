@@ -200,11 +200,19 @@ func (s *Service) ApplyPrepared(ctx context.Context, tx pgx.Tx, b *Batch, reject
 		for _, w := range writes {
 			if x, ok := xmins[w.m.id]; ok {
 				b.kept = append(b.kept, keptState{member: w.m.id,
-					cachedState: cachedState{xmin: x, state: w.m.state, size: decodedSize(len(w.features.State))}})
+					cachedState: cachedState{xmin: x, state: w.m.state, size: decodedSize(w.m.state.storedSize(w.features))}})
 			}
 		}
 	}
 	return order, nil
+}
+
+// storedSize is the size of s as f stores it, its kept base included.
+func (s *State) storedSize(f postgres.FeaturesWrite) int {
+	if f.KeepState && s.base != nil {
+		return s.base.bytes + len(f.Tail)
+	}
+	return len(f.State) + len(f.Tail)
 }
 
 // batchMember is a member of a batch with its events, in batch order.

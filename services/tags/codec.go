@@ -184,46 +184,185 @@ func (e *stateEncoder) ref(s string) uint64 {
 // EncodeState encodes a feature state for storage: the version byte and
 // the protobuf form (see stateV1), with what its labels were computed from.
 func EncodeState(s *State) ([]byte, error) {
-	e := encoders.Get().(*stateEncoder)
-	defer func() {
-		clear(e.dict)
-		clear(e.strs)
-		e.strs, e.body, e.last = e.strs[:0], e.body[:0], [nRefKinds]struct {
-			s string
-			i uint64
-		}{}
-		encoders.Put(e)
-	}()
-	b := e.body
-	// Records decoded with the state's string list are written back as
-	// they were, under the same list; a list grown large with strings no
-	// longer used is built again.
-	dict := s.dict
-	if dict != nil && len(dict.strs) <= maxKeptStrings {
-		// At the same positions, duplicates and all.
-		e.strs = append(e.strs, dict.strs...)
-		for i, x := range dict.strs {
-			if _, ok := e.dict[x]; !ok && x != "" {
-				e.dict[x] = uint32(i + 1)
-			}
+	e := getEncoder()
+	defer e.release()
+	dict := e.preload(s)
+	b := e.records(e.body, s, dict, nil, nil)
+	b = e.meta(b, s)
+	e.body = b
+	return e.header(0, b), nil
+}
+
+// A stored state may be kept in two parts (member_features.state and
+// state_tail), each a version byte and a protobuf State: the base, the
+// string list and the records as of its writing; and the tail, the strings
+// and records added since, the lifetimes and the snapshot. Concatenated
+// (without the tail's version byte) they are one State message, as
+// protobuf concatenation merges. A member's new records are written in the
+// tail while the base stays as it was, so a heavy member's state is not
+// rewritten (and logged by PostgreSQL) whole for every event; when the
+// tail grows past tailLimit, or the base's records changed (a merge, a
+// trim, filters evaluated again), both are written again.
+
+// EncodeStateParts encodes s for storage in two parts: base is nil when
+// the stored base stays as it is (the caller keeps it), tail is never
+// empty. s then describes what was stored, so that its next encoding
+// writes only what changed since.
+func EncodeStateParts(s *State) (base, tail []byte, err error) {
+	e := getEncoder()
+	defer e.release()
+	dict := e.preload(s)
+	var spans []recordSpan
+	if s.tailFits(dict) {
+		// The records the base does not hold, the strings they add.
+		b := e.records(e.body, s, dict, func(st *stored) bool { return !st.inBase }, &spans)
+		b = e.meta(b, s)
+		e.body = b
+		tail = e.header(s.base.strings, b)
+		// The string list is the base's and the tail's, at the same
+		// positions: the records written as they were keep theirs.
+		dict.strs = append(dict.strs[:0:0], e.strs...)
+		s.install(spans, tail, len(tail)-len(b), dict, false)
+		return nil, tail, nil
+	}
+	b := e.records(e.body, s, dict, nil, &spans)
+	n := len(b)
+	b = e.meta(b, s)
+	e.body = b
+	base = e.header(0, b[:n])
+	tail = append([]byte{stateV1}, b[n:]...)
+	all := &dictionary{strs: slices.Clone(e.strs)}
+	s.install(spans, base, len(base)-n, all, true)
+	s.dict, s.base = all, &stateBase{records: len(s.Purchases) + len(s.Acts), strings: len(e.strs), bytes: len(base)}
+	return base, tail, nil
+}
+
+// tailLimit is how large the records of a tail may grow over a base of
+// baseBytes: writing the tail with every event and the base again at the
+// limit costs about baseBytes/N + N·r/2 an event for a limit of N records
+// of r bytes, least at N = √(2·baseBytes/r), a tail of about √(2·r·baseBytes)
+// bytes (r ≈ 200: 20·√baseBytes).
+func tailLimit(baseBytes int) int { return max(512, int(20*math.Sqrt(float64(baseBytes)))) }
+
+// tailFits says whether s can be stored as a tail over the base it was
+// decoded with or last written as: every record of that base is still
+// there unchanged, with its string list (dict), and the others fit in a
+// tail.
+func (s *State) tailFits(dict *dictionary) bool {
+	b := s.base
+	if b == nil || dict == nil || dict != s.dict || b.strings > len(dict.strs) {
+		return false
+	}
+	n, size := 0, 0
+	count := func(st *stored) bool {
+		switch {
+		case st.inBase && st.dict == dict:
+			n++
+		case st.inBase:
+			return false
+		case st.dict == dict:
+			size += len(st.raw)
+		default:
+			size += 200 // to be encoded: about a record's size
 		}
-	} else {
-		dict = nil
+		return true
 	}
 	for _, p := range s.Purchases {
-		if dict != nil && p.dict == dict {
-			b = appendRaw(b, stPurchases, p.raw)
-			continue
+		if !count(&p.stored) {
+			return false
 		}
-		b = appendMsg(b, stPurchases, func(b []byte) []byte { return e.purchase(b, p) })
+	}
+	for i := range s.Acts {
+		if !count(&s.Acts[i].stored) {
+			return false
+		}
+	}
+	return n == b.records && size <= tailLimit(b.bytes)
+}
+
+// recordSpan is where a record's content lies in an encoding's body.
+type recordSpan struct {
+	st         *stored
+	start, end int
+}
+
+// install makes the records just written read as stored: each written
+// record's encoding (at its span, shifted by at in out) under dict, in
+// the base or not; the records not written keep theirs, under dict.
+func (s *State) install(spans []recordSpan, out []byte, at int, dict *dictionary, inBase bool) {
+	for _, p := range s.Purchases {
+		if p.dict == s.dict && s.dict != nil {
+			p.dict = dict
+		}
+	}
+	for i := range s.Acts {
+		if a := &s.Acts[i]; a.dict == s.dict && s.dict != nil {
+			a.dict = dict
+		}
+	}
+	for _, sp := range spans {
+		*sp.st = stored{raw: string(out[at+sp.start : at+sp.end]), dict: dict, inBase: inBase}
+	}
+	s.dict = dict
+}
+
+func getEncoder() *stateEncoder { return encoders.Get().(*stateEncoder) }
+
+func (e *stateEncoder) release() {
+	clear(e.dict)
+	clear(e.strs)
+	e.strs, e.body, e.last = e.strs[:0], e.body[:0], [nRefKinds]struct {
+		s string
+		i uint64
+	}{}
+	encoders.Put(e)
+}
+
+// preload starts the string list with the one s was decoded with, at the
+// same positions, duplicates and all, and returns it: records decoded with
+// it are written back as they were. A list grown large with strings no
+// longer used is built again (nil).
+func (e *stateEncoder) preload(s *State) *dictionary {
+	dict := s.dict
+	if dict == nil || len(dict.strs) > maxKeptStrings {
+		return nil
+	}
+	e.strs = append(e.strs, dict.strs...)
+	for i, x := range dict.strs {
+		if _, ok := e.dict[x]; !ok && x != "" {
+			e.dict[x] = uint32(i + 1)
+		}
+	}
+	return dict
+}
+
+// records appends the records of s that keep selects (nil: all), each as it
+// was stored when it was decoded with dict; with spans, it notes where each
+// record's content lies in b.
+func (e *stateEncoder) records(b []byte, s *State, dict *dictionary, keep func(*stored) bool, spans *[]recordSpan) []byte {
+	one := func(b []byte, num protowire.Number, st *stored, body func(b []byte) []byte) []byte {
+		if keep != nil && !keep(st) {
+			return b
+		}
+		start := len(b)
+		if dict != nil && st.dict == dict {
+			b = appendRaw(b, num, st.raw)
+		} else {
+			b = appendMsg(b, num, body)
+		}
+		if spans != nil {
+			// The content follows the tag (one byte) and its length.
+			_, n := protowire.ConsumeVarint(b[start+1:])
+			*spans = append(*spans, recordSpan{st: st, start: start + 1 + n, end: len(b)})
+		}
+		return b
+	}
+	for _, p := range s.Purchases {
+		b = one(b, stPurchases, &p.stored, func(b []byte) []byte { return e.purchase(b, p) })
 	}
 	for i := range s.Acts {
 		a := &s.Acts[i]
-		if dict != nil && a.dict == dict {
-			b = appendRaw(b, stActs, a.raw)
-			continue
-		}
-		b = appendMsg(b, stActs, func(b []byte) []byte {
+		b = one(b, stActs, &a.stored, func(b []byte) []byte {
 			b = appendString(b, acEvent, a.Event)
 			b = appendInt(b, acAt, a.At)
 			b = appendUint(b, acKind, e.refAs(refKind, a.Kind))
@@ -233,6 +372,11 @@ func EncodeState(s *State) ([]byte, error) {
 			return appendUint(b, acOrigin, e.refAs(refOrigin, a.Origin))
 		})
 	}
+	return b
+}
+
+// meta appends the lifetimes and the snapshot of s.
+func (e *stateEncoder) meta(b []byte, s *State) []byte {
 	for _, o := range sortedKeys(s.Life) {
 		l := s.Life[o]
 		b = appendMsg(b, stLifetimes, func(b []byte) []byte { return e.lifetime(b, o, l) })
@@ -240,18 +384,23 @@ func EncodeState(s *State) ([]byte, error) {
 	if sn := s.snap; sn != nil {
 		b = appendMsg(b, stSnapshot, func(b []byte) []byte { return e.snapshot(b, sn, s.stale || len(s.pending) > 0) })
 	}
-	e.body = b
-	n := 1 + len(b)
-	for _, x := range e.strs {
+	return b
+}
+
+// header returns the version byte, the strings of the list from position
+// from on, and body.
+func (e *stateEncoder) header(from int, body []byte) []byte {
+	n := 1 + len(body)
+	for _, x := range e.strs[from:] {
 		n += 2 + protowire.SizeBytes(len(x))
 	}
 	out := make([]byte, 0, n)
 	out = append(out, stateV1)
-	for _, x := range e.strs {
+	for _, x := range e.strs[from:] {
 		out = protowire.AppendTag(out, stStrings, protowire.BytesType)
 		out = protowire.AppendString(out, x)
 	}
-	return append(out, b...), nil
+	return append(out, body...)
 }
 
 func (e *stateEncoder) purchase(b []byte, p *Purchase) []byte {
@@ -485,7 +634,7 @@ func DecodeState(b []byte) (*State, error) {
 	}
 	switch b[0] {
 	case stateV1:
-		if err := decodeV1(s, b[1:]); err != nil {
+		if err := decodeV1(s, b[1:], -1); err != nil {
 			return nil, fmt.Errorf("%w: %w", ErrBadState, err)
 		}
 		return s, nil
@@ -496,6 +645,24 @@ func DecodeState(b []byte) (*State, error) {
 		return s, nil
 	}
 	return nil, fmt.Errorf("%w: unknown version byte %#x", ErrBadState, b[0])
+}
+
+// DecodeStateParts decodes a state stored in two parts (EncodeStateParts);
+// without a tail, the base is a whole state (DecodeState).
+func DecodeStateParts(base, tail []byte) (*State, error) {
+	if len(tail) == 0 {
+		return DecodeState(base)
+	}
+	if len(base) == 0 || base[0] != stateV1 || tail[0] != stateV1 {
+		return nil, fmt.Errorf("%w: a tail over a base that is not in the binary form", ErrBadState)
+	}
+	whole := make([]byte, 0, len(base)+len(tail)-2)
+	whole = append(append(whole, base[1:]...), tail[1:]...)
+	s := &State{}
+	if err := decodeV1(s, whole, len(base)-1); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrBadState, err)
+	}
+	return s, nil
 }
 
 // decoder reads the fields of one message in buf. Strings are taken from
@@ -708,7 +875,9 @@ func (d *decoder) fixed64s(dst []uint64, f *field) []uint64 {
 
 var decoders = sync.Pool{New: func() any { return &shared{} }}
 
-func decodeV1(s *State, b []byte) error {
+// decodeV1 decodes the protobuf form b; baseEnd, when not negative, is
+// where the base part ends in it and a tail begins (DecodeStateParts).
+func decodeV1(s *State, b []byte, baseEnd int) error {
 	sh := decoders.Get().(*shared)
 	sh.whole = string(b)
 	defer func() {
@@ -721,15 +890,26 @@ func decodeV1(s *State, b []byte) error {
 	// The strings first, wherever they are, and how many records.
 	var f field
 	np, na := 0, 0
+	base := stateBase{bytes: baseEnd + 1}
+	metaInBase := false
 	scan := top
 	for scan.next(&f) {
+		in := f.off < baseEnd
 		switch f.num {
 		case stStrings:
 			sh.strs = append(sh.strs, scan.str(&f))
+			if in {
+				base.strings++
+			}
 		case stPurchases:
 			np++
 		case stActs:
 			na++
+		case stLifetimes, stSnapshot:
+			metaInBase = metaInBase || in
+		}
+		if in && (f.num == stPurchases || f.num == stActs) {
+			base.records++
 		}
 	}
 	if sh.err != nil {
@@ -756,13 +936,13 @@ func decodeV1(s *State, b []byte) error {
 			sub := d.msg(&f)
 			p := s.Purchases[pi]
 			decodePurchase(&sub, p)
-			p.stored = stored{raw: sh.whole[f.off : f.off+len(f.b)], dict: s.dict}
+			p.stored = stored{raw: sh.whole[f.off : f.off+len(f.b)], dict: s.dict, inBase: f.off < baseEnd}
 			pi++
 		case stActs:
 			sub := d.msg(&f)
 			a := &s.Acts[ai]
 			decodeAct(&sub, a)
-			a.stored = stored{raw: sh.whole[f.off : f.off+len(f.b)], dict: s.dict}
+			a.stored = stored{raw: sh.whole[f.off : f.off+len(f.b)], dict: s.dict, inBase: f.off < baseEnd}
 			ai++
 		case stLifetimes:
 			l := &Lifetime{}
@@ -782,10 +962,18 @@ func decodeV1(s *State, b []byte) error {
 		return sh.err
 	}
 	// Records are stored in time order; a state from elsewhere may not be.
+	// A base and its tail are each in order, and the tail's records were
+	// added after the base's: a stable sort gives the order they had.
 	if !slices.IsSortedFunc(s.Purchases, func(a, b *Purchase) int { return cmp.Compare(a.At, b.At) }) ||
 		!slices.IsSortedFunc(s.Acts, func(a, b Act) int { return cmp.Compare(a.At, b.At) }) {
 		s.sort()
-		s.stale = true
+		s.stale = s.stale || baseEnd < 0
+	}
+	// A base written with its lifetimes and snapshot (a whole state, as
+	// stored before tails) is written again whole before a tail goes over
+	// it.
+	if baseEnd >= 0 && !metaInBase {
+		s.base = &base
 	}
 	return nil
 }

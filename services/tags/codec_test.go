@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"math"
 	"reflect"
 	"slices"
@@ -114,7 +115,7 @@ func TestStateRoundTrip(t *testing.T) {
 // normalState makes empty slices nil, so states compare by content.
 func normalState(s *State) *State {
 	out := *s
-	out.dict = nil
+	out.dict, out.base = nil, nil
 	out.Purchases = nil
 	for _, p := range s.Purchases {
 		cp := *p
@@ -393,5 +394,131 @@ func TestDecodeLabelsAsProtoUnmarshal(t *testing.T) {
 		if err == nil && !proto.Equal(&mcv1.LabelsChanged{Labels: got}, &mcv1.LabelsChanged{Labels: lc.GetLabels()}) {
 			t.Errorf("%s: DecodeLabels %v, proto.Unmarshal %v", name, got, lc.GetLabels())
 		}
+	}
+}
+
+// TestStatePartsAsWhole: a member's state kept in two parts — a tail over
+// the stored base while records are only added, both again when the tail
+// grows or the base's records change (a trim, a merge) — decodes after
+// every write to the state as it was, and as its whole encoding decodes.
+// The state is carried on either as decoded from the stored parts or as
+// held in memory after writing (the stage's cache), with new strings,
+// events arriving late, labels refreshed and records trimmed and merged.
+func TestStatePartsAsWhole(t *testing.T) {
+	cats := propertyCatalogs(t)
+	start := time.Date(2026, 6, 1, 8, 30, 0, 0, time.UTC)
+	tails, wholes := 0, 0
+	for i := range 6 {
+		g := newFactGen(uint64(300+i), originA, originB)
+		st := &State{}
+		for _, f := range g.history(start, 10+i*40, 300*day, 0.6) {
+			st.Fold(f)
+		}
+		var base, tail []byte // as stored
+		now := start
+		for step := range 120 {
+			now = now.Add(time.Duration(1+g.r.IntN(30)) * time.Hour)
+			if step > 0 && step%4 != 0 { // else: carried on in memory
+				var err error
+				if st, err = DecodeStateParts(base, tail); err != nil {
+					t.Fatalf("member %d, step %d: %v", i, step, err)
+				}
+			}
+			for range 1 + g.r.IntN(3) {
+				f := g.fact(now.Add(-time.Duration(g.r.IntN(3))*day), 0.6) // some late
+				if g.r.IntN(5) == 0 {
+					f.Store = fmt.Sprintf("new-store-%d-%d", i, step) // a string the base does not hold
+				}
+				st.Fold(f)
+			}
+			switch {
+			case step%37 == 36:
+				o := &State{}
+				for _, f := range newFactGen(uint64(900+step), originB).history(now, 5, 30*day, 0.5) {
+					o.Fold(f)
+				}
+				st.Absorb(o)
+			case step%29 == 28:
+				st.Trim(now.Add(Retention - 200*day)) // drops the oldest records
+			}
+			if step%3 == 0 {
+				if _, err := cats[step%len(cats)].Refresh(Inputs{State: st}, now, false, nil); err != nil {
+					t.Fatal(err)
+				}
+			}
+			whole, err := EncodeState(st)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, tl, err := EncodeStateParts(st)
+			if err != nil {
+				t.Fatal(err)
+			}
+			switch {
+			case b == nil && base == nil:
+				t.Fatalf("member %d, step %d: a tail over no base", i, step)
+			case b == nil:
+				tails++
+			default:
+				base, wholes = b, wholes+1
+			}
+			tail = tl
+			got, err := DecodeStateParts(base, tail)
+			if err != nil {
+				t.Fatalf("member %d, step %d: %v", i, step, err)
+			}
+			want, err := DecodeState(whole)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(normalState(got), normalState(want)) {
+				t.Fatalf("member %d, step %d: the parts decode to\n%+v\nthe whole state to\n%+v", i, step, normalState(got), normalState(want))
+			}
+			// And the state in memory is what was stored: written again
+			// as it is, it writes what the decoded one writes.
+			again, err := EncodeState(st)
+			if err != nil || !bytes.Equal(again, whole) {
+				t.Fatalf("member %d, step %d: writing the parts changed the state (%v)", i, step, err)
+			}
+		}
+	}
+	if tails < 300 || wholes < 30 {
+		t.Fatalf("%d tails and %d whole writes: the run exercised too little", tails, wholes)
+	}
+}
+
+// TestStatePartsFromAWholeState: a state stored whole (before tails) is
+// written whole again, in parts, before a tail goes over it; a tail over a
+// base that is not binary is refused.
+func TestStatePartsFromAWholeState(t *testing.T) {
+	for i, st := range codecStates(t) {
+		whole, err := EncodeState(st)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := DecodeStateParts(whole, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got.Fold(newFactGen(uint64(i), originA).fact(time.Date(2026, 6, 2, 0, 0, 0, 0, time.UTC), 1))
+		base, tail, err := EncodeStateParts(got)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if base == nil {
+			t.Fatalf("state %d: a tail over a base holding the lifetimes and snapshot", i)
+		}
+		// The next event only adds: a tail.
+		back, err := DecodeStateParts(base, tail)
+		if err != nil {
+			t.Fatal(err)
+		}
+		back.Fold(newFactGen(uint64(i+50), originA).fact(time.Date(2026, 6, 3, 0, 0, 0, 0, time.UTC), 1))
+		if b2, _, err := EncodeStateParts(back); err != nil || b2 != nil {
+			t.Fatalf("state %d: one record added over a fresh base wrote the base again (%v)", i, err)
+		}
+	}
+	if _, err := DecodeStateParts([]byte(`{"p":[]}`), []byte{stateV1}); !errors.Is(err, ErrBadState) {
+		t.Fatalf("a tail over a JSON state: %v, want ErrBadState", err)
 	}
 }

@@ -187,7 +187,7 @@ func (m *memberState) takeCached(r *postgres.FeaturesRow, cached *State) error {
 		return nil
 	}
 	if r.State != nil {
-		st, err := DecodeState(r.State)
+		st, err := DecodeStateParts(r.State, r.Tail)
 		if err != nil {
 			return fmt.Errorf("member %s: %w", m.id, err)
 		}
@@ -342,7 +342,9 @@ func (s *Service) stage(ctx context.Context, m *memberState, r *Refreshed, cause
 		w.outbox = append(w.outbox, row)
 	}
 	m.pending = nil
-	rawState, err := EncodeState(m.state)
+	// The state's base is kept as stored when only records were added
+	// since (EncodeStateParts).
+	base, tail, err := EncodeStateParts(m.state)
 	if err != nil {
 		return nil, err
 	}
@@ -355,7 +357,7 @@ func (s *Service) stage(ctx context.Context, m *memberState, r *Refreshed, cause
 	if !r.Next.IsZero() {
 		w.newDue = &r.Next
 	}
-	w.features = postgres.FeaturesWrite{Member: m.id, State: rawState, LabelsPB: labelsPB,
+	w.features = postgres.FeaturesWrite{Member: m.id, State: base, Tail: tail, KeepState: base == nil, LabelsPB: labelsPB,
 		CatalogVersion: c.Version, Version: w.newVersion, DueAt: w.newDue, At: now}
 	return w, nil
 }

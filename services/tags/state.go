@@ -119,6 +119,15 @@ type State struct {
 	// dict is the string list the state was decoded with; nil when it was
 	// not decoded from the binary form.
 	dict *dictionary
+	// base is the stored base part the state was decoded with or last
+	// written as (EncodeStateParts); nil when unknown.
+	base *stateBase
+}
+
+// stateBase describes a stored base part: how many records and strings
+// it holds, and its size.
+type stateBase struct {
+	records, strings, bytes int
 }
 
 // record is a purchase or an interaction added to a state.
@@ -161,6 +170,8 @@ type Purchase struct {
 type stored struct {
 	raw  string
 	dict *dictionary
+	// inBase: the record is in the stored base part (EncodeStateParts).
+	inBase bool
 }
 
 // dictionary is the string list of a decoded state.

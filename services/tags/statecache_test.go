@@ -27,7 +27,7 @@ import (
 // are written as their positions in members.
 func (f *fixture) storedState(t *testing.T, m uuid.UUID, members []uuid.UUID) string {
 	t.Helper()
-	raw := pgtest.Values[[]byte](t, context.Background(), f.pool, `SELECT state FROM member_features WHERE member_id = $1`, m)
+	raw := pgtest.Values[[]byte](t, context.Background(), f.pool, `SELECT state || coalesce(substring(state_tail FROM 2), ''::bytea) FROM member_features WHERE member_id = $1`, m)
 	switch len(raw) {
 	case 0:
 		return "(none)"
@@ -131,8 +131,8 @@ func TestStateCacheChangesNothing(t *testing.T) {
 				// Another writer replaces member 0's state with member 1's
 				// (an import, a merge, another process): the cached state
 				// of member 0 is no longer what is stored.
-				if _, err := f.pool.Exec(c, `UPDATE member_features SET state = (SELECT state FROM member_features WHERE member_id = $2)
-					WHERE member_id = $1`, members[0], members[1]); err != nil {
+				if _, err := f.pool.Exec(c, `UPDATE member_features f SET state = o.state, state_tail = o.state_tail
+					FROM member_features o WHERE f.member_id = $1 AND o.member_id = $2`, members[0], members[1]); err != nil {
 					t.Fatal(err)
 				}
 			}

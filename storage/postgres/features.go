@@ -47,7 +47,8 @@ func MemberAttributes(ctx context.Context, q Querier, id uuid.UUID) (map[string]
 // reads them when it cannot).
 type FeaturesRow struct {
 	Exists         bool   // a member_features row
-	State          []byte // the tag engine's encoding (tags.DecodeState)
+	State          []byte // the tag engine's encoding (tags.DecodeStateParts): its base
+	Tail           []byte // and its tail (nil: State is whole)
 	Version        int64
 	CatalogVersion string
 	DueAt          *time.Time
@@ -73,11 +74,11 @@ func LoadFeatures(ctx context.Context, tx pgx.Tx, member uuid.UUID, devices []st
 	if len(devices) > 0 {
 		b.Queue(`INSERT INTO device_members (device_hash, member_id) SELECT unnest($1::text[]), $2 ON CONFLICT DO NOTHING`, devices, member)
 	}
-	b.Queue(`SELECT state, version, catalog_version, due_at FROM member_features WHERE member_id = $1 FOR UPDATE`, member).
+	b.Queue(`SELECT state, state_tail, version, catalog_version, due_at FROM member_features WHERE member_id = $1 FOR UPDATE`, member).
 		Query(func(rows pgx.Rows) error {
 			for rows.Next() {
 				r.Exists = true
-				if err := rows.Scan(&r.State, &r.Version, &r.CatalogVersion, &r.DueAt); err != nil {
+				if err := rows.Scan(&r.State, &r.Tail, &r.Version, &r.CatalogVersion, &r.DueAt); err != nil {
 					return err
 				}
 			}
@@ -130,7 +131,11 @@ func QueueProfileExport(b *pgx.Batch, member uuid.UUID, version int64) {
 // FeaturesWrite is a member's features as the tag engine stores them.
 type FeaturesWrite struct {
 	Member uuid.UUID
-	State  []byte
+	// State and Tail are the state's two parts (tags.EncodeStateParts):
+	// with KeepState, the row keeps the base it holds and only the tail
+	// is written (State is not read). A whole state has no tail.
+	State, Tail []byte
+	KeepState   bool
 	// The labels (tags.EncodeLabels); nil: they did not change, and the
 	// row keeps what it holds. Written labels_pb supersedes the JSON
 	// labels of rows written before it, which is emptied.
@@ -344,6 +349,7 @@ func LoadFeaturesBatch(ctx context.Context, tx pgx.Tx, members []uuid.UUID, seen
 	// xmin is compared as a number (xid has no = with bigint). A row locked
 	// after a concurrent write is the newest version, xmin and all.
 	b.Queue(`SELECT f.member_id, CASE WHEN f.xmin::text::bigint = k.x THEN NULL ELSE f.state END,
+		       CASE WHEN f.xmin::text::bigint = k.x THEN NULL ELSE f.state_tail END,
 		       f.xmin::text::bigint, f.xmin::text::bigint = k.x, f.version, f.catalog_version, f.due_at
 		  FROM member_features f LEFT JOIN unnest($2::uuid[], $3::bigint[]) AS k(m, x) ON k.m = f.member_id
 		 WHERE f.member_id = ANY($1) ORDER BY f.member_id FOR UPDATE OF f`, members, knownM, knownX).
@@ -353,7 +359,7 @@ func LoadFeaturesBatch(ctx context.Context, tx pgx.Tx, members []uuid.UUID, seen
 				var r FeaturesRow
 				var xmin int64
 				var unchanged *bool
-				if err := rows.Scan(&id, &r.State, &xmin, &unchanged, &r.Version, &r.CatalogVersion, &r.DueAt); err != nil {
+				if err := rows.Scan(&id, &r.State, &r.Tail, &xmin, &unchanged, &r.Version, &r.CatalogVersion, &r.DueAt); err != nil {
 					return err
 				}
 				r.Xmin, r.Unchanged = uint32(xmin), unchanged != nil && *unchanged
@@ -440,45 +446,81 @@ func QueueProfileExports(b *pgx.Batch, members []uuid.UUID, versions []int64) {
 // statement; written, when not nil, is told each row's new xmin (the
 // transaction that wrote it, or its subtransaction) when the batch runs.
 func QueueFeaturesBatch(b *pgx.Batch, fs []FeaturesWrite, written func(member uuid.UUID, xmin uint32)) {
-	if len(fs) == 0 {
-		return
+	var whole, kept []FeaturesWrite
+	for _, f := range fs {
+		if f.KeepState {
+			kept = append(kept, f)
+		} else {
+			whole = append(whole, f)
+		}
 	}
+	// Unchanged labels (labels_pb NULL) are not written again: the row
+	// keeps its labels, and a new row gets none.
+	if len(whole) > 0 {
+		queueFeatures(b, whole, true, written, `INSERT INTO member_features (member_id, state, state_tail, labels, labels_pb, catalog_version, version, due_at, updated_at)
+		SELECT m, s, t, '{}'::jsonb, pb, c, v, d, a
+		  FROM unnest($1::uuid[], $2::bytea[], $3::bytea[], $4::bytea[], $5::text[], $6::bigint[], $7::timestamptz[], $8::timestamptz[])
+		       AS x(m, s, t, pb, c, v, d, a)
+		ON CONFLICT (member_id) DO UPDATE SET state = EXCLUDED.state, state_tail = EXCLUDED.state_tail,
+		  labels = CASE WHEN EXCLUDED.labels_pb IS NULL THEN member_features.labels ELSE '{}'::jsonb END,
+		  labels_pb = coalesce(EXCLUDED.labels_pb, member_features.labels_pb),
+		  catalog_version = EXCLUDED.catalog_version, version = EXCLUDED.version, due_at = EXCLUDED.due_at,
+		  updated_at = EXCLUDED.updated_at
+		RETURNING member_id, xmin::text::bigint`)
+	}
+	// A kept base is not written: PostgreSQL keeps its stored (TOAST) copy
+	// and logs none of it. Its row must be there (its member is locked);
+	// a row that is not fails the batch rather than lose the write.
+	if len(kept) > 0 {
+		queueFeatures(b, kept, false, written, `UPDATE member_features f SET state_tail = x.t,
+		  labels = CASE WHEN x.pb IS NULL THEN f.labels ELSE '{}'::jsonb END,
+		  labels_pb = coalesce(x.pb, f.labels_pb),
+		  catalog_version = x.c, version = x.v, due_at = x.d, updated_at = x.a
+		  FROM unnest($1::uuid[], $2::bytea[], $3::bytea[], $4::text[], $5::bigint[], $6::timestamptz[], $7::timestamptz[])
+		       AS x(m, t, pb, c, v, d, a)
+		 WHERE f.member_id = x.m
+		RETURNING f.member_id, f.xmin::text::bigint`)
+	}
+}
+
+// queueFeatures queues sql over the columns of fs (the state's base first
+// when withState) and hands each row's new xmin to written; a member sql
+// wrote no row of fails the batch.
+func queueFeatures(b *pgx.Batch, fs []FeaturesWrite, withState bool, written func(member uuid.UUID, xmin uint32), sql string) {
 	n := len(fs)
 	members := make([]uuid.UUID, n)
-	states := make([][]byte, n)
-	pbs := make([][]byte, n)
+	states, tails, pbs := make([][]byte, n), make([][]byte, n), make([][]byte, n)
 	catalogs := make([]string, n)
 	versions := make([]int64, n)
 	dues := make([]*time.Time, n)
 	ats := make([]time.Time, n)
 	for i, f := range fs {
-		members[i], states[i], pbs[i], catalogs[i], versions[i], dues[i], ats[i] =
-			f.Member, f.State, f.LabelsPB, f.CatalogVersion, f.Version, f.DueAt, f.At
+		members[i], states[i], tails[i], pbs[i], catalogs[i], versions[i], dues[i], ats[i] =
+			f.Member, f.State, f.Tail, f.LabelsPB, f.CatalogVersion, f.Version, f.DueAt, f.At
 	}
-	// Unchanged labels (labels_pb NULL) are not written again: the row
-	// keeps its labels, and a new row gets none.
-	b.Queue(`INSERT INTO member_features (member_id, state, labels, labels_pb, catalog_version, version, due_at, updated_at)
-		SELECT m, s, '{}'::jsonb, pb, c, v, d, a
-		  FROM unnest($1::uuid[], $2::bytea[], $3::bytea[], $4::text[], $5::bigint[], $6::timestamptz[], $7::timestamptz[])
-		       AS x(m, s, pb, c, v, d, a)
-		ON CONFLICT (member_id) DO UPDATE SET state = EXCLUDED.state,
-		  labels = CASE WHEN EXCLUDED.labels_pb IS NULL THEN member_features.labels ELSE '{}'::jsonb END,
-		  labels_pb = coalesce(EXCLUDED.labels_pb, member_features.labels_pb),
-		  catalog_version = EXCLUDED.catalog_version, version = EXCLUDED.version, due_at = EXCLUDED.due_at,
-		  updated_at = EXCLUDED.updated_at
-		RETURNING member_id, xmin::text::bigint`,
-		members, states, pbs, catalogs, versions, dues, ats).
-		Query(func(rows pgx.Rows) error {
-			for rows.Next() {
-				var id uuid.UUID
-				var xmin int64
-				if err := rows.Scan(&id, &xmin); err != nil {
-					return err
-				}
-				if written != nil {
-					written(id, uint32(xmin))
-				}
+	args := []any{members, tails, pbs, catalogs, versions, dues, ats}
+	if withState {
+		args = append([]any{members, states}, args[1:]...)
+	}
+	b.Queue(sql, args...).Query(func(rows pgx.Rows) error {
+		got := 0
+		for rows.Next() {
+			var id uuid.UUID
+			var xmin int64
+			if err := rows.Scan(&id, &xmin); err != nil {
+				return err
 			}
-			return rows.Err()
-		})
+			got++
+			if written != nil {
+				written(id, uint32(xmin))
+			}
+		}
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		if got != n {
+			return fmt.Errorf("write features: %d of %d members' rows written", got, n)
+		}
+		return nil
+	})
 }

@@ -39,22 +39,19 @@ func TestFeatureStateBecomesBytes(t *testing.T) {
 	if string(state) != `{"p": [{"m": 200, "t": 1}]}` {
 		t.Errorf("JSON state after the migration: %q", state)
 	}
+	// (Written as the worker wrote it then: today's write has columns
+	// later migrations add.)
 	bin := []byte{0x01, 0x0a, 0x03, 'p', 'o', 's'}
-	b := &pgx.Batch{}
-	postgres.QueueFeatures(b, postgres.FeaturesWrite{Member: binMember, State: bin, LabelsPB: []byte{},
-		Version: 1, At: at})
-	if err := pool.SendBatch(ctx, b).Close(); err != nil {
+	if _, err := pool.Exec(ctx, `INSERT INTO member_features (member_id, state, labels_pb, version, updated_at) VALUES ($1, $2, '', 1, $3)`,
+		binMember, bin, at); err != nil {
 		t.Fatal(err)
 	}
-	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
-		r, err := postgres.LoadFeatures(ctx, tx, binMember, nil)
-		if err == nil && !bytes.Equal(r.State, bin) {
-			t.Errorf("binary state read back as %x", r.State)
-		}
-		return err
-	})
-	if err != nil {
+	var back []byte
+	if err := pool.QueryRow(ctx, `SELECT state FROM member_features WHERE member_id = $1`, binMember).Scan(&back); err != nil {
 		t.Fatal(err)
+	}
+	if !bytes.Equal(back, bin) {
+		t.Errorf("binary state read back as %x", back)
 	}
 	// Rolled back: JSON is JSON again, binary is gone.
 	if _, err := p.DownTo(ctx, 14); err != nil {
@@ -172,5 +169,54 @@ func TestDequeueLeavesAMemberAWorkerHolds(t *testing.T) {
 	}
 	if len(queued) != 1 || queued[held] != 2 {
 		t.Fatalf("queued after the dequeue and the worker's commit: %v; want only the held member, at version 2", queued)
+	}
+}
+
+// TestKeptStateBase: a write that keeps the state's base (KeepState)
+// writes only the tail, and the stored base stays as it was, byte for
+// byte; a whole write replaces both.
+func TestKeptStateBase(t *testing.T) {
+	ctx := context.Background()
+	at := time.Date(2026, 3, 18, 12, 0, 0, 0, time.UTC) // any instant: nothing here reads it
+	pool := pgtest.NewPool(t, nil)
+	m := uuid.New()
+	if err := postgres.InsertMember(ctx, pool, m, at); err != nil {
+		t.Fatal(err)
+	}
+	base := bytes.Repeat([]byte{1, 2, 3, 4, 5, 6, 7}, 3000) // stored out of line
+	write := func(f postgres.FeaturesWrite) {
+		t.Helper()
+		f.Member, f.At = m, at
+		b := &pgx.Batch{}
+		postgres.QueueFeaturesBatch(b, []postgres.FeaturesWrite{f}, nil)
+		if err := pool.SendBatch(ctx, b).Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stored := func() (state, tail []byte) {
+		t.Helper()
+		if err := pool.QueryRow(ctx, `SELECT state, state_tail FROM member_features WHERE member_id = $1`, m).Scan(&state, &tail); err != nil {
+			t.Fatal(err)
+		}
+		return state, tail
+	}
+	write(postgres.FeaturesWrite{State: base, Tail: []byte{1, 9}})
+	write(postgres.FeaturesWrite{State: []byte{0xff}, Tail: []byte{1, 8, 8}, KeepState: true, Version: 1})
+	if s, tl := stored(); !bytes.Equal(s, base) || !bytes.Equal(tl, []byte{1, 8, 8}) {
+		t.Fatalf("after a tail-only write: state of %d bytes (want the %d kept), tail %x", len(s), len(base), tl)
+	}
+	write(postgres.FeaturesWrite{State: []byte{1, 7}, Version: 2})
+	if s, tl := stored(); !bytes.Equal(s, []byte{1, 7}) || tl != nil {
+		t.Fatalf("after a whole write: state %x, tail %x; want 0107 and none", s, tl)
+	}
+	// A base cannot be kept for a row that is not there.
+	other := uuid.New()
+	if err := postgres.InsertMember(ctx, pool, other, at); err != nil {
+		t.Fatal(err)
+	}
+	b := &pgx.Batch{}
+	postgres.QueueFeaturesBatch(b, []postgres.FeaturesWrite{{Member: other, Tail: []byte{1}, KeepState: true, At: at}}, nil)
+	if err := pool.SendBatch(ctx, b).Close(); err == nil {
+		t.Fatal("a kept base written for a member without features")
 	}
 }

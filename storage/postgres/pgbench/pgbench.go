@@ -287,6 +287,10 @@ type FeatureStats struct {
 	StateBytes, Purchases, Acts, Labels float64
 }
 
+// wholeState is a member_features row's state whole: its base and tail
+// joined (tags.EncodeStateParts), as tags.DecodeState reads it.
+const wholeState = `state || coalesce(substring(state_tail FROM 2), ''::bytea)`
+
 // FeatureCounter counts what a member's stored state holds (the tag
 // engine decodes it): purchases, other records and labels.
 type FeatureCounter func(state, labelsPB, labelsJSON []byte) (purchases, acts, labels int, err error)
@@ -295,7 +299,7 @@ type FeatureCounter func(state, labelsPB, labelsJSON []byte) (purchases, acts, l
 // the purchases, other records and labels it holds, counted by count.
 func FeatureStatsOf(ctx context.Context, q postgres.Querier, members []uuid.UUID, count FeatureCounter) (FeatureStats, error) {
 	var s FeatureStats
-	rows, err := q.Query(ctx, `SELECT pg_column_size(state), state, labels_pb, CASE WHEN labels_pb IS NULL THEN labels END
+	rows, err := q.Query(ctx, `SELECT pg_column_size(state) + coalesce(pg_column_size(state_tail), 0), `+wholeState+`, labels_pb, CASE WHEN labels_pb IS NULL THEN labels END
 		FROM member_features WHERE member_id = ANY($1)`, members)
 	if err != nil {
 		return s, err
@@ -336,7 +340,7 @@ type Features struct {
 
 // FeaturesOf reads the tag state of the members that have one.
 func FeaturesOf(ctx context.Context, q postgres.Querier, members []uuid.UUID) ([]Features, error) {
-	rows, err := q.Query(ctx, `SELECT f.member_id, f.state, f.labels_pb, CASE WHEN f.labels_pb IS NULL THEN f.labels END,
+	rows, err := q.Query(ctx, `SELECT f.member_id, f.`+wholeState+`, f.labels_pb, CASE WHEN f.labels_pb IS NULL THEN f.labels END,
 		       f.version, f.catalog_version, f.due_at, m.attributes
 		FROM member_features f JOIN members m USING (member_id) WHERE f.member_id = ANY($1)`, members)
 	if err != nil {
