@@ -648,12 +648,14 @@ func DecodeState(b []byte) (*State, error) {
 }
 
 // DecodeStateParts decodes a state stored in two parts (EncodeStateParts);
-// without a tail, the base is a whole state (DecodeState).
+// without a tail, the base is a whole state (DecodeState). An empty base is
+// a new state, as an empty whole state is: a state wiped (to be built
+// again by a backfill) whatever tail it had.
 func DecodeStateParts(base, tail []byte) (*State, error) {
-	if len(tail) == 0 {
+	if len(tail) == 0 || len(base) == 0 {
 		return DecodeState(base)
 	}
-	if len(base) == 0 || base[0] != stateV1 || tail[0] != stateV1 {
+	if base[0] != stateV1 || tail[0] != stateV1 {
 		return nil, fmt.Errorf("%w: a tail over a base that is not in the binary form", ErrBadState)
 	}
 	whole := make([]byte, 0, len(base)+len(tail)-2)

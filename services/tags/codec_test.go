@@ -489,7 +489,7 @@ func TestStatePartsAsWhole(t *testing.T) {
 
 // TestStatePartsFromAWholeState: a state stored whole (before tails) is
 // written whole again, in parts, before a tail goes over it; a tail over a
-// base that is not binary is refused.
+// base that is not binary is refused; an empty base is a new state.
 func TestStatePartsFromAWholeState(t *testing.T) {
 	for i, st := range codecStates(t) {
 		whole, err := EncodeState(st)
@@ -520,5 +520,9 @@ func TestStatePartsFromAWholeState(t *testing.T) {
 	}
 	if _, err := DecodeStateParts([]byte(`{"p":[]}`), []byte{stateV1}); !errors.Is(err, ErrBadState) {
 		t.Fatalf("a tail over a JSON state: %v, want ErrBadState", err)
+	}
+	// A wiped state (an empty base) is a new one, whatever its tail.
+	if st, err := DecodeStateParts(nil, []byte{stateV1, 0x12, 0x00}); err != nil || len(st.Purchases) != 0 || st.base != nil {
+		t.Fatalf("a wiped state with a tail: %+v, %v; want a new state", st, err)
 	}
 }
