@@ -502,7 +502,8 @@ func (tg *target) snapshot(t *testing.T, ctx context.Context, clock clockReading
 	// The feature states the labels are computed from: the purchases and
 	// lifetime totals (the stored snapshot of the last computation holds
 	// its time), with the member's id.
-	rows, err = tg.pool.Query(ctx, `SELECT l.legacy_id, l.member_id::text, f.state || coalesce(substring(f.state_tail FROM 2), ''::bytea) FROM member_features f JOIN legacy_members l USING (member_id)`)
+	rows, err = tg.pool.Query(ctx, `SELECT l.legacy_id, l.member_id::text, CASE WHEN f.state_tail IS NULL THEN f.state ELSE '\x01'::bytea || substring(f.state FROM 2) || substring(f.state_tail FROM 2) END
+		FROM member_features f JOIN legacy_members l USING (member_id)`)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -20,6 +20,8 @@ import (
 //	0x01  the protobuf message membercenter.tagstate.v1.State
 //	      (proto/membercenter/tagstate/v1/state.proto), written and read
 //	      here without reflection, field by field
+//	0x02  the same, the base of a state stored in two parts
+//	      (member_features.state_tail: EncodeStateParts), never read alone
 //	'{'   JSON, as states were stored before (read only; written again
 //	      as 0x01)
 //
@@ -28,6 +30,12 @@ import (
 // and keeps the snapshot Refresh needs to evaluate only what an event
 // changed.
 const stateV1 = 0x01
+
+// stateBaseV1 is the version byte of the base of a state stored in two
+// parts (EncodeStateParts), the protobuf form as stateV1. A reader that
+// knows no tails (a process of an earlier version, during an upgrade)
+// refuses it instead of reading the base as the whole state.
+const stateBaseV1 = 0x02
 
 // Fields of membercenter.tagstate.v1.State and its messages.
 const (
@@ -190,7 +198,7 @@ func EncodeState(s *State) ([]byte, error) {
 	b := e.records(e.body, s, dict, nil, nil)
 	b = e.meta(b, s)
 	e.body = b
-	return e.header(0, b), nil
+	return e.header(stateV1, 0, b), nil
 }
 
 // A stored state may be kept in two parts (member_features.state and
@@ -218,7 +226,7 @@ func EncodeStateParts(s *State) (base, tail []byte, err error) {
 		b := e.records(e.body, s, dict, func(st *stored) bool { return !st.inBase }, &spans)
 		b = e.meta(b, s)
 		e.body = b
-		tail = e.header(s.base.strings, b)
+		tail = e.header(stateV1, s.base.strings, b)
 		// The string list is the base's and the tail's, at the same
 		// positions: the records written as they were keep theirs.
 		dict.strs = append(dict.strs[:0:0], e.strs...)
@@ -229,7 +237,7 @@ func EncodeStateParts(s *State) (base, tail []byte, err error) {
 	n := len(b)
 	b = e.meta(b, s)
 	e.body = b
-	base = e.header(0, b[:n])
+	base = e.header(stateBaseV1, 0, b[:n])
 	tail = append([]byte{stateV1}, b[n:]...)
 	all := &dictionary{strs: slices.Clone(e.strs)}
 	s.install(spans, base, len(base)-n, all, true)
@@ -389,13 +397,13 @@ func (e *stateEncoder) meta(b []byte, s *State) []byte {
 
 // header returns the version byte, the strings of the list from position
 // from on, and body.
-func (e *stateEncoder) header(from int, body []byte) []byte {
+func (e *stateEncoder) header(version byte, from int, body []byte) []byte {
 	n := 1 + len(body)
 	for _, x := range e.strs[from:] {
 		n += 2 + protowire.SizeBytes(len(x))
 	}
 	out := make([]byte, 0, n)
-	out = append(out, stateV1)
+	out = append(out, version)
 	for _, x := range e.strs[from:] {
 		out = protowire.AppendTag(out, stStrings, protowire.BytesType)
 		out = protowire.AppendString(out, x)
@@ -643,6 +651,8 @@ func DecodeState(b []byte) (*State, error) {
 			return nil, fmt.Errorf("%w: %w", ErrBadState, err)
 		}
 		return s, nil
+	case stateBaseV1:
+		return nil, fmt.Errorf("%w: the base of a state in two parts, read without its tail", ErrBadState)
 	}
 	return nil, fmt.Errorf("%w: unknown version byte %#x", ErrBadState, b[0])
 }
@@ -655,7 +665,7 @@ func DecodeStateParts(base, tail []byte) (*State, error) {
 	if len(tail) == 0 || len(base) == 0 {
 		return DecodeState(base)
 	}
-	if base[0] != stateV1 || tail[0] != stateV1 {
+	if base[0] != stateBaseV1 || tail[0] != stateV1 {
 		return nil, fmt.Errorf("%w: a tail over a base that is not in the binary form", ErrBadState)
 	}
 	whole := make([]byte, 0, len(base)+len(tail)-2)

@@ -508,6 +508,11 @@ func TestStatePartsFromAWholeState(t *testing.T) {
 		if base == nil {
 			t.Fatalf("state %d: a tail over a base holding the lifetimes and snapshot", i)
 		}
+		// A reader that knows no tails refuses the base rather than read
+		// it as the whole state.
+		if _, err := DecodeState(base); !errors.Is(err, ErrBadState) {
+			t.Fatalf("state %d: a base read alone: %v, want ErrBadState", i, err)
+		}
 		// The next event only adds: a tail.
 		back, err := DecodeStateParts(base, tail)
 		if err != nil {

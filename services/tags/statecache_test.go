@@ -27,7 +27,8 @@ import (
 // are written as their positions in members.
 func (f *fixture) storedState(t *testing.T, m uuid.UUID, members []uuid.UUID) string {
 	t.Helper()
-	raw := pgtest.Values[[]byte](t, context.Background(), f.pool, `SELECT state || coalesce(substring(state_tail FROM 2), ''::bytea) FROM member_features WHERE member_id = $1`, m)
+	raw := pgtest.Values[[]byte](t, context.Background(), f.pool, `SELECT CASE WHEN state_tail IS NULL THEN state ELSE '\x01'::bytea || substring(state FROM 2) || substring(state_tail FROM 2) END
+		FROM member_features WHERE member_id = $1`, m)
 	switch len(raw) {
 	case 0:
 		return "(none)"

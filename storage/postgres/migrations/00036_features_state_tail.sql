@@ -18,5 +18,5 @@ END $$;
 -- +goose Down
 -- Back to whole states: the tail's records, lifetimes and snapshot joined
 -- to the base (protobuf concatenation, without the tail's version byte).
-UPDATE member_features SET state = state || substring(state_tail FROM 2) WHERE state_tail IS NOT NULL;
+UPDATE member_features SET state = '\x01'::bytea || substring(state FROM 2) || substring(state_tail FROM 2) WHERE state_tail IS NOT NULL;
 ALTER TABLE member_features DROP COLUMN state_tail;

@@ -289,7 +289,7 @@ type FeatureStats struct {
 
 // wholeState is a member_features row's state whole: its base and tail
 // joined (tags.EncodeStateParts), as tags.DecodeState reads it.
-const wholeState = `state || coalesce(substring(state_tail FROM 2), ''::bytea)`
+const wholeState = `CASE WHEN state_tail IS NULL THEN state ELSE '\x01'::bytea || substring(state FROM 2) || substring(state_tail FROM 2) END`
 
 // FeatureCounter counts what a member's stored state holds (the tag
 // engine decodes it): purchases, other records and labels.
@@ -340,7 +340,7 @@ type Features struct {
 
 // FeaturesOf reads the tag state of the members that have one.
 func FeaturesOf(ctx context.Context, q postgres.Querier, members []uuid.UUID) ([]Features, error) {
-	rows, err := q.Query(ctx, `SELECT f.member_id, f.`+wholeState+`, f.labels_pb, CASE WHEN f.labels_pb IS NULL THEN f.labels END,
+	rows, err := q.Query(ctx, `SELECT f.member_id, `+wholeState+`, f.labels_pb, CASE WHEN f.labels_pb IS NULL THEN f.labels END,
 		       f.version, f.catalog_version, f.due_at, m.attributes
 		FROM member_features f JOIN members m USING (member_id) WHERE f.member_id = ANY($1)`, members)
 	if err != nil {
