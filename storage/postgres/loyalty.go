@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strconv"
 	"time"
 
 	"github.com/google/uuid"
@@ -238,17 +239,25 @@ func LoadLoyalty(ctx context.Context, q Batcher, l LoyaltyLoad) (LoyaltyRows, er
 	r := LoyaltyRows{Budgets: map[string]int64{}, TplIssued: map[string]int{}}
 	b := &pgx.Batch{}
 	labels, labelArgs := labelsSQL(l.Labels, "$1", "$2")
+	args := append([]any{l.Member}, labelArgs...)
+	// With a window, the balance and the sum of the lots still pending
+	// after it, in the same statement (one fewer for every Quote).
+	sums := "0::bigint, 0::bigint"
+	if !l.SettledAfter.IsZero() {
+		sums = memberSums(fmt.Sprintf("$%d", len(args)+1), fmt.Sprintf("$%d", len(args)+2))
+		args = append(args, l.SettledAfter, pendingFrom(l))
+	}
 	memberSQL := `SELECT change_seq, coalesce(attributes->>'birth_date', ''),
 		` + labels + `,
-		merged_into IS NOT NULL
+		merged_into IS NOT NULL, ` + sums + `
 		FROM members WHERE member_id = $1 AND status <> 'erased'`
 	if l.Lock {
 		memberSQL += lockMemberRow
 	}
-	b.Queue(memberSQL, append([]any{l.Member}, labelArgs...)...).Query(func(rows pgx.Rows) error {
+	b.Queue(memberSQL, args...).Query(func(rows pgx.Rows) error {
 		for rows.Next() {
 			r.Found = true
-			if err := rows.Scan(&r.ChangeSeq, &r.BirthDate, &r.Labels, &r.Merged); err != nil {
+			if err := rows.Scan(&r.ChangeSeq, &r.BirthDate, &r.Labels, &r.Merged, &r.balance, &r.Pending); err != nil {
 				return err
 			}
 		}
@@ -262,7 +271,7 @@ func LoadLoyalty(ctx context.Context, q Batcher, l LoyaltyLoad) (LoyaltyRows, er
 		}
 		return rows.Err()
 	})
-	windowed, err := queueLots(b, func(uuid.UUID) *LoyaltyRows { return &r }, []LoyaltyLoad{l})
+	windowed, err := queueMemberLots(b, &r, l)
 	if err != nil {
 		return r, err
 	}
@@ -287,7 +296,7 @@ func LoadLoyalty(ctx context.Context, q Batcher, l LoyaltyLoad) (LoyaltyRows, er
 		l.SettledAfter, l.AvailableFrom, l.SpendUpTo = time.Time{}, time.Time{}, 0
 		return LoadLoyalty(ctx, q, l) // every lot, in a snapshot of its own
 	}
-	if len(windowed) > 0 {
+	if windowed {
 		if err := settle(l.Member, &r); err != nil {
 			return r, err
 		}
@@ -532,6 +541,51 @@ func PeekBenefitLabelChecks(ctx context.Context, q Querier, limit int) ([]uuid.U
 func TakeBenefitLabelChecks(ctx context.Context, tx pgx.Tx, members []uuid.UUID) ([]uuid.UUID, error) {
 	return queryValues[uuid.UUID](ctx, tx, "take benefit label checks",
 		`DELETE FROM benefit_label_checks WHERE member_id = ANY($1) RETURNING member_id`, members)
+}
+
+// queueMemberLots queues the reads of one member's open lots as l asks
+// (queueLots), in statements of the member alone: PostgreSQL plans these
+// once (a generic plan), where it would plan the batch's (over unnest)
+// again for every call, most of a Quote's time in PostgreSQL. It reports
+// whether the lots are read with a window (settle them once read).
+func queueMemberLots(b *pgx.Batch, r *LoyaltyRows, l LoyaltyLoad) (windowed bool, err error) {
+	if l.SettledAfter.IsZero() {
+		queueRows(b, &r.Lots, lotColumns, `SELECT `+lotSelect("")+` FROM point_lots WHERE member_id = $1 AND remaining > 0 ORDER BY lot_id`, l.Member)
+		return false, nil
+	}
+	if l.SpendUpTo > 0 && l.AvailableFrom.IsZero() {
+		return false, fmt.Errorf("load loyalty state: member %s: points to spend need the lots pending at the window's start (AvailableFrom)", l.Member)
+	}
+	// The window's end, or the member's last operation if later (computed
+	// once: a subquery of the member alone).
+	const t = `greatest($2::timestamptz, (SELECT (state->>'last')::timestamptz FROM loyalty_state WHERE member_id = $1))`
+	// One by one the lots expiring by t, and those pending at the window's
+	// start that become available by t (one scan of each index); the
+	// balance and the sum of the lots still pending after t are read with
+	// the member (memberSums). Without AvailableFrom ($3 infinity), no
+	// pending lot is read or summed.
+	from := pendingFrom(l)
+	queueRows(b, &r.Lots, lotColumns, `SELECT `+lotSelect("")+` FROM point_lots
+		WHERE member_id = $1 AND remaining > 0 AND (expires_at <= `+t+` OR (available_at > $3 AND available_at <= `+t+`))`,
+		l.Member, l.SettledAfter, from)
+	if l.SpendUpTo > 0 {
+		queueRows(b, &r.spendable, lotColumns, `SELECT `+lotSelect("")+` FROM point_lots
+			WHERE member_id = $1 AND remaining > 0 AND expires_at > `+t+` AND available_at <= $3
+			ORDER BY expires_at, lot_id LIMIT `+strconv.Itoa(spendChunk), l.Member, l.SettledAfter, from)
+	}
+	return true, nil
+}
+
+// memberSums is the select-list expressions of a member's balance and the
+// sum of its open lots still pending after the window that ends at after
+// (or at its last operation, if later), read when pendings from is not
+// infinity: after and from are the SQL of the statement's parameters, $1
+// the member.
+func memberSums(after, from string) string {
+	t := `greatest(` + after + `::timestamptz, (SELECT (state->>'last')::timestamptz FROM loyalty_state WHERE member_id = $1))`
+	return `coalesce((SELECT balance FROM points_accounts WHERE member_id = $1), 0),
+		coalesce((SELECT sum(remaining) FROM point_lots WHERE member_id = $1 AND remaining > 0 AND ` + from + `::timestamptz < 'infinity'
+		          AND available_at > ` + t + ` AND expires_at > ` + t + `), 0)::bigint`
 }
 
 // pendingFrom is the time after which a load's settled lots are read one by
