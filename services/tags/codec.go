@@ -241,7 +241,7 @@ func EncodeStateParts(s *State) (base, tail []byte, err error) {
 	tail = append([]byte{stateV1}, b[n:]...)
 	all := &dictionary{strs: slices.Clone(e.strs)}
 	s.install(spans, base, len(base)-n, all, true)
-	s.dict, s.base = all, &stateBase{records: len(s.Purchases) + len(s.Acts), strings: len(e.strs), bytes: len(base)}
+	s.base = &stateBase{records: len(s.Purchases) + len(s.Acts), strings: len(e.strs), bytes: len(base)}
 	return base, tail, nil
 }
 
@@ -249,8 +249,13 @@ func EncodeStateParts(s *State) (base, tail []byte, err error) {
 // baseBytes: writing the tail with every event and the base again at the
 // limit costs about baseBytes/N + N·r/2 an event for a limit of N records
 // of r bytes, least at N = √(2·baseBytes/r), a tail of about √(2·r·baseBytes)
-// bytes (r ≈ 200: 20·√baseBytes).
-func tailLimit(baseBytes int) int { return max(512, int(20*math.Sqrt(float64(baseBytes)))) }
+// bytes (r = recordBytes: 20·√baseBytes).
+func tailLimit(baseBytes int) int {
+	return max(512, int(math.Sqrt(2*recordBytes*float64(baseBytes))))
+}
+
+// recordBytes is about a record's encoded size.
+const recordBytes = 200
 
 // tailFits says whether s can be stored as a tail over the base it was
 // decoded with or last written as: every record of that base is still
@@ -271,7 +276,7 @@ func (s *State) tailFits(dict *dictionary) bool {
 		case st.dict == dict:
 			size += len(st.raw)
 		default:
-			size += 200 // to be encoded: about a record's size
+			size += recordBytes // to be encoded
 		}
 		return true
 	}
@@ -296,18 +301,10 @@ type recordSpan struct {
 
 // install makes the records just written read as stored: each written
 // record's encoding (at its span, shifted by at in out) under dict, in
-// the base or not; the records not written keep theirs, under dict.
+// the base or not. The records not written are the base's, written as
+// they were under s's list, which dict is (a tail) or all records were
+// written (a base).
 func (s *State) install(spans []recordSpan, out []byte, at int, dict *dictionary, inBase bool) {
-	for _, p := range s.Purchases {
-		if p.dict == s.dict && s.dict != nil {
-			p.dict = dict
-		}
-	}
-	for i := range s.Acts {
-		if a := &s.Acts[i]; a.dict == s.dict && s.dict != nil {
-			a.dict = dict
-		}
-	}
 	for _, sp := range spans {
 		*sp.st = stored{raw: string(out[at+sp.start : at+sp.end]), dict: dict, inBase: inBase}
 	}

@@ -293,8 +293,7 @@ func LoadLoyalty(ctx context.Context, q Batcher, l LoyaltyLoad) (LoyaltyRows, er
 		return r, fmt.Errorf("load loyalty state: %w", err)
 	}
 	if spendShort(l, &r) {
-		l.SettledAfter, l.AvailableFrom, l.SpendUpTo = time.Time{}, time.Time{}, 0
-		return LoadLoyalty(ctx, q, l) // every lot, in a snapshot of its own
+		return LoadLoyalty(ctx, q, l.everyLot()) // in a snapshot of its own
 	}
 	if windowed {
 		if err := settle(l.Member, &r); err != nil {
@@ -553,12 +552,10 @@ func queueMemberLots(b *pgx.Batch, r *LoyaltyRows, l LoyaltyLoad) (windowed bool
 		queueRows(b, &r.Lots, lotColumns, `SELECT `+lotSelect("")+` FROM point_lots WHERE member_id = $1 AND remaining > 0 ORDER BY lot_id`, l.Member)
 		return false, nil
 	}
-	if l.SpendUpTo > 0 && l.AvailableFrom.IsZero() {
-		return false, fmt.Errorf("load loyalty state: member %s: points to spend need the lots pending at the window's start (AvailableFrom)", l.Member)
+	if err := l.checkWindow(); err != nil {
+		return false, err
 	}
-	// The window's end, or the member's last operation if later (computed
-	// once: a subquery of the member alone).
-	const t = `greatest($2::timestamptz, (SELECT (state->>'last')::timestamptz FROM loyalty_state WHERE member_id = $1))`
+	t := windowEnd("$2")
 	// One by one the lots expiring by t, and those pending at the window's
 	// start that become available by t (one scan of each index); the
 	// balance and the sum of the lots still pending after t are read with
@@ -576,13 +573,36 @@ func queueMemberLots(b *pgx.Batch, r *LoyaltyRows, l LoyaltyLoad) (windowed bool
 	return true, nil
 }
 
+// windowEnd is the SQL of the end of a member's window that ends at after
+// (the SQL of a parameter), or of its last operation if later (an older
+// event is applied at that time): a subquery of the member ($1) alone,
+// computed once.
+func windowEnd(after string) string {
+	return `greatest(` + after + `::timestamptz, (SELECT (state->>'last')::timestamptz FROM loyalty_state WHERE member_id = $1))`
+}
+
+// everyLot is l reading every open lot one by one (no window).
+func (l LoyaltyLoad) everyLot() LoyaltyLoad {
+	l.SettledAfter, l.AvailableFrom, l.SpendUpTo = time.Time{}, time.Time{}, 0
+	return l
+}
+
+// checkWindow refuses points to spend without the lots pending at the
+// window's start, which say how many are available.
+func (l LoyaltyLoad) checkWindow() error {
+	if l.SpendUpTo > 0 && l.AvailableFrom.IsZero() {
+		return fmt.Errorf("load loyalty state: member %s: points to spend need the lots pending at the window's start (AvailableFrom)", l.Member)
+	}
+	return nil
+}
+
 // memberSums is the select-list expressions of a member's balance and the
 // sum of its open lots still pending after the window that ends at after
 // (or at its last operation, if later), read when pendings from is not
 // infinity: after and from are the SQL of the statement's parameters, $1
 // the member.
 func memberSums(after, from string) string {
-	t := `greatest(` + after + `::timestamptz, (SELECT (state->>'last')::timestamptz FROM loyalty_state WHERE member_id = $1))`
+	t := windowEnd(after)
 	return `coalesce((SELECT balance FROM points_accounts WHERE member_id = $1), 0),
 		coalesce((SELECT sum(remaining) FROM point_lots WHERE member_id = $1 AND remaining > 0 AND ` + from + `::timestamptz < 'infinity'
 		          AND available_at > ` + t + ` AND expires_at > ` + t + `), 0)::bigint`

@@ -125,8 +125,7 @@ func LoadLoyaltyBatch(ctx context.Context, q Batcher, loads []LoyaltyLoad) (map[
 	var again []LoyaltyLoad
 	for _, l := range loads {
 		if spendShort(l, out[l.Member]) {
-			l.SettledAfter, l.AvailableFrom, l.SpendUpTo = time.Time{}, time.Time{}, 0
-			again = append(again, l)
+			again = append(again, l.everyLot())
 		}
 	}
 	for _, m := range windowed {
@@ -576,8 +575,8 @@ func queueLots(b *pgx.Batch, of func(uuid.UUID) *LoyaltyRows, loads []LoyaltyLoa
 			all = append(all, l.Member)
 			continue
 		}
-		if l.SpendUpTo > 0 && l.AvailableFrom.IsZero() {
-			return nil, fmt.Errorf("load loyalty state: member %s: points to spend need the lots pending at the window's start (AvailableFrom)", l.Member)
+		if err := l.checkWindow(); err != nil {
+			return nil, err
 		}
 		pending, spend = pending || !l.AvailableFrom.IsZero(), spend || l.SpendUpTo > 0
 		windowed, froms, tos, spends = append(windowed, l.Member), append(froms, pendingFrom(l)), append(tos, l.SettledAfter), append(spends, l.SpendUpTo)
