@@ -100,8 +100,9 @@ func Setup(ctx context.Context, cfg Config, logOut io.Writer, opts ...Option) (*
 		// Nothing would receive a span: record none. Spans still get ids,
 		// so log lines keep their trace_id and span_id and the ids pass on
 		// in Kafka headers, but marked not sampled. Recording every span
-		// of every record for no one was about 8% of the pipeline's CPU in
-		// a drain. OTEL_TRACES_SAMPLER, when set, decides as it always does.
+		// of every record for no one made telemetry 8–9% of the process's
+		// CPU in a drain; 4.5–5% without. OTEL_TRACES_SAMPLER, when set,
+		// decides as it always does.
 		tpOpts = append(tpOpts, sdktrace.WithSampler(sdktrace.NeverSample()))
 	}
 	mpOpts := []sdkmetric.Option{sdkmetric.WithResource(res)}
