@@ -582,7 +582,17 @@ func hexDigit(c byte) byte { return "0123456789abcdef"[c] }
 // LabelsFromPB decodes labels encoded by EncodeLabels (the labels_pb
 // column) into labels by id, as Evaluate gives them.
 func LabelsFromPB(b []byte) (map[string]any, error) {
-	out := map[string]any{}
+	out := make(map[string]any, len(b)/16) // an encoded label takes 16 bytes or more
+	err := eachLabelPB(b, func(id string, v any) { out[id] = v })
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// eachLabelPB calls fn with each label encoded by EncodeLabels that has a
+// value, in the order encoded.
+func eachLabelPB(b []byte, fn func(id string, v any)) error {
 	d := decoder{buf: b, shared: &shared{whole: string(b)}}
 	var f field
 	for d.next(&f) {
@@ -609,14 +619,14 @@ func LabelsFromPB(b []byte) (map[string]any, error) {
 			}
 		}
 		if sub.err != nil {
-			return nil, fmt.Errorf("decode labels: %w", sub.err)
+			return fmt.Errorf("decode labels: %w", sub.err)
 		}
 		if v != nil {
-			out[id] = v
+			fn(id, v)
 		}
 	}
 	if d.err != nil {
-		return nil, fmt.Errorf("decode labels: %w", d.err)
+		return fmt.Errorf("decode labels: %w", d.err)
 	}
-	return out, nil
+	return nil
 }

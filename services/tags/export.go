@@ -3,6 +3,8 @@ package tags
 import (
 	"context"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
@@ -89,14 +91,17 @@ func (e *Exporter) Export(ctx context.Context, batch int) (int, error) {
 	out := make([]clickhouse.ProfileRow, 0, len(pending))
 	ids := make([]uuid.UUID, 0, len(pending))
 	versions := make([]int64, 0, len(pending))
-	for _, p := range pending {
+	// Each member's labels are decoded straight into the columns' order.
+	index := newColumnIndex(cols)
+	slab := make([]any, len(pending)*len(cols))
+	for i, p := range pending {
 		// The row's version is the labels' version; the queue's may lag a
 		// newer write (then the row is exported again under it).
 		r := clickhouse.ProfileRow{MemberID: p.Member.String(), Version: uint64(p.Version), CatalogVersion: p.CatalogVersion,
 			UpdatedAt: p.UpdatedAt.UTC(), Consent: consentOf(p.ConsentGranted, p.ConsentWithdrawn),
 			Withheld: !Consented(mcv1.ConsentPurpose_CONSENT_PURPOSE_PROFILING, p.ConsentGranted, p.ConsentWithdrawn)}
-		var err error
-		if r.Values, err = decodeStoredLabels(p.LabelsPB, p.LabelsJSON); err != nil {
+		r.Columns = slab[i*len(cols) : (i+1)*len(cols) : (i+1)*len(cols)]
+		if err := index.labelColumns(p.LabelsPB, p.LabelsJSON, r.Columns); err != nil {
 			return 0, fmt.Errorf("labels of %s: %w", p.Member, err)
 		}
 		out = append(out, r)
@@ -142,5 +147,55 @@ const ExportBatch = 50000
 // most 5 s apart).
 func (e *Exporter) Run(ctx context.Context) error {
 	fault.Drain(ctx, e.svc.log, "profile export", ExportBatch, Linger, e.Export)
+	return nil
+}
+
+// columnIndex places a member's labels in member_profiles' column order.
+type columnIndex struct {
+	ids []string       // the labels' ids in id order, as labels_pb lists them
+	at  []int          // the column of ids[k]
+	k   map[string]int // the k of an id
+}
+
+func newColumnIndex(cols []clickhouse.ProfileColumn) columnIndex {
+	x := columnIndex{ids: make([]string, len(cols)), at: make([]int, len(cols)), k: make(map[string]int, len(cols))}
+	order := make([]int, len(cols))
+	for j := range order {
+		order[j] = j
+	}
+	slices.SortFunc(order, func(a, b int) int { return strings.Compare(cols[a].Name, cols[b].Name) })
+	for k, j := range order {
+		x.ids[k], x.at[k], x.k[cols[j].Name] = cols[j].Name, j, k
+	}
+	return x
+}
+
+// labelColumns decodes labels as stored (labels_pb, or JSON in a row written
+// before it) into out, each label's value at its column; a label that is
+// not a column (no longer in the catalogue) is left out. labels_pb lists
+// labels in id order, as ids does, so a label is mostly found by comparing
+// its id with the next one expected.
+func (x columnIndex) labelColumns(pb, legacy []byte, out []any) error {
+	next := 0
+	put := func(id string, v any) {
+		k := next
+		if k >= len(x.ids) || x.ids[k] != id {
+			var ok bool
+			if k, ok = x.k[id]; !ok {
+				return
+			}
+		}
+		out[x.at[k]], next = v, k+1
+	}
+	if pb != nil {
+		return eachLabelPB(pb, put)
+	}
+	labels, err := decodeStoredLabels(nil, legacy)
+	if err != nil {
+		return err
+	}
+	for id, v := range labels {
+		put(id, v)
+	}
 	return nil
 }

@@ -610,6 +610,18 @@ type ProfileRow struct {
 	// among the columns written are ignored: a member's stored labels may
 	// still hold a label that has left the catalogue.
 	Values map[string]any
+	// Columns, when not nil, are the label values in the order of the
+	// columns written, and Values is not read: a writer that decodes
+	// labels straight into that order saves a map a row.
+	Columns []any
+}
+
+// value is the row's value of label column j, named name.
+func (r *ProfileRow) value(j int, name string) any {
+	if r.Columns != nil {
+		return r.Columns[j]
+	}
+	return r.Values[name]
 }
 
 // InsertProfiles writes rows as one batch into member_profiles, setting the
@@ -629,30 +641,44 @@ func (w *Writer) InsertProfiles(ctx context.Context, cols []ProfileColumn, rows 
 	for _, c := range cols {
 		names = append(names, quoteIdent(c.Name))
 	}
-	// Check every row before the batch is opened: a bad value fails the
-	// call with the member and label named, and nothing is written.
-	args := make([][]any, len(rows))
+	// The batch is built a column at a time, each column one typed slice
+	// (a row at a time, every value went through an interface and the
+	// driver's row path: most of the exporter's insert). Every value is
+	// checked before the batch is opened: a bad one fails the call with the
+	// member and label named, and nothing is written.
+	n := len(rows)
+	ids, catalogs := make([]string, n), make([]string, n)
+	versions := make([]uint64, n)
+	updated := make([]time.Time, n)
+	flags := make([][]uint8, 5) // behavioural_withheld and the four consents, in profileFixed's order
+	for k := range flags {
+		flags[k] = make([]uint8, n)
+	}
 	for i, r := range rows {
-		a := make([]any, 0, len(names))
-		a = append(a, r.MemberID, r.Version, r.UpdatedAt.UTC(), r.CatalogVersion, flag(r.Withheld),
-			flag(!r.Consent.NoMarketing), flag(!r.Withheld), flag(r.Consent.ThirdParty), flag(!r.Consent.NoAnalytics))
-		for _, c := range cols {
-			v, err := profileValue(c, r.Values[c.Name])
-			if err != nil {
-				return fmt.Errorf("profile of member %s: %w", r.MemberID, err)
-			}
-			a = append(a, v)
+		if r.Columns != nil && len(r.Columns) != len(cols) {
+			return fmt.Errorf("profile of member %s: %d label values for %d columns", r.MemberID, len(r.Columns), len(cols))
 		}
-		args[i] = a
+		ids[i], versions[i], updated[i], catalogs[i] = r.MemberID, r.Version, r.UpdatedAt.UTC(), r.CatalogVersion
+		for k, f := range []bool{r.Withheld, !r.Consent.NoMarketing, !r.Withheld, r.Consent.ThirdParty, !r.Consent.NoAnalytics} {
+			flags[k][i] = flag(f)
+		}
+	}
+	columns := []any{ids, versions, updated, catalogs, flags[0], flags[1], flags[2], flags[3], flags[4]}
+	for j, c := range cols {
+		col, err := profileColumn(j, c, rows)
+		if err != nil {
+			return err
+		}
+		columns = append(columns, col)
 	}
 	b, err := w.conn.PrepareBatch(ctx, "INSERT INTO "+ProfilesTable+" ("+strings.Join(names, ", ")+")")
 	if err != nil {
 		return fmt.Errorf("prepare %s batch: %w", ProfilesTable, err)
 	}
-	for i, a := range args {
-		if err := b.Append(a...); err != nil {
+	for i, col := range columns {
+		if err := b.Column(i).Append(col); err != nil {
 			_ = b.Abort()
-			return fmt.Errorf("append %s row of member %s: %w", ProfilesTable, rows[i].MemberID, err)
+			return fmt.Errorf("append %s column %s: %w", ProfilesTable, names[i], err)
 		}
 	}
 	if err := b.Send(); err != nil {
@@ -661,62 +687,81 @@ func (w *Writer) InsertProfiles(ctx context.Context, cols []ProfileColumn, rows 
 	return nil
 }
 
+// profileColumn is the values of label column c, the j-th, in rows, as the
+// slice of pointers its Nullable column takes (nil is NULL), the values
+// themselves in one array.
+func profileColumn(j int, c ProfileColumn, rows []ProfileRow) (any, error) {
+	switch c.Type {
+	case LabelBool:
+		return nullables(j, c, rows, func(v any) (uint8, bool, bool) {
+			x, ok := v.(bool)
+			return flag(x), true, ok
+		})
+	case LabelEnum:
+		return nullables(j, c, rows, func(v any) (string, bool, bool) {
+			x, ok := v.(string)
+			return x, true, ok
+		})
+	default: // LabelNumber (validateProfileColumns refused any other)
+		return nullables(j, c, rows, func(v any) (float64, bool, bool) {
+			f, ok := number(v)
+			return f, !math.IsNaN(f), ok
+		})
+	}
+}
+
+// nullables converts the rows' values of c (column j) with conv, which tells whether
+// a value is one (a NaN number is NULL) and whether it is of the column's
+// type; a missing or nil value is NULL.
+func nullables[T any](j int, c ProfileColumn, rows []ProfileRow, conv func(any) (T, bool, bool)) ([]*T, error) {
+	vals := make([]T, len(rows))
+	out := make([]*T, len(rows))
+	for i := range rows {
+		r := &rows[i]
+		v := r.value(j, c.Name)
+		if v == nil {
+			continue
+		}
+		x, some, ok := conv(v)
+		if !ok && c.Type == LabelNumber {
+			return nil, fmt.Errorf("profile of member %s: label %q is a number, got %T", r.MemberID, c.Name, v)
+		}
+		if !ok {
+			want := map[string]string{LabelBool: "bool", LabelEnum: "string"}[c.Type]
+			return nil, fmt.Errorf("profile of member %s: label %q is %s: want a Go %s, got %T", r.MemberID, c.Name, c.Type, want, v)
+		}
+		if some {
+			vals[i] = x
+			out[i] = &vals[i]
+		}
+	}
+	return out, nil
+}
+
+// number is a number label's value as float64, and whether v is a number.
+func number(v any) (float64, bool) {
+	switch x := v.(type) {
+	case float64:
+		return x, true
+	case float32:
+		return float64(x), true
+	case int:
+		return float64(x), true
+	case int32:
+		return float64(x), true
+	case int64:
+		return float64(x), true
+	case uint32:
+		return float64(x), true
+	case uint64:
+		return float64(x), true
+	}
+	return 0, false
+}
+
 func flag(b bool) uint8 {
 	if b {
 		return 1
 	}
 	return 0
-}
-
-// profileValue converts a label value to the pointer type of its Nullable
-// column; nil is NULL.
-func profileValue(c ProfileColumn, v any) (any, error) {
-	switch c.Type {
-	case LabelBool:
-		switch x := v.(type) {
-		case nil:
-			return (*uint8)(nil), nil
-		case bool:
-			var u uint8
-			if x {
-				u = 1
-			}
-			return &u, nil
-		}
-	case LabelEnum:
-		switch x := v.(type) {
-		case nil:
-			return (*string)(nil), nil
-		case string:
-			return &x, nil
-		}
-	case LabelNumber:
-		var f float64
-		switch x := v.(type) {
-		case nil:
-			return (*float64)(nil), nil
-		case float64:
-			f = x
-		case float32:
-			f = float64(x)
-		case int:
-			f = float64(x)
-		case int32:
-			f = float64(x)
-		case int64:
-			f = float64(x)
-		case uint32:
-			f = float64(x)
-		case uint64:
-			f = float64(x)
-		default:
-			return nil, fmt.Errorf("label %q is a number, got %T", c.Name, v)
-		}
-		if math.IsNaN(f) {
-			return (*float64)(nil), nil
-		}
-		return &f, nil
-	}
-	want := map[string]string{LabelBool: "bool", LabelEnum: "string"}[c.Type]
-	return nil, fmt.Errorf("label %q is %s: want a Go %s, got %T", c.Name, c.Type, want, v)
 }

@@ -388,6 +388,58 @@ func TestInsertProfilesRefusesBadValues(t *testing.T) {
 	}
 }
 
+// TestProfileColumnsAsValues: a row given as values in the columns' order
+// is stored as the same row given by label id, and a row with as many
+// values as there are not columns is refused, naming the member.
+func TestProfileColumnsAsValues(t *testing.T) {
+	ctx := context.Background()
+	cols := []clickhouse.ProfileColumn{{Name: "vip", Type: "bool"}, {Name: "stage", Type: "enum"}, {Name: "spend", Type: "number"}}
+	conn := chtest.NewProfilesDB(t, cols)
+	w := clickhouse.NewWriter(conn)
+	err := w.InsertProfiles(ctx, cols, []clickhouse.ProfileRow{{MemberID: "m9", Version: 1, Columns: []any{true, "gold"}}})
+	if err == nil || !strings.Contains(err.Error(), "m9") || !strings.Contains(err.Error(), "2 label values for 3 columns") {
+		t.Errorf("two values for three columns: %v", err)
+	}
+	if err := w.InsertProfiles(ctx, cols, []clickhouse.ProfileRow{
+		{MemberID: "by-id", Version: 1, Values: map[string]any{"vip": true, "stage": "gold", "spend": 12.5}},
+		{MemberID: "by-column", Version: 1, Columns: []any{true, "gold", 12.5}},
+		{MemberID: "absent-by-id", Version: 1, Values: map[string]any{"stage": "silver"}},
+		{MemberID: "absent-by-column", Version: 1, Columns: []any{nil, "silver", math.NaN()}},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	rs, err := conn.Query(ctx, `SELECT member_id, toString(vip), toString(stage), toString(spend) FROM member_profiles FINAL`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rs.Next() {
+		var m string
+		var vip, stage, spend *string
+		if err := rs.Scan(&m, &vip, &stage, &spend); err != nil {
+			t.Fatal(err)
+		}
+		show := func(p *string) string {
+			if p == nil {
+				return "NULL"
+			}
+			return *p
+		}
+		got[m] = show(vip) + "," + show(stage) + "," + show(spend)
+	}
+	if err := rs.Err(); err != nil {
+		t.Fatal(err)
+	}
+	for _, pair := range [][2]string{{"by-id", "by-column"}, {"absent-by-id", "absent-by-column"}} {
+		if got[pair[0]] == "" || got[pair[0]] != got[pair[1]] {
+			t.Errorf("%s reads %q, %s reads %q; want the same row", pair[0], got[pair[0]], pair[1], got[pair[1]])
+		}
+	}
+	if got["by-column"] != "1,gold,12.5" || got["absent-by-column"] != "NULL,silver,NULL" {
+		t.Errorf("rows %v", got)
+	}
+}
+
 func TestInsertLabelChangesAndNewEventColumns(t *testing.T) {
 	ctx := context.Background()
 	conn, _ := chtest.NewDB(t)
