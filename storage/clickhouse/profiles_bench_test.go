@@ -71,3 +71,25 @@ func processCPU(b *testing.B) time.Duration {
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
+
+// BenchmarkInsertLabelChanges: the sink's insert of 10,000 label changes,
+// as a backlog's batch brings them. client-cpu-ms/op is this process's CPU.
+func BenchmarkInsertLabelChanges(b *testing.B) {
+	ctx := context.Background()
+	conn, _ := chtest.NewDB(b)
+	w := clickhouse.NewWriter(conn)
+	at := time.Date(2026, 12, 6, 20, 0, 0, 0, time.UTC) // any instant: nothing reads it
+	rows := make([]clickhouse.LabelChangeRow, 10000)
+	for i := range rows {
+		rows[i] = clickhouse.LabelChangeRow{MemberID: fmt.Sprintf("01a24a6b-5631-7d72-bab7-%012d", i/8), LabelID: fmt.Sprintf("label_%03d", i%243),
+			Value: "true", Cleared: i%5 == 0, Sequence: uint64(i), ChangedAt: at, CauseID: fmt.Sprintf("e-%d", i/8), CatalogVersion: "v1", InsertedAt: at}
+	}
+	b.ResetTimer()
+	cpu0 := processCPU(b)
+	for range b.N {
+		if err := w.InsertLabelChanges(ctx, rows); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(processCPU(b)-cpu0)/float64(time.Millisecond)/float64(b.N), "client-cpu-ms/op")
+}

@@ -76,39 +76,65 @@ func NewWriter(conn driver.Conn) *Writer { return &Writer{conn: conn} }
 
 // InsertEvents writes rows as one batch. 18.16 needs the explicit column list.
 func (w *Writer) InsertEvents(ctx context.Context, rows []EventRow) error {
-	return insertBatch(ctx, w.conn, "member_events", `INSERT INTO member_events (
+	items := func(f func(ItemRow) string) column[EventRow] {
+		return col(func(r *EventRow) []string {
+			out := make([]string, len(r.Items))
+			for i, it := range r.Items {
+				out[i] = f(it)
+			}
+			return out
+		})
+	}
+	return insertColumns(ctx, w.conn, "member_events", `INSERT INTO member_events (
 		event_id, member_id, event_type, channel, store_id, occurred_at, ingested_at,
 		order_id, currency, amount_minor, discount_minor, points_redeemed,
 		items.sku, items.category, items.brand, items.quantity, items.amount_minor, trace_id,
 		origin_member_id, coupon_count, review_rating)`, rows,
-		func(r EventRow) string { return r.EventID },
-		func(r EventRow) []any {
-			n := len(r.Items)
-			sku, cat, brand := make([]string, n), make([]string, n), make([]string, n)
-			qty, amt := make([]int32, n), make([]int64, n)
+		col(func(r *EventRow) string { return r.EventID }), col(func(r *EventRow) string { return r.MemberID }),
+		col(func(r *EventRow) string { return r.EventType }), col(func(r *EventRow) string { return r.Channel }),
+		col(func(r *EventRow) string { return r.StoreID }), col(func(r *EventRow) time.Time { return r.OccurredAt.UTC() }),
+		col(func(r *EventRow) time.Time { return r.IngestedAt.UTC() }), col(func(r *EventRow) string { return r.OrderID }),
+		col(func(r *EventRow) string { return r.Currency }), col(func(r *EventRow) int64 { return r.AmountMinor }),
+		col(func(r *EventRow) int64 { return r.DiscountMinor }), col(func(r *EventRow) int64 { return r.PointsRedeemed }),
+		items(func(it ItemRow) string { return it.SKU }), items(func(it ItemRow) string { return it.Category }),
+		items(func(it ItemRow) string { return it.Brand }),
+		col(func(r *EventRow) []int32 {
+			out := make([]int32, len(r.Items))
 			for i, it := range r.Items {
-				sku[i], cat[i], brand[i], qty[i], amt[i] = it.SKU, it.Category, it.Brand, it.Quantity, it.AmountMinor
+				out[i] = it.Quantity
 			}
-			origin := r.OriginMemberID
-			if origin == "" {
-				origin = r.MemberID
+			return out
+		}),
+		col(func(r *EventRow) []int64 {
+			out := make([]int64, len(r.Items))
+			for i, it := range r.Items {
+				out[i] = it.AmountMinor
 			}
-			return []any{r.EventID, r.MemberID, r.EventType, r.Channel, r.StoreID, r.OccurredAt.UTC(), r.IngestedAt.UTC(),
-				r.OrderID, r.Currency, r.AmountMinor, r.DiscountMinor, r.PointsRedeemed,
-				sku, cat, brand, qty, amt, r.TraceID, origin, r.CouponCount, r.ReviewRating}
-		})
+			return out
+		}),
+		col(func(r *EventRow) string { return r.TraceID }),
+		col(func(r *EventRow) string {
+			if r.OriginMemberID == "" {
+				return r.MemberID
+			}
+			return r.OriginMemberID
+		}),
+		col(func(r *EventRow) uint16 { return r.CouponCount }), col(func(r *EventRow) uint8 { return r.ReviewRating }))
 }
 
 // InsertChanges writes rows as one batch.
 func (w *Writer) InsertChanges(ctx context.Context, rows []ChangeRow) error {
-	return insertBatch(ctx, w.conn, "member_changes", `INSERT INTO member_changes (
+	return insertColumns(ctx, w.conn, "member_changes", `INSERT INTO member_changes (
 		member_id, sequence, change_id, change_type, occurred_at, cause_id, channel, store_id,
 		points_delta, points_balance, points_kind, actor, approver, payload, trace_id, inserted_at)`, rows,
-		func(r ChangeRow) string { return fmt.Sprintf("%s/%d", r.MemberID, r.Sequence) },
-		func(r ChangeRow) []any {
-			return []any{r.MemberID, r.Sequence, r.ChangeID, r.ChangeType, r.OccurredAt.UTC(), r.CauseID, r.Channel, r.StoreID,
-				r.PointsDelta, r.PointsBalance, r.PointsKind, r.Actor, r.Approver, r.Payload, r.TraceID, r.InsertedAt.UTC()}
-		})
+		col(func(r *ChangeRow) string { return r.MemberID }), col(func(r *ChangeRow) uint64 { return r.Sequence }),
+		col(func(r *ChangeRow) string { return r.ChangeID }), col(func(r *ChangeRow) string { return r.ChangeType }),
+		col(func(r *ChangeRow) time.Time { return r.OccurredAt.UTC() }), col(func(r *ChangeRow) string { return r.CauseID }),
+		col(func(r *ChangeRow) string { return r.Channel }), col(func(r *ChangeRow) string { return r.StoreID }),
+		col(func(r *ChangeRow) int64 { return r.PointsDelta }), col(func(r *ChangeRow) int64 { return r.PointsBalance }),
+		col(func(r *ChangeRow) string { return r.PointsKind }), col(func(r *ChangeRow) string { return r.Actor }),
+		col(func(r *ChangeRow) string { return r.Approver }), col(func(r *ChangeRow) string { return r.Payload }),
+		col(func(r *ChangeRow) string { return r.TraceID }), col(func(r *ChangeRow) time.Time { return r.InsertedAt.UTC() }))
 }
 
 // LabelChangeRow is one change of one label of a member.
@@ -129,17 +155,13 @@ type LabelChangeRow struct {
 
 // InsertLabelChanges writes label change rows as one batch.
 func (w *Writer) InsertLabelChanges(ctx context.Context, rows []LabelChangeRow) error {
-	return insertBatch(ctx, w.conn, "label_changes", `INSERT INTO label_changes (
+	return insertColumns(ctx, w.conn, "label_changes", `INSERT INTO label_changes (
 		member_id, label_id, value, cleared, sequence, changed_at, cause_id, catalog_version, inserted_at)`, rows,
-		func(r LabelChangeRow) string { return fmt.Sprintf("%s/%s/%d", r.MemberID, r.LabelID, r.Sequence) },
-		func(r LabelChangeRow) []any {
-			var cleared uint8
-			if r.Cleared {
-				cleared = 1
-			}
-			return []any{r.MemberID, r.LabelID, r.Value, cleared, r.Sequence, r.ChangedAt.UTC(), r.CauseID,
-				r.CatalogVersion, r.InsertedAt.UTC()}
-		})
+		col(func(r *LabelChangeRow) string { return r.MemberID }), col(func(r *LabelChangeRow) string { return r.LabelID }),
+		col(func(r *LabelChangeRow) string { return r.Value }), col(func(r *LabelChangeRow) uint8 { return flag(r.Cleared) }),
+		col(func(r *LabelChangeRow) uint64 { return r.Sequence }), col(func(r *LabelChangeRow) time.Time { return r.ChangedAt.UTC() }),
+		col(func(r *LabelChangeRow) string { return r.CauseID }), col(func(r *LabelChangeRow) string { return r.CatalogVersion }),
+		col(func(r *LabelChangeRow) time.Time { return r.InsertedAt.UTC() }))
 }
 
 // AuditRow is one identity audit record.
@@ -164,14 +186,17 @@ type AuditRow struct {
 
 // InsertAudit writes identity audit rows as one batch.
 func (w *Writer) InsertAudit(ctx context.Context, rows []AuditRow) error {
-	return insertBatch(ctx, w.conn, "identity_audit", `INSERT INTO identity_audit (
+	return insertColumns(ctx, w.conn, "identity_audit", `INSERT INTO identity_audit (
 		audit_id, at, action, actor, channel, cause_id, member_id, other_member_id, identifiers,
 		before, after, reason, merge_id, conflict_id, sequence, inserted_at)`, rows,
-		func(r AuditRow) string { return r.AuditID },
-		func(r AuditRow) []any {
-			return []any{r.AuditID, r.At.UTC(), r.Action, r.Actor, r.Channel, r.CauseID, r.MemberID, r.OtherMemberID,
-				r.Identifiers, r.Before, r.After, r.Reason, r.MergeID, r.ConflictID, r.Sequence, r.InsertedAt.UTC()}
-		})
+		col(func(r *AuditRow) string { return r.AuditID }), col(func(r *AuditRow) time.Time { return r.At.UTC() }),
+		col(func(r *AuditRow) string { return r.Action }), col(func(r *AuditRow) string { return r.Actor }),
+		col(func(r *AuditRow) string { return r.Channel }), col(func(r *AuditRow) string { return r.CauseID }),
+		col(func(r *AuditRow) string { return r.MemberID }), col(func(r *AuditRow) string { return r.OtherMemberID }),
+		col(func(r *AuditRow) string { return r.Identifiers }), col(func(r *AuditRow) string { return r.Before }),
+		col(func(r *AuditRow) string { return r.After }), col(func(r *AuditRow) string { return r.Reason }),
+		col(func(r *AuditRow) string { return r.MergeID }), col(func(r *AuditRow) string { return r.ConflictID }),
+		col(func(r *AuditRow) uint64 { return r.Sequence }), col(func(r *AuditRow) time.Time { return r.InsertedAt.UTC() }))
 }
 
 // OperatorAuditRow is one operator audit record: an operator's action on a
@@ -194,19 +219,36 @@ type OperatorAuditRow struct {
 
 // InsertOperatorAudit writes operator audit rows as one batch.
 func (w *Writer) InsertOperatorAudit(ctx context.Context, rows []OperatorAuditRow) error {
-	return insertBatch(ctx, w.conn, "operator_audit", `INSERT INTO operator_audit (
+	return insertColumns(ctx, w.conn, "operator_audit", `INSERT INTO operator_audit (
 		audit_id, at, actor, action, member_id, cause_id, document, version, sha256, detail, inserted_at)`, rows,
-		func(r OperatorAuditRow) string { return r.AuditID },
-		func(r OperatorAuditRow) []any {
-			return []any{r.AuditID, r.At.UTC(), r.Actor, r.Action, r.MemberID, r.CauseID, r.Document, r.Version, r.SHA256,
-				r.Detail, r.InsertedAt.UTC()}
-		})
+		col(func(r *OperatorAuditRow) string { return r.AuditID }), col(func(r *OperatorAuditRow) time.Time { return r.At.UTC() }),
+		col(func(r *OperatorAuditRow) string { return r.Actor }), col(func(r *OperatorAuditRow) string { return r.Action }),
+		col(func(r *OperatorAuditRow) string { return r.MemberID }), col(func(r *OperatorAuditRow) string { return r.CauseID }),
+		col(func(r *OperatorAuditRow) string { return r.Document }), col(func(r *OperatorAuditRow) string { return r.Version }),
+		col(func(r *OperatorAuditRow) string { return r.SHA256 }), col(func(r *OperatorAuditRow) string { return r.Detail }),
+		col(func(r *OperatorAuditRow) time.Time { return r.InsertedAt.UTC() }))
 }
 
-// insertBatch writes rows to table with the statement insert as one batch:
-// key names a row in an error, values gives a row's values in the
-// statement's column order.
-func insertBatch[R any](ctx context.Context, conn driver.Conn, table, insert string, rows []R, key func(R) string, values func(R) []any) error {
+// column is one column of a batch: the rows' values of it, as the typed
+// slice the driver appends at once (col).
+type column[R any] func(rows []R) any
+
+// col is the column of the values f gives for each row.
+func col[R, T any](f func(*R) T) column[R] {
+	return func(rows []R) any {
+		out := make([]T, len(rows))
+		for i := range rows {
+			out[i] = f(&rows[i])
+		}
+		return out
+	}
+}
+
+// insertColumns writes rows to table with the statement insert as one
+// batch, built a column at a time: cols in the statement's column order.
+// (A row at a time, every value went through an interface and the driver's
+// row path, and each row's values were a slice of their own.)
+func insertColumns[R any](ctx context.Context, conn driver.Conn, table, insert string, rows []R, cols ...column[R]) error {
 	if len(rows) == 0 {
 		return nil
 	}
@@ -214,10 +256,10 @@ func insertBatch[R any](ctx context.Context, conn driver.Conn, table, insert str
 	if err != nil {
 		return fmt.Errorf("prepare %s batch: %w", table, err)
 	}
-	for _, r := range rows {
-		if err := b.Append(values(r)...); err != nil {
+	for i, c := range cols {
+		if err := b.Column(i).Append(c(rows)); err != nil {
 			_ = b.Abort()
-			return classify(fmt.Errorf("append %s row %s: %w", table, key(r), err), true)
+			return classify(fmt.Errorf("append %s column %d of %d rows: %w", table, i+1, len(rows), err), true)
 		}
 	}
 	if err := b.Send(); err != nil {
