@@ -220,3 +220,44 @@ func TestKeptStateBase(t *testing.T) {
 		t.Fatal("a kept base written for a member without features")
 	}
 }
+
+// TestFeaturesCountSharedDevices: a member's device share is the most
+// members seen on one of its devices, as the batch load and one member's
+// load both read it, the sightings of the batch counted.
+func TestFeaturesCountSharedDevices(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	at := time.Date(2026, 3, 18, 12, 0, 0, 0, time.UTC) // any instant: nothing here reads it
+	pool := pgtest.NewPool(t, nil)
+	a, b, c, x, y := uuid.New(), uuid.New(), uuid.New(), uuid.New(), uuid.New()
+	for _, m := range []uuid.UUID{a, b, c, x, y} {
+		if err := postgres.InsertMember(ctx, pool, m, at); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// d1 is shared by a, b and c; d2 is a's alone; d3 is b's and x's.
+	seen := []postgres.DeviceSighting{{Member: a, Device: "d1"}, {Member: b, Device: "d1"}, {Member: c, Device: "d1"},
+		{Member: a, Device: "d2"}, {Member: b, Device: "d3"}, {Member: x, Device: "d3"}}
+	want := map[uuid.UUID]int{a: 3, b: 3, c: 3, x: 2, y: 0}
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	rows, err := postgres.LoadFeaturesBatch(ctx, tx, []uuid.UUID{a, b, c, x, y}, seen, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for m, n := range want {
+		if got := rows[m].DeviceShare; got != n {
+			t.Errorf("batch load: member %s shares a device with %d members; want %d", m, got, n)
+		}
+		one, err := postgres.LoadFeatures(ctx, tx, m, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if one.DeviceShare != n {
+			t.Errorf("one member's load: member %s shares a device with %d members; want %d", m, one.DeviceShare, n)
+		}
+	}
+}
