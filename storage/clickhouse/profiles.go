@@ -710,9 +710,9 @@ func profileColumn(j int, c ProfileColumn, rows []ProfileRow) (any, error) {
 	}
 }
 
-// nullables converts the rows' values of c (column j) with conv, which tells whether
-// a value is one (a NaN number is NULL) and whether it is of the column's
-// type; a missing or nil value is NULL.
+// nullables converts the rows' values of c (column j) with conv, which
+// tells whether a value is one (a NaN number is NULL) and whether it is of
+// the column's type; a missing or nil value is NULL.
 func nullables[T any](j int, c ProfileColumn, rows []ProfileRow, conv func(any) (T, bool, bool)) ([]*T, error) {
 	vals := make([]T, len(rows))
 	out := make([]*T, len(rows))
