@@ -177,8 +177,8 @@ func (b *benefitsBench) run(ctx context.Context) error {
 	// PostgreSQL round trips, counted from the pgx spans the production
 	// tracer records under each RPC's (or worker record's) span.
 	b.trips = &pgRoundTrips{}
-	b.e.Tel.Tracers.RegisterSpanProcessor(b.trips)
-	defer b.e.Tel.Tracers.UnregisterSpanProcessor(b.trips)
+	b.e.Tel.AddSpanProcessor(b.trips)
+	defer b.e.Tel.RemoveSpanProcessor(b.trips)
 	b.tracer = b.e.Tel.Tracers.Tracer("github.com/membercenter/membercenter/bench/cli")
 
 	var r benefitsReport

@@ -248,8 +248,8 @@ func (b *tagsBench) run(ctx context.Context) error {
 		return err
 	}
 	trips := &pgRoundTrips{}
-	b.e.Tel.Tracers.RegisterSpanProcessor(trips)
-	defer b.e.Tel.Tracers.UnregisterSpanProcessor(trips)
+	b.e.Tel.AddSpanProcessor(trips)
+	defer b.e.Tel.RemoveSpanProcessor(trips)
 	b.h = &benefitsBench{bench: bench{name: b.name, e: b.e, out: io.Discard, progress: b.progress}, pool: b.pool, benchURL: b.benchURL, trips: trips,
 		tracer:   b.e.Tel.Tracers.Tracer("github.com/membercenter/membercenter/bench/cli"),
 		duration: b.duration, timeout: b.timeout, runID: b.runID}
@@ -626,8 +626,8 @@ func startCPUProfile(path string) (func(), error) {
 func (b *tagsBench) kafkaPath(ctx context.Context) (kafkaResult, error) {
 	kcfg := b.scratchKafka(b.runID + "k")
 	inFlight := &tagInFlight{topic: kcfg.Topics.MemberEvents}
-	b.e.Tel.Tracers.RegisterSpanProcessor(inFlight)
-	defer b.e.Tel.Tracers.UnregisterSpanProcessor(inFlight)
+	b.e.Tel.AddSpanProcessor(inFlight)
+	defer b.e.Tel.RemoveSpanProcessor(inFlight)
 	now := time.Now()
 	res, err := b.h.workerOverKafka(ctx, kafkaWorkerRun{
 		kcfg: kcfg, stage: tags.Stage, applier: b.svc, events: b.kafkaEvents,
@@ -1031,8 +1031,8 @@ func (b *tagsBench) visibility(ctx context.Context, client mcv1.ProfileServiceCl
 	checkers := make(chan struct{})
 	go func() { wg.Wait(); close(checkers) }()
 	clock := newTagSpanClock(topic)
-	b.e.Tel.Tracers.RegisterSpanProcessor(clock)
-	defer b.e.Tel.Tracers.UnregisterSpanProcessor(clock)
+	b.e.Tel.AddSpanProcessor(clock)
+	defer b.e.Tel.RemoveSpanProcessor(clock)
 	where := make([][2]int64, n)
 
 	loop := &latencyBench{rate: b.visRate}

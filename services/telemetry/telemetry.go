@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -62,6 +63,45 @@ type Telemetry struct {
 	Propagator propagation.TextMapPropagator
 	Logger     *slog.Logger
 	Metrics    http.Handler
+
+	// quiet, when set, is the sampler of a process with no one to receive
+	// its spans (AddSpanProcessor).
+	quiet *quietSampler
+}
+
+// quietSampler records no span while no span processor listens, and
+// decides as the SDK's default sampler does once one was added after Setup
+// (AddSpanProcessor).
+type quietSampler struct {
+	listeners atomic.Int32
+	on        sdktrace.Sampler
+}
+
+func (s *quietSampler) ShouldSample(p sdktrace.SamplingParameters) sdktrace.SamplingResult {
+	if s.listeners.Load() > 0 {
+		return s.on.ShouldSample(p)
+	}
+	return sdktrace.NeverSample().ShouldSample(p)
+}
+
+func (s *quietSampler) Description() string { return "QuietUntilListened{" + s.on.Description() + "}" }
+
+// AddSpanProcessor has p receive the spans that end from now on: in a
+// process that recorded none for want of a receiver, they are recorded
+// while it listens (until RemoveSpanProcessor).
+func (t *Telemetry) AddSpanProcessor(p sdktrace.SpanProcessor) {
+	t.Tracers.RegisterSpanProcessor(p)
+	if t.quiet != nil {
+		t.quiet.listeners.Add(1)
+	}
+}
+
+// RemoveSpanProcessor undoes AddSpanProcessor.
+func (t *Telemetry) RemoveSpanProcessor(p sdktrace.SpanProcessor) {
+	t.Tracers.UnregisterSpanProcessor(p)
+	if t.quiet != nil {
+		t.quiet.listeners.Add(-1)
+	}
 }
 
 // Option adjusts Setup; tests use it to record spans in memory.
@@ -96,14 +136,17 @@ func Setup(ctx context.Context, cfg Config, logOut io.Writer, opts ...Option) (*
 	for _, p := range o.spans {
 		tpOpts = append(tpOpts, sdktrace.WithSpanProcessor(p))
 	}
+	var quiet *quietSampler
 	if cfg.OTLPEndpoint == "" && len(o.spans) == 0 && os.Getenv("OTEL_TRACES_SAMPLER") == "" {
-		// Nothing would receive a span: record none. Spans still get ids,
-		// so log lines keep their trace_id and span_id and the ids pass on
-		// in Kafka headers, but marked not sampled. Recording every span
-		// of every record for no one made telemetry 8–9% of the process's
-		// CPU in a drain; 4.5–6% without. OTEL_TRACES_SAMPLER, when set,
-		// decides as it always does.
-		tpOpts = append(tpOpts, sdktrace.WithSampler(sdktrace.NeverSample()))
+		// Nothing would receive a span: record none (until a processor is
+		// added, AddSpanProcessor). Spans still get ids, so log lines keep
+		// their trace_id and span_id and the ids pass on in Kafka headers,
+		// but marked not sampled. Recording every span of every record for
+		// no one made telemetry 8–9% of the process's CPU in a drain;
+		// 4.5–6% without. OTEL_TRACES_SAMPLER, when set, decides as it
+		// always does.
+		quiet = &quietSampler{on: sdktrace.ParentBased(sdktrace.AlwaysSample())}
+		tpOpts = append(tpOpts, sdktrace.WithSampler(quiet))
 	}
 	mpOpts := []sdkmetric.Option{sdkmetric.WithResource(res)}
 
@@ -144,6 +187,7 @@ func Setup(ctx context.Context, cfg Config, logOut io.Writer, opts ...Option) (*
 		Propagator: propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{}),
 		Logger:     slog.New(NewLogHandler(slog.NewJSONHandler(logOut, &slog.HandlerOptions{Level: level}))),
 		Metrics:    promhttp.HandlerFor(reg, promhttp.HandlerOpts{}),
+		quiet:      quiet,
 	}, nil
 }
 

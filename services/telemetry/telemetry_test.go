@@ -219,3 +219,30 @@ func TestNoExporterRecordsNoSpans(t *testing.T) {
 		}
 	}
 }
+
+// TestSpanProcessorAddedLaterIsHeard: in a process that records no spans
+// for want of a receiver, a span processor added later (a benchmark
+// counting statements) has spans recorded while it listens, and none
+// once it is removed.
+func TestSpanProcessorAddedLaterIsHeard(t *testing.T) {
+	tel, err := telemetry.Setup(context.Background(), telemetry.Config{ServiceName: "mc", LogLevel: "info"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tel.Shutdown(context.Background())
+	spans := tracetest.NewSpanRecorder()
+	_, before := tel.Tracers.Tracer("test").Start(context.Background(), "before")
+	before.End()
+	tel.AddSpanProcessor(spans)
+	_, listened := tel.Tracers.Tracer("test").Start(context.Background(), "listened")
+	listened.End()
+	tel.RemoveSpanProcessor(spans)
+	_, after := tel.Tracers.Tracer("test").Start(context.Background(), "after")
+	if after.IsRecording() {
+		t.Error("a span started after the processor was removed is recorded")
+	}
+	after.End()
+	if ended := spans.Ended(); len(ended) != 1 || ended[0].Name() != "listened" {
+		t.Errorf("the processor added after Setup received %d spans; want the one started while it listened", len(ended))
+	}
+}
