@@ -582,7 +582,7 @@ func hexDigit(c byte) byte { return "0123456789abcdef"[c] }
 // LabelsFromPB decodes labels encoded by EncodeLabels (the labels_pb
 // column) into labels by id, as Evaluate gives them.
 func LabelsFromPB(b []byte) (map[string]any, error) {
-	out := make(map[string]any, len(b)/16) // an encoded label takes 16 bytes or more
+	out := make(map[string]any, len(b)/15) // about 15 bytes a label with the shipped catalogue's ids
 	err := eachLabelPB(b, func(id string, v any) { out[id] = v })
 	if err != nil {
 		return nil, err

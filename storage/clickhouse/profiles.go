@@ -646,37 +646,40 @@ func (w *Writer) InsertProfiles(ctx context.Context, cols []ProfileColumn, rows 
 	// driver's row path: most of the exporter's insert). Every value is
 	// checked before the batch is opened: a bad one fails the call with the
 	// member and label named, and nothing is written.
-	n := len(rows)
-	ids, catalogs := make([]string, n), make([]string, n)
-	versions := make([]uint64, n)
-	updated := make([]time.Time, n)
-	flags := make([][]uint8, 5) // behavioural_withheld and the four consents, in profileFixed's order
-	for k := range flags {
-		flags[k] = make([]uint8, n)
-	}
-	for i, r := range rows {
+	for _, r := range rows {
 		if r.Columns != nil && len(r.Columns) != len(cols) {
 			return fmt.Errorf("profile of member %s: %d label values for %d columns", r.MemberID, len(r.Columns), len(cols))
 		}
-		ids[i], versions[i], updated[i], catalogs[i] = r.MemberID, r.Version, r.UpdatedAt.UTC(), r.CatalogVersion
-		for k, f := range []bool{r.Withheld, !r.Consent.NoMarketing, !r.Withheld, r.Consent.ThirdParty, !r.Consent.NoAnalytics} {
-			flags[k][i] = flag(f)
-		}
 	}
-	columns := []any{ids, versions, updated, catalogs, flags[0], flags[1], flags[2], flags[3], flags[4]}
+	// The fixed columns, in profileFixed's order (col, as the fact
+	// tables' writers build theirs), then the labels'.
+	var columns []any
+	for _, c := range []column[ProfileRow]{
+		col(func(r *ProfileRow) string { return r.MemberID }),
+		col(func(r *ProfileRow) uint64 { return r.Version }),
+		col(func(r *ProfileRow) time.Time { return r.UpdatedAt.UTC() }),
+		col(func(r *ProfileRow) string { return r.CatalogVersion }),
+		col(func(r *ProfileRow) uint8 { return flag(r.Withheld) }),
+		col(func(r *ProfileRow) uint8 { return flag(!r.Consent.NoMarketing) }),
+		col(func(r *ProfileRow) uint8 { return flag(!r.Withheld) }),
+		col(func(r *ProfileRow) uint8 { return flag(r.Consent.ThirdParty) }),
+		col(func(r *ProfileRow) uint8 { return flag(!r.Consent.NoAnalytics) }),
+	} {
+		columns = append(columns, c(rows))
+	}
 	for j, c := range cols {
-		col, err := profileColumn(j, c, rows)
+		v, err := profileColumn(j, c, rows)
 		if err != nil {
 			return err
 		}
-		columns = append(columns, col)
+		columns = append(columns, v)
 	}
 	b, err := w.conn.PrepareBatch(ctx, "INSERT INTO "+ProfilesTable+" ("+strings.Join(names, ", ")+")")
 	if err != nil {
 		return fmt.Errorf("prepare %s batch: %w", ProfilesTable, err)
 	}
-	for i, col := range columns {
-		if err := b.Column(i).Append(col); err != nil {
+	for i, v := range columns {
+		if err := b.Column(i).Append(v); err != nil {
 			_ = b.Abort()
 			return fmt.Errorf("append %s column %s: %w", ProfilesTable, names[i], err)
 		}
