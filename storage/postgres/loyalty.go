@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -71,13 +72,43 @@ type LabelsRead struct {
 // statement's: member is the SQL of the member's id, only the parameter
 // that holds l.Only when the expression needs it.
 func labelsSQL(l LabelsRead, member, only string) (string, []any) {
+	return labelsSQLIn(l, member, `= ANY(`+only+`::text[])`, []any{l.Only})
+}
+
+// labelsOfMemberSQL is labelsSQL for one member's statement whose
+// parameters end at $last: the labels are parameters of their own
+// (paramList), so PostgreSQL plans the statement once.
+func labelsOfMemberSQL(l LabelsRead, last int) (string, []any) {
+	return labelsSQLIn(l, "$1", "IN ("+paramList(last+1, len(l.Only))+")", anys(l.Only))
+}
+
+// labelsSQLIn is labelsSQL with the label ids' condition (in) and its
+// arguments given.
+func labelsSQLIn(l LabelsRead, member, in string, args []any) (string, []any) {
 	switch {
 	case !l.Named:
 		return `coalesce((SELECT array_agg(label_id ORDER BY label_id) FROM member_labels l WHERE l.member_id = ` + member + ` AND value = 'true'), '{}')`, nil
 	case len(l.Only) == 0:
 		return `'{}'::text[]`, nil
 	}
-	return `coalesce((SELECT array_agg(label_id ORDER BY label_id) FROM member_labels l WHERE l.member_id = ` + member + ` AND l.label_id = ANY(` + only + `::text[]) AND value = 'true'), '{}')`, []any{l.Only}
+	return `coalesce((SELECT array_agg(label_id ORDER BY label_id) FROM member_labels l WHERE l.member_id = ` + member + ` AND l.label_id ` + in + ` AND value = 'true'), '{}')`, args
+}
+
+// paramList is the SQL of n parameters from $first on ("$2, $3"). A
+// statement of one member's that reads a few keys names them so rather than
+// as an array (= ANY($2)): PostgreSQL plans a statement with an array
+// parameter again at every call (its generic plan assumes ten elements and
+// looks dearer than the custom one), which cost a Quote more than running
+// the statement.
+func paramList(first, n int) string {
+	var b strings.Builder
+	for i := range n {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString("$" + strconv.Itoa(first+i))
+	}
+	return b.String()
 }
 
 // LoyaltyRows is what the benefit engine loads of a member.
@@ -238,7 +269,7 @@ func queueCounters(b *pgx.Batch, budgets map[string]int64, issued map[string]int
 func LoadLoyalty(ctx context.Context, q Batcher, l LoyaltyLoad) (LoyaltyRows, error) {
 	r := LoyaltyRows{Budgets: map[string]int64{}, TplIssued: map[string]int{}}
 	b := &pgx.Batch{}
-	labels, labelArgs := labelsSQL(l.Labels, "$1", "$2")
+	labels, labelArgs := labelsOfMemberSQL(l.Labels, 1)
 	args := append([]any{l.Member}, labelArgs...)
 	// With a window, the balance and the sum of the lots still pending
 	// after it, in the same statement (one fewer for every Quote).
@@ -249,7 +280,8 @@ func LoadLoyalty(ctx context.Context, q Batcher, l LoyaltyLoad) (LoyaltyRows, er
 	}
 	memberSQL := `SELECT change_seq, coalesce(attributes->>'birth_date', ''),
 		` + labels + `,
-		merged_into IS NOT NULL, ` + sums + `
+		merged_into IS NOT NULL, ` + sums + `,
+		(SELECT state FROM loyalty_state WHERE member_id = $1)
 		FROM members WHERE member_id = $1 AND status <> 'erased'`
 	if l.Lock {
 		memberSQL += lockMemberRow
@@ -257,15 +289,7 @@ func LoadLoyalty(ctx context.Context, q Batcher, l LoyaltyLoad) (LoyaltyRows, er
 	b.Queue(memberSQL, args...).Query(func(rows pgx.Rows) error {
 		for rows.Next() {
 			r.Found = true
-			if err := rows.Scan(&r.ChangeSeq, &r.BirthDate, &r.Labels, &r.Merged, &r.balance, &r.Pending); err != nil {
-				return err
-			}
-		}
-		return rows.Err()
-	})
-	b.Queue(`SELECT state FROM loyalty_state WHERE member_id = $1`, l.Member).Query(func(rows pgx.Rows) error {
-		for rows.Next() {
-			if err := rows.Scan(&r.State); err != nil {
+			if err := rows.Scan(&r.ChangeSeq, &r.BirthDate, &r.Labels, &r.Merged, &r.balance, &r.Pending, &r.State); err != nil {
 				return err
 			}
 		}
@@ -287,7 +311,8 @@ func LoadLoyalty(ctx context.Context, q Batcher, l LoyaltyLoad) (LoyaltyRows, er
 	queueRows(b, &r.Grants, grantColumns, `SELECT benefit_id, granted_at, cause, pending_revoke FROM benefit_grants WHERE member_id = $1`, l.Member)
 	if len(l.Orders) > 0 {
 		queueRows(b, &r.OrderRows, orderColumns, `SELECT order_id, member_id, origin_member_id, at, total, paid, coupon_discount, redeemed, earned, refunded, reversed,
-			restored, unrecovered, fully_refunded, coupon_codes, coalesce(lot_id, 0), extras, cause FROM orders WHERE order_id = ANY($1)`, l.Orders)
+			restored, unrecovered, fully_refunded, coupon_codes, coalesce(lot_id, 0), extras, cause FROM orders WHERE order_id IN (`+paramList(1, len(l.Orders))+`)`,
+			anys(l.Orders)...)
 	}
 	if err := q.SendBatch(ctx, b).Close(); err != nil {
 		return r, fmt.Errorf("load loyalty state: %w", err)
@@ -304,7 +329,20 @@ func LoadLoyalty(ctx context.Context, q Batcher, l LoyaltyLoad) (LoyaltyRows, er
 }
 
 func queueUsage(b *pgx.Batch, member uuid.UUID, periods []string, out *[]UsageRow) {
-	queueRows(b, out, usageColumns, `SELECT campaign_id, period, points FROM campaign_usage WHERE member_id = $1 AND period = ANY($2)`, member, periods)
+	if len(periods) == 0 {
+		return
+	}
+	queueRows(b, out, usageColumns, `SELECT campaign_id, period, points FROM campaign_usage WHERE member_id = $1 AND period IN (`+paramList(2, len(periods))+`)`,
+		append([]any{member}, anys(periods)...)...)
+}
+
+// anys is ss as statement arguments.
+func anys(ss []string) []any {
+	out := make([]any, len(ss))
+	for i, s := range ss {
+		out[i] = s
+	}
+	return out
 }
 
 // CampaignUsage reads a member's campaign usage in the given periods.

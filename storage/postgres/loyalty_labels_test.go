@@ -81,3 +81,57 @@ func nonNil(s []string) []string {
 	}
 	return s
 }
+
+// TestMemberLoadIsPlannedOnce: the statements of one member's load (the
+// Quote's, the Commit's) are planned once per connection and then run on
+// their generic plan, whatever labels, periods and orders they name.
+// PostgreSQL plans a statement with an array parameter (= ANY($2)) again at
+// every call, which cost a Quote more than running its statements.
+func TestMemberLoadIsPlannedOnce(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	pool := pgtest.NewPool(t, nil)
+	member := newMember(t, pool)
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Release()
+	at := memberCreatedAt.Add(time.Hour)
+	load := postgres.LoyaltyLoad{Member: member, ActivityFrom: 300,
+		Labels:  postgres.LabelsRead{Named: true, Only: []string{"vip", "sharer"}},
+		Periods: []string{"d:20000", "m:600"}, Orders: []string{"order-1"},
+		SettledAfter: at, AvailableFrom: at, SpendUpTo: 100}
+	const loads = 12
+	for range loads {
+		if _, err := postgres.LoadLoyalty(ctx, conn, load); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rows, err := conn.Query(ctx, `SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements WHERE generic_plans + custom_plans >= $1`, loads)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type prepared struct {
+		sql             string
+		generic, custom int64
+	}
+	ps, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (prepared, error) {
+		var p prepared
+		return p, r.Scan(&p.sql, &p.generic, &p.custom)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The member's row, its lots (twice), activity, usage, coupons,
+	// grants, the counters and the order.
+	if len(ps) < 9 {
+		t.Fatalf("%d statements ran %d times or more; want the load's 9 at least: %v", len(ps), loads, ps)
+	}
+	for _, p := range ps {
+		// PostgreSQL tries custom plans for the first five calls.
+		if p.custom > 5 {
+			t.Errorf("planned at %d of %d calls: %s", p.custom, p.generic+p.custom, p.sql)
+		}
+	}
+}
