@@ -224,7 +224,13 @@ var stages = []stage{
 			log := e.p.tel.Logger.With("stage", relay.Stage)
 			ps.loop(func(ctx context.Context) error {
 				fault.Drain(ctx, log, "outbox retention", OutboxPruneBatch, time.Minute, func(ctx context.Context, n int) (int, error) {
-					return postgres.PruneOutbox(ctx, e.p.pool, keep, n)
+					pruned, err := postgres.PruneOutbox(ctx, e.p.pool, keep, n)
+					if pruned > 0 {
+						// The oldest changes may hold one kept (published
+						// late) before older ones: go on while any leave.
+						return n, err
+					}
+					return 0, err
 				})
 				return nil
 			})

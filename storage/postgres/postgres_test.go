@@ -266,6 +266,44 @@ func TestOpenTurnsJITOff(t *testing.T) {
 	}
 }
 
+// TestOpenPlansArrayStatementsOnce: a statement that names its keys in an
+// array (a batch's members) is planned once per connection, not at every
+// call, unless the URL asks for PostgreSQL's default (plan_cache_mode=auto).
+func TestOpenPlansArrayStatementsOnce(t *testing.T) {
+	ctx := context.Background()
+	url := pgtest.NewDB(t)
+	const calls = 10
+	for _, c := range []struct {
+		url        string
+		maxPlanned int64
+	}{{url, 1}, {url + "&plan_cache_mode=auto", calls}} {
+		pool, err := postgres.Open(ctx, postgres.Config{URL: c.url, MaxConns: 1}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		members := []uuid.UUID{newMember(t, pool), newMember(t, pool)}
+		var planned int64
+		for range calls {
+			var n int
+			if err = pool.QueryRow(ctx, `SELECT count(*) FROM members WHERE member_id = ANY($1)`, members).Scan(&n); err != nil || n != 2 {
+				t.Fatalf("counted %d of 2 members: %v", n, err)
+			}
+		}
+		err = pool.QueryRow(ctx, `SELECT custom_plans + CASE WHEN generic_plans > 0 THEN 1 ELSE 0 END FROM pg_prepared_statements
+			WHERE statement LIKE 'SELECT count(*) FROM members WHERE member_id = ANY%'`).Scan(&planned)
+		pool.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if planned > c.maxPlanned {
+			t.Errorf("with %s: planned %d times in %d calls, want at most %d", c.url[strings.Index(c.url, "?"):], planned, calls, c.maxPlanned)
+		}
+		if c.maxPlanned == calls && planned != calls {
+			t.Errorf("with %s: planned %d times in %d calls; PostgreSQL's default plans such a statement at every call", c.url[strings.Index(c.url, "?"):], planned, calls)
+		}
+	}
+}
+
 // TestPruneOutboxKeepsWhatIsUnpublishedOrRecent: published changes older
 // than the cut-off leave the outbox, oldest first and at most the limit at
 // a time; recent published changes and unpublished ones stay, whatever
@@ -317,6 +355,21 @@ func TestPruneOutboxKeepsWhatIsUnpublishedOrRecent(t *testing.T) {
 		if got := left(); n != want.deleted || !slices.Equal(got, want.left) {
 			t.Fatalf("pruned %d, left %v; want %d pruned, %v left", n, got, want.deleted, want.left)
 		}
+	}
+	// A change published late among the oldest stays, and the older ones
+	// beside it leave.
+	late := newMember(t, pool)
+	for seq := int64(1); seq <= 3; seq++ {
+		if err := postgres.InsertOutbox(ctx, pool, postgres.OutboxRow{MemberID: late, Sequence: seq, ChangeID: uuid.New(), Payload: []byte{1}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := pool.Exec(ctx, `UPDATE outbox SET published_at = CASE WHEN sequence = 1 THEN now() - interval '1 hour' ELSE now() - interval '2 days' END
+		WHERE member_id = $1`, late); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := postgres.PruneOutbox(ctx, pool, 24*time.Hour, 10); err != nil || n != 2 {
+		t.Fatalf("pruned %d (%v) with a change published late first; want its 2 older neighbours", n, err)
 	}
 	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
 		s, err := postgres.NextSequence(ctx, tx, member)
