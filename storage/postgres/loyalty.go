@@ -96,10 +96,12 @@ func labelsSQLIn(l LabelsRead, member, in string, args []any) (string, []any) {
 
 // paramList is the SQL of n parameters from $first on ("$2, $3"). A
 // statement of one member's that reads a few keys names them so rather than
-// as an array (= ANY($2)): PostgreSQL plans a statement with an array
-// parameter again at every call (its generic plan assumes ten elements and
-// looks dearer than the custom one), which cost a Quote more than running
-// the statement.
+// as an array (= ANY($2)): under PostgreSQL's default plan_cache_mode a
+// statement with an array parameter is planned again at every call (its
+// generic plan, costed for an array of unknown length, looks dearer than
+// the custom one), which cost a Quote more than running the statement. The
+// platform's pools force generic plans (Open), but a URL may restore the
+// default; a Quote's statements are planned once either way.
 func paramList(first, n int) string {
 	var b strings.Builder
 	for i := range n {
