@@ -52,12 +52,16 @@ type freshEvent struct {
 // PointsChanged on an unfiltered Subscribe stream (cause id = event id); (b)
 // GetProfile showing labels computed after the purchase: every 5 ms a
 // connection reads the feature-state version of the pending members, and
-// GetProfile is called for those with a new version; (c) a new version of the member's
+// GetProfile is called for those with a new version, up to 32 at once; (c) a new version of the member's
 // row in ClickHouse's member_profiles, polled every 10 ms. Before, in the
 // same run and at the same rate: a plain produce → consume round trip.
 // versionPoll is how often the freshness checkers read the pending
 // members' label versions.
 const versionPoll = 5 * time.Millisecond
+
+// freshProfileCallers bounds the GetProfile calls the freshness checker
+// has in flight at once.
+const freshProfileCallers = 32
 
 func (r *pipelineRun) freshness(ctx context.Context, floorTopic string) (freshResult, error) {
 	n, rate := r.o.freshEvents, r.o.freshRate
@@ -208,17 +212,29 @@ func (r *pipelineRun) freshness(ctx context.Context, floorTopic string) (freshRe
 			if err != nil {
 				return err
 			}
+			// The members with a new version are asked at once, as many
+			// clients would: asked one after another, the checker's own
+			// round trips queued behind each other and it reported seconds
+			// for labels committed a few hundred milliseconds after ingest.
+			var asks errgroup.Group
+			asks.SetLimit(freshProfileCallers)
 			for _, i := range idx {
 				if versions[evs[i].member].Version <= evs[i].version {
 					continue
 				}
-				p, err := profiles.GetProfile(gctx, &mcv1.GetProfileRequest{MemberId: evs[i].member.String()})
-				if err != nil {
-					return fmt.Errorf("GetProfile: %w", err)
-				}
-				if p.GetProfile().GetLabelsComputedAt().AsTime().After(evs[i].computed) {
-					shown[i] = time.Now()
-				}
+				asks.Go(func() error {
+					p, err := profiles.GetProfile(gctx, &mcv1.GetProfileRequest{MemberId: evs[i].member.String()})
+					if err != nil {
+						return fmt.Errorf("GetProfile: %w", err)
+					}
+					if p.GetProfile().GetLabelsComputedAt().AsTime().After(evs[i].computed) {
+						shown[i] = time.Now() // i is this call's alone
+					}
+					return nil
+				})
+			}
+			if err := asks.Wait(); err != nil {
+				return err
 			}
 		}
 	})

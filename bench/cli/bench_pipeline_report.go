@@ -128,7 +128,7 @@ func reportPipeline(w io.Writer, rs []pipelineResult, o pipelineOpts) {
 		}
 	}
 
-	fmt.Fprintf(w, "\n### Freshness\n\nAfter each drain, on the same running platform: %d POS purchases of distinct preloaded shoppers, open loop at %d/s, timed from the intended send time to (a) the purchase's points change on an unfiltered `SyncService.Subscribe` stream, (b) `GetProfile` showing labels computed after it (every 5 ms a connection reads the pending members' feature-state version, and `GetProfile` is called for those with a new one), (c) a new version of the member's row in ClickHouse's `member_profiles` (polled every 10 ms). The floor is a plain franz-go produce → consume round trip on a scratch topic of the same broker at the same rate, just before.\n\n", o.freshEvents, o.freshRate)
+	fmt.Fprintf(w, "\n### Freshness\n\nAfter each drain, on the same running platform: %d POS purchases of distinct preloaded shoppers, open loop at %d/s, timed from the intended send time to (a) the purchase's points change on an unfiltered `SyncService.Subscribe` stream, (b) `GetProfile` showing labels computed after it (every 5 ms a connection reads the pending members' feature-state version, and `GetProfile` is called for those with a new one, up to 32 at once), (c) a new version of the member's row in ClickHouse's `member_profiles` (polled every 10 ms). The floor is a plain franz-go produce → consume round trip on a scratch topic of the same broker at the same rate, just before.\n\n", o.freshEvents, o.freshRate)
 	fmt.Fprintf(w, "| members | path | events | p50 ms | p99 ms | max ms | p50 ÷ floor | p99 ÷ floor | not shown in %s |\n|---|---|---|---|---|---|---|---|---|\n", freshTimeout)
 	for _, r := range rs {
 		f := r.fresh
