@@ -651,10 +651,8 @@ func (w *Writer) InsertProfiles(ctx context.Context, cols []ProfileColumn, rows 
 			return fmt.Errorf("profile of member %s: %d label values for %d columns", r.MemberID, len(r.Columns), len(cols))
 		}
 	}
-	// The fixed columns, in profileFixed's order (col, as the fact
-	// tables' writers build theirs), then the labels'.
-	var columns []any
-	for _, c := range []column[ProfileRow]{
+	// The fixed columns, in profileFixed's order, then the labels'.
+	columns := []column[ProfileRow]{
 		col(func(r *ProfileRow) string { return r.MemberID }),
 		col(func(r *ProfileRow) uint64 { return r.Version }),
 		col(func(r *ProfileRow) time.Time { return r.UpdatedAt.UTC() }),
@@ -664,30 +662,15 @@ func (w *Writer) InsertProfiles(ctx context.Context, cols []ProfileColumn, rows 
 		col(func(r *ProfileRow) uint8 { return flag(!r.Withheld) }),
 		col(func(r *ProfileRow) uint8 { return flag(r.Consent.ThirdParty) }),
 		col(func(r *ProfileRow) uint8 { return flag(!r.Consent.NoAnalytics) }),
-	} {
-		columns = append(columns, c(rows))
 	}
 	for j, c := range cols {
 		v, err := profileColumn(j, c, rows)
 		if err != nil {
 			return err
 		}
-		columns = append(columns, v)
+		columns = append(columns, func([]ProfileRow) any { return v })
 	}
-	b, err := w.conn.PrepareBatch(ctx, "INSERT INTO "+ProfilesTable+" ("+strings.Join(names, ", ")+")")
-	if err != nil {
-		return fmt.Errorf("prepare %s batch: %w", ProfilesTable, err)
-	}
-	for i, v := range columns {
-		if err := b.Column(i).Append(v); err != nil {
-			_ = b.Abort()
-			return fmt.Errorf("append %s column %s: %w", ProfilesTable, names[i], err)
-		}
-	}
-	if err := b.Send(); err != nil {
-		return fmt.Errorf("insert %s: %w", ProfilesTable, err)
-	}
-	return nil
+	return insertColumns(ctx, w.conn, ProfilesTable, "INSERT INTO "+ProfilesTable+" ("+strings.Join(names, ", ")+")", rows, columns...)
 }
 
 // profileColumn is the values of label column c, the j-th, in rows, as the
