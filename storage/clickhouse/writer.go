@@ -76,15 +76,6 @@ func NewWriter(conn driver.Conn) *Writer { return &Writer{conn: conn} }
 
 // InsertEvents writes rows as one batch. 18.16 needs the explicit column list.
 func (w *Writer) InsertEvents(ctx context.Context, rows []EventRow) error {
-	items := func(f func(ItemRow) string) column[EventRow] {
-		return col(func(r *EventRow) []string {
-			out := make([]string, len(r.Items))
-			for i, it := range r.Items {
-				out[i] = f(it)
-			}
-			return out
-		})
-	}
 	return insertColumns(ctx, w.conn, "member_events", `INSERT INTO member_events (
 		event_id, member_id, event_type, channel, store_id, occurred_at, ingested_at,
 		order_id, currency, amount_minor, discount_minor, points_redeemed,
@@ -97,21 +88,8 @@ func (w *Writer) InsertEvents(ctx context.Context, rows []EventRow) error {
 		col(func(r *EventRow) string { return r.Currency }), col(func(r *EventRow) int64 { return r.AmountMinor }),
 		col(func(r *EventRow) int64 { return r.DiscountMinor }), col(func(r *EventRow) int64 { return r.PointsRedeemed }),
 		items(func(it ItemRow) string { return it.SKU }), items(func(it ItemRow) string { return it.Category }),
-		items(func(it ItemRow) string { return it.Brand }),
-		col(func(r *EventRow) []int32 {
-			out := make([]int32, len(r.Items))
-			for i, it := range r.Items {
-				out[i] = it.Quantity
-			}
-			return out
-		}),
-		col(func(r *EventRow) []int64 {
-			out := make([]int64, len(r.Items))
-			for i, it := range r.Items {
-				out[i] = it.AmountMinor
-			}
-			return out
-		}),
+		items(func(it ItemRow) string { return it.Brand }), items(func(it ItemRow) int32 { return it.Quantity }),
+		items(func(it ItemRow) int64 { return it.AmountMinor }),
 		col(func(r *EventRow) string { return r.TraceID }),
 		col(func(r *EventRow) string {
 			if r.OriginMemberID == "" {
@@ -227,6 +205,18 @@ func (w *Writer) InsertOperatorAudit(ctx context.Context, rows []OperatorAuditRo
 		col(func(r *OperatorAuditRow) string { return r.Document }), col(func(r *OperatorAuditRow) string { return r.Version }),
 		col(func(r *OperatorAuditRow) string { return r.SHA256 }), col(func(r *OperatorAuditRow) string { return r.Detail }),
 		col(func(r *OperatorAuditRow) time.Time { return r.InsertedAt.UTC() }))
+}
+
+// items is the column of an event's items' values f gives (a nested
+// column of member_events).
+func items[T any](f func(ItemRow) T) column[EventRow] {
+	return col(func(r *EventRow) []T {
+		out := make([]T, len(r.Items))
+		for i, it := range r.Items {
+			out[i] = f(it)
+		}
+		return out
+	})
 }
 
 // column is one column of a batch: the rows' values of it, as the typed
