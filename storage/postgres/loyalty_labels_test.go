@@ -86,11 +86,17 @@ func nonNil(s []string) []string {
 // Quote's, the Commit's) are planned once per connection and then run on
 // their generic plan, whatever labels, periods and orders they name.
 // PostgreSQL plans a statement with an array parameter (= ANY($2)) again at
-// every call, which cost a Quote more than running its statements.
+// every call, which cost a Quote more than running its statements. The
+// pool keeps PostgreSQL's default (plan_cache_mode=auto), as a URL may ask:
+// the platform's own default, generic plans, would hide such a statement.
 func TestMemberLoadIsPlannedOnce(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	pool := pgtest.NewPool(t, nil)
+	pool, err := postgres.Open(ctx, postgres.Config{URL: pgtest.NewDB(t) + "&plan_cache_mode=auto", MaxConns: 2}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
 	member := newMember(t, pool)
 	conn, err := pool.Acquire(ctx)
 	if err != nil {
