@@ -143,7 +143,7 @@ func reportPipeline(w io.Writer, rs []pipelineResult, o pipelineOpts) {
 	}
 	for _, r := range rs {
 		if r.fresh.resyncs > 0 {
-			fmt.Fprintf(w, "\n%s members: the hub ended the stream %d times while the checker fell behind (`ResyncRequired`, its buffer of 1,024 changes full); the checker resumed it each time with its last resume token, so the stream's times include those gaps.\n", thousands(int64(r.members)), r.fresh.resyncs)
+			fmt.Fprintf(w, "\n%s members: the hub ended the stream %d times while the checker fell behind (`ResyncRequired`: its queue in the hub full); the checker resumed it each time with its last resume token, so the stream's times include those gaps.\n", thousands(int64(r.members)), r.fresh.resyncs)
 		}
 	}
 

@@ -77,25 +77,50 @@ type Delivery struct {
 	After Position
 }
 
-// ErrTooSlow ends a subscription whose buffer overflowed.
+// ErrTooSlow ends a subscription whose queue overflowed.
 var ErrTooSlow = errors.New("subscriber fell too far behind")
 
-// Subscription is one subscriber's view of the hub.
+// DefaultQueue is how many undelivered changes a subscription may hold
+// before the hub ends it with ErrTooSlow. A subscriber that keeps up on
+// average still falls behind in a burst: one poll of the change log after a
+// batch of the relay holds thousands of changes, handed over in
+// microseconds, while each costs the subscriber a stream send.
+const DefaultQueue = 65536
+
+// Subscription is one subscriber's view of the hub: the hub queues each
+// matching change without ever waiting for the subscriber, and the
+// subscriber takes them in order when Ready signals.
 type Subscription struct {
 	filter Filter
-	c      chan Delivery
-	done   chan struct{}
-	once   sync.Once
-	err    error
 	hub    *Hub
-	// last sequence delivered per member; a republished change is dropped.
+	max    int
+
+	mu    sync.Mutex
+	queue []Delivery
+	ready chan struct{} // holds a token while the queue is not empty
+	done  chan struct{}
+	once  sync.Once
+	err   error
+	// last sequence queued per member; a republished change is dropped.
 	last map[string]uint64
 }
 
-// C delivers matching changes until the subscription ends; then Err says why.
-func (s *Subscription) C() <-chan Delivery { return s.c }
+// Ready receives when changes are queued for Take.
+func (s *Subscription) Ready() <-chan struct{} { return s.ready }
 
-// Done is closed when the hub ends the subscription (see Err).
+// Take appends the queued changes to buf, in the order the hub matched
+// them, and empties the queue.
+func (s *Subscription) Take(buf []Delivery) []Delivery {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	buf = append(buf, s.queue...)
+	clear(s.queue) // let the changes go once delivered
+	s.queue = s.queue[:0]
+	return buf
+}
+
+// Done is closed when the hub ends the subscription (see Err). What was
+// queued before can still be taken.
 func (s *Subscription) Done() <-chan struct{} { return s.done }
 
 // Err is why the hub ended the subscription.
@@ -111,12 +136,27 @@ func (s *Subscription) end(err error) {
 	})
 }
 
+// offer queues d unless the queue is full; it never waits.
+func (s *Subscription) offer(d Delivery) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.queue) >= s.max {
+		return false
+	}
+	s.queue = append(s.queue, d)
+	select {
+	case s.ready <- struct{}{}:
+	default: // already signalled
+	}
+	return true
+}
+
 // Hub follows member.changes.v1 from the moment it starts.
 type Hub struct {
-	kcfg   kafka.Config
-	tel    kafka.Telemetry
-	log    *slog.Logger
-	buffer int
+	kcfg  kafka.Config
+	tel   kafka.Telemetry
+	log   *slog.Logger
+	queue int // DefaultQueue unless a test sets it
 
 	mu    sync.Mutex
 	subs  map[*Subscription]struct{}
@@ -127,7 +167,7 @@ type Hub struct {
 // NewHub returns a hub; Run starts it.
 func NewHub(kcfg kafka.Config, tel kafka.Telemetry) *Hub {
 	return &Hub{
-		kcfg: kcfg, tel: tel, log: tel.Logger.With("component", "sync-hub"), buffer: 1024,
+		kcfg: kcfg, tel: tel, log: tel.Logger.With("component", "sync-hub"), queue: DefaultQueue,
 		subs: map[*Subscription]struct{}{}, ready: make(chan struct{}),
 	}
 }
@@ -257,14 +297,13 @@ func (h *Hub) fanOut(d Delivery, partition int32, offset int64) {
 		}
 		sd := d
 		sd.Change = s.filter.shape(d.Change)
-		select {
-		case s.c <- sd:
-			s.last[member] = d.Change.GetSequence()
-		default:
+		if !s.offer(sd) {
 			// Never block the hub on one slow subscriber.
 			delete(h.subs, s)
-			s.end(ErrTooSlow)
+			s.end(fmt.Errorf("%w: %d changes waiting to be sent", ErrTooSlow, s.max))
+			continue
 		}
+		s.last[member] = d.Change.GetSequence()
 	}
 }
 
@@ -279,7 +318,7 @@ func (h *Hub) Subscribe(ctx context.Context, f Filter) (*Subscription, Position,
 	case <-ctx.Done():
 		return nil, nil, ctx.Err()
 	}
-	s := &Subscription{filter: f, c: make(chan Delivery, h.buffer), done: make(chan struct{}), hub: h, last: map[string]uint64{}}
+	s := &Subscription{filter: f, hub: h, max: h.queue, ready: make(chan struct{}, 1), done: make(chan struct{}), last: map[string]uint64{}}
 	h.mu.Lock()
 	h.subs[s] = struct{}{}
 	at := h.pos.clone()

@@ -12,9 +12,9 @@ import (
 	"github.com/membercenter/membercenter/pipeline/kafka"
 )
 
-func testHub(buffer int) *Hub {
+func testHub(queue int) *Hub {
 	h := NewHub(kafka.Config{}, kafka.Telemetry{Logger: slog.New(slog.DiscardHandler)})
-	h.buffer = buffer
+	h.queue = queue
 	h.pos = Position{0: 0}
 	close(h.ready)
 	return h
@@ -32,7 +32,7 @@ func change(member string, seq uint64, labels ...string) Delivery {
 	return Delivery{Ctx: context.Background(), Change: c}
 }
 
-// TestSlowSubscriberIsCutOffAloneWithAReason: a subscriber whose buffer is
+// TestSlowSubscriberIsCutOffAloneWithAReason: a subscriber whose queue is
 // full is ended with ErrTooSlow; the others keep receiving everything.
 func TestSlowSubscriberIsCutOffAloneWithAReason(t *testing.T) {
 	h := testHub(2)
@@ -42,11 +42,7 @@ func TestSlowSubscriberIsCutOffAloneWithAReason(t *testing.T) {
 	got := 0
 	for i := range 5 {
 		h.fanOut(change("m", uint64(i+1)), 0, int64(i))
-		select {
-		case <-fast.C():
-			got++
-		default:
-		}
+		got += len(fast.Take(nil))
 	}
 	if got != 5 {
 		t.Errorf("the subscriber that kept up received %d of 5", got)
@@ -62,12 +58,56 @@ func TestSlowSubscriberIsCutOffAloneWithAReason(t *testing.T) {
 	if n := h.Subscribers(); n != 1 {
 		t.Errorf("%d subscribers left, want 1", n)
 	}
-	// It had received the changes before its buffer filled, in order.
-	for want := uint64(1); want <= 2; want++ {
-		if d := <-slow.C(); d.Change.GetSequence() != want {
-			t.Errorf("slow subscriber got %d, want %d", d.Change.GetSequence(), want)
+	// What was queued before the queue filled can still be taken, in order.
+	queued := slow.Take(nil)
+	if len(queued) != 2 || queued[0].Change.GetSequence() != 1 || queued[1].Change.GetSequence() != 2 {
+		t.Errorf("slow subscriber's queue held %v, want sequences 1 and 2", sequences(queued))
+	}
+}
+
+// TestABurstLargerThanAnOldBufferKeepsTheSubscription: one poll of the
+// change log can hand the hub thousands of changes at once, far faster than
+// a subscriber sends them on. A subscriber that takes them only after the
+// whole burst still gets every change, in order, and stays subscribed.
+func TestABurstLargerThanAnOldBufferKeepsTheSubscription(t *testing.T) {
+	h := NewHub(kafka.Config{}, kafka.Telemetry{Logger: slog.New(slog.DiscardHandler)})
+	h.pos = Position{0: 0}
+	close(h.ready)
+	sub, _, _ := h.Subscribe(context.Background(), Filter{})
+	const burst = 20000
+	for i := range burst {
+		h.fanOut(change("m", uint64(i+1)), 0, int64(i))
+	}
+	select {
+	case <-sub.Done():
+		t.Fatalf("a burst of %d changes ended the subscription: %v", burst, sub.Err())
+	case <-sub.Ready():
+	}
+	got := sub.Take(nil)
+	if len(got) != burst {
+		t.Fatalf("took %d of %d changes", len(got), burst)
+	}
+	for i, d := range got {
+		if d.Change.GetSequence() != uint64(i+1) || d.After[0] != int64(i+1) {
+			t.Fatalf("change %d: sequence %d resuming at %v", i, d.Change.GetSequence(), d.After)
 		}
 	}
+	select {
+	case <-sub.Ready():
+		t.Error("Ready signalled with nothing queued")
+	default:
+	}
+	if n := h.Subscribers(); n != 1 {
+		t.Errorf("%d subscribers, want 1", n)
+	}
+}
+
+func sequences(ds []Delivery) []uint64 {
+	var out []uint64
+	for _, d := range ds {
+		out = append(out, d.Change.GetSequence())
+	}
+	return out
 }
 
 // TestDeliveriesCarryTheirPositionAndFiltersShapeLabels: every delivery
@@ -84,26 +124,22 @@ func TestDeliveriesCarryTheirPositionAndFiltersShapeLabels(t *testing.T) {
 	h.fanOut(change("m", 1, "affinity_coffee", "active_7d"), 0, 41)
 	h.fanOut(change("m", 2, "active_7d"), 0, 42)
 	h.fanOut(change("m", 2, "active_7d"), 0, 43) // republished by a restarted relay
-	d := <-all.C()
-	if d.After[0] != 42 {
-		t.Errorf("position after offset 41 = %v, want 42", d.After)
+	ds := all.Take(nil)
+	if len(ds) != 2 {
+		t.Fatalf("delivered sequences %v, want 1 and 2 (the republished 2 dropped)", sequences(ds))
 	}
-	if d = <-all.C(); d.Change.GetSequence() != 2 || d.After[0] != 43 {
+	if ds[0].After[0] != 42 {
+		t.Errorf("position after offset 41 = %v, want 42", ds[0].After)
+	}
+	if d := ds[1]; d.Change.GetSequence() != 2 || d.After[0] != 43 {
 		t.Errorf("second delivery %v at %v", d.Change, d.After)
 	}
-	select {
-	case d := <-all.C():
-		t.Errorf("republished change delivered again: %v", d.Change)
-	default:
+	cs := coffee.Take(nil) // the change without its label is not queued
+	if len(cs) != 1 {
+		t.Fatalf("label subscriber got sequences %v, want 1 only", sequences(cs))
 	}
-	c := <-coffee.C()
-	if ls := c.Change.GetLabelsChanged().GetLabels(); len(ls) != 1 || ls[0].GetLabelId() != "affinity_coffee" {
+	if ls := cs[0].Change.GetLabelsChanged().GetLabels(); len(ls) != 1 || ls[0].GetLabelId() != "affinity_coffee" {
 		t.Errorf("label subscriber got %v", ls)
-	}
-	select {
-	case d := <-coffee.C():
-		t.Errorf("label subscriber got a change without its label: %v", d.Change)
-	default:
 	}
 }
 

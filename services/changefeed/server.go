@@ -42,8 +42,8 @@ func NewServer(hub *Hub, snapshots Snapshots, labels Labels, tp trace.TracerProv
 // the matching changes the client missed since the token, then a Ready
 // message once the stream is live, then every matching change in
 // per-member order. Every message carries the token to resume after it. A
-// subscriber that falls too far behind gets ResyncRequired and the stream
-// ends.
+// subscriber that falls too far behind (DefaultQueue changes waiting) gets
+// ResyncRequired and the stream ends.
 func (s *Server) Subscribe(req *mcv1.SubscribeRequest, stream mcv1.SyncService_SubscribeServer) error {
 	var from Position
 	if t := req.GetResumeToken(); t != "" {
@@ -88,23 +88,28 @@ func (s *Server) Subscribe(req *mcv1.SubscribeRequest, stream mcv1.SyncService_S
 	if err := stream.Send(&mcv1.SubscribeResponse{Message: &mcv1.SubscribeResponse_Ready{Ready: &mcv1.Ready{}}, ResumeToken: EncodeToken(at)}); err != nil {
 		return err
 	}
+	var batch []Delivery
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-sub.Ready():
+			batch = sub.Take(batch[:0])
+			for _, d := range batch {
+				if d.Change.GetSequence() <= replayed[d.Change.GetMemberId()] {
+					continue
+				}
+				if err := s.send(d, stream); err != nil {
+					return err
+				}
+			}
+			clear(batch)
 		case <-sub.Done():
-			// The buffer overflowed: whatever follows would have a gap, so
+			// The queue overflowed: whatever follows would have a gap, so
 			// the client must resync instead.
 			return stream.Send(&mcv1.SubscribeResponse{Message: &mcv1.SubscribeResponse_ResyncRequired{
 				ResyncRequired: &mcv1.ResyncRequired{Reason: sub.Err().Error() + "; take a snapshot with GetSnapshot and subscribe again"},
 			}})
-		case d := <-sub.C():
-			if d.Change.GetSequence() <= replayed[d.Change.GetMemberId()] {
-				continue
-			}
-			if err := s.send(d, stream); err != nil {
-				return err
-			}
 		}
 	}
 }

@@ -165,11 +165,13 @@ type collector struct {
 func (c *collector) run(sub *changefeed.Subscription) {
 	for {
 		select {
-		case d := <-sub.C():
-			c.mu.Lock()
-			c.got = append(c.got, d.Change)
-			c.last = d.After
-			c.mu.Unlock()
+		case <-sub.Ready():
+			for _, d := range sub.Take(nil) {
+				c.mu.Lock()
+				c.got = append(c.got, d.Change)
+				c.last = d.After
+				c.mu.Unlock()
+			}
 		case <-sub.Done():
 			return
 		}
