@@ -32,6 +32,8 @@ type freshResult struct {
 	// the subscriber fell behind) and the checker resumed it with its
 	// resume token.
 	resyncs int
+	// hops are the platform's stage latencies over the run.
+	hops []hop
 }
 
 const freshTimeout = 30 * time.Second

@@ -360,10 +360,20 @@ func benchPipeline(ctx context.Context, e *platformtest.Env, members int, o pipe
 		res.drain.Round(time.Millisecond), res.dlqMalformed, res.malformed, res.dlqOther)
 
 	r.conn = run.p.Conn
-	// Freshness over this many members.
+	// Freshness over this many members, and where its time went by the
+	// platform's own histograms.
+	hopsBefore, err := scrapeHistograms(ctx, run.p.Admin)
+	if err != nil {
+		return res, err
+	}
 	if res.fresh, err = r.freshness(ctx, floorTopic); err != nil {
 		return res, fmt.Errorf("freshness: %w", err)
 	}
+	hopsAfter, err := scrapeHistograms(ctx, run.p.Admin)
+	if err != nil {
+		return res, err
+	}
+	res.fresh.hops = hopsBetween(hopsBefore, hopsAfter)
 	r.sampleRSS()
 	// The APIs over this many members, at a fixed rate, beside the no-op.
 	shoppers, err := resolveShoppers(ctx, r.conn, r.g, apiShoppers, members, r.run+"-api")

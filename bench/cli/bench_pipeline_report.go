@@ -147,6 +147,16 @@ func reportPipeline(w io.Writer, rs []pipelineResult, o pipelineOpts) {
 		}
 	}
 
+	if len(rs) > 0 && len(rs[0].fresh.hops) > 0 {
+		fmt.Fprintf(w, "\nWhere the freshness run's time went, by the platform's own histograms (its `/metrics`, read before and after the run; each figure is the histogram bucket the quantile falls in, ms). A stage's time runs from the record it consumed being produced to its effects being durable, so it holds the wait for the batch before and, after ingest, the previous stage's Kafka commit. What follows the relay's commit to the Subscribe stream is the sync hub and the stream.\n\n")
+		fmt.Fprintf(w, "| members | hop | records | p50 ms | p90 ms | p99 ms |\n|---|---|---|---|---|---|\n")
+		for _, r := range rs {
+			for _, h := range r.fresh.hops {
+				fmt.Fprintf(w, "| %s | %s | %d | %s | %s | %s |\n", thousands(int64(r.members)), h.name, h.n, bucketMS(h.p50), bucketMS(h.p90), bucketMS(h.p99))
+			}
+		}
+	}
+
 	fmt.Fprintf(w, "\n### APIs\n\nAfter the freshness run: open loop at %d req/s for %s each (latency from the intended send time), %d of the generator's shoppers, beside `grpc.health.v1.Health/Check` on the same server (the floor).\n\n", apiRate, apiDuration, apiShoppers)
 	fmt.Fprintf(w, "| members | RPC | achieved req/s | p50 ms | p99 ms | errors | p50 ÷ floor | p99 ÷ floor |\n|---|---|---|---|---|---|---|---|\n")
 	for _, r := range rs {
