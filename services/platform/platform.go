@@ -190,6 +190,13 @@ func Open(ctx context.Context, cfg Config, tel *telemetry.Telemetry) (*Platform,
 		pool.Close()
 		return nil, fmt.Errorf("key store (MC_KEYSTORE_URL): %w", err)
 	}
+	for name, p := range map[string]*pgxpool.Pool{"platform": pool, "keystore": keys} {
+		if err := postgres.RecordPoolStats(p, tel.Meters, name); err != nil {
+			pool.Close()
+			keys.Close()
+			return nil, err
+		}
+	}
 	return &Platform{cfg: cfg, tel: tel, pool: pool, keys: keys}, nil
 }
 

@@ -245,6 +245,35 @@ func TestReadinessAndHealth(t *testing.T) {
 	}
 }
 
+// TestMetricsShowThePools: an SRE sees on /metrics how the platform's
+// PostgreSQL pools are used, each under its name: connections taken and
+// idle, and the time calls waited for one.
+func TestMetricsShowThePools(t *testing.T) {
+	r := serve(t)
+	resp, err := http.Get(r.admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	series := map[string]bool{} // name and pool of each series
+	for _, l := range strings.Split(string(b), "\n") {
+		name, labels, ok := strings.Cut(l, "{")
+		if _, pool, found := strings.Cut(labels, `db_client_connection_pool_name="`); ok && found {
+			pool, _, _ = strings.Cut(pool, `"`)
+			series[name+" "+pool] = true
+		}
+	}
+	for _, pool := range []string{"platform", "keystore"} {
+		for _, name := range []string{"pgxpool_acquires_total", "pgxpool_acquire_duration_nanoseconds_total", "pgxpool_empty_acquire_wait_time_nanoseconds_total",
+			"pgxpool_acquired_connections", "pgxpool_idle_connections", "pgxpool_max_connections"} {
+			if !series[name+" "+pool] {
+				t.Errorf("/metrics has no %s of the %s pool", name, pool)
+			}
+		}
+	}
+}
+
 func TestConfigAndSelection(t *testing.T) {
 	cfg, err := platform.LoadConfig(context.Background())
 	if err != nil {

@@ -9,6 +9,10 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
 	"github.com/membercenter/membercenter/storage/postgres"
 	"github.com/membercenter/membercenter/storage/postgres/pgtest"
@@ -380,5 +384,70 @@ func TestPruneOutboxKeepsWhatIsUnpublishedOrRecent(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestPoolWaitsAreMetricsAndStatementsSpans: a request's trace holds its
+// statements, not a span for every connection taken from the pool; how
+// often and how long calls waited for a connection is in the pool's
+// metrics, under the pool's name.
+func TestPoolWaitsAreMetricsAndStatementsSpans(t *testing.T) {
+	ctx := context.Background()
+	spans := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans))
+	reader := sdkmetric.NewManualReader()
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	pool, err := postgres.Open(ctx, postgres.Config{URL: pgtest.NewDB(t), MaxConns: 2}, tp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	if err := postgres.RecordPoolStats(pool, mp, "platform"); err != nil {
+		t.Fatal(err)
+	}
+	rctx, request := tp.Tracer("test").Start(ctx, "request")
+	for range 3 {
+		var one int
+		if err := pool.QueryRow(rctx, "SELECT 1").Scan(&one); err != nil {
+			t.Fatal(err)
+		}
+	}
+	request.End()
+	var statements int
+	for _, s := range spans.Ended() {
+		if s.Parent().SpanID() != request.SpanContext().SpanID() {
+			continue
+		}
+		if s.Name() == "pool.acquire" {
+			t.Errorf("a span for taking a connection: %s", s.Name())
+		} else {
+			statements++
+		}
+	}
+	if statements != 3 {
+		t.Errorf("%d statement spans under the request, want 3", statements)
+	}
+
+	var rm metricdata.ResourceMetrics
+	if err := reader.Collect(ctx, &rm); err != nil {
+		t.Fatal(err)
+	}
+	acquires := int64(-1)
+	for _, sm := range rm.ScopeMetrics {
+		for _, m := range sm.Metrics {
+			sum, ok := m.Data.(metricdata.Sum[int64])
+			if m.Name != "pgxpool.acquires" || !ok {
+				continue
+			}
+			for _, dp := range sum.DataPoints {
+				if name, _ := dp.Attributes.Value("db.client.connection.pool.name"); name.AsString() == "platform" {
+					acquires = dp.Value
+				}
+			}
+		}
+	}
+	// The ping at Open and the three statements each took a connection.
+	if acquires < 3 {
+		t.Errorf("pgxpool.acquires of pool platform = %d, want at least 3", acquires)
 	}
 }
