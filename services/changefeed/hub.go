@@ -83,9 +83,15 @@ var ErrTooSlow = errors.New("subscriber fell too far behind")
 // DefaultQueue is how many undelivered changes a subscription may hold
 // before the hub ends it with ErrTooSlow. A subscriber that keeps up on
 // average still falls behind in a burst: one poll of the change log after a
-// batch of the relay holds thousands of changes, handed over in
-// microseconds, while each costs the subscriber a stream send.
-const DefaultQueue = 65536
+// few of the relay's batches (500 changes each) holds thousands of changes,
+// handed over in microseconds, while each costs the subscriber a stream
+// send. A full queue is about half a MiB (the changes themselves are shared
+// by the subscriptions).
+const DefaultQueue = 16384
+
+// keptQueue is the largest queue array a subscription keeps once it is
+// emptied; a larger one, left by a burst, is let go.
+const keptQueue = 1024
 
 // Subscription is one subscriber's view of the hub: the hub queues each
 // matching change without ever waiting for the subscriber, and the
@@ -114,8 +120,12 @@ func (s *Subscription) Take(buf []Delivery) []Delivery {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	buf = append(buf, s.queue...)
-	clear(s.queue) // let the changes go once delivered
-	s.queue = s.queue[:0]
+	if cap(s.queue) > keptQueue {
+		s.queue = nil
+	} else {
+		clear(s.queue) // let the changes go once delivered
+		s.queue = s.queue[:0]
+	}
 	return buf
 }
 

@@ -74,7 +74,7 @@ func TestABurstLargerThanAnOldBufferKeepsTheSubscription(t *testing.T) {
 	h.pos = Position{0: 0}
 	close(h.ready)
 	sub, _, _ := h.Subscribe(context.Background(), Filter{})
-	const burst = 20000
+	const burst = 10000
 	for i := range burst {
 		h.fanOut(change("m", uint64(i+1)), 0, int64(i))
 	}
