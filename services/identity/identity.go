@@ -399,9 +399,13 @@ func lockAndFind(ctx context.Context, tx pgx.Tx, ids []Normalized) ([]postgres.I
 // the per-member limits; a value another member holds uniquely is left to
 // the conflict just recorded.
 func (s *Service) linkMissing(ctx context.Context, tx pgx.Tx, res *Result, usable []Normalized, byHash map[string][]postgres.IdentifierRow, now time.Time, o resolveOpts) error {
-	counts, err := postgres.CountIdentifiers(ctx, tx, res.MemberID)
-	if err != nil {
-		return err
+	// A member created in this transaction holds none yet.
+	counts := map[int16]int{}
+	var err error
+	if !res.Created {
+		if counts, err = postgres.CountIdentifiers(ctx, tx, res.MemberID); err != nil {
+			return err
+		}
 	}
 	total := 0
 	for _, n := range counts {
