@@ -104,6 +104,9 @@ func (s *Server) Subscribe(req *mcv1.SubscribeRequest, stream mcv1.SyncService_S
 				}
 			}
 			clear(batch)
+			if cap(batch) > keptQueue {
+				batch = nil // a burst's array is not kept for the stream's life
+			}
 		case <-sub.Done():
 			// The queue overflowed: whatever follows would have a gap, so
 			// the client must resync instead.
