@@ -33,7 +33,8 @@ func changePayload(m *mcv1.MemberChange) string {
 	if !ok || lc.LabelsChanged == nil {
 		return protojsonString(m)
 	}
-	labels, ok := appendLabelsChanged(make([]byte, 0, 64+96*len(lc.LabelsChanged.GetLabels())), lc.LabelsChanged)
+	// About 125 bytes a label (id, value, time): room for them all at once.
+	labels, ok := appendLabelsChanged(make([]byte, 0, 64+128*len(lc.LabelsChanged.GetLabels())), lc.LabelsChanged)
 	if !ok {
 		return protojsonString(m)
 	}
