@@ -422,27 +422,17 @@ func (r *pipelineRun) open(ctx context.Context) error {
 	if err := r.openPlatform(ctx); err != nil {
 		return err
 	}
-	r.g = loadgen.New(loadgen.Config{Seed: r.o.seed, Members: r.members, Days: pipelineDays, Start: pipelineStart(time.Now()),
+	r.g = loadgen.New(loadgen.Config{Seed: r.o.seed, Members: r.members, Days: pipelineDays, Start: loadgen.DayStart(time.Now(), pipelineDays),
 		Events: r.o.events, IDPrefix: r.run, CouponRate: -1})
 	return nil
 }
 
 // pipelineDays is the span of the simulated clock of the pipeline bench's
-// workload.
-const pipelineDays = 90
-
-// pipelineStart starts the simulated clock pipelineDays before the last
-// midnight in Asia/Shanghai, so that the runs of one day meet the same
-// records. A clock that started at the moment of the run weighed each hour
-// by the hour of day its middle fell in; every hour at half past, each
-// weight moved to its neighbour's, and the records with it: on 2026-12-06
+// workload. It ends at a midnight in Asia/Shanghai (loadgen.DayStart), so
+// that the runs of one day meet the same records: before, on 2026-12-06,
 // the runs after 23:30 UTC created 1,360 more new members and halved the
 // drain's events/s against the runs just before, with the same binary.
-func pipelineStart(now time.Time) time.Time {
-	shanghai := time.FixedZone("CST", 8*3600) // no daylight saving time
-	y, m, d := now.In(shanghai).Date()
-	return time.Date(y, m, d, 0, 0, 0, 0, shanghai).AddDate(0, 0, -pipelineDays)
-}
+const pipelineDays = 90
 
 // publish generates the run's records and publishes them to its channel
 // topic.

@@ -14,14 +14,14 @@ import (
 func TestPipelineWorkloadIsTheSameAllDay(t *testing.T) {
 	first := time.Date(2026, 12, 6, 16, 0, 0, 0, time.UTC) // 00:00 on the 7th in Shanghai
 	last := first.Add(24*time.Hour - time.Second)
-	if a, b := pipelineStart(first), pipelineStart(last); !a.Equal(b) {
+	if a, b := loadgen.DayStart(first, pipelineDays), loadgen.DayStart(last, pipelineDays); !a.Equal(b) {
 		t.Fatalf("clock starts %s and %s on one day", a, b)
 	}
-	if d := pipelineStart(last.Add(time.Second)).Sub(pipelineStart(first)); d != 24*time.Hour {
+	if d := loadgen.DayStart(last.Add(time.Second), pipelineDays).Sub(loadgen.DayStart(first, pipelineDays)); d != 24*time.Hour {
 		t.Errorf("the next day's clock starts %s later, want 24h", d)
 	}
 	gen := func(now time.Time) *loadgen.Generator {
-		return loadgen.New(loadgen.Config{Seed: 1, Members: 1000, Days: pipelineDays, Start: pipelineStart(now), Events: 2000, IDPrefix: "bp", CouponRate: -1})
+		return loadgen.New(loadgen.Config{Seed: 1, Members: 1000, Days: pipelineDays, Start: loadgen.DayStart(now, pipelineDays), Events: 2000, IDPrefix: "bp", CouponRate: -1})
 	}
 	a, b := gen(first.Add(29*time.Minute)), gen(first.Add(13*time.Hour+31*time.Minute))
 	for i := range 2000 {

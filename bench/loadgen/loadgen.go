@@ -292,6 +292,17 @@ type tabletState struct {
 
 var cst = time.FixedZone("CST", 8*3600) // Asia/Shanghai, which has no DST
 
+// DayStart is a Start for a span of days that ends at the last midnight
+// before now in Asia/Shanghai: the generators built on one day, at
+// whatever hour, then give the same records. With a Start at the moment of
+// New the clock weighs each hour by the hour of day its middle falls in,
+// and every hour at half past each weight moves to its neighbour's, and
+// the records with it.
+func DayStart(now time.Time, days int) time.Time {
+	y, m, d := now.In(cst).Date()
+	return time.Date(y, m, d, 0, 0, 0, 0, cst).AddDate(0, 0, -days)
+}
+
 // New builds the retailer of cfg.
 func New(cfg Config) *Generator {
 	return newAt(cfg, time.Now)
