@@ -11,9 +11,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -160,7 +162,10 @@ func (s *Service) retryRaces(ctx context.Context, fn func() error) error {
 // Advance processes month starts and expiry for every member with points
 // or a tier above the base, up to now: the scheduled job behind "a balance
 // never shows expired points" and monthly tier evaluation. It returns how
-// many members it changed.
+// many members it changed. The members due are advanced advanceBatch at a
+// time, each group in one transaction as the benefit stage applies a batch
+// (locked in id order, loaded and written with one statement per kind of
+// row): a month start makes every member with points due at once.
 func (s *Service) Advance(ctx context.Context, batch int) (int, error) {
 	now := s.now()
 	p := s.program()
@@ -169,26 +174,40 @@ func (s *Service) Advance(ctx context.Context, batch int) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	for _, id := range ids {
-		op := Op{Kind: OpAdvance, At: now, Cause: fmt.Sprintf("job:advance:%s:%s", now.UTC().Format("2006-01-02T15:04"), id), Origin: id.String()}
-		err := s.retryRaces(ctx, func() error {
-			return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-				st, err := s.load(ctx, tx, id, true, now)
-				if err != nil {
-					return err
-				}
-				fx, err := Engine{P: p}.Apply(st, op)
-				if err != nil {
-					return err
-				}
-				return s.persist(ctx, tx, st, fx, op, mcv1.Channel_CHANNEL_BACKOFFICE, "")
-			})
-		})
-		if err != nil {
-			return 0, fmt.Errorf("advance %s: %w", id, err)
+	for group := range slices.Chunk(ids, advanceBatch) {
+		if err := s.advance(ctx, p, now, group); err != nil {
+			return 0, err
 		}
 	}
 	return len(ids), nil
+}
+
+// advanceBatch is how many members one transaction of Advance advances:
+// enough to share its round trips, few enough that the stages' batches
+// wait little for the member rows it holds.
+const advanceBatch = 100
+
+// advance advances members to now in one transaction.
+func (s *Service) advance(ctx context.Context, p *Program, now time.Time, members []uuid.UUID) error {
+	at := now.UTC().Format("2006-01-02T15:04")
+	return s.InTx(ctx, func(tx pgx.Tx) error {
+		todo := make([]batchOp, len(members))
+		for i, id := range members {
+			todo[i] = batchOp{i: i, member: id, ch: mcv1.Channel_CHANNEL_BACKOFFICE,
+				op: Op{Kind: OpAdvance, At: now, Cause: fmt.Sprintf("job:advance:%s:%s", at, id), Origin: id.String()}}
+		}
+		w := postgres.NewLoyaltyWrites(p.Version)
+		refused := map[int]error{}
+		if err := s.applyOps(ctx, tx, w, p, todo, refused, nil); err != nil {
+			return err
+		}
+		for i := range members {
+			if err := refused[i]; err != nil {
+				return fmt.Errorf("advance %s: %w", members[i], err)
+			}
+		}
+		return s.flush(ctx, tx, w)
+	})
 }
 
 // RunScheduler advances members every interval until ctx ends.

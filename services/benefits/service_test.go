@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -372,5 +373,63 @@ func TestTierStatusAndBenefits(t *testing.T) {
 	var moves int
 	if err := f.pool.QueryRow(c, `SELECT count(*) FROM tier_history WHERE reason = 'downgrade'`).Scan(&moves); err != nil || moves != 1 {
 		t.Fatalf("downgrades recorded: %d (%v)", moves, err)
+	}
+}
+
+// TestAMonthStartAdvancesEveryMemberDueOnce: a sweep over more members
+// than one of its transactions holds moves each member due exactly once —
+// the silver ones whose spend was refunded down after two month starts
+// without qualifying, the others only evaluated — and a second sweep finds
+// nobody due.
+func TestAMonthStartAdvancesEveryMemberDueOnce(t *testing.T) {
+	f, c := begin(t)
+	const n = 150 // more than one transaction's worth
+	silver := map[string]bool{}
+	for i := range n {
+		m := f.member(t)
+		total := int64(10_000)
+		if i%2 == 0 {
+			total, silver[m] = 250_000, true
+		}
+		f.commit(t, c, &mcv1.CommitRequest{MemberId: m, Basket: basket("o1-"+m, total), IdempotencyKey: "k-" + m})
+		if silver[m] {
+			if _, err := f.srv.Refund(c, &mcv1.RefundRequest{MemberId: m, OrderId: "o1-" + m, IdempotencyKey: "r-" + m}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	*f.clock = time.Date(2026, 5, 2, 0, 0, 0, 0, sh)
+	got, err := f.svc.Advance(c, 500)
+	if err != nil || got != n {
+		t.Fatalf("advance: %d members, %v; want %d", got, err, n)
+	}
+	rows, err := f.pool.Query(c, `SELECT member_id::text, count(*) FROM tier_history WHERE reason = 'downgrade' GROUP BY member_id`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	down, err := pgx.CollectRows(rows, pgx.RowToStructByPos[struct {
+		Member string
+		N      int
+	}])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(down) != len(silver) {
+		t.Fatalf("%d members downgraded; want the %d silver ones", len(down), len(silver))
+	}
+	for _, d := range down {
+		if !silver[d.Member] || d.N != 1 {
+			t.Fatalf("member %s downgraded %d times (silver: %v)", d.Member, d.N, silver[d.Member])
+		}
+	}
+	var behind int
+	if err := f.pool.QueryRow(c, `SELECT count(*) FROM loyalty_state WHERE (state->>'evaluated')::int < $1`, 2026*12+4).Scan(&behind); err != nil {
+		t.Fatal(err)
+	}
+	if behind != 0 {
+		t.Fatalf("%d members not evaluated up to May", behind)
+	}
+	if again, err := f.svc.Advance(c, 500); err != nil || again != 0 {
+		t.Fatalf("a second sweep: %d members, %v; want none", again, err)
 	}
 }
