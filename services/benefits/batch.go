@@ -153,8 +153,7 @@ func (s *Service) applyOps(ctx context.Context, tx pgx.Tx, w *postgres.LoyaltyWr
 	if err := s.addUsageAsOfLast(ctx, tx, p, rows, byMember); err != nil {
 		return err
 	}
-	var budgets map[string]int64
-	var issued map[string]int
+	var shared sharedLimits
 	for _, m := range members {
 		r := rows[m]
 		if r == nil || !r.Found {
@@ -167,22 +166,42 @@ func (s *Service) applyOps(ctx context.Context, tx pgx.Tx, w *postgres.LoyaltyWr
 			}
 			continue
 		}
-		if budgets == nil {
-			budgets, issued = maps.Clone(r.Budgets), maps.Clone(r.TplIssued)
-		}
-		r.Budgets, r.TplIssued = budgets, issued
+		shared.lend(r)
 		st, err := s.applyMember(ctx, tx, w, p, m, r, byMember[m], refused, answers)
 		if err != nil {
 			return err
 		}
-		for c, v := range st.BudgetDelta {
-			budgets[c] += v
-		}
-		for t, n := range st.TplDelta {
-			issued[t] += n
-		}
+		shared.took(st)
 	}
 	return nil
+}
+
+// sharedLimits is what the members of one transaction have taken so far of
+// the limits they share (campaign budgets, coupon template totals), so
+// that a member applied after another sees what that one took and a
+// transaction never spends a limit twice.
+type sharedLimits struct {
+	budgets map[string]int64
+	issued  map[string]int
+}
+
+// lend makes r, a member's loaded rows, read the shared counts as the
+// members before it left them (the counts of the first load otherwise).
+func (l *sharedLimits) lend(r *postgres.LoyaltyRows) {
+	if l.budgets == nil {
+		l.budgets, l.issued = maps.Clone(r.Budgets), maps.Clone(r.TplIssued)
+	}
+	r.Budgets, r.TplIssued = l.budgets, l.issued
+}
+
+// took adds what st's operations took of the shared limits.
+func (l *sharedLimits) took(st *State) {
+	for c, v := range st.BudgetDelta {
+		l.budgets[c] += v
+	}
+	for t, n := range st.TplDelta {
+		l.issued[t] += n
+	}
 }
 
 // loadBatch locks and loads the members of the batch, following merges:

@@ -93,14 +93,18 @@ func labelLoads(p *Program, now time.Time, members []uuid.UUID) []postgres.Loyal
 }
 
 // followLabels re-evaluates the benefits of the members ids, loaded in
-// rows, with their labels as they now are, and stores what changed.
+// rows, with their labels as they now are, in id order, and stores what
+// changed. A limited coupon a benefit gives goes to the members in that
+// order while it lasts.
 func (s *Service) followLabels(ctx context.Context, tx pgx.Tx, p *Program, now time.Time, rows map[uuid.UUID]*postgres.LoyaltyRows, ids []uuid.UUID) error {
 	w := postgres.NewLoyaltyWrites(p.Version)
-	for _, id := range ids {
+	var shared sharedLimits
+	for _, id := range slices.SortedFunc(slices.Values(ids), func(a, b uuid.UUID) int { return slices.Compare(a[:], b[:]) }) {
 		r := rows[id]
 		if r == nil || !r.Found || r.Merged {
 			continue // gone, or merged: the member it went to has labels of its own
 		}
+		shared.lend(r)
 		st, err := toState(id, *r, p)
 		if err != nil {
 			return err
@@ -114,6 +118,7 @@ func (s *Service) followLabels(ctx context.Context, tx pgx.Tx, p *Program, now t
 			return err
 		}
 		s.stageState(w, st)
+		shared.took(st)
 	}
 	return s.flush(ctx, tx, w)
 }

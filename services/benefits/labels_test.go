@@ -133,3 +133,40 @@ func TestPendingRevokeIsStoredAsItChanges(t *testing.T) {
 		t.Fatal("the pending revocation stayed after the label held again")
 	}
 }
+
+// TestALabelCheckSharesALimitedCouponAcrossItsMembers: two members whose
+// label a benefit follows are checked in one pass, and the benefit gives a
+// coupon of which one is left: the first member (in id order) gets it, the
+// second the benefit without it, and the pass goes through.
+func TestALabelCheckSharesALimitedCouponAcrossItsMembers(t *testing.T) {
+	f, c := begin(t)
+	src := bytes.Replace(benefits.DefaultProgramSource(), []byte("benefits:\n"),
+		[]byte("benefits:\n  - {id: sharer_perk, name: Sharer perk, labels: [sharer], coupon: P10}\n"), 1)
+	src = bytes.Replace(src, []byte("total_limit: 100000"), []byte("total_limit: 1"), 1)
+	f.useProgram(t, c, bytes.Replace(src, []byte("version: default-1"), []byte("version: sharer-coupon-1"), 1))
+	a, b := uuid.MustParse(f.member(t)), uuid.MustParse(f.member(t))
+	if bytes.Compare(a[:], b[:]) > 0 {
+		a, b = b, a
+	}
+	setSharer(t, f, a, true)
+	setSharer(t, f, b, true)
+	if n, err := f.svc.CheckLabels(c, 100); err != nil || n != 2 {
+		t.Fatalf("CheckLabels: %d members, %v; want 2 and no error", n, err)
+	}
+	for _, m := range []uuid.UUID{a, b} {
+		if !slices.Contains(f.benefitIDs(t, c, m.String()), "sharer_perk") {
+			t.Fatalf("member %s has no sharer_perk", m)
+		}
+	}
+	var holders []uuid.UUID
+	rows, err := f.pool.Query(c, `SELECT member_id FROM coupons WHERE template_id = 'P10'`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if holders, err = pgx.CollectRows(rows, pgx.RowTo[uuid.UUID]); err != nil {
+		t.Fatal(err)
+	}
+	if len(holders) != 1 || holders[0] != a {
+		t.Fatalf("P10 coupons held by %v; want one, by %s", holders, a)
+	}
+}
