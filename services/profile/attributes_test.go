@@ -75,7 +75,7 @@ func TestPIIAttributesAreSealedAndMasked(t *testing.T) {
 			t.Errorf("response attributes[%s] = %q, want %q", k, got, v)
 		}
 	}
-	got, err := f.srv.GetProfile(c, &mcv1.GetProfileRequest{MemberId: m})
+	got, err := f.getProfile(t, c, m)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -242,7 +242,7 @@ func TestSealAttributesSealsLegacyValuesUnderMemberKeys(t *testing.T) {
 	if a := stored(legacy); a["city"] != "Wuxi" {
 		t.Errorf("a personal attribute changed: %v", a)
 	}
-	p, err := f.srv.GetProfile(c, &mcv1.GetProfileRequest{MemberId: legacy})
+	p, err := f.getProfile(t, c, legacy)
 	if err != nil {
 		t.Fatal(err)
 	}

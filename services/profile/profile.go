@@ -179,14 +179,39 @@ func (s *Service) SetFacts(conn driver.Conn) { s.facts = conn }
 // change it reflects. A merged member's id answers with the member it was
 // merged into. One round trip for a member that was not merged.
 func (s *Service) Get(ctx context.Context, id uuid.UUID) (*mcv1.Profile, error) {
-	p, merged, err := s.get(ctx, id)
+	return s.getAs(ctx, id, decoded)
+}
+
+// GetToSend is Get for a profile that is only sent (GetProfile's answer):
+// its labels stay in their stored encoding, in the message's unknown
+// fields, so that they are marshalled as they are, without being decoded
+// and encoded again (a GetProfile with the whole catalogue spent a fifth
+// of its CPU on that). Unmarshalled, the message holds them as labels; in
+// this process its Labels are empty.
+func (s *Service) GetToSend(ctx context.Context, id uuid.UUID) (*mcv1.Profile, error) {
+	return s.getAs(ctx, id, toSend)
+}
+
+func (s *Service) getAs(ctx context.Context, id uuid.UUID, as labelsAs) (*mcv1.Profile, error) {
+	p, merged, err := s.read(ctx, s.pool, id, as)
 	if err == nil && merged {
 		if id, err = postgres.CanonicalMember(ctx, s.pool, id); err == nil {
-			p, _, err = s.get(ctx, id)
+			p, _, err = s.read(ctx, s.pool, id, as)
 		}
 	}
 	return p, err
 }
+
+// labelsAs says how a profile read holds its labels.
+type labelsAs bool
+
+const (
+	decoded labelsAs = false // in Labels
+	toSend  labelsAs = true  // encoded, in the unknown fields, where they are stored so
+)
+
+// labelsField is the number of Profile's labels.
+var labelsField = (&mcv1.Profile{}).ProtoReflect().Descriptor().Fields().ByName("labels").Number()
 
 // Snapshot is Get in one repeatable-read transaction: every part of the
 // profile is as of the sequence it reports, so a client can start from it
@@ -199,27 +224,24 @@ func (s *Service) Snapshot(ctx context.Context, id uuid.UUID) (*mcv1.Profile, er
 	var p *mcv1.Profile
 	err = pgx.BeginTxFunc(ctx, s.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
 		var err error
-		p, _, err = s.read(ctx, tx, id)
+		p, _, err = s.read(ctx, tx, id, decoded)
 		return err
 	})
 	return p, err
 }
 
-func (s *Service) get(ctx context.Context, id uuid.UUID) (*mcv1.Profile, bool, error) {
-	return s.read(ctx, s.pool, id)
-}
-
-func (s *Service) read(ctx context.Context, q postgres.Batcher, id uuid.UUID) (*mcv1.Profile, bool, error) {
+func (s *Service) read(ctx context.Context, q postgres.Batcher, id uuid.UUID, as labelsAs) (*mcv1.Profile, bool, error) {
 	row, err := postgres.ReadProfile(ctx, q, id)
 	if err != nil {
 		return nil, false, err
 	}
-	p, err := toProtoProfile(id, row)
+	p, err := toProtoProfile(id, row, as)
 	return p, row.Merged, err
 }
 
-// toProtoProfile is the API's view of a stored profile.
-func toProtoProfile(id uuid.UUID, row postgres.ProfileRow) (*mcv1.Profile, error) {
+// toProtoProfile is the API's view of a stored profile, its labels held
+// as says.
+func toProtoProfile(id uuid.UUID, row postgres.ProfileRow, as labelsAs) (*mcv1.Profile, error) {
 	p := &mcv1.Profile{MemberId: id.String(), CreatedAt: timestamppb.New(row.CreatedAt), Sequence: uint64(row.Sequence),
 		Attributes: attributes.Display(row.Attributes), PointsBalance: row.Balance, Tier: row.Tier}
 	if p.Tier == "" {
@@ -228,12 +250,19 @@ func toProtoProfile(id uuid.UUID, row postgres.ProfileRow) (*mcv1.Profile, error
 	if row.LabelsAt != nil {
 		p.LabelsComputedAt = timestamppb.New(*row.LabelsAt)
 	}
-	if row.LabelsPB != nil {
+	raw, ok := []byte(nil), false
+	if row.LabelsPB != nil && as == toSend {
+		raw, ok = tags.LabelsAsField(row.LabelsPB, labelsField)
+	}
+	switch {
+	case ok:
+		p.ProtoReflect().SetUnknown(raw)
+	case row.LabelsPB != nil:
 		var err error
 		if p.Labels, err = tags.DecodeLabels(row.LabelsPB); err != nil {
 			return nil, fmt.Errorf("read profile: %w", err)
 		}
-	} else {
+	default:
 		p.Labels = tags.ProtoLabels(row.LabelsJSON, time.Time{})
 	}
 	for _, c := range row.Consents {
@@ -285,7 +314,7 @@ func (s *Service) UpdateAttributes(ctx context.Context, req *mcv1.UpdateAttribut
 				}
 			}
 			// The profile as this transaction leaves it.
-			resp.Profile, _, err = s.read(ctx, tx, member)
+			resp.Profile, _, err = s.read(ctx, tx, member, decoded)
 			return err
 		})
 		return err

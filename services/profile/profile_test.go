@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
@@ -54,6 +55,26 @@ func (f fixture) member(t testing.TB) string {
 		t.Fatal(err)
 	}
 	return id.String()
+}
+
+// getProfile calls GetProfile and returns its answer as a client receives
+// it: marshalled and unmarshalled (the server sends the stored labels as
+// they are, so only the wire form holds them as labels).
+func (f fixture) getProfile(t testing.TB, c context.Context, member string) (*mcv1.GetProfileResponse, error) {
+	t.Helper()
+	resp, err := f.srv.GetProfile(c, &mcv1.GetProfileRequest{MemberId: member})
+	if err != nil {
+		return nil, err
+	}
+	b, err := proto.Marshal(resp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := &mcv1.GetProfileResponse{}
+	if err := proto.Unmarshal(b, got); err != nil {
+		t.Fatal(err)
+	}
+	return got, nil
 }
 
 // counts are what a refused request must leave alone.
@@ -113,7 +134,7 @@ func TestUpdateAttributesRecomputesDemographicLabels(t *testing.T) {
 	if again.GetProfile().GetSequence() != p.GetSequence() || f.counts(t) != before {
 		t.Errorf("retry changed something: sequence %d → %d, rows %v → %v", p.GetSequence(), again.GetProfile().GetSequence(), before, f.counts(t))
 	}
-	got, err := f.srv.GetProfile(c, &mcv1.GetProfileRequest{MemberId: m})
+	got, err := f.getProfile(t, c, m)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -196,7 +217,7 @@ func TestWithdrawingProfilingConsentWithholdsBehaviouralLabels(t *testing.T) {
 		t.Fatal(err)
 	}
 	behavioural := func() (b, d int) {
-		p, err := f.srv.GetProfile(c, &mcv1.GetProfileRequest{MemberId: m})
+		p, err := f.getProfile(t, c, m)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -231,3 +252,40 @@ func TestWithdrawingProfilingConsentWithholdsBehaviouralLabels(t *testing.T) {
 }
 
 func timestampNow() *timestamppb.Timestamp { return timestamppb.New(time.Now().Add(-time.Minute)) }
+
+// TestGetProfileSendsTheStoredLabels: GetProfile's answer, as a client
+// reads it, is the profile Get returns, every label included with its
+// value (the labels go out in their stored encoding, not decoded and
+// encoded again); a profile whose stored labels do not decode is an error,
+// not a profile without labels.
+func TestGetProfileSendsTheStoredLabels(t *testing.T) {
+	f := newFixture(t)
+	c := ctxT(t)
+	m := f.member(t)
+	ev := &mcv1.MemberEvent{EventId: "e1", MemberId: m, Channel: mcv1.Channel_CHANNEL_POS, OccurredAt: timestampNow(),
+		Payload: &mcv1.MemberEvent_Transaction{Transaction: &mcv1.Transaction{OrderId: "O1", Total: &mcv1.Money{Currency: "CNY", AmountMinor: 9900}}}}
+	if err := f.tags.Apply(c, ev); err != nil {
+		t.Fatal(err)
+	}
+	want, err := f.svc.Get(c, uuid.MustParse(m))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(want.GetLabels()) < 100 {
+		t.Fatalf("Get: %d labels; want the catalogue's", len(want.GetLabels()))
+	}
+	got, err := f.getProfile(t, c, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !proto.Equal(got.GetProfile(), want) {
+		t.Fatalf("GetProfile as sent:\n%v\nGet:\n%v", got.GetProfile(), want)
+	}
+
+	if _, err := f.pool.Exec(c, `UPDATE member_features SET labels_pb = '\x0a05ffffffff'::bytea WHERE member_id = $1`, m); err != nil {
+		t.Fatal(err)
+	}
+	if resp, err := f.getProfile(t, c, m); err == nil {
+		t.Fatalf("GetProfile with undecodable stored labels: %d labels, no error", len(resp.GetProfile().GetLabels()))
+	}
+}

@@ -30,7 +30,7 @@ func (s *Server) GetProfile(ctx context.Context, req *mcv1.GetProfileRequest) (*
 	if err != nil {
 		return nil, err
 	}
-	p, err := s.svc.Get(ctx, id)
+	p, err := s.svc.GetToSend(ctx, id)
 	if err != nil {
 		return nil, err
 	}

@@ -662,6 +662,30 @@ func EncodeLabels(labels map[string]any) ([]byte, error) {
 	return proto.MarshalOptions{Deterministic: true}.Marshal(&mcv1.LabelsChanged{Labels: ProtoLabels(labels, time.Time{})})
 }
 
+// LabelsAsField re-tags stored labels (the wire form of a LabelsChanged:
+// its repeated labels, field 1) as field num of another message, for one
+// that carries them as they are stored, in its unknown fields, so that
+// they are sent without being decoded and encoded again (a Profile's
+// labels, field 7: GetProfile). The result is what marshalling the
+// decoded labels as that field writes. ok is false when b holds anything
+// but such labels.
+func LabelsAsField(b []byte, num protowire.Number) (out []byte, ok bool) {
+	out = make([]byte, 0, len(b)+len(b)/32)
+	for len(b) > 0 {
+		n, typ, tl := protowire.ConsumeTag(b)
+		if tl < 0 || n != 1 || typ != protowire.BytesType {
+			return nil, false
+		}
+		v, vl := protowire.ConsumeBytes(b[tl:])
+		if vl < 0 {
+			return nil, false
+		}
+		out = protowire.AppendBytes(protowire.AppendTag(out, num, protowire.BytesType), v)
+		b = b[tl+vl:]
+	}
+	return out, true
+}
+
 // DecodeLabels reverses EncodeLabels. GetProfile decodes a member's every
 // label on each call: the labels are read field by field here, without
 // reflection, and their strings share one copy of b (a label with a time
