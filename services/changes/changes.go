@@ -29,7 +29,18 @@ type Writer struct {
 // Append gives ch the member's next sequence number, a change id and a time,
 // and writes it to the outbox in tx. It returns ch as written.
 func (w Writer) Append(ctx context.Context, tx pgx.Tx, memberID uuid.UUID, ch *mcv1.MemberChange) (*mcv1.MemberChange, error) {
-	seq, err := postgres.NextSequence(ctx, tx, memberID)
+	return w.append(ctx, tx, memberID, ch, postgres.NextSequence)
+}
+
+// AppendFirst is Append for the first change of a member created in tx:
+// its sequence, 1, is set without being read back.
+func (w Writer) AppendFirst(ctx context.Context, tx pgx.Tx, memberID uuid.UUID, ch *mcv1.MemberChange) (*mcv1.MemberChange, error) {
+	return w.append(ctx, tx, memberID, ch, postgres.FirstSequence)
+}
+
+func (w Writer) append(ctx context.Context, tx pgx.Tx, memberID uuid.UUID, ch *mcv1.MemberChange,
+	next func(context.Context, postgres.Querier, uuid.UUID) (int64, error)) (*mcv1.MemberChange, error) {
+	seq, err := next(ctx, tx, memberID)
 	if err != nil {
 		return nil, err
 	}

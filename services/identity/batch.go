@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 	"google.golang.org/protobuf/proto"
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
@@ -21,54 +23,79 @@ var _ contract.BatchResolver = (*Service)(nil)
 // would one by one. One lookup answers every run of events that change
 // nothing in the identity graph: an event seen before gets its first
 // answer, and one whose identifiers all belong, uniquely, to one member only
-// records its resolution, all of them in one statement at the end. An event
-// that links, creates, merges or refuses takes ResolveEvent's transactional
-// path in a transaction of its own (its locks held only as long as it
-// needs them), and the events after it are looked up again, so that each
-// sees what the events before it did. A redelivery of an event within the
-// batch gets the same answer.
+// records its resolution, all of them in one statement at the end. The
+// events that link, create, merge or refuse take ResolveEvent's
+// transactional path, gathered into one transaction (a group) while the
+// events between them share no identifier and no member with them: a
+// promotion's stream of first-time shoppers is a transaction per group, not
+// per shopper. An event that shares one waits for the group to commit and is
+// looked up again, so that each sees what the events before it did. A
+// redelivery of an event within the batch gets the same answer.
 //
 // When an event's resolution fails (not a data error), the events after it
-// answer errNotAttempted, to be tried again one by one.
+// answer errNotAttempted, to be tried again one by one; in a group, the
+// group's first event fails with it.
 func (s *Service) ResolveEvents(ctx context.Context, evs []*mcv1.ChannelEvent) ([]contract.Resolution, []error) {
 	b := &eventBatch{evs: evs, out: make([]contract.Resolution, len(evs)), errs: make([]error, len(evs)),
-		ids: make([][]Normalized, len(evs)), referees: make([]*Normalized, len(evs)), seen: map[string]int{}}
+		ids: make([][]Normalized, len(evs)), referees: make([]*Normalized, len(evs)), seen: map[string]int{}, grouped: map[string]bool{}}
 	for i, ev := range evs {
 		b.ids[i], b.referees[i], b.errs[i] = s.prepareEvent(ev)
 	}
 	failed := len(evs)
+	// flush resolves the group waiting for its transaction; false when it
+	// failed.
+	flush := func() bool {
+		if f := s.resolveGroup(ctx, b); f >= 0 {
+			failed = f
+			return false
+		}
+		return true
+	}
 loop:
 	for i := 0; i < len(evs); {
+		// A lookup sees what the group before it wrote.
+		if !flush() {
+			break
+		}
 		w, err := s.lookup(ctx, b, i)
 		if err != nil {
 			b.errs[i], failed = err, i
 			break
 		}
-		// The window's lookup answers its events until one needs the
-		// transactional path; after it, the lookup still answers the
-		// events that share no identifier and no member with it, and the
-		// first that does is looked up again.
+		// The window's lookup answers its events; an event that needs the
+		// transactional path joins the group, and the lookup still answers
+		// the events after it that share no identifier and no member with
+		// the group. The first that does is looked up again, after the
+		// group's transaction.
 		for i < w.end {
 			j, slow, err := s.answer(b, w, i)
 			if err != nil {
-				b.errs[j], failed = err, j
+				if flush() {
+					b.errs[j], failed = err, j
+				}
 				break loop
 			}
 			if !slow {
 				i = j
 				break
 			}
-			b.out[j], err = s.resolveEventInTx(contract.RecordContext(ctx, j), evs[j], b.ids[j], b.referees[j])
-			b.errs[j] = err
-			if err != nil && !fault.IsData(err) {
-				failed = j
+			b.group = append(b.group, j)
+			b.grouped[evs[j].GetEventId()] = true
+			w.taint(b, j)
+			if len(b.group) == maxGroup && !flush() {
 				break loop
 			}
-			if err == nil {
-				b.seen[evs[j].GetEventId()] = j
-			}
-			w.taint(b, j)
 			i = j + 1
+		}
+	}
+	if failed == len(evs) {
+		flush()
+	}
+	// An answer after the event that failed waits with the events after it.
+	for n, at := range b.pendingAt {
+		if at > failed {
+			b.pending, b.pendingAt = b.pending[:n], b.pendingAt[:n]
+			break
 		}
 	}
 	if err := s.recordPending(ctx, b); err != nil {
@@ -88,6 +115,87 @@ loop:
 	return b.out, b.errs
 }
 
+// maxGroup is how many events one transaction of the transactional path
+// resolves at most: enough to share its round trips and commit, few enough
+// that the identifiers it locks are not held long.
+const maxGroup = 32
+
+// errRefusedInGroup rolls back a group's transaction in which an event was
+// refused (a data error), so that the others are resolved again without
+// what it wrote.
+var errRefusedInGroup = errors.New("an event of the group was refused")
+
+// resolveGroup resolves the group's events in one transaction, in order,
+// and empties the group. Every identifier of the group is locked first, in
+// one statement and a fixed order, as one event's are, and the events'
+// first answers looked for in one more, sent with it. An event refused as
+// a data error is answered with its refusal and the others resolved again
+// without it, in a new transaction (the refusal rolled back what it
+// wrote). It returns the group's first event when the transaction failed
+// otherwise (its error on it: the group's answers are unknown), else -1.
+func (s *Service) resolveGroup(ctx context.Context, b *eventBatch) int {
+	todo := b.group
+	b.group = nil
+	clear(b.grouped)
+	for len(todo) > 0 {
+		out := make([]contract.Resolution, len(todo))
+		refused, refusal := -1, error(nil)
+		err := postgres.PipelinedTx(ctx, s.pool, func(tx pgx.Tx) error {
+			refused = -1
+			var keys []postgres.IdentifierKey
+			eventIDs := make([]string, len(todo))
+			for k, j := range todo {
+				eventIDs[k] = b.evs[j].GetEventId()
+				for _, n := range b.ids[j] {
+					keys = append(keys, keyOf(n))
+				}
+			}
+			if err := postgres.LockIdentifiers(ctx, tx, keys); err != nil {
+				return err
+			}
+			// First answers recorded meanwhile (a partition that moved
+			// between instances), for the whole group at once.
+			prev, err := postgres.GetIngestedEvents(ctx, tx, eventIDs)
+			if err != nil {
+				return err
+			}
+			for k, j := range todo {
+				var r contract.Resolution
+				var err error
+				if p, ok := prev[eventIDs[k]]; ok {
+					r, err = firstAnswer(b.evs[j], b.ids[j], p)
+				} else {
+					r, err = s.resolveNewEventTx(contract.RecordContext(ctx, j), tx, b.evs[j], b.ids[j], b.referees[j])
+				}
+				if fault.IsData(err) {
+					refused, refusal = k, err
+					return errRefusedInGroup
+				}
+				if err != nil {
+					return err
+				}
+				out[k] = r
+			}
+			return nil
+		})
+		switch {
+		case refused >= 0 && errors.Is(err, errRefusedInGroup):
+			b.errs[todo[refused]] = refusal
+			todo = slices.Delete(slices.Clone(todo), refused, refused+1)
+			continue
+		case err != nil:
+			b.errs[todo[0]] = err
+			return todo[0]
+		}
+		for k, j := range todo {
+			b.out[j] = out[k]
+			b.seen[b.evs[j].GetEventId()] = j
+		}
+		return -1
+	}
+	return -1
+}
+
 // eventBatch is a partition's events, their normalised identifiers and
 // referees, and the answers: the events answered so far by event id, and
 // the resolutions the lookups answered, not yet recorded.
@@ -100,6 +208,10 @@ type eventBatch struct {
 	seen      map[string]int
 	pending   []postgres.IngestedEvent
 	pendingAt []int
+	// group is the events waiting for the transactional path, in order,
+	// and grouped their event ids.
+	group   []int
+	grouped map[string]bool
 }
 
 // lookupWindow is how many events one lookup covers at most.
@@ -187,20 +299,14 @@ func (s *Service) lookup(ctx context.Context, b *eventBatch, i int) (*window, er
 	return w, nil
 }
 
-// taint marks what event j, resolved on the transactional path, touched.
+// taint marks what event j, waiting for the transactional path, may
+// touch: its identifiers and the members that hold them (whatever it
+// creates, links or merges is among these or new).
 func (w *window) taint(b *eventBatch, j int) {
 	for _, n := range b.ids[j] {
 		w.dirtyHashes[string(n.Hash)] = true
 		for _, r := range w.byHash[string(n.Hash)] {
 			w.dirtyMembers[r.MemberID] = true
-		}
-	}
-	if m, err := uuid.Parse(b.out[j].MemberID); err == nil {
-		w.dirtyMembers[m] = true
-	}
-	for _, id := range b.out[j].Detail.GetMergedMemberIds() {
-		if m, err := uuid.Parse(id); err == nil {
-			w.dirtyMembers[m] = true
 		}
 	}
 }
@@ -232,6 +338,9 @@ func (s *Service) answer(b *eventBatch, w *window, i int) (next int, slow bool, 
 			continue
 		}
 		ev := b.evs[j]
+		if b.grouped[ev.GetEventId()] {
+			return j, false, nil // a redelivery of a grouped event: answered once the group is
+		}
 		if k, ok := b.seen[ev.GetEventId()]; ok {
 			b.out[j] = contract.Resolution{MemberID: b.out[k].MemberID, Identifiers: Refs(b.ids[j]), Detail: b.out[k].Detail}
 			continue

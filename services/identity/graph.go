@@ -164,7 +164,7 @@ func (s *Service) recordResolution(ctx context.Context, tx pgx.Tx, res *Result, 
 		}); err != nil {
 			return err
 		}
-		_, err := s.changes.Append(ctx, tx, res.MemberID, &mcv1.MemberChange{
+		_, err := s.changes.AppendFirst(ctx, tx, res.MemberID, &mcv1.MemberChange{
 			CauseId: o.cause, Channel: o.channel, StoreId: o.store,
 			Change: &mcv1.MemberChange_MemberCreated{MemberCreated: &mcv1.MemberCreated{Identifiers: Refs(res.Linked), AuditId: id.String()}},
 		})

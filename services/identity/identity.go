@@ -273,6 +273,20 @@ func (s *Service) resolve(ctx context.Context, tx pgx.Tx, ids []Normalized, o re
 	return res, s.recordResolution(ctx, tx, &res, o)
 }
 
+// sealerOf is the sealer under member's data key; a member created in
+// this transaction has none yet, so its key is made without looking for
+// one first (one round trip to the key store instead of two).
+func (s *Service) sealerOf(ctx context.Context, member uuid.UUID, created bool) (attributes.Sealer, error) {
+	if !created {
+		return s.pii.SealerFor(ctx, member)
+	}
+	sealers, err := s.pii.SealersFor(ctx, []uuid.UUID{member})
+	if err != nil {
+		return nil, err
+	}
+	return sealers[member], nil
+}
+
 // better orders matches: a unique identifier over a shared one, then the
 // higher-priority type, then the most recent link.
 func (s *Service) better(a, b match) bool {
@@ -456,7 +470,7 @@ func (s *Service) linkMissing(ctx context.Context, tx pgx.Tx, res *Result, usabl
 		// pays for it.
 		if isPII(n.Type) {
 			if sealer == nil {
-				if sealer, err = s.pii.SealerFor(ctx, owner); err != nil {
+				if sealer, err = s.sealerOf(ctx, owner, res.Created && owner == res.MemberID); err != nil {
 					return fmt.Errorf("encrypt identifier: %w", err)
 				}
 			}
@@ -544,7 +558,7 @@ func (s *Service) ResolveEvent(ctx context.Context, ev *mcv1.ChannelEvent) (cont
 // transaction of its own (retried on conflicts).
 func (s *Service) resolveEventInTx(ctx context.Context, ev *mcv1.ChannelEvent, ids []Normalized, referee *Normalized) (contract.Resolution, error) {
 	var out contract.Resolution
-	err := postgres.RetryTx(ctx, s.pool, func(tx pgx.Tx) error {
+	err := postgres.PipelinedTx(ctx, s.pool, func(tx pgx.Tx) error {
 		var err error
 		out, err = s.resolveEventTx(ctx, tx, ev, ids, referee)
 		return err
@@ -590,15 +604,26 @@ func (s *Service) prepareEvent(ev *mcv1.ChannelEvent) (ids []Normalized, referee
 func (s *Service) resolveEventTx(ctx context.Context, tx pgx.Tx, ev *mcv1.ChannelEvent, ids []Normalized, referee *Normalized) (contract.Resolution, error) {
 	prev, err := postgres.GetIngestedEvent(ctx, tx, ev.GetEventId())
 	if err == nil {
-		detail := &mcv1.Resolution{}
-		if err := proto.Unmarshal(prev.Resolution, detail); err != nil {
-			return contract.Resolution{}, fmt.Errorf("stored resolution of %s: %w", ev.GetEventId(), err)
-		}
-		return contract.Resolution{MemberID: prev.MemberID.String(), Identifiers: Refs(ids), Detail: detail}, nil
+		return firstAnswer(ev, ids, prev)
 	}
 	if !errors.Is(err, postgres.ErrNotFound) {
 		return contract.Resolution{}, err
 	}
+	return s.resolveNewEventTx(ctx, tx, ev, ids, referee)
+}
+
+// firstAnswer is the resolution recorded for an event resolved before.
+func firstAnswer(ev *mcv1.ChannelEvent, ids []Normalized, prev postgres.IngestedEvent) (contract.Resolution, error) {
+	detail := &mcv1.Resolution{}
+	if err := proto.Unmarshal(prev.Resolution, detail); err != nil {
+		return contract.Resolution{}, fmt.Errorf("stored resolution of %s: %w", ev.GetEventId(), err)
+	}
+	return contract.Resolution{MemberID: prev.MemberID.String(), Identifiers: Refs(ids), Detail: detail}, nil
+}
+
+// resolveNewEventTx is resolveEventTx for an event tx found no first
+// answer of.
+func (s *Service) resolveNewEventTx(ctx context.Context, tx pgx.Tx, ev *mcv1.ChannelEvent, ids []Normalized, referee *Normalized) (contract.Resolution, error) {
 	res, err := s.resolve(ctx, tx, ids, resolveOpts{create: true, origin: origin{
 		actor: "ingest", channel: ev.GetChannel(), store: ev.GetStoreId(), cause: ev.GetEventId()}})
 	if errors.Is(err, ErrUnroutable) {
@@ -689,7 +714,7 @@ func (s *Service) Resolve(ctx context.Context, req *mcv1.ResolveRequest) (*mcv1.
 		return resp, err
 	}
 	resp := &mcv1.ResolveResponse{}
-	err = postgres.RetryTx(ctx, s.pool, func(tx pgx.Tx) error {
+	err = postgres.PipelinedTx(ctx, s.pool, func(tx pgx.Tx) error {
 		resp.Reset()
 		_, err := changes.Idempotent(ctx, tx, "identity.Resolve", req.GetIdempotencyKey(), req, resp, func() error {
 			res, err := s.resolve(ctx, tx, ids, resolveOpts{create: req.GetCreateIfMissing(), strict: true, origin: origin{

@@ -568,6 +568,11 @@ func TestResolveEventRefusesSelfReferral(t *testing.T) {
 // without a transaction (an event whose resolution changes nothing) answer
 // as that path would.
 func TestResolveEventsEqualsOneByOne(t *testing.T) {
+	referral := func(id string, referee *mcv1.Identifier, ids ...*mcv1.Identifier) *mcv1.ChannelEvent {
+		ev := channelEvent(id, ids...)
+		ev.Payload = &mcv1.ChannelEvent_Referral{Referral: &mcv1.Referral{ReferralCode: "R-1", Referee: referee}}
+		return ev
+	}
 	batch, single, reference := newService(t), newService(t), newService(t)
 	ctx := ctxT(t)
 	tablet := &mcv1.Identifier{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_DEVICE_ID, Value: "store-tablet-1"}
@@ -594,6 +599,15 @@ func TestResolveEventsEqualsOneByOne(t *testing.T) {
 		channelEvent("e11", phone("13911114444"), phoneOfB),            // a device only another member holds: linked
 		channelEvent("e12", tablet),                                    // the shared device alone
 		channelEvent("e13", phone("13911114444"), tablet, phoneOfB),    // after e11: fast
+		// Three events for the transactional path that share nothing, in
+		// one transaction: a new shopper, a referral the referrer refers
+		// itself in (refused after resolving: rolled back, the others
+		// resolved again without it), another new shopper; then one that
+		// needs the first's member.
+		channelEvent("e14", phone("13911117777")),
+		referral("e15", phoneOfB, phone("13911114444")),
+		channelEvent("e16", phone("13911118888")),
+		channelEvent("e17", phone("13911117777"), card("CARD-E17")),
 	}
 	var want []contract.Resolution
 	var wantErr []error

@@ -28,7 +28,7 @@ func LockIdentifiers(ctx context.Context, q Querier, keys []IdentifierKey) error
 	ids = slices.Compact(ids)
 	// One statement: a function scan of the array yields its elements in
 	// order, so the locks are taken in that order.
-	return exec(ctx, q, "lock identifiers", `SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS t(k)`, ids)
+	return execLater(ctx, q, "lock identifiers", `SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS t(k)`, ids)
 }
 
 // LockMembers locks member rows (lockMemberRow), in id order (no
@@ -301,7 +301,7 @@ func InsertAudit(ctx context.Context, q Querier, a AuditRow) error {
 	if a.After == nil {
 		a.After = json.RawMessage("{}")
 	}
-	return exec(ctx, q, "insert audit", `INSERT INTO identity_audit (audit_id, at, action, actor, channel, cause_id, member_id, other_member_id, identifiers, before, after, reason)
+	return execLater(ctx, q, "insert audit", `INSERT INTO identity_audit (audit_id, at, action, actor, channel, cause_id, member_id, other_member_id, identifiers, before, after, reason)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)`,
 		a.AuditID, a.At, a.Action, a.Actor, a.Channel, a.CauseID, a.MemberID, a.OtherMemberID, a.Identifiers, a.Before, a.After, a.Reason)
 }

@@ -169,7 +169,7 @@ func scanIdentifier(row pgx.CollectableRow) (IdentifierRow, error) {
 
 // InsertMember creates a member.
 func InsertMember(ctx context.Context, q Querier, id uuid.UUID, at time.Time) error {
-	return exec(ctx, q, "insert member", `INSERT INTO members (member_id, created_at) VALUES ($1, $2)`, id, at)
+	return execLater(ctx, q, "insert member", `INSERT INTO members (member_id, created_at) VALUES ($1, $2)`, id, at)
 }
 
 // InsertIdentifier links an identifier to a member. A unique violation
@@ -183,7 +183,7 @@ func InsertIdentifier(ctx context.Context, q Querier, r IdentifierRow) error {
 	if origin == uuid.Nil {
 		origin = r.MemberID
 	}
-	return exec(ctx, q, "insert identifier", `
+	return execLater(ctx, q, "insert identifier", `
 		INSERT INTO member_identifiers (member_id, origin_member_id, is_unique, id_type, scope, value_hash, value_cipher, key_id, masked, linked_at, cause_id)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)`,
 		r.MemberID, origin, r.Unique, r.Type, r.Scope, r.Hash, r.Cipher, keyID, r.Masked, r.LinkedAt, r.CauseID)
@@ -207,6 +207,25 @@ type IngestedEvent struct {
 	Resolution []byte
 }
 
+// GetIngestedEvents is GetIngestedEvent for many events, by event id
+// (those not recorded are absent).
+func GetIngestedEvents(ctx context.Context, q Querier, eventIDs []string) (map[string]IngestedEvent, error) {
+	rows, err := q.Query(ctx, `SELECT event_id, member_id, created, resolution FROM ingested_events WHERE event_id = ANY($1)`, eventIDs)
+	if err != nil {
+		return nil, fmt.Errorf("read ingested events: %w", err)
+	}
+	out := map[string]IngestedEvent{}
+	var e IngestedEvent
+	_, err = pgx.ForEachRow(rows, []any{&e.EventID, &e.MemberID, &e.Created, &e.Resolution}, func() error {
+		out[e.EventID] = e
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read ingested events: %w", err)
+	}
+	return out, nil
+}
+
 // GetIngestedEvent returns the earlier resolution of an event, or ErrNotFound.
 func GetIngestedEvent(ctx context.Context, q Querier, eventID string) (IngestedEvent, error) {
 	e := IngestedEvent{EventID: eventID}
@@ -218,7 +237,7 @@ func GetIngestedEvent(ctx context.Context, q Querier, eventID string) (IngestedE
 // InsertIngestedEvent records an event's resolution. A unique violation means
 // a concurrent ingest of the same event won.
 func InsertIngestedEvent(ctx context.Context, q Querier, e IngestedEvent) error {
-	return exec(ctx, q, "insert ingested event", `INSERT INTO ingested_events (event_id, member_id, created, resolution) VALUES ($1, $2, $3, $4)`,
+	return execLater(ctx, q, "insert ingested event", `INSERT INTO ingested_events (event_id, member_id, created, resolution) VALUES ($1, $2, $3, $4)`,
 		e.EventID, e.MemberID, e.Created, e.Resolution)
 }
 

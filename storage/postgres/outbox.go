@@ -34,10 +34,17 @@ func NextSequence(ctx context.Context, q Querier, memberID uuid.UUID) (int64, er
 	return seq, nil
 }
 
+// FirstSequence numbers the first change of a member created in the
+// transaction: 1 (a member starts at 0), set without reading it back, so a
+// Pipelined transaction sends it with the writes around it.
+func FirstSequence(ctx context.Context, q Querier, memberID uuid.UUID) (int64, error) {
+	return 1, execLater(ctx, q, "first change sequence", `UPDATE members SET change_seq = 1 WHERE member_id = $1 AND change_seq = 0`, memberID)
+}
+
 // InsertOutbox appends a change to the outbox. Call it in the transaction
 // that makes the change.
 func InsertOutbox(ctx context.Context, q Querier, r OutboxRow) error {
-	return exec(ctx, q, "insert outbox", `
+	return execLater(ctx, q, "insert outbox", `
 		INSERT INTO outbox (member_id, sequence, change_id, payload, traceparent) VALUES ($1, $2, $3, $4, $5)`,
 		r.MemberID, r.Sequence, r.ChangeID, r.Payload, r.Traceparent)
 }
