@@ -20,7 +20,10 @@ import (
 // InsertOutbox, InsertIngestedEvent): each one's result is only its error,
 // which the statement that sends it returns, named as it would be alone.
 // Statements run in the order they were issued, so a read sees every write
-// before it.
+// before it. A waiting write keeps its arguments until it is sent: they must
+// not change meanwhile. A savepoint (Begin) sends what waits and runs its
+// own statements at once; writes queued on the outer transaction while it
+// is open would be sent after it and outlive its rollback: queue none then.
 type Pipelined struct {
 	pgx.Tx
 	queue []queuedWrite
