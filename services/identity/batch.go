@@ -1,9 +1,11 @@
 package identity
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 
 	"github.com/google/uuid"
@@ -37,7 +39,8 @@ var _ contract.BatchResolver = (*Service)(nil)
 // group's first event fails with it.
 func (s *Service) ResolveEvents(ctx context.Context, evs []*mcv1.ChannelEvent) ([]contract.Resolution, []error) {
 	b := &eventBatch{evs: evs, out: make([]contract.Resolution, len(evs)), errs: make([]error, len(evs)),
-		ids: make([][]Normalized, len(evs)), referees: make([]*Normalized, len(evs)), seen: map[string]int{}, grouped: map[string]bool{}}
+		ids: make([][]Normalized, len(evs)), referees: make([]*Normalized, len(evs)), seen: map[string]int{},
+		grouped: map[string]bool{}, groupMembers: map[uuid.UUID]bool{}}
 	for i, ev := range evs {
 		b.ids[i], b.referees[i], b.errs[i] = s.prepareEvent(ev)
 	}
@@ -81,6 +84,11 @@ loop:
 			}
 			b.group = append(b.group, j)
 			b.grouped[evs[j].GetEventId()] = true
+			for _, n := range b.ids[j] {
+				for _, r := range w.byHash[string(n.Hash)] {
+					b.groupMembers[r.MemberID] = true
+				}
+			}
 			w.taint(b, j)
 			if len(b.group) == maxGroup && !flush() {
 				break loop
@@ -127,16 +135,19 @@ var errRefusedInGroup = errors.New("an event of the group was refused")
 
 // resolveGroup resolves the group's events in one transaction, in order,
 // and empties the group. Every identifier of the group is locked first, in
-// one statement and a fixed order, as one event's are, and the events'
-// first answers looked for in one more, sent with it. An event refused as
+// one statement and a fixed order, as one event's are, then the members
+// holding them, in id order, and the events' first answers looked for, all
+// in one round trip. An event refused as
 // a data error is answered with its refusal and the others resolved again
 // without it, in a new transaction (the refusal rolled back what it
 // wrote). It returns the group's first event when the transaction failed
 // otherwise (its error on it: the group's answers are unknown), else -1.
 func (s *Service) resolveGroup(ctx context.Context, b *eventBatch) int {
 	todo := b.group
+	members := slices.SortedFunc(maps.Keys(b.groupMembers), func(a, b uuid.UUID) int { return bytes.Compare(a[:], b[:]) })
 	b.group = nil
 	clear(b.grouped)
+	clear(b.groupMembers)
 	for len(todo) > 0 {
 		out := make([]contract.Resolution, len(todo))
 		refused, refusal := -1, error(nil)
@@ -151,6 +162,13 @@ func (s *Service) resolveGroup(ctx context.Context, b *eventBatch) int {
 				}
 			}
 			if err := postgres.LockIdentifiers(ctx, tx, keys); err != nil {
+				return err
+			}
+			// The members the group may write, at once and in id order, as
+			// the member stage takes them: taken one by one as its events
+			// need them, two of them could be held in the opposite order by
+			// a stage's batch, each transaction waiting for the other.
+			if err := postgres.LockMemberRows(ctx, tx, members); err != nil {
 				return err
 			}
 			// First answers recorded meanwhile (a partition that moved
@@ -209,9 +227,11 @@ type eventBatch struct {
 	pending   []postgres.IngestedEvent
 	pendingAt []int
 	// group is the events waiting for the transactional path, in order,
-	// and grouped their event ids.
-	group   []int
-	grouped map[string]bool
+	// grouped their event ids, and groupMembers the members that held
+	// their identifiers when they were looked up (those they may write).
+	group        []int
+	grouped      map[string]bool
+	groupMembers map[uuid.UUID]bool
 }
 
 // lookupWindow is how many events one lookup covers at most.

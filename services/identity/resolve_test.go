@@ -663,3 +663,70 @@ func TestResolveEventsEqualsOneByOne(t *testing.T) {
 		}
 	}
 }
+
+// TestAGroupTakesItsMembersInIdOrder: a group of events that link new
+// identifiers to two members takes both members in id order before it
+// writes, as the member stage takes a batch's. With a stage's transaction
+// holding the lower member and then asking for the higher one, the group
+// waits for it instead of holding the higher member while it waits for the
+// lower: no deadlock, both links made.
+func TestAGroupTakesItsMembersInIdOrder(t *testing.T) {
+	f, ctx := beginService(t)
+	x := uuid.MustParse(f.resolve(t, "x", phone("13911121001")).GetMemberId())
+	y := uuid.MustParse(f.resolve(t, "y", phone("13911121002")).GetMemberId())
+	lo, hi := x, y
+	phoneOf := map[uuid.UUID]string{x: "13911121001", y: "13911121002"}
+	if bytes.Compare(lo[:], hi[:]) > 0 {
+		lo, hi = hi, lo
+	}
+	stage, err := f.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stage.Rollback(ctx)
+	if _, err := stage.Exec(ctx, `SELECT member_id FROM members WHERE member_id = $1 FOR NO KEY UPDATE`, lo); err != nil {
+		t.Fatal(err)
+	}
+	// The higher member's event first: taken one by one, the group would
+	// hold it while it waits for the lower.
+	type answer struct {
+		out  []contract.Resolution
+		errs []error
+	}
+	done := make(chan answer, 1)
+	go func() {
+		out, errs := f.svc.ResolveEvents(ctx, []*mcv1.ChannelEvent{
+			channelEvent("g-hi", phone(phoneOf[hi]), card("CARD-G-HI")),
+			channelEvent("g-lo", phone(phoneOf[lo]), card("CARD-G-LO")),
+		})
+		done <- answer{out, errs}
+	}()
+	// Until the group waits for a lock the stage holds.
+	for deadline := time.Now().Add(20 * time.Second); ; {
+		var waiting int
+		if err := f.pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&waiting); err != nil {
+			t.Fatal(err)
+		}
+		if waiting > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the group never waited for the member the stage holds")
+		}
+		time.Sleep(10 * time.Millisecond) // the poll's interval
+	}
+	// NOWAIT: a group that held the higher member would fail this at once
+	// (a deadlock, PostgreSQL would find only after deadlock_timeout).
+	if _, err := stage.Exec(ctx, `SELECT member_id FROM members WHERE member_id = $1 FOR NO KEY UPDATE NOWAIT`, hi); err != nil {
+		t.Fatalf("the stage's lock of the higher member: %v (the group held it while waiting for the lower)", err)
+	}
+	if err := stage.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	a := <-done
+	for i, m := range []uuid.UUID{hi, lo} {
+		if a.errs[i] != nil || a.out[i].MemberID != m.String() || len(a.out[i].Detail.GetLinked()) != 1 {
+			t.Fatalf("event %d: %+v, %v; want a card linked to %s", i, a.out[i], a.errs[i], m)
+		}
+	}
+}

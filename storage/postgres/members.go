@@ -167,6 +167,19 @@ func scanIdentifier(row pgx.CollectableRow) (IdentifierRow, error) {
 	return r, err
 }
 
+// LockMemberRows locks the members' rows as every writer of a member does
+// (lockMemberRow), in id order, and returns nothing: in a Pipelined
+// transaction it waits for the next statement. A transaction that will
+// write several members takes them all at once this way, in the order the
+// stages take theirs, so that it never holds one while waiting for another
+// that a stage holds while waiting for the first.
+func LockMemberRows(ctx context.Context, q Querier, ids []uuid.UUID) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	return execLater(ctx, q, "lock members", `SELECT member_id FROM members WHERE member_id = ANY($1) ORDER BY member_id`+lockMemberRow, ids)
+}
+
 // InsertMember creates a member.
 func InsertMember(ctx context.Context, q Querier, id uuid.UUID, at time.Time) error {
 	return execLater(ctx, q, "insert member", `INSERT INTO members (member_id, created_at) VALUES ($1, $2)`, id, at)
