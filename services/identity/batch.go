@@ -86,7 +86,9 @@ loop:
 			b.grouped[evs[j].GetEventId()] = true
 			for _, n := range b.ids[j] {
 				for _, r := range w.byHash[string(n.Hash)] {
-					b.groupMembers[r.MemberID] = true
+					if r.Unique { // (a store tablet's device id may have thousands of holders, none of them written)
+						b.groupMembers[r.MemberID] = true
+					}
 				}
 			}
 			w.taint(b, j)
@@ -228,7 +230,8 @@ type eventBatch struct {
 	pendingAt []int
 	// group is the events waiting for the transactional path, in order,
 	// grouped their event ids, and groupMembers the members that held
-	// their identifiers when they were looked up (those they may write).
+	// their unique identifiers when they were looked up (those they may
+	// write: link to, merge).
 	group        []int
 	grouped      map[string]bool
 	groupMembers map[uuid.UUID]bool
