@@ -35,7 +35,7 @@ func dlqCmd(stdout, logOut io.Writer) *cobra.Command {
 	withClient := func(run func(cmd *cobra.Command, e *env, cl *kafka.Client) error) func(*cobra.Command, []string) error {
 		return withEnv(logOut, func(cmd *cobra.Command, _ []string, e *env) error {
 			cl, err := kafka.NewClient(e.cfg.Kafka, kafka.Telemetry{Tracers: e.tel.Tracers, Meters: e.tel.Meters,
-				Propagator: e.tel.Propagator, Logger: e.tel.Logger}, "", kgo.FetchIsolationLevel(kgo.ReadCommitted()))
+				Propagator: e.tel.Propagator, Logger: e.tel.Logger, Recording: e.tel.Recording}, "", kgo.FetchIsolationLevel(kgo.ReadCommitted()))
 			if err != nil {
 				return err
 			}

@@ -280,7 +280,7 @@ until interrupted.`,
 				}
 				start := time.Now()
 				err = cdc.Run(cmd.Context(), kcfg, kafka.Telemetry{Tracers: e.tel.Tracers, Meters: e.tel.Meters, Propagator: e.tel.Propagator,
-					Logger: e.tel.Logger}, cdc.Config{Topics: topics, Group: group, DLQTopic: kcfg.Topics.DLQ, UntilCaughtUp: until}, cu)
+					Logger: e.tel.Logger, Recording: e.tel.Recording}, cdc.Config{Topics: topics, Group: group, DLQTopic: kcfg.Topics.DLQ, UntilCaughtUp: until}, cu)
 				rep := cu.Report()
 				rep.Took = time.Since(start)
 				return catchUpDone(stdout, reportPath, rep, err, "refused and dead-lettered")

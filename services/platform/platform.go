@@ -224,7 +224,7 @@ func (p *Platform) NewIdentity(cw changes.Writer) (*identity.Service, error) {
 }
 
 func (p *Platform) kafkaTelemetry() kafka.Telemetry {
-	return kafka.Telemetry{Tracers: p.tel.Tracers, Meters: p.tel.Meters, Propagator: p.tel.Propagator, Logger: p.tel.Logger}
+	return kafka.Telemetry{Tracers: p.tel.Tracers, Meters: p.tel.Meters, Propagator: p.tel.Propagator, Logger: p.tel.Logger, Recording: p.tel.Recording}
 }
 
 // Migrate applies PostgreSQL and ClickHouse migrations and creates missing

@@ -96,6 +96,13 @@ func (t *Telemetry) AddSpanProcessor(p sdktrace.SpanProcessor) {
 	}
 }
 
+// Recording reports whether spans are recorded now: always, unless the
+// process has no one to receive them (then while AddSpanProcessor's
+// processors listen).
+func (t *Telemetry) Recording() bool {
+	return t.quiet == nil || t.quiet.listeners.Load() > 0
+}
+
 // RemoveSpanProcessor undoes AddSpanProcessor.
 func (t *Telemetry) RemoveSpanProcessor(p sdktrace.SpanProcessor) {
 	t.Tracers.UnregisterSpanProcessor(p)
