@@ -321,10 +321,7 @@ func (t *Tracer) OnProduceRecordBuffered(r *kgo.Record) {
 		t.Tracer.OnProduceRecordBuffered(r)
 		return
 	}
-	if r.Context == nil {
-		r.Context = context.Background()
-	}
-	t.prop.Inject(r.Context, kotel.NewRecordCarrier(r))
+	t.prop.Inject(recordContext(r), kotel.NewRecordCarrier(r))
 	r.Context = context.WithValue(r.Context, passedOn{}, true)
 }
 
@@ -344,10 +341,7 @@ func (t *Tracer) OnFetchRecordBuffered(r *kgo.Record) {
 		t.Tracer.OnFetchRecordBuffered(r)
 		return
 	}
-	if r.Context == nil {
-		r.Context = context.Background()
-	}
-	r.Context = t.prop.Extract(r.Context, kotel.NewRecordCarrier(r))
+	r.Context = t.prop.Extract(recordContext(r), kotel.NewRecordCarrier(r))
 }
 
 // WithProcessSpan starts the span of a stage processing r, child of the
@@ -357,10 +351,15 @@ func (t *Tracer) WithProcessSpan(r *kgo.Record) (context.Context, trace.Span) {
 	if t.recording() {
 		return t.Tracer.WithProcessSpan(r)
 	}
+	return t.batches.Start(recordContext(r), r.Topic+" process", trace.WithSpanKind(trace.SpanKindConsumer))
+}
+
+// recordContext is r's context, made the background when it has none.
+func recordContext(r *kgo.Record) context.Context {
 	if r.Context == nil {
 		r.Context = context.Background()
 	}
-	return t.batches.Start(r.Context, r.Topic+" process", trace.WithSpanKind(trace.SpanKindConsumer))
+	return r.Context
 }
 
 // Client is a franz-go client with the tracer its hooks use.
