@@ -82,16 +82,7 @@ loop:
 				i = j
 				break
 			}
-			b.group = append(b.group, j)
-			b.grouped[evs[j].GetEventId()] = true
-			for _, n := range b.ids[j] {
-				for _, r := range w.byHash[string(n.Hash)] {
-					if r.Unique { // (a store tablet's device id may have thousands of holders, none of them written)
-						b.groupMembers[r.MemberID] = true
-					}
-				}
-			}
-			w.taint(b, j)
+			w.join(b, j)
 			if len(b.group) == maxGroup && !flush() {
 				break loop
 			}
@@ -153,16 +144,16 @@ func (s *Service) resolveGroup(ctx context.Context, b *eventBatch) int {
 	for len(todo) > 0 {
 		out := make([]contract.Resolution, len(todo))
 		refused, refusal := -1, error(nil)
+		var keys []postgres.IdentifierKey
+		eventIDs := make([]string, len(todo))
+		for k, j := range todo {
+			eventIDs[k] = b.evs[j].GetEventId()
+			for _, n := range b.ids[j] {
+				keys = append(keys, keyOf(n))
+			}
+		}
 		err := postgres.PipelinedTx(ctx, s.pool, func(tx pgx.Tx) error {
 			refused = -1
-			var keys []postgres.IdentifierKey
-			eventIDs := make([]string, len(todo))
-			for k, j := range todo {
-				eventIDs[k] = b.evs[j].GetEventId()
-				for _, n := range b.ids[j] {
-					keys = append(keys, keyOf(n))
-				}
-			}
 			if err := postgres.LockIdentifiers(ctx, tx, keys); err != nil {
 				return err
 			}
@@ -279,9 +270,9 @@ func (s *Service) recordPending(ctx context.Context, b *eventBatch) error {
 
 // window is one lookup's answers for the events from its start to end:
 // the first answers of events seen before and the identifiers' rows; and
-// what the events resolved since on the transactional path touched (their
-// identifiers, the members those belong to, the members they resolved to
-// or merged), for which its answers are stale.
+// what the events that joined the group since may touch (their
+// identifiers and the members those belong to), for which its answers are
+// stale.
 type window struct {
 	end          int
 	prev         map[string]postgres.IngestedEvent
@@ -322,14 +313,22 @@ func (s *Service) lookup(ctx context.Context, b *eventBatch, i int) (*window, er
 	return w, nil
 }
 
-// taint marks what event j, waiting for the transactional path, may
-// touch: its identifiers and the members that hold them (whatever it
-// creates, links or merges is among these or new).
-func (w *window) taint(b *eventBatch, j int) {
+// join adds event j to the group waiting for the transactional path and
+// marks what it may touch: its identifiers and the members that hold them
+// (whatever it creates, links or merges is among these or new), the
+// holders of its unique identifiers among the members the group locks
+// (those it may write: link to, merge; a store tablet's device id may have
+// thousands of holders, none of them written).
+func (w *window) join(b *eventBatch, j int) {
+	b.group = append(b.group, j)
+	b.grouped[b.evs[j].GetEventId()] = true
 	for _, n := range b.ids[j] {
 		w.dirtyHashes[string(n.Hash)] = true
 		for _, r := range w.byHash[string(n.Hash)] {
 			w.dirtyMembers[r.MemberID] = true
+			if r.Unique {
+				b.groupMembers[r.MemberID] = true
+			}
 		}
 	}
 }
