@@ -96,17 +96,7 @@ func LookupIngestBatch(ctx context.Context, q Batcher, eventIDs []string, keys [
 	prev := map[string]IngestedEvent{}
 	var found []IdentifierRow
 	b := &pgx.Batch{}
-	b.Queue(`SELECT event_id, member_id, created, resolution FROM ingested_events WHERE event_id = ANY($1)`, eventIDs).
-		Query(func(rows pgx.Rows) error {
-			for rows.Next() {
-				var e IngestedEvent
-				if err := rows.Scan(&e.EventID, &e.MemberID, &e.Created, &e.Resolution); err != nil {
-					return err
-				}
-				prev[e.EventID] = e
-			}
-			return rows.Err()
-		})
+	b.Queue(ingestedEventsSQL, eventIDs).Query(func(rows pgx.Rows) error { return scanIngestedEvents(rows, prev) })
 	queueFindIdentifiers(b, keys, &found)
 	if err := q.SendBatch(ctx, b).Close(); err != nil {
 		return nil, nil, fmt.Errorf("ingest lookup: %w", err)

@@ -223,20 +223,30 @@ type IngestedEvent struct {
 // GetIngestedEvents is GetIngestedEvent for many events, by event id
 // (those not recorded are absent).
 func GetIngestedEvents(ctx context.Context, q Querier, eventIDs []string) (map[string]IngestedEvent, error) {
-	rows, err := q.Query(ctx, `SELECT event_id, member_id, created, resolution FROM ingested_events WHERE event_id = ANY($1)`, eventIDs)
+	rows, err := q.Query(ctx, ingestedEventsSQL, eventIDs)
 	if err != nil {
 		return nil, fmt.Errorf("read ingested events: %w", err)
 	}
 	out := map[string]IngestedEvent{}
-	var e IngestedEvent
-	_, err = pgx.ForEachRow(rows, []any{&e.EventID, &e.MemberID, &e.Created, &e.Resolution}, func() error {
-		out[e.EventID] = e
-		return nil
-	})
-	if err != nil {
+	if err := scanIngestedEvents(rows, out); err != nil {
 		return nil, fmt.Errorf("read ingested events: %w", err)
 	}
 	return out, nil
+}
+
+// ingestedEventsSQL reads the resolutions recorded for the event ids $1
+// (scanIngestedEvents).
+const ingestedEventsSQL = `SELECT event_id, member_id, created, resolution FROM ingested_events WHERE event_id = ANY($1)`
+
+// scanIngestedEvents adds the rows of ingestedEventsSQL to into, by event
+// id, and closes them.
+func scanIngestedEvents(rows pgx.Rows, into map[string]IngestedEvent) error {
+	var e IngestedEvent
+	_, err := pgx.ForEachRow(rows, []any{&e.EventID, &e.MemberID, &e.Created, &e.Resolution}, func() error {
+		into[e.EventID] = e
+		return nil
+	})
+	return err
 }
 
 // GetIngestedEvent returns the earlier resolution of an event, or ErrNotFound.
