@@ -120,13 +120,18 @@ func (s *Subscription) Take(buf []Delivery) []Delivery {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	buf = append(buf, s.queue...)
-	if cap(s.queue) > keptQueue {
-		s.queue = nil
-	} else {
-		clear(s.queue) // let the changes go once delivered
-		s.queue = s.queue[:0]
-	}
+	s.queue = emptied(s.queue)
 	return buf
+}
+
+// emptied is buf emptied for reuse: its changes let go once delivered, and
+// its array too when a burst made it larger than keptQueue.
+func emptied(buf []Delivery) []Delivery {
+	if cap(buf) > keptQueue {
+		return nil
+	}
+	clear(buf)
+	return buf[:0]
 }
 
 // Done is closed when the hub ends the subscription (see Err). What was

@@ -94,7 +94,7 @@ func (s *Server) Subscribe(req *mcv1.SubscribeRequest, stream mcv1.SyncService_S
 		case <-ctx.Done():
 			return nil
 		case <-sub.Ready():
-			batch = sub.Take(batch[:0])
+			batch = sub.Take(batch)
 			for _, d := range batch {
 				if d.Change.GetSequence() <= replayed[d.Change.GetMemberId()] {
 					continue
@@ -103,10 +103,7 @@ func (s *Server) Subscribe(req *mcv1.SubscribeRequest, stream mcv1.SyncService_S
 					return err
 				}
 			}
-			clear(batch)
-			if cap(batch) > keptQueue {
-				batch = nil // a burst's array is not kept for the stream's life
-			}
+			batch = emptied(batch) // a burst's array is not kept for the stream's life
 		case <-sub.Done():
 			// The queue overflowed: whatever follows would have a gap, so
 			// the client must resync instead.
