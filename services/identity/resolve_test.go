@@ -702,18 +702,19 @@ func TestAGroupTakesItsMembersInIdOrder(t *testing.T) {
 		done <- answer{out, errs}
 	}()
 	// Until the group waits for a lock the stage holds.
-	for deadline := time.Now().Add(20 * time.Second); ; {
+	for {
 		var waiting int
 		if err := f.pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&waiting); err != nil {
-			t.Fatal(err)
+			t.Fatalf("waiting for the group to wait for the member the stage holds: %v", err)
 		}
 		if waiting > 0 {
 			break
 		}
-		if time.Now().After(deadline) {
+		select {
+		case <-ctx.Done():
 			t.Fatal("the group never waited for the member the stage holds")
+		case <-time.After(10 * time.Millisecond): // the poll's interval
 		}
-		time.Sleep(10 * time.Millisecond) // the poll's interval
 	}
 	// NOWAIT: a group that held the higher member would fail this at once
 	// (a deadlock, PostgreSQL would find only after deadlock_timeout).
