@@ -62,7 +62,7 @@ func (s *Service) ApplyBatch(ctx context.Context, evs []*mcv1.MemberEvent) (map[
 		return rejected, nil
 	}
 	return changes.ApplyBatch(ctx, rejected, s.InTx, func(tx pgx.Tx, refused map[int]error) error {
-		return s.ApplyPrepared(ctx, tx, b, refused)
+		return s.ApplyPrepared(ctx, tx, b, refused, nil)
 	})
 }
 
@@ -106,8 +106,10 @@ func (s *Service) PrepareBatch(evs []*mcv1.MemberEvent) (*Batch, map[int]error) 
 }
 
 // ApplyPrepared applies a prepared batch in tx, as ApplyBatch does in its
-// own transaction, adding the events it refuses to refused.
-func (s *Service) ApplyPrepared(ctx context.Context, tx pgx.Tx, b *Batch, refused map[int]error) error {
+// own transaction, adding the events it refuses to refused. With held,
+// what the batch takes of the shared limits is added to held instead of
+// written (see HeldSpends).
+func (s *Service) ApplyPrepared(ctx context.Context, tx pgx.Tx, b *Batch, refused map[int]error, held *HeldSpends) error {
 	if b.Empty() {
 		return nil
 	}
@@ -119,9 +121,10 @@ func (s *Service) ApplyPrepared(ctx context.Context, tx pgx.Tx, b *Batch, refuse
 		return nil
 	}
 	w := postgres.NewLoyaltyWrites(b.p.Version)
-	if err := s.applyOps(ctx, tx, w, b.p, todo, refused, nil); err != nil {
+	if err := s.applyOps(ctx, tx, w, held, b.p, todo, refused, nil); err != nil {
 		return err
 	}
+	held.hold(w)
 	return s.flush(ctx, tx, w)
 }
 
@@ -137,8 +140,9 @@ func (s *Service) InTx(ctx context.Context, fn func(pgx.Tx) error) error {
 // their writes in w. An operation the programme refuses is left out (see
 // applyMember); a call's answer goes to answers. What one member takes of
 // the shared limits (campaign budgets, coupon template totals) counts for
-// the members after it, so a batch never spends a limit twice.
-func (s *Service) applyOps(ctx context.Context, tx pgx.Tx, w *postgres.LoyaltyWrites, p *Program, todo []batchOp,
+// the members after it, so a batch never spends a limit twice, and so
+// does what the transaction holds unwritten in held (nil: nothing).
+func (s *Service) applyOps(ctx context.Context, tx pgx.Tx, w *postgres.LoyaltyWrites, held *HeldSpends, p *Program, todo []batchOp,
 	refused map[int]error, answers map[int]proto.Message) error {
 	rows, err := s.loadBatch(ctx, tx, p, todo)
 	if err != nil {
@@ -153,7 +157,7 @@ func (s *Service) applyOps(ctx context.Context, tx pgx.Tx, w *postgres.LoyaltyWr
 	if err := s.addUsageAsOfLast(ctx, tx, p, rows, byMember); err != nil {
 		return err
 	}
-	var shared sharedLimits
+	shared := sharedLimits{held: held}
 	for _, m := range members {
 		r := rows[m]
 		if r == nil || !r.Found {
@@ -183,15 +187,70 @@ func (s *Service) applyOps(ctx context.Context, tx pgx.Tx, w *postgres.LoyaltyWr
 type sharedLimits struct {
 	budgets map[string]int64
 	issued  map[string]int
+	held    *HeldSpends // taken by the transaction's earlier phases, not written yet
 }
 
 // lend makes r, a member's loaded rows, read the shared counts as the
-// members before it left them (the counts of the first load otherwise).
+// members before it left them (the counts of the first load, with what
+// the transaction holds unwritten, otherwise).
 func (l *sharedLimits) lend(r *postgres.LoyaltyRows) {
 	if l.budgets == nil {
 		l.budgets, l.issued = maps.Clone(r.Budgets), maps.Clone(r.TplIssued)
+		if l.held != nil {
+			for c, sp := range l.held.budgets {
+				l.budgets[c] += sp.Amount
+			}
+			for t, sp := range l.held.templates {
+				l.issued[t] += int(sp.Amount)
+			}
+		}
 	}
 	r.Budgets, r.TplIssued = l.budgets, l.issued
+}
+
+// HeldSpends holds what a transaction has taken of the limits members share
+// (campaign budgets, coupon template totals) until WriteHeld writes it,
+// last before the commit. A shared counter's row stays locked from its
+// write to the commit, and every batch that spends the same limit (each
+// with a purchase in a birthday month, say) writes the same row: written
+// with the benefit stage's other rows, it held the other partitions'
+// batches through the label checks and the commit. The phases after the
+// first read the shared counts with what held holds added. A nil *HeldSpends
+// holds nothing: the spends are written with the other rows.
+type HeldSpends struct {
+	budgets, templates map[string]*postgres.Spend
+}
+
+// NewHeldSpends returns a HeldSpends that holds nothing yet.
+func NewHeldSpends() *HeldSpends {
+	return &HeldSpends{budgets: map[string]*postgres.Spend{}, templates: map[string]*postgres.Spend{}}
+}
+
+// hold moves what w spends of the shared limits into l (when l is not nil).
+func (l *HeldSpends) hold(w *postgres.LoyaltyWrites) {
+	if l == nil {
+		return
+	}
+	move := func(into, from map[string]*postgres.Spend) {
+		for k, sp := range from {
+			if h := into[k]; h != nil {
+				h.Amount += sp.Amount
+			} else {
+				into[k] = &postgres.Spend{Amount: sp.Amount, Limit: sp.Limit}
+			}
+		}
+		clear(from)
+	}
+	move(l.budgets, w.Budgets)
+	move(l.templates, w.Templates)
+}
+
+// WriteHeld writes what held holds in tx; a limit found used up
+// meanwhile is errBudgetRace, which InTx retries with fresh counts.
+func (s *Service) WriteHeld(ctx context.Context, tx pgx.Tx, held *HeldSpends) error {
+	w := postgres.NewLoyaltyWrites(s.program().Version)
+	w.Budgets, w.Templates = held.budgets, held.templates
+	return s.flush(ctx, tx, w)
 }
 
 // took adds what st's operations took of the shared limits.

@@ -198,7 +198,7 @@ func (s *Service) advance(ctx context.Context, p *Program, now time.Time, member
 		}
 		w := postgres.NewLoyaltyWrites(p.Version)
 		refused := map[int]error{}
-		if err := s.applyOps(ctx, tx, w, p, todo, refused, nil); err != nil {
+		if err := s.applyOps(ctx, tx, w, nil, p, todo, refused, nil); err != nil {
 			return err
 		}
 		for i := range members {

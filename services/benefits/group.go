@@ -446,7 +446,7 @@ func (s *Service) applyGroup(ctx context.Context, tx pgx.Tx, p *Program, calls [
 	w := postgres.NewLoyaltyWrites(p.Version)
 	if len(todo) > 0 {
 		refused, answers := map[int]error{}, map[int]proto.Message{}
-		if err := s.applyOps(ctx, tx, w, p, todo, refused, answers); err != nil {
+		if err := s.applyOps(ctx, tx, w, nil, p, todo, refused, answers); err != nil {
 			return err
 		}
 		for _, b := range todo {

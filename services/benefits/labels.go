@@ -56,7 +56,7 @@ func (s *Service) CheckLabels(ctx context.Context, limit int) (int, error) {
 		if err != nil {
 			return err
 		}
-		return s.followLabels(ctx, tx, p, now, rows, ids)
+		return s.followLabels(ctx, tx, p, now, rows, ids, nil)
 	})
 	return n, err
 }
@@ -64,8 +64,9 @@ func (s *Service) CheckLabels(ctx context.Context, limit int) (int, error) {
 // CheckLabelsOf does in tx what CheckLabels does for those of members that
 // are queued: the member stage calls it in the transaction in which the
 // tag stage changed their labels (and so holds their rows), so a benefit
-// follows a label in the same transaction as the label.
-func (s *Service) CheckLabelsOf(ctx context.Context, tx pgx.Tx, members []uuid.UUID) error {
+// follows a label in the same transaction as the label. What it takes of
+// the shared limits is added to held (see HeldSpends).
+func (s *Service) CheckLabelsOf(ctx context.Context, tx pgx.Tx, members []uuid.UUID, held *HeldSpends) error {
 	if len(members) == 0 {
 		return nil
 	}
@@ -79,7 +80,7 @@ func (s *Service) CheckLabelsOf(ctx context.Context, tx pgx.Tx, members []uuid.U
 	if err != nil {
 		return err
 	}
-	return s.followLabels(ctx, tx, p, now, rows, ids)
+	return s.followLabels(ctx, tx, p, now, rows, ids, held)
 }
 
 // labelLoads says what a label check loads of each member: what a month
@@ -95,10 +96,12 @@ func labelLoads(p *Program, now time.Time, members []uuid.UUID) []postgres.Loyal
 // followLabels re-evaluates the benefits of the members ids, loaded in
 // rows, with their labels as they now are, in id order, and stores what
 // changed. A limited coupon a benefit gives goes to the members in that
-// order while it lasts.
-func (s *Service) followLabels(ctx context.Context, tx pgx.Tx, p *Program, now time.Time, rows map[uuid.UUID]*postgres.LoyaltyRows, ids []uuid.UUID) error {
+// order while it lasts; what they take of the shared limits is added to
+// held, when there is one, instead of written.
+func (s *Service) followLabels(ctx context.Context, tx pgx.Tx, p *Program, now time.Time, rows map[uuid.UUID]*postgres.LoyaltyRows, ids []uuid.UUID,
+	held *HeldSpends) error {
 	w := postgres.NewLoyaltyWrites(p.Version)
-	var shared sharedLimits
+	shared := sharedLimits{held: held}
 	for _, id := range slices.SortedFunc(slices.Values(ids), func(a, b uuid.UUID) int { return slices.Compare(a[:], b[:]) }) {
 		r := rows[id]
 		if r == nil || !r.Found || r.Merged {
@@ -120,6 +123,7 @@ func (s *Service) followLabels(ctx context.Context, tx pgx.Tx, p *Program, now t
 		s.stageState(w, st)
 		shared.took(st)
 	}
+	held.hold(w)
 	return s.flush(ctx, tx, w)
 }
 

@@ -69,10 +69,16 @@ func (a Applier) ApplyBatch(ctx context.Context, evs []*mcv1.MemberEvent) (map[i
 		if err != nil {
 			return err
 		}
-		if err := a.Benefits.ApplyPrepared(ctx, tx, bb, brefused); err != nil {
+		// The shared limits' rows (a campaign's budget) are written last,
+		// so the batch holds them for its commit only.
+		held := benefits.NewHeldSpends()
+		if err := a.Benefits.ApplyPrepared(ctx, tx, bb, brefused, held); err != nil {
 			return err
 		}
-		return a.Benefits.CheckLabelsOf(ctx, tx, changed)
+		if err := a.Benefits.CheckLabelsOf(ctx, tx, changed, held); err != nil {
+			return err
+		}
+		return a.Benefits.WriteHeld(ctx, tx, held)
 	})
 	if err != nil {
 		return nil, err

@@ -1,6 +1,7 @@
 package members_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -11,6 +12,10 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	semconv "go.opentelemetry.io/otel/semconv/v1.40.0"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
@@ -42,9 +47,15 @@ type fixture struct {
 // sharer label, buyer_perk bought_365d).
 func begin(t *testing.T) (*fixture, context.Context) {
 	t.Helper()
+	return beginTraced(t, nil)
+}
+
+// beginTraced is begin with the pool's statements traced by tp.
+func beginTraced(t *testing.T, tp trace.TracerProvider) (*fixture, context.Context) {
+	t.Helper()
 	c, cancel := context.WithTimeout(context.Background(), 5*time.Minute) // generous: the machine may be busy
 	t.Cleanup(cancel)
-	f := &fixture{pool: pgtest.NewPool(t, nil), clock: noon}
+	f := &fixture{pool: pgtest.NewPool(t, tp), clock: noon}
 	now := func() time.Time { return f.clock }
 	log := slog.New(slog.DiscardHandler)
 	f.bens = benefits.New(f.pool, changes.Writer{}, log)
@@ -53,17 +64,23 @@ func begin(t *testing.T) (*fixture, context.Context) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	f.useProgram(t, c, src)
+	f.tags = tags.New(f.pool, changes.Writer{}, log)
+	f.tags.SetClock(now)
+	f.tags.SetBenefitLabels(f.bens.DependsOnLabel)
+	f.a = members.Applier{Tags: f.tags, Benefits: f.bens}
+	return f, c
+}
+
+// useProgram puts the programme src in force.
+func (f *fixture) useProgram(t *testing.T, c context.Context, src []byte) {
+	t.Helper()
 	if _, err := benefits.LoadProgram(c, f.pool, src); err != nil {
 		t.Fatal(err)
 	}
 	if err := f.bens.Reload(c); err != nil {
 		t.Fatal(err)
 	}
-	f.tags = tags.New(f.pool, changes.Writer{}, log)
-	f.tags.SetClock(now)
-	f.tags.SetBenefitLabels(f.bens.DependsOnLabel)
-	f.a = members.Applier{Tags: f.tags, Benefits: f.bens}
-	return f, c
 }
 
 func (f *fixture) member(t *testing.T, c context.Context) string {
@@ -239,5 +256,92 @@ func TestSharesTheStreamWithAStageAlone(t *testing.T) {
 	}
 	if !slices.Contains(s.benefits, "sharer_perk") || !slices.Contains(s.benefits, "buyer_perk") || s.queue != 0 {
 		t.Errorf("benefits %v, %d queued; want sharer_perk and buyer_perk, none queued", s.benefits, s.queue)
+	}
+}
+
+// limitedCoupon is the label programme with P10 limited to one coupon in
+// all, and given by the big-basket campaign as well as by sharer_perk.
+func limitedCoupon(t *testing.T) []byte {
+	t.Helper()
+	src, err := benefitstest.LabelProgramme(benefits.DefaultProgramSource())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range [][2]string{
+		{"total_limit: 100000", "total_limit: 1"},
+		{"    bonus: 10\n    coupon: C10\n", "    bonus: 10\n    coupon: P10\n"},
+		{"version: default-1+labels", "version: limited-p10-1"},
+	} {
+		if !bytes.Contains(src, []byte(r[0])) {
+			t.Fatalf("the default programme has no %q", r[0])
+		}
+		src = bytes.Replace(src, []byte(r[0]), []byte(r[1]), 1)
+	}
+	return src
+}
+
+// TestALimitTakenByTheBatchCountsForItsLabelChecks: a purchase takes the
+// last coupon of a limited template in the benefit stage's part of the
+// batch, and a member whose new label earns a benefit giving the same
+// coupon is checked later in the same transaction: the check sees the
+// coupon taken (though the shared count is written only at the end), so
+// the batch applies, with the one coupon held by the buyer.
+func TestALimitTakenByTheBatchCountsForItsLabelChecks(t *testing.T) {
+	f, c := begin(t)
+	f.useProgram(t, c, limitedCoupon(t))
+	buyer, sharer := f.member(t, c), f.member(t, c)
+	batch := []*mcv1.MemberEvent{f.share(sharer), f.share(sharer), f.share(sharer), f.purchase(buyer, 60000)}
+	if rejected, err := f.a.ApplyBatch(c, batch); err != nil || len(rejected) != 0 {
+		t.Fatalf("ApplyBatch: %v, rejected %v", err, rejected)
+	}
+	if s := f.state(t, c, sharer); !slices.Contains(s.benefits, "sharer_perk") {
+		t.Errorf("the sharer's benefits %v: want sharer_perk, granted with its label", s.benefits)
+	}
+	holders := pgtest.Values[string](t, c, f.pool, `SELECT member_id::text FROM coupons WHERE template_id = 'P10'`)
+	issued := pgtest.Values[int](t, c, f.pool, `SELECT coalesce(sum(issued), 0)::int FROM coupon_template_counts WHERE template_id = 'P10'`)
+	if !slices.Equal(holders, []string{buyer}) || issued[0] != 1 {
+		t.Errorf("P10 held by %v, counted %d issued; want by the buyer %s alone, 1", holders, issued[0], buyer)
+	}
+}
+
+// TestSharedCountsAreWrittenLast: the rows of the limits members share
+// (here a coupon template's total, taken by a purchase and by a label
+// check) are written by the batch's last statement before the commit, so
+// the other partitions' batches wait for them only through a commit.
+func TestSharedCountsAreWrittenLast(t *testing.T) {
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	f, c := beginTraced(t, tp)
+	f.useProgram(t, c, bytes.Replace(limitedCoupon(t), []byte("total_limit: 1"), []byte("total_limit: 10"), 1))
+	buyer, sharer := f.member(t, c), f.member(t, c)
+	batch := []*mcv1.MemberEvent{f.share(sharer), f.share(sharer), f.share(sharer), f.purchase(buyer, 60000)}
+	ctx, span := tp.Tracer("test").Start(c, "batch")
+	rejected, err := f.a.ApplyBatch(ctx, batch)
+	span.End()
+	if err != nil || len(rejected) != 0 {
+		t.Fatalf("ApplyBatch: %v, rejected %v", err, rejected)
+	}
+	var sqls []string
+	for _, s := range rec.Ended() {
+		if s.SpanContext().TraceID() != span.SpanContext().TraceID() || strings.HasPrefix(s.Name(), "prepare") {
+			continue
+		}
+		for _, a := range s.Attributes() {
+			if a.Key == semconv.DBQueryTextKey {
+				sqls = append(sqls, strings.Join(strings.Fields(a.Value.AsString()), " "))
+			}
+		}
+	}
+	last := slices.IndexFunc(sqls, func(q string) bool {
+		return strings.Contains(q, "coupon_template_counts") && strings.HasPrefix(q, "INSERT")
+	})
+	if last < 0 || len(sqls) < 2 {
+		t.Fatalf("no write of coupon_template_counts among the batch's %d statements", len(sqls))
+	}
+	if rest := append(sqls[last+1:], ""); len(rest) != 2 || !strings.EqualFold(rest[0], "commit") {
+		t.Errorf("%d statements came after the shared count's write, the first %.70q; want the commit alone", len(rest)-1, rest[0])
+	}
+	if n := pgtest.Values[int](t, c, f.pool, `SELECT issued FROM coupon_template_counts WHERE template_id = 'P10'`); n[0] != 2 {
+		t.Errorf("P10 counted %d issued; want 2 (the buyer's and the sharer's)", n[0])
 	}
 }
