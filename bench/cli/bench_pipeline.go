@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -71,13 +73,17 @@ adds is not carried into the next. Then:
 
 With --cpuprofile DIR, membercenter's CPU profile of each drain is written
 there and summarised by package, beside the PostgreSQL statements sampled
-while it ran.`,
+while it ran. With --trace, the platform records every span (the cost of
+tracing everything; without it, as a process with no exporter, none).`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			e, _, done, err := setupLogged(cmd.Context(), "membercenter-bench-pipeline")
 			if err != nil {
 				return err
 			}
 			defer done()
+			if o.trace {
+				e.Tel.AddSpanProcessor(sdktrace.NewBatchSpanProcessor(discardSpans{}))
+			}
 			if o.profileDir != "" {
 				if err := os.MkdirAll(o.profileDir, 0o755); err != nil {
 					return err
@@ -101,6 +107,7 @@ while it ran.`,
 	cmd.Flags().IntVar(&o.freshEvents, "fresh-events", 300, "purchases timed for freshness per scenario")
 	cmd.Flags().IntVar(&o.freshRate, "fresh-rate", 50, "purchases per second in the freshness run (open loop)")
 	cmd.Flags().StringVar(&o.profileDir, "cpuprofile", "", "directory for membercenter's CPU profile of each drain (pipeline-<members>.pprof)")
+	cmd.Flags().BoolVar(&o.trace, "trace", false, "record every span of the platform, as a process exporting to a collector with the default sampler does (to an exporter that discards them)")
 	return cmd
 }
 
@@ -108,6 +115,7 @@ type pipelineOpts struct {
 	events, freshEvents, freshRate int
 	seed                           int64
 	profileDir                     string
+	trace                          bool
 }
 
 const (
@@ -907,3 +915,11 @@ func stageLags(ctx context.Context, adm *kadm.Client, kcfg kafka.Config) string 
 	}
 	return strings.Join(out, "/")
 }
+
+// discardSpans is an exporter that sends the spans nowhere: with it, a
+// run pays for recording, batching and handing over every span, as a
+// process exporting to a collector does, but not for the network.
+type discardSpans struct{}
+
+func (discardSpans) ExportSpans(context.Context, []sdktrace.ReadOnlySpan) error { return nil }
+func (discardSpans) Shutdown(context.Context) error                             { return nil }

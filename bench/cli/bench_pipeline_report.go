@@ -167,4 +167,7 @@ func reportPipeline(w io.Writer, rs []pipelineResult, o pipelineOpts) {
 		}
 	}
 	fmt.Fprintf(w, "\nGOMAXPROCS %d; membercenter runs every stage and service in one process, beside PostgreSQL, Kafka and ClickHouse on the same cores.\n", runtime.GOMAXPROCS(0))
+	if o.trace {
+		fmt.Fprintf(w, "Spans: every span recorded (`--trace`), handed to a batch span processor whose exporter discards them.\n")
+	}
 }

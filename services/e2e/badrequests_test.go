@@ -20,10 +20,10 @@ import (
 	_ "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 )
 
-// clear is what a refusal of a bad request may say: what was wrong with
-// it, or that what it names is not there or not allowed. Internal, Unknown
-// or Unavailable (on healthy servers) would leave a caller unable to tell
-// its mistake from the platform's.
+// clearRefusal is what the answer to a bad request may say: what was
+// wrong with it, or that what it names is not there or not allowed.
+// Internal, Unknown or Unavailable (on healthy servers) would leave a
+// caller unable to tell its mistake from the platform's.
 var clearRefusal = map[codes.Code]bool{
 	codes.OK: true, codes.InvalidArgument: true, codes.NotFound: true, codes.FailedPrecondition: true,
 	codes.AlreadyExists: true, codes.PermissionDenied: true, codes.Unauthenticated: true, codes.OutOfRange: true,
