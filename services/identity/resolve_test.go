@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
+	"github.com/membercenter/membercenter/storage/postgres"
 	"github.com/membercenter/membercenter/storage/postgres/pgtest"
 
 	"github.com/membercenter/membercenter/pipeline/clocktest"
@@ -728,6 +729,57 @@ func TestAGroupTakesItsMembersInIdOrder(t *testing.T) {
 	for i, m := range []uuid.UUID{hi, lo} {
 		if a.errs[i] != nil || a.out[i].MemberID != m.String() || len(a.out[i].Detail.GetLinked()) != 1 {
 			t.Fatalf("event %d: %+v, %v; want a card linked to %s", i, a.out[i], a.errs[i], m)
+		}
+	}
+}
+
+// TestAGroupLeavesBlockedValuesUnlocked: a group of ingest's transactional
+// path does not lock a value the rules block (a till's placeholder phone):
+// it is ignored and never stored, and every group that met it would queue
+// behind the one holding it. Here another transaction holds its lock, and
+// the event with the placeholder and a card is resolved by the card
+// without waiting for it.
+func TestAGroupLeavesBlockedValuesUnlocked(t *testing.T) {
+	f, ctx := beginService(t)
+	const placeholder = "13800138000" // on rules.yaml's blocked list
+	n, err := f.svc.Normalize([]*mcv1.Identifier{phone(placeholder)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := f.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Rollback(ctx)
+	if err := postgres.LockIdentifiers(ctx, other, []postgres.IdentifierKey{{Type: int16(n[0].Type), Scope: n[0].Scope, Hash: n[0].Hash}}); err != nil {
+		t.Fatal(err)
+	}
+	type answer struct {
+		out  []contract.Resolution
+		errs []error
+	}
+	done := make(chan answer, 1)
+	go func() {
+		out, errs := f.svc.ResolveEvents(ctx, []*mcv1.ChannelEvent{channelEvent("g-placeholder", card("CARD-PLACEHOLDER"), phone(placeholder))})
+		done <- answer{out, errs}
+	}()
+	for {
+		select {
+		case a := <-done:
+			if a.errs[0] != nil || a.out[0].MemberID == "" || len(a.out[0].Detail.GetIgnored()) != 1 {
+				t.Fatalf("resolution %+v, %v; want a member by the card, the placeholder ignored", a.out[0], a.errs[0])
+			}
+			return
+		case <-ctx.Done():
+			t.Fatal(ctx.Err())
+		case <-time.After(10 * time.Millisecond): // the poll's interval
+		}
+		var waiting int
+		if err := f.pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&waiting); err != nil {
+			t.Fatal(err)
+		}
+		if waiting > 0 {
+			t.Fatal("the group waits for the placeholder's lock, which another transaction holds")
 		}
 	}
 }
