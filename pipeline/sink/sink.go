@@ -77,11 +77,19 @@ func (s *Sink) write(ctx context.Context, rs []*kgo.Record) (map[*kgo.Record]err
 				rejected[r] = fmt.Errorf("record value is not a MemberEvent: %w", err)
 				continue
 			}
+			if err := contract.CheckMemberEvent(m); err != nil {
+				rejected[r] = err
+				continue
+			}
 			events = append(events, Event{Msg: m, TraceID: traceID})
 		case s.topics.MemberChanges:
 			m := &mcv1.MemberChange{}
 			if err := proto.Unmarshal(r.Value, m); err != nil {
 				rejected[r] = fmt.Errorf("record value is not a MemberChange: %w", err)
+				continue
+			}
+			if err := contract.CheckMemberChange(m); err != nil {
+				rejected[r] = err
 				continue
 			}
 			changes = append(changes, Change{Msg: m, TraceID: traceID})

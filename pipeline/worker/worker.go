@@ -92,8 +92,8 @@ func decode(r *kgo.Record) (*mcv1.MemberEvent, error) {
 	if err := proto.Unmarshal(r.Value, ev); err != nil {
 		return nil, dlq.Reject(fmt.Errorf("record value is not a MemberEvent: %w", err))
 	}
-	if ev.GetEventId() == "" || ev.GetMemberId() == "" {
-		return nil, dlq.Reject(fmt.Errorf("member event without event_id or member_id"))
+	if err := contract.CheckMemberEvent(ev); err != nil {
+		return nil, dlq.Reject(err)
 	}
 	return ev, nil
 }

@@ -16,6 +16,7 @@ import (
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 
+	"github.com/membercenter/membercenter/pipeline/contract"
 	"github.com/membercenter/membercenter/pipeline/fault"
 	"github.com/membercenter/membercenter/pipeline/kafka"
 )
@@ -236,7 +237,11 @@ func (h *Hub) Run(ctx context.Context) error {
 			rctx, span := kafka.ProcessSpan(ctx, cl.Tracer, r)
 			defer span.End()
 			ch := &mcv1.MemberChange{}
-			if err := proto.Unmarshal(r.Value, ch); err != nil {
+			err := proto.Unmarshal(r.Value, ch)
+			if err == nil {
+				err = contract.CheckMemberChange(ch)
+			}
+			if err != nil { // dead-lettered by the ClickHouse sink
 				h.log.ErrorContext(rctx, "undecodable change", "partition", r.Partition, "offset", r.Offset, "err", err)
 				h.skip(r.Partition, r.Offset)
 				return
@@ -421,7 +426,7 @@ func (h *Hub) Replay(ctx context.Context, f Filter, from, to Position, fn func(D
 					continue
 				}
 				ch := &mcv1.MemberChange{}
-				if err := proto.Unmarshal(r.Value, ch); err != nil || !f.match(ch) {
+				if err := proto.Unmarshal(r.Value, ch); err != nil || contract.CheckMemberChange(ch) != nil || !f.match(ch) {
 					continue
 				}
 				stop = fn(Delivery{Ctx: ctx, Change: f.shape(ch), After: pos.clone()})

@@ -7,9 +7,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 
@@ -109,11 +111,13 @@ func TestHubWaitsForAChangeLogStillBeingCreated(t *testing.T) {
 	waitReady(t, h, ended)
 }
 
-// change is a serialized MemberChange of member m with sequence seq; store
-// tells the copies apart.
-func change(t *testing.T, topic, m string, seq uint64, store string) *kgo.Record {
+// change is a serialized MemberChange, as the relay publishes one, of the
+// member named m with sequence seq; store tells the copies apart.
+func change(t *testing.T, topic, name string, seq uint64, store string) *kgo.Record {
 	t.Helper()
-	v, err := proto.Marshal(&mcv1.MemberChange{MemberId: m, Sequence: seq, StoreId: store})
+	m := uuid.NewSHA1(uuid.NameSpaceOID, []byte(name)).String()
+	v, err := proto.Marshal(&mcv1.MemberChange{MemberId: m, Sequence: seq, StoreId: store, ChangeId: uuid.NewString(), OccurredAt: timestamppb.Now(),
+		Change: &mcv1.MemberChange_PointsChanged{PointsChanged: &mcv1.PointsChanged{Delta: 1, Balance: int64(seq)}}})
 	if err != nil {
 		t.Fatal(err)
 	}

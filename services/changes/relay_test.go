@@ -15,6 +15,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 	"github.com/membercenter/membercenter/storage/postgres"
@@ -68,8 +69,10 @@ func (o *outbox) write(t *testing.T, ctx context.Context, n int) {
 		}
 		for _, m := range o.members {
 			o.next[m]++
-			v, _ := proto.Marshal(&mcv1.MemberChange{MemberId: m.String(), Sequence: o.next[m]})
-			if err := postgres.InsertOutbox(ctx, tx, postgres.OutboxRow{MemberID: m, Sequence: int64(o.next[m]), ChangeID: uuid.New(), Payload: v}); err != nil {
+			id := uuid.New()
+			v, _ := proto.Marshal(&mcv1.MemberChange{MemberId: m.String(), Sequence: o.next[m], ChangeId: id.String(), OccurredAt: timestamppb.Now(),
+				Change: &mcv1.MemberChange_PointsChanged{PointsChanged: &mcv1.PointsChanged{Delta: 1, Balance: int64(o.next[m])}}})
+			if err := postgres.InsertOutbox(ctx, tx, postgres.OutboxRow{MemberID: m, Sequence: int64(o.next[m]), ChangeID: id, Payload: v}); err != nil {
 				t.Fatal(err)
 			}
 		}
