@@ -665,6 +665,23 @@ func TestResolveEventsEqualsOneByOne(t *testing.T) {
 	}
 }
 
+// answer is what ResolveEvents answered.
+type answer struct {
+	out  []contract.Resolution
+	errs []error
+}
+
+// resolveInBackground resolves evs in a goroutine of its own; its answer
+// comes on the channel.
+func (f fixture) resolveInBackground(ctx context.Context, evs ...*mcv1.ChannelEvent) <-chan answer {
+	done := make(chan answer, 1)
+	go func() {
+		out, errs := f.svc.ResolveEvents(ctx, evs)
+		done <- answer{out, errs}
+	}()
+	return done
+}
+
 // TestAGroupTakesItsMembersInIdOrder: a group of events that link new
 // identifiers to two members takes both members in id order before it
 // writes, as the member stage takes a batch's. With a stage's transaction
@@ -690,18 +707,9 @@ func TestAGroupTakesItsMembersInIdOrder(t *testing.T) {
 	}
 	// The higher member's event first: taken one by one, the group would
 	// hold it while it waits for the lower.
-	type answer struct {
-		out  []contract.Resolution
-		errs []error
-	}
-	done := make(chan answer, 1)
-	go func() {
-		out, errs := f.svc.ResolveEvents(ctx, []*mcv1.ChannelEvent{
-			channelEvent("g-hi", phone(phoneOf[hi]), card("CARD-G-HI")),
-			channelEvent("g-lo", phone(phoneOf[lo]), card("CARD-G-LO")),
-		})
-		done <- answer{out, errs}
-	}()
+	done := f.resolveInBackground(ctx,
+		channelEvent("g-hi", phone(phoneOf[hi]), card("CARD-G-HI")),
+		channelEvent("g-lo", phone(phoneOf[lo]), card("CARD-G-LO")))
 	// Until the group waits for a lock the stage holds.
 	for {
 		var waiting int
@@ -754,15 +762,7 @@ func TestAGroupLeavesBlockedValuesUnlocked(t *testing.T) {
 	if err := postgres.LockIdentifiers(ctx, other, []postgres.IdentifierKey{{Type: int16(n[0].Type), Scope: n[0].Scope, Hash: n[0].Hash}}); err != nil {
 		t.Fatal(err)
 	}
-	type answer struct {
-		out  []contract.Resolution
-		errs []error
-	}
-	done := make(chan answer, 1)
-	go func() {
-		out, errs := f.svc.ResolveEvents(ctx, []*mcv1.ChannelEvent{channelEvent("g-placeholder", card("CARD-PLACEHOLDER"), phone(placeholder))})
-		done <- answer{out, errs}
-	}()
+	done := f.resolveInBackground(ctx, channelEvent("g-placeholder", card("CARD-PLACEHOLDER"), phone(placeholder)))
 	for {
 		select {
 		case a := <-done:
