@@ -273,8 +273,9 @@ type Telemetry struct {
 	// one to receive them records none (telemetry's quiet sampler). While
 	// it says no, the clients pass each record's trace context on through
 	// its headers without a span of their own per record, whose attributes
-	// alone cost 5–7% of a drain's CPU for spans no one would see. Nil:
-	// always.
+	// alone cost 5–7% of a drain's CPU for spans no one would see; so do
+	// they, while it says yes, for a record of a trace a sampler left out
+	// upstream (Tracer.kept). Nil: always.
 	Recording func() bool
 }
 
@@ -308,16 +309,32 @@ type Tracer struct {
 	recording func() bool
 }
 
-// passedOn marks the context of a record produced while no span was
-// recorded: its headers carry the producer's trace context as it was, and
-// no publish span waits to be ended.
+// passedOn marks the context of a record produced without spans of its
+// own: its headers carry the producer's trace context as it was, and no
+// publish span waits to be ended.
 type passedOn struct{}
 
+// kept says whether a record whose trace context is ctx gets spans of its
+// own: spans are recorded, and its trace was not left out upstream. A
+// parent-based sampler (the SDK's default, and how a ratio is usually
+// sampled: OTEL_TRACES_SAMPLER=parentbased_traceidratio) records no child
+// of a span it did not sample, so kotel's spans and their attributes
+// would be built for nobody, 6–7% of a drain's CPU; a record of a trace
+// left out passes its context on as it is, as in a process that records
+// nothing.
+func (t *Tracer) kept(ctx context.Context) bool {
+	if !t.recording() {
+		return false
+	}
+	sc := trace.SpanContextFromContext(ctx)
+	return !sc.IsValid() || sc.IsSampled()
+}
+
 // OnProduceRecordBuffered starts the record's publish span and injects it
-// into the headers; while no span is recorded, it injects the record's
-// own trace context instead.
+// into the headers; for a record whose spans are not kept (see kept), it
+// injects the record's own trace context instead.
 func (t *Tracer) OnProduceRecordBuffered(r *kgo.Record) {
-	if t.recording() {
+	if t.kept(recordContext(r)) {
 		t.Tracer.OnProduceRecordBuffered(r)
 		return
 	}
@@ -334,21 +351,23 @@ func (t *Tracer) OnProduceRecordUnbuffered(r *kgo.Record, err error) {
 }
 
 // OnFetchRecordBuffered starts the record's receive span, child of the
-// trace context in its headers; while no span is recorded, the record's
-// context is that trace context.
+// trace context in its headers; for a record whose spans are not kept
+// (see kept), the record's context is that trace context.
 func (t *Tracer) OnFetchRecordBuffered(r *kgo.Record) {
-	if t.recording() {
+	ctx := t.prop.Extract(recordContext(r), kotel.NewRecordCarrier(r))
+	if t.kept(ctx) {
 		t.Tracer.OnFetchRecordBuffered(r)
 		return
 	}
-	r.Context = t.prop.Extract(recordContext(r), kotel.NewRecordCarrier(r))
+	r.Context = ctx
 }
 
 // WithProcessSpan starts the span of a stage processing r, child of the
-// record's context; while no span is recorded, without kotel's attributes
-// (the span still has ids, which log lines carry).
+// record's context; for a record whose spans are not kept (see kept),
+// without kotel's attributes (the span still has ids, which log lines
+// carry).
 func (t *Tracer) WithProcessSpan(r *kgo.Record) (context.Context, trace.Span) {
-	if t.recording() {
+	if t.kept(recordContext(r)) {
 		return t.Tracer.WithProcessSpan(r)
 	}
 	return t.batches.Start(recordContext(r), r.Topic+" process", trace.WithSpanKind(trace.SpanKindConsumer))

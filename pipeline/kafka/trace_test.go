@@ -24,7 +24,8 @@ import (
 // record's headers carry its producer's trace context as it is and the
 // consumer's record and process span continue that trace, with no publish
 // or receive span of their own; once spans are recorded, both are there
-// again, between the producer and the process span.
+// again, between the producer and the process span, unless the producer's
+// trace was left out by the sampler.
 func TestQuietClientsPassTheTraceOn(t *testing.T) {
 	cfg := kafkatest.Config(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -52,12 +53,16 @@ func TestQuietClientsPassTheTraceOn(t *testing.T) {
 		}
 		return out
 	}
-	// pass produces a record under a parent span and returns the consumed
-	// record's trace context and its process span's.
-	pass := func(key string) (parent, got, process trace.SpanContext) {
+	// pass produces a record under a parent span (one left out by the
+	// sampler when sampled is false) and returns the consumed record's
+	// trace context and its process span's.
+	pass := func(key string, sampled bool) (parent, got, process trace.SpanContext) {
 		t.Helper()
 		pctx, span := tp.Tracer("test").Start(ctx, "till "+key)
 		defer span.End()
+		if !sampled {
+			pctx = trace.ContextWithSpanContext(ctx, span.SpanContext().WithTraceFlags(0))
+		}
 		if err := prod.ProduceSync(pctx, &kgo.Record{Topic: topic, Key: []byte(key), Value: []byte("v")}).FirstErr(); err != nil {
 			t.Fatal(err)
 		}
@@ -78,11 +83,11 @@ func TestQuietClientsPassTheTraceOn(t *testing.T) {
 			got = trace.SpanContextFromContext(r.Context)
 			_, ps := kafka.ProcessSpan(ctx, cons.Tracer, r)
 			ps.End()
-			return span.SpanContext(), got, ps.SpanContext()
+			return trace.SpanContextFromContext(pctx), got, ps.SpanContext()
 		}
 	}
 
-	parent, got, process := pass("quiet")
+	parent, got, process := pass("quiet", true)
 	if got.TraceID() != parent.TraceID() || got.SpanID() != parent.SpanID() {
 		t.Errorf("quiet: the consumed record's trace context %v; want its producer's %v", got, parent)
 	}
@@ -94,7 +99,17 @@ func TestQuietClientsPassTheTraceOn(t *testing.T) {
 	}
 
 	recording.Store(true)
-	parent, got, process = pass("recording")
+	// A trace the sampler left out upstream: passed on as in a quiet
+	// process, no span of the clients' own.
+	parent, got, process = pass("left out", false)
+	if got.TraceID() != parent.TraceID() || got.SpanID() != parent.SpanID() || got.IsSampled() || process.TraceID() != parent.TraceID() || process.IsSampled() {
+		t.Errorf("left out: record %v, process %v; want the producer's %v as it is, and an unsampled process span", got, process, parent)
+	}
+	if n := names(); slices.ContainsFunc(n, func(s string) bool { return strings.HasSuffix(s, " publish") || strings.HasSuffix(s, " receive") }) {
+		t.Errorf("left out: spans recorded %v; want no publish or receive span", n)
+	}
+
+	parent, got, process = pass("recording", true)
 	if got.TraceID() != parent.TraceID() || got.SpanID() == parent.SpanID() || process.TraceID() != parent.TraceID() {
 		t.Errorf("recording: record %v, process %v; want the producer's trace %v through spans of their own", got, process, parent.TraceID())
 	}
