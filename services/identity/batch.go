@@ -39,10 +39,11 @@ var _ contract.BatchResolver = (*Service)(nil)
 // group's first event fails with it.
 func (s *Service) ResolveEvents(ctx context.Context, evs []*mcv1.ChannelEvent) ([]contract.Resolution, []error) {
 	b := &eventBatch{evs: evs, out: make([]contract.Resolution, len(evs)), errs: make([]error, len(evs)),
-		ids: make([][]Normalized, len(evs)), referees: make([]*Normalized, len(evs)), seen: map[string]int{},
+		ids: make([][]Normalized, len(evs)), usable: make([][]Normalized, len(evs)), referees: make([]*Normalized, len(evs)), seen: map[string]int{},
 		grouped: map[string]bool{}, groupMembers: map[uuid.UUID]bool{}}
 	for i, ev := range evs {
 		b.ids[i], b.referees[i], b.errs[i] = s.prepareEvent(ev)
+		b.usable[i] = slices.DeleteFunc(slices.Clone(b.ids[i]), func(n Normalized) bool { return s.rules.Blocked(n.Type, n.Value) })
 	}
 	failed := len(evs)
 	// flush resolves the group waiting for its transaction; false when it
@@ -127,9 +128,9 @@ const maxGroup = 32
 var errRefusedInGroup = errors.New("an event of the group was refused")
 
 // resolveGroup resolves the group's events in one transaction, in order,
-// and empties the group. Every identifier of the group is locked first
-// (but those the rules block), in one statement and a fixed order, as one
-// event's are, then the members holding them, in id order, and the
+// and empties the group. Every usable identifier of the group (see
+// eventBatch.usable) is locked first, in one statement and a fixed order,
+// as one event's are, then the members holding them, in id order, and the
 // events' first answers looked for, all in one round trip. An event
 // refused as a data error is answered with its refusal and the others
 // resolved again without it, in a new transaction (the refusal rolled back
@@ -149,14 +150,8 @@ func (s *Service) resolveGroup(ctx context.Context, b *eventBatch) int {
 		eventIDs := make([]string, len(todo))
 		for k, j := range todo {
 			eventIDs[k] = b.evs[j].GetEventId()
-			for _, n := range b.ids[j] {
-				// A value the rules block is ignored, never stored: its
-				// lock would only queue every group that meets it (a
-				// till's placeholder phone, in a hundredth of the POS
-				// visits) behind the others, as resolve does not.
-				if !s.rules.Blocked(n.Type, n.Value) {
-					keys = append(keys, keyOf(n))
-				}
+			for _, n := range b.usable[j] {
+				keys = append(keys, keyOf(n))
 			}
 		}
 		err := postgres.PipelinedTx(ctx, s.pool, func(tx pgx.Tx) error {
@@ -218,8 +213,13 @@ func (s *Service) resolveGroup(ctx context.Context, b *eventBatch) int {
 // referees, and the answers: the events answered so far by event id, and
 // the resolutions the lookups answered, not yet recorded.
 type eventBatch struct {
-	evs       []*mcv1.ChannelEvent
-	ids       [][]Normalized
+	evs []*mcv1.ChannelEvent
+	ids [][]Normalized
+	// usable are each event's identifiers but those the rules block: a
+	// blocked value is ignored and never stored, so a group neither locks
+	// it nor waits for another group that met it (a till's placeholder
+	// phone, in a hundredth of the POS visits).
+	usable    [][]Normalized
 	referees  []*Normalized
 	out       []contract.Resolution
 	errs      []error
@@ -329,7 +329,7 @@ func (s *Service) lookup(ctx context.Context, b *eventBatch, i int) (*window, er
 func (w *window) join(b *eventBatch, j int) {
 	b.group = append(b.group, j)
 	b.grouped[b.evs[j].GetEventId()] = true
-	for _, n := range b.ids[j] {
+	for _, n := range b.usable[j] {
 		w.dirtyHashes[string(n.Hash)] = true
 		for _, r := range w.byHash[string(n.Hash)] {
 			w.dirtyMembers[r.MemberID] = true
@@ -343,7 +343,7 @@ func (w *window) join(b *eventBatch, j int) {
 // stale says whether the window's rows of event k's identifiers may have
 // changed since its lookup.
 func (w *window) stale(b *eventBatch, k int) bool {
-	for _, n := range b.ids[k] {
+	for _, n := range b.usable[k] {
 		if w.dirtyHashes[string(n.Hash)] {
 			return true
 		}

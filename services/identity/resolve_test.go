@@ -745,8 +745,9 @@ func TestAGroupTakesItsMembersInIdOrder(t *testing.T) {
 // path does not lock a value the rules block (a till's placeholder phone):
 // it is ignored and never stored, and every group that met it would queue
 // behind the one holding it. Here another transaction holds its lock, and
-// the event with the placeholder and a card is resolved by the card
-// without waiting for it.
+// two events with the placeholder and a card each are resolved by their
+// cards without waiting for it, in one group: the placeholder they share
+// is no reason to resolve the second after the first.
 func TestAGroupLeavesBlockedValuesUnlocked(t *testing.T) {
 	f, ctx := beginService(t)
 	const placeholder = "13800138000" // on rules.yaml's blocked list
@@ -762,12 +763,25 @@ func TestAGroupLeavesBlockedValuesUnlocked(t *testing.T) {
 	if err := postgres.LockIdentifiers(ctx, other, []postgres.IdentifierKey{{Type: int16(n[0].Type), Scope: n[0].Scope, Hash: n[0].Hash}}); err != nil {
 		t.Fatal(err)
 	}
-	done := f.resolveInBackground(ctx, channelEvent("g-placeholder", card("CARD-PLACEHOLDER"), phone(placeholder)))
+	done := f.resolveInBackground(ctx,
+		channelEvent("g-placeholder-1", card("CARD-PLACEHOLDER-1"), phone(placeholder)),
+		channelEvent("g-placeholder-2", card("CARD-PLACEHOLDER-2"), phone(placeholder)))
 	for {
 		select {
 		case a := <-done:
-			if a.errs[0] != nil || a.out[0].MemberID == "" || len(a.out[0].Detail.GetIgnored()) != 1 {
-				t.Fatalf("resolution %+v, %v; want a member by the card, the placeholder ignored", a.out[0], a.errs[0])
+			for i := range a.out {
+				if a.errs[i] != nil || a.out[i].MemberID == "" || len(a.out[i].Detail.GetIgnored()) != 1 {
+					t.Fatalf("event %d: resolution %+v, %v; want a member by the card, the placeholder ignored", i, a.out[i], a.errs[i])
+				}
+			}
+			// Sharing only the placeholder, the two are one group: one
+			// transaction recorded both.
+			var txs int
+			if err := f.pool.QueryRow(ctx, `SELECT count(DISTINCT xmin::text) FROM ingested_events WHERE event_id LIKE 'g-placeholder-%'`).Scan(&txs); err != nil {
+				t.Fatal(err)
+			}
+			if txs != 1 {
+				t.Fatalf("the two events were recorded by %d transactions; want one group", txs)
 			}
 			return
 		case <-ctx.Done():
