@@ -29,7 +29,8 @@ func CheckMemberEvent(ev *mcv1.MemberEvent) error {
 
 // CheckMemberChange says why c, read from member.changes.v1, is not a
 // change the relay publishes: one without a member id that is a UUID, a
-// sequence from 1, a change id, a valid time or a change. The ClickHouse
+// sequence from 1, a change id, a valid time or a change (of a kind this
+// binary knows, or of one added since: a field it does not know). The ClickHouse
 // sink refuses such a record as a data error and the sync hub passes it
 // over, so a record published there by hand is neither stored nor sent to
 // the channels' streams.
@@ -42,7 +43,9 @@ func CheckMemberChange(c *mcv1.MemberChange) error {
 		return fmt.Errorf("member change of %s without a sequence", c.GetMemberId())
 	case c.GetChangeId() == "":
 		return fmt.Errorf("member change %d of %s without a change_id", c.GetSequence(), c.GetMemberId())
-	case c.GetChange() == nil:
+	case c.GetChange() == nil && len(c.ProtoReflect().GetUnknown()) == 0:
+		// (A change of a kind added later is unknown to this binary, not
+		// missing: during a rolling upgrade it is passed on as it is.)
 		return fmt.Errorf("member change %s carries no change", c.GetChangeId())
 	}
 	if err := c.GetOccurredAt().CheckValid(); err != nil {

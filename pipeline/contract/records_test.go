@@ -4,6 +4,7 @@ import (
 	"strings"
 	"testing"
 
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
@@ -45,6 +46,14 @@ func TestCheckMemberChange(t *testing.T) {
 	}
 	if err := contract.CheckMemberChange(good()); err != nil {
 		t.Fatalf("a well-formed change: %v", err)
+	}
+	// A change of a kind added after this binary was built: field 40,
+	// unknown here, a message of its own.
+	later := good()
+	later.Change = nil
+	later.ProtoReflect().SetUnknown(protowire.AppendBytes(protowire.AppendTag(nil, 40, protowire.BytesType), []byte{0x08, 0x01}))
+	if err := contract.CheckMemberChange(later); err != nil {
+		t.Errorf("a change of a kind added later: %v; want it passed on", err)
 	}
 	for name, tc := range map[string]struct {
 		edit func(*mcv1.MemberChange)

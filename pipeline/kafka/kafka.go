@@ -321,7 +321,8 @@ type passedOn struct{}
 // of a span it did not sample, so kotel's spans and their attributes
 // would be built for nobody, 6–7% of a drain's CPU; a record of a trace
 // left out passes its context on as it is, as in a process that records
-// nothing.
+// nothing. (A sampler that is not parent-based, always_on say, would have
+// recorded spans of such a record; they are left out too.)
 func (t *Tracer) kept(ctx context.Context) bool {
 	if !t.recording() {
 		return false

@@ -226,30 +226,40 @@ func NewHeldSpends() *HeldSpends {
 	return &HeldSpends{budgets: map[string]*postgres.Spend{}, templates: map[string]*postgres.Spend{}}
 }
 
-// hold moves what w spends of the shared limits into l (when l is not nil).
+// hold moves what w spends of the shared limits into l (when l is not
+// nil). A limit is the latest phase's (a programme reloaded between two
+// phases checks the whole spend against its own).
 func (l *HeldSpends) hold(w *postgres.LoyaltyWrites) {
 	if l == nil {
 		return
 	}
-	move := func(into, from map[string]*postgres.Spend) {
+	move := func(into *map[string]*postgres.Spend, from map[string]*postgres.Spend) {
+		if *into == nil {
+			*into = map[string]*postgres.Spend{}
+		}
 		for k, sp := range from {
-			if h := into[k]; h != nil {
-				h.Amount += sp.Amount
+			if h := (*into)[k]; h != nil {
+				h.Amount, h.Limit = h.Amount+sp.Amount, sp.Limit
 			} else {
-				into[k] = &postgres.Spend{Amount: sp.Amount, Limit: sp.Limit}
+				(*into)[k] = &postgres.Spend{Amount: sp.Amount, Limit: sp.Limit}
 			}
 		}
 		clear(from)
 	}
-	move(l.budgets, w.Budgets)
-	move(l.templates, w.Templates)
+	move(&l.budgets, w.Budgets)
+	move(&l.templates, w.Templates)
 }
 
-// WriteHeld writes what held holds in tx; a limit found used up
-// meanwhile is errBudgetRace, which InTx retries with fresh counts.
+// WriteHeld writes what held holds in tx (nothing for a nil one); a limit
+// found used up meanwhile is errBudgetRace, which InTx retries with fresh
+// counts.
 func (s *Service) WriteHeld(ctx context.Context, tx pgx.Tx, held *HeldSpends) error {
+	if held == nil {
+		return nil
+	}
 	w := postgres.NewLoyaltyWrites(s.program().Version)
-	w.Budgets, w.Templates = held.budgets, held.templates
+	maps.Copy(w.Budgets, held.budgets)
+	maps.Copy(w.Templates, held.templates)
 	return s.flush(ctx, tx, w)
 }
 

@@ -242,7 +242,7 @@ func (h *Hub) Run(ctx context.Context) error {
 				err = contract.CheckMemberChange(ch)
 			}
 			if err != nil { // dead-lettered by the ClickHouse sink
-				h.log.ErrorContext(rctx, "undecodable change", "partition", r.Partition, "offset", r.Offset, "err", err)
+				h.log.ErrorContext(rctx, "not a change the relay publishes; passed over", "partition", r.Partition, "offset", r.Offset, "err", err)
 				h.skip(r.Partition, r.Offset)
 				return
 			}
@@ -293,7 +293,7 @@ func (h *Hub) committedEnd(ctx context.Context) (Position, error) {
 }
 
 // skip moves the position past a record no subscriber receives (a
-// transaction marker).
+// transaction marker, or a record that is no change the relay publishes).
 func (h *Hub) skip(partition int32, offset int64) {
 	h.mu.Lock()
 	h.pos[partition] = offset + 1

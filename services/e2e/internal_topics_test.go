@@ -16,7 +16,8 @@ import (
 // TestBadRecordsOnTheInternalTopics: records that are not what the stages
 // write, published straight to member.events.v1 and member.changes.v1
 // (bytes that are no protobuf, an empty value, an event whose member id
-// is no UUID, an event of a member nobody knows), are each dead-lettered
+// is no UUID, an event of a member nobody knows, a change of a real member
+// without an id or a change and a sequence far ahead), are each dead-lettered
 // with a reason by a stage that consumes them (the member stage, the
 // ClickHouse sink), and block nothing: a purchase published after them on
 // the same partition earns its points, and its change reaches a Subscribe
@@ -35,6 +36,13 @@ func TestBadRecordsOnTheInternalTopics(t *testing.T) {
 		}
 		return b
 	}
+	change := func(c *mcv1.MemberChange) []byte {
+		b, err := proto.Marshal(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
 	type bad struct {
 		topic, what string
 		value       []byte
@@ -46,6 +54,9 @@ func TestBadRecordsOnTheInternalTopics(t *testing.T) {
 		{e.cfg.Kafka.Topics.MemberEvents, "a member nobody knows", event("internal-ghost", uuid.Must(uuid.NewV7()).String())},
 		{e.cfg.Kafka.Topics.MemberChanges, "no protobuf", []byte{0xff, 0xff, 0xff, 0x0f, 0x01}},
 		{e.cfg.Kafka.Topics.MemberChanges, "an empty value", nil},
+		// A stream that took it would drop the member's real changes as
+		// ones it had already sent.
+		{e.cfg.Kafka.Topics.MemberChanges, "a sequence far ahead, no change", change(&mcv1.MemberChange{MemberId: member, Sequence: 1 << 40})},
 	}
 	type where struct {
 		topic     string
