@@ -14,6 +14,7 @@
 package faultsuite_test
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"os"
@@ -267,12 +268,16 @@ func (s *suite) startWorkload(ctx context.Context, wg *sync.WaitGroup) {
 		}
 	}
 
-	// The poison records, each followed by a good purchase of its shopper.
+	// The poison records, each followed by a good purchase of its shopper,
+	// and records no stage writes on the topics between the stages.
 	now := time.Now()
-	s.poisons = poisonRecords(now)
+	s.poisons = append(poisonRecords(now), internalPoisons(s.kcfg.Topics)...)
 	for _, p := range s.poisons {
-		if err := s.prod.publish(ctx, p.key, p.value); err != nil {
+		if err := s.prod.publishTo(ctx, cmp.Or(p.topic, s.kcfg.Topics.ChannelEvents), p.key, p.value); err != nil {
 			t.Fatalf("publish poison %s: %v", p.name, err)
+		}
+		if p.goodID == "" {
+			continue
 		}
 		good := purchase(p.goodID, p.key, "PC-"+p.key, now, 4_200)
 		if err := s.prod.publishEvent(ctx, good, published{id: p.goodID, kind: "purchase", phone: p.key, orderID: "O-" + p.goodID, amount: 4_200}); err != nil {

@@ -18,6 +18,8 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
+
+	"github.com/membercenter/membercenter/pipeline/kafka"
 )
 
 // shopper is a channel shopper: events are keyed by the phone.
@@ -64,8 +66,14 @@ func (p *producer) close() { p.cl.Close() }
 
 // publish sends value under key until the broker acknowledges it or ctx ends.
 func (p *producer) publish(ctx context.Context, key string, value []byte) error {
+	return p.publishTo(ctx, p.topic, key, value)
+}
+
+// publishTo writes value under key to topic, retrying until it is
+// acknowledged or ctx ends.
+func (p *producer) publishTo(ctx context.Context, topic, key string, value []byte) error {
 	for {
-		err := p.cl.ProduceSync(ctx, &kgo.Record{Key: []byte(key), Value: value}).FirstErr()
+		err := p.cl.ProduceSync(ctx, &kgo.Record{Topic: topic, Key: []byte(key), Value: value}).FirstErr()
 		if err == nil || ctx.Err() != nil {
 			return err
 		}
@@ -166,13 +174,27 @@ func (p *producer) channelWorkload(ctx context.Context, shoppers []shopper, rate
 }
 
 // poison is a record of issue 12's list, published once, with the good
-// purchase of the same shopper published right behind it.
+// purchase of the same shopper published right behind it; or a record
+// published straight to an internal topic (topic set, no good purchase).
 type poison struct {
 	name   string
+	topic  string // "": channel.events.v1
 	key    string
 	value  []byte
 	reason string // what the dead letter's reason must mention
 	goodID string
+}
+
+// internalPoisons are records no stage writes, published straight to the
+// topics between the stages: the member stage and the ClickHouse sink
+// must dead-letter them, and the sync hub pass them over.
+func internalPoisons(t kafka.Topics) []poison {
+	return []poison{
+		{name: "member.events.v1: not a MemberEvent", topic: t.MemberEvents, key: "internal-poison-1", value: []byte{0xff, 0xff, 0xff}, reason: "not a MemberEvent"},
+		{name: "member.events.v1: an empty value", topic: t.MemberEvents, key: "internal-poison-2", reason: "without event_id"},
+		{name: "member.changes.v1: not a MemberChange", topic: t.MemberChanges, key: "internal-poison-3", value: []byte{0xff, 0xff, 0xff}, reason: "not a MemberChange"},
+		{name: "member.changes.v1: an empty value", topic: t.MemberChanges, key: "internal-poison-4", reason: "member_id"},
+	}
 }
 
 func poisonRecords(at time.Time) []poison {
