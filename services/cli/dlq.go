@@ -12,6 +12,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/membercenter/membercenter/services/identity"
+	"github.com/membercenter/membercenter/services/platform"
 	"github.com/membercenter/membercenter/storage/postgres"
 
 	"github.com/membercenter/membercenter/pipeline/dlq"
@@ -34,8 +35,7 @@ func dlqCmd(stdout, logOut io.Writer) *cobra.Command {
 	// records, closed when run returns.
 	withClient := func(run func(cmd *cobra.Command, e *env, cl *kafka.Client) error) func(*cobra.Command, []string) error {
 		return withEnv(logOut, func(cmd *cobra.Command, _ []string, e *env) error {
-			cl, err := kafka.NewClient(e.cfg.Kafka, kafka.Telemetry{Tracers: e.tel.Tracers, Meters: e.tel.Meters,
-				Propagator: e.tel.Propagator, Logger: e.tel.Logger, Recording: e.tel.Recording}, "", kgo.FetchIsolationLevel(kgo.ReadCommitted()))
+			cl, err := kafka.NewClient(e.cfg.Kafka, platform.KafkaTelemetry(e.tel), "", kgo.FetchIsolationLevel(kgo.ReadCommitted()))
 			if err != nil {
 				return err
 			}

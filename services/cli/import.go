@@ -15,10 +15,10 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/membercenter/membercenter/pipeline/cdc"
-	"github.com/membercenter/membercenter/pipeline/kafka"
 
 	"github.com/membercenter/membercenter/services/attributes"
 	"github.com/membercenter/membercenter/services/migration"
+	"github.com/membercenter/membercenter/services/platform"
 	"github.com/membercenter/membercenter/services/server"
 )
 
@@ -279,8 +279,7 @@ until interrupted.`,
 					group = kcfg.Group("import-cdc-" + source)
 				}
 				start := time.Now()
-				err = cdc.Run(cmd.Context(), kcfg, kafka.Telemetry{Tracers: e.tel.Tracers, Meters: e.tel.Meters, Propagator: e.tel.Propagator,
-					Logger: e.tel.Logger, Recording: e.tel.Recording}, cdc.Config{Topics: topics, Group: group, DLQTopic: kcfg.Topics.DLQ, UntilCaughtUp: until}, cu)
+				err = cdc.Run(cmd.Context(), kcfg, platform.KafkaTelemetry(e.tel), cdc.Config{Topics: topics, Group: group, DLQTopic: kcfg.Topics.DLQ, UntilCaughtUp: until}, cu)
 				rep := cu.Report()
 				rep.Took = time.Since(start)
 				return catchUpDone(stdout, reportPath, rep, err, "refused and dead-lettered")

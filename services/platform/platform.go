@@ -223,8 +223,12 @@ func (p *Platform) NewIdentity(cw changes.Writer) (*identity.Service, error) {
 	return svc, nil
 }
 
-func (p *Platform) kafkaTelemetry() kafka.Telemetry {
-	return kafka.Telemetry{Tracers: p.tel.Tracers, Meters: p.tel.Meters, Propagator: p.tel.Propagator, Logger: p.tel.Logger, Recording: p.tel.Recording}
+func (p *Platform) kafkaTelemetry() kafka.Telemetry { return KafkaTelemetry(p.tel) }
+
+// KafkaTelemetry is what a Kafka client of a process reports to: tel's
+// providers and logger, and whether its spans are recorded now.
+func KafkaTelemetry(tel *telemetry.Telemetry) kafka.Telemetry {
+	return kafka.Telemetry{Tracers: tel.Tracers, Meters: tel.Meters, Propagator: tel.Propagator, Logger: tel.Logger, Recording: tel.Recording}
 }
 
 // Migrate applies PostgreSQL and ClickHouse migrations and creates missing

@@ -62,7 +62,7 @@ func (e *Env) Close() {
 
 // Kafka is the telemetry for the environment's Kafka clients.
 func (e *Env) Kafka() kafka.Telemetry {
-	return kafka.Telemetry{Tracers: e.Tel.Tracers, Meters: e.Tel.Meters, Propagator: e.Tel.Propagator, Logger: e.Tel.Logger, Recording: e.Tel.Recording}
+	return platform.KafkaTelemetry(e.Tel)
 }
 
 // OpenT is Open for a test, closed when the test ends.
