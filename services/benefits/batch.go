@@ -153,7 +153,7 @@ func (s *Service) applyOps(ctx context.Context, tx pgx.Tx, w *postgres.LoyaltyWr
 	for _, b := range todo {
 		byMember[b.member] = append(byMember[b.member], b)
 	}
-	members := slices.SortedFunc(maps.Keys(byMember), func(a, b uuid.UUID) int { return slices.Compare(a[:], b[:]) })
+	members := slices.SortedFunc(maps.Keys(byMember), postgres.CompareMemberIDs)
 	if err := s.addUsageAsOfLast(ctx, tx, p, rows, byMember); err != nil {
 		return err
 	}

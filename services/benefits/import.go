@@ -391,7 +391,7 @@ func (s *Service) legacyBatch(ctx context.Context, tx pgx.Tx, ops []Op) (map[int
 // members in id order, and writes them in one round trip.
 func (s *Service) importBatch(ctx context.Context, sp pgx.Tx, p *Program, ops []Op, members map[uuid.UUID]int,
 	codes map[string]int, allCodes []string, refused map[int]error) error {
-	ids := slices.SortedFunc(maps.Keys(members), func(a, b uuid.UUID) int { return slices.Compare(a[:], b[:]) })
+	ids := slices.SortedFunc(maps.Keys(members), postgres.CompareMemberIDs)
 	loads := make([]postgres.LoyaltyLoad, len(ids))
 	for k, id := range ids {
 		loads[k] = postgres.LoyaltyLoad{Member: id, Lock: true, ActivityFrom: int(monthOf(ops[members[id]].At, p.Location)) - 13, Labels: p.labels}

@@ -102,7 +102,7 @@ func (s *Service) followLabels(ctx context.Context, tx pgx.Tx, p *Program, now t
 	held *HeldSpends) error {
 	w := postgres.NewLoyaltyWrites(p.Version)
 	shared := sharedLimits{held: held}
-	for _, id := range slices.SortedFunc(slices.Values(ids), func(a, b uuid.UUID) int { return slices.Compare(a[:], b[:]) }) {
+	for _, id := range slices.SortedFunc(slices.Values(ids), postgres.CompareMemberIDs) {
 		r := rows[id]
 		if r == nil || !r.Found || r.Merged {
 			continue // gone, or merged: the member it went to has labels of its own

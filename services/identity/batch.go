@@ -1,7 +1,6 @@
 package identity
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -139,7 +138,7 @@ var errRefusedInGroup = errors.New("an event of the group was refused")
 // else -1.
 func (s *Service) resolveGroup(ctx context.Context, b *eventBatch) int {
 	todo := b.group
-	members := slices.SortedFunc(maps.Keys(b.groupMembers), func(a, b uuid.UUID) int { return bytes.Compare(a[:], b[:]) })
+	members := slices.SortedFunc(maps.Keys(b.groupMembers), postgres.CompareMemberIDs)
 	b.group = nil
 	clear(b.grouped)
 	clear(b.groupMembers)

@@ -1,7 +1,6 @@
 package tags
 
 import (
-	"bytes"
 	"context"
 	"slices"
 	"time"
@@ -174,7 +173,7 @@ func (s *Service) rebuild(ctx context.Context, facts driver.Conn, ids []uuid.UUI
 		// in one statement and their writes in one flush. A member merged
 		// since the history was read is left out.
 		sorted := slices.Clone(ids)
-		slices.SortFunc(sorted, func(a, b uuid.UUID) int { return bytes.Compare(a[:], b[:]) })
+		slices.SortFunc(sorted, postgres.CompareMemberIDs)
 		locked, err := postgres.LockMembersForUpdate(ctx, tx, sorted)
 		if err != nil {
 			return err

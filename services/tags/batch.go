@@ -140,7 +140,7 @@ func (s *Service) ApplyPrepared(ctx context.Context, tx pgx.Tx, b *Batch, reject
 			seen = append(seen, postgres.DeviceSighting{Member: id, Device: d})
 		}
 	}
-	slices.SortFunc(order, func(a, b uuid.UUID) int { return slices.Compare(a[:], b[:]) })
+	slices.SortFunc(order, postgres.CompareMemberIDs)
 	// States this stage stored last are taken out of the cache: used if
 	// their rows are still the ones stored, dropped otherwise.
 	cached := map[uuid.UUID]*State{}

@@ -7,7 +7,6 @@
 package tags
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -493,7 +492,7 @@ func (s *Service) RecomputeBatch(ctx context.Context, tx pgx.Tx, members []uuid.
 		cause[id] = causes[i]
 	}
 	ids := slices.Clone(members)
-	slices.SortFunc(ids, func(a, b uuid.UUID) int { return bytes.Compare(a[:], b[:]) })
+	slices.SortFunc(ids, postgres.CompareMemberIDs)
 	ids = slices.Compact(ids)
 	locked, err := postgres.LockMembersForUpdate(ctx, tx, ids)
 	if err != nil {
@@ -538,7 +537,7 @@ func (s *Service) Sweep(ctx context.Context, batch int) (int, error) {
 			// Members first, in id order, as the workers lock them; then
 			// their features, in one statement, and their new labels
 			// written as the tag worker writes a batch's.
-			slices.SortFunc(ids, func(a, b uuid.UUID) int { return bytes.Compare(a[:], b[:]) })
+			slices.SortFunc(ids, postgres.CompareMemberIDs)
 			locked, err := postgres.LockMembersForUpdate(ctx, tx, ids)
 			if err != nil {
 				return err

@@ -1,6 +1,7 @@
 package postgres
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 
@@ -39,6 +40,12 @@ type LockedMember struct {
 // slow worker batch held ingest up. Writers still exclude each other: NO
 // KEY UPDATE conflicts with itself and with UPDATE.
 const lockMemberRow = ` FOR NO KEY UPDATE`
+
+// CompareMemberIDs orders member ids as PostgreSQL orders uuids, byte by
+// byte: the order in which every writer that holds several members locks
+// them, so that no two transactions each hold a member the other waits
+// for.
+func CompareMemberIDs(a, b uuid.UUID) int { return bytes.Compare(a[:], b[:]) }
 
 // LockMembersForUpdate locks the members' rows (lockMemberRow), in member
 // id order (so two batches never wait for each other in opposite orders),

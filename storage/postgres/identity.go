@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"sort"
 	"time"
 
 	"github.com/google/uuid"
@@ -34,8 +33,7 @@ func LockIdentifiers(ctx context.Context, q Querier, keys []IdentifierKey) error
 // LockMembers locks member rows (lockMemberRow), in id order (no
 // deadlocks), and returns them.
 func LockMembers(ctx context.Context, q Querier, ids ...uuid.UUID) (map[uuid.UUID]MemberRow, error) {
-	sorted := append([]uuid.UUID(nil), ids...)
-	sort.Slice(sorted, func(i, j int) bool { return sorted[i].String() < sorted[j].String() })
+	sorted := slices.SortedFunc(slices.Values(ids), CompareMemberIDs)
 	out := map[uuid.UUID]MemberRow{}
 	for _, id := range sorted {
 		var m MemberRow
