@@ -221,10 +221,9 @@ type HeldSpends struct {
 	budgets, templates map[string]*postgres.Spend
 }
 
-// NewHeldSpends returns a HeldSpends that holds nothing yet.
-func NewHeldSpends() *HeldSpends {
-	return &HeldSpends{budgets: map[string]*postgres.Spend{}, templates: map[string]*postgres.Spend{}}
-}
+// NewHeldSpends returns a HeldSpends that holds nothing yet (as a zero
+// HeldSpends does: hold makes its maps).
+func NewHeldSpends() *HeldSpends { return &HeldSpends{} }
 
 // hold moves what w spends of the shared limits into l (when l is not
 // nil). A limit is the latest phase's (a programme reloaded between two

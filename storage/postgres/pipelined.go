@@ -16,8 +16,9 @@ import (
 // is a member row, its key, two identifiers, an audit row, a change and
 // the event's resolution — then pays a round trip for a run of them instead
 // of one each. The writes that may wait are those this package runs with
-// execLater (LockIdentifiers, InsertMember, InsertIdentifier, InsertAudit,
-// InsertOutbox, InsertIngestedEvent): each one's result is only its error,
+// execLater (LockIdentifiers, LockMemberRows, InsertMember,
+// InsertIdentifier, InsertAudit, FirstSequence, InsertOutbox,
+// InsertIngestedEvent): each one's result is only its error,
 // which the statement that sends it returns, named as it would be alone.
 // Statements run in the order they were issued, so a read sees every write
 // before it. A waiting write keeps its arguments until it is sent: they must
