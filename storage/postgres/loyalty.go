@@ -304,7 +304,7 @@ func LoadLoyalty(ctx context.Context, q Batcher, l LoyaltyLoad) (LoyaltyRows, er
 	// Month starts since the last evaluated month need their own 12 months.
 	queueRows(b, &r.Activity, activityColumns, `SELECT month, sum(spend), sum(points), sum(orders) FROM member_activity
 		WHERE member_id = $1
-		  AND month >= least($2::int, coalesce((SELECT (state->>'evaluated')::int FROM loyalty_state WHERE member_id = $1), $2::int) - 12)
+		  AND month >= least($2::int, coalesce((SELECT evaluated FROM loyalty_state WHERE member_id = $1), $2::int) - 12)
 		GROUP BY month`, l.Member, l.ActivityFrom)
 	queueUsage(b, l.Member, l.Periods, &r.Usage)
 	queueCounters(b, r.Budgets, r.TplIssued)
@@ -539,14 +539,14 @@ func ReturnLoyaltyData(ctx context.Context, q Querier, target, source uuid.UUID,
 // DueLoyalty lists up to limit active members with an open lot expired at
 // now or a state last evaluated before month (expiry and month starts to
 // apply). It starts from the due side (indexes point_lots_expiring and
-// loyalty_state_evaluated), so the cost follows the members that are due,
+// loyalty_state_evaluated_month), so the cost follows the members that are due,
 // not the member count.
 func DueLoyalty(ctx context.Context, q Querier, now time.Time, month, limit int) ([]uuid.UUID, error) {
 	return queryValues[uuid.UUID](ctx, q, "due members", `
 		SELECT d.member_id FROM (
 		        SELECT l.member_id FROM point_lots l WHERE l.remaining > 0 AND l.expires_at <= $1
 		        UNION
-		        SELECT s.member_id FROM loyalty_state s WHERE (s.state->>'evaluated')::int < $2
+		        SELECT s.member_id FROM loyalty_state s WHERE s.evaluated < $2
 		       ) d
 		  JOIN members m ON m.member_id = d.member_id AND m.status = 'active'
 		 LIMIT $3`, now, month, limit)

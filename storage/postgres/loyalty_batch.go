@@ -101,7 +101,7 @@ func LoadLoyaltyBatch(ctx context.Context, q Batcher, loads []LoyaltyLoad) (map[
 		  FROM unnest($1::uuid[], $2::int[]) AS w(member_id, from_month)
 		  LEFT JOIN loyalty_state s ON s.member_id = w.member_id
 		  JOIN member_activity a ON a.member_id = w.member_id
-		   AND a.month >= least(w.from_month, coalesce((s.state->>'evaluated')::int, w.from_month) - 12)
+		   AND a.month >= least(w.from_month, coalesce(s.evaluated, w.from_month) - 12)
 		 GROUP BY a.member_id, a.month`, actM, actFrom)
 	if len(useM) > 0 {
 		queueMemberRows(b, of, func(r *LoyaltyRows) *[]UsageRow { return &r.Usage }, usageColumns, usageOfPeriods, useM, useP)

@@ -2,6 +2,7 @@ package postgres_test
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"strings"
 	"testing"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
@@ -72,6 +74,70 @@ func TestLedgerRejectsUnbalancedTransaction(t *testing.T) {
 	}
 	if len(lines) != 0 {
 		t.Fatalf("ledger has %d lines after a rejected transaction", len(lines))
+	}
+}
+
+// TestLedgerChecksEveryTransactionOfABatch: the batch writer's one
+// statement for many ledger transactions is checked transaction by
+// transaction. One unbalanced among balanced ones is refused, naming its
+// sum, and none of them is written; an entry added later to a balanced
+// transaction, on its own, is refused too.
+func TestLedgerChecksEveryTransactionOfABatch(t *testing.T) {
+	ctx := context.Background()
+	pool := pgtest.NewPoolUnchecked(t, nil) // ledger rows without lots or accounts
+	member := newMember(t, pool)
+	earn := func(cause string, pts, liability int64) postgres.LedgerTransaction {
+		return postgres.LedgerTransaction{
+			TransactionID: uuid.New(), MemberID: member, Kind: "earn", Reason: "purchase", CauseID: cause,
+			CreatedAt: time.Now(),
+			Entries: []postgres.LedgerEntry{
+				{Account: postgres.MemberAccount(member), MemberID: &member, Delta: pts},
+				{Account: postgres.LiabilityAccount, Delta: liability},
+			},
+		}
+	}
+	write := func(txs ...postgres.LedgerTransaction) error {
+		return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+			w := postgres.LoyaltyWrites{ProgramVersion: "test", Ledger: txs}
+			b := &pgx.Batch{}
+			w.Queue(b, func() { t.Error("no shared limit in these writes") })
+			return tx.SendBatch(ctx, b).Close()
+		})
+	}
+	lines := func() int {
+		t.Helper()
+		got, _, err := postgres.ListLedger(ctx, pool, member, 0, 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(got)
+	}
+
+	err := write(earn("a", 5, -5), earn("b", 7, -6), earn("c", 3, -3))
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != "23514" || !strings.Contains(pgErr.Message, "does not balance (sum 1)") {
+		t.Fatalf("a statement with one unbalanced transaction: err = %v, want check_violation naming it", err)
+	}
+	if n := lines(); n != 0 {
+		t.Fatalf("the refused statement left %d ledger lines", n)
+	}
+
+	balanced := earn("d", 4, -4)
+	if err := write(balanced, earn("e", 2, -2)); err != nil {
+		t.Fatalf("balanced transactions in one statement: %v", err)
+	}
+	if n := lines(); n != 2 {
+		t.Fatalf("%d ledger lines after two balanced transactions, want 2", n)
+	}
+
+	_, err = pool.Exec(ctx, `INSERT INTO ledger_entries (transaction_id, account, member_id, delta, created_at) VALUES ($1, $2, $3, 1, now())`,
+		balanced.TransactionID, postgres.MemberAccount(member), member)
+	if !errors.As(err, &pgErr) || pgErr.Code != "23514" {
+		t.Fatalf("an entry added to a balanced transaction: err = %v, want check_violation", err)
+	}
+	var sum int64
+	if err := pool.QueryRow(ctx, `SELECT sum(delta) FROM ledger_entries WHERE transaction_id = $1`, balanced.TransactionID).Scan(&sum); err != nil || sum != 0 {
+		t.Fatalf("transaction %s sums to %d (%v) after the refused entry", balanced.TransactionID, sum, err)
 	}
 }
 

@@ -1,0 +1,16 @@
+-- +goose Up
+-- The last month evaluated of a member's loyalty state, as a column. Its
+-- index (00011, for the month-start job) was on an expression of the state
+-- document, so every write of a state (each Commit group, each batch of the
+-- benefit stage) changed an indexed column: no update could be HOT (1 of
+-- 58,563 in the benefits bench's database), and each inserted a new entry
+-- into both of the table's indexes. A stored generated column holds the
+-- month; an update that leaves it as it was is HOT when the page has room.
+ALTER TABLE loyalty_state ADD COLUMN evaluated int GENERATED ALWAYS AS ((state->>'evaluated')::int) STORED;
+CREATE INDEX loyalty_state_evaluated_month ON loyalty_state (evaluated);
+DROP INDEX loyalty_state_evaluated;
+
+-- +goose Down
+CREATE INDEX loyalty_state_evaluated ON loyalty_state (((state->>'evaluated')::int));
+DROP INDEX loyalty_state_evaluated_month;
+ALTER TABLE loyalty_state DROP COLUMN evaluated;
