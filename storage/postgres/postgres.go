@@ -79,7 +79,7 @@ func Open(ctx context.Context, cfg Config, tp trace.TracerProvider) (*pgxpool.Po
 		pc.ConnConfig.RuntimeParams["plan_cache_mode"] = "force_generic_plan"
 	}
 	pc.AfterConnect = func(_ context.Context, c *pgx.Conn) error {
-		registerUUID(c.TypeMap())
+		registerTypes(c.TypeMap())
 		return nil
 	}
 	// A span per statement (or batch), not per connection taken from the
