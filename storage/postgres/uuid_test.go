@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"math"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
@@ -67,10 +69,11 @@ func TestUUIDRoundTrips(t *testing.T) {
 	}
 }
 
-// TestArraysEncodeAsPgxDoes: the pool's connections write arrays of
-// uuid.UUID, of *uuid.UUID and of []byte (nil elements, empty and nil
-// slices too) byte for byte as pgx's own array codec does, and PostgreSQL
-// reads them back as sent.
+// TestArraysEncodeAsPgxDoes: the pool's connections write the arrays the
+// batch statements send (uuid.UUID, *uuid.UUID, []byte, string, int64,
+// time.Time and *time.Time elements; NULL elements, empty and nil slices)
+// byte for byte as pgx's own array codec does, and PostgreSQL reads them
+// back as sent.
 func TestArraysEncodeAsPgxDoes(t *testing.T) {
 	pool := pgtest.NewPoolUnchecked(t, nil)
 	ctx := context.Background()
@@ -81,44 +84,76 @@ func TestArraysEncodeAsPgxDoes(t *testing.T) {
 	defer conn.Release()
 	ours, theirs := conn.Conn().TypeMap(), pgtype.NewMap()
 	a, b, c := uuid.Must(uuid.NewV7()), uuid.Must(uuid.NewV7()), uuid.Must(uuid.NewV7())
+	shanghai := time.FixedZone("CST", 8*3600)
+	t1 := time.Date(2026, 12, 7, 6, 45, 1, 123456789, shanghai)
+	t2 := time.Date(1969, 12, 31, 23, 59, 59, 999999999, time.UTC) // before the Unix epoch, with a fraction
+	t3 := time.Date(1, 1, 1, 0, 0, 0, 0, time.UTC)
 	list := func(parts ...string) string { return "{" + strings.Join(parts, ",") + "}" }
+	micros := func(ts ...*time.Time) string {
+		var parts []string
+		for _, x := range ts {
+			if x == nil {
+				parts = append(parts, "NULL")
+				continue
+			}
+			parts = append(parts, fmt.Sprint(x.UnixMicro()))
+		}
+		return list(parts...)
+	}
 	for _, tc := range []struct {
-		oid   uint32
+		typ   string
 		value any
-		text  string // PostgreSQL's text of the array; "" for NULL
+		text  string // PostgreSQL's text of the array ("" for NULL); timestamptz[] as microseconds since the epoch
 	}{
-		{pgtype.UUIDArrayOID, []uuid.UUID(nil), ""},
-		{pgtype.UUIDArrayOID, []uuid.UUID{}, "{}"},
-		{pgtype.UUIDArrayOID, []uuid.UUID{a}, list(a.String())},
-		{pgtype.UUIDArrayOID, []uuid.UUID{a, b, c, a}, list(a.String(), b.String(), c.String(), a.String())},
-		{pgtype.UUIDArrayOID, []*uuid.UUID(nil), ""},
-		{pgtype.UUIDArrayOID, []*uuid.UUID{}, "{}"},
-		{pgtype.UUIDArrayOID, []*uuid.UUID{&a}, list(a.String())},
-		{pgtype.UUIDArrayOID, []*uuid.UUID{nil}, "{NULL}"},
-		{pgtype.UUIDArrayOID, []*uuid.UUID{&a, nil, &b, nil, &c}, list(a.String(), "NULL", b.String(), "NULL", c.String())},
-		{pgtype.ByteaArrayOID, [][]byte(nil), ""},
-		{pgtype.ByteaArrayOID, [][]byte{}, "{}"},
-		{pgtype.ByteaArrayOID, [][]byte{{}, nil, {0, 1, 0xff}}, `{"\\x",NULL,"\\x0001ff"}`},
-		{pgtype.ByteaArrayOID, [][]byte{[]byte("payload")}, `{"\\x7061796c6f6164"}`},
+		{"uuid[]", []uuid.UUID(nil), ""},
+		{"uuid[]", []uuid.UUID{}, "{}"},
+		{"uuid[]", []uuid.UUID{a}, list(a.String())},
+		{"uuid[]", []uuid.UUID{a, b, c, a}, list(a.String(), b.String(), c.String(), a.String())},
+		{"uuid[]", []*uuid.UUID(nil), ""},
+		{"uuid[]", []*uuid.UUID{}, "{}"},
+		{"uuid[]", []*uuid.UUID{&a}, list(a.String())},
+		{"uuid[]", []*uuid.UUID{nil}, "{NULL}"},
+		{"uuid[]", []*uuid.UUID{&a, nil, &b, nil, &c}, list(a.String(), "NULL", b.String(), "NULL", c.String())},
+		{"bytea[]", [][]byte(nil), ""},
+		{"bytea[]", [][]byte{}, "{}"},
+		{"bytea[]", [][]byte{{}, nil, {0, 1, 0xff}}, `{"\\x",NULL,"\\x0001ff"}`},
+		{"bytea[]", [][]byte{[]byte("payload")}, `{"\\x7061796c6f6164"}`},
+		{"text[]", []string(nil), ""},
+		{"text[]", []string{}, "{}"},
+		{"text[]", []string{"", "purchase", "会员"}, `{"",purchase,会员}`},
+		{"bigint[]", []int64(nil), ""},
+		{"bigint[]", []int64{}, "{}"},
+		{"bigint[]", []int64{math.MinInt64, -1, 0, 42, math.MaxInt64}, list(fmt.Sprint(int64(math.MinInt64)), "-1", "0", "42", fmt.Sprint(int64(math.MaxInt64)))},
+		{"timestamptz[]", []time.Time(nil), ""},
+		{"timestamptz[]", []time.Time{}, "{}"},
+		{"timestamptz[]", []time.Time{t1, t2, t3}, micros(&t1, &t2, &t3)},
+		{"timestamptz[]", []*time.Time(nil), ""},
+		{"timestamptz[]", []*time.Time{nil, &t1, nil}, micros(nil, &t1, nil)},
 	} {
-		got, err := ours.Encode(tc.oid, pgtype.BinaryFormatCode, tc.value, nil)
+		oid := map[string]uint32{"uuid[]": pgtype.UUIDArrayOID, "bytea[]": pgtype.ByteaArrayOID, "text[]": pgtype.TextArrayOID,
+			"bigint[]": pgtype.Int8ArrayOID, "timestamptz[]": pgtype.TimestamptzArrayOID}[tc.typ]
+		got, err := ours.Encode(oid, pgtype.BinaryFormatCode, tc.value, nil)
 		if err != nil {
 			t.Fatalf("%#v: %v", tc.value, err)
 		}
-		want, err := theirs.Encode(tc.oid, pgtype.BinaryFormatCode, tc.value, nil)
+		want, err := theirs.Encode(oid, pgtype.BinaryFormatCode, tc.value, nil)
 		if err != nil {
 			t.Fatalf("%#v through pgx's codec: %v", tc.value, err)
 		}
 		if !bytes.Equal(got, want) || (got == nil) != (want == nil) {
 			t.Errorf("%#v encodes as %x, pgx's codec as %x", tc.value, got, want)
 		}
-		if p := fmt.Sprintf("%T", ours.PlanEncode(tc.oid, pgtype.BinaryFormatCode, tc.value)); strings.Contains(p, "Reflect") || strings.Contains(p, "wrap") {
+		if p := fmt.Sprintf("%T", ours.PlanEncode(oid, pgtype.BinaryFormatCode, tc.value)); strings.Contains(p, "Reflect") || strings.Contains(p, "wrap") {
 			t.Errorf("%T encodes with %s", tc.value, p)
+		}
+		read := `coalesce($1::` + tc.typ + `::text, '')`
+		if tc.typ == "timestamptz[]" {
+			read = `coalesce((SELECT '{' || string_agg(coalesce((extract(epoch FROM x) * 1000000)::bigint::text, 'NULL'), ',' ORDER BY i) || '}'
+				FROM unnest($1::timestamptz[]) WITH ORDINALITY AS u(x, i)), CASE WHEN $1::timestamptz[] IS NULL THEN '' ELSE '{}' END)`
 		}
 		var isNull bool
 		var text string
-		typ := map[uint32]string{pgtype.UUIDArrayOID: "uuid[]", pgtype.ByteaArrayOID: "bytea[]"}[tc.oid]
-		if err := conn.QueryRow(ctx, `SELECT $1::`+typ+` IS NULL, coalesce($1::`+typ+`::text, '')`, tc.value).Scan(&isNull, &text); err != nil {
+		if err := conn.QueryRow(ctx, `SELECT $1::`+tc.typ+` IS NULL, `+read, tc.value).Scan(&isNull, &text); err != nil {
 			t.Fatalf("%#v: %v", tc.value, err)
 		}
 		if isNull != (tc.text == "") || text != tc.text {
