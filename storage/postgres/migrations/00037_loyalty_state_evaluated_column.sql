@@ -6,6 +6,11 @@
 -- 58,563 in the benefits bench's database), and each inserted a new entry
 -- into both of the table's indexes. A stored generated column holds the
 -- month; an update that leaves it as it was is HOT when the page has room.
+-- Adding the column rewrites the table under an exclusive lock: about 3.5 s
+-- at 1,000,000 members (a probe table of that size), during which Commits
+-- and the member stage wait. Processes of the version before go on working
+-- through it and after (their reads of the expression are answered without
+-- its index).
 ALTER TABLE loyalty_state ADD COLUMN evaluated int GENERATED ALWAYS AS ((state->>'evaluated')::int) STORED;
 CREATE INDEX loyalty_state_evaluated_month ON loyalty_state (evaluated);
 DROP INDEX loyalty_state_evaluated;
