@@ -107,9 +107,9 @@ func (s *Service) PrepareBatch(evs []*mcv1.MemberEvent) (*Batch, map[int]error) 
 
 // ApplyPrepared applies a prepared batch in tx, as ApplyBatch does in its
 // own transaction, adding the events it refuses to refused. With held,
-// what the batch takes of the shared limits is added to held instead of
-// written (see HeldSpends).
-func (s *Service) ApplyPrepared(ctx context.Context, tx pgx.Tx, b *Batch, refused map[int]error, held *HeldSpends) error {
+// what the batch takes of the shared limits and its changes are added to
+// held instead of written (see Held).
+func (s *Service) ApplyPrepared(ctx context.Context, tx pgx.Tx, b *Batch, refused map[int]error, held *Held) error {
 	if b.Empty() {
 		return nil
 	}
@@ -141,8 +141,9 @@ func (s *Service) InTx(ctx context.Context, fn func(pgx.Tx) error) error {
 // applyMember); a call's answer goes to answers. What one member takes of
 // the shared limits (campaign budgets, coupon template totals) counts for
 // the members after it, so a batch never spends a limit twice, and so
-// does what the transaction holds unwritten in held (nil: nothing).
-func (s *Service) applyOps(ctx context.Context, tx pgx.Tx, w *postgres.LoyaltyWrites, held *HeldSpends, p *Program, todo []batchOp,
+// does what the transaction holds unwritten in held (nil: nothing); a
+// member's changes continue the sequence of those held.
+func (s *Service) applyOps(ctx context.Context, tx pgx.Tx, w *postgres.LoyaltyWrites, held *Held, p *Program, todo []batchOp,
 	refused map[int]error, answers map[int]proto.Message) error {
 	rows, err := s.loadBatch(ctx, tx, p, todo)
 	if err != nil {
@@ -171,6 +172,7 @@ func (s *Service) applyOps(ctx context.Context, tx pgx.Tx, w *postgres.LoyaltyWr
 			continue
 		}
 		shared.lend(r)
+		r.ChangeSeq = held.Outbox().Sequence(m, r.ChangeSeq)
 		st, err := s.applyMember(ctx, tx, w, p, m, r, byMember[m], refused, answers)
 		if err != nil {
 			return err
@@ -187,7 +189,7 @@ func (s *Service) applyOps(ctx context.Context, tx pgx.Tx, w *postgres.LoyaltyWr
 type sharedLimits struct {
 	budgets map[string]int64
 	issued  map[string]int
-	held    *HeldSpends // taken by the transaction's earlier phases, not written yet
+	held    *Held // taken by the transaction's earlier phases, not written yet
 }
 
 // lend makes r, a member's loaded rows, read the shared counts as the
@@ -208,27 +210,45 @@ func (l *sharedLimits) lend(r *postgres.LoyaltyRows) {
 	r.Budgets, r.TplIssued = l.budgets, l.issued
 }
 
-// HeldSpends holds what a transaction has taken of the limits members share
-// (campaign budgets, coupon template totals) until WriteHeld writes it,
-// last before the commit. A shared counter's row stays locked from its
-// write to the commit, and every batch that spends the same limit (each
-// with a purchase in a birthday month, say) writes the same row: written
-// with the benefit stage's other rows, it held the other partitions'
-// batches through the label checks and the commit. The phases after the
-// first read the shared counts with what held holds added. A nil *HeldSpends
-// holds nothing: the spends are written with the other rows.
-type HeldSpends struct {
+// Held holds what a transaction's phases have taken of the limits members
+// share (campaign budgets, coupon template totals) and the changes they
+// made, until WriteHeld writes them, last before the commit.
+//
+// A shared counter's row stays locked from its write to the commit, and
+// every batch that spends the same limit (each with a purchase in a
+// birthday month, say) writes the same row: written with the benefit
+// stage's other rows, it held the other partitions' batches through the
+// label checks and the commit. The phases after the first read the shared
+// counts with what is held added.
+//
+// The changes of all phases (the tag stage's, given Outbox, the benefit
+// stage's and the label checks') go to the outbox in one insert, with one
+// move of the members' sequences (postgres.HeldOutbox).
+//
+// A nil *Held holds nothing: the spends and changes are written with the
+// other rows.
+type Held struct {
 	budgets, templates map[string]*postgres.Spend
+	outbox             postgres.HeldOutbox
 }
 
-// NewHeldSpends returns a HeldSpends that holds nothing yet (as a zero
-// HeldSpends does: hold makes its maps).
-func NewHeldSpends() *HeldSpends { return &HeldSpends{} }
+// NewHeld returns a Held that holds nothing yet (as a zero Held does: hold
+// makes its maps).
+func NewHeld() *Held { return &Held{} }
 
-// hold moves what w spends of the shared limits into l (when l is not
-// nil). A limit is the latest phase's (a programme reloaded between two
-// phases checks the whole spend against its own).
-func (l *HeldSpends) hold(w *postgres.LoyaltyWrites) {
+// Outbox is where the transaction's other phases hold their changes, for
+// WriteHeld to write with the benefit phases'; nil for a nil l.
+func (l *Held) Outbox() *postgres.HeldOutbox {
+	if l == nil {
+		return nil
+	}
+	return &l.outbox
+}
+
+// hold moves what w spends of the shared limits, and its changes, into l
+// (when l is not nil). A limit is the latest phase's (a programme
+// reloaded between two phases checks the whole spend against its own).
+func (l *Held) hold(w *postgres.LoyaltyWrites) {
 	if l == nil {
 		return
 	}
@@ -247,19 +267,24 @@ func (l *HeldSpends) hold(w *postgres.LoyaltyWrites) {
 	}
 	move(&l.budgets, w.Budgets)
 	move(&l.templates, w.Templates)
+	l.outbox.Hold(w.Outbox)
+	w.Outbox = nil
 }
 
-// WriteHeld writes what held holds in tx (nothing for a nil one); a limit
-// found used up meanwhile is errBudgetRace, which InTx retries with fresh
-// counts.
-func (s *Service) WriteHeld(ctx context.Context, tx pgx.Tx, held *HeldSpends) error {
+// WriteHeld writes what held holds in tx (nothing for a nil one): the
+// changes, then the shared counts, the last statement before the commit.
+// A limit found used up meanwhile is errBudgetRace, which InTx retries
+// with fresh counts.
+func (s *Service) WriteHeld(ctx context.Context, tx pgx.Tx, held *Held) error {
 	if held == nil {
 		return nil
 	}
 	w := postgres.NewLoyaltyWrites(s.program().Version)
 	maps.Copy(w.Budgets, held.budgets)
 	maps.Copy(w.Templates, held.templates)
-	return s.flush(ctx, tx, w)
+	b := &pgx.Batch{}
+	held.outbox.Queue(b)
+	return s.send(ctx, tx, b, w)
 }
 
 // took adds what st's operations took of the shared limits.

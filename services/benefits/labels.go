@@ -65,8 +65,8 @@ func (s *Service) CheckLabels(ctx context.Context, limit int) (int, error) {
 // are queued: the member stage calls it in the transaction in which the
 // tag stage changed their labels (and so holds their rows), so a benefit
 // follows a label in the same transaction as the label. What it takes of
-// the shared limits is added to held (see HeldSpends).
-func (s *Service) CheckLabelsOf(ctx context.Context, tx pgx.Tx, members []uuid.UUID, held *HeldSpends) error {
+// the shared limits, and the changes, are added to held (see Held).
+func (s *Service) CheckLabelsOf(ctx context.Context, tx pgx.Tx, members []uuid.UUID, held *Held) error {
 	if len(members) == 0 {
 		return nil
 	}
@@ -96,10 +96,10 @@ func labelLoads(p *Program, now time.Time, members []uuid.UUID) []postgres.Loyal
 // followLabels re-evaluates the benefits of the members ids, loaded in
 // rows, with their labels as they now are, in id order, and stores what
 // changed. A limited coupon a benefit gives goes to the members in that
-// order while it lasts; what they take of the shared limits is added to
-// held, when there is one, instead of written.
+// order while it lasts; what they take of the shared limits, and their
+// changes, are added to held, when there is one, instead of written.
 func (s *Service) followLabels(ctx context.Context, tx pgx.Tx, p *Program, now time.Time, rows map[uuid.UUID]*postgres.LoyaltyRows, ids []uuid.UUID,
-	held *HeldSpends) error {
+	held *Held) error {
 	w := postgres.NewLoyaltyWrites(p.Version)
 	shared := sharedLimits{held: held}
 	for _, id := range slices.SortedFunc(slices.Values(ids), postgres.CompareMemberIDs) {
@@ -108,6 +108,7 @@ func (s *Service) followLabels(ctx context.Context, tx pgx.Tx, p *Program, now t
 			continue // gone, or merged: the member it went to has labels of its own
 		}
 		shared.lend(r)
+		r.ChangeSeq = held.Outbox().Sequence(id, r.ChangeSeq)
 		st, err := toState(id, *r, p)
 		if err != nil {
 			return err

@@ -182,8 +182,12 @@ func (s *Service) persist(ctx context.Context, tx pgx.Tx, st *State, fx *Effects
 // flush sends the writes in one round trip; a shared limit found used up
 // meanwhile is errBudgetRace (the caller retries with fresh counts).
 func (s *Service) flush(ctx context.Context, tx pgx.Tx, w *postgres.LoyaltyWrites) error {
+	return s.send(ctx, tx, &pgx.Batch{}, w)
+}
+
+// send sends b with w's writes queued after what b holds, as flush does.
+func (s *Service) send(ctx context.Context, tx pgx.Tx, b *pgx.Batch, w *postgres.LoyaltyWrites) error {
 	raced := false
-	b := &pgx.Batch{}
 	w.Queue(b, func() { raced = true })
 	if b.Len() == 0 {
 		return nil

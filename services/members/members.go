@@ -65,13 +65,14 @@ func (a Applier) ApplyBatch(ctx context.Context, evs []*mcv1.MemberEvent) (map[i
 	var trefused, brefused map[int]error // by the transaction (an attempt's own)
 	err := a.Benefits.InTx(ctx, func(tx pgx.Tx) error {
 		trefused, brefused = map[int]error{}, map[int]error{}
-		changed, err := a.Tags.ApplyPrepared(ctx, tx, tb, trefused)
+		// The shared limits' rows (a campaign's budget) are written last,
+		// so the batch holds them for its commit only; the phases'
+		// changes go to the outbox together, with them.
+		held := benefits.NewHeld()
+		changed, err := a.Tags.ApplyPrepared(ctx, tx, tb, trefused, held.Outbox())
 		if err != nil {
 			return err
 		}
-		// The shared limits' rows (a campaign's budget) are written last,
-		// so the batch holds them for its commit only.
-		held := benefits.NewHeldSpends()
 		if err := a.Benefits.ApplyPrepared(ctx, tx, bb, brefused, held); err != nil {
 			return err
 		}

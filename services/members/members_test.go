@@ -345,3 +345,78 @@ func TestSharedCountsAreWrittenLast(t *testing.T) {
 		t.Errorf("P10 counted %d issued; want 2 (the buyer's and the sharer's)", n[0])
 	}
 }
+
+// TestTheBatchsChangesAreWrittenTogether: the tag phase's label changes,
+// the benefit phase's point changes and the label checks' grants of a
+// batch go to the outbox in one insert, with one move of the members'
+// sequences, each member's changes numbered on from the last, in the
+// order of the outbox; a second batch goes on from there.
+func TestTheBatchsChangesAreWrittenTogether(t *testing.T) {
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	f, c := beginTraced(t, tp)
+	buyer, sharer := f.member(t, c), f.member(t, c)
+	statements := func(batch []*mcv1.MemberEvent) []string {
+		t.Helper()
+		ctx, span := tp.Tracer("test").Start(c, "batch")
+		rejected, err := f.a.ApplyBatch(ctx, batch)
+		span.End()
+		if err != nil || len(rejected) != 0 {
+			t.Fatalf("ApplyBatch: %v, rejected %v", err, rejected)
+		}
+		var sqls []string
+		for _, s := range rec.Ended() {
+			if s.SpanContext().TraceID() != span.SpanContext().TraceID() {
+				continue
+			}
+			for _, a := range s.Attributes() {
+				if a.Key == semconv.DBQueryTextKey {
+					sqls = append(sqls, strings.Join(strings.Fields(a.Value.AsString()), " "))
+				}
+			}
+		}
+		return sqls
+	}
+	count := func(sqls []string, prefix string) int {
+		n := 0
+		for _, q := range sqls {
+			if strings.HasPrefix(q, prefix) {
+				n++
+			}
+		}
+		return n
+	}
+	// Each member's sequences in outbox order; they must run 1, 2, 3...
+	// and end at the member's change_seq.
+	check := func(when string, atLeast int) {
+		t.Helper()
+		for _, m := range []string{buyer, sharer} {
+			seqs := pgtest.Values[int64](t, c, f.pool, `SELECT sequence FROM outbox WHERE member_id = $1 ORDER BY outbox_id`, m)
+			last := pgtest.Values[int64](t, c, f.pool, `SELECT change_seq FROM members WHERE member_id = $1`, m)[0]
+			if len(seqs) < atLeast || last != int64(len(seqs)) {
+				t.Errorf("%s: member %s has %d changes, change_seq %d; want at least %d, and change_seq their number", when, m, len(seqs), last, atLeast)
+			}
+			for i, s := range seqs {
+				if s != int64(i+1) {
+					t.Errorf("%s: member %s's changes in outbox order are numbered %v", when, m, seqs)
+					break
+				}
+			}
+		}
+	}
+
+	first := statements([]*mcv1.MemberEvent{f.share(sharer), f.share(sharer), f.share(sharer), f.purchase(buyer, 60000)})
+	if s := f.state(t, c, sharer); !slices.Contains(s.benefits, "sharer_perk") {
+		t.Fatalf("the sharer's benefits %v: want sharer_perk, granted by the label check of the batch", s.benefits)
+	}
+	if n, u := count(first, "INSERT INTO outbox"), count(first, "UPDATE members m SET change_seq"); n != 1 || u != 1 {
+		t.Errorf("the batch wrote the outbox with %d inserts and moved sequences with %d updates; want one of each", n, u)
+	}
+	check("after the first batch", 2) // the labels' change and a benefit's, each
+
+	second := statements([]*mcv1.MemberEvent{f.purchase(buyer, 3000), f.share(sharer), f.purchase(sharer, 5000)})
+	if n := count(second, "INSERT INTO outbox"); n != 1 {
+		t.Errorf("the second batch wrote the outbox with %d inserts; want one", n)
+	}
+	check("after the second batch", 3)
+}

@@ -53,7 +53,7 @@ func (s *Service) ApplyBatch(ctx context.Context, evs []*mcv1.MemberEvent) (map[
 	}
 	inTx := func(ctx context.Context, fn func(pgx.Tx) error) error { return postgres.RetryTx(ctx, s.pool, fn) }
 	rejected, err := changes.ApplyBatch(ctx, rejected, inTx, func(tx pgx.Tx, refused map[int]error) error {
-		_, err := s.ApplyPrepared(ctx, tx, b, refused)
+		_, err := s.ApplyPrepared(ctx, tx, b, refused, nil)
 		return err
 	})
 	if err == nil {
@@ -113,8 +113,9 @@ func (s *Service) PrepareBatch(evs []*mcv1.MemberEvent) (*Batch, map[int]error) 
 // ApplyPrepared applies a prepared batch in tx, as ApplyBatch does in its
 // own transaction, adding the events it refuses to rejected. It returns the
 // members it changed (an event's member, or the one that absorbed it), in
-// id order, locked until tx ends.
-func (s *Service) ApplyPrepared(ctx context.Context, tx pgx.Tx, b *Batch, rejected map[int]error) ([]uuid.UUID, error) {
+// id order, locked until tx ends. With outbox, the changes are held there
+// (numbered after what it holds) for the transaction to write later.
+func (s *Service) ApplyPrepared(ctx context.Context, tx pgx.Tx, b *Batch, rejected map[int]error, outbox *postgres.HeldOutbox) ([]uuid.UUID, error) {
 	if b.Empty() {
 		return nil, nil
 	}
@@ -135,6 +136,7 @@ func (s *Service) ApplyPrepared(ctx context.Context, tx pgx.Tx, b *Batch, reject
 	order := make([]uuid.UUID, 0, len(members))
 	var seen []postgres.DeviceSighting
 	for id, m := range members {
+		m.changeSeq = outbox.Sequence(id, m.changeSeq)
 		order = append(order, id)
 		for _, d := range m.devices {
 			seen = append(seen, postgres.DeviceSighting{Member: id, Device: d})
@@ -192,7 +194,7 @@ func (s *Service) ApplyPrepared(ctx context.Context, tx pgx.Tx, b *Batch, reject
 		}
 		writes = append(writes, w)
 	}
-	xmins, err := s.flush(ctx, tx, writes)
+	xmins, err := s.flush(ctx, tx, writes, outbox)
 	if err != nil {
 		return nil, err
 	}

@@ -296,7 +296,7 @@ func (s *Service) store(ctx context.Context, tx pgx.Tx, m *memberState, r *Refre
 	if err != nil {
 		return err
 	}
-	_, err = s.flush(ctx, tx, []*memberWrite{w})
+	_, err = s.flush(ctx, tx, []*memberWrite{w}, nil)
 	return err
 }
 
@@ -362,8 +362,10 @@ func (s *Service) stage(ctx context.Context, m *memberState, r *Refreshed, cause
 }
 
 // flush writes the members' staged writes in one round trip, each kind of
-// row in one statement.
-func (s *Service) flush(ctx context.Context, tx pgx.Tx, ws []*memberWrite) (map[uuid.UUID]uint32, error) {
+// row in one statement; their changes go to held when there is one (for
+// the transaction to write with its other phases' changes), to the outbox
+// otherwise.
+func (s *Service) flush(ctx context.Context, tx pgx.Tx, ws []*memberWrite, held *postgres.HeldOutbox) (map[uuid.UUID]uint32, error) {
 	if len(ws) == 0 {
 		return nil, nil
 	}
@@ -393,7 +395,11 @@ func (s *Service) flush(ctx context.Context, tx pgx.Tx, ws []*memberWrite) (map[
 	postgres.QueueAttributes(b, attrMembers, attrs)
 	postgres.QueueLabelMembershipBatch(b, labels, s.now())
 	postgres.QueueProfileExports(b, exportMembers, exportVersions)
-	postgres.QueueOutbox(b, outbox)
+	if held != nil {
+		held.Hold(outbox)
+	} else {
+		postgres.QueueOutbox(b, outbox)
+	}
 	postgres.QueueBenefitLabelChecks(b, benefitChecks)
 	xmins := make(map[uuid.UUID]uint32, len(features))
 	postgres.QueueFeaturesBatch(b, features, func(m uuid.UUID, xmin uint32) { xmins[m] = xmin })
@@ -623,7 +629,7 @@ func (s *Service) recomputeLocked(ctx context.Context, tx pgx.Tx, live []uuid.UU
 		}
 		writes = append(writes, w)
 	}
-	_, err = s.flush(ctx, tx, writes)
+	_, err = s.flush(ctx, tx, writes, nil)
 	return changed, err
 }
 

@@ -77,6 +77,46 @@ func QueueOutbox(b *pgx.Batch, rows []OutboxRow) {
 		WHERE m.member_id = x.member_id AND m.change_seq < x.seq`, lm, ls)
 }
 
+// HeldOutbox holds the changes of a transaction's phases until one
+// QueueOutbox writes them all: one insert and one move of the members'
+// sequences for the transaction, not one a phase. (The member stage's tag,
+// benefit and label-check phases each made changes and wrote them, so a
+// member's row was updated once for each.) A phase numbers a member's
+// changes from Sequence of what it read under the member's lock, so they
+// continue what the earlier phases hold. A nil *HeldOutbox holds nothing.
+type HeldOutbox struct {
+	rows []OutboxRow
+	last map[uuid.UUID]int64 // the last sequence held of each member
+}
+
+// Hold keeps rows to be written by Queue.
+func (h *HeldOutbox) Hold(rows []OutboxRow) {
+	if h.last == nil {
+		h.last = map[uuid.UUID]int64{}
+	}
+	for _, r := range rows {
+		h.last[r.MemberID] = max(h.last[r.MemberID], r.Sequence)
+	}
+	h.rows = append(h.rows, rows...)
+}
+
+// Sequence is member's last change sequence, stored being the one its row
+// holds: the last one held, when that is later.
+func (h *HeldOutbox) Sequence(member uuid.UUID, stored int64) int64 {
+	if h == nil {
+		return stored
+	}
+	return max(stored, h.last[member])
+}
+
+// Queue adds to b the writes of what h holds, in the order held
+// (QueueOutbox).
+func (h *HeldOutbox) Queue(b *pgx.Batch) {
+	if h != nil {
+		QueueOutbox(b, h.rows)
+	}
+}
+
 // ClaimOutbox locks up to limit unpublished rows in outbox order. Rows locked
 // by another relay are skipped; the lock lasts until the transaction ends.
 func ClaimOutbox(ctx context.Context, tx pgx.Tx, limit int) ([]OutboxRow, error) {
