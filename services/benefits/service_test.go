@@ -423,7 +423,7 @@ func TestAMonthStartAdvancesEveryMemberDueOnce(t *testing.T) {
 		}
 	}
 	var behind int
-	if err := f.pool.QueryRow(c, `SELECT count(*) FROM loyalty_state WHERE (state->>'evaluated')::int < $1`, 2026*12+4).Scan(&behind); err != nil {
+	if err := f.pool.QueryRow(c, `SELECT count(*) FROM loyalty_state WHERE evaluated < $1`, 2026*12+4).Scan(&behind); err != nil {
 		t.Fatal(err)
 	}
 	if behind != 0 {

@@ -66,8 +66,12 @@ func QueueOutbox(b *pgx.Batch, rows []OutboxRow) {
 		members[i], seqs[i], ids[i], payloads[i], tps[i] = r.MemberID, r.Sequence, r.ChangeID, r.Payload, r.Traceparent
 		last[r.MemberID] = max(last[r.MemberID], r.Sequence)
 	}
+	// The rows take their outbox ids in the order given (the relay
+	// publishes in outbox id order, so a member's changes in sequence
+	// order).
 	b.Queue(`INSERT INTO outbox (member_id, sequence, change_id, payload, traceparent)
-		SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::uuid[], $4::bytea[], $5::text[])`, members, seqs, ids, payloads, tps)
+		SELECT m, s, c, p, t FROM unnest($1::uuid[], $2::bigint[], $3::uuid[], $4::bytea[], $5::text[]) WITH ORDINALITY AS x(m, s, c, p, t, n)
+		 ORDER BY n`, members, seqs, ids, payloads, tps)
 	lm := make([]uuid.UUID, 0, len(last))
 	ls := make([]int64, 0, len(last))
 	for m, seq := range last {

@@ -71,8 +71,9 @@ func registerTypes(m *pgtype.Map) {
 			return nil
 		}},
 	} {
-		elem, _ := m.TypeForOID(a.elem)
-		m.RegisterType(&pgtype.Type{Name: a.name, OID: a.oid, Codec: fastArrayCodec{&pgtype.ArrayCodec{ElementType: elem}, a.plan}})
+		if elem, ok := m.TypeForOID(a.elem); ok { // pgx registers every one of them
+			m.RegisterType(&pgtype.Type{Name: a.name, OID: a.oid, Codec: fastArrayCodec{&pgtype.ArrayCodec{ElementType: elem}, a.plan}})
+		}
 	}
 }
 

@@ -9,8 +9,8 @@
 -- Adding the column rewrites the table under an exclusive lock: about 3.5 s
 -- at 1,000,000 members (a probe table of that size), during which Commits
 -- and the member stage wait. Processes of the version before go on working
--- through it and after (their reads of the expression are answered without
--- its index).
+-- through it and after, but their month-start job reads the expression
+-- without its index: a scan of the whole table a run, so replace them soon.
 ALTER TABLE loyalty_state ADD COLUMN evaluated int GENERATED ALWAYS AS ((state->>'evaluated')::int) STORED;
 CREATE INDEX loyalty_state_evaluated_month ON loyalty_state (evaluated);
 DROP INDEX loyalty_state_evaluated;
