@@ -555,9 +555,9 @@ func (in *Ingest) one(ctx context.Context, r *kgo.Record, produced *kgo.FirstErr
 // event's identifiers name (ev, when it decoded), if one does, so that the
 // letter is shredded with the member; under the platform key otherwise.
 func (in *Ingest) emit(ctx context.Context, span trace.Span, r *kgo.Record, ev *mcv1.ChannelEvent, out *kgo.Record, err error, produced *kgo.FirstErrPromise) {
-	outcome := "ok"
+	outcome := emittedOK
 	if err != nil {
-		outcome = "dlq"
+		outcome = emittedDLQ
 		why := dlq.LoggedReason(err, in.seal) // traces and logs: redacted when the letter is sealed
 		span.SetStatus(codes.Error, why)
 		in.log.WarnContext(ctx, "dead-lettering event", "partition", r.Partition, "offset", r.Offset, "reason", why)
@@ -568,8 +568,15 @@ func (in *Ingest) emit(ctx context.Context, span trace.Span, r *kgo.Record, ev *
 	pctx := context.WithoutCancel(ctx)
 	out.Context = pctx
 	in.session().Produce(pctx, out, produced.Promise())
-	in.records.Add(ctx, 1, metric.WithAttributes(attribute.String("stage", Stage), attribute.String("outcome", outcome)))
+	in.records.Add(ctx, 1, outcome)
 }
+
+// The record counter's attribute sets, made once rather than for every
+// record (as the stage consumers' are).
+var (
+	emittedOK  = metric.WithAttributes(attribute.String("stage", Stage), attribute.String("outcome", "ok"))
+	emittedDLQ = metric.WithAttributes(attribute.String("stage", Stage), attribute.String("outcome", "dlq"))
+)
 
 // ErrDecode is the reason given for a record that is not a ChannelEvent.
 var ErrDecode = errors.New("record value is not a ChannelEvent")
