@@ -13,9 +13,6 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
-	"go.opentelemetry.io/otel/attribute"
-	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
-	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 
 	"github.com/membercenter/membercenter/pipeline/consumer"
 	"github.com/membercenter/membercenter/pipeline/dlq"
@@ -209,9 +206,7 @@ func testConsumer(t *testing.T, run runFunc, badAttempts int) {
 		}
 	}
 
-	tel := kafkatest.Telemetry()
-	meters := sdkmetric.NewManualReader()
-	tel.Meters = sdkmetric.NewMeterProvider(sdkmetric.WithReader(meters))
+	tel, meters := kafkatest.Metered()
 	c, err := consumer.New(kcfg, tel, cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -238,7 +233,7 @@ func testConsumer(t *testing.T, run runFunc, badAttempts int) {
 	}
 
 	// The stage counted 19 records handled and one dead-lettered.
-	if got := handledRecords(t, ctx, meters); got["ok"] != 19 || got["dlq"] != 1 || len(got) != 2 {
+	if got := kafkatest.StageRecords(t, ctx, meters, stage); got["ok"] != 19 || got["dlq"] != 1 || len(got) != 2 {
 		t.Errorf("mc.stage.records of stage %s by outcome: %v, want ok 19, dlq 1", stage, got)
 	}
 
@@ -297,32 +292,6 @@ func testConsumer(t *testing.T, run runFunc, badAttempts int) {
 			t.Errorf("second consumer applied %v for %s, want only %v (offsets of the first run not committed?)", applied2[key], key, w)
 		}
 	}
-}
-
-// handledRecords is the mc.stage.records count of stage by outcome.
-func handledRecords(t *testing.T, ctx context.Context, r *sdkmetric.ManualReader) map[string]int64 {
-	t.Helper()
-	var rm metricdata.ResourceMetrics
-	if err := r.Collect(ctx, &rm); err != nil {
-		t.Fatal(err)
-	}
-	out := map[string]int64{}
-	for _, sm := range rm.ScopeMetrics {
-		for _, m := range sm.Metrics {
-			sum, ok := m.Data.(metricdata.Sum[int64])
-			if m.Name != "mc.stage.records" || !ok {
-				continue
-			}
-			for _, p := range sum.DataPoints {
-				if st, _ := p.Attributes.Value(attribute.Key("stage")); st.AsString() != stage {
-					continue
-				}
-				o, _ := p.Attributes.Value(attribute.Key("outcome"))
-				out[o.AsString()] += p.Value
-			}
-		}
-	}
-	return out
 }
 
 func values(rs []*kgo.Record) []string {

@@ -12,9 +12,6 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
-	"go.opentelemetry.io/otel/attribute"
-	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
-	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
@@ -137,12 +134,11 @@ func TestPoisonRecordsAreRefusedAndBlockNothing(t *testing.T) {
 	}
 	o := options()
 	o.Checks = []ingest.Check{usd, bound}
-	tel := telemetry()
-	meters := sdkmetric.NewManualReader()
-	tel.Meters = sdkmetric.NewMeterProvider(sdkmetric.WithReader(meters))
+	tel, meters := kafkatest.Metered()
+	tel.Logger = telemetry().Logger
 	runIngestWith(t, ctx, kcfg, tel, &stubResolver{calls: map[string]int{}}, o)
 	kafkatest.WaitCommitted(t, ctx, kadm.NewClient(producer), kcfg.Group(ingest.Stage), kcfg.Topics.ChannelEvents)
-	if got := emitted(t, ctx, meters); got["ok"] != int64(len(list)+1) || got["dlq"] != int64(len(list)+1) || len(got) != 2 {
+	if got := kafkatest.StageRecords(t, ctx, meters, ingest.Stage); got["ok"] != int64(len(list)+1) || got["dlq"] != int64(len(list)+1) || len(got) != 2 {
 		t.Errorf("mc.stage.records of ingest by outcome: %v, want ok %d, dlq %d", got, len(list)+1, len(list)+1)
 	}
 
@@ -258,30 +254,4 @@ func waitFor(t *testing.T, ctx context.Context, what string, cond func() bool) {
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
-}
-
-// emitted is ingest's mc.stage.records count by outcome.
-func emitted(t *testing.T, ctx context.Context, r *sdkmetric.ManualReader) map[string]int64 {
-	t.Helper()
-	var rm metricdata.ResourceMetrics
-	if err := r.Collect(ctx, &rm); err != nil {
-		t.Fatal(err)
-	}
-	out := map[string]int64{}
-	for _, sm := range rm.ScopeMetrics {
-		for _, m := range sm.Metrics {
-			sum, ok := m.Data.(metricdata.Sum[int64])
-			if m.Name != "mc.stage.records" || !ok {
-				continue
-			}
-			for _, p := range sum.DataPoints {
-				if st, _ := p.Attributes.Value(attribute.Key("stage")); st.AsString() != ingest.Stage {
-					continue
-				}
-				o, _ := p.Attributes.Value(attribute.Key("outcome"))
-				out[o.AsString()] += p.Value
-			}
-		}
-	}
-	return out
 }

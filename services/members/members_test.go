@@ -304,17 +304,11 @@ func TestALimitTakenByTheBatchCountsForItsLabelChecks(t *testing.T) {
 	}
 }
 
-// TestSharedCountsAreWrittenLast: the rows of the limits members share
-// (here a coupon template's total, taken by a purchase and by a label
-// check) are written by the batch's last statement before the commit, so
-// the other partitions' batches wait for them only through a commit.
-func TestSharedCountsAreWrittenLast(t *testing.T) {
-	rec := tracetest.NewSpanRecorder()
-	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
-	f, c := beginTraced(t, tp)
-	f.useProgram(t, c, bytes.Replace(limitedCoupon(t), []byte("total_limit: 1"), []byte("total_limit: 10"), 1))
-	buyer, sharer := f.member(t, c), f.member(t, c)
-	batch := []*mcv1.MemberEvent{f.share(sharer), f.share(sharer), f.share(sharer), f.purchase(buyer, 60000)}
+// statements applies batch through the member stage and returns the SQL
+// of the statements it ran (traced by tp into rec), in order, blanks
+// folded.
+func (f *fixture) statements(t *testing.T, c context.Context, tp trace.TracerProvider, rec *tracetest.SpanRecorder, batch []*mcv1.MemberEvent) []string {
+	t.Helper()
 	ctx, span := tp.Tracer("test").Start(c, "batch")
 	rejected, err := f.a.ApplyBatch(ctx, batch)
 	span.End()
@@ -332,6 +326,20 @@ func TestSharedCountsAreWrittenLast(t *testing.T) {
 			}
 		}
 	}
+	return sqls
+}
+
+// TestSharedCountsAreWrittenLast: the rows of the limits members share
+// (here a coupon template's total, taken by a purchase and by a label
+// check) are written by the batch's last statement before the commit, so
+// the other partitions' batches wait for them only through a commit.
+func TestSharedCountsAreWrittenLast(t *testing.T) {
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	f, c := beginTraced(t, tp)
+	f.useProgram(t, c, bytes.Replace(limitedCoupon(t), []byte("total_limit: 1"), []byte("total_limit: 10"), 1))
+	buyer, sharer := f.member(t, c), f.member(t, c)
+	sqls := f.statements(t, c, tp, rec, []*mcv1.MemberEvent{f.share(sharer), f.share(sharer), f.share(sharer), f.purchase(buyer, 60000)})
 	last := slices.IndexFunc(sqls, func(q string) bool {
 		return strings.Contains(q, "coupon_template_counts") && strings.HasPrefix(q, "INSERT")
 	})
@@ -356,27 +364,7 @@ func TestTheBatchsChangesAreWrittenTogether(t *testing.T) {
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
 	f, c := beginTraced(t, tp)
 	buyer, sharer := f.member(t, c), f.member(t, c)
-	statements := func(batch []*mcv1.MemberEvent) []string {
-		t.Helper()
-		ctx, span := tp.Tracer("test").Start(c, "batch")
-		rejected, err := f.a.ApplyBatch(ctx, batch)
-		span.End()
-		if err != nil || len(rejected) != 0 {
-			t.Fatalf("ApplyBatch: %v, rejected %v", err, rejected)
-		}
-		var sqls []string
-		for _, s := range rec.Ended() {
-			if s.SpanContext().TraceID() != span.SpanContext().TraceID() {
-				continue
-			}
-			for _, a := range s.Attributes() {
-				if a.Key == semconv.DBQueryTextKey {
-					sqls = append(sqls, strings.Join(strings.Fields(a.Value.AsString()), " "))
-				}
-			}
-		}
-		return sqls
-	}
+	statements := func(batch []*mcv1.MemberEvent) []string { return f.statements(t, c, tp, rec, batch) }
 	count := func(sqls []string, prefix string) int {
 		n := 0
 		for _, q := range sqls {

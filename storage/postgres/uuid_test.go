@@ -12,22 +12,31 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgtype"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/membercenter/membercenter/storage/postgres/pgtest"
 )
+
+// poolConn is a test pool and one of its connections, released when the
+// test ends.
+func poolConn(t *testing.T, ctx context.Context) (*pgxpool.Pool, *pgxpool.Conn) {
+	t.Helper()
+	pool := pgtest.NewPoolUnchecked(t, nil)
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(conn.Release)
+	return pool, conn
+}
 
 // TestUUIDRoundTrips: uuid.UUID values, arrays of them, pointers (nil too)
 // and NULLs go through the pool's connections (which encode and scan
 // uuid.UUID as 16 bytes) as through a plain pgx connection (its
 // driver.Valuer and sql.Scanner paths), in both protocols.
 func TestUUIDRoundTrips(t *testing.T) {
-	pool := pgtest.NewPoolUnchecked(t, nil)
 	ctx := context.Background()
-	conn, err := pool.Acquire(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Release()
+	pool, conn := poolConn(t, ctx)
 	plain, err := pgx.ConnectConfig(ctx, pool.Config().ConnConfig)
 	if err != nil {
 		t.Fatal(err)
@@ -75,13 +84,8 @@ func TestUUIDRoundTrips(t *testing.T) {
 // byte for byte as pgx's own array codec does, and PostgreSQL reads them
 // back as sent.
 func TestArraysEncodeAsPgxDoes(t *testing.T) {
-	pool := pgtest.NewPoolUnchecked(t, nil)
 	ctx := context.Background()
-	conn, err := pool.Acquire(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Release()
+	_, conn := poolConn(t, ctx)
 	ours, theirs := conn.Conn().TypeMap(), pgtype.NewMap()
 	a, b, c := uuid.Must(uuid.NewV7()), uuid.Must(uuid.NewV7()), uuid.Must(uuid.NewV7())
 	shanghai := time.FixedZone("CST", 8*3600)

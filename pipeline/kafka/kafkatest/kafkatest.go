@@ -16,8 +16,11 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"go.opentelemetry.io/otel/attribute"
 	metricnoop "go.opentelemetry.io/otel/metric/noop"
 	"go.opentelemetry.io/otel/propagation"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	tracenoop "go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/membercenter/membercenter/pipeline/kafka"
@@ -39,6 +42,41 @@ func Telemetry() kafka.Telemetry {
 		Propagator: propagation.TraceContext{},
 		Logger:     slog.New(slog.DiscardHandler),
 	}
+}
+
+// Metered returns Telemetry with its meters read by the reader returned
+// (StageRecords).
+func Metered() (kafka.Telemetry, *sdkmetric.ManualReader) {
+	tel, r := Telemetry(), sdkmetric.NewManualReader()
+	tel.Meters = sdkmetric.NewMeterProvider(sdkmetric.WithReader(r))
+	return tel, r
+}
+
+// StageRecords is what the mc.stage.records counter read by r holds for
+// stage, by outcome (ok, dlq).
+func StageRecords(t testing.TB, ctx context.Context, r *sdkmetric.ManualReader, stage string) map[string]int64 {
+	t.Helper()
+	var rm metricdata.ResourceMetrics
+	if err := r.Collect(ctx, &rm); err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]int64{}
+	for _, sm := range rm.ScopeMetrics {
+		for _, m := range sm.Metrics {
+			sum, ok := m.Data.(metricdata.Sum[int64])
+			if m.Name != "mc.stage.records" || !ok {
+				continue
+			}
+			for _, p := range sum.DataPoints {
+				if st, _ := p.Attributes.Value(attribute.Key("stage")); st.AsString() != stage {
+					continue
+				}
+				o, _ := p.Attributes.Value(attribute.Key("outcome"))
+				out[o.AsString()] += p.Value
+			}
+		}
+	}
+	return out
 }
 
 // Config returns a config whose topics exist only for t.
