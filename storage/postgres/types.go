@@ -20,55 +20,25 @@ func registerTypes(m *pgtype.Map) {
 	for _, a := range []struct {
 		name      string
 		oid, elem uint32
-		plan      func(value any) pgtype.EncodePlan
+		plan      func(elem uint32, value any) pgtype.EncodePlan
 	}{
-		{"_uuid", pgtype.UUIDArrayOID, pgtype.UUIDOID, func(value any) pgtype.EncodePlan {
-			switch value.(type) {
-			case []uuid.UUID:
-				return encodeArray[uuid.UUID]{pgtype.UUIDOID, func(b []byte, v uuid.UUID) ([]byte, bool) { return append(b, v[:]...), false }}
-			case []*uuid.UUID:
-				return encodeArray[*uuid.UUID]{pgtype.UUIDOID, func(b []byte, v *uuid.UUID) ([]byte, bool) {
-					if v == nil {
-						return b, true
-					}
-					return append(b, v[:]...), false
-				}}
+		{"_uuid", pgtype.UUIDArrayOID, pgtype.UUIDOID, func(elem uint32, value any) pgtype.EncodePlan {
+			return plan(elem, value, func(b []byte, v uuid.UUID) []byte { return append(b, v[:]...) })
+		}},
+		{"_bytea", pgtype.ByteaArrayOID, pgtype.ByteaOID, func(elem uint32, value any) pgtype.EncodePlan {
+			if _, ok := value.([][]byte); ok { // a nil []byte is NULL
+				return encodeArray[[]byte]{elem, func(b []byte, v []byte) ([]byte, bool) { return append(b, v...), v == nil }}
 			}
 			return nil
 		}},
-		{"_bytea", pgtype.ByteaArrayOID, pgtype.ByteaOID, func(value any) pgtype.EncodePlan {
-			if _, ok := value.([][]byte); ok {
-				return encodeArray[[]byte]{pgtype.ByteaOID, func(b []byte, v []byte) ([]byte, bool) { return append(b, v...), v == nil }}
-			}
-			return nil
+		{"_text", pgtype.TextArrayOID, pgtype.TextOID, func(elem uint32, value any) pgtype.EncodePlan {
+			return plan(elem, value, func(b []byte, v string) []byte { return append(b, v...) })
 		}},
-		{"_text", pgtype.TextArrayOID, pgtype.TextOID, func(value any) pgtype.EncodePlan {
-			if _, ok := value.([]string); ok {
-				return encodeArray[string]{pgtype.TextOID, func(b []byte, v string) ([]byte, bool) { return append(b, v...), false }}
-			}
-			return nil
+		{"_int8", pgtype.Int8ArrayOID, pgtype.Int8OID, func(elem uint32, value any) pgtype.EncodePlan {
+			return plan(elem, value, func(b []byte, v int64) []byte { return binary.BigEndian.AppendUint64(b, uint64(v)) })
 		}},
-		{"_int8", pgtype.Int8ArrayOID, pgtype.Int8OID, func(value any) pgtype.EncodePlan {
-			if _, ok := value.([]int64); ok {
-				return encodeArray[int64]{pgtype.Int8OID, func(b []byte, v int64) ([]byte, bool) {
-					return binary.BigEndian.AppendUint64(b, uint64(v)), false
-				}}
-			}
-			return nil
-		}},
-		{"_timestamptz", pgtype.TimestamptzArrayOID, pgtype.TimestamptzOID, func(value any) pgtype.EncodePlan {
-			switch value.(type) {
-			case []time.Time:
-				return encodeArray[time.Time]{pgtype.TimestamptzOID, func(b []byte, v time.Time) ([]byte, bool) { return appendTimestamptz(b, v), false }}
-			case []*time.Time:
-				return encodeArray[*time.Time]{pgtype.TimestamptzOID, func(b []byte, v *time.Time) ([]byte, bool) {
-					if v == nil {
-						return b, true
-					}
-					return appendTimestamptz(b, *v), false
-				}}
-			}
-			return nil
+		{"_timestamptz", pgtype.TimestamptzArrayOID, pgtype.TimestamptzOID, func(elem uint32, value any) pgtype.EncodePlan {
+			return plan(elem, value, appendTimestamptz)
 		}},
 	} {
 		if elem, ok := m.TypeForOID(a.elem); ok { // pgx registers every one of them
@@ -77,8 +47,26 @@ func registerTypes(m *pgtype.Map) {
 	}
 }
 
+// plan is the plan writing value, when it is a []T or a []*T (a nil
+// pointer is a NULL element), as an array of elem, each element by put;
+// nil for any other value.
+func plan[T any](elem uint32, value any, put func(buf []byte, v T) []byte) pgtype.EncodePlan {
+	switch value.(type) {
+	case []T:
+		return encodeArray[T]{elem, func(b []byte, v T) ([]byte, bool) { return put(b, v), false }}
+	case []*T:
+		return encodeArray[*T]{elem, func(b []byte, v *T) ([]byte, bool) {
+			if v == nil {
+				return b, true
+			}
+			return put(b, *v), false
+		}}
+	}
+	return nil
+}
+
 // fastArrayCodec is an array type's pgtype.ArrayCodec that writes the
-// slices plan knows straight into PostgreSQL's binary array format. pgx's
+// slices its plan knows straight into PostgreSQL's binary array format. pgx's
 // own path boxes every element on its way to the element's plan, and reads
 // a slice of a type it does not list ([]uuid.UUID, [][]byte) through
 // reflection: parameter encoding was 7% of the process's CPU in Commit at
@@ -87,12 +75,12 @@ func registerTypes(m *pgtype.Map) {
 // ArrayCodec's.
 type fastArrayCodec struct {
 	*pgtype.ArrayCodec
-	plan func(value any) pgtype.EncodePlan
+	plan func(elem uint32, value any) pgtype.EncodePlan // elem: the element type's OID
 }
 
 func (c fastArrayCodec) PlanEncode(m *pgtype.Map, oid uint32, format int16, value any) pgtype.EncodePlan {
 	if format == pgtype.BinaryFormatCode {
-		if p := c.plan(value); p != nil {
+		if p := c.plan(c.ElementType.OID, value); p != nil {
 			return p
 		}
 	}
