@@ -171,8 +171,7 @@ func (s *Service) applyOps(ctx context.Context, tx pgx.Tx, w *postgres.LoyaltyWr
 			}
 			continue
 		}
-		shared.lend(r)
-		r.ChangeSeq = held.Outbox().Sequence(m, r.ChangeSeq)
+		shared.lend(m, r)
 		st, err := s.applyMember(ctx, tx, w, p, m, r, byMember[m], refused, answers)
 		if err != nil {
 			return err
@@ -189,13 +188,15 @@ func (s *Service) applyOps(ctx context.Context, tx pgx.Tx, w *postgres.LoyaltyWr
 type sharedLimits struct {
 	budgets map[string]int64
 	issued  map[string]int
-	held    *Held // taken by the transaction's earlier phases, not written yet
+	held    *Held // taken and changed by the transaction's earlier phases, not written yet
 }
 
-// lend makes r, a member's loaded rows, read the shared counts as the
+// lend makes r, member m's loaded rows, read the shared counts as the
 // members before it left them (the counts of the first load, with what
-// the transaction holds unwritten, otherwise).
-func (l *sharedLimits) lend(r *postgres.LoyaltyRows) {
+// the transaction holds unwritten, otherwise), and its change sequence
+// continue the changes held of m.
+func (l *sharedLimits) lend(m uuid.UUID, r *postgres.LoyaltyRows) {
+	r.ChangeSeq = l.held.Outbox().Sequence(m, r.ChangeSeq)
 	if l.budgets == nil {
 		l.budgets, l.issued = maps.Clone(r.Budgets), maps.Clone(r.TplIssued)
 		if l.held != nil {

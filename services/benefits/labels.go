@@ -107,8 +107,7 @@ func (s *Service) followLabels(ctx context.Context, tx pgx.Tx, p *Program, now t
 		if r == nil || !r.Found || r.Merged {
 			continue // gone, or merged: the member it went to has labels of its own
 		}
-		shared.lend(r)
-		r.ChangeSeq = held.Outbox().Sequence(id, r.ChangeSeq)
+		shared.lend(id, r)
 		st, err := toState(id, *r, p)
 		if err != nil {
 			return err
