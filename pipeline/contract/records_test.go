@@ -3,6 +3,7 @@ package contract_test
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -14,9 +15,12 @@ import (
 
 const member = "01a24e98-ea2d-76fa-b586-8372a497a4ff"
 
+// occurred is any instant: the checks ask only that a time be valid.
+var occurred = time.Date(2026, 3, 18, 12, 0, 0, 0, time.UTC)
+
 func TestCheckMemberEvent(t *testing.T) {
 	good := func() *mcv1.MemberEvent {
-		return &mcv1.MemberEvent{EventId: "e1", MemberId: member, OccurredAt: timestamppb.Now()}
+		return &mcv1.MemberEvent{EventId: "e1", MemberId: member, OccurredAt: timestamppb.New(occurred)}
 	}
 	if err := contract.CheckMemberEvent(good()); err != nil {
 		t.Fatalf("a well-formed event: %v", err)
@@ -41,7 +45,7 @@ func TestCheckMemberEvent(t *testing.T) {
 
 func TestCheckMemberChange(t *testing.T) {
 	good := func() *mcv1.MemberChange {
-		return &mcv1.MemberChange{MemberId: member, Sequence: 1, ChangeId: "c1", OccurredAt: timestamppb.Now(),
+		return &mcv1.MemberChange{MemberId: member, Sequence: 1, ChangeId: "c1", OccurredAt: timestamppb.New(occurred),
 			Change: &mcv1.MemberChange_PointsChanged{PointsChanged: &mcv1.PointsChanged{Delta: 5}}}
 	}
 	if err := contract.CheckMemberChange(good()); err != nil {

@@ -111,12 +111,16 @@ func TestHubWaitsForAChangeLogStillBeingCreated(t *testing.T) {
 	waitReady(t, h, ended)
 }
 
+// anyInstant is the time of the changes these tests publish: any
+// instant, only a valid one is asked for.
+var anyInstant = time.Date(2026, 3, 18, 12, 0, 0, 0, time.UTC)
+
 // change is a serialized MemberChange, as the relay publishes one, of the
 // member named m with sequence seq; store tells the copies apart.
 func change(t *testing.T, topic, name string, seq uint64, store string) *kgo.Record {
 	t.Helper()
 	m := uuid.NewSHA1(uuid.NameSpaceOID, []byte(name)).String()
-	v, err := proto.Marshal(&mcv1.MemberChange{MemberId: m, Sequence: seq, StoreId: store, ChangeId: uuid.NewString(), OccurredAt: timestamppb.Now(),
+	v, err := proto.Marshal(&mcv1.MemberChange{MemberId: m, Sequence: seq, StoreId: store, ChangeId: uuid.NewString(), OccurredAt: timestamppb.New(anyInstant),
 		Change: &mcv1.MemberChange_PointsChanged{PointsChanged: &mcv1.PointsChanged{Delta: 1, Balance: int64(seq)}}})
 	if err != nil {
 		t.Fatal(err)

@@ -30,6 +30,10 @@ import (
 	"github.com/membercenter/membercenter/services/cmd/membercenter/membercentertest"
 )
 
+// anyInstant is the time of the changes these tests publish: any
+// instant, only a valid one is asked for.
+var anyInstant = time.Date(2026, 3, 18, 12, 0, 0, 0, time.UTC)
+
 // telemetry is kafkatest's, with warnings logged to the test's log.
 func telemetry(t *testing.T) kafka.Telemetry {
 	tel := kafkatest.Telemetry()
@@ -70,7 +74,7 @@ func (o *outbox) write(t *testing.T, ctx context.Context, n int) {
 		for _, m := range o.members {
 			o.next[m]++
 			id := uuid.New()
-			v, _ := proto.Marshal(&mcv1.MemberChange{MemberId: m.String(), Sequence: o.next[m], ChangeId: id.String(), OccurredAt: timestamppb.Now(),
+			v, _ := proto.Marshal(&mcv1.MemberChange{MemberId: m.String(), Sequence: o.next[m], ChangeId: id.String(), OccurredAt: timestamppb.New(anyInstant),
 				Change: &mcv1.MemberChange_PointsChanged{PointsChanged: &mcv1.PointsChanged{Delta: 1, Balance: int64(o.next[m])}}})
 			if err := postgres.InsertOutbox(ctx, tx, postgres.OutboxRow{MemberID: m, Sequence: int64(o.next[m]), ChangeID: id, Payload: v}); err != nil {
 				t.Fatal(err)

@@ -86,10 +86,11 @@ func TestLedgerChecksEveryTransactionOfABatch(t *testing.T) {
 	ctx := context.Background()
 	pool := pgtest.NewPoolUnchecked(t, nil) // ledger rows without lots or accounts
 	member := newMember(t, pool)
+	at := time.Date(2026, 3, 18, 12, 0, 0, 0, time.UTC) // any instant: nothing here reads it
 	earn := func(cause string, pts, liability int64) postgres.LedgerTransaction {
 		return postgres.LedgerTransaction{
 			TransactionID: uuid.New(), MemberID: member, Kind: "earn", Reason: "purchase", CauseID: cause,
-			CreatedAt: time.Now(),
+			CreatedAt: at,
 			Entries: []postgres.LedgerEntry{
 				{Account: postgres.MemberAccount(member), MemberID: &member, Delta: pts},
 				{Account: postgres.LiabilityAccount, Delta: liability},
