@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-
-	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -18,6 +16,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"google.golang.org/grpc"
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
