@@ -354,9 +354,7 @@ func TestMemberCodeScanRacingUncommittedUse(t *testing.T) {
 	}
 	// Every scan waits on the uncommitted use's row lock before it commits.
 	pgtest.Eventually(t, "every scan to wait on the use's row lock", func() (bool, error) {
-		var waiting int
-		err := f.pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
-			WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&waiting)
+		waiting, err := lockWaiters(ctx, f.pool)
 		return waiting >= scans, err
 	})
 	if err := tx.Commit(ctx); err != nil {

@@ -665,6 +665,13 @@ func TestResolveEventsEqualsOneByOne(t *testing.T) {
 	}
 }
 
+// lockWaiters counts the sessions of pool's database waiting for a lock.
+func lockWaiters(ctx context.Context, pool *pgxpool.Pool) (int, error) {
+	var n int
+	err := pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&n)
+	return n, err
+}
+
 // answer is what ResolveEvents answered.
 type answer struct {
 	out  []contract.Resolution
@@ -712,8 +719,8 @@ func TestAGroupTakesItsMembersInIdOrder(t *testing.T) {
 		channelEvent("g-lo", phone(phoneOf[lo]), card("CARD-G-LO")))
 	// Until the group waits for a lock the stage holds.
 	for {
-		var waiting int
-		if err := f.pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&waiting); err != nil {
+		waiting, err := lockWaiters(ctx, f.pool)
+		if err != nil {
 			t.Fatalf("waiting for the group to wait for the member the stage holds: %v", err)
 		}
 		if waiting > 0 {
@@ -788,8 +795,8 @@ func TestAGroupLeavesBlockedValuesUnlocked(t *testing.T) {
 			t.Fatal(ctx.Err())
 		case <-time.After(10 * time.Millisecond): // the poll's interval
 		}
-		var waiting int
-		if err := f.pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&waiting); err != nil {
+		waiting, err := lockWaiters(ctx, f.pool)
+		if err != nil {
 			t.Fatal(err)
 		}
 		if waiting > 0 {
