@@ -11,8 +11,6 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/encoding"
-	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
@@ -20,6 +18,8 @@ import (
 	"google.golang.org/protobuf/types/dynamicpb"
 
 	_ "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
+
+	"github.com/membercenter/membercenter/services/server/servertest"
 )
 
 // clearRefusal is what the answer to a bad request may say: what was
@@ -61,7 +61,7 @@ func TestEveryRPCAnswersBadRequestsClearly(t *testing.T) {
 				t.Errorf("%s, request %d (%v): %v; want a clear refusal", path, i, shortText(req), err)
 			}
 		}
-		code, err := call(ctx, e.conn, m, path, rawBytes{0xff, 0xff, 0xff, 0x0f, 0x01})
+		code, err := call(ctx, e.conn, m, path, []byte{0xff, 0xff, 0xff, 0x0f, 0x01})
 		if code != codes.InvalidArgument {
 			t.Errorf("%s, bytes that are no protobuf: %v; want InvalidArgument", path, err)
 		}
@@ -76,13 +76,14 @@ func TestEveryRPCAnswersBadRequestsClearly(t *testing.T) {
 	}
 }
 
-// call invokes m with req and returns the status code; a server stream is
+// call invokes m with req (bytes are sent as they are, whatever m's
+// type) and returns the status code; a server stream is
 // read until its first message or error, or for a second (a subscription
 // that waits for changes is answering).
 func call(ctx context.Context, conn *grpc.ClientConn, m protoreflect.MethodDescriptor, path string, req any) (codes.Code, error) {
 	var opts []grpc.CallOption
-	if _, raw := req.(rawBytes); raw {
-		opts = append(opts, grpc.ForceCodecV2(rawCodec{}))
+	if _, raw := req.([]byte); raw {
+		opts = append(opts, grpc.ForceCodec(servertest.RawCodec{}))
 	}
 	if !m.IsStreamingServer() {
 		err := conn.Invoke(ctx, path, req, dynamicpb.NewMessage(m.Output()), opts...)
@@ -92,7 +93,7 @@ func call(ctx context.Context, conn *grpc.ClientConn, m protoreflect.MethodDescr
 	// that is a success. Bytes that are no protobuf must be refused,
 	// however long the machine takes.
 	wait := time.Second
-	if _, raw := req.(rawBytes); raw {
+	if _, raw := req.([]byte); raw {
 		wait = time.Minute
 	}
 	sctx, cancel := context.WithTimeout(ctx, wait)
@@ -199,22 +200,4 @@ func shortText(m any) string {
 		s = s[:200] + "…"
 	}
 	return s
-}
-
-// rawBytes is a request sent as it is, whatever the method's type.
-type rawBytes []byte
-
-type rawCodec struct{}
-
-func (rawCodec) Name() string { return "proto" }
-
-func (rawCodec) Marshal(v any) (mem.BufferSlice, error) {
-	if b, ok := v.(rawBytes); ok {
-		return mem.BufferSlice{mem.SliceBuffer(b)}, nil
-	}
-	return encoding.GetCodecV2("proto").Marshal(v)
-}
-
-func (rawCodec) Unmarshal(data mem.BufferSlice, v any) error {
-	return encoding.GetCodecV2("proto").Unmarshal(data, v)
 }

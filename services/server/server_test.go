@@ -94,18 +94,6 @@ func ctx(t *testing.T) context.Context {
 	return c
 }
 
-// rawCodec sends bytes as they are, as a client with a broken encoder would.
-type rawCodec struct{}
-
-func (rawCodec) Name() string { return "proto" }
-func (rawCodec) Marshal(v any) ([]byte, error) {
-	if b, ok := v.([]byte); ok {
-		return b, nil
-	}
-	return proto.Marshal(v.(proto.Message))
-}
-func (rawCodec) Unmarshal(b []byte, v any) error { return proto.Unmarshal(b, v.(proto.Message)) }
-
 func validResolve() *mcv1.ResolveRequest {
 	return &mcv1.ResolveRequest{
 		Identifiers:     []*mcv1.Identifier{{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_MEMBER_CARD, Value: "card-1"}},
@@ -156,7 +144,7 @@ func TestUndecodableRequestsAreInvalidArgumentNamingTheField(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			before := h.identity.calls.Load() + h.sync.calls.Load() + h.profile.calls.Load()
 			if tc.stream {
-				s, err := h.conn.NewStream(ctx(t), &grpc.StreamDesc{ServerStreams: true}, tc.method, grpc.ForceCodec(rawCodec{}))
+				s, err := h.conn.NewStream(ctx(t), &grpc.StreamDesc{ServerStreams: true}, tc.method, grpc.ForceCodec(servertest.RawCodec{}))
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -167,7 +155,7 @@ func TestUndecodableRequestsAreInvalidArgumentNamingTheField(t *testing.T) {
 				err = s.RecvMsg(&mcv1.SubscribeResponse{})
 				assertInvalid(t, err, tc.field)
 			} else {
-				err := h.conn.Invoke(ctx(t), tc.method, tc.body, &mcv1.ResolveResponse{}, grpc.ForceCodec(rawCodec{}))
+				err := h.conn.Invoke(ctx(t), tc.method, tc.body, &mcv1.ResolveResponse{}, grpc.ForceCodec(servertest.RawCodec{}))
 				assertInvalid(t, err, tc.field)
 			}
 			if after := h.identity.calls.Load() + h.sync.calls.Load() + h.profile.calls.Load(); after != before {
