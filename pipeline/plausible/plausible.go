@@ -34,57 +34,81 @@ func Text(m proto.Message) error {
 	if m == nil {
 		return nil
 	}
-	return walk(m.ProtoReflect(), "")
+	if err := walk(m.ProtoReflect()); err != nil {
+		return err
+	}
+	return nil
 }
 
-func walk(m protoreflect.Message, prefix string) error {
-	var err error
+// walk checks the strings of m. A field's path is built only on the way
+// back from an offending value (under): every event passes through here,
+// and nearly all of them are fine.
+func walk(m protoreflect.Message) *FieldError {
+	var err *FieldError
 	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
-		name := prefix + fd.JSONName()
 		switch {
 		case fd.IsMap():
 			v.Map().Range(func(k protoreflect.MapKey, mv protoreflect.Value) bool {
 				key := k.Value()
-				at := fmt.Sprintf("%s[%q]", name, key.String())
 				if fd.MapKey().Kind() == protoreflect.StringKind {
-					if err = text(at+" (key)", key.String()); err != nil {
-						return false
+					if err = text(key.String()); err != nil {
+						err.Field = " (key)"
 					}
 				}
-				err = value(fd.MapValue(), mv, at)
+				if err == nil {
+					err = value(fd.MapValue(), mv)
+				}
+				if err != nil {
+					err.under(fmt.Sprintf("%s[%q]", fd.JSONName(), key.String()))
+				}
 				return err == nil
 			})
 		case fd.IsList():
 			l := v.List()
 			for i := 0; i < l.Len() && err == nil; i++ {
-				err = value(fd, l.Get(i), fmt.Sprintf("%s[%d]", name, i))
+				if err = value(fd, l.Get(i)); err != nil {
+					err.under(fmt.Sprintf("%s[%d]", fd.JSONName(), i))
+				}
 			}
 		default:
-			err = value(fd, v, name)
+			if err = value(fd, v); err != nil {
+				err.under(fd.JSONName())
+			}
 		}
 		return err == nil
 	})
 	return err
 }
 
-func value(fd protoreflect.FieldDescriptor, v protoreflect.Value, at string) error {
+// value checks the strings of v, a value of fd; an error's field is the
+// path below v.
+func value(fd protoreflect.FieldDescriptor, v protoreflect.Value) *FieldError {
 	switch fd.Kind() {
 	case protoreflect.StringKind:
-		return text(at, v.String())
+		return text(v.String())
 	case protoreflect.MessageKind, protoreflect.GroupKind:
-		return walk(v.Message(), at+".")
+		if err := walk(v.Message()); err != nil {
+			return err.under(".")
+		}
 	}
 	return nil
 }
 
-func text(at, s string) error {
+// text checks one string; its error names no field yet.
+func text(s string) *FieldError {
 	if !utf8.ValidString(s) {
-		return &FieldError{Field: at, Reason: "not valid UTF-8"}
+		return &FieldError{Reason: "not valid UTF-8"}
 	}
 	if i := strings.IndexByte(s, 0); i >= 0 {
-		return &FieldError{Field: at, Reason: fmt.Sprintf("contains a NUL byte at byte %d", i)}
+		return &FieldError{Reason: fmt.Sprintf("contains a NUL byte at byte %d", i)}
 	}
 	return nil
+}
+
+// under puts the path of where e was found before its field.
+func (e *FieldError) under(at string) *FieldError {
+	e.Field = at + e.Field
+	return e
 }
 
 // Window is how far from now an event's time may be.

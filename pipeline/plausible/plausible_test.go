@@ -49,11 +49,12 @@ func TestTextFindsNULAnywhere(t *testing.T) {
 	}
 	// Map keys and values too.
 	req := &mcv1.UpdateAttributesRequest{MemberId: "m", Attributes: map[string]string{"city": "Shang\x00hai"}}
-	if err := plausible.Text(req); err == nil || !strings.Contains(err.Error(), `attributes["city"]`) {
+	var fe *plausible.FieldError
+	if err := plausible.Text(req); !errors.As(err, &fe) || fe.Field != `attributes["city"]` || !strings.Contains(fe.Reason, "NUL byte at byte 5") {
 		t.Errorf("map value: %v", err)
 	}
 	req.Attributes = map[string]string{"ci\x00ty": "x"}
-	if err := plausible.Text(req); err == nil || !strings.Contains(err.Error(), "(key)") {
+	if err := plausible.Text(req); !errors.As(err, &fe) || fe.Field != `attributes["ci\x00ty"] (key)` {
 		t.Errorf("map key: %v", err)
 	}
 }
