@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"encoding/binary"
+	"slices"
 	"time"
 
 	"github.com/google/uuid"
@@ -23,22 +24,22 @@ func registerTypes(m *pgtype.Map) {
 		plan      func(elem uint32, value any) pgtype.EncodePlan
 	}{
 		{"_uuid", pgtype.UUIDArrayOID, pgtype.UUIDOID, func(elem uint32, value any) pgtype.EncodePlan {
-			return plan(elem, value, func(b []byte, v uuid.UUID) []byte { return append(b, v[:]...) })
+			return plan(elem, value, func(b []byte, v uuid.UUID) []byte { return append(b, v[:]...) }, fixed[uuid.UUID](16))
 		}},
 		{"_bytea", pgtype.ByteaArrayOID, pgtype.ByteaOID, func(elem uint32, value any) pgtype.EncodePlan {
 			if _, ok := value.([][]byte); ok { // a nil []byte is NULL
-				return encodeArray[[]byte]{elem, func(b []byte, v []byte) ([]byte, bool) { return append(b, v...), v == nil }}
+				return encodeArray[[]byte]{elem, func(b []byte, v []byte) ([]byte, bool) { return append(b, v...), v == nil }, func(v []byte) int { return len(v) }}
 			}
 			return nil
 		}},
 		{"_text", pgtype.TextArrayOID, pgtype.TextOID, func(elem uint32, value any) pgtype.EncodePlan {
-			return plan(elem, value, func(b []byte, v string) []byte { return append(b, v...) })
+			return plan(elem, value, func(b []byte, v string) []byte { return append(b, v...) }, func(v string) int { return len(v) })
 		}},
 		{"_int8", pgtype.Int8ArrayOID, pgtype.Int8OID, func(elem uint32, value any) pgtype.EncodePlan {
-			return plan(elem, value, func(b []byte, v int64) []byte { return binary.BigEndian.AppendUint64(b, uint64(v)) })
+			return plan(elem, value, func(b []byte, v int64) []byte { return binary.BigEndian.AppendUint64(b, uint64(v)) }, fixed[int64](8))
 		}},
 		{"_timestamptz", pgtype.TimestamptzArrayOID, pgtype.TimestamptzOID, func(elem uint32, value any) pgtype.EncodePlan {
-			return plan(elem, value, appendTimestamptz)
+			return plan(elem, value, appendTimestamptz, fixed[time.Time](8))
 		}},
 	} {
 		if elem, ok := m.TypeForOID(a.elem); ok { // pgx registers every one of them
@@ -48,22 +49,30 @@ func registerTypes(m *pgtype.Map) {
 }
 
 // plan is the plan writing value, when it is a []T or a []*T (a nil
-// pointer is a NULL element), as an array of elem, each element by put;
-// nil for any other value.
-func plan[T any](elem uint32, value any, put func(buf []byte, v T) []byte) pgtype.EncodePlan {
+// pointer is a NULL element), as an array of elem, each element by put,
+// which appends size(v) bytes; nil for any other value.
+func plan[T any](elem uint32, value any, put func(buf []byte, v T) []byte, size func(v T) int) pgtype.EncodePlan {
 	switch value.(type) {
 	case []T:
-		return encodeArray[T]{elem, func(b []byte, v T) ([]byte, bool) { return put(b, v), false }}
+		return encodeArray[T]{elem, func(b []byte, v T) ([]byte, bool) { return put(b, v), false }, size}
 	case []*T:
 		return encodeArray[*T]{elem, func(b []byte, v *T) ([]byte, bool) {
 			if v == nil {
 				return b, true
 			}
 			return put(b, *v), false
+		}, func(v *T) int {
+			if v == nil {
+				return 0
+			}
+			return size(*v)
 		}}
 	}
 	return nil
 }
+
+// fixed is the size function of a type whose binary form is n bytes.
+func fixed[T any](n int) func(T) int { return func(T) int { return n } }
 
 // fastArrayCodec is an array type's pgtype.ArrayCodec that writes the
 // slices its plan knows straight into PostgreSQL's binary array format. pgx's
@@ -88,12 +97,15 @@ func (c fastArrayCodec) PlanEncode(m *pgtype.Map, oid uint32, format int16, valu
 }
 
 // encodeArray writes a []T as a one-dimensional array of elem, each
-// element by put, which appends its binary form or says it is NULL. A nil
-// slice is NULL and an empty one has one dimension of length 0, as pgx
-// writes them.
+// element by put, which appends its binary form (size bytes) or says it is
+// NULL. A nil slice is NULL and an empty one has one dimension of length
+// 0, as pgx writes them. The buffer grows once, to the array's size: pgx
+// hands every statement a buffer of at most 256 bytes, and appending a
+// batch's column to it doubled and copied it a dozen times.
 type encodeArray[T any] struct {
 	elem uint32
 	put  func(buf []byte, v T) (out []byte, null bool)
+	size func(v T) int
 }
 
 func (p encodeArray[T]) Encode(value any, buf []byte) ([]byte, error) {
@@ -101,6 +113,11 @@ func (p encodeArray[T]) Encode(value any, buf []byte) ([]byte, error) {
 	if vs == nil {
 		return nil, nil
 	}
+	n := 20 + 4*len(vs)
+	for i := range vs {
+		n += p.size(vs[i])
+	}
+	buf = slices.Grow(buf, n)
 	flags := len(buf) + 4
 	buf = binary.BigEndian.AppendUint32(buf, 1) // dimensions
 	buf = binary.BigEndian.AppendUint32(buf, 0) // has NULLs: set below

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -162,6 +163,27 @@ func TestArraysEncodeAsPgxDoes(t *testing.T) {
 		}
 		if isNull != (tc.text == "") || text != tc.text {
 			t.Errorf("%#v reads back as null=%v %q, want %q", tc.value, isNull, text, tc.text)
+		}
+	}
+	// A batch's column grows the buffer of at most 256 bytes pgx hands a
+	// statement once, not once per doubling.
+	buf := make([]byte, 0, 256)
+	for _, tc := range []struct {
+		oid   uint32
+		value any
+	}{
+		{pgtype.UUIDArrayOID, make([]uuid.UUID, 1000)},
+		{pgtype.ByteaArrayOID, slices.Repeat([][]byte{[]byte("a change's payload"), nil}, 500)},
+		{pgtype.TextArrayOID, slices.Repeat([]string{"purchase"}, 1000)},
+		{pgtype.TimestamptzArrayOID, slices.Repeat([]*time.Time{&t1, nil}, 500)},
+	} {
+		plan := ours.PlanEncode(tc.oid, pgtype.BinaryFormatCode, tc.value)
+		if n := testing.AllocsPerRun(10, func() {
+			if _, err := plan.Encode(tc.value, buf[:0]); err != nil {
+				t.Fatal(err)
+			}
+		}); n > 1 {
+			t.Errorf("%T of 1,000 elements: %.0f allocations an encoding, want 1", tc.value, n)
 		}
 	}
 }
