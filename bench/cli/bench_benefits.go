@@ -92,6 +92,7 @@ same topic. Prints Markdown; progress goes to stderr.`,
 	f.IntVar(&b.conns, "conns", 4, "gRPC client connections the requests are spread over")
 	f.DurationVar(&b.timeout, "timeout", 30*time.Second, "deadline of each request; one that passes counts as an error")
 	f.StringVar(&b.cpuProfile, "cpuprofile", "", "write a CPU profile of this process during the closed-loop Commit run to this file")
+	f.StringVar(&b.quoteProfile, "quote-cpuprofile", "", "write a CPU profile of this process (client and server) during the Quote run to this file")
 	return cmd
 }
 
@@ -101,7 +102,7 @@ type benefitsBench struct {
 	members, warm, rate, commitWorkers, events, kafkaEvents, conns int
 	commitRates, appliers                                          []int
 	duration, saturation, timeout                                  time.Duration
-	cpuProfile                                                     string
+	cpuProfile, quoteProfile                                       string
 
 	runID    string
 	benchURL string
@@ -216,7 +217,13 @@ func (b *benefitsBench) run(ctx context.Context) error {
 
 	var quoted, quotedPoints atomic.Int64
 	b.logf("quote: BenefitsService.Quote, %d requests at %d/s after a %s warm-up", n, b.rate, resolveWarmup)
-	if r.quote, r.quoteUse, err = b.openPhase(ctx, "quote", b.rate, b.quoteCall(&quoted, &quotedPoints)); err != nil {
+	stopProfile, err := startCPUProfile(b.quoteProfile)
+	if err != nil {
+		return err
+	}
+	r.quote, r.quoteUse, err = b.openPhase(ctx, "quote", b.rate, b.quoteCall(&quoted, &quotedPoints))
+	stopProfile()
+	if err != nil {
 		return fmt.Errorf("quote: %w", err)
 	}
 	b.logf("quote: p50 %s ms, p99 %s ms, %.0f/s, %d errors", ms(r.quote.Median), ms(r.quote.P99), r.quote.Throughput, r.quote.errors)
