@@ -12,6 +12,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"go.opentelemetry.io/otel/attribute"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	semconv "go.opentelemetry.io/otel/semconv/v1.40.0"
@@ -315,16 +316,24 @@ func (f *fixture) statements(t *testing.T, c context.Context, tp trace.TracerPro
 	if err != nil || len(rejected) != 0 {
 		t.Fatalf("ApplyBatch: %v, rejected %v", err, rejected)
 	}
+	// A statement is a span of its own, or an event of its batch's span
+	// (which ends after them).
 	var sqls []string
-	for _, s := range rec.Ended() {
-		if s.SpanContext().TraceID() != span.SpanContext().TraceID() {
-			continue
-		}
-		for _, a := range s.Attributes() {
+	add := func(attrs []attribute.KeyValue) {
+		for _, a := range attrs {
 			if a.Key == semconv.DBQueryTextKey {
 				sqls = append(sqls, strings.Join(strings.Fields(a.Value.AsString()), " "))
 			}
 		}
+	}
+	for _, s := range rec.Ended() {
+		if s.SpanContext().TraceID() != span.SpanContext().TraceID() {
+			continue
+		}
+		for _, e := range s.Events() {
+			add(e.Attributes)
+		}
+		add(s.Attributes())
 	}
 	return sqls
 }

@@ -11,10 +11,13 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"go.opentelemetry.io/otel/codes"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	semconv "go.opentelemetry.io/otel/semconv/v1.40.0"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/membercenter/membercenter/storage/postgres"
 	"github.com/membercenter/membercenter/storage/postgres/pgtest"
@@ -516,5 +519,72 @@ func TestPoolWaitsAreMetricsAndStatementsSpans(t *testing.T) {
 	// The ping at Open and the three statements each took a connection.
 	if acquires < 3 {
 		t.Errorf("pgxpool.acquires of pool platform = %d, want at least 3", acquires)
+	}
+}
+
+// TestABatchsStatementsAreEventsOfItsSpan: a batch is one span under the
+// request, with an event for each statement that names it, in order; a
+// statement that fails still has a span of its own, with its error.
+func TestABatchsStatementsAreEventsOfItsSpan(t *testing.T) {
+	ctx := context.Background()
+	spans := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans))
+	pool, err := postgres.Open(ctx, postgres.Config{URL: pgtest.NewDB(t), MaxConns: 2}, tp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	send := func(sqls ...string) (trace.SpanContext, error) {
+		rctx, request := tp.Tracer("test").Start(ctx, "request")
+		defer request.End()
+		b := &pgx.Batch{}
+		for _, q := range sqls {
+			b.Queue(q)
+		}
+		return request.SpanContext(), pool.SendBatch(rctx, b).Close()
+	}
+	under := func(request trace.SpanContext) []sdktrace.ReadOnlySpan {
+		var out []sdktrace.ReadOnlySpan
+		for _, s := range spans.Ended() {
+			if s.SpanContext().TraceID() == request.TraceID() && s.SpanContext().SpanID() != request.SpanID() {
+				out = append(out, s)
+			}
+		}
+		return out
+	}
+
+	sqls := []string{"SELECT 1", "SELECT 2", "SELECT 'three'"}
+	request, err := send(sqls...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := under(request)
+	if len(got) != 1 || got[0].Parent().SpanID() != request.SpanID() {
+		t.Fatalf("%d spans under the request; want the batch's alone", len(got))
+	}
+	var events []string
+	for _, e := range got[0].Events() {
+		for _, a := range e.Attributes {
+			if e.Name == "batch query" && a.Key == semconv.DBQueryTextKey {
+				events = append(events, a.Value.AsString())
+			}
+		}
+	}
+	if !slices.Equal(events, sqls) {
+		t.Errorf("the batch span's statement events %q; want %q", events, sqls)
+	}
+
+	request, err = send("SELECT 1", "SELECT 1/0")
+	if err == nil {
+		t.Fatal("a division by zero in a batch did not fail it")
+	}
+	var failed []string
+	for _, s := range under(request) {
+		if s.Status().Code == codes.Error && s.Parent().SpanID() != request.SpanID() {
+			failed = append(failed, s.Name())
+		}
+	}
+	if len(failed) != 1 {
+		t.Errorf("spans with an error under the batch: %q; want the failed statement's", failed)
 	}
 }
