@@ -124,6 +124,10 @@ func WithSpanProcessor(p sdktrace.SpanProcessor) Option {
 	return func(o *options) { o.spans = append(o.spans, p) }
 }
 
+// SpanEventLimit is how many events a span keeps unless
+// OTEL_SPAN_EVENT_COUNT_LIMIT says otherwise.
+const SpanEventLimit = 1024
+
 // Setup builds the providers. Shut them down with Shutdown.
 func Setup(ctx context.Context, cfg Config, logOut io.Writer, opts ...Option) (*Telemetry, error) {
 	var o options
@@ -139,7 +143,15 @@ func Setup(ctx context.Context, cfg Config, logOut io.Writer, opts ...Option) (*
 		return nil, err
 	}
 
-	tpOpts := []sdktrace.TracerProviderOption{sdktrace.WithResource(res)}
+	// A batch's statements are events of its span (storage/postgres), and a
+	// transactional batch of ingest's identity groups can hold a few
+	// hundred: the SDK keeps 128 events a span by default and counts the
+	// rest as dropped. OTEL_SPAN_EVENT_COUNT_LIMIT, when set, decides.
+	limits := sdktrace.NewSpanLimits()
+	if os.Getenv("OTEL_SPAN_EVENT_COUNT_LIMIT") == "" {
+		limits.EventCountLimit = SpanEventLimit
+	}
+	tpOpts := []sdktrace.TracerProviderOption{sdktrace.WithResource(res), sdktrace.WithRawSpanLimits(limits)}
 	for _, p := range o.spans {
 		tpOpts = append(tpOpts, sdktrace.WithSpanProcessor(p))
 	}

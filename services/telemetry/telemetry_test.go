@@ -246,3 +246,27 @@ func TestSpanProcessorAddedLaterIsHeard(t *testing.T) {
 		t.Errorf("the processor added after Setup received %d spans; want the one started while it listened", len(ended))
 	}
 }
+
+// TestSpansKeepABatchsStatements: a span keeps SpanEventLimit events (a
+// batch's statements are events of its span), unless
+// OTEL_SPAN_EVENT_COUNT_LIMIT sets another limit.
+func TestSpansKeepABatchsStatements(t *testing.T) {
+	for _, tc := range []struct {
+		env  string
+		want int
+	}{{"", telemetry.SpanEventLimit}, {"50", 50}} {
+		t.Setenv("OTEL_SPAN_EVENT_COUNT_LIMIT", tc.env)
+		tel, spans := setup(t, telemetry.Config{ServiceName: "mc", LogLevel: "info"}, io.Discard)
+		_, span := tel.Tracers.Tracer("test").Start(context.Background(), "batch")
+		for range telemetry.SpanEventLimit + 10 {
+			span.AddEvent("batch query")
+		}
+		span.End()
+		ended := spans.Ended()
+		got := ended[len(ended)-1]
+		if n := len(got.Events()); n != tc.want || got.DroppedEvents() != telemetry.SpanEventLimit+10-tc.want {
+			t.Errorf("OTEL_SPAN_EVENT_COUNT_LIMIT=%q: a span kept %d events and dropped %d of %d; want %d kept",
+				tc.env, n, got.DroppedEvents(), telemetry.SpanEventLimit+10, tc.want)
+		}
+	}
+}

@@ -264,7 +264,9 @@ func RetryTx(ctx context.Context, pool *pgxpool.Pool, fn func(pgx.Tx) error) err
 // as spans they were 6% of a Quote's CPU with every span recorded (a
 // Quote's load is one batch of eight statements), and as many spans more
 // for an exporter to send. A statement that failed keeps its span, with
-// its error, as otelpgx records it.
+// its error, as otelpgx records it. A span keeps as many events as the
+// tracer provider allows (the platform's: telemetry.SpanEventLimit); the
+// rest are counted as dropped.
 type batchTracer struct{ *otelpgx.Tracer }
 
 func (t batchTracer) TraceBatchQuery(ctx context.Context, conn *pgx.Conn, data pgx.TraceBatchQueryData) {
