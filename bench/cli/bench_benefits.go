@@ -92,7 +92,7 @@ same topic. Prints Markdown; progress goes to stderr.`,
 	f.IntVar(&b.conns, "conns", 4, "gRPC client connections the requests are spread over")
 	f.DurationVar(&b.timeout, "timeout", 30*time.Second, "deadline of each request; one that passes counts as an error")
 	f.StringVar(&b.cpuProfile, "cpuprofile", "", "write a CPU profile of this process during the closed-loop Commit run to this file")
-	f.StringVar(&b.quoteProfile, "quote-cpuprofile", "", "write a CPU profile of this process (client and server) during the Quote run to this file")
+	f.StringVar(&b.quoteProfile, "quote-cpuprofile", "", "write a CPU profile of this process (client and server) during the Quote run, its warm-up included, to this file")
 	return cmd
 }
 

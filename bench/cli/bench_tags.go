@@ -1172,9 +1172,9 @@ func (wireReplyCodec) Unmarshal(data mem.BufferSlice, v any) error {
 }
 
 // wireProfile checks an encoded GetProfileResponse: its profile's
-// member_id is member and it has labels (the decoded check the bench made
-// before). Every field is walked, so a malformed
-// response fails.
+// member_id is member and it has labels. The response's and the profile's
+// fields are walked, so a response cut short or badly framed fails; the
+// labels and other nested messages are not decoded.
 func wireProfile(b []byte, member uuid.UUID) error {
 	var profile []byte
 	if err := eachField(b, func(num protowire.Number, v []byte) {
@@ -1598,7 +1598,7 @@ func (b *tagsBench) report(r *tagsReport) {
 		rates[i] = thousands(int64(rate))
 	}
 	fmt.Fprintf(w, "### GetProfile at %s requests/s\n\n", strings.Join(rates, " and "))
-	fmt.Fprintf(w, "`ProfileService.GetProfile` of a random member of the run (attributes, consents, balance, tier and every label: one PostgreSQL round trip) over %d client connections, open loop, each request in its own goroutine, timed from its intended send time after an unmeasured %s warm-up, on the same server while the tag stage runs idle; client and server share this process, so its CPU is both. The client checks each response on the wire (the member's id, labels present, every field well-formed) without decoding it: a client on a machine of its own decodes there, and here building 243 label messages a response took a fifth of the shared CPU. The floor is `grpc.health.v1.Health/Check` on the same server, client and connections at the same rate in the same run, just before.\n\n", b.conns, resolveWarmup)
+	fmt.Fprintf(w, "`ProfileService.GetProfile` of a random member of the run (attributes, consents, balance, tier and every label: one PostgreSQL round trip) over %d client connections, open loop, each request in its own goroutine, timed from its intended send time after an unmeasured %s warm-up, on the same server while the tag stage runs idle; client and server share this process, so its CPU is both. The client checks each response on the wire (the response's and the profile's fields framed correctly, the member's id, labels present) without decoding it: a client on a machine of its own decodes there, and here building 243 label messages a response took a fifth of the shared CPU. The floor is `grpc.health.v1.Health/Check` on the same server, client and connections at the same rate in the same run, just before.\n\n", b.conns, resolveWarmup)
 	fmt.Fprintf(w, "| scenario | requests | target rate (req/s) | achieved (req/s) | p50 ms | p99 ms | max ms | errors | p50 ÷ floor | p99 ÷ floor | machine busy (cores) | PG round trips / request | membercenter CPU ms / request | PostgreSQL CPU ms / request |\n")
 	fmt.Fprintf(w, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, run := range r.gets {

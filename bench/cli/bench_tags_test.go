@@ -10,10 +10,10 @@ import (
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 )
 
-// TestWireProfileChecksWhatTheDecodedCheckDid: the GetProfile bench's check
-// on the wire accepts the member's profile with labels and refuses another
-// member's, one without labels and a response cut short.
-func TestWireProfileChecksWhatTheDecodedCheckDid(t *testing.T) {
+// TestWireProfileChecksTheMembersProfileHasLabels: the GetProfile bench's
+// check on the wire accepts the member's profile with labels and refuses
+// another member's, one without labels and a response cut short.
+func TestWireProfileChecksTheMembersProfileHasLabels(t *testing.T) {
 	member, other := uuid.New(), uuid.New()
 	encode := func(p *mcv1.Profile) []byte {
 		t.Helper()

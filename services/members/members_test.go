@@ -317,7 +317,8 @@ func (f *fixture) statements(t *testing.T, c context.Context, tp trace.TracerPro
 		t.Fatalf("ApplyBatch: %v, rejected %v", err, rejected)
 	}
 	// A statement is a span of its own, or an event of its batch's span
-	// (which ends after them).
+	// (which ends after them; a failed statement's own span would end
+	// before, but ApplyBatch succeeded).
 	var sqls []string
 	add := func(attrs []attribute.KeyValue) {
 		for _, a := range attrs {

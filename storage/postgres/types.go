@@ -101,7 +101,7 @@ func (c fastArrayCodec) PlanEncode(m *pgtype.Map, oid uint32, format int16, valu
 // NULL. A nil slice is NULL and an empty one has one dimension of length
 // 0, as pgx writes them. The buffer grows once, to the array's size: pgx
 // hands every statement a buffer of at most 256 bytes, and appending a
-// batch's column to it doubled and copied it a dozen times.
+// batch's column to it grew and copied it a dozen times.
 type encodeArray[T any] struct {
 	elem uint32
 	put  func(buf []byte, v T) (out []byte, null bool)
