@@ -562,29 +562,39 @@ func TestABatchsStatementsAreEventsOfItsSpan(t *testing.T) {
 	if len(got) != 1 || got[0].Parent().SpanID() != request.SpanID() {
 		t.Fatalf("%d spans under the request; want the batch's alone", len(got))
 	}
-	var events []string
-	for _, e := range got[0].Events() {
-		for _, a := range e.Attributes {
-			if e.Name == "batch query" && a.Key == semconv.DBQueryTextKey {
-				events = append(events, a.Value.AsString())
+	events := func(s sdktrace.ReadOnlySpan) []string {
+		var out []string
+		for _, e := range s.Events() {
+			for _, a := range e.Attributes {
+				if e.Name == "batch query" && a.Key == semconv.DBQueryTextKey {
+					out = append(out, a.Value.AsString())
+				}
 			}
 		}
+		return out
 	}
-	if !slices.Equal(events, sqls) {
-		t.Errorf("the batch span's statement events %q; want %q", events, sqls)
+	if got := events(got[0]); !slices.Equal(got, sqls) {
+		t.Errorf("the batch span's statement events %q; want %q", got, sqls)
 	}
 
 	request, err = send("SELECT 1", "SELECT 1/0")
 	if err == nil {
 		t.Fatal("a division by zero in a batch did not fail it")
 	}
-	var failed []string
+	var batch, failed sdktrace.ReadOnlySpan
 	for _, s := range under(request) {
-		if s.Status().Code == codes.Error && s.Parent().SpanID() != request.SpanID() {
-			failed = append(failed, s.Name())
+		if s.Parent().SpanID() == request.SpanID() {
+			batch = s
+		} else {
+			failed = s
 		}
 	}
-	if len(failed) != 1 {
-		t.Errorf("spans with an error under the batch: %q; want the failed statement's", failed)
+	switch {
+	case batch == nil || failed == nil || len(under(request)) != 2:
+		t.Fatalf("%d spans under the request; want the batch's and its failed statement's", len(under(request)))
+	case failed.Parent().SpanID() != batch.SpanContext().SpanID() || failed.Status().Code != codes.Error:
+		t.Errorf("the failed statement's span %q: parent %s, status %v; want under the batch, with its error", failed.Name(), failed.Parent().SpanID(), failed.Status())
+	case !slices.Equal(events(batch), []string{"SELECT 1"}):
+		t.Errorf("the failed batch's statement events %q; want the statement that ran", events(batch))
 	}
 }
