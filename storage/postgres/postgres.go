@@ -262,8 +262,8 @@ func RetryTx(ctx context.Context, pool *pgxpool.Pool, fn func(pgx.Tx) error) err
 // spans of their own. otelpgx starts and ends such a span at once, when
 // the statement's results have been read, so it holds no time of its own;
 // as spans they were 6% of a Quote's CPU with every span recorded (a
-// Quote's load is one batch of eight statements), and as many spans more
-// for an exporter to send. A statement that failed keeps its span, with
+// Quote's load is one batch of several statements), and as many spans
+// more for an exporter to send. A statement that failed keeps its span, with
 // its error, as otelpgx records it. A span keeps as many events as the
 // tracer provider allows (the platform's: telemetry.SpanEventLimit); the
 // rest are counted as dropped.
