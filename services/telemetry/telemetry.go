@@ -144,9 +144,10 @@ func Setup(ctx context.Context, cfg Config, logOut io.Writer, opts ...Option) (*
 	}
 
 	// A batch's statements are events of its span (storage/postgres), and a
-	// transactional batch of ingest's identity groups can hold a few
-	// hundred: the SDK keeps 128 events a span by default and counts the
-	// rest as dropped. OTEL_SPAN_EVENT_COUNT_LIMIT, when set, decides.
+	// transactional batch of ingest's identity groups queues several
+	// statements for each of up to 32 events: the SDK keeps 128 events a
+	// span by default and counts the rest as dropped.
+	// OTEL_SPAN_EVENT_COUNT_LIMIT, when set, decides.
 	limits := sdktrace.NewSpanLimits()
 	if os.Getenv("OTEL_SPAN_EVENT_COUNT_LIMIT") == "" {
 		limits.EventCountLimit = SpanEventLimit
