@@ -70,8 +70,11 @@ pipeline_cmd=(pipeline --members "$p_members" --events "$p_events" --fresh-event
 pipeline="$(cd "$root" && "$bin" "${pipeline_cmd[@]}")"
 took=$((SECONDS / 60))m$((SECONDS % 60))s
 
-# The fault suite's section (scripts/faults.sh) is kept as it is.
+# The fault suite's section (scripts/faults.sh) is kept as it is, and so is
+# the history written by hand between runs (the "Later:" sections, the
+# legacy import's figures): a run rewrites only what it measures.
 reliability="$(sed -n '/^<!-- reliability:begin/,/^<!-- reliability:end -->/p' "$out" 2>/dev/null || true)"
+history="$(sed -n '/^<!-- history:begin/,/^<!-- history:end -->/p' "$out" 2>/dev/null || true)"
 
 cat >"$out" <<MD
 # Benchmarks
@@ -202,5 +205,6 @@ floor.
 
 $pipeline
 MD
+if [[ -n "$history" ]]; then printf '\n%s\n' "$history" >>"$out"; fi
 if [[ -n "$reliability" ]]; then printf '\n%s\n' "$reliability" >>"$out"; fi
 echo "bench: wrote $out"
