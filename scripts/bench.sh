@@ -86,7 +86,7 @@ noisy, so compare the ratios, not the absolute numbers.
 - Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1024/1024}' /proc/meminfo), $(uname -sr)
 - Servers: PostgreSQL 15, Kafka 4.1 (KRaft, one broker), ClickHouse 18.16, all on loopback, started by \`scripts/deps.sh\`
 - Date: $(date -u +%Y-%m-%d), commit $(git -C "$root" rev-parse --short HEAD)
-- \`make bench\` wrote this file in $took (every section below, in one unattended run, including any preloading)
+- \`make bench\` wrote this file in $took (every section below but the "Later:" sections written by hand between runs, which it keeps, and the fault suite's, in one unattended run, including any preloading)
 
 ## Event → change on a Subscribe stream
 
