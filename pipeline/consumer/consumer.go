@@ -105,10 +105,9 @@ func New(kcfg kafka.Config, tel kafka.Telemetry, cfg Config) (*Consumer, error) 
 		cfg.MaxPollRecords = 1000
 	}
 	c := &Consumer{cfg: cfg, seal: kcfg.DLQSealer, retryLimit: kcfg.RetryLimit(), log: tel.Logger.With("stage", cfg.Stage), now: time.Now,
-		workers:   map[partition]*worker{},
-		inStage:   metric.WithAttributes(attribute.String("stage", cfg.Stage)),
-		handledOK: metric.WithAttributes(attribute.String("stage", cfg.Stage), attribute.String("outcome", "ok")),
-		letters:   metric.WithAttributes(attribute.String("stage", cfg.Stage), attribute.String("outcome", "dlq"))}
+		workers: map[partition]*worker{},
+		inStage: metric.WithAttributes(attribute.String("stage", cfg.Stage))}
+	c.handledOK, c.letters = kafka.RecordOutcomes(cfg.Stage)
 	opts := []kgo.Opt{
 		kgo.ConsumerGroup(cfg.Group),
 		kgo.ConsumeTopics(cfg.Topics...),

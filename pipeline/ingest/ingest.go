@@ -571,12 +571,8 @@ func (in *Ingest) emit(ctx context.Context, span trace.Span, r *kgo.Record, ev *
 	in.records.Add(ctx, 1, outcome)
 }
 
-// The record counter's attribute sets, made once rather than for every
-// record (as the stage consumers' are).
-var (
-	emittedOK  = metric.WithAttributes(attribute.String("stage", Stage), attribute.String("outcome", "ok"))
-	emittedDLQ = metric.WithAttributes(attribute.String("stage", Stage), attribute.String("outcome", "dlq"))
-)
+// The record counter's attribute sets, made once.
+var emittedOK, emittedDLQ = kafka.RecordOutcomes(Stage)
 
 // ErrDecode is the reason given for a record that is not a ChannelEvent.
 var ErrDecode = errors.New("record value is not a ChannelEvent")

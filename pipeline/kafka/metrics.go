@@ -1,6 +1,7 @@
 package kafka
 
 import (
+	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 )
 
@@ -14,6 +15,14 @@ type StageMetrics struct {
 	// Latency is the time from a record's timestamp to its effects being
 	// durable.
 	Latency metric.Float64Histogram
+}
+
+// RecordOutcomes are the attribute sets Records counts stage's records
+// under: handled (ok) and dead-lettered (dlq). A stage makes them once; a
+// set made for every record cost more than recording it.
+func RecordOutcomes(stage string) (ok, dlq metric.MeasurementOption) {
+	return metric.WithAttributes(attribute.String("stage", stage), attribute.String("outcome", "ok")),
+		metric.WithAttributes(attribute.String("stage", stage), attribute.String("outcome", "dlq"))
 }
 
 // NewStageMetrics returns the stage instruments of mp.
