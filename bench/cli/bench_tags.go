@@ -28,7 +28,6 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -42,6 +41,7 @@ import (
 	"github.com/membercenter/membercenter/pipeline/kafka"
 	"github.com/membercenter/membercenter/services/facts"
 	"github.com/membercenter/membercenter/services/platform"
+	"github.com/membercenter/membercenter/services/server/servertest"
 	"github.com/membercenter/membercenter/services/tags"
 	"github.com/membercenter/membercenter/storage/clickhouse/segment"
 )
@@ -1145,30 +1145,11 @@ type tagGetRun struct {
 // server's two cores, where building every response's 243 label messages
 // took a fifth of the process's CPU and fed its garbage collector.
 func tagsGetProfileWire(ctx context.Context, conn *grpc.ClientConn, _ string, member uuid.UUID) error {
-	var resp wireReply
-	if err := conn.Invoke(ctx, mcv1.ProfileService_GetProfile_FullMethodName, &mcv1.GetProfileRequest{MemberId: member.String()}, &resp, grpc.ForceCodecV2(wireReplyCodec{})); err != nil {
+	var resp []byte
+	if err := conn.Invoke(ctx, mcv1.ProfileService_GetProfile_FullMethodName, &mcv1.GetProfileRequest{MemberId: member.String()}, &resp, grpc.ForceCodec(servertest.RawCodec{})); err != nil {
 		return err
 	}
 	return wireProfile(resp, member)
-}
-
-// wireReply is a response's bytes as they came (wireReplyCodec).
-type wireReply []byte
-
-// wireReplyCodec encodes requests as protobuf and keeps responses as
-// their bytes (a *wireReply).
-type wireReplyCodec struct{}
-
-func (wireReplyCodec) Name() string { return "proto" }
-
-func (wireReplyCodec) Marshal(v any) (mem.BufferSlice, error) {
-	b, err := proto.Marshal(v.(proto.Message))
-	return mem.BufferSlice{mem.SliceBuffer(b)}, err
-}
-
-func (wireReplyCodec) Unmarshal(data mem.BufferSlice, v any) error {
-	*v.(*wireReply) = data.Materialize()
-	return nil
 }
 
 // wireProfile checks an encoded GetProfileResponse: its profile's

@@ -2,9 +2,11 @@ package servertest
 
 import "google.golang.org/protobuf/proto"
 
-// RawCodec is the protobuf codec of a client with a broken encoder: a
-// []byte request is sent as it is, whatever the method's type; any other
-// message, and every answer, as protobuf. Use it with grpc.ForceCodec.
+// RawCodec is the protobuf codec of a client that handles bytes itself: a
+// []byte request is sent as it is, whatever the method's type (a client
+// with a broken encoder); an answer into a *[]byte is kept as its bytes (a
+// client that checks them on the wire). Any other message is protobuf.
+// Use it with grpc.ForceCodec.
 type RawCodec struct{}
 
 func (RawCodec) Name() string { return "proto" }
@@ -16,4 +18,12 @@ func (RawCodec) Marshal(v any) ([]byte, error) {
 	return proto.Marshal(v.(proto.Message))
 }
 
-func (RawCodec) Unmarshal(b []byte, v any) error { return proto.Unmarshal(b, v.(proto.Message)) }
+// Unmarshal is given bytes of the answer's own (gRPC materialises them
+// for a codec of this kind), so a *[]byte keeps them.
+func (RawCodec) Unmarshal(b []byte, v any) error {
+	if p, ok := v.(*[]byte); ok {
+		*p = b
+		return nil
+	}
+	return proto.Unmarshal(b, v.(proto.Message))
+}
