@@ -223,8 +223,6 @@ func (p *Platform) NewIdentity(cw changes.Writer) (*identity.Service, error) {
 	return svc, nil
 }
 
-func (p *Platform) kafkaTelemetry() kafka.Telemetry { return KafkaTelemetry(p.tel) }
-
 // KafkaTelemetry is what a Kafka client of a process reports to: tel's
 // providers and logger, and whether its spans are recorded now.
 func KafkaTelemetry(tel *telemetry.Telemetry) kafka.Telemetry {
@@ -258,7 +256,7 @@ func (p *Platform) Migrate(ctx context.Context) error {
 		return err
 	}
 	log.InfoContext(ctx, "clickhouse migrated", "applied", applied)
-	cl, err := kafka.NewClient(p.cfg.Kafka, p.kafkaTelemetry(), "")
+	cl, err := kafka.NewClient(p.cfg.Kafka, KafkaTelemetry(p.tel), "")
 	if err != nil {
 		return err
 	}
@@ -331,7 +329,7 @@ func (p *Platform) Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return err
 	}
-	e := env{p: p, d: d, ktel: p.kafkaTelemetry(), now: now,
+	e := env{p: p, d: d, ktel: KafkaTelemetry(p.tel), now: now,
 		together: slices.Contains(o.Stages, benefits.Stage) && slices.Contains(o.Stages, tags.Stage)}
 	ps := &parts{checks: map[string]server.Check{"postgres": p.pool.Ping}, shared: map[string]bool{}}
 	if d.facts != nil {
