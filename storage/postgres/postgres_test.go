@@ -11,6 +11,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"go.opentelemetry.io/otel/codes"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
@@ -457,21 +458,29 @@ func TestPruneOutboxKeepsWhatIsUnpublishedOrRecent(t *testing.T) {
 	}
 }
 
+// tracedPool is a pool of a new database (closed when the test ends) whose
+// spans tp records in spans.
+func tracedPool(t *testing.T, ctx context.Context) (*pgxpool.Pool, *sdktrace.TracerProvider, *tracetest.SpanRecorder) {
+	t.Helper()
+	spans := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans))
+	pool, err := postgres.Open(ctx, postgres.Config{URL: pgtest.NewDB(t), MaxConns: 2}, tp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	return pool, tp, spans
+}
+
 // TestPoolWaitsAreMetricsAndStatementsSpans: a request's trace holds its
 // statements, not a span for every connection taken from the pool; how
 // often and how long calls waited for a connection is in the pool's
 // metrics, under the pool's name.
 func TestPoolWaitsAreMetricsAndStatementsSpans(t *testing.T) {
 	ctx := context.Background()
-	spans := tracetest.NewSpanRecorder()
-	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans))
+	pool, tp, spans := tracedPool(t, ctx)
 	reader := sdkmetric.NewManualReader()
 	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
-	pool, err := postgres.Open(ctx, postgres.Config{URL: pgtest.NewDB(t), MaxConns: 2}, tp)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pool.Close()
 	if err := postgres.RecordPoolStats(pool, mp, "platform"); err != nil {
 		t.Fatal(err)
 	}
@@ -527,13 +536,7 @@ func TestPoolWaitsAreMetricsAndStatementsSpans(t *testing.T) {
 // statement that fails still has a span of its own, with its error.
 func TestABatchsStatementsAreEventsOfItsSpan(t *testing.T) {
 	ctx := context.Background()
-	spans := tracetest.NewSpanRecorder()
-	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans))
-	pool, err := postgres.Open(ctx, postgres.Config{URL: pgtest.NewDB(t), MaxConns: 2}, tp)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pool.Close()
+	pool, tp, spans := tracedPool(t, ctx)
 	send := func(sqls ...string) (trace.SpanContext, error) {
 		rctx, request := tp.Tracer("test").Start(ctx, "request")
 		defer request.End()
