@@ -20,6 +20,7 @@ import (
 	"github.com/membercenter/membercenter/pipeline/dlq"
 	"github.com/membercenter/membercenter/pipeline/kafka/kafkatest"
 	"github.com/membercenter/membercenter/services/identity"
+	"github.com/membercenter/membercenter/storage/postgres/pgtest"
 )
 
 // report is what the checks found: figures for BENCHMARKS.md and the
@@ -239,6 +240,14 @@ func (s *suite) checkLedger(ctx context.Context, r *report) {
 	r.expect(badLots == 0, "balance = sum of the open lots' remaining points (%d differ)", badLots)
 	r.expect(negative == 0, "no negative balance (%d)", negative)
 	r.expect(unbalanced == 0, "every ledger transaction balanced (%d not)", unbalanced)
+	refs := fmt.Sprintf("every member, origin member and ledger transaction that a row names exists (the %d references the schema does not enforce)",
+		len(pgtest.UncheckedReferences))
+	if err := pgtest.CheckReferences(ctx, s.pool); err != nil {
+		refs += ": " + err.Error()
+		r.expect(false, "%s", refs)
+	} else {
+		r.expect(true, "%s", refs)
+	}
 	r.add("")
 }
 

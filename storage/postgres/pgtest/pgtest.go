@@ -73,7 +73,8 @@ func NewDB(t testing.TB) string {
 
 // NewPool returns a pool on a fresh migrated database for t, closed when the
 // test ends. Queries are traced with tp (nil for none). When the test ends,
-// the ledger invariants are checked (see CheckLedger).
+// the ledger invariants and the references the schema does not enforce are
+// checked (see CheckLedger, CheckReferences).
 func NewPool(t testing.TB, tp trace.TracerProvider) *pgxpool.Pool {
 	t.Helper()
 	pool := NewPoolUnchecked(t, tp)
@@ -81,8 +82,54 @@ func NewPool(t testing.TB, tp trace.TracerProvider) *pgxpool.Pool {
 		if err := CheckLedger(context.Background(), pool); err != nil {
 			t.Errorf("pgtest: ledger invariant broken at the end of the test: %v", err)
 		}
+		if err := CheckReferences(context.Background(), pool); err != nil {
+			t.Errorf("pgtest: %v", err)
+		}
 	})
 	return pool
+}
+
+// Reference is a column whose values name rows of another table, checked by
+// tests rather than by a foreign key.
+type Reference struct {
+	Table, Column, RefTable, RefColumn string
+}
+
+// UncheckedReferences are the foreign keys migration 00039 dropped: written
+// with every purchase, they could not fail (members and ledger transactions
+// are never deleted) and cost the stream core a lookup and a row lock each.
+var UncheckedReferences = []Reference{
+	{"ingested_events", "member_id", "members", "member_id"},
+	{"ledger_transactions", "origin_member_id", "members", "member_id"},
+	{"ledger_entries", "member_id", "members", "member_id"},
+	{"point_lots", "transaction_id", "ledger_transactions", "transaction_id"},
+	{"point_lots", "origin_member_id", "members", "member_id"},
+	{"orders", "origin_member_id", "members", "member_id"},
+	{"member_activity", "origin_member_id", "members", "member_id"},
+	{"coupons", "origin_member_id", "members", "member_id"},
+}
+
+// CheckReferences verifies that every value of UncheckedReferences names an
+// existing row, as the foreign keys did.
+func CheckReferences(ctx context.Context, q postgres.Querier) error {
+	var errs []string
+	for _, r := range UncheckedReferences {
+		var n int64
+		var example string
+		err := q.QueryRow(ctx, fmt.Sprintf(`SELECT count(*), coalesce(min(c.%[2]s::text), '') FROM %[1]s c
+			WHERE c.%[2]s IS NOT NULL AND NOT EXISTS (SELECT FROM %[3]s p WHERE p.%[4]s = c.%[2]s)`,
+			r.Table, r.Column, r.RefTable, r.RefColumn)).Scan(&n, &example)
+		if err != nil {
+			return fmt.Errorf("check %s.%s: %w", r.Table, r.Column, err)
+		}
+		if n > 0 {
+			errs = append(errs, fmt.Sprintf("%d rows of %s whose %s names no %s row (%s)", n, r.Table, r.Column, r.RefTable, example))
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("references broken: %s", strings.Join(errs, "; "))
+	}
+	return nil
 }
 
 // CheckLedger verifies the double-entry invariants: every transaction
