@@ -4,6 +4,8 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"runtime"
 	"slices"
@@ -14,6 +16,8 @@ import (
 	"time"
 
 	"github.com/google/pprof/profile"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 
 	"github.com/membercenter/membercenter/storage/postgres/pgbench"
 )
@@ -236,4 +240,37 @@ func sampleSessions(url string) *sessionSampler {
 		}
 	}()
 	return s
+}
+
+// effectCounters are the platform's counters of durable effects: a record
+// a stage (ingest, the member stage, the ClickHouse sink) handled, its
+// effects committed or the record dead-lettered, and a change the relay
+// published, as the Prometheus exposition names them.
+var effectCounters = []string{"mc_stage_records_total", "mc_relay_published_total"}
+
+// effectsSoFar sums effectCounters as the platform's metrics handler (its
+// /metrics, served in this process) reports them now. The read is the
+// sampler's CPU, not the platform's (samplerNanos).
+func effectsSoFar(metrics http.Handler) (float64, error) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	start := threadCPU()
+	defer func() { samplerNanos.Add(threadCPU() - start) }()
+	rec := httptest.NewRecorder()
+	metrics.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+	if rec.Code != http.StatusOK {
+		return 0, fmt.Errorf("metrics: %d %s", rec.Code, rec.Body)
+	}
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := p.TextToMetricFamilies(rec.Body)
+	if err != nil {
+		return 0, fmt.Errorf("parse metrics: %w", err)
+	}
+	var sum float64
+	for _, name := range effectCounters {
+		for _, m := range fams[name].GetMetric() {
+			sum += m.GetCounter().GetValue()
+		}
+	}
+	return sum, nil
 }
