@@ -331,13 +331,13 @@ func benchPipeline(ctx context.Context, e *platformtest.Env, members int, o pipe
 		return res, err
 	}
 	defer run.close()
-	lag, end, err := r.drain(ctx, run)
+	d, err := r.drain(ctx, run)
 	if err != nil {
 		stopProfile()
 		sessions.stop()
 		return res, err
 	}
-	res.drain = end.Sub(start)
+	res.drain = d.last.Sub(start)
 	keys, err := r.p.NewIdentity(changes.Writer{}) // only its PII keys, to open the letters
 	if err != nil {
 		stopProfile()
@@ -354,7 +354,7 @@ func benchPipeline(ctx context.Context, e *platformtest.Env, members int, o pipe
 	st := sessions.stop()
 	res.pgBusy, res.pgRunning = topStatements(st.busy, 5), st.running
 	res.rate = float64(o.events) / res.drain.Seconds()
-	res.lag = strings.Join(lag, " → ")
+	res.lag = strings.Join(d.lag, " → ")
 	if res.lag == "" {
 		res.lag = "(drained within the first sample)"
 	}
@@ -363,8 +363,8 @@ func benchPipeline(ctx context.Context, e *platformtest.Env, members int, o pipe
 			return res, fmt.Errorf("CPU profile: %w", err)
 		}
 	}
-	pipelineLogf("%d members: %.0f events/s in %s, %d of %d malformed records dead-lettered, %d other dead letters", members, res.rate,
-		res.drain.Round(time.Millisecond), res.dlqMalformed, res.malformed, res.dlqOther)
+	pipelineLogf("%d members: %.0f events/s in %s (the first effect %s after the platform's start), %d of %d malformed records dead-lettered, %d other dead letters",
+		members, res.rate, res.drain.Round(time.Millisecond), d.first.Sub(start).Round(time.Millisecond), res.dlqMalformed, res.malformed, res.dlqOther)
 
 	r.conn = run.p.Conn
 	// Freshness over this many members, and where its time went by the
@@ -496,7 +496,7 @@ func (r *pipelineRun) warm(ctx context.Context) (time.Duration, error) {
 		return 0, err
 	}
 	defer run.close()
-	if _, _, err := w.drain(ctx, run); err != nil {
+	if _, err := w.drain(ctx, run); err != nil {
 		return 0, err
 	}
 	return time.Since(start), run.close()
@@ -551,10 +551,18 @@ type running struct {
 	p       *platformtest.Running
 	letters *dlqWatch
 	once    sync.Once
+	// effects is what the process's effect counters held before the
+	// platform started (effectsSoFar): they count every platform the
+	// process ran.
+	effects float64
 }
 
 // start runs every stage and service of the run's platform.
 func (r *pipelineRun) start(ctx context.Context) (*running, error) {
+	effects, err := effectsSoFar(r.e.Tel.Metrics)
+	if err != nil {
+		return nil, err
+	}
 	letters, err := watchDLQ(ctx, r.kcfg, r.ktel)
 	if err != nil {
 		return nil, err
@@ -564,7 +572,7 @@ func (r *pipelineRun) start(ctx context.Context) (*running, error) {
 		letters.close()
 		return nil, err
 	}
-	return &running{p: p, letters: letters}, nil
+	return &running{p: p, letters: letters, effects: effects}, nil
 }
 
 // close stops the platform and the watch and says why the platform ended
@@ -637,17 +645,19 @@ func (r *pipelineRun) preload(ctx context.Context, db string) (preloadResult, er
 // after their last effect: the drain's end is when the platform's counters
 // of durable effects (effectsSoFar), read every drainCheck, last moved
 // (a 7.3 s drain read as 6.3–7.3 s before).
-func (r *pipelineRun) drain(ctx context.Context, run *running) ([]string, time.Time, error) {
-	var lagLine []string
-	var effects float64
-	lastEffect := time.Now()
+func (r *pipelineRun) drain(ctx context.Context, run *running) (drained, error) {
+	var d drained
+	effects := run.effects
 	readEffects := func() error {
 		n, err := effectsSoFar(r.e.Tel.Metrics)
 		if err != nil {
 			return err
 		}
 		if n != effects {
-			effects, lastEffect = n, time.Now()
+			effects, d.last = n, time.Now()
+			if d.first.IsZero() {
+				d.first = d.last
+			}
 		}
 		return nil
 	}
@@ -675,12 +685,12 @@ func (r *pipelineRun) drain(ctx context.Context, run *running) ([]string, time.T
 	}
 	for ticks := 0; ; {
 		if err := readEffects(); err != nil {
-			return nil, time.Time{}, err
+			return drained{}, err
 		}
 		if caughtUp(ctx, r.adm, r.kcfg) {
 			pr, facts, err := counts()
 			if err != nil {
-				return nil, time.Time{}, err
+				return drained{}, err
 			}
 			// Done: every record ingested or dead-lettered, every stage's
 			// group caught up (offsets are committed after effects are
@@ -689,28 +699,36 @@ func (r *pipelineRun) drain(ctx context.Context, run *running) ([]string, time.T
 			// only the events it acts on.)
 			if pr.Ingested+run.letters.count() >= n && pr.Tags >= pr.Ingested && int(facts) >= pr.Ingested && pr.Unpublished == 0 && pr.Benefits > 0 {
 				r.sampleRSS()
-				return lagLine, lastEffect, nil
+				return d, nil
 			}
 		}
 		select {
 		case <-ctx.Done():
-			return nil, time.Time{}, ctx.Err()
+			return drained{}, ctx.Err()
 		case <-run.p.Stopped():
-			return nil, time.Time{}, fmt.Errorf("platform stopped: %w", run.close())
+			return drained{}, fmt.Errorf("platform stopped: %w", run.close())
 		case <-deadline:
 			pr, facts, err := counts()
 			if err != nil {
-				return nil, time.Time{}, err
+				return drained{}, err
 			}
-			return nil, time.Time{}, fmt.Errorf("pipeline did not finish: ingested %d, benefits %d, tags %d, ClickHouse %d, dead letters %d of %d; lag ingest/benefits/tags/sink %s",
+			return drained{}, fmt.Errorf("pipeline did not finish: ingested %d, benefits %d, tags %d, ClickHouse %d, dead letters %d of %d; lag ingest/benefits/tags/sink %s",
 				pr.Ingested, pr.Benefits, pr.Tags, facts, run.letters.count(), n, stageLags(ctx, r.adm, r.kcfg))
 		case <-check.C:
 		case <-tick.C:
-			lagLine = append(lagLine, stageLags(ctx, r.adm, r.kcfg))
+			d.lag = append(d.lag, stageLags(ctx, r.adm, r.kcfg))
 			ticks++
 			r.peak = r.peak.max(sampleMemory(ticks%postgresEvery == 0))
 		}
 	}
+}
+
+// drained is what a drain saw: consumer lag every 2 s ("ingest/benefits/
+// tags/sink"), and when the platform's first and last durable effects were
+// seen.
+type drained struct {
+	lag         []string
+	first, last time.Time
 }
 
 // drainCheck is how often drain asks Kafka whether every stage caught up
