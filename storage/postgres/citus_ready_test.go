@@ -79,7 +79,9 @@ var citusTables = []citusTable{
 	}},
 	{name: "points_accounts", layout: byMember, column: "member_id"},
 	{name: "loyalty_state", layout: byMember, column: "member_id"},
-	{name: "member_activity", layout: byMember, column: "member_id"},
+	{name: "member_activity", layout: byMember, column: "member_id", gaps: map[string]string{
+		"foreign key member_activity_origin_member_id_fkey (origin_member_id) → members(member_id)": "an origin member is another member, on another shard: drop",
+	}},
 	{name: "campaign_usage", layout: byMember, column: "member_id"},
 	{name: "benefit_grants", layout: byMember, column: "member_id"},
 	{name: "benefit_history", layout: byMember, column: "member_id"},
@@ -114,31 +116,39 @@ var citusTables = []citusTable{
 		"primary key processed_events_pkey (consumer, event_id)": "becomes (member_id, consumer, event_id)",
 	}},
 	{name: "ledger_transactions", layout: byMember, column: "member_id", gaps: map[string]string{
-		"primary key ledger_transactions_pkey (transaction_id)":         "becomes (member_id, transaction_id); entries refer to it with their txn_member_id",
-		"unique ledger_transactions_cause_id_kind_key (cause_id, kind)": "global guard: becomes (member_id, cause_id, kind), processed_events and idempotency_keys stay the global guards",
+		"primary key ledger_transactions_pkey (transaction_id)":                                         "becomes (member_id, transaction_id); entries refer to it with their txn_member_id",
+		"unique ledger_transactions_cause_id_kind_key (cause_id, kind)":                                 "global guard: becomes (member_id, cause_id, kind), processed_events and idempotency_keys stay the global guards",
+		"foreign key ledger_transactions_origin_member_id_fkey (origin_member_id) → members(member_id)": "an origin member is another member, on another shard: drop",
 	}},
 	{name: "ledger_entries", layout: byMember, column: "txn_member_id", gaps: map[string]string{
-		"column txn_member_id: missing":              "member_id is NULL on programme-account entries: a new NOT NULL column holds the transaction's member",
-		"primary key ledger_entries_pkey (entry_id)": "becomes (txn_member_id, entry_id)",
+		"column txn_member_id: missing":                                                                         "member_id is NULL on programme-account entries: a new NOT NULL column holds the transaction's member",
+		"primary key ledger_entries_pkey (entry_id)":                                                            "becomes (txn_member_id, entry_id)",
+		"foreign key ledger_entries_member_id_fkey (member_id) → members(member_id)":                            "a merge transfer's entry of the absorbed member sits on the survivor's shard: drop",
 		"foreign key ledger_entries_transaction_id_fkey (transaction_id) → ledger_transactions(transaction_id)": "becomes (txn_member_id, transaction_id) → ledger_transactions (member_id, transaction_id)",
-		"trigger ledger_entries_balanced": "reads ledger_entries by its name, a distributed query from inside a shard: it must sum the shard it fires on (TG_TABLE_NAME)",
+		"trigger ledger_entries_balanced":                                                                       "reads ledger_entries by its name, a distributed query from inside a shard: it must sum the shard it fires on (TG_TABLE_NAME)",
 	}},
 	{name: "point_lots", layout: byMember, column: "member_id", gaps: map[string]string{
 		"primary key point_lots_pkey (lot_id)": "becomes (member_id, lot_id); orders refer to it with their member_id",
+		"foreign key point_lots_transaction_id_fkey (transaction_id) → ledger_transactions(transaction_id)": "a merge moves lots, not the transactions that earned them: drop",
+		"foreign key point_lots_origin_member_id_fkey (origin_member_id) → members(member_id)":              "an origin member is another member, on another shard: drop",
 	}},
 	{name: "orders", layout: byMember, column: "member_id", gaps: map[string]string{
-		"primary key orders_pkey (order_id)":                           "becomes (member_id, order_id): an order id is then unique per member only",
-		"foreign key orders_lot_id_fkey (lot_id) → point_lots(lot_id)": "becomes (member_id, lot_id) → point_lots (member_id, lot_id); a merge moves both",
+		"primary key orders_pkey (order_id)":                                               "becomes (member_id, order_id): an order id is then unique per member only",
+		"foreign key orders_lot_id_fkey (lot_id) → point_lots(lot_id)":                     "becomes (member_id, lot_id) → point_lots (member_id, lot_id); a merge moves both",
+		"foreign key orders_origin_member_id_fkey (origin_member_id) → members(member_id)": "an origin member is another member, on another shard: drop",
 	}},
 	{name: "coupons", layout: byMember, column: "member_id", gaps: map[string]string{
 		"primary key coupons_pkey (code)": "becomes (member_id, code): codes must be generated unique, a code found by its member",
+		"foreign key coupons_origin_member_id_fkey (origin_member_id) → members(member_id)": "an origin member is another member, on another shard: drop",
 	}},
 
 	// Keyed by something other than a member.
 	{name: "identifier_owners", layout: byKey, column: "value_hash", planned: true},
 	{name: "member_numbers", layout: byKey, column: "member_no", planned: true},
 	{name: "member_code_failures", layout: byKey, column: "member_no", colocate: "member_numbers"},
-	{name: "ingested_events", layout: byKey, column: "event_id"},
+	{name: "ingested_events", layout: byKey, column: "event_id", gaps: map[string]string{
+		"foreign key ingested_events_member_id_fkey (member_id) → members(member_id)": "found by event id before the member is known: drop",
+	}},
 	{name: "idempotency_keys", layout: byKey, column: "key"},
 	{name: "legacy_members", layout: byKey, column: "legacy_id"},
 	{name: "legacy_changes", layout: byKey, column: "row_key"},

@@ -10,10 +10,10 @@ import (
 	"github.com/membercenter/membercenter/storage/postgres/pgtest"
 )
 
-// The references migration 00039 stopped enforcing are not foreign keys any
-// more, and the tests' check of them (pgtest.CheckReferences, run at the
-// end of every test on a pgtest.NewPool database) finds a value that names
-// no row, as the foreign key refused it.
+// The references the schema does not enforce (pgtest.UncheckedReferences)
+// are not foreign keys, and the tests' check of them (pgtest.CheckReferences,
+// run at the end of every test on a pgtest.NewPool database) finds a value
+// that names no row, as a foreign key would have refused it.
 func TestUncheckedReferencesAreCheckedByTests(t *testing.T) {
 	ctx := context.Background()
 	pool := pgtest.NewPoolUnchecked(t, nil)
@@ -22,7 +22,7 @@ func TestUncheckedReferencesAreCheckedByTests(t *testing.T) {
 			JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = ANY(c.conkey)
 			WHERE c.contype = 'f' AND c.conrelid = $1::regclass AND a.attname = $2`, r.Table, r.Column)
 		if len(fks) > 0 {
-			t.Errorf("%s.%s: still a foreign key (%s); CheckReferences checks it for nothing", r.Table, r.Column, strings.Join(fks, ", "))
+			t.Errorf("%s.%s: a foreign key (%s) checks it already", r.Table, r.Column, strings.Join(fks, ", "))
 		}
 	}
 	if err := pgtest.CheckReferences(ctx, pool); err != nil {
@@ -33,14 +33,15 @@ func TestUncheckedReferencesAreCheckedByTests(t *testing.T) {
 	if _, err := pool.Exec(ctx, `INSERT INTO members (member_id, created_at) VALUES ($1, now())`, member); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := pool.Exec(ctx, `INSERT INTO ingested_events (event_id, member_id, created) VALUES ('e-1', $1, true), ('e-2', $2, false)`, member, orphan); err != nil {
-		t.Fatalf("an ingested event of no member, no longer refused by the schema: %v", err)
+	if _, err := pool.Exec(ctx, `INSERT INTO member_labels (member_id, label_id, value, updated_at)
+		VALUES ($1, 'sharer', 'true', now()), ($2, 'sharer', 'true', now())`, member, orphan); err != nil {
+		t.Fatalf("a label of no member, which the schema does not refuse: %v", err)
 	}
 	err := pgtest.CheckReferences(ctx, pool)
-	if err == nil || !strings.Contains(err.Error(), "1 rows of ingested_events whose member_id names no members row ("+orphan.String()+")") {
-		t.Fatalf("CheckReferences after an orphan ingested event: %v", err)
+	if err == nil || !strings.Contains(err.Error(), "member_labels.member_id names no members row in 1 rows ("+orphan.String()+")") {
+		t.Fatalf("CheckReferences after a label of no member: %v", err)
 	}
-	if _, err := pool.Exec(ctx, `DELETE FROM ingested_events WHERE event_id = 'e-2'`); err != nil {
+	if _, err := pool.Exec(ctx, `DELETE FROM member_labels WHERE member_id = $1`, orphan); err != nil {
 		t.Fatal(err)
 	}
 	if err := pgtest.CheckReferences(ctx, pool); err != nil {
