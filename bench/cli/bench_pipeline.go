@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -496,10 +497,11 @@ func (r *pipelineRun) warm(ctx context.Context) (time.Duration, error) {
 		return 0, err
 	}
 	defer run.close()
-	if _, err := w.drain(ctx, run); err != nil {
+	d, err := w.drain(ctx, run)
+	if err != nil {
 		return 0, err
 	}
-	return time.Since(start), run.close()
+	return d.last.Sub(start), run.close()
 }
 
 // sweepDue runs a platform over scratch topics, with no events, until no
@@ -698,6 +700,13 @@ func (r *pipelineRun) drain(ctx context.Context, run *running) (drained, error) 
 			// event, and the outbox is published. (The benefit worker marks
 			// only the events it acts on.)
 			if pr.Ingested+run.letters.count() >= n && pr.Tags >= pr.Ingested && int(facts) >= pr.Ingested && pr.Unpublished == 0 && pr.Benefits > 0 {
+				// An effect between the last read and the counts.
+				if err := readEffects(); err != nil {
+					return drained{}, err
+				}
+				if d.last.IsZero() {
+					return drained{}, errors.New("the drain ended with no effect counted (mc.stage.records, mc.relay.published)")
+				}
 				r.sampleRSS()
 				return d, nil
 			}
@@ -882,27 +891,27 @@ func (w *dlqWatch) close() {
 // The benefit and tag stages run together, in group members.
 var pipelineStages = []string{ingest.Stage, members.Stage, sink.Stage}
 
+// sinkChanges names, in partitionLags, the sink's lag on the member-changes
+// topic (the relay's changes, which it also writes to ClickHouse).
+const sinkChanges = sink.Stage + " (changes)"
+
 // partitionLags is, per stage, each partition's lag: the end offset of the
 // topic the stage consumes (ingest the channel topic, the others the
-// member-events topic; the sink's member-changes topic is left out) less the
-// group's committed offset (a partition without a commit counts from 0,
-// where the scratch topics start).
+// member-events topic, and under sinkChanges the sink's member-changes
+// topic) less the group's committed offset (a partition without a commit
+// counts from 0, where the scratch topics start).
 func partitionLags(ctx context.Context, adm *kadm.Client, kcfg kafka.Config) (map[string]map[int32]int64, error) {
-	ends, err := adm.ListEndOffsets(ctx, kcfg.Topics.ChannelEvents, kcfg.Topics.MemberEvents)
+	ends, err := adm.ListEndOffsets(ctx, kcfg.Topics.ChannelEvents, kcfg.Topics.MemberEvents, kcfg.Topics.MemberChanges)
 	if err != nil {
 		return nil, err
 	}
 	out := map[string]map[int32]int64{}
-	for _, stage := range pipelineStages {
-		topic := kcfg.Topics.MemberEvents
-		if stage == ingest.Stage {
-			topic = kcfg.Topics.ChannelEvents
-		}
-		committed, err := adm.FetchOffsets(ctx, kcfg.Group(stage))
+	lags := func(key, group, topic string) error {
+		committed, err := adm.FetchOffsets(ctx, group)
 		if err != nil {
-			return nil, err
+			return err
 		}
-		out[stage] = map[int32]int64{}
+		out[key] = map[int32]int64{}
 		ends.Each(func(end kadm.ListedOffset) {
 			if end.Topic != topic {
 				return
@@ -911,8 +920,21 @@ func partitionLags(ctx context.Context, adm *kadm.Client, kcfg kafka.Config) (ma
 			if c, ok := committed.Lookup(topic, end.Partition); ok && c.Err == nil && c.At >= 0 {
 				at = c.At
 			}
-			out[stage][end.Partition] = max(end.Offset-at, 0)
+			out[key][end.Partition] = max(end.Offset-at, 0)
 		})
+		return nil
+	}
+	for _, stage := range pipelineStages {
+		topic := kcfg.Topics.MemberEvents
+		if stage == ingest.Stage {
+			topic = kcfg.Topics.ChannelEvents
+		}
+		if err := lags(stage, kcfg.Group(stage), topic); err != nil {
+			return nil, err
+		}
+	}
+	if err := lags(sinkChanges, kcfg.Group(sink.Stage), kcfg.Topics.MemberChanges); err != nil {
+		return nil, err
 	}
 	return out, nil
 }
