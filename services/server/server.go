@@ -189,11 +189,13 @@ func New(cfg Config, tel Telemetry, rules []ErrorCode, guard ...Guard) (*grpc.Se
 		)),
 		grpc.ChainUnaryInterceptor(unary...),
 		grpc.ChainStreamInterceptor(stream...),
-		// Calls are served by long-lived goroutines that keep the stack
-		// they grew (a fresh goroutine per call grows its stack anew on
-		// every call: 5% of a Quote's CPU went to copying stacks). A
-		// call that finds them all busy, as long-lived streams keep
-		// them, gets a goroutine of its own as before.
+		// Calls are served by a few long-lived goroutines, which keep the
+		// stack they grew while calls keep them busy (a collection
+		// shrinks an idle one's); a fresh goroutine per call grew its
+		// stack anew every time: 5% of a Quote's CPU went to copying
+		// stacks. A call that finds them all busy, as long-lived streams
+		// keep them, gets a goroutine of its own as before. Four per
+		// core: 256 gained nothing (BENCHMARKS.md).
 		grpc.NumStreamWorkers(uint32(4*runtime.GOMAXPROCS(0))),
 		grpc.KeepaliveParams(keepalive.ServerParameters{
 			MaxConnectionAge:      cfg.MaxConnectionAge,
