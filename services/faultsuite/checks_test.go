@@ -240,7 +240,11 @@ func (s *suite) checkLedger(ctx context.Context, r *report) {
 	r.expect(badLots == 0, "balance = sum of the open lots' remaining points (%d differ)", badLots)
 	r.expect(negative == 0, "no negative balance (%d)", negative)
 	r.expect(unbalanced == 0, "every ledger transaction balanced (%d not)", unbalanced)
-	refs := fmt.Sprintf("every row names an existing member where the schema does not check it (%d references)", len(pgtest.UncheckedReferences))
+	var unchecked []string
+	for _, u := range pgtest.UncheckedReferences {
+		unchecked = append(unchecked, u.Table+"."+u.Column)
+	}
+	refs := "every reference the schema does not check names an existing row (" + strings.Join(unchecked, ", ") + ")"
 	if err := pgtest.CheckReferences(ctx, s.pool); err != nil {
 		refs += ": " + err.Error()
 		r.expect(false, "%s", refs)
