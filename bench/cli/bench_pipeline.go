@@ -646,7 +646,8 @@ func (r *pipelineRun) preload(ctx context.Context, db string) (preloadResult, er
 // every second, after their effects, so they show caught up up to a second
 // after their last effect: the drain's end is when the platform's counters
 // of durable effects (effectsSoFar), read every drainCheck, last moved
-// (a 7.3 s drain read as 6.3–7.3 s before).
+// (before, drains whose last effect came anywhere between 6.3 and 7.3 s
+// all read 7.3 s).
 func (r *pipelineRun) drain(ctx context.Context, run *running) (drained, error) {
 	var d drained
 	effects := run.effects
