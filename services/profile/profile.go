@@ -252,6 +252,8 @@ func toProtoProfile(id uuid.UUID, row postgres.ProfileRow, as labelsAs) (*mcv1.P
 	}
 	raw, ok := []byte(nil), false
 	if row.LabelsPB != nil && as == toSend {
+		// The row's labels are this read's own copy: they are re-tagged in
+		// place.
 		raw, ok = tags.LabelsAsField(row.LabelsPB, labelsField)
 	}
 	switch {

@@ -673,19 +673,42 @@ func EncodeLabels(labels map[string]any) ([]byte, error) {
 // they are sent without being decoded and encoded again (a Profile's
 // labels, field 7: GetProfile). The result is what marshalling the
 // decoded labels as that field writes. ok is false when b holds anything
-// but such labels.
+// but such labels, and b is then left as it was.
+//
+// The caller gives b up: when num's tag is one byte long, as field 1's is
+// (fields 1 to 15), the tags are rewritten in place and the result is b,
+// so that a member's labels (about 5 KB) are not copied once more on each
+// GetProfile.
 func LabelsAsField(b []byte, num protowire.Number) (out []byte, ok bool) {
-	out = make([]byte, 0, len(b)+len(b)/32)
-	for len(b) > 0 {
-		n, typ, tl := protowire.ConsumeTag(b)
+	var entries int
+	oneByteTags := true
+	for rest := b; len(rest) > 0; entries++ {
+		n, typ, tl := protowire.ConsumeTag(rest)
 		if tl < 0 || n != 1 || typ != protowire.BytesType {
 			return nil, false
 		}
-		v, vl := protowire.ConsumeBytes(b[tl:])
+		_, vl := protowire.ConsumeBytes(rest[tl:])
 		if vl < 0 {
 			return nil, false
 		}
-		out = protowire.AppendBytes(protowire.AppendTag(out, num, protowire.BytesType), v)
+		oneByteTags = oneByteTags && tl == 1
+		rest = rest[tl+vl:]
+	}
+	tag := protowire.EncodeTag(num, protowire.BytesType)
+	if oneByteTags && protowire.SizeVarint(tag) == 1 {
+		// Each entry's tag is its first byte.
+		for rest := b; len(rest) > 0; {
+			_, vl := protowire.ConsumeBytes(rest[1:])
+			rest[0] = byte(tag)
+			rest = rest[1+vl:]
+		}
+		return b, true
+	}
+	out = make([]byte, 0, len(b)+entries)
+	for len(b) > 0 {
+		_, _, tl := protowire.ConsumeTag(b)
+		v, vl := protowire.ConsumeBytes(b[tl:])
+		out = protowire.AppendBytes(protowire.AppendVarint(out, tag), v)
 		b = b[tl+vl:]
 	}
 	return out, true
