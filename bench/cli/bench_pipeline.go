@@ -907,11 +907,7 @@ func partitionLags(ctx context.Context, adm *kadm.Client, kcfg kafka.Config) (ma
 		return nil, err
 	}
 	out := map[string]map[int32]int64{}
-	lags := func(key, group, topic string) error {
-		committed, err := adm.FetchOffsets(ctx, group)
-		if err != nil {
-			return err
-		}
+	lags := func(key string, committed kadm.OffsetResponses, topic string) {
 		out[key] = map[int32]int64{}
 		ends.Each(func(end kadm.ListedOffset) {
 			if end.Topic != topic {
@@ -923,19 +919,20 @@ func partitionLags(ctx context.Context, adm *kadm.Client, kcfg kafka.Config) (ma
 			}
 			out[key][end.Partition] = max(end.Offset-at, 0)
 		})
-		return nil
 	}
 	for _, stage := range pipelineStages {
+		committed, err := adm.FetchOffsets(ctx, kcfg.Group(stage))
+		if err != nil {
+			return nil, err
+		}
 		topic := kcfg.Topics.MemberEvents
 		if stage == ingest.Stage {
 			topic = kcfg.Topics.ChannelEvents
 		}
-		if err := lags(stage, kcfg.Group(stage), topic); err != nil {
-			return nil, err
+		lags(stage, committed, topic)
+		if stage == sink.Stage {
+			lags(sinkChanges, committed, kcfg.Topics.MemberChanges)
 		}
-	}
-	if err := lags(sinkChanges, kcfg.Group(sink.Stage), kcfg.Topics.MemberChanges); err != nil {
-		return nil, err
 	}
 	return out, nil
 }
