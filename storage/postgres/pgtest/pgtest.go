@@ -9,6 +9,7 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io/fs"
 	"net/url"
@@ -73,20 +74,30 @@ func NewDB(t testing.TB) string {
 
 // NewPool returns a pool on a fresh migrated database for t, closed when the
 // test ends. Queries are traced with tp (nil for none). When the test ends,
-// the ledger invariants and the references the schema does not enforce are
-// checked (see CheckLedger, CheckReferences).
+// the database is checked (see CheckStored).
 func NewPool(t testing.TB, tp trace.TracerProvider) *pgxpool.Pool {
 	t.Helper()
 	pool := NewPoolUnchecked(t, tp)
 	t.Cleanup(func() {
-		if err := CheckLedger(context.Background(), pool); err != nil {
-			t.Errorf("pgtest: ledger invariant broken at the end of the test: %v", err)
-		}
-		if err := CheckReferences(context.Background(), pool); err != nil {
-			t.Errorf("pgtest: %v", err)
+		if err := CheckStored(context.Background(), pool); err != nil {
+			t.Errorf("pgtest: at the end of the test: %v", err)
 		}
 	})
 	return pool
+}
+
+// CheckStored is what a test checks of a database once its run is over:
+// the ledger invariants (CheckLedger) and the references the schema does
+// not enforce (CheckReferences).
+func CheckStored(ctx context.Context, pool *pgxpool.Pool) error {
+	var errs []error
+	if err := CheckLedger(ctx, pool); err != nil {
+		errs = append(errs, fmt.Errorf("ledger invariant broken: %w", err))
+	}
+	if err := CheckReferences(ctx, pool); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
 }
 
 // Reference is a column whose values name rows of another table, checked by
