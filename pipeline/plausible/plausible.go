@@ -37,7 +37,7 @@ func Text(m proto.Message) error {
 	if err := walk(m.ProtoReflect()); err != nil {
 		return err
 	}
-	return nil
+	return nil // not walk's nil *FieldError, which as an error is not nil
 }
 
 // walk checks the strings of m. A field's path is built only on the way
