@@ -34,6 +34,11 @@ type freshResult struct {
 	resyncs int
 	// hops are the platform's stage latencies over the run.
 	hops []hop
+	// cpu is each process's CPU per 1,000 purchases from the first send to
+	// the end of the last path's checker (this process's holds the
+	// checkers'), span that time.
+	cpu  cpuSeconds
+	span time.Duration
 }
 
 const freshTimeout = 30 * time.Second
@@ -271,6 +276,7 @@ func (r *pipelineRun) freshness(ctx context.Context, floorTopic string) (freshRe
 			}
 		}
 	})
+	cpuBefore := sampleCPU()
 	intended, err := lb.openLoop(ctx, n, func(i int) {
 		total, items := benchItems()
 		ev := &mcv1.ChannelEvent{
@@ -303,6 +309,8 @@ func (r *pipelineRun) freshness(ctx context.Context, floorTopic string) (freshRe
 	if err := g.Wait(); err != nil {
 		return res, err
 	}
+	cpuAfter := sampleCPU()
+	res.cpu, res.span = cpuPer(cpuBefore, cpuAfter, float64(n)/1000), cpuAfter.at.Sub(cpuBefore.at)
 	dist := func(seen []time.Time, miss *int) Summary {
 		var ds []time.Duration
 		last := intended[0]

@@ -147,6 +147,13 @@ func reportPipeline(w io.Writer, rs []pipelineResult, o pipelineOpts) {
 		}
 	}
 
+	fmt.Fprintf(w, "\nCPU seconds per 1,000 purchases of each process over the freshness run, from the first send to the end of the last path's checker: membercenter's holds the checkers', which run in its process (their `GetProfile` calls and version polls), and PostgreSQL's and ClickHouse's the polls they answer.\n\n")
+	fmt.Fprintf(w, "| members | seconds | membercenter and checkers | PostgreSQL | Kafka | ClickHouse | all four |\n|---|---|---|---|---|---|---|\n")
+	for _, r := range rs {
+		c := r.fresh.cpu
+		fmt.Fprintf(w, "| %s | %.1f | %.2f | %.2f | %.2f | %.2f | %.2f |\n", thousands(int64(r.members)), r.fresh.span.Seconds(), c.self, c.postgres, c.kafka, c.clickhouse, c.total())
+	}
+
 	if len(rs) > 0 && len(rs[0].fresh.hops) > 0 {
 		fmt.Fprintf(w, "\nWhere the freshness run's time went, by the platform's own histograms (its `/metrics`, read before and after the run; each figure is the histogram bucket the quantile falls in, ms). A stage's time runs from the record it consumed being produced to its effects being durable, so it holds the wait for the batch before and, after ingest, the previous stage's Kafka commit. What follows the relay's commit to the Subscribe stream is the sync hub and the stream.\n\n")
 		fmt.Fprintf(w, "| members | hop | records | p50 ms | p90 ms | p99 ms |\n|---|---|---|---|---|---|\n")
