@@ -28,11 +28,9 @@ func sharerProgramme(t *testing.T, f *fixture) {
 func setSharer(t *testing.T, f *fixture, member uuid.UUID, set bool) {
 	t.Helper()
 	b := &pgx.Batch{}
-	lm := postgres.LabelMembership{Member: member}
+	lm := postgres.LabelMembership{Member: member} // its only label
 	if set {
-		lm.Set = []string{"sharer"}
-	} else {
-		lm.Cleared = []string{"sharer"}
+		lm.Labels = []string{"sharer"}
 	}
 	postgres.QueueLabelMembershipBatch(b, []postgres.LabelMembership{lm}, *f.clock)
 	postgres.QueueBenefitLabelChecks(b, []uuid.UUID{member})

@@ -187,7 +187,7 @@ func TestLabelsStreamToProfileAndClickHouse(t *testing.T) {
 	if _, err := e.pool.Exec(ctx, `UPDATE member_features SET state = '', labels = '{}', labels_pb = NULL`); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.pool.Exec(ctx, `DELETE FROM member_labels`); err != nil {
+	if _, err := e.pool.Exec(ctx, `DELETE FROM member_label_sets`); err != nil {
 		t.Fatal(err)
 	}
 	svc := tags.New(e.pool, changes.Writer{Now: e.clock.Now}, slog.New(slog.DiscardHandler))

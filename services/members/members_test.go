@@ -130,7 +130,7 @@ func (f *fixture) state(t *testing.T, c context.Context, member string) state {
 	var s state
 	err := f.pool.QueryRow(c, `SELECT
 		coalesce((SELECT array_agg(benefit_id ORDER BY benefit_id) FROM benefit_grants WHERE member_id = $1), '{}'),
-		coalesce((SELECT array_agg(label_id ORDER BY label_id) FROM member_labels WHERE member_id = $1 AND value = 'true'), '{}'),
+		coalesce((SELECT labels FROM member_label_sets WHERE member_id = $1), '{}'),
 		coalesce((SELECT sum(remaining) FROM point_lots WHERE member_id = $1), 0),
 		(SELECT count(*) FROM benefit_label_checks WHERE member_id = $1)`, member).Scan(&s.benefits, &s.labels, &s.balance, &s.queue)
 	if err != nil {

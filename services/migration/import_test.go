@@ -264,7 +264,7 @@ func TestOrderHistory(t *testing.T) {
 		t.Fatal(err)
 	}
 	ledger := count(t, pool, `SELECT count(*) FROM ledger_entries`)
-	labelled := count(t, pool, `SELECT count(*) FROM member_labels`)
+	labelled := count(t, pool, `SELECT coalesce(sum(cardinality(labels)), 0) FROM member_label_sets`)
 	src := open(t, "testdata/sample-csv")
 	dry, err := im.ImportOrders(c, src, conn, true, nil, nil)
 	if err != nil || dry.Read != 5 || dry.Written != 0 || len(dry.Refused) != 0 {
@@ -286,15 +286,15 @@ func TestOrderHistory(t *testing.T) {
 	// them no member would hold an affinity label.
 	for legacy, label := range map[string]string{"L0001": "affinity_coffee", "L0002": "affinity_tea"} {
 		var got string
-		if err := pool.QueryRow(c, `SELECT ml.value FROM member_labels ml JOIN legacy_members l USING (member_id)
-			WHERE l.legacy_id = $1 AND ml.label_id = $2`, legacy, label).Scan(&got); err != nil || got != "true" {
+		if err := pool.QueryRow(c, `SELECT 'true' FROM member_label_sets ml JOIN legacy_members l USING (member_id)
+			WHERE l.legacy_id = $1 AND $2 = ANY (ml.labels)`, legacy, label).Scan(&got); err != nil || got != "true" {
 			t.Errorf("%s: %s = %q (%v), want true from its orders' lines", legacy, label, got, err)
 		}
 	}
 	if n := count(t, pool, `SELECT count(*) FROM ledger_entries`); n != ledger {
 		t.Errorf("orders wrote %d ledger entries: they must earn nothing", n-ledger)
 	}
-	if n := count(t, pool, `SELECT count(*) FROM member_labels`); n <= labelled {
+	if n := count(t, pool, `SELECT coalesce(sum(cardinality(labels)), 0) FROM member_label_sets`); n <= labelled {
 		t.Errorf("labels after the order history: %d, before %d", n, labelled)
 	}
 
@@ -408,8 +408,8 @@ func TestVerifyAfterAMerge(t *testing.T) {
 func TestLabelsByOrders(t *testing.T) {
 	labels := func(pool *pgxpool.Pool) string {
 		t.Helper()
-		rows, err := pool.Query(context.Background(), `SELECT l.legacy_id || ':' || ml.label_id || '=' || ml.value FROM member_labels ml
-			JOIN legacy_members l ON l.member_id = ml.member_id ORDER BY 1`)
+		rows, err := pool.Query(context.Background(), `SELECT l.legacy_id || ':' || x || '=true' FROM member_label_sets ml
+			JOIN legacy_members l ON l.member_id = ml.member_id, unnest(ml.labels) x ORDER BY 1`)
 		if err != nil {
 			t.Fatal(err)
 		}

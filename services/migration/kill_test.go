@@ -430,7 +430,7 @@ func (tg *target) snapshot(t *testing.T, ctx context.Context, clock clockReading
 		`SELECT l.legacy_id, concat_ws(' ', 'coupon', c.code, c.template_id, c.state, c.valid_from, c.valid_until, c.issued_at, c.cause, c.order_id)
 			FROM coupons c JOIN legacy_members l USING (member_id)`,
 		`SELECT l.legacy_id, concat_ws(' ', 'benefit', g.benefit_id, g.granted_at, g.cause, g.pending_revoke) FROM benefit_grants g JOIN legacy_members l USING (member_id)`,
-		`SELECT l.legacy_id, concat_ws(' ', 'label', ml.label_id, ml.value) FROM member_labels ml JOIN legacy_members l USING (member_id)`,
+		`SELECT l.legacy_id, concat_ws(' ', 'labels', ml.labels) FROM member_label_sets ml JOIN legacy_members l USING (member_id)`,
 		`SELECT l.legacy_id, concat_ws(' ', 'features', f.catalog_version, f.version, f.labels) FROM member_features f JOIN legacy_members l USING (member_id)`,
 		`SELECT l.legacy_id, concat_ws(' ', 'profile export', p.version) FROM profile_exports p JOIN legacy_members l USING (member_id)`,
 		`SELECT l.legacy_id, concat_ws(' ', 'legacy', l.source, encode(l.row_sha256, 'hex')) FROM legacy_members l`,
@@ -442,7 +442,7 @@ func (tg *target) snapshot(t *testing.T, ctx context.Context, clock clockReading
 	// change of no member) goes unseen.
 	for _, table := range []string{"members", "member_identifiers", "member_consents", "points_accounts", "point_lots", "ledger_transactions",
 		"ledger_entries", "loyalty_state", "tier_history", "member_activity", "coupons", "coupon_template_counts", "benefit_grants",
-		"benefit_history", "member_labels", "member_features", "profile_exports", "legacy_members", "outbox", "identity_audit",
+		"benefit_history", "member_label_sets", "member_features", "profile_exports", "legacy_members", "outbox", "identity_audit",
 		"operator_audit", "orders", "campaign_usage"} {
 		add(fmt.Sprintf(`SELECT '', '%[1]s rows: ' || count(*) FROM %[1]s`, table))
 	}

@@ -73,9 +73,9 @@ var credentials = map[string]string{
 var withheldReasons = map[string]string{
 	"member_identifiers.value_hash":   "keyed hash the identifier is looked up by; the identifier itself is value",
 	"member_identifiers.value_cipher": "the identifier encrypted; decrypted into value",
-	"member_features.state":           "the tag engine's encoded working state; the labels it yields are member_labels",
-	"member_features.state_tail":      "what the tag engine added to its working state since state was written; the labels it yields are member_labels",
-	"member_features.labels_pb":       "encoded copy of the member's labels (member_labels)",
+	"member_features.state":           "the tag engine's encoded working state; the labels it yields are member_label_sets",
+	"member_features.state_tail":      "what the tag engine added to its working state since state was written; the labels it yields are member_label_sets",
+	"member_features.labels_pb":       "encoded copy of the member's labels (the true ones also in member_label_sets)",
 	"ingested_events.resolution":      "encoded copy of how the event was resolved to member_id",
 }
 

@@ -161,7 +161,8 @@ type Refreshed struct {
 	// when none did.
 	Changes []*mcv1.LabelValue
 	// Set and Cleared are the labels that became true and those that
-	// stopped being true (member_labels).
+	// stopped being true (when either has one, member_label_sets gets the
+	// member's new set, TrueLabels).
 	Set, Cleared []string
 	// Next is when the labels may next change with the clock alone (zero:
 	// never).
@@ -371,6 +372,18 @@ func (r *Refreshed) Labels() map[string]any {
 
 // Changed reports whether any label changed.
 func (r *Refreshed) Changed() bool { return len(r.Changes) > 0 }
+
+// TrueLabels lists the labels that are true, in id order: the member's
+// whole set as member_label_sets holds it.
+func (r *Refreshed) TrueLabels() []string {
+	var out []string
+	for _, j := range r.c.eng.byID {
+		if l := r.c.Labels[j]; l.Type == TypeBool && r.labels[j].ok && r.labels[j].b {
+			out = append(out, l.ID)
+		}
+	}
+	return out
+}
 
 // value is a label value as a map of labels holds it.
 func (l *Label) value(v lval) any {

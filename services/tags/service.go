@@ -290,7 +290,7 @@ func (s *Service) evaluate(ctx context.Context, tx pgx.Tx, m *memberState) (*Ref
 }
 
 // store writes the member's state and, when labels changed, the change
-// (outbox, member_labels' true labels, the ClickHouse export queue).
+// (outbox, member_label_sets' true labels, the ClickHouse export queue).
 func (s *Service) store(ctx context.Context, tx pgx.Tx, m *memberState, r *Refreshed, cause string, ch mcv1.Channel, storeID string) error {
 	w, err := s.stage(ctx, m, r, cause, ch, storeID)
 	if err != nil {
@@ -303,7 +303,7 @@ func (s *Service) store(ctx context.Context, tx pgx.Tx, m *memberState, r *Refre
 // memberWrite is what one member's recomputation writes.
 type memberWrite struct {
 	m      *memberState
-	labels postgres.LabelMembership
+	labels *postgres.LabelMembership // nil: the true labels stay as they were
 	export bool
 	// benefits: a label a benefit depends on changed
 	benefits bool
@@ -328,8 +328,11 @@ func (s *Service) stage(ctx context.Context, m *memberState, r *Refreshed, cause
 			CauseId: cause, Channel: ch, StoreId: storeID,
 			Change: &mcv1.MemberChange_LabelsChanged{LabelsChanged: &mcv1.LabelsChanged{Labels: r.Changes, CatalogVersion: c.Version}},
 		})
-		// member_labels is set membership: a row per label that is true.
-		w.labels = postgres.LabelMembership{Member: m.id, Set: r.Set, Cleared: r.Cleared}
+		// member_label_sets holds the labels that are true: written
+		// when one became true or stopped being true.
+		if len(r.Set) > 0 || len(r.Cleared) > 0 {
+			w.labels = &postgres.LabelMembership{Member: m.id, Labels: r.TrueLabels()}
+		}
 		w.benefits = s.benefitsFollow(r.Set, r.Cleared)
 	}
 	for _, change := range m.pending {
@@ -382,8 +385,10 @@ func (s *Service) flush(ctx context.Context, tx pgx.Tx, ws []*memberWrite, held 
 		if w.m.attrsDirty {
 			attrMembers, attrs = append(attrMembers, w.m.id), append(attrs, w.m.attrs)
 		}
+		if w.labels != nil {
+			labels = append(labels, *w.labels)
+		}
 		if w.export {
-			labels = append(labels, w.labels)
 			exportMembers, exportVersions = append(exportMembers, w.m.id), append(exportVersions, w.newVersion)
 		}
 		if w.benefits {

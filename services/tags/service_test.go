@@ -231,12 +231,12 @@ func TestApplyComputesLabelsOnceAndWritesTheChange(t *testing.T) {
 	if ids != "active_30d checkin_fan coffee_lover spend_30d_value " {
 		t.Errorf("label change lists %q", ids)
 	}
-	// The profile export queue follows, and member_labels holds exactly the
+	// The profile export queue follows, and member_label_sets holds exactly the
 	// labels that are true.
 	var queued int
 	var rows []string
 	if err := f.pool.QueryRow(c, `SELECT (SELECT count(*) FROM profile_exports WHERE member_id = $1),
-		(SELECT coalesce(array_agg(label_id ORDER BY label_id), '{}') FROM member_labels WHERE member_id = $1)`, m).Scan(&queued, &rows); err != nil {
+		coalesce((SELECT labels FROM member_label_sets WHERE member_id = $1), '{}')`, m).Scan(&queued, &rows); err != nil {
 		t.Fatal(err)
 	}
 	var want []string
@@ -247,7 +247,7 @@ func TestApplyComputesLabelsOnceAndWritesTheChange(t *testing.T) {
 	}
 	slices.Sort(want)
 	if queued != 1 || !slices.Equal(rows, want) || !slices.Contains(rows, "coffee_lover") {
-		t.Errorf("profile_exports %d, member_labels %v; want 1 and the true labels %v", queued, rows, want)
+		t.Errorf("profile_exports %d, member_label_sets %v; want 1 and the true labels %v", queued, rows, want)
 	}
 }
 
@@ -312,13 +312,13 @@ func TestWindowExpiresOnTime(t *testing.T) {
 	if last := lc[len(lc)-1]; len(last.GetLabels()) != 2 {
 		t.Errorf("the expiry's change lists %d labels: %v", len(last.GetLabels()), last)
 	}
-	// A label no longer true leaves member_labels.
+	// A label no longer true leaves member_label_sets.
 	var rows int
-	if err := f.pool.QueryRow(c, `SELECT count(*) FROM member_labels WHERE member_id = $1 AND label_id = 'active_30d'`, m).Scan(&rows); err != nil {
+	if err := f.pool.QueryRow(c, `SELECT count(*) FROM member_label_sets WHERE member_id = $1 AND 'active_30d' = ANY (labels)`, m).Scan(&rows); err != nil {
 		t.Fatal(err)
 	}
 	if rows != 0 {
-		t.Errorf("active_30d is false but still in member_labels")
+		t.Errorf("active_30d is false but still in member_label_sets")
 	}
 }
 

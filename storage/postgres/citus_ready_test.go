@@ -88,7 +88,7 @@ var citusTables = []citusTable{
 	{name: "benefit_label_checks", layout: byMember, column: "member_id"},
 	{name: "tier_history", layout: byMember, column: "member_id"},
 	{name: "member_features", layout: byMember, column: "member_id"},
-	{name: "member_labels", layout: byMember, column: "member_id"},
+	{name: "member_label_sets", layout: byMember, column: "member_id"},
 	{name: "member_consents", layout: byMember, column: "member_id"},
 	{name: "member_code_secrets", layout: byMember, column: "member_id"},
 	{name: "member_keys", layout: byMember, column: "member_id"},

@@ -47,7 +47,7 @@ var erasure = []struct{ table, sql string }{
 	// What described the person: consents, behaviour, labels.
 	{"member_consents", `DELETE FROM member_consents WHERE member_id = ANY($1)`},
 	{"member_features", `DELETE FROM member_features WHERE member_id = ANY($1)`},
-	{"member_labels", `DELETE FROM member_labels WHERE member_id = ANY($1)`},
+	{"member_label_sets", `DELETE FROM member_label_sets WHERE member_id = ANY($1)`},
 	{"profile_exports", `DELETE FROM profile_exports WHERE member_id = ANY($1)`},
 	{"benefit_label_checks", `DELETE FROM benefit_label_checks WHERE member_id = ANY($1)`},
 	// The record of a migrated member's legacy changes (keyed hashes of its

@@ -11,8 +11,8 @@ import (
 )
 
 // The tag engine's tables: member_features (a member's feature state and
-// labels), member_labels (the labels that are true, which benefit and
-// campaign conditions read), device_members (who was seen on a device),
+// labels), member_label_sets (the labels that are true, which benefit
+// and campaign conditions read), device_members (who was seen on a device),
 // profile_exports (members whose labels ClickHouse has yet to get) and
 // tag_backfills (a catalogue's backfill progress).
 
@@ -106,20 +106,6 @@ func LoadFeatures(ctx context.Context, tx pgx.Tx, member uuid.UUID, devices []st
 // ConsentProfiling is the profiling purpose's number
 // (membercenter.v1.ConsentPurpose).
 const ConsentProfiling int16 = 2
-
-// QueueLabelMembership queues the labels that became true (set) and those
-// that stopped being true (cleared) for member_labels.
-func QueueLabelMembership(b *pgx.Batch, member uuid.UUID, set, cleared []string, at time.Time) {
-	if len(cleared) > 0 {
-		b.Queue(`DELETE FROM member_labels WHERE member_id = $1 AND label_id = ANY($2)`, member, cleared)
-	}
-	if len(set) > 0 {
-		b.Queue(`INSERT INTO member_labels (member_id, label_id, value, updated_at)
-			SELECT $1, unnest($2::text[]), 'true', $3
-			ON CONFLICT (member_id, label_id) DO UPDATE SET value = EXCLUDED.value, updated_at = EXCLUDED.updated_at`,
-			member, set, at)
-	}
-}
 
 // QueueProfileExport queues the member's labels of version for ClickHouse
 // (the exporter polls the queue).
@@ -401,36 +387,38 @@ func LoadFeaturesBatch(ctx context.Context, tx pgx.Tx, members []uuid.UUID, seen
 	return out, nil
 }
 
-// LabelMembership is a member's labels that became true and that stopped
-// being true.
+// LabelMembership is the whole set of a member's labels that are true,
+// in id order.
 type LabelMembership struct {
-	Member       uuid.UUID
-	Set, Cleared []string
+	Member uuid.UUID
+	Labels []string
 }
 
-// QueueLabelMembershipBatch queues the members' label membership changes in
-// two statements.
-func QueueLabelMembershipBatch(b *pgx.Batch, changes []LabelMembership, at time.Time) {
-	var setM, delM []uuid.UUID
-	var setL, delL []string
-	for _, c := range changes {
-		for _, l := range c.Set {
-			setM, setL = append(setM, c.Member), append(setL, l)
+// QueueLabelMembershipBatch queues the members' label sets, each replacing
+// what member_label_sets held, in one statement.
+func QueueLabelMembershipBatch(b *pgx.Batch, sets []LabelMembership, at time.Time) {
+	if len(sets) == 0 {
+		return
+	}
+	// A pair per true label, and one with no label ('', never an id) for
+	// a member with none.
+	var members []uuid.UUID
+	var labels []string
+	for _, s := range sets {
+		if len(s.Labels) == 0 {
+			members, labels = append(members, s.Member), append(labels, "")
 		}
-		for _, l := range c.Cleared {
-			delM, delL = append(delM, c.Member), append(delL, l)
+		for _, l := range s.Labels {
+			members, labels = append(members, s.Member), append(labels, l)
 		}
 	}
-	if len(delM) > 0 {
-		b.Queue(`DELETE FROM member_labels ml USING unnest($1::uuid[], $2::text[]) AS x(member_id, label_id)
-			WHERE ml.member_id = x.member_id AND ml.label_id = x.label_id`, delM, delL)
-	}
-	if len(setM) > 0 {
-		b.Queue(`INSERT INTO member_labels (member_id, label_id, value, updated_at)
-			SELECT m, l, 'true', $3 FROM unnest($1::uuid[], $2::text[]) AS x(m, l)
-			ON CONFLICT (member_id, label_id) DO UPDATE SET value = EXCLUDED.value, updated_at = EXCLUDED.updated_at`,
-			setM, setL, at)
-	}
+	// In member order: two writers of a merge's members lock them in the
+	// same order.
+	b.Queue(`INSERT INTO member_label_sets (member_id, labels, updated_at)
+		SELECT m, coalesce(array_agg(l ORDER BY l) FILTER (WHERE l <> ''), '{}'), $3
+		  FROM unnest($1::uuid[], $2::text[]) AS x(m, l) GROUP BY m ORDER BY m
+		ON CONFLICT (member_id) DO UPDATE SET labels = EXCLUDED.labels, updated_at = EXCLUDED.updated_at`,
+		members, labels, at)
 }
 
 // RequeueProfileExport queues the member's profile for ClickHouse again

@@ -87,11 +87,11 @@ func labelsOfMemberSQL(l LabelsRead, last int) (string, []any) {
 func labelsSQLIn(l LabelsRead, member, in string, args []any) (string, []any) {
 	switch {
 	case !l.Named:
-		return `coalesce((SELECT array_agg(label_id ORDER BY label_id) FROM member_labels l WHERE l.member_id = ` + member + ` AND value = 'true'), '{}')`, nil
+		return `coalesce((SELECT l.labels FROM member_label_sets l WHERE l.member_id = ` + member + `), '{}')`, nil
 	case len(l.Only) == 0:
 		return `'{}'::text[]`, nil
 	}
-	return `coalesce((SELECT array_agg(label_id ORDER BY label_id) FROM member_labels l WHERE l.member_id = ` + member + ` AND l.label_id ` + in + ` AND value = 'true'), '{}')`, args
+	return `coalesce((SELECT array_agg(x ORDER BY x) FROM member_label_sets l, unnest(l.labels) x WHERE l.member_id = ` + member + ` AND x ` + in + `), '{}')`, args
 }
 
 // paramList is the SQL of n parameters from $first on ("$2, $3"). A

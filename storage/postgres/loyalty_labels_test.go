@@ -2,12 +2,15 @@ package postgres_test
 
 import (
 	"context"
+	"maps"
 	"slices"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/stdlib"
+	"github.com/pressly/goose/v3"
 
 	"github.com/membercenter/membercenter/storage/postgres"
 	"github.com/membercenter/membercenter/storage/postgres/pgtest"
@@ -16,23 +19,28 @@ import (
 // TestLoyaltyLoadReadsTheLabelsAskedFor: a load reads every true label of
 // the member by default, only the named ones that are true when it names
 // some, and none when it names none; alone and in a batch, where a load
-// that asks for every label makes the batch read every one.
+// that asks for every label makes the batch read every one. A write of a
+// member's labels replaces its whole set (member_label_sets).
 func TestLoyaltyLoadReadsTheLabelsAskedFor(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	pool := pgtest.NewPool(t, nil)
 	a, b := newMember(t, pool), newMember(t, pool)
-	batch := &pgx.Batch{}
-	postgres.QueueLabelMembershipBatch(batch, []postgres.LabelMembership{
-		{Member: a, Set: []string{"sharer", "coffee_lover", "vip"}},
-		{Member: b, Set: []string{"vip"}},
-	}, memberCreatedAt)
-	if err := pool.SendBatch(ctx, batch).Close(); err != nil {
-		t.Fatal(err)
+	c := newMember(t, pool)
+	// Each write replaces the member's whole set: lapsed and gone stop
+	// being true, and c has no true label left.
+	for _, sets := range [][]postgres.LabelMembership{
+		{{Member: a, Labels: []string{"lapsed", "sharer"}}, {Member: b, Labels: []string{"gone", "vip"}}, {Member: c, Labels: []string{"vip"}}},
+		{{Member: a, Labels: []string{"vip", "sharer", "coffee_lover"}}, {Member: b, Labels: []string{"vip"}}, {Member: c}},
+	} {
+		batch := &pgx.Batch{}
+		postgres.QueueLabelMembershipBatch(batch, sets, memberCreatedAt)
+		if err := pool.SendBatch(ctx, batch).Close(); err != nil {
+			t.Fatal(err)
+		}
 	}
-	// A label stored as false is not a true label.
-	if _, err := pool.Exec(ctx, `INSERT INTO member_labels (member_id, label_id, value) VALUES ($1, 'lapsed', 'false')`, a); err != nil {
-		t.Fatal(err)
+	if one, err := postgres.LoadLoyalty(ctx, pool, postgres.LoyaltyLoad{Member: c}); err != nil || !one.Found || len(one.Labels) != 0 {
+		t.Errorf("LoadLoyalty of a member whose labels stopped being true: %v, %+v", err, one)
 	}
 	cases := []struct {
 		name  string
@@ -41,7 +49,7 @@ func TestLoyaltyLoadReadsTheLabelsAskedFor(t *testing.T) {
 		wantB []string
 	}{
 		{"every label (the zero value)", postgres.LabelsRead{}, []string{"coffee_lover", "sharer", "vip"}, []string{"vip"}},
-		{"named ones", postgres.LabelsRead{Named: true, Only: []string{"vip", "sharer", "lapsed", "unknown"}}, []string{"sharer", "vip"}, []string{"vip"}},
+		{"named ones", postgres.LabelsRead{Named: true, Only: []string{"vip", "sharer", "lapsed", "gone", "unknown"}}, []string{"sharer", "vip"}, []string{"vip"}},
 		{"none", postgres.LabelsRead{Named: true}, nil, nil},
 	}
 	for _, c := range cases {
@@ -139,5 +147,72 @@ func TestMemberLoadIsPlannedOnce(t *testing.T) {
 		if p.custom > 5 {
 			t.Errorf("planned at %d of %d calls: %s", p.custom, p.generic+p.custom, p.sql)
 		}
+	}
+}
+
+// TestLabelSetsMigration: migration 00039 turns member_labels' rows into
+// one sorted set a member, of the labels stored as true (a member whose
+// rows are all false has none), and its rollback gives back a row per true
+// label.
+func TestLabelSetsMigration(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	pool := pgtest.NewPoolUnchecked(t, nil)
+	db := stdlib.OpenDBFromPool(pool)
+	defer db.Close()
+	p, err := goose.NewProvider(goose.DialectPostgres, db, postgres.Migrations())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.DownTo(ctx, 38); err != nil {
+		t.Fatal(err)
+	}
+	a, b, c := newMember(t, pool), newMember(t, pool), newMember(t, pool)
+	if _, err := pool.Exec(ctx, `INSERT INTO member_labels (member_id, label_id, value, updated_at) VALUES
+		($1, 'vip', 'true', $4), ($1, 'coffee_lover', 'true', $4 + interval '1 hour'), ($1, 'lapsed', 'false', $4),
+		($2, 'sharer', 'true', $4), ($3, 'lapsed', 'false', $4)`, a, b, c, memberCreatedAt); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Up(ctx); err != nil {
+		t.Fatal(err)
+	}
+	sets := func() map[uuid.UUID][]string {
+		t.Helper()
+		rows, err := pool.Query(ctx, `SELECT member_id, labels FROM member_label_sets`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[uuid.UUID][]string{}
+		var m uuid.UUID
+		var ls []string
+		if _, err := pgx.ForEachRow(rows, []any{&m, &ls}, func() error { out[m] = ls; return nil }); err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	want := map[uuid.UUID][]string{a: {"coffee_lover", "vip"}, b: {"sharer"}}
+	if got := sets(); !maps.EqualFunc(got, want, slices.Equal) {
+		t.Fatalf("member_label_sets after 00039: %v, want %v", got, want)
+	}
+	var at time.Time
+	if err := pool.QueryRow(ctx, `SELECT updated_at FROM member_label_sets WHERE member_id = $1`, a).Scan(&at); err != nil || !at.Equal(memberCreatedAt.Add(time.Hour)) {
+		t.Errorf("a's set updated at %v (%v), want its latest label's %v", at, err, memberCreatedAt.Add(time.Hour))
+	}
+	if _, err := p.DownTo(ctx, 38); err != nil {
+		t.Fatal(err)
+	}
+	var rows []string
+	if err := pool.QueryRow(ctx, `SELECT array_agg(r ORDER BY r) FROM (
+		SELECT concat_ws(' ', CASE member_id WHEN $1 THEN 'a' WHEN $2 THEN 'b' ELSE 'c' END, label_id, value) AS r FROM member_labels) l`, a, b).Scan(&rows); err != nil {
+		t.Fatal(err)
+	}
+	if w := []string{"a coffee_lover true", "a vip true", "b sharer true"}; !slices.Equal(rows, w) {
+		t.Errorf("member_labels after rolling 00039 back: %q, want %q", rows, w)
+	}
+	if _, err := p.Up(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := sets(); !maps.EqualFunc(got, want, slices.Equal) {
+		t.Fatalf("member_label_sets after 00039 again: %v, want %v", got, want)
 	}
 }

@@ -33,15 +33,15 @@ func TestUncheckedReferencesAreCheckedByTests(t *testing.T) {
 	if _, err := pool.Exec(ctx, `INSERT INTO members (member_id, created_at) VALUES ($1, now())`, member); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := pool.Exec(ctx, `INSERT INTO member_labels (member_id, label_id, value, updated_at)
-		VALUES ($1, 'sharer', 'true', now()), ($2, 'sharer', 'true', now())`, member, orphan); err != nil {
+	if _, err := pool.Exec(ctx, `INSERT INTO member_label_sets (member_id, labels, updated_at)
+		VALUES ($1, '{sharer}', now()), ($2, '{sharer}', now())`, member, orphan); err != nil {
 		t.Fatalf("a label of no member, which the schema does not refuse: %v", err)
 	}
 	err := pgtest.CheckReferences(ctx, pool)
-	if err == nil || !strings.Contains(err.Error(), "member_labels.member_id names no members row in 1 rows ("+orphan.String()+")") {
+	if err == nil || !strings.Contains(err.Error(), "member_label_sets.member_id names no members row in 1 rows ("+orphan.String()+")") {
 		t.Fatalf("CheckReferences after a label of no member: %v", err)
 	}
-	if _, err := pool.Exec(ctx, `DELETE FROM member_labels WHERE member_id = $1`, orphan); err != nil {
+	if _, err := pool.Exec(ctx, `DELETE FROM member_label_sets WHERE member_id = $1`, orphan); err != nil {
 		t.Fatal(err)
 	}
 	if err := pgtest.CheckReferences(ctx, pool); err != nil {

@@ -107,11 +107,11 @@ type Reference struct {
 }
 
 // UncheckedReferences are the references the schema does not enforce:
-// member_labels' member, whose foreign key 00031 dropped (every writer holds
-// the member's row, and members are never deleted, so its check could not
-// fail and was half of each insert).
+// member_label_sets' member (member_labels' before it, whose foreign key
+// 00031 dropped: every writer holds the member's row, and members are
+// never deleted, so its check could not fail and was half of each insert).
 var UncheckedReferences = []Reference{
-	{"member_labels", "member_id", "members", "member_id"},
+	{"member_label_sets", "member_id", "members", "member_id"},
 }
 
 // CheckReferences verifies that every value of UncheckedReferences names an
