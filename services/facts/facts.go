@@ -70,13 +70,20 @@ func (w Writer) WriteChanges(ctx context.Context, changes []contract.FactChange)
 	}
 	rows := make([]clickhouse.ChangeRow, len(changes))
 	var audit []clickhouse.AuditRow
-	var labels []clickhouse.LabelChangeRow
+	// A member's first LabelsChanged carries every label of the
+	// catalogue: room for every row at once, filled in place, rather than
+	// a slice grown (and copied) a change at a time.
+	n := 0
+	for _, c := range changes {
+		n += len(c.Msg.GetLabelsChanged().GetLabels())
+	}
+	labels := make([]clickhouse.LabelChangeRow, 0, n)
 	for i, c := range changes {
 		rows[i] = toChangeRow(c, now)
 		if a, ok := toAuditRow(c, now); ok {
 			audit = append(audit, a)
 		}
-		labels = append(labels, toLabelChangeRows(c, now)...)
+		labels = appendLabelChangeRows(labels, c, now)
 	}
 	// Every insert is idempotent (ReplacingMergeTree keys), so a batch
 	// retried after a partial failure converges.
@@ -104,14 +111,14 @@ func (w Writer) WriteChanges(ctx context.Context, changes []contract.FactChange)
 	return w.E.EraseMembers(ctx, ErasedTables, erased)
 }
 
-// toLabelChangeRows gives one row per label a LabelsChanged change carries.
-func toLabelChangeRows(c contract.FactChange, now time.Time) []clickhouse.LabelChangeRow {
+// appendLabelChangeRows appends a row per label a LabelsChanged change
+// carries to out.
+func appendLabelChangeRows(out []clickhouse.LabelChangeRow, c contract.FactChange, now time.Time) []clickhouse.LabelChangeRow {
 	m := c.Msg
 	lc := m.GetLabelsChanged()
 	if lc == nil {
-		return nil
+		return out
 	}
-	out := make([]clickhouse.LabelChangeRow, 0, len(lc.GetLabels()))
 	for _, l := range lc.GetLabels() {
 		at := m.GetOccurredAt().AsTime()
 		if l.GetComputedAt() != nil {

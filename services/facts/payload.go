@@ -70,11 +70,12 @@ func appendLabelsChanged(b []byte, lc *mcv1.LabelsChanged) ([]byte, bool) {
 	if ls := lc.GetLabels(); len(ls) > 0 {
 		b = appendName(b, &first, "labels")
 		b = append(b, '[')
+		var st stamps
 		for i, l := range ls {
 			if i > 0 {
 				b = append(b, ',')
 			}
-			if b, ok = appendLabelValue(b, l); !ok {
+			if b, ok = appendLabelValue(b, l, &st); !ok {
 				return b, false
 			}
 		}
@@ -89,7 +90,28 @@ func appendLabelsChanged(b []byte, lc *mcv1.LabelsChanged) ([]byte, bool) {
 	return append(b, '}'), true
 }
 
-func appendLabelValue(b []byte, l *mcv1.LabelValue) ([]byte, bool) {
+// stamps remembers the last timestamp appended and its text: the labels of
+// a change are mostly computed at one moment, and formatting the time was
+// a third of writing them.
+type stamps struct {
+	secs  int64
+	nanos int32
+	text  []byte
+}
+
+func (s *stamps) append(b []byte, t *timestamppb.Timestamp) ([]byte, bool) {
+	if s.text != nil && t.GetSeconds() == s.secs && t.GetNanos() == s.nanos {
+		return append(b, s.text...), true
+	}
+	start := len(b)
+	b, ok := appendTimestamp(b, t)
+	if ok {
+		s.secs, s.nanos, s.text = t.GetSeconds(), t.GetNanos(), append(s.text[:0], b[start:]...)
+	}
+	return b, ok
+}
+
+func appendLabelValue(b []byte, l *mcv1.LabelValue, st *stamps) ([]byte, bool) {
 	b = append(b, '{')
 	first := true
 	ok := true
@@ -119,7 +141,7 @@ func appendLabelValue(b []byte, l *mcv1.LabelValue) ([]byte, bool) {
 	}
 	if t := l.GetComputedAt(); t != nil {
 		b = appendName(b, &first, "computedAt")
-		if b, ok = appendTimestamp(b, t); !ok {
+		if b, ok = st.append(b, t); !ok {
 			return b, false
 		}
 	}

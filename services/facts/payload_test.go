@@ -74,6 +74,11 @@ func TestChangePayloadIsProtojson(t *testing.T) {
 			number("max", math.MaxFloat64, at), number("smallest", math.SmallestNonzeroFloat64, at),
 			number("nan", math.NaN(), at), number("inf", math.Inf(1), at), number("-inf", math.Inf(-1), at),
 		),
+		// The text of the last time is reused while labels share it.
+		"times shared and changing": labelsChange(
+			number("a", 1, at), number("b", 2, at), number("c", 3, ms), &mcv1.LabelValue{LabelId: "d"},
+			number("e", 4, ms), number("f", 5, at), number("g", 6, us), number("h", 7, early), number("i", 8, at),
+		),
 		"strings": labelsChange(
 			&mcv1.LabelValue{LabelId: "quote\"back\\slash", Value: &mcv1.LabelValue_EnumValue{EnumValue: "line\nfeed\ttab\rcr\bbs\fff"}},
 			&mcv1.LabelValue{LabelId: "ctl\x00\x01\x1f\x7f", Value: &mcv1.LabelValue_EnumValue{EnumValue: "<html>&amp; 会员 \u2028 😀"}},
