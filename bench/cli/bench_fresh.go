@@ -126,14 +126,12 @@ func (r *pipelineRun) freshness(ctx context.Context, floorTopic string) (freshRe
 	// cancel the other checkers mid-query.
 	sctx, cancelStream := context.WithCancel(ctx)
 	defer cancelStream()
-	subscribe := func(token string) (mcv1.SyncService_SubscribeClient, error) {
-		return mcv1.NewSyncServiceClient(r.conn).Subscribe(sctx, &mcv1.SubscribeRequest{ResumeToken: token})
-	}
+	subscribe := func(token string) (*wireSubscription, error) { return subscribeWire(sctx, r.conn, token) }
 	stream, err := subscribe("")
 	if err != nil {
 		return res, err
 	}
-	if m, err := stream.Recv(); err != nil || m.GetReady() == nil {
+	if m, err := stream.recv(); err != nil || !m.ready {
 		return res, fmt.Errorf("subscribe: %v", err)
 	}
 	lc, err := pgbench.OpenVersionReader(ctx, r.url)
@@ -170,8 +168,8 @@ func (r *pipelineRun) freshness(ctx context.Context, floorTopic string) (freshRe
 	g.Go(func() error { // (a) the change stream
 		token := ""
 		for got := 0; got < n; {
-			msg, err := stream.Recv()
-			if err == nil && msg.GetResyncRequired() != nil {
+			msg, err := stream.recv()
+			if err == nil && msg.resync {
 				// A client that fell behind resumes after the last change
 				// it got, as a channel would.
 				res.resyncs++
@@ -186,12 +184,11 @@ func (r *pipelineRun) freshness(ctx context.Context, floorTopic string) (freshRe
 				}
 				return fmt.Errorf("stream: %w", err)
 			}
-			if t := msg.GetResumeToken(); t != "" {
-				token = t
+			if msg.token != "" {
+				token = msg.token
 			}
-			c := msg.GetChange()
-			i, err := strconv.Atoi(strings.TrimPrefix(c.GetCauseId(), prefix))
-			if c.GetPointsChanged() == nil || !strings.HasPrefix(c.GetCauseId(), prefix) || err != nil || i >= n || !points[i].IsZero() {
+			i, err := strconv.Atoi(strings.TrimPrefix(msg.cause, prefix))
+			if !msg.points || !strings.HasPrefix(msg.cause, prefix) || err != nil || i >= n || !points[i].IsZero() {
 				continue
 			}
 			points[i] = time.Now()
