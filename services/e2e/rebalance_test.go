@@ -120,6 +120,9 @@ func TestRebalanceMidDrain(t *testing.T) {
 	if err := pgtest.CheckStored(ctx, g.pool); err != nil {
 		t.Error(err)
 	}
+	if err := pgtest.CheckLabelSets(ctx, g.pool); err != nil {
+		t.Error(err)
+	}
 	g.checkMemberEvents(t, ctx, w)
 	final := g.checkChanges(t, ctx, w)
 	live.check(t, final)

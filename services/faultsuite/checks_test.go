@@ -251,6 +251,12 @@ func (s *suite) checkLedger(ctx context.Context, r *report) {
 	} else {
 		r.expect(true, "%s", refs)
 	}
+	sets := "every member's label set (member_label_sets) is the true labels of its stored labels"
+	if err := pgtest.CheckLabelSets(ctx, s.pool); err != nil {
+		r.expect(false, "%s: %v", sets, err)
+	} else {
+		r.expect(true, "%s", sets)
+	}
 	r.add("")
 }
 

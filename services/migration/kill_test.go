@@ -108,6 +108,9 @@ func TestImportKilledTwiceEndsAsOneCleanRun(t *testing.T) {
 		if err := pgtest.CheckStored(ctx, tg.pool); err != nil {
 			t.Errorf("the %s run: %v", name, err)
 		}
+		if err := pgtest.CheckLabelSets(ctx, tg.pool); err != nil {
+			t.Errorf("the %s run: %v", name, err)
+		}
 	}
 	want, got := clean.snapshot(t, ctx, clock), killed.snapshot(t, ctx, clock)
 	compareSnapshots(t, want, got)

@@ -226,6 +226,9 @@ func TestDatabaseRestartIsUnavailableNeverInternal(t *testing.T) {
 	if err := pgtest.CheckStored(ctx, r.p.Pool()); err != nil {
 		t.Error(err)
 	}
+	if err := pgtest.CheckLabelSets(ctx, r.p.Pool()); err != nil {
+		t.Error(err)
+	}
 }
 
 // TestReadinessFollowsTheDatabase: /readyz is 200 while PostgreSQL answers,

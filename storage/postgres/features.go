@@ -395,7 +395,8 @@ type LabelMembership struct {
 }
 
 // QueueLabelMembershipBatch queues the members' label sets, each replacing
-// what member_label_sets held, in one statement.
+// what member_label_sets held, in one statement (a member given twice gets
+// the union of its sets).
 func QueueLabelMembershipBatch(b *pgx.Batch, sets []LabelMembership, at time.Time) {
 	if len(sets) == 0 {
 		return
@@ -412,10 +413,11 @@ func QueueLabelMembershipBatch(b *pgx.Batch, sets []LabelMembership, at time.Tim
 			members, labels = append(members, s.Member), append(labels, l)
 		}
 	}
-	// In member order: two writers of a merge's members lock them in the
-	// same order.
+	// In member order, as the other batch statements of the tag stage
+	// write (the members' rows, locked first in id order, are what keeps
+	// writers from waiting on each other in a cycle).
 	b.Queue(`INSERT INTO member_label_sets (member_id, labels, updated_at)
-		SELECT m, coalesce(array_agg(l ORDER BY l) FILTER (WHERE l <> ''), '{}'), $3
+		SELECT m, coalesce(array_agg(DISTINCT l ORDER BY l) FILTER (WHERE l <> ''), '{}'), $3
 		  FROM unnest($1::uuid[], $2::text[]) AS x(m, l) GROUP BY m ORDER BY m
 		ON CONFLICT (member_id) DO UPDATE SET labels = EXCLUDED.labels, updated_at = EXCLUDED.updated_at`,
 		members, labels, at)

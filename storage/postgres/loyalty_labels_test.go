@@ -42,6 +42,20 @@ func TestLoyaltyLoadReadsTheLabelsAskedFor(t *testing.T) {
 	if one, err := postgres.LoadLoyalty(ctx, pool, postgres.LoyaltyLoad{Member: c}); err != nil || !one.Found || len(one.Labels) != 0 {
 		t.Errorf("LoadLoyalty of a member whose labels stopped being true: %v, %+v", err, one)
 	}
+	// A member never given a set has none; one given twice in a batch gets
+	// the union, each label once.
+	d, e := newMember(t, pool), newMember(t, pool)
+	batch := &pgx.Batch{}
+	postgres.QueueLabelMembershipBatch(batch, []postgres.LabelMembership{
+		{Member: e, Labels: []string{"vip"}}, {Member: e, Labels: []string{"vip", "sharer"}}}, memberCreatedAt)
+	if err := pool.SendBatch(ctx, batch).Close(); err != nil {
+		t.Fatal(err)
+	}
+	for m, want := range map[uuid.UUID][]string{d: nil, e: {"sharer", "vip"}} {
+		if one, err := postgres.LoadLoyalty(ctx, pool, postgres.LoyaltyLoad{Member: m}); err != nil || !one.Found || !slices.Equal(nonNil(one.Labels), nonNil(want)) {
+			t.Errorf("LoadLoyalty: %v, labels %q; want %q", err, one.Labels, want)
+		}
+	}
 	cases := []struct {
 		name  string
 		read  postgres.LabelsRead

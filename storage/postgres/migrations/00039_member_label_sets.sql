@@ -9,6 +9,12 @@
 -- the reference to members is not declared: every writer holds the
 -- member's row, and members are never deleted (an erasure blanks the row
 -- and deletes this one); the tests check it (pgtest.CheckReferences).
+-- Processes of the version before write member_labels: stop them before
+-- migrating (they fail on the dropped table, retry, then dead-letter). The
+-- lock keeps any of their writes from landing between the copy and the
+-- drop, where it would be lost: a set is rewritten only when one of its
+-- labels flips, so nothing would repair it.
+LOCK TABLE member_labels IN ACCESS EXCLUSIVE MODE;
 CREATE TABLE member_label_sets (
     member_id  uuid PRIMARY KEY,
     labels     text[] NOT NULL,
