@@ -11,8 +11,6 @@ import (
 	"testing"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/stdlib"
-	"github.com/pressly/goose/v3"
 
 	"github.com/membercenter/membercenter/storage/postgres"
 	"github.com/membercenter/membercenter/storage/postgres/pgtest"
@@ -281,12 +279,7 @@ func TestCitusCheckReportsViolations(t *testing.T) {
 func TestCitusKeysMigrationRollsBack(t *testing.T) {
 	ctx := context.Background()
 	pool := pgtest.NewPoolUnchecked(t, nil)
-	db := stdlib.OpenDBFromPool(pool)
-	defer db.Close()
-	p, err := goose.NewProvider(goose.DialectPostgres, db, postgres.Migrations())
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := migrations(t, pool)
 	keys := func() string {
 		var s string
 		err := pool.QueryRow(ctx, `SELECT string_agg(conrelid::regclass || ' ' || pg_get_constraintdef(oid), '; ' ORDER BY conrelid::regclass::text)

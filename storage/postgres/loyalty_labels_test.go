@@ -9,6 +9,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/pressly/goose/v3"
 
@@ -172,12 +173,7 @@ func TestLabelSetsMigration(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	pool := pgtest.NewPoolUnchecked(t, nil)
-	db := stdlib.OpenDBFromPool(pool)
-	defer db.Close()
-	p, err := goose.NewProvider(goose.DialectPostgres, db, postgres.Migrations())
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := migrations(t, pool)
 	if _, err := p.DownTo(ctx, 38); err != nil {
 		t.Fatal(err)
 	}
@@ -229,4 +225,17 @@ func TestLabelSetsMigration(t *testing.T) {
 	if got := sets(); !maps.EqualFunc(got, want, slices.Equal) {
 		t.Fatalf("member_label_sets after 00039 again: %v, want %v", got, want)
 	}
+}
+
+// migrations is the schema's migrations over pool's database, to move it up
+// and down.
+func migrations(t *testing.T, pool *pgxpool.Pool) *goose.Provider {
+	t.Helper()
+	db := stdlib.OpenDBFromPool(pool)
+	t.Cleanup(func() { db.Close() })
+	p, err := goose.NewProvider(goose.DialectPostgres, db, postgres.Migrations())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
 }
