@@ -76,11 +76,12 @@ there and summarised by package, beside the PostgreSQL statements sampled
 while it ran. With --trace, the platform records every span (the cost of
 tracing everything; without it, as a process with no exporter, none).`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			e, _, done, err := setupLogged(cmd.Context(), "membercenter-bench-pipeline")
+			e, logPath, done, err := setupLogged(cmd.Context(), "membercenter-bench-pipeline")
 			if err != nil {
 				return err
 			}
 			defer done()
+			o.logPath = logPath
 			if o.trace {
 				e.Tel.AddSpanProcessor(sdktrace.NewBatchSpanProcessor(discardSpans{}))
 			}
@@ -112,6 +113,7 @@ tracing everything; without it, as a process with no exporter, none).`,
 }
 
 type pipelineOpts struct {
+	logPath                        string // the platform's log
 	events, freshEvents, freshRate int
 	seed                           int64
 	profileDir                     string
@@ -504,6 +506,10 @@ func (r *pipelineRun) warm(ctx context.Context) (time.Duration, error) {
 	return d.last.Sub(start), run.close()
 }
 
+// sweepStall is how long sweepDue waits for the members due and the changes
+// unpublished to fall below their lowest before it gives up.
+const sweepStall = 3 * time.Minute
+
 // sweepDue runs a platform over scratch topics, with no events, until no
 // member is due for the sweeper and every change it wrote is published.
 func (r *pipelineRun) sweepDue(ctx context.Context) (time.Duration, error) {
@@ -522,6 +528,10 @@ func (r *pipelineRun) sweepDue(ctx context.Context) (time.Duration, error) {
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	deadline := time.After(30 * time.Minute)
+	// A platform that cannot sweep (its errors are in its log, not here)
+	// is reported once nothing has moved for sweepStall, not after the
+	// deadline.
+	least, moved, said := -1, time.Now(), time.Now()
 	for {
 		due, err := pgbench.CountDue(ctx, w.p.Pool(), time.Now())
 		if err != nil {
@@ -534,6 +544,16 @@ func (r *pipelineRun) sweepDue(ctx context.Context) (time.Duration, error) {
 		if due == 0 && unpublished == 0 {
 			took := time.Since(start)
 			return took, run.close()
+		}
+		if left := due + unpublished; least < 0 || left < least {
+			least, moved = left, time.Now()
+		}
+		if time.Since(moved) > sweepStall {
+			return 0, fmt.Errorf("the sweep made no progress for %s: %d members due, %d changes unpublished (the platform's log, %s, says why)", sweepStall, due, unpublished, r.o.logPath)
+		}
+		if time.Since(said) > 30*time.Second {
+			pipelineLogf("%d members: %d members due, %d changes unpublished", r.members, due, unpublished)
+			said = time.Now()
 		}
 		select {
 		case <-ctx.Done():
