@@ -105,10 +105,7 @@ func TestImportKilledTwiceEndsAsOneCleanRun(t *testing.T) {
 	}
 	clock := clockReadings{from: started.Add(-time.Minute), to: ended.Add(time.Minute)}
 	for name, tg := range map[string]*target{"clean": clean, "killed": killed} {
-		if err := pgtest.CheckStored(ctx, tg.pool); err != nil {
-			t.Errorf("the %s run: %v", name, err)
-		}
-		if err := pgtest.CheckLabelSets(ctx, tg.pool); err != nil {
+		if err := pgtest.CheckRun(ctx, tg.pool); err != nil {
 			t.Errorf("the %s run: %v", name, err)
 		}
 	}

@@ -100,6 +100,13 @@ func CheckStored(ctx context.Context, pool *pgxpool.Pool) error {
 	return errors.Join(errs...)
 }
 
+// CheckRun is what a test checks of a database a whole platform ran on:
+// CheckStored and CheckLabelSets, which a test's hand-written rows need
+// not pass (NewPool checks only CheckStored).
+func CheckRun(ctx context.Context, pool *pgxpool.Pool) error {
+	return errors.Join(CheckStored(ctx, pool), CheckLabelSets(ctx, pool))
+}
+
 // Reference is a column whose values name rows of another table, checked by
 // tests rather than by a foreign key.
 type Reference struct {
