@@ -32,6 +32,9 @@ type freshResult struct {
 	// the subscriber fell behind) and the checker resumed it with its
 	// resume token.
 	resyncs int
+	// settled is how long the shoppers' unmeasured first purchases took
+	// to be in everywhere (0 under --fresh-first).
+	settled time.Duration
 	// hops are the platform's stage latencies over the run.
 	hops []hop
 	// cpu is each process's CPU per 1,000 purchases from the first send to
@@ -57,14 +60,24 @@ type freshEvent struct {
 // freshness publishes r.o.freshEvents POS purchases of distinct preloaded
 // shoppers (not the API scenarios' ones) open loop and times each to (a) its
 // PointsChanged on an unfiltered Subscribe stream (cause id = event id); (b)
-// GetProfile showing labels computed after the purchase: every 5 ms a
-// connection reads the feature-state version of the pending members, and
-// GetProfile is called for those with a new version, up to 32 at once; (c) a new version of the member's
-// row in ClickHouse's member_profiles, polled every 10 ms. Before, in the
+// GetProfile showing labels computed after the purchase: every versionPoll
+// a connection reads the feature-state version of the pending members, and
+// GetProfile is called for those with a new version, up to
+// freshProfileCallers at once; (c) a new version of the member's row in
+// ClickHouse's member_profiles, polled every chPoll. Unless --fresh-first,
+// each shopper makes one purchase first (firstPurchases). Before, in the
 // same run and at the same rate: a plain produce → consume round trip.
-// versionPoll is how often the freshness checkers read the pending
-// members' label versions.
-const versionPoll = 5 * time.Millisecond
+// versionPoll is how often the GetProfile checker reads the pending
+// members' label versions, and chPoll how often the ClickHouse checker
+// reads their profile rows' versions: a twentieth of the paths' targets
+// (500 ms, 2 s). The polls share the platform's cores, and their cost
+// grows with the members pending: polled every 5 and 10 ms, with 2,000
+// purchases at 200/s, ClickHouse's CPU a purchase was 3.15 ms (1.63 at
+// 100 ms) and the machine was the busier for it.
+const (
+	versionPoll = 25 * time.Millisecond
+	chPoll      = 100 * time.Millisecond
+)
 
 // freshProfileCallers bounds the GetProfile calls the freshness checker
 // has in flight at once.
@@ -120,6 +133,11 @@ func (r *pipelineRun) freshness(ctx context.Context, floorTopic string) (freshRe
 	}
 	for m, v := range before {
 		evs[byMember[m]].version = v.Version
+	}
+	if !r.o.freshFirst {
+		if res.settled, err = r.firstPurchases(ctx, evs, profiles); err != nil {
+			return res, fmt.Errorf("the shoppers' first purchases: %w", err)
+		}
 	}
 
 	// The stream has its own context: ending it at the timeout must not
@@ -243,7 +261,7 @@ func (r *pipelineRun) freshness(ctx context.Context, floorTopic string) (freshRe
 		}
 	})
 	g.Go(func() error { // (c) ClickHouse
-		t := time.NewTicker(10 * time.Millisecond)
+		t := time.NewTicker(chPoll)
 		defer t.Stop()
 		for {
 			idx := pending(inCH)
@@ -273,18 +291,20 @@ func (r *pipelineRun) freshness(ctx context.Context, floorTopic string) (freshRe
 			}
 		}
 	})
+	// Where the timed purchases' time went, by the platform's own
+	// histograms (the first purchases left out).
+	hopsBefore, err := scrapeHistograms(ctx, r.admin)
+	if err != nil {
+		return res, err
+	}
+	stopProfile, err := startCPUProfile(r.profileOf("fresh"))
+	if err != nil {
+		return res, err
+	}
+	defer stopProfile()
 	cpuBefore := sampleCPU()
 	intended, err := lb.openLoop(ctx, n, func(i int) {
-		total, items := benchItems()
-		ev := &mcv1.ChannelEvent{
-			EventId: prefix + strconv.Itoa(i), Channel: mcv1.Channel_CHANNEL_POS, StoreId: r.g.Shopper(evs[i].shopper).HomeStore,
-			OccurredAt:  timestamppb.Now(),
-			Identifiers: []*mcv1.Identifier{{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_PHONE, Value: evs[i].phone}},
-			Payload: &mcv1.ChannelEvent_Transaction{Transaction: &mcv1.Transaction{
-				OrderId: "O-" + prefix + strconv.Itoa(i), Total: cny(total), Items: items}},
-		}
-		v, _ := proto.Marshal(ev)
-		r.producer.Produce(ctx, &kgo.Record{Topic: r.kcfg.Topics.ChannelEvents, Key: []byte(evs[i].phone), Value: v}, nil)
+		r.producer.Produce(ctx, r.purchase(prefix, i, evs[i]), nil)
 		published.Add(1)
 	})
 	if err != nil {
@@ -307,6 +327,12 @@ func (r *pipelineRun) freshness(ctx context.Context, floorTopic string) (freshRe
 		return res, err
 	}
 	cpuAfter := sampleCPU()
+	stopProfile()
+	hopsAfter, err := scrapeHistograms(ctx, r.admin)
+	if err != nil {
+		return res, err
+	}
+	res.hops = hopsBetween(hopsBefore, hopsAfter)
 	res.cpu, res.span = cpuPer(cpuBefore, cpuAfter, float64(n)/1000), cpuAfter.at.Sub(cpuBefore.at)
 	dist := func(seen []time.Time, miss *int) Summary {
 		var ds []time.Duration
@@ -328,4 +354,106 @@ func (r *pipelineRun) freshness(ctx context.Context, floorTopic string) (freshRe
 	}
 	res.points, res.profile, res.ch = dist(points, &res.missPoints), dist(shown, &res.missProfile), dist(inCH, &res.missCH)
 	return res, nil
+}
+
+// purchase is the POS purchase of ev's shopper under event id prefix+i.
+func (r *pipelineRun) purchase(prefix string, i int, ev freshEvent) *kgo.Record {
+	total, items := benchItems()
+	ce := &mcv1.ChannelEvent{
+		EventId: prefix + strconv.Itoa(i), Channel: mcv1.Channel_CHANNEL_POS, StoreId: r.g.Shopper(ev.shopper).HomeStore,
+		OccurredAt:  timestamppb.Now(),
+		Identifiers: []*mcv1.Identifier{{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_PHONE, Value: ev.phone}},
+		Payload: &mcv1.ChannelEvent_Transaction{Transaction: &mcv1.Transaction{
+			OrderId: "O-" + prefix + strconv.Itoa(i), Total: cny(total), Items: items}},
+	}
+	v, _ := proto.Marshal(ce)
+	return &kgo.Record{Topic: r.kcfg.Topics.ChannelEvents, Key: []byte(ev.phone), Value: v}
+}
+
+// firstSettle bounds how long firstPurchases waits without progress.
+const firstSettle = 3 * time.Minute
+
+// firstPurchases gives each timed shopper one purchase first, unmeasured,
+// and waits until the platform is idle again: every member's labels
+// computed (a new feature-state version), its profile row in ClickHouse at
+// that version, every change published and every stage's offsets
+// committed. The preload stores identifiers only, so a preloaded member
+// has no labels, and its first purchase gives every label of the catalogue
+// its first value (a LabelsChanged of about 230 labels, and as many
+// ClickHouse rows); a retailer's existing members have theirs (the legacy
+// import computes them, docs/migration.md), and a purchase of theirs
+// changes the few its features move. evs' versions and computed times are
+// updated to the new ones. It returns how long it took.
+func (r *pipelineRun) firstPurchases(ctx context.Context, evs []freshEvent, profiles mcv1.ProfileServiceClient) (time.Duration, error) {
+	start := time.Now()
+	prefix := r.run + "-fw-"
+	for i, ev := range evs {
+		r.producer.Produce(ctx, r.purchase(prefix, i, ev), nil)
+	}
+	if err := r.producer.Flush(ctx); err != nil {
+		return 0, err
+	}
+	members := make([]uuid.UUID, len(evs))
+	ids := make([]string, len(evs))
+	for i, ev := range evs {
+		members[i], ids[i] = ev.member, ev.member.String()
+	}
+	least, moved := len(evs)+1, time.Now()
+	for {
+		// Left: members whose labels or ClickHouse row are not there yet,
+		// plus one while any change is unpublished or a stage behind.
+		left := 0
+		versions, err := pgbench.FeatureVersions(ctx, r.p.Pool(), members)
+		if err != nil {
+			return 0, err
+		}
+		inCH, err := chbench.LatestVersions(ctx, r.ch, ids)
+		if err != nil {
+			return 0, err
+		}
+		for _, ev := range evs {
+			v := versions[ev.member].Version
+			if v <= ev.version || int64(inCH[ev.member.String()]) < v {
+				left++
+			}
+		}
+		if left == 0 {
+			unpublished, err := pgbench.CountUnpublished(ctx, r.p.Pool())
+			if err != nil {
+				return 0, err
+			}
+			if unpublished > 0 || !caughtUp(ctx, r.adm, r.kcfg) {
+				left = 1
+			}
+		}
+		if left == 0 {
+			for i := range evs {
+				evs[i].version = versions[evs[i].member].Version
+			}
+			break
+		}
+		if left < least {
+			least, moved = left, time.Now()
+		}
+		if time.Since(moved) > firstSettle {
+			return 0, fmt.Errorf("no progress for %s: %d of %d members without their first purchase's labels in PostgreSQL and ClickHouse, or a stage behind (the platform's log, %s, says why)", firstSettle, left, len(evs), r.o.logPath)
+		}
+		if !fault.Sleep(ctx, 100*time.Millisecond) {
+			return 0, ctx.Err()
+		}
+	}
+	// When GetProfile says each member's labels were computed now.
+	var asks errgroup.Group
+	asks.SetLimit(freshProfileCallers)
+	for i := range evs {
+		asks.Go(func() error {
+			p, err := profiles.GetProfile(ctx, &mcv1.GetProfileRequest{MemberId: evs[i].member.String()})
+			if err != nil {
+				return err
+			}
+			evs[i].computed = p.GetProfile().GetLabelsComputedAt().AsTime()
+			return nil
+		})
+	}
+	return time.Since(start), asks.Wait()
 }

@@ -68,6 +68,8 @@ adds is not carried into the next. Then:
   at --fresh-rate, timed from their intended send time to their points
   change on a Subscribe stream, their labels in GetProfile and in
   ClickHouse's member_profiles, beside a Kafka produce → consume round trip;
+  each shopper first makes one purchase, unmeasured, so that the timed one
+  is of a member with labels (--fresh-first times that first purchase);
 - API: Resolve, GetProfile, Quote and Commit open loop at a fixed rate,
   beside a no-op Health/Check on the same server.
 
@@ -107,7 +109,8 @@ tracing everything; without it, as a process with no exporter, none).`,
 	cmd.Flags().Int64Var(&o.seed, "seed", 1, "load generator seed")
 	cmd.Flags().IntVar(&o.freshEvents, "fresh-events", 300, "purchases timed for freshness per scenario")
 	cmd.Flags().IntVar(&o.freshRate, "fresh-rate", 50, "purchases per second in the freshness run (open loop)")
-	cmd.Flags().StringVar(&o.profileDir, "cpuprofile", "", "directory for membercenter's CPU profile of each drain (pipeline-<members>.pprof)")
+	cmd.Flags().BoolVar(&o.freshFirst, "fresh-first", false, "time each shopper's first purchase (a preloaded member without labels: every label gets its first value) instead of giving each one purchase first, unmeasured, as an existing member with labels")
+	cmd.Flags().StringVar(&o.profileDir, "cpuprofile", "", "directory for membercenter's CPU profile of each drain (pipeline-<members>.pprof) and of each freshness run's timed purchases (fresh-<members>.pprof)")
 	cmd.Flags().BoolVar(&o.trace, "trace", false, "record every span of the platform, as a process exporting to a collector with the default sampler does (to an exporter that discards them)")
 	return cmd
 }
@@ -115,6 +118,7 @@ tracing everything; without it, as a process with no exporter, none).`,
 type pipelineOpts struct {
 	logPath                        string // the platform's log
 	events, freshEvents, freshRate int
+	freshFirst                     bool
 	seed                           int64
 	profileDir                     string
 	trace                          bool
@@ -191,6 +195,7 @@ type pipelineRun struct {
 	g        *loadgen.Generator
 	ch       driver.Conn
 	conn     *grpc.ClientConn
+	admin    string // the running platform's admin listener (/metrics)
 	peak     rssMiB
 }
 
@@ -369,21 +374,12 @@ func benchPipeline(ctx context.Context, e *platformtest.Env, members int, o pipe
 	pipelineLogf("%d members: %.0f events/s in %s (the first effect %s after the platform's start), %d of %d malformed records dead-lettered, %d other dead letters",
 		members, res.rate, res.drain.Round(time.Millisecond), d.first.Sub(start).Round(time.Millisecond), res.dlqMalformed, res.malformed, res.dlqOther)
 
-	r.conn = run.p.Conn
+	r.conn, r.admin = run.p.Conn, run.p.Admin
 	// Freshness over this many members, and where its time went by the
 	// platform's own histograms.
-	hopsBefore, err := scrapeHistograms(ctx, run.p.Admin)
-	if err != nil {
-		return res, err
-	}
 	if res.fresh, err = r.freshness(ctx, floorTopic); err != nil {
 		return res, fmt.Errorf("freshness: %w", err)
 	}
-	hopsAfter, err := scrapeHistograms(ctx, run.p.Admin)
-	if err != nil {
-		return res, err
-	}
-	res.fresh.hops = hopsBetween(hopsBefore, hopsAfter)
 	r.sampleRSS()
 	// The APIs over this many members, at a fixed rate, beside the no-op.
 	shoppers, err := resolveShoppers(ctx, r.conn, r.g, apiShoppers, members, r.run+"-api")
@@ -604,11 +600,15 @@ func (p *running) close() error {
 	return p.p.Stop()
 }
 
-func (r *pipelineRun) profilePath() string {
+func (r *pipelineRun) profilePath() string { return r.profileOf("pipeline") }
+
+// profileOf is where the CPU profile of the run's phase goes
+// (<phase>-<members>.pprof under --cpuprofile; "" without it).
+func (r *pipelineRun) profileOf(phase string) string {
 	if r.o.profileDir == "" {
 		return ""
 	}
-	return filepath.Join(r.o.profileDir, fmt.Sprintf("pipeline-%d.pprof", r.members))
+	return filepath.Join(r.o.profileDir, fmt.Sprintf("%s-%d.pprof", phase, r.members))
 }
 
 func (r *pipelineRun) sampleRSS() { r.peak = r.peak.max(sampleRSS()) }
