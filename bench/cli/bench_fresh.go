@@ -135,6 +135,7 @@ func (r *pipelineRun) freshness(ctx context.Context, floorTopic string) (freshRe
 		evs[byMember[m]].version = v.Version
 	}
 	if !r.o.freshFirst {
+		pipelineLogf("%d members: each of %d shoppers buys once first, unmeasured", r.members, n)
 		if res.settled, err = r.firstPurchases(ctx, evs, profiles); err != nil {
 			return res, fmt.Errorf("the shoppers' first purchases: %w", err)
 		}
@@ -176,6 +177,9 @@ func (r *pipelineRun) freshness(ctx context.Context, floorTopic string) (freshRe
 		return out
 	}
 	prefix := r.run + "-fr-"
+	// ClickHouse rows of the timed purchases have labels computed from
+	// now on (rows of earlier runs of the same members are older).
+	since := time.Now()
 	g, gctx := errgroup.WithContext(ctx)
 	// Every checker is done before the listen connection closes, also when
 	// publishing fails (ctx ended: the checkers end with it).
@@ -273,7 +277,7 @@ func (r *pipelineRun) freshness(ctx context.Context, floorTopic string) (freshRe
 				for k, i := range idx {
 					ms[k] = evs[i].member.String()
 				}
-				versions, err := chbench.LatestVersions(gctx, r.ch, ms)
+				versions, err := chbench.LatestVersions(gctx, r.ch, ms, since)
 				if err != nil {
 					return fmt.Errorf("ClickHouse poll: %w", err)
 				}
@@ -297,6 +301,7 @@ func (r *pipelineRun) freshness(ctx context.Context, floorTopic string) (freshRe
 	if err != nil {
 		return res, err
 	}
+	pipelineLogf("%d members: timing %d purchases at %d/s", r.members, n, rate)
 	stopProfile, err := startCPUProfile(r.profileOf("fresh"))
 	if err != nil {
 		return res, err
@@ -334,6 +339,7 @@ func (r *pipelineRun) freshness(ctx context.Context, floorTopic string) (freshRe
 	}
 	res.hops = hopsBetween(hopsBefore, hopsAfter)
 	res.cpu, res.span = cpuPer(cpuBefore, cpuAfter, float64(n)/1000), cpuAfter.at.Sub(cpuBefore.at)
+	pipelineLogf("%d members: the timed purchases are in (%s from the first send)", r.members, res.span.Round(time.Millisecond))
 	dist := func(seen []time.Time, miss *int) Summary {
 		var ds []time.Duration
 		last := intended[0]
@@ -407,7 +413,7 @@ func (r *pipelineRun) firstPurchases(ctx context.Context, evs []freshEvent, prof
 		if err != nil {
 			return 0, err
 		}
-		inCH, err := chbench.LatestVersions(ctx, r.ch, ids)
+		inCH, err := chbench.LatestVersions(ctx, r.ch, ids, start)
 		if err != nil {
 			return 0, err
 		}

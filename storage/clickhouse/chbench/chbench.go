@@ -10,6 +10,7 @@ import (
 	"reflect"
 	"strconv"
 	"strings"
+	"time"
 
 	ch "github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/ext"
@@ -81,9 +82,14 @@ func FinalVersions(ctx context.Context, conn driver.Conn, members []string) (map
 }
 
 // LatestVersions reads the newest profile version written for each member
-// that has one, without merging rows first.
-func LatestVersions(ctx context.Context, conn driver.Conn, members []string) (map[string]uint64, error) {
-	return versions(ctx, conn, members, "SELECT member_id, max(version) FROM "+clickhouse.ProfilesTable+" WHERE member_id IN "+pendingTable+" GROUP BY member_id")
+// among its rows whose labels were computed at or after since (updated_at,
+// whole seconds), without merging rows first. Older rows are left out: a
+// bench's PostgreSQL database is a fresh copy of one template every run,
+// so its members' ids and version numbers repeat from run to run, while
+// ClickHouse keeps every run's rows.
+func LatestVersions(ctx context.Context, conn driver.Conn, members []string, since time.Time) (map[string]uint64, error) {
+	return versions(ctx, conn, members, fmt.Sprintf("SELECT member_id, max(version) FROM %s WHERE member_id IN %s AND updated_at >= toDateTime(%d) GROUP BY member_id",
+		clickhouse.ProfilesTable, pendingTable, since.Unix()))
 }
 
 // pendingTable names the members a versions query asks for. They go to the

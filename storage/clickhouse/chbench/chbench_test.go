@@ -14,8 +14,9 @@ import (
 
 // The version reads send the members asked for as an external table:
 // every member asked for that has rows is answered, with its newest version
-// (LatestVersions) or its current one (FinalVersions), members without rows
-// are left out, and a list as long as a freshness checker's is taken.
+// among the rows computed since the time asked (LatestVersions) or its
+// current one (FinalVersions), members without rows are left out, and a
+// list as long as a freshness checker's is taken.
 func TestVersionsOfTheMembersAsked(t *testing.T) {
 	conn, _ := chtest.NewDB(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -36,6 +37,15 @@ func TestVersionsOfTheMembersAsked(t *testing.T) {
 			want[id] = uint64(i%3 + 1)
 		}
 	}
+	// An earlier run's rows of the same members: higher versions, labels
+	// computed an hour before. LatestVersions since at leaves them out;
+	// FinalVersions has their highest version as the current one.
+	final := maps.Clone(want)
+	for i := 0; i < 3000; i += 4 {
+		id := fmt.Sprintf("00000000-0000-0000-0000-%012d", i)
+		rows = append(rows, clickhouse.ProfileRow{MemberID: id, Version: 9, UpdatedAt: at.Add(-time.Hour), Values: map[string]any{"vip": true}})
+		final[id] = 9
+	}
 	if err := clickhouse.NewWriter(conn).InsertProfiles(ctx, cols, rows); err != nil {
 		t.Fatal(err)
 	}
@@ -48,12 +58,16 @@ func TestVersionsOfTheMembersAsked(t *testing.T) {
 	}
 	for name, read := range map[string]func(context.Context, []string) (map[string]uint64, error){
 		"LatestVersions": func(ctx context.Context, ids []string) (map[string]uint64, error) {
-			return chbench.LatestVersions(ctx, conn, ids)
+			return chbench.LatestVersions(ctx, conn, ids, at)
 		},
 		"FinalVersions": func(ctx context.Context, ids []string) (map[string]uint64, error) {
 			return chbench.FinalVersions(ctx, conn, ids)
 		},
 	} {
+		want := want
+		if name == "FinalVersions" {
+			want = final
+		}
 		got, err := read(ctx, asked)
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
