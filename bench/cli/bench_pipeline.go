@@ -194,6 +194,7 @@ type pipelineRun struct {
 	p        *platform.Platform
 	g        *loadgen.Generator
 	ch       driver.Conn
+	chcfg    clickhouse.Config // the scenario's ClickHouse database
 	conn     *grpc.ClientConn
 	admin    string // the running platform's admin listener (/metrics)
 	peak     rssMiB
@@ -215,6 +216,19 @@ func benchPipeline(ctx context.Context, e *platformtest.Env, members int, o pipe
 	}
 	defer closeTopics()
 
+	// ClickHouse as fresh as the run's PostgreSQL copy below: a database of
+	// the scenario's own, dropped and created anew. ClickHouse keeps every
+	// run's rows, while the copy's member ids and label versions repeat
+	// from run to run: in a shared database an earlier run's profile row
+	// stood for a new one, and member_profiles (a ReplacingMergeTree by
+	// version) merged a run's row away under an earlier run's higher
+	// version.
+	r.chcfg = e.Config.ClickHouse
+	r.chcfg.Database = fmt.Sprintf("%s_pipeline_%d", r.chcfg.Database, members)
+	if err := freshCHDatabase(ctx, r.chcfg); err != nil {
+		return res, err
+	}
+
 	// The retailer's database: this many members, preloaded once.
 	db := fmt.Sprintf("membercenter_pipeline_%d", members)
 	if r.url, err = pgbench.DatabaseURL(e.Config.Postgres.URL, db); err != nil {
@@ -233,7 +247,7 @@ func benchPipeline(ctx context.Context, e *platformtest.Env, members int, o pipe
 	if res.preload, err = r.preload(ctx, db); err != nil {
 		return res, fmt.Errorf("preload: %w", err)
 	}
-	if r.ch, err = clickhouse.Open(ctx, e.Config.ClickHouse); err != nil {
+	if r.ch, err = clickhouse.Open(ctx, r.chcfg); err != nil {
 		return res, err
 	}
 	defer r.ch.Close()
@@ -417,6 +431,7 @@ func (r *pipelineRun) openPlatform(ctx context.Context) error {
 	pcfg := r.e.Config
 	pcfg.Postgres.URL = r.url
 	pcfg.Kafka = r.kcfg
+	pcfg.ClickHouse = r.chcfg
 	var err error
 	r.p, err = platform.Open(ctx, pcfg, r.e.Tel)
 	return err
@@ -458,7 +473,7 @@ func (r *pipelineRun) publish(ctx context.Context) ([]loadgen.Record, error) {
 // scratch is a run over r's database with scratch topics of its own (the
 // run's id and suffix), for an unmeasured pass; done closes it.
 func (r *pipelineRun) scratch(ctx context.Context, suffix string) (w *pipelineRun, done func(), err error) {
-	w = &pipelineRun{e: r.e, o: r.o, members: r.members, run: r.run + suffix, url: r.url, ktel: r.ktel, ch: r.ch}
+	w = &pipelineRun{e: r.e, o: r.o, members: r.members, run: r.run + suffix, url: r.url, ktel: r.ktel, ch: r.ch, chcfg: r.chcfg}
 	closeTopics, err := w.openTopics(ctx)
 	if err != nil {
 		return nil, nil, err
@@ -1000,3 +1015,22 @@ type discardSpans struct{}
 
 func (discardSpans) ExportSpans(context.Context, []sdktrace.ReadOnlySpan) error { return nil }
 func (discardSpans) Shutdown(context.Context) error                             { return nil }
+
+// freshCHDatabase drops cfg's database and creates it empty (the
+// platform's migration makes its tables).
+func freshCHDatabase(ctx context.Context, cfg clickhouse.Config) error {
+	conn, err := clickhouse.Open(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	err = chbench.DropDatabase(ctx, conn, cfg.Database)
+	conn.Close()
+	if err != nil {
+		return fmt.Errorf("drop ClickHouse database %s: %w", cfg.Database, err)
+	}
+	conn, err = clickhouse.Open(ctx, cfg) // creates it
+	if err != nil {
+		return err
+	}
+	return conn.Close()
+}
