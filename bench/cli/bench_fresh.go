@@ -136,9 +136,11 @@ func (r *pipelineRun) freshness(ctx context.Context, floorTopic string) (freshRe
 	}
 	if !r.o.freshFirst {
 		pipelineLogf("%d members: each of %d shoppers buys once first, unmeasured", r.members, n)
-		if res.settled, err = r.firstPurchases(ctx, evs, profiles); err != nil {
+		if evs, res.settled, err = r.firstPurchases(ctx, evs, profiles); err != nil {
 			return res, fmt.Errorf("the shoppers' first purchases: %w", err)
 		}
+		n, res.n = len(evs), len(evs)
+		pipelineLogf("%d members: the first purchases settled in %s", r.members, res.settled.Round(100*time.Millisecond))
 	}
 
 	// The stream has its own context: ending it at the timeout must not
@@ -380,86 +382,102 @@ func (r *pipelineRun) purchase(prefix string, i int, ev freshEvent) *kgo.Record 
 const firstSettle = 3 * time.Minute
 
 // firstPurchases gives each timed shopper one purchase first, unmeasured,
-// and waits until the platform is idle again: every member's labels
-// computed (a new feature-state version), its profile row in ClickHouse at
-// that version, every change published and every stage's offsets
-// committed. The preload stores identifiers only, so a preloaded member
-// has no labels, and its first purchase gives every label of the catalogue
-// its first value (a LabelsChanged of about 230 labels, and as many
-// ClickHouse rows); a retailer's existing members have theirs (the legacy
-// import computes them, docs/migration.md), and a purchase of theirs
-// changes the few its features move. evs' versions and computed times are
-// updated to the new ones. It returns how long it took.
-func (r *pipelineRun) firstPurchases(ctx context.Context, evs []freshEvent, profiles mcv1.ProfileServiceClient) (time.Duration, error) {
+// and waits until the platform is idle again: every purchase ingested and
+// applied by both member stages, every change published and in the sink's
+// hands (every stage's offsets committed), the profile export queue empty
+// and each member whose labels changed in ClickHouse at its new version.
+// The preload stores identifiers only, so a preloaded member has no
+// labels, and its first purchase gives every label of the catalogue its
+// first value (a LabelsChanged of about 230 labels, and as many ClickHouse
+// rows); a retailer's existing members have theirs (the legacy import
+// computes them, docs/migration.md), and a purchase of theirs changes the
+// few its features move. evs' versions and computed times are updated to
+// the new ones. A member whose labels this purchase did not change (its
+// behavioural labels withheld: profiling consent withdrawn in an earlier
+// pass) would not show a timed purchase's labels either, and is left out
+// of the returned events. It also returns how long it took.
+func (r *pipelineRun) firstPurchases(ctx context.Context, evs []freshEvent, profiles mcv1.ProfileServiceClient) ([]freshEvent, time.Duration, error) {
 	start := time.Now()
 	prefix := r.run + "-fw-"
 	for i, ev := range evs {
 		r.producer.Produce(ctx, r.purchase(prefix, i, ev), nil)
 	}
 	if err := r.producer.Flush(ctx); err != nil {
-		return 0, err
+		return nil, 0, err
 	}
 	members := make([]uuid.UUID, len(evs))
 	ids := make([]string, len(evs))
 	for i, ev := range evs {
 		members[i], ids[i] = ev.member, ev.member.String()
 	}
-	least, moved := len(evs)+1, time.Now()
+	n := len(evs)
+	least, moved := -1, time.Now()
+	var versions map[uuid.UUID]pgbench.FeatureVersion
 	for {
-		// Left: members whose labels or ClickHouse row are not there yet,
-		// plus one while any change is unpublished or a stage behind.
-		left := 0
-		versions, err := pgbench.FeatureVersions(ctx, r.p.Pool(), members)
+		p, err := pgbench.ProgressOf(ctx, r.p.Pool(), prefix+"%")
 		if err != nil {
-			return 0, err
+			return nil, 0, err
 		}
-		inCH, err := chbench.LatestVersions(ctx, r.ch, ids, start)
+		queued, _, err := pgbench.ExportBacklog(ctx, r.p.Pool())
 		if err != nil {
-			return 0, err
+			return nil, 0, err
 		}
-		for _, ev := range evs {
-			v := versions[ev.member].Version
-			if v <= ev.version || int64(inCH[ev.member.String()]) < v {
-				left++
-			}
-		}
+		// What is left: purchases not yet through a stage, changes not
+		// published, members queued for export or whose new labels are
+		// not in ClickHouse yet, and a stage with offsets to commit.
+		left := 3*n - p.Ingested - p.Benefits - p.Tags + p.Unpublished + queued
 		if left == 0 {
-			unpublished, err := pgbench.CountUnpublished(ctx, r.p.Pool())
-			if err != nil {
-				return 0, err
+			if versions, err = pgbench.FeatureVersions(ctx, r.p.Pool(), members); err != nil {
+				return nil, 0, err
 			}
-			if unpublished > 0 || !caughtUp(ctx, r.adm, r.kcfg) {
+			inCH, err := chbench.LatestVersions(ctx, r.ch, ids, start)
+			if err != nil {
+				return nil, 0, err
+			}
+			for _, ev := range evs {
+				if v := versions[ev.member].Version; v > ev.version && int64(inCH[ev.member.String()]) < v {
+					left++
+				}
+			}
+			if left == 0 && !caughtUp(ctx, r.adm, r.kcfg) {
 				left = 1
 			}
 		}
 		if left == 0 {
-			for i := range evs {
-				evs[i].version = versions[evs[i].member].Version
-			}
 			break
 		}
-		if left < least {
+		if least < 0 || left < least {
 			least, moved = left, time.Now()
 		}
 		if time.Since(moved) > firstSettle {
-			return 0, fmt.Errorf("no progress for %s: %d of %d members without their first purchase's labels in PostgreSQL and ClickHouse, or a stage behind (the platform's log, %s, says why)", firstSettle, left, len(evs), r.o.logPath)
+			return nil, 0, fmt.Errorf("no progress for %s: %d purchases, changes or profile rows still on their way (%+v, %d queued for export; the platform's log, %s, says why)", firstSettle, left, p, queued, r.o.logPath)
 		}
 		if !fault.Sleep(ctx, 100*time.Millisecond) {
-			return 0, ctx.Err()
+			return nil, 0, ctx.Err()
 		}
+	}
+	kept := evs[:0]
+	for _, ev := range evs {
+		if v := versions[ev.member].Version; v > ev.version {
+			ev.version = v
+			kept = append(kept, ev)
+		}
+	}
+	if len(kept) < n {
+		pipelineLogf("%d members: %d of %d shoppers' labels did not change with their purchase (behavioural labels withheld); left out", r.members, n-len(kept), n)
 	}
 	// When GetProfile says each member's labels were computed now.
 	var asks errgroup.Group
 	asks.SetLimit(freshProfileCallers)
-	for i := range evs {
+	for i := range kept {
 		asks.Go(func() error {
-			p, err := profiles.GetProfile(ctx, &mcv1.GetProfileRequest{MemberId: evs[i].member.String()})
+			p, err := profiles.GetProfile(ctx, &mcv1.GetProfileRequest{MemberId: kept[i].member.String()})
 			if err != nil {
 				return err
 			}
-			evs[i].computed = p.GetProfile().GetLabelsComputedAt().AsTime()
+			kept[i].computed = p.GetProfile().GetLabelsComputedAt().AsTime()
 			return nil
 		})
 	}
-	return time.Since(start), asks.Wait()
+	return kept, time.Since(start), asks.Wait()
 }
