@@ -271,7 +271,7 @@ func TestOutboxBatchesInOrderOnceAndFenced(t *testing.T) {
 		t.Errorf("claim with nothing left: %v, %v", seqs(b), err)
 	}
 	var unpublished int
-	if err := pool.QueryRow(c, `SELECT count(*) FROM outbox WHERE published_at IS NULL`).Scan(&unpublished); err != nil || unpublished != 0 {
+	if err := pool.QueryRow(c, `SELECT count(*) FROM outbox_pending`).Scan(&unpublished); err != nil || unpublished != 0 {
 		t.Errorf("%d unpublished (%v)", unpublished, err)
 	}
 }

@@ -101,7 +101,7 @@ func published(t *testing.T, ctx context.Context, pool *pgxpool.Pool, wait func(
 	t.Helper()
 	wait(t, "every change published", func() (bool, error) {
 		var left int
-		err := pool.QueryRow(ctx, `SELECT count(*) FROM outbox WHERE published_at IS NULL`).Scan(&left)
+		err := pool.QueryRow(ctx, `SELECT count(*) FROM outbox_pending`).Scan(&left)
 		return err == nil && left == 0, err
 	})
 }

@@ -332,7 +332,7 @@ func TestPOSTransactionEndToEnd(t *testing.T) {
 	// The relay marks rows published right after Kafka acknowledges them.
 	eventually(t, "every outbox row marked published", func() (bool, error) {
 		var published int
-		q(`SELECT count(*) FROM outbox WHERE member_id = $1 AND published_at IS NOT NULL`, &published, memberID)
+		q(`SELECT count(*) FROM outbox o WHERE member_id = $1 AND NOT EXISTS (SELECT FROM outbox_pending p WHERE p.outbox_id = o.outbox_id)`, &published, memberID)
 		return published >= int(earned.GetSequence()), nil
 	})
 

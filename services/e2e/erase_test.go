@@ -78,7 +78,7 @@ func TestEraseMemberLeavesNothingReadable(t *testing.T) {
 	// the raw ones, and the keyed hashes and ciphertexts PostgreSQL holds.
 	eventually(t, "the member's changes and profile in ClickHouse", func() (bool, error) {
 		var unpublished, changes, profilesRows uint64
-		if err := e.pool.QueryRow(ctx, `SELECT count(*) FROM outbox WHERE published_at IS NULL`).Scan(&unpublished); err != nil {
+		if err := e.pool.QueryRow(ctx, `SELECT count(*) FROM outbox_pending`).Scan(&unpublished); err != nil {
 			return false, err
 		}
 		if err := e.ch.QueryRow(ctx, `SELECT count() FROM member_changes FINAL WHERE member_id = ?`, member).Scan(&changes); err != nil {

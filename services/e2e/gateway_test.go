@@ -128,7 +128,7 @@ func TestHTTPGatewayAndServerSentEvents(t *testing.T) {
 	publishTxn("http-e2")
 	eventually(t, "the second purchase credited and published", func() (bool, error) {
 		var n int
-		err := e.pool.QueryRow(ctx, `SELECT count(*) FROM outbox WHERE member_id = $1 AND published_at IS NULL`, member).Scan(&n)
+		err := e.pool.QueryRow(ctx, `SELECT count(*) FROM outbox_pending WHERE member_id = $1`, member).Scan(&n)
 		if err != nil || n > 0 {
 			return false, err
 		}

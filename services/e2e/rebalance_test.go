@@ -341,7 +341,7 @@ func (g *instanceGroup) waitDrained(t *testing.T, ctx context.Context, w *worklo
 	t.Helper()
 	eventually(t, "every event applied by both workers and the outbox published", func() (bool, error) {
 		var unpublished, checks int
-		if err := g.pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM outbox WHERE published_at IS NULL),
+		if err := g.pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM outbox_pending),
 			(SELECT count(*) FROM benefit_label_checks)`).Scan(&unpublished, &checks); err != nil {
 			return false, err
 		}

@@ -61,7 +61,7 @@ func TestResumeTokenDeliversExactlyTheMissedChanges(t *testing.T) {
 	eventually(t, "both purchases applied and every change published", func() (bool, error) {
 		var processed, unpublished int
 		err := e.pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM processed_events WHERE event_id IN ('resume-2', 'resume-3')),
-			(SELECT count(*) FROM outbox WHERE member_id = $1 AND published_at IS NULL), (SELECT change_seq FROM members WHERE member_id = $1)`,
+			(SELECT count(*) FROM outbox_pending WHERE member_id = $1), (SELECT change_seq FROM members WHERE member_id = $1)`,
 			member).Scan(&processed, &unpublished, &want)
 		return processed == 4 && unpublished == 0, err // benefits and tags, twice
 	})

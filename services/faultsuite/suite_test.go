@@ -526,7 +526,7 @@ func (s *suite) drain(ctx context.Context) {
 	for {
 		var processed, unpublished int
 		err := s.pool.QueryRow(dctx, `SELECT (SELECT count(*) FROM processed_events WHERE event_id = ANY($1)),
-			(SELECT count(*) FROM outbox WHERE published_at IS NULL)`, keys(good)).Scan(&processed, &unpublished)
+			(SELECT count(*) FROM outbox_pending)`, keys(good)).Scan(&processed, &unpublished)
 		var chRows uint64
 		if err == nil {
 			err = s.ch.QueryRow(dctx, `SELECT count() FROM member_changes`).Scan(&chRows)

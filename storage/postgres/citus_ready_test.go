@@ -94,6 +94,7 @@ var citusTables = []citusTable{
 	{name: "device_members", layout: byMember, column: "member_id"},
 	{name: "profile_exports", layout: byMember, column: "member_id"},
 	{name: "outbox", layout: byMember, column: "member_id"},
+	{name: "outbox_pending", layout: byMember, column: "member_id"},
 	{name: "identity_audit", layout: byMember, column: "member_id", triggers: map[string]string{
 		"identity_audit_append_only": "row-level, raises, touches no other table: safe with citus.enable_unsafe_triggers",
 	}},

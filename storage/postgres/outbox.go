@@ -41,11 +41,14 @@ func FirstSequence(ctx context.Context, q Querier, memberID uuid.UUID) (int64, e
 	return 1, execLater(ctx, q, "first change sequence", `UPDATE members SET change_seq = 1 WHERE member_id = $1 AND change_seq = 0`, memberID)
 }
 
-// InsertOutbox appends a change to the outbox. Call it in the transaction
-// that makes the change.
+// InsertOutbox appends a change to the outbox, pending (outbox_pending)
+// until the relay publishes it. Call it in the transaction that makes the
+// change.
 func InsertOutbox(ctx context.Context, q Querier, r OutboxRow) error {
-	return execLater(ctx, q, "insert outbox", `
-		INSERT INTO outbox (member_id, sequence, change_id, payload, traceparent) VALUES ($1, $2, $3, $4, $5)`,
+	return execLater(ctx, q, "insert outbox", `WITH o AS (
+		INSERT INTO outbox (member_id, sequence, change_id, payload, traceparent) VALUES ($1, $2, $3, $4, $5)
+		RETURNING outbox_id, member_id)
+		INSERT INTO outbox_pending (outbox_id, member_id) SELECT outbox_id, member_id FROM o`,
 		r.MemberID, r.Sequence, r.ChangeID, r.Payload, r.Traceparent)
 }
 
@@ -68,10 +71,13 @@ func QueueOutbox(b *pgx.Batch, rows []OutboxRow) {
 	}
 	// The rows take their outbox ids in the order given (the relay
 	// publishes in outbox id order, so a member's changes in sequence
-	// order).
-	b.Queue(`INSERT INTO outbox (member_id, sequence, change_id, payload, traceparent)
+	// order), each pending until the relay publishes it.
+	b.Queue(`WITH o AS (
+		INSERT INTO outbox (member_id, sequence, change_id, payload, traceparent)
 		SELECT m, s, c, p, t FROM unnest($1::uuid[], $2::bigint[], $3::uuid[], $4::bytea[], $5::text[]) WITH ORDINALITY AS x(m, s, c, p, t, n)
-		 ORDER BY n`, members, seqs, ids, payloads, tps)
+		 ORDER BY n
+		RETURNING outbox_id, member_id)
+		INSERT INTO outbox_pending (outbox_id, member_id) SELECT outbox_id, member_id FROM o`, members, seqs, ids, payloads, tps)
 	lm := make([]uuid.UUID, 0, len(last))
 	ls := make([]int64, 0, len(last))
 	for m, seq := range last {
@@ -125,11 +131,11 @@ func (h *HeldOutbox) Queue(b *pgx.Batch) {
 // by another relay are skipped; the lock lasts until the transaction ends.
 func ClaimOutbox(ctx context.Context, tx pgx.Tx, limit int) ([]OutboxRow, error) {
 	rows, err := tx.Query(ctx, `
-		SELECT outbox_id, member_id, sequence, change_id, payload, traceparent, created_at
-		  FROM outbox WHERE published_at IS NULL
-		 ORDER BY outbox_id
+		SELECT o.outbox_id, o.member_id, o.sequence, o.change_id, o.payload, o.traceparent, o.created_at
+		  FROM outbox_pending p JOIN outbox o USING (outbox_id, member_id)
+		 ORDER BY p.outbox_id
 		 LIMIT $1
-		   FOR UPDATE SKIP LOCKED`, limit)
+		   FOR UPDATE OF p SKIP LOCKED`, limit)
 	if err != nil {
 		return nil, fmt.Errorf("claim outbox: %w", err)
 	}
@@ -146,9 +152,10 @@ func collectOutbox(rows pgx.Rows) ([]OutboxRow, error) {
 	})
 }
 
-// MarkPublished records that the rows reached Kafka.
+// MarkPublished records that the rows reached Kafka: they are no longer
+// pending.
 func MarkPublished(ctx context.Context, tx pgx.Tx, ids []int64) error {
-	return exec(ctx, tx, "mark outbox published", `UPDATE outbox SET published_at = now() WHERE outbox_id = ANY($1)`, ids)
+	return exec(ctx, tx, "mark outbox published", `DELETE FROM outbox_pending WHERE outbox_id = ANY($1)`, ids)
 }
 
 // RelayConn is the relay leader's connection of its own: it holds the
@@ -182,10 +189,10 @@ const (
 	OutboxPoll = 5 * time.Millisecond
 	// outboxRecheck is how often it also looks for unpublished rows
 	// themselves: a row whose id was handed out before the last wake-up
-	// but committed after it moves no sequence. (That look walks the
-	// partial index of unpublished rows, which holds the entries of
-	// published rows until every snapshot older than their publication
-	// ends: a long transaction anywhere on the server makes it slow.)
+	// but committed after it moves no sequence. (That look walks
+	// outbox_pending's key, which holds the entries of published rows
+	// until every snapshot older than their publication ends: a long
+	// transaction anywhere on the server makes it slow.)
 	outboxRecheck = 100 * time.Millisecond
 )
 
@@ -209,7 +216,7 @@ func (l *RelayConn) WaitOutbox(ctx context.Context, timeout time.Duration) error
 		if !now.Before(recheck) {
 			recheck = now.Add(outboxRecheck)
 			var waiting bool
-			if err := l.conn.QueryRow(ctx, `SELECT EXISTS (SELECT FROM outbox WHERE published_at IS NULL)`).
+			if err := l.conn.QueryRow(ctx, `SELECT EXISTS (SELECT FROM outbox_pending)`).
 				Scan(&waiting); err != nil {
 				return fmt.Errorf("probe outbox: %w", err)
 			}
@@ -252,23 +259,26 @@ func (l *RelayConn) Close() {
 }
 
 // PruneOutbox deletes, of the limit oldest published changes, those
-// published more than keep ago, and says how many it deleted: 0 once the
+// written more than keep ago, and says how many it deleted: 0 once the
 // oldest published changes are recent. Nothing reads a change once the
 // relay published it (member.changes.v1 holds it from then on), and the
 // outbox would otherwise grow by every change the platform ever made;
-// unpublished changes are never deleted, however old. The age is
-// PostgreSQL's, as published_at is: a process's clock (a test's, pinned to
-// another day) does not move it.
+// unpublished changes (outbox_pending) are never deleted, however old. The
+// age is PostgreSQL's, as created_at is: a process's clock (a test's,
+// pinned to another day) does not move it. (Before migration 00040 it ran
+// from the change's publication, which is no longer kept.)
 //
 // It reads the oldest changes in the order of the outbox's key and stops
-// at limit: a condition on the age alone, with no index on published_at,
-// read the whole outbox (the day's changes kept) every time there was
-// nothing to delete, 0.7-2.4 s a call for the 1.4 million rows of the
-// pipeline bench's database, and it would grow with the retention.
+// at limit: a condition on the age alone, with no index on the time, read
+// the whole outbox (the day's changes kept) every time there was nothing
+// to delete, 0.7-2.4 s a call for the 1.4 million rows of the pipeline
+// bench's database, and it would grow with the retention.
 func PruneOutbox(ctx context.Context, q Querier, keep time.Duration, limit int) (int, error) {
 	tag, err := q.Exec(ctx, `DELETE FROM outbox WHERE outbox_id = ANY(ARRAY(
-		SELECT outbox_id FROM (SELECT outbox_id, published_at FROM outbox WHERE published_at IS NOT NULL ORDER BY outbox_id LIMIT $2) oldest
-		 WHERE published_at < now() - $1::interval))`, keep, limit)
+		SELECT outbox_id FROM (SELECT o.outbox_id, o.created_at FROM outbox o
+		        WHERE NOT EXISTS (SELECT FROM outbox_pending p WHERE p.outbox_id = o.outbox_id AND p.member_id = o.member_id)
+		        ORDER BY o.outbox_id LIMIT $2) oldest
+		 WHERE created_at < now() - $1::interval))`, keep, limit)
 	if err != nil {
 		return 0, fmt.Errorf("prune outbox: %w", err)
 	}

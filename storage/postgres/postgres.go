@@ -23,8 +23,8 @@ import (
 type Config struct {
 	URL      string `env:"MC_PG_URL, default=postgres://membercenter:membercenter@127.0.0.1:55432/membercenter?sslmode=disable"`
 	MaxConns int32  `env:"MC_PG_MAX_CONNS, default=20"`
-	// OutboxRetention is how long a published change stays in the outbox
-	// (PruneOutbox); 0 keeps them all.
+	// OutboxRetention is how long after it was written a published change
+	// stays in the outbox (PruneOutbox); 0 keeps them all.
 	OutboxRetention time.Duration `env:"MC_OUTBOX_RETENTION, default=24h"`
 }
 

@@ -388,8 +388,8 @@ func TestPruneOutboxKeepsWhatIsUnpublishedOrRecent(t *testing.T) {
 	defer cancel()
 	pool := pgtest.NewPool(t, nil)
 	member := newMember(t, pool)
-	// Sequences 1-4 published 3 days ago, 5 published an hour ago, 6 never
-	// (and created 3 days ago).
+	// Sequences 1-4 written 3 days ago and published, 5 written an hour
+	// ago and published, 6 written 3 days ago and never published.
 	for seq := int64(1); seq <= 6; seq++ {
 		err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
 			s, err := postgres.NextSequence(ctx, tx, member)
@@ -402,8 +402,10 @@ func TestPruneOutboxKeepsWhatIsUnpublishedOrRecent(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if _, err := pool.Exec(ctx, `UPDATE outbox SET created_at = now() - interval '3 days',
-		published_at = CASE WHEN sequence <= 4 THEN now() - interval '3 days' WHEN sequence = 5 THEN now() - interval '1 hour' END`); err != nil {
+	if _, err := pool.Exec(ctx, `UPDATE outbox SET created_at = CASE WHEN sequence = 5 THEN now() - interval '1 hour' ELSE now() - interval '3 days' END`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, `DELETE FROM outbox_pending p USING outbox o WHERE o.outbox_id = p.outbox_id AND o.sequence <= 5`); err != nil {
 		t.Fatal(err)
 	}
 	left := func() []int64 {
@@ -431,20 +433,23 @@ func TestPruneOutboxKeepsWhatIsUnpublishedOrRecent(t *testing.T) {
 			t.Fatalf("pruned %d, left %v; want %d pruned, %v left", n, got, want.deleted, want.left)
 		}
 	}
-	// A change published late among the oldest stays, and the older ones
-	// beside it leave.
+	// A recent change among the oldest stays, and the older ones beside it
+	// leave.
 	late := newMember(t, pool)
 	for seq := int64(1); seq <= 3; seq++ {
 		if err := postgres.InsertOutbox(ctx, pool, postgres.OutboxRow{MemberID: late, Sequence: seq, ChangeID: uuid.New(), Payload: []byte{1}}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if _, err := pool.Exec(ctx, `UPDATE outbox SET published_at = CASE WHEN sequence = 1 THEN now() - interval '1 hour' ELSE now() - interval '2 days' END
+	if _, err := pool.Exec(ctx, `UPDATE outbox SET created_at = CASE WHEN sequence = 1 THEN now() - interval '1 hour' ELSE now() - interval '2 days' END
 		WHERE member_id = $1`, late); err != nil {
 		t.Fatal(err)
 	}
+	if _, err := pool.Exec(ctx, `DELETE FROM outbox_pending WHERE member_id = $1`, late); err != nil {
+		t.Fatal(err)
+	}
 	if n, err := postgres.PruneOutbox(ctx, pool, 24*time.Hour, 10); err != nil || n != 2 {
-		t.Fatalf("pruned %d (%v) with a change published late first; want its 2 older neighbours", n, err)
+		t.Fatalf("pruned %d (%v) with a recent change first; want its 2 older neighbours", n, err)
 	}
 	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
 		s, err := postgres.NextSequence(ctx, tx, member)

@@ -47,4 +47,16 @@ func TestUncheckedReferencesAreCheckedByTests(t *testing.T) {
 	if err := pgtest.CheckReferences(ctx, pool); err != nil {
 		t.Fatalf("after the orphan went: %v", err)
 	}
+
+	// A pending change whose outbox row is not there.
+	if _, err := pool.Exec(ctx, `INSERT INTO outbox_pending (outbox_id, member_id) VALUES (987654321, $1)`, member); err != nil {
+		t.Fatalf("a pending change of no outbox row, which the schema does not refuse: %v", err)
+	}
+	err = pgtest.CheckReferences(ctx, pool)
+	if err == nil || !strings.Contains(err.Error(), "outbox_pending.outbox_id names no outbox row in 1 rows (987654321)") {
+		t.Fatalf("CheckReferences after a pending change of no outbox row: %v", err)
+	}
+	if _, err := pool.Exec(ctx, `DELETE FROM outbox_pending`); err != nil {
+		t.Fatal(err)
+	}
 }

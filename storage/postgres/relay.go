@@ -56,8 +56,9 @@ func RelayBatchInFlight(ctx context.Context, q Querier, group string) (uuid.UUID
 	}
 	where, arg := inBatch(id, ids)
 	rows, err := q.Query(ctx, `
-		SELECT outbox_id, member_id, sequence, change_id, payload, traceparent, created_at
-		  FROM outbox WHERE `+where+` AND published_at IS NULL ORDER BY outbox_id`, arg)
+		SELECT o.outbox_id, o.member_id, o.sequence, o.change_id, o.payload, o.traceparent, o.created_at
+		  FROM outbox o JOIN outbox_pending p USING (outbox_id, member_id)
+		 WHERE o.`+where+` ORDER BY o.outbox_id`, arg)
 	if err != nil {
 		return id, nil, fmt.Errorf("rows of relay batch %s: %w", id, err)
 	}
@@ -80,9 +81,9 @@ func inBatch(id uuid.UUID, ids []int64) (string, any) {
 // order, as batch id of the group's term, and returns them (none when
 // nothing waits). It refuses while another batch is in flight, and fails
 // with ErrRelayFenced when term is not the group's. The batch keeps the
-// rows' ids; the rows themselves are not written until they are marked
-// published: with one batch in flight at a time, the next claim comes after
-// this one's rows are marked.
+// rows' ids; the rows themselves are not written, and stay pending until
+// they are marked published: with one batch in flight at a time, the next
+// claim comes after this one's rows are marked.
 func ClaimRelayBatch(ctx context.Context, tx pgx.Tx, group string, term int64, id uuid.UUID, limit int) ([]OutboxRow, error) {
 	if err := checkRelayTerm(ctx, tx, group, term); err != nil {
 		return nil, err
@@ -95,8 +96,9 @@ func ClaimRelayBatch(ctx context.Context, tx pgx.Tx, group string, term int64, i
 		return nil, errors.New("claim relay batch: a batch is still in flight")
 	}
 	rows, err := tx.Query(ctx, `
-		SELECT outbox_id, member_id, sequence, change_id, payload, traceparent, created_at
-		  FROM outbox WHERE published_at IS NULL ORDER BY outbox_id LIMIT $1`, limit)
+		SELECT o.outbox_id, o.member_id, o.sequence, o.change_id, o.payload, o.traceparent, o.created_at
+		  FROM (SELECT outbox_id, member_id FROM outbox_pending ORDER BY outbox_id LIMIT $1) p
+		  JOIN outbox o USING (outbox_id, member_id) ORDER BY o.outbox_id`, limit)
 	if err != nil {
 		return nil, fmt.Errorf("claim relay batch: %w", err)
 	}
@@ -114,7 +116,8 @@ func ClaimRelayBatch(ctx context.Context, tx pgx.Tx, group string, term int64, i
 	return out, nil
 }
 
-// MarkRelayBatchPublished marks the rows of batch id published and ends the
+// MarkRelayBatchPublished marks the rows of batch id published (deletes
+// their outbox_pending rows; the outbox rows are not written) and ends the
 // batch; ErrRelayFenced when term is not the group's.
 func MarkRelayBatchPublished(ctx context.Context, tx pgx.Tx, group string, term int64, id uuid.UUID) error {
 	if err := checkRelayTerm(ctx, tx, group, term); err != nil {
@@ -128,8 +131,11 @@ func MarkRelayBatchPublished(ctx context.Context, tx pgx.Tx, group string, term 
 	if err != nil {
 		return fmt.Errorf("end relay batch %s: %w", id, err)
 	}
-	where, arg := inBatch(id, ids)
-	if _, err := tx.Exec(ctx, `UPDATE outbox SET published_at = now() WHERE `+where+` AND published_at IS NULL`, arg); err != nil {
+	del, arg := `DELETE FROM outbox_pending WHERE outbox_id = ANY($1)`, any(ids)
+	if len(ids) == 0 { // a batch recorded before migration 00034: its rows are tagged
+		del, arg = `DELETE FROM outbox_pending WHERE outbox_id IN (SELECT outbox_id FROM outbox WHERE relay_batch = $1)`, id
+	}
+	if _, err := tx.Exec(ctx, del, arg); err != nil {
 		return fmt.Errorf("mark relay batch %s published: %w", id, err)
 	}
 	return nil

@@ -17,8 +17,8 @@ import (
 // TestRelayBatchClaimsWithoutWritingTheRows: a claimed batch holds the next
 // unpublished rows by id, in outbox order, without writing them (their row
 // versions stay those the writers committed); it is found in flight with
-// those rows until marked, and marking publishes exactly them (marking it
-// again, nothing more). A batch
+// those rows until marked, and marking publishes exactly them, without
+// writing them either (marking it again, nothing more). A batch
 // recorded before migration 00034 (its rows tagged, no ids) is still found
 // and marked by its tag.
 func TestRelayBatchClaimsWithoutWritingTheRows(t *testing.T) {
@@ -54,7 +54,7 @@ func TestRelayBatchClaimsWithoutWritingTheRows(t *testing.T) {
 	}
 	unpublished := func() []int64 {
 		t.Helper()
-		rows, err := pool.Query(ctx, `SELECT outbox_id FROM outbox WHERE published_at IS NULL ORDER BY outbox_id`)
+		rows, err := pool.Query(ctx, `SELECT outbox_id FROM outbox_pending ORDER BY outbox_id`)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -109,6 +109,12 @@ func TestRelayBatchClaimsWithoutWritingTheRows(t *testing.T) {
 	if got := unpublished(); !slices.Equal(got, ids[3:]) {
 		t.Fatalf("unpublished after marking %v, want %v", got, ids[3:])
 	}
+	// Marking deletes the pending rows: the outbox rows are not rewritten
+	// (migration 00040; an update of published_at rewrote each, payload
+	// and all).
+	if after := versions(); !maps.Equal(before, after) {
+		t.Errorf("marking wrote the outbox rows: versions %v, then %v", before, after)
+	}
 	if id, _, err := postgres.RelayBatchInFlight(ctx, pool, "g"); err != nil || id != (uuid.UUID{}) {
 		t.Fatalf("in flight after marking: %s %v", id, err)
 	}
@@ -125,7 +131,7 @@ func TestRelayBatchClaimsWithoutWritingTheRows(t *testing.T) {
 
 	// A batch recorded before migration 00034: rows tagged, no ids.
 	legacy := uuid.New()
-	if _, err := pool.Exec(ctx, `UPDATE outbox SET relay_batch = $1 WHERE published_at IS NULL`, legacy); err != nil {
+	if _, err := pool.Exec(ctx, `UPDATE outbox SET relay_batch = $1 WHERE outbox_id IN (SELECT outbox_id FROM outbox_pending)`, legacy); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := pool.Exec(ctx, `INSERT INTO relay_batches (batch_id, relay_group, term) VALUES ($1, 'g', $2)`, legacy, term); err != nil {

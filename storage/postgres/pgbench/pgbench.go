@@ -398,7 +398,7 @@ func CountDue(ctx context.Context, q postgres.Querier, at time.Time) (int, error
 // CountUnpublished counts the changes still in the outbox.
 func CountUnpublished(ctx context.Context, q postgres.Querier) (int, error) {
 	var n int
-	err := q.QueryRow(ctx, `SELECT count(*) FROM outbox WHERE published_at IS NULL`).Scan(&n)
+	err := q.QueryRow(ctx, `SELECT count(*) FROM outbox_pending`).Scan(&n)
 	return n, err
 }
 
@@ -416,7 +416,7 @@ func ProgressOf(ctx context.Context, q postgres.Querier, like string) (Progress,
 		(SELECT count(*) FROM ingested_events WHERE event_id LIKE $1),
 		(SELECT count(*) FROM processed_events WHERE consumer = 'benefits' AND event_id LIKE $1),
 		(SELECT count(*) FROM processed_events WHERE consumer = 'tags' AND event_id LIKE $1),
-		(SELECT count(*) FROM outbox WHERE published_at IS NULL)`, like).Scan(&p.Ingested, &p.Benefits, &p.Tags, &p.Unpublished)
+		(SELECT count(*) FROM outbox_pending)`, like).Scan(&p.Ingested, &p.Benefits, &p.Tags, &p.Unpublished)
 	return p, err
 }
 

@@ -119,6 +119,9 @@ type Reference struct {
 // never deleted, so its check could not fail and was half of each insert).
 var UncheckedReferences = []Reference{
 	{"member_label_sets", "member_id", "members", "member_id"},
+	// A pending change's outbox row: written in one statement with it,
+	// and the outbox's pruning and erasure delete only published changes.
+	{"outbox_pending", "outbox_id", "outbox", "outbox_id"},
 }
 
 // CheckReferences verifies that every value of UncheckedReferences names an
