@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"strconv"
@@ -141,6 +142,9 @@ func (r *pipelineRun) freshness(ctx context.Context, floorTopic string) (freshRe
 		}
 		n, res.n = len(evs), len(evs)
 		pipelineLogf("%d members: the first purchases settled in %s", r.members, res.settled.Round(100*time.Millisecond))
+		if n == 0 {
+			return res, errors.New("no shopper's labels changed with its first purchase: nothing to time")
+		}
 	}
 
 	// The stream has its own context: ending it at the timeout must not
@@ -180,7 +184,8 @@ func (r *pipelineRun) freshness(ctx context.Context, floorTopic string) (freshRe
 	}
 	prefix := r.run + "-fr-"
 	// ClickHouse rows of the timed purchases have labels computed from
-	// now on (rows of earlier runs of the same members are older).
+	// now on (the first purchases' rows, of lower versions, may share the
+	// second).
 	since := time.Now()
 	g, gctx := errgroup.WithContext(ctx)
 	// Every checker is done before the listen connection closes, also when
@@ -422,10 +427,15 @@ func (r *pipelineRun) firstPurchases(ctx context.Context, evs []freshEvent, prof
 		if err != nil {
 			return nil, 0, err
 		}
+		checks, err := pgbench.LabelChecksQueued(ctx, r.p.Pool())
+		if err != nil {
+			return nil, 0, err
+		}
 		// What is left: purchases not yet through a stage, changes not
-		// published, members queued for export or whose new labels are
-		// not in ClickHouse yet, and a stage with offsets to commit.
-		left := 3*n - p.Ingested - p.Benefits - p.Tags + p.Unpublished + queued
+		// published, members queued for export or for a label check of
+		// their benefits, members whose new labels are not in ClickHouse
+		// yet, and a stage with offsets to commit.
+		left := 3*n - p.Ingested - p.Benefits - p.Tags + p.Unpublished + queued + checks
 		if left == 0 {
 			if versions, err = pgbench.FeatureVersions(ctx, r.p.Pool(), members); err != nil {
 				return nil, 0, err
@@ -450,7 +460,7 @@ func (r *pipelineRun) firstPurchases(ctx context.Context, evs []freshEvent, prof
 			least, moved = left, time.Now()
 		}
 		if time.Since(moved) > firstSettle {
-			return nil, 0, fmt.Errorf("no progress for %s: %d purchases, changes or profile rows still on their way (%+v, %d queued for export; the platform's log, %s, says why)", firstSettle, left, p, queued, r.o.logPath)
+			return nil, 0, fmt.Errorf("no progress for %s: %d purchases, changes or profile rows still on their way (%+v, %d queued for export, %d for a label check; the platform's log, %s, says why)", firstSettle, left, p, queued, checks, r.o.logPath)
 		}
 		if !fault.Sleep(ctx, 100*time.Millisecond) {
 			return nil, 0, ctx.Err()

@@ -226,8 +226,10 @@ var stages = []stage{
 				fault.Drain(ctx, log, "outbox retention", OutboxPruneBatch, time.Minute, func(ctx context.Context, n int) (int, error) {
 					pruned, err := postgres.PruneOutbox(ctx, e.p.pool, keep, n)
 					if pruned > 0 {
-						// The oldest changes may hold one kept (published
-						// late) before older ones: go on while any leave.
+						// The oldest changes may hold one kept before
+						// older ones (a change is aged from its
+						// transaction's start, not from its place in the
+						// outbox): go on while any leave.
 						return n, err
 					}
 					return 0, err

@@ -41,14 +41,12 @@ func FirstSequence(ctx context.Context, q Querier, memberID uuid.UUID) (int64, e
 	return 1, execLater(ctx, q, "first change sequence", `UPDATE members SET change_seq = 1 WHERE member_id = $1 AND change_seq = 0`, memberID)
 }
 
-// InsertOutbox appends a change to the outbox, pending (outbox_pending)
-// until the relay publishes it. Call it in the transaction that makes the
-// change.
+// InsertOutbox appends a change to the outbox, pending until the relay
+// publishes it (the outbox's trigger writes its outbox_pending row). Call
+// it in the transaction that makes the change.
 func InsertOutbox(ctx context.Context, q Querier, r OutboxRow) error {
-	return execLater(ctx, q, "insert outbox", `WITH o AS (
-		INSERT INTO outbox (member_id, sequence, change_id, payload, traceparent) VALUES ($1, $2, $3, $4, $5)
-		RETURNING outbox_id, member_id)
-		INSERT INTO outbox_pending (outbox_id, member_id) SELECT outbox_id, member_id FROM o`,
+	return execLater(ctx, q, "insert outbox", `
+		INSERT INTO outbox (member_id, sequence, change_id, payload, traceparent) VALUES ($1, $2, $3, $4, $5)`,
 		r.MemberID, r.Sequence, r.ChangeID, r.Payload, r.Traceparent)
 }
 
@@ -71,13 +69,11 @@ func QueueOutbox(b *pgx.Batch, rows []OutboxRow) {
 	}
 	// The rows take their outbox ids in the order given (the relay
 	// publishes in outbox id order, so a member's changes in sequence
-	// order), each pending until the relay publishes it.
-	b.Queue(`WITH o AS (
-		INSERT INTO outbox (member_id, sequence, change_id, payload, traceparent)
+	// order), each pending until the relay publishes it (the outbox's
+	// trigger writes the pending rows).
+	b.Queue(`INSERT INTO outbox (member_id, sequence, change_id, payload, traceparent)
 		SELECT m, s, c, p, t FROM unnest($1::uuid[], $2::bigint[], $3::uuid[], $4::bytea[], $5::text[]) WITH ORDINALITY AS x(m, s, c, p, t, n)
-		 ORDER BY n
-		RETURNING outbox_id, member_id)
-		INSERT INTO outbox_pending (outbox_id, member_id) SELECT outbox_id, member_id FROM o`, members, seqs, ids, payloads, tps)
+		 ORDER BY n`, members, seqs, ids, payloads, tps)
 	lm := make([]uuid.UUID, 0, len(last))
 	ls := make([]int64, 0, len(last))
 	for m, seq := range last {
@@ -189,10 +185,10 @@ const (
 	OutboxPoll = 5 * time.Millisecond
 	// outboxRecheck is how often it also looks for unpublished rows
 	// themselves: a row whose id was handed out before the last wake-up
-	// but committed after it moves no sequence. (That look walks
-	// outbox_pending's key, which holds the entries of published rows
-	// until every snapshot older than their publication ends: a long
-	// transaction anywhere on the server makes it slow.)
+	// but committed after it moves no sequence. (That look reads
+	// outbox_pending, which keeps the rows of published changes, deleted,
+	// until a vacuum after every snapshot older than their publication
+	// ended: a long transaction anywhere on the server makes it slow.)
 	outboxRecheck = 100 * time.Millisecond
 )
 

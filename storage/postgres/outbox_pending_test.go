@@ -12,9 +12,10 @@ import (
 )
 
 // TestOutboxPendingMigration: migration 00040 makes every change not yet
-// published (published_at NULL) pending and drops published_at; rolled
-// back, the changes still pending are unpublished again and the others
-// published (at their creation: the time of publication is not kept).
+// published (published_at NULL) pending and drops published_at; a change
+// inserted as the version before inserts it is pending too; rolled back,
+// the changes still pending are unpublished again and the others published
+// (at their creation: the time of publication is not kept).
 func TestOutboxPendingMigration(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -48,6 +49,15 @@ func TestOutboxPendingMigration(t *testing.T) {
 	if got := pending(); !slices.Equal(got, []int64{2, 3}) {
 		t.Fatalf("pending after 00040: sequences %v, want [2 3]", got)
 	}
+	// A writer of the version before inserts into the outbox alone (a
+	// rolling upgrade runs it beside the migrated database): its change is
+	// pending too.
+	if _, err := pool.Exec(ctx, `INSERT INTO outbox (member_id, sequence, change_id, payload, traceparent) VALUES ($1, 4, gen_random_uuid(), '\x04', '')`, member); err != nil {
+		t.Fatal(err)
+	}
+	if got := pending(); !slices.Equal(got, []int64{2, 3, 4}) {
+		t.Fatalf("pending after the version before's insert: sequences %v, want [2 3 4]", got)
+	}
 	var hasColumn bool
 	if err := pool.QueryRow(ctx, `SELECT EXISTS (SELECT FROM information_schema.columns WHERE table_name = 'outbox' AND column_name = 'published_at')`).Scan(&hasColumn); err != nil || hasColumn {
 		t.Fatalf("outbox.published_at after 00040: there %v (%v)", hasColumn, err)
@@ -63,13 +73,13 @@ func TestOutboxPendingMigration(t *testing.T) {
 	if err := pool.QueryRow(ctx, `SELECT array_agg(published_at IS NOT NULL ORDER BY sequence) FROM outbox WHERE member_id = $1`, member).Scan(&published); err != nil {
 		t.Fatal(err)
 	}
-	if want := []bool{true, true, false}; !slices.Equal(published, want) {
+	if want := []bool{true, true, false, false}; !slices.Equal(published, want) {
 		t.Errorf("published after rolling 00040 back, by sequence: %v, want %v", published, want)
 	}
 	if _, err := p.Up(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if got := pending(); !slices.Equal(got, []int64{3}) {
-		t.Fatalf("pending after 00040 again: sequences %v, want [3]", got)
+	if got := pending(); !slices.Equal(got, []int64{3, 4}) {
+		t.Fatalf("pending after 00040 again: sequences %v, want [3 4]", got)
 	}
 }

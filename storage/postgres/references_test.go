@@ -2,6 +2,7 @@ package postgres_test
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -20,7 +21,7 @@ func TestUncheckedReferencesAreCheckedByTests(t *testing.T) {
 	for _, r := range pgtest.UncheckedReferences {
 		fks := pgtest.Values[string](t, ctx, pool, `SELECT c.conname FROM pg_constraint c
 			JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = ANY(c.conkey)
-			WHERE c.contype = 'f' AND c.conrelid = $1::regclass AND a.attname = $2`, r.Table, r.Column)
+			WHERE c.contype = 'f' AND c.conrelid = $1::regclass AND a.attname = ANY($2)`, r.Table, strings.Split(r.Column, ", "))
 		if len(fks) > 0 {
 			t.Errorf("%s.%s: a foreign key (%s) checks it already", r.Table, r.Column, strings.Join(fks, ", "))
 		}
@@ -48,15 +49,28 @@ func TestUncheckedReferencesAreCheckedByTests(t *testing.T) {
 		t.Fatalf("after the orphan went: %v", err)
 	}
 
-	// A pending change whose outbox row is not there.
-	if _, err := pool.Exec(ctx, `INSERT INTO outbox_pending (outbox_id, member_id) VALUES (987654321, $1)`, member); err != nil {
-		t.Fatalf("a pending change of no outbox row, which the schema does not refuse: %v", err)
+	// A change of the member (its trigger makes it pending), and a pending
+	// row that names the change under another member: the relay would
+	// never claim it.
+	var change int64
+	if err := pool.QueryRow(ctx, `INSERT INTO outbox (member_id, sequence, change_id, payload) VALUES ($1, 1, gen_random_uuid(), '\x01')
+		RETURNING outbox_id`, member).Scan(&change); err != nil {
+		t.Fatal(err)
+	}
+	if err := pgtest.CheckReferences(ctx, pool); err != nil {
+		t.Fatalf("a pending change: %v", err)
+	}
+	if _, err := pool.Exec(ctx, `INSERT INTO outbox_pending (outbox_id, member_id) VALUES ($1, $2)`, change, orphan); err != nil {
+		t.Fatalf("a pending row of no outbox row, which the schema does not refuse: %v", err)
 	}
 	err = pgtest.CheckReferences(ctx, pool)
-	if err == nil || !strings.Contains(err.Error(), "outbox_pending.outbox_id names no outbox row in 1 rows (987654321)") {
-		t.Fatalf("CheckReferences after a pending change of no outbox row: %v", err)
+	if want := fmt.Sprintf("outbox_pending.outbox_id, member_id names no outbox row in 1 rows (%d)", change); err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("CheckReferences after a pending row under another member: %v; want %q", err, want)
 	}
-	if _, err := pool.Exec(ctx, `DELETE FROM outbox_pending`); err != nil {
+	if _, err := pool.Exec(ctx, `DELETE FROM outbox_pending WHERE member_id = $1`, orphan); err != nil {
 		t.Fatal(err)
+	}
+	if err := pgtest.CheckReferences(ctx, pool); err != nil {
+		t.Fatalf("after the stray pending row went: %v", err)
 	}
 }

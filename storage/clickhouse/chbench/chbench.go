@@ -85,8 +85,9 @@ func FinalVersions(ctx context.Context, conn driver.Conn, members []string) (map
 // among its rows whose labels were computed at or after since (updated_at,
 // whole seconds), without merging rows first. Older rows are left out: a
 // bench's PostgreSQL database is a fresh copy of one template every run,
-// so its members' ids and version numbers repeat from run to run, while
-// ClickHouse keeps every run's rows.
+// so its members' ids and version numbers repeat from run to run, and a
+// ClickHouse database that outlives a run (one the pipeline bench did not
+// make anew) holds earlier runs' rows under them.
 func LatestVersions(ctx context.Context, conn driver.Conn, members []string, since time.Time) (map[string]uint64, error) {
 	return versions(ctx, conn, members, fmt.Sprintf("SELECT member_id, max(version) FROM %s WHERE member_id IN %s AND updated_at >= toDateTime(%d) GROUP BY member_id",
 		clickhouse.ProfilesTable, pendingTable, since.Unix()))

@@ -282,6 +282,14 @@ func ExportBacklog(ctx context.Context, q postgres.Querier) (queued, due int, er
 	return queued, due, err
 }
 
+// LabelChecksQueued counts the members queued for a check of the benefits
+// that follow their labels (the benefit stage's label checks).
+func LabelChecksQueued(ctx context.Context, q postgres.Querier) (int, error) {
+	var n int
+	err := q.QueryRow(ctx, `SELECT count(*) FROM benefit_label_checks`).Scan(&n)
+	return n, err
+}
+
 // FeatureStats averages the members' stored tag state.
 type FeatureStats struct {
 	StateBytes, Purchases, Acts, Labels float64

@@ -108,7 +108,8 @@ func CheckRun(ctx context.Context, pool *pgxpool.Pool) error {
 }
 
 // Reference is a column whose values name rows of another table, checked by
-// tests rather than by a foreign key.
+// tests rather than by a foreign key; Column and RefColumn may each list
+// several columns (", " between them), paired in order.
 type Reference struct {
 	Table, Column, RefTable, RefColumn string
 }
@@ -119,9 +120,10 @@ type Reference struct {
 // never deleted, so its check could not fail and was half of each insert).
 var UncheckedReferences = []Reference{
 	{"member_label_sets", "member_id", "members", "member_id"},
-	// A pending change's outbox row: written in one statement with it,
-	// and the outbox's pruning and erasure delete only published changes.
-	{"outbox_pending", "outbox_id", "outbox", "outbox_id"},
+	// A pending change's outbox row: the outbox's trigger writes the
+	// pending row with it, and the outbox's pruning and erasure delete
+	// only published changes.
+	{"outbox_pending", "outbox_id, member_id", "outbox", "outbox_id, member_id"},
 }
 
 // CheckReferences verifies that every value of UncheckedReferences names an
@@ -129,11 +131,17 @@ var UncheckedReferences = []Reference{
 func CheckReferences(ctx context.Context, q postgres.Querier) error {
 	var errs []string
 	for _, r := range UncheckedReferences {
+		// A reference of several columns pairs them in order.
+		cols, refs := strings.Split(r.Column, ", "), strings.Split(r.RefColumn, ", ")
+		match := make([]string, len(cols))
+		for i := range cols {
+			match[i] = fmt.Sprintf("p.%s = c.%s", refs[i], cols[i])
+		}
 		var n int64
 		var example string
 		err := q.QueryRow(ctx, fmt.Sprintf(`SELECT count(*), coalesce(min(c.%[2]s::text), '') FROM %[1]s c
-			WHERE c.%[2]s IS NOT NULL AND NOT EXISTS (SELECT FROM %[3]s p WHERE p.%[4]s = c.%[2]s)`,
-			r.Table, r.Column, r.RefTable, r.RefColumn)).Scan(&n, &example)
+			WHERE c.%[2]s IS NOT NULL AND NOT EXISTS (SELECT FROM %[3]s p WHERE %[4]s)`,
+			r.Table, cols[0], r.RefTable, strings.Join(match, " AND "))).Scan(&n, &example)
 		if err != nil {
 			return fmt.Errorf("check %s.%s: %w", r.Table, r.Column, err)
 		}
