@@ -55,8 +55,7 @@ var erasure = []struct{ table, sql string }{
 	{"legacy_changes", `DELETE FROM legacy_changes WHERE member_id = ANY($1)`},
 	// The changes already published (they carry masked values); those not
 	// yet published go out in order, before the erasure's own change.
-	{"outbox", `DELETE FROM outbox o WHERE o.member_id = ANY($1)
-		AND NOT EXISTS (SELECT FROM outbox_pending p WHERE p.outbox_id = o.outbox_id AND p.member_id = o.member_id)`},
+	{"outbox", `DELETE FROM outbox o WHERE o.member_id = ANY($1) AND ` + outboxPublished},
 	// Records that keep their place but lose what identified the member.
 	{"members", `UPDATE members SET attributes = '{}'::jsonb, status = 'erased' WHERE member_id = ANY($1)`},
 	{"ingested_events", `UPDATE ingested_events SET resolution = ''::bytea WHERE member_id = ANY($1) AND resolution <> ''::bytea`},

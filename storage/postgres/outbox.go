@@ -127,7 +127,7 @@ func (h *HeldOutbox) Queue(b *pgx.Batch) {
 // by another relay are skipped; the lock lasts until the transaction ends.
 func ClaimOutbox(ctx context.Context, tx pgx.Tx, limit int) ([]OutboxRow, error) {
 	rows, err := tx.Query(ctx, `
-		SELECT o.outbox_id, o.member_id, o.sequence, o.change_id, o.payload, o.traceparent, o.created_at
+		SELECT `+outboxColumns+`
 		  FROM outbox_pending p JOIN outbox o USING (outbox_id, member_id)
 		 ORDER BY p.outbox_id
 		 LIMIT $1
@@ -138,8 +138,14 @@ func ClaimOutbox(ctx context.Context, tx pgx.Tx, limit int) ([]OutboxRow, error)
 	return collectOutbox(rows)
 }
 
-// collectOutbox reads rows of outbox_id, member_id, sequence, change_id,
-// payload, traceparent, created_at.
+// outboxColumns are the columns of outbox o that collectOutbox reads.
+const outboxColumns = `o.outbox_id, o.member_id, o.sequence, o.change_id, o.payload, o.traceparent, o.created_at`
+
+// outboxPublished says that outbox row o was published: it has no pending
+// row (outbox_pending, migration 00040).
+const outboxPublished = `NOT EXISTS (SELECT FROM outbox_pending p WHERE p.outbox_id = o.outbox_id AND p.member_id = o.member_id)`
+
+// collectOutbox reads rows of outboxColumns.
 func collectOutbox(rows pgx.Rows) ([]OutboxRow, error) {
 	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (OutboxRow, error) {
 		var r OutboxRow
@@ -271,8 +277,7 @@ func (l *RelayConn) Close() {
 // bench's database, and it would grow with the retention.
 func PruneOutbox(ctx context.Context, q Querier, keep time.Duration, limit int) (int, error) {
 	tag, err := q.Exec(ctx, `DELETE FROM outbox WHERE outbox_id = ANY(ARRAY(
-		SELECT outbox_id FROM (SELECT o.outbox_id, o.created_at FROM outbox o
-		        WHERE NOT EXISTS (SELECT FROM outbox_pending p WHERE p.outbox_id = o.outbox_id AND p.member_id = o.member_id)
+		SELECT outbox_id FROM (SELECT o.outbox_id, o.created_at FROM outbox o WHERE `+outboxPublished+`
 		        ORDER BY o.outbox_id LIMIT $2) oldest
 		 WHERE created_at < now() - $1::interval))`, keep, limit)
 	if err != nil {

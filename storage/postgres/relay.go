@@ -56,7 +56,7 @@ func RelayBatchInFlight(ctx context.Context, q Querier, group string) (uuid.UUID
 	}
 	where, arg := inBatch(id, ids)
 	rows, err := q.Query(ctx, `
-		SELECT o.outbox_id, o.member_id, o.sequence, o.change_id, o.payload, o.traceparent, o.created_at
+		SELECT `+outboxColumns+`
 		  FROM outbox o JOIN outbox_pending p USING (outbox_id, member_id)
 		 WHERE o.`+where+` ORDER BY o.outbox_id`, arg)
 	if err != nil {
@@ -96,7 +96,7 @@ func ClaimRelayBatch(ctx context.Context, tx pgx.Tx, group string, term int64, i
 		return nil, errors.New("claim relay batch: a batch is still in flight")
 	}
 	rows, err := tx.Query(ctx, `
-		SELECT o.outbox_id, o.member_id, o.sequence, o.change_id, o.payload, o.traceparent, o.created_at
+		SELECT `+outboxColumns+`
 		  FROM (SELECT outbox_id, member_id FROM outbox_pending ORDER BY outbox_id LIMIT $1) p
 		  JOIN outbox o USING (outbox_id, member_id) ORDER BY o.outbox_id`, limit)
 	if err != nil {
