@@ -99,7 +99,7 @@ func (r *pipelineRun) freshness(ctx context.Context, floorTopic string) (freshRe
 		return res, fmt.Errorf("floor: %w", err)
 	}
 
-	// The purchasers, resolved and read before their purchase (unmeasured).
+	// The purchasers, resolved before their purchase (unmeasured).
 	ids := mcv1.NewIdentityServiceClient(r.conn)
 	profiles := mcv1.NewProfileServiceClient(r.conn)
 	evs := make([]freshEvent, 0, n)
@@ -116,12 +116,8 @@ func (r *pipelineRun) freshness(ctx context.Context, floorTopic string) (freshRe
 		if _, dup := byMember[m]; dup {
 			continue // two shoppers merged into one member: time it once
 		}
-		p, err := profiles.GetProfile(ctx, &mcv1.GetProfileRequest{MemberId: m.String()})
-		if err != nil {
-			return res, err
-		}
 		byMember[m] = len(evs)
-		evs = append(evs, freshEvent{shopper: sh.Index, phone: sh.Phone, member: m, computed: p.GetProfile().GetLabelsComputedAt().AsTime()})
+		evs = append(evs, freshEvent{shopper: sh.Index, phone: sh.Phone, member: m})
 	}
 	n, res.n = len(evs), len(evs)
 	members := make([]uuid.UUID, n)
@@ -137,7 +133,7 @@ func (r *pipelineRun) freshness(ctx context.Context, floorTopic string) (freshRe
 	}
 	if !r.o.freshFirst {
 		pipelineLogf("%d members: each of %d shoppers buys once first, unmeasured", r.members, n)
-		if evs, res.settled, err = r.firstPurchases(ctx, evs, profiles); err != nil {
+		if evs, res.settled, err = r.firstPurchases(ctx, evs); err != nil {
 			return res, fmt.Errorf("the shoppers' first purchases: %w", err)
 		}
 		n, res.n = len(evs), len(evs)
@@ -145,6 +141,9 @@ func (r *pipelineRun) freshness(ctx context.Context, floorTopic string) (freshRe
 		if n == 0 {
 			return res, errors.New("no shopper's labels changed with its first purchase: nothing to time")
 		}
+	}
+	if err := labelsComputed(ctx, profiles, evs); err != nil {
+		return res, err
 	}
 
 	// The stream has its own context: ending it at the timeout must not
@@ -383,9 +382,6 @@ func (r *pipelineRun) purchase(prefix string, i int, ev freshEvent) *kgo.Record 
 	return &kgo.Record{Topic: r.kcfg.Topics.ChannelEvents, Key: []byte(ev.phone), Value: v}
 }
 
-// firstSettle bounds how long firstPurchases waits without progress.
-const firstSettle = 3 * time.Minute
-
 // firstPurchases gives each timed shopper one purchase first, unmeasured,
 // and waits until the platform is idle again: every purchase ingested and
 // applied by both member stages, every change published and in the sink's
@@ -396,12 +392,12 @@ const firstSettle = 3 * time.Minute
 // first value (a LabelsChanged of about 230 labels, and as many ClickHouse
 // rows); a retailer's existing members have theirs (the legacy import
 // computes them, docs/migration.md), and a purchase of theirs changes the
-// few its features move. evs' versions and computed times are updated to
-// the new ones. A member whose labels this purchase did not change (its
+// few its features move. evs' versions are updated to the new ones. A
+// member whose labels this purchase did not change (its
 // behavioural labels withheld: profiling consent withdrawn in an earlier
 // pass) would not show a timed purchase's labels either, and is left out
 // of the returned events. It also returns how long it took.
-func (r *pipelineRun) firstPurchases(ctx context.Context, evs []freshEvent, profiles mcv1.ProfileServiceClient) ([]freshEvent, time.Duration, error) {
+func (r *pipelineRun) firstPurchases(ctx context.Context, evs []freshEvent) ([]freshEvent, time.Duration, error) {
 	start := time.Now()
 	prefix := r.run + "-fw-"
 	for i, ev := range evs {
@@ -416,7 +412,7 @@ func (r *pipelineRun) firstPurchases(ctx context.Context, evs []freshEvent, prof
 		members[i], ids[i] = ev.member, ev.member.String()
 	}
 	n := len(evs)
-	least, moved := -1, time.Now()
+	wait := newProgress()
 	var versions map[uuid.UUID]pgbench.FeatureVersion
 	for {
 		p, err := pgbench.ProgressOf(ctx, r.p.Pool(), prefix+"%")
@@ -456,11 +452,8 @@ func (r *pipelineRun) firstPurchases(ctx context.Context, evs []freshEvent, prof
 		if left == 0 {
 			break
 		}
-		if least < 0 || left < least {
-			least, moved = left, time.Now()
-		}
-		if time.Since(moved) > firstSettle {
-			return nil, 0, fmt.Errorf("no progress for %s: %d purchases, changes or profile rows still on their way (%+v, %d queued for export, %d for a label check; the platform's log, %s, says why)", firstSettle, left, p, queued, checks, r.o.logPath)
+		if wait.stalled(left) {
+			return nil, 0, fmt.Errorf("no progress for %s: %d purchases, changes or profile rows still on their way (%+v, %d queued for export, %d for a label check; the platform's log, %s, says why)", stallAfter, left, p, queued, checks, r.o.logPath)
 		}
 		if !fault.Sleep(ctx, 100*time.Millisecond) {
 			return nil, 0, ctx.Err()
@@ -476,18 +469,24 @@ func (r *pipelineRun) firstPurchases(ctx context.Context, evs []freshEvent, prof
 	if len(kept) < n {
 		pipelineLogf("%d members: %d of %d shoppers' labels did not change with their purchase (behavioural labels withheld); left out", r.members, n-len(kept), n)
 	}
-	// When GetProfile says each member's labels were computed now.
+	return kept, time.Since(start), nil
+}
+
+// labelsComputed reads when GetProfile says each member's labels were
+// computed, before the timed purchases, up to freshProfileCallers calls at
+// once.
+func labelsComputed(ctx context.Context, profiles mcv1.ProfileServiceClient, evs []freshEvent) error {
 	var asks errgroup.Group
 	asks.SetLimit(freshProfileCallers)
-	for i := range kept {
+	for i := range evs {
 		asks.Go(func() error {
-			p, err := profiles.GetProfile(ctx, &mcv1.GetProfileRequest{MemberId: kept[i].member.String()})
+			p, err := profiles.GetProfile(ctx, &mcv1.GetProfileRequest{MemberId: evs[i].member.String()})
 			if err != nil {
 				return err
 			}
-			kept[i].computed = p.GetProfile().GetLabelsComputedAt().AsTime()
+			evs[i].computed = p.GetProfile().GetLabelsComputedAt().AsTime()
 			return nil
 		})
 	}
-	return kept, time.Since(start), asks.Wait()
+	return asks.Wait()
 }

@@ -517,9 +517,29 @@ func (r *pipelineRun) warm(ctx context.Context) (time.Duration, error) {
 	return d.last.Sub(start), run.close()
 }
 
-// sweepStall is how long sweepDue waits for the members due and the changes
-// unpublished to fall below their lowest before it gives up.
-const sweepStall = 3 * time.Minute
+// stallAfter is how long a wait for the platform to finish some work (the
+// sweep, the freshness run's first purchases) goes on while what is left
+// does not fall below its lowest, before it gives up and names the
+// platform's log.
+const stallAfter = 3 * time.Minute
+
+// progress follows what is left in such a wait: the least seen, and when
+// it last fell.
+type progress struct {
+	least int
+	fell  time.Time
+}
+
+func newProgress() progress { return progress{least: -1, fell: time.Now()} }
+
+// stalled notes left and says whether it has stayed above its least for
+// stallAfter.
+func (p *progress) stalled(left int) bool {
+	if p.least < 0 || left < p.least {
+		p.least, p.fell = left, time.Now()
+	}
+	return time.Since(p.fell) > stallAfter
+}
 
 // sweepDue runs a platform over scratch topics, with no events, until no
 // member is due for the sweeper and every change it wrote is published.
@@ -540,9 +560,9 @@ func (r *pipelineRun) sweepDue(ctx context.Context) (time.Duration, error) {
 	defer tick.Stop()
 	deadline := time.After(30 * time.Minute)
 	// A platform that cannot sweep (its errors are in its log, not here)
-	// is reported once nothing has moved for sweepStall, not after the
+	// is reported once nothing has moved for stallAfter, not after the
 	// deadline.
-	least, moved, said := -1, time.Now(), time.Now()
+	left, said := newProgress(), time.Now()
 	for {
 		due, err := pgbench.CountDue(ctx, w.p.Pool(), time.Now())
 		if err != nil {
@@ -556,11 +576,8 @@ func (r *pipelineRun) sweepDue(ctx context.Context) (time.Duration, error) {
 			took := time.Since(start)
 			return took, run.close()
 		}
-		if left := due + unpublished; least < 0 || left < least {
-			least, moved = left, time.Now()
-		}
-		if time.Since(moved) > sweepStall {
-			return 0, fmt.Errorf("the sweep made no progress for %s: %d members due, %d changes unpublished (the platform's log, %s, says why)", sweepStall, due, unpublished, r.o.logPath)
+		if left.stalled(due + unpublished) {
+			return 0, fmt.Errorf("the sweep made no progress for %s: %d members due, %d changes unpublished (the platform's log, %s, says why)", stallAfter, due, unpublished, r.o.logPath)
 		}
 		if time.Since(said) > 30*time.Second {
 			pipelineLogf("%d members: %d members due, %d changes unpublished", r.members, due, unpublished)
