@@ -302,7 +302,7 @@ func LoadLoyalty(ctx context.Context, q Batcher, l LoyaltyLoad) (LoyaltyRows, er
 		return r, err
 	}
 	// Month starts since the last evaluated month need their own 12 months.
-	queueRows(b, &r.Activity, activityColumns, `SELECT month, sum(spend), sum(points), sum(orders) FROM member_activity
+	queueRows(b, &r.Activity, activityColumns, `SELECT month, sum(spend)::bigint, sum(points)::bigint, sum(orders)::bigint FROM member_activity
 		WHERE member_id = $1
 		  AND month >= least($2::int, coalesce((SELECT evaluated FROM loyalty_state WHERE member_id = $1), $2::int) - 12)
 		GROUP BY month`, l.Member, l.ActivityFrom)
@@ -589,7 +589,7 @@ func TakeBenefitLabelChecks(ctx context.Context, tx pgx.Tx, members []uuid.UUID)
 // whether the lots are read with a window (settle them once read).
 func queueMemberLots(b *pgx.Batch, r *LoyaltyRows, l LoyaltyLoad) (windowed bool, err error) {
 	if l.SettledAfter.IsZero() {
-		queueRows(b, &r.Lots, lotColumns, `SELECT `+lotSelect("")+` FROM point_lots WHERE member_id = $1 AND remaining > 0 ORDER BY lot_id`, l.Member)
+		queueRows(b, &r.Lots, lotColumns, `SELECT `+lotSelect+` FROM point_lots WHERE member_id = $1 AND remaining > 0 ORDER BY lot_id`, l.Member)
 		return false, nil
 	}
 	if err := l.checkWindow(); err != nil {
@@ -602,11 +602,11 @@ func queueMemberLots(b *pgx.Batch, r *LoyaltyRows, l LoyaltyLoad) (windowed bool
 	// the member (memberSums). Without AvailableFrom ($3 infinity), no
 	// pending lot is read or summed.
 	from := pendingFrom(l)
-	queueRows(b, &r.Lots, lotColumns, `SELECT `+lotSelect("")+` FROM point_lots
+	queueRows(b, &r.Lots, lotColumns, `SELECT `+lotSelect+` FROM point_lots
 		WHERE member_id = $1 AND remaining > 0 AND (expires_at <= `+t+` OR (available_at > $3 AND available_at <= `+t+`))`,
 		l.Member, l.SettledAfter, from)
 	if l.SpendUpTo > 0 {
-		queueRows(b, &r.spendable, lotColumns, `SELECT `+lotSelect("")+` FROM point_lots
+		queueRows(b, &r.spendable, lotColumns, `SELECT `+lotSelect+` FROM point_lots
 			WHERE member_id = $1 AND remaining > 0 AND expires_at > `+t+` AND available_at <= $3
 			ORDER BY expires_at, lot_id LIMIT `+strconv.Itoa(spendChunk), l.Member, l.SettledAfter, from)
 	}

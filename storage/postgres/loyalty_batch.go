@@ -97,7 +97,7 @@ func LoadLoyaltyBatch(ctx context.Context, q Batcher, loads []LoyaltyLoad) (map[
 	// Month starts since each member's last evaluated month need their own
 	// 12 months.
 	queueMemberRows(b, of, func(r *LoyaltyRows) *[]ActivityRow { return &r.Activity }, activityColumns,
-		`SELECT a.member_id, a.month, sum(a.spend), sum(a.points), sum(a.orders)
+		`SELECT a.member_id, a.month, sum(a.spend)::bigint, sum(a.points)::bigint, sum(a.orders)::bigint
 		  FROM unnest($1::uuid[], $2::int[]) AS w(member_id, from_month)
 		  LEFT JOIN loyalty_state s ON s.member_id = w.member_id
 		  JOIN member_activity a ON a.member_id = w.member_id
@@ -555,10 +555,12 @@ const windowSQL = `WITH w AS MATERIALIZED (
 	  LEFT JOIN loyalty_state s ON s.member_id = w.member_id)
 `
 
-// lotSelect is the select list of a lot (lotColumns) of point_lots
-// row named by alias ("l." or none).
-func lotSelect(alias string) string {
-	return strings.NewReplacer("@", alias).Replace(`@lot_id, @earned, @remaining, @earned_at, @available_at, @expires_at, coalesce(@order_id, ''), @origin_member_id, @kind`)
+// lotSelect and lotSelectL are the select list of a lot (lotColumns) of
+// point_lots, unqualified and of the row named l.
+var lotSelect, lotSelectL = lotSelectOf(""), lotSelectOf("l.")
+
+func lotSelectOf(alias string) string {
+	return strings.ReplaceAll(`@lot_id, @earned, @remaining, @earned_at, @available_at, @expires_at, coalesce(@order_id, ''), @origin_member_id, @kind`, "@", alias)
 }
 
 // queueLots queues the reads of the loads' open lots (LoyaltyLoad) into
@@ -584,7 +586,7 @@ func queueLots(b *pgx.Batch, of func(uuid.UUID) *LoyaltyRows, loads []LoyaltyLoa
 	lots := func(r *LoyaltyRows) *[]LotRow { return &r.Lots }
 	if len(all) > 0 {
 		queueMemberRows(b, of, lots, lotColumns,
-			`SELECT member_id, `+lotSelect("")+` FROM point_lots WHERE member_id = ANY($1) AND remaining > 0 ORDER BY member_id, lot_id`, all)
+			`SELECT member_id, `+lotSelect+` FROM point_lots WHERE member_id = ANY($1) AND remaining > 0 ORDER BY member_id, lot_id`, all)
 	}
 	if len(windowed) == 0 {
 		return nil, nil
@@ -596,10 +598,10 @@ func queueLots(b *pgx.Batch, of func(uuid.UUID) *LoyaltyRows, loads []LoyaltyLoa
 	// (settle). Each statement reads its own index range: one statement
 	// with both conditions ORed is planned as one scan of every open lot
 	// of each member.
-	queueMemberRows(b, of, lots, lotColumns, windowSQL+`SELECT w.member_id, `+lotSelect("l.")+` FROM w
+	queueMemberRows(b, of, lots, lotColumns, windowSQL+`SELECT w.member_id, `+lotSelectL+` FROM w
 		JOIN point_lots l ON l.member_id = w.member_id AND l.remaining > 0 AND l.expires_at <= w.t`, args...)
 	if pending {
-		queueMemberRows(b, of, lots, lotColumns, windowSQL+`SELECT w.member_id, `+lotSelect("l.")+` FROM w
+		queueMemberRows(b, of, lots, lotColumns, windowSQL+`SELECT w.member_id, `+lotSelectL+` FROM w
 			JOIN point_lots l ON l.member_id = w.member_id AND l.remaining > 0 AND l.available_at > w.available_from AND l.available_at <= w.t`, args...)
 		// Summed: the ones still pending after t (Pending), which no
 		// operation of the window can spend.
@@ -614,7 +616,7 @@ func queueLots(b *pgx.Batch, of func(uuid.UUID) *LoyaltyRows, loads []LoyaltyLoa
 	// many small lots and a large spending, which is read again with every
 	// lot (spendShort).
 	if spend {
-		queueMemberRows(b, of, func(r *LoyaltyRows) *[]LotRow { return &r.spendable }, lotColumns, windowSQL+`SELECT w.member_id, `+lotSelect("l.")+` FROM w
+		queueMemberRows(b, of, func(r *LoyaltyRows) *[]LotRow { return &r.spendable }, lotColumns, windowSQL+`SELECT w.member_id, `+lotSelectL+` FROM w
 			CROSS JOIN LATERAL (SELECT * FROM point_lots l WHERE l.member_id = w.member_id AND l.remaining > 0 AND l.expires_at > w.t AND l.available_at <= w.available_from
 			 ORDER BY l.expires_at, l.lot_id LIMIT `+strconv.Itoa(spendChunk)+`) l
 			WHERE w.spend > 0`, args...)
