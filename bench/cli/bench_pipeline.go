@@ -7,6 +7,8 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -75,7 +77,9 @@ adds is not carried into the next. Then:
 
 With --cpuprofile DIR, membercenter's CPU profile of each drain is written
 there and summarised by package, beside the PostgreSQL statements sampled
-while it ran. With --trace, the platform records every span (the cost of
+while it ran; so are the process's allocations (the heap profile at the
+drain's start, pipeline-allocs-<members>.base.pprof, and at its end:
+go tool pprof -sample_index=alloc_space -base … shows the drain's). With --trace, the platform records every span (the cost of
 tracing everything; without it, as a process with no exporter, none).`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			e, logPath, done, err := setupLogged(cmd.Context(), "membercenter-bench-pipeline")
@@ -339,10 +343,16 @@ func benchPipeline(ctx context.Context, e *platformtest.Env, members int, o pipe
 	res.floorRSS = sampleRSS()
 
 	// The pipeline drains the backlog.
-	stopProfile, err := startCPUProfile(r.profilePath())
+	stopCPU, err := startCPUProfile(r.profilePath())
 	if err != nil {
 		return res, err
 	}
+	stopAllocs, err := startAllocProfile(r.profileOf("pipeline-allocs"))
+	if err != nil {
+		stopCPU()
+		return res, err
+	}
+	stopProfile := func() { stopCPU(); stopAllocs() }
 	sessions := sampleSessions(r.url)
 	before = sampleCPU()
 	start := time.Now()
@@ -633,6 +643,34 @@ func (p *running) close() error {
 }
 
 func (r *pipelineRun) profilePath() string { return r.profileOf("pipeline") }
+
+// startAllocProfile writes the process's heap profile (allocations since
+// it started) to path with ".pprof" replaced by ".base.pprof" now, and to
+// path when the returned func is called: the difference is what was
+// allocated between ("" writes nothing).
+func startAllocProfile(path string) (func(), error) {
+	if path == "" {
+		return func() {}, nil
+	}
+	write := func(path string) error {
+		// The profile counts what was allocated up to the last collection.
+		runtime.GC()
+		f, err := os.Create(path)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		return pprof.Lookup("allocs").WriteTo(f, 0)
+	}
+	if err := write(strings.TrimSuffix(path, ".pprof") + ".base.pprof"); err != nil {
+		return nil, err
+	}
+	return sync.OnceFunc(func() {
+		if err := write(path); err != nil {
+			pipelineLogf("allocation profile: %v", err)
+		}
+	}), nil
+}
 
 // profileOf is where the CPU profile of the run's phase goes
 // (<phase>-<members>.pprof under --cpuprofile; "" without it).
