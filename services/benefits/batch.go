@@ -159,6 +159,9 @@ func (s *Service) applyOps(ctx context.Context, tx pgx.Tx, w *postgres.LoyaltyWr
 		return err
 	}
 	shared := sharedLimits{held: held}
+	// The orders the members before recorded: order ids are unique across
+	// members, and those are not written yet.
+	var taken []string
 	for _, m := range members {
 		r := rows[m]
 		if r == nil || !r.Found {
@@ -172,11 +175,16 @@ func (s *Service) applyOps(ctx context.Context, tx pgx.Tx, w *postgres.LoyaltyWr
 			continue
 		}
 		shared.lend(m, r)
+		r.TakenOrders = taken
+		before := len(w.NewOrders)
 		st, err := s.applyMember(ctx, tx, w, p, m, r, byMember[m], refused, answers)
 		if err != nil {
 			return err
 		}
 		shared.took(st)
+		for _, o := range w.NewOrders[before:] {
+			taken = append(taken, o.OrderID)
+		}
 	}
 	return nil
 }
@@ -443,7 +451,7 @@ func (s *Service) applyMember(ctx context.Context, tx pgx.Tx, w *postgres.Loyalt
 			case err != nil && b.call != nil:
 				refused[b.i], skip[b.i], again = err, true, true
 				delete(answers, b.i)
-			case errors.Is(err, ErrInvalid):
+			case errors.Is(err, ErrInvalid), errors.Is(err, ErrOrderTaken):
 				refused[b.i], skip[b.i], again = fault.Permanent(err), true, true
 			case errors.As(err, &refusal):
 				s.log.WarnContext(ctx, "event refused by the programme", "event_id", b.ev.GetEventId(), "member_id", member, "reason", refusal.Reason)

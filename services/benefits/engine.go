@@ -188,6 +188,9 @@ type State struct {
 	BirthDate  string
 	Labels     []string
 	Orders     map[string]*Order
+	// OthersOrders are order ids other members hold (order ids are unique
+	// across members): a purchase under one of them is refused.
+	OthersOrders map[string]bool
 
 	// What changed, for the store.
 	MonthDelta   map[string]map[Month]Activity // by origin
@@ -233,6 +236,14 @@ func (s *State) init() {
 	if s.MonthDelta == nil {
 		s.MonthDelta = map[string]map[Month]Activity{}
 	}
+}
+
+// takeOrder notes that another member holds order id.
+func (s *State) takeOrder(id string) {
+	if s.OthersOrders == nil {
+		s.OthersOrders = map[string]bool{}
+	}
+	s.OthersOrders[id] = true
 }
 
 // Balance returns the member's points at t: total held, available, pending.
@@ -344,6 +355,12 @@ type Refusal struct {
 
 func (r *Refusal) Error() string { return r.Reason }
 
+// ErrOrderTaken is returned for a purchase whose order id another
+// member's order holds: order ids are unique across members, so the order
+// cannot be recorded (AlreadyExists over gRPC; a stage dead-letters the
+// event, a data error retrying cannot help).
+var ErrOrderTaken = errors.New("is another member's order (order ids are unique across members)")
+
 // ErrRefused is matched by every Refusal (FailedPrecondition).
 var ErrRefused = errors.New("refused by the loyalty programme")
 
@@ -402,6 +419,9 @@ func (e Engine) Apply(s *State, op Op) (*Effects, error) {
 		if o := s.Orders[op.OrderID]; o != nil {
 			fx.Duplicate, fx.Order = true, o
 			return fx, nil
+		}
+		if s.OthersOrders[op.OrderID] {
+			return nil, fmt.Errorf("order %q %w", op.OrderID, ErrOrderTaken)
 		}
 	}
 	if op.Kind == OpRefund && s.Orders[op.OrderID] == nil {

@@ -581,10 +581,13 @@ func TestGroupFailures(t *testing.T) {
 	}
 }
 
-// TestGroupFallsBackOnAConflictWithinIt: two members committing the same
-// order id in one group conflict on the order's key; the group rolls back
-// and each call runs alone, answering as the single path does.
-func TestGroupFallsBackOnAConflictWithinIt(t *testing.T) {
+// TestGroupRefusesAnOrderIdTakenWithinIt: two members committing the same
+// order id in one group: the first member applied takes it and the
+// other's call is refused with ErrOrderTaken within the group (order ids
+// are unique across members), as it is on the single path; the group
+// commits without falling back to calls one by one (before, the order's
+// key conflicted at the insert and the group rolled back).
+func TestGroupRefusesAnOrderIdTakenWithinIt(t *testing.T) {
 	ids := []string{"0190a000-0000-7000-8000-000000000021", "0190a000-0000-7000-8000-000000000022"}
 	setup := func(t *testing.T) *fixture {
 		f := newFixture(t)
@@ -602,8 +605,11 @@ func TestGroupFallsBackOnAConflictWithinIt(t *testing.T) {
 	single := setup(t)
 	want := alone(t, single, scenario(single))
 	sameAnswers(t, "grouped", got, want)
-	if _, _, fallbacks := benefits.GroupStats(grouped.svc); fallbacks != 1 {
-		t.Errorf("%d fallbacks; want 1", fallbacks)
+	if got[0].err != nil || !errors.Is(got[1].err, benefits.ErrOrderTaken) || got[2].err != nil {
+		t.Errorf("answers %v; want the second call refused with ErrOrderTaken, the others applied", got)
+	}
+	if _, _, fallbacks := benefits.GroupStats(grouped.svc); fallbacks != 0 {
+		t.Errorf("%d fallbacks; want none", fallbacks)
 	}
 	sameDatabases(t, grouped, single)
 }

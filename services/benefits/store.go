@@ -140,9 +140,16 @@ func toState(member uuid.UUID, rows postgres.LoyaltyRows, p *Program) (*State, e
 			}
 		}
 		// An order held by another member (before a merge) is not this
-		// member's to change.
+		// member's to change, and its id is not this member's to use.
 		if o.MemberID == st.MemberID {
 			st.Orders[o.OrderID] = o
+		} else {
+			st.takeOrder(o.OrderID)
+		}
+	}
+	for _, id := range rows.TakenOrders {
+		if st.Orders[id] == nil {
+			st.takeOrder(id)
 		}
 	}
 	if rows.State != nil {

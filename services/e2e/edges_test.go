@@ -79,6 +79,15 @@ func TestAPIAndIngestEdges(t *testing.T) {
 		Channel: mcv1.Channel_CHANNEL_POS, Total: &mcv1.Money{Currency: "CNY", AmountMinor: math.MaxInt64},
 		Items: []*mcv1.LineItem{{Sku: "X", Quantity: 1}}}})
 	invalid("Commit of MaxInt64", err, "basket.total.amount_minor")
+	// Order ids are unique across members: another member's Commit under
+	// the good purchase's order id is refused, not an internal error.
+	other := e.createMember(t, ctx, mcv1.Channel_CHANNEL_POS, "edges-other", "13700000013", "c-edges-other")
+	_, err = bens.Commit(ctx, &mcv1.CommitRequest{MemberId: other, IdempotencyKey: "taken", Basket: &mcv1.Basket{OrderId: "O-edge-good",
+		Channel: mcv1.Channel_CHANNEL_POS, Total: &mcv1.Money{Currency: "CNY", AmountMinor: 5_000},
+		Items: []*mcv1.LineItem{{Sku: "X", Quantity: 1, Amount: &mcv1.Money{Currency: "CNY", AmountMinor: 5_000}}}}})
+	if st := status.Convert(err); st.Code() != codes.AlreadyExists || !strings.Contains(st.Message(), "O-edge-good") {
+		t.Errorf("Commit under another member's order id: %v; want AlreadyExists naming the order", err)
+	}
 
 	code, out := postJSON(t, ctx, e.http+"/membercenter.v1.IdentityService/Resolve",
 		`{"identifiers":[{"type":"IDENTIFIER_TYPE_PHONE","value":"`+phone+`"}],"channel":"CHANNEL_MINIPROGRAM","createIfMisssing":true,"idempotencyKey":"typo"}`)

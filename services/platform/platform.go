@@ -275,6 +275,7 @@ var errorCodes = []server.ErrorCode{
 	{Err: changes.ErrKeyReused, Code: codes.InvalidArgument},
 	{Err: benefits.ErrBadPageToken, Code: codes.InvalidArgument},
 	{Err: benefits.ErrInvalid, Code: codes.InvalidArgument},
+	{Err: benefits.ErrOrderTaken, Code: codes.AlreadyExists},
 	{Err: benefits.ErrRefused, Code: codes.FailedPrecondition},
 	{Err: benefits.ErrNoFacts, Code: codes.FailedPrecondition},
 	{Err: benefits.ErrSameOperator, Code: codes.PermissionDenied},
