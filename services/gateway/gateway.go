@@ -46,17 +46,26 @@ func clientCertificate(r *http.Request) metadata.MD {
 	return metadata.Pairs(ForwardedCertificateHeader, hex.EncodeToString(sum[:]))
 }
 
+// MaxBodyBytes is the largest request body the gateway reads: a larger
+// one is answered 413 before it is read (the gRPC server takes messages up
+// to 4 MiB, and a request's JSON is larger than its protobuf). Without a
+// bound, one request of 64 MB grew the process by 300 MB before the gRPC
+// limit refused it.
+const MaxBodyBytes = 8 << 20
+
 // New returns the HTTP handler, calling the gRPC server through conn.
 func New(ctx context.Context, conn *grpc.ClientConn) (http.Handler, error) {
 	// grpc-gateway's default JSON marshaler, except that an unknown field
 	// is refused (400 naming it) instead of dropped: a typo such as
-	// "createIfMisssing" must not quietly become a request without it.
+	// "createIfMisssing" must not quietly become a request without it; nor
+	// may anything follow the request's JSON value.
 	api := runtime.NewServeMux(runtime.WithMarshalerOption(runtime.MIMEWildcard, &runtime.HTTPBodyMarshaler{
-		Marshaler: &runtime.JSONPb{
+		Marshaler: oneValueJSON{&runtime.JSONPb{
 			MarshalOptions:   protojson.MarshalOptions{EmitUnpopulated: true},
 			UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: false},
-		},
+		}},
 	}),
+		runtime.WithRoutingErrorHandler(routingError),
 		// The client certificate is the gateway's to say, never a header's.
 		runtime.WithIncomingHeaderMatcher(func(key string) (string, bool) {
 			if strings.EqualFold(key, runtime.MetadataHeaderPrefix+ForwardedCertificateHeader) {
@@ -74,7 +83,7 @@ func New(ctx context.Context, conn *grpc.ClientConn) (http.Handler, error) {
 		}
 	}
 	mux := http.NewServeMux()
-	mux.Handle("/", api) // POST /membercenter.v1.<Service>/<Method>
+	mux.Handle("/", limitBody(api)) // POST /membercenter.v1.<Service>/<Method>
 	mux.Handle("GET /v1/sync/subscribe", &sse{sync: mcv1.NewSyncServiceClient(conn)})
 	// The document is public, like the API's shape in the .proto files:
 	// client generators and API consoles fetch it without a token.
@@ -84,6 +93,54 @@ func New(ctx context.Context, conn *grpc.ClientConn) (http.Handler, error) {
 		_, _ = w.Write(doc)
 	})
 	return mux, nil
+}
+
+// limitBody answers 413 for a body larger than MaxBodyBytes, and bounds
+// what h reads of one that does not say its length.
+func limitBody(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ContentLength > MaxBodyBytes {
+			writeErrorAs(w, http.StatusRequestEntityTooLarge, status.Errorf(codes.ResourceExhausted,
+				"the request body of %d bytes is larger than the gateway's limit of %d bytes", r.ContentLength, MaxBodyBytes))
+			return
+		}
+		r.Body = http.MaxBytesReader(w, r.Body, MaxBodyBytes)
+		h.ServeHTTP(w, r)
+	})
+}
+
+// oneValueJSON is a JSON marshaler whose decoder refuses a body that holds
+// anything but white space after the request's value ({"a":1} xyz).
+type oneValueJSON struct{ *runtime.JSONPb }
+
+func (m oneValueJSON) NewDecoder(r io.Reader) runtime.Decoder {
+	dec := m.JSONPb.NewDecoder(r)
+	d, ok := dec.(runtime.DecoderWrapper)
+	if !ok {
+		return dec
+	}
+	return runtime.DecoderFunc(func(v any) error {
+		if err := d.Decode(v); err != nil {
+			return err
+		}
+		if _, err := d.Token(); err != io.EOF {
+			return errors.New("the body holds more than the request's JSON value")
+		}
+		return nil
+	})
+}
+
+// routingError is grpc-gateway's answer to a request no RPC route takes,
+// except that a method other than POST on an RPC's path is 405 with the
+// method allowed (grpc-gateway answers 501, a server error, for a client's
+// mistake).
+func routingError(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, w http.ResponseWriter, r *http.Request, httpStatus int) {
+	if httpStatus == http.StatusMethodNotAllowed {
+		w.Header().Set("Allow", http.MethodPost)
+		writeErrorAs(w, httpStatus, status.Errorf(codes.Unimplemented, "%s: an RPC is called with POST", r.Method))
+		return
+	}
+	runtime.DefaultRoutingErrorHandler(ctx, mux, m, w, r, httpStatus)
 }
 
 // sse streams SyncService.Subscribe as server-sent events: each message is
@@ -181,9 +238,15 @@ func writeEvent(w io.Writer, m *mcv1.SubscribeResponse) error {
 
 // writeError answers with the gRPC status as HTTP, as the JSON API does.
 func writeError(w http.ResponseWriter, err error) {
+	writeErrorAs(w, runtime.HTTPStatusFromCode(status.Code(err)), err)
+}
+
+// writeErrorAs answers the gRPC status of err as the JSON API does, with
+// the HTTP status code.
+func writeErrorAs(w http.ResponseWriter, code int, err error) {
 	st := status.Convert(err)
 	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(runtime.HTTPStatusFromCode(st.Code()))
+	w.WriteHeader(code)
 	b, _ := protojson.Marshal(st.Proto())
 	_, _ = w.Write(b)
 }

@@ -131,6 +131,8 @@ func TestJSONRequestsAreReadStrictly(t *testing.T) {
 		{"a NUL byte", `{"identifiers":[{"type":"IDENTIFIER_TYPE_PHONE","value":"13500000088"}],"channel":"CHANNEL_MINIPROGRAM",
 			"idempotencyKey":"http\u0000-7"}`, "idempotencyKey"},
 		{"a rule of the .proto", `{"identifiers":[],"channel":"CHANNEL_MINIPROGRAM","idempotencyKey":"http-8"}`, "identifiers"},
+		{"text after the value", good + ` xyz`, "more than the request's JSON value"},
+		{"a second value", good + `{"idempotencyKey":"http-9"}`, "more than the request's JSON value"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			before := id.calls()
@@ -324,5 +326,54 @@ func TestAnAgedConnectionEndsTheEventStreamForAResume(t *testing.T) {
 	}
 	if !strings.Contains(got, "id: r2\nevent: change") {
 		t.Errorf("resumed stream:\n%s\nwant the change after r1", got)
+	}
+}
+
+// TestTheGatewayBoundsWhatItReads: a body larger than the gateway's limit
+// is answered 413 without being read (one of 64 MB grew the process by
+// 300 MB before the gRPC limit refused it), and an RPC's path with another
+// method than POST is 405 naming POST, not 501 (a server error).
+func TestTheGatewayBoundsWhatItReads(t *testing.T) {
+	base, id := serve(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	do := func(method string, body io.Reader, size int64) (*http.Response, map[string]any) {
+		t.Helper()
+		req, _ := http.NewRequestWithContext(ctx, method, base+resolvePath, body)
+		req.ContentLength = size
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		out := map[string]any{}
+		b, _ := io.ReadAll(resp.Body)
+		if err := json.Unmarshal(b, &out); err != nil {
+			t.Fatalf("answered %s, not JSON: %v", b, err)
+		}
+		return resp, out
+	}
+	// A body one byte over the limit, of a valid request's shape.
+	big := `{"identifiers":[{"type":"IDENTIFIER_TYPE_PHONE","value":"13500000088"}],"channel":"CHANNEL_MINIPROGRAM","idempotencyKey":"` +
+		strings.Repeat("k", gateway.MaxBodyBytes) + `"}`
+	big = big[:gateway.MaxBodyBytes+1]
+	resp, out := do(http.MethodPost, strings.NewReader(big), int64(len(big)))
+	if msg, _ := out["message"].(string); resp.StatusCode != http.StatusRequestEntityTooLarge || out["code"] != float64(8) || !strings.Contains(msg, "limit") {
+		t.Errorf("a body over the limit: %d %v; want 413 with ResourceExhausted (8) naming the limit", resp.StatusCode, out)
+	}
+	// The same without a length (chunked): read up to the limit, refused.
+	resp, _ = do(http.MethodPost, io.MultiReader(strings.NewReader(big)), -1)
+	if resp.StatusCode != http.StatusBadRequest {
+		t.Errorf("a chunked body over the limit: %d; want 400", resp.StatusCode)
+	}
+	if id.calls() != 0 {
+		t.Errorf("%d refused requests reached the service", id.calls())
+	}
+	for _, method := range []string{http.MethodGet, http.MethodPut} {
+		resp, out := do(method, nil, 0)
+		if msg, _ := out["message"].(string); resp.StatusCode != http.StatusMethodNotAllowed || resp.Header.Get("Allow") != http.MethodPost || !strings.Contains(msg, "POST") {
+			t.Errorf("%s on an RPC's path: %d (Allow %q) %v; want 405 allowing POST", method, resp.StatusCode, resp.Header.Get("Allow"), out)
+		}
 	}
 }
