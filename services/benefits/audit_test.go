@@ -2,6 +2,7 @@ package benefits_test
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 
 	"golang.org/x/sync/errgroup"
@@ -94,4 +95,25 @@ func concurrently(n int, fn func() error) error {
 		g.Go(fn)
 	}
 	return g.Wait()
+}
+
+// TestIssueCouponsCountsAMemberListedTwiceOnce: a member listed more than
+// once (in any case) is issued one coupon and counted once; before, each
+// repeat replayed the first answer and was counted as issued again.
+func TestIssueCouponsCountsAMemberListedTwiceOnce(t *testing.T) {
+	f, c := begin(t)
+	m, other := f.member(t), f.member(t)
+	req := &mcv1.IssueCouponsRequest{TemplateId: "C10", MemberIds: []string{m, strings.ToUpper(m), other, m}, Reason: "apology", IdempotencyKey: "twice"}
+	resp, err := f.srv.IssueCoupons(as(c, "backoffice/alice"), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var held int
+	if err := f.pool.QueryRow(c, `SELECT count(*) FROM coupons WHERE member_id = $1`, m).Scan(&held); err != nil {
+		t.Fatal(err)
+	}
+	if resp.GetIssued() != 2 || len(resp.GetSkipped()) != 0 || held != 1 {
+		t.Errorf("issued %d, skipped %v, and the member listed three times holds %d coupons; want 2 issued (two members), none skipped, 1 coupon",
+			resp.GetIssued(), resp.GetSkipped(), held)
+	}
 }

@@ -334,8 +334,15 @@ func (s *Server) IssueCoupons(ctx context.Context, req *mcv1.IssueCouponsRequest
 	}
 	actor := auth.Actor(ctx)
 	resp := &mcv1.IssueCouponsResponse{Skipped: map[string]string{}}
+	// A member listed twice (in any case) is one member: issued to once,
+	// counted once.
+	seen := map[uuid.UUID]bool{}
 	for _, id := range req.GetMemberIds() {
 		member := uuid.MustParse(id)
+		if seen[member] {
+			continue
+		}
+		seen[member] = true
 		key := req.GetIdempotencyKey() + ":" + id
 		op := Op{Kind: OpIssueCoupon, At: s.svc.now(), Template: req.GetTemplateId(), Reason: "issued: " + req.GetReason(), Actor: actor}
 		_, err := mutate(ctx, s.svc, mutation{scope: "benefits.IssueCoupons", key: key,
