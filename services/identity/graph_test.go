@@ -21,6 +21,7 @@ import (
 	"github.com/membercenter/membercenter/storage/postgres/pgtest"
 
 	"github.com/membercenter/membercenter/pipeline/dlq"
+	"github.com/membercenter/membercenter/services/benefits"
 	"github.com/membercenter/membercenter/services/changes"
 	"github.com/membercenter/membercenter/services/identity"
 )
@@ -252,15 +253,21 @@ func TestUnmergeAttributesLaterActivity(t *testing.T) {
 	}
 	f.earn(t, "a-after", []*mcv1.Identifier{phone("13922220001")}, 2_000)
 	f.earn(t, "b-after", []*mcv1.Identifier{phone("13922220002")}, 5_000)
-	// 10 + 20 + 50, and the programme's 100-point bonus for a third purchase
-	// in the month, earned by b's purchase.
-	if got := state(t, f.pool, b).Account.Balance; got != 180 {
-		t.Fatalf("merged balance %d, want 180", got)
+	// An adjustment through a's id: points a holds, but not points earned
+	// (before, the unmerge counted it as earned: a's lifetime points 35 and
+	// b's 145, a survivor's could go below zero).
+	if _, err := benefits.NewServer(f.benefits).Adjust(ctxT(t), &mcv1.AdjustRequest{MemberId: a, Points: 5, Reason: "goodwill", IdempotencyKey: "a-adjust"}); err != nil {
+		t.Fatal(err)
+	}
+	// 10 + 20 + 50, the programme's 100-point bonus for a third purchase
+	// in the month, earned by b's purchase, and the 5 given.
+	if got := state(t, f.pool, b).Account.Balance; got != 185 {
+		t.Fatalf("merged balance %d, want 185", got)
 	}
 	f.unmerge(t, merged.GetMergeId(), "r", "u")
 	sa, sb := state(t, f.pool, a), state(t, f.pool, b)
-	if sa.Account.Balance != 30 || sa.Account.LifetimeEarned != 30 || sb.Account.Balance != 150 || sb.Account.LifetimeEarned != 150 {
-		t.Fatalf("after unmerge a=%+v b=%+v; want 30 and 150", sa.Account, sb.Account)
+	if sa.Account.Balance != 35 || sa.Account.LifetimeEarned != 30 || sb.Account.Balance != 150 || sb.Account.LifetimeEarned != 150 {
+		t.Fatalf("after unmerge a=%+v b=%+v; want a 35 held of 30 earned, b 150 and 150", sa.Account, sb.Account)
 	}
 	if len(sa.Identifiers) != 2 || !strings.Contains(strings.Join(sa.Identifiers, " "), "a***@example.cn") {
 		t.Fatalf("a's identifiers after unmerge = %v; want its phone and the e-mail linked through it", sa.Identifiers)

@@ -113,12 +113,13 @@ func MoveLots(ctx context.Context, q Querier, from, to uuid.UUID, origins []uuid
 
 // LotTotals sums a member's lots of the given origins (all when nil):
 // remaining points already available, remaining points still pending at
-// now, and points earned after since.
+// now, and points earned after since (lots of kind earn: as the accounts'
+// lifetime points count them, not those adjusted or restored).
 func LotTotals(ctx context.Context, q Querier, memberID uuid.UUID, origins []uuid.UUID, now, since time.Time) (available, pending, earnedSince int64, err error) {
 	err = q.QueryRow(ctx, `
 		SELECT coalesce(sum(remaining) FILTER (WHERE available_at <= $3), 0),
 		       coalesce(sum(remaining) FILTER (WHERE available_at > $3), 0),
-		       coalesce(sum(earned) FILTER (WHERE earned_at > $4), 0)
+		       coalesce(sum(earned) FILTER (WHERE earned_at > $4 AND kind = 'earn'), 0)
 		  FROM point_lots
 		 WHERE member_id = $1 AND ($2::uuid[] IS NULL OR origin_member_id = ANY($2))`,
 		memberID, origins, now, since).Scan(&available, &pending, &earnedSince)
