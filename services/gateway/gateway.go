@@ -35,6 +35,11 @@ import (
 // that name from the HTTP client is dropped.
 const ForwardedCertificateHeader = "mc-forwarded-client-cert-sha256"
 
+// ActorHeader is the header, and the gRPC metadata key, a caller names
+// itself with while channel authentication is off (auth.ActorHeader: the
+// edge imports no domain package, the test holds the two equal).
+const ActorHeader = "x-mc-actor"
+
 // clientCertificate is the metadata forwarding the SHA-256 of the HTTP
 // client's TLS certificate to the gRPC server (auth believes it only from
 // this gateway's own connection); nil without one.
@@ -67,9 +72,14 @@ func New(ctx context.Context, conn *grpc.ClientConn) (http.Handler, error) {
 	}),
 		runtime.WithRoutingErrorHandler(routingError),
 		// The client certificate is the gateway's to say, never a header's.
+		// The actor header goes through as it does over gRPC (the server
+		// reads it only while authentication is off).
 		runtime.WithIncomingHeaderMatcher(func(key string) (string, bool) {
-			if strings.EqualFold(key, runtime.MetadataHeaderPrefix+ForwardedCertificateHeader) {
+			switch {
+			case strings.EqualFold(key, runtime.MetadataHeaderPrefix+ForwardedCertificateHeader):
 				return "", false
+			case strings.EqualFold(key, ActorHeader):
+				return ActorHeader, true
 			}
 			return runtime.DefaultHeaderMatcher(key)
 		}),

@@ -19,6 +19,7 @@ import (
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 
+	"github.com/membercenter/membercenter/services/auth"
 	"github.com/membercenter/membercenter/services/gateway"
 	"github.com/membercenter/membercenter/services/server"
 	"github.com/membercenter/membercenter/services/server/servertest"
@@ -28,8 +29,9 @@ import (
 type identity struct {
 	mcv1.UnimplementedIdentityServiceServer
 	mu   sync.Mutex
-	got  []*mcv1.ResolveRequest
-	auth []string
+	got   []*mcv1.ResolveRequest
+	auth  []string
+	actor []string
 }
 
 func (s *identity) Resolve(ctx context.Context, req *mcv1.ResolveRequest) (*mcv1.ResolveResponse, error) {
@@ -38,6 +40,7 @@ func (s *identity) Resolve(ctx context.Context, req *mcv1.ResolveRequest) (*mcv1
 	s.got = append(s.got, proto.Clone(req).(*mcv1.ResolveRequest))
 	md, _ := metadata.FromIncomingContext(ctx)
 	s.auth = append(s.auth, md.Get("authorization")...)
+	s.actor = append(s.actor, md.Get("x-mc-actor")...)
 	return &mcv1.ResolveResponse{MemberId: "0190c1f4-0000-7000-8000-000000000001", Created: true}, nil
 }
 
@@ -89,6 +92,7 @@ func post(t *testing.T, url, body string) (int, map[string]any) {
 	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, url, strings.NewReader(body))
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Authorization", "Bearer tok")
+	req.Header.Set("X-Mc-Actor", "backoffice/alice")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
@@ -114,6 +118,11 @@ func TestJSONRequestsAreReadStrictly(t *testing.T) {
 	}
 	if id.got[0].GetCreateIfMissing() != true || id.got[0].GetIdempotencyKey() != "http-1" || len(id.auth) != 1 || id.auth[0] != "Bearer tok" {
 		t.Errorf("the service got %v with authorization %v", id.got[0], id.auth)
+	}
+	// The actor header reaches the server as over gRPC (which reads it
+	// only while authentication is off).
+	if len(id.actor) != 1 || id.actor[0] != "backoffice/alice" || gateway.ActorHeader != auth.ActorHeader {
+		t.Errorf("the service got the actor %v under %s; want backoffice/alice under %s", id.actor, gateway.ActorHeader, auth.ActorHeader)
 	}
 	for _, tc := range []struct {
 		name, body, want string
