@@ -28,7 +28,7 @@ import (
 // identity records what reached the gRPC service.
 type identity struct {
 	mcv1.UnimplementedIdentityServiceServer
-	mu   sync.Mutex
+	mu    sync.Mutex
 	got   []*mcv1.ResolveRequest
 	auth  []string
 	actor []string
