@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"buf.build/go/protovalidate"
 	pvinterceptor "github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/protovalidate"
@@ -235,11 +236,30 @@ func (t translator) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServe
 }
 
 func (t translator) status(ctx context.Context, method string, err error) error {
-	if _, ok := status.FromError(err); ok {
-		return err
+	st, ok := status.FromError(err)
+	if !ok {
+		st = t.translate(ctx, method, err)
 	}
-	return t.translate(ctx, method, err).Err()
+	if len(st.Message()) <= MaxStatusMessage {
+		if ok {
+			return err
+		}
+		return st.Err()
+	}
+	// A message that quotes what a caller sent (a page token of a
+	// megabyte) is cut: it travels in a trailer, which clients bound.
+	p := st.Proto()
+	cut := MaxStatusMessage
+	for cut > 0 && !utf8.RuneStart(p.Message[cut]) {
+		cut--
+	}
+	p.Message = fmt.Sprintf("%s… (%d bytes in all)", p.Message[:cut], len(p.Message))
+	return status.FromProto(p).Err()
 }
+
+// MaxStatusMessage is the most bytes of an error's message a call answers
+// with; the rest is cut.
+const MaxStatusMessage = 2048
 
 // translate maps an error to its status: the services' sentinels first (a
 // refusal stays a refusal whatever caused it), then a cancelled or expired

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"unicode/utf8"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -251,6 +252,40 @@ func TestErrorsAreTranslatedOnceByRuleAndClass(t *testing.T) {
 				t.Errorf("an internal error's detail reached the client: %v", err)
 			}
 		})
+	}
+}
+
+// TestLongMessagesAreCut: an error's message that quotes what a caller
+// sent (a page token of a megabyte, say) is cut to MaxStatusMessage bytes
+// and says how long it was, whether the service translated it or answered
+// with a status itself; a short one is as it was.
+func TestLongMessagesAreCut(t *testing.T) {
+	h := serve(t)
+	id := mcv1.NewIdentityServiceClient(h.conn)
+	long := "page_token " + strings.Repeat("é", 600_000) + ": malformed"
+	for _, tc := range []struct {
+		name string
+		err  error
+		code codes.Code
+	}{
+		{"a sentinel of the rules", fmt.Errorf("%s: %w", long, errGone), codes.NotFound},
+		{"a status from the service", status.Error(codes.InvalidArgument, long), codes.InvalidArgument},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h.identity.err.Store(&tc.err)
+			_, err := id.Resolve(ctx(t), validResolve())
+			msg := status.Convert(err).Message()
+			if status.Code(err) != tc.code || len(msg) > server.MaxStatusMessage+64 || !utf8.ValidString(msg) ||
+				!strings.HasPrefix(msg, "page_token éé") || !strings.Contains(msg, "bytes in all)") {
+				t.Errorf("%s, %d bytes: %.80q…; want %s cut to about %d bytes, valid UTF-8, saying how long it was",
+					status.Code(err), len(msg), msg, tc.code, server.MaxStatusMessage)
+			}
+		})
+	}
+	short := error(status.Error(codes.InvalidArgument, "page_token: malformed"))
+	h.identity.err.Store(&short)
+	if _, err := id.Resolve(ctx(t), validResolve()); status.Convert(err).Message() != "page_token: malformed" {
+		t.Errorf("a short message became %v", err)
 	}
 }
 
