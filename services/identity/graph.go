@@ -636,8 +636,11 @@ func (s *Service) Link(ctx context.Context, req *mcv1.LinkRequest) (*mcv1.LinkRe
 					return nil // already linked: nothing to do
 				}
 				if f.Unique {
+					// Which member holds it is not the caller's to learn
+					// here (a member's own app may link); an operator finds
+					// it with FindByIdentifier.
 					return &RuleError{Rule: TypeName(n.Type) + ".unique",
-						Detail: fmt.Sprintf("%s %s belongs to member %s; merge the members instead", TypeName(n.Type), n.Masked, f.MemberID)}
+						Detail: fmt.Sprintf("%s %s belongs to another member; merge the members instead", TypeName(n.Type), n.Masked)}
 				}
 			}
 			res := Result{MemberID: member, Origin: member}

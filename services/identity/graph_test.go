@@ -476,8 +476,13 @@ func TestLinkAndUnlink(t *testing.T) {
 		{"garbage", &mcv1.LinkRequest{MemberId: a, Identifier: phone("12"), IdempotencyKey: "l5"}, identity.ErrInvalidIdentifier},
 	}
 	for _, tc := range cases {
-		if _, err := f.svc.Link(ctx, tc.req); !errors.Is(err, tc.want) {
+		_, err := f.svc.Link(ctx, tc.req)
+		if !errors.Is(err, tc.want) {
 			t.Errorf("%s: %v, want %v", tc.name, err, tc.want)
+		}
+		// Who holds an identifier is not told to whoever tries to link it.
+		if err != nil && strings.Contains(err.Error(), b) {
+			t.Errorf("%s: %v names the member holding the identifier", tc.name, err)
 		}
 	}
 	if after := f.counts(t); after != before {
