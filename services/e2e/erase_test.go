@@ -289,6 +289,9 @@ func TestEraseMemberLeavesNothingReadable(t *testing.T) {
 			t.Errorf("GetProfile of erased %s: %v", id, err)
 		}
 	}
+	if _, err := ids.GetIdentityGraph(ctx, &mcv1.GetIdentityGraphRequest{MemberId: member}); status.Code(err) != codes.NotFound {
+		t.Errorf("GetIdentityGraph of the erased member: %v; want NotFound", err)
+	}
 	if again := e.createMember(t, ctx, mcv1.Channel_CHANNEL_POS, "erase-after", phone, ""); again == member || again == folded {
 		t.Errorf("the erased member's phone resolves to the erased member %s", again)
 	}

@@ -805,6 +805,12 @@ func (s *Service) ResolveConflict(ctx context.Context, req *mcv1.ResolveConflict
 
 // Graph returns a member's identifiers and merge history.
 func (s *Service) Graph(ctx context.Context, member uuid.UUID) (*mcv1.GetIdentityGraphResponse, error) {
+	// An erased member is not found, as by every other read.
+	if row, err := postgres.GetMember(ctx, s.pool, member); err != nil {
+		return nil, err
+	} else if row.Status == "erased" {
+		return nil, fmt.Errorf("member %s: %w", member, postgres.ErrNotFound)
+	}
 	m, err := s.Member(ctx, member)
 	if err != nil {
 		return nil, err
