@@ -448,7 +448,10 @@ func (s *Service) tierStatus(st *State, now time.Time) *mcv1.GetTierStatusRespon
 	e := Engine{P: p}
 	cur := p.tierIndex(st.Tier)
 	m := monthOf(now, p.Location)
-	resp := &mcv1.GetTierStatusResponse{Tier: st.Tier, TierSince: timestamppb.New(st.TierSince)}
+	resp := &mcv1.GetTierStatusResponse{Tier: st.Tier}
+	if !st.TierSince.IsZero() { // unset for a member who never changed tier (not year 1)
+		resp.TierSince = timestamppb.New(st.TierSince)
+	}
 	if cur+1 < len(p.Tiers) {
 		next := p.Tiers[cur+1]
 		resp.NextTier = next.ID

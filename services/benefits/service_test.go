@@ -331,6 +331,10 @@ func TestRefundReversesExactlyAndRestoresCoupons(t *testing.T) {
 
 func TestTierStatusAndBenefits(t *testing.T) {
 	f, c, m := beginWithMember(t)
+	// A member who never changed tier has no tier_since (not year 1).
+	if st, err := f.srv.GetTierStatus(c, &mcv1.GetTierStatusRequest{MemberId: m}); err != nil || st.GetTier() != "normal" || st.GetTierSince() != nil {
+		t.Fatalf("a new member's tier status %v, %v; want normal with no tier_since", st, err)
+	}
 	// ¥2,500 in one basket: silver at once (spend over 12 months ≥ ¥2,000).
 	commit, err := f.srv.Commit(c, &mcv1.CommitRequest{MemberId: m, Basket: basket("o1", 250_000), IdempotencyKey: "k"})
 	if err != nil {
@@ -343,8 +347,9 @@ func TestTierStatusAndBenefits(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.GetTier() != "silver" || st.GetNextTier() != "gold" || len(st.GetToReachNext()) != 2 || !strings.Contains(st.GetToReachNext()[0], "7500.00 more") {
-		t.Fatalf("status = %v", st)
+	if st.GetTier() != "silver" || st.GetNextTier() != "gold" || len(st.GetToReachNext()) != 2 || !strings.Contains(st.GetToReachNext()[0], "7500.00 more") ||
+		!st.GetTierSince().AsTime().Equal(*f.clock) {
+		t.Fatalf("status = %v; want silver since now (%s)", st, *f.clock)
 	}
 	ids := f.benefitIDs(t, c, m)
 	if len(ids) != 2 || ids[0] != "priority_checkout" || ids[1] != "free_shipping" {
