@@ -8,6 +8,7 @@ package ingest
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -627,7 +628,11 @@ func (in *Ingest) decode(r *kgo.Record) (*mcv1.ChannelEvent, error) {
 		err = proto.Unmarshal(r.Value, ev)
 	}
 	if err != nil {
-		return nil, dlq.Reject(fmt.Errorf("%w: %v", ErrDecode, err))
+		hint := ""
+		if !kafka.IsJSON(r) && json.Valid(r.Value) {
+			hint = " (the value is JSON: send it with the header content-type: application/json)"
+		}
+		return nil, dlq.Reject(fmt.Errorf("%w: %v%s", ErrDecode, err, hint))
 	}
 	if err := in.Validate(ev); err != nil {
 		return ev, dlq.Reject(err) // refused, but its identifiers may name a member (emit)

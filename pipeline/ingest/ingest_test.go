@@ -142,6 +142,17 @@ func TestIngest(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// JSON declared as HTTP would (header and type in any case, a
+	// charset), and JSON declared not at all.
+	viaJSONToo := event("ev-json-too", "13800000006")
+	jsonTooValue, err := protojson.Marshal(viaJSONToo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	undeclared, err := protojson.Marshal(event("ev-json-undeclared", "13800000007"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	garbage := []byte{0xff, 0xff, 0xff, 0xff}
 
 	input := []*kgo.Record{
@@ -151,6 +162,8 @@ func TestIngest(t *testing.T) {
 		{Key: []byte("13800000005"), Value: binary(t, invalid)},
 		{Key: []byte("13800000003"), Value: binary(t, rejected)},
 		{Key: []byte("13800000004"), Value: binary(t, transient)},
+		{Key: []byte("13800000006"), Value: jsonTooValue, Headers: []kgo.RecordHeader{{Key: "Content-Type", Value: []byte("Application/JSON; charset=utf-8")}}},
+		{Key: []byte("13800000007"), Value: undeclared},
 	}
 	producer, err := kgo.NewClient(kgo.SeedBrokers(kcfg.Brokers...), kgo.DefaultProduceTopic(kcfg.Topics.ChannelEvents))
 	if err != nil {
@@ -180,9 +193,9 @@ func TestIngest(t *testing.T) {
 		}
 		out[id] = r
 	}
-	wantOut := []*mcv1.ChannelEvent{valid, viaJSON, transient}
+	wantOut := []*mcv1.ChannelEvent{valid, viaJSON, transient, viaJSONToo}
 	if len(out) != len(wantOut) {
-		t.Errorf("member events for %v, want exactly %s, %s, %s", keys(out), valid.GetEventId(), viaJSON.GetEventId(), transient.GetEventId())
+		t.Errorf("member events for %v, want exactly %s, %s, %s, %s", keys(out), valid.GetEventId(), viaJSON.GetEventId(), transient.GetEventId(), viaJSONToo.GetEventId())
 	}
 	for _, ev := range wantOut {
 		r := out[ev.GetEventId()]
@@ -211,9 +224,10 @@ func TestIngest(t *testing.T) {
 		{"garbage", garbage, ingest.ErrDecode.Error()},
 		{"13800000005", binary(t, invalid), "event_id"},
 		{"13800000003", binary(t, rejected), errBlocked.Error()},
+		{"13800000007", undeclared, "the value is JSON: send it with the header content-type: application/json"},
 	}
 	if len(letters) != len(wantDLQ) {
-		t.Errorf("dead letters for keys %v, want garbage, invalid and rejected", keys(letters))
+		t.Errorf("dead letters for keys %v, want garbage, invalid, rejected and undeclared JSON", keys(letters))
 	}
 	for _, w := range wantDLQ {
 		l, ok := letters[w.key]

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"mime"
 	"net"
 	"os"
 	"strconv"
@@ -574,9 +575,17 @@ func Header(r *kgo.Record, key string) string {
 // protobuf.
 const ContentTypeJSON = "application/json"
 
-// IsJSON reports whether the record declares a JSON value.
+// IsJSON reports whether the record declares a JSON value: a content-type
+// header (any case) of application/json, parameters (charset) and case
+// aside, as HTTP reads the header.
 func IsJSON(r *kgo.Record) bool {
-	return strings.HasPrefix(Header(r, "content-type"), ContentTypeJSON)
+	for _, h := range r.Headers {
+		if strings.EqualFold(h.Key, "content-type") {
+			mt, _, err := mime.ParseMediaType(string(h.Value))
+			return err == nil && mt == ContentTypeJSON
+		}
+	}
+	return false
 }
 
 // ProcessSpan starts the span of a stage processing r. Its parent is the
