@@ -28,12 +28,16 @@ import (
 	"go.yaml.in/yaml/v3"
 )
 
+// minYear is the earliest year of a date attribute (a member's birth or
+// sign-up): 0000-01-01 parses, but no shopper was born then.
+const minYear = 1900
+
 // Type is what an attribute's value must be.
 type Type string
 
 const (
 	String Type = "string" // free text up to max_len runes, printable
-	Date   Type = "date"   // a calendar date, 2006-01-02, not in the future
+	Date   Type = "date"   // a calendar date, 2006-01-02, not in the future nor before 1900
 	Enum   Type = "enum"   // one of values (compared ignoring case, stored as declared)
 	Phone  Type = "phone"  // a phone number, stored in E.164
 	Email  Type = "email"  // an e-mail address, stored with its domain in lower case
@@ -236,6 +240,9 @@ func (s *Schema) Normalize(name, value string, now time.Time) (string, error) {
 		}
 		if t.After(now) {
 			return "", fmt.Errorf("%w: attributes[%s]: %s is in the future", ErrInvalid, name, quote())
+		}
+		if t.Year() < minYear {
+			return "", fmt.Errorf("%w: attributes[%s]: %s is before %d", ErrInvalid, name, quote(), minYear)
 		}
 		return v, nil
 	case Enum:

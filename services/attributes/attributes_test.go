@@ -45,6 +45,8 @@ func TestNormalizeRefusesWhatTheSchemaDoesNot(t *testing.T) {
 		{"Mobile", "13712349876", attributes.ErrUnknown, "attributes[Mobile]"},
 		{"birth_date", "01/05/1990", attributes.ErrInvalid, `"01/05/1990" is not a date`},
 		{"birth_date", "2026-03-15", attributes.ErrInvalid, "in the future"},
+		{"birth_date", "0000-01-01", attributes.ErrInvalid, "before 1900"},
+		{"birth_date", "1899-12-31", attributes.ErrInvalid, "before 1900"},
 		{"mobile", "call me", attributes.ErrInvalid, "attributes[mobile]: the value is not a phone number"},
 		{"mobile", "12", attributes.ErrInvalid, "not a phone number"},
 		{"contact_email", "wei at example", attributes.ErrInvalid, "not an e-mail address"},
