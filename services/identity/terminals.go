@@ -159,7 +159,8 @@ func registerTerminal(ctx context.Context, tx pgx.Tx, req *mcv1.RegisterTerminal
 // RevokeTerminal stops accepting a terminal's assertions, for good; a retry
 // with the same idempotency key gets the first answer. Revoking a revoked
 // terminal returns it as first revoked. An unknown terminal is
-// ErrTerminalUnknown.
+// postgres.ErrNotFound (NotFound: the operator named what is not there;
+// ErrTerminalUnknown, PermissionDenied, is for a device that asserts).
 func (s *Service) RevokeTerminal(ctx context.Context, req *mcv1.RevokeTerminalRequest) (*mcv1.RevokeTerminalResponse, error) {
 	now := s.now()
 	resp := &mcv1.RevokeTerminalResponse{}
@@ -168,7 +169,7 @@ func (s *Service) RevokeTerminal(ctx context.Context, req *mcv1.RevokeTerminalRe
 		if errors.Is(err, postgres.ErrNotFound) {
 			t, err = postgres.GetTerminal(ctx, tx, req.GetTerminalId())
 			if errors.Is(err, postgres.ErrNotFound) {
-				return t, ErrTerminalUnknown
+				return t, fmt.Errorf("terminal is not registered: %w", postgres.ErrNotFound)
 			}
 		}
 		return t, err
