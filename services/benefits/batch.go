@@ -161,7 +161,7 @@ func (s *Service) applyOps(ctx context.Context, tx pgx.Tx, w *postgres.LoyaltyWr
 	shared := sharedLimits{held: held}
 	// The orders the members before recorded: order ids are unique across
 	// members, and those are not written yet.
-	var taken []string
+	taken := map[string]bool{}
 	for _, m := range members {
 		r := rows[m]
 		if r == nil || !r.Found {
@@ -183,7 +183,7 @@ func (s *Service) applyOps(ctx context.Context, tx pgx.Tx, w *postgres.LoyaltyWr
 		}
 		shared.took(st)
 		for _, o := range w.NewOrders[before:] {
-			taken = append(taken, o.OrderID)
+			taken[o.OrderID] = true
 		}
 	}
 	return nil

@@ -189,8 +189,11 @@ type State struct {
 	Labels     []string
 	Orders     map[string]*Order
 	// OthersOrders are order ids other members hold (order ids are unique
-	// across members): a purchase under one of them is refused.
+	// across members): a purchase under one of them is refused, as under
+	// one of takenInBatch, those other members of the same transaction
+	// recorded before (shared, read only).
 	OthersOrders map[string]bool
+	takenInBatch map[string]bool
 
 	// What changed, for the store.
 	MonthDelta   map[string]map[Month]Activity // by origin
@@ -420,7 +423,7 @@ func (e Engine) Apply(s *State, op Op) (*Effects, error) {
 			fx.Duplicate, fx.Order = true, o
 			return fx, nil
 		}
-		if s.OthersOrders[op.OrderID] {
+		if s.OthersOrders[op.OrderID] || s.takenInBatch[op.OrderID] {
 			return nil, fmt.Errorf("order %q %w", op.OrderID, ErrOrderTaken)
 		}
 	}

@@ -147,11 +147,7 @@ func toState(member uuid.UUID, rows postgres.LoyaltyRows, p *Program) (*State, e
 			st.takeOrder(o.OrderID)
 		}
 	}
-	for _, id := range rows.TakenOrders {
-		if st.Orders[id] == nil {
-			st.takeOrder(id)
-		}
-	}
+	st.takenInBatch = rows.TakenOrders
 	if rows.State != nil {
 		var ps persistedState
 		if err := json.Unmarshal(rows.State, &ps); err != nil {

@@ -142,10 +142,10 @@ type LoyaltyRows struct {
 	Coupons   []CouponRow
 	Grants    []GrantRow
 	OrderRows []OrderRow
-	// TakenOrders are the ids of orders other members of the same
+	// TakenOrders holds the ids of orders other members of the same
 	// transaction recorded before this member's turn (not written yet):
-	// order ids are unique across members.
-	TakenOrders []string
+	// order ids are unique across members. Shared: read it, never write.
+	TakenOrders map[string]bool
 }
 
 // LotRow is a lot of points.
