@@ -5,6 +5,7 @@ go 1.26.0
 require (
 	buf.build/go/protovalidate v1.4.0
 	cel.dev/cel-go v0.32.0
+	filippo.io/edwards25519 v1.2.0
 	github.com/ClickHouse/clickhouse-go/v2 v2.50.0
 	github.com/go-jose/go-jose/v4 v4.1.9
 	github.com/golang-jwt/jwt/v5 v5.3.1

@@ -9,6 +9,7 @@ import (
 	"math"
 	"time"
 
+	"filippo.io/edwards25519"
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"google.golang.org/protobuf/proto"
@@ -122,8 +123,24 @@ func validateTerminal(req *mcv1.RegisterTerminalRequest) error {
 	}
 	if n := len(req.GetPublicKey()); n != ed25519.PublicKeySize {
 		errs = append(errs, fmt.Errorf("%w: public_key has %d bytes; send the raw %d-byte Ed25519 public key", ErrInvalidTerminal, n, ed25519.PublicKeySize))
+	} else if err := usableKey(req.GetPublicKey()); err != nil {
+		errs = append(errs, fmt.Errorf("%w: public_key %v", ErrInvalidTerminal, err))
 	}
 	return errors.Join(errs...)
+}
+
+// usableKey refuses 32 bytes that are no point of the curve, and a point
+// of small order (all zeros is one): signatures under such a key can be
+// made without its private key, for many messages at once.
+func usableKey(key []byte) error {
+	p, err := new(edwards25519.Point).SetBytes(key)
+	if err != nil {
+		return errors.New("is not an Ed25519 public key (no point of the curve)")
+	}
+	if new(edwards25519.Point).MultByCofactor(p).Equal(edwards25519.NewIdentityPoint()) == 1 {
+		return errors.New("is a point of small order, which any signer can sign for; generate the key pair again")
+	}
+	return nil
 }
 
 func registerTerminal(ctx context.Context, tx pgx.Tx, req *mcv1.RegisterTerminalRequest, now time.Time) (postgres.TerminalRow, error) {

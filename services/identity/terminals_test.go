@@ -136,6 +136,10 @@ func TestRegisterTerminal(t *testing.T) {
 		{"another id, same key", &mcv1.RegisterTerminalRequest{TerminalId: other.id, StoreId: "SH-001", PublicKey: d.pub, IdempotencyKey: "k3"}, identity.ErrTerminalExists},
 		{"short key", &mcv1.RegisterTerminalRequest{TerminalId: other.id, StoreId: "SH-001", PublicKey: other.pub[:31], IdempotencyKey: "k4"}, identity.ErrInvalidTerminal},
 		{"no store", &mcv1.RegisterTerminalRequest{TerminalId: other.id, PublicKey: other.pub, IdempotencyKey: "k5"}, identity.ErrInvalidTerminal},
+		// Keys any signer can sign for, and 32 bytes of no point.
+		{"all zeros (small order)", &mcv1.RegisterTerminalRequest{TerminalId: other.id, StoreId: "SH-001", PublicKey: make([]byte, 32), IdempotencyKey: "k6"}, identity.ErrInvalidTerminal},
+		{"the identity point", &mcv1.RegisterTerminalRequest{TerminalId: other.id, StoreId: "SH-001", PublicKey: append([]byte{1}, make([]byte, 31)...), IdempotencyKey: "k7"}, identity.ErrInvalidTerminal},
+		{"no point of the curve", &mcv1.RegisterTerminalRequest{TerminalId: other.id, StoreId: "SH-001", PublicKey: append([]byte{2}, make([]byte, 31)...), IdempotencyKey: "k8"}, identity.ErrInvalidTerminal},
 		{"idempotency key reused", &mcv1.RegisterTerminalRequest{TerminalId: other.id, StoreId: "SH-001", PublicKey: other.pub, IdempotencyKey: "register-" + d.id}, changes.ErrKeyReused},
 	}, f.srv.RegisterTerminal, nil)
 	f.wantCount(t, "terminals", 1, "%d terminals, want 1")
