@@ -36,6 +36,13 @@ const MigratedAccount = "programme:migrated"
 // (a zero ExpiresAt or ValidUntil in Legacy); LegacyView answers zero again.
 var NeverExpires = time.Date(9999, 12, 31, 0, 0, 0, 0, time.UTC)
 
+// EarliestLegacy is the earliest time an imported record may carry: a
+// loyalty programme's members, points and orders are of the Unix era, and
+// what the platform exports (ClickHouse's DateTime, protobuf timestamps
+// from year 1) holds no earlier time. Year 0 parsed, was stored, and broke
+// every read of the member.
+var EarliestLegacy = time.Date(1970, 1, 1, 0, 0, 0, 0, time.UTC)
+
 // ErrAlreadyImported is returned by ImportLegacy for a member that already
 // has loyalty (an earlier import, or any operation of the programme): an
 // import never adds to loyalty, it only starts it. It is a data error.
@@ -85,6 +92,9 @@ func (p *Program) checkLegacy(l *Legacy, at time.Time) error {
 	if l.TierSince.After(at) {
 		return fieldErr("tier_since", "%s is after the import time %s", ts(l.TierSince), ts(at))
 	}
+	if !l.TierSince.IsZero() && l.TierSince.Before(EarliestLegacy) {
+		return fieldErr("tier_since", "%s is before %s", ts(l.TierSince), ts(EarliestLegacy))
+	}
 	var total int64
 	for i, x := range l.Lots {
 		f := func(name string) string { return fmt.Sprintf("lots[%d].%s", i, name) }
@@ -101,6 +111,10 @@ func (p *Program) checkLegacy(l *Legacy, at time.Time) error {
 			return fieldErr(f("earned_at"), "is required")
 		case x.EarnedAt.After(at):
 			return fieldErr(f("earned_at"), "%s is after the import time %s", ts(x.EarnedAt), ts(at))
+		case x.EarnedAt.Before(EarliestLegacy):
+			return fieldErr(f("earned_at"), "%s is before %s", ts(x.EarnedAt), ts(EarliestLegacy))
+		case !x.ExpiresAt.Before(NeverExpires):
+			return fieldErr(f("expires_at"), "%s is the platform's \"never\" or later: leave it empty for points that never expire", ts(x.ExpiresAt))
 		case !x.AvailableAt.IsZero() && x.AvailableAt.Before(x.EarnedAt):
 			return fieldErr(f("available_at"), "%s is before earned_at %s", ts(x.AvailableAt), ts(x.EarnedAt))
 		case !x.ExpiresAt.IsZero() && !x.ExpiresAt.After(x.EarnedAt):
@@ -160,6 +174,10 @@ func (p *Program) checkLegacy(l *Legacy, at time.Time) error {
 			return fieldErr(f("valid_until"), "%s is not after valid_from %s", ts(c.ValidUntil), ts(from))
 		case c.IssuedAt.After(at):
 			return fieldErr(f("issued_at"), "%s is after the import time %s", ts(c.IssuedAt), ts(at))
+		case from.Before(EarliestLegacy):
+			return fieldErr(f("valid_from"), "%s is before %s", ts(from), ts(EarliestLegacy))
+		case !c.ValidUntil.Before(NeverExpires):
+			return fieldErr(f("valid_until"), "%s is the platform's \"never\" or later: leave it empty for a coupon valid for good", ts(c.ValidUntil))
 		}
 		if j, dup := codes[c.Code]; dup {
 			return fieldErr(f("code"), "%q is given twice (coupons[%d])", c.Code, j)

@@ -397,7 +397,7 @@ func (cu *CatchUp) importRow(ctx context.Context, tx pgx.Tx, c *Change, now time
 	m.SHA256 = sum.Sum(nil)
 	ms := []*Member{m}
 	results := make([]imported, 1)
-	ready, skip := cu.checkProfiles(ms, results)
+	ready, skip := cu.checkProfiles(ms, results, now)
 	if !skip[0] {
 		if err := cu.importIn(ctx, tx, ms, ready, skip, results, true, now); err != nil && !errors.Is(err, errRedo) {
 			return 0, nil, err

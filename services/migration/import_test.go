@@ -196,9 +196,13 @@ func TestBadRecordsRefusedLineByLine(t *testing.T) {
 		6: "remaining", 7: "platinum", 8: "attributes[favourite_colour]", 9: "legacy_id also on line 1",
 		10: "phone 139****0001 also belongs to legacy member L0101", 11: "NOPE", 12: "created_at",
 		13: "attributes[mobile]", 15: "more after the record",
+		// Times no member of a loyalty programme has (year 0 was stored
+		// and broke every read of its member) or has not yet.
+		16: "created_at: 0000-01-01T00:00:00Z is before 1970-01-01", 17: "created_at: 2030-01-01T00:00:00+08:00 is after the import time", 18: "tier_since",
+		19: "lots[0].earned_at", 20: `lots[0].expires_at 9999-12-31T08:00:00+08:00 is the platform's "never"`,
 	}
 	expectRefusals(t, rep.Refused, want)
-	if rep.Imported != 2 || len(rep.Refused) != len(want) || rep.Read != 15 {
+	if rep.Imported != 2 || len(rep.Refused) != len(want) || rep.Read != 20 {
 		t.Errorf("imported %d, refused %d of %d read: %v", rep.Imported, len(rep.Refused), rep.Read, rep.Refused)
 	}
 	// Nothing of a refused member: two members, their phone/e-mail and CRM id.
@@ -307,7 +311,8 @@ func TestOrderHistory(t *testing.T) {
 		t.Fatal(err)
 	}
 	refusals := map[int]string{2: "no imported member", 3: "order_id also on line 1", 4: "at:", 5: "not negative", 6: `channel "fax"`, 7: "not an order record",
-		8: "items[0].quantity 0 is not from 1", 9: "items[0]: contains control", 10: "items[0].sku is required", 11: "items[0].amount is not negative", 12: "not an order record"}
+		8: "items[0].quantity 0 is not from 1", 9: "items[0]: contains control", 10: "items[0].sku is required", 11: "items[0].amount is not negative", 12: "not an order record",
+		13: "is after the import time", 14: "is before 1970-01-01"}
 	expectRefusals(t, rep.Refused, refusals)
 	if rep.Written != 1 || len(rep.Refused) != len(refusals) {
 		t.Errorf("bad orders: %+v", rep)

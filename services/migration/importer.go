@@ -337,7 +337,7 @@ type imported struct {
 // the platform's: the run stops.
 func (im *Importer) importChunk(ctx context.Context, ms []*Member, dryRun, labels bool, now time.Time) ([]imported, error) {
 	results := make([]imported, len(ms))
-	ready, skip := im.checkProfiles(ms, results)
+	ready, skip := im.checkProfiles(ms, results, now)
 	for {
 		err := postgres.RetryTx(ctx, im.Pool, func(tx pgx.Tx) error {
 			if err := im.importIn(ctx, tx, ms, ready, skip, results, labels, now); err != nil {
@@ -379,10 +379,14 @@ type checked struct{ values, shown map[string]string }
 // checkProfiles checks the members' attributes and consents against the
 // schema before anything is written; skip marks the refused ones (their
 // results hold why).
-func (im *Importer) checkProfiles(ms []*Member, results []imported) (ready []checked, skip []bool) {
+func (im *Importer) checkProfiles(ms []*Member, results []imported, now time.Time) (ready []checked, skip []bool) {
 	ready = make([]checked, len(ms))
 	skip = make([]bool, len(ms)) // refused before or by an earlier attempt
 	for i, m := range ms {
+		if err := checkMemberTimes(m, now); err != nil {
+			results[i].err, skip[i] = err, true
+			continue
+		}
 		values, shown, err := im.Profile.CheckImport(m.Attributes, m.Consents)
 		if err != nil {
 			results[i].err, skip[i] = err, true
@@ -391,6 +395,31 @@ func (im *Importer) checkProfiles(ms []*Member, results []imported) (ready []che
 		ready[i] = checked{values, shown}
 	}
 	return ready, skip
+}
+
+// checkMemberTimes refuses a member created, or whose consents were
+// decided, before benefits.EarliestLegacy or after now (the import's
+// time): year 0 was stored and broke every read of the member, and a
+// creation in 9999 stood as the member's.
+func checkMemberTimes(m *Member, now time.Time) error {
+	for _, c := range m.Consents {
+		if err := legacyTime("consented_at", c.DecidedAt, now); err != nil {
+			return err
+		}
+	}
+	return legacyTime("created_at", m.CreatedAt, now)
+}
+
+// legacyTime refuses t, the field of an imported record, before
+// benefits.EarliestLegacy or after now.
+func legacyTime(field string, t, now time.Time) error {
+	switch {
+	case t.Before(benefits.EarliestLegacy):
+		return fmt.Errorf("%s: %s is before %s", field, t.Format(time.RFC3339), benefits.EarliestLegacy.Format(time.DateOnly))
+	case t.After(now):
+		return fmt.Errorf("%s: %s is after the import time %s", field, t.Format(time.RFC3339), now.Format(time.RFC3339))
+	}
+	return nil
 }
 
 // importIn imports the members of ms not skipped in tx, as a stage

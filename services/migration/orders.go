@@ -124,6 +124,10 @@ func (im *Importer) ImportOrders(ctx context.Context, src *Source, conn driver.C
 			rep.Refused = append(rep.Refused, rerr)
 			return nil
 		}
+		if err := legacyTime("at", o.At, now()); err != nil {
+			rep.Refused = append(rep.Refused, &RowError{File: o.File, Line: o.Line, LegacyID: o.LegacyID, Reason: err.Error()})
+			return nil
+		}
 		member, ok := members[o.LegacyID]
 		if dryRun && accepted[o.LegacyID] {
 			member, ok = uuid.Nil, true
@@ -283,8 +287,12 @@ func (im *Importer) VerifyOrders(ctx context.Context, src *Source, conn driver.C
 	}
 	seen := newOrderIDs()
 	erased := map[string]bool{}
+	now := time.Now
+	if im.Now != nil {
+		now = im.Now
+	}
 	err = src.EachOrder(func(o *Order, rerr *RowError) error {
-		if rerr != nil {
+		if rerr != nil || legacyTime("at", o.At, now()) != nil {
 			return nil
 		}
 		if _, dup := seen.line(o.OrderID); dup {
