@@ -232,6 +232,9 @@ func eachJSONLine(path string, fn func(line int, text string) error) error {
 		if err != nil && !errors.Is(err, io.EOF) {
 			return fmt.Errorf("%s:%d: %w", filepath.Base(path), line, err)
 		}
+		if line == 1 {
+			b = bytes.TrimPrefix(b, []byte("\ufeff")) // a byte order mark, as in CSV
+		}
 		if text := strings.TrimSpace(string(b)); text != "" {
 			if ferr := fn(line, text); ferr != nil {
 				return ferr
@@ -249,6 +252,11 @@ func eachJSONLine(path string, fn func(line int, text string) error) error {
 // good ones; a line it refuses is decoded again by encoding/json, whose
 // error is the reason the report gives.
 func decodeStrict(text string, v any) error {
+	// encoding/json would read a byte that is no UTF-8 as U+FFFD, and the
+	// member would be imported with it.
+	if !utf8.ValidString(text) {
+		return errors.New("the line holds bytes that are not UTF-8")
+	}
 	if rest, err := fastjson.Parse([]byte(text), v, fastjson.DisallowUnknownFields); err == nil && len(bytes.TrimSpace(rest)) == 0 {
 		return nil
 	}
@@ -292,6 +300,10 @@ var consentPurposes = map[string]mcv1.ConsentPurpose{
 	"third_party_sharing": mcv1.ConsentPurpose_CONSENT_PURPOSE_THIRD_PARTY_SHARING, "analytics": mcv1.ConsentPurpose_CONSENT_PURPOSE_ANALYTICS,
 }
 
+// maxIdentifierRunes is the longest identifier value the API takes
+// (identity.proto's max_len).
+const maxIdentifierRunes = 256
+
 // toMember checks a record and converts it; the error names the field.
 func toMember(j jsonMember, file string, line int) (*Member, *RowError) {
 	bad := func(format string, args ...any) *RowError {
@@ -318,6 +330,9 @@ func toMember(j jsonMember, file string, line int) (*Member, *RowError) {
 		}
 		if strings.TrimSpace(id.Value) == "" {
 			continue // an empty column, not an identifier
+		}
+		if n := utf8.RuneCountInString(id.Value); n > maxIdentifierRunes {
+			return nil, bad("identifiers[%d].value has %d characters, at most %d (no channel could present a longer one)", i, n, maxIdentifierRunes)
 		}
 		m.Identifiers = append(m.Identifiers, &mcv1.Identifier{Type: t, Scope: id.Scope, Value: id.Value})
 	}
@@ -756,8 +771,13 @@ func readCSV(path string, required []string, fn func(line int, col map[string]st
 	if err != nil {
 		return fmt.Errorf("%s: header: %w", filepath.Base(path), err)
 	}
+	seen := map[string]bool{}
 	for i := range header {
 		header[i] = strings.TrimSpace(strings.TrimPrefix(header[i], "\ufeff"))
+		if seen[header[i]] {
+			return fmt.Errorf("%s: header: column %s is named twice (one of its values would be lost)", filepath.Base(path), header[i])
+		}
+		seen[header[i]] = true
 	}
 	for _, want := range required {
 		found := false

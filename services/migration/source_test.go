@@ -2,6 +2,8 @@ package migration_test
 
 import (
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -144,5 +146,39 @@ func TestBadRecordsAreRefusedAtTheirLine(t *testing.T) {
 	src, _ := migration.Open("testdata/sample-jsonl")
 	if err := src.Each(func(*migration.Member, *migration.RowError) error { return stop }); !errors.Is(err, stop) {
 		t.Errorf("Each does not stop: %v", err)
+	}
+}
+
+// TestWhatAReaderWouldLoseIsRefused: a JSON Lines record holding a byte
+// that is no UTF-8 (encoding/json read it as U+FFFD, and the member was
+// imported with it), an identifier longer than any channel may present (the
+// API takes 256 characters), and a CSV header naming a column twice (one of
+// the values was dropped) are refused; a byte order mark before the first
+// JSON line is read past, as in CSV.
+func TestWhatAReaderWouldLoseIsRefused(t *testing.T) {
+	dir := t.TempDir()
+	lines := "\ufeff" + `{"legacy_id":"B1","created_at":"2020-01-01","identifiers":[{"type":"phone","value":"13900030001"}]}` + "\n" +
+		`{"legacy_id":"B2","created_at":"2020-01-01","identifiers":[{"type":"phone","value":"13900030002"}],"attributes":{"city":"Su` + "\xff" + `zhou"}}` + "\n" +
+		`{"legacy_id":"B3","created_at":"2020-01-01","identifiers":[{"type":"member_card","value":"C` + strings.Repeat("x", 256) + `"}]}` + "\n"
+	if err := os.WriteFile(filepath.Join(dir, "members.jsonl"), []byte(lines), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ms, errs := read(t, dir)
+	expectRefusals(t, errs, map[int]string{2: "not UTF-8", 3: "identifiers[0].value has 257 characters, at most 256"})
+	if len(ms) != 1 || ms[0].LegacyID != "B1" || len(errs) != 2 {
+		t.Errorf("read %d members, refused %v; want B1 read (after its byte order mark) and lines 2 and 3 refused", len(ms), errs)
+	}
+
+	dir = t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "members.csv"), []byte("legacy_id,created_at,phone,phone,city\nX001,2020-01-01,13903300001,13903300009,X\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	src, err := migration.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = src.Each(func(*migration.Member, *migration.RowError) error { return nil })
+	if err == nil || !strings.Contains(err.Error(), "column phone is named twice") {
+		t.Errorf("a header naming phone twice: %v; want the run refused naming the column", err)
 	}
 }
