@@ -581,8 +581,10 @@ const ContentTypeJSON = "application/json"
 func IsJSON(r *kgo.Record) bool {
 	for _, h := range r.Headers {
 		if strings.EqualFold(h.Key, "content-type") {
+			// A malformed parameter ("charset" without a value) leaves
+			// the type readable.
 			mt, _, err := mime.ParseMediaType(string(h.Value))
-			return err == nil && mt == ContentTypeJSON
+			return (err == nil || errors.Is(err, mime.ErrInvalidMediaParameter)) && mt == ContentTypeJSON
 		}
 	}
 	return false

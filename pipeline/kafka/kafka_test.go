@@ -4,6 +4,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/twmb/franz-go/pkg/kgo"
+
 	"github.com/membercenter/membercenter/pipeline/kafka"
 )
 
@@ -33,5 +35,29 @@ func TestTopicsPartitions(t *testing.T) {
 		if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "MC_TOPIC_PARTITIONS") {
 			t.Errorf("MC_TOPIC_PARTITIONS=%d: Validate() = %v, want an error naming it", bad, err)
 		}
+	}
+}
+
+// TestIsJSON reads the content-type header as HTTP does: the key and the
+// type in any case, parameters (even a malformed one) aside.
+func TestIsJSON(t *testing.T) {
+	for _, tc := range []struct {
+		key, value string
+		want       bool
+	}{
+		{"content-type", "application/json", true},
+		{"Content-Type", "Application/JSON; charset=utf-8", true},
+		{"content-type", "application/json; charset", true},
+		{"content-type", "application/x-protobuf", false},
+		{"content-type", "application/jsonx", false},
+		{"x-content-type", "application/json", false},
+	} {
+		r := &kgo.Record{Headers: []kgo.RecordHeader{{Key: tc.key, Value: []byte(tc.value)}}}
+		if got := kafka.IsJSON(r); got != tc.want {
+			t.Errorf("%s: %s → %v, want %v", tc.key, tc.value, got, tc.want)
+		}
+	}
+	if kafka.IsJSON(&kgo.Record{}) {
+		t.Error("a record without the header is JSON")
 	}
 }

@@ -1261,5 +1261,7 @@ func (s *State) Clone() *State {
 		}
 		c.Orders[k] = &x
 	}
+	c.OthersOrders = maps.Clone(s.OthersOrders)
+	c.takenInBatch = s.takenInBatch // shared and read only
 	return c
 }

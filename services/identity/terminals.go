@@ -268,6 +268,11 @@ func checkAssertion(publicKey []byte, req *mcv1.VerifyDeviceAssertionRequest, no
 	if len(publicKey) != ed25519.PublicKeySize {
 		return out, fmt.Errorf("terminal %q has a stored key of %d bytes", req.GetDeviceId(), len(publicKey))
 	}
+	// A key registered before small-order keys were refused: anyone can
+	// sign for it (ed25519.Verify does not refuse it).
+	if err := usableKey(publicKey); err != nil {
+		return out, fmt.Errorf("%w: the terminal's registered key %v; revoke the terminal and register the device with a new key pair", ErrAssertionInvalid, err)
+	}
 	if !ed25519.Verify(publicKey, req.GetAssertion(), req.GetSignature()) {
 		return out, fmt.Errorf("%w: the signature does not verify with the terminal's registered key", ErrAssertionInvalid)
 	}

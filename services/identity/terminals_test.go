@@ -7,9 +7,11 @@ import (
 	"crypto/rand"
 	"errors"
 	"math"
+	"strings"
 	"testing"
 	"time"
 
+	"filippo.io/edwards25519"
 	"github.com/google/uuid"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -347,4 +349,33 @@ func TestVerifyDeviceAssertionConcurrentReplays(t *testing.T) {
 		return err
 	})
 	f.wantCount(t, "assertion_nonces", 1, "%d nonces, want 1")
+}
+
+// TestAKeyOfSmallOrderVerifiesNothing: a terminal stored with the identity
+// point as its key (registered before such keys were refused) accepts no
+// assertion, not even one forged without any private key: under that key
+// R = [5]B, s = 5 verifies for every message with crypto/ed25519.
+func TestAKeyOfSmallOrderVerifiesNothing(t *testing.T) {
+	f, ctx := beginAuth(t)
+	member := f.newMember(t, "+8613900000001")
+	weak := append([]byte{1}, make([]byte, 31)...)
+	if err := postgres.InsertTerminal(ctx, f.pool, postgres.TerminalRow{TerminalID: "SH-001-OLD", StoreID: "SH-001", PublicKey: weak, RegisteredAt: authEpoch}); err != nil {
+		t.Fatal(err)
+	}
+	body, err := proto.Marshal(termAssertion(termDevice{id: "SH-001-OLD"}, member, authEpoch))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var s edwards25519.Scalar
+	if _, err := s.SetCanonicalBytes(append([]byte{5}, make([]byte, 31)...)); err != nil {
+		t.Fatal(err)
+	}
+	sig := append(new(edwards25519.Point).ScalarBaseMult(&s).Bytes(), s.Bytes()...)
+	if !ed25519.Verify(weak, body, sig) {
+		t.Fatal("the forged signature does not verify with crypto/ed25519: the test shows nothing")
+	}
+	_, err = f.srv.VerifyDeviceAssertion(ctx, &mcv1.VerifyDeviceAssertionRequest{DeviceId: "SH-001-OLD", Assertion: body, Signature: sig})
+	if !errors.Is(err, identity.ErrAssertionInvalid) || !strings.Contains(err.Error(), "small order") {
+		t.Fatalf("a forged assertion under a small-order key: %v; want ErrAssertionInvalid naming the key", err)
+	}
 }

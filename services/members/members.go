@@ -54,7 +54,10 @@ func (a Applier) Apply(ctx context.Context, ev *mcv1.MemberEvent) error {
 // stage's effects, then the benefit stage's, then the label checks of the
 // batch's members. An event either stage refuses is refused (with both
 // reasons when both do); what the other stage made of it stands, and a
-// replay of the refused record changes nothing in that stage.
+// replay of the refused record changes nothing in that stage — but for a
+// purchase under an order id another member holds, which the benefit stage
+// alone can tell: the transaction is tried again without it in the tag
+// stage, so that its spend counts in no member's labels.
 func (a Applier) ApplyBatch(ctx context.Context, evs []*mcv1.MemberEvent) (map[int]error, error) {
 	tb, rejected := a.Tags.PrepareBatch(evs)
 	bb, brejected := a.Benefits.PrepareBatch(evs)
@@ -62,25 +65,46 @@ func (a Applier) ApplyBatch(ctx context.Context, evs []*mcv1.MemberEvent) (map[i
 	if tb.Empty() && bb.Empty() {
 		return rejected, nil
 	}
+	taken := map[int]bool{}              // purchases of another member's order, left out of the tag stage
 	var trefused, brefused map[int]error // by the transaction (an attempt's own)
-	err := a.Benefits.InTx(ctx, func(tx pgx.Tx) error {
-		trefused, brefused = map[int]error{}, map[int]error{}
-		// The shared limits' rows (a campaign's budget) are written last,
-		// so the batch holds them for its commit only; the phases'
-		// changes go to the outbox together, with them.
-		held := benefits.NewHeld()
-		changed, err := a.Tags.ApplyPrepared(ctx, tx, tb, trefused, held.Outbox())
-		if err != nil {
-			return err
+	var err error
+	for {
+		tagBatch := tb
+		if len(taken) > 0 {
+			tagBatch = tb.Without(taken)
 		}
-		if err := a.Benefits.ApplyPrepared(ctx, tx, bb, brefused, held); err != nil {
-			return err
+		err = a.Benefits.InTx(ctx, func(tx pgx.Tx) error {
+			trefused, brefused = map[int]error{}, map[int]error{}
+			// The shared limits' rows (a campaign's budget) are written
+			// last, so the batch holds them for its commit only; the
+			// phases' changes go to the outbox together, with them.
+			held := benefits.NewHeld()
+			changed, err := a.Tags.ApplyPrepared(ctx, tx, tagBatch, trefused, held.Outbox())
+			if err != nil {
+				return err
+			}
+			if err := a.Benefits.ApplyPrepared(ctx, tx, bb, brefused, held); err != nil {
+				return err
+			}
+			again := false
+			for i, err := range brefused {
+				if errors.Is(err, benefits.ErrOrderTaken) && !taken[i] {
+					taken[i], again = true, true
+				}
+			}
+			if again {
+				return errWithoutTaken
+			}
+			if err := a.Benefits.CheckLabelsOf(ctx, tx, changed, held); err != nil {
+				return err
+			}
+			return a.Benefits.WriteHeld(ctx, tx, held)
+		})
+		if !errors.Is(err, errWithoutTaken) {
+			tb = tagBatch
+			break
 		}
-		if err := a.Benefits.CheckLabelsOf(ctx, tx, changed, held); err != nil {
-			return err
-		}
-		return a.Benefits.WriteHeld(ctx, tx, held)
-	})
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -89,6 +113,11 @@ func (a Applier) ApplyBatch(ctx context.Context, evs []*mcv1.MemberEvent) (map[i
 	refuse(rejected, brefused)
 	return rejected, nil
 }
+
+// errWithoutTaken rolls an attempt back to apply the batch again without,
+// in the tag stage, the purchases the benefit stage refused as another
+// member's order.
+var errWithoutTaken = errors.New("a purchase of another member's order: again without it in the tag stage")
 
 // refuse adds more's refusals to rejected. When both stages refuse an
 // event for different reasons, two data errors are one with both reasons;

@@ -10,6 +10,7 @@ import (
 
 	"github.com/membercenter/membercenter/pipeline/fault"
 	"github.com/membercenter/membercenter/services/benefits"
+	"github.com/membercenter/membercenter/services/tags"
 )
 
 // TestAnOrderIdOfAnotherMemberIsRefusedAlone: order ids are unique across
@@ -49,6 +50,11 @@ func TestAnOrderIdOfAnotherMemberIsRefusedAlone(t *testing.T) {
 		t.Fatalf("rejected %v, want the first event only", rejected)
 	}
 	checkRefused("an order recorded before", rejected, 0, "shared")
+	// The tag stage left it out: its spend counts in no member's labels.
+	if by := pgtest.Values[string](t, c, f.pool, `SELECT consumer FROM processed_events WHERE event_id = $1 AND consumer = $2`,
+		refused.GetEventId(), tags.Stage); len(by) != 0 {
+		t.Errorf("the refused purchase was applied by the tag stage")
+	}
 	if s := f.state(t, c, owner); s.balance != ownerBefore {
 		t.Errorf("the owner's balance moved from %d to %d", ownerBefore, s.balance)
 	}

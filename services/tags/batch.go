@@ -39,6 +39,18 @@ type Batch struct {
 // Empty says whether the batch has nothing to apply.
 func (b *Batch) Empty() bool { return b == nil || len(b.todo) == 0 }
 
+// Without is the batch without the events of the indexes in skip (another
+// stage refused them in the same transaction).
+func (b *Batch) Without(skip map[int]bool) *Batch {
+	out := &Batch{}
+	for _, be := range b.todo {
+		if !skip[be.i] {
+			out.todo = append(out.todo, be)
+		}
+	}
+	return out
+}
+
 // ApplyBatch applies a partition's batch of member events in one
 // transaction: the events are marked processed at once (a redelivered one
 // changes nothing), their members locked (in id order) and loaded once, each
