@@ -71,11 +71,14 @@ func dlqCmd(stdout, logOut io.Writer) *cobra.Command {
 		Use:   "replay",
 		Short: "Re-publish dead letters to the topics they came from, each once (stages deduplicate by event id)",
 		RunE: withClient(func(cmd *cobra.Command, e *env, cl *kafka.Client) error {
-			// Sealed letters are opened with the platform's PII keys.
+			// Sealed letters are opened with the platform's PII keys, and
+			// a letter of a member's record with the member's data key,
+			// from the key store.
 			keys, err := identity.NewPII(e.cfg.Identity.Keys)
 			if err != nil {
 				return err
 			}
+			keys.UseKeyStore(e.p.KeyStore())
 			res, err := dlq.Replay(cmd.Context(), cl.Client, e.cfg.Kafka.Topics.DLQ, dlq.ReplayOptions{
 				Since: time.Now().Add(-since), Keep: keep, Force: force, Replays: pgReplays{e.p.Pool()}, Sealer: keys,
 			})

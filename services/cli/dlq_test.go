@@ -9,10 +9,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/membercenter/membercenter/storage/postgres"
 
 	"github.com/membercenter/membercenter/pipeline/clocktest"
 	"github.com/membercenter/membercenter/pipeline/dlq"
+	"github.com/membercenter/membercenter/services/identity"
 )
 
 // TestDLQReplayReplaysEachLetterOnceAndSaysWhatItDid: `dlq replay` run
@@ -78,5 +82,62 @@ func TestDLQReplayReplaysEachLetterOnceAndSaysWhatItDid(t *testing.T) {
 	defer pcancel()
 	if extra := src.PollFetches(pctx).NumRecords(); extra > 0 {
 		t.Errorf("%d more records on %s than the 4 replays", extra, events)
+	}
+}
+
+// TestDLQReplayOpensALetterSealedUnderAMembersKey: a dead letter of a
+// member topic's record is sealed under the member's data key (shredded
+// with the member); `dlq replay` finds the key in the key store and
+// re-publishes the original. Before, it said "no key store" and replayed
+// nothing (exit 0).
+func TestDLQReplayOpensALetterSealedUnderAMembersKey(t *testing.T) {
+	ctx := onPlatform(t, 3*time.Minute)
+	pool := platformPool(t, ctx)
+	member := uuid.Must(uuid.NewV7())
+	if err := postgres.InsertMember(ctx, pool, member, clocktest.Start()); err != nil {
+		t.Fatal(err)
+	}
+	pii, err := identity.NewPII(identity.KeyConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pii.UseKeyStore(pool)
+	events, letters := os.Getenv("MC_TOPIC_MEMBER_EVENTS"), os.Getenv("MC_TOPIC_DLQ")
+	src := &kgo.Record{Topic: events, Partition: 0, Offset: 7, Key: []byte(member.String()), Value: []byte("a member event")}
+	letter := dlq.Record(letters, "members", src, errors.New("refused"), clocktest.Start(), dlq.SealerFor(ctx, pii, src))
+	if l := dlq.Parse(letter); !l.Sealed || l.SealedKeyID != identity.MemberKeyID(member) {
+		t.Fatalf("the letter is sealed under %q (sealed %v); want the member's key %q", l.SealedKeyID, l.Sealed, identity.MemberKeyID(member))
+	}
+	cl, err := kgo.NewClient(kgo.SeedBrokers(strings.Split(os.Getenv("MC_KAFKA_BROKERS"), ",")...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	if err := cl.ProduceSync(ctx, letter).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+	var out, log bytes.Buffer
+	if err := Execute(ctx, []string{"dlq", "replay", "--since", "1h"}, &out, &log); err != nil {
+		t.Fatalf("dlq replay: %v\n%s", err, log.String())
+	}
+	if !strings.Contains(out.String(), "replayed 1,") || !strings.Contains(out.String(), "0 that cannot be replayed") {
+		t.Fatalf("dlq replay said:\n%s\nwant the letter replayed", out.String())
+	}
+	back, err := kgo.NewClient(kgo.SeedBrokers(strings.Split(os.Getenv("MC_KAFKA_BROKERS"), ",")...),
+		kgo.ConsumeTopics(events), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer back.Close()
+	for {
+		fs := back.PollFetches(ctx)
+		if ctx.Err() != nil {
+			t.Fatal("the replayed original did not reach", events)
+		}
+		for _, r := range fs.Records() {
+			if string(r.Value) == "a member event" && string(r.Key) == member.String() {
+				return
+			}
+		}
 	}
 }
