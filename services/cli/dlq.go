@@ -34,7 +34,7 @@ func dlqCmd(stdout, logOut io.Writer) *cobra.Command {
 	// withClient is a RunE that runs run with a client that reads committed
 	// records, closed when run returns.
 	withClient := func(run func(cmd *cobra.Command, e *env, cl *kafka.Client) error) func(*cobra.Command, []string) error {
-		return withEnv(logOut, func(cmd *cobra.Command, _ []string, e *env) error {
+		withRun := withEnv(logOut, func(cmd *cobra.Command, _ []string, e *env) error {
 			cl, err := kafka.NewClient(e.cfg.Kafka, platform.KafkaTelemetry(e.tel), "", kgo.FetchIsolationLevel(kgo.ReadCommitted()))
 			if err != nil {
 				return err
@@ -42,6 +42,12 @@ func dlqCmd(stdout, logOut io.Writer) *cobra.Command {
 			defer cl.Close()
 			return run(cmd, e, cl)
 		})
+		return func(cmd *cobra.Command, args []string) error {
+			if since <= 0 {
+				return usage(cmd, fmt.Errorf("--since %s: a positive duration (how long ago the oldest letter was written)", since))
+			}
+			return withRun(cmd, args)
+		}
 	}
 	list := &cobra.Command{
 		Use:   "list",

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"os"
 	"strings"
 	"testing"
@@ -45,6 +46,12 @@ func TestDLQReplayReplaysEachLetterOnceAndSaysWhatItDid(t *testing.T) {
 			t.Fatalf("dlq replay %v: %v\n%s", args, err, log.String())
 		}
 		return out.String()
+	}
+	for _, cmd := range []string{"list", "replay"} {
+		var u *UsageError
+		if err := Execute(ctx, []string{"dlq", cmd, "--since", "-1h"}, io.Discard, io.Discard); !errors.As(err, &u) {
+			t.Errorf("dlq %s --since -1h: %v; want a usage error", cmd, err)
+		}
 	}
 	for _, tc := range []struct {
 		args []string

@@ -3,6 +3,7 @@ package cli
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -55,6 +56,14 @@ func importCmd(stdout, stderr io.Writer) *cobra.Command {
 	// knows how many member records the export holds.
 	withImporter := func(source *string, what func() string, run func(ctx context.Context, im *migration.Importer, src *migration.Source, progress func(int), openFacts factsOpener) error) func(*cobra.Command, []string) error {
 		return func(cmd *cobra.Command, args []string) error {
+			switch {
+			case strings.TrimSpace(*source) == "":
+				return usage(cmd, errors.New("--source is empty: name the legacy system (its legacy ids are unique within it)"))
+			case batch < 1:
+				return usage(cmd, fmt.Errorf("--batch %d: at least 1 member per transaction", batch))
+			case workers < 0:
+				return usage(cmd, fmt.Errorf("--workers %d: 0 (one per CPU) or more", workers))
+			}
 			src, err := migration.Open(args[0])
 			if err != nil {
 				return usage(cmd, err)

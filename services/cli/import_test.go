@@ -13,6 +13,13 @@ import (
 // export is a usage error.
 func TestImportThenVerify(t *testing.T) {
 	run := cliOnPlatform(t)
+	// Flags it cannot act on are usage errors (exit 2), before anything runs.
+	for _, args := range [][]string{{"--source", ""}, {"--batch", "0"}, {"--batch", "-1"}, {"--workers", "-3"}} {
+		var u *UsageError
+		if _, err := run(append([]string{"import", "../migration/testdata/sample-csv"}, args...)...); !errors.As(err, &u) {
+			t.Errorf("import %v: %v; want a usage error", args, err)
+		}
+	}
 	out, err := run("import", "../migration/testdata/sample-csv", "--dry-run")
 	// The points open depend on the day the test runs (the sample's lots
 	// expire); the package's tests check them on a fixed clock.

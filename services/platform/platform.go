@@ -126,8 +126,12 @@ var (
 // rejects unknown names, listing the valid ones.
 func ParseSelection(what, sel string, valid []string) ([]string, error) {
 	sel = strings.TrimSpace(sel)
-	if sel == "" || sel == "none" {
+	switch sel {
+	case "none":
 		return nil, nil
+	case "":
+		// "--services=" is a mistake more often than a wish to run none.
+		return nil, fmt.Errorf("no %s named; name some, all, or none", what)
 	}
 	if sel == "all" {
 		return slices.Clone(valid), nil

@@ -301,6 +301,9 @@ func TestConfigAndSelection(t *testing.T) {
 	if got, err := platform.ParseSelection("service", "none", platform.AllServices); err != nil || got != nil {
 		t.Errorf("none → %v, %v", got, err)
 	}
+	if _, err := platform.ParseSelection("service", " ", platform.AllServices); err == nil || !strings.Contains(err.Error(), "none") {
+		t.Errorf("an empty selection: %v; want it refused, saying none is how to run none", err)
+	}
 	_, err = platform.ParseSelection("service", "identity,billing", platform.AllServices)
 	if err == nil || !strings.Contains(err.Error(), `"billing"`) || !strings.Contains(err.Error(), "identity, profile, benefits, sync") {
 		t.Errorf("an unknown service: %v; want it named with the valid ones", err)
