@@ -360,8 +360,22 @@ func writeImportReport(stdout io.Writer, path string, rep migration.Report, orde
 	if rep.DryRun {
 		mode = "dry run (nothing kept)"
 	}
-	fmt.Fprintf(&b, "%s: %d member records read in %s; %d imported (%d points in open lots), %d imported before (%d changed since, %d erased since at their request), %d refused (%d conflicts)\n",
-		mode, rep.Read, rep.Took.Round(time.Millisecond), rep.Imported, rep.Points, rep.Already, rep.Changed, rep.Erased, len(rep.Refused), rep.Conflicts)
+	// A refused line of a side file (lots.csv, …) refuses its member too:
+	// the summary counts members, and the side lines apart.
+	members, sides := 0, 0
+	for _, r := range rep.Refused {
+		if strings.HasPrefix(r.File, "members.") {
+			members++
+		} else {
+			sides++
+		}
+	}
+	fmt.Fprintf(&b, "%s: %d member records read in %s; %d imported (%d points in open lots), %d imported before (%d changed since, %d erased since at their request), %d refused (%d conflicts)",
+		mode, rep.Read, rep.Took.Round(time.Millisecond), rep.Imported, rep.Points, rep.Already, rep.Changed, rep.Erased, members, rep.Conflicts)
+	if sides > 0 {
+		fmt.Fprintf(&b, ", for %d refused lines of other files among others", sides)
+	}
+	b.WriteString("\n")
 	for _, r := range rep.Refused {
 		fmt.Fprintf(&b, "refused %s\n", r)
 	}

@@ -3,6 +3,7 @@ package cli
 import (
 	"errors"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -44,6 +45,20 @@ func TestImportThenVerify(t *testing.T) {
 		!strings.Contains(out, "refused lots.csv:3: L0204: earned: \"ten\" is not a whole number") ||
 		!strings.Contains(out, "refused members.csv:4: L0203: 3 fields, the header has 6") {
 		t.Fatalf("bad corpus: %v\n%s", err, out)
+	}
+	// The summary adds up: every member record read is imported, imported
+	// before or refused (a refused lots.csv line refuses its member, and
+	// is counted apart).
+	sum := regexp.MustCompile(`(\d+) member records read .*; (\d+) imported \(.*\), (\d+) imported before \(.*\), (\d+) refused \(\d+ conflicts\), for (\d+) refused lines of other files`).FindStringSubmatch(out)
+	if sum == nil {
+		t.Fatalf("bad corpus: no summary counting the side files' lines apart:\n%s", out)
+	}
+	n := make([]int, len(sum))
+	for i := 1; i < len(sum); i++ {
+		n[i], _ = strconv.Atoi(sum[i])
+	}
+	if n[1] != n[2]+n[3]+n[4] || n[5] == 0 {
+		t.Errorf("bad corpus: %d read ≠ %d imported + %d before + %d refused (%d side lines):\n%s", n[1], n[2], n[3], n[4], n[5], out)
 	}
 	if _, err := run("import", t.TempDir()); err == nil || !strings.Contains(err.Error(), "neither members.jsonl nor members.csv") {
 		t.Fatalf("an empty directory: %v", err)
