@@ -1149,6 +1149,8 @@ func kindToProto(k string) mcv1.LedgerEntryKind {
 		return mcv1.LedgerEntryKind_LEDGER_ENTRY_KIND_TRANSFER
 	case "reverse", "restore":
 		return mcv1.LedgerEntryKind_LEDGER_ENTRY_KIND_REVERSE
+	case "import":
+		return mcv1.LedgerEntryKind_LEDGER_ENTRY_KIND_IMPORT
 	}
 	return mcv1.LedgerEntryKind_LEDGER_ENTRY_KIND_UNSPECIFIED
 }

@@ -153,6 +153,7 @@ func TestImportLegacyGivesTheLegacyLoyalty(t *testing.T) {
 		t.Fatal(err)
 	}
 	if e := led.GetEntries(); len(e) != 2 || e[1].GetDelta() != 1500 || e[1].GetCounterAccount() != benefits.MigratedAccount ||
+		e[1].GetKind() != mcv1.LedgerEntryKind_LEDGER_ENTRY_KIND_IMPORT ||
 		e[1].GetCauseId() != "import:legacy-1#0" || e[0].GetDelta() != -150 || e[0].GetKind() != mcv1.LedgerEntryKind_LEDGER_ENTRY_KIND_EXPIRE ||
 		e[0].GetCounterAccount() != benefits.LiabilityAccount {
 		t.Fatalf("ledger = %v; want +1500 from %s, then -150 expired", e, benefits.MigratedAccount)

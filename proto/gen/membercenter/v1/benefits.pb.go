@@ -1260,8 +1260,10 @@ func (x *GetTierStatusRequest) GetMemberId() string {
 }
 
 type GetTierStatusResponse struct {
-	state     protoimpl.MessageState `protogen:"open.v1"`
-	Tier      string                 `protobuf:"bytes,1,opt,name=tier,proto3" json:"tier,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Tier  string                 `protobuf:"bytes,1,opt,name=tier,proto3" json:"tier,omitempty"`
+	// When the member reached the tier; unset for a member who never changed
+	// tier (the programme's first).
 	TierSince *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=tier_since,json=tierSince,proto3" json:"tier_since,omitempty"`
 	NextTier  string                 `protobuf:"bytes,3,opt,name=next_tier,json=nextTier,proto3" json:"next_tier,omitempty"`
 	// Human-readable requirements, e.g. "spend 1,200.00 more this month".

@@ -223,6 +223,8 @@ const (
 	LedgerEntryKind_LEDGER_ENTRY_KIND_ADJUST      LedgerEntryKind = 4
 	LedgerEntryKind_LEDGER_ENTRY_KIND_TRANSFER    LedgerEntryKind = 5
 	LedgerEntryKind_LEDGER_ENTRY_KIND_REVERSE     LedgerEntryKind = 6
+	// Points a member held in a legacy programme, brought over by the import.
+	LedgerEntryKind_LEDGER_ENTRY_KIND_IMPORT LedgerEntryKind = 7
 )
 
 // Enum value maps for LedgerEntryKind.
@@ -235,6 +237,7 @@ var (
 		4: "LEDGER_ENTRY_KIND_ADJUST",
 		5: "LEDGER_ENTRY_KIND_TRANSFER",
 		6: "LEDGER_ENTRY_KIND_REVERSE",
+		7: "LEDGER_ENTRY_KIND_IMPORT",
 	}
 	LedgerEntryKind_value = map[string]int32{
 		"LEDGER_ENTRY_KIND_UNSPECIFIED": 0,
@@ -244,6 +247,7 @@ var (
 		"LEDGER_ENTRY_KIND_ADJUST":      4,
 		"LEDGER_ENTRY_KIND_TRANSFER":    5,
 		"LEDGER_ENTRY_KIND_REVERSE":     6,
+		"LEDGER_ENTRY_KIND_IMPORT":      7,
 	}
 )
 
@@ -2827,7 +2831,7 @@ const file_membercenter_v1_events_proto_rawDesc = "" +
 	"\x11COUPON_STATE_USED\x10\x02\x12\x19\n" +
 	"\x15COUPON_STATE_RESTORED\x10\x03\x12\x18\n" +
 	"\x14COUPON_STATE_EXPIRED\x10\x04\x12\x18\n" +
-	"\x14COUPON_STATE_REVOKED\x10\x05*\xe9\x01\n" +
+	"\x14COUPON_STATE_REVOKED\x10\x05*\x87\x02\n" +
 	"\x0fLedgerEntryKind\x12!\n" +
 	"\x1dLEDGER_ENTRY_KIND_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16LEDGER_ENTRY_KIND_EARN\x10\x01\x12\x1c\n" +
@@ -2835,7 +2839,8 @@ const file_membercenter_v1_events_proto_rawDesc = "" +
 	"\x18LEDGER_ENTRY_KIND_EXPIRE\x10\x03\x12\x1c\n" +
 	"\x18LEDGER_ENTRY_KIND_ADJUST\x10\x04\x12\x1e\n" +
 	"\x1aLEDGER_ENTRY_KIND_TRANSFER\x10\x05\x12\x1d\n" +
-	"\x19LEDGER_ENTRY_KIND_REVERSE\x10\x06BOZMgithub.com/membercenter/membercenter/proto/gen/membercenter/v1;membercenterv1b\x06proto3"
+	"\x19LEDGER_ENTRY_KIND_REVERSE\x10\x06\x12\x1c\n" +
+	"\x18LEDGER_ENTRY_KIND_IMPORT\x10\aBOZMgithub.com/membercenter/membercenter/proto/gen/membercenter/v1;membercenterv1b\x06proto3"
 
 var (
 	file_membercenter_v1_events_proto_rawDescOnce sync.Once
