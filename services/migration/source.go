@@ -252,21 +252,23 @@ func eachJSONLine(path string, fn func(line int, text string) error) error {
 // good ones; a line it refuses is decoded again by encoding/json, whose
 // error is the reason the report gives.
 func decodeStrict(text string, v any) error {
-	// encoding/json would read a byte that is no UTF-8 as U+FFFD, and the
-	// member would be imported with it.
-	if !utf8.ValidString(text) {
-		return errors.New("the line holds bytes that are not UTF-8")
+	if utf8.ValidString(text) {
+		if rest, err := fastjson.Parse([]byte(text), v, fastjson.DisallowUnknownFields); err == nil && len(bytes.TrimSpace(rest)) == 0 {
+			return nil
+		}
+		reflect.ValueOf(v).Elem().SetZero() // what the refused parse left
 	}
-	if rest, err := fastjson.Parse([]byte(text), v, fastjson.DisallowUnknownFields); err == nil && len(bytes.TrimSpace(rest)) == 0 {
-		return nil
-	}
-	reflect.ValueOf(v).Elem().SetZero() // what the refused parse left
 	return decodeStd(text, v)
 }
 
 // decodeStd is decodeStrict by encoding/json alone: the reference for the
-// reasons a refused line is given.
+// reasons a refused line is given. A line holding a byte that is no UTF-8
+// is refused: encoding/json would read it as U+FFFD, and the member would
+// be imported with it.
 func decodeStd(text string, v any) error {
+	if !utf8.ValidString(text) {
+		return errors.New("the line holds bytes that are not UTF-8")
+	}
 	dec := json.NewDecoder(strings.NewReader(text))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
