@@ -214,6 +214,11 @@ type mergeSnapshot struct {
 	Source accountJSON `json:"source_account"`
 	// Members folded into the source before (they travel with it).
 	Folded []uuid.UUID `json:"folded,omitempty"`
+	// The last lot of the two members before the merge: those made after
+	// it (whatever time they are dated: a purchase made before the merge
+	// and applied after is dated at the merge) are what the unmerge gives
+	// back as earned. nil in a merge recorded before it was kept.
+	LastLot *int64 `json:"last_lot,omitempty"`
 }
 
 type accountJSON struct {
@@ -271,6 +276,10 @@ func (s *Service) merge(ctx context.Context, tx pgx.Tx, source, target uuid.UUID
 	if _, err := postgres.MoveIdentifiers(ctx, tx, source, target, nil); err != nil {
 		return uuid.Nil, nil, err
 	}
+	lastLot, err := postgres.LastLotOf(ctx, tx, source, target)
+	if err != nil {
+		return uuid.Nil, nil, err
+	}
 	if err := postgres.MoveLots(ctx, tx, source, target, nil); err != nil {
 		return uuid.Nil, nil, err
 	}
@@ -320,7 +329,7 @@ func (s *Service) merge(ctx context.Context, tx pgx.Tx, source, target uuid.UUID
 	if err := postgres.AddMergeCount(ctx, tx, target, src.MergeCount+1); err != nil {
 		return uuid.Nil, nil, err
 	}
-	snap := mergeSnapshot{Filled: filled, Source: accountJSON{srcAcct.Balance, srcAcct.LifetimeEarned}, Folded: folded}
+	snap := mergeSnapshot{Filled: filled, Source: accountJSON{srcAcct.Balance, srcAcct.LifetimeEarned}, Folded: folded, LastLot: &lastLot}
 	if err := postgres.InsertMerge(ctx, tx, postgres.MergeRow{MergeID: mergeID, Source: source, Target: target, Reason: reason,
 		CauseID: o.cause, Actor: o.actor, Channel: channelName(o.channel), MergedAt: now, Snapshot: mustJSON(snap)}); err != nil {
 		return uuid.Nil, nil, err
@@ -425,7 +434,11 @@ func (s *Service) unmerge(ctx context.Context, tx pgx.Tx, mergeID uuid.UUID, rea
 		return nil, err
 	}
 	now := s.now()
-	avail, pending, earnedSince, err := postgres.LotTotals(ctx, tx, m.Target, origins, now, m.MergedAt)
+	afterLot := int64(-1) // a merge recorded before the last lot was: by time
+	if snap.LastLot != nil {
+		afterLot = *snap.LastLot
+	}
+	avail, pending, earnedSince, err := postgres.LotTotals(ctx, tx, m.Target, origins, now, m.MergedAt, afterLot)
 	if err != nil {
 		return nil, err
 	}

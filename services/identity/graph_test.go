@@ -94,8 +94,14 @@ func (f fixture) unmerge(t *testing.T, mergeID, reason, key string) {
 // the benefit worker, as the pipeline does.
 func (f fixture) earn(t *testing.T, eventID string, ids []*mcv1.Identifier, amountMinor int64) {
 	t.Helper()
+	f.earnAt(t, eventID, ids, amountMinor, f.clock.Now())
+}
+
+// earnAt is earn of a purchase that happened at at.
+func (f fixture) earnAt(t *testing.T, eventID string, ids []*mcv1.Identifier, amountMinor int64, at time.Time) {
+	t.Helper()
 	ctx := ctxT(t)
-	ev := &mcv1.ChannelEvent{EventId: eventID, Channel: mcv1.Channel_CHANNEL_POS, OccurredAt: timestamppb.New(f.clock.Now()), Identifiers: ids,
+	ev := &mcv1.ChannelEvent{EventId: eventID, Channel: mcv1.Channel_CHANNEL_POS, OccurredAt: timestamppb.New(at), Identifiers: ids,
 		Payload: &mcv1.ChannelEvent_Transaction{Transaction: &mcv1.Transaction{OrderId: "O-" + eventID,
 			Total: &mcv1.Money{Currency: "CNY", AmountMinor: amountMinor}}}}
 	res, err := f.svc.ResolveEvent(ctx, ev)
@@ -274,6 +280,26 @@ func TestUnmergeAttributesLaterActivity(t *testing.T) {
 	}
 	if len(sb.Identifiers) != 1 {
 		t.Fatalf("b's identifiers after unmerge = %v", sb.Identifiers)
+	}
+}
+
+// TestUnmergeCountsAPurchaseMadeBeforeTheMerge: a purchase made through
+// the source before the merge but applied after it (an offline till, a
+// stage behind) is the source's when the merge is undone, lifetime points
+// included. Its lot is dated at the survivor's last operation, the merge's
+// own time, which a count of lots earned after the merge left out: the
+// source got the points back but not as earned.
+func TestUnmergeCountsAPurchaseMadeBeforeTheMerge(t *testing.T) {
+	f := newService(t)
+	a := f.resolve(t, "a", phone("13922230001")).GetMemberId()
+	b := f.resolve(t, "b", phone("13922230002")).GetMemberId()
+	f.earn(t, "a-first", []*mcv1.Identifier{phone("13922230001")}, 1_000)
+	merged := f.merge(t, a, b, "r", "m")
+	f.earnAt(t, "a-offline", []*mcv1.Identifier{phone("13922230001")}, 2_000, f.clock.Now().Add(-time.Hour))
+	f.unmerge(t, merged.GetMergeId(), "r", "u")
+	sa, sb := state(t, f.pool, a), state(t, f.pool, b)
+	if sa.Account.Balance != 30 || sa.Account.LifetimeEarned != 30 || sb.Account.Balance != 0 || sb.Account.LifetimeEarned != 0 {
+		t.Fatalf("after unmerge a=%+v b=%+v; want a 30 held and earned, b nothing", sa.Account, sb.Account)
 	}
 }
 

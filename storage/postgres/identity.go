@@ -113,20 +113,34 @@ func MoveLots(ctx context.Context, q Querier, from, to uuid.UUID, origins []uuid
 
 // LotTotals sums a member's lots of the given origins (all when nil):
 // remaining points already available, remaining points still pending at
-// now, and points earned after since (lots of kind earn: as the accounts'
-// lifetime points count them, not those adjusted or restored).
-func LotTotals(ctx context.Context, q Querier, memberID uuid.UUID, origins []uuid.UUID, now, since time.Time) (available, pending, earnedSince int64, err error) {
+// now, and points earned since (lots of kind earn: as the accounts'
+// lifetime points count them, not those adjusted or restored) — those of
+// lots created after the lot id afterLot, or, when afterLot is negative
+// (a merge recorded before lot ids were), earned after since.
+func LotTotals(ctx context.Context, q Querier, memberID uuid.UUID, origins []uuid.UUID, now, since time.Time, afterLot int64) (available, pending, earnedSince int64, err error) {
 	err = q.QueryRow(ctx, `
 		SELECT coalesce(sum(remaining) FILTER (WHERE available_at <= $3), 0),
 		       coalesce(sum(remaining) FILTER (WHERE available_at > $3), 0),
-		       coalesce(sum(earned) FILTER (WHERE earned_at > $4 AND kind = 'earn'), 0)
+		       coalesce(sum(earned) FILTER (WHERE kind = 'earn' AND CASE WHEN $5::bigint < 0 THEN earned_at > $4 ELSE lot_id > $5 END), 0)
 		  FROM point_lots
 		 WHERE member_id = $1 AND ($2::uuid[] IS NULL OR origin_member_id = ANY($2))`,
-		memberID, origins, now, since).Scan(&available, &pending, &earnedSince)
+		memberID, origins, now, since, afterLot).Scan(&available, &pending, &earnedSince)
 	if err != nil {
 		err = fmt.Errorf("lot totals: %w", err)
 	}
 	return available, pending, earnedSince, err
+}
+
+// LastLotOf is the id of the members' last lot (0 for none): a lot made
+// for them afterwards has a larger one (they are locked: one being made
+// before was committed), whatever time it is dated.
+func LastLotOf(ctx context.Context, q Querier, members ...uuid.UUID) (int64, error) {
+	var id int64
+	err := q.QueryRow(ctx, `SELECT coalesce(max(lot_id), 0) FROM point_lots WHERE member_id = ANY($1)`, members).Scan(&id)
+	if err != nil {
+		return 0, fmt.Errorf("last lot: %w", err)
+	}
+	return id, nil
 }
 
 // SetMergedInto marks a member merged into another (or active again when
