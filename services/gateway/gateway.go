@@ -71,6 +71,7 @@ func New(ctx context.Context, conn *grpc.ClientConn) (http.Handler, error) {
 		}},
 	}),
 		runtime.WithRoutingErrorHandler(routingError),
+		runtime.WithErrorHandler(tooLargeIs413),
 		// The client certificate is the gateway's to say, never a header's.
 		// The actor header goes through as it does over gRPC (the server
 		// reads it only while authentication is off).
@@ -138,6 +139,21 @@ func (m oneValueJSON) NewDecoder(r io.Reader) runtime.Decoder {
 		}
 		return nil
 	})
+}
+
+// tooLargeIs413 is grpc-gateway's answer to an error, except that a body
+// too large to take — past MaxBodyBytes while read in chunks, or a request
+// larger than the gRPC server's limit (4 MiB) — is 413, which a client does
+// not retry (ResourceExhausted would be 429, "retry later", for a request
+// that can never succeed). grpc-gateway keeps only the messages of both.
+func tooLargeIs413(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, w http.ResponseWriter, r *http.Request, err error) {
+	if st, ok := status.FromError(err); ok && (st.Code() == codes.ResourceExhausted && strings.Contains(st.Message(), "larger than max") ||
+		st.Code() == codes.InvalidArgument && strings.Contains(st.Message(), "request body too large")) {
+		writeErrorAs(w, http.StatusRequestEntityTooLarge, status.Errorf(codes.ResourceExhausted,
+			"the request is larger than the platform takes (%s)", st.Message()))
+		return
+	}
+	runtime.DefaultHTTPErrorHandler(ctx, mux, m, w, r, err)
 }
 
 // routingError is grpc-gateway's answer to a request no RPC route takes,

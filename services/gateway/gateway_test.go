@@ -373,8 +373,16 @@ func TestTheGatewayBoundsWhatItReads(t *testing.T) {
 	}
 	// The same without a length (chunked): read up to the limit, refused.
 	resp, _ = do(http.MethodPost, io.MultiReader(strings.NewReader(big)), -1)
-	if resp.StatusCode != http.StatusBadRequest {
-		t.Errorf("a chunked body over the limit: %d; want 400", resp.StatusCode)
+	if resp.StatusCode != http.StatusRequestEntityTooLarge {
+		t.Errorf("a chunked body over the limit: %d; want 413", resp.StatusCode)
+	}
+	// Under the gateway's limit but over the gRPC server's (4 MiB): 413
+	// too, not ResourceExhausted's 429, which clients retry.
+	mid := `{"identifiers":[{"type":"IDENTIFIER_TYPE_PHONE","value":"13500000088"}],"channel":"CHANNEL_MINIPROGRAM","idempotencyKey":"` +
+		strings.Repeat("k", 5<<20) + `"}`
+	resp, out = do(http.MethodPost, strings.NewReader(mid), int64(len(mid)))
+	if resp.StatusCode != http.StatusRequestEntityTooLarge || out["code"] != float64(8) {
+		t.Errorf("a request over the gRPC limit: %d %v; want 413", resp.StatusCode, out)
 	}
 	if id.calls() != 0 {
 		t.Errorf("%d refused requests reached the service", id.calls())
