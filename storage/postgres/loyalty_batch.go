@@ -135,9 +135,22 @@ func LoadLoyaltyBatch(ctx context.Context, q Batcher, loads []LoyaltyLoad) (map[
 	}
 	for _, r := range out {
 		r.Budgets, r.TplIssued = budgets, tpl
-		// An order is read by every member of the batch that named it; the
-		// engine keeps it only for the member holding it.
-		r.OrderRows = append(r.OrderRows, orderRows...)
+	}
+	// An order goes to every member of the batch that named it (the engine
+	// keeps it for the member holding it, and refuses a purchase under it
+	// by another), not to every member of the batch.
+	namedBy := map[string][]uuid.UUID{}
+	for _, l := range loads {
+		for _, o := range l.Orders {
+			if ms := namedBy[o]; !slices.Contains(ms, l.Member) {
+				namedBy[o] = append(ms, l.Member)
+			}
+		}
+	}
+	for _, o := range orderRows {
+		for _, m := range namedBy[o.OrderID] {
+			out[m].OrderRows = append(out[m].OrderRows, o)
+		}
 	}
 	if len(again) > 0 {
 		// In the load's transaction, with the members locked as before.
