@@ -144,6 +144,37 @@ func (s *Service) CheckEvent(ev *mcv1.ChannelEvent) error {
 	return p.checkPayload(ev.GetTransaction(), ev.GetRefund())
 }
 
+// CheckOrderMoney refuses the money of an imported order as CheckEvent
+// refuses a channel's purchase: another currency than the programme's
+// (empty: the programme's), a total, discount or line amount negative or
+// above the programme's maximum; and a discount above the total. The error
+// names the field (total, discount, items[i].amount) and matches
+// ErrInvalid.
+func (s *Service) CheckOrderMoney(currency string, total, discount int64, lines []int64) error {
+	p := s.program()
+	if currency == "" {
+		currency = p.Currency
+	}
+	if currency != p.Currency {
+		return fieldErr("currency", "%q: the programme runs in %s", currency, p.Currency)
+	}
+	if err := p.checkAmount("total", total); err != nil {
+		return err
+	}
+	if err := p.checkAmount("discount", discount); err != nil {
+		return err
+	}
+	if discount > total {
+		return fieldErr("discount", "%d is more than the total %d", discount, total)
+	}
+	for i, a := range lines {
+		if err := p.checkAmount(fmt.Sprintf("items[%d].amount", i), a); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // checkMemberEvent is CheckEvent's check as the benefit stage applies it to
 // a resolved event: the same amounts, and a time the engine can hold. The
 // window is not applied again: ingest accepted the event when it arrived,

@@ -552,6 +552,9 @@ func (cu *CatchUp) writeOrder(ctx context.Context, c *Change, now time.Time) (*o
 	if rerr != nil {
 		return nil, fault.Permanent(fmt.Errorf("orders: %s", rerr.Reason))
 	}
+	if err := cu.checkOrder(o, now); err != nil {
+		return nil, fault.Permanent(fmt.Errorf("orders: %w", err))
+	}
 	if cu.Facts == nil {
 		return nil, fault.Permanent(errors.New("orders: no ClickHouse to write the order to"))
 	}

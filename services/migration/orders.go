@@ -124,7 +124,7 @@ func (im *Importer) ImportOrders(ctx context.Context, src *Source, conn driver.C
 			rep.Refused = append(rep.Refused, rerr)
 			return nil
 		}
-		if err := legacyTime("at", o.At, now()); err != nil {
+		if err := im.checkOrder(o, now()); err != nil {
 			rep.Refused = append(rep.Refused, &RowError{File: o.File, Line: o.Line, LegacyID: o.LegacyID, Reason: err.Error()})
 			return nil
 		}
@@ -292,7 +292,7 @@ func (im *Importer) VerifyOrders(ctx context.Context, src *Source, conn driver.C
 		now = im.Now
 	}
 	err = src.EachOrder(func(o *Order, rerr *RowError) error {
-		if rerr != nil || legacyTime("at", o.At, now()) != nil {
+		if rerr != nil || im.checkOrder(o, now()) != nil {
 			return nil
 		}
 		if _, dup := seen.line(o.OrderID); dup {
@@ -319,6 +319,21 @@ func (im *Importer) VerifyOrders(ctx context.Context, src *Source, conn driver.C
 	}
 	stored.Orders, stored.Amount, stored.Lines, err = clickhouse.CountEventsWithPrefix(ctx, conn, OrderEventID(im.Source, ""))
 	return source, stored, err
+}
+
+// checkOrder refuses an order the platform would not take from a channel
+// (the programme's currency and amounts, a discount not above the total)
+// or at a time no legacy record may carry (legacyTime). Verify leaves out
+// what it refuses, as the import does.
+func (im *Importer) checkOrder(o *Order, now time.Time) error {
+	if err := legacyTime("at", o.At, now); err != nil {
+		return err
+	}
+	lines := make([]int64, len(o.Items))
+	for i, l := range o.Items {
+		lines[i] = l.Amount
+	}
+	return im.Benefits.CheckOrderMoney(o.Currency, o.Total, o.Discount, lines)
 }
 
 // orderIDs remembers the order ids seen and the line of each by a 128-bit
