@@ -310,6 +310,12 @@ func (s *Service) adjustOp(req *mcv1.AdjustRequest) (Op, error) {
 func (s *Server) ClaimCoupon(ctx context.Context, req *mcv1.ClaimCouponRequest) (*mcv1.ClaimCouponResponse, error) {
 	return mutateRequest(ctx, s.svc, "benefits.ClaimCoupon", req, callerChannel(ctx, req.GetChannel()),
 		func(req *mcv1.ClaimCouponRequest) (Op, error) {
+			// A template the programme does not have is the request's
+			// mistake (InvalidArgument, as IssueCoupons says); one it has
+			// but does not let members claim is the programme's refusal.
+			if s.svc.program().Coupons[req.GetTemplateId()] == nil {
+				return Op{}, fmt.Errorf("template_id %q is not in the programme: %w", req.GetTemplateId(), ErrInvalid)
+			}
 			return Op{Kind: OpIssueCoupon, At: s.svc.now(), Template: req.GetTemplateId(), Claim: true, Reason: "claimed"}, nil
 		},
 		func(st *State, fx *Effects, resp *mcv1.ClaimCouponResponse) error {

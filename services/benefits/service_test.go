@@ -247,6 +247,10 @@ func TestRefusedRequestsChangeNothing(t *testing.T) {
 			_, err := f.srv.ClaimCoupon(c, &mcv1.ClaimCouponRequest{MemberId: m, TemplateId: "BDAY", IdempotencyKey: "j"})
 			return err
 		}, true, "cannot be claimed"},
+		{"claim a template the programme does not have", func() error {
+			_, err := f.srv.ClaimCoupon(c, &mcv1.ClaimCouponRequest{MemberId: m, TemplateId: "NOPE", IdempotencyKey: "k"})
+			return err
+		}, false, `template_id "NOPE" is not in the programme`},
 	}
 	for _, tc := range cases {
 		err := tc.call()

@@ -88,6 +88,11 @@ func TestAPIAndIngestEdges(t *testing.T) {
 	if st := status.Convert(err); st.Code() != codes.AlreadyExists || !strings.Contains(st.Message(), "O-edge-good") {
 		t.Errorf("Commit under another member's order id: %v; want AlreadyExists naming the order", err)
 	}
+	_, err = bens.Quote(ctx, &mcv1.QuoteRequest{MemberId: member, Basket: &mcv1.Basket{OrderId: "O-empty-code", CouponCodes: []string{""},
+		Channel: mcv1.Channel_CHANNEL_POS, Total: &mcv1.Money{Currency: "CNY", AmountMinor: 5_000}}})
+	invalid("Quote with an empty coupon code", err, "coupon_codes[0]")
+	_, err = bens.ClaimCoupon(ctx, &mcv1.ClaimCouponRequest{MemberId: member, TemplateId: "NOPE", IdempotencyKey: "claim-nope"})
+	invalid("ClaimCoupon of a template the programme does not have", err, "template_id")
 
 	code, out := postJSON(t, ctx, e.http+"/membercenter.v1.IdentityService/Resolve",
 		`{"identifiers":[{"type":"IDENTIFIER_TYPE_PHONE","value":"`+phone+`"}],"channel":"CHANNEL_MINIPROGRAM","createIfMisssing":true,"idempotencyKey":"typo"}`)

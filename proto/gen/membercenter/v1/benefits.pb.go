@@ -2597,7 +2597,7 @@ const file_membercenter_v1_benefits_proto_rawDesc = "" +
 	"\n" +
 	"expires_at\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x12=\n" +
 	"\favailable_at\x18\n" +
-	" \x01(\v2\x1a.google.protobuf.TimestampR\vavailableAt\"\xfb\x03\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\vavailableAt\"\x84\x04\n" +
 	"\x06Basket\x12%\n" +
 	"\border_id\x18\x01 \x01(\tB\n" +
 	"\xbaH\ar\x05\x10\x01\x18\x80\x01R\aorderId\x12>\n" +
@@ -2606,8 +2606,8 @@ const file_membercenter_v1_benefits_proto_rawDesc = "" +
 	"\bstore_id\x18\x03 \x01(\tB\a\xbaH\x04r\x02\x18@R\astoreId\x124\n" +
 	"\x05total\x18\x04 \x01(\v2\x16.membercenter.v1.MoneyB\x06\xbaH\x03\xc8\x01\x01R\x05total\x12<\n" +
 	"\x05items\x18\x05 \x03(\v2\x19.membercenter.v1.LineItemB\v\xbaH\b\x92\x01\x05\b\x01\x10\xf4\x03R\x05items\x12,\n" +
-	"\rredeem_points\x18\x06 \x01(\x03B\a\xbaH\x04\"\x02(\x00R\fredeemPoints\x12+\n" +
-	"\fcoupon_codes\x18\a \x03(\tB\b\xbaH\x05\x92\x01\x02\x10\x14R\vcouponCodes\x12*\n" +
+	"\rredeem_points\x18\x06 \x01(\x03B\a\xbaH\x04\"\x02(\x00R\fredeemPoints\x124\n" +
+	"\fcoupon_codes\x18\a \x03(\tB\x11\xbaH\x0e\x92\x01\v\x10\x14\"\ar\x05\x10\x01\x18\xc8\x01R\vcouponCodes\x12*\n" +
 	"\x02at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\x02at:k\xbaHh\x1af\n" +
 	"\x19basket.total_non_negative\x12+total.amount_minor must be zero or positive\x1a\x1cthis.total.amount_minor >= 0\"\x9b\x01\n" +
 	"\tRuleTrace\x12\x17\n" +
