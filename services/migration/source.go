@@ -67,14 +67,18 @@ type RowError struct {
 }
 
 func (e *RowError) Error() string {
+	id := e.LegacyID
+	if len(id) > 128 { // refused for it: its reason says so, its start is enough to find it
+		id = strings.ToValidUTF8(id[:128], "") + "…"
+	}
 	if e.Line == 0 { // a CDC record: File says where
-		if e.LegacyID != "" {
-			return fmt.Sprintf("%s: %s: %s", e.File, e.LegacyID, e.Reason)
+		if id != "" {
+			return fmt.Sprintf("%s: %s: %s", e.File, id, e.Reason)
 		}
 		return fmt.Sprintf("%s: %s", e.File, e.Reason)
 	}
-	if e.LegacyID != "" {
-		return fmt.Sprintf("%s:%d: %s: %s", e.File, e.Line, e.LegacyID, e.Reason)
+	if id != "" {
+		return fmt.Sprintf("%s:%d: %s: %s", e.File, e.Line, id, e.Reason)
 	}
 	return fmt.Sprintf("%s:%d: %s", e.File, e.Line, e.Reason)
 }
@@ -157,10 +161,19 @@ type sideRow[T any] struct {
 // Open finds the export's format in dir.
 func Open(dir string) (*Source, error) {
 	s := &Source{Dir: dir}
+	if st, err := os.Stat(dir); err != nil {
+		return nil, fmt.Errorf("the export %s: %w", dir, err)
+	} else if !st.IsDir() {
+		return nil, fmt.Errorf("the export %s is a file: name the directory that holds members.jsonl or members.csv", dir)
+	}
+	jsonl, csv := exists(filepath.Join(dir, "members.jsonl")), exists(filepath.Join(dir, "members.csv"))
 	switch {
-	case exists(filepath.Join(dir, "members.jsonl")):
+	case jsonl && csv:
+		// Which one the legacy system meant is not ours to guess.
+		return nil, fmt.Errorf("%s holds both members.jsonl and members.csv: keep the export of one format", dir)
+	case jsonl:
 		s.Format = "jsonl"
-	case exists(filepath.Join(dir, "members.csv")):
+	case csv:
 		s.Format = "csv"
 	default:
 		return nil, fmt.Errorf("%s holds neither members.jsonl nor members.csv (docs/migration.md)", dir)

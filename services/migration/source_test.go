@@ -182,3 +182,30 @@ func TestWhatAReaderWouldLoseIsRefused(t *testing.T) {
 		t.Errorf("a header naming phone twice: %v; want the run refused naming the column", err)
 	}
 }
+
+// TestOpenSaysWhatIsWrongWithTheExport: a path that does not exist, a file
+// instead of a directory, and a directory holding both formats are refused
+// saying so (the third used to read members.jsonl and ignore the CSV); a
+// refused record's legacy id too long to be one is shown cut.
+func TestOpenSaysWhatIsWrongWithTheExport(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "members.csv")
+	for _, name := range []string{"members.csv", "members.jsonl"} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte("legacy_id,created_at,phone\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for path, want := range map[string]string{
+		filepath.Join(dir, "nope"): "no such file or directory",
+		file:                       "is a file",
+		dir:                        "holds both members.jsonl and members.csv",
+	} {
+		if _, err := migration.Open(path); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Open(%s): %v; want an error saying %q", path, err, want)
+		}
+	}
+	long := &migration.RowError{File: "members.csv", Line: 3, LegacyID: strings.Repeat("x", 100_000), Reason: "legacy_id is longer than 128 characters"}
+	if msg := long.Error(); len(msg) > 300 || !strings.Contains(msg, "legacy_id is longer than 128 characters") {
+		t.Errorf("a refusal of a 100 KB legacy id is %d bytes: %.100q…", len(msg), msg)
+	}
+}
