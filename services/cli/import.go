@@ -51,6 +51,7 @@ func importCmd(stdout, stderr io.Writer) *cobra.Command {
 	var source, reportPath string
 	var dryRun bool
 	var workers, batch int
+	vreportPath := new(string) // verify's --report, bound below
 	// withImporter runs run with the export its argument names, an
 	// importer for source and a progress bar (described by what) that
 	// knows how many member records the export holds.
@@ -63,6 +64,13 @@ func importCmd(stdout, stderr io.Writer) *cobra.Command {
 				return usage(cmd, fmt.Errorf("--batch %d: at least 1 member per transaction", batch))
 			case workers < 0:
 				return usage(cmd, fmt.Errorf("--workers %d: 0 (one per CPU) or more", workers))
+			}
+			// A report that cannot be written is found before the run, not
+			// after it (an import of millions of members).
+			for _, path := range []string{reportPath, *vreportPath} {
+				if err := canWrite(path); err != nil {
+					return usage(cmd, fmt.Errorf("--report: %w", err))
+				}
 			}
 			src, err := migration.Open(args[0])
 			if err != nil {
@@ -136,7 +144,8 @@ any was refused.`,
 	cmd.Flags().IntVar(&workers, "workers", 0, "transactions importing at once (0: one per CPU, at least 2)")
 	cmd.Flags().IntVar(&batch, "batch", 500, "members per transaction (each still whole or not at all)")
 
-	var vsource, vreport string
+	var vsource string
+	vreport := vreportPath
 	verify := &cobra.Command{
 		Use:   "verify DIR",
 		Short: "Reconcile a legacy export with the platform; exit 1 on any difference",
@@ -174,7 +183,7 @@ and legacy id, per-field agreement and point totals. Changes nothing. Exit
 			if err := g.Wait(); err != nil {
 				return err
 			}
-			if err := writeVerifyReport(stdout, vreport, rep, orders); err != nil {
+			if err := writeVerifyReport(stdout, *vreport, rep, orders); err != nil {
 				return err
 			}
 			if !rep.OK() || !ordersOK {
@@ -184,7 +193,7 @@ and legacy id, per-field agreement and point totals. Changes nothing. Exit
 		}),
 	}
 	verify.Flags().StringVar(&vsource, "source", "legacy", "name of the legacy system the export was imported as")
-	verify.Flags().StringVar(&vreport, "report", "", "also write the report to this file")
+	verify.Flags().StringVar(vreport, "report", "", "also write the report to this file")
 	cmd.AddCommand(verify, catchUpCmd(stdout, stderr), cdcCmd(stdout, stderr))
 	return cmd
 }
@@ -418,6 +427,18 @@ func writeVerifyReport(stdout io.Writer, path string, rep migration.VerifyReport
 }
 
 // emit prints a report, and writes it to path when set.
+// canWrite opens path for writing (creating it) and closes it: nil for "".
+func canWrite(path string) error {
+	if path == "" {
+		return nil
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE, 0o600)
+	if err != nil {
+		return err
+	}
+	return f.Close()
+}
+
 func emit(stdout io.Writer, path, report string) error {
 	fmt.Fprint(stdout, report)
 	if path == "" {

@@ -15,7 +15,7 @@ import (
 func TestImportThenVerify(t *testing.T) {
 	run := cliOnPlatform(t)
 	// Flags it cannot act on are usage errors (exit 2), before anything runs.
-	for _, args := range [][]string{{"--source", ""}, {"--batch", "0"}, {"--batch", "-1"}, {"--workers", "-3"}} {
+	for _, args := range [][]string{{"--source", ""}, {"--batch", "0"}, {"--batch", "-1"}, {"--workers", "-3"}, {"--report", "/nonexistent/dir/r.txt"}} {
 		var u *UsageError
 		if _, err := run(append([]string{"import", "../migration/testdata/sample-csv"}, args...)...); !errors.As(err, &u) {
 			t.Errorf("import %v: %v; want a usage error", args, err)

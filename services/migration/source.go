@@ -285,12 +285,40 @@ func decodeStd(text string, v any) error {
 	dec := json.NewDecoder(strings.NewReader(text))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
+		// In the export's terms, not Go's ("… into Go struct field
+		// jsonLot.points.lots.earned of type int64").
+		var ute *json.UnmarshalTypeError
+		if errors.As(err, &ute) && ute.Field != "" {
+			return fmt.Errorf("%s: %s where %s is wanted", ute.Field, ute.Value, jsonKind(ute.Type))
+		}
 		return err
 	}
 	if dec.More() {
 		return errors.New("more after the record")
 	}
 	return nil
+}
+
+// jsonKind names what a field of type t holds, as an export's author
+// would say it.
+func jsonKind(t reflect.Type) string {
+	switch t.Kind() {
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64, reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return "a whole number"
+	case reflect.Float32, reflect.Float64:
+		return "a number"
+	case reflect.String:
+		return "a string"
+	case reflect.Bool:
+		return "true or false"
+	case reflect.Slice, reflect.Array:
+		return "an array"
+	case reflect.Map, reflect.Struct:
+		return "an object"
+	case reflect.Pointer:
+		return jsonKind(t.Elem())
+	}
+	return t.String()
 }
 
 // duplicate refuses a legacy id seen before in the source.
@@ -784,6 +812,9 @@ func readCSV(path string, required []string, fn func(line int, col map[string]st
 	r.FieldsPerRecord = -1
 	header, err := r.Read()
 	if err != nil {
+		if errors.Is(err, io.EOF) {
+			return fmt.Errorf("%s is empty: it needs a header line naming its columns", filepath.Base(path))
+		}
 		return fmt.Errorf("%s: header: %w", filepath.Base(path), err)
 	}
 	seen := map[string]bool{}

@@ -159,14 +159,16 @@ func TestWhatAReaderWouldLoseIsRefused(t *testing.T) {
 	dir := t.TempDir()
 	lines := "\ufeff" + `{"legacy_id":"B1","created_at":"2020-01-01","identifiers":[{"type":"phone","value":"13900030001"}]}` + "\n" +
 		`{"legacy_id":"B2","created_at":"2020-01-01","identifiers":[{"type":"phone","value":"13900030002"}],"attributes":{"city":"Su` + "\xff" + `zhou"}}` + "\n" +
-		`{"legacy_id":"B3","created_at":"2020-01-01","identifiers":[{"type":"member_card","value":"C` + strings.Repeat("x", 256) + `"}]}` + "\n"
+		`{"legacy_id":"B3","created_at":"2020-01-01","identifiers":[{"type":"member_card","value":"C` + strings.Repeat("x", 256) + `"}]}` + "\n" +
+		`{"legacy_id":"B4","created_at":"2020-01-01","identifiers":[{"type":"phone","value":"13900030004"}],"points":{"lots":[{"earned":1e3,"remaining":1,"earned_at":"2020-01-01"}]}}` + "\n"
 	if err := os.WriteFile(filepath.Join(dir, "members.jsonl"), []byte(lines), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	ms, errs := read(t, dir)
-	expectRefusals(t, errs, map[int]string{2: "not UTF-8", 3: "identifiers[0].value has 257 characters, at most 256"})
-	if len(ms) != 1 || ms[0].LegacyID != "B1" || len(errs) != 2 {
-		t.Errorf("read %d members, refused %v; want B1 read (after its byte order mark) and lines 2 and 3 refused", len(ms), errs)
+	expectRefusals(t, errs, map[int]string{2: "not UTF-8", 3: "identifiers[0].value has 257 characters, at most 256",
+		4: "points.lots.earned: number 1e3 where a whole number is wanted"}) // in the export's terms, not Go's
+	if len(ms) != 1 || ms[0].LegacyID != "B1" || len(errs) != 3 {
+		t.Errorf("read %d members, refused %v; want B1 read (after its byte order mark) and lines 2 to 4 refused", len(ms), errs)
 	}
 
 	dir = t.TempDir()
@@ -180,6 +182,13 @@ func TestWhatAReaderWouldLoseIsRefused(t *testing.T) {
 	err = src.Each(func(*migration.Member, *migration.RowError) error { return nil })
 	if err == nil || !strings.Contains(err.Error(), "column phone is named twice") {
 		t.Errorf("a header naming phone twice: %v; want the run refused naming the column", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "members.csv"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	err = src.Each(func(*migration.Member, *migration.RowError) error { return nil })
+	if err == nil || !strings.Contains(err.Error(), "members.csv is empty") {
+		t.Errorf("an empty members.csv: %v; want the run refused saying it is empty", err)
 	}
 }
 
