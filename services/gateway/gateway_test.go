@@ -89,7 +89,17 @@ func post(t *testing.T, url, body string) (int, map[string]any) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, url, strings.NewReader(body))
+	resp, out := send(t, ctx, http.MethodPost, url, strings.NewReader(body), int64(len(body)))
+	return resp.StatusCode, out
+}
+
+// send sends body (of size bytes; -1: chunked) with method to url as the
+// JSON API's clients do, with a token and an actor, and reads the answer
+// as JSON.
+func send(t *testing.T, ctx context.Context, method, url string, body io.Reader, size int64) (*http.Response, map[string]any) {
+	t.Helper()
+	req, _ := http.NewRequestWithContext(ctx, method, url, body)
+	req.ContentLength = size
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Authorization", "Bearer tok")
 	req.Header.Set("X-Mc-Actor", "backoffice/alice")
@@ -101,9 +111,9 @@ func post(t *testing.T, url, body string) (int, map[string]any) {
 	b, _ := io.ReadAll(resp.Body)
 	out := map[string]any{}
 	if err := json.Unmarshal(b, &out); err != nil {
-		t.Fatalf("%s answered %s, not JSON: %v", url, b, err)
+		t.Fatalf("%s answered %.200s, not JSON: %v", url, b, err)
 	}
-	return resp.StatusCode, out
+	return resp, out
 }
 
 const resolvePath = "/membercenter.v1.IdentityService/Resolve"
@@ -348,20 +358,7 @@ func TestTheGatewayBoundsWhatItReads(t *testing.T) {
 	defer cancel()
 	do := func(method string, body io.Reader, size int64) (*http.Response, map[string]any) {
 		t.Helper()
-		req, _ := http.NewRequestWithContext(ctx, method, base+resolvePath, body)
-		req.ContentLength = size
-		req.Header.Set("Content-Type", "application/json")
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		out := map[string]any{}
-		b, _ := io.ReadAll(resp.Body)
-		if err := json.Unmarshal(b, &out); err != nil {
-			t.Fatalf("answered %s, not JSON: %v", b, err)
-		}
-		return resp, out
+		return send(t, ctx, method, base+resolvePath, body, size)
 	}
 	// A body one byte over the limit, of a valid request's shape.
 	big := `{"identifiers":[{"type":"IDENTIFIER_TYPE_PHONE","value":"13500000088"}],"channel":"CHANNEL_MINIPROGRAM","idempotencyKey":"` +
