@@ -146,10 +146,9 @@ func (s *Service) CheckEvent(ev *mcv1.ChannelEvent) error {
 
 // CheckOrderMoney refuses the money of an imported order as CheckEvent
 // refuses a channel's purchase: another currency than the programme's
-// (empty: the programme's), a total, discount or line amount negative or
-// above the programme's maximum; and a discount above the total. The error
-// names the field (total, discount, items[i].amount) and matches
-// ErrInvalid.
+// (empty: the programme's), a total (paid, after discounts), discount or
+// line amount negative or above the programme's maximum. The error names
+// the field (total, discount, items[i].amount) and matches ErrInvalid.
 func (s *Service) CheckOrderMoney(currency string, total, discount int64, lines []int64) error {
 	p := s.program()
 	if currency == "" {
@@ -163,9 +162,6 @@ func (s *Service) CheckOrderMoney(currency string, total, discount int64, lines 
 	}
 	if err := p.checkAmount("discount", discount); err != nil {
 		return err
-	}
-	if discount > total {
-		return fieldErr("discount", "%d is more than the total %d", discount, total)
 	}
 	for i, a := range lines {
 		if err := p.checkAmount(fmt.Sprintf("items[%d].amount", i), a); err != nil {

@@ -126,6 +126,8 @@ func TestProgramLimits(t *testing.T) {
 		{"a bad window", "event_window: {past: 9600h, future: 10m}", "event_window: {past: 0s, future: 10m}", "limits.event_window"},
 		{"rates that could overflow at the largest amount", "max_amount: {CNY: 100000000}  #", "max_amount: {CNY: 1000000000000}  #",
 			"limits.max_amount.CNY 1000000000000: a purchase of that amount could earn"},
+		{"a coupon template id longer than the API takes", "{id: C10,  name:", "{id: C" + strings.Repeat("0", 64) + ",  name:",
+			"id longer than 64 bytes"},
 		{"a multiplier of a thousand", "multiplier: 2.0\n    cap_per_member_day: 500", "multiplier: 1000\n    cap_per_member_day: 500",
 			"campaigns[0] (weekend-double).multiplier: at most 100"},
 	} {

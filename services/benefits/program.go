@@ -403,6 +403,12 @@ func ParseProgram(src []byte) (*Program, error) {
 			add(fmt.Errorf("%s: id missing or repeated", where))
 			continue
 		}
+		// The API names a template in 64 bytes at most, and a coupon's
+		// code (template, member id, number) must fit a basket's 200.
+		if len(c.ID) > 64 {
+			add(fmt.Errorf("%s: id longer than 64 bytes", where))
+			continue
+		}
 		pct, err := bp(c.PercentOff/100, where+".percent_off")
 		add(err)
 		t := &CouponTemplate{ID: c.ID, Name: c.Name, AmountOff: c.AmountOff, PercentOffBP: pct, MinSpend: c.MinSpend,

@@ -426,19 +426,22 @@ func writeVerifyReport(stdout io.Writer, path string, rep migration.VerifyReport
 	return emit(stdout, path, b.String())
 }
 
-// emit prints a report, and writes it to path when set.
-// canWrite opens path for writing (creating it) and closes it: nil for "".
+// canWrite says whether a report can be written at path ("" can): a
+// temporary file is made beside it and removed, so that neither an empty
+// report nor an earlier run's is left as this run's when the run fails.
 func canWrite(path string) error {
 	if path == "" {
 		return nil
 	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE, 0o600)
+	f, err := os.CreateTemp(filepath.Dir(path), ".report-*")
 	if err != nil {
-		return err
+		return fmt.Errorf("%s cannot be written: %w", path, err)
 	}
-	return f.Close()
+	f.Close()
+	return os.Remove(f.Name())
 }
 
+// emit prints a report, and writes it to path when set.
 func emit(stdout io.Writer, path, report string) error {
 	fmt.Fprint(stdout, report)
 	if path == "" {

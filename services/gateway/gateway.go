@@ -115,8 +115,9 @@ func limitBody(h http.Handler) http.Handler {
 				"the request body of %d bytes is larger than the gateway's limit of %d bytes", r.ContentLength, MaxBodyBytes))
 			return
 		}
-		r.Body = http.MaxBytesReader(w, r.Body, MaxBodyBytes)
-		h.ServeHTTP(w, r)
+		body := &countedBody{ReadCloser: http.MaxBytesReader(w, r.Body, MaxBodyBytes)}
+		r.Body = body
+		h.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), bodyKey{}, body)))
 	})
 }
 
@@ -141,19 +142,47 @@ func (m oneValueJSON) NewDecoder(r io.Reader) runtime.Decoder {
 	})
 }
 
-// tooLargeIs413 is grpc-gateway's answer to an error, except that a body
-// too large to take — past MaxBodyBytes while read in chunks, or a request
-// larger than the gRPC server's limit (4 MiB) — is 413, which a client does
-// not retry (ResourceExhausted would be 429, "retry later", for a request
-// that can never succeed). grpc-gateway keeps only the messages of both.
+// tooLargeIs413 is grpc-gateway's answer to an error, except that a
+// request too large to take — its body past MaxBodyBytes while read in
+// chunks, or refused by the gRPC server's size limit (4 MiB) — is 413,
+// which a client does not retry (ResourceExhausted would be 429, "retry
+// later", for a request that can never succeed). What the gateway read of
+// the body decides, not the error's words alone: a response too large for
+// the gateway's connection reads the same "larger than max".
 func tooLargeIs413(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, w http.ResponseWriter, r *http.Request, err error) {
-	if st, ok := status.FromError(err); ok && (st.Code() == codes.ResourceExhausted && strings.Contains(st.Message(), "larger than max") ||
-		st.Code() == codes.InvalidArgument && strings.Contains(st.Message(), "request body too large")) {
-		writeErrorAs(w, http.StatusRequestEntityTooLarge, status.Errorf(codes.ResourceExhausted,
-			"the request is larger than the platform takes (%s)", st.Message()))
-		return
+	if b, ok := r.Context().Value(bodyKey{}).(*countedBody); ok {
+		st, _ := status.FromError(err)
+		if b.overLimit || st.Code() == codes.ResourceExhausted && b.n > grpcMaxRecv && strings.Contains(st.Message(), "larger than max") {
+			writeErrorAs(w, http.StatusRequestEntityTooLarge, status.Errorf(codes.ResourceExhausted,
+				"the request of %d bytes or more is larger than the platform takes", b.n))
+			return
+		}
 	}
 	runtime.DefaultHTTPErrorHandler(ctx, mux, m, w, r, err)
+}
+
+// grpcMaxRecv is the gRPC server's default limit on a request (4 MiB); a
+// request's JSON is at least as long as its protobuf.
+const grpcMaxRecv = 4 << 20
+
+type bodyKey struct{}
+
+// countedBody counts what a handler read of a request's body, and whether
+// the read ran past MaxBodyBytes.
+type countedBody struct {
+	io.ReadCloser
+	n         int64
+	overLimit bool
+}
+
+func (b *countedBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	b.n += int64(n)
+	var tooLarge *http.MaxBytesError
+	if errors.As(err, &tooLarge) {
+		b.overLimit = true
+	}
+	return n, err
 }
 
 // routingError is grpc-gateway's answer to a request no RPC route takes,
