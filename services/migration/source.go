@@ -304,7 +304,8 @@ func decodeStd(text string, v any) error {
 func jsonKind(t reflect.Type) string {
 	switch t.Kind() {
 	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64, reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
-		return "a whole number"
+		// 1e3 and 99999999999999999999 are numbers, but not these.
+		return "a whole number of at most 19 digits, without a fraction or an exponent"
 	case reflect.Float32, reflect.Float64:
 		return "a number"
 	case reflect.String:

@@ -166,7 +166,7 @@ func TestWhatAReaderWouldLoseIsRefused(t *testing.T) {
 	}
 	ms, errs := read(t, dir)
 	expectRefusals(t, errs, map[int]string{2: "not UTF-8", 3: "identifiers[0].value has 257 characters, at most 256",
-		4: "points.lots.earned: number 1e3 where a whole number is wanted"}) // in the export's terms, not Go's
+		4: "points.lots.earned: number 1e3 where a whole number of at most 19 digits, without a fraction or an exponent is wanted"}) // in the export's terms, not Go's
 	if len(ms) != 1 || ms[0].LegacyID != "B1" || len(errs) != 3 {
 		t.Errorf("read %d members, refused %v; want B1 read (after its byte order mark) and lines 2 to 4 refused", len(ms), errs)
 	}
