@@ -51,11 +51,11 @@ func importCmd(stdout, stderr io.Writer) *cobra.Command {
 	var source, reportPath string
 	var dryRun bool
 	var workers, batch int
-	vreportPath := new(string) // verify's --report, bound below
 	// withImporter runs run with the export its argument names, an
 	// importer for source and a progress bar (described by what) that
-	// knows how many member records the export holds.
-	withImporter := func(source *string, what func() string, run func(ctx context.Context, im *migration.Importer, src *migration.Source, progress func(int), openFacts factsOpener) error) func(*cobra.Command, []string) error {
+	// knows how many member records the export holds; report is where the
+	// command's --report goes.
+	withImporter := func(source, report *string, what func() string, run func(ctx context.Context, im *migration.Importer, src *migration.Source, progress func(int), openFacts factsOpener) error) func(*cobra.Command, []string) error {
 		return func(cmd *cobra.Command, args []string) error {
 			switch {
 			case strings.TrimSpace(*source) == "":
@@ -67,10 +67,8 @@ func importCmd(stdout, stderr io.Writer) *cobra.Command {
 			}
 			// A report that cannot be written is found before the run, not
 			// after it (an import of millions of members).
-			for _, path := range []string{reportPath, *vreportPath} {
-				if err := canWrite(path); err != nil {
-					return usage(cmd, fmt.Errorf("--report: %w", err))
-				}
+			if err := canWrite(*report); err != nil {
+				return usage(cmd, fmt.Errorf("--report: %w", err))
 			}
 			src, err := migration.Open(args[0])
 			if err != nil {
@@ -108,7 +106,7 @@ never merged. Imported members' changes go to the change stream and their
 labels are computed. Exit 0 when every record is imported (or was), 1 when
 any was refused.`,
 		Args: cobra.ExactArgs(1),
-		RunE: withImporter(&source, func() string {
+		RunE: withImporter(&source, &reportPath, func() string {
 			if dryRun {
 				return "checking (dry run)"
 			}
@@ -144,8 +142,7 @@ any was refused.`,
 	cmd.Flags().IntVar(&workers, "workers", 0, "transactions importing at once (0: one per CPU, at least 2)")
 	cmd.Flags().IntVar(&batch, "batch", 500, "members per transaction (each still whole or not at all)")
 
-	var vsource string
-	vreport := vreportPath
+	var vsource, vreport string
 	verify := &cobra.Command{
 		Use:   "verify DIR",
 		Short: "Reconcile a legacy export with the platform; exit 1 on any difference",
@@ -156,7 +153,7 @@ coupons (template and state). Prints every difference with its file, line
 and legacy id, per-field agreement and point totals. Changes nothing. Exit
 0 at 100% agreement, 1 otherwise: a migration runbook can gate on it.`,
 		Args: cobra.ExactArgs(1),
-		RunE: withImporter(&vsource, func() string { return "verifying" }, func(ctx context.Context, im *migration.Importer, src *migration.Source, progress func(int), openFacts factsOpener) error {
+		RunE: withImporter(&vsource, &vreport, func() string { return "verifying" }, func(ctx context.Context, im *migration.Importer, src *migration.Source, progress func(int), openFacts factsOpener) error {
 			// The members and the order history are reconciled at once
 			// (both only read).
 			g, gctx := errgroup.WithContext(ctx)
@@ -183,7 +180,7 @@ and legacy id, per-field agreement and point totals. Changes nothing. Exit
 			if err := g.Wait(); err != nil {
 				return err
 			}
-			if err := writeVerifyReport(stdout, *vreport, rep, orders); err != nil {
+			if err := writeVerifyReport(stdout, vreport, rep, orders); err != nil {
 				return err
 			}
 			if !rep.OK() || !ordersOK {
@@ -193,7 +190,7 @@ and legacy id, per-field agreement and point totals. Changes nothing. Exit
 		}),
 	}
 	verify.Flags().StringVar(&vsource, "source", "legacy", "name of the legacy system the export was imported as")
-	verify.Flags().StringVar(vreport, "report", "", "also write the report to this file")
+	verify.Flags().StringVar(&vreport, "report", "", "also write the report to this file")
 	cmd.AddCommand(verify, catchUpCmd(stdout, stderr), cdcCmd(stdout, stderr))
 	return cmd
 }
