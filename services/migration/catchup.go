@@ -286,13 +286,6 @@ func (cu *CatchUp) apply(ctx context.Context, c *Change) (Outcome, []string, err
 	return out, ignored, nil
 }
 
-func (cu *CatchUp) now() time.Time {
-	if cu.Now != nil {
-		return cu.Now()
-	}
-	return time.Now()
-}
-
 // rowKey is the keyed hash a legacy row's changes are recorded under.
 func (cu *CatchUp) rowKey(c *Change) []byte {
 	return attributes.LegacyRowKey(cu.Identity.PII(), cu.Source, c.Table, c.key(c.row()))

@@ -107,10 +107,7 @@ var errDryRun = errors.New("dry run")
 func (im *Importer) Run(ctx context.Context, src *Source, o Options) (Report, error) {
 	start := time.Now()
 	rep := Report{DryRun: o.DryRun, Accepted: map[string]bool{}}
-	now := time.Now
-	if im.Now != nil {
-		now = im.Now
-	}
+	now := im.now
 	// Identifiers seen in this run: two legacy members sharing a unique
 	// identifier are a conflict even in a dry run (which keeps nothing
 	// for the database to find).
@@ -395,6 +392,14 @@ func (im *Importer) checkProfiles(ms []*Member, results []imported, now time.Tim
 		ready[i] = checked{values, shown}
 	}
 	return ready, skip
+}
+
+// now is the importer's clock: Now, or the wall clock.
+func (im *Importer) now() time.Time {
+	if im.Now != nil {
+		return im.Now()
+	}
+	return time.Now()
 }
 
 // checkMemberTimes refuses a member created, or whose consents were

@@ -68,10 +68,7 @@ func (im *Importer) ImportOrders(ctx context.Context, src *Source, conn driver.C
 	if err != nil {
 		return rep, err
 	}
-	now := time.Now
-	if im.Now != nil {
-		now = im.Now
-	}
+	now := im.now
 	w := clickhouse.NewWriter(conn)
 	touched := map[uuid.UUID]bool{}
 	var rows []clickhouse.EventRow
@@ -287,10 +284,7 @@ func (im *Importer) VerifyOrders(ctx context.Context, src *Source, conn driver.C
 	}
 	seen := newOrderIDs()
 	erased := map[string]bool{}
-	now := time.Now
-	if im.Now != nil {
-		now = im.Now
-	}
+	now := im.now
 	err = src.EachOrder(func(o *Order, rerr *RowError) error {
 		if rerr != nil || im.checkOrder(o, now()) != nil {
 			return nil
@@ -322,8 +316,8 @@ func (im *Importer) VerifyOrders(ctx context.Context, src *Source, conn driver.C
 }
 
 // checkOrder refuses an order the platform would not take from a channel
-// (the programme's currency and amounts, a discount not above the total)
-// or at a time no legacy record may carry (legacyTime). Verify leaves out
+// (the programme's currency and amounts) or at a time no legacy record may
+// carry (legacyTime). Verify leaves out
 // what it refuses, as the import does.
 func (im *Importer) checkOrder(o *Order, now time.Time) error {
 	if err := legacyTime("at", o.At, now); err != nil {
