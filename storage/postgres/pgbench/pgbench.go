@@ -61,11 +61,19 @@ func CreateDatabase(ctx context.Context, q postgres.Querier, db string) error {
 // files are copied (STRATEGY FILE_COPY), not written through the WAL: a
 // benchmark's database is gigabytes.
 func CopyDatabase(ctx context.Context, q postgres.Querier, template, db string) error {
-	if _, err := q.Exec(ctx, `DROP DATABASE IF EXISTS `+pgx.Identifier{db}.Sanitize()+` WITH (FORCE)`); err != nil {
-		return fmt.Errorf("drop database %s: %w", db, err)
+	if err := DropDatabase(ctx, q, db); err != nil {
+		return err
 	}
 	if _, err := q.Exec(ctx, `CREATE DATABASE `+pgx.Identifier{db}.Sanitize()+` TEMPLATE `+pgx.Identifier{template}.Sanitize()+` STRATEGY FILE_COPY`); err != nil {
 		return fmt.Errorf("copy database %s to %s: %w", template, db, err)
+	}
+	return nil
+}
+
+// DropDatabase drops db if it exists, ending its sessions.
+func DropDatabase(ctx context.Context, q postgres.Querier, db string) error {
+	if _, err := q.Exec(ctx, `DROP DATABASE IF EXISTS `+pgx.Identifier{db}.Sanitize()+` WITH (FORCE)`); err != nil {
+		return fmt.Errorf("drop database %s: %w", db, err)
 	}
 	return nil
 }
