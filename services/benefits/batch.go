@@ -446,16 +446,17 @@ func (s *Service) applyMember(ctx context.Context, tx pgx.Tx, w *postgres.Loyalt
 				resp = b.call.empty()
 				err = b.call.answer(st, fx, resp)
 			}
-			var refusal *Refusal
 			switch {
 			case err != nil && b.call != nil:
 				refused[b.i], skip[b.i], again = err, true, true
 				delete(answers, b.i)
 			case errors.Is(err, ErrInvalid), errors.Is(err, ErrOrderTaken):
 				refused[b.i], skip[b.i], again = fault.Permanent(err), true, true
-			case errors.As(err, &refusal):
-				s.log.WarnContext(ctx, "event refused by the programme", "event_id", b.ev.GetEventId(), "member_id", member, "reason", refusal.Reason)
-				skip[b.i], again = true, true
+			case errors.Is(err, ErrRefused):
+				// What the member's state refuses (a refund of more than
+				// is left, points or a coupon the member does not have):
+				// no retry can apply it, and the channel must hear of it.
+				refused[b.i], skip[b.i], again = fault.Permanent(fmt.Errorf("%w: %w", ErrRefused, err)), true, true
 			case err != nil:
 				return nil, err
 			default:

@@ -572,13 +572,36 @@ func (g *instanceGroup) checkChanges(t *testing.T, ctx context.Context, w *workl
 }
 
 // checkDeadLetters: the dead-letter topic holds each deliberately bad
-// record once, refused by ingest with its reason, and nothing else.
+// record once, refused by ingest with its reason, each event the oracle's
+// programme refuses (a refund of an order already refunded in full, points
+// the member does not have), refused by the member stage with the
+// programme's reason, and nothing else.
 func (g *instanceGroup) checkDeadLetters(t *testing.T, ctx context.Context, w *workload) {
 	t.Helper()
+	refused := w.oracle.RefusedEvents()
 	got := map[string][]dlq.Letter{}
-	for _, r := range readTopic(t, ctx, g.base.Kafka.Brokers, g.base.Kafka.Topics.DLQ, len(w.poisons), time.Second) {
+	byEvent := map[string][]dlq.Letter{}
+	for _, r := range readTopic(t, ctx, g.base.Kafka.Brokers, g.base.Kafka.Topics.DLQ, len(w.poisons)+len(refused), time.Second) {
 		l := openLetter(t, g.pool, r)
+		var ev mcv1.MemberEvent
+		if l.Topic == g.base.Kafka.Topics.MemberEvents && proto.Unmarshal(l.Record.Value, &ev) == nil {
+			if _, ok := refused[ev.GetEventId()]; ok {
+				byEvent[ev.GetEventId()] = append(byEvent[ev.GetEventId()], l)
+				continue
+			}
+		}
 		got[string(l.Record.Value)] = append(got[string(l.Record.Value)], l)
+	}
+	for id, reason := range refused {
+		ls := byEvent[id]
+		if len(ls) == 0 {
+			t.Errorf("event %s, refused by the programme (%s), was not dead-lettered", id, reason)
+		}
+		for _, l := range ls {
+			if !strings.Contains(l.Reason, benefits.ErrRefused.Error()) {
+				t.Errorf("event %s, refused by the programme (%s), dead-lettered by %s: %s", id, reason, l.Stage, l.Reason)
+			}
+		}
 	}
 	for _, p := range w.poisons {
 		ls := got[string(p.value)]

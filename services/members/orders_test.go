@@ -2,6 +2,7 @@ package members_test
 
 import (
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 
@@ -88,6 +89,65 @@ func TestAnOrderIdOfAnotherMemberIsRefusedAlone(t *testing.T) {
 		t.Errorf("order twice recorded %d times", len(got))
 	case got[0] == a && (sa.balance <= 0 || sb.balance != 0), got[0] == b && (sb.balance <= 0 || sa.balance != 0):
 		t.Errorf("order twice is %s's, but the balances are %d and %d", got[0], sa.balance, sb.balance)
+	}
+	if err := pgtest.CheckLedger(c, f.pool); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestWhatTheProgrammeRefusesIsDeadLettered: a channel event the loyalty
+// programme refuses from the member's state — a refund of more than is
+// left of its order, points the member does not have — is refused as a
+// data error giving the programme's reason (the stage dead-letters it, so
+// the channel hears of it), changes no points, and holds back none of the
+// batch's other events. Before, the benefit stage logged it and passed
+// over it: nothing reached dlq.v1.
+func TestWhatTheProgrammeRefusesIsDeadLettered(t *testing.T) {
+	f, c := begin(t)
+	m := f.member(t, c)
+	bought := f.purchase(m, 10000)
+	if rejected, err := f.a.ApplyBatch(c, []*mcv1.MemberEvent{bought}); err != nil || len(rejected) != 0 {
+		t.Fatalf("the purchase: %v, rejected %v", err, rejected)
+	}
+	refund := func(amount int64) *mcv1.MemberEvent {
+		ev := f.event(m)
+		ev.Payload = &mcv1.MemberEvent_Refund{Refund: &mcv1.Refund{OrderId: bought.GetTransaction().GetOrderId(),
+			Amount: &mcv1.Money{Currency: "CNY", AmountMinor: amount}}}
+		return ev
+	}
+	first, second := refund(6000), refund(6000)
+	overspend := f.purchase(m, 200000)
+	overspend.GetTransaction().PointsRedeemed = 5000
+	good := f.purchase(m, 3000)
+	before := f.state(t, c, m).balance
+	rejected, err := f.a.ApplyBatch(c, []*mcv1.MemberEvent{first, second, overspend, good})
+	if err != nil {
+		t.Fatalf("the batch failed (%v): the refused events should have been refused alone", err)
+	}
+	if len(rejected) != 2 || rejected[1] == nil || rejected[2] == nil {
+		t.Fatalf("rejected %v, want events 1 (the second refund) and 2 (the overspend)", rejected)
+	}
+	for i, want := range map[int]string{1: "refund", 2: "available"} {
+		err := rejected[i]
+		if !errors.Is(err, benefits.ErrRefused) || !fault.IsData(err) || !strings.Contains(err.Error(), want) {
+			t.Errorf("event %d refused with %v (data error: %v); want a data error from the programme naming %q", i, err, fault.IsData(err), want)
+		}
+	}
+	// The first refund and the good purchase applied, the refused ones
+	// nothing: the ledger's causes say which.
+	causes := pgtest.Values[string](t, c, f.pool, `SELECT DISTINCT split_part(cause_id, '#', 1) FROM ledger_transactions WHERE member_id = $1 ORDER BY 1`, m)
+	for _, ev := range []*mcv1.MemberEvent{second, overspend} {
+		if slices.Contains(causes, ev.GetEventId()) {
+			t.Errorf("the refused event %s moved points (ledger causes %v)", ev.GetEventId(), causes)
+		}
+	}
+	for _, ev := range []*mcv1.MemberEvent{first, good} {
+		if !slices.Contains(causes, ev.GetEventId()) {
+			t.Errorf("event %s was not applied (ledger causes %v)", ev.GetEventId(), causes)
+		}
+	}
+	if after := f.state(t, c, m).balance; after >= before+30 || after <= 0 {
+		t.Errorf("balance %d → %d: want the first refund's reversal and the good purchase's points only", before, after)
 	}
 	if err := pgtest.CheckLedger(c, f.pool); err != nil {
 		t.Fatal(err)

@@ -314,6 +314,7 @@ type Oracle struct {
 	budgetUsed   []int64
 	couponIssued map[string]int
 	refused      map[string]int
+	refusedIDs   map[string]string // event id → reason
 
 	// Labels: the facts each member's labels are computed from, and the
 	// labels the programme's benefits name (sorted).
@@ -337,6 +338,7 @@ func New(programYAML []byte) (*Oracle, error) {
 		budgetUsed:   make([]int64, len(p.campaigns)),
 		couponIssued: map[string]int{},
 		refused:      map[string]int{},
+		refusedIDs:   map[string]string{},
 		labels:       map[string]*labelFacts{},
 		named:        p.namedLabels(),
 	}, nil
@@ -837,6 +839,7 @@ func (o *Oracle) apply(ev *mcv1.MemberEvent) error {
 	if reason != "" {
 		o.rollback(snap)
 		o.refused[reason]++
+		o.refusedIDs[ev.GetEventId()] = reason
 		return nil
 	}
 	o.evalBenefits(m, t, false)
@@ -1377,6 +1380,9 @@ func (o *Oracle) Totals() map[string]int64 { return copyMap(o.totals) }
 
 // Refused returns the number of refused operations per reason.
 func (o *Oracle) Refused() map[string]int { return copyMap(o.refused) }
+
+// RefusedEvents returns the refused events' ids, each with its reason.
+func (o *Oracle) RefusedEvents() map[string]string { return copyMap(o.refusedIDs) }
 
 // ProgramVersion returns the programme's version string.
 func (o *Oracle) ProgramVersion() string { return o.prog.version }
