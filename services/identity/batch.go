@@ -3,7 +3,6 @@ package identity
 import (
 	"context"
 	"errors"
-	"fmt"
 	"maps"
 	"slices"
 
@@ -38,10 +37,11 @@ var _ contract.BatchResolver = (*Service)(nil)
 // group's first event fails with it.
 func (s *Service) ResolveEvents(ctx context.Context, evs []*mcv1.ChannelEvent) ([]contract.Resolution, []error) {
 	b := &eventBatch{evs: evs, out: make([]contract.Resolution, len(evs)), errs: make([]error, len(evs)),
-		ids: make([][]Normalized, len(evs)), usable: make([][]Normalized, len(evs)), referees: make([]*Normalized, len(evs)), seen: map[string]int{},
+		ids: make([][]Normalized, len(evs)), usable: make([][]Normalized, len(evs)), referees: make([]*Normalized, len(evs)), fps: make([][]byte, len(evs)), seen: map[string]int{},
 		grouped: map[string]bool{}, groupMembers: map[uuid.UUID]bool{}}
 	for i, ev := range evs {
 		b.ids[i], b.referees[i], b.errs[i] = s.prepareEvent(ev)
+		b.fps[i] = s.fingerprint(ev)
 		b.usable[i] = slices.DeleteFunc(slices.Clone(b.ids[i]), func(n Normalized) bool { return s.rules.Blocked(n.Type, n.Value) })
 	}
 	failed := len(evs)
@@ -175,7 +175,7 @@ func (s *Service) resolveGroup(ctx context.Context, b *eventBatch) int {
 				var r contract.Resolution
 				var err error
 				if p, ok := prev[eventIDs[k]]; ok {
-					r, err = firstAnswer(b.evs[j], b.ids[j], p)
+					r, err = firstAnswer(b.evs[j], b.fps[j], b.ids[j], p)
 				} else {
 					r, err = s.resolveNewEventTx(contract.RecordContext(ctx, j), tx, b.evs[j], b.ids[j], b.referees[j])
 				}
@@ -220,6 +220,7 @@ type eventBatch struct {
 	// phone, in a hundredth of the POS visits).
 	usable    [][]Normalized
 	referees  []*Normalized
+	fps       [][]byte // fingerprints
 	out       []contract.Resolution
 	errs      []error
 	seen      map[string]int
@@ -261,13 +262,12 @@ func (s *Service) recordPending(ctx context.Context, b *eventBatch) error {
 		if err != nil {
 			return err
 		}
-		detail := &mcv1.Resolution{}
-		if err := proto.Unmarshal(prev.Resolution, detail); err != nil {
-			return fmt.Errorf("stored resolution of %s: %w", p.EventID, err)
-		}
 		for k := j; k < len(b.evs); k++ {
 			if b.evs[k].GetEventId() == p.EventID && b.errs[k] == nil {
-				b.out[k] = contract.Resolution{MemberID: prev.MemberID.String(), Identifiers: Refs(b.ids[k]), Detail: detail}
+				b.out[k], b.errs[k] = firstAnswer(b.evs[k], b.fps[k], b.ids[k], prev)
+				if b.errs[k] != nil && !fault.IsData(b.errs[k]) {
+					return b.errs[k]
+				}
 			}
 		}
 	}
@@ -370,16 +370,22 @@ func (s *Service) answer(b *eventBatch, w *window, i int) (next int, slow bool, 
 			return j, false, nil // a redelivery of a grouped event: answered once the group is
 		}
 		if k, ok := b.seen[ev.GetEventId()]; ok {
-			b.out[j] = contract.Resolution{MemberID: b.out[k].MemberID, Identifiers: Refs(b.ids[j]), Detail: b.out[k].Detail}
+			if b.errs[j] = sameEvent(ev, b.fps[j], b.fps[k]); b.errs[j] == nil {
+				b.out[j] = contract.Resolution{MemberID: b.out[k].MemberID, Identifiers: Refs(b.ids[j]), Detail: b.out[k].Detail}
+			}
 			continue
 		}
 		if p, ok := w.prev[ev.GetEventId()]; ok {
-			detail := &mcv1.Resolution{}
-			if err := proto.Unmarshal(p.Resolution, detail); err != nil {
-				return j, false, fmt.Errorf("stored resolution of %s: %w", ev.GetEventId(), err)
+			r, err := firstAnswer(ev, b.fps[j], b.ids[j], p)
+			switch {
+			case fault.IsData(err):
+				b.errs[j] = err
+			case err != nil:
+				return j, false, err
+			default:
+				b.out[j] = r
+				b.seen[ev.GetEventId()] = j
 			}
-			b.out[j] = contract.Resolution{MemberID: p.MemberID.String(), Identifiers: Refs(b.ids[j]), Detail: detail}
-			b.seen[ev.GetEventId()] = j
 			continue
 		}
 		if w.stale(b, j) {
@@ -394,7 +400,7 @@ func (s *Service) answer(b *eventBatch, w *window, i int) (next int, slow bool, 
 		if err != nil {
 			return j, false, err
 		}
-		b.pending = append(b.pending, postgres.IngestedEvent{EventID: ev.GetEventId(), MemberID: member, Resolution: stored})
+		b.pending = append(b.pending, postgres.IngestedEvent{EventID: ev.GetEventId(), MemberID: member, Resolution: stored, Fingerprint: b.fps[j]})
 		b.pendingAt = append(b.pendingAt, j)
 		b.out[j] = contract.Resolution{MemberID: member.String(), Identifiers: Refs(b.ids[j]), Detail: detail}
 		b.seen[ev.GetEventId()] = j

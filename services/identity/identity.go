@@ -8,6 +8,7 @@ package identity
 import (
 	"bytes"
 	"context"
+	"crypto/hmac"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -604,7 +605,7 @@ func (s *Service) prepareEvent(ev *mcv1.ChannelEvent) (ids []Normalized, referee
 func (s *Service) resolveEventTx(ctx context.Context, tx pgx.Tx, ev *mcv1.ChannelEvent, ids []Normalized, referee *Normalized) (contract.Resolution, error) {
 	prev, err := postgres.GetIngestedEvent(ctx, tx, ev.GetEventId())
 	if err == nil {
-		return firstAnswer(ev, ids, prev)
+		return firstAnswer(ev, s.fingerprint(ev), ids, prev)
 	}
 	if !errors.Is(err, postgres.ErrNotFound) {
 		return contract.Resolution{}, err
@@ -612,13 +613,48 @@ func (s *Service) resolveEventTx(ctx context.Context, tx pgx.Tx, ev *mcv1.Channe
 	return s.resolveNewEventTx(ctx, tx, ev, ids, referee)
 }
 
-// firstAnswer is the resolution recorded for an event resolved before.
-func firstAnswer(ev *mcv1.ChannelEvent, ids []Normalized, prev postgres.IngestedEvent) (contract.Resolution, error) {
+// firstAnswer is the resolution recorded for an event resolved before, if
+// ev (whose fingerprint is fp) is that event again.
+func firstAnswer(ev *mcv1.ChannelEvent, fp []byte, ids []Normalized, prev postgres.IngestedEvent) (contract.Resolution, error) {
+	if err := sameEvent(ev, fp, prev.Fingerprint); err != nil {
+		return contract.Resolution{}, err
+	}
 	detail := &mcv1.Resolution{}
 	if err := proto.Unmarshal(prev.Resolution, detail); err != nil {
 		return contract.Resolution{}, fmt.Errorf("stored resolution of %s: %w", ev.GetEventId(), err)
 	}
 	return contract.Resolution{MemberID: prev.MemberID.String(), Identifiers: Refs(ids), Detail: detail}, nil
+}
+
+// ErrEventIDReused is matched by the refusal of an event under an event id
+// already used for another event (a data error).
+var ErrEventIDReused = errors.New("the event id was used before for a different event")
+
+// fingerprint tells a redelivered event from another event under its id:
+// a keyed hash (PII.Fingerprint) of the event as decoded, in its
+// deterministic encoding (a retry sent as JSON and one sent as protobuf
+// are the same event). Nil, and compared with nothing, for an event that
+// does not encode (ingest refuses those before).
+func (s *Service) fingerprint(ev *mcv1.ChannelEvent) []byte {
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(ev)
+	if err != nil {
+		return nil
+	}
+	return s.pii.Fingerprint(b)
+}
+
+// sameEvent refuses ev, whose fingerprint is fp, when the event first
+// recorded under its id had another (first). Before, the new event got
+// the first one's answer and was passed on: the stages, which had applied
+// the first, passed over it, and ClickHouse kept its row in place of the
+// first's. An event recorded before fingerprints were (migration 00041),
+// or erased since, has none and is not compared.
+func sameEvent(ev *mcv1.ChannelEvent, fp, first []byte) error {
+	if fp == nil || first == nil || hmac.Equal(fp, first) {
+		return nil
+	}
+	return fault.Permanent(fmt.Errorf("event_id %q: %w (a redelivery sends the same event again; a new event needs an id of its own)",
+		ev.GetEventId(), ErrEventIDReused))
 }
 
 // resolveNewEventTx is resolveEventTx for an event tx found no first
@@ -651,7 +687,7 @@ func (s *Service) resolveNewEventTx(ctx context.Context, tx pgx.Tx, ev *mcv1.Cha
 		return contract.Resolution{}, err
 	}
 	if err := postgres.InsertIngestedEvent(ctx, tx, postgres.IngestedEvent{
-		EventID: ev.GetEventId(), MemberID: res.MemberID, Created: res.Created, Resolution: stored,
+		EventID: ev.GetEventId(), MemberID: res.MemberID, Created: res.Created, Resolution: stored, Fingerprint: s.fingerprint(ev),
 	}); err != nil {
 		return contract.Resolution{}, err
 	}
@@ -675,12 +711,10 @@ func (s *Service) resolveKnownEvent(ctx context.Context, ev *mcv1.ChannelEvent, 
 	if err != nil {
 		return contract.Resolution{}, false, err
 	}
+	fp := s.fingerprint(ev)
 	if prev != nil {
-		detail := &mcv1.Resolution{}
-		if err := proto.Unmarshal(prev.Resolution, detail); err != nil {
-			return contract.Resolution{}, false, fmt.Errorf("stored resolution of %s: %w", ev.GetEventId(), err)
-		}
-		return contract.Resolution{MemberID: prev.MemberID.String(), Identifiers: Refs(ids), Detail: detail}, true, nil
+		out, err := firstAnswer(ev, fp, ids, *prev)
+		return out, err == nil, err
 	}
 	byHash := map[string][]postgres.IdentifierRow{}
 	for _, f := range found {
@@ -696,7 +730,7 @@ func (s *Service) resolveKnownEvent(ctx context.Context, ev *mcv1.ChannelEvent, 
 		return contract.Resolution{}, false, err
 	}
 	inserted, err := postgres.InsertIngestedEventIfNew(ctx, s.pool, postgres.IngestedEvent{
-		EventID: ev.GetEventId(), MemberID: member, Resolution: stored})
+		EventID: ev.GetEventId(), MemberID: member, Resolution: stored, Fingerprint: fp})
 	if err != nil || !inserted {
 		return contract.Resolution{}, false, err // a concurrent ingest won: take the slow path
 	}

@@ -502,6 +502,63 @@ func TestResolveEventRedeliveryReturnsFirstAnswer(t *testing.T) {
 	}
 }
 
+// TestAnEventIDUsedAgainForAnotherEventIsRefused: an event id that comes
+// again with another event behind it (another store, another identifier)
+// is refused as a data error naming the event id, on every path — the
+// lookup of a known member, the transactional path, a partition's batch
+// against an earlier batch, within one batch — and writes nothing; the
+// event sent again as it was still gets its first answer. Before, the
+// other event got the first one's answer and was passed on: the stages
+// passed over it, having applied the first, and ClickHouse kept its row
+// in place of the first's.
+func TestAnEventIDUsedAgainForAnotherEventIsRefused(t *testing.T) {
+	f, ctx := beginService(t)
+	f.resolve(t, "k-existing", phone(rawPhone))
+	refused := func(what string, err error) {
+		t.Helper()
+		if !dlq.Rejected(err) || !errors.Is(err, identity.ErrEventIDReused) {
+			t.Errorf("%s: err = %v, want a data error for an event id used again", what, err)
+		}
+	}
+	elsewhere := func(ev *mcv1.ChannelEvent) *mcv1.ChannelEvent {
+		other := proto.Clone(ev).(*mcv1.ChannelEvent)
+		other.StoreId = "another-store"
+		return other
+	}
+	referral := func(id string) *mcv1.ChannelEvent {
+		ev := channelEvent(id, phone(rawPhone))
+		ev.Payload = &mcv1.ChannelEvent_Referral{Referral: &mcv1.Referral{ReferralCode: "R-1", Referee: phone("13911110002")}}
+		return ev
+	}
+	known, viaTx := channelEvent("ev-known", phone(rawPhone)), referral("ev-referral")
+	for _, ev := range []*mcv1.ChannelEvent{known, viaTx} {
+		if _, err := f.svc.ResolveEvent(ctx, ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before := f.counts(t)
+	_, err := f.svc.ResolveEvent(ctx, elsewhere(known))
+	refused("a known member's event", err)
+	_, err = f.svc.ResolveEvent(ctx, elsewhere(viaTx))
+	refused("a referral (the transactional path)", err)
+	if after := f.counts(t); after != before {
+		t.Errorf("refused events wrote rows: %+v, then %+v", before, after)
+	}
+
+	fresh := channelEvent("ev-fresh", phone(rawPhone))
+	out, errs := f.svc.ResolveEvents(ctx, []*mcv1.ChannelEvent{elsewhere(known), known, fresh, elsewhere(fresh)})
+	refused("a batch's event used in an earlier batch", errs[0])
+	refused("a batch's event used earlier in the batch", errs[3])
+	for _, i := range []int{1, 2} {
+		if errs[i] != nil || out[i].MemberID == "" {
+			t.Errorf("event %d of the batch: %v, %v; want its answer", i, out[i], errs[i])
+		}
+	}
+	if again, err := f.svc.ResolveEvent(ctx, fresh); err != nil || again.MemberID != out[2].MemberID {
+		t.Errorf("the batch's new event sent again: %v, %v; want its first answer", again, err)
+	}
+}
+
 // Merging, conflicts and the rules behind them are tested in graph_test.go.
 
 // A lookup of a known member writes nothing, yet a retry of the call that

@@ -118,10 +118,11 @@ func InsertIngestedEvents(ctx context.Context, q Querier, es []IngestedEvent) (m
 	members := make([]uuid.UUID, len(es))
 	created := make([]bool, len(es))
 	res := make([][]byte, len(es))
+	fps := make([][]byte, len(es))
 	for i, e := range es {
-		ids[i], members[i], created[i], res[i] = e.EventID, e.MemberID, e.Created, e.Resolution
+		ids[i], members[i], created[i], res[i], fps[i] = e.EventID, e.MemberID, e.Created, e.Resolution, e.Fingerprint
 	}
-	return queryStringSet(ctx, q, "insert ingested events", `INSERT INTO ingested_events (event_id, member_id, created, resolution)
-		SELECT * FROM unnest($1::text[], $2::uuid[], $3::bool[], $4::bytea[]) ON CONFLICT (event_id) DO NOTHING RETURNING event_id`,
-		ids, members, created, res)
+	return queryStringSet(ctx, q, "insert ingested events", `INSERT INTO ingested_events (event_id, member_id, created, resolution, fingerprint)
+		SELECT * FROM unnest($1::text[], $2::uuid[], $3::bool[], $4::bytea[], $5::bytea[]) ON CONFLICT (event_id) DO NOTHING RETURNING event_id`,
+		ids, members, created, res, fps)
 }

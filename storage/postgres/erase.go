@@ -58,7 +58,7 @@ var erasure = []struct{ table, sql string }{
 	{"outbox", `DELETE FROM outbox o WHERE o.member_id = ANY($1) AND ` + outboxPublished},
 	// Records that keep their place but lose what identified the member.
 	{"members", `UPDATE members SET attributes = '{}'::jsonb, status = 'erased' WHERE member_id = ANY($1)`},
-	{"ingested_events", `UPDATE ingested_events SET resolution = ''::bytea WHERE member_id = ANY($1) AND resolution <> ''::bytea`},
+	{"ingested_events", `UPDATE ingested_events SET resolution = ''::bytea, fingerprint = NULL WHERE member_id = ANY($1) AND (resolution <> ''::bytea OR fingerprint IS NOT NULL)`},
 	{"identity_audit", `UPDATE identity_audit SET identifiers = '[]'::jsonb, before = '{}'::jsonb, after = '{}'::jsonb
 		WHERE (member_id = ANY($1) OR other_member_id = ANY($1)) AND (identifiers <> '[]'::jsonb OR before <> '{}'::jsonb OR after <> '{}'::jsonb)`},
 	{"identity_conflicts", `UPDATE identity_conflicts SET identifiers = '[]'::jsonb WHERE member_ids && $1::uuid[] AND identifiers <> '[]'::jsonb`},

@@ -109,10 +109,10 @@ func queueFindIdentifiers(b *pgx.Batch, keys []IdentifierKey, found *[]Identifie
 // read-only fast path of ingest's resolution.
 func LookupIngest(ctx context.Context, pool *pgxpool.Pool, eventID string, keys []IdentifierKey) (prev *IngestedEvent, found []IdentifierRow, err error) {
 	b := &pgx.Batch{}
-	b.Queue(`SELECT member_id, created, resolution FROM ingested_events WHERE event_id = $1`, eventID).Query(func(rows pgx.Rows) error {
+	b.Queue(`SELECT member_id, created, resolution, fingerprint FROM ingested_events WHERE event_id = $1`, eventID).Query(func(rows pgx.Rows) error {
 		for rows.Next() {
 			e := IngestedEvent{EventID: eventID}
-			if err := rows.Scan(&e.MemberID, &e.Created, &e.Resolution); err != nil {
+			if err := rows.Scan(&e.MemberID, &e.Created, &e.Resolution, &e.Fingerprint); err != nil {
 				return err
 			}
 			prev = &e
@@ -129,8 +129,8 @@ func LookupIngest(ctx context.Context, pool *pgxpool.Pool, eventID string, keys 
 // InsertIngestedEventIfNew records an event's resolution unless a
 // concurrent ingest already did; it reports whether this one did.
 func InsertIngestedEventIfNew(ctx context.Context, q Querier, e IngestedEvent) (bool, error) {
-	affected, err := execRows(ctx, q, "insert ingested event", `INSERT INTO ingested_events (event_id, member_id, created, resolution) VALUES ($1, $2, $3, $4)
-		ON CONFLICT (event_id) DO NOTHING`, e.EventID, e.MemberID, e.Created, e.Resolution)
+	affected, err := execRows(ctx, q, "insert ingested event", `INSERT INTO ingested_events (event_id, member_id, created, resolution, fingerprint) VALUES ($1, $2, $3, $4, $5)
+		ON CONFLICT (event_id) DO NOTHING`, e.EventID, e.MemberID, e.Created, e.Resolution, e.Fingerprint)
 	return affected == 1, err
 }
 
@@ -218,6 +218,10 @@ type IngestedEvent struct {
 	Created  bool
 	// Serialized answer given the first time, returned on redelivery.
 	Resolution []byte
+	// Fingerprint is a keyed hash of what the event said (identity's
+	// fingerprint); nil for events recorded before migration 00041 or
+	// erased.
+	Fingerprint []byte
 }
 
 // GetIngestedEvents is GetIngestedEvent for many events, by event id
@@ -236,13 +240,13 @@ func GetIngestedEvents(ctx context.Context, q Querier, eventIDs []string) (map[s
 
 // ingestedEventsSQL reads the resolutions recorded for the event ids $1
 // (scanIngestedEvents).
-const ingestedEventsSQL = `SELECT event_id, member_id, created, resolution FROM ingested_events WHERE event_id = ANY($1)`
+const ingestedEventsSQL = `SELECT event_id, member_id, created, resolution, fingerprint FROM ingested_events WHERE event_id = ANY($1)`
 
 // scanIngestedEvents adds the rows of ingestedEventsSQL to into, by event
 // id, and closes them.
 func scanIngestedEvents(rows pgx.Rows, into map[string]IngestedEvent) error {
 	var e IngestedEvent
-	_, err := pgx.ForEachRow(rows, []any{&e.EventID, &e.MemberID, &e.Created, &e.Resolution}, func() error {
+	_, err := pgx.ForEachRow(rows, []any{&e.EventID, &e.MemberID, &e.Created, &e.Resolution, &e.Fingerprint}, func() error {
 		into[e.EventID] = e
 		return nil
 	})
@@ -252,16 +256,16 @@ func scanIngestedEvents(rows pgx.Rows, into map[string]IngestedEvent) error {
 // GetIngestedEvent returns the earlier resolution of an event, or ErrNotFound.
 func GetIngestedEvent(ctx context.Context, q Querier, eventID string) (IngestedEvent, error) {
 	e := IngestedEvent{EventID: eventID}
-	err := q.QueryRow(ctx, `SELECT member_id, created, resolution FROM ingested_events WHERE event_id = $1`, eventID).
-		Scan(&e.MemberID, &e.Created, &e.Resolution)
+	err := q.QueryRow(ctx, `SELECT member_id, created, resolution, fingerprint FROM ingested_events WHERE event_id = $1`, eventID).
+		Scan(&e.MemberID, &e.Created, &e.Resolution, &e.Fingerprint)
 	return e, rowErrOr(err, "get ingested event", ErrNotFound)
 }
 
 // InsertIngestedEvent records an event's resolution. A unique violation means
 // a concurrent ingest of the same event won.
 func InsertIngestedEvent(ctx context.Context, q Querier, e IngestedEvent) error {
-	return execLater(ctx, q, "insert ingested event", `INSERT INTO ingested_events (event_id, member_id, created, resolution) VALUES ($1, $2, $3, $4)`,
-		e.EventID, e.MemberID, e.Created, e.Resolution)
+	return execLater(ctx, q, "insert ingested event", `INSERT INTO ingested_events (event_id, member_id, created, resolution, fingerprint) VALUES ($1, $2, $3, $4, $5)`,
+		e.EventID, e.MemberID, e.Created, e.Resolution, e.Fingerprint)
 }
 
 // MarkProcessed records that consumer applied eventID. It reports false when
