@@ -92,6 +92,9 @@ func (s *Service) IssueMemberCode(ctx context.Context, memberID uuid.UUID) (Memb
 		if err != nil {
 			return err
 		}
+		if err := erasedNotFound(memberID, m.Status); err != nil {
+			return err
+		}
 		if !activeByNo(m) {
 			return fmt.Errorf("%w: %s was merged into %s; issue codes for that member", ErrMemberInactive, memberID, mergedIntoByNo(m))
 		}

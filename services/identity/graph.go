@@ -244,6 +244,9 @@ func (s *Service) merge(ctx context.Context, tx pgx.Tx, source, target uuid.UUID
 	}
 	src, dst := ms[source], ms[target]
 	for _, m := range []postgres.MemberRow{src, dst} {
+		if err := erasedNotFound(m.MemberID, m.Status); err != nil {
+			return uuid.Nil, nil, err
+		}
 		if m.Status != "active" {
 			return uuid.Nil, nil, fmt.Errorf("%w: member %s was merged into %s; merge its survivor instead", ErrMemberInactive, m.MemberID, m.MergedInto)
 		}
@@ -414,6 +417,10 @@ func (s *Service) unmerge(ctx context.Context, tx pgx.Tx, mergeID uuid.UUID, rea
 		return nil, err
 	}
 	src, dst := ms[m.Source], ms[m.Target]
+	if dst.Status == "erased" {
+		// Erasure takes the survivor and every member merged into it.
+		return nil, fmt.Errorf("merge %s: its members were erased: %w", mergeID, postgres.ErrNotFound)
+	}
 	if dst.Status != "active" {
 		return nil, &RuleError{Rule: "unmerge.order", Detail: fmt.Sprintf("member %s was merged into %s afterwards; undo that merge first", m.Target, dst.MergedInto)}
 	}
@@ -614,13 +621,27 @@ func (s *Service) Unmerge(ctx context.Context, req *mcv1.UnmergeRequest) (*mcv1.
 	return resp, nil
 }
 
+// erasedNotFound is ErrNotFound for an erased member, as every read
+// answers: its row stays as a pseudonym of the records kept, but it is no
+// one, not a member "merged into" nobody.
+func erasedNotFound(id uuid.UUID, status string) error {
+	if status == "erased" {
+		return fmt.Errorf("member %s: %w", id, postgres.ErrNotFound)
+	}
+	return nil
+}
+
 // ErrBadID is returned for an id that is not a UUID.
 var ErrBadID = errors.New("malformed id")
 
-// activeMember returns the member, refusing one that was merged away.
+// activeMember returns the member, refusing one that was merged away; an
+// erased one is not found.
 func activeMember(ctx context.Context, q postgres.Querier, id uuid.UUID) (postgres.MemberRow, error) {
 	m, err := postgres.GetMember(ctx, q, id)
 	if err != nil {
+		return m, err
+	}
+	if err := erasedNotFound(id, m.Status); err != nil {
 		return m, err
 	}
 	if m.Status != "active" {

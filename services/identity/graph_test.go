@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -603,4 +604,47 @@ func TestMergeUnmergeRestoresLoyaltyState(t *testing.T) {
 	}
 	diffState(t, "a", beforeLotsA, state(t, f.pool, a))
 	diffState(t, "b", beforeLotsB, state(t, f.pool, b))
+}
+
+// erase erases member and every member merged into it, as EraseMember does
+// in PostgreSQL.
+func (f fixture) erase(t *testing.T, member string) {
+	t.Helper()
+	ctx := ctxT(t)
+	err := pgx.BeginFunc(ctx, f.pool, func(tx pgx.Tx) error {
+		folded, err := postgres.LockErasable(ctx, tx, uuid.MustParse(member))
+		if err != nil {
+			return err
+		}
+		_, err = postgres.EraseMembers(ctx, tx, append(folded, uuid.MustParse(member)))
+		return err
+	})
+	if err != nil {
+		t.Fatalf("erase %s: %v", member, err)
+	}
+}
+
+// An erased member is no one: every identity write naming it, or a merge
+// of it, is NotFound, as every read is — not FailedPrecondition "merged
+// into <nil>".
+func TestIdentityWritesOnAnErasedMemberAreNotFound(t *testing.T) {
+	f, ctx := beginService(t)
+	a := f.resolve(t, "a", phone("13922240001")).GetMemberId()
+	b := f.resolve(t, "b", phone("13922240002")).GetMemberId()
+	c := f.resolve(t, "c", phone("13922240003")).GetMemberId()
+	merged := f.merge(t, a, b, "r", "m")
+	f.erase(t, b) // and a, merged into it
+	calls := map[string]error{}
+	_, calls["merge of the erased survivor"] = f.svc.Merge(ctx, &mcv1.MergeRequest{SourceMemberId: b, TargetMemberId: c, Reason: "r", IdempotencyKey: "m1"})
+	_, calls["merge into the erased survivor"] = f.svc.Merge(ctx, &mcv1.MergeRequest{SourceMemberId: c, TargetMemberId: b, Reason: "r", IdempotencyKey: "m2"})
+	_, calls["merge of the erased absorbed member"] = f.svc.Merge(ctx, &mcv1.MergeRequest{SourceMemberId: a, TargetMemberId: c, Reason: "r", IdempotencyKey: "m3"})
+	_, calls["unmerge"] = f.svc.Unmerge(ctx, &mcv1.UnmergeRequest{MergeId: merged.GetMergeId(), Reason: "r", IdempotencyKey: "u1"})
+	_, calls["link"] = f.svc.Link(ctx, &mcv1.LinkRequest{MemberId: b, Identifier: email("b@example.cn"), IdempotencyKey: "l1"})
+	_, calls["unlink"] = f.svc.Unlink(ctx, &mcv1.UnlinkRequest{MemberId: b, Identifier: phone("13922240002"), Reason: "r", IdempotencyKey: "ul1"})
+	_, calls["issue member code"] = f.svc.IssueMemberCode(ctx, uuid.MustParse(b))
+	for what, err := range calls {
+		if !errors.Is(err, postgres.ErrNotFound) || errors.Is(err, identity.ErrMemberInactive) {
+			t.Errorf("%s: %v, want not found", what, err)
+		}
+	}
 }
