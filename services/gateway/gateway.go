@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
@@ -206,8 +207,24 @@ type sse struct {
 	sync mcv1.SyncServiceClient
 }
 
+// sseParams are the query parameters of the event stream, each a field of
+// SubscribeRequest; member_ids may repeat.
+var sseParams = []string{"member_ids", "store_id", "channel", "label_id", "resume_token"}
+
 func (s *sse) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
+	// A parameter the stream does not know (member_id for member_ids) would
+	// otherwise be no filter at all: every member's changes.
+	for k, v := range q {
+		if !slices.Contains(sseParams, k) {
+			writeError(w, status.Errorf(codes.InvalidArgument, "unknown query parameter %q; the stream takes %s", k, strings.Join(sseParams, ", ")))
+			return
+		}
+		if len(v) > 1 && k != "member_ids" {
+			writeError(w, status.Errorf(codes.InvalidArgument, "%s: given %d times; it takes one value", k, len(v)))
+			return
+		}
+	}
 	req := &mcv1.SubscribeRequest{
 		MemberIds:   q["member_ids"],
 		StoreId:     q.Get("store_id"),

@@ -186,6 +186,17 @@ func TestServerSentEvents(t *testing.T) {
 	if resp := get("member_ids=not-a-uuid"); resp.StatusCode != http.StatusBadRequest {
 		t.Errorf("a malformed member id: %d, want 400", resp.StatusCode)
 	}
+	// A misspelt filter is refused, not read as no filter (every member).
+	for query, want := range map[string]string{
+		"member_id=0190c1f4-0000-7000-8000-000000000001": `unknown query parameter \"member_id\"`,
+		"store_id=a&store_id=b":                          "store_id: given 2 times",
+	} {
+		resp := get(query)
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(b), want) {
+			t.Errorf("%s: %d %s; want 400 naming %s", query, resp.StatusCode, b, want)
+		}
+	}
 	resp := get("member_ids=0190c1f4-0000-7000-8000-000000000001&channel=app")
 	if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != "text/event-stream" {
 		t.Fatalf("subscribe: %d %s", resp.StatusCode, resp.Header.Get("Content-Type"))
