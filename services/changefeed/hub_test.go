@@ -6,6 +6,10 @@ import (
 	"log/slog"
 	"strings"
 	"testing"
+	"time"
+
+	"go.opentelemetry.io/otel/trace/noop"
+	"google.golang.org/grpc"
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 
@@ -154,5 +158,63 @@ func TestResumeTokens(t *testing.T) {
 		if _, err := DecodeToken(bad); !errors.Is(err, ErrBadToken) || !strings.Contains(err.Error(), "take a snapshot") {
 			t.Errorf("token %q: %v", bad, err)
 		}
+	}
+}
+
+// stream is a Subscribe stream that hands what the server sends to sent.
+type stream struct {
+	grpc.ServerStream
+	ctx  context.Context
+	sent chan *mcv1.SubscribeResponse
+}
+
+func (s *stream) Context() context.Context { return s.ctx }
+func (s *stream) Send(m *mcv1.SubscribeResponse) error {
+	select {
+	case s.sent <- m:
+		return nil
+	case <-s.ctx.Done():
+		return s.ctx.Err()
+	}
+}
+
+// TestSubscribeMatchesMemberIDsInAnyCase: a member id is a UUID in any
+// case, as every RPC takes it; a subscriber that names its member in upper
+// case gets that member's changes (which name it in lower case), not
+// silence.
+func TestSubscribeMatchesMemberIDsInAnyCase(t *testing.T) {
+	h := testHub(10)
+	srv := NewServer(h, nil, nil, noop.NewTracerProvider())
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	const member = "0190c1f4-0000-7000-8000-00000000000a"
+	st := &stream{ctx: ctx, sent: make(chan *mcv1.SubscribeResponse, 10)}
+	ended := make(chan error, 1)
+	go func() {
+		ended <- srv.Subscribe(&mcv1.SubscribeRequest{MemberIds: []string{strings.ToUpper(member)}}, st)
+	}()
+	recv := func() *mcv1.SubscribeResponse {
+		t.Helper()
+		select {
+		case m := <-st.sent:
+			return m
+		case err := <-ended:
+			t.Fatalf("Subscribe ended: %v", err)
+		case <-ctx.Done():
+			t.Fatal("nothing sent within 30s")
+		}
+		return nil
+	}
+	if m := recv(); m.GetReady() == nil {
+		t.Fatalf("first message %v, want Ready", m)
+	}
+	h.fanOut(change("0190c1f4-0000-7000-8000-00000000000b", 1), 0, 0)
+	h.fanOut(change(member, 1), 0, 1)
+	if m := recv(); m.GetChange().GetMemberId() != member {
+		t.Errorf("delivered %v, want the change of %s", m, member)
+	}
+	cancel()
+	if err := <-ended; err != nil {
+		t.Errorf("Subscribe: %v", err)
 	}
 }

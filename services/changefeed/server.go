@@ -58,8 +58,15 @@ func (s *Server) Subscribe(req *mcv1.SubscribeRequest, stream mcv1.SyncService_S
 	f := Filter{StoreID: req.GetStoreId(), Channel: req.GetChannel(), LabelID: req.GetLabelId()}
 	if len(req.GetMemberIds()) > 0 {
 		f.MemberIDs = map[string]bool{}
-		for _, m := range req.GetMemberIds() {
-			f.MemberIDs[m] = true
+		for i, m := range req.GetMemberIds() {
+			// Changes name members in the canonical (lower-case) form; an
+			// id sent in another (upper case, as every other RPC takes it)
+			// would match none of them.
+			id, err := uuid.Parse(m)
+			if err != nil {
+				return fmt.Errorf("member_ids[%d]: %w", i, err)
+			}
+			f.MemberIDs[id.String()] = true
 		}
 	}
 	ctx := stream.Context()
