@@ -79,6 +79,49 @@ var withheldReasons = map[string]string{
 	"ingested_events.resolution":      "encoded copy of how the event was resolved to member_id",
 }
 
+// othersColumns name, per table (PostgreSQL's and ClickHouse's alike), the
+// columns saying whom a row is about and the columns describing them. The
+// export holds every row that involves one of its members, but a row about
+// a member outside them — the other side of a merge undone since, or of a
+// merge refused: its identifiers and points in the audit, the attributes
+// it lent in the merge's snapshot — shows that member's id and nothing else
+// of theirs (docs/security.md#data-subject-requests).
+var othersColumns = map[string]struct {
+	about   []string
+	columns []string
+}{
+	// An audit row of a merge, unmerge or refusal records both sides.
+	"identity_audit": {about: []string{"member_id", "other_member_id"}, columns: []string{"identifiers", "before", "after"}},
+	// A merge's snapshot is what the source brought: its account, and the
+	// attributes it lent the target.
+	"merges": {about: []string{"source_member_id"}, columns: []string{"snapshot"}},
+}
+
+const othersReason = "what the row records of a member outside this export (the other side of a merge undone " +
+	"since, or refused): withheld where the row is about that member, whose id alone is shown"
+
+// withholdOthers withholds what row records of a member outside members.
+func withholdOthers(table string, row map[string]any, members map[string]bool) {
+	o, ok := othersColumns[table]
+	if !ok {
+		return
+	}
+	outside := false
+	for _, c := range o.about {
+		if m, _ := row[c].(string); m != "" && !members[m] {
+			outside = true
+		}
+	}
+	if !outside {
+		return
+	}
+	for _, c := range o.columns {
+		if _, ok := row[c]; ok {
+			row[c] = "<withheld>"
+		}
+	}
+}
+
 // sealedColumns are the binary columns opened for the export: the column
 // holding the ciphertext, the one holding the hash bound to it, and the
 // column the raw value goes to.
@@ -114,6 +157,10 @@ func (s *Service) ExportMemberData(ctx context.Context, id uuid.UUID) (*MemberDa
 		if err != nil {
 			return err
 		}
+		isMember := make(map[string]bool, len(members))
+		for _, m := range members {
+			isMember[m.String()] = true
+		}
 		for _, t := range tables {
 			if why, ok := leftOut[t.Name]; ok {
 				doc.LeftOut[t.Name] = why
@@ -123,13 +170,16 @@ func (s *Service) ExportMemberData(ctx context.Context, id uuid.UUID) (*MemberDa
 			if err != nil {
 				return err
 			}
-			rows, err := s.exportRows(ctx, t, raw)
+			rows, err := s.exportRows(ctx, t, raw, isMember)
 			if err != nil {
 				return fmt.Errorf("export %s: %w", t.Name, err)
 			}
 			doc.Postgres[t.Name] = rows
 			for _, c := range t.Bytea {
 				doc.Withheld = append(doc.Withheld, withheldColumn{Table: t.Name, Column: c, Reason: withheldReason(t.Name, c)})
+			}
+			for _, c := range othersColumns[t.Name].columns {
+				doc.Withheld = append(doc.Withheld, withheldColumn{Table: t.Name, Column: c, Reason: othersReason})
 			}
 		}
 		return nil
@@ -138,14 +188,17 @@ func (s *Service) ExportMemberData(ctx context.Context, id uuid.UUID) (*MemberDa
 		return nil, err
 	}
 	ids := make([]string, len(members))
+	isMember := make(map[string]bool, len(members))
 	for i, m := range members {
 		ids[i] = m.String()
+		isMember[ids[i]] = true
 	}
 	if doc.ClickHouse, err = clickhouse.MemberRows(ctx, s.facts, ids); err != nil {
 		return nil, fmt.Errorf("export member data: %w", err)
 	}
 	for table, rows := range doc.ClickHouse {
 		for _, r := range rows {
+			withholdOthers(table, r, isMember)
 			for k, v := range r {
 				if r[k], err = s.open(ctx, v); err != nil {
 					return nil, fmt.Errorf("export clickhouse %s.%s: %w", table, k, err)
@@ -175,8 +228,9 @@ func (s *Service) ExportMemberData(ctx context.Context, id uuid.UUID) (*MemberDa
 
 // exportRows are a table's rows as the document shows them: identifier
 // ciphertexts decrypted, sealed attribute values opened, every binary
-// column shown by its length only (or as withheld, for a credential).
-func (s *Service) exportRows(ctx context.Context, t postgres.MemberTable, raw []json.RawMessage) ([]map[string]any, error) {
+// column shown by its length only (or as withheld, for a credential), and
+// what a row records of a member outside members withheld.
+func (s *Service) exportRows(ctx context.Context, t postgres.MemberTable, raw []json.RawMessage, members map[string]bool) ([]map[string]any, error) {
 	out := make([]map[string]any, 0, len(raw))
 	sealed, hasSealed := sealedColumns[t.Name]
 	for _, r := range raw {
@@ -186,6 +240,7 @@ func (s *Service) exportRows(ctx context.Context, t postgres.MemberTable, raw []
 		if err := dec.Decode(&row); err != nil {
 			return nil, err
 		}
+		withholdOthers(t.Name, row, members)
 		if hasSealed {
 			if err := s.openColumn(ctx, row, sealed.cipher, sealed.hash, sealed.key, sealed.value); err != nil {
 				return nil, err

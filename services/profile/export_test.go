@@ -237,3 +237,85 @@ func TestExportMemberDataRefusals(t *testing.T) {
 		t.Errorf("exports audited as %v", actors)
 	}
 }
+
+// A merge undone says the two were different people: the export of the
+// target holds the merge and its audit, naming the source by its id and
+// nothing else of it — not its phone (masked or hashed), its points, nor
+// the name it lent the target (decrypted).
+func TestExportShowsTheOtherSideOfAnUndoneMergeByIdOnly(t *testing.T) {
+	f := newFixture(t)
+	c := ctxT(t)
+	at := time.Date(2025, 3, 12, 4, 0, 0, 0, time.UTC)
+	f.svc.SetClock(func() time.Time { return at })
+	ch, _ := chtest.NewDB(t)
+	f.svc.SetFacts(ch)
+	ids, err := identity.New(identity.Config{DefaultRegion: "CN"}, f.pool, changes.Writer{}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids.SetClock(func() time.Time { return at })
+	resolve := func(key, phone string) (string, string) {
+		r, err := ids.Resolve(c, &mcv1.ResolveRequest{Channel: mcv1.Channel_CHANNEL_APP, CreateIfMissing: true, IdempotencyKey: key,
+			Identifiers: []*mcv1.Identifier{{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_PHONE, Value: phone}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.GetMemberId(), r.GetLinked()[0].GetValueHash()
+	}
+	target, _ := resolve("undone-target", "13712345611")
+	source, sourceHash := resolve("undone-source", "13712345612")
+	const sourceMasked, sourceName = "137****5612", "Li Secret"
+	if _, err := f.srv.UpdateAttributes(c, &mcv1.UpdateAttributesRequest{MemberId: source, IdempotencyKey: "undone-attrs",
+		Attributes: map[string]string{"name": sourceName}}); err != nil {
+		t.Fatal(err)
+	}
+	m, err := ids.Merge(c, &mcv1.MergeRequest{SourceMemberId: source, TargetMemberId: target, Reason: "same person?", IdempotencyKey: "undone-merge"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ids.Unmerge(c, &mcv1.UnmergeRequest{MergeId: m.GetMergeId(), Reason: "two people", IdempotencyKey: "undone-unmerge"}); err != nil {
+		t.Fatal(err)
+	}
+	// The audit as the sink copies it to ClickHouse.
+	audit := pgtest.Values[string](t, c, f.pool, `SELECT json_build_object('id', audit_id, 'member', member_id, 'other', coalesce(other_member_id::text, ''),
+		'action', action, 'identifiers', identifiers::text, 'before', before::text, 'after', after::text)::text FROM identity_audit`)
+	var rows []clickhouse.AuditRow
+	for _, a := range audit {
+		var r struct{ ID, Member, Other, Action, Identifiers, Before, After string }
+		if err := json.Unmarshal([]byte(a), &r); err != nil {
+			t.Fatal(err)
+		}
+		rows = append(rows, clickhouse.AuditRow{AuditID: r.ID, At: at, Action: r.Action, MemberID: r.Member, OtherMemberID: r.Other,
+			Identifiers: r.Identifiers, Before: r.Before, After: r.After, InsertedAt: at})
+	}
+	if err := clickhouse.NewWriter(ch).InsertAudit(c, rows); err != nil {
+		t.Fatal(err)
+	}
+
+	d, err := f.svc.ExportMemberData(c, uuid.MustParse(target))
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc := string(d.Document)
+	for _, s := range []string{sourceName, sourceMasked, sourceHash} {
+		if strings.Contains(doc, s) {
+			t.Errorf("the export of %s holds %q of the member unmerged from it", target, s)
+		}
+	}
+	var parsed exportDoc
+	if err := json.Unmarshal(d.Document, &parsed); err != nil {
+		t.Fatal(err)
+	}
+	if len(parsed.Members) != 1 || len(parsed.Postgres["merges"]) != 1 || parsed.Postgres["merges"][0]["source_member_id"] != source {
+		t.Errorf("members %v, merges %v; want the target alone, and the merge naming the source", parsed.Members, parsed.Postgres["merges"])
+	}
+	// The target's own record stays whole.
+	if !strings.Contains(doc, "137****5611") {
+		t.Errorf("the export lost the target's own phone")
+	}
+	for _, db := range []map[string][]map[string]any{parsed.Postgres, parsed.ClickHouse} {
+		if len(db["identity_audit"]) < 4 {
+			t.Errorf("identity_audit rows %v; want the create, the merge and the unmerge on both sides", db["identity_audit"])
+		}
+	}
+}
