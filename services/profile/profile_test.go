@@ -289,3 +289,61 @@ func TestGetProfileSendsTheStoredLabels(t *testing.T) {
 		t.Fatalf("GetProfile with undecodable stored labels: %d labels, no error", len(resp.GetProfile().GetLabels()))
 	}
 }
+
+// A consent or attribute change that found the member just before its
+// erasure committed waits for the erasure's row lock and is then NotFound:
+// it neither writes a consent, attributes or a change for the erased member
+// (a ConsentChanged after MemberErased on the stream) nor fails Internal
+// sealing under a shredded key.
+func TestWritesWaitingOnAnErasureAreNotFound(t *testing.T) {
+	f := newFixture(t)
+	c := ctxT(t)
+	m := f.member(t)
+	id := uuid.MustParse(m)
+	tx, err := f.pool.Begin(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(c) //nolint:errcheck // committed below
+	if _, err := postgres.LockErasable(c, tx, id); err != nil {
+		t.Fatal(err)
+	}
+	// As EraseMember does: the data key shredded (in the key store, at
+	// once), then the rows, committed after.
+	if _, err := identitytest.Keys(t, f.pool).Shred(c, []uuid.UUID{id}, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := postgres.EraseMembers(c, tx, []uuid.UUID{id}); err != nil {
+		t.Fatal(err)
+	}
+	errs := make(chan error, 2)
+	go func() {
+		_, err := f.srv.SetConsent(c, &mcv1.SetConsentRequest{MemberId: m, Purpose: mcv1.ConsentPurpose_CONSENT_PURPOSE_MARKETING,
+			Granted: true, IdempotencyKey: "racing-consent"})
+		errs <- err
+	}()
+	go func() {
+		_, err := f.srv.UpdateAttributes(c, &mcv1.UpdateAttributesRequest{MemberId: m, IdempotencyKey: "racing-attrs",
+			Attributes: map[string]string{"name": "Wang Wu", "city": "Suzhou"}})
+		errs <- err
+	}()
+	pgtest.Eventually(t, "both calls wait for the erasure's lock", func() (bool, error) {
+		var n int
+		err := f.pool.QueryRow(c, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&n)
+		return n == 2, err
+	})
+	if err := tx.Commit(c); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if err := <-errs; !errors.Is(err, postgres.ErrNotFound) {
+			t.Errorf("a write that waited on the erasure: %v; want not found", err)
+		}
+	}
+	left := pgtest.Values[string](t, c, f.pool, `SELECT 'consents' FROM member_consents WHERE member_id = $1
+		UNION ALL SELECT 'attributes' FROM members WHERE member_id = $1 AND attributes <> '{}'::jsonb
+		UNION ALL SELECT 'outbox' FROM outbox WHERE member_id = $1`, id)
+	if len(left) != 0 {
+		t.Errorf("the erased member has %v", left)
+	}
+}

@@ -83,10 +83,16 @@ func ReadProfile(ctx context.Context, q Batcher, id uuid.UUID) (ProfileRow, erro
 }
 
 // LockMemberAttributes locks a member's row for the rest of tx and returns
-// its attributes.
+// its attributes. An unknown member is ErrNotFound, and so is one erased
+// (by a transaction that held the lock first, after the caller found it).
 func LockMemberAttributes(ctx context.Context, tx pgx.Tx, member uuid.UUID) (map[string]string, error) {
 	var attrs map[string]string
-	if err := tx.QueryRow(ctx, `SELECT attributes FROM members WHERE member_id = $1`+lockMemberRow, member).Scan(&attrs); err != nil {
+	var status string
+	err := tx.QueryRow(ctx, `SELECT attributes, status FROM members WHERE member_id = $1`+lockMemberRow, member).Scan(&attrs, &status)
+	if errors.Is(err, pgx.ErrNoRows) || err == nil && status == "erased" {
+		return nil, fmt.Errorf("member %s: %w", member, ErrNotFound)
+	}
+	if err != nil {
 		return nil, fmt.Errorf("lock member: %w", err)
 	}
 	if attrs == nil {
