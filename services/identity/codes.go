@@ -254,7 +254,7 @@ func (s *Service) codeSecret(ctx context.Context, tx pgx.Tx, memberID uuid.UUID,
 	if errors.Is(err, postgres.ErrNotFound) && create {
 		secret, won, cerr := s.newCodeSecret(ctx, tx, memberID, ad, now)
 		if cerr != nil || won {
-			return secret, cerr
+			return secret, shreddedNotFound(memberID, cerr)
 		}
 		// A concurrent first issue won; its secret is the member's. (This
 		// lookup's error must replace the first one: the loser used to
@@ -266,9 +266,21 @@ func (s *Service) codeSecret(ctx context.Context, tx pgx.Tx, memberID uuid.UUID,
 	}
 	plain, err := s.pii.Reveal(ctx, row.Cipher, row.KeyID, ad)
 	if err != nil {
-		return nil, fmt.Errorf("code secret of %s: %w", memberID, err)
+		return nil, shreddedNotFound(memberID, fmt.Errorf("code secret of %s: %w", memberID, err))
 	}
 	return []byte(plain), nil
+}
+
+// shreddedNotFound is ErrNotFound for err when it is the member's data key
+// found shredded: an erasure shreds the keys before its transaction
+// commits, so a call that found the member active just before meets the
+// shredded key instead of the erased row, and the member is no one all the
+// same.
+func shreddedNotFound(memberID uuid.UUID, err error) error {
+	if errors.Is(err, postgres.ErrKeyShredded) {
+		return fmt.Errorf("member %s was erased: %w", memberID, postgres.ErrNotFound)
+	}
+	return err
 }
 
 // newCodeSecret makes and stores a member's first code secret; won is false

@@ -451,3 +451,28 @@ func acceptedOnce(t *testing.T, n int, what string, refusal error, call func(i i
 		t.Fatalf("%d concurrent %s accepted, want 1", accepted, what)
 	}
 }
+
+// An erasure shreds the member's data key before its transaction commits:
+// a code issued or verified meanwhile finds the member active and its key
+// shredded, and the member is not found (as it is once the erasure
+// commits), not an internal error.
+func TestMemberCodesOfAMemberBeingErasedAreNotFound(t *testing.T) {
+	f, ctx := beginService(t)
+	with := uuid.MustParse(f.resolve(t, "a", phone("13922250001")).GetMemberId())
+	without := uuid.MustParse(f.resolve(t, "b", phone("13922250002")).GetMemberId())
+	code, err := f.svc.IssueMemberCode(ctx, with) // its secret exists
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.svc.PII().Shred(ctx, []uuid.UUID{with, without}, f.clock.Now()); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range []uuid.UUID{with, without} {
+		if _, err := f.svc.IssueMemberCode(ctx, m); !errors.Is(err, postgres.ErrNotFound) {
+			t.Errorf("issue a code of %s, its key shredded: %v; want not found", m, err)
+		}
+	}
+	if _, err := f.svc.VerifyMemberCode(ctx, code.Code, identity.CodeUse{TerminalID: "POS-01"}); !errors.Is(err, identity.ErrCodeInvalid) {
+		t.Errorf("verify a code of a member whose key was shredded: %v; want ErrCodeInvalid", err)
+	}
+}
