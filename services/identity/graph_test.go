@@ -648,3 +648,48 @@ func TestIdentityWritesOnAnErasedMemberAreNotFound(t *testing.T) {
 		}
 	}
 }
+
+// A resolution that finds a member by its phone while the member is being
+// erased, and brings an e-mail to link, waits for the erasure and then
+// resolves again: the phone and the e-mail make a new member, and nothing
+// is linked to the erased one (its e-mail would otherwise be held by no one
+// who can be found, for good).
+func TestResolutionRacingAnErasureLinksNothingToTheErasedMember(t *testing.T) {
+	f, ctx := beginService(t)
+	erased := f.resolve(t, "a", phone("13922260001")).GetMemberId()
+	tx, err := f.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx) //nolint:errcheck // committed below
+	if _, err := postgres.LockErasable(ctx, tx, uuid.MustParse(erased)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := postgres.EraseMembers(ctx, tx, []uuid.UUID{uuid.MustParse(erased)}); err != nil {
+		t.Fatal(err)
+	}
+	type answer struct {
+		resp *mcv1.ResolveResponse
+		err  error
+	}
+	done := make(chan answer, 1)
+	go func() {
+		resp, err := f.svc.Resolve(ctx, resolveReq("b", true, phone("13922260001"), email("b@example.cn")))
+		done <- answer{resp, err}
+	}()
+	pgtest.Eventually(t, "the resolution waits for the erasure", func() (bool, error) {
+		var n int
+		err := f.pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&n)
+		return n == 1, err
+	})
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	a := <-done
+	if a.err != nil || a.resp.GetMemberId() == erased || !a.resp.GetCreated() || len(a.resp.GetLinked()) != 2 {
+		t.Errorf("resolution racing the erasure: %v, %v; want a new member with both identifiers", a.resp, a.err)
+	}
+	if n := pgtest.Values[int](t, ctx, f.pool, `SELECT count(*)::int FROM member_identifiers WHERE member_id = $1`, erased); n[0] != 0 {
+		t.Errorf("the erased member holds %d identifiers", n[0])
+	}
+}

@@ -268,11 +268,19 @@ func (s *Service) resolve(ctx context.Context, tx pgx.Tx, ids []Normalized, o re
 		}
 	}
 
-	if err := s.linkMissing(ctx, tx, &res, usable, byHash, now, o); err != nil {
+	if err := s.linkMissing(ctx, tx, &res, usable, byHash, now, o); errors.Is(err, errErasedMeanwhile) {
+		// Nothing was written for the erased member, and its identifiers
+		// are gone now that the erasure committed: resolve them again.
+		return s.resolve(ctx, tx, ids, o)
+	} else if err != nil {
 		return res, err
 	}
 	return res, s.recordResolution(ctx, tx, &res, o)
 }
+
+// errErasedMeanwhile: the member a resolution found was erased before the
+// resolution could write to it.
+var errErasedMeanwhile = errors.New("member erased while the resolution waited for it")
 
 // sealerOf is the sealer under member's data key; a member created in
 // this transaction has none yet, so its key is made without looking for
@@ -438,6 +446,7 @@ func (s *Service) linkMissing(ctx context.Context, tx pgx.Tx, res *Result, usabl
 		owner = res.MemberID
 	}
 	var sealer attributes.Sealer // the origin's, made on first use
+	locked := false
 	for _, n := range usable {
 		held, ownedElsewhere := false, false
 		for _, f := range byHash[string(n.Hash)] {
@@ -466,6 +475,20 @@ func (s *Service) linkMissing(ctx context.Context, tx pgx.Tx, res *Result, usabl
 			}
 			res.Ignored = append(res.Ignored, Ignored{Identifier: n, Rule: refusal.Rule})
 			continue
+		}
+		// The member is written to: its row is locked first, as every
+		// writer of a member does. An erasure holds that lock from before it
+		// shreds the member's keys until it commits; a resolution that found
+		// the member's identifiers before then finds the member erased here.
+		if !res.Created && !locked {
+			ms, err := postgres.LockMembers(ctx, tx, res.MemberID)
+			if err != nil {
+				return err
+			}
+			if ms[res.MemberID].Status == "erased" {
+				return errErasedMeanwhile
+			}
+			locked = true
 		}
 		// Encrypted only now, under the origin's data key: a lookup never
 		// pays for it.
