@@ -541,7 +541,8 @@ func authorize(p *Principal, method string, req proto.Message) error {
 		return status.Errorf(codes.PermissionDenied, "client %s acts for its members only: name them (member_id / member_ids)", p.Client.ID)
 	}
 	for _, id := range ids {
-		if !slices.Contains(p.Members, id) {
+		// A member id is a UUID, in either case (every RPC takes both).
+		if !slices.ContainsFunc(p.Members, func(m string) bool { return strings.EqualFold(m, id) }) {
 			return status.Errorf(codes.PermissionDenied, "client %s may not act for member %s (its token names %d members)", p.Client.ID, id, len(p.Members))
 		}
 	}

@@ -216,6 +216,9 @@ func TestScopesAndOwnMembers(t *testing.T) {
 	if _, err := pc.GetProfile(with(mini), &mcv1.GetProfileRequest{MemberId: member}); err != nil {
 		t.Errorf("mini-program reading its member: %v", err)
 	}
+	if _, err := pc.GetProfile(with(mini), &mcv1.GetProfileRequest{MemberId: strings.ToUpper(member)}); err != nil {
+		t.Errorf("mini-program reading its member, the id in upper case: %v", err)
+	}
 	_, err = pc.GetProfile(with(mini), &mcv1.GetProfileRequest{MemberId: other})
 	if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), other) {
 		t.Errorf("mini-program reading another member: %v; want PermissionDenied naming it", err)
@@ -226,6 +229,7 @@ func TestScopesAndOwnMembers(t *testing.T) {
 		ok   bool
 	}{
 		{"its member", &mcv1.SubscribeRequest{MemberIds: []string{member}}, true},
+		{"its member in upper case", &mcv1.SubscribeRequest{MemberIds: []string{strings.ToUpper(member)}}, true},
 		{"every member", &mcv1.SubscribeRequest{}, false},
 		{"another member too", &mcv1.SubscribeRequest{MemberIds: []string{member, other}}, false},
 	} {
