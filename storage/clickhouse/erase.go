@@ -12,7 +12,8 @@ import (
 // EraseMembers deletes the rows of members from tables (per-member tables,
 // ordered by member_id), on every node of a cluster (its local tables: a
 // Distributed table takes no ALTER), leaving member_changes' member_erased
-// rows, the record of the erasure. ClickHouse deletes by mutation, which
+// rows, the record of the erasure; identity_audit loses the rows naming
+// them as the other member too. ClickHouse deletes by mutation, which
 // rewrites the parts holding the rows in the background; this returns once
 // every mutation is done, so a caller that acknowledges afterwards has
 // erased. Idempotent: a repeat deletes nothing more.
@@ -44,8 +45,16 @@ func (s *Schema) EraseMembers(ctx context.Context, tables []string, members []st
 				table += LocalSuffix
 			}
 			where := in
-			if t == "member_changes" {
+			switch t {
+			case "member_changes":
 				where += " AND change_type != 'member_erased'"
+			case "identity_audit":
+				// Another member's record of a merge (undone since), an
+				// unmerge or a refusal with the erased one holds the erased
+				// one's identifiers (keyed hash, masked value): PostgreSQL
+				// blanks them in such rows, and a row cannot be blanked
+				// here, so it goes.
+				where = "(" + in + " OR other_" + in + ")"
 			}
 			if err := conn.Exec(ctx, "ALTER TABLE "+table+" DELETE WHERE "+where); err != nil {
 				return fmt.Errorf("erase members from %s: %w", table, err)
