@@ -693,3 +693,39 @@ func TestResolutionRacingAnErasureLinksNothingToTheErasedMember(t *testing.T) {
 		t.Errorf("the erased member holds %d identifiers", n[0])
 	}
 }
+
+// Resolutions and links that each bring a member a new e-mail at once
+// count each other against the member's limit (3 e-mails): no more are
+// linked than the rules allow, and the rest are refused by the rule.
+func TestConcurrentResolutionsKeepThePerMemberLimit(t *testing.T) {
+	f, ctx := beginService(t)
+	member := f.resolve(t, "a", phone("13922270001")).GetMemberId()
+	errs := atOnce(8, func(i int) error {
+		mail := email(fmt.Sprintf("e%d@example.cn", i))
+		if i%2 == 0 {
+			_, err := f.svc.Link(ctx, &mcv1.LinkRequest{MemberId: member, Identifier: mail, IdempotencyKey: fmt.Sprintf("l%d", i)})
+			return err
+		}
+		resp, err := f.svc.Resolve(ctx, resolveReq(fmt.Sprintf("e%d", i), true, phone("13922270001"), mail))
+		if err == nil && resp.GetMemberId() != member {
+			return fmt.Errorf("resolved to %s", resp.GetMemberId())
+		}
+		return err
+	})
+	linked := 0
+	for i, err := range errs {
+		var re *identity.RuleError
+		switch {
+		case err == nil:
+			linked++
+		case errors.As(err, &re) && re.Rule == "email.max_per_member":
+		default:
+			t.Errorf("resolution %d: %v", i, err)
+		}
+	}
+	n := pgtest.Values[int](t, ctx, f.pool, `SELECT count(*)::int FROM member_identifiers WHERE member_id = $1 AND id_type = $2`,
+		member, int16(mcv1.IdentifierType_IDENTIFIER_TYPE_EMAIL))
+	if n[0] != 3 || linked != 3 {
+		t.Errorf("%d e-mails held, %d resolutions linked one; want 3 (the limit)", n[0], linked)
+	}
+}

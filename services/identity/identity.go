@@ -422,31 +422,11 @@ func lockAndFind(ctx context.Context, tx pgx.Tx, ids []Normalized) ([]postgres.I
 // the per-member limits; a value another member holds uniquely is left to
 // the conflict just recorded.
 func (s *Service) linkMissing(ctx context.Context, tx pgx.Tx, res *Result, usable []Normalized, byHash map[string][]postgres.IdentifierRow, now time.Time, o resolveOpts) error {
-	// A member created in this transaction holds none yet.
-	counts := map[int16]int{}
-	var err error
-	if !res.Created {
-		if counts, err = postgres.CountIdentifiers(ctx, tx, res.MemberID); err != nil {
-			return err
-		}
-	}
-	total := 0
-	for _, n := range counts {
-		total += n
-	}
 	merged := map[uuid.UUID]bool{res.MemberID: true}
 	for _, m := range res.Merged {
 		merged[m] = true
 	}
-	// Sealed under the data key of the member the identifiers came through
-	// (the origin, which an unmerge gives them back to), not the survivor's:
-	// erasing either then shreds exactly its own.
-	owner := res.Origin
-	if owner == uuid.Nil {
-		owner = res.MemberID
-	}
-	var sealer attributes.Sealer // the origin's, made on first use
-	locked := false
+	var missing []Normalized
 	for _, n := range usable {
 		held, ownedElsewhere := false, false
 		for _, f := range byHash[string(n.Hash)] {
@@ -456,9 +436,46 @@ func (s *Service) linkMissing(ctx context.Context, tx pgx.Tx, res *Result, usabl
 				ownedElsewhere = true
 			}
 		}
-		if held || ownedElsewhere {
-			continue
+		if !held && !ownedElsewhere {
+			missing = append(missing, n)
 		}
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	// A member created in this transaction holds none yet. Another is
+	// written to: its row is locked first, as every writer of a member
+	// does, so that concurrent links count each other against the limits;
+	// and an erasure holds that lock from before it shreds the member's
+	// keys until it commits, so a resolution that found the member's
+	// identifiers before then finds the member erased here.
+	counts := map[int16]int{}
+	if !res.Created {
+		ms, err := postgres.LockMembers(ctx, tx, res.MemberID)
+		if err != nil {
+			return err
+		}
+		if ms[res.MemberID].Status == "erased" {
+			return errErasedMeanwhile
+		}
+		if counts, err = postgres.CountIdentifiers(ctx, tx, res.MemberID); err != nil {
+			return err
+		}
+	}
+	total := 0
+	for _, n := range counts {
+		total += n
+	}
+	// Sealed under the data key of the member the identifiers came through
+	// (the origin, which an unmerge gives them back to), not the survivor's:
+	// erasing either then shreds exactly its own.
+	owner := res.Origin
+	if owner == uuid.Nil {
+		owner = res.MemberID
+	}
+	var sealer attributes.Sealer // the origin's, made on first use
+	var err error
+	for _, n := range missing {
 		rule := s.rules.For(n.Type)
 		var refusal *RuleError
 		switch {
@@ -475,20 +492,6 @@ func (s *Service) linkMissing(ctx context.Context, tx pgx.Tx, res *Result, usabl
 			}
 			res.Ignored = append(res.Ignored, Ignored{Identifier: n, Rule: refusal.Rule})
 			continue
-		}
-		// The member is written to: its row is locked first, as every
-		// writer of a member does. An erasure holds that lock from before it
-		// shreds the member's keys until it commits; a resolution that found
-		// the member's identifiers before then finds the member erased here.
-		if !res.Created && !locked {
-			ms, err := postgres.LockMembers(ctx, tx, res.MemberID)
-			if err != nil {
-				return err
-			}
-			if ms[res.MemberID].Status == "erased" {
-				return errErasedMeanwhile
-			}
-			locked = true
 		}
 		// Encrypted only now, under the origin's data key: a lookup never
 		// pays for it.
