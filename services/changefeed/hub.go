@@ -374,12 +374,12 @@ func (h *Hub) Replay(ctx context.Context, f Filter, from, to Position, fn func(D
 			pos[part] = 0
 		}
 		if s, ok := starts.Lookup(topic, part); ok && at < s.Offset {
-			return fmt.Errorf("%w: partition %d of the change log now starts at %d, after the token's %d; take a snapshot with GetSnapshot and subscribe without a token",
-				ErrTokenExpired, part, s.Offset, at)
+			return fmt.Errorf("%w: partition %d of the change log now starts at %d, after the token's %d; %s",
+				ErrTokenExpired, part, s.Offset, at, ResyncAdvice)
 		}
 		if at > end {
-			return fmt.Errorf("%w: the token is ahead of the change log (partition %d at %d, log at %d); take a snapshot with GetSnapshot and subscribe without a token",
-				ErrTokenExpired, part, at, end)
+			return fmt.Errorf("%w: the token is ahead of the change log (partition %d at %d, log at %d); %s",
+				ErrTokenExpired, part, at, end, ResyncAdvice)
 		}
 		if at < end {
 			begin[topic][part] = kgo.NewOffset().At(at)
@@ -387,7 +387,7 @@ func (h *Hub) Replay(ctx context.Context, f Filter, from, to Position, fn func(D
 	}
 	for part := range from {
 		if _, ok := to[part]; !ok {
-			return fmt.Errorf("%w: partition %d is not in the change log; take a snapshot with GetSnapshot and subscribe without a token", ErrTokenExpired, part)
+			return fmt.Errorf("%w: partition %d is not in the change log; %s", ErrTokenExpired, part, ResyncAdvice)
 		}
 	}
 	if len(begin[topic]) == 0 {

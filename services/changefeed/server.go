@@ -115,7 +115,7 @@ func (s *Server) Subscribe(req *mcv1.SubscribeRequest, stream mcv1.SyncService_S
 			// The queue overflowed: whatever follows would have a gap, so
 			// the client must resync instead.
 			return stream.Send(&mcv1.SubscribeResponse{Message: &mcv1.SubscribeResponse_ResyncRequired{
-				ResyncRequired: &mcv1.ResyncRequired{Reason: sub.Err().Error() + "; take a snapshot with GetSnapshot and subscribe again"},
+				ResyncRequired: &mcv1.ResyncRequired{Reason: sub.Err().Error() + "; " + ResyncAdvice},
 			}})
 		}
 	}

@@ -17,6 +17,12 @@ type Position map[int32]int64
 
 func (p Position) clone() Position { return maps.Clone(p) }
 
+// ResyncAdvice is how a client starts again when its stream cannot go on:
+// subscribing first, then taking the snapshot, misses nothing (a snapshot
+// taken first misses the changes committed before the new stream began).
+const ResyncAdvice = "subscribe without a token and, once it is ready, take a snapshot with GetSnapshot; " +
+	"then apply the stream's changes of a sequence after the snapshot's"
+
 // Errors of resume tokens; both tell the client to take a snapshot.
 var (
 	// ErrBadToken: the token is not one this service issued (InvalidArgument).
@@ -45,7 +51,7 @@ func EncodeToken(p Position) string {
 // DecodeToken parses a resume token.
 func DecodeToken(s string) (Position, error) {
 	bad := func(why string) error {
-		return fmt.Errorf("%w (%s): take a snapshot with GetSnapshot and subscribe without a token", ErrBadToken, why)
+		return fmt.Errorf("%w (%s): %s", ErrBadToken, why, ResyncAdvice)
 	}
 	b, err := base64.RawURLEncoding.DecodeString(s)
 	if err != nil || len(b) < 6 {

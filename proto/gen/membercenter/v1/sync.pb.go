@@ -194,8 +194,9 @@ type SubscribeResponse_Change struct {
 }
 
 type SubscribeResponse_ResyncRequired struct {
-	// The subscriber fell too far behind or its token is too old: take a
-	// snapshot and subscribe again.
+	// The subscriber fell too far behind or its token is too old: subscribe
+	// again without a token and, once it is ready, take a snapshot; then
+	// apply the changes of a sequence after the snapshot's.
 	ResyncRequired *ResyncRequired `protobuf:"bytes,2,opt,name=resync_required,json=resyncRequired,proto3,oneof"`
 }
 

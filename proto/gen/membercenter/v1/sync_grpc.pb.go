@@ -32,7 +32,8 @@ type SyncServiceClient interface {
 	// Subscribe streams the changes that match the filter, in per-member order.
 	Subscribe(ctx context.Context, in *SubscribeRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[SubscribeResponse], error)
 	// GetSnapshot returns a member's full current state and its sequence, so a
-	// client can start consistent and then follow the stream.
+	// client can start consistent and then follow the stream: subscribe first,
+	// then take the snapshot, and apply the changes after its sequence.
 	GetSnapshot(ctx context.Context, in *GetSnapshotRequest, opts ...grpc.CallOption) (*GetSnapshotResponse, error)
 }
 
@@ -82,7 +83,8 @@ type SyncServiceServer interface {
 	// Subscribe streams the changes that match the filter, in per-member order.
 	Subscribe(*SubscribeRequest, grpc.ServerStreamingServer[SubscribeResponse]) error
 	// GetSnapshot returns a member's full current state and its sequence, so a
-	// client can start consistent and then follow the stream.
+	// client can start consistent and then follow the stream: subscribe first,
+	// then take the snapshot, and apply the changes after its sequence.
 	GetSnapshot(context.Context, *GetSnapshotRequest) (*GetSnapshotResponse, error)
 	mustEmbedUnimplementedSyncServiceServer()
 }
