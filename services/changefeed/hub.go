@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -325,6 +326,49 @@ func (h *Hub) fanOut(d Delivery, partition int32, offset int64) {
 		}
 		s.last[member] = d.Change.GetSequence()
 	}
+}
+
+// CatchUpWait bounds how long a subscription resuming from a token waits
+// for this hub to read the change log as far as the token: a client that
+// reconnects to another replica than the one it read from may hold a token
+// a few milliseconds ahead of this replica's hub. Past it, the token is
+// ahead of the change log itself, and refused.
+const CatchUpWait = 3 * time.Second
+
+// CatchUp waits, at most wait, until the hub has read the change log up to
+// p (every partition it follows; one it does not is left to Replay to
+// refuse), and reports whether it has.
+func (h *Hub) CatchUp(ctx context.Context, p Position, wait time.Duration) bool {
+	if h.reached(p) {
+		return true
+	}
+	deadline := time.NewTimer(wait)
+	defer deadline.Stop()
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-deadline.C:
+			return h.reached(p)
+		case <-tick.C:
+			if h.reached(p) {
+				return true
+			}
+		}
+	}
+}
+
+func (h *Hub) reached(p Position) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for part, at := range p {
+		if cur, ok := h.pos[part]; ok && cur < at {
+			return false
+		}
+	}
+	return true
 }
 
 // Ready is closed once the hub follows the topic.

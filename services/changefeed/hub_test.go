@@ -218,3 +218,32 @@ func TestSubscribeMatchesMemberIDsInAnyCase(t *testing.T) {
 		t.Errorf("Subscribe: %v", err)
 	}
 }
+
+// TestCatchUpWaitsForTheHubToReachAToken: a client that reconnects to
+// another replica may hold a resume token ahead of that replica's hub.
+// Subscribe waits (CatchUp) until the hub has read that far, instead of
+// refusing the token as ahead of the change log; a token the hub never
+// reaches is given up on after the wait.
+func TestCatchUpWaitsForTheHubToReachAToken(t *testing.T) {
+	h := testHub(16)
+	ctx := context.Background()
+	if h.CatchUp(ctx, Position{0: 3}, time.Millisecond) {
+		t.Fatal("caught up with a token the hub has not reached")
+	}
+	reached := make(chan bool, 1)
+	go func() { reached <- h.CatchUp(ctx, Position{0: 3}, time.Minute) }()
+	for off := range int64(3) {
+		h.fanOut(change("m", uint64(off+1)), 0, off)
+	}
+	select {
+	case ok := <-reached:
+		if !ok {
+			t.Fatal("CatchUp gave up before its wait was over, though the hub reached the token")
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("CatchUp did not return once the hub reached the token")
+	}
+	if !h.CatchUp(ctx, Position{0: 3, 7: 100}, time.Millisecond) {
+		t.Error("a partition the hub does not follow held the wait (Replay refuses it)")
+	}
+}

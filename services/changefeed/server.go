@@ -70,6 +70,15 @@ func (s *Server) Subscribe(req *mcv1.SubscribeRequest, stream mcv1.SyncService_S
 		}
 	}
 	ctx := stream.Context()
+	if from != nil {
+		// A token of another replica may be ahead of this one's hub.
+		select {
+		case <-s.hub.Ready():
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		s.hub.CatchUp(ctx, from, CatchUpWait)
+	}
 	// Live changes buffer from here while the missed ones are replayed.
 	sub, live, err := s.hub.Subscribe(ctx, f)
 	if err != nil {
