@@ -358,12 +358,17 @@ func (c *Consumer) handleOne(ctx context.Context, r *kgo.Record, fn RecordFunc) 
 		c.record(ctx, r, false)
 		return nil
 	}
-	if ctx.Err() != nil {
+	if ctx.Err() != nil && !fault.IsData(err) {
 		span.SetStatus(codes.Error, "stopped")
 		return ctx.Err()
 	}
 	span.SetStatus(codes.Error, err.Error())
-	return c.deadLetter(rctx, r, err)
+	// A refusal may come with the record's effects committed (a member
+	// stage records the event processed): its letter is sent even when
+	// the stage is stopping, as a batch's are.
+	lctx, cancel := context.WithTimeout(context.WithoutCancel(rctx), letterGrace)
+	defer cancel()
+	return c.deadLetter(lctx, r, err)
 }
 
 // attempt runs fn once under the retry limit as a deadline: a record whose
@@ -492,10 +497,17 @@ func (c *Consumer) handleBatch(ctx context.Context, rs []*kgo.Record, fn BatchFu
 	start := c.now()
 	rejected, err := c.applyBatch(bctx, rs, fn, true)
 	c.latency.Record(ctx, c.now().Sub(start).Seconds(), c.inStage)
+	// The batch's effects are committed: its letters are sent even when
+	// the stage is stopping or its partitions were just revoked (a member
+	// stage's refusal is not made again when the batch is redelivered: the
+	// event is recorded processed), until letterGrace after the batch.
+	lettersBy := time.Now().Add(letterGrace)
 	for i, r := range rs {
 		if err == nil {
 			if reason, bad := rejected[r]; bad {
-				err = c.deadLetter(r.Context, r, reason)
+				lctx, cancel := context.WithDeadline(context.WithoutCancel(r.Context), lettersBy)
+				err = c.deadLetter(lctx, r, reason)
+				cancel()
 			} else {
 				c.record(ctx, r, false)
 			}
@@ -562,6 +574,10 @@ func (c *Consumer) logFetchErrors(ctx context.Context, fetches kgo.Fetches) {
 	})
 }
 
+// letterGrace bounds how long the dead letters of a batch already applied
+// are still sent after the stage began to stop.
+const letterGrace = 30 * time.Second
+
 // deadLetter sends r to the dead-letter topic with its reason, retrying
 // while Kafka is unavailable; it returns an error only when ctx ends.
 func (c *Consumer) deadLetter(ctx context.Context, r *kgo.Record, reason error) error {
@@ -570,6 +586,10 @@ func (c *Consumer) deadLetter(ctx context.Context, r *kgo.Record, reason error) 
 	// A member's record is sealed under the member's key (erasing the
 	// member makes the letter unreadable).
 	letter := dlq.Record(c.cfg.DLQTopic, c.cfg.Stage, r, reason, c.now(), dlq.SealerFor(ctx, c.seal, r))
+	// The letter carries the record's trace in ctx, which may outlive the
+	// record's own context (a stopping stage): the producer fails a record
+	// whose context has ended.
+	letter.Context = ctx
 	err := Retry(ctx, c.log, c.cfg.Stage+" dlq", func() error {
 		err := c.cl.ProduceSync(ctx, letter).FirstErr()
 		if err != nil && fault.IsData(err) {

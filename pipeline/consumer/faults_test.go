@@ -287,3 +287,50 @@ func kafkaClient(t *testing.T, kcfg kafka.Config) *kgo.Client {
 	t.Cleanup(cl.Close)
 	return cl
 }
+
+// TestARefusalOfAnAppliedBatchIsDeadLetteredWhileStopping: a batch applier
+// that committed its effects and refused a record (a member stage records
+// the refused event processed, so a redelivery refuses nothing) gets the
+// letter sent even when the stage began to stop during the batch. Before,
+// the letter was sent under the stopping context and lost.
+func TestARefusalOfAnAppliedBatchIsDeadLetteredWhileStopping(t *testing.T) {
+	kcfg := kafkatest.Config(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cfg := consumer.Config{Stage: stage, Group: kcfg.Group("t"), Topics: []string{kcfg.Topics.ChannelEvents}, DLQTopic: kcfg.Topics.DLQ}
+	produceTo(t, ctx, kcfg, kcfg.Topics.ChannelEvents, 0, "good", "refused")
+	c, err := consumer.New(kcfg, kafkatest.Telemetry(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stopping := make(chan struct{})
+	var stop func()
+	var once sync.Once
+	stop = runStage(t, c, nil, func(sctx context.Context, c *consumer.Consumer, _ *recorder) error {
+		return c.RunBatches(sctx, func(_ context.Context, rs []*kgo.Record) (map[*kgo.Record]error, error) {
+			out := map[*kgo.Record]error{}
+			for _, r := range rs {
+				if string(r.Value) == "refused" {
+					out[r] = fault.Permanent(errors.New("refused by the programme"))
+				}
+			}
+			if len(out) > 0 {
+				// The effects are committed; the stage is told to stop
+				// before the letter goes out.
+				once.Do(func() { close(stopping) })
+				<-sctx.Done()
+			}
+			return out, nil
+		})
+	})
+	select {
+	case <-stopping:
+	case <-ctx.Done():
+		t.Fatal("the refused record never reached the applier")
+	}
+	stop()
+	letters := kafkatest.ReadTopic(t, ctx, kcfg, kcfg.Topics.DLQ)
+	if len(letters) != 1 || string(letters[0].Value) != "refused" {
+		t.Fatalf("dead letters = %v, want the refused record", values(letters))
+	}
+}

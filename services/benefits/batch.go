@@ -54,8 +54,9 @@ func (b *Batch) Empty() bool { return b == nil || len(b.todo) == 0 }
 // for all members in one statement), each member's events applied in order,
 // and every write of the batch sent in one round trip, one statement per
 // kind of row. An event the programme refuses (more points redeemed than
-// available, say) is recorded as processed and logged, so it never blocks
-// the member's later events; one it cannot read is refused as a data error.
+// available, say) is recorded as processed, so it never blocks the member's
+// later events, and refused as a data error with the programme's reason
+// (the stage dead-letters it), as is one it cannot read.
 func (s *Service) ApplyBatch(ctx context.Context, evs []*mcv1.MemberEvent) (map[int]error, error) {
 	b, rejected := s.PrepareBatch(evs)
 	if b.Empty() {
