@@ -235,6 +235,9 @@ func (h *Hub) Run(ctx context.Context) error {
 				h.skip(r.Partition, r.Offset)
 				return
 			}
+			if h.passIfIdle(r.Partition, r.Offset) {
+				return
+			}
 			rctx, span := kafka.ProcessSpan(ctx, cl.Tracer, r)
 			defer span.End()
 			ch := &mcv1.MemberChange{}
@@ -291,6 +294,21 @@ func (h *Hub) committedEnd(ctx context.Context) (Position, error) {
 			return nil, ctx.Err()
 		}
 	}
+}
+
+// passIfIdle moves the position past a change when no one is subscribed,
+// and says whether it did: the change need not be decoded. Both under one
+// lock, so a subscription starts either before the change (and receives
+// it) or after it. A drain of the whole pipeline with no subscriber spent
+// 6% of membercenter's CPU decoding changes for no one.
+func (h *Hub) passIfIdle(partition int32, offset int64) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if len(h.subs) > 0 {
+		return false
+	}
+	h.pos[partition] = offset + 1
+	return true
 }
 
 // skip moves the position past a record no subscriber receives (a

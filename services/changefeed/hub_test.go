@@ -247,3 +247,27 @@ func TestCatchUpWaitsForTheHubToReachAToken(t *testing.T) {
 		t.Error("a partition the hub does not follow held the wait (Replay refuses it)")
 	}
 }
+
+// TestAnIdleHubPassesChangesByAndASubscriptionStartsAfterThem: with no one
+// subscribed the hub moves past a change without decoding it; a
+// subscription made then starts after it, and receives the next.
+func TestAnIdleHubPassesChangesByAndASubscriptionStartsAfterThem(t *testing.T) {
+	h := testHub(16)
+	if !h.passIfIdle(0, 0) {
+		t.Fatal("a hub with no subscriber did not pass the change by")
+	}
+	sub, at, err := h.Subscribe(context.Background(), Filter{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if at[0] != 1 {
+		t.Errorf("the subscription starts at %v, want after the change passed by (1)", at)
+	}
+	if h.passIfIdle(0, 1) {
+		t.Fatal("a hub with a subscriber passed a change by")
+	}
+	h.fanOut(change("m", 2), 0, 1)
+	if got := sub.Take(nil); len(got) != 1 || got[0].After[0] != 2 {
+		t.Errorf("the subscriber received %v, want the change after it subscribed", sequences(got))
+	}
+}
