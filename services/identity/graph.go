@@ -658,10 +658,7 @@ func (s *Service) Link(ctx context.Context, req *mcv1.LinkRequest) (*mcv1.LinkRe
 			if s.rules.Blocked(n.Type, n.Value) {
 				return &RuleError{Rule: TypeName(n.Type) + ".blocked", Detail: fmt.Sprintf("%s %s is a placeholder value, not a shopper's", TypeName(n.Type), n.Masked)}
 			}
-			if err := postgres.LockIdentifiers(ctx, tx, []postgres.IdentifierKey{keyOf(n)}); err != nil {
-				return err
-			}
-			found, err := postgres.FindIdentifiers(ctx, tx, []postgres.IdentifierKey{keyOf(n)})
+			found, err := postgres.FindIdentifiers(ctx, tx, []postgres.IdentifierKey{keyOf(n)}) // locked by onIdentifier
 			if err != nil {
 				return err
 			}
@@ -737,6 +734,12 @@ func (s *Service) onIdentifier(ctx context.Context, rpc string, req identifierRe
 		proto.Reset(resp)
 		_, err := changes.Idempotent(ctx, tx, "identity."+rpc, req.GetIdempotencyKey(), req, resp, func() error {
 			o := origin{actor: actorFrom(ctx), channel: mcv1.Channel_CHANNEL_BACKOFFICE, cause: "rpc:" + rpc + ":" + req.GetIdempotencyKey()}
+			// The identifier first, then the member, as a resolution takes
+			// them: a Resolve bringing the member's identifiers with this
+			// one never waits for this call in the opposite order.
+			if err := postgres.LockIdentifiers(ctx, tx, []postgres.IdentifierKey{keyOf(ids[0])}); err != nil {
+				return err
+			}
 			if _, err := postgres.LockMembers(ctx, tx, member); err != nil {
 				return err
 			}

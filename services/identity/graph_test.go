@@ -729,3 +729,47 @@ func TestConcurrentResolutionsKeepThePerMemberLimit(t *testing.T) {
 		t.Errorf("%d e-mails held, %d resolutions linked one; want 3 (the limit)", n[0], linked)
 	}
 }
+
+// TestLinkTakesTheIdentifierBeforeTheMember: a Link of an e-mail to a
+// member waits for the e-mail's lock without holding the member's row, as
+// every resolution takes them (identifiers first): a Resolve that brings
+// the member's phone with that e-mail, at once, never waits for Link in
+// the opposite order. Before, Link locked the member first, and the two
+// deadlocked until PostgreSQL broke the cycle (deadlock_timeout, 1 s) and
+// one side retried.
+func TestLinkTakesTheIdentifierBeforeTheMember(t *testing.T) {
+	f, ctx := beginService(t)
+	member := f.resolve(t, "m", phone("13922280001")).GetMemberId()
+	mail := email("both@example.cn")
+	ns, err := f.svc.Normalize([]*mcv1.Identifier{mail})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A resolution holding the e-mail's lock, about to take the member.
+	tx, err := f.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx) //nolint:errcheck // committed below
+	if err := postgres.LockIdentifiers(ctx, tx, []postgres.IdentifierKey{{Type: int16(ns[0].Type), Scope: ns[0].Scope, Hash: ns[0].Hash}}); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := f.svc.Link(ctx, &mcv1.LinkRequest{MemberId: member, Identifier: mail, IdempotencyKey: "l"})
+		done <- err
+	}()
+	pgtest.Eventually(t, "Link waits for the e-mail", func() (bool, error) {
+		n, err := lockWaiters(ctx, f.pool)
+		return n == 1, err
+	})
+	if _, err := tx.Exec(ctx, `SELECT 1 FROM members WHERE member_id = $1 FOR NO KEY UPDATE NOWAIT`, member); err != nil {
+		t.Fatalf("the member's row is held while Link waits for the e-mail (%v): a resolution taking the e-mail, then the member, deadlocks with it", err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Errorf("Link: %v", err)
+	}
+}
