@@ -197,9 +197,11 @@ type pipelineRun struct {
 	producer *kafka.Client
 	p        *platform.Platform
 	g        *loadgen.Generator
-	// behind is how many days before the last midnight in Shanghai the
-	// span of g's workload ends: 0 for the measured pass, 1 for the
-	// warm-up's history.
+	// day is the midnight in Shanghai the measured pass's workload ends
+	// at, taken once per run (a run that crosses midnight keeps its day);
+	// behind is how many days before it the span of g's workload ends: 0
+	// for the measured pass, 1 for the warm-up's history.
+	day    time.Time
 	behind int
 	ch     driver.Conn
 	chcfg  clickhouse.Config // the scenario's ClickHouse database
@@ -216,7 +218,7 @@ func benchPipeline(ctx context.Context, e *platformtest.Env, members int, o pipe
 	res := pipelineResult{members: members, events: o.events}
 	resetPeakRSS()
 	r := &pipelineRun{e: e, o: o, members: members, run: fmt.Sprintf("bp%x", time.Now().UnixNano()&0xffffff),
-		ktel: e.Kafka()}
+		ktel: e.Kafka(), day: loadgen.DayStart(time.Now(), 0)}
 	floorTopic := r.run + ".floor.v1"
 	closeTopics, err := r.openTopics(ctx, floorTopic)
 	if err != nil {
@@ -480,7 +482,7 @@ func (r *pipelineRun) open(ctx context.Context) error {
 	if err := r.openPlatform(ctx); err != nil {
 		return err
 	}
-	start := loadgen.DayStart(time.Now(), pipelineDays).AddDate(0, 0, -r.behind)
+	start := r.day.AddDate(0, 0, -pipelineDays-r.behind)
 	r.g = loadgen.New(loadgen.Config{Seed: r.o.seed, Members: r.members, Days: pipelineDays, Start: start,
 		Events: r.o.events, IDPrefix: r.run, CouponRate: -1})
 	return nil
@@ -511,7 +513,7 @@ func (r *pipelineRun) publish(ctx context.Context) ([]loadgen.Record, error) {
 // scratch is a run over r's database with scratch topics of its own (the
 // run's id and suffix), for an unmeasured pass; done closes it.
 func (r *pipelineRun) scratch(ctx context.Context, suffix string, behind int) (w *pipelineRun, done func(), err error) {
-	w = &pipelineRun{e: r.e, o: r.o, members: r.members, run: r.run + suffix, url: r.url, ktel: r.ktel, ch: r.ch, chcfg: r.chcfg, behind: behind}
+	w = &pipelineRun{e: r.e, o: r.o, members: r.members, run: r.run + suffix, url: r.url, ktel: r.ktel, ch: r.ch, chcfg: r.chcfg, day: r.day, behind: behind}
 	closeTopics, err := w.openTopics(ctx)
 	if err != nil {
 		return nil, nil, err

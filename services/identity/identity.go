@@ -20,6 +20,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"github.com/membercenter/membercenter/pipeline/contract"
 	"github.com/membercenter/membercenter/pipeline/fault"
@@ -659,14 +660,69 @@ var ErrEventIDReused = errors.New("the event id was used before for a different 
 // fingerprint tells a redelivered event from another event under its id:
 // a keyed hash (PII.Fingerprint) of the event as decoded, in its
 // deterministic encoding (a retry sent as JSON and one sent as protobuf
-// are the same event). Nil, and compared with nothing, for an event that
+// are the same event), without the fields this version does not know: an
+// instance of the version before a new field and one of the version after
+// give a redelivery the same fingerprint, as a rolling upgrade moves
+// partitions between them (an older one keeps an unknown field as bytes
+// after the others). Nil, and compared with nothing, for an event that
 // does not encode (ingest refuses those before).
 func (s *Service) fingerprint(ev *mcv1.ChannelEvent) []byte {
-	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(ev)
+	known := ev
+	if hasUnknown(ev.ProtoReflect()) {
+		known = proto.Clone(ev).(*mcv1.ChannelEvent)
+		discardUnknown(known.ProtoReflect())
+	}
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(known)
 	if err != nil {
 		return nil
 	}
 	return s.pii.Fingerprint(b)
+}
+
+// discardUnknown drops the unknown fields of m and of every message in it.
+func discardUnknown(m protoreflect.Message) {
+	m.SetUnknown(nil)
+	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		switch {
+		case fd.IsList() && fd.Message() != nil:
+			for i, l := 0, v.List(); i < l.Len(); i++ {
+				discardUnknown(l.Get(i).Message())
+			}
+		case fd.IsMap() && fd.MapValue().Message() != nil:
+			v.Map().Range(func(_ protoreflect.MapKey, mv protoreflect.Value) bool {
+				discardUnknown(mv.Message())
+				return true
+			})
+		case !fd.IsList() && !fd.IsMap() && fd.Message() != nil:
+			discardUnknown(v.Message())
+		}
+		return true
+	})
+}
+
+// hasUnknown says whether m or a message in it holds unknown fields.
+func hasUnknown(m protoreflect.Message) bool {
+	if len(m.GetUnknown()) > 0 {
+		return true
+	}
+	found := false
+	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		switch {
+		case fd.IsList() && fd.Message() != nil:
+			for i, l := 0, v.List(); i < l.Len() && !found; i++ {
+				found = hasUnknown(l.Get(i).Message())
+			}
+		case fd.IsMap() && fd.MapValue().Message() != nil:
+			v.Map().Range(func(_ protoreflect.MapKey, mv protoreflect.Value) bool {
+				found = hasUnknown(mv.Message())
+				return !found
+			})
+		case !fd.IsList() && !fd.IsMap() && fd.Message() != nil:
+			found = hasUnknown(v.Message())
+		}
+		return !found
+	})
+	return found
 }
 
 // sameEvent refuses ev, whose fingerprint is fp, when the event first

@@ -11,6 +11,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -556,6 +557,22 @@ func TestAnEventIDUsedAgainForAnotherEventIsRefused(t *testing.T) {
 	}
 	if again, err := f.svc.ResolveEvent(ctx, fresh); err != nil || again.MemberID != out[2].MemberID {
 		t.Errorf("the batch's new event sent again: %v, %v; want its first answer", again, err)
+	}
+	// The same event with a field this version does not know (a channel
+	// on a later schema, or an instance of the version after during a
+	// rolling upgrade) is a redelivery, not another event.
+	raw, err := proto.Marshal(known)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw = protowire.AppendTag(raw, 999, protowire.VarintType)
+	raw = protowire.AppendVarint(raw, 7)
+	later := &mcv1.ChannelEvent{}
+	if err := proto.Unmarshal(raw, later); err != nil || len(later.ProtoReflect().GetUnknown()) == 0 {
+		t.Fatalf("an event with an unknown field: %v", err)
+	}
+	if _, err := f.svc.ResolveEvent(ctx, later); err != nil {
+		t.Errorf("the event with a field this version does not know: %v; want its first answer", err)
 	}
 }
 
