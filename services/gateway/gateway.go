@@ -208,8 +208,11 @@ type sse struct {
 }
 
 // sseParams are the query parameters of the event stream, each a field of
-// SubscribeRequest; member_ids may repeat.
-var sseParams = []string{"member_ids", "store_id", "channel", "label_id", "resume_token"}
+// SubscribeRequest; member_ids may repeat. EventSource polyfills (where
+// there is no native EventSource, as in mini-programs) send the last event
+// id as lastEventId, and some a cache-buster as "_": the first is a resume
+// token, the second is ignored.
+var sseParams = []string{"member_ids", "store_id", "channel", "label_id", "resume_token", "lastEventId", "_"}
 
 func (s *sse) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
@@ -230,6 +233,9 @@ func (s *sse) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		StoreId:     q.Get("store_id"),
 		LabelId:     q.Get("label_id"),
 		ResumeToken: q.Get("resume_token"),
+	}
+	if id := q.Get("lastEventId"); id != "" {
+		req.ResumeToken = id
 	}
 	if id := r.Header.Get("Last-Event-ID"); id != "" {
 		req.ResumeToken = id

@@ -59,7 +59,7 @@ func (syncer) Subscribe(req *mcv1.SubscribeRequest, s grpc.ServerStreamingServer
 		return err
 	}
 	return s.Send(&mcv1.SubscribeResponse{ResumeToken: "r1", Message: &mcv1.SubscribeResponse_Change{Change: &mcv1.MemberChange{
-		MemberId: req.GetMemberIds()[0], Sequence: 1, Channel: req.GetChannel()}}})
+		MemberId: req.GetMemberIds()[0], Sequence: 1, Channel: req.GetChannel(), CauseId: "after " + req.GetResumeToken()}}})
 }
 
 // serve runs the production gRPC edge with the fakes behind it and the
@@ -196,6 +196,13 @@ func TestServerSentEvents(t *testing.T) {
 		if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(b), want) {
 			t.Errorf("%s: %d %s; want 400 naming %s", query, resp.StatusCode, b, want)
 		}
+	}
+	// An EventSource polyfill resends the last id as lastEventId, and may
+	// add a cache-buster "_": the stream resumes after that id.
+	if resp := get("member_ids=0190c1f4-0000-7000-8000-000000000001&lastEventId=r7&_=1733500000000"); resp.StatusCode != http.StatusOK {
+		t.Errorf("a polyfill's reconnection: %d, want 200", resp.StatusCode)
+	} else if b, _ := io.ReadAll(resp.Body); !strings.Contains(string(b), "after r7") {
+		t.Errorf("a polyfill's reconnection:\n%s\nwant the stream resumed after its lastEventId r7", b)
 	}
 	resp := get("member_ids=0190c1f4-0000-7000-8000-000000000001&channel=app")
 	if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != "text/event-stream" {
