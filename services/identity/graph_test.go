@@ -694,6 +694,56 @@ func TestResolutionRacingAnErasureLinksNothingToTheErasedMember(t *testing.T) {
 	}
 }
 
+// A resolution that finds two members the rules may not merge, one of
+// them being erased, waits for the erasure before it writes anything: no
+// conflict and no audit row names the erased member, and the resolution
+// goes on with the other member alone. Before, the conflict was recorded
+// (with the erased member's masked phone and keyed hash in the audit),
+// where no erasure could reach it any more.
+func TestResolutionRacingAnErasureRecordsNoConflictWithTheErasedMember(t *testing.T) {
+	f := newServiceWithRules(t, "    may_merge: true\n    may_create: true\n    blocked: [\"test@example.com\"", "    may_merge: false\n    may_create: true\n    blocked: [\"test@example.com\"")
+	ctx := ctxT(t)
+	erased := f.resolve(t, "p", phone("13944450001")).GetMemberId()
+	byEmail := f.resolve(t, "e", email("kai2@example.cn")).GetMemberId()
+	tx, err := f.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx) //nolint:errcheck // committed below
+	if _, err := postgres.LockErasable(ctx, tx, uuid.MustParse(erased)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := postgres.EraseMembers(ctx, tx, []uuid.UUID{uuid.MustParse(erased)}); err != nil {
+		t.Fatal(err)
+	}
+	type answer struct {
+		resp *mcv1.ResolveResponse
+		err  error
+	}
+	done := make(chan answer, 1)
+	go func() {
+		resp, err := f.svc.Resolve(ctx, resolveReq("both", true, phone("13944450001"), email("kai2@example.cn")))
+		done <- answer{resp, err}
+	}()
+	pgtest.Eventually(t, "the resolution waits for the erasure", func() (bool, error) {
+		n, err := lockWaiters(ctx, f.pool)
+		return n == 1, err
+	})
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	a := <-done
+	if a.err != nil || a.resp.GetMemberId() != byEmail || a.resp.GetConflict() {
+		t.Errorf("resolution racing the erasure: %v, %v; want the e-mail's member, no conflict", a.resp, a.err)
+	}
+	if n := pgtest.Values[int](t, ctx, f.pool, `SELECT count(*)::int FROM identity_conflicts WHERE $1 = ANY(member_ids)`, uuid.MustParse(erased)); n[0] != 0 {
+		t.Errorf("%d conflicts name the erased member", n[0])
+	}
+	if n := pgtest.Values[int](t, ctx, f.pool, `SELECT count(*)::int FROM identity_audit WHERE (member_id = $1 OR other_member_id = $1) AND action <> 'create'`, uuid.MustParse(erased)); n[0] != 0 {
+		t.Errorf("%d audit rows about the erased member written after its erasure: %v", n[0], pgtest.Values[string](t, ctx, f.pool, `SELECT action || coalesce(other_member_id::text, '') FROM identity_audit WHERE member_id = $1 OR other_member_id = $1`, uuid.MustParse(erased)))
+	}
+}
+
 // Resolutions and links that each bring a member a new e-mail at once
 // count each other against the member's limit (3 e-mails): no more are
 // linked than the rules allow, and the rest are refused by the rule.

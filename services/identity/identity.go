@@ -262,6 +262,25 @@ func (s *Service) resolve(ctx context.Context, tx pgx.Tx, ids []Normalized, o re
 			return res, err
 		}
 	} else {
+		// The members found are locked (in id order) before anything is
+		// written about them — a merge, a conflict, a link —, as every
+		// writer of a member does. An erasure holds the lock from before
+		// it shreds their keys until it commits: a member erased meanwhile
+		// is found here, before a conflict or audit row names it, and its
+		// identifiers, gone now, are looked up again.
+		found := make([]uuid.UUID, len(matches))
+		for i, m := range matches {
+			found[i] = m.member
+		}
+		locked, err := postgres.LockMembers(ctx, tx, found...)
+		if err != nil {
+			return res, err
+		}
+		for _, m := range locked {
+			if m.Status == "erased" {
+				return s.resolve(ctx, tx, ids, o)
+			}
+		}
 		target := matches[0]
 		res.MemberID, res.Origin = target.member, target.origin
 		if err := s.mergeOrConflict(ctx, tx, &res, target, matches[1:], o); err != nil {
