@@ -293,11 +293,11 @@ func (s *Service) UpdateAttributes(ctx context.Context, req *mcv1.UpdateAttribut
 	resp := &mcv1.UpdateAttributesResponse{}
 	err = postgres.RetryTx(ctx, s.pool, func(tx pgx.Tx) error {
 		_, err := changes.Idempotent(ctx, tx, "profile.UpdateAttributes", req.GetIdempotencyKey(), req, resp, func() error {
-			member, err := postgres.CanonicalMember(ctx, tx, id)
+			member, _, err := postgres.LockCanonicalMember(ctx, tx, id)
 			if err != nil {
 				return err
 			}
-			attrs, changed, err := s.mergeAttributes(ctx, tx, member, want)
+			attrs, changed, err := s.mergeAttributes(ctx, tx, member, want) // locked: no wait
 			if err != nil {
 				return err
 			}
@@ -419,11 +419,8 @@ func (s *Service) SetConsent(ctx context.Context, req *mcv1.SetConsentRequest, c
 	cause := "rpc:profile.SetConsent:" + req.GetIdempotencyKey()
 	err = postgres.RetryTx(ctx, s.pool, func(tx pgx.Tx) error {
 		_, err := changes.Idempotent(ctx, tx, "profile.SetConsent", req.GetIdempotencyKey(), req, resp, func() error {
-			member, err := postgres.CanonicalMember(ctx, tx, id)
+			member, _, err := postgres.LockCanonicalMember(ctx, tx, id)
 			if err != nil {
-				return err
-			}
-			if _, err := postgres.LockMemberAttributes(ctx, tx, member); err != nil {
 				return err
 			}
 			now := s.now()

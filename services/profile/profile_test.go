@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -345,5 +346,57 @@ func TestWritesWaitingOnAnErasureAreNotFound(t *testing.T) {
 		UNION ALL SELECT 'outbox' FROM outbox WHERE member_id = $1`, id)
 	if len(left) != 0 {
 		t.Errorf("the erased member has %v", left)
+	}
+}
+
+// TestConsentAndAttributesRacingAMergeGoToTheSurvivor: SetConsent and
+// UpdateAttributes of a member that a merge absorbs while they wait for its
+// lock follow it to the survivor: the consent and the attributes are the
+// survivor's, and nothing is written to the absorbed member. Before, they
+// were written to the absorbed member, whose consent no one reads.
+func TestConsentAndAttributesRacingAMergeGoToTheSurvivor(t *testing.T) {
+	f := newFixture(t)
+	c := ctxT(t)
+	absorbed, survivor := f.member(t), f.member(t)
+	tx, err := f.pool.Begin(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(c) //nolint:errcheck // committed below
+	// As a merge does to the absorbed member's row, under its lock.
+	if _, err := tx.Exec(c, `UPDATE members SET status = 'merged', merged_into = $2 WHERE member_id = $1`, absorbed, survivor); err != nil {
+		t.Fatal(err)
+	}
+	errs := make(chan error, 2)
+	go func() {
+		_, err := f.srv.SetConsent(c, &mcv1.SetConsentRequest{MemberId: absorbed, Purpose: mcv1.ConsentPurpose_CONSENT_PURPOSE_MARKETING,
+			Granted: true, IdempotencyKey: "racing-consent"})
+		errs <- err
+	}()
+	go func() {
+		_, err := f.srv.UpdateAttributes(c, &mcv1.UpdateAttributesRequest{MemberId: absorbed, IdempotencyKey: "racing-attrs",
+			Attributes: map[string]string{"city": "Suzhou"}})
+		errs <- err
+	}()
+	pgtest.Eventually(t, "both calls wait for the merge's lock", func() (bool, error) {
+		var n int
+		err := f.pool.QueryRow(c, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&n)
+		return n == 2, err
+	})
+	if err := tx.Commit(c); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Errorf("a write that waited on the merge: %v", err)
+		}
+	}
+	got := pgtest.Values[string](t, c, f.pool, `SELECT 'consent of ' || member_id FROM member_consents
+		UNION ALL SELECT 'city of ' || member_id FROM members WHERE attributes ? 'city'`)
+	want := []string{"consent of " + survivor, "city of " + survivor}
+	slices.Sort(got)
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Errorf("written: %v; want %v (the survivor's)", got, want)
 	}
 }

@@ -82,15 +82,41 @@ func ReadProfile(ctx context.Context, q Batcher, id uuid.UUID) (ProfileRow, erro
 	return p, nil
 }
 
+// ErrMemberMoved is LockMemberAttributes' answer for a member merged into
+// another by a transaction that held the lock first, after the caller
+// found it: look the survivor up again (CanonicalMember) and lock it.
+var ErrMemberMoved = errors.New("merged into another member meanwhile")
+
+// LockCanonicalMember locks the member id stands for now (CanonicalMember)
+// and returns it with its attributes: one merged into another while this
+// waited for its lock is followed to the survivor, locked in turn.
+func LockCanonicalMember(ctx context.Context, tx pgx.Tx, id uuid.UUID) (uuid.UUID, map[string]string, error) {
+	for range 16 {
+		member, err := CanonicalMember(ctx, tx, id)
+		if err != nil {
+			return uuid.Nil, nil, err
+		}
+		attrs, err := LockMemberAttributes(ctx, tx, member)
+		if !errors.Is(err, ErrMemberMoved) {
+			return member, attrs, err
+		}
+	}
+	return uuid.Nil, nil, fmt.Errorf("member %s: merged again and again while waiting for it", id)
+}
+
 // LockMemberAttributes locks a member's row for the rest of tx and returns
 // its attributes. An unknown member is ErrNotFound, and so is one erased
-// (by a transaction that held the lock first, after the caller found it).
+// (by a transaction that held the lock first, after the caller found it);
+// one merged meanwhile is ErrMemberMoved.
 func LockMemberAttributes(ctx context.Context, tx pgx.Tx, member uuid.UUID) (map[string]string, error) {
 	var attrs map[string]string
 	var status string
 	err := tx.QueryRow(ctx, `SELECT attributes, status FROM members WHERE member_id = $1`+lockMemberRow, member).Scan(&attrs, &status)
 	if errors.Is(err, pgx.ErrNoRows) || err == nil && status == "erased" {
 		return nil, fmt.Errorf("member %s: %w", member, ErrNotFound)
+	}
+	if err == nil && status == "merged" {
+		return nil, fmt.Errorf("member %s: %w", member, ErrMemberMoved)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("lock member: %w", err)
