@@ -1,6 +1,7 @@
 package identity_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -649,6 +650,43 @@ func TestIdentityWritesOnAnErasedMemberAreNotFound(t *testing.T) {
 	}
 }
 
+// resolved is a Resolve's answer.
+type resolved struct {
+	resp *mcv1.ResolveResponse
+	err  error
+}
+
+// resolveDuringErasure resolves req while an erasure of member holds the
+// member's lock, the resolution waiting for it, then commits the erasure
+// and returns the resolution's answer.
+func (f fixture) resolveDuringErasure(t *testing.T, ctx context.Context, member string, req *mcv1.ResolveRequest) resolved {
+	t.Helper()
+	tx, err := f.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx) //nolint:errcheck // committed below
+	if _, err := postgres.LockErasable(ctx, tx, uuid.MustParse(member)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := postgres.EraseMembers(ctx, tx, []uuid.UUID{uuid.MustParse(member)}); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan resolved, 1)
+	go func() {
+		resp, err := f.svc.Resolve(ctx, req)
+		done <- resolved{resp, err}
+	}()
+	pgtest.Eventually(t, "the resolution waits for the erasure", func() (bool, error) {
+		n, err := lockWaiters(ctx, f.pool)
+		return n == 1, err
+	})
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return <-done
+}
+
 // A resolution that finds a member by its phone while the member is being
 // erased, and brings an e-mail to link, waits for the erasure and then
 // resolves again: the phone and the e-mail make a new member, and nothing
@@ -657,35 +695,7 @@ func TestIdentityWritesOnAnErasedMemberAreNotFound(t *testing.T) {
 func TestResolutionRacingAnErasureLinksNothingToTheErasedMember(t *testing.T) {
 	f, ctx := beginService(t)
 	erased := f.resolve(t, "a", phone("13922260001")).GetMemberId()
-	tx, err := f.pool.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tx.Rollback(ctx) //nolint:errcheck // committed below
-	if _, err := postgres.LockErasable(ctx, tx, uuid.MustParse(erased)); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := postgres.EraseMembers(ctx, tx, []uuid.UUID{uuid.MustParse(erased)}); err != nil {
-		t.Fatal(err)
-	}
-	type answer struct {
-		resp *mcv1.ResolveResponse
-		err  error
-	}
-	done := make(chan answer, 1)
-	go func() {
-		resp, err := f.svc.Resolve(ctx, resolveReq("b", true, phone("13922260001"), email("b@example.cn")))
-		done <- answer{resp, err}
-	}()
-	pgtest.Eventually(t, "the resolution waits for the erasure", func() (bool, error) {
-		var n int
-		err := f.pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&n)
-		return n == 1, err
-	})
-	if err := tx.Commit(ctx); err != nil {
-		t.Fatal(err)
-	}
-	a := <-done
+	a := f.resolveDuringErasure(t, ctx, erased, resolveReq("b", true, phone("13922260001"), email("b@example.cn")))
 	if a.err != nil || a.resp.GetMemberId() == erased || !a.resp.GetCreated() || len(a.resp.GetLinked()) != 2 {
 		t.Errorf("resolution racing the erasure: %v, %v; want a new member with both identifiers", a.resp, a.err)
 	}
@@ -705,34 +715,7 @@ func TestResolutionRacingAnErasureRecordsNoConflictWithTheErasedMember(t *testin
 	ctx := ctxT(t)
 	erased := f.resolve(t, "p", phone("13944450001")).GetMemberId()
 	byEmail := f.resolve(t, "e", email("kai2@example.cn")).GetMemberId()
-	tx, err := f.pool.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tx.Rollback(ctx) //nolint:errcheck // committed below
-	if _, err := postgres.LockErasable(ctx, tx, uuid.MustParse(erased)); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := postgres.EraseMembers(ctx, tx, []uuid.UUID{uuid.MustParse(erased)}); err != nil {
-		t.Fatal(err)
-	}
-	type answer struct {
-		resp *mcv1.ResolveResponse
-		err  error
-	}
-	done := make(chan answer, 1)
-	go func() {
-		resp, err := f.svc.Resolve(ctx, resolveReq("both", true, phone("13944450001"), email("kai2@example.cn")))
-		done <- answer{resp, err}
-	}()
-	pgtest.Eventually(t, "the resolution waits for the erasure", func() (bool, error) {
-		n, err := lockWaiters(ctx, f.pool)
-		return n == 1, err
-	})
-	if err := tx.Commit(ctx); err != nil {
-		t.Fatal(err)
-	}
-	a := <-done
+	a := f.resolveDuringErasure(t, ctx, erased, resolveReq("both", true, phone("13944450001"), email("kai2@example.cn")))
 	if a.err != nil || a.resp.GetMemberId() != byEmail || a.resp.GetConflict() {
 		t.Errorf("resolution racing the erasure: %v, %v; want the e-mail's member, no conflict", a.resp, a.err)
 	}

@@ -328,11 +328,7 @@ func TestWritesWaitingOnAnErasureAreNotFound(t *testing.T) {
 			Attributes: map[string]string{"name": "Wang Wu", "city": "Suzhou"}})
 		errs <- err
 	}()
-	pgtest.Eventually(t, "both calls wait for the erasure's lock", func() (bool, error) {
-		var n int
-		err := f.pool.QueryRow(c, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&n)
-		return n == 2, err
-	})
+	waitLockWaiters(t, c, f.pool, "both calls wait for the erasure's lock", 2)
 	if err := tx.Commit(c); err != nil {
 		t.Fatal(err)
 	}
@@ -378,11 +374,7 @@ func TestConsentAndAttributesRacingAMergeGoToTheSurvivor(t *testing.T) {
 			Attributes: map[string]string{"city": "Suzhou"}})
 		errs <- err
 	}()
-	pgtest.Eventually(t, "both calls wait for the merge's lock", func() (bool, error) {
-		var n int
-		err := f.pool.QueryRow(c, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&n)
-		return n == 2, err
-	})
+	waitLockWaiters(t, c, f.pool, "both calls wait for the merge's lock", 2)
 	if err := tx.Commit(c); err != nil {
 		t.Fatal(err)
 	}
@@ -399,4 +391,15 @@ func TestConsentAndAttributesRacingAMergeGoToTheSurvivor(t *testing.T) {
 	if !slices.Equal(got, want) {
 		t.Errorf("written: %v; want %v (the survivor's)", got, want)
 	}
+}
+
+// waitLockWaiters waits until n sessions of pool's database wait for a
+// lock.
+func waitLockWaiters(t *testing.T, c context.Context, pool *pgxpool.Pool, what string, n int) {
+	t.Helper()
+	pgtest.Eventually(t, what, func() (bool, error) {
+		var got int
+		err := pool.QueryRow(c, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&got)
+		return got == n, err
+	})
 }
