@@ -118,6 +118,11 @@ func (s *Service) ApplyPrepared(ctx context.Context, tx pgx.Tx, b *Batch, refuse
 	if err != nil {
 		return err
 	}
+	if len(todo) < len(b.todo) {
+		if err := refuseAgain(ctx, tx, b.todo, todo, refused); err != nil {
+			return err
+		}
+	}
 	if len(todo) == 0 {
 		return nil
 	}
@@ -125,8 +130,47 @@ func (s *Service) ApplyPrepared(ctx context.Context, tx pgx.Tx, b *Batch, refuse
 	if err := s.applyOps(ctx, tx, w, held, b.p, todo, refused, nil); err != nil {
 		return err
 	}
+	// Why an event was refused is kept with its processed mark, for a
+	// redelivery (refuseAgain).
+	refusals := map[string]string{}
+	for _, op := range todo {
+		if err := refused[op.i]; err != nil {
+			refusals[op.ev.GetEventId()] = err.Error()
+		}
+	}
+	if err := postgres.RecordRefusals(ctx, tx, Stage, refusals); err != nil {
+		return err
+	}
 	held.hold(w)
 	return s.flush(ctx, tx, w)
+}
+
+// refuseAgain refuses again the events of a batch delivered again (its
+// offsets not committed) that the stage refused the first time: their
+// dead letters, sent after the first transaction committed, were lost if
+// the process died in between. A letter may so be sent twice, never not
+// at all.
+func refuseAgain(ctx context.Context, tx pgx.Tx, all, fresh []batchOp, refused map[int]error) error {
+	isFresh := make(map[int]bool, len(fresh))
+	for _, op := range fresh {
+		isFresh[op.i] = true
+	}
+	var ids []string
+	for _, op := range all {
+		if !isFresh[op.i] {
+			ids = append(ids, op.ev.GetEventId())
+		}
+	}
+	stored, err := postgres.StoredRefusals(ctx, tx, Stage, ids)
+	if err != nil {
+		return err
+	}
+	for _, op := range all {
+		if reason, ok := stored[op.ev.GetEventId()]; ok && !isFresh[op.i] {
+			refused[op.i] = fault.Permanent(errors.New(reason))
+		}
+	}
+	return nil
 }
 
 // InTx runs fn in a transaction, and again in a new one while it loses a

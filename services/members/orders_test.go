@@ -146,8 +146,23 @@ func TestWhatTheProgrammeRefusesIsDeadLettered(t *testing.T) {
 			t.Errorf("event %s was not applied (ledger causes %v)", ev.GetEventId(), causes)
 		}
 	}
-	if after := f.state(t, c, m).balance; after >= before+30 || after <= 0 {
+	after := f.state(t, c, m).balance
+	if after >= before+30 || after <= 0 {
 		t.Errorf("balance %d → %d: want the first refund's reversal and the good purchase's points only", before, after)
+	}
+	// The batch delivered again (a process that died after the commit,
+	// before the letters went out): the refused events are refused again,
+	// with the same reasons, so that their letters are sent; nothing is
+	// applied twice.
+	again, err := f.a.ApplyBatch(c, []*mcv1.MemberEvent{first, second, overspend, good})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(again) != 2 || again[1] == nil || again[2] == nil || again[1].Error() != rejected[1].Error() || again[2].Error() != rejected[2].Error() || !fault.IsData(again[1]) {
+		t.Errorf("the batch delivered again: refused %v; want events 1 and 2 refused as before (%v)", again, rejected)
+	}
+	if s := f.state(t, c, m).balance; s != after {
+		t.Errorf("the batch delivered again moved the balance from %d to %d", after, s)
 	}
 	if err := pgtest.CheckLedger(c, f.pool); err != nil {
 		t.Fatal(err)

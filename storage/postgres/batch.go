@@ -19,6 +19,39 @@ func MarkProcessedBatch(ctx context.Context, q Querier, consumer string, eventID
 		SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING RETURNING event_id`, consumer, eventIDs)
 }
 
+// RecordRefusals keeps, with consumer's processed marks of the events
+// (event id → reason), why it refused them (migration 00042).
+func RecordRefusals(ctx context.Context, q Querier, consumer string, refusals map[string]string) error {
+	if len(refusals) == 0 {
+		return nil
+	}
+	ids, reasons := make([]string, 0, len(refusals)), make([]string, 0, len(refusals))
+	for id, r := range refusals {
+		ids, reasons = append(ids, id), append(reasons, r)
+	}
+	return exec(ctx, q, "record refusals", `UPDATE processed_events p SET refusal = x.r
+		  FROM unnest($2::text[], $3::text[]) AS x(id, r) WHERE p.consumer = $1 AND p.event_id = x.id`, consumer, ids, reasons)
+}
+
+// StoredRefusals returns why consumer refused those of the events it
+// refused (event id → reason).
+func StoredRefusals(ctx context.Context, q Querier, consumer string, eventIDs []string) (map[string]string, error) {
+	rows, err := q.Query(ctx, `SELECT event_id, refusal FROM processed_events WHERE consumer = $1 AND event_id = ANY($2) AND refusal IS NOT NULL`,
+		consumer, eventIDs)
+	if err != nil {
+		return nil, fmt.Errorf("stored refusals: %w", err)
+	}
+	out := map[string]string{}
+	var id, reason string
+	if _, err := pgx.ForEachRow(rows, []any{&id, &reason}, func() error {
+		out[id] = reason
+		return nil
+	}); err != nil {
+		return nil, fmt.Errorf("stored refusals: %w", err)
+	}
+	return out, nil
+}
+
 // LockedMember is a member row locked for the rest of a transaction.
 type LockedMember struct {
 	Attributes map[string]string
