@@ -9,10 +9,12 @@ import (
 	"bytes"
 	"context"
 	"crypto/hmac"
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sort"
 	"time"
 
@@ -20,6 +22,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protodesc"
 	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"github.com/membercenter/membercenter/pipeline/contract"
@@ -178,6 +181,8 @@ type resolveOpts struct {
 	// strict refuses the whole request (RPCs); otherwise a refused
 	// identifier is ignored and the rest are used (channel events).
 	strict bool
+	// again is set when the resolution is made again (resolveAgain).
+	again bool
 }
 
 func keyOf(n Normalized) postgres.IdentifierKey {
@@ -262,23 +267,23 @@ func (s *Service) resolve(ctx context.Context, tx pgx.Tx, ids []Normalized, o re
 			return res, err
 		}
 	} else {
-		// The members found are locked (in id order) before anything is
-		// written about them — a merge, a conflict, a link —, as every
-		// writer of a member does. An erasure holds the lock from before
-		// it shreds their keys until it commits: a member erased meanwhile
-		// is found here, before a conflict or audit row names it, and its
-		// identifiers, gone now, are looked up again.
-		found := make([]uuid.UUID, len(matches))
-		for i, m := range matches {
-			found[i] = m.member
-		}
-		locked, err := postgres.LockMembers(ctx, tx, found...)
-		if err != nil {
-			return res, err
-		}
-		for _, m := range locked {
-			if m.Status == "erased" {
-				return s.resolve(ctx, tx, ids, o)
+		// The members a merge or a conflict would write or name (the
+		// target and those found through a unique identifier; a shared
+		// identifier's holders, thousands for a store tablet, are never
+		// written) are locked in id order, in one statement, before
+		// anything is written about them, as every writer of a member
+		// does. An erasure holds the lock from before it shreds their keys
+		// until it commits: a member erased meanwhile is found here,
+		// before a conflict or audit row names it, and the identifiers,
+		// gone now, are looked up again. A lone target is locked by
+		// linkMissing, when something is linked to it.
+		if named := namedMembers(matches); len(named) > 1 {
+			locked, err := postgres.LockMembersForUpdate(ctx, tx, named)
+			if err != nil {
+				return res, err
+			}
+			if len(locked) < len(named) {
+				return s.resolveAgain(ctx, tx, ids, o)
 			}
 		}
 		target := matches[0]
@@ -291,11 +296,37 @@ func (s *Service) resolve(ctx context.Context, tx pgx.Tx, ids []Normalized, o re
 	if err := s.linkMissing(ctx, tx, &res, usable, byHash, now, o); errors.Is(err, errErasedMeanwhile) {
 		// Nothing was written for the erased member, and its identifiers
 		// are gone now that the erasure committed: resolve them again.
-		return s.resolve(ctx, tx, ids, o)
+		return s.resolveAgain(ctx, tx, ids, o)
 	} else if err != nil {
 		return res, err
 	}
 	return res, s.recordResolution(ctx, tx, &res, o)
+}
+
+// resolveAgain resolves ids again after a member found was erased while
+// the resolution waited for it (its identifiers gone with the erasure's
+// commit). Once only: a member found erased again would be an identifier
+// left to an erased member, and the transaction is tried anew (a
+// transient error) rather than looping.
+func (s *Service) resolveAgain(ctx context.Context, tx pgx.Tx, ids []Normalized, o resolveOpts) (Result, error) {
+	if o.again {
+		return Result{}, fault.Temporary(errors.New("a member found was erased while the resolution waited for it, twice"))
+	}
+	o.again = true
+	return s.resolve(ctx, tx, ids, o)
+}
+
+// namedMembers are the distinct members of matches a merge or a conflict
+// would write or name: the target (the first) and those found through a
+// unique identifier.
+func namedMembers(matches []match) []uuid.UUID {
+	out := []uuid.UUID{matches[0].member}
+	for _, m := range matches[1:] {
+		if m.unique && !slices.Contains(out, m.member) {
+			out = append(out, m.member)
+		}
+	}
+	return out
 }
 
 // errErasedMeanwhile: the member a resolution found was erased before the
@@ -677,82 +708,58 @@ func firstAnswer(ev *mcv1.ChannelEvent, fp []byte, ids []Normalized, prev postgr
 var ErrEventIDReused = errors.New("the event id was used before for a different event")
 
 // fingerprint tells a redelivered event from another event under its id:
-// a keyed hash (PII.Fingerprint) of the event as decoded, in its
-// deterministic encoding (a retry sent as JSON and one sent as protobuf
-// are the same event), without the fields this version does not know: an
-// instance of the version before a new field and one of the version after
-// give a redelivery the same fingerprint, as a rolling upgrade moves
-// partitions between them (an older one keeps an unknown field as bytes
-// after the others). Nil, and compared with nothing, for an event that
-// does not encode (ingest refuses those before).
+// the schema's tag (eventSchema) and a keyed hash (PII.Fingerprint) of the
+// event as decoded, in its deterministic encoding (a retry sent as JSON and
+// one sent as protobuf are the same event). Nil, and compared with
+// nothing, for an event that does not encode (ingest refuses those
+// before).
 func (s *Service) fingerprint(ev *mcv1.ChannelEvent) []byte {
-	known := ev
-	if hasUnknown(ev.ProtoReflect()) {
-		known = proto.Clone(ev).(*mcv1.ChannelEvent)
-		discardUnknown(known.ProtoReflect())
-	}
-	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(known)
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(ev)
 	if err != nil {
 		return nil
 	}
-	return s.pii.Fingerprint(b)
+	return append(eventSchema[:len(eventSchema):len(eventSchema)], s.pii.Fingerprint(b)...)
 }
 
-// discardUnknown drops the unknown fields of m and of every message in it.
-func discardUnknown(m protoreflect.Message) {
-	m.SetUnknown(nil)
-	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
-		switch {
-		case fd.IsList() && fd.Message() != nil:
-			for i, l := 0, v.List(); i < l.Len(); i++ {
-				discardUnknown(l.Get(i).Message())
-			}
-		case fd.IsMap() && fd.MapValue().Message() != nil:
-			v.Map().Range(func(_ protoreflect.MapKey, mv protoreflect.Value) bool {
-				discardUnknown(mv.Message())
-				return true
-			})
-		case !fd.IsList() && !fd.IsMap() && fd.Message() != nil:
-			discardUnknown(v.Message())
+// eventSchema tags a fingerprint with the ChannelEvent schema it was made
+// under (a hash of the descriptors of ChannelEvent and every message in
+// it): two versions of the platform that differ in a field of the event
+// encode the same record differently (one keeps the field, the other
+// drops it or keeps it as unknown bytes), so only fingerprints of one
+// schema are compared, and a redelivery across a rolling upgrade is never
+// refused as another event.
+var eventSchema = func() []byte {
+	h := sha256.New()
+	seen := map[protoreflect.FullName]bool{}
+	var walk func(md protoreflect.MessageDescriptor)
+	walk = func(md protoreflect.MessageDescriptor) {
+		if seen[md.FullName()] {
+			return
 		}
-		return true
-	})
-}
-
-// hasUnknown says whether m or a message in it holds unknown fields.
-func hasUnknown(m protoreflect.Message) bool {
-	if len(m.GetUnknown()) > 0 {
-		return true
+		seen[md.FullName()] = true
+		b, _ := proto.MarshalOptions{Deterministic: true}.Marshal(protodesc.ToDescriptorProto(md))
+		h.Write(b)
+		fields := md.Fields()
+		for i := range fields.Len() {
+			if m := fields.Get(i).Message(); m != nil {
+				walk(m)
+			}
+		}
 	}
-	found := false
-	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
-		switch {
-		case fd.IsList() && fd.Message() != nil:
-			for i, l := 0, v.List(); i < l.Len() && !found; i++ {
-				found = hasUnknown(l.Get(i).Message())
-			}
-		case fd.IsMap() && fd.MapValue().Message() != nil:
-			v.Map().Range(func(_ protoreflect.MapKey, mv protoreflect.Value) bool {
-				found = hasUnknown(mv.Message())
-				return !found
-			})
-		case !fd.IsList() && !fd.IsMap() && fd.Message() != nil:
-			found = hasUnknown(v.Message())
-		}
-		return !found
-	})
-	return found
-}
+	walk((&mcv1.ChannelEvent{}).ProtoReflect().Descriptor())
+	return h.Sum(nil)[:4]
+}()
 
 // sameEvent refuses ev, whose fingerprint is fp, when the event first
 // recorded under its id had another (first). Before, the new event got
 // the first one's answer and was passed on: the stages, which had applied
 // the first, passed over it, and ClickHouse kept its row in place of the
 // first's. An event recorded before fingerprints were (migration 00041),
-// or erased since, has none and is not compared.
+// or erased since, has none and is not compared, nor is one fingerprinted
+// under another schema of the event (eventSchema).
 func sameEvent(ev *mcv1.ChannelEvent, fp, first []byte) error {
-	if fp == nil || first == nil || hmac.Equal(fp, first) {
-		return nil
+	if fp == nil || first == nil || hmac.Equal(fp, first) || !bytes.HasPrefix(first, eventSchema) {
+		return nil // the same event, or one fingerprinted under another schema
 	}
 	return fault.Permanent(fmt.Errorf("event_id %q: %w (a redelivery sends the same event again; a new event needs an id of its own)",
 		ev.GetEventId(), ErrEventIDReused))

@@ -11,7 +11,6 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
-	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -558,21 +557,15 @@ func TestAnEventIDUsedAgainForAnotherEventIsRefused(t *testing.T) {
 	if again, err := f.svc.ResolveEvent(ctx, fresh); err != nil || again.MemberID != out[2].MemberID {
 		t.Errorf("the batch's new event sent again: %v, %v; want its first answer", again, err)
 	}
-	// The same event with a field this version does not know (a channel
-	// on a later schema, or an instance of the version after during a
-	// rolling upgrade) is a redelivery, not another event.
-	raw, err := proto.Marshal(known)
-	if err != nil {
+	// A fingerprint made under another schema of the event (by an
+	// instance of another version, during a rolling upgrade, which encodes
+	// the same record otherwise) is not compared: the redelivery gets its
+	// first answer.
+	if _, err := f.pool.Exec(ctx, `UPDATE ingested_events SET fingerprint = '\x00000000'::bytea || sha256(fingerprint) WHERE event_id = $1`, known.GetEventId()); err != nil {
 		t.Fatal(err)
 	}
-	raw = protowire.AppendTag(raw, 999, protowire.VarintType)
-	raw = protowire.AppendVarint(raw, 7)
-	later := &mcv1.ChannelEvent{}
-	if err := proto.Unmarshal(raw, later); err != nil || len(later.ProtoReflect().GetUnknown()) == 0 {
-		t.Fatalf("an event with an unknown field: %v", err)
-	}
-	if _, err := f.svc.ResolveEvent(ctx, later); err != nil {
-		t.Errorf("the event with a field this version does not know: %v; want its first answer", err)
+	if _, err := f.svc.ResolveEvent(ctx, known); err != nil {
+		t.Errorf("a redelivery fingerprinted under another schema first: %v; want its first answer", err)
 	}
 }
 
