@@ -41,11 +41,20 @@ func (s *Service) EraseMember(ctx context.Context, req *mcv1.EraseMemberRequest,
 	var shredded int64 // over the transaction's attempts
 	err = postgres.RetryTx(ctx, s.pool, func(tx pgx.Tx) error {
 		_, err := changes.Idempotent(ctx, tx, "profile.EraseMember", req.GetIdempotencyKey(), req, resp, func() error {
-			member, err := postgres.CanonicalMember(ctx, tx, id)
-			if err != nil {
-				return err
+			// A member a merge absorbed while this waited for its lock is
+			// followed to the survivor, which holds the person's data now.
+			var member uuid.UUID
+			var merged []uuid.UUID
+			var err error
+			for attempt := 0; ; attempt++ {
+				if member, err = postgres.CanonicalMember(ctx, tx, id); err != nil {
+					return err
+				}
+				merged, err = postgres.LockErasable(ctx, tx, member)
+				if !errors.Is(err, postgres.ErrMemberMoved) || attempt == 15 {
+					break
+				}
 			}
-			merged, err := postgres.LockErasable(ctx, tx, member)
 			if err != nil {
 				return err
 			}

@@ -403,3 +403,41 @@ func waitLockWaiters(t *testing.T, c context.Context, pool *pgxpool.Pool, what s
 		return got == n, err
 	})
 }
+
+// TestAnErasureRacingAMergeErasesTheSurvivor: an erasure of a member that
+// a merge absorbs while the erasure waits for its lock follows it to the
+// survivor, which holds the person's data now, and erases it (with the
+// absorbed member). Before, it answered NotFound and erased nothing.
+func TestAnErasureRacingAMergeErasesTheSurvivor(t *testing.T) {
+	f := newFixture(t)
+	c := ctxT(t)
+	absorbed, survivor := f.member(t), f.member(t)
+	tx, err := f.pool.Begin(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(c) //nolint:errcheck // committed below
+	if _, err := tx.Exec(c, `UPDATE members SET status = 'merged', merged_into = $2 WHERE member_id = $1`, absorbed, survivor); err != nil {
+		t.Fatal(err)
+	}
+	type answer struct {
+		resp *mcv1.EraseMemberResponse
+		err  error
+	}
+	done := make(chan answer, 1)
+	go func() {
+		resp, err := f.srv.EraseMember(c, &mcv1.EraseMemberRequest{MemberId: absorbed, Reason: "DSR-1", IdempotencyKey: "racing-erase"})
+		done <- answer{resp, err}
+	}()
+	waitLockWaiters(t, c, f.pool, "the erasure waits for the merge's lock", 1)
+	if err := tx.Commit(c); err != nil {
+		t.Fatal(err)
+	}
+	a := <-done
+	if a.err != nil || a.resp.GetMemberId() != survivor || !slices.Equal(a.resp.GetMergedMemberIds(), []string{absorbed}) {
+		t.Fatalf("an erasure that waited on the merge: %v, %v; want the survivor %s erased with %s", a.resp, a.err, survivor, absorbed)
+	}
+	if st := pgtest.Values[string](t, c, f.pool, `SELECT status FROM members WHERE member_id = $1`, survivor); st[0] != "erased" {
+		t.Errorf("the survivor is %s, want erased", st[0])
+	}
+}

@@ -20,6 +20,9 @@ func LockErasable(ctx context.Context, tx pgx.Tx, member uuid.UUID) ([]uuid.UUID
 		}
 		return nil, fmt.Errorf("lock member: %w", err)
 	}
+	if status == "merged" { // by a transaction that held the lock first
+		return nil, fmt.Errorf("member %s: %w", member, ErrMemberMoved)
+	}
 	if status != "active" {
 		return nil, fmt.Errorf("member %s is %s: %w", member, status, ErrNotFound)
 	}
