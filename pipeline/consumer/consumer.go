@@ -358,17 +358,12 @@ func (c *Consumer) handleOne(ctx context.Context, r *kgo.Record, fn RecordFunc) 
 		c.record(ctx, r, false)
 		return nil
 	}
-	if ctx.Err() != nil && !fault.IsData(err) {
+	if ctx.Err() != nil {
 		span.SetStatus(codes.Error, "stopped")
 		return ctx.Err()
 	}
 	span.SetStatus(codes.Error, err.Error())
-	// A refusal may come with the record's effects committed (a member
-	// stage records the event processed): its letter is sent even when
-	// the stage is stopping, as a batch's are.
-	lctx, cancel := context.WithTimeout(context.WithoutCancel(rctx), letterGrace)
-	defer cancel()
-	return c.deadLetter(lctx, r, err)
+	return c.deadLetter(rctx, r, err)
 }
 
 // attempt runs fn once under the retry limit as a deadline: a record whose
@@ -498,9 +493,8 @@ func (c *Consumer) handleBatch(ctx context.Context, rs []*kgo.Record, fn BatchFu
 	rejected, err := c.applyBatch(bctx, rs, fn, true)
 	c.latency.Record(ctx, c.now().Sub(start).Seconds(), c.inStage)
 	// The batch's effects are committed: its letters are sent even when
-	// the stage is stopping or its partitions were just revoked (a member
-	// stage's refusal is not made again when the batch is redelivered: the
-	// event is recorded processed), until letterGrace after the batch.
+	// the stage is stopping or its partitions were just revoked, until
+	// letterGrace after the batch.
 	lettersBy := time.Now().Add(letterGrace)
 	for i, r := range rs {
 		if err == nil {
@@ -575,8 +569,11 @@ func (c *Consumer) logFetchErrors(ctx context.Context, fetches kgo.Fetches) {
 }
 
 // letterGrace bounds how long the dead letters of a batch already applied
-// are still sent after the stage began to stop.
-const letterGrace = 30 * time.Second
+// are still sent after the stage began to stop: well within a process's
+// stop budget (MC_SHUTDOWN_GRACE, 10 s; Kubernetes' 30 s). A letter it
+// cannot send is not lost for good where the stage keeps its refusals
+// (the benefit stage: a redelivered batch refuses the event again).
+const letterGrace = 5 * time.Second
 
 // deadLetter sends r to the dead-letter topic with its reason, retrying
 // while Kafka is unavailable; it returns an error only when ctx ends.
