@@ -349,8 +349,9 @@ func (h *Hub) fanOut(d Delivery, partition int32, offset int64) {
 // CatchUpWait bounds how long a subscription resuming from a token waits
 // for this hub to read the change log as far as the token: a client that
 // reconnects to another replica than the one it read from may hold a token
-// a few milliseconds ahead of this replica's hub. Past it, the token is
-// ahead of the change log itself, and refused.
+// a few milliseconds ahead of this replica's hub. Past it, a token within
+// the change log is answered ErrFeedBehind (reconnect), and one beyond it
+// refused.
 const CatchUpWait = 3 * time.Second
 
 // CatchUp waits, at most wait, until the hub has read the change log up to
@@ -376,6 +377,36 @@ func (h *Hub) CatchUp(ctx context.Context, p Position, wait time.Duration) bool 
 			}
 		}
 	}
+}
+
+// ErrFeedBehind is a token within the change log that this replica's hub
+// has not read yet, after CatchUpWait (Unavailable: reconnect and resume
+// with it, here or at another replica).
+var ErrFeedBehind = errors.New("this replica's change feed has not reached the resume token yet; reconnect with it")
+
+// withinLog says whether every partition of p is at or before the end of
+// what is committed in the change log.
+func (h *Hub) withinLog(ctx context.Context, p Position) (bool, error) {
+	topic := h.kcfg.Topics.MemberChanges
+	admin, err := kafka.NewClient(h.kcfg, h.tel, "")
+	if err != nil {
+		return false, err
+	}
+	defer admin.Close()
+	ends, err := kadm.NewClient(admin.Client).ListCommittedOffsets(ctx, topic)
+	if err == nil {
+		err = ends.Error()
+	}
+	if err != nil {
+		return false, fmt.Errorf("list committed end offsets of %s: %w", topic, err)
+	}
+	for part, at := range p {
+		end, ok := ends.Lookup(topic, part)
+		if !ok || at > end.Offset {
+			return false, nil
+		}
+	}
+	return true, nil
 }
 
 func (h *Hub) reached(p Position) bool {

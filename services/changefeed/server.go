@@ -77,7 +77,13 @@ func (s *Server) Subscribe(req *mcv1.SubscribeRequest, stream mcv1.SyncService_S
 		case <-ctx.Done():
 			return ctx.Err()
 		}
-		s.hub.CatchUp(ctx, from, CatchUpWait)
+		if !s.hub.CatchUp(ctx, from, CatchUpWait) {
+			// Behind a token the log holds (a stalled hub), or a token
+			// beyond the log, which the replay refuses.
+			if within, err := s.hub.withinLog(ctx, from); err == nil && within {
+				return ErrFeedBehind
+			}
+		}
 	}
 	// Live changes buffer from here while the missed ones are replayed.
 	sub, live, err := s.hub.Subscribe(ctx, f)

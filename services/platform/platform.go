@@ -288,6 +288,7 @@ var errorCodes = []server.ErrorCode{
 	{Err: profile.ErrNoFacts, Code: codes.FailedPrecondition},
 	{Err: changefeed.ErrBadToken, Code: codes.InvalidArgument},
 	{Err: changefeed.ErrTokenExpired, Code: codes.OutOfRange},
+	{Err: changefeed.ErrFeedBehind, Code: codes.Unavailable},
 	{Err: changefeed.ErrUnknownLabel, Code: codes.InvalidArgument},
 	{Err: identity.ErrBadID, Code: codes.InvalidArgument},
 	{Err: identity.ErrRefused, Code: codes.FailedPrecondition},
