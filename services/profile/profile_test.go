@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -354,15 +355,7 @@ func TestConsentAndAttributesRacingAMergeGoToTheSurvivor(t *testing.T) {
 	f := newFixture(t)
 	c := ctxT(t)
 	absorbed, survivor := f.member(t), f.member(t)
-	tx, err := f.pool.Begin(c)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tx.Rollback(c) //nolint:errcheck // committed below
-	// As a merge does to the absorbed member's row, under its lock.
-	if _, err := tx.Exec(c, `UPDATE members SET status = 'merged', merged_into = $2 WHERE member_id = $1`, absorbed, survivor); err != nil {
-		t.Fatal(err)
-	}
+	tx := f.holdMerge(t, c, absorbed, survivor)
 	errs := make(chan error, 2)
 	go func() {
 		_, err := f.srv.SetConsent(c, &mcv1.SetConsentRequest{MemberId: absorbed, Purpose: mcv1.ConsentPurpose_CONSENT_PURPOSE_MARKETING,
@@ -412,14 +405,7 @@ func TestAnErasureRacingAMergeErasesTheSurvivor(t *testing.T) {
 	f := newFixture(t)
 	c := ctxT(t)
 	absorbed, survivor := f.member(t), f.member(t)
-	tx, err := f.pool.Begin(c)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tx.Rollback(c) //nolint:errcheck // committed below
-	if _, err := tx.Exec(c, `UPDATE members SET status = 'merged', merged_into = $2 WHERE member_id = $1`, absorbed, survivor); err != nil {
-		t.Fatal(err)
-	}
+	tx := f.holdMerge(t, c, absorbed, survivor)
 	type answer struct {
 		resp *mcv1.EraseMemberResponse
 		err  error
@@ -440,4 +426,19 @@ func TestAnErasureRacingAMergeErasesTheSurvivor(t *testing.T) {
 	if st := pgtest.Values[string](t, c, f.pool, `SELECT status FROM members WHERE member_id = $1`, survivor); st[0] != "erased" {
 		t.Errorf("the survivor is %s, want erased", st[0])
 	}
+}
+
+// holdMerge is a transaction that has done to absorbed's row what a merge
+// into survivor does, holding its lock until the caller commits it.
+func (f fixture) holdMerge(t *testing.T, c context.Context, absorbed, survivor string) pgx.Tx {
+	t.Helper()
+	tx, err := f.pool.Begin(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tx.Rollback(context.Background()) }) // committed by the test
+	if _, err := tx.Exec(c, `UPDATE members SET status = 'merged', merged_into = $2 WHERE member_id = $1`, absorbed, survivor); err != nil {
+		t.Fatal(err)
+	}
+	return tx
 }
