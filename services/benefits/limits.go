@@ -82,6 +82,24 @@ func (p *Program) checkRedeem(field string, v int64) error {
 	return nil
 }
 
+// checkBasketRedeem refuses what no member could redeem on a basket of
+// total, whatever it holds: points not in whole units of redemption, or
+// paying more of the basket than the programme lets points pay (before
+// coupons, which only lower what they may pay; the member stage checks
+// again after them). v is checked by checkRedeem first.
+func (p *Program) checkBasketRedeem(field string, v, total int64) error {
+	if v <= 0 {
+		return nil
+	}
+	if v%p.RedeemPerUnit != 0 {
+		return fieldErr(field, "%d: points to redeem must be a multiple of %d", v, p.RedeemPerUnit)
+	}
+	if value, most := v*100/p.RedeemPerUnit, floorMulDiv(total, p.RedeemMaxBP, 10000); value > most {
+		return fieldErr(field, "%d points would pay %d, and points may pay at most %d of this basket", v, value, most)
+	}
+	return nil
+}
+
 func (p *Program) checkAdjust(field string, v int64) error {
 	if v > p.Limits.MaxAdjustPoints || v < -p.Limits.MaxAdjustPoints {
 		return fieldErr(field, "%d is beyond the programme's maximum of %d points per adjustment either way", v, p.Limits.MaxAdjustPoints)
@@ -116,6 +134,9 @@ func (p *Program) checkPayload(tx *mcv1.Transaction, rf *mcv1.Refund) error {
 		if err := p.checkRedeem("transaction.points_redeemed", tx.GetPointsRedeemed()); err != nil {
 			return err
 		}
+		if err := p.checkBasketRedeem("transaction.points_redeemed", tx.GetPointsRedeemed(), tx.GetTotal().GetAmountMinor()); err != nil {
+			return err
+		}
 	}
 	if rf != nil {
 		if err := p.checkMoney("refund.amount", rf.GetAmount(), true); err != nil {
@@ -133,7 +154,8 @@ func (p *Program) checkPayload(tx *mcv1.Transaction, rf *mcv1.Refund) error {
 // reaches every stage or none): a transaction or refund in another
 // currency, a negative amount or one above the programme's maximum (total,
 // discount, basket lines, refund), more points redeemed than one redemption
-// may take, an occurred_at that is not a valid time or lies outside the
+// may take, points redeemed not in whole units or paying more of the
+// basket than points may, an occurred_at that is not a valid time or lies outside the
 // programme's window around now. The error names the field; it matches
 // ErrInvalid and is a data error. It reads the programme in force.
 func (s *Service) CheckEvent(ev *mcv1.ChannelEvent) error {
