@@ -259,7 +259,6 @@ func (h *Hub) Run(ctx context.Context) error {
 // waiting (with backoff, logged) while the topic or its brokers are not
 // there yet; an error that waiting cannot cure ends it.
 func (h *Hub) committedEnd(ctx context.Context) (Position, error) {
-	topic := h.kcfg.Topics.MemberChanges
 	admin, err := kafka.NewClient(h.kcfg, h.tel, "")
 	if err != nil {
 		return nil, err
@@ -268,23 +267,13 @@ func (h *Hub) committedEnd(ctx context.Context) (Position, error) {
 	adm := kadm.NewClient(admin.Client)
 	var b fault.Backoff
 	for {
-		ends, err := adm.ListCommittedOffsets(ctx, topic)
-		if err == nil {
-			err = ends.Error()
-		}
-		pos := Position{}
-		ends.Each(func(o kadm.ListedOffset) {
-			if o.Topic == topic && o.Err == nil {
-				pos[o.Partition] = o.Offset
-			}
-		})
+		pos, err := h.logEnd(ctx, adm)
 		if err == nil && len(pos) == 0 {
 			err = fault.Temporary(errors.New("no partitions yet"))
 		}
 		if err == nil {
 			return pos, nil
 		}
-		err = fmt.Errorf("list committed end offsets of %s: %w", topic, err)
 		if ctx.Err() != nil || fault.Classify(err) != fault.Transient {
 			return nil, err
 		}
@@ -294,6 +283,26 @@ func (h *Hub) committedEnd(ctx context.Context) (Position, error) {
 			return nil, ctx.Err()
 		}
 	}
+}
+
+// logEnd reads once where the committed part of the change log ends, per
+// partition.
+func (h *Hub) logEnd(ctx context.Context, adm *kadm.Client) (Position, error) {
+	topic := h.kcfg.Topics.MemberChanges
+	ends, err := adm.ListCommittedOffsets(ctx, topic)
+	if err == nil {
+		err = ends.Error()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list committed end offsets of %s: %w", topic, err)
+	}
+	pos := Position{}
+	ends.Each(func(o kadm.ListedOffset) {
+		if o.Topic == topic && o.Err == nil {
+			pos[o.Partition] = o.Offset
+		}
+	})
+	return pos, nil
 }
 
 // passIfIdle moves the position past a change when no one is subscribed,
@@ -387,22 +396,17 @@ var ErrFeedBehind = errors.New("this replica's change feed has not reached the r
 // withinLog says whether every partition of p is at or before the end of
 // what is committed in the change log.
 func (h *Hub) withinLog(ctx context.Context, p Position) (bool, error) {
-	topic := h.kcfg.Topics.MemberChanges
 	admin, err := kafka.NewClient(h.kcfg, h.tel, "")
 	if err != nil {
 		return false, err
 	}
 	defer admin.Close()
-	ends, err := kadm.NewClient(admin.Client).ListCommittedOffsets(ctx, topic)
-	if err == nil {
-		err = ends.Error()
-	}
+	end, err := h.logEnd(ctx, kadm.NewClient(admin.Client))
 	if err != nil {
-		return false, fmt.Errorf("list committed end offsets of %s: %w", topic, err)
+		return false, err
 	}
 	for part, at := range p {
-		end, ok := ends.Lookup(topic, part)
-		if !ok || at > end.Offset {
+		if e, ok := end[part]; !ok || at > e {
 			return false, nil
 		}
 	}
