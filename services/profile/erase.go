@@ -43,18 +43,11 @@ func (s *Service) EraseMember(ctx context.Context, req *mcv1.EraseMemberRequest,
 		_, err := changes.Idempotent(ctx, tx, "profile.EraseMember", req.GetIdempotencyKey(), req, resp, func() error {
 			// A member a merge absorbed while this waited for its lock is
 			// followed to the survivor, which holds the person's data now.
-			var member uuid.UUID
 			var merged []uuid.UUID
-			var err error
-			for attempt := 0; ; attempt++ {
-				if member, err = postgres.CanonicalMember(ctx, tx, id); err != nil {
-					return err
-				}
+			member, err := postgres.FollowingMerges(ctx, tx, id, func(member uuid.UUID) (err error) {
 				merged, err = postgres.LockErasable(ctx, tx, member)
-				if !errors.Is(err, postgres.ErrMemberMoved) || attempt == 15 {
-					break
-				}
-			}
+				return err
+			})
 			if err != nil {
 				return err
 			}

@@ -91,17 +91,29 @@ var ErrMemberMoved = errors.New("merged into another member meanwhile")
 // and returns it with its attributes: one merged into another while this
 // waited for its lock is followed to the survivor, locked in turn.
 func LockCanonicalMember(ctx context.Context, tx pgx.Tx, id uuid.UUID) (uuid.UUID, map[string]string, error) {
+	var attrs map[string]string
+	member, err := FollowingMerges(ctx, tx, id, func(member uuid.UUID) (err error) {
+		attrs, err = LockMemberAttributes(ctx, tx, member)
+		return err
+	})
+	return member, attrs, err
+}
+
+// FollowingMerges runs lock on the member id stands for now
+// (CanonicalMember) and returns that member; when lock finds it merged
+// into another meanwhile (ErrMemberMoved: lock waited for the merge), the
+// survivor is looked up and locked in turn.
+func FollowingMerges(ctx context.Context, q Querier, id uuid.UUID, lock func(member uuid.UUID) error) (uuid.UUID, error) {
 	for range 16 {
-		member, err := CanonicalMember(ctx, tx, id)
+		member, err := CanonicalMember(ctx, q, id)
 		if err != nil {
-			return uuid.Nil, nil, err
+			return uuid.Nil, err
 		}
-		attrs, err := LockMemberAttributes(ctx, tx, member)
-		if !errors.Is(err, ErrMemberMoved) {
-			return member, attrs, err
+		if err := lock(member); !errors.Is(err, ErrMemberMoved) {
+			return member, err
 		}
 	}
-	return uuid.Nil, nil, fmt.Errorf("member %s: merged again and again while waiting for it", id)
+	return uuid.Nil, fmt.Errorf("member %s: merged again and again while waiting for it", id)
 }
 
 // LockMemberAttributes locks a member's row for the rest of tx and returns
