@@ -21,6 +21,7 @@ import (
 	"github.com/membercenter/membercenter/storage/postgres"
 	"github.com/membercenter/membercenter/storage/postgres/pgtest"
 
+	"github.com/membercenter/membercenter/pipeline/clocktest"
 	"github.com/membercenter/membercenter/services/attributes"
 	"github.com/membercenter/membercenter/services/changes"
 	"github.com/membercenter/membercenter/services/identity/identitytest"
@@ -312,29 +313,14 @@ func TestWritesWaitingOnAnErasureAreNotFound(t *testing.T) {
 	}
 	// As EraseMember does: the data key shredded (in the key store, at
 	// once), then the rows, committed after.
-	if _, err := identitytest.Keys(t, f.pool).Shred(c, []uuid.UUID{id}, time.Now()); err != nil {
+	if _, err := identitytest.Keys(t, f.pool).Shred(c, []uuid.UUID{id}, clocktest.Start()); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := postgres.EraseMembers(c, tx, []uuid.UUID{id}); err != nil {
 		t.Fatal(err)
 	}
-	errs := make(chan error, 2)
-	go func() {
-		_, err := f.srv.SetConsent(c, &mcv1.SetConsentRequest{MemberId: m, Purpose: mcv1.ConsentPurpose_CONSENT_PURPOSE_MARKETING,
-			Granted: true, IdempotencyKey: "racing-consent"})
-		errs <- err
-	}()
-	go func() {
-		_, err := f.srv.UpdateAttributes(c, &mcv1.UpdateAttributesRequest{MemberId: m, IdempotencyKey: "racing-attrs",
-			Attributes: map[string]string{"name": "Wang Wu", "city": "Suzhou"}})
-		errs <- err
-	}()
-	waitLockWaiters(t, c, f.pool, "both calls wait for the erasure's lock", 2)
-	if err := tx.Commit(c); err != nil {
-		t.Fatal(err)
-	}
-	for range 2 {
-		if err := <-errs; !errors.Is(err, postgres.ErrNotFound) {
+	for _, err := range f.writesWaitingOn(t, c, tx, "the erasure", m, map[string]string{"name": "Wang Wu", "city": "Suzhou"}) {
+		if !errors.Is(err, postgres.ErrNotFound) {
 			t.Errorf("a write that waited on the erasure: %v; want not found", err)
 		}
 	}
@@ -356,23 +342,8 @@ func TestConsentAndAttributesRacingAMergeGoToTheSurvivor(t *testing.T) {
 	c := ctxT(t)
 	absorbed, survivor := f.member(t), f.member(t)
 	tx := f.holdMerge(t, c, absorbed, survivor)
-	errs := make(chan error, 2)
-	go func() {
-		_, err := f.srv.SetConsent(c, &mcv1.SetConsentRequest{MemberId: absorbed, Purpose: mcv1.ConsentPurpose_CONSENT_PURPOSE_MARKETING,
-			Granted: true, IdempotencyKey: "racing-consent"})
-		errs <- err
-	}()
-	go func() {
-		_, err := f.srv.UpdateAttributes(c, &mcv1.UpdateAttributesRequest{MemberId: absorbed, IdempotencyKey: "racing-attrs",
-			Attributes: map[string]string{"city": "Suzhou"}})
-		errs <- err
-	}()
-	waitLockWaiters(t, c, f.pool, "both calls wait for the merge's lock", 2)
-	if err := tx.Commit(c); err != nil {
-		t.Fatal(err)
-	}
-	for range 2 {
-		if err := <-errs; err != nil {
+	for _, err := range f.writesWaitingOn(t, c, tx, "the merge", absorbed, map[string]string{"city": "Suzhou"}) {
+		if err != nil {
 			t.Errorf("a write that waited on the merge: %v", err)
 		}
 	}
@@ -441,4 +412,26 @@ func (f fixture) holdMerge(t *testing.T, c context.Context, absorbed, survivor s
 		t.Fatal(err)
 	}
 	return tx
+}
+
+// writesWaitingOn makes a SetConsent and an UpdateAttributes (attrs) of
+// member while tx (what) holds the member's lock, waits until both wait for
+// it, commits tx and returns both calls' errors.
+func (f fixture) writesWaitingOn(t *testing.T, c context.Context, tx pgx.Tx, what, member string, attrs map[string]string) []error {
+	t.Helper()
+	errs := make(chan error, 2)
+	go func() {
+		_, err := f.srv.SetConsent(c, &mcv1.SetConsentRequest{MemberId: member, Purpose: mcv1.ConsentPurpose_CONSENT_PURPOSE_MARKETING,
+			Granted: true, IdempotencyKey: "racing-consent"})
+		errs <- err
+	}()
+	go func() {
+		_, err := f.srv.UpdateAttributes(c, &mcv1.UpdateAttributesRequest{MemberId: member, IdempotencyKey: "racing-attrs", Attributes: attrs})
+		errs <- err
+	}()
+	waitLockWaiters(t, c, f.pool, "both calls wait for "+what+"'s lock", 2)
+	if err := tx.Commit(c); err != nil {
+		t.Fatal(err)
+	}
+	return []error{<-errs, <-errs}
 }
