@@ -244,18 +244,14 @@ func benchPipeline(ctx context.Context, e *platformtest.Env, members int, o pipe
 	if r.url, err = pgbench.DatabaseURL(e.Config.Postgres.URL, db); err != nil {
 		return res, err
 	}
-	if err := pgbench.CreateDatabase(ctx, e.P.Pool(), db); err != nil {
+	r.newGenerator()
+	defer func() { // the platform open at the end
+		if r.p != nil {
+			r.p.Close()
+		}
+	}()
+	if res.preload, err = r.openTemplate(ctx, db); err != nil {
 		return res, err
-	}
-	if err := r.open(ctx); err != nil {
-		return res, err
-	}
-	defer func() { r.p.Close() }() // the platform open at the end
-	if err := r.p.Migrate(ctx); err != nil {
-		return res, err
-	}
-	if res.preload, err = r.preload(ctx, db); err != nil {
-		return res, fmt.Errorf("preload: %w", err)
 	}
 	// A database built before 2026-12-08 holds the history of the day it
 	// was built (see warm): built anew, with the preload alone.
@@ -267,17 +263,8 @@ func benchPipeline(ctx context.Context, e *platformtest.Env, members int, o pipe
 		if err := pgbench.DropDatabase(ctx, e.P.Pool(), db); err != nil {
 			return res, err
 		}
-		if err := pgbench.CreateDatabase(ctx, e.P.Pool(), db); err != nil {
+		if res.preload, err = r.openTemplate(ctx, db); err != nil {
 			return res, err
-		}
-		if err := r.openPlatform(ctx); err != nil {
-			return res, err
-		}
-		if err := r.p.Migrate(ctx); err != nil {
-			return res, err
-		}
-		if res.preload, err = r.preload(ctx, db); err != nil {
-			return res, fmt.Errorf("preload: %w", err)
 		}
 	}
 	if r.ch, err = clickhouse.Open(ctx, r.chcfg); err != nil {
@@ -482,10 +469,35 @@ func (r *pipelineRun) open(ctx context.Context) error {
 	if err := r.openPlatform(ctx); err != nil {
 		return err
 	}
+	r.newGenerator()
+	return nil
+}
+
+// newGenerator makes the run's workload generator (its span ends r.behind
+// days before r.day).
+func (r *pipelineRun) newGenerator() {
 	start := r.day.AddDate(0, 0, -pipelineDays-r.behind)
 	r.g = loadgen.New(loadgen.Config{Seed: r.o.seed, Members: r.members, Days: pipelineDays, Start: start,
 		Events: r.o.events, IDPrefix: r.run, CouponRate: -1})
-	return nil
+}
+
+// openTemplate creates the scenario's database db unless it exists, opens
+// the platform over it (r.url), migrates it and preloads its members.
+func (r *pipelineRun) openTemplate(ctx context.Context, db string) (preloadResult, error) {
+	if err := pgbench.CreateDatabase(ctx, r.e.P.Pool(), db); err != nil {
+		return preloadResult{}, err
+	}
+	if err := r.openPlatform(ctx); err != nil {
+		return preloadResult{}, err
+	}
+	if err := r.p.Migrate(ctx); err != nil {
+		return preloadResult{}, err
+	}
+	res, err := r.preload(ctx, db)
+	if err != nil {
+		return res, fmt.Errorf("preload: %w", err)
+	}
+	return res, nil
 }
 
 // pipelineDays is the span of the simulated clock of the pipeline bench's
