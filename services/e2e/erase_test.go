@@ -60,6 +60,18 @@ func TestEraseMemberLeavesNothingReadable(t *testing.T) {
 			member = c.GetMemberId()
 		}
 	}
+	// An account the member was merged into by mistake, the merge undone:
+	// that account's changes of the merge and the unmerge list the
+	// member's identifiers; they stay its own, blanked, after the erasure.
+	partner := e.createMember(t, ctx, mcv1.Channel_CHANNEL_POS, "erase-partner", "13722226666", "")
+	mistake, err := ids.Merge(ctx, &mcv1.MergeRequest{SourceMemberId: member, TargetMemberId: partner, Reason: "same person?", IdempotencyKey: "erase-mistake"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ids.Unmerge(ctx, &mcv1.UnmergeRequest{MergeId: mistake.GetMergeId(), Reason: "two people", IdempotencyKey: "erase-unmerge"}); err != nil {
+		t.Fatal(err)
+	}
+	partnerChanges := `SELECT count() FROM member_changes FINAL WHERE member_id = ? AND change_type = 'identity_changed' AND position(payload, ?) > 0`
 	if _, err := profiles.UpdateAttributes(ctx, &mcv1.UpdateAttributesRequest{MemberId: member, IdempotencyKey: "erase-attrs",
 		Attributes: map[string]string{"mobile": "136 2222 7777", "name": "Erase Me Fully", "birth_date": "1991-02-03"}}); err != nil {
 		t.Fatal(err)
@@ -77,8 +89,11 @@ func TestEraseMemberLeavesNothingReadable(t *testing.T) {
 	// Everything in ClickHouse, and the values to look for afterwards:
 	// the raw ones, and the keyed hashes and ciphertexts PostgreSQL holds.
 	eventually(t, "the member's changes and profile in ClickHouse", func() (bool, error) {
-		var unpublished, changes, profilesRows uint64
+		var unpublished, changes, profilesRows, naming uint64
 		if err := e.pool.QueryRow(ctx, `SELECT count(*) FROM outbox_pending`).Scan(&unpublished); err != nil {
+			return false, err
+		}
+		if err := e.ch.QueryRow(ctx, partnerChanges, partner, member).Scan(&naming); err != nil || naming < 2 {
 			return false, err
 		}
 		if err := e.ch.QueryRow(ctx, `SELECT count() FROM member_changes FINAL WHERE member_id = ?`, member).Scan(&changes); err != nil {
@@ -176,7 +191,7 @@ func TestEraseMemberLeavesNothingReadable(t *testing.T) {
 		t.Fatal(err)
 	}
 	if resp.GetMemberId() != member || !slices.Equal(resp.GetMergedMemberIds(), []string{folded}) || resp.GetPostgresRows()["member_identifiers"] < 3 ||
-		resp.GetPostgresRows()["member_keys"] != 2 {
+		resp.GetPostgresRows()["member_keys"] != 2 || resp.GetPostgresRows()["outbox_others"] != 2 {
 		t.Errorf("EraseMember of the merged id answered %v", resp)
 	}
 	// Crypto-shredding: the backup's ciphertexts and the dead letter no
@@ -245,6 +260,12 @@ func TestEraseMemberLeavesNothingReadable(t *testing.T) {
 		if l := dlq.Parse(r); l.Stage == sink.Stage {
 			t.Errorf("the sink dead-lettered %s/%d@%d: %s", l.Topic, l.Partition, l.Offset, l.Reason)
 		}
+	}
+	// The partner keeps its changes of the mistaken merge and its undoing,
+	// naming the member (the scan below finds nothing else of it there).
+	var naming uint64
+	if err := e.ch.QueryRow(ctx, partnerChanges, partner, member).Scan(&naming); err != nil || naming != 2 {
+		t.Errorf("the partner's identity changes naming the erased member: %d, %v; want the merge and the unmerge", naming, err)
 	}
 	var erasedRows uint64
 	if err := e.ch.QueryRow(ctx, `SELECT count() FROM member_changes FINAL WHERE member_id = ? AND change_type = 'member_erased'`, member).Scan(&erasedRows); err != nil || erasedRows != 1 {

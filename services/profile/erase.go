@@ -10,6 +10,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
@@ -67,6 +68,9 @@ func (s *Service) EraseMember(ctx context.Context, req *mcv1.EraseMemberRequest,
 			if err != nil {
 				return err
 			}
+			if rows["outbox_others"], err = blankOthersChanges(ctx, tx, all); err != nil {
+				return err
+			}
 			rows["member_keys"] = shredded
 			// A migrated member's legacy record stays, under a keyed hash
 			// of its id and linked to no one, so that an import run again
@@ -109,4 +113,43 @@ func (s *Service) EraseMember(ctx context.Context, req *mcv1.EraseMemberRequest,
 		return nil, err
 	}
 	return resp, nil
+}
+
+// blankOthersChanges blanks what other members' changes still in the
+// outbox hold of the erased members: the identity change of a merge
+// undone since, of an unmerge, a refused merge or a conflict with one of
+// them lists the identifiers that moved (theirs: keyed hashes, masked
+// values) and both sides' summaries. The change stays, naming the erased
+// member by its id alone, as the audit record it announces does
+// (postgres.EraseMembers). It returns how many changes it blanked.
+func blankOthersChanges(ctx context.Context, tx pgx.Tx, erased []uuid.UUID) (int64, error) {
+	rows, err := postgres.OthersOutboxNaming(ctx, tx, erased)
+	if err != nil {
+		return 0, err
+	}
+	names := make(map[string]bool, len(erased))
+	for _, m := range erased {
+		names[m.String()] = true
+	}
+	var n int64
+	for _, r := range rows {
+		var c mcv1.MemberChange
+		if err := proto.Unmarshal(r.Payload, &c); err != nil {
+			return n, fmt.Errorf("erase: outbox change %d: %w", r.OutboxID, err)
+		}
+		ic := c.GetIdentityChanged()
+		if ic == nil || !names[ic.GetOtherMemberId()] {
+			continue // names them otherwise (a cause id, say), holds nothing of theirs
+		}
+		ic.Identifiers, ic.Before, ic.After = nil, "{}", "{}"
+		b, err := proto.Marshal(&c)
+		if err != nil {
+			return n, fmt.Errorf("erase: outbox change %d: %w", r.OutboxID, err)
+		}
+		if err := postgres.SetOutboxPayload(ctx, tx, r.OutboxID, b); err != nil {
+			return n, err
+		}
+		n++
+	}
+	return n, nil
 }

@@ -87,14 +87,45 @@ var withheldReasons = map[string]string{
 // it lent in the merge's snapshot — shows that member's id and nothing else
 // of theirs (docs/security.md#data-subject-requests).
 var othersColumns = map[string]struct {
-	about   []string
+	about []string
+	// aboutOf, where no column says whom a row is about, reads it from
+	// the row.
+	aboutOf func(row map[string]any) []string
 	columns []string
 }{
-	// An audit row of a merge, unmerge or refusal records both sides.
-	"identity_audit": {about: []string{"member_id", "other_member_id"}, columns: []string{"identifiers", "before", "after"}},
+	// An audit row of a merge, unmerge or refusal records both sides; the
+	// reason of one the platform made names both sides' identifiers
+	// (masked: "phone 137****5611 and phone 137****5612 seen together").
+	"identity_audit": {about: []string{"member_id", "other_member_id"}, columns: []string{"identifiers", "before", "after", "reason"}},
 	// A merge's snapshot is what the source brought: its account, and the
-	// attributes it lent the target.
-	"merges": {about: []string{"source_member_id"}, columns: []string{"snapshot"}},
+	// attributes it lent the target; its reason, as the audit's.
+	"merges": {about: []string{"source_member_id"}, columns: []string{"snapshot", "reason"}},
+	// A conflict lists the identifiers presented together, which pointed
+	// at several members: some of them another member's (its reason names
+	// them too).
+	"identity_conflicts": {about: []string{"member_ids"}, columns: []string{"identifiers", "reason"}},
+	// ClickHouse's copy of the change stream: the identity change of a
+	// merge, unmerge, refusal or conflict names the other member and lists
+	// the identifiers that moved (theirs) and both sides' summaries.
+	"member_changes": {aboutOf: identityChangeOther, columns: []string{"payload"}},
+}
+
+// identityChangeOther is the other member an identity change in
+// ClickHouse's member_changes names, if any.
+func identityChangeOther(row map[string]any) []string {
+	if t, _ := row["change_type"].(string); t != "identity_changed" {
+		return nil
+	}
+	p, _ := row["payload"].(string)
+	var c struct {
+		IdentityChanged struct {
+			OtherMemberID string `json:"otherMemberId"`
+		} `json:"identityChanged"`
+	}
+	if err := json.Unmarshal([]byte(p), &c); err != nil || c.IdentityChanged.OtherMemberID == "" {
+		return nil
+	}
+	return []string{c.IdentityChanged.OtherMemberID}
 }
 
 const othersReason = "what the row records of a member outside this export (the other side of a merge undone " +
@@ -106,9 +137,25 @@ func withholdOthers(table string, row map[string]any, members map[string]bool) {
 	if !ok {
 		return
 	}
-	outside := false
+	var about []string
 	for _, c := range o.about {
-		if m, _ := row[c].(string); m != "" && !members[m] {
+		switch v := row[c].(type) {
+		case string:
+			about = append(about, v)
+		case []any: // an array column (identity_conflicts.member_ids)
+			for _, m := range v {
+				if m, ok := m.(string); ok {
+					about = append(about, m)
+				}
+			}
+		}
+	}
+	if o.aboutOf != nil {
+		about = append(about, o.aboutOf(row)...)
+	}
+	outside := false
+	for _, m := range about {
+		if m != "" && !members[m] {
 			outside = true
 		}
 	}

@@ -5,11 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
+	"google.golang.org/protobuf/proto"
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 	"github.com/membercenter/membercenter/storage/clickhouse"
@@ -17,8 +20,11 @@ import (
 	"github.com/membercenter/membercenter/storage/postgres"
 	"github.com/membercenter/membercenter/storage/postgres/pgtest"
 
+	"github.com/membercenter/membercenter/pipeline/contract"
+
 	"github.com/membercenter/membercenter/services/auth"
 	"github.com/membercenter/membercenter/services/changes"
+	"github.com/membercenter/membercenter/services/facts"
 	"github.com/membercenter/membercenter/services/identity"
 	"github.com/membercenter/membercenter/services/profile"
 )
@@ -249,7 +255,17 @@ func TestExportShowsTheOtherSideOfAnUndoneMergeByIdOnly(t *testing.T) {
 	f.svc.SetClock(func() time.Time { return at })
 	ch, _ := chtest.NewDB(t)
 	f.svc.SetFacts(ch)
-	ids, err := identity.New(identity.Config{DefaultRegion: "CN"}, f.pool, changes.Writer{}, slog.New(slog.DiscardHandler))
+	// The default rules, but two identifiers a member at most.
+	def, err := os.ReadFile("../identity/rules.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	strict := strings.Replace(string(def), "max_identifiers: 100", "max_identifiers: 2", 1)
+	rules := filepath.Join(t.TempDir(), "rules.yaml")
+	if err := os.WriteFile(rules, []byte(strict), 0o600); err != nil || strict == string(def) {
+		t.Fatalf("rules with max_identifiers 2: %v", err)
+	}
+	ids, err := identity.New(identity.Config{DefaultRegion: "CN", RulesPath: rules}, f.pool, changes.Writer{}, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -276,19 +292,34 @@ func TestExportShowsTheOtherSideOfAnUndoneMergeByIdOnly(t *testing.T) {
 	if _, err := ids.Unmerge(c, &mcv1.UnmergeRequest{MergeId: m.GetMergeId(), Reason: "two people", IdempotencyKey: "undone-unmerge"}); err != nil {
 		t.Fatal(err)
 	}
-	// The audit as the sink copies it to ClickHouse.
-	audit := pgtest.Values[string](t, c, f.pool, `SELECT json_build_object('id', audit_id, 'member', member_id, 'other', coalesce(other_member_id::text, ''),
-		'action', action, 'identifiers', identifiers::text, 'before', before::text, 'after', after::text)::text FROM identity_audit`)
-	var rows []clickhouse.AuditRow
-	for _, a := range audit {
-		var r struct{ ID, Member, Other, Action, Identifiers, Before, After string }
-		if err := json.Unmarshal([]byte(a), &r); err != nil {
+	// The source gains an e-mail; then the two phones presented together
+	// point at two members merge protection keeps apart (three identifiers
+	// would be one too many): a conflict, recorded with both phones.
+	if _, err := ids.Resolve(c, &mcv1.ResolveRequest{Channel: mcv1.Channel_CHANNEL_APP, IdempotencyKey: "undone-mail",
+		Identifiers: []*mcv1.Identifier{{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_PHONE, Value: "13712345612"},
+			{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_EMAIL, Value: "undone@example.com"}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ids.Resolve(c, &mcv1.ResolveRequest{Channel: mcv1.Channel_CHANNEL_POS, CreateIfMissing: true, IdempotencyKey: "undone-both",
+		Identifiers: []*mcv1.Identifier{{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_PHONE, Value: "13712345611"},
+			{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_PHONE, Value: "13712345612"}}}); err != nil {
+		t.Fatal(err)
+	}
+	if n := pgtest.Values[int](t, c, f.pool, `SELECT count(*)::int FROM identity_conflicts WHERE $1 = ANY(member_ids) AND identifiers::text LIKE '%' || $2 || '%'`,
+		uuid.MustParse(target), sourceMasked); n[0] != 1 {
+		t.Fatalf("%d conflicts of the target listing the source's phone; want 1", n[0])
+	}
+	// The change stream as the sink copies it to ClickHouse (changes, and
+	// the identity audit derived from them).
+	var stream []contract.FactChange
+	for _, p := range pgtest.Values[[]byte](t, c, f.pool, `SELECT payload FROM outbox ORDER BY outbox_id`) {
+		m := &mcv1.MemberChange{}
+		if err := proto.Unmarshal(p, m); err != nil {
 			t.Fatal(err)
 		}
-		rows = append(rows, clickhouse.AuditRow{AuditID: r.ID, At: at, Action: r.Action, MemberID: r.Member, OtherMemberID: r.Other,
-			Identifiers: r.Identifiers, Before: r.Before, After: r.After, InsertedAt: at})
+		stream = append(stream, contract.FactChange{Msg: m})
 	}
-	if err := clickhouse.NewWriter(ch).InsertAudit(c, rows); err != nil {
+	if err := (facts.Writer{W: clickhouse.NewWriter(ch), Now: func() time.Time { return at }}).WriteChanges(c, stream); err != nil {
 		t.Fatal(err)
 	}
 
@@ -299,7 +330,8 @@ func TestExportShowsTheOtherSideOfAnUndoneMergeByIdOnly(t *testing.T) {
 	doc := string(d.Document)
 	for _, s := range []string{sourceName, sourceMasked, sourceHash} {
 		if strings.Contains(doc, s) {
-			t.Errorf("the export of %s holds %q of the member unmerged from it", target, s)
+			i := strings.Index(doc, s)
+			t.Errorf("the export of %s holds %q of the member unmerged from it: …%s…", target, s, doc[max(0, i-300):min(len(doc), i+100)])
 		}
 	}
 	var parsed exportDoc
@@ -317,5 +349,17 @@ func TestExportShowsTheOtherSideOfAnUndoneMergeByIdOnly(t *testing.T) {
 		if len(db["identity_audit"]) < 4 {
 			t.Errorf("identity_audit rows %v; want the create, the merge and the unmerge on both sides", db["identity_audit"])
 		}
+	}
+	// The rows naming the source are there, by its id; what they hold of
+	// it is withheld.
+	naming := 0
+	for _, r := range parsed.ClickHouse["member_changes"] {
+		if p, _ := r["payload"].(string); r["change_type"] == "identity_changed" && (p == "<withheld>" || strings.Contains(p, source)) {
+			naming++
+		}
+	}
+	if naming < 3 || len(parsed.Postgres["identity_conflicts"]) != 1 || parsed.Postgres["identity_conflicts"][0]["identifiers"] != "<withheld>" {
+		t.Errorf("%d identity changes naming the source in ClickHouse (want the merge, the unmerge and the conflict), conflicts %v",
+			naming, parsed.Postgres["identity_conflicts"])
 	}
 }

@@ -59,6 +59,18 @@ func (s *Schema) EraseMembers(ctx context.Context, tables []string, members []st
 			if err := conn.Exec(ctx, "ALTER TABLE "+table+" DELETE WHERE "+where); err != nil {
 				return fmt.Errorf("erase members from %s: %w", table, err)
 			}
+			if t == "member_changes" {
+				// Another member's identity change of a merge (undone
+				// since), an unmerge, a refusal or a conflict with the
+				// erased one lists its identifiers and summary: they are
+				// blanked, as PostgreSQL blanks them in the outbox, and the
+				// change stays, naming the erased one by id.
+				if err := conn.Exec(ctx, "ALTER TABLE "+table+" UPDATE payload = "+blankIdentity+
+					" WHERE change_type = 'identity_changed' AND NOT ("+in+")"+
+					` AND match(payload, '"otherMemberId":\\s*"(`+strings.Join(members, "|")+`)"')`); err != nil {
+					return fmt.Errorf("erase members from others' changes in %s: %w", table, err)
+				}
+			}
 		}
 		if err := waitMutations(ctx, conn, tables, l, since, members[0]); err != nil {
 			return err
@@ -66,6 +78,14 @@ func (s *Schema) EraseMembers(ctx context.Context, tables []string, members []st
 	}
 	return nil
 }
+
+// blankIdentity is the expression of member_changes' payload (an
+// IdentityChanged as protojson) without its identifiers and with empty
+// summaries: a JSON string may hold any character, escaped.
+const blankIdentity = `replaceRegexpAll(replaceRegexpAll(replaceRegexpAll(payload,
+	'"identifiers":\\s*\\[(?:[^\\]"]|"(?:[^"\\\\]|\\\\.)*")*\\]', '"identifiers":[]'),
+	'"before":\\s*"(?:[^"\\\\]|\\\\.)*"', '"before":"{}"'),
+	'"after":\\s*"(?:[^"\\\\]|\\\\.)*"', '"after":"{}"')`
 
 // quoted is values as a list of string literals; the callers pass only
 // checked member ids and this package's table names, which hold no quote.

@@ -2,6 +2,9 @@ package clickhouse_test
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -38,5 +41,81 @@ func TestEraseMembersTakesTheAuditRowsNamingThemAsTheOtherMember(t *testing.T) {
 	left := queryStrings(t, ctx, conn, `SELECT audit_id FROM identity_audit FINAL ORDER BY audit_id`)
 	if len(left) != 1 || left[0] != "b1" {
 		t.Errorf("audit rows left %v; want the partner's own creation only", left)
+	}
+}
+
+// The identity changes of the members an erased one was merged with (a
+// merge undone since, an unmerge, a refusal, a conflict) name it and list
+// its identifiers and summary: erasure blanks those, keeps the changes
+// (naming it by id) and leaves every other change as it was.
+func TestEraseMembersBlanksTheChangesNamingThemAsTheOtherMember(t *testing.T) {
+	conn, cfg := chtest.NewDB(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	const erased, partner, bystander = "01a20000-0000-7000-8000-00000000000a", "01a20000-0000-7000-8000-00000000000b",
+		"01a20000-0000-7000-8000-00000000000c"
+	const hash, masked = "5062e1f0c0ffee", "139****5551"
+	at := time.Date(2026, 3, 18, 12, 0, 0, 0, time.UTC)
+	// protojson as the sink writes it: whitespace after a colon or not, and
+	// strings holding brackets, quotes and backslashes.
+	identity := func(other, sep string) string {
+		return `{"memberId":` + sep + `"` + partner + `","identityChanged":` + sep + `{"kind":` + sep + `"IDENTITY_CHANGE_KIND_MERGED",` +
+			`"identifiers":` + sep + `[{"type":"IDENTIFIER_TYPE_PHONE","valueHash":"` + hash + `","scope":"a]b\"[c\\","masked":"` + masked + `"}],` +
+			`"otherMemberId":` + sep + `"` + other + `","reason":"same person","before":` + sep +
+			`"{\"identifiers\":[\"` + masked + `\"],\"note\":\"a \\\"quoted\\\" ]\"}","after":"{\"identifiers\":[\"` + masked + `\"]}"}}`
+	}
+	rows := []clickhouse.ChangeRow{
+		{MemberID: partner, Sequence: 1, ChangeType: "identity_changed", Payload: identity(erased, "")},
+		{MemberID: partner, Sequence: 2, ChangeType: "identity_changed", Payload: identity(erased, " ")},
+		{MemberID: partner, Sequence: 3, ChangeType: "identity_changed", Payload: identity(bystander, " ")},
+		{MemberID: partner, Sequence: 4, ChangeType: "points_changed", Payload: `{"pointsChanged":{"delta":"5"},"causeId":"` + erased + `"}`},
+		{MemberID: erased, Sequence: 9, ChangeType: "member_erased", Payload: `{"memberErased":{}}`},
+	}
+	for i := range rows {
+		rows[i].ChangeID, rows[i].OccurredAt, rows[i].InsertedAt = fmt.Sprintf("c%d", i), at, at
+	}
+	if err := clickhouse.NewWriter(conn).InsertChanges(ctx, rows); err != nil {
+		t.Fatal(err)
+	}
+	if err := clickhouse.NewSchema(cfg, conn).EraseMembers(ctx, []string{"member_changes"}, []string{erased}); err != nil {
+		t.Fatal(err)
+	}
+	got := map[uint64]string{}
+	var member, payload string
+	var seq uint64
+	r, err := conn.Query(ctx, `SELECT member_id, sequence, payload FROM member_changes FINAL ORDER BY member_id, sequence`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for r.Next() {
+		if err := r.Scan(&member, &seq, &payload); err != nil {
+			t.Fatal(err)
+		}
+		got[seq] = payload
+	}
+	r.Close()
+	if len(got) != len(rows) {
+		t.Fatalf("changes left %v; want all %d (the erased member's erasure included)", got, len(rows))
+	}
+	for _, seq := range []uint64{1, 2} {
+		var c struct {
+			IdentityChanged struct {
+				Kind, OtherMemberID, Reason, Before, After string
+				Identifiers                                []any
+			}
+		}
+		if err := json.Unmarshal([]byte(got[seq]), &c); err != nil {
+			t.Fatalf("change %d after the erasure is not JSON: %v: %s", seq, err, got[seq])
+		}
+		ic := c.IdentityChanged
+		if strings.Contains(got[seq], hash) || strings.Contains(got[seq], masked) || len(ic.Identifiers) != 0 ||
+			ic.Before != "{}" || ic.After != "{}" || ic.OtherMemberID != erased || ic.Kind != "IDENTITY_CHANGE_KIND_MERGED" || ic.Reason != "same person" {
+			t.Errorf("change %d after the erasure: %s; want it naming the erased member, without its identifiers or summaries", seq, got[seq])
+		}
+	}
+	for i, seq := range []uint64{3, 4, 9} {
+		if want := rows[2+i].Payload; got[seq] != want {
+			t.Errorf("change %d after the erasure: %s; want it untouched: %s", seq, got[seq], want)
+		}
 	}
 }

@@ -107,3 +107,27 @@ func EraseMembers(ctx context.Context, tx pgx.Tx, members []uuid.UUID) (map[stri
 func ErasedAmong(ctx context.Context, q Querier, members []uuid.UUID) ([]string, error) {
 	return queryValues[string](ctx, q, "erased members", `SELECT member_id::text FROM members WHERE member_id = ANY($1) AND status = 'erased'`, members)
 }
+
+// OthersOutboxNaming returns, locked, the outbox rows of members other
+// than members whose payload names one of them: an identity change of a
+// merge, unmerge, refusal or conflict with one of them (their audit
+// records name them as other_member_id), which lists the identifiers that
+// moved — theirs. The caller blanks what the rows hold of them
+// (SetOutboxPayload), published or not.
+func OthersOutboxNaming(ctx context.Context, tx pgx.Tx, members []uuid.UUID) ([]OutboxRow, error) {
+	rows, err := tx.Query(ctx, `
+		SELECT `+outboxColumns+` FROM outbox o
+		 WHERE o.member_id IN (SELECT a.member_id FROM identity_audit a
+		                        WHERE a.other_member_id = ANY($1) AND NOT a.member_id = ANY($1))
+		   AND EXISTS (SELECT FROM unnest($1::uuid[]) AS m(id) WHERE position(convert_to(m.id::text, 'UTF8') IN o.payload) > 0)
+		 ORDER BY o.outbox_id FOR UPDATE OF o`, members)
+	if err != nil {
+		return nil, fmt.Errorf("outbox rows naming erased members: %w", err)
+	}
+	return collectOutbox(rows)
+}
+
+// SetOutboxPayload replaces the payload of outbox row id.
+func SetOutboxPayload(ctx context.Context, tx pgx.Tx, id int64, payload []byte) error {
+	return exec(ctx, tx, "set outbox payload", `UPDATE outbox SET payload = $2 WHERE outbox_id = $1`, id, payload)
+}
