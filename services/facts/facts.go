@@ -6,17 +6,20 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"math"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/google/uuid"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"github.com/membercenter/membercenter/pipeline/contract"
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 	"github.com/membercenter/membercenter/storage/clickhouse"
+	"github.com/membercenter/membercenter/storage/postgres"
 )
 
 // Inserter is the ClickHouse batch writer the facts are stored with.
@@ -44,11 +47,21 @@ var _ Eraser = (*clickhouse.Schema)(nil)
 // PostgreSQL. member_changes keeps the member_erased row itself.
 var ErasedTables = []string{"member_changes", "label_changes", "identity_audit", clickhouse.ProfilesTable}
 
+// ErasedLookup says which of members are erased (the platform's
+// database knows: postgres.ErasedAmong).
+type ErasedLookup func(ctx context.Context, members []string) ([]string, error)
+
 // Writer stores facts through a ClickHouse batch writer.
 type Writer struct {
-	W   Inserter
-	E   Eraser // for MemberErased changes
-	Now func() time.Time
+	W Inserter
+	E Eraser // for MemberErased changes
+	// Erased, when set, is asked about the other member an identity change
+	// names: one that reaches the sink after that member's erasure (its
+	// partition behind the erased member's, or redelivered) is stored
+	// blanked, as the erasure left the rows stored before it, and without
+	// its audit row, as the erasure deleted those.
+	Erased ErasedLookup
+	Now    func() time.Time
 }
 
 var _ contract.Facts = Writer{}
@@ -78,7 +91,15 @@ func (w Writer) WriteChanges(ctx context.Context, changes []contract.FactChange)
 		n += len(c.Msg.GetLabelsChanged().GetLabels())
 	}
 	labels := make([]clickhouse.LabelChangeRow, 0, n)
+	othersErased, err := w.othersErased(ctx, changes)
+	if err != nil {
+		return err
+	}
 	for i, c := range changes {
+		if ic := c.Msg.GetIdentityChanged(); ic != nil && othersErased[ic.GetOtherMemberId()] {
+			rows[i] = toChangeRow(contract.FactChange{Msg: BlankIdentity(c.Msg), TraceID: c.TraceID}, now)
+			continue
+		}
 		rows[i] = toChangeRow(c, now)
 		if a, ok := toAuditRow(c, now); ok {
 			audit = append(audit, a)
@@ -109,6 +130,57 @@ func (w Writer) WriteChanges(ctx context.Context, changes []contract.FactChange)
 		return errors.New("a member erasure reached a facts writer that cannot erase")
 	}
 	return w.E.EraseMembers(ctx, ErasedTables, erased)
+}
+
+// ErasedIn looks members up in the platform's database.
+func ErasedIn(q postgres.Querier) ErasedLookup {
+	return func(ctx context.Context, members []string) ([]string, error) {
+		ids := make([]uuid.UUID, 0, len(members))
+		for _, m := range members {
+			if id, err := uuid.Parse(m); err == nil {
+				ids = append(ids, id)
+			}
+		}
+		return postgres.ErasedAmong(ctx, q, ids)
+	}
+}
+
+// othersErased returns which of the other members the batch's identity
+// changes name are erased (none without an Erased lookup).
+func (w Writer) othersErased(ctx context.Context, changes []contract.FactChange) (map[string]bool, error) {
+	if w.Erased == nil {
+		return nil, nil
+	}
+	var others []string
+	for _, c := range changes {
+		if o := c.Msg.GetIdentityChanged().GetOtherMemberId(); o != "" {
+			others = append(others, o)
+		}
+	}
+	if len(others) == 0 {
+		return nil, nil
+	}
+	ids, err := w.Erased(ctx, others)
+	if err != nil {
+		return nil, fmt.Errorf("erased members among those identity changes name: %w", err)
+	}
+	erased := make(map[string]bool, len(ids))
+	for _, id := range ids {
+		erased[id] = true
+	}
+	return erased, nil
+}
+
+// BlankIdentity returns a copy of an identity change without what it holds
+// of the other member it names: the identifiers that moved (a merge's,
+// an unmerge's: theirs) and both sides' summaries. The change still names
+// the member by id. Erasure leaves other members' changes so.
+func BlankIdentity(m *mcv1.MemberChange) *mcv1.MemberChange {
+	c := proto.CloneOf(m)
+	if ic := c.GetIdentityChanged(); ic != nil {
+		ic.Identifiers, ic.Before, ic.After = nil, "{}", "{}"
+	}
+	return c
 }
 
 // appendLabelChangeRows appends a row per label a LabelsChanged change

@@ -178,3 +178,70 @@ func TestKindsNameEveryPayload(t *testing.T) {
 		t.Errorf("Kind without a payload: %q", got)
 	}
 }
+
+// An identity change that reaches the sink after the erasure of the other
+// member it names (its partition behind, or redelivered) is stored as the
+// erasure leaves the rows stored before it: naming the member by id,
+// without its identifiers or summaries, and without an audit row. A change
+// naming a member not erased is stored whole.
+func TestIdentityChangesNamingAnErasedMemberAreStoredBlanked(t *testing.T) {
+	ctx := context.Background()
+	conn, _ := chtest.NewDB(t)
+	at := time.Date(2026, 11, 20, 10, 30, 0, 0, time.UTC)
+	const erased, kept, hash = "01a20000-0000-7000-8000-0000000000e1", "01a20000-0000-7000-8000-0000000000e2", "9f86d081884c7d65"
+	var asked []string
+	w := facts.Writer{W: clickhouse.NewWriter(conn), Now: func() time.Time { return at },
+		Erased: func(_ context.Context, members []string) ([]string, error) {
+			asked = append(asked, members...)
+			return []string{erased}, nil
+		}}
+	merge := func(seq uint64, other string) sink.Change {
+		return sink.Change{Msg: &mcv1.MemberChange{MemberId: "m2", Sequence: seq, ChangeId: fmt.Sprintf("c%d", seq), OccurredAt: timestamppb.New(at),
+			Change: &mcv1.MemberChange_IdentityChanged{IdentityChanged: &mcv1.IdentityChanged{
+				Kind: mcv1.IdentityChangeKind_IDENTITY_CHANGE_KIND_MERGED, OtherMemberId: other, AuditId: fmt.Sprintf("a%d", seq),
+				Identifiers: []*mcv1.IdentifierRef{{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_PHONE, ValueHash: hash, Masked: "139****5551"}},
+				Before:      `{"source":{"identifiers":["phone:139****5551"]}}`, After: `{"identifiers":["phone:139****5551"]}`}}}}
+	}
+	if err := w.WriteChanges(ctx, []sink.Change{merge(1, erased), merge(2, kept)}); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(asked, " ") != erased+" "+kept {
+		t.Errorf("asked about %v; want the two other members", asked)
+	}
+	payloads := map[uint64]string{}
+	rows, err := conn.Query(ctx, `SELECT sequence, payload FROM member_changes FINAL WHERE member_id = 'm2'`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var seq uint64
+		var p string
+		if err := rows.Scan(&seq, &p); err != nil {
+			t.Fatal(err)
+		}
+		payloads[seq] = p
+	}
+	rows.Close()
+	if p := payloads[1]; p == "" || strings.Contains(p, hash) || strings.Contains(p, "5551") || !strings.Contains(p, erased) {
+		t.Errorf("the change naming the erased member stored as %q; want it naming the member, without its identifiers or summaries", p)
+	}
+	if p := payloads[2]; !strings.Contains(p, hash) || !strings.Contains(p, "5551") {
+		t.Errorf("the change naming a member not erased stored as %q; want it whole", p)
+	}
+	var audits []string
+	rows, err = conn.Query(ctx, `SELECT audit_id FROM identity_audit FINAL ORDER BY audit_id`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var a string
+		if err := rows.Scan(&a); err != nil {
+			t.Fatal(err)
+		}
+		audits = append(audits, a)
+	}
+	rows.Close()
+	if strings.Join(audits, " ") != "a2" {
+		t.Errorf("audit rows %v; want only the one of the change naming a member not erased", audits)
+	}
+}

@@ -241,7 +241,7 @@ var stages = []stage{
 	}},
 	{name: sink.Stage, group: true, clickhouse: true, start: func(e env, ps *parts) error {
 		schema := clickhouse.NewSchema(e.p.cfg.ClickHouse, e.d.facts, clickhouse.WithTracerProvider(e.p.tel.Tracers))
-		s, err := sink.New(e.p.cfg.Kafka, e.ktel, facts.Writer{W: clickhouse.NewWriter(e.d.facts), E: schema})
+		s, err := sink.New(e.p.cfg.Kafka, e.ktel, facts.Writer{W: clickhouse.NewWriter(e.d.facts), E: schema, Erased: facts.ErasedIn(e.p.pool)})
 		if err != nil {
 			return err
 		}

@@ -137,16 +137,14 @@ func blankOthersChanges(ctx context.Context, tx pgx.Tx, erased []uuid.UUID) (int
 		if err := proto.Unmarshal(r.Payload, &c); err != nil {
 			return n, fmt.Errorf("erase: outbox change %d: %w", r.OutboxID, err)
 		}
-		ic := c.GetIdentityChanged()
-		if ic == nil || !names[ic.GetOtherMemberId()] {
+		if !names[c.GetIdentityChanged().GetOtherMemberId()] {
 			continue // names them otherwise (a cause id, say), holds nothing of theirs
 		}
-		ic.Identifiers, ic.Before, ic.After = nil, "{}", "{}"
-		b, err := proto.Marshal(&c)
+		b, err := proto.Marshal(facts.BlankIdentity(&c))
 		if err != nil {
 			return n, fmt.Errorf("erase: outbox change %d: %w", r.OutboxID, err)
 		}
-		if err := postgres.SetOutboxPayload(ctx, tx, r.OutboxID, b); err != nil {
+		if err := postgres.SetOutboxPayload(ctx, tx, r.MemberID, r.OutboxID, b); err != nil {
 			return n, err
 		}
 		n++

@@ -65,9 +65,18 @@ func (s *Schema) EraseMembers(ctx context.Context, tables []string, members []st
 				// erased one lists its identifiers and summary: they are
 				// blanked, as PostgreSQL blanks them in the outbox, and the
 				// change stays, naming the erased one by id.
-				if err := conn.Exec(ctx, "ALTER TABLE "+table+" UPDATE payload = "+blankIdentity+
-					" WHERE change_type = 'identity_changed' AND NOT ("+in+")"+
-					` AND match(payload, '"otherMemberId":\\s*"(`+strings.Join(members, "|")+`)"')`); err != nil {
+				// A mutation rewrites the column in every part it covers:
+				// it is made only when there is a row to blank.
+				naming := " WHERE change_type = 'identity_changed' AND NOT (" + in + ")" +
+					` AND match(payload, '"otherMemberId":\\s*"(` + strings.Join(members, "|") + `)"')`
+				var n uint64
+				if err := conn.QueryRow(ctx, "SELECT count() FROM "+table+naming).Scan(&n); err != nil {
+					return fmt.Errorf("erase members: others' changes in %s: %w", table, err)
+				}
+				if n == 0 {
+					continue
+				}
+				if err := conn.Exec(ctx, "ALTER TABLE "+table+" UPDATE payload = "+blankIdentity+naming); err != nil {
 					return fmt.Errorf("erase members from others' changes in %s: %w", table, err)
 				}
 			}

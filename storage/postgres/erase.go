@@ -127,7 +127,7 @@ func OthersOutboxNaming(ctx context.Context, tx pgx.Tx, members []uuid.UUID) ([]
 	return collectOutbox(rows)
 }
 
-// SetOutboxPayload replaces the payload of outbox row id.
-func SetOutboxPayload(ctx context.Context, tx pgx.Tx, id int64, payload []byte) error {
-	return exec(ctx, tx, "set outbox payload", `UPDATE outbox SET payload = $2 WHERE outbox_id = $1`, id, payload)
+// SetOutboxPayload replaces the payload of member's outbox row id.
+func SetOutboxPayload(ctx context.Context, tx pgx.Tx, member uuid.UUID, id int64, payload []byte) error {
+	return exec(ctx, tx, "set outbox payload", `UPDATE outbox SET payload = $3 WHERE member_id = $1 AND outbox_id = $2`, member, id, payload)
 }
