@@ -257,6 +257,24 @@ func conflictOf(usable []Normalized, byHash map[string][]postgres.IdentifierRow,
 // ignored), remove are unlinked when the member holds them. Each is
 // audited and announced (IdentityChanged), caused by cause. The caller
 // holds the member's row lock.
+// LockIdentifiersOf takes the locks of the identifiers ids, as every
+// resolution takes them before any member's row (postgres.LockIdentifiers),
+// for a writer that goes on to lock a member and then link or unlink them
+// (the legacy catch-up). An identifier that does not normalise is left out:
+// the writer refuses it later.
+func (s *Service) LockIdentifiersOf(ctx context.Context, tx pgx.Tx, ids []*mcv1.Identifier) error {
+	keys := make([]postgres.IdentifierKey, 0, len(ids))
+	for _, id := range ids {
+		if n, err := s.Normalize([]*mcv1.Identifier{id}); err == nil && len(n) == 1 {
+			keys = append(keys, keyOf(n[0]))
+		}
+	}
+	if len(keys) == 0 {
+		return nil
+	}
+	return postgres.LockIdentifiers(ctx, tx, keys)
+}
+
 func (s *Service) CatchUpIdentifiers(ctx context.Context, tx pgx.Tx, member uuid.UUID, add, remove []*mcv1.Identifier, cause string) ([]Ignored, error) {
 	o := resolveOpts{origin: origin{actor: "migration", channel: mcv1.Channel_CHANNEL_BACKOFFICE, cause: cause}}
 	gone, err := s.Normalize(remove)

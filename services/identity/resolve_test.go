@@ -734,9 +734,7 @@ func TestResolveEventsEqualsOneByOne(t *testing.T) {
 
 // lockWaiters counts the sessions of pool's database waiting for a lock.
 func lockWaiters(ctx context.Context, pool *pgxpool.Pool) (int, error) {
-	var n int
-	err := pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&n)
-	return n, err
+	return pgtest.LockWaiters(ctx, pool)
 }
 
 // answer is what ResolveEvents answered.

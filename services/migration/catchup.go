@@ -332,6 +332,12 @@ func (cu *CatchUp) applyIn(ctx context.Context, tx pgx.Tx, c *Change, now time.T
 	if err := postgres.SetLegacyChangeMember(ctx, tx, cu.Source, cu.rowKey(c), member); err != nil {
 		return 0, nil, err
 	}
+	// The row's identifiers first, then the member, in the order every
+	// resolution takes them: a Resolve bringing one of them waits for this
+	// change, or this for it, never each for the other.
+	if err := cu.Identity.LockIdentifiersOf(ctx, tx, rowIdentifiers(c)); err != nil {
+		return 0, nil, err
+	}
 	locked, err := postgres.LockMembers(ctx, tx, member)
 	if err != nil {
 		return 0, nil, err
@@ -356,6 +362,28 @@ func (cu *CatchUp) applyIn(ctx context.Context, tx pgx.Tx, c *Change, now time.T
 		return 0, nil, err
 	}
 	return Applied, ignored, nil
+}
+
+// rowIdentifiers are the identifiers a change of a members or identifiers
+// row links or unlinks (its rows before and after).
+func rowIdentifiers(c *Change) []*mcv1.Identifier {
+	var out []*mcv1.Identifier
+	for _, row := range []map[string]string{c.Before, c.After} {
+		if row == nil {
+			continue
+		}
+		switch c.Table {
+		case "members":
+			for _, id := range identifiersOfColumns(row) {
+				out = append(out, &mcv1.Identifier{Type: identifierTypes[id.Type], Scope: id.Scope, Value: id.Value})
+			}
+		case "identifiers":
+			if t, ok := identifierTypes[row["type"]]; ok {
+				out = append(out, &mcv1.Identifier{Type: t, Scope: row["scope"], Value: row["value"]})
+			}
+		}
+	}
+	return out
 }
 
 // memberOfRow reads a members row as the import reads a members.csv line.

@@ -13,6 +13,9 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
+	"github.com/membercenter/membercenter/storage/postgres"
+	"github.com/membercenter/membercenter/storage/postgres/pgtest"
+
 	"github.com/membercenter/membercenter/services/migration"
 )
 
@@ -233,5 +236,60 @@ func TestErasureDeletesTheRecordOfLegacyChanges(t *testing.T) {
 	}
 	if n := count(t, pool, `SELECT count(*) FROM legacy_changes`); n != othersBefore {
 		t.Errorf("the deltas again: %d legacy change records, want the other members' %d (none of the erased member's)", n, othersBefore)
+	}
+}
+
+// A catch-up change that links an identifier takes the identifier's lock
+// before the member's row, as every resolution takes them: while a
+// resolution holds the identifier, the change waits for it without holding
+// the member, so a resolution that takes the member next goes on. Before,
+// the change locked the member first, and the two deadlocked until
+// PostgreSQL broke the cycle and one side retried.
+func TestCatchUpTakesTheIdentifierBeforeTheMember(t *testing.T) {
+	c, pool, _, cu := imported(t)
+	var member string
+	if err := pool.QueryRow(c, `SELECT member_id::text FROM legacy_members WHERE legacy_id = 'L0002'`).Scan(&member); err != nil {
+		t.Fatal(err)
+	}
+	mail := &mcv1.Identifier{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_EMAIL, Value: "held@example.com"}
+	ns, err := cu.Identity.Normalize([]*mcv1.Identifier{mail})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A resolution holding the e-mail's lock, about to take the member.
+	tx, err := pool.Begin(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(c) //nolint:errcheck // committed below
+	if err := postgres.LockIdentifiers(c, tx, []postgres.IdentifierKey{{Type: int16(ns[0].Type), Scope: ns[0].Scope, Hash: ns[0].Hash}}); err != nil {
+		t.Fatal(err)
+	}
+	dir := deltas(t, `{"pos":40,"table":"identifiers","op":"c","after":{"legacy_id":"L0002","type":"email","value":"held@example.com"}}`)
+	type result struct {
+		rep migration.CatchUpReport
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		rep, err := cu.ApplyFiles(c, dir, nil)
+		done <- result{rep, err}
+	}()
+	pgtest.Eventually(t, "the change waits for the e-mail", func() (bool, error) {
+		n, err := pgtest.LockWaiters(c, pool)
+		return n == 1, err
+	})
+	if _, err := tx.Exec(c, `SELECT 1 FROM members WHERE member_id = $1 FOR NO KEY UPDATE NOWAIT`, member); err != nil {
+		t.Fatalf("the member's row is held while the change waits for the e-mail (%v): a resolution taking the e-mail, then the member, deadlocks with it", err)
+	}
+	if err := tx.Commit(c); err != nil {
+		t.Fatal(err)
+	}
+	r := <-done
+	if r.err != nil || r.rep.Applied != 1 || len(r.rep.Refused) != 0 {
+		t.Fatalf("catch-up: %+v %v", r.rep, r.err)
+	}
+	if n := count(t, pool, `SELECT count(*) FROM member_identifiers WHERE member_id = '`+member+`' AND masked LIKE 'h%'`); n != 1 {
+		t.Errorf("%d e-mails linked; want the catch-up's", n)
 	}
 }

@@ -362,8 +362,7 @@ func TestConsentAndAttributesRacingAMergeGoToTheSurvivor(t *testing.T) {
 func waitLockWaiters(t *testing.T, c context.Context, pool *pgxpool.Pool, what string, n int) {
 	t.Helper()
 	pgtest.Eventually(t, what, func() (bool, error) {
-		var got int
-		err := pool.QueryRow(c, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&got)
+		got, err := pgtest.LockWaiters(c, pool)
 		return got == n, err
 	})
 }

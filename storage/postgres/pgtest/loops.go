@@ -4,6 +4,8 @@ import (
 	"context"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 // Loops are background loops under a test of how they ride out a restart
@@ -75,4 +77,13 @@ func (l *Loops) Stop(t testing.TB) {
 			t.Errorf("loop ended with %v", err)
 		}
 	}
+}
+
+// LockWaiters counts the sessions of pool's database waiting for a lock:
+// a test that makes one call wait for another's lock waits for this count
+// before it goes on.
+func LockWaiters(ctx context.Context, pool *pgxpool.Pool) (int, error) {
+	var n int
+	err := pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&n)
+	return n, err
 }
