@@ -42,6 +42,7 @@ type Keyring interface {
 	SealerFor(ctx context.Context, member uuid.UUID) (Sealer, error)
 	IsMemberKey(keyID string) bool
 	Shred(ctx context.Context, members []uuid.UUID, at time.Time) (int64, error)
+	LiveKeys(ctx context.Context, members []uuid.UUID) (int64, error)
 }
 
 // A sealed value as it is stored in the members row's attributes:

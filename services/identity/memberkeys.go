@@ -154,6 +154,14 @@ func (p *PII) Shred(ctx context.Context, members []uuid.UUID, at time.Time) (int
 	return n, err
 }
 
+// LiveKeys counts the members' data keys not shredded.
+func (p *PII) LiveKeys(ctx context.Context, members []uuid.UUID) (int64, error) {
+	if p.keys == nil {
+		return 0, errNoKeyStore
+	}
+	return postgres.CountLiveMemberKeys(ctx, p.keys.db, members)
+}
+
 // Rewrap wraps every data key not under the active key-encryption key
 // under it, in batches, so an old key of MC_PII_ENC_KEYS can be retired
 // without touching a ciphertext. progress is called after each batch.

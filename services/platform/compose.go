@@ -147,6 +147,11 @@ func (e env) group(stage string) string {
 // whose labels a benefit depends on changed.
 const LabelCheckInterval = 100 * time.Millisecond
 
+// KeyShredInterval is how often a serve process looks for data keys of
+// erased members an erasure queued and did not shred (its process ended
+// between its commit and the shredding).
+const KeyShredInterval = 10 * time.Second
+
 // OutboxPruneBatch is how many published changes one statement deletes
 // from the outbox once their retention (MC_OUTBOX_RETENTION) passed.
 const OutboxPruneBatch = 10_000
@@ -270,6 +275,10 @@ var services = []service{
 	{name: "profile", clickhouse: true, register: func(e env, srv *grpc.Server, ps *parts) (string, *changefeed.Hub) {
 		e.d.profile.SetFacts(e.d.facts) // segments
 		e.watchCatalogue(ps)            // the catalogue the profile reads
+		// Data keys of erased members a process that ended left to shred.
+		ps.loop(func(ctx context.Context) error {
+			return e.d.profile.RunKeyShreds(ctx, e.p.tel.Logger, KeyShredInterval)
+		})
 		mcv1.RegisterProfileServiceServer(srv, profile.NewServer(e.d.profile))
 		return mcv1.ProfileService_ServiceDesc.ServiceName, nil
 	}},

@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"maps"
 	"slices"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
@@ -16,19 +18,24 @@ import (
 	mcv1 "github.com/membercenter/membercenter/proto/gen/membercenter/v1"
 	"github.com/membercenter/membercenter/storage/postgres"
 
+	"github.com/membercenter/membercenter/pipeline/fault"
+
 	"github.com/membercenter/membercenter/services/attributes"
 	"github.com/membercenter/membercenter/services/changes"
 	"github.com/membercenter/membercenter/services/facts"
 )
 
-// EraseMember erases a member at their request (PIPL art. 47): the data
-// keys of the member and of the members merged into it are shredded, so
-// every ciphertext of their PII anywhere is unreadable; then in one
-// transaction, once per idempotency key, what identifies or describes them
-// is deleted or blanked (postgres.EraseMembers), the erasure is recorded in the operator audit
-// (who, why, what) and announced on the change stream (MemberErased), after
-// every change of the member already queued. ClickHouse follows when the
-// change reaches the sink. actor is the authenticated caller.
+// EraseMember erases a member at their request (PIPL art. 47): in one
+// transaction, once per idempotency key, what identifies or describes the
+// member and the members merged into it is deleted or blanked
+// (postgres.EraseMembers), their data keys are queued for shredding, the
+// erasure is recorded in the operator audit (who, why, what) and announced
+// on the change stream (MemberErased), after every change of the member
+// already queued. Once it has committed, their data keys are shredded, so
+// every ciphertext of their PII anywhere is unreadable; a key left queued
+// is shredded when the erasure is asked again, or by RunKeyShreds.
+// ClickHouse follows when the change reaches the sink. actor is the
+// authenticated caller.
 func (s *Service) EraseMember(ctx context.Context, req *mcv1.EraseMemberRequest, ch mcv1.Channel, actor string) (*mcv1.EraseMemberResponse, error) {
 	id, err := parseMember(req.GetMemberId())
 	if err != nil {
@@ -39,7 +46,9 @@ func (s *Service) EraseMember(ctx context.Context, req *mcv1.EraseMemberRequest,
 	}
 	resp := &mcv1.EraseMemberResponse{}
 	cause := "rpc:profile.EraseMember:" + req.GetIdempotencyKey()
-	var shredded int64 // over the transaction's attempts
+	if s.sealer == nil {
+		return nil, errors.New("erase: this process has no PII keys to shred the member's data keys with")
+	}
 	err = postgres.RetryTx(ctx, s.pool, func(tx pgx.Tx) error {
 		_, err := changes.Idempotent(ctx, tx, "profile.EraseMember", req.GetIdempotencyKey(), req, resp, func() error {
 			// A member a merge absorbed while this waited for its lock is
@@ -53,17 +62,17 @@ func (s *Service) EraseMember(ctx context.Context, req *mcv1.EraseMemberRequest,
 				return err
 			}
 			all := append([]uuid.UUID{member}, merged...)
-			if s.sealer == nil {
-				return errors.New("erase: this process has no PII keys to shred the member's data keys with")
-			}
-			// Crypto-shredding first, in the key store (committed on its own):
-			// should what follows fail, the erasure is asked again, and what
-			// it left is unreadable meanwhile.
-			n, err := s.sealer.Shred(ctx, all, s.now())
+			// The keys are shredded once this commits, not before: the key
+			// store commits on its own, and an attempt that failed (and was
+			// retried after an unmerge, say) would have shredded the keys of
+			// members it did not erase.
+			keys, err := s.sealer.LiveKeys(ctx, all)
 			if err != nil {
 				return err
 			}
-			shredded += n // an attempt after a retried transaction finds them shredded
+			if err := postgres.QueueKeyShreds(ctx, tx, all, s.now()); err != nil {
+				return err
+			}
 			rows, err := postgres.EraseMembers(ctx, tx, all)
 			if err != nil {
 				return err
@@ -71,7 +80,10 @@ func (s *Service) EraseMember(ctx context.Context, req *mcv1.EraseMemberRequest,
 			if rows["outbox_others"], err = blankOthersChanges(ctx, tx, all); err != nil {
 				return err
 			}
-			rows["member_keys"] = shredded
+			if rows["outbox_pending"], err = blankPendingChanges(ctx, tx, all); err != nil {
+				return err
+			}
+			rows["member_keys"] = keys
 			// A migrated member's legacy record stays, under a keyed hash
 			// of its id and linked to no one, so that an import run again
 			// does not bring the person back.
@@ -112,8 +124,47 @@ func (s *Service) EraseMember(ctx context.Context, req *mcv1.EraseMemberRequest,
 	if err != nil {
 		return nil, err
 	}
+	// Also when the answer is a recorded one: the first call may have
+	// ended before it shredded.
+	erased := []uuid.UUID{uuid.MustParse(resp.GetMemberId())}
+	for _, m := range resp.GetMergedMemberIds() {
+		erased = append(erased, uuid.MustParse(m))
+	}
+	if _, err := s.shredQueued(ctx, erased, len(erased)); err != nil {
+		return nil, fault.Temporary(fmt.Errorf("the member is erased, and its data keys are queued for shredding: %w", err))
+	}
 	return resp, nil
 }
+
+// shredQueued shreds the data keys queued for shredding among members (all
+// of them, when nil; up to limit) and takes them off the queue. It returns
+// how many members it took off.
+func (s *Service) shredQueued(ctx context.Context, members []uuid.UUID, limit int) (int, error) {
+	queued, err := postgres.QueuedKeyShreds(ctx, s.pool, members, limit)
+	if err != nil || len(queued) == 0 {
+		return 0, err
+	}
+	if _, err := s.sealer.Shred(ctx, queued, s.now()); err != nil {
+		return 0, err
+	}
+	return len(queued), postgres.KeyShredsDone(ctx, s.pool, queued)
+}
+
+// RunKeyShreds shreds, until ctx ends, the data keys that erasures queued
+// and did not shred (their process ended between the erasure's commit and
+// the shredding): a sweep every interval, in batches of keyShredBatch.
+func (s *Service) RunKeyShreds(ctx context.Context, log *slog.Logger, interval time.Duration) error {
+	if s.sealer == nil {
+		return nil
+	}
+	fault.Drain(ctx, log, "shredding erased members' data keys", keyShredBatch, interval, func(ctx context.Context, batch int) (int, error) {
+		return s.shredQueued(ctx, nil, batch)
+	})
+	return nil
+}
+
+// keyShredBatch is how many members' keys a sweep shreds at a time.
+const keyShredBatch = 500
 
 // blankOthersChanges blanks what other members' changes still in the
 // outbox hold of the erased members: the identity change of a merge
@@ -141,6 +192,50 @@ func blankOthersChanges(ctx context.Context, tx pgx.Tx, erased []uuid.UUID) (int
 			continue // names them otherwise (a cause id, say), holds nothing of theirs
 		}
 		b, err := proto.Marshal(facts.BlankIdentity(&c))
+		if err != nil {
+			return n, fmt.Errorf("erase: outbox change %d: %w", r.OutboxID, err)
+		}
+		if err := postgres.SetOutboxPayload(ctx, tx, r.MemberID, r.OutboxID, b); err != nil {
+			return n, err
+		}
+		n++
+	}
+	return n, nil
+}
+
+// blankPendingChanges blanks what the members' changes still waiting for
+// the relay say of them: the identifiers a creation or an identity change
+// lists, the attributes, the labels. They still go out, in order and
+// gap-free, before the erasure's own change, and stay in the outbox for
+// its retention once published: as they are blanked, they hold nothing
+// that identifies or describes the member (the erasure deleted those
+// already published). Points, tiers, benefits and coupons stay, as the
+// ledger does. It returns how many changes it blanked.
+func blankPendingChanges(ctx context.Context, tx pgx.Tx, erased []uuid.UUID) (int64, error) {
+	rows, err := postgres.PendingOutboxOf(ctx, tx, erased)
+	if err != nil {
+		return 0, err
+	}
+	var n int64
+	for _, r := range rows {
+		var c mcv1.MemberChange
+		if err := proto.Unmarshal(r.Payload, &c); err != nil {
+			return n, fmt.Errorf("erase: outbox change %d: %w", r.OutboxID, err)
+		}
+		blanked := &c
+		switch x := c.GetChange().(type) {
+		case *mcv1.MemberChange_MemberCreated:
+			x.MemberCreated.Identifiers = nil
+		case *mcv1.MemberChange_IdentityChanged:
+			blanked = facts.BlankIdentity(&c)
+		case *mcv1.MemberChange_AttributesChanged:
+			x.AttributesChanged.Attributes = nil
+		case *mcv1.MemberChange_LabelsChanged:
+			x.LabelsChanged.Labels = nil
+		default:
+			continue
+		}
+		b, err := proto.Marshal(blanked)
 		if err != nil {
 			return n, fmt.Errorf("erase: outbox change %d: %w", r.OutboxID, err)
 		}

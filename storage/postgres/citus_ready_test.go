@@ -97,6 +97,7 @@ var citusTables = []citusTable{
 		"trigger outbox_pending_insert": "writes outbox_pending by its name, a distributed query from inside a shard: it must write the co-located shard of the one it fires on (TG_TABLE_NAME's shard id)",
 	}},
 	{name: "outbox_pending", layout: byMember, column: "member_id"},
+	{name: "member_key_shreds", layout: byMember, column: "member_id"},
 	{name: "identity_audit", layout: byMember, column: "member_id", triggers: map[string]string{
 		"identity_audit_append_only": "row-level, raises, touches no other table: safe with citus.enable_unsafe_triggers",
 	}},

@@ -190,3 +190,31 @@ func RewrapMemberKey(ctx context.Context, tx pgx.Tx, k MemberKey) error {
 	return exec(ctx, tx, "rewrap member key", `UPDATE member_keys SET wrapped = $2, kek_id = $3 WHERE member_id = $1 AND wrapped IS NOT NULL`,
 		k.MemberID, k.Wrapped, k.KEKID)
 }
+
+// CountLiveMemberKeys counts the members' data keys not shredded.
+func CountLiveMemberKeys(ctx context.Context, q Querier, members []uuid.UUID) (int64, error) {
+	var n int64
+	if err := q.QueryRow(ctx, `SELECT count(*) FROM member_keys WHERE member_id = ANY($1) AND wrapped IS NOT NULL`, members).Scan(&n); err != nil {
+		return 0, fmt.Errorf("count member keys: %w", err)
+	}
+	return n, nil
+}
+
+// QueueKeyShreds records, in the erasure's transaction, that the members'
+// data keys are to be shredded once it commits.
+func QueueKeyShreds(ctx context.Context, q Querier, members []uuid.UUID, at time.Time) error {
+	return exec(ctx, q, "queue key shreds", `INSERT INTO member_key_shreds (member_id, erased_at)
+		SELECT m, $2 FROM unnest($1::uuid[]) AS t(m) ON CONFLICT (member_id) DO NOTHING`, members, at)
+}
+
+// QueuedKeyShreds returns up to limit members whose keys are queued to be
+// shredded, among members (all, when nil).
+func QueuedKeyShreds(ctx context.Context, q Querier, members []uuid.UUID, limit int) ([]uuid.UUID, error) {
+	return queryValues[uuid.UUID](ctx, q, "queued key shreds", `SELECT member_id FROM member_key_shreds
+		WHERE $1::uuid[] IS NULL OR member_id = ANY($1) ORDER BY erased_at, member_id LIMIT $2`, members, limit)
+}
+
+// KeyShredsDone takes the members off the queue: their keys are shredded.
+func KeyShredsDone(ctx context.Context, q Querier, members []uuid.UUID) error {
+	return exec(ctx, q, "key shreds done", `DELETE FROM member_key_shreds WHERE member_id = ANY($1)`, members)
+}

@@ -102,18 +102,30 @@ func LockCanonicalMember(ctx context.Context, tx pgx.Tx, id uuid.UUID) (uuid.UUI
 // FollowingMerges runs lock on the member id stands for now
 // (CanonicalMember) and returns that member; when lock finds it merged
 // into another meanwhile (ErrMemberMoved: lock waited for the merge), the
-// survivor is looked up and locked in turn.
+// survivor is looked up and locked in turn. When id was merged into the
+// member, it is looked up again once the member is locked: an unmerge that
+// held the lock meanwhile made id a member of its own again, and that
+// member is locked instead (the survivor, a person of its own since, is
+// not id's). Once the survivor is locked, no unmerge can separate them.
 func FollowingMerges(ctx context.Context, q Querier, id uuid.UUID, lock func(member uuid.UUID) error) (uuid.UUID, error) {
 	for range 16 {
 		member, err := CanonicalMember(ctx, q, id)
 		if err != nil {
 			return uuid.Nil, err
 		}
-		if err := lock(member); !errors.Is(err, ErrMemberMoved) {
+		err = lock(member)
+		if errors.Is(err, ErrMemberMoved) {
+			continue
+		}
+		if err != nil || member == id {
+			return member, err
+		}
+		now, err := CanonicalMember(ctx, q, id)
+		if err != nil || now == member {
 			return member, err
 		}
 	}
-	return uuid.Nil, fmt.Errorf("member %s: merged again and again while waiting for it", id)
+	return uuid.Nil, fmt.Errorf("member %s: merged or unmerged again and again while waiting for it", id)
 }
 
 // LockMemberAttributes locks a member's row for the rest of tx and returns
