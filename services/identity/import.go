@@ -249,14 +249,6 @@ func conflictOf(usable []Normalized, byHash map[string][]postgres.IdentifierRow,
 	return nil
 }
 
-// CatchUpIdentifiers brings a migrated member's identifiers, in tx, to a
-// legacy system's change (membercenter import catch-up): add are linked
-// under the identity rules as ImportMember links them (placeholders
-// ignored and returned; one another member holds uniquely refuses the
-// change with ErrImportConflict, never merging; over a per-member limit,
-// ignored), remove are unlinked when the member holds them. Each is
-// audited and announced (IdentityChanged), caused by cause. The caller
-// holds the member's row lock.
 // LockIdentifiersOf takes the locks of the identifiers ids, as every
 // resolution takes them before any member's row (postgres.LockIdentifiers),
 // for a writer that goes on to lock a member and then link or unlink them
@@ -275,6 +267,14 @@ func (s *Service) LockIdentifiersOf(ctx context.Context, tx pgx.Tx, ids []*mcv1.
 	return postgres.LockIdentifiers(ctx, tx, keys)
 }
 
+// CatchUpIdentifiers brings a migrated member's identifiers, in tx, to a
+// legacy system's change (membercenter import catch-up): add are linked
+// under the identity rules as ImportMember links them (placeholders
+// ignored and returned; one another member holds uniquely refuses the
+// change with ErrImportConflict, never merging; over a per-member limit,
+// ignored), remove are unlinked when the member holds them. Each is
+// audited and announced (IdentityChanged), caused by cause. The caller
+// holds the member's row lock.
 func (s *Service) CatchUpIdentifiers(ctx context.Context, tx pgx.Tx, member uuid.UUID, add, remove []*mcv1.Identifier, cause string) ([]Ignored, error) {
 	o := resolveOpts{origin: origin{actor: "migration", channel: mcv1.Channel_CHANNEL_BACKOFFICE, cause: cause}}
 	gone, err := s.Normalize(remove)

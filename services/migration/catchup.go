@@ -262,6 +262,13 @@ func (cu *CatchUp) apply(ctx context.Context, c *Change) (Outcome, []string, err
 	var ignored []string
 	err := postgres.RetryTx(ctx, cu.Pool, func(tx pgx.Tx) error {
 		out, ignored = Stale, nil
+		// The row's identifiers (before and after: an update of its key
+		// is two parts) first, then the member, in the order every
+		// resolution takes them: a Resolve bringing one of them waits for
+		// this change, or this for it, never each for the other.
+		if err := cu.Identity.LockIdentifiersOf(ctx, tx, rowIdentifiers(c)); err != nil {
+			return err
+		}
 		for _, p := range parts {
 			o, ig, err := cu.applyIn(ctx, tx, p, now)
 			if err != nil {
@@ -330,12 +337,6 @@ func (cu *CatchUp) applyIn(ctx context.Context, tx pgx.Tx, c *Change, now time.T
 	}
 	member := prev.MemberID
 	if err := postgres.SetLegacyChangeMember(ctx, tx, cu.Source, cu.rowKey(c), member); err != nil {
-		return 0, nil, err
-	}
-	// The row's identifiers first, then the member, in the order every
-	// resolution takes them: a Resolve bringing one of them waits for this
-	// change, or this for it, never each for the other.
-	if err := cu.Identity.LockIdentifiersOf(ctx, tx, rowIdentifiers(c)); err != nil {
 		return 0, nil, err
 	}
 	locked, err := postgres.LockMembers(ctx, tx, member)

@@ -203,16 +203,17 @@ func blankOthersChanges(ctx context.Context, tx pgx.Tx, erased []uuid.UUID) (int
 	return n, nil
 }
 
-// blankPendingChanges blanks what the members' changes still waiting for
-// the relay say of them: the identifiers a creation or an identity change
-// lists, the attributes, the labels. They still go out, in order and
-// gap-free, before the erasure's own change, and stay in the outbox for
-// its retention once published: as they are blanked, they hold nothing
-// that identifies or describes the member (the erasure deleted those
-// already published). Points, tiers, benefits and coupons stay, as the
-// ledger does. It returns how many changes it blanked.
+// blankPendingChanges blanks what the members' changes left in the outbox
+// after postgres.EraseMembers deleted those published (those waiting for
+// the relay, and any it published since) say of them: the identifiers a
+// creation or an identity change lists, the attributes, the labels, the
+// consents. They still go out, in order and gap-free, before the erasure's
+// own change, and stay in the outbox for its retention once published: as
+// they are blanked, they hold nothing that identifies or describes the
+// member. Points, tiers, benefits and coupons stay, as the ledger does. It
+// returns how many changes it blanked.
 func blankPendingChanges(ctx context.Context, tx pgx.Tx, erased []uuid.UUID) (int64, error) {
-	rows, err := postgres.PendingOutboxOf(ctx, tx, erased)
+	rows, err := postgres.OutboxOf(ctx, tx, erased)
 	if err != nil {
 		return 0, err
 	}
@@ -232,6 +233,8 @@ func blankPendingChanges(ctx context.Context, tx pgx.Tx, erased []uuid.UUID) (in
 			x.AttributesChanged.Attributes = nil
 		case *mcv1.MemberChange_LabelsChanged:
 			x.LabelsChanged.Labels = nil
+		case *mcv1.MemberChange_ConsentChanged:
+			x.ConsentChanged.Purpose, x.ConsentChanged.Granted = mcv1.ConsentPurpose_CONSENT_PURPOSE_UNSPECIFIED, false
 		default:
 			continue
 		}

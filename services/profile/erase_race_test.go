@@ -278,3 +278,32 @@ func TestKeysAnErasureLeftQueuedAreShredded(t *testing.T) {
 		t.Errorf("RunKeyShreds: %v", err)
 	}
 }
+
+// TestAnErasureRacingAnUnmergeAndTheSurvivorsErasure: when the survivor
+// an erasure waits for is unmerged from the requester and erased itself
+// meanwhile, the erasure of the requester erases the requester; before,
+// it answered NotFound (the survivor's state), and the requester stayed.
+func TestAnErasureRacingAnUnmergeAndTheSurvivorsErasure(t *testing.T) {
+	f := newFixture(t)
+	c := ctxT(t)
+	requester, other := f.member(t), f.member(t)
+	tx := f.holdUnmerge(t, c, requester, other)
+	if _, err := tx.Exec(c, `UPDATE members SET status = 'erased' WHERE member_id = $1`, other); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := f.srv.EraseMember(c, &mcv1.EraseMemberRequest{MemberId: requester, Reason: "DSR", IdempotencyKey: "racing-two-erasures"})
+		done <- err
+	}()
+	waitLockWaiters(t, c, f.pool, "the erasure waits for the unmerge's lock", 1)
+	if err := tx.Commit(c); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("EraseMember of the requester: %v", err)
+	}
+	if st := f.statusOf(t, c, requester); st != "erased" {
+		t.Errorf("the requester is %s", st)
+	}
+}

@@ -132,12 +132,11 @@ func SetOutboxPayload(ctx context.Context, tx pgx.Tx, member uuid.UUID, id int64
 	return exec(ctx, tx, "set outbox payload", `UPDATE outbox SET payload = $3 WHERE member_id = $1 AND outbox_id = $2`, member, id, payload)
 }
 
-// PendingOutboxOf returns, locked, the members' outbox rows still waiting
-// for the relay.
-func PendingOutboxOf(ctx context.Context, tx pgx.Tx, members []uuid.UUID) ([]OutboxRow, error) {
+// OutboxOf returns, locked, the members' outbox rows: after EraseMembers,
+// those that were waiting for the relay (and any it published since).
+func OutboxOf(ctx context.Context, tx pgx.Tx, members []uuid.UUID) ([]OutboxRow, error) {
 	rows, err := tx.Query(ctx, `
-		SELECT `+outboxColumns+` FROM outbox o JOIN outbox_pending p USING (outbox_id, member_id)
-		 WHERE o.member_id = ANY($1) ORDER BY o.outbox_id FOR UPDATE OF o`, members)
+		SELECT `+outboxColumns+` FROM outbox o WHERE o.member_id = ANY($1) ORDER BY o.outbox_id FOR UPDATE OF o`, members)
 	if err != nil {
 		return nil, fmt.Errorf("pending outbox rows of erased members: %w", err)
 	}

@@ -245,12 +245,12 @@ func IsSerializationFailure(err error) bool {
 // RetryTx runs fn in a transaction and retries it, up to five attempts, when
 // it fails with a unique violation or a serialization failure: the signs that
 // a concurrent writer got there first, after which a fresh attempt sees its
-// rows and takes the other branch.
+// rows and takes the other branch (ErrMemberSeparated is one too).
 func RetryTx(ctx context.Context, pool *pgxpool.Pool, fn func(pgx.Tx) error) error {
 	var err error
 	for attempt := 0; attempt < 5; attempt++ {
 		err = pgx.BeginFunc(ctx, pool, fn)
-		if err == nil || !(IsUniqueViolation(err) || IsSerializationFailure(err)) {
+		if err == nil || !(IsUniqueViolation(err) || IsSerializationFailure(err) || errors.Is(err, ErrMemberSeparated)) {
 			return err
 		}
 	}

@@ -103,10 +103,13 @@ func LockCanonicalMember(ctx context.Context, tx pgx.Tx, id uuid.UUID) (uuid.UUI
 // (CanonicalMember) and returns that member; when lock finds it merged
 // into another meanwhile (ErrMemberMoved: lock waited for the merge), the
 // survivor is looked up and locked in turn. When id was merged into the
-// member, it is looked up again once the member is locked: an unmerge that
-// held the lock meanwhile made id a member of its own again, and that
-// member is locked instead (the survivor, a person of its own since, is
-// not id's). Once the survivor is locked, no unmerge can separate them.
+// member, it is looked up again once lock has waited for the member (and
+// locked it, or found it erased): when an unmerge that held the lock
+// meanwhile made id a member of its own again, the survivor — a person of
+// its own since — is not id's, and ErrMemberSeparated restarts the
+// caller's transaction (RetryTx), which lets go of the survivor's lock
+// before it locks id (every writer locks members in id order). Once the
+// survivor is locked, no unmerge can separate them.
 func FollowingMerges(ctx context.Context, q Querier, id uuid.UUID, lock func(member uuid.UUID) error) (uuid.UUID, error) {
 	for range 16 {
 		member, err := CanonicalMember(ctx, q, id)
@@ -117,16 +120,25 @@ func FollowingMerges(ctx context.Context, q Querier, id uuid.UUID, lock func(mem
 		if errors.Is(err, ErrMemberMoved) {
 			continue
 		}
-		if err != nil || member == id {
+		if member == id || err != nil && !errors.Is(err, ErrNotFound) {
 			return member, err
 		}
-		now, err := CanonicalMember(ctx, q, id)
-		if err != nil || now == member {
-			return member, err
+		now, cerr := CanonicalMember(ctx, q, id)
+		if cerr != nil {
+			return uuid.Nil, cerr
 		}
+		if now != member {
+			return uuid.Nil, fmt.Errorf("member %s: %w from %s", id, ErrMemberSeparated, member)
+		}
+		return member, err
 	}
-	return uuid.Nil, fmt.Errorf("member %s: merged or unmerged again and again while waiting for it", id)
+	return uuid.Nil, fmt.Errorf("member %s: merged again and again while waiting for it", id)
 }
+
+// ErrMemberSeparated says that a member merged into another was unmerged
+// from it while a writer waited for the survivor's lock: RetryTx runs the
+// transaction again, which finds the member on its own.
+var ErrMemberSeparated = errors.New("unmerged meanwhile")
 
 // LockMemberAttributes locks a member's row for the rest of tx and returns
 // its attributes. An unknown member is ErrNotFound, and so is one erased
