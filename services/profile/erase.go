@@ -126,9 +126,14 @@ func (s *Service) EraseMember(ctx context.Context, req *mcv1.EraseMemberRequest,
 	}
 	// Also when the answer is a recorded one: the first call may have
 	// ended before it shredded.
-	erased := []uuid.UUID{uuid.MustParse(resp.GetMemberId())}
-	for _, m := range resp.GetMergedMemberIds() {
-		erased = append(erased, uuid.MustParse(m))
+	var erased []uuid.UUID
+	for _, m := range append([]string{resp.GetMemberId()}, resp.GetMergedMemberIds()...) {
+		if id, err := uuid.Parse(m); err == nil {
+			erased = append(erased, id)
+		}
+	}
+	if len(erased) == 0 {
+		return resp, nil
 	}
 	if _, err := s.shredQueued(ctx, erased, len(erased)); err != nil {
 		return nil, fault.Temporary(fmt.Errorf("the member is erased, and its data keys are queued for shredding: %w", err))
@@ -182,25 +187,12 @@ func blankOthersChanges(ctx context.Context, tx pgx.Tx, erased []uuid.UUID) (int
 	for _, m := range erased {
 		names[m.String()] = true
 	}
-	var n int64
-	for _, r := range rows {
-		var c mcv1.MemberChange
-		if err := proto.Unmarshal(r.Payload, &c); err != nil {
-			return n, fmt.Errorf("erase: outbox change %d: %w", r.OutboxID, err)
-		}
+	return rewriteChanges(ctx, tx, rows, func(c *mcv1.MemberChange) *mcv1.MemberChange {
 		if !names[c.GetIdentityChanged().GetOtherMemberId()] {
-			continue // names them otherwise (a cause id, say), holds nothing of theirs
+			return nil // names them otherwise (a cause id, say), holds nothing of theirs
 		}
-		b, err := proto.Marshal(facts.BlankIdentity(&c))
-		if err != nil {
-			return n, fmt.Errorf("erase: outbox change %d: %w", r.OutboxID, err)
-		}
-		if err := postgres.SetOutboxPayload(ctx, tx, r.MemberID, r.OutboxID, b); err != nil {
-			return n, err
-		}
-		n++
-	}
-	return n, nil
+		return facts.BlankIdentity(c)
+	})
 }
 
 // blankPendingChanges blanks what the members' changes left in the outbox
@@ -217,18 +209,12 @@ func blankPendingChanges(ctx context.Context, tx pgx.Tx, erased []uuid.UUID) (in
 	if err != nil {
 		return 0, err
 	}
-	var n int64
-	for _, r := range rows {
-		var c mcv1.MemberChange
-		if err := proto.Unmarshal(r.Payload, &c); err != nil {
-			return n, fmt.Errorf("erase: outbox change %d: %w", r.OutboxID, err)
-		}
-		blanked := &c
+	return rewriteChanges(ctx, tx, rows, func(c *mcv1.MemberChange) *mcv1.MemberChange {
 		switch x := c.GetChange().(type) {
 		case *mcv1.MemberChange_MemberCreated:
 			x.MemberCreated.Identifiers = nil
 		case *mcv1.MemberChange_IdentityChanged:
-			blanked = facts.BlankIdentity(&c)
+			return facts.BlankIdentity(c)
 		case *mcv1.MemberChange_AttributesChanged:
 			x.AttributesChanged.Attributes = nil
 		case *mcv1.MemberChange_LabelsChanged:
@@ -236,9 +222,26 @@ func blankPendingChanges(ctx context.Context, tx pgx.Tx, erased []uuid.UUID) (in
 		case *mcv1.MemberChange_ConsentChanged:
 			x.ConsentChanged.Purpose, x.ConsentChanged.Granted = mcv1.ConsentPurpose_CONSENT_PURPOSE_UNSPECIFIED, false
 		default:
+			return nil
+		}
+		return c
+	})
+}
+
+// rewriteChanges replaces the payload of each outbox row with what blank
+// makes of its change (nil: the row stays as it is) and returns how many
+// it replaced.
+func rewriteChanges(ctx context.Context, tx pgx.Tx, rows []postgres.OutboxRow, blank func(*mcv1.MemberChange) *mcv1.MemberChange) (int64, error) {
+	var n int64
+	for _, r := range rows {
+		c := &mcv1.MemberChange{}
+		if err := proto.Unmarshal(r.Payload, c); err != nil {
+			return n, fmt.Errorf("erase: outbox change %d: %w", r.OutboxID, err)
+		}
+		if c = blank(c); c == nil {
 			continue
 		}
-		b, err := proto.Marshal(blanked)
+		b, err := proto.Marshal(c)
 		if err != nil {
 			return n, fmt.Errorf("erase: outbox change %d: %w", r.OutboxID, err)
 		}
