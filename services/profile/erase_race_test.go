@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"slices"
 	"testing"
 	"time"
 
@@ -42,6 +41,28 @@ func (f fixture) holdUnmerge(t *testing.T, c context.Context, requester, other s
 	return tx
 }
 
+// eraseWaitingOn asks the erasure of member while tx (an unmerge) holds
+// the lock it needs, waits until it waits for it, commits tx and returns
+// the erasure's answer.
+func (f fixture) eraseWaitingOn(t *testing.T, c context.Context, tx pgx.Tx, member string) (*mcv1.EraseMemberResponse, error) {
+	t.Helper()
+	type answer struct {
+		resp *mcv1.EraseMemberResponse
+		err  error
+	}
+	done := make(chan answer, 1)
+	go func() {
+		resp, err := f.srv.EraseMember(c, &mcv1.EraseMemberRequest{MemberId: member, Reason: "DSR-unmerge", IdempotencyKey: "racing-unmerge-erase"})
+		done <- answer{resp, err}
+	}()
+	waitLockWaiters(t, c, f.pool, "the erasure waits for the unmerge's lock", 1)
+	if err := tx.Commit(c); err != nil {
+		t.Fatal(err)
+	}
+	a := <-done
+	return a.resp, a.err
+}
+
 // statusOf is a member's status.
 func (f fixture) statusOf(t *testing.T, c context.Context, m string) string {
 	t.Helper()
@@ -72,23 +93,9 @@ func TestAnErasureRacingAnUnmergeErasesTheRequester(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	tx := f.holdUnmerge(t, c, requester, other)
-	type answer struct {
-		resp *mcv1.EraseMemberResponse
-		err  error
-	}
-	done := make(chan answer, 1)
-	go func() {
-		resp, err := f.srv.EraseMember(c, &mcv1.EraseMemberRequest{MemberId: requester, Reason: "DSR-unmerge", IdempotencyKey: "racing-unmerge-erase"})
-		done <- answer{resp, err}
-	}()
-	waitLockWaiters(t, c, f.pool, "the erasure waits for the unmerge's lock", 1)
-	if err := tx.Commit(c); err != nil {
-		t.Fatal(err)
-	}
-	a := <-done
-	if a.err != nil || a.resp.GetMemberId() != requester || len(a.resp.GetMergedMemberIds()) != 0 {
-		t.Fatalf("EraseMember: %v, %v; want the requester erased alone", a.resp, a.err)
+	resp, err := f.eraseWaitingOn(t, c, f.holdUnmerge(t, c, requester, other), requester)
+	if err != nil || resp.GetMemberId() != requester || len(resp.GetMergedMemberIds()) != 0 {
+		t.Fatalf("EraseMember: %v, %v; want the requester erased alone", resp, err)
 	}
 	if st := f.statusOf(t, c, requester); st != "erased" {
 		t.Errorf("the requester is %s", st)
@@ -115,14 +122,7 @@ func TestWritesRacingAnUnmergeStayWithTheirMember(t *testing.T) {
 			t.Errorf("a write that waited on the unmerge: %v", err)
 		}
 	}
-	got := pgtest.Values[string](t, c, f.pool, `SELECT 'consent of ' || member_id FROM member_consents
-		UNION ALL SELECT 'city of ' || member_id FROM members WHERE attributes ? 'city'`)
-	want := []string{"consent of " + requester, "city of " + requester}
-	slices.Sort(got)
-	slices.Sort(want)
-	if !slices.Equal(got, want) {
-		t.Errorf("written: %v; want %v (the requester's)", got, want)
-	}
+	f.checkWrittenTo(t, c, requester, "the requester's")
 }
 
 // TestChangesPendingAtAnErasureAreBlanked: changes of the member still
@@ -291,16 +291,7 @@ func TestAnErasureRacingAnUnmergeAndTheSurvivorsErasure(t *testing.T) {
 	if _, err := tx.Exec(c, `UPDATE members SET status = 'erased' WHERE member_id = $1`, other); err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan error, 1)
-	go func() {
-		_, err := f.srv.EraseMember(c, &mcv1.EraseMemberRequest{MemberId: requester, Reason: "DSR", IdempotencyKey: "racing-two-erasures"})
-		done <- err
-	}()
-	waitLockWaiters(t, c, f.pool, "the erasure waits for the unmerge's lock", 1)
-	if err := tx.Commit(c); err != nil {
-		t.Fatal(err)
-	}
-	if err := <-done; err != nil {
+	if _, err := f.eraseWaitingOn(t, c, tx, requester); err != nil {
 		t.Fatalf("EraseMember of the requester: %v", err)
 	}
 	if st := f.statusOf(t, c, requester); st != "erased" {

@@ -347,13 +347,20 @@ func TestConsentAndAttributesRacingAMergeGoToTheSurvivor(t *testing.T) {
 			t.Errorf("a write that waited on the merge: %v", err)
 		}
 	}
+	f.checkWrittenTo(t, c, survivor, "the survivor's")
+}
+
+// checkWrittenTo checks that the consent and the city writesWaitingOn
+// made are member's, and no other member's.
+func (f fixture) checkWrittenTo(t *testing.T, c context.Context, member, whose string) {
+	t.Helper()
 	got := pgtest.Values[string](t, c, f.pool, `SELECT 'consent of ' || member_id FROM member_consents
 		UNION ALL SELECT 'city of ' || member_id FROM members WHERE attributes ? 'city'`)
-	want := []string{"consent of " + survivor, "city of " + survivor}
+	want := []string{"consent of " + member, "city of " + member}
 	slices.Sort(got)
 	slices.Sort(want)
 	if !slices.Equal(got, want) {
-		t.Errorf("written: %v; want %v (the survivor's)", got, want)
+		t.Errorf("written: %v; want %v (%s)", got, want, whose)
 	}
 }
 
