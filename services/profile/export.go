@@ -232,7 +232,7 @@ func (s *Service) ExportMemberData(ctx context.Context, id uuid.UUID) (*MemberDa
 		return nil
 	})
 	if err != nil {
-		return nil, err
+		return nil, erasedMeanwhile(id, err)
 	}
 	ids := make([]string, len(members))
 	isMember := make(map[string]bool, len(members))
@@ -248,7 +248,7 @@ func (s *Service) ExportMemberData(ctx context.Context, id uuid.UUID) (*MemberDa
 			withholdOthers(table, r, isMember)
 			for k, v := range r {
 				if r[k], err = s.open(ctx, v); err != nil {
-					return nil, fmt.Errorf("export clickhouse %s.%s: %w", table, k, err)
+					return nil, erasedMeanwhile(id, fmt.Errorf("export clickhouse %s.%s: %w", table, k, err))
 				}
 			}
 		}
@@ -271,6 +271,16 @@ func (s *Service) ExportMemberData(ctx context.Context, id uuid.UUID) (*MemberDa
 		return nil, fmt.Errorf("export member data: audit: %w", err)
 	}
 	return &MemberData{MemberID: canonical, ExportedAt: at, Document: b}, nil
+}
+
+// erasedMeanwhile is err, or NotFound when it is a ciphertext that no
+// longer opens: the export read the member's rows before an erasure
+// committed and shredded its key, and the member is gone.
+func erasedMeanwhile(id uuid.UUID, err error) error {
+	if errors.Is(err, postgres.ErrKeyShredded) {
+		return fmt.Errorf("member %s was erased while its data was being exported: %w", id, postgres.ErrNotFound)
+	}
+	return err
 }
 
 // exportRows are a table's rows as the document shows them: identifier

@@ -39,11 +39,23 @@ func (s *Schema) EraseMembers(ctx context.Context, tables []string, members []st
 		if err := conn.QueryRow(ctx, "SELECT now()").Scan(&since); err != nil {
 			return fmt.Errorf("erase members: %w", err)
 		}
+		exist, err := existingTables(ctx, conn)
+		if err != nil {
+			return err
+		}
+		var erased []string
 		for _, t := range tables {
 			table := t
 			if l.sharded() {
 				table += LocalSuffix
 			}
+			// A table not made yet holds no member's rows: member_profiles
+			// is made by the tag stage's first catalogue, and a sink may run
+			// before any tag stage has (`pipeline --stages`).
+			if !exist[table] {
+				continue
+			}
+			erased = append(erased, t)
 			where := in
 			switch t {
 			case "member_changes":
@@ -81,7 +93,7 @@ func (s *Schema) EraseMembers(ctx context.Context, tables []string, members []st
 				}
 			}
 		}
-		if err := waitMutations(ctx, conn, tables, l, since, members[0]); err != nil {
+		if err := waitMutations(ctx, conn, erased, l, since, members[0]); err != nil {
 			return err
 		}
 	}
@@ -95,6 +107,24 @@ const blankIdentity = `replaceRegexpAll(replaceRegexpAll(replaceRegexpAll(payloa
 	'"identifiers":\\s*\\[(?:[^\\]"]|"(?:[^"\\\\]|\\\\.)*")*\\]', '"identifiers":[]'),
 	'"before":\\s*"(?:[^"\\\\]|\\\\.)*"', '"before":"{}"'),
 	'"after":\\s*"(?:[^"\\\\]|\\\\.)*"', '"after":"{}"')`
+
+// existingTables are the tables of conn's current database.
+func existingTables(ctx context.Context, conn driver.Conn) (map[string]bool, error) {
+	rows, err := conn.Query(ctx, `SELECT name FROM system.tables WHERE database = currentDatabase()`)
+	if err != nil {
+		return nil, fmt.Errorf("erase members: list tables: %w", err)
+	}
+	defer rows.Close()
+	out := map[string]bool{}
+	for rows.Next() {
+		var name string
+		if err := rows.Scan(&name); err != nil {
+			return nil, fmt.Errorf("erase members: list tables: %w", err)
+		}
+		out[name] = true
+	}
+	return out, rows.Err()
+}
 
 // quoted is values as a list of string literals; the callers pass only
 // checked member ids and this package's table names, which hold no quote.

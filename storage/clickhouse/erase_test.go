@@ -119,3 +119,32 @@ func TestEraseMembersBlanksTheChangesNamingThemAsTheOtherMember(t *testing.T) {
 		}
 	}
 }
+
+// `membercenter migrate` makes no member_profiles (the tag stage's first
+// catalogue does), and a ClickHouse sink may run before any tag stage has
+// (`pipeline --stages=relay,clickhouse-sink`): an erasure there deletes
+// from the tables that exist and goes through. Before, it failed on the
+// missing table, and the sink retried its batch — every member's changes
+// — until a tag stage started (found by a black-box probe).
+func TestEraseMembersBeforeTheProfilesTableExists(t *testing.T) {
+	conn, cfg := chtest.NewDB(t) // as `membercenter migrate` leaves it
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	const erased, kept = "01a20000-0000-7000-8000-00000000000a", "01a20000-0000-7000-8000-00000000000b"
+	at := time.Date(2026, 3, 18, 12, 0, 0, 0, time.UTC)
+	var rows []clickhouse.ChangeRow
+	for i, m := range []string{erased, kept} {
+		rows = append(rows, clickhouse.ChangeRow{MemberID: m, Sequence: 1, ChangeID: fmt.Sprintf("c%d", i), ChangeType: "points_changed",
+			Payload: "{}", OccurredAt: at, InsertedAt: at})
+	}
+	if err := clickhouse.NewWriter(conn).InsertChanges(ctx, rows); err != nil {
+		t.Fatal(err)
+	}
+	tables := []string{"member_changes", "label_changes", "identity_audit", clickhouse.ProfilesTable}
+	if err := clickhouse.NewSchema(cfg, conn).EraseMembers(ctx, tables, []string{erased}); err != nil {
+		t.Fatalf("erasing a member in a database `migrate` made: %v", err)
+	}
+	if left := queryStrings(t, ctx, conn, `SELECT member_id FROM member_changes FINAL`); len(left) != 1 || left[0] != kept {
+		t.Errorf("changes left %v; want the other member's only", left)
+	}
+}
