@@ -128,12 +128,11 @@ func (s *Service) EraseMember(ctx context.Context, req *mcv1.EraseMemberRequest,
 	// ended before it shredded.
 	var erased []uuid.UUID
 	for _, m := range append([]string{resp.GetMemberId()}, resp.GetMergedMemberIds()...) {
-		if id, err := uuid.Parse(m); err == nil {
-			erased = append(erased, id)
+		id, err := uuid.Parse(m)
+		if err != nil {
+			return nil, fmt.Errorf("erase: the recorded answer names member %q: %w", m, err)
 		}
-	}
-	if len(erased) == 0 {
-		return resp, nil
+		erased = append(erased, id)
 	}
 	if _, err := s.shredQueued(ctx, erased, len(erased)); err != nil {
 		return nil, fault.Temporary(fmt.Errorf("the member is erased, and its data keys are queued for shredding: %w", err))

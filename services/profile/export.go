@@ -232,7 +232,7 @@ func (s *Service) ExportMemberData(ctx context.Context, id uuid.UUID) (*MemberDa
 		return nil
 	})
 	if err != nil {
-		return nil, erasedMeanwhile(id, err)
+		return nil, s.erasedMeanwhile(ctx, id, members, err)
 	}
 	ids := make([]string, len(members))
 	isMember := make(map[string]bool, len(members))
@@ -248,7 +248,7 @@ func (s *Service) ExportMemberData(ctx context.Context, id uuid.UUID) (*MemberDa
 			withholdOthers(table, r, isMember)
 			for k, v := range r {
 				if r[k], err = s.open(ctx, v); err != nil {
-					return nil, erasedMeanwhile(id, fmt.Errorf("export clickhouse %s.%s: %w", table, k, err))
+					return nil, s.erasedMeanwhile(ctx, id, members, fmt.Errorf("export clickhouse %s.%s: %w", table, k, err))
 				}
 			}
 		}
@@ -274,13 +274,17 @@ func (s *Service) ExportMemberData(ctx context.Context, id uuid.UUID) (*MemberDa
 }
 
 // erasedMeanwhile is err, or NotFound when it is a ciphertext that no
-// longer opens: the export read the member's rows before an erasure
-// committed and shredded its key, and the member is gone.
-func erasedMeanwhile(id uuid.UUID, err error) error {
-	if errors.Is(err, postgres.ErrKeyShredded) {
-		return fmt.Errorf("member %s was erased while its data was being exported: %w", id, postgres.ErrNotFound)
+// longer opens because the member was erased since the export read its
+// rows (an erasure committed and shredded the key); a key shredded for a
+// member that is not erased stays the error it is.
+func (s *Service) erasedMeanwhile(ctx context.Context, id uuid.UUID, members []uuid.UUID, err error) error {
+	if !errors.Is(err, postgres.ErrKeyShredded) || len(members) == 0 {
+		return err
 	}
-	return err
+	if erased, lerr := postgres.ErasedAmong(ctx, s.pool, members); lerr != nil || len(erased) == 0 {
+		return err
+	}
+	return fmt.Errorf("member %s was erased while its data was being exported: %w", id, postgres.ErrNotFound)
 }
 
 // exportRows are a table's rows as the document shows them: identifier

@@ -49,10 +49,11 @@ func (s *Schema) EraseMembers(ctx context.Context, tables []string, members []st
 			if l.sharded() {
 				table += LocalSuffix
 			}
-			// A table not made yet holds no member's rows: member_profiles
-			// is made by the tag stage's first catalogue, and a sink may run
-			// before any tag stage has (`pipeline --stages`).
-			if !exist[table] {
+			// member_profiles is made by the tag stage's first catalogue,
+			// and a sink may run before any tag stage has (`pipeline
+			// --stages`): not made yet, it holds no member's rows. Any
+			// other table missing is a schema not migrated, and fails.
+			if t == ProfilesTable && !exist[table] {
 				continue
 			}
 			erased = append(erased, t)
