@@ -39,10 +39,6 @@ func (s *Schema) EraseMembers(ctx context.Context, tables []string, members []st
 		if err := conn.QueryRow(ctx, "SELECT now()").Scan(&since); err != nil {
 			return fmt.Errorf("erase members: %w", err)
 		}
-		exist, err := existingTables(ctx, conn)
-		if err != nil {
-			return err
-		}
 		var erased []string
 		for _, t := range tables {
 			table := t
@@ -53,8 +49,14 @@ func (s *Schema) EraseMembers(ctx context.Context, tables []string, members []st
 			// and a sink may run before any tag stage has (`pipeline
 			// --stages`): not made yet, it holds no member's rows. Any
 			// other table missing is a schema not migrated, and fails.
-			if t == ProfilesTable && !exist[table] {
-				continue
+			if t == ProfilesTable {
+				made, err := tableEngines(ctx, conn, []string{table})
+				if err != nil {
+					return fmt.Errorf("erase members: %w", err)
+				}
+				if _, ok := made[table]; !ok {
+					continue
+				}
 			}
 			erased = append(erased, t)
 			where := in
@@ -108,24 +110,6 @@ const blankIdentity = `replaceRegexpAll(replaceRegexpAll(replaceRegexpAll(payloa
 	'"identifiers":\\s*\\[(?:[^\\]"]|"(?:[^"\\\\]|\\\\.)*")*\\]', '"identifiers":[]'),
 	'"before":\\s*"(?:[^"\\\\]|\\\\.)*"', '"before":"{}"'),
 	'"after":\\s*"(?:[^"\\\\]|\\\\.)*"', '"after":"{}"')`
-
-// existingTables are the tables of conn's current database.
-func existingTables(ctx context.Context, conn driver.Conn) (map[string]bool, error) {
-	rows, err := conn.Query(ctx, `SELECT name FROM system.tables WHERE database = currentDatabase()`)
-	if err != nil {
-		return nil, fmt.Errorf("erase members: list tables: %w", err)
-	}
-	defer rows.Close()
-	out := map[string]bool{}
-	for rows.Next() {
-		var name string
-		if err := rows.Scan(&name); err != nil {
-			return nil, fmt.Errorf("erase members: list tables: %w", err)
-		}
-		out[name] = true
-	}
-	return out, rows.Err()
-}
 
 // quoted is values as a list of string literals; the callers pass only
 // checked member ids and this package's table names, which hold no quote.
