@@ -376,15 +376,22 @@ func rowIdentifiers(c *Change) []*mcv1.Identifier {
 		switch c.Table {
 		case "members":
 			for _, id := range identifiersOfColumns(row) {
-				out = append(out, &mcv1.Identifier{Type: identifierTypes[id.Type], Scope: id.Scope, Value: id.Value})
+				out = append(out, id.identifier())
 			}
 		case "identifiers":
-			if t, ok := identifierTypes[row["type"]]; ok {
-				out = append(out, &mcv1.Identifier{Type: t, Scope: row["scope"], Value: row["value"]})
+			if id, ok := identifierOfRow(row); ok {
+				out = append(out, id)
 			}
 		}
 	}
 	return out
+}
+
+// identifierOfRow is the identifier a row of the identifiers table holds
+// (type, scope, value); false when its type is none the platform knows.
+func identifierOfRow(row map[string]string) (*mcv1.Identifier, bool) {
+	t, ok := identifierTypes[row["type"]]
+	return &mcv1.Identifier{Type: t, Scope: row["scope"], Value: row["value"]}, ok
 }
 
 // memberOfRow reads a members row as the import reads a members.csv line.
@@ -454,7 +461,7 @@ func (cu *CatchUp) memberRow(ctx context.Context, tx pgx.Tx, member uuid.UUID, c
 		}
 		for _, id := range identifiersOfColumns(c.Before) {
 			if !kept[id.Type+"\x00"+id.Scope+"\x00"+id.Value] {
-				gone = append(gone, &mcv1.Identifier{Type: identifierTypes[id.Type], Scope: id.Scope, Value: id.Value})
+				gone = append(gone, id.identifier())
 			}
 		}
 	}
@@ -485,13 +492,12 @@ func (cu *CatchUp) memberRow(ctx context.Context, tx pgx.Tx, member uuid.UUID, c
 // the identifiers table: legacy_id, type, scope, value.
 func (cu *CatchUp) identifierRow(ctx context.Context, tx pgx.Tx, member uuid.UUID, c *Change, cause string) ([]string, error) {
 	row := c.row()
-	t, ok := identifierTypes[row["type"]]
+	id, ok := identifierOfRow(row)
 	if !ok {
 		return nil, fault.Permanent(fmt.Errorf("type %q is not one of phone, email, wechat_unionid, miniprogram_openid, member_card, crm_id", row["type"]))
 	}
-	id := &mcv1.Identifier{Type: t, Scope: row["scope"], Value: row["value"]}
 	if c.Op == "d" {
-		if t == mcv1.IdentifierType_IDENTIFIER_TYPE_CRM_ID && id.Value == row["legacy_id"] {
+		if id.Type == mcv1.IdentifierType_IDENTIFIER_TYPE_CRM_ID && id.Value == row["legacy_id"] {
 			return nil, nil // the legacy id finds the member while it lives
 		}
 		return cu.identifiers(ctx, tx, member, nil, []*mcv1.Identifier{id}, cause)

@@ -104,6 +104,12 @@ type jsonIdentifier struct {
 	Value string `json:"value"`
 }
 
+// identifier is id as the platform takes it (an unknown type is
+// IDENTIFIER_TYPE_UNSPECIFIED, which normalisation refuses).
+func (id jsonIdentifier) identifier() *mcv1.Identifier {
+	return &mcv1.Identifier{Type: identifierTypes[id.Type], Scope: id.Scope, Value: id.Value}
+}
+
 type jsonLot struct {
 	Ref       string `json:"ref"`
 	Earned    int64  `json:"earned"`
