@@ -723,11 +723,12 @@ func (e Engine) purchase(s *State, fx *Effects, t time.Time, op Op) error {
 	// Redemption.
 	var value int64
 	if op.RedeemPoints > 0 {
-		if op.RedeemPoints%p.RedeemPerUnit != 0 {
+		var maxValue int64
+		var whole bool
+		value, maxValue, whole = p.redeemValue(op.RedeemPoints, op.Total-discount)
+		if !whole {
 			return &Refusal{Reason: fmt.Sprintf("points to redeem must be a multiple of %d", p.RedeemPerUnit)}
 		}
-		value = op.RedeemPoints * 100 / p.RedeemPerUnit
-		maxValue := floorMulDiv(op.Total-discount, p.RedeemMaxBP, 10000)
 		if value > maxValue {
 			return &Refusal{Reason: fmt.Sprintf("points may pay at most %d of this basket (%d requested)", maxValue, value)}
 		}

@@ -91,13 +91,22 @@ func (p *Program) checkBasketRedeem(field string, v, total int64) error {
 	if v <= 0 {
 		return nil
 	}
-	if v%p.RedeemPerUnit != 0 {
+	value, most, whole := p.redeemValue(v, total)
+	if !whole {
 		return fieldErr(field, "%d: points to redeem must be a multiple of %d", v, p.RedeemPerUnit)
 	}
-	if value, most := v*100/p.RedeemPerUnit, floorMulDiv(total, p.RedeemMaxBP, 10000); value > most {
+	if value > most {
 		return fieldErr(field, "%d points would pay %d, and points may pay at most %d of this basket", v, value, most)
 	}
 	return nil
+}
+
+// redeemValue is what points pay of a basket of which base is left to pay
+// (minor units), the most points may pay of it, and whether points are in
+// whole units of redemption: the redemption rule ingest checks a basket
+// against (checkBasketRedeem) and the member stage applies (Engine).
+func (p *Program) redeemValue(points, base int64) (value, most int64, whole bool) {
+	return points * 100 / p.RedeemPerUnit, floorMulDiv(base, p.RedeemMaxBP, 10000), points%p.RedeemPerUnit == 0
 }
 
 func (p *Program) checkAdjust(field string, v int64) error {
