@@ -138,7 +138,7 @@ func OutboxOf(ctx context.Context, tx pgx.Tx, members []uuid.UUID) ([]OutboxRow,
 	rows, err := tx.Query(ctx, `
 		SELECT `+outboxColumns+` FROM outbox o WHERE o.member_id = ANY($1) ORDER BY o.outbox_id FOR UPDATE OF o`, members)
 	if err != nil {
-		return nil, fmt.Errorf("pending outbox rows of erased members: %w", err)
+		return nil, fmt.Errorf("outbox rows of erased members: %w", err)
 	}
 	return collectOutbox(rows)
 }
