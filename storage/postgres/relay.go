@@ -95,10 +95,17 @@ func ClaimRelayBatch(ctx context.Context, tx pgx.Tx, group string, term int64, i
 	if inFlight {
 		return nil, errors.New("claim relay batch: a batch is still in flight")
 	}
+	// Each claimed row is looked up in the outbox by its key (LATERAL …
+	// LIMIT 1 keeps PostgreSQL from planning a join over the whole outbox):
+	// the queue's and the outbox's estimates lag behind a busy outbox, and
+	// with a stale one PostgreSQL hashed or merge-joined every outbox row
+	// at every claim (6–19 ms a claim on 100,000 rows in the pipeline bench).
 	rows, err := tx.Query(ctx, `
 		SELECT `+outboxColumns+`
 		  FROM (SELECT outbox_id, member_id FROM outbox_pending ORDER BY outbox_id LIMIT $1) p
-		  JOIN outbox o USING (outbox_id, member_id) ORDER BY o.outbox_id`, limit)
+		 CROSS JOIN LATERAL (SELECT `+outboxColumns+` FROM outbox o
+		                      WHERE o.outbox_id = p.outbox_id AND o.member_id = p.member_id LIMIT 1) o
+		 ORDER BY o.outbox_id`, limit)
 	if err != nil {
 		return nil, fmt.Errorf("claim relay batch: %w", err)
 	}
