@@ -134,11 +134,15 @@ func (s *Service) VerifyMemberCode(ctx context.Context, code string, at CodeUse)
 	}
 	now := s.now()
 	current := codeStepAt(now)
-	failures, err := postgres.CountCodeFailures(ctx, s.pool, memberNo, now.Add(-codeLockWindow))
+	// The attempt counts as a failure before its code is checked, so that
+	// guesses sent at once are held to the lock too; anything but a wrong
+	// code takes it back below.
+	attempt := postgres.CodeAttempt{MemberNo: memberNo, At: now, StoreID: at.StoreID, TerminalID: at.TerminalID}
+	reserved, failures, err := postgres.ReserveCodeAttempt(ctx, s.pool, attempt, now.Add(-codeLockWindow), codeMaxFailures)
 	if err != nil {
 		return uuid.Nil, fmt.Errorf("verify member code: %w", err)
 	}
-	if failures >= codeMaxFailures {
+	if !reserved {
 		s.log.WarnContext(ctx, "member code locked", "member_no", memberNo, "failures", failures)
 		return uuid.Nil, ErrCodeLocked
 	}
@@ -187,9 +191,10 @@ func (s *Service) VerifyMemberCode(ctx context.Context, code string, at CodeUse)
 		member = m.MemberID
 		return nil
 	})
-	if wrong {
-		// Counted outside the refused transaction, which rolled back.
-		if ferr := postgres.InsertCodeFailure(ctx, s.pool, memberNo, now, at.StoreID, at.TerminalID); ferr != nil {
+	if !wrong {
+		// A right code, a replay, a number without a code or a failure of
+		// the platform's is no wrong guess.
+		if ferr := postgres.ForgiveCodeAttempt(ctx, s.pool, attempt); ferr != nil && err == nil {
 			return uuid.Nil, fmt.Errorf("verify member code: %w", ferr)
 		}
 	}

@@ -390,6 +390,48 @@ func TestMemberCodeLockAfterWrongCodes(t *testing.T) {
 	}
 }
 
+// Guesses sent at once are held to the lock too: each counts as a failure
+// before its code is checked (a probe sent 60 wrong codes for one number at
+// once over one connection and all 60 were checked against the secret). A
+// right code takes its failure back.
+func TestConcurrentWrongCodesAreHeldToTheLock(t *testing.T) {
+	f := newAuthFixture(t)
+	_, c := f.memberWithCode(t, "+8613900000088")
+	f.clock.Set(authEpoch)
+	right := mustAtoi(t, c.Code[10:])
+	const guesses = 12 // below the pool size: the fixture keeps data keys on the same pool
+	errs := atOnce(guesses, func(i int) error {
+		// Far from the right code: none of them can match a step.
+		guess := c.Code[:10] + fmt.Sprintf("%06d", (right+500_000+i)%1_000_000)
+		_, err := f.svc.VerifyMemberCode(ctxT(t), guess, identity.CodeUse{StoreID: "SH-001", TerminalID: fmt.Sprintf("POS-%d", i)})
+		return err
+	})
+	evaluated, locked := 0, 0
+	for _, err := range errs {
+		switch {
+		case errors.Is(err, identity.ErrCodeInvalid):
+			evaluated++
+		case errors.Is(err, identity.ErrCodeLocked):
+			locked++
+		default:
+			t.Errorf("concurrent wrong code: %v, want ErrCodeInvalid or ErrCodeLocked", err)
+		}
+	}
+	if evaluated != 5 || locked != guesses-5 {
+		t.Fatalf("%d of %d concurrent wrong codes were checked against the secret and %d locked; the lock allows 5 a window",
+			evaluated, guesses, locked)
+	}
+	f.wantCount(t, "member_code_failures", 5, "%d code failures recorded, want the 5 wrong codes checked")
+
+	// A right code, and a replay of it, leave no failure behind.
+	other, oc := f.memberWithCode(t, "+8613900000089")
+	f.wantAccepted(t, oc.Code, authEpoch, other, "right code")
+	if _, err := f.verify(t, oc.Code, authEpoch); !errors.Is(err, identity.ErrCodeUsed) {
+		t.Fatalf("replayed code: %v, want ErrCodeUsed", err)
+	}
+	f.wantCount(t, "member_code_failures", 5, "%d code failures recorded after a right code and its replay, want 5")
+}
+
 func mustAtoi(t *testing.T, s string) int {
 	t.Helper()
 	n, err := strconv.Atoi(s)

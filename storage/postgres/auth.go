@@ -169,17 +169,51 @@ func InsertAssertionNonce(ctx context.Context, q Querier, n AssertionNonce) (boo
 	return affected == 1, err
 }
 
-// InsertCodeFailure records a failed code attempt for a member number.
-func InsertCodeFailure(ctx context.Context, q Querier, memberNo int64, at time.Time, storeID, terminalID string) error {
-	return exec(ctx, q, "insert code failure", `INSERT INTO member_code_failures (member_no, failed_at, store_id, terminal_id) VALUES ($1, $2, $3, $4)`,
-		memberNo, at, storeID, terminalID)
+// CodeAttempt is an attempt at a member number's dynamic code.
+type CodeAttempt struct {
+	MemberNo   int64
+	At         time.Time
+	StoreID    string
+	TerminalID string
 }
 
-// CountCodeFailures counts failed attempts for a member number since a time.
-func CountCodeFailures(ctx context.Context, q Querier, memberNo int64, since time.Time) (int, error) {
-	var n int
-	if err := q.QueryRow(ctx, `SELECT count(*) FROM member_code_failures WHERE member_no = $1 AND failed_at > $2`, memberNo, since).Scan(&n); err != nil {
-		return 0, fmt.Errorf("count code failures: %w", err)
+// codeAttemptLocks is the namespace of the advisory locks that serialise
+// the attempts at one member number (the two-key form, apart from the
+// identifiers' one-key locks).
+const codeAttemptLocks = 5
+
+// ReserveCodeAttempt records attempt a as a failure, before its code is
+// checked, unless max failures of its member number since are recorded
+// already: then it records nothing and reports false with their count. The
+// attempts at a number are serialised, so guesses sent at once cannot all
+// pass the count; an attempt that turns out not to be a wrong code takes
+// its failure back (ForgiveCodeAttempt).
+func ReserveCodeAttempt(ctx context.Context, db Beginner, a CodeAttempt, since time.Time, max int) (reserved bool, failures int, err error) {
+	err = pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1, hashint8($2))`, codeAttemptLocks, a.MemberNo); err != nil {
+			return err
+		}
+		// A statement of its own: its snapshot is taken after the lock, so
+		// it sees the failures the attempts before this one recorded.
+		return tx.QueryRow(ctx, `
+			WITH n AS (SELECT count(*) AS failures FROM member_code_failures WHERE member_no = $1 AND failed_at > $2),
+			     r AS (INSERT INTO member_code_failures (member_no, failed_at, store_id, terminal_id)
+			           SELECT $1, $3, $4, $5 FROM n WHERE n.failures < $6 RETURNING 1)
+			SELECT EXISTS (SELECT FROM r), (SELECT failures FROM n)`,
+			a.MemberNo, since, a.At, a.StoreID, a.TerminalID, max).Scan(&reserved, &failures)
+	})
+	if err != nil {
+		return false, 0, fmt.Errorf("reserve code attempt: %w", err)
 	}
-	return n, nil
+	return reserved, failures, nil
+}
+
+// ForgiveCodeAttempt takes back the failure ReserveCodeAttempt recorded for
+// attempt a.
+func ForgiveCodeAttempt(ctx context.Context, q Querier, a CodeAttempt) error {
+	return exec(ctx, q, "forgive code attempt", `
+		DELETE FROM member_code_failures WHERE ctid = (
+		  SELECT ctid FROM member_code_failures
+		   WHERE member_no = $1 AND failed_at = $2 AND store_id = $3 AND terminal_id = $4 LIMIT 1)`,
+		a.MemberNo, a.At, a.StoreID, a.TerminalID)
 }
