@@ -622,13 +622,27 @@ func literalSQL(v any) string {
 	case types.Uint:
 		return strconv.FormatUint(uint64(x), 10)
 	case types.Double:
-		s := strconv.FormatFloat(float64(x), 'g', -1, 64)
-		if !strings.ContainsAny(s, ".eE") {
-			s += ".0"
-		}
-		return s
+		return doubleSQL(float64(x))
 	}
 	panic(fmt.Sprintf("segment: literal %T reached SQL", v))
+}
+
+// doubleSQL renders a finite f as SQL that ClickHouse evaluates to exactly
+// f. A subnormal number (nonzero, under 2^-1022 ≈ 2.2e-308) has no literal
+// ClickHouse parses (18.16 calls 5e-324 a syntax error, and reads the
+// string '5e-324' as 0), so it is written as its multiple m of the
+// smallest one, 2^-1074, computed as m × 2^-1022 × 2^-52: m is an integer
+// under 2^52 and both products are exact.
+func doubleSQL(f float64) string {
+	if f != 0 && math.Abs(f) < 0x1p-1022 {
+		m := int64(f / 0x1p-1074) // exact: a subnormal is m × 2^-1074
+		return fmt.Sprintf("(%d * 2.2250738585072014e-308 * 2.220446049250313e-16)", m)
+	}
+	s := strconv.FormatFloat(f, 'g', -1, 64)
+	if !strings.ContainsAny(s, ".eE") {
+		s += ".0"
+	}
+	return s
 }
 
 func quoteString(s string) string {
