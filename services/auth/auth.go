@@ -533,6 +533,13 @@ func authorize(p *Principal, method string, req proto.Message) error {
 	if !p.Client.Allows(scope) {
 		return status.Errorf(codes.PermissionDenied, "client %s lacks scope %s for %s", p.Client.ID, scope, method)
 	}
+	if p.Client.OwnMembers && !memberBound[method] && !aboutNoMember[method] {
+		// Verifying a member code, resolving identifiers, segments and the
+		// operators' methods are about members the request does not name
+		// (a member-bound client verified another member's code, spending
+		// it, and learned whose it was).
+		return status.Errorf(codes.PermissionDenied, "client %s acts for its members only: %s is not about the members its token names", p.Client.ID, method)
+	}
 	if !p.Client.OwnMembers || req == nil || !memberBound[method] {
 		return nil
 	}

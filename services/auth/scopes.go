@@ -58,6 +58,13 @@ var MethodScopes = map[string]string{
 	"/membercenter.v1.SyncService/GetSnapshot": "sync.subscribe",
 }
 
+// aboutNoMember methods are about no member (the label catalogue): a
+// member-bound client may call them, and the memberBound ones, and nothing
+// else.
+var aboutNoMember = map[string]bool{
+	"/membercenter.v1.ProfileService/ListLabels": true,
+}
+
 // memberBound methods are about given members: a member-bound client must
 // name only its own.
 var memberBound = map[string]bool{

@@ -151,3 +151,62 @@ func TestChannelCredentialsOverGRPCAndHTTP(t *testing.T) {
 		}
 	}
 }
+
+// "Member-bound clients act only for the members their token names"
+// (docs/security.md). The app shows its member's dynamic code, so its
+// member-bound client holds identity.code for IssueMemberCode (held to the
+// token's members); the same scope opens VerifyMemberCode, a till's call
+// about whoever shows a code: a black-box probe's app token for one member
+// verified another's code (spending it: a code is accepted once) and was
+// told whose it was. A member-bound client calls only the RPCs about the
+// members a request names: segments are refused too.
+func TestMemberBoundClientCannotVerifyOtherMembersCodes(t *testing.T) {
+	e, a := startWithClients(t, nil, `clients:
+  - {id: pos, channel: pos, secret: `+clientSecret("p")+`, scopes: [identity.resolve, identity.code]}
+  - {id: app, channel: app, secret: `+clientSecret("a")+`, scopes: [identity.code, profile.read, segments.read], own_members: true}
+`)
+	ctx := within(t, 60*time.Second)
+	as := func(tok string) context.Context {
+		return metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+tok)
+	}
+	posTok, _ := a.Mint("pos", time.Minute)
+	ids := mcv1.NewIdentityServiceClient(e.conn)
+	resolve := func(phone, key string) string {
+		r, err := ids.Resolve(as(posTok), &mcv1.ResolveRequest{Channel: mcv1.Channel_CHANNEL_POS, CreateIfMissing: true, IdempotencyKey: key,
+			Identifiers: []*mcv1.Identifier{{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_PHONE, Value: phone}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.GetMemberId()
+	}
+	own, other := resolve("13300000021", "member-bound-code-1"), resolve("13300000022", "member-bound-code-2")
+	appTok, _ := a.Mint("app", time.Minute, own)
+
+	// The app shows its own member's code, and no one else's.
+	if _, err := ids.IssueMemberCode(as(appTok), &mcv1.IssueMemberCodeRequest{MemberId: own}); err != nil {
+		t.Fatalf("app IssueMemberCode for its member: %v", err)
+	}
+	if _, err := ids.IssueMemberCode(as(appTok), &mcv1.IssueMemberCodeRequest{MemberId: other}); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("app IssueMemberCode for another member: %v; want PermissionDenied", err)
+	}
+	// The other member shows its code at a till.
+	code, err := ids.IssueMemberCode(as(posTok), &mcv1.IssueMemberCodeRequest{MemberId: other})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The app's token names only its own member: it may not verify (and so
+	// spend) the other member's code, nor learn whose it is.
+	r, err := ids.VerifyMemberCode(as(appTok), &mcv1.VerifyMemberCodeRequest{Code: code.GetCode()})
+	if status.Code(err) != codes.PermissionDenied {
+		t.Errorf("member-bound app (token for %s) VerifyMemberCode of another member's code: %v, member %s; want PermissionDenied",
+			own, err, r.GetMember().GetMemberId())
+	}
+	if _, err := mcv1.NewProfileServiceClient(e.conn).CountSegment(as(appTok), &mcv1.CountSegmentRequest{
+		Expression: "true", Purpose: mcv1.ConsentPurpose_CONSENT_PURPOSE_MARKETING}); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("member-bound app CountSegment: %v; want PermissionDenied", err)
+	}
+	// ... and the till, scanning it next, still accepts it.
+	if _, err := ids.VerifyMemberCode(as(posTok), &mcv1.VerifyMemberCodeRequest{Code: code.GetCode()}); err != nil {
+		t.Errorf("the till's scan of the member's code after the app's attempt: %v", err)
+	}
+}
