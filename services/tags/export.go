@@ -100,6 +100,9 @@ func (e *Exporter) Export(ctx context.Context, batch int) (int, error) {
 		r := clickhouse.ProfileRow{MemberID: p.Member.String(), Version: uint64(p.Version), CatalogVersion: p.CatalogVersion,
 			UpdatedAt: p.UpdatedAt.UTC(), Consent: consentOf(p.ConsentGranted, p.ConsentWithdrawn),
 			Withheld: !Consented(mcv1.ConsentPurpose_CONSENT_PURPOSE_PROFILING, p.ConsentGranted, p.ConsentWithdrawn)}
+		if p.MergedInto != nil {
+			r.MergedInto = p.MergedInto.String()
+		}
 		r.Columns = slab[i*len(cols) : (i+1)*len(cols) : (i+1)*len(cols)]
 		if err := index.labelColumns(p.LabelsPB, p.LabelsJSON, r.Columns); err != nil {
 			return 0, fmt.Errorf("labels of %s: %w", p.Member, err)

@@ -49,3 +49,10 @@ func classify(err error, appended bool) error {
 	}
 	return err
 }
+
+// IsUnknownTable reports whether err is ClickHouse's refusal of a query that
+// names a table the database does not have (UNKNOWN_TABLE).
+func IsUnknownTable(err error) bool {
+	var ex *ch.Exception
+	return errors.As(err, &ex) && ex.Code == 60
+}

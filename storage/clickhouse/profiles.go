@@ -85,7 +85,23 @@ var profileFixed = []struct{ name, typ, def string }{
 	{ConsentProfiling, "UInt8", "1"},
 	{ConsentThirdParty, "UInt8", "0"},
 	{ConsentAnalytics, "UInt8", "1"},
+	{MergedInto, "String", "''"},
 }
+
+// MergedInto is member_profiles' column that names, in the row of a member
+// merged into another, the member it was merged into; it is empty in a
+// member's own row. A merged id stands for its survivor, whose row holds
+// its labels: segments and the analyst views leave such rows out
+// (IsMember), and an unmerge writes the member's own row again.
+const MergedInto = "merged_into"
+
+// IsMember is the condition of a member_profiles row that is a member's own
+// (not one of an id merged into another).
+const IsMember = MergedInto + " = ''"
+
+// forAnalytics is the condition of the rows the analyst views read: members
+// who consent to analytics.
+const forAnalytics = ConsentAnalytics + " = 1 AND " + IsMember
 
 // The consent columns of member_profiles: 1 when the member consents to
 // the purpose (by decision or by default), 0 otherwise. A use of profiles
@@ -324,7 +340,7 @@ func ensureViews(ctx context.Context, conn driver.Conn, cols []ProfileColumn) er
 		typ[c.Name] = c.Type
 	}
 	views := map[string]string{
-		"current_profiles": "SELECT * FROM " + ProfilesTable + " FINAL WHERE " + ConsentAnalytics + " = 1",
+		"current_profiles": "SELECT * FROM " + ProfilesTable + " FINAL WHERE " + forAnalytics,
 		"daily_kpis":       dailyKPIsView(typ[labelLTV] == LabelNumber),
 	}
 	if len(cols) > 0 {
@@ -424,7 +440,7 @@ func labelDistributionView(cols []ProfileColumn) string {
 			v = "toString(" + col + ")"
 		}
 		parts[i] = "    SELECT '" + c.Name + "' AS label_id, CAST(" + v + " AS Nullable(String)) AS value, count() AS members\n" +
-			"    FROM " + ProfilesTable + " FINAL\n    WHERE " + ConsentAnalytics + " = 1\n    GROUP BY value"
+			"    FROM " + ProfilesTable + " FINAL\n    WHERE " + forAnalytics + "\n    GROUP BY value"
 	}
 	return "SELECT label_id, value, members\nFROM (\n" + strings.Join(parts, "\n    UNION ALL\n") + "\n)"
 }
@@ -444,7 +460,7 @@ func rfmMatrixView(haveM, haveLTV bool) string {
     ` + m + ` AS avg_m_score,
     ` + ltv + ` AS avg_ltv_365d
 FROM ` + ProfilesTable + ` FINAL
-WHERE isNotNull(` + quoteIdent(labelRScore) + `) AND isNotNull(` + quoteIdent(labelFScore) + `) AND ` + ConsentAnalytics + ` = 1
+WHERE isNotNull(` + quoteIdent(labelRScore) + `) AND isNotNull(` + quoteIdent(labelFScore) + `) AND ` + forAnalytics + `
 GROUP BY r_score, f_score`
 }
 
@@ -457,13 +473,13 @@ func lifecycleFunnelView() string {
     stage,
     toUInt8(if(indexOf(` + stages + `, stage) = 0, 99, indexOf(` + stages + `, stage))) AS stage_order,
     members,
-    members / nullIf((SELECT count() FROM ` + ProfilesTable + ` FINAL WHERE isNotNull(` + col + `) AND ` + ConsentAnalytics + ` = 1), 0) AS share
+    members / nullIf((SELECT count() FROM ` + ProfilesTable + ` FINAL WHERE isNotNull(` + col + `) AND ` + forAnalytics + `), 0) AS share
 FROM (
     SELECT stage, sum(n) AS members
     FROM (
         SELECT assumeNotNull(` + col + `) AS stage, count() AS n
         FROM ` + ProfilesTable + ` FINAL
-        WHERE isNotNull(` + col + `) AND ` + ConsentAnalytics + ` = 1
+        WHERE isNotNull(` + col + `) AND ` + forAnalytics + `
         GROUP BY stage
         UNION ALL
         SELECT arrayJoin(` + stages + `) AS stage, toUInt64(0) AS n
@@ -604,6 +620,9 @@ type ProfileRow struct {
 	Withheld bool
 	// Consent is the member's consent per purpose.
 	Consent Consent
+	// MergedInto is the member this one was merged into (empty for a
+	// member): the row is no member's (MergedInto, the column).
+	MergedInto string
 	// Values by label id: bool for bool labels, string for enum labels,
 	// float64 (or a Go integer) for number labels. A missing key, a nil
 	// value or a NaN number is stored as NULL (absent). Keys that are not
@@ -662,6 +681,7 @@ func (w *Writer) InsertProfiles(ctx context.Context, cols []ProfileColumn, rows 
 		col(func(r *ProfileRow) uint8 { return flag(!r.Withheld) }),
 		col(func(r *ProfileRow) uint8 { return flag(r.Consent.ThirdParty) }),
 		col(func(r *ProfileRow) uint8 { return flag(!r.Consent.NoAnalytics) }),
+		col(func(r *ProfileRow) string { return r.MergedInto }),
 	}
 	for j, c := range cols {
 		v, err := profileColumn(j, c, rows)

@@ -180,17 +180,20 @@ type ProfileExport struct {
 	// granted, or withdrawn (profiling withdrawn: behavioural labels
 	// withheld); a purpose in neither was never decided.
 	ConsentGranted, ConsentWithdrawn int32
+	// MergedInto is the member this one is merged into, when it is.
+	MergedInto *uuid.UUID
 }
 
-// PendingProfileExports reads up to limit queued members' labels, oldest
-// first, without locking them.
+// PendingProfileExports reads up to limit queued members' labels, and
+// whom each is merged into, oldest first, without locking them.
 func PendingProfileExports(ctx context.Context, q Querier, limit int) ([]ProfileExport, error) {
 	rows, err := q.Query(ctx, `
 		SELECT q.member_id, q.version, f.labels_pb, CASE WHEN f.labels_pb IS NULL THEN coalesce(f.labels, '{}'::jsonb) END,
 		       coalesce(f.catalog_version, ''),
-		       coalesce(f.updated_at, now()), coalesce(c.granted, 0), coalesce(c.withdrawn, 0)
+		       coalesce(f.updated_at, now()), coalesce(c.granted, 0), coalesce(c.withdrawn, 0), m.merged_into
 		  FROM (SELECT member_id, version FROM profile_exports ORDER BY queued_at LIMIT $1) q
 		  LEFT JOIN member_features f ON f.member_id = q.member_id
+		  LEFT JOIN members m ON m.member_id = q.member_id
 		  LEFT JOIN LATERAL (
 		       SELECT bit_or(CASE WHEN granted THEN 1 << purpose::int ELSE 0 END) AS granted,
 		              bit_or(CASE WHEN granted THEN 0 ELSE 1 << purpose::int END) AS withdrawn
@@ -202,7 +205,7 @@ func PendingProfileExports(ctx context.Context, q Querier, limit int) ([]Profile
 	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (ProfileExport, error) {
 		var e ProfileExport
 		err := row.Scan(&e.Member, &e.Version, &e.LabelsPB, &e.LabelsJSON, &e.CatalogVersion, &e.UpdatedAt,
-			&e.ConsentGranted, &e.ConsentWithdrawn)
+			&e.ConsentGranted, &e.ConsentWithdrawn, &e.MergedInto)
 		return e, err
 	})
 	if err != nil {

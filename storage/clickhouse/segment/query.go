@@ -15,7 +15,8 @@ const DefaultBatch = 1000
 
 // Consenting is q restricted to the members who consent to a purpose: its
 // member_profiles consent column (clickhouse.ConsentMarketing, ...). Every
-// use of a segment for a purpose goes through it.
+// use of a segment for a purpose goes through it. The row of an id merged
+// into another is no member's (clickhouse.IsMember) and is left out.
 func (q *Query) Consenting(column string) (*Query, error) {
 	switch column {
 	case clickhouse.ConsentMarketing, clickhouse.ConsentProfiling, clickhouse.ConsentThirdParty, clickhouse.ConsentAnalytics:
@@ -23,7 +24,7 @@ func (q *Query) Consenting(column string) (*Query, error) {
 		return nil, fmt.Errorf("segment: %q is not a consent column", column)
 	}
 	c := *q
-	c.Where = "(" + q.Where + ") AND " + column + " = 1"
+	c.Where = "(" + q.Where + ") AND " + column + " = 1 AND " + clickhouse.IsMember
 	return &c, nil
 }
 
@@ -34,11 +35,21 @@ func Count(ctx context.Context, conn driver.Conn, q *Query) (uint64, error) {
 		return 0, errors.New("segment count: no compiled query")
 	}
 	var n uint64
-	if err := conn.QueryRow(ctx, "SELECT count() FROM "+clickhouse.ProfilesTable+" FINAL WHERE "+q.Where).Scan(&n); err != nil {
+	err := conn.QueryRow(ctx, "SELECT count() FROM "+clickhouse.ProfilesTable+" FINAL WHERE "+q.Where).Scan(&n)
+	if clickhouse.IsUnknownTable(err) {
+		return 0, nil // no profiles yet (noProfilesYet)
+	}
+	if err != nil {
 		return 0, fmt.Errorf("segment count %q: %w", q.Expr, err)
 	}
 	return n, nil
 }
+
+// noProfilesYet: member_profiles is made by the tag stage's first
+// catalogue, so a platform whose tag stage has not run yet (a fresh
+// install, `pipeline --stages` without it) has none: no member has a
+// profile, and a segment is empty.
+
 
 // Export streams the ids of the members matching q, ordered by member id, in
 // slices of at most batch ids (DefaultBatch when batch <= 0). Each slice is
@@ -56,6 +67,9 @@ func Export(ctx context.Context, conn driver.Conn, q *Query, batch int, fn func(
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	rows, err := conn.Query(ctx, "SELECT member_id FROM "+clickhouse.ProfilesTable+" FINAL WHERE "+q.Where+" ORDER BY member_id")
+	if clickhouse.IsUnknownTable(err) {
+		return nil // no profiles yet (noProfilesYet)
+	}
 	if err != nil {
 		return fmt.Errorf("segment export %q: %w", q.Expr, err)
 	}
