@@ -29,7 +29,9 @@ func (q *Query) Consenting(column string) (*Query, error) {
 }
 
 // Count is the number of members whose current profile (the newest version,
-// member_profiles FINAL) matches q.
+// member_profiles FINAL) matches q. member_profiles is made by the tag
+// stage's first catalogue: before it (a fresh install, `pipeline --stages`
+// without the stage) no member has a profile, and the count is 0.
 func Count(ctx context.Context, conn driver.Conn, q *Query) (uint64, error) {
 	if q == nil || q.Where == "" {
 		return 0, errors.New("segment count: no compiled query")
@@ -37,7 +39,7 @@ func Count(ctx context.Context, conn driver.Conn, q *Query) (uint64, error) {
 	var n uint64
 	err := conn.QueryRow(ctx, "SELECT count() FROM "+clickhouse.ProfilesTable+" FINAL WHERE "+q.Where).Scan(&n)
 	if clickhouse.IsUnknownTable(err) {
-		return 0, nil // no profiles yet (noProfilesYet)
+		return 0, nil
 	}
 	if err != nil {
 		return 0, fmt.Errorf("segment count %q: %w", q.Expr, err)
@@ -45,16 +47,11 @@ func Count(ctx context.Context, conn driver.Conn, q *Query) (uint64, error) {
 	return n, nil
 }
 
-// noProfilesYet: member_profiles is made by the tag stage's first
-// catalogue, so a platform whose tag stage has not run yet (a fresh
-// install, `pipeline --stages` without it) has none: no member has a
-// profile, and a segment is empty.
-
 
 // Export streams the ids of the members matching q, ordered by member id, in
 // slices of at most batch ids (DefaultBatch when batch <= 0). Each slice is
 // new, so fn may keep it. An error from fn stops the export and is returned
-// as is.
+// as is. Before member_profiles is made (see Count), nothing is exported.
 func Export(ctx context.Context, conn driver.Conn, q *Query, batch int, fn func([]string) error) error {
 	if q == nil || q.Where == "" {
 		return errors.New("segment export: no compiled query")
@@ -68,7 +65,7 @@ func Export(ctx context.Context, conn driver.Conn, q *Query, batch int, fn func(
 	defer cancel()
 	rows, err := conn.Query(ctx, "SELECT member_id FROM "+clickhouse.ProfilesTable+" FINAL WHERE "+q.Where+" ORDER BY member_id")
 	if clickhouse.IsUnknownTable(err) {
-		return nil // no profiles yet (noProfilesYet)
+		return nil
 	}
 	if err != nil {
 		return fmt.Errorf("segment export %q: %w", q.Expr, err)
