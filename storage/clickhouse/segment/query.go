@@ -47,7 +47,6 @@ func Count(ctx context.Context, conn driver.Conn, q *Query) (uint64, error) {
 	return n, nil
 }
 
-
 // Export streams the ids of the members matching q, ordered by member id, in
 // slices of at most batch ids (DefaultBatch when batch <= 0). Each slice is
 // new, so fn may keep it. An error from fn stops the export and is returned
