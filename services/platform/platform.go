@@ -27,6 +27,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/membercenter/membercenter/storage/clickhouse"
+	"github.com/membercenter/membercenter/storage/clickhouse/segment"
 	"github.com/membercenter/membercenter/storage/postgres"
 
 	"github.com/membercenter/membercenter/pipeline/ingest"
@@ -286,6 +287,7 @@ var errorCodes = []server.ErrorCode{
 	{Err: benefits.ErrDecided, Code: codes.FailedPrecondition},
 	{Err: profile.ErrInvalid, Code: codes.InvalidArgument},
 	{Err: profile.ErrNoFacts, Code: codes.FailedPrecondition},
+	{Err: segment.ErrLabelsBehind, Code: codes.Unavailable},
 	{Err: changefeed.ErrBadToken, Code: codes.InvalidArgument},
 	{Err: changefeed.ErrTokenExpired, Code: codes.OutOfRange},
 	{Err: changefeed.ErrFeedBehind, Code: codes.Unavailable},

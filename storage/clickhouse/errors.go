@@ -56,3 +56,11 @@ func IsUnknownTable(err error) bool {
 	var ex *ch.Exception
 	return errors.As(err, &ex) && ex.Code == 60
 }
+
+// IsUnknownColumn reports whether err is ClickHouse's refusal of a query that
+// names a column the table does not have (UNKNOWN_IDENTIFIER: "Missing
+// columns").
+func IsUnknownColumn(err error) bool {
+	var ex *ch.Exception
+	return errors.As(err, &ex) && ex.Code == 47
+}

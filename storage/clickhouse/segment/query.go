@@ -13,6 +13,21 @@ import (
 // DefaultBatch is Export's batch size when none is given.
 const DefaultBatch = 1000
 
+// ErrLabelsBehind: the segment names a label that member_profiles has no
+// column for yet. A catalogue that adds labels is loaded by every process,
+// and the profile exporter adds their columns when it loads it; a segment
+// asked for in between can be asked again shortly.
+var ErrLabelsBehind = errors.New("a label the segment names has no ClickHouse column yet (the profile exporter adds it with the catalogue that defines it): retry shortly")
+
+// queryError is err of a segment's query, with ErrLabelsBehind for a column
+// ClickHouse does not have.
+func queryError(what string, q *Query, err error) error {
+	if clickhouse.IsUnknownColumn(err) {
+		return fmt.Errorf("%s %q: %w (%w)", what, q.Expr, ErrLabelsBehind, err)
+	}
+	return fmt.Errorf("%s %q: %w", what, q.Expr, err)
+}
+
 // Consenting is q restricted to the members who consent to a purpose: its
 // member_profiles consent column (clickhouse.ConsentMarketing, ...). Every
 // use of a segment for a purpose goes through it. The row of an id merged
@@ -42,7 +57,7 @@ func Count(ctx context.Context, conn driver.Conn, q *Query) (uint64, error) {
 		return 0, nil
 	}
 	if err != nil {
-		return 0, fmt.Errorf("segment count %q: %w", q.Expr, err)
+		return 0, queryError("segment count", q, err)
 	}
 	return n, nil
 }
@@ -67,7 +82,7 @@ func Export(ctx context.Context, conn driver.Conn, q *Query, batch int, fn func(
 		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("segment export %q: %w", q.Expr, err)
+		return queryError("segment export", q, err)
 	}
 	defer func() {
 		cancel()

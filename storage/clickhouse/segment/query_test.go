@@ -414,3 +414,34 @@ func TestNumberLiteralsRoundTrip(t *testing.T) {
 		}
 	}
 }
+
+// TestSegmentsAheadOfTheProfilesTable: before the tag stage has made
+// member_profiles no member has a profile (a count of 0, an empty export);
+// a label whose column the exporter has not added yet (a catalogue just
+// loaded) is ErrLabelsBehind, which the API answers Unavailable, not
+// Internal.
+func TestSegmentsAheadOfTheProfilesTable(t *testing.T) {
+	ctx := context.Background()
+	labels := []segment.Label{{ID: "churn_risk", Type: "number"}, {ID: "brand_new", Type: "bool"}}
+	q, err := segment.Compile(`churn_risk > 0.5 || brand_new`, labels)
+	if err != nil {
+		t.Fatal(err)
+	}
+	none, _ := chtest.NewDB(t)
+	if n, err := segment.Count(ctx, none, q); err != nil || n != 0 {
+		t.Errorf("count without member_profiles: %d, %v; want 0", n, err)
+	}
+	if err := segment.Export(ctx, none, q, 0, func(ids []string) error {
+		t.Errorf("export without member_profiles sent %v", ids)
+		return nil
+	}); err != nil {
+		t.Errorf("export without member_profiles: %v", err)
+	}
+	behind := chtest.NewProfilesDB(t, profileColumns(labels[:1]))
+	if _, err := segment.Count(ctx, behind, q); !errors.Is(err, segment.ErrLabelsBehind) {
+		t.Errorf("count naming a label without a column: %v; want ErrLabelsBehind", err)
+	}
+	if err := segment.Export(ctx, behind, q, 0, func([]string) error { return nil }); !errors.Is(err, segment.ErrLabelsBehind) {
+		t.Errorf("export naming a label without a column: %v; want ErrLabelsBehind", err)
+	}
+}
