@@ -3,6 +3,7 @@ package benefits
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -277,6 +278,9 @@ func (s *Service) listApprovals(ctx context.Context, req *mcv1.ListAdjustmentApp
 		f.After = after
 	}
 	rows, next, err := postgres.ListApprovals(ctx, s.pool, f)
+	if errors.Is(err, postgres.ErrUnknownPageStart) {
+		return nil, fmt.Errorf("page_token %q names no approval: %w", req.GetPageToken(), ErrBadPageToken)
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -349,3 +349,50 @@ func TestApprovalThresholdZeroTurnsApprovalsOff(t *testing.T) {
 		t.Fatalf("%v, %v; want applied at once", resp, err)
 	}
 }
+
+// TestListAdjustmentApprovalsPages: approvals come a page at a time, in
+// the order of one page of all; a page token that is no approval's id (malformed, or a
+// well-formed id of none, which listed an empty page) is ErrBadPageToken.
+func TestListAdjustmentApprovalsPages(t *testing.T) {
+	f, c, m := beginWithMember(t)
+	var ids []string
+	for i := range 3 {
+		req, err := f.srv.Adjust(as(c, "backoffice/alice"), &mcv1.AdjustRequest{MemberId: m, Points: int64(12_000 + i), Reason: "pages",
+			IdempotencyKey: fmt.Sprintf("pages-%d", i)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, req.GetApprovalId())
+	}
+	var got []string
+	token := ""
+	for range 4 {
+		page, err := f.srv.ListAdjustmentApprovals(c, &mcv1.ListAdjustmentApprovalsRequest{MemberId: m, PageSize: 2, PageToken: token})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, a := range page.GetApprovals() {
+			got = append(got, a.GetApprovalId())
+		}
+		if token = page.GetNextPageToken(); token == "" {
+			break
+		}
+	}
+	all, err := f.srv.ListAdjustmentApprovals(c, &mcv1.ListAdjustmentApprovalsRequest{MemberId: m, PageSize: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want []string
+	for _, a := range all.GetApprovals() {
+		want = append(want, a.GetApprovalId())
+	}
+	if !slices.Equal(got, want) || !slices.Equal(slices.Sorted(slices.Values(want)), slices.Sorted(slices.Values(ids))) {
+		t.Fatalf("approvals listed by pages of 2 %v, in one page %v; want the same, the three requested %v", got, want, ids)
+	}
+	for _, token := range []string{"not-a-token", uuid.NewString()} {
+		_, err := f.srv.ListAdjustmentApprovals(c, &mcv1.ListAdjustmentApprovalsRequest{MemberId: m, PageToken: token})
+		if !errors.Is(err, benefits.ErrBadPageToken) {
+			t.Errorf("page token %q: %v; want ErrBadPageToken", token, err)
+		}
+	}
+}

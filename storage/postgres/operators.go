@@ -3,6 +3,7 @@ package postgres
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
@@ -83,9 +84,22 @@ type ApprovalFilter struct {
 	Limit int
 }
 
+// ErrUnknownPageStart: a page was asked for after an approval that does
+// not exist (a page token no list gave).
+var ErrUnknownPageStart = errors.New("the page starts after an approval that does not exist")
+
 // ListApprovals lists approvals oldest request first, a page at a time;
 // next is the last one listed when more follow (uuid.Nil otherwise).
 func ListApprovals(ctx context.Context, q Querier, f ApprovalFilter) (approvals []Approval, next uuid.UUID, err error) {
+	if f.After != uuid.Nil {
+		var known bool
+		if err := q.QueryRow(ctx, `SELECT EXISTS (SELECT FROM adjustment_approvals WHERE approval_id = $1)`, f.After).Scan(&known); err != nil {
+			return nil, uuid.Nil, fmt.Errorf("list adjustment approvals: %w", err)
+		}
+		if !known {
+			return nil, uuid.Nil, fmt.Errorf("list adjustment approvals after %s: %w", f.After, ErrUnknownPageStart)
+		}
+	}
 	rows, err := q.Query(ctx, `SELECT `+approvalColumns+` FROM adjustment_approvals a
 		WHERE ($1 = '' OR state = $1) AND ($2::uuid = '00000000-0000-0000-0000-000000000000' OR member_id = $2)
 		  AND ($3::uuid = '00000000-0000-0000-0000-000000000000'
