@@ -132,6 +132,11 @@ func (s *Service) VerifyMemberCode(ctx context.Context, code string, at CodeUse)
 	if !ok {
 		return uuid.Nil, s.refuseCode(ctx, 0, "malformed code")
 	}
+	release, err := s.codeTurns.lock(ctx, memberNo)
+	if err != nil {
+		return uuid.Nil, fmt.Errorf("verify member code: %w", err)
+	}
+	defer release()
 	now := s.now()
 	current := codeStepAt(now)
 	// The attempt counts as a failure before its code is checked, so that
@@ -193,10 +198,14 @@ func (s *Service) VerifyMemberCode(ctx context.Context, code string, at CodeUse)
 	})
 	if !wrong {
 		// A right code, a replay, a number without a code or a failure of
-		// the platform's is no wrong guess.
-		if ferr := postgres.ForgiveCodeAttempt(ctx, s.pool, attempt); ferr != nil && err == nil {
-			return uuid.Nil, fmt.Errorf("verify member code: %w", ferr)
+		// the platform's is no wrong guess: its failure is taken back, even
+		// when the caller has gone (the code may be spent already). Should
+		// that fail, the attempt stays counted, and the answer stands.
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		if ferr := postgres.ForgiveCodeAttempt(fctx, s.pool, attempt); ferr != nil {
+			s.log.ErrorContext(ctx, "member code attempt left counted as a failure", "member_no", memberNo, "err", ferr)
 		}
+		cancel()
 	}
 	if err != nil {
 		return uuid.Nil, fmt.Errorf("verify member code: %w", err)

@@ -54,6 +54,7 @@ func (c Config) Validate() error {
 // Service resolves identifiers to members.
 type Service struct {
 	pool       *pgxpool.Pool
+	codeTurns  numberLocks // attempts at one member number's code, in this process
 	assertions AssertionPolicy
 	pii        *PII
 	norm       Normalizer

@@ -187,7 +187,10 @@ const codeAttemptLocks = 5
 // already: then it records nothing and reports false with their count. The
 // attempts at a number are serialised, so guesses sent at once cannot all
 // pass the count; an attempt that turns out not to be a wrong code takes
-// its failure back (ForgiveCodeAttempt).
+// its failure back (ForgiveCodeAttempt). The lock is held only for the
+// count and the insert, in a transaction of its own: the code's check
+// needs other connections (data keys), which attempts waiting for the
+// lock with theirs could otherwise starve.
 func ReserveCodeAttempt(ctx context.Context, db Beginner, a CodeAttempt, since time.Time, max int) (reserved bool, failures int, err error) {
 	err = pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1, hashint8($2))`, codeAttemptLocks, a.MemberNo); err != nil {
@@ -212,7 +215,7 @@ func ReserveCodeAttempt(ctx context.Context, db Beginner, a CodeAttempt, since t
 // attempt a.
 func ForgiveCodeAttempt(ctx context.Context, q Querier, a CodeAttempt) error {
 	return exec(ctx, q, "forgive code attempt", `
-		DELETE FROM member_code_failures WHERE ctid = (
+		DELETE FROM member_code_failures WHERE member_no = $1 AND ctid = (
 		  SELECT ctid FROM member_code_failures
 		   WHERE member_no = $1 AND failed_at = $2 AND store_id = $3 AND terminal_id = $4 LIMIT 1)`,
 		a.MemberNo, a.At, a.StoreID, a.TerminalID)
