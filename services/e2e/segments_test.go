@@ -92,7 +92,8 @@ func TestSegmentsLeaveOutMembersMergedAway(t *testing.T) {
 	})
 	before := version(b)
 
-	if _, err := ids.Merge(ctx, &mcv1.MergeRequest{SourceMemberId: a, TargetMemberId: b, Reason: "same person", IdempotencyKey: "segments-merge"}); err != nil {
+	merge, err := ids.Merge(ctx, &mcv1.MergeRequest{SourceMemberId: a, TargetMemberId: b, Reason: "same person", IdempotencyKey: "segments-merge"})
+	if err != nil {
 		t.Fatal(err)
 	}
 	// The merge is applied to the labels once B's row is recomputed from
@@ -106,6 +107,12 @@ func TestSegmentsLeaveOutMembersMergedAway(t *testing.T) {
 	if err := e.ch.QueryRow(ctx, `SELECT merged_into FROM member_profiles FINAL WHERE member_id = ?`, a).Scan(&into); err != nil || into != b {
 		t.Errorf("A's profile row: merged_into %q (%v), want B %s", into, err, b)
 	}
+
+	// Unmerged, A is a member of its own again.
+	if _, err := ids.Unmerge(ctx, &mcv1.UnmergeRequest{MergeId: merge.GetMergeId(), Reason: "two people", IdempotencyKey: "segments-unmerge"}); err != nil {
+		t.Fatal(err)
+	}
+	segment("A is back in the segments once unmerged", "true", a, b, c)
 }
 
 // member_profiles is made by the tag stage's first catalogue: on a

@@ -54,6 +54,11 @@ func (s *Service) Merged(ctx context.Context, tx pgx.Tx, source, target uuid.UUI
 	if err := s.store(ctx, tx, src, cleared, cause, mcv1.Channel_CHANNEL_BACKOFFICE, ""); err != nil {
 		return err
 	}
+	// Its ClickHouse row now names the member it was merged into, whether
+	// or not a label changed (a member without labels has none to clear).
+	if err := postgres.RequeueProfileExport(ctx, tx, source); err != nil {
+		return err
+	}
 	return s.recompute(ctx, tx, dst, cause, mcv1.Channel_CHANNEL_BACKOFFICE, "")
 }
 
@@ -73,6 +78,10 @@ func (s *Service) Unmerged(ctx context.Context, tx pgx.Tx, source, target uuid.U
 	back.Absorb(src.state)
 	src.state = back
 	if err := s.recompute(ctx, tx, src, cause, mcv1.Channel_CHANNEL_BACKOFFICE, ""); err != nil {
+		return err
+	}
+	// Its ClickHouse row is a member's again, whether or not a label changed.
+	if err := postgres.RequeueProfileExport(ctx, tx, source); err != nil {
 		return err
 	}
 	return s.recompute(ctx, tx, dst, cause, mcv1.Channel_CHANNEL_BACKOFFICE, "")
