@@ -12,7 +12,7 @@ import (
 )
 
 // TestRequeueMergedProfilesMigration: member_profiles' rows gained
-// merged_into, and the rows written before it say '' for every id; 00045
+// merged_into, and the rows written before it say ” for every id; 00045
 // queues the profiles of the members merged into others for export again,
 // one version up (so that the new row wins), and no one else's.
 func TestRequeueMergedProfilesMigration(t *testing.T) {
