@@ -163,7 +163,7 @@ func TestChannelCredentialsOverGRPCAndHTTP(t *testing.T) {
 func TestMemberBoundClientCannotVerifyOtherMembersCodes(t *testing.T) {
 	e, a := startWithClients(t, nil, `clients:
   - {id: pos, channel: pos, secret: `+clientSecret("p")+`, scopes: [identity.resolve, identity.code]}
-  - {id: app, channel: app, secret: `+clientSecret("a")+`, scopes: [identity.code, profile.read, segments.read], own_members: true}
+  - {id: app, channel: app, secret: `+clientSecret("a")+`, scopes: [identity.code, identity.link, profile.read, segments.read], own_members: true}
 `)
 	ctx := within(t, 60*time.Second)
 	as := func(tok string) context.Context {
@@ -204,6 +204,18 @@ func TestMemberBoundClientCannotVerifyOtherMembersCodes(t *testing.T) {
 	if _, err := mcv1.NewProfileServiceClient(e.conn).CountSegment(as(appTok), &mcv1.CountSegmentRequest{
 		Expression: "true", Purpose: mcv1.ConsentPurpose_CONSENT_PURPOSE_MARKETING}); status.Code(err) != codes.PermissionDenied {
 		t.Errorf("member-bound app CountSegment: %v; want PermissionDenied", err)
+	}
+	// It binds identifiers to its own member, and to no other.
+	link := func(member, key string) error {
+		_, err := ids.Link(as(appTok), &mcv1.LinkRequest{MemberId: member, IdempotencyKey: key,
+			Identifier: &mcv1.Identifier{Type: mcv1.IdentifierType_IDENTIFIER_TYPE_EMAIL, Value: key + "@example.com"}})
+		return err
+	}
+	if err := link(own, "member-bound-link-own"); err != nil {
+		t.Errorf("member-bound app Link to its own member: %v", err)
+	}
+	if err := link(other, "member-bound-link-other"); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("member-bound app Link to another member: %v; want PermissionDenied", err)
 	}
 	// ... and the till, scanning it next, still accepts it.
 	if _, err := ids.VerifyMemberCode(as(posTok), &mcv1.VerifyMemberCodeRequest{Code: code.GetCode()}); err != nil {

@@ -398,6 +398,21 @@ func readBack(ctx context.Context, conn driver.Conn, name string) error {
 	return rows.Err()
 }
 
+// ProfilesNotMade reports whether the database is the platform's (its
+// facts tables are migrated) and has no member_profiles yet: the tag
+// stage's first catalogue makes it, and until then no member has a
+// profile. A database without the facts tables is not the platform's (a
+// wrong database configured), and is not taken for one without profiles.
+func ProfilesNotMade(ctx context.Context, conn driver.Conn) (bool, error) {
+	made, err := tableEngines(ctx, conn, []string{ProfilesTable, "member_events"})
+	if err != nil {
+		return false, err
+	}
+	_, profiles := made[ProfilesTable]
+	_, facts := made["member_events"]
+	return facts && !profiles, nil
+}
+
 func tableEngines(ctx context.Context, conn driver.Conn, names []string) (map[string]string, error) {
 	rows, err := conn.Query(ctx, `SELECT name, engine FROM system.tables
 		WHERE database = currentDatabase() AND has(['`+strings.Join(names, "','")+`'], name)`)

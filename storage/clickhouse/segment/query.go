@@ -13,11 +13,24 @@ import (
 // DefaultBatch is Export's batch size when none is given.
 const DefaultBatch = 1000
 
-// ErrLabelsBehind: the segment names a label that member_profiles has no
-// column for yet. A catalogue that adds labels is loaded by every process,
-// and the profile exporter adds their columns when it loads it; a segment
-// asked for in between can be asked again shortly.
-var ErrLabelsBehind = errors.New("a label the segment names has no ClickHouse column yet (the profile exporter adds it with the catalogue that defines it): retry shortly")
+// ErrLabelsBehind: the segment reads a column that member_profiles does
+// not have yet. A catalogue that adds labels is loaded by every process,
+// and the profile exporter adds their columns when it loads it (and the
+// columns a release adds, such as merged_into, when the pipeline runs that
+// release); a segment asked for in between can be asked again shortly.
+var ErrLabelsBehind = errors.New("a column the segment reads (a label of the catalogue, or one this release added) is not in ClickHouse's member_profiles yet: the profile exporter adds it; retry shortly")
+
+// notMade reports whether err is a query's refusal because member_profiles
+// is not made yet (clickhouse.ProfilesNotMade): any other table missing —
+// a shard's local table, a database that is not the platform's — stays an
+// error.
+func notMade(ctx context.Context, conn driver.Conn, err error) bool {
+	if !clickhouse.IsUnknownTable(err) {
+		return false
+	}
+	yes, cerr := clickhouse.ProfilesNotMade(ctx, conn)
+	return cerr == nil && yes
+}
 
 // queryError is err of a segment's query, with ErrLabelsBehind for a column
 // ClickHouse does not have.
@@ -53,7 +66,7 @@ func Count(ctx context.Context, conn driver.Conn, q *Query) (uint64, error) {
 	}
 	var n uint64
 	err := conn.QueryRow(ctx, "SELECT count() FROM "+clickhouse.ProfilesTable+" FINAL WHERE "+q.Where).Scan(&n)
-	if clickhouse.IsUnknownTable(err) {
+	if notMade(ctx, conn, err) {
 		return 0, nil
 	}
 	if err != nil {
@@ -78,7 +91,7 @@ func Export(ctx context.Context, conn driver.Conn, q *Query, batch int, fn func(
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	rows, err := conn.Query(ctx, "SELECT member_id FROM "+clickhouse.ProfilesTable+" FINAL WHERE "+q.Where+" ORDER BY member_id")
-	if clickhouse.IsUnknownTable(err) {
+	if notMade(ctx, conn, err) {
 		return nil
 	}
 	if err != nil {

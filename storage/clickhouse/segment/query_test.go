@@ -413,6 +413,14 @@ func TestNumberLiteralsRoundTrip(t *testing.T) {
 			t.Errorf("%s came back as %g (literal %s)", src, got, lit)
 		}
 	}
+	// In a list too.
+	q, err := segment.Compile(`churn_risk in [5e-324, -1e-310, 1.0]`, labels)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := segment.Count(ctx, conn, q); err != nil {
+		t.Errorf("a list of subnormal numbers compiled to %s, which ClickHouse refuses: %v", q.Where, err)
+	}
 }
 
 // TestSegmentsAheadOfTheProfilesTable: before the tag stage has made
@@ -436,6 +444,14 @@ func TestSegmentsAheadOfTheProfilesTable(t *testing.T) {
 		return nil
 	}); err != nil {
 		t.Errorf("export without member_profiles: %v", err)
+	}
+	// A database that is not the platform's (a wrong one configured) is
+	// no platform without profiles: its error stands.
+	if err := none.Exec(ctx, "DROP TABLE member_events"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := segment.Count(ctx, none, q); err == nil {
+		t.Error("count in a database without the platform's tables: no error")
 	}
 	behind := chtest.NewProfilesDB(t, profileColumns(labels[:1]))
 	if _, err := segment.Count(ctx, behind, q); !errors.Is(err, segment.ErrLabelsBehind) {
