@@ -267,10 +267,19 @@ type yamlProgram struct {
 }
 
 // bp converts a decimal with at most four places to basis points.
-func bp(v float64, what string) (int64, error) {
+func bp(v, most float64, what string) (int64, error) {
+	// NaN fails every comparison, so the range is checked as what v must
+	// be; above most, v × 10,000 could overflow int64 (a tier multiplier
+	// of 1e18 made Quote answer -92233720368547758 points for ¥100).
+	if !(v >= 0) {
+		return 0, fmt.Errorf("%s: %v must be a non-negative decimal with at most four places", what, v)
+	}
+	if v > most {
+		return 0, fmt.Errorf("%s: at most %v", what, most)
+	}
 	b := v * 10000
 	r := math.Round(b)
-	if math.Abs(b-r) > 1e-6 || v < 0 {
+	if math.Abs(b-r) > 1e-6 {
 		return 0, fmt.Errorf("%s: %v must be a non-negative decimal with at most four places", what, v)
 	}
 	return int64(r), nil
@@ -331,17 +340,14 @@ func ParseProgram(src []byte) (*Program, error) {
 		add(errors.New("points_lifetime must be positive"))
 	}
 	var e error
-	p.RateBP, e = bp(y.Base.PointsPerUnit, "base.points_per_unit")
+	p.RateBP, e = bp(y.Base.PointsPerUnit, maxRateBP/10000, "base.points_per_unit")
 	add(e)
 	p.RedeemPerUnit = y.Redemption.PointsPerUnit
 	if p.RedeemPerUnit <= 0 {
 		add(errors.New("redemption.points_per_unit must be positive"))
 	}
-	p.RedeemMaxBP, e = bp(y.Redemption.MaxShare, "redemption.max_share")
+	p.RedeemMaxBP, e = bp(y.Redemption.MaxShare, 1, "redemption.max_share")
 	add(e)
-	if p.RedeemMaxBP > 10000 {
-		add(errors.New("redemption.max_share must be at most 1"))
-	}
 	switch y.Stacking {
 	case "", "additive":
 	case "best_of":
@@ -359,7 +365,7 @@ func ParseProgram(src []byte) (*Program, error) {
 			add(fmt.Errorf("%s: id missing or repeated", where))
 		}
 		tierIDs[t.ID] = true
-		m, err := bp(t.Multiplier, where+".multiplier")
+		m, err := bp(t.Multiplier, maxMultiplierBP/10000, where+".multiplier")
 		add(err)
 		tier := Tier{ID: t.ID, Name: t.Name, MultiplierBP: m}
 		for j, c := range t.Criteria {
@@ -409,7 +415,7 @@ func ParseProgram(src []byte) (*Program, error) {
 			add(fmt.Errorf("%s: id longer than 64 bytes", where))
 			continue
 		}
-		pct, err := bp(c.PercentOff/100, where+".percent_off")
+		pct, err := bp(c.PercentOff/100, 1, where+".percent_off")
 		add(err)
 		t := &CouponTemplate{ID: c.ID, Name: c.Name, AmountOff: c.AmountOff, PercentOffBP: pct, MinSpend: c.MinSpend,
 			ValidDays: c.ValidDays, PerMemberLimit: c.PerMemberLimit, Claimable: c.Claimable, TotalLimit: c.TotalLimit}
@@ -437,13 +443,13 @@ func ParseProgram(src []byte) (*Program, error) {
 		camp := &Campaign{ID: c.ID, Name: c.Name, Condition: c.Condition, Bonus: c.Bonus, CapDay: c.CapPerMemberDay,
 			CapMonth: c.CapPerMemberMon, Budget: c.Budget, Coupon: c.Coupon, Benefit: c.Benefit}
 		if c.Multiplier != 0 {
-			camp.MultiplierBP, err = bp(c.Multiplier, where+".multiplier")
+			camp.MultiplierBP, err = bp(c.Multiplier, maxMultiplierBP/10000, where+".multiplier")
 			add(err)
-			if camp.MultiplierBP < 10000 {
+			if err == nil && camp.MultiplierBP < 10000 {
 				add(fmt.Errorf("%s.multiplier must be at least 1", where))
 			}
 		}
-		if camp.MultiplierBP == 0 && camp.Bonus <= 0 {
+		if c.Multiplier == 0 && camp.Bonus <= 0 {
 			add(fmt.Errorf("%s: set a multiplier or a bonus", where))
 		}
 		for _, d := range []struct {
@@ -600,15 +606,9 @@ func parseLimits(y yamlProgram, p *Program, add func(error)) Limits {
 	}
 	// The most one purchase can earn: base at the highest tier multiplier,
 	// every campaign's extra and bonus, every mission bonus.
-	if p.RateBP > maxRateBP {
-		add(fmt.Errorf("base.points_per_unit: at most %d", maxRateBP/10000))
-	}
 	most := new(big.Int)
 	var topTier int64
-	for i, t := range p.Tiers {
-		if t.MultiplierBP > maxMultiplierBP {
-			add(fmt.Errorf("tiers.ladder[%d] (%s).multiplier: at most %d", i, t.ID, maxMultiplierBP/10000))
-		}
+	for _, t := range p.Tiers {
 		topTier = max(topTier, t.MultiplierBP)
 	}
 	// As the engine computes it: minor units × rate (bp) × multiplier (bp) / 10^10.
@@ -619,9 +619,6 @@ func parseLimits(y yamlProgram, p *Program, add func(error)) Limits {
 	}
 	most.Add(most, perUnit(topTier))
 	for i, c := range p.Campaigns {
-		if c.MultiplierBP > maxMultiplierBP {
-			add(fmt.Errorf("campaigns[%d] (%s).multiplier: at most %d", i, c.ID, maxMultiplierBP/10000))
-		}
 		if c.MultiplierBP > 0 {
 			most.Add(most, perUnit(c.MultiplierBP-10000))
 		}
