@@ -726,7 +726,7 @@ type identifierRequest interface {
 func (s *Service) onIdentifier(ctx context.Context, rpc string, req identifierRequest, resp proto.Message, memberID string,
 	id *mcv1.Identifier, change func(tx pgx.Tx, member uuid.UUID, n Normalized, o origin) error) (*mcv1.Member, error) {
 	member := uuid.MustParse(memberID)
-	ids, err := s.Normalize([]*mcv1.Identifier{id})
+	n, err := s.NormalizeOne(id, "identifier")
 	if err != nil {
 		return nil, err
 	}
@@ -737,7 +737,7 @@ func (s *Service) onIdentifier(ctx context.Context, rpc string, req identifierRe
 			// The identifier first, then the member, as a resolution takes
 			// them: a Resolve bringing the member's identifiers with this
 			// one never waits for this call in the opposite order.
-			if err := postgres.LockIdentifiers(ctx, tx, []postgres.IdentifierKey{keyOf(ids[0])}); err != nil {
+			if err := postgres.LockIdentifiers(ctx, tx, []postgres.IdentifierKey{keyOf(n)}); err != nil {
 				return err
 			}
 			if _, err := postgres.LockMembers(ctx, tx, member); err != nil {
@@ -746,7 +746,7 @@ func (s *Service) onIdentifier(ctx context.Context, rpc string, req identifierRe
 			if _, err := activeMember(ctx, tx, member); err != nil {
 				return err
 			}
-			return change(tx, member, ids[0], o)
+			return change(tx, member, n, o)
 		})
 		return err
 	})

@@ -806,3 +806,31 @@ func TestLinkTakesTheIdentifierBeforeTheMember(t *testing.T) {
 		t.Errorf("Link: %v", err)
 	}
 }
+
+// TestMalformedIdentifierErrorNamesTheRequestField: LinkRequest,
+// UnlinkRequest and FindByIdentifierRequest have one field `identifier`;
+// an InvalidArgument for a malformed value names that field, not
+// "identifiers[0]", which these requests do not have (a probe).
+func TestMalformedIdentifierErrorNamesTheRequestField(t *testing.T) {
+	f, ctx := beginService(t)
+	m := f.resolve(t, "a", phone("13955520001")).GetMemberId()
+	bad := email("a@b..c")
+	_, errLink := f.svc.Link(ctx, &mcv1.LinkRequest{MemberId: m, Identifier: bad, IdempotencyKey: "l"})
+	_, errUnlink := f.svc.Unlink(ctx, &mcv1.UnlinkRequest{MemberId: m, Identifier: bad, IdempotencyKey: "u"})
+	_, errFind := f.svc.FindByIdentifier(ctx, bad)
+	for name, err := range map[string]error{"Link": errLink, "Unlink": errUnlink, "FindByIdentifier": errFind} {
+		if err == nil {
+			t.Errorf("%s of a malformed e-mail: no error", name)
+			continue
+		}
+		msg := err.Error()
+		if len(msg) < len("identifier") || !startsWithField(msg) {
+			t.Errorf("%s of a malformed e-mail: %q; want the error to name the request's field \"identifier\"", name, msg)
+		}
+	}
+}
+
+func startsWithField(msg string) bool {
+	const f = "identifier"
+	return len(msg) >= len(f) && msg[:len(f)] == f && (len(msg) == len(f) || msg[len(f)] != 's')
+}

@@ -145,27 +145,41 @@ func (s *Service) Normalize(ids []*mcv1.Identifier) ([]Normalized, error) {
 	out := make([]Normalized, 0, len(ids))
 	seen := map[string]bool{}
 	for i, id := range ids {
-		v, maskedPhone, err := s.norm.normalize(id)
+		n, err := s.normalizeField(id, fmt.Sprintf("identifiers[%d]", i))
 		if err != nil {
-			return nil, fmt.Errorf("identifiers[%d] (%s): %w", i, id.GetType(), err)
+			return nil, err
 		}
-		n := Normalized{Type: id.GetType(), Scope: id.GetScope(), Value: v}
-		n.Hash = s.pii.Hash(int16(n.Type), n.Scope, v)
 		if seen[string(n.Hash)] {
 			continue // the same identifier twice
 		}
 		seen[string(n.Hash)] = true
-		switch n.Type {
-		case mcv1.IdentifierType_IDENTIFIER_TYPE_PHONE:
-			n.Masked = maskedPhone
-		case mcv1.IdentifierType_IDENTIFIER_TYPE_EMAIL:
-			n.Masked = maskEmail(v)
-		default:
-			n.Masked = mask(v)
-		}
 		out = append(out, n)
 	}
 	return out, nil
+}
+
+// NormalizeOne canonicalises and hashes the identifier of a request's
+// field named field (identifier, referral.referee); the error names it.
+func (s *Service) NormalizeOne(id *mcv1.Identifier, field string) (Normalized, error) {
+	return s.normalizeField(id, field)
+}
+
+func (s *Service) normalizeField(id *mcv1.Identifier, field string) (Normalized, error) {
+	v, maskedPhone, err := s.norm.normalize(id)
+	if err != nil {
+		return Normalized{}, fmt.Errorf("%s (%s): %w", field, id.GetType(), err)
+	}
+	n := Normalized{Type: id.GetType(), Scope: id.GetScope(), Value: v}
+	n.Hash = s.pii.Hash(int16(n.Type), n.Scope, v)
+	switch n.Type {
+	case mcv1.IdentifierType_IDENTIFIER_TYPE_PHONE:
+		n.Masked = maskedPhone
+	case mcv1.IdentifierType_IDENTIFIER_TYPE_EMAIL:
+		n.Masked = maskEmail(v)
+	default:
+		n.Masked = mask(v)
+	}
+	return n, nil
 }
 
 // origin says who caused a change: the actor, the channel and the cause.
@@ -660,11 +674,11 @@ func (s *Service) prepareEvent(ev *mcv1.ChannelEvent) (ids []Normalized, referee
 	if r == nil {
 		return ids, nil, nil
 	}
-	n, err := s.Normalize([]*mcv1.Identifier{r})
+	n, err := s.NormalizeOne(r, "referral.referee")
 	if err != nil {
-		return nil, nil, fault.Permanent(fmt.Errorf("referral.referee: %w", err))
+		return nil, nil, fault.Permanent(err)
 	}
-	referee = &n[0]
+	referee = &n
 	for _, id := range ids {
 		if bytes.Equal(id.Hash, referee.Hash) {
 			return nil, nil, fault.Permanent(fmt.Errorf("%w: %s %s is one of the event's own identifiers",
@@ -914,11 +928,11 @@ func (s *Service) resolveKnown(ctx context.Context, req *mcv1.ResolveRequest, id
 // FindByIdentifier looks a member up without side effects. A shared
 // identifier finds the member it was linked to last.
 func (s *Service) FindByIdentifier(ctx context.Context, id *mcv1.Identifier) (*mcv1.Member, error) {
-	ids, err := s.Normalize([]*mcv1.Identifier{id})
+	n, err := s.NormalizeOne(id, "identifier")
 	if err != nil {
 		return nil, err
 	}
-	found, err := postgres.FindIdentifiers(ctx, s.pool, []postgres.IdentifierKey{keyOf(ids[0])})
+	found, err := postgres.FindIdentifiers(ctx, s.pool, []postgres.IdentifierKey{keyOf(n)})
 	if err != nil {
 		return nil, err
 	}
