@@ -93,7 +93,11 @@ func (s *Service) requestApproval(ctx context.Context, req *mcv1.AdjustRequest, 
 					return err
 				}
 				now := s.now()
-				a := postgres.Approval{ApprovalID: approvalID(key), MemberID: m, Points: req.GetPoints(), Reason: req.GetReason(),
+				// Recorded for the member asked for, as a direct Adjust's
+				// origin is: a merged member's approval is listed under it,
+				// applied to whom it is merged into when decided, and goes
+				// back with it if it is unmerged.
+				a := postgres.Approval{ApprovalID: approvalID(key), MemberID: member, Points: req.GetPoints(), Reason: req.GetReason(),
 					Maker: actor, RequestedAt: now, RequestKey: key}
 				if err := postgres.InsertApproval(ctx, tx, a); err != nil {
 					return err
