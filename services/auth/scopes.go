@@ -87,7 +87,4 @@ var memberBound = map[string]bool{
 	"/membercenter.v1.SyncService/GetSnapshot":          true,
 	"/membercenter.v1.IdentityService/GetIdentityGraph": true,
 	"/membercenter.v1.IdentityService/IssueMemberCode":  true,
-	// An app binding an identifier (a WeChat openid) to its own member.
-	"/membercenter.v1.IdentityService/Link":   true,
-	"/membercenter.v1.IdentityService/Unlink": true,
 }

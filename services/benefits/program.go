@@ -415,8 +415,13 @@ func ParseProgram(src []byte) (*Program, error) {
 			add(fmt.Errorf("%s: id longer than 64 bytes", where))
 			continue
 		}
-		pct, err := bp(c.PercentOff/100, 1, where+".percent_off")
-		add(err)
+		var pct int64
+		if !(c.PercentOff >= 0 && c.PercentOff <= 100) {
+			add(fmt.Errorf("%s.percent_off: %v must be from 0 to 100", where, c.PercentOff))
+		} else {
+			pct, err = bp(c.PercentOff/100, 1, where+".percent_off")
+			add(err)
+		}
 		t := &CouponTemplate{ID: c.ID, Name: c.Name, AmountOff: c.AmountOff, PercentOffBP: pct, MinSpend: c.MinSpend,
 			ValidDays: c.ValidDays, PerMemberLimit: c.PerMemberLimit, Claimable: c.Claimable, TotalLimit: c.TotalLimit}
 		if (t.AmountOff > 0) == (t.PercentOffBP > 0) {

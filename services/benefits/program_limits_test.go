@@ -46,3 +46,13 @@ func TestCampaignMultiplierOverflowIsToldAsSuch(t *testing.T) {
 		t.Fatalf("campaign multiplier 1e18: %v; want it refused as too large (at most 100), not as below 1", err)
 	}
 }
+
+// TestCouponPercentOffIsToldInPercent: a percent_off above 100 is refused
+// in the unit it is written in (the check once said "at most 1", a share).
+func TestCouponPercentOffIsToldInPercent(t *testing.T) {
+	src := strings.Replace(string(benefits.DefaultProgramSource()), "percent_off: 10,", "percent_off: 150,", 1)
+	_, err := benefits.ParseProgram([]byte(src))
+	if err == nil || !strings.Contains(err.Error(), "percent_off: 150 must be from 0 to 100") {
+		t.Fatalf("percent_off 150: %v; want it refused as above 100", err)
+	}
+}

@@ -38,6 +38,12 @@ func TestUnmergeReturnsAnApprovedAdjustmentToItsMember(t *testing.T) {
 	if len(listed.GetApprovals()) != 1 {
 		t.Errorf("ListAdjustmentApprovals for A lists %d approvals; want the one requested for A", len(listed.GetApprovals()))
 	}
+	// B's list holds the approvals of the members merged into it too: its
+	// balance is what an approval changes.
+	if listed, err = srv.ListAdjustmentApprovals(ctx, &mcv1.ListAdjustmentApprovalsRequest{MemberId: b}); err != nil ||
+		len(listed.GetApprovals()) != 1 {
+		t.Errorf("ListAdjustmentApprovals for B, A merged into it: %v, %v; want A's", listed.GetApprovals(), err)
+	}
 	if _, err := srv.DecideAdjustment(bob, &mcv1.DecideAdjustmentRequest{ApprovalId: big.GetApprovalId(), Approve: true, IdempotencyKey: "ok"}); err != nil {
 		t.Fatal(err)
 	}

@@ -23,12 +23,18 @@ func TestRequeueMergedProfilesMigration(t *testing.T) {
 	if _, err := p.DownTo(ctx, 44); err != nil {
 		t.Fatal(err)
 	}
-	survivor, merged, active, bare := newMember(t, pool), newMember(t, pool), newMember(t, pool), newMember(t, pool)
+	survivor, merged, active, bare, consented := newMember(t, pool), newMember(t, pool), newMember(t, pool), newMember(t, pool), newMember(t, pool)
 	if _, err := pool.Exec(ctx, `UPDATE members SET status = 'merged', merged_into = $2 WHERE member_id = ANY($1)`,
-		[]uuid.UUID{merged, bare}, survivor); err != nil {
+		[]uuid.UUID{merged, bare, consented}, survivor); err != nil {
 		t.Fatal(err)
 	}
-	// bare was merged without a features row: it has no profile to fix.
+	// consented has consents and no features: its profile row is a
+	// consent's (version 0).
+	if _, err := pool.Exec(ctx, `INSERT INTO member_consents (member_id, purpose, granted, decided_at, cause) VALUES ($1, 1, false, now(), 'test')`,
+		consented); err != nil {
+		t.Fatal(err)
+	}
+	// bare was merged without features or consents: it has no profile to fix.
 	if _, err := pool.Exec(ctx, `INSERT INTO member_features (member_id, version) VALUES ($1, 7), ($2, 3), ($3, 5)`,
 		survivor, merged, active); err != nil {
 		t.Fatal(err)
@@ -36,7 +42,7 @@ func TestRequeueMergedProfilesMigration(t *testing.T) {
 	if _, err := p.Up(ctx); err != nil {
 		t.Fatal(err)
 	}
-	rows, err := pool.Query(ctx, `SELECT q.member_id, q.version, f.version FROM profile_exports q JOIN member_features f USING (member_id)`)
+	rows, err := pool.Query(ctx, `SELECT q.member_id, q.version, coalesce(f.version, -1) FROM profile_exports q LEFT JOIN member_features f USING (member_id)`)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -46,8 +52,9 @@ func TestRequeueMergedProfilesMigration(t *testing.T) {
 	if _, err := pgx.ForEachRow(rows, []any{&m, &q, &v}, func() error { got[m] = [2]int64{q, v}; return nil }); err != nil {
 		t.Fatal(err)
 	}
-	if len(got) != 1 || got[merged] != [2]int64{4, 4} {
-		t.Fatalf("queued after 00045 (member: queued version, features version): %v; want only the merged member %s, at 4 (was 3)", got, merged)
+	if len(got) != 2 || got[merged] != [2]int64{4, 4} || got[consented] != [2]int64{0, -1} {
+		t.Fatalf("queued after 00045 (member: queued version, features version or -1): %v; want the merged member %s at 4 (was 3) and %s at 0",
+			got, merged, consented)
 	}
 	if _, err := p.DownTo(ctx, 44); err != nil {
 		t.Fatal(err)

@@ -100,8 +100,14 @@ func ListApprovals(ctx context.Context, q Querier, f ApprovalFilter) (approvals 
 			return nil, uuid.Nil, fmt.Errorf("list adjustment approvals after %s: %w", f.After, ErrUnknownPageStart)
 		}
 	}
-	rows, err := q.Query(ctx, `SELECT `+approvalColumns+` FROM adjustment_approvals a
-		WHERE ($1 = '' OR state = $1) AND ($2::uuid = '00000000-0000-0000-0000-000000000000' OR member_id = $2)
+	// A member's approvals are those requested for it and for the members
+	// merged into it (an approval is recorded for the member asked for).
+	rows, err := q.Query(ctx, `WITH RECURSIVE folded(member_id, depth) AS (
+		    SELECT $2::uuid, 0
+		  UNION ALL
+		    SELECT m.member_id, f.depth + 1 FROM members m JOIN folded f ON m.merged_into = f.member_id WHERE f.depth < 100)
+		SELECT `+approvalColumns+` FROM adjustment_approvals a
+		WHERE ($1 = '' OR state = $1) AND ($2::uuid = '00000000-0000-0000-0000-000000000000' OR member_id IN (SELECT member_id FROM folded))
 		  AND ($3::uuid = '00000000-0000-0000-0000-000000000000'
 		       OR (requested_at, approval_id) > (SELECT requested_at, approval_id FROM adjustment_approvals WHERE approval_id = $3))
 		ORDER BY requested_at, approval_id LIMIT $4`, f.State, f.Member, f.After, f.Limit+1)
