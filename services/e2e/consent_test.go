@@ -2,7 +2,6 @@ package e2e_test
 
 import (
 	"fmt"
-	"io"
 	"slices"
 	"testing"
 	"time"
@@ -21,37 +20,10 @@ func TestSegmentsLeaveOutMembersWithoutConsent(t *testing.T) {
 	profiles := mcv1.NewProfileServiceClient(e.conn)
 
 	// Three shoppers buy once: each is in bought_365d.
-	shoppers := []string{"13655500001", "13655500002", "13655500003"}
-	members := make([]string, len(shoppers))
-	for i, phone := range shoppers {
-		e.publishEvent(t, ctx, phone, posTransaction(fmt.Sprintf("consent-%d", i), phone, fmt.Sprintf("c-consent-%d", i), 10_000))
-	}
-	for i := range shoppers {
-		eventually(t, "the shopper's member", func() (bool, error) {
-			err := e.pool.QueryRow(ctx, `SELECT member_id::text FROM ingested_events WHERE event_id = $1`, fmt.Sprintf("consent-%d", i)).Scan(&members[i])
-			return err == nil, nil
-		})
-	}
+	members := e.buyOnce(t, ctx, "consent", "13655500001", "13655500002", "13655500003")
 	a, b, c := members[0], members[1], members[2]
 	const expr = "bought_365d"
-	export := func(p mcv1.ConsentPurpose) ([]string, error) {
-		s, err := profiles.ExportSegment(ctx, &mcv1.ExportSegmentRequest{Expression: expr, Purpose: p})
-		if err != nil {
-			return nil, err
-		}
-		var ids []string
-		for {
-			m, err := s.Recv()
-			if err == io.EOF {
-				slices.Sort(ids)
-				return ids, nil
-			}
-			if err != nil {
-				return nil, err
-			}
-			ids = append(ids, m.GetMemberIds()...)
-		}
-	}
+	export := func(p mcv1.ConsentPurpose) ([]string, error) { return exportSegment(ctx, profiles, expr, p) }
 	// want waits until the segment for p holds exactly ids, counted and
 	// exported alike.
 	want := func(what string, p mcv1.ConsentPurpose, ids ...string) {

@@ -8,7 +8,9 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -193,6 +195,44 @@ func (e *env) publishEvent(t *testing.T, ctx context.Context, key string, ev *mc
 		t.Fatal(err)
 	}
 	e.publish(t, ctx, key, v)
+}
+
+// buyOnce has each shopper (a phone) buy once at a POS, under event ids
+// prefix-0, prefix-1, …, and returns their members in the same order.
+func (e *env) buyOnce(t *testing.T, ctx context.Context, prefix string, phones ...string) []string {
+	t.Helper()
+	members := make([]string, len(phones))
+	for i, phone := range phones {
+		e.publishEvent(t, ctx, phone, posTransaction(fmt.Sprintf("%s-%d", prefix, i), phone, fmt.Sprintf("c-%s-%d", prefix, i), 10_000))
+	}
+	for i := range phones {
+		eventually(t, "the shopper's member", func() (bool, error) {
+			err := e.pool.QueryRow(ctx, `SELECT member_id::text FROM ingested_events WHERE event_id = $1`, fmt.Sprintf("%s-%d", prefix, i)).Scan(&members[i])
+			return err == nil, nil
+		})
+	}
+	return members
+}
+
+// exportSegment is the sorted member ids ExportSegment streams for expr
+// and purpose p.
+func exportSegment(ctx context.Context, profiles mcv1.ProfileServiceClient, expr string, p mcv1.ConsentPurpose) ([]string, error) {
+	s, err := profiles.ExportSegment(ctx, &mcv1.ExportSegmentRequest{Expression: expr, Purpose: p})
+	if err != nil {
+		return nil, err
+	}
+	var ids []string
+	for {
+		m, err := s.Recv()
+		if err == io.EOF {
+			slices.Sort(ids)
+			return ids, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		ids = append(ids, m.GetMemberIds()...)
+	}
 }
 
 // createMember resolves phone (and card, unless empty) on channel ch,
