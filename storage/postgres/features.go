@@ -190,10 +190,10 @@ func PendingProfileExports(ctx context.Context, q Querier, limit int) ([]Profile
 	rows, err := q.Query(ctx, `
 		SELECT q.member_id, q.version, f.labels_pb, CASE WHEN f.labels_pb IS NULL THEN coalesce(f.labels, '{}'::jsonb) END,
 		       coalesce(f.catalog_version, ''),
-		       coalesce(f.updated_at, now()), coalesce(c.granted, 0), coalesce(c.withdrawn, 0), m.merged_into
+		       coalesce(f.updated_at, now()), coalesce(c.granted, 0), coalesce(c.withdrawn, 0),
+		       (SELECT m.merged_into FROM members m WHERE m.member_id = q.member_id AND m.merged_into IS NOT NULL)
 		  FROM (SELECT member_id, version FROM profile_exports ORDER BY queued_at LIMIT $1) q
 		  LEFT JOIN member_features f ON f.member_id = q.member_id
-		  LEFT JOIN members m ON m.member_id = q.member_id
 		  LEFT JOIN LATERAL (
 		       SELECT bit_or(CASE WHEN granted THEN 1 << purpose::int ELSE 0 END) AS granted,
 		              bit_or(CASE WHEN granted THEN 0 ELSE 1 << purpose::int END) AS withdrawn
